@@ -1,0 +1,150 @@
+"""THE command registry: every command the daemon understands, declared once.
+
+Each declaration names the command, its typed arguments (defaults, ranges, help) and its handler.
+OSC addresses (`/flow/<name with slashes>`), ZeroMQ `cmd` names, MIDI mapping targets, the CLI
+(`flowstate send`, `flowstate commands`) and the README's protocol table are derived from here.
+Adding a command is one edit: a decorated handler below.
+
+Handlers receive a `CallContext` and the validated arguments as keywords and return a dict (the
+result). Slow work does not belong in a handler: it goes to a job or a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from inspect import iscoroutinefunction
+
+from bridge import __version__
+from bridge.errors import BadRequest, UnknownCommand
+from bridge.protocol import Arg, CallContext, CommandSpec, EventSpec, Handler, Result, path_to_name
+
+COMMANDS: dict[str, CommandSpec] = {}
+
+
+def command(
+    name: str, *args: Arg, help: str, returns: tuple[str, ...] = ()
+) -> Callable[[Handler], Handler]:
+    """Declare a command: `@command("ping", help=..., returns=("reply", "version"))`."""
+
+    def register(handler: Handler) -> Handler:
+        if name in COMMANDS:
+            raise ValueError(f"command {name!r} declared twice")
+        COMMANDS[name] = CommandSpec(
+            name=name,
+            help=help,
+            handler=handler,
+            args=args,
+            returns=returns,
+            is_async=iscoroutinefunction(handler),
+        )
+        return handler
+
+    return register
+
+
+def lookup(name: str) -> CommandSpec:
+    """The spec for a command name, or UnknownCommand naming the closest matches."""
+    spec = COMMANDS.get(name)
+    if spec is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `commands` lists them"
+        raise UnknownCommand(f"unknown command {name!r}{hint}")
+    return spec
+
+
+def lookup_address(address: str) -> CommandSpec:
+    """The spec for an OSC address such as `/flow/stems/separate`."""
+    if not address.startswith("/flow/") or len(address) <= len("/flow/"):
+        raise UnknownCommand(f"unknown OSC address {address!r}: commands live under /flow/")
+    try:
+        return lookup(path_to_name(address[len("/flow/") :]))
+    except UnknownCommand as err:
+        raise UnknownCommand(f"unknown OSC address {address!r}: {err.message}") from None
+
+
+def iter_commands() -> Iterator[CommandSpec]:
+    return iter(sorted(COMMANDS.values(), key=lambda spec: spec.name))
+
+
+# -- events --------------------------------------------------------------------------------------
+
+EVENTS: dict[str, EventSpec] = {
+    spec.name: spec
+    for spec in (
+        EventSpec("job.progress", ("id", "fraction"), "A job advanced; fraction in [0, 1]."),
+        EventSpec("job.done", ("id", "result"), "A job finished; result is a JSON object."),
+        EventSpec("job.failed", ("id", "code", "message"), "A job failed with a Protocol v1 code."),
+    )
+}
+
+
+# -- core commands -------------------------------------------------------------------------------
+
+
+@command("ping", help="Check the daemon is alive; replies pong and the version.", returns=("reply", "version"))
+def ping(ctx: CallContext) -> Result:
+    return {"reply": "pong", "version": __version__}
+
+
+@command("status", help="What the daemon is doing: version, endpoints, listeners, uptime.")
+def status(ctx: CallContext) -> Result:
+    daemon = ctx.daemon
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "uptime_seconds": round(time.monotonic() - daemon.started_at, 3),
+        "endpoints": daemon.endpoints(),
+        "listeners": [f"{host}:{port}" for host, port in daemon.hub.listeners()],
+        "in_flight": daemon.in_flight(),
+        "commands": len(COMMANDS),
+    }
+
+
+@command(
+    "register",
+    Arg("port", int, "UDP port on the sender's host that should receive events.", min=1, max=65535),
+    help="Add (sender's host, port) as a listener: it gets every event and copies of its host's replies.",
+    returns=("host", "port", "listeners"),
+)
+def register(ctx: CallContext, port: int) -> Result:
+    host = _listener_host(ctx)
+    added = ctx.daemon.hub.register(host, port)
+    return {"host": host, "port": port, "added": added, "listeners": len(ctx.daemon.hub.listeners())}
+
+
+@command(
+    "unregister",
+    Arg("port", int, "A port given to `register` earlier from this host.", min=1, max=65535),
+    help="Remove (sender's host, port) from the listeners.",
+    returns=("host", "port", "listeners"),
+)
+def unregister(ctx: CallContext, port: int) -> Result:
+    host = _listener_host(ctx)
+    removed = ctx.daemon.hub.unregister(host, port)
+    return {"host": host, "port": port, "removed": removed, "listeners": len(ctx.daemon.hub.listeners())}
+
+
+def _listener_host(ctx: CallContext) -> str:
+    if not ctx.origin.host:
+        raise BadRequest(f"register: the {ctx.origin.transport} transport did not report the sender's host")
+    return ctx.origin.host
+
+
+@command(
+    "commands",
+    Arg("name", str, "Only this command (empty: all of them).", default=""),
+    help="The command vocabulary: names, OSC addresses, typed arguments and help.",
+)
+def commands(ctx: CallContext, name: str) -> Result:
+    specs = [lookup(name)] if name else list(iter_commands())
+    return {
+        "commands": [spec.describe() for spec in specs],
+        "events": [
+            {"name": e.name, "osc": e.osc_address, "fields": list(e.fields), "help": e.help}
+            for e in EVENTS.values()
+        ],
+    }

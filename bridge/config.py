@@ -1,0 +1,248 @@
+"""Typed configuration, built once: defaults < config.yaml (or --config PATH) < FLOWSTATE_* env.
+
+This is the only module that reads the environment. Everything else receives a `Config` (or a
+section of it) in its constructor. An unknown key or a bad value raises `ConfigError` with the key
+path, the value and what was expected; the CLI turns that into exit code 2.
+
+Environment overrides name the key path with underscores, upper-cased:
+`FLOWSTATE_OSC_UDP_PORT=9020` sets `osc.udp_port`. The cloud providers' usual variables
+(`REPLICATE_API_TOKEN`, `HF_TOKEN`, `CLOUDFLARE_API_TOKEN`, `CLOUDFLARE_ACCOUNT_ID`) and
+`FLOWSTATE_SERVER_TOKEN` are read too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "FLOWSTATE_"
+CONFIG_ENV = "FLOWSTATE_CONFIG"
+
+# Provider variables people already have set, mapped onto config keys.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "REPLICATE_API_TOKEN": ("cloud", "replicate_token"),
+    "HF_TOKEN": ("cloud", "huggingface_token"),
+    "CLOUDFLARE_API_TOKEN": ("cloud", "workers_ai_token"),
+    "CLOUDFLARE_ACCOUNT_ID": ("cloud", "workers_ai_account_id"),
+    "FLOWSTATE_SERVER_TOKEN": ("cloud", "server_token"),
+}
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_host(value: str) -> str:
+    """Bind addresses: loopback by default; 0.0.0.0 or a LAN address is the user's opt-in."""
+    if value == "localhost":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as err:
+        raise ValueError("an IP address such as 127.0.0.1 (loopback) or 0.0.0.0 (all)") from err
+    return value
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+Host = Annotated[str, AfterValidator(_check_host)]
+
+
+class OscConfig(_Section):
+    """OSC over UDP and TCP (OSC 1.1 SLIP framing)."""
+
+    host: Host = "127.0.0.1"
+    udp_port: Port = 9010
+    tcp_port: Port = 9011
+    max_packet_bytes: int = Field(default=16384, ge=256, le=65507)
+
+
+class ZmqConfig(_Section):
+    """ZeroMQ: ROUTER for requests, PUB for events."""
+
+    host: Host = "127.0.0.1"
+    request_port: Port = 5560
+    event_port: Port = 5561
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+
+
+class DaemonConfig(_Section):
+    """The daemon process itself."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_seconds: float = Field(default=3.0, ge=0.0, le=4.5)
+    max_listeners: int = Field(default=32, ge=1, le=1024)
+
+
+class ModelsConfig(_Section):
+    """Where model weights come from when no hub can be reached."""
+
+    demucs_repo: Path | None = None
+
+
+class CloudConfig(_Section):
+    """Cloud tier credentials. Never logged, never shown by `status` or `doctor`."""
+
+    replicate_token: SecretStr | None = None
+    huggingface_token: SecretStr | None = None
+    workers_ai_token: SecretStr | None = None
+    workers_ai_account_id: str | None = None
+    server_token: SecretStr | None = None
+
+
+class Config(_Section):
+    """The whole configuration, passed down from the entry point."""
+
+    osc: OscConfig = OscConfig()
+    zmq: ZmqConfig = ZmqConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    models: ModelsConfig = ModelsConfig()
+    cloud: CloudConfig = CloudConfig()
+
+    def token_status(self) -> dict[str, bool]:
+        """Which cloud credentials are set: names only, never values."""
+        return {name: getattr(self.cloud, name) is not None for name in CloudConfig.model_fields}
+
+
+def default_config_path() -> Path | None:
+    """`./config.yaml` when present, else `~/.config/flowstate/config.yaml` when present."""
+    for candidate in (Path("config.yaml"), Path.home() / ".config" / "flowstate" / "config.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the config: defaults, then the YAML file, then environment overrides."""
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    if path is None:
+        path = default_config_path()
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        data = _read_yaml(path)
+    from_env = _apply_env(data, env)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source, from_env)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file {path}: expected a mapping of sections at the top level, "
+            f"got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def _env_key_path(variable: str) -> tuple[str, ...]:
+    """Map FLOWSTATE_OSC_UDP_PORT onto ('osc', 'udp_port') by walking the model's field names."""
+    rest = variable[len(ENV_PREFIX) :].lower()
+    model: type[BaseModel] | None = Config
+    path: list[str] = []
+    while model is not None and rest:
+        # Longest field name first, so `udp_port` wins over a hypothetical `udp`.
+        for name in sorted(model.model_fields, key=len, reverse=True):
+            if rest == name or rest.startswith(name + "_"):
+                path.append(name)
+                rest = rest[len(name) + 1 :]
+                annotation = model.model_fields[name].annotation
+                is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+                model = annotation if is_model else None
+                break
+        else:
+            break
+    if rest or model is not None:
+        sections = ", ".join(f"{ENV_PREFIX}{s.upper()}_…" for s in Config.model_fields)
+        raise ConfigError(
+            f"environment variable {variable} does not name a config key (expected {sections}, "
+            f"e.g. {ENV_PREFIX}OSC_UDP_PORT for osc.udp_port)"
+        )
+    return tuple(path)
+
+
+def _parse_env_value(text: str) -> Any:
+    stripped = text.strip()
+    if stripped.lower() in ("null", "none", "~"):
+        return None
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return text
+    return text  # pydantic's lax mode turns "9020" into 9020 and "true" into True
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Write environment overrides into `data`; return {key path: variable} for error messages."""
+    applied: dict[tuple[str, ...], str] = {}
+    items: list[tuple[str, tuple[str, ...]]] = []
+    for variable in sorted(env):
+        if variable in ENV_ALIASES:
+            items.append((variable, ENV_ALIASES[variable]))
+        elif variable.startswith(ENV_PREFIX) and variable != CONFIG_ENV:
+            items.append((variable, _env_key_path(variable)))
+    for variable, key_path in items:
+        node = data
+        for part in key_path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[key_path[-1]] = _parse_env_value(env[variable])
+        applied[key_path] = variable
+    return applied
+
+
+def _explain(err: ValidationError, source: str, from_env: dict[tuple[str, ...], str]) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        key = ".".join(loc)
+        origin = f" (from {from_env[loc]})" if loc in from_env else ""
+        secret = loc[:1] == ("cloud",) and loc[-1] != "workers_ai_account_id"
+        value = "<hidden>" if secret else repr(item.get("input"))
+        if item["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            known = ", ".join(model.model_fields) if model is not None else "?"
+            lines.append(f"  {key}: unknown key{origin}; expected one of: {known}")
+        else:
+            lines.append(f"  {key} = {value}{origin}: expected {item['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

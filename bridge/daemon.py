@@ -1,0 +1,170 @@
+"""Daemon lifecycle: start the transports, dispatch requests, shut down gracefully on a signal.
+
+Shutdown runs in three steps: stop accepting (new requests get `unavailable`), drain in-flight
+work for `daemon.shutdown_timeout_seconds`, then cancel what is left and close every socket.
+Signals are handled here, in the entry point, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import zmq
+
+from bridge import __version__
+from bridge.commands import EVENTS, lookup
+from bridge.config import Config
+from bridge.errors import BridgeError, Internal, StartupError, Unavailable
+from bridge.events import EventHub
+from bridge.protocol import CallContext, CommandSpec, Reply, Request
+from bridge.transports.osc import OscServer
+from bridge.transports.zmq import ZmqServer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Respond = Callable[[Reply], None]
+
+
+class Daemon:
+    """Owns the transports, the event hub and every task it starts."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub = EventHub(EVENTS, config.daemon.max_listeners)
+        self.started_at = time.monotonic()
+        self._accepting = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.osc = OscServer(config.osc, self.dispatch, self.hub)
+        self.zmq = ZmqServer(config.zmq, self.dispatch, self.hub)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every endpoint or raise StartupError naming the port and its config key."""
+        self.hub.attach(asyncio.get_running_loop())
+        try:
+            await self.osc.start(self._bind)
+            await self.zmq.start(self._bind)
+        except BaseException:
+            await self._close_transports()
+            raise
+        self.started_at = time.monotonic()
+        self._accepting = True
+        log.info("flowstate %s listening:", __version__)
+        for name, endpoint in self.endpoints().items():
+            log.info("  %-13s %s", name, endpoint)
+
+    async def _bind(self, key: str, port: int, opening: Awaitable[T]) -> T:
+        try:
+            return await opening
+        except (OSError, zmq.ZMQError) as err:
+            if getattr(err, "errno", None) == errno.EADDRINUSE:
+                env = "FLOWSTATE_" + key.replace(".", "_").upper()
+                raise StartupError(
+                    f"port {port} ({key}) is already in use: is another flowstate daemon running? "
+                    f"Stop it, or set {key} in config.yaml or {env} to a free port."
+                ) from None
+            raise StartupError(f"cannot open {key} = {port}: {err}") from None
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain in-flight work with a timeout, cancel the rest, close."""
+        self._accepting = False
+        self.osc.stop_accepting()
+        self.zmq.stop_accepting()
+        timeout = self.config.daemon.shutdown_timeout_seconds
+        if self._tasks:
+            log.info("draining %d in-flight request(s) for up to %.1f s", len(self._tasks), timeout)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=0.5)
+                log.warning("cancelled %d request(s) still running at shutdown", len(pending))
+        await self._close_transports()
+        log.info("flowstate stopped")
+
+    async def _close_transports(self) -> None:
+        await self.osc.close()
+        await self.zmq.close()
+
+    def endpoints(self) -> dict[str, str]:
+        return {**self.osc.endpoints(), **self.zmq.endpoints()}
+
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def dispatch(self, request: Request, respond: Respond) -> None:
+        """Validate and run one request; `respond` is called exactly once with the outcome."""
+        if not self._accepting:
+            respond(Reply(request.name, error=Unavailable("the daemon is shutting down; try again when it is back")))
+            return
+        try:
+            spec = lookup(request.name)
+            kwargs = spec.bind(request.args)
+        except BridgeError as err:
+            log.warning("%s from %s %s: %s: %s", request.name, request.origin.transport, request.origin.host, err.code, err.message)
+            respond(Reply(request.name, error=err))
+            return
+        ctx = CallContext(daemon=self, origin=request.origin)
+        if spec.is_async:
+            task = asyncio.get_running_loop().create_task(self._run_async(spec, ctx, kwargs, respond))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            respond(self._run_sync(spec, ctx, kwargs))
+
+    def _run_sync(self, spec: CommandSpec, ctx: CallContext, kwargs: dict[str, Any]) -> Reply:
+        try:
+            result = spec.handler(ctx, **kwargs)
+        except BridgeError as err:
+            log.warning("%s: %s: %s", spec.name, err.code, err.message)
+            return Reply(spec.name, error=err, spec=spec)
+        except Exception as err:
+            log.exception("%s failed", spec.name)
+            return Reply(spec.name, error=_internal(spec, err), spec=spec)
+        return Reply(spec.name, result=result, spec=spec)
+
+    async def _run_async(self, spec: CommandSpec, ctx: CallContext, kwargs: dict[str, Any], respond: Respond) -> None:
+        try:
+            result = await spec.handler(ctx, **kwargs)
+        except asyncio.CancelledError:
+            respond(Reply(spec.name, error=Unavailable(f"{spec.name} was cancelled: the daemon is shutting down"), spec=spec))
+            raise
+        except BridgeError as err:
+            log.warning("%s: %s: %s", spec.name, err.code, err.message)
+            respond(Reply(spec.name, error=err, spec=spec))
+        except Exception as err:
+            log.exception("%s failed", spec.name)
+            respond(Reply(spec.name, error=_internal(spec, err), spec=spec))
+        else:
+            respond(Reply(spec.name, result=result, spec=spec))
+
+
+def _internal(spec: CommandSpec, err: Exception) -> Internal:
+    return Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}: {err}); the daemon log has the traceback")
+
+
+async def serve(config: Config) -> None:
+    """Run a daemon until SIGINT or SIGTERM, then shut it down gracefully."""
+    loop = asyncio.get_running_loop()
+    daemon = Daemon(config)
+    await daemon.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("signal received, shutting down")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await daemon.shutdown()

@@ -1,0 +1,41 @@
+"""Documentation derived from the registry: the README's protocol tables come from here.
+
+`flowstate commands --markdown` prints them; tests/bridge/test_docs.py fails when README.md and
+the registry disagree, so the README can never drift from what the daemon accepts.
+"""
+
+from __future__ import annotations
+
+from bridge.commands import EVENTS, iter_commands
+
+BEGIN = "<!-- BEGIN GENERATED PROTOCOL TABLE (flowstate commands --markdown) -->"
+END = "<!-- END GENERATED PROTOCOL TABLE -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_tables() -> str:
+    lines = [
+        "| Command | OSC address | Arguments | Replies (OSC) | What it does |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in iter_commands():
+        args = "<br>".join(
+            f"`{a.name}`: {a.expected()}" + ("" if a.required else f" = `{a.default!r}`") + f" — {a.help}"
+            for a in spec.args
+        ) or "—"
+        returns = " ".join(f"`{r}`" for r in spec.returns) or "result as JSON"
+        lines.append(
+            f"| `{spec.name}` | `{spec.osc_address}` | {_cell(args)} | {returns} | {_cell(spec.help)} |"
+        )
+    lines += ["", "| Event | OSC address | Fields | Meaning |", "|---|---|---|---|"]
+    for event in EVENTS.values():
+        fields = " ".join(f"`{f}`" for f in event.fields)
+        lines.append(f"| `{event.name}` | `{event.osc_address}` | {fields} | {_cell(event.help)} |")
+    return "\n".join(lines)
+
+
+def readme_block() -> str:
+    return f"{BEGIN}\n{markdown_tables()}\n{END}"

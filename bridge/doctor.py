@@ -1,0 +1,175 @@
+"""`flowstate doctor`: what works on this machine, in words a newcomer can act on.
+
+Every check is independent and catches only the failures it can explain; none prints a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge import __version__
+from bridge.config import Config
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+APT_HINT = (
+    "sudo apt-get install -y --no-install-recommends jackd2 libportaudio2"
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    state: str
+    detail: str
+
+
+def run_checks(config: Config, config_source: str) -> list[Check]:
+    checks: list[Callable[[], Iterator[Check]]] = [
+        lambda: _python(config_source),
+        _torch,
+        _portaudio,
+        _jack,
+        _midi,
+        lambda: _weights(config),
+        lambda: _tokens(config),
+        lambda: _ports(config),
+    ]
+    return [check for make in checks for check in make()]
+
+
+def _python(config_source: str) -> Iterator[Check]:
+    version = platform.python_version()
+    state = OK if sys.version_info >= (3, 11) else FAIL
+    yield Check("python", state, f"{version} ({sys.executable}); flowstate {__version__}")
+    yield Check("config", OK, config_source)
+
+
+def _torch() -> Iterator[Check]:
+    try:
+        import torch
+    except ImportError as err:
+        yield Check("torch", FAIL, f"not importable ({err}); run `make run` to set up .venv")
+        return
+    devices = []
+    if torch.cuda.is_available():
+        devices.append(f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("MPS")
+    if devices:
+        yield Check("torch", OK, f"{torch.__version__}; " + ", ".join(devices))
+    else:
+        yield Check(
+            "torch",
+            OK,
+            f"{torch.__version__}; CPU only ({torch.get_num_threads()} threads), no CUDA or MPS: "
+            "live stems use CPU window sizes",
+        )
+
+
+def _portaudio() -> Iterator[Check]:
+    # PortAudio's JACK host API would otherwise try to launch a JACK server of its own.
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    try:
+        import sounddevice
+    except OSError as err:
+        yield Check("portaudio", FAIL, f"library not found ({err}); install it: {APT_HINT}")
+        return
+    apis = sounddevice.query_hostapis()
+    devices = sounddevice.query_devices()
+    names = ", ".join(f"{api['name']} ({len(api['devices'])} devices)" for api in apis) or "none"
+    state = OK if len(devices) else WARN
+    hint = "" if len(devices) else "; no audio devices: start JACK or plug in an interface"
+    yield Check("portaudio", state, f"{sounddevice.get_portaudio_version()[1]}; host APIs: {names}{hint}")
+
+
+def _jack() -> Iterator[Check]:
+    jack_lsp = shutil.which("jack_lsp")
+    if jack_lsp is None:
+        yield Check("jack", WARN, f"JACK tools not installed (tests need them): {APT_HINT}")
+        return
+    env = {**os.environ, "JACK_NO_START_SERVER": "1"}
+    try:
+        done = subprocess.run([jack_lsp], capture_output=True, text=True, timeout=5, env=env)
+    except subprocess.TimeoutExpired:
+        yield Check("jack", WARN, "jack_lsp did not answer within 5 s")
+        return
+    if done.returncode == 0:
+        ports = [line for line in done.stdout.splitlines() if line.strip()]
+        yield Check("jack", OK, f"server running, {len(ports)} ports")
+    else:
+        yield Check("jack", WARN, "installed, no server running (start one: jackd --no-realtime -d dummy -r 48000 -p 256)")
+
+
+def _midi() -> Iterator[Check]:
+    try:
+        import rtmidi
+    except ImportError as err:
+        yield Check("midi", FAIL, f"python-rtmidi not importable: {err}")
+        return
+    apis = [rtmidi.get_api_display_name(api) for api in rtmidi.get_compiled_api()]
+    yield Check("midi", OK if apis else WARN, "rtmidi APIs: " + (", ".join(apis) or "none"))
+
+
+def _weights(config: Config) -> Iterator[Check]:
+    found: list[str] = []
+    places: list[Path] = []
+    try:
+        import torch.hub
+
+        places.append(Path(torch.hub.get_dir()) / "checkpoints")
+    except ImportError:
+        pass
+    if config.models.demucs_repo is not None:
+        places.append(config.models.demucs_repo)
+    for place in places:
+        if place.is_dir():
+            found += [f"{place}/{p.name}" for p in sorted(place.glob("*.th"))]
+    where = " or ".join(str(p) for p in places) or "nowhere"
+    if found:
+        yield Check("weights", OK, f"{len(found)} demucs checkpoint(s): " + ", ".join(found[:4]))
+    else:
+        yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, or set models.demucs_repo")
+
+
+def _tokens(config: Config) -> Iterator[Check]:
+    status = config.token_status()
+    set_names = [name for name, present in status.items() if present]
+    unset = [name for name, present in status.items() if not present]
+    detail = f"set: {', '.join(set_names) or 'none'}; not set: {', '.join(unset) or 'none'} (values never shown)"
+    yield Check("cloud tokens", OK, detail)
+
+
+def _ports(config: Config) -> Iterator[Check]:
+    wanted = [
+        ("osc.udp_port", config.osc.host, config.osc.udp_port, socket.SOCK_DGRAM),
+        ("osc.tcp_port", config.osc.host, config.osc.tcp_port, socket.SOCK_STREAM),
+        ("zmq.request_port", config.zmq.host, config.zmq.request_port, socket.SOCK_STREAM),
+        ("zmq.event_port", config.zmq.host, config.zmq.event_port, socket.SOCK_STREAM),
+    ]
+    busy = []
+    for key, host, port, kind in wanted:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(f"{key}={port}")
+    if busy:
+        yield Check("ports", WARN, f"in use: {', '.join(busy)} (a running daemon? `flowstate status` tells)")
+    else:
+        yield Check("ports", OK, "free: " + ", ".join(f"{k}={p}" for k, _, p, _ in wanted))
+
+
+def render(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    return "\n".join(f"  {c.state:<5} {c.name:<{width}}  {c.detail}" for c in checks)

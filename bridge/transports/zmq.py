@@ -1,0 +1,191 @@
+"""ZeroMQ: a ROUTER socket for requests (REQ and DEALER clients) and a PUB socket for events.
+
+Request:  {"id": <any>, "cmd": <name>, "args": {...}}
+Reply:    {"id": <same>, "ok": true, "result": {...}}
+Error:    {"id": <same>, "ok": false, "error": {"code": ..., "message": ...}}
+Events:   PUB multipart [topic = event name, {"event": name, "data": {...}}]. A DEALER client
+          (one that sends no empty delimiter frame) also receives the events of its own jobs on
+          its request socket; a REQ client cannot (its socket only accepts one reply per request).
+
+This module only translates between frames and `Request` / `Reply` / `Event` objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from bridge.config import ZmqConfig
+from bridge.errors import BadRequest, BridgeError
+from bridge.events import EventHub
+from bridge.protocol import Event, Origin, Reply, Request
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[Request, Callable[[Reply], None]], None]
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+def reply_body(reply: Reply, request_id: Any) -> bytes:
+    if reply.error is not None:
+        return _dumps({"id": request_id, "ok": False, "error": reply.error.to_dict()})
+    return _dumps({"id": request_id, "ok": True, "result": reply.result})
+
+
+def event_body(event: Event) -> bytes:
+    return _dumps(event.to_json())
+
+
+@dataclass(eq=False)
+class ZmqOrigin:
+    server: ZmqServer
+    envelope: list[bytes]
+    host: str
+    transport: str = "zmq"
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return ("zmq", self.envelope[0] if self.envelope else b"")
+
+    @property
+    def accepts_events(self) -> bool:
+        # REQ sockets put an empty delimiter frame before the body; DEALERs usually do not.
+        return b"" not in self.envelope
+
+    def send_event(self, event: Event) -> None:
+        if self.accepts_events:
+            self.server.send(self.envelope, event_body(event))
+
+
+class ZmqServer:
+    """The ROUTER (requests) and PUB (events) sockets of one daemon."""
+
+    def __init__(self, config: ZmqConfig, dispatch: Dispatch, hub: EventHub) -> None:
+        self.config = config
+        self._dispatch = dispatch
+        self._context = zmq.asyncio.Context()
+        self._router: zmq.asyncio.Socket | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._router_out: zmq.Socket | None = None
+        self._pub_out: zmq.Socket | None = None
+        self._closed = False
+        self.request_port = config.request_port
+        self.event_port = config.event_port
+        hub.add_sink(self._publish)
+
+    async def start(self, bind: Callable[..., Any]) -> None:
+        async def open_socket(kind: int, key: str, port: int) -> tuple[zmq.asyncio.Socket, int]:
+            sock = self._context.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                actual = await bind(key, port, _bind(sock, self.config.host, port))
+            except BaseException:
+                sock.close()
+                raise
+            return sock, actual
+
+        self._router, self.request_port = await open_socket(zmq.ROUTER, "zmq.request_port", self.config.request_port)
+        self._pub, self.event_port = await open_socket(zmq.PUB, "zmq.event_port", self.config.event_port)
+        # Sends go through plain (shadow) sockets: non-blocking, errors raised here rather than
+        # parked on futures nobody awaits. Everything runs on the loop thread, so this is safe.
+        self._router_out = zmq.Socket.shadow(self._router.underlying)
+        self._pub_out = zmq.Socket.shadow(self._pub.underlying)
+        self._task = asyncio.create_task(self._serve(), name="zmq-router")
+
+    def endpoints(self) -> dict[str, str]:
+        host = self.config.host
+        return {"zmq_requests": f"tcp://{host}:{self.request_port}", "zmq_events": f"tcp://{host}:{self.event_port}"}
+
+    def stop_accepting(self) -> None:
+        """Nothing to close yet: requests that arrive while the daemon drains get `unavailable`."""
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._closed = True
+        for sock in (self._router, self._pub):
+            if sock is not None:
+                sock.close(linger=0)
+        self._context.term()
+
+    async def _serve(self) -> None:
+        assert self._router is not None
+        router = self._router
+        while True:
+            frames = await router.recv_multipart(copy=False)
+            if len(frames) < 2:
+                continue  # a ROUTER always prepends the identity; anything shorter is not a request
+            envelope = [frame.bytes for frame in frames[:-1]]
+            body = frames[-1]
+            try:
+                host = body.get("Peer-Address")
+            except zmq.ZMQError:
+                host = ""
+            self._handle(envelope, body.bytes, ZmqOrigin(self, envelope, host or ""))
+
+    def _handle(self, envelope: list[bytes], body: bytes, origin: ZmqOrigin) -> None:
+        request_id: Any = None
+        try:
+            limit = self.config.max_message_bytes
+            if len(body) > limit:
+                raise BadRequest(f"message of {len(body)} bytes exceeds zmq.max_message_bytes ({limit})")
+            try:
+                message = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise BadRequest(f"malformed JSON: {err}") from err
+            if not isinstance(message, dict):
+                raise BadRequest(f"expected a JSON object {{\"cmd\": ..., \"args\": {{...}}}}, got {type(message).__name__}")
+            request_id = message.get("id")
+            name = message.get("cmd")
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"'cmd' must be a non-empty string naming a command, got {name!r}")
+            args = message.get("args", {})
+            if args is None:
+                args = {}
+            if not isinstance(args, dict):
+                raise BadRequest(f"{name}: 'args' must be a JSON object of named arguments, got {type(args).__name__}")
+        except BridgeError as err:
+            log.warning("ZeroMQ request rejected: %s: %s", err.code, err.message)
+            self.send(envelope, reply_body(Reply(name="", error=err), request_id))
+            return
+        request = Request(name=name, args=args, origin=origin, id=request_id)
+        self._dispatch(request, lambda reply: self.send(envelope, reply_body(reply, request_id)))
+
+    def send(self, envelope: list[bytes], body: bytes) -> None:
+        if self._router_out is None or self._closed:
+            return
+        try:
+            self._router_out.send_multipart([*envelope, body], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as err:  # peer gone or not reading (high-water mark): drop, say so
+            log.warning("ZeroMQ: could not send %d bytes to a client: %s", len(body), err)
+
+    def _publish(self, event: Event, origin: Origin | None) -> None:
+        if self._pub_out is None or self._closed:
+            return
+        try:
+            self._pub_out.send_multipart([event.name.encode(), event_body(event)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as err:
+            log.warning("ZeroMQ PUB: could not publish %s: %s", event.name, err)
+
+
+async def _bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
+    """Bind and return the actual port (port 0 picks a free one)."""
+    if port == 0:
+        return sock.bind_to_random_port(f"tcp://{host}")
+    sock.bind(f"tcp://{host}:{port}")
+    return port
