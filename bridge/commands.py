@@ -78,6 +78,7 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("job.progress", ("id", "fraction"), "A job advanced; fraction in [0, 1]."),
         EventSpec("job.done", ("id", "result"), "A job finished; result is a JSON object."),
         EventSpec("job.failed", ("id", "code", "message"), "A job failed with a Protocol v1 code."),
+        EventSpec("daemon.stopping", ("reason",), "The daemon is shutting down; reconnect when it is back."),
     )
 }
 

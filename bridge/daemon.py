@@ -76,6 +76,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop accepting, drain in-flight work with a timeout, cancel the rest, close."""
         self._accepting = False
+        self.hub.publish("daemon.stopping", reason="shutdown")
         self.osc.stop_accepting()
         self.zmq.stop_accepting()
         timeout = self.config.daemon.shutdown_timeout_seconds

@@ -118,9 +118,10 @@ class ZmqServer:
             except asyncio.CancelledError:
                 pass
         self._closed = True
-        for sock in (self._router, self._pub):
-            if sock is not None:
-                sock.close(linger=0)
+        if self._router is not None:
+            self._router.close(linger=0)
+        if self._pub is not None:
+            self._pub.close(linger=500)  # let daemon.stopping reach the subscribers
         self._context.term()
 
     async def _serve(self) -> None:

@@ -1,0 +1,40 @@
+# Two commands do everything: `make run` starts the daemon, `make test` runs the whole suite.
+# Both set up what they need first: system packages (jackd2, libportaudio2), .venv, the package.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The pinned torch. On a plain Linux machine this is the CUDA build; see "GPU" in the README.
+TORCH  ?= torch==2.13.0
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+
+.PHONY: run test setup system-deps doctor bench clean
+
+run: setup
+	$(BIN)/flowstate up --config config.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+doctor: setup
+	$(BIN)/flowstate doctor --config config.yaml
+
+bench: setup
+	$(BIN)/python bench/transport.py
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found: install python3.11 (with its venv module)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH)"
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test]'
+	$(BIN)/python -c "import bridge, zmq, pythonosc, pydantic, pytest"
+	touch $@
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

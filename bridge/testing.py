@@ -1,0 +1,115 @@
+"""Start a real daemon process on free loopback ports: used by the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.client import Client
+from bridge.errors import Unavailable
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel just handed out for both TCP and UDP, so either protocol can bind it."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+            with socket.socket(socket.AF_INET, other) as second:
+                try:
+                    second.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+class DaemonProcess:
+    """`flowstate up` in a subprocess with its own config on free ports.
+
+    `overrides` is merged into the generated config (e.g. {"daemon": {"log_level": "DEBUG"}}).
+    """
+
+    def __init__(self, overrides: dict[str, Any] | None = None, workdir: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flowstate-"))
+        self.config: dict[str, Any] = {
+            "osc": {"host": "127.0.0.1", "udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
+            "zmq": {"host": "127.0.0.1", "request_port": free_port(), "event_port": free_port()},
+            "daemon": {"log_level": "INFO"},
+        }
+        for section, values in (overrides or {}).items():
+            self.config.setdefault(section, {}).update(values)
+        self.config_path = self.workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.log_path = self.workdir / "daemon.log"
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def osc_udp(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.config["osc"]["udp_port"])
+
+    @property
+    def osc_tcp(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.config["osc"]["tcp_port"])
+
+    @property
+    def zmq_requests(self) -> str:
+        return f"tcp://127.0.0.1:{self.config['zmq']['request_port']}"
+
+    @property
+    def zmq_events(self) -> str:
+        return f"tcp://127.0.0.1:{self.config['zmq']['event_port']}"
+
+    def start(self, timeout_seconds: float = 20.0) -> DaemonProcess:
+        env = {**os.environ, **(self.env or {})}
+        env = {k: v for k, v in env.items() if not k.startswith("FLOWSTATE_") or k in (self.env or {})}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "up", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_seconds
+        with Client(self.zmq_requests, timeout_seconds=0.2) as client:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    client.call("ping")
+                    return self
+                except Unavailable:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(f"daemon did not answer within {timeout_seconds} s:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_seconds: float = 10.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

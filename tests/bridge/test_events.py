@@ -1,0 +1,152 @@
+"""Event fan-out: requester, registered OSC listeners and ZeroMQ PUB, from any thread.
+
+The daemon runs in-process here (real sockets, its own loop thread) so a test-only command can
+publish a job event the way a job worker will: from another thread, addressed to its requester.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from bridge.commands import COMMANDS, command
+from bridge.config import Config
+from bridge.daemon import Daemon
+from bridge.protocol import Arg, CallContext, Result
+from bridge.testing import DaemonProcess, free_port
+from tests.conftest import OscTcp, OscUdp, zmq_request
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Daemon]:
+    @command("test.emit", Arg("fraction", float, "progress to publish", min=0, max=1), help="test only")
+    def emit(ctx: CallContext, fraction: float) -> Result:
+        # Publish from a worker thread, as jobs do, after the reply has gone out.
+        def later() -> None:
+            time.sleep(0.05)
+            ctx.daemon.hub.publish("job.progress", origin=ctx.origin, id="job-1", fraction=fraction)
+
+        threading.Thread(target=later).start()
+        return {"emitted": fraction}
+
+    config = Config.model_validate(
+        {
+            "osc": {"udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
+            "zmq": {"request_port": free_port(), "event_port": free_port()},
+        }
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    daemon = Daemon(config)
+    asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(10)
+    try:
+        yield daemon
+    finally:
+        asyncio.run_coroutine_threadsafe(daemon.shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        del COMMANDS["test.emit"]
+
+
+def _osc_udp(daemon: Daemon) -> OscUdp:
+    return OscUdp(("127.0.0.1", daemon.osc.udp_port))
+
+
+def _endpoint(daemon: Daemon, port: int) -> str:
+    return f"tcp://127.0.0.1:{port}"
+
+
+def test_udp_requester_receives_its_event(live: Daemon) -> None:
+    client = _osc_udp(live)
+    try:
+        assert client.request("/flow/test/emit", 0.25).params == ['{"emitted":0.25}']
+        event = client.receive()
+        assert event.address == "/flow/event/job/progress"
+        assert event.params == ["job-1", 0.25]
+    finally:
+        client.close()
+
+
+def test_tcp_requester_receives_its_event_on_the_connection(live: Daemon) -> None:
+    client = OscTcp(("127.0.0.1", live.osc.tcp_port))
+    try:
+        assert client.request("/flow/test/emit", 0.5).address == "/flow/reply/test/emit"
+        assert client.receive().params == ["job-1", 0.5]
+    finally:
+        client.close()
+
+
+def test_dealer_requester_receives_its_event_req_does_not(live: Daemon) -> None:
+    context = zmq.Context()
+    try:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(_endpoint(live, live.zmq.request_port))
+        assert zmq_request(dealer, {"id": 1, "cmd": "test.emit", "args": {"fraction": 0.75}})["ok"]
+        assert dealer.poll(5000)
+        assert json.loads(dealer.recv()) == {"event": "job.progress", "data": {"id": "job-1", "fraction": 0.75}}
+
+        req = context.socket(zmq.REQ)
+        req.connect(_endpoint(live, live.zmq.request_port))
+        assert zmq_request(req, {"id": 2, "cmd": "test.emit", "args": {"fraction": 1}})["ok"]
+        time.sleep(0.2)  # the event would have arrived by now; a REQ socket must not get it
+        assert zmq_request(req, {"id": 3, "cmd": "ping"})["id"] == 3
+    finally:
+        context.destroy(linger=0)
+
+
+def test_subscribers_and_listeners_receive_every_event_once(live: Daemon) -> None:
+    context = zmq.Context()
+    listener = _osc_udp(live)
+    other = _osc_udp(live)
+    try:
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"job.")
+        sub.connect(_endpoint(live, live.zmq.event_port))
+        listener.request("/flow/register", listener.port)
+        time.sleep(0.2)  # a SUB socket only receives what is published after it has joined
+        # The listener itself makes the request: it must see the event once, not twice.
+        assert listener.request("/flow/test/emit", 0.125).address == "/flow/reply/test/emit"
+        assert listener.receive().params == ["job-1", 0.125]
+        assert listener.client.receive(0.3) == b""
+        # Someone else's request on this host: the listener hears a copy of the reply, then the event.
+        other.request("/flow/test/emit", 0.375)
+        assert listener.receive().address == "/flow/reply/test/emit"
+        assert listener.receive().params == ["job-1", 0.375]
+        assert sub.poll(5000)
+        topic, body = sub.recv_multipart()
+        assert topic == b"job.progress"
+        assert json.loads(body)["data"]["fraction"] == 0.125
+    finally:
+        listener.request("/flow/unregister", listener.port)
+        listener.close()
+        other.close()
+        context.destroy(linger=0)
+
+
+def test_daemon_stopping_reaches_listeners_and_subscribers() -> None:
+    process = DaemonProcess().start()
+    context = zmq.Context()
+    listener = OscUdp(process.osc_udp)
+    try:
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"daemon.")
+        sub.connect(process.zmq_events)
+        listener.request("/flow/register", listener.port)
+        time.sleep(0.2)
+        assert process.stop() == 0
+        assert listener.receive().address == "/flow/event/daemon/stopping"
+        assert sub.poll(5000)
+        assert sub.recv_multipart()[0] == b"daemon.stopping"
+    finally:
+        process.stop()
+        listener.close()
+        context.destroy(linger=0)

@@ -1,0 +1,82 @@
+"""ZeroMQ requests (REQ and DEALER) against the real daemon, and every kind of bad request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import zmq
+
+from bridge import __version__
+from tests.conftest import zmq_request
+
+
+def test_req_ping(req: zmq.Socket) -> None:
+    reply = zmq_request(req, {"id": 7, "cmd": "ping"})
+    assert reply == {"id": 7, "ok": True, "result": {"reply": "pong", "version": __version__}}
+
+
+@pytest.mark.parametrize("request_id", ["abc", 12, 1.5, None, {"nested": [1, 2]}])
+def test_dealer_ping_echoes_any_id(dealer: zmq.Socket, request_id: object) -> None:
+    reply = zmq_request(dealer, {"id": request_id, "cmd": "ping", "args": {}})
+    assert reply["id"] == request_id
+    assert reply["ok"] is True
+    assert reply["result"]["reply"] == "pong"
+
+
+def test_dealer_pipelines_requests(dealer: zmq.Socket) -> None:
+    for n in range(20):
+        dealer.send(json.dumps({"id": n, "cmd": "ping"}).encode())
+    ids = []
+    for _ in range(20):
+        assert dealer.poll(5000)
+        ids.append(json.loads(dealer.recv())["id"])
+    assert sorted(ids) == list(range(20))
+
+
+def test_named_arguments_are_typed_and_validated(req: zmq.Socket) -> None:
+    reply = zmq_request(req, {"id": 1, "cmd": "commands", "args": {"name": "register"}})
+    assert reply["ok"] is True
+    [spec] = reply["result"]["commands"]
+    assert spec["osc"] == "/flow/register"
+    assert spec["args"][0] == {"name": "port", "type": "int", "help": spec["args"][0]["help"], "min": 1, "max": 65535}
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "words", "echoed_id"),
+    [
+        (b"{not json", "bad_request", "malformed JSON", None),
+        (b"\xff\xfe\x00", "bad_request", "malformed JSON", None),
+        (b"[1, 2, 3]", "bad_request", "expected a JSON object", None),
+        (b'{"id": 3}', "bad_request", "'cmd' must be a non-empty string", 3),
+        (b'{"id": 3, "cmd": 5}', "bad_request", "'cmd' must be a non-empty string", 3),
+        (b'{"id": 3, "cmd": "pong"}', "unknown_command", "did you mean ping", 3),
+        (b'{"id": 3, "cmd": "ping", "args": [1]}', "bad_request", "'args' must be a JSON object", 3),
+        (b'{"id": 3, "cmd": "ping", "args": "x"}', "bad_request", "'args' must be a JSON object", 3),
+        (b'{"id": 3, "cmd": "ping", "args": {"x": 1}}', "bad_request", "unknown argument(s) ['x']", 3),
+        (b'{"id": 3, "cmd": "register", "args": {}}', "bad_request", "missing argument 'port'", 3),
+        (b'{"id": 3, "cmd": "register", "args": {"port": "80"}}', "bad_request", "expected int in [1, 65535], got '80'", 3),
+        (b'{"id": 3, "cmd": "register", "args": {"port": true}}', "bad_request", "got True (bool)", 3),
+        (b'{"id": 3, "cmd": "register", "args": {"port": 0}}', "bad_request", "got 0 (int)", 3),
+        (b'{"id": 3, "cmd": "ping", "pad": "' + b"z" * 1_100_000 + b'"}', "bad_request", "exceeds zmq.max_message_bytes", None),
+    ],
+)
+def test_bad_requests_get_structured_errors_and_the_daemon_keeps_serving(
+    req: zmq.Socket, daemon, raw: bytes, code: str, words: str, echoed_id: int | None
+) -> None:
+    reply = zmq_request(req, None, raw=raw)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == code
+    assert words in reply["error"]["message"]
+    assert reply["id"] == echoed_id  # echoed whenever the request could be parsed
+    assert zmq_request(req, {"id": 4, "cmd": "ping"})["ok"] is True
+    assert "WARNING" in daemon.log()
+
+
+def test_register_over_zmq_uses_the_peer_host(req: zmq.Socket) -> None:
+    reply = zmq_request(req, {"id": 1, "cmd": "register", "args": {"port": 45678}})
+    assert reply["ok"] is True
+    assert reply["result"]["host"] == "127.0.0.1"
+    status = zmq_request(req, {"id": 2, "cmd": "status"})["result"]
+    assert "127.0.0.1:45678" in status["listeners"]
+    assert zmq_request(req, {"id": 3, "cmd": "unregister", "args": {"port": 45678}})["result"]["removed"] is True
