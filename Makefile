@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: run test setup system-deps doctor bench clean
+.PHONY: run test setup system-deps doctor bench readme clean
 
 run: setup
 	$(BIN)/flowstate up --config config.yaml
@@ -22,6 +22,10 @@ doctor: setup
 
 bench: setup
 	$(BIN)/python bench/transport.py
+
+# Regenerate the protocol tables in README.md from the command registry.
+readme: setup
+	$(BIN)/python -m bridge.docs
 
 setup: system-deps $(STAMP)
 

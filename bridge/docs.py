@@ -39,3 +39,19 @@ def markdown_tables() -> str:
 
 def readme_block() -> str:
     return f"{BEGIN}\n{markdown_tables()}\n{END}"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the generated block in README.md; returns True when it changed."""
+    from pathlib import Path
+
+    readme = Path(path)
+    text = readme.read_text()
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    updated = text[:start] + readme_block() + text[stop:]
+    readme.write_text(updated)
+    return updated != text
+
+
+if __name__ == "__main__":
+    print("README.md updated" if update_readme() else "README.md already up to date")

@@ -237,6 +237,7 @@ class OscServer:
             timer.cancel()
 
     async def close(self) -> None:
+        self.stop_accepting()
         for connection in list(self.connections):
             connection.close()
         if self._tcp is not None:
