@@ -1,0 +1,85 @@
+"""The engine base: load once, place on a device (cuda > mps > cpu), process under a lock, close.
+
+Engines implement `_load`, `_process` and `_close`. Nothing happens at import time: torch is
+imported and devices are probed only when an engine is constructed or loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from bridge.errors import BadRequest, Unavailable
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; a forced device that is absent is an error."""
+    import torch
+
+    if preference not in DEVICE_CHOICES:
+        raise BadRequest(f"device: expected one of {', '.join(DEVICE_CHOICES)}, got {preference!r}")
+    mps = getattr(torch.backends, "mps", None)
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(mps is not None and mps.is_available()),
+        "cpu": True,
+    }
+    if preference == "auto":
+        for name in ("cuda", "mps", "cpu"):
+            if available[name]:
+                return torch.device(name)
+    if not available[preference]:
+        raise Unavailable(f"device {preference!r} was asked for but is not available on this machine")
+    return torch.device(preference)
+
+
+class Engine:
+    """Base class for model engines. Thread-safe: one `process` at a time per engine."""
+
+    name = "engine"
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = pick_device(device)
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        """Load weights once; later calls return at once (the model stays warm)."""
+        with self._lock:
+            if not self._loaded:
+                log.info("%s: loading on %s", self.name, self.device)
+                self._load()
+                self._loaded = True
+
+    def process(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._loaded:
+            self.load()
+        with self._lock:
+            return self._process(*args, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loaded:
+                self._close()
+                self._loaded = False
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _process(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release what `_load` took; the default drops nothing."""
