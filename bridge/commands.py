@@ -11,6 +11,7 @@ result). Slow work does not belong in a handler: it goes to a job or a worker th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +80,8 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("job.done", ("id", "result"), "A job finished; result is a JSON object."),
         EventSpec("job.failed", ("id", "code", "message"), "A job failed with a Protocol v1 code."),
         EventSpec("daemon.stopping", ("reason",), "The daemon is shutting down; reconnect when it is back."),
+        EventSpec("stream.started", ("latency_ms", "stems"), "A live stream started; type latency_ms into your DAW's delay compensation."),
+        EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
     )
 }
 
@@ -149,3 +152,75 @@ def commands(ctx: CallContext, name: str) -> Result:
             for e in EVENTS.values()
         ],
     }
+
+
+# -- live stems ------------------------------------------------------------------------------------
+
+
+@command(
+    "stream.start",
+    Arg("device", str, "Audio device name (or part of it) or index; empty: stream.device from config.", default=""),
+    Arg("model", str, "HTDemucs model or bag, e.g. htdemucs, htdemucs_6s; empty: stream.model.", default=""),
+    Arg("overrides", dict, "Other stream.* settings for this run, e.g. {\"hop_seconds\": 0.5}.", default=None),
+    help="Start live stems on an audio device; replies once running, with the latency to compensate.",
+    returns=("latency_ms", "stems"),
+)
+async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None) -> Result:
+    settings = dict(overrides or {})
+    if device:
+        settings["device"] = int(device) if device.isdigit() else device
+    if model:
+        settings["model"] = model
+    # Loading a model and opening a device take seconds: off the event loop.
+    status = await asyncio.to_thread(ctx.daemon.streams.start, settings)
+    ctx.daemon.hub.publish("stream.started", latency_ms=status["latency_ms"], stems=status["stems"])
+    return status
+
+
+@command("stream.stop", help="Stop the live stream (the model stays loaded for a quick restart).", returns=("running",))
+async def stream_stop(ctx: CallContext) -> Result:
+    status = await asyncio.to_thread(ctx.daemon.streams.stop)
+    if "late_hops" in status:
+        ctx.daemon.hub.publish("stream.stopped", late_hops=status["late_hops"], xruns=status["xruns"])
+    return status
+
+
+@command(
+    "stream.status",
+    help="Latency (ms and frames), compute per hop, load, late hops, xruns, device, model, stems, routing.",
+)
+def stream_status(ctx: CallContext) -> Result:
+    stream = ctx.daemon.streams.stream
+    if stream is None:
+        return {"running": False}
+    return stream.status()
+
+
+@command(
+    "stream.set",
+    Arg("stem", str, "Stem name, e.g. vocals."),
+    Arg("gain_db", float, "Gain in dB; omit or null to keep.", default=None, min=-120.0, max=24.0),
+    Arg("mute", bool, "Mute (1) or unmute (0); omit or null to keep.", default=None),
+    help="Set a stem's gain and/or mute while the stream runs.",
+    returns=("stem", "gain_db", "mute"),
+)
+def stream_set(ctx: CallContext, stem: str, gain_db: float | None, mute: bool | None) -> Result:
+    return ctx.daemon.streams.running_stream("stream.set").set_stem(stem, gain_db, mute)
+
+
+@command(
+    "fx.set",
+    Arg("chain", str, "master, or a stem name."),
+    Arg("effect", str, "The effect's name in the chain."),
+    Arg("parameter", str, "Parameter name, e.g. room_size or a VST3 parameter."),
+    Arg("value", object, "New value; ranges are checked."),
+    help="Change an effect parameter while the stream runs (applied at the next block).",
+)
+def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: object) -> Result:
+    stream = ctx.daemon.streams.running_stream("fx.set")
+    return stream.effects.chain(chain).set_parameter(effect, parameter, value)
+
+
+@command("fx.list", help="The running stream's effect chains with their parameters, values and ranges.")
+def fx_list(ctx: CallContext) -> Result:
+    return {"chains": ctx.daemon.streams.running_stream("fx.list").effects.describe()}

@@ -70,7 +70,39 @@ class ZmqConfig(_Section):
     host: Host = "127.0.0.1"
     request_port: Port = 5560
     event_port: Port = 5561
+    audio_port: Port = 5562
     max_message_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+
+
+EffectSpec = list[dict[str, Any]]
+
+
+class EffectsConfig(_Section):
+    """pedalboard chains: built-in plugins by class name, VST3 plugins by path."""
+
+    master: EffectSpec = []
+    stems: dict[str, EffectSpec] = {}
+
+
+class StreamConfig(_Section):
+    """Live stems: the audio device, the streaming HTDemucs engine, routing, gains, effects."""
+
+    device: str | int | None = None
+    sample_rate: int = Field(default=48000, ge=8000, le=192000)
+    block_size: int = Field(default=256, ge=16, le=8192)
+    channels: int = Field(default=2, ge=1, le=2)
+    routing: Literal["mix", "stems", "both"] = "mix"
+    model: str = "htdemucs"
+    engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)
+    hop_seconds: float | None = Field(default=None, gt=0.0, le=4.0)
+    lookahead_seconds: float | None = Field(default=None, ge=0.1, le=4.0)
+    crossfade_ms: float = Field(default=10.0, ge=0.0, le=100.0)
+    precision: Literal["float32", "float16", "bfloat16"] = "float32"
+    threads: int | None = Field(default=None, ge=1, le=256)
+    gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
+    muted: list[str] = []
+    effects: EffectsConfig = EffectsConfig()
 
 
 class DaemonConfig(_Section):
@@ -104,6 +136,7 @@ class Config(_Section):
     zmq: ZmqConfig = ZmqConfig()
     daemon: DaemonConfig = DaemonConfig()
     models: ModelsConfig = ModelsConfig()
+    stream: StreamConfig = StreamConfig()
     cloud: CloudConfig = CloudConfig()
 
     def token_status(self) -> dict[str, bool]:

@@ -23,6 +23,8 @@ from bridge.config import Config
 from bridge.errors import BridgeError, Internal, StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.protocol import CallContext, CommandSpec, Reply, Request
+from bridge.stream import AudioSessions, StreamManager
+from bridge.transports.audio import AudioServer
 from bridge.transports.osc import OscServer
 from bridge.transports.zmq import ZmqServer
 
@@ -43,6 +45,10 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self.osc = OscServer(config.osc, self.dispatch, self.hub)
         self.zmq = ZmqServer(config.zmq, self.dispatch, self.hub)
+        self.streams = StreamManager(config.stream, config.models.demucs_repo)
+        self.audio = AudioServer(
+            config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams)
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -52,6 +58,7 @@ class Daemon:
         try:
             await self.osc.start(self._bind)
             await self.zmq.start(self._bind)
+            await self._bind("zmq.audio_port", self.config.zmq.audio_port, asyncio.to_thread(self.audio.bind))
         except BaseException:
             await self._close_transports()
             raise
@@ -88,15 +95,17 @@ class Daemon:
             if pending:
                 await asyncio.wait(pending, timeout=0.5)
                 log.warning("cancelled %d request(s) still running at shutdown", len(pending))
+        await asyncio.to_thread(self.streams.close)
         await self._close_transports()
         log.info("flowstate stopped")
 
     async def _close_transports(self) -> None:
         await self.osc.close()
         await self.zmq.close()
+        await asyncio.to_thread(self.audio.close)
 
     def endpoints(self) -> dict[str, str]:
-        return {**self.osc.endpoints(), **self.zmq.endpoints()}
+        return {**self.osc.endpoints(), **self.zmq.endpoints(), "zmq_audio": self.audio.endpoint()}
 
     def in_flight(self) -> int:
         return len(self._tasks)

@@ -154,6 +154,7 @@ def _ports(config: Config) -> Iterator[Check]:
         ("osc.tcp_port", config.osc.host, config.osc.tcp_port, socket.SOCK_STREAM),
         ("zmq.request_port", config.zmq.host, config.zmq.request_port, socket.SOCK_STREAM),
         ("zmq.event_port", config.zmq.host, config.zmq.event_port, socket.SOCK_STREAM),
+        ("zmq.audio_port", config.zmq.host, config.zmq.audio_port, socket.SOCK_STREAM),
     ]
     busy = []
     for key, host, port, kind in wanted:

@@ -32,6 +32,7 @@ TYPE_NAMES: dict[type, str] = {
     bool: "bool",
     dict: "JSON object",
     list: "list of strings",
+    object: "number, bool or string",  # a plugin parameter value
 }
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -164,6 +165,10 @@ class Arg:
                     return None
                 return parsed if isinstance(parsed, dict) else None
             return None
+        if kind is object:
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            return value if isinstance(value, (bool, int, float, str)) else None
         if kind is list:
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
                 return list(value)

@@ -44,7 +44,12 @@ class DaemonProcess:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flowstate-"))
         self.config: dict[str, Any] = {
             "osc": {"host": "127.0.0.1", "udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
-            "zmq": {"host": "127.0.0.1", "request_port": free_port(), "event_port": free_port()},
+            "zmq": {
+                "host": "127.0.0.1",
+                "request_port": free_port(),
+                "event_port": free_port(),
+                "audio_port": free_port(),
+            },
             "daemon": {"log_level": "INFO"},
         }
         for section, values in (overrides or {}).items():
@@ -66,6 +71,10 @@ class DaemonProcess:
     @property
     def zmq_requests(self) -> str:
         return f"tcp://127.0.0.1:{self.config['zmq']['request_port']}"
+
+    @property
+    def zmq_audio(self) -> str:
+        return f"tcp://127.0.0.1:{self.config['zmq']['audio_port']}"
 
     @property
     def zmq_events(self) -> str:
@@ -113,3 +122,31 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def tiny_htdemucs_repo(folder: Path, name: str = "tiny",
+                       sources: tuple[str, ...] = ("drums", "bass", "other", "vocals"), seed: int = 0) -> Path:
+    """Build a small seeded HTDemucs (about 27 k parameters) and save it as a demucs local repo.
+
+    The folder gets `<sig>.th` in demucs's package format (class, init arguments, state) and
+    `<name>.yaml` naming that signature, so `demucs.pretrained.get_model(name, repo=folder)` loads
+    it through demucs's own `LocalRepo`/`BagOnlyRepo`, the same path as real checkpoints. Returns
+    the folder. torch and demucs are imported here, not at module import.
+    """
+    import hashlib
+
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    model = HTDemucs(sources=list(sources), channels=8, depth=2, t_layers=1, bottom_channels=0,
+                     samplerate=44100, segment=4)
+    args, kwargs = model._init_args_kwargs
+    # A signature that is stable for the same name, sources and seed (demucs names files by it).
+    sig = hashlib.sha256(f"{name}:{','.join(sources)}:{seed}".encode()).hexdigest()[:8]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()},
+               folder / f"{sig}.th")
+    (folder / f"{name}.yaml").write_text(f"models: ['{sig}']\n")
+    return folder

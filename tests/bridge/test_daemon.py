@@ -21,6 +21,7 @@ def test_up_logs_every_endpoint_it_listens_on() -> None:
     assert f"127.0.0.1:{process.osc_tcp[1]}" in log
     assert process.zmq_requests in log
     assert process.zmq_events in log
+    assert process.zmq_audio in log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -62,6 +63,7 @@ def test_ports_are_released_after_shutdown() -> None:
         (socket.SOCK_STREAM, "osc.tcp_port"),
         (socket.SOCK_STREAM, "zmq.request_port"),
         (socket.SOCK_STREAM, "zmq.event_port"),
+        (socket.SOCK_STREAM, "zmq.audio_port"),
     ],
 )
 def test_port_in_use_is_a_clear_error_naming_port_and_key(kind: int, key: str) -> None:

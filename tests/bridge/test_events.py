@@ -39,7 +39,7 @@ def live() -> Iterator[Daemon]:
     config = Config.model_validate(
         {
             "osc": {"udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
-            "zmq": {"request_port": free_port(), "event_port": free_port()},
+            "zmq": {"request_port": free_port(), "event_port": free_port(), "audio_port": free_port()},
         }
     )
     loop = asyncio.new_event_loop()

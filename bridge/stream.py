@@ -1,0 +1,548 @@
+"""The realtime path: a sounddevice duplex stream, ring buffers, a worker thread, output routing.
+
+    device in ──callback──▶ input ring ──worker: engine.process, effects, gains──▶ output ring
+    device out ◀─callback── output ring (wet), or the delayed dry input when the worker is late
+
+The callback only copies between PortAudio's buffers and preallocated rings: it never allocates
+audio memory, never calls the model, and takes no lock the worker holds (the one `Event.set` it
+does takes a lock that is only ever held for a moment). The worker writes hop `[a, b)` of output
+at frames `[a + budget, b + budget)`: `budget` (one hop) is the time the worker has to compute.
+When it is late anyway, the callback plays the dry input delayed by the same latency, with short
+crossfades in and out, and the hop is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bridge.config import StreamConfig
+from bridge.errors import BadRequest, Busy, Unavailable
+from bridge.ringbuffer import FrameRing
+
+log = logging.getLogger(__name__)
+
+FADE_MS = 5.0
+
+
+def db_to_gain(gain_db: float) -> float:
+    return 0.0 if gain_db <= -120.0 else float(10.0 ** (gain_db / 20.0))
+
+
+@dataclass
+class StemControl:
+    gain_db: float = 0.0
+    mute: bool = False
+
+    @property
+    def gain(self) -> float:
+        return 0.0 if self.mute else db_to_gain(self.gain_db)
+
+
+@dataclass
+class Counters:
+    late_hops: int = 0
+    dry_blocks: int = 0
+    xruns: int = 0
+    input_overflows: int = 0
+    output_underflows: int = 0
+    callbacks: int = 0
+    resyncs: int = 0
+
+
+@dataclass
+class Layout:
+    """Where each output channel comes from: the mix, or one stem's channel."""
+
+    stems: tuple[str, ...]
+    channels: int  # engine channels (= input channels)
+    routing: str
+    mix_channels: list[int] = field(default_factory=list)
+    stem_channels: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.mix_channels) + sum(len(c) for c in self.stem_channels.values())
+
+    @classmethod
+    def build(cls, stems: tuple[str, ...], channels: int, routing: str) -> Layout:
+        layout = cls(stems=stems, channels=channels, routing=routing)
+        next_channel = 0
+        if routing in ("mix", "both"):
+            layout.mix_channels = list(range(channels))
+            next_channel = channels
+        if routing in ("stems", "both"):
+            for stem in stems:
+                layout.stem_channels[stem] = list(range(next_channel, next_channel + channels))
+                next_channel += channels
+        return layout
+
+    def describe(self) -> dict[str, list[int]]:
+        out = {"mix": [c + 1 for c in self.mix_channels]} if self.mix_channels else {}
+        out.update({stem: [c + 1 for c in chans] for stem, chans in self.stem_channels.items()})
+        return out
+
+
+class LiveStream:
+    """One running live-stems stream: device, engine, effects, routing and counters."""
+
+    def __init__(self, settings: StreamConfig, engine: Any, effects: Any, on_event: Callable[..., None] | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.effects = effects  # bridge.stream.EffectRack
+        self._on_event = on_event
+        self.sample_rate = settings.sample_rate
+        self.block_size = settings.block_size
+        channels = settings.channels
+        self.layout = Layout.build(tuple(engine.stems), channels, settings.routing)
+        self.controls = {stem: StemControl() for stem in engine.stems}
+        for stem, gain_db in settings.gains_db.items():
+            self.controls[stem].gain_db = gain_db
+        for stem in settings.muted:
+            self.controls[stem].mute = True
+
+        hop = int(engine.hop_frames)
+        self.budget_frames = hop  # one hop of compute time for the worker
+        self.latency_frames = int(engine.latency_frames) + self.budget_frames
+        self.max_chunk = hop
+        max_block = max(self.block_size, 8192)
+        capacity = 1 << math.ceil(math.log2(self.latency_frames + 4 * (hop + max_block)))
+        n_out = self.layout.num_outputs
+        self._in = FrameRing(channels, capacity)
+        self._out = FrameRing(n_out, capacity)
+        self._out.written = self.budget_frames  # frames [0, budget) are silence, ready to play
+        # Worker scratch.
+        self._chunk_in = np.zeros((channels, self.max_chunk), dtype=np.float32)
+        self._chunk_out = np.zeros((n_out, self.max_chunk), dtype=np.float32)
+        self._mix = np.zeros((channels, self.max_chunk), dtype=np.float32)
+        self._scaled = np.zeros((channels, self.max_chunk), dtype=np.float32)
+        # Callback scratch and the crossfade ramps.
+        self._fade = max(1, int(self.sample_rate * FADE_MS / 1000))
+        self._ramp_up = np.linspace(0.0, 1.0, self._fade, dtype=np.float32)[:, None]
+        self._ramp_down = np.ascontiguousarray(self._ramp_up[::-1])
+        self._dry = np.zeros((max_block, channels), dtype=np.float32)
+        self._wet_tail = np.zeros((self._fade, n_out), dtype=np.float32)
+        self._fade_tmp = np.zeros((self._fade, n_out), dtype=np.float32)
+        self._dry_map = [o % channels for o in range(n_out)]
+
+        self.counters = Counters()
+        self._played = 0  # frames handed to the device so far (callback-owned)
+        self._processed = 0  # input frames the worker has consumed (worker-owned)
+        self._was_wet = True
+        self._wake = threading.Event()
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._stream: Any = None
+        self.device_name = ""
+        self.device_latency_seconds = 0.0
+        self.started_at = 0.0
+        self.worker_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        import sounddevice
+
+        self.engine.reset()
+        self.effects.reset()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="stream-worker", daemon=True)
+        self._worker.start()
+        device = self.settings.device
+        try:
+            self._stream = sounddevice.Stream(
+                samplerate=self.sample_rate,
+                blocksize=self.block_size,
+                device=(device, device),
+                channels=(self.settings.channels, self.layout.num_outputs),
+                dtype="float32",
+                callback=self._callback,
+                latency="low",
+            )
+            self._stream.start()
+        except (sounddevice.PortAudioError, ValueError) as err:
+            self._running = False
+            self._wake.set()
+            self._worker.join(timeout=2)
+            raise Unavailable(
+                f"cannot open audio device {device!r} with {self.settings.channels} in / "
+                f"{self.layout.num_outputs} out at {self.sample_rate} Hz: {err}. `flowstate devices` lists devices"
+            ) from None
+        info = sounddevice.query_devices(self._stream.device[0])
+        self.device_name = str(info["name"])
+        latency = self._stream.latency
+        self.device_latency_seconds = float(latency[0] + latency[1])
+        self.started_at = time.monotonic()
+        log.info(
+            "stream started on %s: %d stems, latency %.1f ms (+ device %.1f ms)",
+            self.device_name, len(self.layout.stems), self.latency_ms, self.device_latency_seconds * 1000,
+        )
+
+    def stop(self) -> None:
+        self._running = False
+        self._wake.set()
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+            self._worker = None
+        log.info("stream stopped: %s", self.counters)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.latency_frames / self.sample_rate
+
+    # -- the realtime callback ---------------------------------------------------------------------
+
+    def _callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        counters = self.counters
+        counters.callbacks += 1
+        if status:
+            counters.xruns += 1
+            if status.input_overflow:
+                counters.input_overflows += 1
+            if status.output_underflow:
+                counters.output_underflows += 1
+        self._in.write_interleaved(indata)
+        self._wake.set()
+        start = self._played
+        available = self._out.written - start
+        if available >= frames:
+            self._out.read_interleaved_at(start, outdata)
+            if not self._was_wet:
+                self._crossfade_from_dry(outdata, start, frames)
+            self._was_wet = True
+        else:
+            counters.dry_blocks += 1
+            fade = min(max(available, 0), self._fade, frames) if self._was_wet else 0
+            if fade:
+                self._out.read_interleaved_at(start, self._wet_tail[:fade])
+            self._write_dry(outdata, start)
+            if fade:
+                tmp = self._fade_tmp[:fade]
+                np.multiply(outdata[:fade], self._ramp_up[:fade], out=tmp)
+                np.multiply(self._wet_tail[:fade], self._ramp_down[:fade], out=outdata[:fade])
+                outdata[:fade] += tmp
+            self._was_wet = False
+        self._played = start + frames
+
+    def _write_dry(self, outdata: np.ndarray, start: int) -> None:
+        """The input as it was `latency_frames` ago, on every output channel."""
+        dry = self._dry[: outdata.shape[0]]
+        self._in.read_interleaved_at(start - self.latency_frames, dry)
+        for out_channel, in_channel in enumerate(self._dry_map):
+            outdata[:, out_channel] = dry[:, in_channel]
+
+    def _crossfade_from_dry(self, outdata: np.ndarray, start: int, frames: int) -> None:
+        fade = min(self._fade, frames)
+        wet = self._wet_tail[:fade]
+        wet[:] = outdata[:fade]
+        self._write_dry(outdata[:fade], start)
+        tmp = self._fade_tmp[:fade]
+        np.multiply(wet, self._ramp_up[:fade], out=tmp)
+        outdata[:fade] *= self._ramp_down[:fade]
+        outdata[:fade] += tmp
+
+    # -- the worker ----------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            self._work_loop()
+        except Exception as err:  # the stream keeps playing dry; status says why
+            log.exception("stream worker failed")
+            self.worker_error = f"{type(err).__name__}: {err}"
+
+    def _work_loop(self) -> None:
+        capacity = self._in.capacity
+        while self._running:
+            available = self._in.written - self._processed
+            if available <= 0:
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            if available > capacity // 2:
+                # Hopelessly behind: the input we have not read is about to be overwritten.
+                # Jump to the present and restart the engine's history; the callback plays dry.
+                self.counters.resyncs += 1
+                self._processed = self._in.written - self.max_chunk
+                self.engine.reset()
+                self.effects.reset()
+                continue
+            n = min(available, self.max_chunk)
+            block_in = self._chunk_in[:, :n]
+            self._in.read_at(self._processed, block_in)
+            stems = self.engine.process(block_in)
+            block_out = self._chunk_out[:, :n]
+            self._route(stems, block_out, n)
+            start_out = self._processed + self.budget_frames
+            self._out.write_at(start_out, block_out)
+            self._out.written = start_out + n
+            if self._played > start_out:
+                self.counters.late_hops += 1
+            self._processed += n
+
+    def _route(self, stems: np.ndarray, out: np.ndarray, n: int) -> None:
+        layout = self.layout
+        mix = self._mix[:, :n]
+        mix.fill(0.0)
+        for index, stem in enumerate(layout.stems):
+            audio = self.effects.process_stem(stem, stems[index])
+            gain = self.controls[stem].gain
+            if stem in layout.stem_channels:
+                chans = layout.stem_channels[stem]
+                np.multiply(audio, gain, out=out[chans[0] : chans[-1] + 1])
+            if gain:
+                np.multiply(audio, gain, out=self._scaled[:, :n])
+                mix += self._scaled[:, :n]
+        if layout.mix_channels:
+            mix = self.effects.process_master(mix)
+            out[layout.mix_channels[0] : layout.mix_channels[-1] + 1] = mix
+
+    # -- control -------------------------------------------------------------------------------------
+
+    def set_stem(self, stem: str, gain_db: float | None, mute: bool | None) -> dict[str, Any]:
+        control = self.controls.get(stem)
+        if control is None:
+            raise BadRequest(f"stream.set: argument 'stem' expected one of {', '.join(self.controls)}, got {stem!r}")
+        if gain_db is not None:
+            control.gain_db = gain_db
+        if mute is not None:
+            control.mute = mute
+        return {"stem": stem, "gain_db": control.gain_db, "mute": control.mute}
+
+    def status(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        return {
+            "running": self._running,
+            "device": self.device_name,
+            "model": self.settings.model,
+            "stems": list(self.layout.stems),
+            "sample_rate": self.sample_rate,
+            "block_size": self.block_size,
+            "latency_frames": self.latency_frames,
+            "latency_ms": round(self.latency_ms, 3),
+            "device_latency_ms": round(self.device_latency_seconds * 1000, 3),
+            "total_latency_ms": round(self.latency_ms + self.device_latency_seconds * 1000, 3),
+            "engine_latency_frames": int(self.engine.latency_frames),
+            "hop_frames": int(self.engine.hop_frames),
+            "compute_ms_p50": stats.get("compute_ms_p50"),
+            "compute_ms_p99": stats.get("compute_ms_p99"),
+            "load": stats.get("load_p50"),
+            "load_p99": stats.get("load_p99"),
+            "hops": stats.get("hops", 0),
+            "late_hops": self.counters.late_hops,
+            "dry_blocks": self.counters.dry_blocks,
+            "xruns": self.counters.xruns,
+            "resyncs": self.counters.resyncs,
+            "routing": self.layout.describe(),
+            "controls": {stem: {"gain_db": c.gain_db, "mute": c.mute} for stem, c in self.controls.items()},
+            "worker_error": self.worker_error,
+            "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
+        }
+
+
+class EffectRack:
+    """The master chain and one chain per stem, built from `stream.effects` in config."""
+
+    def __init__(self, master: Any, stems: dict[str, Any]) -> None:
+        self.master = master
+        self.stems = stems
+
+    @classmethod
+    def build(cls, spec: dict[str, Any], stem_names: tuple[str, ...], sample_rate: int) -> EffectRack:
+        from engines.effects import EffectChain
+
+        unknown = sorted(set(spec.get("stems", {})) - set(stem_names))
+        if unknown:
+            raise BadRequest(
+                f"stream.effects.stems: unknown stem(s) {unknown}; this model has {', '.join(stem_names)}"
+            )
+        master = EffectChain.from_spec(spec.get("master", []), sample_rate)
+        stems = {name: EffectChain.from_spec(chain, sample_rate) for name, chain in spec.get("stems", {}).items()}
+        return cls(master, stems)
+
+    def chain(self, name: str) -> Any:
+        if name == "master":
+            return self.master
+        if name in self.stems:
+            return self.stems[name]
+        choices = ", ".join(["master", *self.stems])
+        raise BadRequest(f"fx.set: argument 'chain' expected one of {choices}, got {name!r}")
+
+    def process_stem(self, stem: str, audio: np.ndarray) -> np.ndarray:
+        chain = self.stems.get(stem)
+        return audio if chain is None else chain.process(audio)
+
+    def process_master(self, audio: np.ndarray) -> np.ndarray:
+        return self.master.process(audio)
+
+    def reset(self) -> None:
+        for chain in (self.master, *self.stems.values()):
+            chain.reset()
+
+    def describe(self) -> dict[str, Any]:
+        return {"master": self.master.describe(), **{name: c.describe() for name, c in self.stems.items()}}
+
+
+class StreamManager:
+    """Owns at most one live stream and keeps its engine warm between starts."""
+
+    def __init__(self, base: StreamConfig, models_repo: Any, on_event: Callable[..., None] | None = None) -> None:
+        self.base = base
+        self.models_repo = models_repo
+        self._on_event = on_event
+        self._engines: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()
+        self.stream: LiveStream | None = None
+
+    def settings_with(self, overrides: dict[str, Any]) -> StreamConfig:
+        from pydantic import ValidationError
+
+        try:
+            return StreamConfig.model_validate({**self.base.model_dump(), **overrides})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in err.errors()
+            )
+            raise BadRequest(f"stream.start: bad overrides: {problems}") from None
+
+    def new_engine(self, settings: StreamConfig) -> Any:
+        """A loaded streaming separator for these settings (blocking: loads the model)."""
+        from engines.separation import StreamingSeparator
+
+        engine = StreamingSeparator(
+            settings.model,
+            repo=self.models_repo,
+            device=settings.engine_device,
+            sample_rate=settings.sample_rate,
+            channels=settings.channels,
+            context_seconds=settings.context_seconds,
+            hop_seconds=settings.hop_seconds,
+            lookahead_seconds=settings.lookahead_seconds,
+            crossfade_ms=settings.crossfade_ms,
+            precision=settings.precision,
+            threads=settings.threads,
+        )
+        engine.load()
+        return engine
+
+    def engine_for(self, settings: StreamConfig) -> Any:
+        """The live stream's engine, kept warm while the settings stay the same."""
+        key = (
+            settings.model, settings.engine_device, settings.sample_rate, settings.channels,
+            settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
+            settings.crossfade_ms, settings.precision, settings.threads,
+        )
+        engine = self._engines.get(key)
+        if engine is None:
+            for old in self._engines.values():
+                old.close()
+            self._engines.clear()  # keep one warm engine, not every setting ever tried
+            engine = self.new_engine(settings)
+            self._engines[key] = engine
+        return engine
+
+    def start(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Blocking: load (or reuse) the engine, open the device, start. Run off the event loop."""
+        with self._lock:
+            if self.stream is not None and self.stream.running:
+                raise Busy("stream.start: a stream is already running; stream.stop it first")
+            settings = self.settings_with(overrides)
+            engine = self.engine_for(settings)
+            unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
+            if unknown:
+                raise BadRequest(f"stream.start: unknown stem(s) {unknown}; {settings.model} has {', '.join(engine.stems)}")
+            effects = EffectRack.build(settings.effects, tuple(engine.stems), settings.sample_rate)
+            stream = LiveStream(settings, engine, effects, self._on_event)
+            stream.start()
+            self.stream = stream
+            return stream.status()
+
+    def stop(self) -> dict[str, Any]:
+        with self._lock:
+            if self.stream is None or not self.stream.running:
+                return {"running": False}
+            self.stream.stop()
+            return self.stream.status()
+
+    def running_stream(self, command: str) -> LiveStream:
+        stream = self.stream
+        if stream is None or not stream.running:
+            raise Unavailable(f"{command}: no stream is running; stream.start one first")
+        return stream
+
+    def close(self) -> None:
+        self.stop()
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+
+@dataclass
+class _Session:
+    engine: Any
+    sample_rate: int
+    channels: int
+    next_seq: int = 0
+    last_used: float = 0.0
+
+
+class AudioSessions:
+    """Streaming state per ZeroMQ audio client; each client gets its own engine history."""
+
+    def __init__(self, manager: StreamManager, max_sessions: int = 4) -> None:
+        self._manager = manager
+        self._max_sessions = max_sessions
+        self._sessions: dict[bytes, _Session] = {}
+
+    def process(self, identity: bytes, seq: int, sample_rate: int, block: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        session = self._sessions.get(identity)
+        channels = block.shape[0]
+        if seq == 0:
+            if session is None or (session.sample_rate, session.channels) != (sample_rate, channels):
+                session = self._open(identity, sample_rate, channels)
+            else:
+                session.engine.reset()
+            session.next_seq = 0
+        elif session is None:
+            raise BadRequest(f"audio block seq {seq} without a session: start a stream with seq 0")
+        elif seq != session.next_seq:
+            raise BadRequest(f"sequence gap: expected seq {session.next_seq}, got {seq}; send seq 0 to restart")
+        elif (sample_rate, channels) != (session.sample_rate, session.channels):
+            raise BadRequest(
+                f"block is {channels} ch at {sample_rate} Hz but this stream is {session.channels} ch at "
+                f"{session.sample_rate} Hz; send seq 0 to restart with new settings"
+            )
+        stems = session.engine.process(block)
+        session.next_seq = seq + 1
+        session.last_used = time.monotonic()
+        info = {"stems": list(session.engine.stems), "latency_frames": int(session.engine.latency_frames), "sample_rate": sample_rate}
+        return stems, info
+
+    def _open(self, identity: bytes, sample_rate: int, channels: int) -> _Session:
+        if len(self._sessions) >= self._max_sessions:
+            oldest = min(self._sessions, key=lambda key: self._sessions[key].last_used)
+            self._sessions.pop(oldest).engine.close()
+        settings = self._manager.settings_with({"sample_rate": sample_rate, "channels": channels})
+        engine = self._manager.new_engine(settings)
+        session = _Session(engine=engine, sample_rate=sample_rate, channels=channels, last_used=time.monotonic())
+        self._sessions[identity] = session
+        return session
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.engine.close()
+        self._sessions.clear()
