@@ -55,15 +55,18 @@ class Daemon:
     async def start(self) -> None:
         """Bind every endpoint or raise StartupError naming the port and its config key."""
         self.hub.attach(asyncio.get_running_loop())
+        # Serve as soon as each transport is bound: a client that reaches the first socket while
+        # the others are still binding gets a real answer, not "shutting down".
+        self._accepting = True
         try:
             await self.osc.start(self._bind)
             await self.zmq.start(self._bind)
             await self._bind("zmq.audio_port", self.config.zmq.audio_port, asyncio.to_thread(self.audio.bind))
         except BaseException:
+            self._accepting = False
             await self._close_transports()
             raise
         self.started_at = time.monotonic()
-        self._accepting = True
         log.info("flowstate %s listening:", __version__)
         for name, endpoint in self.endpoints().items():
             log.info("  %-13s %s", name, endpoint)
