@@ -54,6 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=2.0)
 
     sub.add_parser("doctor", parents=[common], help="check this machine: Python, torch, audio, MIDI, ports")
+    sub.add_parser("devices", parents=[common], help="list audio devices (for stream.device)")
     return parser
 
 
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _send(config, "status", [], args.timeout)
     if args.action == "doctor":
         return _doctor(config, args.config)
+    if args.action == "devices":
+        return _devices()
     raise AssertionError(f"unhandled action {args.action}")  # argparse restricts the choices
 
 
@@ -152,3 +155,25 @@ def _doctor(config: Config, path: Path | None) -> int:
     checks = run_checks(config, str(source) if source else "built-in defaults (no config.yaml found)")
     print(render(checks))
     return 1 if any(c.state == FAIL for c in checks) else 0
+
+
+def _devices() -> int:
+    from bridge.stream import import_sounddevice
+
+    try:
+        sounddevice = import_sounddevice()
+    except OSError as err:
+        print(f"flowstate: PortAudio is not installed ({err}); `make run` installs libportaudio2", file=sys.stderr)
+        return 1
+    apis = sounddevice.query_hostapis()
+    devices = sounddevice.query_devices()
+    if not len(devices):
+        print("no audio devices (on Linux, start JACK or plug in an interface)")
+        return 1
+    for index, device in enumerate(devices):
+        api = apis[device["hostapi"]]["name"]
+        print(
+            f"{index:>3}  {device['name']:<40} {api:<28} in {device['max_input_channels']:>2}  "
+            f"out {device['max_output_channels']:>2}  {device['default_samplerate']:.0f} Hz"
+        )
+    return 0

@@ -76,10 +76,10 @@ def _torch() -> Iterator[Check]:
 
 
 def _portaudio() -> Iterator[Check]:
-    # PortAudio's JACK host API would otherwise try to launch a JACK server of its own.
-    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    from bridge.stream import import_sounddevice
+
     try:
-        import sounddevice
+        sounddevice = import_sounddevice()
     except OSError as err:
         yield Check("portaudio", FAIL, f"library not found ({err}); install it: {APT_HINT}")
         return

@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 FADE_MS = 5.0
 
 
+def import_sounddevice() -> Any:
+    """Import sounddevice (which initialises PortAudio) without letting libjack launch a server.
+
+    PortAudio's JACK host API would otherwise start a `jackd` of its own when none is running.
+    """
+    import os
+
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    import sounddevice
+
+    return sounddevice
+
+
 def db_to_gain(gain_db: float) -> float:
     return 0.0 if gain_db <= -120.0 else float(10.0 ** (gain_db / 20.0))
 
@@ -148,8 +161,7 @@ class LiveStream:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        import sounddevice
-
+        sounddevice = import_sounddevice()
         self.engine.reset()
         self.effects.reset()
         self._running = True

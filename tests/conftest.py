@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,3 +126,51 @@ def dealer(daemon: DaemonProcess, zmq_context: zmq.Context) -> zmq.Socket:
     sock = zmq_context.socket(zmq.DEALER)
     sock.connect(daemon.zmq_requests)
     return sock
+
+
+class JackServer:
+    """A JACK server on the dummy backend: real-time paced callbacks, no sound card."""
+
+    def __init__(self, name: str, process: "subprocess.Popen[bytes]", sample_rate: int, period: int) -> None:
+        self.name = name
+        self.process = process
+        self.sample_rate = sample_rate
+        self.period = period
+        self.env = {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
+
+    def client(self, name: str) -> Any:
+        import jack
+
+        return jack.Client(name, servername=self.name, no_start_server=True)
+
+
+@pytest.fixture(scope="module")
+def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
+    """`jackd -d dummy` at 48 kHz, 256-frame periods, 2 capture and 10 playback ports."""
+    import shutil
+    import subprocess
+    import uuid
+
+    if shutil.which("jackd") is None:
+        pytest.fail("jackd is not installed: `make test` installs jackd2 (or run scripts/system-deps.sh as root)")
+    name = f"flowstate-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
+    log = tmp_path_factory.mktemp("jack") / "jackd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256", "-C", "2", "-P", "10"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True)
+    if ready.returncode != 0:
+        process.kill()
+        pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
+    server = JackServer(name, process, 48000, 256)
+    try:
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,282 @@
+"""Live stems on a real audio server: the daemon's stream on JACK's dummy backend.
+
+A player client feeds a known signal into the daemon's JACK inputs and a recorder client takes
+its outputs, both on frame-accurate JACK cycles, so latency is measured in exact frames.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bridge.client import Client, RemoteError
+from bridge.testing import DaemonProcess, tiny_htdemucs_repo
+from tests.conftest import JackServer, OscUdp
+
+SAMPLE_RATE = 48000
+
+
+class Rig:
+    """Two JACK clients wired around the daemon: player -> PortAudio:in_*, PortAudio:out_* -> recorder."""
+
+    def __init__(self, server: JackServer, signal: np.ndarray, outputs: int = 2) -> None:
+        self.signal = signal.astype(np.float32)  # (2, n)
+        self.player = server.client("fs-player")
+        self.recorder = server.client("fs-recorder")
+        self.outs = [self.player.outports.register(f"out_{i}") for i in range(2)]
+        self.ins = [self.recorder.inports.register(f"in_{i}") for i in range(outputs)]
+        self.position = -1  # frames of the signal played so far; -1 until armed
+        self.start_frame: int | None = None
+        self.blocks: list[tuple[int, np.ndarray]] = []
+        self.recording = False
+        self.player.set_process_callback(self._play)
+        self.recorder.set_process_callback(self._record)
+
+    def _play(self, frames: int) -> None:
+        buffers = [port.get_array() for port in self.outs]
+        for buf in buffers:
+            buf.fill(0.0)
+        if self.position < 0:
+            return
+        if self.position == 0:
+            self.start_frame = self.player.last_frame_time
+        chunk = self.signal[:, self.position : self.position + frames]
+        for channel, buf in enumerate(buffers):
+            buf[: chunk.shape[1]] = chunk[channel]
+        self.position += frames
+
+    def _record(self, frames: int) -> None:
+        if self.recording:
+            data = np.stack([port.get_array().copy() for port in self.ins])
+            self.blocks.append((self.recorder.last_frame_time, data))
+
+    def connect(self) -> None:
+        self.player.activate()
+        self.recorder.activate()
+        for i in range(2):
+            for source in self.player.get_all_connections(f"PortAudio:in_{i}"):
+                self.player.disconnect(source, f"PortAudio:in_{i}")
+            self.player.connect(self.outs[i], f"PortAudio:in_{i}")
+        for i, port in enumerate(self.ins):
+            self.recorder.connect(f"PortAudio:out_{i}", port)
+
+    def play_and_record(self, tail_seconds: float) -> np.ndarray:
+        """Play the whole signal; return the outputs aligned so index 0 = the signal's first frame."""
+        self.recording = True
+        time.sleep(0.2)
+        self.position = 0
+        total = self.signal.shape[1] / SAMPLE_RATE + tail_seconds
+        deadline = time.monotonic() + total + 10
+        while time.monotonic() < deadline and (
+            self.position < self.signal.shape[1] or len(self.blocks) * 256 < self.signal.shape[1] + tail_seconds * SAMPLE_RATE
+        ):
+            time.sleep(0.05)
+        time.sleep(tail_seconds)
+        self.recording = False
+        assert self.start_frame is not None
+        first = self.blocks[0][0]
+        length = self.blocks[-1][0] + self.blocks[-1][1].shape[1] - first
+        out = np.zeros((len(self.ins), length), dtype=np.float32)
+        for frame, data in self.blocks:
+            out[:, frame - first : frame - first + data.shape[1]] = data
+        offset = self.start_frame - first
+        return out[:, offset:]
+
+    def close(self) -> None:
+        for client in (self.player, self.recorder):
+            client.deactivate()
+            client.close()
+
+
+def _best_lag(recorded: np.ndarray, reference: np.ndarray, max_lag: int) -> tuple[int, float]:
+    """The lag at which `recorded` best matches `reference` (both mono), and the correlation there."""
+    n = reference.shape[0]
+    size = 1 << int(np.ceil(np.log2(recorded.shape[0] + n)))
+    spectrum = np.fft.rfft(recorded, size) * np.conj(np.fft.rfft(reference, size))
+    raw = np.fft.irfft(spectrum, size)[: max_lag + 1]
+    lag = int(np.argmax(raw))
+    segment = recorded[lag : lag + n]
+    reference = reference[: segment.shape[0]]
+    corr = float(np.dot(segment, reference) / ((np.linalg.norm(segment) * np.linalg.norm(reference)) or 1.0))
+    return lag, corr
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_htdemucs_repo(tmp_path_factory.mktemp("models"))
+
+
+def _stream_daemon(server: JackServer, repo: Path, **stream: Any) -> DaemonProcess:
+    settings = {"model": "tiny", "engine_device": "cpu", "block_size": 256, "threads": 1, **stream}
+    return DaemonProcess(
+        overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, env=server.env
+    ).start()
+
+
+@pytest.fixture(scope="module")
+def live(jack_server: JackServer, tiny_repo: Path) -> Iterator[DaemonProcess]:
+    process = _stream_daemon(jack_server, tiny_repo)
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+def _noise(seconds: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    envelope = (np.sin(np.linspace(0, 12 * np.pi, n)) > 0).astype(np.float32)  # bursts: easy to align
+    return (0.3 * rng.standard_normal((2, n)) * envelope).astype(np.float32)
+
+
+def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
+    live: DaemonProcess, jack_server: JackServer, tiny_repo: Path
+) -> None:
+    from engines.separation import StreamingSeparator
+
+    with Client(live.zmq_requests, timeout_seconds=60) as client:
+        status = client.call("stream.start")
+        rig = Rig(jack_server, _noise(3.0))
+        try:
+            rig.connect()
+            recorded = rig.play_and_record(tail_seconds=1.5)
+        finally:
+            rig.close()
+        final = client.call("stream.status")
+        client.call("stream.stop")
+    latency = status["latency_frames"]
+    assert status["latency_ms"] == pytest.approx(1000 * latency / SAMPLE_RATE, abs=0.01)
+    assert status["stems"] == ["drums", "bass", "other", "vocals"]
+    # What the same engine computes offline, with its own latency removed: the zero-latency mix.
+    engine = StreamingSeparator("tiny", repo=tiny_repo, device="cpu", sample_rate=SAMPLE_RATE, channels=2)
+    engine.load()
+    signal = rig.signal
+    padded = np.concatenate([signal, np.zeros((2, engine.latency_frames), np.float32)], axis=1)
+    mix = engine.process(padded).sum(axis=0)[:, engine.latency_frames :]
+    lag, corr = _best_lag(recorded[0], mix[0], max_lag=latency + 4096)
+    assert lag == latency, f"measured {lag} frames, reported {latency} (corr {corr:.3f})"
+    assert corr > 0.9
+    assert final["late_hops"] == 0, final
+
+
+def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
+    jack_server: JackServer, tiny_repo: Path
+) -> None:
+    # A window of 8 s for every 1024-sample hop: far more work per hop than a hop lasts.
+    process = _stream_daemon(
+        jack_server, tiny_repo, context_seconds=8.0, hop_seconds=1024 / 44100, lookahead_seconds=0.1
+    )
+    try:
+        with Client(process.zmq_requests, timeout_seconds=60) as client:
+            status = client.call("stream.start")
+            tone = np.sin(2 * np.pi * 220 * np.arange(int(4 * SAMPLE_RATE)) / SAMPLE_RATE).astype(np.float32)
+            rig = Rig(jack_server, np.stack([tone, tone]) * 0.5)
+            try:
+                rig.connect()
+                recorded = rig.play_and_record(tail_seconds=0.5)
+            finally:
+                rig.close()
+            final = client.call("stream.status")
+            client.call("stream.stop")
+    finally:
+        assert process.stop() == 0, process.log()
+    assert final["late_hops"] > 0, final
+    latency = status["latency_frames"]
+    # After the latency, the tone never drops out: every 256-frame block carries it.
+    body = recorded[0, latency + 1024 : latency + tone.shape[0] - 1024]
+    blocks = body[: body.shape[0] // 256 * 256].reshape(-1, 256)
+    rms = np.sqrt((blocks**2).mean(axis=1))
+    assert rms.min() > 0.1, f"a block fell silent (min rms {rms.min():.4f})"
+    # The dry path is the input delayed by the reported latency: it lines up exactly.
+    lag, corr = _best_lag(recorded[0], tone[: SAMPLE_RATE] * 0.5, max_lag=latency + 2048)
+    assert lag == latency and corr > 0.99
+
+
+def test_stem_gain_mute_and_errors_while_running(live: DaemonProcess) -> None:
+    osc = OscUdp(live.osc_udp)
+    try:
+        with Client(live.zmq_requests, timeout_seconds=60) as client:
+            client.call("stream.start")
+            try:
+                with pytest.raises(RemoteError) as busy:
+                    client.call("stream.start")
+                assert busy.value.code == "busy"
+                reply = osc.request("/flow/stream/set", "vocals", -6.0, 1)
+                assert reply.address == "/flow/reply/stream/set"
+                assert reply.params == ["vocals", -6.0, True]
+                error = osc.request("/flow/stream/set", "vocals", 40.0)
+                assert error.params[1] == "bad_request" and "[-120, 24]" in error.params[2]
+                error = osc.request("/flow/stream/set", "kazoo", 0.0)
+                assert "drums, bass, other, vocals" in error.params[2]
+                controls = client.call("stream.status")["controls"]
+                assert controls["vocals"] == {"gain_db": -6.0, "mute": True}
+                assert controls["drums"] == {"gain_db": 0.0, "mute": False}
+            finally:
+                client.call("stream.stop")
+            assert client.call("stream.status")["running"] is False
+            with pytest.raises(RemoteError) as stopped:
+                client.call("stream.set", {"stem": "vocals", "gain_db": 0.0})
+            assert stopped.value.code == "unavailable"
+    finally:
+        osc.close()
+
+
+def test_stop_and_restart(live: DaemonProcess) -> None:
+    with Client(live.zmq_requests, timeout_seconds=60) as client:
+        for _ in range(2):
+            status = client.call("stream.start")
+            assert status["running"] is True
+            time.sleep(0.3)
+            assert client.call("stream.status")["hops"] > 0
+            assert client.call("stream.stop")["running"] is False
+
+
+def test_an_unknown_model_names_what_was_tried(live: DaemonProcess, tiny_repo: Path) -> None:
+    with Client(live.zmq_requests, timeout_seconds=60) as client:
+        with pytest.raises(RemoteError) as caught:
+            client.call("stream.start", {"model": "nonexistent"})
+    assert str(tiny_repo) in caught.value.message
+    assert "nonexistent" in caught.value.message
+
+
+def test_audio_socket_returns_the_stems_of_each_block(live: DaemonProcess, tiny_repo: Path) -> None:
+    import zmq
+
+    from engines.separation import StreamingSeparator
+
+    signal = _noise(1.0, seed=3)
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.connect(live.zmq_audio)
+    outputs = []
+    try:
+        for seq, start in enumerate(range(0, signal.shape[1], 4800)):
+            block = np.ascontiguousarray(signal[:, start : start + 4800])
+            header = {"seq": seq, "channels": 2, "sample_rate": SAMPLE_RATE}
+            sock.send_multipart([json.dumps(header).encode(), block.tobytes()])
+            assert sock.poll(60000)
+            reply_header, payload = sock.recv_multipart()
+            info = json.loads(reply_header)
+            assert info["seq"] == seq and info["stems"] == ["drums", "bass", "other", "vocals"]
+            outputs.append(np.frombuffer(payload, dtype="<f4").reshape(4, 2, block.shape[1]))
+        # A gap in the sequence is an error that says what was expected.
+        sock.send_multipart([json.dumps({"seq": 99, "channels": 2, "sample_rate": SAMPLE_RATE}).encode(), b"\0" * 8])
+        assert sock.poll(10000)
+        [error] = sock.recv_multipart()
+        assert "expected seq 10, got 99" in json.loads(error)["error"]["message"]
+        sock.send_multipart([json.dumps({"seq": 0, "channels": 2, "sample_rate": SAMPLE_RATE}).encode(), b"\0" * 7])
+        assert sock.poll(10000)
+        assert "not whole float32 frames" in json.loads(sock.recv_multipart()[0])["error"]["message"]
+    finally:
+        context.destroy(linger=0)
+    streamed = np.concatenate(outputs, axis=2)
+    engine = StreamingSeparator("tiny", repo=tiny_repo, device="cpu", sample_rate=SAMPLE_RATE, channels=2)
+    engine.load()
+    np.testing.assert_allclose(streamed, engine.process(signal), atol=1e-5)
