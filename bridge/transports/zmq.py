@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from bridge.config import ZmqConfig
 from bridge.errors import BadRequest, BridgeError
@@ -73,19 +72,20 @@ class ZmqServer:
     def __init__(self, config: ZmqConfig, dispatch: Dispatch, hub: EventHub) -> None:
         self.config = config
         self._dispatch = dispatch
-        self._context = zmq.asyncio.Context()
-        self._router: zmq.asyncio.Socket | None = None
-        self._pub: zmq.asyncio.Socket | None = None
+        self._context = zmq.Context()
+        self._router: zmq.Socket | None = None
+        self._pub: zmq.Socket | None = None
         self._task: asyncio.Task[None] | None = None
-        self._router_out: zmq.Socket | None = None
-        self._pub_out: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
         self._closed = False
+        self._loopback = config.host in ("127.0.0.1", "localhost")
         self.request_port = config.request_port
         self.event_port = config.event_port
         hub.add_sink(self._publish)
 
     async def start(self, bind: Callable[..., Any]) -> None:
-        async def open_socket(kind: int, key: str, port: int) -> tuple[zmq.asyncio.Socket, int]:
+        async def open_socket(kind: int, key: str, port: int) -> tuple[zmq.Socket, int]:
             sock = self._context.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
             try:
@@ -97,10 +97,7 @@ class ZmqServer:
 
         self._router, self.request_port = await open_socket(zmq.ROUTER, "zmq.request_port", self.config.request_port)
         self._pub, self.event_port = await open_socket(zmq.PUB, "zmq.event_port", self.config.event_port)
-        # Sends go through plain (shadow) sockets: non-blocking, errors raised here rather than
-        # parked on futures nobody awaits. Everything runs on the loop thread, so this is safe.
-        self._router_out = zmq.Socket.shadow(self._router.underlying)
-        self._pub_out = zmq.Socket.shadow(self._pub.underlying)
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._serve(), name="zmq-router")
 
     def endpoints(self) -> dict[str, str]:
@@ -125,19 +122,40 @@ class ZmqServer:
         self._context.term()
 
     async def _serve(self) -> None:
-        assert self._router is not None
+        """Drain the ROUTER whenever its file descriptor signals; no future per message.
+
+        ZeroMQ's descriptor only signals a change, so `_drain` reads until POLLIN clears, and
+        every send made outside `_drain` schedules one more drain (a send can consume the signal).
+        """
+        assert self._router is not None and self._loop is not None
+        fd = self._router.getsockopt(zmq.FD)
+        self._loop.add_reader(fd, self._drain)
+        self._loop.call_soon(self._drain)
+        try:
+            await asyncio.Future()  # until close() cancels us
+        finally:
+            self._loop.remove_reader(fd)
+
+    def _drain(self) -> None:
         router = self._router
-        while True:
-            frames = await router.recv_multipart(copy=False)
-            if len(frames) < 2:
-                continue  # a ROUTER always prepends the identity; anything shorter is not a request
-            envelope = [frame.bytes for frame in frames[:-1]]
-            body = frames[-1]
-            try:
-                host = body.get("Peer-Address")
-            except zmq.ZMQError:
-                host = ""
-            self._handle(envelope, body.bytes, ZmqOrigin(self, envelope, host or ""))
+        if router is None or self._closed:
+            return
+        self._draining = True
+        try:
+            while router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if self._loopback:  # every peer is this machine: skip the zero-copy Frame detour
+                    frames = router.recv_multipart(zmq.NOBLOCK)
+                    host = "127.0.0.1"
+                else:
+                    raw = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    host = _peer_address(raw[-1])
+                    frames = [frame.bytes for frame in raw]
+                if len(frames) < 2:
+                    continue  # a ROUTER always prepends the identity; anything shorter is not a request
+                envelope = frames[:-1]
+                self._handle(envelope, frames[-1], ZmqOrigin(self, envelope, host))
+        finally:
+            self._draining = False
 
     def _handle(self, envelope: list[bytes], body: bytes, origin: ZmqOrigin) -> None:
         request_id: Any = None
@@ -168,23 +186,32 @@ class ZmqServer:
         self._dispatch(request, lambda reply: self.send(envelope, reply_body(reply, request_id)))
 
     def send(self, envelope: list[bytes], body: bytes) -> None:
-        if self._router_out is None or self._closed:
+        if self._router is None or self._closed:
             return
         try:
-            self._router_out.send_multipart([*envelope, body], flags=zmq.NOBLOCK)
+            self._router.send_multipart([*envelope, body], flags=zmq.NOBLOCK)
         except zmq.ZMQError as err:  # peer gone or not reading (high-water mark): drop, say so
             log.warning("ZeroMQ: could not send %d bytes to a client: %s", len(body), err)
+        if not self._draining and self._loop is not None:
+            self._loop.call_soon(self._drain)
 
     def _publish(self, event: Event, origin: Origin | None) -> None:
-        if self._pub_out is None or self._closed:
+        if self._pub is None or self._closed:
             return
         try:
-            self._pub_out.send_multipart([event.name.encode(), event_body(event)], flags=zmq.NOBLOCK)
+            self._pub.send_multipart([event.name.encode(), event_body(event)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as err:
             log.warning("ZeroMQ PUB: could not publish %s: %s", event.name, err)
 
 
-async def _bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
+def _peer_address(frame: zmq.Frame) -> str:
+    try:
+        return frame.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+
+
+async def _bind(sock: zmq.Socket, host: str, port: int) -> int:
     """Bind and return the actual port (port 0 picks a free one)."""
     if port == 0:
         return sock.bind_to_random_port(f"tcp://{host}")
