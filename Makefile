@@ -9,12 +9,12 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: run test setup system-deps doctor bench readme clean
+.PHONY: run test setup system-deps test-plugins doctor bench readme clean
 
 run: setup
 	$(BIN)/flowstate up --config config.yaml
 
-test: setup
+test: setup test-plugins
 	$(BIN)/python -m pytest
 
 doctor: setup
@@ -31,6 +31,10 @@ setup: system-deps $(STAMP)
 
 system-deps:
 	@bash scripts/system-deps.sh
+
+# A real third-party VST3 for the tests (Dragonfly Room Reverb), unpacked into .cache/plugins.
+test-plugins:
+	@bash scripts/fetch-test-plugins.sh
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found: install python3.11 (with its venv module)"; exit 1; }

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bridge.config import StreamConfig
-from bridge.errors import BadRequest, Busy, Unavailable
+from bridge.errors import BadRequest, Busy, Forbidden, Unavailable
 from bridge.ringbuffer import FrameRing
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class EffectRack:
         self.stems = stems
 
     @classmethod
-    def build(cls, spec: dict[str, Any], stem_names: tuple[str, ...], sample_rate: int) -> EffectRack:
+    def build(cls, spec: dict[str, Any], stem_names: tuple[str, ...], sample_rate: int, channels: int) -> EffectRack:
         from engines.effects import EffectChain
 
         unknown = sorted(set(spec.get("stems", {})) - set(stem_names))
@@ -382,8 +382,11 @@ class EffectRack:
             raise BadRequest(
                 f"stream.effects.stems: unknown stem(s) {unknown}; this model has {', '.join(stem_names)}"
             )
-        master = EffectChain.from_spec(spec.get("master", []), sample_rate)
-        stems = {name: EffectChain.from_spec(chain, sample_rate) for name, chain in spec.get("stems", {}).items()}
+        master = EffectChain.from_spec(spec.get("master", []), sample_rate, num_channels=channels)
+        stems = {
+            name: EffectChain.from_spec(chain, sample_rate, num_channels=channels)
+            for name, chain in spec.get("stems", {}).items()
+        }
         return cls(master, stems)
 
     def chain(self, name: str) -> Any:
@@ -423,6 +426,9 @@ class StreamManager:
     def settings_with(self, overrides: dict[str, Any]) -> StreamConfig:
         from pydantic import ValidationError
 
+        if "effects" in overrides:
+            # A VST3 is native code: which plugins load is for config.yaml to say, not the wire.
+            raise Forbidden("stream.start: effect chains come from stream.effects in config.yaml, not overrides")
         try:
             return StreamConfig.model_validate({**self.base.model_dump(), **overrides})
         except ValidationError as err:
@@ -477,7 +483,9 @@ class StreamManager:
             unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
             if unknown:
                 raise BadRequest(f"stream.start: unknown stem(s) {unknown}; {settings.model} has {', '.join(engine.stems)}")
-            effects = EffectRack.build(settings.effects, tuple(engine.stems), settings.sample_rate)
+            effects = EffectRack.build(
+                settings.effects.model_dump(), tuple(engine.stems), settings.sample_rate, settings.channels
+            )
             stream = LiveStream(settings, engine, effects, self._on_event)
             stream.start()
             self.stream = stream

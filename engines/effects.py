@@ -150,6 +150,8 @@ _UNIT = (0.0, 1.0)  # mixes, depths, levels
 # enforces a range, it is that range; where they accept anything (gains, thresholds), the range is
 # ours: wide enough for any mix, narrow enough that a typo cannot send +200 dB to the speakers.
 # Filter cutoffs stop at half the sample rate, where the filter designs stop making sense.
+# Left out on purpose: PitchShift (with reset=False, pedalboard 0.9.26's returns only silence),
+# Convolution (needs an impulse-response file), the MP3/GSM codecs and Resample (offline tools).
 BUILTIN_EFFECTS: dict[str, tuple[ParamInfo, ...]] = {
     "Bitcrush": (_f("bit_depth", 0.0, 32.0, "bits"),),
     "BrickwallLimiter": (
@@ -201,7 +203,6 @@ BUILTIN_EFFECTS: dict[str, tuple[ParamInfo, ...]] = {
         _f("feedback", -1.0, 1.0),
         _f("mix", *_UNIT),
     ),
-    "PitchShift": (_f("semitones", -72.0, 72.0, "semitones"),),
     "Reverb": (
         _f("room_size", *_UNIT),
         _f("damping", *_UNIT),
@@ -369,10 +370,9 @@ def _resolve_builtin(where: str, plugin_name: Any) -> str:
     raise BadRequest(f"{where}.plugin: " + _unknown("built-in effect", plugin_name, BUILTIN_EFFECTS))
 
 
-def _build_builtin(where: str, name: str, plugin_name: Any, sample_rate: int) -> _BuiltinEffect:
+def _build_builtin(where: str, name: str, class_name: str, sample_rate: int) -> _BuiltinEffect:
     import pedalboard
 
-    class_name = _resolve_builtin(where, plugin_name)
     cls = getattr(pedalboard, class_name, None)
     if cls is None:
         raise Unavailable(
@@ -412,12 +412,6 @@ def _build_vst3(
     return _Vst3Effect(name, path, plugin)
 
 
-def _default_name(entry: Mapping[str, Any]) -> str:
-    if "vst3" in entry:
-        return re.sub(r"[^A-Za-z0-9_-]", "", Path(str(entry["vst3"])).stem).lower()
-    return str(entry.get("plugin", "")).lower()
-
-
 def _build_effect(
     index: int, entry: Any, sample_rate: int, taken: set[str], allowed_dirs: Sequence[Path] | None
 ) -> _Effect:
@@ -431,7 +425,9 @@ def _build_effect(
         raise BadRequest(f"{where}: expected exactly one of 'plugin' (a pedalboard effect) or 'vst3' (a path)")
     if "plugin_name" in entry and "vst3" not in entry:
         raise BadRequest(f"{where}.plugin_name: only applies to a 'vst3' effect")
-    name = entry.get("name", _default_name(entry))
+    class_name = _resolve_builtin(where, entry["plugin"]) if "plugin" in entry else ""
+    default_name = class_name.lower() or re.sub(r"[^A-Za-z0-9_-]", "", Path(str(entry["vst3"])).stem).lower()
+    name = entry.get("name", default_name)
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise BadRequest(f"{where}.name: expected 1 to 64 letters, digits, '_' or '-', got {name!r}")
     if name in taken:
@@ -443,7 +439,7 @@ def _build_effect(
     if "vst3" in entry:
         effect: _Effect = _build_vst3(where, name, entry["vst3"], entry.get("plugin_name"), allowed_dirs)
     else:
-        effect = _build_builtin(where, name, entry["plugin"], sample_rate)
+        effect = _build_builtin(where, name, class_name, sample_rate)
     for parameter, value in params.items():
         shown, prepared = effect.validate(str(parameter), value)
         effect.apply(str(parameter), prepared)
@@ -574,9 +570,16 @@ class EffectChain:
         audio, and no later block is larger than the one the effects were prepared for, so they
         are never prepared again (which would clear their state) mid-stream.
         """
-        if self._silence.shape[0] != num_channels:
-            self._silence = np.zeros((num_channels, MAX_BLOCK_SAMPLES), dtype=np.float32)
-        self._board.process(self._silence, self.sample_rate, buffer_size=MAX_BLOCK_SAMPLES, reset=True)
+        silence = self._silence
+        if silence.shape[0] != num_channels:
+            silence = np.zeros((num_channels, MAX_BLOCK_SAMPLES), dtype=np.float32)
+        try:
+            self._board.process(silence, self.sample_rate, buffer_size=MAX_BLOCK_SAMPLES, reset=True)
+        except (ValueError, RuntimeError) as err:  # e.g. a stereo-only VST3 given mono audio
+            raise BadRequest(
+                f"audio: this chain ({', '.join(self.names)}) cannot process {num_channels}-channel audio: {err}"
+            ) from err
+        self._silence = silence  # only once it worked: a failed width is tried again next block
 
     # -- control (any thread) ------------------------------------------------------------------------
 

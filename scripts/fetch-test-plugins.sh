@@ -26,8 +26,22 @@ find_bundle() {
   [[ -n "$found" ]] && echo "$found"
 }
 
+# The plugin links the X11/GL libraries of its (unused, headless) editor; without them it does not load.
+check_libraries() {
+  command -v ldd >/dev/null 2>&1 || return 0
+  local so missing
+  for so in "$1"/Contents/*-linux/*.so; do
+    [[ -f "$so" ]] || continue
+    missing=$(ldd "$so" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
+    [[ -z "$missing" ]] || die "$bundle_name needs shared libraries this machine lacks: ${missing% };" \
+      "on Debian: apt-get install libgl1 libx11-6 libxext6 libxrandr2"
+  done
+}
+
 if bundle=$(find_bundle); then
-  say "$bundle_name already there: $bundle"
+  check_libraries "$bundle"
+  say "$bundle_name already there"
+  echo "$bundle"
   exit 0
 fi
 
@@ -95,4 +109,5 @@ rm -rf "$work_dir"
 
 bundle=$(find_bundle) || die "$(basename "${debs[0]}") unpacked, but it holds no $bundle_name"
 say "unpacked $(basename "${debs[0]}") into $plugins_dir"
+check_libraries "$bundle"
 echo "$bundle"
