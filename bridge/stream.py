@@ -346,6 +346,9 @@ class LiveStream:
             "block_size": self.block_size,
             "latency_frames": self.latency_frames,
             "latency_ms": round(self.latency_ms, 3),
+            # A duplex callback writes block k's output as block k's input arrives: one block more.
+            "round_trip_frames": self.latency_frames + self.block_size,
+            "round_trip_ms": round(1000.0 * (self.latency_frames + self.block_size) / self.sample_rate, 3),
             "device_latency_ms": round(self.device_latency_seconds * 1000, 3),
             "total_latency_ms": round(self.latency_ms + self.device_latency_seconds * 1000, 3),
             "engine_latency_frames": int(self.engine.latency_frames),

@@ -151,8 +151,9 @@ def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
             rig.close()
         final = client.call("stream.status")
         client.call("stream.stop")
-    latency = status["latency_frames"]
-    assert status["latency_ms"] == pytest.approx(1000 * latency / SAMPLE_RATE, abs=0.01)
+    latency = status["round_trip_frames"]
+    assert latency == status["latency_frames"] + status["block_size"]
+    assert status["round_trip_ms"] == pytest.approx(1000 * latency / SAMPLE_RATE, abs=0.01)
     assert status["stems"] == ["drums", "bass", "other", "vocals"]
     # What the same engine computes offline, with its own latency removed: the zero-latency mix.
     engine = StreamingSeparator("tiny", repo=tiny_repo, device="cpu", sample_rate=SAMPLE_RATE, channels=2)
@@ -188,7 +189,7 @@ def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
     finally:
         assert process.stop() == 0, process.log()
     assert final["late_hops"] > 0, final
-    latency = status["latency_frames"]
+    latency = status["round_trip_frames"]
     # After the latency, the tone never drops out: every 256-frame block carries it.
     body = recorded[0, latency + 1024 : latency + tone.shape[0] - 1024]
     blocks = body[: body.shape[0] // 256 * 256].reshape(-1, 256)
