@@ -79,6 +79,7 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("job.progress", ("id", "fraction"), "A job advanced; fraction in [0, 1]."),
         EventSpec("job.done", ("id", "result"), "A job finished; result is a JSON object."),
         EventSpec("job.failed", ("id", "code", "message"), "A job failed with a Protocol v1 code."),
+        EventSpec("job.canceled", ("id",), "A job was canceled; the outputs it had written were removed."),
         EventSpec("daemon.stopping", ("reason",), "The daemon is shutting down; reconnect when it is back."),
         EventSpec("stream.started", ("latency_ms", "stems"), "A live stream started; type latency_ms into your DAW's delay compensation."),
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
@@ -224,3 +225,57 @@ def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: obj
 @command("fx.list", help="The running stream's effect chains with their parameters, values and ranges.")
 def fx_list(ctx: CallContext) -> Result:
     return {"chains": ctx.daemon.streams.running_stream("fx.list").effects.describe()}
+
+
+# -- file jobs -------------------------------------------------------------------------------------
+
+JOB_ID = Arg("id", str, "A job id, as returned by the command that started the job.")
+
+
+@command("job.status", JOB_ID, help="One job: state, progress, result or error, timestamps.")
+def job_status(ctx: CallContext, id: str) -> Result:
+    return ctx.daemon.job_runner().store.get(id).to_dict()
+
+
+@command(
+    "job.list",
+    Arg("state", str, "Only jobs in this state (queued, running, done, failed, canceled); empty: all.", default=""),
+    Arg("limit", int, "At most this many, newest first.", default=100, min=1, max=1000),
+    help="Jobs, newest first.",
+)
+def job_list(ctx: CallContext, state: str, limit: int) -> Result:
+    jobs = ctx.daemon.job_runner().store.list(state or None, limit)
+    return {"jobs": [job.to_dict() for job in jobs]}
+
+
+@command(
+    "job.cancel", JOB_ID,
+    help="Cancel a job: a queued one at once, a running one within a second; its partial outputs are removed.",
+    returns=("id", "state"),
+)
+def job_cancel(ctx: CallContext, id: str) -> Result:
+    return ctx.daemon.job_runner().cancel(id).to_dict()
+
+
+@command(
+    "stems.separate",
+    Arg("path", str, "The audio file (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
+    Arg("model", str, "HTDemucs model or bag; empty: separate.model.", default=""),
+    Arg("stems", list, "Only these stems, e.g. vocals,drums; empty: all.", default=None),
+    Arg("format", str, "Output format; empty: separate.format.", default="", choices=("", "wav", "flac")),
+    Arg("out_dir", str, "Output folder inside paths.roots; empty: a stems folder next to the file.", default=""),
+    Arg("two_stems", str, "Write this stem and its complement (e.g. vocals + no_vocals); empty: off.", default=""),
+    Arg("encoding", str, "Sample encoding; empty: separate.encoding.", default="",
+        choices=("", "pcm16", "pcm24", "float")),
+    Arg("shifts", int, "Random shifts averaged (quality vs time); omit: separate.shifts.", default=None, min=0, max=10),
+    Arg("request_id", str, "Your id for this request: sending it again returns the same job.", default=""),
+    help="Separate a file into stems as a background job; replies at once with the job id.",
+    returns=("id", "state"),
+)
+def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
+    from bridge.separate import KIND, check_request
+
+    daemon = ctx.daemon
+    job_args = check_request(args, daemon.paths, daemon.config)
+    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
+    return {"id": job.id, "state": job.state, "created": created}

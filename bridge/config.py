@@ -105,6 +105,36 @@ class StreamConfig(_Section):
     effects: EffectsConfig = EffectsConfig()
 
 
+class JobsConfig(_Section):
+    """The durable file-job queue (SQLite)."""
+
+    # null: <user data folder>/jobs.sqlite3 (see user_data_dir).
+    database: Path | None = None
+    workers: int = Field(default=1, ge=1, le=16)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+
+
+class PathsConfig(_Section):
+    """Which folders file jobs may read from and write to. Everything else is `forbidden`."""
+
+    roots: list[Path] = [Path("~/Music"), Path("~/Documents"), Path("~/Desktop"), Path("~/Downloads")]
+
+
+class SeparateConfig(_Section):
+    """Offline stem separation of files (`stems.separate`)."""
+
+    model: str = "htdemucs"
+    engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # Random time shifts averaged per file: better quality, N times slower. 0 is deterministic.
+    shifts: int = Field(default=0, ge=0, le=10)
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+    # Segment length in seconds for split processing; null: the model's training segment.
+    segment_seconds: float | None = Field(default=None, gt=0.0, le=60.0)
+    format: Literal["wav", "flac"] = "wav"
+    encoding: Literal["pcm16", "pcm24", "float"] = "pcm24"
+    threads: int | None = Field(default=None, ge=1, le=256)
+
+
 class DaemonConfig(_Section):
     """The daemon process itself."""
 
@@ -137,11 +167,27 @@ class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     models: ModelsConfig = ModelsConfig()
     stream: StreamConfig = StreamConfig()
+    jobs: JobsConfig = JobsConfig()
+    paths: PathsConfig = PathsConfig()
+    separate: SeparateConfig = SeparateConfig()
     cloud: CloudConfig = CloudConfig()
 
     def token_status(self) -> dict[str, bool]:
         """Which cloud credentials are set: names only, never values."""
         return {name: getattr(self.cloud, name) is not None for name in CloudConfig.model_fields}
+
+
+def user_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the job database lives: the platform's per-user data folder."""
+    import sys
+
+    env = os.environ if env is None else env
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "Flowstate"
+    if sys.platform == "win32":
+        return Path(env.get("LOCALAPPDATA", str(Path.home() / "AppData" / "Local"))) / "Flowstate"
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "flowstate"
 
 
 def default_config_path() -> Path | None:
@@ -167,9 +213,24 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         data = _read_yaml(path)
     from_env = _apply_env(data, env)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_explain(err, source, from_env)) from None
+    return _resolve_paths(config, env)
+
+
+def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
+    """Expand `~` and fill the data-folder default, so every module gets absolute paths."""
+    database = config.jobs.database or user_data_dir(env) / "jobs.sqlite3"
+    roots = [root.expanduser().absolute() for root in config.paths.roots]
+    repo = config.models.demucs_repo.expanduser().absolute() if config.models.demucs_repo else None
+    return config.model_copy(
+        update={
+            "jobs": config.jobs.model_copy(update={"database": database.expanduser().absolute()}),
+            "paths": config.paths.model_copy(update={"roots": roots}),
+            "models": config.models.model_copy(update={"demucs_repo": repo}),
+        }
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

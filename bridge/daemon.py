@@ -23,6 +23,9 @@ from bridge.config import Config
 from bridge.errors import BridgeError, Internal, StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.protocol import CallContext, CommandSpec, Reply, Request
+from bridge.jobs import JobRunner, JobStore
+from bridge.paths import PathPolicy
+from bridge.protocol import Origin
 from bridge.stream import AudioSessions, StreamManager
 from bridge.transports.audio import AudioServer
 from bridge.transports.osc import OscServer
@@ -46,6 +49,9 @@ class Daemon:
         self.osc = OscServer(config.osc, self.dispatch, self.hub)
         self.zmq = ZmqServer(config.zmq, self.dispatch, self.hub)
         self.streams = StreamManager(config.stream, config.models.demucs_repo)
+        self.paths = PathPolicy(config.paths.roots)
+        self.job_store: JobStore | None = None
+        self.jobs: JobRunner | None = None
         self.audio = AudioServer(
             config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams)
         )
@@ -62,14 +68,40 @@ class Daemon:
             await self.osc.start(self._bind)
             await self.zmq.start(self._bind)
             await self._bind("zmq.audio_port", self.config.zmq.audio_port, asyncio.to_thread(self.audio.bind))
+            await asyncio.to_thread(self._start_jobs)
         except BaseException:
             self._accepting = False
+            await self._stop_jobs(0.0)
             await self._close_transports()
             raise
         self.started_at = time.monotonic()
         log.info("flowstate %s listening:", __version__)
         for name, endpoint in self.endpoints().items():
             log.info("  %-13s %s", name, endpoint)
+
+    def _start_jobs(self) -> None:
+        from bridge.separate import job_handlers
+
+        database = self.config.jobs.database
+        assert database is not None  # load_config fills the default
+        self.job_store = JobStore(database)
+        self.jobs = JobRunner(
+            self.job_store,
+            job_handlers(self.config, self.paths),
+            self.config.jobs.workers,
+            self._publish_job,
+            max_attempts=self.config.jobs.max_attempts,
+        )
+        requeued = self.jobs.start()
+        log.info("jobs: %s (%d worker(s)); %d interrupted job(s) requeued", database, self.config.jobs.workers, len(requeued))
+
+    def _publish_job(self, event: str, job_id: str, origin: Origin | None, /, **data: Any) -> None:
+        self.hub.publish(event, origin, id=job_id, **data)
+
+    def job_runner(self) -> JobRunner:
+        if self.jobs is None:
+            raise Unavailable("the job queue is not running")
+        return self.jobs
 
     async def _bind(self, key: str, port: int, opening: Awaitable[T]) -> T:
         try:
@@ -90,6 +122,7 @@ class Daemon:
         self.osc.stop_accepting()
         self.zmq.stop_accepting()
         timeout = self.config.daemon.shutdown_timeout_seconds
+        jobs_stopping = asyncio.create_task(self._stop_jobs(timeout))
         if self._tasks:
             log.info("draining %d in-flight request(s) for up to %.1f s", len(self._tasks), timeout)
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -98,9 +131,19 @@ class Daemon:
             if pending:
                 await asyncio.wait(pending, timeout=0.5)
                 log.warning("cancelled %d request(s) still running at shutdown", len(pending))
+        await jobs_stopping
         await asyncio.to_thread(self.streams.close)
         await self._close_transports()
         log.info("flowstate stopped")
+
+    async def _stop_jobs(self, timeout: float) -> None:
+        """Let running jobs finish within the timeout; one still running is requeued next start."""
+        if self.jobs is not None:
+            left = await asyncio.to_thread(self.jobs.stop, timeout)
+            if left:
+                log.info("%d running job(s) will be requeued at the next start: %s", len(left), ", ".join(left))
+        if self.job_store is not None:
+            await asyncio.to_thread(self.job_store.close)
 
     async def _close_transports(self) -> None:
         await self.osc.close()

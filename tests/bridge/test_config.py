@@ -14,9 +14,11 @@ from bridge.config import Config, ConfigError, load_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_shipped_config_yaml_states_every_default() -> None:
+def test_shipped_config_yaml_states_every_default(tmp_path: Path) -> None:
     data = yaml.safe_load((ROOT / "config.yaml").read_text())
-    assert load_config(ROOT / "config.yaml", env={}) == Config()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(ROOT / "config.yaml", env={}) == load_config(empty, env={})
     # Every key of the model appears in the file, so the file documents all of them.
     for section, model in Config.model_fields.items():
         assert section in data, f"config.yaml lacks section {section}"
@@ -90,3 +92,12 @@ def test_missing_config_file_is_exit_code_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "absent.yaml does not exist" in done.stderr
+
+
+def test_paths_are_made_absolute_and_the_job_database_defaults_to_the_data_folder(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("paths:\n  roots: [~/Music]\n")
+    config = load_config(path, env={"XDG_DATA_HOME": str(tmp_path / "data")})
+    assert config.paths.roots == [Path.home() / "Music"]
+    if sys.platform.startswith("linux"):
+        assert config.jobs.database == tmp_path / "data" / "flowstate" / "jobs.sqlite3"

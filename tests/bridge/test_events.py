@@ -25,7 +25,7 @@ from tests.conftest import OscTcp, OscUdp, zmq_request
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[Daemon]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     @command("test.emit", Arg("fraction", float, "progress to publish", min=0, max=1), help="test only")
     def emit(ctx: CallContext, fraction: float) -> Result:
         # Publish from a worker thread, as jobs do, after the reply has gone out.
@@ -40,6 +40,8 @@ def live() -> Iterator[Daemon]:
         {
             "osc": {"udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
             "zmq": {"request_port": free_port(), "event_port": free_port(), "audio_port": free_port()},
+            "jobs": {"database": str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite3")},
+            "paths": {"roots": []},
         }
     )
     loop = asyncio.new_event_loop()

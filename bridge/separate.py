@@ -1,0 +1,183 @@
+"""`stems.separate` as a job: check the request, read the file, separate, write stems atomically.
+
+`check_request` runs when the command arrives, so a forbidden path, a missing file or a file that
+is not audio is answered at once; `SeparateJob` runs on a job worker with the model kept warm.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.config import Config
+from bridge.errors import BadRequest
+from bridge.jobs import JobContext, atomic_write, remove_partials
+from bridge.paths import PathPolicy
+
+log = logging.getLogger(__name__)
+
+KIND = "stems.separate"
+FORMATS = ("wav", "flac")
+ENCODINGS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
+
+
+def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
+    """Validate a `stems.separate` request; returns the job's args with every default filled in."""
+    import soundfile
+
+    path = paths.input_file(args["path"], "path", KIND)
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise BadRequest(f"{KIND}: {path} is not an audio file libsndfile can read ({err})") from None
+    if info.frames <= 0:
+        raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
+    out_dir = paths.output_dir(args["out_dir"], "out_dir", KIND) if args.get("out_dir") else path.parent / "stems"
+    paths.output_dir(str(out_dir), "out_dir", KIND)
+    fmt = args.get("format") or config.separate.format
+    encoding = args.get("encoding") or config.separate.encoding
+    if fmt == "flac" and encoding == "float":
+        raise BadRequest(f"{KIND}: FLAC stores integer samples only; use encoding pcm16 or pcm24, or format wav")
+    return {
+        "path": str(path),
+        "model": args.get("model") or config.separate.model,
+        "stems": list(args.get("stems") or []),
+        "format": fmt,
+        "encoding": encoding,
+        "out_dir": str(out_dir),
+        "two_stems": args.get("two_stems") or "",
+        "shifts": config.separate.shifts if args.get("shifts") is None else int(args["shifts"]),
+    }
+
+
+def track_name(path: Path) -> str:
+    """A folder name for the track: the file's stem with path-hostile characters replaced."""
+    return re.sub(r"[^\w\-. ]+", "_", path.stem).strip(" .") or "track"
+
+
+class SeparateJob:
+    """The job handler: one warm `FileSeparator` per (model, shifts), reused across jobs."""
+
+    def __init__(self, config: Config, paths: PathPolicy) -> None:
+        self.config = config
+        self.paths = paths
+        self._engines: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, model: str, shifts: int) -> Any:
+        from engines.separation import FileSeparator
+
+        with self._lock:
+            key = (model, shifts)
+            if key not in self._engines:
+                settings = self.config.separate
+                self._engines[key] = FileSeparator(
+                    model, repo=self.config.models.demucs_repo, device=settings.engine_device, shifts=shifts,
+                    overlap=settings.overlap, segment_seconds=settings.segment_seconds, threads=settings.threads,
+                )
+            return self._engines[key]
+
+    def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        import soundfile
+        import torch
+        from demucs.audio import convert_audio_channels
+        from julius import resample_frac
+
+        args = ctx.job.args
+        started = time.monotonic()
+        # Re-check: the config (roots) may have changed since the job was queued, before a crash.
+        source = self.paths.input_file(args["path"], "path", KIND)
+        out_root = self.paths.output_dir(args["out_dir"], "out_dir", KIND)
+        ctx.progress(0.0, stage="loading")
+        engine = self.engine(args["model"], int(args["shifts"]))
+        engine.load()
+        stems = engine.stems
+        wanted = self._wanted(args, stems)
+        try:
+            audio, sample_rate = soundfile.read(str(source), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise BadRequest(f"{KIND}: {source} cannot be decoded ({err}); is it truncated?") from None
+        if audio.shape[0] == 0:
+            raise BadRequest(f"{KIND}: {source} holds no audio (0 frames)")
+        channels = audio.shape[1]
+        mix = torch.from_numpy(audio.T.copy())
+        mix = convert_audio_channels(mix, 2)  # mono is doubled; more than 2 channels: the first two
+        if sample_rate != engine.sample_rate:
+            mix = resample_frac(mix, sample_rate, engine.sample_rate)
+        ctx.check_cancelled()
+
+        def on_segment(fraction: float) -> None:
+            ctx.check_cancelled()
+            ctx.progress(0.05 + 0.9 * fraction, stage="separating")
+
+        separated = torch.from_numpy(engine.process(mix.numpy(), on_segment))
+        if sample_rate != engine.sample_rate:
+            separated = resample_frac(separated, engine.sample_rate, sample_rate)
+        separated = separated[..., : audio.shape[0]]
+        if channels == 1:
+            separated = separated.mean(dim=1, keepdim=True)
+        outputs = self._select(separated.numpy(), stems, wanted, args["two_stems"])
+
+        folder = out_root / track_name(source)
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            ctx.register_output(folder)
+        remove_partials(folder)  # leftovers of an attempt that crashed mid-write
+        written: dict[str, str] = {}
+        subtype = ENCODINGS[args["encoding"]]
+        for index, (name, data) in enumerate(outputs.items()):
+            ctx.check_cancelled()
+            target = ctx.register_output(folder / f"{name}.{args['format']}")
+            atomic_write(target, _writer(data, sample_rate, args["format"], subtype))
+            written[name] = str(target)
+            ctx.progress(0.95 + 0.05 * (index + 1) / len(outputs), stage="writing")
+        return {
+            "track": track_name(source),
+            "paths": written,
+            "duration_seconds": round(audio.shape[0] / sample_rate, 3),
+            "sample_rate": sample_rate,
+            "channels": 1 if channels == 1 else 2,
+            "model": args["model"],
+            "device": str(engine.device),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+    @staticmethod
+    def _wanted(args: dict[str, Any], stems: tuple[str, ...]) -> list[str]:
+        two_stems = args["two_stems"]
+        if two_stems and two_stems not in stems:
+            raise BadRequest(f"{KIND}: two_stems {two_stems!r} is not a stem of {args['model']} ({', '.join(stems)})")
+        wanted = args["stems"] or list(stems)
+        unknown = [s for s in wanted if s not in stems]
+        if unknown:
+            raise BadRequest(f"{KIND}: stems {unknown} are not stems of {args['model']} ({', '.join(stems)})")
+        return wanted
+
+    @staticmethod
+    def _select(separated: np.ndarray, stems: tuple[str, ...], wanted: list[str], two_stems: str) -> dict[str, np.ndarray]:
+        if two_stems:
+            index = stems.index(two_stems)
+            rest = np.delete(separated, index, axis=0).sum(axis=0)
+            return {two_stems: separated[index], f"no_{two_stems}": rest}
+        return {name: separated[stems.index(name)] for name in wanted}
+
+
+def _writer(data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> Callable[[Path], None]:
+    import soundfile
+
+    def write(tmp: Path) -> None:
+        soundfile.write(str(tmp), data.T, sample_rate, subtype=subtype, format=fmt.upper())
+
+    return write
+
+
+def job_handlers(config: Config, paths: PathPolicy) -> dict[str, Callable[[JobContext], dict[str, Any]]]:
+    """Every job kind the daemon runs, by name (the command that submits it)."""
+    return {KIND: SeparateJob(config, paths)}
