@@ -55,6 +55,23 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", parents=[common], help="check this machine: Python, torch, audio, MIDI, ports")
     sub.add_parser("devices", parents=[common], help="list audio devices (for stream.device)")
+
+    sep = sub.add_parser(
+        "separate", parents=[common], help="separate audio files into stems (through the daemon if one runs)"
+    )
+    sep.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    sep.add_argument("--model", default="", help="HTDemucs model or bag (default: separate.model)")
+    sep.add_argument("--stems", default="", help="only these stems, e.g. vocals,drums")
+    sep.add_argument("--two-stems", default="", metavar="STEM", help="write STEM and no_STEM")
+    sep.add_argument("--format", default="", choices=["", "wav", "flac"])
+    sep.add_argument("--encoding", default="", choices=["", "pcm16", "pcm24", "float"])
+    sep.add_argument("--out-dir", default="", help="output folder (default: a stems folder next to each file)")
+    sep.add_argument("--local", action="store_true", help="run in this process even if a daemon is running")
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or cancel one")
+    jobs.add_argument("cancel", nargs="?", choices=["cancel"], help="cancel the job ID")
+    jobs.add_argument("job_id", nargs="?", metavar="ID")
+    jobs.add_argument("--state", default="", help="only jobs in this state")
     return parser
 
 
@@ -78,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(config, args.config)
     if args.action == "devices":
         return _devices()
+    if args.action == "separate":
+        return _separate(config, args)
+    if args.action == "jobs":
+        return _jobs(config, args)
     raise AssertionError(f"unhandled action {args.action}")  # argparse restricts the choices
 
 
@@ -176,4 +197,142 @@ def _devices() -> int:
             f"{index:>3}  {device['name']:<40} {api:<28} in {device['max_input_channels']:>2}  "
             f"out {device['max_output_channels']:>2}  {device['default_samplerate']:.0f} Hz"
         )
+    return 0
+
+
+def _progress_bar(label: str, fraction: float) -> None:
+    width = 30
+    filled = int(round(width * fraction))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}%  {label}")
+    sys.stderr.flush()
+
+
+def _separate(config: Config, args: argparse.Namespace) -> int:
+    """Separate files through the running daemon, or in this process when none answers."""
+    from bridge.client import Client, request_endpoint
+
+    requests = []
+    for file in args.files:
+        request = {"path": str(file.expanduser().absolute()), "model": args.model, "format": args.format,
+                   "encoding": args.encoding, "out_dir": args.out_dir, "two_stems": args.two_stems}
+        if args.stems:
+            request["stems"] = args.stems
+        requests.append(request)
+    if not args.local:
+        with Client(request_endpoint(config), timeout_seconds=1.0) as probe:
+            try:
+                probe.call("ping")
+                running = True
+            except BridgeError:
+                running = False
+        if running:
+            return _separate_remote(config, requests)
+    return _separate_local(config, requests)
+
+
+def _follow(labels: dict[str, str]) -> Any:
+    def on_event(name: str, data: dict[str, Any]) -> None:
+        if name == "job.progress":
+            _progress_bar(labels[data["id"]], float(data["fraction"]))
+
+    return on_event
+
+
+def _report(final: dict[str, dict[str, Any]], labels: dict[str, str]) -> int:
+    failures = 0
+    sys.stderr.write("\n")
+    for job_id, outcome in final.items():
+        if outcome["event"] == "job.done":
+            paths = outcome["result"]["paths"]
+            print(f"{labels[job_id]}: " + ", ".join(f"{stem} -> {path}" for stem, path in paths.items()))
+        else:
+            failures += 1
+            detail = f"{outcome.get('code')}: {outcome.get('message')}" if outcome["event"] == "job.failed" else "canceled"
+            print(f"{labels[job_id]}: {detail}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _separate_remote(config: Config, requests: list[dict[str, Any]]) -> int:
+    from bridge.client import Client, request_endpoint
+
+    labels: dict[str, str] = {}
+    with Client(request_endpoint(config), timeout_seconds=30.0) as client:
+        for request in requests:
+            try:
+                reply = client.call("stems.separate", request)
+            except BridgeError as err:
+                print(f"flowstate: {request['path']}: {err.code}: {err.message}", file=sys.stderr)
+                return 1
+            labels[reply["id"]] = Path(request["path"]).name
+        final = client.wait_jobs(list(labels), _follow(labels))
+    return _report(final, labels)
+
+
+def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
+    """No daemon: the same job code on a private queue in this process."""
+    import tempfile
+    import threading
+
+    from bridge.jobs import JobRunner, JobStore
+    from bridge.paths import PathPolicy
+    from bridge.separate import KIND, check_request, job_handlers
+
+    # Files named on the command line are the user's own choice: their folders are allowed too.
+    roots = [*config.paths.roots, *(Path(r["path"]).parent for r in requests)]
+    roots += [Path(r["out_dir"]).expanduser().absolute() for r in requests if r["out_dir"]]
+    paths = PathPolicy(roots)
+    labels: dict[str, str] = {}
+    final: dict[str, dict[str, Any]] = {}
+    finished = threading.Condition()
+    on_progress = _follow(labels)
+
+    def publish(event: str, job_id: str, origin: Any, /, **data: Any) -> None:
+        with finished:
+            on_progress(event, {"id": job_id, **data})
+            if event in ("job.done", "job.failed", "job.canceled"):
+                final[job_id] = {"event": event, **data}
+                finished.notify_all()
+
+    with tempfile.TemporaryDirectory(prefix="flowstate-local-") as scratch:
+        store = JobStore(Path(scratch) / "jobs.sqlite3")
+        runner = JobRunner(store, job_handlers(config, paths), 1, publish)
+        try:
+            spec = lookup(KIND)
+            for request in requests:
+                try:
+                    job_args = check_request(spec.bind(request), paths, config)
+                except BridgeError as err:
+                    print(f"flowstate: {err.code}: {err.message}", file=sys.stderr)
+                    return 1
+                job, _ = runner.submit(KIND, job_args)
+                labels[job.id] = Path(request["path"]).name
+            runner.start()
+            with finished:
+                finished.wait_for(lambda: len(final) == len(labels))
+        finally:
+            runner.stop(timeout=5.0, cancel_running=True)
+            store.close()
+    return _report(final, labels)
+
+
+def _jobs(config: Config, args: argparse.Namespace) -> int:
+    from bridge.client import Client, request_endpoint
+
+    try:
+        with Client(request_endpoint(config), timeout_seconds=5.0) as client:
+            if args.cancel:
+                if not args.job_id:
+                    print("flowstate: jobs cancel needs a job ID", file=sys.stderr)
+                    return 2
+                job = client.call("job.cancel", {"id": args.job_id})
+                print(f"{job['id']}: {job['state']}")
+                return 0
+            jobs = client.call("job.list", {"state": args.state})["jobs"]
+    except BridgeError as err:
+        print(f"flowstate: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    for job in jobs:
+        error = job.get("error") or {}
+        detail = error.get("message") or ", ".join((job.get("result") or {}).get("paths", {}))
+        print(f"{job['id']}  {job['state']:<9} {job['progress'] * 100:5.1f}%  {job['kind']}  {Path(job['args'].get('path', '')).name}  {detail}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -42,6 +43,7 @@ class Client:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(endpoint)
         self._prefix = f"{os.getpid()}-"
+        self._backlog: list[dict[str, Any]] = []
 
     def call(self, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         """Send one command; return its result or raise RemoteError / Unavailable."""
@@ -54,12 +56,40 @@ class Client:
                     "start one with `make run` or `flowstate up`"
                 )
             message = json.loads(self._socket.recv())
+            if "event" in message:
+                self._backlog.append(message)  # an event of one of our jobs: wait_jobs wants it
+                continue
             if message.get("id") != request_id:
-                continue  # an event for one of our jobs, or a late reply to an earlier request
+                continue  # a late reply to an earlier request that timed out
             if message.get("ok"):
                 return message["result"]
             error = message.get("error") or {}
             raise RemoteError(error.get("code", "internal"), error.get("message", "no message"))
+
+    def wait_jobs(
+        self, job_ids: list[str], on_event: Callable[[str, dict[str, Any]], None], idle_timeout_seconds: float = 600.0
+    ) -> dict[str, dict[str, Any]]:
+        """Follow jobs through the events a DEALER receives for its own requests until each ends.
+
+        Returns {job id: final event data}; `on_event(name, data)` sees every event on the way.
+        """
+        pending = set(job_ids)
+        final: dict[str, dict[str, Any]] = {}
+        while pending:
+            if self._backlog:
+                message = self._backlog.pop(0)
+            elif self._socket.poll(int(idle_timeout_seconds * 1000)):
+                message = json.loads(self._socket.recv())
+            else:
+                raise Unavailable(f"no news of jobs {sorted(pending)} for {idle_timeout_seconds:g} s")
+            name, data = message.get("event"), message.get("data") or {}
+            if name is None or data.get("id") not in pending:
+                continue
+            on_event(name, data)
+            if name in ("job.done", "job.failed", "job.canceled"):
+                final[data["id"]] = {"event": name, **data}
+                pending.discard(data["id"])
+        return final
 
     def close(self) -> None:
         self._socket.close(linger=0)
