@@ -1,0 +1,231 @@
+"""Streaming HTDemucs: per-hop cost, load and latency of `StreamingSeparator`, against bare forwards.
+
+The model is the full-size htdemucs architecture (`HTDemucs(sources=[drums, bass, other, vocals])`
+with demucs's default arguments, seeded random weights: the cost does not depend on the weights),
+saved as a demucs local repo and loaded through the engine's real loader. For each
+(context, hop, lookahead) setting it streams `--seconds` of noise at 48 kHz in 256-frame device
+blocks and, on the very windows the engine separates (cut from the same input, resampled by the
+same resampler), times a bare `model(window)` forward under `inference_mode`, interleaved hop by
+hop so that load from elsewhere on a shared machine hits both alike. The audio is streamed
+`ROUNDS` times in a row as one stream.
+
+Figures per setting:
+* `p50_ms`, `p99_ms`: the engine's own compute time per hop (model, bag weighting, overlap-add,
+  host copy), from `stats()`.
+* `load_p50`, `load_p99`: that time over the hop's duration; real time needs load_p99 < 1.
+* `latency_ms`: the engine's exact delay (`latency_ms`: hop + lookahead + resamplers).
+* `total_ms` = latency_ms + hop_ms: the output of a hop is due one hop after its window is
+  complete, the compute budget a worker thread must meet anyway (valid while load_p99 < 1).
+  `tight_ms` = latency_ms + p99_ms is the least a stream could add instead. The audio device's
+  own buffer (e.g. 256 frames, 5.3 ms at 48 kHz) comes on top of both.
+* `ratio`: the engine's per-hop compute p50 over the bare forward's p50 on the same windows.
+  `ratio_total`: every `process()` call's wall time, summed (resampling, FIFO, buffers, model),
+  over the bare forwards, summed. Target <= 1.10 for both.
+* `x_rt`: audio separated (hops x hop) per second of `process()` wall time; real time needs > 1.
+* Baseline: demucs's `apply_model(shifts=0, split=True, overlap=0.25)` on the same audio at
+  44.1 kHz, offline, on the same checkpoint loaded as demucs's CLI loads it (each 7.8 s segment
+  padded to the training length), as x real time.
+
+    .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N]
+
+The last line of output is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
+
+from bridge.testing import save_demucs_repo  # noqa: E402
+from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator  # noqa: E402
+
+SAMPLE_RATE = 48000
+BLOCK = 256
+ROUNDS = 2
+TARGET_RATIO = 1.10
+SETTINGS: tuple[tuple[float, float, float], ...] = (
+    CPU_DEFAULTS,
+    (0.5, 0.5, 0.25),
+    (1.0, 0.25, 0.25),
+    (0.25, 0.1, 0.1),
+)
+
+
+def build_repo(folder: Path) -> Path:
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(0)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"])
+    return save_demucs_repo(model, folder, "htdemucs_random")
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def engine_windows(engine: StreamingSeparator, audio: np.ndarray) -> list[np.ndarray]:
+    """The model-rate windows the engine separates for `audio`, cut the way the engine cuts them."""
+    rate = engine.model_sample_rate
+    context, hop, lookahead = (round(s * rate) for s in (engine.context_seconds, engine.hop_seconds,
+                                                          engine.lookahead_seconds))
+    resampler = StreamingResampler(SAMPLE_RATE, rate, audio.shape[0], whole_delay=True)
+    offset = round(resampler.delay_frames)
+    mono = resampler.process(audio)
+    padded = np.concatenate([np.zeros((2, context), np.float32), mono[:, offset:]], axis=1)
+    count = (padded.shape[1] - context - lookahead) // hop
+    return [np.ascontiguousarray(padded[:, k * hop:k * hop + context + hop + lookahead]) for k in range(count)]
+
+
+def run_setting(repo: Path, device: str, precision: str, threads: int | None, audio: np.ndarray,
+                setting: tuple[float, float, float]) -> dict[str, Any]:
+    import torch
+
+    context, hop, lookahead = setting
+    engine = StreamingSeparator("htdemucs_random", repo=repo, device=device, sample_rate=SAMPLE_RATE,
+                                context_seconds=context, hop_seconds=hop, lookahead_seconds=lookahead,
+                                precision=precision, threads=threads)
+    engine.load()
+    model = engine._models[0]  # the same module the engine runs
+    stream = np.concatenate([audio] * ROUNDS, axis=1)  # one continuous stream, ROUNDS passes over the audio
+    windows = [torch.from_numpy(w)[None].to(engine.device) for w in engine_windows(engine, stream)]
+
+    def bare(window: Any) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode(), engine._autocast():
+            model(window)
+        sync(engine.device)
+        return time.perf_counter() - started
+
+    # Warm-up: allocator, oneDNN primitives, cuDNN plans.
+    bare(windows[0])
+    engine.process(stream[:, :engine.hop_frames * 3])
+    engine.reset()
+
+    # Interleaved at hop granularity: after each engine hop, the bare forward of that same window,
+    # so a burst of load from elsewhere on the machine hits both sides alike.
+    engine_seconds, bare_times = 0.0, []
+    for start in range(0, stream.shape[1], BLOCK):
+        started = time.perf_counter()
+        engine.process(stream[:, start:start + BLOCK])
+        engine_seconds += time.perf_counter() - started
+        while len(bare_times) < engine._stream_hops:
+            bare_times.append(bare(windows[len(bare_times)]))
+    stats = engine.stats()
+    hops, hop_ms = stats["hops"], stats["hop_ms"]
+    p50, p99 = stats["compute_ms_p50"], stats["compute_ms_p99"]
+    bare_p50 = 1000 * float(np.median(bare_times))
+    result = {
+        "context_s": round(engine.context_seconds, 4),
+        "hop_s": round(engine.hop_seconds, 4),
+        "lookahead_s": round(engine.lookahead_seconds, 4),
+        "window_s": round(engine.window_seconds, 4),
+        "hops": hops,
+        "p50_ms": round(p50, 2),
+        "p99_ms": round(p99, 2),
+        "bare_p50_ms": round(bare_p50, 2),
+        "load_p50": round(p50 / hop_ms, 3),
+        "load_p99": round(p99 / hop_ms, 3),
+        "latency_ms": round(engine.latency_ms, 2),
+        "total_ms": round(engine.latency_ms + hop_ms, 2),
+        "tight_ms": round(engine.latency_ms + p99, 2),
+        "ratio": round(p50 / bare_p50, 3),
+        "ratio_total": round(engine_seconds / sum(bare_times), 3),
+        "x_realtime": round(hops * engine.hop_seconds / engine_seconds, 2),
+    }
+    engine.close()
+    return result
+
+
+def apply_model_baseline(repo: Path, device: str, audio: np.ndarray) -> dict[str, Any]:
+    import julius
+    import torch
+    from demucs.apply import apply_model
+    from demucs.pretrained import get_model
+
+    from engines.base import pick_device
+
+    target = pick_device(device)
+    bag = get_model("htdemucs_random", repo=repo)  # as demucs's CLI loads it: 7.8 s training segments
+    mix = julius.resample_frac(torch.from_numpy(audio), SAMPLE_RATE, bag.samplerate)[None]
+    with torch.inference_mode():  # warm-up on the same 7.8 s segment shape
+        apply_model(bag, mix[..., :bag.samplerate], shifts=0, split=True, overlap=0.25, device=target)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        apply_model(bag, mix, shifts=0, split=True, overlap=0.25, device=target)
+    sync(target)
+    elapsed = time.perf_counter() - started
+    seconds = mix.shape[-1] / bag.samplerate
+    return {"audio_s": round(seconds, 2), "wall_s": round(elapsed, 3), "x_realtime": round(seconds / elapsed, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--seconds", type=float, default=6.0, help="audio streamed per setting and round")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "float16", "bfloat16"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from engines.base import pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    settings = SETTINGS if device.type != "cuda" else SETTINGS + (CUDA_DEFAULTS,)
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal((2, int(args.seconds * SAMPLE_RATE)))).astype(np.float32)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:
+        repo = build_repo(Path(folder))
+        rows = [run_setting(repo, args.device, args.precision, args.threads, audio, s) for s in settings]
+        baseline = apply_model_baseline(repo, args.device, audio)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"StreamingSeparator, full-size htdemucs (random weights), {name}, {args.precision}, "
+          f"{SAMPLE_RATE} Hz in {BLOCK}-frame blocks, {args.seconds:g} s x {ROUNDS} rounds per setting")
+    header = (f"{'ctx/hop/look s':>17} {'window s':>8} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} {'bare ms':>7} "
+              f"{'load50':>6} {'load99':>6} {'lat ms':>6} {'total ms':>8} {'tight ms':>8} {'ratio':>5} {'r.tot':>5} "
+              f"{'x RT':>5}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        setting = f"{row['context_s']:.3f}/{row['hop_s']:.3f}/{row['lookahead_s']:.3f}"
+        print(f"{setting:>17} {row['window_s']:>8.3f} {row['hops']:>5} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
+              f"{row['bare_p50_ms']:>7.1f} {row['load_p50']:>6.2f} {row['load_p99']:>6.2f} {row['latency_ms']:>6.1f} "
+              f"{row['total_ms']:>8.1f} {row['tight_ms']:>8.1f} {row['ratio']:>5.2f} {row['ratio_total']:>5.2f} "
+              f"{row['x_realtime']:>5.2f}")
+    print(f"baseline: demucs apply_model(shifts=0, split=True, overlap=0.25) offline on {baseline['audio_s']} s: "
+          f"{baseline['wall_s']} s, {baseline['x_realtime']} x real time")
+    worst = max(row["ratio"] for row in rows)
+    worst_total = max(row["ratio_total"] for row in rows)
+    verdict = "ok" if max(worst, worst_total) <= TARGET_RATIO else "MISSED"
+    print(f"engine/bare: worst ratio {worst:.3f}, worst ratio_total {worst_total:.3f} (target <= {TARGET_RATIO}): "
+          f"{verdict}; "
+          "total_ms = latency_ms + hop_ms (one hop of compute budget); tight_ms = latency_ms + p99_ms; "
+          f"device buffer not included. Run took {time.perf_counter() - started:.0f} s.")
+    print(json.dumps({
+        "bench": "stream", "device": str(device), "device_name": name, "precision": args.precision,
+        "sample_rate": SAMPLE_RATE, "block": BLOCK, "seconds": args.seconds, "rounds": ROUNDS,
+        "settings": rows, "apply_model": baseline, "target_ratio": TARGET_RATIO, "worst_ratio": worst,
+        "worst_ratio_total": worst_total,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,660 @@
+"""Live stem separation: HTDemucs run on short overlapping windows of a stream.
+
+The stream is cut into hops aligned to absolute sample positions from the start (or the last
+`reset`). Each hop is separated inside a window that adds left context and lookahead:
+
+    window k = [k*hop - context, (k+1)*hop + lookahead)      (model rate, zeros before 0)
+
+and the model's output for `[k*hop, (k+1)*hop + crossfade)` is kept. Consecutive hops are joined by
+a linear crossfade placed just *after* each hop boundary, so it reads from the previous window's
+lookahead and costs no extra latency (the idea of demucs `apply.py`'s normalised overlap-add, with
+weights that already sum to one). No random shifts: the output is a deterministic function of the
+input samples, whatever block sizes they arrive in.
+
+The device runs at `sample_rate` (48 kHz); the model at its own rate (44.1 kHz). Two streaming
+polyphase windowed-sinc resamplers (`StreamingResampler`) convert in and out; an output FIFO,
+pre-filled with silence, makes the total delay exactly `latency_frames` for every call.
+
+Nothing heavy happens at import: torch and demucs are imported when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bridge.errors import BadRequest, Internal, NotFound, Unavailable
+from engines.base import Engine
+
+if TYPE_CHECKING:
+    from demucs.apply import BagOfModels
+
+log = logging.getLogger(__name__)
+
+# (context, hop, lookahead) in seconds; each becomes a multiple of 1024 frames at 44.1 kHz.
+# CPU: one window of 0.5 + 0.25 + 0.25 s (45056 frames) cost 0.16 s with 2 threads where DESIGN.md
+# measured it, under the 0.25 s hop; on a slower 2-core AVX2 machine bench/stream.py measured
+# 0.24-0.28 s (load 0.9-1.1: no margin), where a 0.5 s hop (load 0.6-0.7) keeps real time. CUDA: a window costs a few ms,
+# so the hop shrinks to 4096 frames (0.093 s) and the lookahead to the ~0.1 s the STFT's reflect
+# padding needs; the context stays 0.5 s, as on CPU (the window's normalisation and attention see
+# enough signal, and on a GPU a longer window costs next to nothing). Latency at 48 kHz: 511.6 ms
+# on CPU, 186.5 ms on CUDA, plus the device buffer and the compute budget.
+CPU_DEFAULTS: tuple[float, float, float] = (0.5, 0.25, 0.25)
+CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
+
+MODEL_BLOCK = 1024  # HTDemucs STFT hop: window edges on this grid keep frames aligned across windows
+CONTEXT_RANGE = (0.0, 8.0)
+HOP_RANGE = (0.0, 4.0)  # exclusive low end; rounded up to at least one 1024-frame block
+LOOKAHEAD_RANGE = (0.1, 4.0)
+CROSSFADE_RANGE_MS = (0.0, 100.0)
+SAMPLE_RATE_RANGE = (8000, 192000)
+PRECISIONS = ("float32", "float16", "bfloat16")
+STATS_WINDOW = 512  # hops kept for the compute-time percentiles
+PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at most this many frames
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_model(name: str, repo: Path | None = None) -> BagOfModels:
+    """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …) for streaming.
+
+    With `repo` (a folder in demucs's local repo format: `<sig>.th` checkpoints and `<name>.yaml`
+    bag files), only that folder is read. Without it, demucs loads the pretrained `name` from its
+    download cache (downloading it when online). Returns a `BagOfModels` (a single model is wrapped)
+    whose models are in eval mode, without gradients, with `use_train_segment = False` so they run
+    on windows of any length.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest(f"model: expected a demucs model name such as 'htdemucs', got {name!r}")
+    from demucs.apply import BagOfModels
+    from demucs.htdemucs import HTDemucs
+    from demucs.pretrained import get_model
+    from demucs.repo import ModelLoadingError
+
+    if repo is not None:
+        repo = Path(repo).expanduser()
+        fix = (f"put {name}.yaml (models: ['<sig>']) and its <sig>.th checkpoints in {repo}, "
+               f"or set models.demucs_repo to null to load the pretrained {name!r} from demucs's download cache")
+        if not repo.is_dir():
+            raise NotFound(f"model {name!r}: models.demucs_repo {str(repo)!r} is not a folder, so nothing was "
+                           f"loaded (the pretrained name {name!r} is not tried while a local repo is set); "
+                           f"expected a folder in demucs's local repo format. Fix: {fix}")
+        try:
+            model = get_model(name, repo=repo)
+        except ModelLoadingError as err:
+            held = sorted({p.stem for p in repo.iterdir() if p.suffix in (".yaml", ".th")})
+            raise NotFound(f"model {name!r}: not in models.demucs_repo {str(repo)!r} ({err}); that folder holds "
+                           f"{', '.join(held) or 'no .yaml or .th files'}; the pretrained name {name!r} is not "
+                           f"tried while a local repo is set. Fix: {fix}") from err
+        except Exception as err:  # a corrupt checkpoint, a bad yaml, a missing dependency (diffq)
+            raise Unavailable(f"model {name!r}: loading it from models.demucs_repo {str(repo)!r} failed: "
+                              f"{type(err).__name__}: {err}. Fix: {fix}") from err
+    else:
+        fix = (f"set models.demucs_repo to a folder holding {name}.yaml and its <sig>.th checkpoints "
+               "(demucs's local repo format), or run once with internet access so demucs caches the weights")
+        try:
+            model = get_model(name)
+        except ModelLoadingError as err:
+            raise NotFound(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
+                           f"hub; no local repo because models.demucs_repo is not set): {err}. Fix: {fix}") from err
+        except Exception as err:  # offline: URLError and friends
+            raise Unavailable(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
+                              f"hub; no local repo because models.demucs_repo is not set): "
+                              f"{type(err).__name__}: {err}. Fix: {fix}") from err
+
+    bag = model if isinstance(model, BagOfModels) else BagOfModels([model])
+    for sub in bag.models:
+        if not isinstance(sub, HTDemucs):
+            raise BadRequest(f"model {name!r}: is a {type(sub).__name__}; streaming expects an HTDemucs model "
+                             "or bag (htdemucs, htdemucs_ft, htdemucs_6s)")
+        sub.use_train_segment = False  # any window length; positions rebuilt per call
+        sub.eval()
+        sub.requires_grad_(False)
+    bag.eval()
+    return bag
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming resampler
+
+
+class StreamingResampler:
+    """Stateful polyphase windowed-sinc resampler, `rate_in` -> `rate_out`, for any block sizes.
+
+    Time is counted in ticks of the common grid `rate_in * up == rate_out * down` (7.056 MHz for
+    48 kHz <-> 44.1 kHz, with up/down = 147/160). Input sample n sits at tick `n * up`; output
+    sample m is the band-limited input at tick `m * down - delay_ticks`. `delay_ticks` is at least
+    the filter's half-width (so the filter is causal); `extra_delay_ticks` adds to it, and
+    `whole_delay=True` then rounds it up to a whole number of output samples.
+
+    The engine rounds each resampler's delay up to a whole number of output samples: the input
+    resampler's so the model sees the input on its own 1024-frame grid (HTDemucs is not invariant
+    to sub-frame shifts), the output resampler's so the total latency is a whole number of frames.
+
+    One period of `up` outputs reads a frame of `num_cols` inputs that starts `down` inputs after
+    the previous period's, so each call is one matrix product of contiguous frames with a
+    precomputed `(num_cols, up)` filter matrix. Output rows are normalised to unit DC gain.
+
+    The product runs in torch on CPU tensors that share the numpy buffers: numpy's OpenBLAS keeps
+    its own threads spinning after each call, and next to torch's pool on a 2-core machine that
+    slowed the model's forward pass by 10-100x.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int, *, max_input: int = PIECE_FRAMES,
+                 zeros: int = 16, rolloff: float = 0.94, kaiser_beta: float = 8.6,
+                 extra_delay_ticks: int = 0, whole_delay: bool = False) -> None:
+        if rate_in <= 0 or rate_out <= 0:
+            raise BadRequest(f"rates: expected positive sample rates, got {rate_in} -> {rate_out}")
+        if extra_delay_ticks < 0:
+            raise BadRequest(f"extra_delay_ticks: expected >= 0 (less delay than the filter's half-width is not "
+                             f"causal), got {extra_delay_ticks}")
+        import torch
+
+        gcd = math.gcd(rate_in, rate_out)
+        self.rate_in, self.rate_out = rate_in, rate_out
+        self.up, self.down = rate_out // gcd, rate_in // gcd
+        self.channels = channels
+        self.max_input = max_input
+        scale, self.half_width_ticks = self.design(rate_in, rate_out, zeros, rolloff)
+        if whole_delay:
+            extra_delay_ticks += -(self.half_width_ticks + extra_delay_ticks) % self.down
+        self.delay_ticks = self.half_width_ticks + int(extra_delay_ticks)
+        up, down, width, delay = self.up, self.down, self.half_width_ticks, self.delay_ticks
+        self.num_taps = (2 * width - 1) // up + 1  # inputs under the filter for one output, at most
+        # First input read by output m: the smallest n with m*down - delay - n*up < width.
+        first = (np.arange(up) * down - delay - width) // up + 1
+        self._first0 = int(first[0])
+        self.num_cols = int(first[-1] - first[0]) + self.num_taps
+        cols = (first - first[0])[:, None] + np.arange(self.num_taps)[None, :]  # (up, taps)
+        ticks = (np.arange(up) * down - delay)[:, None] - (first[:, None] + np.arange(self.num_taps)[None, :]) * up
+        ratio = np.clip(ticks / width, -1.0, 1.0)
+        taps = np.sinc(scale * ticks) * np.i0(kaiser_beta * np.sqrt(1.0 - ratio**2)) / np.i0(kaiser_beta)
+        taps[np.abs(ticks) >= width] = 0.0
+        taps /= taps.sum(axis=1, keepdims=True)
+        matrix = np.zeros((up, self.num_cols), dtype=np.float64)
+        np.put_along_axis(matrix, cols, taps, axis=1)
+        self._matrix_t = torch.from_numpy(np.ascontiguousarray(matrix.T, dtype=np.float32))  # (num_cols, up)
+
+        max_blocks = max_input // down + 4  # periods one call can touch
+        self._history = np.zeros((channels, self.num_cols + down * (max_blocks + 1) + max_input), np.float32)
+        self._frames = np.zeros((channels, max_blocks, self.num_cols), np.float32)
+        self._out = np.zeros((channels, max_blocks, up), np.float32)
+        self._history_t = torch.from_numpy(self._history)
+        self._frames_t, self._out_t = torch.from_numpy(self._frames), torch.from_numpy(self._out)
+        self._matmul = torch.matmul
+        self.reset()
+
+    @staticmethod
+    def design(rate_in: int, rate_out: int, zeros: int = 16, rolloff: float = 0.94) -> tuple[float, int]:
+        """(twice the cutoff in cycles per tick, the filter's half-width in ticks) for these rates."""
+        tick_rate = rate_in * (rate_out // math.gcd(rate_in, rate_out))
+        scale = rolloff * min(rate_in, rate_out) / tick_rate  # sinc zero crossings are 1/scale ticks apart
+        return scale, math.ceil(zeros / scale)
+
+    @property
+    def delay_frames(self) -> float:
+        """The delay in output samples (a whole number with `whole_delay=True`)."""
+        return self.delay_ticks / self.down
+
+    def reset(self) -> None:
+        """Start a new stream: the history before sample 0 is silence."""
+        self._history.fill(0.0)
+        self._start = self._first0  # absolute input index of _history[:, 0]
+        self._end = 0  # absolute input index one past the last sample received
+        self._next = 0  # next output index to produce
+
+    def produced(self, count: int) -> int:
+        """How many output samples exist once `count` input samples have been received."""
+        numerator = (count - self.num_taps) * self.up + self.delay_ticks + self.half_width_ticks
+        return max(0, -(-numerator // self.down))
+
+    def inputs_needed(self, outputs: int) -> int:
+        """The fewest input samples after which `outputs` output samples exist."""
+        if outputs <= 0:
+            return 0
+        # produced(count) >= outputs  <=>  (count - taps)*up + delay + width > (outputs - 1)*down
+        return max(0, ((outputs - 1) * self.down - self.delay_ticks - self.half_width_ticks) // self.up
+                   + 1 + self.num_taps)
+
+    @property
+    def delay_seconds(self) -> float:
+        return self.delay_ticks / (self.rate_in * self.up)
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Take `(channels, n)` float32 input, return every output sample that became computable.
+
+        The result is a view into an internal buffer, valid until the next call.
+        """
+        n = block.shape[-1]
+        if n > self.max_input:
+            parts = [self.process(block[:, i:i + self.max_input]).copy() for i in range(0, n, self.max_input)]
+            return np.concatenate(parts, axis=1)
+        self._append(block)
+        stop = self.produced(self._end)
+        if stop <= self._next:
+            return self._out[:, :0, 0]
+        up, down = self.up, self.down
+        first_block = self._next // up
+        num_blocks = -(-stop // up) - first_block
+        offset = self._first0 + first_block * down - self._start
+        # Contiguous frames (channel, period, column): frame b starts `down` inputs after b-1. The
+        # last frame may reach past the received input; those samples only feed outputs >= stop.
+        source = self._history_t.as_strided((self.channels, num_blocks, self.num_cols),
+                                            (self._history.shape[1], down, 1), offset)
+        frames = self._frames_t[:, :num_blocks]
+        frames.copy_(source)
+        self._matmul(frames, self._matrix_t, out=self._out_t[:, :num_blocks])
+        flat = self._out[:, :num_blocks].reshape(self.channels, num_blocks * up)
+        result = flat[:, self._next - first_block * up:stop - first_block * up]
+        self._next = stop
+        return result
+
+    def _append(self, block: np.ndarray) -> None:
+        n = block.shape[-1]
+        keep_from = self._first0 + (self._next // self.up) * self.down  # first input the next period reads
+        drop = keep_from - self._start
+        if drop > 0:
+            kept = self._end - keep_from
+            self._history[:, :kept] = self._history[:, drop:drop + kept]
+            self._start = keep_from
+        at = self._end - self._start
+        self._history[:, at:at + n] = block
+        self._end += n
+
+
+# --------------------------------------------------------------------------------------------
+# Output FIFO
+
+
+class _Fifo:
+    """A ring buffer of `(rows, capacity)` float32 frames: write at the tail, read from the head."""
+
+    def __init__(self, rows: int, capacity: int) -> None:
+        self._buffer = np.zeros((rows, capacity), np.float32)
+        self._capacity = capacity
+        self._head = 0
+        self._size = 0
+
+    def clear(self, silence: int = 0) -> None:
+        """Empty it, then queue `silence` zero frames (the alignment delay)."""
+        self._head = 0
+        self._size = 0
+        self._buffer[:, :silence] = 0.0
+        self._size = silence
+
+    def write(self, data: np.ndarray) -> None:
+        n = data.shape[-1]
+        if self._size + n > self._capacity:
+            raise Internal(f"stream FIFO overflow: {self._size} + {n} frames > capacity {self._capacity}")
+        tail = (self._head + self._size) % self._capacity
+        first = min(n, self._capacity - tail)
+        self._buffer[:, tail:tail + first] = data[:, :first]
+        self._buffer[:, :n - first] = data[:, first:]
+        self._size += n
+
+    def read(self, out: np.ndarray) -> None:
+        n = out.shape[-1]
+        if n > self._size:
+            raise Internal(f"stream FIFO underflow: {n} frames asked, {self._size} queued")
+        first = min(n, self._capacity - self._head)
+        out[:, :first] = self._buffer[:, self._head:self._head + first]
+        out[:, first:] = self._buffer[:, :n - first]
+        self._head = (self._head + n) % self._capacity
+        self._size -= n
+
+
+# --------------------------------------------------------------------------------------------
+# The streaming engine
+
+
+def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False,
+                 unit: str = "s") -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{name}: expected a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise BadRequest(f"{name}: expected {bracket}{low:g}, {high:g}] {unit}, got {value!r}")
+
+
+class StreamingSeparator(Engine):
+    """Separate a live stream into stems with HTDemucs on chunked windows.
+
+    `process(block)` takes float32 `(channels, n)` audio at `sample_rate`, any n >= 0, and returns
+    float32 `(num_stems, channels, n)`: the stems of the input delayed by exactly `latency_frames`.
+    It runs the model once for every hop that the block completes (zero or more times).
+    """
+
+    name = "separation.stream"
+
+    def __init__(self, model: str, *, repo: Path | None = None, device: str = "auto", sample_rate: int = 48000,
+                 channels: int = 2, context_seconds: float | None = None, hop_seconds: float | None = None,
+                 lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
+                 threads: int | None = None) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise BadRequest(f"model: expected a demucs model name such as 'htdemucs', got {model!r}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
+                or not SAMPLE_RATE_RANGE[0] <= sample_rate <= SAMPLE_RATE_RANGE[1]:
+            raise BadRequest(f"sample_rate: expected an integer in [{SAMPLE_RATE_RANGE[0]}, "
+                             f"{SAMPLE_RATE_RANGE[1]}] Hz, got {sample_rate!r}")
+        if channels not in (1, 2) or isinstance(channels, bool):
+            raise BadRequest(f"channels: expected 1 or 2, got {channels!r}")
+        _check_range("context_seconds", context_seconds, *CONTEXT_RANGE)
+        _check_range("hop_seconds", hop_seconds, *HOP_RANGE, low_open=True)
+        _check_range("lookahead_seconds", lookahead_seconds, *LOOKAHEAD_RANGE)
+        _check_range("crossfade_ms", crossfade_ms, *CROSSFADE_RANGE_MS, unit="ms")
+        if precision not in PRECISIONS:
+            raise BadRequest(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or not 1 <= threads <= 256):
+            raise BadRequest(f"threads: expected an integer in [1, 256] or null, got {threads!r}")
+        super().__init__(device)
+        if precision == "float16" and self.device.type == "cpu":
+            raise BadRequest("precision: 'float16' needs a CUDA device (this engine runs on cpu); "
+                             "expected 'float32' or 'bfloat16' on cpu")
+        defaults = CUDA_DEFAULTS if self.device.type == "cuda" else CPU_DEFAULTS
+        self.model_name = model
+        self.repo = repo
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.precision = precision
+        self.threads = threads
+        self._requested = (
+            defaults[0] if context_seconds is None else float(context_seconds),
+            defaults[1] if hop_seconds is None else float(hop_seconds),
+            defaults[2] if lookahead_seconds is None else float(lookahead_seconds),
+        )
+        self._crossfade_ms = float(crossfade_ms)
+        self._stats_lock = threading.Lock()
+        self._compute_ms = np.zeros(STATS_WINDOW, np.float64)
+        self._hops = 0
+
+    # ---- public surface (loads the model on first use) ------------------------------------
+
+    @property
+    def stems(self) -> tuple[str, ...]:
+        """Stem names in output order, e.g. ('drums', 'bass', 'other', 'vocals')."""
+        self.load()
+        return self._stems
+
+    @property
+    def model_sample_rate(self) -> int:
+        self.load()
+        return self._model_rate
+
+    @property
+    def latency_frames(self) -> int:
+        """The exact, constant delay of `process` output behind its input, in frames at `sample_rate`."""
+        self.load()
+        return self._latency_frames
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.latency_frames / self.sample_rate
+
+    @property
+    def hop_frames(self) -> int:
+        """One hop at `sample_rate` (rounded: the hop is exact at the model's rate)."""
+        self.load()
+        return round(self._hop * self.sample_rate / self._model_rate)
+
+    @property
+    def context_seconds(self) -> float:
+        self.load()
+        return self._context / self._model_rate
+
+    @property
+    def hop_seconds(self) -> float:
+        self.load()
+        return self._hop / self._model_rate
+
+    @property
+    def lookahead_seconds(self) -> float:
+        self.load()
+        return self._lookahead / self._model_rate
+
+    @property
+    def window_seconds(self) -> float:
+        self.load()
+        return self._window / self._model_rate
+
+    @property
+    def crossfade_ms(self) -> float:
+        self.load()
+        return 1000.0 * self._crossfade / self._model_rate
+
+    def reset(self) -> None:
+        """Start a new stream: zero history, hops realigned to the next sample, FIFO re-primed."""
+        self.load()
+        with self._lock:
+            self._reset_stream()
+
+    def stats(self) -> dict[str, Any]:
+        """Hops processed, compute time per hop (p50/p99 over the last hops), load, latency."""
+        self.load()
+        with self._stats_lock:
+            hops = self._hops
+            recent = self._compute_ms[:min(hops, STATS_WINDOW)].copy()
+        p50, p99 = (float(np.percentile(recent, 50)), float(np.percentile(recent, 99))) if len(recent) else (0.0, 0.0)
+        hop_ms = 1000.0 * self._hop / self._model_rate
+        return {
+            "hops": hops,
+            "compute_ms_p50": p50,
+            "compute_ms_p99": p99,
+            "load_p50": p50 / hop_ms,
+            "load_p99": p99 / hop_ms,
+            "hop_ms": hop_ms,
+            "window_ms": 1000.0 * self._window / self._model_rate,
+            "latency_frames": self._latency_frames,
+            "latency_ms": 1000.0 * self._latency_frames / self.sample_rate,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+
+    # ---- Engine hooks ---------------------------------------------------------------------
+
+    def _load(self) -> None:
+        import torch
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
+        bag = load_model(self.model_name, self.repo)
+        rate = int(bag.samplerate)
+        context, hop, lookahead = (self._frames(s, rate, minimum) for s, minimum in zip(self._requested, (0, 1, 1)))
+        crossfade = 2 * round(self._crossfade_ms * rate / 2000.0)
+        if crossfade > min(hop, lookahead):
+            limit = 1000.0 * min(hop, lookahead) / rate
+            raise BadRequest(f"crossfade_ms: expected at most {limit:.1f} ms (the hop and the lookahead, "
+                             f"{1000 * hop / rate:.1f} and {1000 * lookahead / rate:.1f} ms), "
+                             f"got {self._crossfade_ms!r}")
+        if int(bag.audio_channels) != 2:
+            raise BadRequest(f"model {self.model_name!r}: expected a stereo model, "
+                             f"it has {bag.audio_channels} channels")
+        device = self.device
+        self._models = [sub.to(device) for sub in bag.models]
+        weights = torch.tensor(bag.weights, dtype=torch.float32)  # (models, sources)
+        totals = weights.sum(dim=0)
+        if bool((totals <= 0).any()):
+            raise BadRequest(f"model {self.model_name!r}: every source needs a positive total bag weight, "
+                             f"got {bag.weights}")
+        # Like demucs's apply_model: each model's estimate of source s weighted by w[m, s] / sum_m w[m, s].
+        self._weights = None if len(self._models) == 1 else (weights / totals)[:, :, None, None].to(device)
+        self._stems = tuple(bag.sources)
+        self._model_rate = rate
+        self._context, self._hop, self._lookahead, self._crossfade = context, hop, lookahead, crossfade
+        self._window = context + hop + lookahead
+        self._cuda = device.type == "cuda"
+        num_stems = len(self._stems)
+
+        # Model-side buffers: the window (host, pinned on CUDA, with a numpy view) and the
+        # overlap-add accumulator for [k*hop, (k+1)*hop + crossfade).
+        self._window_host = torch.zeros((1, 2, self._window), dtype=torch.float32, pin_memory=self._cuda)
+        self._window_np = self._window_host.numpy()[0]
+        self._window_dev = (torch.zeros((1, 2, self._window), dtype=torch.float32, device=device)
+                            if device.type != "cpu" else self._window_host)
+        self._acc = torch.zeros((num_stems, 2, hop + crossfade), dtype=torch.float32, device=device)
+        ramp = (torch.arange(crossfade, dtype=torch.float32) + 0.5) / max(crossfade, 1)
+        fade = torch.ones(hop + crossfade, dtype=torch.float32)
+        fade[:crossfade] = ramp
+        fade[hop:] = 1.0 - ramp  # fade-in of window k+1 plus fade-out of window k sums to one
+        first = fade.clone()
+        first[:crossfade] = 1.0  # nothing before the first window to fade from
+        self._fade, self._fade_first = fade.to(device), first.to(device)
+        self._chunk_host = torch.zeros((num_stems, self.channels, hop), dtype=torch.float32, pin_memory=self._cuda)
+        self._chunk_np = self._chunk_host.numpy()
+        autocast_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.precision)
+        self._autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype \
+            else contextlib.nullcontext
+
+        # Resamplers with whole-sample delays. The input one delays the model-rate stream by
+        # `_offset` frames; the window grid moves by as much, so windows start on multiples of
+        # 1024 frames counted from the first input sample, as they would offline.
+        rows_out = num_stems * self.channels
+        if self.sample_rate != rate:
+            self._down: StreamingResampler | None = StreamingResampler(self.sample_rate, rate, self.channels,
+                                                                       whole_delay=True)
+            self._up: StreamingResampler | None = StreamingResampler(rate, self.sample_rate, rows_out,
+                                                                     max_input=hop, whole_delay=True)
+            self._offset = round(self._down.delay_frames)
+            resampler_frames = round(self._up.delay_frames)
+        else:
+            self._down = self._up = None
+            self._offset = resampler_frames = 0
+        self._fifo_frames = self._alignment_frames()
+        self._latency_frames = resampler_frames + self._fifo_frames
+        hop_device = -(-hop * self.sample_rate // rate)
+        self._fifo = _Fifo(rows_out, self._fifo_frames + 2 * (hop_device + PIECE_FRAMES) + 4096)
+        self._reset_stream()
+        log.info("%s: %s on %s, stems %s, window %.3f s (context %.3f, hop %.3f, lookahead %.3f), latency %.1f ms",
+                 self.name, self.model_name, device, ",".join(self._stems), self._window / rate, context / rate,
+                 hop / rate, lookahead / rate, 1000.0 * self._latency_frames / self.sample_rate)
+
+    def _close(self) -> None:
+        self._models = []
+        self._weights = None
+        if self._cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _process(self, block: np.ndarray) -> np.ndarray:
+        if not isinstance(block, np.ndarray) or block.ndim != 2 or block.shape[0] != self.channels:
+            shape = getattr(block, "shape", type(block).__name__)
+            raise BadRequest(f"block: expected a float32 array shaped (channels={self.channels}, frames), got {shape}")
+        if block.dtype != np.float32:
+            block = block.astype(np.float32)
+        total = block.shape[1]
+        out = np.empty((len(self._stems), self.channels, total), np.float32)
+        flat = out.reshape(len(self._stems) * self.channels, total)
+        for start in range(0, total, PIECE_FRAMES):
+            piece = block[:, start:start + PIECE_FRAMES]
+            self._push_model_rate(self._down.process(piece) if self._down is not None else piece)
+            self._fifo.read(flat[:, start:start + piece.shape[1]])
+        return out
+
+    # ---- internals ------------------------------------------------------------------------
+
+    @staticmethod
+    def _frames(seconds: float, rate: int, minimum_blocks: int) -> int:
+        return max(minimum_blocks, round(seconds * rate / MODEL_BLOCK)) * MODEL_BLOCK
+
+    def _alignment_frames(self) -> int:
+        """Silence the FIFO starts with so that every output frame exists when it is due.
+
+        After N input frames the chain has produced P(N) output frames; output frame N-1 is due
+        then, so the FIFO needs max_N (N - P(N)) frames of head start. P only grows when a window
+        completes, so the worst N is just before each completion; the pattern repeats after
+        lcm(hop, period of the input resampler) model frames.
+        """
+        down, up = self._down, self._up
+        period = down.up if down is not None else 1
+        windows = period // math.gcd(period, self._hop)
+        worst = 0
+        finished = 0  # model-rate output frames final before window k
+        for k in range(windows + 1):
+            needed = (k + 1) * self._hop + self._lookahead + self._offset  # model-rate input completing window k
+            count = down.inputs_needed(needed) if down is not None else needed
+            produced = up.produced(finished) if up is not None else finished
+            worst = max(worst, count - 1 - produced)
+            finished = (k + 1) * self._hop
+        return worst
+
+    def _reset_stream(self) -> None:
+        self._window_np.fill(0.0)
+        # Window k reads model-rate input [k*hop - context + offset, (k+1)*hop + lookahead + offset);
+        # what lies before input 0 is silence, and input before window 0 is skipped.
+        self._fill = max(0, self._context - self._offset)
+        self._skip = max(0, self._offset - self._context)
+        self._acc.zero_()
+        self._stream_hops = 0
+        if self._down is not None:
+            self._down.reset()
+        if self._up is not None:
+            self._up.reset()
+        self._fifo.clear(self._fifo_frames)
+        with self._stats_lock:
+            self._hops = 0
+            self._compute_ms.fill(0.0)
+
+    def _push_model_rate(self, samples: np.ndarray) -> None:
+        """Append model-rate input; run the model for each window it completes."""
+        window, hop = self._window, self._hop
+        n = samples.shape[1]
+        done = min(n, self._skip)
+        self._skip -= done
+        while done < n:
+            take = min(n - done, window - self._fill)
+            self._window_np[:, self._fill:self._fill + take] = samples[:, done:done + take]  # mono broadcasts
+            self._fill += take
+            done += take
+            if self._fill == window:
+                chunk = self._run_window()
+                if self._up is not None:
+                    chunk = self._up.process(chunk.reshape(-1, hop))
+                self._fifo.write(chunk.reshape(len(self._stems) * self.channels, -1))
+                self._window_np[:, :window - hop] = self._window_np[:, hop:]
+                self._fill = window - hop
+
+    def _run_window(self) -> np.ndarray:
+        """Separate the full window; overlap-add its hop; return the finished hop (host view)."""
+        import torch
+
+        started = time.perf_counter()
+        context, hop, crossfade = self._context, self._hop, self._crossfade
+        with torch.inference_mode(), self._autocast():
+            if self._window_dev is not self._window_host:
+                self._window_dev.copy_(self._window_host, non_blocking=True)
+            acc = self._acc
+            fade = self._fade_first if self._stream_hops == 0 else self._fade
+            for index, model in enumerate(self._models):
+                part = model(self._window_dev)[0, :, :, context:context + hop + crossfade].float()
+                if self._weights is not None:
+                    part = part * self._weights[index]
+                acc.addcmul_(part, fade)
+            finished = acc[:, :, :hop]
+            if self.channels == 1:
+                finished = finished.mean(dim=1, keepdim=True)
+            self._chunk_host.copy_(finished, non_blocking=self._cuda)
+            if crossfade:
+                acc[:, :, :crossfade].copy_(acc[:, :, hop:hop + crossfade])
+            acc[:, :, crossfade:].zero_()
+            if self._cuda:
+                torch.cuda.current_stream(self.device).synchronize()
+        self._stream_hops += 1
+        elapsed_ms = 1000.0 * (time.perf_counter() - started)
+        with self._stats_lock:
+            self._compute_ms[self._hops % STATS_WINDOW] = elapsed_ms
+            self._hops += 1
+        return self._chunk_np
+
