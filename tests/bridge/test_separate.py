@@ -1,0 +1,298 @@
+"""File jobs end to end: `stems.separate` over ZeroMQ, OSC and the CLI against a real daemon.
+
+A small HTDemucs is built and saved in demucs's format, then loaded through demucs's own loader.
+Audio files are written by the tests in several formats, rates and channel counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+import zmq
+
+from bridge.client import Client, RemoteError
+from bridge.testing import DaemonProcess, tiny_htdemucs_repo
+from tests.conftest import OscUdp
+
+STEMS = ["drums", "bass", "other", "vocals"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_htdemucs_repo(tmp_path_factory.mktemp("models"), depth=3)
+
+
+def _overrides(repo: Path, **separate: Any) -> dict[str, Any]:
+    return {
+        "models": {"demucs_repo": str(repo)},
+        "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, **separate},
+    }
+
+
+@pytest.fixture(scope="module")
+def daemon(repo: Path) -> Iterator[DaemonProcess]:
+    process = DaemonProcess(overrides=_overrides(repo)).start()
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+def files_dir(daemon: DaemonProcess) -> Path:
+    return daemon.workdir / "files"
+
+
+def write_audio(path: Path, seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0, **kw: Any) -> Path:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * rng.standard_normal(t.shape[0])
+    data = np.stack([tone * (0.8 + 0.2 * c) for c in range(channels)], axis=1).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), data, sample_rate, **kw)
+    return path
+
+
+def dealer(daemon: DaemonProcess) -> Client:
+    return Client(daemon.zmq_requests, timeout_seconds=30)
+
+
+def run_job(daemon: DaemonProcess, args: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    with dealer(daemon) as client:
+        reply = client.call("stems.separate", args)
+        final = client.wait_jobs([reply["id"]], lambda name, data: events.append((name, data)), 120)
+    return final[reply["id"]], events
+
+
+@pytest.mark.parametrize(
+    ("name", "sample_rate", "channels", "kw"),
+    [
+        ("stereo.wav", 44100, 2, {}),
+        ("mono48k.flac", 48000, 1, {}),
+        ("quad22k.aiff", 22050, 4, {"format": "AIFF"}),
+        ("song.ogg", 44100, 2, {"format": "OGG", "subtype": "VORBIS"}),
+        ("song.mp3", 44100, 2, {"format": "MP3", "subtype": "MPEG_LAYER_III"}),
+    ],
+)
+def test_separate_any_format_rate_and_channel_count_over_zmq(
+    daemon: DaemonProcess, name: str, sample_rate: int, channels: int, kw: dict[str, Any]
+) -> None:
+    source = write_audio(files_dir(daemon) / "in" / name, 3.0, sample_rate, channels, **kw)
+    frames = soundfile.info(str(source)).frames
+    outcome, events = run_job(daemon, {"path": str(source)})
+    assert outcome["event"] == "job.done", outcome
+    result = outcome["result"]
+    assert set(result["paths"]) == set(STEMS)
+    assert result["model"] == "tiny" and result["device"] == "cpu"
+    assert result["duration_seconds"] == pytest.approx(frames / sample_rate, abs=1e-3)
+    for stem, path in result["paths"].items():
+        assert Path(path) == source.parent / "stems" / source.stem / f"{stem}.wav"
+        info = soundfile.info(path)
+        assert (info.samplerate, info.frames) == (sample_rate, frames)
+        assert info.channels == (1 if channels == 1 else 2)
+        assert info.subtype == "PCM_24"
+    progress = [data["fraction"] for event, data in events if event == "job.progress"]
+    assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
+
+
+def test_two_stems_flac_and_a_chosen_out_dir(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "two" / "Lead Vocal (take 3).wav", 2.0)
+    out_dir = files_dir(daemon) / "exports"
+    outcome, _ = run_job(
+        daemon, {"path": str(source), "two_stems": "vocals", "format": "flac", "encoding": "pcm16", "out_dir": str(out_dir)}
+    )
+    paths = outcome["result"]["paths"]
+    assert sorted(paths) == ["no_vocals", "vocals"]
+    assert Path(paths["vocals"]).parent == out_dir / "Lead Vocal _take 3_"
+    vocals, _ = soundfile.read(paths["vocals"])
+    rest, _ = soundfile.read(paths["no_vocals"])
+    assert soundfile.info(paths["vocals"]).subtype == "PCM_16"
+    # The two stems add back up to the whole separation (the model's stems sum).
+    assert vocals.shape == rest.shape
+
+
+def test_separate_over_osc_reports_progress_and_done_to_the_sender(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "osc" / "beat.wav", 2.0)
+    client = OscUdp(daemon.osc_udp)
+    try:
+        reply = client.request("/flow/stems/separate", str(source), "", "vocals,drums")
+        assert reply.address == "/flow/reply/stems/separate"
+        job_id, state = reply.params
+        assert state == "queued"
+        seen = []
+        while True:
+            message = client.receive(timeout=60)
+            seen.append(message.address)
+            if message.address == "/flow/event/job/done":
+                assert message.params[0] == job_id
+                result = json.loads(message.params[1])
+                break
+        assert "/flow/event/job/progress" in seen
+        assert sorted(result["paths"]) == ["drums", "vocals"]
+    finally:
+        client.close()
+
+
+def test_the_same_request_id_yields_the_same_job(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "idem" / "a.wav", 1.0)
+    with dealer(daemon) as client:
+        first = client.call("stems.separate", {"path": str(source), "request_id": "live-set-42"})
+        second = client.call("stems.separate", {"path": str(source), "request_id": "live-set-42"})
+        client.wait_jobs([first["id"]], lambda *_: None, 120)
+        listed = [j for j in client.call("job.list")["jobs"] if j["request_id"] == "live-set-42"]
+    assert first["id"] == second["id"] and first["created"] is True and second["created"] is False
+    assert len(listed) == 1
+
+
+def _bad_inputs(daemon: DaemonProcess, outside: Path) -> list[tuple[str, str, str]]:
+    files = files_dir(daemon)
+    (files / "bad").mkdir(parents=True, exist_ok=True)
+    (files / "bad" / "notes.txt").write_text("not audio at all")
+    soundfile.write(str(files / "bad" / "empty.wav"), np.zeros((0, 2), np.float32), 44100)
+    escape = files / "bad" / "escape.wav"
+    if not escape.exists():
+        escape.symlink_to(write_audio(outside / "secret.wav", 0.5))
+    return [
+        (str(outside / "secret.wav"), "forbidden", "outside the allowed folders"),
+        (str(files / ".." / ".." / "etc" / "passwd"), "forbidden", "outside the allowed folders"),
+        (str(escape), "forbidden", "outside the allowed folders"),
+        (str(files / "bad" / "missing.wav"), "not_found", "no such file"),
+        (str(files / "bad" / "notes.txt"), "bad_request", "notes.txt is not an audio file"),
+        (str(files / "bad" / "empty.wav"), "bad_request", "empty.wav holds no audio"),
+        (str(files / "bad"), "bad_request", "is not a file"),
+    ]
+
+
+def test_bad_paths_and_files_get_clear_errors_and_the_daemon_keeps_serving(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    with dealer(daemon) as client:
+        for path, code, words in _bad_inputs(daemon, tmp_path):
+            with pytest.raises(RemoteError) as caught:
+                client.call("stems.separate", {"path": path})
+            assert caught.value.code == code, (path, caught.value.message)
+            assert words in caught.value.message, caught.value.message
+        ok_file = write_audio(files_dir(daemon) / "bad" / "fine.wav", 0.5)
+        with pytest.raises(RemoteError) as caught:
+            client.call("stems.separate", {"path": str(ok_file), "out_dir": "/etc"})
+        assert caught.value.code == "forbidden" and "out_dir" in caught.value.message
+        assert client.call("ping")["reply"] == "pong"
+
+
+def test_a_truncated_file_fails_the_job_with_bad_request(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "trunc" / "cut.flac", 3.0)
+    data = source.read_bytes()
+    source.write_bytes(data[: len(data) // 3])
+    with dealer(daemon) as client:
+        try:
+            reply = client.call("stems.separate", {"path": str(source)})
+        except RemoteError as err:  # caught at once when the header already shows it
+            assert err.code == "bad_request" and "cut.flac" in err.message
+            return
+        final = client.wait_jobs([reply["id"]], lambda *_: None, 120)[reply["id"]]
+    assert final["event"] == "job.failed"
+    assert final["code"] == "bad_request" and "cut.flac" in final["message"]
+
+
+def test_unknown_stems_fail_the_job_naming_the_model_stems(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "stems" / "x.wav", 1.0)
+    outcome, _ = run_job(daemon, {"path": str(source), "stems": "vocals,kazoo"})
+    assert outcome["event"] == "job.failed" and outcome["code"] == "bad_request"
+    assert "kazoo" in outcome["message"] and "drums, bass, other, vocals" in outcome["message"]
+
+
+def test_cancel_a_running_job_removes_its_outputs(repo: Path) -> None:
+    # Short segments make many progress steps, so the cancel lands mid-separation.
+    with DaemonProcess(overrides=_overrides(repo, segment_seconds=0.5, overlap=0.5)) as process:
+        source = write_audio(process.workdir / "files" / "long" / "long.wav", 90.0)
+        with Client(process.zmq_requests, timeout_seconds=30) as client:
+            reply = client.call("stems.separate", {"path": str(source)})
+            events: list[str] = []
+
+            def on_event(name: str, data: dict[str, Any]) -> None:
+                events.append(name)
+                if name == "job.progress" and data["fraction"] > 0.1 and "cancel" not in events:
+                    events.append("cancel")
+                    assert client.call("job.cancel", {"id": reply["id"]})["id"] == reply["id"]
+
+            final = client.wait_jobs([reply["id"]], on_event, 120)[reply["id"]]
+            status = client.call("job.status", {"id": reply["id"]})
+    assert final["event"] == "job.canceled", events
+    assert status["state"] == "canceled"
+    assert not (source.parent / "stems" / "long").exists()
+
+
+def test_a_job_survives_sigkill_and_finishes_after_restart(repo: Path, tmp_path: Path) -> None:
+    overrides = _overrides(repo, segment_seconds=0.5, overlap=0.5)
+    first = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
+    source = write_audio(tmp_path / "files" / "crash" / "song.wav", 60.0)
+    with Client(first.zmq_requests, timeout_seconds=30) as client:
+        job_id = client.call("stems.separate", {"path": str(source)})["id"]
+        # Wait until the job is really running, then kill the daemon without warning.
+        deadline = time.monotonic() + 60
+        while client.call("job.status", {"id": job_id})["progress"] < 0.1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert first.process is not None
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    folder = source.parent / "stems" / "song"
+    assert not folder.exists() or not any(p.name in {f"{s}.wav" for s in STEMS} for p in folder.iterdir())
+
+    second = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
+    try:
+        with Client(second.zmq_requests, timeout_seconds=30) as client:
+            deadline = time.monotonic() + 120
+            while (status := client.call("job.status", {"id": job_id}))["state"] not in ("done", "failed"):
+                assert time.monotonic() < deadline, status
+                time.sleep(0.1)
+    finally:
+        second.stop()
+    assert status["state"] == "done", status
+    assert status["attempts"] == 2
+    for stem in STEMS:
+        assert soundfile.info(str(folder / f"{stem}.wav")).frames == 60 * 44100
+    assert not [p for p in folder.iterdir() if ".partial-" in p.name]
+    assert "requeued" in second.log()
+
+
+def test_cli_separates_through_the_daemon_with_a_progress_bar(daemon: DaemonProcess) -> None:
+    sources = [write_audio(files_dir(daemon) / "cli" / f"clip{i}.wav", 1.5, seed=i) for i in range(2)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "separate", *map(str, sources), "--config", str(daemon.config_path),
+         "--stems", "vocals"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "100.0%" in done.stderr
+    for source in sources:
+        assert (source.parent / "stems" / source.stem / "vocals.wav").exists()
+        assert f"{source.name}: vocals -> " in done.stdout
+    jobs = subprocess.run(
+        [sys.executable, "-m", "bridge", "jobs", "--state", "done", "--config", str(daemon.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert "clip0.wav" in jobs.stdout and "clip1.wav" in jobs.stdout
+
+
+def test_cli_separates_in_process_without_a_daemon(repo: Path, tmp_path: Path) -> None:
+    process = DaemonProcess(overrides=_overrides(repo), workdir=tmp_path)  # configured, not started
+    source = write_audio(tmp_path / "elsewhere" / "loop.wav", 1.0)
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "separate", str(source), "--config", str(process.config_path), "--two-stems", "drums"],
+        capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert (source.parent / "stems" / "loop" / "drums.wav").exists()
+    assert (source.parent / "stems" / "loop" / "no_drums.wav").exists()
