@@ -149,6 +149,7 @@ class LiveStream:
         self._played = 0  # frames handed to the device so far (callback-owned)
         self._processed = 0  # input frames the worker has consumed (worker-owned)
         self._was_wet = True
+        self._last_late_hop = -1
         self._wake = threading.Event()
         self._running = False
         self._worker: threading.Thread | None = None
@@ -239,6 +240,10 @@ class LiveStream:
             self._was_wet = True
         else:
             counters.dry_blocks += 1
+            hop_index = start // self.max_chunk  # a hop is late once, however many blocks it spans
+            if hop_index != self._last_late_hop:
+                self._last_late_hop = hop_index
+                counters.late_hops += 1
             fade = min(max(available, 0), self._fade, frames) if self._was_wet else 0
             if fade:
                 self._out.read_interleaved_at(start, self._wet_tail[:fade])
@@ -302,8 +307,6 @@ class LiveStream:
             start_out = self._processed + self.budget_frames
             self._out.write_at(start_out, block_out)
             self._out.written = start_out + n
-            if self._played > start_out:
-                self.counters.late_hops += 1
             self._processed += n
 
     def _route(self, stems: np.ndarray, out: np.ndarray, n: int) -> None:

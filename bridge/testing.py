@@ -149,6 +149,32 @@ def tiny_htdemucs_repo(folder: Path, name: str = "tiny",
     return save_demucs_repo(model, folder, name, key=f"{name}:{','.join(sources)}:{seed}:{depth}")
 
 
+def passthrough_htdemucs_repo(folder: Path, name: str = "passthrough", steps: int = 100, seed: int = 0) -> Path:
+    """A tiny HTDemucs trained for a few seconds (on the CPU) so that its stems add up to its input.
+
+    A random model's output depends more on where its windows fall than on its input, so nothing
+    can be timed through it. This one's mix follows the input sample for sample (residual about
+    2 % of the input's energy), which lets a test find a known signal at the outputs and measure
+    the latency in exact frames.
+    """
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=3, t_layers=1,
+                     bottom_channels=0, samplerate=44100, segment=4)
+    model.use_train_segment = False
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        noise = torch.randn(2, 2, 11264) * 0.3
+        loss = ((model(noise).sum(dim=1) - noise) ** 2).mean() / (noise**2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.use_train_segment = True  # saved as demucs would save it; loaders set what they need
+    return save_demucs_repo(model, folder, name, key=f"{name}:{seed}:{steps}")
+
+
 def save_demucs_repo(model: Any, folder: Path, name: str, key: str | None = None) -> Path:
     """Save a demucs model (built with demucs's `capture_init`) as a one-model local repo.
 

@@ -146,7 +146,12 @@ class JackServer:
 
 @pytest.fixture(scope="module")
 def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
-    """`jackd -d dummy` at 48 kHz, 256-frame periods, 2 capture and 10 playback ports."""
+    """`jackd -d dummy` at 48 kHz, 256-frame periods, 2 capture and 10 playback ports.
+
+    `--sync`: the server waits for every client each cycle. On a shared CPU a slow client then
+    delays the cycle instead of being skipped, which would shift one client's frame count
+    against another's and make frame-exact measurements lie.
+    """
     import shutil
     import subprocess
     import uuid
@@ -158,7 +163,7 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
     log = tmp_path_factory.mktemp("jack") / "jackd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256", "-C", "2", "-P", "10"],
+            ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", "48000", "-p", "256", "-C", "2", "-P", "10"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True)

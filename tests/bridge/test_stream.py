@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from bridge.client import Client, RemoteError
-from bridge.testing import DaemonProcess, tiny_htdemucs_repo
+from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from tests.conftest import JackServer, OscUdp
 
 SAMPLE_RATE = 48000
@@ -60,12 +60,20 @@ class Rig:
     def connect(self) -> None:
         self.player.activate()
         self.recorder.activate()
-        for i in range(2):
-            for source in self.player.get_all_connections(f"PortAudio:in_{i}"):
-                self.player.disconnect(source, f"PortAudio:in_{i}")
-            self.player.connect(self.outs[i], f"PortAudio:in_{i}")
-        for i, port in enumerate(self.ins):
-            self.recorder.connect(f"PortAudio:out_{i}", port)
+
+        def ports(pattern: str, **kind: bool) -> list[str]:
+            # PortAudio numbers the ports of each new stream on from the last: in_2, in_3 ...
+            names = [p.name for p in self.player.get_ports(pattern, **kind)]
+            return sorted(names, key=lambda name: int(name.rsplit("_", 1)[1]))
+
+        daemon_ins = ports("PortAudio:in_.*", is_input=True)
+        daemon_outs = ports("PortAudio:out_.*", is_output=True)
+        for i, daemon_in in enumerate(daemon_ins[:2]):
+            for source in self.player.get_all_connections(daemon_in):
+                self.player.disconnect(source, daemon_in)
+            self.player.connect(self.outs[i], daemon_in)
+        for daemon_out, port in zip(daemon_outs, self.ins):
+            self.recorder.connect(daemon_out, port)
 
     def play_and_record(self, tail_seconds: float) -> np.ndarray:
         """Play the whole signal; return the outputs aligned so index 0 = the signal's first frame."""
@@ -110,12 +118,12 @@ def _best_lag(recorded: np.ndarray, reference: np.ndarray, max_lag: int) -> tupl
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # depth 3 keeps the tiny model's attention small at the CPU default window (see DESIGN.md).
-    return tiny_htdemucs_repo(tmp_path_factory.mktemp("models"), depth=3)
+    # A tiny HTDemucs whose stems add up to its input, so a known signal can be found at the outputs.
+    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"))
 
 
 def _stream_daemon(server: JackServer, repo: Path, **stream: Any) -> DaemonProcess:
-    settings = {"model": "tiny", "engine_device": "cpu", "block_size": 256, "threads": 1, **stream}
+    settings = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1, **stream}
     return DaemonProcess(
         overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, env=server.env
     ).start()
@@ -138,10 +146,8 @@ def _noise(seconds: float, seed: int = 1) -> np.ndarray:
 
 
 def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
-    live: DaemonProcess, jack_server: JackServer, tiny_repo: Path
+    live: DaemonProcess, jack_server: JackServer
 ) -> None:
-    from engines.separation import StreamingSeparator
-
     with Client(live.zmq_requests, timeout_seconds=60) as client:
         status = client.call("stream.start")
         rig = Rig(jack_server, _noise(3.0))
@@ -156,28 +162,23 @@ def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
     assert latency == status["latency_frames"] + status["block_size"]
     assert status["round_trip_ms"] == pytest.approx(1000 * latency / SAMPLE_RATE, abs=0.01)
     assert status["stems"] == ["drums", "bass", "other", "vocals"]
-    # What the same engine computes offline, with its own latency removed: the zero-latency mix.
-    engine = StreamingSeparator("tiny", repo=tiny_repo, device="cpu", sample_rate=SAMPLE_RATE, channels=2)
-    engine.load()
-    signal = rig.signal
-    padded = np.concatenate([signal, np.zeros((2, engine.latency_frames), np.float32)], axis=1)
-    mix = engine.process(padded).sum(axis=0)[:, engine.latency_frames :]
-    lag, corr = _best_lag(recorded[0], mix[0], max_lag=latency + 4096)
+    # The stems of this model add up to its input: the known signal itself must come out, late by
+    # exactly the reported round trip.
+    lag, corr = _best_lag(recorded[0], rig.signal[0], max_lag=latency + 8192)
     assert lag == latency, f"measured {lag} frames, reported {latency} (corr {corr:.3f})"
-    assert corr > 0.9
+    assert corr > 0.8, (corr, final)  # the trained model's mix is close to, not equal to, its input
     assert final["late_hops"] == 0, final
+    assert final["hops"] > 0
 
 
 def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
-    jack_server: JackServer, tiny_repo: Path
+    live: DaemonProcess, jack_server: JackServer
 ) -> None:
     # A window of 8 s for every 1024-sample hop: far more work per hop than a hop lasts.
-    process = _stream_daemon(
-        jack_server, tiny_repo, context_seconds=8.0, hop_seconds=1024 / 44100, lookahead_seconds=0.1
-    )
-    try:
-        with Client(process.zmq_requests, timeout_seconds=60) as client:
-            status = client.call("stream.start")
+    heavy = {"context_seconds": 8.0, "hop_seconds": 1024 / 44100, "lookahead_seconds": 0.1, "crossfade_ms": 5.0}
+    with Client(live.zmq_requests, timeout_seconds=60) as client:
+        status = client.call("stream.start", {"overrides": heavy})
+        try:
             tone = np.sin(2 * np.pi * 220 * np.arange(int(4 * SAMPLE_RATE)) / SAMPLE_RATE).astype(np.float32)
             rig = Rig(jack_server, np.stack([tone, tone]) * 0.5)
             try:
@@ -186,10 +187,9 @@ def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
             finally:
                 rig.close()
             final = client.call("stream.status")
+        finally:
             client.call("stream.stop")
-    finally:
-        assert process.stop() == 0, process.log()
-    assert final["late_hops"] > 0, final
+    assert final["late_hops"] > 0, {k: final[k] for k in ("late_hops", "dry_blocks", "resyncs", "hops", "load", "xruns", "hop_frames", "compute_ms_p50", "worker_error")}
     latency = status["round_trip_frames"]
     # After the latency, the tone never drops out: every 256-frame block carries it.
     body = recorded[0, latency + 1024 : latency + tone.shape[0] - 1024]
@@ -235,8 +235,10 @@ def test_stop_and_restart(live: DaemonProcess) -> None:
         for _ in range(2):
             status = client.call("stream.start")
             assert status["running"] is True
-            time.sleep(0.3)
-            assert client.call("stream.status")["hops"] > 0
+            deadline = time.monotonic() + 10
+            while client.call("stream.status")["hops"] == 0:
+                assert time.monotonic() < deadline, "the restarted stream never ran a hop"
+                time.sleep(0.05)
             assert client.call("stream.stop")["running"] is False
 
 
@@ -279,6 +281,6 @@ def test_audio_socket_returns_the_stems_of_each_block(live: DaemonProcess, tiny_
     finally:
         context.destroy(linger=0)
     streamed = np.concatenate(outputs, axis=2)
-    engine = StreamingSeparator("tiny", repo=tiny_repo, device="cpu", sample_rate=SAMPLE_RATE, channels=2)
+    engine = StreamingSeparator("passthrough", repo=tiny_repo, device="cpu", sample_rate=SAMPLE_RATE, channels=2)
     engine.load()
     np.testing.assert_allclose(streamed, engine.process(signal), atol=1e-5)
