@@ -573,8 +573,18 @@ class EffectChain:
         silence = self._silence
         if silence.shape[0] != num_channels:
             silence = np.zeros((num_channels, MAX_BLOCK_SAMPLES), dtype=np.float32)
+        # pedalboard reloads a VST3 on reset=True, which it only allows on the main thread; the
+        # stream's worker (and the daemon's start-up thread) are not it, so there the state is
+        # flushed with the block of silence instead of reloaded.
+        on_main = threading.current_thread() is threading.main_thread()
+        if not on_main:
+            import pedalboard
+
+            for plugin in self._board:
+                if not isinstance(plugin, pedalboard.VST3Plugin):
+                    plugin.reset()  # built-ins clear their state on any thread
         try:
-            self._board.process(silence, self.sample_rate, buffer_size=MAX_BLOCK_SAMPLES, reset=True)
+            self._board.process(silence, self.sample_rate, buffer_size=MAX_BLOCK_SAMPLES, reset=on_main)
         except (ValueError, RuntimeError) as err:  # e.g. a stereo-only VST3 given mono audio
             raise BadRequest(
                 f"audio: this chain ({', '.join(self.names)}) cannot process {num_channels}-channel audio: {err}"

@@ -230,15 +230,21 @@ def test_stem_gain_mute_and_errors_while_running(live: DaemonProcess) -> None:
         osc.close()
 
 
+def _wait_for_hops(client: Client) -> dict[str, Any]:
+    """Until the engine has run a hop (the first needs a whole window of input)."""
+    deadline = time.monotonic() + 20
+    while (status := client.call("stream.status"))["hops"] == 0:
+        assert time.monotonic() < deadline, f"the stream never ran a hop: {status}"
+        time.sleep(0.05)
+    return status
+
+
 def test_stop_and_restart(live: DaemonProcess) -> None:
     with Client(live.zmq_requests, timeout_seconds=60) as client:
         for _ in range(2):
             status = client.call("stream.start")
             assert status["running"] is True
-            deadline = time.monotonic() + 10
-            while client.call("stream.status")["hops"] == 0:
-                assert time.monotonic() < deadline, "the restarted stream never ran a hop"
-                time.sleep(0.05)
+            _wait_for_hops(client)
             assert client.call("stream.stop")["running"] is False
 
 
@@ -284,3 +290,54 @@ def test_audio_socket_returns_the_stems_of_each_block(live: DaemonProcess, tiny_
     engine = StreamingSeparator("passthrough", repo=tiny_repo, device="cpu", sample_rate=SAMPLE_RATE, channels=2)
     engine.load()
     np.testing.assert_allclose(streamed, engine.process(signal), atol=1e-5)
+
+
+def test_stem_outputs_each_get_their_own_channels(live: DaemonProcess) -> None:
+    with Client(live.zmq_requests, timeout_seconds=60) as client:
+        status = client.call("stream.start", {"overrides": {"routing": "both"}})
+        client.call("stream.stop")
+    assert status["routing"] == {
+        "mix": [1, 2], "drums": [3, 4], "bass": [5, 6], "other": [7, 8], "vocals": [9, 10],
+    }
+
+
+DRAGONFLY = Path(__file__).resolve().parents[2] / ".cache/plugins/usr/lib/vst3/DragonflyRoomReverb.vst3"
+
+
+def test_a_real_vst3_in_the_chain_is_controlled_over_osc_while_streaming(
+    jack_server: JackServer, tiny_repo: Path
+) -> None:
+    assert DRAGONFLY.exists(), "run `bash scripts/fetch-test-plugins.sh` (make test does) to fetch the VST3"
+    effects = {
+        "master": [{"name": "glue", "plugin": "Compressor", "params": {"threshold_db": -12.0}}],
+        "stems": {"vocals": [{"name": "room", "vst3": str(DRAGONFLY), "params": {"decay_s": 1.0}}]},
+    }
+    process = _stream_daemon(jack_server, tiny_repo, effects=effects)
+    osc = OscUdp(process.osc_udp)
+    try:
+        with Client(process.zmq_requests, timeout_seconds=60) as client:
+            client.call("stream.start")
+            try:
+                reply = osc.request("/flow/fx/set", "vocals", "room", "decay_s", 4.5)
+                assert reply.address == "/flow/reply/fx/set", reply.params
+                chains = client.call("fx.list")["chains"]
+                [room] = chains["vocals"]
+                decay = next(p for p in room["parameters"] if p["name"] == "decay_s")
+                assert decay["value"] == pytest.approx(4.5, abs=0.05)
+                assert chains["master"][0]["name"] == "glue"
+                error = osc.request("/flow/fx/set", "vocals", "room", "decay_s", 50.0)
+                assert error.address == "/flow/error" and error.params[1] == "bad_request"
+                assert "10" in error.params[2]  # names the range
+                error = osc.request("/flow/fx/set", "bass", "room", "decay_s", 2.0)
+                assert "master, vocals" in error.params[2]
+                status = _wait_for_hops(client)
+                assert status["worker_error"] is None
+            finally:
+                client.call("stream.stop")
+            # Chains come from config.yaml only: a VST3 is native code.
+            with pytest.raises(RemoteError) as caught:
+                client.call("stream.start", {"overrides": {"effects": {"master": [{"vst3": "/tmp/evil.vst3"}]}}})
+            assert caught.value.code == "forbidden"
+    finally:
+        osc.close()
+        assert process.stop() == 0, process.log()
