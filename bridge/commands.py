@@ -81,7 +81,10 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("job.failed", ("id", "code", "message"), "A job failed with a Protocol v1 code."),
         EventSpec("job.canceled", ("id",), "A job was canceled; the outputs it had written were removed."),
         EventSpec("daemon.stopping", ("reason",), "The daemon is shutting down; reconnect when it is back."),
-        EventSpec("stream.started", ("latency_ms", "stems"), "A live stream started; type latency_ms into your DAW's delay compensation."),
+        EventSpec(
+            "stream.started", ("round_trip_ms", "latency_ms", "stems"),
+            "A live stream started; type round_trip_ms into your DAW's delay compensation.",
+        ),
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
     )
 }
@@ -164,7 +167,7 @@ def commands(ctx: CallContext, name: str) -> Result:
     Arg("model", str, "HTDemucs model or bag, e.g. htdemucs, htdemucs_6s; empty: stream.model.", default=""),
     Arg("overrides", dict, "Other stream.* settings for this run, e.g. {\"hop_seconds\": 0.5}.", default=None),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
-    returns=("latency_ms", "stems"),
+    returns=("round_trip_ms", "latency_ms", "stems"),
 )
 async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None) -> Result:
     settings = dict(overrides or {})
@@ -174,7 +177,9 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
         settings["model"] = model
     # Loading a model and opening a device take seconds: off the event loop.
     status = await asyncio.to_thread(ctx.daemon.streams.start, settings)
-    ctx.daemon.hub.publish("stream.started", latency_ms=status["latency_ms"], stems=status["stems"])
+    ctx.daemon.hub.publish(
+        "stream.started", round_trip_ms=status["round_trip_ms"], latency_ms=status["latency_ms"], stems=status["stems"]
+    )
     return status
 
 

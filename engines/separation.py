@@ -537,6 +537,7 @@ class StreamingSeparator(Engine):
         hop_device = -(-hop * self.sample_rate // rate)
         self._fifo = _Fifo(rows_out, self._fifo_frames + 2 * (hop_device + PIECE_FRAMES) + 4096)
         self._reset_stream()
+        self._warm_up()
         log.info("%s: %s on %s, stems %s, window %.3f s (context %.3f, hop %.3f, lookahead %.3f), latency %.1f ms",
                  self.name, self.model_name, device, ",".join(self._stems), self._window / rate, context / rate,
                  hop / rate, lookahead / rate, 1000.0 * self._latency_frames / self.sample_rate)
@@ -626,6 +627,18 @@ class StreamingSeparator(Engine):
                 self._fifo.write(chunk.reshape(len(self._stems) * self.channels, -1))
                 self._window_np[:, :window - hop] = self._window_np[:, hop:]
                 self._fill = window - hop
+
+    def _warm_up(self) -> None:
+        """Two forwards on a silent window at load: the first call builds kernels and buffers and
+        is several times slower, and it must not land on the first hop of a live stream."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            for _ in range(2):
+                for model in self._models:
+                    model(self._window_dev)
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
 
     def _run_window(self) -> np.ndarray:
         """Separate the full window; overlap-add its hop; return the finished hop (host view)."""
