@@ -237,18 +237,7 @@ class CommandSpec:
                 f"{self.name}: expected at most {len(self.args)} argument(s) "
                 f"({self.signature()}), got {len(values)}"
             )
-        bound: dict[str, Any] = {}
-        for index, arg in enumerate(self.args):
-            if index < len(values):
-                bound[arg.name] = arg.coerce(values[index], self.name)
-            elif arg.required:
-                raise BadRequest(
-                    f"{self.name}: missing argument '{arg.name}' ({arg.expected()}); "
-                    f"usage: {self.signature()}"
-                )
-            else:
-                bound[arg.name] = arg.default
-        return bound
+        return self._bind_named({arg.name: value for arg, value in zip(self.args, values)})
 
     def _bind_named(self, values: Mapping[str, Any]) -> dict[str, Any]:
         known = {arg.name for arg in self.args}
