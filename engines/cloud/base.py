@@ -1,0 +1,75 @@
+"""The job interface every tier implements — cloud providers, our own GPU server, and local engines.
+
+The router (`bridge/router.py`) holds an ordered list of `Tier`s per task and runs a `TierJob` on
+the first that can meet its deadline; when a tier fails it falls back to the next. A tier writes
+its output files into `job.work_dir` (any audio format soundfile reads); the job code converts them
+to the user's format and moves them into place, so every tier lands its stems exactly where a
+local job would.
+
+Errors are the project's own (`bridge.errors`): `Unavailable` for what another try or another tier
+may fix (5xx, capacity 429s, timeouts, cold starts that outlast the deadline), `BadRequest` for
+inputs the provider refuses (422), `Forbidden` for credentials it refuses (401/403) — never with
+the token in the message — and `NotFound` for expired outputs. The router opens a tier's circuit
+on repeated `Unavailable`/`Forbidden`/`Internal`, never on `BadRequest`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Tasks a tier may offer. stems: audio file -> one file per stem.
+TASKS = ("stems", "transcribe", "tts", "generate", "embed")
+
+
+@dataclass(frozen=True)
+class TierJob:
+    """One unit of work, the same whichever tier runs it."""
+
+    task: str
+    params: dict[str, Any]  # task options, e.g. stems: {"model": "htdemucs", "stems": [...], "two_stems": ""}
+    work_dir: Path  # an empty folder the tier writes its output files into
+    input_path: Path | None = None  # the audio file, for tasks that take one
+    audio_seconds: float = 0.0  # input length, for estimates and prices
+    deadline_seconds: float | None = None  # from submission; None: no deadline (background)
+
+
+@dataclass
+class TierResult:
+    """What a tier hands back: files it wrote, plain data, and what it cost."""
+
+    tier: str
+    outputs: dict[str, Path] = field(default_factory=dict)  # e.g. {"vocals": work_dir/"vocals.wav"}
+    data: dict[str, Any] = field(default_factory=dict)  # e.g. {"text": ...}
+    seconds: float = 0.0
+    cost_usd: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # provider ids, model versions (no secrets)
+
+
+Progress = Callable[[float], None]
+CheckCancelled = Callable[[], None]
+
+
+class Tier(ABC):
+    """A place that can run jobs. Implementations must be safe to call from worker threads."""
+
+    name: str = "tier"
+    tasks: frozenset[str] = frozenset()
+
+    def supports(self, task: str) -> bool:
+        return task in self.tasks
+
+    @abstractmethod
+    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+        """Run `job`, calling `progress(fraction)` as it goes and `check_cancelled()` at least once a
+        second (it raises to abort; the tier then cancels remote work it started, best effort)."""
+
+    def health(self) -> bool:
+        """A cheap probe for the router's half-open circuit; default: assume healthy."""
+        return True
+
+    def close(self) -> None:
+        """Release connections."""
