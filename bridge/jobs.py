@@ -40,7 +40,7 @@ FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "canceled"})
 
 # The newest schema this code writes. `_MIGRATIONS[n]` takes a database from version n to n + 1,
 # so a future column is one more entry here and older databases upgrade on open.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
@@ -66,11 +66,35 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX jobs_by_state ON jobs (state, seq)",
     ),
+    (
+        # The router's decision for the job (tier, reason, estimates), shown by job.status.
+        "ALTER TABLE jobs ADD COLUMN route TEXT",
+        # What each cloud tier cost, for the monthly budget.
+        """
+        CREATE TABLE spend (
+            at       REAL NOT NULL,
+            month    TEXT NOT NULL,   -- 'YYYY-MM' (UTC)
+            tier     TEXT NOT NULL,
+            job_id   TEXT,
+            cost_usd REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX spend_by_month ON spend (month)",
+        # Measured local speed per (task, model, device): seconds of work per second of audio.
+        """
+        CREATE TABLE calibration (
+            key                      TEXT PRIMARY KEY,
+            seconds_per_audio_second REAL NOT NULL,
+            samples                  INTEGER NOT NULL,
+            updated_at               REAL NOT NULL
+        )
+        """,
+    ),
 )
 
 _COLUMNS = (
     "id, kind, state, args, progress, result, error_code, error_message, request_id, "
-    "created_at, started_at, finished_at, attempts"
+    "created_at, started_at, finished_at, attempts, route"
 )
 
 # Waiting for another process's write lock (a CLI reading `jobs` while the daemon writes) beats
@@ -95,6 +119,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     attempts: int
+    route: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -118,6 +143,7 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "attempts": self.attempts,
+            "route": self.route,
             "args": self.args,
         }
 
@@ -137,6 +163,7 @@ class Job:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             attempts=row["attempts"],
+            route=None if row["route"] is None else json.loads(row["route"]),
         )
 
 
@@ -323,6 +350,44 @@ class JobStore:
             f"RETURNING {_COLUMNS}",
             (time.time(),),
         )
+
+    def set_route(self, job_id: str, route: dict[str, Any]) -> None:
+        """Record where the router sent the job and why (replaced on each fallback)."""
+        self._execute("UPDATE jobs SET route = ? WHERE id = ?", (_to_json(route, "route", Internal), job_id))
+
+    def add_spend(self, tier: str, cost_usd: float, job_id: str | None = None, at: float | None = None) -> None:
+        at = time.time() if at is None else at
+        month = time.strftime("%Y-%m", time.gmtime(at))
+        self._execute(
+            "INSERT INTO spend (at, month, tier, job_id, cost_usd) VALUES (?, ?, ?, ?, ?)",
+            (at, month, tier, job_id, float(cost_usd)),
+        )
+
+    def month_spend(self, at: float | None = None) -> float:
+        """US dollars spent on cloud tiers in the (UTC) calendar month of `at` (default: now)."""
+        month = time.strftime("%Y-%m", time.gmtime(time.time() if at is None else at))
+        rows = self._execute("SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE month = ?", (month,))
+        return float(rows[0][0])
+
+    def calibration(self, key: str) -> tuple[float, int] | None:
+        rows = self._execute("SELECT seconds_per_audio_second, samples FROM calibration WHERE key = ?", (key,))
+        return (float(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def calibrate(self, key: str, seconds_per_audio_second: float, weight: float = 0.3) -> float:
+        """Blend a new measurement into the stored speed (exponential average); returns it."""
+        current = self.calibration(key)
+        if current is None:
+            value, samples = seconds_per_audio_second, 1
+        else:
+            value = (1 - weight) * current[0] + weight * seconds_per_audio_second
+            samples = current[1] + 1
+        self._execute(
+            "INSERT INTO calibration (key, seconds_per_audio_second, samples, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET seconds_per_audio_second = excluded.seconds_per_audio_second, "
+            "samples = excluded.samples, updated_at = excluded.updated_at",
+            (key, value, samples, time.time()),
+        )
+        return value
 
     def set_progress(self, job_id: str, fraction: float) -> None:
         """Store a running job's progress, a fraction in [0, 1]."""

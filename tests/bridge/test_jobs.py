@@ -24,6 +24,7 @@ import soundfile as sf
 from bridge.errors import BadRequest, Internal, NotFound, StartupError
 from bridge.jobs import (
     JOB_STATES,
+    SCHEMA_VERSION,
     Job,
     JobCanceled,
     JobContext,
@@ -136,6 +137,7 @@ def test_lifecycle_submit_claim_progress_finish(store: JobStore) -> None:
         "started_at": claimed.started_at,
         "finished_at": done.finished_at,
         "attempts": 1,
+        "route": None,
         "args": {"path": "/music/song.wav"},
     }
 
@@ -343,7 +345,7 @@ def test_a_file_that_is_not_a_database_is_refused(db: Path) -> None:
 def test_wal_mode_and_schema_version(store: JobStore, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     conn.close()
 
 
@@ -750,3 +752,22 @@ def test_remove_partials_touches_only_partial_files_of_dead_writers(tmp_path: Pa
     assert all(path.exists() for path in kept) and folder_named_like_one.is_dir()
     assert remove_partials(tmp_path, recursive=True) == [nested / f".deep.partial-{dead}-0a1b2c3d.wav"]
     assert remove_partials(tmp_path / "missing") == []
+
+
+def test_route_spend_and_calibration_are_stored(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.sqlite3") as store:
+        job, _ = store.submit("stems.separate", {"path": "/a.wav"})
+        store.set_route(job.id, {"tier": "selfhosted", "reason": "local would take 120 s > deadline 30 s"})
+        assert store.get(job.id).to_dict()["route"]["tier"] == "selfhosted"
+        store.add_spend("replicate", 0.25, job.id)
+        store.add_spend("replicate", 0.5, job.id)
+        store.add_spend("replicate", 9.0, job.id, at=0.0)  # January 1970: another month
+        assert store.month_spend() == pytest.approx(0.75)
+        assert store.calibration("stems:htdemucs:cpu") is None
+        assert store.calibrate("stems:htdemucs:cpu", 1.0) == 1.0
+        assert store.calibrate("stems:htdemucs:cpu", 2.0) == pytest.approx(1.3)
+        assert store.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
+    # It is all durable.
+    with JobStore(tmp_path / "jobs.sqlite3") as store:
+        assert store.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
+        assert store.month_spend() == pytest.approx(0.75)
