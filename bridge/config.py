@@ -135,6 +135,25 @@ class SeparateConfig(_Section):
     threads: int | None = Field(default=None, ge=1, le=256)
 
 
+class RouterConfig(_Section):
+    """Which tier runs a job: deadlines, measured local speed, health and cost."""
+
+    # Per task, the tiers to consider, in order of preference for fallbacks. Names: local,
+    # selfhosted, replicate, huggingface, workers_ai (a tier is only used once it is configured).
+    order: dict[str, list[str]] = {"stems": ["local", "selfhosted", "replicate", "huggingface"]}
+    monthly_budget_usd: float = Field(default=10.0, ge=0.0)
+    # When only tiers over the budget could meet a deadline: run locally anyway, or refuse the job.
+    over_budget: Literal["local", "refuse"] = "local"
+    breaker_failures: int = Field(default=3, ge=1, le=100)
+    breaker_open_seconds: float = Field(default=60.0, gt=0.0)
+    # Local speed before anything is measured (then the measured speed is used), per device.
+    local_seconds_per_audio_second: dict[str, float] = {"cpu": 1.0, "mps": 0.3, "cuda": 0.05}
+    # What each remote tier is expected to take and cost (the strategy document's tables).
+    seconds_per_audio_second: dict[str, float] = {"selfhosted": 0.1, "replicate": 0.25, "huggingface": 0.3}
+    overhead_seconds: dict[str, float] = {"selfhosted": 3.0, "replicate": 10.0, "huggingface": 30.0}
+    usd_per_audio_minute: dict[str, float] = {"selfhosted": 0.002, "replicate": 0.01, "huggingface": 0.005}
+
+
 class DaemonConfig(_Section):
     """The daemon process itself."""
 
@@ -157,6 +176,15 @@ class CloudConfig(_Section):
     workers_ai_token: SecretStr | None = None
     workers_ai_account_id: str | None = None
     server_token: SecretStr | None = None
+    # Your own GPU server (`flowstate serve`), e.g. https://stems.example.net; null: not used.
+    selfhosted_url: str | None = None
+    # Provider API bases (override to point at a proxy or a test double).
+    replicate_url: str = "https://api.replicate.com"
+    huggingface_url: str = "https://router.huggingface.co"
+    workers_ai_url: str = "https://api.cloudflare.com/client/v4"
+
+
+SECRET_KEYS = ("replicate_token", "huggingface_token", "workers_ai_token", "workers_ai_account_id", "server_token")
 
 
 class Config(_Section):
@@ -170,11 +198,12 @@ class Config(_Section):
     jobs: JobsConfig = JobsConfig()
     paths: PathsConfig = PathsConfig()
     separate: SeparateConfig = SeparateConfig()
+    router: RouterConfig = RouterConfig()
     cloud: CloudConfig = CloudConfig()
 
     def token_status(self) -> dict[str, bool]:
         """Which cloud credentials are set: names only, never values."""
-        return {name: getattr(self.cloud, name) is not None for name in CloudConfig.model_fields}
+        return {name: getattr(self.cloud, name) is not None for name in SECRET_KEYS}
 
 
 def user_data_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -1,0 +1,209 @@
+"""The router: which tier runs a job — local, our GPU server, or a cloud provider — and why.
+
+Per task, `router.order` lists the tiers to consider. For each job the router estimates how long
+the local engine would take (from measured throughput, calibrated per task, model and device and
+stored in the job database) and:
+
+- runs it locally when there is no deadline (a background job) or local meets the deadline;
+- otherwise picks, among healthy tiers (circuit closed, or half-open for one probe) whose
+  estimate meets the deadline and whose estimated cost fits the monthly budget, the cheapest;
+  the others follow as fallbacks, and local comes last (late beats never);
+- when only over-budget tiers could meet the deadline, falls back to local or refuses
+  (`router.over_budget`).
+
+Every decision carries the tier, the reason and the estimated seconds and cost; the job records it
+(`job.status` shows `route`) and the log says it. A tier that fails opens its circuit after
+`breaker_failures` consecutive failures; after `breaker_open_seconds` one job may probe it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bridge.config import RouterConfig
+from bridge.errors import Forbidden
+from bridge.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One tier to try, with what the router expects of it."""
+
+    tier: str
+    reason: str
+    estimated_seconds: float
+    estimated_cost_usd: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["estimated_seconds"] = round(self.estimated_seconds, 2)
+        out["estimated_cost_usd"] = round(self.estimated_cost_usd, 4)
+        return out
+
+
+class Breaker:
+    """A circuit breaker: closed -> open after N failures in a row -> half-open after a pause."""
+
+    def __init__(self, failures_to_open: int, open_seconds: float) -> None:
+        self.failures_to_open = failures_to_open
+        self.open_seconds = open_seconds
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if time.monotonic() - self.opened_at >= self.open_seconds else "open"
+
+    def allows(self) -> bool:
+        """Closed: yes. Open: no. Half-open: yes for one probe at a time."""
+        with self._lock:
+            state = self.state
+            if state == "closed":
+                return True
+            if state == "half_open" and not self._probing:
+                self._probing = True
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            self.failures, self.opened_at, self._probing = 0, None, False
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            self._probing = False
+            if self.failures >= self.failures_to_open or self.opened_at is not None:
+                self.opened_at = time.monotonic()  # (re)open: a failed probe restarts the pause
+
+
+class Router:
+    """Plans where jobs run; learns local speed and tier health as jobs finish."""
+
+    def __init__(self, config: RouterConfig, available: set[str], store: JobStore, device: str) -> None:
+        self.config = config
+        self.available = available  # remote tiers with credentials configured
+        self.store = store
+        self.device = device
+        self.breakers = {
+            name: Breaker(config.breaker_failures, config.breaker_open_seconds) for name in available
+        }
+
+    # -- estimates -------------------------------------------------------------------------------
+
+    def calibration_key(self, task: str, model: str) -> str:
+        return f"{task}:{model}:{self.device}"
+
+    def local_seconds(self, task: str, model: str, audio_seconds: float) -> tuple[float, str]:
+        measured = self.store.calibration(self.calibration_key(task, model))
+        if measured is not None:
+            rate, samples = measured
+            return rate * audio_seconds, f"measured {rate:.2f} s per audio second over {samples} job(s)"
+        rate = self.config.local_seconds_per_audio_second.get(self.device, 1.0)
+        return rate * audio_seconds, f"assumed {rate:.2f} s per audio second on {self.device} (not measured yet)"
+
+    def learn_local(self, task: str, model: str, audio_seconds: float, seconds: float) -> None:
+        if audio_seconds > 0:
+            rate = self.store.calibrate(self.calibration_key(task, model), seconds / audio_seconds)
+            log.info("router: local %s/%s on %s now %.3f s per audio second", task, model, self.device, rate)
+
+    def remote_estimate(self, tier: str, audio_seconds: float) -> tuple[float, float]:
+        speed = self.config.seconds_per_audio_second.get(tier, 1.0)
+        overhead = self.config.overhead_seconds.get(tier, 5.0)
+        price = self.config.usd_per_audio_minute.get(tier, 0.0)
+        return overhead + speed * audio_seconds, price * audio_seconds / 60.0
+
+    # -- planning --------------------------------------------------------------------------------
+
+    def plan(self, task: str, model: str, audio_seconds: float, deadline_seconds: float | None) -> list[Decision]:
+        """The tiers to try, in order; the first is the router's choice."""
+        local_s, local_basis = self.local_seconds(task, model, audio_seconds)
+        order = [t for t in self.config.order.get(task, [LOCAL]) if t == LOCAL or t in self.available]
+        remotes = [t for t in order if t != LOCAL]
+        if deadline_seconds is None or local_s <= deadline_seconds or not remotes:
+            if deadline_seconds is None:
+                why = f"background job: local ({local_basis})"
+            elif local_s <= deadline_seconds:
+                why = f"local meets the deadline: about {local_s:.0f} s <= {deadline_seconds:.0f} s ({local_basis})"
+            else:
+                why = f"local would take about {local_s:.0f} s > {deadline_seconds:.0f} s, but no other tier is configured"
+            first = Decision(LOCAL, why, local_s, 0.0)
+            return [first, *self._fallbacks(remotes, audio_seconds, "fallback after local failed")]
+
+        spent = self.store.month_spend()
+        budget = self.config.monthly_budget_usd
+        fits: list[Decision] = []
+        slow: list[Decision] = []
+        over_budget: list[str] = []
+        for tier in remotes:
+            seconds, cost = self.remote_estimate(tier, audio_seconds)
+            if not self.breakers[tier].allows():
+                log.info("router: %s skipped: circuit open after %d failures", tier, self.breakers[tier].failures)
+                continue
+            if spent + cost > budget:
+                over_budget.append(f"{tier} (${cost:.3f}; ${spent:.2f} of ${budget:.2f} spent this month)")
+                continue
+            decision = Decision(
+                tier,
+                f"local would take about {local_s:.0f} s > deadline {deadline_seconds:.0f} s ({local_basis}); "
+                f"{tier} about {seconds:.0f} s for ${cost:.3f}",
+                seconds,
+                cost,
+            )
+            (fits if seconds <= deadline_seconds else slow).append(decision)
+        fits.sort(key=lambda d: (d.estimated_cost_usd, d.estimated_seconds))
+        if fits:
+            fits[0] = Decision(fits[0].tier, "cheapest tier that meets the deadline: " + fits[0].reason,
+                               fits[0].estimated_seconds, fits[0].estimated_cost_usd)
+        if not fits and over_budget and self.config.over_budget == "refuse":
+            raise Forbidden(
+                f"{task}: only over-budget tiers could meet the {deadline_seconds:.0f} s deadline: "
+                f"{', '.join(over_budget)}; raise router.monthly_budget_usd or drop the deadline"
+            )
+        why_local = (
+            f"no tier can meet the deadline within budget ({', '.join(over_budget) or 'none healthy'}): local"
+            if not fits
+            else "fallback: local, late rather than never"
+        )
+        plan = [*fits, *sorted(slow, key=lambda d: d.estimated_seconds), Decision(LOCAL, why_local, local_s, 0.0)]
+        return plan
+
+    def _fallbacks(self, remotes: list[str], audio_seconds: float, reason: str) -> list[Decision]:
+        out = []
+        for tier in remotes:
+            seconds, cost = self.remote_estimate(tier, audio_seconds)
+            out.append(Decision(tier, reason, seconds, cost))
+        return out
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def succeeded(self, tier: str, cost_usd: float | None, job_id: str) -> None:
+        if tier in self.breakers:
+            self.breakers[tier].success()
+        if cost_usd:
+            self.store.add_spend(tier, cost_usd, job_id)
+
+    def failed(self, tier: str) -> None:
+        breaker = self.breakers.get(tier)
+        if breaker is not None:
+            breaker.failure()
+            log.warning("router: %s failed (%d in a row, circuit %s)", tier, breaker.failures, breaker.state)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "tiers": {name: {"circuit": b.state, "failures": b.failures} for name, b in self.breakers.items()},
+            "month_spend_usd": round(self.store.month_spend(), 4),
+            "monthly_budget_usd": self.config.monthly_budget_usd,
+        }

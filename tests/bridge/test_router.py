@@ -1,0 +1,97 @@
+"""Router decisions under deadlines, measured speed, tier health, budget and failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.config import RouterConfig
+from bridge.errors import Forbidden
+from bridge.jobs import JobStore
+from bridge.router import Router
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    with JobStore(tmp_path / "jobs.sqlite3") as s:
+        yield s
+
+
+def router(store: JobStore, available: set[str] | None = None, **settings: object) -> Router:
+    config = RouterConfig.model_validate(settings)
+    return Router(config, {"selfhosted", "replicate", "huggingface"} if available is None else available, store, "cpu")
+
+
+def test_background_jobs_and_jobs_local_can_meet_run_locally(store: JobStore) -> None:
+    r = router(store)
+    plan = r.plan("stems", "htdemucs", audio_seconds=300, deadline_seconds=None)
+    assert plan[0].tier == "local" and "background" in plan[0].reason
+    assert [d.tier for d in plan[1:]] == ["selfhosted", "replicate", "huggingface"]  # fallbacks
+    plan = r.plan("stems", "htdemucs", audio_seconds=10, deadline_seconds=30)
+    assert plan[0].tier == "local" and "meets the deadline" in plan[0].reason
+
+
+def test_a_deadline_local_cannot_meet_goes_to_the_cheapest_tier_that_can(store: JobStore) -> None:
+    r = router(store)
+    # Five minutes of audio in 60 s: local ~300 s; selfhosted ~33 s $0.01, replicate ~85 s.
+    plan = r.plan("stems", "htdemucs", audio_seconds=300, deadline_seconds=60)
+    assert plan[0].tier == "selfhosted"
+    assert "cheapest tier that meets the deadline" in plan[0].reason and "local would take about 300 s" in plan[0].reason
+    assert plan[0].estimated_cost_usd == pytest.approx(0.01)
+    assert plan[-1].tier == "local"  # late rather than never
+    # When the cheap tier is slower than the deadline, a dearer one that meets it wins.
+    r2 = router(store, usd_per_audio_minute={"selfhosted": 0.5, "replicate": 0.01, "huggingface": 0.005})
+    plan = r2.plan("stems", "htdemucs", audio_seconds=300, deadline_seconds=100)
+    assert [d.tier for d in plan[:2]] == ["replicate", "selfhosted"]
+    assert plan[2].tier == "huggingface"  # too slow for the deadline: after those that meet it
+
+
+def test_measured_local_speed_changes_the_decision(store: JobStore) -> None:
+    r = router(store)
+    assert r.plan("stems", "htdemucs", 300, 60)[0].tier == "selfhosted"
+    for _ in range(10):  # a fast machine: 0.1 s per audio second, measured
+        r.learn_local("stems", "htdemucs", 100, 10)
+    plan = r.plan("stems", "htdemucs", 300, 60)
+    assert plan[0].tier == "local" and "measured" in plan[0].reason
+    # Per model and device: another model is still unmeasured.
+    assert r.plan("stems", "htdemucs_ft", 300, 60)[0].tier == "selfhosted"
+
+
+def test_an_open_circuit_skips_a_tier_until_its_half_open_probe(store: JobStore) -> None:
+    r = router(store, breaker_failures=2, breaker_open_seconds=0.2)
+    r.failed("selfhosted")
+    assert r.plan("stems", "htdemucs", 300, 100)[0].tier == "selfhosted"  # one failure: still closed
+    r.failed("selfhosted")
+    assert r.breakers["selfhosted"].state == "open"
+    assert r.plan("stems", "htdemucs", 300, 100)[0].tier == "replicate"
+    import time
+
+    time.sleep(0.25)
+    assert r.breakers["selfhosted"].state == "half_open"
+    assert r.plan("stems", "htdemucs", 300, 100)[0].tier == "selfhosted"  # the probe
+    assert r.plan("stems", "htdemucs", 300, 100)[0].tier == "replicate"  # one probe at a time
+    r.succeeded("selfhosted", 0.01, "job1")
+    assert r.breakers["selfhosted"].state == "closed"
+    assert r.status()["tiers"]["selfhosted"] == {"circuit": "closed", "failures": 0}
+
+
+def test_budget_falls_back_to_local_or_refuses(store: JobStore) -> None:
+    store.add_spend("replicate", 9.999)
+    r = router(store)
+    plan = r.plan("stems", "htdemucs", 300, 60)
+    assert plan[0].tier == "local" and "within budget" in plan[0].reason
+    strict = router(store, over_budget="refuse")
+    with pytest.raises(Forbidden, match="over-budget"):
+        strict.plan("stems", "htdemucs", 300, 60)
+    # A success adds its cost to the month's spend.
+    generous = router(store, monthly_budget_usd=100.0)
+    generous.succeeded("selfhosted", 0.5, "job2")
+    assert store.month_spend() == pytest.approx(10.499)
+
+
+def test_only_configured_tiers_are_considered(store: JobStore) -> None:
+    r = router(store, available=set())
+    plan = r.plan("stems", "htdemucs", 300, 60)
+    assert [d.tier for d in plan] == ["local"] and "no other tier" in plan[0].reason
