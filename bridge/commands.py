@@ -274,6 +274,8 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
         choices=("", "pcm16", "pcm24", "float")),
     Arg("shifts", int, "Random shifts averaged (quality vs time); omit: separate.shifts.", default=None, min=0, max=10),
     Arg("request_id", str, "Your id for this request: sending it again returns the same job.", default=""),
+    Arg("deadline_seconds", float, "Wanted within this many seconds (the router may pick a faster tier); "
+        "omit: a background job.", default=None, min=1.0, max=86400.0),
     help="Separate a file into stems as a background job; replies at once with the job id.",
     returns=("id", "state"),
 )

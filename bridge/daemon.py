@@ -51,6 +51,8 @@ class Daemon:
         self.streams = StreamManager(config.stream, config.models.demucs_repo)
         self.paths = PathPolicy(config.paths.roots)
         self.job_store: JobStore | None = None
+        self.tiers: dict[str, Any] = {}
+        self.router: Any = None
         self.jobs: JobRunner | None = None
         self.audio = AudioServer(
             config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams)
@@ -65,10 +67,13 @@ class Daemon:
         # the others are still binding gets a real answer, not "shutting down".
         self._accepting = True
         try:
+            # The job queue first: a client that gets an answer from the first socket must find
+            # every command working (requeued jobs may already run; their events reach whoever
+            # is connected once the sockets are up).
+            await asyncio.to_thread(self._start_jobs)
             await self.osc.start(self._bind)
             await self.zmq.start(self._bind)
             await self._bind("zmq.audio_port", self.config.zmq.audio_port, asyncio.to_thread(self.audio.bind))
-            await asyncio.to_thread(self._start_jobs)
         except BaseException:
             self._accepting = False
             await self._stop_jobs(0.0)
@@ -85,9 +90,17 @@ class Daemon:
         database = self.config.jobs.database
         assert database is not None  # load_config fills the default
         self.job_store = JobStore(database)
+        from bridge.router import Router, build_tiers
+        from engines.base import pick_device
+
+        self.tiers = build_tiers(self.config)
+        device = pick_device(self.config.separate.engine_device).type
+        self.router = Router(self.config.router, set(self.tiers), self.job_store, device)
+        if self.tiers:
+            log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
         self.jobs = JobRunner(
             self.job_store,
-            job_handlers(self.config, self.paths),
+            job_handlers(self.config, self.paths, self.router, self.tiers),
             self.config.jobs.workers,
             self._publish_job,
             max_attempts=self.config.jobs.max_attempts,

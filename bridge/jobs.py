@@ -600,6 +600,11 @@ class JobContext:
 
     # -- progress ----------------------------------------------------------------------------------
 
+    def set_route(self, route: dict[str, Any]) -> None:
+        """Record the router's decision (job.status shows it) and tell the requester."""
+        self._store.set_route(self.job.id, route)
+        _emit(self._publish, "job.progress", self.job.id, self.origin, fraction=self._fraction, route=route)
+
     def progress(self, fraction: float, **detail: Any) -> None:
         """Report progress in [0, 1]; values are clamped and never go backwards.
 

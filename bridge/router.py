@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bridge.config import RouterConfig
+from bridge.config import Config, RouterConfig
 from bridge.errors import Forbidden
 from bridge.jobs import JobStore
 
@@ -207,3 +207,22 @@ class Router:
             "month_spend_usd": round(self.store.month_spend(), 4),
             "monthly_budget_usd": self.config.monthly_budget_usd,
         }
+
+
+def build_tiers(config: Config) -> dict[str, Any]:
+    """The remote tiers whose credentials are configured, by name (tokens stay inside them)."""
+    cloud = config.cloud
+    tiers: dict[str, Any] = {}
+    if cloud.selfhosted_url and cloud.server_token is not None:
+        from engines.cloud.selfhosted import SelfHostedTier
+
+        tiers["selfhosted"] = SelfHostedTier(cloud.selfhosted_url, cloud.server_token.get_secret_value())
+    if cloud.replicate_token is not None:
+        from engines.cloud.replicate import ReplicateTier
+
+        tiers["replicate"] = ReplicateTier(cloud.replicate_token.get_secret_value(), base_url=cloud.replicate_url)
+    if cloud.huggingface_token is not None:
+        from engines.cloud.hf import HuggingFaceTier
+
+        tiers["huggingface"] = HuggingFaceTier(cloud.huggingface_token.get_secret_value(), base_url=cloud.huggingface_url)
+    return tiers

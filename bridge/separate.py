@@ -54,6 +54,7 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         "out_dir": str(out_dir),
         "two_stems": args.get("two_stems") or "",
         "shifts": config.separate.shifts if args.get("shifts") is None else int(args["shifts"]),
+        "deadline_seconds": args.get("deadline_seconds"),
     }
 
 
@@ -65,9 +66,11 @@ def track_name(path: Path) -> str:
 class SeparateJob:
     """The job handler: one warm `FileSeparator` per (model, shifts), reused across jobs."""
 
-    def __init__(self, config: Config, paths: PathPolicy) -> None:
+    def __init__(self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None) -> None:
         self.config = config
         self.paths = paths
+        self.router = router  # bridge.router.Router, or None: always local
+        self.tiers = tiers or {}
         self._engines: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()
 
@@ -86,44 +89,23 @@ class SeparateJob:
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
         import soundfile
-        import torch
-        from demucs.audio import convert_audio_channels
-        from julius import resample_frac
 
         args = ctx.job.args
         started = time.monotonic()
         # Re-check: the config (roots) may have changed since the job was queued, before a crash.
         source = self.paths.input_file(args["path"], "path", KIND)
         out_root = self.paths.output_dir(args["out_dir"], "out_dir", KIND)
-        ctx.progress(0.0, stage="loading")
-        engine = self.engine(args["model"], int(args["shifts"]))
-        engine.load()
-        stems = engine.stems
-        wanted = self._wanted(args, stems)
+        ctx.progress(0.0, stage="reading")
         try:
             audio, sample_rate = soundfile.read(str(source), dtype="float32", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise BadRequest(f"{KIND}: {source} cannot be decoded ({err}); is it truncated?") from None
         if audio.shape[0] == 0:
             raise BadRequest(f"{KIND}: {source} holds no audio (0 frames)")
-        channels = audio.shape[1]
-        mix = torch.from_numpy(audio.T.copy())
-        mix = convert_audio_channels(mix, 2)  # mono is doubled; more than 2 channels: the first two
-        if sample_rate != engine.sample_rate:
-            mix = resample_frac(mix, sample_rate, engine.sample_rate)
-        ctx.check_cancelled()
-
-        def on_segment(fraction: float) -> None:
-            ctx.check_cancelled()
-            ctx.progress(0.05 + 0.9 * fraction, stage="separating")
-
-        separated = torch.from_numpy(engine.process(mix.numpy(), on_segment))
-        if sample_rate != engine.sample_rate:
-            separated = resample_frac(separated, engine.sample_rate, sample_rate)
-        separated = separated[..., : audio.shape[0]]
-        if channels == 1:
-            separated = separated.mean(dim=1, keepdim=True)
-        outputs = self._select(separated.numpy(), stems, wanted, args["two_stems"])
+        audio_seconds = audio.shape[0] / sample_rate
+        separated, stems, where = self._separate_routed(ctx, source, audio, sample_rate, audio_seconds)
+        wanted = self._wanted(args, stems)
+        outputs = self._select(separated, stems, wanted, args["two_stems"])
 
         folder = out_root / track_name(source)
         if not folder.exists():
@@ -141,13 +123,118 @@ class SeparateJob:
         return {
             "track": track_name(source),
             "paths": written,
-            "duration_seconds": round(audio.shape[0] / sample_rate, 3),
+            "duration_seconds": round(audio_seconds, 3),
             "sample_rate": sample_rate,
-            "channels": 1 if channels == 1 else 2,
+            "channels": 1 if audio.shape[1] == 1 else 2,
             "model": args["model"],
-            "device": str(engine.device),
             "seconds": round(time.monotonic() - started, 3),
+            **where,
         }
+
+    def _separate_routed(
+        self, ctx: JobContext, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
+    ) -> tuple[np.ndarray, tuple[str, ...], dict[str, Any]]:
+        """Separate on the tier the router picks, falling through the plan when a tier fails."""
+        from bridge.errors import BridgeError, Unavailable
+        from bridge.jobs import JobCanceled
+
+        args = ctx.job.args
+        deadline = args.get("deadline_seconds")
+        if self.router is None:
+            plan = []
+        else:
+            plan = self.router.plan("stems", args["model"], audio_seconds, deadline)
+        failures: list[str] = []
+        for decision in plan or [None]:
+            tier = "local" if decision is None else decision.tier
+            if decision is not None:
+                route = {**decision.to_dict(), "failed": list(failures)}
+                ctx.set_route(route)
+                log.info("job %s -> %s: %s", ctx.job.id, tier, decision.reason)
+            ctx.check_cancelled()
+            started = time.monotonic()
+            try:
+                if tier == "local":
+                    separated, stems, device = self._separate_local(ctx, audio, sample_rate)
+                    if self.router is not None:
+                        self.router.learn_local("stems", args["model"], audio_seconds, time.monotonic() - started)
+                        self.router.succeeded("local", None, ctx.job.id)
+                    return separated, stems, {"device": device, "tier": "local"}
+                separated, stems, cost = self._separate_remote(ctx, tier, source, audio, sample_rate, audio_seconds)
+                assert self.router is not None
+                self.router.succeeded(tier, cost, ctx.job.id)
+                return separated, stems, {"device": tier, "tier": tier, "cost_usd": cost}
+            except (JobCanceled, BadRequest):
+                raise  # the user's cancel, or input no tier will accept: no fallback
+            except BridgeError as err:
+                if self.router is not None:
+                    self.router.failed(tier)
+                failures.append(f"{tier}: {err.code}: {err.message}")
+                log.warning("job %s: %s failed (%s); trying the next tier", ctx.job.id, tier, err.message)
+        raise Unavailable(f"{KIND}: every tier failed: " + "; ".join(failures))
+
+    def _separate_local(self, ctx: JobContext, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
+        import torch
+        from demucs.audio import convert_audio_channels
+        from julius import resample_frac
+
+        args = ctx.job.args
+        ctx.progress(0.0, stage="loading")
+        engine = self.engine(args["model"], int(args["shifts"]))
+        engine.load()
+        mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)  # mono doubled; >2: the first two
+        if sample_rate != engine.sample_rate:
+            mix = resample_frac(mix, sample_rate, engine.sample_rate)
+        ctx.check_cancelled()
+
+        def on_segment(fraction: float) -> None:
+            ctx.check_cancelled()
+            ctx.progress(0.05 + 0.9 * fraction, stage="separating")
+
+        separated = torch.from_numpy(engine.process(mix.numpy(), on_segment))
+        if sample_rate != engine.sample_rate:
+            separated = resample_frac(separated, engine.sample_rate, sample_rate)
+        return _fit(separated.numpy(), audio), tuple(engine.stems), str(engine.device)
+
+    def _separate_remote(
+        self, ctx: JobContext, tier_name: str, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
+    ) -> tuple[np.ndarray, tuple[str, ...], float | None]:
+        import shutil
+        import tempfile
+
+        import soundfile
+        import torch
+        from julius import resample_frac
+
+        from engines.cloud.base import TierJob
+
+        args = ctx.job.args
+        tier = self.tiers[tier_name]
+        deadline = args.get("deadline_seconds")
+        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
+            job = TierJob(
+                task="stems",
+                params={"model": args["model"]},
+                work_dir=Path(scratch),
+                input_path=source,
+                audio_seconds=audio_seconds,
+                deadline_seconds=deadline,
+            )
+
+            def progress(fraction: float) -> None:
+                ctx.progress(0.05 + 0.9 * fraction, stage=f"separating on {tier_name}")
+
+            result = tier.run(job, progress, ctx.check_cancelled)
+            names = sorted(result.outputs, key=lambda n: (STEM_ORDER.index(n) if n in STEM_ORDER else 99, n))
+            arrays = []
+            for name in names:
+                data, rate = soundfile.read(str(result.outputs[name]), dtype="float32", always_2d=True)
+                stem = torch.from_numpy(data.T.copy())
+                if rate != sample_rate:
+                    stem = resample_frac(stem, rate, sample_rate)
+                arrays.append(_fit(stem.numpy()[None], audio)[0])
+            shutil.rmtree(scratch, ignore_errors=True)
+        return np.stack(arrays), tuple(names), result.cost_usd
 
     @staticmethod
     def _wanted(args: dict[str, Any], stems: tuple[str, ...]) -> list[str]:
@@ -169,6 +256,24 @@ class SeparateJob:
         return {name: separated[stems.index(name)] for name in wanted}
 
 
+STEM_ORDER = ("drums", "bass", "other", "vocals", "guitar", "piano")
+
+
+def _fit(separated: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """Stems `(n, channels, frames)` trimmed or padded to the input's length, mono for mono input."""
+    frames, channels = audio.shape
+    out = separated[..., :frames]
+    if out.shape[-1] < frames:
+        out = np.pad(out, [(0, 0), (0, 0), (0, frames - out.shape[-1])])
+    if channels == 1 and out.shape[1] != 1:
+        out = out.mean(axis=1, keepdims=True)
+    elif channels > 1 and out.shape[1] == 1:
+        out = np.repeat(out, 2, axis=1)
+    elif channels > 2:
+        out = out[:, :2]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def _writer(data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> Callable[[Path], None]:
     import soundfile
 
@@ -178,6 +283,8 @@ def _writer(data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> Calla
     return write
 
 
-def job_handlers(config: Config, paths: PathPolicy) -> dict[str, Callable[[JobContext], dict[str, Any]]]:
+def job_handlers(
+    config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
+) -> dict[str, Callable[[JobContext], dict[str, Any]]]:
     """Every job kind the daemon runs, by name (the command that submits it)."""
-    return {KIND: SeparateJob(config, paths)}
+    return {KIND: SeparateJob(config, paths, router, tiers)}
