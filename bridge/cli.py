@@ -68,6 +68,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--out-dir", default="", help="output folder (default: a stems folder next to each file)")
     sep.add_argument("--local", action="store_true", help="run in this process even if a daemon is running")
 
+    serve = sub.add_parser("serve", parents=[common], help="run the self-hosted GPU tier (an HTTP server)")
+    serve.add_argument("--host", default=None, help="bind address (default: server.host)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: server.port)")
+
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or cancel one")
     jobs.add_argument("cancel", nargs="?", choices=["cancel"], help="cancel the job ID")
     jobs.add_argument("job_id", nargs="?", metavar="ID")
@@ -99,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _separate(config, args)
     if args.action == "jobs":
         return _jobs(config, args)
+    if args.action == "serve":
+        return _serve(config, args)
     raise AssertionError(f"unhandled action {args.action}")  # argparse restricts the choices
 
 
@@ -335,4 +341,24 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
         error = job.get("error") or {}
         detail = error.get("message") or ", ".join((job.get("result") or {}).get("paths", {}))
         print(f"{job['id']}  {job['state']:<9} {job['progress'] * 100:5.1f}%  {job['kind']}  {Path(job['args'].get('path', '')).name}  {detail}")
+    return 0
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from engines.server import serve
+
+    settings = config.server
+    try:
+        serve(
+            config,
+            args.host or settings.host,
+            args.port if args.port is not None else settings.port,
+            settings.data_dir,
+            max_upload_bytes=settings.max_upload_bytes,
+            retention_seconds=settings.retention_seconds,
+            instance_id=settings.instance_id,
+        )
+    except StartupError as err:
+        log.error("%s", err)
+        return err.exit_code
     return 0

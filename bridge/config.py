@@ -34,6 +34,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "CLOUDFLARE_API_TOKEN": ("cloud", "workers_ai_token"),
     "CLOUDFLARE_ACCOUNT_ID": ("cloud", "workers_ai_account_id"),
     "FLOWSTATE_SERVER_TOKEN": ("cloud", "server_token"),
+    "FLY_MACHINE_ID": ("server", "instance_id"),
 }
 
 class _Section(BaseModel):
@@ -154,6 +155,20 @@ class RouterConfig(_Section):
     usd_per_audio_minute: dict[str, float] = {"selfhosted": 0.002, "replicate": 0.01, "huggingface": 0.005}
 
 
+class ServerConfig(_Section):
+    """`flowstate serve`: the self-hosted tier, run on a GPU box for other machines."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 8080
+    # Uploads, outputs and the server's own job queue. null: <user data folder>/server.
+    data_dir: Path | None = None
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, le=16 * 1024**3)
+    # Outputs are deleted this long after their job ends.
+    retention_seconds: float = Field(default=86400.0, gt=0.0, le=30 * 86400.0)
+    # Which instance this is, behind a load balancer that routes on it (FLY_MACHINE_ID on Fly).
+    instance_id: str | None = None
+
+
 class DaemonConfig(_Section):
     """The daemon process itself."""
 
@@ -199,6 +214,7 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     separate: SeparateConfig = SeparateConfig()
     router: RouterConfig = RouterConfig()
+    server: ServerConfig = ServerConfig()
     cloud: CloudConfig = CloudConfig()
 
     def token_status(self) -> dict[str, bool]:
@@ -258,6 +274,9 @@ def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
             "jobs": config.jobs.model_copy(update={"database": database.expanduser().absolute()}),
             "paths": config.paths.model_copy(update={"roots": roots}),
             "models": config.models.model_copy(update={"demucs_repo": repo}),
+            "server": config.server.model_copy(
+                update={"data_dir": (config.server.data_dir or user_data_dir(env) / "server").expanduser().absolute()}
+            ),
         }
     )
 

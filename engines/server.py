@@ -1,0 +1,768 @@
+"""The self-hosted tier: an HTTP server that runs this project's engines for other machines.
+
+`flowstate serve --host H --port P` runs `serve`; `create_app` builds the FastAPI app (tests and
+other ASGI servers use it directly). The wire protocol, all JSON except uploads and outputs:
+
+    GET  /v1/health                        no auth: {"ok", "version", "device", "tasks", "queued", "running", ...}
+    POST /v1/jobs                          multipart: file, task ("stems"), params (JSON object text),
+                                           request_id (optional; the same id returns the same job)
+                                           -> 201 (created) or 200 (an existing job) with the job
+    GET  /v1/jobs/{id}                     the job: id, state, progress, error, result.outputs
+    GET  /v1/jobs/{id}/events              Server-Sent Events: progress ..., then done|failed|canceled
+    POST /v1/jobs/{id}/cancel              the job (a running job ends `canceled` at its next segment)
+    GET  /v1/jobs/{id}/outputs/{stem}      the stem file; 404 once it has expired
+
+Every `/v1/jobs` route wants `Authorization: Bearer <token>` (FLOWSTATE_SERVER_TOKEN) and answers
+401 otherwise. Errors are the project's shape, `{"ok": false, "error": {"code", "message"}}`, with
+the HTTP status that matches the code (bad_request 400/413/422, forbidden 401/403, not_found 404,
+busy 409, unavailable 503, internal 500).
+
+State: the only state is on disk under `data_dir` — the job queue `jobs.sqlite3` (bridge.jobs's
+durable `JobStore`: a restarted server requeues the jobs it was running), `uploads/<key>/` and
+`outputs/<key>/`, where `<key>` is a fresh name per accepted upload, recorded in the job's args.
+The key cannot be the job id: the store assigns that id inside `submit`, and a worker may claim
+the job at once, so the file must already lie where the job's args say. Uploads are deleted once
+their job ends; outputs (and any orphan) `retention_seconds` after they were written.
+
+Scaling out: per instance, with sticky job ids. SQLite's WAL needs every process on one host, so
+a volume shared over the network between machines is not supported; each instance keeps its own
+`data_dir` and its own queue, any instance takes new uploads, and everything about a job must go
+back to the instance that created it. Each job reply carries `instance` (the `instance_id` given
+here, e.g. Fly's machine id); `SelfHostedTier` sends it back as `fly-force-instance-id`, which
+Fly's proxy routes on. Behind another load balancer, use its own stickiness (or one instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from bridge import __version__
+from bridge.config import Config, user_data_dir
+from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
+from bridge.jobs import FINISHED_STATES, Job, JobContext, JobRunner, JobStore
+from bridge.paths import PathPolicy
+from bridge.protocol import Origin
+
+log = logging.getLogger(__name__)
+
+TASKS = ("stems",)
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # a 10-minute 96 kHz/24-bit stereo WAV is 346 MB
+DEFAULT_RETENTION_SECONDS = 24 * 3600.0
+EVENTS_POLL_SECONDS = 0.2
+# Idle proxies (Fly's among them) close a silent connection after about a minute.
+EVENTS_KEEPALIVE_SECONDS = 15.0
+# The form fields besides the file are small; a body larger than the file limit plus this is refused
+# from its Content-Length before a byte of it is read.
+_FORM_OVERHEAD_BYTES = 64 * 1024
+_MAX_FIELD_BYTES = 16 * 1024
+# Parse the body in pieces of about this size on a worker thread, so file writes never run on the loop.
+_PARSE_BATCH_BYTES = 1024 * 1024
+_COUNT_LIMIT = 100_000
+# After the drain, how long canceled jobs get to reach their next cancel check.
+_CANCEL_WAIT_SECONDS = 2.0
+_KEY = re.compile(r"^[0-9a-f]{16}$")
+
+_STATUS_FOR_CODE = {
+    "bad_request": 400,
+    "unknown_command": 404,
+    "not_found": 404,
+    "busy": 409,
+    "unavailable": 503,
+    "forbidden": 403,
+    "internal": 500,
+}
+_CODE_FOR_STATUS = {400: "bad_request", 401: "forbidden", 403: "forbidden", 404: "not_found", 409: "busy",
+                    413: "bad_request", 422: "bad_request", 503: "unavailable"}
+_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+
+
+class StemsParams(BaseModel):
+    """The `params` of a stems job. Anything not given takes the server's `separate` config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    stems: list[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]] = []
+    two_stems: str = Field(default="", max_length=32, pattern=r"^[A-Za-z0-9_\-]*$")
+    format: Literal["wav", "flac"] | None = None
+    encoding: Literal["pcm16", "pcm24", "float"] | None = None
+    shifts: int | None = Field(default=None, ge=0, le=10)
+
+
+class PayloadTooLarge(BadRequest):
+    """An upload over the server's limit (HTTP 413)."""
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The project's error shape, as every route answers it."""
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+class _Server:
+    """What the routes share: the store, the runner and the folders. Created per app."""
+
+    def __init__(self, config: Config, data_dir: Path, token: str, max_upload_bytes: int,
+                 retention_seconds: float, instance_id: str | None) -> None:
+        self.data_dir = Path(os.path.realpath(data_dir))
+        self.uploads = self.data_dir / "uploads"
+        self.outputs = self.data_dir / "outputs"
+        # The stems handler may read and write inside data_dir and nowhere else.
+        self.config = config.model_copy(update={"paths": config.paths.model_copy(update={"roots": [self.data_dir]})})
+        self.paths = PathPolicy([self.data_dir])
+        self._token = token.encode()
+        self.max_upload_bytes = max_upload_bytes
+        self.retention_seconds = retention_seconds
+        self.instance_id = instance_id
+        self.device = ""
+        self.stopping = threading.Event()  # set on SIGINT/SIGTERM: event streams end, so shutdown is quick
+        self.store: JobStore | None = None
+        self.runner: JobRunner | None = None
+        self._janitor: _Janitor | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store and start the workers; a second call does nothing."""
+        from bridge.separate import SeparateJob
+        from engines.base import pick_device
+
+        if self.runner is not None:
+            return
+        # A server configured for cuda on a machine without it must not start and take jobs.
+        self.device = str(pick_device(self.config.separate.engine_device))
+        for folder in (self.uploads, self.outputs):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(self.data_dir / "jobs.sqlite3")
+        handler = _StemsHandler(SeparateJob(self.config, self.paths), self.data_dir)
+        self.runner = JobRunner(self.store, {"stems": handler}, self.config.jobs.workers, _log_event,
+                                max_attempts=self.config.jobs.max_attempts)
+        requeued = self.runner.start()
+        self._janitor = _Janitor(self.store, self.data_dir, self.retention_seconds)
+        self._janitor.start()
+        log.info("self-hosted tier: data in %s, device %s, %d worker(s), uploads up to %d bytes%s",
+                 self.data_dir, self.device, self.config.jobs.workers, self.max_upload_bytes,
+                 f", {len(requeued)} job(s) requeued" if requeued else "")
+
+    def stop(self) -> None:
+        """Stop claiming jobs, let running ones finish within daemon.shutdown_timeout_seconds, cancel
+        what is left, close the store. A second call does nothing."""
+        self.stopping.set()
+        if self._janitor is not None:
+            self._janitor.stop()
+            self._janitor = None
+        if self.runner is not None:
+            left = self.runner.stop(self.config.daemon.shutdown_timeout_seconds)
+            if left:
+                # Drained, now cancel (they end at their next segment): a client following one learns
+                # at once and can try another tier, where a job requeued on a machine that may stay
+                # stopped would run later for nobody. A crash still leaves jobs to requeue.
+                log.warning("canceling %d job(s) still running at shutdown: %s", len(left), ", ".join(left))
+                self.runner.stop(_CANCEL_WAIT_SECONDS, cancel_running=True)
+            self.runner = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def get_store(self) -> JobStore:
+        if self.store is None:
+            raise Unavailable("the job store is not open (the server is starting or stopping); try again")
+        return self.store
+
+    def job(self, job_id: str) -> Job:
+        try:
+            return self.get_store().get(job_id)
+        except NotFound:
+            where = f" (instance {self.instance_id})" if self.instance_id else ""
+            raise NotFound(f"job {job_id!r} is not known on this server{where}; a job lives on the instance "
+                           "that created it") from None
+
+    def get_runner(self) -> JobRunner:
+        if self.runner is None:
+            raise Unavailable("the job runner is not running (the server is starting or stopping); try again")
+        return self.runner
+
+    # -- auth --------------------------------------------------------------------------------------
+
+    def authorize(self, request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Constant-time: the comparison must not tell an attacker how much of the token was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+            raise HTTPException(
+                401, "missing or wrong token: send 'Authorization: Bearer <FLOWSTATE_SERVER_TOKEN>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """A job as the API shows it: no server paths, outputs as URLs."""
+        error = None if job.error_code is None else {"code": job.error_code, "message": job.error_message or ""}
+        result = None
+        if job.result is not None:
+            result = {k: v for k, v in job.result.items() if k != "files"}
+            result["outputs"] = {name: f"/v1/jobs/{job.id}/outputs/{name}" for name in job.result.get("files", {})}
+        return {
+            "id": job.id,
+            "task": job.kind,
+            "state": job.state,
+            "progress": job.progress,
+            "error": error,
+            "result": result,
+            "request_id": job.request_id,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "attempts": job.attempts,
+            "instance": self.instance_id,
+        }
+
+    def output_file(self, job_id: str, name: str) -> tuple[Path, str]:
+        job = self.job(job_id)
+        if job.state != "done":
+            raise Busy(f"job {job_id} is {job.state}; its outputs can be fetched once it is done")
+        files: dict[str, str] = (job.result or {}).get("files", {})
+        if name not in files:
+            raise NotFound(f"job {job_id} has no output {name!r}; it has {', '.join(sorted(files)) or 'none'}")
+        path = Path(os.path.realpath(self.data_dir / files[name]))
+        if self.outputs not in path.parents:  # a tampered database must not serve the whole disk
+            raise NotFound(f"job {job_id}: output {name!r} lies outside this server's outputs folder")
+        if not path.is_file():
+            raise NotFound(
+                f"job {job_id}: output {name!r} has expired (outputs are kept "
+                f"{self.retention_seconds / 3600:g} h after they are written); submit the job again"
+            )
+        return path, (job.result or {}).get("format", path.suffix.lstrip("."))
+
+    # -- uploads -----------------------------------------------------------------------------------
+
+    async def create_job(self, request: Request) -> tuple[Job, bool]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_upload_bytes + _FORM_OVERHEAD_BYTES:
+            raise self._too_large(f"the request body is {int(declared)} bytes")
+        key = secrets.token_hex(8)
+        folder = self.uploads / key
+        folder.mkdir(parents=True)
+        try:
+            form = await self._receive(request, folder)
+            return await anyio.to_thread.run_sync(self._submit, form, key)
+        except BaseException:
+            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
+            raise
+
+    def _too_large(self, got: str) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"file: the upload is larger than this server's limit of {self.max_upload_bytes} bytes "
+            f"({self.max_upload_bytes / 1048576:.1f} MiB; {got}); raise server.max_upload_bytes on the "
+            "server, or send a shorter or compressed (FLAC) file"
+        )
+
+    async def _receive(self, request: Request, folder: Path) -> _Form:
+        form = _Form(request.headers.get("content-type", ""), folder, self.max_upload_bytes, self._too_large)
+        pending: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in _stream(request):
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= _PARSE_BATCH_BYTES:
+                    await anyio.to_thread.run_sync(form.write, b"".join(pending))
+                    pending, size = [], 0
+            await anyio.to_thread.run_sync(form.finish, b"".join(pending))
+        finally:
+            form.close()
+        return form
+
+    def _submit(self, form: _Form, key: str) -> tuple[Job, bool]:
+        from bridge.separate import check_request
+
+        task = form.fields.get("task", "")
+        if task not in TASKS:
+            raise BadRequest(f"task: {task!r} is not offered here; expected one of {', '.join(TASKS)}")
+        text = form.fields.get("params", "") or "{}"
+        try:
+            params = StemsParams.model_validate_json(text)
+        except ValidationError as err:
+            raise BadRequest(f"params: {_explain(err)}") from None
+        if form.path is None:
+            raise BadRequest("file: no file part in the upload; send the audio as the multipart field 'file'")
+        if form.file_bytes == 0:
+            raise BadRequest(f"file: {form.path.name!r} is empty (0 bytes)")
+        request_id = form.fields.get("request_id", "") or None
+        if request_id is not None and (len(request_id) > 128 or not request_id.isprintable()):
+            raise BadRequest(f"request_id: expected at most 128 printable characters, got {request_id[:40]!r}…")
+        # Paths relative to data_dir (the policy's only root), so a moved data folder still works.
+        try:
+            args = check_request({
+                **params.model_dump(exclude_none=True),
+                "path": str(form.path.relative_to(self.data_dir)),
+                "out_dir": f"outputs/{key}",
+            }, self.paths, self.config)
+        except BridgeError as err:  # the client needs what is wrong, not where this server keeps files
+            raise type(err)(err.message.replace(f"{form.path.parent}/", "")) from None
+        args["path"] = str(Path(args["path"]).relative_to(self.data_dir))
+        args["out_dir"] = str(Path(args["out_dir"]).relative_to(self.data_dir))
+        job, created = self.get_runner().submit("stems", args, request_id)
+        if created:
+            log.info("job %s: stems of %s (%d bytes) queued", job.id, form.path.name, form.file_bytes)
+        else:
+            shutil.rmtree(form.path.parent, ignore_errors=True)  # a retry: the first upload serves
+            log.info("job %s: request id seen before; the upload was a retry", job.id)
+        return job, created
+
+    # -- events ------------------------------------------------------------------------------------
+
+    async def events(self, job_id: str) -> AsyncIterator[str]:
+        """SSE frames for one job until it ends (or the server stops). Polls the store: the runner
+        may be in another process sharing the data folder, so the store is what is true."""
+        last: tuple[str, float] | None = None
+        quiet_since = time.monotonic()
+        while True:
+            try:
+                job = await anyio.to_thread.run_sync(self.get_store().get, job_id)
+            except BridgeError as err:
+                yield _frame("error", error_body(err.code, err.message))
+                return
+            if job.finished:
+                yield _frame(job.state, self.view(job))
+                return
+            if (job.state, job.progress) != last:
+                last = (job.state, job.progress)
+                quiet_since = time.monotonic()
+                yield _frame("progress", self.view(job))
+            elif time.monotonic() - quiet_since >= EVENTS_KEEPALIVE_SECONDS:
+                quiet_since = time.monotonic()
+                yield ": keepalive\n\n"
+            if self.stopping.is_set():
+                yield _frame("error", error_body("unavailable", "the server is shutting down; poll the job again"))
+                return
+            await asyncio.sleep(EVENTS_POLL_SECONDS)
+
+
+async def _stream(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise BadRequest("the client disconnected during the upload") from None
+
+
+def _frame(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _log_event(event: str, job_id: str, origin: Origin | None, /, **data: Any) -> None:
+    # Clients read the store (GET or SSE); the runner's events only go to the debug log.
+    log.debug("%s %s %s", event, job_id, data)
+
+
+def _explain(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        parts.append(f"{where + ': ' if where else ''}{item['msg']} (got {item.get('input')!r})")
+    return "; ".join(parts)
+
+
+class _StemsHandler:
+    """`SeparateJob` with the result's paths made relative to data_dir, plus the format."""
+
+    def __init__(self, separate: Callable[[JobContext], dict[str, Any]], data_dir: Path) -> None:
+        self._separate = separate
+        self._data_dir = data_dir
+
+    def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        result = dict(self._separate(ctx))
+        paths: dict[str, str] = result.pop("paths")
+        files = {name: str(Path(os.path.realpath(path)).relative_to(self._data_dir)) for name, path in paths.items()}
+        return {**result, "files": files, "format": ctx.job.args["format"]}
+
+
+class _Form:
+    """A multipart/form-data body parsed as it arrives: the `file` part straight to disk (counted
+    against the limit), the other fields in memory (small, and only the known ones)."""
+
+    _FIELDS = ("task", "params", "request_id")
+
+    def __init__(self, content_type: str, folder: Path, max_file_bytes: int,
+                 too_large: Callable[[str], PayloadTooLarge]) -> None:
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        kind, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if kind != b"multipart/form-data" or not boundary:
+            raise BadRequest(f"expected a multipart/form-data body with a boundary, got Content-Type {content_type!r}")
+        self.fields: dict[str, str] = {}
+        self.path: Path | None = None
+        self.file_bytes = 0
+        self._folder = folder
+        self._max_file_bytes = max_file_bytes
+        self._too_large = too_large
+        self._headers: dict[bytes, bytes] = {}
+        self._header_name = b""
+        self._header_value = b""
+        self._name = ""
+        self._buffer = bytearray()
+        self._file: Any = None
+        self._ended = False
+        self._parser = MultipartParser(boundary, {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_end": self._on_end,
+        })
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._parser.write(data)
+
+    def finish(self, data: bytes) -> None:
+        """Parse the last bytes; the body must have ended with the closing boundary."""
+        self.write(data)
+        self._parser.finalize()
+        if not self._ended:
+            raise BadRequest("the multipart body ended early (no closing boundary); was the upload cut off?")
+        if self.path is not None:
+            # Durable before the job that reads it is: a crash then reruns the job on a whole file.
+            with self.path.open("rb") as done:
+                os.fsync(done.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._name = ""
+        self._buffer = bytearray()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[self._header_name.strip().lower()] = self._header_value.strip()
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        if self._name == "file":
+            if self.path is not None:
+                raise BadRequest("file: send one file per job; the upload has more than one 'file' part")
+            self.path = self._folder / _safe_filename(options.get(b"filename", b"").decode("utf-8", "replace"))
+            self._file = self.path.open("wb")
+        elif self._name not in self._FIELDS:
+            known = ", ".join(("file", *self._FIELDS))
+            raise BadRequest(f"unknown form field {self._name!r}; expected {known}")
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._file is not None:
+            self.file_bytes += end - start
+            if self.file_bytes > self._max_file_bytes:
+                raise self._too_large(f"the file passed {self._max_file_bytes} bytes")
+            self._file.write(data[start:end])
+            return
+        self._buffer += data[start:end]
+        if len(self._buffer) > _MAX_FIELD_BYTES:
+            raise BadRequest(f"{self._name}: longer than {_MAX_FIELD_BYTES} bytes")
+
+    def _on_part_end(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        elif self._name:
+            try:
+                self.fields[self._name] = self._buffer.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"{self._name}: not UTF-8 text") from None
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+
+def _safe_filename(raw: str) -> str:
+    """The client's file name, reduced to a harmless base name (the suffix helps libsndfile)."""
+    name = re.sub(r"[^\w\-. ]+", "_", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip(" .")[:100]
+    return name or "input"
+
+
+class _Janitor:
+    """Deletes uploads whose job has ended, and outputs (or orphans) older than the retention."""
+
+    def __init__(self, store: JobStore, data_dir: Path, retention_seconds: float) -> None:
+        self._store = store
+        self._folders = (data_dir / "uploads", data_dir / "outputs")
+        self._retention = retention_seconds
+        self._interval = min(300.0, max(1.0, retention_seconds / 10))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flowstate-server-janitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except (OSError, BridgeError) as err:
+                log.warning("cleaning %s failed: %s", self._folders[0].parent, err)
+            self._stop.wait(self._interval)
+
+    def sweep(self) -> None:
+        active = {_key(job) for state in ("queued", "running") for job in self._store.list(state, _COUNT_LIMIT)}
+        for state in FINISHED_STATES:
+            for job in self._store.list(state, 200):  # the newest; older ones were swept before
+                upload = self._folders[0] / _key(job)
+                if _key(job) not in active and upload.is_dir():
+                    shutil.rmtree(upload, ignore_errors=True)
+        cutoff = time.time() - self._retention
+        for parent in self._folders:
+            for folder in parent.iterdir():
+                if folder.name in active or not _KEY.match(folder.name):
+                    continue
+                if _newest_mtime(folder) < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    log.info("removed %s (older than %g h)", folder, self._retention / 3600)
+
+
+def _key(job: Job) -> str:
+    return Path(str(job.args.get("out_dir", ""))).name
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = folder.stat().st_mtime
+    for path in folder.rglob("*"):
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return newest
+
+
+def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int, *,
+               retention_seconds: float = DEFAULT_RETENTION_SECONDS, instance_id: str | None = None) -> FastAPI:
+    """The self-hosted tier as an ASGI app. The job store opens and the workers start when the app
+    starts (its lifespan), and stop when it stops; nothing happens before that."""
+    if not token or not token.strip():
+        raise StartupError("the self-hosted server needs a token: set FLOWSTATE_SERVER_TOKEN")
+    if max_upload_bytes < 1:
+        raise StartupError(f"max_upload_bytes: expected at least 1 byte, got {max_upload_bytes}")
+    if retention_seconds <= 0:
+        raise StartupError(f"retention_seconds: expected more than 0 s, got {retention_seconds}")
+    server = _Server(config, data_dir, token.strip(), max_upload_bytes, retention_seconds, instance_id)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(server.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(server.stop)
+
+    app = FastAPI(title="Flowstate self-hosted tier", version=__version__, lifespan=lifespan)
+    app.state.server = server
+    _add_error_handlers(app)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        store = server.get_store()
+        return {
+            "ok": True,
+            "version": __version__,
+            "device": server.device,
+            "tasks": list(TASKS),
+            "queued": len(store.list("queued", _COUNT_LIMIT)),
+            "running": len(store.list("running", _COUNT_LIMIT)),
+            "max_upload_bytes": server.max_upload_bytes,
+            "instance": server.instance_id,
+        }
+
+    jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(server.authorize)])
+
+    @jobs.post("", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file", "task"],
+        "properties": {"file": {"type": "string", "format": "binary"}, "task": {"type": "string", "enum": list(TASKS)},
+                       "params": {"type": "string", "description": "JSON object: model, stems, two_stems, format, encoding, shifts"},
+                       "request_id": {"type": "string"}}}}}}})
+    async def create_job(request: Request) -> JSONResponse:
+        job, created = await server.create_job(request)
+        return JSONResponse(server.view(job), status_code=201 if created else 200)
+
+    @jobs.get("/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        return server.view(server.job(job_id))
+
+    @jobs.get("/{job_id}/events")
+    def job_events(job_id: str) -> StreamingResponse:
+        server.job(job_id)  # 404 before the stream starts
+        return StreamingResponse(server.events(job_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @jobs.post("/{job_id}/cancel")
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        server.job(job_id)
+        return server.view(server.get_runner().cancel(job_id))
+
+    @jobs.get("/{job_id}/outputs/{name}")
+    def get_output(job_id: str, name: str) -> FileResponse:
+        path, fmt = server.output_file(job_id, name)
+        return FileResponse(path, media_type=_MEDIA_TYPES.get(fmt, "application/octet-stream"),
+                            filename=f"{name}.{fmt}")
+
+    app.include_router(jobs)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BridgeError)
+    async def bridge_error(request: Request, err: BridgeError) -> JSONResponse:
+        status = 413 if isinstance(err, PayloadTooLarge) else _STATUS_FOR_CODE.get(err.code, 500)
+        if status >= 500:
+            log.error("%s %s: %s: %s", request.method, request.url.path, err.code, err.message)
+        else:
+            log.warning("%s %s: %s: %s", request.method, request.url.path, err.code, err.message)
+        # Connection: close after a refused upload: the rest of its body is not read.
+        headers = {"Connection": "close"} if status == 413 else None
+        return JSONResponse(error_body(err.code, err.message), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        log.warning("%s %s: bad_request: %s", request.method, request.url.path, message)
+        return JSONResponse(error_body("bad_request", message), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        code = _CODE_FOR_STATUS.get(err.status_code, "internal" if err.status_code >= 500 else "bad_request")
+        if err.status_code == 401:
+            log.warning("%s %s: 401 (no valid token) from %s", request.method, request.url.path,
+                        request.client.host if request.client else "?")
+        return JSONResponse(error_body(code, str(err.detail)), status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, err: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        message = f"the server failed ({type(err).__name__}: {err}); its log has the traceback"
+        return JSONResponse(error_body("internal", message), status_code=500)
+
+
+# -- running it ----------------------------------------------------------------------------------
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, with a signal meaning "stop" rather than "die": after the graceful
+    shutdown the process exits 0 instead of re-raising the signal (uvicorn's default), so a
+    supervisor sees a clean stop. A second SIGINT still forces the exit."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self._stopping = stopping
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._stopping.set()  # event streams end now, so connections can drain
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise StartupError(f"cannot listen on {host}:{port}: {reason} (another server on that port?)") from err
+
+
+def default_data_dir(config: Config) -> Path:
+    """Beside the job database: `<data folder>/server`."""
+    database = config.jobs.database
+    return (database.parent if database is not None else user_data_dir()) / "server"
+
+
+def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+          instance_id: str | None = None) -> None:
+    """Run the self-hosted tier until SIGINT or SIGTERM, then shut down gracefully (blocking).
+
+    The token is `cloud.server_token` (FLOWSTATE_SERVER_TOKEN); without one the server refuses
+    to start. Raises StartupError when it cannot start (no token, port taken, no such device).
+    """
+    secret = config.cloud.server_token
+    token = secret.get_secret_value().strip() if secret is not None else ""
+    if not token:
+        raise StartupError(
+            "flowstate serve: no token: set FLOWSTATE_SERVER_TOKEN (or cloud.server_token) to a long random "
+            "string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`; clients send it "
+            "as 'Authorization: Bearer <token>'"
+        )
+    if len(token) < 16:
+        log.warning("FLOWSTATE_SERVER_TOKEN is only %d characters; use 32 or more on a public address", len(token))
+    app = create_app(config, data_dir or default_data_dir(config), token, max_upload_bytes,
+                     retention_seconds=retention_seconds, instance_id=instance_id)
+    sock = _listen(host, port)
+    state: _Server = app.state.server
+    try:
+        # Before uvicorn: a failure here is a StartupError with its reason, not uvicorn's exit(3).
+        state.start()
+    except BridgeError as err:
+        sock.close()
+        state.stop()
+        raise StartupError(f"the self-hosted server cannot start: {err.message}") from err
+    server = _Uvicorn(
+        uvicorn.Config(
+            app, log_config=None, lifespan="on", server_header=False,
+            # Streams and uploads in flight get this long after a signal; then they are cut.
+            timeout_graceful_shutdown=max(1, round(config.daemon.shutdown_timeout_seconds)),
+        ),
+        state.stopping,
+    )
+    log.info("self-hosted tier listening on http://%s:%d", host, sock.getsockname()[1])
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as err:  # uvicorn exits this way when it cannot start
+        raise StartupError(f"the self-hosted server did not start (uvicorn exit {err.code}); the log above says why") from None
+    finally:
+        sock.close()
+        state.stop()  # the lifespan normally did this already; a second call does nothing
+    if not server.started:
+        raise StartupError("the self-hosted server did not start; the log above says why")

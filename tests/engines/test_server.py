@@ -1,0 +1,480 @@
+"""The self-hosted tier for real: `engines.server.serve` in a subprocess on a loopback port with a
+small HTDemucs, driven over HTTP and through `SelfHostedTier` as the router would use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+import yaml
+
+from bridge.config import Config
+from bridge.errors import BadRequest, Forbidden, NotFound, StartupError, Unavailable
+from bridge.testing import free_port, tiny_htdemucs_repo
+from engines.cloud.base import TierJob
+from engines.cloud.selfhosted import SelfHostedTier, request_id, server_params
+from engines.server import serve
+
+TOKEN = f"test-token-{secrets.token_hex(12)}"
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+STEMS = {"drums", "bass", "other", "vocals"}
+# `python -c` entry point: the config comes from a YAML file plus the environment (the token).
+ENTRY = (
+    "import logging, sys; from pathlib import Path; from bridge.config import load_config; "
+    "from engines.server import serve; "
+    "logging.basicConfig(level='INFO', format='%(asctime)s %(levelname)s %(name)s: %(message)s'); "
+    "serve(load_config(sys.argv[1]), '127.0.0.1', int(sys.argv[2]), Path(sys.argv[3]), "
+    "max_upload_bytes=int(sys.argv[4]), instance_id=sys.argv[5])"
+)
+INSTANCE = "machine-0123"
+
+
+class ServerProcess:
+    def __init__(self, workdir: Path, repo: Path, daemon: dict[str, Any] | None = None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "server.log"
+        config = {
+            "daemon": {"log_level": "INFO", **(daemon or {})},
+            "jobs": {"database": str(workdir / "unused.sqlite3"), "workers": 1},
+            "models": {"demucs_repo": str(repo)},
+            # Short segments: the tiny model's attention grows with the window (see bridge.testing).
+            "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, "segment_seconds": 0.5},
+        }
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_seconds: float = 60.0) -> ServerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
+        env["FLOWSTATE_SERVER_TOKEN"] = TOKEN
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", ENTRY, str(self.config_path), str(self.port), str(self.data_dir),
+                 str(MAX_UPLOAD_BYTES), INSTANCE],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+            )
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not answer within {timeout_seconds} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_htdemucs_repo(tmp_path_factory.mktemp("models"), depth=3)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("server"), repo).start()
+    try:
+        yield process
+    finally:
+        code = process.stop()
+        log = process.log()
+        assert code == 0, f"server exited with {code} after SIGTERM:\n{log}"
+        assert TOKEN not in log, "the token appeared in the server log"
+
+
+@pytest.fixture
+def tier(server: ServerProcess) -> Iterator[SelfHostedTier]:
+    client = SelfHostedTier(server.url, TOKEN, poll_seconds=0.1, usd_per_second=0.001)
+    yield client
+    client.close()
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def write_audio(path: Path, seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape[0])
+    data = np.stack([tone * (0.8 + 0.2 * c) for c in range(channels)], axis=1).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), data, sample_rate, subtype="PCM_16")
+    return path
+
+
+def submit(server: ServerProcess, path: Path, params: dict[str, Any] | None = None,
+           rid: str | None = None) -> httpx.Response:
+    data = {"task": "stems", "params": json.dumps(params or {})}
+    if rid is not None:
+        data["request_id"] = rid
+    with path.open("rb") as upload:
+        return httpx.post(f"{server.url}/v1/jobs", headers=auth(), data=data,
+                          files={"file": (path.name, upload, "audio/wav")}, timeout=30)
+
+
+def wait_finished(server: ServerProcess, job_id: str, timeout_seconds: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        job = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=auth(), timeout=10).json()
+        if job["state"] in ("done", "failed", "canceled"):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}"
+        time.sleep(0.1)
+
+
+def no_cancel() -> None:
+    pass
+
+
+# -- health and auth -----------------------------------------------------------------------------
+
+
+def test_health_needs_no_token(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.url}/v1/health", timeout=5)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True and body["tasks"] == ["stems"] and body["device"] == "cpu"
+    assert isinstance(body["version"], str) and body["queued"] >= 0 and body["running"] >= 0
+
+
+JOB_ROUTES = [
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs/0123456789ab"),
+    ("GET", "/v1/jobs/0123456789ab/events"),
+    ("POST", "/v1/jobs/0123456789ab/cancel"),
+    ("GET", "/v1/jobs/0123456789ab/outputs/vocals"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), JOB_ROUTES)
+@pytest.mark.parametrize("headers", [{}, auth("wrong-token"), {"Authorization": f"Token {TOKEN}"},
+                                     {"Authorization": TOKEN}], ids=["none", "wrong", "scheme", "bare"])
+def test_job_routes_refuse_a_missing_or_wrong_token(server: ServerProcess, method: str, path: str,
+                                                    headers: dict[str, str]) -> None:
+    response = httpx.request(method, f"{server.url}{path}", headers=headers, timeout=5)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "forbidden"
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert TOKEN not in response.text
+
+
+def test_a_wrong_token_is_forbidden_through_the_tier(server: ServerProcess, tmp_path: Path) -> None:
+    wrong = f"wrong-{secrets.token_hex(8)}"
+    client = SelfHostedTier(server.url, wrong, max_retries=0)
+    job = TierJob("stems", {}, tmp_path / "work", write_audio(tmp_path / "a.wav", 0.5))
+    try:
+        with pytest.raises(Forbidden) as caught:
+            client.run(job, lambda f: None, no_cancel)
+    finally:
+        client.close()
+    assert "401" in caught.value.message and server.url in caught.value.message
+    assert wrong not in caught.value.message and TOKEN not in caught.value.message
+
+
+# -- uploads -------------------------------------------------------------------------------------
+
+
+def test_an_upload_over_the_limit_is_413_from_its_content_length(server: ServerProcess, tmp_path: Path) -> None:
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1024 * 1024))
+    response = submit(server, big)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "bad_request" and str(MAX_UPLOAD_BYTES) in error["message"]
+
+
+def test_an_upload_over_the_limit_is_413_while_it_streams(server: ServerProcess) -> None:
+    """No Content-Length (chunked): the limit is counted as the file arrives."""
+    boundary = "flowstate-test-boundary"
+
+    def body() -> Iterator[bytes]:
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"task\"\r\n\r\nstems\r\n"
+               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n"
+               "Content-Type: audio/wav\r\n\r\n").encode()
+        chunk = b"\0" * 65536
+        for _ in range(MAX_UPLOAD_BYTES // len(chunk) + 16):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = httpx.post(f"{server.url}/v1/jobs", content=body(), timeout=30,
+                          headers={**auth(), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413
+    assert str(MAX_UPLOAD_BYTES) in response.json()["error"]["message"]
+
+
+def test_an_upload_over_the_limit_is_bad_request_through_the_tier(tier: SelfHostedTier, tmp_path: Path) -> None:
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1024 * 1024))
+    with pytest.raises(BadRequest) as caught:
+        tier.run(TierJob("stems", {}, tmp_path / "work", big), lambda f: None, no_cancel)
+    assert "413" in caught.value.message and str(MAX_UPLOAD_BYTES) in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("data", "content", "expected"),
+    [
+        ({"task": "stems", "params": '{"format": "mp3"}'}, b"RIFF", "params: format"),
+        ({"task": "stems", "params": '{"volume": 11}'}, b"RIFF", "params: volume"),
+        ({"task": "stems", "params": "[1, 2"}, b"RIFF", "params"),
+        ({"task": "karaoke"}, b"RIFF", "task: 'karaoke'"),
+        ({"task": "stems", "params": '{"format": "flac", "encoding": "float"}'}, None, "FLAC"),
+        ({"task": "stems"}, b"this is not audio at all", "not an audio file"),
+        ({"task": "stems"}, b"", "empty"),
+    ],
+    ids=["format", "unknown-param", "not-json", "task", "flac-float", "not-audio", "empty"],
+)
+def test_bad_uploads_are_400_naming_what_is_wrong(server: ServerProcess, tmp_path: Path, data: dict[str, str],
+                                                  content: bytes | None, expected: str) -> None:
+    if content is None:
+        content = write_audio(tmp_path / "a.wav", 0.2).read_bytes()
+    response = httpx.post(f"{server.url}/v1/jobs", headers=auth(), data=data,
+                          files={"file": ("a.wav", content, "audio/wav")}, timeout=10)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["ok"] is False and body["error"]["code"] == "bad_request"
+    assert expected in body["error"]["message"]
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sample_rate", "channels"), [(44100, 2), (48000, 1)])
+def test_stems_end_to_end_through_the_tier(server: ServerProcess, tier: SelfHostedTier, tmp_path: Path,
+                                           sample_rate: int, channels: int) -> None:
+    source = write_audio(tmp_path / "song.wav", 1.5, sample_rate, channels)
+    work = tmp_path / "work"
+    work.mkdir()
+    fractions: list[float] = []
+    result = tier.run(TierJob("stems", {"model": "tiny"}, work, source, audio_seconds=1.5), fractions.append, no_cancel)
+
+    assert result.tier == "selfhosted"
+    assert set(result.outputs) == STEMS
+    for name, path in result.outputs.items():
+        assert path == work / f"{name}.flac"
+        info = soundfile.info(str(path))
+        assert (info.frames, info.samplerate, info.channels) == (int(1.5 * sample_rate), sample_rate, channels)
+    assert sorted(p.name for p in work.iterdir()) == sorted(f"{s}.flac" for s in STEMS)  # no partial files left
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 3
+    assert result.details["reused"] is False and result.cost_usd is not None and result.cost_usd >= 0
+    assert result.details["instance"] == INSTANCE  # what the tier sends back as fly-force-instance-id
+    job = httpx.get(f"{server.url}/v1/jobs/{result.details['job_id']}", headers=auth(), timeout=5).json()
+    assert job["state"] == "done" and job["progress"] == 1.0
+    assert job["result"]["outputs"]["vocals"] == f"/v1/jobs/{job['id']}/outputs/vocals"
+    assert "paths" not in job["result"] and "files" not in job["result"]  # no server paths leak
+
+
+def test_a_resubmitted_job_is_the_same_job(server: ServerProcess, tier: SelfHostedTier, tmp_path: Path) -> None:
+    source = write_audio(tmp_path / "again.wav", 0.5, seed=3)
+    first = tier.run(TierJob("stems", {}, tmp_path / "w1", source), lambda f: None, no_cancel)
+    second = tier.run(TierJob("stems", {}, tmp_path / "w2", source), lambda f: None, no_cancel)
+    assert second.details["job_id"] == first.details["job_id"] and second.details["reused"] is True
+    assert second.cost_usd == 0.0
+    assert (tmp_path / "w2" / "vocals.flac").read_bytes() == (tmp_path / "w1" / "vocals.flac").read_bytes()
+
+    rid = f"raw-{secrets.token_hex(6)}"
+    created, again = submit(server, source, rid=rid), submit(server, source, rid=rid)
+    assert (created.status_code, again.status_code) == (201, 200)
+    assert created.json()["id"] == again.json()["id"]
+    assert submit(server, source, rid=f"{rid}-other").json()["id"] != created.json()["id"]
+
+
+class Stop(Exception):
+    """What a canceled job's check_cancelled raises."""
+
+
+def test_cancel_mid_job_cancels_the_remote_job(server: ServerProcess, tier: SelfHostedTier, tmp_path: Path) -> None:
+    source = write_audio(tmp_path / "long.wav", 30.0, seed=5)
+    cancel = False
+
+    def progress(fraction: float) -> None:
+        nonlocal cancel
+        cancel = cancel or fraction > 0.1  # separating on the server: stop now
+
+    def check_cancelled() -> None:
+        if cancel:
+            raise Stop("the user canceled")
+
+    with pytest.raises(Stop):
+        tier.run(TierJob("stems", {}, tmp_path / "work", source), progress, check_cancelled)
+    # The same request id finds the job the tier made.
+    rid = request_id(source, "stems", server_params({}), no_cancel)
+    found = submit(server, source, params=server_params({}), rid=rid)
+    assert found.status_code == 200
+    job = wait_finished(server, found.json()["id"])
+    assert job["state"] == "canceled", job
+    work = tmp_path / "work"
+    assert not work.exists() or not any(work.iterdir())  # nothing downloaded, nothing half-written
+
+
+def test_a_job_that_fails_remotely_raises_its_error_and_is_not_reused(tier: SelfHostedTier, tmp_path: Path) -> None:
+    source = write_audio(tmp_path / "s.wav", 0.3, seed=7)
+    job = TierJob("stems", {"two_stems": "kazoo"}, tmp_path / "work", source)
+    ids = []
+    for _ in range(2):
+        with pytest.raises(BadRequest) as caught:
+            tier.run(job, lambda f: None, no_cancel)
+        assert "kazoo" in caught.value.message
+        ids.append(re.search(r"job (\w+) failed on the server", caught.value.message).group(1))
+    assert ids[0] != ids[1]  # the second run submitted afresh instead of returning the old failure
+
+
+def test_an_unknown_job_is_not_found(server: ServerProcess, tier: SelfHostedTier) -> None:
+    with pytest.raises(NotFound):
+        tier.job("0123456789ab")
+    response = httpx.get(f"{server.url}/v1/jobs/0123456789ab", headers=auth(), timeout=5)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_outputs_download_and_unknown_outputs_are_404(server: ServerProcess, tmp_path: Path) -> None:
+    created = submit(server, write_audio(tmp_path / "o.wav", 0.3, seed=9), {"format": "wav", "encoding": "float"})
+    job = wait_finished(server, created.json()["id"])
+    response = httpx.get(f"{server.url}{job['result']['outputs']['bass']}", headers=auth(), timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+    (tmp_path / "bass.wav").write_bytes(response.content)
+    assert soundfile.info(str(tmp_path / "bass.wav")).subtype == "FLOAT"
+    missing = httpx.get(f"{server.url}/v1/jobs/{job['id']}/outputs/kazoo", headers=auth(), timeout=5)
+    assert missing.status_code == 404 and "kazoo" in missing.json()["error"]["message"]
+
+
+def test_the_events_stream_ends_in_done(server: ServerProcess, tmp_path: Path) -> None:
+    created = submit(server, write_audio(tmp_path / "e.wav", 1.0, seed=11))
+    assert created.status_code == 201
+    events: list[tuple[str, dict[str, Any]]] = []
+    with httpx.stream("GET", f"{server.url}/v1/jobs/{created.json()['id']}/events", headers=auth(),
+                      timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[len("data: "):])))
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) <= {"progress"}
+    progress = [data["progress"] for _, data in events]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert set(events[-1][1]["result"]["outputs"]) == STEMS
+
+
+# -- failures of the tier itself -----------------------------------------------------------------
+
+
+def test_a_server_that_is_down_is_unavailable_naming_the_url(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    client = SelfHostedTier(url, TOKEN, max_retries=1)
+    try:
+        assert client.health() is False
+        with pytest.raises(Unavailable) as caught:
+            client.run(TierJob("stems", {}, tmp_path, write_audio(tmp_path / "a.wav", 0.2)), lambda f: None, no_cancel)
+    finally:
+        client.close()
+    assert url in caught.value.message and "selfhosted" in caught.value.message
+
+
+def test_the_tier_reports_health(tier: SelfHostedTier) -> None:
+    assert tier.health() is True
+
+
+def test_serve_refuses_to_start_without_a_token() -> None:
+    with pytest.raises(StartupError, match="FLOWSTATE_SERVER_TOKEN"):
+        serve(Config(), "127.0.0.1", free_port())
+
+
+def test_uploads_go_when_their_job_ends_and_outputs_expire(tmp_path: Path, repo: Path) -> None:
+    """In-process (`create_app` under Starlette's TestClient) with a one-second retention."""
+    from starlette.testclient import TestClient
+
+    from engines.server import create_app
+
+    config = Config.model_validate({
+        "models": {"demucs_repo": str(repo)},
+        "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, "segment_seconds": 0.5},
+    })
+    data = tmp_path / "data"
+    app = create_app(config, data, TOKEN, MAX_UPLOAD_BYTES, retention_seconds=1.0)
+    source = write_audio(tmp_path / "x.wav", 0.3)
+    with TestClient(app) as client:
+        created = client.post("/v1/jobs", headers=auth(), data={"task": "stems"},
+                              files={"file": ("x.wav", source.read_bytes(), "audio/wav")})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["state"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get(f"/v1/jobs/{job_id}/outputs/vocals", headers=auth()).status_code == 200
+        deadline = time.monotonic() + 30
+        while True:
+            expired = client.get(f"/v1/jobs/{job_id}/outputs/vocals", headers=auth())
+            if expired.status_code == 404:
+                break
+            assert time.monotonic() < deadline, "the output never expired"
+            time.sleep(0.2)
+        assert "expired" in expired.json()["error"]["message"]
+        assert list((data / "uploads").iterdir()) == [] and list((data / "outputs").iterdir()) == []
+        assert client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["state"] == "done"  # the job stays
+
+
+def test_a_signal_mid_job_ends_streams_cancels_the_job_and_exits_0(tmp_path: Path, repo: Path) -> None:
+    """SIGINT (Fly's default stop signal): stop accepting, drain briefly, cancel, exit 0."""
+    import threading
+
+    from bridge.jobs import JobStore
+
+    process = ServerProcess(tmp_path, repo, daemon={"shutdown_timeout_seconds": 0.5}).start()
+    try:
+        job_id = submit(process, write_audio(tmp_path / "long.wav", 40.0, seed=13)).json()["id"]
+        names: list[str] = []
+
+        def follow() -> None:
+            with httpx.stream("GET", f"{process.url}/v1/jobs/{job_id}/events", headers=auth(), timeout=30) as response:
+                names.extend(line[len("event: "):] for line in response.iter_lines() if line.startswith("event: "))
+
+        reader = threading.Thread(target=follow)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{process.url}/v1/jobs/{job_id}", headers=auth(), timeout=5).json()["progress"] <= 0.06:
+            assert time.monotonic() < deadline, "the job never started separating"
+            time.sleep(0.05)
+    finally:
+        code = process.stop(signal.SIGINT)
+    reader.join(30)
+    assert code == 0, process.log()
+    assert names[-1] == "error" and "progress" in names  # the stream ended with the server, not hung
+    with JobStore(process.data_dir / "jobs.sqlite3") as store:
+        assert store.get(job_id).state == "canceled"
