@@ -196,6 +196,8 @@ class CloudConfig(_Section):
     # Provider API bases (override to point at a proxy or a test double).
     replicate_url: str = "https://api.replicate.com"
     huggingface_url: str = "https://router.huggingface.co"
+    # A dedicated Hugging Face Inference Endpoint (needed for stems); null: serverless only.
+    huggingface_endpoint_url: str | None = None
     workers_ai_url: str = "https://api.cloudflare.com/client/v4"
 
 

@@ -95,7 +95,8 @@ class Daemon:
 
         self.tiers = build_tiers(self.config)
         device = pick_device(self.config.separate.engine_device).type
-        self.router = Router(self.config.router, set(self.tiers), self.job_store, device)
+        offered = {name: frozenset(tier.tasks) for name, tier in self.tiers.items()}
+        self.router = Router(self.config.router, offered, self.job_store, device)
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
         self.jobs = JobRunner(

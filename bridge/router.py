@@ -92,9 +92,13 @@ class Breaker:
 class Router:
     """Plans where jobs run; learns local speed and tier health as jobs finish."""
 
-    def __init__(self, config: RouterConfig, available: set[str], store: JobStore, device: str) -> None:
+    def __init__(
+        self, config: RouterConfig, available: set[str] | dict[str, frozenset[str]], store: JobStore, device: str
+    ) -> None:
         self.config = config
-        self.available = available  # remote tiers with credentials configured
+        # Remote tiers with credentials configured, and the tasks each offers (a set: all tasks).
+        self.tasks = dict(available) if isinstance(available, dict) else {name: None for name in available}
+        self.available = set(self.tasks)
         self.store = store
         self.device = device
         self.breakers = {
@@ -130,7 +134,7 @@ class Router:
     def plan(self, task: str, model: str, audio_seconds: float, deadline_seconds: float | None) -> list[Decision]:
         """The tiers to try, in order; the first is the router's choice."""
         local_s, local_basis = self.local_seconds(task, model, audio_seconds)
-        order = [t for t in self.config.order.get(task, [LOCAL]) if t == LOCAL or t in self.available]
+        order = [t for t in self.config.order.get(task, [LOCAL]) if t == LOCAL or self._offers(t, task)]
         remotes = [t for t in order if t != LOCAL]
         if deadline_seconds is None or local_s <= deadline_seconds or not remotes:
             if deadline_seconds is None:
@@ -180,6 +184,12 @@ class Router:
         plan = [*fits, *sorted(slow, key=lambda d: d.estimated_seconds), Decision(LOCAL, why_local, local_s, 0.0)]
         return plan
 
+    def _offers(self, tier: str, task: str) -> bool:
+        if tier not in self.tasks:
+            return False
+        tasks = self.tasks[tier]
+        return tasks is None or task in tasks
+
     def _fallbacks(self, remotes: list[str], audio_seconds: float, reason: str) -> list[Decision]:
         out = []
         for tier in remotes:
@@ -224,5 +234,9 @@ def build_tiers(config: Config) -> dict[str, Any]:
     if cloud.huggingface_token is not None:
         from engines.cloud.hf import HuggingFaceTier
 
-        tiers["huggingface"] = HuggingFaceTier(cloud.huggingface_token.get_secret_value(), base_url=cloud.huggingface_url)
+        tiers["huggingface"] = HuggingFaceTier(
+            cloud.huggingface_token.get_secret_value(),
+            base_url=cloud.huggingface_url,
+            endpoint_url=cloud.huggingface_endpoint_url,
+        )
     return tiers

@@ -95,3 +95,9 @@ def test_only_configured_tiers_are_considered(store: JobStore) -> None:
     r = router(store, available=set())
     plan = r.plan("stems", "htdemucs", 300, 60)
     assert [d.tier for d in plan] == ["local"] and "no other tier" in plan[0].reason
+
+
+def test_tiers_that_do_not_offer_the_task_are_left_out(store: JobStore) -> None:
+    config = RouterConfig()
+    r = Router(config, {"selfhosted": frozenset({"stems"}), "huggingface": frozenset({"transcribe"})}, store, "cpu")
+    assert [d.tier for d in r.plan("stems", "htdemucs", 300, None)] == ["local", "selfhosted"]
