@@ -230,7 +230,11 @@ def build_tiers(config: Config) -> dict[str, Any]:
     if cloud.replicate_token is not None:
         from engines.cloud.replicate import ReplicateTier
 
-        tiers["replicate"] = ReplicateTier(cloud.replicate_token.get_secret_value(), base_url=cloud.replicate_url)
+        # No marker webhook: an unreachable webhook host might be refused; a lost create is then
+        # reconciled by matching the exact input in the prediction list.
+        tiers["replicate"] = ReplicateTier(
+            cloud.replicate_token.get_secret_value(), base_url=cloud.replicate_url, webhook_url=None
+        )
     if cloud.huggingface_token is not None:
         from engines.cloud.hf import HuggingFaceTier
 
