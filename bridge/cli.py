@@ -117,8 +117,10 @@ def _setup_logging(config: Config) -> None:
 
 
 def _up(config: Config) -> int:
-    from bridge.daemon import serve
+    from bridge.daemon import serve, tune_allocator
 
+    if config.daemon.malloc_tuning and tune_allocator():
+        log.debug("malloc tuned: one arena, 1 GiB mmap threshold")
     try:
         asyncio.run(serve(config))
     except StartupError as err:
