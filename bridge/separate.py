@@ -161,7 +161,9 @@ class SeparateJob:
                         self.router.succeeded("local", None, ctx.job.id)
                     return separated, stems, {"device": device, "tier": "local"}
                 separated, stems, cost = self._separate_remote(ctx, tier, source, audio, sample_rate, audio_seconds)
-                assert self.router is not None
+                assert self.router is not None and decision is not None
+                if cost is None:  # a tier that reports no price is charged what the router expected
+                    cost = decision.estimated_cost_usd
                 self.router.succeeded(tier, cost, ctx.job.id)
                 return separated, stems, {"device": tier, "tier": tier, "cost_usd": cost}
             except (JobCanceled, BadRequest):

@@ -119,6 +119,8 @@ def test_a_job_local_cannot_finish_in_time_runs_on_the_self_hosted_tier(
     assert background["event"] == "job.done" and background["result"]["tier"] == "local"
     assert "background job" in bg_status["route"]["reason"]
     assert "selfhosted" in process.log() and TOKEN not in process.log()
+    # The tier reports no price, so the month's spend grows by what the router expected.
+    assert result["cost_usd"] == pytest.approx(route["estimated_cost_usd"], abs=1e-4)
 
 
 def test_a_failing_tier_falls_through_to_the_next(repo: Path, server: str, tmp_path: Path) -> None:
