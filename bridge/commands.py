@@ -276,6 +276,9 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
     Arg("request_id", str, "Your id for this request: sending it again returns the same job.", default=""),
     Arg("deadline_seconds", float, "Wanted within this many seconds (the router may pick a faster tier); "
         "omit: a background job.", default=None, min=1.0, max=86400.0),
+    Arg("deadline_class", str, "realtime (as soon as possible: the fastest tier), interactive (a deadline) "
+        "or background; empty: from deadline_seconds.", default="",
+        choices=("", "realtime", "interactive", "background")),
     help="Separate a file into stems as a background job; replies at once with the job id.",
     returns=("id", "state"),
 )

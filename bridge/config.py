@@ -201,6 +201,9 @@ class CloudConfig(_Section):
     huggingface_url: str = "https://router.huggingface.co"
     # A dedicated Hugging Face Inference Endpoint (needed for stems); null: serverless only.
     huggingface_endpoint_url: str | None = None
+    # Task -> model, replacing each provider's defaults; pin Replicate versions as owner/name:<id>.
+    replicate_models: dict[str, str] = {}
+    huggingface_models: dict[str, str] = {}
     workers_ai_url: str = "https://api.cloudflare.com/client/v4"
 
 

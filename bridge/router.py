@@ -131,11 +131,19 @@ class Router:
 
     # -- planning --------------------------------------------------------------------------------
 
-    def plan(self, task: str, model: str, audio_seconds: float, deadline_seconds: float | None) -> list[Decision]:
-        """The tiers to try, in order; the first is the router's choice."""
+    def plan(
+        self, task: str, model: str, audio_seconds: float, deadline_seconds: float | None, realtime: bool = False
+    ) -> list[Decision]:
+        """The tiers to try, in order; the first is the router's choice.
+
+        Deadline classes: `realtime` (as soon as possible: the fastest healthy tier within budget),
+        interactive (a deadline in seconds), background (no deadline).
+        """
         local_s, local_basis = self.local_seconds(task, model, audio_seconds)
         order = [t for t in self.config.order.get(task, [LOCAL]) if t == LOCAL or self._offers(t, task)]
         remotes = [t for t in order if t != LOCAL]
+        if realtime:
+            return self._fastest(remotes, audio_seconds, local_s, local_basis)
         if deadline_seconds is None or local_s <= deadline_seconds or not remotes:
             if deadline_seconds is None:
                 why = f"background job: local ({local_basis})"
@@ -183,6 +191,19 @@ class Router:
         )
         plan = [*fits, *sorted(slow, key=lambda d: d.estimated_seconds), Decision(LOCAL, why_local, local_s, 0.0)]
         return plan
+
+    def _fastest(self, remotes: list[str], audio_seconds: float, local_s: float, local_basis: str) -> list[Decision]:
+        spent, budget = self.store.month_spend(), self.config.monthly_budget_usd
+        options = [Decision(LOCAL, f"realtime: local about {local_s:.0f} s ({local_basis})", local_s, 0.0)]
+        for tier in remotes:
+            seconds, cost = self.remote_estimate(tier, audio_seconds)
+            if spent + cost > budget or not self.breakers[tier].allows():
+                continue
+            options.append(Decision(tier, f"realtime: {tier} about {seconds:.0f} s for ${cost:.3f}", seconds, cost))
+        options.sort(key=lambda d: (d.estimated_seconds, d.estimated_cost_usd))
+        first = options[0]
+        options[0] = Decision(first.tier, "fastest tier: " + first.reason, first.estimated_seconds, first.estimated_cost_usd)
+        return options
 
     def _offers(self, tier: str, task: str) -> bool:
         if tier not in self.tasks:
@@ -233,7 +254,8 @@ def build_tiers(config: Config) -> dict[str, Any]:
         # No marker webhook: an unreachable webhook host might be refused; a lost create is then
         # reconciled by matching the exact input in the prediction list.
         tiers["replicate"] = ReplicateTier(
-            cloud.replicate_token.get_secret_value(), base_url=cloud.replicate_url, webhook_url=None
+            cloud.replicate_token.get_secret_value(), base_url=cloud.replicate_url, webhook_url=None,
+            models=dict(cloud.replicate_models) or None,
         )
     if cloud.huggingface_token is not None:
         from engines.cloud.hf import HuggingFaceTier
@@ -242,5 +264,6 @@ def build_tiers(config: Config) -> dict[str, Any]:
             cloud.huggingface_token.get_secret_value(),
             base_url=cloud.huggingface_url,
             endpoint_url=cloud.huggingface_endpoint_url,
+            models=dict(cloud.huggingface_models) or None,
         )
     return tiers

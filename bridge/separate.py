@@ -55,7 +55,20 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         "two_stems": args.get("two_stems") or "",
         "shifts": config.separate.shifts if args.get("shifts") is None else int(args["shifts"]),
         "deadline_seconds": args.get("deadline_seconds"),
+        "deadline_class": _deadline_class(args),
     }
+
+
+def _deadline_class(args: dict[str, Any]) -> str:
+    """realtime (as soon as possible), interactive (a deadline in seconds) or background."""
+    wanted = args.get("deadline_class") or ""
+    if wanted == "realtime":
+        return "realtime"
+    if wanted == "interactive" and args.get("deadline_seconds") is None:
+        raise BadRequest(f"{KIND}: deadline_class 'interactive' needs deadline_seconds")
+    if wanted == "background" and args.get("deadline_seconds") is not None:
+        raise BadRequest(f"{KIND}: deadline_class 'background' cannot have deadline_seconds")
+    return "interactive" if args.get("deadline_seconds") is not None else "background"
 
 
 def track_name(path: Path) -> str:
@@ -143,7 +156,8 @@ class SeparateJob:
         if self.router is None:
             plan = []
         else:
-            plan = self.router.plan("stems", args["model"], audio_seconds, deadline)
+            realtime = args.get("deadline_class") == "realtime"
+            plan = self.router.plan("stems", args["model"], audio_seconds, deadline, realtime=realtime)
         failures: list[str] = []
         for decision in plan or [None]:
             tier = "local" if decision is None else decision.tier

@@ -101,3 +101,14 @@ def test_tiers_that_do_not_offer_the_task_are_left_out(store: JobStore) -> None:
     config = RouterConfig()
     r = Router(config, {"selfhosted": frozenset({"stems"}), "huggingface": frozenset({"transcribe"})}, store, "cpu")
     assert [d.tier for d in r.plan("stems", "htdemucs", 300, None)] == ["local", "selfhosted"]
+
+
+def test_realtime_jobs_take_the_fastest_tier_within_budget(store: JobStore) -> None:
+    r = router(store)
+    plan = r.plan("stems", "htdemucs", 300, None, realtime=True)
+    # selfhosted ~33 s, replicate ~85 s, huggingface ~120 s, local ~300 s (assumed).
+    assert [d.tier for d in plan] == ["selfhosted", "replicate", "huggingface", "local"]
+    assert plan[0].reason.startswith("fastest tier: realtime")
+    for _ in range(3):
+        r.learn_local("stems", "htdemucs", 100, 1)  # a GPU laptop: 0.01 s per audio second
+    assert r.plan("stems", "htdemucs", 300, None, realtime=True)[0].tier == "local"

@@ -296,3 +296,18 @@ def test_cli_separates_in_process_without_a_daemon(repo: Path, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert (source.parent / "stems" / "loop" / "drums.wav").exists()
     assert (source.parent / "stems" / "loop" / "no_drums.wav").exists()
+
+
+def test_deadline_class_must_agree_with_the_deadline(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "class" / "x.wav", 0.5)
+    with dealer(daemon) as client:
+        with pytest.raises(RemoteError, match="needs deadline_seconds") as caught:
+            client.call("stems.separate", {"path": str(source), "deadline_class": "interactive"})
+        assert caught.value.code == "bad_request"
+        with pytest.raises(RemoteError, match="cannot have deadline_seconds"):
+            client.call("stems.separate", {"path": str(source), "deadline_class": "background", "deadline_seconds": 5})
+        job_id = client.call("stems.separate", {"path": str(source), "deadline_class": "realtime"})["id"]
+        final = client.wait_jobs([job_id], lambda *_: None, 120)[job_id]
+        route = client.call("job.status", {"id": job_id})["route"]
+    assert final["event"] == "job.done"
+    assert route["tier"] == "local" and route["reason"].startswith("fastest tier: realtime")
