@@ -198,7 +198,7 @@ class CloudConfig(_Section):
     selfhosted_url: str | None = None
     # Provider API bases (override to point at a proxy or a test double).
     replicate_url: str = "https://api.replicate.com"
-    huggingface_url: str = "https://router.huggingface.co"
+    huggingface_url: str = "https://router.huggingface.co/hf-inference"
     # A dedicated Hugging Face Inference Endpoint (needed for stems); null: serverless only.
     huggingface_endpoint_url: str | None = None
     # Task -> model, replacing each provider's defaults; pin Replicate versions as owner/name:<id>.

@@ -112,3 +112,13 @@ def test_realtime_jobs_take_the_fastest_tier_within_budget(store: JobStore) -> N
     for _ in range(3):
         r.learn_local("stems", "htdemucs", 100, 1)  # a GPU laptop: 0.01 s per audio second
     assert r.plan("stems", "htdemucs", 300, None, realtime=True)[0].tier == "local"
+
+
+def test_config_defaults_point_each_tier_where_its_client_expects() -> None:
+    from bridge.config import CloudConfig
+    from engines.cloud import hf, replicate, workers_ai
+
+    cloud = CloudConfig()
+    assert cloud.huggingface_url == hf.DEFAULT_BASE_URL
+    assert cloud.replicate_url == replicate.DEFAULT_BASE_URL
+    assert cloud.workers_ai_url == workers_ai.DEFAULT_BASE_URL
