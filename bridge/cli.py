@@ -283,7 +283,8 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
 
     from bridge.jobs import JobRunner, JobStore
     from bridge.paths import PathPolicy
-    from bridge.separate import KIND, check_request, job_handlers
+    from bridge.separate import KIND, check_request
+    from bridge.tasks import job_handlers
 
     # Files named on the command line are the user's own choice: their folders are allowed too.
     roots = [*config.paths.roots, *(Path(r["path"]).parent for r in requests)]

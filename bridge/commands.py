@@ -232,9 +232,49 @@ def fx_list(ctx: CallContext) -> Result:
     return {"chains": ctx.daemon.streams.running_stream("fx.list").effects.describe()}
 
 
+# -- the DAW's musical state -----------------------------------------------------------------------
+
+
+@command(
+    "daw.set",
+    Arg("tempo", float, "Tempo in BPM; omit or null to keep.", default=None, min=20.0, max=999.0),
+    Arg("numerator", int, "Time signature numerator; omit or null to keep.", default=None, min=1, max=99),
+    Arg("denominator", int, "Time signature denominator; omit or null to keep.", default=None, min=1, max=64),
+    Arg("playing", bool, "Transport running (1) or stopped (0); omit or null to keep.", default=None),
+    help="Report the DAW's tempo, time signature and transport (the Live and REAPER scripts send this).",
+    returns=("tempo", "numerator", "denominator", "playing"),
+)
+def daw_set(
+    ctx: CallContext, tempo: float | None, numerator: int | None, denominator: int | None, playing: bool | None
+) -> Result:
+    if denominator is not None and denominator & (denominator - 1):
+        raise BadRequest(f"daw.set: denominator {denominator} is not a power of two (1, 2, 4, 8, 16, 32, 64)")
+    ctx.daemon.daw.update(tempo, numerator, denominator, playing)
+    return ctx.daemon.daw.snapshot()
+
+
+@command(
+    "daw.status",
+    help="The tempo jobs will use (and whether it came from the DAW, MIDI clock or the default), "
+    "time signature, transport.",
+    returns=("tempo", "tempo_source", "numerator", "denominator", "playing"),
+)
+def daw_status(ctx: CallContext) -> Result:
+    return ctx.daemon.daw.snapshot()
+
+
 # -- file jobs -------------------------------------------------------------------------------------
 
 JOB_ID = Arg("id", str, "A job id, as returned by the command that started the job.")
+REQUEST_ID = Arg("request_id", str, "Your id for this request: sending it again returns the same job.", default="")
+# Every job that a cloud tier can run takes these; the router reads them (bridge/router.py).
+DEADLINE_ARGS = (
+    Arg("deadline_seconds", float, "Wanted within this many seconds (the router may pick a faster tier); "
+        "omit: a background job.", default=None, min=1.0, max=86400.0),
+    Arg("deadline_class", str, "realtime (as soon as possible: the fastest tier), interactive (a deadline) "
+        "or background; empty: from deadline_seconds.", default="",
+        choices=("", "realtime", "interactive", "background")),
+)
 
 
 @command("job.status", JOB_ID, help="One job: state, progress, result or error, timestamps.")
@@ -273,12 +313,8 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
     Arg("encoding", str, "Sample encoding; empty: separate.encoding.", default="",
         choices=("", "pcm16", "pcm24", "float")),
     Arg("shifts", int, "Random shifts averaged (quality vs time); omit: separate.shifts.", default=None, min=0, max=10),
-    Arg("request_id", str, "Your id for this request: sending it again returns the same job.", default=""),
-    Arg("deadline_seconds", float, "Wanted within this many seconds (the router may pick a faster tier); "
-        "omit: a background job.", default=None, min=1.0, max=86400.0),
-    Arg("deadline_class", str, "realtime (as soon as possible: the fastest tier), interactive (a deadline) "
-        "or background; empty: from deadline_seconds.", default="",
-        choices=("", "realtime", "interactive", "background")),
+    REQUEST_ID,
+    *DEADLINE_ARGS,
     help="Separate a file into stems as a background job; replies at once with the job id.",
     returns=("id", "state"),
 )

@@ -141,7 +141,12 @@ class RouterConfig(_Section):
 
     # Per task, the tiers to consider, in order of preference for fallbacks. Names: local,
     # selfhosted, replicate, huggingface, workers_ai (a tier is only used once it is configured).
-    order: dict[str, list[str]] = {"stems": ["local", "selfhosted", "replicate", "huggingface"]}
+    order: dict[str, list[str]] = {
+        "stems": ["local", "selfhosted", "replicate", "huggingface"],
+        "generate": ["local", "selfhosted", "replicate", "huggingface"],
+        "transcribe": ["local", "selfhosted", "workers_ai", "replicate", "huggingface"],
+        "tts": ["local", "selfhosted", "workers_ai"],
+    }
     monthly_budget_usd: float = Field(default=10.0, ge=0.0)
     # When only tiers over the budget could meet a deadline: run locally anyway, or refuse the job.
     over_budget: Literal["local", "refuse"] = "local"
@@ -180,6 +185,13 @@ class DaemonConfig(_Section):
     malloc_tuning: bool = True
 
 
+class DawConfig(_Section):
+    """The DAW's musical state as the daemon tracks it (`daw.set`, MIDI clock)."""
+
+    # Tempo used when neither the DAW nor MIDI clock has reported one.
+    default_tempo: float = Field(default=120.0, ge=20.0, le=999.0)
+
+
 class ModelsConfig(_Section):
     """Where model weights come from when no hub can be reached."""
 
@@ -216,6 +228,7 @@ class Config(_Section):
     osc: OscConfig = OscConfig()
     zmq: ZmqConfig = ZmqConfig()
     daemon: DaemonConfig = DaemonConfig()
+    daw: DawConfig = DawConfig()
     models: ModelsConfig = ModelsConfig()
     stream: StreamConfig = StreamConfig()
     jobs: JobsConfig = JobsConfig()

@@ -20,6 +20,7 @@ import zmq
 from bridge import __version__
 from bridge.commands import EVENTS, lookup
 from bridge.config import Config
+from bridge.daw import DawState
 from bridge.errors import BridgeError, Internal, StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.protocol import CallContext, CommandSpec, Reply, Request
@@ -50,6 +51,7 @@ class Daemon:
         self.zmq = ZmqServer(config.zmq, self.dispatch, self.hub)
         self.streams = StreamManager(config.stream, config.models.demucs_repo)
         self.paths = PathPolicy(config.paths.roots)
+        self.daw = DawState(config.daw.default_tempo)
         self.job_store: JobStore | None = None
         self.tiers: dict[str, Any] = {}
         self.router: Any = None
@@ -85,7 +87,7 @@ class Daemon:
             log.info("  %-13s %s", name, endpoint)
 
     def _start_jobs(self) -> None:
-        from bridge.separate import job_handlers
+        from bridge.tasks import job_handlers
 
         database = self.config.jobs.database
         assert database is not None  # load_config fills the default

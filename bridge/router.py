@@ -21,12 +21,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.config import Config, RouterConfig
-from bridge.errors import Forbidden
-from bridge.jobs import JobStore
+from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
+from bridge.jobs import JobCanceled, JobStore
+
+if TYPE_CHECKING:
+    from bridge.jobs import JobContext
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +246,73 @@ class Router:
         }
 
 
+def deadline_class(args: dict[str, Any], kind: str) -> str:
+    """realtime (as soon as possible), interactive (a deadline in seconds) or background, checked
+    against the request's `deadline_class` and `deadline_seconds` arguments."""
+    wanted = args.get("deadline_class") or ""
+    if wanted == "realtime":
+        return "realtime"
+    if wanted == "interactive" and args.get("deadline_seconds") is None:
+        raise BadRequest(f"{kind}: deadline_class 'interactive' needs deadline_seconds")
+    if wanted == "background" and args.get("deadline_seconds") is not None:
+        raise BadRequest(f"{kind}: deadline_class 'background' cannot have deadline_seconds")
+    return "interactive" if args.get("deadline_seconds") is not None else "background"
+
+
+def run_routed(
+    ctx: JobContext,
+    router: Router | None,
+    task: str,
+    model: str,
+    units: float,
+    run_local: Callable[[], tuple[T, str]],
+    run_remote: Callable[[str], tuple[T, float | None]],
+) -> tuple[T, dict[str, Any]]:
+    """Run a job on the tier the router picks, falling through its plan when a tier fails.
+
+    `units` is what speed and price scale with (audio seconds in or out). `run_local()` returns
+    (value, device); `run_remote(tier)` returns (value, cost in USD or None). The job's
+    `deadline_seconds` / `deadline_class` args choose the plan; each decision is recorded on the
+    job (`route`) and logged. Returns (value, {"tier", "device", "cost_usd"?}). A cancel or a
+    BadRequest (input no tier will accept) is not retried elsewhere.
+    """
+    args = ctx.job.args
+    if router is None:
+        plan: list[Decision] = []
+    else:
+        realtime = args.get("deadline_class") == "realtime"
+        plan = router.plan(task, model, units, args.get("deadline_seconds"), realtime=realtime)
+    failures: list[str] = []
+    for decision in plan or [None]:
+        tier = LOCAL if decision is None else decision.tier
+        if decision is not None:
+            ctx.set_route({**decision.to_dict(), "failed": list(failures)})
+            log.info("job %s -> %s: %s", ctx.job.id, tier, decision.reason)
+        ctx.check_cancelled()
+        started = time.monotonic()
+        try:
+            if tier == LOCAL:
+                value, device = run_local()
+                if router is not None:
+                    router.learn_local(task, model, units, time.monotonic() - started)
+                    router.succeeded(LOCAL, None, ctx.job.id)
+                return value, {"device": device, "tier": LOCAL}
+            value, cost = run_remote(tier)
+            assert router is not None and decision is not None
+            if cost is None:  # a tier that reports no price is charged what the router expected
+                cost = decision.estimated_cost_usd
+            router.succeeded(tier, cost, ctx.job.id)
+            return value, {"device": tier, "tier": tier, "cost_usd": cost}
+        except (JobCanceled, BadRequest):
+            raise
+        except BridgeError as err:
+            if router is not None:
+                router.failed(tier)
+            failures.append(f"{tier}: {err.code}: {err.message}")
+            log.warning("job %s: %s failed (%s); trying the next tier", ctx.job.id, tier, err.message)
+    raise Unavailable(f"{ctx.job.kind}: every tier failed: " + "; ".join(failures))
+
+
 def build_tiers(config: Config) -> dict[str, Any]:
     """The remote tiers whose credentials are configured, by name (tokens stay inside them)."""
     cloud = config.cloud
@@ -265,5 +338,11 @@ def build_tiers(config: Config) -> dict[str, Any]:
             base_url=cloud.huggingface_url,
             endpoint_url=cloud.huggingface_endpoint_url,
             models=dict(cloud.huggingface_models) or None,
+        )
+    if cloud.workers_ai_token is not None and cloud.workers_ai_account_id:
+        from engines.cloud.workers_ai import WorkersAITier
+
+        tiers["workers_ai"] = WorkersAITier(
+            cloud.workers_ai_token.get_secret_value(), cloud.workers_ai_account_id, base_url=cloud.workers_ai_url,
         )
     return tiers

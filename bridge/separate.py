@@ -20,6 +20,7 @@ from bridge.config import Config
 from bridge.errors import BadRequest
 from bridge.jobs import JobContext, atomic_write, remove_partials
 from bridge.paths import PathPolicy
+from bridge.router import deadline_class
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,8 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         "two_stems": args.get("two_stems") or "",
         "shifts": config.separate.shifts if args.get("shifts") is None else int(args["shifts"]),
         "deadline_seconds": args.get("deadline_seconds"),
-        "deadline_class": _deadline_class(args),
+        "deadline_class": deadline_class(args, KIND),
     }
-
-
-def _deadline_class(args: dict[str, Any]) -> str:
-    """realtime (as soon as possible), interactive (a deadline in seconds) or background."""
-    wanted = args.get("deadline_class") or ""
-    if wanted == "realtime":
-        return "realtime"
-    if wanted == "interactive" and args.get("deadline_seconds") is None:
-        raise BadRequest(f"{KIND}: deadline_class 'interactive' needs deadline_seconds")
-    if wanted == "background" and args.get("deadline_seconds") is not None:
-        raise BadRequest(f"{KIND}: deadline_class 'background' cannot have deadline_seconds")
-    return "interactive" if args.get("deadline_seconds") is not None else "background"
 
 
 def track_name(path: Path) -> str:
@@ -148,46 +137,18 @@ class SeparateJob:
         self, ctx: JobContext, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
     ) -> tuple[np.ndarray, tuple[str, ...], dict[str, Any]]:
         """Separate on the tier the router picks, falling through the plan when a tier fails."""
-        from bridge.errors import BridgeError, Unavailable
-        from bridge.jobs import JobCanceled
+        from bridge.router import run_routed
 
-        args = ctx.job.args
-        deadline = args.get("deadline_seconds")
-        if self.router is None:
-            plan = []
-        else:
-            realtime = args.get("deadline_class") == "realtime"
-            plan = self.router.plan("stems", args["model"], audio_seconds, deadline, realtime=realtime)
-        failures: list[str] = []
-        for decision in plan or [None]:
-            tier = "local" if decision is None else decision.tier
-            if decision is not None:
-                route = {**decision.to_dict(), "failed": list(failures)}
-                ctx.set_route(route)
-                log.info("job %s -> %s: %s", ctx.job.id, tier, decision.reason)
-            ctx.check_cancelled()
-            started = time.monotonic()
-            try:
-                if tier == "local":
-                    separated, stems, device = self._separate_local(ctx, audio, sample_rate)
-                    if self.router is not None:
-                        self.router.learn_local("stems", args["model"], audio_seconds, time.monotonic() - started)
-                        self.router.succeeded("local", None, ctx.job.id)
-                    return separated, stems, {"device": device, "tier": "local"}
-                separated, stems, cost = self._separate_remote(ctx, tier, source, audio, sample_rate, audio_seconds)
-                assert self.router is not None and decision is not None
-                if cost is None:  # a tier that reports no price is charged what the router expected
-                    cost = decision.estimated_cost_usd
-                self.router.succeeded(tier, cost, ctx.job.id)
-                return separated, stems, {"device": tier, "tier": tier, "cost_usd": cost}
-            except (JobCanceled, BadRequest):
-                raise  # the user's cancel, or input no tier will accept: no fallback
-            except BridgeError as err:
-                if self.router is not None:
-                    self.router.failed(tier)
-                failures.append(f"{tier}: {err.code}: {err.message}")
-                log.warning("job %s: %s failed (%s); trying the next tier", ctx.job.id, tier, err.message)
-        raise Unavailable(f"{KIND}: every tier failed: " + "; ".join(failures))
+        def local() -> tuple[tuple[np.ndarray, tuple[str, ...]], str]:
+            separated, stems, device = self._separate_local(ctx, audio, sample_rate)
+            return (separated, stems), device
+
+        def remote(tier: str) -> tuple[tuple[np.ndarray, tuple[str, ...]], float | None]:
+            separated, stems, cost = self._separate_remote(ctx, tier, source, audio, sample_rate, audio_seconds)
+            return (separated, stems), cost
+
+        (separated, stems), where = run_routed(ctx, self.router, "stems", ctx.job.args["model"], audio_seconds, local, remote)
+        return separated, stems, where
 
     def _separate_local(self, ctx: JobContext, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
         import torch
@@ -297,10 +258,3 @@ def _writer(data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> Calla
         soundfile.write(str(tmp), data.T, sample_rate, subtype=subtype, format=fmt.upper())
 
     return write
-
-
-def job_handlers(
-    config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
-) -> dict[str, Callable[[JobContext], dict[str, Any]]]:
-    """Every job kind the daemon runs, by name (the command that submits it)."""
-    return {KIND: SeparateJob(config, paths, router, tiers)}
