@@ -76,6 +76,12 @@ def _build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("cancel", nargs="?", choices=["cancel"], help="cancel the job ID")
     jobs.add_argument("job_id", nargs="?", metavar="ID")
     jobs.add_argument("--state", default="", help="only jobs in this state")
+
+    ableton = sub.add_parser("install-ableton", help="install the Ableton Live Remote Script (Control Surface)")
+    ableton.add_argument(
+        "--dest", type=Path, metavar="DIR",
+        help="your Remote Scripts folder (default: <User Library>/Remote Scripts on macOS and Windows)",
+    )
     return parser
 
 
@@ -83,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.action == "commands":
         return _commands(args)
+    if args.action == "install-ableton":
+        return _install_ableton(args.dest)
     try:
         config = load_config(args.config)
     except ConfigError as err:
@@ -106,6 +114,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "serve":
         return _serve(config, args)
     raise AssertionError(f"unhandled action {args.action}")  # argparse restricts the choices
+
+
+ABLETON_SCRIPT_NAME = "Flowstate"  # the folder name is the Control Surface name Live lists
+
+
+def ableton_remote_scripts_dir(platform: str, home: Path) -> Path | None:
+    """Live's default `<User Library>/Remote Scripts` on macOS and Windows; None elsewhere."""
+    if platform == "darwin":
+        return home / "Music" / "Ableton" / "User Library" / "Remote Scripts"
+    if platform == "win32":
+        return home / "Documents" / "Ableton" / "User Library" / "Remote Scripts"
+    return None
+
+
+def _install_ableton(dest: Path | None) -> int:
+    """Copy `ableton_remote/` to `<Remote Scripts>/Flowstate`, replacing an older copy."""
+    import importlib.util
+    import shutil
+
+    folder = dest.expanduser() if dest is not None else ableton_remote_scripts_dir(sys.platform, Path.home())
+    if folder is None:
+        print(f"flowstate: Live has no default folder on {sys.platform}; give your Remote Scripts folder with "
+              "--dest DIR", file=sys.stderr)
+        return 2
+    if dest is None and not folder.parent.is_dir():
+        print(f"flowstate: no Live User Library at {folder.parent}; if yours is elsewhere (Live's Settings → "
+              "Library), give its Remote Scripts folder with --dest DIR", file=sys.stderr)
+        return 1
+    spec = importlib.util.find_spec("ableton_remote")
+    if spec is None or not spec.submodule_search_locations:
+        print("flowstate: the ableton_remote package is not installed; reinstall flowstate-bridge", file=sys.stderr)
+        return 1
+    source = Path(list(spec.submodule_search_locations)[0])
+    target = folder / ABLETON_SCRIPT_NAME
+    replaced = target.exists() or target.is_symlink()
+    try:
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif replaced:
+            target.unlink()
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    except OSError as err:
+        print(f"flowstate: cannot install into {target}: {err}", file=sys.stderr)
+        return 1
+    print(f"{'Replaced the older' if replaced else 'Installed the'} Flowstate Remote Script in {target}")
+    print("Next: restart Live, open Settings → Link, Tempo & MIDI and pick \"Flowstate\" as a Control Surface "
+          "(its Input: the pad or controller you want to use). Then run `flowstate up`.")
+    return 0
 
 
 def _setup_logging(config: Config) -> None:

@@ -1,0 +1,378 @@
+"""The Flowstate control surface: what Live calls, and what it does with the daemon.
+
+Live calls `update_display` about every 100 ms on its main thread; that is this script's only
+clock (it is the same timer `_Framework`'s `schedule_message` counts in). Each tick drains the
+sockets, handles replies and events, and sends what changed since the last tick. No threads, no
+blocking calls, and no exception ever reaches Live: every entry point logs to Live's Log.txt and
+says what went wrong in the status bar.
+
+MIDI on the input port chosen for "Flowstate" in Live's settings (channel and numbers below):
+note NOTE_SEPARATE separates the selected clip, NOTE_STREAM_START / NOTE_STREAM_STOP start and
+stop live stems, and the CCs in GAIN_CCS set a stem's gain (0..127 -> GAIN_MIN_DB..GAIN_MAX_DB).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import Live  # Live's own module: present only inside Live (tests inject a simulation)
+
+from .link import UNAVAILABLE, DaemonLink
+from .osc import OscArg
+from .placement import (
+    LIVE_WITH_AUDIO_CLIP_IMPORT,
+    ClipTarget,
+    PlacementError,
+    missing_api,
+    place_stems,
+    selected_clip,
+    stems_folder,
+)
+
+# -- settings: change these here, then restart Live ------------------------------------------------
+
+DAEMON_HOST = "127.0.0.1"  # where `flowstate up` listens (osc.host in its config.yaml)
+DAEMON_PORT = 9010  # osc.udp_port
+LISTEN_HOST = "127.0.0.1"  # where this script receives events; the daemon must be able to reach it
+
+MIDI_CHANNEL = 0  # 0 = MIDI channel 1 ... 15 = channel 16
+NOTE_SEPARATE = 36  # C1 in Live's note names: separate the selected clip into stem tracks
+NOTE_STREAM_START = 37  # C#1: start live stems
+NOTE_STREAM_STOP = 38  # D1: stop live stems
+GAIN_CCS = {20: "drums", 21: "bass", 22: "other", 23: "vocals"}  # CC number -> stem
+GAIN_MIN_DB = -60.0  # CC value 0
+GAIN_MAX_DB = 6.0  # CC value 127
+
+REQUEST_TIMEOUT_SECONDS = 5.0
+STREAM_START_TIMEOUT_SECONDS = 120.0  # the first start loads the model
+RECONNECT_SECONDS = 5.0  # while the daemon is away, try to register again this often
+
+PREFIX = "Flowstate: "
+SONG_PROPERTIES = ("tempo", "signature_numerator", "signature_denominator", "is_playing")
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def cc_to_gain_db(value: int) -> float:
+    """A CC value 0..127 as a gain, linear in dB from GAIN_MIN_DB to GAIN_MAX_DB."""
+    value = min(max(int(value), 0), 127)
+    return round(GAIN_MIN_DB + (GAIN_MAX_DB - GAIN_MIN_DB) * value / 127.0, 2)
+
+
+def _guarded(method: Method) -> Method:
+    """Entry points from Live: an exception is logged and shown, never raised into Live."""
+
+    @functools.wraps(method)
+    def guarded(self: FlowstateSurface, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:  # the boundary with Live: report, keep Live running
+            self._log(f"internal error in {method.__name__}:\n{traceback.format_exc()}")
+            self._show(f"internal error in {method.__name__}: {err} (details in Live's Log.txt)")
+            return None
+
+    return guarded  # type: ignore[return-value]
+
+
+def _number(value: OscArg, digits: int = 0) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+
+class FlowstateSurface:
+    """The object `create_instance` gives Live: Live calls its methods, the user presses MIDI."""
+
+    def __init__(self, c_instance: Any) -> None:
+        self._c = c_instance
+        self._link = DaemonLink(DAEMON_HOST, DAEMON_PORT, LISTEN_HOST, on_event=self._on_event, log=self._log)
+        self._jobs: dict[str, ClipTarget] = {}  # our separation jobs, by job id
+        self._percent: dict[str, int] = {}  # the progress last shown, by job id
+        self._on_song_change = self._song_changed  # one callable, so Live can match it on removal
+        self._song_listened: list[str] = []
+        self._daw_dirty = True  # tempo / signature / transport to send on the next tick
+        self._gains: dict[str, float] = {}  # the latest CC gain per stem, sent on the next tick
+        self._registered = False
+        self._register_in_flight = False
+        self._next_register = 0.0
+        self._told_offline = False
+        self._connect()
+
+    # -- Live's interface ------------------------------------------------------------------------
+
+    @_guarded
+    def _connect(self) -> None:
+        try:
+            self._link.open()
+        except OSError as err:
+            self._show(f"cannot open a UDP socket to {self._link.where}: {err}")
+            return
+        song = self._c.song()
+        for name in SONG_PROPERTIES:
+            getattr(song, f"add_{name}_listener")(self._on_song_change)
+            self._song_listened.append(name)
+        self._log(f"talking to the daemon at {self._link.where}, events on port {self._link.event_port}")
+        self._register()
+
+    @_guarded
+    def disconnect(self) -> None:
+        """Live unloads the script: remove every listener, unregister, close the sockets."""
+        song = self._c.song()
+        for name in self._song_listened:
+            if getattr(song, f"{name}_has_listener")(self._on_song_change):
+                getattr(song, f"remove_{name}_listener")(self._on_song_change)
+        self._song_listened.clear()
+        port = self._link.event_port
+        if port is not None:  # even with a register in flight: the daemon handles both in order
+            self._link.request("unregister", [port], _ignore_reply, _ignore_error, REQUEST_TIMEOUT_SECONDS)
+        self._link.close()
+        self._jobs.clear()
+        self._percent.clear()
+        self._registered = False
+
+    @_guarded
+    def update_display(self) -> None:
+        """Live's timer (about every 100 ms): handle what arrived, send what changed."""
+        if not self._link.is_open:
+            return
+        self._link.poll()
+        now = time.monotonic()
+        if not self._registered and not self._register_in_flight and now >= self._next_register:
+            self._register()
+        if self._registered and self._daw_dirty:
+            self._send_daw_state()
+        while self._gains:
+            stem, gain_db = self._gains.popitem()
+            self.set_stem_gain(stem, gain_db)
+
+    @_guarded
+    def refresh_state(self) -> None:
+        self._daw_dirty = True
+
+    @_guarded
+    def build_midi_map(self, midi_map_handle: Any) -> None:
+        """Ask Live to forward our notes and CCs to `receive_midi` instead of the tracks."""
+        script = self._c.handle()
+        for note in (NOTE_SEPARATE, NOTE_STREAM_START, NOTE_STREAM_STOP):
+            Live.MidiMap.forward_midi_note(script, midi_map_handle, MIDI_CHANNEL, note)
+        for cc in GAIN_CCS:
+            Live.MidiMap.forward_midi_cc(script, midi_map_handle, MIDI_CHANNEL, cc)
+
+    @_guarded
+    def receive_midi(self, midi_bytes: tuple[int, ...]) -> None:
+        if len(midi_bytes) != 3 or (midi_bytes[0] & 0x0F) != MIDI_CHANNEL:
+            return
+        kind, number, value = midi_bytes[0] & 0xF0, midi_bytes[1], midi_bytes[2]
+        if kind == 0x90 and value > 0:  # note on (velocity 0 is a note off)
+            action = {
+                NOTE_SEPARATE: self.separate_selected_clip,
+                NOTE_STREAM_START: self.start_stream,
+                NOTE_STREAM_STOP: self.stop_stream,
+            }.get(number)
+            if action is not None:
+                action()
+        elif kind == 0xB0 and number in GAIN_CCS:
+            self._gains[GAIN_CCS[number]] = cc_to_gain_db(value)  # a moving fader: latest value wins
+
+    def connect_script_instances(self, instances: Any) -> None:
+        """Live introduces the other control surfaces; Flowstate works alone."""
+
+    def suggest_input_port(self) -> str:
+        return ""
+
+    def suggest_output_port(self) -> str:
+        return ""
+
+    def can_lock_to_devices(self) -> bool:
+        return False
+
+    # -- actions (MIDI, or another script) -------------------------------------------------------
+
+    @_guarded
+    def separate_selected_clip(self) -> None:
+        """Send the selected audio clip's file to `stems.separate`; stems come back as tracks."""
+        try:
+            target = selected_clip(self._c.song(), self._c.application())
+        except PlacementError as err:
+            self._show(str(err))
+            return
+        self._show(f"separating '{target.clip_name}'...")
+        self._link.request(
+            "stems.separate",
+            [target.file_path],
+            lambda args: self._separation_queued(target, args),
+            lambda code, message: self._show(f"cannot separate '{target.clip_name}': {code}: {message}"),
+            REQUEST_TIMEOUT_SECONDS,
+        )
+
+    @_guarded
+    def start_stream(self) -> None:
+        self._show("starting live stems (the first start loads the model)...")
+        self._link.request(
+            "stream.start", [], self._stream_started, self._stream_error("did not start"), STREAM_START_TIMEOUT_SECONDS
+        )
+
+    @_guarded
+    def stop_stream(self) -> None:
+        self._link.request(
+            "stream.stop", [], lambda args: self._show("live stems stopped"),
+            self._stream_error("did not stop"), REQUEST_TIMEOUT_SECONDS,
+        )
+
+    @_guarded
+    def set_stem_gain(self, stem: str, gain_db: float) -> None:
+        self._link.request(
+            "stream.set",
+            [stem, float(gain_db)],
+            lambda args: self._show(f"{args[0]} {_number(args[1], 1)} dB"),
+            self._stream_error(f"{stem} gain not set"),
+            REQUEST_TIMEOUT_SECONDS,
+        )
+
+    # -- the daemon's answers --------------------------------------------------------------------
+
+    def _register(self) -> None:
+        port = self._link.event_port
+        if port is None:
+            return
+        self._register_in_flight = True
+        self._next_register = time.monotonic() + RECONNECT_SECONDS
+        self._link.request("register", [port], self._registered_ok, self._register_failed, REQUEST_TIMEOUT_SECONDS)
+
+    def _registered_ok(self, args: tuple[OscArg, ...]) -> None:
+        self._register_in_flight = False
+        self._registered = True
+        self._daw_dirty = True  # a daemon that was away knows nothing of the set yet
+        if self._told_offline:
+            self._told_offline = False
+            self._show(f"connected to the daemon at {self._link.where}")
+
+    def _register_failed(self, code: str, message: str) -> None:
+        self._register_in_flight = False
+        self._registered = False
+        if code == UNAVAILABLE:
+            self._offline(message)
+        else:
+            self._show(f"cannot register for events: {code}: {message}")
+
+    def _offline(self, message: str) -> None:
+        """Say once that the daemon is away; it is retried quietly until it is back."""
+        self._registered = False
+        if not self._told_offline:
+            self._told_offline = True
+            self._show(message)
+
+    def _send_daw_state(self) -> None:
+        song = self._c.song()
+        state = [float(song.tempo), int(song.signature_numerator), int(song.signature_denominator), bool(song.is_playing)]
+        self._daw_dirty = False
+        self._link.request("daw.set", state, _ignore_reply, self._daw_set_failed, REQUEST_TIMEOUT_SECONDS)
+
+    def _daw_set_failed(self, code: str, message: str) -> None:
+        if code == UNAVAILABLE:
+            self._offline(message)  # sent again once the daemon is back (see _registered_ok)
+        else:
+            self._log(f"daw.set: {code}: {message}")
+            self._show(f"tempo/transport not sent: {code}: {message}")
+
+    def _song_changed(self) -> None:
+        # Live calls listeners in the middle of its own changes: only note it, send on the tick.
+        self._daw_dirty = True
+
+    def _separation_queued(self, target: ClipTarget, args: tuple[OscArg, ...]) -> None:
+        job_id = str(args[0]) if args else ""
+        self._jobs[job_id] = target
+        self._show(f"separating '{target.clip_name}': queued")
+
+    def _stream_started(self, args: tuple[OscArg, ...]) -> None:
+        round_trip, latency = (list(args) + [None, None])[:2]
+        self._show(f"live stems running: latency {_number(latency)} ms, round trip {_number(round_trip)} ms")
+
+    def _stream_error(self, what: str) -> Callable[[str, str], None]:
+        return lambda code, message: self._show(f"live stems {what}: {code}: {message}")
+
+    def _on_event(self, name: str, args: tuple[OscArg, ...]) -> None:
+        """An event from the daemon (ours, or any, since the event socket is registered)."""
+        if name.startswith("job."):
+            self._on_job_event(name, args)
+        elif name == "stream.started":
+            self._stream_started(args)
+        elif name == "stream.stopped":
+            self._show("live stems stopped")
+        elif name == "daemon.stopping":
+            self._registered = False
+            self._next_register = time.monotonic() + RECONNECT_SECONDS
+            self._told_offline = True
+            reason = args[0] if args else "shutdown"
+            self._show(f"the daemon is stopping ({reason}); Flowstate reconnects when it is back (`flowstate up`)")
+
+    def _on_job_event(self, name: str, args: tuple[OscArg, ...]) -> None:
+        job_id = str(args[0]) if args else ""
+        target = self._jobs.get(job_id)
+        if target is None:
+            return  # someone else's job, or one of ours already finished (events come twice)
+        if name == "job.progress":
+            fraction = args[1] if len(args) > 1 and isinstance(args[1], (int, float)) else 0.0
+            percent = round(fraction * 100)
+            if self._percent.get(job_id) != percent:  # each event arrives on both sockets
+                self._percent[job_id] = percent
+                self._show(f"separating '{target.clip_name}': {percent}%")
+            return
+        del self._jobs[job_id]
+        self._percent.pop(job_id, None)
+        if name == "job.done":
+            self._place(target, args[1] if len(args) > 1 else "")
+        elif name == "job.failed":
+            code, message = (list(args[1:]) + ["", ""])[:2]
+            self._show(f"separating '{target.clip_name}' failed: {code}: {message}")
+        else:
+            self._show(f"separating '{target.clip_name}' was canceled")
+
+    def _place(self, target: ClipTarget, result_text: OscArg) -> None:
+        """Stems are on disk: one new track per stem, where the clip was."""
+        try:
+            result = json.loads(str(result_text))
+        except json.JSONDecodeError:
+            result = None
+        paths = result.get("paths") if isinstance(result, dict) else None
+        if not isinstance(paths, dict) or not paths:
+            self._show(f"separating '{target.clip_name}' finished without stem files: {str(result_text)[:200]}")
+            return
+        song = self._c.song()
+        missing = missing_api(song, target)
+        if missing is not None:
+            self._show(
+                f"stems of '{target.clip_name}' are in {stems_folder(paths)}, but this Live has no {missing} "
+                f"({LIVE_WITH_AUDIO_CLIP_IMPORT} or later has it): drag them in from the browser"
+            )
+            return
+        report = place_stems(song, target, {str(stem): str(path) for stem, path in paths.items()})
+        for stem, why in report.failed:
+            self._log(f"stem {stem} of '{target.clip_name}' not placed: {why}")
+        if report.failed:
+            stem, why = report.failed[0]
+            self._show(
+                f"added {len(report.created)} of {len(paths)} stems of '{target.clip_name}'; "
+                f"{stem}: {why} (files in {stems_folder(paths)})"
+            )
+        else:
+            self._show(f"added {', '.join(report.created)} for '{target.clip_name}' ({target.where})")
+
+    # -- Live's status bar and log ---------------------------------------------------------------
+
+    def _show(self, text: str) -> None:
+        self._c.show_message(PREFIX + text)
+
+    def _log(self, text: str) -> None:
+        self._c.log_message(PREFIX + text)
+
+
+def _ignore_reply(args: tuple[OscArg, ...]) -> None:
+    """For requests whose reply needs no action (the state was sent; errors still count)."""
+
+
+def _ignore_error(code: str, message: str) -> None:
+    """For the unregister sent while Live unloads the script: nobody is left to tell."""

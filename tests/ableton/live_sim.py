@@ -1,0 +1,332 @@
+"""A simulated Live Object Model, faithful to the documented API the Remote Script uses.
+
+Live itself cannot run here, so this stands in for it: Application (with its view's
+`focused_document_view`), Song (tempo, time signature, transport, tracks, scenes, the view's
+`selected_track` / `detail_clip` / `highlighted_clip_slot`, `create_audio_track`), Track,
+ClipSlot, Clip and Scene, with Live's listener methods (`add_<prop>_listener`,
+`remove_<prop>_listener`, `<prop>_has_listener`), the `c_instance` a Remote Script receives, and
+Live's `Live` module (`Live.MidiMap.forward_midi_note/_cc`).
+
+Where Live is strict, so is this: adding a listener twice or removing one that is not there
+raises; changing the set from inside a listener raises (Live: "Changes cannot be triggered by
+notifications"); `create_audio_clip` reads the file (with libsndfile) and refuses a non-audio
+track, an occupied slot or a position outside [0, 1576800] beats. `version=11` builds a Live
+without the Live 12 calls `Track.create_audio_clip` and `ClipSlot.create_audio_clip`.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import soundfile
+
+ARRANGEMENT_MAX_BEATS = 1576800.0
+SESSION = "Session"
+ARRANGER = "Arranger"
+
+
+class Observable:
+    """Live-style listeners for the names in `_observed`, and setters that notify them."""
+
+    _observed: tuple[str, ...] = ()
+
+    def __init__(self, live: LiveSet) -> None:
+        self._live = live
+        self._listeners: dict[str, list[Callable[[], None]]] = {name: [] for name in self._observed}
+
+    def __getattr__(self, attr: str) -> Any:
+        for name in self._observed:
+            if attr == f"add_{name}_listener":
+                return lambda callback, name=name: self._add(name, callback)
+            if attr == f"remove_{name}_listener":
+                return lambda callback, name=name: self._remove(name, callback)
+            if attr == f"{name}_has_listener":
+                return lambda callback, name=name: callback in self._listeners[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+    def _add(self, name: str, callback: Callable[[], None]) -> None:
+        if callback in self._listeners[name]:
+            raise RuntimeError("Listener already connected")
+        self._listeners[name].append(callback)
+
+    def _remove(self, name: str, callback: Callable[[], None]) -> None:
+        if callback not in self._listeners[name]:
+            raise RuntimeError("Listener not connected")
+        self._listeners[name].remove(callback)
+
+    def listener_count(self, name: str) -> int:
+        return len(self._listeners[name])
+
+    def _notify(self, name: str) -> None:
+        self._live.notifying += 1
+        try:
+            for callback in list(self._listeners[name]):
+                callback()
+        finally:
+            self._live.notifying -= 1
+
+
+def _check_not_notifying(live: LiveSet) -> None:
+    if live.notifying:
+        raise RuntimeError("Changes cannot be triggered by notifications. You will need to defer your response.")
+
+
+def _check_audio_file(path: str) -> None:
+    """Live reads the file it is given: an absolute path to audio it can decode."""
+    if not os.path.isabs(path):
+        raise RuntimeError(f"Invalid file path (must be absolute): {path}")
+    try:
+        soundfile.info(path)
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise RuntimeError(f"Failed to load audio file {path}: {err}") from None
+
+
+class Clip:
+    def __init__(self, parent: Any, name: str, file_path: str = "", *, is_audio: bool = True,
+                 arrangement: bool = False, start_time: float = 0.0, length: float = 4.0) -> None:
+        self.canonical_parent = parent
+        self.name = name
+        self.file_path = file_path if is_audio else ""
+        self.is_audio_clip = is_audio
+        self.is_midi_clip = not is_audio
+        self.is_arrangement_clip = arrangement
+        self.start_time = start_time if arrangement else 0.0
+        self.length = length
+        self.end_time = self.start_time + length
+
+
+class ClipSlot:
+    def __init__(self, track: Track) -> None:
+        self.canonical_parent = track
+        self.clip: Clip | None = None
+
+    @property
+    def has_clip(self) -> bool:
+        return self.clip is not None
+
+
+class ClipSlot12(ClipSlot):
+    def create_audio_clip(self, path: str) -> None:
+        """Live 12: import an audio file into this (empty) slot of an audio track."""
+        _check_not_notifying(self.canonical_parent._live)
+        if not self.canonical_parent.has_audio_input:
+            raise RuntimeError("Clip slot does not belong to an audio track")
+        if self.has_clip:
+            raise RuntimeError("Clip slot is not empty")
+        _check_audio_file(path)
+        self.clip = Clip(self, os.path.splitext(os.path.basename(path))[0], path)
+
+
+class Track(Observable):
+    _observed = ("name",)
+
+    def __init__(self, live: LiveSet, name: str, audio: bool = True) -> None:
+        super().__init__(live)
+        self._name = name
+        self.has_audio_input = audio
+        self.has_midi_input = not audio
+        self.clip_slots = [live.slot_class(self) for _ in live.song.scenes]
+        self.arrangement_clips: list[Clip] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        _check_not_notifying(self._live)
+        self._name = str(value)
+        self._notify("name")
+
+    # Helpers for tests (what the user would do with the mouse), not Live API.
+    def add_arrangement_clip(self, file_path: str, start_time: float, name: str = "", audio: bool = True) -> Clip:
+        clip = Clip(self, name or os.path.splitext(os.path.basename(file_path))[0], file_path,
+                    is_audio=audio, arrangement=True, start_time=start_time)
+        self.arrangement_clips.append(clip)
+        return clip
+
+    def add_session_clip(self, scene_index: int, file_path: str, name: str = "", audio: bool = True) -> Clip:
+        slot = self.clip_slots[scene_index]
+        slot.clip = Clip(slot, name or os.path.splitext(os.path.basename(file_path))[0], file_path, is_audio=audio)
+        return slot.clip
+
+
+class Track12(Track):
+    def create_audio_clip(self, file_path: str, position: float) -> Clip:
+        """Live 12: an Arrangement clip referencing the file, starting at `position` beats."""
+        _check_not_notifying(self._live)
+        if not self.has_audio_input:
+            raise RuntimeError("Track is not an audio track")
+        if not 0.0 <= float(position) <= ARRANGEMENT_MAX_BEATS:
+            raise RuntimeError(f"Position {position} out of range [0, {ARRANGEMENT_MAX_BEATS:g}]")
+        _check_audio_file(file_path)
+        return self.add_arrangement_clip(file_path, float(position))
+
+
+@dataclass
+class Scene:
+    name: str = ""
+
+
+@dataclass
+class SongView:
+    selected_track: Track | None = None
+    selected_scene: Scene | None = None
+    detail_clip: Clip | None = None
+    highlighted_clip_slot: ClipSlot | None = None
+
+
+class Song(Observable):
+    _observed = ("tempo", "signature_numerator", "signature_denominator", "is_playing", "tracks")
+
+    def __init__(self, live: LiveSet, num_scenes: int) -> None:
+        super().__init__(live)
+        self.scenes = [Scene(str(index + 1)) for index in range(num_scenes)]
+        self._tracks: list[Track] = []
+        self.view = SongView()
+        self._tempo = 120.0
+        self._signature_numerator = 4
+        self._signature_denominator = 4
+        self._is_playing = False
+
+    @property
+    def tracks(self) -> tuple[Track, ...]:
+        return tuple(self._tracks)
+
+    def create_audio_track(self, index: int = -1) -> None:
+        """Insert an audio track at `index` (0..len(tracks); -1: at the end). Returns nothing."""
+        _check_not_notifying(self._live)
+        if index != -1 and not 0 <= index <= len(self._tracks):
+            raise RuntimeError(f"Index {index} out of range [0, {len(self._tracks)}] (or -1)")
+        track = self._live.track_class(self._live, f"{len(self._tracks) + 1}-Audio")
+        self._tracks.insert(len(self._tracks) if index == -1 else index, track)
+        self.view.selected_track = track  # Live selects the new track
+        self._notify("tracks")
+
+    def _set(self, name: str, value: Any) -> None:
+        _check_not_notifying(self._live)
+        if getattr(self, f"_{name}") != value:
+            setattr(self, f"_{name}", value)
+            self._notify(name)
+
+    tempo = property(lambda self: self._tempo, lambda self, v: self._set("tempo", float(v)))
+    signature_numerator = property(lambda self: self._signature_numerator,
+                                   lambda self, v: self._set("signature_numerator", int(v)))
+    signature_denominator = property(lambda self: self._signature_denominator,
+                                     lambda self, v: self._set("signature_denominator", int(v)))
+    is_playing = property(lambda self: self._is_playing, lambda self, v: self._set("is_playing", bool(v)))
+
+    def start_playing(self) -> None:
+        self.is_playing = True
+
+    def stop_playing(self) -> None:
+        self.is_playing = False
+
+
+@dataclass
+class ApplicationView:
+    focused_document_view: str = ARRANGER
+
+
+@dataclass
+class Application:
+    view: ApplicationView = field(default_factory=ApplicationView)
+    major: int = 12
+
+    def get_major_version(self) -> int:
+        return self.major
+
+
+class CInstance:
+    """What Live hands a Remote Script: its song, the application, the status bar and the log."""
+
+    def __init__(self, live: LiveSet) -> None:
+        self._live = live
+        self.messages: list[str] = []  # the status bar, oldest first
+        self.log: list[str] = []  # Live's Log.txt
+        self.rebuild_requests = 0
+
+    def song(self) -> Song:
+        return self._live.song
+
+    def application(self) -> Application:
+        return self._live.application
+
+    def show_message(self, message: str) -> None:
+        self.messages.append(str(message))
+
+    def log_message(self, message: str) -> None:
+        self.log.append(str(message))
+
+    def handle(self) -> object:
+        return self._live.script_handle
+
+    def request_rebuild_midi_map(self) -> None:
+        self.rebuild_requests += 1
+
+    def send_midi(self, midi_bytes: tuple[int, ...]) -> None:
+        pass  # Flowstate sends no MIDI feedback
+
+
+class LiveSet:
+    """One running Live: `version=12` has the Live 12 audio-clip calls, `version=11` does not."""
+
+    def __init__(self, version: int = 12, num_scenes: int = 4) -> None:
+        self.version = version
+        self.notifying = 0
+        self.track_class: type[Track] = Track12 if version >= 12 else Track
+        self.slot_class: type[ClipSlot] = ClipSlot12 if version >= 12 else ClipSlot
+        self.song = Song(self, num_scenes)
+        self.application = Application(major=version)
+        self.script_handle = object()
+        self.c_instance = CInstance(self)
+
+    def add_audio_track(self, name: str, audio: bool = True) -> Track:
+        """A track the user made before the script ran."""
+        track = self.track_class(self, name, audio)
+        self.song._tracks.append(track)
+        return track
+
+    def select_arrangement_clip(self, clip: Clip) -> None:
+        self.application.view.focused_document_view = ARRANGER
+        self.song.view.detail_clip = clip
+        self.song.view.selected_track = clip.canonical_parent
+
+    def select_session_slot(self, slot: ClipSlot) -> None:
+        self.application.view.focused_document_view = SESSION
+        self.song.view.highlighted_clip_slot = slot
+        self.song.view.detail_clip = slot.clip
+        self.song.view.selected_track = slot.canonical_parent
+
+
+@dataclass
+class MidiMapHandle:
+    """What Live passes to build_midi_map; records what the script asked to be forwarded."""
+
+    notes: list[tuple[object, int, int]] = field(default_factory=list)  # (script handle, channel, note)
+    ccs: list[tuple[object, int, int]] = field(default_factory=list)  # (script handle, channel, cc)
+
+
+def live_module() -> types.ModuleType:
+    """Live's `Live` module as far as the script uses it: `Live.MidiMap.forward_midi_*`."""
+
+    def forward(kind: str) -> Callable[[object, MidiMapHandle, int, int], bool]:
+        def forward_midi(script_handle: object, handle: MidiMapHandle, channel: int, number: int) -> bool:
+            if not isinstance(handle, MidiMapHandle):
+                raise TypeError(f"forward_midi: expected the midi_map_handle Live passed, got {handle!r}")
+            if not (0 <= channel <= 15 and 0 <= number <= 127):
+                raise RuntimeError(f"forward_midi: channel {channel} or number {number} out of range")
+            getattr(handle, kind).append((script_handle, channel, number))
+            return True
+
+        return forward_midi
+
+    module = types.ModuleType("Live")
+    module.MidiMap = types.SimpleNamespace(  # type: ignore[attr-defined]
+        forward_midi_note=forward("notes"), forward_midi_cc=forward("ccs")
+    )
+    return module
