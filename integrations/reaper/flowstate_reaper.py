@@ -1,0 +1,464 @@
+"""Flowstate for REAPER: what the Flowstate ReaScripts share (standard library only).
+
+Each action script finds its folder, imports this module, makes one task and drives it from
+REAPER's defer loop: `start()` once, then `step()` on every defer cycle (about 30 a second) while
+it returns True, and `close()` from `RPR_atexit`. Nothing here blocks: the UDP socket is polled,
+never waited on, so REAPER stays responsive while the daemon works. Nothing raises into REAPER:
+a problem becomes a message box and a line in the ReaScript console.
+
+The daemon's address is REAPER's extended state `Flowstate/daemon_address` ("host:port",
+default 127.0.0.1:9010); the "Flowstate - set daemon address" action changes it.
+
+This file must stay ASCII: REAPER does not read every script as UTF-8 on every platform.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import reaper_python as rpr  # REAPER's own module (inside REAPER); a simulation in the tests
+
+from flowstate_osc import DaemonUnreachable, OscUdpClient
+
+TITLE = "Flowstate"
+EXT_SECTION = "Flowstate"
+EXT_ADDRESS_KEY = "daemon_address"
+DEFAULT_ADDRESS = "127.0.0.1:9010"
+
+# How long to wait for the reply to a request before saying the daemon does not answer.
+REPLY_TIMEOUT_SECONDS = 5.0
+# stream.start loads a model and opens the audio device before it replies.
+STREAM_START_TIMEOUT_SECONDS = 90.0
+# A job that has been silent this long is asked for its state: UDP may lose an event.
+CHECK_JOB_AFTER_SECONDS = 10.0
+# REAPER action "Track: Set first selected track as last touched track": InsertMedia's mode 0
+# inserts on the last touched track, which selecting a track alone does not change.
+ACTION_SELECTED_TRACK_AS_LAST_TOUCHED = 40914
+# Undo flag: the undo point may cover every kind of change (tracks, items, selection).
+UNDO_STATE_ALL = -1
+SOURCE_NAME_BUFFER = 4096
+
+_POINTER = re.compile(r"^\((\w+\*|HWND)\)0x([0-9A-Fa-f]+)$")
+
+
+class FlowstateError(Exception):
+    """A problem to tell the user about (not a bug)."""
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    """One line in REAPER's ReaScript console."""
+    rpr.RPR_ShowConsoleMsg("Flowstate: %s\n" % text)
+
+
+def alert(text: str) -> None:
+    """A message box the user must acknowledge, and the same text in the console."""
+    say(text)
+    rpr.RPR_ShowMessageBox(text, TITLE, 0)
+
+
+def is_null(pointer: Any) -> bool:
+    """ReaScript's Python passes pointers as text, e.g. "(MediaItem*)0x0000000000000000"."""
+    match = _POINTER.match(str(pointer or ""))
+    return match is None or int(match.group(2), 16) == 0
+
+
+def parse_address(text: str) -> Tuple[str, int]:
+    """ "host:port" -> (host, port); FlowstateError naming the value and what is expected."""
+    host, _, port_text = text.strip().rpartition(":")
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise FlowstateError(
+            "daemon address %r: expected host:port with a port in 1..65535, e.g. %s" % (text, DEFAULT_ADDRESS)
+        )
+    return host, int(port_text)
+
+
+def daemon_address() -> Tuple[str, int]:
+    """The address the scripts talk to: REAPER's extended state, else the default."""
+    return parse_address(rpr.RPR_GetExtState(EXT_SECTION, EXT_ADDRESS_KEY) or DEFAULT_ADDRESS)
+
+
+def reply_address(request_address: str) -> str:
+    """/flow/stems/separate -> /flow/reply/stems/separate"""
+    return "/flow/reply/" + request_address[len("/flow/") :]
+
+
+# -- a conversation with the daemon, driven by the defer loop -------------------------------------
+
+
+class Task:
+    """One conversation with the daemon. Subclasses implement `_begin`, `_on_reply`, `_on_event`."""
+
+    def __init__(self) -> None:
+        self.client: Optional[OscUdpClient] = None
+        self.address = ("", 0)
+        self.waiting_for: Optional[str] = None  # the request whose reply has not come yet
+        self.deadline = 0.0
+        self.last_heard = 0.0
+        self.finished = False
+        self.failure: Optional[str] = None
+
+    # The three entry points the scripts call; each returns whether to keep deferring.
+
+    def start(self) -> bool:
+        """Begin the work; True when the script should call `step()` from RPR_defer."""
+        return self._guarded(self._begin)
+
+    def step(self) -> bool:
+        """Handle what arrived and check the deadlines; True while there is more to wait for."""
+        return self._guarded(self._poll)
+
+    def close(self) -> None:
+        """The script ends (RPR_atexit): release the socket."""
+        self._disconnect()
+
+    # -- for subclasses ----------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _on_reply(self, request: str, args: List[Any]) -> None:
+        raise NotImplementedError
+
+    def _on_event(self, name: str, args: List[Any]) -> None:
+        """Events of this task's jobs; the default ignores them."""
+
+    def _on_idle(self) -> None:
+        """Called on each step when nothing else is due; the default does nothing."""
+
+    def connect(self) -> None:
+        self.address = daemon_address()
+        self.client = OscUdpClient(*self.address)
+
+    def request(self, address: str, *args: Any, timeout_seconds: Optional[float] = None) -> None:
+        """Send one command; its reply comes to `_on_reply`, its error ends the task."""
+        assert self.client is not None, "connect() first"  # a bug in a subclass, not user input
+        self.client.send(address, *args)
+        self.waiting_for = address
+        self.deadline = time.monotonic() + (REPLY_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds)
+
+    def finish(self, text: str) -> None:
+        """Success: say so in the console and stop."""
+        say(text)
+        self.finished = True
+        self._disconnect()
+
+    def fail(self, text: str) -> None:
+        """Failure: a message box and a console line, then stop."""
+        self.failure = text
+        self.finished = True
+        self._disconnect()
+        alert(text)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _guarded(self, action: Callable[[], None]) -> bool:
+        if self.finished:
+            return False
+        try:
+            action()
+        except FlowstateError as err:
+            self.fail(str(err))
+        except DaemonUnreachable as err:
+            self.fail(
+                "No Flowstate daemon answers at %s:%d (%s). Start it with `flowstate up`, or set its "
+                "address with the action 'Flowstate - set daemon address'." % (self.address + (err,))
+            )
+        except Exception:  # a bug in these scripts must never escape into REAPER: report it in full
+            say("internal error, please report it with this traceback:\n" + traceback.format_exc())
+            self.fail("Internal error in the Flowstate script; the ReaScript console shows the details.")
+        return not self.finished
+
+    def _poll(self) -> None:
+        assert self.client is not None, "start() first"
+        for address, args in self.client.receive():
+            self.last_heard = time.monotonic()
+            self._dispatch(address, args)
+            if self.finished:
+                return
+        if self.waiting_for is not None and time.monotonic() > self.deadline:
+            raise FlowstateError(
+                "The Flowstate daemon at %s:%d did not answer %s in time. Is `flowstate up` running, "
+                "and is that its OSC UDP port?" % (self.address + (self.waiting_for,))
+            )
+        self._on_idle()
+
+    def _dispatch(self, address: str, args: List[Any]) -> None:
+        if address == "/flow/error":
+            failed, code, message = (list(args) + ["", "", ""])[:3]
+            raise FlowstateError("The daemon refused %s: %s (%s)" % (failed or "a packet", message, code))
+        if self.waiting_for is not None and address == reply_address(self.waiting_for):
+            request, self.waiting_for = self.waiting_for, None
+            self._on_reply(request, list(args))
+        elif address.startswith("/flow/event/"):
+            self._on_event(address[len("/flow/event/") :].replace("/", "."), list(args))
+
+    def _disconnect(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+# -- separate the selected item ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """What the stems must line up with: the selected item's file, place and trim."""
+
+    path: str
+    position: float  # seconds
+    length: float  # seconds
+    start_offset: float  # seconds into the file where the item starts playing
+    playrate: float
+    track_number: int  # 1-based, as REAPER numbers tracks
+
+    @property
+    def name(self) -> str:
+        return self.path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def selected_source_item() -> SourceItem:
+    """The first selected media item's audio file and placement; FlowstateError if there is none."""
+    count = rpr.RPR_CountSelectedMediaItems(0)
+    if count < 1:
+        raise FlowstateError("Select a media item first: Flowstate separates the selected item into stems.")
+    if count > 1:
+        say("%d items are selected; separating the first one" % count)
+    item = rpr.RPR_GetSelectedMediaItem(0, 0)
+    take = rpr.RPR_GetActiveTake(item)
+    if is_null(take):
+        raise FlowstateError("The selected item is empty (it has no take), so there is no audio to separate.")
+    if rpr.RPR_TakeIsMIDI(take):
+        raise FlowstateError("The selected item is MIDI; Flowstate separates audio items only.")
+    source = rpr.RPR_GetMediaItemTake_Source(take)
+    _, path, _ = rpr.RPR_GetMediaSourceFileName(source, "", SOURCE_NAME_BUFFER)
+    if not path:
+        raise FlowstateError(
+            "The selected item's take has no audio file behind it. Glue or render it to a file "
+            "(Item: Glue items) and try again."
+        )
+    track = rpr.RPR_GetMediaItem_Track(item)
+    return SourceItem(
+        path=path,
+        position=rpr.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
+        length=rpr.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"),
+        start_offset=rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
+        playrate=rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
+        track_number=int(rpr.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
+    )
+
+
+def insert_stems(source: SourceItem, paths: Dict[str, str]) -> Dict[str, str]:
+    """One new track per stem, named after it, below the source's track; each stem's item takes
+    the source item's position, length, trim and rate. One undo point; the edit cursor is put
+    back. Returns {stem: problem} for stems REAPER could not import, empty when all went in."""
+    problems: Dict[str, str] = {}
+    cursor = rpr.RPR_GetCursorPosition()
+    rpr.RPR_Undo_BeginBlock()
+    rpr.RPR_PreventUIRefresh(1)
+    try:
+        index = source.track_number  # 0-based index of the slot just below the source's track
+        for stem, path in paths.items():
+            rpr.RPR_InsertTrackAtIndex(index, True)
+            track = rpr.RPR_GetTrack(0, index)
+            rpr.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", stem, True)
+            rpr.RPR_SetOnlyTrackSelected(track)
+            rpr.RPR_Main_OnCommand(ACTION_SELECTED_TRACK_AS_LAST_TOUCHED, 0)
+            rpr.RPR_SetEditCurPos(source.position, False, False)
+            item = rpr.RPR_GetTrackMediaItem(track, 0) if rpr.RPR_InsertMedia(path, 0) > 0 else None
+            if item is None or is_null(item):
+                problems[stem] = "REAPER could not import %s" % path
+            else:
+                _line_up(item, source)
+            index += 1
+    finally:
+        rpr.RPR_SetEditCurPos(cursor, False, False)
+        rpr.RPR_PreventUIRefresh(-1)
+        rpr.RPR_TrackList_AdjustWindows(False)
+        rpr.RPR_UpdateArrange()
+        rpr.RPR_Undo_EndBlock("Flowstate: stems of %s" % source.name, UNDO_STATE_ALL)
+    return problems
+
+
+def _line_up(item: str, source: SourceItem) -> None:
+    """The stem is the whole source file separated: trim it as the source item is trimmed."""
+    rpr.RPR_SetMediaItemInfo_Value(item, "D_POSITION", source.position)
+    rpr.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", source.length)
+    take = rpr.RPR_GetActiveTake(item)
+    if not is_null(take):
+        rpr.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", source.start_offset)
+        rpr.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", source.playrate)
+
+
+class SeparateSelectedItem(Task):
+    """stems.separate on the selected item's file, progress in the console, stems as new tracks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source: Optional[SourceItem] = None
+        self.job_id: Optional[str] = None
+        self.inserted: Dict[str, str] = {}
+        self._early: List[Tuple[str, List[Any]]] = []  # job events that beat the reply
+        self._reported_tenth = -1
+
+    def _begin(self) -> None:
+        self.source = selected_source_item()
+        self.connect()
+        self.request("/flow/stems/separate", self.source.path)
+        say("separating %s ..." % self.source.path)
+
+    def _on_reply(self, request: str, args: List[Any]) -> None:
+        if request == "/flow/stems/separate":
+            self.job_id, state = str(args[0]), str(args[1])
+            say("job %s %s" % (self.job_id, state))
+            early, self._early = self._early, []
+            for name, event_args in early:
+                self._on_event(name, event_args)
+        elif request == "/flow/job/status":
+            self._on_job_status(json.loads(args[0]))
+
+    def _on_event(self, name: str, args: List[Any]) -> None:
+        if not name.startswith("job."):
+            return
+        if self.job_id is None:
+            self._early.append((name, args))
+            return
+        if not args or str(args[0]) != self.job_id:
+            return
+        if name == "job.progress":
+            self._report_progress(float(args[1]))
+        elif name == "job.done":
+            self._insert(json.loads(args[1]))
+        elif name == "job.failed":
+            raise FlowstateError("Separating %s failed: %s (%s)" % (self._name(), args[2], args[1]))
+        elif name == "job.canceled":
+            raise FlowstateError("The separation of %s was canceled." % self._name())
+
+    def _on_idle(self) -> None:
+        # Events travel over UDP: after a silence, ask for the job's state instead of trusting them.
+        if self.job_id is not None and self.waiting_for is None:
+            if time.monotonic() - self.last_heard > CHECK_JOB_AFTER_SECONDS:
+                self.last_heard = time.monotonic()
+                self.request("/flow/job/status", self.job_id)
+
+    def _on_job_status(self, job: Dict[str, Any]) -> None:
+        state = job.get("state")
+        if state == "done":
+            self._insert(job["result"])
+        elif state == "failed":
+            error = job.get("error") or {}
+            raise FlowstateError(
+                "Separating %s failed: %s (%s)" % (self._name(), error.get("message"), error.get("code")))
+        elif state == "canceled":
+            raise FlowstateError("The separation of %s was canceled." % self._name())
+        else:
+            self._report_progress(float(job.get("progress") or 0.0))
+
+    def _report_progress(self, fraction: float) -> None:
+        tenth = int(fraction * 10)  # a line per 10 %: the console is for people
+        if tenth > self._reported_tenth:
+            self._reported_tenth = tenth
+            say("%s: %d %%" % (self._name(), int(fraction * 100)))
+
+    def _insert(self, result: Dict[str, Any]) -> None:
+        assert self.source is not None
+        paths = result.get("paths") or {}
+        if not paths:
+            raise FlowstateError("The daemon finished %s but returned no stems." % self._name())
+        problems = insert_stems(self.source, paths)
+        self.inserted = {stem: path for stem, path in paths.items() if stem not in problems}
+        if problems:
+            self.fail("Some stems could not be imported:\n" + "\n".join(
+                "%s: %s" % (stem, problem) for stem, problem in problems.items()))
+            return
+        self.finish("%d stems of %s are on new tracks at %.3f s: %s" % (
+            len(paths), self._name(), self.source.position, ", ".join(paths)))
+
+    def close(self) -> None:
+        """The user stopped the script (or REAPER quits) mid-job: cancel the job, then disconnect."""
+        if not self.finished and self.job_id is not None and self.client is not None:
+            try:
+                self.client.send("/flow/job/cancel", self.job_id)
+                say("stopped waiting; asked the daemon to cancel job %s" % self.job_id)
+            except DaemonUnreachable as err:
+                say("stopped waiting; could not cancel job %s: %s" % (self.job_id, err))
+        super().close()
+
+    def _name(self) -> str:
+        return self.source.name if self.source is not None else "the item"
+
+
+# -- one-shot commands ------------------------------------------------------------------------------
+
+
+class SendTempo(Task):
+    """daw.set with the project's tempo, time signature and transport at the play or edit cursor."""
+
+    def _begin(self) -> None:
+        playing = bool(rpr.RPR_GetPlayState() & 1)
+        where = rpr.RPR_GetPlayPosition() if playing else rpr.RPR_GetCursorPosition()
+        tempo = float(rpr.RPR_Master_GetTempo())
+        _, _, numerator, denominator, _ = rpr.RPR_TimeMap_GetTimeSigAtTime(0, where, 0, 0, 0.0)
+        self.connect()
+        self.request("/flow/daw/set", tempo, int(numerator), int(denominator), playing)
+
+    def _on_reply(self, request: str, args: List[Any]) -> None:
+        tempo, numerator, denominator, playing = args[:4]
+        self.finish("the daemon now has %g BPM, %s/%s, transport %s" % (
+            tempo, numerator, denominator, "playing" if playing else "stopped"))
+
+
+class StartStream(Task):
+    """stream.start with the daemon's configured device and model."""
+
+    def _begin(self) -> None:
+        self.connect()
+        self.request("/flow/stream/start", timeout_seconds=STREAM_START_TIMEOUT_SECONDS)
+        say("starting live stems (loading the model can take a while) ...")
+
+    def _on_reply(self, request: str, args: List[Any]) -> None:
+        round_trip_ms, _latency_ms, stems = args[:3]
+        self.finish(
+            "live stems running (%s). Round trip %.1f ms: compensate it on the tracks that record "
+            "the stems (track media playback offset)." % (", ".join(json.loads(stems)), round_trip_ms)
+        )
+
+
+class StopStream(Task):
+    """stream.stop (the daemon keeps the model loaded for a quick restart)."""
+
+    def _begin(self) -> None:
+        self.connect()
+        self.request("/flow/stream/stop")
+
+    def _on_reply(self, request: str, args: List[Any]) -> None:
+        self.finish("live stems are stopped")
+
+
+class SetDaemonAddress(Task):
+    """Ask for host:port, keep it in REAPER's extended state, then ping the daemon there."""
+
+    def _begin(self) -> None:
+        current = rpr.RPR_GetExtState(EXT_SECTION, EXT_ADDRESS_KEY) or DEFAULT_ADDRESS
+        answer = rpr.RPR_GetUserInputs(TITLE, 1, "Daemon OSC address (host:port)", current, 256)
+        if not answer[0]:
+            self.finished = True  # the user pressed Cancel: nothing to do, nothing to say
+            return
+        text = answer[4].strip()
+        parse_address(text)  # refuse a bad value before saving it
+        rpr.RPR_SetExtState(EXT_SECTION, EXT_ADDRESS_KEY, text, True)
+        say("daemon address set to %s" % text)
+        self.connect()
+        self.request("/flow/ping")
+
+    def _on_reply(self, request: str, args: List[Any]) -> None:
+        version = args[1] if len(args) > 1 else "?"
+        self.finish("Flowstate %s answers at %s:%d" % ((version,) + self.address))

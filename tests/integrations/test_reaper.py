@@ -1,0 +1,342 @@
+"""The Flowstate ReaScripts, their real code, in a simulated REAPER against a real daemon.
+
+The scripts are installed as a user would (into `<resource path>/Scripts/Flowstate`), run the way
+REAPER runs them (`reaper_python` importable, no `__file__`, deferred code pumped once per UI
+cycle) and talk OSC over UDP to a real `flowstate up` that separates with a tiny HTDemucs.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from bridge.client import Client
+from bridge.testing import DaemonProcess, free_port
+from tests.integrations.conftest import STEMS, write_song
+from tests.integrations.reaper_sim import Reaper
+
+SCRIPTS_SOURCE = Path(__file__).resolve().parents[2] / "integrations" / "reaper"
+SEPARATE = "Flowstate - separate selected item into stems.py"
+SEND_TEMPO = "Flowstate - send tempo and time signature.py"
+START_STREAM = "Flowstate - start live stems.py"
+STOP_STREAM = "Flowstate - stop live stems.py"
+SET_ADDRESS = "Flowstate - set daemon address.py"
+HELPERS = ("flowstate_reaper", "flowstate_osc")
+
+
+def install_scripts(resource_path: Path) -> Path:
+    """Copy the scripts where the README says to: REAPER's resource path, Scripts/Flowstate."""
+    folder = resource_path / "Scripts" / "Flowstate"
+    folder.mkdir(parents=True)
+    for script in SCRIPTS_SOURCE.glob("*.py"):
+        shutil.copy(script, folder / script.name)
+    return folder
+
+
+@pytest.fixture
+def reaper(tmp_path: Path, stems_daemon: DaemonProcess) -> Iterator[Reaper]:
+    """A fresh simulated REAPER whose Flowstate scripts talk to the test daemon."""
+    resource_path = tmp_path / "REAPER"
+    scripts = install_scripts(resource_path)
+    sim = Reaper(resource_path)
+    sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % stems_daemon.osc_udp[1]
+    saved_path = list(sys.path)
+    for name in HELPERS:
+        sys.modules.pop(name, None)
+    sys.modules["reaper_python"] = sim.module
+    sim.scripts = scripts  # type: ignore[attr-defined]
+    try:
+        yield sim
+    finally:
+        sim.terminate()
+        sys.path[:] = saved_path
+        for name in (*HELPERS, "reaper_python"):
+            sys.modules.pop(name, None)
+
+
+def run(sim: Reaper, script: str, timeout_seconds: float = 120.0) -> None:
+    sim.run_script(sim.scripts / script)  # type: ignore[attr-defined]
+    sim.run_until_done(timeout_seconds)
+
+
+def files_root(daemon: DaemonProcess) -> Path:
+    return daemon.workdir / "files"
+
+
+def assert_left_reaper_clean(sim: Reaper) -> None:
+    """Every undo block closed, UI refresh re-enabled, no code left queued."""
+    assert sim.undo_depth == 0
+    assert sim.ui_refresh_prevented == 0
+    assert not sim.running
+
+
+def final_state(daemon: DaemonProcess, job_id: str, timeout_seconds: float = 60.0) -> str:
+    """The state a job ends in, asked over ZeroMQ until it is done, failed or canceled."""
+    deadline = time.monotonic() + timeout_seconds
+    with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+        while True:
+            state = client.call("job.status", {"id": job_id})["state"]
+            if state in ("done", "failed", "canceled") or time.monotonic() > deadline:
+                return state
+            time.sleep(0.1)
+
+
+def only_message_box(sim: Reaper) -> str:
+    assert len(sim.message_boxes) == 1, sim.message_boxes
+    text, title, _ = sim.message_boxes[0]
+    assert title == "Flowstate"
+    return text
+
+
+# -- separate the selected item ----------------------------------------------------------------------
+
+
+def test_separate_puts_each_stem_on_a_new_track_lined_up_with_the_item(
+    reaper: Reaper, stems_daemon: DaemonProcess
+) -> None:
+    song = write_song(files_root(stems_daemon) / "reaper" / "Lead Take.wav", 3.0)
+    mix = reaper.add_track("Mix")
+    below = reaper.add_track("Keys")
+    # A trimmed item: it plays 1.5 s of the file from 0.5 s in, placed at 12.25 s.
+    reaper.add_item(mix, str(song), position=12.25, length=1.5, start_offset=0.5)
+    reaper.cursor = 3.0
+
+    run(reaper, SEPARATE)
+
+    assert reaper.message_boxes == []
+    assert [track.name for track in reaper.tracks] == ["Mix", *STEMS, "Keys"]
+    assert below.items == []
+    for track in reaper.tracks[1:5]:
+        assert len(track.items) == 1
+        item = track.items[0]
+        take = item.take
+        assert take is not None
+        stem_file = Path(take.source.filename)
+        assert stem_file.name == f"{track.name}.wav"
+        assert stem_file.parent == song.parent / "stems" / "Lead Take"
+        assert soundfile.info(str(stem_file)).frames == soundfile.info(str(song)).frames
+        assert (item.position, item.length) == (12.25, 1.5)
+        assert (take.start_offset, take.playrate) == (0.5, 1.0)
+    assert reaper.cursor == 3.0  # the edit cursor is back where the user left it
+    assert reaper.undo_points == ["Flowstate: stems of Lead Take.wav"]
+    console = reaper.console_text()
+    assert "Lead Take.wav: 0 %" in console and "Lead Take.wav: 100 %" in console
+    assert "4 stems of Lead Take.wav are on new tracks at 12.250 s: drums, bass, other, vocals" in console
+    assert_left_reaper_clean(reaper)
+
+
+def test_nothing_selected_says_so_and_sends_nothing(reaper: Reaper) -> None:
+    reaper.add_item(reaper.add_track("Mix"), "/nowhere.wav", 0.0, 1.0, selected=False)
+    run(reaper, SEPARATE)
+    assert "Select a media item first" in only_message_box(reaper)
+    assert [track.name for track in reaper.tracks] == ["Mix"]
+    assert_left_reaper_clean(reaper)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("empty", "The selected item is empty (it has no take)"),
+        ("midi", "The selected item is MIDI"),
+        ("no file", "The selected item's take has no audio file behind it"),
+    ],
+)
+def test_an_item_without_an_audio_file_is_refused_clearly(reaper: Reaper, kind: str, expected: str) -> None:
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, "", 1.0, 2.0, empty=kind == "empty", midi=kind == "midi")
+    run(reaper, SEPARATE)
+    assert expected in only_message_box(reaper)
+    assert len(reaper.tracks) == 1
+    assert_left_reaper_clean(reaper)
+
+
+def test_a_file_the_daemon_refuses_shows_its_error(reaper: Reaper, tmp_path: Path) -> None:
+    outside = write_song(tmp_path / "elsewhere" / "song.wav", 0.5)  # not under paths.roots
+    reaper.add_item(reaper.add_track("Mix"), str(outside), 0.0, 0.5)
+    run(reaper, SEPARATE)
+    text = only_message_box(reaper)
+    assert text.startswith("The daemon refused /flow/stems/separate: ")
+    assert str(outside) in text and "(forbidden)" in text
+    assert len(reaper.tracks) == 1
+    assert_left_reaper_clean(reaper)
+
+
+def test_no_daemon_listening_is_reported_at_once(reaper: Reaper, tmp_path: Path) -> None:
+    port = free_port(socket.SOCK_DGRAM)  # nothing listens here
+    reaper.ext_state[("Flowstate", "daemon_address")] = f"127.0.0.1:{port}"
+    reaper.add_item(reaper.add_track("Mix"), str(write_song(tmp_path / "a.wav", 0.5)), 0.0, 0.5)
+    run(reaper, SEPARATE)
+    text = only_message_box(reaper)
+    # The OS reports the closed port: no waiting for the reply timeout ("did not answer ... in time").
+    assert text.startswith(f"No Flowstate daemon answers at 127.0.0.1:{port}")
+    assert "flowstate up" in text
+    assert_left_reaper_clean(reaper)
+
+
+def test_a_daemon_that_never_answers_times_out(
+    reaper: Reaper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, so no "port closed" either
+    silent.bind(("127.0.0.1", 0))
+    try:
+        reaper.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % silent.getsockname()[1]
+        reaper.add_item(reaper.add_track("Mix"), str(write_song(tmp_path / "a.wav", 0.5)), 0.0, 0.5)
+        sys.path.insert(0, str(reaper.scripts))  # type: ignore[attr-defined]
+        import flowstate_reaper
+
+        monkeypatch.setattr(flowstate_reaper, "REPLY_TIMEOUT_SECONDS", 0.3)
+        run(reaper, SEPARATE, timeout_seconds=10.0)
+        packet, _ = silent.recvfrom(65535)
+    finally:
+        silent.close()
+    assert packet.startswith(b"/flow/stems/separate\x00")  # it did ask
+    text = only_message_box(reaper)
+    assert "did not answer /flow/stems/separate in time" in text
+    assert_left_reaper_clean(reaper)
+
+
+def test_a_failed_job_is_reported_and_nothing_is_inserted(reaper: Reaper, tiny_repo: Path) -> None:
+    # A daemon whose configured model is not in its model folder: the job fails when it loads.
+    broken = DaemonProcess(
+        overrides={"models": {"demucs_repo": str(tiny_repo)},
+                   "separate": {"model": "no_such_model", "engine_device": "cpu", "threads": 1}}
+    ).start()
+    try:
+        reaper.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % broken.osc_udp[1]
+        song = write_song(broken.workdir / "files" / "song.wav", 0.5)
+        reaper.add_item(reaper.add_track("Mix"), str(song), 0.0, 0.5)
+        run(reaper, SEPARATE)
+    finally:
+        assert broken.stop() == 0, broken.log()
+    text = only_message_box(reaper)
+    assert text.startswith("Separating song.wav failed: ")
+    assert "no_such_model" in text
+    assert len(reaper.tracks) == 1 and reaper.undo_points == []
+    assert_left_reaper_clean(reaper)
+
+
+def test_stopping_the_script_cancels_the_job(reaper: Reaper, stems_daemon: DaemonProcess) -> None:
+    song = write_song(files_root(stems_daemon) / "long" / "set.wav", 120.0)
+    reaper.add_item(reaper.add_track("Mix"), str(song), 0.0, 120.0)
+    namespace = reaper.run_script(reaper.scripts / SEPARATE)  # type: ignore[attr-defined]
+    task = namespace["flowstate_separate_task"]
+    while task.job_id is None:  # until the daemon has accepted the job
+        reaper.pump()
+        assert reaper.running, reaper.console_text()
+        time.sleep(0.01)
+    reaper.terminate()  # the user stops the script from REAPER
+    assert final_state(stems_daemon, task.job_id) == "canceled"
+    assert f"asked the daemon to cancel job {task.job_id}" in reaper.console_text()
+    assert len(reaper.tracks) == 1
+
+
+def test_a_daemon_that_dies_mid_job_is_noticed(
+    reaper: Reaper, tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Job events travel over UDP; after a silence the script asks job.status, which is also how
+    # it finds out that the daemon is gone (here: killed, so it sends nothing ever again).
+    doomed = DaemonProcess(
+        overrides={"models": {"demucs_repo": str(tiny_repo)},
+                   "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1}}
+    ).start()
+    try:
+        reaper.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % doomed.osc_udp[1]
+        song = write_song(doomed.workdir / "files" / "long.wav", 120.0)
+        reaper.add_item(reaper.add_track("Mix"), str(song), 0.0, 120.0)
+        sys.path.insert(0, str(reaper.scripts))  # type: ignore[attr-defined]
+        import flowstate_reaper
+
+        monkeypatch.setattr(flowstate_reaper, "CHECK_JOB_AFTER_SECONDS", 0.2)
+        namespace = reaper.run_script(reaper.scripts / SEPARATE)  # type: ignore[attr-defined]
+        task = namespace["flowstate_separate_task"]
+        while task.job_id is None:
+            reaper.pump()
+            assert reaper.running, reaper.console_text()
+            time.sleep(0.01)
+    finally:
+        doomed.stop(signal.SIGKILL)
+    reaper.run_until_done(30.0)
+    text = only_message_box(reaper)
+    assert text.startswith("No Flowstate daemon answers at 127.0.0.1:%d" % doomed.osc_udp[1]), text
+    assert len(reaper.tracks) == 1 and reaper.undo_points == []
+    assert_left_reaper_clean(reaper)
+
+
+# -- tempo, live stems, address ---------------------------------------------------------------------
+
+
+def test_send_tempo_reports_the_time_signature_at_the_cursor(reaper: Reaper, stems_daemon: DaemonProcess) -> None:
+    from tests.integrations.reaper_sim import TempoMarker
+
+    reaper.tempo_markers = [TempoMarker(0.0, 120.0, 4, 4), TempoMarker(30.0, 97.5, 7, 8)]
+    reaper.cursor = 31.0
+    run(reaper, SEND_TEMPO)
+    assert reaper.message_boxes == []
+    assert "the daemon now has 97.5 BPM, 7/8, transport stopped" in reaper.console_text()
+    with Client(stems_daemon.zmq_requests, timeout_seconds=10) as client:
+        state = client.call("daw.status")
+    assert (state["tempo"], state["tempo_source"]) == (97.5, "daw")
+    assert (state["numerator"], state["denominator"], state["playing"]) == (7, 8, False)
+
+
+def test_start_and_stop_live_stems(reaper: Reaper, stems_daemon: DaemonProcess) -> None:
+    run(reaper, START_STREAM)
+    assert reaper.message_boxes == []
+    assert "live stems running (drums, bass, other, vocals). Round trip " in reaper.console_text()
+    with Client(stems_daemon.zmq_requests, timeout_seconds=30) as client:
+        assert client.call("stream.status")["running"] is True
+        run(reaper, STOP_STREAM)
+        assert client.call("stream.status")["running"] is False
+    assert "live stems are stopped" in reaper.console_text()
+    assert reaper.message_boxes == []
+
+
+def test_set_daemon_address_saves_it_and_checks_a_daemon_answers(reaper: Reaper, stems_daemon: DaemonProcess) -> None:
+    reaper.ext_state.clear()
+    address = "127.0.0.1:%d" % stems_daemon.osc_udp[1]
+    reaper.user_answers = [(True, address)]
+    run(reaper, SET_ADDRESS)
+    assert reaper.prompts[0][2] == "127.0.0.1:9010"  # the default is offered first
+    assert reaper.ext_state[("Flowstate", "daemon_address")] == address
+    assert ("Flowstate", "daemon_address") in reaper.persisted
+    assert f"answers at {address}" in reaper.console_text()
+    assert reaper.message_boxes == []
+
+
+def test_set_daemon_address_refuses_a_bad_one_and_keeps_the_old(reaper: Reaper) -> None:
+    before = dict(reaper.ext_state)
+    reaper.user_answers = [(True, "localhost")]
+    run(reaper, SET_ADDRESS)
+    assert "daemon address 'localhost': expected host:port" in only_message_box(reaper)
+    assert reaper.ext_state == before
+    reaper.message_boxes.clear()
+    reaper.user_answers = [(False, "")]  # Cancel
+    run(reaper, SET_ADDRESS)
+    assert reaper.message_boxes == [] and reaper.ext_state == before
+
+
+# -- what REAPER's Python can run -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS_SOURCE.glob("*.py")))
+def test_scripts_are_ascii_and_import_only_the_standard_library(script: str) -> None:
+    source = (SCRIPTS_SOURCE / script).read_bytes()
+    assert source.isascii(), "REAPER does not read every script as UTF-8"
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    ours = {"reaper_python", *HELPERS}
+    assert imported - ours <= set(sys.stdlib_module_names), imported - ours - set(sys.stdlib_module_names)
