@@ -149,13 +149,23 @@ def tiny_htdemucs_repo(folder: Path, name: str = "tiny",
     return save_demucs_repo(model, folder, name, key=f"{name}:{','.join(sources)}:{seed}:{depth}")
 
 
-def passthrough_htdemucs_repo(folder: Path, name: str = "passthrough", steps: int = 100, seed: int = 0) -> Path:
+def passthrough_htdemucs_repo(folder: Path, name: str = "passthrough", steps: int = 100, seed: int = 0,
+                              *, stem: str | None = None, frames: int = 11264, learning_rate: float = 1e-2,
+                              threads: int | None = None) -> Path:
     """A tiny HTDemucs trained for a few seconds (on the CPU) so that its stems add up to its input.
 
     A random model's output depends more on where its windows fall than on its input, so nothing
     can be timed through it. This one's mix follows the input sample for sample (residual about
     2 % of the input's energy), which lets a test find a known signal at the outputs and measure
     the latency in exact frames.
+
+    With `stem` (e.g. "vocals"), that stem alone carries the input and the others stay silent: a
+    "separation" whose vocals are the mix, so speech put in comes out of the vocals stem (about
+    50 steps on 5120-frame examples at learning rate 2e-2 keep it intelligible to Whisper).
+
+    `threads` sets torch's threads while training (then restores them): 1 trains in seconds even
+    when other processes keep every core busy, where 2 threads waiting on each other measured 20x
+    slower on a loaded 2-core machine. None leaves torch's setting alone.
     """
     import torch
     from demucs.htdemucs import HTDemucs
@@ -164,15 +174,53 @@ def passthrough_htdemucs_repo(folder: Path, name: str = "passthrough", steps: in
     model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=3, t_layers=1,
                      bottom_channels=0, samplerate=44100, segment=4)
     model.use_train_segment = False
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    index = model.sources.index(stem) if stem is not None else None
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        _train(model, optimiser, steps, frames, index)
+    finally:
+        torch.set_num_threads(previous_threads)
+    model.use_train_segment = True  # saved as demucs would save it; loaders set what they need
+    key = f"{name}:{seed}:{steps}" + (f":{stem}:{frames}:{learning_rate}" if stem is not None else "")
+    return save_demucs_repo(model, folder, name, key=key)
+
+
+def _train(model: Any, optimiser: Any, steps: int, frames: int, index: int | None) -> None:
+    """Fit `model` to pass noise through: into the sum of its stems, or into stem `index` alone."""
+    import torch
+
     for _ in range(steps):
-        noise = torch.randn(2, 2, 11264) * 0.3
-        loss = ((model(noise).sum(dim=1) - noise) ** 2).mean() / (noise**2).mean()
+        noise = torch.randn(2, 2, frames) * 0.3
+        out = model(noise)
+        if index is None:
+            loss = ((out.sum(dim=1) - noise) ** 2).mean() / (noise**2).mean()
+        else:
+            target = torch.zeros_like(out)
+            target[:, index] = noise
+            loss = ((out - target) ** 2).mean() / (noise**2).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    model.use_train_segment = True  # saved as demucs would save it; loaders set what they need
-    return save_demucs_repo(model, folder, name, key=f"{name}:{seed}:{steps}")
+
+
+def espeak_speech(path: Path, text: str, *, voice: str = "en", words_per_minute: int = 175) -> Path:
+    """Speak `text` into a WAV with espeak-ng (Debian's `espeak-ng`; scripts/system-deps.sh installs it).
+
+    Real speech from a real synthesiser, for tests that need Whisper to hear known words.
+    """
+    import shutil
+
+    program = shutil.which("espeak-ng")
+    if program is None:
+        raise RuntimeError("espeak-ng is not installed: sudo apt-get install -y espeak-ng")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([program, "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
+                   check=True, capture_output=True, timeout=60)
+    return path
 
 
 def save_demucs_repo(model: Any, folder: Path, name: str, key: str | None = None) -> Path:

@@ -1,0 +1,202 @@
+"""`tts` as a job: check the request, speak the text with a Piper voice, write a WAV atomically.
+
+`check_request` runs when the command arrives (empty text, a voice path that does not exist, an
+output folder outside the roots are answered at once); `SpeechJob` runs on a job worker with each
+voice kept warm. The WAV is at the project's rate (`tts.sample_rate`, or the request's), resampled
+from the voice's own. The router may send the job to MeloTTS on Workers AI when a deadline asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bridge.config import Config
+from bridge.errors import BadRequest, Unavailable
+from bridge.jobs import JobContext, atomic_write, remove_partials
+from bridge.paths import PathPolicy
+from bridge.router import deadline_class
+
+if TYPE_CHECKING:
+    from engines.speech import Speaker, VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+KIND = "tts"
+MAX_CHARACTERS = 10_000
+# For the router's estimates before anything is spoken: about 15 characters a second of speech.
+CHARACTERS_PER_SECOND = 15.0
+NAME = re.compile(r"^[\w\-. ()]{1,120}$")
+
+
+def voice_library(config: Config) -> VoiceLibrary:
+    from engines.speech import VoiceLibrary
+
+    settings = config.tts
+    return VoiceLibrary(settings.voices_dir, download=settings.download, package_fallback=settings.package_fallback)
+
+
+def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
+    """Validate a `tts` request; returns the job's args with every default filled in."""
+    from engines.speech import is_voice_path, speech_file_name
+
+    text = " ".join(str(args["text"]).split())
+    if not text:
+        raise BadRequest(f"{KIND}: argument 'text' expected something to say, got {args['text']!r}")
+    if len(text) > MAX_CHARACTERS:
+        raise BadRequest(f"{KIND}: argument 'text' expected at most {MAX_CHARACTERS} characters, got {len(text)}")
+    voice = args.get("voice") or config.tts.voice
+    if is_voice_path(voice) or not config.tts.download:
+        voice_library(config).resolve(voice)  # no network involved: answer a missing voice at once
+    sample_rate = int(args.get("sample_rate") or config.tts.sample_rate)
+    speed = 1.0 if args.get("speed") is None else float(args["speed"])
+    out_dir = paths.output_dir(args.get("out_dir") or str(_default_out_dir(config, paths)), "out_dir", KIND)
+    name = args.get("name") or speech_file_name(text, f"{voice}|{sample_rate}|{speed}|{text}")
+    if not NAME.match(name) or name.startswith("."):
+        raise BadRequest(f"{KIND}: argument 'name' expected a file name without folders (letters, digits, "
+                         f"spaces, - _ . ( )), got {name!r}")
+    return {
+        "text": text,
+        "voice": voice,
+        "sample_rate": sample_rate,
+        "speed": speed,
+        "out_dir": str(out_dir),
+        "path": str(out_dir / f"{name.removesuffix('.wav')}.wav"),
+        "deadline_seconds": args.get("deadline_seconds"),
+        "deadline_class": deadline_class(args, KIND),
+    }
+
+
+def _default_out_dir(config: Config, paths: PathPolicy) -> Path:
+    if config.tts.out_dir is not None:
+        return config.tts.out_dir
+    if not paths.roots:
+        raise BadRequest(f"{KIND}: no paths.roots are configured, so there is nowhere to write; set tts.out_dir")
+    return paths.roots[0] / "Flowstate" / "Speech"
+
+
+class SpeechJob:
+    """The job handler: one warm `Speaker` per voice file, reused across jobs."""
+
+    def __init__(
+        self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.router = router  # bridge.router.Router, or None: always local
+        self.tiers = tiers or {}
+        self.library = voice_library(config)
+        self._voices: dict[str, Speaker] = {}
+        self._engines: dict[Path, Speaker] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, voice: str) -> Speaker:
+        """The warm engine for `voice`, resolved (and downloaded when allowed) on its first job only:
+        a fallback found offline is kept, so later jobs do not wait on the network again."""
+        from engines.speech import Speaker
+
+        with self._lock:
+            if voice not in self._voices:
+                files = self.library.resolve(voice)
+                if files.model not in self._engines:
+                    self._engines[files.model] = Speaker(files, device=self.config.tts.engine_device)
+                self._voices[voice] = self._engines[files.model]
+            return self._voices[voice]
+
+    def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        from bridge.router import run_routed
+        from engines.speech import resample
+
+        args = ctx.job.args
+        started = time.monotonic()
+        out_dir = self.paths.output_dir(args["out_dir"], "out_dir", KIND)  # re-check: roots may have changed
+        target = out_dir / Path(args["path"]).name
+        ctx.progress(0.0, stage="loading")
+        estimate = len(args["text"]) / CHARACTERS_PER_SECOND
+
+        def local() -> tuple[tuple[np.ndarray, int, dict[str, Any]], str]:
+            return self._speak_local(ctx)
+
+        def remote(tier: str) -> tuple[tuple[np.ndarray, int, dict[str, Any]], float | None]:
+            return self._speak_remote(ctx, tier, estimate)
+
+        (audio, rate, about), where = run_routed(ctx, self.router, "tts", args["voice"], estimate, local, remote)
+        ctx.check_cancelled()
+        ctx.progress(0.9, stage="resampling")
+        audio = resample(audio, rate, args["sample_rate"])
+        if not out_dir.exists():
+            out_dir.mkdir(parents=True)
+            ctx.register_output(out_dir)
+        remove_partials(out_dir)  # leftovers of an attempt that crashed mid-write
+        ctx.register_output(target)
+        atomic_write(target, lambda tmp: _write_wav(tmp, audio, args["sample_rate"]))
+        ctx.progress(1.0, stage="writing")
+        return {
+            "path": str(target),
+            "duration_seconds": round(audio.shape[-1] / args["sample_rate"], 3),
+            "sample_rate": args["sample_rate"],
+            "voice_sample_rate": rate,
+            "characters": len(args["text"]),
+            **about,
+            "seconds": round(time.monotonic() - started, 3),
+            **where,
+        }
+
+    def _speak_local(self, ctx: JobContext) -> tuple[tuple[np.ndarray, int, dict[str, Any]], str]:
+        args = ctx.job.args
+        engine = self.engine(args["voice"])
+        engine.load()
+        ctx.check_cancelled()
+
+        def on_sentence(fraction: float) -> None:
+            ctx.check_cancelled()
+            ctx.progress(0.05 + 0.8 * fraction, stage="speaking")
+
+        audio = engine.process(args["text"], args["speed"], on_sentence)
+        device = "cuda" if engine.provider.startswith("CUDA") else "cpu"
+        return (audio, engine.sample_rate, {**engine.describe(), "speed": args["speed"]}), device
+
+    def _speak_remote(
+        self, ctx: JobContext, tier_name: str, estimate: float
+    ) -> tuple[tuple[np.ndarray, int, dict[str, Any]], float | None]:
+        import tempfile
+
+        import soundfile
+
+        from engines.cloud.base import TierJob
+
+        args = ctx.job.args
+        tier = self.tiers[tier_name]
+        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
+            job = TierJob(
+                task="tts",
+                params={"text": args["text"], "lang": self.config.tts.cloud_language},
+                work_dir=Path(scratch),
+                audio_seconds=estimate,
+                deadline_seconds=args.get("deadline_seconds"),
+            )
+
+            def progress(fraction: float) -> None:
+                ctx.progress(0.05 + 0.8 * fraction, stage=f"speaking on {tier_name}")
+
+            result = tier.run(job, progress, ctx.check_cancelled)
+            path = result.outputs["audio"]
+            try:
+                data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+            except (RuntimeError, soundfile.LibsndfileError) as err:
+                raise Unavailable(f"{KIND}: {tier_name} answered audio that cannot be decoded ({err})") from None
+        about = {"voice": str(result.details.get("model") or tier_name), "voice_source": tier_name,
+                 "speed": 1.0}  # MeloTTS takes no speed: the cloud tier speaks at its own pace
+        return (data.mean(axis=1), int(rate), about), result.cost_usd
+
+
+def _write_wav(tmp: Path, audio: np.ndarray, sample_rate: int) -> None:
+    import soundfile
+
+    soundfile.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_24", format="WAV")

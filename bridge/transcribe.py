@@ -1,0 +1,288 @@
+"""`transcribe` as a job: check the request, (separate a stem,) transcribe, write SRT/VTT atomically.
+
+`check_request` runs when the command arrives, so a forbidden path, a missing file, a file that is
+not audio or an unknown language is answered at once; `TranscribeJob` runs on a job worker with
+the Whisper model kept warm. With `stem` (e.g. vocals: lyrics), the file is first separated by the
+same warm engine `stems.separate` uses, and that stem is transcribed. The router may send the
+transcription to a cloud tier (Workers AI or Replicate Whisper) when a deadline asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bridge.config import Config
+from bridge.errors import BadRequest, Unavailable
+from bridge.jobs import JobContext, atomic_write, remove_partials
+from bridge.paths import PathPolicy
+from bridge.router import deadline_class
+from bridge.separate import track_name
+
+if TYPE_CHECKING:
+    from bridge.separate import SeparateJob
+    from engines.transcription import Transcriber, Transcript
+
+log = logging.getLogger(__name__)
+
+KIND = "transcribe"
+FORMATS = ("srt", "vtt")
+STEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
+    """Validate a `transcribe` request; returns the job's args with every default filled in."""
+    import soundfile
+
+    from engines.transcription import check_language
+
+    path = paths.input_file(args["path"], "path", KIND)
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise BadRequest(f"{KIND}: {path} is not an audio file libsndfile can read ({err})") from None
+    if info.frames <= 0:
+        raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
+    language = check_language(args.get("language") or config.transcribe.language, KIND)
+    formats = list(config.transcribe.formats) if args.get("formats") is None else list(args["formats"])
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise BadRequest(f"{KIND}: argument 'formats' expected a list of {', '.join(FORMATS)}, got {unknown}")
+    stem = args.get("stem") or ""
+    if stem and not STEM_NAME.match(stem):
+        raise BadRequest(f"{KIND}: argument 'stem' expected a stem name such as vocals, got {stem!r}")
+    out_dir = paths.output_dir(args["out_dir"], "out_dir", KIND) if args.get("out_dir") else path.parent
+    paths.output_dir(str(out_dir), "out_dir", KIND)
+    return {
+        "path": str(path),
+        "model": args.get("model") or config.transcribe.model,
+        "language": language,
+        "formats": list(dict.fromkeys(formats)),
+        "stem": stem,
+        "out_dir": str(out_dir),
+        "deadline_seconds": args.get("deadline_seconds"),
+        "deadline_class": deadline_class(args, KIND),
+    }
+
+
+class TranscribeJob:
+    """The job handler: one warm `Transcriber` per model, reused across jobs.
+
+    `separator` is the daemon's `stems.separate` handler; its warm separation engine serves `stem`.
+    """
+
+    def __init__(self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None,
+                 separator: SeparateJob | None = None) -> None:
+        self.config = config
+        self.paths = paths
+        self.router = router  # bridge.router.Router, or None: always local
+        self.tiers = tiers or {}
+        self.separator = separator
+        self._engines: dict[str, Transcriber] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, model: str) -> Transcriber:
+        from engines.transcription import Transcriber
+
+        settings = self.config.transcribe
+        with self._lock:
+            if model not in self._engines:
+                self._engines[model] = Transcriber(
+                    model, device=settings.engine_device, compute_type=settings.compute_type,
+                    local_dir=settings.local_dir, package_fallback=settings.package_fallback,
+                    threads=settings.threads, beam_size=settings.beam_size, vad_filter=settings.vad_filter,
+                )
+            return self._engines[model]
+
+    def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        import soundfile
+
+        args = ctx.job.args
+        started = time.monotonic()
+        # Re-check: the config (roots) may have changed since the job was queued, before a crash.
+        source = self.paths.input_file(args["path"], "path", KIND)
+        out_root = self.paths.output_dir(args["out_dir"], "out_dir", KIND)
+        ctx.progress(0.0, stage="reading")
+        try:
+            duration = float(soundfile.info(str(source)).duration)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise BadRequest(f"{KIND}: {source} cannot be read ({err})") from None
+        stem_audio = self._separate(ctx, source, args["stem"]) if args["stem"] else None
+        transcript, where = self._transcribe_routed(ctx, source, stem_audio, duration)
+        written = self._write(ctx, source, out_root, transcript)
+        return {
+            **transcript.to_dict(),
+            "paths": written,
+            "stem": args["stem"] or None,
+            "model": args["model"],
+            # Which weights answered: the hub name, transcribe.local_dir or the package fallback.
+            "model_source": self.engine(args["model"]).describe() if where["tier"] == "local" else where["tier"],
+            "seconds": round(time.monotonic() - started, 3),
+            **where,
+        }
+
+    # -- the lyrics chain ---------------------------------------------------------------------
+
+    def _separate(self, ctx: JobContext, source: Path, stem: str) -> np.ndarray:
+        """The `stem` of the file, mono at Whisper's 16 kHz, from the warm `stems.separate` engine."""
+        import soundfile
+        import torch
+        from demucs.audio import convert_audio_channels
+        from julius import resample_frac
+
+        from engines.transcription import SAMPLE_RATE
+
+        if self.separator is None:
+            raise Unavailable(f"{KIND}: stem {stem!r} needs the separation engine, which this daemon has not set up")
+        settings = self.config.separate
+        ctx.progress(0.0, stage="loading the separation model")
+        engine = self.separator.engine(settings.model, settings.shifts)
+        engine.load()
+        if stem not in engine.stems:
+            raise BadRequest(f"{KIND}: stem {stem!r} is not a stem of {settings.model} ({', '.join(engine.stems)})")
+        audio, sample_rate = soundfile.read(str(source), dtype="float32", always_2d=True)
+        mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)  # mono doubled; >2: the first two
+        if sample_rate != engine.sample_rate:
+            mix = resample_frac(mix, sample_rate, engine.sample_rate)
+        ctx.check_cancelled()
+
+        def on_segment(fraction: float) -> None:
+            ctx.check_cancelled()
+            ctx.progress(0.5 * fraction, stage=f"separating {stem}")
+
+        separated = engine.process(mix.numpy(), on_segment)
+        voice = torch.from_numpy(np.ascontiguousarray(separated[engine.stems.index(stem)].mean(axis=0)))
+        return resample_frac(voice, engine.sample_rate, SAMPLE_RATE).numpy()
+
+    # -- transcription, on the tier the router picks --------------------------------------------
+
+    def _transcribe_routed(
+        self, ctx: JobContext, source: Path, stem_audio: np.ndarray | None, duration: float
+    ) -> tuple[Transcript, dict[str, Any]]:
+        from bridge.router import run_routed
+
+        low = 0.5 if stem_audio is not None else 0.05
+
+        def local() -> tuple[Transcript, str]:
+            return self._transcribe_local(ctx, source, stem_audio, low)
+
+        def remote(tier: str) -> tuple[Transcript, float | None]:
+            return self._transcribe_remote(ctx, tier, source, stem_audio, duration, low)
+
+        return run_routed(ctx, self.router, "transcribe", ctx.job.args["model"], duration, local, remote)
+
+    def _transcribe_local(
+        self, ctx: JobContext, source: Path, stem_audio: np.ndarray | None, low: float
+    ) -> tuple[Transcript, str]:
+        args = ctx.job.args
+        ctx.progress(low, stage="loading")
+        engine = self.engine(args["model"])
+        engine.load()
+        ctx.check_cancelled()
+
+        def on_segment(fraction: float) -> None:
+            ctx.check_cancelled()
+            ctx.progress(low + (0.95 - low) * fraction, stage="transcribing")
+
+        # A file goes to faster-whisper's own decoder, exactly as the library would read it.
+        audio = stem_audio if stem_audio is not None else str(source)
+        transcript = engine.process(audio, args["language"], on_segment)
+        return transcript, engine.ct2_device
+
+    def _transcribe_remote(
+        self, ctx: JobContext, tier_name: str, source: Path, stem_audio: np.ndarray | None, duration: float, low: float
+    ) -> tuple[Transcript, float | None]:
+        import tempfile
+
+        import soundfile
+
+        from engines.cloud.base import TierJob
+        from engines.transcription import SAMPLE_RATE
+
+        args = ctx.job.args
+        tier = self.tiers[tier_name]
+        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
+            upload = source
+            if stem_audio is not None:  # the separated stem, not the mix, goes to the tier
+                upload = Path(scratch) / f"{track_name(source)}.{args['stem']}.wav"
+                soundfile.write(str(upload), stem_audio, SAMPLE_RATE, subtype="PCM_16")
+            job = TierJob(
+                task="transcribe",
+                params={"language": args["language"] or None},
+                work_dir=Path(scratch),
+                input_path=upload,
+                audio_seconds=duration,
+                deadline_seconds=args.get("deadline_seconds"),
+            )
+
+            def progress(fraction: float) -> None:
+                ctx.progress(low + (0.95 - low) * fraction, stage=f"transcribing on {tier_name}")
+
+            result = tier.run(job, progress, ctx.check_cancelled)
+        return transcript_from_tier(result.data, duration, args["language"]), result.cost_usd
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _write(self, ctx: JobContext, source: Path, out_root: Path, transcript: Transcript) -> dict[str, str]:
+        from engines.transcription import to_srt, to_vtt
+
+        args = ctx.job.args
+        if not args["formats"]:
+            return {}
+        if not out_root.exists():
+            out_root.mkdir(parents=True)
+            ctx.register_output(out_root)
+        remove_partials(out_root)  # leftovers of an attempt that crashed mid-write
+        base = track_name(source) + (f".{args['stem']}" if args["stem"] else "")
+        render = {"srt": to_srt, "vtt": to_vtt}
+        written: dict[str, str] = {}
+        for fmt in args["formats"]:
+            ctx.check_cancelled()
+            target = ctx.register_output(out_root / f"{base}.{fmt}")
+            text = render[fmt](transcript.segments)
+            atomic_write(target, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+            written[fmt] = str(target)
+        ctx.progress(1.0, stage="writing")
+        return written
+
+
+def transcript_from_tier(data: dict[str, Any], duration: float, language: str) -> Transcript:
+    """A tier's `TierResult.data` ({text, segments: [{start, end, text}], language?}) as a Transcript.
+
+    Missing times are filled from the neighbours (Hugging Face leaves the last end open); no
+    segments at all make one segment over the whole file.
+    """
+    from engines.transcription import Segment, Transcript
+
+    text = str(data.get("text") or "").strip()
+    segments: list[Segment] = []
+    previous_end = 0.0
+    raw = data.get("segments") or []
+    for index, item in enumerate(raw):
+        start = _seconds(item.get("start"), previous_end)
+        following = raw[index + 1].get("start") if index + 1 < len(raw) else None
+        end = _seconds(item.get("end"), _seconds(following, duration))
+        words = str(item.get("text") or "").strip()
+        segments.append(Segment(start, max(start, end), words))
+        previous_end = end
+    if not segments and text:
+        segments.append(Segment(0.0, duration, text))
+    detected = data.get("language")
+    return Transcript(
+        text=text or " ".join(s.text for s in segments if s.text),
+        segments=tuple(segments),
+        language=str(detected) if detected else (language or "unknown"),
+        language_probability=None,
+        duration_seconds=duration,
+    )
+
+
+def _seconds(value: Any, fallback: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float(fallback)
+
