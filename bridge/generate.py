@@ -1,0 +1,347 @@
+"""`generate` as a job: MusicGen makes a loop at the DAW's tempo, written as a WAV the DAW imports.
+
+`check_request` runs when the command arrives: it resolves the preset, the length (bars at a tempo
+from the request, else the DAW's last report or MIDI clock, else the default; or seconds), the
+seed (a random one is chosen and recorded when none is given), the melody clip and the output
+path, so a bad request is answered at once and the job's args say exactly what will be made.
+`GenerateJob` runs on a job worker, locally (the model kept warm) or on a cloud tier the router
+picks, then resamples to the project's rate, trims to the exact bar length with short fades,
+normalises the loudness and writes the file atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bridge.config import Config
+from bridge.daw import DawState, bars_to_seconds
+from bridge.errors import BadRequest, BridgeError, Unavailable
+from bridge.jobs import JobContext, atomic_write, remove_partials
+from bridge.paths import PathPolicy
+from bridge.router import deadline_class
+
+if TYPE_CHECKING:
+    from engines.generation import MusicGenEngine
+
+log = logging.getLogger(__name__)
+
+KIND = "generate"
+TASK = "generate"  # the router's name for the task (router.order.generate)
+REQUEST = "request"  # tempo_source when the request named the tempo
+ENCODINGS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
+MAX_SEED = 2**31 - 1
+# Share of the job's progress: loading, generating (per decoder step), then finishing.
+LOADED, GENERATED = 0.05, 0.9
+# Request options a preset may also set (the request's own value wins).
+PRESET_KEYS = ("prompt", "bars", "seconds", "seed", "guidance_scale", "temperature", "top_k")
+
+
+def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: DawState) -> dict[str, Any]:
+    """Validate a `generate` request; returns the job's args with every default filled in."""
+    settings = config.generate
+    merged = _with_preset(args, config)
+    prompt = (merged.get("prompt") or "").strip()
+    if not prompt:
+        raise BadRequest(f"{KIND}: argument 'prompt' expected a description of the music (e.g. 'lofi drums, "
+                         f"dusty, 90 bpm'), got {args.get('prompt')!r}; or name a preset ({_preset_names(config)})")
+    tempo, tempo_source = (float(args["tempo"]), REQUEST) if args.get("tempo") is not None else daw.tempo()
+    numerator, denominator = daw.time_signature()
+    bars, seconds = _length(merged, args, tempo, numerator, denominator, settings.default_bars, settings.max_seconds)
+
+    model = args.get("model") or settings.model
+    melody_path = _melody(args.get("melody_path") or "", paths, model, config)
+    out_dir = paths.output_dir(args.get("out_dir") or str(_default_out_dir(config, paths)), "out_dir", KIND)
+    seed = merged.get("seed")
+    seed = secrets.randbelow(MAX_SEED) if seed is None else int(seed)
+    sample_rate = int(args.get("sample_rate") or settings.sample_rate)
+    label = args.get("name") or args.get("preset") or prompt
+    length = f"{_number(tempo)}bpm_{_number(bars)}bars" if bars is not None else f"{_number(seconds)}s"
+    path = out_dir / f"{_slug(label)}_{length}_s{seed}.wav"
+    return {
+        "prompt": prompt,
+        "preset": args.get("preset") or "",
+        "bars": bars,
+        "seconds": seconds,
+        "frames": round(seconds * sample_rate),
+        "tempo": tempo,
+        "tempo_source": tempo_source,
+        "numerator": numerator,
+        "denominator": denominator,
+        "seed": seed,
+        "melody_path": str(melody_path) if melody_path else "",
+        "model": model,
+        "out_dir": str(out_dir),
+        "path": str(path),
+        "track_name": _track_name(label, tempo, bars, seconds),
+        "sample_rate": sample_rate,
+        "encoding": settings.encoding,
+        "guidance_scale": merged.get("guidance_scale"),
+        "temperature": merged.get("temperature"),
+        "top_k": merged.get("top_k"),
+        "loudness_lufs": settings.loudness_lufs,
+        "peak_ceiling_dbfs": settings.peak_ceiling_dbfs,
+        "fade_in_ms": settings.fade_in_ms,
+        "fade_out_ms": settings.fade_out_ms,
+        "deadline_seconds": args.get("deadline_seconds"),
+        "deadline_class": deadline_class(args, KIND),
+    }
+
+
+def _with_preset(args: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The request's options over its preset's (a request value of None or "" means: not given)."""
+    name = args.get("preset") or ""
+    if not name:
+        return dict(args)
+    preset = config.generate.presets.get(name)
+    if preset is None:
+        raise BadRequest(f"{KIND}: argument 'preset' expected one of generate.presets ({_preset_names(config)}), "
+                         f"got {name!r}")
+    merged = dict(args)
+    for key in PRESET_KEYS:
+        if merged.get(key) in (None, ""):
+            merged[key] = getattr(preset, key)
+    if args.get("seconds") is not None:
+        merged["bars"] = None  # a length in the request replaces the preset's, whatever its unit
+    elif args.get("bars") is not None:
+        merged["seconds"] = None
+    return merged
+
+
+def _preset_names(config: Config) -> str:
+    return ", ".join(sorted(config.generate.presets)) or "none configured"
+
+
+def _length(merged: dict[str, Any], args: dict[str, Any], tempo: float, numerator: int, denominator: int,
+            default_bars: float, max_seconds: float) -> tuple[float | None, float]:
+    """(bars or None, seconds): bars at the tempo and time signature, or seconds as asked."""
+    bars, seconds = merged.get("bars"), merged.get("seconds")
+    if bars is not None and seconds is not None:
+        raise BadRequest(f"{KIND}: give bars or seconds, not both (got bars={bars!r}, seconds={seconds!r})")
+    if seconds is None:
+        bars = float(default_bars if bars is None else bars)
+        seconds = bars_to_seconds(bars, tempo, numerator, denominator)
+        if seconds > max_seconds:
+            raise BadRequest(
+                f"{KIND}: bars {_number(bars)} at {_number(tempo)} BPM in {numerator}/{denominator} last "
+                f"{seconds:.2f} s, longer than generate.max_seconds ({_number(max_seconds)} s); ask for at most "
+                f"{math.floor(max_seconds / bars_to_seconds(1, tempo, numerator, denominator) * 4) / 4:g} bars"
+            )
+        return bars, seconds
+    seconds = float(seconds)
+    if not 0 < seconds <= max_seconds:
+        raise BadRequest(f"{KIND}: argument 'seconds' expected a length in (0, {_number(max_seconds)}] "
+                         f"(generate.max_seconds), got {seconds!r}")
+    return None, seconds
+
+
+def _melody(raw: str, paths: PathPolicy, model: str, config: Config) -> Path | None:
+    """The melody clip, checked to be readable audio, for a model that can take one."""
+    if not raw:
+        return None
+    import soundfile
+
+    from engines.generation import MUSICGEN_MELODY, local_model_type
+
+    path = paths.input_file(raw, "melody_path", KIND)
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise BadRequest(f"{KIND}: melody_path {raw!r} is not an audio file libsndfile can read ({err})") from None
+    if info.frames <= 0:
+        raise BadRequest(f"{KIND}: melody_path {raw!r} holds no audio (0 frames)")
+    kind = local_model_type(model, config.generate.local_dir)
+    if kind is not None and kind != MUSICGEN_MELODY:
+        raise BadRequest(f"{KIND}: melody_path needs a melody model ({MUSICGEN_MELODY!r}, e.g. "
+                         f"facebook/musicgen-melody); model {model!r} is {kind!r}")
+    return path
+
+
+def _default_out_dir(config: Config, paths: PathPolicy) -> Path:
+    if config.generate.out_dir is not None:
+        return config.generate.out_dir
+    if not paths.roots:
+        raise BadRequest(f"{KIND}: no paths.roots are configured, so there is nowhere to write; set generate.out_dir")
+    return paths.roots[0] / "Flowstate" / "Generated"
+
+
+def _number(value: float) -> str:
+    """12.0 -> '12', 92.5 -> '92.5' (for names and messages)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _slug(text: str) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", text.lower())[:6]
+    return "-".join(words) or "generated"
+
+
+def _track_name(label: str, tempo: float, bars: float | None, seconds: float) -> str:
+    """What the DAW names the new track, e.g. 'Lofi drums dusty (4 bars, 92 BPM)'."""
+    words = re.sub(r"\s+", " ", re.sub(r"[^\w\- ]+", " ", label)).strip().split(" ")[:6]
+    title = " ".join(words).capitalize() or "Generated"
+    length = f"{_number(bars)} bars, {_number(tempo)} BPM" if bars is not None else f"{_number(seconds)} s"
+    return f"{title} ({length})"
+
+
+class GenerateJob:
+    """The job handler: one warm MusicGen engine per model, reused across jobs."""
+
+    def __init__(
+        self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.router = router  # bridge.router.Router, or None: always local
+        self.tiers = tiers or {}
+        self._engines: dict[str, MusicGenEngine] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, model: str) -> MusicGenEngine:
+        from engines.generation import MusicGenEngine
+
+        with self._lock:
+            if model not in self._engines:
+                settings = self.config.generate
+                self._engines[model] = MusicGenEngine(model, settings.local_dir, settings.engine_device)
+            return self._engines[model]
+
+    def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        from engines.generation import fit_length, normalise_loudness, resample
+
+        args = ctx.job.args
+        started = time.monotonic()
+        # Re-check: the config (roots) may have changed since the job was queued, before a crash.
+        out_dir = self.paths.output_dir(args["out_dir"], "out_dir", KIND)
+        target = out_dir / Path(args["path"]).name
+        melody = self.paths.input_file(args["melody_path"], "melody_path", KIND) if args["melody_path"] else None
+        ctx.progress(0.0, stage="loading")
+        (audio, rate), where = self._generate_routed(ctx, melody)
+
+        ctx.progress(GENERATED, stage="finishing")
+        audio = resample(audio, rate, args["sample_rate"])
+        audio = fit_length(audio, args["frames"], args["sample_rate"], args["fade_in_ms"], args["fade_out_ms"])
+        level = normalise_loudness(audio, args["sample_rate"], args["loudness_lufs"], args["peak_ceiling_dbfs"])
+        ctx.check_cancelled()
+        if not out_dir.exists():
+            out_dir.mkdir(parents=True)
+            ctx.register_output(out_dir)
+        remove_partials(out_dir)  # leftovers of an attempt that crashed mid-write
+        writer = _writer(level.audio, args["sample_rate"], ENCODINGS[args["encoding"]])
+        atomic_write(ctx.register_output(target), writer)
+        ctx.progress(1.0, stage="written")
+        return {
+            "path": str(target),
+            "track_name": args["track_name"],
+            "seconds": round(args["frames"] / args["sample_rate"], 6),
+            "frames": args["frames"],
+            "bars": args["bars"],
+            "tempo": args["tempo"],
+            "tempo_source": args["tempo_source"],
+            "numerator": args["numerator"],
+            "denominator": args["denominator"],
+            "sample_rate": args["sample_rate"],
+            "channels": int(level.audio.shape[0]),
+            "prompt": args["prompt"],
+            "seed": args["seed"],
+            "model": args["model"],
+            "loudness_lufs": _rounded(level.loudness_lufs),
+            "peak_dbfs": _rounded(level.peak_dbfs),
+            "limited_by_peak": level.limited_by_peak,
+            "elapsed_seconds": round(time.monotonic() - started, 3),
+            **where,
+        }
+
+    def _generate_routed(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], dict[str, Any]]:
+        """Generate on the tier the router picks, falling through its plan when a tier fails."""
+        from bridge.router import run_routed
+
+        args = ctx.job.args
+        return run_routed(
+            ctx, self.router, TASK, args["model"], float(args["seconds"]),
+            lambda: self._generate_local(ctx, melody),
+            lambda tier: self._generate_remote(ctx, tier, melody),
+        )
+
+    def _generate_local(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], str]:
+        from engines.generation import GenerationRequest
+
+        args = ctx.job.args
+        engine = self.engine(args["model"])
+        engine.load()
+        ctx.check_cancelled()
+        ctx.progress(LOADED, stage="generating")
+        clip, clip_rate = _read_audio(melody) if melody is not None else (None, 0)
+        request = GenerationRequest(
+            prompt=args["prompt"], seconds=float(args["seconds"]), seed=int(args["seed"]), melody=clip,
+            melody_sample_rate=clip_rate, guidance_scale=args["guidance_scale"], temperature=args["temperature"],
+            top_k=args["top_k"],
+        )
+
+        def on_step(fraction: float) -> None:
+            ctx.check_cancelled()  # raises JobCanceled out of generate, within one step
+            ctx.progress(LOADED + (GENERATED - LOADED) * fraction, stage="generating")
+
+        generated = engine.process(request, on_step)
+        return (generated.audio, generated.sample_rate), str(engine.device)
+
+    def _generate_remote(
+        self, ctx: JobContext, tier_name: str, melody: Path | None
+    ) -> tuple[tuple[np.ndarray, int], float | None]:
+        import tempfile
+
+        from engines.cloud.base import TierJob
+
+        args = ctx.job.args
+        seconds = float(args["seconds"])
+        params: dict[str, Any] = {"prompt": args["prompt"], "duration_seconds": seconds, "seed": args["seed"]}
+        for key in ("temperature", "top_k"):  # Replicate's meta/musicgen takes these under our names
+            if args[key] is not None:
+                params[key] = args[key]
+        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
+            job = TierJob(task=TASK, params=params, work_dir=Path(scratch), input_path=melody,
+                          audio_seconds=seconds, deadline_seconds=args.get("deadline_seconds"))
+
+            def progress(fraction: float) -> None:
+                ctx.progress(LOADED + (GENERATED - LOADED) * fraction, stage=f"generating on {tier_name}")
+
+            result = self.tiers[tier_name].run(job, progress, ctx.check_cancelled)
+            output = result.outputs.get("audio") or next(iter(result.outputs.values()), None)
+            if output is None:
+                raise Unavailable(f"{KIND}: {tier_name} returned no audio")
+            audio, rate = _read_audio(Path(output), Unavailable)
+        return (audio, rate), result.cost_usd
+
+
+def _read_audio(path: Path, error: type[BridgeError] = BadRequest) -> tuple[np.ndarray, int]:
+    """`(channels, frames)` float32 and the sample rate; `error` when it cannot be decoded (a
+    tier's output that does not decode is the tier's failure: the router tries the next)."""
+    import soundfile
+
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise error(f"{KIND}: {path} cannot be decoded ({err})") from None
+    return np.ascontiguousarray(data.T), int(rate)
+
+
+def _rounded(value: float) -> float | None:
+    """JSON has no -inf: silence reports null."""
+    return round(value, 2) if math.isfinite(value) else None
+
+
+def _writer(audio: np.ndarray, sample_rate: int, subtype: str) -> Callable[[Path], None]:
+    import soundfile
+
+    def write(tmp: Path) -> None:
+        soundfile.write(str(tmp), audio.T, sample_rate, subtype=subtype, format="WAV")
+
+    return write
