@@ -50,7 +50,7 @@ TARGET_RATIO = 1.05
 
 def build_model(folder: Path, size: str) -> Path:
     """Save a random MusicGen of the given size; returns the folder."""
-    from tests.engines.test_generation import build_tiny_musicgen
+    from bridge.testing import build_tiny_musicgen
 
     folder = build_tiny_musicgen(folder)
     if size == "tiny":

@@ -239,6 +239,7 @@ class GenerateJob:
         atomic_write(ctx.register_output(target), writer)
         ctx.progress(1.0, stage="written")
         return {
+            "kind": KIND,  # DAW scripts place a generated loop on a new track when they see this
             "path": str(target),
             "track_name": args["track_name"],
             "seconds": round(args["frames"] / args["sample_rate"], 6),

@@ -283,6 +283,7 @@ def run_routed(
         realtime = args.get("deadline_class") == "realtime"
         plan = router.plan(task, model, units, args.get("deadline_seconds"), realtime=realtime)
     failures: list[str] = []
+    errors: list[BridgeError] = []
     for decision in plan or [None]:
         tier = LOCAL if decision is None else decision.tier
         if decision is not None:
@@ -309,7 +310,10 @@ def run_routed(
             if router is not None:
                 router.failed(tier)
             failures.append(f"{tier}: {err.code}: {err.message}")
+            errors.append(err)
             log.warning("job %s: %s failed (%s); trying the next tier", ctx.job.id, tier, err.message)
+    if len(errors) == 1:
+        raise errors[0]  # the only tier there was: its own error (e.g. not_found for a missing model)
     raise Unavailable(f"{ctx.job.kind}: every tier failed: " + "; ".join(failures))
 
 

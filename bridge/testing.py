@@ -243,3 +243,76 @@ def save_demucs_repo(model: Any, folder: Path, name: str, key: str | None = None
                folder / f"{sig}.th")
     (folder / f"{name}.yaml").write_text(f"models: ['{sig}']\n")
     return folder
+
+
+def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Path:
+    """A random MusicGen (about 0.7 M parameters) saved as a real checkpoint folder.
+
+    The recipe of DESIGN.md: T5 with d_model 32 and one layer; EnCodec at 32 kHz with
+    upsampling_ratios [8, 5, 4, 4] (50 frames a second), codebook_size 2048, target_bandwidths
+    [2.2] (4 codebooks); a one-layer decoder with vocab 2048 and pad = bos = decoder start = 2048.
+    A T5 tokenizer over a small character vocabulary stands in for t5-base's. `melody=True`
+    saves a MusicGen Melody with the melody feature extractor's settings.
+    """
+    import json
+
+    import torch
+    from transformers import EncodecConfig, T5Config, T5Tokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # token ids 2048 sit just past the vocabulary, by design
+    try:
+        torch.manual_seed(seed)
+        text = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+        audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
+                              target_bandwidths=[2.2], num_filters=4, hidden_size=32, codebook_dim=32,
+                              num_lstm_layers=1, audio_channels=1)
+        decoder = dict(vocab_size=2048, num_codebooks=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       ffn_dim=64, pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048)
+        if melody:
+            from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
+                                      MusicgenMelodyForConditionalGeneration)
+
+            config = MusicgenMelodyConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
+                                          decoder=MusicgenMelodyDecoderConfig(**decoder).to_dict())
+            model = MusicgenMelodyForConditionalGeneration(config)
+            with torch.no_grad():  # a random projection barely moves the logits: make the melody count
+                model.audio_enc_to_dec_proj.weight.mul_(30.0)
+        else:
+            from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
+
+            config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
+                                    decoder=MusicgenDecoderConfig(**decoder).to_dict())
+            model = MusicgenForConditionalGeneration(config)
+        # A fresh EnCodec's codebooks are zeros (real ones are learned), so every token would decode
+        # to the same sound; random codebooks make the audio depend on what was sampled.
+        for layer in model.audio_encoder.quantizer.layers:
+            torch.nn.init.normal_(layer.codebook.embed)
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+            layer.codebook.cluster_size.fill_(1.0)
+        generation = model.generation_config
+        generation.pad_token_id = generation.bos_token_id = generation.decoder_start_token_id = 2048
+        generation.do_sample, generation.guidance_scale = True, 3.0
+        model.save_pretrained(folder)
+        vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+        vocab += [(chr(c), -2.0) for c in range(ord("a"), ord("z") + 1)]
+        tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+        if melody:
+            # transformers' melody extractor needs torchaudio to be built, so its settings are
+            # written as the checkpoint on the hub has them.
+            tokenizer.save_pretrained(folder)
+            (Path(folder) / "preprocessor_config.json").write_text(json.dumps({
+                "feature_extractor_type": "MusicgenMelodyFeatureExtractor", "feature_size": 12,
+                "sampling_rate": 32000, "hop_length": 4096, "chunk_length": 30, "n_fft": 16384,
+                "num_chroma": 12, "padding_value": 0.0, "return_attention_mask": False, "stem_indices": [3, 2],
+                "processor_class": "MusicgenMelodyProcessor",
+            }))
+        else:
+            from transformers import EncodecFeatureExtractor, MusicgenProcessor
+
+            extractor = EncodecFeatureExtractor(sampling_rate=32000, feature_size=1)
+            MusicgenProcessor(extractor, tokenizer).save_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return Path(folder)

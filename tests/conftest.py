@@ -15,6 +15,11 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from bridge.testing import DaemonProcess
 
+# No model hub at test time: weights come from packages and tiny models built in the tests.
+# Daemons the tests start inherit this, so a hub name fails at once instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 REPLY_TIMEOUT = 5.0
 
 

@@ -29,7 +29,7 @@ from bridge.testing import DaemonProcess
 from engines.generation import integrated_loudness
 from tests.conftest import JackServer, OscUdp
 from tests.engines.cloud.fake_replicate import FakeReplicate, running_fake
-from tests.engines.test_generation import build_tiny_musicgen
+from bridge.testing import build_tiny_musicgen
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}  # no hub here: a hub name fails at once instead of retrying
 TOKEN = "r8_generate_test_token_0123456789"
@@ -101,7 +101,8 @@ def test_bars_follow_the_tempo_and_time_signature_the_daw_reported(daemon: Daemo
     fractions = [data["fraction"] for name, data in events if name == "job.progress"]
     stages = {data.get("stage") for name, data in events if name == "job.progress"}
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert {"finishing", "written"} <= stages  # (progress while generating: see the cancel test)
+    # Progress is throttled (intermediate stages may be merged); the last report always goes out.
+    assert "written" in stages  # (progress while generating: see the cancel test)
 
 
 def test_the_same_seed_and_prompt_make_the_same_file_and_a_tempo_in_the_request_wins(daemon: DaemonProcess) -> None:
@@ -181,8 +182,8 @@ def test_a_melody_for_a_model_without_melody_conditioning_is_refused_at_once(dae
 
 def test_a_model_that_cannot_be_found_fails_the_job_naming_what_was_tried(daemon: DaemonProcess) -> None:
     outcome, _ = run(daemon, {"prompt": "x", "seconds": 1.0, "model": "facebook/musicgen-small"})
-    # The router reports each tier's failure; with no cloud tier configured, local was the only one.
-    assert outcome["event"] == "job.failed" and "local: not_found" in outcome["message"], outcome
+    # With no cloud tier configured local was the only tier: its own error, code and all.
+    assert outcome["event"] == "job.failed" and outcome["code"] == "not_found", outcome
     assert "hub name 'facebook/musicgen-small'" in outcome["message"]
     assert "weight package: none ships MusicGen" in outcome["message"]
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-import zmq
 
 from bridge.client import Client, RemoteError
 from bridge.testing import DaemonProcess, tiny_htdemucs_repo

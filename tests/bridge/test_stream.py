@@ -7,7 +7,6 @@ its outputs, both on frame-accurate JACK cycles, so latency is measured in exact
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path

@@ -122,7 +122,7 @@ def test_a_hub_name_offline_falls_back_to_the_package_model(daemon: DaemonProces
 def test_a_missing_model_folder_fails_naming_it(daemon: DaemonProcess, speech: Path) -> None:
     missing = daemon.workdir / "no-whisper-here"
     outcome, _ = transcribe(daemon, {"path": str(speech), "model": str(missing)})
-    assert outcome["event"] == "job.failed"
+    assert outcome["event"] == "job.failed" and outcome["code"] == "not_found", outcome
     assert f"the folder {missing}: OSError: no such folder" in outcome["message"]
 
 
