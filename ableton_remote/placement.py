@@ -1,15 +1,18 @@
-"""Live's side of "separate the selected clip": find the clip, then put each stem where it was.
+"""Putting audio files into the set: the stems of the selected clip where it was, and generated
+loops where the user is looking (the next bar in the Arrangement, the selected scene in Session).
 
-Only documented Live Object Model calls are used: `Song.view.detail_clip` and
-`highlighted_clip_slot`, `Application.view.focused_document_view`, `Clip.file_path`,
+Only documented Live Object Model calls are used: `Song.view.detail_clip`, `highlighted_clip_slot`,
+`selected_track` and `selected_scene`, `Song.scenes`, `current_song_time`, `signature_numerator`
+and `signature_denominator`, `Application.view.focused_document_view`, `Clip.file_path`,
 `is_audio_clip`, `is_arrangement_clip`, `start_time`, `canonical_parent`, `Song.create_audio_track`,
-and, new in Live 12, `Track.create_audio_clip(file_path, position)` (Arrangement) and
-`ClipSlot.create_audio_clip(file_path)` (Session). The last two are checked before use, because
-older Lives lack them.
+`Song.delete_track`, and, new in Live 12, `Track.create_audio_clip(file_path, position)`
+(Arrangement) and `ClipSlot.create_audio_clip(file_path)` (Session). The last two are checked
+before use, because older Lives lack them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,3 +137,108 @@ def place_stems(song: Any, target: ClipTarget, paths: Mapping[str, str]) -> Plac
             continue
         report.created.append(stem)
     return report
+
+
+# -- generated loops -------------------------------------------------------------------------------
+
+# A playhead this close before a bar line counts as on it (Live reports beats as floats).
+BAR_EPSILON_BEATS = 1e-6
+
+
+@dataclass(frozen=True)
+class LoopTarget:
+    """Where a generated loop lands, decided when it arrives: in the view the user is looking at."""
+
+    in_arrangement: bool
+    track_index: int = -1  # where the new track goes: after the selected track, or -1 (the end)
+    position: float = 0.0  # beats from the song start (Arrangement)
+    bar: int = 1  # the bar that starts at `position`, counted from 1 (for messages)
+    scene_index: int = 0  # row in Session view
+
+    @property
+    def where(self) -> str:
+        if self.in_arrangement:
+            return f"Arrangement, bar {self.bar}"
+        return f"Session, scene {self.scene_index + 1}"
+
+
+def bar_beats(numerator: int, denominator: int) -> float:
+    """Beats (quarter notes, Live's unit) in one bar: 4/4 -> 4, 7/8 -> 3.5, 6/8 -> 3."""
+    return int(numerator) * 4.0 / int(denominator)
+
+
+def next_bar(song_time: float, numerator: int, denominator: int) -> tuple[float, int]:
+    """(beats, bar number from 1) of the first bar line at or after `song_time` beats."""
+    length = bar_beats(numerator, denominator)
+    index = max(math.ceil(float(song_time) / length - BAR_EPSILON_BEATS), 0)
+    return index * length, index + 1
+
+
+def loop_target(song: Any, application: Any) -> LoopTarget:
+    """The selected scene in Session view; else the next bar line from the playhead."""
+    selected = _index_of(song.tracks, song.view.selected_track)
+    track_index = selected + 1 if selected >= 0 else -1
+    if application.view.focused_document_view == SESSION_VIEW:
+        scene = _index_of(song.scenes, song.view.selected_scene)
+        return LoopTarget(in_arrangement=False, track_index=track_index, scene_index=max(scene, 0))
+    position, bar = next_bar(song.current_song_time, song.signature_numerator, song.signature_denominator)
+    return LoopTarget(in_arrangement=True, track_index=track_index, position=position, bar=bar)
+
+
+class MissingApi(PlacementError):
+    """This Live lacks a call the placement needs (`call`, e.g. "Track.create_audio_clip")."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(f"this Live has no {call} ({LIVE_WITH_AUDIO_CLIP_IMPORT} or later has it)")
+        self.call = call
+
+
+def missing_loop_api(song: Any, target: LoopTarget) -> str | None:
+    """The Live call this Live lacks for placing a loop at `target`, or None when it has them all.
+
+    Asked of a track already in the set (every Live track is of one class), so that a Live without
+    the calls is told so before a track is made; in an empty set `place_loop` asks the new track.
+    """
+    if not hasattr(song, "create_audio_track"):
+        return "Song.create_audio_track"
+    tracks = song.tracks
+    return _missing_on(tracks[0], target) if tracks else None
+
+
+def _missing_on(track: Any, target: LoopTarget) -> str | None:
+    if target.in_arrangement:
+        return None if hasattr(track, "create_audio_clip") else "Track.create_audio_clip"
+    slots = track.clip_slots
+    return None if slots and hasattr(slots[0], "create_audio_clip") else "ClipSlot.create_audio_clip"
+
+
+def place_loop(song: Any, target: LoopTarget, track_name: str, path: str) -> Any:
+    """A new audio track named `track_name` with the file at `target`; returns the track.
+
+    Call only from Live's timer or a user action (Live forbids changing the set from a listener).
+    When Live refuses the clip (or lacks the call: MissingApi), the new track is deleted again and
+    the error is raised.
+    """
+    song.create_audio_track(target.track_index)
+    tracks = song.tracks
+    track = tracks[target.track_index if target.track_index >= 0 else len(tracks) - 1]  # -1: at the end
+    try:
+        missing = _missing_on(track, target)
+        if missing is not None:
+            raise MissingApi(missing)
+        track.name = track_name
+        if target.in_arrangement:
+            track.create_audio_clip(path, target.position)
+        else:
+            track.clip_slots[target.scene_index].create_audio_clip(path)
+    except Exception:  # Live raises RuntimeError, ArgumentError, IndexError...: undo, then report
+        _delete_track(song, track)
+        raise
+    return track
+
+
+def _delete_track(song: Any, track: Any) -> None:
+    """Take back a track made for a clip Live refused: no empty tracks are left behind."""
+    index = _index_of(song.tracks, track)
+    if index >= 0 and hasattr(song, "delete_track"):
+        song.delete_track(index)

@@ -8,13 +8,19 @@ says what went wrong in the status bar.
 
 MIDI on the input port chosen for "Flowstate" in Live's settings (channel and numbers below):
 note NOTE_SEPARATE separates the selected clip, NOTE_STREAM_START / NOTE_STREAM_STOP start and
-stop live stems, and the CCs in GAIN_CCS set a stem's gain (0..127 -> GAIN_MIN_DB..GAIN_MAX_DB).
+stop live stems, NOTE_GENERATE generates a loop (GENERATE_PRESET, GENERATE_BARS bars at Live's
+tempo), and the CCs in GAIN_CCS set a stem's gain (0..127 -> GAIN_MIN_DB..GAIN_MAX_DB).
+
+Generated loops land in the set: every `generate` job that finishes while the script runs (its
+own, a MIDI note's on the daemon's port, another client's) becomes a new audio track named after
+the loop, in the selected scene in Session view or at the next bar line in the Arrangement.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -27,8 +33,12 @@ from .osc import OscArg
 from .placement import (
     LIVE_WITH_AUDIO_CLIP_IMPORT,
     ClipTarget,
+    MissingApi,
     PlacementError,
+    loop_target,
     missing_api,
+    missing_loop_api,
+    place_loop,
     place_stems,
     selected_clip,
     stems_folder,
@@ -44,6 +54,13 @@ MIDI_CHANNEL = 0  # 0 = MIDI channel 1 ... 15 = channel 16
 NOTE_SEPARATE = 36  # C1 in Live's note names: separate the selected clip into stem tracks
 NOTE_STREAM_START = 37  # C#1: start live stems
 NOTE_STREAM_STOP = 38  # D1: stop live stems
+NOTE_GENERATE = 39  # D#1: generate a loop (below) at Live's tempo; it lands like any generated loop
+GENERATE_PRESET = "keys"  # a name from the daemon's generate.presets (config.yaml)
+GENERATE_BARS = 4.0  # the loop's length in bars of Live's time signature
+# Put every loop a `generate` job makes (this script's, a MIDI note's, another client's) into the
+# set: a new audio track in the selected scene (Session view) or at the next bar (Arrangement).
+# False: nothing is placed; the status bar says where this script's own loops were written.
+PLACE_GENERATED_LOOPS = True
 GAIN_CCS = {20: "drums", 21: "bass", 22: "other", 23: "vocals"}  # CC number -> stem
 GAIN_MIN_DB = -60.0  # CC value 0
 GAIN_MAX_DB = 6.0  # CC value 127
@@ -53,6 +70,8 @@ STREAM_START_TIMEOUT_SECONDS = 120.0  # the first start loads the model
 RECONNECT_SECONDS = 5.0  # while the daemon is away, try to register again this often
 
 PREFIX = "Flowstate: "
+GENERATE_KIND = "generate"  # the "kind" of a generate job's result
+MAX_REMEMBERED_JOBS = 256  # loops already placed, by job id (each job.done may arrive twice)
 SONG_PROPERTIES = ("tempo", "signature_numerator", "signature_denominator", "is_playing")
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -90,6 +109,8 @@ class FlowstateSurface:
         self._c = c_instance
         self._link = DaemonLink(DAEMON_HOST, DAEMON_PORT, LISTEN_HOST, on_event=self._on_event, log=self._log)
         self._jobs: dict[str, ClipTarget] = {}  # our separation jobs, by job id
+        self._generating: dict[str, str] = {}  # our generate jobs, by job id: what was asked for
+        self._landed: dict[str, None] = {}  # generate jobs already handled, oldest first
         self._percent: dict[str, int] = {}  # the progress last shown, by job id
         self._on_song_change = self._song_changed  # one callable, so Live can match it on removal
         self._song_listened: list[str] = []
@@ -130,6 +151,8 @@ class FlowstateSurface:
             self._link.request("unregister", [port], _ignore_reply, _ignore_error, REQUEST_TIMEOUT_SECONDS)
         self._link.close()
         self._jobs.clear()
+        self._generating.clear()
+        self._landed.clear()
         self._percent.clear()
         self._registered = False
 
@@ -156,7 +179,7 @@ class FlowstateSurface:
     def build_midi_map(self, midi_map_handle: Any) -> None:
         """Ask Live to forward our notes and CCs to `receive_midi` instead of the tracks."""
         script = self._c.handle()
-        for note in (NOTE_SEPARATE, NOTE_STREAM_START, NOTE_STREAM_STOP):
+        for note in (NOTE_SEPARATE, NOTE_STREAM_START, NOTE_STREAM_STOP, NOTE_GENERATE):
             Live.MidiMap.forward_midi_note(script, midi_map_handle, MIDI_CHANNEL, note)
         for cc in GAIN_CCS:
             Live.MidiMap.forward_midi_cc(script, midi_map_handle, MIDI_CHANNEL, cc)
@@ -171,6 +194,7 @@ class FlowstateSurface:
                 NOTE_SEPARATE: self.separate_selected_clip,
                 NOTE_STREAM_START: self.start_stream,
                 NOTE_STREAM_STOP: self.stop_stream,
+                NOTE_GENERATE: self.generate_loop,
             }.get(number)
             if action is not None:
                 action()
@@ -205,6 +229,27 @@ class FlowstateSurface:
             [target.file_path],
             lambda args: self._separation_queued(target, args),
             lambda code, message: self._show(f"cannot separate '{target.clip_name}': {code}: {message}"),
+            REQUEST_TIMEOUT_SECONDS,
+        )
+
+    @_guarded
+    def generate_loop(self, preset: str | None = None, bars: float | None = None, prompt: str = "") -> None:
+        """Send `generate` (a preset and/or a prompt, bars at Live's tempo); the loop lands when done.
+
+        Defaults: GENERATE_PRESET and GENERATE_BARS. The daemon counts the bars at the tempo and
+        time signature this script reports, so changes not yet sent go first.
+        """
+        preset = GENERATE_PRESET if preset is None else preset
+        bars = GENERATE_BARS if bars is None else bars
+        label = prompt or preset
+        if self._registered and self._daw_dirty:
+            self._send_daw_state()
+        self._show(f"generating '{label}', {bars:g} bar{'' if bars == 1 else 's'} at Live's tempo...")
+        self._link.request(
+            "generate",
+            [prompt, preset, float(bars)],  # positional, in the registry's order: prompt, preset, bars
+            lambda args: self._generation_queued(label, args),
+            lambda code, message: self._show(f"cannot generate '{label}': {code}: {message}"),
             REQUEST_TIMEOUT_SECONDS,
         )
 
@@ -287,6 +332,13 @@ class FlowstateSurface:
         self._jobs[job_id] = target
         self._show(f"separating '{target.clip_name}': queued")
 
+    def _generation_queued(self, label: str, args: tuple[OscArg, ...]) -> None:
+        job_id = str(args[0]) if args else ""
+        if job_id in self._landed:
+            return  # already done and placed: its job.done beat the reply
+        self._generating[job_id] = label
+        self._show(f"generating '{label}': queued")
+
     def _stream_started(self, args: tuple[OscArg, ...]) -> None:
         round_trip, latency = (list(args) + [None, None])[:2]
         self._show(f"live stems running: latency {_number(latency)} ms, round trip {_number(round_trip)} ms")
@@ -311,9 +363,16 @@ class FlowstateSurface:
 
     def _on_job_event(self, name: str, args: tuple[OscArg, ...]) -> None:
         job_id = str(args[0]) if args else ""
-        target = self._jobs.get(job_id)
-        if target is None:
-            return  # someone else's job, or one of ours already finished (events come twice)
+        if job_id in self._jobs:
+            self._on_separation_event(name, job_id, args)
+        elif name == "job.done":
+            self._on_job_done(job_id, args[1] if len(args) > 1 else "")
+        elif job_id in self._generating:
+            self._on_generation_event(name, job_id, args)
+        # else: someone else's job, or one of ours already finished (events come twice)
+
+    def _on_separation_event(self, name: str, job_id: str, args: tuple[OscArg, ...]) -> None:
+        target = self._jobs[job_id]
         if name == "job.progress":
             fraction = args[1] if len(args) > 1 and isinstance(args[1], (int, float)) else 0.0
             percent = round(fraction * 100)
@@ -330,6 +389,70 @@ class FlowstateSurface:
             self._show(f"separating '{target.clip_name}' failed: {code}: {message}")
         else:
             self._show(f"separating '{target.clip_name}' was canceled")
+
+    def _on_generation_event(self, name: str, job_id: str, args: tuple[OscArg, ...]) -> None:
+        """Progress and failures of this script's own generate jobs (job.done: `_on_job_done`)."""
+        label = self._generating[job_id]
+        if name == "job.progress":
+            fraction = args[1] if len(args) > 1 and isinstance(args[1], (int, float)) else 0.0
+            percent = round(fraction * 100)
+            if self._percent.get(job_id) != percent:
+                self._percent[job_id] = percent
+                self._show(f"generating '{label}': {percent}%")
+            return
+        del self._generating[job_id]
+        self._percent.pop(job_id, None)
+        if name == "job.failed":
+            code, message = (list(args[1:]) + ["", ""])[:2]
+            self._show(f"generating '{label}' failed: {code}: {message}")
+        elif name == "job.canceled":
+            self._show(f"generating '{label}' was canceled")
+
+    def _on_job_done(self, job_id: str, result_text: OscArg) -> None:
+        """Any finished job that is not our separation: a generated loop (anyone's) lands, once."""
+        try:
+            result = json.loads(str(result_text))
+        except json.JSONDecodeError:
+            return
+        if not isinstance(result, dict) or result.get("kind") != GENERATE_KIND or job_id in self._landed:
+            return
+        self._landed[job_id] = None
+        while len(self._landed) > MAX_REMEMBERED_JOBS:
+            del self._landed[next(iter(self._landed))]
+        ours = self._generating.pop(job_id, None) is not None
+        self._percent.pop(job_id, None)
+        path, track_name = str(result.get("path") or ""), str(result.get("track_name") or "")
+        track_name = track_name or os.path.splitext(os.path.basename(path))[0] or "Generated"
+        if not path:
+            self._show(f"generated '{track_name}' finished without a file: {str(result_text)[:200]}")
+        elif PLACE_GENERATED_LOOPS:
+            self._land_loop(track_name, path, result.get("tempo"))
+        elif ours:
+            self._show(f"generated '{track_name}': {path}")
+
+    def _land_loop(self, track_name: str, path: str, tempo: object) -> None:
+        """A new audio track with the loop, where the user is looking now."""
+        song = self._c.song()
+        target = loop_target(song, self._c.application())
+        missing = missing_loop_api(song, target)
+        try:
+            if missing is not None:
+                raise MissingApi(missing)
+            place_loop(song, target, track_name, path)
+        except MissingApi as err:
+            self._show(
+                f"generated '{track_name}' is at {path}, but this Live has no {err.call} "
+                f"({LIVE_WITH_AUDIO_CLIP_IMPORT} or later has it): drag it in from the browser"
+            )
+            return
+        except Exception as err:  # Live refused the clip (its message says why); the file is kept
+            self._log(f"generated '{track_name}' not placed: {traceback.format_exc()}")
+            self._show(f"generated '{track_name}' not placed: {type(err).__name__}: {err} (the file: {path})")
+            return
+        note = ""
+        if isinstance(tempo, (int, float)) and abs(float(tempo) - float(song.tempo)) > 0.005:
+            note = f"; made at {float(tempo):g} BPM, the set is at {float(song.tempo):g} BPM"
+        self._show(f"added '{track_name}' ({target.where}){note}")
 
     def _place(self, target: ClipTarget, result_text: OscArg) -> None:
         """Stems are on disk: one new track per stem, where the clip was."""

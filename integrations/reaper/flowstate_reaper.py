@@ -42,6 +42,14 @@ ACTION_SELECTED_TRACK_AS_LAST_TOUCHED = 40914
 # Undo flag: the undo point may cover every kind of change (tracks, items, selection).
 UNDO_STATE_ALL = -1
 SOURCE_NAME_BUFFER = 4096
+# The generate action's questions: (extended-state key keeping the last answer, first default).
+GENERATE_FIELDS = (("generate_preset", "keys"), ("generate_prompt", ""), ("generate_bars", "4"))
+# A prompt may hold commas, so the answers are separated by a newline (GetUserInputs' separator=).
+INPUT_SEPARATOR = "\n"
+GENERATE_CAPTIONS = ",".join([
+    "Preset (keys or drums...; empty: none)", "Prompt (empty: the preset's)", "Bars",
+    "separator=" + INPUT_SEPARATOR, "extrawidth=220",  # REAPER's options for the dialog, not fields
+])
 
 _POINTER = re.compile(r"^\((\w+\*|HWND)\)0x([0-9A-Fa-f]+)$")
 
@@ -298,25 +306,42 @@ def _line_up(item: str, source: SourceItem) -> None:
         rpr.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", source.playrate)
 
 
-class SeparateSelectedItem(Task):
-    """stems.separate on the selected item's file, progress in the console, stems as new tracks."""
+class JobTask(Task):
+    """A task that starts one daemon job and waits for it from the defer loop: progress in the
+    console, its events (also those that beat the reply), `job.status` after a silence, and a
+    cancel when the user stops the script. Subclasses set `job_request`, `verb` and `noun`, and
+    implement `_begin`, `_name` and `_job_done`."""
+
+    job_request = ""  # the OSC address whose reply carries the job id
+    verb = ""  # "Separating": how failures start
+    noun = ""  # "separation": how a cancel is told
 
     def __init__(self) -> None:
         super().__init__()
-        self.source: Optional[SourceItem] = None
         self.job_id: Optional[str] = None
-        self.inserted: Dict[str, str] = {}
         self._early: List[Tuple[str, List[Any]]] = []  # job events that beat the reply
         self._reported_tenth = -1
 
-    def _begin(self) -> None:
-        self.source = selected_source_item()
-        self.connect()
-        self.request("/flow/stems/separate", self.source.path)
-        say("separating %s ..." % self.source.path)
+    # -- for subclasses ----------------------------------------------------------------------------
+
+    def _name(self) -> str:
+        """What the job works on, for the console and messages."""
+        raise NotImplementedError
+
+    def _job_done(self, result: Dict[str, Any]) -> None:
+        """The job's result is in: put it into the project, then `finish` or `fail`."""
+        raise NotImplementedError
+
+    def _on_other_reply(self, request: str, args: List[Any]) -> None:
+        """Replies to requests other than `job_request` and `job.status`; none by default."""
+
+    def _progress_line(self, percent: int) -> str:
+        return "%s: %d %%" % (self._name(), percent)
+
+    # -- the job's life ----------------------------------------------------------------------------
 
     def _on_reply(self, request: str, args: List[Any]) -> None:
-        if request == "/flow/stems/separate":
+        if request == self.job_request:
             self.job_id, state = str(args[0]), str(args[1])
             say("job %s %s" % (self.job_id, state))
             early, self._early = self._early, []
@@ -324,6 +349,8 @@ class SeparateSelectedItem(Task):
                 self._on_event(name, event_args)
         elif request == "/flow/job/status":
             self._on_job_status(json.loads(args[0]))
+        else:
+            self._on_other_reply(request, args)
 
     def _on_event(self, name: str, args: List[Any]) -> None:
         if not name.startswith("job."):
@@ -336,11 +363,11 @@ class SeparateSelectedItem(Task):
         if name == "job.progress":
             self._report_progress(float(args[1]))
         elif name == "job.done":
-            self._insert(json.loads(args[1]))
+            self._job_done(json.loads(args[1]))
         elif name == "job.failed":
-            raise FlowstateError("Separating %s failed: %s (%s)" % (self._name(), args[2], args[1]))
+            raise FlowstateError("%s %s failed: %s (%s)" % (self.verb, self._name(), args[2], args[1]))
         elif name == "job.canceled":
-            raise FlowstateError("The separation of %s was canceled." % self._name())
+            raise FlowstateError("The %s of %s was canceled." % (self.noun, self._name()))
 
     def _on_idle(self) -> None:
         # Events travel over UDP: after a silence, ask for the job's state instead of trusting them.
@@ -352,13 +379,13 @@ class SeparateSelectedItem(Task):
     def _on_job_status(self, job: Dict[str, Any]) -> None:
         state = job.get("state")
         if state == "done":
-            self._insert(job["result"])
+            self._job_done(job["result"])
         elif state == "failed":
             error = job.get("error") or {}
             raise FlowstateError(
-                "Separating %s failed: %s (%s)" % (self._name(), error.get("message"), error.get("code")))
+                "%s %s failed: %s (%s)" % (self.verb, self._name(), error.get("message"), error.get("code")))
         elif state == "canceled":
-            raise FlowstateError("The separation of %s was canceled." % self._name())
+            raise FlowstateError("The %s of %s was canceled." % (self.noun, self._name()))
         else:
             self._report_progress(float(job.get("progress") or 0.0))
 
@@ -366,9 +393,38 @@ class SeparateSelectedItem(Task):
         tenth = int(fraction * 10)  # a line per 10 %: the console is for people
         if tenth > self._reported_tenth:
             self._reported_tenth = tenth
-            say("%s: %d %%" % (self._name(), int(fraction * 100)))
+            say(self._progress_line(int(fraction * 100)))
 
-    def _insert(self, result: Dict[str, Any]) -> None:
+    def close(self) -> None:
+        """The user stopped the script (or REAPER quits) mid-job: cancel the job, then disconnect."""
+        if not self.finished and self.job_id is not None and self.client is not None:
+            try:
+                self.client.send("/flow/job/cancel", self.job_id)
+                say("stopped waiting; asked the daemon to cancel job %s" % self.job_id)
+            except DaemonUnreachable as err:
+                say("stopped waiting; could not cancel job %s: %s" % (self.job_id, err))
+        super().close()
+
+
+class SeparateSelectedItem(JobTask):
+    """stems.separate on the selected item's file, progress in the console, stems as new tracks."""
+
+    job_request = "/flow/stems/separate"
+    verb = "Separating"
+    noun = "separation"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source: Optional[SourceItem] = None
+        self.inserted: Dict[str, str] = {}
+
+    def _begin(self) -> None:
+        self.source = selected_source_item()
+        self.connect()
+        self.request(self.job_request, self.source.path)
+        say("separating %s ..." % self.source.path)
+
+    def _job_done(self, result: Dict[str, Any]) -> None:
         assert self.source is not None
         paths = result.get("paths") or {}
         if not paths:
@@ -382,18 +438,136 @@ class SeparateSelectedItem(Task):
         self.finish("%d stems of %s are on new tracks at %.3f s: %s" % (
             len(paths), self._name(), self.source.position, ", ".join(paths)))
 
-    def close(self) -> None:
-        """The user stopped the script (or REAPER quits) mid-job: cancel the job, then disconnect."""
-        if not self.finished and self.job_id is not None and self.client is not None:
-            try:
-                self.client.send("/flow/job/cancel", self.job_id)
-                say("stopped waiting; asked the daemon to cancel job %s" % self.job_id)
-            except DaemonUnreachable as err:
-                say("stopped waiting; could not cancel job %s: %s" % (self.job_id, err))
-        super().close()
-
     def _name(self) -> str:
         return self.source.name if self.source is not None else "the item"
+
+
+# -- generate a loop at the edit cursor -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopRequest:
+    """What to generate (as the user typed it) and where it goes."""
+
+    preset: str
+    prompt: str
+    bars: float
+    position: float  # seconds: the edit cursor when the action ran
+
+    @property
+    def label(self) -> str:
+        return self.prompt or self.preset or "a loop"
+
+
+def ask_loop_request() -> Optional[LoopRequest]:
+    """Ask for preset, prompt and bars (last answers offered); None when the user cancels."""
+    defaults = [rpr.RPR_GetExtState(EXT_SECTION, key) or default for key, default in GENERATE_FIELDS]
+    answer = rpr.RPR_GetUserInputs(TITLE + ": generate a loop", len(GENERATE_FIELDS), GENERATE_CAPTIONS,
+                                   INPUT_SEPARATOR.join(defaults), 1024)
+    if not answer[0]:
+        return None
+    values = (answer[4].split(INPUT_SEPARATOR) + ["", "", ""])[:3]
+    preset, prompt, bars_text = (value.strip() for value in values)
+    try:
+        bars = float(bars_text)
+    except ValueError:
+        bars = 0.0
+    if not bars > 0:
+        raise FlowstateError("Bars %r: expected a number of bars greater than 0, e.g. 4" % bars_text)
+    for (key, _), value in zip(GENERATE_FIELDS, (preset, prompt, bars_text)):
+        rpr.RPR_SetExtState(EXT_SECTION, key, value, True)
+    return LoopRequest(preset=preset, prompt=prompt, bars=bars, position=rpr.RPR_GetCursorPosition())
+
+
+def musical_state_at(where: float) -> Tuple[float, int, int]:
+    """(tempo, numerator, denominator) of the project at `where` seconds."""
+    _, _, numerator, denominator, tempo = rpr.RPR_TimeMap_GetTimeSigAtTime(0, where, 0, 0, 0.0)
+    return float(tempo), int(numerator), int(denominator)
+
+
+def insert_loop(path: str, track_name: str, position: float) -> str:
+    """A new track named `track_name` below the first selected track (else last) with the file at
+    `position` seconds; one undo point; the edit cursor is put back. Returns REAPER's problem, or
+    "" when the loop went in (a track for a file REAPER cannot read is removed again)."""
+    cursor = rpr.RPR_GetCursorPosition()
+    problem = ""
+    rpr.RPR_Undo_BeginBlock()
+    rpr.RPR_PreventUIRefresh(1)
+    try:
+        selected = rpr.RPR_GetSelectedTrack(0, 0)
+        if is_null(selected):
+            index = rpr.RPR_CountTracks(0)
+        else:
+            index = int(rpr.RPR_GetMediaTrackInfo_Value(selected, "IP_TRACKNUMBER"))  # 1-based: the slot below
+        rpr.RPR_InsertTrackAtIndex(index, True)
+        track = rpr.RPR_GetTrack(0, index)
+        rpr.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", track_name, True)
+        rpr.RPR_SetOnlyTrackSelected(track)
+        rpr.RPR_Main_OnCommand(ACTION_SELECTED_TRACK_AS_LAST_TOUCHED, 0)
+        rpr.RPR_SetEditCurPos(position, False, False)
+        item = rpr.RPR_GetTrackMediaItem(track, 0) if rpr.RPR_InsertMedia(path, 0) > 0 else None
+        if item is None or is_null(item):
+            problem = "REAPER could not import %s" % path
+            rpr.RPR_DeleteTrack(track)
+    finally:
+        rpr.RPR_SetEditCurPos(cursor, False, False)
+        rpr.RPR_PreventUIRefresh(-1)
+        rpr.RPR_TrackList_AdjustWindows(False)
+        rpr.RPR_UpdateArrange()
+        rpr.RPR_Undo_EndBlock("Flowstate: generated %s" % track_name, UNDO_STATE_ALL)
+    return problem
+
+
+class GenerateLoop(JobTask):
+    """daw.set with the project's tempo and time signature at the edit cursor, then `generate`
+    (preset, prompt, bars); the loop goes on a new track at the edit cursor."""
+
+    job_request = "/flow/generate"
+    verb = "Generating"
+    noun = "generation"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: Optional[LoopRequest] = None
+        self.result: Dict[str, Any] = {}
+
+    def _begin(self) -> None:
+        self.loop = ask_loop_request()
+        if self.loop is None:
+            self.finished = True  # the user pressed Cancel: nothing to do, nothing to say
+            return
+        tempo, numerator, denominator = musical_state_at(self.loop.position)
+        playing = bool(rpr.RPR_GetPlayState() & 1)
+        self.connect()
+        # The daemon counts bars at the tempo it was told last: tell it REAPER's, at the cursor.
+        self.request("/flow/daw/set", tempo, numerator, denominator, playing)
+        say("generating %s: %g bars at %g BPM in %d/%d, for %.3f s ..." % (
+            self.loop.label, self.loop.bars, tempo, numerator, denominator, self.loop.position))
+
+    def _on_other_reply(self, request: str, args: List[Any]) -> None:
+        if request == "/flow/daw/set":
+            assert self.loop is not None
+            self.request(self.job_request, self.loop.prompt, self.loop.preset, float(self.loop.bars))
+
+    def _progress_line(self, percent: int) -> str:
+        return "generating %s: %d %%" % (self._name(), percent)
+
+    def _job_done(self, result: Dict[str, Any]) -> None:
+        assert self.loop is not None
+        path = str(result.get("path") or "")
+        if not path:
+            raise FlowstateError("The daemon finished %s but returned no file." % self._name())
+        track_name = str(result.get("track_name") or path.replace("\\", "/").rsplit("/", 1)[-1])
+        self.result = result
+        problem = insert_loop(path, track_name, self.loop.position)
+        if problem:
+            self.fail("The generated loop could not be imported: %s" % problem)
+            return
+        self.finish("%s is on a new track at %.3f s (%.3f s long): %s" % (
+            track_name, self.loop.position, float(result.get("seconds") or 0.0), path))
+
+    def _name(self) -> str:
+        return self.loop.label if self.loop is not None else "the loop"
 
 
 # -- one-shot commands ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """A simulated Live Object Model, faithful to the documented API the Remote Script uses.
 
 Live itself cannot run here, so this stands in for it: Application (with its view's
-`focused_document_view`), Song (tempo, time signature, transport, tracks, scenes, the view's
-`selected_track` / `detail_clip` / `highlighted_clip_slot`, `create_audio_track`), Track,
+`focused_document_view`), Song (tempo, time signature, transport, `current_song_time`, tracks,
+scenes, the view's `selected_track` / `selected_scene` / `detail_clip` / `highlighted_clip_slot`,
+`create_audio_track`, `delete_track`), Track,
 ClipSlot, Clip and Scene, with Live's listener methods (`add_<prop>_listener`,
 `remove_<prop>_listener`, `<prop>_has_listener`), the `c_instance` a Remote Script receives, and
 Live's `Live` module (`Live.MidiMap.forward_midi_note/_cc`).
@@ -167,7 +168,7 @@ class Track12(Track):
         return self.add_arrangement_clip(file_path, float(position))
 
 
-@dataclass
+@dataclass(eq=False)  # Live objects compare by identity: two scenes may share a name
 class Scene:
     name: str = ""
 
@@ -181,17 +182,19 @@ class SongView:
 
 
 class Song(Observable):
-    _observed = ("tempo", "signature_numerator", "signature_denominator", "is_playing", "tracks")
+    _observed = ("tempo", "signature_numerator", "signature_denominator", "is_playing", "tracks",
+                 "current_song_time")
 
     def __init__(self, live: LiveSet, num_scenes: int) -> None:
         super().__init__(live)
         self.scenes = [Scene(str(index + 1)) for index in range(num_scenes)]
         self._tracks: list[Track] = []
-        self.view = SongView()
+        self.view = SongView(selected_scene=self.scenes[0] if self.scenes else None)  # Live always has one
         self._tempo = 120.0
         self._signature_numerator = 4
         self._signature_denominator = 4
         self._is_playing = False
+        self._current_song_time = 0.0  # the playhead (or, stopped, the insert marker), in beats
 
     @property
     def tracks(self) -> tuple[Track, ...]:
@@ -207,6 +210,16 @@ class Song(Observable):
         self.view.selected_track = track  # Live selects the new track
         self._notify("tracks")
 
+    def delete_track(self, index: int) -> None:
+        """Delete the track at `index` (0..len(tracks)-1)."""
+        _check_not_notifying(self._live)
+        if not 0 <= index < len(self._tracks):
+            raise RuntimeError(f"Index {index} out of range [0, {len(self._tracks) - 1}]")
+        track = self._tracks.pop(index)
+        if self.view.selected_track is track:
+            self.view.selected_track = self._tracks[min(index, len(self._tracks) - 1)] if self._tracks else None
+        self._notify("tracks")
+
     def _set(self, name: str, value: Any) -> None:
         _check_not_notifying(self._live)
         if getattr(self, f"_{name}") != value:
@@ -219,6 +232,16 @@ class Song(Observable):
     signature_denominator = property(lambda self: self._signature_denominator,
                                      lambda self, v: self._set("signature_denominator", int(v)))
     is_playing = property(lambda self: self._is_playing, lambda self, v: self._set("is_playing", bool(v)))
+
+    @property
+    def current_song_time(self) -> float:
+        return self._current_song_time
+
+    @current_song_time.setter
+    def current_song_time(self, value: float) -> None:
+        if float(value) < 0:
+            raise RuntimeError(f"Song time {value} must be >= 0")
+        self._set("current_song_time", float(value))
 
     def start_playing(self) -> None:
         self.is_playing = True
@@ -301,6 +324,16 @@ class LiveSet:
         self.song.view.highlighted_clip_slot = slot
         self.song.view.detail_clip = slot.clip
         self.song.view.selected_track = slot.canonical_parent
+
+    def select_scene(self, index: int) -> None:
+        """The user clicks a scene in Session view (Live also highlights that row)."""
+        self.application.view.focused_document_view = SESSION
+        self.song.view.selected_scene = self.song.scenes[index]
+
+    def show_arrangement(self, song_time: float) -> None:
+        """The user looks at the Arrangement with the playhead (insert marker) at `song_time` beats."""
+        self.application.view.focused_document_view = ARRANGER
+        self.song.current_song_time = song_time
 
 
 @dataclass

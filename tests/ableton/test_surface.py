@@ -236,7 +236,7 @@ def test_midi_map_forwards_the_documented_notes_and_ccs(daemon: DaemonProcess, l
     script.surface.build_midi_map(handle)
     me = live.c_instance.handle()
     channel = surface_module.MIDI_CHANNEL
-    assert handle.notes == [(me, channel, note) for note in (36, 37, 38)]
+    assert handle.notes == [(me, channel, note) for note in (36, 37, 38, 39)]
     assert handle.ccs == [(me, channel, cc) for cc in (20, 21, 22, 23)]
     assert (cc_to_gain_db(0), cc_to_gain_db(127)) == (-60.0, 6.0)
     assert cc_to_gain_db(64) == pytest.approx(-60.0 + 66.0 * 64 / 127, abs=0.01)

@@ -212,6 +212,15 @@ class Reaper:
 
     def RPR_GetUserInputs(self, title: str, num_inputs: int, captions_csv: str, retvals_csv: str,
                           retvals_csv_sz: int) -> tuple[bool, str, int, str, str, int]:
+        """The dialog: one field per caption; `separator=X` and `extrawidth=N` captions are options
+        (X separates the values, default ","), and the values must match the number of fields."""
+        captions = captions_csv.split(",")
+        options = {c.split("=", 1)[0]: c.split("=", 1)[1] for c in captions if c.split("=", 1)[0] in
+                   ("separator", "extrawidth")}
+        fields = [c for c in captions if c.split("=", 1)[0] not in options]
+        separator = options.get("separator", ",")
+        if len(fields) != num_inputs or len(retvals_csv.split(separator)) != num_inputs:
+            raise AssertionError(f"GetUserInputs: {num_inputs} inputs, captions {fields}, values {retvals_csv!r}")
         self.prompts.append((title, captions_csv, retvals_csv))
         if not self.user_answers:
             raise AssertionError(f"the script asked for input ({captions_csv!r}) the test did not provide")
@@ -328,6 +337,17 @@ class Reaper:
         if setNewValue:
             track.name = str(stringNeedBig)
         return (True, tr, parmname, track.name, setNewValue)
+
+    def RPR_DeleteTrack(self, tr: str) -> None:
+        track = self.resolve(tr, Track)
+        self.tracks.remove(track)
+        if self.last_touched is track:
+            self.last_touched = None
+
+    def RPR_GetSelectedTrack(self, proj: Any, seltrackidx: int) -> str:
+        self._project(proj)
+        selected = [track for track in self.tracks if track.selected]
+        return self.pointer(selected[seltrackidx] if 0 <= seltrackidx < len(selected) else None, "MediaTrack*")
 
     def RPR_SetOnlyTrackSelected(self, track: str) -> None:
         chosen = self.resolve(track, Track)
