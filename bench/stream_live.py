@@ -91,7 +91,8 @@ def main() -> int:
         with Client(daemon.zmq_requests, timeout_seconds=120) as client:
             started = client.call("stream.start")
             print(f"stream: {started['device']}, hop {started['hop_frames']} frames, "
-                  f"latency {started['latency_ms']:.1f} ms, round trip {started['round_trip_ms']:.1f} ms")
+                  f"latency {started['latency_ms']:.1f} ms, round trip {started['round_trip_ms']:.1f} ms; "
+                  f"hop: {started.get('hop_choice')}")
             deadline = time.monotonic() + args.seconds
             while time.monotonic() < deadline:
                 time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
@@ -117,7 +118,7 @@ def main() -> int:
         "bench": "stream_live",
         "seconds": args.seconds,
         "threads": args.threads,
-        "hop_frames": final["hop_frames"],
+        "hop_frames": final["hop_frames"], "hop_choice": started.get("hop_choice"),
         "window_seconds": round(window_seconds, 4),
         "latency_ms": final["latency_ms"],
         "round_trip_ms": final["round_trip_ms"],

@@ -359,6 +359,7 @@ class LiveStream:
             "window_seconds": round(float(self.engine.window_seconds), 4),
             "context_seconds": round(float(self.engine.context_seconds), 4),
             "hop_seconds": round(float(self.engine.hop_seconds), 4),
+            "hop_choice": stats.get("hop_choice"),
             "lookahead_seconds": round(float(self.engine.lookahead_seconds), 4),
             "compute_ms_p50": stats.get("compute_ms_p50"),
             "compute_ms_p99": stats.get("compute_ms_p99"),

@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 # on CPU, 186.5 ms on CUDA, plus the device buffer and the compute budget.
 CPU_DEFAULTS: tuple[float, float, float] = (0.5, 0.25, 0.25)
 CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
+# When the hop is left to the default, the engine times its window at load and, if the default
+# hop would leave less than this share of headroom (load = compute / hop above the limit), takes
+# the next hop of the ladder: real time first, then the least latency this machine allows.
+AUTO_HOP_LOAD = 0.8
+HOP_LADDER = (0.25, 0.5, 1.0)
 
 MODEL_BLOCK = 1024  # HTDemucs STFT hop: window edges on this grid keep frames aligned across windows
 CONTEXT_RANGE = (0.0, 8.0)
@@ -343,7 +348,7 @@ class StreamingSeparator(Engine):
     def __init__(self, model: str, *, repo: Path | None = None, device: str = "auto", sample_rate: int = 48000,
                  channels: int = 2, context_seconds: float | None = None, hop_seconds: float | None = None,
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
-                 graph: str = "auto", threads: int | None = None) -> None:
+                 graph: str = "auto", threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD) -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a demucs model name such as 'htdemucs', got {model!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
@@ -383,6 +388,10 @@ class StreamingSeparator(Engine):
             defaults[2] if lookahead_seconds is None else float(lookahead_seconds),
         )
         self._crossfade_ms = float(crossfade_ms)
+        # The hop was left to the default: measure at load whether this machine keeps real time.
+        self._auto_hop = hop_seconds is None and self.device.type == "cpu"
+        self._auto_hop_load = float(auto_hop_load)
+        self.hop_choice = "set in config" if hop_seconds is not None else f"the {self.device.type} default"
         self._stats_lock = threading.Lock()
         self._compute_ms = np.zeros(STATS_WINDOW, np.float64)
         self._hops = 0
@@ -468,6 +477,7 @@ class StreamingSeparator(Engine):
             "device": str(self.device),
             "precision": self.precision,
             "graph": self.graph,
+            "hop_choice": self.hop_choice,
         }
 
     # ---- Engine hooks ---------------------------------------------------------------------
@@ -478,6 +488,47 @@ class StreamingSeparator(Engine):
         if self.threads is not None:
             torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
         bag = load_model(self.model_name, self.repo)
+        self._configure(bag)
+        if self._auto_hop:
+            self._choose_hop(bag)
+
+    def _choose_hop(self, bag: BagOfModels) -> None:
+        """Take the first hop of the ladder whose measured load leaves headroom (see AUTO_HOP_LOAD)."""
+        requested = self._requested[1]
+        ladder = [h for h in HOP_LADDER if h > requested + 1e-9]
+        while True:
+            hop_ms = 1000.0 * self._hop / self._model_rate
+            load = self._time_window_ms() / hop_ms
+            if load <= self._auto_hop_load or not ladder:
+                break
+            bigger = ladder.pop(0)
+            log.warning("%s: a %.0f ms hop measured load %.2f on %s (limit %.2f): taking a %.0f ms hop for real "
+                        "time; set stream.hop_seconds to choose yourself", self.name, hop_ms, load, self.device,
+                        self._auto_hop_load, 1000 * bigger)
+            self.hop_choice = (f"{1000 * bigger:.0f} ms: a {hop_ms:.0f} ms hop measured load {load:.2f} on this "
+                               f"{self.device.type} (limit {self._auto_hop_load:.2f})")
+            self._requested = (self._requested[0], bigger, self._requested[2])
+            self._configure(bag)
+
+    def _time_window_ms(self, repeats: int = 3) -> float:
+        """Median time of one full window through every model of the bag, warm."""
+        import torch
+
+        times = []
+        with torch.inference_mode(), self._autocast():
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for model in self._models:
+                    model(self._window_dev)
+                if self._cuda:
+                    torch.cuda.synchronize(self.device)
+                times.append(1000.0 * (time.perf_counter() - started))
+        return float(np.median(times))
+
+    def _configure(self, bag: BagOfModels) -> None:
+        """Windows, buffers, resamplers and the (frozen) models for the requested seconds."""
+        import torch
+
         rate = int(bag.samplerate)
         context, hop, lookahead = (self._frames(s, rate, minimum) for s, minimum in zip(self._requested, (0, 1, 1)))
         crossfade = 2 * round(self._crossfade_ms * rate / 2000.0)

@@ -27,7 +27,8 @@ import torch
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_htdemucs_repo
-from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator, load_model
+from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, HOP_LADDER, StreamingResampler, StreamingSeparator,
+                                load_model)
 
 MODEL_RATE = 44100
 SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}  # 4096-frame blocks
@@ -306,6 +307,26 @@ def test_bag_of_models_averages_with_weights(tmp_path: Path) -> None:
     expected = (weights[0, :, None, None] * outputs[sig_a] + weights[1, :, None, None] * outputs[sig_b]) \
         / weights.sum(axis=0)[:, None, None]
     close(outputs["ab"], expected, 1e-4)
+
+
+def test_a_default_hop_too_short_for_this_machine_grows_until_it_keeps_real_time(repo: Path) -> None:
+    # Any measured load exceeds a limit of 0: the engine climbs the whole ladder and says why.
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", auto_hop_load=0.0)
+    assert engine.hop_seconds == pytest.approx(round(HOP_LADDER[-1] * MODEL_RATE / 1024) * 1024 / MODEL_RATE)
+    assert engine.stats()["hop_choice"].startswith("1000 ms: a 511 ms hop measured load")
+    assert engine.latency_ms > 1000.0  # the latency it reports follows the hop it took
+
+
+def test_a_hop_set_in_config_is_kept_whatever_the_load(repo: Path) -> None:
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", hop_seconds=0.25, auto_hop_load=0.0)
+    assert engine.hop_frames == round(11264 * 48000 / MODEL_RATE)
+    assert engine.stats()["hop_choice"] == "set in config"
+
+
+def test_a_fast_enough_machine_keeps_the_default_hop(repo: Path) -> None:
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu")  # a tiny model: load far below the limit
+    assert engine.hop_frames == round(11264 * 48000 / MODEL_RATE)
+    assert engine.stats()["hop_choice"] == "the cpu default"
 
 
 def test_frozen_graph_gives_the_eager_output(repo: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
