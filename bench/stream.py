@@ -90,13 +90,13 @@ def engine_windows(engine: StreamingSeparator, audio: np.ndarray) -> list[np.nda
 
 
 def run_setting(repo: Path, device: str, precision: str, threads: int | None, audio: np.ndarray,
-                setting: tuple[float, float, float], graph: str = "auto") -> dict[str, Any]:
+                setting: tuple[float, float, float]) -> dict[str, Any]:
     import torch
 
     context, hop, lookahead = setting
     engine = StreamingSeparator("htdemucs_random", repo=repo, device=device, sample_rate=SAMPLE_RATE,
                                 context_seconds=context, hop_seconds=hop, lookahead_seconds=lookahead,
-                                precision=precision, graph=graph, threads=threads)
+                                precision=precision, threads=threads)
     engine.load()
     model = engine._models[0]  # the same module the engine runs
     stream = np.concatenate([audio] * ROUNDS, axis=1)  # one continuous stream, ROUNDS passes over the audio
@@ -177,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="audio streamed per setting and round")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--precision", default="float32", choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--graph", default="auto", choices=("auto", "eager", "frozen"),
-                        help="the engine's graph mode (the bare baseline is always the eager forward)")
     args = parser.parse_args(argv)
 
     import torch
@@ -194,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:
         repo = build_repo(Path(folder))
-        rows = [run_setting(repo, args.device, args.precision, args.threads, audio, s, args.graph) for s in settings]
+        rows = [run_setting(repo, args.device, args.precision, args.threads, audio, s) for s in settings]
         baseline = apply_model_baseline(repo, args.device, audio)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"StreamingSeparator, full-size htdemucs (random weights), {name}, {args.precision}, graph {args.graph}, "
+    print(f"StreamingSeparator, full-size htdemucs (random weights), {name}, {args.precision}, "
           f"{SAMPLE_RATE} Hz in {BLOCK}-frame blocks, {args.seconds:g} s x {ROUNDS} rounds per setting")
     header = (f"{'ctx/hop/look s':>17} {'window s':>8} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} {'bare ms':>7} "
               f"{'load50':>6} {'load99':>6} {'lat ms':>6} {'total ms':>8} {'tight ms':>8} {'ratio':>5} {'r.tot':>5} "
@@ -222,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
           f"device buffer not included. Run took {time.perf_counter() - started:.0f} s.")
     print(json.dumps({
         "bench": "stream", "device": str(device), "device_name": name, "precision": args.precision,
-        "graph": args.graph, "sample_rate": SAMPLE_RATE, "block": BLOCK, "seconds": args.seconds, "rounds": ROUNDS,
+        "sample_rate": SAMPLE_RATE, "block": BLOCK, "seconds": args.seconds, "rounds": ROUNDS,
         "settings": rows, "apply_model": baseline, "target_ratio": TARGET_RATIO, "worst_ratio": worst,
         "worst_ratio_total": worst_total,
     }))

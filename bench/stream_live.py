@@ -68,7 +68,6 @@ def main() -> int:
     parser.add_argument("--hop", type=float, default=None, help="hop seconds (default: the CPU default)")
     parser.add_argument("--lookahead", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--graph", default="auto", choices=("auto", "eager", "frozen"))
     args = parser.parse_args()
 
     import torch
@@ -79,7 +78,7 @@ def main() -> int:
     repo = save_demucs_repo(HTDemucs(sources=["drums", "bass", "other", "vocals"]), workdir / "models", "htdemucs_bench")
     jack, env = start_jack()
     stream = {
-        "model": "htdemucs_bench", "engine_device": "cpu", "threads": args.threads, "graph": args.graph,
+        "model": "htdemucs_bench", "engine_device": "cpu", "threads": args.threads,
         "context_seconds": args.context, "hop_seconds": args.hop, "lookahead_seconds": args.lookahead,
     }
     daemon = DaemonProcess(

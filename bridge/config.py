@@ -100,9 +100,6 @@ class StreamConfig(_Section):
     lookahead_seconds: float | None = Field(default=None, ge=0.1, le=4.0)
     crossfade_ms: float = Field(default=10.0, ge=0.0, le=100.0)
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
-    # eager: the model's Python forward; frozen: traced for the fixed window and frozen
-    # (TorchScript: same output, less per-call overhead); auto: frozen for float32, else eager.
-    graph: Literal["auto", "eager", "frozen"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []

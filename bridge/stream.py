@@ -463,7 +463,6 @@ class StreamManager:
             lookahead_seconds=settings.lookahead_seconds,
             crossfade_ms=settings.crossfade_ms,
             precision=settings.precision,
-            graph=settings.graph,
             threads=settings.threads,
         )
         engine.load()
@@ -474,7 +473,7 @@ class StreamManager:
         key = (
             settings.model, settings.engine_device, settings.sample_rate, settings.channels,
             settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
-            settings.crossfade_ms, settings.precision, settings.graph, settings.threads,
+            settings.crossfade_ms, settings.precision, settings.threads,
         )
         engine = self._engines.get(key)
         if engine is None:

@@ -62,7 +62,6 @@ LOOKAHEAD_RANGE = (0.1, 4.0)
 CROSSFADE_RANGE_MS = (0.0, 100.0)
 SAMPLE_RATE_RANGE = (8000, 192000)
 PRECISIONS = ("float32", "float16", "bfloat16")
-GRAPHS = ("auto", "eager", "frozen")
 STATS_WINDOW = 512  # hops kept for the compute-time percentiles
 PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at most this many frames
 
@@ -348,7 +347,7 @@ class StreamingSeparator(Engine):
     def __init__(self, model: str, *, repo: Path | None = None, device: str = "auto", sample_rate: int = 48000,
                  channels: int = 2, context_seconds: float | None = None, hop_seconds: float | None = None,
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
-                 graph: str = "auto", threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD) -> None:
+                 threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD) -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a demucs model name such as 'htdemucs', got {model!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
@@ -363,10 +362,6 @@ class StreamingSeparator(Engine):
         _check_range("crossfade_ms", crossfade_ms, *CROSSFADE_RANGE_MS, unit="ms")
         if precision not in PRECISIONS:
             raise BadRequest(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if graph not in GRAPHS:
-            raise BadRequest(f"graph: expected one of {', '.join(GRAPHS)}, got {graph!r}")
-        if graph == "frozen" and precision != "float32":
-            raise BadRequest(f"graph: 'frozen' runs float32 only; expected 'eager' or 'auto' with precision {precision!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or not 1 <= threads <= 256):
             raise BadRequest(f"threads: expected an integer in [1, 256] or null, got {threads!r}")
@@ -380,7 +375,6 @@ class StreamingSeparator(Engine):
         self.sample_rate = sample_rate
         self.channels = channels
         self.precision = precision
-        self.graph = "frozen" if graph == "auto" and precision == "float32" else ("eager" if graph == "auto" else graph)
         self.threads = threads
         self._requested = (
             defaults[0] if context_seconds is None else float(context_seconds),
@@ -476,7 +470,6 @@ class StreamingSeparator(Engine):
             "latency_ms": 1000.0 * self._latency_frames / self.sample_rate,
             "device": str(self.device),
             "precision": self.precision,
-            "graph": self.graph,
             "hop_choice": self.hop_choice,
         }
 
@@ -594,8 +587,6 @@ class StreamingSeparator(Engine):
         self._latency_frames = resampler_frames + self._fifo_frames
         hop_device = -(-hop * self.sample_rate // rate)
         self._fifo = _Fifo(rows_out, self._fifo_frames + 2 * (hop_device + PIECE_FRAMES) + 4096)
-        if self.graph == "frozen":
-            self._models = [self._freeze(model) for model in self._models]
         self._reset_stream()
         self._warm_up()
         log.info("%s: %s on %s, stems %s, window %.3f s (context %.3f, hop %.3f, lookahead %.3f), latency %.1f ms",
@@ -688,29 +679,13 @@ class StreamingSeparator(Engine):
                 self._window_np[:, :window - hop] = self._window_np[:, hop:]
                 self._fill = window - hop
 
-    def _freeze(self, model: Any) -> Any:
-        """The model traced on this engine's fixed window and frozen (weights become constants).
-
-        The window never changes size, so the trace's fixed shapes hold for every hop; the
-        output is the eager forward's (tests/engines/test_separation.py checks it), at less
-        overhead per call (bench/stream.py measures both)."""
-        import warnings
-
-        import torch
-
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings about shape asserts, fixed by design
-            traced = torch.jit.trace(model, self._window_dev, check_trace=False)
-            return torch.jit.freeze(traced.eval())
-
     def _warm_up(self) -> None:
-        """Forwards on a silent window at load: the first calls build kernels and buffers (and a
-        frozen graph's optimised plan) and are several times slower, and they must not land on
-        the first hops of a live stream."""
+        """Two forwards on a silent window at load: the first call builds kernels and buffers and
+        is several times slower, and it must not land on the first hop of a live stream."""
         import torch
 
         with torch.inference_mode(), self._autocast():
-            for _ in range(3 if self.graph == "frozen" else 2):
+            for _ in range(2):
                 for model in self._models:
                     model(self._window_dev)
         if self._cuda:

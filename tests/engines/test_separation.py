@@ -110,8 +110,6 @@ def test_pretrained_name_offline_names_what_was_tried(monkeypatch: pytest.Monkey
     ({"precision": "int8"}, ("precision", "int8", "bfloat16")),
     ({"precision": "float16", "device": "cpu"}, ("precision", "float16", "CUDA")),
     ({"threads": 0}, ("threads", "0", "[1, 256]")),
-    ({"graph": "jit"}, ("graph", "jit", "frozen")),
-    ({"graph": "frozen", "precision": "bfloat16"}, ("graph", "float32", "bfloat16")),
     ({"device": "tpu"}, ("device", "tpu", "cuda")),
 ])
 def test_bad_arguments_name_the_argument_value_and_range(repo: Path, kwargs: dict, words: tuple[str, ...]) -> None:
@@ -327,16 +325,6 @@ def test_a_fast_enough_machine_keeps_the_default_hop(repo: Path) -> None:
     engine = StreamingSeparator("tiny", repo=repo, device="cpu")  # a tiny model: load far below the limit
     assert engine.hop_frames == round(11264 * 48000 / MODEL_RATE)
     assert engine.stats()["hop_choice"] == "the cpu default"
-
-
-def test_frozen_graph_gives_the_eager_output(repo: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
-    audio, expected = reference  # streamed with the default graph: frozen for float32
-    assert StreamingSeparator("tiny", repo=repo, device="cpu", **SHORT).graph == "frozen"
-    eager = StreamingSeparator("tiny", repo=repo, device="cpu", graph="eager", **SHORT)
-    out = eager.process(audio)
-    assert eager.stats()["graph"] == "eager"
-    assert np.abs(out[..., eager.latency_frames + 100:]).max() > 0
-    close(out, expected)
 
 
 def test_bfloat16_on_cpu_stays_close_to_float32(repo: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
