@@ -15,7 +15,6 @@ import logging
 import math
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from bridge.errors import BadRequest, BridgeError, Unavailable
 from bridge.jobs import JobContext, atomic_write, remove_partials
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
+from bridge.tasks import EngineJob
 
 if TYPE_CHECKING:
     from engines.generation import MusicGenEngine
@@ -192,27 +192,14 @@ def _track_name(label: str, tempo: float, bars: float | None, seconds: float) ->
     return f"{title} ({length})"
 
 
-class GenerateJob:
+class GenerateJob(EngineJob):
     """The job handler: one warm MusicGen engine per model, reused across jobs."""
-
-    def __init__(
-        self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
-    ) -> None:
-        self.config = config
-        self.paths = paths
-        self.router = router  # bridge.router.Router, or None: always local
-        self.tiers = tiers or {}
-        self._engines: dict[str, MusicGenEngine] = {}
-        self._lock = threading.Lock()
 
     def engine(self, model: str) -> MusicGenEngine:
         from engines.generation import MusicGenEngine
 
-        with self._lock:
-            if model not in self._engines:
-                settings = self.config.generate
-                self._engines[model] = MusicGenEngine(model, settings.local_dir, settings.engine_device)
-            return self._engines[model]
+        settings = self.config.generate
+        return self.warm(model, lambda: MusicGenEngine(model, settings.local_dir, settings.engine_device))
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
         from engines.generation import fit_length, normalise_loudness, resample

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from bridge.errors import BadRequest
 from bridge.jobs import JobContext, atomic_write, remove_partials
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
+from bridge.tasks import EngineJob
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +65,17 @@ def track_name(path: Path) -> str:
     return re.sub(r"[^\w\-. ]+", "_", path.stem).strip(" .") or "track"
 
 
-class SeparateJob:
+class SeparateJob(EngineJob):
     """The job handler: one warm `FileSeparator` per (model, shifts), reused across jobs."""
-
-    def __init__(self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None) -> None:
-        self.config = config
-        self.paths = paths
-        self.router = router  # bridge.router.Router, or None: always local
-        self.tiers = tiers or {}
-        self._engines: dict[tuple[str, int], Any] = {}
-        self._lock = threading.Lock()
 
     def engine(self, model: str, shifts: int) -> Any:
         from engines.separation import FileSeparator
 
-        with self._lock:
-            key = (model, shifts)
-            if key not in self._engines:
-                settings = self.config.separate
-                self._engines[key] = FileSeparator(
-                    model, repo=self.config.models.demucs_repo, device=settings.engine_device, shifts=shifts,
-                    overlap=settings.overlap, segment_seconds=settings.segment_seconds, threads=settings.threads,
-                )
-            return self._engines[key]
+        settings = self.config.separate
+        return self.warm((model, shifts), lambda: FileSeparator(
+            model, repo=self.config.models.demucs_repo, device=settings.engine_device, shifts=shifts,
+            overlap=settings.overlap, segment_seconds=settings.segment_seconds, threads=settings.threads,
+        ))
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
         import soundfile

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from bridge.errors import BadRequest, Unavailable
 from bridge.jobs import JobContext, atomic_write, remove_partials
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
+from bridge.tasks import EngineJob
 
 if TYPE_CHECKING:
     from engines.speech import Speaker, VoiceLibrary
@@ -81,33 +81,25 @@ def _default_out_dir(config: Config, paths: PathPolicy) -> Path:
     return paths.roots[0] / "Flowstate" / "Speech"
 
 
-class SpeechJob:
+class SpeechJob(EngineJob):
     """The job handler: one warm `Speaker` per voice file, reused across jobs."""
 
     def __init__(
         self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
     ) -> None:
-        self.config = config
-        self.paths = paths
-        self.router = router  # bridge.router.Router, or None: always local
-        self.tiers = tiers or {}
+        super().__init__(config, paths, router, tiers)
         self.library = voice_library(config)
-        self._voices: dict[str, Speaker] = {}
-        self._engines: dict[Path, Speaker] = {}
-        self._lock = threading.Lock()
 
     def engine(self, voice: str) -> Speaker:
         """The warm engine for `voice`, resolved (and downloaded when allowed) on its first job only:
         a fallback found offline is kept, so later jobs do not wait on the network again."""
         from engines.speech import Speaker
 
-        with self._lock:
-            if voice not in self._voices:
-                files = self.library.resolve(voice)
-                if files.model not in self._engines:
-                    self._engines[files.model] = Speaker(files, device=self.config.tts.engine_device)
-                self._voices[voice] = self._engines[files.model]
-            return self._voices[voice]
+        def resolve() -> Speaker:
+            files = self.library.resolve(voice)  # names that resolve to one file share its engine
+            return self.warm(files.model, lambda: Speaker(files, device=self.config.tts.engine_device))
+
+        return self.warm(("voice", voice), resolve)
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
         from bridge.router import run_routed

@@ -6,14 +6,38 @@ its handler here; `bridge/jobs.py` runs them, `bridge/commands.py` submits them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 from bridge.config import Config
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 
 JobHandler = Callable[[JobContext], dict[str, Any]]
+E = TypeVar("E")
+
+
+class EngineJob:
+    """What every engine-backed job handler holds: the config, the folders it may touch, the
+    router and tiers (None: always local), and its engines, kept warm across jobs by key."""
+
+    def __init__(
+        self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.router = router  # bridge.router.Router, or None: always local
+        self.tiers = tiers or {}
+        self._engines: dict[Hashable, Any] = {}
+        self._lock = threading.RLock()  # reentrant: a `make` may itself look up a warm engine
+
+    def warm(self, key: Hashable, make: Callable[[], E]) -> E:
+        """The engine for `key`, made on first use and reused by every later job."""
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = make()
+            return self._engines[key]
 
 
 def job_handlers(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from bridge.jobs import JobContext, atomic_write, remove_partials
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.separate import track_name
+from bridge.tasks import EngineJob
 
 if TYPE_CHECKING:
     from bridge.separate import SeparateJob
@@ -71,7 +71,7 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     }
 
 
-class TranscribeJob:
+class TranscribeJob(EngineJob):
     """The job handler: one warm `Transcriber` per model, reused across jobs.
 
     `separator` is the daemon's `stems.separate` handler; its warm separation engine serves `stem`.
@@ -79,26 +79,18 @@ class TranscribeJob:
 
     def __init__(self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None,
                  separator: SeparateJob | None = None) -> None:
-        self.config = config
-        self.paths = paths
-        self.router = router  # bridge.router.Router, or None: always local
-        self.tiers = tiers or {}
+        super().__init__(config, paths, router, tiers)
         self.separator = separator
-        self._engines: dict[str, Transcriber] = {}
-        self._lock = threading.Lock()
 
     def engine(self, model: str) -> Transcriber:
         from engines.transcription import Transcriber
 
         settings = self.config.transcribe
-        with self._lock:
-            if model not in self._engines:
-                self._engines[model] = Transcriber(
-                    model, device=settings.engine_device, compute_type=settings.compute_type,
-                    local_dir=settings.local_dir, package_fallback=settings.package_fallback,
-                    threads=settings.threads, beam_size=settings.beam_size, vad_filter=settings.vad_filter,
-                )
-            return self._engines[model]
+        return self.warm(model, lambda: Transcriber(
+            model, device=settings.engine_device, compute_type=settings.compute_type,
+            local_dir=settings.local_dir, package_fallback=settings.package_fallback,
+            threads=settings.threads, beam_size=settings.beam_size, vad_filter=settings.vad_filter,
+        ))
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
         import soundfile
