@@ -3,7 +3,8 @@ daemon on loopback running a tiny MusicGen (saved with save_pretrained, loaded t
 
 A `generate` job from any client (ZeroMQ here, as the daemon's MIDI mapping would start it) or
 from the script's own note becomes one new audio track named after the loop: in the selected
-scene in Session view, at the next bar line in the Arrangement.
+scene in Session view, at the next bar line in the Arrangement. The last test goes the whole way:
+a note over real JACK MIDI (the shipped mapping) to a track in Live at the set's tempo.
 """
 
 from __future__ import annotations
@@ -232,3 +233,57 @@ def test_a_clip_live_refuses_leaves_no_empty_track(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="Failed to load audio file"):
         place_loop(live.song, LoopTarget(in_arrangement=True, position=4.0), "Loop", str(not_audio))
     assert [track.name for track in live.song.tracks] == ["Drums"]
+
+
+# -- the whole way: a pad over real JACK MIDI -> the daemon -> a new track in Live ----------------
+
+
+def test_a_midi_note_generates_a_loop_at_the_sets_tempo_that_lands_in_live(
+    tmp_path: Path, jack_server: Any, load_script: Load
+) -> None:
+    """The shipped mapping (config.yaml: a note -> `generate` preset keys, 4 bars): the set's
+    tempo reaches the daemon through the script's listeners, the note arrives over JACK MIDI, and
+    the finished loop lands as a track at the next bar, exactly 4 bars long at that tempo."""
+    import mido
+    import yaml
+
+    mappings = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())["midi"]["mappings"]
+    mapping = next(m for m in mappings if m["command"] == "generate")
+    tiny = build_tiny_musicgen(tmp_path / "musicgen")
+    overrides = {"generate": {"model": str(tiny), "engine_device": "cpu"}, "midi": {"api": "jack", "mappings": mappings}}
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in jack_server.env.items():  # rtmidi finds the JACK server through these
+            env.setenv(name, value)
+        backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
+        process = DaemonProcess(overrides=overrides, workdir=tmp_path, env={**jack_server.env, **OFFLINE})
+        process.start()
+        pad = None
+        try:
+            live = LiveSet()
+            live.add_audio_track("Drums")
+            live.song.tempo = 96.0
+            live.show_arrangement(song_time=5.0)  # mid-bar 2 of 4/4: the loop goes to bar 3, beat 8
+            script = load_in_step(live, process, load_script)
+            script.tick_until(lambda: call(process, "midi.status")["available"], "the daemon's MIDI port")
+            pad = backend.open_output("Flowstate:Flowstate")
+            channel = (mapping.get("channel") or 1) - 1
+            pad.send(mido.Message("note_on", channel=channel, note=mapping["note"], velocity=100))
+            script.tick_until(lambda: script.shown("added "), "the loop placed", timeout=120)
+            settle(script, process)
+            jobs = [j for j in call(process, "job.list")["jobs"] if j["kind"] == "generate"]
+        finally:
+            if pad is not None:
+                pad.close()
+            assert process.stop() == 0, process.log()
+
+    [job] = jobs  # one note, one job, one track
+    tracks = [track.name for track in live.song.tracks]
+    assert len(tracks) == 2 and tracks[0] == "Drums", tracks
+    name = tracks[1]
+    assert name.endswith("(4 bars, 96 BPM)"), name
+    [clip] = live.song.tracks[1].arrangement_clips
+    assert clip.start_time == 8.0
+    # 4 bars of 4/4 at 96 BPM: 16 beats of 0.625 s = 10 s = 480000 frames at 48 kHz.
+    assert soundfile.info(clip.file_path).frames == 480000
+    assert (job["result"]["tempo"], job["result"]["tempo_source"]) == (96.0, "daw")
+    assert clip.file_path == job["result"]["path"]
