@@ -79,16 +79,19 @@ class Daemon:
             await self.osc.start(self._bind)
             await self.zmq.start(self._bind)
             await self._bind("zmq.audio_port", self.config.zmq.audio_port, asyncio.to_thread(self.audio.bind))
-            await self.midi.start()  # never fails start-up: without MIDI, midi.status says why
+            self.started_at = time.monotonic()
+            log.info("flowstate %s listening:", __version__)
+            for name, endpoint in self.endpoints().items():
+                if name != "midi":
+                    log.info("  %-13s %s", name, endpoint)
+            # MIDI last, and it never fails start-up: without it, midi.status says why.
+            await self.midi.start()
+            log.info("  %-13s %s", "midi", self.endpoints().get("midi", "off"))
         except BaseException:
             self._accepting = False
             await self._stop_jobs(0.0)
             await self._close_transports()
             raise
-        self.started_at = time.monotonic()
-        log.info("flowstate %s listening:", __version__)
-        for name, endpoint in self.endpoints().items():
-            log.info("  %-13s %s", name, endpoint)
 
     def _start_jobs(self) -> None:
         from bridge.tasks import job_handlers
@@ -265,10 +268,17 @@ async def serve(config: Config) -> None:
     """Run a daemon until SIGINT or SIGTERM, then shut it down gracefully."""
     loop = asyncio.get_running_loop()
     daemon = Daemon(config)
-    await daemon.start()
     stop = asyncio.Event()
+    # Handlers first: clients get answers as soon as the first socket is bound, while the rest
+    # (MIDI last) is still opening, and a SIGTERM then must still shut down gracefully.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        await daemon.start()
+    except BaseException:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        raise
     try:
         await stop.wait()
         log.info("signal received, shutting down")
