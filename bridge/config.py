@@ -119,6 +119,9 @@ class PathsConfig(_Section):
     """Which folders file jobs may read from and write to. Everything else is `forbidden`."""
 
     roots: list[Path] = [Path("~/Music"), Path("~/Documents"), Path("~/Desktop"), Path("~/Downloads")]
+    # Longest file or folder name a request may use or make (UTF-8 bytes), and longest path (characters).
+    max_name_bytes: int = Field(default=255, ge=16, le=1024)
+    max_path_chars: int = Field(default=1024, ge=64, le=32767)
 
 
 class SeparateConfig(_Section):
@@ -348,6 +351,8 @@ class ModelsConfig(_Section):
     """Where model weights come from when no hub can be reached."""
 
     demucs_repo: Path | None = None
+    # More folders a request may name a model or voice in by path (besides roots and the sections' own).
+    dirs: list[Path] = []
 
 
 class CloudConfig(_Section):
@@ -451,7 +456,9 @@ def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
         update={
             "jobs": config.jobs.model_copy(update={"database": database.expanduser().absolute()}),
             "paths": config.paths.model_copy(update={"roots": roots}),
-            "models": config.models.model_copy(update={"demucs_repo": repo}),
+            "models": config.models.model_copy(
+                update={"demucs_repo": repo, "dirs": [d.expanduser().absolute() for d in config.models.dirs]}
+            ),
             "server": config.server.model_copy(
                 update={"data_dir": (config.server.data_dir or user_data_dir(env) / "server").expanduser().absolute()}
             ),

@@ -51,7 +51,7 @@ class Daemon:
         self.osc = OscServer(config.osc, self.dispatch, self.hub)
         self.zmq = ZmqServer(config.zmq, self.dispatch, self.hub)
         self.streams = StreamManager(config.stream, config.models.demucs_repo)
-        self.paths = PathPolicy(config.paths.roots)
+        self.paths = PathPolicy.from_config(config)
         self.daw = DawState(config.daw.default_tempo)
         self.midi = MidiTransport(config.midi, self.dispatch, self.daw)
         self.job_store: JobStore | None = None

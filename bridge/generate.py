@@ -18,15 +18,16 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from bridge.config import Config
 from bridge.daw import DawState, bars_to_seconds
 from bridge.errors import BadRequest, BridgeError, Unavailable
-from bridge.jobs import JobContext, atomic_write, remove_partials
-from bridge.paths import PathPolicy
+from bridge.files import check_name
+from bridge.jobs import JobContext
+from bridge.paths import PathPolicy, looks_like_path
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
 
@@ -40,6 +41,8 @@ TASK = "generate"  # the router's name for the task (router.order.generate)
 REQUEST = "request"  # tempo_source when the request named the tempo
 ENCODINGS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 MAX_SEED = 2**31 - 1
+# Longest label part of a file name: with the tempo, bars and seed it stays far below any name limit.
+SLUG_CHARACTERS = 80
 # Share of the job's progress: loading, generating (per decoder step), then finishing.
 LOADED, GENERATED = 0.05, 0.9
 # Request options a preset may also set (the request's own value wins).
@@ -58,7 +61,9 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: 
     numerator, denominator = daw.time_signature()
     bars, seconds = _length(merged, args, tempo, numerator, denominator, settings.default_bars, settings.max_seconds)
 
-    model = args.get("model") or settings.model
+    # A model named by path is read only inside the model folders or the roots.
+    model = paths.model_ref(args.get("model") or settings.model, "model", KIND, configured=settings.model,
+                            is_path=looks_like_path)
     melody_path = _melody(args.get("melody_path") or "", paths, model, config)
     out_dir = paths.output_dir(args.get("out_dir") or str(_default_out_dir(config, paths)), "out_dir", KIND)
     seed = merged.get("seed")
@@ -66,7 +71,7 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: 
     sample_rate = int(args.get("sample_rate") or settings.sample_rate)
     label = args.get("name") or args.get("preset") or prompt
     length = f"{_number(tempo)}bpm_{_number(bars)}bars" if bars is not None else f"{_number(seconds)}s"
-    path = out_dir / f"{_slug(label)}_{length}_s{seed}.wav"
+    path = out_dir / check_name(f"{_slug(label)}_{length}_s{seed}.wav", f"{KIND}: the file name", paths.max_name_bytes)
     return {
         "prompt": prompt,
         "preset": args.get("preset") or "",
@@ -180,8 +185,9 @@ def _number(value: float) -> str:
 
 
 def _slug(text: str) -> str:
+    """Up to six words of the label, letters and digits only, cut so the file name stays short."""
     words = re.findall(r"[A-Za-z0-9]+", text.lower())[:6]
-    return "-".join(words) or "generated"
+    return "-".join(words)[:SLUG_CHARACTERS].rstrip("-") or "generated"
 
 
 def _track_name(label: str, tempo: float, bars: float | None, seconds: float) -> str:
@@ -208,7 +214,7 @@ class GenerateJob(EngineJob):
         started = time.monotonic()
         # Re-check: the config (roots) may have changed since the job was queued, before a crash.
         out_dir = self.paths.output_dir(args["out_dir"], "out_dir", KIND)
-        target = out_dir / Path(args["path"]).name
+        file_name = check_name(Path(args["path"]).name, f"{KIND}: the file name", self.paths.max_name_bytes)
         melody = self.paths.input_file(args["melody_path"], "melody_path", KIND) if args["melody_path"] else None
         ctx.progress(0.0, stage="loading")
         (audio, rate), where = self._generate_routed(ctx, melody)
@@ -218,12 +224,13 @@ class GenerateJob(EngineJob):
         audio = fit_length(audio, args["frames"], args["sample_rate"], args["fade_in_ms"], args["fade_out_ms"])
         level = normalise_loudness(audio, args["sample_rate"], args["loudness_lufs"], args["peak_ceiling_dbfs"])
         ctx.check_cancelled()
-        if not out_dir.exists():
-            out_dir.mkdir(parents=True)
-            ctx.register_output(out_dir)
-        remove_partials(out_dir)  # leftovers of an attempt that crashed mid-write
         writer = _writer(level.audio, args["sample_rate"], ENCODINGS[args["encoding"]])
-        atomic_write(ctx.register_output(target), writer)
+        # Opened now, from the root, without following links: the folder checked when the job
+        # started may have been swapped for a link since; the file goes through this handle only.
+        with self.paths.open_dir(out_dir, "out_dir", KIND, register=ctx.register_output) as folder:
+            folder.remove_partials()  # leftovers of an attempt that crashed mid-write
+            target = ctx.register_output(folder.path / file_name, folder.anchor)
+            folder.write_atomic(file_name, writer)
         ctx.progress(1.0, stage="written")
         return {
             "kind": KIND,  # DAW scripts place a generated loop on a new track when they see this
@@ -326,10 +333,10 @@ def _rounded(value: float) -> float | None:
     return round(value, 2) if math.isfinite(value) else None
 
 
-def _writer(audio: np.ndarray, sample_rate: int, subtype: str) -> Callable[[Path], None]:
+def _writer(audio: np.ndarray, sample_rate: int, subtype: str) -> Callable[[BinaryIO], None]:
     import soundfile
 
-    def write(tmp: Path) -> None:
-        soundfile.write(str(tmp), audio.T, sample_rate, subtype=subtype, format="WAV")
+    def write(file: BinaryIO) -> None:
+        soundfile.write(file, audio.T, sample_rate, subtype=subtype, format="WAV")
 
     return write

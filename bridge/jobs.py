@@ -18,8 +18,6 @@ import json
 import logging
 import math
 import os
-import re
-import secrets
 import sqlite3
 import threading
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bridge.errors import BadRequest, BridgeError, Internal, NotFound, StartupError, Unavailable
+from bridge.files import PARTIAL, open_folder, partial_name, process_alive
 from bridge.protocol import Origin
 
 log = logging.getLogger(__name__)
@@ -452,15 +451,15 @@ class JobStore:
 
 
 # -- files ---------------------------------------------------------------------------------------
-
-# `.song.partial-4242-1a2b3c4d.wav`: hidden (a leading dot keeps it out of Finder and DAW browsers),
-# unmistakable, and ending in the final name's suffix so soundfile can infer the format.
-_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})(?P<suffix>\.[^.]*)?$")
+#
+# Job outputs below `paths.roots` are written through `bridge.files.Folder` (folder handles, no
+# links followed). `atomic_write` is for the daemon's own folders (a tier's scratch folder, the
+# voices folder), where no request chooses the path.
 
 
 def partial_path(path: Path) -> Path:
     """The temporary name `atomic_write` writes to before renaming onto `path`."""
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+    return path.with_name(partial_name(path.name))
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -504,21 +503,6 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether a writer may still be busy with its partial file."""
-    if pid == os.getpid():
-        return True
-    if os.name != "posix":
-        return False  # os.kill(pid, 0) would terminate the process on Windows
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def remove_partials(folder: Path, recursive: bool = False) -> builtins.list[Path]:
     """Delete `atomic_write` leftovers (`.<name>.partial-<pid>-<hex8><suffix>`) in `folder`.
 
@@ -532,10 +516,10 @@ def remove_partials(folder: Path, recursive: bool = False) -> builtins.list[Path
     candidates = folder.rglob(".*.partial-*") if recursive else folder.glob(".*.partial-*")
     removed: builtins.list[Path] = []
     for candidate in candidates:
-        match = _PARTIAL.match(candidate.name)
+        match = PARTIAL.match(candidate.name)
         if match is None or candidate.is_symlink() or not candidate.is_file():
             continue
-        if _process_alive(int(match["pid"])):
+        if process_alive(int(match["pid"])):
             continue
         try:
             candidate.unlink()
@@ -592,7 +576,7 @@ class JobContext:
         self._interval = progress_interval_seconds
         self._clock = clock
         self._cancel = threading.Event()
-        self._outputs: builtins.list[Path] = []
+        self._outputs: builtins.list[tuple[Path, tuple[Path, Path] | None]] = []
         self._fraction = 0.0  # highest fraction reported, published or not
         self._published: float | None = None
         self._published_at = 0.0
@@ -664,26 +648,44 @@ class JobContext:
 
     # -- outputs -----------------------------------------------------------------------------------
 
-    def register_output(self, path: Path) -> Path:
-        """Note a file (or a folder created for this job) to delete if the job fails or is canceled."""
+    def register_output(self, path: Path, anchor: tuple[Path, Path] | None = None) -> Path:
+        """Note a file (or a folder created for this job) to delete if the job fails or is canceled.
+
+        `anchor` is the (root, real root) the path lies below (`bridge.files.Folder.anchor`): the
+        deletion then walks from that root without following links, so a folder swapped for a link
+        after the write cannot turn the cleanup into a delete outside the roots. Without an anchor
+        the path's parent folder is taken as it is then (for the daemon's own folders).
+        """
         path = Path(path)
-        self._outputs.append(path)
+        self._outputs.append((path, anchor))
         return path
 
     @property
     def outputs(self) -> tuple[Path, ...]:
-        return tuple(self._outputs)
+        return tuple(path for path, _ in self._outputs)
 
     def remove_outputs(self) -> None:
-        """Delete registered files, then registered folders if that left them empty (never a tree)."""
-        for path in reversed(self._outputs):  # files inside a registered folder go before the folder
+        """Delete registered files, then registered folders if that left them empty (never a tree).
+
+        Only regular files and real, empty folders are deleted, each through a handle on the folder
+        that holds it, reached from its root without links: a link found on the way is logged and
+        left alone, and nothing it points to is touched.
+        """
+        for path, anchor in reversed(self._outputs):  # files inside a registered folder go before the folder
+            root, real_root = anchor if anchor is not None else (path.parent, path.parent)
             try:
-                if path.is_dir() and not path.is_symlink():
-                    if not any(path.iterdir()):
-                        path.rmdir()
-                else:
-                    path.unlink(missing_ok=True)
-            except OSError as err:
+                parts = path.relative_to(root).parts
+            except ValueError:
+                log.warning("job %s: not removing output %s: it is not below %s", self.job.id, path, root)
+                continue
+            if not parts:
+                continue  # never a root itself
+            try:
+                with open_folder(root, parts[:-1], self.job.kind, opened_root=real_root) as folder:
+                    folder.remove(parts[-1])
+            except FileNotFoundError:
+                continue  # already gone
+            except (OSError, BridgeError) as err:
                 log.warning("job %s: could not remove output %s: %s", self.job.id, path, err)
 
 

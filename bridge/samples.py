@@ -721,10 +721,7 @@ class SampleLibrary:
 
     def check_folder(self, raw: str, command: str = KIND) -> Path:
         """An existing folder inside `paths.roots`, or forbidden / not_found / bad_request."""
-        folder = self.paths.output_dir(raw, "folder", command)  # resolves and checks the roots
-        if not folder.exists():
-            raise NotFound(f"{command}: folder {raw!r}: no such folder")
-        return folder
+        return self.paths.input_dir(raw, "folder", command)  # resolves and checks the roots
 
     def search(self, query: str, k: int) -> dict[str, Any]:
         """The `k` files that best match a description, best first, with their scores."""

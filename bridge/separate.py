@@ -7,17 +7,17 @@ is not audio is answered at once; `SeparateJob` runs on a job worker with the mo
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from bridge.config import Config
 from bridge.errors import BadRequest
-from bridge.jobs import JobContext, atomic_write, remove_partials
+from bridge.files import safe_name
+from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
@@ -40,8 +40,9 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         raise BadRequest(f"{KIND}: {path} is not an audio file libsndfile can read ({err})") from None
     if info.frames <= 0:
         raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
-    out_dir = paths.output_dir(args["out_dir"], "out_dir", KIND) if args.get("out_dir") else path.parent / "stems"
-    paths.output_dir(str(out_dir), "out_dir", KIND)
+    out_dir = paths.output_dir(args.get("out_dir") or str(path.parent / "stems"), "out_dir", KIND)
+    # The stems go to <out_dir>/<track>: a link there is refused now, and again when written.
+    paths.output_dir(str(out_dir / track_name(path)), "out_dir", KIND)
     fmt = args.get("format") or config.separate.format
     encoding = args.get("encoding") or config.separate.encoding
     if fmt == "flac" and encoding == "float":
@@ -61,8 +62,9 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
 
 
 def track_name(path: Path) -> str:
-    """A folder name for the track: the file's stem with path-hostile characters replaced."""
-    return re.sub(r"[^\w\-. ]+", "_", path.stem).strip(" .") or "track"
+    """A folder name for the track: the file's stem with characters any OS refuses replaced, a
+    Windows device name (`CON`, `nul`) suffixed with `_`, cut to a length every file system takes."""
+    return safe_name(path.stem, "track")
 
 
 class SeparateJob(EngineJob):
@@ -97,19 +99,19 @@ class SeparateJob(EngineJob):
         wanted = self._wanted(args, stems)
         outputs = self._select(separated, stems, wanted, args["two_stems"])
 
-        folder = out_root / track_name(source)
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            ctx.register_output(folder)
-        remove_partials(folder)  # leftovers of an attempt that crashed mid-write
         written: dict[str, str] = {}
         subtype = ENCODINGS[args["encoding"]]
-        for index, (name, data) in enumerate(outputs.items()):
-            ctx.check_cancelled()
-            target = ctx.register_output(folder / f"{name}.{args['format']}")
-            atomic_write(target, _writer(data, sample_rate, args["format"], subtype))
-            written[name] = str(target)
-            ctx.progress(0.95 + 0.05 * (index + 1) / len(outputs), stage="writing")
+        # One handle on the track folder, reached from the root without links, for every stem:
+        # a folder swapped for a link meanwhile is never written (or later deleted) through.
+        with self.paths.open_dir(out_root / track_name(source), "out_dir", KIND, register=ctx.register_output) as folder:
+            folder.remove_partials()  # leftovers of an attempt that crashed mid-write
+            for index, (name, data) in enumerate(outputs.items()):
+                ctx.check_cancelled()
+                file_name = f"{name}.{args['format']}"
+                target = ctx.register_output(folder.path / file_name, folder.anchor)
+                folder.write_atomic(file_name, _writer(data, sample_rate, args["format"], subtype))
+                written[name] = str(target)
+                ctx.progress(0.95 + 0.05 * (index + 1) / len(outputs), stage="writing")
         return {
             "track": track_name(source),
             "paths": written,
@@ -239,10 +241,11 @@ def _fit(separated: np.ndarray, audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _writer(data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> Callable[[Path], None]:
+def _writer(data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> Callable[[BinaryIO], None]:
     import soundfile
 
-    def write(tmp: Path) -> None:
-        soundfile.write(str(tmp), data.T, sample_rate, subtype=subtype, format=fmt.upper())
+    def write(file: BinaryIO) -> None:
+        # To the descriptor opened in the checked folder: libsndfile never resolves a name.
+        soundfile.write(file, data.T, sample_rate, subtype=subtype, format=fmt.upper())
 
     return write

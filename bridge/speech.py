@@ -12,13 +12,14 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from bridge.config import Config
 from bridge.errors import BadRequest, Unavailable
-from bridge.jobs import JobContext, atomic_write, remove_partials
+from bridge.files import check_name
+from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
@@ -51,7 +52,9 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         raise BadRequest(f"{KIND}: argument 'text' expected something to say, got {args['text']!r}")
     if len(text) > MAX_CHARACTERS:
         raise BadRequest(f"{KIND}: argument 'text' expected at most {MAX_CHARACTERS} characters, got {len(text)}")
-    voice = args.get("voice") or config.tts.voice
+    # A voice named by path is read only inside the model folders or the roots.
+    voice = paths.model_ref(args.get("voice") or config.tts.voice, "voice", KIND, configured=config.tts.voice,
+                            is_path=is_voice_path)
     if is_voice_path(voice) or not config.tts.download:
         voice_library(config).resolve(voice)  # no network involved: answer a missing voice at once
     sample_rate = int(args.get("sample_rate") or config.tts.sample_rate)
@@ -61,13 +64,16 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     if not NAME.match(name) or name.startswith("."):
         raise BadRequest(f"{KIND}: argument 'name' expected a file name without folders (letters, digits, "
                          f"spaces, - _ . ( )), got {name!r}")
+    file_name = f"{name.removesuffix('.wav')}.wav"
+    check_name(name, f"{KIND}: argument 'name'", paths.max_name_bytes)
+    check_name(file_name, f"{KIND}: argument 'name'", paths.max_name_bytes)
     return {
         "text": text,
         "voice": voice,
         "sample_rate": sample_rate,
         "speed": speed,
         "out_dir": str(out_dir),
-        "path": str(out_dir / f"{name.removesuffix('.wav')}.wav"),
+        "path": str(out_dir / file_name),
         "deadline_seconds": args.get("deadline_seconds"),
         "deadline_class": deadline_class(args, KIND),
     }
@@ -108,7 +114,7 @@ class SpeechJob(EngineJob):
         args = ctx.job.args
         started = time.monotonic()
         out_dir = self.paths.output_dir(args["out_dir"], "out_dir", KIND)  # re-check: roots may have changed
-        target = out_dir / Path(args["path"]).name
+        file_name = check_name(Path(args["path"]).name, f"{KIND}: the file name", self.paths.max_name_bytes)
         ctx.progress(0.0, stage="loading")
         estimate = len(args["text"]) / CHARACTERS_PER_SECOND
 
@@ -122,12 +128,12 @@ class SpeechJob(EngineJob):
         ctx.check_cancelled()
         ctx.progress(0.9, stage="resampling")
         audio = resample(audio, rate, args["sample_rate"])
-        if not out_dir.exists():
-            out_dir.mkdir(parents=True)
-            ctx.register_output(out_dir)
-        remove_partials(out_dir)  # leftovers of an attempt that crashed mid-write
-        ctx.register_output(target)
-        atomic_write(target, lambda tmp: _write_wav(tmp, audio, args["sample_rate"]))
+        # Opened now, from the root, without following links: the folder checked when the job
+        # started may have been swapped for a link since; the file goes through this handle only.
+        with self.paths.open_dir(out_dir, "out_dir", KIND, register=ctx.register_output) as folder:
+            folder.remove_partials()  # leftovers of an attempt that crashed mid-write
+            target = ctx.register_output(folder.path / file_name, folder.anchor)
+            folder.write_atomic(file_name, lambda file: _write_wav(file, audio, args["sample_rate"]))
         ctx.progress(1.0, stage="writing")
         return {
             "path": str(target),
@@ -188,7 +194,7 @@ class SpeechJob(EngineJob):
         return (data.mean(axis=1), int(rate), about), result.cost_usd
 
 
-def _write_wav(tmp: Path, audio: np.ndarray, sample_rate: int) -> None:
+def _write_wav(file: BinaryIO, audio: np.ndarray, sample_rate: int) -> None:
     import soundfile
 
-    soundfile.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_24", format="WAV")
+    soundfile.write(file, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_24", format="WAV")

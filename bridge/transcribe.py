@@ -19,8 +19,8 @@ import numpy as np
 
 from bridge.config import Config
 from bridge.errors import BadRequest, Unavailable
-from bridge.jobs import JobContext, atomic_write, remove_partials
-from bridge.paths import PathPolicy
+from bridge.jobs import JobContext
+from bridge.paths import PathPolicy, looks_like_path
 from bridge.router import deadline_class
 from bridge.separate import track_name
 from bridge.tasks import EngineJob
@@ -57,11 +57,13 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     stem = args.get("stem") or ""
     if stem and not STEM_NAME.match(stem):
         raise BadRequest(f"{KIND}: argument 'stem' expected a stem name such as vocals, got {stem!r}")
-    out_dir = paths.output_dir(args["out_dir"], "out_dir", KIND) if args.get("out_dir") else path.parent
-    paths.output_dir(str(out_dir), "out_dir", KIND)
+    out_dir = paths.output_dir(args.get("out_dir") or str(path.parent), "out_dir", KIND)
+    # A model named by path is read only inside the model folders or the roots.
+    model = paths.model_ref(args.get("model") or config.transcribe.model, "model", KIND,
+                            configured=config.transcribe.model, is_path=looks_like_path)
     return {
         "path": str(path),
-        "model": args.get("model") or config.transcribe.model,
+        "model": model,
         "language": language,
         "formats": list(dict.fromkeys(formats)),
         "stem": stem,
@@ -227,19 +229,19 @@ class TranscribeJob(EngineJob):
         args = ctx.job.args
         if not args["formats"]:
             return {}
-        if not out_root.exists():
-            out_root.mkdir(parents=True)
-            ctx.register_output(out_root)
-        remove_partials(out_root)  # leftovers of an attempt that crashed mid-write
         base = track_name(source) + (f".{args['stem']}" if args["stem"] else "")
         render = {"srt": to_srt, "vtt": to_vtt}
         written: dict[str, str] = {}
-        for fmt in args["formats"]:
-            ctx.check_cancelled()
-            target = ctx.register_output(out_root / f"{base}.{fmt}")
-            text = render[fmt](transcript.segments)
-            atomic_write(target, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
-            written[fmt] = str(target)
+        # Opened now, from the root, without following links: the folder checked when the job
+        # started may have been swapped for a link since; the files go through this handle only.
+        with self.paths.open_dir(out_root, "out_dir", KIND, register=ctx.register_output) as folder:
+            folder.remove_partials()  # leftovers of an attempt that crashed mid-write
+            for fmt in args["formats"]:
+                ctx.check_cancelled()
+                target = ctx.register_output(folder.path / f"{base}.{fmt}", folder.anchor)
+                data = render[fmt](transcript.segments).encode("utf-8")
+                folder.write_atomic(f"{base}.{fmt}", lambda file, data=data: file.write(data))
+                written[fmt] = str(target)
         ctx.progress(1.0, stage="writing")
         return written
 

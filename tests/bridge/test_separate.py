@@ -310,3 +310,113 @@ def test_deadline_class_must_agree_with_the_deadline(daemon: DaemonProcess) -> N
         route = client.call("job.status", {"id": job_id})["route"]
     assert final["event"] == "job.done"
     assert route["tier"] == "local" and route["reason"].startswith("fastest tier: realtime")
+
+
+# -- containment: links below the roots (issue 11, findings 1 and 2) ----------------------------------
+
+PRECIOUS = b"the user's own file, outside the allowed folders"
+
+
+def _outside(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in STEMS:
+        (folder / f"{stem}.wav").write_bytes(PRECIOUS)
+    return folder
+
+
+def _untouched(folder: Path) -> bool:
+    return sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.wav" for s in STEMS) and all(
+        p.read_bytes() == PRECIOUS for p in folder.iterdir()
+    )
+
+
+@pytest.mark.parametrize("explicit_out_dir", [True, False], ids=["out_dir", "default-out_dir"])
+def test_a_linked_track_folder_is_forbidden_and_nothing_outside_is_written(
+    daemon: DaemonProcess, tmp_path: Path, explicit_out_dir: bool
+) -> None:
+    outside = _outside(tmp_path / "elsewhere")
+    folder = files_dir(daemon) / f"linked-{explicit_out_dir}"
+    source = write_audio(folder / "song.wav", 0.5)
+    out_dir = folder / ("exports" if explicit_out_dir else "stems")
+    out_dir.mkdir()
+    (out_dir / "song").symlink_to(outside, target_is_directory=True)  # planted, or from an unpacked archive
+    args = {"path": str(source), **({"out_dir": str(out_dir)} if explicit_out_dir else {})}
+    with dealer(daemon) as client:
+        with pytest.raises(RemoteError) as caught:
+            client.call("stems.separate", args)
+        assert caught.value.code == "forbidden", caught.value.message
+        assert str(out_dir / "song") in caught.value.message and str(files_dir(daemon)) in caught.value.message
+        assert client.call("ping")["reply"] == "pong"
+    assert _untouched(outside)
+
+
+def _separate_handler(repo: Path, root: Path, request: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The daemon's handler with a real config, and the job args its request check makes."""
+    from bridge.config import Config
+    from bridge.paths import PathPolicy
+    from bridge.separate import SeparateJob, check_request
+
+    config = Config.model_validate({"paths": {"roots": [str(root)]}, **_overrides(repo)})
+    paths = PathPolicy.from_config(config)
+    return SeparateJob(config, paths), check_request(request, paths, config)
+
+
+def test_a_track_folder_linked_after_the_request_was_checked_is_never_written_through(
+    repo: Path, tmp_path: Path
+) -> None:
+    from tests.bridge.test_paths import HookedRun, once
+
+    root, outside = tmp_path / "Music", _outside(tmp_path / "elsewhere")
+    source = write_audio(root / "song.wav", 0.5)
+    # While the model runs (after the request's check), a link appears where the track folder goes.
+    hook = once(lambda event, data: data.get("stage") == "separating",
+                lambda runner, job_id: (root / "stems").mkdir() or (root / "stems" / "song").symlink_to(outside))
+    handler, args = _separate_handler(repo, root, {"path": str(source)})
+    event, data = HookedRun(tmp_path, "stems.separate", handler, hook).run(args)
+    assert (event, data["code"]) == ("job.failed", "forbidden"), data
+    assert str(root / "stems" / "song") in data["message"] and str(root) in data["message"]
+    assert _untouched(outside)
+
+
+@pytest.mark.parametrize("ending", ["canceled", "failed"])
+def test_a_job_ended_after_its_first_stem_never_deletes_through_a_link(
+    repo: Path, tmp_path: Path, ending: str
+) -> None:
+    from tests.bridge.test_paths import HookedRun, once, swap_for_link
+
+    root, outside = tmp_path / "Music", _outside(tmp_path / "elsewhere")
+    source = write_audio(root / "song.wav", 0.5)
+    track = root / "stems" / "song"
+
+    def after_first_stem(runner: Any, job_id: str) -> None:
+        swap_for_link(track, outside)  # the folder holding drums.wav becomes a link to the user's files
+        if ending == "canceled":
+            runner.cancel(job_id)
+        else:  # the next stem cannot be written: a folder sits where bass.wav goes
+            (track.with_name("song.moved") / "bass.wav").mkdir()
+
+    hook = once(lambda event, data: data.get("stage") == "writing", after_first_stem)
+    handler, args = _separate_handler(repo, root, {"path": str(source)})
+    event, _ = HookedRun(tmp_path, "stems.separate", handler, hook).run(args)
+    assert event == f"job.{ending}"
+    assert _untouched(outside)
+    assert track.is_symlink()
+
+
+def test_names_windows_refuses_and_names_too_long_are_bad_requests(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "names" / "song.wav", 0.5)
+    with dealer(daemon) as client:
+        for out_dir, words in [
+            (files_dir(daemon) / "names" / "CON", "Windows device name"),
+            (files_dir(daemon) / "names" / "nul.wav", "Windows device name"),
+            (files_dir(daemon) / "names" / "a:b", "contains ':'"),
+            (files_dir(daemon) / "names" / "take 1.", "ends with a dot"),
+            ("names/..\\x", "contains '\\\\'"),
+            (files_dir(daemon) / "names" / ("x" * 300), "paths.max_name_bytes"),
+            ("names/" + "deep/" * 300, "paths.max_path_chars"),
+        ]:
+            with pytest.raises(RemoteError) as caught:
+                client.call("stems.separate", {"path": str(source), "out_dir": str(out_dir)})
+            assert caught.value.code == "bad_request", (out_dir, caught.value.message)
+            assert words in caught.value.message, caught.value.message
+        assert client.call("ping")["reply"] == "pong"

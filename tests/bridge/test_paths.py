@@ -1,0 +1,296 @@
+"""Containment with real files and real symbolic links: names every OS accepts, folders reached from
+a root without following links, writes and deletes through checked folder handles, and models read
+only inside the model folders (bridge/files.py, bridge/paths.py, JobContext.remove_outputs).
+
+Each write helper runs in both modes: with folder handles (`dir_fd`, POSIX) and with the checked
+paths Windows falls back to, so the fallback is tested on every platform.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.errors import BadRequest, Forbidden
+from bridge.files import DIR_FD_SUPPORTED, check_name, open_folder
+from bridge.jobs import JobContext, JobStore
+from bridge.paths import PathPolicy, looks_like_path
+from bridge.separate import track_name
+
+MODES = [
+    pytest.param(True, id="dir_fd", marks=pytest.mark.skipif(not DIR_FD_SUPPORTED, reason="no dir_fd here")),
+    pytest.param(False, id="checked-paths"),
+]
+PRECIOUS = b"the user's own file, outside the allowed folders"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "Music").mkdir()
+    return tmp_path / "Music"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder outside the root holding files a link could lead a write or a delete to."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    for name in ("drums.wav", "bass.wav", "line.wav"):
+        (folder / name).write_bytes(PRECIOUS)
+    return folder
+
+
+def untouched(outside: Path) -> bool:
+    return sorted(p.name for p in outside.iterdir()) == ["bass.wav", "drums.wav", "line.wav"] and all(
+        p.read_bytes() == PRECIOUS for p in outside.iterdir()
+    )
+
+
+# -- names ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "..\\x", "CON", "con", "nul.wav", "aux", "com1.txt", "LPT9", "CON .txt", "conout$", "COM\u00b9",
+    "x.", "take ", "a:b", "what?", "star*", "pipe|", 'quote"', "<tag>", "tab\there",
+])
+def test_names_windows_refuses_are_refused_on_every_os(root: Path, name: str) -> None:
+    paths = PathPolicy([root])
+    with pytest.raises(BadRequest) as caught:
+        paths.output_dir(str(root / "exports" / name), "out_dir", "stems.separate")
+    assert "out_dir" in caught.value.message and repr(name) in caught.value.message
+    with pytest.raises(BadRequest):  # relative, as a request may give it
+        paths.output_dir(f"exports/{name}/stems", "out_dir", "stems.separate")
+    assert not (root / "exports").exists()
+
+
+@pytest.mark.parametrize("name", ["Lead Vocal (take 3)", "con-artist.wav", "console", "COM10", "nul_", "über.wav",
+                                  ".hidden", "a.b.c"])
+def test_ordinary_names_pass(root: Path, name: str) -> None:
+    assert PathPolicy([root]).output_dir(str(root / name), "out_dir", "tts") == root / name
+    assert check_name(name, "tts") == name
+
+
+def test_a_name_too_long_for_the_file_system_is_a_bad_request_naming_the_limit(root: Path) -> None:
+    paths = PathPolicy([root])
+    with pytest.raises(BadRequest) as caught:
+        paths.output_dir(str(root / ("x" * 300)), "out_dir", "stems.separate")
+    assert "300 bytes" in caught.value.message and "255 bytes" in caught.value.message
+    assert "paths.max_name_bytes" in caught.value.message
+    with pytest.raises(BadRequest) as caught:
+        paths.input_file(str(root / "/".join(["deep"] * 400) / "song.wav"), "path", "stems.separate")
+    assert "paths.max_path_chars" in caught.value.message and "1024" in caught.value.message
+
+
+@pytest.mark.parametrize(("stem", "expected"), [
+    ("CON", "CON_"), ("nul", "nul_"), ("aux.mix", "aux_.mix"), ("a:b?.", "a_b_"), ("  ..  ", "track"),
+    ("Lead Vocal (take 3)", "Lead Vocal _take 3_"),
+])
+def test_generated_track_folder_names_are_valid_on_every_os(stem: str, expected: str) -> None:
+    assert track_name(Path(f"/music/{stem}.wav")) == expected
+    assert check_name(expected, "track") == expected
+
+
+def test_a_long_track_name_is_cut_to_fit() -> None:
+    name = track_name(Path("/music/" + "ü" * 200 + ".wav"))
+    assert len(name.encode("utf-8")) <= 255 and check_name(name, "track") == name
+
+
+# -- links below a root -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dir_fd", MODES)
+def test_a_linked_folder_below_a_root_is_refused_naming_the_link_and_the_root(
+    root: Path, outside: Path, dir_fd: bool
+) -> None:
+    (root / "stems").mkdir()
+    (root / "stems" / "song").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(Forbidden) as caught:
+        open_folder(root, ("stems", "song"), "stems.separate", create=True, dir_fd=dir_fd)
+    assert str(root / "stems" / "song") in caught.value.message and f"allowed folder {root}" in caught.value.message
+    with pytest.raises(Forbidden):  # the early check of a request says the same
+        PathPolicy([root]).output_dir(str(root / "stems" / "song"), "out_dir", "stems.separate")
+    assert untouched(outside)
+
+
+@pytest.mark.parametrize("dir_fd", MODES)
+def test_missing_folders_are_made_and_reported(root: Path, dir_fd: bool) -> None:
+    made: list[Path] = []
+    with open_folder(root, ("a", "b"), "tts", create=True, on_create=made.append, dir_fd=dir_fd) as folder:
+        assert folder.write_atomic("x.txt", lambda file: file.write(b"hello")) == root / "a" / "b" / "x.txt"
+        assert folder.names() == ["x.txt"]  # no partial file left behind
+    assert made == [root / "a", root / "a" / "b"]
+    assert (root / "a" / "b" / "x.txt").read_bytes() == b"hello"
+
+
+@pytest.mark.skipif(not DIR_FD_SUPPORTED, reason="folder handles need dir_fd")
+def test_a_folder_swapped_for_a_link_after_it_was_opened_is_never_written_through(root: Path, outside: Path) -> None:
+    with open_folder(root, ("Speech",), "tts", create=True) as folder:
+        # Between the check (opening the folder) and the write: the folder moves away, a link takes its place.
+        (root / "Speech").rename(root / "Speech.moved")
+        (root / "Speech").symlink_to(outside, target_is_directory=True)
+        folder.write_atomic("line.wav", lambda file: file.write(b"speech"))
+    assert untouched(outside)
+    assert (root / "Speech.moved" / "line.wav").read_bytes() == b"speech"  # where the handle was
+
+
+def test_without_folder_handles_a_swap_before_the_write_is_refused(root: Path, outside: Path) -> None:
+    with open_folder(root, ("Speech",), "tts", create=True, dir_fd=False) as folder:
+        (root / "Speech").rename(root / "Speech.moved")
+        (root / "Speech").symlink_to(outside, target_is_directory=True)
+        with pytest.raises(Forbidden) as caught:
+            folder.write_atomic("line.wav", lambda file: file.write(b"speech"))
+    assert str(root / "Speech") in caught.value.message
+    assert untouched(outside) and os.listdir(root / "Speech.moved") == []
+
+
+@pytest.mark.parametrize("dir_fd", MODES)
+def test_a_link_where_the_file_goes_is_refused_not_replaced(root: Path, outside: Path, dir_fd: bool) -> None:
+    (root / "line.wav").symlink_to(outside / "line.wav")
+    with open_folder(root, (), "tts", dir_fd=dir_fd) as folder, pytest.raises(Forbidden) as caught:
+        folder.write_atomic("line.wav", lambda file: file.write(b"speech"))
+    assert str(root / "line.wav") in caught.value.message
+    assert untouched(outside) and (root / "line.wav").is_symlink()
+    assert sorted(os.listdir(root)) == ["line.wav"]
+
+
+@pytest.mark.parametrize("dir_fd", MODES)
+def test_a_failed_write_leaves_no_partial_file(root: Path, dir_fd: bool) -> None:
+    def fail(file: Any) -> None:
+        file.write(b"half")
+        raise RuntimeError("the encoder broke")
+
+    with open_folder(root, (), "tts", dir_fd=dir_fd) as folder, pytest.raises(RuntimeError):
+        folder.write_atomic("line.wav", fail)
+    assert os.listdir(root) == []
+
+
+# -- a job's cleanup --------------------------------------------------------------------------------
+
+
+def _context(tmp_path: Path) -> tuple[JobContext, JobStore]:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.submit("stems.separate", {})
+    job = store.claim_next()
+    assert job is not None
+    return JobContext(job, store, lambda *args, **kwargs: None), store
+
+
+def test_a_failed_jobs_cleanup_never_deletes_through_a_link(tmp_path: Path, root: Path, outside: Path) -> None:
+    ctx, store = _context(tmp_path)
+    paths = PathPolicy([root])
+    with paths.open_dir(root / "stems" / "song", "out_dir", "stems.separate", register=ctx.register_output) as folder:
+        for name in ("drums.wav", "bass.wav"):
+            ctx.register_output(folder.path / name, folder.anchor)
+            folder.write_atomic(name, lambda file: file.write(b"stem"))
+    # Before the cleanup: the track folder becomes a link to a folder holding files of the same names.
+    (root / "stems" / "song").rename(tmp_path / "moved")
+    (root / "stems" / "song").symlink_to(outside, target_is_directory=True)
+    ctx.remove_outputs()
+    store.close()
+    assert untouched(outside)
+    assert (root / "stems" / "song").is_symlink()  # left alone, and logged
+
+
+def test_a_failed_jobs_cleanup_removes_its_files_and_the_folders_it_made(tmp_path: Path, root: Path) -> None:
+    ctx, store = _context(tmp_path)
+    (root / "stems").mkdir()
+    (root / "stems" / "keep.txt").write_text("the user's")
+    with PathPolicy([root]).open_dir(root / "stems" / "song", "out_dir", "x", register=ctx.register_output) as folder:
+        ctx.register_output(folder.path / "drums.wav", folder.anchor)
+        folder.write_atomic("drums.wav", lambda file: file.write(b"stem"))
+    ctx.remove_outputs()
+    store.close()
+    assert sorted(os.listdir(root / "stems")) == ["keep.txt"]
+
+
+# -- models and voices named by path ----------------------------------------------------------------
+
+
+def test_a_model_path_outside_the_model_folders_is_forbidden_without_saying_whether_it_exists(
+    tmp_path: Path, root: Path, outside: Path
+) -> None:
+    models = tmp_path / "models"
+    (models / "whisper").mkdir(parents=True)
+    paths = PathPolicy([root], model_dirs=[models])
+    messages = []
+    for raw in (str(outside), str(tmp_path / "no-such-folder"), str(root / ".." / "outside"), "~/../../etc"):
+        with pytest.raises(Forbidden) as caught:
+            paths.model_ref(raw, "model", "transcribe", configured="small", is_path=looks_like_path)
+        messages.append(caught.value.message.replace(repr(raw), "<raw>"))
+    assert len(set(messages)) == 1, messages
+    assert "no such" not in messages[0] and str(outside) not in messages[0]
+    assert "models.dirs" in messages[0]
+
+
+def test_model_names_and_paths_inside_the_model_folders_pass(tmp_path: Path, root: Path) -> None:
+    models = tmp_path / "models"
+    (models / "whisper").mkdir(parents=True)
+    paths = PathPolicy([root], model_dirs=[models])
+
+    def ref(raw: str) -> str:
+        return paths.model_ref(raw, "model", "generate", configured="/configured/by/the/user", is_path=looks_like_path)
+
+    for name in ("small", "large-v3", "facebook/musicgen-small", "htdemucs"):
+        assert ref(name) == name
+    assert ref(str(models / "whisper")) == str(models / "whisper")
+    assert ref(str(root / "my-model")) == str(root / "my-model")  # inside a root: the engine says if it is there
+    assert ref("/configured/by/the/user") == "/configured/by/the/user"  # the config's own value
+
+
+# -- running a real job handler with a hook on its events (used by the handlers' own test files) ------
+
+
+class HookedRun:
+    """A real JobStore and JobRunner running one handler; `hook(event, data, runner, job_id)` sees every
+    event as it is published (progress unthrottled), so a test can act at a precise point of a job:
+    swap a folder for a link between the check and the write, cancel after the first stem."""
+
+    def __init__(self, tmp_path: Path, kind: str, handler: Any, hook: Any) -> None:
+        from bridge.jobs import JobRunner
+
+        self.store = JobStore(tmp_path / "hooked-jobs.sqlite3")
+        self.done = threading.Event()
+        self.final: tuple[str, dict[str, Any]] | None = None
+        self.job_id = ""
+        self.hook = hook
+        self.runner = JobRunner(self.store, {kind: handler}, 1, self._publish, progress_interval_seconds=0.0)
+        self.kind = kind
+
+    def _publish(self, event: str, job_id: str, origin: Any, /, **data: Any) -> None:
+        self.hook(event, data, self.runner, job_id)
+        if event in ("job.done", "job.failed", "job.canceled"):
+            self.final = (event, data)
+            self.done.set()
+
+    def run(self, args: dict[str, Any], timeout: float = 120.0) -> tuple[str, dict[str, Any]]:
+        self.runner.start()
+        try:
+            self.job_id = self.runner.submit(self.kind, args)[0].id
+            assert self.done.wait(timeout), f"the {self.kind} job did not finish within {timeout} s"
+        finally:
+            self.runner.stop(30.0, cancel_running=True)
+            self.store.close()
+        assert self.final is not None
+        return self.final
+
+
+def once(condition: Any, action: Any) -> Any:
+    """A hook that runs `action(runner, job_id)` the first time `condition(event, data)` holds."""
+    fired: list[bool] = []
+
+    def hook(event: str, data: dict[str, Any], runner: Any, job_id: str) -> None:
+        if not fired and condition(event, data):
+            fired.append(True)
+            action(runner, job_id)
+
+    return hook
+
+
+def swap_for_link(folder: Path, target: Path) -> None:
+    """What a planted link does: the folder moves away (inside the root) and a link takes its place."""
+    folder.rename(folder.with_name(folder.name + ".moved"))
+    folder.symlink_to(target, target_is_directory=True)
