@@ -168,6 +168,13 @@ def test_paths_outside_the_roots_are_forbidden_at_once(daemon: DaemonProcess) ->
         with pytest.raises(RemoteError) as caught:
             client.call("generate", {"prompt": "x", "melody_path": "/etc/hostname"})
         assert caught.value.code == "forbidden" and "melody_path" in caught.value.message
+        # A model folder outside the model folders and roots: refused without saying whether it exists.
+        for model in ("/etc", "/no/such/musicgen", "~/../../tmp"):
+            with pytest.raises(RemoteError) as caught:
+                client.call("generate", {"prompt": "x", "model": model})
+            assert caught.value.code == "forbidden", caught.value.message
+            assert f"model {model!r} is a path outside the model folders" in caught.value.message
+        assert client.call("ping")["reply"] == "pong"
 
 
 def test_a_melody_for_a_model_without_melody_conditioning_is_refused_at_once(daemon: DaemonProcess) -> None:
@@ -351,3 +358,28 @@ def test_doctor_says_where_musicgen_would_load_from(tiny: Path, tmp_path: Path) 
     missing = row(model="flowstate-test/no-such-musicgen", local_dir=str(tmp_path / "offline"))
     assert missing.state == "warn"
     assert "hub name flowstate-test/no-such-musicgen" in missing.detail and "generate.local_dir" in missing.detail
+
+
+# -- containment: the output folder swapped for a link after the check (issue 11, finding 3) ----------
+
+
+def test_an_output_folder_swapped_for_a_link_before_the_write_is_never_written_through(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from bridge.generate import GenerateJob
+    from tests.bridge.test_paths import HookedRun, once, swap_for_link
+
+    root, outside = tmp_path / "Music", tmp_path / "elsewhere"
+    (root / "Loops").mkdir(parents=True)
+    outside.mkdir()
+    config = _config(root, model=str(tiny), engine_device="cpu")
+    paths = PathPolicy.from_config(config)
+    args = check_request({"prompt": "dusty drums", "seconds": 1.0, "seed": 1, "out_dir": str(root / "Loops")},
+                         paths, config, DawState())
+    # Checked when the job started; then, while it generates, the folder becomes a link elsewhere.
+    hook = once(lambda event, data: data.get("stage") == "finishing",
+                lambda runner, job_id: swap_for_link(root / "Loops", outside))
+    event, data = HookedRun(tmp_path, "generate", GenerateJob(config, paths), hook).run(args)
+    assert (event, data.get("code")) == ("job.failed", "forbidden"), data
+    assert str(root / "Loops") in data["message"]
+    assert list(outside.iterdir()) == []

@@ -89,7 +89,15 @@ def test_rate_speed_and_folder_can_be_chosen(daemon: DaemonProcess) -> None:
 @pytest.mark.parametrize(("args", "code", "words"), [
     ({"text": "   "}, "bad_request", ["'text'", "something to say"]),
     ({"text": "x" * 10_001}, "bad_request", ["at most 10000 characters"]),
-    ({"text": "hello", "voice": "/nowhere/voice.onnx"}, "not_found", ["/nowhere/voice.onnx", "no such file"]),
+    ({"text": "hello", "voice": "voices/missing.onnx"}, "not_found", ["voices/missing.onnx", "no such file"]),
+    # A voice path outside the model folders and roots: refused without saying whether it exists.
+    ({"text": "hello", "voice": "/nowhere/voice.onnx"}, "forbidden", ["voice '/nowhere/voice.onnx'", "outside the model"]),
+    ({"text": "hello", "voice": "/etc"}, "forbidden", ["voice '/etc'", "outside the model folders", "models.dirs"]),
+    ({"text": "hello", "name": "CON"}, "bad_request", ["'name'", "Windows device name"]),
+    ({"text": "hello", "name": "nul.wav"}, "bad_request", ["'name'", "Windows device name"]),
+    ({"text": "hello", "name": "aux"}, "bad_request", ["'name'", "Windows device name"]),
+    ({"text": "hello", "name": "take 1."}, "bad_request", ["'name'", "ends with a dot"]),
+    ({"text": "hello", "out_dir": "speech/com1.txt"}, "bad_request", ["out_dir", "Windows device name"]),
     ({"text": "hello", "out_dir": "/tmp"}, "forbidden", ["out_dir", "outside"]),
     ({"text": "hello", "name": "../escape"}, "bad_request", ["'name'", "without folders"]),
     ({"text": "hello", "sample_rate": 1000}, "bad_request", ["'sample_rate'", "[8000, 192000]"]),
@@ -184,3 +192,29 @@ def test_doctor_says_where_whisper_and_the_voice_come_from(tmp_path: Path) -> No
     piper = next(line for line in done.stdout.splitlines() if " piper voice " in line)
     assert piper.split()[0] == "warn" and "en_US-nobody-medium not found" in piper
     assert str(tmp_path / "voices" / "en_US-nobody-medium.onnx") in piper and "tts.download is false" in piper
+
+
+# -- containment: the output folder swapped for a link after the check (issue 11, finding 3) ----------
+
+
+def test_an_output_folder_swapped_for_a_link_before_the_write_is_never_written_through(tmp_path: Path) -> None:
+    from bridge.config import Config
+    from bridge.paths import PathPolicy
+    from bridge.speech import SpeechJob, check_request
+    from tests.bridge.test_paths import HookedRun, once, swap_for_link
+
+    root, outside = tmp_path / "Music", tmp_path / "elsewhere"
+    (root / "Speech").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "note.wav").write_bytes(b"the user's own file")
+    config = Config.model_validate({"paths": {"roots": [str(root)]}, **SETTINGS})
+    paths = PathPolicy.from_config(config)
+    args = check_request({"text": "Take five.", "out_dir": str(root / "Speech"), "name": "note"}, paths, config)
+    # Checked when the job started; then, while it speaks, the folder becomes a link to another place.
+    hook = once(lambda event, data: data.get("stage") == "resampling",
+                lambda runner, job_id: swap_for_link(root / "Speech", outside))
+    event, data = HookedRun(tmp_path, "tts", SpeechJob(config, paths), hook).run(args)
+    assert (event, data.get("code")) == ("job.failed", "forbidden"), data
+    assert str(root / "Speech") in data["message"] and str(root) in data["message"]
+    assert [p.name for p in outside.iterdir()] == ["note.wav"]
+    assert (outside / "note.wav").read_bytes() == b"the user's own file"

@@ -120,7 +120,7 @@ def test_a_hub_name_offline_falls_back_to_the_package_model(daemon: DaemonProces
 
 
 def test_a_missing_model_folder_fails_naming_it(daemon: DaemonProcess, speech: Path) -> None:
-    missing = daemon.workdir / "no-whisper-here"
+    missing = daemon.workdir / "files" / "no-whisper-here"  # inside the roots: the engine may look
     outcome, _ = transcribe(daemon, {"path": str(speech), "model": str(missing)})
     assert outcome["event"] == "job.failed" and outcome["code"] == "not_found", outcome
     assert f"the folder {missing}: OSError: no such folder" in outcome["message"]
@@ -134,6 +134,11 @@ def test_a_missing_model_folder_fails_naming_it(daemon: DaemonProcess, speech: P
     ({"path": "takes/fox take 1.wav", "formats": ["txt"]}, "bad_request", ["'formats'", "srt, vtt", "txt"]),
     ({"path": "takes/fox take 1.wav", "out_dir": "/tmp"}, "forbidden", ["out_dir", "outside"]),
     ({"path": "takes/fox take 1.wav", "stem": "../x"}, "bad_request", ["'stem'"]),
+    # A model folder outside the model folders and roots: refused without saying whether it exists.
+    ({"path": "takes/fox take 1.wav", "model": "/etc"}, "forbidden", ["model '/etc'", "outside the model folders"]),
+    ({"path": "takes/fox take 1.wav", "model": "/no/such/whisper"}, "forbidden", ["outside the model folders"]),
+    ({"path": "takes/fox take 1.wav", "model": "../../../../../../tmp"}, "forbidden", ["outside the model folders"]),
+    ({"path": "takes/fox take 1.wav", "out_dir": "takes/aux"}, "bad_request", ["out_dir", "Windows device name"]),
 ])
 def test_bad_requests_are_answered_at_once(daemon: DaemonProcess, speech: Path, args: dict[str, Any], code: str,
                                            words: list[str]) -> None:
@@ -197,3 +202,30 @@ def test_a_deadline_local_cannot_meet_goes_to_workers_ai_then_replicate(repo: Pa
     assert parse_cues(source.with_suffix(".vtt").read_text(), ".")[0][2] == fake_text
     assert route["tier"] == "replicate" and route["failed"][0].startswith("workers_ai:")
     assert TOKEN not in log and "r8_test_token" not in log
+
+
+# -- containment: the output folder swapped for a link after the check (issue 11, finding 3) ----------
+
+
+def test_an_output_folder_swapped_for_a_link_before_the_write_is_never_written_through(
+    repo: Path, tmp_path: Path
+) -> None:
+    from bridge.config import Config
+    from bridge.paths import PathPolicy
+    from bridge.transcribe import TranscribeJob, check_request
+    from tests.bridge.test_paths import HookedRun, once, swap_for_link
+
+    root, outside = tmp_path / "Music", tmp_path / "elsewhere"
+    (root / "subs").mkdir(parents=True)
+    outside.mkdir()
+    speech = espeak_speech(root / "takes" / "fox.wav", SENTENCE)
+    config = Config.model_validate({"paths": {"roots": [str(root)]}, **overrides(repo)})
+    paths = PathPolicy.from_config(config)
+    args = check_request({"path": str(speech), "out_dir": str(root / "subs")}, paths, config)
+    # Checked when the job started; then, while Whisper listens, the folder becomes a link elsewhere.
+    hook = once(lambda event, data: data.get("stage") == "transcribing",
+                lambda runner, job_id: swap_for_link(root / "subs", outside))
+    event, data = HookedRun(tmp_path, "transcribe", TranscribeJob(config, paths), hook).run(args)
+    assert (event, data.get("code")) == ("job.failed", "forbidden"), data
+    assert str(root / "subs") in data["message"]
+    assert list(outside.iterdir()) == []
