@@ -48,6 +48,8 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FILE_ATTRIBUTE_REPARSE_POINT = getattr(stat, "FILE_ATTRIBUTE_REPARSE_POINT", 0x400)
+# Reparse tags with this bit (symbolic links, junctions, mount points) name another file or folder.
+_REPARSE_TAG_NAME_SURROGATE = 0x20000000
 
 # Defaults of paths.max_name_bytes / paths.max_path_chars (bridge/config.py), for callers without a config.
 MAX_NAME_BYTES = 255
@@ -227,7 +229,7 @@ class Folder:
 
     # -- operations --------------------------------------------------------------------------------
 
-    def write_atomic(self, name: str, write: Callable[[BinaryIO], None]) -> Path:
+    def write_atomic(self, name: str, write: Callable[[BinaryIO], object]) -> Path:
         """Write the file `name` in this folder so it is either absent/old or complete, never half-written.
 
         `write(file)` gets a binary file object opened here (seekable); it is flushed, fsynced and
@@ -247,7 +249,7 @@ class Folder:
         self._fsync()
         return self.path / name
 
-    def _write_at(self, tmp: str, name: str, write: Callable[[BinaryIO], None]) -> None:
+    def _write_at(self, tmp: str, name: str, write: Callable[[BinaryIO], object]) -> None:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY | _O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o666, dir_fd=self.fd)
@@ -263,7 +265,7 @@ class Folder:
         self._check_target(name)
         os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
-    def _write_checked(self, tmp: str, name: str, write: Callable[[BinaryIO], None]) -> None:
+    def _write_checked(self, tmp: str, name: str, write: Callable[[BinaryIO], object]) -> None:
         self._verify()
         tmp_path = self.path / tmp
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY | _O_CLOEXEC
@@ -379,9 +381,15 @@ class Folder:
 
 
 def _is_link(found: os.stat_result) -> bool:
-    """A symbolic link, or (Windows) a junction or any other reparse point."""
-    attributes = getattr(found, "st_file_attributes", 0)
-    return stat.S_ISLNK(found.st_mode) or bool(attributes & _FILE_ATTRIBUTE_REPARSE_POINT)
+    """A symbolic link, or (Windows) a junction, a mount point or another reparse point that names
+    another place. Cloud-file placeholders (OneDrive's Documents) are reparse points too, but they
+    do not lead anywhere else: only name surrogates (and reparse points of an unknown tag) count."""
+    if stat.S_ISLNK(found.st_mode):
+        return True
+    if not getattr(found, "st_file_attributes", 0) & _FILE_ATTRIBUTE_REPARSE_POINT:
+        return False
+    tag = getattr(found, "st_reparse_tag", None)
+    return tag is None or bool(tag & _REPARSE_TAG_NAME_SURROGATE)
 
 
 def _link_forbidden(command: str, link: Path, root: Path) -> Forbidden:

@@ -4,8 +4,9 @@ The only durable state is the SQLite database `JobStore` owns; everything in mem
 requester to send events to, cancel flags) is a convenience that a restart may lose. A job moves
 queued -> running -> done | failed | canceled. A daemon that dies with a job `running` leaves it
 there; the next `JobRunner.start()` puts it back to `queued` (`JobStore.requeue_interrupted`), so
-handlers must be safe to run again: they write outputs through `atomic_write`, which never leaves a
-half-written file under a final name.
+handlers must be safe to run again: they write outputs through `bridge.files.Folder.write_atomic`
+(folder handles reached from a root without links), which never leaves a half-written file under a
+final name.
 
 `JobRunner` is generic over job kinds: the daemon hands it `{kind: handler}`; a handler receives a
 `JobContext` (progress, cancel checks, output registration) and returns the result dict.
