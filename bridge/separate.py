@@ -21,6 +21,7 @@ from bridge.jobs import JobContext, atomic_write, remove_partials
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
+from engines.resample import check_file_rate, resample_tensor
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         raise BadRequest(f"{KIND}: {path} is not an audio file libsndfile can read ({err})") from None
     if info.frames <= 0:
         raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
+    check_file_rate(info.samplerate, config.separate.min_sample_rate, config.separate.max_sample_rate,
+                    what=f"{KIND}: {path}", keys="separate.min_sample_rate, separate.max_sample_rate")
     out_dir = paths.output_dir(args["out_dir"], "out_dir", KIND) if args.get("out_dir") else path.parent / "stems"
     paths.output_dir(str(out_dir), "out_dir", KIND)
     fmt = args.get("format") or config.separate.format
@@ -141,7 +144,6 @@ class SeparateJob(EngineJob):
     def _separate_local(self, ctx: JobContext, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
         import torch
         from demucs.audio import convert_audio_channels
-        from julius import resample_frac
 
         args = ctx.job.args
         ctx.progress(0.0, stage="loading")
@@ -149,7 +151,7 @@ class SeparateJob(EngineJob):
         engine.load()
         mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)  # mono doubled; >2: the first two
         if sample_rate != engine.sample_rate:
-            mix = resample_frac(mix, sample_rate, engine.sample_rate)
+            mix = resample_tensor(mix, sample_rate, engine.sample_rate)
         ctx.check_cancelled()
 
         def on_segment(fraction: float) -> None:
@@ -158,7 +160,7 @@ class SeparateJob(EngineJob):
 
         separated = torch.from_numpy(engine.process(mix.numpy(), on_segment))
         if sample_rate != engine.sample_rate:
-            separated = resample_frac(separated, engine.sample_rate, sample_rate)
+            separated = resample_tensor(separated, engine.sample_rate, sample_rate)
         return _fit(separated.numpy(), audio), tuple(engine.stems), str(engine.device)
 
     def _separate_remote(
@@ -169,7 +171,6 @@ class SeparateJob(EngineJob):
 
         import soundfile
         import torch
-        from julius import resample_frac
 
         from engines.cloud.base import TierJob
 
@@ -196,7 +197,7 @@ class SeparateJob(EngineJob):
                 data, rate = soundfile.read(str(result.outputs[name]), dtype="float32", always_2d=True)
                 stem = torch.from_numpy(data.T.copy())
                 if rate != sample_rate:
-                    stem = resample_frac(stem, rate, sample_rate)
+                    stem = resample_tensor(stem, rate, sample_rate)
                 arrays.append(_fit(stem.numpy()[None], audio)[0])
             shutil.rmtree(scratch, ignore_errors=True)
         return np.stack(arrays), tuple(names), result.cost_usd
