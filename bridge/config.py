@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from bridge.errors import ConfigError
 
@@ -73,6 +74,10 @@ class ZmqConfig(_Section):
     event_port: Port = 5561
     audio_port: Port = 5562
     max_message_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    # The audio socket: the JSON header frame, and the frames of one block (the reply is stems x
+    # channels x frames float32, and one block is processed while other clients wait).
+    audio_max_header_bytes: int = Field(default=1024, ge=64, le=65536)
+    audio_max_block_frames: int = Field(default=65536, ge=256, le=1_048_576)
 
 
 EffectSpec = list[dict[str, Any]]
@@ -89,6 +94,11 @@ class StreamConfig(_Section):
     """Live stems: the audio device, the streaming HTDemucs engine, routing, gains, effects."""
 
     device: str | int | None = None
+    # The streaming resamplers hold an up x (down + taps) matrix for the reduced ratio up:down of
+    # sample_rate to the model's 44.1 kHz: rates whose terms exceed this are refused (bad_request).
+    # Every standard rate (8000 ... 192000) has terms of at most 640. Declared before sample_rate,
+    # which is checked against it.
+    max_ratio_terms: int = Field(default=1000, ge=640, le=8192)
     sample_rate: int = Field(default=48000, ge=8000, le=192000)
     block_size: int = Field(default=256, ge=16, le=8192)
     channels: int = Field(default=2, ge=1, le=2)
@@ -104,6 +114,20 @@ class StreamConfig(_Section):
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []
     effects: EffectsConfig = EffectsConfig()
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _rate_fits_the_resamplers(cls, sample_rate: int, info: ValidationInfo) -> int:
+        from engines.resample import stream_rate_problem
+        from engines.separation import HTDEMUCS_RATE
+
+        max_terms = info.data.get("max_ratio_terms")
+        if max_terms is None:  # itself invalid: that error is reported
+            return sample_rate
+        problem = stream_rate_problem(sample_rate, HTDEMUCS_RATE, max_terms)
+        if problem is not None:
+            raise ValueError(f"{problem} (bound: stream.max_ratio_terms = {max_terms})")
+        return sample_rate
 
 
 class JobsConfig(_Section):
@@ -137,6 +161,10 @@ class SeparateConfig(_Section):
     format: Literal["wav", "flac"] = "wav"
     encoding: Literal["pcm16", "pcm24", "float"] = "pcm24"
     threads: int | None = Field(default=None, ge=1, le=256)
+    # Sample rates of input files accepted, in Hz; others are refused with bad_request. Any rate
+    # inside is resampled exactly to the model's and back, in bounded memory (engines/resample.py).
+    min_sample_rate: int = Field(default=1000, ge=1, le=44100)
+    max_sample_rate: int = Field(default=384000, ge=44100, le=768000)
 
 
 class RouterConfig(_Section):

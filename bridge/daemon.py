@@ -60,7 +60,8 @@ class Daemon:
         self.jobs: JobRunner | None = None
         self.samples: Any = None  # bridge.samples.SampleLibrary, opened with the job queue
         self.audio = AudioServer(
-            config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams)
+            config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams),
+            max_header_bytes=config.zmq.audio_max_header_bytes, max_block_frames=config.zmq.audio_max_block_frames,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------

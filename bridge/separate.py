@@ -21,6 +21,7 @@ from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
+from engines.resample import check_file_rate, resample_tensor
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         raise BadRequest(f"{KIND}: {path} is not an audio file libsndfile can read ({err})") from None
     if info.frames <= 0:
         raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
+    check_file_rate(info.samplerate, config.separate.min_sample_rate, config.separate.max_sample_rate,
+                    what=f"{KIND}: {path}", keys="separate.min_sample_rate, separate.max_sample_rate")
     out_dir = paths.output_dir(args.get("out_dir") or str(path.parent / "stems"), "out_dir", KIND)
     # The stems go to <out_dir>/<track>: a link there is refused now, and again when written.
     paths.output_dir(str(out_dir / track_name(path)), "out_dir", KIND)
@@ -143,7 +146,6 @@ class SeparateJob(EngineJob):
     def _separate_local(self, ctx: JobContext, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
         import torch
         from demucs.audio import convert_audio_channels
-        from julius import resample_frac
 
         args = ctx.job.args
         ctx.progress(0.0, stage="loading")
@@ -151,7 +153,7 @@ class SeparateJob(EngineJob):
         engine.load()
         mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)  # mono doubled; >2: the first two
         if sample_rate != engine.sample_rate:
-            mix = resample_frac(mix, sample_rate, engine.sample_rate)
+            mix = resample_tensor(mix, sample_rate, engine.sample_rate)
         ctx.check_cancelled()
 
         def on_segment(fraction: float) -> None:
@@ -160,7 +162,7 @@ class SeparateJob(EngineJob):
 
         separated = torch.from_numpy(engine.process(mix.numpy(), on_segment))
         if sample_rate != engine.sample_rate:
-            separated = resample_frac(separated, engine.sample_rate, sample_rate)
+            separated = resample_tensor(separated, engine.sample_rate, sample_rate)
         return _fit(separated.numpy(), audio), tuple(engine.stems), str(engine.device)
 
     def _separate_remote(
@@ -171,7 +173,6 @@ class SeparateJob(EngineJob):
 
         import soundfile
         import torch
-        from julius import resample_frac
 
         from engines.cloud.base import TierJob
 
@@ -198,7 +199,7 @@ class SeparateJob(EngineJob):
                 data, rate = soundfile.read(str(result.outputs[name]), dtype="float32", always_2d=True)
                 stem = torch.from_numpy(data.T.copy())
                 if rate != sample_rate:
-                    stem = resample_frac(stem, rate, sample_rate)
+                    stem = resample_tensor(stem, rate, sample_rate)
                 arrays.append(_fit(stem.numpy()[None], audio)[0])
             shutil.rmtree(scratch, ignore_errors=True)
         return np.stack(arrays), tuple(names), result.cost_usd

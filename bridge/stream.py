@@ -440,6 +440,9 @@ class StreamManager:
         if "effects" in overrides:
             # A VST3 is native code: which plugins load is for config.yaml to say, not the wire.
             raise Forbidden("stream.start: effect chains come from stream.effects in config.yaml, not overrides")
+        if "max_ratio_terms" in overrides:
+            # A bound on what a request may allocate is not the request's to raise.
+            raise Forbidden("stream.start: stream.max_ratio_terms is a memory bound set in config.yaml, not an override")
         try:
             return StreamConfig.model_validate({**self.base.model_dump(), **overrides})
         except ValidationError as err:
@@ -464,6 +467,7 @@ class StreamManager:
             crossfade_ms=settings.crossfade_ms,
             precision=settings.precision,
             threads=settings.threads,
+            max_ratio_terms=settings.max_ratio_terms,
         )
         engine.load()
         return engine
@@ -540,6 +544,12 @@ class AudioSessions:
         self._sessions: dict[bytes, _Session] = {}
 
     def process(self, identity: bytes, seq: int, sample_rate: int, block: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        from engines.resample import check_stream_rate
+        from engines.separation import HTDEMUCS_RATE
+
+        # Before any engine exists: a rate the streaming resampler cannot hold is refused here.
+        check_stream_rate(sample_rate, HTDEMUCS_RATE, self._manager.base.max_ratio_terms,
+                          what="audio socket: header 'sample_rate'", key="stream.max_ratio_terms")
         session = self._sessions.get(identity)
         channels = block.shape[0]
         if seq == 0:

@@ -128,8 +128,7 @@ class TranscribeJob(EngineJob):
         import soundfile
         import torch
         from demucs.audio import convert_audio_channels
-        from julius import resample_frac
-
+        from engines.resample import resample_tensor
         from engines.transcription import SAMPLE_RATE
 
         if self.separator is None:
@@ -143,7 +142,7 @@ class TranscribeJob(EngineJob):
         audio, sample_rate = soundfile.read(str(source), dtype="float32", always_2d=True)
         mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)  # mono doubled; >2: the first two
         if sample_rate != engine.sample_rate:
-            mix = resample_frac(mix, sample_rate, engine.sample_rate)
+            mix = resample_tensor(mix, sample_rate, engine.sample_rate)
         ctx.check_cancelled()
 
         def on_segment(fraction: float) -> None:
@@ -152,7 +151,7 @@ class TranscribeJob(EngineJob):
 
         separated = engine.process(mix.numpy(), on_segment)
         voice = torch.from_numpy(np.ascontiguousarray(separated[engine.stems.index(stem)].mean(axis=0)))
-        return resample_frac(voice, engine.sample_rate, SAMPLE_RATE).numpy()
+        return resample_tensor(voice[None], engine.sample_rate, SAMPLE_RATE)[0].numpy()
 
     # -- transcription, on the tier the router picks --------------------------------------------
 

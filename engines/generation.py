@@ -12,7 +12,7 @@ Generation is sampled token by token (one step = one EnCodec frame, 50 per secon
 cancel within a step (its callback raises). The same seed and prompt give the same samples.
 
 The helpers after the engine turn the model's audio into what a DAW wants: `resample`
-(julius's windowed-sinc `resample_frac`), `fit_length` (exact frames, short fades),
+(engines/resample.py: julius's windowed sinc in bounded memory), `fit_length` (exact frames, short fades),
 `integrated_loudness` (ITU-R BS.1770-4: K-weighting, 400 ms blocks, absolute and relative gates)
 and `normalise_loudness` (to a target in LUFS, then scaled down if the sample peak would pass a
 ceiling; no limiter, so a very peaky clip may end below the target, and the result says so).
@@ -378,23 +378,17 @@ def melody_chroma(audio: np.ndarray, sample_rate: int, *, n_fft: int, hop_length
 
 
 def resample_tensor(audio: Any, rate_in: int, rate_out: int) -> Any:
-    """A `(channels, frames)` torch tensor from `rate_in` to `rate_out` (windowed sinc)."""
-    if rate_in == rate_out:
-        return audio
-    from julius import resample_frac
+    """A `(channels, frames)` torch tensor from `rate_in` to `rate_out` (windowed sinc, bounded memory)."""
+    from engines.resample import resample_tensor as convert
 
-    gcd = math.gcd(int(rate_in), int(rate_out))
-    return resample_frac(audio, int(rate_in) // gcd, int(rate_out) // gcd)
+    return convert(audio, int(rate_in), int(rate_out))
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """`(channels, frames)` float32 from `rate_in` to `rate_out`."""
-    if rate_in == rate_out:
-        return np.ascontiguousarray(audio, dtype=np.float32)
-    import torch
+    """`(channels, frames)` float32 from `rate_in` to `rate_out` (engines/resample.py: bounded memory)."""
+    from engines.resample import resample as convert
 
-    out = resample_tensor(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), rate_in, rate_out)
-    return out.numpy()
+    return convert(audio, int(rate_in), int(rate_out))
 
 
 def fit_length(audio: np.ndarray, frames: int, sample_rate: int, fade_in_ms: float, fade_out_ms: float) -> np.ndarray:

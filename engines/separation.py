@@ -33,6 +33,7 @@ import numpy as np
 
 from bridge.errors import BadRequest, Internal, NotFound, Unavailable
 from engines.base import Engine
+from engines.resample import reduced_ratio, standard_rates, stream_rate_problem
 
 if TYPE_CHECKING:
     from demucs.apply import BagOfModels
@@ -61,6 +62,12 @@ HOP_RANGE = (0.0, 4.0)  # exclusive low end; rounded up to at least one 1024-fra
 LOOKAHEAD_RANGE = (0.1, 4.0)
 CROSSFADE_RANGE_MS = (0.0, 100.0)
 SAMPLE_RATE_RANGE = (8000, 192000)
+# The streaming resampler's filter matrix is `up x (down + taps)` for the reduced ratio up/down of
+# the device and model rates: a ratio whose terms are at most this keeps it under ~2 M coefficients
+# (15 MiB while it is built). Every standard rate against 44.1 kHz has terms of at most 640; a rate
+# coprime with 44100 (44101) would need 44100 x 44135 (14.5 GiB).
+MAX_RATIO_TERMS = 1000
+HTDEMUCS_RATE = 44100  # the rate of every released HTDemucs; checked against the loaded model too
 PRECISIONS = ("float32", "float16", "bfloat16")
 STATS_WINDOW = 512  # hops kept for the compute-time percentiles
 PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at most this many frames
@@ -153,13 +160,23 @@ class StreamingResampler:
     The product runs in torch on CPU tensors that share the numpy buffers: numpy's OpenBLAS keeps
     its own threads spinning after each call, and next to torch's pool on a 2-core machine that
     slowed the model's forward pass by 10-100x.
+
+    Memory: the matrix has `matrix_shape(...)` coefficients, about up x (down + 2 * zeros * max(1,
+    down / up)); the constructor refuses (`BadRequest`, before allocating anything) a ratio whose
+    terms exceed `max_terms`, so with the default 1000 the matrix stays under ~2 M coefficients.
     """
 
     def __init__(self, rate_in: int, rate_out: int, channels: int, *, max_input: int = PIECE_FRAMES,
                  zeros: int = 16, rolloff: float = 0.94, kaiser_beta: float = 8.6,
-                 extra_delay_ticks: int = 0, whole_delay: bool = False) -> None:
+                 extra_delay_ticks: int = 0, whole_delay: bool = False, max_terms: int = MAX_RATIO_TERMS) -> None:
         if rate_in <= 0 or rate_out <= 0:
             raise BadRequest(f"rates: expected positive sample rates, got {rate_in} -> {rate_out}")
+        up, down = reduced_ratio(rate_in, rate_out)
+        if max(up, down) > max_terms:
+            accepted = ", ".join(map(str, standard_rates(rate_in, max_terms) or standard_rates(rate_out, max_terms)))
+            raise BadRequest(f"streaming resampler {rate_in} Hz -> {rate_out} Hz: the reduced ratio {up}:{down} "
+                             f"has terms over {max_terms} (a matrix of {up} x {down + 1}+ coefficients); expected "
+                             f"a standard rate: {accepted} Hz")
         if extra_delay_ticks < 0:
             raise BadRequest(f"extra_delay_ticks: expected >= 0 (less delay than the filter's half-width is not "
                              f"causal), got {extra_delay_ticks}")
@@ -198,6 +215,18 @@ class StreamingResampler:
         self._frames_t, self._out_t = torch.from_numpy(self._frames), torch.from_numpy(self._out)
         self._matmul = torch.matmul
         self.reset()
+
+    @classmethod
+    def matrix_shape(cls, rate_in: int, rate_out: int, zeros: int = 16, rolloff: float = 0.94) -> tuple[int, int]:
+        """(up, num_cols): the filter matrix this pair of rates needs, computed without allocating it.
+
+        Worst case over the whole-delay options: the delay adds at most `down` ticks, which moves
+        the first and last columns together and so leaves `num_cols` unchanged to within one.
+        """
+        up, down = reduced_ratio(rate_in, rate_out)
+        _, width = cls.design(rate_in, rate_out, zeros, rolloff)
+        taps = (2 * width - 1) // up + 1
+        return up, ((up - 1) * down) // up + taps + 1
 
     @staticmethod
     def design(rate_in: int, rate_out: int, zeros: int = 16, rolloff: float = 0.94) -> tuple[float, int]:
@@ -347,13 +376,19 @@ class StreamingSeparator(Engine):
     def __init__(self, model: str, *, repo: Path | None = None, device: str = "auto", sample_rate: int = 48000,
                  channels: int = 2, context_seconds: float | None = None, hop_seconds: float | None = None,
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
-                 threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD) -> None:
+                 threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD,
+                 max_ratio_terms: int = MAX_RATIO_TERMS) -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a demucs model name such as 'htdemucs', got {model!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
                 or not SAMPLE_RATE_RANGE[0] <= sample_rate <= SAMPLE_RATE_RANGE[1]:
             raise BadRequest(f"sample_rate: expected an integer in [{SAMPLE_RATE_RANGE[0]}, "
                              f"{SAMPLE_RATE_RANGE[1]}] Hz, got {sample_rate!r}")
+        # Refused here, before the model loads, against the rate every HTDemucs runs at; the
+        # resamplers check again against the loaded model's own rate.
+        problem = stream_rate_problem(sample_rate, HTDEMUCS_RATE, max_ratio_terms)
+        if problem is not None:
+            raise BadRequest(f"sample_rate: {problem}")
         if channels not in (1, 2) or isinstance(channels, bool):
             raise BadRequest(f"channels: expected 1 or 2, got {channels!r}")
         _check_range("context_seconds", context_seconds, *CONTEXT_RANGE)
@@ -376,6 +411,7 @@ class StreamingSeparator(Engine):
         self.channels = channels
         self.precision = precision
         self.threads = threads
+        self.max_ratio_terms = max_ratio_terms
         self._requested = (
             defaults[0] if context_seconds is None else float(context_seconds),
             defaults[1] if hop_seconds is None else float(hop_seconds),
@@ -574,10 +610,10 @@ class StreamingSeparator(Engine):
         # 1024 frames counted from the first input sample, as they would offline.
         rows_out = num_stems * self.channels
         if self.sample_rate != rate:
-            self._down: StreamingResampler | None = StreamingResampler(self.sample_rate, rate, self.channels,
-                                                                       whole_delay=True)
-            self._up: StreamingResampler | None = StreamingResampler(rate, self.sample_rate, rows_out,
-                                                                     max_input=hop, whole_delay=True)
+            self._down: StreamingResampler | None = StreamingResampler(
+                self.sample_rate, rate, self.channels, whole_delay=True, max_terms=self.max_ratio_terms)
+            self._up: StreamingResampler | None = StreamingResampler(
+                rate, self.sample_rate, rows_out, max_input=hop, whole_delay=True, max_terms=self.max_ratio_terms)
             self._offset = round(self._down.delay_frames)
             resampler_frames = round(self._up.delay_frames)
         else:

@@ -376,6 +376,35 @@ def test_resampler_matches_julius_at_its_stated_delay() -> None:
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-3
 
 
+STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
+
+
+def test_the_resampler_matrix_is_bounded_for_every_accepted_rate() -> None:
+    """The filter matrix is sized before it is built: every standard rate stays small, and a rate
+    coprime with the model's (44101 Hz: 44100 x 44135, 14.5 GiB in float64) is refused unbuilt."""
+    for rate in STANDARD_RATES:
+        for rate_in, rate_out in ((rate, MODEL_RATE), (MODEL_RATE, rate)):
+            if rate_in == rate_out:
+                continue
+            up, cols = StreamingResampler.matrix_shape(rate_in, rate_out)
+            assert up * cols <= 200_000
+            built = StreamingResampler(rate_in, rate_out, 2, whole_delay=True)
+            assert built._matrix_t.shape[1] == up and built._matrix_t.shape[0] <= cols
+    up, cols = StreamingResampler.matrix_shape(44101, MODEL_RATE)
+    assert up * cols * 8 > 14 * 1024**3  # what the resampler used to allocate
+    for rate_in, rate_out in ((44101, MODEL_RATE), (MODEL_RATE, 44101)):
+        with pytest.raises(BadRequest) as caught:
+            StreamingResampler(rate_in, rate_out, 2)
+        assert "44101" in caught.value.message and "48000" in caught.value.message
+
+
+@pytest.mark.parametrize("rate", [44101, 47999, 191999])
+def test_a_stream_at_an_odd_rate_is_refused_before_the_model_loads(rate: int) -> None:
+    with pytest.raises(BadRequest) as caught:
+        StreamingSeparator("not-loaded", device="cpu", sample_rate=rate)
+    assert str(rate) in caught.value.message and "48000" in caught.value.message
+
+
 # ---- CUDA -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,118 @@
+"""The ZeroMQ audio socket against a real daemon: every malformed or oversized request is answered.
+
+A client sends a JSON header and a float32 payload over a real DEALER socket; whatever the header
+holds (a sample rate the streaming resampler cannot hold, deep nesting, a 5000-digit integer, sizes
+past the configured bounds), the reply is one `bad_request` error frame that names the problem, and
+the daemon goes on answering `ping` and processing well-formed blocks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from bridge.client import Client
+from bridge.testing import DaemonProcess, tiny_htdemucs_repo
+
+HEADER_BYTES = 8192  # zmq.audio_max_header_bytes for this daemon: room for deep JSON and big integers
+BLOCK_FRAMES = 4096  # zmq.audio_max_block_frames for this daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    repo = tiny_htdemucs_repo(tmp_path_factory.mktemp("models"))
+    process = DaemonProcess(overrides={
+        "models": {"demucs_repo": str(repo)},
+        "stream": {"model": "tiny", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.25},
+        "zmq": {"audio_max_header_bytes": HEADER_BYTES, "audio_max_block_frames": BLOCK_FRAMES},
+    }).start()
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+@pytest.fixture
+def audio(daemon: DaemonProcess) -> Iterator[zmq.Socket]:
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(daemon.zmq_audio)
+    try:
+        yield sock
+    finally:
+        context.destroy(linger=0)
+
+
+def exchange(sock: zmq.Socket, *frames: bytes) -> list[bytes]:
+    sock.send_multipart(list(frames))
+    assert sock.poll(60000), "no reply from the audio socket"
+    return sock.recv_multipart()
+
+
+def error_of(reply: list[bytes]) -> dict[str, Any]:
+    assert len(reply) == 1, f"expected one error frame, got {len(reply)} frames"
+    return json.loads(reply[0])["error"]
+
+
+def header(**fields: Any) -> bytes:
+    return json.dumps({"seq": 0, "channels": 2, "sample_rate": 48000, **fields}).encode()
+
+
+SILENCE = np.zeros((2, 256), np.float32).tobytes()
+
+
+def assert_still_serving(daemon: DaemonProcess, sock: zmq.Socket) -> None:
+    """The daemon answers ping on the request socket and separates a well-formed block."""
+    with Client(daemon.zmq_requests, timeout_seconds=30) as client:
+        assert client.call("ping")["reply"] == "pong"
+    reply = exchange(sock, header(), SILENCE)
+    info = json.loads(reply[0])
+    assert "error" not in info, info
+    assert info["seq"] == 0 and info["stems"] == ["drums", "bass", "other", "vocals"]
+    assert len(reply[1]) == 4 * 2 * 256 * 4
+
+
+def test_a_rate_coprime_with_the_model_rate_is_refused_naming_it(daemon: DaemonProcess, audio: zmq.Socket) -> None:
+    # 44101 Hz would have made the streaming resampler a 44100 x 44135 matrix (14.5 GiB).
+    error = error_of(exchange(audio, header(sample_rate=44101), SILENCE))
+    assert error["code"] == "bad_request"
+    assert "44101" in error["message"] and "48000" in error["message"]
+    assert "stream.max_ratio_terms" in error["message"]
+    assert_still_serving(daemon, audio)
+    assert "44101" in daemon.log()
+
+
+DEEP = ("[" * 4000 + "]" * 4000).encode()
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [
+        pytest.param([b'{"seq": ' + DEEP + b', "channels": 2, "sample_rate": 48000}', SILENCE], "nested too deeply",
+                     id="deep-json"),
+        pytest.param([b'{"seq": ' + b"9" * 5000 + b', "channels": 2, "sample_rate": 48000}', SILENCE],
+                     "number is too large", id="5000-digit-int"),
+        pytest.param([header(seq=2**64), SILENCE], "header 'seq'", id="seq-past-int64"),
+        pytest.param([header(seq="x" * 3000), SILENCE], "3002 characters", id="seq-long-string"),
+        pytest.param([header(channels=2.0), SILENCE], "header 'channels'", id="float-channels"),
+        pytest.param([header(sample_rate=10**6), SILENCE], "[8000, 192000]", id="rate-too-high"),
+        pytest.param([b" " * (HEADER_BYTES + 1), SILENCE], "zmq.audio_max_header_bytes", id="header-too-big"),
+        pytest.param([header(), np.zeros((2, BLOCK_FRAMES + 1), np.float32).tobytes()],
+                     "zmq.audio_max_block_frames", id="block-too-long"),
+    ],
+)
+def test_malformed_and_oversized_requests_get_bad_request(
+    daemon: DaemonProcess, audio: zmq.Socket, frames: list[bytes], expected: str
+) -> None:
+    error = error_of(exchange(audio, *frames))
+    assert error["code"] == "bad_request", error
+    assert expected in error["message"]
+    assert len(error["message"]) < 1000  # a long value is cut short, not echoed
+    assert_still_serving(daemon, audio)
