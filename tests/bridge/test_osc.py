@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import __version__
-from tests.conftest import OscTcp, OscUdp
+from tests.conftest import REPLY_TIMEOUT, OscTcp, OscUdp
 
 
 def _message(address: str, *args: object) -> bytes:
@@ -150,3 +151,174 @@ def test_register_copies_replies_and_errors_to_the_listener(osc_udp: OscUdp, dae
         assert listener.client.receive(0.3) == b""  # nothing once unregistered
     finally:
         listener.close()
+
+
+# -- cross-protocol: a web page must not drive the daemon through the OSC TCP port ----------------
+
+
+def _daw_tempo(client: OscUdp) -> float:
+    reply = client.request("/flow/daw/status")
+    assert reply.address == "/flow/reply/daw/status"
+    return reply.params[0]
+
+
+def _listeners(client: OscUdp) -> list[str]:
+    import json
+
+    return json.loads(client.request("/flow/status").params[0])["listeners"]
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the daemon sends until it closes the connection (a timeout fails the test)."""
+    sock.settimeout(REPLY_TIMEOUT)
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        # What fetch("http://127.0.0.1:9011/", {method: "POST", mode: "no-cors", body}) sends: a CORS
+        # "simple request" (text/plain), no preflight, so the browser sends it without asking.
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1:9011\r\nOrigin: https://evil.example\r\n"
+        b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {length}\r\n\r\n",
+        b"PUT /flow HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n",
+        b"\x00\x00\x00\x20",  # OSC 1.0 length-prefixed framing: not what this port speaks
+    ],
+    ids=["browser-post", "put", "osc-1.0-length-prefix"],
+)
+def test_a_connection_that_does_not_start_with_slip_is_closed_and_nothing_in_it_runs(
+    osc_udp: OscUdp, daemon, head: bytes
+) -> None:
+    before_tempo = _daw_tempo(osc_udp)
+    before_listeners = _listeners(osc_udp)
+    body = (
+        b"\r\n" + slip.encode(_message("/flow/daw/set", 177.0)) + slip.encode(_message("/flow/register", 40999))
+        + slip.encode(_message("/flow/daw/set", 178.0))
+    )
+    request = head.replace(b"{length}", str(len(body)).encode()) + body
+    with socket.create_connection(daemon.osc_tcp) as sock:
+        sock.sendall(request)
+        answer = _read_until_closed(sock)  # the daemon closes the connection
+    if head.startswith(b"POST") or head.startswith(b"PUT"):
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert b"OSC 1.1" in answer
+    assert _daw_tempo(osc_udp) == before_tempo
+    assert _listeners(osc_udp) == before_listeners
+    assert "nothing in it ran" in daemon.log()
+
+
+def test_the_same_post_through_http_client_changes_nothing(osc_udp: OscUdp, daemon) -> None:
+    import http.client
+
+    before_tempo = _daw_tempo(osc_udp)
+    connection = http.client.HTTPConnection(*daemon.osc_tcp, timeout=REPLY_TIMEOUT)
+    try:
+        body = slip.encode(_message("/flow/daw/set", 166.0))
+        connection.request("POST", "/", body=body, headers={"Content-Type": "text/plain"})
+        response = connection.getresponse()
+        assert response.status == 400
+        assert b"OSC 1.1" in response.read()
+    finally:
+        connection.close()
+    assert _daw_tempo(osc_udp) == before_tempo
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [lambda packet: slip.END + packet + slip.END, lambda packet: packet + slip.END],
+    ids=["double-END (python-osc, liblo double)", "single-END (liblo default SLIP)"],
+)
+def test_real_osc_clients_first_bytes_are_accepted(daemon, framing) -> None:
+    from pythonosc.osc_message import OscMessage
+
+    bundle = _bundle(IMMEDIATELY, _message("/flow/ping"))
+    with socket.create_connection(daemon.osc_tcp) as sock:
+        sock.settimeout(REPLY_TIMEOUT)
+        sock.sendall(framing(_message("/flow/ping")) + framing(bundle))
+        received = b""
+        while received.count(slip.END) < 4:
+            chunk = sock.recv(65536)
+            assert chunk, "the daemon closed an OSC 1.1 connection"
+            received += chunk
+    frames = [frame for frame in received.split(slip.END) if frame]
+    assert [OscMessage(slip.decode(slip.END + f + slip.END)).address for f in frames] == ["/flow/reply/ping"] * 2
+
+
+def test_a_liblo_style_connection_starting_with_a_bundle_is_accepted(daemon) -> None:
+    from pythonosc.osc_message import OscMessage
+
+    with socket.create_connection(daemon.osc_tcp) as sock:
+        sock.settimeout(REPLY_TIMEOUT)
+        packet = _bundle(IMMEDIATELY, _message("/flow/ping"))
+        sock.sendall(packet[:3])  # '#bu': not yet enough to decide
+        sock.sendall(packet[3:] + slip.END)
+        received = b""
+        while received.count(slip.END) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "the daemon closed an OSC 1.1 connection"
+            received += chunk
+    [frame] = [frame for frame in received.split(slip.END) if frame]
+    assert OscMessage(frame).address == "/flow/reply/ping"
+
+
+# -- one TCP client cannot freeze the others ------------------------------------------------------
+
+
+def test_a_flooding_client_that_does_not_read_neither_blocks_others_nor_loses_replies(osc_udp: OscUdp, daemon) -> None:
+    """Finding 8: 1,000 requests in one write from a client that does not read its replies.
+
+    Its replies (each `commands` reply is kilobytes) fill its socket; the daemon then stops
+    taking its requests until it reads (back-pressure), so another client's requests are
+    answered meanwhile and the flood's last request has not run yet. Once the flooder reads,
+    every one of its requests is answered, in order, none dropped.
+    """
+    import threading
+
+    from pythonosc.osc_message import OscMessage
+
+    count = 500
+    frames = []
+    for n in range(count):
+        frames.append(slip.encode(_message("/flow/commands")))
+        frames.append(slip.encode(_message("/flow/daw/set", 100.0 + n % 50)))
+    frames.append(slip.encode(_message("/flow/daw/set", 199.0)))  # the last request of the flood
+    flood = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, buffers little
+    flood.connect(daemon.osc_tcp)
+    writer = threading.Thread(target=flood.sendall, args=(b"".join(frames),), daemon=True)
+    try:
+        writer.start()
+        # Another client is answered while the flood waits for its reader ...
+        assert osc_udp.request("/flow/ping").params[0] == "pong"
+        other = OscTcp(daemon.osc_tcp)
+        try:
+            assert other.request("/flow/ping").params[0] == "pong"
+        finally:
+            other.close()
+        # ... and the flood has not been run to its end: it waits for its client to read.
+        assert _daw_tempo(osc_udp) != 199.0
+        # Now the flooder reads: every request is answered, none dropped.
+        flood.settimeout(REPLY_TIMEOUT)
+        buffer = b""
+        answered = 0
+        last: OscMessage | None = None
+        while answered < 2 * count + 1:
+            chunk = flood.recv(1 << 20)
+            assert chunk, f"connection closed after {answered} replies"
+            buffer += chunk
+            *complete, buffer = buffer.split(slip.END)
+            for frame in complete:
+                if frame:
+                    answered += 1
+                    last = OscMessage(slip.decode(slip.END + frame + slip.END))
+        assert last is not None and last.address == "/flow/reply/daw/set" and last.params[0] == 199.0
+        writer.join(REPLY_TIMEOUT)
+        assert not writer.is_alive()
+    finally:
+        flood.close()
+    assert _daw_tempo(osc_udp) == 199.0
