@@ -40,6 +40,8 @@ Dispatch = Callable[[Request, Callable[[Reply], None]], None]
 
 # A bundle may ask for later execution; further out than this is almost surely a clock mix-up.
 MAX_BUNDLE_DELAY_SECONDS = 60.0
+# Longest request address echoed whole in /flow/error (every command's address is far shorter).
+MAX_ECHOED_ADDRESS = 256
 # Request lines of HTTP methods, to name what was refused in the log (any non-SLIP start is refused).
 _HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"OPTIONS ", b"DELETE ", b"PATCH ", b"CONNECT ", b"TRACE ")
 
@@ -55,7 +57,10 @@ def build_message(address: str, args: list[Any]) -> bytes:
 def reply_packet(reply: Reply, address: str) -> bytes:
     """The OSC packet for a reply: the result on /flow/reply/..., or /flow/error."""
     if reply.error is not None:
-        return build_message(ERROR_ADDRESS, [address, reply.error.code, reply.error.message])
+        # The request's address is echoed for matching; one longer than any command's is cut, so a
+        # 16 KB bad address does not come back whole (python-osc's client reads 4 KB).
+        echoed = address if len(address) <= MAX_ECHOED_ADDRESS else address[:MAX_ECHOED_ADDRESS] + "..."
+        return build_message(ERROR_ADDRESS, [echoed, reply.error.code, reply.error.message[:2048]])
     assert reply.spec is not None and reply.result is not None  # ok replies always carry both
     return build_message(reply.spec.reply_address, reply.spec.osc_reply_args(reply.result))
 

@@ -322,3 +322,116 @@ def test_a_flooding_client_that_does_not_read_neither_blocks_others_nor_loses_re
     finally:
         flood.close()
     assert _daw_tempo(osc_udp) == 199.0
+
+
+# -- strict parsing: nothing runs with "the remaining arguments" ----------------------------------
+
+
+def _raw_message(address: bytes, tags: bytes, payload: bytes) -> bytes:
+    def pad(data: bytes) -> bytes:
+        return data + b"\x00" * (4 - len(data) % 4)
+
+    return pad(address) + pad(tags) + payload
+
+
+def _raw_bundle(*elements: tuple[int, bytes], timetag: bytes = b"\x00\x00\x00\x00\x00\x00\x00\x01") -> bytes:
+    import struct
+
+    return b"#bundle\x00" + timetag + b"".join(struct.pack(">i", size) + data for size, data in elements)
+
+
+@pytest.mark.parametrize(
+    ("packet", "words"),
+    [
+        # An unknown type tag: python-osc skipped it and /flow/register ran with port 9.
+        (_raw_message(b"/flow/register", b",xi", b"\x00\x00\x00\x09"), "unsupported type tag(s) 'x'"),
+        # Bytes left after the declared arguments (a wrong size or a missing tag).
+        (_raw_message(b"/flow/register", b",i", b"\x00\x00\x00\x09" + b"\x00\x00\x00\x07"), "left after the arguments"),
+        # A bundle element claiming more bytes than the bundle holds.
+        (_raw_bundle((400, _message("/flow/ping"))), "element size 400"),
+        # A bundle element size that is not a multiple of 4.
+        (_raw_bundle((len(_message("/flow/ping")) + 2, _message("/flow/ping") + b"\x00\x00")), "element size"),
+        # Stray bytes that cannot be an element size.
+        (_raw_bundle((len(_message("/flow/ping")), _message("/flow/ping"))) + b"\x00\x01", "stray byte"),
+        # An element that is neither a message nor a bundle (python-osc logged it whole and went on).
+        (_raw_bundle((8, b"zzzzzzzz")), "not '/' or '#bundle'"),
+        # A string argument that is not UTF-8.
+        (_raw_message(b"/flow/commands", b",s", b"\xff\xfe\x00\x00"), "not UTF-8"),
+    ],
+    ids=["unknown-tag", "trailing-bytes", "element-too-long", "element-not-aligned", "stray-bytes",
+         "element-not-osc", "not-utf8"],
+)
+def test_malformed_packets_are_refused_whole(osc_udp: OscUdp, packet: bytes, words: str) -> None:
+    osc_udp.send_raw(packet)
+    error = osc_udp.receive()
+    assert error.address == "/flow/error"
+    assert error.params[1] == "bad_request"
+    assert words in error.params[2]
+    assert osc_udp.request("/flow/ping").params[0] == "pong"  # and nothing else arrived before it
+
+
+def test_bundles_are_bounded_in_messages_and_depth(osc_udp: OscUdp) -> None:
+    from bridge.config import OscConfig
+
+    limit = OscConfig().max_bundle_messages
+    osc_udp.send_raw(_bundle(IMMEDIATELY, *[_message("/flow/ping")] * (limit + 1)))
+    error = osc_udp.receive()
+    assert error.params[1] == "bad_request" and f"osc.max_bundle_messages ({limit})" in error.params[2]
+
+    depth = OscConfig().max_nesting_depth
+    nested = _message("/flow/ping")
+    for _ in range(depth + 1):
+        nested = _raw_bundle((len(nested), nested))
+    osc_udp.send_raw(nested)
+    error = osc_udp.receive()
+    assert error.params[1] == "bad_request" and f"osc.max_nesting_depth ({depth})" in error.params[2]
+    assert osc_udp.request("/flow/ping").params[0] == "pong"  # no ping of either packet ran
+
+
+def test_delayed_bundle_messages_are_capped_with_busy(osc_udp: OscUdp, daemon) -> None:
+    """Finding 13: 300 packets once scheduled 245,400 timers; now at most osc.max_scheduled_messages wait."""
+    from bridge.config import OscConfig
+
+    config = OscConfig()
+    per_packet = config.max_bundle_messages
+    packets = config.max_scheduled_messages // per_packet + 1
+    later = time.time() + 50  # inside the 60 s window, far enough not to fire during the test
+    for _ in range(packets):
+        osc_udp.send_raw(_bundle(later, *[_message("/flow/daw/status")] * per_packet))
+    error = osc_udp.receive()  # accepted bundles say nothing until they run: this is the refusal
+    assert error.address == "/flow/error"
+    assert error.params[1] == "busy"
+    assert f"osc.max_scheduled_messages ({config.max_scheduled_messages})" in error.params[2]
+    assert osc_udp.request("/flow/ping").params[0] == "pong"
+
+
+def test_a_16_kb_bad_packet_writes_a_short_log_line(osc_udp: OscUdp, daemon) -> None:
+    before = len(daemon.log())
+    osc_udp.send_raw(_message("/flow/" + "x" * 16000))
+    error = osc_udp.receive()
+    assert error.params[1] == "unknown_command"
+    assert len(error.params[2]) < 1000  # the message quotes a prefix of the address, not all of it
+    assert osc_udp.request("/flow/ping").params[0] == "pong"
+    assert len(daemon.log()) - before < 2000
+
+
+def test_the_udp_receive_buffer_size_is_logged(daemon) -> None:
+    assert "OSC UDP receive buffer: asked 4194304 bytes (osc.udp_receive_buffer_bytes), the OS gave" in daemon.log()
+
+
+def test_a_reply_too_large_for_udp_says_how_to_get_it() -> None:
+    from bridge.testing import DaemonProcess
+
+    with DaemonProcess({"osc": {"max_udp_reply_bytes": 1024}}) as process:
+        udp = OscUdp(process.osc_udp)
+        tcp = OscTcp(process.osc_tcp)
+        try:
+            error = udp.request("/flow/commands")  # the vocabulary is about 16 KB of JSON
+            assert error.address == "/flow/error"
+            assert error.params[:2] == ["/flow/commands", "bad_request"]
+            assert "osc.max_udp_reply_bytes = 1024" in error.params[2]
+            assert "OSC TCP or ZeroMQ" in error.params[2]
+            assert tcp.request("/flow/commands").address == "/flow/reply/commands"  # TCP carries it
+        finally:
+            udp.close()
+            tcp.close()
