@@ -29,7 +29,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge.commands import lookup_address
 from bridge.config import OscConfig
-from bridge.errors import BadRequest, BridgeError, Busy
+from bridge.errors import BadRequest, BridgeError, Busy, Internal
 from bridge.events import EventHub
 from bridge.protocol import ERROR_ADDRESS, Event, Reply, Request
 from bridge.transports.osc_wire import Bundle, Limits, Message, parse_packet, quote
@@ -274,15 +274,17 @@ class _TcpConnection(asyncio.Protocol):
     def _pump(self) -> None:
         """Handle up to `osc.tcp_frames_per_turn` frames; the rest wait for a later turn."""
         budget = self._config.tcp_frames_per_turn
-        while self._backlog and budget > 0 and not self._write_paused and self._open():
-            budget -= 1
-            self._handle_frame(self._backlog.popleft())
-        if not self._open():
-            self._backlog.clear()
-            return
-        if self._backlog and not self._write_paused:
-            self._schedule_pump()  # call_soon runs after the I/O of the next turn: others go first
-        self._update_reading()
+        try:
+            while self._backlog and budget > 0 and not self._write_paused and self._open():
+                budget -= 1
+                self._handle_frame(self._backlog.popleft())
+        finally:  # even after an unexpected error, the frames behind it are not stranded
+            if not self._open():
+                self._backlog.clear()
+            else:
+                if self._backlog and not self._write_paused:
+                    self._schedule_pump()  # call_soon runs after the next turn's I/O: others go first
+                self._update_reading()
 
     def _open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
@@ -413,6 +415,10 @@ class OscServer:
         except BridgeError as err:
             self.reject(origin, "", err)
             return
+        except Exception as err:  # a bug in the parser: answer, log the traceback, keep serving
+            log.exception("OSC: parsing a %d-byte packet failed", len(packet))
+            self.reject(origin, "", Internal(f"the daemon failed to parse this packet ({type(err).__name__}); see its log"))
+            return
         for item in due:
             if item.delay > 0:
                 self._schedule(item.delay, item.message, origin)
@@ -467,7 +473,11 @@ class OscServer:
             self.reject(origin, address, err)
             return
         request = Request(name=spec.name, args=message.args, origin=origin)
-        self._dispatch(request, lambda reply: self._respond(reply, origin, address))
+        try:
+            self._dispatch(request, lambda reply: self._respond(reply, origin, address))
+        except Exception as err:  # a bug below the dispatcher: this request is answered, the next runs
+            log.exception("OSC %s: dispatch failed", quote(address))
+            self.reject(origin, address, Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}); see its log"))
 
     # -- replies and events -> wire ----------------------------------------------------------------
 
@@ -480,7 +490,12 @@ class OscServer:
         self._respond(Reply(name="", error=error), origin, address)
 
     def _respond(self, reply: Reply, origin: Origin, address: str) -> None:
-        packet = reply_packet(reply, address)
+        try:
+            packet = reply_packet(reply, address)
+        except Exception as err:  # e.g. a result value OSC cannot carry: a bug, but still an answer
+            log.exception("OSC: the reply to %s cannot be encoded", quote(address))
+            error = Internal(f"the reply to {reply.name or 'this request'} could not be encoded ({type(err).__name__})")
+            packet = reply_packet(Reply(name=reply.name, error=error), address)
         if isinstance(origin, UdpOrigin):
             origin.send(self._fit_udp(packet, address, reply))
         else:
