@@ -68,6 +68,9 @@ GAIN_MAX_DB = 6.0  # CC value 127
 REQUEST_TIMEOUT_SECONDS = 5.0
 STREAM_START_TIMEOUT_SECONDS = 120.0  # the first start loads the model
 RECONNECT_SECONDS = 5.0  # while the daemon is away, try to register again this often
+# The daemon drops a listener not registered again within daemon.listener_ttl_seconds (300 s by
+# default): register again well within that.
+REFRESH_REGISTER_SECONDS = 60.0
 
 PREFIX = "Flowstate: "
 GENERATE_KIND = "generate"  # the "kind" of a generate job's result
@@ -163,8 +166,8 @@ class FlowstateSurface:
             return
         self._link.poll()
         now = time.monotonic()
-        if not self._registered and not self._register_in_flight and now >= self._next_register:
-            self._register()
+        if not self._register_in_flight and now >= self._next_register:
+            self._register()  # while offline: reconnect; while registered: keep the listener alive
         if self._registered and self._daw_dirty:
             self._send_daw_state()
         while self._gains:
@@ -289,8 +292,10 @@ class FlowstateSurface:
 
     def _registered_ok(self, args: tuple[OscArg, ...]) -> None:
         self._register_in_flight = False
+        if not self._registered:
+            self._daw_dirty = True  # a daemon that was away knows nothing of the set yet
         self._registered = True
-        self._daw_dirty = True  # a daemon that was away knows nothing of the set yet
+        self._next_register = time.monotonic() + REFRESH_REGISTER_SECONDS
         if self._told_offline:
             self._told_offline = False
             self._show(f"connected to the daemon at {self._link.where}")

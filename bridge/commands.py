@@ -20,7 +20,7 @@ from typing import Any
 
 from bridge import __version__
 from bridge.errors import BadRequest, UnknownCommand
-from bridge.protocol import Arg, CallContext, CommandSpec, EventSpec, Handler, Result, path_to_name
+from bridge.protocol import Arg, CallContext, CommandSpec, EventSpec, Handler, Result, path_to_name, quote_name
 
 COMMANDS: dict[str, CommandSpec] = {}
 
@@ -52,20 +52,21 @@ def lookup(name: str) -> CommandSpec:
     if spec is None:
         import difflib
 
-        close = difflib.get_close_matches(name, list(COMMANDS), n=3)
+        # A client's name is quoted only in part: a 1 MB name must not come back or be logged whole.
+        close = difflib.get_close_matches(name, list(COMMANDS), n=3) if len(name) <= 64 else []
         hint = f"; did you mean {', '.join(close)}?" if close else "; `commands` lists them"
-        raise UnknownCommand(f"unknown command {name!r}{hint}")
+        raise UnknownCommand(f"unknown command {quote_name(name)}{hint}")
     return spec
 
 
 def lookup_address(address: str) -> CommandSpec:
     """The spec for an OSC address such as `/flow/stems/separate`."""
     if not address.startswith("/flow/") or len(address) <= len("/flow/"):
-        raise UnknownCommand(f"unknown OSC address {address!r}: commands live under /flow/")
+        raise UnknownCommand(f"unknown OSC address {quote_name(address)}: commands live under /flow/")
     try:
         return lookup(path_to_name(address[len("/flow/") :]))
     except UnknownCommand as err:
-        raise UnknownCommand(f"unknown OSC address {address!r}: {err.message}") from None
+        raise UnknownCommand(f"unknown OSC address {quote_name(address)}: {err.message}") from None
 
 
 def iter_commands() -> Iterator[CommandSpec]:
@@ -116,24 +117,30 @@ def status(ctx: CallContext) -> Result:
 @command(
     "register",
     Arg("port", int, "UDP port on the sender's host that should receive events.", min=1, max=65535),
-    help="Add (sender's host, port) as a listener: it gets every event and copies of its host's replies.",
-    returns=("host", "port", "listeners"),
+    help="Add (sender's host, port) as a listener: it gets every event and copies of its host's replies. "
+    "Register again within ttl_seconds (daemon.listener_ttl_seconds) to keep it; only the registering "
+    "socket or the listener itself may unregister it.",
+    returns=("host", "port", "listeners", "ttl_seconds"),
 )
 def register(ctx: CallContext, port: int) -> Result:
     host = _listener_host(ctx)
-    added = ctx.daemon.hub.register(host, port)
-    return {"host": host, "port": port, "added": added, "listeners": len(ctx.daemon.hub.listeners())}
+    hub = ctx.daemon.hub
+    owner, owner_text = _owner(ctx)
+    added = hub.register(host, port, owner, owner_text)
+    return {"host": host, "port": port, "added": added, "listeners": len(hub.listeners()), "ttl_seconds": hub.ttl_seconds}
 
 
 @command(
     "unregister",
-    Arg("port", int, "A port given to `register` earlier from this host.", min=1, max=65535),
-    help="Remove (sender's host, port) from the listeners.",
+    Arg("port", int, "A port given to `register` earlier from this socket.", min=1, max=65535),
+    help="Remove (sender's host, port) from the listeners; only the socket that registered it (or the "
+    "listener itself) may: others get forbidden.",
     returns=("host", "port", "listeners"),
 )
 def unregister(ctx: CallContext, port: int) -> Result:
     host = _listener_host(ctx)
-    removed = ctx.daemon.hub.unregister(host, port)
+    owner, _ = _owner(ctx)
+    removed = ctx.daemon.hub.unregister(host, port, owner)
     return {"host": host, "port": port, "removed": removed, "listeners": len(ctx.daemon.hub.listeners())}
 
 
@@ -141,6 +148,19 @@ def _listener_host(ctx: CallContext) -> str:
     if not ctx.origin.host:
         raise BadRequest(f"register: the {ctx.origin.transport} transport did not report the sender's host")
     return ctx.origin.host
+
+
+def _owner(ctx: CallContext) -> tuple[tuple[Any, ...], str]:
+    """The registering socket: transport, host and source port (a ZeroMQ client: its identity).
+
+    Every local process shares 127.0.0.1, so the host alone would let any of them remove
+    another's listener.
+    """
+    origin = ctx.origin
+    port = getattr(origin, "port", None)
+    if isinstance(port, int):
+        return (origin.transport, origin.host, port), f"{origin.transport} {origin.host}:{port}"
+    return (origin.transport, *origin.key), f"{origin.transport} client on {origin.host}"
 
 
 @command(

@@ -64,6 +64,24 @@ class OscConfig(_Section):
     udp_port: Port = 9010
     tcp_port: Port = 9011
     max_packet_bytes: int = Field(default=16384, ge=256, le=65507)
+    # Messages in one packet, counting those inside nested bundles, and how deep bundles (and
+    # OSC arrays) may nest: a 16 KB packet could otherwise carry over a thousand commands.
+    max_bundle_messages: int = Field(default=64, ge=1, le=4096)
+    max_nesting_depth: int = Field(default=8, ge=1, le=64)
+    # Messages of future-dated bundles waiting for their time, all clients together; beyond: busy.
+    max_scheduled_messages: int = Field(default=1024, ge=1, le=1_000_000)
+    # OSC TCP: frames handled from one connection per event-loop turn before other clients get theirs.
+    tcp_frames_per_turn: int = Field(default=64, ge=1, le=100_000)
+    # OSC TCP: bytes queued for a client that does not read. Above the first its requests wait
+    # (back-pressure); above the second (events still piling up) the connection is closed.
+    tcp_pause_write_bytes: int = Field(default=65536, ge=1024, le=64 * 1_048_576)
+    tcp_max_write_bytes: int = Field(default=4 * 1_048_576, ge=65536, le=1024 * 1_048_576)
+    # Largest reply or event sent as one UDP datagram (65507 is IPv4's limit). A larger reply is
+    # replaced by an error that says to page (e.g. job.list limit) or to use OSC TCP or ZeroMQ.
+    max_udp_reply_bytes: int = Field(default=65507, ge=512, le=65507)
+    # Receive buffer asked of the OS for the UDP socket, so bursts are not dropped; the OS may
+    # give less (Linux: net.core.rmem_max), and the daemon logs what it got.
+    udp_receive_buffer_bytes: int = Field(default=4 * 1_048_576, ge=65536, le=256 * 1_048_576)
 
 
 class ZmqConfig(_Section):
@@ -78,6 +96,9 @@ class ZmqConfig(_Section):
     # channels x frames float32, and one block is processed while other clients wait).
     audio_max_header_bytes: int = Field(default=1024, ge=64, le=65536)
     audio_max_block_frames: int = Field(default=65536, ge=256, le=1_048_576)
+    # JSON requests: how deep objects and arrays may nest, and the most digits an integer may have.
+    max_json_depth: int = Field(default=32, ge=2, le=512)
+    max_int_digits: int = Field(default=64, ge=10, le=4000)
 
 
 EffectSpec = list[dict[str, Any]]
@@ -211,6 +232,11 @@ class DaemonConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_seconds: float = Field(default=3.0, ge=0.0, le=4.5)
     max_listeners: int = Field(default=32, ge=1, le=1024)
+    # A listener not registered again within this many seconds is dropped (the Live script and
+    # the Max device register again periodically). /flow/register again refreshes it.
+    listener_ttl_seconds: float = Field(default=300.0, ge=1.0, le=86400.0)
+    # Async requests (stream.start, classify ...) running at once; beyond: busy, answered at once.
+    max_in_flight: int = Field(default=32, ge=1, le=4096)
     # Linux/glibc: keep large model buffers mapped between calls instead of faulting them in
     # anew for every forward pass (measured: about 29 % faster separation; memory stays held).
     malloc_tuning: bool = True

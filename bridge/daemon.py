@@ -21,7 +21,7 @@ from bridge import __version__
 from bridge.commands import EVENTS, lookup
 from bridge.config import Config
 from bridge.daw import DawState
-from bridge.errors import BridgeError, Internal, StartupError, Unavailable
+from bridge.errors import BridgeError, Busy, Internal, StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.protocol import CallContext, CommandSpec, Reply, Request
 from bridge.jobs import JobRunner, JobStore
@@ -44,7 +44,7 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.hub = EventHub(EVENTS, config.daemon.max_listeners)
+        self.hub = EventHub(EVENTS, config.daemon.max_listeners, config.daemon.listener_ttl_seconds)
         self.started_at = time.monotonic()
         self._accepting = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -199,11 +199,25 @@ class Daemon:
             spec = lookup(request.name)
             kwargs = spec.bind(request.args)
         except BridgeError as err:
-            log.warning("%s from %s %s: %s: %s", request.name, request.origin.transport, request.origin.host, err.code, err.message)
+            log.warning(
+                "%s from %s %s: %s: %s", request.name[:64], request.origin.transport, request.origin.host,
+                err.code, err.message[:512],
+            )
             respond(Reply(request.name, error=err))
             return
         ctx = CallContext(daemon=self, origin=request.origin)
         if spec.is_async:
+            # Each async request holds a task (and often a worker thread): a burst must not pile up
+            # without bound, so beyond daemon.max_in_flight the answer is `busy`, at once.
+            limit = self.config.daemon.max_in_flight
+            if len(self._tasks) >= limit:
+                busy = Busy(
+                    f"{spec.name}: {len(self._tasks)} requests are already running "
+                    f"(daemon.max_in_flight = {limit}); try again when one has finished"
+                )
+                log.warning("%s from %s %s: busy: %s", spec.name, request.origin.transport, request.origin.host, busy.message)
+                respond(Reply(spec.name, error=busy, spec=spec))
+                return
             task = asyncio.get_running_loop().create_task(self._run_async(spec, ctx, kwargs, respond))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from bridge.errors import BadRequest
+from bridge.errors import Busy, Forbidden
 from bridge.protocol import Event, EventSpec, Origin
 
 log = logging.getLogger(__name__)
@@ -20,14 +22,30 @@ log = logging.getLogger(__name__)
 Sink = Callable[[Event, "Origin | None"], None]
 
 
-class EventHub:
-    """Owns the listener table and the sinks (OSC listeners, ZeroMQ PUB) events go through."""
+@dataclass
+class _Listener:
+    """A registered listener: who registered it (the only one allowed to remove it) and until when."""
 
-    def __init__(self, specs: dict[str, EventSpec], max_listeners: int) -> None:
+    owner: tuple[Any, ...]
+    owner_text: str
+    expires: float  # time.monotonic()
+
+
+class EventHub:
+    """Owns the listener table and the sinks (OSC listeners, ZeroMQ PUB) events go through.
+
+    Every local process shares 127.0.0.1, so a listener belongs to the socket that registered
+    it: only that socket (same transport, host and source port) or the listener's own address
+    may unregister it, and an entry that is not registered again within `ttl_seconds` expires,
+    so a table filled by a stray or hostile process empties by itself.
+    """
+
+    def __init__(self, specs: dict[str, EventSpec], max_listeners: int, ttl_seconds: float = 300.0) -> None:
         self._specs = specs
         self._max_listeners = max_listeners
+        self._ttl = ttl_seconds
         self._sinks: list[Sink] = []
-        self._listeners: dict[tuple[str, int], None] = {}  # ordered set of (host, port)
+        self._listeners: dict[tuple[str, int], _Listener] = {}  # ordered by first registration
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -41,34 +59,70 @@ class EventHub:
 
     # -- listeners (Protocol v1 `register` / `unregister`) --------------------------------------
 
-    def register(self, host: str, port: int) -> bool:
-        """Add a listener; returns False when it was already registered."""
+    @property
+    def ttl_seconds(self) -> float:
+        return self._ttl
+
+    def register(self, host: str, port: int, owner: tuple[Any, ...] = (), owner_text: str = "") -> bool:
+        """Add a listener, or refresh its expiry; returns False when it was already registered.
+
+        A refresh from another socket extends the expiry but does not change the owner: otherwise
+        any process could take a listener over and then unregister it.
+        """
+        self._expire()
         key = (host, port)
-        if key in self._listeners:
+        expires = time.monotonic() + self._ttl
+        entry = self._listeners.get(key)
+        if entry is not None:
+            entry.expires = expires
             return False
         if len(self._listeners) >= self._max_listeners:
-            raise BadRequest(
+            raise Busy(
                 f"register: {len(self._listeners)} listeners already registered "
-                f"(daemon.max_listeners = {self._max_listeners}); unregister one first"
+                f"(daemon.max_listeners = {self._max_listeners}); unregister one first, or wait: "
+                f"a listener not registered again within daemon.listener_ttl_seconds ({self._ttl:g} s) expires"
             )
-        self._listeners[key] = None
-        log.info("listener registered: %s:%d", host, port)
+        self._listeners[key] = _Listener(owner, owner_text, expires)
+        log.info("listener registered: %s:%d (by %s)", host, port, owner_text or "?")
         return True
 
-    def unregister(self, host: str, port: int) -> bool:
-        removed = self._listeners.pop((host, port), "absent") is None
-        if removed:
-            log.info("listener unregistered: %s:%d", host, port)
-        return removed
+    def unregister(self, host: str, port: int, owner: tuple[Any, ...] = ()) -> bool:
+        """Remove a listener; only its owner or the listener's own address may (else Forbidden)."""
+        self._expire()
+        key = (host, port)
+        entry = self._listeners.get(key)
+        if entry is None:
+            return False
+        if owner not in (entry.owner, ("osc.udp", host, port)):
+            raise Forbidden(
+                f"unregister: listener {host}:{port} was registered by another socket ({entry.owner_text}); "
+                f"only that socket or the listener itself may unregister it. It expires "
+                f"daemon.listener_ttl_seconds ({self._ttl:g} s) after its last register"
+            )
+        del self._listeners[key]
+        log.info("listener unregistered: %s:%d", host, port)
+        return True
 
     def listeners(self) -> list[tuple[str, int]]:
+        self._expire()
         return list(self._listeners)
 
     def listeners_on_host(self, host: str) -> list[tuple[str, int]]:
+        self._expire()
         return [key for key in self._listeners if key[0] == host]
 
     def is_listener(self, key: tuple[Any, ...]) -> bool:
         return len(key) == 3 and key[0] == "udp" and (key[1], key[2]) in self._listeners
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        stale = [key for key, entry in self._listeners.items() if entry.expires <= now]
+        for key in stale:
+            del self._listeners[key]
+            log.info(
+                "listener expired: %s:%d (not registered again within daemon.listener_ttl_seconds = %g s)",
+                key[0], key[1], self._ttl,
+            )
 
     # -- publishing ----------------------------------------------------------------------------
 

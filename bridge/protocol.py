@@ -49,6 +49,52 @@ def path_to_name(path: str) -> str:
     return path.strip("/").replace("/", ".")
 
 
+def loads_json(body: bytes | str, *, max_depth: int, max_int_digits: int, section: str) -> Any:
+    """Parse a JSON request with its nesting depth and integer sizes bounded.
+
+    Without bounds, deep nesting raises RecursionError and a long integer ValueError (Python's
+    4,300-digit limit), neither of which a transport expects: the request went unanswered. The
+    bounds are `<section>.max_json_depth` and `<section>.max_int_digits`, named in the error.
+    """
+
+    def parse_int(text: str) -> int:
+        digits = len(text) - text.startswith("-")
+        if digits > max_int_digits:
+            raise BadRequest(
+                f"an integer of {digits} digits ({text[:12]}...); at most {section}.max_int_digits ({max_int_digits})"
+            )
+        return int(text)
+
+    try:
+        value = json.loads(body, parse_int=parse_int)
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {section}.max_json_depth ({max_depth})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"malformed JSON: {str(err)[:200]}") from err
+    raw = body.encode() if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(value, max_depth):
+        raise BadRequest(f"JSON nested deeper than {section}.max_json_depth ({max_depth})")
+    return value
+
+
+def _deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether objects/arrays nest deeper than max_depth (the top level is depth 1); no recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def quote_name(text: str, limit: int = 64) -> str:
+    """A bounded repr of a client-supplied name for messages and logs (a 1 MB name stays short)."""
+    shown = repr(text[:limit])
+    return shown + f"... ({len(text)} characters)" if len(text) > limit else shown
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 80:
@@ -244,7 +290,9 @@ class CommandSpec:
         unknown = sorted(str(key) for key in values if key not in known)
         if unknown:
             allowed = ", ".join(sorted(known)) or "none"
-            raise BadRequest(f"{self.name}: unknown argument(s) {unknown}; allowed: {allowed}")
+            shown = [key if len(key) <= 64 else key[:64] + "..." for key in unknown[:8]]
+            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+            raise BadRequest(f"{self.name}: unknown argument(s) {shown}{more}; allowed: {allowed}")
         bound: dict[str, Any] = {}
         for arg in self.args:
             if arg.name in values:

@@ -22,9 +22,9 @@ from typing import Any
 import zmq
 
 from bridge.config import ZmqConfig
-from bridge.errors import BadRequest, BridgeError
+from bridge.errors import BadRequest, BridgeError, Internal
 from bridge.events import EventHub
-from bridge.protocol import Event, Origin, Reply, Request
+from bridge.protocol import Event, Origin, Reply, Request, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,13 @@ class ZmqServer:
             self._loop.remove_reader(fd)
 
     def _drain(self) -> None:
+        """Read every waiting request; one bad message never ends the drain early.
+
+        Each message's handling is fenced (an unexpected exception is logged and answered
+        `internal`), and should the loop itself stop on an error, `finally` schedules another
+        drain while requests are still waiting: the descriptor is edge-triggered and would not
+        signal again for requests already queued.
+        """
         router = self._router
         if router is None or self._closed:
             return
@@ -153,9 +160,22 @@ class ZmqServer:
                 if len(frames) < 2:
                     continue  # a ROUTER always prepends the identity; anything shorter is not a request
                 envelope = frames[:-1]
-                self._handle(envelope, frames[-1], ZmqOrigin(self, envelope, host))
+                try:
+                    self._handle(envelope, frames[-1], ZmqOrigin(self, envelope, host))
+                except Exception as err:  # a bug: answer it, log it, go on with the next request
+                    log.exception("ZeroMQ: handling a %d-byte request failed", len(frames[-1]))
+                    error = Internal(f"the daemon failed on this request ({type(err).__name__}); its log has the traceback")
+                    self.send(envelope, reply_body(Reply(name="", error=error), None))
         finally:
             self._draining = False
+            if not self._closed and self._loop is not None and self._router is not None:
+                try:
+                    waiting = bool(self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                except zmq.ZMQError as err:
+                    log.warning("ZeroMQ: cannot poll the request socket: %s", err)
+                    waiting = False
+                if waiting:
+                    self._loop.call_soon(self._drain)
 
     def _handle(self, envelope: list[bytes], body: bytes, origin: ZmqOrigin) -> None:
         request_id: Any = None
@@ -163,27 +183,36 @@ class ZmqServer:
             limit = self.config.max_message_bytes
             if len(body) > limit:
                 raise BadRequest(f"message of {len(body)} bytes exceeds zmq.max_message_bytes ({limit})")
-            try:
-                message = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise BadRequest(f"malformed JSON: {err}") from err
+            message = loads_json(
+                body, max_depth=self.config.max_json_depth, max_int_digits=self.config.max_int_digits, section="zmq"
+            )
             if not isinstance(message, dict):
                 raise BadRequest(f"expected a JSON object {{\"cmd\": ..., \"args\": {{...}}}}, got {type(message).__name__}")
             request_id = message.get("id")
             name = message.get("cmd")
             if not isinstance(name, str) or not name:
-                raise BadRequest(f"'cmd' must be a non-empty string naming a command, got {name!r}")
+                raise BadRequest(f"'cmd' must be a non-empty string naming a command, got {_short(name)}")
             args = message.get("args", {})
             if args is None:
                 args = {}
             if not isinstance(args, dict):
-                raise BadRequest(f"{name}: 'args' must be a JSON object of named arguments, got {type(args).__name__}")
+                raise BadRequest(f"{_short(name)}: 'args' must be a JSON object of named arguments, got {type(args).__name__}")
         except BridgeError as err:
-            log.warning("ZeroMQ request rejected: %s: %s", err.code, err.message)
+            log.warning("ZeroMQ request rejected: %s: %s", err.code, err.message[:512])
             self.send(envelope, reply_body(Reply(name="", error=err), request_id))
             return
         request = Request(name=name, args=args, origin=origin, id=request_id)
-        self._dispatch(request, lambda reply: self.send(envelope, reply_body(reply, request_id)))
+        self._dispatch(request, lambda reply: self._reply(envelope, reply, request_id))
+
+    def _reply(self, envelope: list[bytes], reply: Reply, request_id: Any) -> None:
+        """Encode and send one reply; a result that cannot be encoded is answered `internal`."""
+        try:
+            body = reply_body(reply, request_id)
+        except (TypeError, ValueError, RecursionError) as err:
+            log.exception("ZeroMQ: the reply to %s cannot be encoded as JSON", reply.name)
+            error = Internal(f"the reply to {reply.name} could not be encoded ({type(err).__name__}); see the daemon log")
+            body = reply_body(Reply(name=reply.name, error=error), request_id)
+        self.send(envelope, body)
 
     def send(self, envelope: list[bytes], body: bytes) -> None:
         if self._router is None or self._closed:
@@ -202,6 +231,12 @@ class ZmqServer:
             self._pub.send_multipart([event.name.encode(), event_body(event)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as err:
             log.warning("ZeroMQ PUB: could not publish %s: %s", event.name, err)
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for an error message: a 1 MB 'cmd' must not come back (or be logged) whole."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _peer_address(frame: zmq.Frame) -> str:

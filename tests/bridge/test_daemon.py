@@ -108,3 +108,28 @@ def test_requests_during_drain_are_refused_not_lost() -> None:
     finally:
         client.close()
         process.stop()
+
+
+def test_async_requests_beyond_max_in_flight_are_answered_busy_at_once() -> None:
+    """168 async handlers piled up from one UDP burst; now the ones beyond the bound get busy."""
+    from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    with DaemonProcess({"daemon": {"max_in_flight": 2}}) as process:
+        client = OscUdp(process.osc_udp)
+        try:
+            # One bundle: every message is dispatched in the same loop turn, before any finishes.
+            builder = OscBundleBuilder(IMMEDIATELY)
+            for _ in range(6):
+                builder.add_content(OscMessageBuilder("/flow/stream/stop").build())
+            client.send_raw(builder.build().dgram)
+            replies = [client.receive() for _ in range(6)]
+            ok = [reply for reply in replies if reply.address == "/flow/reply/stream/stop"]
+            busy = [reply for reply in replies if reply.address == "/flow/error"]
+            assert len(ok) == 2 and len(busy) == 4
+            for error in busy:
+                assert error.params[:2] == ["/flow/stream/stop", "busy"]
+                assert "daemon.max_in_flight = 2" in error.params[2]
+            assert client.request("/flow/stream/stop").address == "/flow/reply/stream/stop"  # the bound frees up
+        finally:
+            client.close()

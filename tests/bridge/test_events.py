@@ -152,3 +152,75 @@ def test_daemon_stopping_reaches_listeners_and_subscribers() -> None:
         process.stop()
         listener.close()
         context.destroy(linger=0)
+
+
+# -- the listener table: owned by the registering socket, expiring, bounded ----------------------
+
+
+def _listed(daemon: Daemon) -> set[str]:
+    return {f"{host}:{port}" for host, port in daemon.hub.listeners()}
+
+
+def test_only_the_registering_socket_or_the_listener_may_unregister(live: Daemon) -> None:
+    owner = _osc_udp(live)
+    intruder = _osc_udp(live)
+    listener = _osc_udp(live)
+    clients = [owner, intruder, listener]
+    context = zmq.Context()
+    try:
+        assert owner.request("/flow/register", listener.port).address == "/flow/reply/register"
+        key = f"127.0.0.1:{listener.port}"
+        assert key in _listed(live)
+        # Another local process (same host, another socket) cannot remove it: forbidden, still listed.
+        error = intruder.request("/flow/unregister", listener.port)
+        assert error.address == "/flow/error"
+        assert error.params[:2] == ["/flow/unregister", "forbidden"]
+        assert f"udp 127.0.0.1:{owner.port}" in error.params[2]
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(_endpoint(live, live.zmq.request_port))
+        reply = zmq_request(dealer, {"id": 1, "cmd": "unregister", "args": {"port": listener.port}})
+        assert reply["error"]["code"] == "forbidden"
+        # Registering it again from elsewhere refreshes it but does not take it over.
+        assert intruder.request("/flow/register", listener.port).address == "/flow/reply/register"
+        assert intruder.request("/flow/unregister", listener.port).params[1] == "forbidden"
+        assert key in _listed(live)
+        # The owner may, and so may the listener itself (its own address proves it).
+        assert owner.request("/flow/unregister", listener.port).params[:2] == ["127.0.0.1", listener.port]
+        assert key not in _listed(live)
+        fresh = _osc_udp(live)
+        clients.append(fresh)
+        owner.request("/flow/register", fresh.port)
+        assert fresh.receive().address == "/flow/reply/register"  # its copy of the reply
+        assert fresh.request("/flow/unregister", fresh.port).address == "/flow/reply/unregister"
+        assert f"127.0.0.1:{fresh.port}" not in _listed(live)
+    finally:
+        for client in clients:
+            client.close()
+        context.destroy(linger=0)
+
+
+def test_listeners_expire_unless_registered_again_and_a_full_table_is_busy() -> None:
+    with DaemonProcess({"daemon": {"listener_ttl_seconds": 1, "max_listeners": 2}}) as process:
+        client = OscUdp(process.osc_udp)
+        try:
+            first = client.request("/flow/register", 41001)
+            assert first.params[:2] == ["127.0.0.1", 41001] and first.params[3] == 1.0  # ttl_seconds
+            client.request("/flow/register", 41002)
+            full = client.request("/flow/register", 41003)
+            assert full.params[:2] == ["/flow/register", "busy"]
+            assert "daemon.max_listeners = 2" in full.params[2] and "daemon.listener_ttl_seconds" in full.params[2]
+            # Not registered again: both expire, and the table has room again.
+            deadline = time.monotonic() + 30
+            while call_status(client)["listeners"]:
+                assert time.monotonic() < deadline, "listeners never expired"
+                client.client.receive(0.2)
+            assert "listener expired: 127.0.0.1:41001" in process.log()
+            assert client.request("/flow/register", 41003).address == "/flow/reply/register"
+        finally:
+            client.close()
+
+
+def call_status(client: OscUdp) -> dict:
+    reply = client.request("/flow/status")
+    assert reply.address == "/flow/reply/status"
+    return json.loads(reply.params[0])

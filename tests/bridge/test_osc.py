@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import __version__
-from tests.conftest import OscTcp, OscUdp
+from tests.conftest import REPLY_TIMEOUT, OscTcp, OscUdp
 
 
 def _message(address: str, *args: object) -> bytes:
@@ -150,3 +151,287 @@ def test_register_copies_replies_and_errors_to_the_listener(osc_udp: OscUdp, dae
         assert listener.client.receive(0.3) == b""  # nothing once unregistered
     finally:
         listener.close()
+
+
+# -- cross-protocol: a web page must not drive the daemon through the OSC TCP port ----------------
+
+
+def _daw_tempo(client: OscUdp) -> float:
+    reply = client.request("/flow/daw/status")
+    assert reply.address == "/flow/reply/daw/status"
+    return reply.params[0]
+
+
+def _listeners(client: OscUdp) -> list[str]:
+    import json
+
+    return json.loads(client.request("/flow/status").params[0])["listeners"]
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the daemon sends until it closes the connection (a timeout fails the test)."""
+    sock.settimeout(REPLY_TIMEOUT)
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        # What fetch("http://127.0.0.1:9011/", {method: "POST", mode: "no-cors", body}) sends: a CORS
+        # "simple request" (text/plain), no preflight, so the browser sends it without asking.
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1:9011\r\nOrigin: https://evil.example\r\n"
+        b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {length}\r\n\r\n",
+        b"PUT /flow HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n",
+        b"\x00\x00\x00\x20",  # OSC 1.0 length-prefixed framing: not what this port speaks
+    ],
+    ids=["browser-post", "put", "osc-1.0-length-prefix"],
+)
+def test_a_connection_that_does_not_start_with_slip_is_closed_and_nothing_in_it_runs(
+    osc_udp: OscUdp, daemon, head: bytes
+) -> None:
+    before_tempo = _daw_tempo(osc_udp)
+    before_listeners = _listeners(osc_udp)
+    body = (
+        b"\r\n" + slip.encode(_message("/flow/daw/set", 177.0)) + slip.encode(_message("/flow/register", 40999))
+        + slip.encode(_message("/flow/daw/set", 178.0))
+    )
+    request = head.replace(b"{length}", str(len(body)).encode()) + body
+    with socket.create_connection(daemon.osc_tcp) as sock:
+        sock.sendall(request)
+        answer = _read_until_closed(sock)  # the daemon closes the connection
+    if head.startswith(b"POST") or head.startswith(b"PUT"):
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert b"OSC 1.1" in answer
+    assert _daw_tempo(osc_udp) == before_tempo
+    assert _listeners(osc_udp) == before_listeners
+    assert "nothing in it ran" in daemon.log()
+
+
+def test_the_same_post_through_http_client_changes_nothing(osc_udp: OscUdp, daemon) -> None:
+    import http.client
+
+    before_tempo = _daw_tempo(osc_udp)
+    connection = http.client.HTTPConnection(*daemon.osc_tcp, timeout=REPLY_TIMEOUT)
+    try:
+        body = slip.encode(_message("/flow/daw/set", 166.0))
+        connection.request("POST", "/", body=body, headers={"Content-Type": "text/plain"})
+        response = connection.getresponse()
+        assert response.status == 400
+        assert b"OSC 1.1" in response.read()
+    finally:
+        connection.close()
+    assert _daw_tempo(osc_udp) == before_tempo
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [lambda packet: slip.END + packet + slip.END, lambda packet: packet + slip.END],
+    ids=["double-END (python-osc, liblo double)", "single-END (liblo default SLIP)"],
+)
+def test_real_osc_clients_first_bytes_are_accepted(daemon, framing) -> None:
+    from pythonosc.osc_message import OscMessage
+
+    bundle = _bundle(IMMEDIATELY, _message("/flow/ping"))
+    with socket.create_connection(daemon.osc_tcp) as sock:
+        sock.settimeout(REPLY_TIMEOUT)
+        sock.sendall(framing(_message("/flow/ping")) + framing(bundle))
+        received = b""
+        while received.count(slip.END) < 4:
+            chunk = sock.recv(65536)
+            assert chunk, "the daemon closed an OSC 1.1 connection"
+            received += chunk
+    frames = [frame for frame in received.split(slip.END) if frame]
+    assert [OscMessage(slip.decode(slip.END + f + slip.END)).address for f in frames] == ["/flow/reply/ping"] * 2
+
+
+def test_a_liblo_style_connection_starting_with_a_bundle_is_accepted(daemon) -> None:
+    from pythonosc.osc_message import OscMessage
+
+    with socket.create_connection(daemon.osc_tcp) as sock:
+        sock.settimeout(REPLY_TIMEOUT)
+        packet = _bundle(IMMEDIATELY, _message("/flow/ping"))
+        sock.sendall(packet[:3])  # '#bu': not yet enough to decide
+        sock.sendall(packet[3:] + slip.END)
+        received = b""
+        while received.count(slip.END) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "the daemon closed an OSC 1.1 connection"
+            received += chunk
+    [frame] = [frame for frame in received.split(slip.END) if frame]
+    assert OscMessage(frame).address == "/flow/reply/ping"
+
+
+# -- one TCP client cannot freeze the others ------------------------------------------------------
+
+
+def test_a_flooding_client_that_does_not_read_neither_blocks_others_nor_loses_replies(osc_udp: OscUdp, daemon) -> None:
+    """Finding 8: 1,000 requests in one write from a client that does not read its replies.
+
+    Its replies (each `commands` reply is kilobytes) fill its socket; the daemon then stops
+    taking its requests until it reads (back-pressure), so another client's requests are
+    answered meanwhile and the flood's last request has not run yet. Once the flooder reads,
+    every one of its requests is answered, in order, none dropped.
+    """
+    import threading
+
+    from pythonosc.osc_message import OscMessage
+
+    count = 500
+    frames = []
+    for n in range(count):
+        frames.append(slip.encode(_message("/flow/commands")))
+        frames.append(slip.encode(_message("/flow/daw/set", 100.0 + n % 50)))
+    frames.append(slip.encode(_message("/flow/daw/set", 199.0)))  # the last request of the flood
+    flood = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, buffers little
+    flood.connect(daemon.osc_tcp)
+    writer = threading.Thread(target=flood.sendall, args=(b"".join(frames),), daemon=True)
+    try:
+        writer.start()
+        # Another client is answered while the flood waits for its reader ...
+        assert osc_udp.request("/flow/ping").params[0] == "pong"
+        other = OscTcp(daemon.osc_tcp)
+        try:
+            assert other.request("/flow/ping").params[0] == "pong"
+        finally:
+            other.close()
+        # ... and the flood has not been run to its end: it waits for its client to read.
+        assert _daw_tempo(osc_udp) != 199.0
+        # Now the flooder reads: every request is answered, none dropped.
+        flood.settimeout(REPLY_TIMEOUT)
+        buffer = b""
+        answered = 0
+        last: OscMessage | None = None
+        while answered < 2 * count + 1:
+            chunk = flood.recv(1 << 20)
+            assert chunk, f"connection closed after {answered} replies"
+            buffer += chunk
+            *complete, buffer = buffer.split(slip.END)
+            for frame in complete:
+                if frame:
+                    answered += 1
+                    last = OscMessage(slip.decode(slip.END + frame + slip.END))
+        assert last is not None and last.address == "/flow/reply/daw/set" and last.params[0] == 199.0
+        writer.join(REPLY_TIMEOUT)
+        assert not writer.is_alive()
+    finally:
+        flood.close()
+    assert _daw_tempo(osc_udp) == 199.0
+
+
+# -- strict parsing: nothing runs with "the remaining arguments" ----------------------------------
+
+
+def _raw_message(address: bytes, tags: bytes, payload: bytes) -> bytes:
+    def pad(data: bytes) -> bytes:
+        return data + b"\x00" * (4 - len(data) % 4)
+
+    return pad(address) + pad(tags) + payload
+
+
+def _raw_bundle(*elements: tuple[int, bytes], timetag: bytes = b"\x00\x00\x00\x00\x00\x00\x00\x01") -> bytes:
+    import struct
+
+    return b"#bundle\x00" + timetag + b"".join(struct.pack(">i", size) + data for size, data in elements)
+
+
+@pytest.mark.parametrize(
+    ("packet", "words"),
+    [
+        # An unknown type tag: python-osc skipped it and /flow/register ran with port 9.
+        (_raw_message(b"/flow/register", b",xi", b"\x00\x00\x00\x09"), "unsupported type tag(s) 'x'"),
+        # Bytes left after the declared arguments (a wrong size or a missing tag).
+        (_raw_message(b"/flow/register", b",i", b"\x00\x00\x00\x09" + b"\x00\x00\x00\x07"), "left after the arguments"),
+        # A bundle element claiming more bytes than the bundle holds.
+        (_raw_bundle((400, _message("/flow/ping"))), "element size 400"),
+        # A bundle element size that is not a multiple of 4.
+        (_raw_bundle((len(_message("/flow/ping")) + 2, _message("/flow/ping") + b"\x00\x00")), "element size"),
+        # Stray bytes that cannot be an element size.
+        (_raw_bundle((len(_message("/flow/ping")), _message("/flow/ping"))) + b"\x00\x01", "stray byte"),
+        # An element that is neither a message nor a bundle (python-osc logged it whole and went on).
+        (_raw_bundle((8, b"zzzzzzzz")), "not '/' or '#bundle'"),
+        # A string argument that is not UTF-8.
+        (_raw_message(b"/flow/commands", b",s", b"\xff\xfe\x00\x00"), "not UTF-8"),
+    ],
+    ids=["unknown-tag", "trailing-bytes", "element-too-long", "element-not-aligned", "stray-bytes",
+         "element-not-osc", "not-utf8"],
+)
+def test_malformed_packets_are_refused_whole(osc_udp: OscUdp, packet: bytes, words: str) -> None:
+    osc_udp.send_raw(packet)
+    error = osc_udp.receive()
+    assert error.address == "/flow/error"
+    assert error.params[1] == "bad_request"
+    assert words in error.params[2]
+    assert osc_udp.request("/flow/ping").params[0] == "pong"  # and nothing else arrived before it
+
+
+def test_bundles_are_bounded_in_messages_and_depth(osc_udp: OscUdp) -> None:
+    from bridge.config import OscConfig
+
+    limit = OscConfig().max_bundle_messages
+    osc_udp.send_raw(_bundle(IMMEDIATELY, *[_message("/flow/ping")] * (limit + 1)))
+    error = osc_udp.receive()
+    assert error.params[1] == "bad_request" and f"osc.max_bundle_messages ({limit})" in error.params[2]
+
+    depth = OscConfig().max_nesting_depth
+    nested = _message("/flow/ping")
+    for _ in range(depth + 1):
+        nested = _raw_bundle((len(nested), nested))
+    osc_udp.send_raw(nested)
+    error = osc_udp.receive()
+    assert error.params[1] == "bad_request" and f"osc.max_nesting_depth ({depth})" in error.params[2]
+    assert osc_udp.request("/flow/ping").params[0] == "pong"  # no ping of either packet ran
+
+
+def test_delayed_bundle_messages_are_capped_with_busy(osc_udp: OscUdp, daemon) -> None:
+    """Finding 13: 300 packets once scheduled 245,400 timers; now at most osc.max_scheduled_messages wait."""
+    from bridge.config import OscConfig
+
+    config = OscConfig()
+    per_packet = config.max_bundle_messages
+    packets = config.max_scheduled_messages // per_packet + 1
+    later = time.time() + 50  # inside the 60 s window, far enough not to fire during the test
+    for _ in range(packets):
+        osc_udp.send_raw(_bundle(later, *[_message("/flow/daw/status")] * per_packet))
+    error = osc_udp.receive()  # accepted bundles say nothing until they run: this is the refusal
+    assert error.address == "/flow/error"
+    assert error.params[1] == "busy"
+    assert f"osc.max_scheduled_messages ({config.max_scheduled_messages})" in error.params[2]
+    assert osc_udp.request("/flow/ping").params[0] == "pong"
+
+
+def test_a_16_kb_bad_packet_writes_a_short_log_line(osc_udp: OscUdp, daemon) -> None:
+    before = len(daemon.log())
+    osc_udp.send_raw(_message("/flow/" + "x" * 16000))
+    error = osc_udp.receive()
+    assert error.params[1] == "unknown_command"
+    assert len(error.params[2]) < 1000  # the message quotes a prefix of the address, not all of it
+    assert osc_udp.request("/flow/ping").params[0] == "pong"
+    assert len(daemon.log()) - before < 2000
+
+
+def test_the_udp_receive_buffer_size_is_logged(daemon) -> None:
+    assert "OSC UDP receive buffer: asked 4194304 bytes (osc.udp_receive_buffer_bytes), the OS gave" in daemon.log()
+
+
+def test_a_reply_too_large_for_udp_says_how_to_get_it() -> None:
+    from bridge.testing import DaemonProcess
+
+    with DaemonProcess({"osc": {"max_udp_reply_bytes": 1024}}) as process:
+        udp = OscUdp(process.osc_udp)
+        tcp = OscTcp(process.osc_tcp)
+        try:
+            error = udp.request("/flow/commands")  # the vocabulary is about 16 KB of JSON
+            assert error.address == "/flow/error"
+            assert error.params[:2] == ["/flow/commands", "bad_request"]
+            assert "osc.max_udp_reply_bytes = 1024" in error.params[2]
+            assert "OSC TCP or ZeroMQ" in error.params[2]
+            assert tcp.request("/flow/commands").address == "/flow/reply/commands"  # TCP carries it
+        finally:
+            udp.close()
+            tcp.close()

@@ -80,3 +80,41 @@ def test_register_over_zmq_uses_the_peer_host(req: zmq.Socket) -> None:
     status = zmq_request(req, {"id": 2, "cmd": "status"})["result"]
     assert "127.0.0.1:45678" in status["listeners"]
     assert zmq_request(req, {"id": 3, "cmd": "unregister", "args": {"port": 45678}})["result"]["removed"] is True
+
+
+# -- poison requests: answered, and the requests queued behind them too --------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "zmq.max_json_depth (32)"),  # RecursionError in json
+        (b'{"id": 1, "cmd": "ping", "x": ' + b"[" * 40 + b"]" * 40 + b"}", "zmq.max_json_depth (32)"),
+        (b'{"id": ' + b"7" * 5000 + b', "cmd": "ping"}', "zmq.max_int_digits (64)"),  # over Python's 4,300
+        (b'{"id": 1, "cmd": "ping", "args": {"n": -' + b"9" * 65 + b"}}", "zmq.max_int_digits (64)"),
+    ],
+    ids=["deep-recursion", "deeper-than-config", "5000-digit-id", "65-digit-arg"],
+)
+def test_poison_requests_are_answered_and_do_not_stall_the_queue_behind_them(
+    dealer: zmq.Socket, daemon, raw: bytes, words: str
+) -> None:
+    """Finding 7: the poison, then three pings in the same write burst, nothing from anyone else."""
+    dealer.send(raw)
+    for n in range(3):
+        dealer.send(json.dumps({"id": n, "cmd": "ping"}).encode())
+    replies = []
+    for _ in range(4):
+        assert dealer.poll(5000), f"only {len(replies)} of 4 replies: the queue stalled"
+        replies.append(json.loads(dealer.recv()))
+    [error] = [reply for reply in replies if not reply["ok"]]
+    assert error["error"]["code"] == "bad_request"
+    assert words in error["error"]["message"]
+    assert sorted(reply["id"] for reply in replies if reply["ok"]) == [0, 1, 2]
+
+
+def test_a_huge_command_name_is_quoted_short(req: zmq.Socket, daemon) -> None:
+    before = len(daemon.log())
+    reply = zmq_request(req, {"id": 1, "cmd": "x" * 500_000})
+    assert reply["error"]["code"] == "unknown_command"
+    assert len(reply["error"]["message"]) < 500
+    assert len(daemon.log()) - before < 2000
