@@ -101,13 +101,13 @@ class Daemon:
             for name, endpoint in self.endpoints().items():
                 if name != "midi":
                     log.info("  %-13s %s", name, endpoint)
+            # MIDI last, and it never fails start-up: without it, midi.status says why.
+            await self.midi.start()
+            log.info("  %-13s %s", "midi", self.endpoints().get("midi", "off"))
             if self.jobs is not None:
                 # Jobs given up at start-up (their daemon died during each attempt) say so now that
                 # someone can hear it: ZeroMQ PUB subscribers and OSC listeners.
                 self.jobs.announce_given_up()
-            # MIDI last, and it never fails start-up: without it, midi.status says why.
-            await self.midi.start()
-            log.info("  %-13s %s", "midi", self.endpoints().get("midi", "off"))
         except BaseException:
             self._accepting = False
             if self.jobs is not None:
