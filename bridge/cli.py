@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 an error reply, no daemon, or a start-up failure (port 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -173,15 +172,19 @@ def _setup_logging(config: Config) -> None:
 
 
 def _up(config: Config) -> int:
-    from bridge.daemon import serve, tune_allocator
+    from bridge.daemon import exit_now, run, tune_allocator
 
     if config.daemon.malloc_tuning and tune_allocator():
-        log.debug("malloc tuned: one arena, 1 GiB mmap threshold")
+        log.debug("malloc tuned: one arena, 1 GiB mmap threshold; freed memory returned after each job")
     try:
-        asyncio.run(serve(config))
+        run(config)
     except StartupError as err:
         log.error("%s", err)
+        exit_now(err.exit_code)  # e.g. a job worker already busy when a port turned out taken
         return err.exit_code
+    # Stopped cleanly (stores closed, sockets closed): a thread still stuck in a handler or in a
+    # job's native code must neither keep the process alive nor abort it at teardown.
+    exit_now(0)
     return 0
 
 

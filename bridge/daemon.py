@@ -1,16 +1,26 @@
 """Daemon lifecycle: start the transports, dispatch requests, shut down gracefully on a signal.
 
-Shutdown runs in three steps: stop accepting (new requests get `unavailable`), drain in-flight
-work for `daemon.shutdown_timeout_seconds`, then cancel what is left and close every socket.
-Signals are handled here, in the entry point, and nowhere else.
+Shutdown runs in three steps: stop accepting (new requests get `unavailable`, job workers claim
+nothing more), drain in-flight work for `daemon.shutdown_timeout_seconds`, then cancel what is left
+and close every socket. Signals are handled here, in the entry point, and nowhere else.
+
+Request handlers that block (`asyncio.to_thread`) run on the loop's default executor; the
+daemon's own blocking steps (opening and closing the job queue, streams, sockets) run on a
+separate lifecycle executor, so handlers stuck in a model load or a network wait can never hold
+up a shutdown. `run()` does not wait for stuck handler threads at exit (see `exit_now`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
+import functools
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,7 +34,7 @@ from bridge.daw import DawState
 from bridge.errors import BridgeError, Busy, Internal, StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.protocol import CallContext, CommandSpec, Reply, Request
-from bridge.jobs import JobRunner, JobStore
+from bridge.jobs import JobRunner, JobStore, StoreOwner
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
 from bridge.stream import AudioSessions, StreamManager
@@ -37,6 +47,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Respond = Callable[[Reply], None]
+
+# After the drain, closing the queue, streams and sockets gets this long in all, so a stop takes at
+# most shutdown_timeout_seconds (<= 4.5) + this: the README's 5 s.
+CLOSE_SECONDS = 0.5
 
 
 class Daemon:
@@ -55,6 +69,9 @@ class Daemon:
         self.daw = DawState(config.daw.default_tempo)
         self.midi = MidiTransport(config.midi, self.dispatch, self.daw)
         self.job_store: JobStore | None = None
+        self.store_owner: StoreOwner | None = None
+        # The daemon's own blocking steps; never shared with request handlers (see the module doc).
+        self._lifecycle = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="flowstate-lifecycle")
         self.tiers: dict[str, Any] = {}
         self.router: Any = None
         self.jobs: JobRunner | None = None
@@ -76,10 +93,10 @@ class Daemon:
             # The job queue first: a client that gets an answer from the first socket must find
             # every command working (requeued jobs may already run; their events reach whoever
             # is connected once the sockets are up).
-            await asyncio.to_thread(self._start_jobs)
+            await self._off_loop(self._start_jobs)
             await self.osc.start(self._bind)
             await self.zmq.start(self._bind)
-            await self._bind("zmq.audio_port", self.config.zmq.audio_port, asyncio.to_thread(self.audio.bind))
+            await self._bind("zmq.audio_port", self.config.zmq.audio_port, self._off_loop(self.audio.bind))
             self.started_at = time.monotonic()
             log.info("flowstate %s listening:", __version__)
             for name, endpoint in self.endpoints().items():
@@ -88,8 +105,14 @@ class Daemon:
             # MIDI last, and it never fails start-up: without it, midi.status says why.
             await self.midi.start()
             log.info("  %-13s %s", "midi", self.endpoints().get("midi", "off"))
+            if self.jobs is not None:
+                # Jobs given up at start-up (their daemon died during each attempt) say so now that
+                # someone can hear it: ZeroMQ PUB subscribers and OSC listeners.
+                self.jobs.announce_given_up()
         except BaseException:
             self._accepting = False
+            if self.jobs is not None:
+                self.jobs.stop_claiming()
             await self._stop_jobs(0.0)
             await self._close_transports()
             raise
@@ -98,7 +121,11 @@ class Daemon:
         from bridge.tasks import job_handlers
 
         database = self.config.jobs.database
-        assert database is not None  # load_config fills the default
+        if database is None:  # load_config fills the default; a hand-built Config may not
+            raise StartupError("jobs.database is not set")
+        # Ownership before anything touches the store: a second daemon must not requeue (and run)
+        # the first one's running jobs.
+        self.store_owner = StoreOwner(database).acquire()
         self.job_store = JobStore(database)
         from bridge.router import Router, build_tiers
         from engines.base import pick_device
@@ -106,7 +133,8 @@ class Daemon:
         self.tiers = build_tiers(self.config)
         device = pick_device(self.config.separate.engine_device).type
         offered = {name: frozenset(tier.tasks) for name, tier in self.tiers.items()}
-        self.router = Router(self.config.router, offered, self.job_store, device)
+        models = {name: tier.offers_model for name, tier in self.tiers.items()}
+        self.router = Router(self.config.router, offered, self.job_store, device, models=models)
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
         from bridge.samples import SampleLibrary
@@ -118,6 +146,7 @@ class Daemon:
             self.config.jobs.workers,
             self._publish_job,
             max_attempts=self.config.jobs.max_attempts,
+            after_job=release_memory if self.config.daemon.malloc_tuning else None,
         )
         requeued = self.jobs.start()
         self.samples.start_watching()  # folders indexed with watch stay fresh across restarts
@@ -144,8 +173,15 @@ class Daemon:
             raise StartupError(f"cannot open {key} = {port}: {err}") from None
 
     async def shutdown(self) -> None:
-        """Stop accepting, drain in-flight work with a timeout, cancel the rest, close."""
+        """Stop accepting, drain in-flight work with a timeout, cancel the rest, close.
+
+        Bounded whatever is in flight: `daemon.shutdown_timeout_seconds` for the drain, then
+        CLOSE_SECONDS for closing. A handler thread stuck in native code or a network wait is left
+        behind (its request is answered `unavailable`); `run()` exits without waiting for it.
+        """
         self._accepting = False
+        if self.jobs is not None:
+            self.jobs.stop_claiming()  # on the loop, at once: no job starts after the signal
         self.hub.publish("daemon.stopping", reason="shutdown")
         self.osc.stop_accepting()
         self.zmq.stop_accepting()
@@ -156,31 +192,52 @@ class Daemon:
             log.info("draining %d in-flight request(s) for up to %.1f s", len(self._tasks), timeout)
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
-                task.cancel()
+                task.cancel()  # the task ends at once; a thread it waited on is left behind
             if pending:
-                await asyncio.wait(pending, timeout=0.5)
+                await asyncio.wait(pending, timeout=CLOSE_SECONDS / 5)
                 log.warning("cancelled %d request(s) still running at shutdown", len(pending))
         await jobs_stopping
-        await asyncio.to_thread(self.streams.close)
-        await self._close_transports()
+        closing = time.monotonic() + CLOSE_SECONDS
+        await self._bounded("streams", self._off_loop(self.streams.close), closing)
+        await self._close_transports(closing)
         log.info("flowstate stopped")
 
     async def _stop_jobs(self, timeout: float) -> None:
-        """Let running jobs finish within the timeout; one still running is requeued next start."""
+        """Let running jobs finish within the timeout; one still running goes back in the queue."""
         if self.jobs is not None:
-            left = await asyncio.to_thread(self.jobs.stop, timeout)
+            left = await self._off_loop(self.jobs.stop, timeout)
             if left:
-                log.info("%d running job(s) will be requeued at the next start: %s", len(left), ", ".join(left))
+                handed = await self._off_loop(self.jobs.hand_back)
+                log.info("%d running job(s) will run again at the next start: %s", len(handed), ", ".join(handed))
+        closing = time.monotonic() + CLOSE_SECONDS
         if self.samples is not None:
-            await asyncio.to_thread(self.samples.close)
+            await self._bounded("sample library", self._off_loop(self.samples.close), closing)
         if self.job_store is not None:
-            await asyncio.to_thread(self.job_store.close)
+            await self._bounded("job store", self._off_loop(self.job_store.close), closing)
+        if self.store_owner is not None:
+            self.store_owner.release()
 
-    async def _close_transports(self) -> None:
-        await self.midi.close()
-        await self.osc.close()
-        await self.zmq.close()
-        await asyncio.to_thread(self.audio.close)
+    async def _close_transports(self, deadline: float | None = None) -> None:
+        deadline = time.monotonic() + CLOSE_SECONDS if deadline is None else deadline
+        await self._bounded("midi", self.midi.close(), deadline)
+        await self._bounded("osc", self.osc.close(), deadline)
+        await self._bounded("zmq", self.zmq.close(), deadline)
+        await self._bounded("zmq audio", self._off_loop(self.audio.close), deadline)
+
+    async def _bounded(self, what: str, step: Awaitable[object], deadline: float) -> None:
+        """Await one closing step until `deadline` (at least 0.1 s); log and go on when it overruns."""
+        try:
+            await asyncio.wait_for(step, timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("shutdown: closing %s did not finish in time; going on without it", what)
+
+    def _off_loop(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run a blocking lifecycle step on the lifecycle executor (never the handlers' one)."""
+        return asyncio.get_running_loop().run_in_executor(self._lifecycle, functools.partial(function, *args))
+
+    def close_executors(self) -> None:
+        """Let the lifecycle threads go once the loop is done (never waits for a stuck one)."""
+        self._lifecycle.shutdown(wait=False, cancel_futures=True)
 
     def endpoints(self) -> dict[str, str]:
         return {**self.osc.endpoints(), **self.zmq.endpoints(), "zmq_audio": self.audio.endpoint(), "midi": self.midi.endpoint()}
@@ -255,33 +312,54 @@ def _internal(spec: CommandSpec, err: Exception) -> Internal:
     return Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}: {err}); the daemon log has the traceback")
 
 
+def _glibc() -> Any:
+    """The C library through ctypes when it is glibc (it has mallopt and malloc_trim), else None."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    # musl has neither function; a missing symbol makes hasattr False.
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
 def tune_allocator() -> bool:
     """glibc only: one malloc arena and high mmap/trim thresholds, before any thread starts.
 
     Model tensors are larger than glibc's mmap threshold, and a worker thread's arena caps what it
     keeps; so by default every forward pass maps fresh memory and faults it in again (a third of
-    the CPU time of a separation went to page faults). Returns whether the settings took.
+    the CPU time of a separation went to page faults). The price is that freed memory stays with
+    the process: `release_memory` hands it back after each job. Returns whether the settings took.
     """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False  # not glibc (musl has no mallopt)
     m_arena_max, m_mmap_threshold, m_trim_threshold = -8, -3, -1
     return all(
-        mallopt(option, value) == 1
+        libc.mallopt(option, value) == 1
         for option, value in ((m_arena_max, 1), (m_mmap_threshold, 1 << 30), (m_trim_threshold, 2**31 - 1))
     )
+
+
+def release_memory() -> bool:
+    """glibc only: return the heap's free memory to the OS (`malloc_trim(0)`); True if any went back.
+
+    With `tune_allocator`'s thresholds glibc never trims on its own, so a job's peak (gigabytes
+    for a long file) would stay resident until the daemon exits. Called after each job: within a
+    job the buffers stay mapped (the speed-up), between jobs they go back. Elsewhere a no-op.
+    """
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 async def serve(config: Config) -> None:
     """Run a daemon until SIGINT or SIGTERM, then shut it down gracefully."""
     loop = asyncio.get_running_loop()
+    # Request handlers' threads (asyncio.to_thread), named so a stuck one is easy to spot.
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(thread_name_prefix="flowstate-handler"))
     daemon = Daemon(config)
     stop = asyncio.Event()
     # Handlers first: clients get answers as soon as the first socket is bound, while the rest
@@ -300,4 +378,71 @@ async def serve(config: Config) -> None:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        await daemon.shutdown()
+        try:
+            await daemon.shutdown()
+        finally:
+            daemon.close_executors()
+
+
+def run(config: Config) -> None:
+    """`serve` on a fresh event loop, without waiting for stuck handler threads at the end.
+
+    `asyncio.run` would join the default executor's threads when the loop closes (up to 300 s,
+    then again at interpreter exit): a handler stuck in a model load or a hub retry would keep a
+    stopped daemon alive. Here the loop closes with `shutdown(wait=False)`; `exit_now` then ends
+    the process if such threads are still there. Raises StartupError when the daemon cannot start.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(serve(config))
+    finally:
+        try:
+            leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in leftover:
+                task.cancel()
+            if leftover:
+                loop.run_until_complete(asyncio.wait(leftover, timeout=CLOSE_SECONDS))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()  # the default executor: shutdown(wait=False)
+
+
+def lingering_threads(grace_seconds: float = 0.2) -> list[threading.Thread]:
+    """Threads other than the main one still alive after up to `grace_seconds` of joining them.
+
+    Idle executor threads finish within the grace; what is left is stuck (a handler in a model
+    load, a job worker in torch or ONNX Runtime native code).
+    """
+    deadline = time.monotonic() + grace_seconds
+    left = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread is threading.current_thread():
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            left.append(thread)
+    return left
+
+
+def exit_now(code: int) -> None:
+    """End the process with `code` at once if threads are still running after a clean shutdown.
+
+    The last resort after the stores and sockets are closed: Python would wait forever for a
+    non-daemon thread stuck in a blocking call (concurrent.futures joins its workers at exit), and
+    a daemon thread still inside torch or ONNX Runtime native code at interpreter teardown aborts
+    the process (SIGABRT, exit 134) instead of exiting 0. Logs are flushed first; without such
+    threads this returns and the interpreter exits normally.
+    """
+    left = lingering_threads()
+    if not left:
+        return
+    log.info("exiting without waiting for %d busy thread(s): %s", len(left), ", ".join(t.name for t in left))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: nothing more can be said on it anyway
+    os._exit(code)

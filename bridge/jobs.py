@@ -15,6 +15,7 @@ final name.
 from __future__ import annotations
 
 import builtins
+import errno
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "canceled"})
 
 # The newest schema this code writes. `_MIGRATIONS[n]` takes a database from version n to n + 1,
 # so a future column is one more entry here and older databases upgrade on open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
@@ -87,6 +88,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             seconds_per_audio_second REAL NOT NULL,
             samples                  INTEGER NOT NULL,
             updated_at               REAL NOT NULL
+        )
+        """,
+    ),
+    (
+        # Files and folders a job registered, across attempts and daemon lifetimes: a job given up
+        # at start-up (its daemon died each time) still knows what to delete.
+        """
+        CREATE TABLE outputs (
+            seq    INTEGER PRIMARY KEY,  -- registration order: a folder before the files put in it
+            job_id TEXT NOT NULL,
+            path   TEXT NOT NULL,
+            UNIQUE (job_id, path)
         )
         """,
     ),
@@ -189,6 +202,7 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        _warn_if_emptied(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: autocommit. Each write is one statement (atomic on its own);
@@ -271,7 +285,13 @@ class JobStore:
         with self._lock:
             if self._conn is None:
                 raise Unavailable(f"the job store {self.path} is closed (the daemon is shutting down)")
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as err:
+                full = _store_full(self.path, err)
+                if full is None:
+                    raise
+                raise full from err
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> Job | None:
         rows = self._execute(sql, params)
@@ -427,28 +447,158 @@ class JobStore:
 
         Call it before any worker of this process claims a job, or it would requeue that job too.
         With `max_attempts`, a job that has already been started that many times is failed
-        (`internal`) instead: a job that kills the daemon (out of memory, a native crash) must not
-        crash every start-up after it.
+        (`internal`) instead (see `give_up_interrupted`).
         """
-        now = time.time()
         if max_attempts is not None:
-            given_up = self._execute(
-                "UPDATE jobs SET state = 'failed', error_code = 'internal', error_message = ?, finished_at = ? "
-                "WHERE state = 'running' AND attempts >= ? RETURNING id",
-                (
-                    f"the daemon stopped or crashed during each of {max_attempts} attempt(s) at this job; "
-                    "not retried (raise jobs.max_attempts to retry more)",
-                    now,
-                    max_attempts,
-                ),
-            )
-            for row in given_up:
-                log.warning("job %s: interrupted %d times, failed instead of requeued", row["id"], max_attempts)
+            self.give_up_interrupted(max_attempts)
         rows = self._execute(
             "UPDATE jobs SET state = 'queued', progress = 0, started_at = NULL WHERE state = 'running' "
             "RETURNING id, seq"
         )
         return [row["id"] for row in sorted(rows, key=lambda row: row["seq"])]
+
+    def give_up_interrupted(self, max_attempts: int) -> builtins.list[Job]:
+        """At start-up: fail (`internal`) every job left `running` that was started `max_attempts` times.
+
+        A job that kills the daemon (out of memory, a native crash) must not crash every start-up
+        after it. Graceful stops do not count (`release` gives their attempt back), so only crashes
+        reach the limit. Returns the failed jobs, oldest first, so the caller can delete their
+        files and announce `job.failed` once its sockets are up.
+        """
+        message = (
+            f"the daemon crashed during each of {max_attempts} attempt(s) at this job; "
+            "not retried (raise jobs.max_attempts to retry more)"
+        )
+        rows = self._execute(
+            f"UPDATE jobs SET state = 'failed', error_code = 'internal', error_message = ?, finished_at = ? "
+            f"WHERE state = 'running' AND attempts >= ? RETURNING seq, {_COLUMNS}",
+            (message, time.time(), max_attempts),
+        )
+        given_up = [Job._from_row(row) for row in sorted(rows, key=lambda row: row["seq"])]
+        for job in given_up:
+            log.warning("job %s: interrupted %d times, failed instead of requeued", job.id, max_attempts)
+        return given_up
+
+    def release(self, job_id: str) -> bool:
+        """running -> queued without counting the attempt: a graceful stop is not a crash.
+
+        Returns False when the job is no longer running (it finished in the meantime).
+        """
+        rows = self._execute(
+            "UPDATE jobs SET state = 'queued', progress = 0, started_at = NULL, "
+            "attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = 'running' RETURNING id",
+            (job_id,),
+        )
+        return bool(rows)
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def add_output(self, job_id: str, path: Path) -> None:
+        """Remember a file or folder a job registered, so it can be deleted even after a crash."""
+        self._execute(
+            "INSERT INTO outputs (job_id, path) VALUES (?, ?) ON CONFLICT (job_id, path) DO NOTHING",
+            (job_id, os.fspath(path)),
+        )
+
+    def outputs(self, job_id: str) -> builtins.list[Path]:
+        """The paths a job registered, in registration order (over every attempt)."""
+        rows = self._execute("SELECT path FROM outputs WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [Path(row["path"]) for row in rows]
+
+    def forget_outputs(self, job_id: str) -> None:
+        """Drop a job's registered paths: it is done (they are its result) or they are deleted."""
+        self._execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
+
+
+class StoreOwner:
+    """Which process owns a job database: an OS lock on `<database>.lock`, held while it runs.
+
+    Two daemons on one queue would requeue and run each other's jobs, so a daemon takes this
+    before it opens the store, and a second one refuses to start without touching anything. The
+    OS drops the lock when the process ends however it ends (SIGKILL included), so a crash never
+    leaves a stale owner behind. The file also holds the owner's pid, for the refusal message
+    (best effort: Windows does not let another process read a locked file).
+    """
+
+    def __init__(self, database: Path) -> None:
+        from filelock import FileLock
+
+        self.database = Path(database)
+        self.path = self.database.with_name(self.database.name + ".lock")
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def acquire(self) -> StoreOwner:
+        """Take ownership or raise StartupError naming the database and the other daemon's pid."""
+        from filelock import Timeout
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except Timeout:
+            raise StartupError(
+                f"the job database {self.database} is in use by another flowstate daemon{self._holder()}; "
+                "stop that daemon first, or give this one its own jobs.database"
+            ) from None
+        except OSError as err:
+            raise StartupError(f"cannot lock the job database {self.database} ({self.path}): {err}") from err
+        try:
+            with open(self.path, "w", encoding="ascii") as out:
+                out.write(f"{os.getpid()}\n")
+        except OSError as err:  # Windows: the locked region cannot be written through another handle
+            log.debug("cannot write the owner's pid into %s: %s", self.path, err)
+        return self
+
+    def _holder(self) -> str:
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return f" (pid {text})" if text.isdigit() else ""
+
+    def release(self) -> None:
+        """Give up ownership (the file stays: removing it would race with the next owner)."""
+        if self._lock.is_locked:
+            self._lock.release()
+
+
+def _store_full(path: Path, err: sqlite3.OperationalError) -> Unavailable | None:
+    """`unavailable` naming the database when SQLite reports a full disk; None for other errors."""
+    if "database or disk is full" not in str(err):
+        return None
+    return Unavailable(
+        f"the job database {path} cannot grow: its disk is full (SQLite: {err}); free space on the disk "
+        f"holding {path.parent} (or set jobs.database to a file on another disk) and try again"
+    )
+
+
+def disk_full(err: OSError, what: str) -> Unavailable | None:
+    """`unavailable` naming the file and what to free when `err` is a full disk or quota; else None."""
+    if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return None
+    where = err.filename if err.filename is not None else "its output folder"
+    return Unavailable(
+        f"{what}: no space left on the disk while writing {where} ({err.strerror}); free space on that disk "
+        "(or choose an output folder on another disk) and submit the job again"
+    )
+
+
+def _warn_if_emptied(path: Path) -> None:
+    """Log when the job database exists but is empty (0 bytes): its history is gone.
+
+    SQLite takes a 0-byte file as a new, empty database, so without this the daemon would start
+    as if nothing had ever been queued. Starting anyway is deliberate: the rows cannot be
+    recovered from an empty file, and refusing would keep the DAW's bridge down until someone
+    deletes it. The warning says what happened and where.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # absent (a first start) or unreadable (connect reports that)
+    if size == 0:
+        log.warning(
+            "job database %s is empty (0 bytes): it was truncated or replaced, and every earlier job, "
+            "spend record and speed calibration is gone; starting with an empty queue", path,
+        )
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -693,6 +843,37 @@ class JobContext:
 JobHandler = Callable[[JobContext], dict[str, Any]]
 
 
+class _TrackedContext(JobContext):
+    """A runner's JobContext: every registered output is also written to the store.
+
+    The store's list outlives the process, so a job failed at a later start-up (or in a later
+    attempt) can still delete what an earlier attempt wrote.
+    """
+
+    def register_output(self, path: Path) -> Path:
+        registered = super().register_output(path)
+        self._store.add_output(self.job.id, registered)
+        return registered
+
+
+def _discard_outputs(context: JobContext, store: JobStore) -> None:
+    """Delete what a failed or canceled job wrote, over every attempt, and forget the list.
+
+    `atomic_write` leftovers of crashed attempts go first (in each folder the job wrote into), so
+    a folder the job created is empty when `remove_outputs` comes to it.
+    """
+    folders: dict[Path, None] = {}
+    for path in context.outputs:
+        if path.is_symlink():
+            continue  # never follow a link out of the job's own folders
+        folders[path if path.is_dir() else path.parent] = None
+    for folder in folders:
+        if not folder.is_symlink():
+            remove_partials(folder)
+    context.remove_outputs()
+    store.forget_outputs(context.job.id)
+
+
 class JobRunner:
     """Runs queued jobs on `workers` threads and publishes their events.
 
@@ -700,10 +881,13 @@ class JobRunner:
     `job.done` (result), `job.failed` (code, message), `job.canceled` (no data). A successful job's
     events are progress 0, ..., progress 1.0, done.
 
-    Shutdown: `stop(timeout)` stops claiming new jobs and waits for running ones. A job still
-    running at the deadline is left `running` in the store and its worker thread (a daemon
-    thread) is abandoned; the next `start()` requeues the job and runs it again from the start.
-    Pass `cancel_running=True` to cancel running jobs instead (they end `canceled`).
+    Shutdown: `stop_claiming()` (at once, from the signal) and then `stop(timeout)`, which waits
+    for running jobs. A job still running at the deadline stays `running` (the next `start()`
+    requeues it, counting the attempt as a crash) unless `hand_back()` puts it back in the queue
+    without counting it (a graceful stop is not a crash); either way its worker thread (a daemon
+    thread) is abandoned. Pass `cancel_running=True` to cancel running jobs instead (they end
+    `canceled`). `after_job` runs on the worker after each job (the daemon returns freed memory
+    to the OS there).
     """
 
     def __init__(
@@ -716,6 +900,7 @@ class JobRunner:
         max_attempts: int | None = 3,
         progress_interval_seconds: float = 0.1,
         idle_wait_seconds: float = 1.0,
+        after_job: Callable[[], object] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"JobRunner: workers {workers} must be >= 1")
@@ -735,6 +920,11 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._started = False
         self._stopping = False
+        self._after_job = after_job
+        # Jobs handed back to the queue by stop() while their worker still runs: nothing that
+        # worker reports later may change the store (the job is queued for the next start).
+        self._abandoned: set[str] = set()
+        self._given_up: builtins.list[Job] = []  # failed at start(); announced by announce_given_up()
 
     @property
     def store(self) -> JobStore:
@@ -753,7 +943,11 @@ class JobRunner:
                 raise RuntimeError("JobRunner.start() called twice")
             self._started = True
         # Before any worker exists: afterwards a `running` row might be one of ours.
-        requeued = self._store.requeue_interrupted(self._max_attempts)
+        given_up = [] if self._max_attempts is None else self._store.give_up_interrupted(self._max_attempts)
+        requeued = self._store.requeue_interrupted()
+        for job in given_up:
+            self._discard_stored(job)  # a failed job leaves no files, even when its daemon died each time
+        self._given_up = given_up
         if requeued:
             log.info("requeued %d job(s) interrupted by a previous daemon: %s", len(requeued), ", ".join(requeued))
         for index in range(self._num_workers):
@@ -762,6 +956,17 @@ class JobRunner:
             self._threads.append(thread)
             thread.start()
         return requeued
+
+    def announce_given_up(self) -> builtins.list[str]:
+        """Publish `job.failed` for the jobs `start()` gave up on; returns their ids.
+
+        The daemon calls this once its sockets are up: at `start()` nobody could hear it.
+        """
+        given_up, self._given_up = self._given_up, []
+        for job in given_up:
+            _emit(self._publish, "job.failed", job.id, None, code=job.error_code or "internal",
+                  message=job.error_message or "")
+        return [job.id for job in given_up]
 
     def submit(
         self, kind: str, args: dict[str, Any], request_id: str | None = None, origin: Origin | None = None
@@ -795,15 +1000,30 @@ class JobRunner:
             # report back, so the store changes now. Workers claim under this lock, so no race.
             job = self._store.mark_canceled(job_id)
             origin = self._origins.pop(job_id, None)
+        self._discard_stored(job)  # an earlier, interrupted attempt may have written some
         log.info("job %s: canceled before it ran", job_id)
         _emit(self._publish, "job.canceled", job_id, origin)
         return job
 
+    def _discard_stored(self, job: Job) -> None:
+        """Delete the outputs the store lists for a job no worker of ours runs (failed or canceled)."""
+        context = JobContext(job, self._store, self._publish)
+        for path in self._store.outputs(job.id):
+            context.register_output(path)
+        _discard_outputs(context, self._store)
+
+    def stop_claiming(self) -> None:
+        """No worker starts another job from now on (running ones go on). Returns at once."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
     def stop(self, timeout: float, cancel_running: bool = False) -> builtins.list[str]:
         """Stop claiming, wait up to `timeout` s for running jobs; returns the ids left running.
 
-        Jobs left running stay `running` in the store, so the next start requeues them. Calling
-        stop() again waits again (for example, after cancelling).
+        Jobs left running go back to `queued` with their attempt given back, so the next start
+        runs them again and a graceful stop never counts toward `max_attempts`. Calling stop()
+        again waits again (for example, after cancelling).
         """
         with self._cond:
             self._stopping = True
@@ -815,13 +1035,32 @@ class JobRunner:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
-            left = sorted(self._running)
+            left = sorted(set(self._running) - self._abandoned)
         if left:
-            log.warning(
-                "%d job(s) still running after %.1f s: left running in the store, requeued at next start: %s",
-                len(left), timeout, ", ".join(left),
-            )
+            log.warning("%d job(s) still running after %.1f s: %s", len(left), timeout, ", ".join(left))
         return left
+
+    def hand_back(self) -> builtins.list[str]:
+        """After `stop`: put jobs still running back in the queue, their attempt not counted.
+
+        A graceful stop is not a crash, so it must not bring a job closer to `max_attempts`. Their
+        workers are abandoned: whatever they report later is not recorded (the next start runs
+        the job again from the start). Returns the ids handed back.
+        """
+        with self._cond:
+            left = sorted(set(self._running) - self._abandoned)
+            self._abandoned.update(left)
+        handed: builtins.list[str] = []
+        for job_id in left:
+            try:
+                if self._store.release(job_id):
+                    handed.append(job_id)
+            except (sqlite3.Error, BridgeError) as err:
+                # Left `running`: the next start requeues it, counting this attempt.
+                log.error("job %s: could not put it back in the queue: %s", job_id, err)
+        if handed:
+            log.info("queued again for the next start (this attempt does not count): %s", ", ".join(handed))
+        return handed
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -847,10 +1086,16 @@ class JobRunner:
             return None
         if job is None:
             return None
-        context = JobContext(
+        context = _TrackedContext(
             job, self._store, self._publish, self._origins.get(job.id),
             progress_interval_seconds=self._progress_interval,
         )
+        try:
+            # Earlier attempts' outputs, so a failure now deletes those too (no second store write).
+            for path in self._store.outputs(job.id):
+                JobContext.register_output(context, path)
+        except (sqlite3.Error, BridgeError) as err:
+            log.error("job %s: cannot read the outputs of earlier attempts: %s", job.id, err)
         self._running[job.id] = context
         return context
 
@@ -864,6 +1109,11 @@ class JobRunner:
                 self._running.pop(job.id, None)
                 self._origins.pop(job.id, None)
             log.debug("job %s (%s) left its worker after %.2f s", job.id, job.kind, time.monotonic() - started)
+            if self._after_job is not None:
+                try:
+                    self._after_job()
+                except Exception:
+                    log.exception("after-job hook failed (job %s)", job.id)
 
     def _run_handler(self, context: JobContext) -> None:
         job = context.job
@@ -875,7 +1125,13 @@ class JobRunner:
             if handler is None:  # queued by a daemon that had this kind; this one does not
                 known = ", ".join(self.kinds) or "none"
                 raise Unavailable(f"job kind {job.kind!r} is not available in this daemon; known kinds: {known}")
-            result = handler(context)
+            try:
+                result = handler(context)
+            except OSError as err:
+                full = disk_full(err, job.kind)
+                if full is None:
+                    raise
+                raise full from err
             # A result the store cannot hold is the handler's bug: fail the job as internal.
             _to_json(result, f"the {job.kind} handler's result", TypeError)
         except JobCanceled:
@@ -902,15 +1158,22 @@ class JobRunner:
     def _finish(self, context: JobContext, result: dict[str, Any]) -> None:
         context.progress(1.0)
         self._store.finish(context.job.id, result)
+        self._store.forget_outputs(context.job.id)  # they are the result now, never to be deleted
 
     def _record(self, context: JobContext, outcome: str, write: Callable[[], object]) -> bool:
         """Store a job's outcome; False (logged, no event) when the store could not take it."""
-        if outcome != "done":
-            # Before the store says failed/canceled: a crash in between reruns the job instead of
-            # leaving half a set of stems that no job owns.
-            context.remove_outputs()
+        with self._cond:
+            abandoned = context.job.id in self._abandoned
+        if abandoned:
+            # stop() queued it again for the next start: that run owns its files and its outcome.
+            log.info("job %s ended (%s) after the daemon handed it back to the queue; not recorded",
+                     context.job.id, outcome)
+            return False
         try:
             if outcome != "done":
+                # Before the store says failed/canceled: a crash in between reruns the job instead
+                # of leaving half a set of stems that no job owns.
+                _discard_outputs(context, self._store)
                 context.flush()
             write()
         except Exception as err:

@@ -99,12 +99,15 @@ class Router:
     """Plans where jobs run; learns local speed and tier health as jobs finish."""
 
     def __init__(
-        self, config: RouterConfig, available: set[str] | dict[str, frozenset[str]], store: JobStore, device: str
+        self, config: RouterConfig, available: set[str] | dict[str, frozenset[str]], store: JobStore, device: str,
+        models: dict[str, Callable[[str, str], bool]] | None = None,
     ) -> None:
         self.config = config
         # Remote tiers with credentials configured, and the tasks each offers (a set: all tasks).
         self.tasks = dict(available) if isinstance(available, dict) else {name: None for name in available}
         self.available = set(self.tasks)
+        # Per tier, whether it runs (task, model); absent: any model of a task it offers.
+        self.models = dict(models or {})
         self.store = store
         self.device = device
         self.breakers = {
@@ -146,7 +149,7 @@ class Router:
         interactive (a deadline in seconds), background (no deadline).
         """
         local_s, local_basis = self.local_seconds(task, model, audio_seconds)
-        order = [t for t in self.config.order.get(task, [LOCAL]) if t == LOCAL or self._offers(t, task)]
+        order = [t for t in self.config.order.get(task, [LOCAL]) if t == LOCAL or self._offers(t, task, model)]
         remotes = [t for t in order if t != LOCAL]
         if realtime:
             return self._fastest(remotes, audio_seconds, local_s, local_basis)
@@ -211,11 +214,19 @@ class Router:
         options[0] = Decision(first.tier, "fastest tier: " + first.reason, first.estimated_seconds, first.estimated_cost_usd)
         return options
 
-    def _offers(self, tier: str, task: str) -> bool:
+    def _offers(self, tier: str, task: str, model: str) -> bool:
+        """Whether `tier` is configured, offers `task` and can run `model` (else it is not planned:
+        a tier that refuses the model would fail the job instead of letting local run it)."""
         if tier not in self.tasks:
             return False
         tasks = self.tasks[tier]
-        return tasks is None or task in tasks
+        if tasks is not None and task not in tasks:
+            return False
+        runs = self.models.get(tier)
+        if runs is not None and not runs(task, model):
+            log.info("router: %s left out of the plan: it does not offer %s model %r", tier, task, model)
+            return False
+        return True
 
     def _fallbacks(self, remotes: list[str], audio_seconds: float, reason: str) -> list[Decision]:
         out = []

@@ -62,6 +62,15 @@ class Tier(ABC):
     def supports(self, task: str) -> bool:
         return task in self.tasks
 
+    def offers_model(self, task: str, model: str) -> bool:
+        """Whether this tier can run `task` with the job's `model` (the name the job asked for).
+
+        Default: yes for any task it offers (the tier maps the task to its own model, or the
+        server behind it answers `not_found`). A tier that passes the name on to a provider with a
+        fixed list says no to other names, so the router never plans it for them.
+        """
+        return self.supports(task)
+
     @abstractmethod
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Run `job`, calling `progress(fraction)` as it goes and `check_cancelled()` at least once a

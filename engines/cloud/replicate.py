@@ -297,6 +297,12 @@ class ReplicateTier(Tier):
 
     # -- the Tier interface -------------------------------------------------------------------
 
+    def offers_model(self, task: str, model: str) -> bool:
+        """Stems go to Demucs with the model name as `model_name`: only the names Demucs knows."""
+        if task == "stems":
+            return self.supports(task) and (not model or model in DEMUCS_MODELS)
+        return self.supports(task)
+
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Create a prediction for `job`, follow it to the end, write its outputs into `job.work_dir`."""
         check_offered(self.name, self.tasks, job.task)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
-from bridge.testing import DaemonProcess
+from bridge.client import Client
+from bridge.jobs import JobStore, atomic_write
+from bridge.testing import DaemonProcess, tiny_htdemucs_repo
+from tests.bridge.test_separate import write_audio
 from tests.conftest import OscUdp
 
 
@@ -133,3 +143,202 @@ def test_async_requests_beyond_max_in_flight_are_answered_busy_at_once() -> None
             assert client.request("/flow/stream/stop").address == "/flow/reply/stream/stop"  # the bound frees up
         finally:
             client.close()
+# -- stops that are stops (issue 11: findings 6, 9, 10, 11) -----------------------------------------
+
+# Loading torch and a model on a shared 2-core machine can take a minute: generous deadlines for
+# conditions, never a measurement.
+SLOW = 240.0
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_htdemucs_repo(tmp_path_factory.mktemp("models"), depth=3)
+
+
+def _stems_overrides(repo: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    # Short segments: many steps, so a job is surely mid-separation when the test acts.
+    overrides: dict[str, Any] = {
+        "models": {"demucs_repo": str(repo)},
+        "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, "segment_seconds": 0.5, "overlap": 0.5},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return overrides
+
+
+def _wait_running(client: Client, job_id: str, process: DaemonProcess) -> None:
+    """Until the job is mid-separation (progress past the reading stage)."""
+    deadline = time.monotonic() + SLOW
+    while (status := client.call("job.status", {"id": job_id}))["progress"] < 0.1:
+        assert status["state"] in ("queued", "running"), status
+        assert process.process is not None and process.process.poll() is None, process.log()
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+
+
+def _row(database: Path, job_id: str) -> dict[str, Any]:
+    """The job's row as the next daemon will find it (read with plain sqlite3, daemon stopped)."""
+    with sqlite3.connect(database) as conn:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+
+def _wait_done(process: DaemonProcess, job_id: str) -> dict[str, Any]:
+    with Client(process.zmq_requests, timeout_seconds=30) as client:
+        deadline = time.monotonic() + SLOW
+        while (status := client.call("job.status", {"id": job_id}))["state"] not in ("done", "failed", "canceled"):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+    return status
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO to hold a model load forever")
+@pytest.mark.timeout(600)
+def test_sigterm_exits_0_with_handlers_stuck_in_a_model_load(tmp_path: Path) -> None:
+    """20 `classify` requests whose model load never returns (a read that blocks, like a hub retry
+    offline): SIGTERM still ends the daemon, exit 0, where it used to hang behind them."""
+    model = tmp_path / "model"
+    model.mkdir()
+    os.mkfifo(model / "modules.json")  # sentence-transformers reads this first; no writer ever writes
+    process = DaemonProcess(
+        overrides={"samples": {"model": str(model)}, "daemon": {"shutdown_timeout_seconds": 1.0}}, workdir=tmp_path
+    ).start()
+    assert process.process is not None
+    context = zmq.Context()
+    writer = -1
+    try:
+        sock = context.socket(zmq.DEALER)
+        sock.connect(process.zmq_requests)
+        for index in range(20):
+            sock.send(json.dumps({"id": index, "cmd": "classify", "args": {"text": f"kick {index}"}}).encode())
+        # The load is stuck once a reader has the FIFO open (opening it for writing then succeeds).
+        deadline = time.monotonic() + SLOW
+        while writer < 0:
+            try:
+                writer = os.open(model / "modules.json", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as err:
+                assert err.errno == errno.ENXIO, err
+                assert process.process.poll() is None, process.log()
+                assert time.monotonic() < deadline, "classify never started loading its model"
+                time.sleep(0.05)
+        process.process.send_signal(signal.SIGTERM)
+        try:
+            code = process.process.wait(timeout=30)  # a generous bound; it used to never come
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the daemon did not exit after SIGTERM:\n{process.log()}")
+    finally:
+        if writer >= 0:
+            os.close(writer)
+        context.destroy(linger=0)
+        process.stop(signal.SIGKILL)
+    assert code == 0, process.log()
+    assert "flowstate stopped" in process.log()
+
+
+@pytest.mark.timeout(900)
+def test_a_graceful_stop_mid_job_exits_0_starts_nothing_and_costs_no_attempt(repo: Path, tmp_path: Path) -> None:
+    """jobs.max_attempts 1: a stop that counted as a crash would fail the job at the next start."""
+    overrides = _stems_overrides(repo, jobs={"max_attempts": 1}, daemon={"shutdown_timeout_seconds": 0.5})
+    first = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
+    long = write_audio(tmp_path / "files" / "stop" / "long.wav", 30.0)
+    short = write_audio(tmp_path / "files" / "stop" / "short.wav", 1.0)
+    try:
+        with Client(first.zmq_requests, timeout_seconds=30) as client:
+            running = client.call("stems.separate", {"path": str(long)})["id"]
+            queued = client.call("stems.separate", {"path": str(short)})["id"]
+            _wait_running(client, running, first)
+        assert first.process is not None
+        first.process.send_signal(signal.SIGTERM)  # the job is in torch now: it cannot finish in 0.5 s
+        code = first.process.wait(timeout=30)
+    finally:
+        first.stop(signal.SIGKILL)
+    assert code == 0, first.log()  # not SIGABRT (-6) from a worker still in native code
+    database = tmp_path / "jobs.sqlite3"
+    interrupted = _row(database, running)
+    assert (interrupted["state"], interrupted["attempts"]) == ("queued", 0)
+    waiting = _row(database, queued)
+    assert (waiting["state"], waiting["attempts"], waiting["started_at"]) == ("queued", 0, None)
+
+    second = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
+    try:
+        done = _wait_done(second, running)
+        later = _wait_done(second, queued)
+    finally:
+        assert second.stop() == 0, second.log()
+    assert (done["state"], done["attempts"]) == ("done", 1), done
+    assert later["state"] == "done", later
+
+
+@pytest.mark.timeout(900)
+def test_a_second_daemon_on_the_same_database_refuses_and_touches_nothing(repo: Path, tmp_path: Path) -> None:
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = DaemonProcess(overrides=_stems_overrides(repo), workdir=tmp_path / "first").start()
+    database = tmp_path / "first" / "jobs.sqlite3"
+    # Its own ports and folders; only the job database is shared.
+    second = DaemonProcess(overrides=_stems_overrides(repo, jobs={"database": str(database)}), workdir=tmp_path / "second")
+    source = write_audio(tmp_path / "first" / "files" / "shared" / "song.wav", 20.0)
+    events: list[str] = []
+    try:
+        with Client(first.zmq_requests, timeout_seconds=30) as client:
+            job_id = client.call("stems.separate", {"path": str(source)})["id"]
+            _wait_running(client, job_id, first)
+            refused = subprocess.run(
+                [sys.executable, "-m", "bridge", "up", "--config", str(second.config_path)],
+                capture_output=True, text=True, timeout=SLOW, cwd=second.workdir,
+                env={k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")},
+            )
+            after = client.call("job.status", {"id": job_id})
+            final = client.wait_jobs([job_id], lambda name, data: events.append(name), SLOW)[job_id]
+            status = client.call("job.status", {"id": job_id})
+    finally:
+        assert first.stop() == 0, first.log()
+    assert refused.returncode == 1, refused.stderr
+    assert str(database) in refused.stderr and "in use by another flowstate daemon" in refused.stderr
+    assert f"pid {first.process.pid}" in refused.stderr  # type: ignore[union-attr]
+    assert "Traceback" not in refused.stderr and "requeued" not in refused.stderr
+    assert after["attempts"] == 1 and after["state"] in ("running", "done"), after  # never taken over
+    assert final["event"] == "job.done"
+    assert events.count("job.done") == 1
+    assert (status["state"], status["attempts"]) == ("done", 1)
+
+
+@pytest.mark.timeout(600)
+def test_jobs_given_up_at_start_up_are_announced_and_leave_no_files(tmp_path: Path) -> None:
+    """A job whose daemon died during each of its attempts, with stems and a partial file on disk."""
+    database = tmp_path / "jobs.sqlite3"
+    out = tmp_path / "files" / "stems" / "song"
+    out.mkdir(parents=True)
+    with JobStore(database) as store:
+        job, _ = store.submit("stems.separate", {"path": str(tmp_path / "files" / "song.wav")})
+        for attempt in range(3):  # the default jobs.max_attempts
+            store.claim_next()
+            if attempt < 2:
+                store.requeue_interrupted()
+        store.add_output(job.id, out)
+        for stem in ("drums", "bass"):
+            store.add_output(job.id, out / f"{stem}.wav")
+            atomic_write(out / f"{stem}.wav", lambda tmp: tmp.write_bytes(b"RIFF"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / f".vocals.partial-{gone.stdout.strip()}-0123abcd.wav").write_bytes(b"RIFF half")
+
+    process = DaemonProcess(workdir=tmp_path)
+    context = zmq.Context()
+    try:
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.RECONNECT_IVL, 10)
+        sub.setsockopt(zmq.SUBSCRIBE, b"job.failed")
+        sub.connect(process.zmq_events)  # before the daemon exists: ZeroMQ connects when it binds
+        process.start()
+        assert sub.poll(int(SLOW * 1000)), f"no job.failed on ZeroMQ PUB:\n{process.log()}"
+        topic, body = sub.recv_multipart()
+        status = _wait_done(process, job.id)
+    finally:
+        context.destroy(linger=0)
+        assert process.stop() == 0, process.log()
+    event = json.loads(body)
+    assert topic == b"job.failed" and event["data"]["id"] == job.id
+    assert event["data"]["code"] == "internal" and "3 attempt(s)" in event["data"]["message"]
+    assert status["state"] == "failed"
+    assert not out.exists()  # stems, the partial file and the folder made for them
+    assert (tmp_path / "files" / "stems").is_dir()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bridge.errors import BadRequest, Internal, NotFound, StartupError
+from bridge.errors import BadRequest, Internal, NotFound, StartupError, Unavailable
 from bridge.jobs import (
     JOB_STATES,
     SCHEMA_VERSION,
@@ -31,6 +31,7 @@ from bridge.jobs import (
     JobHandler,
     JobRunner,
     JobStore,
+    StoreOwner,
     atomic_write,
     partial_path,
     remove_partials,
@@ -345,7 +346,7 @@ def test_a_file_that_is_not_a_database_is_refused(db: Path) -> None:
 def test_wal_mode_and_schema_version(store: JobStore, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()
 
 
@@ -771,3 +772,210 @@ def test_route_spend_and_calibration_are_stored(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.sqlite3") as store:
         assert store.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
         assert store.month_spend() == pytest.approx(0.75)
+
+
+# -- graceful stops, given-up jobs, orphan files, full disks ---------------------------------------
+
+
+def _hold(started: threading.Event, release: threading.Event) -> JobHandler:
+    def slow(ctx: JobContext) -> dict[str, Any]:
+        started.set()
+        while not release.wait(0.01):
+            ctx.progress(0.5)  # keeps talking to the store, as a real job does
+        return {"finished": "late"}
+
+    return slow
+
+
+def test_graceful_stops_never_use_up_a_jobs_attempts(db: Path) -> None:
+    """Three graceful stops during one job (max_attempts 3): it still runs, once, to the end."""
+    events = Events()
+    release = threading.Event()
+    job_id = ""
+    try:
+        for _ in range(3):
+            started = threading.Event()
+            with JobStore(db) as store:
+                runner = JobRunner(store, {"slow": _hold(started, release)}, 1, events, max_attempts=3)
+                runner.start()
+                if not job_id:
+                    job_id = runner.submit("slow", {})[0].id
+                assert started.wait(WAIT)
+                assert runner.stop(timeout=0.05) == [job_id]
+                assert runner.hand_back() == [job_id]
+                job = store.get(job_id)
+                assert (job.state, job.attempts) == ("queued", 0)  # back in line, the attempt given back
+        release.set()  # the abandoned workers end; nothing they report may change the store
+        with JobStore(db) as store:
+            runner = JobRunner(store, {"slow": _hold(threading.Event(), release)}, 1, events, max_attempts=3)
+            assert runner.start() == []  # nothing left running: the stops handed it back
+            events.wait_for(job_id, "job.done")
+            assert runner.stop(WAIT) == []
+            done = store.get(job_id)
+    finally:
+        release.set()
+    assert (done.state, done.attempts) == ("done", 1)
+    assert events.names(job_id).count("job.done") == 1
+    assert "job.failed" not in events.names(job_id)
+
+
+def test_no_job_starts_after_stop_claiming(make_runner: Callable[..., JobRunner], store: JobStore) -> None:
+    started = threading.Event()
+    release = threading.Event()
+    runner = make_runner({"slow": _hold(started, release)})
+    runner.start()
+    first, _ = runner.submit("slow", {})
+    assert started.wait(WAIT)
+    second, _ = runner.submit("slow", {})
+    runner.stop_claiming()  # what the daemon does on the signal, before anything else
+    release.set()
+    # The worker finishes the running job and then ends by itself instead of taking the next.
+    for worker in runner._threads:
+        worker.join(WAIT)
+        assert not worker.is_alive(), "the worker went on after stop_claiming()"
+    assert runner.stop(WAIT) == []
+    assert store.get(first.id).state == "done"
+    later = store.get(second.id)
+    assert (later.state, later.attempts, later.started_at) == ("queued", 0, None)
+
+
+def _crashed_job_with_files(db: Path, out: Path, attempts: int) -> tuple[str, list[Path]]:
+    """A job whose daemon died `attempts` times while writing stems, as the store and disk then are."""
+    with JobStore(db) as store:
+        job, _ = store.submit("separate", {"path": "song.wav"})
+        out.mkdir(parents=True)
+        for attempt in range(1, attempts + 1):
+            claimed = store.claim_next()
+            assert claimed is not None and claimed.id == job.id
+            if attempt < attempts:
+                assert store.requeue_interrupted() == [job.id]
+        store.add_output(job.id, out)
+        written = []
+        for stem in ("drums", "bass"):
+            target = out / f"{stem}.wav"
+            store.add_output(job.id, target)
+            atomic_write(target, lambda tmp: tmp.write_bytes(b"RIFF"))
+            written.append(target)
+        # The dead writer's half-written third stem: a pid that no longer exists.
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        partial = out / f".vocals.partial-{dead}-0123abcd.wav"
+        partial.write_bytes(b"RIFF half")
+        written.append(partial)
+    return job.id, written
+
+
+def test_a_job_given_up_at_start_up_is_announced_and_leaves_no_files(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "music" / "stems" / "song"
+    job_id, written = _crashed_job_with_files(db, out, attempts=2)
+    assert all(path.exists() for path in written)
+    events = Events()
+    with JobStore(db) as store:
+        runner = JobRunner(store, {"separate": echo}, 1, events, max_attempts=2)
+        assert runner.start() == []
+        failed = store.get(job_id)
+        assert (failed.state, failed.error_code) == ("failed", "internal")
+        assert "2 attempt(s)" in (failed.error_message or "")
+        assert not out.exists()  # stems, the dead writer's partial file and the folder made for them
+        assert out.parent.exists()  # the user's folder above stays
+        assert events.names(job_id) == []  # nobody could hear it yet
+        assert runner.announce_given_up() == [job_id]
+        assert runner.announce_given_up() == []  # once
+        assert runner.stop(WAIT) == []
+    [(event, data)] = events.of(job_id)
+    assert event == "job.failed" and data["code"] == "internal" and "2 attempt(s)" in data["message"]
+
+
+def test_a_failing_attempt_removes_what_earlier_attempts_wrote(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "music" / "stems" / "song"
+    job_id, written = _crashed_job_with_files(db, out, attempts=1)
+    events = Events()
+
+    def fails(ctx: JobContext) -> dict[str, Any]:
+        raise BadRequest("the input went bad between attempts")
+
+    with JobStore(db) as store:
+        runner = JobRunner(store, {"separate": fails}, 1, events, max_attempts=3)
+        assert runner.start() == [job_id]
+        events.wait_for(job_id, "job.failed")
+        assert runner.stop(WAIT) == []
+        assert store.outputs(job_id) == []
+    assert not out.exists()
+
+
+def test_a_done_job_keeps_its_files_and_forgets_the_list(make_runner: Callable[..., JobRunner], events: Events,
+                                                         store: JobStore, tmp_path: Path) -> None:
+    target = tmp_path / "take.wav"
+
+    def writes(ctx: JobContext) -> dict[str, Any]:
+        atomic_write(ctx.register_output(target), lambda tmp: tmp.write_bytes(b"RIFF"))
+        assert store.outputs(ctx.job.id) == [target]  # on disk in the store before the file exists
+        return {"path": str(target)}
+
+    runner = make_runner({"writes": writes})
+    runner.start()
+    job, _ = runner.submit("writes", {})
+    events.wait_for(job.id, "job.done")
+    assert target.read_bytes() == b"RIFF"
+    assert store.outputs(job.id) == []
+
+
+def test_a_second_owner_of_a_job_database_is_refused_naming_it_and_the_pid(db: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bridge.jobs import StoreOwner; "
+         "owner = StoreOwner(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()", str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StartupError) as refused:
+            StoreOwner(db).acquire()
+        assert str(db) in str(refused.value) and f"pid {holder.pid}" in str(refused.value)
+        assert not db.exists()  # the refused side touched nothing
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(WAIT)
+    owner = StoreOwner(db).acquire()  # the OS dropped the lock with its process
+    owner.release()
+
+
+def test_a_full_database_is_unavailable_naming_it(store: JobStore, db: Path) -> None:
+    assert store._conn is not None
+    # SQLite's own limit on the file's size: the same "database or disk is full" as a full disk.
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(Unavailable) as full:
+        for index in range(1000):
+            store.submit("k", {"blob": "x" * 4000, "n": index})
+    assert str(db) in full.value.message and "disk is full" in full.value.message
+    assert "free space" in full.value.message
+    assert store.list(limit=1)  # the store still answers
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_job_that_fills_the_disk_fails_unavailable_naming_the_file(
+    make_runner: Callable[..., JobRunner], events: Events, store: JobStore
+) -> None:
+    def writes_to_a_full_disk(ctx: JobContext) -> dict[str, Any]:
+        with open("/dev/full", "wb") as out:  # a real ENOSPC from the kernel
+            out.write(b"x" * 65536)
+            out.flush()
+        return {}
+
+    runner = make_runner({"fill": writes_to_a_full_disk})
+    runner.start()
+    job, _ = runner.submit("fill", {})
+    failed = events.wait_for(job.id, "job.failed")
+    assert failed["code"] == "unavailable"
+    assert "no space left" in failed["message"] and "free space" in failed["message"]
+
+
+def test_an_emptied_database_is_reported(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with JobStore(db) as store:
+        store.submit("k", {})
+    db.write_bytes(b"")  # truncated to 0 bytes (a sync tool, a bad restore)
+    with caplog.at_level("WARNING", logger="bridge.jobs"), JobStore(db) as store:
+        assert store.list() == []
+    assert any(str(db) in r.getMessage() and "0 bytes" in r.getMessage() for r in caplog.records)

@@ -122,3 +122,16 @@ def test_config_defaults_point_each_tier_where_its_client_expects() -> None:
     assert cloud.huggingface_url == hf.DEFAULT_BASE_URL
     assert cloud.replicate_url == replicate.DEFAULT_BASE_URL
     assert cloud.workers_ai_url == workers_ai.DEFAULT_BASE_URL
+
+
+def test_a_tier_that_does_not_offer_the_model_is_not_planned(store: JobStore) -> None:
+    """The daemon hands the router each tier's `offers_model`; Replicate's runs Demucs' models only."""
+    offers = {"replicate": lambda task, model: model in ("htdemucs", "htdemucs_ft")}
+    config = RouterConfig.model_validate({"local_seconds_per_audio_second": {"cpu": 100.0}})
+    r = Router(config, {"selfhosted", "replicate"}, store, "cpu", models=offers)
+    assert [d.tier for d in r.plan("stems", "htdemucs", 60, None, realtime=True)][:1] == ["selfhosted"]
+    assert "replicate" in [d.tier for d in r.plan("stems", "htdemucs", 60, 30)]
+    for realtime, deadline in ((True, None), (False, 30.0), (False, None)):
+        plan = r.plan("stems", "my-local-model", 60, deadline, realtime=realtime)
+        assert "replicate" not in [d.tier for d in plan]
+        assert plan[-1].tier == "local" or plan[0].tier == "local"

@@ -145,3 +145,28 @@ def test_a_failing_tier_falls_through_to_the_next(repo: Path, server: str, tmp_p
     [failure] = status["route"]["failed"]
     assert failure.startswith("huggingface: unavailable") and "cannot reach the provider" in failure
     assert "hf_test_token_abcdef" not in process.log()
+
+
+def test_a_realtime_job_for_a_model_only_local_has_falls_back_to_local(repo: Path, tmp_path: Path) -> None:
+    """Replicate runs Demucs' own models only: a job for the local model `tiny` must not go there,
+    even when the router would otherwise pick it as the fastest tier (it used to fail the job with
+    Replicate's bad_request)."""
+    from tests.engines.cloud.fake_replicate import running_fake
+
+    token = "r8_test_token_abcdef"
+    with running_fake(token=token) as (url, fake):
+        process = _daemon(repo, tmp_path, {"replicate_url": url}, {}, {"REPLICATE_API_TOKEN": token})
+        try:
+            source = write_audio(tmp_path / "files" / "rt" / "take.wav", 1.0)
+            with Client(process.zmq_requests, timeout_seconds=30) as client:
+                job_id = client.call("stems.separate", {"path": str(source), "deadline_class": "realtime"})["id"]
+                final = client.wait_jobs([job_id], lambda *_: None, 120)[job_id]
+                status = client.call("job.status", {"id": job_id})
+        finally:
+            assert process.stop() == 0
+        created = [r for r in fake.requests if r.method == "POST"]
+    assert final["event"] == "job.done", final
+    assert final["result"]["tier"] == "local"
+    assert status["route"]["tier"] == "local" and status["route"]["failed"] == []
+    assert created == []  # nothing was sent to the provider
+    assert "replicate left out of the plan" in process.log() and token not in process.log()
