@@ -104,13 +104,16 @@ def test_with_a_started_daemon_stops_that_very_daemon() -> None:
     daemon on entering, whose ping the first one answered; the block then stopped the second and
     left the first running after the suite."""
     process = DaemonProcess()
-    with process.start():
-        assert process.process is not None
-        first = process.process.pid
+    started = process.start()
+    assert process.process is not None
+    first = process.process.pid
     try:
-        assert first not in _pids(), "the daemon the block started is still running"
+        with started:
+            assert process.process.pid == first, "entering the block started another daemon"
+        assert first not in _pids(), "the daemon start() started is still running after the block"
     finally:
         stop_processes([first])
+        process.stop()
 
 
 def test_starting_a_running_daemon_again_is_refused() -> None:
