@@ -15,13 +15,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from bridge.errors import ConfigError
 
@@ -51,6 +52,24 @@ def _check_host(value: str) -> str:
     except ValueError as err:
         raise ValueError("an IP address such as 127.0.0.1 (loopback) or 0.0.0.0 (all)") from err
     return value
+
+
+def _split_commas(value: Any) -> Any:
+    """A list may come as one comma-separated string (how an environment variable carries it)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+_HOST_NAME = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?)$")
+
+
+def _check_host_name(value: str) -> str:
+    """A DNS name a server is reached by (lower-cased), `*.` plus a name for its subdomains, or `*`."""
+    name = value.strip().lower()
+    if len(name) > 253 or not _HOST_NAME.match(name):
+        raise ValueError("a host name such as my-app.fly.dev, *.example.net for its subdomains, or * for any")
+    return name
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -224,6 +243,10 @@ class ServerConfig(_Section):
     retention_seconds: float = Field(default=86400.0, gt=0.0, le=30 * 86400.0)
     # Which instance this is, behind a load balancer that routes on it (FLY_MACHINE_ID on Fly).
     instance_id: str | None = None
+    # Host names the server answers to besides IP addresses and localhost (a guard against DNS
+    # rebinding): e.g. ["my-app.fly.dev"] or "*.example.net"; "*" turns the guard off. The
+    # environment takes a comma-separated list: FLOWSTATE_SERVER_ALLOWED_HOSTS=a.example,b.example.
+    allowed_hosts: Annotated[list[Annotated[str, AfterValidator(_check_host_name)]], BeforeValidator(_split_commas)] = []
 
 
 class DaemonConfig(_Section):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,13 @@ class DaemonProcess:
     def zmq_events(self) -> str:
         return f"tcp://127.0.0.1:{self.config['zmq']['event_port']}"
 
-    def start(self, timeout_seconds: float = 20.0) -> DaemonProcess:
+    def start(self, timeout_seconds: float = 60.0) -> DaemonProcess:
+        """Start the daemon and wait until it answers a ping; RuntimeError if it is running already
+        (a second `flowstate up` on the same ports would fail, and the first would never be stopped).
+        The timeout is generous: a first start imports torch, which takes tens of seconds on a
+        loaded two-core machine; a daemon that answers sooner returns sooner."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"the daemon in {self.workdir} is already running (pid {self.process.pid})")
         env = {**os.environ, **(self.env or {})}
         env = {k: v for k, v in env.items() if not k.startswith("FLOWSTATE_") or k in (self.env or {})}
         log = self.log_path.open("ab")
@@ -109,6 +116,25 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, *texts: str, timeout_seconds: float = 20.0) -> str:
+        """The log once it contains every one of `texts`; RuntimeError naming the missing ones (and
+        showing the log) after `timeout_seconds` or when the daemon has exited without writing them.
+
+        The daemon answers a ping before every line is in its log file (handlers and the OS write
+        in their own time), so a test about log lines waits for them instead of reading at once.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            log = self.log()
+            missing = [text for text in texts if text not in log]
+            if not missing:
+                return log
+            exited = self.process is not None and self.process.poll() is not None
+            if exited or time.monotonic() > deadline:
+                why = "the daemon exited" if exited else f"not within {timeout_seconds} s"
+                raise RuntimeError(f"the daemon log lacks {missing} ({why}):\n{log}")
+            time.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGTERM, timeout_seconds: float = 10.0) -> int:
         if self.process is None:
             return 0
@@ -121,11 +147,150 @@ class DaemonProcess:
                 self.process.wait()
         return self.process.returncode
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        """Start the daemon, unless it is running already: `with DaemonProcess(...).start():` then
+        stops the very process it started."""
+        return self if self.running else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- processes a test run leaves behind ---------------------------------------------------------
+
+# Set (to a fresh id) in the test runner's environment, so that every process it starts inherits it:
+# a daemon whose parent was killed is re-parented away from the runner, but still carries the mark.
+RUN_MARKER_VARIABLE = "PYTEST_FLOWSTATE_RUN"
+
+
+@dataclass(frozen=True)
+class RunningProcess:
+    """A live process found by `processes_started_by`."""
+
+    pid: int
+    parent_pid: int
+    command: str
+
+
+def processes_started_by(root_pid: int, marker: str | None = None) -> list[RunningProcess] | None:
+    """Every live process below `root_pid` (children, their children, ...), plus, on Linux, every
+    live process whose environment carries `RUN_MARKER_VARIABLE=marker` (started below the root,
+    then orphaned when its parent died). Zombies (exited, not yet reaped) are not running.
+
+    None where this platform cannot list processes without extra packages (Windows): the caller
+    says that it did not check. Linux reads /proc; other POSIX systems (macOS) ask `ps`.
+    """
+    if sys.platform.startswith("linux"):
+        table = _proc_table(marker)
+    elif os.name == "posix":
+        table = _ps_table()
+    else:
+        return None
+    children: dict[int, list[int]] = {}
+    for process, _ in table.values():
+        children.setdefault(process.parent_pid, []).append(process.pid)
+    found: set[int] = {pid for pid, (_, marked) in table.items() if marked}
+    stack = [root_pid, *found]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    found.discard(root_pid)
+    return [table[pid][0] for pid in sorted(found)]
+
+
+def _proc_table(marker: str | None) -> dict[int, tuple[RunningProcess, bool]]:
+    wanted = f"{RUN_MARKER_VARIABLE}={marker}".encode() if marker else None
+    table: dict[int, tuple[RunningProcess, bool]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_bytes()
+            command = Path(entry.path, "cmdline").read_bytes()
+            marked = False
+            if wanted is not None:
+                try:
+                    marked = wanted in Path(entry.path, "environ").read_bytes().split(b"\0")
+                except PermissionError:  # another user's process: not one this run started
+                    marked = False
+        except (FileNotFoundError, ProcessLookupError):  # it exited while the table was read
+            continue
+        # "pid (name) state ppid ...": the name may hold spaces and parentheses, so split after the last ")".
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):
+            continue
+        text = command.replace(b"\0", b" ").strip().decode(errors="replace")
+        process = RunningProcess(int(entry.name), int(fields[1]), text or stat.split(b" ", 1)[1].decode(errors="replace"))
+        table[process.pid] = (process, marked)
+    return table
+
+
+def _ps_table() -> dict[int, tuple[RunningProcess, bool]]:
+    listing = subprocess.Popen(["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "stat=", "-o", "command="],
+                               stdout=subprocess.PIPE, text=True)
+    out, _ = listing.communicate(timeout=30)
+    table: dict[int, tuple[RunningProcess, bool]] = {}
+    for line in out.splitlines():
+        fields = line.split(None, 3)
+        if len(fields) < 3 or int(fields[0]) == listing.pid or fields[2].startswith("Z"):
+            continue
+        process = RunningProcess(int(fields[0]), int(fields[1]), fields[3] if len(fields) > 3 else "?")
+        table[process.pid] = (process, False)
+    return table
+
+
+def stop_processes(pids: list[int], timeout_seconds: float = 5.0) -> None:
+    """SIGTERM each process, then SIGKILL whichever is still there after `timeout_seconds`; reaps
+    the ones that are this process's own children, so none is left a zombie (POSIX only)."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in alive:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_seconds
+    while any(_alive(pid) for pid in alive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:  # gone already: nothing to stop
+        return
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs: reaped here if it is our child, else asked with signal 0."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (or its Popen reaped it): the system knows
+        done = 0
+    if done == pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    if sys.platform.startswith("linux"):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_bytes()
+        except FileNotFoundError:
+            return False
+        return state[state.rindex(b")") + 2:][:1] not in (b"Z", b"X")  # a zombie has stopped running
+    return True
 
 
 def tiny_htdemucs_repo(folder: Path, name: str = "tiny",

@@ -13,9 +13,12 @@ other ASGI servers use it directly). The wire protocol, all JSON except uploads 
     GET  /v1/jobs/{id}/outputs/{stem}      the stem file; 404 once it has expired
 
 Every `/v1/jobs` route wants `Authorization: Bearer <token>` (FLOWSTATE_SERVER_TOKEN) and answers
-401 otherwise. Errors are the project's shape, `{"ok": false, "error": {"code", "message"}}`, with
-the HTTP status that matches the code (bad_request 400/413/422, forbidden 401/403, not_found 404,
-busy 409, unavailable 503, internal 500).
+401 otherwise. Every route, health included, answers 400 to a request whose Host header names a
+host this server does not serve (DNS rebinding: a web page on evil.example whose name resolves to
+127.0.0.1 must not read it): IP addresses, `localhost` and `server.allowed_hosts` are served.
+Errors are the project's shape, `{"ok": false, "error": {"code", "message"}}`, with the HTTP status
+that matches the code (bad_request 400/413/416/422, forbidden 401/403, not_found 404, busy 409,
+unavailable 503, internal 500); malformed input of any kind is a 4xx, never `internal`.
 
 State: the only state is on disk under `data_dir` — the job queue `jobs.sqlite3` (bridge.jobs's
 durable `JobStore`: a restarted server requeues the jobs it was running), `uploads/<key>/` and
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -45,7 +49,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,7 +58,7 @@ import anyio
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -78,6 +82,16 @@ EVENTS_KEEPALIVE_SECONDS = 15.0
 # from its Content-Length before a byte of it is read.
 _FORM_OVERHEAD_BYTES = 64 * 1024
 _MAX_FIELD_BYTES = 16 * 1024
+# A part's headers (Content-Disposition with its file name, Content-Type): python-multipart refuses
+# lines over about 4 KiB and more than 8 headers; these are the same limits, enforced here for every
+# version of it and named in the error.
+_MAX_PART_HEADER_BYTES = 4096
+_MAX_PART_HEADERS = 8
+# Byte ranges of an output in one request: a stem is fetched whole or resumed, never in pieces.
+_MAX_RANGES = 16
+_RANGE_SPEC = re.compile(r"^(\d{0,18})-(\d{0,18})$")
+# The names a local client reaches this server by; IP literals are always served (see _HostCheck).
+LOOPBACK_NAMES = ("localhost",)
 # Parse the body in pieces of about this size on a worker thread, so file writes never run on the loop.
 _PARSE_BATCH_BYTES = 1024 * 1024
 _COUNT_LIMIT = 100_000
@@ -199,7 +213,7 @@ class _Server:
             return self.get_store().get(job_id)
         except NotFound:
             where = f" (instance {self.instance_id})" if self.instance_id else ""
-            raise NotFound(f"job {job_id!r} is not known on this server{where}; a job lives on the instance "
+            raise NotFound(f"job {_clip(job_id)!r} is not known on this server{where}; a job lives on the instance "
                            "that created it") from None
 
     def get_runner(self) -> JobRunner:
@@ -242,22 +256,25 @@ class _Server:
             "instance": self.instance_id,
         }
 
-    def output_file(self, job_id: str, name: str) -> tuple[Path, str]:
+    def output_file(self, job_id: str, name: str) -> tuple[Path, str, int]:
+        """The output's path, format and size in bytes; NotFound once the janitor removed it."""
         job = self.job(job_id)
         if job.state != "done":
             raise Busy(f"job {job_id} is {job.state}; its outputs can be fetched once it is done")
         files: dict[str, str] = (job.result or {}).get("files", {})
         if name not in files:
-            raise NotFound(f"job {job_id} has no output {name!r}; it has {', '.join(sorted(files)) or 'none'}")
+            raise NotFound(f"job {job_id} has no output {_clip(name)!r}; it has {', '.join(sorted(files)) or 'none'}")
         path = Path(os.path.realpath(self.data_dir / files[name]))
         if self.outputs not in path.parents:  # a tampered database must not serve the whole disk
             raise NotFound(f"job {job_id}: output {name!r} lies outside this server's outputs folder")
-        if not path.is_file():
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
             raise NotFound(
                 f"job {job_id}: output {name!r} has expired (outputs are kept "
                 f"{self.retention_seconds / 3600:g} h after they are written); submit the job again"
-            )
-        return path, (job.result or {}).get("format", path.suffix.lstrip("."))
+            ) from None
+        return path, (job.result or {}).get("format", path.suffix.lstrip(".")), size
 
     # -- uploads -----------------------------------------------------------------------------------
 
@@ -411,12 +428,13 @@ class _Form:
 
     def __init__(self, content_type: str, folder: Path, max_file_bytes: int,
                  too_large: Callable[[str], PayloadTooLarge]) -> None:
+        from python_multipart.exceptions import FormParserError
         from python_multipart.multipart import MultipartParser, parse_options_header
 
         kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
-            raise BadRequest(f"expected a multipart/form-data body with a boundary, got Content-Type {content_type!r}")
+            raise BadRequest(f"expected a multipart/form-data body with a boundary, got Content-Type {_clip(content_type)!r}")
         self.fields: dict[str, str] = {}
         self.path: Path | None = None
         self.file_bytes = 0
@@ -424,31 +442,48 @@ class _Form:
         self._max_file_bytes = max_file_bytes
         self._too_large = too_large
         self._headers: dict[bytes, bytes] = {}
+        self._header_count = 0
         self._header_name = b""
         self._header_value = b""
         self._name = ""
         self._buffer = bytearray()
         self._file: Any = None
         self._ended = False
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._on_part_begin,
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-            "on_part_data": self._on_part_data,
-            "on_part_end": self._on_part_end,
-            "on_end": self._on_end,
-        })
+        try:
+            self._parser = MultipartParser(boundary, {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            })
+        except FormParserError as err:  # e.g. a boundary longer than the parser takes
+            raise BadRequest(f"Content-Type: unusable multipart boundary ({err})") from None
 
     def write(self, data: bytes) -> None:
-        if data:
+        """Parse the next bytes. The parser's own errors (a malformed body or a part's headers over
+        its limits) become 400/413 naming the problem: they are the client's, not the server's."""
+        if not data:
+            return
+        from python_multipart.exceptions import FormParserError
+
+        try:
             self._parser.write(data)
+        except FormParserError as err:
+            raise self._malformed(err) from None
 
     def finish(self, data: bytes) -> None:
         """Parse the last bytes; the body must have ended with the closing boundary."""
+        from python_multipart.exceptions import FormParserError
+
         self.write(data)
-        self._parser.finalize()
+        try:
+            self._parser.finalize()
+        except FormParserError as err:
+            raise self._malformed(err) from None
         if not self._ended:
             raise BadRequest("the multipart body ended early (no closing boundary); was the upload cut off?")
         if self.path is not None:
@@ -461,18 +496,34 @@ class _Form:
             self._file.close()
             self._file = None
 
+    def _malformed(self, err: Exception) -> BadRequest:
+        if "header" in str(err).lower() and "maximum" in str(err).lower():
+            return _headers_too_large()
+        return BadRequest(f"the multipart body is malformed ({err}); send it as a multipart/form-data "
+                          "form with the fields file, task, params and request_id")
+
     def _on_part_begin(self) -> None:
         self._headers = {}
+        self._header_count = 0
         self._name = ""
         self._buffer = bytearray()
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
+        self._check_header_size()
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._check_header_size()
+
+    def _check_header_size(self) -> None:
+        if len(self._header_name) + len(self._header_value) > _MAX_PART_HEADER_BYTES:
+            raise _headers_too_large()
 
     def _on_header_end(self) -> None:
+        self._header_count += 1
+        if self._header_count > _MAX_PART_HEADERS:
+            raise _headers_too_large()
         self._headers[self._header_name.strip().lower()] = self._header_value.strip()
         self._header_name = self._header_value = b""
 
@@ -488,7 +539,9 @@ class _Form:
             self._file = self.path.open("wb")
         elif self._name not in self._FIELDS:
             known = ", ".join(("file", *self._FIELDS))
-            raise BadRequest(f"unknown form field {self._name!r}; expected {known}")
+            raise BadRequest(f"unknown form field {_clip(self._name)!r}; expected {known}")
+        elif self._name in self.fields:
+            raise BadRequest(f"{self._name}: sent twice; send each form field once")
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file is not None:
@@ -515,10 +568,28 @@ class _Form:
         self._ended = True
 
 
+def _headers_too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"a part of the multipart body has a header line over {_MAX_PART_HEADER_BYTES} bytes or more than "
+        f"{_MAX_PART_HEADERS} headers (the server's limits for a part's headers); send a shorter file name"
+    )
+
+
+# Names Windows reserves in every folder (with any suffix): a server on Windows must not open them.
+_RESERVED_NAMES = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+
+
 def _safe_filename(raw: str) -> str:
     """The client's file name, reduced to a harmless base name (the suffix helps libsndfile)."""
     name = re.sub(r"[^\w\-. ]+", "_", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip(" .")[:100]
+    if _RESERVED_NAMES.match(name):
+        name = f"_{name}"
     return name or "input"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A client's string as an error message may quote it: bounded, so an answer stays small."""
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 class _Janitor:
@@ -579,9 +650,13 @@ def _newest_mtime(folder: Path) -> float:
 
 
 def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int, *,
-               retention_seconds: float = DEFAULT_RETENTION_SECONDS, instance_id: str | None = None) -> FastAPI:
+               retention_seconds: float = DEFAULT_RETENTION_SECONDS, instance_id: str | None = None,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """The self-hosted tier as an ASGI app. The job store opens and the workers start when the app
-    starts (its lifespan), and stop when it stops; nothing happens before that."""
+    starts (its lifespan), and stop when it stops; nothing happens before that.
+
+    `allowed_hosts`: the host names served besides IP addresses and `localhost` (None: the config's
+    `server.allowed_hosts`); any other Host header is answered 400 (see `_HostCheck`)."""
     if not token or not token.strip():
         raise StartupError("the self-hosted server needs a token: set FLOWSTATE_SERVER_TOKEN")
     if max_upload_bytes < 1:
@@ -600,6 +675,10 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
 
     app = FastAPI(title="Flowstate self-hosted tier", version=__version__, lifespan=lifespan)
     app.state.server = server
+    names = [*LOOPBACK_NAMES, *(config.server.allowed_hosts if allowed_hosts is None else allowed_hosts)]
+    app.add_middleware(_HostCheck, names=names)
+    if "*" in names:
+        log.warning("server.allowed_hosts has '*': any Host header is served (no DNS rebinding guard)")
     _add_error_handlers(app)
 
     @app.get("/v1/health")
@@ -643,13 +722,105 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
         return server.view(server.get_runner().cancel(job_id))
 
     @jobs.get("/{job_id}/outputs/{name}")
-    def get_output(job_id: str, name: str) -> FileResponse:
-        path, fmt = server.output_file(job_id, name)
+    def get_output(job_id: str, name: str, request: Request) -> Response:
+        path, fmt, size = server.output_file(job_id, name)
+        # Checked here so that a bad Range gets the project's error shape, not Starlette's plain text.
+        refused = _check_range(request.headers.get("range"), size)
+        if refused is not None:
+            log.warning("GET %s: %d: %s", request.url.path, refused.status_code, refused.body.decode())
+            return refused
         return FileResponse(path, media_type=_MEDIA_TYPES.get(fmt, "application/octet-stream"),
                             filename=f"{name}.{fmt}")
 
     app.include_router(jobs)
     return app
+
+
+def _check_range(header: str | None, size: int) -> JSONResponse | None:
+    """None when `header` is absent or a range Starlette's FileResponse can serve; otherwise the
+    answer: 400 for a malformed Range, 416 (with `Content-Range: bytes */size`) for one past the end.
+    Stricter than FileResponse (which skips specs it cannot read), so it never answers on its own."""
+    if header is None:
+        return None
+    expected = "expected 'bytes=START-END', 'bytes=START-' or 'bytes=-SUFFIX_LENGTH'"
+    units, equals, specs = header.partition("=")
+    if not equals or units.strip().lower() != "bytes":
+        return JSONResponse(error_body("bad_request", f"Range: {_clip(header)!r} is not a byte range; {expected}"),
+                            status_code=400)
+    parts = [part.strip() for part in specs.split(",")]
+    if len(parts) > _MAX_RANGES:
+        return JSONResponse(error_body("bad_request", f"Range: {len(parts)} ranges; at most {_MAX_RANGES} in one "
+                                       "request (fetch the whole file, or one range at a time)"), status_code=400)
+    for part in parts:
+        match = _RANGE_SPEC.match(part)
+        if match is None or not any(match.groups()):
+            return JSONResponse(error_body("bad_request", f"Range: {_clip(part)!r} is not a byte range; {expected}"),
+                                status_code=400)
+        first, last = match.groups()
+        start = int(first) if first else max(size - int(last), 0)
+        end = (int(last) + 1 if last and int(last) < size else size) if first else size
+        if not 0 <= start < size:
+            return JSONResponse(
+                error_body("bad_request", f"Range: {part!r} starts at or past the end of the file ({size} bytes)"),
+                status_code=416, headers={"Content-Range": f"bytes */{size}"},
+            )
+        if start >= end:
+            return JSONResponse(error_body("bad_request", f"Range: {part!r} ends before it starts; {expected}"),
+                                status_code=400)
+    return None
+
+
+class _HostCheck:
+    """ASGI middleware: answer 400 to a request whose Host header names a host this server does not
+    serve, before any route runs.
+
+    Why: DNS rebinding. A page on evil.example whose name is made to resolve to 127.0.0.1 (or to
+    this machine's LAN address) is same-origin with this server for the browser, which sends
+    `Host: evil.example`; without this check the page could read `/v1/health` (and, with a leaked
+    token, the jobs). IP literals are always served: a browser sends one only for a page loaded
+    from that very address, which is this server. A request without Host (HTTP/1.0, some health
+    checkers) is served too: browsers always send one. Names: `localhost`, the bind host and
+    `server.allowed_hosts` (exact, or `*.example.net` for subdomains, or `*` for any)."""
+
+    def __init__(self, app: Any, names: Sequence[str]) -> None:
+        self.app = app
+        self._exact = {name.lower().rstrip(".") for name in names if not name.startswith("*")}
+        self._suffixes = tuple(name.lower()[1:].rstrip(".") for name in names if name.startswith("*."))
+        self._any = "*" in names
+        self._names = sorted(self._exact) + [f"*{suffix}" for suffix in self._suffixes]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self._any:
+            raw = next((value for key, value in scope["headers"] if key == b"host"), None)
+            if raw is not None and not self.serves(raw.decode("latin-1")):
+                host = _clip(raw.decode("latin-1"), 100)
+                message = (f"Host {host!r} is not a name this server answers to (a guard against DNS rebinding); it "
+                           f"answers to IP addresses and {', '.join(self._names)}: add the name to server.allowed_hosts "
+                           "(FLOWSTATE_SERVER_ALLOWED_HOSTS) on the server")
+                log.warning("%s %s: 400: refused Host %r", scope.get("method", "?"), scope.get("path", "?"), host)
+                await JSONResponse(error_body("bad_request", message), status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def serves(self, host: str) -> bool:
+        """Whether `host` (a Host header: name or IP, optional port, IPv6 in brackets) is served."""
+        host = host.strip().lower()
+        if host.startswith("["):
+            literal, bracket, rest = host[1:].partition("]")
+            return bool(bracket) and (not rest or rest.startswith(":")) and _is_ip(literal)
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if _is_ip(name):
+            return ":" not in name  # a bare IPv6 address without brackets is not a valid Host
+        name = name.rstrip(".")
+        return name in self._exact or any(name.endswith(suffix) for suffix in self._suffixes)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -661,7 +832,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         else:
             log.warning("%s %s: %s: %s", request.method, request.url.path, err.code, err.message)
         # Connection: close after a refused upload: the rest of its body is not read.
-        headers = {"Connection": "close"} if status == 413 else None
+        refused_upload = status == 413 or (request.method == "POST" and request.url.path == "/v1/jobs")
+        headers = {"Connection": "close"} if refused_upload else None
         return JSONResponse(error_body(err.code, err.message), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -737,8 +909,10 @@ def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
         )
     if len(token) < 16:
         log.warning("FLOWSTATE_SERVER_TOKEN is only %d characters; use 32 or more on a public address", len(token))
+    # The bind host is a name this server is reached by (when it is a name, e.g. a LAN host name).
+    names = [*config.server.allowed_hosts, *([] if _is_ip(host) else [host])]
     app = create_app(config, data_dir or default_data_dir(config), token, max_upload_bytes,
-                     retention_seconds=retention_seconds, instance_id=instance_id)
+                     retention_seconds=retention_seconds, instance_id=instance_id, allowed_hosts=names)
     sock = _listen(host, port)
     state: _Server = app.state.server
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.tcp_client import SimpleTCPClient
 from pythonosc.udp_client import SimpleUDPClient
 
-from bridge.testing import DaemonProcess
+from bridge.testing import RUN_MARKER_VARIABLE, DaemonProcess, processes_started_by, stop_processes
 
 # No model hub at test time: weights come from packages and tiny models built in the tests.
 # Daemons the tests start inherit this, so a hub name fails at once instead of retrying.
@@ -21,6 +23,46 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPLY_TIMEOUT = 5.0
+
+
+# -- nothing left running ------------------------------------------------------------------------
+
+# pid -> the test module after which the process was first found still running.
+_LEFT_AFTER: dict[int, str] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_running() -> Iterator[str | None]:
+    """Fail the run when a process a test started (a daemon, a server, jackd, any child or
+    grandchild of this pytest, or an orphan that inherited this run's mark) is still running at
+    the end, naming each one and the module it was left over from; then stop them all, so a
+    failed run leaves nothing behind either. Yields this run's mark (None: not checked here)."""
+    marker = uuid.uuid4().hex
+    os.environ[RUN_MARKER_VARIABLE] = marker  # inherited by every process started from now on
+    if processes_started_by(os.getpid(), marker) is None:
+        warnings.warn("leftover processes are not checked on this platform (no /proc and no ps)", stacklevel=1)
+        yield None
+        return
+    yield marker
+    left = processes_started_by(os.getpid(), marker) or []
+    if not left:
+        return
+    stop_processes([process.pid for process in left])
+    lines = "\n".join(f"  pid {p.pid} (parent {p.parent_pid}), left over after {_LEFT_AFTER.get(p.pid, 'the last module')}: "
+                      f"{p.command[:300]}" for p in left)
+    pytest.fail(f"{len(left)} process(es) started by the tests were still running at the end of the run "
+                f"(now stopped):\n{lines}", pytrace=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def note_processes_left_by_module(request: pytest.FixtureRequest, no_process_left_running: str | None) -> Iterator[None]:
+    """After each module (its fixtures stopped), note the processes still running, so that the
+    session's check can say which module left each one behind."""
+    yield
+    if no_process_left_running is None:
+        return
+    for process in processes_started_by(os.getpid(), no_process_left_running) or []:
+        _LEFT_AFTER.setdefault(process.pid, request.node.nodeid)
 
 
 @pytest.fixture(scope="module")
@@ -171,16 +213,16 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
             ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", "48000", "-p", "256", "-C", "2", "-P", "10"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
-    ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True)
-    if ready.returncode != 0:
-        process.kill()
-        pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
-    server = JackServer(name, process, 48000, 256)
     try:
-        yield server
+        ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True, timeout=60)
+        if ready.returncode != 0:
+            pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
+        yield JackServer(name, process, 48000, 256)
     finally:
+        # Whatever happened (jack_wait missing or failing, a test error), jackd stops with the module.
         process.terminate()
         try:
             process.wait(5)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(5)

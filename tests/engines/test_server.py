@@ -40,6 +40,8 @@ ENTRY = (
     "max_upload_bytes=int(sys.argv[4]), instance_id=sys.argv[5])"
 )
 INSTANCE = "machine-0123"
+# A name the test server is configured to answer to (server.allowed_hosts), as a deployment's would be.
+SERVED_NAME = "stems.example.test"
 
 
 class ServerProcess:
@@ -55,6 +57,7 @@ class ServerProcess:
             "models": {"demucs_repo": str(repo)},
             # Short segments: the tiny model's attention grows with the window (see bridge.testing).
             "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, "segment_seconds": 0.5},
+            "server": {"allowed_hosts": [SERVED_NAME]},
         }
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -269,6 +272,93 @@ def test_bad_uploads_are_400_naming_what_is_wrong(server: ServerProcess, tmp_pat
     assert expected in body["error"]["message"]
 
 
+def multipart(*parts: tuple[bytes, bytes], boundary: str = "flowstate-test-boundary", end: bool = True) -> bytes:
+    """A multipart/form-data body from (headers, content) pairs, written by hand so that it can be wrong."""
+    body = b"".join(f"--{boundary}\r\n".encode() + headers + b"\r\n\r\n" + content + b"\r\n"
+                    for headers, content in parts)
+    return body + (f"--{boundary}--\r\n".encode() if end else b"")
+
+
+def disposition(name: str, filename: str | None = None) -> bytes:
+    return (f'Content-Disposition: form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")).encode()
+
+
+TASK = (disposition("task"), b"stems")
+RIFF = b"RIFF" + b"\0" * 64
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        (multipart((disposition("task") + b"\r\nX-Padding: " + b"a" * 200_000, b"stems")), 413, "4096 bytes"),
+        (multipart(TASK, (disposition("file", "a" * 5000 + ".wav"), RIFF)), 413, "4096 bytes"),
+        (multipart((disposition("task") + b"".join(b"\r\nX-%d: v" % i for i in range(50)), b"stems")), 413,
+         "more than 8 headers"),
+        (multipart((b"garbage-without-a-colon", b"stems")), 400, "multipart body is malformed"),
+        (b"\x00\x01\x02" * 100, 400, "multipart body is malformed"),
+        (multipart(TASK, TASK, (disposition("file", "a.wav"), RIFF)), 400, "task: sent twice"),
+        (multipart((disposition("x" * 3000), b"1")), 400, "unknown form field"),
+    ],
+    ids=["huge-part-header", "long-file-name", "many-part-headers", "bad-header-line", "garbage", "field-twice",
+         "long-field-name"],
+)
+def test_malformed_multipart_is_4xx_naming_the_problem(server: ServerProcess, body: bytes, status: int,
+                                                       expected: str) -> None:
+    response = httpx.post(f"{server.url}/v1/jobs", content=body, timeout=30, headers={
+        **auth(), "Content-Type": "multipart/form-data; boundary=flowstate-test-boundary"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == "bad_request" and expected in error["message"], error
+    assert len(response.content) < 2048  # what the client sent is quoted briefly, not echoed back
+    assert httpx.get(f"{server.url}/v1/health", timeout=5).json()["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        (b"multipart/form-data; boundary=" + b"b" * 300, "boundary"),
+        (b"multipart/form-data; boundary=\xe9\xff", "multipart body is malformed"),
+        (b"application/json", "expected a multipart/form-data body"),
+    ],
+    ids=["boundary-too-long", "boundary-not-ascii", "not-multipart"],
+)
+def test_an_unusable_content_type_is_400(server: ServerProcess, content_type: bytes, expected: str) -> None:
+    response = httpx.post(f"{server.url}/v1/jobs", content=multipart(TASK), timeout=30,
+                          headers={**auth(), "Content-Type": content_type})  # type: ignore[dict-item]
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["error"]["message"]
+
+
+def test_a_long_job_id_is_404_quoted_briefly(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.url}/v1/jobs/{'a' * 5000}", headers=auth(), timeout=5)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert len(response.content) < 1024
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example", f"evil.example:{{port}}", "127.0.0.1.evil.example", "localhost.evil.example",
+             "\xff\xfe"],
+    ids=["name", "name-and-port", "ip-prefix", "localhost-prefix", "not-ascii"],
+)
+@pytest.mark.parametrize("path", ["/v1/health", "/v1/jobs/0123456789ab"], ids=["health", "job"])
+def test_a_host_header_the_server_does_not_serve_is_400(server: ServerProcess, host: str, path: str) -> None:
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends `Host: evil.example`."""
+    host = host.format(port=server.port)
+    response = httpx.get(f"{server.url}{path}", headers={**auth(), "Host": host.encode("latin-1")}, timeout=5)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "bad_request"
+    assert "server.allowed_hosts" in error["message"] and SERVED_NAME in error["message"]
+    assert "version" not in response.text and "instance" not in response.text  # nothing of the server leaks
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LocalHost", "[::1]:{port}", "10.1.2.3",
+                                  SERVED_NAME, f"{SERVED_NAME.upper()}:{{port}}"])
+def test_ip_addresses_localhost_and_allowed_names_are_served(server: ServerProcess, host: str) -> None:
+    response = httpx.get(f"{server.url}/v1/health", headers={"Host": host.format(port=server.port)}, timeout=5)
+    assert response.status_code == 200, response.text
+
+
 # -- jobs ----------------------------------------------------------------------------------------
 
 
@@ -370,6 +460,49 @@ def test_outputs_download_and_unknown_outputs_are_404(server: ServerProcess, tmp
     assert missing.status_code == 404 and "kazoo" in missing.json()["error"]["message"]
 
 
+@pytest.fixture(scope="module")
+def finished(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One job done on the module's server, for tests that fetch its outputs."""
+    source = write_audio(tmp_path_factory.mktemp("finished") / "f.wav", 0.3, seed=17)
+    job = wait_finished(server, submit(server, source, {"format": "wav"}).json()["id"])
+    assert job["state"] == "done", job
+    return job
+
+
+@pytest.mark.parametrize(
+    ("value", "status", "expected"),
+    [
+        ("bytes=abc", 400, "not a byte range"),
+        ("items=0-1", 400, "not a byte range"),
+        ("bytes=5-2", 400, "ends before it starts"),
+        ("bytes=" + "9" * 5000 + "-", 400, "not a byte range"),
+        ("bytes=" + ",".join(f"{i}-{i}" for i in range(100)), 400, "at most 16"),
+        ("bytes=999999999-", 416, "past the end of the file"),
+        ("bytes=-0", 416, "past the end of the file"),
+    ],
+    ids=["not-numbers", "not-bytes", "backwards", "huge-number", "too-many", "past-the-end", "empty-suffix"],
+)
+def test_a_bad_range_on_an_output_is_a_structured_4xx(server: ServerProcess, finished: dict[str, Any], value: str,
+                                                      status: int, expected: str) -> None:
+    url = f"{server.url}{finished['result']['outputs']['vocals']}"
+    response = httpx.get(url, headers={**auth(), "Range": value}, timeout=10)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == "bad_request" and expected in error["message"], error
+    size = len(httpx.get(url, headers=auth(), timeout=10).content)
+    if status == 416:
+        assert response.headers["content-range"] == f"bytes */{size}"
+
+
+def test_a_good_range_on_an_output_is_served(server: ServerProcess, finished: dict[str, Any]) -> None:
+    url = f"{server.url}{finished['result']['outputs']['vocals']}"
+    whole = httpx.get(url, headers=auth(), timeout=10).content
+    part = httpx.get(url, headers={**auth(), "Range": "bytes=4-11"}, timeout=10)
+    assert part.status_code == 206 and part.content == whole[4:12]
+    tail = httpx.get(url, headers={**auth(), "Range": "bytes=-4"}, timeout=10)
+    assert tail.status_code == 206 and tail.content == whole[-4:]
+
+
 def test_the_events_stream_ends_in_done(server: ServerProcess, tmp_path: Path) -> None:
     created = submit(server, write_audio(tmp_path / "e.wav", 1.0, seed=11))
     assert created.status_code == 201
@@ -428,7 +561,7 @@ def test_uploads_go_when_their_job_ends_and_outputs_expire(tmp_path: Path, repo:
     data = tmp_path / "data"
     app = create_app(config, data, TOKEN, MAX_UPLOAD_BYTES, retention_seconds=1.0)
     source = write_audio(tmp_path / "x.wav", 0.3)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # a name the server answers to
         created = client.post("/v1/jobs", headers=auth(), data={"task": "stems"},
                               files={"file": ("x.wav", source.read_bytes(), "audio/wav")})
         assert created.status_code == 201, created.text
@@ -446,7 +579,10 @@ def test_uploads_go_when_their_job_ends_and_outputs_expire(tmp_path: Path, repo:
             assert time.monotonic() < deadline, "the output never expired"
             time.sleep(0.2)
         assert "expired" in expired.json()["error"]["message"]
-        assert list((data / "uploads").iterdir()) == [] and list((data / "outputs").iterdir()) == []
+        # The janitor removes a job's folder file by file: the stem can be gone before its folder.
+        while list((data / "uploads").iterdir()) or list((data / "outputs").iterdir()):
+            assert time.monotonic() < deadline, "the job's folders were never removed"
+            time.sleep(0.05)
         assert client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["state"] == "done"  # the job stays
 
 
