@@ -435,3 +435,25 @@ def test_a_reply_too_large_for_udp_says_how_to_get_it() -> None:
         finally:
             udp.close()
             tcp.close()
+
+
+def test_a_client_that_never_reads_is_disconnected_above_the_write_bound() -> None:
+    """Back-pressure off (pause above the hard bound): the hard bound alone closes the connection."""
+    from bridge.testing import DaemonProcess
+
+    overrides = {"osc": {"tcp_pause_write_bytes": 16 * 1_048_576, "tcp_max_write_bytes": 65536}}
+    with DaemonProcess(overrides) as process:
+        sink = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sink.connect(process.osc_tcp)
+        udp = OscUdp(process.osc_udp)
+        try:
+            sink.sendall(slip.encode(_message("/flow/commands")) * 200)  # about 3 MB of replies
+            deadline = time.monotonic() + 30
+            while "closing the connection" not in process.log():
+                assert time.monotonic() < deadline, "the daemon kept buffering for a client that does not read"
+                assert udp.request("/flow/ping").params[0] == "pong"  # everyone else is served meanwhile
+            assert "osc.tcp_max_write_bytes (65536)" in process.log()
+        finally:
+            sink.close()
+            udp.close()
