@@ -82,6 +82,24 @@
             },
             {
                 "box": {
+                    "id": "obj-37",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        "bang"
+                    ],
+                    "patching_rect": [
+                        90.0,
+                        40.0,
+                        75.0,
+                        22.0
+                    ],
+                    "text": "metro 60000"
+                }
+            },
+            {
+                "box": {
                     "id": "obj-4",
                     "maxclass": "message",
                     "numinlets": 2,
@@ -144,9 +162,9 @@
                         320.0,
                         70.0,
                         320.0,
-                        20.0
+                        34.0
                     ],
-                    "text": "on load: ask for events on port 9012; on close: stop them"
+                    "text": "on load, then every minute: ask for events on port 9012 (listeners expire after daemon.listener_ttl_seconds); on close: stop them"
                 }
             },
             {
@@ -858,7 +876,7 @@
                         0
                     ],
                     "destination": [
-                        "obj-4",
+                        "obj-37",
                         0
                     ]
                 }
@@ -1243,6 +1261,18 @@
                     ],
                     "destination": [
                         "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-37",
+                        0
+                    ],
+                    "destination": [
+                        "obj-4",
                         0
                     ]
                 }

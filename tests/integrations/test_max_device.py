@@ -94,6 +94,11 @@ class SendPath:
             self._out(box_id, 0, out)
         elif words[0] == "prepend":
             self._out(box_id, 0, [atom(w) for w in words[1:]] + message)
+        elif words[0] == "metro":
+            # Cycling '74's metro reference: a bang in the left inlet starts it, and it bangs at once
+            # (then every interval, which `metro_period_ms` reads off the box).
+            if inlet == 0:
+                self._out(box_id, 0, ["bang"])
         elif words[0] == "conformpath":
             self._out(box_id, 0, message)  # the sample path is already native
         elif words[0] == "udpsend":
@@ -168,6 +173,22 @@ def test_it_sends_to_the_daemons_default_port_and_registers_the_port_it_receives
     messages = device_messages()
     assert messages[0].address == "/flow/register" and messages[0].args == (receive_ports[0],)
     assert messages[-1].address == "/flow/unregister" and messages[-1].args == (receive_ports[0],)
+
+
+def test_it_registers_again_well_within_the_listener_expiry() -> None:
+    """Listeners expire after daemon.listener_ttl_seconds: the device must renew before that, even
+    when the daemon was started (or restarted) after Live loaded it."""
+    patcher = load_patch()
+    boxes = boxes_by_id(patcher)
+    links = cords(patcher)
+    register = next(box for box in boxes.values() if box.get("text", "").startswith("/flow/register "))
+    feeding = [boxes[source] for source, _, destination, _ in links if destination == register["id"]]
+    metros = [box for box in feeding if box.get("text", "").split()[0] == "metro"]
+    assert len(metros) == 1, "the register message is not driven by a metro"
+    period_seconds = float(metros[0]["text"].split()[1]) / 1000
+    loadbang = next(box for box in boxes.values() if box.get("text") == "loadbang")
+    assert (loadbang["id"], 0, metros[0]["id"], 0) in links, "the metro is not started at load"
+    assert period_seconds <= Config().daemon.listener_ttl_seconds / 3
 
 
 def test_every_message_is_a_registry_command_whose_arguments_bind() -> None:
