@@ -29,7 +29,7 @@ import secrets
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bridge.errors import BadRequest, Forbidden
 
@@ -129,6 +129,24 @@ def too_long(err: OSError) -> bool:
 def _name_too_long(command: str, where: str, err: OSError) -> BadRequest:
     return BadRequest(f"{command}: {where}: a name or path is too long for this file system ({err.strerror}); "
                       "use shorter names (paths.max_name_bytes, paths.max_path_chars)")
+
+
+def audio_writer(frames: Any, sample_rate: int, subtype: str, fmt: str) -> Callable[[BinaryIO], None]:
+    """A `Folder.write_atomic` writer of audio `(frames, channels)` (or mono `(frames,)`) with libsndfile.
+
+    libsndfile gets the descriptor itself (`sf_open_fd`), not a Python file object: no name is
+    resolved, and it writes as fast as to a path (a file object's callbacks cost about 20 %).
+    """
+
+    def write(file: BinaryIO) -> None:
+        import soundfile
+
+        channels = 1 if frames.ndim == 1 else int(frames.shape[1])
+        with soundfile.SoundFile(file.fileno(), "w", sample_rate, channels, subtype, format=fmt.upper(),
+                                 closefd=False) as out:
+            out.write(frames)
+
+    return write
 
 
 # -- partial files -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 from bridge.config import Config
 from bridge.daw import DawState, bars_to_seconds
 from bridge.errors import BadRequest, BridgeError, Unavailable
-from bridge.files import check_name
+from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
 from bridge.router import deadline_class
@@ -334,9 +334,5 @@ def _rounded(value: float) -> float | None:
 
 
 def _writer(audio: np.ndarray, sample_rate: int, subtype: str) -> Callable[[BinaryIO], None]:
-    import soundfile
-
-    def write(file: BinaryIO) -> None:
-        soundfile.write(file, audio.T, sample_rate, subtype=subtype, format="WAV")
-
-    return write
+    # To the descriptor opened in the checked folder: libsndfile never resolves a name.
+    return audio_writer(np.ascontiguousarray(audio.T), sample_rate, subtype, "wav")

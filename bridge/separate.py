@@ -16,7 +16,7 @@ import numpy as np
 
 from bridge.config import Config
 from bridge.errors import BadRequest
-from bridge.files import safe_name
+from bridge.files import audio_writer, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
@@ -243,10 +243,5 @@ def _fit(separated: np.ndarray, audio: np.ndarray) -> np.ndarray:
 
 
 def _writer(data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> Callable[[BinaryIO], None]:
-    import soundfile
-
-    def write(file: BinaryIO) -> None:
-        # To the descriptor opened in the checked folder: libsndfile never resolves a name.
-        soundfile.write(file, data.T, sample_rate, subtype=subtype, format=fmt.upper())
-
-    return write
+    # To the descriptor opened in the checked folder: libsndfile never resolves a name.
+    return audio_writer(data.T, sample_rate, subtype, fmt)

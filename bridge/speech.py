@@ -12,13 +12,13 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bridge.config import Config
 from bridge.errors import BadRequest, Unavailable
-from bridge.files import check_name
+from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
@@ -133,7 +133,8 @@ class SpeechJob(EngineJob):
         with self.paths.open_dir(out_dir, "out_dir", KIND, register=ctx.register_output) as folder:
             folder.remove_partials()  # leftovers of an attempt that crashed mid-write
             target = ctx.register_output(folder.path / file_name, folder.anchor)
-            folder.write_atomic(file_name, lambda file: _write_wav(file, audio, args["sample_rate"]))
+            # To the descriptor opened in the checked folder: libsndfile never resolves a name.
+            folder.write_atomic(file_name, audio_writer(np.clip(audio, -1.0, 1.0), args["sample_rate"], "PCM_24", "wav"))
         ctx.progress(1.0, stage="writing")
         return {
             "path": str(target),
@@ -192,9 +193,3 @@ class SpeechJob(EngineJob):
         about = {"voice": str(result.details.get("model") or tier_name), "voice_source": tier_name,
                  "speed": 1.0}  # MeloTTS takes no speed: the cloud tier speaks at its own pace
         return (data.mean(axis=1), int(rate), about), result.cost_usd
-
-
-def _write_wav(file: BinaryIO, audio: np.ndarray, sample_rate: int) -> None:
-    import soundfile
-
-    soundfile.write(file, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_24", format="WAV")
