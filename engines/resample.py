@@ -65,7 +65,8 @@ class ResamplePlan:
     """How `resample` converts `rate_in` to `rate_out`, and what it allocates for the filter.
 
     `filter_bytes` is the most memory the method holds for its filter and work buffers at once
-    (the julius kernel, or the sinc table plus one chunk's buffers); the signal itself comes on top.
+    (the julius kernel, the polyphase filter and its transposed copy, or the sinc table plus one
+    chunk of work buffers); the signal itself comes on top.
     """
 
     rate_in: int
