@@ -63,9 +63,9 @@ LOOKAHEAD_RANGE = (0.1, 4.0)
 CROSSFADE_RANGE_MS = (0.0, 100.0)
 SAMPLE_RATE_RANGE = (8000, 192000)
 # The streaming resampler's filter matrix is `up x (down + taps)` for the reduced ratio up/down of
-# the device and model rates: a ratio whose terms are at most this keeps it under ~2 M coefficients
-# (15 MiB while it is built). Every standard rate against 44.1 kHz has terms of at most 640; a rate
-# coprime with 44100 (44101) would need 44100 x 44135 (14.5 GiB).
+# the device and model rates: a ratio whose terms are at most this keeps it under ~1 M coefficients
+# (8 MB of float64 while it is built). Every standard rate against 44.1 kHz has terms of at most
+# 640; a rate coprime with 44100 (44101) would need 44100 x 44135 (14.5 GiB).
 MAX_RATIO_TERMS = 1000
 HTDEMUCS_RATE = 44100  # the rate of every released HTDemucs; checked against the loaded model too
 PRECISIONS = ("float32", "float16", "bfloat16")
@@ -163,7 +163,7 @@ class StreamingResampler:
 
     Memory: the matrix has `matrix_shape(...)` coefficients, about up x (down + 2 * zeros * max(1,
     down / up)); the constructor refuses (`BadRequest`, before allocating anything) a ratio whose
-    terms exceed `max_terms`, so with the default 1000 the matrix stays under ~2 M coefficients.
+    terms exceed `max_terms`, so with the default 1000 the matrix stays under ~1 M coefficients.
     """
 
     def __init__(self, rate_in: int, rate_out: int, channels: int, *, max_input: int = PIECE_FRAMES,

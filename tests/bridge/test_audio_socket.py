@@ -31,7 +31,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         "models": {"demucs_repo": str(repo)},
         "stream": {"model": "tiny", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.25},
         "zmq": {"audio_max_header_bytes": HEADER_BYTES, "audio_max_block_frames": BLOCK_FRAMES},
-    }).start()
+    }).start(timeout_seconds=60)  # a loaded machine can take longer than the default 20 s
     try:
         yield process
     finally:

@@ -30,7 +30,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         "models": {"demucs_repo": str(repo)},
         "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1},
         "stream": {"model": "tiny", "engine_device": "cpu", "threads": 1},
-    }).start()
+    }).start(timeout_seconds=60)  # a loaded machine can take longer than the default 20 s
     try:
         yield process
     finally:
