@@ -37,7 +37,12 @@ mostly page faults on the allocator's freshly mapped memory); the ratio daemon/d
 best (`ratio_direct_min`); daemon/cli. The load average printed per run tells a quiet machine (about
 `--threads`, this benchmark's own) from a shared one.
 
+The daemon's resident memory after each job (once the worker has handed freed memory back) and its
+peak are reported too; `--malloc-tuning off` runs the daemon with the C library's defaults, for
+comparing what the tuning costs in memory against what it saves in time.
+
     .venv/bin/python bench/separate.py [--seconds S] [--repeat N] [--threads N] [--tiny] [--no-cli]
+                                       [--malloc-tuning on|off]
 
 The last line of output is one JSON object with every figure.
 """
@@ -164,6 +169,32 @@ def process_cpu_seconds(pid: int) -> tuple[float, float] | None:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def process_memory_mb(pid: int) -> tuple[float, float] | None:
+    """(resident now, peak resident) in MB of a process from /proc (Linux), or None elsewhere."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    kb = {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith(("VmRSS:", "VmHWM:"))}
+    return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
+
+
+def settled_rss_mb(pid: int, limit_s: float = 3.0) -> float | None:
+    """The process's RSS once it stops changing: the worker hands freed memory back (malloc_trim)
+    just after it publishes job.done, so the first reading may come before that."""
+    previous = None
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        memory = process_memory_mb(pid)
+        if memory is None:
+            return None
+        if previous is not None and abs(memory[0] - previous) < 1.0:
+            return memory[0]
+        previous = memory[0]
+        time.sleep(0.2)
+    return previous
+
+
 def run_daemon(client: Client, daemon: DaemonProcess, source: Path) -> dict[str, Any]:
     """One `stems.separate` job, timed from the request to its `job.done` event."""
     assert daemon.process is not None
@@ -178,11 +209,15 @@ def run_daemon(client: Client, daemon: DaemonProcess, source: Path) -> dict[str,
     user = system = None
     if cpu_before is not None and cpu_after is not None:
         user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
+    memory = process_memory_mb(daemon.process.pid)
     return {
         "wall_s": wall,
         "handler_s": float(final["result"]["seconds"]),  # the handler's own time, measured in the daemon
         "cpu_s": None if user is None or system is None else user + system,
         "sys_s": system,
+        # What the daemon keeps between jobs, and the most it ever held (daemon.malloc_tuning).
+        "rss_after_mb": settled_rss_mb(daemon.process.pid),
+        "peak_rss_mb": None if memory is None else memory[1],
         "paths": final["result"]["paths"],
     }
 
@@ -296,7 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flowstate-bench-")))
         repo, name = build_repo(folder / "models", args.tiny)
         overrides = {
-            "daemon": {"log_level": "WARNING"},
+            "daemon": {"log_level": "WARNING", "malloc_tuning": args.malloc_tuning == "on"},
             "models": {"demucs_repo": str(repo)},
             "separate": {"model": name, "engine_device": "cpu", "threads": args.threads, "shifts": 0,
                          "overlap": OVERLAP, "segment_seconds": None, "format": "wav", "encoding": "pcm24"},
@@ -364,6 +399,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "x_realtime_cli": None if cli_s is None else round(args.seconds / cli_s, 3),
         "target_ratio_direct": TARGET_RATIO,
         "daemon_first_job_s": round(first["wall_s"], 3),
+        "malloc_tuning": args.malloc_tuning,
         "daemon": figures["daemon"],
         "direct": figures["direct"],
         "cli": figures.get("cli"),
@@ -392,6 +428,9 @@ def report(r: dict[str, Any]) -> None:
     d, j = r["daemon"], r["direct"]
     print(f"daemon: handler {d['handler_s']:.2f} s of {d['wall_s']:.2f} s (request, queue, events: "
           f"{d['wall_s'] - d['handler_s']:.2f} s); first job with model load {r['daemon_first_job_s']:.2f} s")
+    if "rss_after_mb" in d:
+        print(f"daemon memory (malloc_tuning {r['malloc_tuning']}): {d['rss_after_mb']:.0f} MB resident after a job "
+              f"(median), peak {d['peak_rss_mb']:.0f} MB")
     print(f"direct: read {j['read_s']:.2f} s, separate {j['separate_s']:.2f} s, write {j['write_s']:.2f} s; "
           f"fsync of the stems (not timed in direct, the job's atomic_write does it) {j['fsync_s']:.3f} s")
     verdict = "met" if r["ratio_direct"] <= TARGET_RATIO else "NOT met"
@@ -414,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on every side")
     parser.add_argument("--tiny", action="store_true", help="the small test HTDemucs (depth 3) instead of full size")
     parser.add_argument("--no-cli", action="store_true", help="skip demucs's command line")
+    parser.add_argument("--malloc-tuning", choices=["on", "off"], default="on",
+                        help="the daemon's daemon.malloc_tuning (default on, as config.yaml)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.repeat < 1 or args.threads < 1:
         parser.error("--seconds, --repeat and --threads must be positive")

@@ -199,7 +199,7 @@ def test_sigterm_exits_0_with_handlers_stuck_in_a_model_load(tmp_path: Path) -> 
     os.mkfifo(model / "modules.json")  # sentence-transformers reads this first; no writer ever writes
     process = DaemonProcess(
         overrides={"samples": {"model": str(model)}, "daemon": {"shutdown_timeout_seconds": 1.0}}, workdir=tmp_path
-    ).start()
+    ).start(timeout_seconds=SLOW)
     assert process.process is not None
     context = zmq.Context()
     writer = -1
@@ -236,7 +236,7 @@ def test_sigterm_exits_0_with_handlers_stuck_in_a_model_load(tmp_path: Path) -> 
 def test_a_graceful_stop_mid_job_exits_0_starts_nothing_and_costs_no_attempt(repo: Path, tmp_path: Path) -> None:
     """jobs.max_attempts 1: a stop that counted as a crash would fail the job at the next start."""
     overrides = _stems_overrides(repo, jobs={"max_attempts": 1}, daemon={"shutdown_timeout_seconds": 0.5})
-    first = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
+    first = DaemonProcess(overrides=overrides, workdir=tmp_path).start(timeout_seconds=SLOW)
     long = write_audio(tmp_path / "files" / "stop" / "long.wav", 30.0)
     short = write_audio(tmp_path / "files" / "stop" / "short.wav", 1.0)
     try:
@@ -256,7 +256,7 @@ def test_a_graceful_stop_mid_job_exits_0_starts_nothing_and_costs_no_attempt(rep
     waiting = _row(database, queued)
     assert (waiting["state"], waiting["attempts"], waiting["started_at"]) == ("queued", 0, None)
 
-    second = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
+    second = DaemonProcess(overrides=overrides, workdir=tmp_path).start(timeout_seconds=SLOW)
     try:
         done = _wait_done(second, running)
         later = _wait_done(second, queued)
@@ -270,7 +270,7 @@ def test_a_graceful_stop_mid_job_exits_0_starts_nothing_and_costs_no_attempt(rep
 def test_a_second_daemon_on_the_same_database_refuses_and_touches_nothing(repo: Path, tmp_path: Path) -> None:
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-    first = DaemonProcess(overrides=_stems_overrides(repo), workdir=tmp_path / "first").start()
+    first = DaemonProcess(overrides=_stems_overrides(repo), workdir=tmp_path / "first").start(timeout_seconds=SLOW)
     database = tmp_path / "first" / "jobs.sqlite3"
     # Its own ports and folders; only the job database is shared.
     second = DaemonProcess(overrides=_stems_overrides(repo, jobs={"database": str(database)}), workdir=tmp_path / "second")
@@ -326,7 +326,7 @@ def test_jobs_given_up_at_start_up_are_announced_and_leave_no_files(tmp_path: Pa
         sub.setsockopt(zmq.RECONNECT_IVL, 10)
         sub.setsockopt(zmq.SUBSCRIBE, b"job.failed")
         sub.connect(process.zmq_events)  # before the daemon exists: ZeroMQ connects when it binds
-        process.start()
+        process.start(timeout_seconds=SLOW)
         assert sub.poll(int(SLOW * 1000)), f"no job.failed on ZeroMQ PUB:\n{process.log()}"
         topic, body = sub.recv_multipart()
         status = _wait_done(process, job.id)
@@ -339,3 +339,65 @@ def test_jobs_given_up_at_start_up_are_announced_and_leave_no_files(tmp_path: Pa
     assert status["state"] == "failed"
     assert not out.exists()  # stems, the partial file and the folder made for them
     assert (tmp_path / "files" / "stems").is_dir()
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) of a process in MB, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _settled_rss_mb(pid: int) -> float:
+    """RSS once it stops moving: the worker hands memory back just after it publishes job.done."""
+    previous = _memory_mb(pid)[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        current = _memory_mb(pid)[0]
+        if abs(current - previous) < 1.0:
+            return current
+        previous = current
+    return previous
+
+
+def _separate_many(client: Client, paths: list[Path]) -> None:
+    ids = [client.call("stems.separate", {"path": str(path)})["id"] for path in paths]
+    final = client.wait_jobs(ids, lambda *_: None, SLOW)
+    assert all(f["event"] == "job.done" for f in final.values()), final
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or not sys.platform.startswith("linux"),
+                    reason="reads resident memory from /proc; malloc_trim is glibc's")
+@pytest.mark.timeout(900)
+def test_memory_goes_back_after_a_big_job_and_stays_flat_over_many(repo: Path, tmp_path: Path) -> None:
+    """daemon.malloc_tuning on (the default): a long file's peak is handed back once the job ends
+    (it used to stay resident for good), and more jobs do not grow the daemon (bench/memory.py
+    jobs runs 1,000)."""
+    overrides = {
+        "models": {"demucs_repo": str(repo)},
+        # Short segments keep the small jobs cheap; the big one's whole-file buffers make its peak.
+        "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, "segment_seconds": 0.5},
+    }
+    files = tmp_path / "files" / "memory"
+    small = [write_audio(files / f"small{i}.wav", 0.25, seed=i) for i in range(8)]
+    big = write_audio(files / "big.wav", 40.0)
+    process = DaemonProcess(overrides=overrides, workdir=tmp_path).start(timeout_seconds=SLOW)
+    try:
+        assert process.process is not None
+        pid = process.process.pid
+        with Client(process.zmq_requests, timeout_seconds=30) as client:
+            _separate_many(client, small[:1])  # the model is loaded and warm
+            base = _settled_rss_mb(pid)
+            _separate_many(client, [big])
+            after_big = _settled_rss_mb(pid)
+            peak = _memory_mb(pid)[1]
+            _separate_many(client, small[1:2])
+            first = _settled_rss_mb(pid)
+            _separate_many(client, small[2:])
+            last = _settled_rss_mb(pid)
+    finally:
+        assert process.stop() == 0, process.log()
+    assert peak - base > 50, (base, peak)  # the big job really needed memory
+    # Most of the peak went back to the OS (without malloc_trim it all stayed).
+    assert after_big - base < 0.5 * (peak - base), (base, after_big, peak)
+    assert last <= 1.15 * first, (first, last)  # generous: a few jobs, a noisy allocator
