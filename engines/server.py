@@ -49,16 +49,16 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 import anyio
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -256,8 +256,9 @@ class _Server:
             "instance": self.instance_id,
         }
 
-    def output_file(self, job_id: str, name: str) -> tuple[Path, str, int]:
-        """The output's path, format and size in bytes; NotFound once the janitor removed it."""
+    def output_file(self, job_id: str, name: str) -> tuple[BinaryIO, str]:
+        """The output, open for reading, and its format; NotFound once the janitor removed it.
+        Open, because the janitor may remove it at any moment: an open file is still read whole."""
         job = self.job(job_id)
         if job.state != "done":
             raise Busy(f"job {job_id} is {job.state}; its outputs can be fetched once it is done")
@@ -268,13 +269,13 @@ class _Server:
         if self.outputs not in path.parents:  # a tampered database must not serve the whole disk
             raise NotFound(f"job {job_id}: output {name!r} lies outside this server's outputs folder")
         try:
-            size = path.stat().st_size
+            handle = path.open("rb")
         except FileNotFoundError:
             raise NotFound(
                 f"job {job_id}: output {name!r} has expired (outputs are kept "
                 f"{self.retention_seconds / 3600:g} h after they are written); submit the job again"
             ) from None
-        return path, (job.result or {}).get("format", path.suffix.lstrip(".")), size
+        return handle, (job.result or {}).get("format", path.suffix.lstrip("."))
 
     # -- uploads -----------------------------------------------------------------------------------
 
@@ -722,52 +723,79 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
         return server.view(server.get_runner().cancel(job_id))
 
     @jobs.get("/{job_id}/outputs/{name}")
-    def get_output(job_id: str, name: str, request: Request) -> Response:
-        path, fmt, size = server.output_file(job_id, name)
-        # Checked here so that a bad Range gets the project's error shape, not Starlette's plain text.
-        refused = _check_range(request.headers.get("range"), size)
-        if refused is not None:
-            log.warning("GET %s: %d: %s", request.url.path, refused.status_code, refused.body.decode())
-            return refused
-        return FileResponse(path, media_type=_MEDIA_TYPES.get(fmt, "application/octet-stream"),
-                            filename=f"{name}.{fmt}")
+    def get_output(job_id: str, name: str, request: Request) -> StreamingResponse:
+        handle, fmt = server.output_file(job_id, name)
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            ranges = _parse_range(request.headers.get("range"), size)
+        except BaseException:
+            handle.close()
+            raise
+        headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{name}.{fmt}"'}
+        start, end, status = 0, size, 200
+        if len(ranges) == 1:  # several ranges: the whole file (RFC 9110 lets a server ignore Range)
+            (start, end), status = ranges[0], 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        headers["Content-Length"] = str(end - start)
+        return StreamingResponse(_read_range(handle, start, end), status_code=status, headers=headers,
+                                 media_type=_MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
     app.include_router(jobs)
     return app
 
 
-def _check_range(header: str | None, size: int) -> JSONResponse | None:
-    """None when `header` is absent or a range Starlette's FileResponse can serve; otherwise the
-    answer: 400 for a malformed Range, 416 (with `Content-Range: bytes */size`) for one past the end.
-    Stricter than FileResponse (which skips specs it cannot read), so it never answers on its own."""
+class RangeNotSatisfiable(BadRequest):
+    """A Range past the end of the file (HTTP 416, with `Content-Range: bytes */size`)."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+def _parse_range(header: str | None, size: int) -> list[tuple[int, int]]:
+    """The (start, end) byte spans a Range header asks of a file of `size` bytes; [] without one.
+    BadRequest (400) when malformed, RangeNotSatisfiable (416) when it starts past the end."""
     if header is None:
-        return None
+        return []
     expected = "expected 'bytes=START-END', 'bytes=START-' or 'bytes=-SUFFIX_LENGTH'"
     units, equals, specs = header.partition("=")
     if not equals or units.strip().lower() != "bytes":
-        return JSONResponse(error_body("bad_request", f"Range: {_clip(header)!r} is not a byte range; {expected}"),
-                            status_code=400)
+        raise BadRequest(f"Range: {_clip(header)!r} is not a byte range; {expected}")
     parts = [part.strip() for part in specs.split(",")]
     if len(parts) > _MAX_RANGES:
-        return JSONResponse(error_body("bad_request", f"Range: {len(parts)} ranges; at most {_MAX_RANGES} in one "
-                                       "request (fetch the whole file, or one range at a time)"), status_code=400)
+        raise BadRequest(f"Range: {len(parts)} ranges; at most {_MAX_RANGES} in one request (fetch the whole "
+                         "file, or one range at a time)")
+    spans = []
     for part in parts:
         match = _RANGE_SPEC.match(part)
         if match is None or not any(match.groups()):
-            return JSONResponse(error_body("bad_request", f"Range: {_clip(part)!r} is not a byte range; {expected}"),
-                                status_code=400)
+            raise BadRequest(f"Range: {_clip(part)!r} is not a byte range; {expected}")
         first, last = match.groups()
-        start = int(first) if first else max(size - int(last), 0)
-        end = (int(last) + 1 if last and int(last) < size else size) if first else size
+        if first:
+            start, end = int(first), min(int(last) + 1, size) if last else size
+        else:
+            start, end = max(size - int(last), 0), size
         if not 0 <= start < size:
-            return JSONResponse(
-                error_body("bad_request", f"Range: {part!r} starts at or past the end of the file ({size} bytes)"),
-                status_code=416, headers={"Content-Range": f"bytes */{size}"},
-            )
+            raise RangeNotSatisfiable(f"Range: {part!r} starts at or past the end of the file ({size} bytes)", size)
         if start >= end:
-            return JSONResponse(error_body("bad_request", f"Range: {part!r} ends before it starts; {expected}"),
-                                status_code=400)
-    return None
+            raise BadRequest(f"Range: {part!r} ends before it starts; {expected}")
+        spans.append((start, end))
+    return spans
+
+
+def _read_range(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of an open file in pieces, closing it at the end (or when the client leaves)."""
+    try:
+        handle.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = handle.read(min(left, 256 * 1024))
+            if not chunk:
+                raise OSError(f"{handle.name}: ended {left} bytes early (changed while it was sent)")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        handle.close()
 
 
 class _HostCheck:
@@ -827,13 +855,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BridgeError)
     async def bridge_error(request: Request, err: BridgeError) -> JSONResponse:
         status = 413 if isinstance(err, PayloadTooLarge) else _STATUS_FOR_CODE.get(err.code, 500)
+        extra = {}
+        if isinstance(err, RangeNotSatisfiable):
+            status, extra = 416, {"Content-Range": f"bytes */{err.size}"}
         if status >= 500:
             log.error("%s %s: %s: %s", request.method, request.url.path, err.code, err.message)
         else:
             log.warning("%s %s: %s: %s", request.method, request.url.path, err.code, err.message)
         # Connection: close after a refused upload: the rest of its body is not read.
         refused_upload = status == 413 or (request.method == "POST" and request.url.path == "/v1/jobs")
-        headers = {"Connection": "close"} if refused_upload else None
+        headers = {"Connection": "close", **extra} if refused_upload else extra
         return JSONResponse(error_body(err.code, err.message), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
