@@ -1115,7 +1115,8 @@ def osc_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
                 inner = b"#bundle\0" + struct.pack(">Q", 1) + struct.pack(">I", len(inner)) + inner
             packet = inner
         else:
-            packet = osc_message(spec.osc_address, [("s", "9" * 5000)] + [osc_arg(_plausible(a)) for a in spec.args[1:]])
+            rest = [osc_arg(_plausible(a)) for a in spec.args[1:]]
+            packet = osc_message(spec.osc_address, [("s", "9" * 5000), *rest])
         if packet.startswith(osc_string(b"/flow/ping")):
             continue  # the sentinel's address: an answer to it could not be told apart
         yield kind, packet, spec.is_async
@@ -1171,7 +1172,8 @@ def zmq_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
 
 
 def audio_poison(rng: random.Random, odd_rates: bool) -> Iterator[tuple[str, list[bytes]]]:
-    kinds = ["frames", "header", "deep", "bigint", "types", "payload", "nan", "rate"] + (["odd_rate"] if odd_rates else [])
+    kinds = ["frames", "header", "deep", "bigint", "types", "payload", "nan", "rate"]
+    kinds += ["odd_rate"] if odd_rates else []
     index = 0
     while True:
         kind = kinds[index % len(kinds)]
@@ -1190,12 +1192,14 @@ def audio_poison(rng: random.Random, odd_rates: bool) -> Iterator[tuple[str, lis
             header[rng.choice(list(header))] = rng.choice(JSON_VALUES)
             frames = [json.dumps(header).encode(), block]
         elif kind == "payload":
-            frames = [json.dumps({"seq": 0, "channels": 2, "sample_rate": 48000}).encode(), rng.randbytes(rng.choice((1, 7, 1023)))]
+            frames = [json.dumps({"seq": 0, "channels": 2, "sample_rate": 48000}).encode(),
+                      rng.randbytes(rng.choice((1, 7, 1023)))]
         elif kind == "nan":
             frames = [json.dumps({"seq": 0, "channels": 2, "sample_rate": 48000}).encode(),
                       np.full((2, 16), np.nan, dtype="<f4").tobytes()]
         elif kind == "rate":
-            frames = [json.dumps({"seq": 0, "channels": 2, "sample_rate": rng.choice((0, -1, 7999, 192001, 10**9))}).encode(), block]
+            rate = rng.choice((0, -1, 7999, 192001, 10**9))
+            frames = [json.dumps({"seq": 0, "channels": 2, "sample_rate": rate}).encode(), block]
         else:
             frames = [json.dumps({"seq": 0, "channels": 2, "sample_rate": rng.choice(ODD_RATES)}).encode(), block]
         yield kind, frames
@@ -1358,17 +1362,20 @@ def _http_poison(rig: Rig, row: Row, count: int, odd_rates: bool) -> None:
             elif kind == "nofile":
                 outcome, _ = http_exchange(client, "POST", f"{url}/v1/jobs", headers=auth,
                                            data={"task": "stems", "params": "{}"},
-                                           files={"file": ("a.wav", rng.choice((b"", rng.randbytes(300))), "audio/wav")})
+                                           files={"file": ("a.wav", rng.choice((b"", rng.randbytes(300))),
+                                                           "audio/wav")})
             elif kind == "header":
                 boundary = "b0undary"
                 body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"task\"\r\nX-Long: "
                         + "h" * rng.choice((70000, 1_100_000)) + f"\r\n\r\nstems\r\n--{boundary}--\r\n").encode()
                 outcome, _ = http_exchange(client, "POST", f"{url}/v1/jobs", content=body,
-                                           headers={**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+                                           headers={**auth,
+                                                    "Content-Type": f"multipart/form-data; boundary={boundary}"})
             elif kind == "ids":
                 job = rng.choice(("x" * 5000, "%00", "0" * 12, "..", "%ff%fe", "[" * 300))
                 outcome, _ = http_exchange(client, rng.choice(("GET", "POST")),
-                                           f"{url}/v1/jobs/{job}" + rng.choice(("", "/cancel", "/events", "/outputs/x")),
+                                           f"{url}/v1/jobs/{job}"
+                                           + rng.choice(("", "/cancel", "/events", "/outputs/x")),
                                            headers=auth)
             elif kind == "method":
                 outcome, _ = http_exchange(client, rng.choice(("PUT", "DELETE", "PATCH", "OPTIONS")),
@@ -1460,7 +1467,8 @@ def run_cross(rig: Rig, rows: dict[tuple[str, str], Row], count: int) -> None:
                 if response is not None and response.status_code < 300:
                     row.escapes += 1
                     row.note("a tokenless POST from a page created a job")
-                if response is not None and response.headers.get("access-control-allow-origin") in ("*", "http://evil.example"):
+                allowed = response.headers.get("access-control-allow-origin") if response is not None else None
+                if allowed in ("*", "http://evil.example"):
                     row.escapes += 1
                     row.note("the server lets another origin read its answers (CORS)")
             response = client.get(f"{rig.server.url}/v1/health", headers={"Host": "evil.example"})
@@ -1671,7 +1679,8 @@ def run_flood(rig: Rig, rows: dict[tuple[str, str], Row], seconds: float, client
                         raise ConnectionError("closed by the daemon")
                     buffer += chunk
                     answered += buffer.count(b"/flow/reply/ping")
-                    buffer = buffer[buffer.rfind(b"/flow/reply/ping") + 16 :] if b"/flow/reply/ping" in buffer else buffer
+                    if b"/flow/reply/ping" in buffer:
+                        buffer = buffer[buffer.rfind(b"/flow/reply/ping") + 16 :]
         except OSError:
             pass
         finally:
@@ -1978,7 +1987,8 @@ def _sigterm(rig: Rig, row: Row) -> None:
                  f"a job under three stops ended {final.get('state')} after {final.get('attempts')} attempt(s)")
         if started_after:
             row.note(f"{started_after} job(s) started after SIGTERM")
-        row.ok = all(c == 0 for c in codes) and max(seconds) <= 5.0 and not started_after and final.get("state") == "done"
+        row.ok = (all(c == 0 for c in codes) and max(seconds) <= 5.0 and not started_after
+                  and final.get("state") == "done")
     finally:
         wire.close()
         daemon.stop()
@@ -2005,7 +2015,8 @@ def _second_instance(rig: Rig, row: Row) -> None:
         for variant in ("same config", "same job store, other ports"):
             config = dict(first.process.config)
             if variant != "same config":
-                config = {**config, "osc": {"host": HOST, "udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
+                config = {**config,
+                          "osc": {"host": HOST, "udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
                           "zmq": {"host": HOST, "request_port": free_port(), "event_port": free_port(),
                                   "audio_port": free_port()}}
             path = rig.workdir / "second" / f"config-{len(variant)}.yaml"
@@ -2032,7 +2043,8 @@ def _second_instance(rig: Rig, row: Row) -> None:
                 problems.append(f"{variant}: the first daemon stopped answering")
             if now.get("attempts") != before.get("attempts") or now.get("state") not in ("running", "done"):
                 problems.append(f"{variant}: the first daemon's job was disturbed "
-                                f"({before.get('state')}/{before.get('attempts')} -> {now.get('state')}/{now.get('attempts')})")
+                                f"({before.get('state')}/{before.get('attempts')} -> "
+                                f"{now.get('state')}/{now.get('attempts')})")
         final = wait_job(wire, job_id, timeout=300)
         row.jobs_once = "1/1" if final.get("state") == "done" and final.get("attempts") == 1 else "0/1"
         for problem in problems:
@@ -2071,7 +2083,8 @@ def _full_disk(rig: Rig, row: Row) -> None:
     if not sys.platform.startswith("linux"):
         row.note("skipped: a small filesystem is mounted with Linux tmpfs")
         return
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         row.note(f"skipped: cannot mount a small tmpfs ({done.stderr.strip() or 'mount failed'}; needs root)")
         return
@@ -2136,7 +2149,8 @@ def _many_jobs(rig: Rig, row: Row, jobs: int) -> None:
         while len(ended) < jobs and time.monotonic() < idle_deadline:
             while submitted < jobs and submitted - len(ended) < 50:
                 sock.send(json.dumps({"id": submitted, "cmd": "stems.separate",
-                                      "args": {"path": str(song), "stems": ["vocals"], "request_id": f"many-{submitted}"}}).encode())
+                                      "args": {"path": str(song), "stems": ["vocals"],
+                                               "request_id": f"many-{submitted}"}}).encode())
                 submitted += 1
             if not sock.poll(int(rig.timeout * 1000)):
                 continue
