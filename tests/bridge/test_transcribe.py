@@ -182,7 +182,7 @@ def test_a_deadline_local_cannot_meet_goes_to_workers_ai_then_replicate(repo: Pa
         env = {**OFFLINE, "CLOUDFLARE_API_TOKEN": TOKEN, "CLOUDFLARE_ACCOUNT_ID": ACCOUNT_ID,
                "REPLICATE_API_TOKEN": "r8_test_token"}
         process = DaemonProcess(overrides=overrides(repo, cloud=cloud, router=router), workdir=tmp_path, env=env)
-        with process.start():
+        with process:  # __enter__ starts it (start() and then with would start a second, leaked, daemon)
             source = espeak_speech(tmp_path / "files" / "cloud" / "line.wav", SENTENCE)
             first, _ = transcribe(process, {"path": str(source), "deadline_seconds": 30})
             control.script(quota())
