@@ -99,6 +99,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             seq    INTEGER PRIMARY KEY,  -- registration order: a folder before the files put in it
             job_id TEXT NOT NULL,
             path   TEXT NOT NULL,
+            -- the root the path lies below, as spelled and as opened (bridge.files.Folder.anchor):
+            -- a later deletion walks from there without following links; NULL for own folders
+            root      TEXT,
+            real_root TEXT,
             UNIQUE (job_id, path)
         )
         """,
@@ -493,17 +497,23 @@ class JobStore:
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def add_output(self, job_id: str, path: Path) -> None:
-        """Remember a file or folder a job registered, so it can be deleted even after a crash."""
+    def add_output(self, job_id: str, path: Path, anchor: tuple[Path, Path] | None = None) -> None:
+        """Remember a file or folder a job registered (and the root it lies below), so it can be
+        deleted, without following links, even after a crash."""
+        root, real_root = (os.fspath(anchor[0]), os.fspath(anchor[1])) if anchor is not None else (None, None)
         self._execute(
-            "INSERT INTO outputs (job_id, path) VALUES (?, ?) ON CONFLICT (job_id, path) DO NOTHING",
-            (job_id, os.fspath(path)),
+            "INSERT INTO outputs (job_id, path, root, real_root) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job_id, path) DO NOTHING",
+            (job_id, os.fspath(path), root, real_root),
         )
 
-    def outputs(self, job_id: str) -> builtins.list[Path]:
-        """The paths a job registered, in registration order (over every attempt)."""
-        rows = self._execute("SELECT path FROM outputs WHERE job_id = ? ORDER BY seq", (job_id,))
-        return [Path(row["path"]) for row in rows]
+    def outputs(self, job_id: str) -> builtins.list[tuple[Path, tuple[Path, Path] | None]]:
+        """The (path, anchor) pairs a job registered, in registration order (over every attempt)."""
+        rows = self._execute("SELECT path, root, real_root FROM outputs WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [
+            (Path(row["path"]), (Path(row["root"]), Path(row["real_root"])) if row["root"] is not None else None)
+            for row in rows
+        ]
 
     def forget_outputs(self, job_id: str) -> None:
         """Drop a job's registered paths: it is done (they are its result) or they are deleted."""
@@ -850,9 +860,9 @@ class _TrackedContext(JobContext):
     attempt) can still delete what an earlier attempt wrote.
     """
 
-    def register_output(self, path: Path) -> Path:
-        registered = super().register_output(path)
-        self._store.add_output(self.job.id, registered)
+    def register_output(self, path: Path, anchor: tuple[Path, Path] | None = None) -> Path:
+        registered = super().register_output(path, anchor)
+        self._store.add_output(self.job.id, registered, anchor)
         return registered
 
 
@@ -1008,8 +1018,8 @@ class JobRunner:
     def _discard_stored(self, job: Job) -> None:
         """Delete the outputs the store lists for a job no worker of ours runs (failed or canceled)."""
         context = JobContext(job, self._store, self._publish)
-        for path in self._store.outputs(job.id):
-            context.register_output(path)
+        for path, anchor in self._store.outputs(job.id):
+            context.register_output(path, anchor)
         _discard_outputs(context, self._store)
 
     def stop_claiming(self) -> None:
@@ -1092,8 +1102,8 @@ class JobRunner:
         )
         try:
             # Earlier attempts' outputs, so a failure now deletes those too (no second store write).
-            for path in self._store.outputs(job.id):
-                JobContext.register_output(context, path)
+            for path, anchor in self._store.outputs(job.id):
+                JobContext.register_output(context, path, anchor)
         except (sqlite3.Error, BridgeError) as err:
             log.error("job %s: cannot read the outputs of earlier attempts: %s", job.id, err)
         self._running[job.id] = context

@@ -909,7 +909,7 @@ def test_a_done_job_keeps_its_files_and_forgets_the_list(make_runner: Callable[.
 
     def writes(ctx: JobContext) -> dict[str, Any]:
         atomic_write(ctx.register_output(target), lambda tmp: tmp.write_bytes(b"RIFF"))
-        assert store.outputs(ctx.job.id) == [target]  # on disk in the store before the file exists
+        assert store.outputs(ctx.job.id) == [(target, None)]  # on disk in the store before the file exists
         return {"path": str(target)}
 
     runner = make_runner({"writes": writes})
