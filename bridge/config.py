@@ -72,6 +72,7 @@ def _check_host_name(value: str) -> str:
     return name
 
 
+HostName = Annotated[str, AfterValidator(_check_host_name)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Host = Annotated[str, AfterValidator(_check_host)]
 
@@ -246,7 +247,7 @@ class ServerConfig(_Section):
     # Host names the server answers to besides IP addresses and localhost (a guard against DNS
     # rebinding): e.g. ["my-app.fly.dev"] or "*.example.net"; "*" turns the guard off. The
     # environment takes a comma-separated list: FLOWSTATE_SERVER_ALLOWED_HOSTS=a.example,b.example.
-    allowed_hosts: Annotated[list[Annotated[str, AfterValidator(_check_host_name)]], BeforeValidator(_split_commas)] = []
+    allowed_hosts: Annotated[list[HostName], BeforeValidator(_split_commas)] = []
 
 
 class DaemonConfig(_Section):

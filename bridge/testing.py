@@ -226,7 +226,8 @@ def _proc_table(marker: str | None) -> dict[int, tuple[RunningProcess, bool]]:
         if fields[0] in (b"Z", b"X"):
             continue
         text = command.replace(b"\0", b" ").strip().decode(errors="replace")
-        process = RunningProcess(int(entry.name), int(fields[1]), text or stat.split(b" ", 1)[1].decode(errors="replace"))
+        name = stat.split(b" ", 1)[1].decode(errors="replace")  # a kernel thread has no command line
+        process = RunningProcess(int(entry.name), int(fields[1]), text or name)
         table[process.pid] = (process, marked)
     return table
 

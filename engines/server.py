@@ -435,7 +435,8 @@ class _Form:
         kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
-            raise BadRequest(f"expected a multipart/form-data body with a boundary, got Content-Type {_clip(content_type)!r}")
+            raise BadRequest("expected a multipart/form-data body with a boundary, got Content-Type "
+                             f"{_clip(content_type)!r}")
         self.fields: dict[str, str] = {}
         self.path: Path | None = None
         self.file_bytes = 0
@@ -823,7 +824,8 @@ class _HostCheck:
             if raw is not None and not self.serves(raw.decode("latin-1")):
                 host = _clip(raw.decode("latin-1"), 100)
                 message = (f"Host {host!r} is not a name this server answers to (a guard against DNS rebinding); it "
-                           f"answers to IP addresses and {', '.join(self._names)}: add the name to server.allowed_hosts "
+                           f"answers to IP addresses and {', '.join(self._names)}: add the name to "
+                           "server.allowed_hosts "
                            "(FLOWSTATE_SERVER_ALLOWED_HOSTS) on the server")
                 log.warning("%s %s: 400: refused Host %r", scope.get("method", "?"), scope.get("path", "?"), host)
                 await JSONResponse(error_body("bad_request", message), status_code=400)(scope, receive, send)

@@ -48,14 +48,15 @@ def no_process_left_running() -> Iterator[str | None]:
     if not left:
         return
     stop_processes([process.pid for process in left])
-    lines = "\n".join(f"  pid {p.pid} (parent {p.parent_pid}), left over after {_LEFT_AFTER.get(p.pid, 'the last module')}: "
-                      f"{p.command[:300]}" for p in left)
+    lines = "\n".join(f"  pid {p.pid} (parent {p.parent_pid}), left over after "
+                      f"{_LEFT_AFTER.get(p.pid, 'the last module')}: {p.command[:300]}" for p in left)
     pytest.fail(f"{len(left)} process(es) started by the tests were still running at the end of the run "
                 f"(now stopped):\n{lines}", pytrace=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def note_processes_left_by_module(request: pytest.FixtureRequest, no_process_left_running: str | None) -> Iterator[None]:
+def note_processes_left_by_module(request: pytest.FixtureRequest,
+                                  no_process_left_running: str | None) -> Iterator[None]:
     """After each module (its fixtures stopped), note the processes still running, so that the
     session's check can say which module left each one behind."""
     yield

@@ -280,7 +280,8 @@ def multipart(*parts: tuple[bytes, bytes], boundary: str = "flowstate-test-bound
 
 
 def disposition(name: str, filename: str | None = None) -> bytes:
-    return (f'Content-Disposition: form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")).encode()
+    filename_part = f'; filename="{filename}"' if filename else ""
+    return f'Content-Disposition: form-data; name="{name}"{filename_part}'.encode()
 
 
 TASK = (disposition("task"), b"stems")
