@@ -33,8 +33,13 @@ def test_send_takes_positional_and_named_arguments(daemon: DaemonProcess) -> Non
     assert json.loads(second.stdout)["port"] == 45002
     status = json.loads(flowstate("status", "--config", config).stdout)
     assert {"127.0.0.1:45001", "127.0.0.1:45002"} <= set(status["listeners"])
+    # Each `flowstate send` is a new client: a listener belongs to the socket that registered it,
+    # so another process (this CLI again, any local program) may not take it away; it expires.
     for port in ("45001", "45002"):
-        assert flowstate("send", "unregister", port, "--config", config).returncode == 0
+        refused = flowstate("send", "unregister", port, "--config", config)
+        assert refused.returncode == 1 and "forbidden" in refused.stderr, refused.stderr
+    status = json.loads(flowstate("status", "--config", config).stdout)
+    assert {"127.0.0.1:45001", "127.0.0.1:45002"} <= set(status["listeners"])
 
 
 def test_send_reports_bad_arguments_and_unknown_commands(daemon: DaemonProcess) -> None:
