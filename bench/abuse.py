@@ -40,8 +40,10 @@ It prints one table (per class and wire) and exits 1 when any row has escapes, s
 
     .venv/bin/python bench/abuse.py [--short] [--only CLASS[,CLASS]] [--seed N] [--timeout S] [--jobs N] [--keep]
 
-`--short` sends a few hundred inputs per wire (under a minute or two); the default sends at least
-10,000 per wire. CLASS is one of: containment, poison, cross, flood, lifecycle. The last line of
+`--short` (the test suite's run, about 90 s on an idle 2-core machine) sends about 100 inputs per
+wire and still touches every class on every wire: a third of the containment matrix per OSC/ZeroMQ
+wire, 1 s floods, one SIGTERM, two SIGKILLs, 40 cheap jobs. The default sends at least 10,000 per
+wire (20 s floods, three SIGTERMs, 1000 jobs). CLASS is one of: containment, poison, cross, flood, lifecycle. The last line of
 output is one JSON object with every row (tests/bench/test_abuse.py reads it).
 """
 
@@ -95,6 +97,10 @@ MEMORY_CAP_BYTES = 4 * 1024**3
 # long: each is still sent and counted, and a fixed daemon never gets here.
 SILENT_STREAK = 3
 FAST_SILENT_SECONDS = 0.15
+# Seconds a SIGTERMed daemon may take beyond jobs.shutdown_timeout_seconds to close sockets and exit.
+SHUTDOWN_SLACK_SECONDS = 3.0
+# Cheap jobs from which the many-jobs row judges RSS growth (after min(100, half) of them vs after all).
+RSS_JUDGED_JOBS = 200
 ENV_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 PING = OscMessageBuilder(address="/flow/ping").build().dgram
 WINDOWS_NAMES = ("CON", "nul.wav", "..\\x", "aux", "COM1.wav", "C:\\Windows\\x", "\\\\server\\share\\x",
@@ -1613,10 +1619,18 @@ def pinging(rig: Rig, wire: str, row: Row) -> Iterator[None]:
         stop.set()
         thread.join()
         row.ping_p99_ms = p99_ms(samples)
-        row.silent += lost[0]
         row.inputs += len(samples)
-        if lost[0]:
-            row.note(f"{lost[0]} of the measuring client's pings got no pong within {rig.timeout:g} s")
+        if wire == "osc_udp":
+            # UDP is lossy: a flooded receive buffer drops datagrams in the kernel, before the daemon
+            # sees them. Lost pings weigh in the p99; the daemon must answer again once the flood ends
+            # (settle on UDP), which is what counts as silent.
+            if lost[0]:
+                row.note(f"{lost[0]} of the measuring client's UDP pings got no pong within {rig.timeout:g} s "
+                         "(dropped by a full receive buffer or unanswered; in the p99, not counted as silent)")
+        else:
+            row.silent += lost[0]
+            if lost[0]:
+                row.note(f"{lost[0]} of the measuring client's pings got no pong within {rig.timeout:g} s")
 
 
 def run_flood(rig: Rig, rows: dict[tuple[str, str], Row], seconds: float, clients: int = 4) -> None:
@@ -1652,8 +1666,9 @@ def run_flood(rig: Rig, rows: dict[tuple[str, str], Row], seconds: float, client
     row.note(f"UDP flood: {sum(sent)} packets from {clients} clients in {seconds:g} s, {received[0]} answers read back")
     rig.daemon.check(row)
     settle(rig, row)
+    settle(rig, row, wire="osc_udp")  # the UDP backlog drained too, before the timers row sends bundles
     row.rss_after_mb = rig.daemon.rss()
-    _bundle_timers(rig, row_for(rows, "flood", "osc_udp timers"), 50 if rig.options.short else 300)
+    _bundle_timers(rig, row_for(rows, "flood", "osc_udp timers"), 20 if rig.options.short else 300)
 
     # TCP: clients that write 5,000 frames at once and read every answer; one that never reads.
     row = row_for(rows, "flood", "osc_tcp")
@@ -1751,20 +1766,24 @@ def run_flood(rig: Rig, rows: dict[tuple[str, str], Row], seconds: float, client
     row.rss_after_mb = rig.daemon.rss()
 
 
-def settle(rig: Rig, row: Row, timeout: float = 120.0) -> None:
-    """Wait until the daemon answers pings promptly again, so one flood's backlog is not the next row's.
+def settle(rig: Rig, row: Row, timeout: float = 120.0, wire: str = "zmq") -> None:
+    """Wait until the daemon answers pings on `wire` promptly again, so one flood's backlog is not the next row's.
 
-    The time it took goes into `row`'s notes (what users would feel after such a flood).
+    The time it took goes into `row`'s notes (what users would feel after such a flood); a daemon that
+    never answers again within `timeout` is one silent input.
     """
     start = time.monotonic()
-    pinger = Pinger(rig, "zmq")
+    pinger = Pinger(rig, wire)
+    settled = False
     try:
-        while time.monotonic() - start < timeout:
+        while time.monotonic() - start < timeout and not settled:
             began = time.monotonic()
-            if pinger.ping() and time.monotonic() - began < 0.1:
-                break
+            settled = pinger.ping() and time.monotonic() - began < 0.1
     finally:
         pinger.close()
+    if not settled:
+        row.silent += 1
+        row.note(f"no prompt pong on {wire} within {timeout:g} s after the flood")
     waited = time.monotonic() - start
     if waited > 1.0:
         row.note(f"the daemon answered pings promptly again {waited:.1f} s after the flood ended")
@@ -1784,10 +1803,14 @@ def _bundle_timers(rig: Rig, row: Row, bundles: int) -> None:
     refused = 0
     with pinging(rig, "osc_udp", row):
         per_bundle = 0
+        osc_config = rig.daemon.process.config.get("osc", {})
         for index in range(bundles):
             message = osc_message("/flow/job/status", [("s", f"bundle-{index:05d}")])
             framed = struct.pack(">I", len(message)) + message
-            per_bundle = (16000 - 16) // len(framed)  # under osc.max_packet_bytes' default
+            # As many as one packet may hold (osc.max_bundle_messages, osc.max_packet_bytes): the
+            # bundles together then ask for more timers than osc.max_scheduled_messages allows.
+            per_bundle = min((int(osc_config.get("max_packet_bytes", 16384)) - 16) // len(framed),
+                             int(osc_config.get("max_bundle_messages", 64)))
             when = time.time() + 2.0 + 2208988800  # NTP epoch
             timetag = struct.pack(">II", int(when), int((when % 1) * 2**32))
             sock.sendto(b"#bundle\0" + timetag + framed * per_bundle, rig.daemon.process.osc_udp)
@@ -1832,11 +1855,11 @@ def _threads(targets: list[Callable[[], None]]) -> None:
 
 def run_lifecycle(rig: Rig, rows: dict[tuple[str, str], Row], short: bool) -> None:
     checks: list[tuple[str, Callable[[Row], None]]] = [
-        ("sigkill", lambda row: _kills(rig, row, 3 if short else 8)),
-        ("sigterm", lambda row: _sigterm(rig, row)),
-        ("second up", lambda row: _second_instance(rig, row)),
+        ("sigkill", lambda row: _kills(rig, row, 2 if short else 8, 2.0 if short else 3.0)),
+        ("sigterm", lambda row: _sigterm(rig, row, 1 if short else 3)),
+        ("second up", lambda row: _second_instance(rig, row, 6.0 if short else 12.0)),
         ("full disk", lambda row: _full_disk(rig, row)),
-        ("many jobs", lambda row: _many_jobs(rig, row, rig.options.jobs or (150 if short else 1000))),
+        ("many jobs", lambda row: _many_jobs(rig, row, rig.options.jobs or (40 if short else 1000))),
     ]
     for name, check in checks:
         row = row_for(rows, "lifecycle", name)
@@ -1859,7 +1882,7 @@ def _orphans(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".partial-" in p.name]
 
 
-def _kills(rig: Rig, row: Row, jobs: int) -> None:
+def _kills(rig: Rig, row: Row, jobs: int, song_seconds: float) -> None:
     """SIGKILL while a job runs, then while a stem is being written; restart; all done exactly once?"""
     daemon = _fresh_daemon(rig, "kills").start()
     sub = rig.context.socket(zmq.SUB)
@@ -1870,7 +1893,7 @@ def _kills(rig: Rig, row: Row, jobs: int) -> None:
         wire = ZmqWire(rig.context, daemon.process.zmq_requests, rig.timeout)
         ids = []
         for i in range(jobs):
-            song = write_wav(daemon.root / f"kill{i}" / "song.wav", 3.0, seed=i)
+            song = write_wav(daemon.root / f"kill{i}" / "song.wav", song_seconds, seed=i)
             reply = wire.call("stems.separate", {"path": str(song)})
             row.record("ok" if reply.get("ok") else f"error:{(reply.get('error') or {}).get('code')}")
             if reply.get("ok"):
@@ -1938,19 +1961,23 @@ def _wait_for_moment(rig: Rig, daemon: Daemon, wire: ZmqWire, moment: str, sub: 
     return False
 
 
-def _sigterm(rig: Rig, row: Row) -> None:
-    """SIGTERM with jobs and async handlers in flight: exit code, seconds, jobs started after it."""
+def _sigterm(rig: Rig, row: Row, stops: int) -> None:
+    """SIGTERM with jobs and async handlers in flight, `stops` times: exit code, seconds, jobs started after it.
+
+    The daemon may take jobs.shutdown_timeout_seconds for the running job to reach a checkpoint, plus
+    SHUTDOWN_SLACK_SECONDS to close its sockets and leave: a stop within that is prompt.
+    """
     daemon = _fresh_daemon(rig, "sigterm", jobs={"max_attempts": 3}).start()
     wire = ZmqWire(rig.context, daemon.process.zmq_requests, rig.timeout)
     seconds: list[float] = []
     codes: list[int] = []
     started_after = 0
     try:
-        long_song = write_wav(daemon.root / "long" / "song.wav", 20.0)
+        long_song = write_wav(daemon.root / "long" / "song.wav", 5.0 + 5.0 * stops)
         first = wire.call("stems.separate", {"path": str(long_song)}).get("result", {}).get("id")
         queued = [wire.call("stems.separate", {"path": str(write_wav(daemon.root / f"q{i}" / "s.wav", 1.0, seed=i))})
-                  .get("result", {}).get("id") for i in range(5)]
-        for stop in range(3):
+                  .get("result", {}).get("id") for i in range(2 + stops)]
+        for stop in range(stops):
             _wait_running(wire, first)
             load = rig.context.socket(zmq.DEALER)
             load.setsockopt(zmq.LINGER, 0)
@@ -1984,10 +2011,13 @@ def _sigterm(rig: Rig, row: Row) -> None:
         final = wait_job(wire, first, timeout=300)
         row.jobs_once = "1/1" if final.get("state") == "done" else "0/1"
         row.note(f"exit codes {codes}, seconds to exit {[round(s, 2) for s in seconds]}; "
-                 f"a job under three stops ended {final.get('state')} after {final.get('attempts')} attempt(s)")
+                 f"a job under {stops} stop(s) ended {final.get('state')} after {final.get('attempts')} attempt(s)")
         if started_after:
             row.note(f"{started_after} job(s) started after SIGTERM")
-        row.ok = (all(c == 0 for c in codes) and max(seconds) <= 5.0 and not started_after
+        bound = float(daemon.process.config.get("jobs", {}).get("shutdown_timeout_seconds", 3.0)) + SHUTDOWN_SLACK_SECONDS
+        if max(seconds) > bound:
+            row.note(f"slower than jobs.shutdown_timeout_seconds + {SHUTDOWN_SLACK_SECONDS:g} s ({bound:g} s)")
+        row.ok = (all(c == 0 for c in codes) and max(seconds) <= bound and not started_after
                   and final.get("state") == "done")
     finally:
         wire.close()
@@ -2002,13 +2032,13 @@ def _wait_running(wire: ZmqWire, job_id: str | None) -> None:
         time.sleep(0.05)
 
 
-def _second_instance(rig: Rig, row: Row) -> None:
+def _second_instance(rig: Rig, row: Row, song_seconds: float) -> None:
     """A second `flowstate up` on the same job store: same config, then other ports on the same database."""
     first = _fresh_daemon(rig, "second").start()
     wire = ZmqWire(rig.context, first.process.zmq_requests, rig.timeout)
     problems: list[str] = []
     try:
-        song = write_wav(first.root / "second" / "song.wav", 12.0)
+        song = write_wav(first.root / "second" / "song.wav", song_seconds)
         job_id = wire.call("stems.separate", {"path": str(song)}).get("result", {}).get("id")
         _wait_running(wire, job_id)
         before = wire.call("job.status", {"id": job_id}).get("result", {})
@@ -2140,7 +2170,9 @@ def _many_jobs(rig: Rig, row: Row, jobs: int) -> None:
     counts: dict[str, int] = {}
     ids: set[str] = set()
     rss_first: float | None = None
-    checkpoint = min(100, jobs // 5)  # "after the first": once the model is warm and the caches are full
+    # "After the first": once the model is warm and the caches are full. Half the jobs at least, so a
+    # short run does not compare the warm-up (after 6 jobs: +12 % by the 30th) with the steady state.
+    checkpoint = min(100, jobs // 2)
     row.rss_before_mb = daemon.rss()
     started = time.monotonic()
     try:
@@ -2175,7 +2207,13 @@ def _many_jobs(rig: Rig, row: Row, jobs: int) -> None:
         elapsed = time.monotonic() - started
         row.note(f"{len(ended)} jobs ended in {elapsed:.0f} s ({len(ended) / max(elapsed, 1e-9):.0f}/s); "
                  f"RSS after {checkpoint} jobs {rss_first or 0:.0f} MB, after all {row.rss_after_mb or 0:.0f} MB")
-        grown = rss_first is not None and row.rss_after_mb is not None and row.rss_after_mb > 1.10 * rss_first
+        # Growth is judged from RSS_JUDGED_JOBS jobs on: before that, one-off warm-up steps (about
+        # +30 MB between the 20th and the 40th cheap job on a 2-core CPU) look like a leak.
+        judged = jobs >= RSS_JUDGED_JOBS
+        grown = (judged and rss_first is not None and row.rss_after_mb is not None
+                 and row.rss_after_mb > 1.10 * rss_first)
+        if not judged:
+            row.note(f"RSS growth not judged under {RSS_JUDGED_JOBS} jobs (warm-up steps); the full run judges it")
         if grown:
             row.note(f"RSS grew more than 10 % after the first {checkpoint} jobs")
         row.ok = once == len(ids) == jobs and not grown
@@ -2193,7 +2231,7 @@ def run(options: argparse.Namespace) -> list[Row]:
     unknown = only - set(CLASSES)
     if unknown:
         raise SystemExit(f"--only: unknown class(es) {sorted(unknown)}; expected some of {', '.join(CLASSES)}")
-    count = 200 if options.short else 10000
+    count = 100 if options.short else 10000
     rows: dict[tuple[str, str], Row] = {}
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-abuse-"))
     rig = Rig(workdir, options)
@@ -2204,7 +2242,7 @@ def run(options: argparse.Namespace) -> list[Row]:
             ("containment", lambda: run_containment(rig, rows)),
             ("poison", lambda: run_poison(rig, rows, count)),
             ("cross", lambda: run_cross(rig, rows, max(30, count // 20))),
-            ("flood", lambda: run_flood(rig, rows, 3.0 if options.short else 20.0)),
+            ("flood", lambda: run_flood(rig, rows, 1.0 if options.short else 20.0)),
             ("lifecycle", lambda: run_lifecycle(rig, rows, options.short)),
         ]
         for name, step in steps:
@@ -2223,12 +2261,12 @@ def run(options: argparse.Namespace) -> list[Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="a few hundred inputs per wire (the test suite's run)")
+    parser.add_argument("--short", action="store_true", help="about 100 inputs per wire, about 90 s (the test suite's run)")
     parser.add_argument("--only", default="", help=f"comma-separated classes: {', '.join(CLASSES)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random input")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds an answer may take before it is silent")
     parser.add_argument("--jobs", type=int, default=0,
-                        help="cheap jobs in the 'many jobs' row (default 150 with --short, else 1000; "
+                        help="cheap jobs in the 'many jobs' row (default 40 with --short, else 1000; "
                              "about 3 a second on a 2-core CPU, so 10000 takes most of an hour)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, job stores) for a post-mortem")
     options = parser.parse_args()

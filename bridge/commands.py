@@ -193,7 +193,8 @@ def commands(ctx: CallContext, name: str) -> Result:
 async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None) -> Result:
     settings = dict(overrides or {})
     if device:
-        settings["device"] = int(device) if device.isdigit() else device
+        # An index is a few digits; a longer run of digits is a name (int() refuses over 4300 digits).
+        settings["device"] = int(device) if device.isdigit() and len(device) <= 9 else device
     if model:
         settings["model"] = model
     # Loading a model and opening a device take seconds: off the event loop.

@@ -207,7 +207,7 @@ class Arg:
             if isinstance(value, str):  # OSC carries objects as JSON text
                 try:
                     parsed = json.loads(value)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # malformed, an int over 4300 digits, nested too deep
                     return None
                 return parsed if isinstance(parsed, dict) else None
             return None
@@ -223,7 +223,7 @@ class Arg:
                 if text.startswith("["):
                     try:
                         parsed = json.loads(text)
-                    except json.JSONDecodeError:
+                    except (ValueError, RecursionError):  # malformed, an int over 4300 digits, nested too deep
                         return None
                     ok = isinstance(parsed, list) and all(isinstance(v, str) for v in parsed)
                     return parsed if ok else None
