@@ -147,8 +147,8 @@ class PathPolicy:
     def _inside(self, resolved: Path, folders: Sequence[Path]) -> bool:
         return any(resolved == folder or folder in resolved.parents for folder in folders)
 
-    def input_file(self, raw: str, arg: str, command: str) -> Path:
-        """An existing regular file inside the roots (links followed, and where they lead checked)."""
+    def _real_inside(self, raw: str, arg: str, command: str) -> Path:
+        """The real path of a request's path (links followed), refused unless it is inside the roots."""
         location = self.locate(raw, arg, command)
         path = Path(os.path.realpath(location.path))
         if not self._inside(path, self.roots):
@@ -157,6 +157,11 @@ class PathPolicy:
                 f"{command}: {arg} {raw!r} resolves to {path}, outside the allowed folders ({allowed}); "
                 "add a folder to paths.roots in config.yaml"
             )
+        return path
+
+    def input_file(self, raw: str, arg: str, command: str) -> Path:
+        """An existing regular file inside the roots (links followed, and where they lead checked)."""
+        path = self._real_inside(raw, arg, command)
         try:
             exists, is_file = path.exists(), path.is_file()
         except OSError as err:
@@ -169,14 +174,7 @@ class PathPolicy:
 
     def input_dir(self, raw: str, arg: str, command: str) -> Path:
         """An existing folder inside the roots, to read (links followed, where they lead checked); real path."""
-        location = self.locate(raw, arg, command)
-        path = Path(os.path.realpath(location.path))
-        if not self._inside(path, self.roots):
-            allowed = ", ".join(str(root) for root in self.roots)
-            raise Forbidden(
-                f"{command}: {arg} {raw!r} resolves to {path}, outside the allowed folders ({allowed}); "
-                "add a folder to paths.roots in config.yaml"
-            )
+        path = self._real_inside(raw, arg, command)
         if not path.exists():
             raise NotFound(f"{command}: {arg} {raw!r}: no such folder")
         if not path.is_dir():
