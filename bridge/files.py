@@ -493,10 +493,7 @@ def _open_child(
             found = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except OSError:
             raise err from None
-        if _is_link(found):
-            raise _link_forbidden(command, path, root) from None
-        if not stat.S_ISDIR(found.st_mode):
-            raise _not_a_folder(command, path) from None
+        _refuse_unless_real_folder(found, path, root, command)
         raise
     finally:
         os.close(parent)
@@ -527,10 +524,15 @@ def _walk_checked(
             if too_long(err):
                 raise _name_too_long(command, str(shown), err) from err
             raise
-        if _is_link(found):
-            raise _link_forbidden(command, shown, root)
-        if not stat.S_ISDIR(found.st_mode):
-            raise _not_a_folder(command, shown)
+        _refuse_unless_real_folder(found, shown, root, command)
+
+
+def _refuse_unless_real_folder(found: os.stat_result, shown: Path, root: Path, command: str) -> None:
+    """Forbidden for a link (or junction), BadRequest for anything else that is not a folder."""
+    if _is_link(found):
+        raise _link_forbidden(command, shown, root)
+    if not stat.S_ISDIR(found.st_mode):
+        raise _not_a_folder(command, shown)
 
 
 def check_chain(root: Path, opened_root: Path, parts: Sequence[str], command: str) -> None:
@@ -550,7 +552,4 @@ def check_chain(root: Path, opened_root: Path, parts: Sequence[str], command: st
             if too_long(err):
                 raise _name_too_long(command, str(shown), err) from err
             raise
-        if _is_link(found):
-            raise _link_forbidden(command, shown, root)
-        if not stat.S_ISDIR(found.st_mode):
-            raise _not_a_folder(command, shown)
+        _refuse_unless_real_folder(found, shown, root, command)
