@@ -18,8 +18,9 @@ every two rounds each kind has run first and last alike:
 * cli: demucs's own command line, `python -m demucs.separate --repo ... -n ... -d cpu --shifts 0
   --overlap 0.25 --int24`, a cold process per file (imports, model load, separation, writing).
 
-The model is the full-size htdemucs architecture (`HTDemucs(sources=[drums, bass, other, vocals])`,
-demucs's default arguments, seeded random weights: the cost does not depend on the weights), or
+The model is the released htdemucs architecture (`bridge.testing.RELEASED_HTDEMUCS_KWARGS`, 41.98 M
+parameters, the published checkpoints' shape; seeded random weights: the cost does not depend on
+the weights), or
 with `--tiny` the small test model (`tiny_htdemucs_repo(depth=3)`). The audio is synthetic stereo
 music (drums, bass, chords, a vibrato lead) at 44.1 kHz, written as a WAV file into the daemon's
 `files/` folder. Every side runs torch on `--threads` threads (the daemon's `separate.threads`,
@@ -68,7 +69,7 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
 from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess, save_demucs_repo, tiny_htdemucs_repo  # noqa: E402
+from bridge.testing import DaemonProcess, released_htdemucs_repo, tiny_htdemucs_repo  # noqa: E402
 
 SAMPLE_RATE = 44100
 WARMUP_SECONDS = 2.0  # one segment either way: apply_model pads every chunk to the segment length
@@ -83,14 +84,9 @@ KINDS = ("daemon", "direct", "cli")
 
 def build_repo(folder: Path, tiny: bool) -> tuple[Path, str]:
     """Save the model as a demucs local repo; returns (repo folder, model name)."""
-    import torch
-    from demucs.htdemucs import HTDemucs
-
     if tiny:
         return tiny_htdemucs_repo(folder, "tiny", depth=3), "tiny"
-    torch.manual_seed(0)
-    model = HTDemucs(sources=["drums", "bass", "other", "vocals"])
-    return save_demucs_repo(model, folder, "htdemucs_random"), "htdemucs_random"
+    return released_htdemucs_repo(folder, "htdemucs_random"), "htdemucs_random"
 
 
 def music(seconds: float, seed: int = 0) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Streaming HTDemucs: per-hop cost, load and latency of `StreamingSeparator`, against bare forwards.
 
-The model is the full-size htdemucs architecture (`HTDemucs(sources=[drums, bass, other, vocals])`
-with demucs's default arguments, seeded random weights: the cost does not depend on the weights),
-saved as a demucs local repo and loaded through the engine's real loader. For each
+The model is the released htdemucs architecture (`bridge.testing.RELEASED_HTDEMUCS_KWARGS`, 41.98 M
+parameters, the published checkpoints' shape; seeded random weights: the cost does not depend on
+the weights), saved as a demucs local repo and loaded through the engine's real loader. For each
 (context, hop, lookahead) setting it streams `--seconds` of noise at 48 kHz in 256-frame device
 blocks and, on the very windows the engine separates (cut from the same input, resampled by the
 same resampler), times a bare `model(window)` forward under `inference_mode`, interleaved hop by
@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
-from bridge.testing import save_demucs_repo  # noqa: E402
+from bridge.testing import released_htdemucs_repo  # noqa: E402
 from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator  # noqa: E402
 
 SAMPLE_RATE = 48000
@@ -61,12 +61,7 @@ SETTINGS: tuple[tuple[float, float, float], ...] = (
 
 
 def build_repo(folder: Path) -> Path:
-    import torch
-    from demucs.htdemucs import HTDemucs
-
-    torch.manual_seed(0)
-    model = HTDemucs(sources=["drums", "bass", "other", "vocals"])
-    return save_demucs_repo(model, folder, "htdemucs_random")
+    return released_htdemucs_repo(folder, "htdemucs_random")
 
 
 def sync(device: Any) -> None:

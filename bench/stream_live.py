@@ -1,8 +1,8 @@
 """Live stems in real time: the daemon's stream on JACK's dummy backend for a minute.
 
 What it shows: whether a setting runs in real time on this machine — load below 1 and no late
-hops over the whole run, with the latency the daemon reports. The full-size htdemucs architecture
-runs with random weights (the speed is the same as trained weights). The baseline, measured in
+hops over the whole run, with the latency the daemon reports. The released htdemucs architecture
+(`bridge.testing.RELEASED_HTDEMUCS_KWARGS`, 41.98 M parameters) runs with random weights (the speed is the same as trained weights). The baseline, measured in
 the same run after the stream stops, is a bare `model(window)` forward on windows of the same
 size: `ratio` = the stream's compute per hop / the bare forward (the stream's overhead).
 
@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess, save_demucs_repo  # noqa: E402
+from bridge.testing import DaemonProcess, released_htdemucs_repo  # noqa: E402
 
 
 def start_jack() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
@@ -70,12 +70,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    import torch
-    from demucs.htdemucs import HTDemucs
-
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-bench-"))
-    torch.manual_seed(0)
-    repo = save_demucs_repo(HTDemucs(sources=["drums", "bass", "other", "vocals"]), workdir / "models", "htdemucs_bench")
+    repo = released_htdemucs_repo(workdir / "models", "htdemucs_bench")
     jack, env = start_jack()
     stream = {
         "model": "htdemucs_bench", "engine_device": "cpu", "threads": args.threads,

@@ -389,6 +389,33 @@ def espeak_speech(path: Path, text: str, *, voice: str = "en", words_per_minute:
     return path
 
 
+# The architecture of the published `htdemucs` / `htdemucs_ft` checkpoints (about 84 MB in half
+# precision): the experiment in demucs's `grids/mmi.py`, 41.98 M parameters. demucs's default
+# arguments (`HTDemucs(sources=[...])`) build a lighter 26.9 M model that no user loads; every
+# benchmark that times HTDemucs builds this one (DESIGN.md, "HTDemucs facts").
+RELEASED_HTDEMUCS_KWARGS: dict[str, Any] = {
+    "sources": ["drums", "bass", "other", "vocals"], "bottom_channels": 512, "dconv_mode": 3,
+}
+
+
+def released_htdemucs(seed: int = 0) -> Any:
+    """The released htdemucs architecture with seeded random weights (eval mode)."""
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    return HTDemucs(**RELEASED_HTDEMUCS_KWARGS).eval()
+
+
+def parameter_count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def released_htdemucs_repo(folder: Path, name: str = "htdemucs_released", seed: int = 0) -> Path:
+    """`released_htdemucs(seed)` saved as a demucs local repo (see `save_demucs_repo`)."""
+    return save_demucs_repo(released_htdemucs(seed), folder, name, key=f"{name}:released:{seed}")
+
+
 def save_demucs_repo(model: Any, folder: Path, name: str, key: str | None = None) -> Path:
     """Save a demucs model (built with demucs's `capture_init`) as a one-model local repo.
 
