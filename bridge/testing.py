@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -409,6 +410,79 @@ def released_htdemucs(seed: int = 0) -> Any:
 
 def parameter_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def default_argument_htdemucs(seed: int = 0) -> Any:
+    """HTDemucs with demucs's default arguments (26.9 M parameters), seeded random weights (eval mode).
+
+    Lighter than every released checkpoint: only for a labelled comparison line next to
+    `released_htdemucs`, never for a product figure.
+    """
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(seed)
+    return HTDemucs(sources=RELEASED_HTDEMUCS_KWARGS["sources"]).eval()
+
+
+def describe_htdemucs(model: Any) -> str:
+    """One line for a bench's output: which architecture `model` is and its parameter count."""
+    released = ", ".join(f"{k}={v}" for k, v in RELEASED_HTDEMUCS_KWARGS.items() if k != "sources")
+    millions = f"{parameter_count(model) / 1e6:.2f} M parameters"
+    _, kwargs = getattr(model, "_init_args_kwargs", ((), {}))
+    if all(kwargs.get(k) == v for k, v in RELEASED_HTDEMUCS_KWARGS.items()):
+        return f"released htdemucs architecture (bridge.testing.RELEASED_HTDEMUCS_KWARGS: {released}), {millions}"
+    if set(kwargs) == {"sources"}:
+        return f"demucs's default-argument HTDemucs (lighter than any released checkpoint), {millions}"
+    return f"{type(model).__name__}({', '.join(f'{k}={v}' for k, v in kwargs.items())}), {millions}"
+
+
+# The window of the CPU default setting, 0.5 + 0.25 + 0.25 s as 44 blocks of 1024 frames at
+# 44.1 kHz (1.0217 s): its bare forward on the released architecture is the speed of the machine
+# every latency bench prints, so figures from machines of different speed can be compared (issue
+# 12's latency targets are stated for a machine where it takes <= 0.35 s).
+REFERENCE_WINDOW_SECONDS = 45056 / 44100
+
+
+def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECONDS, count: int = 10,
+                    warmup: int = 2, seed: int = 0) -> list[float]:
+    """p50, in ms, of a bare `model(window)` forward of a stereo `window_seconds` window, one per model.
+
+    The window is `round(window_seconds * rate / 1024)` blocks of 1024 frames at the model's rate,
+    seeded noise, on the device of the model's parameters. Each model runs as the streaming engine
+    runs it: `use_train_segment = False` (any window length; restored afterwards), under
+    `inference_mode`, with torch's current thread count. The models take turns, one forward each,
+    `warmup` untimed rounds then `count` timed ones, so load from elsewhere on a shared machine hits
+    them alike: the ratio between two models is the figure to trust there.
+    """
+    import torch
+
+    if not models or count < 1 or warmup < 0:
+        raise ValueError(f"bare_forward_ms: expected at least one model, count >= 1 and warmup >= 0, "
+                         f"got {len(models)} model(s), count={count}, warmup={warmup}")
+    generator = torch.Generator().manual_seed(seed)
+    windows, saved = [], []
+    for model in models:
+        frames = max(1, round(window_seconds * model.samplerate / 1024)) * 1024
+        device = next(model.parameters()).device
+        windows.append(torch.randn(1, model.audio_channels, frames, generator=generator).to(device))
+        saved.append(model.use_train_segment)
+        model.use_train_segment = False
+    times: list[list[float]] = [[] for _ in models]
+    try:
+        with torch.inference_mode():
+            for round_index in range(warmup + count):
+                for index, (model, window) in enumerate(zip(models, windows)):
+                    started = time.perf_counter()
+                    model(window)
+                    if window.device.type == "cuda":
+                        torch.cuda.synchronize(window.device)
+                    if round_index >= warmup:
+                        times[index].append(1000.0 * (time.perf_counter() - started))
+    finally:
+        for model, flag in zip(models, saved):
+            model.use_train_segment = flag
+    return [statistics.median(t) for t in times]
 
 
 def released_htdemucs_repo(folder: Path, name: str = "htdemucs_released", seed: int = 0) -> Path:

@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from bridge.testing import RUN_MARKER_VARIABLE, DaemonProcess, processes_started_by, stop_processes
+from bridge.testing import (
+    RUN_MARKER_VARIABLE,
+    DaemonProcess,
+    bare_forward_ms,
+    default_argument_htdemucs,
+    describe_htdemucs,
+    parameter_count,
+    processes_started_by,
+    released_htdemucs,
+    stop_processes,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SLEEPER = "import time; time.sleep(600)"  # stopped by the test long before that
@@ -120,3 +130,27 @@ def test_starting_a_running_daemon_again_is_refused() -> None:
     with DaemonProcess() as process:
         with pytest.raises(RuntimeError, match="already running"):
             process.start()
+
+
+def test_the_benches_build_the_released_htdemucs_architecture() -> None:
+    """The published htdemucs checkpoints' shape (about 84 MB in half precision), labelled as such."""
+    released = released_htdemucs()
+    assert round(parameter_count(released) / 1e6, 2) == 41.98
+    assert describe_htdemucs(released).startswith("released htdemucs architecture")
+    lighter = default_argument_htdemucs()
+    assert round(parameter_count(lighter) / 1e6, 1) == 26.9
+    assert "default-argument" in describe_htdemucs(lighter)
+
+
+def test_bare_forward_times_each_model_and_leaves_it_as_it_was() -> None:
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(0)
+    models = [HTDemucs(sources=["drums", "bass"], channels=8, depth=2, t_layers=1, bottom_channels=0, segment=4).eval()
+              for _ in range(2)]
+    times = bare_forward_ms(*models, window_seconds=0.1, count=2, warmup=1)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert all(model.use_train_segment for model in models)  # restored after running as the engine runs it
+    with pytest.raises(ValueError, match="count"):
+        bare_forward_ms(models[0], count=0)
