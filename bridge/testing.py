@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -393,9 +394,13 @@ def espeak_speech(path: Path, text: str, *, voice: str = "en", words_per_minute:
 # The architecture of the published `htdemucs` / `htdemucs_ft` checkpoints (about 84 MB in half
 # precision): the experiment in demucs's `grids/mmi.py`, 41.98 M parameters. demucs's default
 # arguments (`HTDemucs(sources=[...])`) build a lighter 26.9 M model that no user loads; every
-# benchmark that times HTDemucs builds this one (DESIGN.md, "HTDemucs facts").
+# benchmark that times HTDemucs builds this one (DESIGN.md, "HTDemucs facts"). Its training segment
+# is 7.8 s (10 s trimmed for repitching and shifts; demucs refuses a longer `--segment` for it):
+# `apply_model` pads every chunk of a file to it. The default argument, 10 s, would time file jobs
+# on longer chunks than users run; the streaming engine runs any length and does not depend on it.
 RELEASED_HTDEMUCS_KWARGS: dict[str, Any] = {
     "sources": ["drums", "bass", "other", "vocals"], "bottom_channels": 512, "dconv_mode": 3,
+    "segment": Fraction(39, 5),
 }
 
 
@@ -427,7 +432,8 @@ def default_argument_htdemucs(seed: int = 0) -> Any:
 
 def describe_htdemucs(model: Any) -> str:
     """One line for a bench's output: which architecture `model` is and its parameter count."""
-    released = ", ".join(f"{k}={v}" for k, v in RELEASED_HTDEMUCS_KWARGS.items() if k != "sources")
+    released = ", ".join(f"{k}={float(v) if isinstance(v, Fraction) else v}"
+                         for k, v in RELEASED_HTDEMUCS_KWARGS.items() if k != "sources")
     millions = f"{parameter_count(model) / 1e6:.2f} M parameters"
     _, kwargs = getattr(model, "_init_args_kwargs", ((), {}))
     if all(kwargs.get(k) == v for k, v in RELEASED_HTDEMUCS_KWARGS.items()):
