@@ -4,7 +4,8 @@ Two measurements on a real daemon (`python -m bridge up` via `bridge.testing.Dae
 
 * `malloc`: one daemon with `daemon.malloc_tuning` on and one with it off, each running a warm-up
   job (the model load) and then `--repeat` `stems.separate` jobs on `--seconds` of synthetic music
-  (bench/separate.py's), full-size HTDemucs architecture unless `--tiny`. Per job: wall time from
+  (bench/separate.py's), the released htdemucs architecture (`bridge.testing.RELEASED_HTDEMUCS_KWARGS`,
+  41.98 M parameters, random weights) unless `--tiny` (a small test model). Per job: wall time from
   the request to `job.done`, the resident memory once the job is over (after the worker has handed
   freed memory back: `malloc_trim(0)` with the tuning on) and the peak. The tuning pays when its
   jobs are faster; it must not keep the peak resident between jobs.
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `en
 
 from bench.separate import SAMPLE_RATE, SUBTYPE, build_repo, music, process_memory_mb, settled_rss_mb  # noqa: E402
 from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess, tiny_htdemucs_repo  # noqa: E402
+from bridge.testing import DaemonProcess, describe_htdemucs, tiny_htdemucs_repo  # noqa: E402
 
 TARGET_GROWTH = 1.10
 
@@ -65,6 +66,11 @@ def bench_malloc(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flowstate-bench-memory-")))
         repo, name = build_repo(folder / "models", args.tiny)
         results["model"] = name
+        from demucs.pretrained import get_model
+
+        results["model_architecture"] = describe_htdemucs(get_model(name, repo=repo).models[0])
+        print(f"model {name}: {results['model_architecture']}"
+              + (" (the small test model, NOT the product figure)" if args.tiny else ""), flush=True)
         for tuning in ("on", "off"):
             overrides = {
                 "daemon": {"log_level": "WARNING", "malloc_tuning": tuning == "on"},
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     malloc.add_argument("--seconds", type=float, default=30.0, help="audio per job (default 30)")
     malloc.add_argument("--repeat", type=int, default=2, help="jobs per setting after the warm-up")
     malloc.add_argument("--threads", type=int, default=2, help="separate.threads")
-    malloc.add_argument("--tiny", action="store_true", help="the small test HTDemucs instead of full size")
+    malloc.add_argument("--tiny", action="store_true",
+                        help="the small test HTDemucs instead of the released architecture")
     jobs = sub.add_parser("jobs", help="resident memory over many small jobs")
     jobs.add_argument("--jobs", type=int, default=1000)
     args = parser.parse_args(argv)

@@ -19,9 +19,11 @@ every two rounds each kind has run first and last alike:
   --overlap 0.25 --int24`, a cold process per file (imports, model load, separation, writing).
 
 The model is the released htdemucs architecture (`bridge.testing.RELEASED_HTDEMUCS_KWARGS`, 41.98 M
-parameters, the published checkpoints' shape; seeded random weights: the cost does not depend on
-the weights), or
-with `--tiny` the small test model (`tiny_htdemucs_repo(depth=3)`). The audio is synthetic stereo
+parameters and a 7.8 s training segment, the published checkpoints' shape; seeded random weights:
+the cost does not depend on the weights), or with `--tiny` the small test model
+(`tiny_htdemucs_repo(depth=3)`, labelled as such: never the product figure). The run prints the
+architecture with its parameter count, and this machine's speed: the bare forward p50 of a 1.02 s
+window of the released architecture (`bridge.testing.bare_forward_ms`). The audio is synthetic stereo
 music (drums, bass, chords, a vibrato lead) at 44.1 kHz, written as a WAV file into the daemon's
 `files/` folder. Every side runs torch on `--threads` threads (the daemon's `separate.threads`,
 `torch.set_num_threads` here, OMP_NUM_THREADS/MKL_NUM_THREADS for the CLI).
@@ -69,7 +71,15 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
 from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess, released_htdemucs_repo, tiny_htdemucs_repo  # noqa: E402
+from bridge.testing import (  # noqa: E402
+    REFERENCE_WINDOW_SECONDS,
+    DaemonProcess,
+    bare_forward_ms,
+    describe_htdemucs,
+    released_htdemucs,
+    released_htdemucs_repo,
+    tiny_htdemucs_repo,
+)
 
 SAMPLE_RATE = 44100
 WARMUP_SECONDS = 2.0  # one segment either way: apply_model pads every chunk to the segment length
@@ -346,8 +356,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bag = get_model(name, repo=repo)  # as demucs's CLI and the daemon's loader load it
         params = sum(p.numel() for p in bag.parameters())
         segment = float(min(m.segment for m in bag.models))
-        print(f"model {name}: {params / 1e6:.2f} M parameters, segment {segment:g} s; audio {args.seconds:g} s "
+        architecture = describe_htdemucs(bag.models[0])
+        if args.tiny:
+            architecture += ": the small test model, NOT the product figure"
+        print(f"model {name}: {architecture}, segment {segment:g} s; audio {args.seconds:g} s "
               f"stereo at {SAMPLE_RATE} Hz; cpu, {args.threads} thread(s); {args.repeat} round(s)", flush=True)
+        reference_ms = bare_forward_ms(released_htdemucs(), window_seconds=REFERENCE_WINDOW_SECONDS)[0]
+        print(f"this machine: bare forward of a {REFERENCE_WINDOW_SECONDS:.2f} s window, released architecture: "
+              f"{reference_ms:.0f} ms p50 (load {os.getloadavg()[0]:.2f})", flush=True)
 
         first = run_daemon(client, daemon, warmup)  # loads the model in the daemon and keeps it warm
         run_direct(bag, warmup, files / "direct-warmup")
@@ -379,6 +395,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "separate",
         "model": name,
         "model_params": params,
+        "model_architecture": architecture,
+        "reference_forward_ms": round(reference_ms, 1),
+        "reference_window_s": round(REFERENCE_WINDOW_SECONDS, 4),
         "segment_s": segment,
         "audio_seconds": args.seconds,
         "threads": args.threads,
@@ -408,8 +427,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"\nstems.separate, {r['model']} ({r['model_params'] / 1e6:.2f} M params), {r['audio_seconds']:g} s stereo "
-          f"44.1 kHz, cpu {r['threads']} thread(s), median of {r['repeat']} round(s)")
+    print(f"\nstems.separate, {r['model']}: {r['model_architecture']}; {r['audio_seconds']:g} s stereo "
+          f"44.1 kHz, cpu {r['threads']} thread(s), median of {r['repeat']} round(s); this machine's 1.02 s "
+          f"released window: {r['reference_forward_ms']:.0f} ms")
     header = f"{'':22} {'median s':>9} {'min s':>8} {'cpu s':>7} {'sys s':>6} {'x RT':>6} {'daemon/this':>11}"
     print(header)
     print("-" * len(header))
@@ -447,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the test audio (default 30)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians and minimums are reported")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on every side")
-    parser.add_argument("--tiny", action="store_true", help="the small test HTDemucs (depth 3) instead of full size")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the small test HTDemucs (depth 3) instead of the released architecture")
     parser.add_argument("--no-cli", action="store_true", help="skip demucs's command line")
     parser.add_argument("--malloc-tuning", choices=["on", "off"], default="on",
                         help="the daemon's daemon.malloc_tuning (default on, as config.yaml)")

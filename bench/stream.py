@@ -25,8 +25,14 @@ Figures per setting:
 * Baseline: demucs's `apply_model(shifts=0, split=True, overlap=0.25)` on the same audio at
   44.1 kHz, offline, on the same checkpoint loaded as demucs's CLI loads it (each 7.8 s segment
   padded to the training length), as x real time.
+* The machine's speed, before the settings: the bare forward p50 of a 1.02 s window
+  (`bridge.testing.REFERENCE_WINDOW_SECONDS`, the CPU default's) of the released architecture, the
+  figure latency targets are stated against (<= 0.35 s), and of demucs's default-argument model
+  (26.9 M parameters, lighter than any released checkpoint: an extra labelled line that shows what
+  the released architecture costs, `released/default`; never a product figure). `--no-default-model`
+  skips the latter.
 
-    .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N]
+    .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N] [--no-default-model]
 
 The last line of output is one JSON object with every figure.
 """
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -45,7 +52,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
-from bridge.testing import released_htdemucs_repo  # noqa: E402
+from bridge.testing import (  # noqa: E402
+    REFERENCE_WINDOW_SECONDS,
+    bare_forward_ms,
+    default_argument_htdemucs,
+    describe_htdemucs,
+    released_htdemucs,
+    released_htdemucs_repo,
+)
 from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator  # noqa: E402
 
 SAMPLE_RATE = 48000
@@ -166,12 +180,29 @@ def apply_model_baseline(repo: Path, device: str, audio: np.ndarray) -> dict[str
     return {"audio_s": round(seconds, 2), "wall_s": round(elapsed, 3), "x_realtime": round(seconds / elapsed, 2)}
 
 
+def reference_forward(device: Any, with_default: bool) -> dict[str, Any]:
+    """This machine's speed: bare forward p50 of a 1.02 s window, released architecture (and default-argument)."""
+    released = released_htdemucs().to(device)
+    models = [released]
+    if with_default:
+        models.append(default_argument_htdemucs().to(device))
+    times = bare_forward_ms(*models, window_seconds=REFERENCE_WINDOW_SECONDS)
+    result: dict[str, Any] = {"window_s": round(REFERENCE_WINDOW_SECONDS, 4), "released_ms": round(times[0], 1),
+                              "released_model": describe_htdemucs(released)}
+    if with_default:
+        result.update(default_args_ms=round(times[1], 1), default_args_model=describe_htdemucs(models[1]),
+                      released_over_default=round(times[0] / times[1], 3))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--seconds", type=float, default=6.0, help="audio streamed per setting and round")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--precision", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--no-default-model", action="store_true",
+                        help="skip the labelled default-argument HTDemucs line (released/default ratio)")
     args = parser.parse_args(argv)
 
     import torch
@@ -185,14 +216,23 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal((2, int(args.seconds * SAMPLE_RATE)))).astype(np.float32)
     started = time.perf_counter()
+    load_before = os.getloadavg()
+    reference = reference_forward(device, not args.no_default_model)
     with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:
         repo = build_repo(Path(folder))
         rows = [run_setting(repo, args.device, args.precision, args.threads, audio, s) for s in settings]
         baseline = apply_model_baseline(repo, args.device, audio)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"StreamingSeparator, full-size htdemucs (random weights), {name}, {args.precision}, "
+    load_after = os.getloadavg()
+    print(f"StreamingSeparator, {reference['released_model']} (random weights), {name}, {args.precision}, "
           f"{SAMPLE_RATE} Hz in {BLOCK}-frame blocks, {args.seconds:g} s x {ROUNDS} rounds per setting")
+    print(f"this machine: bare forward of a {reference['window_s']:.2f} s window, released architecture: "
+          f"{reference['released_ms']:.0f} ms p50 (latency targets assume <= 350 ms)")
+    if "default_args_ms" in reference:
+        print(f"  extra, not a product figure: {reference['default_args_model']}: "
+              f"{reference['default_args_ms']:.0f} ms p50 on the same window, interleaved; "
+              f"released/default {reference['released_over_default']:.2f}")
     header = (f"{'ctx/hop/look s':>17} {'window s':>8} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} {'bare ms':>7} "
               f"{'load50':>6} {'load99':>6} {'lat ms':>6} {'total ms':>8} {'tight ms':>8} {'ratio':>5} {'r.tot':>5} "
               f"{'x RT':>5}")
@@ -212,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine/bare: worst ratio {worst:.3f}, worst ratio_total {worst_total:.3f} (target <= {TARGET_RATIO}): "
           f"{verdict}; "
           "total_ms = latency_ms + hop_ms (one hop of compute budget); tight_ms = latency_ms + p99_ms; "
-          f"device buffer not included. Run took {time.perf_counter() - started:.0f} s.")
+          f"device buffer not included. Run took {time.perf_counter() - started:.0f} s; load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.")
     print(json.dumps({
         "bench": "stream", "device": str(device), "device_name": name, "precision": args.precision,
         "sample_rate": SAMPLE_RATE, "block": BLOCK, "seconds": args.seconds, "rounds": ROUNDS,
+        "reference_forward": reference,
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
         "settings": rows, "apply_model": baseline, "target_ratio": TARGET_RATIO, "worst_ratio": worst,
         "worst_ratio_total": worst_total,
     }))
