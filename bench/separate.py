@@ -28,10 +28,13 @@ music (drums, bass, chords, a vibrato lead) at 44.1 kHz, written as a WAV file i
 `files/` folder. Every side runs torch on `--threads` threads (the daemon's `separate.threads`,
 `torch.set_num_threads` here, OMP_NUM_THREADS/MKL_NUM_THREADS for the CLI).
 
-Run time: the full-size model runs a 10 s segment in about 5 s on two idle cores (the 2-core AMD
-EPYC development machine), and 30 s of audio is four segments (stride 7.5 s), so the default run
-(30 s, three rounds) takes about 4 minutes there. Other work on a shared machine can take a core
-away and double that; `--seconds 15` (two segments) then keeps it near 5 minutes.
+Run time: `apply_model` pads every chunk to the released model's 7.8 s training segment, with a
+stride of 5.85 s at overlap 0.25, so 5 s of audio is one segment, 15 s three and 30 s six. One
+segment costs about 10 CPU seconds on the 2-core AMD EPYC (2026-12-02: 10.2 s of the daemon's CPU,
+31 s of wall time on 1 thread at load average 9). The default run (30 s, three rounds, three ways
+plus warm-ups) is therefore about 10 CPU minutes, 5 minutes or more on two idle cores. On a shared
+machine, `--seconds 5 --repeat 2 --threads 1` took 7 minutes at load 9. At that load, 2 threads are
+slower than 1, because torch's OpenMP threads spin-wait for a core.
 
 Figures: medians over `--repeat` rounds (and minimums); CPU seconds per run, user + system, and the
 system part alone (the daemon's from /proc, this process's own, the CLI child's; system time here is
