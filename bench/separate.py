@@ -364,7 +364,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             architecture += ": the small test model, NOT the product figure"
         print(f"model {name}: {architecture}, segment {segment:g} s; audio {args.seconds:g} s "
               f"stereo at {SAMPLE_RATE} Hz; cpu, {args.threads} thread(s); {args.repeat} round(s)", flush=True)
-        reference_ms = bare_forward_ms(released_htdemucs(), window_seconds=REFERENCE_WINDOW_SECONDS)[0]
+        # Fewer forwards than bench/stream.py's: the machine's speed only, next to the figures.
+        reference_ms = bare_forward_ms(released_htdemucs(), window_seconds=REFERENCE_WINDOW_SECONDS,
+                                       count=5, warmup=1)[0]
         print(f"this machine: bare forward of a {REFERENCE_WINDOW_SECONDS:.2f} s window, released architecture: "
               f"{reference_ms:.0f} ms p50 (load {os.getloadavg()[0]:.2f})", flush=True)
 
