@@ -596,9 +596,13 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         rows = [row for row in result["rows"] if row["sample_rate"] == DEVICE_RATE and "refused" not in row]
         axes.scatter([row["latency_ms"] for row in rows], [row["worst_delta"] for row in rows],
                      marker=markers[index % len(markers)], s=42, label=result["model"])
+        labels: dict[tuple[float, float], list[str]] = {}  # settings that land on one point share a label
         for row in rows:
-            axes.annotate("/".join(f"{s:g}" for s in row["setting"]), (row["latency_ms"], row["worst_delta"]),
-                          textcoords="offset points", xytext=(4, 4), fontsize=7)
+            labels.setdefault((row["latency_ms"], row["worst_delta"]), []).append(
+                "/".join(f"{s:g}" for s in row["setting"]))
+        for (x, y), names in labels.items():
+            axes.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(5, -3), fontsize=7,
+                          va="top")
     axes.axhline(-MARGIN_DB, linestyle="--", color="grey", linewidth=1, label=f"floor: offline - {MARGIN_DB} dB")
     axes.axhline(0.0, color="black", linewidth=0.5)
     axes.set_xlabel("engine latency at 48 kHz, ms (context/hop/lookahead s labelled)")
@@ -606,6 +610,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     axes.set_title("Live stems: what streaming costs in SDR")
     axes.legend(loc="lower right", fontsize=8)
     axes.grid(alpha=0.3)
+    axes.margins(x=0.12)  # room for the labels of the last point
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
