@@ -24,7 +24,10 @@ Models:
   (`--accompaniment`).
 
     .venv/bin/python bench/stream_quality.py [--models htdemucs_small,spleeter:2stems]
-        [--seconds S] [--threads N] [--plot PATH] [--quick]
+        [--seconds S] [--settings all|defaults] [--threads N] [--accompaniment auto|spleeter|synthetic]
+        [--plot PATH] [--quick]
+
+`--quick` takes the tests' short training recipe (`TEST_RECIPE`) and 6 s mixtures.
 
 The last line of output is one JSON object with every figure.
 """
@@ -35,6 +38,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -676,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"--models: expected {MODEL_NAME} or spleeter:2stems, got {model!r}")
 
-    load = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nstream quality: {torch.get_num_threads()} thread(s), load average {load}, "
           f"{BLOCK}-frame blocks, {time.perf_counter() - started:.0f} s")
     for result in results:
