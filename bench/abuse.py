@@ -28,8 +28,15 @@ requests, the ZeroMQ audio socket and HTTP to the self-hosted server:
   every one done exactly once, RSS after the first hundred against after all of them).
 
 For every request the answer is classified: a structured error (its code counted; `internal` counted
-apart), accepted, a closed connection, or silent (no answer within `--timeout`). A request's answer
-is told apart from later ones by a sentinel ping sent right behind it on the same socket. When the
+apart), accepted, a closed connection, slow or silent. A request's answer is told apart from later
+ones by a sentinel ping sent right behind it on the same socket. One not answered within `--timeout`
+is awaited LATE_GRACE_SECONDS more: answered then, it is slow (counted apart, with the longest delay,
+not a failure); never answered, silent. A silent input is named on stderr and in the notes (its index
+among its wire's inputs, its kind, a hex prefix; with `--keep` saved whole as silent/*.json, and
+`--replay FILE` sends it alone to a fresh daemon), with a ping from another socket showing whether the
+daemon was serving meanwhile. On OSC UDP the kernel's drop counters (/proc/net/snmp) are read around
+each input: an input unanswered while they rose is sent once more, and counted as resent, not silent,
+when that is answered. When the
 daemon or the server dies it is counted, restarted on the same ports and the run goes on. The daemon
 and the server run under an address-space cap (Linux `prlimit`) so that a request that would exhaust
 memory fails inside them instead of taking this machine down; where no cap can be set, the probes
@@ -38,13 +45,17 @@ that are known to allocate without bound are skipped and the table says so.
 It prints one table (per class and wire) and exits 1 when any row has escapes, silent requests,
 `internal` answers, deaths or a failed lifecycle check (column `ok`).
 
-    .venv/bin/python bench/abuse.py [--short] [--only CLASS[,CLASS]] [--seed N] [--timeout S] [--jobs N] [--keep]
+    .venv/bin/python bench/abuse.py [--short] [--only CLASS[,CLASS]] [--wires WIRE[,WIRE]] [--seed N]
+                                    [--timeout S] [--jobs N] [--keep] [--replay FILE]
 
 `--short` (the test suite's run, about 90 s on an idle 2-core machine) sends about 100 inputs per
 wire and still touches every class on every wire: a third of the containment matrix per OSC/ZeroMQ
 wire, 1 s floods, one SIGTERM, two SIGKILLs, 40 cheap jobs. The default sends at least 10,000 per
-wire (20 s floods, three SIGTERMs, 1000 jobs). CLASS is one of: containment, poison, cross, flood, lifecycle. The last line of
-output is one JSON object with every row (tests/bench/test_abuse.py reads it).
+wire (20 s floods, three SIGTERMs, 1000 jobs) and fails unless every wire got 10,000 (the line
+"inputs per wire" after the table counts the classes whose inputs are answered one by one). CLASS
+is one of: containment, poison, cross, flood, lifecycle; WIRE (poison only) one of: osc_udp,
+osc_tcp, zmq, audio, http. The last line of output is one JSON object with every row
+(tests/bench/test_abuse.py reads it).
 """
 
 from __future__ import annotations
@@ -463,6 +474,16 @@ class Patience:
         """Seconds left to read: through the grace while unanswered, else to the timeout (the sentinel)."""
         return self.started + self.timeout + (0.0 if answered else self.grace) - time.monotonic()
 
+    def read_for(self, answered: bool, probed: bool) -> float:
+        """How long the next read may block: never past the timeout before the late probe is sent."""
+        remaining = self.remaining(answered)
+        if answered or probed:
+            return remaining
+        return min(remaining, self.started + self.timeout - time.monotonic())
+
+    def overdue(self) -> bool:
+        return time.monotonic() >= self.started + self.timeout
+
     def outcome(self, answer: str) -> str:
         """The answer, as `slow:<seconds>:<answer>` when it came after the timeout."""
         waited = time.monotonic() - self.started
@@ -533,7 +554,7 @@ class UdpWire:
             dropped = None if drops is None else (udp_drops() or 0) - drops
             if not dropped:
                 break
-        self.diagnosis = (f"its sentinel ping was {'' if sentinel else 'not '}answered; {self._probe()}; "
+        self.diagnosis = (f"its sentinel ping was {'' if sentinel else 'not '}answered; {self.diagnosis}; "
                           f"UDP drop counters {'unknown' if dropped is None else f'+{dropped}'}")
         return "silent"
 
@@ -545,16 +566,18 @@ class UdpWire:
             return f"error:client-{err.errno}", False
         self.sock.sendto(PING, self.address)
         answer = None
-        sentinel = False
+        sentinel = probed = False
         while answer is None or not sentinel:
-            remaining = wait.remaining(answer is not None)
-            if remaining <= 0:
+            if answer is None and not probed and wait.overdue():
+                self.diagnosis, probed = self._probe(), True
+            remaining = wait.read_for(answer is not None, probed)
+            if remaining <= 0 and (probed or answer is not None):
                 break
-            self.sock.settimeout(remaining)
+            self.sock.settimeout(max(remaining, 0.001))
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
-                break
+                continue
             got = osc_outcome(data)
             if got is None:
                 continue
@@ -615,16 +638,18 @@ class TcpWire:
             self._reset()
             return "closed"
         answer = None
-        sentinel = False
+        sentinel = probed = False
         while answer is None or not sentinel:
-            remaining = wait.remaining(answer is not None)
-            if remaining <= 0:
+            if answer is None and not probed and wait.overdue():
+                self.diagnosis, probed = self._probe(), True
+            remaining = wait.read_for(answer is not None, probed)
+            if remaining <= 0 and (probed or answer is not None):
                 break
-            sock.settimeout(remaining)
+            sock.settimeout(max(remaining, 0.001))
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
-                break
+                continue
             except OSError:
                 chunk = b""
             if not chunk:
@@ -640,7 +665,7 @@ class TcpWire:
                 elif answer is None:
                     answer = wait.outcome(f"error:{got[1]}" if got[0] == "error" else "ok")
         if answer is None:
-            self.diagnosis = (f"its sentinel ping was {'' if sentinel else 'not '}answered; {self._probe()}")
+            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {self.diagnosis}"
             self._reset()  # the next input starts on a clean connection
         return answer or "silent"
 
@@ -714,11 +739,15 @@ class ZmqWire:
         self.sock.send_multipart(frames)
         self.sock.send(json.dumps({"id": sentinel_id, "cmd": "ping"}).encode())
         answer = None
-        sentinel = False
+        sentinel = probed = False
         while answer is None or not sentinel:
-            remaining = wait.remaining(answer is not None)
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+            if answer is None and not probed and wait.overdue():
+                self.diagnosis, probed = self.kick(), True
+            remaining = wait.read_for(answer is not None, probed)
+            if remaining <= 0 and (probed or answer is not None):
                 break
+            if not self.sock.poll(int(max(remaining, 0.0) * 1000) + 1):
+                continue
             body = self.sock.recv_multipart()[-1]
             try:
                 message = json.loads(body)
@@ -735,14 +764,13 @@ class ZmqWire:
             if answer is None:
                 error = message.get("error")
                 answer = wait.outcome(f"error:{error.get('code', 'unknown')}" if isinstance(error, dict) else "ok")
+        if answer is None:
+            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {self.diagnosis}"
         if not sentinel:
-            probe = self.kick()
-            if answer is None:
-                self.diagnosis = f"its sentinel ping was not answered; {probe}"
+            if not probed:
+                self.kick()  # an edge-triggered socket that stalled (issue 11) resumes on another's request
             self.sock.close(0)
             self.sock = self._open()
-        elif answer is None:
-            self.diagnosis = f"its sentinel ping was answered; {self.kick()}"
         return answer or "silent"
 
     def call(self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
@@ -786,11 +814,12 @@ class AudioWire:
         self.diagnosis = ""
         wait = patience(timeout, self.timeout, grace)
         self.sock.send_multipart(frames)
-        if not self.sock.poll(int(max(0.0, wait.remaining(False)) * 1000) + 1):
+        if not self.sock.poll(int(max(0.0, wait.read_for(False, False)) * 1000) + 1):
             self.diagnosis = self._probe()
-            self.sock.close(0)
-            self.sock = self._open()  # a later answer must not be read as the next one's
-            return "silent"
+            if not self.sock.poll(int(max(0.0, wait.remaining(False)) * 1000) + 1):
+                self.sock.close(0)
+                self.sock = self._open()  # a later answer must not be read as the next one's
+                return "silent"
         reply = self.sock.recv_multipart()
         try:
             header = json.loads(reply[0])
@@ -1358,6 +1387,7 @@ def run_poison(rig: Rig, rows: dict[tuple[str, str], Row], count: int) -> None:
         client: Any = _reopen(rig, wire)
         row.rss_before_mb = rig.daemon.rss()
         kinds: dict[str, list[int]] = {}
+        drops = udp_drops()
         for i in range(count):
             kind, packet = next(packets)
             if wire == "osc_tcp":
@@ -1374,6 +1404,9 @@ def run_poison(rig: Rig, rows: dict[tuple[str, str], Row], count: int) -> None:
         rig.daemon.check(row)
         row.rss_after_mb = rig.daemon.rss()
         _kind_notes(row, kinds)
+        if wire == "osc_udp" and drops is not None:
+            row.note(f"the kernel's UDP drop counters rose by {(udp_drops() or 0) - drops} during this row "
+                     "(the whole machine's; resent inputs count the ones that hit this bench)")
         client.close()
     if "zmq" in wires:
         row = row_for(rows, "poison", "zmq")
@@ -1437,11 +1470,19 @@ def _audio_poison(rig: Rig, row: Row, count: int, odd_rates: bool) -> None:
 
 def _poison_outcome(rig: Rig, row: Row, kinds: dict[str, list[int]], sent: tuple[int, str, list[bytes]],
                     outcome: str, diagnosis: str) -> None:
-    """Count one poison input; a silent one is named (index, kind, bytes in hex) and, with --keep, saved."""
+    """Count one poison input; a silent one is named (index, kind, bytes in hex) and, with --keep, saved;
+    a slow one is named with its delay."""
     row.record(outcome)
     _tally(kinds, sent[1], outcome)
     if outcome == "silent":
         _name_silent(rig, row, sent, diagnosis)
+    elif outcome.startswith("slow:"):
+        _, seconds, answer = outcome.split(":", 2)
+        text = f"slow input #{sent[0]} ({sent[1]}): {answer} after {float(seconds):.2f} s"
+        text += f"; meanwhile {diagnosis}" if diagnosis else ""
+        progress(f"{row.cls}/{row.wire}: {text}")
+        if row.slow <= SILENT_LISTED:
+            row.note(text)
 
 
 def _name_silent(rig: Rig, row: Row, sent: tuple[int, str, list[bytes]], diagnosis: str) -> None:
