@@ -469,20 +469,22 @@ class Patience:
     timeout: float
     grace: float
     started: float = field(default_factory=time.monotonic)
+    probe: str = ""  # what a ping from another socket showed once the input was overdue
 
     def remaining(self, answered: bool) -> float:
         """Seconds left to read: through the grace while unanswered, else to the timeout (the sentinel)."""
         return self.started + self.timeout + (0.0 if answered else self.grace) - time.monotonic()
 
-    def read_for(self, answered: bool, probed: bool) -> float:
-        """How long the next read may block: never past the timeout before the late probe is sent."""
+    def next_read(self, answered: bool, probe: Callable[[], str]) -> float | None:
+        """Seconds the next read may block, None when the wait is over. Once the input is overdue
+        and still unanswered, `probe` (a ping from another socket) runs, once, into `self.probe`."""
+        overdue = self.started + self.timeout - time.monotonic()
+        if not answered and not self.probe:
+            if overdue > 0:
+                return overdue  # wake at the timeout to probe
+            self.probe = probe()
         remaining = self.remaining(answered)
-        if answered or probed:
-            return remaining
-        return min(remaining, self.started + self.timeout - time.monotonic())
-
-    def overdue(self) -> bool:
-        return time.monotonic() >= self.started + self.timeout
+        return remaining if remaining > 0 else None
 
     def outcome(self, answer: str) -> str:
         """The answer, as `slow:<seconds>:<answer>` when it came after the timeout."""
@@ -566,14 +568,12 @@ class UdpWire:
             return f"error:client-{err.errno}", False
         self.sock.sendto(PING, self.address)
         answer = None
-        sentinel = probed = False
+        sentinel = False
         while answer is None or not sentinel:
-            if answer is None and not probed and wait.overdue():
-                self.diagnosis, probed = self._probe(), True
-            remaining = wait.read_for(answer is not None, probed)
-            if remaining <= 0 and (probed or answer is not None):
+            remaining = wait.next_read(answer is not None, self._probe)
+            if remaining is None:
                 break
-            self.sock.settimeout(max(remaining, 0.001))
+            self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
@@ -585,6 +585,7 @@ class UdpWire:
                 sentinel = True
             elif answer is None:
                 answer = wait.outcome(f"error:{got[1]}" if got[0] == "error" else "ok")
+        self.diagnosis = wait.probe
         return answer, sentinel
 
     def _probe(self) -> str:
@@ -638,14 +639,12 @@ class TcpWire:
             self._reset()
             return "closed"
         answer = None
-        sentinel = probed = False
+        sentinel = False
         while answer is None or not sentinel:
-            if answer is None and not probed and wait.overdue():
-                self.diagnosis, probed = self._probe(), True
-            remaining = wait.read_for(answer is not None, probed)
-            if remaining <= 0 and (probed or answer is not None):
+            remaining = wait.next_read(answer is not None, self._probe)
+            if remaining is None:
                 break
-            sock.settimeout(max(remaining, 0.001))
+            sock.settimeout(remaining)
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
@@ -654,6 +653,7 @@ class TcpWire:
                 chunk = b""
             if not chunk:
                 self._reset()
+                self.diagnosis = wait.probe
                 return answer or wait.outcome("closed")
             self.buffer += chunk
             for packet in self._split():
@@ -664,8 +664,9 @@ class TcpWire:
                     sentinel = True
                 elif answer is None:
                     answer = wait.outcome(f"error:{got[1]}" if got[0] == "error" else "ok")
+        self.diagnosis = wait.probe
         if answer is None:
-            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {self.diagnosis}"
+            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {wait.probe}"
             self._reset()  # the next input starts on a clean connection
         return answer or "silent"
 
@@ -739,14 +740,12 @@ class ZmqWire:
         self.sock.send_multipart(frames)
         self.sock.send(json.dumps({"id": sentinel_id, "cmd": "ping"}).encode())
         answer = None
-        sentinel = probed = False
+        sentinel = False
         while answer is None or not sentinel:
-            if answer is None and not probed and wait.overdue():
-                self.diagnosis, probed = self.kick(), True
-            remaining = wait.read_for(answer is not None, probed)
-            if remaining <= 0 and (probed or answer is not None):
+            remaining = wait.next_read(answer is not None, self.kick)
+            if remaining is None:
                 break
-            if not self.sock.poll(int(max(remaining, 0.0) * 1000) + 1):
+            if not self.sock.poll(int(remaining * 1000) + 1):
                 continue
             body = self.sock.recv_multipart()[-1]
             try:
@@ -764,10 +763,11 @@ class ZmqWire:
             if answer is None:
                 error = message.get("error")
                 answer = wait.outcome(f"error:{error.get('code', 'unknown')}" if isinstance(error, dict) else "ok")
+        self.diagnosis = wait.probe
         if answer is None:
-            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {self.diagnosis}"
+            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {wait.probe}"
         if not sentinel:
-            if not probed:
+            if not wait.probe:
                 self.kick()  # an edge-triggered socket that stalled (issue 11) resumes on another's request
             self.sock.close(0)
             self.sock = self._open()
@@ -814,7 +814,7 @@ class AudioWire:
         self.diagnosis = ""
         wait = patience(timeout, self.timeout, grace)
         self.sock.send_multipart(frames)
-        if not self.sock.poll(int(max(0.0, wait.read_for(False, False)) * 1000) + 1):
+        if not self.sock.poll(int(max(0.0, wait.remaining(True)) * 1000) + 1):
             self.diagnosis = self._probe()
             if not self.sock.poll(int(max(0.0, wait.remaining(False)) * 1000) + 1):
                 self.sock.close(0)
@@ -1261,6 +1261,8 @@ def osc_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
         elif kind == "bundle":
             size = rng.choice((0, 3, 2**31 - 1, 0xFFFFFFFF, len(valid) + 100, len(valid) - 4))
             packet = b"#bundle\0" + struct.pack(">Q", 1) + struct.pack(">I", size & 0xFFFFFFFF) + valid
+            if index % 90 == 5:  # one bundle in ten holds no message (it drew no more randomness)
+                packet = b"#bundle\0" + struct.pack(">Q", 1)
         elif kind == "wrongtype":
             args = [osc_arg(_plausible(arg)) for arg in spec.args]
             if args:
