@@ -28,8 +28,15 @@ requests, the ZeroMQ audio socket and HTTP to the self-hosted server:
   every one done exactly once, RSS after the first hundred against after all of them).
 
 For every request the answer is classified: a structured error (its code counted; `internal` counted
-apart), accepted, a closed connection, or silent (no answer within `--timeout`). A request's answer
-is told apart from later ones by a sentinel ping sent right behind it on the same socket. When the
+apart), accepted, a closed connection, slow or silent. A request's answer is told apart from later
+ones by a sentinel ping sent right behind it on the same socket. One not answered within `--timeout`
+is awaited LATE_GRACE_SECONDS more: answered then, it is slow (counted apart, with the longest delay,
+not a failure); never answered, silent. A silent input is named on stderr and in the notes (its index
+among its wire's inputs, its kind, a hex prefix; with `--keep` saved whole as silent/*.json, and
+`--replay FILE` sends it alone to a fresh daemon), with a ping from another socket showing whether the
+daemon was serving meanwhile. On OSC UDP the kernel's drop counters (/proc/net/snmp) are read around
+each input: an input unanswered while they rose is sent once more, and counted as resent, not silent,
+when that is answered. When the
 daemon or the server dies it is counted, restarted on the same ports and the run goes on. The daemon
 and the server run under an address-space cap (Linux `prlimit`) so that a request that would exhaust
 memory fails inside them instead of taking this machine down; where no cap can be set, the probes
@@ -38,13 +45,17 @@ that are known to allocate without bound are skipped and the table says so.
 It prints one table (per class and wire) and exits 1 when any row has escapes, silent requests,
 `internal` answers, deaths or a failed lifecycle check (column `ok`).
 
-    .venv/bin/python bench/abuse.py [--short] [--only CLASS[,CLASS]] [--seed N] [--timeout S] [--jobs N] [--keep]
+    .venv/bin/python bench/abuse.py [--short] [--only CLASS[,CLASS]] [--wires WIRE[,WIRE]] [--seed N]
+                                    [--timeout S] [--jobs N] [--keep] [--replay FILE]
 
 `--short` (the test suite's run, about 90 s on an idle 2-core machine) sends about 100 inputs per
 wire and still touches every class on every wire: a third of the containment matrix per OSC/ZeroMQ
 wire, 1 s floods, one SIGTERM, two SIGKILLs, 40 cheap jobs. The default sends at least 10,000 per
-wire (20 s floods, three SIGTERMs, 1000 jobs). CLASS is one of: containment, poison, cross, flood, lifecycle. The last line of
-output is one JSON object with every row (tests/bench/test_abuse.py reads it).
+wire (20 s floods, three SIGTERMs, 1000 jobs) and fails unless every wire got 10,000 (the line
+"inputs per wire" after the table counts the classes whose inputs are answered one by one). CLASS
+is one of: containment, poison, cross, flood, lifecycle; WIRE (poison only) one of: osc_udp,
+osc_tcp, zmq, audio, http. The last line of output is one JSON object with every row
+(tests/bench/test_abuse.py reads it).
 """
 
 from __future__ import annotations
@@ -87,6 +98,7 @@ from bridge.testing import DaemonProcess, free_port, tiny_htdemucs_repo  # noqa:
 
 HOST = "127.0.0.1"
 CLASSES = ("containment", "poison", "cross", "flood", "lifecycle")
+WIRES = ("osc_udp", "osc_tcp", "zmq", "audio", "http")
 STEMS = ("drums", "bass", "other", "vocals")
 TOKEN = "abuse-bench-token-" + "0" * 16
 SECRET = b"canary-secret-7f3a9c"  # a reply that carries this leaked a file from outside the roots
@@ -97,6 +109,13 @@ MEMORY_CAP_BYTES = 4 * 1024**3
 # long: each is still sent and counted, and a fixed daemon never gets here.
 SILENT_STREAK = 3
 FAST_SILENT_SECONDS = 0.15
+# An input unanswered after --timeout is not yet silent: its wire keeps listening this much longer.
+# An answer in that time counts as slow (with its delay); none at all, as silent. A daemon that is
+# only busy (a model loading on a loaded machine) answers well within it.
+LATE_GRACE_SECONDS = 60.0
+# Silent inputs listed (index, kind, hex prefix) per row, and bytes of each shown in hex.
+SILENT_LISTED = 20
+HEX_PREFIX_BYTES = 32
 # Seconds a SIGTERMed daemon may take beyond jobs.shutdown_timeout_seconds to close sockets and exit.
 SHUTDOWN_SLACK_SECONDS = 3.0
 # Cheap jobs from which the many-jobs row judges RSS growth (after min(100, half) of them vs after all).
@@ -122,6 +141,9 @@ class Row:
     accepted: int = 0
     closed: int = 0
     silent: int = 0
+    slow: int = 0  # answered, but only after --timeout (within LATE_GRACE_SECONDS)
+    slowest_s: float = 0.0
+    resent: int = 0  # OSC UDP: lost on the way (the kernel's drop counters rose), sent again and answered
     internal: int = 0
     escapes: int = 0
     deaths: int = 0
@@ -134,7 +156,18 @@ class Row:
     codes: dict[str, int] = field(default_factory=dict)
 
     def record(self, outcome: str) -> None:
-        """Count one input's outcome: error:<code>, ok, closed or silent."""
+        """Count one input's outcome: error:<code>, ok, closed or silent.
+
+        A late answer comes as `slow:<seconds>:<outcome>` and one that needed resending after a UDP
+        loss as `resent:<outcome>`: each is counted apart and then as its outcome.
+        """
+        if outcome.startswith("slow:"):
+            _, seconds, outcome = outcome.split(":", 2)
+            self.slow += 1
+            self.slowest_s = max(self.slowest_s, float(seconds))
+        if outcome.startswith("resent:"):
+            self.resent += 1
+            outcome = outcome[len("resent:"):]
         self.inputs += 1
         if outcome.startswith("error:"):
             code = outcome[len("error:"):]
@@ -166,8 +199,8 @@ def row_for(rows: dict[tuple[str, str], Row], cls: str, wire: str) -> Row:
     return rows[(cls, wire)]
 
 
-COLUMNS = ("class", "wire", "inputs", "errors", "accepted", "closed", "silent", "internal", "escapes",
-           "deaths", "rss MB", "ping p99 ms", "jobs once", "ok")
+COLUMNS = ("class", "wire", "inputs", "errors", "accepted", "closed", "silent", "slow (max s)", "internal",
+           "escapes", "deaths", "rss MB", "ping p99 ms", "jobs once", "ok")
 
 
 def table(rows: list[Row]) -> str:
@@ -175,8 +208,10 @@ def table(rows: list[Row]) -> str:
         rss = "" if row.rss_before_mb is None else f"{row.rss_before_mb:.0f}->{row.rss_after_mb or 0:.0f}"
         ping = "" if row.ping_p99_ms is None else f"{row.ping_p99_ms:.1f}"
         ok = "" if row.ok is None else ("yes" if row.ok else "NO")
+        slow = f"{row.slow} ({row.slowest_s:.1f})" if row.slow else "0"
         return [row.cls, row.wire, str(row.inputs), str(row.errors), str(row.accepted), str(row.closed),
-                str(row.silent), str(row.internal), str(row.escapes), str(row.deaths), rss, ping, row.jobs_once, ok]
+                str(row.silent), slow, str(row.internal), str(row.escapes), str(row.deaths), rss, ping,
+                row.jobs_once, ok]
 
     body = [cells(row) for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in body)) for i, c in enumerate(COLUMNS)]
@@ -427,6 +462,62 @@ def osc_outcome(packet: bytes) -> tuple[str, str] | None:
     return ("ok", message.address)
 
 
+@dataclass
+class Patience:
+    """How long one input's answer is awaited: `timeout`, then `grace` more before it is silent."""
+
+    timeout: float
+    grace: float
+    started: float = field(default_factory=time.monotonic)
+    probe: str = ""  # what a ping from another socket showed once the input was overdue
+
+    def remaining(self, answered: bool) -> float:
+        """Seconds left to read: through the grace while unanswered, else to the timeout (the sentinel)."""
+        return self.started + self.timeout + (0.0 if answered else self.grace) - time.monotonic()
+
+    def next_read(self, answered: bool, probe: Callable[[], str]) -> float | None:
+        """Seconds the next read may block, None when the wait is over. Once the input is overdue
+        and still unanswered, `probe` (a ping from another socket) runs, once, into `self.probe`."""
+        overdue = self.started + self.timeout - time.monotonic()
+        if not answered and not self.probe:
+            if overdue > 0:
+                return overdue  # wake at the timeout to probe
+            self.probe = probe()
+        remaining = self.remaining(answered)
+        return remaining if remaining > 0 else None
+
+    def outcome(self, answer: str) -> str:
+        """The answer, as `slow:<seconds>:<answer>` when it came after the timeout."""
+        waited = time.monotonic() - self.started
+        return f"slow:{waited:.3f}:{answer}" if waited > self.timeout else answer
+
+
+def patience(timeout: float | None, default: float, grace: float | None) -> Patience:
+    return Patience(timeout or default, LATE_GRACE_SECONDS if grace is None else grace)
+
+
+UDP_DROP_COUNTERS = ("InErrors", "SndbufErrors")  # InErrors includes RcvbufErrors
+
+
+def udp_drops() -> int | None:
+    """UDP datagrams the kernel dropped so far (Linux /proc/net/snmp; None elsewhere).
+
+    The count is for the whole machine (network namespace): no rise while one input waited rules
+    out that its datagram or its answer was lost; a rise says one may have been.
+    """
+    try:
+        lines = [line.split()[1:] for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    except OSError:
+        return None
+    if len(lines) < 2:
+        return None
+    return sum(int(value) for name, value in zip(lines[0], lines[1]) if name in UDP_DROP_COUNTERS)
+
+
+def _ms_since(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.0f} ms"
+
+
 class UdpWire:
     """A UDP socket that sends one packet plus a sentinel ping and classifies what came back."""
 
@@ -436,6 +527,7 @@ class UdpWire:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         self.sock.bind((HOST, 0))
+        self.diagnosis = ""  # why the last silent input was silent, as far as the client can tell
 
     @property
     def port(self) -> int:
@@ -448,38 +540,67 @@ class UdpWire:
                 self.sock.recv(65536)
         self.sock.setblocking(True)
 
-    def exchange(self, packet: bytes, wait_async: bool = False, timeout: float | None = None) -> str:
+    def exchange(self, packet: bytes, timeout: float | None = None, grace: float | None = None) -> str:
+        """The answer to one packet: error:<code>, ok, `slow:<s>:<answer>`, `resent:<answer>` or silent.
+
+        When the kernel's UDP drop counters rose while the packet went unanswered, it is sent once
+        more: a loss is reported (`resent`), not counted as silence. A silent input leaves
+        `diagnosis`: whether its sentinel came back, a ping from another socket, the drop counters.
+        """
+        self.diagnosis = ""
+        for attempt in range(2):
+            drops = udp_drops()
+            answer, sentinel = self._send_and_wait(packet, patience(timeout, self.timeout, grace))
+            if answer is not None:
+                return f"resent:{answer}" if attempt else answer
+            dropped = None if drops is None else (udp_drops() or 0) - drops
+            if not dropped:
+                break
+        self.diagnosis = (f"its sentinel ping was {'' if sentinel else 'not '}answered; {self.diagnosis}; "
+                          f"UDP drop counters {'unknown' if dropped is None else f'+{dropped}'}")
+        return "silent"
+
+    def _send_and_wait(self, packet: bytes, wait: Patience) -> tuple[str | None, bool]:
         self._drain()
         try:
             self.sock.sendto(packet, self.address)
         except OSError as err:  # EMSGSIZE for a datagram over 64 KB: nothing reached the daemon
-            return f"error:client-{err.errno}"
+            return f"error:client-{err.errno}", False
         self.sock.sendto(PING, self.address)
         answer = None
-        deadline = time.monotonic() + (timeout or self.timeout)
         sentinel = False
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        while answer is None or not sentinel:
+            remaining = wait.next_read(answer is not None, self._probe)
+            if remaining is None:
                 break
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
-                break
+                continue
             got = osc_outcome(data)
             if got is None:
                 continue
             if got[0] == "sentinel":
                 sentinel = True
-                if answer is not None or not wait_async:
-                    break
-                deadline = min(deadline, time.monotonic() + self.timeout)
-                continue
-            answer = answer or (f"error:{got[1]}" if got[0] == "error" else "ok")
-            if sentinel:
-                break
-        return answer or "silent"
+            elif answer is None:
+                answer = wait.outcome(f"error:{got[1]}" if got[0] == "error" else "ok")
+        self.diagnosis = wait.probe
+        return answer, sentinel
+
+    def _probe(self) -> str:
+        """Whether the daemon serves meanwhile: a ping from a fresh socket."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            other.bind((HOST, 0))
+            other.settimeout(self.timeout)
+            started = time.monotonic()
+            other.sendto(PING, self.address)
+            with suppress(TimeoutError):
+                while True:
+                    got = osc_outcome(other.recv(65536))
+                    if got is not None and got[0] == "sentinel":
+                        return f"a ping from another socket was answered in {_ms_since(started)}"
+        return f"a ping from another socket got no answer within {self.timeout:g} s"
 
     def close(self) -> None:
         self.sock.close()
@@ -493,6 +614,7 @@ class TcpWire:
         self.timeout = timeout
         self.sock: socket.socket | None = None
         self.buffer = b""
+        self.diagnosis = ""
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
@@ -506,47 +628,59 @@ class TcpWire:
             self.sock.close()
         self.sock = None
 
-    def exchange(self, data: bytes, wait_async: bool = False, sentinel: bool = True,
-                 timeout: float | None = None) -> str:
+    def exchange(self, data: bytes, timeout: float | None = None, grace: float | None = None) -> str:
+        """The answer to bytes sent on the connection: error:<code>, ok, closed, `slow:<s>:<answer>` or silent."""
+        self.diagnosis = ""
+        wait = patience(timeout, self.timeout, grace)
         try:
             sock = self._connect()
-            sock.sendall(data + (slip.encode(PING) if sentinel else b""))
+            sock.sendall(data + slip.encode(PING))
         except OSError:
             self._reset()
             return "closed"
         answer = None
-        seen_sentinel = False
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        sentinel = False
+        while answer is None or not sentinel:
+            remaining = wait.next_read(answer is not None, self._probe)
+            if remaining is None:
                 break
             sock.settimeout(remaining)
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
-                break
+                continue
             except OSError:
                 chunk = b""
             if not chunk:
                 self._reset()
-                return answer or "closed"
+                self.diagnosis = wait.probe
+                return answer or wait.outcome("closed")
             self.buffer += chunk
             for packet in self._split():
                 got = osc_outcome(packet)
                 if got is None:
                     continue
                 if got[0] == "sentinel":
-                    seen_sentinel = True
-                    continue
-                answer = answer or (f"error:{got[1]}" if got[0] == "error" else "ok")
-            if seen_sentinel and (answer is not None or not wait_async):
-                break
-            if seen_sentinel and wait_async:
-                deadline = min(deadline, time.monotonic() + self.timeout)
-        if answer is None and not seen_sentinel:
-            self._reset()  # a stalled connection: the next input starts clean
+                    sentinel = True
+                elif answer is None:
+                    answer = wait.outcome(f"error:{got[1]}" if got[0] == "error" else "ok")
+        self.diagnosis = wait.probe
+        if answer is None:
+            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {wait.probe}"
+            self._reset()  # the next input starts on a clean connection
         return answer or "silent"
+
+    def _probe(self) -> str:
+        """Whether the daemon serves meanwhile: a ping on a fresh connection."""
+        started = time.monotonic()
+        try:
+            with socket.create_connection(self.address, timeout=self.timeout) as other:
+                other.sendall(slip.encode(PING))
+                if other.recv(65536):
+                    return f"a ping on another connection was answered in {_ms_since(started)}"
+        except OSError as err:
+            return f"a ping on another connection failed ({err})"
+        return "another connection was closed without an answer to its ping"
 
     def _split(self) -> list[bytes]:
         """Complete SLIP frames out of the buffer (OSC 1.1: END payload END)."""
@@ -577,6 +711,7 @@ class ZmqWire:
         self.timeout = timeout
         self.count = 0
         self.sock = self._open()
+        self.diagnosis = ""
 
     def _open(self) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
@@ -584,47 +719,56 @@ class ZmqWire:
         sock.connect(self.endpoint)
         return sock
 
-    def kick(self) -> None:
-        """Another client's request: the unfixed daemon's edge-triggered socket resumes on it."""
+    def kick(self) -> str:
+        """Another client's ping: proves the daemon serves, and an edge-triggered socket that
+        stalled (issue 11) resumes on it. Says how it went."""
         other = self._open()
+        started = time.monotonic()
         other.send(json.dumps({"id": "kick", "cmd": "ping"}).encode())
-        other.poll(int(self.timeout * 1000))
+        answered = other.poll(int(self.timeout * 1000))
         other.close(0)
+        if answered:
+            return f"a ping from another socket was answered in {_ms_since(started)}"
+        return f"a ping from another socket got no answer within {self.timeout:g} s"
 
-    def exchange(self, frames: list[bytes], wait_async: bool = False, timeout: float | None = None) -> str:
+    def exchange(self, frames: list[bytes], timeout: float | None = None, grace: float | None = None) -> str:
+        """The answer to one multipart message: error:<code>, ok, `slow:<s>:<answer>` or silent."""
+        self.diagnosis = ""
         self.count += 1
-        sentinel = f"sentinel-{self.count}"
+        sentinel_id = f"sentinel-{self.count}"
+        wait = patience(timeout, self.timeout, grace)
         self.sock.send_multipart(frames)
-        self.sock.send(json.dumps({"id": sentinel, "cmd": "ping"}).encode())
+        self.sock.send(json.dumps({"id": sentinel_id, "cmd": "ping"}).encode())
         answer = None
-        seen = False
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+        sentinel = False
+        while answer is None or not sentinel:
+            remaining = wait.next_read(answer is not None, self.kick)
+            if remaining is None:
                 break
+            if not self.sock.poll(int(remaining * 1000) + 1):
+                continue
             body = self.sock.recv_multipart()[-1]
             try:
                 message = json.loads(body)
             except ValueError:
-                answer = answer or "ok"
+                answer = answer or wait.outcome("ok")
                 continue
             if not isinstance(message, dict) or "event" in message:
                 continue
-            if message.get("id") == sentinel:
-                seen = True
-                if answer is not None or not wait_async:
-                    break
-                deadline = min(deadline, time.monotonic() + self.timeout)
+            if message.get("id") == sentinel_id:
+                sentinel = True
                 continue
             if isinstance(message.get("id"), str) and message["id"].startswith("sentinel-"):
                 continue  # a late sentinel of an earlier input
-            error = message.get("error")
-            answer = answer or (f"error:{error.get('code', 'unknown')}" if isinstance(error, dict) else "ok")
-            if seen:
-                break
-        if not seen:
-            self.kick()
+            if answer is None:
+                error = message.get("error")
+                answer = wait.outcome(f"error:{error.get('code', 'unknown')}" if isinstance(error, dict) else "ok")
+        self.diagnosis = wait.probe
+        if answer is None:
+            self.diagnosis = f"its sentinel ping was {'' if sentinel else 'not '}answered; {wait.probe}"
+        if not sentinel:
+            if not wait.probe:
+                self.kick()  # an edge-triggered socket that stalled (issue 11) resumes on another's request
             self.sock.close(0)
             self.sock = self._open()
         return answer or "silent"
@@ -657,6 +801,7 @@ class AudioWire:
         self.endpoint = endpoint
         self.timeout = timeout
         self.sock = self._open()
+        self.diagnosis = ""
 
     def _open(self) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
@@ -664,19 +809,35 @@ class AudioWire:
         sock.connect(self.endpoint)
         return sock
 
-    def exchange(self, frames: list[bytes], timeout: float | None = None) -> str:
+    def exchange(self, frames: list[bytes], timeout: float | None = None, grace: float | None = None) -> str:
+        """The answer to one message: error:<code>, ok, `slow:<s>:<answer>` or silent."""
+        self.diagnosis = ""
+        wait = patience(timeout, self.timeout, grace)
         self.sock.send_multipart(frames)
-        if not self.sock.poll(int((timeout or self.timeout) * 1000)):
-            self.sock.close(0)
-            self.sock = self._open()  # a late answer must not be read as the next one's
-            return "silent"
+        if not self.sock.poll(int(max(0.0, wait.remaining(True)) * 1000) + 1):
+            self.diagnosis = self._probe()
+            if not self.sock.poll(int(max(0.0, wait.remaining(False)) * 1000) + 1):
+                self.sock.close(0)
+                self.sock = self._open()  # a later answer must not be read as the next one's
+                return "silent"
         reply = self.sock.recv_multipart()
         try:
             header = json.loads(reply[0])
         except ValueError:
-            return "ok"
+            return wait.outcome("ok")
         error = header.get("error") if isinstance(header, dict) else None
-        return f"error:{error.get('code', 'unknown')}" if isinstance(error, dict) else "ok"
+        return wait.outcome(f"error:{error.get('code', 'unknown')}" if isinstance(error, dict) else "ok")
+
+    def _probe(self) -> str:
+        """Whether the audio socket serves meanwhile: a one-frame message from another socket (bad_request)."""
+        other = self._open()
+        started = time.monotonic()
+        other.send(b"{}")
+        answered = other.poll(int(self.timeout * 1000))
+        other.close(0)
+        if answered:
+            return f"a message from another socket was answered in {_ms_since(started)}"
+        return f"a message from another socket got no answer within {self.timeout:g} s"
 
     def close(self) -> None:
         self.sock.close(0)
@@ -717,7 +878,6 @@ class Rig:
         self.workdir = workdir
         self.options = options
         self.timeout = options.timeout
-        self.rng = random.Random(options.seed)
         self.repo = tiny_htdemucs_repo(workdir / "models", depth=3)
         self.canary = Canary(workdir / "canary")
         self.voice = _piper_voice()
@@ -1077,8 +1237,8 @@ def osc_string(text: bytes) -> bytes:
     return text + b"\0" * (-len(text) % 4)
 
 
-def osc_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[str, bytes, bool]]:
-    """Endless (kind, packet, async) malformed OSC packets, cycling through the kinds."""
+def osc_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[str, bytes]]:
+    """Endless (kind, packet) malformed OSC packets, cycling through the kinds."""
     kinds = ("random", "truncated", "garbled", "typetag", "bundle", "wrongtype", "oversize", "nested", "bigint")
     index = 0
     while True:
@@ -1101,6 +1261,8 @@ def osc_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
         elif kind == "bundle":
             size = rng.choice((0, 3, 2**31 - 1, 0xFFFFFFFF, len(valid) + 100, len(valid) - 4))
             packet = b"#bundle\0" + struct.pack(">Q", 1) + struct.pack(">I", size & 0xFFFFFFFF) + valid
+            if index % 90 == 5:  # one bundle in ten holds no message (it drew no more randomness)
+                packet = b"#bundle\0" + struct.pack(">Q", 1)
         elif kind == "wrongtype":
             args = [osc_arg(_plausible(arg)) for arg in spec.args]
             if args:
@@ -1125,7 +1287,7 @@ def osc_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
             packet = osc_message(spec.osc_address, [("s", "9" * 5000), *rest])
         if packet.startswith(osc_string(b"/flow/ping")):
             continue  # the sentinel's address: an answer to it could not be told apart
-        yield kind, packet, spec.is_async
+        yield kind, packet
 
 
 def _plausible(arg: Any) -> Any:
@@ -1136,7 +1298,7 @@ def _plausible(arg: Any) -> Any:
             list: ["x"], dict: {"no_such_key": 1}, object: 1}.get(arg.type, "x")
 
 
-def zmq_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[str, list[bytes], bool]]:
+def zmq_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[str, list[bytes]]]:
     kinds = ("random", "utf8", "nonobject", "deep", "bigint", "huge", "wrongtype", "unknownarg", "cmdtype",
              "frames", "oversize")
     index = 0
@@ -1144,7 +1306,6 @@ def zmq_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
         kind = kinds[index % len(kinds)]
         index += 1
         spec = specs[rng.randrange(len(specs))]
-        is_async = spec.is_async  # a command that passes validation may answer after the sentinel
         if kind == "random":
             frames = [rng.randbytes(rng.randint(1, 4096))]
         elif kind == "utf8":
@@ -1174,7 +1335,7 @@ def zmq_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
             frames = [rng.randbytes(8) for _ in range(rng.randint(2, 4))]
         else:
             frames = [b'{"cmd": "ping", "args": {"x": "' + b"a" * (2 * 1024 * 1024) + b'"}}']
-        yield kind, frames, is_async
+        yield kind, frames
 
 
 def audio_poison(rng: random.Random, odd_rates: bool) -> Iterator[tuple[str, list[bytes]]]:
@@ -1212,68 +1373,92 @@ def audio_poison(rng: random.Random, odd_rates: bool) -> Iterator[tuple[str, lis
 
 
 def run_poison(rig: Rig, rows: dict[tuple[str, str], Row], count: int) -> None:
-    rng = rig.rng
     specs = [spec for spec in COMMANDS.values() if spec.name != "ping"]
     odd_rates = rig.memory_capped
-    # OSC UDP and TCP: the same packets (TCP SLIP-framed, plus raw unframed bytes).
+    wires = _wires(rig.options)
+    # Each wire draws its inputs from its own generator seeded with --seed, so an input's index and
+    # bytes do not depend on the other wires: a silent input of a full run is the same one in a run
+    # of its wire alone (--wires). OSC UDP and TCP get the same packets (TCP SLIP-framed, and every
+    # tenth replaced by raw unframed bytes).
     for wire in ("osc_udp", "osc_tcp"):
+        if wire not in wires:
+            continue
+        rng = random.Random(rig.options.seed)
+        packets = osc_poison(rng, specs)
         row = row_for(rows, "poison", wire)
         client: Any = _reopen(rig, wire)
         row.rss_before_mb = rig.daemon.rss()
         kinds: dict[str, list[int]] = {}
-        packets = osc_poison(rng, specs)
+        drops = udp_drops()
         for i in range(count):
-            kind, packet, is_async = next(packets)
+            kind, packet = next(packets)
             if wire == "osc_tcp":
                 if i % 10 == 9:
                     kind, data = "unframed", rng.randbytes(rng.randint(1, 512)).replace(slip.END, b"")
                 else:
                     data = slip.encode(packet)
-                outcome = client.exchange(data, wait_async=is_async, timeout=_patience(kinds, kind))
             else:
-                if len(packet) > 65507:
-                    packet = packet[:65507]
-                outcome = client.exchange(packet, wait_async=is_async, timeout=_patience(kinds, kind))
-            row.record(outcome)
-            _tally(kinds, kind, outcome)
+                data = packet[:65507]  # the largest UDP datagram
+            outcome = client.exchange(data, **_patience(kinds, kind))
+            _poison_outcome(rig, row, kinds, (i, kind, [data]), outcome, client.diagnosis)
             if outcome == "silent" and rig.daemon.check(row):
                 client = _reopen(rig, wire)
         rig.daemon.check(row)
         row.rss_after_mb = rig.daemon.rss()
         _kind_notes(row, kinds)
+        if wire == "osc_udp" and drops is not None:
+            row.note(f"the kernel's UDP drop counters rose by {(udp_drops() or 0) - drops} during this row "
+                     "(the whole machine's; resent inputs count the ones that hit this bench)")
         client.close()
-    row = row_for(rows, "poison", "zmq")
-    client = rig.zmq()
-    row.rss_before_mb = rig.daemon.rss()
-    kinds = {}
-    bodies = zmq_poison(rng, specs)
-    for _ in range(count):
-        kind, frames, is_async = next(bodies)
-        outcome = client.exchange(frames, wait_async=is_async, timeout=_patience(kinds, kind))
-        row.record(outcome)
-        _tally(kinds, kind, outcome)
-        if outcome == "silent" and rig.daemon.check(row):
-            client = rig.zmq()
-    _stream_overrides(rig, client, row, kinds, odd_rates)
-    rig.daemon.check(row)
-    row.rss_after_mb = rig.daemon.rss()
-    _kind_notes(row, kinds)
-    client.close()
-    row = row_for(rows, "poison", "audio")
+    if "zmq" in wires:
+        row = row_for(rows, "poison", "zmq")
+        client = rig.zmq()
+        row.rss_before_mb = rig.daemon.rss()
+        kinds = {}
+        bodies = zmq_poison(random.Random(rig.options.seed), specs)
+        for i in range(count):
+            kind, frames = next(bodies)
+            outcome = client.exchange(frames, **_patience(kinds, kind))
+            _poison_outcome(rig, row, kinds, (i, kind, frames), outcome, client.diagnosis)
+            if outcome == "silent" and rig.daemon.check(row):
+                client = rig.zmq()
+        _stream_overrides(rig, client, row, kinds, odd_rates)
+        rig.daemon.check(row)
+        row.rss_after_mb = rig.daemon.rss()
+        _kind_notes(row, kinds)
+        client.close()
+    if "audio" in wires:
+        _audio_poison(rig, row_for(rows, "poison", "audio"), count, odd_rates)
+    if "http" in wires:
+        _http_poison(rig, row_for(rows, "poison", "http"), count, odd_rates)
+
+
+def _wires(options: argparse.Namespace) -> set[str]:
+    wires = set(options.wires.split(",")) if options.wires else set(WIRES)
+    unknown = wires - set(WIRES)
+    if unknown:
+        raise SystemExit(f"--wires: unknown wire(s) {sorted(unknown)}; expected some of {', '.join(WIRES)}")
+    return wires
+
+
+def _audio_poison(rig: Rig, row: Row, count: int, odd_rates: bool) -> None:
+    """`count` malformed messages on the audio socket, a few of them at odd sample rates."""
     audio = AudioWire(rig.context, rig.daemon.process.zmq_audio, rig.timeout)
     row.rss_before_mb = rig.daemon.rss()
-    kinds = {}
-    messages = audio_poison(rng, odd_rates)
+    kinds: dict[str, list[int]] = {}
+    messages = audio_poison(random.Random(rig.options.seed), odd_rates)
     odd_left = 2 if rig.options.short else 4  # a few are enough: each builds (or fails to build) a huge matrix
-    for _ in range(count):
+    index = 0
+    while row.inputs < count:
         kind, frames = next(messages)
         if kind == "odd_rate":
             if odd_left == 0:
                 continue
             odd_left -= 1
-        outcome = audio.exchange(frames, timeout=120.0 if kind == "odd_rate" else _patience(kinds, kind))
-        row.record(outcome)
-        _tally(kinds, kind, outcome)
+        wait = {"timeout": 120.0, "grace": None} if kind == "odd_rate" else _patience(kinds, kind)
+        outcome = audio.exchange(frames, **wait)
+        _poison_outcome(rig, row, kinds, (index, kind, frames), outcome, audio.diagnosis)
+        index += 1
         if rig.daemon.check(row):
             audio.close()
             audio = AudioWire(rig.context, rig.daemon.process.zmq_audio, rig.timeout)
@@ -1283,7 +1468,43 @@ def run_poison(rig: Rig, rows: dict[tuple[str, str], Row], count: int) -> None:
     row.rss_after_mb = rig.daemon.rss()
     _kind_notes(row, kinds)
     audio.close()
-    _http_poison(rig, row_for(rows, "poison", "http"), count, odd_rates)
+
+
+def _poison_outcome(rig: Rig, row: Row, kinds: dict[str, list[int]], sent: tuple[int, str, list[bytes]],
+                    outcome: str, diagnosis: str) -> None:
+    """Count one poison input; a silent one is named (index, kind, bytes in hex) and, with --keep, saved;
+    a slow one is named with its delay."""
+    row.record(outcome)
+    _tally(kinds, sent[1], outcome)
+    if outcome == "silent":
+        _name_silent(rig, row, sent, diagnosis)
+    elif outcome.startswith("slow:"):
+        _, seconds, answer = outcome.split(":", 2)
+        text = f"slow input #{sent[0]} ({sent[1]}): {answer} after {float(seconds):.2f} s"
+        text += f"; meanwhile {diagnosis}" if diagnosis else ""
+        progress(f"{row.cls}/{row.wire}: {text}")
+        if row.slow <= SILENT_LISTED:
+            row.note(text)
+
+
+def _name_silent(rig: Rig, row: Row, sent: tuple[int, str, list[bytes]], diagnosis: str) -> None:
+    """A note (and stderr line) naming a silent input so it can be replayed alone: `--replay FILE`."""
+    index, kind, frames = sent
+    prefix = " | ".join(frame[:HEX_PREFIX_BYTES].hex() + ("..." if len(frame) > HEX_PREFIX_BYTES else "")
+                        for frame in frames)
+    sizes = "+".join(str(len(frame)) for frame in frames)
+    where = ""
+    if rig.options.keep:
+        folder = rig.workdir / "silent"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{row.cls}-{row.wire}-{index}.json"
+        path.write_text(json.dumps({"wire": row.wire, "index": index, "kind": kind, "seed": rig.options.seed,
+                                    "frames": [frame.hex() for frame in frames]}))
+        where = f"; saved as {path}"
+    text = f"silent input #{index} ({kind}, {sizes} bytes): {prefix}; {diagnosis}{where}"
+    progress(f"{row.cls}/{row.wire}: {text}")
+    if row.silent <= SILENT_LISTED:
+        row.note(text)
 
 
 def _stream_overrides(rig: Rig, client: ZmqWire, row: Row, kinds: dict[str, list[int]], odd_rates: bool) -> None:
@@ -1295,7 +1516,7 @@ def _stream_overrides(rig: Rig, client: ZmqWire, row: Row, kinds: dict[str, list
     for value in overrides:
         # stream.start loads a model and opens a device before it answers: seconds on a busy machine.
         outcome = client.exchange([json.dumps({"cmd": "stream.start", "args": {"overrides": value}}).encode()],
-                                  wait_async=True, timeout=max(rig.timeout, 30.0))
+                                  timeout=max(rig.timeout, 30.0))
         row.record(outcome)
         _tally(kinds, "stream.start overrides", outcome)
         rig.daemon.check(row)
@@ -1323,10 +1544,13 @@ def _tally(kinds: dict[str, list[int]], kind: str, outcome: str) -> None:
     counts[3] = counts[3] + 1 if outcome == "silent" else 0
 
 
-def _patience(kinds: dict[str, list[int]], kind: str) -> float | None:
-    """The wait for this input: short once its kind has gone unanswered SILENT_STREAK times in a row."""
+def _patience(kinds: dict[str, list[int]], kind: str) -> dict[str, float | None]:
+    """The wait for this input (`timeout`, `grace`): short and without grace once its kind has
+    gone unanswered SILENT_STREAK times in a row (a daemon that never answers it)."""
     streak = kinds.get(kind, [0, 0, 0, 0])[3]
-    return FAST_SILENT_SECONDS if streak >= SILENT_STREAK else None
+    if streak >= SILENT_STREAK:
+        return {"timeout": FAST_SILENT_SECONDS, "grace": 0.0}
+    return {"timeout": None, "grace": None}
 
 
 def _kind_notes(row: Row, kinds: dict[str, list[int]]) -> None:
@@ -1336,7 +1560,7 @@ def _kind_notes(row: Row, kinds: dict[str, list[int]]) -> None:
 
 
 def _http_poison(rig: Rig, row: Row, count: int, odd_rates: bool) -> None:
-    rng = rig.rng
+    rng = random.Random(rig.options.seed)
     url = rig.server.url
     auth = {"Authorization": f"Bearer {TOKEN}"}
     wav = rig.workdir / "upload-small.wav"
@@ -2225,17 +2449,57 @@ def _many_jobs(rig: Rig, row: Row, jobs: int) -> None:
 
 # -- main ----------------------------------------------------------------------------------------------
 
+# Inputs each wire gets, one by one with each answer classified, in the full run (issue 11).
+MIN_INPUTS_PER_WIRE = 10000
+ONE_BY_ONE = ("containment", "poison", "cross")  # floods and lifecycle are counted in their own rows
+
+
+def wire_totals(rows: list[Row]) -> dict[str, int]:
+    """Inputs per wire over the classes whose every input gets its own classified answer."""
+    totals = dict.fromkeys(WIRES, 0)
+    for row in rows:
+        if row.cls in ONE_BY_ONE and row.wire in totals:
+            totals[row.wire] += row.inputs
+    return totals
+
+
+def replay(rig: Rig, path: Path) -> None:
+    """Send one saved silent input (bench/abuse.py --keep) alone, on its wire, and print its answer."""
+    saved = json.loads(path.read_text())
+    frames = [bytes.fromhex(frame) for frame in saved["frames"]]
+    wire = saved["wire"]
+    clients: dict[str, Callable[[], Any]] = {
+        "osc_udp": lambda: UdpWire(rig.daemon.process.osc_udp, rig.timeout),
+        "osc_tcp": lambda: TcpWire(rig.daemon.process.osc_tcp, rig.timeout),
+        "zmq": rig.zmq,
+        "audio": lambda: AudioWire(rig.context, rig.daemon.process.zmq_audio, rig.timeout),
+    }
+    if wire not in clients:
+        raise SystemExit(f"--replay: {path} is for wire {wire!r}; replayable wires: {', '.join(clients)}")
+    client = clients[wire]()
+    try:
+        outcome = client.exchange(frames[0] if wire.startswith("osc") else frames)
+    finally:
+        client.close()
+    alive = "alive" if rig.daemon.alive() else "dead"
+    print(f"replay {path.name} ({saved.get('kind')}, input #{saved.get('index')} of seed {saved.get('seed')}) "
+          f"over {wire}: {outcome}{'; ' + client.diagnosis if client.diagnosis else ''}; daemon {alive}")
+
 
 def run(options: argparse.Namespace) -> list[Row]:
     only = set(options.only.split(",")) if options.only else set(CLASSES)
     unknown = only - set(CLASSES)
     if unknown:
         raise SystemExit(f"--only: unknown class(es) {sorted(unknown)}; expected some of {', '.join(CLASSES)}")
-    count = 100 if options.short else 10000
+    _wires(options)
+    count = 100 if options.short else MIN_INPUTS_PER_WIRE
     rows: dict[tuple[str, str], Row] = {}
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-abuse-"))
     rig = Rig(workdir, options)
     try:
+        if options.replay:
+            replay(rig, Path(options.replay))
+            return []
         if not rig.memory_capped:
             print("note: no address-space cap could be set; probes that allocate without bound are skipped", flush=True)
         steps: list[tuple[str, Callable[[], None]]] = [
@@ -2268,15 +2532,29 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=0,
                         help="cheap jobs in the 'many jobs' row (default 40 with --short, else 1000; "
                              "about 3 a second on a 2-core CPU, so 10000 takes most of an hour)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, job stores) for a post-mortem")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (logs, job stores, and each silent input as silent/*.json) for a post-mortem")
+    parser.add_argument("--wires", default="",
+                        help=f"poison only these wires (comma-separated: {', '.join(WIRES)}); inputs do not depend on it")
+    parser.add_argument("--replay", default="",
+                        help="send one silent input saved by --keep (silent/*.json) alone to a fresh daemon and print its answer")
     options = parser.parse_args()
     started = time.monotonic()
     rows = run(options)
+    if options.replay:
+        return
     print(table(rows))
     failed = [f"{row.cls}/{row.wire}" for row in rows if row.failed]
+    totals = wire_totals(rows)
+    print("inputs per wire, each answer classified (" + " + ".join(ONE_BY_ONE) + "): "
+          + ", ".join(f"{wire} {total:,}" for wire, total in totals.items() if total))
+    complete = not options.short and not options.only and not options.wires
+    failed += [f"inputs/{wire} ({total} < {MIN_INPUTS_PER_WIRE})" for wire, total in totals.items()
+               if complete and total < MIN_INPUTS_PER_WIRE]
     print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all rows clean'} ({time.monotonic() - started:.0f} s)")
     print(json.dumps({"bench": "abuse", "short": options.short, "seed": options.seed,
-                      "rows": [{k: v for k, v in asdict(row).items()} for row in rows], "failed": failed}))
+                      "rows": [{k: v for k, v in asdict(row).items()} for row in rows], "inputs_per_wire": totals,
+                      "failed": failed}))
     sys.exit(1 if failed else 0)
 
 

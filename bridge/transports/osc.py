@@ -411,6 +411,8 @@ class OscServer:
         try:
             parsed = parse_packet(packet, self._limits)
             due = self._due(parsed, time.time())
+            if not due:  # valid OSC, but it would be the one request that gets no reply
+                raise BadRequest("the OSC bundle holds no messages (nested bundles included): nothing to run")
             self._check_schedule(due)
         except BridgeError as err:
             self.reject(origin, "", err)

@@ -357,9 +357,12 @@ def _raw_bundle(*elements: tuple[int, bytes], timetag: bytes = b"\x00\x00\x00\x0
         (_raw_bundle((8, b"zzzzzzzz")), "not '/' or '#bundle'"),
         # A string argument that is not UTF-8.
         (_raw_message(b"/flow/commands", b",s", b"\xff\xfe\x00\x00"), "not UTF-8"),
+        # Bundles without a message: valid OSC, but nothing would have answered them.
+        (_raw_bundle(), "holds no messages"),
+        (_raw_bundle((16, _raw_bundle()), (16, _raw_bundle())), "holds no messages"),
     ],
     ids=["unknown-tag", "trailing-bytes", "element-too-long", "element-not-aligned", "stray-bytes",
-         "element-not-osc", "not-utf8"],
+         "element-not-osc", "not-utf8", "empty-bundle", "only-empty-bundles"],
 )
 def test_malformed_packets_are_refused_whole(osc_udp: OscUdp, packet: bytes, words: str) -> None:
     osc_udp.send_raw(packet)
