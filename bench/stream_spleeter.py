@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     default = report["settings"][0]
-    print(f"defaults {SPLEETER_CPU_DEFAULTS}: engine {default['p50_ms']} ms per window vs bare {default['bare_p50_ms']} "
-          f"ms (ratio {default['ratio']}, target <= {TARGET_RATIO}); load {default['load_p50']}; "
+    print(f"defaults {SPLEETER_CPU_DEFAULTS}: engine {default['p50_ms']} ms per window vs bare "
+          f"{default['bare_p50_ms']} ms (ratio {default['ratio']}, target <= {TARGET_RATIO}); "
+          f"load {default['load_p50']}; "
           f"round trip {default['round_trip_ms']} ms (tight {default['tight_ms']} ms); "
           f"load average {report['load_average_before']} -> {report['load_average_after']}")
     print(json.dumps(report))

@@ -389,7 +389,7 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
 
 
 class StreamingSeparator(Engine):
-    """Separate a live stream into stems with HTDemucs on chunked windows.
+    """Separate a live stream into stems with HTDemucs (or Spleeter) on chunked windows.
 
     `process(block)` takes float32 `(channels, n)` audio at `sample_rate`, any n >= 0, and returns
     float32 `(num_stems, channels, n)`: the stems of the input delayed by exactly `latency_frames`.
@@ -800,7 +800,8 @@ class FileSeparator(Engine):
     """Whole-file separation through demucs's own `apply_model` (split, overlap, optional shifts).
 
     Spleeter runs through it too, on 11 s segments (its own 512-frame partitions), without the
-    normalisation HTDemucs expects (its U-Nets were trained on the raw magnitude). Kept warm between jobs. `process(audio, on_segment)` takes float32 `(channels, n)` at the
+    normalisation HTDemucs expects (its U-Nets were trained on the raw magnitude). Kept warm
+    between jobs. `process(audio, on_segment)` takes float32 `(channels, n)` at the
     model's rate and returns `(stems, channels, n)`; `on_segment(fraction)` is called after every
     segment and may raise to abort (a canceled job does).
     """

@@ -65,7 +65,8 @@ def offline(mixture: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         return model(torch.from_numpy(sum(mixture))[None])[0].numpy()
 
 
-def test_the_real_weights_separate_a_voice_from_music(mixture: tuple[np.ndarray, np.ndarray], offline: np.ndarray) -> None:
+def test_the_real_weights_separate_a_voice_from_music(mixture: tuple[np.ndarray, np.ndarray],
+                                                      offline: np.ndarray) -> None:
     vocals, music = mixture
     mix = vocals + music
     assert load_model(NAME).sources == ["vocals", "accompaniment"]
@@ -79,7 +80,8 @@ def test_the_real_weights_separate_a_voice_from_music(mixture: tuple[np.ndarray,
 
 
 @pytest.mark.timeout(600)  # a window a hop: on 2 shared cores under load, ~1 s each
-def test_the_stream_matches_the_offline_separation(mixture: tuple[np.ndarray, np.ndarray], offline: np.ndarray) -> None:
+def test_the_stream_matches_the_offline_separation(mixture: tuple[np.ndarray, np.ndarray],
+                                                   offline: np.ndarray) -> None:
     vocals, music = mixture
     mix = vocals + music
     engine = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, hop_seconds=0.14)
