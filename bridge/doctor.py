@@ -39,6 +39,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         _jack,
         _midi,
         lambda: _weights(config),
+        lambda: _spleeter(config),
         lambda: _embeddings(config),
         lambda: _generation(config),
         lambda: _speech(config),
@@ -141,6 +142,20 @@ def _weights(config: Config) -> Iterator[Check]:
         yield Check("weights", OK, f"{len(found)} demucs checkpoint(s): " + ", ".join(found[:4]))
     else:
         yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, or set models.demucs_repo")
+
+
+def _spleeter(config: Config) -> Iterator[Check]:
+    """Where `spleeter:2stems` would load its weights from, checked on disk only."""
+    from bridge.errors import NotFound
+    from engines.spleeter import MODELS, find_checkpoints
+
+    for name in MODELS:
+        try:
+            found = find_checkpoints(name, config.models.spleeter_dir)
+        except NotFound as err:
+            yield Check("spleeter", WARN, err.message)
+        else:
+            yield Check("spleeter", OK, f"{name}: " + ", ".join(f"{stem} {path}" for stem, path in found.items()))
 
 
 def _embeddings(config: Config) -> Iterator[Check]:

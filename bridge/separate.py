@@ -22,6 +22,7 @@ from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
 from engines.resample import check_file_rate, resample_tensor
+from engines.spleeter import check_name, is_spleeter
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     encoding = args.get("encoding") or config.separate.encoding
     if fmt == "flac" and encoding == "float":
         raise BadRequest(f"{KIND}: FLAC stores integer samples only; use encoding pcm16 or pcm24, or format wav")
+    model = args.get("model") or config.separate.model
+    if is_spleeter(model):
+        check_name(model)  # an unknown variant is refused now, not when the job loads it
     return {
         "path": str(path),
-        "model": args.get("model") or config.separate.model,
+        "model": model,
         "stems": list(args.get("stems") or []),
         "format": fmt,
         "encoding": encoding,
@@ -78,7 +82,8 @@ class SeparateJob(EngineJob):
 
         settings = self.config.separate
         return self.warm((model, shifts), lambda: FileSeparator(
-            model, repo=self.config.models.demucs_repo, device=settings.engine_device, shifts=shifts,
+            model, repo=self.config.models.demucs_repo, spleeter_dir=self.config.models.spleeter_dir,
+            device=settings.engine_device, shifts=shifts,
             overlap=settings.overlap, segment_seconds=settings.segment_seconds, threads=settings.threads,
         ))
 

@@ -426,9 +426,11 @@ class EffectRack:
 class StreamManager:
     """Owns at most one live stream and keeps its engine warm between starts."""
 
-    def __init__(self, base: StreamConfig, models_repo: Any, on_event: Callable[..., None] | None = None) -> None:
+    def __init__(self, base: StreamConfig, models_repo: Any, on_event: Callable[..., None] | None = None,
+                 spleeter_dir: Any = None) -> None:
         self.base = base
         self.models_repo = models_repo
+        self.spleeter_dir = spleeter_dir
         self._on_event = on_event
         self._engines: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
@@ -458,6 +460,7 @@ class StreamManager:
         engine = StreamingSeparator(
             settings.model,
             repo=self.models_repo,
+            spleeter_dir=self.spleeter_dir,
             device=settings.engine_device,
             sample_rate=settings.sample_rate,
             channels=settings.channels,

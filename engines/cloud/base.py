@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engines.spleeter import is_spleeter
+
 # Tasks a tier may offer. stems: audio file -> one file per stem.
 TASKS = ("stems", "transcribe", "tts", "generate", "embed")
 
@@ -68,7 +70,13 @@ class Tier(ABC):
         Default: yes for any task it offers (the tier maps the task to its own model, or the
         server behind it answers `not_found`). A tier that passes the name on to a provider with a
         fixed list says no to other names, so the router never plans it for them.
+
+        Spleeter (`spleeter:2stems`) is local only: no tier runs Deezer's weights (Replicate and
+        our server take demucs names, a Hugging Face endpoint runs its own model), so a job that
+        asks for it is never sent where another model would answer.
         """
+        if task == "stems" and is_spleeter(model):
+            return False
         return self.supports(task)
 
     @abstractmethod

