@@ -73,9 +73,10 @@ STATS_WINDOW = 512  # hops kept for the compute-time percentiles
 # Windows timed at load, at the setting finally taken, for the compute p99 that a live stream's
 # compute budget starts from (with this few the p99 is close to their maximum: the safe side):
 # up to LOAD_TIMING_WINDOWS, but once LOAD_TIMING_SECONDS have gone by, no more than the minimum,
-# so a slow machine does not wait a minute for its stream to start. A running stream measures on.
+# so a slow machine (or an 8 s window) does not wait a minute for its stream to start. A running
+# stream measures on, and its next start takes the running p99 when that is higher.
 LOAD_TIMING_WINDOWS = 24
-LOAD_TIMING_MIN_WINDOWS = 8
+LOAD_TIMING_MIN_WINDOWS = 3
 LOAD_TIMING_SECONDS = 5.0
 PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at most this many frames
 
