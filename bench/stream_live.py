@@ -1,12 +1,20 @@
 """Live stems in real time: the daemon's stream on JACK's dummy backend for a minute.
 
-What it shows: whether a setting runs in real time on this machine — load below 1 and no late
-hops over the whole run, with the latency the daemon reports. The released htdemucs architecture
-(`bridge.testing.RELEASED_HTDEMUCS_KWARGS`, 41.98 M parameters) runs with random weights (the speed is the same as trained weights). The baseline, measured in
-the same run after the stream stops, is a bare `model(window)` forward on windows of the same
-size: `ratio` = the stream's compute per hop / the bare forward (the stream's overhead).
+What it shows: whether a setting runs in real time on this machine — no late hops and no xruns
+over the whole run — with the latency the daemon reports, and how that latency compares with the
+issue-12 target: round trip <= hop + lookahead + 1.3 x the measured p99 compute + one device block
++ the resamplers' delay (no whole hop spent waiting). The released htdemucs architecture
+(`bridge.testing.RELEASED_HTDEMUCS_KWARGS`, 41.98 M parameters) runs with random weights (the speed
+is the same as trained weights). Measured in the same run after the stream stops: the bare forward
+of a 1.02 s released-architecture window (the issue states its targets for machines where that is
+<= 0.35 s) and of the stream's own window (`ratio` = the stream's compute per hop / that forward).
 
-    .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2]
+    .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime]
+
+Xruns are split into start-up (before the model's first output is due: device and JACK graph
+start-up) and steady state, and jackd's own log is read back to say what JACK saw (a late client
+or a late cycle of its own). `--jack-realtime` runs jackd with realtime scheduling, as a user's JACK
+normally runs (it needs the privilege; the tests run `--no-realtime`).
 
 Needs `jackd` (make test installs jackd2). The last line is one JSON object with every figure.
 """
@@ -31,34 +39,60 @@ from bridge.client import Client  # noqa: E402
 from bridge.testing import DaemonProcess, released_htdemucs_repo  # noqa: E402
 
 
-def start_jack() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+DEFAULT_WINDOW_FRAMES = 45056  # 0.5 + 0.25 + 0.25 s at 44.1 kHz: the "1.02 s window" of the issue
+
+
+def start_jack(log_path: Path, realtime: bool) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     name = f"flowstate-bench-{uuid.uuid4().hex[:6]}"
     env = {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
-    process = subprocess.Popen(
-        ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            ["jackd", "-n", name, "--realtime" if realtime else "--no-realtime", "-d", "dummy", "-r", "48000",
+             "-p", "256"],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        )
     subprocess.run(["jack_wait", "-w", "-t", "10"], env={**os.environ, **env}, check=True, capture_output=True)
     return process, env
 
 
-def bare_forward_ms(repo: Path, window_seconds: float, threads: int, count: int = 20) -> float:
-    """p50 of a bare `model(window)` forward, same model, same window length, same threads."""
+def jack_xruns(log_path: Path) -> dict[str, int]:
+    """What jackd's own log blames for its xruns: each client that had not finished its cycle
+    (PortAudio is the stream; Flowstate is the daemon's MIDI port, a JACK client of its own), and
+    the server's driver running late itself."""
+    blamed: dict[str, int] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "was not finished" in line and "client = " in line:
+            who = line.split("client = ", 1)[1].split(" was not finished", 1)[0]
+            blamed[f"client {who} late"] = blamed.get(f"client {who} late", 0) + 1
+        elif "Driver::Process XRun" in line or "delay of" in line:
+            blamed["jackd's driver late"] = blamed.get("jackd's driver late", 0) + 1
+    return blamed
+
+
+def bare_forward_ms(repo: Path, window_frames: int, threads: int, count: int = 10) -> tuple[float, float, int]:
+    """(p50, p99) of a bare `model(window)` forward of `window_frames`, and the model's parameter count."""
+    import numpy as np
     import torch
     from demucs.pretrained import get_model
+
+    from bridge.testing import parameter_count
 
     torch.set_num_threads(threads)
     model = get_model("htdemucs_bench", repo=repo).models[0].eval()
     model.use_train_segment = False
-    window = torch.randn(1, 2, int(round(window_seconds * model.samplerate)))
+    window = torch.randn(1, 2, window_frames)
     times = []
     with torch.inference_mode():
-        for index in range(count + 3):
+        for index in range(count + 2):
             start = time.perf_counter()
             model(window)
-            if index >= 3:
+            if index >= 2:
                 times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return statistics.median(times), float(np.percentile(times, 99)), parameter_count(model)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> int:
@@ -68,11 +102,15 @@ def main() -> int:
     parser.add_argument("--hop", type=float, default=None, help="hop seconds (default: the CPU default)")
     parser.add_argument("--lookahead", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jack-realtime", action="store_true", help="run jackd with realtime scheduling")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-bench-"))
     repo = released_htdemucs_repo(workdir / "models", "htdemucs_bench")
-    jack, env = start_jack()
+    jack_log = workdir / "jackd.log"
+    jack, env = start_jack(jack_log, args.jack_realtime)
+    print(f"load average before: {load_average()}; {os.cpu_count()} CPUs; jackd "
+          f"{'realtime' if args.jack_realtime else '--no-realtime'}, dummy, 48 kHz, 256-frame periods", flush=True)
     stream = {
         "model": "htdemucs_bench", "engine_device": "cpu", "threads": args.threads,
         "context_seconds": args.context, "hop_seconds": args.hop, "lookahead_seconds": args.lookahead,
@@ -83,50 +121,95 @@ def main() -> int:
     ).start()
     samples: list[dict[str, Any]] = []
     try:
-        with Client(daemon.zmq_requests, timeout_seconds=120) as client:
+        with Client(daemon.zmq_requests, timeout_seconds=600) as client:
             started = client.call("stream.start")
-            print(f"stream: {started['device']}, hop {started['hop_frames']} frames, "
+            print(f"stream: {started['device']}, hop {started['hop_frames']} frames "
+                  f"({1000 * started['hop_seconds']:.0f} ms: {started.get('hop_choice')}), "
                   f"latency {started['latency_ms']:.1f} ms, round trip {started['round_trip_ms']:.1f} ms; "
-                  f"hop: {started.get('hop_choice')}")
+                  f"compute budget {started['budget_ms']:.1f} ms = {started['budget_source']}", flush=True)
             deadline = time.monotonic() + args.seconds
             while time.monotonic() < deadline:
                 time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
                 status = client.call("stream.status")
                 samples.append(status)
-                print(f"  t={status['seconds']:5.1f} s  hops {status['hops']:4d}  load p50 {status['load']:.2f} "
-                      f"p99 {status['load_p99']:.2f}  late hops {status['late_hops']}  xruns {status['xruns']}")
+                print(f"  t={status['seconds']:5.1f} s  hops {status['hops']:4d}  compute p50 "
+                      f"{status['compute_ms_p50']:.0f} p99 {status['compute_ms_p99']:.0f} ms  slack min "
+                      f"{status['slack_ms_min']} ms  late hops {status['late_hops']}  xruns {status['xruns']} "
+                      f"(start-up {status['xruns_startup']})  load avg {load_average()}", flush=True)
             final = client.call("stream.stop")
+            if final["hops"] == 0 and any(sample["hops"] for sample in samples):
+                # A resync (the worker hopelessly behind) restarted the engine's statistics just
+                # before the stop: report the compute of the last sample that had hops.
+                last = [sample for sample in samples if sample["hops"]][-1]
+                final.update({key: last[key] for key in ("compute_ms_p50", "compute_ms_p99", "load", "load_p99",
+                                                         "hops")})
     finally:
         daemon.stop()
         jack.terminate()
         jack.wait(5)
-    window_seconds = final["window_seconds"]
-    bare = bare_forward_ms(repo, window_seconds, args.threads)
+    jack_blame = jack_xruns(jack_log)
+    window_frames = round(final["window_seconds"] * 44100)
+    bare_default, bare_default_p99, params = bare_forward_ms(repo, DEFAULT_WINDOW_FRAMES, args.threads)
+    bare = bare_default if window_frames == DEFAULT_WINDOW_FRAMES else \
+        bare_forward_ms(repo, window_frames, args.threads, count=5)[0]
     ratio = final["compute_ms_p50"] / bare
-    real_time = final["late_hops"] == 0 and final["load_p99"] < 1.0
-    print(f"bare model(window) forward: {bare:.1f} ms; stream compute p50 {final['compute_ms_p50']:.1f} ms; "
-          f"ratio {ratio:.3f}")
-    print(f"real time over {args.seconds:.0f} s: {'yes' if real_time else 'NO'} "
-          f"(late hops {final['late_hops']}, xruns {final['xruns']}, load p50 {final['load']:.2f}, "
-          f"p99 {final['load_p99']:.2f})")
+    xruns_steady = final["xruns"] - final["xruns_startup"]
+    real_time = final["late_hops"] == 0 and xruns_steady == 0 and final["load_p99"] < 1.0
+    block_ms = 1000 * final["block_size"] / 48000
+    resamplers_ms = 1000 * final["resampler_delay_frames"] / 48000
+    # The issue's machine-independent target, with the compute p99 this run measured, and with the
+    # one measured at load that the budget came from.
+    fixed_ms = 1000 * (final["hop_seconds"] + final["lookahead_seconds"]) + block_ms + resamplers_ms
+    target_ms = fixed_ms + 1.3 * final["compute_ms_p99"]
+    target_load_ms = fixed_ms + 1.3 * final["compute_ms_p99_at_load"]
+    print(f"released architecture: {params / 1e6:.2f} M parameters; bare forward of a 1.02 s window "
+          f"p50 {bare_default:.1f} ms, p99 {bare_default_p99:.1f} ms (the issue's targets assume <= 350 ms)")
+    print(f"hop {1000 * final['hop_seconds']:.0f} ms ({final['hop_choice']}); window {final['window_seconds']:.3f} s; "
+          f"compute p50 {final['compute_ms_p50']:.1f} ms, p99 {final['compute_ms_p99']:.1f} ms (at load: p99 "
+          f"{final['compute_ms_p99_at_load']:.1f} ms); ratio to a bare forward {ratio:.3f}")
+    print(f"compute budget {final['budget_ms']:.1f} ms ({final['budget_source']}); least slack when a window's "
+          f"output landed: {final['slack_ms_min']} ms")
+    print(f"round trip {final['round_trip_ms']:.1f} ms; target hop + lookahead + 1.3 x p99 + block + resamplers "
+          f"= {target_ms:.1f} ms with this run's p99 ({'met' if final['round_trip_ms'] <= target_ms else 'NOT met'}), "
+          f"{target_load_ms:.1f} ms with the p99 at load")
+    print(f"real time over {args.seconds:.0f} s: {'yes' if real_time else 'NO'} (late hops {final['late_hops']}, "
+          f"resyncs {final['resyncs']}, "
+          f"xruns {final['xruns']}: {final['xruns_startup']} at start-up, {xruns_steady} steady; load p50 "
+          f"{final['load']:.2f}, p99 {final['load_p99']:.2f}); load average after: {load_average()}")
+    print(f"jackd's log blames its xruns on: {jack_blame or 'nothing'} ({jack_log})")
     figures = {
         "bench": "stream_live",
         "seconds": args.seconds,
         "threads": args.threads,
-        "hop_frames": final["hop_frames"], "hop_choice": started.get("hop_choice"),
-        "window_seconds": round(window_seconds, 4),
+        "jack_realtime": args.jack_realtime,
+        "parameters": params,
+        "bare_forward_1s_window_ms_p50": round(bare_default, 2),
+        "bare_forward_1s_window_ms_p99": round(bare_default_p99, 2),
+        "hop_frames": final["hop_frames"], "hop_ms": round(1000 * final["hop_seconds"], 1),
+        "hop_choice": final["hop_choice"],
+        "window_seconds": round(final["window_seconds"], 4),
+        "budget_ms": final["budget_ms"], "budget_source": final["budget_source"],
+        "slack_ms_min": final["slack_ms_min"],
         "latency_ms": final["latency_ms"],
         "round_trip_ms": final["round_trip_ms"],
+        "target_ms": round(target_ms, 1),
+        "target_met": final["round_trip_ms"] <= target_ms,
         "compute_ms_p50": round(final["compute_ms_p50"], 2),
         "compute_ms_p99": round(final["compute_ms_p99"], 2),
+        "compute_ms_p99_at_load": round(final["compute_ms_p99_at_load"], 2),
         "load_p50": round(final["load"], 3),
         "load_p99": round(final["load_p99"], 3),
         "late_hops": final["late_hops"],
+        "resyncs": final["resyncs"],
         "xruns": final["xruns"],
+        "xruns_startup": final["xruns_startup"],
+        "xruns_steady": xruns_steady,
+        "jackd_xruns_blamed": jack_blame,
         "hops": final["hops"],
         "bare_forward_ms_p50": round(bare, 2),
         "ratio": round(ratio, 3),
         "real_time": real_time,
+        "load_average_after": load_average(),
     }
     print(json.dumps(figures))
     return 0

@@ -167,6 +167,10 @@ class StreamConfig(_Section):
     hop_seconds: float | None = Field(default=None, gt=0.0, le=4.0)
     lookahead_seconds: float | None = Field(default=None, ge=0.1, le=4.0)
     crossfade_ms: float = Field(default=10.0, ge=0.0, le=100.0)
+    # The worker's compute budget is this times the measured p99 of a window's compute;
+    # budget_ms, when set, is the budget itself (rounded up to whole blocks), measured or not.
+    budget_margin: float = Field(default=1.3, ge=1.0, le=10.0)
+    budget_ms: float | None = Field(default=None, gt=0.0, le=60000.0)
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=256)
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}

@@ -5,16 +5,39 @@
 
 The callback only copies between PortAudio's buffers and preallocated rings: it never allocates
 audio memory, never calls the model, and takes no lock the worker holds (the one `Event.set` it
-does takes a lock that is only ever held for a moment). The worker writes hop `[a, b)` of output
-at frames `[a + budget, b + budget)`: `budget` (one hop) is the time the worker has to compute.
+does takes a lock that is only ever held for a moment). The worker writes input frames `[a, b)`'s
+output at frames `[a + budget, b + budget)`: `budget` is the time the worker has to compute.
 When it is late anyway, the callback plays the dry input delayed by the same latency, with short
 crossfades in and out, and the hop is counted.
+
+The compute budget. A window can run once its lookahead's last frame is in, and that frame
+arrives with a whole callback block; the frame's own output may come from that window (the
+engine's latency is the least that holds every output frame by the time its input frame is in),
+and it is due `budget` frames later, in the callback whose block holds it. Counting from the end
+of the block that brought it, the worker has `budget` frames of time only when `budget` is whole
+blocks (a frame at the start of a block waits out the rest of the block first). So
+
+    budget = ceil(margin x p99 compute / block) x block          (margin: stream.budget_margin, 1.3)
+
+with the p99 of the warm windows the engine timed at load, or of the last run's hops on this
+engine when that is higher (`budget_source` says which). Frames that arrive while a window computes
+queue in the input ring and cost next to nothing once it is done; the frames *before* the one that
+completes a window are fed to the engine on their own first, so their output (already computed)
+never waits on the model.
+
+The budget is fixed for the life of a stream. Changing it while running would move every later
+frame by the change, which is a glitch (a gap or a repeat), and it would make the round trip the
+DAW compensates for wrong; so the stream keeps measuring (`compute_ms_p99`, `slack_ms_min`), warns in
+`stream.status` (`budget_warning`) and the log when the live p99 times the margin outgrows the
+budget, and the next `stream.start` takes its budget from that measurement.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +53,12 @@ from bridge.ringbuffer import FrameRing
 log = logging.getLogger(__name__)
 
 FADE_MS = 5.0
+# While a stream runs, a thread waiting for the GIL asks its holder to let go after this long
+# (Python's default is 5 ms, about a whole 256-frame block at 48 kHz): the audio callback needs the
+# GIL for a few microseconds per block, and the worker holds it between torch ops for much longer.
+GIL_SWITCH_SECONDS = 0.0005
+# The budget from the last run's hops is used only when there were at least this many.
+MIN_LIVE_HOPS = 8
 
 
 def import_sounddevice() -> Any:
@@ -59,11 +88,18 @@ class StemControl:
         return 0.0 if self.mute else db_to_gain(self.gain_db)
 
 
+def budget_frames_for(compute_ms: float, margin: float, sample_rate: int, block_size: int) -> int:
+    """Whole callback blocks covering `margin` x `compute_ms` (see the module docstring), at least one."""
+    needed = margin * compute_ms * sample_rate / 1000.0
+    return max(1, math.ceil(needed / block_size)) * block_size
+
+
 @dataclass
 class Counters:
     late_hops: int = 0
     dry_blocks: int = 0
     xruns: int = 0
+    xruns_startup: int = 0  # before the first output of the model is due (device and graph start-up)
     input_overflows: int = 0
     output_underflows: int = 0
     callbacks: int = 0
@@ -106,7 +142,8 @@ class Layout:
 class LiveStream:
     """One running live-stems stream: device, engine, effects, routing and counters."""
 
-    def __init__(self, settings: StreamConfig, engine: Any, effects: Any, on_event: Callable[..., None] | None = None) -> None:
+    def __init__(self, settings: StreamConfig, engine: Any, effects: Any, on_event: Callable[..., None] | None = None,
+                 last_run_p99_ms: float = 0.0) -> None:
         self.settings = settings
         self.engine = engine
         self.effects = effects  # bridge.stream.EffectRack
@@ -122,7 +159,20 @@ class LiveStream:
             self.controls[stem].mute = True
 
         hop = int(engine.hop_frames)
-        self.budget_frames = hop  # one hop of compute time for the worker
+        timing = engine.load_timing()
+        at_load = float(timing["compute_ms_p99_at_load"])
+        self.budget_margin = float(settings.budget_margin)
+        if settings.budget_ms is not None:
+            self.budget_frames = budget_frames_for(settings.budget_ms, 1.0, self.sample_rate, self.block_size)
+            self.budget_source = (f"set in config: {settings.budget_ms:g} ms, rounded up to whole "
+                                  f"{self.block_size}-frame blocks")
+        else:
+            compute_ms = max(at_load, last_run_p99_ms)
+            self.budget_frames = budget_frames_for(compute_ms, self.budget_margin, self.sample_rate, self.block_size)
+            measured = (f"p99 {at_load:.1f} ms of {timing['load_timing_windows']} windows timed at load"
+                        if at_load >= last_run_p99_ms else f"p99 {last_run_p99_ms:.1f} ms of the last run's hops")
+            self.budget_source = (f"{self.budget_margin:g} x {measured}, rounded up to whole "
+                                  f"{self.block_size}-frame blocks")
         self.latency_frames = int(engine.latency_frames) + self.budget_frames
         self.max_chunk = hop
         max_block = max(self.block_size, 8192)
@@ -150,6 +200,9 @@ class LiveStream:
         self._processed = 0  # input frames the worker has consumed (worker-owned)
         self._was_wet = True
         self._last_late_hop = -1
+        self._min_slack_frames: int | None = None  # least lead a window's output had on the callback
+        self._budget_warned = False
+        self._switch_interval = sys.getswitchinterval()
         self._wake = threading.Event()
         self._running = False
         self._worker: threading.Thread | None = None
@@ -165,6 +218,13 @@ class LiveStream:
         sounddevice = import_sounddevice()
         self.engine.reset()
         self.effects.reset()
+        # The model and everything else loaded so far lives as long as the stream: out of the
+        # collector's sight, a collection the worker's allocations trigger (with the GIL held)
+        # scans only what is new, not the tens of thousands of objects torch and demucs hold.
+        gc.collect()
+        gc.freeze()
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self._running = True
         self._worker = threading.Thread(target=self._work, name="stream-worker", daemon=True)
         self._worker.start()
@@ -184,6 +244,7 @@ class LiveStream:
             self._running = False
             self._wake.set()
             self._worker.join(timeout=2)
+            self._restore_interpreter()
             raise Unavailable(
                 f"cannot open audio device {device!r} with {self.settings.channels} in / "
                 f"{self.layout.num_outputs} out at {self.sample_rate} Hz: {err}. `flowstate devices` lists devices"
@@ -194,8 +255,9 @@ class LiveStream:
         self.device_latency_seconds = float(latency[0] + latency[1])
         self.started_at = time.monotonic()
         log.info(
-            "stream started on %s: %d stems, latency %.1f ms (+ device %.1f ms)",
+            "stream started on %s: %d stems, latency %.1f ms (+ device %.1f ms); compute budget %.1f ms: %s",
             self.device_name, len(self.layout.stems), self.latency_ms, self.device_latency_seconds * 1000,
+            self.budget_ms, self.budget_source,
         )
 
     def stop(self) -> None:
@@ -208,7 +270,12 @@ class LiveStream:
         if self._worker is not None:
             self._worker.join(timeout=5)
             self._worker = None
+        self._restore_interpreter()
         log.info("stream stopped: %s", self.counters)
+
+    def _restore_interpreter(self) -> None:
+        sys.setswitchinterval(self._switch_interval)
+        gc.unfreeze()
 
     @property
     def running(self) -> bool:
@@ -218,6 +285,10 @@ class LiveStream:
     def latency_ms(self) -> float:
         return 1000.0 * self.latency_frames / self.sample_rate
 
+    @property
+    def budget_ms(self) -> float:
+        return 1000.0 * self.budget_frames / self.sample_rate
+
     # -- the realtime callback ---------------------------------------------------------------------
 
     def _callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -225,6 +296,8 @@ class LiveStream:
         counters.callbacks += 1
         if status:
             counters.xruns += 1
+            if self._played < self.latency_frames:
+                counters.xruns_startup += 1
             if status.input_overflow:
                 counters.input_overflows += 1
             if status.output_underflow:
@@ -299,6 +372,9 @@ class LiveStream:
                 self.effects.reset()
                 continue
             n = min(available, self.max_chunk)
+            until = self.engine.input_frames_to_window()
+            if 1 < until <= n:
+                n = until - 1  # these go out now; the next chunk starts with the frame that runs the model
             block_in = self._chunk_in[:, :n]
             self._in.read_at(self._processed, block_in)
             stems = self.engine.process(block_in)
@@ -308,6 +384,10 @@ class LiveStream:
             self._out.write_at(start_out, block_out)
             self._out.written = start_out + n
             self._processed += n
+            if until <= n:  # a window ran: how far ahead of the callback did its output land?
+                slack = start_out - self._played
+                if self._min_slack_frames is None or slack < self._min_slack_frames:
+                    self._min_slack_frames = slack
 
     def _route(self, stems: np.ndarray, out: np.ndarray, n: int) -> None:
         layout = self.layout
@@ -338,8 +418,21 @@ class LiveStream:
             control.mute = mute
         return {"stem": stem, "gain_db": control.gain_db, "mute": control.mute}
 
+    def budget_warning(self, live_p99_ms: float, hops: int) -> str | None:
+        """Why the next start should take a bigger budget, or None while this one covers the hops."""
+        if hops < MIN_LIVE_HOPS or self.budget_margin * live_p99_ms <= self.budget_ms:
+            return None
+        warning = (f"the compute p99 of this run's hops, {live_p99_ms:.1f} ms, times the margin "
+                   f"{self.budget_margin:g} exceeds the compute budget of {self.budget_ms:.1f} ms; hops may be "
+                   "late. stream.stop and stream.start take a budget from this run (the latency grows)")
+        if not self._budget_warned:
+            self._budget_warned = True
+            log.warning("stream: %s", warning)
+        return warning
+
     def status(self) -> dict[str, Any]:
         stats = self.engine.stats()
+        slack = self._min_slack_frames
         return {
             "running": self._running,
             "device": self.device_name,
@@ -355,6 +448,7 @@ class LiveStream:
             "device_latency_ms": round(self.device_latency_seconds * 1000, 3),
             "total_latency_ms": round(self.latency_ms + self.device_latency_seconds * 1000, 3),
             "engine_latency_frames": int(self.engine.latency_frames),
+            "resampler_delay_frames": stats.get("resampler_delay_frames"),
             "hop_frames": int(self.engine.hop_frames),
             "window_seconds": round(float(self.engine.window_seconds), 4),
             "context_seconds": round(float(self.engine.context_seconds), 4),
@@ -363,12 +457,20 @@ class LiveStream:
             "lookahead_seconds": round(float(self.engine.lookahead_seconds), 4),
             "compute_ms_p50": stats.get("compute_ms_p50"),
             "compute_ms_p99": stats.get("compute_ms_p99"),
+            "compute_ms_p99_at_load": stats.get("compute_ms_p99_at_load"),
+            "budget_frames": self.budget_frames,
+            "budget_ms": round(self.budget_ms, 3),
+            "budget_margin": self.budget_margin,
+            "budget_source": self.budget_source,
+            "budget_warning": self.budget_warning(float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))),
+            "slack_ms_min": None if slack is None else round(1000.0 * slack / self.sample_rate, 3),
             "load": stats.get("load_p50"),
             "load_p99": stats.get("load_p99"),
             "hops": stats.get("hops", 0),
             "late_hops": self.counters.late_hops,
             "dry_blocks": self.counters.dry_blocks,
             "xruns": self.counters.xruns,
+            "xruns_startup": self.counters.xruns_startup,
             "resyncs": self.counters.resyncs,
             "routing": self.layout.describe(),
             "controls": {stem: {"gain_db": c.gain_db, "mute": c.mute} for stem, c in self.controls.items()},
@@ -435,6 +537,7 @@ class StreamManager:
         self._engines: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self.stream: LiveStream | None = None
+        self._last_run: tuple[Any, float] | None = None  # (engine, its last stream's compute p99 in ms)
 
     def settings_with(self, overrides: dict[str, Any]) -> StreamConfig:
         from pydantic import ValidationError
@@ -504,7 +607,8 @@ class StreamManager:
             effects = EffectRack.build(
                 settings.effects.model_dump(), tuple(engine.stems), settings.sample_rate, settings.channels
             )
-            stream = LiveStream(settings, engine, effects, self._on_event)
+            last_run_p99_ms = self._last_run[1] if self._last_run is not None and self._last_run[0] is engine else 0.0
+            stream = LiveStream(settings, engine, effects, self._on_event, last_run_p99_ms=last_run_p99_ms)
             stream.start()
             self.stream = stream
             return stream.status()
@@ -514,7 +618,10 @@ class StreamManager:
             if self.stream is None or not self.stream.running:
                 return {"running": False}
             self.stream.stop()
-            return self.stream.status()
+            status = self.stream.status()
+            if status["hops"] >= MIN_LIVE_HOPS:
+                self._last_run = (self.stream.engine, float(status["compute_ms_p99"]))
+            return status
 
     def running_stream(self, command: str) -> LiveStream:
         stream = self.stream

@@ -56,7 +56,13 @@ class Engine:
         return self._loaded
 
     def load(self) -> None:
-        """Load weights once; later calls return at once (the model stays warm)."""
+        """Load weights once; later calls return at once (the model stays warm).
+
+        A loaded engine returns without taking the lock, which `process` holds for as long as it
+        runs: a live stream's status reads the engine's properties while a window computes.
+        """
+        if self._loaded:
+            return
         with self._lock:
             if not self._loaded:
                 log.info("%s: loading on %s", self.name, self.device)

@@ -82,6 +82,14 @@ MAX_RATIO_TERMS = 1000
 HTDEMUCS_RATE = 44100  # the rate of every released HTDemucs; checked against the loaded model too
 PRECISIONS = ("float32", "float16", "bfloat16")
 STATS_WINDOW = 512  # hops kept for the compute-time percentiles
+# Windows timed at load, at the setting finally taken, for the compute p99 that a live stream's
+# compute budget starts from (with this few the p99 is close to their maximum: the safe side):
+# up to LOAD_TIMING_WINDOWS, but once LOAD_TIMING_SECONDS have gone by, no more than the minimum,
+# so a slow machine (or an 8 s window) does not wait a minute for its stream to start. A running
+# stream measures on, and its next start takes the running p99 when that is higher.
+LOAD_TIMING_WINDOWS = 24
+LOAD_TIMING_MIN_WINDOWS = 3
+LOAD_TIMING_SECONDS = 5.0
 PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at most this many frames
 
 
@@ -289,6 +297,16 @@ class StreamingResampler:
     def delay_seconds(self) -> float:
         return self.delay_ticks / (self.rate_in * self.up)
 
+    @property
+    def received(self) -> int:
+        """Input samples received since the last `reset`."""
+        return self._end
+
+    @property
+    def next_output(self) -> int:
+        """Output samples produced since the last `reset` (the index of the next one)."""
+        return self._next
+
     def process(self, block: np.ndarray) -> np.ndarray:
         """Take `(channels, n)` float32 input, return every output sample that became computable.
 
@@ -452,6 +470,7 @@ class StreamingSeparator(Engine):
         self._stats_lock = threading.Lock()
         self._compute_ms = np.zeros(STATS_WINDOW, np.float64)
         self._hops = 0
+        self._load_compute_ms: list[float] = []  # every window timed at load, at the final setting
 
     # ---- public surface (loads the model on first use) ------------------------------------
 
@@ -531,10 +550,44 @@ class StreamingSeparator(Engine):
             "window_ms": 1000.0 * self._window / self._model_rate,
             "latency_frames": self._latency_frames,
             "latency_ms": 1000.0 * self._latency_frames / self.sample_rate,
+            "resampler_delay_frames": self.resampler_delay_frames,
             "device": str(self.device),
             "precision": self.precision,
             "hop_choice": self.hop_choice,
+            **self.load_timing(),
         }
+
+    @property
+    def resampler_delay_frames(self) -> float:
+        """Both resamplers' delay, in frames at `sample_rate` (0 when the device runs at the model's rate)."""
+        self.load()
+        if self._up is None:
+            return 0.0
+        return self._offset * self.sample_rate / self._model_rate + self._up.delay_frames
+
+    def load_timing(self) -> dict[str, Any]:
+        """The window compute measured at load (warm, at the final setting): p50, p99 and how many."""
+        self.load()
+        times = self._load_compute_ms
+        return {
+            "load_timing_windows": len(times),
+            "compute_ms_p50_at_load": float(np.percentile(times, 50)) if times else 0.0,
+            "compute_ms_p99_at_load": float(np.percentile(times, 99)) if times else 0.0,
+        }
+
+    def input_frames_to_window(self) -> int:
+        """How many more input frames (at `sample_rate`) complete the next window: the `process`
+        call that brings the last of them runs the model; one that stops short of it does not.
+
+        A live caller feeds the frames before that one separately, so that their output (already
+        in the FIFO) does not wait for the model.
+        """
+        self.load()
+        with self._lock:
+            needed = self._skip + self._window - self._fill  # model-rate samples still missing
+            if self._down is None:
+                return needed
+            return self._down.inputs_needed(self._down.next_output + needed) - self._down.received
 
     # ---- Engine hooks ---------------------------------------------------------------------
 
@@ -545,8 +598,13 @@ class StreamingSeparator(Engine):
             torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
         bag = load_model(self.model_name, self.repo, self.spleeter_dir)
         self._configure(bag)
+        self._load_compute_ms = []
         if self._auto_hop:
             self._choose_hop(bag)
+        # Enough windows for a p99 at the setting taken (the hop ladder's last timing counts too).
+        self._load_compute_ms += self._time_windows_ms(LOAD_TIMING_WINDOWS - len(self._load_compute_ms),
+                                                       budget_seconds=LOAD_TIMING_SECONDS,
+                                                       minimum=LOAD_TIMING_MIN_WINDOWS - len(self._load_compute_ms))
 
     def _choose_hop(self, bag: BagOfModels) -> None:
         """Take the first hop of the ladder whose measured load leaves headroom (see AUTO_HOP_LOAD)."""
@@ -554,7 +612,8 @@ class StreamingSeparator(Engine):
         ladder = [h for h in HOP_LADDER if h > requested + 1e-9]
         while True:
             hop_ms = 1000.0 * self._hop / self._model_rate
-            load = self._time_window_ms() / hop_ms
+            self._load_compute_ms = self._time_windows_ms(3)
+            load = float(np.median(self._load_compute_ms)) / hop_ms
             if load <= self._auto_hop_load or not ladder:
                 break
             bigger = ladder.pop(0)
@@ -566,20 +625,24 @@ class StreamingSeparator(Engine):
             self._requested = (self._requested[0], bigger, self._requested[2])
             self._configure(bag)
 
-    def _time_window_ms(self, repeats: int = 3) -> float:
-        """Median time of one full window through every model of the bag, warm."""
+    def _time_windows_ms(self, repeats: int, budget_seconds: float = math.inf, minimum: int = 0) -> list[float]:
+        """The time of each of `repeats` full windows through every model of the bag, warm; past
+        `budget_seconds`, stop once `minimum` are timed."""
         import torch
 
-        times = []
+        times: list[float] = []
+        deadline = time.perf_counter() + budget_seconds
         with torch.inference_mode(), self._autocast():
             for _ in range(repeats):
+                if len(times) >= minimum and time.perf_counter() > deadline:
+                    break
                 started = time.perf_counter()
                 for model in self._models:
                     model(self._window_dev)
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
                 times.append(1000.0 * (time.perf_counter() - started))
-        return float(np.median(times))
+        return times
 
     def _configure(self, bag: BagOfModels) -> None:
         """Windows, buffers, resamplers and the (frozen) models for the requested seconds."""

@@ -27,8 +27,8 @@ import torch
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_htdemucs_repo
-from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, HOP_LADDER, StreamingResampler, StreamingSeparator,
-                                load_model)
+from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, HOP_LADDER, LOAD_TIMING_MIN_WINDOWS, LOAD_TIMING_WINDOWS,
+                                StreamingResampler, StreamingSeparator, load_model)
 
 MODEL_RATE = 44100
 SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}  # 4096-frame blocks
@@ -267,6 +267,34 @@ def test_stats(repo: Path) -> None:
     assert 0 < stats["compute_ms_p50"] <= stats["compute_ms_p99"]
     assert stats["load_p50"] == pytest.approx(stats["compute_ms_p50"] / hop_ms)
     assert stats["latency_ms"] == pytest.approx(engine.latency_ms) and stats["hop_ms"] == pytest.approx(hop_ms)
+
+
+def test_the_window_compute_is_timed_at_load_for_a_p99(repo: Path) -> None:
+    # The live stream's compute budget starts from these: enough warm windows for a p99, at the
+    # setting the engine took.
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", **SHORT)
+    timing = engine.load_timing()
+    assert LOAD_TIMING_MIN_WINDOWS <= timing["load_timing_windows"] <= LOAD_TIMING_WINDOWS
+    assert 0 < timing["compute_ms_p50_at_load"] <= timing["compute_ms_p99_at_load"]
+    assert engine.stats()["compute_ms_p99_at_load"] == timing["compute_ms_p99_at_load"]
+    # Timing at load runs no hop of the stream.
+    assert engine.stats()["hops"] == 0
+
+
+@pytest.mark.parametrize("sample_rate", [48000, MODEL_RATE])
+def test_it_says_which_input_frame_completes_the_next_window(repo: Path, sample_rate: int) -> None:
+    # A live caller feeds the frames before that one on their own, so they never wait on the model.
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=sample_rate, **SHORT)
+    audio = noise(3 * sample_rate // 2, rate=sample_rate, seed=6)
+    position = 0
+    for hop in range(6):
+        until = engine.input_frames_to_window()
+        assert until >= 1
+        engine.process(audio[:, position:position + until - 1])
+        assert engine.stats()["hops"] == hop  # one frame short: no window yet
+        engine.process(audio[:, position + until - 1:position + until])
+        assert engine.stats()["hops"] == hop + 1  # that frame runs it
+        position += until
 
 
 def test_mono_is_the_mean_of_the_duplicated_stereo(repo: Path) -> None:
