@@ -478,7 +478,7 @@ def separate_offline(model: str, repo: Path | None, mixture: Mixture, threads: i
         engine.close()
 
 
-def separate_streamed(model: str, repo: Path | None, mixture: Mixture, setting: tuple[float, float, float],
+def separate_streamed(model: str, repo: Path | None, mixture: Mixture, setting: Setting,
                       device_rate: int, threads: int | None = None, block: int = BLOCK) -> tuple[np.ndarray, dict]:
     """Stream the mixture (resampled to `device_rate`) through `StreamingSeparator` in `block`-frame
     calls, then `latency_frames` of silence, and drop the first `latency_frames` of the output: the
@@ -506,7 +506,7 @@ def separate_streamed(model: str, repo: Path | None, mixture: Mixture, setting: 
         engine.close()
 
 
-def measure(model: str, repo: Path | None, mixture: Mixture, settings: list[tuple[float, float, float]],
+def measure(model: str, repo: Path | None, mixture: Mixture, settings: list[Setting],
             rates: tuple[int, ...] = (RATE, DEVICE_RATE), threads: int | None = None,
             progress: Any = None) -> dict[str, Any]:
     """Offline SDR per stem, then per setting and device rate the streamed SDR per stem, its
@@ -547,23 +547,30 @@ EXTRA_SETTINGS: tuple[tuple[float, float, float], ...] = (
 )
 
 
-def bench_settings() -> list[tuple[float, float, float]]:
-    """The engine's CPU and CUDA defaults first, then the others (no repeats)."""
-    from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS
+Setting = tuple[float | None, float, float]  # a context of None: the engine fills its window (Spleeter)
 
-    settings: list[tuple[float, float, float]] = []
-    for setting in (tuple(CPU_DEFAULTS), tuple(CUDA_DEFAULTS), *EXTRA_SETTINGS):
-        if setting not in settings:
-            settings.append(setting)
+
+def bench_settings(model: str) -> list[Setting]:
+    """`model`'s own CPU and CUDA defaults first (`engines.separation.stream_defaults`), then the
+    others (no repeats)."""
+    from engines.separation import stream_defaults
+
+    settings: list[Setting] = []
+    for setting in (stream_defaults(model, "cpu"), stream_defaults(model, "cuda"), *EXTRA_SETTINGS):
+        if tuple(setting) not in settings:
+            settings.append(tuple(setting))
     return settings
 
 
-def setting_label(setting: list[float] | tuple[float, ...]) -> str:
-    from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS
+def format_setting(setting: list[float | None] | tuple[float | None, ...]) -> str:
+    return "/".join("fill" if s is None else f"{s:g}" for s in setting)
 
-    label = "/".join(f"{s:g}" for s in setting)
-    names = [name for name, value in (("cpu", CPU_DEFAULTS), ("cuda", CUDA_DEFAULTS)) if tuple(setting) == tuple(value)]
-    return label + (f" ({'+'.join(names)} default)" if names else "")
+
+def setting_label(setting: list[float | None] | tuple[float | None, ...], model: str) -> str:
+    from engines.separation import stream_defaults
+
+    names = [kind for kind in ("cpu", "cuda") if tuple(setting) == tuple(stream_defaults(model, kind))]
+    return format_setting(setting) + (f" ({'+'.join(names)} default)" if names else "")
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -577,10 +584,10 @@ def print_table(result: dict[str, Any]) -> None:
     print("-" * len(header))
     for row in result["rows"]:
         if "refused" in row:
-            print(f"{setting_label(row['setting']):<34} {row['sample_rate']:>5} refused: {row['refused']}")
+            print(f"{setting_label(row['setting'], row['model']):<34} {row['sample_rate']:>5} refused: {row['refused']}")
             continue
         cells = " ".join(f"{row['sdr'][stem]:>7.2f} ({row['delta'][stem]:+5.2f})" for stem in stems)
-        print(f"{setting_label(row['setting']):<34} {row['sample_rate']:>5} {row['latency_ms']:>7.1f} "
+        print(f"{setting_label(row['setting'], row['model']):<34} {row['sample_rate']:>5} {row['latency_ms']:>7.1f} "
               f"{row['hop_lookahead_ms']:>8.1f} {cells} {row['worst_delta']:>+7.2f}")
     print("cells: streamed SDR dB (streamed - offline); lat ms: the engine's latency_ms at that rate "
           "(hop + lookahead + alignment + resamplers; no compute budget, no device buffer)")
@@ -603,7 +610,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         labels: dict[tuple[float, float], list[str]] = {}  # settings that land on one point share a label
         for row in rows:
             labels.setdefault((row["latency_ms"], row["worst_delta"]), []).append(
-                "/".join(f"{s:g}" for s in row["setting"]))
+                format_setting(row["setting"]))
         for (x, y), names in labels.items():
             axes.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(5, -3), fontsize=7,
                           va="top")
@@ -642,14 +649,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     recipe = TEST_RECIPE if args.quick else BENCH_RECIPE
     seconds = 6.0 if args.quick else args.seconds
-    settings = bench_settings() if args.settings == "all" else bench_settings()[:2]
     results, skipped = [], []
+
+    def pick(model: str) -> list[Setting]:
+        settings = bench_settings(model)
+        return settings if args.settings == "all" else settings[:2]
 
     def progress(row: dict[str, Any]) -> None:
         if "refused" in row:
-            print(f"  {row['model']} {setting_label(row['setting'])}: refused: {row['refused']}", flush=True)
+            print(f"  {row['model']} {setting_label(row['setting'], row['model'])}: refused: {row['refused']}", flush=True)
             return
-        print(f"  {row['model']} {setting_label(row['setting'])} at {row['sample_rate']} Hz: worst "
+        print(f"  {row['model']} {setting_label(row['setting'], row['model'])} at {row['sample_rate']} Hz: worst "
               f"{row['worst_delta']:+.2f} dB ({time.perf_counter() - started:.0f} s)", flush=True)
 
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -662,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             if not cached:
                 print(f"  trained in {time.perf_counter() - train_started:.0f} s", flush=True)
             mixture = four_source_mixture(seed=1, seconds=seconds, cache=args.cache)
-            results.append(measure(MODEL_NAME, repo, mixture, settings, threads=args.threads, progress=progress))
+            results.append(measure(MODEL_NAME, repo, mixture, pick(MODEL_NAME), threads=args.threads, progress=progress))
         elif model == "spleeter:2stems":
             from bridge.errors import BridgeError
             from engines.separation import FileSeparator
@@ -676,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model}: skipped, the engine does not load here: {type(err).__name__}: {err}", flush=True)
                 continue
             mixture = vocal_mixture(seconds=min(seconds, 10.0), accompaniment=args.accompaniment, cache=args.cache)
-            results.append(measure(model, None, mixture, settings, threads=args.threads, progress=progress))
+            results.append(measure(model, None, mixture, pick(model), threads=args.threads, progress=progress))
         else:
             parser.error(f"--models: expected {MODEL_NAME} or spleeter:2stems, got {model!r}")
 
