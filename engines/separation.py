@@ -55,8 +55,9 @@ CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
 # the same up to 63 x 1024 frames (1.46 s). The context is left out (None): it fills the window to
 # that size, for free. The lookahead is the ~0.1 s (4 x 1024 frames) that keeps the STFT frames
 # under the hop and its crossfade exact. The hop is the shortest that keeps real time on CPU: a
-# window costs about 90 ms on 2 cores (DESIGN.md), and 6 x 1024 frames (139 ms) leaves the load
-# at 0.65, under AUTO_HOP_LOAD; the ladder below takes over where it measures slower. On CUDA a
+# window costs 90-110 ms on a quiet 2-core CPU (DESIGN.md; bench/stream_spleeter.py), and 6 x 1024
+# frames (139 ms) leaves the load at 0.65-0.78, under AUTO_HOP_LOAD; the ladder below takes over
+# where it measures slower. On CUDA a
 # window costs a few ms: 4 x 1024 frames (93 ms). Latency at 48 kHz: 233 ms on CPU, 187 ms on
 # CUDA, plus the device buffer and the compute budget.
 SPLEETER_CPU_DEFAULTS: tuple[float | None, float, float] = (None, 0.14, 0.1)
