@@ -350,7 +350,8 @@ def test_a_hop_set_in_config_is_kept_whatever_the_load(repo: Path) -> None:
 
 
 def test_a_fast_enough_machine_keeps_the_default_hop(repo: Path) -> None:
-    engine = StreamingSeparator("tiny", repo=repo, device="cpu")  # a tiny model: load far below the limit
+    # No measured load reaches this limit, whatever else runs on the machine: the default is kept.
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", auto_hop_load=1e9)
     assert engine.hop_frames == round(11264 * 48000 / MODEL_RATE)
     assert engine.stats()["hop_choice"] == "the cpu default"
 
