@@ -66,8 +66,10 @@ class Rig:
             names = [p.name for p in self.player.get_ports(pattern, **kind)]
             return sorted(names, key=lambda name: int(name.rsplit("_", 1)[1]))
 
-        daemon_ins = ports("PortAudio:in_.*", is_input=True)
-        daemon_outs = ports("PortAudio:out_.*", is_output=True)
+        # PortAudio opens one JACK client per process and keeps it: while another test's daemon
+        # lives, this one's client is "PortAudio-01". Only a running stream has ports.
+        daemon_ins = ports("PortAudio[^:]*:in_.*", is_input=True)
+        daemon_outs = ports("PortAudio[^:]*:out_.*", is_output=True)
         for i, daemon_in in enumerate(daemon_ins[:2]):
             for source in self.player.get_all_connections(daemon_in):
                 self.player.disconnect(source, daemon_in)
@@ -89,10 +91,12 @@ class Rig:
         time.sleep(tail_seconds)
         self.recording = False
         assert self.start_frame is not None
-        first = self.blocks[0][0]
-        length = self.blocks[-1][0] + self.blocks[-1][1].shape[1] - first
+        # A snapshot: the JACK thread may still append the block it was copying when recording stopped.
+        blocks = list(self.blocks)
+        first = blocks[0][0]
+        length = max(frame + data.shape[1] for frame, data in blocks) - first
         out = np.zeros((len(self.ins), length), dtype=np.float32)
-        for frame, data in self.blocks:
+        for frame, data in blocks:
             out[:, frame - first : frame - first + data.shape[1]] = data
         offset = self.start_frame - first
         return out[:, offset:]
