@@ -101,6 +101,14 @@ class Rig:
         offset = self.start_frame - first
         return out[:, offset:]
 
+    def record(self, tail_seconds: float) -> np.ndarray:
+        """Connect to the running stream, play the signal through it, close: `play_and_record`'s output."""
+        try:
+            self.connect()
+            return self.play_and_record(tail_seconds=tail_seconds)
+        finally:
+            self.close()
+
     def close(self) -> None:
         for client in (self.player, self.recorder):
             client.deactivate()
@@ -155,11 +163,7 @@ def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
     with Client(live.zmq_requests, timeout_seconds=60) as client:
         status = client.call("stream.start")
         rig = Rig(jack_server, _noise(3.0))
-        try:
-            rig.connect()
-            recorded = rig.play_and_record(tail_seconds=1.5)
-        finally:
-            rig.close()
+        recorded = rig.record(tail_seconds=1.5)
         final = client.call("stream.status")
         client.call("stream.stop")
     latency = status["round_trip_frames"]
@@ -204,11 +208,7 @@ def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
         try:
             tone = np.sin(2 * np.pi * 220 * np.arange(int(4 * SAMPLE_RATE)) / SAMPLE_RATE).astype(np.float32)
             rig = Rig(jack_server, np.stack([tone, tone]) * 0.5)
-            try:
-                rig.connect()
-                recorded = rig.play_and_record(tail_seconds=0.5)
-            finally:
-                rig.close()
+            recorded = rig.record(tail_seconds=0.5)
             final = client.call("stream.status")
         finally:
             client.call("stream.stop")
@@ -362,11 +362,7 @@ def test_spleeter_streams_through_the_same_commands(jack_server: JackServer) -> 
                 client.call("stream.set", {"stem": "drums", "gain_db": 0.0})
             assert "vocals, accompaniment" in unknown.value.message
             rig = Rig(jack_server, _noise(3.0, seed=5), outputs=6)
-            try:
-                rig.connect()
-                recorded = rig.play_and_record(tail_seconds=1.0)
-            finally:
-                rig.close()
+            recorded = rig.record(tail_seconds=1.0)
             final = client.call("stream.status")
         finally:
             client.call("stream.stop")
