@@ -579,7 +579,10 @@ class StreamManager:
         if settings.batch_streams == "auto":
             from engines.base import pick_device
 
-            return pick_device(settings.engine_device).type == "cuda"
+            try:
+                return pick_device(settings.engine_device).type == "cuda"
+            except Unavailable:  # a device asked for and absent: the engine's load says so, per request
+                return False
         return settings.batch_streams == "on"
 
     def new_engine(self, settings: StreamConfig) -> Any:

@@ -59,7 +59,9 @@ class AudioServer:
         self._socket: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
         self._running = False
-        # Concurrent answers (bind decides): worker threads, their queues, the replies they push.
+        # Concurrent answers (decided at the first block: asking the sessions imports torch, which
+        # the daemon's start does not wait for): worker threads, their queues, the replies they push.
+        self._concurrent: bool | None = None
         self._workers: list[threading.Thread] = []
         self._queues: list[queue.SimpleQueue[tuple[bytes, list[bytes]] | None]] = []
         self._replies: zmq.Socket | None = None
@@ -84,8 +86,6 @@ class AudioServer:
             raise
         self._socket = sock
         self._running = True
-        if getattr(self.sessions, "concurrent", False):
-            self._start_workers(int(getattr(self.sessions, "max_sessions", 4)))
         self._thread = threading.Thread(target=self._serve, name="zmq-audio", daemon=True)
         self._thread.start()
         return self.port
@@ -126,8 +126,6 @@ class AudioServer:
             raise RuntimeError("AudioServer._serve runs only after bind()")
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        if self._replies is not None:
-            poller.register(self._replies, zmq.POLLIN)
         try:
             while self._running:
                 ready = dict(poller.poll(POLL_MS))
@@ -136,6 +134,11 @@ class AudioServer:
                 if sock in ready:
                     frames = sock.recv_multipart()
                     identity, body = frames[0], frames[1:]
+                    if self._concurrent is None:
+                        self._concurrent = bool(getattr(self.sessions, "concurrent", False))
+                        if self._concurrent:
+                            self._start_workers(int(getattr(self.sessions, "max_sessions", 4)))
+                            poller.register(self._replies, zmq.POLLIN)
                     if self._replies is None:
                         sock.send_multipart([identity, *self._answer(identity, body)])
                     else:

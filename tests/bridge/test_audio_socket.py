@@ -201,6 +201,7 @@ def test_two_clients_batched_get_what_the_engine_gives_each_alone(tmp_path: Path
                 batchers = requests.call("stream.status")["batchers"]
         finally:
             context.destroy(linger=0)
+        assert process.stop() == 0, process.log()  # the socket's worker threads end with the daemon
     assert len(batchers) == 1 and batchers[0]["members"] == 2, batchers  # both clients, one batcher
     assert any(size >= 2 for size in map(int, batchers[0]["sizes"])), batchers  # hops went through together
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=48000, threads=1, **setting)

@@ -47,6 +47,13 @@ def test_batching_is_on_for_cuda_only_unless_forced(value: str, expected: bool) 
     assert AudioSessions(manager).concurrent is expected
 
 
+def test_auto_follows_the_device_the_engine_gets_and_an_absent_gpu_is_not_an_error_here() -> None:
+    import torch
+
+    manager = StreamManager(StreamConfig(engine_device="cuda", batch_streams="auto"), None)
+    assert manager.batching_for(manager.base) is torch.cuda.is_available()  # the engine's load names a missing GPU
+
+
 def test_the_gather_period_is_shared_so_not_an_override() -> None:
     manager = StreamManager(StreamConfig(), None)
     with pytest.raises(Forbidden, match="batch_gather_ms"):
