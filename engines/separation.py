@@ -856,13 +856,18 @@ class StreamingSeparator(Engine):
 
     def _warm_up(self) -> None:
         """Two forwards on a silent window at load: the first call builds kernels and buffers and
-        is several times slower, and it must not land on the first hop of a live stream."""
+        is several times slower, and it must not land on the first hop of a live stream. With
+        batching, one more per batch size a hop may meet (each shape's first call is as slow)."""
         import torch
 
+        sizes = range(2, self._batching.max_streams + 1) if self._batching is not None else range(0)
         with torch.inference_mode(), self._autocast():
             for _ in range(2):
                 for model in self._models:
                     model(self._window_dev)
+            for size in sizes:
+                for model in self._models:
+                    model(self._window_dev.repeat(size, 1, 1))
         if self._cuda:
             torch.cuda.synchronize(self.device)
 
