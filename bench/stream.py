@@ -38,8 +38,9 @@ Concurrent streams (issue 12: GPU readiness), `--streams 1,4,8`: instead of the 
 each N, N engines (each its own model copy, as the daemon's device stream and audio-socket clients
 have) share one `WindowBatcher` (engines/batching.py, the daemon's default gather period) at the
 device's default setting (`--setting C,H,L` to choose), each fed `--seconds` of its own noise in
-256-frame blocks from its own thread, paced in real time like a device (stream k starts k blocks
-after stream 0: hops that align within a few blocks). Per N:
+256-frame blocks paced in real time like a device, each stream's worker thread taking what has
+arrived as the live worker does (stream k starts k blocks after stream 0: hops that align within a
+few blocks). Per N:
 * `p50_ms`, `p99_ms`: each stream's compute per hop (waiting for its batch included), worst stream;
   `load99` = p99 over the hop (real time needs < 1);
 * `rt_ms`: the round trip a live stream would report: the engine's exact latency + a compute budget
@@ -202,13 +203,22 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
     begin = time.perf_counter() + 0.2
 
     def feed(k: int) -> None:
+        # Like the live worker (bridge/stream.py): every block the device has delivered, up to a hop
+        # at a time, with the frames before a window's last one fed on their own.
         try:
             start_at = begin + k * BLOCK / SAMPLE_RATE
-            for start in range(0, frames, BLOCK):
-                delay = start_at + (start + BLOCK) / SAMPLE_RATE - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)  # the block "arrives" from the device; behind: catch up at once
-                engines[k].process(audios[k][:, start:start + BLOCK])
+            engine, fed, hop_frames = engines[k], 0, engines[k].hop_frames
+            while fed < frames:
+                arrived = min(frames, int((time.perf_counter() - start_at) * SAMPLE_RATE) // BLOCK * BLOCK)
+                if arrived <= fed:
+                    time.sleep(max(0.0, start_at + (fed + BLOCK) / SAMPLE_RATE - time.perf_counter()))
+                    continue
+                n = min(arrived - fed, hop_frames)
+                until = engine.input_frames_to_window()
+                if 1 < until <= n:
+                    n = until - 1
+                engine.process(audios[k][:, fed:fed + n])
+                fed += n
         except BaseException as err:  # reported by the main thread
             errors.append(err)
 

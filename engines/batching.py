@@ -14,12 +14,14 @@ When a batch runs:
 * when every member expected has handed its window in, or the gather period after the first
   window has passed (`gather_seconds`, a few ms: about one device block, so hops that align
   within a block share a forward);
-* windows handed in while a batch computes wait for it and go together in the next one: under
-  load, which is when it matters, streams batch whatever their phase.
-A member is expected when it joined or handed a window in within `expect_hops` of its hops: a
-stream that stops feeding drops out after that, and one that leaves (its engine closes) drops out
-at once, waking whoever waits, so a stream that ends never holds the others up for longer than
-the gather period.
+* windows handed in while a batch computes wait for it and go together in the next one, which
+  also waits up to the gather period for the members the finished batch just served: under load,
+  which is when it matters, streams batch whatever their phase (without that wait, two streams
+  that are behind take turns forever, each window waiting out the other's forward).
+A member is expected when it joined, handed a window in or got one back within `expect_hops` of its
+hops: a stream that stops feeding drops out after that, and one that leaves (its engine closes)
+drops out at once, waking whoever waits, so a stream that ends never holds the others up for longer
+than the gather period.
 
 Nothing here imports torch at import time; `run` takes the window tensor and the forward to call.
 """
@@ -91,6 +93,7 @@ class WindowBatcher:
         self._ids = itertools.count(1)
         self._pending: list[_Slot] = []
         self._busy = False
+        self._free_since = 0.0  # when the last batch finished: the gather period counts from then too
         self._waiting = 0
         self._counts = _Counts()
 
@@ -164,7 +167,8 @@ class WindowBatcher:
             outputs = list(forward(stacked))
         except BaseException as err:  # handed to every member of the batch, then raised here
             error = err
-        forward_ms = 1000.0 * (time.perf_counter() - started)
+        finished = time.perf_counter()
+        forward_ms = 1000.0 * (finished - started)
         with self._cond:
             for index, waiting in enumerate(batch):
                 waiting.done = True
@@ -176,7 +180,9 @@ class WindowBatcher:
                 state = self._members.get(waiting.member)
                 if state is not None:
                     state.pending = False
+                    state.last_seen = finished  # served: its next window may come at once (catching up)
             self._busy = False
+            self._free_since = finished
             self._counts.batches += 1
             self._counts.windows += len(batch)
             self._counts.sizes[len(batch)] = self._counts.sizes.get(len(batch), 0) + 1
@@ -188,7 +194,7 @@ class WindowBatcher:
         while not slot.done:
             if not self._busy and self._pending:
                 now = time.perf_counter()
-                deadline = self._pending[0].submitted + self.gather_seconds
+                deadline = max(self._pending[0].submitted, self._free_since) + self.gather_seconds
                 if now >= deadline or not self._expected(now):
                     batch, self._pending = self._pending, []
                     self._busy = True
