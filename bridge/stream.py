@@ -673,6 +673,7 @@ class _Session:
     channels: int
     next_seq: int = 0
     last_used: float = 0.0
+    busy: bool = False  # a block is in its engine: not to be evicted (closing would reload it)
 
 
 class AudioSessions:
@@ -724,9 +725,15 @@ class AudioSessions:
                     f"{session.sample_rate} Hz; send seq 0 to restart with new settings"
                 )
             session.last_used = time.monotonic()
-        stems = session.engine.process(block)  # outside the lock: other clients' blocks go on meanwhile
+            session.busy = True
+        try:
+            stems = session.engine.process(block)  # outside the lock: other clients' blocks go on meanwhile
+            info = {"stems": list(session.engine.stems), "latency_frames": int(session.engine.latency_frames),
+                    "sample_rate": sample_rate}
+        finally:
+            with self._lock:
+                session.busy = False
         session.next_seq = seq + 1  # one client's blocks come one at a time (the audio socket pins it)
-        info = {"stems": list(session.engine.stems), "latency_frames": int(session.engine.latency_frames), "sample_rate": sample_rate}
         return stems, info
 
     def stats(self, identity: bytes) -> dict[str, Any] | None:
@@ -736,8 +743,15 @@ class AudioSessions:
         return None if session is None else session.engine.stats()
 
     def _open(self, identity: bytes, sample_rate: int, channels: int) -> _Session:
+        previous = self._sessions.pop(identity, None)  # this client's stream at another rate or channels
+        if previous is not None:
+            previous.engine.close()
         if len(self._sessions) >= self._max_sessions:
-            oldest = min(self._sessions, key=lambda key: self._sessions[key].last_used)
+            idle = [key for key, session in self._sessions.items() if not session.busy]
+            if not idle:
+                raise Busy(f"audio socket: all {self._max_sessions} audio sessions are processing a block; "
+                           "send seq 0 again when one is done")
+            oldest = min(idle, key=lambda key: self._sessions[key].last_used)
             self._sessions.pop(oldest).engine.close()
         settings = self._manager.settings_with({"sample_rate": sample_rate, "channels": channels})
         engine = self._manager.new_engine(settings)

@@ -59,3 +59,19 @@ def test_the_gather_period_is_shared_so_not_an_override() -> None:
     with pytest.raises(Forbidden, match="batch_gather_ms"):
         manager.settings_with({"batch_gather_ms": 50.0})
     assert manager.settings_with({"batch_streams": "off"}).batch_streams == "off"
+
+
+def test_a_client_restarting_at_another_rate_closes_its_old_engine(tmp_path: Path) -> None:
+    repo = tiny_htdemucs_repo(tmp_path / "repo", depth=3)
+    manager = StreamManager(StreamConfig(model="tiny", engine_device="cpu", threads=1, batch_streams="on", **SHORT),
+                            repo)
+    sessions = AudioSessions(manager)
+    try:
+        sessions.process(b"client", 0, 48000, np.zeros((2, 256), np.float32))
+        first = sessions._sessions[b"client"].engine
+        sessions.process(b"client", 0, 44100, np.zeros((1, 256), np.float32))
+        assert not first.loaded and sessions._sessions[b"client"].engine is not first
+        assert [b["members"] for b in manager.batchers.describe()] == [1]  # the old engine left the batcher
+    finally:
+        sessions.close()
+        manager.close()
