@@ -34,6 +34,24 @@ Figures per setting:
 
     .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N] [--no-default-model]
 
+Concurrent streams (issue 12: GPU readiness), `--streams 1,4,8`: instead of the settings table, for
+each N, N engines (each its own model copy, as the daemon's device stream and audio-socket clients
+have) share one `WindowBatcher` (engines/batching.py, the daemon's default gather period) at the
+device's default setting (`--setting C,H,L` to choose), each fed `--seconds` of its own noise in
+256-frame blocks paced in real time like a device, each stream's worker thread taking what has
+arrived as the live worker does (stream k starts k blocks after stream 0: hops that align within a
+few blocks). Per N:
+* `p50_ms`, `p99_ms`: each stream's compute per hop (waiting for its batch included), worst stream;
+  `load99` = p99 over the hop (real time needs < 1);
+* `rt_ms`: the round trip a live stream would report: the engine's exact latency + a compute budget
+  of 1.3 x p99 rounded up to whole blocks + one block (as `stream.status`'s `round_trip_ms`);
+* `batch`: mean windows per forward; `fwd_ms`: a batched forward's p50; `dev_load`: the model's
+  busy time over the wall time (sum of the batches' forwards / elapsed);
+* `ratio`: a bare forward of N stacked windows over N separate forwards of one (median of 5 each):
+  what batching saves on this device (near 1/N on a GPU with room, about 1 on a CPU).
+On a CPU it runs too, labelled: batching is for GPUs (`stream.batch_streams: auto` is off there).
+`--tiny` runs it on the 27 k-parameter test model (checks the bench itself; not a product figure).
+
 The last line of output is one JSON object with every figure. Run time: every hop is computed twice
 (engine and bare forward). On the 2-core AMD EPYC at load average 10 (2026-12-02),
 `--seconds 1 --threads 1` took 7 minutes, with a 1.02 s window at 3.3 s. There, 2 threads were
@@ -63,7 +81,8 @@ from bridge.testing import (  # noqa: E402
     released_htdemucs,
     released_htdemucs_repo,
 )
-from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator  # noqa: E402
+from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator,  # noqa: E402
+                                stream_defaults)
 
 SAMPLE_RATE = 48000
 BLOCK = 256
@@ -161,6 +180,159 @@ def run_setting(repo: Path, device: str, precision: str, threads: int | None, au
     return result
 
 
+def run_streams(repo: Path, name: str, device: str, precision: str, threads: int | None, count: int,
+                setting: tuple[float, float, float], seconds: float) -> dict[str, Any]:
+    """`count` engines sharing one window batcher, each fed in real time from its own thread."""
+    import math
+    import threading
+
+    import torch
+
+    from engines.batching import WindowBatchers
+
+    context, hop, lookahead = setting
+    pool = WindowBatchers(max_streams=count)
+    engines = [StreamingSeparator(name, repo=repo, device=device, sample_rate=SAMPLE_RATE, context_seconds=context,
+                                  hop_seconds=hop, lookahead_seconds=lookahead, precision=precision, threads=threads,
+                                  batching=pool) for _ in range(count)]
+    for engine in engines:
+        engine.load()
+    frames = int(seconds * SAMPLE_RATE)
+    audios = [(0.1 * np.random.default_rng(k).standard_normal((2, frames))).astype(np.float32) for k in range(count)]
+    errors: list[BaseException] = []
+    begin = time.perf_counter() + 0.2
+
+    def feed(k: int) -> None:
+        # Like the live worker (bridge/stream.py): every block the device has delivered, up to a hop
+        # at a time, with the frames before a window's last one fed on their own.
+        try:
+            start_at = begin + k * BLOCK / SAMPLE_RATE
+            engine, fed, hop_frames = engines[k], 0, engines[k].hop_frames
+            while fed < frames:
+                arrived = min(frames, int((time.perf_counter() - start_at) * SAMPLE_RATE) // BLOCK * BLOCK)
+                if arrived <= fed:
+                    time.sleep(max(0.0, start_at + (fed + BLOCK) / SAMPLE_RATE - time.perf_counter()))
+                    continue
+                n = min(arrived - fed, hop_frames)
+                until = engine.input_frames_to_window()
+                if 1 < until <= n:
+                    n = until - 1
+                engine.process(audios[k][:, fed:fed + n])
+                fed += n
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    threads_ = [threading.Thread(target=feed, args=(k,), name=f"bench-stream-{k}") for k in range(count)]
+    for thread in threads_:
+        thread.start()
+    for thread in threads_:
+        thread.join()
+    elapsed = time.perf_counter() - begin
+    if errors:
+        raise errors[0]
+    stats = [engine.stats() for engine in engines]
+    # The model's busy time: each batch's forward once (every member records it; divide by the size).
+    busy_ms = sum(float((e._forward_ms[:min(s["hops"], len(e._forward_ms))]
+                         / np.maximum(e._batch_sizes[:min(s["hops"], len(e._batch_sizes))], 1)).sum())
+                  for e, s in zip(engines, stats))
+    # Bare forwards: N stacked windows against one window N times, on the first engine's model.
+    model = engines[0]._models[0]
+    window = torch.randn((1, 2, round(engines[0].window_seconds * engines[0].model_sample_rate)),
+                         device=engines[0].device)
+    stacked = window.repeat(count, 1, 1)
+
+    def timed(batch: Any) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode(), engines[0]._autocast():
+            model(batch)
+        sync(engines[0].device)
+        return time.perf_counter() - started
+
+    timed(stacked)
+    single = float(np.median([timed(window) for _ in range(5)]))
+    batched = float(np.median([timed(stacked) for _ in range(5)]))
+    p99 = max(st["compute_ms_p99"] for st in stats)
+    budget = max(1, math.ceil(1.3 * p99 * SAMPLE_RATE / 1000.0 / BLOCK)) * BLOCK
+    hop_ms = stats[0]["hop_ms"]
+    result = {
+        "streams": count,
+        "setting_s": [round(engines[0].context_seconds, 4), round(engines[0].hop_seconds, 4),
+                      round(engines[0].lookahead_seconds, 4)],
+        "hops_per_stream": min(st["hops"] for st in stats),
+        "p50_ms": round(max(st["compute_ms_p50"] for st in stats), 2),
+        "p99_ms": round(p99, 2),
+        "load_p99": round(p99 / hop_ms, 3),
+        "latency_ms": round(engines[0].latency_ms, 2),
+        "round_trip_ms": round(engines[0].latency_ms + 1000.0 * (budget + BLOCK) / SAMPLE_RATE, 2),
+        "batch_size_mean": round(float(np.mean([st["batch_size_mean"] for st in stats])), 2),
+        "batch_sizes": pool.describe()[0]["sizes"],
+        "forward_ms_p50": round(float(np.median([st["forward_ms_p50"] for st in stats])), 2),
+        "device_load": round(busy_ms / (1000.0 * elapsed), 3),
+        "bare_single_ms": round(1000 * single, 2),
+        "bare_batched_ms": round(1000 * batched, 2),
+        "batched_over_separate": round(batched / (count * single), 3),
+    }
+    for engine in engines:
+        engine.close()
+    return result
+
+
+def streams_main(args: argparse.Namespace) -> int:
+    """`--streams`: concurrent streams batched into shared forwards (see the module docstring)."""
+    import torch
+
+    from bridge.testing import tiny_htdemucs_repo
+    from engines.base import pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    counts = [int(n) for n in args.streams.split(",")]
+    setting = (tuple(float(x) for x in args.setting.split(",")) if args.setting
+               else stream_defaults("htdemucs", device.type))
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    reference = None if args.tiny else reference_forward(device, with_default=False)
+    with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:
+        if args.tiny:
+            repo, name = tiny_htdemucs_repo(Path(folder), depth=3), "tiny"
+        else:
+            repo, name = build_repo(Path(folder)), "htdemucs_random"
+        rows = [run_streams(repo, name, args.device, args.precision, args.threads, n, setting, args.seconds)
+                for n in counts]
+    load_after = os.getloadavg()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" \
+        else f"cpu, {torch.get_num_threads()} threads"
+    label = "" if device.type == "cuda" else " [CPU: batching is for GPUs; stream.batch_streams auto is off here]"
+    model = "the 27 k-parameter test model (checks the bench; not a product figure)" if args.tiny \
+        else "the released htdemucs architecture (random weights)"
+    print(f"Concurrent streams batched into shared forwards, {model}, {device_name}, {args.precision}, "
+          f"{SAMPLE_RATE} Hz in {BLOCK}-frame blocks paced in real time, {args.seconds:g} s per stream{label}")
+    if reference is not None:
+        print(f"this machine: bare forward of a {reference['window_s']:.2f} s window, released architecture: "
+              f"{reference['released_ms']:.0f} ms p50 (latency targets assume <= 350 ms)")
+    header = (f"{'N':>3} {'ctx/hop/look s':>17} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} {'load99':>6} {'lat ms':>7} "
+              f"{'rt ms':>7} {'batch':>5} {'fwd ms':>7} {'dev_load':>8} {'1 fwd':>7} {'N stk':>7} {'ratio':>5}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        setting_text = "/".join(f"{x:.3f}" for x in row["setting_s"])
+        print(f"{row['streams']:>3} {setting_text:>17} {row['hops_per_stream']:>5} {row['p50_ms']:>7.1f} "
+              f"{row['p99_ms']:>7.1f} {row['load_p99']:>6.2f} {row['latency_ms']:>7.1f} {row['round_trip_ms']:>7.1f} "
+              f"{row['batch_size_mean']:>5.2f} {row['forward_ms_p50']:>7.1f} {row['device_load']:>8.2f} "
+              f"{row['bare_single_ms']:>7.1f} {row['bare_batched_ms']:>7.1f} {row['batched_over_separate']:>5.2f}")
+    print(f"p50/p99: each stream's compute per hop, its wait for the batch included (worst stream); rt = latency + "
+          f"1.3 x p99 in whole blocks + one block; ratio = N stacked windows / N separate forwards. Run took "
+          f"{time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.")
+    print(json.dumps({
+        "bench": "stream.streams", "device": str(device), "device_name": device_name, "precision": args.precision,
+        "tiny": args.tiny, "sample_rate": SAMPLE_RATE, "block": BLOCK, "seconds": args.seconds,
+        "reference_forward": reference, "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after], "rows": rows,
+    }))
+    return 0
+
+
 def apply_model_baseline(repo: Path, device: str, audio: np.ndarray) -> dict[str, Any]:
     import julius
     import torch
@@ -206,7 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--no-default-model", action="store_true",
                         help="skip the labelled default-argument HTDemucs line (released/default ratio)")
+    parser.add_argument("--streams", default=None,
+                        help="concurrent streams batched into shared forwards, e.g. 1,4,8 (replaces the settings table)")
+    parser.add_argument("--setting", default=None, help="with --streams: context,hop,lookahead in seconds "
+                                                        "(default: the device's)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="with --streams: the 27 k-parameter test model (checks the bench; not a product figure)")
     args = parser.parse_args(argv)
+    if args.streams:
+        return streams_main(args)
 
     import torch
 

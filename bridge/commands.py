@@ -220,9 +220,9 @@ async def stream_stop(ctx: CallContext) -> Result:
 )
 def stream_status(ctx: CallContext) -> Result:
     stream = ctx.daemon.streams.stream
-    if stream is None:
-        return {"running": False}
-    return stream.status()
+    status = {"running": False} if stream is None else stream.status()
+    # Every stream's windows that went through a shared forward: the device stream's and the audio socket's.
+    return {**status, "batchers": ctx.daemon.streams.batchers.describe()}
 
 
 @command(

@@ -173,6 +173,9 @@ class StreamConfig(_Section):
     budget_ms: float | None = Field(default=None, gt=0.0, le=60000.0)
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=256)
+    # Concurrent streams' windows through one forward (engines/batching.py): auto = CUDA only.
+    batch_streams: Literal["auto", "on", "off"] = "auto"
+    batch_gather_ms: float = Field(default=3.0, ge=0.0, le=100.0)
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []
     effects: EffectsConfig = EffectsConfig()

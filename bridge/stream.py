@@ -59,6 +59,8 @@ FADE_MS = 5.0
 GIL_SWITCH_SECONDS = 0.0005
 # The budget from the last run's hops is used only when there were at least this many.
 MIN_LIVE_HOPS = 8
+# Audio-socket clients with a stream each; with the device stream, the most that can batch together.
+MAX_AUDIO_SESSIONS = 4
 
 
 def import_sounddevice() -> Any:
@@ -467,6 +469,10 @@ class LiveStream:
             "load": stats.get("load_p50"),
             "load_p99": stats.get("load_p99"),
             "hops": stats.get("hops", 0),
+            "batching": stats.get("batching", False),
+            "batch_sizes": stats.get("batch_sizes", {}),
+            "batch_size_mean": stats.get("batch_size_mean"),
+            "forward_ms_p50": stats.get("forward_ms_p50"),
             "late_hops": self.counters.late_hops,
             "dry_blocks": self.counters.dry_blocks,
             "xruns": self.counters.xruns,
@@ -526,11 +532,20 @@ class EffectRack:
 
 
 class StreamManager:
-    """Owns at most one live stream and keeps its engine warm between starts."""
+    """Owns at most one live stream and keeps its engine warm between starts.
+
+    It also owns the window batchers (engines/batching.py) that the device stream's engine and the
+    audio socket's engines share, when `stream.batch_streams` says so: streams with the same model,
+    device, precision and window then put aligned hops through one forward.
+    """
 
     def __init__(self, base: StreamConfig, models_repo: Any, on_event: Callable[..., None] | None = None,
                  spleeter_dir: Any = None) -> None:
+        from engines.batching import WindowBatchers
+
         self.base = base
+        self.batchers = WindowBatchers(gather_seconds=base.batch_gather_ms / 1000.0,
+                                       max_streams=MAX_AUDIO_SESSIONS + 1)
         self.models_repo = models_repo
         self.spleeter_dir = spleeter_dir
         self._on_event = on_event
@@ -545,6 +560,9 @@ class StreamManager:
         if "effects" in overrides:
             # A VST3 is native code: which plugins load is for config.yaml to say, not the wire.
             raise Forbidden("stream.start: effect chains come from stream.effects in config.yaml, not overrides")
+        if "batch_gather_ms" in overrides:
+            raise Forbidden("stream.start: stream.batch_gather_ms is shared by every stream; set it in config.yaml, "
+                            "not an override")
         if "max_ratio_terms" in overrides:
             # A bound on what a request may allocate is not the request's to raise.
             raise Forbidden("stream.start: stream.max_ratio_terms is a memory bound set in config.yaml, not an override")
@@ -555,6 +573,17 @@ class StreamManager:
                 f"{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in err.errors()
             )
             raise BadRequest(f"stream.start: bad overrides: {problems}") from None
+
+    def batching_for(self, settings: StreamConfig) -> bool:
+        """Whether engines for these settings batch their windows with other streams'."""
+        if settings.batch_streams == "auto":
+            from engines.base import pick_device
+
+            try:
+                return pick_device(settings.engine_device).type == "cuda"
+            except Unavailable:  # a device asked for and absent: the engine's load says so, per request
+                return False
+        return settings.batch_streams == "on"
 
     def new_engine(self, settings: StreamConfig) -> Any:
         """A loaded streaming separator for these settings (blocking: loads the model)."""
@@ -574,6 +603,7 @@ class StreamManager:
             precision=settings.precision,
             threads=settings.threads,
             max_ratio_terms=settings.max_ratio_terms,
+            batching=self.batchers if self.batching_for(settings) else None,
         )
         engine.load()
         return engine
@@ -583,7 +613,7 @@ class StreamManager:
         key = (
             settings.model, settings.engine_device, settings.sample_rate, settings.channels,
             settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
-            settings.crossfade_ms, settings.precision, settings.threads,
+            settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams,
         )
         engine = self._engines.get(key)
         if engine is None:
@@ -643,15 +673,31 @@ class _Session:
     channels: int
     next_seq: int = 0
     last_used: float = 0.0
+    busy: bool = False  # a block is in its engine: not to be evicted (closing would reload it)
 
 
 class AudioSessions:
-    """Streaming state per ZeroMQ audio client; each client gets its own engine history."""
+    """Streaming state per ZeroMQ audio client; each client gets its own engine history.
 
-    def __init__(self, manager: StreamManager, max_sessions: int = 4) -> None:
+    Thread-safe: with batching (`concurrent`), the audio socket answers each client on a thread of
+    its own (bridge/transports/audio.py), so that clients' windows can share forwards; a client's
+    own blocks still come one at a time, in order.
+    """
+
+    def __init__(self, manager: StreamManager, max_sessions: int = MAX_AUDIO_SESSIONS) -> None:
         self._manager = manager
         self._max_sessions = max_sessions
         self._sessions: dict[bytes, _Session] = {}
+        self._lock = threading.Lock()  # the sessions dict; an engine's own lock serialises its audio
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether clients should be served at once: their engines batch (`stream.batch_streams`)."""
+        return self._manager.batching_for(self._manager.base)
+
+    @property
+    def max_sessions(self) -> int:
+        return self._max_sessions
 
     def process(self, identity: bytes, seq: int, sample_rate: int, block: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         from engines.resample import check_stream_rate
@@ -660,32 +706,52 @@ class AudioSessions:
         # Before any engine exists: a rate the streaming resampler cannot hold is refused here.
         check_stream_rate(sample_rate, HTDEMUCS_RATE, self._manager.base.max_ratio_terms,
                           what="audio socket: header 'sample_rate'", key="stream.max_ratio_terms")
-        session = self._sessions.get(identity)
         channels = block.shape[0]
-        if seq == 0:
-            if session is None or (session.sample_rate, session.channels) != (sample_rate, channels):
-                session = self._open(identity, sample_rate, channels)
-            else:
-                session.engine.reset()
-            session.next_seq = 0
-        elif session is None:
-            raise BadRequest(f"audio block seq {seq} without a session: start a stream with seq 0")
-        elif seq != session.next_seq:
-            raise BadRequest(f"sequence gap: expected seq {session.next_seq}, got {seq}; send seq 0 to restart")
-        elif (sample_rate, channels) != (session.sample_rate, session.channels):
-            raise BadRequest(
-                f"block is {channels} ch at {sample_rate} Hz but this stream is {session.channels} ch at "
-                f"{session.sample_rate} Hz; send seq 0 to restart with new settings"
-            )
-        stems = session.engine.process(block)
-        session.next_seq = seq + 1
-        session.last_used = time.monotonic()
-        info = {"stems": list(session.engine.stems), "latency_frames": int(session.engine.latency_frames), "sample_rate": sample_rate}
+        with self._lock:
+            session = self._sessions.get(identity)
+            if seq == 0:
+                if session is None or (session.sample_rate, session.channels) != (sample_rate, channels):
+                    session = self._open(identity, sample_rate, channels)
+                else:
+                    session.engine.reset()
+                session.next_seq = 0
+            elif session is None:
+                raise BadRequest(f"audio block seq {seq} without a session: start a stream with seq 0")
+            elif seq != session.next_seq:
+                raise BadRequest(f"sequence gap: expected seq {session.next_seq}, got {seq}; send seq 0 to restart")
+            elif (sample_rate, channels) != (session.sample_rate, session.channels):
+                raise BadRequest(
+                    f"block is {channels} ch at {sample_rate} Hz but this stream is {session.channels} ch at "
+                    f"{session.sample_rate} Hz; send seq 0 to restart with new settings"
+                )
+            session.last_used = time.monotonic()
+            session.busy = True
+        try:
+            stems = session.engine.process(block)  # outside the lock: other clients' blocks go on meanwhile
+            info = {"stems": list(session.engine.stems), "latency_frames": int(session.engine.latency_frames),
+                    "sample_rate": sample_rate}
+        finally:
+            with self._lock:
+                session.busy = False
+        session.next_seq = seq + 1  # one client's blocks come one at a time (the audio socket pins it)
         return stems, info
 
+    def stats(self, identity: bytes) -> dict[str, Any] | None:
+        """The engine stats of one client's stream (batch sizes included), or None without one."""
+        with self._lock:
+            session = self._sessions.get(identity)
+        return None if session is None else session.engine.stats()
+
     def _open(self, identity: bytes, sample_rate: int, channels: int) -> _Session:
+        previous = self._sessions.pop(identity, None)  # this client's stream at another rate or channels
+        if previous is not None:
+            previous.engine.close()
         if len(self._sessions) >= self._max_sessions:
-            oldest = min(self._sessions, key=lambda key: self._sessions[key].last_used)
+            idle = [key for key, session in self._sessions.items() if not session.busy]
+            if not idle:
+                raise Busy(f"audio socket: all {self._max_sessions} audio sessions are processing a block; "
+                           "send seq 0 again when one is done")
+            oldest = min(idle, key=lambda key: self._sessions[key].last_used)
             self._sessions.pop(oldest).engine.close()
         settings = self._manager.settings_with({"sample_rate": sample_rate, "channels": channels})
         engine = self._manager.new_engine(settings)
@@ -694,6 +760,8 @@ class AudioSessions:
         return session
 
     def close(self) -> None:
-        for session in self._sessions.values():
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
             session.engine.close()
-        self._sessions.clear()

@@ -39,6 +39,8 @@ from engines.spleeter import is_spleeter, load_spleeter
 if TYPE_CHECKING:
     from demucs.apply import BagOfModels
 
+    from engines.batching import WindowBatcher, WindowBatchers
+
 log = logging.getLogger(__name__)
 
 # (context, hop, lookahead) in seconds; each becomes a multiple of 1024 frames at 44.1 kHz.
@@ -422,7 +424,7 @@ class StreamingSeparator(Engine):
                  channels: int = 2, context_seconds: float | None = None, hop_seconds: float | None = None,
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
                  threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD,
-                 max_ratio_terms: int = MAX_RATIO_TERMS) -> None:
+                 max_ratio_terms: int = MAX_RATIO_TERMS, batching: WindowBatchers | None = None) -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {model!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
@@ -472,6 +474,13 @@ class StreamingSeparator(Engine):
         self._compute_ms = np.zeros(STATS_WINDOW, np.float64)
         self._hops = 0
         self._load_compute_ms: list[float] = []  # every window timed at load, at the final setting
+        # Batching (engines/batching.py): this engine's windows may share forwards with other
+        # streams' of the same model, device, precision and window length.
+        self._batching = batching
+        self._batcher: WindowBatcher | None = None
+        self._member = 0
+        self._batch_sizes = np.zeros(STATS_WINDOW, np.int32)
+        self._forward_ms = np.zeros(STATS_WINDOW, np.float64)
 
     # ---- public surface (loads the model on first use) ------------------------------------
 
@@ -539,6 +548,8 @@ class StreamingSeparator(Engine):
         with self._stats_lock:
             hops = self._hops
             recent = self._compute_ms[:min(hops, STATS_WINDOW)].copy()
+            sizes = self._batch_sizes[:min(hops, STATS_WINDOW)].copy()
+            forwards = self._forward_ms[:min(hops, STATS_WINDOW)].copy()
         p50, p99 = (float(np.percentile(recent, 50)), float(np.percentile(recent, 99))) if len(recent) else (0.0, 0.0)
         hop_ms = 1000.0 * self._hop / self._model_rate
         return {
@@ -556,6 +567,20 @@ class StreamingSeparator(Engine):
             "precision": self.precision,
             "hop_choice": self.hop_choice,
             **self.load_timing(),
+            **self._batch_stats(sizes, forwards),
+        }
+
+    def _batch_stats(self, sizes: np.ndarray, forwards: np.ndarray) -> dict[str, Any]:
+        """How this engine's recent hops were batched: off, or sizes, and the batched forwards' time."""
+        batcher = self._batcher
+        values, counts = np.unique(sizes, return_counts=True)
+        return {
+            "batching": batcher is not None,
+            "batch_members": batcher.members if batcher is not None else 1,
+            # Over the hops the percentiles cover: how many hops went in a batch of each size.
+            "batch_sizes": {int(v): int(c) for v, c in zip(values, counts)},
+            "batch_size_mean": float(sizes.mean()) if len(sizes) else 0.0,
+            "forward_ms_p50": float(np.percentile(forwards, 50)) if len(forwards) else 0.0,
         }
 
     @property
@@ -606,6 +631,12 @@ class StreamingSeparator(Engine):
         self._load_compute_ms += self._time_windows_ms(LOAD_TIMING_WINDOWS - len(self._load_compute_ms),
                                                        budget_seconds=LOAD_TIMING_SECONDS,
                                                        minimum=LOAD_TIMING_MIN_WINDOWS - len(self._load_compute_ms))
+        if self._batching is not None:
+            # Streams batch only with the same weights, device, precision and window length.
+            key = (self.model_name, str(self.repo), str(self.spleeter_dir), str(self.device), self.precision,
+                   self._window)
+            self._batcher = self._batching.batcher(key)
+            self._member = self._batcher.join(self._hop / self._model_rate)
 
     def _choose_hop(self, bag: BagOfModels) -> None:
         """Take the first hop of the ladder whose measured load leaves headroom (see AUTO_HOP_LOAD)."""
@@ -628,21 +659,28 @@ class StreamingSeparator(Engine):
 
     def _time_windows_ms(self, repeats: int, budget_seconds: float = math.inf, minimum: int = 0) -> list[float]:
         """The time of each of `repeats` full windows through every model of the bag, warm; past
-        `budget_seconds`, stop once `minimum` are timed."""
+        `budget_seconds`, stop once `minimum` are timed.
+
+        With batching, each is a batch of as many windows as can share a forward
+        (`WindowBatchers.max_streams`), plus the gather period: what a hop may cost when every
+        stream batches, so that a stream's compute budget covers it."""
         import torch
 
         times: list[float] = []
         deadline = time.perf_counter() + budget_seconds
+        size = self._batching.max_streams if self._batching is not None else 1
+        extra_ms = 1000.0 * self._batching.gather_seconds if self._batching is not None else 0.0
+        batch = self._window_dev if size == 1 else self._window_dev.repeat(size, 1, 1)
         with torch.inference_mode(), self._autocast():
             for _ in range(repeats):
                 if len(times) >= minimum and time.perf_counter() > deadline:
                     break
                 started = time.perf_counter()
                 for model in self._models:
-                    model(self._window_dev)
+                    model(batch)
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
-                times.append(1000.0 * (time.perf_counter() - started))
+                times.append(1000.0 * (time.perf_counter() - started) + extra_ms)
         return times
 
     def _configure(self, bag: BagOfModels) -> None:
@@ -726,6 +764,9 @@ class StreamingSeparator(Engine):
                  hop / rate, lookahead / rate, 1000.0 * self._latency_frames / self.sample_rate)
 
     def _close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.leave(self._member)
+            self._batcher = None
         self._models = []
         self._weights = None
         if self._cuda:
@@ -791,6 +832,8 @@ class StreamingSeparator(Engine):
         with self._stats_lock:
             self._hops = 0
             self._compute_ms.fill(0.0)
+            self._batch_sizes.fill(0)
+            self._forward_ms.fill(0.0)
 
     def _push_model_rate(self, samples: np.ndarray) -> None:
         """Append model-rate input; run the model for each window it completes."""
@@ -813,13 +856,18 @@ class StreamingSeparator(Engine):
 
     def _warm_up(self) -> None:
         """Two forwards on a silent window at load: the first call builds kernels and buffers and
-        is several times slower, and it must not land on the first hop of a live stream."""
+        is several times slower, and it must not land on the first hop of a live stream. With
+        batching, one more per batch size a hop may meet (each shape's first call is as slow)."""
         import torch
 
+        sizes = range(2, self._batching.max_streams + 1) if self._batching is not None else range(0)
         with torch.inference_mode(), self._autocast():
             for _ in range(2):
                 for model in self._models:
                     model(self._window_dev)
+            for size in sizes:
+                for model in self._models:
+                    model(self._window_dev.repeat(size, 1, 1))
         if self._cuda:
             torch.cuda.synchronize(self.device)
 
@@ -834,8 +882,16 @@ class StreamingSeparator(Engine):
                 self._window_dev.copy_(self._window_host, non_blocking=True)
             acc = self._acc
             fade = self._fade_first if self._stream_hops == 0 else self._fade
+            if self._batcher is not None:
+                # Every stream's window is copied into the batch before the batch's forward
+                # starts, so this engine's buffers are free again when `run` returns.
+                batched = self._batcher.run(self._member, self._window_dev, self._forward)
+                outputs, batch_size, forward_ms = batched.outputs, batched.batch_size, batched.forward_ms
+            else:
+                outputs, batch_size, forward_ms = None, 1, 0.0
             for index, model in enumerate(self._models):
-                part = model(self._window_dev)[0, :, :, context:context + hop + crossfade].float()
+                whole = outputs[index] if outputs is not None else model(self._window_dev)
+                part = whole[0, :, :, context:context + hop + crossfade].float()
                 if self._weights is not None:
                     part = part * self._weights[index]
                 acc.addcmul_(part, fade)
@@ -851,9 +907,23 @@ class StreamingSeparator(Engine):
         self._stream_hops += 1
         elapsed_ms = 1000.0 * (time.perf_counter() - started)
         with self._stats_lock:
-            self._compute_ms[self._hops % STATS_WINDOW] = elapsed_ms
+            at = self._hops % STATS_WINDOW
+            self._compute_ms[at] = elapsed_ms
+            self._batch_sizes[at] = batch_size
+            self._forward_ms[at] = forward_ms if outputs is not None else elapsed_ms
             self._hops += 1
         return self._chunk_np
+
+    def _forward(self, batch: Any) -> list[Any]:
+        """Every model of the bag on a batch of windows (the leader of a batch calls this on its
+        thread, for every stream in it); the outputs stay on the device."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            outputs = [model(batch) for model in self._models]
+            if self._cuda:
+                torch.cuda.current_stream(self.device).synchronize()
+        return outputs
 
 
 

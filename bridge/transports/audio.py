@@ -7,7 +7,12 @@ Error   (one frame):   {"seq": n, "error": {"code": ..., "message": ...}}
 
 Each client (ROUTER identity) gets its own streaming state; `seq` 0 starts (or restarts) it and
 each later block must carry the next number, so a lost or reordered block is an error, not a glitch.
-The socket lives on its own thread: model work never runs on the daemon's event loop.
+The socket lives on its own thread: model work never runs on the daemon's event loop. When the
+sessions batch (`sessions.concurrent`: `stream.batch_streams`), each client's blocks are answered on
+one of `max_sessions` worker threads, so that several clients' windows can go through one forward
+(engines/batching.py); a client stays on one worker while it has a block in flight, so its blocks
+are answered in order. Otherwise the socket thread answers every block itself, one at a time (on a
+CPU, two clients' forwards at once would only fight over the cores).
 
 Everything a request controls is bounded before any work: the header's size
 (`zmq.audio_max_header_bytes`, which also bounds its JSON nesting and the digits of its numbers),
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from typing import Any
 
@@ -53,6 +59,16 @@ class AudioServer:
         self._socket: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
         self._running = False
+        # Concurrent answers (decided at the first block: asking the sessions imports torch, which
+        # the daemon's start does not wait for): worker threads, their queues, the replies they push.
+        self._concurrent: bool | None = None
+        self._workers: list[threading.Thread] = []
+        self._queues: list[queue.SimpleQueue[tuple[bytes, list[bytes]] | None]] = []
+        self._replies: zmq.Socket | None = None
+        self._replies_endpoint = f"inproc://audio-replies-{id(self)}"
+        self._assigned: dict[bytes, int] = {}  # client -> worker, while it has blocks in flight
+        self._in_flight: dict[bytes, int] = {}
+        self._worker_load: list[int] = []
 
     def bind(self) -> int:
         sock = self._context.socket(zmq.ROUTER)
@@ -74,6 +90,19 @@ class AudioServer:
         self._thread.start()
         return self.port
 
+    def _start_workers(self, count: int) -> None:
+        replies = self._context.socket(zmq.PULL)
+        replies.setsockopt(zmq.LINGER, 0)
+        replies.bind(self._replies_endpoint)  # before any worker connects to it
+        self._replies = replies
+        self._worker_load = [0] * count
+        for index in range(count):
+            jobs: queue.SimpleQueue[tuple[bytes, list[bytes]] | None] = queue.SimpleQueue()
+            self._queues.append(jobs)
+            worker = threading.Thread(target=self._work, args=(jobs,), name=f"zmq-audio-{index}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
     def endpoint(self) -> str:
         return f"tcp://{self.host}:{self.port}"
 
@@ -81,6 +110,13 @@ class AudioServer:
         self._running = False
         if self._thread is not None:
             self._thread.join(timeout=5)
+        # The workers finish the block in hand (its reply goes to the still-open reply socket, unread).
+        for jobs in self._queues:
+            jobs.put(None)
+        for worker in self._workers:
+            worker.join(timeout=30)
+        if self._replies is not None:
+            self._replies.close(linger=0)
         self.sessions.close()
         self._context.term()
 
@@ -88,15 +124,62 @@ class AudioServer:
         sock = self._socket
         if sock is None:
             raise RuntimeError("AudioServer._serve runs only after bind()")
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
         try:
             while self._running:
-                if not sock.poll(POLL_MS):
-                    continue
-                frames = sock.recv_multipart()
-                identity, body = frames[0], frames[1:]
-                sock.send_multipart([identity, *self._answer(identity, body)])
+                ready = dict(poller.poll(POLL_MS))
+                if self._replies is not None and self._replies in ready:
+                    self._send_replies(sock, self._replies)
+                if sock in ready:
+                    frames = sock.recv_multipart()
+                    identity, body = frames[0], frames[1:]
+                    if self._concurrent is None:
+                        self._concurrent = bool(getattr(self.sessions, "concurrent", False))
+                        if self._concurrent:
+                            self._start_workers(int(getattr(self.sessions, "max_sessions", 4)))
+                            poller.register(self._replies, zmq.POLLIN)
+                    if self._replies is None:
+                        sock.send_multipart([identity, *self._answer(identity, body)])
+                    else:
+                        self._dispatch(identity, body)
         finally:
             sock.close(linger=0)
+
+    def _dispatch(self, identity: bytes, body: list[bytes]) -> None:
+        """Queue a block for the worker its client is on, or the least busy one (socket thread only)."""
+        index = self._assigned.get(identity)
+        if index is None:
+            index = min(range(len(self._worker_load)), key=self._worker_load.__getitem__)
+            self._assigned[identity] = index
+        self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
+        self._worker_load[index] += 1
+        self._queues[index].put((identity, body))
+
+    def _send_replies(self, sock: zmq.Socket, replies: zmq.Socket) -> None:
+        """Forward every reply the workers have pushed (socket thread only: a zmq socket has one owner)."""
+        while True:
+            try:
+                frames = replies.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity = frames[0]
+            self._worker_load[self._assigned[identity]] -= 1
+            self._in_flight[identity] -= 1
+            if not self._in_flight[identity]:  # nothing in flight: it may go to any worker next
+                del self._in_flight[identity], self._assigned[identity]
+            sock.send_multipart(frames)
+
+    def _work(self, jobs: queue.SimpleQueue[tuple[bytes, list[bytes]] | None]) -> None:
+        push = self._context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(self._replies_endpoint)
+        try:
+            while (job := jobs.get()) is not None:
+                identity, body = job
+                push.send_multipart([identity, *self._answer(identity, body)])
+        finally:
+            push.close(linger=0)
 
     def _answer(self, identity: bytes, body: list[bytes]) -> list[bytes]:
         seq: int | None = None

@@ -146,3 +146,72 @@ def test_spleeter_on_the_audio_socket_matches_the_engine_in_process() -> None:
         np.testing.assert_allclose(np.concatenate(streamed, axis=2), engine.process(signal), atol=1e-4)
     finally:
         engine.close()
+
+
+@pytest.mark.timeout(300)
+def test_two_clients_batched_get_what_the_engine_gives_each_alone(tmp_path: Path) -> None:
+    """stream.batch_streams on (forced, on a CPU): two clients streaming at once share forwards, and
+    each gets the stems the in-process engine gives its audio alone (max abs difference <= 1e-5)."""
+    import threading
+
+    from engines.separation import StreamingSeparator
+
+    repo = tiny_htdemucs_repo(tmp_path / "models", depth=3)
+    setting = {"context_seconds": 0.1, "hop_seconds": 0.25, "lookahead_seconds": 0.1}
+    signals = [(0.1 * np.random.default_rng(seed).standard_normal((2, 96000))).astype(np.float32) for seed in (5, 6)]
+    first = 2048  # seq 0 opens each client's session before either streams, so that both stream together
+    streamed: list[list[np.ndarray]] = [[], []]
+    errors: list[BaseException] = []
+    overrides = {"models": {"demucs_repo": str(repo)},
+                 "stream": {"model": "tiny", "engine_device": "cpu", "threads": 1, **setting,
+                            "batch_streams": "on", "batch_gather_ms": 100.0}}
+    with DaemonProcess(overrides=overrides).start(timeout_seconds=60) as process:
+        context = zmq.Context()
+        socks = []
+        try:
+            for index in range(2):
+                sock = context.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(process.zmq_audio)
+                socks.append(sock)
+                reply = exchange(sock, header(seq=0), np.ascontiguousarray(signals[index][:, :first]).tobytes())
+                assert "error" not in json.loads(reply[0]), reply[0]
+                streamed[index].append(np.frombuffer(reply[1], dtype="<f4").reshape(4, 2, first))
+
+            def client(index: int) -> None:
+                try:
+                    signal = signals[index]
+                    for seq, start in enumerate(range(first, signal.shape[1], BLOCK_FRAMES), start=1):
+                        block = np.ascontiguousarray(signal[:, start:start + BLOCK_FRAMES])
+                        reply = exchange(socks[index], header(seq=seq), block.tobytes())
+                        assert "error" not in json.loads(reply[0]), reply[0]
+                        streamed[index].append(np.frombuffer(reply[1], dtype="<f4").reshape(4, 2, block.shape[1]))
+                except BaseException as err:  # reported in the test's thread
+                    errors.append(err)
+
+            threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=240)
+            assert not any(t.is_alive() for t in threads), "a client got no reply"
+            if errors:
+                raise errors[0]
+            with Client(process.zmq_requests, timeout_seconds=30) as requests:
+                batchers = requests.call("stream.status")["batchers"]
+        finally:
+            context.destroy(linger=0)
+        assert process.stop() == 0, process.log()  # the socket's worker threads end with the daemon
+    assert len(batchers) == 1 and batchers[0]["members"] == 2, batchers  # both clients, one batcher
+    assert any(size >= 2 for size in map(int, batchers[0]["sizes"])), batchers  # hops went through together
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=48000, threads=1, **setting)
+    engine.load()
+    try:
+        for index, signal in enumerate(signals):
+            engine.reset()
+            alone = engine.process(signal)
+            got = np.concatenate(streamed[index], axis=2)
+            assert got.shape == alone.shape
+            assert float(np.abs(got - alone).max()) <= 1e-5
+    finally:
+        engine.close()
