@@ -131,7 +131,7 @@ def _best_lag(recorded: np.ndarray, reference: np.ndarray, max_lag: int) -> tupl
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A tiny HTDemucs whose stems add up to its input, so a known signal can be found at the outputs.
-    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"))
+    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)  # seconds, even on busy cores
 
 
 def _stream_daemon(server: JackServer, repo: Path, **stream: Any) -> DaemonProcess:
