@@ -194,6 +194,7 @@ def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
     assert final["slack_ms_min"] is not None, final  # measured whenever a window ran
 
 
+@pytest.mark.timeout(300)  # the start's 180 s client timeout below, plus the recording
 def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
     live: DaemonProcess, jack_server: JackServer
 ) -> None:
