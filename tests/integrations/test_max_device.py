@@ -10,10 +10,13 @@ errors, and the daemon again after it was started late or restarted.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,9 +31,19 @@ from tests.integrations.max_sim import LiveControl, MaxDevice, Metro, UdpReceive
 
 MAX_FOLDER = Path(__file__).resolve().parents[2] / "integrations" / "max"
 PATCH = MAX_FOLDER / "flowstate.maxpat"
+AMXD = MAX_FOLDER / "Flowstate.amxd"
 SAMPLE_PATH = "/Users/me/Music/Flowstate/loop.wav"  # what live.drop + conformpath would give
 NO_STREAM = "stream.set: no stream is running; stream.start one first"
 REGISTER_REPLY = "/flow/reply/register"
+
+
+def build_amxd_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_amxd", MAX_FOLDER / "build_amxd.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_amxd"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_patch() -> dict[str, Any]:
@@ -103,6 +116,27 @@ def test_the_patcher_is_valid_and_every_cord_joins_existing_outlets_and_inlets()
     plugout = next(i for i, b in boxes.items() if b.get("text") == "plugout~")
     cords = {(tuple(l["patchline"]["source"]), tuple(l["patchline"]["destination"])) for l in patcher["lines"]}
     assert {((plugin, 0), (plugout, 0)), ((plugin, 1), (plugout, 1))} <= cords
+
+
+def test_the_committed_amxd_is_the_patcher_built_by_the_script_and_reads_back_to_it() -> None:
+    build_amxd = build_amxd_module()
+    source = PATCH.read_bytes().decode("utf-8")
+    assert AMXD.read_bytes() == build_amxd.build(source), "Flowstate.amxd is stale: run integrations/max/build_amxd.py"
+    assert build_amxd.main(["--check"]) == 0
+    # The layout Ableton's maxdevtools reader walks: ampf (device type), meta, ptch (JSON + NUL).
+    chunks = build_amxd.chunks(AMXD.read_bytes())
+    assert [tag for tag, _ in chunks] == ["ampf", "meta", "ptch"]
+    assert chunks[0][1] == b"aaaa" and chunks[2][1].endswith(b"\0")
+    device_type, document = build_amxd.read_patcher(AMXD.read_bytes())
+    assert device_type == "audio_effect"
+    assert document == json.loads(source)
+    # What Live would refuse, the reader refuses too.
+    with pytest.raises(ValueError, match="cut short|declares"):
+        build_amxd.read_patcher(AMXD.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="frozen"):
+        build_amxd.read_patcher(b"ampf\x04\0\0\0aaaa" + b"ptch\x08\0\0\0mx@c\0\0\0\x10")
+    with pytest.raises(ValueError, match="device_type"):
+        build_amxd.build(source, "video_effect")
 
 
 def test_every_message_is_a_registry_command_whose_arguments_bind(sink: tuple[str, int]) -> None:
