@@ -180,8 +180,9 @@ class Gate(Box):
             if not is_number(message[0]):
                 raise MaxError(f'gate: doesn\'t understand "{message[0]}" in the left inlet')
             self.open = int(message[0])
-        elif self.open > 0:
-            self.out(min(self.open, self.outlets) - 1, message)
+        elif self.open != 0:
+            # Below 0: the leftmost outlet; above the number of outlets: the rightmost.
+            self.out(max(0, min(self.open, self.outlets) - 1), message)
 
 
 class Random(Box):
@@ -242,10 +243,10 @@ class Int(Box):
 
 
 class Prepend(Box):
-    """docs.cycling74.com/reference/prepend: puts its arguments before any message."""
+    """docs.cycling74.com/reference/prepend: puts its arguments before any message (a bang too)."""
 
     def receive(self, inlet: int, message: Message) -> None:
-        self.out(0, list(self.words[1:]) + ([] if message == ["bang"] else list(message)))
+        self.out(0, list(self.words[1:]) + list(message))
 
 
 class Route(Box):
