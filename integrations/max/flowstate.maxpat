@@ -12,8 +12,8 @@
         "rect": [
             100.0,
             100.0,
-            820.0,
-            700.0
+            940.0,
+            860.0
         ],
         "openinpresentation": 1,
         "default_fontsize": 12.0,
@@ -95,7 +95,7 @@
                         75.0,
                         22.0
                     ],
-                    "text": "metro 60000"
+                    "text": "metro 2000"
                 }
             },
             {
@@ -113,7 +113,7 @@
                         130.0,
                         22.0
                     ],
-                    "text": "/flow/register 9012"
+                    "text": "/flow/register $1"
                 }
             },
             {
@@ -126,8 +126,8 @@
                         "bang"
                     ],
                     "patching_rect": [
-                        170.0,
-                        40.0,
+                        330.0,
+                        150.0,
                         60.0,
                         22.0
                     ],
@@ -144,12 +144,12 @@
                         ""
                     ],
                     "patching_rect": [
-                        170.0,
-                        70.0,
+                        330.0,
+                        210.0,
                         140.0,
                         22.0
                     ],
-                    "text": "/flow/unregister 9012"
+                    "text": "/flow/unregister $1"
                 }
             },
             {
@@ -159,12 +159,12 @@
                     "numinlets": 1,
                     "numoutlets": 0,
                     "patching_rect": [
-                        320.0,
-                        70.0,
-                        320.0,
-                        34.0
+                        460.0,
+                        40.0,
+                        340.0,
+                        76.0
                     ],
-                    "text": "on load, then every minute: ask for events on port 9012 (listeners expire after daemon.listener_ttl_seconds); on close: stop them"
+                    "text": "every tick of the metro until the daemon answers (every 2 s): pick a free-looking port at random, listen on it, register it; once a register reply arrives, register again every fifth of the ttl_seconds it reports; when the daemon says it is stopping, back to every 2 s. On close: unregister the port."
                 }
             },
             {
@@ -190,17 +190,9 @@
                         150.0,
                         60.0
                     ],
-                    "decodemode": 1,
+                    "decodemode": 0,
                     "legend": "Drop audio to separate",
-                    "parameter_enable": 1,
-                    "saved_attribute_attributes": {
-                        "valueof": {
-                            "parameter_longname": "Flowstate file",
-                            "parameter_shortname": "File",
-                            "parameter_type": 4,
-                            "parameter_invisible": 1
-                        }
-                    },
+                    "parameter_enable": 0,
                     "varname": "Flowstate file"
                 }
             },
@@ -625,16 +617,18 @@
                         110.0,
                         22.0
                     ],
-                    "text": "udpreceive 9012"
+                    "text": "udpreceive"
                 }
             },
             {
                 "box": {
                     "id": "obj-25",
                     "maxclass": "newobj",
-                    "numinlets": 7,
-                    "numoutlets": 7,
+                    "numinlets": 2,
+                    "numoutlets": 9,
                     "outlettype": [
+                        "",
+                        "",
                         "",
                         "",
                         "",
@@ -649,7 +643,7 @@
                         760.0,
                         22.0
                     ],
-                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error"
+                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error /flow/reply/register /flow/event/daemon/stopping"
                 }
             },
             {
@@ -866,6 +860,354 @@
                     ],
                     "text": "prepend set error"
                 }
+            },
+            {
+                "box": {
+                    "id": "obj-40",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 2,
+                    "outlettype": [
+                        "bang",
+                        "bang"
+                    ],
+                    "patching_rect": [
+                        90.0,
+                        70.0,
+                        40.0,
+                        22.0
+                    ],
+                    "text": "t b b"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-41",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        120.0,
+                        100.0,
+                        55.0,
+                        22.0
+                    ],
+                    "text": "gate 1 1"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-42",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        "int"
+                    ],
+                    "patching_rect": [
+                        120.0,
+                        130.0,
+                        85.0,
+                        22.0
+                    ],
+                    "text": "random 16384"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-43",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        "int"
+                    ],
+                    "patching_rect": [
+                        120.0,
+                        160.0,
+                        55.0,
+                        22.0
+                    ],
+                    "text": "+ 49152"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-44",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 2,
+                    "outlettype": [
+                        "int",
+                        "int"
+                    ],
+                    "patching_rect": [
+                        120.0,
+                        190.0,
+                        40.0,
+                        22.0
+                    ],
+                    "text": "t i i"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-45",
+                    "maxclass": "message",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        180.0,
+                        220.0,
+                        55.0,
+                        22.0
+                    ],
+                    "text": "port $1"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-46",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        "int"
+                    ],
+                    "patching_rect": [
+                        90.0,
+                        220.0,
+                        30.0,
+                        22.0
+                    ],
+                    "text": "i"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-47",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        "int"
+                    ],
+                    "patching_rect": [
+                        330.0,
+                        180.0,
+                        30.0,
+                        22.0
+                    ],
+                    "text": "i"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-50",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 4,
+                    "outlettype": [
+                        "",
+                        "int",
+                        "int",
+                        "float"
+                    ],
+                    "patching_rect": [
+                        560.0,
+                        660.0,
+                        90.0,
+                        22.0
+                    ],
+                    "text": "unpack s i i f"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-51",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 2,
+                    "outlettype": [
+                        "float",
+                        "bang"
+                    ],
+                    "patching_rect": [
+                        620.0,
+                        690.0,
+                        40.0,
+                        22.0
+                    ],
+                    "text": "t f b"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-52",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        "float"
+                    ],
+                    "patching_rect": [
+                        620.0,
+                        720.0,
+                        50.0,
+                        22.0
+                    ],
+                    "text": "* 200."
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-53",
+                    "maxclass": "message",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        670.0,
+                        720.0,
+                        30.0,
+                        22.0
+                    ],
+                    "text": "0"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-54",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 2,
+                    "outlettype": [
+                        "bang",
+                        "bang"
+                    ],
+                    "patching_rect": [
+                        700.0,
+                        660.0,
+                        40.0,
+                        22.0
+                    ],
+                    "text": "t b b"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-55",
+                    "maxclass": "message",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        700.0,
+                        690.0,
+                        40.0,
+                        22.0
+                    ],
+                    "text": "2000"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-56",
+                    "maxclass": "message",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        745.0,
+                        690.0,
+                        30.0,
+                        22.0
+                    ],
+                    "text": "1"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-57",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        750.0,
+                        580.0,
+                        160.0,
+                        22.0
+                    ],
+                    "text": "prepend set daemon stopping"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-60",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 2,
+                    "outlettype": [
+                        "signal",
+                        "signal"
+                    ],
+                    "patching_rect": [
+                        20.0,
+                        760.0,
+                        50.0,
+                        22.0
+                    ],
+                    "text": "plugin~"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-61",
+                    "maxclass": "newobj",
+                    "numinlets": 2,
+                    "numoutlets": 2,
+                    "outlettype": [
+                        "signal",
+                        "signal"
+                    ],
+                    "patching_rect": [
+                        20.0,
+                        800.0,
+                        55.0,
+                        22.0
+                    ],
+                    "text": "plugout~"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-62",
+                    "maxclass": "comment",
+                    "numinlets": 1,
+                    "numoutlets": 0,
+                    "patching_rect": [
+                        90.0,
+                        780.0,
+                        200.0,
+                        20.0
+                    ],
+                    "text": "audio passes through untouched"
+                }
             }
         ],
         "lines": [
@@ -889,18 +1231,6 @@
                     ],
                     "destination": [
                         "obj-2",
-                        0
-                    ]
-                }
-            },
-            {
-                "patchline": {
-                    "source": [
-                        "obj-5",
-                        0
-                    ],
-                    "destination": [
-                        "obj-6",
                         0
                     ]
                 }
@@ -1272,8 +1602,332 @@
                         0
                     ],
                     "destination": [
+                        "obj-40",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-40",
+                        1
+                    ],
+                    "destination": [
+                        "obj-41",
+                        1
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-41",
+                        0
+                    ],
+                    "destination": [
+                        "obj-42",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-42",
+                        0
+                    ],
+                    "destination": [
+                        "obj-43",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-43",
+                        0
+                    ],
+                    "destination": [
+                        "obj-44",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-44",
+                        1
+                    ],
+                    "destination": [
+                        "obj-45",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-45",
+                        0
+                    ],
+                    "destination": [
+                        "obj-24",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-44",
+                        0
+                    ],
+                    "destination": [
+                        "obj-46",
+                        1
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-44",
+                        0
+                    ],
+                    "destination": [
+                        "obj-47",
+                        1
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-40",
+                        0
+                    ],
+                    "destination": [
+                        "obj-46",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-46",
+                        0
+                    ],
+                    "destination": [
                         "obj-4",
                         0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-5",
+                        0
+                    ],
+                    "destination": [
+                        "obj-47",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-47",
+                        0
+                    ],
+                    "destination": [
+                        "obj-6",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        6
+                    ],
+                    "destination": [
+                        "obj-50",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-50",
+                        3
+                    ],
+                    "destination": [
+                        "obj-51",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-51",
+                        1
+                    ],
+                    "destination": [
+                        "obj-53",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-53",
+                        0
+                    ],
+                    "destination": [
+                        "obj-41",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-51",
+                        0
+                    ],
+                    "destination": [
+                        "obj-52",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-52",
+                        0
+                    ],
+                    "destination": [
+                        "obj-37",
+                        1
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        7
+                    ],
+                    "destination": [
+                        "obj-54",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        7
+                    ],
+                    "destination": [
+                        "obj-57",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-57",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-54",
+                        1
+                    ],
+                    "destination": [
+                        "obj-56",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-56",
+                        0
+                    ],
+                    "destination": [
+                        "obj-41",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-54",
+                        0
+                    ],
+                    "destination": [
+                        "obj-55",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-55",
+                        0
+                    ],
+                    "destination": [
+                        "obj-37",
+                        1
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-60",
+                        0
+                    ],
+                    "destination": [
+                        "obj-61",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-60",
+                        1
+                    ],
+                    "destination": [
+                        "obj-61",
+                        1
                     ]
                 }
             }
