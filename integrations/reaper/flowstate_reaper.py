@@ -15,6 +15,7 @@ This file must stay ASCII: REAPER does not read every script as UTF-8 on every p
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import traceback
@@ -264,6 +265,32 @@ def selected_source_item() -> SourceItem:
     )
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two spellings name one file (REAPER may keep the path as given, or normalised)."""
+    return os.path.normcase(os.path.normpath(a)) == os.path.normcase(os.path.normpath(b))
+
+
+def item_with_file(track: str, path: str) -> Optional[str]:
+    """The item on `track` whose active take plays `path`, or None."""
+    for index in range(rpr.RPR_CountTrackMediaItems(track)):
+        item = rpr.RPR_GetTrackMediaItem(track, index)
+        take = rpr.RPR_GetActiveTake(item)
+        if is_null(take):
+            continue
+        _, name, _ = rpr.RPR_GetMediaSourceFileName(rpr.RPR_GetMediaItemTake_Source(take), "", SOURCE_NAME_BUFFER)
+        if name and same_file(name, path):
+            return item
+    return None
+
+
+def insert_media_on(track: str, path: str) -> Optional[str]:
+    """InsertMedia(path, 0) on `track` (already the last touched track, the edit cursor placed);
+    the item that landed there with `path` as its source, or None when REAPER imported nothing.
+    InsertMedia's return value is undocumented in REAPER's API, so only the item counts."""
+    rpr.RPR_InsertMedia(path, 0)
+    return item_with_file(track, path)
+
+
 def insert_stems(source: SourceItem, paths: Dict[str, str]) -> Dict[str, str]:
     """One new track per stem, named after it, below the source's track; each stem's item takes
     the source item's position, length, trim and rate. One undo point; the edit cursor is put
@@ -281,8 +308,8 @@ def insert_stems(source: SourceItem, paths: Dict[str, str]) -> Dict[str, str]:
             rpr.RPR_SetOnlyTrackSelected(track)
             rpr.RPR_Main_OnCommand(ACTION_SELECTED_TRACK_AS_LAST_TOUCHED, 0)
             rpr.RPR_SetEditCurPos(source.position, False, False)
-            item = rpr.RPR_GetTrackMediaItem(track, 0) if rpr.RPR_InsertMedia(path, 0) > 0 else None
-            if item is None or is_null(item):
+            item = insert_media_on(track, path)
+            if item is None:
                 problems[stem] = "REAPER could not import %s" % path
             else:
                 _line_up(item, source)
@@ -505,8 +532,7 @@ def insert_loop(path: str, track_name: str, position: float) -> str:
         rpr.RPR_SetOnlyTrackSelected(track)
         rpr.RPR_Main_OnCommand(ACTION_SELECTED_TRACK_AS_LAST_TOUCHED, 0)
         rpr.RPR_SetEditCurPos(position, False, False)
-        item = rpr.RPR_GetTrackMediaItem(track, 0) if rpr.RPR_InsertMedia(path, 0) > 0 else None
-        if item is None or is_null(item):
+        if insert_media_on(track, path) is None:
             problem = "REAPER could not import %s" % path
             rpr.RPR_DeleteTrack(track)
     finally:

@@ -77,6 +77,7 @@ def assert_left_reaper_clean(sim: Reaper) -> None:
     assert sim.undo_depth == 0
     assert sim.ui_refresh_prevented == 0
     assert not sim.running
+    assert sim.null_pointer_calls == []  # REAPER would have passed NULL: a script bug
 
 
 def final_state(daemon: DaemonProcess, job_id: str, timeout_seconds: float = 60.0) -> str:
@@ -100,9 +101,12 @@ def only_message_box(sim: Reaper) -> str:
 # -- separate the selected item ----------------------------------------------------------------------
 
 
+# None: the simulation's own InsertMedia result; 0: a result that would have read as failure.
+@pytest.mark.parametrize("insert_media_result", [None, 0])
 def test_separate_puts_each_stem_on_a_new_track_lined_up_with_the_item(
-    reaper: Reaper, stems_daemon: DaemonProcess
+    reaper: Reaper, stems_daemon: DaemonProcess, insert_media_result: int | None
 ) -> None:
+    reaper.insert_media_result = insert_media_result  # undocumented: the scripts look at the items
     song = write_song(files_root(stems_daemon) / "reaper" / "Lead Take.wav", 3.0)
     mix = reaper.add_track("Mix")
     below = reaper.add_track("Keys")

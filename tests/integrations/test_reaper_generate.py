@@ -182,10 +182,39 @@ def test_stopping_the_script_cancels_the_generation(reaper: Reaper, daemon: Daem
     assert reaper.tracks == []
 
 
-def test_a_file_reaper_cannot_import_leaves_no_empty_track(reaper: Reaper, tmp_path: Path) -> None:
+# InsertMedia's int result is undocumented in REAPER's API: whatever it returns, only the item
+# that lands on the new track counts (None: the simulation's own 1 when imported, else 0).
+INSERT_MEDIA_RESULTS = [None, 0, 1, -1]
+
+
+@pytest.mark.parametrize("insert_media_result", INSERT_MEDIA_RESULTS)
+def test_a_loop_that_lands_is_kept_whatever_insertmedia_returns(
+    reaper: Reaper, tmp_path: Path, insert_media_result: int | None
+) -> None:
     sys.path.insert(0, str(reaper.scripts))  # type: ignore[attr-defined]
     import flowstate_reaper
 
+    reaper.insert_media_result = insert_media_result
+    reaper.add_track("Mix")
+    loop = tmp_path / "loop.wav"
+    soundfile.write(str(loop), [[0.0, 0.0]] * 4800, 48000)
+    assert flowstate_reaper.insert_loop(str(loop), "Loop", 2.0) == ""
+    assert [track.name for track in reaper.tracks] == ["Mix", "Loop"]
+    [item] = reaper.tracks[1].items
+    assert (item.position, item.length) == (2.0, 0.1)
+    assert item.take is not None and item.take.source.filename == str(loop)
+    assert reaper.undo_points == ["Flowstate: generated Loop"]
+    assert_left_reaper_clean(reaper)
+
+
+@pytest.mark.parametrize("insert_media_result", INSERT_MEDIA_RESULTS)
+def test_a_file_reaper_cannot_import_leaves_no_empty_track(
+    reaper: Reaper, tmp_path: Path, insert_media_result: int | None
+) -> None:
+    sys.path.insert(0, str(reaper.scripts))  # type: ignore[attr-defined]
+    import flowstate_reaper
+
+    reaper.insert_media_result = insert_media_result
     reaper.add_track("Mix")
     not_audio = tmp_path / "loop.wav"
     not_audio.write_text("not a WAV")
