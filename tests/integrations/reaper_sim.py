@@ -220,10 +220,17 @@ class Reaper:
         obj = self._objects.get(text) if match else None
         if not isinstance(obj, kind) or not self._alive(obj):
             if match is None or int(match.group(2), 16) != 0:
-                caller = sys._getframe(1).f_code.co_name
-                self.null_pointer_calls.append((caller, text))
+                self.null_pointer_calls.append((self._api_caller(), text))
             return None
         return obj
+
+    @staticmethod
+    def _api_caller() -> str:
+        """The RPR_ function being run (the innermost on the stack)."""
+        frame = sys._getframe(1)
+        while frame is not None and not frame.f_code.co_name.startswith("RPR_"):
+            frame = frame.f_back
+        return frame.f_code.co_name if frame is not None else "?"
 
     def _alive(self, obj: Any) -> bool:
         if isinstance(obj, Track):
@@ -370,16 +377,22 @@ class Reaper:
     _ITEM_FIELDS = {"D_POSITION": "position", "D_LENGTH": "length"}
     _TAKE_FIELDS = {"D_STARTOFFS": "start_offset", "D_PLAYRATE": "playrate"}
 
-    def RPR_GetMediaItemInfo_Value(self, item: str, parmname: str) -> float:
-        found = self.resolve(item, Item)
-        return float(getattr(found, self._ITEM_FIELDS[parmname])) if found else 0.0
+    def _get_field(self, pointer: str, kind: type, fields: dict[str, str], parmname: str) -> float:
+        found = self.resolve(pointer, kind)
+        return float(getattr(found, fields[parmname])) if found else 0.0
 
-    def RPR_SetMediaItemInfo_Value(self, item: str, parmname: str, newvalue: float) -> int:
-        found = self.resolve(item, Item)
+    def _set_field(self, pointer: str, kind: type, fields: dict[str, str], parmname: str, value: float) -> int:
+        found = self.resolve(pointer, kind)
         if found is None:
             return 0
-        setattr(found, self._ITEM_FIELDS[parmname], float(newvalue))
+        setattr(found, fields[parmname], float(value))
         return 1
+
+    def RPR_GetMediaItemInfo_Value(self, item: str, parmname: str) -> float:
+        return self._get_field(item, Item, self._ITEM_FIELDS, parmname)
+
+    def RPR_SetMediaItemInfo_Value(self, item: str, parmname: str, newvalue: float) -> int:
+        return self._set_field(item, Item, self._ITEM_FIELDS, parmname, newvalue)
 
     def RPR_GetSetMediaItemInfo_String(self, item: str, parmname: str, stringNeedBig: str,
                                        setNewValue: bool) -> tuple[int, str, str, str, bool]:
@@ -389,15 +402,10 @@ class Reaper:
         return (int(found is not None), item, parmname, found.guid if found else "", setNewValue)
 
     def RPR_GetMediaItemTakeInfo_Value(self, take: str, parmname: str) -> float:
-        found = self.resolve(take, Take)
-        return float(getattr(found, self._TAKE_FIELDS[parmname])) if found else 0.0
+        return self._get_field(take, Take, self._TAKE_FIELDS, parmname)
 
     def RPR_SetMediaItemTakeInfo_Value(self, take: str, parmname: str, newvalue: float) -> int:
-        found = self.resolve(take, Take)
-        if found is None:
-            return 0
-        setattr(found, self._TAKE_FIELDS[parmname], float(newvalue))
-        return 1
+        return self._set_field(take, Take, self._TAKE_FIELDS, parmname, newvalue)
 
     def RPR_InsertMedia(self, file: str, mode: int) -> int:
         if mode != 0:

@@ -187,18 +187,23 @@ def test_stopping_the_script_cancels_the_generation(reaper: Reaper, daemon: Daem
 INSERT_MEDIA_RESULTS = [None, 0, 1, -1]
 
 
+def insert_loop_file(sim: Reaper, path: Path, insert_media_result: int | None) -> str:
+    """The generate action's insert step alone, into a project with one track, "Mix"."""
+    sys.path.insert(0, str(sim.scripts))  # type: ignore[attr-defined]
+    import flowstate_reaper
+
+    sim.insert_media_result = insert_media_result
+    sim.add_track("Mix")
+    return flowstate_reaper.insert_loop(str(path), "Loop", 2.0)
+
+
 @pytest.mark.parametrize("insert_media_result", INSERT_MEDIA_RESULTS)
 def test_a_loop_that_lands_is_kept_whatever_insertmedia_returns(
     reaper: Reaper, tmp_path: Path, insert_media_result: int | None
 ) -> None:
-    sys.path.insert(0, str(reaper.scripts))  # type: ignore[attr-defined]
-    import flowstate_reaper
-
-    reaper.insert_media_result = insert_media_result
-    reaper.add_track("Mix")
     loop = tmp_path / "loop.wav"
     soundfile.write(str(loop), [[0.0, 0.0]] * 4800, 48000)
-    assert flowstate_reaper.insert_loop(str(loop), "Loop", 2.0) == ""
+    assert insert_loop_file(reaper, loop, insert_media_result) == ""
     assert [track.name for track in reaper.tracks] == ["Mix", "Loop"]
     [item] = reaper.tracks[1].items
     assert (item.position, item.length) == (2.0, 0.1)
@@ -211,15 +216,9 @@ def test_a_loop_that_lands_is_kept_whatever_insertmedia_returns(
 def test_a_file_reaper_cannot_import_leaves_no_empty_track(
     reaper: Reaper, tmp_path: Path, insert_media_result: int | None
 ) -> None:
-    sys.path.insert(0, str(reaper.scripts))  # type: ignore[attr-defined]
-    import flowstate_reaper
-
-    reaper.insert_media_result = insert_media_result
-    reaper.add_track("Mix")
     not_audio = tmp_path / "loop.wav"
     not_audio.write_text("not a WAV")
-    problem = flowstate_reaper.insert_loop(str(not_audio), "Loop", 2.0)
-    assert problem == f"REAPER could not import {not_audio}"
+    assert insert_loop_file(reaper, not_audio, insert_media_result) == f"REAPER could not import {not_audio}"
     assert [track.name for track in reaper.tracks] == ["Mix"]
     assert reaper.cursor == 0.0
     assert_left_reaper_clean(reaper)
