@@ -53,7 +53,8 @@ _POINTER = re.compile(r"^\((\w+\*|HWND)\)0x([0-9A-F]+)$")
 
 
 def _guid() -> str:
-    """REAPER's text form of a GUID, as the _String functions give it: {8-4-4-4-12}, upper case."""
+    """REAPER's text form of a GUID (API doc: "If using a _String() function, GUID is a string
+    {xyz-...}"): {8-4-4-4-12}, upper case."""
     return "{%s}" % str(uuid.uuid4()).upper()
 
 
@@ -320,8 +321,9 @@ class Reaper:
         return (len(value), proj, extname, key, value[: max(valOutNeedBig_sz - 1, 0)], valOutNeedBig_sz)
 
     def RPR_SetProjExtState(self, proj: Any, extname: str, key: str, value: str) -> int:
-        """An empty value deletes the key (an empty key all of extname's); returns the number of
-        keys extname keeps (REAPER: "the size of the state for this extname")."""
+        """API doc: an empty value deletes the key, an empty key all of extname's; returns "the size
+        of the state for this extname", a size in no stated unit (the scripts do not read it): here
+        the number of keys extname keeps."""
         self._project(proj)
         section, key, value = str(extname), str(key), str(value)
         if not key:
