@@ -1,7 +1,9 @@
 """Flowstate - start live stems (a REAPER action).
 
 Starts the daemon's live stem stream (stream.start) on the audio device and model set in its
-config.yaml, and prints the round-trip latency to compensate.
+config.yaml. Select the tracks that record the stems first: their media playback offset becomes
+minus the stream's exact round trip, so what they record plays in time. With no track selected,
+the console shows the figure to type in.
 
 Needs `flowstate up` running, and flowstate_reaper.py and flowstate_osc.py next to this file.
 """

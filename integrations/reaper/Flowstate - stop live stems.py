@@ -1,6 +1,8 @@
 """Flowstate - stop live stems (a REAPER action).
 
 Stops the daemon's live stem stream (stream.stop); the model stays loaded for a quick restart.
+The tracks "start live stems" offset get their own media playback offset back, and what they
+recorded meanwhile is moved earlier by the round trip, so it stays in time.
 
 Needs `flowstate up` running, and flowstate_reaper.py and flowstate_osc.py next to this file.
 """

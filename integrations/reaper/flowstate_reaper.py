@@ -15,6 +15,7 @@ This file must stay ASCII: REAPER does not read every script as UTF-8 on every p
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import traceback
@@ -264,6 +265,32 @@ def selected_source_item() -> SourceItem:
     )
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two spellings name one file (REAPER may keep the path as given, or normalised)."""
+    return os.path.normcase(os.path.normpath(a)) == os.path.normcase(os.path.normpath(b))
+
+
+def item_with_file(track: str, path: str) -> Optional[str]:
+    """The item on `track` whose active take plays `path`, or None."""
+    for index in range(rpr.RPR_CountTrackMediaItems(track)):
+        item = rpr.RPR_GetTrackMediaItem(track, index)
+        take = rpr.RPR_GetActiveTake(item)
+        if is_null(take):
+            continue
+        _, name, _ = rpr.RPR_GetMediaSourceFileName(rpr.RPR_GetMediaItemTake_Source(take), "", SOURCE_NAME_BUFFER)
+        if name and same_file(name, path):
+            return item
+    return None
+
+
+def insert_media_on(track: str, path: str) -> Optional[str]:
+    """InsertMedia(path, 0) on `track` (already the last touched track, the edit cursor placed);
+    the item that landed there with `path` as its source, or None when REAPER imported nothing.
+    InsertMedia's return value is undocumented in REAPER's API, so only the item counts."""
+    rpr.RPR_InsertMedia(path, 0)
+    return item_with_file(track, path)
+
+
 def insert_stems(source: SourceItem, paths: Dict[str, str]) -> Dict[str, str]:
     """One new track per stem, named after it, below the source's track; each stem's item takes
     the source item's position, length, trim and rate. One undo point; the edit cursor is put
@@ -281,8 +308,8 @@ def insert_stems(source: SourceItem, paths: Dict[str, str]) -> Dict[str, str]:
             rpr.RPR_SetOnlyTrackSelected(track)
             rpr.RPR_Main_OnCommand(ACTION_SELECTED_TRACK_AS_LAST_TOUCHED, 0)
             rpr.RPR_SetEditCurPos(source.position, False, False)
-            item = rpr.RPR_GetTrackMediaItem(track, 0) if rpr.RPR_InsertMedia(path, 0) > 0 else None
-            if item is None or is_null(item):
+            item = insert_media_on(track, path)
+            if item is None:
                 problems[stem] = "REAPER could not import %s" % path
             else:
                 _line_up(item, source)
@@ -505,8 +532,7 @@ def insert_loop(path: str, track_name: str, position: float) -> str:
         rpr.RPR_SetOnlyTrackSelected(track)
         rpr.RPR_Main_OnCommand(ACTION_SELECTED_TRACK_AS_LAST_TOUCHED, 0)
         rpr.RPR_SetEditCurPos(position, False, False)
-        item = rpr.RPR_GetTrackMediaItem(track, 0) if rpr.RPR_InsertMedia(path, 0) > 0 else None
-        if item is None or is_null(item):
+        if insert_media_on(track, path) is None:
             problem = "REAPER could not import %s" % path
             rpr.RPR_DeleteTrack(track)
     finally:
@@ -590,8 +616,153 @@ class SendTempo(Task):
             tempo, numerator, denominator, "playing" if playing else "stopped"))
 
 
+# -- live stems: compensate the round trip on the tracks that record them ---------------------------
+#
+# The stems come back into REAPER late by the daemon's round trip (`round_trip_frames` of
+# stream.status: its latency plus one block). REAPER lets a script set a track's *media playback
+# offset* (GetSetMediaTrackInfo: I_PLAY_OFFSET_FLAG &1 bypassed, &2 value in samples, else seconds;
+# D_PLAY_OFFSET the value), which moves everything the track plays; a negative offset plays the
+# stems recorded there early by exactly the round trip. The recording input offset is REAPER's
+# global audio preference (every track, every input), so it is not touched. The offset is set in
+# seconds, frames / the daemon's own sample rate: exact whatever rate REAPER's project runs at.
+# "Stop live stems" puts each track's offset back and moves the items recorded meanwhile earlier
+# by the same amount, so they stay in time without the offset.
+
+# Project extended state (saved with the project) from "start" to "stop": per track GUID, its
+# offset flag and value before, the GUIDs of its items then, and the seconds applied.
+LIVE_OFFSET_KEY = "live_stems_offset"
+PLAY_OFFSET_BYPASSED = 1
+PLAY_OFFSET_IN_SAMPLES = 2
+PROJECT_STATE_BUFFER = 1 << 20
+
+
+def track_guid(track: str) -> str:
+    return str(rpr.RPR_GetSetMediaTrackInfo_String(track, "GUID", "", False)[3])
+
+
+def track_label(track: str) -> str:
+    name = str(rpr.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", "", False)[3])
+    return name or "track %d" % int(rpr.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER"))
+
+
+def track_items(track: str) -> List[str]:
+    return [rpr.RPR_GetTrackMediaItem(track, index) for index in range(rpr.RPR_CountTrackMediaItems(track))]
+
+
+def item_guid(item: str) -> str:
+    return str(rpr.RPR_GetSetMediaItemInfo_String(item, "GUID", "", False)[3])
+
+
+def selected_tracks() -> List[str]:
+    return [rpr.RPR_GetSelectedTrack(0, index) for index in range(rpr.RPR_CountSelectedTracks(0))]
+
+
+def find_track(guid: str) -> Optional[str]:
+    for index in range(rpr.RPR_CountTracks(0)):
+        track = rpr.RPR_GetTrack(0, index)
+        if track_guid(track) == guid:
+            return track
+    return None
+
+
+def load_offset_state() -> Dict[str, Any]:
+    text = rpr.RPR_GetProjExtState(0, EXT_SECTION, LIVE_OFFSET_KEY, "", PROJECT_STATE_BUFFER)[4]
+    if not text:
+        return {}
+    try:
+        state = json.loads(text)
+    except ValueError:
+        say("ignoring unreadable saved live-stems offsets: %r" % text[:80])
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def save_offset_state(state: Dict[str, Any]) -> None:
+    rpr.RPR_SetProjExtState(0, EXT_SECTION, LIVE_OFFSET_KEY, json.dumps(state) if state else "")
+
+
+def compensate_round_trip(seconds: float) -> List[Tuple[str, float]]:
+    """Set the media playback offset of the selected tracks to -`seconds` (one undo point) and
+    remember what they had; returns (track name, offset REAPER now holds) for each."""
+    tracks = selected_tracks()
+    if not tracks:
+        return []
+    state = load_offset_state()
+    saved = state.setdefault("tracks", {})
+    done = []
+    rpr.RPR_Undo_BeginBlock()
+    try:
+        for track in tracks:
+            guid = track_guid(track)
+            if guid not in saved:  # started again without a stop: keep what the user had
+                saved[guid] = {
+                    "flag": int(rpr.RPR_GetMediaTrackInfo_Value(track, "I_PLAY_OFFSET_FLAG")),
+                    "offset": float(rpr.RPR_GetMediaTrackInfo_Value(track, "D_PLAY_OFFSET")),
+                    "items": [item_guid(item) for item in track_items(track)],
+                }
+            saved[guid]["seconds"] = seconds
+            flag = saved[guid]["flag"] & ~(PLAY_OFFSET_BYPASSED | PLAY_OFFSET_IN_SAMPLES)
+            rpr.RPR_SetMediaTrackInfo_Value(track, "I_PLAY_OFFSET_FLAG", flag)
+            rpr.RPR_SetMediaTrackInfo_Value(track, "D_PLAY_OFFSET", -seconds)
+            # Read back: REAPER may hold less than was asked (its offset has a range).
+            done.append((track_label(track), float(rpr.RPR_GetMediaTrackInfo_Value(track, "D_PLAY_OFFSET"))))
+        save_offset_state(state)
+    finally:
+        rpr.RPR_Undo_EndBlock("Flowstate: compensate the live stems' round trip", UNDO_STATE_ALL)
+    return done
+
+
+def move_earlier(item: str, seconds: float) -> None:
+    """Move `item` `seconds` earlier; what would fall before the project start is trimmed off."""
+    position = float(rpr.RPR_GetMediaItemInfo_Value(item, "D_POSITION"))
+    cut = max(0.0, seconds - position)
+    if cut > 0:
+        for index in range(rpr.RPR_CountTakes(item)):
+            take = rpr.RPR_GetTake(item, index)
+            start = float(rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"))
+            rate = float(rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"))
+            rpr.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", start + cut * rate)
+        length = float(rpr.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"))
+        rpr.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", max(0.0, length - cut))
+    rpr.RPR_SetMediaItemInfo_Value(item, "D_POSITION", position - seconds + cut)
+
+
+def restore_play_offsets() -> Tuple[List[str], int]:
+    """Undo `compensate_round_trip` (one undo point): each track's offset back as it was, and its
+    items recorded since moved earlier by the offset they were played with. Returns the names of
+    the tracks restored and the number of items moved."""
+    saved = load_offset_state().get("tracks") or {}
+    if not saved:
+        return [], 0
+    names: List[str] = []
+    moved = 0
+    rpr.RPR_Undo_BeginBlock()
+    try:
+        for guid, before in saved.items():
+            track = find_track(guid)
+            if track is None:
+                continue  # deleted since: nothing to restore
+            known = set(before.get("items") or [])
+            for item in [item for item in track_items(track) if item_guid(item) not in known]:
+                move_earlier(item, float(before.get("seconds") or 0.0))
+                moved += 1
+            rpr.RPR_SetMediaTrackInfo_Value(track, "I_PLAY_OFFSET_FLAG", int(before.get("flag") or 0))
+            rpr.RPR_SetMediaTrackInfo_Value(track, "D_PLAY_OFFSET", float(before.get("offset") or 0.0))
+            names.append(track_label(track))
+        save_offset_state({})
+    finally:
+        rpr.RPR_UpdateArrange()
+        rpr.RPR_Undo_EndBlock("Flowstate: live stems stopped, track offsets restored", UNDO_STATE_ALL)
+    return names, moved
+
+
 class StartStream(Task):
-    """stream.start with the daemon's configured device and model."""
+    """stream.start with the daemon's configured device and model, then stream.status for the
+    exact round trip, which becomes the media playback offset of the selected tracks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stems: List[str] = []
 
     def _begin(self) -> None:
         self.connect()
@@ -599,22 +770,53 @@ class StartStream(Task):
         say("starting live stems (loading the model can take a while) ...")
 
     def _on_reply(self, request: str, args: List[Any]) -> None:
-        round_trip_ms, _latency_ms, stems = args[:3]
+        if request == "/flow/stream/start":
+            self.stems = list(json.loads(args[2]))
+            self.request("/flow/stream/status")
+            return
+        status = json.loads(args[0])
+        if not status.get("running") or not status.get("round_trip_frames"):
+            raise FlowstateError("Live stems stopped right after starting; `flowstate status` says why.")
+        frames, sample_rate = int(status["round_trip_frames"]), int(status["sample_rate"])
+        seconds = frames / float(sample_rate)
+        figure = "Round trip %d frames at %d Hz (%.3f ms)" % (frames, sample_rate, 1000.0 * seconds)
+        done = compensate_round_trip(seconds)
+        if not done:
+            self.finish(
+                "live stems running (%s). %s: select the tracks that record the stems before starting, "
+                "and this action sets their media playback offset to -%.3f ms (or type it in: track "
+                "routing, Media playback offset)." % (", ".join(self.stems), figure, 1000.0 * seconds))
+            return
+        short = [name for name, held in done if abs(held + seconds) > 1e-9]
         self.finish(
-            "live stems running (%s). Round trip %.1f ms: compensate it on the tracks that record "
-            "the stems (track media playback offset)." % (", ".join(json.loads(stems)), round_trip_ms)
-        )
+            "live stems running (%s). %s: media playback offset -%.3f ms on %s, so what they record "
+            "plays in time; 'Flowstate - stop live stems' puts it back.%s" % (
+                ", ".join(self.stems), figure, 1000.0 * seconds, ", ".join(name for name, _ in done),
+                " REAPER kept less on %s: compensate the rest by hand." % ", ".join(short) if short else ""))
 
 
 class StopStream(Task):
-    """stream.stop (the daemon keeps the model loaded for a quick restart)."""
+    """stream.stop (the daemon keeps the model loaded for a quick restart); the tracks that
+    "start live stems" offset get their own offset back, their new recordings moved in time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restored: List[str] = []
+        self.moved = 0
 
     def _begin(self) -> None:
+        self.restored, self.moved = restore_play_offsets()  # REAPER's side first: it cannot fail
         self.connect()
         self.request("/flow/stream/stop")
 
     def _on_reply(self, request: str, args: List[Any]) -> None:
-        self.finish("live stems are stopped")
+        text = "live stems are stopped"
+        if self.restored:
+            text += "; media playback offset restored on %s (%d item%s recorded meanwhile moved earlier by " \
+                    "the round trip, so %s in time)" % (
+                        ", ".join(self.restored), self.moved, "" if self.moved == 1 else "s",
+                        "it stays" if self.moved == 1 else "they stay")
+        self.finish(text)
 
 
 class SetDaemonAddress(Task):

@@ -1,15 +1,25 @@
 """A simulated `reaper_python`: REAPER's ReaScript Python API over an in-memory project.
 
-REAPER cannot run here, so the Flowstate ReaScripts run against this instead. It follows the
-ReaScript Python conventions the real module has (REAPER's generated `reaper_python.py`):
+REAPER cannot run here, so the Flowstate ReaScripts run against this instead. Every `RPR_`
+function here has the parameters, return convention and null-pointer behaviour of REAPER's
+generated `reaper_python.py` (the ctypes wrapper REAPER writes into its plug-in folder; read for
+REAPER 6/7, where each wrapper is `CFUNCTYPE(<C types>)` plus `rpr_packp`/`rpr_unpackp`), and the
+meanings of the parameter names (`D_PLAY_OFFSET` ...) of REAPER's API documentation (the
+`GetSetMediaTrackInfo` list of reaper_plugin_functions.h / the ReaScript help page):
 
 - functions are `RPR_<name>` with every C parameter positional (a wrong count is a TypeError);
-- objects are passed as text pointers, e.g. "(MediaItem*)0x0000000000001234", and a missing
-  object is a null pointer of its type, "(MediaItem_Take*)0x0000000000000000";
+- objects are passed as text pointers, "(MediaItem*)0x0000000000001234" (`rpr_unpackp` writes
+  '(%s)0x%08X%08X'); `rpr_packp` turns a pointer that does not match its regex, is of another
+  type or fails `ValidatePtr` (a deleted track, an item of a deleted track) into NULL, and the C
+  function then does nothing and returns 0 / NULL / "". The simulation does the same and also
+  notes each such call in `null_pointer_calls`, so a test can say a script never relied on it;
+- C `bool` results are `c_byte`, so Python sees 0 or 1, never True/False;
 - functions with out-parameters or string buffers return a tuple of the return value (if the C
   function has one) followed by every parameter, out-values filled in: e.g.
   `RPR_GetMediaSourceFileName(src, "", 4096)` -> (src, filename, 4096) because the C function is
-  void, `RPR_GetSetMediaTrackInfo_String(tr, "P_NAME", "x", True)` -> (True, tr, "P_NAME", "x", True);
+  void, `RPR_GetSetMediaTrackInfo_String(tr, "P_NAME", "x", 1)` -> (1, tr, "P_NAME", "x", 1);
+  functions whose string parameters are `const char*` (`InsertMedia`, `SetExtState`, ...) return
+  just the C result;
 - `RPR_defer(code)` and `RPR_atexit(code)` take Python source text that REAPER evaluates later in
   the script's own global namespace; deferred code runs once per UI cycle (`pump()` here);
 - scripts run without `__file__` (REAPER does not define it).
@@ -17,15 +27,20 @@ ReaScript Python conventions the real module has (REAPER's generated `reaper_pyt
 Behaviour that the scripts depend on is modelled after REAPER's: `InsertMedia(file, 0)` inserts
 at the edit cursor on the last touched track, selects the new item and moves the edit cursor to
 its end; action 40914 makes the first selected track the last touched one; a file that cannot be
-read imports nothing (returns 0). Anything not modelled raises, so a script that starts relying
-on it fails here instead of passing by accident.
+read imports nothing. `InsertMedia`'s int result is undocumented, so the simulation returns
+`insert_media_result` when a test sets it (any value: scripts must not read meaning into it).
+Anything not modelled raises, so a script that starts relying on it fails here instead of passing
+by accident.
 """
 
 from __future__ import annotations
 
 import builtins
+import re
+import sys
 import time
 import types
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +48,14 @@ from typing import Any
 import soundfile
 
 ACTION_SELECTED_TRACK_AS_LAST_TOUCHED = 40914
+# rpr_packp's pattern: only upper-case hex digits make a pointer.
+_POINTER = re.compile(r"^\((\w+\*|HWND)\)0x([0-9A-F]+)$")
+
+
+def _guid() -> str:
+    """REAPER's text form of a GUID (API doc: "If using a _String() function, GUID is a string
+    {xyz-...}"): {8-4-4-4-12}, upper case."""
+    return "{%s}" % str(uuid.uuid4()).upper()
 
 
 @dataclass(eq=False)
@@ -56,6 +79,7 @@ class Item:
     takes: list[Take] = field(default_factory=list)
     active_take: int = 0
     selected: bool = False
+    guid: str = field(default_factory=_guid)
 
     @property
     def take(self) -> Take | None:
@@ -67,6 +91,11 @@ class Track:
     name: str
     items: list[Item] = field(default_factory=list)
     selected: bool = False
+    guid: str = field(default_factory=_guid)
+    # Track media playback offset: I_PLAY_OFFSET_FLAG (&1 bypassed, &2 samples, else seconds)
+    # and D_PLAY_OFFSET, in the unit the flag says.
+    play_offset_flag: int = 0
+    play_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,9 @@ class Reaper:
         self.undo_points: list[str] = []
         self.undo_depth = 0
         self.ui_refresh_prevented = 0
+        self.insert_media_result: int | None = None  # what InsertMedia returns; None: 1 if imported, else 0
+        self.null_pointer_calls: list[tuple[str, str]] = []  # (function, pointer) REAPER saw as NULL
+        self.proj_ext_state: dict[tuple[str, str], str] = {}  # saved with the project
         self._deferred: list[tuple[str, dict[str, Any]]] = []
         self._at_exit: list[tuple[str, dict[str, Any]]] = []
         self._namespace: dict[str, Any] | None = None
@@ -118,6 +150,7 @@ class Reaper:
         if not empty:
             item.takes.append(Take(Source(filename), midi=midi, start_offset=start_offset, playrate=playrate))
         track.items.append(item)
+        track.items.sort(key=lambda each: each.position)  # GetTrackMediaItem counts in time order
         return item
 
     def console_text(self) -> str:
@@ -179,11 +212,40 @@ class Reaper:
             self._objects[text] = obj
         return self._ids[key]
 
-    def resolve(self, pointer: str, kind: type) -> Any:
-        obj = self._objects.get(pointer)
-        if not isinstance(obj, kind):
-            raise ValueError(f"not a valid {kind.__name__} pointer: {pointer!r}")
+    def resolve(self, pointer: Any, kind: type) -> Any:
+        """The object behind `pointer`, or None where REAPER's rpr_packp would pass NULL: a pointer
+        that does not match its pattern, of another type, or that ValidatePtr refuses because the
+        object is no longer in the project. A non-null pointer that becomes NULL is noted."""
+        text = str(pointer)
+        match = _POINTER.match(text)
+        obj = self._objects.get(text) if match else None
+        if not isinstance(obj, kind) or not self._alive(obj):
+            if match is None or int(match.group(2), 16) != 0:
+                self.null_pointer_calls.append((self._api_caller(), text))
+            return None
         return obj
+
+    @staticmethod
+    def _api_caller() -> str:
+        """The RPR_ function being run (the innermost on the stack)."""
+        frame = sys._getframe(1)
+        while frame is not None and not frame.f_code.co_name.startswith("RPR_"):
+            frame = frame.f_back
+        return frame.f_code.co_name if frame is not None else "?"
+
+    def _alive(self, obj: Any) -> bool:
+        if isinstance(obj, Track):
+            return any(track is obj for track in self.tracks)
+        if isinstance(obj, Item):
+            return self._alive(obj.track) and any(item is obj for item in obj.track.items)
+        if isinstance(obj, Take):
+            return any(take is obj for item in self._all_items() for take in item.takes)
+        if isinstance(obj, Source):
+            return any(take.source is obj for item in self._all_items() for take in item.takes)
+        return False
+
+    def _all_items(self) -> list[Item]:
+        return [item for track in self.tracks for item in track.items]
 
     # -- the API ---------------------------------------------------------------------------------
 
@@ -195,7 +257,7 @@ class Reaper:
         return module
 
     def _selected_items(self) -> list[Item]:
-        return [item for track in self.tracks for item in track.items if item.selected]
+        return [item for item in self._all_items() if item.selected]
 
     def _project(self, proj: Any) -> None:
         if proj not in (0, None):
@@ -211,9 +273,10 @@ class Reaper:
         return 1  # OK
 
     def RPR_GetUserInputs(self, title: str, num_inputs: int, captions_csv: str, retvals_csv: str,
-                          retvals_csv_sz: int) -> tuple[bool, str, int, str, str, int]:
+                          retvals_csv_sz: int) -> tuple[int, str, int, str, str, int]:
         """The dialog: one field per caption; `separator=X` and `extrawidth=N` captions are options
-        (X separates the values, default ","), and the values must match the number of fields."""
+        (X separates the values, default ","), and the values must match the number of fields.
+        The C function returns bool (c_byte: 1 for OK, 0 for Cancel), then every parameter."""
         captions = captions_csv.split(",")
         options = {c.split("=", 1)[0]: c.split("=", 1)[1] for c in captions if c.split("=", 1)[0] in
                    ("separator", "extrawidth")}
@@ -225,7 +288,8 @@ class Reaper:
         if not self.user_answers:
             raise AssertionError(f"the script asked for input ({captions_csv!r}) the test did not provide")
         ok, text = self.user_answers.pop(0)
-        return (ok, title, num_inputs, captions_csv, text if ok else retvals_csv, retvals_csv_sz)
+        answer = text if ok else retvals_csv
+        return (int(ok), title, num_inputs, captions_csv, answer[: max(retvals_csv_sz - 1, 0)], retvals_csv_sz)
 
     # script lifecycle
 
@@ -248,6 +312,29 @@ class Reaper:
         if persist:
             self.persisted.add((section, key))
 
+    def RPR_GetProjExtState(self, proj: Any, extname: str, key: str, valOutNeedBig: str,
+                            valOutNeedBig_sz: int) -> tuple[int, Any, str, str, str, int]:
+        """int GetProjExtState(ReaProject*, const char* extname, const char* key, char* valOutNeedBig,
+        int valOutNeedBig_sz): the value's length (0: none), then every parameter."""
+        self._project(proj)
+        value = self.proj_ext_state.get((str(extname), str(key)), "")
+        return (len(value), proj, extname, key, value[: max(valOutNeedBig_sz - 1, 0)], valOutNeedBig_sz)
+
+    def RPR_SetProjExtState(self, proj: Any, extname: str, key: str, value: str) -> int:
+        """API doc: an empty value deletes the key, an empty key all of extname's; returns "the size
+        of the state for this extname", a size in no stated unit (the scripts do not read it): here
+        the number of keys extname keeps."""
+        self._project(proj)
+        section, key, value = str(extname), str(key), str(value)
+        if not key:
+            for each in [k for k in self.proj_ext_state if k[0] == section]:
+                del self.proj_ext_state[each]
+        elif not value:
+            self.proj_ext_state.pop((section, key), None)
+        else:
+            self.proj_ext_state[(section, key)] = value
+        return sum(1 for k in self.proj_ext_state if k[0] == section)
+
     # items, takes, sources
 
     def RPR_CountSelectedMediaItems(self, proj: Any) -> int:
@@ -260,55 +347,92 @@ class Reaper:
         return self.pointer(items[selitem] if 0 <= selitem < len(items) else None, "MediaItem*")
 
     def RPR_GetActiveTake(self, item: str) -> str:
-        return self.pointer(self.resolve(item, Item).take, "MediaItem_Take*")
+        found = self.resolve(item, Item)
+        return self.pointer(found.take if found else None, "MediaItem_Take*")
 
-    def RPR_TakeIsMIDI(self, take: str) -> bool:
-        return self.resolve(take, Take).midi
+    def RPR_CountTakes(self, item: str) -> int:
+        found = self.resolve(item, Item)
+        return len(found.takes) if found else 0
+
+    def RPR_GetTake(self, item: str, takeidx: int) -> str:
+        found = self.resolve(item, Item)
+        takes = found.takes if found else []
+        return self.pointer(takes[takeidx] if 0 <= takeidx < len(takes) else None, "MediaItem_Take*")
+
+    def RPR_TakeIsMIDI(self, take: str) -> int:
+        found = self.resolve(take, Take)
+        return int(bool(found and found.midi))
 
     def RPR_GetMediaItemTake_Source(self, take: str) -> str:
-        return self.pointer(self.resolve(take, Take).source, "PCM_source*")
+        found = self.resolve(take, Take)
+        return self.pointer(found.source if found else None, "PCM_source*")
 
     def RPR_GetMediaSourceFileName(self, source: str, filenamebuf: str, filenamebuf_sz: int) -> tuple[str, str, int]:
-        name = self.resolve(source, Source).filename
+        found = self.resolve(source, Source)
+        name = found.filename if found else ""
         return (source, name[: max(filenamebuf_sz - 1, 0)], filenamebuf_sz)
 
     def RPR_GetMediaItem_Track(self, item: str) -> str:
-        return self.pointer(self.resolve(item, Item).track, "MediaTrack*")
+        found = self.resolve(item, Item)
+        return self.pointer(found.track if found else None, "MediaTrack*")
 
     _ITEM_FIELDS = {"D_POSITION": "position", "D_LENGTH": "length"}
     _TAKE_FIELDS = {"D_STARTOFFS": "start_offset", "D_PLAYRATE": "playrate"}
 
-    def RPR_GetMediaItemInfo_Value(self, item: str, parmname: str) -> float:
-        return float(getattr(self.resolve(item, Item), self._ITEM_FIELDS[parmname]))
+    def _get_field(self, pointer: str, kind: type, fields: dict[str, str], parmname: str) -> float:
+        found = self.resolve(pointer, kind)
+        return float(getattr(found, fields[parmname])) if found else 0.0
 
-    def RPR_SetMediaItemInfo_Value(self, item: str, parmname: str, newvalue: float) -> bool:
-        setattr(self.resolve(item, Item), self._ITEM_FIELDS[parmname], float(newvalue))
-        return True
+    def _set_field(self, pointer: str, kind: type, fields: dict[str, str], parmname: str, value: float) -> int:
+        found = self.resolve(pointer, kind)
+        if found is None:
+            return 0
+        setattr(found, fields[parmname], float(value))
+        return 1
+
+    def RPR_GetMediaItemInfo_Value(self, item: str, parmname: str) -> float:
+        return self._get_field(item, Item, self._ITEM_FIELDS, parmname)
+
+    def RPR_SetMediaItemInfo_Value(self, item: str, parmname: str, newvalue: float) -> int:
+        return self._set_field(item, Item, self._ITEM_FIELDS, parmname, newvalue)
+
+    def RPR_GetSetMediaItemInfo_String(self, item: str, parmname: str, stringNeedBig: str,
+                                       setNewValue: bool) -> tuple[int, str, str, str, bool]:
+        if parmname != "GUID" or setNewValue:
+            raise NotImplementedError(f"item string {parmname} (set={setNewValue}) is not simulated")
+        found = self.resolve(item, Item)
+        return (int(found is not None), item, parmname, found.guid if found else "", setNewValue)
 
     def RPR_GetMediaItemTakeInfo_Value(self, take: str, parmname: str) -> float:
-        return float(getattr(self.resolve(take, Take), self._TAKE_FIELDS[parmname]))
+        return self._get_field(take, Take, self._TAKE_FIELDS, parmname)
 
-    def RPR_SetMediaItemTakeInfo_Value(self, take: str, parmname: str, newvalue: float) -> bool:
-        setattr(self.resolve(take, Take), self._TAKE_FIELDS[parmname], float(newvalue))
-        return True
+    def RPR_SetMediaItemTakeInfo_Value(self, take: str, parmname: str, newvalue: float) -> int:
+        return self._set_field(take, Take, self._TAKE_FIELDS, parmname, newvalue)
 
     def RPR_InsertMedia(self, file: str, mode: int) -> int:
         if mode != 0:
             raise NotImplementedError(f"InsertMedia mode {mode} is not simulated (0: add to current track)")
+        imported = self._insert_media(str(file))
+        if self.insert_media_result is not None:
+            return self.insert_media_result
+        return int(imported)
+
+    def _insert_media(self, file: str) -> bool:
         track = self.last_touched
-        if track is None:
-            return 0
+        if track is None or not self._alive(track):
+            return False
         try:
             info = soundfile.info(file)
         except (RuntimeError, soundfile.LibsndfileError):
-            return 0  # REAPER imports nothing it cannot read
+            return False  # REAPER imports nothing it cannot read
         for other in self._selected_items():
             other.selected = False
         length = info.frames / info.samplerate
-        item = Item(track, self.cursor, length, [Take(Source(str(file)))], selected=True)
+        item = Item(track, self.cursor, length, [Take(Source(file))], selected=True)
         track.items.append(item)
+        track.items.sort(key=lambda each: each.position)  # GetTrackMediaItem counts in time order
         self.cursor += length  # REAPER's default: the edit cursor moves to the end of inserted media
-        return 1
+        return True
 
     # tracks
 
@@ -325,24 +449,51 @@ class Reaper:
         return self.pointer(found, "MediaTrack*")
 
     def RPR_GetMediaTrackInfo_Value(self, tr: str, parmname: str) -> float:
-        if parmname != "IP_TRACKNUMBER":
-            raise NotImplementedError(f"track parameter {parmname} is not simulated")
-        return float(self.tracks.index(self.resolve(tr, Track)) + 1)
+        track = self.resolve(tr, Track)
+        if parmname == "IP_TRACKNUMBER":
+            return float(self.tracks.index(track) + 1) if track else 0.0
+        if parmname == "I_PLAY_OFFSET_FLAG":
+            return float(track.play_offset_flag) if track else 0.0
+        if parmname == "D_PLAY_OFFSET":
+            return float(track.play_offset) if track else 0.0
+        raise NotImplementedError(f"track parameter {parmname} is not simulated")
+
+    def RPR_SetMediaTrackInfo_Value(self, tr: str, parmname: str, newvalue: float) -> int:
+        track = self.resolve(tr, Track)
+        if parmname == "I_PLAY_OFFSET_FLAG":
+            if track:
+                track.play_offset_flag = int(newvalue)
+        elif parmname == "D_PLAY_OFFSET":
+            if track:
+                track.play_offset = float(newvalue)
+        else:
+            raise NotImplementedError(f"setting track parameter {parmname} is not simulated")
+        return int(track is not None)
 
     def RPR_GetSetMediaTrackInfo_String(self, tr: str, parmname: str, stringNeedBig: str,
-                                         setNewValue: bool) -> tuple[bool, str, str, str, bool]:
-        if parmname != "P_NAME":
-            raise NotImplementedError(f"track string {parmname} is not simulated")
+                                         setNewValue: bool) -> tuple[int, str, str, str, bool]:
         track = self.resolve(tr, Track)
+        if parmname == "GUID" and not setNewValue:
+            return (int(track is not None), tr, parmname, track.guid if track else "", setNewValue)
+        if parmname != "P_NAME":
+            raise NotImplementedError(f"track string {parmname} (set={setNewValue}) is not simulated")
+        if track is None:
+            return (0, tr, parmname, str(stringNeedBig), setNewValue)
         if setNewValue:
             track.name = str(stringNeedBig)
-        return (True, tr, parmname, track.name, setNewValue)
+        return (1, tr, parmname, track.name, setNewValue)
 
     def RPR_DeleteTrack(self, tr: str) -> None:
         track = self.resolve(tr, Track)
+        if track is None:
+            return
         self.tracks.remove(track)
         if self.last_touched is track:
             self.last_touched = None
+
+    def RPR_CountSelectedTracks(self, proj: Any) -> int:
+        self._project(proj)
+        return sum(1 for track in self.tracks if track.selected)
 
     def RPR_GetSelectedTrack(self, proj: Any, seltrackidx: int) -> str:
         self._project(proj)
@@ -351,11 +502,18 @@ class Reaper:
 
     def RPR_SetOnlyTrackSelected(self, track: str) -> None:
         chosen = self.resolve(track, Track)
+        if chosen is None:
+            return
         for each in self.tracks:
             each.selected = each is chosen
 
+    def RPR_CountTrackMediaItems(self, track: str) -> int:
+        found = self.resolve(track, Track)
+        return len(found.items) if found else 0
+
     def RPR_GetTrackMediaItem(self, tr: str, itemidx: int) -> str:
-        items = self.resolve(tr, Track).items
+        found = self.resolve(tr, Track)
+        items = found.items if found else []
         return self.pointer(items[itemidx] if 0 <= itemidx < len(items) else None, "MediaItem*")
 
     def RPR_Main_OnCommand(self, command: int, flag: int) -> None:
@@ -411,4 +569,3 @@ class Reaper:
 
     def RPR_UpdateArrange(self) -> None:
         pass  # only redraws in REAPER
-

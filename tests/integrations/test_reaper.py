@@ -77,6 +77,7 @@ def assert_left_reaper_clean(sim: Reaper) -> None:
     assert sim.undo_depth == 0
     assert sim.ui_refresh_prevented == 0
     assert not sim.running
+    assert sim.null_pointer_calls == []  # REAPER would have passed NULL: a script bug
 
 
 def final_state(daemon: DaemonProcess, job_id: str, timeout_seconds: float = 60.0) -> str:
@@ -100,9 +101,12 @@ def only_message_box(sim: Reaper) -> str:
 # -- separate the selected item ----------------------------------------------------------------------
 
 
+# None: the simulation's own InsertMedia result; 0: a result that would have read as failure.
+@pytest.mark.parametrize("insert_media_result", [None, 0])
 def test_separate_puts_each_stem_on_a_new_track_lined_up_with_the_item(
-    reaper: Reaper, stems_daemon: DaemonProcess
+    reaper: Reaper, stems_daemon: DaemonProcess, insert_media_result: int | None
 ) -> None:
+    reaper.insert_media_result = insert_media_result  # undocumented: the scripts look at the items
     song = write_song(files_root(stems_daemon) / "reaper" / "Lead Take.wav", 3.0)
     mix = reaper.add_track("Mix")
     below = reaper.add_track("Keys")
@@ -288,16 +292,73 @@ def test_send_tempo_reports_the_time_signature_at_the_cursor(reaper: Reaper, ste
     assert (state["numerator"], state["denominator"], state["playing"]) == (7, 8, False)
 
 
-def test_start_and_stop_live_stems(reaper: Reaper, stems_daemon: DaemonProcess) -> None:
+def test_start_and_stop_live_stems_with_no_track_selected_reports_the_exact_round_trip(
+    reaper: Reaper, stems_daemon: DaemonProcess
+) -> None:
+    reaper.add_track("Mix")
     run(reaper, START_STREAM)
     assert reaper.message_boxes == []
-    assert "live stems running (drums, bass, other, vocals). Round trip " in reaper.console_text()
     with Client(stems_daemon.zmq_requests, timeout_seconds=30) as client:
-        assert client.call("stream.status")["running"] is True
+        status = client.call("stream.status")
+        assert status["running"] is True
         run(reaper, STOP_STREAM)
         assert client.call("stream.status")["running"] is False
-    assert "live stems are stopped" in reaper.console_text()
+    frames, rate = status["round_trip_frames"], status["sample_rate"]
+    console = reaper.console_text()
+    assert (f"live stems running (drums, bass, other, vocals). Round trip {frames} frames at {rate} Hz "
+            f"({1000 * frames / rate:.3f} ms): select the tracks that record the stems") in console
+    assert (reaper.tracks[0].play_offset_flag, reaper.tracks[0].play_offset) == (0, 0.0)
+    assert reaper.undo_points == [] and reaper.proj_ext_state == {}
+    assert "live stems are stopped\n" in console
     assert reaper.message_boxes == []
+    assert_left_reaper_clean(reaper)
+
+
+def test_live_stems_offset_the_selected_tracks_by_the_round_trip_and_stop_puts_it_back(
+    reaper: Reaper, stems_daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    mix = reaper.add_track("Mix")
+    drums = reaper.add_track("Drums stem")
+    vocals = reaper.add_track("Vocals stem")
+    drums.selected = vocals.selected = True
+    drums.play_offset_flag, drums.play_offset = 2, 64.0  # the user's own offset: 64 samples
+    before = reaper.add_item(drums, str(tmp_path / "old.wav"), 1.0, 2.0, selected=False)
+
+    run(reaper, START_STREAM)
+
+    assert reaper.message_boxes == []
+    with Client(stems_daemon.zmq_requests, timeout_seconds=30) as client:
+        status = client.call("stream.status")
+    seconds = status["round_trip_frames"] / status["sample_rate"]
+    for track in (drums, vocals):  # in seconds, not bypassed: exactly the round trip, earlier
+        assert (track.play_offset_flag, track.play_offset) == (0, -seconds)
+    assert (mix.play_offset_flag, mix.play_offset) == (0, 0.0)
+    assert (f"media playback offset -{1000 * seconds:.3f} ms on Drums stem, Vocals stem, so what they "
+            "record plays in time") in reaper.console_text()
+
+    # REAPER records the stems: they land late by the round trip, one right at the project start.
+    late = reaper.add_item(drums, str(tmp_path / "take1.wav"), 4.0 + seconds, 3.0, selected=False)
+    at_start = reaper.add_item(vocals, str(tmp_path / "take2.wav"), seconds / 2, 3.0, selected=False)
+
+    run(reaper, STOP_STREAM)
+
+    assert reaper.message_boxes == []
+    with Client(stems_daemon.zmq_requests, timeout_seconds=30) as client:
+        assert client.call("stream.status")["running"] is False
+    assert (drums.play_offset_flag, drums.play_offset) == (2, 64.0)
+    assert (vocals.play_offset_flag, vocals.play_offset) == (0, 0.0)
+    # What was recorded through the stream now sits in time without the offset.
+    assert (before.position, before.length) == (1.0, 2.0)
+    assert late.position == pytest.approx(4.0, abs=1e-12) and late.length == 3.0
+    assert at_start.position == 0.0  # its first half round trip is trimmed, the rest in time
+    assert at_start.length == pytest.approx(3.0 - seconds / 2, abs=1e-12)
+    assert at_start.take is not None and at_start.take.start_offset == pytest.approx(seconds / 2, abs=1e-12)
+    assert reaper.undo_points == ["Flowstate: compensate the live stems' round trip",
+                                  "Flowstate: live stems stopped, track offsets restored"]
+    assert reaper.proj_ext_state == {}
+    assert ("live stems are stopped; media playback offset restored on Drums stem, Vocals stem (2 items "
+            "recorded meanwhile moved earlier") in reaper.console_text()
+    assert_left_reaper_clean(reaper)
 
 
 def test_set_daemon_address_saves_it_and_checks_a_daemon_answers(reaper: Reaper, stems_daemon: DaemonProcess) -> None:

@@ -182,15 +182,43 @@ def test_stopping_the_script_cancels_the_generation(reaper: Reaper, daemon: Daem
     assert reaper.tracks == []
 
 
-def test_a_file_reaper_cannot_import_leaves_no_empty_track(reaper: Reaper, tmp_path: Path) -> None:
-    sys.path.insert(0, str(reaper.scripts))  # type: ignore[attr-defined]
+# InsertMedia's int result is undocumented in REAPER's API: whatever it returns, only the item
+# that lands on the new track counts (None: the simulation's own 1 when imported, else 0).
+INSERT_MEDIA_RESULTS = [None, 0, 1, -1]
+
+
+def insert_loop_file(sim: Reaper, path: Path, insert_media_result: int | None) -> str:
+    """The generate action's insert step alone, into a project with one track, "Mix"."""
+    sys.path.insert(0, str(sim.scripts))  # type: ignore[attr-defined]
     import flowstate_reaper
 
-    reaper.add_track("Mix")
+    sim.insert_media_result = insert_media_result
+    sim.add_track("Mix")
+    return flowstate_reaper.insert_loop(str(path), "Loop", 2.0)
+
+
+@pytest.mark.parametrize("insert_media_result", INSERT_MEDIA_RESULTS)
+def test_a_loop_that_lands_is_kept_whatever_insertmedia_returns(
+    reaper: Reaper, tmp_path: Path, insert_media_result: int | None
+) -> None:
+    loop = tmp_path / "loop.wav"
+    soundfile.write(str(loop), [[0.0, 0.0]] * 4800, 48000)
+    assert insert_loop_file(reaper, loop, insert_media_result) == ""
+    assert [track.name for track in reaper.tracks] == ["Mix", "Loop"]
+    [item] = reaper.tracks[1].items
+    assert (item.position, item.length) == (2.0, 0.1)
+    assert item.take is not None and item.take.source.filename == str(loop)
+    assert reaper.undo_points == ["Flowstate: generated Loop"]
+    assert_left_reaper_clean(reaper)
+
+
+@pytest.mark.parametrize("insert_media_result", INSERT_MEDIA_RESULTS)
+def test_a_file_reaper_cannot_import_leaves_no_empty_track(
+    reaper: Reaper, tmp_path: Path, insert_media_result: int | None
+) -> None:
     not_audio = tmp_path / "loop.wav"
     not_audio.write_text("not a WAV")
-    problem = flowstate_reaper.insert_loop(str(not_audio), "Loop", 2.0)
-    assert problem == f"REAPER could not import {not_audio}"
+    assert insert_loop_file(reaper, not_audio, insert_media_result) == f"REAPER could not import {not_audio}"
     assert [track.name for track in reaper.tracks] == ["Mix"]
     assert reaper.cursor == 0.0
     assert_left_reaper_clean(reaper)
