@@ -5,9 +5,9 @@ Only documented Live Object Model calls are used: `Song.view.detail_clip`, `high
 `selected_track` and `selected_scene`, `Song.scenes`, `current_song_time`, `signature_numerator`
 and `signature_denominator`, `Application.view.focused_document_view`, `Clip.file_path`,
 `is_audio_clip`, `is_arrangement_clip`, `start_time`, `canonical_parent`, `Song.create_audio_track`,
-`Song.delete_track`, and, new in Live 12, `Track.create_audio_clip(file_path, position)`
-(Arrangement) and `ClipSlot.create_audio_clip(file_path)` (Session). The last two are checked
-before use, because older Lives lack them.
+`Song.delete_track`, and, new in Live 11.3.25 and 12.0.5, `Track.create_audio_clip(file_path,
+position)` (Arrangement) and `ClipSlot.create_audio_clip(file_path)` (Session). The last two are
+checked before use, because older Lives lack them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SESSION_VIEW = "Session"
-# The Live version that has both Track.create_audio_clip and ClipSlot.create_audio_clip.
-LIVE_WITH_AUDIO_CLIP_IMPORT = "Live 12.0.5"
+# The Lives that have both Track.create_audio_clip and ClipSlot.create_audio_clip.
+LIVE_WITH_AUDIO_CLIP_IMPORT = "Live 11.3.25+ and 12.0.5+"
 
 
 class PlacementError(Exception):
@@ -189,7 +189,7 @@ class MissingApi(PlacementError):
     """This Live lacks a call the placement needs (`call`, e.g. "Track.create_audio_clip")."""
 
     def __init__(self, call: str) -> None:
-        super().__init__(f"this Live has no {call} ({LIVE_WITH_AUDIO_CLIP_IMPORT} or later has it)")
+        super().__init__(f"this Live has no {call} ({LIVE_WITH_AUDIO_CLIP_IMPORT} have it)")
         self.call = call
 
 
