@@ -570,6 +570,14 @@ class FlowstateSurface:
                 f"added {len(report.created)} of {len(paths)} stems of '{target.clip_name}'; "
                 f"{stem}: {why} (files in {stems_folder(paths)})"
             )
+        elif report.unaligned:
+            for stem, why in report.unaligned:
+                self._log(f"stem {stem} of '{target.clip_name}': Live refused the clip's {why}")
+            stem, why = report.unaligned[0]
+            self._show(
+                f"added {', '.join(report.created)} for '{target.clip_name}' ({target.where}), but Live refused "
+                f"the clip's {why} on {stem}: set it on the stems by hand to keep them in step"
+            )
         else:
             self._show(f"added {', '.join(report.created)} for '{target.clip_name}' ({target.where})")
 

@@ -142,9 +142,41 @@ def _check_audio_header(path: str) -> None:
         raise RuntimeError(f"Failed to load audio file {path}: not a WAV or AIFF file")
 
 
+def _duration_seconds(path: str) -> float:
+    """The audio file's length, as Live reads it when it makes a clip."""
+    if soundfile is not None:
+        return float(soundfile.info(path).duration)
+    with open(path, "rb") as handle:  # the Python 3.7 check: a RIFF/WAVE file's fmt and data chunks
+        data = handle.read()
+    offset, rate, frame_bytes, frames = 12, 0, 0, 0
+    while offset + 8 <= len(data):
+        chunk, size = data[offset:offset + 4], int.from_bytes(data[offset + 4:offset + 8], "little")
+        if chunk == b"fmt ":
+            rate = int.from_bytes(data[offset + 12:offset + 16], "little")
+            frame_bytes = int.from_bytes(data[offset + 20:offset + 22], "little")
+        elif chunk == b"data" and frame_bytes:
+            frames = size // frame_bytes
+        offset += 8 + size + (size & 1)
+    return frames / rate if rate else 0.0
+
+
+@dataclass(frozen=True)
+class WarpMarker:
+    """Live.Clip.WarpMarker: beat_time (beats) and sample_time (seconds into the file), read-only."""
+
+    beat_time: float
+    sample_time: float
+
+
 class Clip:
+    """Live.Clip.Clip. Audio clips have `warping`, `warp_mode`, `warp_markers` (read-only; changed with
+    `add_warp_marker(WarpMarker)`, `remove_warp_marker(beat_time)`), `looping` ("Only Warped Audio
+    Clips or MIDI Clip can be looped"), `loop_start/loop_end` and `start_marker/end_marker` (beats
+    when warped, seconds when not)."""
+
     def __init__(self, parent: Any, name: str, file_path: str = "", *, is_audio: bool = True,
-                 arrangement: bool = False, start_time: float = 0.0, length: float = 4.0) -> None:
+                 arrangement: bool = False, start_time: float = 0.0, length: float = 4.0,
+                 seconds: float = 2.0) -> None:
         self.canonical_parent = parent
         self.name = name
         self.file_path = file_path if is_audio else ""
@@ -154,6 +186,64 @@ class Clip:
         self.start_time = start_time if arrangement else 0.0
         self.length = length
         self.end_time = self.start_time + length
+        # A new audio clip: warped, a marker at its start and one at its end, markers around it all.
+        self.warping = is_audio
+        self.warp_mode = 0  # Live.Clip.WarpMode.beats
+        self._warp_markers = [WarpMarker(0.0, 0.0), WarpMarker(length, seconds)] if is_audio else []
+        self._looping = False
+        self._loop_start = self._start_marker = 0.0
+        self._loop_end = self._end_marker = length
+
+    @property
+    def warp_markers(self) -> Tuple[WarpMarker, ...]:
+        return tuple(self._warp_markers)
+
+    def add_warp_marker(self, warp_marker: WarpMarker) -> None:
+        if not self.is_audio_clip:
+            raise RuntimeError("Available for AudioClips only")
+        if not isinstance(warp_marker, WarpMarker):  # Boost.Python: a dict is not a TWarpMarker
+            raise TypeError(f"No registered converter was able to produce a C++ rvalue of type TWarpMarker "
+                            f"from this Python object of type {type(warp_marker).__name__}")
+        if any(m.beat_time == warp_marker.beat_time for m in self._warp_markers):
+            raise RuntimeError(f"Cannot add a warp marker at beat {warp_marker.beat_time}: one is there")
+        self._warp_markers = sorted([*self._warp_markers, warp_marker], key=lambda m: m.beat_time)
+        if [m.sample_time for m in self._warp_markers] != sorted(m.sample_time for m in self._warp_markers):
+            self._warp_markers.remove(warp_marker)
+            raise RuntimeError("Warp markers must keep their order in the sample")
+
+    def remove_warp_marker(self, beat_time: float) -> None:
+        kept = [m for m in self._warp_markers if m.beat_time != beat_time]
+        if len(kept) == len(self._warp_markers):
+            raise RuntimeError(f"No warp marker at beat {beat_time}")
+        self._warp_markers = kept
+
+    @property
+    def looping(self) -> bool:
+        return self._looping
+
+    @looping.setter
+    def looping(self, value: bool) -> None:
+        if value and self.is_audio_clip and not self.warping:
+            raise RuntimeError("Only Warped Audio Clips or MIDI Clip can be looped")
+        self._looping = bool(value)
+
+    def _range(start: str, end: str) -> Tuple[property, property]:  # noqa: N805 (a class-body helper)
+        def set_start(self: Clip, value: float) -> None:
+            if float(value) >= getattr(self, end):
+                raise RuntimeError(f"{start} {value} must be before {end} {getattr(self, end)}")
+            setattr(self, f"_{start}", float(value))
+
+        def set_end(self: Clip, value: float) -> None:
+            if float(value) <= getattr(self, start):
+                raise RuntimeError(f"{end} {value} must be after {start} {getattr(self, start)}")
+            setattr(self, f"_{end}", float(value))
+
+        return (property(lambda self: getattr(self, f"_{start}"), set_start),
+                property(lambda self: getattr(self, f"_{end}"), set_end))
+
+    loop_start, loop_end = _range("loop_start", "loop_end")
+    start_marker, end_marker = _range("start_marker", "end_marker")
+    del _range
 
 
 class ClipSlot:
@@ -167,15 +257,16 @@ class ClipSlot:
 
 
 class ClipSlot12(ClipSlot):
-    def create_audio_clip(self, path: str) -> None:
-        """Live 12: import an audio file into this (empty) slot of an audio track."""
+    def create_audio_clip(self, path: str) -> Clip:
+        """Live 11.3.25/12.0.5: import an audio file into this (empty) slot of an audio track."""
         _check_not_notifying(self.canonical_parent._live)
         if not self.canonical_parent.has_audio_input:
             raise RuntimeError("Clip slot does not belong to an audio track")
         if self.has_clip:
             raise RuntimeError("Clip slot is not empty")
         _check_audio_file(path)
-        self.clip = Clip(self, os.path.splitext(os.path.basename(path))[0], path)
+        self.clip = Clip(self, os.path.splitext(os.path.basename(path))[0], path, seconds=_duration_seconds(path))
+        return self.clip
 
 
 class Track(Observable):
@@ -201,8 +292,9 @@ class Track(Observable):
 
     # Helpers for tests (what the user would do with the mouse), not Live API.
     def add_arrangement_clip(self, file_path: str, start_time: float, name: str = "", audio: bool = True) -> Clip:
+        seconds = _duration_seconds(file_path) if audio and os.path.isfile(file_path) else 2.0
         clip = Clip(self, name or os.path.splitext(os.path.basename(file_path))[0], file_path,
-                    is_audio=audio, arrangement=True, start_time=start_time)
+                    is_audio=audio, arrangement=True, start_time=start_time, seconds=seconds)
         self.arrangement_clips.append(clip)
         return clip
 

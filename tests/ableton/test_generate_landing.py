@@ -131,7 +131,7 @@ def test_a_live_without_audio_clip_import_says_where_the_loop_is(
     daemon: DaemonProcess, version: str, view: str, missing: str
 ) -> None:
     # Live 11 and 12.0 run Python 3.7: the script runs there, in a simulated Live of that version.
-    with OldLive(version, daemon.osc_udp[1], tracks=["Guitar"], view=view, until=["this Live has no", "not placed"]) \
+    with OldLive(version, daemon.osc_udp[1], tracks=["Guitar"], view=view, until=["generated '"]) \
             as live:
         result = generate_elsewhere(daemon, {"prompt": "bright arp", "bars": 1, "tempo": 240.0})
         shown = live.result()

@@ -22,7 +22,7 @@ from ableton_remote.surface import cc_to_gain_db
 from bridge.client import Client
 from bridge.testing import DaemonProcess, tiny_htdemucs_repo
 from tests.ableton.conftest import LoadedScript
-from tests.ableton.live_sim import LiveSet, MidiMapHandle
+from tests.ableton.live_sim import LiveSet, MidiMapHandle, WarpMarker
 from tests.ableton.py37 import run_old_live
 
 STEMS = ["drums", "bass", "other", "vocals"]
@@ -111,6 +111,41 @@ def test_a_session_clip_gets_its_stems_in_the_same_scene(daemon: DaemonProcess, 
         assert Path(clip.file_path).is_file()
         assert track.arrangement_clips == []
     assert script.messages[-1].endswith("for 'vox' (Session, scene 3)")
+
+
+def clip_timing(clip: Any) -> tuple[Any, ...]:
+    return (clip.warping, clip.warp_mode, clip.warp_markers, clip.looping, clip.loop_start, clip.loop_end,
+            clip.start_marker, clip.end_marker)
+
+
+@pytest.mark.parametrize("warped", [True, False], ids=["warped", "unwarped"])
+def test_stem_clips_keep_the_source_clips_warping_and_markers(
+    daemon: DaemonProcess, load_script: Load, warped: bool
+) -> None:
+    source = write_audio(daemon.workdir / "files" / f"timing-{warped}" / "Groove.wav")
+    live = LiveSet()
+    clip = live.add_audio_track("Groove").add_arrangement_clip(str(source), start_time=32.0)
+    if warped:  # the user pushed the file's 0.5 s point to beat 1.5, in Complex mode, and looped a part
+        clip.warp_mode = 4
+        clip.add_warp_marker(WarpMarker(1.5, 0.5))
+        clip.looping = True
+        clip.loop_start, clip.loop_end = 0.5, 3.0
+        clip.start_marker = 0.5
+    else:  # the user turned warping off and trimmed the clip to 0.25-1.75 s of the file
+        clip.warping = False
+        clip.start_marker, clip.end_marker = 0.25, 1.75
+        clip.loop_start, clip.loop_end = 0.25, 1.75
+    live.select_arrangement_clip(clip)
+    script = load_script(live, port(daemon))
+
+    script.surface.separate_selected_clip()
+    script.tick_until(lambda: script.shown("added "), "stem tracks added")
+
+    assert script.messages[-1] == "Flowstate: added drums, bass, other, vocals for 'Groove' (Arrangement, beat 32)"
+    for track in live.song.tracks[1:]:
+        [stem] = track.arrangement_clips
+        assert stem.start_time == 32.0
+        assert clip_timing(stem) == clip_timing(clip), track.name
 
 
 # -- Live 11.3.25+ and 12.0.x: Python 3.7 -------------------------------------------------------------
