@@ -40,7 +40,38 @@ def create_instance(c_instance: Any) -> Any:
         return FailedSurface(c_instance, traceback.format_exc())
 
 
-class FailedSurface:
+class LiveSurface:
+    """What Live calls on a control surface object, doing nothing: surfaces override what they use."""
+
+    def disconnect(self) -> None:
+        """Live unloads the script."""
+
+    def update_display(self) -> None:
+        """Live's timer, about every 100 ms."""
+
+    def refresh_state(self) -> None:
+        """Live asks for the state to be sent again."""
+
+    def build_midi_map(self, midi_map_handle: Any) -> None:
+        """Nothing forwarded: notes and CCs keep playing the tracks."""
+
+    def receive_midi(self, midi_bytes: Any) -> None:
+        """MIDI that `build_midi_map` forwarded."""
+
+    def connect_script_instances(self, instances: Any) -> None:
+        """Live introduces the other control surfaces; Flowstate works alone."""
+
+    def suggest_input_port(self) -> str:
+        return ""
+
+    def suggest_output_port(self) -> str:
+        return ""
+
+    def can_lock_to_devices(self) -> bool:
+        return False
+
+
+class FailedSurface(LiveSurface):
     """What Live gets when the script cannot load: it says so, and does nothing else."""
 
     def __init__(self, c_instance: Any, details: str) -> None:
@@ -64,27 +95,3 @@ class FailedSurface:
         if not self._shown:
             self._shown = True
             self._show()
-
-    def disconnect(self) -> None:
-        """Nothing to release."""
-
-    def refresh_state(self) -> None:
-        """Nothing to refresh."""
-
-    def build_midi_map(self, midi_map_handle: Any) -> None:
-        """No MIDI is forwarded: the user's pads keep playing their tracks."""
-
-    def receive_midi(self, midi_bytes: Any) -> None:
-        """Never called: nothing is forwarded."""
-
-    def connect_script_instances(self, instances: Any) -> None:
-        """Flowstate works alone."""
-
-    def suggest_input_port(self) -> str:
-        return ""
-
-    def suggest_output_port(self) -> str:
-        return ""
-
-    def can_lock_to_devices(self) -> bool:
-        return False

@@ -29,7 +29,7 @@ from typing import Any, Callable, TypeVar
 
 import Live  # Live's own module: present only inside Live (tests inject a simulation)
 
-from . import __version__
+from . import LiveSurface, __version__
 from .link import UNAVAILABLE, DaemonLink
 from .osc import OscArg
 from .placement import (
@@ -137,7 +137,7 @@ def _number(value: OscArg, digits: int = 0) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
-class FlowstateSurface:
+class FlowstateSurface(LiveSurface):
     """The object `create_instance` gives Live: Live calls its methods, the user presses MIDI."""
 
     def __init__(self, c_instance: Any) -> None:
@@ -256,18 +256,6 @@ class FlowstateSurface:
                 action()
         elif kind == 0xB0 and number in GAIN_CCS:
             self._gains[GAIN_CCS[number]] = cc_to_gain_db(value)  # a moving fader: latest value wins
-
-    def connect_script_instances(self, instances: Any) -> None:
-        """Live introduces the other control surfaces; Flowstate works alone."""
-
-    def suggest_input_port(self) -> str:
-        return ""
-
-    def suggest_output_port(self) -> str:
-        return ""
-
-    def can_lock_to_devices(self) -> bool:
-        return False
 
     # -- actions (MIDI, or another script) -------------------------------------------------------
 
