@@ -186,13 +186,12 @@ class FlowstateSurface(LiveSurface):
         missing = missing_live_calls()
         if missing:
             self._show(
-                f"script {__version__} loaded, but Live {live_version()} has no {' or '.join(missing)}: stems and loops "
-                f"are written to disk, not placed ({LIVE_WITH_AUDIO_CLIP_IMPORT} have them)"
+                f"script {__version__} loaded, but Live {live_version()} has no {' or '.join(missing)}: "
+                f"stems and loops are written to disk, not placed ({LIVE_WITH_AUDIO_CLIP_IMPORT} have them)"
             )
         else:
-            self._show(
-                f"script {__version__} loaded; daemon at {self._link.where}; controls on MIDI channel {MIDI_CHANNEL + 1}"
-            )
+            channel = MIDI_CHANNEL + 1
+            self._show(f"script {__version__} loaded; daemon at {self._link.where}; controls on MIDI channel {channel}")
 
     @_guarded
     def disconnect(self) -> None:

@@ -1,22 +1,23 @@
 """A simulated Live Object Model, faithful to the documented API the Remote Script uses.
 
-Built from Live's own API, not from our script: the Live 12 API dump (the `Live` module's classes
+Built from Live's own API, not from our script: a Live 12 API dump (the `Live` module's classes
 and Boost.Python signatures, e.g. `Track.create_audio_clip( (Track)arg1, (object)arg2, (float)arg3)
 -> Clip`, "Throws an error when called on a non-audio or a frozen track, when the specified time is
-outside the [0., 1576800.] range ..."), and Ableton's decompiled MIDI Remote Scripts
-(gluon/AbletonLive11_MIDIRemoteScripts, gluon/AbletonLive12_MIDIRemoteScripts): every script there
-gets the application with `Live.Application.get_application()` (`_Framework`'s
-`ControlSurface.application()` wraps it); the `c_instance` Live hands a script has `song()`,
-`handle()`, `show_message`, `log_message`, `request_rebuild_midi_map`, `send_midi`, and no
-`application()`.
+outside the [0., 1576800.] range ..."; `Clip.add_warp_marker( (Clip)self, (object)warp_marker)`;
+no delay on `Track`), and Ableton's decompiled scripts (gluon/AbletonLive11_MIDIRemoteScripts,
+`_Framework/ControlSurface.py`): `ControlSurface.application()` returns
+`Live.Application.get_application()`, while the `c_instance` Live hands a script serves `song()`,
+`show_message`, `log_message`, `request_rebuild_midi_map`, `handle()`; it has no `application()`.
 
 Live itself cannot run here, so this stands in for it: Application (with its view's
-`focused_document_view` and `get_major/minor/bugfix_version`), Song (tempo, time signature, transport, `current_song_time`, tracks,
+`focused_document_view` and `get_major/minor/bugfix_version`), Song (tempo, time signature,
+transport, `current_song_time`, tracks,
 scenes, the view's `selected_track` / `selected_scene` / `detail_clip` / `highlighted_clip_slot`,
 `create_audio_track`, `delete_track`), Track,
 ClipSlot, Clip and Scene, with Live's listener methods (`add_<prop>_listener`,
 `remove_<prop>_listener`, `<prop>_has_listener`), the `c_instance` a Remote Script receives, and
-Live's `Live` module (`Live.MidiMap.forward_midi_note/_cc`).
+Live's `Live` module (`Live.Application.get_application()`, `Live.MidiMap.forward_midi_note/_cc`,
+`Live.Track.Track`, `Live.ClipSlot.ClipSlot`).
 
 Where Live is strict, so is this: adding a listener twice or removing one that is not there
 raises; changing the set from inside a listener raises (Live: "Changes cannot be triggered by
@@ -172,7 +173,9 @@ class Clip:
     """Live.Clip.Clip. Audio clips have `warping`, `warp_mode`, `warp_markers` (read-only; changed with
     `add_warp_marker(WarpMarker)`, `remove_warp_marker(beat_time)`), `looping` ("Only Warped Audio
     Clips or MIDI Clip can be looped"), `loop_start/loop_end` and `start_marker/end_marker` (beats
-    when warped, seconds when not)."""
+    when warped, seconds when not). The dump documents these; the refusals below for a start after its
+    end, a second marker on one beat, or markers out of the sample's order are this simulation's
+    guess at Live's (it gives no messages for them)."""
 
     def __init__(self, parent: Any, name: str, file_path: str = "", *, is_audio: bool = True,
                  arrangement: bool = False, start_time: float = 0.0, length: float = 4.0,

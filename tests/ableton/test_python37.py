@@ -41,7 +41,8 @@ def test_every_module_of_the_script_imports_and_loads_under_python_37() -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["python"] == [3, 7]
-    expected = sorted(path.stem for path in Path(ableton_remote.__file__).parent.glob("*.py") if path.stem != "__init__")
+    folder = Path(ableton_remote.__file__).parent
+    expected = sorted(path.stem for path in folder.glob("*.py") if path.stem != "__init__")
     assert sorted(result["modules"]) == expected
     for version in ("11.3.25", "12.0.5"):
         assert result["shown"][version] == {
