@@ -509,9 +509,9 @@ class FlowstateSurface(LiveSurface):
     def _land_loop(self, track_name: str, path: str, tempo: object) -> None:
         """A new audio track with the loop, where the user is looking now."""
         song = self._c.song()
-        target = loop_target(song, _application())
-        missing = missing_loop_api(song, target)
-        try:
+        try:  # the job is already marked as landed (its job.done comes twice): every failure names the file
+            target = loop_target(song, _application())
+            missing = missing_loop_api(song, target)
             if missing is not None:
                 raise MissingApi(missing)
             place_loop(song, target, track_name, path)
