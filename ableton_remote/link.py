@@ -19,14 +19,16 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Callable, Sequence, Tuple
 
 from .osc import OscArg, OscError, OscMessage, decode_packet, encode_message
 
-OnReply = Callable[[tuple[OscArg, ...]], None]
+# Evaluated at import, so spelled with `typing`'s generics: Live 11 and 12.0 run Python 3.7, where
+# `tuple[...]` and `collections.abc.Callable[...]` raise TypeError (annotations are strings, fine).
+OnReply = Callable[[Tuple[OscArg, ...]], None]
 OnError = Callable[[str, str], None]  # (Protocol v1 code, message)
-OnEvent = Callable[[str, tuple[OscArg, ...]], None]  # (event name, args)
+OnEvent = Callable[[str, Tuple[OscArg, ...]], None]  # (event name, args)
 Log = Callable[[str], None]
 
 UNAVAILABLE = "unavailable"

@@ -1,7 +1,7 @@
 """A small OSC 1.0 codec for Live's embedded Python: standard library only.
 
-Live runs Remote Scripts in its own Python 3.11 with no third-party packages, so python-osc cannot
-be used inside Live. This module writes the same bytes python-osc writes for the types the daemon
+Live runs Remote Scripts in its own Python (3.7 in Live 11 and 12.0, 3.11 from 12.1) with no
+third-party packages, so python-osc cannot be used inside Live. This module writes the same bytes python-osc writes for the types the daemon
 speaks (int32, int64, float32, string, blob, True, False, nil) and reads messages and bundles
 (nested too; timetags are ignored, everything is handled at once). Malformed input raises
 `OscError` naming what was wrong; nothing here touches a socket.

@@ -5,9 +5,9 @@ Only documented Live Object Model calls are used: `Song.view.detail_clip`, `high
 `selected_track` and `selected_scene`, `Song.scenes`, `current_song_time`, `signature_numerator`
 and `signature_denominator`, `Application.view.focused_document_view`, `Clip.file_path`,
 `is_audio_clip`, `is_arrangement_clip`, `start_time`, `canonical_parent`, `Song.create_audio_track`,
-`Song.delete_track`, and, new in Live 12, `Track.create_audio_clip(file_path, position)`
-(Arrangement) and `ClipSlot.create_audio_clip(file_path)` (Session). The last two are checked
-before use, because older Lives lack them.
+`Song.delete_track`, and, new in Live 11.3.25 and 12.0.5, `Track.create_audio_clip(file_path,
+position)` (Arrangement) and `ClipSlot.create_audio_clip(file_path)` (Session). The last two are
+checked before use, because older Lives lack them.
 """
 
 from __future__ import annotations
@@ -16,11 +16,105 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 SESSION_VIEW = "Session"
-# The Live version that has both Track.create_audio_clip and ClipSlot.create_audio_clip.
-LIVE_WITH_AUDIO_CLIP_IMPORT = "Live 12.0.5"
+# The Lives that have both Track.create_audio_clip and ClipSlot.create_audio_clip.
+LIVE_WITH_AUDIO_CLIP_IMPORT = "Live 11.3.25+ and 12.0.5+"
+
+
+# The source clip's timing, copied onto each stem clip so that it plays in step with the source:
+# the stems have the source's length and sample rate, so its warp markers (beat time -> sample time
+# in seconds) and its markers (beats when warped, seconds when not) mean the same on them.
+TIMING_RANGES = (("loop_start", "loop_end"), ("start_marker", "end_marker"))
+
+
+@dataclass(frozen=True)
+class ClipTiming:
+    """Warping and markers of the source clip, read when the user asked (None: this Live lacks it)."""
+
+    warping: bool | None = None
+    warp_mode: Any = None
+    warp_markers: tuple[Any, ...] = ()  # Live's WarpMarker objects (beat_time, sample_time)
+    looping: bool | None = None
+    loop_start: float | None = None
+    loop_end: float | None = None
+    start_marker: float | None = None
+    end_marker: float | None = None
+
+
+def clip_timing(clip: Any) -> ClipTiming:
+    """The timing of a Live audio clip (`Clip.warping`, `warp_mode`, `warp_markers`, `looping`,
+    `loop_start/end`, `start/end_marker`), leaving out what this Live does not have."""
+
+    def number(name: str) -> float | None:
+        value = getattr(clip, name, None)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    warping = getattr(clip, "warping", None)
+    looping = getattr(clip, "looping", None)
+    return ClipTiming(
+        warping=None if warping is None else bool(warping),
+        warp_mode=getattr(clip, "warp_mode", None),
+        warp_markers=tuple(getattr(clip, "warp_markers", None) or ()),
+        looping=None if looping is None else bool(looping),
+        loop_start=number("loop_start"), loop_end=number("loop_end"),
+        start_marker=number("start_marker"), end_marker=number("end_marker"),
+    )
+
+
+def align_clip(clip: Any, timing: ClipTiming) -> list[str]:
+    """Give a new stem clip the source's warping, warp markers and markers; what Live refused.
+
+    Each step is tried on its own, so one refusal (e.g. a warp marker Live cannot place) leaves
+    the others done; the caller tells the user which to set by hand.
+    """
+    refused: list[str] = []
+
+    def attempt(what: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as err:  # Live raises RuntimeError, ArgumentError...: report each
+            refused.append(f"{what}: {type(err).__name__}: {err}")
+
+    if timing.warping is not None:
+        attempt("warping", lambda: setattr(clip, "warping", timing.warping))
+    if timing.warping:
+        if timing.warp_mode is not None:
+            attempt("warp mode", lambda: setattr(clip, "warp_mode", timing.warp_mode))
+        if timing.warp_markers:
+            attempt("warp markers", lambda: _copy_warp_markers(clip, timing.warp_markers))
+    if timing.looping is not None:
+        attempt("loop switch", lambda: setattr(clip, "looping", timing.looping))
+    for start_name, end_name in TIMING_RANGES:
+        start, end = getattr(timing, start_name), getattr(timing, end_name)
+        if start is not None and end is not None:
+            attempt(f"{start_name}/{end_name}", lambda s=start_name, e=end_name, a=start, b=end: _set_range(
+                clip, s, e, a, b))
+    return refused
+
+
+def _set_range(clip: Any, start_name: str, end_name: str, start: float, end: float) -> None:
+    """Set a (start, end) pair without ever making start >= end, which Live refuses."""
+    if start >= float(getattr(clip, end_name)):
+        setattr(clip, end_name, end)
+        setattr(clip, start_name, start)
+    else:
+        setattr(clip, start_name, start)
+        setattr(clip, end_name, end)
+
+
+def _copy_warp_markers(clip: Any, markers: Sequence[Any]) -> None:
+    """The new clip's warp markers become the source's (Live's WarpMarker objects, which
+    `Clip.add_warp_marker` takes; it refuses a dict from a Remote Script)."""
+    wanted = {(float(m.beat_time), float(m.sample_time)) for m in markers}
+    for marker in list(clip.warp_markers):
+        if (float(marker.beat_time), float(marker.sample_time)) not in wanted:
+            clip.remove_warp_marker(marker.beat_time)
+    present = {(float(m.beat_time), float(m.sample_time)) for m in clip.warp_markers}
+    for marker in markers:
+        if (float(marker.beat_time), float(marker.sample_time)) not in present:
+            clip.add_warp_marker(marker)
 
 
 class PlacementError(Exception):
@@ -37,6 +131,7 @@ class ClipTarget:
     in_arrangement: bool
     start_time: float = 0.0  # beats from the song start (Arrangement clips)
     scene_index: int = -1  # row in Session view (Session clips)
+    timing: ClipTiming = ClipTiming()  # the clip's warping and markers, for the stems
 
     @property
     def where(self) -> str:
@@ -49,6 +144,7 @@ class ClipTarget:
 class PlacementReport:
     created: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (stem, why)
+    unaligned: list[tuple[str, str]] = field(default_factory=list)  # (stem, what Live refused of the timing)
 
 
 def _index_of(items: Sequence[Any], wanted: Any) -> int:
@@ -90,10 +186,13 @@ def selected_clip(song: Any, application: Any) -> ClipTarget:
     if not file_path:
         raise PlacementError(f"'{name}' has no audio file on disk to separate")
     parent = clip.canonical_parent
+    timing = clip_timing(clip)
     if _is_arrangement_clip(clip):
-        return ClipTarget(name, file_path, parent, in_arrangement=True, start_time=float(clip.start_time))
+        return ClipTarget(name, file_path, parent, in_arrangement=True, start_time=float(clip.start_time),
+                          timing=timing)
     track = parent.canonical_parent
-    return ClipTarget(name, file_path, track, in_arrangement=False, scene_index=_index_of(track.clip_slots, parent))
+    return ClipTarget(name, file_path, track, in_arrangement=False, scene_index=_index_of(track.clip_slots, parent),
+                      timing=timing)
 
 
 def missing_api(song: Any, target: ClipTarget) -> str | None:
@@ -115,7 +214,8 @@ def stems_folder(paths: Mapping[str, str]) -> str:
 
 def place_stems(song: Any, target: ClipTarget, paths: Mapping[str, str]) -> PlacementReport:
     """One new audio track per stem, named after it, right after the clip's track, with the stem
-    where the clip was: same start in the Arrangement, same scene in Session view.
+    where the clip was: same start in the Arrangement, same scene in Session view, and the clip's
+    warping, warp markers and markers (`align_clip`), so the stems play in step with it.
 
     Call only from Live's timer or a user action (Live forbids changing the set from a listener).
     A stem that fails is reported and the others still go in.
@@ -129,13 +229,15 @@ def place_stems(song: Any, target: ClipTarget, paths: Mapping[str, str]) -> Plac
             track = song.tracks[index]
             track.name = stem
             if target.in_arrangement:
-                track.create_audio_clip(path, target.start_time)
+                clip = track.create_audio_clip(path, target.start_time)
             else:
-                track.clip_slots[target.scene_index].create_audio_clip(path)
+                clip = track.clip_slots[target.scene_index].create_audio_clip(path)
         except Exception as err:  # Live raises RuntimeError, ArgumentError, IndexError...: report each
             report.failed.append((stem, f"{type(err).__name__}: {err}"))
             continue
         report.created.append(stem)
+        for why in align_clip(clip, target.timing) if clip is not None else ["Live returned no clip"]:
+            report.unaligned.append((stem, why))
     return report
 
 
@@ -189,7 +291,7 @@ class MissingApi(PlacementError):
     """This Live lacks a call the placement needs (`call`, e.g. "Track.create_audio_clip")."""
 
     def __init__(self, call: str) -> None:
-        super().__init__(f"this Live has no {call} ({LIVE_WITH_AUDIO_CLIP_IMPORT} or later has it)")
+        super().__init__(f"this Live has no {call} ({LIVE_WITH_AUDIO_CLIP_IMPORT} have it)")
         self.call = call
 
 

@@ -6,7 +6,8 @@ sockets, handles replies and events, and sends what changed since the last tick.
 blocking calls, and no exception ever reaches Live: every entry point logs to Live's Log.txt and
 says what went wrong in the status bar.
 
-MIDI on the input port chosen for "Flowstate" in Live's settings (channel and numbers below):
+MIDI on the input port chosen for "Flowstate" in Live's settings, on MIDI_CHANNEL (channel 16 by
+default, which drum pads and keyboards do not send on, so the script takes no pad from a track):
 note NOTE_SEPARATE separates the selected clip, NOTE_STREAM_START / NOTE_STREAM_STOP start and
 stop live stems, NOTE_GENERATE generates a loop (GENERATE_PRESET, GENERATE_BARS bars at Live's
 tempo), and the CCs in GAIN_CCS set a stem's gain (0..127 -> GAIN_MIN_DB..GAIN_MAX_DB).
@@ -21,13 +22,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import Live  # Live's own module: present only inside Live (tests inject a simulation)
 
+from . import LiveSurface, __version__
 from .link import UNAVAILABLE, DaemonLink
 from .osc import OscArg
 from .placement import (
@@ -50,7 +52,9 @@ DAEMON_HOST = "127.0.0.1"  # where `flowstate up` listens (osc.host in its confi
 DAEMON_PORT = 9010  # osc.udp_port
 LISTEN_HOST = "127.0.0.1"  # where this script receives events; the daemon must be able to reach it
 
-MIDI_CHANNEL = 0  # 0 = MIDI channel 1 ... 15 = channel 16
+# 0 = MIDI channel 1 ... 15 = channel 16. Channel 16 by default: pads and keyboards send on channel 1
+# (a drum rack's kick is note 36 there), and a forwarded note no longer reaches the track.
+MIDI_CHANNEL = 15
 NOTE_SEPARATE = 36  # C1 in Live's note names: separate the selected clip into stem tracks
 NOTE_STREAM_START = 37  # C#1: start live stems
 NOTE_STREAM_STOP = 38  # D1: stop live stems
@@ -77,6 +81,8 @@ GENERATE_KIND = "generate"  # the "kind" of a generate job's result
 MAX_REMEMBERED_JOBS = 256  # loops already placed, by job id (each job.done may arrive twice)
 SONG_PROPERTIES = ("tempo", "signature_numerator", "signature_denominator", "is_playing")
 
+# `typing.Callable`, not `collections.abc.Callable`: the bound is evaluated at import, and Live 11
+# and 12.0 run Python 3.7, where subscripting the latter raises TypeError.
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -101,11 +107,37 @@ def _guarded(method: Method) -> Method:
     return guarded  # type: ignore[return-value]
 
 
+def _application() -> Any:
+    """Live's Application: `Live.Application.get_application()`, as every Remote Script gets it
+    (Live's `c_instance` has no `application()`; `_Framework`'s ControlSurface wraps this call)."""
+    return Live.Application.get_application()
+
+
+def live_version() -> str:
+    """The running Live's version, e.g. "12.1.5"."""
+    app = _application()
+    return f"{app.get_major_version()}.{app.get_minor_version()}.{app.get_bugfix_version()}"
+
+
+# (Live class, method) that placing stems and loops needs; Live 11.3.25 and 12.0.5 added both.
+PLACEMENT_CALLS = (("Track", "create_audio_clip"), ("ClipSlot", "create_audio_clip"))
+
+
+def missing_live_calls() -> list[str]:
+    """The calls in PLACEMENT_CALLS this Live lacks, as "Track.create_audio_clip"."""
+    missing = []
+    for module_name, method in PLACEMENT_CALLS:
+        cls = getattr(getattr(Live, module_name, None), module_name, None)  # e.g. Live.Track.Track
+        if cls is None or not hasattr(cls, method):
+            missing.append(f"{module_name}.{method}")
+    return missing
+
+
 def _number(value: OscArg, digits: int = 0) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
-class FlowstateSurface:
+class FlowstateSurface(LiveSurface):
     """The object `create_instance` gives Live: Live calls its methods, the user presses MIDI."""
 
     def __init__(self, c_instance: Any) -> None:
@@ -123,6 +155,7 @@ class FlowstateSurface:
         self._register_in_flight = False
         self._next_register = 0.0
         self._told_offline = False
+        self._version_checked = False
         self._connect()
 
     # -- Live's interface ------------------------------------------------------------------------
@@ -138,8 +171,27 @@ class FlowstateSurface:
         for name in SONG_PROPERTIES:
             getattr(song, f"add_{name}_listener")(self._on_song_change)
             self._song_listened.append(name)
-        self._log(f"talking to the daemon at {self._link.where}, events on port {self._link.event_port}")
+        self._announce()
         self._register()
+
+    def _announce(self) -> None:
+        """Say which script runs where, and what this Live cannot do, once at load."""
+        folder = os.path.dirname(os.path.abspath(__file__))
+        python = "{}.{}.{}".format(*sys.version_info[:3])
+        self._log(
+            f"Flowstate {__version__} loaded from {folder} in Live {live_version()} (Python {python}); "
+            f"talking to the daemon at {self._link.where}, events on port {self._link.event_port}; "
+            f"controls on MIDI channel {MIDI_CHANNEL + 1}"
+        )
+        missing = missing_live_calls()
+        if missing:
+            self._show(
+                f"script {__version__} loaded, but Live {live_version()} has no {' or '.join(missing)}: "
+                f"stems and loops are written to disk, not placed ({LIVE_WITH_AUDIO_CLIP_IMPORT} have them)"
+            )
+        else:
+            channel = MIDI_CHANNEL + 1
+            self._show(f"script {__version__} loaded; daemon at {self._link.where}; controls on MIDI channel {channel}")
 
     @_guarded
     def disconnect(self) -> None:
@@ -204,25 +256,13 @@ class FlowstateSurface:
         elif kind == 0xB0 and number in GAIN_CCS:
             self._gains[GAIN_CCS[number]] = cc_to_gain_db(value)  # a moving fader: latest value wins
 
-    def connect_script_instances(self, instances: Any) -> None:
-        """Live introduces the other control surfaces; Flowstate works alone."""
-
-    def suggest_input_port(self) -> str:
-        return ""
-
-    def suggest_output_port(self) -> str:
-        return ""
-
-    def can_lock_to_devices(self) -> bool:
-        return False
-
     # -- actions (MIDI, or another script) -------------------------------------------------------
 
     @_guarded
     def separate_selected_clip(self) -> None:
         """Send the selected audio clip's file to `stems.separate`; stems come back as tracks."""
         try:
-            target = selected_clip(self._c.song(), self._c.application())
+            target = selected_clip(self._c.song(), _application())
         except PlacementError as err:
             self._show(str(err))
             return
@@ -299,6 +339,27 @@ class FlowstateSurface:
         if self._told_offline:
             self._told_offline = False
             self._show(f"connected to the daemon at {self._link.where}")
+        if not self._version_checked:
+            self._version_checked = True
+            self._check_version(args[4] if len(args) > 4 else None)
+
+    def _check_version(self, daemon_version: OscArg) -> None:
+        """The handshake: the daemon's version (in the register reply) against this script's.
+
+        `install-ableton` copies the script once; upgrading flowstate leaves the old copy in Live's
+        User Library until it is run again. Either side may be the stale one: the message names both.
+        """
+        if daemon_version == __version__:
+            self._log(f"the daemon at {self._link.where} is Flowstate {daemon_version}, as this script")
+            return
+        folder = os.path.dirname(os.path.abspath(__file__))
+        daemon = "too old to say its version" if daemon_version is None else f"Flowstate {daemon_version}"
+        text = (
+            f"the script in {folder} is Flowstate {__version__}, the daemon at {self._link.where} is {daemon}: "
+            "run `flowstate install-ableton` with the daemon's flowstate, then restart Live"
+        )
+        self._log(text)
+        self._show(text)
 
     def _register_failed(self, code: str, message: str) -> None:
         self._register_in_flight = False
@@ -345,8 +406,18 @@ class FlowstateSurface:
         self._show(f"generating '{label}': queued")
 
     def _stream_started(self, args: tuple[OscArg, ...]) -> None:
-        round_trip, latency = (list(args) + [None, None])[:2]
-        self._show(f"live stems running: latency {_number(latency)} ms, round trip {_number(round_trip)} ms")
+        """The stream runs: show the exact round trip to type into Live's Track Delay.
+
+        A Remote Script cannot set it: Live's object model has no track delay (the Track class of
+        Live 11 and 12 lists none; the set file's TrackDelay is not exposed).
+        """
+        round_trip, latency, _, frames, sample_rate = (list(args) + [None] * 5)[:5]
+        text = f"live stems running: latency {_number(latency)} ms, round trip {_number(round_trip, 1)} ms"
+        if isinstance(round_trip, (int, float)):
+            text += f"; Track Delay of the track playing the stems: -{_number(round_trip, 1)} ms"
+            if isinstance(frames, int) and isinstance(sample_rate, int):
+                text += f" (-{frames} samples at {sample_rate} Hz)"
+        self._show(text)
 
     def _stream_error(self, what: str) -> Callable[[str, str], None]:
         return lambda code, message: self._show(f"live stems {what}: {code}: {message}")
@@ -438,16 +509,16 @@ class FlowstateSurface:
     def _land_loop(self, track_name: str, path: str, tempo: object) -> None:
         """A new audio track with the loop, where the user is looking now."""
         song = self._c.song()
-        target = loop_target(song, self._c.application())
-        missing = missing_loop_api(song, target)
-        try:
+        try:  # the job is already marked as landed (its job.done comes twice): every failure names the file
+            target = loop_target(song, _application())
+            missing = missing_loop_api(song, target)
             if missing is not None:
                 raise MissingApi(missing)
             place_loop(song, target, track_name, path)
         except MissingApi as err:
             self._show(
                 f"generated '{track_name}' is at {path}, but this Live has no {err.call} "
-                f"({LIVE_WITH_AUDIO_CLIP_IMPORT} or later has it): drag it in from the browser"
+                f"({LIVE_WITH_AUDIO_CLIP_IMPORT} have it): drag it in from the browser"
             )
             return
         except Exception as err:  # Live refused the clip (its message says why); the file is kept
@@ -474,7 +545,7 @@ class FlowstateSurface:
         if missing is not None:
             self._show(
                 f"stems of '{target.clip_name}' are in {stems_folder(paths)}, but this Live has no {missing} "
-                f"({LIVE_WITH_AUDIO_CLIP_IMPORT} or later has it): drag them in from the browser"
+                f"({LIVE_WITH_AUDIO_CLIP_IMPORT} have it): drag them in from the browser"
             )
             return
         report = place_stems(song, target, {str(stem): str(path) for stem, path in paths.items()})
@@ -485,6 +556,14 @@ class FlowstateSurface:
             self._show(
                 f"added {len(report.created)} of {len(paths)} stems of '{target.clip_name}'; "
                 f"{stem}: {why} (files in {stems_folder(paths)})"
+            )
+        elif report.unaligned:
+            for stem, why in report.unaligned:
+                self._log(f"stem {stem} of '{target.clip_name}': Live refused the clip's {why}")
+            stem, why = report.unaligned[0]
+            self._show(
+                f"added {', '.join(report.created)} for '{target.clip_name}' ({target.where}), but Live refused "
+                f"the clip's {why} on {stem}: set it on the stems by hand to keep them in step"
             )
         else:
             self._show(f"added {', '.join(report.created)} for '{target.clip_name}' ({target.where})")

@@ -84,8 +84,9 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("job.canceled", ("id",), "A job was canceled; the outputs it had written were removed."),
         EventSpec("daemon.stopping", ("reason",), "The daemon is shutting down; reconnect when it is back."),
         EventSpec(
-            "stream.started", ("round_trip_ms", "latency_ms", "stems"),
-            "A live stream started; type round_trip_ms into your DAW's delay compensation.",
+            "stream.started", ("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate"),
+            "A live stream started; type round_trip_ms (round_trip_frames at sample_rate) into your DAW's "
+            "delay compensation.",
         ),
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
     )
@@ -120,14 +121,16 @@ def status(ctx: CallContext) -> Result:
     help="Add (sender's host, port) as a listener: it gets every event and copies of its host's replies. "
     "Register again within ttl_seconds (daemon.listener_ttl_seconds) to keep it; only the registering "
     "socket or the listener itself may unregister it.",
-    returns=("host", "port", "listeners", "ttl_seconds"),
+    returns=("host", "port", "listeners", "ttl_seconds", "version"),
 )
 def register(ctx: CallContext, port: int) -> Result:
     host = _listener_host(ctx)
     hub = ctx.daemon.hub
     owner, owner_text = _owner(ctx)
     added = hub.register(host, port, owner, owner_text)
-    return {"host": host, "port": port, "added": added, "listeners": len(hub.listeners()), "ttl_seconds": hub.ttl_seconds}
+    # The daemon's version: a client installed from another release (Live's Remote Script) says so.
+    return {"host": host, "port": port, "added": added, "listeners": len(hub.listeners()),
+            "ttl_seconds": hub.ttl_seconds, "version": __version__}
 
 
 @command(
@@ -189,7 +192,7 @@ def commands(ctx: CallContext, name: str) -> Result:
         default=""),
     Arg("overrides", dict, "Other stream.* settings for this run, e.g. {\"hop_seconds\": 0.5}.", default=None),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
-    returns=("round_trip_ms", "latency_ms", "stems"),
+    returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate"),
 )
 async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None) -> Result:
     settings = dict(overrides or {})
@@ -201,7 +204,8 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
     # Loading a model and opening a device take seconds: off the event loop.
     status = await asyncio.to_thread(ctx.daemon.streams.start, settings)
     ctx.daemon.hub.publish(
-        "stream.started", round_trip_ms=status["round_trip_ms"], latency_ms=status["latency_ms"], stems=status["stems"]
+        "stream.started", round_trip_ms=status["round_trip_ms"], latency_ms=status["latency_ms"], stems=status["stems"],
+        round_trip_frames=status["round_trip_frames"], sample_rate=status["sample_rate"],
     )
     return status
 

@@ -22,6 +22,7 @@ from bridge.client import Client
 from bridge.testing import DaemonProcess, build_tiny_musicgen
 from tests.ableton.conftest import LoadedScript
 from tests.ableton.live_sim import LiveSet
+from tests.ableton.py37 import OldLive
 
 Load = Callable[[LiveSet, int], LoadedScript]
 OFFLINE = {"HF_HUB_OFFLINE": "1"}  # no hub here: a hub name fails at once instead of retrying
@@ -124,26 +125,23 @@ def test_a_loop_generated_elsewhere_lands_in_the_selected_scene_of_session_view(
     )
 
 
-@pytest.mark.parametrize(("view", "missing"), [("arrangement", "Track.create_audio_clip"),
-                                               ("session", "ClipSlot.create_audio_clip")])
+@pytest.mark.parametrize(("version", "view", "missing"), [("11.3.24", "arrangement", "Track.create_audio_clip"),
+                                                          ("12.0.4", "session", "ClipSlot.create_audio_clip")])
 def test_a_live_without_audio_clip_import_says_where_the_loop_is(
-    daemon: DaemonProcess, load_script: Load, view: str, missing: str
+    daemon: DaemonProcess, version: str, view: str, missing: str
 ) -> None:
-    live = LiveSet(version=11)
-    live.add_audio_track("Guitar")
-    if view == "session":
-        live.select_scene(0)
-    script = load_in_step(live, daemon, load_script)
+    # Live 11 and 12.0 run Python 3.7: the script runs there, in a simulated Live of that version.
+    with OldLive(version, daemon.osc_udp[1], tracks=["Guitar"], view=view, until=["generated '"]) \
+            as live:
+        result = generate_elsewhere(daemon, {"prompt": "bright arp", "bars": 1, "tempo": 240.0})
+        shown = live.result()
 
-    result = generate_elsewhere(daemon, {"prompt": "bright arp", "bars": 1, "tempo": 240.0})
-    script.tick_until(lambda: script.shown("this Live has no"), "the missing API reported")
-
-    assert script.messages[-1] == (
+    assert shown["messages"][-1] == (
         f"Flowstate: generated 'Bright arp (1 bars, 240 BPM)' is at {result['path']}, but this Live has no "
-        f"{missing} (Live 12.0.5 or later has it): drag it in from the browser"
+        f"{missing} (Live 11.3.25+ and 12.0.5+ have it): drag it in from the browser"
     )
     assert Path(result["path"]).is_file()
-    assert [track.name for track in live.song.tracks] == ["Guitar"]  # no empty track left behind
+    assert [track["name"] for track in shown["tracks"]] == ["Guitar"]  # no empty track left behind
 
 
 # -- the script's own note ------------------------------------------------------------------------
@@ -160,7 +158,7 @@ def test_the_generate_note_makes_a_loop_at_lives_tempo_and_it_lands_once(
     script = load_in_step(live, daemon, load_script)
     jobs_before = {job["id"] for job in call(daemon, "job.list")["jobs"]}
 
-    script.surface.receive_midi((0x90, surface_module.NOTE_GENERATE, 100))  # the pad, as Live forwards it
+    script.surface.receive_midi((0x9F, surface_module.NOTE_GENERATE, 100))  # the pad on channel 16, as Live forwards it
     assert script.messages[-1] == "Flowstate: generating 'keys', 1 bar at Live's tempo..."
     script.tick_until(lambda: script.shown("added "), "the loop placed")
     [job] = [job for job in call(daemon, "job.list")["jobs"] if job["id"] not in jobs_before]

@@ -7,6 +7,7 @@ Time is driven the way Live drives it: `update_display()` is called in a loop (L
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,14 @@ import numpy as np
 import pytest
 import soundfile
 
+import bridge
 from ableton_remote import surface as surface_module
 from ableton_remote.surface import cc_to_gain_db
 from bridge.client import Client
 from bridge.testing import DaemonProcess, tiny_htdemucs_repo
 from tests.ableton.conftest import LoadedScript
-from tests.ableton.live_sim import LiveSet, MidiMapHandle
+from tests.ableton.live_sim import LiveSet, MidiMapHandle, WarpMarker
+from tests.ableton.py37 import run_old_live
 
 STEMS = ["drums", "bass", "other", "vocals"]
 Load = Callable[[LiveSet, int], LoadedScript]
@@ -72,7 +75,7 @@ def test_an_arrangement_clip_becomes_one_track_per_stem_at_its_start(daemon: Dae
     live.select_arrangement_clip(drums.add_arrangement_clip(str(source), start_time=16.0))
     script = load_script(live, port(daemon))
 
-    script.surface.receive_midi((0x90, surface_module.NOTE_SEPARATE, 100))  # the pad, as Live forwards it
+    script.surface.receive_midi((0x9F, surface_module.NOTE_SEPARATE, 100))  # the pad on channel 16, as Live forwards it
     script.tick_until(lambda: script.shown("added "), "stem tracks added")
 
     song = live.song
@@ -110,31 +113,86 @@ def test_a_session_clip_gets_its_stems_in_the_same_scene(daemon: DaemonProcess, 
     assert script.messages[-1].endswith("for 'vox' (Session, scene 3)")
 
 
-@pytest.mark.parametrize(("view", "missing"), [("arrangement", "Track.create_audio_clip"),
-                                               ("session", "ClipSlot.create_audio_clip")])
-def test_a_live_without_audio_clip_import_says_so_and_where_the_stems_are(
-    daemon: DaemonProcess, load_script: Load, view: str, missing: str
+def clip_timing(clip: Any) -> tuple[Any, ...]:
+    return (clip.warping, clip.warp_mode, clip.warp_markers, clip.looping, clip.loop_start, clip.loop_end,
+            clip.start_marker, clip.end_marker)
+
+
+@pytest.mark.parametrize("warped", [True, False], ids=["warped", "unwarped"])
+def test_stem_clips_keep_the_source_clips_warping_and_markers(
+    daemon: DaemonProcess, load_script: Load, warped: bool
 ) -> None:
-    source = write_audio(daemon.workdir / "files" / f"old-{view}" / "take.wav")
-    live = LiveSet(version=11)
-    track = live.add_audio_track("Guitar")
-    if view == "arrangement":
-        live.select_arrangement_clip(track.add_arrangement_clip(str(source), start_time=4.0))
-    else:
-        track.add_session_clip(0, str(source))
-        live.select_session_slot(track.clip_slots[0])
+    source = write_audio(daemon.workdir / "files" / f"timing-{warped}" / "Groove.wav")
+    live = LiveSet()
+    clip = live.add_audio_track("Groove").add_arrangement_clip(str(source), start_time=32.0)
+    if warped:  # the user pushed the file's 0.5 s point to beat 1.5, in Complex mode, and looped a part
+        clip.warp_mode = 4
+        clip.add_warp_marker(WarpMarker(1.5, 0.5))
+        clip.looping = True
+        clip.loop_start, clip.loop_end = 0.5, 3.0
+        clip.start_marker = 0.5
+    else:  # the user turned warping off and trimmed the clip to 0.25-1.75 s of the file
+        clip.warping = False
+        clip.start_marker, clip.end_marker = 0.25, 1.75
+        clip.loop_start, clip.loop_end = 0.25, 1.75
+    live.select_arrangement_clip(clip)
     script = load_script(live, port(daemon))
 
     script.surface.separate_selected_clip()
-    script.tick_until(lambda: script.shown("this Live has no"), "the missing API reported")
+    script.tick_until(lambda: script.shown("added "), "stem tracks added")
+
+    assert script.messages[-1] == "Flowstate: added drums, bass, other, vocals for 'Groove' (Arrangement, beat 32)"
+    for track in live.song.tracks[1:]:
+        [stem] = track.arrangement_clips
+        assert stem.start_time == 32.0
+        assert clip_timing(stem) == clip_timing(clip), track.name
+
+
+# -- Live 11.3.25+ and 12.0.x: Python 3.7 -------------------------------------------------------------
+
+
+def stems_of(tracks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {track["name"]: track for track in tracks if track["name"] in STEMS}
+
+
+@pytest.mark.parametrize(("version", "view"), [("11.3.25", "arrangement"), ("12.0.5", "session")])
+def test_in_live_11_and_12_0_the_pad_separates_the_clip_into_stem_tracks(
+    daemon: DaemonProcess, version: str, view: str
+) -> None:
+    source = write_audio(daemon.workdir / "files" / f"py37-{version}" / "Riff.wav")
+    clip = {"view": view, "file": str(source), "start": 8.0, "scene": 1}
+    result = run_old_live(version, port(daemon), tracks=["Guitar", "Keys"], clip=clip,
+                          press=surface_module.NOTE_SEPARATE, until=["added ", "failed", "cannot", "internal error"])
+
+    where = "Arrangement, beat 8" if view == "arrangement" else "Session, scene 2"
+    assert result["messages"][-1] == f"Flowstate: added drums, bass, other, vocals for 'Riff' ({where})"
+    assert [track["name"] for track in result["tracks"]] == ["Guitar", *STEMS, "Keys"]
+    folder = source.parent / "stems" / "Riff"
+    for stem, track in stems_of(result["tracks"]).items():
+        if view == "arrangement":
+            assert track["arrangement"] == [[str(folder / f"{stem}.wav"), 8.0]]
+        else:
+            assert track["slots"] == [None, str(folder / f"{stem}.wav"), None, None]
+    assert not any("internal error" in m for m in result["messages"]), result["log"]
+
+
+@pytest.mark.parametrize(("version", "view", "missing"), [("11.3.24", "arrangement", "Track.create_audio_clip"),
+                                                          ("12.0.4", "session", "ClipSlot.create_audio_clip")])
+def test_a_live_without_audio_clip_import_says_so_and_where_the_stems_are(
+    daemon: DaemonProcess, version: str, view: str, missing: str
+) -> None:
+    source = write_audio(daemon.workdir / "files" / f"old-{version}" / "take.wav")
+    clip = {"view": view, "file": str(source), "start": 4.0, "scene": 0}
+    result = run_old_live(version, port(daemon), tracks=["Guitar"], clip=clip, press=surface_module.NOTE_SEPARATE,
+                          until=["this Live has no", "failed", "cannot"])
 
     folder = source.parent / "stems" / "take"
-    assert script.messages[-1] == (
+    assert result["messages"][-1] == (
         f"Flowstate: stems of 'take' are in {folder}, but this Live has no {missing} "
-        "(Live 12.0.5 or later has it): drag them in from the browser"
+        "(Live 11.3.25+ and 12.0.5+ have it): drag them in from the browser"
     )
     assert sorted(path.stem for path in folder.iterdir()) == sorted(STEMS)
-    assert [t.name for t in live.song.tracks] == ["Guitar"]  # no empty tracks left behind
+    assert [t["name"] for t in result["tracks"]] == ["Guitar"]  # no empty tracks left behind
 
 
 @pytest.mark.parametrize(
@@ -175,7 +233,7 @@ def test_without_an_audio_clip_selected_it_says_what_to_select(
     if selection == "midi":
         live.select_arrangement_clip(track.add_arrangement_clip("", start_time=0.0, name="Chords", audio=False))
     script = load_script(live, port(daemon))
-    script.surface.receive_midi((0x90, surface_module.NOTE_SEPARATE, 64))
+    script.surface.receive_midi((0x9F, surface_module.NOTE_SEPARATE, 64))
     assert script.messages[-1] == "Flowstate: " + message
 
 
@@ -200,6 +258,33 @@ def test_a_live_error_inside_the_script_is_shown_and_logged_never_raised(daemon:
     live.c_instance.messages.clear()  # seen; the script goes on working
     live.song.tempo = 101.0
     script.tick_until(lambda: call(daemon, "daw.status")["tempo"] == 101.0, "tempo after the error")
+
+
+# -- announcement and version handshake ----------------------------------------------------------
+
+
+def test_the_script_announces_itself_and_names_a_stale_copy(
+    daemon: DaemonProcess, load_script: Load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = f"127.0.0.1:{port(daemon)}"
+    folder = Path(surface_module.__file__).resolve().parent
+    live = LiveSet()
+    script = load_script(live, port(daemon))
+    assert script.messages == [f"Flowstate: script {bridge.__version__} loaded; daemon at {where}; "
+                               "controls on MIDI channel 16"]
+    assert live.c_instance.log[0].startswith(f"Flowstate: Flowstate {bridge.__version__} loaded from {folder} "
+                                             f"in Live 12.1.5 (Python {sys.version_info[0]}.{sys.version_info[1]}.")
+    script.tick_until(lambda: any(" is Flowstate " in line for line in live.c_instance.log), "the handshake")
+    assert f"Flowstate: the daemon at {where} is Flowstate {bridge.__version__}, as this script" in live.c_instance.log
+    assert len(script.messages) == 1  # the same version: nothing more to say
+
+    monkeypatch.setattr(surface_module, "__version__", "0.0.9")  # a copy installed by an older flowstate
+    stale = load_script(LiveSet(), port(daemon))
+    stale.tick_until(lambda: stale.shown("install-ableton"), "the stale copy named")
+    assert stale.messages[-1] == (
+        f"Flowstate: the script in {folder} is Flowstate 0.0.9, the daemon at {where} is Flowstate "
+        f"{bridge.__version__}: run `flowstate install-ableton` with the daemon's flowstate, then restart Live"
+    )
 
 
 # -- the set's musical state ---------------------------------------------------------------------
@@ -236,8 +321,14 @@ def test_midi_map_forwards_the_documented_notes_and_ccs(daemon: DaemonProcess, l
     script.surface.build_midi_map(handle)
     me = live.c_instance.handle()
     channel = surface_module.MIDI_CHANNEL
+    assert channel == 15  # MIDI channel 16: a drum pad's kick (channel 1, note 36) still plays its track
     assert handle.notes == [(me, channel, note) for note in (36, 37, 38, 39)]
     assert handle.ccs == [(me, channel, cc) for cc in (20, 21, 22, 23)]
+    shown = list(script.messages)
+    script.surface.receive_midi((0x90, 36, 100))  # a kick on channel 1: the drum track's, not ours
+    script.surface.receive_midi((0xB0, 20, 0))
+    script.tick(3)
+    assert script.messages == shown
     assert (cc_to_gain_db(0), cc_to_gain_db(127)) == (-60.0, 6.0)
     assert cc_to_gain_db(64) == pytest.approx(-60.0 + 66.0 * 64 / 127, abs=0.01)
 
@@ -248,20 +339,20 @@ def test_stream_controls_send_their_commands_and_show_the_daemons_answers(
     live = LiveSet()
     script = load_script(live, port(daemon))
 
-    script.surface.receive_midi((0x90, surface_module.NOTE_STREAM_START, 127))
+    script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_START, 127))
     assert script.messages[-1] == "Flowstate: starting live stems (the first start loads the model)..."
     # No sound card here: the daemon loads the model, fails to open a device, and says so.
     script.tick_until(lambda: script.shown("live stems did not start"), "stream.start answered", timeout=120)
     assert script.messages[-1].startswith("Flowstate: live stems did not start: unavailable: cannot open audio device")
 
-    script.surface.receive_midi((0xB0, 23, 127))  # the vocals fader, all the way up
-    script.surface.receive_midi((0xB1, 23, 0))  # another channel: not ours
+    script.surface.receive_midi((0xBF, 23, 127))  # the vocals fader on channel 16, all the way up
+    script.surface.receive_midi((0xB0, 23, 0))  # channel 1: a controller's own knob, not ours
     script.tick_until(lambda: script.shown("gain not set"), "stream.set answered")
     assert script.messages[-1] == (
         "Flowstate: live stems vocals gain not set: unavailable: stream.set: no stream is running; stream.start one first"
     )
 
-    script.surface.receive_midi((0x90, surface_module.NOTE_STREAM_STOP, 90))
+    script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 90))
     script.tick_until(lambda: script.messages[-1] == "Flowstate: live stems stopped", "stream.stop answered")
 
 

@@ -1,0 +1,54 @@
+"""Live stems started from the pad: the status bar gives the exact Track Delay to type.
+
+A Remote Script cannot set a track's delay (Live's object model has none), so the script shows the
+daemon's round trip in ms and in samples. A real stream runs here: the daemon on JACK's dummy
+backend with a tiny HTDemucs whose stems add up to its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ableton_remote import surface as surface_module
+from bridge.client import Client
+from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from tests.ableton.conftest import LoadedScript
+from tests.ableton.live_sim import LiveSet
+
+Load = Callable[[LiveSet, int], LoadedScript]
+
+
+def call(daemon: DaemonProcess, command: str) -> dict[str, Any]:
+    with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+        return client.call(command, {})
+
+
+@pytest.mark.timeout(600)  # trains a tiny model, imports torch in the daemon, starts a stream: minutes on 2 busy cores
+def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
+    jack_server: Any, tmp_path_factory: pytest.TempPathFactory, load_script: Load
+) -> None:
+    repo = passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"))
+    stream = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1}
+    daemon = DaemonProcess(overrides={"models": {"demucs_repo": str(repo)}, "stream": stream}, env=jack_server.env)
+    try:  # not `with`: a start that fails half-way must still stop the process
+        daemon.start(timeout_seconds=300)
+        live = LiveSet()
+        script = load_script(live, daemon.osc_udp[1])
+        script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_START, 100))  # channel 16, as Live forwards
+        script.tick_until(lambda: script.shown("live stems running"), "the stream started", timeout=300)
+
+        status = call(daemon, "stream.status")
+        frames, rate, ms = status["round_trip_frames"], status["sample_rate"], f"{status['round_trip_ms']:.1f}"
+        assert script.messages[-1] == (
+            f"Flowstate: live stems running: latency {status['latency_ms']:.0f} ms, round trip {ms} ms; "
+            f"Track Delay of the track playing the stems: -{ms} ms (-{frames} samples at {rate} Hz)"
+        )
+
+        script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 100))
+        script.tick_until(lambda: script.messages[-1] == "Flowstate: live stems stopped", "the stream stopped")
+        script.surface.disconnect()  # before the daemon goes: its unregister is answered
+    finally:
+        daemon.stop()
