@@ -24,8 +24,8 @@ Models:
   (`--accompaniment`).
 
     .venv/bin/python bench/stream_quality.py [--models htdemucs_small,spleeter:2stems]
-        [--seconds S] [--settings all|defaults] [--threads N] [--accompaniment auto|spleeter|synthetic]
-        [--plot PATH] [--quick] [--spread]
+        [--seconds S] [--settings all|defaults|windows] [--rates 44100,48000] [--threads N]
+        [--accompaniment auto|spleeter|synthetic] [--plot PATH] [--quick] [--spread]
 
 `--quick` takes the tests' short training recipe (`TEST_RECIPE`) and 6 s mixtures. `--spread`
 also separates the mixture offline after 512, 3072, 8192 and 37888 samples of silence and prints
@@ -585,6 +585,21 @@ EXTRA_SETTINGS: tuple[tuple[float, float, float], ...] = (
 Setting = tuple[float | None, float, float]  # a context of None: the engine fills its window (Spleeter)
 
 
+def _spleeter_window(window_frames: int, lookahead_frames: int, hop_frames: int = 6) -> Setting:
+    """(context, hop, lookahead) in seconds whose window is `window_frames` STFT frames
+    ((window_frames - 1) x 1024 samples: what the U-Net pads to a multiple of 64 frames)."""
+    context = window_frames - 1 - hop_frames - lookahead_frames
+    return (round(context * 1024 / RATE, 4), round(hop_frames * 1024 / RATE, 4),
+            round(lookahead_frames * 1024 / RATE, 4))
+
+
+# `--settings windows` (Spleeter): the hop of the CPU default (6 x 1024 samples), windows of 64, 128
+# and 256 STFT frames (1x, 2x, 4x the U-Net's cost) and lookaheads of 4 to 60 frames (0.09-1.39 s).
+SPLEETER_WINDOWS: tuple[Setting, ...] = tuple(
+    _spleeter_window(w, look) for w, look in ((64, 4), (64, 28), (128, 4), (128, 16), (128, 28),
+                                              (256, 4), (256, 16), (256, 60)))
+
+
 def bench_settings(model: str) -> list[Setting]:
     """`model`'s own CPU and CUDA defaults first (`engines.separation.stream_defaults`), then the
     others (no repeats)."""
@@ -674,8 +689,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=f"{MODEL_NAME},spleeter:2stems",
                         help=f"comma-separated: {MODEL_NAME}, spleeter:2stems")
     parser.add_argument("--seconds", type=float, default=12.0, help="mixture length")
-    parser.add_argument("--settings", default="all", choices=("all", "defaults"),
-                        help="every setting of the table, or only the engine's CPU and CUDA defaults")
+    parser.add_argument("--settings", default="all", choices=("all", "defaults", "windows"),
+                        help="every setting of the table, only the engine's CPU and CUDA defaults, or "
+                             "(Spleeter) windows of 64-256 STFT frames against lookaheads of 4-60 frames")
+    parser.add_argument("--rates", default=f"{RATE},{DEVICE_RATE}", help="device rates to stream at, comma-separated")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: fastest when loaded)")
     parser.add_argument("--accompaniment", default="auto", choices=("auto", "spleeter", "synthetic"),
                         help="the truth under the Piper vocals for spleeter:2stems")
@@ -693,8 +710,13 @@ def main(argv: list[str] | None = None) -> int:
     recipe = TEST_RECIPE if args.quick else BENCH_RECIPE
     seconds = 6.0 if args.quick else args.seconds
     results, skipped = [], []
+    rates = tuple(int(rate) for rate in args.rates.split(",") if rate.strip())
 
     def pick(model: str) -> list[Setting]:
+        if args.settings == "windows":
+            if model != "spleeter:2stems":
+                parser.error("--settings windows: Spleeter only")
+            return list(SPLEETER_WINDOWS)
         settings = bench_settings(model)
         return settings if args.settings == "all" else settings[:2]
 
@@ -715,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             if not cached:
                 print(f"  trained in {time.perf_counter() - train_started:.0f} s", flush=True)
             mixture = four_source_mixture(seed=1, seconds=seconds, cache=args.cache)
-            results.append(measure(MODEL_NAME, repo, mixture, pick(MODEL_NAME), threads=args.threads,
+            results.append(measure(MODEL_NAME, repo, mixture, pick(MODEL_NAME), rates, threads=args.threads,
                                    progress=progress, spread=args.spread))
         elif model == "spleeter:2stems":
             from bridge.errors import BridgeError
@@ -730,8 +752,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model}: skipped, the engine does not load here: {type(err).__name__}: {err}", flush=True)
                 continue
             mixture = vocal_mixture(seconds=min(seconds, 10.0), accompaniment=args.accompaniment, cache=args.cache)
-            results.append(measure(model, None, mixture, pick(model), threads=args.threads, progress=progress,
-                                   spread=args.spread))
+            results.append(measure(model, None, mixture, pick(model), rates, threads=args.threads,
+                                   progress=progress, spread=args.spread))
         else:
             parser.error(f"--models: expected {MODEL_NAME} or spleeter:2stems, got {model!r}")
 
