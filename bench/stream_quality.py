@@ -589,8 +589,9 @@ def _spleeter_window(window_frames: int, lookahead_frames: int, hop_frames: int 
     """(context, hop, lookahead) in seconds whose window is `window_frames` STFT frames
     ((window_frames - 1) x 1024 samples: what the U-Net pads to a multiple of 64 frames)."""
     context = window_frames - 1 - hop_frames - lookahead_frames
+    # At least the engine's 0.1 s lookahead floor, which rounds to 4 x 1024 samples all the same.
     return (round(context * 1024 / RATE, 4), round(hop_frames * 1024 / RATE, 4),
-            round(lookahead_frames * 1024 / RATE, 4))
+            max(0.1, round(lookahead_frames * 1024 / RATE, 4)))
 
 
 # `--settings windows` (Spleeter): the hop of the CPU default (6 x 1024 samples), windows of 64, 128
