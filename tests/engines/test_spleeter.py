@@ -97,8 +97,8 @@ def test_the_stream_matches_the_offline_separation(mixture: tuple[np.ndarray, np
     finally:
         engine.close()
     # Measured (Piper's voice varies from run to run): 12.7-13.2 dB of agreement with offline per
-    # stem; against the truth 10.9 dB streamed where offline gave 12.5-13.4 dB (the windows see
-    # 1.2 s of the past but only 0.09 s of the future; a 0.25 s lookahead gets within 0.85 dB).
+    # stem; against the truth 10.9 dB streamed where offline gave 12.5-13.4 dB (the 64-frame window
+    # is short of the U-Net's reach; README, "Quality: what a setting costs").
     for index, truth in enumerate((vocals, music)):
         assert sdr(offline[index], streamed[index]) > 10.0
         assert sdr(truth, streamed[index]) > max(6.0, sdr(truth, offline[index]) - 3.5)
