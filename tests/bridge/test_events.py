@@ -48,11 +48,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     daemon = Daemon(config)
-    asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(10)
+    asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(60)  # as DaemonProcess.start: a loaded machine is slow
     try:
         yield daemon
     finally:
-        asyncio.run_coroutine_threadsafe(daemon.shutdown(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(daemon.shutdown(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
