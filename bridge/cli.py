@@ -178,6 +178,12 @@ def _up(config: Config) -> int:
         log.debug("malloc tuned: one arena, 1 GiB mmap threshold; freed memory returned after each job")
     try:
         run(config)
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handlers were in place (while torch was still importing, say):
+        # nothing was serving yet, so there is nothing to drain.
+        log.info("interrupted before the daemon was up")
+        exit_now(130)
+        return 130
     except StartupError as err:
         log.error("%s", err)
         exit_now(err.exit_code)  # e.g. a job worker already busy when a port turned out taken
