@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import plistlib
+import shlex
+import shutil
 import os
 import subprocess
 import sys
@@ -81,3 +84,93 @@ def test_doctor_reports_each_area_and_never_a_token_value(tmp_path: Path) -> Non
     assert "replicate_token, huggingface_token" in out.split("not set")[0]
     assert "r8_very_secret_value" not in out + done.stderr
     assert "hf_also_secret" not in out + done.stderr
+
+
+# -- install-service: the login item of each OS, written into a temporary home ----------------------
+
+def home_env(home: Path) -> dict[str, str]:
+    """A user whose every folder is under `home`, on whichever OS `--platform` names."""
+    return {"HOME": str(home), "USERPROFILE": str(home), "APPDATA": str(home / "AppData" / "Roaming"),
+            "LOCALAPPDATA": str(home / "AppData" / "Local"), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": "",
+            "XDG_STATE_HOME": ""}
+
+
+def test_install_service_writes_a_systemd_user_unit_that_runs_this_python(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    process = DaemonProcess(workdir=tmp_path)  # only for its config file
+    done = flowstate("install-service", "--platform", "linux", "--config", str(process.config_path), env=home_env(home))
+    assert done.returncode == 0, done.stderr
+    unit = home / ".config" / "systemd" / "user" / "flowstate.service"
+    assert f"Wrote {unit}" in done.stdout
+    assert "systemctl --user enable --now flowstate.service" in done.stdout
+    text = unit.read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    # The very command the test daemons run: this Python, the installed package, this config.
+    words = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert words == [sys.executable, "-m", "bridge", "up", "--config", str(process.config_path)]
+    assert "WantedBy=default.target" in text and "Restart=on-failure" in text
+    if shutil.which("systemd-analyze"):
+        verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        assert verified.returncode == 0, verified.stderr
+        assert "Unknown" not in verified.stderr and "ignoring" not in verified.stderr, verified.stderr
+
+    again = flowstate("install-service", "--platform", "linux", env=home_env(home))
+    assert again.returncode == 0 and f"Replaced {unit}" in again.stdout
+    assert "--config" not in unit.read_text()  # without --config: the user's config folder at start
+    removed = flowstate("install-service", "--platform", "linux", "--uninstall", env=home_env(home))
+    assert removed.returncode == 0 and not unit.exists()
+    assert "systemctl --user disable --now flowstate.service" in removed.stdout
+
+
+def test_install_service_writes_a_launchd_agent_for_macos(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = tmp_path / "my settings" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("osc:\n  udp_port: 9110\n")
+    done = flowstate("install-service", "--platform", "darwin", "--config", str(config), env=home_env(home))
+    assert done.returncode == 0, done.stderr
+    plist = home / "Library" / "LaunchAgents" / "org.flowstate.bridge.plist"
+    agent = plistlib.loads(plist.read_bytes())
+    assert agent["Label"] == "org.flowstate.bridge"
+    assert agent["ProgramArguments"] == [sys.executable, "-m", "bridge", "up", "--config", str(config)]
+    assert agent["RunAtLoad"] is True and agent["KeepAlive"] == {"SuccessfulExit": False}
+    assert agent["ProcessType"] == "Interactive"
+    log = home / "Library" / "Logs" / "Flowstate" / "daemon.log"
+    assert agent["StandardErrorPath"] == agent["StandardOutPath"] == str(log)
+    assert log.parent.is_dir()  # launchd does not create it, and would not start the agent
+    assert f'launchctl bootstrap gui/$(id -u) "{plist}"' in done.stdout
+
+
+def test_install_service_puts_a_script_in_the_windows_startup_folder(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = tmp_path / "100% mine" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("")
+    done = flowstate("install-service", "--platform", "win32", "--config", str(config), env=home_env(home))
+    assert done.returncode == 0, done.stderr
+    script = home / "AppData" / "Roaming" / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / \
+        "Flowstate Bridge.cmd"
+    raw = script.read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n")  # cmd.exe's line endings
+    lines = raw.decode().splitlines()
+    start = next(line for line in lines if line.startswith("start "))
+    # A minimised window, this Python, the config (cmd would expand a lone %), output to the log.
+    assert start.startswith('start "Flowstate Bridge" /min cmd /c "')
+    assert f"{sys.executable} -m bridge up --config " in start
+    assert f'"{str(config).replace("%", "%%")}"' in start
+    log = str(home / "AppData" / "Local" / "Flowstate" / "logs").replace("/", "\\")
+    assert f">> {log}\\daemon.log 2>&1" in start
+    assert any(line.startswith("if not exist") and log in line for line in lines)
+
+
+def test_install_service_refuses_a_config_the_daemon_could_not_start_with(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = tmp_path / "config.yaml"
+    config.write_text("osc:\n  udp_port: 70000\n")
+    done = flowstate("install-service", "--platform", "linux", "--config", str(config), env=home_env(home))
+    assert done.returncode == 2
+    assert "osc.udp_port = 70000" in done.stderr
+    missing = flowstate("install-service", "--platform", "linux", "--config", str(tmp_path / "absent.yaml"),
+                        env=home_env(home))
+    assert missing.returncode == 2 and "absent.yaml does not exist" in missing.stderr
+    assert not (home / ".config").exists()  # nothing written
