@@ -320,7 +320,10 @@ def _devices() -> int:
     try:
         sounddevice = import_sounddevice()
     except OSError as err:
-        print(f"flowstate: PortAudio is not installed ({err}); `make run` installs libportaudio2", file=sys.stderr)
+        from bridge.doctor import APT_HINT, os_name
+
+        hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
+        print(f"flowstate: PortAudio is not installed ({err}); {hint}", file=sys.stderr)
         return 1
     apis = sounddevice.query_hostapis()
     devices = sounddevice.query_devices()

@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bridge import __version__
+from bridge.doctor import audio_backend_check, midi_backend_check
 from bridge.testing import DaemonProcess
 
 
@@ -174,3 +177,59 @@ def test_install_service_refuses_a_config_the_daemon_could_not_start_with(tmp_pa
                         env=home_env(home))
     assert missing.returncode == 2 and "absent.yaml does not exist" in missing.stderr
     assert not (home / ".config").exists()  # nothing written
+
+
+# -- doctor: each OS's audio and MIDI back-ends ----------------------------------------------------
+
+# PortAudio's host API names as each OS's sounddevice build lists them.
+MAC_AUDIO = ["Core Audio"]
+WINDOWS_AUDIO = ["MME", "Windows DirectSound", "Windows WASAPI", "Windows WDM-KS"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "host_apis", "state", "words"),
+    [
+        ("darwin", MAC_AUDIO, "ok", ["Core Audio"]),
+        ("darwin", [], "fail", ["no Core Audio", "reinstall sounddevice"]),
+        ("win32", WINDOWS_AUDIO, "ok", ["WASAPI", "no ASIO", "SD_ENABLE_ASIO=1"]),
+        ("win32", ["ASIO", *WINDOWS_AUDIO], "ok", ["WASAPI; ASIO"]),
+        ("win32", ["MME"], "warn", ["neither WASAPI nor ASIO", "reinstall sounddevice"]),
+        ("linux", ["ALSA", "OSS", "JACK Audio Connection Kit"], "ok", ["JACK"]),
+        ("linux", ["ALSA", "OSS"], "warn", ["no JACK", "start a JACK server"]),
+        ("linux", ["OSS"], "fail", ["neither JACK nor ALSA", "apt-get install"]),
+    ],
+)
+def test_doctor_names_the_audio_backend_of_each_os_and_what_to_do_without_it(
+    platform: str, host_apis: list[str], state: str, words: list[str]
+) -> None:
+    check = audio_backend_check(platform, host_apis)
+    assert check.state == state, check.detail
+    for word in words:
+        assert word in check.detail, check.detail
+
+
+@pytest.mark.parametrize(
+    ("platform", "apis", "sequencer", "state", "words"),
+    [
+        ("darwin", ["CoreMidi"], True, "ok", ["CoreMIDI"]),
+        ("win32", ["Windows MultiMedia"], True, "ok", ["WinMM", "loopMIDI", "midi.inputs"]),
+        ("win32", [], True, "fail", ["no Windows MultiMedia", "reinstall"]),
+        ("linux", ["ALSA", "Jack"], True, "ok", ["ALSA and Jack"]),
+        ("linux", ["ALSA", "Jack"], False, "warn", ["modprobe snd-seq", "midi.api: jack"]),
+    ],
+)
+def test_doctor_names_the_midi_backend_of_each_os_and_what_to_do_without_it(
+    platform: str, apis: list[str], sequencer: bool, state: str, words: list[str]
+) -> None:
+    check = midi_backend_check(platform, apis, alsa_sequencer=sequencer)
+    assert check.state == state, check.detail
+    for word in words:
+        assert word in check.detail, check.detail
+
+
+def test_doctor_reports_this_machines_audio_and_midi_backends(tmp_path: Path) -> None:
+    done = flowstate("doctor", "--config", str(DaemonProcess(workdir=tmp_path).config_path))
+    lines = {line.split()[1]: line for line in done.stdout.splitlines() if len(line.split()) > 2}
+    assert "audio" in lines and "backend" in lines["audio"], done.stdout
+    expected = {"darwin": "Core Audio", "win32": "WASAPI"}.get(sys.platform, "ALSA")
+    assert expected in lines["audio"] + lines["midi"], done.stdout
