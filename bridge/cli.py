@@ -242,7 +242,7 @@ def _up(config: Config) -> int:
     try:
         run(config)
     except KeyboardInterrupt:
-        # Ctrl-C before the signal handlers were in place (while torch was still importing, say):
+        # Ctrl-C before the signal handlers were in place (while the daemon module was importing, say):
         # nothing was serving yet, so there is nothing to drain.
         log.info("interrupted before the daemon was up")
         exit_now(130)

@@ -39,7 +39,8 @@ case "$(uname -s)" in
     ;;
   Linux)
     # sounddevice's Linux wheel does not bundle PortAudio; JACK is optional for users.
-    if command -v ldconfig >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libportaudio; then
+    libraries="$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)"
+    if [[ -n "$libraries" && "$libraries" != *libportaudio* ]]; then
       say "PortAudio not found: live audio needs it. Debian/Ubuntu: sudo apt-get install libportaudio2 (and jackd2 for JACK); Fedora: sudo dnf install portaudio; Arch: sudo pacman -S portaudio"
     fi
     ;;

@@ -125,13 +125,19 @@ def test_install_service_writes_a_systemd_user_unit_that_runs_this_python(tmp_pa
     assert "systemctl --user disable --now flowstate.service" in removed.stdout
 
 
-def test_install_service_writes_a_launchd_agent_for_macos(tmp_path: Path) -> None:
+def install_service_with_config(tmp_path: Path, platform: str, folder: str) -> tuple[Path, Path, str]:
+    """`flowstate install-service --platform P --config <folder>/config.yaml` for a user in tmp_path/home."""
     home = tmp_path / "home"
-    config = tmp_path / "my settings" / "config.yaml"
+    config = tmp_path / folder / "config.yaml"
     config.parent.mkdir()
     config.write_text("osc:\n  udp_port: 9110\n")
-    done = flowstate("install-service", "--platform", "darwin", "--config", str(config), env=home_env(home))
+    done = flowstate("install-service", "--platform", platform, "--config", str(config), env=home_env(home))
     assert done.returncode == 0, done.stderr
+    return home, config, done.stdout
+
+
+def test_install_service_writes_a_launchd_agent_for_macos(tmp_path: Path) -> None:
+    home, config, stdout = install_service_with_config(tmp_path, "darwin", "my settings")
     plist = home / "Library" / "LaunchAgents" / "org.flowstate.bridge.plist"
     agent = plistlib.loads(plist.read_bytes())
     assert agent["Label"] == "org.flowstate.bridge"
@@ -141,16 +147,11 @@ def test_install_service_writes_a_launchd_agent_for_macos(tmp_path: Path) -> Non
     log = home / "Library" / "Logs" / "Flowstate" / "daemon.log"
     assert agent["StandardErrorPath"] == agent["StandardOutPath"] == str(log)
     assert log.parent.is_dir()  # launchd does not create it, and would not start the agent
-    assert f'launchctl bootstrap gui/$(id -u) "{plist}"' in done.stdout
+    assert f'launchctl bootstrap gui/$(id -u) "{plist}"' in stdout
 
 
 def test_install_service_puts_a_script_in_the_windows_startup_folder(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    config = tmp_path / "100% mine" / "config.yaml"
-    config.parent.mkdir()
-    config.write_text("")
-    done = flowstate("install-service", "--platform", "win32", "--config", str(config), env=home_env(home))
-    assert done.returncode == 0, done.stderr
+    home, config, _ = install_service_with_config(tmp_path, "win32", "100% mine")
     script = home / "AppData" / "Roaming" / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / \
         "Flowstate Bridge.cmd"
     raw = script.read_bytes()
