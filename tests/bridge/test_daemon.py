@@ -67,7 +67,9 @@ def test_signals_stop_the_daemon_gracefully_where_the_event_loop_cannot_watch_th
     try:
         process.wait_for_log("watching SIGINT, SIGTERM with signal.signal")
         process.process.send_signal(sig)
-        code = process.process.wait(timeout=5)
+        # What is asserted is the way out (exit 0 after a graceful stop), not its speed: the 5 s
+        # promise is the test above's, on the loop's own handlers.
+        code = process.process.wait(timeout=60)
     finally:
         tcp.close()
         process.stop()
