@@ -81,6 +81,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dest", type=Path, metavar="DIR",
         help="your Remote Scripts folder (default: <User Library>/Remote Scripts on macOS and Windows)",
     )
+    service = sub.add_parser(
+        "install-service", help="start the daemon at every login (launchd agent, systemd user unit, Startup folder)",
+        description="Writes the file your OS reads at login to start `flowstate up` with this Python: "
+                    "~/Library/LaunchAgents/org.flowstate.bridge.plist on macOS, "
+                    "~/.config/systemd/user/flowstate.service on Linux, and \"Flowstate Bridge.cmd\" in the "
+                    "Startup folder on Windows. Prints how to start it now and where it logs.",
+    )
+    service.add_argument("--config", type=Path, metavar="PATH",
+                         help="the config file the daemon uses (default: config.yaml in your config folder)")
+    service.add_argument("--uninstall", action="store_true", help="remove the file (the daemon no longer starts at login)")
+    service.add_argument("--print", action="store_true", dest="print_only", help="print the file, write nothing")
+    service.add_argument("--platform", choices=["darwin", "linux", "win32"], default=None,
+                         help="write the file of another OS (default: this one), e.g. to look at it")
     return parser
 
 
@@ -90,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _commands(args)
     if args.action == "install-ableton":
         return _install_ableton(args.dest)
+    if args.action == "install-service":
+        return _install_service(args)
     try:
         config = load_config(args.config)
     except ConfigError as err:
@@ -163,6 +178,54 @@ def _install_ableton(dest: Path | None) -> int:
     return 0
 
 
+def _install_service(args: argparse.Namespace) -> int:
+    """Write (or remove) the login item that starts `flowstate up` (bridge/service.py)."""
+    from bridge.config import platform_folders
+    from bridge.service import service_file
+
+    platform = args.platform or ("linux" if sys.platform.startswith("linux") else sys.platform)
+    if platform not in ("darwin", "linux", "win32"):
+        print(f"flowstate: no login service for {platform}; start `flowstate up` from your own start-up "
+              "script, or give --platform darwin, linux or win32", file=sys.stderr)
+        return 2
+    config = args.config.expanduser().absolute() if args.config is not None else None
+    if config is not None and not args.uninstall:
+        try:
+            load_config(config)  # a daemon that cannot start at login helps nobody: say so now
+        except ConfigError as err:
+            print(f"flowstate: {err}", file=sys.stderr)
+            return err.exit_code
+    item = service_file(platform_folders(platform=platform), sys.executable, config)
+    if args.print_only:
+        sys.stdout.write(item.content)
+        return 0
+    if args.uninstall:
+        if not item.path.exists():
+            print(f"Nothing to remove: {item.path} does not exist")
+            return 0
+        try:
+            item.path.unlink()
+        except OSError as err:
+            print(f"flowstate: cannot remove {item.path}: {err.strerror}", file=sys.stderr)
+            return 1
+        print(f"Removed {item.path}: the daemon no longer starts at login.")
+        print(f"A daemon running now keeps running; to stop it: {item.stop_now}")
+        return 0
+    replaced = item.path.exists()
+    try:
+        for folder in (item.path.parent, *item.make_dirs):
+            folder.mkdir(parents=True, exist_ok=True)
+        with item.path.open("w", encoding="utf-8", newline="") as file:
+            file.write(item.content)
+    except OSError as err:
+        print(f"flowstate: cannot write {item.path}: {err.strerror}", file=sys.stderr)
+        return 1
+    print(f"{'Replaced' if replaced else 'Wrote'} {item.path}: the daemon starts at every login.")
+    print(f"Start it now: {item.start_now}")
+    print(f"Its log: {item.log}")
+    return 0
+
+
 def _setup_logging(config: Config) -> None:
     logging.basicConfig(
         level=config.daemon.log_level,
@@ -178,6 +241,12 @@ def _up(config: Config) -> int:
         log.debug("malloc tuned: one arena, 1 GiB mmap threshold; freed memory returned after each job")
     try:
         run(config)
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handlers were in place (while the daemon module was importing, say):
+        # nothing was serving yet, so there is nothing to drain.
+        log.info("interrupted before the daemon was up")
+        exit_now(130)
+        return 130
     except StartupError as err:
         log.error("%s", err)
         exit_now(err.exit_code)  # e.g. a job worker already busy when a port turned out taken
@@ -251,7 +320,10 @@ def _devices() -> int:
     try:
         sounddevice = import_sounddevice()
     except OSError as err:
-        print(f"flowstate: PortAudio is not installed ({err}); `make run` installs libportaudio2", file=sys.stderr)
+        from bridge.doctor import APT_HINT, os_name
+
+        hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
+        print(f"flowstate: PortAudio is not installed ({err}); {hint}", file=sys.stderr)
         return 1
     apis = sounddevice.query_hostapis()
     devices = sounddevice.query_devices()

@@ -16,7 +16,9 @@ import ipaddress
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -204,10 +206,15 @@ class JobsConfig(_Section):
     max_attempts: int = Field(default=3, ge=1, le=100)
 
 
+# What a hand-built Config has; load_config puts the platform's own folders there (default_roots).
+DEFAULT_ROOTS = [Path("~/Music"), Path("~/Documents"), Path("~/Desktop"), Path("~/Downloads")]
+
+
 class PathsConfig(_Section):
     """Which folders file jobs may read from and write to. Everything else is `forbidden`."""
 
-    roots: list[Path] = [Path("~/Music"), Path("~/Documents"), Path("~/Desktop"), Path("~/Downloads")]
+    # null or unset: the user's Music, Documents, Desktop and Downloads folders (default_roots).
+    roots: list[Path] | None = DEFAULT_ROOTS
     # Longest file or folder name a request may use or make (UTF-8 bytes), and longest path (characters).
     max_name_bytes: int = Field(default=255, ge=16, le=1024)
     max_path_chars: int = Field(default=1024, ge=64, le=32767)
@@ -511,22 +518,93 @@ class Config(_Section):
         return {name: getattr(self.cloud, name) is not None for name in SECRET_KEYS}
 
 
-def user_data_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where the job database lives: the platform's per-user data folder."""
-    import sys
+@dataclass(frozen=True)
+class PlatformFolders:
+    """The per-user folders of one OS, as the daemon and `flowstate install-service` use them."""
 
+    platform: str  # sys.platform's spelling: linux, darwin, win32
+    home: Path
+    config_dir: Path  # config.yaml is looked for here
+    data_dir: Path  # the job database, the server's files, downloaded voices
+    log_dir: Path  # the log of a daemon started at login (Linux: the journal instead)
+    autostart_dir: Path  # launchd agents, systemd user units, or the Startup folder
+
+
+def platform_folders(env: Mapping[str, str] | None = None, platform: str | None = None) -> PlatformFolders:
+    """The folders of `platform` (default: this one) for the user `env` describes (HOME, APPDATA ...).
+
+    macOS: ~/Library/Application Support/Flowstate, logs in ~/Library/Logs/Flowstate, agents in
+    ~/Library/LaunchAgents. Windows: settings in %APPDATA%\\Flowstate (they roam with the profile),
+    data and logs in %LOCALAPPDATA%\\Flowstate (they do not), the Startup folder under %APPDATA%.
+    Linux and the rest: the XDG base directories.
+    """
     env = os.environ if env is None else env
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "Flowstate"
-    if sys.platform == "win32":
-        return Path(env.get("LOCALAPPDATA", str(Path.home() / "AppData" / "Local"))) / "Flowstate"
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "flowstate"
+    platform = sys.platform if platform is None else platform
+    if platform == "win32":
+        home = Path(env.get("USERPROFILE") or Path.home())
+        roaming = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
+        local = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
+        startup = roaming / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup"
+        return PlatformFolders(platform, home, roaming / "Flowstate", local / "Flowstate", local / "Flowstate" / "logs",
+                               startup)
+    home = Path(env.get("HOME") or Path.home())
+    if platform == "darwin":
+        support = home / "Library" / "Application Support" / "Flowstate"
+        return PlatformFolders(platform, home, support, support, home / "Library" / "Logs" / "Flowstate",
+                               home / "Library" / "LaunchAgents")
+    config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    data_home = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+    state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
+    return PlatformFolders(platform, home, config_home / "flowstate", data_home / "flowstate", state_home / "flowstate",
+                           config_home / "systemd" / "user")
 
 
-def default_config_path() -> Path | None:
-    """`./config.yaml` when present, else `~/.config/flowstate/config.yaml` when present."""
-    for candidate in (Path("config.yaml"), Path.home() / ".config" / "flowstate" / "config.yaml"):
+def user_data_dir(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
+    """Where the job database lives: the platform's per-user data folder."""
+    return platform_folders(env, platform).data_dir
+
+
+# XDG user-dirs keys of the folders file jobs may use by default, and their usual names.
+_USER_DIRS = (("XDG_MUSIC_DIR", "Music"), ("XDG_DOCUMENTS_DIR", "Documents"), ("XDG_DESKTOP_DIR", "Desktop"),
+              ("XDG_DOWNLOAD_DIR", "Downloads"))
+
+
+def default_roots(env: Mapping[str, str] | None = None, platform: str | None = None) -> list[Path]:
+    """The user's Music, Documents, Desktop and Downloads folders: `paths.roots` when unset.
+
+    macOS and Windows keep them in the home folder (~/Music is where Live's User Library lives on
+    a Mac, ~/Documents/Ableton on Windows). On Linux they are what `xdg-user-dirs` recorded in
+    ~/.config/user-dirs.dirs (localised names such as ~/Musik), else the English names; a folder
+    set to the home folder itself (xdg's way of turning one off) is left out.
+    """
+    folders = platform_folders(env, platform)
+    named = {key: folders.home / name for key, name in _USER_DIRS}
+    if folders.platform not in ("darwin", "win32"):
+        user_dirs = folders.config_dir.parent / "user-dirs.dirs"
+        try:
+            lines = user_dirs.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            lines = []  # no xdg-user-dirs here: the English names
+        for line in lines:
+            key, sep, value = line.strip().partition("=")
+            if sep and key in named and len(value) >= 2 and value[0] == value[-1] == '"':
+                text = value[1:-1]
+                path = folders.home / text[len("$HOME/"):] if text.startswith("$HOME/") else Path(text)
+                named[key] = path if path.is_absolute() else folders.home / path
+        named = {key: path for key, path in named.items() if path != folders.home}
+    return list(dict.fromkeys(named.values()))
+
+
+def default_config_path(env: Mapping[str, str] | None = None, platform: str | None = None) -> Path | None:
+    """`./config.yaml` when present, else `config.yaml` in the user's config folder when present.
+
+    The config folder is the platform's (platform_folders); ~/.config/flowstate is also looked in
+    on macOS and Windows, where earlier versions looked.
+    """
+    folders = platform_folders(env, platform)
+    candidates = [Path("config.yaml"), folders.config_dir / "config.yaml",
+                  folders.home / ".config" / "flowstate" / "config.yaml"]
+    for candidate in dict.fromkeys(candidates):
         if candidate.is_file():
             return candidate
     return None
@@ -538,7 +616,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     if path is None and env.get(CONFIG_ENV):
         path = env[CONFIG_ENV]
     if path is None:
-        path = default_config_path()
+        path = default_config_path(env)
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -556,7 +634,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
 def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
     """Expand `~` and fill the data-folder default, so every module gets absolute paths."""
     database = config.jobs.database or user_data_dir(env) / "jobs.sqlite3"
-    roots = [root.expanduser().absolute() for root in config.paths.roots]
+    given = config.paths.roots if "roots" in config.paths.model_fields_set else None
+    roots = [root.expanduser().absolute() for root in (default_roots(env) if given is None else given)]
     repo = config.models.demucs_repo.expanduser().absolute() if config.models.demucs_repo else None
     spleeter_dir = config.models.spleeter_dir.expanduser().absolute() if config.models.spleeter_dir else None
     return config.model_copy(

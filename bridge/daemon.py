@@ -355,8 +355,55 @@ def release_memory() -> bool:
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
+# SIGINT (Ctrl-C) and SIGTERM everywhere; SIGBREAK (Ctrl-Break) exists on Windows only.
+STOP_SIGNALS: tuple[int, ...] = tuple(
+    signum for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if signum is not None
+)
+
+
+def watch_stop_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None]) -> Callable[[], None]:
+    """Call `on_stop` on the loop when a stop signal arrives; returns the function that undoes it.
+
+    Unix event loops watch signals themselves (`loop.add_signal_handler`). Windows' event loops
+    have no such method (it raises NotImplementedError): there a `signal.signal` handler, which
+    Python runs on the main thread while the loop waits (the proactor loop wakes for signals),
+    hands the signal to the loop. Either way Ctrl-C never becomes a KeyboardInterrupt in the
+    middle of a shutdown. Only the main thread may set handlers; elsewhere nothing is watched.
+    """
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_stop)
+    except NotImplementedError:
+        pass
+    else:
+        def remove_loop_handlers() -> None:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+        return remove_loop_handlers
+
+    def handler(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(on_stop)
+
+    previous: dict[int, Any] = {}
+    try:
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError as err:  # not the main thread
+        log.warning("stop signals are not watched (%s): stop the daemon with its owner's means", err)
+    else:
+        log.debug("this event loop cannot watch signals; watching %s with signal.signal",
+                  ", ".join(signal.Signals(signum).name for signum in STOP_SIGNALS))
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+    return restore
+
+
 async def serve(config: Config) -> None:
-    """Run a daemon until SIGINT or SIGTERM, then shut it down gracefully."""
+    """Run a daemon until SIGINT or SIGTERM (Ctrl-Break too on Windows), then shut it down gracefully."""
     loop = asyncio.get_running_loop()
     # Request handlers' threads (asyncio.to_thread), named so a stuck one is easy to spot.
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(thread_name_prefix="flowstate-handler"))
@@ -364,20 +411,17 @@ async def serve(config: Config) -> None:
     stop = asyncio.Event()
     # Handlers first: clients get answers as soon as the first socket is bound, while the rest
     # (MIDI last) is still opening, and a SIGTERM then must still shut down gracefully.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    unwatch = watch_stop_signals(loop, stop.set)
     try:
         await daemon.start()
     except BaseException:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        unwatch()
         raise
     try:
         await stop.wait()
         log.info("signal received, shutting down")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        unwatch()
         try:
             await daemon.shutdown()
         finally:

@@ -22,6 +22,23 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 APT_HINT = (
     "sudo apt-get install -y --no-install-recommends jackd2 libportaudio2"
 )
+REINSTALL_HINT = {
+    "darwin": "run scripts/install.sh again",
+    "win32": "run scripts\\install.ps1 again",
+    "linux": "run scripts/install.sh again (or `make run`)",
+}
+
+# PortAudio's host API names on each OS, lowest latency first, and rtmidi's API display names.
+AUDIO_BACKENDS: dict[str, tuple[str, ...]] = {
+    "darwin": ("Core Audio",),
+    "win32": ("ASIO", "Windows WASAPI", "Windows WDM-KS", "Windows DirectSound", "MME"),
+    "linux": ("JACK Audio Connection Kit", "ALSA"),
+}
+MIDI_BACKENDS: dict[str, tuple[str, ...]] = {
+    "darwin": ("CoreMidi",),
+    "win32": ("Windows MultiMedia",),
+    "linux": ("ALSA", "Jack"),
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +77,7 @@ def _torch() -> Iterator[Check]:
     try:
         import torch
     except ImportError as err:
-        yield Check("torch", FAIL, f"not importable ({err}); run `make run` to set up .venv")
+        yield Check("torch", FAIL, f"not importable ({err}); {REINSTALL_HINT[os_name()]}")
         return
     devices = []
     if torch.cuda.is_available():
@@ -79,26 +96,83 @@ def _torch() -> Iterator[Check]:
         )
 
 
+def os_name(platform: str = sys.platform) -> str:
+    """darwin, win32 or linux (every other Unix is treated as Linux)."""
+    return platform if platform in ("darwin", "win32") else "linux"
+
+
+def audio_backend_check(platform: str, host_apis: list[str]) -> Check:
+    """Which of the OS's audio back-ends PortAudio offers, and what to do about a missing one."""
+    system = os_name(platform)
+    have = [api for api in AUDIO_BACKENDS[system] if api in host_apis]
+    listed = ", ".join(host_apis) or "none"
+    if system == "darwin":
+        if have:
+            return Check("audio backend", OK, f"Core Audio (host APIs: {listed})")
+        return Check("audio backend", FAIL, f"PortAudio has no Core Audio (host APIs: {listed}): reinstall "
+                     "sounddevice (`pip install --force-reinstall sounddevice`), whose macOS wheel bundles PortAudio")
+    if system == "win32":
+        if "Windows WASAPI" not in have and "ASIO" not in have:
+            return Check("audio backend", WARN, f"neither WASAPI nor ASIO (host APIs: {listed}): MME adds 50-100 ms; "
+                         "reinstall sounddevice, whose Windows wheel bundles PortAudio with both")
+        asio = "ASIO" if "ASIO" in have else (
+            "no ASIO: for your interface's ASIO driver, set SD_ENABLE_ASIO=1 before `flowstate up` "
+            "(sounddevice then loads the ASIO build of PortAudio its wheel ships)")
+        return Check("audio backend", OK, f"WASAPI; {asio} (host APIs: {listed}; stream.device picks one by name)")
+    if "JACK Audio Connection Kit" in have:
+        return Check("audio backend", OK, f"JACK (host APIs: {listed})")
+    if "ALSA" in have:
+        return Check("audio backend", WARN, f"ALSA, no JACK (host APIs: {listed}): start a JACK server (or "
+                     "PipeWire with its JACK layer) before the daemon for routing to your DAW; ALSA opens a "
+                     "sound card directly")
+    return Check("audio backend", FAIL, f"neither JACK nor ALSA (host APIs: {listed}): {APT_HINT}")
+
+
+def midi_backend_check(platform: str, apis: list[str], alsa_sequencer: bool = True) -> Check:
+    """Which of the OS's MIDI back-ends python-rtmidi was built with, and what to do about a missing one."""
+    system = os_name(platform)
+    have = [api for api in MIDI_BACKENDS[system] if api in apis]
+    listed = ", ".join(apis) or "none"
+    if not have:
+        return Check("midi", FAIL, f"python-rtmidi has no {' or '.join(MIDI_BACKENDS[system])} (APIs: {listed}): "
+                     "reinstall it (`pip install --force-reinstall python-rtmidi`)")
+    if system == "darwin":
+        return Check("midi", OK, f"CoreMIDI; the virtual input port appears in Live's MIDI settings (APIs: {listed})")
+    if system == "win32":
+        return Check("midi", OK, f"Windows MultiMedia (WinMM); it has no virtual ports: create one with loopMIDI "
+                     f"and name it in midi.inputs (APIs: {listed})")
+    if "ALSA" in have and not alsa_sequencer:
+        return Check("midi", WARN, f"ALSA sequencer missing (no /dev/snd/seq: `sudo modprobe snd-seq`); JACK MIDI "
+                     f"works with a JACK server running (midi.api: jack) (APIs: {listed})")
+    return Check("midi", OK, f"{' and '.join(have)} (APIs: {listed})")
+
+
 def _portaudio() -> Iterator[Check]:
     from bridge.stream import import_sounddevice
 
     try:
         sounddevice = import_sounddevice()
     except OSError as err:
-        yield Check("portaudio", FAIL, f"library not found ({err}); install it: {APT_HINT}")
+        hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
+        yield Check("portaudio", FAIL, f"library not found ({err}); {hint}")
         return
     apis = sounddevice.query_hostapis()
     devices = sounddevice.query_devices()
     names = ", ".join(f"{api['name']} ({len(api['devices'])} devices)" for api in apis) or "none"
     state = OK if len(devices) else WARN
-    hint = "" if len(devices) else "; no audio devices: start JACK or plug in an interface"
+    start = "start JACK or plug in an interface" if os_name() == "linux" else "plug in an interface"
+    hint = "" if len(devices) else f"; no audio devices: {start}"
     yield Check("portaudio", state, f"{sounddevice.get_portaudio_version()[1]}; host APIs: {names}{hint}")
+    yield audio_backend_check(sys.platform, [api["name"] for api in apis])
 
 
 def _jack() -> Iterator[Check]:
     jack_lsp = shutil.which("jack_lsp")
     if jack_lsp is None:
-        yield Check("jack", WARN, f"JACK tools not installed (tests need them): {APT_HINT}")
+        if os_name() == "linux":
+            yield Check("jack", WARN, f"JACK tools not installed (tests need them): {APT_HINT}")
+        else:
+            yield Check("jack", OK, "not installed; not needed here (Core Audio, WASAPI or ASIO are used)")
         return
     env = {**os.environ, "JACK_NO_START_SERVER": "1"}
     try:
@@ -120,7 +194,7 @@ def _midi() -> Iterator[Check]:
         yield Check("midi", FAIL, f"python-rtmidi not importable: {err}")
         return
     apis = [rtmidi.get_api_display_name(api) for api in rtmidi.get_compiled_api()]
-    yield Check("midi", OK if apis else WARN, "rtmidi APIs: " + (", ".join(apis) or "none"))
+    yield midi_backend_check(sys.platform, apis, alsa_sequencer=Path("/dev/snd/seq").exists())
 
 
 def _weights(config: Config) -> Iterator[Check]:

@@ -40,10 +40,12 @@ class DaemonProcess:
     """`flowstate up` in a subprocess with its own config on free ports.
 
     `overrides` is merged into the generated config (e.g. {"daemon": {"log_level": "DEBUG"}}).
+    `entry` replaces `-m bridge` on the Python command line (e.g. `-c <code>` that calls
+    `bridge.cli.main()`); `up --config <path>` follows it either way.
     """
 
     def __init__(self, overrides: dict[str, Any] | None = None, workdir: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, entry: list[str] | None = None) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flowstate-"))
         self.config: dict[str, Any] = {
             "osc": {"host": "127.0.0.1", "udp_port": free_port(socket.SOCK_DGRAM), "tcp_port": free_port()},
@@ -65,6 +67,7 @@ class DaemonProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.log_path = self.workdir / "daemon.log"
         self.env = env
+        self.entry = entry or ["-m", "bridge"]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +101,7 @@ class DaemonProcess:
         env = {k: v for k, v in env.items() if not k.startswith("FLOWSTATE_") or k in (self.env or {})}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "up", "--config", str(self.config_path)],
+            [sys.executable, *self.entry, "up", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
         )
         log.close()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import plistlib
+import shlex
+import shutil
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bridge import __version__
+from bridge.doctor import audio_backend_check, midi_backend_check
 from bridge.testing import DaemonProcess
 
 
@@ -81,3 +87,150 @@ def test_doctor_reports_each_area_and_never_a_token_value(tmp_path: Path) -> Non
     assert "replicate_token, huggingface_token" in out.split("not set")[0]
     assert "r8_very_secret_value" not in out + done.stderr
     assert "hf_also_secret" not in out + done.stderr
+
+
+# -- install-service: the login item of each OS, written into a temporary home ----------------------
+
+def home_env(home: Path) -> dict[str, str]:
+    """A user whose every folder is under `home`, on whichever OS `--platform` names."""
+    return {"HOME": str(home), "USERPROFILE": str(home), "APPDATA": str(home / "AppData" / "Roaming"),
+            "LOCALAPPDATA": str(home / "AppData" / "Local"), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": "",
+            "XDG_STATE_HOME": ""}
+
+
+def test_install_service_writes_a_systemd_user_unit_that_runs_this_python(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    process = DaemonProcess(workdir=tmp_path)  # only for its config file
+    done = flowstate("install-service", "--platform", "linux", "--config", str(process.config_path), env=home_env(home))
+    assert done.returncode == 0, done.stderr
+    unit = home / ".config" / "systemd" / "user" / "flowstate.service"
+    assert f"Wrote {unit}" in done.stdout
+    assert "systemctl --user enable --now flowstate.service" in done.stdout
+    text = unit.read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    # The very command the test daemons run: this Python, the installed package, this config.
+    words = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert words == [sys.executable, "-m", "bridge", "up", "--config", str(process.config_path)]
+    assert "WantedBy=default.target" in text and "Restart=on-failure" in text
+    if shutil.which("systemd-analyze"):
+        verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        assert verified.returncode == 0, verified.stderr
+        assert "Unknown" not in verified.stderr and "ignoring" not in verified.stderr, verified.stderr
+
+    again = flowstate("install-service", "--platform", "linux", env=home_env(home))
+    assert again.returncode == 0 and f"Replaced {unit}" in again.stdout
+    assert "--config" not in unit.read_text()  # without --config: the user's config folder at start
+    removed = flowstate("install-service", "--platform", "linux", "--uninstall", env=home_env(home))
+    assert removed.returncode == 0 and not unit.exists()
+    assert "systemctl --user disable --now flowstate.service" in removed.stdout
+
+
+def install_service_with_config(tmp_path: Path, platform: str, folder: str) -> tuple[Path, Path, str]:
+    """`flowstate install-service --platform P --config <folder>/config.yaml` for a user in tmp_path/home."""
+    home = tmp_path / "home"
+    config = tmp_path / folder / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("osc:\n  udp_port: 9110\n")
+    done = flowstate("install-service", "--platform", platform, "--config", str(config), env=home_env(home))
+    assert done.returncode == 0, done.stderr
+    return home, config, done.stdout
+
+
+def test_install_service_writes_a_launchd_agent_for_macos(tmp_path: Path) -> None:
+    home, config, stdout = install_service_with_config(tmp_path, "darwin", "my settings")
+    plist = home / "Library" / "LaunchAgents" / "org.flowstate.bridge.plist"
+    agent = plistlib.loads(plist.read_bytes())
+    assert agent["Label"] == "org.flowstate.bridge"
+    assert agent["ProgramArguments"] == [sys.executable, "-m", "bridge", "up", "--config", str(config)]
+    assert agent["RunAtLoad"] is True and agent["KeepAlive"] == {"SuccessfulExit": False}
+    assert agent["ProcessType"] == "Interactive"
+    log = home / "Library" / "Logs" / "Flowstate" / "daemon.log"
+    assert agent["StandardErrorPath"] == agent["StandardOutPath"] == str(log)
+    assert log.parent.is_dir()  # launchd does not create it, and would not start the agent
+    assert f'launchctl bootstrap gui/$(id -u) "{plist}"' in stdout
+
+
+def test_install_service_puts_a_script_in_the_windows_startup_folder(tmp_path: Path) -> None:
+    home, config, _ = install_service_with_config(tmp_path, "win32", "100% mine")
+    script = home / "AppData" / "Roaming" / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / \
+        "Flowstate Bridge.cmd"
+    raw = script.read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n")  # cmd.exe's line endings
+    lines = raw.decode().splitlines()
+    start = next(line for line in lines if line.startswith("start "))
+    # A minimised window, this Python, the config (cmd would expand a lone %), output to the log.
+    assert start.startswith('start "Flowstate Bridge" /min cmd /c "')
+    assert f"{sys.executable} -m bridge up --config " in start
+    assert f'"{str(config).replace("%", "%%")}"' in start
+    log = str(home / "AppData" / "Local" / "Flowstate" / "logs").replace("/", "\\")
+    assert f">> {log}\\daemon.log 2>&1" in start
+    assert any(line.startswith("if not exist") and log in line for line in lines)
+
+
+def test_install_service_refuses_a_config_the_daemon_could_not_start_with(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = tmp_path / "config.yaml"
+    config.write_text("osc:\n  udp_port: 70000\n")
+    done = flowstate("install-service", "--platform", "linux", "--config", str(config), env=home_env(home))
+    assert done.returncode == 2
+    assert "osc.udp_port = 70000" in done.stderr
+    missing = flowstate("install-service", "--platform", "linux", "--config", str(tmp_path / "absent.yaml"),
+                        env=home_env(home))
+    assert missing.returncode == 2 and "absent.yaml does not exist" in missing.stderr
+    assert not (home / ".config").exists()  # nothing written
+
+
+# -- doctor: each OS's audio and MIDI back-ends ----------------------------------------------------
+
+# PortAudio's host API names as each OS's sounddevice build lists them.
+MAC_AUDIO = ["Core Audio"]
+WINDOWS_AUDIO = ["MME", "Windows DirectSound", "Windows WASAPI", "Windows WDM-KS"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "host_apis", "state", "words"),
+    [
+        ("darwin", MAC_AUDIO, "ok", ["Core Audio"]),
+        ("darwin", [], "fail", ["no Core Audio", "reinstall sounddevice"]),
+        ("win32", WINDOWS_AUDIO, "ok", ["WASAPI", "no ASIO", "SD_ENABLE_ASIO=1"]),
+        ("win32", ["ASIO", *WINDOWS_AUDIO], "ok", ["WASAPI; ASIO"]),
+        ("win32", ["MME"], "warn", ["neither WASAPI nor ASIO", "reinstall sounddevice"]),
+        ("linux", ["ALSA", "OSS", "JACK Audio Connection Kit"], "ok", ["JACK"]),
+        ("linux", ["ALSA", "OSS"], "warn", ["no JACK", "start a JACK server"]),
+        ("linux", ["OSS"], "fail", ["neither JACK nor ALSA", "apt-get install"]),
+    ],
+)
+def test_doctor_names_the_audio_backend_of_each_os_and_what_to_do_without_it(
+    platform: str, host_apis: list[str], state: str, words: list[str]
+) -> None:
+    check = audio_backend_check(platform, host_apis)
+    assert check.state == state, check.detail
+    for word in words:
+        assert word in check.detail, check.detail
+
+
+@pytest.mark.parametrize(
+    ("platform", "apis", "sequencer", "state", "words"),
+    [
+        ("darwin", ["CoreMidi"], True, "ok", ["CoreMIDI"]),
+        ("win32", ["Windows MultiMedia"], True, "ok", ["WinMM", "loopMIDI", "midi.inputs"]),
+        ("win32", [], True, "fail", ["no Windows MultiMedia", "reinstall"]),
+        ("linux", ["ALSA", "Jack"], True, "ok", ["ALSA and Jack"]),
+        ("linux", ["ALSA", "Jack"], False, "warn", ["modprobe snd-seq", "midi.api: jack"]),
+    ],
+)
+def test_doctor_names_the_midi_backend_of_each_os_and_what_to_do_without_it(
+    platform: str, apis: list[str], sequencer: bool, state: str, words: list[str]
+) -> None:
+    check = midi_backend_check(platform, apis, alsa_sequencer=sequencer)
+    assert check.state == state, check.detail
+    for word in words:
+        assert word in check.detail, check.detail
+
+
+def test_doctor_reports_this_machines_audio_and_midi_backends(tmp_path: Path) -> None:
+    done = flowstate("doctor", "--config", str(DaemonProcess(workdir=tmp_path).config_path))
+    lines = {line.split()[1]: line for line in done.stdout.splitlines() if len(line.split()) > 2}
+    assert "audio" in lines and "backend" in lines["audio"], done.stdout
+    expected = {"darwin": "Core Audio", "win32": "WASAPI"}.get(sys.platform, "ALSA")
+    assert expected in lines["audio"] + lines["midi"], done.stdout

