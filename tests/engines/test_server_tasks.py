@@ -5,6 +5,7 @@ real daemon whose router sends each job there when local cannot meet its deadlin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,6 @@ def test_tts_through_the_tier_is_heard_back_by_its_whisper(tier: SelfHostedTier,
 def test_bad_requests_for_each_task_are_400_naming_what_is_wrong(server: ServerProcess, tmp_path: Path, task: str,
                                                                  params: dict[str, Any], with_file: bool,
                                                                  expected: str) -> None:
-    import json
-
     fields = {"task": (None, task), "params": (None, json.dumps(params))}
     if with_file:
         fields["file"] = ("take.wav", espeak_speech(tmp_path / "take.wav", "hello").read_bytes())
