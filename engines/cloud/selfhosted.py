@@ -292,7 +292,7 @@ class SelfHostedTier(Tier):
             tier=self.name, outputs=outputs, data=data, seconds=seconds, cost_usd=cost,
             details={"job_id": remote["id"], "request_id": rid, "instance": remote.get("instance"),
                      "reused": not created, "remote_seconds": round(remote_seconds, 3),
-                     "device": result.get("device"), "model": result.get("model")},
+                     "device": result.get("device"), "model": result.get("model") or result.get("voice")},
         )
 
     # -- HTTP --------------------------------------------------------------------------------------

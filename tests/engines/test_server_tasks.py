@@ -186,6 +186,7 @@ def test_the_daemon_sends_each_task_to_the_server_when_local_is_too_slow(
         assert outcome["event"] == "job.done", outcome
         assert outcome["result"]["tier"] == "selfhosted", outcome
     assert soundfile.info(tts["result"]["path"]).samplerate == 48000
+    assert (tts["result"]["voice"], tts["result"]["voice_source"]) == ("en_US-joe-medium", "selfhosted")
     assert soundfile.info(generate["result"]["path"]).frames == 48000
     assert word_error_rate(SENTENCE, transcribe["result"]["text"]) <= 0.25
     assert Path(transcribe["result"]["paths"]["srt"]).read_text().startswith("1\n")
