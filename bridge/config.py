@@ -279,6 +279,11 @@ class ServerConfig(_Section):
     # rebinding): e.g. ["my-app.fly.dev"] or "*.example.net"; "*" turns the guard off. The
     # environment takes a comma-separated list: FLOWSTATE_SERVER_ALLOWED_HOSTS=a.example,b.example.
     allowed_hosts: Annotated[list[HostName], BeforeValidator(_split_commas)] = []
+    # The tasks this server runs (and lists in /v1/health): each with the model its own config
+    # names (separate.model, generate.model, transcribe.model, tts.voice). The environment takes a
+    # comma-separated list: FLOWSTATE_SERVER_TASKS=stems,transcribe.
+    tasks: Annotated[list[Literal["stems", "generate", "transcribe", "tts"]], BeforeValidator(_split_commas)] = [
+        "stems", "generate", "transcribe", "tts"]
 
 
 class DaemonConfig(_Section):

@@ -3,14 +3,25 @@
 `flowstate serve --host H --port P` runs `serve`; `create_app` builds the FastAPI app (tests and
 other ASGI servers use it directly). The wire protocol, all JSON except uploads and outputs:
 
-    GET  /v1/health                        no auth: {"ok", "version", "device", "tasks", "queued", "running", ...}
-    POST /v1/jobs                          multipart: file, task ("stems"), params (JSON object text),
+    GET  /v1/health                        no auth: {"ok", "version", "device", "tasks", "models", "queued",
+                                           "running", ...}; `tasks` lists what this server runs
+                                           (server.tasks), `models` the model each runs (a name, never a path)
+    POST /v1/jobs                          multipart: task, params (JSON object text), file (stems and
+                                           transcribe: the audio; generate: an optional melody; tts: none),
                                            request_id (optional; the same id returns the same job)
                                            -> 201 (created) or 200 (an existing job) with the job
-    GET  /v1/jobs/{id}                     the job: id, state, progress, error, result.outputs
+    GET  /v1/jobs/{id}                     the job: id, state, progress, error, result (outputs; transcribe:
+                                           text, segments, language)
     GET  /v1/jobs/{id}/events              Server-Sent Events: progress ..., then done|failed|canceled
     POST /v1/jobs/{id}/cancel              the job (a running job ends `canceled` at its next segment)
-    GET  /v1/jobs/{id}/outputs/{stem}      the stem file; 404 once it has expired
+    GET  /v1/jobs/{id}/outputs/{name}      an output file (a stem; "audio" for generate and tts); 404
+                                           once it has expired
+
+Tasks run the daemon's own job handlers (bridge.separate, bridge.generate, bridge.transcribe,
+bridge.speech), local only, with the request checked by the same `check_request` the daemon uses.
+params: stems {model, stems, two_stems, format, encoding, shifts}; generate {prompt,
+duration_seconds, seed, temperature, top_k, guidance_scale}; transcribe {language}; tts {text,
+lang, speed}. generate, transcribe and tts run the model this server's config names.
 
 Every `/v1/jobs` route wants `Authorization: Bearer <token>` (FLOWSTATE_SERVER_TOKEN) and answers
 401 otherwise. Every route, health included, answers 400 to a request whose Host header names a
@@ -72,7 +83,7 @@ from bridge.protocol import Origin
 
 log = logging.getLogger(__name__)
 
-TASKS = ("stems",)
+TASKS = ("stems", "generate", "transcribe", "tts")
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # a 10-minute 96 kHz/24-bit stereo WAV is 346 MB
 DEFAULT_RETENTION_SECONDS = 24 * 3600.0
 EVENTS_POLL_SECONDS = 0.2
@@ -126,6 +137,54 @@ class StemsParams(BaseModel):
     shifts: int | None = Field(default=None, ge=0, le=10)
 
 
+class GenerateParams(BaseModel):
+    """The `params` of a generate job: the server's generate.model makes `duration_seconds` of audio."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    duration_seconds: float = Field(gt=0.0, le=600.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    temperature: float | None = Field(default=None, gt=0.0, le=10.0)
+    top_k: int | None = Field(default=None, ge=1, le=4096)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+
+    def job_args(self) -> dict[str, Any]:
+        out = self.model_dump(exclude_none=True, exclude={"duration_seconds"})
+        return {**out, "seconds": self.duration_seconds}
+
+
+class TranscribeParams(BaseModel):
+    """The `params` of a transcribe job: the uploaded audio, in the server's transcribe.model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    language: str | None = Field(default=None, max_length=16, pattern=r"^[A-Za-z_\-]*$")
+
+    def job_args(self) -> dict[str, Any]:
+        return {"language": self.language or "", "formats": []}
+
+
+class SpeechParams(BaseModel):
+    """The `params` of a tts job: `text` in the server's tts.voice (`lang` is accepted for the
+    cloud tiers' sake; the voice decides the language)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str = Field(min_length=1, max_length=10_000)
+    lang: str | None = Field(default=None, max_length=16)
+    speed: float | None = Field(default=None, gt=0.0, le=4.0)
+
+    def job_args(self) -> dict[str, Any]:
+        return {"text": self.text, "speed": self.speed, "name": "speech"}
+
+
+_PARAMS: dict[str, type[BaseModel]] = {"stems": StemsParams, "generate": GenerateParams,
+                                       "transcribe": TranscribeParams, "tts": SpeechParams}
+# Which tasks take an uploaded file: required, optional (a melody) or none.
+_FILE = {"stems": "required", "generate": "optional", "transcribe": "required", "tts": "none"}
+
+
 class PayloadTooLarge(BadRequest):
     """An upload over the server's limit (HTTP 413)."""
 
@@ -153,6 +212,7 @@ class _Server:
         self.max_upload_bytes = max_upload_bytes
         self.retention_seconds = retention_seconds
         self.instance_id = instance_id
+        self.tasks = tuple(task for task in TASKS if task in config.server.tasks)
         self.device = ""
         self.stopping = threading.Event()  # set on SIGINT/SIGTERM: event streams end, so shutdown is quick
         self.store: JobStore | None = None
@@ -163,7 +223,10 @@ class _Server:
 
     def start(self) -> None:
         """Open the store and start the workers; a second call does nothing."""
+        from bridge.generate import GenerateJob
         from bridge.separate import SeparateJob
+        from bridge.speech import SpeechJob
+        from bridge.transcribe import TranscribeJob
         from engines.base import pick_device
 
         if self.runner is not None:
@@ -173,14 +236,16 @@ class _Server:
         for folder in (self.uploads, self.outputs):
             folder.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.data_dir / "jobs.sqlite3")
-        handler = _StemsHandler(SeparateJob(self.config, self.paths), self.data_dir)
-        self.runner = JobRunner(self.store, {"stems": handler}, self.config.jobs.workers, _log_event,
+        # The daemon's own handlers, local only (no router, no tiers): the same code runs either side.
+        jobs = {"stems": SeparateJob, "generate": GenerateJob, "transcribe": TranscribeJob, "tts": SpeechJob}
+        handlers = {task: _Handler(task, jobs[task](self.config, self.paths), self.data_dir) for task in self.tasks}
+        self.runner = JobRunner(self.store, handlers, self.config.jobs.workers, _log_event,
                                 max_attempts=self.config.jobs.max_attempts)
         requeued = self.runner.start()
         self._janitor = _Janitor(self.store, self.data_dir, self.retention_seconds)
         self._janitor.start()
-        log.info("self-hosted tier: data in %s, device %s, %d worker(s), uploads up to %d bytes%s",
-                 self.data_dir, self.device, self.config.jobs.workers, self.max_upload_bytes,
+        log.info("self-hosted tier: tasks %s, data in %s, device %s, %d worker(s), uploads up to %d bytes%s",
+                 ", ".join(self.tasks) or "none", self.data_dir, self.device, self.config.jobs.workers, self.max_upload_bytes,
                  f", {len(requeued)} job(s) requeued" if requeued else "")
 
     def stop(self) -> None:
@@ -215,6 +280,15 @@ class _Server:
             where = f" (instance {self.instance_id})" if self.instance_id else ""
             raise NotFound(f"job {_clip(job_id)!r} is not known on this server{where}; a job lives on the instance "
                            "that created it") from None
+
+    def models(self) -> dict[str, str]:
+        """The model each offered task runs, as a name (a path's last part: no server paths)."""
+        from engines.cloud.selfhosted import model_name
+
+        config = self.config
+        refs = {"stems": config.separate.model, "generate": config.generate.model,
+                "transcribe": config.transcribe.model, "tts": config.tts.voice}
+        return {task: model_name(refs[task]) for task in self.tasks}
 
     def get_runner(self) -> JobRunner:
         if self.runner is None:
@@ -317,39 +391,41 @@ class _Server:
         return form
 
     def _submit(self, form: _Form, key: str) -> tuple[Job, bool]:
-        from bridge.separate import check_request
-
         task = form.fields.get("task", "")
-        if task not in TASKS:
-            raise BadRequest(f"task: {task!r} is not offered here; expected one of {', '.join(TASKS)}")
+        if task not in self.tasks:
+            offered = ", ".join(self.tasks) or "none (server.tasks is empty)"
+            raise BadRequest(f"task: {_clip(task)!r} is not offered here; expected one of {offered}")
         text = form.fields.get("params", "") or "{}"
         try:
-            params = StemsParams.model_validate_json(text)
+            params = _PARAMS[task].model_validate_json(text)
         except ValidationError as err:
             raise BadRequest(f"params: {_explain(err)}") from None
-        if form.path is None:
-            raise BadRequest("file: no file part in the upload; send the audio as the multipart field 'file'")
-        if form.file_bytes == 0:
+        if form.path is None and _FILE[task] == "required":
+            raise BadRequest(f"file: no file part in the upload; a {task} job needs the audio as the multipart "
+                             "field 'file'")
+        if form.path is not None and _FILE[task] == "none":
+            raise BadRequest(f"file: a {task} job takes no file; send only task and params")
+        if form.path is not None and form.file_bytes == 0:
             raise BadRequest(f"file: {form.path.name!r} is empty (0 bytes)")
         request_id = form.fields.get("request_id", "") or None
         if request_id is not None and (len(request_id) > 128 or not request_id.isprintable()):
             raise BadRequest(f"request_id: expected at most 128 printable characters, got {request_id[:40]!r}…")
         # Paths relative to data_dir (the policy's only root), so a moved data folder still works.
+        upload = str(form.path.relative_to(self.data_dir)) if form.path is not None else ""
         try:
-            args = check_request({
-                **params.model_dump(exclude_none=True),
-                "path": str(form.path.relative_to(self.data_dir)),
-                "out_dir": f"outputs/{key}",
-            }, self.paths, self.config)
+            args = _check_request(task, params, upload, f"outputs/{key}", self.paths, self.config)
         except BridgeError as err:  # the client needs what is wrong, not where this server keeps files
-            raise type(err)(err.message.replace(f"{form.path.parent}/", "")) from None
-        args["path"] = str(Path(args["path"]).relative_to(self.data_dir))
-        args["out_dir"] = str(Path(args["out_dir"]).relative_to(self.data_dir))
-        job, created = self.get_runner().submit("stems", args, request_id)
+            message = err.message.replace(f"{self.uploads / key}/", "").replace(f"{self.data_dir}/", "")
+            raise type(err)(message) from None
+        for name in ("path", "out_dir", "melody_path"):
+            if args.get(name) and Path(args[name]).is_absolute():
+                args[name] = str(Path(args[name]).relative_to(self.data_dir))
+        job, created = self.get_runner().submit(task, args, request_id)
         if created:
-            log.info("job %s: stems of %s (%d bytes) queued", job.id, form.path.name, form.file_bytes)
+            what = f"{form.path.name} ({form.file_bytes} bytes)" if form.path is not None else "no upload"
+            log.info("job %s: %s of %s queued", job.id, task, what)
         else:
-            shutil.rmtree(form.path.parent, ignore_errors=True)  # a retry: the first upload serves
+            shutil.rmtree(self.uploads / key, ignore_errors=True)  # a retry: the first upload serves
             log.info("job %s: request id seen before; the upload was a retry", job.id)
         return job, created
 
@@ -407,18 +483,54 @@ def _explain(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-class _StemsHandler:
-    """`SeparateJob` with the result's paths made relative to data_dir, plus the format."""
+def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, paths: PathPolicy,
+                   config: Config) -> dict[str, Any]:
+    """The job's args, checked by the daemon's own `check_request` for the task."""
+    if task == "stems":
+        from bridge.separate import check_request
 
-    def __init__(self, separate: Callable[[JobContext], dict[str, Any]], data_dir: Path) -> None:
-        self._separate = separate
+        return check_request({**params.model_dump(exclude_none=True), "path": upload, "out_dir": out_dir},
+                             paths, config)
+    job_args: dict[str, Any] = params.job_args()  # type: ignore[attr-defined]
+    if task == "generate":
+        from bridge.daw import DawState
+        from bridge.generate import check_request as check_generate
+
+        # No DAW here: the length comes in seconds, so the tempo only names the file.
+        return check_generate({**job_args, "melody_path": upload, "out_dir": out_dir}, paths, config, DawState())
+    if task == "transcribe":
+        from bridge.transcribe import check_request as check_transcribe
+
+        return check_transcribe({**job_args, "path": upload, "out_dir": out_dir}, paths, config)
+    from bridge.speech import check_request as check_speech
+
+    return check_speech({**job_args, "out_dir": out_dir}, paths, config)
+
+
+class _Handler:
+    """A daemon job handler with the result's files made relative to data_dir (the client fetches
+    them by name) and no server paths left in what the client sees."""
+
+    def __init__(self, task: str, job: Callable[[JobContext], dict[str, Any]], data_dir: Path) -> None:
+        self._task = task
+        self._job = job
         self._data_dir = data_dir
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
-        result = dict(self._separate(ctx))
-        paths: dict[str, str] = result.pop("paths")
+        result = dict(self._job(ctx))
+        fmt: str | None = "wav"
+        if self._task == "stems":
+            paths: dict[str, str] = result.pop("paths")
+            fmt = ctx.job.args["format"]
+        elif self._task == "transcribe":  # the text is the result; no subtitle files are written
+            result.pop("paths", None)
+            result.pop("model_source", None)
+            paths, fmt = {}, None
+        else:  # generate, tts: one WAV
+            paths = {"audio": result.pop("path")}
+            result.pop("voice_source", None)
         files = {name: str(Path(os.path.realpath(path)).relative_to(self._data_dir)) for name, path in paths.items()}
-        return {**result, "files": files, "format": ctx.job.args["format"]}
+        return {**result, "files": files, **({"format": fmt} if fmt else {})}
 
 
 class _Form:
@@ -690,7 +802,8 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             "ok": True,
             "version": __version__,
             "device": server.device,
-            "tasks": list(TASKS),
+            "tasks": list(server.tasks),
+            "models": server.models(),
             "queued": len(store.list("queued", _COUNT_LIMIT)),
             "running": len(store.list("running", _COUNT_LIMIT)),
             "max_upload_bytes": server.max_upload_bytes,
@@ -702,7 +815,9 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
     @jobs.post("", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file", "task"],
         "properties": {"file": {"type": "string", "format": "binary"}, "task": {"type": "string", "enum": list(TASKS)},
-                       "params": {"type": "string", "description": "JSON object: model, stems, two_stems, format, encoding, shifts"},
+                       "params": {"type": "string", "description": "JSON object; stems: model, stems, two_stems, "
+                                  "format, encoding, shifts; generate: prompt, duration_seconds, seed, temperature, "
+                                  "top_k, guidance_scale; transcribe: language; tts: text, lang, speed"},
                        "request_id": {"type": "string"}}}}}}})
     async def create_job(request: Request) -> JSONResponse:
         job, created = await server.create_job(request)

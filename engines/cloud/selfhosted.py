@@ -11,6 +11,11 @@ canceled is not an answer to a new request: the next run moves on to `<id>.1`, `
 (still deterministic, so a retry of *that* create dedupes too). A finished job found that way is
 reused, unless its outputs have expired.
 
+What it offers: the server lists its tasks and the model each runs in `/v1/health`; the tier offers
+a task (to the router, through `offers_model`) only while the server lists it, and generate,
+transcribe and tts only for the model the server runs. That answer is cached for
+`offers_ttl_seconds`; an unreachable server offers nothing until it answers again.
+
 Sticky instances: when the server names its `instance` (Fly's machine id), every later request
 about that job carries `fly-force-instance-id`, so Fly's proxy sends it to the machine that has
 the job.
@@ -21,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,15 @@ from engines.cloud.http import TierClient, TransportFailed, backoff_seconds, ret
 log = logging.getLogger(__name__)
 
 PARAM_KEYS = ("model", "stems", "two_stems", "format", "encoding", "shifts")
+# The params each task sends (the names the daemon's job code uses for every tier).
+TASK_PARAMS = {
+    "stems": PARAM_KEYS,
+    "generate": ("prompt", "duration_seconds", "seed", "temperature", "top_k", "guidance_scale"),
+    "transcribe": ("language",),
+    "tts": ("text", "lang", "speed"),
+}
+# Which tasks upload a file: required (stems, transcribe), optional (generate's melody), none (tts).
+_NEEDS_INPUT = frozenset({"stems", "transcribe"})
 HEALTH_TIMEOUT_SECONDS = 3.0
 # Status codes another try may fix (the server restarting, a proxy in between, a brief overload).
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -66,10 +82,11 @@ class SelfHostedTier(Tier):
     a timeout, a 408/429 or a 5xx (all our requests are idempotent). Thread-safe.
     """
 
-    tasks = frozenset({"stems"})
+    tasks = frozenset(TASK_PARAMS)
 
     def __init__(self, base_url: str, token: str, *, timeout_seconds: float = 30.0, poll_seconds: float = 0.5,
-                 name: str = "selfhosted", usd_per_second: float | None = None, max_retries: int = 3) -> None:
+                 name: str = "selfhosted", usd_per_second: float | None = None, max_retries: int = 3,
+                 offers_ttl_seconds: float = 30.0) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"{name}: base_url {base_url!r} is not an http(s) URL such as https://stems.example.net")
@@ -88,6 +105,10 @@ class SelfHostedTier(Tier):
         self.poll_seconds = float(poll_seconds)
         self.usd_per_second = usd_per_second
         self.max_retries = max_retries
+        self.offers_ttl_seconds = float(offers_ttl_seconds)
+        self._offers: dict[str, str] | None = None  # {task: model name} when the server last answered
+        self._checked: float | None = None  # when the health route was last asked
+        self._offers_lock = threading.Lock()
         # Every message this client builds starts with the tier and its URL (never the token).
         self._http = TierClient(
             f"{name} ({self.base_url})",
@@ -100,12 +121,13 @@ class SelfHostedTier(Tier):
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         if not self.supports(job.task):
             raise BadRequest(f"{self.name}: task {job.task!r} is not offered; tasks: {', '.join(sorted(self.tasks))}")
-        if job.input_path is None or not Path(job.input_path).is_file():
+        if (job.input_path is not None or job.task in _NEEDS_INPUT) and not Path(job.input_path or "").is_file():
             raise BadRequest(f"{self.name}: input_path {job.input_path!s} is not a file")
-        params = server_params(job.params, self.name)
+        params = server_params(job.params, self.name, job.task)
         started = time.monotonic()
         report = _Monotonic(progress)
-        base_id = request_id(Path(job.input_path), job.task, params, check_cancelled)
+        base_id = request_id(None if job.input_path is None else Path(job.input_path), job.task, params,
+                             check_cancelled)
         for attempt in range(_MAX_RESUBMITS):
             rid = base_id if attempt == 0 else f"{base_id}.{attempt}"
             remote, created = self._create(job, params, rid, check_cancelled)
@@ -127,14 +149,52 @@ class SelfHostedTier(Tier):
                           "params failed or were canceled; not submitting it again")
 
     def health(self) -> bool:
+        return self._refresh()
+
+    def offered(self) -> dict[str, str]:
+        """{task: model name} the server runs, from its health route (cached for offers_ttl_seconds).
+        While it cannot be reached: what it offered when it last answered; stems only if it never
+        has (every version of the server runs stems; the router's circuit deals with a server that
+        is down)."""
+        with self._offers_lock:
+            fresh = self._checked is not None and time.monotonic() - self._checked < self.offers_ttl_seconds
+        if not fresh:
+            self._refresh()
+        with self._offers_lock:
+            return dict(self._offers if self._offers is not None else {"stems": ""})
+
+    def offers_model(self, task: str, model: str) -> bool:
+        """Whether the server lists `task`, and (generate, transcribe, tts) runs `model`: those run
+        the server's configured model, so a job asking for another stays off this tier."""
+        if not super().offers_model(task, model):
+            return False
+        offered = self.offered()
+        if task not in offered:
+            log.info("%s: not planned for %s: the server offers %s", self.name, task, ", ".join(sorted(offered)) or "none")
+            return False
+        if task != "stems" and model and offered[task] and model_name(model) != offered[task]:
+            log.info("%s: not planned for %s: the server runs model %r, not %r", self.name, task, offered[task],
+                     model_name(model))
+            return False
+        return True
+
+    def _refresh(self) -> bool:
+        """Ask the server's health route; True when it answered ok (and what it offers is noted)."""
         try:
             response = self._http.send("GET", f"{self.base_url}/v1/health", timeout_seconds=HEALTH_TIMEOUT_SECONDS,
                                        check_cancelled=_never_cancelled)
             body = response.json() if response.status_code == 200 else None
         except (BridgeError, ValueError) as err:
             log.debug("%s: health check failed: %s", self.name, err)
-            return False
-        return isinstance(body, dict) and body.get("ok") is True and "stems" in (body.get("tasks") or [])
+            body = None
+        ok = isinstance(body, dict) and body.get("ok") is True and isinstance(body.get("tasks"), list)
+        with self._offers_lock:
+            self._checked = time.monotonic()
+            if ok:
+                assert isinstance(body, dict)
+                models = body.get("models") if isinstance(body.get("models"), dict) else {}
+                self._offers = {task: str(models.get(task) or "") for task in body["tasks"] if task in self.tasks}
+        return ok
 
     def close(self) -> None:
         self._http.close()
@@ -154,14 +214,14 @@ class SelfHostedTier(Tier):
 
     def _create(self, job: TierJob, params: dict[str, Any], rid: str,
                 check_cancelled: CheckCancelled) -> tuple[dict[str, Any], bool]:
-        path = Path(job.input_path or "")
+        path = Path(job.input_path or os.devnull)
         with path.open("rb") as upload:
             def body() -> dict[str, Any]:
+                data = {"task": job.task, "params": json.dumps(params), "request_id": rid}
+                if job.input_path is None:  # tts, generate without a melody: still multipart, no file part
+                    return {"files": {name: (None, value) for name, value in data.items()}}
                 upload.seek(0)  # each try sends the whole file again
-                return {
-                    "data": {"task": job.task, "params": json.dumps(params), "request_id": rid},
-                    "files": {"file": (path.name, upload, "application/octet-stream")},
-                }
+                return {"data": data, "files": {"file": (path.name, upload, "application/octet-stream")}}
 
             response = self._request("POST", "/v1/jobs", check_cancelled, body=body)
         remote = self._job_body(response)
@@ -200,6 +260,8 @@ class SelfHostedTier(Tier):
         result = remote.get("result") or {}
         names = result.get("outputs")
         fmt = result.get("format")
+        if remote.get("task") == "transcribe" and isinstance(names, dict) and not names:
+            return {}  # the text is the result
         if not isinstance(names, dict) or not names or fmt not in ("wav", "flac") \
                 or not all(isinstance(n, str) and _STEM_NAME.match(n) for n in names):
             raise Unavailable(f"{self.name} ({self.base_url}): job {remote['id']} is done but its result names no "
@@ -223,11 +285,14 @@ class SelfHostedTier(Tier):
         cost = None
         if self.usd_per_second is not None:
             cost = round(self.usd_per_second * remote_seconds, 6) if created else 0.0  # a reused job was paid for
+        data = {}
+        if remote.get("task") == "transcribe":
+            data = {key: result.get(key) for key in ("text", "segments", "language") if key in result}
         return TierResult(
-            tier=self.name, outputs=outputs, seconds=seconds, cost_usd=cost,
+            tier=self.name, outputs=outputs, data=data, seconds=seconds, cost_usd=cost,
             details={"job_id": remote["id"], "request_id": rid, "instance": remote.get("instance"),
                      "reused": not created, "remote_seconds": round(remote_seconds, 3),
-                     "device": result.get("device"), "model": result.get("model")},
+                     "device": result.get("device"), "model": result.get("model") or result.get("voice")},
         )
 
     # -- HTTP --------------------------------------------------------------------------------------
@@ -295,22 +360,33 @@ def _quote(job_id: str) -> str:
     return job_id
 
 
-def server_params(params: dict[str, Any], tier: str = "selfhosted") -> dict[str, Any]:
-    """The stems params the server takes, from a `TierJob`'s: empty values left out; by default
-    FLAC in 24-bit PCM (lossless at the local default's precision, half the bytes of a WAV), or
-    WAV when the encoding is float (FLAC has no float samples)."""
-    unknown = sorted(set(params) - set(PARAM_KEYS))
+def server_params(params: dict[str, Any], tier: str = "selfhosted", task: str = "stems") -> dict[str, Any]:
+    """The params the server takes for `task`, from a `TierJob`'s: empty values left out. Stems: by
+    default FLAC in 24-bit PCM (lossless at the local default's precision, half the bytes of a
+    WAV), or WAV when the encoding is float (FLAC has no float samples)."""
+    keys = TASK_PARAMS.get(task, ())
+    unknown = sorted(set(params) - set(keys))
     if unknown:
-        raise BadRequest(f"{tier}: params {unknown} are not stems options; expected some of {', '.join(PARAM_KEYS)}")
+        raise BadRequest(f"{tier}: params {unknown} are not {task} options; expected some of {', '.join(keys)}")
     chosen = {k: v for k, v in params.items() if v not in (None, "", [])}
+    if task != "stems":
+        return chosen
     chosen.setdefault("encoding", "pcm24")
     chosen.setdefault("format", "wav" if chosen["encoding"] == "float" else "flac")
     return chosen
 
 
-def request_id(path: Path, task: str, params: dict[str, Any], check_cancelled: CheckCancelled) -> str:
+def model_name(ref: str) -> str:
+    """A model as the server names it in /v1/health, and as the tier compares it: the last part of a
+    path or hub id (no server paths; a local copy of `facebook/musicgen-small` matches the hub name)."""
+    return ref.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def request_id(path: Path | None, task: str, params: dict[str, Any], check_cancelled: CheckCancelled) -> str:
     """A stable id for (task, params, the input's bytes): the same request always gets the same id."""
     digest = hashlib.sha256(f"flowstate-{task}-v1\0{json.dumps(params, sort_keys=True)}\0".encode())
+    if path is None:
+        return digest.hexdigest()[:32]
     with path.open("rb") as source:
         for index, chunk in enumerate(iter(lambda: source.read(1 << 20), b"")):
             digest.update(chunk)

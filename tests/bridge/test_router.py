@@ -103,6 +103,26 @@ def test_tiers_that_do_not_offer_the_task_are_left_out(store: JobStore) -> None:
     assert [d.tier for d in r.plan("stems", "htdemucs", 300, None)] == ["local", "selfhosted"]
 
 
+@pytest.mark.parametrize("task", ["stems", "generate", "transcribe", "tts"])
+def test_every_task_is_planned_only_on_the_tiers_that_offer_it(store: JobStore, task: str) -> None:
+    """Every tier listed in router.order for every task, each offering a different subset: a plan (in
+    every deadline class) holds exactly the tiers that offer the task, in the configured order."""
+    offered = {
+        "selfhosted": frozenset({"stems", "transcribe"}),  # a server whose server.tasks lists these two
+        "replicate": frozenset({"stems", "generate", "transcribe"}),
+        "huggingface": frozenset({"generate"}),
+        "workers_ai": frozenset({"transcribe", "tts"}),
+    }
+    config = RouterConfig.model_validate({"local_seconds_per_audio_second": {"cpu": 100.0}})
+    r = Router(config, offered, store, "cpu")
+    expected = [tier for tier in config.order[task] if tier != "local" and task in offered[tier]]
+    for realtime, deadline in ((True, None), (False, 30.0), (False, None)):
+        plan = [d.tier for d in r.plan(task, "m", 60, deadline, realtime=realtime)]
+        assert sorted(plan) == sorted(["local", *expected]), (realtime, deadline, plan)
+    background = [d.tier for d in r.plan(task, "m", 60, None)]
+    assert background == ["local", *expected]  # fallbacks in router.order's order
+
+
 def test_realtime_jobs_take_the_fastest_tier_within_budget(store: JobStore) -> None:
     r = router(store)
     plan = r.plan("stems", "htdemucs", 300, None, realtime=True)

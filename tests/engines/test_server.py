@@ -45,7 +45,8 @@ SERVED_NAME = "stems.example.test"
 
 
 class ServerProcess:
-    def __init__(self, workdir: Path, repo: Path, daemon: dict[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, repo: Path, daemon: dict[str, Any] | None = None,
+                 settings: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,14 +59,16 @@ class ServerProcess:
             # Short segments: the tiny model's attention grows with the window (see bridge.testing).
             "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, "segment_seconds": 0.5},
             "server": {"allowed_hosts": [SERVED_NAME]},
+            **(settings or {}),
         }
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_seconds: float = 60.0) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
-        env["FLOWSTATE_SERVER_TOKEN"] = TOKEN
+        env.update({**self.env, "FLOWSTATE_SERVER_TOKEN": TOKEN})
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", ENTRY, str(self.config_path), str(self.port), str(self.data_dir),
@@ -170,7 +173,10 @@ def test_health_needs_no_token(server: ServerProcess) -> None:
     response = httpx.get(f"{server.url}/v1/health", timeout=5)
     assert response.status_code == 200
     body = response.json()
-    assert body["ok"] is True and body["tasks"] == ["stems"] and body["device"] == "cpu"
+    assert body["ok"] is True and body["tasks"] == ["stems", "generate", "transcribe", "tts"] and body["device"] == "cpu"
+    # The model each task runs, by name (the test's config names none but separate.model).
+    assert body["models"] == {"stems": "tiny", "generate": "musicgen-small", "transcribe": "small",
+                              "tts": "en_US-lessac-medium"}
     assert isinstance(body["version"], str) and body["queued"] >= 0 and body["running"] >= 0
 
 
