@@ -173,6 +173,8 @@ class StreamConfig(_Section):
     budget_ms: float | None = Field(default=None, gt=0.0, le=60000.0)
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=256)
+    # What runs the model's windows on CPU (engines/inference.py): torch, openvino, or auto.
+    backend: Literal["auto", "torch", "openvino"] = "torch"
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []
     effects: EffectsConfig = EffectsConfig()
