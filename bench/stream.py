@@ -267,7 +267,8 @@ def main_backends(rounds: int) -> int:
     for name in ("torch", "openvino"):
         print(f"{name:>9}: window p50 {row[f'{name}_p50_ms']:.0f} ms, p99 {row[f'{name}_p99_ms']:.0f} ms; network "
               f"between STFT and iSTFT p50 {row[f'{name}_network_p50_ms']:.0f} ms; end to end "
-              f"{row['latency_ms_before_budget']:.1f} + {row['budget_margin']} x p99 = {row[f'{name}_end_to_end_ms']:.0f} ms")
+              f"{row['latency_ms_before_budget']:.1f} + {row['budget_margin']} x p99 = "
+              f"{row[f'{name}_end_to_end_ms']:.0f} ms")
     print(f"torch/openvino: window {row['speedup_window_p50']:.2f}x, network {row['speedup_network_p50']:.2f}x. "
           f"Run took {time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after.")

@@ -189,7 +189,8 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
         with torch.inference_mode():
             worst = max(float((model(probe) - runner(probe)).abs().max()) for model, runner in zip(models, runners))
         if not worst <= MATCH_TOLERANCE:
-            problem = f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window (limit {MATCH_TOLERANCE:g})"
+            problem = (f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window "
+                       f"(limit {MATCH_TOLERANCE:g})")
     if problem is not None:
         if backend == "openvino":
             raise Unavailable(f"backend: 'openvino' cannot run this stream: {problem}. Fix: set stream.backend "

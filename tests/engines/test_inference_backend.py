@@ -116,6 +116,17 @@ def test_auto_runs_torch_when_conversion_fails(repo: Path, monkeypatch: pytest.M
     assert out.shape == (4, 2, 9600)
 
 
+@pytest.mark.timeout(900)
+def test_auto_runs_torch_when_openvino_does_not_match(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.inference
+
+    monkeypatch.setattr(engines.inference, "MATCH_TOLERANCE", -1.0)  # no difference, not even 0, is within it
+    with engine(repo, "auto") as separator:
+        stats = separator.stats()
+    assert stats["backend"] == "torch"
+    assert "OpenVINO's output differs from torch's by" in stats["backend_choice"]
+
+
 def test_torch_is_the_default_and_says_so(repo: Path) -> None:
     with engine(repo) as separator:
         stats = separator.stats()
