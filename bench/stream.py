@@ -33,6 +33,12 @@ Figures per setting:
   skips the latter.
 
     .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N] [--no-default-model]
+    .venv/bin/python bench/stream.py --backends [--rounds N] [--threads N]
+
+`--backends` compares only the inference backends (stream.backend, engines/inference.py) on the
+CPU default's window: eager torch against OpenVINO, per-window compute (whole, and the network
+between the STFT and its inverse alone), taking turns, their max abs difference, and the end-to-end
+latency each gives (the engine's latency + 1.3 x p99, the default compute budget).
 
 Concurrent streams (issue 12: GPU readiness), `--streams 1,4,8`: instead of the settings table, for
 each N, N engines (each its own model copy, as the daemon's device stream and audio-socket clients
@@ -370,6 +376,79 @@ def reference_forward(device: Any, with_default: bool) -> dict[str, Any]:
     return result
 
 
+def compare_backends(rounds: int, margin: float = 1.3) -> dict[str, Any]:
+    """Eager torch against OpenVINO (engines/inference.py) on the released architecture, the CPU
+    default's window (1.02 s): per-window compute, whole (STFT, network, iSTFT) and the network
+    alone, taking turns window by window; the max abs difference; and the end-to-end latency each
+    gives, the engine's latency at the CPU default plus a compute budget of `margin` x p99."""
+    import torch
+
+    from bridge.testing import tiny_htdemucs_repo
+    from engines.inference import OpenVinoHTDemucs, htdemucs_core
+
+    model = released_htdemucs()
+    model.use_train_segment = False
+    frames = round(REFERENCE_WINDOW_SECONDS * model.samplerate / 1024) * 1024
+    window = torch.randn(1, 2, frames, generator=torch.Generator().manual_seed(0))
+    started = time.perf_counter()
+    compiled = OpenVinoHTDemucs(model, window, torch.get_num_threads())
+    convert_s = time.perf_counter() - started
+    core = htdemucs_core(model)
+    with torch.inference_mode():
+        mag = model._magnitude(model._spec(window))
+        difference = float((model(window) - compiled(window)).abs().max())
+        runs = {"torch": lambda: model(window), "openvino": lambda: compiled(window),
+                "torch_network": lambda: core(window, mag), "openvino_network": lambda: compiled._core(window, mag)}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for round_ in range(rounds + 1):  # the first round warms up, untimed
+            for name, run in runs.items():
+                started = time.perf_counter()
+                run()
+                if round_:
+                    times[name].append(1000.0 * (time.perf_counter() - started))
+    with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:  # the latency does not depend on the model
+        context, hop, lookahead = CPU_DEFAULTS
+        engine = StreamingSeparator("tiny", repo=tiny_htdemucs_repo(Path(folder), depth=3), device="cpu",
+                                    sample_rate=SAMPLE_RATE, context_seconds=context, hop_seconds=hop,
+                                    lookahead_seconds=lookahead)
+        latency_ms = engine.latency_ms
+        engine.close()
+    result: dict[str, Any] = {"window_s": round(frames / model.samplerate, 4), "rounds": rounds,
+                              "convert_s": round(convert_s, 1), "max_abs_difference": difference,
+                              "latency_ms_before_budget": round(latency_ms, 1), "budget_margin": margin}
+    for name, values in times.items():
+        result[f"{name}_p50_ms"] = round(float(np.percentile(values, 50)), 1)
+        result[f"{name}_p99_ms"] = round(float(np.percentile(values, 99)), 1)
+    for name in ("torch", "openvino"):
+        result[f"{name}_end_to_end_ms"] = round(latency_ms + margin * result[f"{name}_p99_ms"], 1)
+    result["speedup_window_p50"] = round(result["torch_p50_ms"] / result["openvino_p50_ms"], 3)
+    result["speedup_network_p50"] = round(result["torch_network_p50_ms"] / result["openvino_network_p50_ms"], 3)
+    return result
+
+
+def main_backends(rounds: int) -> int:
+    import torch
+
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    row = compare_backends(rounds)
+    load_after = os.getloadavg()
+    print(f"{describe_htdemucs(released_htdemucs())} (random weights), cpu, {torch.get_num_threads()} threads, "
+          f"a {row['window_s']:.2f} s window (the CPU default), {rounds} rounds taking turns; OpenVINO conversion "
+          f"{row['convert_s']:.0f} s; max abs difference {row['max_abs_difference']:.2g}")
+    for name in ("torch", "openvino"):
+        print(f"{name:>9}: window p50 {row[f'{name}_p50_ms']:.0f} ms, p99 {row[f'{name}_p99_ms']:.0f} ms; network "
+              f"between STFT and iSTFT p50 {row[f'{name}_network_p50_ms']:.0f} ms; end to end "
+              f"{row['latency_ms_before_budget']:.1f} + {row['budget_margin']} x p99 = "
+              f"{row[f'{name}_end_to_end_ms']:.0f} ms")
+    print(f"torch/openvino: window {row['speedup_window_p50']:.2f}x, network {row['speedup_network_p50']:.2f}x. "
+          f"Run took {time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after.")
+    print(json.dumps({"bench": "stream-backends", **row, "loadavg_before": [round(x, 2) for x in load_before],
+                      "loadavg_after": [round(x, 2) for x in load_after]}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
@@ -384,11 +463,19 @@ def main(argv: list[str] | None = None) -> int:
                                                         "(default: the device's)")
     parser.add_argument("--tiny", action="store_true",
                         help="with --streams: the 27 k-parameter test model (checks the bench; not a product figure)")
+    parser.add_argument("--backends", action="store_true",
+                        help="only compare torch and OpenVINO (stream.backend) at the CPU default window")
+    parser.add_argument("--rounds", type=int, default=10, help="windows per backend with --backends")
     args = parser.parse_args(argv)
     if args.streams:
         return streams_main(args)
 
     import torch
+
+    if args.backends:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return main_backends(args.rounds)
 
     from engines.base import pick_device
 

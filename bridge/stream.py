@@ -456,6 +456,8 @@ class LiveStream:
             "context_seconds": round(float(self.engine.context_seconds), 4),
             "hop_seconds": round(float(self.engine.hop_seconds), 4),
             "hop_choice": stats.get("hop_choice"),
+            "backend": stats.get("backend"),
+            "backend_choice": stats.get("backend_choice"),
             "lookahead_seconds": round(float(self.engine.lookahead_seconds), 4),
             "compute_ms_p50": stats.get("compute_ms_p50"),
             "compute_ms_p99": stats.get("compute_ms_p99"),
@@ -604,6 +606,7 @@ class StreamManager:
             threads=settings.threads,
             max_ratio_terms=settings.max_ratio_terms,
             batching=self.batchers if self.batching_for(settings) else None,
+            backend=settings.backend,
         )
         engine.load()
         return engine
@@ -613,7 +616,7 @@ class StreamManager:
         key = (
             settings.model, settings.engine_device, settings.sample_rate, settings.channels,
             settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
-            settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams,
+            settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
         )
         engine = self._engines.get(key)
         if engine is None:

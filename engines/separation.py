@@ -33,6 +33,7 @@ import numpy as np
 
 from bridge.errors import BadRequest, Internal, NotFound, Unavailable
 from engines.base import Engine
+from engines.inference import check_backend, choose_backend
 from engines.resample import reduced_ratio, standard_rates, stream_rate_problem
 from engines.spleeter import is_spleeter, load_spleeter
 
@@ -426,7 +427,8 @@ class StreamingSeparator(Engine):
                  channels: int = 2, context_seconds: float | None = None, hop_seconds: float | None = None,
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
                  threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD,
-                 max_ratio_terms: int = MAX_RATIO_TERMS, batching: WindowBatchers | None = None) -> None:
+                 max_ratio_terms: int = MAX_RATIO_TERMS, batching: WindowBatchers | None = None,
+                 backend: str = "torch") -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {model!r}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
@@ -449,6 +451,7 @@ class StreamingSeparator(Engine):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or not 1 <= threads <= 256):
             raise BadRequest(f"threads: expected an integer in [1, 256] or null, got {threads!r}")
+        check_backend(backend)  # engines/inference.py: auto, torch or openvino
         super().__init__(device)
         if precision == "float16" and self.device.type == "cpu":
             raise BadRequest("precision: 'float16' needs a CUDA device (this engine runs on cpu); "
@@ -462,6 +465,8 @@ class StreamingSeparator(Engine):
         self.precision = precision
         self.threads = threads
         self.max_ratio_terms = max_ratio_terms
+        self.backend_requested = backend
+        self.backend, self.backend_choice = "torch", "not loaded yet"
         self._requested: tuple[float | None, float, float] = (
             defaults[0] if context_seconds is None else float(context_seconds),
             defaults[1] if hop_seconds is None else float(hop_seconds),
@@ -568,6 +573,8 @@ class StreamingSeparator(Engine):
             "device": str(self.device),
             "precision": self.precision,
             "hop_choice": self.hop_choice,
+            "backend": self.backend,
+            "backend_choice": self.backend_choice,
             **self.load_timing(),
             **self._batch_stats(sizes, forwards),
         }
@@ -629,6 +636,7 @@ class StreamingSeparator(Engine):
         self._load_compute_ms = []
         if self._auto_hop:
             self._choose_hop(bag)
+        self._choose_backend()
         # Enough windows for a p99 at the setting taken (the hop ladder's last timing counts too).
         self._load_compute_ms += self._time_windows_ms(LOAD_TIMING_WINDOWS - len(self._load_compute_ms),
                                                        budget_seconds=LOAD_TIMING_SECONDS,
@@ -659,6 +667,16 @@ class StreamingSeparator(Engine):
             self._requested = (self._requested[0], bigger, self._requested[2])
             self._configure(bag)
 
+    def _choose_backend(self) -> None:
+        """Eager torch or OpenVINO for the windows of the setting taken (engines/inference.py)."""
+        import torch
+
+        self.backend, self._runners, self.backend_choice = choose_backend(
+            self.backend_requested, self._models, self._window_dev, device_type=self.device.type,
+            precision=self.precision, htdemucs=not is_spleeter(self.model_name), threads=torch.get_num_threads(),
+            batched=self._batching is not None)
+        log.info("%s: inference backend %s (%s)", self.name, self.backend, self.backend_choice)
+
     def _time_windows_ms(self, repeats: int, budget_seconds: float = math.inf, minimum: int = 0) -> list[float]:
         """The time of each of `repeats` full windows through every model of the bag, warm; past
         `budget_seconds`, stop once `minimum` are timed.
@@ -678,8 +696,8 @@ class StreamingSeparator(Engine):
                 if len(times) >= minimum and time.perf_counter() > deadline:
                     break
                 started = time.perf_counter()
-                for model in self._models:
-                    model(batch)
+                for run in self._runners:
+                    run(batch)
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
                 times.append(1000.0 * (time.perf_counter() - started) + extra_ms)
@@ -707,6 +725,7 @@ class StreamingSeparator(Engine):
                              f"it has {bag.audio_channels} channels")
         device = self.device
         self._models = [sub.to(device) for sub in bag.models]
+        self._runners = self._models  # what runs a window: the models, or their OpenVINO builds
         weights = torch.tensor(bag.weights, dtype=torch.float32)  # (models, sources)
         totals = weights.sum(dim=0)
         if bool((totals <= 0).any()):
@@ -769,7 +788,7 @@ class StreamingSeparator(Engine):
         if self._batcher is not None:
             self._batcher.leave(self._member)
             self._batcher = None
-        self._models = []
+        self._models = self._runners = []
         self._weights = None
         if self._cuda:
             import torch
@@ -891,8 +910,8 @@ class StreamingSeparator(Engine):
                 outputs, batch_size, forward_ms = batched.outputs, batched.batch_size, batched.forward_ms
             else:
                 outputs, batch_size, forward_ms = None, 1, 0.0
-            for index, model in enumerate(self._models):
-                whole = outputs[index] if outputs is not None else model(self._window_dev)
+            for index, run in enumerate(self._runners):
+                whole = outputs[index] if outputs is not None else run(self._window_dev)
                 part = whole[0, :, :, context:context + hop + crossfade].float()
                 if self._weights is not None:
                     part = part * self._weights[index]

@@ -1,0 +1,229 @@
+"""Inference backends for the streaming engine's HTDemucs windows: eager torch, or OpenVINO on CPU.
+
+HTDemucs's forward starts with an STFT and ends with its inverse, complex-valued ops that model
+exporters do not take. `HTDemucsCore` is the network between them, written against the model's own
+submodules: (mix, magnitude spectrogram) -> (frequency-branch output, time-branch output), both
+already scaled back by the input's statistics. `OpenVinoHTDemucs` keeps the STFT, the mask and the
+iSTFT in torch and runs that core through OpenVINO, compiled for one window shape (a stream's
+windows all have the same shape). Called with a window it returns what `model(window)` returns.
+
+`choose_backend` decides per stream: `torch` always runs eager torch; `openvino` runs OpenVINO or
+says why it cannot; `auto` takes OpenVINO only on a CPU where it is installed, converts, matches
+torch within `MATCH_TOLERANCE` on a probe window and measures faster; otherwise torch, with the
+reason. Nothing here is imported before a model is loaded, and openvino only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bridge.errors import BadRequest, Unavailable
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "openvino")
+MATCH_TOLERANCE = 1e-4  # max abs difference from eager torch on the probe window
+# `auto` takes OpenVINO only when its window costs at most this share of torch's (median of the
+# interleaved timings): a smaller gain is within the noise of a shared machine.
+AUTO_FASTER = 0.95
+AUTO_TIMING_ROUNDS = 3
+
+
+def check_backend(backend: Any) -> str:
+    if backend not in BACKENDS:
+        raise BadRequest(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def _core_class() -> type:
+    import torch
+
+    class HTDemucsCore(torch.nn.Module):
+        """The part of `HTDemucs.forward` between `_magnitude` and `_mask` (see the module doc)."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, mix: Any, mag: Any) -> tuple[Any, Any]:
+            m = self.model
+            batch, _, bins, frames = mag.shape
+            mean, std = mag.mean(dim=(1, 2, 3), keepdim=True), mag.std(dim=(1, 2, 3), keepdim=True)
+            x = (mag - mean) / (1e-5 + std)
+            meant, stdt = mix.mean(dim=(1, 2), keepdim=True), mix.std(dim=(1, 2), keepdim=True)
+            xt = (mix - meant) / (1e-5 + stdt)
+            saved, saved_t, lengths, lengths_t = [], [], [], []
+            for idx, encode in enumerate(m.encoder):
+                lengths.append(x.shape[-1])
+                inject = None
+                if idx < len(m.tencoder):
+                    lengths_t.append(xt.shape[-1])
+                    xt = m.tencoder[idx](xt)
+                    if m.tencoder[idx].empty:
+                        inject = xt  # the branches merge here
+                    else:
+                        saved_t.append(xt)
+                x = encode(x, inject)
+                if idx == 0 and m.freq_emb is not None:
+                    emb = m.freq_emb(torch.arange(x.shape[-2], device=x.device)).t()[None, :, :, None]
+                    x = x + m.freq_emb_scale * emb.expand_as(x)
+                saved.append(x)
+            if m.crosstransformer:
+                if m.bottom_channels:
+                    c, f, t = x.shape[1:]
+                    x = m.channel_upsampler(x.reshape(batch, c, f * t))
+                    x = x.reshape(batch, -1, f, t)
+                    xt = m.channel_upsampler_t(xt)
+                x, xt = m.crosstransformer(x, xt)
+                if m.bottom_channels:
+                    c, f, t = x.shape[1:]
+                    x = m.channel_downsampler(x.reshape(batch, c, f * t)).reshape(batch, -1, f, t)
+                    xt = m.channel_downsampler_t(xt)
+            offset = m.depth - len(m.tdecoder)
+            for idx, decode in enumerate(m.decoder):
+                x, pre = decode(x, saved.pop(-1), lengths.pop(-1))
+                if idx >= offset:
+                    tdec = m.tdecoder[idx - offset]
+                    length_t = lengths_t.pop(-1)
+                    if tdec.empty:
+                        xt, _ = tdec(pre[:, :, 0], None, length_t)
+                    else:
+                        xt, _ = tdec(xt, saved_t.pop(-1), length_t)
+            sources = len(m.sources)
+            x = x.view(batch, sources, -1, bins, frames) * std[:, None] + mean[:, None]
+            xt = xt.view(batch, sources, -1, mix.shape[-1]) * stdt[:, None] + meant[:, None]
+            return x, xt
+
+    return HTDemucsCore
+
+
+def htdemucs_core(model: Any) -> Any:
+    """`HTDemucsCore` of an HTDemucs in eval mode with `use_train_segment = False`."""
+    return _core_class()(model).eval()
+
+
+def split_forward(model: Any, mix: Any, core: Callable[[Any, Any], tuple[Any, Any]]) -> Any:
+    """`model(mix)` with the network between the STFT and its inverse run by `core`."""
+    z = model._spec(mix)
+    x, xt = core(mix, model._magnitude(z))
+    return xt + model._ispec(model._mask(z, x), mix.shape[-1])
+
+
+class OpenVinoHTDemucs:
+    """`model(window)` for windows of one shape, the core compiled by OpenVINO for the CPU."""
+
+    def __init__(self, model: Any, window: Any, threads: int) -> None:
+        import torch
+
+        ov = importlib.import_module("openvino")
+        self.model = model
+        self.shape = tuple(window.shape)
+        core = htdemucs_core(model)
+        mag = model._magnitude(model._spec(window))
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel does not convert
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the trace is for this one shape
+                # Static shapes: a stream's windows all have this one.
+                converted = ov.convert_model(core, example_input=(window, mag),
+                                             input=[tuple(window.shape), tuple(mag.shape)])
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        self._compiled = ov.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                             "INFERENCE_NUM_THREADS": int(threads),
+                                                             "INFERENCE_PRECISION_HINT": "f32"})
+        self._request = self._compiled.create_infer_request()
+
+    def _core(self, mix: Any, mag: Any) -> tuple[Any, Any]:
+        import torch
+
+        self._request.infer([mix.numpy(), mag.contiguous().numpy()], share_inputs=True)
+        return (torch.from_numpy(self._request.get_output_tensor(0).data),
+                torch.from_numpy(self._request.get_output_tensor(1).data))
+
+    def __call__(self, window: Any) -> Any:
+        if tuple(window.shape) != self.shape:
+            raise BadRequest(f"OpenVINO backend: compiled for windows shaped {self.shape}, got {tuple(window.shape)}")
+        return split_forward(self.model, window, self._core)
+
+
+def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_type: str, precision: str,
+                   htdemucs: bool, threads: int, batched: bool = False) -> tuple[str, list[Callable[[Any], Any]], str]:
+    """(the backend taken, one callable per model, why) for this stream's window shape.
+
+    `backend='openvino'` raises `Unavailable` (with the reason) where OpenVINO cannot run it;
+    `auto` falls back to torch, and the reason says why.
+    """
+    import torch
+
+    check_backend(backend)
+    eager = list(models)
+    if backend == "torch":
+        return "torch", eager, "set in config"
+    problem = None
+    if device_type != "cpu":
+        problem = f"OpenVINO runs on the CPU here; this stream runs on {device_type}"
+    elif not htdemucs:
+        problem = "OpenVINO converts HTDemucs only; this model runs in torch"
+    elif precision != "float32":
+        problem = f"OpenVINO runs float32 only; precision is {precision}"
+    elif batched:
+        problem = "OpenVINO is compiled for one window; this stream batches its windows with others' (stream.batch_streams)"
+    if problem is None:
+        try:
+            importlib.import_module("openvino")
+        except ImportError as err:
+            problem = f"openvino is not installed ({err}); install the project's [openvino] extra"
+    runners: list[Callable[[Any], Any]] = []
+    if problem is None:
+        try:
+            runners = [OpenVinoHTDemucs(model, window, threads) for model in models]
+        except Exception as err:  # the converter raises many kinds
+            problem = f"OpenVINO could not convert the model: {type(err).__name__}: {err}"
+    if problem is None:
+        probe = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            worst = max(float((model(probe) - runner(probe)).abs().max()) for model, runner in zip(models, runners))
+        if not worst <= MATCH_TOLERANCE:
+            problem = (f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window "
+                       f"(limit {MATCH_TOLERANCE:g})")
+    if problem is not None:
+        if backend == "openvino":
+            raise Unavailable(f"backend: 'openvino' cannot run this stream: {problem}. Fix: set stream.backend "
+                              "to auto or torch")
+        log.info("inference backend: torch (%s)", problem)
+        return "torch", eager, f"auto: {problem}"
+    if backend == "openvino":
+        return "openvino", runners, f"set in config (matches torch within {MATCH_TOLERANCE:g})"
+    torch_ms, ov_ms = compare_ms(eager, runners, window, AUTO_TIMING_ROUNDS)
+    share = ov_ms / torch_ms
+    measured = f"a window took {ov_ms:.0f} ms with OpenVINO, {torch_ms:.0f} ms with torch (x{share:.2f})"
+    if share <= AUTO_FASTER:
+        return "openvino", runners, f"auto: {measured}"
+    return "torch", eager, f"auto: {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less"
+
+
+def compare_ms(first: Sequence[Callable[[Any], Any]], second: Sequence[Callable[[Any], Any]], window: Any,
+               rounds: int) -> tuple[float, float]:
+    """Median ms of a window through every callable of `first`, then of `second`, taking turns
+    (one window each, after one untimed round) so that load from elsewhere hits both alike."""
+    import statistics
+
+    import torch
+
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        for round_ in range(rounds + 1):
+            for runners, out in zip((first, second), times):
+                started = time.perf_counter()
+                for runner in runners:
+                    runner(window)
+                if round_:
+                    out.append(1000.0 * (time.perf_counter() - started))
+    return statistics.median(times[0]), statistics.median(times[1])

@@ -1,0 +1,156 @@
+"""The streaming engine's inference backend (engines/inference.py): eager torch or OpenVINO on CPU.
+
+OpenVINO runs the network between HTDemucs's STFT and its inverse; what a user hears must be the
+same as with torch (within 1e-4), and where OpenVINO cannot run, `auto` runs torch and says why.
+No timing assertions: whether `auto` takes OpenVINO depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bridge.errors import BadRequest, Unavailable
+from bridge.testing import tiny_htdemucs_repo
+from engines.inference import BACKENDS, htdemucs_core, split_forward
+from engines.separation import StreamingSeparator
+
+# A short window (0.1 + 0.1 + 0.1 s): conversion and streaming stay cheap on a shared 2-core CPU.
+SETTING = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_htdemucs_repo(tmp_path_factory.mktemp("demucs") / "repo", depth=3)
+
+
+@contextlib.contextmanager
+def engine(repo: Path, backend: str | None = None) -> Iterator[StreamingSeparator]:
+    kwargs = {} if backend is None else {"backend": backend}
+    separator = StreamingSeparator("tiny", repo=repo, device="cpu", **kwargs, **SETTING)
+    try:
+        yield separator
+    finally:
+        separator.close()
+
+
+def noise(frames: int, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal((2, frames))).astype(np.float32)
+
+
+def stream(separator: StreamingSeparator, audio: np.ndarray, block: int = 512) -> np.ndarray:
+    return np.concatenate([separator.process(audio[:, i:i + block]) for i in range(0, audio.shape[1], block)], axis=-1)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"channels": 8, "depth": 2, "t_layers": 1, "bottom_channels": 0},  # tiny_htdemucs_repo's
+    {"channels": 8, "depth": 3, "t_layers": 1, "bottom_channels": 16, "dconv_mode": 3},  # the released layout, small
+], ids=["no-bottom-channels", "bottom-channels"])
+def test_the_network_between_stft_and_istft_gives_the_models_output(kwargs: dict) -> None:
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(0)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=44100, segment=4, **kwargs).eval()
+    model.use_train_segment = False
+    window = torch.randn(1, 2, 12 * 1024, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(window)
+        actual = split_forward(model, window, htdemucs_core(model))
+    assert actual.shape == expected.shape
+    assert float((actual - expected).abs().max()) <= 1e-4
+
+
+@pytest.mark.timeout(900)  # converting takes up to a minute on a busy 2-core machine
+def test_openvino_streams_the_same_stems_as_torch(repo: Path) -> None:
+    audio = noise(48000)
+    with engine(repo, "torch") as eager:
+        expected = stream(eager, audio)
+        assert eager.stats()["backend"] == "torch"
+    with engine(repo, "openvino") as compiled:
+        actual = stream(compiled, audio)
+        stats = compiled.stats()
+    assert stats["backend"] == "openvino", stats["backend_choice"]
+    assert "matches torch within 0.0001" in stats["backend_choice"]
+    assert actual.shape == expected.shape
+    assert np.abs(expected).max() > 1e-3  # stems with something in them
+    assert float(np.abs(actual - expected).max()) <= 1e-4
+
+
+def test_auto_without_openvino_runs_torch_and_says_why(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    with engine(repo, "auto") as separator:
+        out = stream(separator, noise(9600))
+        stats = separator.stats()
+    assert stats["backend"] == "torch"
+    assert "openvino is not installed" in stats["backend_choice"]
+    assert "[openvino] extra" in stats["backend_choice"]
+    assert out.shape == (4, 2, 9600)
+
+
+def test_openvino_asked_for_but_missing_refuses_to_load_and_says_why(repo: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(Unavailable, match=r"openvino is not installed.*set stream.backend to auto or torch"):
+        with engine(repo, "openvino") as separator:
+            separator.load()
+
+
+def test_auto_runs_torch_when_conversion_fails(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("op aten::stft is not supported")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    with engine(repo, "auto") as separator:
+        out = stream(separator, noise(9600))
+        stats = separator.stats()
+    assert stats["backend"] == "torch"
+    assert "could not convert the model: RuntimeError: op aten::stft is not supported" in stats["backend_choice"]
+    assert out.shape == (4, 2, 9600)
+
+
+@pytest.mark.timeout(900)
+def test_auto_runs_torch_when_openvino_does_not_match(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.inference
+
+    monkeypatch.setattr(engines.inference, "MATCH_TOLERANCE", -1.0)  # no difference, not even 0, is within it
+    with engine(repo, "auto") as separator:
+        stats = separator.stats()
+    assert stats["backend"] == "torch"
+    assert "OpenVINO's output differs from torch's by" in stats["backend_choice"]
+
+
+def test_a_stream_that_batches_with_others_runs_torch_and_says_why(repo: Path) -> None:
+    from engines.batching import WindowBatchers
+
+    separator = StreamingSeparator("tiny", repo=repo, device="cpu", backend="auto",
+                                   batching=WindowBatchers(gather_seconds=0.0, max_streams=2), **SETTING)
+    try:
+        out = stream(separator, noise(9600))
+        stats = separator.stats()
+    finally:
+        separator.close()
+    assert stats["backend"] == "torch"
+    assert "batches its windows" in stats["backend_choice"]
+    assert out.shape == (4, 2, 9600)
+
+
+def test_torch_is_the_default_and_says_so(repo: Path) -> None:
+    with engine(repo) as separator:
+        stats = separator.stats()
+    assert (stats["backend"], stats["backend_choice"]) == ("torch", "set in config")
+
+
+@pytest.mark.parametrize("bad", ["tensorrt", "OpenVINO", None, 1])
+def test_a_bad_backend_name_is_a_bad_request_naming_the_value_and_the_choices(bad: object) -> None:
+    with pytest.raises(BadRequest) as caught:
+        StreamingSeparator("tiny", device="cpu", backend=bad)  # type: ignore[arg-type]
+    assert repr(bad) in str(caught.value)
+    assert all(name in str(caught.value) for name in BACKENDS)
