@@ -56,14 +56,16 @@ DEFAULT_BASE_URL = "https://router.huggingface.co/hf-inference"
 HF_TASKS = ("stems", "transcribe", "generate")
 # Serverless defaults: models Hugging Face's own snippets show on hf-inference. There is no
 # stem-separation model there; stems needs a dedicated Endpoint (the strategy document puts
-# Open-Unmix on HF Endpoints) or a model named in `models`.
+# Open-Unmix on HF Endpoints) or a model id named in `models`.
 DEFAULT_MODELS: dict[str, str] = {
     "transcribe": "openai/whisper-large-v3-turbo",
     "generate": "facebook/musicgen-small",
 }
-# An Endpoint serves one model; without `models` we assume the strategy document's Open-Unmix.
-# The name is only a label: requests go to `endpoint_url`.
-DEFAULT_ENDPOINT_MODELS: dict[str, str] = {"stems": "open-unmix"}
+# An Endpoint serves one model; without `models` we assume the strategy document's Open-Unmix,
+# the umxl weights (the openunmix package's default). Requests go to `endpoint_url`; the name says
+# which model the Endpoint runs, in the job's own naming (`openunmix:umxl`, `openunmix:umxhq`,
+# `htdemucs` …), so only a job that asks for that model is sent there.
+DEFAULT_ENDPOINT_MODELS: dict[str, str] = {"stems": "openunmix:umxl"}
 
 # One wait on a loading model is at most this long; the next 503 brings a fresh estimate.
 MAX_COLD_START_WAIT_SECONDS = 120.0
@@ -143,6 +145,10 @@ class HuggingFaceTier(Tier):
         started = time.monotonic()
         deadline = Deadline(job.deadline_seconds)
         model = self.models[job.task]
+        asked = job.params.get("model") if job.task == "stems" else None
+        if asked and asked != model:
+            raise BadRequest(f"{self.name}: model {asked!r}: this tier's stems run {model!r} only "
+                             f"(set cloud.huggingface_models.stems to the model the Endpoint serves)")
         progress(0.0)
         check_cancelled()
         request = self._request(job)
@@ -161,6 +167,15 @@ class HuggingFaceTier(Tier):
         result.details = {"model": model, "endpoint": self.endpoint_url is not None, "cold_start_waits": waits}
         progress(1.0)
         return result
+
+    def offers_model(self, task: str, model: str) -> bool:
+        """Stems only for the one model this tier's stems run: an Endpoint runs the model it was
+        deployed with (`models["stems"]`, default `openunmix:umxl`), the router the model id in
+        `models["stems"]`. A job for any other model (htdemucs on an Open-Unmix Endpoint, umxhq on
+        a umxl one) is never sent here, where another model would answer."""
+        if task == "stems":
+            return self.supports(task) and model == self.models.get("stems")
+        return super().offers_model(task, model)
 
     def health(self) -> bool:
         """GET on the model's URL: up when it answers below 500 and accepts the token. (The

@@ -173,4 +173,25 @@ def test_spleeter_is_planned_on_this_machine_only(store: JobStore) -> None:
     r = Router(config.router, offered, store, "cpu", models={name: t.offers_model for name, t in tiers.items()})
     for realtime, deadline in ((True, None), (False, 30.0), (False, None)):
         assert [d.tier for d in r.plan("stems", "spleeter:2stems", 60, deadline, realtime=realtime)] == ["local"]
-    assert {"selfhosted", "huggingface", "replicate"} <= {d.tier for d in r.plan("stems", "htdemucs", 60, 30.0)}
+    assert {"selfhosted", "replicate"} <= {d.tier for d in r.plan("stems", "htdemucs", 60, 30.0)}
+
+
+def test_the_hf_endpoint_is_planned_for_the_model_it_serves_only(store: JobStore) -> None:
+    """The Endpoint runs Open-Unmix umxl (the default): a job for it may go there, and never to
+    Replicate (Demucs only); an htdemucs or umxhq job never goes to the Endpoint."""
+    from bridge.config import Config
+    from bridge.router import build_tiers
+
+    config = Config.model_validate({
+        "cloud": {"selfhosted_url": "https://stems.example.net", "server_token": "s", "replicate_token": "r",
+                  "huggingface_token": "h", "huggingface_endpoint_url": "https://endpoint.example.net"},
+        "router": {"local_seconds_per_audio_second": {"cpu": 100.0}},
+    })
+    tiers = build_tiers(config)
+    offered = {name: frozenset(tier.tasks) for name, tier in tiers.items()}
+    r = Router(config.router, offered, store, "cpu", models={name: t.offers_model for name, t in tiers.items()})
+    planned = {model: {d.tier for d in r.plan("stems", model, 60, 30.0)}
+               for model in ("openunmix:umxl", "openunmix:umxhq", "htdemucs")}
+    assert {"huggingface", "selfhosted", "local"} <= planned["openunmix:umxl"]
+    assert "replicate" not in planned["openunmix:umxl"]
+    assert "huggingface" not in planned["openunmix:umxhq"] and "huggingface" not in planned["htdemucs"]

@@ -125,7 +125,8 @@ def test_a_job_local_cannot_finish_in_time_runs_on_the_self_hosted_tier(
 
 def test_a_failing_tier_falls_through_to_the_next(repo: Path, server: str, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
-    cloud = {"selfhosted_url": server, "huggingface_endpoint_url": dead}
+    # The Endpoint says it serves the job's model, so the router plans it (first).
+    cloud = {"selfhosted_url": server, "huggingface_endpoint_url": dead, "huggingface_models": {"stems": "tiny"}}
     router = {
         "order": {"stems": ["local", "huggingface", "selfhosted"]},
         # Make the dead tier the router's first choice.

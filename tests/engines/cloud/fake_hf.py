@@ -168,7 +168,10 @@ class HFControl(FakeControl):
             "facebook/musicgen-small": TEXT_TO_AUDIO,
             "fake/separator": AUDIO_TO_AUDIO,
         }
-        self.endpoints: dict[str, str] = {"stems": AUDIO_TO_AUDIO, "asr": ASR, "music": TEXT_TO_AUDIO}
+        self.endpoints: dict[str, str] = {"stems": AUDIO_TO_AUDIO, "asr": ASR, "music": TEXT_TO_AUDIO,
+                                          "umx": AUDIO_TO_AUDIO}
+        # An Endpoint's own stems, where they are not `stem_labels`: Open-Unmix's four.
+        self.endpoint_labels: dict[str, list[str]] = {"umx": ["vocals", "drums", "bass", "other"]}
         self.reset()
 
     def reset(self) -> None:
@@ -240,7 +243,7 @@ def create_app(control: HFControl) -> FastAPI:
             if control.replica_wait(time.monotonic()) > 0:
                 # The documentation does not show this body; plain text keeps clients honest.
                 return Response(b"503 Service Unavailable", status_code=503, media_type="text/plain")
-        return _infer(control, task, seen)
+        return _infer(control, task, seen, control.endpoint_labels.get(name))
 
     @app.get("/hf-inference/models/{model_id:path}")
     async def router_get(model_id: str, request: Request) -> Response:
@@ -293,7 +296,7 @@ def _audio_input(seen: Seen) -> tuple[np.ndarray, int, dict[str, Any]] | Respons
     return audio, sample_rate, parameters
 
 
-def _infer(control: HFControl, task: str, seen: Seen) -> Response:
+def _infer(control: HFControl, task: str, seen: Seen, labels: list[str] | None = None) -> Response:
     if task == TEXT_TO_AUDIO:
         return _text_to_audio(seen)
     decoded = _audio_input(seen)
@@ -312,7 +315,7 @@ def _infer(control: HFControl, task: str, seen: Seen) -> Response:
                               for i, word in enumerate(words)]
         return Response(json.dumps(body), media_type="application/json")
     stems = []
-    for index, label in enumerate(control.stem_labels):
+    for index, label in enumerate(labels or control.stem_labels):
         blob = flac(audio * (0.5 / (index + 1)), sample_rate)
         stems.append({"label": label, "content-type": "audio/flac", "blob": base64.b64encode(blob).decode()})
     return Response(json.dumps(stems), media_type="application/json")

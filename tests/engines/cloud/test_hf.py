@@ -242,7 +242,87 @@ def test_an_endpoint_scaled_to_zero_holds_the_request(fake, song: Path, tmp_path
     assert len(control.requests) == 1
     assert control.requests[0].headers["x-scale-up-timeout"] == "60"
     assert control.requests[0].headers["content-type"] == "audio/wav"
-    assert result.details == {"model": "open-unmix", "endpoint": True, "cold_start_waits": 0}
+    assert result.details == {"model": "openunmix:umxl", "endpoint": True, "cold_start_waits": 0}
+
+
+# -- Open-Unmix on an Endpoint: the job's model travels, and only there -------------------------
+
+UMX = "openunmix:umxl"
+
+
+@pytest.fixture
+def umx(fake) -> Iterator[HuggingFaceTier]:
+    root, control = fake
+    tier = HuggingFaceTier(TOKEN, endpoint_url=control.endpoint_url(root, "umx"))  # default: umxl
+    yield tier
+    tier.close()
+
+
+def test_an_openunmix_endpoint_takes_its_own_model_only(umx: HuggingFaceTier) -> None:
+    assert umx.offers_model("stems", UMX)
+    # Another model's job would get Open-Unmix umxl's stems back: it is never planned here.
+    assert not umx.offers_model("stems", "openunmix:umxhq")
+    assert not umx.offers_model("stems", "htdemucs")
+    assert not umx.offers_model("stems", "spleeter:2stems")
+    other = HuggingFaceTier(TOKEN, endpoint_url="https://example.invalid", models={"stems": "openunmix:umxhq"})
+    try:
+        assert other.offers_model("stems", "openunmix:umxhq") and not other.offers_model("stems", UMX)
+    finally:
+        other.close()
+
+
+def test_an_openunmix_endpoint_answers_four_stems(umx: HuggingFaceTier, fake, song: Path, tmp_path: Path) -> None:
+    _, control = fake
+    result, _ = run(umx, job("stems", tmp_path, song, model=UMX))
+    seen = control.requests[-1]
+    assert seen.path == "/endpoints/umx" and seen.headers["content-type"] == "audio/wav"
+    assert seen.body == song.read_bytes()  # raw audio: the Endpoint serves one model, no name in the body
+    assert set(result.outputs) == {"vocals", "drums", "bass", "other"}
+    for path in result.outputs.values():
+        audio, sample_rate = soundfile.read(path, always_2d=True)
+        assert sample_rate == 16000 and audio.shape == (8000, 2)
+    assert result.details == {"model": UMX, "endpoint": True, "cold_start_waits": 0}
+
+
+def test_an_openunmix_endpoint_starting_answers_503_then_stems(umx: HuggingFaceTier, fake, song: Path,
+                                                               tmp_path: Path) -> None:
+    _, control = fake
+    control.script(Scripted(503, b"503 Service Unavailable", {"content-type": "text/plain"}))
+    result, _ = run(umx, job("stems", tmp_path, song, model=UMX))
+    assert len(control.requests) == 2 and set(result.outputs) == {"vocals", "drums", "bass", "other"}
+    assert result.details["cold_start_waits"] == 1
+
+
+def test_an_openunmix_endpoint_failing_is_unavailable(umx: HuggingFaceTier, fake, song: Path,
+                                                      tmp_path: Path) -> None:
+    _, control = fake
+    control.script(Scripted(500, {"error": "CUDA out of memory"}))
+    err = failing(umx, job("stems", tmp_path, song, model=UMX), Unavailable)
+    assert "CUDA out of memory" in err.message
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.parametrize(("body", "what"), [
+    ({"error": None}, "non-empty list"),
+    ([{"label": "vocals", "content-type": "audio/flac", "blob": "not base64!"}], "blob"),
+    ([{"content-type": "audio/flac", "blob": ""}], "no label"),
+    ([{"label": "vocals", "content-type": "text/plain", "blob": base64.b64encode(b"hello").decode()}], "not audio"),
+])
+def test_a_malformed_openunmix_answer_is_unavailable_and_writes_nothing(umx: HuggingFaceTier, fake, song: Path,
+                                                                        tmp_path: Path, body, what: str) -> None:
+    _, control = fake
+    control.script(Scripted(200, body))
+    err = failing(umx, job("stems", tmp_path, song, model=UMX), Unavailable)
+    assert "malformed" in err.message and what in err.message and UMX in err.message
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_job_for_another_model_is_refused_before_anything_is_sent(umx: HuggingFaceTier, fake, song: Path,
+                                                                    tmp_path: Path) -> None:
+    _, control = fake
+    err = failing(umx, job("stems", tmp_path, song, model="openunmix:umxhq"), BadRequest)
+    assert "'openunmix:umxhq'" in err.message and UMX in err.message
+    assert control.requests == []
 
 
 def test_an_endpoint_still_starting_is_retried_then_unavailable(fake, song: Path, tmp_path: Path) -> None:
