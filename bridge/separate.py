@@ -22,7 +22,7 @@ from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
 from engines.resample import check_file_rate, resample_tensor
-from engines.spleeter import check_name, is_spleeter
+from engines import openunmix, spleeter
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     if fmt == "flac" and encoding == "float":
         raise BadRequest(f"{KIND}: FLAC stores integer samples only; use encoding pcm16 or pcm24, or format wav")
     model = args.get("model") or config.separate.model
-    if is_spleeter(model):
-        check_name(model)  # an unknown variant is refused now, not when the job loads it
+    for family in (spleeter, openunmix):
+        if getattr(family, f"is_{family.FAMILY}")(model):
+            family.check_name(model)  # an unknown variant is refused now, not when the job loads it
     return {
         "path": str(path),
         "model": model,
@@ -83,6 +84,7 @@ class SeparateJob(EngineJob):
         settings = self.config.separate
         return self.warm((model, shifts), lambda: FileSeparator(
             model, repo=self.config.models.demucs_repo, spleeter_dir=self.config.models.spleeter_dir,
+            openunmix_dir=self.config.models.openunmix_dir,
             device=settings.engine_device, shifts=shifts,
             overlap=settings.overlap, segment_seconds=settings.segment_seconds, threads=settings.threads,
         ))

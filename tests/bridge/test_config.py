@@ -66,6 +66,9 @@ def test_provider_tokens_come_from_their_usual_variables_and_stay_secret() -> No
         ("osc: [\n", {}, ["not valid YAML"]),
         ("stream:\n  model: spleeter:4stems\n", {}, ["stream.model = 'spleeter:4stems'", "spleeter:2stems"]),
         ("", {"FLOWSTATE_SEPARATE_MODEL": "spleeter"}, ["separate.model = 'spleeter'", "expected one of spleeter:2stems"]),
+        ("separate:\n  model: openunmix:umx\n", {}, ["separate.model = 'openunmix:umx'",
+                                                      "openunmix:umxl, openunmix:umxhq"]),
+        ("stream:\n  model: openunmix:umxl\n", {}, ["stream.model = 'openunmix:umxl'", "separates files only"]),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(tmp_path: Path, text: str, env: dict[str, str], words: list[str]) -> None:
@@ -113,6 +116,14 @@ def test_spleeter_and_its_weights_folder_are_accepted(tmp_path: Path) -> None:
     config = load_config(path, env={})
     assert config.stream.model == config.separate.model == "spleeter:2stems"
     assert config.models.spleeter_dir == Path("~/spleeter").expanduser().absolute()
+
+
+def test_open_unmix_and_its_weights_folder_are_accepted_for_files(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("separate:\n  model: openunmix:umxhq\nmodels:\n  openunmix_dir: ~/open-unmix\n")
+    config = load_config(path, env={})
+    assert config.separate.model == "openunmix:umxhq"
+    assert config.models.openunmix_dir == Path("~/open-unmix").expanduser().absolute()
 
 
 # -- per-OS folders ------------------------------------------------------------------------------

@@ -450,3 +450,46 @@ def test_names_windows_refuses_and_names_too_long_are_bad_requests(daemon: Daemo
             assert caught.value.code == "bad_request", (out_dir, caught.value.message)
             assert words in caught.value.message, caught.value.message
         assert client.call("ping")["reply"] == "pong"
+
+
+@pytest.mark.timeout(300)
+def test_open_unmix_separates_a_file_into_four_stems(tmp_path: Path) -> None:
+    # A tiny random Open-Unmix saved as the releases lay theirs out, loaded by the daemon from
+    # models.openunmix_dir through the real loader (no hub).
+    from bridge.testing import tiny_openunmix_dir
+
+    weights = tiny_openunmix_dir(tmp_path / "openunmix")
+    overrides = {"models": {"openunmix_dir": str(weights)},
+                 "separate": {"model": "openunmix:umxhq", "engine_device": "cpu", "threads": 1}}
+    (weights / "umxhq").symlink_to(weights / "umxl")  # the same tiny weights under the other name
+    (tmp_path / "daemon").mkdir()
+    with DaemonProcess(overrides=overrides, workdir=tmp_path / "daemon") as process:
+        source = write_audio(process.workdir / "files" / "umx" / "take.wav", 1.5)
+        outcome, events = run_job(process, {"path": str(source), "model": "openunmix:umxl", "format": "flac",
+                                            "encoding": "pcm24"})
+        at_48k = write_audio(process.workdir / "files" / "umx" / "take48.wav", 1.0, sample_rate=48000, channels=1)
+        two, _ = run_job(process, {"path": str(at_48k), "two_stems": "vocals"})
+        with Client(process.zmq_requests, timeout_seconds=30) as client, pytest.raises(RemoteError) as caught:
+            client.call("stems.separate", {"path": str(source), "model": "openunmix:umx"})
+    assert outcome["event"] == "job.done", outcome
+    result = outcome["result"]
+    assert result["model"] == "openunmix:umxl" and result["tier"] == "local" and result["device"] == "cpu"
+    assert sorted(result["paths"]) == ["bass", "drums", "other", "vocals"]
+    mix, _ = soundfile.read(str(source), dtype="float32")
+    total = np.zeros_like(mix)
+    for stem, path in result["paths"].items():
+        assert Path(path) == source.parent / "stems" / "take" / f"{stem}.flac"
+        info = soundfile.info(path)
+        assert (info.samplerate, info.frames, info.channels, info.subtype) == (44100, 66150, 2, "PCM_24")
+        total += soundfile.read(path, dtype="float32")[0]
+    # Ratio masks: the four stems add up to the file (within 24-bit rounding).
+    assert 10 * np.log10(np.sum(mix**2) / np.sum((total - mix) ** 2)) > 60.0
+    assert [data["fraction"] for event, data in events if event == "job.progress"][-1] == 1.0
+    # separate.model (umxhq here) when the request names none; two_stems as for any model.
+    assert two["event"] == "job.done", two
+    assert two["result"]["model"] == "openunmix:umxhq"
+    assert sorted(two["result"]["paths"]) == ["no_vocals", "vocals"]
+    for path in two["result"]["paths"].values():  # at the file's own rate, length and channels
+        info = soundfile.info(path)
+        assert (info.samplerate, info.frames, info.channels) == (48000, 48000, 1)
+    assert caught.value.code == "bad_request" and "openunmix:umxl, openunmix:umxhq" in caught.value.message
