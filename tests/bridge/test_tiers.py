@@ -171,3 +171,41 @@ def test_a_realtime_job_for_a_model_only_local_has_falls_back_to_local(repo: Pat
     assert status["route"]["tier"] == "local" and status["route"]["failed"] == []
     assert created == []  # nothing was sent to the provider
     assert "replicate left out of the plan" in process.log() and token not in process.log()
+
+
+def test_an_open_unmix_job_goes_to_the_hf_endpoint_and_an_htdemucs_job_does_not(repo: Path, tmp_path: Path) -> None:
+    """The fake Endpoint runs Open-Unmix umxl (the tier's default): a deadline local cannot meet
+    sends an `openunmix:umxl` job there, and its four labelled stems land like a local job's; the
+    `tiny` HTDemucs job of the same daemon is never sent there (it would get Open-Unmix's stems)."""
+    from tests.engines.cloud.fake_hf import TOKEN as HF_TOKEN
+    from tests.engines.cloud.fake_hf import fake_hf
+
+    with fake_hf() as (root, control):
+        cloud = {"huggingface_endpoint_url": control.endpoint_url(root, "umx"),
+                 "huggingface_url": control.router_url(root)}
+        router = {"order": {"stems": ["local", "huggingface"]}}
+        process = _daemon(repo, tmp_path, cloud, router, {"HF_TOKEN": HF_TOKEN})
+        try:
+            source = write_audio(tmp_path / "files" / "umx" / "take.wav", 1.0, sample_rate=48000)
+            with Client(process.zmq_requests, timeout_seconds=30) as client:
+                jobs = {model: client.call("stems.separate", {"path": str(source), "model": model,
+                                                              "deadline_seconds": 30,
+                                                              "out_dir": str(tmp_path / "files" / model.replace(":", "_"))})["id"]
+                        for model in ("openunmix:umxl", "tiny")}
+                final = client.wait_jobs(list(jobs.values()), lambda *_: None, 120)
+                status = {model: client.call("job.status", {"id": job_id}) for model, job_id in jobs.items()}
+        finally:
+            assert process.stop() == 0
+        sent = [seen.path for seen in control.requests if seen.method == "POST"]
+    umx = final[jobs["openunmix:umxl"]]
+    assert umx["event"] == "job.done", umx
+    assert umx["result"]["tier"] == "huggingface" and status["openunmix:umxl"]["route"]["tier"] == "huggingface"
+    assert sorted(umx["result"]["paths"]) == ["bass", "drums", "other", "vocals"]
+    for stem, path in umx["result"]["paths"].items():
+        assert path == str(tmp_path / "files" / "openunmix_umxl" / "take" / f"{stem}.wav")
+        info = soundfile.info(path)
+        assert (info.samplerate, info.frames, info.channels) == (48000, 48000, 2)
+    assert sent == ["/endpoints/umx"]  # one request: the tiny job never went there
+    tiny = final[jobs["tiny"]]
+    assert tiny["event"] == "job.done" and tiny["result"]["tier"] == "local", tiny
+    assert HF_TOKEN not in process.log()
