@@ -57,6 +57,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         _midi,
         lambda: _weights(config),
         lambda: _spleeter(config),
+        lambda: _openunmix(config),
         lambda: _embeddings(config),
         lambda: _generation(config),
         lambda: _speech(config),
@@ -230,6 +231,21 @@ def _spleeter(config: Config) -> Iterator[Check]:
             yield Check("spleeter", WARN, err.message)
         else:
             yield Check("spleeter", OK, f"{name}: " + ", ".join(f"{stem} {path}" for stem, path in found.items()))
+
+
+def _openunmix(config: Config) -> Iterator[Check]:
+    """Where `openunmix:umxl` / `openunmix:umxhq` would load their weights from, on disk only (no
+    download): a model with none is a warning, as its first job would try to download it."""
+    from bridge.errors import NotFound
+    from engines.openunmix import MODELS, find_weights
+
+    for name in MODELS:
+        try:
+            found = find_weights(name, config.models.openunmix_dir, download=False)
+        except NotFound as err:
+            yield Check("openunmix", WARN, f"{err.message} (the first {name} job downloads it when online)")
+        else:
+            yield Check("openunmix", OK, f"{name}: " + ", ".join(f"{stem} {path}" for stem, path in found.items()))
 
 
 def _embeddings(config: Config) -> Iterator[Check]:

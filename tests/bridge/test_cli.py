@@ -78,12 +78,16 @@ def test_doctor_reports_each_area_and_never_a_token_value(tmp_path: Path) -> Non
     process = DaemonProcess(workdir=tmp_path)
     done = flowstate(
         "doctor", "--config", str(process.config_path),
-        env={"REPLICATE_API_TOKEN": "r8_very_secret_value", "HF_TOKEN": "hf_also_secret"},
+        # An empty torch.hub cache, whatever this machine has downloaded.
+        env={"REPLICATE_API_TOKEN": "r8_very_secret_value", "HF_TOKEN": "hf_also_secret",
+             "TORCH_HOME": str(tmp_path / "torch")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    for area in ("python", "torch", "portaudio", "jack", "midi", "weights", "cloud tokens", "ports"):
+    for area in ("python", "torch", "portaudio", "jack", "midi", "weights", "openunmix", "cloud tokens", "ports"):
         assert f" {area} " in out, f"doctor does not report {area}:\n{out}"
+    # No Open-Unmix weights on disk here (and no download from doctor): it says where to put them.
+    assert "model 'openunmix:umxl': no Open-Unmix weights found" in out and "models.openunmix_dir" in out
     assert "replicate_token, huggingface_token" in out.split("not set")[0]
     assert "r8_very_secret_value" not in out + done.stderr
     assert "hf_also_secret" not in out + done.stderr
