@@ -611,7 +611,7 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
 
 
 def build_tiny_stable_audio(folder: Path, seed: int = 0, sample_size: int = 1024) -> Path:
-    """A random Stable Audio Open pipeline (about 30 k parameters) saved with `save_pretrained`.
+    """A random Stable Audio Open pipeline (about 20 k parameters) saved with `save_pretrained`.
 
     The components of stable-audio-open-1.0 at toy sizes: a one-layer DiT over 3 latent channels,
     an Oobleck VAE at 8 kHz stereo with a hop of 32 samples (so `sample_size` latents make
