@@ -504,8 +504,10 @@ def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, path
 
         family = getattr(params, "model_family", None)
         if family is not None and check_family(config.generate.model) != family:
-            raise BadRequest(f"params.model_family is {family!r}, but this server's generate.model is "
-                             f"{config.generate.model!r}")
+            from engines.cloud.selfhosted import model_name
+
+            raise BadRequest(f"params.model_family is {family!r}, but this server's generate model is "
+                             f"{model_name(config.generate.model)!r}")  # a name: no server paths
         # No DAW here: the length comes in seconds, so the tempo only names the file.
         return check_generate({**job_args, "melody_path": upload, "out_dir": out_dir}, paths, config, DawState())
     if task == "transcribe":
