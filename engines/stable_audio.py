@@ -71,6 +71,23 @@ def max_seconds(source: str) -> float:
         return HUB_MAX_SECONDS
 
 
+def available_source(source: str) -> str | None:
+    """The folder holding `source`'s pipeline on this machine (a saved folder, or the hub name's
+    snapshot in the Hugging Face cache); None when it is not here. Reads no weights, never goes
+    online: for `flowstate doctor`."""
+    folder = Path(source).expanduser()
+    if _is_path(source):
+        return str(folder) if _pipeline_class(folder) == PIPELINE_CLASS else None
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(source, "model_index.json")
+    except HFValidationError:
+        return None  # not a valid repo id, so it cannot be cached
+    return str(Path(cached).parent) if isinstance(cached, str) else None
+
+
 class StableAudioEngine(Engine):
     """Stable Audio Open kept warm: `process(request, on_step)` returns `Generated` (stereo) at
     the model's rate. `request.steps` and `request.negative_prompt` apply; a melody does not."""

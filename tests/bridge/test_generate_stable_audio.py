@@ -126,3 +126,17 @@ def test_options_of_the_other_model_are_refused_naming_the_argument(
 ) -> None:
     with pytest.raises(BadRequest, match=argument):
         check_request({"prompt": "x", "seconds": 2.0, **args}, PathPolicy([tmp_path]), _config(tmp_path), DawState())
+
+
+def test_doctor_says_where_stable_audio_open_would_load_from(tiny: Path, tmp_path: Path) -> None:
+    from bridge.doctor import run_checks
+
+    def row(**generate: Any) -> Any:
+        return next(c for c in run_checks(_config(tmp_path, **generate), "test") if c.name == "stable audio open")
+
+    found = row(stable_audio_model=str(tiny))
+    assert found.state == "ok" and f"{tiny} (up to 4.1 s)" in found.detail
+    # Missing weights only warn when generate.model asks for Stable Audio Open.
+    assert row(stable_audio_model="flowstate-test/no-such-sao").state == "ok"
+    missing = row(model="stable-audio-open", stable_audio_model=str(tmp_path / "nowhere"))
+    assert missing.state == "warn" and "generate.stable_audio_model" in missing.detail
