@@ -455,7 +455,8 @@ async def samples_status(ctx: CallContext) -> Result:
     Arg("seed", int, "The same seed and prompt make the same audio; omit: a random seed (the result says it).",
         default=None, min=0, max=2**31 - 1),
     Arg("melody_path", str, "A clip whose melody to follow (melody models only), inside paths.roots.", default=""),
-    Arg("model", str, "A MusicGen hub name or folder; empty: generate.model.", default=""),
+    Arg("model", str, "A MusicGen hub name or folder, or stable-audio-open (sound effects and loops up to 47 s; "
+        "generate.stable_audio_model) or a Stable Audio Open folder; empty: generate.model.", default=""),
     Arg("out_dir", str, "Output folder inside paths.roots; empty: generate.out_dir.", default=""),
     Arg("name", str, "A name for the file and the track; empty: from the preset or the prompt.", default=""),
     Arg("sample_rate", int, "Output sample rate; omit: generate.sample_rate.", default=None, min=8000, max=192000),
@@ -463,9 +464,12 @@ async def samples_status(ctx: CallContext) -> Result:
         default=None, min=0.0, max=20.0),
     Arg("temperature", float, "Sampling temperature; omit: the model's.", default=None, min=0.01, max=5.0),
     Arg("top_k", int, "Sample among the k likeliest tokens; omit: the model's.", default=None, min=1, max=2048),
+    Arg("steps", int, "Stable Audio Open: denoising steps; omit: generate.stable_audio_steps.", default=None,
+        min=1, max=1000),
+    Arg("negative_prompt", str, "Stable Audio Open: what to steer away from, e.g. 'low quality'.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
-    help="Generate a loop with MusicGen at the DAW's tempo as a background job; replies at once with the job id. "
+    help="Generate a loop with MusicGen or Stable Audio Open at the DAW's tempo as a background job; replies at once with the job id. "
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
     returns=("id", "state"),
 )

@@ -405,6 +405,12 @@ class GenerateConfig(_Section):
     max_seconds: float = Field(default=30.0, gt=0.0, le=40.0)
     # Length when a request names neither bars nor seconds.
     default_bars: float = Field(default=4.0, gt=0.0, le=64.0)
+    # Stable Audio Open (`generate model=stable-audio-open`, or generate.model: stable-audio-open):
+    # a hub name (gated: accept its licence on the hub, then run once online) or a folder saved with
+    # save_pretrained. Its own limit (47 s for 1.0) replaces max_seconds.
+    stable_audio_model: str = Field(default="stabilityai/stable-audio-open-1.0", min_length=1)
+    # Denoising steps when a request names none (more: slower, cleaner).
+    stable_audio_steps: int = Field(default=100, ge=1, le=1000)
     presets: dict[str, GeneratePreset] = {
         "drums": GeneratePreset(prompt="tight punchy drum loop, deep kick, crisp hi-hats, clean mix", bars=4.0),
         "bass": GeneratePreset(prompt="deep warm groovy bassline, sub bass, clean mix", bars=4.0),

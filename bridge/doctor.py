@@ -60,6 +60,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         lambda: _openunmix(config),
         lambda: _embeddings(config),
         lambda: _generation(config),
+        lambda: _stable_audio(config),
         lambda: _speech(config),
         lambda: _tokens(config),
         lambda: _ports(config),
@@ -267,7 +268,12 @@ def _generation(config: Config) -> Iterator[Check]:
     """Where `generate` would load MusicGen from, checked on disk only (nothing is loaded)."""
     from engines.generation import MODEL_TYPES, available_source, model_sources
 
+    from engines.stable_audio import is_stable_audio
+
     settings = config.generate
+    if is_stable_audio(settings.model):  # the "stable audio open" row says where that comes from
+        yield Check("musicgen", OK, f"not used: generate.model is {settings.model} (a request may still name one)")
+        return
     found = available_source(settings.model, settings.local_dir)
     if found is not None:
         kind, where, model_type = found
@@ -279,6 +285,22 @@ def _generation(config: Config) -> Iterator[Check]:
     yield Check("musicgen", WARN, f"{settings.model} not found on this machine (looked at: {tried}; no pip package "
                 "ships MusicGen); generate downloads it on first use when online, else set generate.local_dir "
                 "to a folder saved with save_pretrained")
+
+
+def _stable_audio(config: Config) -> Iterator[Check]:
+    """Where `generate model=stable-audio-open` would load from, on disk only; missing weights warn
+    only when generate.model is Stable Audio Open (otherwise it is an option, not a need)."""
+    from engines.stable_audio import available_source, is_stable_audio, max_seconds
+
+    source = config.generate.stable_audio_model
+    where = available_source(source)
+    if where is not None:
+        yield Check("stable audio open", OK, f"{source}: {where} (up to {max_seconds(where):.1f} s)")
+        return
+    state = WARN if is_stable_audio(config.generate.model) else OK
+    yield Check("stable audio open", state, f"{source} not on this machine (optional: generate "
+                "model=stable-audio-open); accept its licence on the hub and run once online, or set "
+                "generate.stable_audio_model to a folder saved with save_pretrained")
 
 
 def _speech(config: Config) -> Iterator[Check]:

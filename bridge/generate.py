@@ -1,4 +1,5 @@
-"""`generate` as a job: MusicGen makes a loop at the DAW's tempo, written as a WAV the DAW imports.
+"""`generate` as a job: MusicGen or Stable Audio Open makes a loop at the DAW's tempo, written as a
+WAV the DAW imports.
 
 `check_request` runs when the command arrives: it resolves the preset, the length (bars at a tempo
 from the request, else the DAW's last report or MIDI clock, else the default; or seconds), the
@@ -33,6 +34,7 @@ from bridge.tasks import EngineJob
 
 if TYPE_CHECKING:
     from engines.generation import MusicGenEngine
+    from engines.stable_audio import StableAudioEngine
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ SLUG_CHARACTERS = 80
 LOADED, GENERATED = 0.05, 0.9
 # Request options a preset may also set (the request's own value wins).
 PRESET_KEYS = ("prompt", "bars", "seconds", "seed", "guidance_scale", "temperature", "top_k")
+MUSICGEN = "musicgen"  # the job's `family`: which engine makes it
+MUSICGEN_ONLY = ("temperature", "top_k", "melody_path")  # token sampling and melody: MusicGen's options
+STABLE_AUDIO_ONLY = ("steps", "negative_prompt")  # diffusion options
 
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: DawState) -> dict[str, Any]:
@@ -59,11 +64,11 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: 
                          f"dusty, 90 bpm'), got {args.get('prompt')!r}; or name a preset ({_preset_names(config)})")
     tempo, tempo_source = (float(args["tempo"]), REQUEST) if args.get("tempo") is not None else daw.tempo()
     numerator, denominator = daw.time_signature()
-    bars, seconds = _length(merged, args, tempo, numerator, denominator, settings.default_bars, settings.max_seconds)
-
     # A model named by path is read only inside the model folders or the roots.
     model = paths.model_ref(args.get("model") or settings.model, "model", KIND, configured=settings.model,
                             is_path=looks_like_path)
+    family, limit, limit_name = _family(model, merged, config)
+    bars, seconds = _length(merged, args, tempo, numerator, denominator, settings.default_bars, limit, limit_name)
     melody_path = _melody(args.get("melody_path") or "", paths, model, config)
     out_dir = paths.output_dir(args.get("out_dir") or str(_default_out_dir(config, paths)), "out_dir", KIND)
     seed = merged.get("seed")
@@ -93,6 +98,9 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: 
         "guidance_scale": merged.get("guidance_scale"),
         "temperature": merged.get("temperature"),
         "top_k": merged.get("top_k"),
+        "family": family,
+        "steps": args.get("steps"),
+        "negative_prompt": args.get("negative_prompt") or "",
         "loudness_lufs": settings.loudness_lufs,
         "peak_ceiling_dbfs": settings.peak_ceiling_dbfs,
         "fade_in_ms": settings.fade_in_ms,
@@ -100,6 +108,39 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: 
         "deadline_seconds": args.get("deadline_seconds"),
         "deadline_class": deadline_class(args, KIND),
     }
+
+
+def _family(model: str, merged: dict[str, Any], config: Config) -> tuple[str, float, str]:
+    """(engine family, longest clip in seconds, what sets that limit) for `model`; options of the
+    other family are refused, naming the argument."""
+    from engines.stable_audio import STABLE_AUDIO_OPEN, is_stable_audio, max_seconds
+
+    if is_stable_audio(model):
+        family, foreign = STABLE_AUDIO_OPEN, MUSICGEN_ONLY
+        limit = max_seconds(stable_audio_source(model, config))
+        limit_name = f"the longest clip {model} can make"
+    else:
+        family, foreign = MUSICGEN, STABLE_AUDIO_ONLY
+        limit, limit_name = config.generate.max_seconds, "generate.max_seconds"
+    for key in foreign:
+        if merged.get(key) not in (None, ""):
+            raise BadRequest(f"{KIND}: argument {key!r} does not apply to model {model!r} ({family}); "
+                             f"{'MusicGen' if family == STABLE_AUDIO_OPEN else 'Stable Audio Open'} takes it")
+    return family, limit, limit_name
+
+
+def model_family(model: str) -> str:
+    """The engine family that runs `model`: stable-audio-open or musicgen."""
+    from engines.stable_audio import STABLE_AUDIO_OPEN, is_stable_audio
+
+    return STABLE_AUDIO_OPEN if is_stable_audio(model) else MUSICGEN
+
+
+def stable_audio_source(model: str, config: Config) -> str:
+    """Where Stable Audio Open's weights come from: the family name means generate.stable_audio_model."""
+    from engines.stable_audio import STABLE_AUDIO_OPEN
+
+    return config.generate.stable_audio_model if model == STABLE_AUDIO_OPEN else model
 
 
 def _with_preset(args: dict[str, Any], config: Config) -> dict[str, Any]:
@@ -127,7 +168,7 @@ def _preset_names(config: Config) -> str:
 
 
 def _length(merged: dict[str, Any], args: dict[str, Any], tempo: float, numerator: int, denominator: int,
-            default_bars: float, max_seconds: float) -> tuple[float | None, float]:
+            default_bars: float, max_seconds: float, limit_name: str) -> tuple[float | None, float]:
     """(bars or None, seconds): bars at the tempo and time signature, or seconds as asked."""
     bars, seconds = merged.get("bars"), merged.get("seconds")
     if bars is not None and seconds is not None:
@@ -138,14 +179,14 @@ def _length(merged: dict[str, Any], args: dict[str, Any], tempo: float, numerato
         if seconds > max_seconds:
             raise BadRequest(
                 f"{KIND}: bars {_number(bars)} at {_number(tempo)} BPM in {numerator}/{denominator} last "
-                f"{seconds:.2f} s, longer than generate.max_seconds ({_number(max_seconds)} s); ask for at most "
+                f"{seconds:.2f} s, longer than {limit_name} ({_number(max_seconds)} s); ask for at most "
                 f"{math.floor(max_seconds / bars_to_seconds(1, tempo, numerator, denominator) * 4) / 4:g} bars"
             )
         return bars, seconds
     seconds = float(seconds)
     if not 0 < seconds <= max_seconds:
         raise BadRequest(f"{KIND}: argument 'seconds' expected a length in (0, {_number(max_seconds)}] "
-                         f"(generate.max_seconds), got {seconds!r}")
+                         f"({limit_name}), got {seconds!r}")
     return None, seconds
 
 
@@ -199,12 +240,17 @@ def _track_name(label: str, tempo: float, bars: float | None, seconds: float) ->
 
 
 class GenerateJob(EngineJob):
-    """The job handler: one warm MusicGen engine per model, reused across jobs."""
+    """The job handler: one warm engine (MusicGen or Stable Audio Open) per model, reused across jobs."""
 
-    def engine(self, model: str) -> MusicGenEngine:
+    def engine(self, model: str, family: str = MUSICGEN) -> MusicGenEngine | StableAudioEngine:
         from engines.generation import MusicGenEngine
+        from engines.stable_audio import STABLE_AUDIO_OPEN, StableAudioEngine
 
         settings = self.config.generate
+        if family == STABLE_AUDIO_OPEN:
+            source = stable_audio_source(model, self.config)
+            return self.warm((family, source), lambda: StableAudioEngine(source, settings.engine_device,
+                                                                         settings.stable_audio_steps))
         return self.warm(model, lambda: MusicGenEngine(model, settings.local_dir, settings.engine_device))
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
@@ -270,7 +316,7 @@ class GenerateJob(EngineJob):
         from engines.generation import GenerationRequest
 
         args = ctx.job.args
-        engine = self.engine(args["model"])
+        engine = self.engine(args["model"], args.get("family", MUSICGEN))
         engine.load()
         ctx.check_cancelled()
         ctx.progress(LOADED, stage="generating")
@@ -278,7 +324,7 @@ class GenerateJob(EngineJob):
         request = GenerationRequest(
             prompt=args["prompt"], seconds=float(args["seconds"]), seed=int(args["seed"]), melody=clip,
             melody_sample_rate=clip_rate, guidance_scale=args["guidance_scale"], temperature=args["temperature"],
-            top_k=args["top_k"],
+            top_k=args["top_k"], steps=args.get("steps"), negative_prompt=args.get("negative_prompt") or "",
         )
 
         def on_step(fraction: float) -> None:
@@ -298,9 +344,13 @@ class GenerateJob(EngineJob):
         args = ctx.job.args
         seconds = float(args["seconds"])
         params: dict[str, Any] = {"prompt": args["prompt"], "duration_seconds": seconds, "seed": args["seed"]}
-        for key in ("temperature", "top_k"):  # Replicate's meta/musicgen takes these under our names
-            if args[key] is not None:
+        for key in ("temperature", "top_k", "steps", "negative_prompt"):  # tiers take these under our names
+            if args.get(key) not in (None, ""):
                 params[key] = args[key]
+        if args.get("family", MUSICGEN) != MUSICGEN:
+            params["model_family"] = args["family"]  # which of a tier's generate models runs it
+            if args["guidance_scale"] is not None:
+                params["guidance_scale"] = args["guidance_scale"]
         with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
             job = TierJob(task=TASK, params=params, work_dir=Path(scratch), input_path=melody,
                           audio_seconds=seconds, deadline_seconds=args.get("deadline_seconds"))

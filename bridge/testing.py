@@ -650,3 +650,39 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
     finally:
         hf_logging.set_verbosity(verbosity)
     return Path(folder)
+
+
+def build_tiny_stable_audio(folder: Path, seed: int = 0, sample_size: int = 1024) -> Path:
+    """A random Stable Audio Open pipeline (about 20 k parameters) saved with `save_pretrained`.
+
+    The components of stable-audio-open-1.0 at toy sizes: a one-layer DiT over 3 latent channels,
+    an Oobleck VAE at 8 kHz stereo with a hop of 32 samples (so `sample_size` latents make
+    sample_size * 32 / 8000 s: 4.1 s by default), EDM DPM-Solver in v-prediction, a one-layer T5
+    (d_model 16) and a T5 tokenizer over a small character vocabulary (no hub download).
+    """
+    import torch
+    from diffusers import AutoencoderOobleck, EDMDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline
+    from diffusers.pipelines.stable_audio.modeling_stable_audio import StableAudioProjectionModel
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    torch.manual_seed(seed)
+    conditioning = 8
+    transformer = StableAudioDiTModel(
+        sample_size=sample_size, in_channels=3, out_channels=3, num_layers=1, attention_head_dim=4,
+        num_attention_heads=2, num_key_value_attention_heads=1, cross_attention_dim=8, time_proj_dim=8,
+        global_states_input_dim=2 * conditioning, cross_attention_input_dim=conditioning,
+    )
+    scheduler = EDMDPMSolverMultistepScheduler(solver_order=2, prediction_type="v_prediction", sigma_data=1.0,
+                                               sigma_schedule="exponential")
+    vae = AutoencoderOobleck(encoder_hidden_size=6, downsampling_ratios=[2, 4, 4], decoder_channels=3,
+                             decoder_input_channels=3, audio_channels=2, channel_multiples=[1, 2, 2],
+                             sampling_rate=8000)
+    text = T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [(chr(c), -2.0) for c in range(ord("a"), ord("z") + 1)]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=128)
+    projection = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=conditioning, min_value=0,
+                                            max_value=64)
+    StableAudioPipeline(vae=vae, text_encoder=text, projection_model=projection, tokenizer=tokenizer,
+                        transformer=transformer, scheduler=scheduler).save_pretrained(folder)
+    return Path(folder)

@@ -58,6 +58,8 @@ class GenerationRequest:
     guidance_scale: float | None = None
     temperature: float | None = None
     top_k: int | None = None
+    steps: int | None = None  # diffusion steps (Stable Audio Open); None: the engine's default
+    negative_prompt: str = ""  # what to steer away from (Stable Audio Open)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -68,6 +70,8 @@ class GenerationRequest:
         if melody is not None and (melody.ndim != 2 or melody.shape[1] == 0 or self.melody_sample_rate <= 0):
             raise BadRequest(f"melody: expected (channels, frames) audio with a sample rate, got shape "
                              f"{self.melody.shape} at {self.melody_sample_rate} Hz")
+        if self.steps is not None and not 1 <= self.steps <= 1000:
+            raise BadRequest(f"steps: expected 1..1000 diffusion steps, got {self.steps!r}")
 
 
 @dataclass(frozen=True)

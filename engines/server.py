@@ -148,9 +148,14 @@ class GenerateParams(BaseModel):
     temperature: float | None = Field(default=None, gt=0.0, le=10.0)
     top_k: int | None = Field(default=None, ge=1, le=4096)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    # Stable Audio Open (when this server's generate.model is it); model_family says which family
+    # the client asked for: the server's model must be of it.
+    steps: int | None = Field(default=None, ge=1, le=1000)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    model_family: Literal["stable-audio-open"] | None = None
 
     def job_args(self) -> dict[str, Any]:
-        out = self.model_dump(exclude_none=True, exclude={"duration_seconds"})
+        out = self.model_dump(exclude_none=True, exclude={"duration_seconds", "model_family"})
         return {**out, "seconds": self.duration_seconds}
 
 
@@ -495,7 +500,14 @@ def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, path
     if task == "generate":
         from bridge.daw import DawState
         from bridge.generate import check_request as check_generate
+        from bridge.generate import model_family as check_family
 
+        family = getattr(params, "model_family", None)
+        if family is not None and check_family(config.generate.model) != family:
+            from engines.cloud.selfhosted import model_name
+
+            raise BadRequest(f"params.model_family is {family!r}, but this server's generate model is "
+                             f"{model_name(config.generate.model)!r}")  # a name: no server paths
         # No DAW here: the length comes in seconds, so the tempo only names the file.
         return check_generate({**job_args, "melody_path": upload, "out_dir": out_dir}, paths, config, DawState())
     if task == "transcribe":

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.spleeter import is_spleeter
+from engines.stable_audio import is_stable_audio
 
 # Tasks a tier may offer. stems: audio file -> one file per stem.
 TASKS = ("stems", "transcribe", "tts", "generate", "embed")
@@ -60,6 +61,9 @@ class Tier(ABC):
 
     name: str = "tier"
     tasks: frozenset[str] = frozenset()
+    # Whether a generate job that asks for Stable Audio Open may run here; a tier whose generate
+    # model is MusicGen says no, so such a job never comes back as MusicGen.
+    offers_stable_audio: bool = False
 
     def supports(self, task: str) -> bool:
         return task in self.tasks
@@ -73,9 +77,12 @@ class Tier(ABC):
 
         Spleeter (`spleeter:2stems`) is local only: no tier runs Deezer's weights (Replicate and
         our server take demucs names, a Hugging Face endpoint runs its own model), so a job that
-        asks for it is never sent where another model would answer.
+        asks for it is never sent where another model would answer. Stable Audio Open likewise
+        goes only to a tier that says it runs it (`offers_stable_audio`).
         """
         if task == "stems" and is_spleeter(model):
+            return False
+        if task == "generate" and is_stable_audio(model) and not self.offers_stable_audio:
             return False
         return self.supports(task)
 

@@ -1,4 +1,5 @@
-"""Replicate as a tier: Demucs stems, MusicGen generation and Whisper transcription on hosted GPUs.
+"""Replicate as a tier: Demucs stems, MusicGen and Stable Audio Open generation and Whisper
+transcription on hosted GPUs.
 
 Wire protocol (`shared/reference/cloud-tiers.md`, section 1, from replicate-python, the Stainless
 beta client and Replicate's HTTP reference):
@@ -64,6 +65,7 @@ from engines.cloud.http import (
     wait,
     write_output,
 )
+from engines.stable_audio import STABLE_AUDIO_OPEN, is_stable_audio
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
 REPLICATE_TASKS = ("stems", "generate", "transcribe")
+# A second generate model: jobs that ask for Stable Audio Open (params.model_family) run it.
+STABLE_AUDIO = "stable_audio"
+MODEL_KEYS = (*REPLICATE_TASKS, STABLE_AUDIO)
 
 # Model refs: "owner/name" runs an official model through its model-scoped endpoint;
 # "owner/name:<64-hex>" or "<64-hex>" pins a version; "owner/name:latest" (our own spelling)
@@ -84,6 +89,10 @@ DEFAULT_MODELS: dict[str, str] = {
     "generate": "meta/musicgen",
     # ⚠ The reference shows version c7a9a6d5… (cut short) and does not say whether it is official.
     "transcribe": "openai/whisper:latest",
+    # Stable Audio Open 1.0 itself (the weights generate runs locally), a community model: pinned to
+    # the version whose API page docs/cloud-models.md records. Stability's official
+    # stability-ai/stable-audio-2.5 is another, closed model with another schema.
+    STABLE_AUDIO: "stackadoc/stable-audio-open-1.0:49b1d4f06f69989dd2c8252d455d2deebaa3c3e3e894694b8aed301c69e75913",
 }
 
 # Documented inputs (reference, "Model slugs"). Options in job.params under these names pass
@@ -98,6 +107,10 @@ MUSICGEN_OPTIONS = (
     "normalization_strategy", "top_k", "top_p", "temperature", "classifier_free_guidance", "seed",
 )
 MUSICGEN_MAX_SECONDS = 30
+# stackadoc/stable-audio-open-1.0: seconds_total is an integer, at most 47; our names map to its own.
+STABLE_AUDIO_MAX_SECONDS = 47
+STABLE_AUDIO_OPTIONS = {"steps": "steps", "guidance_scale": "cfg_scale", "negative_prompt": "negative_prompt",
+                        "seed": "seed"}
 WHISPER_OPTIONS = ("model", "translate", "temperature", "initial_prompt", "condition_on_previous_text")
 
 # estimate() and the Prefer: wait decision. ⚠ Run times are guesses anchored on the strategy
@@ -251,9 +264,9 @@ class ReplicateTier(Tier):
         chosen = dict(DEFAULT_MODELS if models is None else models)
         refs: dict[str, ModelRef] = {}
         for task, ref in chosen.items():
-            if task not in REPLICATE_TASKS:
+            if task not in MODEL_KEYS:
                 raise ConfigError(f"{name}: models key {task!r} is not a task this tier runs; "
-                                  f"expected one of {REPLICATE_TASKS}")
+                                  f"expected one of {MODEL_KEYS}")
             refs[task] = ModelRef.parse(ref, f"{name}: models[{task!r}]")
         checks = (
             ("timeout_seconds", timeout_seconds, timeout_seconds > 0, "> 0"),
@@ -274,7 +287,9 @@ class ReplicateTier(Tier):
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.models = chosen
-        self.tasks = frozenset(chosen)
+        # Stable Audio alone still offers generate (to jobs that ask for it).
+        self.tasks = frozenset("generate" if key == STABLE_AUDIO else key for key in chosen)
+        self.offers_stable_audio = STABLE_AUDIO in chosen
         self.timeout_seconds = float(timeout_seconds)
         self.wait_seconds = int(wait_seconds)
         self.poll_initial_seconds = float(poll_initial_seconds)
@@ -301,16 +316,22 @@ class ReplicateTier(Tier):
         """Stems go to Demucs with the model name as `model_name`: only the names Demucs knows."""
         if task == "stems":
             return self.supports(task) and (not model or model in DEMUCS_MODELS)
+        if task == "generate":  # Stable Audio Open to its own model, anything else to MusicGen
+            return STABLE_AUDIO in self._refs if is_stable_audio(model) else "generate" in self._refs
         return self.supports(task)
 
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Create a prediction for `job`, follow it to the end, write its outputs into `job.work_dir`."""
         check_offered(self.name, self.tasks, job.task)
+        key = _model_key(job)
+        if key not in self._refs:
+            raise BadRequest(f"{self.name}: {job.task} with params.model_family {job.params.get('model_family')!r} "
+                             f"needs models[{key!r}], which this tier does not configure")
         clock = _Clock(progress, check_cancelled, self._run_seconds(job), job.deadline_seconds)
-        ref = self._refs[job.task]
+        ref = self._refs[key]
         clock.tick()
         # Build (and so check) the input before anything goes out; the audio's URI comes after.
-        model_input = INPUT_BUILDERS[job.task](job, AUDIO_PLACEHOLDER if job.input_path else None, self.name)
+        model_input = INPUT_BUILDERS[key](job, AUDIO_PLACEHOLDER if job.input_path else None, self.name)
         sent_as = None
         if job.input_path is not None:
             uri, sent_as = self._audio_uri(job, clock)
@@ -367,7 +388,7 @@ class ReplicateTier(Tier):
         `price_per_second` x the expected run time when the model has a price, else from the
         strategy document's per-run table; None for a task this tier does not offer."""
         run_seconds = self._run_seconds(job)
-        ref = self._refs.get(job.task)
+        ref = self._refs.get(_model_key(job))
         price = self.price_per_second.get(ref.slug or "") if ref else None
         if price is not None:
             cost: float | None = price * run_seconds
@@ -565,7 +586,7 @@ class ReplicateTier(Tier):
         if prediction.get("data_removed") or output is None:
             raise NotFound(f"{self.name}: the output of prediction {pid} has expired (Replicate deletes API data "
                            "an hour after a run)")
-        return OUTPUT_READERS[job.task](self, job, pid, output, clock)
+        return OUTPUT_READERS[_model_key(job)](self, job, pid, output, clock)
 
     def _stems(self, job: TierJob, pid: str, output: Any, clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
         if not isinstance(output, dict):
@@ -589,6 +610,13 @@ class ReplicateTier(Tier):
             output = output[0]  # some versions answer a one-item list
         if not isinstance(output, str):
             raise self._malformed(pid, f"MusicGen output is {type(output).__name__}, expected a URI")
+        return {"audio": self._download(output, Path(job.work_dir), "generated", pid, clock)}, {}
+
+    def _stable_audio(self, job: TierJob, pid: str, output: Any,
+                      clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
+        # The documented output schema: one URI string (an audio file).
+        if not isinstance(output, str):
+            raise self._malformed(pid, f"Stable Audio output is {type(output).__name__}, expected a URI")
         return {"audio": self._download(output, Path(job.work_dir), "generated", pid, clock)}, {}
 
     def _transcript(self, job: TierJob, pid: str, output: Any, clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -827,6 +855,34 @@ def musicgen_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]
     return built
 
 
+def stable_audio_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
+    """stackadoc/stable-audio-open-1.0: prompt, seconds_total (integer, at most 47), steps,
+    cfg_scale, negative_prompt, seed; it takes no audio."""
+    params = job.params
+    prompt = params.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest(f"{tier}: generate needs params.prompt, a non-empty string; got {prompt!r}")
+    if audio is not None:
+        raise BadRequest(f"{tier}: Stable Audio Open takes no input audio (a melody needs MusicGen)")
+    duration = params.get("duration_seconds", DEFAULT_GENERATE_SECONDS)
+    number = isinstance(duration, (int, float)) and not isinstance(duration, bool)
+    if not number or not 0 < duration <= STABLE_AUDIO_MAX_SECONDS:
+        raise BadRequest(f"{tier}: params.duration_seconds is {duration!r}; expected (0, {STABLE_AUDIO_MAX_SECONDS}] "
+                         "(Stable Audio Open's limit)")
+    built: dict[str, Any] = {"prompt": prompt, "seconds_total": math.ceil(duration)}
+    for ours, theirs in STABLE_AUDIO_OPTIONS.items():
+        if params.get(ours) not in (None, ""):
+            built[theirs] = params[ours]
+    return built
+
+
+def _model_key(job: TierJob) -> str:
+    """Which configured model runs `job`: Stable Audio for a generate job that asks for it."""
+    if job.task == "generate" and job.params.get("model_family") == STABLE_AUDIO_OPEN:
+        return STABLE_AUDIO
+    return job.task
+
+
 def whisper_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
     """openai/whisper: audio, language ("auto" or a code), transcription ("plain text"), ..."""
     params = job.params
@@ -846,11 +902,13 @@ def whisper_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
 INPUT_BUILDERS: dict[str, Callable[[TierJob, str | None, str], dict[str, Any]]] = {
     "stems": demucs_input,
     "generate": musicgen_input,
+    STABLE_AUDIO: stable_audio_input,
     "transcribe": whisper_input,
 }
 OUTPUT_READERS = {
     "stems": ReplicateTier._stems,
     "generate": ReplicateTier._generated,
+    STABLE_AUDIO: ReplicateTier._stable_audio,
     "transcribe": ReplicateTier._transcript,
 }
 

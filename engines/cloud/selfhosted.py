@@ -47,7 +47,8 @@ PARAM_KEYS = ("model", "stems", "two_stems", "format", "encoding", "shifts")
 # The params each task sends (the names the daemon's job code uses for every tier).
 TASK_PARAMS = {
     "stems": PARAM_KEYS,
-    "generate": ("prompt", "duration_seconds", "seed", "temperature", "top_k", "guidance_scale"),
+    "generate": ("prompt", "duration_seconds", "seed", "temperature", "top_k", "guidance_scale", "steps",
+                 "negative_prompt", "model_family"),
     "transcribe": ("language",),
     "tts": ("text", "lang", "speed"),
 }
@@ -77,12 +78,16 @@ def _never_cancelled() -> None:
 class SelfHostedTier(Tier):
     """A `flowstate serve` server at `base_url` (e.g. https://stems.example.net), used as a tier.
 
+    It runs the daemon's own job code, so Stable Audio Open too, where the server's generate.model
+    is the one the job asks for (`offers_model` compares the names).
+
     `usd_per_second` prices the remote run time (a GPU machine's price per second); without it
     `cost_usd` is None. `max_retries` bounds retries of one request after a connection error,
     a timeout, a 408/429 or a 5xx (all our requests are idempotent). Thread-safe.
     """
 
     tasks = frozenset(TASK_PARAMS)
+    offers_stable_audio = True  # the server's own generate.model decides, and offers_model checks it
 
     def __init__(self, base_url: str, token: str, *, timeout_seconds: float = 30.0, poll_seconds: float = 0.5,
                  name: str = "selfhosted", usd_per_second: float | None = None, max_retries: int = 3,

@@ -30,7 +30,11 @@ has no such field) unless `echo_webhook=True`.
 
 The "models" are small and deterministic: Demucs splits the input into gain-scaled copies
 (4 stems, 6 for htdemucs_6s, summing to the input), MusicGen writes a sine whose pitch comes
-from the prompt, Whisper answers a fixed sentence naming the uploaded file.
+from the prompt, Whisper answers a fixed sentence naming the uploaded file, Stable Audio Open
+(`stackadoc/stable-audio-open-1.0`, a community model pinned to the version docs/cloud-models.md
+records) writes `seconds_total` of 44.1 kHz stereo noise shaped by the prompt and seed.
+⚠ Its API page documents no output format; the fake delivers WAV. `malformed_output=True` makes it
+answer an object where the schema says a URI string.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ DEMUCS_STEMS = ("vocals", "bass", "drums", "guitar", "piano", "other")
 DEMUCS_MODELS = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_q", "mdx_extra", "mdx_extra_q")
 MUSICGEN_VERSIONS = ("melody", "large", "encode-decode", "stereo-melody-large", "stereo-large")
 MUSICGEN_SAMPLE_RATE = 32000
+STABLE_AUDIO_SAMPLE_RATE = 44100
+STABLE_AUDIO_MAX_SECONDS = 47
 FORMATS = {"wav": ("WAV", "audio/wav"), "flac": ("FLAC", "audio/flac"), "mp3": ("MP3", "audio/mpeg")}
 
 
@@ -108,12 +114,13 @@ class Recorded:
 @dataclass
 class FakeModel:
     slug: str
-    kind: str  # demucs | musicgen | whisper
+    kind: str  # demucs | musicgen | whisper | stable_audio
     official: bool
+    pinned: str | None = None  # a real version id, where a default ref pins one
 
     @property
     def version(self) -> str:
-        return hashlib.sha256(self.slug.encode()).hexdigest()
+        return self.pinned or hashlib.sha256(self.slug.encode()).hexdigest()
 
 
 @dataclass
@@ -156,6 +163,8 @@ class FakeReplicate:
             FakeModel("cjwbw/demucs", "demucs", official=False),
             FakeModel("meta/musicgen", "musicgen", official=True),
             FakeModel("openai/whisper", "whisper", official=False),
+            FakeModel("stackadoc/stable-audio-open-1.0", "stable_audio", official=False,
+                      pinned="49b1d4f06f69989dd2c8252d455d2deebaa3c3e3e894694b8aed301c69e75913"),
         )}
         self._lock = threading.RLock()
         self._closing = threading.Event()
@@ -164,7 +173,7 @@ class FakeReplicate:
 
     def reset(self, *, start_seconds: float = 0.05, run_seconds: float = 0.2, output_mode: str = "url",
               retention_seconds: float = 3600.0, page_size: int = 100, echo_webhook: bool = False,
-              fail_with: str | None = None) -> None:
+              fail_with: str | None = None, malformed_output: bool = False) -> None:
         """Forget every prediction, file, request and fault; set the behaviour for what follows.
         start_seconds/run_seconds: time in `starting` and in `processing`; output_mode: "url" or
         "data"; retention_seconds: when outputs expire; fail_with: every run fails with this error."""
@@ -176,6 +185,7 @@ class FakeReplicate:
             self.page_size = page_size
             self.echo_webhook = echo_webhook
             self.fail_with = fail_with
+            self.malformed_output = malformed_output
             self.predictions: dict[str, Prediction] = {}
             self.files: dict[str, dict[str, Any]] = {}
             self.requests: list[Recorded] = []
@@ -332,6 +342,13 @@ class FakeReplicate:
             tone = (0.3 * np.sin(2 * math.pi * frequency * t + float(inputs.get("seed") or 0))).astype(np.float32)
             fmt = inputs.get("output_format", "wav")
             return self._deliver(p, f"out.{fmt}", tone[:, None], MUSICGEN_SAMPLE_RATE, fmt)
+        if p.model.kind == "stable_audio":
+            seed = int(inputs.get("seed", -1))
+            rng = np.random.default_rng(zlib.crc32(str(inputs["prompt"]).encode()) + (seed if seed >= 0 else 0))
+            frames = int(inputs.get("seconds_total", 8)) * STABLE_AUDIO_SAMPLE_RATE
+            noise = (0.2 * rng.standard_normal((frames, 2))).astype(np.float32)
+            url = self._deliver(p, "out.wav", noise, STABLE_AUDIO_SAMPLE_RATE, "wav")
+            return {"audio": url} if self.malformed_output else url
         samples, rate, name = self._audio(inputs["audio"])
         seconds = len(samples) / rate
         text = f"This is the fake transcript of {name}."
@@ -377,6 +394,15 @@ class FakeReplicate:
             if not isinstance(duration, int) or not 1 <= duration <= 30:
                 problems.append({"type": "number_one_of", "field": "input.duration",
                                  "description": "duration must be less than or equal to 30"})
+        elif model.kind == "stable_audio":
+            need("prompt")
+            total = inputs.get("seconds_total", 8)
+            if not isinstance(total, int) or isinstance(total, bool) or total > STABLE_AUDIO_MAX_SECONDS:
+                problems.append({"type": "number_one_of", "field": "input.seconds_total",
+                                 "description": f"seconds_total must be less than or equal to {STABLE_AUDIO_MAX_SECONDS}"})
+            for key, kind in (("steps", int), ("seed", int), ("seconds_start", int), ("cfg_scale", (int, float))):
+                if key in inputs and (not isinstance(inputs[key], kind) or isinstance(inputs[key], bool)):
+                    problems.append({"type": "type", "field": f"input.{key}", "description": f"{key} has the wrong type"})
         else:
             need("audio")
             one_of("transcription", ("plain text", "srt", "vtt"))

@@ -21,7 +21,7 @@ import soundfile
 
 from bridge.errors import BadRequest, ConfigError, Forbidden, NotFound, Unavailable
 from engines.cloud.base import TierJob
-from engines.cloud.replicate import DEFAULT_MODELS, MARKER_PARAM, ReplicateTier, format_duration
+from engines.cloud.replicate import DEFAULT_MODELS, MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
 from tests.engines.cloud.fake_replicate import Fault, FakeReplicate, running_fake
 
 TOKEN = "r8_test_secret_token_0123456789"
@@ -438,7 +438,7 @@ def test_bad_model_refs_are_config_errors(models):
 def test_estimate_uses_the_strategy_documents_prices_unless_configured(tmp_path):
     tier = ReplicateTier(TOKEN)
     try:
-        assert tier.tasks == frozenset(DEFAULT_MODELS)
+        assert tier.tasks == frozenset(REPLICATE_TASKS)
         seconds, cost = tier.estimate(job(tmp_path, audio_seconds=300.0))
         assert seconds == pytest.approx(2.0 + 10.0 + 0.15 * 300) and cost == pytest.approx(0.02)
         _, cost = tier.estimate(job(tmp_path, "transcribe", audio_seconds=120.0))
@@ -453,3 +453,77 @@ def test_estimate_uses_the_strategy_documents_prices_unless_configured(tmp_path)
         assert cost == pytest.approx(0.002 * 30)
     finally:
         priced.close()
+
+
+# -- Stable Audio Open ----------------------------------------------------------------------------
+
+SAO_VERSION = "49b1d4f06f69989dd2c8252d455d2deebaa3c3e3e894694b8aed301c69e75913"
+
+
+def sao_job(tmp_path: Path, **params: Any) -> TierJob:
+    return job(tmp_path, "generate", model_family="stable-audio-open", **{"prompt": "glass shatter", **params})
+
+
+def test_stable_audio_open_runs_the_pinned_version_with_its_documented_inputs(fake, make_tier, tmp_path):
+    tier = make_tier()
+    result = tier.run(sao_job(tmp_path, duration_seconds=3.2, seed=5, steps=50, guidance_scale=7.0,
+                              negative_prompt="hiss", temperature=1.0), lambda f: None, lambda: None)
+    create = fake.seen("create")[0]
+    assert create.path == "/v1/predictions"
+    assert create.body["version"].endswith(SAO_VERSION)
+    # Whole seconds (the schema's integer), our names mapped to its own; MusicGen's options stay out.
+    assert create.body["input"] == {"prompt": "glass shatter", "seconds_total": 4, "steps": 50, "cfg_scale": 7.0,
+                                    "negative_prompt": "hiss", "seed": 5}
+    audio, rate = soundfile.read(result.outputs["audio"], dtype="float32")
+    assert rate == 44100 and audio.shape == (4 * 44100, 2)
+
+
+def test_stable_audio_open_waits_through_a_cold_start(fake, make_tier, tmp_path):
+    fake.reset(start_seconds=120)  # the model boots for two minutes of the fake's clock
+    booting: list[float] = []
+
+    def boot() -> bool:
+        if fake.predictions and fake.status_of(only_prediction(fake)) == "starting":
+            booting.append(30.0)
+            fake.advance(30)
+        return False
+
+    calls = Calls(cancel_when=boot)
+    result = make_tier(wait_seconds=0).run(sao_job(tmp_path, duration_seconds=1), calls.progress,
+                                           calls.check_cancelled)
+    assert fake.status_of(only_prediction(fake)) == "succeeded" and sum(booting) >= 120  # it waited it out
+    assert soundfile.info(str(result.outputs["audio"])).channels == 2
+    assert calls.fractions == sorted(calls.fractions)
+
+
+def test_a_failed_stable_audio_prediction_is_unavailable_with_its_error(fake, make_tier, tmp_path):
+    fake.reset(fail_with="CUDA out of memory")
+    with pytest.raises(Unavailable, match="CUDA out of memory"):
+        make_tier().run(sao_job(tmp_path, duration_seconds=2), lambda f: None, lambda: None)
+
+
+def test_a_stable_audio_output_that_is_not_a_uri_is_malformed(fake, make_tier, tmp_path):
+    fake.reset(malformed_output=True)
+    with pytest.raises(Unavailable, match="Stable Audio output is dict"):
+        make_tier().run(sao_job(tmp_path, duration_seconds=2), lambda f: None, lambda: None)
+
+
+@pytest.mark.parametrize("duration", [48, 0, "8"])
+def test_a_stable_audio_length_past_its_limit_is_refused_before_any_request(fake, make_tier, tmp_path, duration):
+    with pytest.raises(BadRequest, match="duration_seconds"):
+        make_tier().run(sao_job(tmp_path, duration_seconds=duration), lambda f: None, lambda: None)
+    assert fake.requests == []
+
+
+def test_stable_audio_open_is_offered_only_where_a_model_is_configured_for_it(fake, make_tier, tmp_path):
+    default = make_tier()
+    assert default.offers_model("generate", "stable-audio-open") and default.offers_model("generate", "")
+    musicgen_only = make_tier(models={"generate": "meta/musicgen"})
+    assert not musicgen_only.offers_model("generate", "stable-audio-open")
+    assert not musicgen_only.offers_model("generate", "stabilityai/stable-audio-open-1.0")
+    with pytest.raises(BadRequest, match="stable_audio"):
+        musicgen_only.run(sao_job(tmp_path, duration_seconds=2), lambda f: None, lambda: None)
+    sao_only = make_tier(models={"stable_audio": f"stackadoc/stable-audio-open-1.0:{SAO_VERSION}"})
+    assert sao_only.offers_model("generate", "stable-audio-open")
+    assert not sao_only.offers_model("generate", "facebook/musicgen-small")
+    assert fake.requests == []
