@@ -232,7 +232,9 @@ def test_cost_is_predict_time_times_the_configured_price(fake, make_tier, tmp_pa
 @pytest.mark.parametrize("retry_after", ["1", "http-date"])
 def test_429_waits_as_long_as_retry_after_says(fake, make_tier, tmp_path, retry_after):
     if retry_after == "http-date":
-        retry_after = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1-2 s from now
+        # Whole seconds: 2-3 s from now, so that however late the first request reaches the fake on a
+        # busy machine (it measured 0.12 s), the date still lies at least 1 s past it.
+        retry_after = email.utils.formatdate(time.time() + 3, usegmt=True)
     fake.fail("create", Fault(status=429, retry_after=retry_after))
     tier = make_tier(poll_initial_seconds=0.05)
     tier.run(job(tmp_path), lambda f: None, lambda: None)
