@@ -45,6 +45,8 @@ def refusal(kind: str, task: str, model: str, project: ProjectConfig, where: str
     found = licence_of(model, task)
     on = f" on {where}" if where else ""
     if not found.known:
+        log.warning("%s: model %s%s is not in the model catalogue: its licence is unknown (project.commercial)",
+                    kind, model, on)
         if project.unknown_licences == "refuse":
             return (f"{kind}: model {model}{on} is not in the model catalogue, so its licence is unknown; this "
                     "project is marked commercial (project.commercial) and refuses unknown licences "

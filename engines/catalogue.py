@@ -2,7 +2,7 @@
 
 Facts about models, not about jobs: `bridge/` looks a model up here to name its licence in a job's
 result and to refuse non-commercial models in a project marked commercial (`project.commercial`).
-Each entry says where its licence was read (`source`); docs/licences.md keeps the same list.
+Each entry says where its licence was read (`source`); README "Licences" shows the same table.
 
 Names are matched as the daemon and the tiers spell them: a demucs name (`htdemucs_ft`), a hub id
 (`facebook/musicgen-small`), a Whisper size (`small`), a Piper voice (`en_US-joe-medium`), a Workers
@@ -106,7 +106,7 @@ CATALOGUE: tuple[Entry, ...] = (
           names=("en_us-joe-medium",)),
     Entry("en_US-lessac-*", "tts", BLIZZARD_LESSAC,
           "rhasspy/piper-voices MODEL_CARD of lessac: trained on the Blizzard 2011 Lessac data, whose licence "
-          "allows research, non-commercial use only",
+          "allows research, non-commercial use only (read from the card's dataset link; treated as non-commercial)",
           patterns=(r"en_us-lessac-(x_low|low|medium|high)",)),
     Entry("@cf/myshell-ai/melotts", "tts", MIT_MELOTTS, "myshell-ai/MeloTTS LICENSE (MIT)",
           names=("@cf/myshell-ai/melotts", "myshell-ai/melotts-english", "melotts")),

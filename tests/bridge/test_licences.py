@@ -88,6 +88,16 @@ def test_the_commercial_flag_comes_from_config_yaml_or_the_environment(tmp_path:
     check_job("transcribe", {"model": "small", "stem": "vocals"}, config)  # MIT, MIT: allowed
 
 
+def test_the_readme_licences_table_shows_every_catalogue_entry() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Licences"):readme.index("## Command line")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Model |")]
+    assert len(rows) == len(catalogue.CATALOGUE)
+    for entry, row in zip(catalogue.CATALOGUE, rows):
+        assert entry.licence.url in row, (entry.model, row)
+        assert ("**no**" in row) == (not entry.licence.commercial_use), row
+
+
 # -- through a real daemon --------------------------------------------------------------------------
 
 
