@@ -4,7 +4,6 @@ them off the cloud tiers; a finished job's result names its model and licence.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from engines.catalogue import licence_of
 from engines.cloud import hf, replicate, workers_ai
 from engines.spleeter import MODELS as SPLEETER_MODELS
 from tests.conftest import OscUdp
-from tests.engines.cloud.fake_replicate import FakeReplicate, running_fake
+from tests.engines.cloud.fake_replicate import running_fake
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 TOKEN = "r8_licence_test_token_0123456789"
@@ -160,33 +159,40 @@ def test_a_project_not_marked_commercial_generates_and_the_result_names_model_an
         assert result["licence"]["url"].startswith("https://creativecommons.org/")
 
 
-@pytest.fixture(scope="module")
-def replicate_fake() -> Iterator[tuple[str, FakeReplicate]]:
-    with running_fake(token=TOKEN) as running:
-        yield running
-
-
-def test_a_commercial_project_keeps_a_job_off_a_tier_whose_model_is_non_commercial(
-    tiny: Path, replicate_fake: tuple[str, FakeReplicate], tmp_path: Path
-) -> None:
+def test_a_commercial_project_keeps_a_job_off_a_tier_whose_model_is_non_commercial(tiny: Path, tmp_path: Path) -> None:
     """Our own model folder (licence unknown: allowed, and flagged) with a deadline only Replicate
     could meet: Replicate would run meta/musicgen (CC-BY-NC), so the job stays local."""
-    base_url, fake = replicate_fake
-    creates_before = len(fake.seen("create"))
+    with running_fake(token=TOKEN) as (base_url, fake):
+        outcome = _generate_with_replicate(tiny, tmp_path, base_url, commercial=True)
+        creates = fake.seen("create")
+    assert outcome["event"] == "job.done", outcome
+    result = outcome["result"]
+    assert result["tier"] == "local" and creates == []
+    assert result["model"] == str(tiny)
+    assert result["licence"] == {"id": "unknown", "name": catalogue.UNKNOWN.name, "url": "", "commercial_use": False}
+
+
+def test_a_result_from_a_tier_names_the_tiers_model_and_its_licence(tiny: Path, tmp_path: Path) -> None:
+    """The same job in a project not marked commercial: Replicate runs it, and says it was MusicGen."""
+    with running_fake(token=TOKEN) as (base_url, fake):
+        outcome = _generate_with_replicate(tiny, tmp_path, base_url, commercial=False)
+        creates = fake.seen("create")
+    assert outcome["event"] == "job.done", outcome
+    result = outcome["result"]
+    assert result["tier"] == "replicate" and len(creates) == 1
+    assert result["model"] == "meta/musicgen" and result["licence"]["id"] == "CC-BY-NC-4.0"
+    assert outcome["status"]["result"]["licence"] == result["licence"]
+
+
+def _generate_with_replicate(tiny: Path, tmp_path: Path, base_url: str, commercial: bool) -> dict[str, Any]:
     overrides = {
         "generate": {"model": str(tiny), "engine_device": "cpu"},
         "cloud": {"replicate_url": base_url},
         "router": {"local_seconds_per_audio_second": {"cpu": 100.0}},
-        "project": {"commercial": True},
+        "project": {"commercial": commercial},
     }
     daemon = DaemonProcess(overrides=overrides, workdir=tmp_path, env={**OFFLINE, "REPLICATE_API_TOKEN": TOKEN}).start()
     try:
-        outcome = _generate(daemon, {"prompt": "bright arp", "bars": 1, "tempo": 120.0, "seed": 2,
-                                     "deadline_seconds": 60})
+        return _generate(daemon, {"prompt": "bright arp", "bars": 1, "tempo": 120.0, "seed": 2, "deadline_seconds": 60})
     finally:
         assert daemon.stop() == 0, daemon.log()
-    assert outcome["event"] == "job.done", outcome
-    result = outcome["result"]
-    assert result["tier"] == "local" and len(fake.seen("create")) == creates_before
-    assert result["model"] == str(tiny)
-    assert result["licence"] == {"id": "unknown", "name": catalogue.UNKNOWN.name, "url": "", "commercial_use": False}
