@@ -348,6 +348,15 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
     return ctx.daemon.job_runner().cancel(id).to_dict()
 
 
+def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: str) -> Result:
+    """Queue a checked job; a commercial project's licence policy is checked first (forbidden)."""
+    from bridge.licences import check_job
+
+    check_job(kind, job_args, ctx.daemon.config)
+    job, created = ctx.daemon.job_runner().submit(kind, job_args, request_id or None, origin=ctx.origin)
+    return {"id": job.id, "state": job.state, "created": created}
+
+
 @command(
     "stems.separate",
     Arg("path", str, "The audio file (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
@@ -370,8 +379,7 @@ def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
 
     daemon = ctx.daemon
     job_args = check_request(args, daemon.paths, daemon.config)
-    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
-    return {"id": job.id, "state": job.state, "created": created}
+    return _submit(ctx, KIND, job_args, request_id)
 
 
 # -- classification and sample search --------------------------------------------------------------
@@ -416,8 +424,7 @@ def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id:
     from bridge.samples import KIND, check_request
 
     job_args = check_request({"folder": folder, "watch": watch}, _samples(ctx))
-    job, created = ctx.daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
-    return {"id": job.id, "state": job.state, "created": created}
+    return _submit(ctx, KIND, job_args, request_id)
 
 
 @command(
@@ -478,8 +485,7 @@ def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
 
     daemon = ctx.daemon
     job_args = check_request(args, daemon.paths, daemon.config, daemon.daw)
-    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
-    return {"id": job.id, "state": job.state, "created": created}
+    return _submit(ctx, KIND, job_args, request_id)
 
 
 # -- transcription and speech ----------------------------------------------------------------------
@@ -507,8 +513,7 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
 
     daemon = ctx.daemon
     job_args = check_request(args, daemon.paths, daemon.config)
-    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
-    return {"id": job.id, "state": job.state, "created": created}
+    return _submit(ctx, KIND, job_args, request_id)
 
 
 @command(
@@ -530,5 +535,4 @@ def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
 
     daemon = ctx.daemon
     job_args = check_request(args, daemon.paths, daemon.config)
-    job, created = daemon.job_runner().submit(KIND, job_args, request_id or None, origin=ctx.origin)
-    return {"id": job.id, "state": job.state, "created": created}
+    return _submit(ctx, KIND, job_args, request_id)

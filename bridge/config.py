@@ -499,6 +499,17 @@ class ModelsConfig(_Section):
     dirs: list[Path] = []
 
 
+class ProjectConfig(_Section):
+    """What the outputs are for: a commercial project refuses models whose licence forbids it."""
+
+    # true: jobs on non-commercial models (MusicGen's CC-BY-NC weights ...) are refused with
+    # `forbidden`, locally and on every cloud tier. README "Licences" lists each model's licence.
+    commercial: bool = False
+    # A model the catalogue does not know (a folder, another hub id) in a commercial project:
+    # allow (its result says licence "unknown") or refuse.
+    unknown_licences: Literal["allow", "refuse"] = "allow"
+
+
 class CloudConfig(_Section):
     """Cloud tier credentials. Never logged, never shown by `status` or `doctor`."""
 
@@ -542,6 +553,7 @@ class Config(_Section):
     separate: SeparateConfig = SeparateConfig()
     router: RouterConfig = RouterConfig()
     server: ServerConfig = ServerConfig()
+    project: ProjectConfig = ProjectConfig()
     cloud: CloudConfig = CloudConfig()
 
     def token_status(self) -> dict[str, bool]:

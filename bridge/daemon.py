@@ -133,8 +133,12 @@ class Daemon:
         self.tiers = build_tiers(self.config)
         device = pick_device(self.config.separate.engine_device).type
         offered = {name: frozenset(tier.tasks) for name, tier in self.tiers.items()}
-        models = {name: tier.offers_model for name, tier in self.tiers.items()}
-        self.router = Router(self.config.router, offered, self.job_store, device, models=models)
+        from bridge.licences import licensed_offers
+
+        # A tier whose own model the project's licence policy refuses is never planned.
+        models = {name: licensed_offers(tier, self.config.project) for name, tier in self.tiers.items()}
+        runs = {name: tier.model_for for name, tier in self.tiers.items()}
+        self.router = Router(self.config.router, offered, self.job_store, device, models=models, runs=runs)
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
         from bridge.samples import SampleLibrary

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bridge.config import Config, RouterConfig
 from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
 from bridge.jobs import JobCanceled, JobStore
+from bridge.licences import describe
 
 if TYPE_CHECKING:
     from bridge.jobs import JobContext
@@ -101,6 +102,7 @@ class Router:
     def __init__(
         self, config: RouterConfig, available: set[str] | dict[str, frozenset[str]], store: JobStore, device: str,
         models: dict[str, Callable[[str, str], bool]] | None = None,
+        runs: dict[str, Callable[[str, str], str]] | None = None,
     ) -> None:
         self.config = config
         # Remote tiers with credentials configured, and the tasks each offers (a set: all tasks).
@@ -108,6 +110,8 @@ class Router:
         self.available = set(self.tasks)
         # Per tier, whether it runs (task, model); absent: any model of a task it offers.
         self.models = dict(models or {})
+        # Per tier, the model it runs for (task, model asked for); absent: the model asked for.
+        self.runs = dict(runs or {})
         self.store = store
         self.device = device
         self.breakers = {
@@ -228,6 +232,11 @@ class Router:
             return False
         return True
 
+    def model_for(self, tier: str, task: str, model: str) -> str:
+        """The model `tier` runs for a `task` job that asked for `model` (what the result names)."""
+        runs = self.runs.get(tier)
+        return model if runs is None else runs(task, model)
+
     def _fallbacks(self, remotes: list[str], audio_seconds: float, reason: str) -> list[Decision]:
         out = []
         for tier in remotes:
@@ -284,7 +293,8 @@ def run_routed(
     `units` is what speed and price scale with (audio seconds in or out). `run_local()` returns
     (value, device); `run_remote(tier)` returns (value, cost in USD or None). The job's
     `deadline_seconds` / `deadline_class` args choose the plan; each decision is recorded on the
-    job (`route`) and logged. Returns (value, {"tier", "device", "cost_usd"?}). A cancel or a
+    job (`route`) and logged. Returns (value, {"tier", "device", "cost_usd"?, "model", "licence"}):
+    the model that ran (a tier's own, when it runs one) and its licence. A cancel or a
     BadRequest (input no tier will accept) is not retried elsewhere.
     """
     args = ctx.job.args
@@ -308,13 +318,14 @@ def run_routed(
                 if router is not None:
                     router.learn_local(task, model, units, time.monotonic() - started)
                     router.succeeded(LOCAL, None, ctx.job.id)
-                return value, {"device": device, "tier": LOCAL}
+                return value, {"device": device, "tier": LOCAL, **describe(task, model)}
             value, cost = run_remote(tier)
             assert router is not None and decision is not None
             if cost is None:  # a tier that reports no price is charged what the router expected
                 cost = decision.estimated_cost_usd
             router.succeeded(tier, cost, ctx.job.id)
-            return value, {"device": tier, "tier": tier, "cost_usd": cost}
+            return value, {"device": tier, "tier": tier, "cost_usd": cost,
+                           **describe(task, router.model_for(tier, task, model))}
         except (JobCanceled, BadRequest):
             raise
         except BridgeError as err:

@@ -941,4 +941,7 @@ class IndexJob:
         def progress(fraction: float, stage: str) -> None:
             ctx.progress(fraction, stage=stage)
 
-        return self.library.index(folder, progress, ctx.check_cancelled, bool(ctx.job.args["watch"]))
+        from bridge.licences import describe
+
+        result = self.library.index(folder, progress, ctx.check_cancelled, bool(ctx.job.args["watch"]))
+        return {**result, **describe("embed", self.library.model_id)}

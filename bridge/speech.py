@@ -20,6 +20,7 @@ from bridge.config import Config
 from bridge.errors import BadRequest, Unavailable
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
+from bridge.licences import describe
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
 from bridge.tasks import EngineJob
@@ -125,6 +126,9 @@ class SpeechJob(EngineJob):
             return self._speak_remote(ctx, tier, estimate)
 
         (audio, rate, about), where = run_routed(ctx, self.router, "tts", args["voice"], estimate, local, remote)
+        if where["tier"] == "local" and about.get("voice"):
+            # The voice that spoke (a name's fallback may be the packaged voice), and its licence.
+            where = {**where, **describe("tts", str(about["voice"]))}
         ctx.check_cancelled()
         ctx.progress(0.9, stage="resampling")
         audio = resample(audio, rate, args["sample_rate"])

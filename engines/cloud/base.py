@@ -86,6 +86,11 @@ class Tier(ABC):
             return False
         return self.supports(task)
 
+    def model_for(self, task: str, model: str) -> str:
+        """The model this tier runs for a `task` job that asked for `model` (its licence is the
+        one the result names). Default: that model; a tier with its own model per task says so."""
+        return model
+
     @abstractmethod
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Run `job`, calling `progress(fraction)` as it goes and `check_cancelled()` at least once a

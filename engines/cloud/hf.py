@@ -139,6 +139,10 @@ class HuggingFaceTier(Tier):
 
     # -- the Tier interface -------------------------------------------------------------------
 
+    def model_for(self, task: str, model: str) -> str:
+        """This tier runs its own model per task (`models`), whatever the job asked for."""
+        return self.models.get(task, model)
+
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Send `job` to its model, wait out cold starts, write the outputs into `job.work_dir`."""
         check_offered(self.name, self.tasks, job.task)

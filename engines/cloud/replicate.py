@@ -320,6 +320,12 @@ class ReplicateTier(Tier):
             return STABLE_AUDIO in self._refs if is_stable_audio(model) else "generate" in self._refs
         return self.supports(task)
 
+    def model_for(self, task: str, model: str) -> str:
+        """Stems: the Demucs model asked for, run by the stems model (cjwbw/demucs); else the task's model."""
+        if task == "stems":
+            return model or "htdemucs"
+        return self.models.get(task, model)
+
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Create a prediction for `job`, follow it to the end, write its outputs into `job.work_dir`."""
         check_offered(self.name, self.tasks, job.task)

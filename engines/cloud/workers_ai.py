@@ -153,6 +153,10 @@ class WorkersAITier(Tier):
 
     # -- the Tier interface -------------------------------------------------------------------
 
+    def model_for(self, task: str, model: str) -> str:
+        """This tier runs its own model per task (`models`), whatever the job asked for."""
+        return self.models.get(task, model)
+
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Run `job` on its model, retrying capacity 429s, 408s and 5xx boundedly."""
         check_offered(self.name, self.tasks, job.task)

@@ -337,6 +337,7 @@ def test_index_then_search_finds_the_kick_with_sensible_descriptors(daemon: Daem
     assert outcome["event"] == "job.done", outcome
     result = outcome["result"]
     assert (result["files"], result["added"], result["skipped"], result["watch"]) == (4, 4, 1, False)
+    assert result["licence"]["id"] == "Apache-2.0" and result["model"].endswith("model")  # the packaged MiniLM
     assert result["skipped_files"][0]["path"].endswith("Broken take.wav")
     assert "cannot be read" in result["skipped_files"][0]["error"]
     progress = [data["fraction"] for name, data in events if name == "job.progress"]

