@@ -321,9 +321,12 @@ class ReplicateTier(Tier):
         return self.supports(task)
 
     def model_for(self, task: str, model: str) -> str:
-        """Stems: the Demucs model asked for, run by the stems model (cjwbw/demucs); else the task's model."""
+        """Stems: the Demucs model asked for, run by the stems model (cjwbw/demucs); Stable Audio Open: its
+        own model; else the task's model."""
         if task == "stems":
             return model or "htdemucs"
+        if task == "generate" and is_stable_audio(model):
+            return self.models.get(STABLE_AUDIO, model)
         return self.models.get(task, model)
 
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:

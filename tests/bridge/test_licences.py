@@ -38,7 +38,8 @@ def nameable_models() -> set[tuple[str, str]]:
     found |= {("stems", name) for name in replicate.DEMUCS_MODELS}
     found |= {("transcribe", name) for name in faster_whisper.available_models()}
     for table in (replicate.DEFAULT_MODELS, hf.DEFAULT_MODELS, hf.DEFAULT_ENDPOINT_MODELS, workers_ai.DEFAULT_MODELS):
-        found |= set(table.items())
+        # Replicate keys Stable Audio Open's model apart from MusicGen's; its task is generate.
+        found |= {("generate" if key == replicate.STABLE_AUDIO else key, model) for key, model in table.items()}
     found |= {("transcribe", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" in name}
     found |= {("tts", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" not in name}
     found |= {("embed", name) for name in workers_ai.PRICE_PER_M_TOKENS_USD}
