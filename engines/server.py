@@ -71,6 +71,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from python_multipart.exceptions import FileError, FormParserError
+from python_multipart.multipart import Field as FormField
+from python_multipart.multipart import File, FormParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -93,9 +96,8 @@ EVENTS_KEEPALIVE_SECONDS = 15.0
 # from its Content-Length before a byte of it is read.
 _FORM_OVERHEAD_BYTES = 64 * 1024
 _MAX_FIELD_BYTES = 16 * 1024
-# A part's headers (Content-Disposition with its file name, Content-Type): python-multipart refuses
-# lines over about 4 KiB and more than 8 headers; these are the same limits, enforced here for every
-# version of it and named in the error.
+# A part's headers (Content-Disposition with its file name, Content-Type): python-multipart enforces
+# these (a header line's bytes, headers per part); set here so that the error can name them.
 _MAX_PART_HEADER_BYTES = 4096
 _MAX_PART_HEADERS = 8
 # Byte ranges of an output in one request: a stem is fetched whole or resumed, never in pieces.
@@ -383,16 +385,13 @@ class _Server:
         form = _Form(request.headers.get("content-type", ""), folder, self.max_upload_bytes, self._too_large)
         pending: list[bytes] = []
         size = 0
-        try:
-            async for chunk in _stream(request):
-                pending.append(chunk)
-                size += len(chunk)
-                if size >= _PARSE_BATCH_BYTES:
-                    await anyio.to_thread.run_sync(form.write, b"".join(pending))
-                    pending, size = [], 0
-            await anyio.to_thread.run_sync(form.finish, b"".join(pending))
-        finally:
-            form.close()
+        async for chunk in _stream(request):
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= _PARSE_BATCH_BYTES:
+                await anyio.to_thread.run_sync(form.write, b"".join(pending))
+                pending, size = [], 0
+        await anyio.to_thread.run_sync(form.finish, b"".join(pending))
         return form
 
     def _submit(self, form: _Form, key: str) -> tuple[Job, bool]:
@@ -546,16 +545,14 @@ class _Handler:
 
 
 class _Form:
-    """A multipart/form-data body parsed as it arrives: the `file` part straight to disk (counted
-    against the limit), the other fields in memory (small, and only the known ones)."""
+    """A multipart/form-data body parsed as it arrives by python-multipart's `FormParser`: a file part
+    goes straight to a file in the upload's folder, the other parts (small, and only the known fields)
+    stay in memory. The body is counted against the limit as it arrives; each part is checked as it ends."""
 
     _FIELDS = ("task", "params", "request_id")
 
     def __init__(self, content_type: str, folder: Path, max_file_bytes: int,
                  too_large: Callable[[str], PayloadTooLarge]) -> None:
-        from python_multipart.exceptions import FormParserError
-        from python_multipart.multipart import MultipartParser, parse_options_header
-
         kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
@@ -566,45 +563,34 @@ class _Form:
         self.file_bytes = 0
         self._folder = folder
         self._max_file_bytes = max_file_bytes
+        self._max_body_bytes = max_file_bytes + _FORM_OVERHEAD_BYTES
         self._too_large = too_large
-        self._headers: dict[bytes, bytes] = {}
-        self._header_count = 0
-        self._header_name = b""
-        self._header_value = b""
-        self._name = ""
-        self._buffer = bytearray()
-        self._file: Any = None
         self._ended = False
+        config = {
+            # A file part is on disk from its first byte, under a temporary name until it ends.
+            "UPLOAD_DIR": str(folder), "UPLOAD_DELETE_TMP": False, "MAX_MEMORY_FILE_SIZE": 0,
+            "MAX_HEADER_COUNT": _MAX_PART_HEADERS, "MAX_HEADER_SIZE": _MAX_PART_HEADER_BYTES,
+        }
         try:
-            self._parser = MultipartParser(boundary, {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": self._on_header_field,
-                "on_header_value": self._on_header_value,
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-                "on_end": self._on_end,
-            })
+            self._parser = FormParser("multipart/form-data", self._on_field, self._on_file, self._on_end,
+                                      boundary=boundary, config=config)
         except FormParserError as err:  # e.g. a boundary longer than the parser takes
             raise BadRequest(f"Content-Type: unusable multipart boundary ({err})") from None
 
     def write(self, data: bytes) -> None:
         """Parse the next bytes. The parser's own errors (a malformed body or a part's headers over
         its limits) become 400/413 naming the problem: they are the client's, not the server's."""
-        if not data:
-            return
-        from python_multipart.exceptions import FormParserError
-
+        if self._parser.bytes_received + len(data) > self._max_body_bytes:
+            raise self._too_large(f"the request body passed {self._max_body_bytes} bytes")
         try:
             self._parser.write(data)
+        except FileError:  # the server could not write the upload: its own failure, not the client's
+            raise
         except FormParserError as err:
             raise self._malformed(err) from None
 
     def finish(self, data: bytes) -> None:
         """Parse the last bytes; the body must have ended with the closing boundary."""
-        from python_multipart.exceptions import FormParserError
-
         self.write(data)
         try:
             self._parser.finalize()
@@ -612,83 +598,60 @@ class _Form:
             raise self._malformed(err) from None
         if not self._ended:
             raise BadRequest("the multipart body ended early (no closing boundary); was the upload cut off?")
-        if self.path is not None:
-            # Durable before the job that reads it is: a crash then reruns the job on a whole file.
-            with self.path.open("rb") as done:
-                os.fsync(done.fileno())
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
     def _malformed(self, err: Exception) -> BadRequest:
         if "header" in str(err).lower() and "maximum" in str(err).lower():
             return _headers_too_large()
-        return BadRequest(f"the multipart body is malformed ({err}); send it as a multipart/form-data "
-                          "form with the fields file, task, params and request_id")
+        return BadRequest(f"the multipart body is malformed ({_clip(str(err), 200)}); send it as a "
+                          "multipart/form-data form with the fields file, task, params and request_id")
 
-    def _on_part_begin(self) -> None:
-        self._headers = {}
-        self._header_count = 0
-        self._name = ""
-        self._buffer = bytearray()
+    def _on_field(self, field: FormField) -> None:
+        name, value = (field.field_name or b"").decode("utf-8", "replace"), field.value or b""
+        if name == "file":  # a file part without a file name arrives as a field: it is still the upload
+            self._claim_file(b"").write_bytes(value)
+            self.file_bytes = len(value)
+        else:
+            self._add_field(name, value)
 
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_name += data[start:end]
-        self._check_header_size()
+    def _on_file(self, file: File) -> None:
+        name = (file.field_name or b"").decode("utf-8", "replace")
+        if file.in_memory:  # an empty part never reached the disk
+            file.flush_to_disk()
+        temporary = os.fsdecode(file.actual_file_name or b"")
+        try:
+            if name != "file":  # a field sent with a file name: read it as the field it names
+                file.file_object.seek(0)
+                self._add_field(name, file.file_object.read(_MAX_FIELD_BYTES + 1))
+                return
+            path = self._claim_file(file.file_name or b"")
+            if file.size > self._max_file_bytes:
+                raise self._too_large(f"the file is {file.size} bytes")
+            # Durable before the job that reads it is: a crash then reruns the job on a whole file.
+            os.fsync(file.file_object.fileno())
+        finally:
+            file.close()
+            if name != "file":
+                os.unlink(temporary)
+        os.replace(temporary, path)
+        self.file_bytes = file.size
 
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-        self._check_header_size()
+    def _claim_file(self, filename: bytes) -> Path:
+        if self.path is not None:
+            raise BadRequest("file: send one file per job; the upload has more than one 'file' part")
+        self.path = self._folder / _safe_filename(filename.decode("utf-8", "replace"))
+        return self.path
 
-    def _check_header_size(self) -> None:
-        if len(self._header_name) + len(self._header_value) > _MAX_PART_HEADER_BYTES:
-            raise _headers_too_large()
-
-    def _on_header_end(self) -> None:
-        self._header_count += 1
-        if self._header_count > _MAX_PART_HEADERS:
-            raise _headers_too_large()
-        self._headers[self._header_name.strip().lower()] = self._header_value.strip()
-        self._header_name = self._header_value = b""
-
-    def _on_headers_finished(self) -> None:
-        from python_multipart.multipart import parse_options_header
-
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file":
-            if self.path is not None:
-                raise BadRequest("file: send one file per job; the upload has more than one 'file' part")
-            self.path = self._folder / _safe_filename(options.get(b"filename", b"").decode("utf-8", "replace"))
-            self._file = self.path.open("wb")
-        elif self._name not in self._FIELDS:
-            known = ", ".join(("file", *self._FIELDS))
-            raise BadRequest(f"unknown form field {_clip(self._name)!r}; expected {known}")
-        elif self._name in self.fields:
-            raise BadRequest(f"{self._name}: sent twice; send each form field once")
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._file is not None:
-            self.file_bytes += end - start
-            if self.file_bytes > self._max_file_bytes:
-                raise self._too_large(f"the file passed {self._max_file_bytes} bytes")
-            self._file.write(data[start:end])
-            return
-        self._buffer += data[start:end]
-        if len(self._buffer) > _MAX_FIELD_BYTES:
-            raise BadRequest(f"{self._name}: longer than {_MAX_FIELD_BYTES} bytes")
-
-    def _on_part_end(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        elif self._name:
-            try:
-                self.fields[self._name] = self._buffer.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRequest(f"{self._name}: not UTF-8 text") from None
+    def _add_field(self, name: str, value: bytes) -> None:
+        if name not in self._FIELDS:
+            raise BadRequest(f"unknown form field {_clip(name)!r}; expected {', '.join(('file', *self._FIELDS))}")
+        if name in self.fields:
+            raise BadRequest(f"{name}: sent twice; send each form field once")
+        if len(value) > _MAX_FIELD_BYTES:
+            raise BadRequest(f"{name}: longer than {_MAX_FIELD_BYTES} bytes")
+        try:
+            self.fields[name] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"{name}: not UTF-8 text") from None
 
     def _on_end(self) -> None:
         self._ended = True
