@@ -305,9 +305,15 @@ RIFF = b"RIFF" + b"\0" * 64
         (b"\x00\x01\x02" * 100, 400, "multipart body is malformed"),
         (multipart(TASK, TASK, (disposition("file", "a.wav"), RIFF)), 400, "task: sent twice"),
         (multipart((disposition("x" * 3000), b"1")), 400, "unknown form field"),
+        (multipart((disposition("x" * 3000, "a.wav"), RIFF)), 400, "unknown form field"),
+        (multipart(TASK, (disposition("file", "a.wav"), RIFF), (disposition("file", "b.wav"), RIFF)), 400,
+         "one file per job"),
+        (multipart((disposition("params"), b"{" * 20_000)), 400, "params: longer than 16384 bytes"),
+        (multipart((disposition("task"), b"\xff\xfe")), 400, "task: not UTF-8"),
+        (multipart((b"Content-Type: text/plain", b"stems")), 400, "multipart body is malformed"),
     ],
     ids=["huge-part-header", "long-file-name", "many-part-headers", "bad-header-line", "garbage", "field-twice",
-         "long-field-name"],
+         "long-field-name", "unknown-file-field", "two-files", "long-field", "field-not-utf8", "part-without-name"],
 )
 def test_malformed_multipart_is_4xx_naming_the_problem(server: ServerProcess, body: bytes, status: int,
                                                        expected: str) -> None:
@@ -334,6 +340,72 @@ def test_an_unusable_content_type_is_400(server: ServerProcess, content_type: by
                           headers={**auth(), "Content-Type": content_type})  # type: ignore[dict-item]
     assert response.status_code == 400, response.text
     assert expected in response.json()["error"]["message"]
+
+
+def upload_folders(server: ServerProcess) -> set[Path]:
+    uploads = server.data_dir / "uploads"
+    return set(uploads.iterdir()) if uploads.exists() else set()
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 7, 4099])
+def test_a_body_in_tiny_pieces_is_parsed_whole(server: ServerProcess, tmp_path: Path, piece_bytes: int) -> None:
+    """Chunked, in awkward pieces: boundaries, headers and the file straddle the server's stream reads."""
+    source = write_audio(tmp_path / "tiny-pieces.wav", 0.1, channels=1, seed=piece_bytes)
+    rid = f"pieces-{secrets.token_hex(6)}"
+    body = multipart(TASK, (disposition("params"), b'{"format": "wav"}'), (disposition("request_id"), rid.encode()),
+                     (disposition("file", source.name) + b"\r\nContent-Type: audio/wav", source.read_bytes()))
+    pieces = (body[i:i + piece_bytes] for i in range(0, len(body), piece_bytes))
+    response = httpx.post(f"{server.url}/v1/jobs", content=pieces, timeout=60, headers={
+        **auth(), "Content-Type": "multipart/form-data; boundary=flowstate-test-boundary"})
+    assert response.status_code == 201, response.text
+    job = wait_finished(server, response.json()["id"])
+    assert job["state"] == "done" and job["request_id"] == rid, job
+    vocals = httpx.get(f"{server.url}{job['result']['outputs']['vocals']}", headers=auth(), timeout=10)
+    (tmp_path / "vocals.wav").write_bytes(vocals.content)
+    assert soundfile.info(str(tmp_path / "vocals.wav")).frames == soundfile.info(str(source)).frames
+
+
+@pytest.mark.parametrize(
+    ("filename", "stored"),
+    [("../../escape.wav", "escape.wav"), ("/etc/escape.wav", "escape.wav"), ("C:\\Users\\me\\escape.wav", "escape.wav"),
+     ("..", "input"), ("sub/..", "input"), ("a/b/con.wav", "_con.wav")],
+    ids=["parent-dirs", "absolute", "windows", "dot-dot", "ends-in-dot-dot", "reserved-name"],
+)
+def test_a_file_name_with_path_separators_stays_in_its_upload_folder(server: ServerProcess, filename: str,
+                                                                      stored: str) -> None:
+    """The upload is kept under its base name inside its own folder; the error shows the name it got."""
+    before = upload_folders(server)
+    response = httpx.post(f"{server.url}/v1/jobs", headers=auth(), data={"task": "stems"},
+                          files={"file": (filename, b"this is not audio at all", "audio/wav")}, timeout=10)
+    assert response.status_code == 400, response.text
+    assert f" {stored} is not an audio file" in response.json()["error"]["message"]
+    assert upload_folders(server) <= before  # the refused upload's folder is gone
+    assert not [p for p in server.workdir.rglob("*escape.wav")]
+
+
+@pytest.mark.parametrize("cut", ["mid-file", "mid-headers", "before-closing-boundary", "no-parts"])
+def test_a_body_cut_off_is_400_and_leaves_no_upload(server: ServerProcess, cut: str) -> None:
+    body = multipart(TASK, (disposition("file", "cut.wav"), RIFF * 64))
+    ends = {"mid-file": body.index(RIFF) + 100, "mid-headers": body.index(b"filename") + 3,
+            "before-closing-boundary": body.rindex(b"--flowstate-test-boundary--"), "no-parts": 0}
+    before = upload_folders(server)
+    response = httpx.post(f"{server.url}/v1/jobs", content=body[:ends[cut]], timeout=30, headers={
+        **auth(), "Content-Type": "multipart/form-data; boundary=flowstate-test-boundary"})
+    assert response.status_code == 400, response.text
+    assert "ended early" in response.json()["error"]["message"]
+    assert upload_folders(server) <= before
+    assert httpx.get(f"{server.url}/v1/health", timeout=5).json()["ok"] is True
+
+
+def test_a_file_just_over_the_limit_is_413_when_its_part_ends(server: ServerProcess) -> None:
+    """Within the body's allowance for the form fields, so only the file's own size can refuse it."""
+    before = upload_folders(server)
+    response = httpx.post(f"{server.url}/v1/jobs", headers=auth(), data={"task": "stems"},
+                          files={"file": ("over.wav", b"\0" * (MAX_UPLOAD_BYTES + 1), "audio/wav")}, timeout=30)
+    assert response.status_code == 413, response.text
+    message = response.json()["error"]["message"]
+    assert str(MAX_UPLOAD_BYTES) in message and f"the file is {MAX_UPLOAD_BYTES + 1} bytes" in message
+    assert upload_folders(server) <= before
 
 
 def test_a_long_job_id_is_404_quoted_briefly(server: ServerProcess) -> None:
