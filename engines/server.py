@@ -385,13 +385,16 @@ class _Server:
         form = _Form(request.headers.get("content-type", ""), folder, self.max_upload_bytes, self._too_large)
         pending: list[bytes] = []
         size = 0
-        async for chunk in _stream(request):
-            pending.append(chunk)
-            size += len(chunk)
-            if size >= _PARSE_BATCH_BYTES:
-                await anyio.to_thread.run_sync(form.write, b"".join(pending))
-                pending, size = [], 0
-        await anyio.to_thread.run_sync(form.finish, b"".join(pending))
+        try:
+            async for chunk in _stream(request):
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= _PARSE_BATCH_BYTES:
+                    await anyio.to_thread.run_sync(form.write, b"".join(pending))
+                    pending, size = [], 0
+            await anyio.to_thread.run_sync(form.finish, b"".join(pending))
+        finally:
+            form.close()
         return form
 
     def _submit(self, form: _Form, key: str) -> tuple[Job, bool]:
@@ -546,8 +549,9 @@ class _Handler:
 
 class _Form:
     """A multipart/form-data body parsed as it arrives by python-multipart's `FormParser`: a file part
-    goes straight to a file in the upload's folder, the other parts (small, and only the known fields)
-    stay in memory. The body is counted against the limit as it arrives; each part is checked as it ends."""
+    goes straight to a file in the upload's folder, the other parts (the few small fields) stay in
+    memory. The body is counted against the limit as it arrives, so a part never outgrows it; each part
+    is checked (name, size, text) when it ends."""
 
     _FIELDS = ("task", "params", "request_id")
 
@@ -598,6 +602,12 @@ class _Form:
             raise self._malformed(err) from None
         if not self._ended:
             raise BadRequest("the multipart body ended early (no closing boundary); was the upload cut off?")
+
+    def close(self) -> None:
+        """Close a file part cut off mid-way now: the parser's callbacks hold it in a reference cycle
+        that only the garbage collector would break, keeping its descriptor and disk space until then."""
+        if self._parser.parser is not None:
+            self._parser.parser.callbacks = {}
 
     def _malformed(self, err: Exception) -> BadRequest:
         if "header" in str(err).lower() and "maximum" in str(err).lower():

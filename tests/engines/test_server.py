@@ -217,6 +217,25 @@ def test_a_wrong_token_is_forbidden_through_the_tier(server: ServerProcess, tmp_
 # -- uploads -------------------------------------------------------------------------------------
 
 
+def upload_folders(server: ServerProcess) -> set[Path]:
+    uploads = server.data_dir / "uploads"
+    return set(uploads.iterdir()) if uploads.exists() else set()
+
+
+def open_uploads(server: ServerProcess, besides: set[Path]) -> list[str]:
+    """Files the server process holds open under `uploads/`, outside the folders in `besides`."""
+    assert server.process is not None
+    links = []
+    for fd in Path(f"/proc/{server.process.pid}/fd").iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:  # closed since the listing
+            continue
+    uploads = str(server.data_dir / "uploads") + "/"
+    return [link for link in links if link.startswith(uploads)
+            and not any(link.startswith(f"{folder}/") for folder in besides)]
+
+
 def test_an_upload_over_the_limit_is_413_from_its_content_length(server: ServerProcess, tmp_path: Path) -> None:
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1024 * 1024))
@@ -239,10 +258,12 @@ def test_an_upload_over_the_limit_is_413_while_it_streams(server: ServerProcess)
             yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
+    before = upload_folders(server)
     response = httpx.post(f"{server.url}/v1/jobs", content=body(), timeout=30,
                           headers={**auth(), "Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert response.status_code == 413
     assert str(MAX_UPLOAD_BYTES) in response.json()["error"]["message"]
+    assert upload_folders(server) <= before and open_uploads(server, besides=before) == []
 
 
 def test_an_upload_over_the_limit_is_bad_request_through_the_tier(tier: SelfHostedTier, tmp_path: Path) -> None:
@@ -342,11 +363,6 @@ def test_an_unusable_content_type_is_400(server: ServerProcess, content_type: by
     assert expected in response.json()["error"]["message"]
 
 
-def upload_folders(server: ServerProcess) -> set[Path]:
-    uploads = server.data_dir / "uploads"
-    return set(uploads.iterdir()) if uploads.exists() else set()
-
-
 @pytest.mark.parametrize("piece_bytes", [1, 7, 4099])
 def test_a_body_in_tiny_pieces_is_parsed_whole(server: ServerProcess, tmp_path: Path, piece_bytes: int) -> None:
     """Chunked, in awkward pieces: boundaries, headers and the file straddle the server's stream reads."""
@@ -394,6 +410,7 @@ def test_a_body_cut_off_is_400_and_leaves_no_upload(server: ServerProcess, cut: 
     assert response.status_code == 400, response.text
     assert "ended early" in response.json()["error"]["message"]
     assert upload_folders(server) <= before
+    assert open_uploads(server, besides=before) == []  # a part cut off mid-way is closed, not left to the GC
     assert httpx.get(f"{server.url}/v1/health", timeout=5).json()["ok"] is True
 
 
