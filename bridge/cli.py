@@ -232,6 +232,8 @@ def _setup_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.daemon.log_level == "INFO":  # the server's upload parser says 3 times an upload where the file goes
+        logging.getLogger("python_multipart").setLevel(logging.WARNING)
 
 
 def _up(config: Config) -> int:
