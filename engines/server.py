@@ -618,8 +618,7 @@ class _Form:
     def _on_field(self, field: FormField) -> None:
         name, value = (field.field_name or b"").decode("utf-8", "replace"), field.value or b""
         if name == "file":  # a file part without a file name arrives as a field: it is still the upload
-            self._claim_file(b"").write_bytes(value)
-            self.file_bytes = len(value)
+            self._claim_file(b"", len(value)).write_bytes(value)
         else:
             self._add_field(name, value)
 
@@ -633,9 +632,7 @@ class _Form:
                 file.file_object.seek(0)
                 self._add_field(name, file.file_object.read(_MAX_FIELD_BYTES + 1))
                 return
-            path = self._claim_file(file.file_name or b"")
-            if file.size > self._max_file_bytes:
-                raise self._too_large(f"the file is {file.size} bytes")
+            path = self._claim_file(file.file_name or b"", file.size)
             # Durable before the job that reads it is: a crash then reruns the job on a whole file.
             os.fsync(file.file_object.fileno())
         finally:
@@ -643,12 +640,13 @@ class _Form:
             if name != "file":
                 os.unlink(temporary)
         os.replace(temporary, path)
-        self.file_bytes = file.size
 
-    def _claim_file(self, filename: bytes) -> Path:
+    def _claim_file(self, filename: bytes, size: int) -> Path:
         if self.path is not None:
             raise BadRequest("file: send one file per job; the upload has more than one 'file' part")
-        self.path = self._folder / _safe_filename(filename.decode("utf-8", "replace"))
+        if size > self._max_file_bytes:
+            raise self._too_large(f"the file is {size} bytes")
+        self.path, self.file_bytes = self._folder / _safe_filename(filename.decode("utf-8", "replace")), size
         return self.path
 
     def _add_field(self, name: str, value: bytes) -> None:

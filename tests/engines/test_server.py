@@ -384,15 +384,16 @@ def test_a_body_in_tiny_pieces_is_parsed_whole(server: ServerProcess, tmp_path: 
 @pytest.mark.parametrize(
     ("filename", "stored"),
     [("../../escape.wav", "escape.wav"), ("/etc/escape.wav", "escape.wav"), ("C:\\Users\\me\\escape.wav", "escape.wav"),
-     ("..", "input"), ("sub/..", "input"), ("a/b/con.wav", "_con.wav")],
-    ids=["parent-dirs", "absolute", "windows", "dot-dot", "ends-in-dot-dot", "reserved-name"],
+     ("..", "input"), ("sub/..", "input"), ("a/b/con.wav", "_con.wav"), (None, "input")],
+    ids=["parent-dirs", "absolute", "windows", "dot-dot", "ends-in-dot-dot", "reserved-name", "no-file-name"],
 )
-def test_a_file_name_with_path_separators_stays_in_its_upload_folder(server: ServerProcess, filename: str,
+def test_a_file_name_with_path_separators_stays_in_its_upload_folder(server: ServerProcess, filename: str | None,
                                                                       stored: str) -> None:
     """The upload is kept under its base name inside its own folder; the error shows the name it got."""
     before = upload_folders(server)
-    response = httpx.post(f"{server.url}/v1/jobs", headers=auth(), data={"task": "stems"},
-                          files={"file": (filename, b"this is not audio at all", "audio/wav")}, timeout=10)
+    body = multipart(TASK, (disposition("file", filename), b"this is not audio at all"))
+    response = httpx.post(f"{server.url}/v1/jobs", content=body, timeout=10, headers={
+        **auth(), "Content-Type": "multipart/form-data; boundary=flowstate-test-boundary"})
     assert response.status_code == 400, response.text
     assert f" {stored} is not an audio file" in response.json()["error"]["message"]
     assert upload_folders(server) <= before  # the refused upload's folder is gone
