@@ -23,13 +23,14 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 from mcp.server.context import ServerRequestContext
 
 from bridge import __version__
-from bridge.client import AsyncClient, RemoteError, request_endpoint
+from bridge.client import AsyncClient, request_endpoint
 from bridge.commands import DEADLINE_ARGS, REQUEST_ID, iter_commands, lookup
 from bridge.config import Config
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, UnknownCommand
 from bridge.protocol import Arg, CommandSpec
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,10 @@ class Tools:
     async def call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         try:
             spec = lookup(params.name)
+        except UnknownCommand as err:
+            # The MCP spec answers an unknown tool with a protocol error, not a tool result.
+            raise MCPError(code=types.INVALID_PARAMS, message=err.message) from None
+        try:
             args = dict(params.arguments or {})
             wait = starts_job(spec) and WAIT.coerce(args.pop(WAIT.name, None), spec.name)
             # A fresh socket per call: the events of its jobs come back on it and nowhere else.
@@ -196,15 +201,19 @@ class Tools:
                 if not wait:
                     return _result(reply)
                 return await self._follow(ctx, client, spec, reply)
-        except RemoteError as err:
-            return _error(err.code, err.message)
-        except BridgeError as err:  # unknown tool, a bad `wait`, no daemon (unavailable)
+        except BridgeError as err:  # the daemon's error reply, a bad `wait`, no daemon (unavailable)
             return _error(err.code, err.message)
 
     async def _follow(
         self, ctx: ServerRequestContext[Any], client: AsyncClient, spec: CommandSpec, reply: dict[str, Any]
     ) -> types.CallToolResult:
         job_id = reply["id"]
+        if not reply.get("created", True):
+            # The job of an earlier request with this request_id: its events go to that requester.
+            job = await client.call("job.status", {"id": job_id})
+            if job["state"] in ("done", "failed", "canceled"):
+                return _ended(spec, job_id, job["state"], job.get("result"), job.get("error") or {})
+            return _result({**job, "note": "started by an earlier request with this request_id; follow it with job.status"})
         reported = -1.0
 
         async def on_event(name: str, data: dict[str, Any]) -> None:
@@ -220,12 +229,17 @@ class Tools:
             await ctx.session.report_progress(reported, 1.0, f"{spec.name} {job_id}{stage}")
 
         final = (await client.wait_jobs([job_id], on_event, self.job_idle_timeout_seconds))[job_id]
-        event = final["event"]
-        if event == "job.done":
-            return _result({"id": job_id, "state": "done", "result": final.get("result")})
-        if event == "job.failed":
-            return _error(str(final.get("code", "internal")), str(final.get("message", "")), id=job_id, state="failed")
-        return _error("canceled", f"{spec.name}: job {job_id} was canceled", id=job_id, state="canceled")
+        state = final["event"].removeprefix("job.")
+        return _ended(spec, job_id, state, final.get("result"), final)
+
+
+def _ended(spec: CommandSpec, job_id: str, state: str, result: Any, error: dict[str, Any]) -> types.CallToolResult:
+    """A finished job as a tool result: done, or an error naming the failure's code (or canceled)."""
+    if state == "done":
+        return _result({"id": job_id, "state": state, "result": result})
+    if state == "failed":
+        return _error(str(error.get("code", "internal")), str(error.get("message", "")), id=job_id, state=state)
+    return _error("canceled", f"{spec.name}: job {job_id} was canceled", id=job_id, state=state)
 
 
 def build_server(config: Config) -> Server[Any]:

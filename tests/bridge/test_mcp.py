@@ -24,6 +24,7 @@ import yaml
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from bridge.commands import iter_commands
 from bridge.mcp import CLOUD_NOTE, WAIT
@@ -128,8 +129,10 @@ async def simple_calls_and_bad_arguments(session: ClientSession) -> None:
     assert "not_found" in error_text(missing)
     odd_wait = await session.call_tool("tts", {"text": "hello", "wait": "maybe"})
     assert "'wait'" in error_text(odd_wait)
-    nothing = await session.call_tool("stems.split", {})
-    assert "unknown_command" in error_text(nothing) and "stems.separate" in error_text(nothing)
+    # An unknown tool is a protocol error (the MCP spec's choice), naming the close matches.
+    with pytest.raises(MCPError, match="stems.separate") as unknown_tool:
+        await session.call_tool("stems.split", {})
+    assert unknown_tool.value.code == types.INVALID_PARAMS
     # The server keeps serving after every error.
     assert not (await session.call_tool("ping", {})).is_error
 
@@ -140,8 +143,9 @@ async def a_job_reports_progress_and_its_result(session: ClientSession, name: st
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append((value, total))
 
-    done = await session.call_tool("tts", {"text": "Take it from the bridge.", "name": name},
-                                   read_timeout_seconds=CALL_TIMEOUT_SECONDS, progress_callback=on_progress)
+    request = {"text": "Take it from the bridge.", "name": name, "request_id": f"mcp {name}"}
+    done = await session.call_tool("tts", request, read_timeout_seconds=CALL_TIMEOUT_SECONDS,
+                                   progress_callback=on_progress)
     assert not done.is_error, done
     outcome = done.structured_content
     assert outcome["state"] == "done" and outcome["result"]["sample_rate"] == 48000
@@ -149,6 +153,9 @@ async def a_job_reports_progress_and_its_result(session: ClientSession, name: st
     values = [value for value, _ in progress]
     assert values and values[-1] == 1.0 and {t for _, t in progress} == {1.0}
     assert all(earlier < later for earlier, later in zip(values, values[1:])), values  # as MCP requires
+    # The same request_id again: the same job, already done (its events went to the first call).
+    again = await session.call_tool("tts", request, read_timeout_seconds=CALL_TIMEOUT_SECONDS)
+    assert not again.is_error and again.structured_content == outcome
     # wait=false: the job id at once; job.status follows it.
     queued = await session.call_tool("tts", {"text": "And once more.", "name": f"{name} again", "wait": False})
     assert not queued.is_error and set(queued.structured_content) >= {"id", "state"}
