@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import mcp_types as types
+from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from mcp.server.context import ServerRequestContext
 
 from bridge import __version__
 from bridge.client import AsyncClient, request_endpoint
@@ -127,7 +127,7 @@ def input_schema(spec: CommandSpec) -> dict[str, Any]:
     }
 
 
-def annotations(spec: CommandSpec) -> types.ToolAnnotations:
+def tool_annotations(spec: CommandSpec) -> types.ToolAnnotations:
     read_only = spec.name in READ_ONLY
     return types.ToolAnnotations(
         title=spec.name,
@@ -147,7 +147,7 @@ JOB_NOTE = (
 def tool(spec: CommandSpec) -> types.Tool:
     description = spec.help + (JOB_NOTE if starts_job(spec) else "") + (CLOUD_NOTE if may_use_cloud(spec) else "")
     return types.Tool(
-        name=spec.name, description=description, input_schema=input_schema(spec), annotations=annotations(spec)
+        name=spec.name, description=description, input_schema=input_schema(spec), annotations=tool_annotations(spec)
     )
 
 

@@ -4,6 +4,7 @@ own clients over stdio and streamable HTTP on loopback. The job is `tts` with th
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -152,7 +153,7 @@ async def a_job_reports_progress_and_its_result(session: ClientSession, name: st
     assert Path(outcome["result"]["path"]).name == f"{name}.wav" and Path(outcome["result"]["path"]).is_file()
     values = [value for value, _ in progress]
     assert values and values[-1] == 1.0 and {t for _, t in progress} == {1.0}
-    assert all(earlier < later for earlier, later in zip(values, values[1:])), values  # as MCP requires
+    assert all(earlier < later for earlier, later in itertools.pairwise(values)), values  # as MCP requires
     # The same request_id again: the same job, already done (its events went to the first call).
     again = await session.call_tool("tts", request, read_timeout_seconds=CALL_TIMEOUT_SECONDS)
     assert not again.is_error and again.structured_content == outcome
