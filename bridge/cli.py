@@ -71,6 +71,16 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default: server.host)")
     serve.add_argument("--port", type=int, default=None, help="port (default: server.port)")
 
+    mcp = sub.add_parser(
+        "mcp", parents=[common], help="serve the commands as MCP tools to a language-model host (stdio, or --http)",
+        description="A Model Context Protocol server for Claude Desktop, an IDE or any MCP host: one tool per "
+                    "command, calls go to the running daemon (start it with `flowstate up`). Over stdio by "
+                    "default (what a host launches); --http serves streamable HTTP at http://HOST:PORT/mcp.",
+    )
+    mcp.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    mcp.add_argument("--host", default=None, help="HTTP bind address (default: mcp.host, 127.0.0.1)")
+    mcp.add_argument("--port", type=int, default=None, help="HTTP port (default: mcp.port)")
+
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or cancel one")
     jobs.add_argument("cancel", nargs="?", choices=["cancel"], help="cancel the job ID")
     jobs.add_argument("job_id", nargs="?", metavar="ID")
@@ -127,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _jobs(config, args)
     if args.action == "serve":
         return _serve(config, args)
+    if args.action == "mcp":
+        return _mcp(config, args)
     raise AssertionError(f"unhandled action {args.action}")  # argparse restricts the choices
 
 
@@ -497,4 +509,20 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     except StartupError as err:
         log.error("%s", err)
         return err.exit_code
+    return 0
+
+
+def _mcp(config: Config, args: argparse.Namespace) -> int:
+    """`flowstate mcp`: the registry as MCP tools over stdio (stdout is the wire: logs go to stderr)."""
+    import anyio
+
+    from bridge.mcp import serve_http, serve_stdio
+
+    if args.http:
+        serve_http(config, args.host or config.mcp.host, args.port if args.port is not None else config.mcp.port)
+        return 0
+    try:
+        anyio.run(serve_stdio, config)
+    except KeyboardInterrupt:
+        return 130
     return 0

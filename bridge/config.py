@@ -278,6 +278,18 @@ class RouterConfig(_Section):
     usd_per_audio_minute: dict[str, float] = {"selfhosted": 0.002, "replicate": 0.01, "huggingface": 0.005}
 
 
+class McpConfig(_Section):
+    """`flowstate mcp`: the registry as Model Context Protocol tools, for language-model hosts."""
+
+    # `flowstate mcp --http`: streamable HTTP on this address (loopback unless you opt in).
+    host: Host = "127.0.0.1"
+    port: Port = 5563
+    # How long a tool waits for the daemon's reply (stream.start loads a model: seconds).
+    call_timeout_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # A job tool that follows its job gives up after this long without any event of it.
+    job_idle_timeout_seconds: float = Field(default=600.0, gt=0.0, le=86400.0)
+
+
 class ServerConfig(_Section):
     """`flowstate serve`: the self-hosted tier, run on a GPU box for other machines."""
 
@@ -553,6 +565,7 @@ class Config(_Section):
     separate: SeparateConfig = SeparateConfig()
     router: RouterConfig = RouterConfig()
     server: ServerConfig = ServerConfig()
+    mcp: McpConfig = McpConfig()
     project: ProjectConfig = ProjectConfig()
     cloud: CloudConfig = CloudConfig()
 

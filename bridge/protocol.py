@@ -231,17 +231,16 @@ class Arg:
             return None
         return None
 
+    def limits(self) -> dict[str, Any]:
+        """The bounds this argument declares, by name: min, max, choices (those that are set)."""
+        bounds = {"min": self.min, "max": self.max, "choices": None if self.choices is None else list(self.choices)}
+        return {name: value for name, value in bounds.items() if value is not None}
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type_name, "help": self.help}
         if not self.required:
             out["default"] = self.default
-        if self.min is not None:
-            out["min"] = self.min
-        if self.max is not None:
-            out["max"] = self.max
-        if self.choices is not None:
-            out["choices"] = list(self.choices)
-        return out
+        return out | self.limits()
 
 
 Result = dict[str, Any]
