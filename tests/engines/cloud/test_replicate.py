@@ -440,7 +440,7 @@ def test_bad_model_refs_are_config_errors(models):
 def test_estimate_uses_the_strategy_documents_prices_unless_configured(tmp_path):
     tier = ReplicateTier(TOKEN)
     try:
-        assert tier.tasks == frozenset(REPLICATE_TASKS)
+        assert tier.tasks == frozenset({*REPLICATE_TASKS, "tts", "voice"})  # Chatterbox speaks, RVC converts
         seconds, cost = tier.estimate(job(tmp_path, audio_seconds=300.0))
         assert seconds == pytest.approx(2.0 + 10.0 + 0.15 * 300) and cost == pytest.approx(0.02)
         _, cost = tier.estimate(job(tmp_path, "transcribe", audio_seconds=120.0))
