@@ -172,6 +172,19 @@ class PathPolicy:
             raise BadRequest(f"{command}: {arg} {raw!r} is not a file")
         return path
 
+    def audio_file(self, raw: str, arg: str, command: str) -> tuple[Path, float]:
+        """An input file (as `input_file`) that libsndfile reads and that holds audio: (path, seconds)."""
+        import soundfile
+
+        path = self.input_file(raw, arg, command)
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise BadRequest(f"{command}: {arg} {raw!r} is not an audio file libsndfile can read ({err})") from None
+        if info.frames <= 0:
+            raise BadRequest(f"{command}: {arg} {raw!r} holds no audio (0 frames)")
+        return path, float(info.duration)
+
     def input_dir(self, raw: str, arg: str, command: str) -> Path:
         """An existing folder inside the roots, to read (links followed, where they lead checked); real path."""
         path = self._real_inside(raw, arg, command)
