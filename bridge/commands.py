@@ -571,7 +571,7 @@ def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
     REQUEST_ID,
     *DEADLINE_ARGS,
     help="Convert a vocal clip to another voice (RVC, on Replicate only) as a background job; replies at once "
-    "with the job id. The result names the WAV (<clip> (<voice>).wav), the voice and its licence.",
+    "with the job id. The result names the WAV (<clip> - <voice>.wav), the voice and its licence.",
     returns=("id", "state"),
 )
 def voice_convert(ctx: CallContext, request_id: str, **args: object) -> Result:

@@ -47,7 +47,7 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     label = voice_label(voice)
     pitch = float(args.get("pitch") or 0.0)
     out_dir = paths.output_dir(args.get("out_dir") or str(path.parent), "out_dir", KIND)
-    name = safe_name(f"{path.stem} ({label})", "converted", paths.max_name_bytes - len(".wav"))
+    name = safe_name(f"{path.stem} - {label}", "converted", paths.max_name_bytes - len(".wav"))
     file_name = check_name(f"{name}.wav", f"{KIND}: the file name", paths.max_name_bytes)
     return {
         "path": str(path),
