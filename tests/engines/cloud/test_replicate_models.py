@@ -14,14 +14,7 @@ import soundfile
 from bridge.errors import BadRequest, Unavailable
 from engines.cloud.base import TierJob
 from engines.cloud.replicate import DEFAULT_MODELS, RIFFUSION_SECONDS, RVC_VOICES, ReplicateTier
-from tests.engines.cloud.test_replicate import (  # noqa: F401  (fixtures)
-    Calls,
-    fake,
-    make_tier,
-    only_prediction,
-    server,
-    write_wav,
-)
+from tests.engines.cloud.test_replicate import Calls, only_prediction, write_wav
 
 VERSIONS = {key: ref.partition(":")[2] for key, ref in DEFAULT_MODELS.items()}
 VOICE_URL = "https://voices.example.net/models/alto-v2.zip"
