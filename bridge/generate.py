@@ -212,17 +212,9 @@ def _melody(raw: str, paths: PathPolicy, model: str, config: Config) -> Path | N
     """The melody clip, checked to be readable audio, for a model that can take one."""
     if not raw:
         return None
-    import soundfile
-
     from engines.generation import MUSICGEN_MELODY, local_model_type
 
-    path = paths.input_file(raw, "melody_path", KIND)
-    try:
-        info = soundfile.info(str(path))
-    except (RuntimeError, soundfile.LibsndfileError) as err:
-        raise BadRequest(f"{KIND}: melody_path {raw!r} is not an audio file libsndfile can read ({err})") from None
-    if info.frames <= 0:
-        raise BadRequest(f"{KIND}: melody_path {raw!r} holds no audio (0 frames)")
+    path, _ = paths.audio_file(raw, "melody_path", KIND)
     kind = local_model_type(model, config.generate.local_dir)
     if kind is not None and kind != MUSICGEN_MELODY:
         raise BadRequest(f"{KIND}: melody_path needs a melody model ({MUSICGEN_MELODY!r}, e.g. "

@@ -42,7 +42,7 @@ CONVERTED = 0.9
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
     """Validate a `voice.convert` request; returns the job's args with every default filled in."""
-    path, seconds = paths.audio_file(str(args["path"]), "path", KIND)
+    path, info = paths.audio_file(str(args["path"]), "path", KIND)
     voice = str(args.get("voice") or "").strip()
     label = voice_label(voice)
     pitch = float(args.get("pitch") or 0.0)
@@ -54,7 +54,7 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         "voice": voice,
         "voice_label": label,
         "pitch": pitch,
-        "seconds": seconds,
+        "seconds": float(info.duration),
         "out_dir": str(out_dir),
         "output": str(out_dir / file_name),
         "deadline_seconds": args.get("deadline_seconds"),
