@@ -348,11 +348,18 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
     return ctx.daemon.job_runner().cancel(id).to_dict()
 
 
-def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: str) -> Result:
-    """Queue a checked job; a commercial project's licence policy is checked first (forbidden)."""
+def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: str,
+            cloud: tuple[str, str, str, str] | None = None) -> Result:
+    """Queue a checked job; a commercial project's licence policy is checked first (forbidden).
+    `cloud`: (task, model, what, models key) of a model no local engine runs: unavailable, naming
+    what to configure, when no configured tier offers it."""
     from bridge.licences import check_job
+    from bridge.router import cloud_only
 
     check_job(kind, job_args, ctx.daemon.config)
+    if cloud is not None:
+        task, model, what, key = cloud
+        cloud_only(ctx.daemon.router, task, model, f"{kind}: {what}", key)
     job, created = ctx.daemon.job_runner().submit(kind, job_args, request_id or None, origin=ctx.origin)
     return {"id": job.id, "state": job.state, "created": created}
 
@@ -463,7 +470,8 @@ async def samples_status(ctx: CallContext) -> Result:
         default=None, min=0, max=2**31 - 1),
     Arg("melody_path", str, "A clip whose melody to follow (melody models only), inside paths.roots.", default=""),
     Arg("model", str, "A MusicGen hub name or folder, or stable-audio-open (sound effects and loops up to 47 s; "
-        "generate.stable_audio_model) or a Stable Audio Open folder; empty: generate.model.", default=""),
+        "generate.stable_audio_model) or a Stable Audio Open folder, or audiogen (sound effects up to 10 s) or "
+        "riffusion (one clip up to 5 s), both on Replicate only; empty: generate.model.", default=""),
     Arg("out_dir", str, "Output folder inside paths.roots; empty: generate.out_dir.", default=""),
     Arg("name", str, "A name for the file and the track; empty: from the preset or the prompt.", default=""),
     Arg("sample_rate", int, "Output sample rate; omit: generate.sample_rate.", default=None, min=8000, max=192000),
@@ -476,16 +484,19 @@ async def samples_status(ctx: CallContext) -> Result:
     Arg("negative_prompt", str, "Stable Audio Open: what to steer away from, e.g. 'low quality'.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
-    help="Generate a loop with MusicGen or Stable Audio Open at the DAW's tempo as a background job; replies at once with the job id. "
+    help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo as a background job; "
+    "replies at once with the job id. "
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
     returns=("id", "state"),
 )
 def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.generate import KIND, check_request
+    from bridge.generate import CLOUD_FAMILIES, KIND, check_request
 
     daemon = ctx.daemon
     job_args = check_request(args, daemon.paths, daemon.config, daemon.daw)
-    return _submit(ctx, KIND, job_args, request_id)
+    model = job_args["model"]
+    cloud = ("generate", model, f"model {model}", model) if job_args["family"] in CLOUD_FAMILIES else None
+    return _submit(ctx, KIND, job_args, request_id, cloud)
 
 
 # -- transcription and speech ----------------------------------------------------------------------
@@ -519,20 +530,53 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
 @command(
     "tts",
     Arg("text", str, "What to say (at most 10,000 characters)."),
-    Arg("voice", str, "A Piper voice name or a path to a .onnx voice; empty: tts.voice.", default=""),
+    Arg("voice", str, "A Piper voice name or a path to a .onnx voice, or chatterbox (expressive, on Replicate only); "
+        "empty: tts.voice.", default=""),
     Arg("speed", float, "Speaking speed (1: the voice's own).", default=None, min=0.25, max=4.0),
     Arg("sample_rate", int, "Output sample rate; omit: tts.sample_rate.", default=None, min=8000, max=192000),
     Arg("out_dir", str, "Output folder inside paths.roots; empty: tts.out_dir.", default=""),
     Arg("name", str, "The WAV's file name; empty: from the first words of the text.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
-    help="Speak a line with a Piper voice into a WAV at the project's rate, as a background job; replies at "
-    "once with the job id. The result names the WAV, its length and sample rate.",
+    Arg("voice_prompt", str, "voice=chatterbox: a clip (inside paths.roots) whose voice to speak like; empty: "
+        "Chatterbox's own voice.", default=""),
+    Arg("exaggeration", float, "voice=chatterbox: expressiveness (0.5 neutral); omit: the model's.", default=None,
+        min=0.25, max=2.0),
+    Arg("cfg_weight", float, "voice=chatterbox: guidance, which also sets the pace (lower: slower); omit: the "
+        "model's.", default=None, min=0.2, max=1.0),
+    help="Speak a line with a Piper voice (or Chatterbox on Replicate) into a WAV at the project's rate, as a "
+    "background job; replies at once with the job id. The result names the WAV, its length and sample rate.",
     returns=("id", "state"),
 )
 def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.speech import KIND, check_request
+    from bridge.speech import CHATTERBOX, KIND, check_request
 
     daemon = ctx.daemon
     job_args = check_request(args, daemon.paths, daemon.config)
-    return _submit(ctx, KIND, job_args, request_id)
+    cloud = ("tts", CHATTERBOX, "voice chatterbox", CHATTERBOX) if job_args["voice"] == CHATTERBOX else None
+    return _submit(ctx, KIND, job_args, request_id, cloud)
+
+
+# -- voice conversion ------------------------------------------------------------------------------
+
+
+@command(
+    "voice.convert",
+    Arg("path", str, "The vocal clip (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
+    Arg("voice", str, "The target voice: an https URL of an RVC v2 voice model (.zip with its .pth and .index), "
+        "or the name of a voice the Replicate model ships (e.g. Obama)."),
+    Arg("pitch", float, "Transpose the converted vocal by this many semitones (12: an octave up).", default=0.0,
+        min=-24.0, max=24.0),
+    Arg("out_dir", str, "Output folder inside paths.roots; empty: next to the clip.", default=""),
+    REQUEST_ID,
+    *DEADLINE_ARGS,
+    help="Convert a vocal clip to another voice (RVC, on Replicate only) as a background job; replies at once "
+    "with the job id. The result names the WAV (<clip> - <voice>.wav), the voice and its licence.",
+    returns=("id", "state"),
+)
+def voice_convert(ctx: CallContext, request_id: str, **args: object) -> Result:
+    from bridge.voice import KIND, TASK, check_request
+
+    daemon = ctx.daemon
+    job_args = check_request(args, daemon.paths, daemon.config)
+    return _submit(ctx, KIND, job_args, request_id, (TASK, job_args["voice"], "RVC voice conversion", "rvc"))

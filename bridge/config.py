@@ -263,7 +263,8 @@ class RouterConfig(_Section):
         "stems": ["local", "selfhosted", "replicate", "huggingface"],
         "generate": ["local", "selfhosted", "replicate", "huggingface"],
         "transcribe": ["local", "selfhosted", "workers_ai", "replicate", "huggingface"],
-        "tts": ["local", "selfhosted", "workers_ai"],
+        "tts": ["local", "selfhosted", "workers_ai", "replicate"],
+        "voice": ["replicate"],  # voice.convert: no local engine (RVC cannot share this environment)
     }
     monthly_budget_usd: float = Field(default=10.0, ge=0.0)
     # When only tiers over the budget could meet a deadline: run locally anyway, or refuse the job.

@@ -52,6 +52,16 @@ PRESET_KEYS = ("prompt", "bars", "seconds", "seed", "guidance_scale", "temperatu
 MUSICGEN = "musicgen"  # the job's `family`: which engine makes it
 MUSICGEN_ONLY = ("temperature", "top_k", "melody_path")  # token sampling and melody: MusicGen's options
 STABLE_AUDIO_ONLY = ("steps", "negative_prompt")  # diffusion options
+# Models no local engine runs (AudioCraft and Riffusion pin other torch versions): on Replicate only.
+# Name -> (longest clip in seconds, what sets it, the options it does not take).
+CLOUD_FAMILIES: dict[str, tuple[float, str, tuple[str, ...]]] = {
+    # sepal/audiogen's duration is at most 10 s.
+    "audiogen": (10.0, "AudioGen's longest sound on Replicate", ("melody_path", "steps", "negative_prompt")),
+    # One spectrogram image, about 5.1 s, is all Riffusion makes: a longer request is refused rather
+    # than looped (a loop of a clip that does not follow the tempo would drift off the grid).
+    "riffusion": (5.0, "Riffusion's one clip of about 5 s, which it does not loop",
+                  ("melody_path", "negative_prompt", "temperature", "top_k", "guidance_scale")),
+}
 
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: DawState) -> dict[str, Any]:
@@ -115,6 +125,12 @@ def _family(model: str, merged: dict[str, Any], config: Config) -> tuple[str, fl
     other family are refused, naming the argument."""
     from engines.stable_audio import STABLE_AUDIO_OPEN, is_stable_audio, max_seconds
 
+    if model in CLOUD_FAMILIES:
+        limit, limit_name, foreign = CLOUD_FAMILIES[model]
+        for key in foreign:
+            if merged.get(key) not in (None, ""):
+                raise BadRequest(f"{KIND}: argument {key!r} does not apply to model {model!r}")
+        return model, limit, limit_name
     if is_stable_audio(model):
         family, foreign = STABLE_AUDIO_OPEN, MUSICGEN_ONLY
         limit = max_seconds(stable_audio_source(model, config))
@@ -130,9 +146,11 @@ def _family(model: str, merged: dict[str, Any], config: Config) -> tuple[str, fl
 
 
 def model_family(model: str) -> str:
-    """The engine family that runs `model`: stable-audio-open or musicgen."""
+    """The engine family that runs `model`: stable-audio-open, musicgen, or a cloud-only one (audiogen, riffusion)."""
     from engines.stable_audio import STABLE_AUDIO_OPEN, is_stable_audio
 
+    if model in CLOUD_FAMILIES:
+        return model
     return STABLE_AUDIO_OPEN if is_stable_audio(model) else MUSICGEN
 
 
@@ -194,17 +212,9 @@ def _melody(raw: str, paths: PathPolicy, model: str, config: Config) -> Path | N
     """The melody clip, checked to be readable audio, for a model that can take one."""
     if not raw:
         return None
-    import soundfile
-
     from engines.generation import MUSICGEN_MELODY, local_model_type
 
-    path = paths.input_file(raw, "melody_path", KIND)
-    try:
-        info = soundfile.info(str(path))
-    except (RuntimeError, soundfile.LibsndfileError) as err:
-        raise BadRequest(f"{KIND}: melody_path {raw!r} is not an audio file libsndfile can read ({err})") from None
-    if info.frames <= 0:
-        raise BadRequest(f"{KIND}: melody_path {raw!r} holds no audio (0 frames)")
+    path, _ = paths.audio_file(raw, "melody_path", KIND)
     kind = local_model_type(model, config.generate.local_dir)
     if kind is not None and kind != MUSICGEN_MELODY:
         raise BadRequest(f"{KIND}: melody_path needs a melody model ({MUSICGEN_MELODY!r}, e.g. "
@@ -306,10 +316,12 @@ class GenerateJob(EngineJob):
         from bridge.router import run_routed
 
         args = ctx.job.args
+        cloud = args.get("family") in CLOUD_FAMILIES  # no local engine: the router plans tiers only
         return run_routed(
             ctx, self.router, TASK, args["model"], float(args["seconds"]),
-            lambda: self._generate_local(ctx, melody),
+            None if cloud else lambda: self._generate_local(ctx, melody),
             lambda tier: self._generate_remote(ctx, tier, melody),
+            cloud=(f"generate model={args['model']}", args["model"]),
         )
 
     def _generate_local(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], str]:

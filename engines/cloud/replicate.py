@@ -1,5 +1,6 @@
-"""Replicate as a tier: Demucs stems, MusicGen and Stable Audio Open generation and Whisper
-transcription on hosted GPUs.
+"""Replicate as a tier: Demucs stems; MusicGen, Stable Audio Open, AudioGen and Riffusion
+generation; Whisper transcription; Chatterbox speech; RVC voice conversion, on hosted GPUs.
+(The schemas each model's input is built against, with where they were read: docs/cloud-models.md.)
 
 Wire protocol (`shared/reference/cloud-tiers.md`, section 1, from replicate-python, the Stainless
 beta client and Replicate's HTTP reference):
@@ -46,7 +47,16 @@ from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 import httpx
 
 from bridge.errors import BadRequest, BridgeError, ConfigError, Forbidden, NotFound, Unavailable
-from engines.cloud.base import CheckCancelled, Progress, Tier, TierJob, TierResult
+from engines.cloud.base import (
+    AUDIOGEN,
+    CHATTERBOX,
+    RIFFUSION,
+    CheckCancelled,
+    Progress,
+    Tier,
+    TierJob,
+    TierResult,
+)
 from engines.cloud.http import (
     EXTENSION_TYPES,
     Deadline,
@@ -73,9 +83,16 @@ T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
 REPLICATE_TASKS = ("stems", "generate", "transcribe")
-# A second generate model: jobs that ask for Stable Audio Open (params.model_family) run it.
+# More generate models: jobs that ask for one (params.model_family) run it.
 STABLE_AUDIO = "stable_audio"
-MODEL_KEYS = (*REPLICATE_TASKS, STABLE_AUDIO)
+# Models whose key is not a task: the key -> the task it serves. AudioGen and Riffusion are generate
+# models, Chatterbox is this tier's only tts model, RVC its only voice model.
+RVC = "rvc"
+MODEL_TASKS: dict[str, str] = {
+    **{task: task for task in REPLICATE_TASKS},
+    STABLE_AUDIO: "generate", AUDIOGEN: "generate", RIFFUSION: "generate", CHATTERBOX: "tts", RVC: "voice",
+}
+MODEL_KEYS = tuple(MODEL_TASKS)
 
 # Model refs: "owner/name" runs an official model through its model-scoped endpoint;
 # "owner/name:<64-hex>" or "<64-hex>" pins a version; "owner/name:latest" (our own spelling)
@@ -93,6 +110,12 @@ DEFAULT_MODELS: dict[str, str] = {
     # the version whose API page docs/cloud-models.md records. Stability's official
     # stability-ai/stable-audio-2.5 is another, closed model with another schema.
     STABLE_AUDIO: "stackadoc/stable-audio-open-1.0:49b1d4f06f69989dd2c8252d455d2deebaa3c3e3e894694b8aed301c69e75913",
+    # The models below are community models pinned to the versions whose schemas docs/cloud-models.md
+    # records: AudioGen medium (sound effects), Riffusion v1, Chatterbox (English), RVC v2 (AICoverGen).
+    AUDIOGEN: "sepal/audiogen:154b3e5141493cb1b8cec976d9aa90f2b691137e39ad906d2421b74c2a8c52b8",
+    RIFFUSION: "riffusion/riffusion:8cf61ea6c56afd61d8f5b9ffd14d7c216c0a93844ce2d82ac1c9ecc9c7f24e05",
+    CHATTERBOX: "resemble-ai/chatterbox:1b8422bc49635c20d0a84e387ed20879c0dd09254ecdb4e75dc4bec10ff94e97",
+    RVC: "zsxkib/realistic-voice-cloning:0a9c7c558af4c0f20667c1bd1260ce32a2879944a0b9e44e1398660c077b1550",
 }
 
 # Documented inputs (reference, "Model slugs"). Options in job.params under these names pass
@@ -112,12 +135,28 @@ STABLE_AUDIO_MAX_SECONDS = 47
 STABLE_AUDIO_OPTIONS = {"steps": "steps", "guidance_scale": "cfg_scale", "negative_prompt": "negative_prompt",
                         "seed": "seed"}
 WHISPER_OPTIONS = ("model", "translate", "temperature", "initial_prompt", "condition_on_previous_text")
+# sepal/audiogen: duration is a number of seconds in 1..10; classifier_free_guidance an integer.
+AUDIOGEN_MIN_SECONDS, AUDIOGEN_MAX_SECONDS = 1, 10
+AUDIOGEN_OPTIONS = {"top_k": "top_k", "temperature": "temperature"}
+# riffusion/riffusion makes one spectrogram image: 512 columns, about 5.1 s of audio. A job asks for at
+# most RIFFUSION_SECONDS (the job trims the clip to its exact length; nothing is looped).
+RIFFUSION_SECONDS = 5.0
+RIFFUSION_OPTIONS = {"steps": "num_inference_steps", "prompt_b": "prompt_b", "alpha": "alpha",
+                     "denoising": "denoising", "seed_image": "seed_image_id"}
+# resemble-ai/chatterbox: exaggeration 0.25..2, cfg_weight 0.2..1, temperature 0.05..5, seed (0: random).
+CHATTERBOX_OPTIONS = ("exaggeration", "cfg_weight", "temperature", "seed")
+# zsxkib/realistic-voice-cloning: the voices it ships (rvc_model's enum); CUSTOM with a download URL
+# runs any RVC v2 voice (a .zip holding the .pth and .index).
+RVC_VOICES = ("Squidward", "MrKrabs", "Plankton", "Drake", "Vader", "Trump", "Biden", "Obama", "Guitar", "Voilin")
+RVC_CUSTOM = "CUSTOM"
+RVC_MAX_SEMITONES = 24
 
 # estimate() and the Prefer: wait decision. ⚠ Run times are guesses anchored on the strategy
 # document ("Demucs (HTDemucs) 10-60s"; "Replicate 500ms-2s" latency) and say nothing about cold
 # starts of community models: (fixed seconds, seconds per second of audio in or out).
 QUEUE_SECONDS = 2.0
-RUN_SECONDS: dict[str, tuple[float, float]] = {"stems": (10.0, 0.15), "generate": (10.0, 2.0), "transcribe": (5.0, 0.1)}
+RUN_SECONDS: dict[str, tuple[float, float]] = {"stems": (10.0, 0.15), "generate": (10.0, 2.0), "transcribe": (5.0, 0.1),
+                                               "tts": (5.0, 0.5), "voice": (20.0, 0.5)}
 DEFAULT_GENERATE_SECONDS = 8  # MusicGen's documented default duration
 # Cost per run when no price_per_second is configured: the strategy document's "Recommended
 # Models" table (cjwbw/htdemucs ~$0.02, meta/musicgen ~$0.05, openai/whisper ~$0.01/min):
@@ -126,6 +165,9 @@ RUN_COST_USD: dict[str, tuple[float, float]] = {
     "stems": (0.02, 0.0),
     "generate": (0.05, 0.0),
     "transcribe": (0.0, 0.01 / 60),
+    # ⚠ Not in the strategy document: guesses of the same order as its per-run prices.
+    "tts": (0.01, 0.0),
+    "voice": (0.04, 0.0),
 }
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
@@ -287,9 +329,11 @@ class ReplicateTier(Tier):
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.models = chosen
-        # Stable Audio alone still offers generate (to jobs that ask for it).
-        self.tasks = frozenset("generate" if key == STABLE_AUDIO else key for key in chosen)
+        # A model whose key is not a task still offers its task (to jobs that ask for it).
+        self.tasks = frozenset(MODEL_TASKS[key] for key in chosen)
         self.offers_stable_audio = STABLE_AUDIO in chosen
+        self.named_models = frozenset((MODEL_TASKS[key], key) for key in (AUDIOGEN, RIFFUSION, CHATTERBOX)
+                                      if key in chosen)
         self.timeout_seconds = float(timeout_seconds)
         self.wait_seconds = int(wait_seconds)
         self.poll_initial_seconds = float(poll_initial_seconds)
@@ -316,8 +360,12 @@ class ReplicateTier(Tier):
         """Stems go to Demucs with the model name as `model_name`: only the names Demucs knows."""
         if task == "stems":
             return self.supports(task) and (not model or model in DEMUCS_MODELS)
-        if task == "generate":  # Stable Audio Open to its own model, anything else to MusicGen
-            return STABLE_AUDIO in self._refs if is_stable_audio(model) else "generate" in self._refs
+        if task == "generate":  # Stable Audio Open, AudioGen, Riffusion to their own models, else MusicGen
+            if is_stable_audio(model):
+                return STABLE_AUDIO in self._refs
+            return model in self._refs if model in (AUDIOGEN, RIFFUSION) else "generate" in self._refs
+        if task == "tts":  # Chatterbox is the only voice this tier speaks with
+            return model == CHATTERBOX and CHATTERBOX in self._refs
         return self.supports(task)
 
     def model_for(self, task: str, model: str) -> str:
@@ -327,7 +375,9 @@ class ReplicateTier(Tier):
             return model or "htdemucs"
         if task == "generate" and is_stable_audio(model):
             return self.models.get(STABLE_AUDIO, model)
-        return self.models.get(task, model)
+        if task == "voice":
+            return model  # the voice the job names is what its output sounds like (and whose terms apply)
+        return self.models.get(_key_for(task, model), model)
 
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Create a prediction for `job`, follow it to the end, write its outputs into `job.work_dir`."""
@@ -617,16 +667,21 @@ class ReplicateTier(Tier):
     def _generated(self, job: TierJob, pid: str, output: Any, clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
         if isinstance(output, list) and len(output) == 1:
             output = output[0]  # some versions answer a one-item list
-        if not isinstance(output, str):
-            raise self._malformed(pid, f"MusicGen output is {type(output).__name__}, expected a URI")
-        return {"audio": self._download(output, Path(job.work_dir), "generated", pid, clock)}, {}
+        return self._one_audio(job, pid, output, clock, "MusicGen")
 
-    def _stable_audio(self, job: TierJob, pid: str, output: Any,
-                      clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
-        # The documented output schema: one URI string (an audio file).
+    def _one_audio(self, job: TierJob, pid: str, output: Any, clock: _Clock,
+                   model: str) -> tuple[dict[str, Path], dict[str, Any]]:
+        """An output schema of one URI string (an audio file) as {"audio": path}; anything else is malformed."""
         if not isinstance(output, str):
-            raise self._malformed(pid, f"Stable Audio output is {type(output).__name__}, expected a URI")
-        return {"audio": self._download(output, Path(job.work_dir), "generated", pid, clock)}, {}
+            raise self._malformed(pid, f"{model} output is {type(output).__name__}, expected a URI")
+        return {"audio": self._download(output, Path(job.work_dir), "output", pid, clock)}, {}
+
+    def _riffusion(self, job: TierJob, pid: str, output: Any, clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
+        # Its predictor's Output: {"audio": <wav>, "spectrogram": <jpg>}; only the audio is wanted.
+        if not isinstance(output, dict) or not isinstance(output.get("audio"), str):
+            raise self._malformed(pid, f"Riffusion output must be an object with an audio URI; got "
+                                       f"{type(output).__name__}")
+        return self._one_audio(job, pid, output["audio"], clock, "Riffusion")
 
     def _transcript(self, job: TierJob, pid: str, output: Any, clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
         if not isinstance(output, dict) or not isinstance(output.get("transcription"), str):
@@ -868,16 +923,8 @@ def stable_audio_input(job: TierJob, audio: str | None, tier: str) -> dict[str, 
     """stackadoc/stable-audio-open-1.0: prompt, seconds_total (integer, at most 47), steps,
     cfg_scale, negative_prompt, seed; it takes no audio."""
     params = job.params
-    prompt = params.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise BadRequest(f"{tier}: generate needs params.prompt, a non-empty string; got {prompt!r}")
-    if audio is not None:
-        raise BadRequest(f"{tier}: Stable Audio Open takes no input audio (a melody needs MusicGen)")
-    duration = params.get("duration_seconds", DEFAULT_GENERATE_SECONDS)
-    number = isinstance(duration, (int, float)) and not isinstance(duration, bool)
-    if not number or not 0 < duration <= STABLE_AUDIO_MAX_SECONDS:
-        raise BadRequest(f"{tier}: params.duration_seconds is {duration!r}; expected (0, {STABLE_AUDIO_MAX_SECONDS}] "
-                         "(Stable Audio Open's limit)")
+    prompt = _prompt(job, tier, "Stable Audio Open", audio)
+    duration = _duration(job, tier, STABLE_AUDIO_MAX_SECONDS, "Stable Audio Open's limit")
     built: dict[str, Any] = {"prompt": prompt, "seconds_total": math.ceil(duration)}
     for ours, theirs in STABLE_AUDIO_OPTIONS.items():
         if params.get(ours) not in (None, ""):
@@ -885,11 +932,94 @@ def stable_audio_input(job: TierJob, audio: str | None, tier: str) -> dict[str, 
     return built
 
 
+def audiogen_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
+    """sepal/audiogen: prompt, duration (number, 1..10 s), top_k, top_p, temperature,
+    classifier_free_guidance (integer), output_format; it takes no audio."""
+    prompt = _prompt(job, tier, "AudioGen", audio)
+    duration = _duration(job, tier, AUDIOGEN_MAX_SECONDS, "AudioGen's limit")
+    # Shorter than its minimum: it makes 1 s and the job trims to the length asked.
+    built: dict[str, Any] = {"prompt": prompt, "duration": max(AUDIOGEN_MIN_SECONDS, duration), "output_format": "wav"}
+    built.update({theirs: job.params[ours] for ours, theirs in AUDIOGEN_OPTIONS.items()
+                  if job.params.get(ours) is not None})
+    if job.params.get("guidance_scale") is not None:
+        built["classifier_free_guidance"] = max(1, round(float(job.params["guidance_scale"])))
+    return built
+
+
+def riffusion_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
+    """riffusion/riffusion: prompt_a, prompt_b, alpha, denoising, num_inference_steps, seed_image_id.
+    It has no length: one clip of about 5 s, so a job may ask for at most RIFFUSION_SECONDS."""
+    prompt = _prompt(job, tier, "Riffusion", audio)
+    _duration(job, tier, RIFFUSION_SECONDS, "Riffusion makes one clip of about 5 s; it cannot be longer")
+    built: dict[str, Any] = {"prompt_a": prompt}
+    built.update({theirs: job.params[ours] for ours, theirs in RIFFUSION_OPTIONS.items()
+                  if job.params.get(ours) not in (None, "")})
+    return built
+
+
+def chatterbox_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
+    """resemble-ai/chatterbox: prompt (the text), audio_prompt (a voice clip to speak like),
+    exaggeration, cfg_weight, temperature, seed."""
+    text = job.params.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest(f"{tier}: tts needs params.text, a non-empty string; got {text!r}")
+    built: dict[str, Any] = {"prompt": text, **_options(job.params, CHATTERBOX_OPTIONS)}
+    if audio is not None:
+        built["audio_prompt"] = audio
+    return built
+
+
+def rvc_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
+    """zsxkib/realistic-voice-cloning: song_input (the vocal), rvc_model (a shipped voice, or CUSTOM with
+    custom_rvc_model_download_url), pitch_change_all (semitones), output_format; its reverb is turned off
+    (the DAW owns the effects: a dry converted vocal comes back)."""
+    voice = job.params.get("voice")
+    if isinstance(voice, str) and voice.startswith("https://"):
+        chosen = {"rvc_model": RVC_CUSTOM, "custom_rvc_model_download_url": voice}
+    elif voice in RVC_VOICES:
+        chosen = {"rvc_model": voice}
+    else:
+        raise BadRequest(f"{tier}: params.voice is {voice!r}; expected an https URL of an RVC v2 voice model "
+                         f"(.zip) or one of the model's voices: {', '.join(RVC_VOICES)}")
+    pitch = job.params.get("pitch", 0)
+    if isinstance(pitch, bool) or not isinstance(pitch, (int, float)) or abs(pitch) > RVC_MAX_SEMITONES:
+        raise BadRequest(f"{tier}: params.pitch is {pitch!r}; expected semitones in "
+                         f"-{RVC_MAX_SEMITONES}..{RVC_MAX_SEMITONES}")
+    return {"song_input": _require_audio(audio, "voice", tier), **chosen, "pitch_change": "no-change",
+            "pitch_change_all": pitch, "output_format": "wav", "reverb_wetness": 0.0, "reverb_dryness": 1.0}
+
+
+def _prompt(job: TierJob, tier: str, model: str, audio: str | None) -> str:
+    prompt = job.params.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest(f"{tier}: generate needs params.prompt, a non-empty string; got {prompt!r}")
+    if audio is not None:
+        raise BadRequest(f"{tier}: {model} takes no input audio (a melody needs MusicGen)")
+    return prompt
+
+
+def _duration(job: TierJob, tier: str, limit: float, why: str) -> float:
+    duration = job.params.get("duration_seconds", DEFAULT_GENERATE_SECONDS)
+    number = isinstance(duration, (int, float)) and not isinstance(duration, bool)
+    if not number or not 0 < duration <= limit:
+        raise BadRequest(f"{tier}: params.duration_seconds is {duration!r}; expected (0, {limit:g}] ({why})")
+    return float(duration)
+
+
+# generate's model_family -> the key of the model that runs it (anything else: MusicGen).
+GENERATE_FAMILIES = {STABLE_AUDIO_OPEN: STABLE_AUDIO, AUDIOGEN: AUDIOGEN, RIFFUSION: RIFFUSION}
+
+
+def _key_for(task: str, model: str) -> str:
+    """The models key that runs a `task` job asking for `model` (what its params.model_family says)."""
+    if task == "generate":
+        return GENERATE_FAMILIES.get(model, "generate")
+    return {"tts": CHATTERBOX, "voice": RVC}.get(task, task)
+
+
 def _model_key(job: TierJob) -> str:
-    """Which configured model runs `job`: Stable Audio for a generate job that asks for it."""
-    if job.task == "generate" and job.params.get("model_family") == STABLE_AUDIO_OPEN:
-        return STABLE_AUDIO
-    return job.task
+    """Which configured model runs `job`: a generate job's model_family picks among generate models."""
+    return _key_for(job.task, str(job.params.get("model_family") or ""))
 
 
 def whisper_input(job: TierJob, audio: str | None, tier: str) -> dict[str, Any]:
@@ -912,13 +1042,33 @@ INPUT_BUILDERS: dict[str, Callable[[TierJob, str | None, str], dict[str, Any]]] 
     "stems": demucs_input,
     "generate": musicgen_input,
     STABLE_AUDIO: stable_audio_input,
+    AUDIOGEN: audiogen_input,
+    RIFFUSION: riffusion_input,
     "transcribe": whisper_input,
+    CHATTERBOX: chatterbox_input,
+    RVC: rvc_input,
 }
+
+
+def _one_audio_reader(model: str) -> Callable[..., tuple[dict[str, Path], dict[str, Any]]]:
+    """The reader of a model whose documented output is one URI string (an audio file)."""
+
+    def read(tier: ReplicateTier, job: TierJob, pid: str, output: Any,
+             clock: _Clock) -> tuple[dict[str, Path], dict[str, Any]]:
+        return tier._one_audio(job, pid, output, clock, model)
+
+    return read
+
+
 OUTPUT_READERS = {
     "stems": ReplicateTier._stems,
     "generate": ReplicateTier._generated,
-    STABLE_AUDIO: ReplicateTier._stable_audio,
+    STABLE_AUDIO: _one_audio_reader("Stable Audio"),
+    AUDIOGEN: _one_audio_reader("AudioGen"),
+    RIFFUSION: ReplicateTier._riffusion,
     "transcribe": ReplicateTier._transcript,
+    CHATTERBOX: _one_audio_reader("Chatterbox"),
+    RVC: _one_audio_reader("RVC"),
 }
 
 

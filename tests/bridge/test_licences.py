@@ -38,8 +38,11 @@ def nameable_models() -> set[tuple[str, str]]:
     found |= {("stems", name) for name in replicate.DEMUCS_MODELS}
     found |= {("transcribe", name) for name in faster_whisper.available_models()}
     for table in (replicate.DEFAULT_MODELS, hf.DEFAULT_MODELS, hf.DEFAULT_ENDPOINT_MODELS, workers_ai.DEFAULT_MODELS):
-        # Replicate keys Stable Audio Open's model apart from MusicGen's; its task is generate.
-        found |= {("generate" if key == replicate.STABLE_AUDIO else key, model) for key, model in table.items()}
+        # Replicate keys some models apart from their task (Stable Audio Open, AudioGen ... : generate).
+        found |= {(replicate.MODEL_TASKS.get(key, key), model) for key, model in table.items()}
+    # The models a request names that only Replicate runs; the voices its RVC model ships.
+    found |= {("generate", "audiogen"), ("generate", "riffusion"), ("tts", "chatterbox")}
+    found |= {("voice", name) for name in replicate.RVC_VOICES}
     found |= {("transcribe", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" in name}
     found |= {("tts", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" not in name}
     found |= {("embed", name) for name in workers_ai.PRICE_PER_M_TOKENS_USD}

@@ -195,3 +195,30 @@ def test_the_hf_endpoint_is_planned_for_the_model_it_serves_only(store: JobStore
     assert {"huggingface", "selfhosted", "local"} <= planned["openunmix:umxl"]
     assert "replicate" not in planned["openunmix:umxl"]
     assert "huggingface" not in planned["openunmix:umxhq"] and "huggingface" not in planned["htdemucs"]
+
+
+def test_cloud_only_models_are_planned_on_the_tier_that_names_them_only(store: JobStore) -> None:
+    """AudioGen, Riffusion, Chatterbox and RVC run on Replicate alone: with every real tier configured,
+    no other tier says it runs them (they would answer with their own model), and the plan for each
+    has Replicate as its only remote tier."""
+    from bridge.config import Config
+    from bridge.router import build_tiers
+
+    config = Config.model_validate({
+        "cloud": {"selfhosted_url": "https://stems.example.net", "server_token": "s", "replicate_token": "r",
+                  "huggingface_token": "h", "workers_ai_token": "w", "workers_ai_account_id": "a"},
+        "router": {"local_seconds_per_audio_second": {"cpu": 100.0}},
+    })
+    tiers = build_tiers(config)
+    assert set(tiers) == {"selfhosted", "replicate", "huggingface", "workers_ai"}
+    offered = {name: frozenset(tier.tasks) for name, tier in tiers.items()}
+    r = Router(config.router, offered, store, "cpu", models={name: t.offers_model for name, t in tiers.items()})
+    for task, model in (("generate", "audiogen"), ("generate", "riffusion"), ("tts", "chatterbox"),
+                        ("voice", "https://voices.example.net/alto.zip")):
+        assert r.remote_tiers(task, model) == ["replicate"], (task, model)
+        for name, tier in tiers.items():
+            assert tier.offers_model(task, model) == (name == "replicate"), (name, task, model)
+    # And Replicate never takes a Piper voice's job: Chatterbox is the only voice it speaks with.
+    assert "replicate" not in r.remote_tiers("tts", "en_US-lessac-medium")
+    for tier in tiers.values():
+        tier.close()

@@ -33,8 +33,16 @@ The "models" are small and deterministic: Demucs splits the input into gain-scal
 from the prompt, Whisper answers a fixed sentence naming the uploaded file, Stable Audio Open
 (`stackadoc/stable-audio-open-1.0`, a community model pinned to the version docs/cloud-models.md
 records) writes `seconds_total` of 44.1 kHz stereo noise shaped by the prompt and seed.
-⚠ Its API page documents no output format; the fake delivers WAV. `malformed_output=True` makes it
-answer an object where the schema says a URI string.
+⚠ Its API page documents no output format; the fake delivers WAV. The models docs/cloud-models.md
+records next, each pinned to the version it records: AudioGen (`sepal/audiogen`) writes `duration` s
+of 16 kHz mono noise bursts; Riffusion (`riffusion/riffusion`) answers its predictor's object
+`{"audio", "spectrogram"}` with 5.12 s of 44.1 kHz stereo and a JPEG-typed image; Chatterbox
+(`resemble-ai/chatterbox`) speaks 24 kHz mono whose length follows the text (and whose pitch follows
+the `audio_prompt` clip when one is given, which must be readable audio); RVC
+(`zsxkib/realistic-voice-cloning`) returns the `song_input` vocal pitch-shifted by
+`pitch_change_all`, at 44.1 kHz, after checking `rvc_model` against its enum (CUSTOM needs
+`custom_rvc_model_download_url`). `malformed_output=True` makes each answer the wrong shape: an
+object where the schema says a URI string, a bare string where Riffusion's says an object.
 """
 
 from __future__ import annotations
@@ -80,6 +88,15 @@ MUSICGEN_VERSIONS = ("melody", "large", "encode-decode", "stereo-melody-large", 
 MUSICGEN_SAMPLE_RATE = 32000
 STABLE_AUDIO_SAMPLE_RATE = 44100
 STABLE_AUDIO_MAX_SECONDS = 47
+AUDIOGEN_SAMPLE_RATE = 16000
+RIFFUSION_SAMPLE_RATE, RIFFUSION_SECONDS = 44100, 5.12
+RIFFUSION_SEED_IMAGES = ("agile", "marim", "mask_beat_lines_80", "mask_gradient_dark", "mask_gradient_top_70",
+                         "mask_gradient_top_fifth_75", "mask_top_third_75", "mask_top_third_95", "motorway", "og_beat",
+                         "vibes")
+CHATTERBOX_SAMPLE_RATE = 24000
+RVC_SAMPLE_RATE = 44100
+RVC_VOICES = ("Squidward", "MrKrabs", "Plankton", "Drake", "Vader", "Trump", "Biden", "Obama", "Guitar", "Voilin",
+              "CUSTOM")
 FORMATS = {"wav": ("WAV", "audio/wav"), "flac": ("FLAC", "audio/flac"), "mp3": ("MP3", "audio/mpeg")}
 
 
@@ -114,7 +131,7 @@ class Recorded:
 @dataclass
 class FakeModel:
     slug: str
-    kind: str  # demucs | musicgen | whisper | stable_audio
+    kind: str  # demucs | musicgen | whisper | stable_audio | audiogen | riffusion | chatterbox | rvc
     official: bool
     pinned: str | None = None  # a real version id, where a default ref pins one
 
@@ -165,6 +182,14 @@ class FakeReplicate:
             FakeModel("openai/whisper", "whisper", official=False),
             FakeModel("stackadoc/stable-audio-open-1.0", "stable_audio", official=False,
                       pinned="49b1d4f06f69989dd2c8252d455d2deebaa3c3e3e894694b8aed301c69e75913"),
+            FakeModel("sepal/audiogen", "audiogen", official=False,
+                      pinned="154b3e5141493cb1b8cec976d9aa90f2b691137e39ad906d2421b74c2a8c52b8"),
+            FakeModel("riffusion/riffusion", "riffusion", official=False,
+                      pinned="8cf61ea6c56afd61d8f5b9ffd14d7c216c0a93844ce2d82ac1c9ecc9c7f24e05"),
+            FakeModel("resemble-ai/chatterbox", "chatterbox", official=False,
+                      pinned="1b8422bc49635c20d0a84e387ed20879c0dd09254ecdb4e75dc4bec10ff94e97"),
+            FakeModel("zsxkib/realistic-voice-cloning", "rvc", official=False,
+                      pinned="0a9c7c558af4c0f20667c1bd1260ce32a2879944a0b9e44e1398660c077b1550"),
         )}
         self._lock = threading.RLock()
         self._closing = threading.Event()
@@ -349,6 +374,8 @@ class FakeReplicate:
             noise = (0.2 * rng.standard_normal((frames, 2))).astype(np.float32)
             url = self._deliver(p, "out.wav", noise, STABLE_AUDIO_SAMPLE_RATE, "wav")
             return {"audio": url} if self.malformed_output else url
+        if p.model.kind in ("audiogen", "riffusion", "chatterbox", "rvc"):
+            return self._run_new_model(p, inputs)
         samples, rate, name = self._audio(inputs["audio"])
         seconds = len(samples) / rate
         text = f"This is the fake transcript of {name}."
@@ -364,6 +391,49 @@ class FakeReplicate:
             "srt_file": self._deliver(p, "transcription.srt", None, 0, "",
                                       text=f"1\n00:00:00,000 --> 00:00:{min(int(seconds), 59):02d},000\n{text}\n"),
         }
+
+    def _run_new_model(self, p: Prediction, inputs: dict[str, Any]) -> Any:
+        """AudioGen, Riffusion, Chatterbox and RVC: see the module doc."""
+        kind = p.model.kind
+        if kind == "audiogen":
+            rng = np.random.default_rng(zlib.crc32(str(inputs["prompt"]).encode()))
+            frames = int(float(inputs.get("duration", 3)) * AUDIOGEN_SAMPLE_RATE)
+            bursts = (0.3 * rng.standard_normal(frames) * (np.arange(frames) % 4000 < 800)).astype(np.float32)
+            url = self._deliver(p, "out.wav", bursts[:, None], AUDIOGEN_SAMPLE_RATE, inputs.get("output_format", "wav"))
+            return {"audio": url} if self.malformed_output else url
+        if kind == "riffusion":
+            frequency = 110.0 + zlib.crc32(str(inputs.get("prompt_a", "")).encode()) % 440
+            t = np.arange(int(RIFFUSION_SECONDS * RIFFUSION_SAMPLE_RATE)) / RIFFUSION_SAMPLE_RATE
+            tone = (0.3 * np.sin(2 * math.pi * frequency * t)).astype(np.float32)
+            audio = self._deliver(p, "gen_sound.wav", np.stack([tone, tone], axis=1), RIFFUSION_SAMPLE_RATE, "wav")
+            if self.malformed_output:
+                return audio
+            image = b"\xff\xd8\xff\xe0 fake spectrogram \xff\xd9"
+            p.files["spectrogram.jpg"] = (image, "image/jpeg")
+            return {"audio": audio, "spectrogram": f"{self.base_url}/delivery/{p.id}/spectrogram.jpg"}
+        if kind == "chatterbox":
+            frequency = 140.0
+            if inputs.get("audio_prompt"):
+                prompt, rate, _ = self._audio(inputs["audio_prompt"])
+                frequency += 20.0 * (len(prompt) / rate)  # a voice "like" the clip: it moves the pitch
+            seconds = 0.06 * len(str(inputs["prompt"]))
+            t = np.arange(int(seconds * CHATTERBOX_SAMPLE_RATE)) / CHATTERBOX_SAMPLE_RATE
+            speech = (0.3 * np.sin(2 * math.pi * frequency * t)).astype(np.float32)
+            url = self._deliver(p, "output.wav", speech[:, None], CHATTERBOX_SAMPLE_RATE, "wav")
+            return {"audio": url} if self.malformed_output else url
+        samples, rate, _ = self._audio(inputs["song_input"])
+        if inputs.get("rvc_model", "Squidward") == "CUSTOM" and not str(inputs.get("custom_rvc_model_download_url",
+                                                                                  "")).startswith("https://"):
+            raise ModelError("rvc_model CUSTOM needs custom_rvc_model_download_url")
+        ratio = 2.0 ** (float(inputs.get("pitch_change_all", 0)) / 12.0)
+        mono = samples.mean(axis=1)
+        # A pitch shift by resampling the positions (the length stays the input's), at the model's rate.
+        frames = int(len(mono) / rate * RVC_SAMPLE_RATE)
+        where = (np.arange(frames) * rate / RVC_SAMPLE_RATE * ratio) % max(1, len(mono))
+        shifted = np.interp(where, np.arange(len(mono)), mono).astype(np.float32)
+        fmt = inputs.get("output_format", "mp3")
+        url = self._deliver(p, f"cover.{fmt}", shifted[:, None], RVC_SAMPLE_RATE, fmt)
+        return {"audio": url} if self.malformed_output else url
 
     @staticmethod
     def _invalid(model: FakeModel, inputs: Any) -> list[dict[str, str]]:
@@ -403,6 +473,8 @@ class FakeReplicate:
             for key, kind in (("steps", int), ("seed", int), ("seconds_start", int), ("cfg_scale", (int, float))):
                 if key in inputs and (not isinstance(inputs[key], kind) or isinstance(inputs[key], bool)):
                     problems.append({"type": "type", "field": f"input.{key}", "description": f"{key} has the wrong type"})
+        elif model.kind in ("audiogen", "riffusion", "chatterbox", "rvc"):
+            problems += _invalid_new_model(model.kind, inputs)
         else:
             need("audio")
             one_of("transcription", ("plain text", "srt", "vtt"))
@@ -664,6 +736,50 @@ class FakeReplicate:
             if version == model.slug and model.official:
                 return model
         return None
+
+
+# (field, type, minimum, maximum) of the numeric inputs of the models docs/cloud-models.md records.
+NUMBERS: dict[str, tuple[tuple[str, type | tuple[type, ...], float | None, float | None], ...]] = {
+    "audiogen": (("duration", (int, float), 1, 10), ("top_k", int, None, None), ("top_p", (int, float), None, None),
+                 ("temperature", (int, float), None, None), ("classifier_free_guidance", int, None, None)),
+    "riffusion": (("alpha", (int, float), 0, 1), ("denoising", (int, float), 0, 1),
+                  ("num_inference_steps", int, 1, None)),
+    "chatterbox": (("exaggeration", (int, float), 0.25, 2), ("cfg_weight", (int, float), 0.2, 1),
+                   ("temperature", (int, float), 0.05, 5), ("seed", int, None, None)),
+    "rvc": (("pitch_change_all", (int, float), None, None), ("index_rate", (int, float), 0, 1),
+            ("filter_radius", int, 0, 7), ("rms_mix_rate", (int, float), 0, 1), ("protect", (int, float), 0, 0.5),
+            ("reverb_size", (int, float), 0, 1), ("reverb_wetness", (int, float), 0, 1),
+            ("reverb_dryness", (int, float), 0, 1), ("reverb_damping", (int, float), 0, 1)),
+}
+REQUIRED = {"audiogen": "prompt", "riffusion": "prompt_a", "chatterbox": "prompt", "rvc": "song_input"}
+ENUMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "audiogen": {"output_format": ("wav", "mp3")},
+    "riffusion": {"seed_image_id": RIFFUSION_SEED_IMAGES},
+    "chatterbox": {},
+    "rvc": {"rvc_model": RVC_VOICES, "output_format": ("mp3", "wav"),
+            "pitch_change": ("no-change", "male-to-female", "female-to-male")},
+}
+
+
+def _invalid_new_model(kind: str, inputs: dict[str, Any]) -> list[dict[str, str]]:
+    """Validation against the schemas docs/cloud-models.md records: required, enums, types, ranges."""
+    problems: list[dict[str, str]] = []
+    if inputs.get(REQUIRED[kind]) in (None, ""):
+        problems.append({"type": "required", "field": "input", "description": f"{REQUIRED[kind]} is required"})
+    for key, allowed in ENUMS[kind].items():
+        if key in inputs and inputs[key] not in allowed:
+            problems.append({"type": "enum", "field": f"input.{key}",
+                             "description": f"{key} must be one of the following: {', '.join(allowed)}"})
+    for key, kinds, low, high in NUMBERS[kind]:
+        if key not in inputs:
+            continue
+        value = inputs[key]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            problems.append({"type": "type", "field": f"input.{key}", "description": f"{key} has the wrong type"})
+        elif (low is not None and value < low) or (high is not None and value > high):
+            problems.append({"type": "number_one_of", "field": f"input.{key}",
+                             "description": f"{key} must be between {low} and {high}"})
+    return problems
 
 
 def parse_duration(text: str) -> float | None:

@@ -11,7 +11,7 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ import soundfile
 
 from bridge.errors import BadRequest, ConfigError, Forbidden, NotFound, Unavailable
 from engines.cloud.base import TierJob
-from engines.cloud.replicate import DEFAULT_MODELS, MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
-from tests.engines.cloud.fake_replicate import Fault, FakeReplicate, running_fake
+from engines.cloud.replicate import MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
+from tests.engines.cloud.conftest import TOKEN  # the fixtures' token
+from tests.engines.cloud.fake_replicate import Fault, FakeReplicate
 
-TOKEN = "r8_test_secret_token_0123456789"
 TOLERANCE_SECONDS = 0.05
 
 
@@ -47,37 +47,6 @@ class Calls:
         self.checks += 1
         if self._cancel_when():
             raise Cancelled("the user cancelled")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, FakeReplicate]]:
-    with running_fake(token=TOKEN) as running:
-        yield running
-
-
-@pytest.fixture
-def fake(server: tuple[str, FakeReplicate]) -> FakeReplicate:
-    server[1].reset()
-    return server[1]
-
-
-@pytest.fixture
-def make_tier(fake: FakeReplicate) -> Iterator[Callable[..., ReplicateTier]]:
-    tiers: list[ReplicateTier] = []
-
-    def make(**overrides: Any) -> ReplicateTier:
-        options: dict[str, Any] = {
-            "base_url": fake.base_url, "timeout_seconds": 5.0, "wait_seconds": 15,
-            "poll_initial_seconds": 0.05, "poll_max_seconds": 0.2, "max_retries": 3,
-        }
-        options.update(overrides)
-        tier = ReplicateTier(options.pop("token", TOKEN), **options)
-        tiers.append(tier)
-        return tier
-
-    yield make
-    for tier in tiers:
-        tier.close()
 
 
 def write_wav(path: Path, seconds: float = 0.5, sample_rate: int = 8000, channels: int = 2) -> Path:
@@ -440,7 +409,7 @@ def test_bad_model_refs_are_config_errors(models):
 def test_estimate_uses_the_strategy_documents_prices_unless_configured(tmp_path):
     tier = ReplicateTier(TOKEN)
     try:
-        assert tier.tasks == frozenset(REPLICATE_TASKS)
+        assert tier.tasks == frozenset({*REPLICATE_TASKS, "tts", "voice"})  # Chatterbox speaks, RVC converts
         seconds, cost = tier.estimate(job(tmp_path, audio_seconds=300.0))
         assert seconds == pytest.approx(2.0 + 10.0 + 0.15 * 300) and cost == pytest.approx(0.02)
         _, cost = tier.estimate(job(tmp_path, "transcribe", audio_seconds=120.0))
