@@ -8,7 +8,6 @@ cycle) and talk OSC over UDP to a real `flowstate up` that separates with a tiny
 from __future__ import annotations
 
 import ast
-import shutil
 import signal
 import socket
 import sys
@@ -21,10 +20,10 @@ import soundfile
 
 from bridge.client import Client
 from bridge.testing import DaemonProcess, free_port
+from integrations.reaper.install import ACTIONS, install
 from tests.integrations.conftest import STEMS, write_song
 from tests.integrations.reaper_sim import Reaper
 
-SCRIPTS_SOURCE = Path(__file__).resolve().parents[2] / "integrations" / "reaper"
 SEPARATE = "Flowstate - separate selected item into stems.py"
 SEND_TEMPO = "Flowstate - send tempo and time signature.py"
 START_STREAM = "Flowstate - start live stems.py"
@@ -34,12 +33,9 @@ HELPERS = ("flowstate_reaper", "flowstate_osc")
 
 
 def install_scripts(resource_path: Path) -> Path:
-    """Copy the scripts where the README says to: REAPER's resource path, Scripts/Flowstate."""
-    folder = resource_path / "Scripts" / "Flowstate"
-    folder.mkdir(parents=True)
-    for script in SCRIPTS_SOURCE.glob("*.py"):
-        shutil.copy(script, folder / script.name)
-    return folder
+    """Install the scripts as `flowstate install-reaper` does: REAPER's resource path, Scripts/Flowstate."""
+    resource_path.mkdir(parents=True)  # REAPER makes it on its first start
+    return install(resource_path).folder
 
 
 @pytest.fixture
@@ -388,9 +384,9 @@ def test_set_daemon_address_refuses_a_bad_one_and_keeps_the_old(reaper: Reaper) 
 # -- what REAPER's Python can run -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS_SOURCE.glob("*.py")))
-def test_scripts_are_ascii_and_import_only_the_standard_library(script: str) -> None:
-    source = (SCRIPTS_SOURCE / script).read_bytes()
+@pytest.mark.parametrize("script", sorted([a.file_name for a in ACTIONS] + [f"{name}.py" for name in HELPERS]))
+def test_scripts_are_ascii_and_import_only_the_standard_library(script: str, tmp_path: Path) -> None:
+    source = (install_scripts(tmp_path / "REAPER") / script).read_bytes()
     assert source.isascii(), "REAPER does not read every script as UTF-8"
     tree = ast.parse(source)
     imported = set()
