@@ -34,7 +34,7 @@ class Action:
 
     @property
     def file_name(self) -> str:
-        return "Flowstate - %s.py" % self.title
+        return f"Flowstate - {self.title}.py"
 
 
 ACTIONS: tuple[Action, ...] = (
@@ -155,7 +155,7 @@ def render(action: Action) -> str:
         needs="`flowstate up` running, and " if action.needs_daemon else "",
     )
     if not text.isascii():
-        raise ValueError("action %r: the rendered script is not ASCII" % action.title)
+        raise ValueError(f"action {action.title!r}: the rendered script is not ASCII")
     return text
 
 
@@ -194,8 +194,8 @@ def install(resource_dir: Path) -> Installed:
     if not resource_dir.is_dir():
         what = "is not a folder" if resource_dir.exists() else "does not exist"
         raise InstallError(
-            "REAPER's resource folder %s %s. Start REAPER once, or give the folder REAPER shows under "
-            "Options > Show REAPER resource path with --reaper-resource-dir DIR" % (resource_dir, what)
+            f"REAPER's resource folder {resource_dir} {what}. Start REAPER once, or give the folder REAPER shows "
+            "under Options > Show REAPER resource path with --reaper-resource-dir DIR"
         )
     folder = resource_dir.joinpath(*SCRIPTS_FOLDER)
     done: list[tuple[str, str]] = []
@@ -207,7 +207,7 @@ def install(resource_dir: Path) -> Installed:
             if before == data:
                 done.append((name, "unchanged"))
                 continue
-            partial = folder / (".%s.partial" % name)
+            partial = folder / f".{name}.partial"
             try:
                 partial.write_bytes(data)
                 os.replace(partial, target)  # REAPER never reads half a script
@@ -215,5 +215,5 @@ def install(resource_dir: Path) -> Installed:
                 partial.unlink(missing_ok=True)
             done.append((name, "new" if before is None else "updated"))
     except OSError as err:
-        raise InstallError("cannot install into %s: %s" % (folder, err.strerror or err)) from err
+        raise InstallError(f"cannot install into {folder}: {err.strerror or err}") from err
     return Installed(folder, tuple(done))

@@ -15,6 +15,7 @@ import ableton_remote
 from bridge.cli import main
 from bridge.testing import free_port
 from integrations.reaper.install import ACTIONS, HOW_TO_LOAD, Action
+from tests.ableton.py37 import run37
 from tests.integrations.reaper_sim import Reaper
 
 # The file names users' action lists reference: an install must keep writing exactly these.
@@ -32,7 +33,7 @@ CODEC = Path(ableton_remote.__file__).parent / "osc.py"
 
 def flowstate(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
-    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "bridge", *args], check=False, capture_output=True, text=True, timeout=60,
                           env={**env, "HOME": str(home)})
 
 
@@ -157,7 +158,7 @@ def installed_reaper(tmp_path: Path) -> Iterator[Reaper]:
     assert main(["install-reaper", "--reaper-resource-dir", str(resource)]) == 0
     sim = Reaper(resource)
     # No daemon here: a closed port, so every action fails fast and says so.
-    sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % free_port(socket.SOCK_DGRAM)
+    sim.ext_state[("Flowstate", "daemon_address")] = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     saved_path = list(sys.path)
     helpers = ("flowstate_reaper", "flowstate_osc", "reaper_python")
     for name in helpers:
@@ -185,3 +186,23 @@ def test_each_installed_action_loads_its_helpers_and_runs_its_task(installed_rea
     assert type(task) is getattr(helpers, action.task)
     assert task.finished and not sim.running
     assert all("Cannot load the Flowstate helpers" not in text for text, _, _ in sim.message_boxes)
+
+
+IMPORT_UNDER_37 = r"""
+import sys, types
+sys.path.insert(0, sys.argv[1])
+sys.modules["reaper_python"] = types.ModuleType("reaper_python")  # only called into, never at import
+import flowstate_osc, flowstate_reaper
+[message] = flowstate_osc.decode_packet(flowstate_osc.encode_message("/flow/ping", ["a", 1, 2.5, True, None, b"x"]))
+print(sys.version_info[:2] == (3, 7), message.address, list(message.args), flowstate_reaper.OscUdpClient.__name__)
+"""
+
+
+def test_the_installed_modules_import_and_run_on_python_37(tmp_path: Path) -> None:
+    """REAPER runs ReaScripts in the Python the user gives it: 3.7 and later, as the README says."""
+    resource = tmp_path / "REAPER"
+    resource.mkdir()
+    assert main(["install-reaper", "--reaper-resource-dir", str(resource)]) == 0
+    done = run37("-c", IMPORT_UNDER_37, str(resource / "Scripts" / "Flowstate"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "True /flow/ping ['a', 1, 2.5, True, None, b'x'] OscUdpClient"
