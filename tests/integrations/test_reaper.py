@@ -22,14 +22,13 @@ from bridge.client import Client
 from bridge.testing import DaemonProcess, free_port
 from integrations.reaper.install import ACTIONS, install
 from tests.integrations.conftest import STEMS, write_song
-from tests.integrations.reaper_sim import Reaper
+from tests.integrations.reaper_sim import SCRIPT_MODULES, Reaper, scripts_running_in
 
 SEPARATE = "Flowstate - separate selected item into stems.py"
 SEND_TEMPO = "Flowstate - send tempo and time signature.py"
 START_STREAM = "Flowstate - start live stems.py"
 STOP_STREAM = "Flowstate - stop live stems.py"
 SET_ADDRESS = "Flowstate - set daemon address.py"
-HELPERS = ("flowstate_reaper", "flowstate_osc")
 
 
 def install_scripts(resource_path: Path) -> Path:
@@ -45,18 +44,9 @@ def reaper(tmp_path: Path, stems_daemon: DaemonProcess) -> Iterator[Reaper]:
     scripts = install_scripts(resource_path)
     sim = Reaper(resource_path)
     sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % stems_daemon.osc_udp[1]
-    saved_path = list(sys.path)
-    for name in HELPERS:
-        sys.modules.pop(name, None)
-    sys.modules["reaper_python"] = sim.module
     sim.scripts = scripts  # type: ignore[attr-defined]
-    try:
+    with scripts_running_in(sim):
         yield sim
-    finally:
-        sim.terminate()
-        sys.path[:] = saved_path
-        for name in (*HELPERS, "reaper_python"):
-            sys.modules.pop(name, None)
 
 
 def run(sim: Reaper, script: str, timeout_seconds: float = 120.0) -> None:
@@ -384,7 +374,7 @@ def test_set_daemon_address_refuses_a_bad_one_and_keeps_the_old(reaper: Reaper) 
 # -- what REAPER's Python can run -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", sorted([a.file_name for a in ACTIONS] + [f"{name}.py" for name in HELPERS]))
+@pytest.mark.parametrize("script", sorted([a.file_name for a in ACTIONS] + [f"{name}.py" for name in SCRIPT_MODULES]))
 def test_scripts_are_ascii_and_import_only_the_standard_library(script: str, tmp_path: Path) -> None:
     source = (install_scripts(tmp_path / "REAPER") / script).read_bytes()
     assert source.isascii(), "REAPER does not read every script as UTF-8"
@@ -395,5 +385,5 @@ def test_scripts_are_ascii_and_import_only_the_standard_library(script: str, tmp
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
-    ours = {"reaper_python", *HELPERS}
+    ours = {"reaper_python", *SCRIPT_MODULES}
     assert imported - ours <= set(sys.stdlib_module_names), imported - ours - set(sys.stdlib_module_names)

@@ -16,7 +16,7 @@ from bridge.cli import main
 from bridge.testing import free_port
 from integrations.reaper.install import ACTIONS, HOW_TO_LOAD, Action
 from tests.ableton.py37 import run37
-from tests.integrations.reaper_sim import Reaper
+from tests.integrations.reaper_sim import Reaper, scripts_running_in
 
 # The file names users' action lists reference: an install must keep writing exactly these.
 ACTION_FILES = [
@@ -159,18 +159,8 @@ def installed_reaper(tmp_path: Path) -> Iterator[Reaper]:
     sim = Reaper(resource)
     # No daemon here: a closed port, so every action fails fast and says so.
     sim.ext_state[("Flowstate", "daemon_address")] = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-    saved_path = list(sys.path)
-    helpers = ("flowstate_reaper", "flowstate_osc", "reaper_python")
-    for name in helpers:
-        sys.modules.pop(name, None)
-    sys.modules["reaper_python"] = sim.module
-    try:
+    with scripts_running_in(sim):
         yield sim
-    finally:
-        sim.terminate()
-        sys.path[:] = saved_path
-        for name in helpers:
-            sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("action", ACTIONS, ids=[action.slug for action in ACTIONS])
