@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from bridge.cli import main
 from bridge.testing import free_port
 from integrations.reaper.install import ACTIONS, HOW_TO_LOAD, Action
 from tests.ableton.py37 import run37
+from tests.ableton.test_install import flowstate  # `python -m bridge ...` for a user whose home is tmp_path
 from tests.integrations.reaper_sim import Reaper, scripts_running_in
 
 # The file names users' action lists reference: an install must keep writing exactly these.
@@ -29,12 +28,6 @@ ACTION_FILES = [
 ]
 MODULES = ["flowstate_reaper.py", "flowstate_osc.py"]
 CODEC = Path(ableton_remote.__file__).parent / "osc.py"
-
-
-def flowstate(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
-    return subprocess.run([sys.executable, "-m", "bridge", *args], check=False, capture_output=True, text=True, timeout=60,
-                          env={**env, "HOME": str(home)})
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
