@@ -1,10 +1,16 @@
-"""A small OSC 1.0 codec for Live's embedded Python: standard library only.
+"""A small OSC 1.0 codec for the DAWs' embedded Pythons: standard library only.
 
-Live runs Remote Scripts in its own Python (3.7 in Live 11 and 12.0, 3.11 from 12.1) with no
-third-party packages, so python-osc cannot be used inside Live. This module writes the same bytes python-osc writes for the types the daemon
-speaks (int32, int64, float32, string, blob, True, False, nil) and reads messages and bundles
-(nested too; timetags are ignored, everything is handled at once). Malformed input raises
-`OscError` naming what was wrong; nothing here touches a socket.
+The one codec of the DAW-side scripts, kept once, here. Live runs Remote Scripts in its own Python
+(3.7 in Live 11 and 12.0, 3.11 from 12.1) and REAPER runs ReaScripts in the Python the user points
+it at, both with no third-party packages, so python-osc cannot be used there. `flowstate
+install-ableton` copies this file into the Remote Script folder as `osc.py`; `flowstate
+install-reaper` copies it into REAPER's `Scripts/Flowstate` as `flowstate_osc.py`.
+
+It writes the same bytes python-osc (the daemon's codec) writes for the types the daemon speaks
+(int32, int64, float32, string, blob, True, False, nil) and reads messages and bundles (nested too;
+timetags are ignored, everything is handled at once). Malformed input raises `OscError` naming what
+was wrong; nothing here touches a socket. It must run on Python 3.7 and stay ASCII: REAPER does not
+read every script as UTF-8 on every platform.
 """
 
 from __future__ import annotations

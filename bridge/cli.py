@@ -91,6 +91,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dest", type=Path, metavar="DIR",
         help="your Remote Scripts folder (default: <User Library>/Remote Scripts on macOS and Windows)",
     )
+    reaper = sub.add_parser(
+        "install-reaper", help="install the REAPER actions (ReaScripts) into REAPER's Scripts/Flowstate",
+        description="Writes the Flowstate actions, their shared module and the OSC codec into "
+                    "<REAPER resource path>/Scripts/Flowstate; other files there are left alone. Then load them "
+                    "once in REAPER: Actions > Show action list > New action > Load ReaScript...",
+    )
+    reaper.add_argument(
+        "--reaper-resource-dir", type=Path, metavar="DIR",
+        help="REAPER's resource path, as Options > Show REAPER resource path shows it (default: "
+             "~/Library/Application Support/REAPER on macOS, %%APPDATA%%\\REAPER on Windows, ~/.config/REAPER on Linux)",
+    )
     service = sub.add_parser(
         "install-service", help="start the daemon at every login (launchd agent, systemd user unit, Startup folder)",
         description="Writes the file your OS reads at login to start `flowstate up` with this Python: "
@@ -113,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _commands(args)
     if args.action == "install-ableton":
         return _install_ableton(args.dest)
+    if args.action == "install-reaper":
+        return _install_reaper(args.reaper_resource_dir)
     if args.action == "install-service":
         return _install_service(args)
     try:
@@ -187,6 +200,29 @@ def _install_ableton(dest: Path | None) -> int:
     print(f"{'Replaced the older' if replaced else 'Installed the'} Flowstate Remote Script in {target}")
     print("Next: restart Live, open Settings → Link, Tempo & MIDI and pick \"Flowstate\" as a Control Surface "
           "(its Input: the pad or controller you want to use). Then run `flowstate up`.")
+    return 0
+
+
+def _install_reaper(resource_dir: Path | None) -> int:
+    """Render the REAPER actions into `<resource path>/Scripts/Flowstate` (integrations/reaper/install.py)."""
+    import os
+
+    from integrations.reaper.install import HOW_TO_LOAD, InstallError, default_resource_dir, install
+
+    platform = "linux" if sys.platform.startswith("linux") else sys.platform
+    folder = resource_dir.expanduser() if resource_dir is not None else default_resource_dir(platform, os.environ)
+    try:
+        installed = install(folder)
+    except InstallError as err:
+        print(f"flowstate: {err}", file=sys.stderr)
+        return 1
+    print(f"Installed the Flowstate REAPER actions in {installed.folder}:")
+    for name, state in installed.files:
+        print(f"  {name} ({state})")
+    print("Other files in that folder were left as they are.")
+    print(f"Next, once: in REAPER, {HOW_TO_LOAD} and pick the \"Flowstate - ....py\" files "
+          "(actions loaded before keep working: the file names do not change). REAPER runs them with Python: "
+          "Options > Preferences > Plug-ins > ReaScript, Enable Python. Then run `flowstate up`.")
     return 0
 
 

@@ -66,4 +66,5 @@ cat <<EOF
 Start the daemon:            $venv/bin/flowstate up
 Start it at every login:     $venv/bin/flowstate install-service
 Install the Live script:     $venv/bin/flowstate install-ableton
+Install the REAPER actions:  $venv/bin/flowstate install-reaper
 EOF

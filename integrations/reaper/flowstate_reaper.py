@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import reaper_python as rpr  # REAPER's own module (inside REAPER); a simulation in the tests
 
-from flowstate_osc import DaemonUnreachable, OscUdpClient
+from flowstate_osc import OscError, decode_packet, encode_message  # the codec install-reaper copies beside
 
 TITLE = "Flowstate"
 EXT_SECTION = "Flowstate"
@@ -43,6 +44,8 @@ ACTION_SELECTED_TRACK_AS_LAST_TOUCHED = 40914
 # Undo flag: the undo point may cover every kind of change (tracks, items, selection).
 UNDO_STATE_ALL = -1
 SOURCE_NAME_BUFFER = 4096
+# The largest UDP payload: no reply of the daemon is cut short.
+MAX_DATAGRAM_BYTES = 65535
 # The generate action's questions: (extended-state key keeping the last answer, first default).
 GENERATE_FIELDS = (("generate_preset", "keys"), ("generate_prompt", ""), ("generate_bars", "4"))
 # A prompt may hold commas, so the answers are separated by a newline (GetUserInputs' separator=).
@@ -97,6 +100,67 @@ def daemon_address() -> Tuple[str, int]:
 def reply_address(request_address: str) -> str:
     """/flow/stems/separate -> /flow/reply/stems/separate"""
     return "/flow/reply/" + request_address[len("/flow/") :]
+
+
+# -- the wire: one non-blocking UDP socket --------------------------------------------------------
+
+
+class DaemonUnreachable(OSError):
+    """Nothing listens at the daemon's address (the OS reported the port closed)."""
+
+
+class OscUdpClient:
+    """One non-blocking UDP socket connected to the daemon: send requests, drain answers.
+
+    Connecting the socket makes the OS report a closed port (no daemon running) as an error on
+    the next send or receive, instead of leaving the script waiting for a timeout. Replies and the
+    events of this socket's jobs come back to it, so no listener registration is needed.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        try:
+            self._sock.connect((host, port))
+        except OSError as err:
+            self._sock.close()
+            raise DaemonUnreachable("cannot connect: %s" % (err.strerror or err)) from None
+
+    def send(self, address: str, *args: Any) -> None:
+        """Send one message; DaemonUnreachable when the OS already knows nobody listens."""
+        packet = encode_message(address, list(args))
+        try:
+            self._sock.send(packet)
+        except BlockingIOError:
+            raise DaemonUnreachable("the network send buffer is full") from None
+        except (ConnectionRefusedError, ConnectionResetError) as err:
+            raise DaemonUnreachable("the port is closed: %s" % (err.strerror or err)) from None
+
+    def receive(self) -> List[Tuple[str, List[Any]]]:
+        """Every message waiting now as (address, args), in order (never blocks); the messages of
+        a bundle come one by one. DaemonUnreachable when the port is closed.
+
+        Packets that are not OSC cannot come from the daemon: they are skipped.
+        """
+        messages: List[Tuple[str, List[Any]]] = []
+        while True:
+            try:
+                packet = self._sock.recv(MAX_DATAGRAM_BYTES)
+            except BlockingIOError:
+                return messages
+            except (ConnectionRefusedError, ConnectionResetError) as err:
+                # Linux and macOS report ICMP port-unreachable as refused, Windows as reset.
+                raise DaemonUnreachable("the port is closed: %s" % (err.strerror or err)) from None
+            try:
+                decoded = decode_packet(packet)
+            except OscError:
+                continue
+            messages.extend((message.address, list(message.args)) for message in decoded)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 # -- a conversation with the daemon, driven by the defer loop -------------------------------------

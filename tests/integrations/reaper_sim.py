@@ -41,6 +41,8 @@ import sys
 import time
 import types
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -569,3 +571,24 @@ class Reaper:
 
     def RPR_UpdateArrange(self) -> None:
         pass  # only redraws in REAPER
+
+
+# The modules the Flowstate scripts import from their folder (install-reaper writes them there).
+SCRIPT_MODULES = ("flowstate_reaper", "flowstate_osc")
+
+
+@contextmanager
+def scripts_running_in(sim: Reaper) -> Iterator[Reaper]:
+    """While inside: `import reaper_python` gives `sim.module` and the scripts' own modules load afresh
+    from their folder; after: what still runs is stopped, and sys.path and sys.modules are as before."""
+    saved_path = list(sys.path)
+    for name in SCRIPT_MODULES:
+        sys.modules.pop(name, None)
+    sys.modules["reaper_python"] = sim.module
+    try:
+        yield sim
+    finally:
+        sim.terminate()
+        sys.path[:] = saved_path
+        for name in (*SCRIPT_MODULES, "reaper_python"):
+            sys.modules.pop(name, None)

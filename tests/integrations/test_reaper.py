@@ -8,7 +8,6 @@ cycle) and talk OSC over UDP to a real `flowstate up` that separates with a tiny
 from __future__ import annotations
 
 import ast
-import shutil
 import signal
 import socket
 import sys
@@ -21,25 +20,21 @@ import soundfile
 
 from bridge.client import Client
 from bridge.testing import DaemonProcess, free_port
+from integrations.reaper.install import ACTIONS, install
 from tests.integrations.conftest import STEMS, write_song
-from tests.integrations.reaper_sim import Reaper
+from tests.integrations.reaper_sim import SCRIPT_MODULES, Reaper, scripts_running_in
 
-SCRIPTS_SOURCE = Path(__file__).resolve().parents[2] / "integrations" / "reaper"
 SEPARATE = "Flowstate - separate selected item into stems.py"
 SEND_TEMPO = "Flowstate - send tempo and time signature.py"
 START_STREAM = "Flowstate - start live stems.py"
 STOP_STREAM = "Flowstate - stop live stems.py"
 SET_ADDRESS = "Flowstate - set daemon address.py"
-HELPERS = ("flowstate_reaper", "flowstate_osc")
 
 
 def install_scripts(resource_path: Path) -> Path:
-    """Copy the scripts where the README says to: REAPER's resource path, Scripts/Flowstate."""
-    folder = resource_path / "Scripts" / "Flowstate"
-    folder.mkdir(parents=True)
-    for script in SCRIPTS_SOURCE.glob("*.py"):
-        shutil.copy(script, folder / script.name)
-    return folder
+    """Install the scripts as `flowstate install-reaper` does: REAPER's resource path, Scripts/Flowstate."""
+    resource_path.mkdir(parents=True)  # REAPER makes it on its first start
+    return install(resource_path).folder
 
 
 @pytest.fixture
@@ -49,18 +44,9 @@ def reaper(tmp_path: Path, stems_daemon: DaemonProcess) -> Iterator[Reaper]:
     scripts = install_scripts(resource_path)
     sim = Reaper(resource_path)
     sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % stems_daemon.osc_udp[1]
-    saved_path = list(sys.path)
-    for name in HELPERS:
-        sys.modules.pop(name, None)
-    sys.modules["reaper_python"] = sim.module
     sim.scripts = scripts  # type: ignore[attr-defined]
-    try:
+    with scripts_running_in(sim):
         yield sim
-    finally:
-        sim.terminate()
-        sys.path[:] = saved_path
-        for name in (*HELPERS, "reaper_python"):
-            sys.modules.pop(name, None)
 
 
 def run(sim: Reaper, script: str, timeout_seconds: float = 120.0) -> None:
@@ -388,9 +374,9 @@ def test_set_daemon_address_refuses_a_bad_one_and_keeps_the_old(reaper: Reaper) 
 # -- what REAPER's Python can run -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS_SOURCE.glob("*.py")))
-def test_scripts_are_ascii_and_import_only_the_standard_library(script: str) -> None:
-    source = (SCRIPTS_SOURCE / script).read_bytes()
+@pytest.mark.parametrize("script", sorted([a.file_name for a in ACTIONS] + [f"{name}.py" for name in SCRIPT_MODULES]))
+def test_scripts_are_ascii_and_import_only_the_standard_library(script: str, tmp_path: Path) -> None:
+    source = (install_scripts(tmp_path / "REAPER") / script).read_bytes()
     assert source.isascii(), "REAPER does not read every script as UTF-8"
     tree = ast.parse(source)
     imported = set()
@@ -399,5 +385,5 @@ def test_scripts_are_ascii_and_import_only_the_standard_library(script: str) -> 
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
-    ours = {"reaper_python", *HELPERS}
+    ours = {"reaper_python", *SCRIPT_MODULES}
     assert imported - ours <= set(sys.stdlib_module_names), imported - ours - set(sys.stdlib_module_names)

@@ -18,8 +18,8 @@ import soundfile
 
 from bridge.client import Client
 from bridge.testing import DaemonProcess, build_tiny_musicgen
-from tests.integrations.reaper_sim import Reaper, TempoMarker
-from tests.integrations.test_reaper import HELPERS, assert_left_reaper_clean, install_scripts, only_message_box
+from tests.integrations.reaper_sim import Reaper, TempoMarker, scripts_running_in
+from tests.integrations.test_reaper import assert_left_reaper_clean, install_scripts, only_message_box
 
 GENERATE = "Flowstate - generate a loop at the edit cursor.py"
 OFFLINE = {"HF_HUB_OFFLINE": "1"}  # no hub here: a hub name fails at once instead of retrying
@@ -45,17 +45,8 @@ def reaper(tmp_path: Path, daemon: DaemonProcess) -> Iterator[Reaper]:
     sim = Reaper(tmp_path / "REAPER")
     sim.scripts = install_scripts(sim.resource_path)  # type: ignore[attr-defined]
     sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
-    saved_path = list(sys.path)
-    for name in HELPERS:
-        sys.modules.pop(name, None)
-    sys.modules["reaper_python"] = sim.module
-    try:
+    with scripts_running_in(sim):
         yield sim
-    finally:
-        sim.terminate()
-        sys.path[:] = saved_path
-        for name in (*HELPERS, "reaper_python"):
-            sys.modules.pop(name, None)
 
 
 def run(sim: Reaper, answer: str | None, timeout_seconds: float = 120.0) -> dict[str, Any]:
