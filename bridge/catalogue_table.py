@@ -189,6 +189,8 @@ def markdown_table(speeds: dict[str, Any] | None = None) -> str:
         for model, figure in figures.items():
             lines.append(f"- `{model}`: {_speed_cell(figure)} (÷ baseline {figure['per_baseline']:.3g}): "
                          f"{figure['what']}")
+        for model, reason in speeds.get("not_measured", {}).items():
+            lines.append(f"- `{model}`: not measured: {reason}")
     else:
         lines += ["", "Local speed: not measured yet (`python bench/local_speed.py --write`)."]
     return "\n".join(lines)
