@@ -117,17 +117,18 @@ def _add(found: dict[str, set[str]], entry: Entry | None, value: str) -> None:
 
 def rows() -> list[Row]:
     """One row per catalogue entry, in catalogue order."""
+    names = local_names()
     local: dict[str, set[str]] = {}
-    for task, name in local_names():
+    for task, name in names:
         _add(local, entry_for(name, task), name)
     on_tiers: dict[str, dict[str, set[str]]] = {key: {} for _, key in TIER_COLUMNS}
-    for task, name in local_names():  # the server runs the daemon's job code on the model its config names
+    for task, name in names:  # the server runs the daemon's job code on the model its config names
         entry = entry_for(name, task)
         if entry is not None and selfhosted_tier(task, name).offers_model(task, name):
             _add(on_tiers["selfhosted"], entry, "")
     for key, tiers in default_tiers().items():
         for tier in tiers:
-            for task, name in _unique([*local_names(), *_tier_models(tier)]):
+            for task, name in _unique([*names, *_tier_models(tier)]):
                 if not tier.offers_model(task, name):
                     continue
                 ran = tier.model_for(task, name)
