@@ -107,7 +107,7 @@ class Row:
 
     entry: Entry
     local: list[str]  # the local names that mean it
-    tiers: dict[str, list[str]]  # column key -> the tier's model refs that run it (empty: not there)
+    tiers: dict[str, list[str]]  # column key -> the tier's models that run it, as shown (empty: not there)
 
 
 def _add(found: dict[str, set[str]], entry: Entry | None, value: str) -> None:
@@ -135,7 +135,8 @@ def rows() -> list[Row]:
                 entry = entry_for(ran, task)
                 # Show the provider's ref that runs it: Replicate's stems run demucs names on cjwbw/demucs.
                 refs = [model for t, model in _tier_models(tier) if t == task and entry_for(model, task) == entry]
-                _add(on_tiers[key], entry, _shown(refs[0] if refs else ran))
+                where = " on an Endpoint" if getattr(tier, "endpoint_url", None) else ""
+                _add(on_tiers[key], entry, f"`{_shown(refs[0] if refs else ran)}`{where}")
     return [Row(entry, sorted(local.get(entry.model, ())),
                 {key: sorted(on_tiers[key].get(entry.model, ())) for _, key in TIER_COLUMNS})
             for entry in CATALOGUE]
@@ -164,7 +165,7 @@ def _speed_cell(figure: dict[str, Any] | None) -> str:
 def _tier_cell(refs: list[str]) -> str:
     if not refs:
         return NONE
-    named = [f"`{ref}`" for ref in refs if ref]
+    named = [ref for ref in refs if ref]
     return "yes" + (f" ({', '.join(named)})" if named else "")
 
 
