@@ -159,7 +159,8 @@ def _speed_cell(figure: dict[str, Any] | None) -> str:
         return NONE
     value = float(figure["value"])
     number = f"{value:.3g}" if value < 100 else f"{value:.0f}"
-    return f"{number} {figure['unit']}"
+    # The bench's name says which model of the row was timed (whisper-tiny: one Whisper of many).
+    return f"{number} {figure['unit']} ({figure['bench']})"
 
 
 def _tier_cell(refs: list[str]) -> str:
