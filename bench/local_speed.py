@@ -133,8 +133,14 @@ def musicgen_small(scratch: Path, repeat: int) -> dict[str, Any]:
     """MusicGen small's published config (T5-base text encoder, 24-layer 1024-wide decoder, EnCodec
     32 kHz), random weights saved and loaded through the engine's real path."""
     import torch
-    from transformers import (AutoProcessor, EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        AutoProcessor,
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
     from transformers.utils import logging as hf_logging
 
     from bridge.testing import build_tiny_musicgen, parameter_count
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "nice -n 19 python bench/local_speed.py" + ("" if args.models == parser.get_default("models")
                                                           else f" --models {args.models}")
     command += f" --repeat {args.repeat} --write" if args.write else f" --repeat {args.repeat}"
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
+    result = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"), "machine": machine(),
               "note": args.note, "command": command, "baseline": base, "models": figures,
               "not_measured": {"stabilityai/stable-audio-open-1.0": "the released pipeline denoises the full 47 s "
                                "latent with a 1.05 B DiT for 100 steps whatever length is asked: far past this "

@@ -186,9 +186,10 @@ def markdown_table(speeds: dict[str, Any] | None = None) -> str:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     if figures:
         baseline = speeds["baseline"]
-        lines += ["", f"Local speed: `{speeds['command']}` on {speeds['machine']}, {speeds['date']} "
-                  f"({speeds['note']}). Baseline in the same run: {baseline['what']}, {baseline['value']:.3g} "
-                  f"{baseline['unit']}; `÷ baseline` is the figure divided by it, to compare machines.", ""]
+        measured = (f"Local speed: `{speeds['command']}` on {speeds['machine']}, {speeds['date']} "
+                    f"({speeds['note']}). Baseline in the same run: {baseline['what']}, {baseline['value']:.3g} "
+                    f"{baseline['unit']}; `÷ baseline` is the figure divided by it, to compare machines.")
+        lines += ["", measured, ""]
         for model, figure in figures.items():
             lines.append(f"- `{model}`: {_speed_cell(figure)} (÷ baseline {figure['per_baseline']:.3g}): "
                          f"{figure['what']}")
