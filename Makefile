@@ -23,7 +23,7 @@ doctor: setup
 bench: setup
 	$(BIN)/python bench/transport.py
 
-# Regenerate the protocol tables in README.md from the command registry.
+# Regenerate the README's generated blocks: the protocol tables (command registry), the model catalogue table.
 readme: setup
 	$(BIN)/python -m bridge.docs
 

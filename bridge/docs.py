@@ -1,7 +1,9 @@
-"""Documentation derived from the registry: the README's protocol tables come from here.
+"""Documentation derived from the code: the README's generated blocks come from here.
 
-`flowstate commands --markdown` prints them; tests/bridge/test_docs.py fails when README.md and
-the registry disagree, so the README can never drift from what the daemon accepts.
+The protocol tables come from the registry (`flowstate commands --markdown` prints them;
+tests/bridge/test_docs.py fails when README.md and the registry disagree); the model catalogue
+table from `bridge/catalogue_table.py` (tests/bridge/test_licences.py checks it). `python -m
+bridge.docs` rewrites every block, so the README can never drift from what the daemon runs.
 """
 
 from __future__ import annotations
@@ -41,14 +43,24 @@ def readme_block() -> str:
     return f"{BEGIN}\n{markdown_tables()}\n{END}"
 
 
+def generated_blocks() -> list[tuple[str, str, str]]:
+    """(begin marker, end marker, block) of every generated part of README.md."""
+    from bridge import catalogue_table
+
+    return [(BEGIN, END, readme_block()),
+            (catalogue_table.BEGIN, catalogue_table.END, catalogue_table.readme_block())]
+
+
 def update_readme(path: str = "README.md") -> bool:
-    """Rewrite the generated block in README.md; returns True when it changed."""
+    """Rewrite the generated blocks in README.md; returns True when one changed."""
     from pathlib import Path
 
     readme = Path(path)
     text = readme.read_text()
-    start, stop = text.index(BEGIN), text.index(END) + len(END)
-    updated = text[:start] + readme_block() + text[stop:]
+    updated = text
+    for begin, end, block in generated_blocks():
+        start, stop = updated.index(begin), updated.index(end) + len(end)
+        updated = updated[:start] + block + updated[stop:]
     readme.write_text(updated)
     return updated != text
 

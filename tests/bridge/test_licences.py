@@ -10,6 +10,7 @@ from typing import Any
 import faster_whisper
 import pytest
 
+from bridge import catalogue_table
 from bridge.client import Client, RemoteError
 from bridge.config import Config, load_config
 from bridge.errors import Forbidden
@@ -17,6 +18,7 @@ from bridge.licences import check_job
 from bridge.testing import DaemonProcess, build_tiny_musicgen
 from engines import catalogue
 from engines.catalogue import licence_of
+from engines.cloud.base import CLOUD_ONLY_MODELS
 from engines.cloud import hf, replicate, workers_ai
 from engines.spleeter import MODELS as SPLEETER_MODELS
 from tests.conftest import OscUdp
@@ -98,14 +100,75 @@ def test_the_commercial_flag_comes_from_config_yaml_or_the_environment(tmp_path:
     check_job("transcribe", {"model": "small", "stem": "vocals"}, config)  # MIT, MIT: allowed
 
 
-def test_the_readme_licences_table_shows_every_catalogue_entry() -> None:
+def _table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| Model |")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]
+
+
+def test_the_readme_catalogue_table_is_the_generated_one_with_every_entry_once() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Licences"):readme.index("## Command line")]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Model |")]
-    assert len(rows) == len(catalogue.CATALOGUE)
+    assert catalogue_table.BEGIN in section and catalogue_table.END in section
+    current = section[section.index(catalogue_table.BEGIN):section.index(catalogue_table.END) + len(catalogue_table.END)]
+    assert current == catalogue_table.readme_block(), "README.md's catalogue table is stale: run `make readme`"
+    rows = _table_rows(current)
+    assert [row[0] for row in rows] == [f"`{entry.model}`" for entry in catalogue.CATALOGUE]  # each once, in order
     for entry, row in zip(catalogue.CATALOGUE, rows):
-        assert entry.licence.url in row, (entry.model, row)
-        assert ("**no**" in row) == (not entry.licence.commercial_use), row
+        line = " | ".join(row)
+        assert row[1] == entry.task
+        assert entry.licence.url in line, (entry.model, line)
+        assert ("**no**" in row) == (not entry.licence.commercial_use), line
+
+
+def test_the_generator_lists_every_entry_of_a_longer_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries another change adds (a cloud-only model) show up, with no local speed."""
+    extra = catalogue.Entry("example/cloud-only-sfx", "generate", catalogue.APACHE_2, "a test", names=("cloud-sfx",))
+    monkeypatch.setattr(catalogue_table, "CATALOGUE", (*catalogue.CATALOGUE, extra))
+    rows = _table_rows(catalogue_table.markdown_table())
+    assert len(rows) == len(catalogue.CATALOGUE) + 1
+    assert rows[-1][0] == "`example/cloud-only-sfx`" and rows[-1][2] == "—" and rows[-1][-1] == "—"
+
+
+TIER_COLUMN = {key: index for index, (_, key) in enumerate(catalogue_table.TIER_COLUMNS, start=3)}
+
+
+def _tiers() -> dict[str, list[Any]]:
+    return {
+        "replicate": [replicate.ReplicateTier(TOKEN)],
+        "huggingface": [hf.HuggingFaceTier(TOKEN), hf.HuggingFaceTier(TOKEN, endpoint_url="https://e.invalid")],
+        "workers_ai": [workers_ai.WorkersAITier(TOKEN, "account0")],
+    }
+
+
+def test_where_each_model_runs_is_what_each_tier_built_with_its_defaults_answers() -> None:
+    rows = {row[0].strip("`"): row for row in _table_rows(catalogue_table.markdown_table({}))}
+    local = catalogue_table.local_names()
+    for key, tiers in _tiers().items():
+        marked: set[str] = set()
+        for tier in tiers:
+            cloud_only = [*CLOUD_ONLY_MODELS, ("voice", replicate.RVC_VOICES[0])]  # what such jobs name
+            asked = [*local, *cloud_only, *((replicate.MODEL_TASKS.get(k, k), m) for k, m in tier.models.items())]
+            for task, name in asked:
+                if tier.offers_model(task, name):
+                    entry = catalogue.entry_for(tier.model_for(task, name), task)
+                    assert entry is not None, (key, task, name)
+                    marked.add(entry.model)
+        shown = {model for model, row in rows.items() if row[TIER_COLUMN[key]] != "—"}
+        assert shown == marked, key
+    # The self-hosted server runs the daemon's job code: a local model its config names, where the tier offers it.
+    served = {catalogue.entry_for(name, task).model for task, name in local
+              if catalogue_table.selfhosted_tier(task, name).offers_model(task, name)}  # type: ignore[union-attr]
+    assert {model for model, row in rows.items() if row[TIER_COLUMN["selfhosted"]] != "—"} == served
+    assert {model for model, row in rows.items() if row[2] == "yes"} == {
+        catalogue.entry_for(name, task).model for task, name in local}  # type: ignore[union-attr]
+    # What a producer would check by hand.
+    assert rows["htdemucs"][TIER_COLUMN["replicate"]] == "yes (`cjwbw/demucs`)"
+    assert [cell for cell in rows["spleeter:2stems"][2:7]] == ["yes", "—", "—", "—", "—"]
+    assert rows["@cf/myshell-ai/melotts"][2:7] == ["—", "—", "—", "—", "yes (`@cf/myshell-ai/melotts`)"]
+    assert "openunmix:umxl" in rows["openunmix:umxl"][TIER_COLUMN["huggingface"]]
+    assert rows["facebook/audiogen-medium"][2:7] == ["—", "—", "yes (`sepal/audiogen`)", "—", "—"]
+    assert rows["ResembleAI/chatterbox"][TIER_COLUMN["replicate"]] == "yes (`resemble-ai/chatterbox`)"
+    assert rows["whisper"][TIER_COLUMN["workers_ai"]] != "—" and rows["distil-whisper"][TIER_COLUMN["workers_ai"]] == "—"
 
 
 # -- through a real daemon --------------------------------------------------------------------------
