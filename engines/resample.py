@@ -73,7 +73,7 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
         return audio
     import soxr
 
-    rows = audio.reshape(-1, audio.shape[-1])
+    rows = audio.reshape(math.prod(audio.shape[:-1]), audio.shape[-1])  # -1 fails on empty audio
     frames = rows.shape[1] * int(rate_out) // int(rate_in)
     out = soxr.resample(np.ascontiguousarray(rows.T), int(rate_in), int(rate_out), FILE_QUALITY)
     return np.ascontiguousarray(out[:frames].T).reshape(*audio.shape[:-1], frames)
