@@ -34,8 +34,8 @@ import numpy as np
 from bridge.errors import BadRequest, Internal, NotFound, Unavailable
 from engines.base import Engine
 from engines.inference import check_backend, choose_backend
-from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, stream_rate_problem
 from engines.openunmix import is_openunmix, load_openunmix
+from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, stream_rate_problem
 from engines.spleeter import is_spleeter, load_spleeter
 
 if TYPE_CHECKING:
