@@ -134,7 +134,8 @@ class Stream:
 STREAM_METHODS = ("engines", "soxr HQ", "soxr LQ")
 
 
-def run_stream(kind: str, audio: np.ndarray, rate_in: int, rate_out: int, sizes: list[int]) -> tuple[np.ndarray, Stream, float]:
+def run_stream(kind: str, audio: np.ndarray, rate_in: int, rate_out: int,
+               sizes: list[int]) -> tuple[np.ndarray, Stream, float]:
     """The chunked output, the stream, and the worst wait in output frames before the phase shift."""
     stream = Stream(kind, rate_in, rate_out, audio.shape[0])
     parts, at, emitted, behind, i = [], 0, 0, 0.0, 0
@@ -295,8 +296,8 @@ def main() -> None:
     print_table(f"Files: {options.seconds:g} s stereo, one call", file_rows, "before",
                 [("snr_db", "snr_db"), ("snr<.45", "snr_low_db"), ("reject_db", "reject_db")])
     print_table(f"Streams: {options.seconds:g} s stereo in {options.block}-frame calls", stream_rows, "engines",
-                [("snr_db", "snr_db"), ("snr<.45", "snr_low_db"), ("reject_db", "reject_db"), ("delay", "delay"), ("measured", "measured"),
-                 ("latency", "latency"), ("chunked", "chunked")])
+                [("snr_db", "snr_db"), ("snr<.45", "snr_low_db"), ("reject_db", "reject_db"), ("delay", "delay"),
+                 ("measured", "measured"), ("latency", "latency"), ("chunked", "chunked")])
     print(json.dumps({"seconds": options.seconds, "block": options.block, "files": file_rows,
                       "streams": stream_rows}))
 
