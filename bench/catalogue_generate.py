@@ -13,8 +13,8 @@ runs first, so load from elsewhere on a shared machine hits both alike.
 * **daemon** — a `generate` job over ZeroMQ on a real daemon (`bridge.testing.DaemonProcess`,
   model warmed by one untimed job), from the request to `job.done`: check, queue, generation,
   resampling to 48 kHz, exact length and fades, BS.1770 loudness normalisation, an atomic fsynced
-  WAV, events. Direct: generate, julius's `resample_frac` to 48 kHz, `soundfile.write` of a pcm24
-  WAV, in this process, with the model loaded the same way.
+  WAV, events. Direct: generate, `engines.resample.resample` to 48 kHz, `soundfile.write` of a
+  pcm24 WAV, in this process, with the model loaded the same way.
 
     .venv/bin/python bench/catalogue_generate.py [--quick] [--size small|tiny] [--seconds S] [--repeat N]
 
@@ -130,10 +130,10 @@ def bench_engine(folder: Path, seconds: float, repeat: int) -> dict[str, Any]:
 def bench_daemon(folder: Path, seconds: float, repeat: int, workdir: Path) -> dict[str, Any]:
     import soundfile
     import torch
-    from julius import resample_frac
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
     from engines.generation import MusicGenEngine
+    from engines.resample import resample
 
     probe = MusicGenEngine(str(folder), device="cpu")
     probe.load()
@@ -150,8 +150,8 @@ def bench_daemon(folder: Path, seconds: float, repeat: int, workdir: Path) -> di
         torch.manual_seed(SEED)
         with torch.inference_mode():
             values = model.generate(**inputs, max_new_tokens=steps, do_sample=True)
-        audio = resample_frac(values[0].float(), 32000 // 1000, SAMPLE_RATE // 1000)
-        soundfile.write(str(out_dir / f"take{index}.wav"), audio.numpy().T, SAMPLE_RATE, subtype="PCM_24")
+        audio = resample(values[0].float().numpy(), 32000, SAMPLE_RATE)
+        soundfile.write(str(out_dir / f"take{index}.wav"), audio.T, SAMPLE_RATE, subtype="PCM_24")
         return time.perf_counter() - started
 
     overrides = {"generate": {"model": str(folder), "engine_device": "cpu"}, "midi": {"enabled": False}}

@@ -14,8 +14,8 @@ Rounds alternate which side runs first, so load from elsewhere on a shared machi
   and both subtitle files written plainly, in this process.
 * **piper engine** — `Speaker.process(text)` against `PiperVoice.synthesize(text)` with its chunks
   joined.
-* **tts job** — a `tts` job on the daemon against synthesize, scipy's `resample_poly` to 48 kHz and
-  `soundfile.write` of a pcm24 WAV.
+* **tts job** — a `tts` job on the daemon against synthesize, `engines.resample.resample` to 48 kHz
+  and `soundfile.write` of a pcm24 WAV.
 
     .venv/bin/python bench/catalogue_speech.py [--quick] [--repeat N] [--threads N]
 
@@ -114,11 +114,10 @@ def direct_speak(voice: Any, text: str, out: Path | None = None) -> Any:
     audio = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text)])
     if out is not None:
         import soundfile
-        from scipy.signal import resample_poly
 
-        rate = voice.config.sample_rate
-        common = np.gcd(rate, SAMPLE_RATE)
-        resampled = resample_poly(audio, SAMPLE_RATE // common, rate // common).astype(np.float32)
+        from engines.resample import resample
+
+        resampled = resample(audio, voice.config.sample_rate, SAMPLE_RATE)
         soundfile.write(str(out), np.clip(resampled, -1, 1), SAMPLE_RATE, subtype="PCM_24")
     return audio
 

@@ -236,14 +236,15 @@ def run_direct(bag: Any, source: Path, out_dir: Path) -> dict[str, Any]:
     import torch
     from demucs.apply import apply_model
     from demucs.audio import convert_audio_channels
-    from julius import resample_frac
+
+    from engines.resample import resample_tensor
 
     cpu_started = os.times()
     started = time.perf_counter()
     audio, sample_rate = soundfile.read(str(source), dtype="float32", always_2d=True)
     mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)
     if sample_rate != bag.samplerate:
-        mix = resample_frac(mix, sample_rate, bag.samplerate)
+        mix = resample_tensor(mix, sample_rate, bag.samplerate)
     read = time.perf_counter()
 
     # FileSeparator._process, minus its progress callback.
@@ -255,7 +256,7 @@ def run_direct(bag: Any, source: Path, out_dir: Path) -> dict[str, Any]:
                           device="cpu", segment=segment)[0]
     separated = (out * std + mean).numpy().astype(np.float32, copy=False)
     if sample_rate != bag.samplerate:
-        separated = resample_frac(torch.from_numpy(separated), bag.samplerate, sample_rate).numpy()
+        separated = resample_tensor(torch.from_numpy(separated), bag.samplerate, sample_rate).numpy()
     separated = separated[..., : audio.shape[0]]
     separate = time.perf_counter()
 

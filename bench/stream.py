@@ -87,7 +87,8 @@ from bridge.testing import (  # noqa: E402
     released_htdemucs,
     released_htdemucs_repo,
 )
-from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator,  # noqa: E402
+from engines.resample import StreamingResampler  # noqa: E402
+from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator,  # noqa: E402
                                 stream_defaults)
 
 SAMPLE_RATE = 48000

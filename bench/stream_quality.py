@@ -450,13 +450,10 @@ def vocal_mixture(seconds: float = 10.0, accompaniment: str = "auto", cache: Pat
 
 
 def to_rate(audio: np.ndarray, rate: int, from_rate: int = RATE) -> np.ndarray:
-    """Resample along the last axis (polyphase windowed sinc, scipy), float32."""
-    if rate == from_rate:
-        return audio
-    from scipy.signal import resample_poly
+    """Resample along the last axis as the daemon resamples files (engines/resample.py), float32."""
+    from engines.resample import resample
 
-    common = math.gcd(rate, from_rate)
-    return resample_poly(audio, rate // common, from_rate // common, axis=-1).astype(np.float32)
+    return resample(audio, from_rate, rate)
 
 
 def _in_truth_order(estimate: np.ndarray, engine_stems: tuple[str, ...], stems: tuple[str, ...]) -> np.ndarray:

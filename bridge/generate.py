@@ -264,7 +264,8 @@ class GenerateJob(EngineJob):
         return self.warm(model, lambda: MusicGenEngine(model, settings.local_dir, settings.engine_device))
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
-        from engines.generation import fit_length, normalise_loudness, resample
+        from engines.generation import fit_length, normalise_loudness
+        from engines.resample import resample
 
         args = ctx.job.args
         started = time.monotonic()

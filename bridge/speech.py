@@ -128,7 +128,7 @@ class SpeechJob(EngineJob):
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
         from bridge.router import run_routed
-        from engines.speech import resample
+        from engines.resample import resample
 
         args = ctx.job.args
         started = time.monotonic()

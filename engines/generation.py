@@ -11,8 +11,8 @@ Generation is sampled token by token (one step = one EnCodec frame, 50 per secon
 `StoppingCriteria` called once per step reports `steps / max_new_tokens` and lets the caller
 cancel within a step (its callback raises). The same seed and prompt give the same samples.
 
-The helpers after the engine turn the model's audio into what a DAW wants: `resample`
-(engines/resample.py: julius's windowed sinc in bounded memory), `fit_length` (exact frames, short fades),
+The helpers after the engine turn the model's audio into what a DAW wants (resampling is
+`engines.resample.resample`): `fit_length` (exact frames, short fades),
 `integrated_loudness` (ITU-R BS.1770-4: K-weighting, 400 ms blocks, absolute and relative gates)
 and `normalise_loudness` (to a target in LUFS, then scaled down if the sample peak would pass a
 ceiling; no limiter, so a very peaky clip may end below the target, and the result says so).
@@ -34,6 +34,7 @@ import numpy as np
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from engines.base import Engine
+from engines.resample import resample_tensor
 
 log = logging.getLogger(__name__)
 
@@ -379,20 +380,6 @@ def melody_chroma(audio: np.ndarray, sample_rate: int, *, n_fft: int, hop_length
 
 # --------------------------------------------------------------------------------------------
 # From the model's audio to the DAW's
-
-
-def resample_tensor(audio: Any, rate_in: int, rate_out: int) -> Any:
-    """A `(channels, frames)` torch tensor from `rate_in` to `rate_out` (windowed sinc, bounded memory)."""
-    from engines.resample import resample_tensor as convert
-
-    return convert(audio, int(rate_in), int(rate_out))
-
-
-def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """`(channels, frames)` float32 from `rate_in` to `rate_out` (engines/resample.py: bounded memory)."""
-    from engines.resample import resample as convert
-
-    return convert(audio, int(rate_in), int(rate_out))
 
 
 def fit_length(audio: np.ndarray, frames: int, sample_rate: int, fade_in_ms: float, fade_out_ms: float) -> np.ndarray:

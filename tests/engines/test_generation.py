@@ -21,8 +21,8 @@ from engines.generation import (
     local_model_type,
     melody_chroma,
     normalise_loudness,
-    resample,
 )
+from engines.resample import resample
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 

@@ -28,7 +28,7 @@ import torch
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_htdemucs_repo
 from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, HOP_LADDER, LOAD_TIMING_MIN_WINDOWS, LOAD_TIMING_WINDOWS,
-                                StreamingResampler, StreamingSeparator, load_model)
+                                StreamingSeparator, load_model)
 
 MODEL_RATE = 44100
 SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}  # 4096-frame blocks
@@ -364,68 +364,7 @@ def test_bfloat16_on_cpu_stays_close_to_float32(repo: Path, reference: tuple[np.
     assert np.linalg.norm(out - expected) / np.linalg.norm(expected) < 0.05
 
 
-# ---- the resampler --------------------------------------------------------------------------
-
-
-def test_resampler_round_trip_is_a_whole_sample_delay() -> None:
-    x = noise(48000, seed=7)
-    down = StreamingResampler(48000, MODEL_RATE, 2)
-    half_width = StreamingResampler.design(MODEL_RATE, 48000)[1]
-    up = StreamingResampler(MODEL_RATE, 48000, 2, extra_delay_ticks=-(down.delay_ticks + half_width) % 147)
-    assert (down.up, down.down) == (147, 160) and (up.up, up.down) == (160, 147)
-    delay, rest = divmod(down.delay_ticks + up.delay_ticks, 147)
-    assert rest == 0 and 0 < delay < 48  # under a millisecond
-    y = np.concatenate([up.process(down.process(x[:, i:i + 333])).copy() for i in range(0, x.shape[1], 333)],
-                       axis=1)
-    assert y.shape[1] == up.produced(down.produced(x.shape[1]))
-    error = np.linalg.norm(y[:, 1000:] - x[:, 1000 - delay:y.shape[1] - delay]) / np.linalg.norm(x[:, 1000:])
-    assert error < 1e-3
-
-
-def test_resampler_matches_julius_at_its_stated_delay() -> None:
-    """With the delay a whole number of output samples, the stream equals julius's offline
-    (zero-delay) resampling shifted by it, on band-limited audio."""
-    import julius
-
-    x = noise(48000, seed=8)
-    resampler = StreamingResampler(48000, MODEL_RATE, 2, whole_delay=True)
-    shift = int(resampler.delay_frames)
-    assert shift == resampler.delay_frames and resampler.delay_ticks >= resampler.half_width_ticks
-    sizes = [1, 64, 255, 256, 4096, 9000]  # 9000 > max_input: split inside
-    out, at, i = [], 0, 0
-    while at < x.shape[1]:
-        out.append(resampler.process(x[:, at:at + sizes[i % len(sizes)]]).copy())
-        at += sizes[i % len(sizes)]
-        i += 1
-    y = np.concatenate(out, axis=1)
-    assert y.shape[1] == resampler.produced(x.shape[1])
-    assert resampler.produced(resampler.inputs_needed(y.shape[1])) >= y.shape[1]
-    assert resampler.produced(resampler.inputs_needed(y.shape[1]) - 1) < y.shape[1]
-    ref = julius.resample_frac(torch.from_numpy(x), 48000, MODEL_RATE).numpy()
-    got, want = y[:, 2000:], ref[:, 2000 - shift:y.shape[1] - shift]
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-3
-
-
-STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
-
-
-def test_the_resampler_matrix_is_bounded_for_every_accepted_rate() -> None:
-    """The filter matrix is sized before it is built: every standard rate stays small, and a rate
-    coprime with the model's (44101 Hz: 44100 x 44135, 14.5 GiB in float64) is refused unbuilt."""
-    for rate in STANDARD_RATES:
-        for rate_in, rate_out in ((rate, MODEL_RATE), (MODEL_RATE, rate)):
-            if rate_in == rate_out:
-                continue
-            up, cols = StreamingResampler.matrix_shape(rate_in, rate_out)
-            assert up * cols <= 200_000
-            built = StreamingResampler(rate_in, rate_out, 2, whole_delay=True)
-            assert built._matrix_t.shape[1] == up and built._matrix_t.shape[0] <= cols
-    up, cols = StreamingResampler.matrix_shape(44101, MODEL_RATE)
-    assert up * cols * 8 > 14 * 1024**3  # what the resampler used to allocate
-    for rate_in, rate_out in ((44101, MODEL_RATE), (MODEL_RATE, 44101)):
-        with pytest.raises(BadRequest) as caught:
-            StreamingResampler(rate_in, rate_out, 2)
-        assert "44101" in caught.value.message and "48000" in caught.value.message
+# ---- rates ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("rate", [44101, 47999, 191999])

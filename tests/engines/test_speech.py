@@ -15,7 +15,8 @@ import pytest
 import soundfile
 
 from bridge.errors import BadRequest, NotFound
-from engines.speech import Speaker, VoiceLibrary, fetch_voice, resample, speech_file_name, voice_at
+from engines.resample import resample
+from engines.speech import Speaker, VoiceLibrary, fetch_voice, speech_file_name, voice_at
 from engines.transcription import Transcriber
 from tests.engines.test_transcription import word_error_rate
 
