@@ -92,9 +92,9 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge` when run as a script
 
-from bridge.commands import COMMANDS  # noqa: E402
-from bridge.protocol import CommandSpec  # noqa: E402
-from bridge.testing import DaemonProcess, free_port, tiny_htdemucs_repo  # noqa: E402
+from bridge.commands import COMMANDS
+from bridge.protocol import CommandSpec
+from bridge.testing import DaemonProcess, free_port, tiny_htdemucs_repo
 
 HOST = "127.0.0.1"
 CLASSES = ("containment", "poison", "cross", "flood", "lifecycle")

@@ -79,7 +79,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
-from bridge.testing import (  # noqa: E402
+from bridge.testing import (
     REFERENCE_WINDOW_SECONDS,
     bare_forward_ms,
     default_argument_htdemucs,
@@ -87,7 +87,7 @@ from bridge.testing import (  # noqa: E402
     released_htdemucs,
     released_htdemucs_repo,
 )
-from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator,  # noqa: E402
+from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, StreamingResampler, StreamingSeparator,
                                 stream_defaults)
 
 SAMPLE_RATE = 48000

@@ -106,7 +106,7 @@ class Router:
     ) -> None:
         self.config = config
         # Remote tiers with credentials configured, and the tasks each offers (a set: all tasks).
-        self.tasks = dict(available) if isinstance(available, dict) else {name: None for name in available}
+        self.tasks = dict(available) if isinstance(available, dict) else dict.fromkeys(available)
         self.available = set(self.tasks)
         # Per tier, whether it runs (task, model); absent: any model of a task it offers.
         self.models = dict(models or {})

@@ -87,7 +87,7 @@ def release_urls(variant: str) -> dict[str, str] | None:
         text = init.read_text(encoding="utf-8")
     except (PackageNotFoundError, OSError):
         return None
-    match = re.search(rf"^def {variant}_spec\(.*?(?=^def )", text, re.S | re.M)
+    match = re.search(rf"^def {variant}_spec\(.*?(?=^def )", text, re.DOTALL | re.MULTILINE)
     if match is None:
         return None
     urls = dict(re.findall(r'"(\w+)":\s*"(https://[^"]+\.pth)"', match.group(0)))
@@ -236,7 +236,7 @@ def load_openunmix(name: str, folder: Path | None = None, *, download: bool = Tr
 def _build_target(*, nb_bins: int, nb_channels: int, hidden_size: int, max_bin: int) -> torch.nn.Module:
     import torch
     from torch import nn
-    from torch.nn import functional as F  # noqa: N812
+    from torch.nn import functional as F
 
     class TargetNet(nn.Module):
         """One target's network, parameter for parameter the release's `OpenUnmix`: magnitude

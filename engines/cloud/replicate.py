@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes, urlencode, urlsplit
@@ -438,7 +438,7 @@ class ReplicateTier(Tier):
     def _create(self, plan: _Plan, clock: _Clock) -> tuple[dict[str, Any], str | None]:
         """The new prediction and its Preference-Applied header. A lost answer is reconciled
         against the listing before another POST, so one job never makes two predictions."""
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         in_doubt = False  # a POST may have made a prediction we have not seen
         attempt = 0
         try:
@@ -959,4 +959,4 @@ def _path(url: str) -> str:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -55,7 +55,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 from urllib.parse import urlencode
 
@@ -344,7 +344,7 @@ class FakeReplicate:
             return self._deliver(p, f"out.{fmt}", tone[:, None], MUSICGEN_SAMPLE_RATE, fmt)
         if p.model.kind == "stable_audio":
             seed = int(inputs.get("seed", -1))
-            rng = np.random.default_rng(zlib.crc32(str(inputs["prompt"]).encode()) + (seed if seed >= 0 else 0))
+            rng = np.random.default_rng(zlib.crc32(str(inputs["prompt"]).encode()) + (max(seed, 0)))
             frames = int(inputs.get("seconds_total", 8)) * STABLE_AUDIO_SAMPLE_RATE
             noise = (0.2 * rng.standard_normal((frames, 2))).astype(np.float32)
             url = self._deliver(p, "out.wav", noise, STABLE_AUDIO_SAMPLE_RATE, "wav")
@@ -495,7 +495,7 @@ class FakeReplicate:
         with self._lock:
             prediction = Prediction(
                 id=_prediction_id(), model=model, input=dict(body["input"]), webhook=body.get("webhook"),
-                created=self.now(), created_at=datetime.now(timezone.utc) + timedelta(seconds=self._offset),
+                created=self.now(), created_at=datetime.now(UTC) + timedelta(seconds=self._offset),
                 start_seconds=self.start_seconds, run_seconds=self.run_seconds, cancel_after=cancel_after,
             )
             self.predictions[prediction.id] = prediction
@@ -596,7 +596,7 @@ class FakeReplicate:
                 return self._problem(422, "content is required", "Input validation failed")
             data = await content.read()
             file_id = _prediction_id()
-            created = datetime.now(timezone.utc)
+            created = datetime.now(UTC)
             name = str(form.get("filename") or content.filename or "file")
             metadata = json.loads(str(form.get("metadata") or "{}"))
             stored = {

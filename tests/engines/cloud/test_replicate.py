@@ -21,7 +21,7 @@ import soundfile
 
 from bridge.errors import BadRequest, ConfigError, Forbidden, NotFound, Unavailable
 from engines.cloud.base import TierJob
-from engines.cloud.replicate import DEFAULT_MODELS, MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
+from engines.cloud.replicate import MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
 from tests.engines.cloud.fake_replicate import Fault, FakeReplicate, running_fake
 
 TOKEN = "r8_test_secret_token_0123456789"
