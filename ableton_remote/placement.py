@@ -74,7 +74,7 @@ def align_clip(clip: Any, timing: ClipTiming) -> list[str]:
     def attempt(what: str, action: Callable[[], None]) -> None:
         try:
             action()
-        except Exception as err:  # Live raises RuntimeError, ArgumentError...: report each
+        except Exception as err:  # noqa: BLE001 - Live raises RuntimeError, ArgumentError...: report each
             refused.append(f"{what}: {type(err).__name__}: {err}")
 
     if timing.warping is not None:
@@ -232,7 +232,7 @@ def place_stems(song: Any, target: ClipTarget, paths: Mapping[str, str]) -> Plac
                 clip = track.create_audio_clip(path, target.start_time)
             else:
                 clip = track.clip_slots[target.scene_index].create_audio_clip(path)
-        except Exception as err:  # Live raises RuntimeError, ArgumentError, IndexError...: report each
+        except Exception as err:  # noqa: BLE001 - Live raises RuntimeError, ArgumentError, IndexError...: report each
             report.failed.append((stem, f"{type(err).__name__}: {err}"))
             continue
         report.created.append(stem)

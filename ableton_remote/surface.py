@@ -99,7 +99,7 @@ def _guarded(method: Method) -> Method:
     def guarded(self: FlowstateSurface, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except Exception as err:  # the boundary with Live: report, keep Live running
+        except Exception as err:  # noqa: BLE001 - the boundary with Live: report, keep Live running
             self._log(f"internal error in {method.__name__}:\n{traceback.format_exc()}")
             self._show(f"internal error in {method.__name__}: {err} (details in Live's Log.txt)")
             return None
@@ -521,7 +521,7 @@ class FlowstateSurface(LiveSurface):
                 f"({LIVE_WITH_AUDIO_CLIP_IMPORT} have it): drag it in from the browser"
             )
             return
-        except Exception as err:  # Live refused the clip (its message says why); the file is kept
+        except Exception as err:  # noqa: BLE001 - Live refused the clip (its message says why); the file is kept
             self._log(f"generated '{track_name}' not placed: {traceback.format_exc()}")
             self._show(f"generated '{track_name}' not placed: {type(err).__name__}: {err} (the file: {path})")
             return

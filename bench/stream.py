@@ -225,7 +225,7 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
                     n = until - 1
                 engine.process(audios[k][:, fed:fed + n])
                 fed += n
-        except BaseException as err:  # reported by the main thread
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
             errors.append(err)
 
     threads_ = [threading.Thread(target=feed, args=(k,), name=f"bench-stream-{k}") for k in range(count)]

@@ -160,7 +160,7 @@ def _install_ableton(dest: Path | None) -> int:
     if spec is None or not spec.submodule_search_locations:
         print("flowstate: the ableton_remote package is not installed; reinstall flowstate-bridge", file=sys.stderr)
         return 1
-    source = Path(list(spec.submodule_search_locations)[0])
+    source = Path(next(iter(spec.submodule_search_locations)))
     target = folder / ABLETON_SCRIPT_NAME
     replaced = target.exists() or target.is_symlink()
     try:

@@ -206,7 +206,7 @@ class Daemon:
         await self._close_transports(closing)
         log.info("flowstate stopped")
 
-    async def _stop_jobs(self, timeout: float) -> None:
+    async def _stop_jobs(self, timeout: float) -> None:  # noqa: ASYNC109 (a thread's deadline: jobs.stop runs off the loop)
         """Let running jobs finish within the timeout; one still running goes back in the queue."""
         if self.jobs is not None:
             left = await self._off_loop(self.jobs.stop, timeout)

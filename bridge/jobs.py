@@ -1150,7 +1150,8 @@ class JobRunner:
                 _emit(self._publish, "job.canceled", job.id, origin)
         except BridgeError as err:
             log.warning("job %s (%s) failed: %s: %s", job.id, job.kind, err.code, err.message)
-            if self._record(context, "failed", lambda: self._store.fail(job.id, err.code, err.message)):
+            # F821 is wrong here: the lambda runs inside _record, while `err` is still bound.
+            if self._record(context, "failed", lambda: self._store.fail(job.id, err.code, err.message)):  # noqa: F821
                 _emit(self._publish, "job.failed", job.id, origin, code=err.code, message=err.message)
         except Exception as err:
             log.exception("job %s (%s) failed", job.id, job.kind)

@@ -602,8 +602,9 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
         audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
                               target_bandwidths=[2.2], num_filters=4, hidden_size=32, codebook_dim=32,
                               num_lstm_layers=1, audio_channels=1)
-        decoder = dict(vocab_size=2048, num_codebooks=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       ffn_dim=64, pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048)
+        decoder = {"vocab_size": 2048, "num_codebooks": 4, "hidden_size": 32, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048,
+                   "decoder_start_token_id": 2048}
         if melody:
             from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
                                       MusicgenMelodyForConditionalGeneration)

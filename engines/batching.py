@@ -165,7 +165,7 @@ class WindowBatcher:
         try:
             stacked = batch[0].window if len(batch) == 1 else torch.cat([s.window for s in batch], dim=0)
             outputs = list(forward(stacked))
-        except BaseException as err:  # handed to every member of the batch, then raised here
+        except BaseException as err:  # noqa: BLE001 - handed to every member of the batch, then raised here
             error = err
         finished = time.perf_counter()
         forward_ms = 1000.0 * (finished - started)

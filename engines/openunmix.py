@@ -140,7 +140,7 @@ def find_weights(name: str, folder: Path | None = None, *, download: bool = True
         if download:
             try:
                 return _download(urls, cache)
-            except Exception as err:  # offline: URLError and friends; a hash mismatch
+            except Exception as err:  # noqa: BLE001 - offline: URLError and friends; a hash mismatch
                 tried.append(f"the {PACKAGE} package's download: {type(err).__name__}: {err}")
     raise NotFound(f"model {name!r}: no Open-Unmix weights found; tried {'; '.join(tried)}. Fix: set "
                    f"models.openunmix_dir to a folder holding {variant}/ with "
@@ -184,7 +184,7 @@ def load_openunmix(name: str, folder: Path | None = None, *, download: bool = Tr
     import torch
 
     check_name(name)
-    variant, hidden_size = MODELS[name]
+    _variant, hidden_size = MODELS[name]
     paths = find_weights(name, folder, download=download)
     place = next(iter(paths.values())).parent
     separator_conf = _read_json(place / "separator.json") or {}

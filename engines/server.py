@@ -1012,7 +1012,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, err: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
+        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
         message = f"the server failed ({type(err).__name__}: {err}); its log has the traceback"
         return JSONResponse(error_body("internal", message), status_code=500)
 

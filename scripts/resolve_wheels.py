@@ -95,7 +95,7 @@ def resolve(platform: str, requirements: list[str], report: Path) -> dict[str, A
         )
         done = subprocess.run(
             [sys.executable, "-c", code, str(Path(__file__).resolve().parent), json.dumps(target["markers"]), *pip_args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
         )
     output = done.stdout
     chosen: dict[str, str] = {}

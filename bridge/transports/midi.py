@@ -635,5 +635,5 @@ def _close_ports(ports: list[_OpenPort]) -> None:
     for open_port in ports:
         try:
             open_port.port.close()
-        except Exception as err:  # one port failing to close must not keep the others open
+        except Exception as err:  # noqa: BLE001 - one port failing to close must not keep the others open
             log.warning("MIDI port %s did not close cleanly: %s", open_port.name, err)

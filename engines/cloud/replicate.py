@@ -548,7 +548,7 @@ class ReplicateTier(Tier):
             clock.logs(prediction.get("logs"))
             wait(delay, clock.tick)
             url = self._get_url(prediction)
-            prediction = self._call("GET", url, clock, lambda r: self._read_prediction(r, f"GET {_path(url)}"))
+            prediction = self._call("GET", url, clock, lambda r, url=url: self._read_prediction(r, f"GET {_path(url)}"))
             delay = min(delay * 2, self.poll_max_seconds)
         return prediction
 

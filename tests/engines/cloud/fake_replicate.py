@@ -474,7 +474,8 @@ class FakeReplicate:
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
-        while not self._closing.is_set() and time.monotonic() < end:
+        # ASYNC110: _closing is a threading.Event (set from the test's thread), not an asyncio one.
+        while not self._closing.is_set() and time.monotonic() < end:  # noqa: ASYNC110
             await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
     def _create(self, model: FakeModel, body: dict[str, Any], request: Request) -> Prediction | Response:
@@ -574,7 +575,7 @@ class FakeReplicate:
             after = request.query_params.get("created_after")
             offset = int(request.query_params.get("cursor", "0"))
             try:
-                since = datetime.fromisoformat(after.replace("Z", "+00:00")) if after else None
+                since = datetime.fromisoformat(after) if after else None
             except ValueError:
                 return self._problem(422, f"created_after {after!r} is not an ISO 8601 date-time", "Invalid query")
             with self._lock:
