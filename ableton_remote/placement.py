@@ -12,6 +12,7 @@ checked before use, because older Lives lack them.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -89,8 +90,7 @@ def align_clip(clip: Any, timing: ClipTiming) -> list[str]:
     for start_name, end_name in TIMING_RANGES:
         start, end = getattr(timing, start_name), getattr(timing, end_name)
         if start is not None and end is not None:
-            attempt(f"{start_name}/{end_name}", lambda s=start_name, e=end_name, a=start, b=end: _set_range(
-                clip, s, e, a, b))
+            attempt(f"{start_name}/{end_name}", functools.partial(_set_range, clip, start_name, end_name, start, end))
     return refused
 
 

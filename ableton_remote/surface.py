@@ -315,7 +315,7 @@ class FlowstateSurface(LiveSurface):
         self._link.request(
             "stream.set",
             [stem, float(gain_db)],
-            lambda args: self._show(f"{args[0]} {_number(args[1], 1)} dB"),
+            lambda args: self._show(f"{args[0]!s} {_number(args[1], 1)} dB"),
             self._stream_error(f"{stem} gain not set"),
             REQUEST_TIMEOUT_SECONDS,
         )
@@ -353,7 +353,7 @@ class FlowstateSurface(LiveSurface):
             self._log(f"the daemon at {self._link.where} is Flowstate {daemon_version}, as this script")
             return
         folder = os.path.dirname(os.path.abspath(__file__))
-        daemon = "too old to say its version" if daemon_version is None else f"Flowstate {daemon_version}"
+        daemon = "too old to say its version" if daemon_version is None else f"Flowstate {daemon_version!s}"
         text = (
             f"the script in {folder} is Flowstate {__version__}, the daemon at {self._link.where} is {daemon}: "
             "run `flowstate install-ableton` with the daemon's flowstate, then restart Live"
@@ -435,7 +435,7 @@ class FlowstateSurface(LiveSurface):
             self._next_register = time.monotonic() + RECONNECT_SECONDS
             self._told_offline = True
             reason = args[0] if args else "shutdown"
-            self._show(f"the daemon is stopping ({reason}); Flowstate reconnects when it is back (`flowstate up`)")
+            self._show(f"the daemon is stopping ({reason!s}); Flowstate reconnects when it is back (`flowstate up`)")
 
     def _on_job_event(self, name: str, args: tuple[OscArg, ...]) -> None:
         job_id = str(args[0]) if args else ""
@@ -462,7 +462,7 @@ class FlowstateSurface(LiveSurface):
             self._place(target, args[1] if len(args) > 1 else "")
         elif name == "job.failed":
             code, message = (list(args[1:]) + ["", ""])[:2]
-            self._show(f"separating '{target.clip_name}' failed: {code}: {message}")
+            self._show(f"separating '{target.clip_name}' failed: {code!s}: {message!s}")
         else:
             self._show(f"separating '{target.clip_name}' was canceled")
 
@@ -480,7 +480,7 @@ class FlowstateSurface(LiveSurface):
         self._percent.pop(job_id, None)
         if name == "job.failed":
             code, message = (list(args[1:]) + ["", ""])[:2]
-            self._show(f"generating '{label}' failed: {code}: {message}")
+            self._show(f"generating '{label}' failed: {code!s}: {message!s}")
         elif name == "job.canceled":
             self._show(f"generating '{label}' was canceled")
 
