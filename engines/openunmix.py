@@ -286,6 +286,7 @@ def _build_separator(nets: dict[str, torch.nn.Module], n_fft: int, hop: int) -> 
         samplerate = SAMPLE_RATE
         audio_channels = 2
         segment = SEGMENT_SECONDS
+        window: torch.Tensor  # the Hann window, a buffer registered in __init__
 
         def __init__(self, nets: dict[str, nn.Module]) -> None:
             super().__init__()

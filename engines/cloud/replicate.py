@@ -361,7 +361,8 @@ class ReplicateTier(Tier):
         result = TierResult(tier=self.name)
         result.outputs, result.data = self._finish(job, plan, prediction, clock)
         result.seconds = time.monotonic() - clock.started
-        metrics = prediction.get("metrics") if isinstance(prediction.get("metrics"), dict) else {}
+        given = prediction.get("metrics")
+        metrics = given if isinstance(given, dict) else {}
         predict_time = metrics.get("predict_time")
         price = self.price_per_second.get(ref.slug or "")
         if isinstance(predict_time, (int, float)) and price is not None:
@@ -479,9 +480,10 @@ class ReplicateTier(Tier):
         for _ in range(RECONCILE_PAGES):
             page = self._call("GET", url, clock, self._read_page, params=params)
             ours += [p for p in page["results"] if self._is_ours(p, plan)]
-            url, params = page.get("next"), None
-            if not isinstance(url, str) or _origin(url) != self._origin:
+            next_url, params = page.get("next"), None
+            if not isinstance(next_url, str) or _origin(next_url) != self._origin:
                 break
+            url = next_url
         if not ours:
             log.info("%s: no prediction from the lost create is listed", self.name)
             return None
@@ -548,7 +550,8 @@ class ReplicateTier(Tier):
             clock.logs(prediction.get("logs"))
             wait(delay, clock.tick)
             url = self._get_url(prediction)
-            prediction = self._call("GET", url, clock, lambda r, url=url: self._read_prediction(r, f"GET {_path(url)}"))
+            # B023: _call runs the lambda before this iteration ends.
+            prediction = self._call("GET", url, clock, lambda r: self._read_prediction(r, f"GET {_path(url)}"))  # noqa: B023
             delay = min(delay * 2, self.poll_max_seconds)
         return prediction
 
