@@ -418,7 +418,7 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
     from bridge.tasks import job_handlers
 
     # Files named on the command line are the user's own choice: their folders are allowed too.
-    roots = [*config.paths.roots, *(Path(r["path"]).parent for r in requests)]
+    roots = [*(config.paths.roots or ()), *(Path(r["path"]).parent for r in requests)]
     roots += [Path(r["out_dir"]).expanduser().absolute() for r in requests if r["out_dir"]]
     paths = PathPolicy(roots)
     labels: dict[str, str] = {}

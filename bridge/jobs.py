@@ -623,7 +623,7 @@ def partial_path(path: Path) -> Path:
     return path.with_name(partial_name(path.name))
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Write a file so that `path` is either absent/old or complete, never half-written.
 
     `write(tmp)` must create the file `tmp` (same folder, same suffix). It is flushed to disk and

@@ -305,7 +305,8 @@ def run_routed(
         plan = router.plan(task, model, units, args.get("deadline_seconds"), realtime=realtime)
     failures: list[str] = []
     errors: list[BridgeError] = []
-    for decision in plan or [None]:
+    attempts: list[Decision | None] = [*plan] if plan else [None]  # None: run it here
+    for decision in attempts:
         tier = LOCAL if decision is None else decision.tier
         if decision is not None:
             ctx.set_route({**decision.to_dict(), "failed": list(failures)})

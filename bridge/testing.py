@@ -496,7 +496,8 @@ def describe_htdemucs(model: Any) -> str:
     released = ", ".join(f"{k}={float(v) if isinstance(v, Fraction) else v}"
                          for k, v in RELEASED_HTDEMUCS_KWARGS.items() if k != "sources")
     millions = f"{parameter_count(model) / 1e6:.2f} M parameters"
-    _, kwargs = getattr(model, "_init_args_kwargs", ((), {}))
+    init: tuple[Any, dict[str, Any]] = getattr(model, "_init_args_kwargs", ((), {}))
+    _, kwargs = init
     if all(kwargs.get(k) == v for k, v in RELEASED_HTDEMUCS_KWARGS.items()):
         return f"released htdemucs architecture (bridge.testing.RELEASED_HTDEMUCS_KWARGS: {released}), {millions}"
     if set(kwargs) == {"sources"}:
@@ -591,7 +592,7 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
     import json
 
     import torch
-    from transformers import EncodecConfig, T5Config, T5Tokenizer
+    from transformers import EncodecConfig, PretrainedConfig, PreTrainedModel, T5Config, T5Tokenizer
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -602,9 +603,12 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
         audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
                               target_bandwidths=[2.2], num_filters=4, hidden_size=32, codebook_dim=32,
                               num_lstm_layers=1, audio_channels=1)
-        decoder = {"vocab_size": 2048, "num_codebooks": 4, "hidden_size": 32, "num_hidden_layers": 1,
-                   "num_attention_heads": 2, "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048,
-                   "decoder_start_token_id": 2048}
+        decoder: dict[str, Any] = {
+            "vocab_size": 2048, "num_codebooks": 4, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048, "decoder_start_token_id": 2048,
+        }
+        config: PretrainedConfig
+        model: PreTrainedModel
         if melody:
             from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
                                       MusicgenMelodyForConditionalGeneration)
@@ -622,7 +626,8 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
             model = MusicgenForConditionalGeneration(config)
         # A fresh EnCodec's codebooks are zeros (real ones are learned), so every token would decode
         # to the same sound; random codebooks make the audio depend on what was sampled.
-        for layer in model.audio_encoder.quantizer.layers:
+        # nn.Module types the submodules it does not declare as Tensor | Module.
+        for layer in model.audio_encoder.quantizer.layers:  # type: ignore[union-attr]
             torch.nn.init.normal_(layer.codebook.embed)
             layer.codebook.embed_avg.copy_(layer.codebook.embed)
             layer.codebook.cluster_size.fill_(1.0)
@@ -684,6 +689,8 @@ def build_tiny_stable_audio(folder: Path, seed: int = 0, sample_size: int = 1024
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=128)
     projection = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=conditioning, min_value=0,
                                             max_value=64)
-    StableAudioPipeline(vae=vae, text_encoder=text, projection_model=projection, tokenizer=tokenizer,
-                        transformer=transformer, scheduler=scheduler).save_pretrained(folder)
+    pipeline = StableAudioPipeline(vae=vae, text_encoder=text, projection_model=projection, tokenizer=tokenizer,
+                                   transformer=transformer, scheduler=scheduler)
+    # diffusers' __init__ shows type checkers its dummy placeholder class, which lacks save_pretrained.
+    pipeline.save_pretrained(folder)  # type: ignore[attr-defined]
     return Path(folder)

@@ -155,7 +155,7 @@ def compile_mapping(mapping: MidiMapping, index: int = 0) -> Binding:
 def _value_range(mapping: MidiMapping, command: str, args: Mapping[str, Any]) -> tuple[float, float, bool]:
     """(low, high, integer) for a cc mapping's value_arg: its range, else the argument's min/max."""
     name = mapping.value_arg
-    arg = args.get(name)
+    arg = args.get(name) if name is not None else None
     if arg is None:
         allowed = ", ".join(sorted(args)) or "none"
         raise ValueError(f"value_arg to name an argument of {command} ({allowed}), got '{name}'")
