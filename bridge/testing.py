@@ -592,7 +592,7 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
     import json
 
     import torch
-    from transformers import EncodecConfig, PretrainedConfig, PreTrainedModel, T5Config, T5Tokenizer
+    from transformers import EncodecConfig, T5Config, T5Tokenizer
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -603,12 +603,9 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
         audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
                               target_bandwidths=[2.2], num_filters=4, hidden_size=32, codebook_dim=32,
                               num_lstm_layers=1, audio_channels=1)
-        decoder: dict[str, Any] = {
-            "vocab_size": 2048, "num_codebooks": 4, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048, "decoder_start_token_id": 2048,
-        }
-        config: PretrainedConfig
-        model: PreTrainedModel
+        decoder = {"vocab_size": 2048, "num_codebooks": 4, "hidden_size": 32, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048,
+                   "decoder_start_token_id": 2048}
         if melody:
             from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
                                       MusicgenMelodyForConditionalGeneration)
@@ -626,8 +623,7 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
             model = MusicgenForConditionalGeneration(config)
         # A fresh EnCodec's codebooks are zeros (real ones are learned), so every token would decode
         # to the same sound; random codebooks make the audio depend on what was sampled.
-        # nn.Module types the submodules it does not declare as Tensor | Module.
-        for layer in model.audio_encoder.quantizer.layers:  # type: ignore[union-attr]
+        for layer in model.audio_encoder.quantizer.layers:
             torch.nn.init.normal_(layer.codebook.embed)
             layer.codebook.embed_avg.copy_(layer.codebook.embed)
             layer.codebook.cluster_size.fill_(1.0)
@@ -689,8 +685,6 @@ def build_tiny_stable_audio(folder: Path, seed: int = 0, sample_size: int = 1024
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=128)
     projection = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=conditioning, min_value=0,
                                             max_value=64)
-    pipeline = StableAudioPipeline(vae=vae, text_encoder=text, projection_model=projection, tokenizer=tokenizer,
-                                   transformer=transformer, scheduler=scheduler)
-    # diffusers' __init__ shows type checkers its dummy placeholder class, which lacks save_pretrained.
-    pipeline.save_pretrained(folder)  # type: ignore[attr-defined]
+    StableAudioPipeline(vae=vae, text_encoder=text, projection_model=projection, tokenizer=tokenizer,
+                        transformer=transformer, scheduler=scheduler).save_pretrained(folder)
     return Path(folder)
