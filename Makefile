@@ -14,7 +14,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 run: setup
 	$(BIN)/flowstate up --config config.yaml
 
-# The linter and the type checker first (seconds), then the suite.
+# The linter and the type checker first (under half a minute from a cold cache), then the suite.
 test: setup test-plugins lint
 	$(BIN)/python -m pytest
 
