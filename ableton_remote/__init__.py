@@ -36,7 +36,7 @@ def create_instance(c_instance: Any) -> Any:
         from .surface import FlowstateSurface
 
         return FlowstateSurface(c_instance)
-    except Exception:  # the boundary with Live: report, never raise into it
+    except Exception:  # noqa: BLE001 - the boundary with Live: report, never raise into it
         return FailedSurface(c_instance, traceback.format_exc())
 
 

@@ -200,7 +200,7 @@ class DaemonLink:
             if pending is not None:
                 pending.on_error(str(code), str(text))
             else:
-                self.log(f"daemon error for {failed or 'a packet'}: {code}: {text}")
+                self.log(f"daemon error for {(failed or 'a packet')!s}: {code!s}: {text!s}")
 
     def _pop(self, address: str) -> _Pending | None:
         queue = self._pending.get(address)

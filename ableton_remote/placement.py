@@ -12,6 +12,7 @@ checked before use, because older Lives lack them.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -74,7 +75,7 @@ def align_clip(clip: Any, timing: ClipTiming) -> list[str]:
     def attempt(what: str, action: Callable[[], None]) -> None:
         try:
             action()
-        except Exception as err:  # Live raises RuntimeError, ArgumentError...: report each
+        except Exception as err:  # noqa: BLE001 - Live raises RuntimeError, ArgumentError...: report each
             refused.append(f"{what}: {type(err).__name__}: {err}")
 
     if timing.warping is not None:
@@ -89,8 +90,7 @@ def align_clip(clip: Any, timing: ClipTiming) -> list[str]:
     for start_name, end_name in TIMING_RANGES:
         start, end = getattr(timing, start_name), getattr(timing, end_name)
         if start is not None and end is not None:
-            attempt(f"{start_name}/{end_name}", lambda s=start_name, e=end_name, a=start, b=end: _set_range(
-                clip, s, e, a, b))
+            attempt(f"{start_name}/{end_name}", functools.partial(_set_range, clip, start_name, end_name, start, end))
     return refused
 
 
@@ -232,7 +232,7 @@ def place_stems(song: Any, target: ClipTarget, paths: Mapping[str, str]) -> Plac
                 clip = track.create_audio_clip(path, target.start_time)
             else:
                 clip = track.clip_slots[target.scene_index].create_audio_clip(path)
-        except Exception as err:  # Live raises RuntimeError, ArgumentError, IndexError...: report each
+        except Exception as err:  # noqa: BLE001 - Live raises RuntimeError, ArgumentError, IndexError...: report each
             report.failed.append((stem, f"{type(err).__name__}: {err}"))
             continue
         report.created.append(stem)

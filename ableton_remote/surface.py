@@ -99,7 +99,7 @@ def _guarded(method: Method) -> Method:
     def guarded(self: FlowstateSurface, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except Exception as err:  # the boundary with Live: report, keep Live running
+        except Exception as err:  # noqa: BLE001 - the boundary with Live: report, keep Live running
             self._log(f"internal error in {method.__name__}:\n{traceback.format_exc()}")
             self._show(f"internal error in {method.__name__}: {err} (details in Live's Log.txt)")
             return None
@@ -315,7 +315,7 @@ class FlowstateSurface(LiveSurface):
         self._link.request(
             "stream.set",
             [stem, float(gain_db)],
-            lambda args: self._show(f"{args[0]} {_number(args[1], 1)} dB"),
+            lambda args: self._show(f"{args[0]!s} {_number(args[1], 1)} dB"),
             self._stream_error(f"{stem} gain not set"),
             REQUEST_TIMEOUT_SECONDS,
         )
@@ -353,7 +353,7 @@ class FlowstateSurface(LiveSurface):
             self._log(f"the daemon at {self._link.where} is Flowstate {daemon_version}, as this script")
             return
         folder = os.path.dirname(os.path.abspath(__file__))
-        daemon = "too old to say its version" if daemon_version is None else f"Flowstate {daemon_version}"
+        daemon = "too old to say its version" if daemon_version is None else f"Flowstate {daemon_version!s}"
         text = (
             f"the script in {folder} is Flowstate {__version__}, the daemon at {self._link.where} is {daemon}: "
             "run `flowstate install-ableton` with the daemon's flowstate, then restart Live"
@@ -435,7 +435,7 @@ class FlowstateSurface(LiveSurface):
             self._next_register = time.monotonic() + RECONNECT_SECONDS
             self._told_offline = True
             reason = args[0] if args else "shutdown"
-            self._show(f"the daemon is stopping ({reason}); Flowstate reconnects when it is back (`flowstate up`)")
+            self._show(f"the daemon is stopping ({reason!s}); Flowstate reconnects when it is back (`flowstate up`)")
 
     def _on_job_event(self, name: str, args: tuple[OscArg, ...]) -> None:
         job_id = str(args[0]) if args else ""
@@ -462,7 +462,7 @@ class FlowstateSurface(LiveSurface):
             self._place(target, args[1] if len(args) > 1 else "")
         elif name == "job.failed":
             code, message = (list(args[1:]) + ["", ""])[:2]
-            self._show(f"separating '{target.clip_name}' failed: {code}: {message}")
+            self._show(f"separating '{target.clip_name}' failed: {code!s}: {message!s}")
         else:
             self._show(f"separating '{target.clip_name}' was canceled")
 
@@ -480,7 +480,7 @@ class FlowstateSurface(LiveSurface):
         self._percent.pop(job_id, None)
         if name == "job.failed":
             code, message = (list(args[1:]) + ["", ""])[:2]
-            self._show(f"generating '{label}' failed: {code}: {message}")
+            self._show(f"generating '{label}' failed: {code!s}: {message!s}")
         elif name == "job.canceled":
             self._show(f"generating '{label}' was canceled")
 
@@ -521,7 +521,7 @@ class FlowstateSurface(LiveSurface):
                 f"({LIVE_WITH_AUDIO_CLIP_IMPORT} have it): drag it in from the browser"
             )
             return
-        except Exception as err:  # Live refused the clip (its message says why); the file is kept
+        except Exception as err:  # noqa: BLE001 - Live refused the clip (its message says why); the file is kept
             self._log(f"generated '{track_name}' not placed: {traceback.format_exc()}")
             self._show(f"generated '{track_name}' not placed: {type(err).__name__}: {err} (the file: {path})")
             return

@@ -92,9 +92,9 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge` when run as a script
 
-from bridge.commands import COMMANDS  # noqa: E402
-from bridge.protocol import CommandSpec  # noqa: E402
-from bridge.testing import DaemonProcess, free_port, tiny_htdemucs_repo  # noqa: E402
+from bridge.commands import COMMANDS
+from bridge.protocol import CommandSpec
+from bridge.testing import DaemonProcess, free_port, tiny_htdemucs_repo
 
 HOST = "127.0.0.1"
 CLASSES = ("containment", "poison", "cross", "flood", "lifecycle")
@@ -448,7 +448,7 @@ def osc_outcome(packet: bytes) -> tuple[str, str] | None:
     """(kind, detail) of an OSC answer: ('sentinel', ''), ('error', code) or ('ok', address)."""
     try:
         message = OscMessage(packet)
-    except Exception:  # a reply we cannot parse is the daemon's bug, but still an answer
+    except Exception:  # noqa: BLE001 - a reply we cannot parse is the daemon's bug, but still an answer
         return ("ok", "unparsable")
     if message.address == "/flow/reply/ping":
         return ("sentinel", "")
@@ -1273,7 +1273,7 @@ def osc_poison(rng: random.Random, specs: list[CommandSpec]) -> Iterator[tuple[s
                 args.append(rng.choice(OSC_VALUES))  # one too many
             try:
                 packet = osc_message(spec.osc_address, args)
-            except Exception:  # python-osc refuses to build some values (e.g. a 64-bit int as 'i')
+            except Exception:  # noqa: BLE001 - python-osc refuses to build some values (e.g. a 64-bit int as 'i')
                 packet = valid + b"\0"
         elif kind == "oversize":
             packet = osc_message(spec.osc_address, [("s", "x" * rng.choice((17000, 40000, 65000)))])
@@ -2089,7 +2089,7 @@ def run_lifecycle(rig: Rig, rows: dict[tuple[str, str], Row], short: bool) -> No
         row = row_for(rows, "lifecycle", name)
         try:
             check(row)
-        except Exception as err:  # the daemon misbehaved in a way this check did not foresee: a failed row
+        except Exception as err:  # noqa: BLE001 - the daemon misbehaved in a way this check did not foresee: a failed row
             row.ok = False
             row.note(f"the check itself broke: {type(err).__name__}: {err}")
             progress(f"lifecycle / {name}: {type(err).__name__}: {err}")
@@ -2201,7 +2201,7 @@ def _sigterm(rig: Rig, row: Row, stops: int) -> None:
         first = wire.call("stems.separate", {"path": str(long_song)}).get("result", {}).get("id")
         queued = [wire.call("stems.separate", {"path": str(write_wav(daemon.root / f"q{i}" / "s.wav", 1.0, seed=i))})
                   .get("result", {}).get("id") for i in range(2 + stops)]
-        for stop in range(stops):
+        for _ in range(stops):
             _wait_running(wire, first)
             load = rig.context.socket(zmq.DEALER)
             load.setsockopt(zmq.LINGER, 0)
@@ -2553,7 +2553,7 @@ def main() -> None:
                if complete and total < MIN_INPUTS_PER_WIRE]
     print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all rows clean'} ({time.monotonic() - started:.0f} s)")
     print(json.dumps({"bench": "abuse", "short": options.short, "seed": options.seed,
-                      "rows": [{k: v for k, v in asdict(row).items()} for row in rows], "inputs_per_wire": totals,
+                      "rows": [asdict(row) for row in rows], "inputs_per_wire": totals,
                       "failed": failed}))
     sys.exit(1 if failed else 0)
 

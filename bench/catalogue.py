@@ -53,7 +53,7 @@ def main() -> int:
         ours = row.get("daemon_s", row.get("engine_s"))
         direct = row.get("direct_s")
         ratio = row.get("ratio")
-        print(f"{row.get('engine', row['part']):<12} {str(row.get('what', '')):<48} "
+        print(f"{row.get('engine', row['part']):<12} {row.get('what', '')!s:<48} "
               f"{_fmt(ours):>9} {_fmt(direct):>9} {_fmt(ratio, 3):>6}")
         extra = {k: v for k, v in row.items() if k not in ("part", "engine", "what", "daemon_s", "engine_s",
                                                            "direct_s", "ratio")}

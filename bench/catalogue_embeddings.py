@@ -50,8 +50,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess  # noqa: E402
+from bridge.client import Client
+from bridge.testing import DaemonProcess
 
 RATE = 22050
 TARGET_RATIO = 1.05

@@ -39,8 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines`, `tests` when run as a script
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess  # noqa: E402
+from bridge.client import Client
+from bridge.testing import DaemonProcess
 
 PROMPT = "lofi electric piano chords, warm, dusty, mellow"
 SEED = 1234

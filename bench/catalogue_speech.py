@@ -41,8 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess, espeak_speech  # noqa: E402
+from bridge.client import Client
+from bridge.testing import DaemonProcess, espeak_speech
 
 TARGET_RATIO = 1.05
 SAMPLE_RATE = 48000

@@ -35,9 +35,9 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines`, `bench` as a script
 
-from bench.separate import SAMPLE_RATE, SUBTYPE, build_repo, music, process_memory_mb, settled_rss_mb  # noqa: E402
-from bridge.client import Client  # noqa: E402
-from bridge.testing import DaemonProcess, describe_htdemucs, tiny_htdemucs_repo  # noqa: E402
+from bench.separate import SAMPLE_RATE, SUBTYPE, build_repo, music, process_memory_mb, settled_rss_mb
+from bridge.client import Client
+from bridge.testing import DaemonProcess, describe_htdemucs, tiny_htdemucs_repo
 
 TARGET_GROWTH = 1.10
 

@@ -73,8 +73,8 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
-from bridge.client import Client  # noqa: E402
-from bridge.testing import (  # noqa: E402
+from bridge.client import Client
+from bridge.testing import (
     REFERENCE_WINDOW_SECONDS,
     DaemonProcess,
     bare_forward_ms,

@@ -79,7 +79,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
-from bridge.testing import (  # noqa: E402
+from bridge.testing import (
     REFERENCE_WINDOW_SECONDS,
     bare_forward_ms,
     default_argument_htdemucs,
@@ -226,7 +226,7 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
                     n = until - 1
                 engine.process(audios[k][:, fed:fed + n])
                 fed += n
-        except BaseException as err:  # reported by the main thread
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
             errors.append(err)
 
     threads_ = [threading.Thread(target=feed, args=(k,), name=f"bench-stream-{k}") for k in range(count)]

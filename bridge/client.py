@@ -86,7 +86,7 @@ class Client:
     def __init__(self, endpoint: str, timeout_seconds: float = 5.0) -> None:
         self.endpoint = endpoint
         self.timeout_ms = int(timeout_seconds * 1000)
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(endpoint)

@@ -747,8 +747,7 @@ def _env_key_path(variable: str) -> tuple[str, ...]:
                 path.append(name)
                 rest = rest[len(name) + 1 :]
                 annotation = model.model_fields[name].annotation
-                is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-                model = annotation if is_model else None
+                model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
                 break
         else:
             break

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import zmq
 
@@ -206,7 +206,7 @@ class Daemon:
         await self._close_transports(closing)
         log.info("flowstate stopped")
 
-    async def _stop_jobs(self, timeout: float) -> None:
+    async def _stop_jobs(self, timeout: float) -> None:  # noqa: ASYNC109 (a thread's deadline: jobs.stop runs off the loop)
         """Let running jobs finish within the timeout; one still running goes back in the queue."""
         if self.jobs is not None:
             left = await self._off_loop(self.jobs.stop, timeout)
@@ -294,11 +294,12 @@ class Daemon:
         except Exception as err:
             log.exception("%s failed", spec.name)
             return Reply(spec.name, error=_internal(spec, err), spec=spec)
-        return Reply(spec.name, result=result, spec=spec)
+        # Not is_async: the handler returned its result, not an awaitable.
+        return Reply(spec.name, result=cast(dict[str, Any], result), spec=spec)
 
     async def _run_async(self, spec: CommandSpec, ctx: CallContext, kwargs: dict[str, Any], respond: Respond) -> None:
         try:
-            result = await spec.handler(ctx, **kwargs)
+            result = await cast(Awaitable[dict[str, Any]], spec.handler(ctx, **kwargs))  # is_async
         except asyncio.CancelledError:
             respond(Reply(spec.name, error=Unavailable(f"{spec.name} was cancelled: the daemon is shutting down"), spec=spec))
             raise
@@ -391,8 +392,8 @@ def watch_stop_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], No
 
     previous: dict[int, Any] = {}
     try:
-        for signum in STOP_SIGNALS:
-            previous[signum] = signal.signal(signum, handler)
+        for number in STOP_SIGNALS:
+            previous[number] = signal.signal(number, handler)
     except ValueError as err:  # not the main thread
         log.warning("stop signals are not watched (%s): stop the daemon with its owner's means", err)
     else:

@@ -178,7 +178,7 @@ def _jack() -> Iterator[Check]:
         return
     env = {**os.environ, "JACK_NO_START_SERVER": "1"}
     try:
-        done = subprocess.run([jack_lsp], capture_output=True, text=True, timeout=5, env=env)
+        done = subprocess.run([jack_lsp], capture_output=True, text=True, timeout=5, env=env, check=False)
     except subprocess.TimeoutExpired:
         yield Check("jack", WARN, "jack_lsp did not answer within 5 s")
         return

@@ -428,7 +428,7 @@ def open_folder(
     command: str,
     *,
     create: bool = False,
-    on_create: Callable[[Path], None] | None = None,
+    on_create: Callable[[Path], object] | None = None,
     opened_root: Path | None = None,
     dir_fd: bool = DIR_FD_SUPPORTED,
 ) -> Folder:
@@ -466,7 +466,7 @@ def open_folder(
 
 def _open_child(
     parent: int, name: str, path: Path, root: Path, command: str, create: bool,
-    on_create: Callable[[Path], None] | None,
+    on_create: Callable[[Path], object] | None,
 ) -> int:
     """The handle of `name` in the folder `parent` (closed here, even on failure)."""
     flags = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
@@ -501,7 +501,7 @@ def _open_child(
 
 def _walk_checked(
     root: Path, opened_root: Path, parts: tuple[str, ...], command: str, *, create: bool,
-    on_create: Callable[[Path], None] | None,
+    on_create: Callable[[Path], object] | None,
 ) -> None:
     """Fallback without handles: each folder below the root must be a real folder, not a link."""
     shown, here = root, opened_root

@@ -623,7 +623,7 @@ def partial_path(path: Path) -> Path:
     return path.with_name(partial_name(path.name))
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Write a file so that `path` is either absent/old or complete, never half-written.
 
     `write(tmp)` must create the file `tmp` (same folder, same suffix). It is flushed to disk and
@@ -1150,7 +1150,8 @@ class JobRunner:
                 _emit(self._publish, "job.canceled", job.id, origin)
         except BridgeError as err:
             log.warning("job %s (%s) failed: %s: %s", job.id, job.kind, err.code, err.message)
-            if self._record(context, "failed", lambda: self._store.fail(job.id, err.code, err.message)):
+            # F821 is wrong here: the lambda runs inside _record, while `err` is still bound.
+            if self._record(context, "failed", lambda: self._store.fail(job.id, err.code, err.message)):  # noqa: F821
                 _emit(self._publish, "job.failed", job.id, origin, code=err.code, message=err.message)
         except Exception as err:
             log.exception("job %s (%s) failed", job.id, job.kind)

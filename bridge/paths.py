@@ -90,7 +90,8 @@ class PathPolicy:
             config.transcribe.local_dir, config.tts.voices_dir, config.samples.model_dir,
         ]
         return cls(
-            config.paths.roots,
+            # None only in a hand-built config that load_config did not resolve: no roots (all forbidden).
+            config.paths.roots or (),
             max_name_bytes=config.paths.max_name_bytes,
             max_path_chars=config.paths.max_path_chars,
             model_dirs=[folder for folder in folders if folder is not None],

@@ -365,8 +365,12 @@ class Event:
 class Origin(Protocol):
     """Where a request came from; able to receive that requester's events."""
 
-    transport: str
-    host: str
+    # Read-only: a frozen dataclass (MidiOrigin) is an origin too.
+    @property
+    def transport(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
 
     @property
     def key(self) -> tuple[Any, ...]:

@@ -106,7 +106,7 @@ class Router:
     ) -> None:
         self.config = config
         # Remote tiers with credentials configured, and the tasks each offers (a set: all tasks).
-        self.tasks = dict(available) if isinstance(available, dict) else {name: None for name in available}
+        self.tasks = dict(available) if isinstance(available, dict) else dict.fromkeys(available)
         self.available = set(self.tasks)
         # Per tier, whether it runs (task, model); absent: any model of a task it offers.
         self.models = dict(models or {})
@@ -332,7 +332,8 @@ def run_routed(
                               "a job now (circuit open after failures, or over router.monthly_budget_usd)")
     failures: list[str] = []
     errors: list[BridgeError] = []
-    for decision in plan or [None]:
+    attempts: list[Decision | None] = [*plan] if plan else [None]  # None: run it here
+    for decision in attempts:
         tier = LOCAL if decision is None else decision.tier
         if decision is not None:
             ctx.set_route({**decision.to_dict(), "failed": list(failures)})

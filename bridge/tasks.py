@@ -51,14 +51,14 @@ def job_handlers(
     """
     from bridge import generate, separate
 
+    # The lyrics chain (transcribe stem=vocals) reuses the warm separation engine of stems.separate.
+    separator = separate.SeparateJob(config, paths, router, tiers)
     handlers: dict[str, JobHandler] = {
-        separate.KIND: separate.SeparateJob(config, paths, router, tiers),
+        separate.KIND: separator,
         generate.KIND: generate.GenerateJob(config, paths, router, tiers),
     }
     from bridge import speech, transcribe
 
-    # The lyrics chain (transcribe stem=vocals) reuses the warm separation engine of stems.separate.
-    separator = handlers[separate.KIND]
     handlers[transcribe.KIND] = transcribe.TranscribeJob(config, paths, router, tiers, separator=separator)
     handlers[speech.KIND] = speech.SpeechJob(config, paths, router, tiers)
     from bridge import voice

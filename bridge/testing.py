@@ -496,7 +496,8 @@ def describe_htdemucs(model: Any) -> str:
     released = ", ".join(f"{k}={float(v) if isinstance(v, Fraction) else v}"
                          for k, v in RELEASED_HTDEMUCS_KWARGS.items() if k != "sources")
     millions = f"{parameter_count(model) / 1e6:.2f} M parameters"
-    _, kwargs = getattr(model, "_init_args_kwargs", ((), {}))
+    init: tuple[Any, dict[str, Any]] = getattr(model, "_init_args_kwargs", ((), {}))
+    _, kwargs = init
     if all(kwargs.get(k) == v for k, v in RELEASED_HTDEMUCS_KWARGS.items()):
         return f"released htdemucs architecture (bridge.testing.RELEASED_HTDEMUCS_KWARGS: {released}), {millions}"
     if set(kwargs) == {"sources"}:
@@ -602,8 +603,9 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
         audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
                               target_bandwidths=[2.2], num_filters=4, hidden_size=32, codebook_dim=32,
                               num_lstm_layers=1, audio_channels=1)
-        decoder = dict(vocab_size=2048, num_codebooks=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       ffn_dim=64, pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048)
+        decoder = {"vocab_size": 2048, "num_codebooks": 4, "hidden_size": 32, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048,
+                   "decoder_start_token_id": 2048}
         if melody:
             from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
                                       MusicgenMelodyForConditionalGeneration)

@@ -231,7 +231,7 @@ class TranscribeJob(EngineJob):
                 ctx.check_cancelled()
                 target = ctx.register_output(folder.path / f"{base}.{fmt}", folder.anchor)
                 data = render[fmt](transcript.segments).encode("utf-8")
-                folder.write_atomic(f"{base}.{fmt}", lambda file, data=data: file.write(data))
+                folder.write_atomic(f"{base}.{fmt}", lambda file: file.write(data))  # noqa: B023 (called at once)
                 written[fmt] = str(target)
         ctx.progress(1.0, stage="writing")
         return written

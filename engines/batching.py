@@ -165,7 +165,7 @@ class WindowBatcher:
         try:
             stacked = batch[0].window if len(batch) == 1 else torch.cat([s.window for s in batch], dim=0)
             outputs = list(forward(stacked))
-        except BaseException as err:  # handed to every member of the batch, then raised here
+        except BaseException as err:  # noqa: BLE001 - handed to every member of the batch, then raised here
             error = err
         finished = time.perf_counter()
         forward_ms = 1000.0 * (finished - started)
@@ -177,9 +177,9 @@ class WindowBatcher:
                 else:
                     waiting.result = BatchResult([out[index:index + 1] for out in outputs], len(batch), forward_ms,
                                                  1000.0 * (started - waiting.submitted))
-                state = self._members.get(waiting.member)
-                if state is not None:
-                    state.pending = False
+                member_state = self._members.get(waiting.member)
+                if member_state is not None:
+                    member_state.pending = False
                     state.last_seen = finished  # served: its next window may come at once (catching up)
             self._busy = False
             self._free_since = finished

@@ -408,7 +408,9 @@ def _build_vst3(
     except (ImportError, ValueError, RuntimeError) as err:
         raise Unavailable(f"{where}.vst3: {str(path)!r} could not be loaded: {err}") from err
     if not plugin.is_effect:
-        raise BadRequest(f"{where}.vst3: {plugin.name!r} at {str(path)!r} is an instrument, not an audio effect")
+        # pedalboard's stub declares `name` on VST3Plugin and AudioUnitPlugin, not on their base ExternalPlugin.
+        name_shown = plugin.name  # type: ignore[attr-defined]
+        raise BadRequest(f"{where}.vst3: {name_shown!r} at {str(path)!r} is an instrument, not an audio effect")
     return _Vst3Effect(name, path, plugin)
 
 

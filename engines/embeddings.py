@@ -154,8 +154,11 @@ class TextEmbedder(Engine):
         model.eval()
         self._model = model
         self.source = attempt
-        self._dimension = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
-                              else model.get_sentence_embedding_dimension())
+        dimension = (model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
+                     else model.get_sentence_embedding_dimension())
+        if dimension is None:  # sentence-transformers finds no module that states its output width
+            raise Unavailable(f"embeddings: {self.model_name} does not state its embedding dimension")
+        self._dimension = int(dimension)
         log.info("embeddings: %s loaded from %s (%d dimensions, %s)", self.model_name, attempt.describe(),
                  self._dimension, self.device)
 

@@ -70,7 +70,7 @@ class GenerationRequest:
         melody = self.melody
         if melody is not None and (melody.ndim != 2 or melody.shape[1] == 0 or self.melody_sample_rate <= 0):
             raise BadRequest(f"melody: expected (channels, frames) audio with a sample rate, got shape "
-                             f"{self.melody.shape} at {self.melody_sample_rate} Hz")
+                             f"{melody.shape} at {self.melody_sample_rate} Hz")
         if self.steps is not None and not 1 <= self.steps <= 1000:
             raise BadRequest(f"steps: expected 1..1000 diffusion steps, got {self.steps!r}")
 

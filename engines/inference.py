@@ -184,7 +184,7 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     if problem is None:
         try:
             runners = [OpenVinoHTDemucs(model, window, threads) for model in models]
-        except Exception as err:  # the converter raises many kinds
+        except Exception as err:  # noqa: BLE001 - the converter raises many kinds
             problem = f"OpenVINO could not convert the model: {type(err).__name__}: {err}"
     if problem is None:
         probe = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))

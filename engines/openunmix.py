@@ -87,7 +87,7 @@ def release_urls(variant: str) -> dict[str, str] | None:
         text = init.read_text(encoding="utf-8")
     except (PackageNotFoundError, OSError):
         return None
-    match = re.search(rf"^def {variant}_spec\(.*?(?=^def )", text, re.S | re.M)
+    match = re.search(rf"^def {variant}_spec\(.*?(?=^def )", text, re.DOTALL | re.MULTILINE)
     if match is None:
         return None
     urls = dict(re.findall(r'"(\w+)":\s*"(https://[^"]+\.pth)"', match.group(0)))
@@ -140,7 +140,7 @@ def find_weights(name: str, folder: Path | None = None, *, download: bool = True
         if download:
             try:
                 return _download(urls, cache)
-            except Exception as err:  # offline: URLError and friends; a hash mismatch
+            except Exception as err:  # noqa: BLE001 - offline: URLError and friends; a hash mismatch
                 tried.append(f"the {PACKAGE} package's download: {type(err).__name__}: {err}")
     raise NotFound(f"model {name!r}: no Open-Unmix weights found; tried {'; '.join(tried)}. Fix: set "
                    f"models.openunmix_dir to a folder holding {variant}/ with "
@@ -184,7 +184,7 @@ def load_openunmix(name: str, folder: Path | None = None, *, download: bool = Tr
     import torch
 
     check_name(name)
-    variant, hidden_size = MODELS[name]
+    _variant, hidden_size = MODELS[name]
     paths = find_weights(name, folder, download=download)
     place = next(iter(paths.values())).parent
     separator_conf = _read_json(place / "separator.json") or {}
@@ -236,7 +236,7 @@ def load_openunmix(name: str, folder: Path | None = None, *, download: bool = Tr
 def _build_target(*, nb_bins: int, nb_channels: int, hidden_size: int, max_bin: int) -> torch.nn.Module:
     import torch
     from torch import nn
-    from torch.nn import functional as F  # noqa: N812
+    from torch.nn import functional as F
 
     class TargetNet(nn.Module):
         """One target's network, parameter for parameter the release's `OpenUnmix`: magnitude
@@ -286,6 +286,7 @@ def _build_separator(nets: dict[str, torch.nn.Module], n_fft: int, hop: int) -> 
         samplerate = SAMPLE_RATE
         audio_channels = 2
         segment = SEGMENT_SECONDS
+        window: torch.Tensor  # the Hann window, a buffer registered in __init__
 
         def __init__(self, nets: dict[str, nn.Module]) -> None:
             super().__init__()

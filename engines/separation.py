@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, 
 from engines.spleeter import is_spleeter, load_spleeter
 
 if TYPE_CHECKING:
+    import torch
     from demucs.apply import BagOfModels
 
     from engines.batching import WindowBatcher, WindowBatchers
@@ -124,10 +125,12 @@ def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = 
         raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {name!r}")
     from demucs.apply import BagOfModels
 
+    # BagOfModels needs any nn.Module with sources, samplerate and audio_channels; demucs annotates
+    # its list as its own three model classes.
     if is_spleeter(name):
-        return BagOfModels([load_spleeter(name, spleeter_dir)])
+        return BagOfModels([load_spleeter(name, spleeter_dir)])  # type: ignore[list-item]
     if is_openunmix(name):
-        return BagOfModels([load_openunmix(name, openunmix_dir)])
+        return BagOfModels([load_openunmix(name, openunmix_dir)])  # type: ignore[list-item]
     from demucs.htdemucs import HTDemucs
     from demucs.pretrained import get_model
     from demucs.repo import ModelLoadingError
@@ -241,6 +244,10 @@ class StreamingSeparator(Engine):
     """
 
     name = "separation.stream"
+    # Set when a model is configured (_configure, _choose_backend).
+    _models: list[torch.nn.Module]
+    _runners: Sequence[Callable[[Any], Any]]  # what runs a window: the models, or their OpenVINO builds
+    _window_dev: torch.Tensor
 
     def __init__(self, model: str, *, repo: Path | None = None, spleeter_dir: Path | None = None,
                  device: str = "auto", sample_rate: int = 48000,
@@ -534,7 +541,9 @@ class StreamingSeparator(Engine):
         requested_context, hop_seconds, lookahead_seconds = self._requested
         hop, lookahead = self._frames(hop_seconds, rate, 1), self._frames(lookahead_seconds, rate, 1)
         if requested_context is None:  # the context the model's window costs anyway (Spleeter)
-            context = min(model.free_window(hop + lookahead) for model in bag.models) - hop - lookahead
+            # Spleeter's model has free_window; nn.Module types an attribute it does not declare as a Tensor.
+            context = min(model.free_window(hop + lookahead)  # type: ignore[operator]
+                          for model in bag.models) - hop - lookahead
         else:
             context = self._frames(requested_context, rate, 0)
         crossfade = 2 * round(self._crossfade_ms * rate / 2000.0)
@@ -611,7 +620,7 @@ class StreamingSeparator(Engine):
         if self._batcher is not None:
             self._batcher.leave(self._member)
             self._batcher = None
-        self._models = self._runners = []
+        self._models, self._runners = [], []
         self._weights = None
         if self._cuda:
             import torch

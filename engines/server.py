@@ -244,8 +244,9 @@ class _Server:
             folder.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.data_dir / "jobs.sqlite3")
         # The daemon's own handlers, local only (no router, no tiers): the same code runs either side.
-        jobs = {"stems": SeparateJob, "generate": GenerateJob, "transcribe": TranscribeJob, "tts": SpeechJob}
-        handlers = {task: _Handler(task, jobs[task](self.config, self.paths), self.data_dir) for task in self.tasks}
+        jobs: dict[str, Callable[..., Callable[[JobContext], dict[str, Any]]]] = {
+            "stems": SeparateJob, "generate": GenerateJob, "transcribe": TranscribeJob, "tts": SpeechJob}
+        handlers: dict[str, Callable[[JobContext], dict[str, Any]]] = {task: _Handler(task, jobs[task](self.config, self.paths), self.data_dir) for task in self.tasks}
         self.runner = JobRunner(self.store, handlers, self.config.jobs.workers, _log_event,
                                 max_attempts=self.config.jobs.max_attempts)
         requeued = self.runner.start()
@@ -983,7 +984,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, err: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
+        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
         message = f"the server failed ({type(err).__name__}: {err}); its log has the traceback"
         return JSONResponse(error_body("internal", message), status_code=500)
 

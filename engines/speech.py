@@ -170,7 +170,7 @@ def fetch_voice(voice: str, folder: Path, timeout_seconds: float) -> None:
     for extension in (".onnx", ".onnx.json"):
         url = URL_FORMAT.format(extension=extension, **parts)
 
-        def write(tmp: Path, url: str = url) -> None:
+        def write(tmp: Path, url: str = url, extension: str = extension) -> None:
             with httpx.stream("GET", url, follow_redirects=True, timeout=timeout_seconds) as response:
                 if response.status_code != 200:
                     raise OSError(f"HTTP {response.status_code} for {voice}{extension}")

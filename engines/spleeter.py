@@ -201,7 +201,7 @@ def load_spleeter(name: str, folder: Path | None = None) -> torch.nn.Module:
 def _build_unet() -> torch.nn.Module:
     import torch
     from torch import nn
-    from torch.nn import functional as F  # noqa: N812
+    from torch.nn import functional as F
 
     class UNet(nn.Module):
         """One stem's U-Net: magnitude `(batch, 2, frames, 1024)` -> estimated magnitude, same shape.
@@ -245,7 +245,7 @@ def _build_unet() -> torch.nn.Module:
 def _build_separator(nets: dict[str, torch.nn.Module]) -> torch.nn.Module:
     import torch
     from torch import nn
-    from torch.nn import functional as F  # noqa: N812
+    from torch.nn import functional as F
 
     class SpleeterSeparator(nn.Module):
         """Mix `(batch, 2, samples)` at 44.1 kHz -> stems `(batch, len(sources), 2, samples)`."""
@@ -253,6 +253,7 @@ def _build_separator(nets: dict[str, torch.nn.Module]) -> torch.nn.Module:
         samplerate = SAMPLE_RATE
         audio_channels = 2
         segment = SEGMENT_SECONDS
+        window: torch.Tensor  # the Hann window, a buffer registered in __init__
 
         def __init__(self, nets: dict[str, nn.Module]) -> None:
             super().__init__()

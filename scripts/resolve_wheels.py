@@ -95,7 +95,7 @@ def resolve(platform: str, requirements: list[str], report: Path) -> dict[str, A
         )
         done = subprocess.run(
             [sys.executable, "-c", code, str(Path(__file__).resolve().parent), json.dumps(target["markers"]), *pip_args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
         )
     output = done.stdout
     chosen: dict[str, str] = {}
@@ -107,7 +107,7 @@ def resolve(platform: str, requirements: list[str], report: Path) -> dict[str, A
     lines = output.splitlines()
     first = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), len(lines))
     errors = [line.strip() for line in lines[first:] if line.strip() and not line.startswith("WARNING")]
-    errors = [line for line in errors if not line[:2] in ("1.", "2.") and not line.startswith("To fix")]
+    errors = [line for line in errors if line[:2] not in ("1.", "2.") and not line.startswith("To fix")]
     return {
         "platform": platform, "tag": target["tag"], "python": PYTHON_VERSION, "ok": done.returncode == 0,
         "pip_exit": done.returncode, "packages": chosen, "whole_downloads": downloads, "errors": errors[:10],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -179,7 +180,7 @@ def dealer(daemon: DaemonProcess, zmq_context: zmq.Context) -> zmq.Socket:
 class JackServer:
     """A JACK server on the dummy backend: real-time paced callbacks, no sound card."""
 
-    def __init__(self, name: str, process: "subprocess.Popen[bytes]", sample_rate: int, period: int) -> None:
+    def __init__(self, name: str, process: subprocess.Popen[bytes], sample_rate: int, period: int) -> None:
         self.name = name
         self.process = process
         self.sample_rate = sample_rate

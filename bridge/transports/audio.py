@@ -30,7 +30,7 @@ import json
 import logging
 import queue
 import threading
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import zmq
@@ -242,7 +242,7 @@ class AudioServer:
         return block
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -155,7 +155,7 @@ def compile_mapping(mapping: MidiMapping, index: int = 0) -> Binding:
 def _value_range(mapping: MidiMapping, command: str, args: Mapping[str, Any]) -> tuple[float, float, bool]:
     """(low, high, integer) for a cc mapping's value_arg: its range, else the argument's min/max."""
     name = mapping.value_arg
-    arg = args.get(name)
+    arg = args.get(name) if name is not None else None
     if arg is None:
         allowed = ", ".join(sorted(args)) or "none"
         raise ValueError(f"value_arg to name an argument of {command} ({allowed}), got '{name}'")
@@ -635,5 +635,5 @@ def _close_ports(ports: list[_OpenPort]) -> None:
     for open_port in ports:
         try:
             open_port.port.close()
-        except Exception as err:  # one port failing to close must not keep the others open
+        except Exception as err:  # noqa: BLE001 - one port failing to close must not keep the others open
             log.warning("MIDI port %s did not close cleanly: %s", open_port.name, err)

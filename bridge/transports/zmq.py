@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -128,7 +128,7 @@ class ZmqServer:
         every send made outside `_drain` schedules one more drain (a send can consume the signal).
         """
         assert self._router is not None and self._loop is not None
-        fd = self._router.getsockopt(zmq.FD)
+        fd = self._router.fileno()  # ZMQ_FD
         self._loop.add_reader(fd, self._drain)
         self._loop.call_soon(self._drain)
         try:
@@ -149,7 +149,7 @@ class ZmqServer:
             return
         self._draining = True
         try:
-            while router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while cast(int, router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # pyzmq types options int | bytes
                 if self._loopback:  # every peer is this machine: skip the zero-copy Frame detour
                     frames = router.recv_multipart(zmq.NOBLOCK)
                     host = "127.0.0.1"
@@ -170,7 +170,7 @@ class ZmqServer:
             self._draining = False
             if not self._closed and self._loop is not None and self._router is not None:
                 try:
-                    waiting = bool(self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                    waiting = bool(cast(int, self._router.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
                 except zmq.ZMQError as err:
                     log.warning("ZeroMQ: cannot poll the request socket: %s", err)
                     waiting = False
@@ -241,7 +241,8 @@ def _short(value: Any) -> str:
 
 def _peer_address(frame: zmq.Frame) -> str:
     try:
-        return frame.get("Peer-Address") or ""
+        address = frame.get("Peer-Address")  # a string property (pyzmq types properties int | str)
+        return address if isinstance(address, str) else ""
     except zmq.ZMQError:
         return ""
 

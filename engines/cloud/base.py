@@ -115,5 +115,5 @@ class Tier(ABC):
         """A cheap probe for the router's half-open circuit; default: assume healthy."""
         return True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: a tier with nothing to release keeps this no-op)
         """Release connections."""

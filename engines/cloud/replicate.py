@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes, urlencode, urlsplit
@@ -411,7 +411,8 @@ class ReplicateTier(Tier):
         result = TierResult(tier=self.name)
         result.outputs, result.data = self._finish(job, plan, prediction, clock)
         result.seconds = time.monotonic() - clock.started
-        metrics = prediction.get("metrics") if isinstance(prediction.get("metrics"), dict) else {}
+        given = prediction.get("metrics")
+        metrics = given if isinstance(given, dict) else {}
         predict_time = metrics.get("predict_time")
         price = self.price_per_second.get(ref.slug or "")
         if isinstance(predict_time, (int, float)) and price is not None:
@@ -488,7 +489,7 @@ class ReplicateTier(Tier):
     def _create(self, plan: _Plan, clock: _Clock) -> tuple[dict[str, Any], str | None]:
         """The new prediction and its Preference-Applied header. A lost answer is reconciled
         against the listing before another POST, so one job never makes two predictions."""
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         in_doubt = False  # a POST may have made a prediction we have not seen
         attempt = 0
         try:
@@ -529,9 +530,10 @@ class ReplicateTier(Tier):
         for _ in range(RECONCILE_PAGES):
             page = self._call("GET", url, clock, self._read_page, params=params)
             ours += [p for p in page["results"] if self._is_ours(p, plan)]
-            url, params = page.get("next"), None
-            if not isinstance(url, str) or _origin(url) != self._origin:
+            next_url, params = page.get("next"), None
+            if not isinstance(next_url, str) or _origin(next_url) != self._origin:
                 break
+            url = next_url
         if not ours:
             log.info("%s: no prediction from the lost create is listed", self.name)
             return None
@@ -598,7 +600,8 @@ class ReplicateTier(Tier):
             clock.logs(prediction.get("logs"))
             wait(delay, clock.tick)
             url = self._get_url(prediction)
-            prediction = self._call("GET", url, clock, lambda r: self._read_prediction(r, f"GET {_path(url)}"))
+            # B023: _call runs the lambda before this iteration ends.
+            prediction = self._call("GET", url, clock, lambda r: self._read_prediction(r, f"GET {_path(url)}"))  # noqa: B023
             delay = min(delay * 2, self.poll_max_seconds)
         return prediction
 
@@ -1109,4 +1112,4 @@ def _path(url: str) -> str:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

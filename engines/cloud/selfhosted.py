@@ -197,7 +197,8 @@ class SelfHostedTier(Tier):
             self._checked = time.monotonic()
             if ok:
                 assert isinstance(body, dict)
-                models = body.get("models") if isinstance(body.get("models"), dict) else {}
+                offered = body.get("models")
+                models = offered if isinstance(offered, dict) else {}
                 self._offers = {task: str(models.get(task) or "") for task in body["tasks"] if task in self.tasks}
         return ok
 
@@ -278,7 +279,8 @@ class SelfHostedTier(Tier):
             response = self._request("GET", f"/v1/jobs/{_quote(remote['id'])}/outputs/{name}", check_cancelled,
                                      instance=remote.get("instance"))
             content = response.content
-            outputs[name] = atomic_write(work_dir / f"{name}.{fmt}", lambda tmp, data=content: tmp.write_bytes(data))
+            # B023: atomic_write calls the lambda before this iteration ends.
+            outputs[name] = atomic_write(work_dir / f"{name}.{fmt}", lambda tmp: tmp.write_bytes(content))  # noqa: B023
             report(0.9 + 0.1 * (index + 1) / len(names))
         return outputs
 

@@ -277,9 +277,10 @@ class WorkersAITier(Tier):
                 # A read timeout may have run (and billed) the work: only unsent requests are retried.
                 failure = _Failure(err, retryable=not err.request_sent)
             else:
-                failure = self._failure(model, response)
-                if failure is None:
+                refused = self._failure(model, response)
+                if refused is None:
                     return response, attempt + 1
+                failure = refused
             if not failure.retryable:
                 raise failure.error
             if attempt >= retries:
@@ -349,8 +350,8 @@ class WorkersAITier(Tier):
     def _transcript(self, model: str, result: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(result.get("text"), str):
             raise malformed(self.name, model, "result.text is missing")
-        segments = []
-        words = []
+        segments: list[dict[str, Any]] = []
+        words: list[Any] = []  # as the model sent them, then checked and rebuilt below
         try:
             for segment in result.get("segments") or []:
                 segments.append({"start": float(segment["start"]), "end": float(segment["end"]),

@@ -244,7 +244,7 @@ class Task:
                 "No Flowstate daemon answers at %s:%d (%s). Start it with `flowstate up`, or set its "
                 "address with the action 'Flowstate - set daemon address'." % (self.address + (err,))
             )
-        except Exception:  # a bug in these scripts must never escape into REAPER: report it in full
+        except Exception:  # noqa: BLE001 - a bug in these scripts must never escape into REAPER: report it in full
             say("internal error, please report it with this traceback:\n" + traceback.format_exc())
             self.fail("Internal error in the Flowstate script; the ReaScript console shows the details.")
         return not self.finished
@@ -876,8 +876,8 @@ class StopStream(Task):
     def _on_reply(self, request: str, args: List[Any]) -> None:
         text = "live stems are stopped"
         if self.restored:
-            text += "; media playback offset restored on %s (%d item%s recorded meanwhile moved earlier by " \
-                    "the round trip, so %s in time)" % (
+            text += ("; media playback offset restored on %s (%d item%s recorded meanwhile moved earlier by "
+                     "the round trip, so %s in time)") % (
                         ", ".join(self.restored), self.moved, "" if self.moved == 1 else "s",
                         "it stays" if self.moved == 1 else "they stay")
         self.finish(text)

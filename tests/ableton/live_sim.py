@@ -230,7 +230,7 @@ class Clip:
             raise RuntimeError("Only Warped Audio Clips or MIDI Clip can be looped")
         self._looping = bool(value)
 
-    def _range(start: str, end: str) -> Tuple[property, property]:  # noqa: N805 (a class-body helper)
+    def _range(start: str, end: str) -> Tuple[property, property]:
         def set_start(self: Clip, value: float) -> None:
             if float(value) >= getattr(self, end):
                 raise RuntimeError(f"{start} {value} must be before {end} {getattr(self, end)}")

@@ -47,15 +47,15 @@ def test_every_module_of_the_script_imports_and_loads_under_python_37() -> None:
     for version in ("11.3.25", "12.0.5"):
         assert result["shown"][version] == {
             "surface": "FlowstateSurface",
-            "messages": [f"Flowstate: script {ableton_remote.__version__} loaded; daemon at 127.0.0.1:9010; "
-                         "controls on MIDI channel 16"],
+            "messages": [(f"Flowstate: script {ableton_remote.__version__} loaded; daemon at 127.0.0.1:9010; "
+                          "controls on MIDI channel 16")],
         }
     # A Live before 11.3.25 runs the script and says, at once, what it cannot do there.
-    assert result["shown"]["11.3.24"]["messages"] == [
+    assert result["shown"]["11.3.24"]["messages"] == [(
         f"Flowstate: script {ableton_remote.__version__} loaded, but Live 11.3.24 has no Track.create_audio_clip "
         "or ClipSlot.create_audio_clip: stems and loops are written to disk, not placed "
         "(Live 11.3.25+ and 12.0.5+ have them)"
-    ]
+    )]
 
 
 def test_a_script_that_cannot_load_says_so_in_the_status_bar_and_log_txt(tmp_path: Path) -> None:

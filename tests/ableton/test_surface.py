@@ -270,8 +270,8 @@ def test_the_script_announces_itself_and_names_a_stale_copy(
     folder = Path(surface_module.__file__).resolve().parent
     live = LiveSet()
     script = load_script(live, port(daemon))
-    assert script.messages == [f"Flowstate: script {bridge.__version__} loaded; daemon at {where}; "
-                               "controls on MIDI channel 16"]
+    assert script.messages == [(f"Flowstate: script {bridge.__version__} loaded; daemon at {where}; "
+                                "controls on MIDI channel 16")]
     assert live.c_instance.log[0].startswith(f"Flowstate: Flowstate {bridge.__version__} loaded from {folder} "
                                              f"in Live 12.1.5 (Python {sys.version_info[0]}.{sys.version_info[1]}.")
     script.tick_until(lambda: any(" is Flowstate " in line for line in live.c_instance.log), "the handshake")

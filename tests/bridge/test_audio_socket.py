@@ -186,7 +186,7 @@ def test_two_clients_batched_get_what_the_engine_gives_each_alone(tmp_path: Path
                         reply = exchange(socks[index], header(seq=seq), block.tobytes())
                         assert "error" not in json.loads(reply[0]), reply[0]
                         streamed[index].append(np.frombuffer(reply[1], dtype="<f4").reshape(4, 2, block.shape[1]))
-                except BaseException as err:  # reported in the test's thread
+                except BaseException as err:  # noqa: BLE001 - reported in the test's thread
                     errors.append(err)
 
             threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(2)]

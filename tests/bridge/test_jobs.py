@@ -212,7 +212,7 @@ def test_concurrent_submits_with_one_request_id_make_one_job(db: Path, connectio
         try:
             barrier.wait(WAIT)
             outcome = own.submit("stems.separate", {"path": "a.wav"}, request_id="same")
-        except BaseException as err:  # reported below, with the others
+        except BaseException as err:  # noqa: BLE001 - reported below, with the others
             with lock:
                 errors.append(err)
             return
@@ -385,7 +385,7 @@ def test_runner_submit_is_idempotent_and_refuses_unknown_kinds(
     first, created = runner.submit("stems.separate", {"path": "a.wav"}, request_id="r1")
     again, created_again = runner.submit("stems.separate", {"path": "a.wav"}, request_id="r1")
     assert created and not created_again and again.id == first.id
-    with pytest.raises(BadRequest, match="'tts'.*stems.separate, transcribe"):
+    with pytest.raises(BadRequest, match=r"'tts'.*stems.separate, transcribe"):
         runner.submit("tts", {})
     runner.start()
     events.wait_for(first.id, "job.done")
@@ -888,7 +888,7 @@ def test_a_job_given_up_at_start_up_is_announced_and_leaves_no_files(db: Path, t
 
 def test_a_failing_attempt_removes_what_earlier_attempts_wrote(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "music" / "stems" / "song"
-    job_id, written = _crashed_job_with_files(db, out, attempts=1)
+    job_id, _written = _crashed_job_with_files(db, out, attempts=1)
     events = Events()
 
     def fails(ctx: JobContext) -> dict[str, Any]:
@@ -922,8 +922,8 @@ def test_a_done_job_keeps_its_files_and_forgets_the_list(make_runner: Callable[.
 
 def test_a_second_owner_of_a_job_database_is_refused_naming_it_and_the_pid(db: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from bridge.jobs import StoreOwner; "
-         "owner = StoreOwner(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()", str(db)],
+        [sys.executable, "-c", ("import sys; from pathlib import Path; from bridge.jobs import StoreOwner; "
+         "owner = StoreOwner(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()"), str(db)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

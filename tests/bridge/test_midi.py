@@ -447,7 +447,7 @@ def test_a_pad_starts_a_separation_job_whose_events_reach_subscribers(rig: Rig) 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert sub.poll(int((deadline - time.monotonic()) * 1000) + 1), rig.daemon.log()[-3000:]
-            topic, body = sub.recv_multipart()
+            _topic, body = sub.recv_multipart()
             data = json.loads(body)["data"]
             if data["id"] == job["id"]:
                 break

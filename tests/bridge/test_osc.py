@@ -184,8 +184,8 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     [
         # What fetch("http://127.0.0.1:9011/", {method: "POST", mode: "no-cors", body}) sends: a CORS
         # "simple request" (text/plain), no preflight, so the browser sends it without asking.
-        b"POST / HTTP/1.1\r\nHost: 127.0.0.1:9011\r\nOrigin: https://evil.example\r\n"
-        b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {length}\r\n\r\n",
+        (b"POST / HTTP/1.1\r\nHost: 127.0.0.1:9011\r\nOrigin: https://evil.example\r\n"
+         b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {length}\r\n\r\n"),
         b"PUT /flow HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n",
         b"\x00\x00\x00\x20",  # OSC 1.0 length-prefixed framing: not what this port speaks
     ],
@@ -204,7 +204,7 @@ def test_a_connection_that_does_not_start_with_slip_is_closed_and_nothing_in_it_
     with socket.create_connection(daemon.osc_tcp) as sock:
         sock.sendall(request)
         answer = _read_until_closed(sock)  # the daemon closes the connection
-    if head.startswith(b"POST") or head.startswith(b"PUT"):
+    if head.startswith((b"POST", b"PUT")):
         assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
     assert b"OSC 1.1" in answer
     assert _daw_tempo(osc_udp) == before_tempo

@@ -344,7 +344,7 @@ def test_index_then_search_finds_the_kick_with_sensible_descriptors(daemon: Daem
     assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
 
     best = {query: search(daemon, query, 3) for query in ("punchy kick", "closed hi hat", "warm synth pad")}
-    assert [m["name"] for m in best["punchy kick"]][0] == "Kick 808 punchy.wav"
+    assert best["punchy kick"][0]["name"] == "Kick 808 punchy.wav"
     assert best["closed hi hat"][0]["name"] == "Hat closed.wav"
     assert best["warm synth pad"][0]["name"] == "Pad warm.wav"
     top = best["punchy kick"][0]

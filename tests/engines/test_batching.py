@@ -64,7 +64,7 @@ def in_threads(jobs: list[Callable[[], object]], seconds: float = 300.0) -> list
     def run(index: int) -> None:
         try:
             results[index] = jobs[index]()
-        except BaseException as err:  # reported below, in the test's thread
+        except BaseException as err:  # noqa: BLE001 - reported below, in the test's thread
             errors.append(err)
 
     threads = [threading.Thread(target=run, args=(i,), name=f"stream-{i}") for i in range(len(jobs))]

@@ -135,7 +135,7 @@ def test_describe_lists_kind_values_and_ranges() -> None:
         SAMPLE_RATE,
     )
     assert chain.names == ("verb", "squelch")
-    verb, squelch = chain.describe()
+    verb, _squelch = chain.describe()
     assert (verb["name"], verb["kind"], verb["plugin"]) == ("verb", "builtin", "Reverb")
     room = parameter(chain, "verb", "room_size")
     assert (room["value"], room["min"], room["max"]) == (0.8, 0.0, 1.0)
@@ -175,7 +175,7 @@ def test_set_parameter_from_another_thread_while_process_runs() -> None:
                 out = chain.process(audio)
                 assert out.shape == audio.shape and np.isfinite(out).all()
                 blocks += 1
-        except BaseException as err:  # handed to the main thread, which fails the test with it
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread, which fails the test with it
             errors.append(err)
 
     thread = threading.Thread(target=worker, name="fake-stream-worker")
@@ -375,7 +375,7 @@ def test_dragonfly_parameters_change_safely_while_another_thread_streams(dragonf
         try:
             while not stop.is_set():
                 assert np.isfinite(chain.process(audio)).all()
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - handed to the test's thread, which fails the test with it
             errors.append(err)
 
     thread = threading.Thread(target=worker, name="fake-stream-worker")

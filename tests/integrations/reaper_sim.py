@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import soundfile
 
@@ -378,8 +378,8 @@ class Reaper:
         found = self.resolve(item, Item)
         return self.pointer(found.track if found else None, "MediaTrack*")
 
-    _ITEM_FIELDS = {"D_POSITION": "position", "D_LENGTH": "length"}
-    _TAKE_FIELDS = {"D_STARTOFFS": "start_offset", "D_PLAYRATE": "playrate"}
+    _ITEM_FIELDS: ClassVar[dict[str, str]] = {"D_POSITION": "position", "D_LENGTH": "length"}
+    _TAKE_FIELDS: ClassVar[dict[str, str]] = {"D_STARTOFFS": "start_offset", "D_PLAYRATE": "playrate"}
 
     def _get_field(self, pointer: str, kind: type, fields: dict[str, str], parmname: str) -> float:
         found = self.resolve(pointer, kind)

@@ -125,7 +125,7 @@ def test_the_patcher_is_valid_and_every_cord_joins_existing_outlets_and_inlets()
     # Audio passes through: plugin~'s two channels go to plugout~'s.
     plugin = next(i for i, b in boxes.items() if b.get("text") == "plugin~")
     plugout = next(i for i, b in boxes.items() if b.get("text") == "plugout~")
-    cords = {(tuple(l["patchline"]["source"]), tuple(l["patchline"]["destination"])) for l in patcher["lines"]}
+    cords = {(tuple(line["patchline"]["source"]), tuple(line["patchline"]["destination"])) for line in patcher["lines"]}
     assert {((plugin, 0), (plugout, 0)), ((plugin, 1), (plugout, 1))} <= cords
 
 
@@ -142,7 +142,7 @@ def test_the_committed_amxd_is_the_patcher_built_by_the_script_and_reads_back_to
     assert device_type == "audio_effect"
     assert document == json.loads(source)
     # What Live would refuse, the reader refuses too.
-    with pytest.raises(ValueError, match="cut short|declares"):
+    with pytest.raises(ValueError, match=r"cut short|declares"):
         build_amxd.read_patcher(AMXD.read_bytes()[:-10])
     with pytest.raises(ValueError, match="frozen"):
         build_amxd.read_patcher(b"ampf\x04\0\0\0aaaa" + b"ptch\x08\0\0\0mx@c\0\0\0\x10")

@@ -22,7 +22,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from resolve_wheels import project_dependencies  # noqa: E402
+from resolve_wheels import project_dependencies  # noqa: E402 (found through the sys.path line above)
 
 # The oldest pip whose `--dry-run --report` reads wheels lazily instead of downloading them (25.1
 # still downloaded each whole after resolving); the test extra asks for it.

@@ -63,7 +63,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 from urllib.parse import urlencode
 
@@ -369,7 +369,7 @@ class FakeReplicate:
             return self._deliver(p, f"out.{fmt}", tone[:, None], MUSICGEN_SAMPLE_RATE, fmt)
         if p.model.kind == "stable_audio":
             seed = int(inputs.get("seed", -1))
-            rng = np.random.default_rng(zlib.crc32(str(inputs["prompt"]).encode()) + (seed if seed >= 0 else 0))
+            rng = np.random.default_rng(zlib.crc32(str(inputs["prompt"]).encode()) + (max(seed, 0)))
             frames = int(inputs.get("seconds_total", 8)) * STABLE_AUDIO_SAMPLE_RATE
             noise = (0.2 * rng.standard_normal((frames, 2))).astype(np.float32)
             url = self._deliver(p, "out.wav", noise, STABLE_AUDIO_SAMPLE_RATE, "wav")
@@ -546,7 +546,8 @@ class FakeReplicate:
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
-        while not self._closing.is_set() and time.monotonic() < end:
+        # ASYNC110: _closing is a threading.Event (set from the test's thread), not an asyncio one.
+        while not self._closing.is_set() and time.monotonic() < end:  # noqa: ASYNC110
             await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
     def _create(self, model: FakeModel, body: dict[str, Any], request: Request) -> Prediction | Response:
@@ -567,7 +568,7 @@ class FakeReplicate:
         with self._lock:
             prediction = Prediction(
                 id=_prediction_id(), model=model, input=dict(body["input"]), webhook=body.get("webhook"),
-                created=self.now(), created_at=datetime.now(timezone.utc) + timedelta(seconds=self._offset),
+                created=self.now(), created_at=datetime.now(UTC) + timedelta(seconds=self._offset),
                 start_seconds=self.start_seconds, run_seconds=self.run_seconds, cancel_after=cancel_after,
             )
             self.predictions[prediction.id] = prediction
@@ -646,7 +647,7 @@ class FakeReplicate:
             after = request.query_params.get("created_after")
             offset = int(request.query_params.get("cursor", "0"))
             try:
-                since = datetime.fromisoformat(after.replace("Z", "+00:00")) if after else None
+                since = datetime.fromisoformat(after) if after else None
             except ValueError:
                 return self._problem(422, f"created_after {after!r} is not an ISO 8601 date-time", "Invalid query")
             with self._lock:
@@ -668,7 +669,7 @@ class FakeReplicate:
                 return self._problem(422, "content is required", "Input validation failed")
             data = await content.read()
             file_id = _prediction_id()
-            created = datetime.now(timezone.utc)
+            created = datetime.now(UTC)
             name = str(form.get("filename") or content.filename or "file")
             metadata = json.loads(str(form.get("metadata") or "{}"))
             stored = {

@@ -97,7 +97,7 @@ def test_short_stems_job_is_answered_inside_the_held_create(fake, make_tier, tmp
     mix, rate = soundfile.read(the_job.input_path, dtype="float32", always_2d=True)
     assert sorted(result.outputs) == ["bass", "drums", "other", "vocals"]
     total = np.zeros_like(mix)
-    for stem, path in result.outputs.items():
+    for path in result.outputs.values():
         assert path.parent == the_job.work_dir and path.suffix == ".wav"
         data, stem_rate = soundfile.read(path, dtype="float32", always_2d=True)
         assert stem_rate == rate and data.shape == mix.shape
