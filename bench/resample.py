@@ -45,13 +45,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import soxr  # noqa: E402
-import torch  # noqa: E402
-from julius import resample_frac  # noqa: E402
-from scipy.signal import resample_poly, upfirdn  # noqa: E402
+import soxr
+import torch
+from julius import resample_frac
+from scipy.signal import resample_poly, upfirdn
 
-from bridge.errors import BadRequest  # noqa: E402
-from engines.resample import StreamingResampler, resample  # noqa: E402
+from bridge.errors import BadRequest
+from engines.resample import StreamingResampler, resample
 
 PAIRS = ((44100, 48000), (48000, 44100), (22050, 44100), (44101, 44100))
 QUALITY_SECONDS = 2.0

@@ -87,8 +87,8 @@ from bridge.testing import (
     released_htdemucs,
     released_htdemucs_repo,
 )
-from engines.resample import StreamingResampler  # noqa: E402
-from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator,  # noqa: E402
+from engines.resample import StreamingResampler
+from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator,
                                 stream_defaults)
 
 SAMPLE_RATE = 48000

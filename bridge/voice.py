@@ -85,7 +85,7 @@ class VoiceJob(EngineJob):
         import soundfile
 
         from bridge.router import run_routed
-        from engines.generation import resample
+        from engines.resample import resample
 
         args = ctx.job.args
         started = time.monotonic()

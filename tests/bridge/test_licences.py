@@ -163,7 +163,7 @@ def test_where_each_model_runs_is_what_each_tier_built_with_its_defaults_answers
         catalogue.entry_for(name, task).model for task, name in local}  # type: ignore[union-attr]
     # What a producer would check by hand.
     assert rows["htdemucs"][TIER_COLUMN["replicate"]] == "yes (`cjwbw/demucs`)"
-    assert [cell for cell in rows["spleeter:2stems"][2:7]] == ["yes", "—", "—", "—", "—"]
+    assert rows["spleeter:2stems"][2:7] == ["yes", "—", "—", "—", "—"]
     assert rows["@cf/myshell-ai/melotts"][2:7] == ["—", "—", "—", "—", "yes (`@cf/myshell-ai/melotts`)"]
     assert "openunmix:umxl" in rows["openunmix:umxl"][TIER_COLUMN["huggingface"]]
     assert rows["facebook/audiogen-medium"][2:7] == ["—", "—", "yes (`sepal/audiogen`)", "—", "—"]

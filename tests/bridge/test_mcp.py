@@ -131,7 +131,7 @@ async def simple_calls_and_bad_arguments(session: ClientSession) -> None:
     odd_wait = await session.call_tool("tts", {"text": "hello", "wait": "maybe"})
     assert "'wait'" in error_text(odd_wait)
     # An unknown tool is a protocol error (the MCP spec's choice), naming the close matches.
-    with pytest.raises(MCPError, match="stems.separate") as unknown_tool:
+    with pytest.raises(MCPError, match=r"stems\.separate") as unknown_tool:
         await session.call_tool("stems.split", {})
     assert unknown_tool.value.code == types.INVALID_PARAMS
     # The server keeps serving after every error.
@@ -150,7 +150,8 @@ async def a_job_reports_progress_and_its_result(session: ClientSession, name: st
     assert not done.is_error, done
     outcome = done.structured_content
     assert outcome["state"] == "done" and outcome["result"]["sample_rate"] == 48000
-    assert Path(outcome["result"]["path"]).name == f"{name}.wav" and Path(outcome["result"]["path"]).is_file()
+    assert Path(outcome["result"]["path"]).name == f"{name}.wav"
+    assert Path(outcome["result"]["path"]).is_file()  # noqa: ASYNC240 - one stat in a test
     values = [value for value, _ in progress]
     assert values and values[-1] == 1.0 and {t for _, t in progress} == {1.0}
     assert all(earlier < later for earlier, later in itertools.pairwise(values)), values  # as MCP requires

@@ -397,7 +397,7 @@ def test_a_file_name_with_path_separators_stays_in_its_upload_folder(server: Ser
     assert response.status_code == 400, response.text
     assert f" {stored} is not an audio file" in response.json()["error"]["message"]
     assert upload_folders(server) <= before  # the refused upload's folder is gone
-    assert not [p for p in server.workdir.rglob("*escape.wav")]
+    assert not list(server.workdir.rglob("*escape.wav"))
 
 
 @pytest.mark.parametrize("cut", ["mid-file", "mid-headers", "before-closing-boundary", "no-parts"])
