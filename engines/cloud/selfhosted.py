@@ -37,7 +37,8 @@ import httpx
 
 from bridge import __version__
 from bridge.errors import BadRequest, BridgeError, Forbidden, Internal, NotFound, Unavailable
-from bridge.jobs import FINISHED_STATES, atomic_write
+from bridge.fileio import atomic_write
+from bridge.jobs import FINISHED_STATES
 from engines.cloud.base import CheckCancelled, Progress, Tier, TierJob, TierResult
 from engines.cloud.http import TierClient, TransportFailed, backoff_seconds, retry_after_seconds, wait
 
