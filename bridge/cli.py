@@ -479,7 +479,7 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from engines.server import serve
+    from bridge.server import serve
 
     settings = config.server
     try:

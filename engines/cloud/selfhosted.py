@@ -1,4 +1,4 @@
-"""Our own GPU server (`flowstate serve`, engines/server.py) as a tier.
+"""Our own GPU server (`flowstate serve`, bridge/server.py) as a tier.
 
 `run` uploads the input with its params, follows the remote job by polling (checking for a cancel
 several times a second), downloads each stem into `job.work_dir/<stem>.<ext>` atomically and
