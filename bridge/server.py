@@ -80,10 +80,27 @@ from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError,
 from bridge.jobs import FINISHED_STATES, Job, JobContext, JobRunner, JobStore
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
+from engines.cloud.selfhosted_wire import (
+    CODE_FOR_STATUS,
+    FILE_FIELD,
+    FILE_PART,
+    FORM_FIELDS,
+    HEALTH_ROUTE,
+    JOB,
+    JOB_CANCEL,
+    JOB_EVENTS,
+    JOB_OUTPUT,
+    JOBS_ROUTE,
+    MEDIA_TYPES,
+    STATUS_FOR_CODE,
+    TASK_PARAMS,
+    TASKS,
+    job_route,
+    model_name,
+)
 
 log = logging.getLogger(__name__)
 
-TASKS = ("stems", "generate", "transcribe", "tts")
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # a 10-minute 96 kHz/24-bit stereo WAV is 346 MB
 DEFAULT_RETENTION_SECONDS = 24 * 3600.0
 EVENTS_POLL_SECONDS = 0.2
@@ -110,18 +127,6 @@ _COUNT_LIMIT = 100_000
 _CANCEL_WAIT_SECONDS = 2.0
 _KEY = re.compile(r"^[0-9a-f]{16}$")
 
-_STATUS_FOR_CODE = {
-    "bad_request": 400,
-    "unknown_command": 404,
-    "not_found": 404,
-    "busy": 409,
-    "unavailable": 503,
-    "forbidden": 403,
-    "internal": 500,
-}
-_CODE_FOR_STATUS = {400: "bad_request", 401: "forbidden", 403: "forbidden", 404: "not_found", 409: "busy",
-                    413: "bad_request", 422: "bad_request", 503: "unavailable"}
-_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 
 
 class StemsParams(BaseModel):
@@ -184,10 +189,9 @@ class SpeechParams(BaseModel):
         return {"text": self.text, "speed": self.speed, "name": "speech"}
 
 
+# Each names exactly the params of its task in the wire contract (TASK_PARAMS; a test says so).
 _PARAMS: dict[str, type[BaseModel]] = {"stems": StemsParams, "generate": GenerateParams,
                                        "transcribe": TranscribeParams, "tts": SpeechParams}
-# Which tasks take an uploaded file: required, optional (a melody) or none.
-_FILE = {"stems": "required", "generate": "optional", "transcribe": "required", "tts": "none"}
 
 
 class PayloadTooLarge(BadRequest):
@@ -288,8 +292,6 @@ class _Server:
 
     def models(self) -> dict[str, str]:
         """The model each offered task runs, as a name (a path's last part: no server paths)."""
-        from engines.cloud.selfhosted import model_name
-
         config = self.config
         refs = {"stems": config.separate.model, "generate": config.generate.model,
                 "transcribe": config.transcribe.model, "tts": config.tts.voice}
@@ -319,7 +321,8 @@ class _Server:
         result = None
         if job.result is not None:
             result = {k: v for k, v in job.result.items() if k != "files"}
-            result["outputs"] = {name: f"/v1/jobs/{job.id}/outputs/{name}" for name in job.result.get("files", {})}
+            result["outputs"] = {name: job_route(JOB_OUTPUT, job_id=job.id, name=name)
+                                 for name in job.result.get("files", {})}
         return {
             "id": job.id,
             "task": job.kind,
@@ -405,10 +408,10 @@ class _Server:
             params = _PARAMS[task].model_validate_json(text)
         except ValidationError as err:
             raise BadRequest(f"params: {_explain(err)}") from None
-        if form.path is None and _FILE[task] == "required":
+        if form.path is None and FILE_PART[task] == "required":
             raise BadRequest(f"file: no file part in the upload; a {task} job needs the audio as the multipart "
                              "field 'file'")
-        if form.path is not None and _FILE[task] == "none":
+        if form.path is not None and FILE_PART[task] == "none":
             raise BadRequest(f"file: a {task} job takes no file; send only task and params")
         if form.path is not None and form.file_bytes == 0:
             raise BadRequest(f"file: {form.path.name!r} is empty (0 bytes)")
@@ -504,8 +507,6 @@ def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, path
 
         family = getattr(params, "model_family", None)
         if family is not None and check_family(config.generate.model) != family:
-            from engines.cloud.selfhosted import model_name
-
             raise BadRequest(f"params.model_family is {family!r}, but this server's generate model is "
                              f"{model_name(config.generate.model)!r}")  # a name: no server paths
         # No DAW here: the length comes in seconds, so the tempo only names the file.
@@ -807,7 +808,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
         log.warning("server.allowed_hosts has '*': any Host header is served (no DNS rebinding guard)")
     _add_error_handlers(app)
 
-    @app.get("/v1/health")
+    @app.get(HEALTH_ROUTE)
     def health() -> dict[str, Any]:
         store = server.get_store()
         return {
@@ -822,35 +823,37 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             "instance": server.instance_id,
         }
 
-    jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(server.authorize)])
+    jobs = APIRouter(prefix=JOBS_ROUTE, dependencies=[Depends(server.authorize)])
+
+    task_field, params_field, request_id_field = FORM_FIELDS
+    params_help = "; ".join(f"{task}: {', '.join(names)}" for task, names in TASK_PARAMS.items())
 
     @jobs.post("", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file", "task"],
-        "properties": {"file": {"type": "string", "format": "binary"}, "task": {"type": "string", "enum": list(TASKS)},
-                       "params": {"type": "string", "description": "JSON object; stems: model, stems, two_stems, "
-                                  "format, encoding, shifts; generate: prompt, duration_seconds, seed, temperature, "
-                                  "top_k, guidance_scale; transcribe: language; tts: text, lang, speed"},
-                       "request_id": {"type": "string"}}}}}}})
+        "type": "object", "required": [FILE_FIELD, task_field],
+        "properties": {FILE_FIELD: {"type": "string", "format": "binary"},
+                       task_field: {"type": "string", "enum": list(TASKS)},
+                       params_field: {"type": "string", "description": f"JSON object; {params_help}"},
+                       request_id_field: {"type": "string"}}}}}}})
     async def create_job(request: Request) -> JSONResponse:
         job, created = await server.create_job(request)
         return JSONResponse(server.view(job), status_code=201 if created else 200)
 
-    @jobs.get("/{job_id}")
+    @jobs.get(JOB)
     def get_job(job_id: str) -> dict[str, Any]:
         return server.view(server.job(job_id))
 
-    @jobs.get("/{job_id}/events")
+    @jobs.get(JOB_EVENTS)
     def job_events(job_id: str) -> StreamingResponse:
         server.job(job_id)  # 404 before the stream starts
         return StreamingResponse(server.events(job_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @jobs.post("/{job_id}/cancel")
+    @jobs.post(JOB_CANCEL)
     def cancel_job(job_id: str) -> dict[str, Any]:
         server.job(job_id)
         return server.view(server.get_runner().cancel(job_id))
 
-    @jobs.get("/{job_id}/outputs/{name}")
+    @jobs.get(JOB_OUTPUT)
     def get_output(job_id: str, name: str, request: Request) -> StreamingResponse:
         handle, fmt = server.output_file(job_id, name)
         try:
@@ -866,7 +869,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         headers["Content-Length"] = str(end - start)
         return StreamingResponse(_read_range(handle, start, end), status_code=status, headers=headers,
-                                 media_type=_MEDIA_TYPES.get(fmt, "application/octet-stream"))
+                                 media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
     app.include_router(jobs)
     return app
@@ -983,7 +986,7 @@ def _is_ip(text: str) -> bool:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BridgeError)
     async def bridge_error(request: Request, err: BridgeError) -> JSONResponse:
-        status = 413 if isinstance(err, PayloadTooLarge) else _STATUS_FOR_CODE.get(err.code, 500)
+        status = 413 if isinstance(err, PayloadTooLarge) else STATUS_FOR_CODE.get(err.code, 500)
         extra = {}
         if isinstance(err, RangeNotSatisfiable):
             status, extra = 416, {"Content-Range": f"bytes */{err.size}"}
@@ -992,7 +995,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         else:
             log.warning("%s %s: %s: %s", request.method, request.url.path, err.code, err.message)
         # Connection: close after a refused upload: the rest of its body is not read.
-        refused_upload = status == 413 or (request.method == "POST" and request.url.path == "/v1/jobs")
+        refused_upload = status == 413 or (request.method == "POST" and request.url.path == JOBS_ROUTE)
         headers = {"Connection": "close", **extra} if refused_upload else extra
         return JSONResponse(error_body(err.code, err.message), status_code=status, headers=headers)
 
@@ -1004,7 +1007,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        code = _CODE_FOR_STATUS.get(err.status_code, "internal" if err.status_code >= 500 else "bad_request")
+        code = CODE_FOR_STATUS.get(err.status_code, "internal" if err.status_code >= 500 else "bad_request")
         if err.status_code == 401:
             log.warning("%s %s: 401 (no valid token) from %s", request.method, request.url.path,
                         request.client.host if request.client else "?")

@@ -22,9 +22,11 @@ import soundfile
 import yaml
 
 from bridge.config import Config
-from bridge.errors import BadRequest, Forbidden, NotFound, StartupError, Unavailable
-from bridge.server import serve
+from bridge.errors import ERROR_CODES, BadRequest, Forbidden, NotFound, StartupError, Unavailable
+from bridge.jobs import FINISHED_STATES, JOB_STATES
+from bridge.server import _PARAMS, serve
 from bridge.testing import free_port, tiny_htdemucs_repo
+from engines.cloud import selfhosted_wire as wire
 from engines.cloud.base import TierJob
 from engines.cloud.selfhosted import SelfHostedTier, request_id, server_params
 
@@ -553,6 +555,15 @@ def test_the_tier_reports_health(tier: SelfHostedTier) -> None:
 def test_serve_refuses_to_start_without_a_token() -> None:
     with pytest.raises(StartupError, match="FLOWSTATE_SERVER_TOKEN"):
         serve(Config(), "127.0.0.1", free_port())
+
+
+def test_the_server_speaks_its_wire_contract() -> None:
+    """What the contract declares once is what the server's own parts take: its params models name
+    each task's params exactly, and the job states a reply shows are the job store's."""
+    assert {task: tuple(model.model_fields) for task, model in _PARAMS.items()} == wire.TASK_PARAMS
+    assert wire.JOB_STATES == JOB_STATES
+    assert wire.FINISHED_STATES == FINISHED_STATES
+    assert set(wire.STATUS_FOR_CODE) == set(ERROR_CODES) == set(wire.ERROR_FOR_CODE)
 
 
 def test_uploads_go_when_their_job_ends_and_outputs_expire(tmp_path: Path, repo: Path) -> None:
