@@ -18,6 +18,7 @@ from bridge import __version__
 from bridge.commands import iter_commands, lookup
 from bridge.config import Config, ConfigError, default_config_path, load_config
 from bridge.errors import BridgeError, StartupError
+from bridge.transports.midi import compile_mappings
 
 log = logging.getLogger("flowstate")
 
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "install-service":
         return _install_service(args)
     try:
-        config = load_config(args.config)
+        config = _load_config(args.config)
     except ConfigError as err:
         print(f"flowstate: {err}", file=sys.stderr)
         return err.exit_code
@@ -128,6 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "serve":
         return _serve(config, args)
     raise AssertionError(f"unhandled action {args.action}")  # argparse restricts the choices
+
+
+def _load_config(path: Path | None) -> Config:
+    """The config, with its MIDI mappings checked against the command registry (which the config
+    module cannot import: the registry imports every capability, and they import the config)."""
+    config = load_config(path)
+    compile_mappings(config.midi)
+    return config
 
 
 ABLETON_SCRIPT_NAME = "Flowstate"  # the folder name is the Control Surface name Live lists
@@ -191,7 +200,7 @@ def _install_service(args: argparse.Namespace) -> int:
     config = args.config.expanduser().absolute() if args.config is not None else None
     if config is not None and not args.uninstall:
         try:
-            load_config(config)  # a daemon that cannot start at login helps nobody: say so now
+            _load_config(config)  # a daemon that cannot start at login helps nobody: say so now
         except ConfigError as err:
             print(f"flowstate: {err}", file=sys.stderr)
             return err.exit_code
