@@ -25,12 +25,12 @@ import numpy as np
 
 from bridge.config import Config
 from bridge.daw import DawState, bars_to_seconds
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, BridgeError, Unavailable
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
 from bridge.router import deadline_class
-from bridge.tasks import EngineJob
 
 if TYPE_CHECKING:
     from engines.generation import MusicGenEngine

@@ -15,14 +15,14 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from bridge.config import Config
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest
 from bridge.files import audio_writer, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
-from bridge.tasks import EngineJob
-from engines.resample import check_file_rate, resample_tensor
 from engines import openunmix, spleeter
+from engines.resample import check_file_rate, resample_tensor
 
 log = logging.getLogger(__name__)
 

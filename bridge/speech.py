@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bridge.config import Config
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, Unavailable
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
 from bridge.router import deadline_class
-from bridge.tasks import EngineJob
 
 if TYPE_CHECKING:
     from engines.speech import Speaker, VoiceLibrary

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bridge.config import Config
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, Unavailable
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
 from bridge.router import deadline_class
 from bridge.separate import track_name
-from bridge.tasks import EngineJob
 
 if TYPE_CHECKING:
     from bridge.separate import SeparateJob
@@ -128,6 +128,7 @@ class TranscribeJob(EngineJob):
         import soundfile
         import torch
         from demucs.audio import convert_audio_channels
+
         from engines.resample import resample_tensor
         from engines.transcription import SAMPLE_RATE
 
