@@ -15,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
+from bridge.client import Client, request_endpoint
 from bridge.commands import iter_commands, lookup
-from bridge.config import Config, ConfigError, default_config_path, load_config
+from bridge.config import Config, ConfigError, default_config_path, load_config, platform_folders
+from bridge.daemon import exit_now, run, tune_allocator
+from bridge.docs import markdown_tables
+from bridge.doctor import APT_HINT, FAIL, os_name, render, run_checks
 from bridge.errors import BridgeError, StartupError
+from bridge.jobs import JobRunner, JobStore
+from bridge.paths import PathPolicy
+from bridge.separate import KIND, check_request
+from bridge.service import service_file
+from bridge.stream import import_sounddevice
+from bridge.tasks import job_handlers
 from bridge.transports.midi import compile_mappings
 
 log = logging.getLogger("flowstate")
@@ -189,9 +199,6 @@ def _install_ableton(dest: Path | None) -> int:
 
 def _install_service(args: argparse.Namespace) -> int:
     """Write (or remove) the login item that starts `flowstate up` (bridge/service.py)."""
-    from bridge.config import platform_folders
-    from bridge.service import service_file
-
     platform = args.platform or ("linux" if sys.platform.startswith("linux") else sys.platform)
     if platform not in ("darwin", "linux", "win32"):
         print(f"flowstate: no login service for {platform}; start `flowstate up` from your own start-up "
@@ -244,8 +251,6 @@ def _setup_logging(config: Config) -> None:
 
 
 def _up(config: Config) -> int:
-    from bridge.daemon import exit_now, run, tune_allocator
-
     if config.daemon.malloc_tuning and tune_allocator():
         log.debug("malloc tuned: one arena, 1 GiB mmap threshold; freed memory returned after each job")
     try:
@@ -286,8 +291,6 @@ def parse_send_args(cmd: str, words: Sequence[str]) -> dict[str, Any]:
 
 
 def _send(config: Config, cmd: str, words: Sequence[str], timeout: float) -> int:
-    from bridge.client import Client, request_endpoint
-
     try:
         named = parse_send_args(cmd, words)
         with Client(request_endpoint(config), timeout) as client:
@@ -301,8 +304,6 @@ def _send(config: Config, cmd: str, words: Sequence[str], timeout: float) -> int
 
 def _commands(args: argparse.Namespace) -> int:
     if args.markdown:
-        from bridge.docs import markdown_tables
-
         print(markdown_tables())
         return 0
     specs = list(iter_commands())
@@ -315,8 +316,6 @@ def _commands(args: argparse.Namespace) -> int:
 
 
 def _doctor(config: Config, path: Path | None) -> int:
-    from bridge.doctor import FAIL, render, run_checks
-
     source = path or default_config_path()
     checks = run_checks(config, str(source) if source else "built-in defaults (no config.yaml found)")
     print(render(checks))
@@ -324,13 +323,9 @@ def _doctor(config: Config, path: Path | None) -> int:
 
 
 def _devices() -> int:
-    from bridge.stream import import_sounddevice
-
     try:
         sounddevice = import_sounddevice()
     except OSError as err:
-        from bridge.doctor import APT_HINT, os_name
-
         hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
         print(f"flowstate: PortAudio is not installed ({err}); {hint}", file=sys.stderr)
         return 1
@@ -357,8 +352,6 @@ def _progress_bar(label: str, fraction: float) -> None:
 
 def _separate(config: Config, args: argparse.Namespace) -> int:
     """Separate files through the running daemon, or in this process when none answers."""
-    from bridge.client import Client, request_endpoint
-
     requests = []
     for file in args.files:
         request = {"path": str(file.expanduser().absolute()), "model": args.model, "format": args.format,
@@ -401,8 +394,6 @@ def _report(final: dict[str, dict[str, Any]], labels: dict[str, str]) -> int:
 
 
 def _separate_remote(config: Config, requests: list[dict[str, Any]]) -> int:
-    from bridge.client import Client, request_endpoint
-
     labels: dict[str, str] = {}
     with Client(request_endpoint(config), timeout_seconds=30.0) as client:
         for request in requests:
@@ -420,11 +411,6 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
     """No daemon: the same job code on a private queue in this process."""
     import tempfile
     import threading
-
-    from bridge.jobs import JobRunner, JobStore
-    from bridge.paths import PathPolicy
-    from bridge.separate import KIND, check_request
-    from bridge.tasks import job_handlers
 
     # Files named on the command line are the user's own choice: their folders are allowed too.
     roots = [*config.paths.roots, *(Path(r["path"]).parent for r in requests)]
@@ -465,8 +451,6 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
 
 
 def _jobs(config: Config, args: argparse.Namespace) -> int:
-    from bridge.client import Client, request_endpoint
-
     try:
         with Client(request_endpoint(config), timeout_seconds=5.0) as client:
             if args.cancel:
@@ -488,6 +472,8 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
+    # Deferred on purpose: FastAPI, Starlette and uvicorn add about 0.2 s to start-up, which every
+    # other command (`flowstate send ping` among them) would pay for nothing.
     from bridge.server import serve
 
     settings = config.server

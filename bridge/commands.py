@@ -19,8 +19,19 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from bridge import __version__
-from bridge.errors import BadRequest, UnknownCommand
+from bridge.errors import BadRequest, Unavailable, UnknownCommand
+from bridge.generate import KIND as GENERATE
+from bridge.generate import check_request as check_generate
+from bridge.licences import check_job
 from bridge.protocol import Arg, CallContext, CommandSpec, EventSpec, Handler, Result, path_to_name, quote_name
+from bridge.samples import KIND as SAMPLES_INDEX
+from bridge.samples import check_request as check_samples_index
+from bridge.separate import KIND as SEPARATE
+from bridge.separate import check_request as check_separate
+from bridge.speech import KIND as TTS
+from bridge.speech import check_request as check_tts
+from bridge.transcribe import KIND as TRANSCRIBE
+from bridge.transcribe import check_request as check_transcribe
 
 COMMANDS: dict[str, CommandSpec] = {}
 
@@ -350,8 +361,6 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
 
 def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: str) -> Result:
     """Queue a checked job; a commercial project's licence policy is checked first (forbidden)."""
-    from bridge.licences import check_job
-
     check_job(kind, job_args, ctx.daemon.config)
     job, created = ctx.daemon.job_runner().submit(kind, job_args, request_id or None, origin=ctx.origin)
     return {"id": job.id, "state": job.state, "created": created}
@@ -375,11 +384,9 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     returns=("id", "state"),
 )
 def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.separate import KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config)
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_separate(args, daemon.paths, daemon.config)
+    return _submit(ctx, SEPARATE, job_args, request_id)
 
 
 # -- classification and sample search --------------------------------------------------------------
@@ -387,8 +394,6 @@ def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
 
 def _samples(ctx: CallContext) -> Any:
     """The daemon's sample library (bridge/samples.py): it holds the embeddings model too."""
-    from bridge.errors import Unavailable
-
     library = ctx.daemon.samples
     if library is None:
         raise Unavailable("the sample library is not open (the daemon is starting or stopping)")
@@ -421,10 +426,8 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None) -> Res
     returns=("id", "state"),
 )
 def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id: str) -> Result:
-    from bridge.samples import KIND, check_request
-
-    job_args = check_request({"folder": folder, "watch": watch}, _samples(ctx))
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_samples_index({"folder": folder, "watch": watch}, _samples(ctx))
+    return _submit(ctx, SAMPLES_INDEX, job_args, request_id)
 
 
 @command(
@@ -481,11 +484,9 @@ async def samples_status(ctx: CallContext) -> Result:
     returns=("id", "state"),
 )
 def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.generate import KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config, daemon.daw)
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_generate(args, daemon.paths, daemon.config, daemon.daw)
+    return _submit(ctx, GENERATE, job_args, request_id)
 
 
 # -- transcription and speech ----------------------------------------------------------------------
@@ -509,11 +510,9 @@ def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.transcribe import KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config)
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_transcribe(args, daemon.paths, daemon.config)
+    return _submit(ctx, TRANSCRIBE, job_args, request_id)
 
 
 @command(
@@ -531,8 +530,6 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.speech import KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config)
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_tts(args, daemon.paths, daemon.config)
+    return _submit(ctx, TTS, job_args, request_id)

@@ -23,10 +23,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bridge.errors import BadRequest, ConfigError
+from engines import openunmix, spleeter
+from engines.openunmix import is_openunmix
+from engines.resample import stream_rate_problem
+from engines.separation import HTDEMUCS_RATE
 
 ENV_PREFIX = "FLOWSTATE_"
 CONFIG_ENV = "FLOWSTATE_CONFIG"
@@ -82,8 +96,6 @@ Host = Annotated[str, AfterValidator(_check_host)]
 def _check_separation_model(name: str) -> str:
     """Any HTDemucs name passes (demucs decides when it loads); a Spleeter or Open-Unmix name must
     be one we run."""
-    from engines import openunmix, spleeter
-
     family = next((m for m in (spleeter, openunmix) if getattr(m, f"is_{m.FAMILY}")(name)), None)
     if family is not None:
         try:
@@ -95,8 +107,6 @@ def _check_separation_model(name: str) -> str:
 
 def _check_stream_model(name: str) -> str:
     """A separation model that also streams: Open-Unmix runs on files only."""
-    from engines.openunmix import is_openunmix
-
     if is_openunmix(name):
         raise ValueError(f"{name!r} separates files only (separate.model); expected an HTDemucs model "
                          "or spleeter:2stems")
@@ -200,9 +210,6 @@ class StreamConfig(_Section):
     @field_validator("sample_rate")
     @classmethod
     def _rate_fits_the_resamplers(cls, sample_rate: int, info: ValidationInfo) -> int:
-        from engines.resample import stream_rate_problem
-        from engines.separation import HTDEMUCS_RATE
-
         max_terms = info.data.get("max_ratio_terms")
         if max_terms is None:  # itself invalid: that error is reported
             return sample_rate

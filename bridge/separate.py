@@ -20,9 +20,11 @@ from bridge.errors import BadRequest
 from bridge.files import audio_writer, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
-from bridge.router import deadline_class
+from bridge.router import deadline_class, run_routed
 from engines import openunmix, spleeter
+from engines.cloud.base import TierJob
 from engines.resample import check_file_rate, resample_tensor
+from engines.separation import FileSeparator
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,6 @@ class SeparateJob(EngineJob):
     """The job handler: one warm `FileSeparator` per (model, shifts), reused across jobs."""
 
     def engine(self, model: str, shifts: int) -> Any:
-        from engines.separation import FileSeparator
-
         settings = self.config.separate
         return self.warm((model, shifts), lambda: FileSeparator(
             model, repo=self.config.models.demucs_repo, spleeter_dir=self.config.models.spleeter_dir,
@@ -137,8 +137,6 @@ class SeparateJob(EngineJob):
         self, ctx: JobContext, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
     ) -> tuple[np.ndarray, tuple[str, ...], dict[str, Any]]:
         """Separate on the tier the router picks, falling through the plan when a tier fails."""
-        from bridge.router import run_routed
-
         def local() -> tuple[tuple[np.ndarray, tuple[str, ...]], str]:
             separated, stems, device = self._separate_local(ctx, audio, sample_rate)
             return (separated, stems), device
@@ -180,8 +178,6 @@ class SeparateJob(EngineJob):
 
         import soundfile
         import torch
-
-        from engines.cloud.base import TierJob
 
         args = ctx.job.args
         tier = self.tiers[tier_name]

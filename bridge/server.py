@@ -76,10 +76,20 @@ from starlette.requests import ClientDisconnect
 
 from bridge import __version__
 from bridge.config import Config, user_data_dir
+from bridge.daw import DawState
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
+from bridge.generate import GenerateJob
+from bridge.generate import check_request as check_generate
+from bridge.generate import model_family as check_family
 from bridge.jobs import FINISHED_STATES, Job, JobContext, JobRunner, JobStore
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
+from bridge.separate import SeparateJob, check_request
+from bridge.speech import SpeechJob
+from bridge.speech import check_request as check_speech
+from bridge.transcribe import TranscribeJob
+from bridge.transcribe import check_request as check_transcribe
+from engines.base import pick_device
 from engines.cloud.selfhosted_wire import (
     CODE_FOR_STATUS,
     FILE_FIELD,
@@ -232,12 +242,6 @@ class _Server:
 
     def start(self) -> None:
         """Open the store and start the workers; a second call does nothing."""
-        from bridge.generate import GenerateJob
-        from bridge.separate import SeparateJob
-        from bridge.speech import SpeechJob
-        from bridge.transcribe import TranscribeJob
-        from engines.base import pick_device
-
         if self.runner is not None:
             return
         # A server configured for cuda on a machine without it must not start and take jobs.
@@ -495,16 +499,10 @@ def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, path
                    config: Config) -> dict[str, Any]:
     """The job's args, checked by the daemon's own `check_request` for the task."""
     if task == "stems":
-        from bridge.separate import check_request
-
         return check_request({**params.model_dump(exclude_none=True), "path": upload, "out_dir": out_dir},
                              paths, config)
     job_args: dict[str, Any] = params.job_args()  # type: ignore[attr-defined]
     if task == "generate":
-        from bridge.daw import DawState
-        from bridge.generate import check_request as check_generate
-        from bridge.generate import model_family as check_family
-
         family = getattr(params, "model_family", None)
         if family is not None and check_family(config.generate.model) != family:
             raise BadRequest(f"params.model_family is {family!r}, but this server's generate model is "
@@ -512,10 +510,7 @@ def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, path
         # No DAW here: the length comes in seconds, so the tempo only names the file.
         return check_generate({**job_args, "melody_path": upload, "out_dir": out_dir}, paths, config, DawState())
     if task == "transcribe":
-        from bridge.transcribe import check_request as check_transcribe
-
         return check_transcribe({**job_args, "path": upload, "out_dir": out_dir}, paths, config)
-    from bridge.speech import check_request as check_speech
 
     return check_speech({**job_args, "out_dir": out_dir}, paths, config)
 

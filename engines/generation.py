@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from bridge.errors import BadRequest, NotFound, Unavailable
+from engines import resample as resampler
 from engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -383,16 +384,12 @@ def melody_chroma(audio: np.ndarray, sample_rate: int, *, n_fft: int, hop_length
 
 def resample_tensor(audio: Any, rate_in: int, rate_out: int) -> Any:
     """A `(channels, frames)` torch tensor from `rate_in` to `rate_out` (windowed sinc, bounded memory)."""
-    from engines.resample import resample_tensor as convert
-
-    return convert(audio, int(rate_in), int(rate_out))
+    return resampler.resample_tensor(audio, int(rate_in), int(rate_out))
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """`(channels, frames)` float32 from `rate_in` to `rate_out` (engines/resample.py: bounded memory)."""
-    from engines.resample import resample as convert
-
-    return convert(audio, int(rate_in), int(rate_out))
+    return resampler.resample(audio, int(rate_in), int(rate_out))
 
 
 def fit_length(audio: np.ndarray, frames: int, sample_rate: int, fade_in_ms: float, fade_out_ms: float) -> np.ndarray:
