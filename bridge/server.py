@@ -1,7 +1,9 @@
 """The self-hosted tier: an HTTP server that runs this project's engines for other machines.
 
 `flowstate serve --host H --port P` runs `serve`; `create_app` builds the FastAPI app (tests and
-other ASGI servers use it directly). The wire protocol, all JSON except uploads and outputs:
+other ASGI servers use it directly). The wire protocol, all JSON except uploads and outputs (its
+routes, tasks, params, states and error table are declared in engines/cloud/selfhosted_wire.py,
+which the client imports too):
 
     GET  /v1/health                        no auth: {"ok", "version", "device", "tasks", "models", "queued",
                                            "running", ...}; `tasks` lists what this server runs

@@ -1,4 +1,6 @@
-"""Our own GPU server (`flowstate serve`, bridge/server.py) as a tier.
+"""Our own GPU server (`flowstate serve`, bridge/server.py) as a tier. What this client and that
+server must agree on (routes, tasks and params, states, the error table) is declared once in
+`engines/cloud/selfhosted_wire.py`.
 
 `run` uploads the input with its params, follows the remote job by polling (checking for a cancel
 several times a second), downloads each stem into `job.work_dir/<stem>.<ext>` atomically and
