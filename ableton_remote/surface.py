@@ -29,7 +29,7 @@ from typing import Any, Callable, TypeVar
 
 import Live  # Live's own module: present only inside Live (tests inject a simulation)
 
-from . import LiveSurface, __version__
+from .base import LiveSurface, __version__
 from .link import UNAVAILABLE, DaemonLink
 from .osc import OscArg
 from .placement import (

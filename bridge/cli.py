@@ -15,9 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
+from bridge.client import Client, request_endpoint
 from bridge.commands import iter_commands, lookup
-from bridge.config import Config, ConfigError, default_config_path, load_config
+from bridge.config import Config, ConfigError, default_config_path, load_config, platform_folders
+from bridge.daemon import exit_now, run, tune_allocator
+from bridge.docs import markdown_tables
+from bridge.doctor import APT_HINT, FAIL, os_name, render, run_checks
 from bridge.errors import BridgeError, StartupError
+from bridge.jobs import JobRunner, JobStore
+from bridge.paths import PathPolicy
+from bridge.separate import KIND, check_request
+from bridge.service import service_file
+from bridge.stream import import_sounddevice
+from bridge.tasks import job_handlers
+from bridge.transports.midi import compile_mappings
 
 log = logging.getLogger("flowstate")
 
@@ -129,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "install-service":
         return _install_service(args)
     try:
-        config = load_config(args.config)
+        config = _load_config(args.config)
     except ConfigError as err:
         print(f"flowstate: {err}", file=sys.stderr)
         return err.exit_code
@@ -153,6 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "mcp":
         return _mcp(config, args)
     raise AssertionError(f"unhandled action {args.action}")  # argparse restricts the choices
+
+
+def _load_config(path: Path | None) -> Config:
+    """The config, with its MIDI mappings checked against the command registry (which the config
+    module cannot import: the registry imports every capability, and they import the config)."""
+    config = load_config(path)
+    compile_mappings(config.midi)
+    return config
 
 
 ABLETON_SCRIPT_NAME = "Flowstate"  # the folder name is the Control Surface name Live lists
@@ -228,9 +247,6 @@ def _install_reaper(resource_dir: Path | None) -> int:
 
 def _install_service(args: argparse.Namespace) -> int:
     """Write (or remove) the login item that starts `flowstate up` (bridge/service.py)."""
-    from bridge.config import platform_folders
-    from bridge.service import service_file
-
     platform = args.platform or ("linux" if sys.platform.startswith("linux") else sys.platform)
     if platform not in ("darwin", "linux", "win32"):
         print(f"flowstate: no login service for {platform}; start `flowstate up` from your own start-up "
@@ -239,7 +255,7 @@ def _install_service(args: argparse.Namespace) -> int:
     config = args.config.expanduser().absolute() if args.config is not None else None
     if config is not None and not args.uninstall:
         try:
-            load_config(config)  # a daemon that cannot start at login helps nobody: say so now
+            _load_config(config)  # a daemon that cannot start at login helps nobody: say so now
         except ConfigError as err:
             print(f"flowstate: {err}", file=sys.stderr)
             return err.exit_code
@@ -285,8 +301,6 @@ def _setup_logging(config: Config) -> None:
 
 
 def _up(config: Config) -> int:
-    from bridge.daemon import exit_now, run, tune_allocator
-
     if config.daemon.malloc_tuning and tune_allocator():
         log.debug("malloc tuned: one arena, 1 GiB mmap threshold; freed memory returned after each job")
     try:
@@ -327,8 +341,6 @@ def parse_send_args(cmd: str, words: Sequence[str]) -> dict[str, Any]:
 
 
 def _send(config: Config, cmd: str, words: Sequence[str], timeout: float) -> int:
-    from bridge.client import Client, request_endpoint
-
     try:
         named = parse_send_args(cmd, words)
         with Client(request_endpoint(config), timeout) as client:
@@ -342,8 +354,6 @@ def _send(config: Config, cmd: str, words: Sequence[str], timeout: float) -> int
 
 def _commands(args: argparse.Namespace) -> int:
     if args.markdown:
-        from bridge.docs import markdown_tables
-
         print(markdown_tables())
         return 0
     specs = list(iter_commands())
@@ -356,8 +366,6 @@ def _commands(args: argparse.Namespace) -> int:
 
 
 def _doctor(config: Config, path: Path | None) -> int:
-    from bridge.doctor import FAIL, render, run_checks
-
     source = path or default_config_path()
     checks = run_checks(config, str(source) if source else "built-in defaults (no config.yaml found)")
     print(render(checks))
@@ -365,13 +373,9 @@ def _doctor(config: Config, path: Path | None) -> int:
 
 
 def _devices() -> int:
-    from bridge.stream import import_sounddevice
-
     try:
         sounddevice = import_sounddevice()
     except OSError as err:
-        from bridge.doctor import APT_HINT, os_name
-
         hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
         print(f"flowstate: PortAudio is not installed ({err}); {hint}", file=sys.stderr)
         return 1
@@ -398,8 +402,6 @@ def _progress_bar(label: str, fraction: float) -> None:
 
 def _separate(config: Config, args: argparse.Namespace) -> int:
     """Separate files through the running daemon, or in this process when none answers."""
-    from bridge.client import Client, request_endpoint
-
     requests = []
     for file in args.files:
         request = {"path": str(file.expanduser().absolute()), "model": args.model, "format": args.format,
@@ -442,8 +444,6 @@ def _report(final: dict[str, dict[str, Any]], labels: dict[str, str]) -> int:
 
 
 def _separate_remote(config: Config, requests: list[dict[str, Any]]) -> int:
-    from bridge.client import Client, request_endpoint
-
     labels: dict[str, str] = {}
     with Client(request_endpoint(config), timeout_seconds=30.0) as client:
         for request in requests:
@@ -461,11 +461,6 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
     """No daemon: the same job code on a private queue in this process."""
     import tempfile
     import threading
-
-    from bridge.jobs import JobRunner, JobStore
-    from bridge.paths import PathPolicy
-    from bridge.separate import KIND, check_request
-    from bridge.tasks import job_handlers
 
     # Files named on the command line are the user's own choice: their folders are allowed too.
     roots = [*(config.paths.roots or ()), *(Path(r["path"]).parent for r in requests)]
@@ -506,8 +501,6 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
 
 
 def _jobs(config: Config, args: argparse.Namespace) -> int:
-    from bridge.client import Client, request_endpoint
-
     try:
         with Client(request_endpoint(config), timeout_seconds=5.0) as client:
             if args.cancel:
@@ -529,7 +522,9 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from engines.server import serve
+    # Deferred on purpose: FastAPI, Starlette and uvicorn add about 0.2 s to start-up, which every
+    # other command (`flowstate send ping` among them) would pay for nothing.
+    from bridge.server import serve
 
     settings = config.server
     try:

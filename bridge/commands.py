@@ -19,8 +19,25 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from bridge import __version__
-from bridge.errors import BadRequest, UnknownCommand
+from bridge.errors import BadRequest, Unavailable, UnknownCommand
+from bridge.generate import CLOUD_FAMILIES as GENERATE_CLOUD_FAMILIES
+from bridge.generate import KIND as GENERATE
+from bridge.generate import check_request as check_generate
+from bridge.licences import check_job
 from bridge.protocol import Arg, CallContext, CommandSpec, EventSpec, Handler, Result, path_to_name, quote_name
+from bridge.router import cloud_only
+from bridge.samples import KIND as SAMPLES_INDEX
+from bridge.samples import check_request as check_samples_index
+from bridge.separate import KIND as SEPARATE
+from bridge.separate import check_request as check_separate
+from bridge.speech import CHATTERBOX
+from bridge.speech import KIND as TTS
+from bridge.speech import check_request as check_tts
+from bridge.transcribe import KIND as TRANSCRIBE
+from bridge.transcribe import check_request as check_transcribe
+from bridge.voice import KIND as VOICE
+from bridge.voice import TASK as VOICE_TASK
+from bridge.voice import check_request as check_voice
 
 COMMANDS: dict[str, CommandSpec] = {}
 
@@ -353,9 +370,6 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     """Queue a checked job; a commercial project's licence policy is checked first (forbidden).
     `cloud`: (task, model, what, models key) of a model no local engine runs: unavailable, naming
     what to configure, when no configured tier offers it."""
-    from bridge.licences import check_job
-    from bridge.router import cloud_only
-
     check_job(kind, job_args, ctx.daemon.config)
     if cloud is not None:
         task, model, what, key = cloud
@@ -382,11 +396,9 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     returns=("id", "state"),
 )
 def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.separate import KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config)
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_separate(args, daemon.paths, daemon.config)
+    return _submit(ctx, SEPARATE, job_args, request_id)
 
 
 # -- classification and sample search --------------------------------------------------------------
@@ -394,8 +406,6 @@ def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
 
 def _samples(ctx: CallContext) -> Any:
     """The daemon's sample library (bridge/samples.py): it holds the embeddings model too."""
-    from bridge.errors import Unavailable
-
     library = ctx.daemon.samples
     if library is None:
         raise Unavailable("the sample library is not open (the daemon is starting or stopping)")
@@ -428,10 +438,8 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None) -> Res
     returns=("id", "state"),
 )
 def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id: str) -> Result:
-    from bridge.samples import KIND, check_request
-
-    job_args = check_request({"folder": folder, "watch": watch}, _samples(ctx))
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_samples_index({"folder": folder, "watch": watch}, _samples(ctx))
+    return _submit(ctx, SAMPLES_INDEX, job_args, request_id)
 
 
 @command(
@@ -490,13 +498,11 @@ async def samples_status(ctx: CallContext) -> Result:
     returns=("id", "state"),
 )
 def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.generate import CLOUD_FAMILIES, KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config, daemon.daw)
+    job_args = check_generate(args, daemon.paths, daemon.config, daemon.daw)
     model = job_args["model"]
-    cloud = ("generate", model, f"model {model}", model) if job_args["family"] in CLOUD_FAMILIES else None
-    return _submit(ctx, KIND, job_args, request_id, cloud)
+    cloud = ("generate", model, f"model {model}", model) if job_args["family"] in GENERATE_CLOUD_FAMILIES else None
+    return _submit(ctx, GENERATE, job_args, request_id, cloud)
 
 
 # -- transcription and speech ----------------------------------------------------------------------
@@ -520,11 +526,9 @@ def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.transcribe import KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config)
-    return _submit(ctx, KIND, job_args, request_id)
+    job_args = check_transcribe(args, daemon.paths, daemon.config)
+    return _submit(ctx, TRANSCRIBE, job_args, request_id)
 
 
 @command(
@@ -549,12 +553,10 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.speech import CHATTERBOX, KIND, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config)
+    job_args = check_tts(args, daemon.paths, daemon.config)
     cloud = ("tts", CHATTERBOX, "voice chatterbox", CHATTERBOX) if job_args["voice"] == CHATTERBOX else None
-    return _submit(ctx, KIND, job_args, request_id, cloud)
+    return _submit(ctx, TTS, job_args, request_id, cloud)
 
 
 # -- voice conversion ------------------------------------------------------------------------------
@@ -575,8 +577,6 @@ def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def voice_convert(ctx: CallContext, request_id: str, **args: object) -> Result:
-    from bridge.voice import KIND, TASK, check_request
-
     daemon = ctx.daemon
-    job_args = check_request(args, daemon.paths, daemon.config)
-    return _submit(ctx, KIND, job_args, request_id, (TASK, job_args["voice"], "RVC voice conversion", "rvc"))
+    job_args = check_voice(args, daemon.paths, daemon.config)
+    return _submit(ctx, VOICE, job_args, request_id, (VOICE_TASK, job_args["voice"], "RVC voice conversion", "rvc"))

@@ -23,10 +23,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bridge.errors import BadRequest, ConfigError
+from engines import openunmix, spleeter
+from engines.openunmix import is_openunmix
+from engines.resample import stream_rate_problem
+from engines.separation import HTDEMUCS_RATE
 
 ENV_PREFIX = "FLOWSTATE_"
 CONFIG_ENV = "FLOWSTATE_CONFIG"
@@ -82,8 +96,6 @@ Host = Annotated[str, AfterValidator(_check_host)]
 def _check_separation_model(name: str) -> str:
     """Any HTDemucs name passes (demucs decides when it loads); a Spleeter or Open-Unmix name must
     be one we run."""
-    from engines import openunmix, spleeter
-
     family = next((m for m in (spleeter, openunmix) if getattr(m, f"is_{m.FAMILY}")(name)), None)
     if family is not None:
         try:
@@ -95,8 +107,6 @@ def _check_separation_model(name: str) -> str:
 
 def _check_stream_model(name: str) -> str:
     """A separation model that also streams: Open-Unmix runs on files only."""
-    from engines.openunmix import is_openunmix
-
     if is_openunmix(name):
         raise ValueError(f"{name!r} separates files only (separate.model); expected an HTDemucs model "
                          "or spleeter:2stems")
@@ -200,9 +210,6 @@ class StreamConfig(_Section):
     @field_validator("sample_rate")
     @classmethod
     def _rate_fits_the_resamplers(cls, sample_rate: int, info: ValidationInfo) -> int:
-        from engines.resample import stream_rate_problem
-        from engines.separation import HTDEMUCS_RATE
-
         max_terms = info.data.get("max_ratio_terms")
         if max_terms is None:  # itself invalid: that error is reported
             return sample_rate
@@ -340,8 +347,11 @@ class DawConfig(_Section):
 class MidiMapping(_Section):
     """One MIDI trigger -> one command of the registry (README "MIDI" shows examples).
 
-    Exactly one of note, cc, program. Checked against the registry when the config loads:
-    an unknown command or argument, or a value_arg that cannot be scaled, stops start-up.
+    Exactly one of note, cc, program; value_arg only on a cc, range only with value_arg: checked
+    here. The command, its args and value_arg are checked against the registry right after the
+    config loads (`bridge.transports.midi.compile_mappings`, from the CLI and the MIDI transport),
+    so an unknown command or argument, or a value_arg that cannot be scaled, still stops start-up
+    with a config error, and the config needs nothing of the registry.
     """
 
     note: int | None = Field(default=None, ge=0, le=127)
@@ -356,11 +366,23 @@ class MidiMapping(_Section):
     value_arg: str | None = None
     range: tuple[float, float] | None = None
 
-    @model_validator(mode="after")
-    def _check_against_registry(self) -> MidiMapping:
-        from bridge.transports.midi import compile_mapping  # the registry; late, so no import cycle
+    @property
+    def trigger(self) -> Literal["note", "cc", "program"]:
+        """Which of note, cc and program this mapping listens for (the validator made it one)."""
+        return "note" if self.note is not None else "cc" if self.cc is not None else "program"
 
-        compile_mapping(self)
+    @model_validator(mode="after")
+    def _one_trigger(self) -> MidiMapping:
+        # The messages read after "expected" (the config's error format); the key path in front
+        # of them, e.g. `midi.mappings.2`, names the mapping.
+        triggers = [kind for kind in ("note", "cc", "program") if getattr(self, kind) is not None]
+        if len(triggers) != 1:
+            got = " and ".join(triggers) or "none"
+            raise ValueError(f"exactly one trigger (note, cc or program), got {got}")
+        if self.value_arg is not None and self.cc is None:
+            raise ValueError(f"value_arg only on a cc mapping (a {triggers[0]} carries no value to scale)")
+        if self.value_arg is None and self.range is not None:
+            raise ValueError("range only together with value_arg (the argument the range scales into)")
         return self
 
 

@@ -33,15 +33,19 @@ from bridge.config import Config
 from bridge.daw import DawState
 from bridge.errors import BridgeError, Busy, Internal, StartupError, Unavailable
 from bridge.events import EventHub
-from bridge.protocol import CallContext, CommandSpec, Reply, Request
 from bridge.jobs import JobRunner, JobStore, StoreOwner
+from bridge.licences import licensed_offers
 from bridge.paths import PathPolicy
-from bridge.protocol import Origin
+from bridge.protocol import CallContext, CommandSpec, Origin, Reply, Request
+from bridge.router import Router, build_tiers
+from bridge.samples import SampleLibrary
 from bridge.stream import AudioSessions, StreamManager
+from bridge.tasks import job_handlers
 from bridge.transports.audio import AudioServer
 from bridge.transports.midi import MidiTransport
 from bridge.transports.osc import OscServer
 from bridge.transports.zmq import ZmqServer
+from engines.base import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +122,6 @@ class Daemon:
             raise
 
     def _start_jobs(self) -> None:
-        from bridge.tasks import job_handlers
-
         database = self.config.jobs.database
         if database is None:  # load_config fills the default; a hand-built Config may not
             raise StartupError("jobs.database is not set")
@@ -127,13 +129,10 @@ class Daemon:
         # the first one's running jobs.
         self.store_owner = StoreOwner(database).acquire()
         self.job_store = JobStore(database)
-        from bridge.router import Router, build_tiers
-        from engines.base import pick_device
 
         self.tiers = build_tiers(self.config)
         device = pick_device(self.config.separate.engine_device).type
         offered = {name: frozenset(tier.tasks) for name, tier in self.tiers.items()}
-        from bridge.licences import licensed_offers
 
         # A tier whose own model the project's licence policy refuses is never planned.
         models = {name: licensed_offers(tier, self.config.project) for name, tier in self.tiers.items()}
@@ -141,7 +140,6 @@ class Daemon:
         self.router = Router(self.config.router, offered, self.job_store, device, models=models, runs=runs)
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
-        from bridge.samples import SampleLibrary
 
         self.samples = SampleLibrary(self.config, self.paths)
         self.jobs = JobRunner(

@@ -17,6 +17,11 @@ from pathlib import Path
 
 from bridge import __version__
 from bridge.config import Config
+from bridge.errors import NotFound
+from bridge.stream import import_sounddevice
+from engines import embeddings, generation, openunmix, spleeter, stable_audio
+from engines.speech import VoiceLibrary
+from engines.transcription import offline_source
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 APT_HINT = (
@@ -150,8 +155,6 @@ def midi_backend_check(platform: str, apis: list[str], alsa_sequencer: bool = Tr
 
 
 def _portaudio() -> Iterator[Check]:
-    from bridge.stream import import_sounddevice
-
     try:
         sounddevice = import_sounddevice()
     except OSError as err:
@@ -222,12 +225,9 @@ def _weights(config: Config) -> Iterator[Check]:
 
 def _spleeter(config: Config) -> Iterator[Check]:
     """Where `spleeter:2stems` would load its weights from, checked on disk only."""
-    from bridge.errors import NotFound
-    from engines.spleeter import MODELS, find_checkpoints
-
-    for name in MODELS:
+    for name in spleeter.MODELS:
         try:
-            found = find_checkpoints(name, config.models.spleeter_dir)
+            found = spleeter.find_checkpoints(name, config.models.spleeter_dir)
         except NotFound as err:
             yield Check("spleeter", WARN, err.message)
         else:
@@ -237,12 +237,9 @@ def _spleeter(config: Config) -> Iterator[Check]:
 def _openunmix(config: Config) -> Iterator[Check]:
     """Where `openunmix:umxl` / `openunmix:umxhq` would load their weights from, on disk only (no
     download): a model with none is a warning, as its first job would try to download it."""
-    from bridge.errors import NotFound
-    from engines.openunmix import MODELS, find_weights
-
-    for name in MODELS:
+    for name in openunmix.MODELS:
         try:
-            found = find_weights(name, config.models.openunmix_dir, download=False)
+            found = openunmix.find_weights(name, config.models.openunmix_dir, download=False)
         except NotFound as err:
             yield Check("openunmix", WARN, f"{err.message} (the first {name} job downloads it when online)")
         else:
@@ -251,37 +248,32 @@ def _openunmix(config: Config) -> Iterator[Check]:
 
 def _embeddings(config: Config) -> Iterator[Check]:
     """Where `classify` and sample search would load their model from, checked on disk only."""
-    from engines.embeddings import available_source, candidate_sources
-
     settings = config.samples
-    found = available_source(settings.model, settings.model_dir)
+    found = embeddings.available_source(settings.model, settings.model_dir)
     if found is not None:
         source, where = found
         yield Check("embeddings", OK, f"{settings.model}: from {source} {where}")
         return
-    tried = "; ".join(f"{source} {where}" for source, where in candidate_sources(settings.model, settings.model_dir))
+    candidates = embeddings.candidate_sources(settings.model, settings.model_dir)
+    tried = "; ".join(f"{source} {where}" for source, where in candidates)
     yield Check("embeddings", WARN, f"{settings.model} not found on this machine (looked at: {tried}); classify and "
                 "samples.search download it on first use when online, else set samples.model_dir")
 
 
 def _generation(config: Config) -> Iterator[Check]:
     """Where `generate` would load MusicGen from, checked on disk only (nothing is loaded)."""
-    from engines.generation import MODEL_TYPES, available_source, model_sources
-
-    from engines.stable_audio import is_stable_audio
-
     settings = config.generate
-    if is_stable_audio(settings.model):  # the "stable audio open" row says where that comes from
+    if stable_audio.is_stable_audio(settings.model):  # the "stable audio open" row says where that comes from
         yield Check("musicgen", OK, f"not used: generate.model is {settings.model} (a request may still name one)")
         return
-    found = available_source(settings.model, settings.local_dir)
+    found = generation.available_source(settings.model, settings.local_dir)
     if found is not None:
         kind, where, model_type = found
-        state = OK if model_type in MODEL_TYPES else FAIL
-        hint = "" if state == OK else f"; expected a MusicGen checkpoint ({', '.join(MODEL_TYPES)})"
+        state = OK if model_type in generation.MODEL_TYPES else FAIL
+        hint = "" if state == OK else f"; expected a MusicGen checkpoint ({', '.join(generation.MODEL_TYPES)})"
         yield Check("musicgen", state, f"{settings.model}: {kind} {where} ({model_type}){hint}")
         return
-    tried = "; ".join(f"{kind} {where}" for kind, where in model_sources(settings.model, settings.local_dir))
+    tried = "; ".join(f"{kind} {where}" for kind, where in generation.model_sources(settings.model, settings.local_dir))
     yield Check("musicgen", WARN, f"{settings.model} not found on this machine (looked at: {tried}; no pip package "
                 "ships MusicGen); generate downloads it on first use when online, else set generate.local_dir "
                 "to a folder saved with save_pretrained")
@@ -290,14 +282,12 @@ def _generation(config: Config) -> Iterator[Check]:
 def _stable_audio(config: Config) -> Iterator[Check]:
     """Where `generate model=stable-audio-open` would load from, on disk only; missing weights warn
     only when generate.model is Stable Audio Open (otherwise it is an option, not a need)."""
-    from engines.stable_audio import available_source, is_stable_audio, max_seconds
-
     source = config.generate.stable_audio_model
-    where = available_source(source)
+    where = stable_audio.available_source(source)
     if where is not None:
-        yield Check("stable audio open", OK, f"{source}: {where} (up to {max_seconds(where):.1f} s)")
+        yield Check("stable audio open", OK, f"{source}: {where} (up to {stable_audio.max_seconds(where):.1f} s)")
         return
-    state = WARN if is_stable_audio(config.generate.model) else OK
+    state = WARN if stable_audio.is_stable_audio(config.generate.model) else OK
     yield Check("stable audio open", state, f"{source} not on this machine (optional: generate "
                 "model=stable-audio-open); accept its licence on the hub and run once online, or set "
                 "generate.stable_audio_model to a folder saved with save_pretrained")
@@ -305,9 +295,6 @@ def _stable_audio(config: Config) -> Iterator[Check]:
 
 def _speech(config: Config) -> Iterator[Check]:
     """Where `transcribe` and `tts` would load Whisper and the Piper voice from, on disk only."""
-    from engines.speech import VoiceLibrary
-    from engines.transcription import offline_source
-
     whisper = config.transcribe
     where, checked = offline_source(whisper.model, whisper.local_dir, whisper.package_fallback)
     if where is not None and not checked:

@@ -25,13 +25,13 @@ import errno
 import logging
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from bridge.errors import BadRequest, Forbidden
+from bridge.fileio import MAX_NAME_BYTES, PARTIAL, partial_name, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ _FILE_ATTRIBUTE_REPARSE_POINT = getattr(stat, "FILE_ATTRIBUTE_REPARSE_POINT", 0x
 # Reparse tags with this bit (symbolic links, junctions, mount points) name another file or folder.
 _REPARSE_TAG_NAME_SURROGATE = 0x20000000
 
-# Defaults of paths.max_name_bytes / paths.max_path_chars (bridge/config.py), for callers without a config.
-MAX_NAME_BYTES = 255
+# Default of paths.max_path_chars (bridge/config.py), for callers without a config; paths.max_name_bytes's
+# is bridge.fileio.MAX_NAME_BYTES.
 MAX_PATH_CHARS = 1024
 
 # Windows device names, reserved in any folder and with any extension ("nul.wav" is the device).
@@ -61,11 +61,6 @@ _RESERVED = frozenset(
     | {f"{p}{n}" for p in ("COM", "LPT") for n in (*"0123456789", "\u00b9", "\u00b2", "\u00b3")}
 )
 _BAD_CHARACTERS = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
-
-# `.song.partial-4242-1a2b3c4d.wav`: hidden (a leading dot keeps it out of Finder and DAW browsers),
-# unmistakable, and ending in the final name's suffix so a reader can infer the format.
-PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})(?P<suffix>\.[^.]*)?$")
-_PARTIAL_EXTRA = len(".") + len(".partial-") + 10 + 1 + 8  # around the stem, with a pid of up to 10 digits
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -147,36 +142,6 @@ def audio_writer(frames: Any, sample_rate: int, subtype: str, fmt: str) -> Calla
             out.write(frames)
 
     return write
-
-
-# -- partial files -------------------------------------------------------------------------------
-
-
-def partial_name(name: str) -> str:
-    """The hidden temporary name a write goes to before it is renamed onto `name` (same suffix)."""
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or not stem:
-        stem, suffix = name, ""
-    else:
-        suffix = f".{suffix}"
-    room = MAX_NAME_BYTES - _PARTIAL_EXTRA - len(suffix.encode("utf-8"))
-    stem = stem.encode("utf-8")[: max(room, 1)].decode("utf-8", "ignore") or "x"
-    return f".{stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a writer may still be busy with its partial file."""
-    if pid == os.getpid():
-        return True
-    if os.name != "posix":
-        return False  # os.kill(pid, 0) would terminate the process on Windows
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 # -- folders -------------------------------------------------------------------------------------

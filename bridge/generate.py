@@ -25,12 +25,23 @@ import numpy as np
 
 from bridge.config import Config
 from bridge.daw import DawState, bars_to_seconds
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, BridgeError, Unavailable
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
-from bridge.router import deadline_class
-from bridge.tasks import EngineJob
+from bridge.router import deadline_class, run_routed
+from engines.cloud.base import TierJob
+from engines.generation import (
+    MUSICGEN_MELODY,
+    GenerationRequest,
+    MusicGenEngine,
+    fit_length,
+    local_model_type,
+    normalise_loudness,
+)
+from engines.resample import resample
+from engines.stable_audio import STABLE_AUDIO_OPEN, StableAudioEngine, is_stable_audio, max_seconds
 
 if TYPE_CHECKING:
     from engines.generation import MusicGenEngine
@@ -123,8 +134,6 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config, daw: 
 def _family(model: str, merged: dict[str, Any], config: Config) -> tuple[str, float, str]:
     """(engine family, longest clip in seconds, what sets that limit) for `model`; options of the
     other family are refused, naming the argument."""
-    from engines.stable_audio import STABLE_AUDIO_OPEN, is_stable_audio, max_seconds
-
     if model in CLOUD_FAMILIES:
         limit, limit_name, foreign = CLOUD_FAMILIES[model]
         for key in foreign:
@@ -147,8 +156,6 @@ def _family(model: str, merged: dict[str, Any], config: Config) -> tuple[str, fl
 
 def model_family(model: str) -> str:
     """The engine family that runs `model`: stable-audio-open, musicgen, or a cloud-only one (audiogen, riffusion)."""
-    from engines.stable_audio import STABLE_AUDIO_OPEN, is_stable_audio
-
     if model in CLOUD_FAMILIES:
         return model
     return STABLE_AUDIO_OPEN if is_stable_audio(model) else MUSICGEN
@@ -156,8 +163,6 @@ def model_family(model: str) -> str:
 
 def stable_audio_source(model: str, config: Config) -> str:
     """Where Stable Audio Open's weights come from: the family name means generate.stable_audio_model."""
-    from engines.stable_audio import STABLE_AUDIO_OPEN
-
     return config.generate.stable_audio_model if model == STABLE_AUDIO_OPEN else model
 
 
@@ -212,8 +217,6 @@ def _melody(raw: str, paths: PathPolicy, model: str, config: Config) -> Path | N
     """The melody clip, checked to be readable audio, for a model that can take one."""
     if not raw:
         return None
-    from engines.generation import MUSICGEN_MELODY, local_model_type
-
     path, _ = paths.audio_file(raw, "melody_path", KIND)
     kind = local_model_type(model, config.generate.local_dir)
     if kind is not None and kind != MUSICGEN_MELODY:
@@ -253,9 +256,6 @@ class GenerateJob(EngineJob):
     """The job handler: one warm engine (MusicGen or Stable Audio Open) per model, reused across jobs."""
 
     def engine(self, model: str, family: str = MUSICGEN) -> MusicGenEngine | StableAudioEngine:
-        from engines.generation import MusicGenEngine
-        from engines.stable_audio import STABLE_AUDIO_OPEN, StableAudioEngine
-
         settings = self.config.generate
         if family == STABLE_AUDIO_OPEN:
             source = stable_audio_source(model, self.config)
@@ -264,9 +264,6 @@ class GenerateJob(EngineJob):
         return self.warm(model, lambda: MusicGenEngine(model, settings.local_dir, settings.engine_device))
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
-        from engines.generation import fit_length, normalise_loudness
-        from engines.resample import resample
-
         args = ctx.job.args
         started = time.monotonic()
         # Re-check: the config (roots) may have changed since the job was queued, before a crash.
@@ -314,8 +311,6 @@ class GenerateJob(EngineJob):
 
     def _generate_routed(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], dict[str, Any]]:
         """Generate on the tier the router picks, falling through its plan when a tier fails."""
-        from bridge.router import run_routed
-
         args = ctx.job.args
         cloud = args.get("family") in CLOUD_FAMILIES  # no local engine: the router plans tiers only
         return run_routed(
@@ -326,8 +321,6 @@ class GenerateJob(EngineJob):
         )
 
     def _generate_local(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], str]:
-        from engines.generation import GenerationRequest
-
         args = ctx.job.args
         engine = self.engine(args["model"], args.get("family", MUSICGEN))
         engine.load()
@@ -351,8 +344,6 @@ class GenerateJob(EngineJob):
         self, ctx: JobContext, tier_name: str, melody: Path | None
     ) -> tuple[tuple[np.ndarray, int], float | None]:
         import tempfile
-
-        from engines.cloud.base import TierJob
 
         args = ctx.job.args
         seconds = float(args["seconds"])

@@ -15,7 +15,6 @@ final name.
 from __future__ import annotations
 
 import builtins
-import errno
 import json
 import logging
 import math
@@ -30,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bridge.errors import BadRequest, BridgeError, Internal, NotFound, StartupError, Unavailable
-from bridge.files import PARTIAL, open_folder, partial_name, process_alive
+from bridge.fileio import disk_full, remove_partials
+from bridge.files import open_folder
 from bridge.protocol import Origin
 
 log = logging.getLogger(__name__)
@@ -581,17 +581,6 @@ def _store_full(path: Path, err: sqlite3.OperationalError) -> Unavailable | None
     )
 
 
-def disk_full(err: OSError, what: str) -> Unavailable | None:
-    """`unavailable` naming the file and what to free when `err` is a full disk or quota; else None."""
-    if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return None
-    where = err.filename if err.filename is not None else "its output folder"
-    return Unavailable(
-        f"{what}: no space left on the disk while writing {where} ({err.strerror}); free space on that disk "
-        "(or choose an output folder on another disk) and submit the job again"
-    )
-
-
 def _warn_if_emptied(path: Path) -> None:
     """Log when the job database exists but is empty (0 bytes): its history is gone.
 
@@ -609,86 +598,6 @@ def _warn_if_emptied(path: Path) -> None:
             "job database %s is empty (0 bytes): it was truncated or replaced, and every earlier job, "
             "spend record and speed calibration is gone; starting with an empty queue", path,
         )
-
-
-# -- files ---------------------------------------------------------------------------------------
-#
-# Job outputs below `paths.roots` are written through `bridge.files.Folder` (folder handles, no
-# links followed). `atomic_write` is for the daemon's own folders (a tier's scratch folder, the
-# voices folder), where no request chooses the path.
-
-
-def partial_path(path: Path) -> Path:
-    """The temporary name `atomic_write` writes to before renaming onto `path`."""
-    return path.with_name(partial_name(path.name))
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write a file so that `path` is either absent/old or complete, never half-written.
-
-    `write(tmp)` must create the file `tmp` (same folder, same suffix). It is flushed to disk and
-    renamed onto `path`. If anything raises, `tmp` is removed and the exception propagates.
-    """
-    path = Path(path)
-    tmp = partial_path(path)
-    try:
-        write(tmp)
-        # fsync before the rename: otherwise a power cut can leave `path` naming an empty file.
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable. POSIX only; some filesystems refuse, and the file is safe anyway."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as err:
-        log.debug("cannot open %s to fsync it: %s", folder, err)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        log.debug("fsync of folder %s refused: %s", folder, err)
-    finally:
-        os.close(fd)
-
-
-def remove_partials(folder: Path, recursive: bool = False) -> builtins.list[Path]:
-    """Delete `atomic_write` leftovers (`.<name>.partial-<pid>-<hex8><suffix>`) in `folder`.
-
-    Only regular files whose name matches that pattern exactly are touched, and only when the
-    process that wrote them is gone, so a writer still at work keeps its file. Returns what was
-    removed. A missing folder is fine (nothing to do).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    candidates = folder.rglob(".*.partial-*") if recursive else folder.glob(".*.partial-*")
-    removed: builtins.list[Path] = []
-    for candidate in candidates:
-        match = PARTIAL.match(candidate.name)
-        if match is None or candidate.is_symlink() or not candidate.is_file():
-            continue
-        if process_alive(int(match["pid"])):
-            continue
-        try:
-            candidate.unlink()
-        except FileNotFoundError:
-            continue  # another cleaner got there first
-        log.info("removed partial file %s (its writer, pid %s, is gone)", candidate, match["pid"])
-        removed.append(candidate)
-    return removed
 
 
 # -- running jobs --------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BadRequest, Forbidden, NotFound
-from bridge.files import MAX_NAME_BYTES, MAX_PATH_CHARS, Folder, check_chain, check_name, open_folder
+from bridge.fileio import MAX_NAME_BYTES
+from bridge.files import MAX_PATH_CHARS, Folder, check_chain, check_name, open_folder
 
 if TYPE_CHECKING:
     from bridge.config import Config

@@ -29,6 +29,10 @@ from bridge.config import Config, RouterConfig
 from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
 from bridge.jobs import JobCanceled, JobStore
 from bridge.licences import describe
+from engines.cloud.hf import HuggingFaceTier
+from engines.cloud.replicate import ReplicateTier
+from engines.cloud.selfhosted import SelfHostedTier
+from engines.cloud.workers_ai import WorkersAITier
 
 if TYPE_CHECKING:
     from bridge.jobs import JobContext
@@ -373,12 +377,8 @@ def build_tiers(config: Config) -> dict[str, Any]:
     cloud = config.cloud
     tiers: dict[str, Any] = {}
     if cloud.selfhosted_url and cloud.server_token is not None:
-        from engines.cloud.selfhosted import SelfHostedTier
-
         tiers["selfhosted"] = SelfHostedTier(cloud.selfhosted_url, cloud.server_token.get_secret_value())
     if cloud.replicate_token is not None:
-        from engines.cloud.replicate import ReplicateTier
-
         # No marker webhook: an unreachable webhook host might be refused; a lost create is then
         # reconciled by matching the exact input in the prediction list.
         tiers["replicate"] = ReplicateTier(
@@ -386,8 +386,6 @@ def build_tiers(config: Config) -> dict[str, Any]:
             models=dict(cloud.replicate_models) or None,
         )
     if cloud.huggingface_token is not None:
-        from engines.cloud.hf import HuggingFaceTier
-
         tiers["huggingface"] = HuggingFaceTier(
             cloud.huggingface_token.get_secret_value(),
             base_url=cloud.huggingface_url,
@@ -395,8 +393,6 @@ def build_tiers(config: Config) -> dict[str, Any]:
             models=dict(cloud.huggingface_models) or None,
         )
     if cloud.workers_ai_token is not None and cloud.workers_ai_account_id:
-        from engines.cloud.workers_ai import WorkersAITier
-
         tiers["workers_ai"] = WorkersAITier(
             cloud.workers_ai_token.get_secret_value(), cloud.workers_ai_account_id, base_url=cloud.workers_ai_url,
         )

@@ -36,7 +36,9 @@ import numpy as np
 from bridge.config import Config
 from bridge.errors import BadRequest, BridgeError, NotFound, StartupError, Unavailable
 from bridge.jobs import JobContext
+from bridge.licences import describe
 from bridge.paths import PathPolicy
+from engines.embeddings import TextEmbedder
 
 if TYPE_CHECKING:
     from engines.embeddings import TextEmbedder
@@ -711,8 +713,6 @@ class SampleLibrary:
         """The model's engine, built on first use: a device that is not there fails that request, not start-up."""
         with self._embedder_lock:
             if self._embedder is None:
-                from engines.embeddings import TextEmbedder
-
                 s = self.settings
                 self._embedder = TextEmbedder(s.model, s.model_dir, device=s.engine_device, threads=s.threads)
             return self._embedder
@@ -940,8 +940,6 @@ class IndexJob:
 
         def progress(fraction: float, stage: str) -> None:
             ctx.progress(fraction, stage=stage)
-
-        from bridge.licences import describe
 
         result = self.library.index(folder, progress, ctx.check_cancelled, bool(ctx.job.args["watch"]))
         return {**result, **describe("embed", self.library.model_id)}

@@ -15,14 +15,16 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from bridge.config import Config
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest
 from bridge.files import audio_writer, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
-from bridge.router import deadline_class
-from bridge.tasks import EngineJob
-from engines.resample import check_file_rate, resample_tensor
+from bridge.router import deadline_class, run_routed
 from engines import openunmix, spleeter
+from engines.cloud.base import TierJob
+from engines.resample import check_file_rate, resample_tensor
+from engines.separation import FileSeparator
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,6 @@ class SeparateJob(EngineJob):
     """The job handler: one warm `FileSeparator` per (model, shifts), reused across jobs."""
 
     def engine(self, model: str, shifts: int) -> Any:
-        from engines.separation import FileSeparator
-
         settings = self.config.separate
         return self.warm((model, shifts), lambda: FileSeparator(
             model, repo=self.config.models.demucs_repo, spleeter_dir=self.config.models.spleeter_dir,
@@ -129,8 +129,6 @@ class SeparateJob(EngineJob):
         self, ctx: JobContext, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
     ) -> tuple[np.ndarray, tuple[str, ...], dict[str, Any]]:
         """Separate on the tier the router picks, falling through the plan when a tier fails."""
-        from bridge.router import run_routed
-
         def local() -> tuple[tuple[np.ndarray, tuple[str, ...]], str]:
             separated, stems, device = self._separate_local(ctx, audio, sample_rate)
             return (separated, stems), device
@@ -172,8 +170,6 @@ class SeparateJob(EngineJob):
 
         import soundfile
         import torch
-
-        from engines.cloud.base import TierJob
 
         args = ctx.job.args
         tier = self.tiers[tier_name]

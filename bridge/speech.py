@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bridge.config import Config
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, Unavailable
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
-from bridge.router import deadline_class
-from bridge.tasks import EngineJob
+from bridge.router import deadline_class, run_routed
+from engines.cloud.base import TierJob
+from engines.resample import resample
+from engines.speech import Speaker, VoiceLibrary, is_voice_path, speech_file_name
 
 if TYPE_CHECKING:
     from engines.speech import Speaker, VoiceLibrary
@@ -43,16 +46,12 @@ CHATTERBOX_ONLY = ("voice_prompt", "exaggeration", "cfg_weight")  # options only
 
 
 def voice_library(config: Config) -> VoiceLibrary:
-    from engines.speech import VoiceLibrary
-
     settings = config.tts
     return VoiceLibrary(settings.voices_dir, download=settings.download, package_fallback=settings.package_fallback)
 
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
     """Validate a `tts` request; returns the job's args with every default filled in."""
-    from engines.speech import is_voice_path, speech_file_name
-
     text = " ".join(str(args["text"]).split())
     if not text:
         raise BadRequest(f"{KIND}: argument 'text' expected something to say, got {args['text']!r}")
@@ -118,8 +117,6 @@ class SpeechJob(EngineJob):
     def engine(self, voice: str) -> Speaker:
         """The warm engine for `voice`, resolved (and downloaded when allowed) on its first job only:
         a fallback found offline is kept, so later jobs do not wait on the network again."""
-        from engines.speech import Speaker
-
         def resolve() -> Speaker:
             files = self.library.resolve(voice)  # names that resolve to one file share its engine
             return self.warm(files.model, lambda: Speaker(files, device=self.config.tts.engine_device))
@@ -127,9 +124,6 @@ class SpeechJob(EngineJob):
         return self.warm(("voice", voice), resolve)
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
-        from bridge.router import run_routed
-        from engines.resample import resample
-
         args = ctx.job.args
         started = time.monotonic()
         out_dir = self.paths.output_dir(args["out_dir"], "out_dir", KIND)  # re-check: roots may have changed
@@ -192,8 +186,6 @@ class SpeechJob(EngineJob):
         import tempfile
 
         import soundfile
-
-        from engines.cloud.base import TierJob
 
         args = ctx.job.args
         tier = self.tiers[tier_name]

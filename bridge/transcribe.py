@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bridge.config import Config
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, Unavailable
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
-from bridge.router import deadline_class
+from bridge.router import deadline_class, run_routed
 from bridge.separate import track_name
-from bridge.tasks import EngineJob
+from engines.cloud.base import TierJob
+from engines.resample import resample_tensor
+from engines.transcription import SAMPLE_RATE, Segment, Transcriber, Transcript, check_language, to_srt, to_vtt
 
 if TYPE_CHECKING:
     from bridge.separate import SeparateJob
@@ -38,8 +41,6 @@ STEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
     """Validate a `transcribe` request; returns the job's args with every default filled in."""
-    from engines.transcription import check_language
-
     path, _ = paths.audio_file(args["path"], "path", KIND)
     language = check_language(args.get("language") or config.transcribe.language, KIND)
     formats = list(config.transcribe.formats) if args.get("formats") is None else list(args["formats"])
@@ -77,8 +78,6 @@ class TranscribeJob(EngineJob):
         self.separator = separator
 
     def engine(self, model: str) -> Transcriber:
-        from engines.transcription import Transcriber
-
         settings = self.config.transcribe
         return self.warm(model, lambda: Transcriber(
             model, device=settings.engine_device, compute_type=settings.compute_type,
@@ -120,8 +119,6 @@ class TranscribeJob(EngineJob):
         import soundfile
         import torch
         from demucs.audio import convert_audio_channels
-        from engines.resample import resample_tensor
-        from engines.transcription import SAMPLE_RATE
 
         if self.separator is None:
             raise Unavailable(f"{KIND}: stem {stem!r} needs the separation engine, which this daemon has not set up")
@@ -150,8 +147,6 @@ class TranscribeJob(EngineJob):
     def _transcribe_routed(
         self, ctx: JobContext, source: Path, stem_audio: np.ndarray | None, duration: float
     ) -> tuple[Transcript, dict[str, Any]]:
-        from bridge.router import run_routed
-
         low = 0.5 if stem_audio is not None else 0.05
 
         def local() -> tuple[Transcript, str]:
@@ -187,9 +182,6 @@ class TranscribeJob(EngineJob):
 
         import soundfile
 
-        from engines.cloud.base import TierJob
-        from engines.transcription import SAMPLE_RATE
-
         args = ctx.job.args
         tier = self.tiers[tier_name]
         with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
@@ -215,8 +207,6 @@ class TranscribeJob(EngineJob):
     # -- outputs ------------------------------------------------------------------------------
 
     def _write(self, ctx: JobContext, source: Path, out_root: Path, transcript: Transcript) -> dict[str, str]:
-        from engines.transcription import to_srt, to_vtt
-
         args = ctx.job.args
         if not args["formats"]:
             return {}
@@ -243,8 +233,6 @@ def transcript_from_tier(data: dict[str, Any], duration: float, language: str) -
     Missing times are filled from the neighbours (Hugging Face leaves the last end open); no
     segments at all make one segment over the whole file.
     """
-    from engines.transcription import Segment, Transcript
-
     text = str(data.get("text") or "").strip()
     segments: list[Segment] = []
     previous_end = 0.0

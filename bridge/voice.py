@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import soundfile
 
 from bridge.config import Config
+from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, Unavailable
 from bridge.files import audio_writer, check_name, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
-from bridge.router import deadline_class
-from bridge.tasks import EngineJob
+from bridge.router import deadline_class, run_routed
+from engines.cloud.base import TierJob
+from engines.resample import resample
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +86,6 @@ class VoiceJob(EngineJob):
     """The job handler: no engine of its own; every conversion runs on a tier the router plans."""
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
-        import soundfile
-
-        from bridge.router import run_routed
-        from engines.resample import resample
-
         args = ctx.job.args
         started = time.monotonic()
         # Re-checked: the roots may have changed since the job was queued (before a crash).
@@ -124,12 +123,6 @@ class VoiceJob(EngineJob):
         }
 
     def _convert(self, ctx: JobContext, tier_name: str, source: Path) -> tuple[tuple[np.ndarray, int], float | None]:
-        import tempfile
-
-        import soundfile
-
-        from engines.cloud.base import TierJob
-
         args = ctx.job.args
         with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
             job = TierJob(task=TASK, params={"voice": args["voice"], "pitch": args["pitch"]}, work_dir=Path(scratch),

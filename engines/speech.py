@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bridge.errors import BadRequest, NotFound, Unavailable
+from bridge.fileio import atomic_write
 from engines.base import Engine
 
 if TYPE_CHECKING:
@@ -153,8 +154,6 @@ def fetch_voice(voice: str, folder: Path, timeout_seconds: float) -> None:
     """
     import httpx
     from piper.download_voices import URL_FORMAT, VOICE_PATTERN
-
-    from bridge.jobs import atomic_write
 
     match = VOICE_PATTERN.match(voice)
     if match is None:

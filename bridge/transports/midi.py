@@ -12,7 +12,7 @@ mapping, and `midi.status` keeps the last error. Job events still reach every OS
 the ZeroMQ PUB socket.
 
 mido and python-rtmidi are imported when the ports are opened, not when this module is imported
-(the config imports it to check mappings against the registry).
+(the CLI imports it to check the config's mappings against the registry).
 """
 
 from __future__ import annotations
@@ -27,15 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from bridge.commands import lookup
+from bridge.config import MidiConfig, MidiMapping
 from bridge.daw import MIDI_CLOCK, DawState
-from bridge.errors import BridgeError, Unavailable
+from bridge.errors import BridgeError, ConfigError, Unavailable
 from bridge.protocol import Event, Reply, Request
-
-if TYPE_CHECKING:
-    from bridge.config import MidiConfig, MidiMapping
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +105,33 @@ class Binding:
         return out
 
 
+def compile_mappings(config: MidiConfig) -> list[Binding]:
+    """Every `midi.mappings` entry checked against the command registry, as bindings.
+
+    `ConfigError` in the config's own format (`midi.mappings.<index> = <mapping>: expected ...`,
+    one line per bad mapping), so a bad mapping stops start-up with exit code 2 as any bad key does.
+    The CLI runs this right after loading the config; the transport again when it is built.
+    """
+    bindings, lines = [], []
+    for index, mapping in enumerate(config.mappings):
+        try:
+            bindings.append(compile_mapping(mapping, index))
+        except ValueError as err:
+            shown = mapping.model_dump(exclude_defaults=True)
+            lines.append(f"  midi.mappings.{index} = {shown!r}: expected {err}")
+    if lines:
+        raise ConfigError("\n".join(["invalid configuration (midi.mappings, checked against the commands):",
+                                     *lines]))
+    return bindings
+
+
 def compile_mapping(mapping: MidiMapping, index: int = 0) -> Binding:
     """Check one mapping against the command registry; ValueError says what is wrong.
 
-    The messages read after "expected" (the config's error format): the key path in front of
-    them, e.g. `midi.mappings.2`, names the mapping.
+    The messages read after "expected" (the config's error format); the config has already checked
+    what needs no registry (one trigger; value_arg only on a cc; range only with value_arg).
     """
-    triggers = [kind for kind in ("note", "cc", "program") if getattr(mapping, kind) is not None]
-    if len(triggers) != 1:
-        got = " and ".join(triggers) or "none"
-        raise ValueError(f"exactly one trigger (note, cc or program), got {got}")
-    kind: TriggerKind = triggers[0]  # type: ignore[assignment]
+    kind = mapping.trigger
     try:
         spec = lookup(mapping.command)
     except BridgeError as err:
@@ -126,14 +140,10 @@ def compile_mapping(mapping: MidiMapping, index: int = 0) -> Binding:
     integer = False
     args = dict(mapping.args)
     if mapping.value_arg is not None:
-        if kind != "cc":
-            raise ValueError(f"value_arg only on a cc mapping (a {kind} carries no value to scale)")
         low, high, integer = _value_range(mapping, spec.name, {a.name: a for a in spec.args})
         if mapping.value_arg in args:
             raise ValueError(f"value_arg '{mapping.value_arg}' not to be in args as well (the controller sets it)")
         args[mapping.value_arg] = low  # so that binding below checks the whole request
-    elif mapping.range is not None:
-        raise ValueError("range only together with value_arg (the argument the range scales into)")
     try:
         spec.bind(args)
     except BridgeError as err:
@@ -359,7 +369,7 @@ class MidiTransport:
         self.config = config
         self._dispatch = dispatch
         self._daw = daw
-        self.bindings = [compile_mapping(mapping, index) for index, mapping in enumerate(config.mappings)]
+        self.bindings = compile_mappings(config)
         self._table: dict[tuple[str, int], list[Binding]] = {}
         for binding in self.bindings:
             self._table.setdefault((binding.kind, binding.number), []).append(binding)

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from bridge.errors import BadRequest, BridgeError, Forbidden, NotFound, Unavailable
-from bridge.jobs import atomic_write
+from bridge.fileio import atomic_write
 from engines.cloud.base import TierJob
 
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -166,7 +166,7 @@ def read_input(tier: str, job: TierJob) -> bytes:
 
 
 def write_output(path: Path, data: bytes) -> Path:
-    """`data` written to `path` atomically (bridge.jobs.atomic_write)."""
+    """`data` written to `path` atomically (bridge.fileio.atomic_write)."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 

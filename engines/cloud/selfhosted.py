@@ -1,4 +1,6 @@
-"""Our own GPU server (`flowstate serve`, engines/server.py) as a tier.
+"""Our own GPU server (`flowstate serve`, bridge/server.py) as a tier. What this client and that
+server must agree on (routes, tasks and params, states, the error table) is declared once in
+`engines/cloud/selfhosted_wire.py`.
 
 `run` uploads the input with its params, follows the remote job by polling (checking for a cancel
 several times a second), downloads each stem into `job.work_dir/<stem>.<ext>` atomically and
@@ -35,40 +37,38 @@ from typing import Any
 
 import httpx
 
-from bridge import __version__
-from bridge.errors import BadRequest, BridgeError, Forbidden, Internal, NotFound, Unavailable
-from bridge.jobs import FINISHED_STATES, atomic_write
+from bridge.errors import BadRequest, BridgeError, Internal, NotFound, Unavailable
+from bridge.fileio import atomic_write
 from engines.cloud.base import CheckCancelled, Progress, Tier, TierJob, TierResult
 from engines.cloud.http import TierClient, TransportFailed, backoff_seconds, retry_after_seconds, wait
+from engines.cloud.selfhosted_wire import (
+    ERROR_FOR_CODE,
+    FILE_FIELD,
+    FILE_PART,
+    FINISHED_STATES,
+    FORM_FIELDS,
+    HEALTH_ROUTE,
+    INSTANCE_HEADER,
+    JOB,
+    JOB_CANCEL,
+    JOB_OUTPUT,
+    JOB_STATES,
+    JOBS_ROUTE,
+    MEDIA_TYPES,
+    TASK_PARAMS,
+    USER_AGENT,
+    job_route,
+    model_name,
+)
 
 log = logging.getLogger(__name__)
 
-PARAM_KEYS = ("model", "stems", "two_stems", "format", "encoding", "shifts")
-# The params each task sends (the names the daemon's job code uses for every tier).
-TASK_PARAMS = {
-    "stems": PARAM_KEYS,
-    "generate": ("prompt", "duration_seconds", "seed", "temperature", "top_k", "guidance_scale", "steps",
-                 "negative_prompt", "model_family"),
-    "transcribe": ("language",),
-    "tts": ("text", "lang", "speed"),
-}
-# Which tasks upload a file: required (stems, transcribe), optional (generate's melody), none (tts).
-_NEEDS_INPUT = frozenset({"stems", "transcribe"})
 HEALTH_TIMEOUT_SECONDS = 3.0
 # Status codes another try may fix (the server restarting, a proxy in between, a brief overload).
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # How many earlier jobs for the same input and params (failed or canceled) a run steps past.
 _MAX_RESUBMITS = 20
 _STEM_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_ERRORS: dict[str, type[BridgeError]] = {
-    "bad_request": BadRequest,
-    "unknown_command": BadRequest,
-    "not_found": NotFound,
-    "forbidden": Forbidden,
-    "busy": Unavailable,
-    "unavailable": Unavailable,
-    "internal": Internal,
-}
 
 
 def _never_cancelled() -> None:
@@ -117,7 +117,7 @@ class SelfHostedTier(Tier):
         # Every message this client builds starts with the tier and its URL (never the token).
         self._http = TierClient(
             f"{name} ({self.base_url})",
-            {"Authorization": f"Bearer {token}", "User-Agent": f"flowstate/{__version__}"},
+            {"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT},
             secrets=[token],
         )
 
@@ -126,7 +126,8 @@ class SelfHostedTier(Tier):
     def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         if not self.supports(job.task):
             raise BadRequest(f"{self.name}: task {job.task!r} is not offered; tasks: {', '.join(sorted(self.tasks))}")
-        if (job.input_path is not None or job.task in _NEEDS_INPUT) and not Path(job.input_path or "").is_file():
+        needs_input = FILE_PART[job.task] == "required"
+        if (job.input_path is not None or needs_input) and not Path(job.input_path or "").is_file():
             raise BadRequest(f"{self.name}: input_path {job.input_path!s} is not a file")
         params = server_params(job.params, self.name, job.task)
         started = time.monotonic()
@@ -186,7 +187,7 @@ class SelfHostedTier(Tier):
     def _refresh(self) -> bool:
         """Ask the server's health route; True when it answered ok (and what it offers is noted)."""
         try:
-            response = self._http.send("GET", f"{self.base_url}/v1/health", timeout_seconds=HEALTH_TIMEOUT_SECONDS,
+            response = self._http.send("GET", f"{self.base_url}{HEALTH_ROUTE}", timeout_seconds=HEALTH_TIMEOUT_SECONDS,
                                        check_cancelled=_never_cancelled)
             body = response.json() if response.status_code == 200 else None
         except (BridgeError, ValueError) as err:
@@ -210,12 +211,13 @@ class SelfHostedTier(Tier):
     def job(self, job_id: str, instance: str | None = None,
             check_cancelled: CheckCancelled = _never_cancelled) -> dict[str, Any]:
         """The remote job as the server shows it (NotFound when it does not know the id)."""
-        response = self._request("GET", f"/v1/jobs/{_quote(job_id)}", check_cancelled, instance=instance)
+        response = self._request("GET", job_route(JOB, job_id=_quote(job_id)), check_cancelled, instance=instance)
         return self._job_body(response)
 
     def cancel(self, job_id: str, instance: str | None = None) -> dict[str, Any]:
         """Ask the server to cancel a job; returns the job (still `running` until it stops)."""
-        response = self._request("POST", f"/v1/jobs/{_quote(job_id)}/cancel", _never_cancelled, instance=instance)
+        response = self._request("POST", job_route(JOB_CANCEL, job_id=_quote(job_id)), _never_cancelled,
+                                 instance=instance)
         return self._job_body(response)
 
     def _create(self, job: TierJob, params: dict[str, Any], rid: str,
@@ -223,13 +225,13 @@ class SelfHostedTier(Tier):
         path = Path(job.input_path or os.devnull)
         with path.open("rb") as upload:
             def body() -> dict[str, Any]:
-                data = {"task": job.task, "params": json.dumps(params), "request_id": rid}
+                data = dict(zip(FORM_FIELDS, (job.task, json.dumps(params), rid), strict=True))
                 if job.input_path is None:  # tts, generate without a melody: still multipart, no file part
                     return {"files": {name: (None, value) for name, value in data.items()}}
                 upload.seek(0)  # each try sends the whole file again
-                return {"data": data, "files": {"file": (path.name, upload, "application/octet-stream")}}
+                return {"data": data, "files": {FILE_FIELD: (path.name, upload, "application/octet-stream")}}
 
-            response = self._request("POST", "/v1/jobs", check_cancelled, body=body)
+            response = self._request("POST", JOBS_ROUTE, check_cancelled, body=body)
         remote = self._job_body(response)
         log.info("%s: job %s %s (request id %s)", self.name, remote["id"],
                  "created" if response.status_code == 201 else "found", rid)
@@ -247,7 +249,7 @@ class SelfHostedTier(Tier):
             raise
         if remote["state"] == "failed":
             error = remote.get("error") or {}
-            kind = _ERRORS.get(str(error.get("code")), Internal)
+            kind = ERROR_FOR_CODE.get(str(error.get("code")), Internal)
             raise kind(f"{self.name} ({self.base_url}): job {remote['id']} failed on the server: "
                        f"{error.get('message') or 'no message'}")
         if remote["state"] == "canceled":
@@ -268,7 +270,7 @@ class SelfHostedTier(Tier):
         fmt = result.get("format")
         if remote.get("task") == "transcribe" and isinstance(names, dict) and not names:
             return {}  # the text is the result
-        if not isinstance(names, dict) or not names or fmt not in ("wav", "flac") \
+        if not isinstance(names, dict) or not names or fmt not in MEDIA_TYPES \
                 or not all(isinstance(n, str) and _STEM_NAME.match(n) for n in names):
             raise Unavailable(f"{self.name} ({self.base_url}): job {remote['id']} is done but its result names no "
                               f"usable outputs (outputs {names!r}, format {fmt!r})")
@@ -276,8 +278,8 @@ class SelfHostedTier(Tier):
         outputs: dict[str, Path] = {}
         for index, name in enumerate(sorted(names)):
             # Built from our base URL (which may carry a path prefix), never a URL the server sent.
-            response = self._request("GET", f"/v1/jobs/{_quote(remote['id'])}/outputs/{name}", check_cancelled,
-                                     instance=remote.get("instance"))
+            route = job_route(JOB_OUTPUT, job_id=_quote(remote["id"]), name=name)
+            response = self._request("GET", route, check_cancelled, instance=remote.get("instance"))
             content = response.content
             # B023: atomic_write calls the lambda before this iteration ends.
             outputs[name] = atomic_write(work_dir / f"{name}.{fmt}", lambda tmp: tmp.write_bytes(content))  # noqa: B023
@@ -307,7 +309,7 @@ class SelfHostedTier(Tier):
     def _request(self, method: str, path: str, check_cancelled: CheckCancelled, *,
                  instance: str | None = None, body: Any = None) -> httpx.Response:
         """One request with retries; a 2xx response, or the project error its status means."""
-        headers = {"fly-force-instance-id": instance} if instance else {}
+        headers = {INSTANCE_HEADER: instance} if instance else {}
         url = f"{self.base_url}{path}"
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
@@ -336,8 +338,7 @@ class SelfHostedTier(Tier):
             body = response.json()
         except ValueError:
             body = None
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or body.get("state") not in (
-                "queued", "running", *FINISHED_STATES):
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or body.get("state") not in JOB_STATES:
             raise Unavailable(f"{self.name} ({self.base_url}): malformed job reply (HTTP {response.status_code}): "
                               f"{response.text[:200]!r}")
         return body
@@ -381,12 +382,6 @@ def server_params(params: dict[str, Any], tier: str = "selfhosted", task: str = 
     chosen.setdefault("encoding", "pcm24")
     chosen.setdefault("format", "wav" if chosen["encoding"] == "float" else "flac")
     return chosen
-
-
-def model_name(ref: str) -> str:
-    """A model as the server names it in /v1/health, and as the tier compares it: the last part of a
-    path or hub id (no server paths; a local copy of `facebook/musicgen-small` matches the hub name)."""
-    return ref.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def request_id(path: Path | None, task: str, params: dict[str, Any], check_cancelled: CheckCancelled) -> str:

@@ -18,7 +18,8 @@ import pytest
 import zmq
 
 from bridge.client import Client
-from bridge.jobs import JobStore, atomic_write
+from bridge.fileio import atomic_write
+from bridge.jobs import JobStore
 from bridge.testing import DaemonProcess, tiny_htdemucs_repo
 from tests.bridge.test_separate import write_audio
 from tests.conftest import OscUdp

@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 
 from bridge.errors import BadRequest, Internal, NotFound, StartupError, Unavailable
+from bridge.fileio import atomic_write, partial_path, remove_partials
 from bridge.jobs import (
     JOB_STATES,
     SCHEMA_VERSION,
@@ -32,9 +33,6 @@ from bridge.jobs import (
     JobRunner,
     JobStore,
     StoreOwner,
-    atomic_write,
-    partial_path,
-    remove_partials,
 )
 
 WAIT = 10.0  # a deadline for things that happen in milliseconds; never a measurement

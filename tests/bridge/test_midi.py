@@ -32,6 +32,7 @@ from bridge.transports.midi import (
     Debouncer,
     api_candidates,
     compile_mapping,
+    compile_mappings,
     match_port,
     scale,
 )
@@ -174,29 +175,45 @@ def test_a_cc_mapping_scales_into_the_arguments_own_range_by_default() -> None:
     assert numerator.request_args(64) == {"numerator": 7}  # an int argument gets an int
 
 
-@pytest.mark.parametrize(
-    ("mapping", "words"),
-    [
-        ("{note: 36, channel: 10, command: stems.separat, args: {path: a.wav}}",
-         ["midi.mappings.1 =", "unknown command 'stems.separat'", "did you mean stems.separate"]),
-        ("{program: 1, command: stems.separate, args: {pth: a.wav}}",
-         ["midi.mappings.1 =", "unknown argument(s) ['pth']", "path"]),
-        ("{note: 1, command: stems.separate}", ["midi.mappings.1 =", "missing argument 'path'"]),
-        ("{cc: 7, command: stream.set, args: {stem: vocals}, value_arg: stem}",
-         ["midi.mappings.1 =", "value_arg to name a numeric argument", "'stem' of stream.set is a string"]),
-        ("{cc: 7, command: stream.set, args: {stem: vocals}, value_arg: gain}",
-         ["midi.mappings.1 =", "got 'gain'", "gain_db"]),
-        ("{cc: 7, command: stream.set, args: {stem: vocals}, value_arg: gain_db, range: [-200, 6]}",
-         ["midi.mappings.1 =", "range within stream.set's 'gain_db'", "got [-200, 6]"]),
-        ("{note: 1, command: daw.set, value_arg: tempo}", ["midi.mappings.1 =", "value_arg only on a cc mapping"]),
-        ("{command: ping}", ["midi.mappings.1 =", "exactly one trigger (note, cc or program), got none"]),
-        ("{note: 1, program: 2, command: ping}", ["got note and program"]),
-        ("{note: 128, command: ping}", ["midi.mappings.1.note = 128", "less than or equal to 127"]),
-        ("{note: 1, channel: 0, command: ping}", ["midi.mappings.1.channel = 0", "greater than or equal to 1"]),
-        ("{note: 1, command: ping, velocity: 3}", ["midi.mappings.1.velocity: unknown key", "value_arg"]),
-    ],
-)
+BAD_MAPPINGS = [
+    # What the config checks when it loads ...
+    ("{note: 1, command: daw.set, value_arg: tempo}", ["midi.mappings.1 =", "value_arg only on a cc mapping"]),
+    ("{command: ping}", ["midi.mappings.1 =", "exactly one trigger (note, cc or program), got none"]),
+    ("{note: 1, program: 2, command: ping}", ["got note and program"]),
+    ("{note: 128, command: ping}", ["midi.mappings.1.note = 128", "less than or equal to 127"]),
+    ("{note: 1, channel: 0, command: ping}", ["midi.mappings.1.channel = 0", "greater than or equal to 1"]),
+    ("{note: 1, command: ping, velocity: 3}", ["midi.mappings.1.velocity: unknown key", "value_arg"]),
+]
+# ... and what needs the command registry, checked right after it loads (`compile_mappings`).
+BAD_COMMANDS = [
+    ("{note: 36, channel: 10, command: stems.separat, args: {path: a.wav}}",
+     ["midi.mappings.1 =", "unknown command 'stems.separat'", "did you mean stems.separate"]),
+    ("{program: 1, command: stems.separate, args: {pth: a.wav}}",
+     ["midi.mappings.1 =", "unknown argument(s) ['pth']", "path"]),
+    ("{note: 1, command: stems.separate}", ["midi.mappings.1 =", "missing argument 'path'"]),
+    ("{cc: 7, command: stream.set, args: {stem: vocals}, value_arg: stem}",
+     ["midi.mappings.1 =", "value_arg to name a numeric argument", "'stem' of stream.set is a string"]),
+    ("{cc: 7, command: stream.set, args: {stem: vocals}, value_arg: gain}",
+     ["midi.mappings.1 =", "got 'gain'", "gain_db"]),
+    ("{cc: 7, command: stream.set, args: {stem: vocals}, value_arg: gain_db, range: [-200, 6]}",
+     ["midi.mappings.1 =", "range within stream.set's 'gain_db'", "got [-200, 6]"]),
+]
+
+
+@pytest.mark.parametrize(("mapping", "words"), BAD_MAPPINGS + BAD_COMMANDS)
 def test_a_bad_mapping_is_a_config_error_naming_its_index_and_the_problem(
+    tmp_path: Path, mapping: str, words: list[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"midi:\n  mappings:\n    - {{note: 60, command: ping}}\n    - {mapping}\n")
+    with pytest.raises(ConfigError) as caught:
+        compile_mappings(load_config(path, env={}).midi)
+    for word in words:
+        assert word in str(caught.value)
+
+
+@pytest.mark.parametrize(("mapping", "words"), BAD_MAPPINGS)
+def test_a_malformed_trigger_is_a_config_error_when_the_config_loads(
     tmp_path: Path, mapping: str, words: list[str]
 ) -> None:
     path = tmp_path / "c.yaml"

@@ -17,7 +17,7 @@ from bridge.client import Client
 from bridge.testing import DaemonProcess, build_tiny_stable_audio
 from engines.cloud.base import TierJob
 from engines.cloud.selfhosted import SelfHostedTier
-from tests.engines.test_server import TOKEN, ServerProcess, auth, no_cancel
+from tests.bridge.test_server import TOKEN, ServerProcess, auth, no_cancel
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 pytestmark = pytest.mark.timeout(900)

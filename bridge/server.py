@@ -1,7 +1,9 @@
 """The self-hosted tier: an HTTP server that runs this project's engines for other machines.
 
 `flowstate serve --host H --port P` runs `serve`; `create_app` builds the FastAPI app (tests and
-other ASGI servers use it directly). The wire protocol, all JSON except uploads and outputs:
+other ASGI servers use it directly). The wire protocol, all JSON except uploads and outputs (its
+routes, tasks, params, states and error table are declared in engines/cloud/selfhosted_wire.py,
+which the client imports too):
 
     GET  /v1/health                        no auth: {"ok", "version", "device", "tasks", "models", "queued",
                                            "running", ...}; `tasks` lists what this server runs
@@ -79,14 +81,41 @@ from starlette.requests import ClientDisconnect
 
 from bridge import __version__
 from bridge.config import Config, user_data_dir
+from bridge.daw import DawState
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
+from bridge.generate import GenerateJob
+from bridge.generate import check_request as check_generate
+from bridge.generate import model_family as check_family
 from bridge.jobs import FINISHED_STATES, Job, JobContext, JobRunner, JobStore
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
+from bridge.separate import SeparateJob, check_request
+from bridge.speech import SpeechJob
+from bridge.speech import check_request as check_speech
+from bridge.transcribe import TranscribeJob
+from bridge.transcribe import check_request as check_transcribe
+from engines.base import pick_device
+from engines.cloud.selfhosted_wire import (
+    CODE_FOR_STATUS,
+    FILE_FIELD,
+    FILE_PART,
+    FORM_FIELDS,
+    HEALTH_ROUTE,
+    JOB,
+    JOB_CANCEL,
+    JOB_EVENTS,
+    JOB_OUTPUT,
+    JOBS_ROUTE,
+    MEDIA_TYPES,
+    STATUS_FOR_CODE,
+    TASK_PARAMS,
+    TASKS,
+    job_route,
+    model_name,
+)
 
 log = logging.getLogger(__name__)
 
-TASKS = ("stems", "generate", "transcribe", "tts")
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # a 10-minute 96 kHz/24-bit stereo WAV is 346 MB
 DEFAULT_RETENTION_SECONDS = 24 * 3600.0
 EVENTS_POLL_SECONDS = 0.2
@@ -112,18 +141,6 @@ _COUNT_LIMIT = 100_000
 _CANCEL_WAIT_SECONDS = 2.0
 _KEY = re.compile(r"^[0-9a-f]{16}$")
 
-_STATUS_FOR_CODE = {
-    "bad_request": 400,
-    "unknown_command": 404,
-    "not_found": 404,
-    "busy": 409,
-    "unavailable": 503,
-    "forbidden": 403,
-    "internal": 500,
-}
-_CODE_FOR_STATUS = {400: "bad_request", 401: "forbidden", 403: "forbidden", 404: "not_found", 409: "busy",
-                    413: "bad_request", 422: "bad_request", 503: "unavailable"}
-_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 
 
 class StemsParams(BaseModel):
@@ -186,10 +203,9 @@ class SpeechParams(BaseModel):
         return {"text": self.text, "speed": self.speed, "name": "speech"}
 
 
+# Each names exactly the params of its task in the wire contract (TASK_PARAMS; a test says so).
 _PARAMS: dict[str, type[BaseModel]] = {"stems": StemsParams, "generate": GenerateParams,
                                        "transcribe": TranscribeParams, "tts": SpeechParams}
-# Which tasks take an uploaded file: required, optional (a melody) or none.
-_FILE = {"stems": "required", "generate": "optional", "transcribe": "required", "tts": "none"}
 
 
 class PayloadTooLarge(BadRequest):
@@ -230,12 +246,6 @@ class _Server:
 
     def start(self) -> None:
         """Open the store and start the workers; a second call does nothing."""
-        from bridge.generate import GenerateJob
-        from bridge.separate import SeparateJob
-        from bridge.speech import SpeechJob
-        from bridge.transcribe import TranscribeJob
-        from engines.base import pick_device
-
         if self.runner is not None:
             return
         # A server configured for cuda on a machine without it must not start and take jobs.
@@ -291,8 +301,6 @@ class _Server:
 
     def models(self) -> dict[str, str]:
         """The model each offered task runs, as a name (a path's last part: no server paths)."""
-        from engines.cloud.selfhosted import model_name
-
         config = self.config
         refs = {"stems": config.separate.model, "generate": config.generate.model,
                 "transcribe": config.transcribe.model, "tts": config.tts.voice}
@@ -322,7 +330,8 @@ class _Server:
         result = None
         if job.result is not None:
             result = {k: v for k, v in job.result.items() if k != "files"}
-            result["outputs"] = {name: f"/v1/jobs/{job.id}/outputs/{name}" for name in job.result.get("files", {})}
+            result["outputs"] = {name: job_route(JOB_OUTPUT, job_id=job.id, name=name)
+                                 for name in job.result.get("files", {})}
         return {
             "id": job.id,
             "task": job.kind,
@@ -408,10 +417,10 @@ class _Server:
             params = _PARAMS[task].model_validate_json(text)
         except ValidationError as err:
             raise BadRequest(f"params: {_explain(err)}") from None
-        if form.path is None and _FILE[task] == "required":
+        if form.path is None and FILE_PART[task] == "required":
             raise BadRequest(f"file: no file part in the upload; a {task} job needs the audio as the multipart "
                              "field 'file'")
-        if form.path is not None and _FILE[task] == "none":
+        if form.path is not None and FILE_PART[task] == "none":
             raise BadRequest(f"file: a {task} job takes no file; send only task and params")
         if form.path is not None and form.file_bytes == 0:
             raise BadRequest(f"file: {form.path.name!r} is empty (0 bytes)")
@@ -495,29 +504,18 @@ def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, path
                    config: Config) -> dict[str, Any]:
     """The job's args, checked by the daemon's own `check_request` for the task."""
     if task == "stems":
-        from bridge.separate import check_request
-
         return check_request({**params.model_dump(exclude_none=True), "path": upload, "out_dir": out_dir},
                              paths, config)
     job_args: dict[str, Any] = params.job_args()  # type: ignore[attr-defined]
     if task == "generate":
-        from bridge.daw import DawState
-        from bridge.generate import check_request as check_generate
-        from bridge.generate import model_family as check_family
-
         family = getattr(params, "model_family", None)
         if family is not None and check_family(config.generate.model) != family:
-            from engines.cloud.selfhosted import model_name
-
             raise BadRequest(f"params.model_family is {family!r}, but this server's generate model is "
                              f"{model_name(config.generate.model)!r}")  # a name: no server paths
         # No DAW here: the length comes in seconds, so the tempo only names the file.
         return check_generate({**job_args, "melody_path": upload, "out_dir": out_dir}, paths, config, DawState())
     if task == "transcribe":
-        from bridge.transcribe import check_request as check_transcribe
-
         return check_transcribe({**job_args, "path": upload, "out_dir": out_dir}, paths, config)
-    from bridge.speech import check_request as check_speech
 
     return check_speech({**job_args, "out_dir": out_dir}, paths, config)
 
@@ -554,7 +552,7 @@ class _Form:
     memory. The body is counted against the limit as it arrives, so a part never outgrows it; each part
     is checked (name, size, text) when it ends."""
 
-    _FIELDS = ("task", "params", "request_id")
+    _FIELDS = FORM_FIELDS
 
     def __init__(self, content_type: str, folder: Path, max_file_bytes: int,
                  too_large: Callable[[str], PayloadTooLarge]) -> None:
@@ -618,7 +616,7 @@ class _Form:
 
     def _on_field(self, field: FormField) -> None:
         name, value = (field.field_name or b"").decode("utf-8", "replace"), field.value or b""
-        if name == "file":  # a file part without a file name arrives as a field: it is still the upload
+        if name == FILE_FIELD:  # a file part without a file name arrives as a field: it is still the upload
             self._claim_file(b"", len(value)).write_bytes(value)
         else:
             self._add_field(name, value)
@@ -629,7 +627,7 @@ class _Form:
             file.flush_to_disk()
         temporary = os.fsdecode(file.actual_file_name or b"")
         try:
-            if name != "file":  # a field sent with a file name: read it as the field it names
+            if name != FILE_FIELD:  # a field sent with a file name: read it as the field it names
                 file.file_object.seek(0)
                 self._add_field(name, file.file_object.read(_MAX_FIELD_BYTES + 1))
                 return
@@ -638,7 +636,7 @@ class _Form:
             os.fsync(file.file_object.fileno())
         finally:
             file.close()
-            if name != "file":
+            if name != FILE_FIELD:
                 os.unlink(temporary)
         os.replace(temporary, path)
 
@@ -652,7 +650,7 @@ class _Form:
 
     def _add_field(self, name: str, value: bytes) -> None:
         if name not in self._FIELDS:
-            raise BadRequest(f"unknown form field {_clip(name)!r}; expected {', '.join(('file', *self._FIELDS))}")
+            raise BadRequest(f"unknown form field {_clip(name)!r}; expected {', '.join((FILE_FIELD, *self._FIELDS))}")
         if name in self.fields:
             raise BadRequest(f"{name}: sent twice; send each form field once")
         if len(value) > _MAX_FIELD_BYTES:
@@ -779,7 +777,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
         log.warning("server.allowed_hosts has '*': any Host header is served (no DNS rebinding guard)")
     _add_error_handlers(app)
 
-    @app.get("/v1/health")
+    @app.get(HEALTH_ROUTE)
     def health() -> dict[str, Any]:
         store = server.get_store()
         return {
@@ -794,35 +792,37 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             "instance": server.instance_id,
         }
 
-    jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(server.authorize)])
+    jobs = APIRouter(prefix=JOBS_ROUTE, dependencies=[Depends(server.authorize)])
+
+    task_field, params_field, request_id_field = FORM_FIELDS
+    params_help = "; ".join(f"{task}: {', '.join(names)}" for task, names in TASK_PARAMS.items())
 
     @jobs.post("", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file", "task"],
-        "properties": {"file": {"type": "string", "format": "binary"}, "task": {"type": "string", "enum": list(TASKS)},
-                       "params": {"type": "string", "description": "JSON object; stems: model, stems, two_stems, "
-                                  "format, encoding, shifts; generate: prompt, duration_seconds, seed, temperature, "
-                                  "top_k, guidance_scale; transcribe: language; tts: text, lang, speed"},
-                       "request_id": {"type": "string"}}}}}}})
+        "type": "object", "required": [FILE_FIELD, task_field],
+        "properties": {FILE_FIELD: {"type": "string", "format": "binary"},
+                       task_field: {"type": "string", "enum": list(TASKS)},
+                       params_field: {"type": "string", "description": f"JSON object; {params_help}"},
+                       request_id_field: {"type": "string"}}}}}}})
     async def create_job(request: Request) -> JSONResponse:
         job, created = await server.create_job(request)
         return JSONResponse(server.view(job), status_code=201 if created else 200)
 
-    @jobs.get("/{job_id}")
+    @jobs.get(JOB)
     def get_job(job_id: str) -> dict[str, Any]:
         return server.view(server.job(job_id))
 
-    @jobs.get("/{job_id}/events")
+    @jobs.get(JOB_EVENTS)
     def job_events(job_id: str) -> StreamingResponse:
         server.job(job_id)  # 404 before the stream starts
         return StreamingResponse(server.events(job_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @jobs.post("/{job_id}/cancel")
+    @jobs.post(JOB_CANCEL)
     def cancel_job(job_id: str) -> dict[str, Any]:
         server.job(job_id)
         return server.view(server.get_runner().cancel(job_id))
 
-    @jobs.get("/{job_id}/outputs/{name}")
+    @jobs.get(JOB_OUTPUT)
     def get_output(job_id: str, name: str, request: Request) -> StreamingResponse:
         handle, fmt = server.output_file(job_id, name)
         try:
@@ -838,7 +838,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         headers["Content-Length"] = str(end - start)
         return StreamingResponse(_read_range(handle, start, end), status_code=status, headers=headers,
-                                 media_type=_MEDIA_TYPES.get(fmt, "application/octet-stream"))
+                                 media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
     app.include_router(jobs)
     return app
@@ -955,7 +955,7 @@ def _is_ip(text: str) -> bool:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BridgeError)
     async def bridge_error(request: Request, err: BridgeError) -> JSONResponse:
-        status = 413 if isinstance(err, PayloadTooLarge) else _STATUS_FOR_CODE.get(err.code, 500)
+        status = 413 if isinstance(err, PayloadTooLarge) else STATUS_FOR_CODE.get(err.code, 500)
         extra = {}
         if isinstance(err, RangeNotSatisfiable):
             status, extra = 416, {"Content-Range": f"bytes */{err.size}"}
@@ -964,7 +964,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         else:
             log.warning("%s %s: %s: %s", request.method, request.url.path, err.code, err.message)
         # Connection: close after a refused upload: the rest of its body is not read.
-        refused_upload = status == 413 or (request.method == "POST" and request.url.path == "/v1/jobs")
+        refused_upload = status == 413 or (request.method == "POST" and request.url.path == JOBS_ROUTE)
         headers = {"Connection": "close", **extra} if refused_upload else extra
         return JSONResponse(error_body(err.code, err.message), status_code=status, headers=headers)
 
@@ -976,7 +976,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        code = _CODE_FOR_STATUS.get(err.status_code, "internal" if err.status_code >= 500 else "bad_request")
+        code = CODE_FOR_STATUS.get(err.status_code, "internal" if err.status_code >= 500 else "bad_request")
         if err.status_code == 401:
             log.warning("%s %s: 401 (no valid token) from %s", request.method, request.url.path,
                         request.client.host if request.client else "?")

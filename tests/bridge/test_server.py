@@ -1,4 +1,4 @@
-"""The self-hosted tier for real: `engines.server.serve` in a subprocess on a loopback port with a
+"""The self-hosted tier for real: `bridge.server.serve` in a subprocess on a loopback port with a
 small HTDemucs, driven over HTTP and through `SelfHostedTier` as the router would use it."""
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import soundfile
 import yaml
 
 from bridge.config import Config
-from bridge.errors import BadRequest, Forbidden, NotFound, StartupError, Unavailable
+from bridge.errors import ERROR_CODES, BadRequest, Forbidden, NotFound, StartupError, Unavailable
+from bridge.jobs import FINISHED_STATES, JOB_STATES
+from bridge.server import _PARAMS, serve
 from bridge.testing import free_port, tiny_htdemucs_repo
+from engines.cloud import selfhosted_wire as wire
 from engines.cloud.base import TierJob
 from engines.cloud.selfhosted import SelfHostedTier, request_id, server_params
-from engines.server import serve
 
 TOKEN = f"test-token-{secrets.token_hex(12)}"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -34,7 +36,7 @@ STEMS = {"drums", "bass", "other", "vocals"}
 # `python -c` entry point: the config comes from a YAML file plus the environment (the token).
 ENTRY = (
     "import logging, sys; from pathlib import Path; from bridge.config import load_config; "
-    "from engines.server import serve; "
+    "from bridge.server import serve; "
     "logging.basicConfig(level='INFO', format='%(asctime)s %(levelname)s %(name)s: %(message)s'); "
     "serve(load_config(sys.argv[1]), '127.0.0.1', int(sys.argv[2]), Path(sys.argv[3]), "
     "max_upload_bytes=int(sys.argv[4]), instance_id=sys.argv[5])"
@@ -645,11 +647,20 @@ def test_serve_refuses_to_start_without_a_token() -> None:
         serve(Config(), "127.0.0.1", free_port())
 
 
+def test_the_server_speaks_its_wire_contract() -> None:
+    """What the contract declares once is what the server's own parts take: its params models name
+    each task's params exactly, and the job states a reply shows are the job store's."""
+    assert {task: tuple(model.model_fields) for task, model in _PARAMS.items()} == wire.TASK_PARAMS
+    assert wire.JOB_STATES == JOB_STATES
+    assert wire.FINISHED_STATES == FINISHED_STATES
+    assert set(wire.STATUS_FOR_CODE) == set(ERROR_CODES) == set(wire.ERROR_FOR_CODE)
+
+
 def test_uploads_go_when_their_job_ends_and_outputs_expire(tmp_path: Path, repo: Path) -> None:
     """In-process (`create_app` under Starlette's TestClient) with a one-second retention."""
     from starlette.testclient import TestClient
 
-    from engines.server import create_app
+    from bridge.server import create_app
 
     config = Config.model_validate({
         "models": {"demucs_repo": str(repo)},
