@@ -56,8 +56,14 @@ def build_model(folder: Path, size: str) -> Path:
     if size == "tiny":
         return folder
     import torch
-    from transformers import (AutoProcessor, EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        AutoProcessor,
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import reaper_python as rpr  # REAPER's own module (inside REAPER); a simulation in the tests
-
 from flowstate_osc import OscError, decode_packet, encode_message  # the codec install-reaper copies beside
 
 TITLE = "Flowstate"

@@ -11,7 +11,6 @@ import pytest
 
 from tests.ableton.live_sim import LiveSet, live_module
 
-
 # Live's `Live` module exists only inside Live, and `ableton_remote.surface` imports it at the top
 # (as Remote Scripts do). The test modules import the script, so the simulation must be in place
 # before collection: here, when pytest loads this conftest.

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.config import (Config, ConfigError, default_config_path, default_roots, load_config, platform_folders,
-                           user_data_dir)
+from bridge.config import (
+    Config,
+    ConfigError,
+    default_config_path,
+    default_roots,
+    load_config,
+    platform_folders,
+    user_data_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

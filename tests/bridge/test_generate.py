@@ -25,11 +25,10 @@ from bridge.daw import DawState
 from bridge.errors import BadRequest, Forbidden
 from bridge.generate import check_request
 from bridge.paths import PathPolicy
-from bridge.testing import DaemonProcess
+from bridge.testing import DaemonProcess, build_tiny_musicgen
 from engines.generation import integrated_loudness
 from tests.conftest import JackServer, OscUdp
 from tests.engines.cloud.fake_replicate import FakeReplicate, running_fake
-from bridge.testing import build_tiny_musicgen
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}  # no hub here: a hub name fails at once instead of retrying
 TOKEN = "r8_generate_test_token_0123456789"

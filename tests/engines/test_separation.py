@@ -27,8 +27,15 @@ import torch
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_htdemucs_repo
-from engines.separation import (CPU_DEFAULTS, CUDA_DEFAULTS, HOP_LADDER, LOAD_TIMING_MIN_WINDOWS, LOAD_TIMING_WINDOWS,
-                                StreamingSeparator, load_model)
+from engines.separation import (
+    CPU_DEFAULTS,
+    CUDA_DEFAULTS,
+    HOP_LADDER,
+    LOAD_TIMING_MIN_WINDOWS,
+    LOAD_TIMING_WINDOWS,
+    StreamingSeparator,
+    load_model,
+)
 
 MODEL_RATE = 44100
 SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}  # 4096-frame blocks

@@ -23,7 +23,7 @@ from bridge.errors import BadRequest, ConfigError, Forbidden, NotFound, Unavaila
 from engines.cloud.base import TierJob
 from engines.cloud.replicate import MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
 from tests.engines.cloud.conftest import TOKEN  # the fixtures' token
-from tests.engines.cloud.fake_replicate import Fault, FakeReplicate
+from tests.engines.cloud.fake_replicate import FakeReplicate, Fault
 
 TOLERANCE_SECONDS = 0.05
 
