@@ -428,6 +428,27 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None) -> Res
 
 
 @command(
+    "classify.audio",
+    Arg("path", str, "The clip (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
+    Arg("top", int, "How many labels, best first.", default=5, min=1, max=50),
+    help="Tag a clip by how it sounds (an Audio Spectrogram Transformer over AudioSet's labels: Drum, "
+    "Bass guitar, Singing …): the top labels with scores (independent probabilities), best first. "
+    "Only the first classify.audio_seconds are heard.",
+    returns=("label", "score", "labels", "scores"),
+)
+async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
+    daemon = ctx.daemon
+
+    def tag() -> Result:
+        checked, _ = daemon.paths.audio_file(path, "path", "classify.audio")
+        result: Result = daemon.audio_tagger().tag(checked, top)
+        return result
+
+    # Checking the file reads it; the first call loads the model (seconds); every call runs it: off the loop.
+    return await asyncio.to_thread(tag)
+
+
+@command(
     "samples.index",
     Arg("folder", str, "A sample folder inside paths.roots; every audio file below it is indexed."),
     Arg("watch", bool, "Keep it fresh: rescan every samples.watch_interval_seconds; omit: samples.watch.",
