@@ -696,7 +696,7 @@ TINY_AST_LABELS = ("Music", "Speech", "Drum", "Bass guitar", "Singing", "Guitar"
 
 
 def build_tiny_ast(folder: Path, seed: int = 0, labels: tuple[str, ...] = TINY_AST_LABELS) -> Path:
-    """A random Audio Spectrogram Transformer classifier (about 30 k parameters) saved with `save_pretrained`.
+    """A random Audio Spectrogram Transformer classifier (about 7 k parameters) saved with `save_pretrained`.
 
     The AudioSet checkpoint's shape at toy sizes: one layer, hidden size 16, 16 mel bins over 128
     frames (1.28 s at 16 kHz), patches of 16 with stride 10, `id2label` with a few AudioSet names;
