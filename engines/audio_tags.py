@@ -20,6 +20,7 @@ Nothing heavy happens at import: torch and transformers are imported when the mo
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,35 @@ from engines.resample import resample
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "MIT/ast-finetuned-audioset-10-10-0.4593"
+MODEL_TYPE = "audio-spectrogram-transformer"  # config.json's model_type of an AST checkpoint
 DEFAULT_SECONDS = 10.0
 MAX_SECONDS = 60.0
 MAX_TOP = 50
+
+
+def available_source(model: str) -> tuple[str, str] | None:
+    """(where, model type) when `model` is already on this machine (a folder with a config.json, or a
+    hub name in the Hugging Face cache); None when it is not. Reads no weights and never goes online:
+    for `flowstate doctor`."""
+    folder = Path(model).expanduser()
+    config = folder / "config.json"
+    where = f"folder {folder}"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            cached = try_to_load_from_cache(model, "config.json")
+        except HFValidationError:
+            return None  # not a valid repo id, so it cannot be cached
+        if not isinstance(cached, str):
+            return None
+        config, where = Path(cached), f"hub cache {model}"
+    try:
+        model_type = str(json.loads(config.read_text(encoding="utf-8")).get("model_type") or "?")
+    except (OSError, ValueError):
+        model_type = "unreadable config.json"
+    return where, model_type
 
 
 class AudioTagger(Engine):

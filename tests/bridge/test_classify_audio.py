@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile
 
 from bridge.client import Client, RemoteError
+from bridge.config import Config
+from bridge.doctor import run_checks
 from bridge.testing import TINY_AST_LABELS, DaemonProcess, build_tiny_ast
 from tests.conftest import OscUdp
 
@@ -101,3 +104,22 @@ def test_over_osc_the_reply_carries_label_score_and_the_lists_as_json(daemon: Da
     assert json.loads(labels)[0] == label and len(json.loads(labels)) == 3
     assert json.loads(scores) == sorted(json.loads(scores), reverse=True)
     assert error.address == "/flow/error" and error.params[:2] == ["/flow/classify/audio", "not_found"]
+
+
+def test_doctor_says_where_the_audio_model_would_load_from(tmp_path: Path) -> None:
+    model = build_tiny_ast(tmp_path / "tiny-ast")
+
+    def row(audio_model: str) -> Any:
+        config = Config().model_copy(update={"classify": Config().classify.model_copy(
+            update={"audio_model": audio_model})})
+        return next(check for check in run_checks(config, "test") if check.name == "audio tags")
+
+    found = row(str(model))
+    assert found.state == "ok" and f"folder {model}" in found.detail
+    missing = row("flowstate-test/no-such-ast")
+    assert missing.state == "warn" and "flowstate-test/no-such-ast not found" in missing.detail
+    other = tmp_path / "not-an-ast"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    wrong = row(str(other))
+    assert wrong.state == "fail" and "holds a bert model" in wrong.detail
