@@ -266,14 +266,14 @@ def _audio_tags(config: Config) -> Iterator[Check]:
     model = config.classify.audio_model
     found = audio_tags.available_source(model)
     if found is None:
-        yield Check("audio tags", WARN, f"{model} not found on this machine (neither a folder nor in the hub cache); "
+        yield Check("classify.audio", WARN, f"{model} not found on this machine (neither a folder nor in the hub cache); "
                     "classify.audio downloads it on first use when online, else set classify.audio_model to a folder")
         return
     where, model_type = found
     if model_type == audio_tags.MODEL_TYPE:
-        yield Check("audio tags", OK, f"{model}: {where}")
+        yield Check("classify.audio", OK, f"{model}: {where}")
     else:
-        yield Check("audio tags", FAIL, f"{model}: {where} holds a {model_type} model; classify.audio_model expects "
+        yield Check("classify.audio", FAIL, f"{model}: {where} holds a {model_type} model; classify.audio_model expects "
                     f"an {audio_tags.MODEL_TYPE} (AST) checkpoint")
 
 

@@ -112,7 +112,7 @@ def test_doctor_says_where_the_audio_model_would_load_from(tmp_path: Path) -> No
     def row(audio_model: str) -> Any:
         config = Config().model_copy(update={"classify": Config().classify.model_copy(
             update={"audio_model": audio_model})})
-        return next(check for check in run_checks(config, "test") if check.name == "audio tags")
+        return next(check for check in run_checks(config, "test") if check.name == "classify.audio")
 
     found = row(str(model))
     assert found.state == "ok" and f"folder {model}" in found.detail
