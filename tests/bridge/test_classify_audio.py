@@ -19,6 +19,8 @@ import soundfile
 from bridge.client import Client, RemoteError
 from bridge.config import Config
 from bridge.doctor import run_checks
+from bridge.errors import Forbidden
+from bridge.licences import check_job
 from bridge.testing import TINY_AST_LABELS, DaemonProcess, build_tiny_ast
 from tests.conftest import OscUdp
 
@@ -57,6 +59,8 @@ def test_a_clip_gets_its_top_labels_over_zmq(daemon: DaemonProcess) -> None:
         assert result["label"] == result["labels"][0] and result["score"] == result["scores"][0]
         # Only classify.audio_seconds of the 3 s clip are heard, and the reply says so.
         assert (result["seconds"], result["duration_seconds"]) == (2.0, 3.0)
+        # The model and its licence, as a job's result has them (a folder of our own: not in the catalogue).
+        assert result["licence"]["id"] == "unknown" and result["model"].endswith("tiny-ast")
         # A path relative to the first root, and a smaller top.
         two = c.call("classify.audio", {"path": "Loops/bass and drums.wav", "top": 2})
         assert two["labels"] == result["labels"][:2]
@@ -123,3 +127,18 @@ def test_doctor_says_where_the_audio_model_would_load_from(tmp_path: Path) -> No
     (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
     wrong = row(str(other))
     assert wrong.state == "fail" and "holds a bert model" in wrong.detail
+
+
+def test_a_commercial_project_applies_its_licence_policy_to_the_audio_model() -> None:
+    def config(model: str, unknown: str) -> Config:
+        base = Config()
+        return base.model_copy(update={
+            "classify": base.classify.model_copy(update={"audio_model": model}),
+            "project": base.project.model_copy(update={"commercial": True, "unknown_licences": unknown}),
+        })
+
+    check_job("classify.audio", {}, config("MIT/ast-finetuned-audioset-10-10-0.4593", "refuse"))  # BSD-3-Clause
+    check_job("classify.audio", {}, config("/models/my-ast", "allow"))
+    with pytest.raises(Forbidden) as caught:
+        check_job("classify.audio", {}, config("/models/my-ast", "refuse"))
+    assert "/models/my-ast" in caught.value.message and "project.unknown_licences" in caught.value.message
