@@ -23,7 +23,7 @@ from bridge.errors import BadRequest, Unavailable, UnknownCommand
 from bridge.generate import CLOUD_FAMILIES as GENERATE_CLOUD_FAMILIES
 from bridge.generate import KIND as GENERATE
 from bridge.generate import check_request as check_generate
-from bridge.licences import check_job
+from bridge.licences import check_job, describe
 from bridge.protocol import Arg, CallContext, CommandSpec, EventSpec, Handler, Result, path_to_name, quote_name
 from bridge.router import cloud_only
 from bridge.samples import KIND as SAMPLES_INDEX
@@ -425,6 +425,28 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None) -> Res
     chosen = list(ctx.daemon.config.samples.labels) if labels is None else labels
     # The first call loads the model (seconds); every call runs it: off the event loop.
     return await asyncio.to_thread(library.classify, text, chosen)
+
+
+@command(
+    "classify.audio",
+    Arg("path", str, "The clip (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
+    Arg("top", int, "How many labels, best first.", default=5, min=1, max=50),
+    help="Tag a clip by how it sounds (an Audio Spectrogram Transformer over AudioSet's labels: Drum, "
+    "Bass guitar, Singing …): the top labels with scores (independent probabilities), best first, and the "
+    "model's licence. Only the first classify.audio_seconds are heard.",
+    returns=("label", "score", "labels", "scores"),
+)
+async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
+    daemon = ctx.daemon
+    check_job("classify.audio", {}, daemon.config)  # a commercial project's licence policy, as for jobs
+
+    def tag() -> Result:
+        checked, _ = daemon.paths.audio_file(path, "path", "classify.audio")
+        result: Result = daemon.audio_tagger().tag(checked, top)
+        return {**result, **describe("tag", daemon.config.classify.audio_model)}
+
+    # Checking the file reads it; the first call loads the model (seconds); every call runs it: off the loop.
+    return await asyncio.to_thread(tag)
 
 
 @command(

@@ -474,6 +474,18 @@ class SamplesConfig(_Section):
     )
 
 
+class ClassifyConfig(_Section):
+    """Tagging a clip by how it sounds (`classify.audio`): an Audio Spectrogram Transformer."""
+
+    # A hub name (from its cache; downloaded when online) or a folder saved with save_pretrained
+    # holding an ASTForAudioClassification and its feature extractor.
+    audio_model: str = Field(default="MIT/ast-finetuned-audioset-10-10-0.4593", min_length=1)
+    # Only the first audio_seconds of a clip are classified (the AudioSet AST hears 10.24 s at most).
+    audio_seconds: float = Field(default=10.0, gt=0.0, le=60.0)
+    audio_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    audio_threads: int | None = Field(default=None, ge=1, le=256)
+
+
 class TranscribeConfig(_Section):
     """Speech to text (`transcribe`): Whisper through faster-whisper, or a cloud tier."""
 
@@ -579,6 +591,7 @@ class Config(_Section):
     transcribe: TranscribeConfig = TranscribeConfig()
     tts: TtsConfig = TtsConfig()
     samples: SamplesConfig = SamplesConfig()
+    classify: ClassifyConfig = ClassifyConfig()
     generate: GenerateConfig = GenerateConfig()
     midi: MidiConfig = MidiConfig()
     models: ModelsConfig = ModelsConfig()

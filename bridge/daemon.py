@@ -45,6 +45,7 @@ from bridge.transports.audio import AudioServer
 from bridge.transports.midi import MidiTransport
 from bridge.transports.osc import OscServer
 from bridge.transports.zmq import ZmqServer
+from engines.audio_tags import AudioTagger
 from engines.base import pick_device
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class Daemon:
         self.router: Any = None
         self.jobs: JobRunner | None = None
         self.samples: Any = None  # bridge.samples.SampleLibrary, opened with the job queue
+        # classify.audio's model, built on first use (`audio_tagger`) and closed at shutdown.
+        self._audio_tagger: AudioTagger | None = None
+        self._audio_tagger_lock = threading.Lock()
         self.audio = AudioServer(
             config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams),
             max_header_bytes=config.zmq.audio_max_header_bytes, max_block_frames=config.zmq.audio_max_block_frames,
@@ -157,6 +161,21 @@ class Daemon:
     def _publish_job(self, event: str, job_id: str, origin: Origin | None, /, **data: Any) -> None:
         self.hub.publish(event, origin, id=job_id, **data)
 
+    def audio_tagger(self) -> AudioTagger:
+        """The `classify.audio` model (classify.audio_*), made on first use; call it off the event loop."""
+        with self._audio_tagger_lock:
+            if self._audio_tagger is None:
+                section = self.config.classify
+                self._audio_tagger = AudioTagger(section.audio_model, section.audio_device, section.audio_seconds,
+                                                 section.audio_threads)
+            return self._audio_tagger
+
+    def _close_audio_tagger(self) -> None:
+        with self._audio_tagger_lock:
+            tagger, self._audio_tagger = self._audio_tagger, None
+        if tagger is not None:
+            tagger.close()
+
     def job_runner(self) -> JobRunner:
         if self.jobs is None:
             raise Unavailable("the job queue is not running")
@@ -201,6 +220,7 @@ class Daemon:
         await jobs_stopping
         closing = time.monotonic() + CLOSE_SECONDS
         await self._bounded("streams", self._off_loop(self.streams.close), closing)
+        await self._bounded("audio tagger", self._off_loop(self._close_audio_tagger), closing)
         await self._close_transports(closing)
         log.info("flowstate stopped")
 

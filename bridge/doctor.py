@@ -19,7 +19,7 @@ from bridge import __version__
 from bridge.config import Config
 from bridge.errors import NotFound
 from bridge.stream import import_sounddevice
-from engines import embeddings, generation, openunmix, spleeter, stable_audio
+from engines import audio_tags, embeddings, generation, openunmix, spleeter, stable_audio
 from engines.speech import VoiceLibrary
 from engines.transcription import offline_source
 
@@ -64,6 +64,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         lambda: _spleeter(config),
         lambda: _openunmix(config),
         lambda: _embeddings(config),
+        lambda: _audio_tags(config),
         lambda: _generation(config),
         lambda: _stable_audio(config),
         lambda: _speech(config),
@@ -258,6 +259,22 @@ def _embeddings(config: Config) -> Iterator[Check]:
     tried = "; ".join(f"{source} {where}" for source, where in candidates)
     yield Check("embeddings", WARN, f"{settings.model} not found on this machine (looked at: {tried}); classify and "
                 "samples.search download it on first use when online, else set samples.model_dir")
+
+
+def _audio_tags(config: Config) -> Iterator[Check]:
+    """Where `classify.audio` would load its AST from, checked on disk only (nothing is loaded)."""
+    model = config.classify.audio_model
+    found = audio_tags.available_source(model)
+    if found is None:
+        yield Check("classify.audio", WARN, f"{model} not found on this machine (neither a folder nor in the hub cache); "
+                    "classify.audio downloads it on first use when online, else set classify.audio_model to a folder")
+        return
+    where, model_type = found
+    if model_type == audio_tags.MODEL_TYPE:
+        yield Check("classify.audio", OK, f"{model}: {where}")
+    else:
+        yield Check("classify.audio", FAIL, f"{model}: {where} holds a {model_type} model; classify.audio_model expects "
+                    f"an {audio_tags.MODEL_TYPE} (AST) checkpoint")
 
 
 def _generation(config: Config) -> Iterator[Check]:

@@ -35,6 +35,8 @@ def job_models(kind: str, args: dict[str, Any], config: Config) -> list[tuple[st
         return [("tts", str(args["voice"]))]
     if kind == "samples.index":
         return [("embed", config.samples.model)]
+    if kind == "classify.audio":  # not a job, but the same policy: a request that runs a model
+        return [("tag", config.classify.audio_model)]
     if kind == "voice.convert":  # the voice model's terms are what the output's use depends on
         return [("voice", str(args["voice"]))]
     return []

