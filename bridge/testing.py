@@ -726,7 +726,8 @@ def build_tiny_sentence_bert(folder: Path, seed: int = 0) -> Path:
     """A random BERT in sentence-transformers' format with BGE's recipe (CLS pooling, then normalised):
     the shape of BAAI/bge-small-en-v1.5 at a few thousand parameters, loaded by `samples.model`."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
@@ -736,8 +737,8 @@ def build_tiny_sentence_bert(folder: Path, seed: int = 0) -> Path:
                         intermediate_size=32, max_position_embeddings=64, initializer_range=0.5)
     BertModel(config).eval().save_pretrained(hf)
     tokenizer.save_pretrained(hf)
-    transformer = models.Transformer(str(hf), max_seq_length=32)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="cls")
+    transformer = Transformer(str(hf), max_seq_length=32)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
     out = folder / "model"
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(out))
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(out))
     return out
