@@ -462,7 +462,7 @@ async def samples_search(ctx: CallContext, query: str, k: int) -> Result:
 @command(
     "samples.status",
     help="The sample index: files searchable and skipped (with why), folders and whether they are watched, "
-    "the model and where it was loaded from.",
+    "the model and where it was loaded from, classify's default method and NLI model.",
 )
 async def samples_status(ctx: CallContext) -> Result:
     return await asyncio.to_thread(_samples(ctx).status)

@@ -786,6 +786,8 @@ class SampleLibrary:
             "skipped_files": skipped_files, "folders": folders, "watching": self.watching,
             "watch_interval_seconds": self.settings.watch_interval_seconds, "model": self.model_id,
             "model_loaded": engine is not None and engine.loaded, "model_source": source.describe() if source else None,
+            "classify_method": self.settings.classify_method, "nli_model": self.settings.nli_model.strip(),
+            "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded,
         }
 
     # -- indexing ----------------------------------------------------------------------------------

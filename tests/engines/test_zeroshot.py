@@ -174,8 +174,10 @@ def test_the_config_picks_the_method_and_a_request_overrides_it(tmp_path: Path, 
                                                                 default: str) -> None:
     lib = library(tmp_path, bge_dir, nli_dir, classify_method=default)
     try:
+        assert lib.status()["classify_method"] == default and lib.status()["nli_model"] == str(nli_dir)
         assert lib.classify(TEXT, LABELS)["method"] == default
         nli = lib.classify(TEXT, LABELS, "nli")
+        assert lib.status()["nli_model_loaded"]
         assert nli["method"] == "nli" and nli["model"] == str(nli_dir)
         assert sum(nli["scores"]) == pytest.approx(1.0, abs=1e-3) and nli["label"] == nli["labels"][0]
         embeddings = lib.classify(TEXT, LABELS, "embeddings")
