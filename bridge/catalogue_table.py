@@ -5,7 +5,7 @@ columns come from the code that runs the models:
 
 * **local**: the names the local engines run (the config's defaults, Spleeter's and Open-Unmix's
   model lists, MusicGen's and Stable Audio Open's names, faster-whisper's sizes, the Piper voices
-  we name, the embedder's and the audio tagger's models), each mapped to its entry with `entry_for`;
+  we name, the embedder's models, the NLI model and the audio tagger's), each mapped to its entry with `entry_for`;
 * **each cloud tier**, built with its default models: a name is asked of `offers_model`, and the
   model the tier then runs (`model_for`) decides which entry is marked. The self-hosted tier is a
   `flowstate serve` whose config names that local model (its health route would list it);
@@ -43,7 +43,7 @@ def local_names() -> list[tuple[str, str]]:
     import faster_whisper
 
     from bridge.config import Config
-    from engines import audio_tags, embeddings, generation, openunmix, spleeter, stable_audio
+    from engines import audio_tags, embeddings, generation, openunmix, spleeter, stable_audio, zeroshot
 
     defaults = Config()
     names = [("stems", defaults.separate.model), ("stems", defaults.stream.model)]
@@ -51,7 +51,8 @@ def local_names() -> list[tuple[str, str]]:
     names += [("generate", generation.DEFAULT_MODEL), ("generate", stable_audio.STABLE_AUDIO_OPEN)]
     names += [("transcribe", name) for name in faster_whisper.available_models()]
     names += [("tts", defaults.tts.voice), ("tts", packaged_voice())]
-    names += [("embed", embeddings.DEFAULT_MODEL), ("embed", defaults.samples.model)]
+    names += [("embed", embeddings.DEFAULT_MODEL), ("embed", defaults.samples.model), ("embed", embeddings.BGE_MODEL)]
+    names += [("classify", zeroshot.DEFAULT_MODEL), ("classify", defaults.samples.nli_model)]
     names += [("tag", audio_tags.DEFAULT_MODEL), ("tag", defaults.classify.audio_model)]
     return names
 

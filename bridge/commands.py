@@ -417,14 +417,20 @@ def _samples(ctx: CallContext) -> Any:
     Arg("text", str, "A description, e.g. 'punchy kick drum with 808 sub bass'."),
     Arg("labels", list, "The labels to rank, e.g. drums,bass,vocals (at most 100); omit: samples.labels.",
         default=None),
-    help="Rank labels for a description by meaning (sentence embeddings, cosine scores), best first.",
+    Arg("method", str, "embeddings (cosine similarity of sentence embeddings, fast) or nli (zero-shot with an NLI "
+        "model, slower, better for arbitrary labels); empty: samples.classify_method.", default="",
+        choices=("", "embeddings", "nli")),
+    Arg("hypothesis", str, "method=nli: the sentence each label is read in, {} where the label goes, e.g. "
+        "'This sound is {}.'; empty: samples.nli_hypothesis.", default=""),
+    help="Rank labels for a description by meaning, best first: sentence embeddings (cosine scores) or "
+    "zero-shot NLI (entailment probabilities that sum to 1).",
     returns=("label", "score", "labels", "scores"),
 )
-async def classify(ctx: CallContext, text: str, labels: list[str] | None) -> Result:
+async def classify(ctx: CallContext, text: str, labels: list[str] | None, method: str, hypothesis: str) -> Result:
     library = _samples(ctx)
     chosen = list(ctx.daemon.config.samples.labels) if labels is None else labels
     # The first call loads the model (seconds); every call runs it: off the event loop.
-    return await asyncio.to_thread(library.classify, text, chosen)
+    return await asyncio.to_thread(library.classify, text, chosen, method or None, hypothesis or None)
 
 
 @command(
@@ -478,7 +484,7 @@ async def samples_search(ctx: CallContext, query: str, k: int) -> Result:
 @command(
     "samples.status",
     help="The sample index: files searchable and skipped (with why), folders and whether they are watched, "
-    "the model and where it was loaded from.",
+    "the model and where it was loaded from, classify's default method and NLI model.",
 )
 async def samples_status(ctx: CallContext) -> Result:
     return await asyncio.to_thread(_samples(ctx).status)

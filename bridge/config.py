@@ -41,6 +41,7 @@ from engines import openunmix, spleeter
 from engines.openunmix import is_openunmix
 from engines.resample import stream_rate_problem
 from engines.separation import HTDEMUCS_RATE
+from engines.zeroshot import check_hypothesis
 
 ENV_PREFIX = "FLOWSTATE_"
 CONFIG_ENV = "FLOWSTATE_CONFIG"
@@ -455,7 +456,7 @@ class GenerateConfig(_Section):
 
 
 class SamplesConfig(_Section):
-    """Sample search (`samples.index`, `samples.search`) and `classify`: sentence embeddings."""
+    """Sample search (`samples.index`, `samples.search`) and `classify`: sentence embeddings, or NLI."""
 
     # A hub name, or a folder in sentence-transformers' format.
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -472,6 +473,21 @@ class SamplesConfig(_Section):
     labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default=["drums", "bass", "vocals", "melody", "effects"], min_length=1, max_length=100
     )
+    # How `classify` ranks labels when a request names no method: embeddings (cosine similarity of
+    # sentence embeddings, fast) or nli (a zero-shot NLI model, slower, reads arbitrary labels better).
+    classify_method: Literal["embeddings", "nli"] = "embeddings"
+    # The NLI model of `classify method=nli`: a hub name or a save_pretrained folder with its tokenizer.
+    nli_model: str = Field(default="facebook/bart-large-mnli", min_length=1)
+    # The hypothesis each label is read in; {} is where the label goes.
+    nli_hypothesis: str = "This example is {}."
+
+    @field_validator("nli_hypothesis")
+    @classmethod
+    def _one_placeholder(cls, template: str) -> str:
+        try:
+            return check_hypothesis(template)
+        except BadRequest as err:
+            raise ValueError(str(err).replace("classify: argument 'hypothesis'", "the template")) from err
 
 
 class ClassifyConfig(_Section):

@@ -39,6 +39,7 @@ from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
 from engines.embeddings import TextEmbedder
+from engines.zeroshot import ZeroShotClassifier
 
 if TYPE_CHECKING:
     from engines.embeddings import TextEmbedder
@@ -681,6 +682,7 @@ class SampleLibrary:
         self.model_id = self.settings.model.strip()
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
+        self._zeroshot: ZeroShotClassifier | None = None
         self.store = SampleStore(library_database(config))
         self.vectors = VectorIndex()
         self._scan_lock = threading.Lock()  # one pass over the files at a time: a job or the watcher
@@ -743,12 +745,35 @@ class SampleLibrary:
         return {"query": query, "matches": matches, "count": len(matches), "indexed": len(self.vectors),
                 "search_ms": round((time.perf_counter() - started) * 1000.0, 2)}
 
-    def classify(self, text: str, labels: list[str]) -> dict[str, Any]:
-        ranked = self.embedder.classify(text, labels)
+    @property
+    def zeroshot(self) -> ZeroShotClassifier:
+        """The NLI model's engine (`classify method=nli`), built on first use, like the embedder."""
+        with self._embedder_lock:
+            if self._zeroshot is None:
+                s = self.settings
+                self._zeroshot = ZeroShotClassifier(s.nli_model, device=s.engine_device, threads=s.threads)
+            return self._zeroshot
+
+    def classify(self, text: str, labels: list[str], method: str | None = None,
+                 hypothesis: str | None = None) -> dict[str, Any]:
+        """Labels ranked for `text`, best first: by cosine similarity of embeddings, or by an NLI model."""
+        chosen = self.settings.classify_method if method is None or method == "" else method
+        if chosen == "embeddings":
+            if hypothesis:
+                raise BadRequest("classify: argument 'hypothesis' only applies to method=nli; "
+                                 f"got method=embeddings and hypothesis={hypothesis!r}")
+            ranked = self.embedder.classify(text, labels)
+            named = describe("embed", self.model_id)
+        elif chosen == "nli":
+            template = self.settings.nli_hypothesis if hypothesis is None or hypothesis == "" else hypothesis
+            ranked = self.zeroshot.classify(text, labels, template)
+            named = describe("classify", self.settings.nli_model.strip())
+        else:
+            raise BadRequest(f"classify: argument 'method' expected embeddings or nli, got {method!r}")
         return {
             "label": ranked[0][0], "score": ranked[0][1],
             "labels": [label for label, _ in ranked], "scores": [score for _, score in ranked],
-            "model": self.model_id,
+            "method": chosen, **named,
         }
 
     def status(self) -> dict[str, Any]:
@@ -761,6 +786,8 @@ class SampleLibrary:
             "skipped_files": skipped_files, "folders": folders, "watching": self.watching,
             "watch_interval_seconds": self.settings.watch_interval_seconds, "model": self.model_id,
             "model_loaded": engine is not None and engine.loaded, "model_source": source.describe() if source else None,
+            "classify_method": self.settings.classify_method, "nli_model": self.settings.nli_model.strip(),
+            "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded,
         }
 
     # -- indexing ----------------------------------------------------------------------------------
@@ -916,6 +943,8 @@ class SampleLibrary:
                 self._scan_lock.release()
         if self._embedder is not None:
             self._embedder.close()
+        if self._zeroshot is not None:
+            self._zeroshot.close()
 
 
 # -- the job -----------------------------------------------------------------------------------------

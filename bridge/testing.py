@@ -714,3 +714,56 @@ def build_tiny_ast(folder: Path, seed: int = 0, labels: tuple[str, ...] = TINY_A
     ASTForAudioClassification(config).eval().save_pretrained(folder)
     ASTFeatureExtractor(feature_size=1, sampling_rate=16000, num_mel_bins=16, max_length=128).save_pretrained(folder)
     return Path(folder)
+
+
+TINY_WORDS = ("drums", "bass", "vocals", "melody", "effects", "kick", "snare", "punchy", "dark", "pad", "a", "the",
+              "this", "example", "is", "sound", "of", "with", "and", "808", "sub", "lead", "vocal", "female")
+
+
+def _tiny_bert_tokenizer(folder: Path) -> Any:
+    """A WordPiece tokenizer over a few music words (a stand-in for a real vocabulary)."""
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",")
+    return BertTokenizerFast(vocab={word: n for n, word in enumerate((*specials, *TINY_WORDS))}, do_lower_case=True)
+
+
+def build_tiny_nli(folder: Path, seed: int = 0, labels: tuple[str, ...] = ("contradiction", "neutral", "entailment"),
+                   ) -> Path:
+    """A random BERT sequence classifier (about 10 k parameters) with an MNLI head's labels, saved by
+    save_pretrained with its tokenizer: transformers' zero-shot pipeline loads it like bart-large-mnli.
+    `labels` without an entailment label builds a model the zero-shot engine must refuse."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    tokenizer = _tiny_bert_tokenizer(folder)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=len(labels), initializer_range=0.5,
+                        id2label=dict(enumerate(labels)), label2id={label: n for n, label in enumerate(labels)})
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sentence_bert(folder: Path, seed: int = 0) -> Path:
+    """A random BERT in sentence-transformers' format with BGE's recipe (CLS pooling, then normalised):
+    the shape of BAAI/bge-small-en-v1.5 at a few thousand parameters, loaded by `samples.model`."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    hf = folder / "hf"
+    tokenizer = _tiny_bert_tokenizer(hf)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, initializer_range=0.5)
+    BertModel(config).eval().save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    transformer = Transformer(str(hf), max_seq_length=32)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
+    out = folder / "model"
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(out))
+    return out

