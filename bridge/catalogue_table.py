@@ -52,7 +52,7 @@ def local_names() -> list[tuple[str, str]]:
     names += [("transcribe", name) for name in faster_whisper.available_models()]
     names += [("tts", defaults.tts.voice), ("tts", packaged_voice())]
     names += [("embed", embeddings.DEFAULT_MODEL), ("embed", defaults.samples.model), ("embed", embeddings.BGE_MODEL)]
-    names += [("classify", zeroshot.DEFAULT_MODEL), ("classify", defaults.samples.nli_model)]
+    names += [("classify", zeroshot.DEFAULT_MODEL), ("classify", defaults.classify.nli_model)]
     names += [("tag", audio_tags.DEFAULT_MODEL), ("tag", defaults.classify.audio_model)]
     return names
 

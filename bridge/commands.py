@@ -418,10 +418,10 @@ def _samples(ctx: CallContext) -> Any:
     Arg("labels", list, "The labels to rank, e.g. drums,bass,vocals (at most 100); omit: samples.labels.",
         default=None),
     Arg("method", str, "embeddings (cosine similarity of sentence embeddings, fast) or nli (zero-shot with an NLI "
-        "model, slower, better for arbitrary labels); empty: samples.classify_method.", default="",
+        "model, slower, better for arbitrary labels); empty: classify.method.", default="",
         choices=("", "embeddings", "nli")),
     Arg("hypothesis", str, "method=nli: the sentence each label is read in, {} where the label goes, e.g. "
-        "'This sound is {}.'; empty: samples.nli_hypothesis.", default=""),
+        "'This sound is {}.'; empty: classify.nli_hypothesis.", default=""),
     help="Rank labels for a description by meaning, best first: sentence embeddings (cosine scores) or "
     "zero-shot NLI (entailment probabilities that sum to 1).",
     returns=("label", "score", "labels", "scores"),

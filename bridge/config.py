@@ -456,7 +456,7 @@ class GenerateConfig(_Section):
 
 
 class SamplesConfig(_Section):
-    """Sample search (`samples.index`, `samples.search`) and `classify`: sentence embeddings, or NLI."""
+    """Sample search (`samples.index`, `samples.search`) and `classify`'s sentence embeddings."""
 
     # A hub name, or a folder in sentence-transformers' format.
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -473,9 +473,21 @@ class SamplesConfig(_Section):
     labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default=["drums", "bass", "vocals", "melody", "effects"], min_length=1, max_length=100
     )
+
+
+class ClassifyConfig(_Section):
+    """`classify`'s method and NLI model, and `classify.audio`'s Audio Spectrogram Transformer."""
+
+    # A hub name (from its cache; downloaded when online) or a folder saved with save_pretrained
+    # holding an ASTForAudioClassification and its feature extractor.
+    audio_model: str = Field(default="MIT/ast-finetuned-audioset-10-10-0.4593", min_length=1)
+    # Only the first audio_seconds of a clip are classified (the AudioSet AST hears 10.24 s at most).
+    audio_seconds: float = Field(default=10.0, gt=0.0, le=60.0)
+    audio_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    audio_threads: int | None = Field(default=None, ge=1, le=256)
     # How `classify` ranks labels when a request names no method: embeddings (cosine similarity of
     # sentence embeddings, fast) or nli (a zero-shot NLI model, slower, reads arbitrary labels better).
-    classify_method: Literal["embeddings", "nli"] = "embeddings"
+    method: Literal["embeddings", "nli"] = "embeddings"
     # The NLI model of `classify method=nli`: a hub name or a save_pretrained folder with its tokenizer.
     nli_model: str = Field(default="facebook/bart-large-mnli", min_length=1)
     # The hypothesis each label is read in; {} is where the label goes.
@@ -488,18 +500,6 @@ class SamplesConfig(_Section):
             return check_hypothesis(template)
         except BadRequest as err:
             raise ValueError(str(err).replace("classify: argument 'hypothesis'", "the template")) from err
-
-
-class ClassifyConfig(_Section):
-    """Tagging a clip by how it sounds (`classify.audio`): an Audio Spectrogram Transformer."""
-
-    # A hub name (from its cache; downloaded when online) or a folder saved with save_pretrained
-    # holding an ASTForAudioClassification and its feature extractor.
-    audio_model: str = Field(default="MIT/ast-finetuned-audioset-10-10-0.4593", min_length=1)
-    # Only the first audio_seconds of a clip are classified (the AudioSet AST hears 10.24 s at most).
-    audio_seconds: float = Field(default=10.0, gt=0.0, le=60.0)
-    audio_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    audio_threads: int | None = Field(default=None, ge=1, le=256)
 
 
 class TranscribeConfig(_Section):

@@ -678,6 +678,7 @@ class SampleLibrary:
 
     def __init__(self, config: Config, paths: PathPolicy, embedder: TextEmbedder | None = None) -> None:
         self.settings = config.samples
+        self.classify_settings = config.classify  # classify's method and NLI model
         self.paths = paths
         self.model_id = self.settings.model.strip()
         self._embedder = embedder
@@ -751,13 +752,14 @@ class SampleLibrary:
         with self._embedder_lock:
             if self._zeroshot is None:
                 s = self.settings
-                self._zeroshot = ZeroShotClassifier(s.nli_model, device=s.engine_device, threads=s.threads)
+                nli = self.classify_settings.nli_model
+                self._zeroshot = ZeroShotClassifier(nli, device=s.engine_device, threads=s.threads)
             return self._zeroshot
 
     def classify(self, text: str, labels: list[str], method: str | None = None,
                  hypothesis: str | None = None) -> dict[str, Any]:
         """Labels ranked for `text`, best first: by cosine similarity of embeddings, or by an NLI model."""
-        chosen = self.settings.classify_method if method is None or method == "" else method
+        chosen = self.classify_settings.method if method is None or method == "" else method
         if chosen == "embeddings":
             if hypothesis:
                 raise BadRequest("classify: argument 'hypothesis' only applies to method=nli; "
@@ -765,9 +767,9 @@ class SampleLibrary:
             ranked = self.embedder.classify(text, labels)
             named = describe("embed", self.model_id)
         elif chosen == "nli":
-            template = self.settings.nli_hypothesis if hypothesis is None or hypothesis == "" else hypothesis
+            template = self.classify_settings.nli_hypothesis if hypothesis is None or hypothesis == "" else hypothesis
             ranked = self.zeroshot.classify(text, labels, template)
-            named = describe("classify", self.settings.nli_model.strip())
+            named = describe("classify", self.classify_settings.nli_model.strip())
         else:
             raise BadRequest(f"classify: argument 'method' expected embeddings or nli, got {method!r}")
         return {
@@ -786,7 +788,7 @@ class SampleLibrary:
             "skipped_files": skipped_files, "folders": folders, "watching": self.watching,
             "watch_interval_seconds": self.settings.watch_interval_seconds, "model": self.model_id,
             "model_loaded": engine is not None and engine.loaded, "model_source": source.describe() if source else None,
-            "classify_method": self.settings.classify_method, "nli_model": self.settings.nli_model.strip(),
+            "classify_method": self.classify_settings.method, "nli_model": self.classify_settings.nli_model.strip(),
             "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded,
         }
 

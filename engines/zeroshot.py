@@ -82,7 +82,7 @@ class ZeroShotClassifier(Engine):
         try:
             classifier = pipeline("zero-shot-classification", model=where, device=self.device)
         except OSError as err:  # the hub cannot find or reach it, or a file is missing
-            fix = (f"run once with internet access so {self.model_name!r} is cached, or set samples.nli_model "
+            fix = (f"run once with internet access so {self.model_name!r} is cached, or set classify.nli_model "
                    "to a local folder" if not local else "check that it holds the model and its tokenizer")
             raise NotFound(f"NLI model {self.model_name!r} could not be loaded: {_short(err)}. Fix: {fix}") from err
         except (ValueError, RuntimeError, KeyError) as err:

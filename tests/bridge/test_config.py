@@ -76,6 +76,10 @@ def test_provider_tokens_come_from_their_usual_variables_and_stay_secret() -> No
         ("separate:\n  model: openunmix:umx\n", {}, ["separate.model = 'openunmix:umx'",
                                                       "openunmix:umxl, openunmix:umxhq"]),
         ("stream:\n  model: openunmix:umxl\n", {}, ["stream.model = 'openunmix:umxl'", "separates files only"]),
+        # classify's NLI keys live under classify (classify.method, classify.nli_model, classify.nli_hypothesis)
+        ("samples:\n  nli_model: facebook/bart-large-mnli\n", {}, ["samples.nli_model: unknown key"]),
+        ("classify:\n  method: bayes\n", {}, ["classify.method = 'bayes'", "embeddings"]),
+        ("", {"FLOWSTATE_CLASSIFY_NLI_HYPOTHESIS": "no placeholder"}, ["classify.nli_hypothesis = 'no placeholder'"]),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(tmp_path: Path, text: str, env: dict[str, str], words: list[str]) -> None:

@@ -502,7 +502,8 @@ def test_classify_switches_to_nli_per_request_over_zmq_and_osc(tmp_path: Path) -
 
     nli = build_tiny_nli(tmp_path / "models" / "nli")
     bge = build_tiny_sentence_bert(tmp_path / "models" / "bge")
-    process = DaemonProcess(overrides={"samples": {"model": str(bge), "nli_model": str(nli), "engine_device": "cpu"}},
+    process = DaemonProcess(overrides={"samples": {"model": str(bge), "engine_device": "cpu"},
+                                                 "classify": {"nli_model": str(nli)}},
                             env={"HF_HUB_OFFLINE": "1"}).start()
     try:
         labels = ["drums", "bass", "vocals"]

@@ -131,7 +131,7 @@ def test_a_missing_model_is_not_found_naming_it(tmp_path: Path) -> None:
     uncached = "flowstate-tests/no-such-nli-model"  # offline: the hub cache has no such name
     with pytest.raises(NotFound) as caught:
         ZeroShotClassifier(uncached, device="cpu").classify(TEXT, LABELS)
-    assert uncached in str(caught.value) and "samples.nli_model" in str(caught.value)
+    assert uncached in str(caught.value) and "classify.nli_model" in str(caught.value)
     with pytest.raises(BadRequest, match="nli_model"):
         ZeroShotClassifier("  ", device="cpu")
 
@@ -158,12 +158,12 @@ def test_a_bge_shaped_model_loads_as_the_embeddings_model(bge_dir: Path) -> None
 # -- the library: config default, per-request switch ---------------------------------------------------
 
 
-def library(root: Path, bge_dir: Path, nli_dir: Path, **samples: object) -> SampleLibrary:
+def library(root: Path, bge_dir: Path, nli_dir: Path, **classify: object) -> SampleLibrary:
     config = Config.model_validate({
         "jobs": {"database": str(root / "jobs.sqlite3")},
         "paths": {"roots": [str(root / "files")]},
-        "samples": {"model": str(bge_dir), "nli_model": str(nli_dir), "engine_device": "cpu", "threads": 1,
-                    "watch": False, **samples},
+        "samples": {"model": str(bge_dir), "engine_device": "cpu", "threads": 1, "watch": False},
+        "classify": {"nli_model": str(nli_dir), **classify},
     })
     (root / "files").mkdir(exist_ok=True)
     return SampleLibrary(config, PathPolicy(config.paths.roots))
@@ -172,7 +172,7 @@ def library(root: Path, bge_dir: Path, nli_dir: Path, **samples: object) -> Samp
 @pytest.mark.parametrize("default", ["embeddings", "nli"])
 def test_the_config_picks_the_method_and_a_request_overrides_it(tmp_path: Path, bge_dir: Path, nli_dir: Path,
                                                                 default: str) -> None:
-    lib = library(tmp_path, bge_dir, nli_dir, classify_method=default)
+    lib = library(tmp_path, bge_dir, nli_dir, method=default)
     try:
         assert lib.status()["classify_method"] == default and lib.status()["nli_model"] == str(nli_dir)
         assert lib.classify(TEXT, LABELS)["method"] == default
@@ -205,11 +205,14 @@ def test_a_missing_nli_model_fails_that_request_only(tmp_path: Path, bge_dir: Pa
         lib.close()
 
 
-@pytest.mark.parametrize("samples, words", [
-    ({"classify_method": "bayes"}, "classify_method"),
-    ({"nli_hypothesis": "no placeholder"}, "nli_hypothesis"),
-    ({"nli_model": ""}, "nli_model"),
+@pytest.mark.parametrize("section, words", [
+    ({"classify": {"method": "bayes"}}, "classify.method"),
+    ({"classify": {"nli_hypothesis": "no placeholder"}}, "classify.nli_hypothesis"),
+    ({"classify": {"nli_model": ""}}, "classify.nli_model"),
+    ({"samples": {"nli_model": "facebook/bart-large-mnli"}}, "samples.nli_model"),  # moved to classify.*
+    ({"samples": {"classify_method": "nli"}}, "samples.classify_method"),
 ])
-def test_bad_config_is_named(samples: dict[str, str], words: str) -> None:
+def test_bad_config_is_named(section: dict[str, dict[str, str]], words: str) -> None:
     with pytest.raises(ValidationError, match=words):
-        Config.model_validate({"samples": samples})
+        Config.model_validate(section)
+
