@@ -65,6 +65,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         lambda: _openunmix(config),
         lambda: _embeddings(config),
         lambda: _audio_tags(config),
+        lambda: _nli(config),
         lambda: _generation(config),
         lambda: _stable_audio(config),
         lambda: _speech(config),
@@ -261,13 +262,22 @@ def _embeddings(config: Config) -> Iterator[Check]:
                 "samples.search download it on first use when online, else set samples.model_dir")
 
 
+def _hub_model(name: str, key: str, model: str, use: str) -> tuple[str, str] | Check:
+    """(where, model type) when a transformers model (`key`) is a folder or in the hub cache, checked on
+    disk only (nothing is loaded); else the warning row `name` to show, saying who downloads it (`use`)."""
+    found = audio_tags.available_source(model)
+    if found is None:
+        return Check(name, WARN, f"{model} not found on this machine (neither a folder nor in the hub cache); "
+                     f"{use} downloads it on first use when online, else set {key} to a folder")
+    return found
+
+
 def _audio_tags(config: Config) -> Iterator[Check]:
     """Where `classify.audio` would load its AST from, checked on disk only (nothing is loaded)."""
     model = config.classify.audio_model
-    found = audio_tags.available_source(model)
-    if found is None:
-        yield Check("classify.audio", WARN, f"{model} not found on this machine (neither a folder nor in the hub cache); "
-                    "classify.audio downloads it on first use when online, else set classify.audio_model to a folder")
+    found = _hub_model("classify.audio", "classify.audio_model", model, "classify.audio")
+    if isinstance(found, Check):
+        yield found
         return
     where, model_type = found
     if model_type == audio_tags.MODEL_TYPE:
@@ -275,6 +285,17 @@ def _audio_tags(config: Config) -> Iterator[Check]:
     else:
         yield Check("classify.audio", FAIL, f"{model}: {where} holds a {model_type} model; classify.audio_model expects "
                     f"an {audio_tags.MODEL_TYPE} (AST) checkpoint")
+
+
+def _nli(config: Config) -> Iterator[Check]:
+    """Where `classify method=nli` would load its NLI model from, checked on disk only (nothing is loaded)."""
+    model = config.classify.nli_model.strip()
+    found = _hub_model("classify nli", "classify.nli_model", model, "classify method=nli")
+    if isinstance(found, Check):
+        yield found
+        return
+    where, model_type = found
+    yield Check("classify nli", OK, f"{model}: {where} ({model_type}; default method {config.classify.method})")
 
 
 def _generation(config: Config) -> Iterator[Check]:

@@ -8,12 +8,14 @@ scores, their order, the template, the switches and the errors), never the quali
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: no network here
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -216,3 +218,19 @@ def test_bad_config_is_named(section: dict[str, dict[str, str]], words: str) -> 
     with pytest.raises(ValidationError, match=words):
         Config.model_validate(section)
 
+
+def test_doctor_says_where_the_nli_model_would_load_from(tmp_path: Path) -> None:
+    from bridge.doctor import run_checks
+
+    def row(nli_model: str) -> Any:
+        config = Config().model_copy(update={"classify": Config().classify.model_copy(update={"nli_model": nli_model})})
+        return next(check for check in run_checks(config, "test") if check.name == "classify nli")
+
+    folder = tmp_path / "nli"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    found = row(str(folder))
+    assert found.state == "ok" and f"folder {folder}" in found.detail and "(bert;" in found.detail
+    missing = row("flowstate-test/no-such-nli")
+    assert missing.state == "warn" and "flowstate-test/no-such-nli not found" in missing.detail
+    assert "classify.nli_model" in missing.detail
