@@ -50,42 +50,21 @@ TARGET_RATIO = 1.05
 
 def build_model(folder: Path, size: str) -> Path:
     """Save a random MusicGen of the given size; returns the folder."""
-    from bridge.testing import build_tiny_musicgen
+    from transformers import EncodecConfig, T5Config
+
+    from bridge.testing import build_tiny_musicgen, save_random_musicgen
 
     folder = build_tiny_musicgen(folder)
     if size == "tiny":
         return folder
-    import torch
-    from transformers import (
-        AutoProcessor,
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        T5Config,
-    )
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(0)
     text = T5Config(vocab_size=64, d_model=256, d_kv=32, d_ff=1024, num_layers=2, num_heads=8)
     audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
                           target_bandwidths=[2.2], num_filters=32, hidden_size=128, codebook_dim=128,
                           num_lstm_layers=2, audio_channels=1)
-    decoder = MusicgenDecoderConfig(vocab_size=2048, num_codebooks=4, hidden_size=512, num_hidden_layers=4,
-                                    num_attention_heads=8, ffn_dim=2048, pad_token_id=2048, bos_token_id=2048,
-                                    decoder_start_token_id=2048)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
-                                                            decoder=decoder.to_dict()))
-    for layer in model.audio_encoder.quantizer.layers:
-        torch.nn.init.normal_(layer.codebook.embed)
-    generation = model.generation_config
-    generation.pad_token_id = generation.bos_token_id = generation.decoder_start_token_id = 2048
-    generation.do_sample, generation.guidance_scale = True, 3.0
-    processor = AutoProcessor.from_pretrained(folder)  # the tiny model's tokenizer and extractor
+    decoder = {"vocab_size": 2048, "num_codebooks": 4, "hidden_size": 512, "num_hidden_layers": 4,
+               "num_attention_heads": 8, "ffn_dim": 2048}
     small = folder.parent / "small"
-    model.save_pretrained(small)
-    processor.save_pretrained(small)
+    save_random_musicgen(small, text, audio, decoder, processor_from=folder)  # the tiny model's tokenizer
     return small
 
 

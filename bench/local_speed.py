@@ -132,40 +132,22 @@ def _openunmix(variant: str) -> Callable[[Path, int], dict[str, Any]]:
 def musicgen_small(scratch: Path, repeat: int) -> dict[str, Any]:
     """MusicGen small's published config (T5-base text encoder, 24-layer 1024-wide decoder, EnCodec
     32 kHz), random weights saved and loaded through the engine's real path."""
-    import torch
-    from transformers import (
-        AutoProcessor,
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        T5Config,
-    )
+    from transformers import EncodecConfig, T5Config
     from transformers.utils import logging as hf_logging
 
-    from bridge.testing import build_tiny_musicgen, parameter_count
+    from bridge.testing import build_tiny_musicgen, save_random_musicgen
     from engines.generation import GenerationRequest, MusicGenEngine
 
     hf_logging.set_verbosity_error()
     tiny = build_tiny_musicgen(scratch / "musicgen-tiny")  # its tokenizer stands in for t5-base's
-    torch.manual_seed(0)
     text = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
     audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
                           target_bandwidths=[2.2], num_filters=64, hidden_size=128, codebook_dim=128,
                           num_lstm_layers=2, audio_channels=1, normalize=False, use_causal_conv=False)
-    decoder = MusicgenDecoderConfig(vocab_size=2048, num_codebooks=4, hidden_size=1024, num_hidden_layers=24,
-                                    num_attention_heads=16, ffn_dim=4096, max_position_embeddings=2048,
-                                    pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
-                                                            decoder=decoder.to_dict()))
-    generation = model.generation_config
-    generation.pad_token_id = generation.bos_token_id = generation.decoder_start_token_id = 2048
-    generation.do_sample, generation.guidance_scale = True, 3.0
-    millions = parameter_count(model) / 1e6
+    decoder = {"vocab_size": 2048, "num_codebooks": 4, "hidden_size": 1024, "num_hidden_layers": 24,
+               "num_attention_heads": 16, "ffn_dim": 4096, "max_position_embeddings": 2048}
     folder = scratch / "musicgen-small"
-    model.save_pretrained(folder)
-    AutoProcessor.from_pretrained(tiny).save_pretrained(folder)
-    del model
+    millions = save_random_musicgen(folder, text, audio, decoder, processor_from=tiny) / 1e6
     engine = MusicGenEngine(str(folder), device="cpu")
     engine.load()
     seconds = 1.0  # 50 decoder steps: each costs the same, so a longer clip changes the figure little

@@ -578,6 +578,63 @@ def save_demucs_repo(model: Any, folder: Path, name: str, key: str | None = None
     return folder
 
 
+def random_musicgen(text: Any, audio: Any, decoder: dict[str, Any], melody: bool = False, seed: int = 0) -> Any:
+    """A random MusicGen (or MusicGen Melody) from a T5 config, an EnCodec config and the decoder's
+    settings, ready to generate: pad = bos = decoder start = 2048 (one past the codebook), sampling
+    with guidance 3, as the published checkpoints' generation configs have it.
+
+    The benches build the published sizes with it, `build_tiny_musicgen` the tests' toy one.
+    """
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # token ids 2048 sit just past the vocabulary, by design
+    try:
+        torch.manual_seed(seed)
+        special = {"pad_token_id": 2048, "bos_token_id": 2048, "decoder_start_token_id": 2048}
+        if melody:
+            from transformers import (
+                MusicgenMelodyConfig,
+                MusicgenMelodyDecoderConfig,
+                MusicgenMelodyForConditionalGeneration,
+            )
+
+            model: Any = MusicgenMelodyForConditionalGeneration(MusicgenMelodyConfig(
+                text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
+                decoder=MusicgenMelodyDecoderConfig(**decoder, **special).to_dict()))
+        else:
+            from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
+
+            model = MusicgenForConditionalGeneration(MusicgenConfig(
+                text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
+                decoder=MusicgenDecoderConfig(**decoder, **special).to_dict()))
+        # A fresh EnCodec's codebooks are zeros (real ones are learned), so every token would decode
+        # to the same sound; random codebooks make the audio depend on what was sampled.
+        for layer in model.audio_encoder.quantizer.layers:
+            torch.nn.init.normal_(layer.codebook.embed)
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+            layer.codebook.cluster_size.fill_(1.0)
+        generation = model.generation_config
+        generation.pad_token_id = generation.bos_token_id = generation.decoder_start_token_id = 2048
+        generation.do_sample, generation.guidance_scale = True, 3.0
+        return model
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def save_random_musicgen(folder: Path, text: Any, audio: Any, decoder: dict[str, Any], processor_from: Path) -> int:
+    """`random_musicgen` saved to `folder` with the processor (tokenizer, feature extractor) of the
+    checkpoint at `processor_from` (e.g. `build_tiny_musicgen`'s): the benches' way to time a
+    published size without its weights. Returns the parameter count."""
+    from transformers import AutoProcessor
+
+    model = random_musicgen(text, audio, decoder)
+    model.save_pretrained(folder)
+    AutoProcessor.from_pretrained(processor_from).save_pretrained(folder)
+    return parameter_count(model)
+
+
 def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Path:
     """A random MusicGen (about 0.7 M parameters) saved as a real checkpoint folder.
 
@@ -589,48 +646,24 @@ def build_tiny_musicgen(folder: Path, melody: bool = False, seed: int = 0) -> Pa
     """
     import json
 
-    import torch
     from transformers import EncodecConfig, T5Config, T5Tokenizer
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # token ids 2048 sit just past the vocabulary, by design
     try:
-        torch.manual_seed(seed)
         text = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
         audio = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
                               target_bandwidths=[2.2], num_filters=4, hidden_size=32, codebook_dim=32,
                               num_lstm_layers=1, audio_channels=1)
         decoder = {"vocab_size": 2048, "num_codebooks": 4, "hidden_size": 32, "num_hidden_layers": 1,
-                   "num_attention_heads": 2, "ffn_dim": 64, "pad_token_id": 2048, "bos_token_id": 2048,
-                   "decoder_start_token_id": 2048}
+                   "num_attention_heads": 2, "ffn_dim": 64}
+        model = random_musicgen(text, audio, decoder, melody=melody, seed=seed)
         if melody:
-            from transformers import (
-                MusicgenMelodyConfig,
-                MusicgenMelodyDecoderConfig,
-                MusicgenMelodyForConditionalGeneration,
-            )
+            import torch
 
-            config = MusicgenMelodyConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
-                                          decoder=MusicgenMelodyDecoderConfig(**decoder).to_dict())
-            model = MusicgenMelodyForConditionalGeneration(config)
             with torch.no_grad():  # a random projection barely moves the logits: make the melody count
                 model.audio_enc_to_dec_proj.weight.mul_(30.0)
-        else:
-            from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
-
-            config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(),
-                                    decoder=MusicgenDecoderConfig(**decoder).to_dict())
-            model = MusicgenForConditionalGeneration(config)
-        # A fresh EnCodec's codebooks are zeros (real ones are learned), so every token would decode
-        # to the same sound; random codebooks make the audio depend on what was sampled.
-        for layer in model.audio_encoder.quantizer.layers:
-            torch.nn.init.normal_(layer.codebook.embed)
-            layer.codebook.embed_avg.copy_(layer.codebook.embed)
-            layer.codebook.cluster_size.fill_(1.0)
-        generation = model.generation_config
-        generation.pad_token_id = generation.bos_token_id = generation.decoder_start_token_id = 2048
-        generation.do_sample, generation.guidance_scale = True, 3.0
         model.save_pretrained(folder)
         vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
         vocab += [(chr(c), -2.0) for c in range(ord("a"), ord("z") + 1)]
