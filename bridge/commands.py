@@ -19,7 +19,7 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from bridge import __version__
-from bridge.errors import BadRequest, Unavailable, UnknownCommand
+from bridge.errors import BadRequest, UnknownCommand
 from bridge.generate import CLOUD_FAMILIES as GENERATE_CLOUD_FAMILIES
 from bridge.generate import KIND as GENERATE
 from bridge.generate import check_request as check_generate
@@ -120,14 +120,14 @@ def ping(ctx: CallContext) -> Result:
 
 @command("status", help="What the daemon is doing: version, endpoints, listeners, uptime.")
 def status(ctx: CallContext) -> Result:
-    daemon = ctx.daemon
+    runtime = ctx.services.runtime
     return {
         "version": __version__,
         "pid": os.getpid(),
-        "uptime_seconds": round(time.monotonic() - daemon.started_at, 3),
-        "endpoints": daemon.endpoints(),
-        "listeners": [f"{host}:{port}" for host, port in daemon.hub.listeners()],
-        "in_flight": daemon.in_flight(),
+        "uptime_seconds": round(time.monotonic() - runtime.started_at, 3),
+        "endpoints": runtime.endpoints(),
+        "listeners": [f"{host}:{port}" for host, port in ctx.services.hub.listeners()],
+        "in_flight": runtime.in_flight(),
         "commands": len(COMMANDS),
     }
 
@@ -142,7 +142,7 @@ def status(ctx: CallContext) -> Result:
 )
 def register(ctx: CallContext, port: int) -> Result:
     host = _listener_host(ctx)
-    hub = ctx.daemon.hub
+    hub = ctx.services.hub
     owner, owner_text = _owner(ctx)
     added = hub.register(host, port, owner, owner_text)
     # The daemon's version: a client installed from another release (Live's Remote Script) says so.
@@ -160,8 +160,8 @@ def register(ctx: CallContext, port: int) -> Result:
 def unregister(ctx: CallContext, port: int) -> Result:
     host = _listener_host(ctx)
     owner, _ = _owner(ctx)
-    removed = ctx.daemon.hub.unregister(host, port, owner)
-    return {"host": host, "port": port, "removed": removed, "listeners": len(ctx.daemon.hub.listeners())}
+    removed = ctx.services.hub.unregister(host, port, owner)
+    return {"host": host, "port": port, "removed": removed, "listeners": len(ctx.services.hub.listeners())}
 
 
 def _listener_host(ctx: CallContext) -> str:
@@ -219,8 +219,8 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
     if model:
         settings["model"] = model
     # Loading a model and opening a device take seconds: off the event loop.
-    status = await asyncio.to_thread(ctx.daemon.streams.start, settings)
-    ctx.daemon.hub.publish(
+    status = await asyncio.to_thread(ctx.services.streams.start, settings)
+    ctx.services.hub.publish(
         "stream.started", round_trip_ms=status["round_trip_ms"], latency_ms=status["latency_ms"], stems=status["stems"],
         round_trip_frames=status["round_trip_frames"], sample_rate=status["sample_rate"],
     )
@@ -229,9 +229,9 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
 
 @command("stream.stop", help="Stop the live stream (the model stays loaded for a quick restart).", returns=("running",))
 async def stream_stop(ctx: CallContext) -> Result:
-    status = await asyncio.to_thread(ctx.daemon.streams.stop)
+    status = await asyncio.to_thread(ctx.services.streams.stop)
     if "late_hops" in status:
-        ctx.daemon.hub.publish("stream.stopped", late_hops=status["late_hops"], xruns=status["xruns"])
+        ctx.services.hub.publish("stream.stopped", late_hops=status["late_hops"], xruns=status["xruns"])
     return status
 
 
@@ -240,10 +240,10 @@ async def stream_stop(ctx: CallContext) -> Result:
     help="Latency (ms and frames), compute per hop, load, late hops, xruns, device, model, stems, routing.",
 )
 def stream_status(ctx: CallContext) -> Result:
-    stream = ctx.daemon.streams.stream
+    stream = ctx.services.streams.stream
     status = {"running": False} if stream is None else stream.status()
     # Every stream's windows that went through a shared forward: the device stream's and the audio socket's.
-    return {**status, "batchers": ctx.daemon.streams.batchers.describe()}
+    return {**status, "batchers": ctx.services.streams.batchers.describe()}
 
 
 @command(
@@ -255,7 +255,7 @@ def stream_status(ctx: CallContext) -> Result:
     returns=("stem", "gain_db", "mute"),
 )
 def stream_set(ctx: CallContext, stem: str, gain_db: float | None, mute: bool | None) -> Result:
-    return ctx.daemon.streams.running_stream("stream.set").set_stem(stem, gain_db, mute)
+    return ctx.services.streams.running_stream("stream.set").set_stem(stem, gain_db, mute)
 
 
 @command(
@@ -267,13 +267,13 @@ def stream_set(ctx: CallContext, stem: str, gain_db: float | None, mute: bool | 
     help="Change an effect parameter while the stream runs (applied at the next block).",
 )
 def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: object) -> Result:
-    stream = ctx.daemon.streams.running_stream("fx.set")
+    stream = ctx.services.streams.running_stream("fx.set")
     return stream.effects.chain(chain).set_parameter(effect, parameter, value)
 
 
 @command("fx.list", help="The running stream's effect chains with their parameters, values and ranges.")
 def fx_list(ctx: CallContext) -> Result:
-    return {"chains": ctx.daemon.streams.running_stream("fx.list").effects.describe()}
+    return {"chains": ctx.services.streams.running_stream("fx.list").effects.describe()}
 
 
 # -- the DAW's musical state -----------------------------------------------------------------------
@@ -293,8 +293,8 @@ def daw_set(
 ) -> Result:
     if denominator is not None and denominator & (denominator - 1):
         raise BadRequest(f"daw.set: denominator {denominator} is not a power of two (1, 2, 4, 8, 16, 32, 64)")
-    ctx.daemon.daw.update(tempo, numerator, denominator, playing)
-    return ctx.daemon.daw.snapshot()
+    ctx.services.daw.update(tempo, numerator, denominator, playing)
+    return ctx.services.daw.snapshot()
 
 
 @command(
@@ -304,7 +304,7 @@ def daw_set(
     returns=("tempo", "tempo_source", "numerator", "denominator", "playing"),
 )
 def daw_status(ctx: CallContext) -> Result:
-    return ctx.daemon.daw.snapshot()
+    return ctx.services.daw.snapshot()
 
 
 # -- MIDI ------------------------------------------------------------------------------------------
@@ -316,13 +316,13 @@ def daw_status(ctx: CallContext) -> Result:
     "(dispatched, debounced, coalesced, errors), the last error, the MIDI clock's tempo.",
 )
 def midi_status(ctx: CallContext) -> Result:
-    return ctx.daemon.midi.status()
+    return ctx.services.midi.status()
 
 
 @command("midi.ports", help="The MIDI input ports the API sees: names (or parts of them) to put in midi.inputs.")
 async def midi_ports(ctx: CallContext) -> Result:
     # Listing ports opens a client of the MIDI API: off the event loop.
-    api, names = await asyncio.to_thread(ctx.daemon.midi.input_names)
+    api, names = await asyncio.to_thread(ctx.services.midi.input_names)
     return {"api": api, "ports": names}
 
 
@@ -342,7 +342,7 @@ DEADLINE_ARGS = (
 
 @command("job.status", JOB_ID, help="One job: state, progress, result or error, timestamps.")
 def job_status(ctx: CallContext, id: str) -> Result:
-    return ctx.daemon.job_runner().store.get(id).to_dict()
+    return ctx.services.job_runner().store.get(id).to_dict()
 
 
 @command(
@@ -352,7 +352,7 @@ def job_status(ctx: CallContext, id: str) -> Result:
     help="Jobs, newest first.",
 )
 def job_list(ctx: CallContext, state: str, limit: int) -> Result:
-    jobs = ctx.daemon.job_runner().store.list(state or None, limit)
+    jobs = ctx.services.job_runner().store.list(state or None, limit)
     return {"jobs": [job.to_dict() for job in jobs]}
 
 
@@ -362,7 +362,7 @@ def job_list(ctx: CallContext, state: str, limit: int) -> Result:
     returns=("id", "state"),
 )
 def job_cancel(ctx: CallContext, id: str) -> Result:
-    return ctx.daemon.job_runner().cancel(id).to_dict()
+    return ctx.services.job_runner().cancel(id).to_dict()
 
 
 def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: str,
@@ -370,11 +370,11 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     """Queue a checked job; a commercial project's licence policy is checked first (forbidden).
     `cloud`: (task, model, what, models key) of a model no local engine runs: unavailable, naming
     what to configure, when no configured tier offers it."""
-    check_job(kind, job_args, ctx.daemon.config)
+    check_job(kind, job_args, ctx.services.config)
     if cloud is not None:
         task, model, what, key = cloud
-        cloud_only(ctx.daemon.router, task, model, f"{kind}: {what}", key)
-    job, created = ctx.daemon.job_runner().submit(kind, job_args, request_id or None, origin=ctx.origin)
+        cloud_only(ctx.services.router, task, model, f"{kind}: {what}", key)
+    job, created = ctx.services.job_runner().submit(kind, job_args, request_id or None, origin=ctx.origin)
     return {"id": job.id, "state": job.state, "created": created}
 
 
@@ -396,20 +396,12 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     returns=("id", "state"),
 )
 def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    daemon = ctx.daemon
-    job_args = check_separate(args, daemon.paths, daemon.config)
+    services = ctx.services
+    job_args = check_separate(args, services.paths, services.config)
     return _submit(ctx, SEPARATE, job_args, request_id)
 
 
 # -- classification and sample search --------------------------------------------------------------
-
-
-def _samples(ctx: CallContext) -> Any:
-    """The daemon's sample library (bridge/samples.py): it holds the embeddings model too."""
-    library = ctx.daemon.samples
-    if library is None:
-        raise Unavailable("the sample library is not open (the daemon is starting or stopping)")
-    return library
 
 
 @command(
@@ -427,8 +419,8 @@ def _samples(ctx: CallContext) -> Any:
     returns=("label", "score", "labels", "scores"),
 )
 async def classify(ctx: CallContext, text: str, labels: list[str] | None, method: str, hypothesis: str) -> Result:
-    library = _samples(ctx)
-    chosen = list(ctx.daemon.config.samples.labels) if labels is None else labels
+    library = ctx.services.sample_library()
+    chosen = list(ctx.services.config.samples.labels) if labels is None else labels
     # The first call loads the model (seconds); every call runs it: off the event loop.
     return await asyncio.to_thread(library.classify, text, chosen, method or None, hypothesis or None)
 
@@ -443,13 +435,13 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None, method
     returns=("label", "score", "labels", "scores"),
 )
 async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
-    daemon = ctx.daemon
-    check_job("classify.audio", {}, daemon.config)  # a commercial project's licence policy, as for jobs
+    services = ctx.services
+    check_job("classify.audio", {}, services.config)  # a commercial project's licence policy, as for jobs
 
     def tag() -> Result:
-        checked, _ = daemon.paths.audio_file(path, "path", "classify.audio")
-        result: Result = daemon.audio_tagger().tag(checked, top)
-        return {**result, **describe("tag", daemon.config.classify.audio_model)}
+        checked, _ = services.paths.audio_file(path, "path", "classify.audio")
+        result: Result = services.audio_tagger().tag(checked, top)
+        return {**result, **describe("tag", services.config.classify.audio_model)}
 
     # Checking the file reads it; the first call loads the model (seconds); every call runs it: off the loop.
     return await asyncio.to_thread(tag)
@@ -466,7 +458,7 @@ async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
     returns=("id", "state"),
 )
 def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id: str) -> Result:
-    job_args = check_samples_index({"folder": folder, "watch": watch}, _samples(ctx))
+    job_args = check_samples_index({"folder": folder, "watch": watch}, ctx.services.sample_library())
     return _submit(ctx, SAMPLES_INDEX, job_args, request_id)
 
 
@@ -478,7 +470,7 @@ def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id:
     "tags and audio descriptors.",
 )
 async def samples_search(ctx: CallContext, query: str, k: int) -> Result:
-    return await asyncio.to_thread(_samples(ctx).search, query, k)
+    return await asyncio.to_thread(ctx.services.sample_library().search, query, k)
 
 
 @command(
@@ -487,7 +479,7 @@ async def samples_search(ctx: CallContext, query: str, k: int) -> Result:
     "the model and where it was loaded from, classify's default method and NLI model.",
 )
 async def samples_status(ctx: CallContext) -> Result:
-    return await asyncio.to_thread(_samples(ctx).status)
+    return await asyncio.to_thread(ctx.services.sample_library().status)
 
 
 # -- generation ------------------------------------------------------------------------------------
@@ -526,8 +518,8 @@ async def samples_status(ctx: CallContext) -> Result:
     returns=("id", "state"),
 )
 def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    daemon = ctx.daemon
-    job_args = check_generate(args, daemon.paths, daemon.config, daemon.daw)
+    services = ctx.services
+    job_args = check_generate(args, services.paths, services.config, services.daw)
     model = job_args["model"]
     cloud = ("generate", model, f"model {model}", model) if job_args["family"] in GENERATE_CLOUD_FAMILIES else None
     return _submit(ctx, GENERATE, job_args, request_id, cloud)
@@ -554,8 +546,8 @@ def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
-    daemon = ctx.daemon
-    job_args = check_transcribe(args, daemon.paths, daemon.config)
+    services = ctx.services
+    job_args = check_transcribe(args, services.paths, services.config)
     return _submit(ctx, TRANSCRIBE, job_args, request_id)
 
 
@@ -581,8 +573,8 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
-    daemon = ctx.daemon
-    job_args = check_tts(args, daemon.paths, daemon.config)
+    services = ctx.services
+    job_args = check_tts(args, services.paths, services.config)
     cloud = ("tts", CHATTERBOX, "voice chatterbox", CHATTERBOX) if job_args["voice"] == CHATTERBOX else None
     return _submit(ctx, TTS, job_args, request_id, cloud)
 
@@ -605,6 +597,6 @@ def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
     returns=("id", "state"),
 )
 def voice_convert(ctx: CallContext, request_id: str, **args: object) -> Result:
-    daemon = ctx.daemon
-    job_args = check_voice(args, daemon.paths, daemon.config)
+    services = ctx.services
+    job_args = check_voice(args, services.paths, services.config)
     return _submit(ctx, VOICE, job_args, request_id, (VOICE_TASK, job_args["voice"], "RVC voice conversion", "rvc"))

@@ -33,20 +33,13 @@ from bridge.config import Config
 from bridge.daw import DawState
 from bridge.errors import BridgeError, Busy, Internal, StartupError, Unavailable
 from bridge.events import EventHub
-from bridge.jobs import JobRunner, JobStore, StoreOwner
-from bridge.licences import licensed_offers
-from bridge.paths import PathPolicy
 from bridge.protocol import CallContext, CommandSpec, Origin, Reply, Request
-from bridge.router import Router, build_tiers
-from bridge.samples import SampleLibrary
-from bridge.stream import AudioSessions, StreamManager
-from bridge.tasks import job_handlers
+from bridge.services import Services
+from bridge.stream import AudioSessions
 from bridge.transports.audio import AudioServer
 from bridge.transports.midi import MidiTransport
 from bridge.transports.osc import OscServer
 from bridge.transports.zmq import ZmqServer
-from engines.audio_tags import AudioTagger
-from engines.base import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +62,15 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self.osc = OscServer(config.osc, self.dispatch, self.hub)
         self.zmq = ZmqServer(config.zmq, self.dispatch, self.hub)
-        self.streams = StreamManager(config.stream, config.models.demucs_repo, spleeter_dir=config.models.spleeter_dir)
-        self.paths = PathPolicy.from_config(config)
-        self.daw = DawState(config.daw.default_tempo)
-        self.midi = MidiTransport(config.midi, self.dispatch, self.daw)
-        self.job_store: JobStore | None = None
-        self.store_owner: StoreOwner | None = None
+        daw = DawState(config.daw.default_tempo)
+        self.midi = MidiTransport(config.midi, self.dispatch, daw)
+        # What the handlers use (streams, job queue, router, tiers, samples): built here, closed at shutdown.
+        self.services = Services(config, self, self.hub, daw, self.midi)
         # The daemon's own blocking steps; never shared with request handlers (see the module doc).
         self._lifecycle = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="flowstate-lifecycle")
-        self.tiers: dict[str, Any] = {}
-        self.router: Any = None
-        self.jobs: JobRunner | None = None
-        self.samples: Any = None  # bridge.samples.SampleLibrary, opened with the job queue
-        # classify.audio's model, built on first use (`audio_tagger`) and closed at shutdown.
-        self._audio_tagger: AudioTagger | None = None
-        self._audio_tagger_lock = threading.Lock()
         self.audio = AudioServer(
-            config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16, AudioSessions(self.streams),
+            config.zmq.host, config.zmq.audio_port, config.zmq.max_message_bytes * 16,
+            AudioSessions(self.services.streams),
             max_header_bytes=config.zmq.audio_max_header_bytes, max_block_frames=config.zmq.audio_max_block_frames,
         )
 
@@ -113,73 +98,26 @@ class Daemon:
             # MIDI last, and it never fails start-up: without it, midi.status says why.
             await self.midi.start()
             log.info("  %-13s %s", "midi", self.endpoints().get("midi", "off"))
-            if self.jobs is not None:
+            if self.services.jobs is not None:
                 # Jobs given up at start-up (their daemon died during each attempt) say so now that
                 # someone can hear it: ZeroMQ PUB subscribers and OSC listeners.
-                self.jobs.announce_given_up()
+                self.services.jobs.announce_given_up()
         except BaseException:
             self._accepting = False
-            if self.jobs is not None:
-                self.jobs.stop_claiming()
+            if self.services.jobs is not None:
+                self.services.jobs.stop_claiming()
             await self._stop_jobs(0.0)
             await self._close_transports()
             raise
 
     def _start_jobs(self) -> None:
-        database = self.config.jobs.database
-        if database is None:  # load_config fills the default; a hand-built Config may not
-            raise StartupError("jobs.database is not set")
-        # Ownership before anything touches the store: a second daemon must not requeue (and run)
-        # the first one's running jobs.
-        self.store_owner = StoreOwner(database).acquire()
-        self.job_store = JobStore(database)
-
-        self.tiers = build_tiers(self.config)
-        device = pick_device(self.config.separate.engine_device).type
-        offered = {name: frozenset(tier.tasks) for name, tier in self.tiers.items()}
-
-        # A tier whose own model the project's licence policy refuses is never planned.
-        models = {name: licensed_offers(tier, self.config.project) for name, tier in self.tiers.items()}
-        runs = {name: tier.model_for for name, tier in self.tiers.items()}
-        self.router = Router(self.config.router, offered, self.job_store, device, models=models, runs=runs)
-        if self.tiers:
-            log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
-
-        self.samples = SampleLibrary(self.config, self.paths)
-        self.jobs = JobRunner(
-            self.job_store,
-            job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples),
-            self.config.jobs.workers,
-            self._publish_job,
-            max_attempts=self.config.jobs.max_attempts,
-            after_job=release_memory if self.config.daemon.malloc_tuning else None,
-        )
-        requeued = self.jobs.start()
-        self.samples.start_watching()  # folders indexed with watch stay fresh across restarts
-        log.info("jobs: %s (%d worker(s)); %d interrupted job(s) requeued", database, self.config.jobs.workers, len(requeued))
+        after_job = release_memory if self.config.daemon.malloc_tuning else None
+        requeued = self.services.open_jobs(self._publish_job, after_job)
+        log.info("jobs: %s (%d worker(s)); %d interrupted job(s) requeued", self.config.jobs.database,
+                 self.config.jobs.workers, len(requeued))
 
     def _publish_job(self, event: str, job_id: str, origin: Origin | None, /, **data: Any) -> None:
         self.hub.publish(event, origin, id=job_id, **data)
-
-    def audio_tagger(self) -> AudioTagger:
-        """The `classify.audio` model (classify.audio_*), made on first use; call it off the event loop."""
-        with self._audio_tagger_lock:
-            if self._audio_tagger is None:
-                section = self.config.classify
-                self._audio_tagger = AudioTagger(section.audio_model, section.audio_device, section.audio_seconds,
-                                                 section.audio_threads)
-            return self._audio_tagger
-
-    def _close_audio_tagger(self) -> None:
-        with self._audio_tagger_lock:
-            tagger, self._audio_tagger = self._audio_tagger, None
-        if tagger is not None:
-            tagger.close()
-
-    def job_runner(self) -> JobRunner:
-        if self.jobs is None:
-            raise Unavailable("the job queue is not running")
-        return self.jobs
 
     async def _bind(self, key: str, port: int, opening: Awaitable[T]) -> T:
         try:
@@ -201,8 +139,9 @@ class Daemon:
         behind (its request is answered `unavailable`); `run()` exits without waiting for it.
         """
         self._accepting = False
-        if self.jobs is not None:
-            self.jobs.stop_claiming()  # on the loop, at once: no job starts after the signal
+        jobs = self.services.jobs
+        if jobs is not None:
+            jobs.stop_claiming()  # on the loop, at once: no job starts after the signal
         self.hub.publish("daemon.stopping", reason="shutdown")
         self.osc.stop_accepting()
         self.zmq.stop_accepting()
@@ -219,25 +158,22 @@ class Daemon:
                 log.warning("cancelled %d request(s) still running at shutdown", len(pending))
         await jobs_stopping
         closing = time.monotonic() + CLOSE_SECONDS
-        await self._bounded("streams", self._off_loop(self.streams.close), closing)
-        await self._bounded("audio tagger", self._off_loop(self._close_audio_tagger), closing)
+        await self._bounded("streams", self._off_loop(self.services.streams.close), closing)
+        await self._bounded("engines and tiers", self._off_loop(self.services.close_engines), closing)
         await self._close_transports(closing)
         log.info("flowstate stopped")
 
     async def _stop_jobs(self, timeout: float) -> None:  # noqa: ASYNC109 (a thread's deadline: jobs.stop runs off the loop)
         """Let running jobs finish within the timeout; one still running goes back in the queue."""
-        if self.jobs is not None:
-            left = await self._off_loop(self.jobs.stop, timeout)
+        jobs = self.services.jobs
+        if jobs is not None:
+            left = await self._off_loop(jobs.stop, timeout)
             if left:
-                handed = await self._off_loop(self.jobs.hand_back)
+                handed = await self._off_loop(jobs.hand_back)
                 log.info("%d running job(s) will run again at the next start: %s", len(handed), ", ".join(handed))
         closing = time.monotonic() + CLOSE_SECONDS
-        if self.samples is not None:
-            await self._bounded("sample library", self._off_loop(self.samples.close), closing)
-        if self.job_store is not None:
-            await self._bounded("job store", self._off_loop(self.job_store.close), closing)
-        if self.store_owner is not None:
-            self.store_owner.release()
+        await self._bounded("sample library and job store", self._off_loop(self.services.close_jobs), closing)
+        self.services.release_store()
 
     async def _close_transports(self, deadline: float | None = None) -> None:
         deadline = time.monotonic() + CLOSE_SECONDS if deadline is None else deadline
@@ -284,7 +220,7 @@ class Daemon:
             )
             respond(Reply(request.name, error=err))
             return
-        ctx = CallContext(daemon=self, origin=request.origin)
+        ctx = CallContext(services=self.services, origin=request.origin)
         if spec.is_async:
             # Each async request holds a task (and often a worker thread): a burst must not pile up
             # without bound, so beyond daemon.max_in_flight the answer is `busy`, at once.

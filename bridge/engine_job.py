@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from bridge.config import Config
 from bridge.paths import PathPolicy
+from bridge.router import Router
+from engines.cloud.base import Tier
 
 E = TypeVar("E")
 
@@ -21,11 +23,11 @@ class EngineJob:
     router and tiers (None: always local), and its engines, kept warm across jobs by key."""
 
     def __init__(
-        self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
+        self, config: Config, paths: PathPolicy, router: Router | None = None, tiers: dict[str, Tier] | None = None
     ) -> None:
         self.config = config
         self.paths = paths
-        self.router = router  # bridge.router.Router, or None: always local
+        self.router = router  # None: always local
         self.tiers = tiers or {}
         self._engines: dict[Hashable, Any] = {}
         self._lock = threading.RLock()  # reentrant: a `make` may itself look up a warm engine
@@ -36,3 +38,12 @@ class EngineJob:
             if key not in self._engines:
                 self._engines[key] = make()
             return self._engines[key]
+
+    def close(self) -> None:
+        """Release every warm engine (at shutdown); a later job would make them again."""
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()

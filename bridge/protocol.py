@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge.errors import BadRequest, BridgeError
 
 if TYPE_CHECKING:
-    from bridge.daemon import Daemon
+    from bridge.services import Services
 
 OSC_PREFIX = "/flow"
 REPLY_PREFIX = "/flow/reply"
@@ -408,7 +408,7 @@ class Reply:
 
 @dataclass
 class CallContext:
-    """What a handler may use: the running daemon and the origin of the request."""
+    """What a handler may use: the daemon's services (bridge/services.py) and the origin of the request."""
 
-    daemon: Daemon
+    services: Services
     origin: Origin

@@ -29,6 +29,7 @@ from bridge.config import Config, RouterConfig
 from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
 from bridge.jobs import JobCanceled, JobStore
 from bridge.licences import describe
+from engines.cloud.base import Tier
 from engines.cloud.hf import HuggingFaceTier
 from engines.cloud.replicate import ReplicateTier
 from engines.cloud.selfhosted import SelfHostedTier
@@ -372,10 +373,10 @@ def run_routed(
     raise Unavailable(f"{ctx.job.kind}: every tier failed: " + "; ".join(failures))
 
 
-def build_tiers(config: Config) -> dict[str, Any]:
+def build_tiers(config: Config) -> dict[str, Tier]:
     """The remote tiers whose credentials are configured, by name (tokens stay inside them)."""
     cloud = config.cloud
-    tiers: dict[str, Any] = {}
+    tiers: dict[str, Tier] = {}
     if cloud.selfhosted_url and cloud.server_token is not None:
         tiers["selfhosted"] = SelfHostedTier(cloud.selfhosted_url, cloud.server_token.get_secret_value())
     if cloud.replicate_token is not None:

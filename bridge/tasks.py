@@ -14,15 +14,17 @@ from bridge import generate, separate, speech, transcribe, voice
 from bridge.config import Config
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
+from bridge.router import Router
 from bridge.samples import KIND as SAMPLES_INDEX
-from bridge.samples import IndexJob
+from bridge.samples import IndexJob, SampleLibrary
+from engines.cloud.base import Tier
 
 JobHandler = Callable[[JobContext], dict[str, Any]]
 
 
 def job_handlers(
-    config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None,
-    samples: Any = None,
+    config: Config, paths: PathPolicy, router: Router | None = None, tiers: dict[str, Tier] | None = None,
+    samples: SampleLibrary | None = None,
 ) -> dict[str, JobHandler]:
     """Handlers keep their engines warm across jobs; `router`/`tiers` None: always local.
 

@@ -31,7 +31,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         # Publish from a worker thread, as jobs do, after the reply has gone out.
         def later() -> None:
             time.sleep(0.05)
-            ctx.daemon.hub.publish("job.progress", origin=ctx.origin, id="job-1", fraction=fraction)
+            ctx.services.hub.publish("job.progress", origin=ctx.origin, id="job-1", fraction=fraction)
 
         threading.Thread(target=later).start()
         return {"emitted": fraction}

@@ -1,0 +1,156 @@
+"""What command handlers use: one typed object, built once by the daemon and closed by it.
+
+The daemon (bridge/daemon.py) is the composition root: it owns the transports and the lifecycle;
+this object owns what the commands work with: the live streams, the job queue (store, runner and
+its warm engines), the router and its tiers, the sample library and `classify.audio`'s model.
+A handler gets it as `ctx.services`, never the daemon, so a handler can reach exactly what is
+listed here and the type checker knows every piece's type.
+
+Opening and closing are split in steps because the daemon bounds each step of a shutdown by time
+(`daemon.shutdown_timeout_seconds`): `open_jobs` at start-up; at shutdown the daemon stops the
+runner, then `close_jobs`, `streams.close`, `close_engines`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from bridge.config import Config
+from bridge.daw import DawState
+from bridge.errors import StartupError, Unavailable
+from bridge.events import EventHub
+from bridge.jobs import JobRunner, JobStore, Publish, StoreOwner
+from bridge.licences import licensed_offers
+from bridge.paths import PathPolicy
+from bridge.router import Router, build_tiers
+from bridge.samples import SampleLibrary
+from bridge.stream import StreamManager
+from bridge.tasks import JobHandler, job_handlers
+from bridge.transports.midi import MidiTransport
+from engines.audio_tags import AudioTagger
+from engines.base import pick_device
+from engines.cloud.base import Tier
+
+log = logging.getLogger(__name__)
+
+
+class Runtime(Protocol):
+    """What `status` reads of the process that serves the request."""
+
+    started_at: float
+
+    def endpoints(self) -> dict[str, str]: ...
+
+    def in_flight(self) -> int: ...
+
+
+class Services:
+    """Everything a command handler may use (see the module doc)."""
+
+    def __init__(self, config: Config, runtime: Runtime, hub: EventHub, daw: DawState, midi: MidiTransport) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.hub = hub
+        self.daw = daw
+        self.midi = midi
+        self.paths = PathPolicy.from_config(config)
+        self.streams = StreamManager(config.stream, config.models.demucs_repo, spleeter_dir=config.models.spleeter_dir)
+        # The job side, opened by `open_jobs` (None until then, and after `close_jobs`).
+        self.job_store: JobStore | None = None
+        self.store_owner: StoreOwner | None = None
+        self.tiers: dict[str, Tier] = {}
+        self.router: Router | None = None
+        self.jobs: JobRunner | None = None
+        self.handlers: dict[str, JobHandler] = {}
+        self.samples: SampleLibrary | None = None
+        # classify.audio's model, built on first use (`audio_tagger`).
+        self._audio_tagger: AudioTagger | None = None
+        self._audio_tagger_lock = threading.Lock()
+
+    # -- what handlers call -------------------------------------------------------------------------
+
+    def job_runner(self) -> JobRunner:
+        if self.jobs is None:
+            raise Unavailable("the job queue is not running")
+        return self.jobs
+
+    def sample_library(self) -> SampleLibrary:
+        if self.samples is None:
+            raise Unavailable("the sample library is not open (the daemon is starting or stopping)")
+        return self.samples
+
+    def audio_tagger(self) -> AudioTagger:
+        """The `classify.audio` model (classify.audio_*), made on first use; call it off the event loop."""
+        with self._audio_tagger_lock:
+            if self._audio_tagger is None:
+                section = self.config.classify
+                self._audio_tagger = AudioTagger(section.audio_model, section.audio_device, section.audio_seconds,
+                                                 section.audio_threads)
+            return self._audio_tagger
+
+    # -- lifetimes ----------------------------------------------------------------------------------
+
+    def open_jobs(self, publish: Publish, after_job: Callable[[], object] | None = None) -> list[str]:
+        """Open the job store, tiers, router, sample library and runner; returns the requeued job ids.
+
+        Blocking (SQLite, the tiers' clients): the daemon calls it off its event loop. `after_job`
+        runs on a worker after each job (the daemon's allocator trim).
+        """
+        database = self.config.jobs.database
+        if database is None:  # load_config fills the default; a hand-built Config may not
+            raise StartupError("jobs.database is not set")
+        # Ownership before anything touches the store: a second daemon must not requeue (and run)
+        # the first one's running jobs.
+        self.store_owner = StoreOwner(database).acquire()
+        self.job_store = JobStore(database)
+
+        self.tiers = build_tiers(self.config)
+        device = pick_device(self.config.separate.engine_device).type
+        offered = {name: frozenset(tier.tasks) for name, tier in self.tiers.items()}
+        # A tier whose own model the project's licence policy refuses is never planned.
+        models = {name: licensed_offers(tier, self.config.project) for name, tier in self.tiers.items()}
+        runs: dict[str, Callable[[str, str], str]] = {name: tier.model_for for name, tier in self.tiers.items()}
+        self.router = Router(self.config.router, offered, self.job_store, device, models=models, runs=runs)
+        if self.tiers:
+            log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
+
+        self.samples = SampleLibrary(self.config, self.paths)
+        self.handlers = job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples)
+        self.jobs = JobRunner(
+            self.job_store, self.handlers, self.config.jobs.workers, publish,
+            max_attempts=self.config.jobs.max_attempts,
+            after_job=after_job,
+        )
+        requeued = self.jobs.start()
+        self.samples.start_watching()  # folders indexed with watch stay fresh across restarts
+        return requeued
+
+    def close_jobs(self) -> None:
+        """After the runner stopped: close the sample library and the job store."""
+        if self.samples is not None:
+            self.samples.close()
+        if self.job_store is not None:
+            self.job_store.close()
+
+    def release_store(self) -> None:
+        """Give up the job store's ownership: another daemon may now open it and requeue."""
+        if self.store_owner is not None:
+            self.store_owner.release()
+
+    def close_engines(self) -> None:
+        """Release every model and client held between requests: the job handlers' warm engines,
+        `classify.audio`'s model and the tiers' HTTP clients. Each is closed even if another fails."""
+        with self._audio_tagger_lock:
+            tagger, self._audio_tagger = self._audio_tagger, None
+        closers = [("classify.audio", tagger.close)] if tagger is not None else []
+        closers += [(f"job {kind}", close) for kind, handler in self.handlers.items()
+                    if (close := getattr(handler, "close", None)) is not None]
+        closers += [(f"tier {name}", tier.close) for name, tier in self.tiers.items()]
+        for what, close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("closing %s failed", what)
