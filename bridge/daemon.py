@@ -145,7 +145,7 @@ class Daemon:
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
 
-        self.samples = SampleLibrary(self.config, self.paths)
+        self.samples = SampleLibrary(self.config, self.paths, audio_tagger=self.audio_tagger)
         self.jobs = JobRunner(
             self.job_store,
             job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples),

@@ -217,10 +217,19 @@ class Record:
     tags: list[str] = field(default_factory=list)
     descriptors: Descriptors | None = None
     text: str | None = None
+    # The sound models' share (bridge/sound_index.py): the first seconds as mono, kept only for the
+    # batch being indexed, and what the models made of them.
+    clip: np.ndarray | None = None
+    sound_tags: list[dict[str, Any]] | None = None
+    audio_vector: np.ndarray | None = None
 
 
-def analyse_file(file: FileState, root: Path) -> Record:
-    """Read a file's header and first `ANALYSIS_SECONDS`; a file that cannot be read gets an error."""
+def analyse_file(file: FileState, root: Path, clip_seconds: float = 0.0) -> Record:
+    """Read a file's header and first `ANALYSIS_SECONDS`; a file that cannot be read gets an error.
+
+    `clip_seconds` > 0 keeps that much of the start as mono in `record.clip`, for the sound models:
+    the file is read once.
+    """
     import soundfile
 
     path = Path(file.path)
@@ -244,6 +253,8 @@ def analyse_file(file: FileState, root: Path) -> Record:
     record.format = str(info.format)
     record.descriptors = describe_audio(audio, sample_rate, record.duration_seconds)
     record.text = embedding_text(path, root, record.descriptors, record.bpm)
+    if clip_seconds > 0:
+        record.clip = np.ascontiguousarray(audio[: max(1, int(clip_seconds * sample_rate))].mean(axis=1))
     return record
 
 

@@ -36,7 +36,7 @@ def library_database(config: Config) -> Path:
 
 # -- the database ------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = (
     """
     CREATE TABLE samples (
@@ -80,11 +80,20 @@ _SCHEMA = (
     )
     """,
 )
+# Schema 2 (issue 16): the sound models' columns. A version-1 database gains them empty, so its rows stay
+# searchable by their words and get their audio vector and tags at the next index or watcher pass.
+_SCHEMA_2 = (
+    "ALTER TABLE samples ADD COLUMN audio_model TEXT",  # which CLAP model embedded the sound
+    "ALTER TABLE samples ADD COLUMN audio_embedding BLOB",  # float32, unit length, in CLAP's space
+    "ALTER TABLE samples ADD COLUMN tag_model TEXT",  # which audio classifier tagged it
+    "ALTER TABLE samples ADD COLUMN sound_tags TEXT",  # JSON list of {label, score}, best first
+)
 _ROW = ("id, path, name, folder, duration_seconds, channels, sample_rate, format, bpm, tags, peak_db, rms_db, "
-        "centroid_hz, flatness, attack_ms, tail_db, percussive, kind")
+        "centroid_hz, flatness, attack_ms, tail_db, percussive, kind, sound_tags")
 _FIELDS = ("path", "name", "folder", "root", "size", "mtime_ns", "analysis", "status", "error", "duration_seconds",
            "channels", "sample_rate", "frames", "format", "bpm", "tags", "peak_db", "rms_db", "centroid_hz",
-           "flatness", "attack_ms", "tail_db", "percussive", "kind", "text", "model", "embedding", "indexed_at")
+           "flatness", "attack_ms", "tail_db", "percussive", "kind", "text", "model", "embedding", "indexed_at",
+           "audio_model", "audio_embedding", "tag_model", "sound_tags")
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,8 @@ class Known:
     analysis: int
     status: str
     model: str | None
+    audio_model: str | None = None
+    tag_model: str | None = None
 
 
 class SampleStore:
@@ -135,6 +146,9 @@ class SampleStore:
             if version == 0:
                 for statement in _SCHEMA:
                     conn.execute(statement)
+            if version < 2:
+                for statement in _SCHEMA_2:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
             conn.execute("COMMIT")
         except BaseException:
@@ -161,17 +175,22 @@ class SampleStore:
         low = str(folder) + os.sep
         high = str(folder) + chr(ord(os.sep) + 1)
         rows = self._execute(
-            "SELECT id, path, size, mtime_ns, analysis, status, model FROM samples WHERE path > ? AND path < ?",
+            "SELECT id, path, size, mtime_ns, analysis, status, model, audio_model, tag_model FROM samples "
+            "WHERE path > ? AND path < ?",
             (low, high),
         )
         return {
-            r["path"]: Known(r["id"], r["size"], r["mtime_ns"], r["analysis"], r["status"], r["model"]) for r in rows
+            r["path"]: Known(r["id"], r["size"], r["mtime_ns"], r["analysis"], r["status"], r["model"],
+                             r["audio_model"], r["tag_model"]) for r in rows
         }
 
-    def write(self, records: list[Record], vectors: dict[int, np.ndarray], model: str) -> list[int]:
+    def write(self, records: list[Record], vectors: dict[int, np.ndarray], model: str,
+              audio_model: str | None = None, tag_model: str | None = None) -> list[int]:
         """Insert or replace rows for `records` in one transaction; returns their ids in order.
 
-        `vectors` maps a record's position to its embedding (skipped records have none).
+        `vectors` maps a record's position to its embedding (skipped records have none); a record's
+        `audio_vector` and `sound_tags`, when the sound models made them, are written with the model
+        that made them (`audio_model`, `tag_model`).
         """
         now = time.time()
         marks = ", ".join("?" for _ in _FIELDS)
@@ -185,7 +204,8 @@ class SampleStore:
             try:
                 for position, record in enumerate(records):
                     vector = vectors.get(position)
-                    values = _values(record, vector, model if vector is not None else None, now)
+                    values = _values(record, vector, model if vector is not None else None, now,
+                                     audio_model, tag_model)
                     ids.append(conn.execute(sql, values).fetchone()[0])
                 conn.execute("COMMIT")
             except BaseException:
@@ -210,6 +230,13 @@ class SampleStore:
                              "AND embedding IS NOT NULL ORDER BY id", (model,))
         for row in rows:
             yield _entry(row), row["embedding"]
+
+    def audio_vectors(self, audio_model: str) -> Iterator[tuple[int, bytes]]:
+        """(id, audio embedding) of every readable file whose sound `audio_model` embedded."""
+        rows = self._execute("SELECT id, audio_embedding FROM samples WHERE status = 'ok' AND audio_model = ? "
+                             "AND audio_embedding IS NOT NULL ORDER BY id", (audio_model,))
+        for row in rows:
+            yield row["id"], row["audio_embedding"]
 
     def entries(self, ids: list[int]) -> list[dict[str, Any]]:
         marks = ", ".join("?" for _ in ids)
@@ -237,7 +264,8 @@ class SampleStore:
         return int(count), [{"path": r["path"], "error": r["error"]} for r in rows]
 
 
-def _values(record: Record, vector: np.ndarray | None, model: str | None, now: float) -> tuple[Any, ...]:
+def _values(record: Record, vector: np.ndarray | None, model: str | None, now: float, audio_model: str | None,
+            tag_model: str | None) -> tuple[Any, ...]:
     d = record.descriptors
     path = Path(record.file.path)
     return (
@@ -248,6 +276,10 @@ def _values(record: Record, vector: np.ndarray | None, model: str | None, now: f
         d.attack_ms if d else None, d.tail_db if d else None, (int(d.percussive) if d else None),
         d.kind if d else None, record.text, model,
         vector.astype(np.float32).tobytes() if vector is not None else None, now,
+        audio_model if record.audio_vector is not None else None,
+        record.audio_vector.astype(np.float32).tobytes() if record.audio_vector is not None else None,
+        tag_model if record.sound_tags is not None else None,
+        json.dumps(record.sound_tags) if record.sound_tags is not None else None,
     )
 
 
@@ -261,6 +293,7 @@ def _entry(row: sqlite3.Row) -> dict[str, Any]:
         "id": row["id"], "path": row["path"], "name": row["name"], "folder": row["folder"],
         "duration_seconds": row["duration_seconds"], "channels": row["channels"], "sample_rate": row["sample_rate"],
         "format": row["format"], "bpm": row["bpm"], "tags": json.loads(row["tags"]), "descriptors": descriptors,
+        "sound_tags": json.loads(row["sound_tags"]) if row["sound_tags"] else [],
     }
 
 
@@ -326,9 +359,7 @@ class VectorIndex:
         with self._lock:
             if self._count == 0:
                 return []
-            if vector.shape[0] != self._matrix.shape[1]:
-                raise Unavailable(f"samples.search: the index holds {self._matrix.shape[1]}-dimensional vectors "
-                                  f"and the model gives {vector.shape[0]}; run samples.index again to rebuild it")
+            self._check_width(vector)
             # torch on tensors that share the numpy buffers: numpy's matrix-vector product goes through
             # OpenBLAS's thread pool, measured 10x slower (5.3 ms against 0.5 ms for 10,000 x 384) on
             # a busy 2-core machine, where torch keeps to the threads it was given.
@@ -339,6 +370,28 @@ class VectorIndex:
             top = torch.topk(scores, min(k, self._count))
             return [(self._entries[int(self._ids[i])], float(score))
                     for score, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def scores(self, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, cosine scores) of every row, in slot order: copies, for a search that ranks more than one space."""
+        import torch
+
+        with self._lock:
+            if self._count == 0:
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            self._check_width(vector)
+            query = torch.from_numpy(np.ascontiguousarray(vector, np.float32))
+            scores = torch.mv(torch.from_numpy(self._matrix[: self._count]), query).numpy()
+            return self._ids[: self._count].copy(), scores
+
+    def entry(self, sample_id: int) -> dict[str, Any]:
+        """What a search returns for a row (KeyError when it is not held)."""
+        with self._lock:
+            return self._entries[sample_id]
+
+    def _check_width(self, vector: np.ndarray) -> None:
+        if vector.shape[0] != self._matrix.shape[1]:
+            raise Unavailable(f"samples.search: the index holds {self._matrix.shape[1]}-dimensional vectors "
+                              f"and the model gives {vector.shape[0]}; run samples.index again to rebuild it")
 
     def _grow(self) -> None:
         matrix = np.zeros((self._matrix.shape[0] * 2, self._matrix.shape[1]), np.float32)

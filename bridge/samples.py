@@ -35,6 +35,8 @@ from bridge.licences import describe
 from bridge.paths import PathPolicy
 from bridge.sample_analysis import ANALYSIS_VERSION, CheckCancelled, FileState, Record, analyse_file, list_audio
 from bridge.sample_store import Known, SampleStore, VectorIndex, library_database
+from bridge.sound_index import SoundIndex
+from engines.audio_tags import AudioTagger
 from engines.embeddings import TextEmbedder
 from engines.zeroshot import ZeroShotClassifier
 
@@ -83,7 +85,8 @@ class ScanReport:
 class SampleLibrary:
     """The index, its embedder, and the watcher: one per daemon, shared by commands and the job."""
 
-    def __init__(self, config: Config, paths: PathPolicy, embedder: TextEmbedder | None = None) -> None:
+    def __init__(self, config: Config, paths: PathPolicy, embedder: TextEmbedder | None = None,
+                 audio_tagger: Callable[[], AudioTagger] | None = None) -> None:
         self.settings = config.samples
         self.classify_settings = config.classify  # classify's method and NLI model
         self.paths = paths
@@ -93,11 +96,13 @@ class SampleLibrary:
         self._zeroshot: ZeroShotClassifier | None = None
         self.store = SampleStore(library_database(config))
         self.vectors = VectorIndex()
+        self.sound = SoundIndex(config, audio_tagger)  # CLAP vectors and AST tags (bridge/sound_index.py)
         self._scan_lock = threading.Lock()  # one pass over the files at a time: a job or the watcher
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._missing_logged: set[str] = set()
         self._load_vectors()
+        self.sound.load(self.store)
 
     def _load_vectors(self) -> None:
         ids: list[int] = []
@@ -133,7 +138,7 @@ class SampleLibrary:
         """An existing folder inside `paths.roots`, or forbidden / not_found / bad_request."""
         return self.paths.input_dir(raw, "folder", command)  # resolves and checks the roots
 
-    def search(self, query: str, k: int) -> dict[str, Any]:
+    def search(self, query: str, k: int, tag: str = "") -> dict[str, Any]:
         """The `k` files that best match a description, best first, with their scores."""
         if not isinstance(query, str) or not query.strip():
             raise BadRequest(f"samples.search: argument 'query' expected a description such as 'punchy kick', "
@@ -146,8 +151,7 @@ class SampleLibrary:
                     "hint": "nothing is indexed yet: run samples.index <folder>"}
         started = time.perf_counter()
         vector = self.embedder.encode([query.strip()])[0]
-        hits = self.vectors.search(vector, k)
-        matches = [{**entry, "score": round(score, 4)} for entry, score in hits]
+        matches = self.sound.search(query.strip(), vector, self.vectors, k, tag)
         for match in matches:
             match.pop("id", None)
         return {"query": query, "matches": matches, "count": len(matches), "indexed": len(self.vectors),
@@ -196,7 +200,7 @@ class SampleLibrary:
             "watch_interval_seconds": self.settings.watch_interval_seconds, "model": self.model_id,
             "model_loaded": engine is not None and engine.loaded, "model_source": source.describe() if source else None,
             "classify_method": self.classify_settings.method, "nli_model": self.classify_settings.nli_model.strip(),
-            "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded,
+            "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded, **self.sound.status(),
         }
 
     # -- indexing ----------------------------------------------------------------------------------
@@ -228,6 +232,7 @@ class SampleLibrary:
         if gone:
             self.store.delete(gone)
             self.vectors.remove(gone)
+            self.sound.remove(gone)
             report.removed = len(gone)
         todo = [f for f in files if self._stale(f, known.get(f.path))]
         report.unchanged = len(files) - len(todo)
@@ -237,7 +242,7 @@ class SampleLibrary:
             records = []
             for file in batch:
                 check_cancelled()
-                records.append(analyse_file(file, folder))
+                records.append(analyse_file(file, folder, self.sound.clip_seconds))
             self._commit(records, known, report)
             note(0.05 + 0.95 * (start + len(batch)) / len(todo), "indexing")
         note(1.0, "done")
@@ -248,14 +253,16 @@ class SampleLibrary:
             return True
         if known.analysis != ANALYSIS_VERSION:
             return True
-        return known.status == "ok" and known.model != self.model_id
+        return (known.status == "ok" and known.model != self.model_id) or self.sound.stale(known)
 
     def _commit(self, records: list[Record], known: dict[str, Known], report: ScanReport) -> None:
-        """Embed a batch, write it in one transaction, then update the matrix."""
+        """Tag and embed a batch (words and sound), write it in one transaction, then update the matrices."""
+        self.sound.tag(records)  # before the words are embedded: the tags are read with them
+        self.sound.embed(records)
         readable = [i for i, r in enumerate(records) if r.error is None]
         vectors = self.embedder.encode([records[i].text or "" for i in readable]) if readable else None
         by_position = {i: vectors[n] for n, i in enumerate(readable)} if vectors is not None else {}
-        ids = self.store.write(records, by_position, self.model_id)
+        ids = self.store.write(records, by_position, self.model_id, self.sound.clap_model, self.sound.tag_model)
         for record, _sample_id in zip(records, ids):
             if record.file.path in known:
                 report.updated += 1
@@ -266,10 +273,12 @@ class SampleLibrary:
         unreadable = [ids[i] for i, r in enumerate(records) if r.error is not None]
         if unreadable:
             self.vectors.remove(unreadable)  # a file that became unreadable leaves the results
+            self.sound.remove(unreadable)
         if readable:
             readable_ids = [ids[i] for i in readable]
             self.vectors.upsert(readable_ids, np.stack([by_position[i] for i in readable]),
                                 self.store.entries(readable_ids))
+            self.sound.upsert(readable_ids, [records[i] for i in readable])
 
     # -- the watcher -------------------------------------------------------------------------------
 
@@ -354,6 +363,7 @@ class SampleLibrary:
             self._embedder.close()
         if self._zeroshot is not None:
             self._zeroshot.close()
+        self.sound.close()
 
 
 # -- the job -----------------------------------------------------------------------------------------
@@ -380,4 +390,4 @@ class IndexJob:
             ctx.progress(fraction, stage=stage)
 
         result = self.library.index(folder, progress, ctx.check_cancelled, bool(ctx.job.args["watch"]))
-        return {**result, **describe("embed", self.library.model_id)}
+        return {**result, **describe("embed", self.library.model_id), **self.library.sound.describe()}
