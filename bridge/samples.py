@@ -218,7 +218,7 @@ class SampleLibrary:
         self.store.set_folder(folder, watch, report.files)
         self._missing_logged.discard(str(folder))
         return {**report.to_dict(), "watch": watch and self.settings.watch, "indexed": len(self.vectors),
-                "seconds": round(time.monotonic() - started, 3)}
+                "seconds": round(time.monotonic() - started, 3), **self.sound.describe()}
 
     def _scan(self, folder: Path, progress: Progress | None, check_cancelled: CheckCancelled) -> ScanReport:
         report = ScanReport(str(folder))
@@ -390,4 +390,4 @@ class IndexJob:
             ctx.progress(fraction, stage=stage)
 
         result = self.library.index(folder, progress, ctx.check_cancelled, bool(ctx.job.args["watch"]))
-        return {**result, **describe("embed", self.library.model_id), **self.library.sound.describe()}
+        return {**result, **describe("embed", self.library.model_id)}
