@@ -23,7 +23,6 @@ Nothing heavy happens at import: torch and transformers are imported when the mo
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from engines.base import Engine
-from engines.embeddings import Attempt, _short, hub_cache_has, looks_like_path
+from engines.embeddings import Attempt, _short, looks_like_path
 from engines.resample import resample
 
 log = logging.getLogger(__name__)
@@ -41,21 +40,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "laion/clap-htsat-unfused"
 MODEL_TYPE = "clap"  # config.json's model_type of a CLAP checkpoint
 MAX_TEXT_CHARS = 500
-
-
-def available_source(model: str) -> tuple[str, str] | None:
-    """(where, model type) when `model` is on this machine (a folder with a config.json, or a hub name
-    in the hub cache); None when it is not. Reads no weights, never goes online: for `flowstate doctor`."""
-    if looks_like_path(model):
-        config = Path(model).expanduser() / "config.json"
-        if not config.is_file():
-            return None
-        try:
-            model_type = str(json.loads(config.read_text(encoding="utf-8")).get("model_type") or "?")
-        except (OSError, ValueError):
-            model_type = "unreadable config.json"
-        return f"folder {Path(model).expanduser()}", model_type
-    return (f"hub cache {model}", MODEL_TYPE) if hub_cache_has(model) else None
 
 
 class AudioTextEmbedder(Engine):

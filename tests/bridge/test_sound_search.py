@@ -141,6 +141,22 @@ def test_the_clap_engine_embeds_clips_and_text_into_one_space(models: dict[str, 
     assert str(tmp_path / "no-clap") in caught.value.message and "samples.clap_model" in caught.value.message
 
 
+def test_doctor_says_where_the_clap_model_comes_from(models: dict[str, Path], tmp_path: Path) -> None:
+    from bridge.doctor import run_checks
+
+    def row(**samples: Any) -> Any:
+        config = Config.model_validate({"samples": samples, "paths": {"roots": [str(tmp_path)]}})
+        return next(c for c in run_checks(config, "test") if c.name == "samples clap")
+
+    assert row().state == "ok" and "off" in row().detail
+    found = row(clap=True, clap_model=str(models["clap"]))
+    assert found.state == "ok" and str(models["clap"]) in found.detail
+    wrong = row(clap=True, clap_model=str(models["ast"]))  # an AST folder is not a CLAP
+    assert wrong.state == "fail" and "samples.clap_model" in wrong.detail
+    missing = row(clap=True, clap_model=str(tmp_path / "gone"))
+    assert missing.state == "warn" and "samples.clap_model" in missing.detail
+
+
 # -- the library in this process -------------------------------------------------------------------
 
 
