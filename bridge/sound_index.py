@@ -205,6 +205,8 @@ class SoundIndex:
         if len(self.vectors) == 0:
             return audio, has_audio  # no need to load the model to learn nothing
         audio_ids, scores = self.vectors.scores(self.clap.embed_text([query])[0])
+        if audio_ids.size == 0:  # emptied since the check above (a pass removed every file)
+            return audio, has_audio
         order = np.argsort(audio_ids)
         sorted_ids = audio_ids[order]
         at = np.minimum(np.searchsorted(sorted_ids, ids), max(0, sorted_ids.size - 1))
