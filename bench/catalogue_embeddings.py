@@ -9,7 +9,7 @@ their own synthetic sounds (short sine and noise bursts, chords; about one in tw
   first) runs `samples.index` on the folder; the time runs from sending the request over ZeroMQ
   to the job's `job.done`. direct: the same work in this process with nothing around it: listing
   the files, `soundfile` reading each (header and audio), the same descriptors
-  (`bridge.samples.describe_audio`, the analysis itself) and one `SentenceTransformer.encode` of
+  (`bridge.sample_analysis.describe_audio`, the analysis itself) and one `SentenceTransformer.encode` of
   all the texts in batches of 32 — no database, no job queue, no matrix.
 * **rescan** — daemon: `samples.index` again with nothing changed (what the watcher does every
   `watch_interval_seconds`). direct: listing and `stat`-ing the same files.
@@ -143,7 +143,7 @@ def direct_index(folder: Path, model: Any) -> tuple[float, np.ndarray]:
     """List, read, describe, encode: the index's work without the index. Returns (seconds, matrix)."""
     import soundfile
 
-    from bridge.samples import ANALYSIS_SECONDS, describe_audio, embedding_text
+    from bridge.sample_analysis import ANALYSIS_SECONDS, describe_audio, embedding_text
 
     started = time.perf_counter()
     texts = []

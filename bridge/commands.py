@@ -466,11 +466,13 @@ def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id:
     "samples.search",
     Arg("query", str, "A description, e.g. 'punchy kick' or 'dark evolving pad loop'."),
     Arg("k", int, "How many matches.", default=10, min=1, max=50),
+    Arg("tag", str, "Only files carrying this tag: a sound tag (samples.audio_tags: drum, bass guitar ...) or a "
+        "word of the name or folders; empty: all.", default=""),
     help="The indexed samples that best match a description, best first: path, name, score, duration, "
-    "tags and audio descriptors.",
+    "tags, sound tags and audio descriptors; with samples.clap, by how they sound as well as by their words.",
 )
-async def samples_search(ctx: CallContext, query: str, k: int) -> Result:
-    return await asyncio.to_thread(ctx.services.sample_library().search, query, k)
+async def samples_search(ctx: CallContext, query: str, k: int, tag: str) -> Result:
+    return await asyncio.to_thread(ctx.services.sample_library().search, query, k, tag)
 
 
 @command(

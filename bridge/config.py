@@ -473,6 +473,18 @@ class SamplesConfig(_Section):
     labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default=["drums", "bass", "vocals", "melody", "effects"], min_length=1, max_length=100
     )
+    # Search by sound: a CLAP model embeds each sample's audio, and a query is matched against the
+    # sound as well as the words (off: words and descriptors only, no model to download).
+    clap: bool = False
+    # A hub name (from its cache; downloaded when online) or a save_pretrained folder (ClapModel + ClapProcessor).
+    clap_model: str = Field(default="laion/clap-htsat-unfused", min_length=1)
+    # The sound's share of a search's score: w * z(sound) + (1 - w) * z(words), each z-scored per query.
+    clap_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Tag each sample by sound with classify.audio_model (AudioSet labels) into the index.
+    audio_tags: bool = False
+    # At most audio_tags_top labels per sample, each scoring at least audio_tags_min_score.
+    audio_tags_top: int = Field(default=3, ge=1, le=50)
+    audio_tags_min_score: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
 class ClassifyConfig(_Section):

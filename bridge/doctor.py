@@ -19,7 +19,7 @@ from bridge import __version__
 from bridge.config import Config
 from bridge.errors import NotFound
 from bridge.stream import import_sounddevice
-from engines import audio_tags, embeddings, generation, openunmix, spleeter, stable_audio
+from engines import audio_tags, clap, embeddings, generation, openunmix, spleeter, stable_audio
 from engines.speech import VoiceLibrary
 from engines.transcription import offline_source
 
@@ -65,6 +65,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         lambda: _openunmix(config),
         lambda: _embeddings(config),
         lambda: _audio_tags(config),
+        lambda: _clap(config),
         lambda: _nli(config),
         lambda: _generation(config),
         lambda: _stable_audio(config),
@@ -285,6 +286,24 @@ def _audio_tags(config: Config) -> Iterator[Check]:
     else:
         yield Check("classify.audio", FAIL, f"{model}: {where} holds a {model_type} model; classify.audio_model expects "
                     f"an {audio_tags.MODEL_TYPE} (AST) checkpoint")
+
+
+def _clap(config: Config) -> Iterator[Check]:
+    """Where sample search by sound would load its CLAP model from (when samples.clap is on), on disk only."""
+    settings = config.samples
+    if not settings.clap:
+        yield Check("samples clap", OK, "off (samples.clap: false): samples.search matches words and descriptors")
+        return
+    found = _hub_model("samples clap", "samples.clap_model", settings.clap_model, "samples.index")
+    if isinstance(found, Check):
+        yield found
+        return
+    where, model_type = found
+    if model_type == clap.MODEL_TYPE:
+        yield Check("samples clap", OK, f"{settings.clap_model}: {where} (weight {settings.clap_weight:g})")
+    else:
+        yield Check("samples clap", FAIL, f"{settings.clap_model}: {where} holds a {model_type} model; "
+                    f"samples.clap_model expects a {clap.MODEL_TYPE} (CLAP) checkpoint")
 
 
 def _nli(config: Config) -> Iterator[Check]:

@@ -34,7 +34,12 @@ def job_models(kind: str, args: dict[str, Any], config: Config) -> list[tuple[st
     if kind == "tts":
         return [("tts", str(args["voice"]))]
     if kind == "samples.index":
-        return [("embed", config.samples.model)]
+        models = [("embed", config.samples.model)]
+        if config.samples.clap:
+            models.append(("embed", config.samples.clap_model))
+        if config.samples.audio_tags:
+            models.append(("tag", config.classify.audio_model))
+        return models
     if kind == "classify.audio":  # not a job, but the same policy: a request that runs a model
         return [("tag", config.classify.audio_model)]
     if kind == "voice.convert":  # the voice model's terms are what the output's use depends on

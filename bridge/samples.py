@@ -18,628 +18,37 @@ themselves. A watched folder that has gone missing (an unplugged drive) keeps it
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import re
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bridge.config import Config
-from bridge.errors import BadRequest, BridgeError, NotFound, StartupError, Unavailable
+from bridge.errors import BadRequest, BridgeError, NotFound
 from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
+from bridge.sample_analysis import ANALYSIS_VERSION, CheckCancelled, FileState, Record, analyse_file, list_audio
+from bridge.sample_store import Known, SampleStore, VectorIndex, library_database
+from bridge.sound_index import SoundIndex
+from engines.audio_tags import AudioTagger
 from engines.embeddings import TextEmbedder
 from engines.zeroshot import ZeroShotClassifier
-
-if TYPE_CHECKING:
-    from engines.embeddings import TextEmbedder
 
 log = logging.getLogger(__name__)
 
 KIND = "samples.index"
-AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".aif", ".aiff", ".aifc", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
-ANALYSIS_VERSION = 1  # bump when the descriptors change: rows written by an older one are analysed again
-ANALYSIS_SECONDS = 30.0  # descriptors look at the first 30 s; a long file costs no more than that
 BATCH_FILES = 32  # files analysed, embedded and committed together (a search waits at most one batch)
 MAX_QUERY_CHARS = 500
 MAX_RESULTS = 50
 SKIPPED_SHOWN = 20
-SILENCE_DB = -120.0
 
 Progress = Callable[[float, str], None]
-CheckCancelled = Callable[[], None]
-
-
-def library_database(config: Config) -> Path:
-    """`samples.database`, or `samples.sqlite3` next to the job database."""
-    if config.samples.database is not None:
-        return config.samples.database.expanduser().absolute()
-    jobs = config.jobs.database
-    if jobs is None:
-        raise StartupError("samples.database is not set and jobs.database is unknown; set samples.database")
-    return jobs.with_name("samples.sqlite3")
-
-
-# -- descriptors -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Descriptors:
-    """What a sample sounds like, in numbers and in the words the embedding text uses."""
-
-    peak_db: float
-    rms_db: float
-    centroid_hz: float | None  # None for silence
-    flatness: float | None  # 0 = a pure tone, 1 = white noise
-    attack_ms: float | None  # from audible to within 3 dB of the loudest moment
-    tail_db: float | None  # the level of the last tenth against the loudest moment
-    percussive: bool
-    kind: str  # "one-shot" or "loop"
-
-    @property
-    def words(self) -> list[str]:
-        """Plain words for the embedding text: kind, envelope, brightness, register, texture."""
-        if self.centroid_hz is None:
-            return [self.kind, "silent"]
-        words = [self.kind, "percussive" if self.percussive else "sustained"]
-        if self.centroid_hz < 500:
-            words.append("dark")
-        elif self.centroid_hz < 1500:
-            words.append("warm")
-        elif self.centroid_hz > 4000:
-            words.append("bright")
-        if self.centroid_hz < 250:
-            words.append("low")
-        if self.flatness is not None and self.flatness > 0.3:
-            words.append("noisy")
-        elif self.flatness is not None and self.flatness < 0.02:
-            words.append("tonal")
-        return words
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "peak_db": self.peak_db, "rms_db": self.rms_db, "centroid_hz": self.centroid_hz,
-            "flatness": self.flatness, "attack_ms": self.attack_ms, "tail_db": self.tail_db,
-            "percussive": self.percussive, "kind": self.kind, "words": self.words,
-        }
-
-
-def _db(value: float) -> float:
-    return round(max(SILENCE_DB, 20.0 * math.log10(value)) if value > 0 else SILENCE_DB, 2)
-
-
-def describe_audio(audio: np.ndarray, sample_rate: int, duration_seconds: float) -> Descriptors:
-    """Descriptors of `(frames, channels)` float32 audio (the first `ANALYSIS_SECONDS` of a file).
-
-    `duration_seconds` is the whole file's, which decides one-shot against loop together with
-    whether the sound is still going at the end.
-    """
-    mono = audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else np.asarray(audio, np.float32)
-    peak = float(np.max(np.abs(mono))) if mono.size else 0.0
-    if peak <= 10 ** (SILENCE_DB / 20):
-        return Descriptors(SILENCE_DB, SILENCE_DB, None, None, None, None, False, "one-shot")
-    rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
-    env_db, hop_seconds = _envelope_db(mono, sample_rate)
-    loudest = float(env_db.max())
-    start = int(np.argmax(env_db > loudest - 40.0))
-    peak_frame = int(np.argmax(env_db >= loudest - 3.0))
-    attack_ms = (peak_frame - start) * hop_seconds * 1000.0
-    after = peak_frame + max(1, round(0.3 / hop_seconds))  # 300 ms after the loudest moment, or the end
-    decay_db = loudest - float(env_db[min(after, env_db.size - 1)])
-    tail = env_db[-max(1, env_db.size // 10):]
-    tail_db = float(tail.mean()) - loudest
-    percussive = attack_ms <= 30.0 and decay_db >= 10.0
-    kind = "loop" if duration_seconds >= 2.0 and tail_db > -24.0 else "one-shot"
-    centroid, flatness = _spectrum(mono, sample_rate)
-    return Descriptors(
-        peak_db=_db(peak), rms_db=_db(rms), centroid_hz=round(centroid, 1), flatness=round(flatness, 4),
-        attack_ms=round(attack_ms, 1), tail_db=round(tail_db, 2), percussive=percussive, kind=kind,
-    )
-
-
-def _envelope_db(mono: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
-    """RMS level in dB per 10 ms frame, and the frame length in seconds."""
-    hop = max(1, round(0.01 * sample_rate))
-    frames = -(-mono.size // hop)
-    padded = np.zeros(frames * hop, np.float32)
-    padded[: mono.size] = mono
-    power = np.mean(np.square(padded.reshape(frames, hop)), axis=1)
-    return 10.0 * np.log10(power + 1e-12), hop / sample_rate
-
-
-def _spectrum(mono: np.ndarray, sample_rate: int, size: int = 2048, max_frames: int = 256) -> tuple[float, float]:
-    """(spectral centroid in Hz, spectral flatness) of the power spectrum summed over frames.
-
-    Summing the power of every frame weights loud frames more, which is what a listener hears.
-    At most `max_frames` frames, spread over the audio, keep a long file cheap.
-    """
-    frames = max(1, -(-mono.size // size))
-    padded = np.zeros(frames * size, np.float32)
-    padded[: mono.size] = mono
-    blocks = padded.reshape(frames, size)
-    if frames > max_frames:
-        blocks = blocks[np.linspace(0, frames - 1, max_frames).astype(int)]
-    power = np.square(np.abs(np.fft.rfft(blocks * np.hanning(size).astype(np.float32), axis=1))).sum(axis=0)
-    power = power.astype(np.float64) + 1e-20
-    freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
-    centroid = float((freqs * power).sum() / power.sum())
-    flatness = float(np.exp(np.mean(np.log(power))) / np.mean(power))
-    return centroid, flatness
-
-
-# -- names, tags and the embedding text -----------------------------------------------------------------
-
-_WORD = re.compile(r"[^\W_]+")
-_CASE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
-_BPM = re.compile(r"(?<![\d.])(\d{2,3}(?:\.\d+)?)\s*[-_ ]?bpm|bpm\s*[-_ ]?(\d{2,3}(?:\.\d+)?)(?![\d.])", re.IGNORECASE)
-_STOPWORDS = frozenset({"a", "an", "and", "the", "of", "in", "by", "for", "with", "to", "my", "bpm"} |
-                       {suffix.lstrip(".") for suffix in AUDIO_SUFFIXES})
-
-
-def words_of(text: str) -> list[str]:
-    """`HiHat_Closed-02 (808).wav` -> hi, hat, closed, 808: lower-case words, numbering dropped."""
-    words: list[str] = []
-    for token in _WORD.findall(text):
-        for part in _CASE.split(token):
-            word = part.lower()
-            if word.isdigit() and (len(word) <= 2 or word.startswith("0")):
-                continue  # take numbers (01, 2) say nothing; 808, 909, 120 do
-            if word and word not in _STOPWORDS:
-                words.append(word)
-    return words
-
-
-def bpm_of(name: str) -> float | None:
-    """The tempo a file name states (`Loop 120bpm`, `bpm_90`), if it is a plausible one."""
-    match = _BPM.search(name)
-    if match is None:
-        return None
-    value = float(match.group(1) or match.group(2))
-    return value if 40.0 <= value <= 300.0 else None
-
-
-def tags_of(path: Path, root: Path) -> list[str]:
-    """Words of the file name, then of its folders below `root`, each once."""
-    tags: list[str] = []
-    relative_folders = path.parent.relative_to(root).parts if path.parent != root else ()
-    for word in words_of(path.stem) + [w for part in relative_folders for w in words_of(part)]:
-        if word not in tags:
-            tags.append(word)
-    return tags
-
-
-def embedding_text(path: Path, root: Path, descriptors: Descriptors, bpm: float | None) -> str:
-    """`kick 808 punchy. drums kicks. one-shot percussive dark low tonal`: what the model reads."""
-    name = " ".join(words_of(path.stem)) or path.stem
-    relative_folders = path.parent.relative_to(root).parts if path.parent != root else ()
-    folders = " ".join(w for part in relative_folders for w in words_of(part))
-    words = " ".join(descriptors.words + ([f"{bpm:g} bpm"] if bpm else []))
-    return ". ".join(part for part in (name, folders, words) if part)
-
-
-# -- files -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileState:
-    """A file as listed: where it is and what its size and modification time say about it."""
-
-    path: str  # as listed (a str: a Path per file costs more than the rest of a rescan)
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class Record:
-    """One analysed file, ready to be written (an `error` means skipped)."""
-
-    file: FileState
-    root: Path
-    error: str | None = None
-    duration_seconds: float | None = None
-    channels: int | None = None
-    sample_rate: int | None = None
-    frames: int | None = None
-    format: str | None = None
-    bpm: float | None = None
-    tags: list[str] = field(default_factory=list)
-    descriptors: Descriptors | None = None
-    text: str | None = None
-
-
-def analyse_file(file: FileState, root: Path) -> Record:
-    """Read a file's header and first `ANALYSIS_SECONDS`; a file that cannot be read gets an error."""
-    import soundfile
-
-    path = Path(file.path)
-    record = Record(file, root, tags=tags_of(path, root), bpm=bpm_of(path.stem))
-    try:
-        info = soundfile.info(file.path)
-        if info.frames <= 0 or info.samplerate <= 0:
-            record.error = "holds no audio (0 frames)"
-            return record
-        wanted = min(info.frames, int(ANALYSIS_SECONDS * info.samplerate))
-        audio, sample_rate = soundfile.read(file.path, frames=wanted, dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError, OSError, ValueError, EOFError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        record.error = f"cannot be read: {type(err).__name__}: {first_line}"[:300]
-        return record
-    if audio.shape[0] == 0:
-        record.error = "holds no audio (no frames could be decoded)"
-        return record
-    record.duration_seconds = round(info.frames / info.samplerate, 4)
-    record.channels, record.sample_rate, record.frames = int(info.channels), int(sample_rate), int(info.frames)
-    record.format = str(info.format)
-    record.descriptors = describe_audio(audio, sample_rate, record.duration_seconds)
-    record.text = embedding_text(path, root, record.descriptors, record.bpm)
-    return record
-
-
-def list_audio(folder: Path, paths: PathPolicy, check_cancelled: CheckCancelled) -> list[FileState]:
-    """Every audio file under `folder` (hidden names skipped), following links that stay inside the roots."""
-    found: list[FileState] = []
-    seen = {os.path.realpath(folder)}
-    stack = [folder]
-    visited = 0
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError as err:
-            log.warning("samples: cannot list %s: %s", current, err)
-            continue
-        for entry in entries:
-            visited += 1
-            if visited % 256 == 0:
-                check_cancelled()
-            if entry.name.startswith("."):
-                continue  # hidden files, and atomic_write's partial files
-            try:
-                is_dir = entry.is_dir()
-                is_link = entry.is_symlink()
-                if is_link and not _inside(entry.path, paths):
-                    continue  # a link that leads outside paths.roots is not followed
-                if is_dir:
-                    real = os.path.realpath(entry.path)
-                    if real not in seen:  # a link back up the tree would loop forever
-                        seen.add(real)
-                        stack.append(Path(entry.path))
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in AUDIO_SUFFIXES:
-                    stat = entry.stat()
-                    found.append(FileState(entry.path, stat.st_size, stat.st_mtime_ns))
-            except OSError as err:
-                log.warning("samples: cannot stat %s: %s", entry.path, err)
-    found.sort(key=lambda f: f.path)
-    return found
-
-
-def _inside(path: str, paths: PathPolicy) -> bool:
-    real = Path(os.path.realpath(path))
-    return any(real == root or root in real.parents for root in paths.roots)
-
-
-# -- the database ------------------------------------------------------------------------------------
-
-SCHEMA_VERSION = 1
-_SCHEMA = (
-    """
-    CREATE TABLE samples (
-        id               INTEGER PRIMARY KEY,
-        path             TEXT NOT NULL UNIQUE,
-        name             TEXT NOT NULL,          -- file name with extension
-        folder           TEXT NOT NULL,          -- the folder holding it
-        root             TEXT NOT NULL,          -- the indexed folder it was found under
-        size             INTEGER NOT NULL,
-        mtime_ns         INTEGER NOT NULL,
-        analysis         INTEGER NOT NULL,       -- ANALYSIS_VERSION that wrote the row
-        status           TEXT NOT NULL CHECK (status IN ('ok', 'skipped')),
-        error            TEXT,                   -- why it was skipped
-        duration_seconds REAL,
-        channels         INTEGER,
-        sample_rate      INTEGER,
-        frames           INTEGER,
-        format           TEXT,
-        bpm              REAL,
-        tags             TEXT NOT NULL,          -- JSON list of words
-        peak_db          REAL,
-        rms_db           REAL,
-        centroid_hz      REAL,
-        flatness         REAL,
-        attack_ms        REAL,
-        tail_db          REAL,
-        percussive       INTEGER,
-        kind             TEXT,                   -- one-shot or loop
-        text             TEXT,                   -- what the model embedded
-        model            TEXT,                   -- which model embedded it
-        embedding        BLOB,                   -- float32, unit length
-        indexed_at       REAL NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE folders (
-        path       TEXT PRIMARY KEY,
-        watch      INTEGER NOT NULL,
-        files      INTEGER NOT NULL,
-        indexed_at REAL NOT NULL
-    )
-    """,
-)
-_ROW = ("id, path, name, folder, duration_seconds, channels, sample_rate, format, bpm, tags, peak_db, rms_db, "
-        "centroid_hz, flatness, attack_ms, tail_db, percussive, kind")
-_FIELDS = ("path", "name", "folder", "root", "size", "mtime_ns", "analysis", "status", "error", "duration_seconds",
-           "channels", "sample_rate", "frames", "format", "bpm", "tags", "peak_db", "rms_db", "centroid_hz",
-           "flatness", "attack_ms", "tail_db", "percussive", "kind", "text", "model", "embedding", "indexed_at")
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the database holds about a file, enough to tell whether it must be read again."""
-
-    id: int
-    size: int
-    mtime_ns: int
-    analysis: int
-    status: str
-    model: str | None
-
-
-class SampleStore:
-    """The samples database (SQLite, WAL): one connection behind a lock, like the job store."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as err:
-            raise StartupError(f"cannot open the samples database {self.path}: {err}") from err
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(conn)
-        except sqlite3.DatabaseError as err:
-            conn.close()
-            raise StartupError(f"cannot use the samples database {self.path}: {err}; it only holds the sample "
-                               "index, so deleting it is safe (samples.index builds it again)") from err
-        except BaseException:
-            conn.close()
-            raise
-        self._conn: sqlite3.Connection | None = conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StartupError(f"samples database {self.path} has schema version {version}; this flowstate "
-                                   f"understands up to {SCHEMA_VERSION}: upgrade, or set samples.database to "
-                                   "another file")
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise Unavailable(f"the samples database {self.path} is closed (the daemon is shutting down)")
-        return self._conn
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._connection().execute(sql, params).fetchall()
-
-    def known_under(self, folder: Path) -> dict[str, Known]:
-        """Rows for every path below `folder` (a range scan on the path index)."""
-        low = str(folder) + os.sep
-        high = str(folder) + chr(ord(os.sep) + 1)
-        rows = self._execute(
-            "SELECT id, path, size, mtime_ns, analysis, status, model FROM samples WHERE path > ? AND path < ?",
-            (low, high),
-        )
-        return {
-            r["path"]: Known(r["id"], r["size"], r["mtime_ns"], r["analysis"], r["status"], r["model"]) for r in rows
-        }
-
-    def write(self, records: list[Record], vectors: dict[int, np.ndarray], model: str) -> list[int]:
-        """Insert or replace rows for `records` in one transaction; returns their ids in order.
-
-        `vectors` maps a record's position to its embedding (skipped records have none).
-        """
-        now = time.time()
-        marks = ", ".join("?" for _ in _FIELDS)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in _FIELDS if name != "path")
-        sql = (f"INSERT INTO samples ({', '.join(_FIELDS)}) VALUES ({marks}) "
-               f"ON CONFLICT (path) DO UPDATE SET {updates} RETURNING id")
-        ids: list[int] = []
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for position, record in enumerate(records):
-                    vector = vectors.get(position)
-                    values = _values(record, vector, model if vector is not None else None, now)
-                    ids.append(conn.execute(sql, values).fetchone()[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return ids
-
-    def delete(self, ids: list[int]) -> None:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in ids])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def searchable(self, model: str) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """(entry, embedding) of every readable file embedded by `model`."""
-        rows = self._execute(f"SELECT {_ROW}, embedding FROM samples WHERE status = 'ok' AND model = ? "
-                             "AND embedding IS NOT NULL ORDER BY id", (model,))
-        for row in rows:
-            yield _entry(row), row["embedding"]
-
-    def entries(self, ids: list[int]) -> list[dict[str, Any]]:
-        marks = ", ".join("?" for _ in ids)
-        rows = self._execute(f"SELECT {_ROW} FROM samples WHERE id IN ({marks})", tuple(ids))
-        by_id = {row["id"]: _entry(row) for row in rows}
-        return [by_id[i] for i in ids]
-
-    def set_folder(self, folder: Path, watch: bool, files: int) -> None:
-        self._execute(
-            "INSERT INTO folders (path, watch, files, indexed_at) VALUES (?, ?, ?, ?) ON CONFLICT (path) DO UPDATE "
-            "SET watch = excluded.watch, files = excluded.files, indexed_at = excluded.indexed_at",
-            (str(folder), int(watch), files, time.time()),
-        )
-
-    def folders(self) -> list[dict[str, Any]]:
-        rows = self._execute("SELECT path, watch, files, indexed_at FROM folders ORDER BY path")
-        return [
-            {"path": r["path"], "watch": bool(r["watch"]), "files": r["files"], "indexed_at": r["indexed_at"]}
-            for r in rows
-        ]
-
-    def skipped(self, limit: int) -> tuple[int, list[dict[str, str]]]:
-        count = self._execute("SELECT COUNT(*) FROM samples WHERE status = 'skipped'")[0][0]
-        rows = self._execute("SELECT path, error FROM samples WHERE status = 'skipped' ORDER BY path LIMIT ?", (limit,))
-        return int(count), [{"path": r["path"], "error": r["error"]} for r in rows]
-
-
-def _values(record: Record, vector: np.ndarray | None, model: str | None, now: float) -> tuple[Any, ...]:
-    d = record.descriptors
-    path = Path(record.file.path)
-    return (
-        str(path), path.name, str(path.parent), str(record.root), record.file.size, record.file.mtime_ns,
-        ANALYSIS_VERSION, "skipped" if record.error else "ok", record.error, record.duration_seconds,
-        record.channels, record.sample_rate, record.frames, record.format, record.bpm, json.dumps(record.tags),
-        d.peak_db if d else None, d.rms_db if d else None, d.centroid_hz if d else None, d.flatness if d else None,
-        d.attack_ms if d else None, d.tail_db if d else None, (int(d.percussive) if d else None),
-        d.kind if d else None, record.text, model,
-        vector.astype(np.float32).tobytes() if vector is not None else None, now,
-    )
-
-
-def _entry(row: sqlite3.Row) -> dict[str, Any]:
-    """What a search returns for a file (without its score)."""
-    descriptors = None
-    if row["centroid_hz"] is not None or row["peak_db"] is not None:
-        descriptors = Descriptors(row["peak_db"], row["rms_db"], row["centroid_hz"], row["flatness"], row["attack_ms"],
-                                  row["tail_db"], bool(row["percussive"]), row["kind"] or "one-shot").to_dict()
-    return {
-        "id": row["id"], "path": row["path"], "name": row["name"], "folder": row["folder"],
-        "duration_seconds": row["duration_seconds"], "channels": row["channels"], "sample_rate": row["sample_rate"],
-        "format": row["format"], "bpm": row["bpm"], "tags": json.loads(row["tags"]), "descriptors": descriptors,
-    }
-
-
-# -- the in-memory matrix ------------------------------------------------------------------------------
-
-
-class VectorIndex:
-    """Unit-length vectors in one contiguous float32 matrix, by sample id; updated in place.
-
-    Adding appends (the matrix doubles when full), replacing overwrites the row, removing moves the
-    last row into the hole, so the live rows stay one block and a search is one matrix-vector product.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._matrix = np.zeros((0, 0), np.float32)
-        self._ids = np.zeros(0, np.int64)
-        self._slot: dict[int, int] = {}
-        self._entries: dict[int, dict[str, Any]] = {}
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def dimension(self) -> int:
-        return self._matrix.shape[1]
-
-    def upsert(self, ids: list[int], vectors: np.ndarray, entries: list[dict[str, Any]]) -> None:
-        with self._lock:
-            if self._matrix.shape[1] == 0 and len(ids):
-                self._matrix = np.zeros((max(64, len(ids)), vectors.shape[1]), np.float32)
-                self._ids = np.zeros(self._matrix.shape[0], np.int64)
-            for sample_id, vector, entry in zip(ids, vectors, entries):
-                slot = self._slot.get(sample_id)
-                if slot is None:
-                    if self._count == self._matrix.shape[0]:
-                        self._grow()
-                    slot = self._count
-                    self._count += 1
-                    self._slot[sample_id] = slot
-                    self._ids[slot] = sample_id
-                self._matrix[slot] = vector
-                self._entries[sample_id] = entry
-
-    def remove(self, ids: list[int]) -> None:
-        with self._lock:
-            for sample_id in ids:
-                slot = self._slot.pop(sample_id, None)
-                self._entries.pop(sample_id, None)
-                if slot is None:
-                    continue
-                last = self._count - 1
-                if slot != last:
-                    moved = int(self._ids[last])
-                    self._matrix[slot] = self._matrix[last]
-                    self._ids[slot] = moved
-                    self._slot[moved] = slot
-                self._count -= 1
-
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[dict[str, Any], float]]:
-        """The `k` best (entry, cosine score), best first."""
-        with self._lock:
-            if self._count == 0:
-                return []
-            if vector.shape[0] != self._matrix.shape[1]:
-                raise Unavailable(f"samples.search: the index holds {self._matrix.shape[1]}-dimensional vectors "
-                                  f"and the model gives {vector.shape[0]}; run samples.index again to rebuild it")
-            # torch on tensors that share the numpy buffers: numpy's matrix-vector product goes through
-            # OpenBLAS's thread pool, measured 10x slower (5.3 ms against 0.5 ms for 10,000 x 384) on
-            # a busy 2-core machine, where torch keeps to the threads it was given.
-            import torch
-
-            query = torch.from_numpy(np.ascontiguousarray(vector, np.float32))
-            scores = torch.mv(torch.from_numpy(self._matrix[: self._count]), query)
-            top = torch.topk(scores, min(k, self._count))
-            return [(self._entries[int(self._ids[i])], float(score))
-                    for score, i in zip(top.values.tolist(), top.indices.tolist())]
-
-    def _grow(self) -> None:
-        matrix = np.zeros((self._matrix.shape[0] * 2, self._matrix.shape[1]), np.float32)
-        matrix[: self._count] = self._matrix[: self._count]
-        ids = np.zeros(matrix.shape[0], np.int64)
-        ids[: self._count] = self._ids[: self._count]
-        self._matrix, self._ids = matrix, ids
 
 
 # -- the library -------------------------------------------------------------------------------------
@@ -676,7 +85,8 @@ class ScanReport:
 class SampleLibrary:
     """The index, its embedder, and the watcher: one per daemon, shared by commands and the job."""
 
-    def __init__(self, config: Config, paths: PathPolicy, embedder: TextEmbedder | None = None) -> None:
+    def __init__(self, config: Config, paths: PathPolicy, embedder: TextEmbedder | None = None,
+                 audio_tagger: Callable[[], AudioTagger] | None = None) -> None:
         self.settings = config.samples
         self.classify_settings = config.classify  # classify's method and NLI model
         self.paths = paths
@@ -686,11 +96,13 @@ class SampleLibrary:
         self._zeroshot: ZeroShotClassifier | None = None
         self.store = SampleStore(library_database(config))
         self.vectors = VectorIndex()
+        self.sound = SoundIndex(config, audio_tagger)  # CLAP vectors and AST tags (bridge/sound_index.py)
         self._scan_lock = threading.Lock()  # one pass over the files at a time: a job or the watcher
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._missing_logged: set[str] = set()
         self._load_vectors()
+        self.sound.load(self.store)
 
     def _load_vectors(self) -> None:
         ids: list[int] = []
@@ -726,7 +138,7 @@ class SampleLibrary:
         """An existing folder inside `paths.roots`, or forbidden / not_found / bad_request."""
         return self.paths.input_dir(raw, "folder", command)  # resolves and checks the roots
 
-    def search(self, query: str, k: int) -> dict[str, Any]:
+    def search(self, query: str, k: int, tag: str = "") -> dict[str, Any]:
         """The `k` files that best match a description, best first, with their scores."""
         if not isinstance(query, str) or not query.strip():
             raise BadRequest(f"samples.search: argument 'query' expected a description such as 'punchy kick', "
@@ -739,8 +151,7 @@ class SampleLibrary:
                     "hint": "nothing is indexed yet: run samples.index <folder>"}
         started = time.perf_counter()
         vector = self.embedder.encode([query.strip()])[0]
-        hits = self.vectors.search(vector, k)
-        matches = [{**entry, "score": round(score, 4)} for entry, score in hits]
+        matches = self.sound.search(query.strip(), vector, self.vectors, k, tag)
         for match in matches:
             match.pop("id", None)
         return {"query": query, "matches": matches, "count": len(matches), "indexed": len(self.vectors),
@@ -789,7 +200,7 @@ class SampleLibrary:
             "watch_interval_seconds": self.settings.watch_interval_seconds, "model": self.model_id,
             "model_loaded": engine is not None and engine.loaded, "model_source": source.describe() if source else None,
             "classify_method": self.classify_settings.method, "nli_model": self.classify_settings.nli_model.strip(),
-            "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded,
+            "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded, **self.sound.status(),
         }
 
     # -- indexing ----------------------------------------------------------------------------------
@@ -807,7 +218,7 @@ class SampleLibrary:
         self.store.set_folder(folder, watch, report.files)
         self._missing_logged.discard(str(folder))
         return {**report.to_dict(), "watch": watch and self.settings.watch, "indexed": len(self.vectors),
-                "seconds": round(time.monotonic() - started, 3)}
+                "seconds": round(time.monotonic() - started, 3), **self.sound.describe()}
 
     def _scan(self, folder: Path, progress: Progress | None, check_cancelled: CheckCancelled) -> ScanReport:
         report = ScanReport(str(folder))
@@ -821,6 +232,7 @@ class SampleLibrary:
         if gone:
             self.store.delete(gone)
             self.vectors.remove(gone)
+            self.sound.remove(gone)
             report.removed = len(gone)
         todo = [f for f in files if self._stale(f, known.get(f.path))]
         report.unchanged = len(files) - len(todo)
@@ -830,7 +242,7 @@ class SampleLibrary:
             records = []
             for file in batch:
                 check_cancelled()
-                records.append(analyse_file(file, folder))
+                records.append(analyse_file(file, folder, self.sound.clip_seconds))
             self._commit(records, known, report)
             note(0.05 + 0.95 * (start + len(batch)) / len(todo), "indexing")
         note(1.0, "done")
@@ -841,14 +253,16 @@ class SampleLibrary:
             return True
         if known.analysis != ANALYSIS_VERSION:
             return True
-        return known.status == "ok" and known.model != self.model_id
+        return (known.status == "ok" and known.model != self.model_id) or self.sound.stale(known)
 
     def _commit(self, records: list[Record], known: dict[str, Known], report: ScanReport) -> None:
-        """Embed a batch, write it in one transaction, then update the matrix."""
+        """Tag and embed a batch (words and sound), write it in one transaction, then update the matrices."""
+        self.sound.tag(records)  # before the words are embedded: the tags are read with them
+        self.sound.embed(records)
         readable = [i for i, r in enumerate(records) if r.error is None]
         vectors = self.embedder.encode([records[i].text or "" for i in readable]) if readable else None
         by_position = {i: vectors[n] for n, i in enumerate(readable)} if vectors is not None else {}
-        ids = self.store.write(records, by_position, self.model_id)
+        ids = self.store.write(records, by_position, self.model_id, self.sound.clap_model, self.sound.tag_model)
         for record, _sample_id in zip(records, ids):
             if record.file.path in known:
                 report.updated += 1
@@ -859,10 +273,12 @@ class SampleLibrary:
         unreadable = [ids[i] for i, r in enumerate(records) if r.error is not None]
         if unreadable:
             self.vectors.remove(unreadable)  # a file that became unreadable leaves the results
+            self.sound.remove(unreadable)
         if readable:
             readable_ids = [ids[i] for i in readable]
             self.vectors.upsert(readable_ids, np.stack([by_position[i] for i in readable]),
                                 self.store.entries(readable_ids))
+            self.sound.upsert(readable_ids, [records[i] for i in readable])
 
     # -- the watcher -------------------------------------------------------------------------------
 
@@ -947,6 +363,7 @@ class SampleLibrary:
             self._embedder.close()
         if self._zeroshot is not None:
             self._zeroshot.close()
+        self.sound.close()
 
 
 # -- the job -----------------------------------------------------------------------------------------

@@ -800,3 +800,62 @@ def build_tiny_sentence_bert(folder: Path, seed: int = 0) -> Path:
     out = folder / "model"
     SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(out))
     return out
+
+
+def _byte_level_tokenizer() -> Any:
+    """A RoBERTa byte-level BPE tokenizer without merges: every byte is a token, so any text encodes
+    (CLAP's processor expects a RoBERTa tokenizer; the real one's vocabulary is not on this machine)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import RobertaTokenizer
+
+    specials = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+    return RobertaTokenizer(vocab={token: n for n, token in enumerate((*specials, *sorted(ByteLevel.alphabet())))},
+                            merges=[])
+
+
+def build_tiny_clap(folder: Path, seed: int = 0) -> Path:
+    """A random CLAP (about 13 k parameters) and its `ClapProcessor` saved with `save_pretrained`.
+
+    laion/clap-htsat-unfused's shape at toy sizes: a one-layer RoBERTa text tower, a two-stage HTSAT
+    (Swin) audio tower over 16 mel bins, an 8-dimensional joint space; the feature extractor hears
+    1 s at 16 kHz with the published checkpoint's `rand_trunc` truncation and `repeatpad` padding.
+    `samples.clap_model` pointed at the folder loads it through the real loader.
+    """
+    import torch
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    torch.manual_seed(seed)
+    tokenizer = _byte_level_tokenizer()
+    config = ClapConfig(
+        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 16, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 130,
+                     "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+        audio_config={"spec_size": 64, "num_mel_bins": 16, "patch_embeds_hidden_size": 8, "depths": [1, 1],
+                      "num_attention_heads": [1, 1], "window_size": 4, "patch_stride": (4, 4), "patch_size": 4,
+                      "enable_fusion": False, "hidden_size": 16, "projection_hidden_size": 16},
+        projection_dim=8,
+    )
+    ClapModel(config).eval().save_pretrained(folder)
+    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=1,
+                                     fft_window_size=512, frequency_min=50, frequency_max=8000,
+                                     truncation="rand_trunc", padding="repeatpad")
+    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return Path(folder)
+
+
+def build_released_clap(folder: Path, seed: int = 0) -> tuple[Path, int]:
+    """laion/clap-htsat-unfused's architecture with random weights, saved with `save_pretrained`; returns
+    (folder, parameter count). transformers' `ClapConfig()` and `ClapFeatureExtractor()` defaults are that
+    checkpoint's settings (RoBERTa-base text tower, HTSAT-tiny audio tower without fusion, 512-dimensional
+    joint space, 48 kHz, 64 mel bins, 10 s windows); the processor gets the published `rand_trunc`
+    truncation. Only the tokenizer differs: byte-level without merges (one token per character), so a
+    query's text costs a little more than with the real vocabulary."""
+    import torch
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    torch.manual_seed(seed)
+    model = ClapModel(ClapConfig()).eval()
+    model.save_pretrained(folder)
+    extractor = ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")
+    ClapProcessor(feature_extractor=extractor, tokenizer=_byte_level_tokenizer()).save_pretrained(folder)
+    return Path(folder), parameter_count(model)

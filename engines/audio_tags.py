@@ -126,12 +126,21 @@ class AudioTagger(Engine):
 
     def tag(self, path: Path | str, top: int = 5) -> dict[str, Any]:
         """The `top` likeliest labels of the clip at `path` (its first `seconds`), best first."""
-        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
-            raise BadRequest(f"audio_tags: top expected an integer in [1, {MAX_TOP}], got {top!r}")
+        _check_top(top)
         audio, rate, duration = read_clip(path, self.seconds)
-        result: dict[str, Any] = self.process(audio, rate, top)
+        result = self.tag_audio(audio, rate, top)
         return {**result, "seconds": round(audio.size / rate, 3), "duration_seconds": round(duration, 3),
                 "model": self.model_name}
+
+    def tag_audio(self, audio: np.ndarray, rate: int, top: int = 5) -> dict[str, Any]:
+        """The same for a clip already read: mono float32 at `rate` (the sample index reads each file once)."""
+        _check_top(top)
+        if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.size == 0:
+            raise BadRequest(f"audio_tags: expected a non-empty mono float32 array, got "
+                             f"{getattr(audio, 'shape', type(audio).__name__)}")
+        heard = np.asarray(audio[: max(1, int(round(self.seconds * rate)))], np.float32)
+        result: dict[str, Any] = self.process(heard, rate, top)
+        return result
 
     def _process(self, audio: np.ndarray, rate: int, top: int) -> dict[str, Any]:
         import torch
@@ -147,6 +156,11 @@ class AudioTagger(Engine):
         labels = [self._labels[index] for index in best]
         values = [round(float(scores[index]), 6) for index in best]
         return {"label": labels[0], "score": values[0], "labels": labels, "scores": values}
+
+
+def _check_top(top: Any) -> None:
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
+        raise BadRequest(f"audio_tags: top expected an integer in [1, {MAX_TOP}], got {top!r}")
 
 
 def read_clip(path: Path | str, seconds: float) -> tuple[np.ndarray, int, float]:

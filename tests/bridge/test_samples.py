@@ -25,13 +25,9 @@ from bridge.client import Client, RemoteError
 from bridge.config import Config
 from bridge.errors import BadRequest, Forbidden, NotFound
 from bridge.paths import PathPolicy
-from bridge.samples import (
-    SampleLibrary,
-    VectorIndex,
-    bpm_of,
-    describe_audio,
-    words_of,
-)
+from bridge.sample_analysis import bpm_of, describe_audio, words_of
+from bridge.sample_store import VectorIndex
+from bridge.samples import SampleLibrary
 from bridge.testing import DaemonProcess
 from engines.embeddings import TextEmbedder, package_folder
 from tests.conftest import OscUdp
