@@ -145,7 +145,7 @@ class Daemon:
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
 
-        self.samples = SampleLibrary(self.config, self.paths)
+        self.samples = SampleLibrary(self.config, self.paths, router=self.router, tiers=self.tiers)
         self.jobs = JobRunner(
             self.job_store,
             job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples),

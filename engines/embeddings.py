@@ -236,9 +236,7 @@ class TextEmbedder(Engine):
             while len(self._labels) > LABEL_CACHE_SIZE:
                 self._labels.popitem(last=False)
             matrix = np.stack([self._labels[label] for label in labels])
-        scores = matrix @ vectors[0]
-        order = np.argsort(-scores, kind="stable")
-        return [(labels[i], round(float(scores[i]), 4)) for i in order]
+        return rank(labels, matrix, vectors[0])
 
     @property
     def cached_labels(self) -> int:
@@ -247,6 +245,13 @@ class TextEmbedder(Engine):
     def _close(self) -> None:
         self._model = None
         self._labels.clear()
+
+
+def rank(labels: Sequence[str], label_vectors: np.ndarray, text_vector: np.ndarray) -> list[tuple[str, float]]:
+    """Labels by cosine similarity of their unit vectors to the text's, best first (ties keep their order)."""
+    scores = label_vectors @ text_vector
+    order = np.argsort(-scores, kind="stable")
+    return [(labels[i], round(float(scores[i]), 4)) for i in order]
 
 
 def check_classify(text: Any, labels: Any) -> tuple[str, list[str]]:
