@@ -164,11 +164,15 @@ class TextEmbedder(Engine):
                  self._dimension, self.device)
 
     def _load_first(self) -> tuple[SentenceTransformer, Attempt]:
+        # Deferred with sentence-transformers: a truncated weights file (a broken download) raises
+        # this, which is no OSError, and must become this model's error like any other, not `internal`.
+        from safetensors import SafetensorError
+
         tried: list[Attempt] = []
         for source, where in candidate_sources(self.model_name, self.model_dir):
             try:
                 return self._load_from(source, where), Attempt(source, where)
-            except (OSError, ValueError, RuntimeError, KeyError) as err:
+            except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
                 # The hub raises OSError for a name it cannot find or reach; FileNotFoundError is ours.
                 tried.append(Attempt(source, where, _short(err), missing=isinstance(err, OSError)))
                 log.info("embeddings: %s %s did not load: %s", source, where, _short(err))
