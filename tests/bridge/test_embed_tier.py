@@ -10,6 +10,7 @@ here from the same numbers.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,39 +178,46 @@ def test_a_library_indexed_with_local_bge_is_searched_with_the_cloud_query_vecto
         assert process.stop() == 0
 
 
-def test_auto_goes_to_the_cloud_when_the_model_is_not_here_and_lists_both_failures(
-        tmp_path: Path, cloud: tuple[str, WorkersAIControl]) -> None:
+def test_auto_runs_here_when_the_model_is_here_else_on_the_cloud_each_the_others_fallback(
+        tmp_path: Path, cloud: tuple[str, WorkersAIControl], tiny_bge_384: Path) -> None:
     url, control = cloud
-    # BGE by hub name, with an empty hub cache and no model_dir: the local model is not here.
-    process = daemon(tmp_path, {"model": BGE, "tier": "auto"}, url).start()
+    # BGE by hub name with an empty hub cache, and a model_dir that is not there yet: no local model.
+    local_copy = tmp_path / "bge-copy"
+    process = daemon(tmp_path, {"model": BGE, "model_dir": str(local_copy), "tier": "auto"}, url).start()
     try:
         result = call(process, "classify", {"text": TEXT, "labels": LABELS})
-        assert (result["tier"], result["model"]) == ("workers_ai", CLOUD_BGE) and len(control.requests) == 1
-        # The cloud down: auto falls back to the local model, which cannot load offline either;
-        # the error names both failures.
+        assert (result["tier"], result["model"]) == ("workers_ai", CLOUD_BGE) and "failed" not in result
+        assert len(control.requests) == 1
+
+        # The cloud down: the local model is the fallback; it cannot load either, and the error
+        # names both failures.
         control.script(quota())
         err = refused(process, "classify", {"text": TEXT, "labels": LABELS})
         assert err.code == "unavailable" and "every embeddings tier failed" in err.message, err.message
         assert "workers_ai: unavailable: workers_ai: quota exhausted" in err.message
         assert f"local: not_found: embeddings model {BGE!r} could not be loaded" in err.message
-        assert call(process, "ping")["reply"] == "pong"
-    finally:
-        assert process.stop() == 0
 
-
-def test_auto_keeps_to_the_local_model_when_it_is_here(
-        tmp_path: Path, cloud: tuple[str, WorkersAIControl], tiny_bge_384: Path) -> None:
-    url, control = cloud
-    process = daemon(tmp_path, {"model": BGE, "model_dir": str(tiny_bge_384), "tier": "auto"}, url).start()
-    try:
+        # A local copy appears, its weights cut short (a broken download): it is tried first now,
+        # fails, and the cloud answers; the reply says what failed on the way.
+        shutil.copytree(tiny_bge_384, local_copy)
+        weights = (local_copy / "model.safetensors").read_bytes()
+        (local_copy / "model.safetensors").write_bytes(weights[:64])
         result = call(process, "classify", {"text": TEXT, "labels": LABELS})
-        assert (result["tier"], result["model"]) == ("local", BGE)
+        assert (result["tier"], result["model"]) == ("workers_ai", CLOUD_BGE), result
+        assert len(result["failed"]) == 1 and result["failed"][0].startswith("local: unavailable: embeddings model")
+        assert len(control.requests) == 3
+
+        # Mended: the local model answers classify and search; the cloud hears nothing more.
+        (local_copy / "model.safetensors").write_bytes(weights)
+        result = call(process, "classify", {"text": TEXT, "labels": LABELS})
+        assert (result["tier"], result["model"]) == ("local", BGE) and "failed" not in result
         library = process.workdir / "files" / "lib"
         sample_library(library)
         assert run_index(process, library)[0]["event"] == "job.done"
         found = call(process, "samples.search", {"query": "punchy kick", "k": 3})
         assert found["embeddings"]["tier"] == "local" and found["count"] == 3
-        assert control.requests == [] and ledger(process) == []
+        assert len(control.requests) == 3
+        assert [tier for tier, _ in ledger(process)] == ["workers_ai", "workers_ai"]
     finally:
         assert process.stop() == 0
 
