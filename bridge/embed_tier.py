@@ -158,8 +158,8 @@ class EmbeddingTiers:
                 estimated = _estimated_cost(tier, job)
                 spent = router.store.month_spend()
                 if spent + estimated > self.budget_usd:
-                    raise Forbidden(f"{command}: Workers AI would cost ${estimated:.6f} and ${spent:.2f} of "
-                                    f"router.monthly_budget_usd ${self.budget_usd:.2f} is spent this month")
+                    raise Forbidden(f"{command}: Workers AI would cost ${estimated:.2g}, and ${spent:.4g} of "
+                                    f"router.monthly_budget_usd (${self.budget_usd:.4g}) is spent this month")
                 if not breaker.allows():
                     raise Unavailable(f"{command}: Workers AI's circuit is open after {breaker.failures} failures "
                                       "in a row; it is tried again after router.breaker_open_seconds")

@@ -62,8 +62,10 @@ def tiny_bge_384(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sentence_bert(tmp_path_factory.mktemp("models") / "bge384", hidden_size=384)
 
 
-def daemon(tmp_path: Path, samples: dict[str, Any], url: str | None, credentials: bool = True) -> DaemonProcess:
-    overrides: dict[str, Any] = {"samples": {"engine_device": "cpu", "threads": 1, "watch": False, **samples}}
+def daemon(tmp_path: Path, samples: dict[str, Any], url: str | None, credentials: bool = True,
+           router: dict[str, Any] | None = None) -> DaemonProcess:
+    overrides: dict[str, Any] = {"samples": {"engine_device": "cpu", "threads": 1, "watch": False, **samples},
+                                 "router": router or {}}
     if url is not None:
         overrides["cloud"] = {"workers_ai_url": url}
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), **(CREDENTIALS if credentials else {})}
@@ -147,7 +149,10 @@ def test_a_library_indexed_with_local_bge_is_searched_with_the_cloud_query_vecto
     url, control = cloud
     # samples.model names bge-small; the weights come from samples.model_dir (offline), so the library
     # is recorded as embedded by BAAI/bge-small-en-v1.5, the model Workers AI runs as @cf/baai/bge-small-en-v1.5.
-    process = daemon(tmp_path, {"model": BGE, "model_dir": str(tiny_bge_384), "tier": "workers_ai"}, url).start()
+    # A month's budget that one search fits in, and two do not.
+    budget = 1.5 * price(["punchy kick"])
+    process = daemon(tmp_path, {"model": BGE, "model_dir": str(tiny_bge_384), "tier": "workers_ai"}, url,
+                     router={"monthly_budget_usd": budget}).start()
     try:
         library = process.workdir / "files" / "lib"
         sample_library(library)
@@ -174,6 +179,11 @@ def test_a_library_indexed_with_local_bge_is_searched_with_the_cloud_query_vecto
         assert [match["score"] for match in found["matches"]] == pytest.approx([scores[p] for p in expected],
                                                                                abs=1e-4)
         assert ledger(process) == [("workers_ai", pytest.approx(price(["punchy kick"])))]
+
+        # The month's budget spent: the next cloud embedding is refused before any request.
+        err = refused(process, "samples.search", {"query": "punchy kick", "k": 3})
+        assert err.code == "forbidden" and "router.monthly_budget_usd" in err.message, err.message
+        assert len(control.requests) == 1 and len(ledger(process)) == 1
     finally:
         assert process.stop() == 0
 
