@@ -139,6 +139,18 @@ def test_classify_on_workers_ai_ranks_by_the_clouds_vectors_and_pays_into_the_le
         assert err.code == "unavailable", err.message
         assert str(tiny_bge) in err.message and CLOUD_BGE in err.message and "cannot be compared" in err.message
         assert len(control.requests) == 2  # the search never reached the cloud
+
+        # A hundred labels and the text are 101 strings: two requests (Workers AI takes 100 at most),
+        # ranked together, both in the ledger.
+        many = [f"label number {n}" for n in range(100)]
+        result = call(process, "classify", {"text": TEXT, "labels": many})
+        bodies = [json.loads(seen.body) for seen in control.requests[2:]]
+        assert [body["text"] for body in bodies] == [[TEXT, *many[:99]], many[99:]]
+        vectors = unit(embedding_vectors(CLOUD_BGE, [TEXT, *many[:99]]) + embedding_vectors(CLOUD_BGE, many[99:]))
+        scores = vectors[1:] @ vectors[0]
+        assert result["labels"] == [many[i] for i in np.argsort(-scores, kind="stable")]
+        assert result["cost_usd"] == pytest.approx(price([TEXT, *many]))
+        assert [tier for tier, _ in ledger(process)] == ["workers_ai"] * 3
     finally:
         assert process.stop() == 0
     assert TOKEN not in process.log()
