@@ -273,6 +273,8 @@ class RouterConfig(_Section):
         "transcribe": ["local", "selfhosted", "workers_ai", "replicate", "huggingface"],
         "tts": ["local", "selfhosted", "workers_ai", "replicate"],
         "voice": ["replicate"],  # voice.convert: no local engine (RVC cannot share this environment)
+        # classify's and samples.search's text embeddings; samples.tier decides between the two.
+        "embed": ["local", "workers_ai"],
     }
     monthly_budget_usd: float = Field(default=10.0, ge=0.0)
     # When only tiers over the budget could meet a deadline: run locally anyway, or refuse the job.
@@ -469,6 +471,12 @@ class SamplesConfig(_Section):
     # Keep indexed folders fresh: rescan them every watch_interval_seconds.
     watch: bool = True
     watch_interval_seconds: float = Field(default=30.0, ge=0.1, le=86400.0)
+    # Where classify's (method=embeddings) and samples.search's query embeddings run: local (this
+    # machine), workers_ai (BGE on Workers AI) or auto (local when the model is here, else Workers AI
+    # when it runs the same model; each the other's fallback). Indexing always runs locally.
+    tier: Literal["local", "workers_ai", "auto"] = "auto"
+    # How long one cloud embedding may take, retries included, before it fails (or falls back).
+    tier_deadline_seconds: float = Field(default=10.0, gt=0.0, le=300.0)
     # What `classify` ranks when a request names no labels.
     labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default=["drums", "bass", "vocals", "melody", "effects"], min_length=1, max_length=100

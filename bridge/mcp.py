@@ -63,6 +63,13 @@ CLOUD_NOTE = (
     "token is configured: the router picks by deadline, speed and cost within router.monthly_budget_usd "
     "(the job's result names the tier and its cost)."
 )
+# Commands whose text embeddings may run on Workers AI (samples.tier; bridge/embed_tier.py): no deadline
+# arguments, yet a paid cloud tier.
+EMBEDDINGS_ON_CLOUD = frozenset({"classify", "samples.search"})
+EMBEDDINGS_NOTE = (
+    " Its text embeddings may run on Workers AI (paid per token, within router.monthly_budget_usd) as "
+    "samples.tier says; the reply names the tier and its cost."
+)
 
 WAIT = Arg(
     "wait", bool,
@@ -93,8 +100,16 @@ def starts_job(spec: CommandSpec) -> bool:
 
 
 def may_use_cloud(spec: CommandSpec) -> bool:
-    """The router may send it to a cloud tier: it takes the deadline arguments the router reads."""
-    return all(arg in spec.args for arg in DEADLINE_ARGS)
+    """The router may send it to a cloud tier: it takes the deadline arguments the router reads, or its
+    embeddings may run on Workers AI."""
+    return all(arg in spec.args for arg in DEADLINE_ARGS) or spec.name in EMBEDDINGS_ON_CLOUD
+
+
+def cloud_note(spec: CommandSpec) -> str:
+    """What its description says about paid cloud tiers, if anything."""
+    if spec.name in EMBEDDINGS_ON_CLOUD:
+        return EMBEDDINGS_NOTE
+    return CLOUD_NOTE if may_use_cloud(spec) else ""
 
 
 def arg_schema(arg: Arg) -> dict[str, Any]:
@@ -145,7 +160,7 @@ JOB_NOTE = (
 
 
 def tool(spec: CommandSpec) -> types.Tool:
-    description = spec.help + (JOB_NOTE if starts_job(spec) else "") + (CLOUD_NOTE if may_use_cloud(spec) else "")
+    description = spec.help + (JOB_NOTE if starts_job(spec) else "") + cloud_note(spec)
     return types.Tool(
         name=spec.name, description=description, input_schema=input_schema(spec), annotations=tool_annotations(spec)
     )

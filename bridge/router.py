@@ -33,7 +33,7 @@ from engines.cloud.base import Tier
 from engines.cloud.hf import HuggingFaceTier
 from engines.cloud.replicate import ReplicateTier
 from engines.cloud.selfhosted import SelfHostedTier
-from engines.cloud.workers_ai import WorkersAITier
+from engines.cloud.workers_ai import BGE_ON_WORKERS_AI, WorkersAITier, bge_model_for
 
 if TYPE_CHECKING:
     from bridge.jobs import JobContext
@@ -255,7 +255,8 @@ class Router:
 
     # -- outcomes --------------------------------------------------------------------------------
 
-    def succeeded(self, tier: str, cost_usd: float | None, job_id: str) -> None:
+    def succeeded(self, tier: str, cost_usd: float | None, job_id: str | None) -> None:
+        """Close the tier's circuit and add its cost to the spend ledger (`job_id` None: a call that is no job)."""
         if tier in self.breakers:
             self.breakers[tier].success()
         if cost_usd:
@@ -396,5 +397,12 @@ def build_tiers(config: Config) -> dict[str, Tier]:
     if cloud.workers_ai_token is not None and cloud.workers_ai_account_id:
         tiers["workers_ai"] = WorkersAITier(
             cloud.workers_ai_token.get_secret_value(), cloud.workers_ai_account_id, base_url=cloud.workers_ai_url,
+            models={"embed": workers_ai_embed_model(config)},
         )
     return tiers
+
+
+def workers_ai_embed_model(config: Config) -> str:
+    """The BGE that Workers AI runs for `embed`: the same model as `samples.model` when that is a BGE
+    (so its vectors can be compared with the library's), else bge-small (the cheapest)."""
+    return bge_model_for(config.samples.model) or BGE_ON_WORKERS_AI["baai/bge-small-en-v1.5"]

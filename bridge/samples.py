@@ -29,14 +29,17 @@ from typing import Any
 import numpy as np
 
 from bridge.config import Config
+from bridge.embed_tier import EmbeddingTiers
 from bridge.errors import BadRequest, BridgeError, NotFound
 from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
+from bridge.router import Router
 from bridge.sample_analysis import ANALYSIS_VERSION, CheckCancelled, FileState, Record, analyse_file, list_audio
 from bridge.sample_store import Known, SampleStore, VectorIndex, library_database
 from bridge.sound_index import SoundIndex
 from engines.audio_tags import AudioTagger
+from engines.cloud.base import Tier
 from engines.embeddings import TextEmbedder
 from engines.zeroshot import ZeroShotClassifier
 
@@ -86,7 +89,8 @@ class SampleLibrary:
     """The index, its embedder, and the watcher: one per daemon, shared by commands and the job."""
 
     def __init__(self, config: Config, paths: PathPolicy, embedder: TextEmbedder | None = None,
-                 audio_tagger: Callable[[], AudioTagger] | None = None) -> None:
+                 audio_tagger: Callable[[], AudioTagger] | None = None,
+                 router: Router | None = None, tiers: dict[str, Tier] | None = None) -> None:
         self.settings = config.samples
         self.classify_settings = config.classify  # classify's method and NLI model
         self.paths = paths
@@ -94,6 +98,9 @@ class SampleLibrary:
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
         self._zeroshot: ZeroShotClassifier | None = None
+        # Where classify's and search's text embeddings run: here or on Workers AI (samples.tier).
+        self.text_tiers = EmbeddingTiers(config, router, tiers, lambda: self.embedder,
+                                         lambda: self._embedder is not None and self._embedder.loaded)
         self.store = SampleStore(library_database(config))
         self.vectors = VectorIndex()
         self.sound = SoundIndex(config, audio_tagger)  # CLAP vectors and AST tags (bridge/sound_index.py)
@@ -150,12 +157,12 @@ class SampleLibrary:
             return {"query": query, "matches": [], "count": 0, "indexed": 0, "search_ms": 0.0,
                     "hint": "nothing is indexed yet: run samples.index <folder>"}
         started = time.perf_counter()
-        vector = self.embedder.encode([query.strip()])[0]
+        vector, where = self.text_tiers.query(query.strip())
         matches = self.sound.search(query.strip(), vector, self.vectors, k, tag)
         for match in matches:
             match.pop("id", None)
         return {"query": query, "matches": matches, "count": len(matches), "indexed": len(self.vectors),
-                "search_ms": round((time.perf_counter() - started) * 1000.0, 2)}
+                "search_ms": round((time.perf_counter() - started) * 1000.0, 2), "embeddings": where}
 
     @property
     def zeroshot(self) -> ZeroShotClassifier:
@@ -175,8 +182,7 @@ class SampleLibrary:
             if hypothesis:
                 raise BadRequest("classify: argument 'hypothesis' only applies to method=nli; "
                                  f"got method=embeddings and hypothesis={hypothesis!r}")
-            ranked = self.embedder.classify(text, labels)
-            named = describe("embed", self.model_id)
+            ranked, named = self.text_tiers.classify(text, labels)
         elif chosen == "nli":
             template = self.classify_settings.nli_hypothesis if hypothesis is None or hypothesis == "" else hypothesis
             ranked = self.zeroshot.classify(text, labels, template)
@@ -201,6 +207,7 @@ class SampleLibrary:
             "model_loaded": engine is not None and engine.loaded, "model_source": source.describe() if source else None,
             "classify_method": self.classify_settings.method, "nli_model": self.classify_settings.nli_model.strip(),
             "nli_model_loaded": self._zeroshot is not None and self._zeroshot.loaded, **self.sound.status(),
+            "tier": self.settings.tier, "remote_model": self.text_tiers.remote_model(),
         }
 
     # -- indexing ----------------------------------------------------------------------------------

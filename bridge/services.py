@@ -117,7 +117,8 @@ class Services:
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
 
-        self.samples = SampleLibrary(self.config, self.paths, audio_tagger=self.audio_tagger)
+        self.samples = SampleLibrary(self.config, self.paths, audio_tagger=self.audio_tagger,
+                                     router=self.router, tiers=self.tiers)
         self.handlers = job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples)
         self.jobs = JobRunner(
             self.job_store, self.handlers, self.config.jobs.workers, publish,

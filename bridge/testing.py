@@ -780,9 +780,10 @@ def build_tiny_nli(folder: Path, seed: int = 0, labels: tuple[str, ...] = ("cont
     return folder
 
 
-def build_tiny_sentence_bert(folder: Path, seed: int = 0) -> Path:
+def build_tiny_sentence_bert(folder: Path, seed: int = 0, hidden_size: int = 16) -> Path:
     """A random BERT in sentence-transformers' format with BGE's recipe (CLS pooling, then normalised):
-    the shape of BAAI/bge-small-en-v1.5 at a few thousand parameters, loaded by `samples.model`."""
+    the shape of BAAI/bge-small-en-v1.5 at a few thousand parameters, loaded by `samples.model`.
+    `hidden_size` is the vector width (384 gives bge-small's, for comparing with Workers AI's)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -791,8 +792,8 @@ def build_tiny_sentence_bert(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     hf = folder / "hf"
     tokenizer = _tiny_bert_tokenizer(hf)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, initializer_range=0.5)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64, initializer_range=0.5)
     BertModel(config).eval().save_pretrained(hf)
     tokenizer.save_pretrained(hf)
     transformer = Transformer(str(hf), max_seq_length=32)

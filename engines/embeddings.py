@@ -164,11 +164,15 @@ class TextEmbedder(Engine):
                  self._dimension, self.device)
 
     def _load_first(self) -> tuple[SentenceTransformer, Attempt]:
+        # Deferred with sentence-transformers: a truncated weights file (a broken download) raises
+        # this, which is no OSError, and must become this model's error like any other, not `internal`.
+        from safetensors import SafetensorError
+
         tried: list[Attempt] = []
         for source, where in candidate_sources(self.model_name, self.model_dir):
             try:
                 return self._load_from(source, where), Attempt(source, where)
-            except (OSError, ValueError, RuntimeError, KeyError) as err:
+            except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
                 # The hub raises OSError for a name it cannot find or reach; FileNotFoundError is ours.
                 tried.append(Attempt(source, where, _short(err), missing=isinstance(err, OSError)))
                 log.info("embeddings: %s %s did not load: %s", source, where, _short(err))
@@ -236,9 +240,7 @@ class TextEmbedder(Engine):
             while len(self._labels) > LABEL_CACHE_SIZE:
                 self._labels.popitem(last=False)
             matrix = np.stack([self._labels[label] for label in labels])
-        scores = matrix @ vectors[0]
-        order = np.argsort(-scores, kind="stable")
-        return [(labels[i], round(float(scores[i]), 4)) for i in order]
+        return rank(labels, matrix, vectors[0])
 
     @property
     def cached_labels(self) -> int:
@@ -247,6 +249,13 @@ class TextEmbedder(Engine):
     def _close(self) -> None:
         self._model = None
         self._labels.clear()
+
+
+def rank(labels: Sequence[str], label_vectors: np.ndarray, text_vector: np.ndarray) -> list[tuple[str, float]]:
+    """Labels by cosine similarity of their unit vectors to the text's, best first (ties keep their order)."""
+    scores = label_vectors @ text_vector
+    order = np.argsort(-scores, kind="stable")
+    return [(labels[i], round(float(scores[i]), 4)) for i in order]
 
 
 def check_classify(text: Any, labels: Any) -> tuple[str, list[str]]:

@@ -78,6 +78,17 @@ PRICE_PER_M_TOKENS_USD = {
     "@cf/baai/bge-large-en-v1.5": 0.204,
 }
 MAX_EMBED_TEXTS = 100
+# BAAI's bge-*-en-v1.5 as Workers AI names them. Cloudflare's catalogue lists these as BAAI's released
+# models (the same names, the same dimensions: 384, 768, 1024), so a vector from one is comparable with
+# a vector from a local copy of the same model when both pool the same way (see `EMBED_POOLING`).
+BGE_ON_WORKERS_AI = {
+    "baai/bge-small-en-v1.5": "@cf/baai/bge-small-en-v1.5",
+    "baai/bge-base-en-v1.5": "@cf/baai/bge-base-en-v1.5",
+    "baai/bge-large-en-v1.5": "@cf/baai/bge-large-en-v1.5",
+}
+# sentence-transformers reads BGE with CLS pooling (then L2-normalises); Workers AI pools with the mean
+# unless asked otherwise, so a caller that compares with local vectors asks for this.
+EMBED_POOLING = "cls"
 
 QUOTA_CODES = frozenset({3036, 4006})
 CAPACITY_CODE = 3040
@@ -405,6 +416,12 @@ class WorkersAITier(Tier):
         price = PRICE_PER_M_TOKENS_USD.get(model)
         tokens = sum(max(1.0, len(text) / CHARS_PER_TOKEN) for text in texts)
         return None if price is None else price * tokens / 1_000_000
+
+
+def bge_model_for(local_model: str) -> str | None:
+    """Workers AI's name for a local BGE hub name (`BAAI/bge-small-en-v1.5` ->
+    `@cf/baai/bge-small-en-v1.5`), or None when Workers AI does not run that model."""
+    return BGE_ON_WORKERS_AI.get(local_model.strip().lower())
 
 
 def _pooling(params: dict[str, Any], tier: str) -> dict[str, str]:

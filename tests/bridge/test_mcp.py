@@ -28,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from bridge.commands import iter_commands
-from bridge.mcp import CLOUD_NOTE, WAIT
+from bridge.mcp import CLOUD_NOTE, EMBEDDINGS_NOTE, WAIT
 from bridge.testing import DaemonProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +113,10 @@ async def tools_cover_the_registry(session: ClientSession) -> None:
     for name in ("stems.separate", "generate", "transcribe", "tts"):
         assert hints[name].open_world_hint and CLOUD_NOTE in (listed[name].description or ""), name
     assert not hints["ping"].open_world_hint and CLOUD_NOTE not in (listed["ping"].description or "")
+    # classify's and search's embeddings may run on Workers AI (samples.tier): open-world queries.
+    for name in ("classify", "samples.search"):
+        assert hints[name].open_world_hint and hints[name].read_only_hint, name
+        assert EMBEDDINGS_NOTE in (listed[name].description or "") and CLOUD_NOTE not in (listed[name].description or "")
 
 
 async def simple_calls_and_bad_arguments(session: ClientSession) -> None:

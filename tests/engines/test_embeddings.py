@@ -145,6 +145,20 @@ def test_a_folder_that_is_not_a_model_is_unavailable_with_the_reason(tmp_path: P
     assert str(folder) in caught.value.message and "could not be loaded" in caught.value.message
 
 
+def test_a_truncated_weights_file_is_unavailable_naming_the_folder(tmp_path: Path) -> None:
+    """A broken download (the weights cut short) is this model's error, not an internal one."""
+    from bridge.testing import build_tiny_sentence_bert
+
+    folder = build_tiny_sentence_bert(tmp_path / "bge")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    engine = TextEmbedder(str(folder), device="cpu")
+    with pytest.raises(Unavailable) as caught:
+        engine.load()
+    assert str(folder) in caught.value.message and "SafetensorError" in caught.value.message
+    assert not engine.loaded
+
+
 @pytest.mark.parametrize(("kwargs", "words"), [
     ({"model": " "}, "samples.model: expected a hub name"),
     ({"threads": 0}, "threads: expected an integer in [1, 256]"),

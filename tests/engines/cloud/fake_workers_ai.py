@@ -173,6 +173,12 @@ def _melotts(control: WorkersAIControl, seen: Seen) -> Response:
     return Response(json.dumps(envelope({"audio": audio})), media_type="application/json")
 
 
+def embedding_vectors(model: str, texts: list[str]) -> list[list[float]]:
+    """The fake's vectors for one request's `texts` (not normalised): what tests derive rankings from."""
+    dimensions = EMBED_DIMENSIONS[model]
+    return [[round(float(np.sin(i + len(t) + j)), 6) for j in range(dimensions)] for i, t in enumerate(texts)]
+
+
 def _embed(model: str, seen: Seen) -> Response:
     body = _json_body(seen)
     if isinstance(body, Response):
@@ -182,9 +188,8 @@ def _embed(model: str, seen: Seen) -> Response:
     if (not isinstance(texts, list) or not texts or len(texts) > 100 or not all(isinstance(t, str) for t in texts)
             or body.get("pooling", "mean") not in ("mean", "cls") or set(body) - {"text", "pooling"}):
         return failure(400, 3003, "AiError: AiError: Bad input: text must be a string or up to 100 strings")
-    dimensions = EMBED_DIMENSIONS[model]
-    vectors = [[round(float(np.sin(i + len(t) + j)), 6) for j in range(dimensions)] for i, t in enumerate(texts)]
-    result = {"shape": [len(texts), dimensions], "data": vectors, "pooling": body.get("pooling", "mean")}
+    vectors = embedding_vectors(model, texts)
+    result = {"shape": [len(texts), EMBED_DIMENSIONS[model]], "data": vectors, "pooling": body.get("pooling", "mean")}
     return Response(json.dumps(envelope(result)), media_type="application/json")
 
 
