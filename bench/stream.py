@@ -88,7 +88,7 @@ from bridge.testing import (
     released_htdemucs_repo,
 )
 from engines.resample import StreamingResampler
-from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator, stream_defaults
+from engines.separation.streaming import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator, stream_defaults
 
 SAMPLE_RATE = 48000
 BLOCK = 256

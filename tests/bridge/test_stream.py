@@ -308,7 +308,7 @@ def test_an_unknown_model_names_what_was_tried(live: DaemonProcess, tiny_repo: P
 def test_audio_socket_returns_the_stems_of_each_block(live: DaemonProcess, tiny_repo: Path) -> None:
     import zmq
 
-    from engines.separation import HOP_LADDER, StreamingSeparator
+    from engines.separation.streaming import HOP_LADDER, StreamingSeparator
 
     signal = _noise(1.0, seed=3)
     context = zmq.Context()

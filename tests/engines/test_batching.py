@@ -22,7 +22,7 @@ import torch
 from bridge.errors import Internal
 from bridge.testing import tiny_htdemucs_repo
 from engines.batching import WindowBatcher, WindowBatchers
-from engines.separation import StreamingSeparator
+from engines.separation.streaming import StreamingSeparator
 
 SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}  # 4096-frame blocks
 ALWAYS = 1e9  # expect_hops: every member is waited for until it hands its window in, or leaves

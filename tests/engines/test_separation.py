@@ -27,14 +27,14 @@ import torch
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_htdemucs_repo
-from engines.separation import (
+from engines.separation.models import load_model
+from engines.separation.streaming import (
     CPU_DEFAULTS,
     CUDA_DEFAULTS,
     HOP_LADDER,
     LOAD_TIMING_MIN_WINDOWS,
     LOAD_TIMING_WINDOWS,
     StreamingSeparator,
-    load_model,
 )
 
 MODEL_RATE = 44100
