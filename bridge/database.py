@@ -127,7 +127,7 @@ class Database:
                 conn.execute(f"PRAGMA user_version = {self.version:d}")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
         except sqlite3.DatabaseError as err:
             raise self._unusable(err) from err
@@ -172,7 +172,7 @@ class Database:
                     yield conn
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _roll_back(conn)
                     raise
             except sqlite3.OperationalError as err:
                 full = self._full(err)
@@ -188,3 +188,10 @@ class Database:
             f"the {self.name} {self.path} cannot grow: its disk is full (SQLite: {err}); free space on the disk "
             f"holding {self.path.parent} (or set {self.setting} to a file on another disk) and try again"
         )
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Undo an open transaction. SQLite has already undone one that failed on a full disk (or an
+    interrupt), and a ROLLBACK then would raise over the error that says why."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
