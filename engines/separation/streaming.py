@@ -286,7 +286,7 @@ class StreamingSeparator(Engine):
             "batching": batcher is not None,
             "batch_members": batcher.members if batcher is not None else 1,
             # Over the hops the percentiles cover: how many hops went in a batch of each size.
-            "batch_sizes": {int(v): int(c) for v, c in zip(values, counts)},
+            "batch_sizes": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
             "batch_size_mean": float(sizes.mean()) if len(sizes) else 0.0,
             "forward_ms_p50": float(np.percentile(forwards, 50)) if len(forwards) else 0.0,
         }

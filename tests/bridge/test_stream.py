@@ -74,7 +74,7 @@ class Rig:
             for source in self.player.get_all_connections(daemon_in):
                 self.player.disconnect(source, daemon_in)
             self.player.connect(self.outs[i], daemon_in)
-        for daemon_out, port in zip(daemon_outs, self.ins):
+        for daemon_out, port in zip(daemon_outs, self.ins, strict=False):
             self.recorder.connect(daemon_out, port)
 
     def play_and_record(self, tail_seconds: float) -> np.ndarray:
