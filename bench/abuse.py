@@ -215,9 +215,9 @@ def table(rows: list[Row]) -> str:
 
     body = [cells(row) for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in body)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)), "  ".join("-" * w for w in widths)]
-    for row, line in zip(rows, body):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths)) + ("   <- FAIL" if row.failed else ""))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    for row, line in zip(rows, body, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + ("   <- FAIL" if row.failed else ""))
     notes = [f"  {row.cls}/{row.wire}: {text}" for row in rows for text in row.notes]
     return "\n".join(lines + (["notes:"] + notes if notes else []))
 
@@ -511,7 +511,7 @@ def udp_drops() -> int | None:
         return None
     if len(lines) < 2:
         return None
-    return sum(int(value) for name, value in zip(lines[0], lines[1]) if name in UDP_DROP_COUNTERS)
+    return sum(int(value) for name, value in zip(lines[0], lines[1], strict=True) if name in UDP_DROP_COUNTERS)
 
 
 def _ms_since(started: float) -> str:

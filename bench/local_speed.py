@@ -82,7 +82,7 @@ def _noise(seconds: float, channels: int = 2) -> Any:
 
 def _separate(model: str, audio_seconds: float, repeat: int, what: str, **where: Any) -> dict[str, Any]:
     """`FileSeparator` (demucs's apply_model, as `stems.separate` runs it) on stereo noise."""
-    from engines.separation import FileSeparator
+    from engines.separation.files import FileSeparator
 
     engine = FileSeparator(model, device="cpu", **where)
     engine.load()

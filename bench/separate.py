@@ -396,7 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures = {kind: summary(results) for kind, results in runs.items()}
     daemon_s, direct_s = figures["daemon"]["wall_s"], figures["direct"]["wall_s"]
     cli_s = figures["cli"]["wall_s"] if "cli" in figures else None
-    paired = statistics.median(d["wall_s"] / j["wall_s"] for d, j in zip(runs["daemon"], runs["direct"]))
+    paired = statistics.median(d["wall_s"] / j["wall_s"] for d, j in zip(runs["daemon"], runs["direct"], strict=True))
     return {
         "bench": "separate",
         "model": name,

@@ -88,7 +88,7 @@ from bridge.testing import (
     released_htdemucs_repo,
 )
 from engines.resample import StreamingResampler
-from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator, stream_defaults
+from engines.separation.streaming import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator, stream_defaults
 
 SAMPLE_RATE = 48000
 BLOCK = 256
@@ -240,7 +240,7 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
     # The model's busy time: each batch's forward once (every member records it; divide by the size).
     busy_ms = sum(float((e._forward_ms[:min(s["hops"], len(e._forward_ms))]
                          / np.maximum(e._batch_sizes[:min(s["hops"], len(e._batch_sizes))], 1)).sum())
-                  for e, s in zip(engines, stats))
+                  for e, s in zip(engines, stats, strict=True))
     # Bare forwards: N stacked windows against one window N times, on the first engine's model.
     model = engines[0]._models[0]
     window = torch.randn((1, 2, round(engines[0].window_seconds * engines[0].model_sample_rate)),

@@ -391,7 +391,7 @@ def spleeter_accompaniment(seconds: float) -> np.ndarray:
     """The offline Spleeter accompaniment of the excerpt, `(2, n)` at RATE, cut or padded to `seconds`."""
     import soundfile
 
-    from engines.separation import FileSeparator
+    from engines.separation.files import FileSeparator
 
     audio, rate = soundfile.read(str(excerpt_path()), dtype="float32", always_2d=True)
     if rate != RATE:
@@ -470,7 +470,7 @@ def separate_offline(model: str, repo: Path | None, mixture: Mixture, threads: i
     `delay`: separate the mixture after that many samples of silence (then drop them), which moves
     every STFT frame and segment boundary against the music: how much offline SDR depends on that
     is the yardstick for a streamed difference (see `offline_spread`)."""
-    from engines.separation import FileSeparator
+    from engines.separation.files import FileSeparator
 
     engine = FileSeparator(model, repo=repo, device="cpu", shifts=0, threads=threads)
     try:
@@ -503,7 +503,7 @@ def separate_streamed(model: str, repo: Path | None, mixture: Mixture, setting: 
     """Stream the mixture (resampled to `device_rate`) through `StreamingSeparator` in `block`-frame
     calls, then `latency_frames` of silence, and drop the first `latency_frames` of the output: the
     stems aligned with the input, `(stems, 2, n)` at `device_rate`. Also returns the engine's figures."""
-    from engines.separation import StreamingSeparator
+    from engines.separation.streaming import StreamingSeparator
 
     context, hop, lookahead = setting
     engine = StreamingSeparator(model, repo=repo, device="cpu", sample_rate=device_rate, context_seconds=context,
@@ -595,9 +595,9 @@ SPLEETER_WINDOWS: tuple[Setting, ...] = tuple(
 
 
 def bench_settings(model: str) -> list[Setting]:
-    """`model`'s own CPU and CUDA defaults first (`engines.separation.stream_defaults`), then the
+    """`model`'s own CPU and CUDA defaults first (`engines.separation.streaming.stream_defaults`), then the
     others (no repeats)."""
-    from engines.separation import stream_defaults
+    from engines.separation.streaming import stream_defaults
 
     settings: list[Setting] = []
     for setting in (stream_defaults(model, "cpu"), stream_defaults(model, "cuda"), *EXTRA_SETTINGS):
@@ -611,7 +611,7 @@ def format_setting(setting: list[float | None] | tuple[float | None, ...]) -> st
 
 
 def setting_label(setting: list[float | None] | tuple[float | None, ...], model: str) -> str:
-    from engines.separation import stream_defaults
+    from engines.separation.streaming import stream_defaults
 
     names = [kind for kind in ("cpu", "cuda") if tuple(setting) == tuple(stream_defaults(model, kind))]
     return format_setting(setting) + (f" ({'+'.join(names)} default)" if names else "")
@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
                                    progress=progress, spread=args.spread))
         elif model == "spleeter:2stems":
             from bridge.errors import BridgeError
-            from engines.separation import FileSeparator
+            from engines.separation.files import FileSeparator
 
             try:
                 probe = FileSeparator(model, device="cpu")

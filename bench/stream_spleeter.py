@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
-from engines.separation import SPLEETER_CPU_DEFAULTS, StreamingSeparator
+from engines.separation.streaming import SPLEETER_CPU_DEFAULTS, StreamingSeparator
 
 NAME = "spleeter:2stems"
 SAMPLE_RATE = 48000

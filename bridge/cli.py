@@ -22,7 +22,8 @@ from bridge.daemon import exit_now, run, tune_allocator
 from bridge.docs import markdown_tables
 from bridge.doctor import APT_HINT, FAIL, os_name, render, run_checks
 from bridge.errors import BridgeError, StartupError
-from bridge.jobs import JobRunner, JobStore
+from bridge.job_store import JobStore
+from bridge.jobs import JobRunner
 from bridge.paths import PathPolicy
 from bridge.separate import KIND, check_request
 from bridge.service import service_file

@@ -40,7 +40,7 @@ from bridge.errors import BadRequest, ConfigError
 from engines import openunmix, spleeter
 from engines.openunmix import is_openunmix
 from engines.resample import stream_rate_problem
-from engines.separation import HTDEMUCS_RATE
+from engines.separation.models import HTDEMUCS_RATE
 from engines.zeroshot import check_hypothesis
 
 ENV_PREFIX = "FLOWSTATE_"

@@ -156,7 +156,7 @@ class EmbeddingTiers:
                 job = TierJob(TASK, {"text": texts[start:start + MAX_EMBED_TEXTS], "pooling": EMBED_POOLING},
                               Path(work), deadline_seconds=self.settings.tier_deadline_seconds)
                 estimated = _estimated_cost(tier, job)
-                spent = router.store.month_spend()
+                spent = router.ledger.month_spend()
                 if spent + estimated > self.budget_usd:
                     raise Forbidden(f"{command}: Workers AI would cost ${estimated:.2g}, and ${spent:.4g} of "
                                     f"router.monthly_budget_usd (${self.budget_usd:.4g}) is spent this month")

@@ -282,7 +282,7 @@ class CommandSpec:
                 f"{self.name}: expected at most {len(self.args)} argument(s) "
                 f"({self.signature()}), got {len(values)}"
             )
-        return self._bind_named({arg.name: value for arg, value in zip(self.args, values)})
+        return self._bind_named({arg.name: value for arg, value in zip(self.args, values, strict=False)})
 
     def _bind_named(self, values: Mapping[str, Any]) -> dict[str, Any]:
         known = {arg.name for arg in self.args}

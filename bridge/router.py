@@ -2,7 +2,7 @@
 
 Per task, `router.order` lists the tiers to consider. For each job the router estimates how long
 the local engine would take (from measured throughput, calibrated per task, model and device and
-stored in the job database) and:
+stored in the job database's ledger, bridge/ledger.py) and:
 
 - runs it locally when there is no deadline (a background job) or local meets the deadline;
 - otherwise picks, among healthy tiers (circuit closed, or half-open for one probe) whose
@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.config import Config, RouterConfig
 from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
-from bridge.jobs import JobCanceled, JobStore
+from bridge.jobs import JobCanceled
+from bridge.ledger import Ledger
 from bridge.licences import describe
 from engines.cloud.base import Tier
 from engines.cloud.hf import HuggingFaceTier
@@ -105,7 +106,7 @@ class Router:
     """Plans where jobs run; learns local speed and tier health as jobs finish."""
 
     def __init__(
-        self, config: RouterConfig, available: set[str] | dict[str, frozenset[str]], store: JobStore, device: str,
+        self, config: RouterConfig, available: set[str] | dict[str, frozenset[str]], ledger: Ledger, device: str,
         models: dict[str, Callable[[str, str], bool]] | None = None,
         runs: dict[str, Callable[[str, str], str]] | None = None,
     ) -> None:
@@ -117,7 +118,7 @@ class Router:
         self.models = dict(models or {})
         # Per tier, the model it runs for (task, model asked for); absent: the model asked for.
         self.runs = dict(runs or {})
-        self.store = store
+        self.ledger = ledger
         self.device = device
         self.breakers = {
             name: Breaker(config.breaker_failures, config.breaker_open_seconds) for name in available
@@ -129,7 +130,7 @@ class Router:
         return f"{task}:{model}:{self.device}"
 
     def local_seconds(self, task: str, model: str, audio_seconds: float) -> tuple[float, str]:
-        measured = self.store.calibration(self.calibration_key(task, model))
+        measured = self.ledger.calibration(self.calibration_key(task, model))
         if measured is not None:
             rate, samples = measured
             return rate * audio_seconds, f"measured {rate:.2f} s per audio second over {samples} job(s)"
@@ -138,7 +139,7 @@ class Router:
 
     def learn_local(self, task: str, model: str, audio_seconds: float, seconds: float) -> None:
         if audio_seconds > 0:
-            rate = self.store.calibrate(self.calibration_key(task, model), seconds / audio_seconds)
+            rate = self.ledger.calibrate(self.calibration_key(task, model), seconds / audio_seconds)
             log.info("router: local %s/%s on %s now %.3f s per audio second", task, model, self.device, rate)
 
     def remote_estimate(self, tier: str, audio_seconds: float) -> tuple[float, float]:
@@ -172,7 +173,7 @@ class Router:
             first = Decision(LOCAL, why, local_s, 0.0)
             return [first, *self._fallbacks(remotes, audio_seconds, "fallback after local failed")]
 
-        spent = self.store.month_spend()
+        spent = self.ledger.month_spend()
         budget = self.config.monthly_budget_usd
         fits: list[Decision] = []
         slow: list[Decision] = []
@@ -211,7 +212,7 @@ class Router:
         return plan
 
     def _fastest(self, remotes: list[str], audio_seconds: float, local_s: float, local_basis: str) -> list[Decision]:
-        spent, budget = self.store.month_spend(), self.config.monthly_budget_usd
+        spent, budget = self.ledger.month_spend(), self.config.monthly_budget_usd
         options = [Decision(LOCAL, f"realtime: local about {local_s:.0f} s ({local_basis})", local_s, 0.0)]
         for tier in remotes:
             seconds, cost = self.remote_estimate(tier, audio_seconds)
@@ -260,7 +261,7 @@ class Router:
         if tier in self.breakers:
             self.breakers[tier].success()
         if cost_usd:
-            self.store.add_spend(tier, cost_usd, job_id)
+            self.ledger.add_spend(tier, cost_usd, job_id)
 
     def failed(self, tier: str) -> None:
         breaker = self.breakers.get(tier)
@@ -271,7 +272,7 @@ class Router:
     def status(self) -> dict[str, Any]:
         return {
             "tiers": {name: {"circuit": b.state, "failures": b.failures} for name, b in self.breakers.items()},
-            "month_spend_usd": round(self.store.month_spend(), 4),
+            "month_spend_usd": round(self.ledger.month_spend(), 4),
             "monthly_budget_usd": self.config.monthly_budget_usd,
         }
 

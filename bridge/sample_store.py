@@ -327,7 +327,7 @@ class VectorIndex:
             if self._matrix.shape[1] == 0 and len(ids):
                 self._matrix = np.zeros((max(64, len(ids)), vectors.shape[1]), np.float32)
                 self._ids = np.zeros(self._matrix.shape[0], np.int64)
-            for sample_id, vector, entry in zip(ids, vectors, entries):
+            for sample_id, vector, entry in zip(ids, vectors, entries, strict=True):
                 slot = self._slot.get(sample_id)
                 if slot is None:
                     if self._count == self._matrix.shape[0]:
@@ -369,7 +369,7 @@ class VectorIndex:
             scores = torch.mv(torch.from_numpy(self._matrix[: self._count]), query)
             top = torch.topk(scores, min(k, self._count))
             return [(self._entries[int(self._ids[i])], float(score))
-                    for score, i in zip(top.values.tolist(), top.indices.tolist())]
+                    for score, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
     def scores(self, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, cosine scores) of every row, in slot order: copies, for a search that ranks more than one space."""

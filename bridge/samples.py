@@ -270,7 +270,7 @@ class SampleLibrary:
         vectors = self.embedder.encode([records[i].text or "" for i in readable]) if readable else None
         by_position = {i: vectors[n] for n, i in enumerate(readable)} if vectors is not None else {}
         ids = self.store.write(records, by_position, self.model_id, self.sound.clap_model, self.sound.tag_model)
-        for record, _sample_id in zip(records, ids):
+        for record, _sample_id in zip(records, ids, strict=True):
             if record.file.path in known:
                 report.updated += 1
             else:

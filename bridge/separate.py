@@ -24,7 +24,7 @@ from bridge.router import deadline_class, run_routed
 from engines import openunmix, spleeter
 from engines.cloud.base import TierJob
 from engines.resample import check_file_rate, resample_tensor
-from engines.separation import FileSeparator
+from engines.separation.files import FileSeparator
 
 log = logging.getLogger(__name__)
 

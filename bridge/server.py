@@ -33,7 +33,7 @@ Errors are the project's shape, `{"ok": false, "error": {"code", "message"}}`, w
 that matches the code (bad_request 400/413/416/422, forbidden 401/403, not_found 404, busy 409,
 unavailable 503, internal 500); malformed input of any kind is a 4xx, never `internal`.
 
-State: the only state is on disk under `data_dir` — the job queue `jobs.sqlite3` (bridge.jobs's
+State: the only state is on disk under `data_dir` — the job queue `jobs.sqlite3` (bridge.job_store's
 durable `JobStore`: a restarted server requeues the jobs it was running), `uploads/<key>/` and
 `outputs/<key>/`, where `<key>` is a fresh name per accepted upload, recorded in the job's args.
 The key cannot be the job id: the store assigns that id inside `submit`, and a worker may claim
@@ -86,7 +86,8 @@ from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError,
 from bridge.generate import GenerateJob
 from bridge.generate import check_request as check_generate
 from bridge.generate import model_family as check_family
-from bridge.jobs import FINISHED_STATES, Job, JobContext, JobRunner, JobStore
+from bridge.job_store import FINISHED_STATES, Job, JobStore
+from bridge.jobs import JobContext, JobRunner
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
 from bridge.separate import SeparateJob, check_request

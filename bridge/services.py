@@ -22,7 +22,9 @@ from bridge.config import Config
 from bridge.daw import DawState
 from bridge.errors import StartupError, Unavailable
 from bridge.events import EventHub
-from bridge.jobs import JobRunner, JobStore, Publish, StoreOwner
+from bridge.job_store import JobStore, StoreOwner
+from bridge.jobs import JobRunner, Publish
+from bridge.ledger import Ledger
 from bridge.licences import licensed_offers
 from bridge.paths import PathPolicy
 from bridge.router import Router, build_tiers
@@ -113,7 +115,8 @@ class Services:
         # A tier whose own model the project's licence policy refuses is never planned.
         models = {name: licensed_offers(tier, self.config.project) for name, tier in self.tiers.items()}
         runs: dict[str, Callable[[str, str], str]] = {name: tier.model_for for name, tier in self.tiers.items()}
-        self.router = Router(self.config.router, offered, self.job_store, device, models=models, runs=runs)
+        ledger = Ledger(self.job_store.database)
+        self.router = Router(self.config.router, offered, ledger, device, models=models, runs=runs)
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
 

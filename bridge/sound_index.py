@@ -151,7 +151,7 @@ class SoundIndex:
                 continue
             result = tagger.tag_audio(record.clip, record.sample_rate, self.tags_top)
             record.sound_tags = [{"label": label, "score": round(score, 4)}
-                                 for label, score in zip(result["labels"], result["scores"])
+                                 for label, score in zip(result["labels"], result["scores"], strict=True)
                                  if score >= self.tags_min_score]
             if record.sound_tags and record.text:
                 record.text += ". sounds like " + ", ".join(t["label"].lower() for t in record.sound_tags)
@@ -161,13 +161,13 @@ class SoundIndex:
         readable = [(r, (r.clip, r.sample_rate)) for r in records if r.clip is not None and r.sample_rate]
         if self.clap_on and readable:
             vectors = self.clap.embed_audio([clip for _, clip in readable])
-            for (record, _), vector in zip(readable, vectors):
+            for (record, _), vector in zip(readable, vectors, strict=True):
                 record.audio_vector = vector
         for record in records:
             record.clip = None
 
     def upsert(self, ids: list[int], records: list[Record]) -> None:
-        embedded = [(i, r.audio_vector) for i, r in zip(ids, records) if r.audio_vector is not None]
+        embedded = [(i, r.audio_vector) for i, r in zip(ids, records, strict=True) if r.audio_vector is not None]
         if embedded:
             self.vectors.upsert([i for i, _ in embedded], np.stack([v for _, v in embedded]), [{}] * len(embedded))
 

@@ -48,12 +48,13 @@ import numpy as np
 
 from bridge.config import StreamConfig
 from bridge.errors import BadRequest, Busy, Forbidden, Unavailable
-from bridge.ringbuffer import FrameRing
 from engines.base import pick_device
 from engines.batching import WindowBatchers
 from engines.effects import EffectChain
 from engines.resample import check_stream_rate
-from engines.separation import HTDEMUCS_RATE, StreamingSeparator
+from engines.ringbuffer import FrameRing
+from engines.separation.models import HTDEMUCS_RATE
+from engines.separation.streaming import StreamingSeparator
 
 log = logging.getLogger(__name__)
 

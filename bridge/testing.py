@@ -538,7 +538,7 @@ def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECON
     try:
         with torch.inference_mode():
             for round_index in range(warmup + count):
-                for index, (model, window) in enumerate(zip(models, windows)):
+                for index, (model, window) in enumerate(zip(models, windows, strict=True)):
                     started = time.perf_counter()
                     model(window)
                     if window.device.type == "cuda":
@@ -546,7 +546,7 @@ def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECON
                     if round_index >= warmup:
                         times[index].append(1000.0 * (time.perf_counter() - started))
     finally:
-        for model, flag in zip(models, saved):
+        for model, flag in zip(models, saved, strict=True):
             model.use_train_segment = flag
     return [statistics.median(t) for t in times]
 

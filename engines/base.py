@@ -1,4 +1,5 @@
-"""The engine base: load once, place on a device (cuda > mps > cpu), process under a lock, close.
+"""The engine base: load once, place on a device (cuda > mps > cpu), process under a lock, close;
+and `check_range`, the check of an engine's numeric settings.
 
 Engines implement `_load`, `_process` and `_close`. Nothing happens at import time: torch is
 imported and devices are probed only when an engine is constructed or loaded.
@@ -7,6 +8,7 @@ imported and devices are probed only when an engine is constructed or loaded.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,19 @@ def pick_device(preference: str = "auto") -> torch.device:
     if not available[preference]:
         raise Unavailable(f"device {preference!r} was asked for but is not available on this machine")
     return torch.device(preference)
+
+
+def check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False,
+                unit: str = "s") -> None:
+    """A numeric setting within [low, high] (or (low, high] with `low_open`); None passes (the default)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{name}: expected a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise BadRequest(f"{name}: expected {bracket}{low:g}, {high:g}] {unit}, got {value!r}")
 
 
 class Engine:

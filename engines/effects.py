@@ -627,4 +627,4 @@ class EffectChain:
         """
         with self._lock:
             snapshots = [dict(e.values) for e in self._effects]
-        return [e.describe(values) for e, values in zip(self._effects, snapshots)]
+        return [e.describe(values) for e, values in zip(self._effects, snapshots, strict=True)]

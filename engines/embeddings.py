@@ -233,7 +233,7 @@ class TextEmbedder(Engine):
         missing = [label for label in labels if label not in self._labels]
         vectors = self.encode([text, *missing])
         with self._lock:
-            for label, vector in zip(missing, vectors[1:]):
+            for label, vector in zip(missing, vectors[1:], strict=True):
                 self._labels[label] = vector
             for label in labels:
                 self._labels.move_to_end(label)

@@ -189,7 +189,7 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     if problem is None:
         probe = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
-            worst = max(float((model(probe) - runner(probe)).abs().max()) for model, runner in zip(models, runners))
+            worst = max(float((model(probe) - runner(probe)).abs().max()) for model, runner in zip(models, runners, strict=True))
         if not worst <= MATCH_TOLERANCE:
             problem = (f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window "
                        f"(limit {MATCH_TOLERANCE:g})")
@@ -220,7 +220,7 @@ def compare_ms(first: Sequence[Callable[[Any], Any]], second: Sequence[Callable[
     times: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
         for round_ in range(rounds + 1):
-            for runners, out in zip((first, second), times):
+            for runners, out in zip((first, second), times, strict=True):
                 started = time.perf_counter()
                 for runner in runners:
                     runner(window)

@@ -217,23 +217,23 @@ def _build_unet() -> torch.nn.Module:
         def __init__(self) -> None:
             super().__init__()
             widths = [2, 16, 32, 64, 128, 256, 512]
-            self.encoder = nn.ModuleList(nn.Conv2d(a, b, 5, stride=2) for a, b in zip(widths, widths[1:]))
+            self.encoder = nn.ModuleList(nn.Conv2d(a, b, 5, stride=2) for a, b in zip(widths, widths[1:], strict=False))
             self.encoder_norm = nn.ModuleList(nn.BatchNorm2d(b, eps=BATCHNORM_EPS) for b in widths[1:])
             outs = [256, 128, 64, 32, 16, 1]
             ins = [512] + [2 * w for w in outs[:-1]]  # after the first, the skip doubles the input
-            self.decoder = nn.ModuleList(nn.ConvTranspose2d(a, b, 5, stride=2) for a, b in zip(ins, outs))
+            self.decoder = nn.ModuleList(nn.ConvTranspose2d(a, b, 5, stride=2) for a, b in zip(ins, outs, strict=True))
             self.decoder_norm = nn.ModuleList(nn.BatchNorm2d(b, eps=BATCHNORM_EPS) for b in outs)
             self.to_mask = nn.Conv2d(1, 2, 4, dilation=2, padding=3)
 
         def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
             skips = []
             x = magnitude
-            for conv, norm in zip(self.encoder, self.encoder_norm):
+            for conv, norm in zip(self.encoder, self.encoder_norm, strict=True):
                 skip = conv(F.pad(x, (1, 2, 1, 2)))
                 skips.append(skip)
                 x = F.leaky_relu(norm(skip), 0.2)
             x = skips.pop()
-            for index, (deconv, norm) in enumerate(zip(self.decoder, self.decoder_norm)):
+            for index, (deconv, norm) in enumerate(zip(self.decoder, self.decoder_norm, strict=True)):
                 if index:
                     x = torch.cat([skips.pop(), x], dim=1)
                 x = norm(F.relu(deconv(x)[:, :, 1:-2, 1:-2]))

@@ -108,7 +108,7 @@ class ZeroShotClassifier(Engine):
             raise Unavailable("zeroshot: the model was closed (the daemon is shutting down)")
         out = self._pipeline(text, candidate_labels=labels, hypothesis_template=template, multi_label=False,
                              batch_size=self.batch_size)
-        ranked = sorted(zip(out["labels"], out["scores"]), key=lambda pair: -float(pair[1]))
+        ranked = sorted(zip(out["labels"], out["scores"], strict=True), key=lambda pair: -float(pair[1]))
         return [(str(label), round(float(score), 4)) for label, score in ranked]
 
     def _close(self) -> None:

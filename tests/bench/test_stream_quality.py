@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engines.separation import CPU_DEFAULTS, CUDA_DEFAULTS
+from engines.separation.streaming import CPU_DEFAULTS, CUDA_DEFAULTS
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "stream_quality.py"
 
@@ -140,7 +140,7 @@ SPLEETER_MARGIN_DB = 1.0
 @pytest.fixture(scope="module")
 def vocal_mixture(one_thread: None) -> Any:
     from bridge.errors import BridgeError
-    from engines.separation import FileSeparator
+    from engines.separation.files import FileSeparator
 
     probe = FileSeparator(SPLEETER, device="cpu")
     try:
@@ -153,7 +153,7 @@ def vocal_mixture(one_thread: None) -> Any:
 
 @pytest.mark.timeout(300)
 def test_streamed_spleeter_stays_within_a_db_of_offline(vocal_mixture: Any) -> None:
-    from engines.separation import SPLEETER_CPU_DEFAULTS
+    from engines.separation.streaming import SPLEETER_CPU_DEFAULTS
 
     offline = quality.sdr_per_stem(vocal_mixture.truth, quality.separate_offline(SPLEETER, None, vocal_mixture, 1),
                                    vocal_mixture.stems)

@@ -121,7 +121,7 @@ def test_malformed_and_oversized_requests_get_bad_request(
 @pytest.mark.timeout(300)
 def test_spleeter_on_the_audio_socket_matches_the_engine_in_process() -> None:
     """stream.model spleeter:2stems: each block's vocals and accompaniment, as the engine gives them."""
-    from engines.separation import StreamingSeparator
+    from engines.separation.streaming import StreamingSeparator
 
     settings = {"model": "spleeter:2stems", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.25}
     signal = (0.3 * np.random.default_rng(4).standard_normal((2, 48000))).astype(np.float32)
@@ -154,7 +154,7 @@ def test_two_clients_batched_get_what_the_engine_gives_each_alone(tmp_path: Path
     each gets the stems the in-process engine gives its audio alone (max abs difference <= 1e-5)."""
     import threading
 
-    from engines.separation import StreamingSeparator
+    from engines.separation.streaming import StreamingSeparator
 
     repo = tiny_htdemucs_repo(tmp_path / "models", depth=3)
     setting = {"context_seconds": 0.1, "hop_seconds": 0.25, "lookahead_seconds": 0.1}

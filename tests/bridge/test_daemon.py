@@ -19,7 +19,7 @@ import zmq
 
 from bridge.client import Client
 from bridge.fileio import atomic_write
-from bridge.jobs import JobStore
+from bridge.job_store import JobStore
 from bridge.testing import DaemonProcess, tiny_htdemucs_repo
 from tests.bridge.test_separate import write_audio
 from tests.conftest import OscUdp

@@ -23,17 +23,9 @@ import soundfile as sf
 
 from bridge.errors import BadRequest, Internal, NotFound, StartupError, Unavailable
 from bridge.fileio import atomic_write, partial_path, remove_partials
-from bridge.jobs import (
-    JOB_STATES,
-    SCHEMA_VERSION,
-    Job,
-    JobCanceled,
-    JobContext,
-    JobHandler,
-    JobRunner,
-    JobStore,
-    StoreOwner,
-)
+from bridge.job_store import JOB_STATES, SCHEMA_VERSION, Job, JobStore, StoreOwner
+from bridge.jobs import JobCanceled, JobContext, JobHandler, JobRunner
+from bridge.ledger import Ledger
 
 WAIT = 10.0  # a deadline for things that happen in milliseconds; never a measurement
 REPO = Path(__file__).resolve().parents[2]
@@ -286,7 +278,7 @@ def test_requeue_fails_a_job_that_was_interrupted_too_often(store: JobStore) -> 
 CRASHING_DAEMON = """
 import sys
 from pathlib import Path
-from bridge.jobs import JobStore
+from bridge.job_store import JobStore
 
 store = JobStore(Path(sys.argv[1]))
 job = store.claim_next()
@@ -755,21 +747,23 @@ def test_remove_partials_touches_only_partial_files_of_dead_writers(tmp_path: Pa
 
 def test_route_spend_and_calibration_are_stored(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.sqlite3") as store:
+        ledger = Ledger(store.database)
         job, _ = store.submit("stems.separate", {"path": "/a.wav"})
         store.set_route(job.id, {"tier": "selfhosted", "reason": "local would take 120 s > deadline 30 s"})
         assert store.get(job.id).to_dict()["route"]["tier"] == "selfhosted"
-        store.add_spend("replicate", 0.25, job.id)
-        store.add_spend("replicate", 0.5, job.id)
-        store.add_spend("replicate", 9.0, job.id, at=0.0)  # January 1970: another month
-        assert store.month_spend() == pytest.approx(0.75)
-        assert store.calibration("stems:htdemucs:cpu") is None
-        assert store.calibrate("stems:htdemucs:cpu", 1.0) == 1.0
-        assert store.calibrate("stems:htdemucs:cpu", 2.0) == pytest.approx(1.3)
-        assert store.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
+        ledger.add_spend("replicate", 0.25, job.id)
+        ledger.add_spend("replicate", 0.5, job.id)
+        ledger.add_spend("replicate", 9.0, job.id, at=0.0)  # January 1970: another month
+        assert ledger.month_spend() == pytest.approx(0.75)
+        assert ledger.calibration("stems:htdemucs:cpu") is None
+        assert ledger.calibrate("stems:htdemucs:cpu", 1.0) == 1.0
+        assert ledger.calibrate("stems:htdemucs:cpu", 2.0) == pytest.approx(1.3)
+        assert ledger.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
     # It is all durable.
     with JobStore(tmp_path / "jobs.sqlite3") as store:
-        assert store.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
-        assert store.month_spend() == pytest.approx(0.75)
+        ledger = Ledger(store.database)
+        assert ledger.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
+        assert ledger.month_spend() == pytest.approx(0.75)
 
 
 # -- graceful stops, given-up jobs, orphan files, full disks ---------------------------------------
@@ -920,7 +914,7 @@ def test_a_done_job_keeps_its_files_and_forgets_the_list(make_runner: Callable[.
 
 def test_a_second_owner_of_a_job_database_is_refused_naming_it_and_the_pid(db: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys; from pathlib import Path; from bridge.jobs import StoreOwner; "
+        [sys.executable, "-c", ("import sys; from pathlib import Path; from bridge.job_store import StoreOwner; "
          "owner = StoreOwner(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()"), str(db)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -940,10 +934,9 @@ def test_a_second_owner_of_a_job_database_is_refused_naming_it_and_the_pid(db: P
 
 
 def test_a_full_database_is_unavailable_naming_it(store: JobStore, db: Path) -> None:
-    assert store._conn is not None
     # SQLite's own limit on the file's size: the same "database or disk is full" as a full disk.
-    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-    store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    pages = store.database.execute("PRAGMA page_count")[0][0]
+    store.database.execute(f"PRAGMA max_page_count = {pages + 2}")
     with pytest.raises(Unavailable) as full:
         for index in range(1000):
             store.submit("k", {"blob": "x" * 4000, "n": index})
@@ -974,6 +967,6 @@ def test_an_emptied_database_is_reported(db: Path, caplog: pytest.LogCaptureFixt
     with JobStore(db) as store:
         store.submit("k", {})
     db.write_bytes(b"")  # truncated to 0 bytes (a sync tool, a bad restore)
-    with caplog.at_level("WARNING", logger="bridge.jobs"), JobStore(db) as store:
+    with caplog.at_level("WARNING", logger="bridge.job_store"), JobStore(db) as store:
         assert store.list() == []
     assert any(str(db) in r.getMessage() and "0 bytes" in r.getMessage() for r in caplog.records)

@@ -112,7 +112,7 @@ def test_the_readme_catalogue_table_is_the_generated_one_with_every_entry_once()
     assert current == catalogue_table.readme_block(), "README.md's catalogue table is stale: run `make readme`"
     rows = _table_rows(current)
     assert [row[0] for row in rows] == [f"`{entry.model}`" for entry in catalogue.CATALOGUE]  # each once, in order
-    for entry, row in zip(catalogue.CATALOGUE, rows):
+    for entry, row in zip(catalogue.CATALOGUE, rows, strict=True):
         line = " | ".join(row)
         assert row[1] == entry.task
         assert entry.licence.url in line, (entry.model, line)

@@ -17,7 +17,8 @@ import pytest
 
 from bridge.errors import BadRequest, Forbidden
 from bridge.files import DIR_FD_SUPPORTED, check_name, open_folder
-from bridge.jobs import JobContext, JobStore
+from bridge.job_store import JobStore
+from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
 from bridge.separate import track_name
 

@@ -130,7 +130,7 @@ def test_the_in_memory_matrix_matches_brute_force_through_updates(size: int) -> 
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = list(range(100, 100 + size))
     index.upsert(ids, vectors, [{"id": i} for i in ids])
-    live = dict(zip(ids, vectors))
+    live = dict(zip(ids, vectors, strict=True))
     removed = [i for i in ids if rng.random() < 0.3]
     index.remove(removed + [99])  # an unknown id is ignored
     for i in removed:
@@ -139,7 +139,7 @@ def test_the_in_memory_matrix_matches_brute_force_through_updates(size: int) -> 
     fresh = rng.standard_normal((len(replaced), 16)).astype(np.float32)
     fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
     index.upsert(replaced, fresh, [{"id": i} for i in replaced])
-    live.update(zip(replaced, fresh))
+    live.update(zip(replaced, fresh, strict=True))
     assert len(index) == len(live)
     query = vectors[0]
     expected = sorted(live, key=lambda i: -float(live[i] @ query))[:7]

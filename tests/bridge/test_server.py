@@ -23,7 +23,7 @@ import yaml
 
 from bridge.config import Config
 from bridge.errors import ERROR_CODES, BadRequest, Forbidden, NotFound, StartupError, Unavailable
-from bridge.jobs import FINISHED_STATES, JOB_STATES
+from bridge.job_store import FINISHED_STATES, JOB_STATES
 from bridge.server import _PARAMS, serve
 from bridge.testing import free_port, tiny_htdemucs_repo
 from engines.cloud import selfhosted_wire as wire
@@ -698,7 +698,7 @@ def test_a_signal_mid_job_ends_streams_cancels_the_job_and_exits_0(tmp_path: Pat
     """SIGINT (Fly's default stop signal): stop accepting, drain briefly, cancel, exit 0."""
     import threading
 
-    from bridge.jobs import JobStore
+    from bridge.job_store import JobStore
 
     process = ServerProcess(tmp_path, repo, daemon={"shutdown_timeout_seconds": 0.5}).start()
     try:

@@ -18,7 +18,8 @@ import soundfile
 
 from bridge.client import Client
 from bridge.config import RouterConfig
-from bridge.jobs import JobStore
+from bridge.job_store import JobStore
+from bridge.ledger import Ledger
 from bridge.router import Router
 from bridge.testing import DaemonProcess, build_tiny_musicgen, espeak_speech, tiny_htdemucs_repo, tiny_openunmix_dir
 from engines.cloud.base import TierJob
@@ -172,7 +173,7 @@ def test_a_server_offering_some_tasks_is_planned_for_those_only(tmp_path: Path, 
                              files={"task": (None, "generate"), "params": (None, '{"prompt": "x", "duration_seconds": 1}')})
         config = RouterConfig.model_validate({"local_seconds_per_audio_second": {"cpu": 100.0}})
         with JobStore(tmp_path / "jobs.sqlite3") as store:
-            router = Router(config, {"selfhosted": client.tasks}, store, "cpu", models={"selfhosted": client.offers_model})
+            router = Router(config, {"selfhosted": client.tasks}, Ledger(store.database), "cpu", models={"selfhosted": client.offers_model})
             plans = {task: [[d.tier for d in router.plan(task, "", 60, deadline, realtime=realtime)]
                             for realtime, deadline in ((True, None), (False, 30.0), (False, None))] for task in TASKS}
     finally:

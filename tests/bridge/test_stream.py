@@ -74,7 +74,7 @@ class Rig:
             for source in self.player.get_all_connections(daemon_in):
                 self.player.disconnect(source, daemon_in)
             self.player.connect(self.outs[i], daemon_in)
-        for daemon_out, port in zip(daemon_outs, self.ins):
+        for daemon_out, port in zip(daemon_outs, self.ins, strict=False):
             self.recorder.connect(daemon_out, port)
 
     def play_and_record(self, tail_seconds: float) -> np.ndarray:
@@ -308,7 +308,7 @@ def test_an_unknown_model_names_what_was_tried(live: DaemonProcess, tiny_repo: P
 def test_audio_socket_returns_the_stems_of_each_block(live: DaemonProcess, tiny_repo: Path) -> None:
     import zmq
 
-    from engines.separation import HOP_LADDER, StreamingSeparator
+    from engines.separation.streaming import HOP_LADDER, StreamingSeparator
 
     signal = _noise(1.0, seed=3)
     context = zmq.Context()

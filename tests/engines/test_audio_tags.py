@@ -80,8 +80,8 @@ def test_stereo_at_any_rate_is_mixed_and_resampled_to_what_the_model_hears(
     stereo = np.stack([mono * 1.5, mono * 0.5], axis=1)
     result = tagger.tag(write(tmp_path / f"stereo-{rate}.wav", stereo, rate), top=6)
     assert result["seconds"] == 1.5
-    ours = dict(zip(result["labels"], result["scores"]))
-    theirs = dict(zip(reference["labels"], reference["scores"]))
+    ours = dict(zip(result["labels"], result["scores"], strict=True))
+    theirs = dict(zip(reference["labels"], reference["scores"], strict=True))
     assert max(abs(ours[label] - theirs[label]) for label in TINY_AST_LABELS) < 0.01, (ours, theirs)
     mixed = read_clip(tmp_path / f"stereo-{rate}.wav", 10.0)[0]
     np.testing.assert_allclose(mixed, mono, atol=1e-6)

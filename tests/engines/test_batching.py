@@ -22,7 +22,7 @@ import torch
 from bridge.errors import Internal
 from bridge.testing import tiny_htdemucs_repo
 from engines.batching import WindowBatcher, WindowBatchers
-from engines.separation import StreamingSeparator
+from engines.separation.streaming import StreamingSeparator
 
 SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}  # 4096-frame blocks
 ALWAYS = 1e9  # expect_hops: every member is waited for until it hands its window in, or leaves
@@ -93,8 +93,8 @@ def test_batched_streams_equal_each_stream_alone(repo: Path, streams: int) -> No
     engines = [engine(repo, pool) for _ in range(streams)]
     blocks = [256, 1000, 4096, 333][:streams]  # any block sizes: the windows are the same
     try:
-        outputs = in_threads([lambda e=e, a=a, b=b: stream(e, a, b) for e, a, b in zip(engines, audios, blocks)])
-        for got, want in zip(outputs, expected):
+        outputs = in_threads([lambda e=e, a=a, b=b: stream(e, a, b) for e, a, b in zip(engines, audios, blocks, strict=True)])
+        for got, want in zip(outputs, expected, strict=True):
             assert got.shape == want.shape
             assert float(np.abs(got - want).max()) <= TOLERANCE
         for separator in engines:
@@ -166,9 +166,9 @@ def test_a_failed_batch_reaches_every_member_and_the_next_batch_runs() -> None:
             raised.append(type(err))
             return None
 
-    in_threads([lambda m=m, w=w: run(m, w, failing) for m, w in zip(members, windows)])
+    in_threads([lambda m=m, w=w: run(m, w, failing) for m, w in zip(members, windows, strict=True)])
     assert sorted(t.__name__ for t in raised) == ["Internal", "ValueError"]  # the leader's own, and the other's
-    results = in_threads([lambda m=m, w=w: batcher.run(m, w, doubling) for m, w in zip(members, windows)])
+    results = in_threads([lambda m=m, w=w: batcher.run(m, w, doubling) for m, w in zip(members, windows, strict=True)])
     for index, result in enumerate(results):
         assert result.batch_size == 2 and torch.equal(result.outputs[0], windows[index] * 2)
     assert batcher.counts() == {"batches": 2, "windows": 4, "sizes": {2: 2}}

@@ -19,7 +19,7 @@ import torch
 from bridge.errors import BadRequest, Unavailable
 from bridge.testing import tiny_htdemucs_repo
 from engines.inference import BACKENDS, htdemucs_core, split_forward
-from engines.separation import StreamingSeparator
+from engines.separation.streaming import StreamingSeparator
 
 # A short window (0.1 + 0.1 + 0.1 s): conversion and streaming stay cheap on a shared 2-core CPU.
 SETTING = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}

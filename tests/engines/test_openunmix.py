@@ -16,7 +16,9 @@ import pytest
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_openunmix_dir
 from engines.openunmix import STEMS, find_weights, load_openunmix, release_urls
-from engines.separation import FileSeparator, StreamingSeparator, load_model
+from engines.separation.files import FileSeparator
+from engines.separation.models import load_model
+from engines.separation.streaming import StreamingSeparator
 
 RATE = 44100
 NAME = "openunmix:umxl"

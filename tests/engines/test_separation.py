@@ -27,14 +27,14 @@ import torch
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_htdemucs_repo
-from engines.separation import (
+from engines.separation.models import load_model
+from engines.separation.streaming import (
     CPU_DEFAULTS,
     CUDA_DEFAULTS,
     HOP_LADDER,
     LOAD_TIMING_MIN_WINDOWS,
     LOAD_TIMING_WINDOWS,
     StreamingSeparator,
-    load_model,
 )
 
 MODEL_RATE = 44100
@@ -251,8 +251,8 @@ def test_ragged_blocks_and_empty_blocks(repo: Path, reference: tuple[np.ndarray,
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", **SHORT)
     sizes = np.random.default_rng(1).integers(0, 3000, size=200)
     cuts = np.concatenate([[0], np.minimum(np.cumsum(sizes), audio.shape[1]), [audio.shape[1]]])
-    outs = [engine.process(audio[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-    assert all(out.shape[-1] == b - a for out, a, b in zip(outs, cuts[:-1], cuts[1:]))
+    outs = [engine.process(audio[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    assert all(out.shape[-1] == b - a for out, a, b in zip(outs, cuts[:-1], cuts[1:], strict=True))
     close(np.concatenate(outs, axis=-1), expected)
 
 

@@ -17,7 +17,9 @@ import pytest
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import piper_speech
-from engines.separation import FileSeparator, StreamingSeparator, load_model
+from engines.separation.files import FileSeparator
+from engines.separation.models import load_model
+from engines.separation.streaming import StreamingSeparator
 from engines.spleeter import CHECKPOINT_NAMES, package_folder
 
 RATE = 44100

@@ -64,7 +64,7 @@ def entailment_softmax(folder: Path, text: str, labels: list[str], template: str
                             return_tensors="pt", padding=True)
         logits = model(**encoded).logits[:, entail]
     probabilities = torch.softmax(logits, dim=0).tolist()
-    return dict(zip(labels, probabilities))
+    return dict(zip(labels, probabilities, strict=True))
 
 
 @pytest.mark.parametrize("template", [DEFAULT_HYPOTHESIS, "The sound of {} in a mix"])

