@@ -59,7 +59,7 @@ CHAIN_WORDS = {"master": "master", "mix": "master"}
 BOOL_WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "mute": (("mute", "silence", "kill", "cut out"), ("unmute", "bring back", "un-mute")),
     "playing": (("play", "start the transport", "roll"), ("stop the transport", "pause")),
-    "watch": (("watch", "keep it fresh", "keep an eye"), ("stop watching", "don't watch", "do not watch")),
+    "watch": (("watch", "keep watching", "keep it fresh", "keep an eye"), ("stop watching", "don't watch", "do not watch")),
 }
 # Units of numeric arguments, by argument name: the words after (or before) the number.
 UNIT_WORDS: dict[str, tuple[str, ...]] = {
@@ -326,8 +326,8 @@ def free_text(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocab
 
 
 def labels_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> list[str] | None:
-    """`as drums, bass or vocals`: the labels to rank."""
-    match = sentence.take(r"\b(?:as|into|between)\s+(\w+(?:\s*,\s*\w+)*\s*,?\s*(?:or|and)\s+\w+)")
+    """`drums, bass or vocals` (after `as`, `into`, `between` or on its own): the labels to rank."""
+    match = sentence.take(r"(?:\b(?:as|into|between)\s+)?\b(\w+(?:\s*,\s*\w+)*\s*,?\s*\b(?:or|and)\s+\w+)")
     if match is None:
         return None
     return [w for w in re.split(r"\s*,\s*|\s+(?:or|and)\s+", match.group(1)) if w]
