@@ -105,7 +105,7 @@ def main() -> None:
         started = time.perf_counter()
         interpreter.understand("warm up")  # embeds every command document once; later asks reuse them
         first_ms = round((time.perf_counter() - started) * 1000.0, 1)
-        documents = len(interpreter._documents)
+        documents = len(interpreter.documents)
         print(f"first ask after the model loaded: {first_ms} ms (embeds the {documents} command documents once)")
         sets = [accuracy(interpreter, name, options.verbose) for name in SETS]
         speed = timing(interpreter, engine, options.rounds)

@@ -96,7 +96,9 @@ FILLER = frozenset((
     "tag", "describe", "kind", "type", "new", "up", "out", "preset", "using", "use",
 ))
 AUDIO_SUFFIXES = ("wav", "flac", "aif", "aiff", "ogg", "opus", "mp3", "m4a")
-NUMBER = r"[-+]?\d+(?:\.\d+)?"
+# At most nine digits (and six decimals): a longer run of digits is no bar count or tempo, and never
+# becomes an infinite float.
+NUMBER = r"(?<![\d.])[-+]?\d{1,9}(?:\.\d{1,6})?(?!\.?\d)"
 QUOTED = r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']+)'(?!\w)"
 
 
@@ -162,7 +164,7 @@ Extractor = Callable[[Sentence, Arg, CommandSpec, "Vocabulary"], Any]
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """What the running daemon knows that the registry does not: preset names, the default stems."""
+    """What the running daemon knows that the registry does not: the names in generate.presets."""
 
     presets: tuple[str, ...] = ()
 
@@ -218,7 +220,7 @@ def count_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Voc
     """How many (k, top, limit): `top 5`, `5 <things>`, or its name and a number."""
     value = number_value(sentence, arg, spec, vocabulary)
     if value is None:
-        match = sentence.take(r"\b(?:top|first|best)\s+(\d+)\b") or sentence.take(r"\b(\d+)\b(?!\s*[/.:])")
+        match = sentence.take(r"\b(?:top|first|best)\s+(\d{1,9})\b") or sentence.take(r"\b(\d{1,9})\b(?!\s*[/.:])")
         value = float(match.group(1)) if match else None
     return None if value is None else int(value)
 
@@ -422,7 +424,7 @@ class Understanding:
     """What `ask` made of a sentence."""
 
     text: str
-    command: str | None
+    command: str
     args: dict[str, Any]
     line: str
     score: float
@@ -447,18 +449,18 @@ class Interpreter:
         self.embedder = embedder
         self.vocabulary = vocabulary
         self._owners: list[int] = []
-        self._documents: list[str] = []
+        self.documents: list[str] = []
         for index, spec in enumerate(self.specs):
             for document in documents(spec):
                 self._owners.append(index)
-                self._documents.append(document)
+                self.documents.append(document)
 
     def rank(self, text: str) -> list[tuple[CommandSpec, float]]:
         """Every reachable command with its score (the best cosine of its documents), best first.
 
         Quoted text is what to say, find or make, not which command: it is read as "this" here.
         """
-        similarities = self.embedder.similarities(re.sub(QUOTED, "this", text), self._documents)
+        similarities = self.embedder.similarities(re.sub(QUOTED, "this", text), self.documents)
         best = np.full(len(self.specs), -1.0, np.float32)
         np.maximum.at(best, np.asarray(self._owners), similarities)
         order = np.argsort(-best, kind="stable")

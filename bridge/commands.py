@@ -672,7 +672,7 @@ async def ask(ctx: CallContext, text: str, run: bool) -> Result:
     # The first call loads the model (seconds); every call encodes the sentence: off the event loop.
     understood = await asyncio.to_thread(interpreter.understand, text)
     reply: Result = {**understood.to_dict(), "ran": False, "result": None}
-    if not run or not understood.sure or understood.command is None:
+    if not run or not understood.sure:
         return reply
     try:
         result = await daemon.call(Request(understood.command, understood.args, ctx.origin))

@@ -80,6 +80,15 @@ def test_an_argument_the_sentence_does_not_state_is_left_out() -> None:
     assert extract_args(COMMANDS["job.cancel"], "cancel job 12", VOCABULARY) == {}  # not a job id
 
 
+@pytest.mark.parametrize("text", ["1" * 500, "9" * 400 + " bars at " + "9" * 90, "a, " * 160 + "or b", "/" * 500,
+                                  "'" * 500, "x.wav" * 100])
+def test_awkward_sentences_give_no_argument_that_cannot_be_sent(text: str) -> None:
+    for spec in iter_commands():
+        args = extract_args(spec, text, VOCABULARY)
+        json.dumps(args, allow_nan=False)  # a 400-digit "number" is no infinite float
+        assert all(abs(v) < 1e10 for v in args.values() if isinstance(v, (int, float)))
+
+
 def test_the_command_line_is_what_flowstate_send_takes() -> None:
     assert command_line(COMMANDS["stream.set"], {"stem": "vocals", "mute": True}) == "stream.set vocals mute=1"
     line = command_line(COMMANDS["generate"], {"prompt": "dusty lofi drums", "bars": 4.0, "tempo": 90.0})
