@@ -128,14 +128,20 @@ EVENTS: dict[str, EventSpec] = {
 # -- core commands -------------------------------------------------------------------------------
 
 
-@command("ping", examples=("is the bridge alive", "are you listening", "hello, anyone home?", "check the connection"),
-    help="Check the daemon is alive; replies pong and the version.", returns=("reply", "version"))
+@command(
+    "ping",
+    examples=("is the bridge alive", "are you listening", "hello, anyone home?", "check the connection"),
+    help="Check the daemon is alive; replies pong and the version.", returns=("reply", "version"),
+)
 def ping(ctx: CallContext) -> Result:
     return {"reply": "pong", "version": __version__}
 
 
-@command("status", examples=("what is flowstate up to", "show the daemon status and uptime", "which ports is it listening on"),
-    help="What the daemon is doing: version, endpoints, listeners, uptime.")
+@command(
+    "status",
+    examples=("what is flowstate up to", "show the daemon status and uptime", "which ports is it listening on"),
+    help="What the daemon is doing: version, endpoints, listeners, uptime.",
+)
 def status(ctx: CallContext) -> Result:
     daemon = ctx.daemon
     return {
@@ -226,7 +232,8 @@ def commands(ctx: CallContext, name: str) -> Result:
     Arg("model", str, "HTDemucs model or bag (htdemucs, htdemucs_6s) or spleeter:2stems; empty: stream.model.",
         default=""),
     Arg("overrides", dict, "Other stream.* settings for this run, e.g. {\"hop_seconds\": 0.5}.", default=None),
-    examples=("start live stem separation", "split the input into stems in real time", "turn on live stems with htdemucs", "start the stream with another model"),
+    examples=("start live stem separation", "split the input into stems in real time",
+        "turn on live stems with htdemucs", "start the stream with another model"),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
     returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate"),
 )
@@ -246,8 +253,11 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
     return status
 
 
-@command("stream.stop", examples=("stop the live stream", "turn off live stems", "end real-time separation"),
-    help="Stop the live stream (the model stays loaded for a quick restart).", returns=("running",))
+@command(
+    "stream.stop",
+    examples=("stop the live stream", "turn off live stems", "end real-time separation"),
+    help="Stop the live stream (the model stays loaded for a quick restart).", returns=("running",),
+)
 async def stream_stop(ctx: CallContext) -> Result:
     status = await asyncio.to_thread(ctx.daemon.streams.stop)
     if "late_hops" in status:
@@ -272,7 +282,8 @@ def stream_status(ctx: CallContext) -> Result:
     Arg("stem", str, "Stem name, e.g. vocals."),
     Arg("gain_db", float, "Gain in dB; omit or null to keep.", default=None, min=-120.0, max=24.0),
     Arg("mute", bool, "Mute (1) or unmute (0); omit or null to keep.", default=None),
-    examples=("mute the drums stem", "unmute the bass", "turn the vocals down 3 dB", "boost the drums by 2 db", "bring back the guitar"),
+    examples=("mute the drums stem", "unmute the bass", "turn the vocals down 3 dB", "boost the drums by 2 db",
+        "bring back the guitar"),
     help="Set a stem's gain and/or mute while the stream runs.",
     returns=("stem", "gain_db", "mute"),
 )
@@ -286,7 +297,8 @@ def stream_set(ctx: CallContext, stem: str, gain_db: float | None, mute: bool | 
     Arg("effect", str, "The effect's name in the chain."),
     Arg("parameter", str, "Parameter name, e.g. room_size or a VST3 parameter."),
     Arg("value", object, "New value; ranges are checked."),
-    examples=("set the reverb room size to 0.8 on the vocals", "change the delay mix on the master", "turn up the compressor threshold"),
+    examples=("set the reverb room size to 0.8 on the vocals", "change the delay mix on the master",
+        "turn up the compressor threshold"),
     help="Change an effect parameter while the stream runs (applied at the next block).",
 )
 def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: object) -> Result:
@@ -294,8 +306,12 @@ def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: obj
     return stream.effects.chain(chain).set_parameter(effect, parameter, value)
 
 
-@command("fx.list", examples=("what effects are running", "show the effect chains and their parameters", "list the plugins on each stem"),
-    help="The running stream's effect chains with their parameters, values and ranges.")
+@command(
+    "fx.list",
+    examples=("what effects are running", "show the effect chains and their parameters",
+        "list the plugins on each stem"),
+    help="The running stream's effect chains with their parameters, values and ranges.",
+)
 def fx_list(ctx: CallContext) -> Result:
     return {"chains": ctx.daemon.streams.running_stream("fx.list").effects.describe()}
 
@@ -309,7 +325,8 @@ def fx_list(ctx: CallContext) -> Result:
     Arg("numerator", int, "Time signature numerator; omit or null to keep.", default=None, min=1, max=99),
     Arg("denominator", int, "Time signature denominator; omit or null to keep.", default=None, min=1, max=64),
     Arg("playing", bool, "Transport running (1) or stopped (0); omit or null to keep.", default=None),
-    examples=("set the tempo to 100 bpm", "the song is now in 3/4", "change the bpm to 174", "our project tempo is 85"),
+    examples=("set the tempo to 100 bpm", "the song is now in 3/4", "change the bpm to 174",
+        "our project tempo is 85"),
     help="Report the DAW's tempo, time signature and transport (the Live and REAPER scripts send this).",
     returns=("tempo", "numerator", "denominator", "playing"),
 )
@@ -324,7 +341,8 @@ def daw_set(
 
 @command(
     "daw.status",
-    examples=("what bpm is the song", "what tempo will jobs use", "which time signature are we in", "is the transport playing", "what tempo is it at"),
+    examples=("what bpm is the song", "what tempo will jobs use", "which time signature are we in",
+        "is the transport playing", "what tempo is it at"),
     help="The tempo jobs will use (and whether it came from the DAW, MIDI clock or the default), "
     "time signature, transport.",
     returns=("tempo", "tempo_source", "numerator", "denominator", "playing"),
@@ -338,7 +356,8 @@ def daw_status(ctx: CallContext) -> Result:
 
 @command(
     "midi.status",
-    examples=("is my midi controller connected", "is midi input working", "show midi mappings and triggers", "did the midi notes arrive"),
+    examples=("is my midi controller connected", "is midi input working", "show midi mappings and triggers",
+        "did the midi notes arrive"),
     help="MIDI in: open or not (and why), API, ports, missing inputs, mappings, counts of triggers "
     "(dispatched, debounced, coalesced, errors), the last error, the MIDI clock's tempo.",
 )
@@ -346,8 +365,11 @@ def midi_status(ctx: CallContext) -> Result:
     return ctx.daemon.midi.status()
 
 
-@command("midi.ports", examples=("list midi input ports", "which midi devices are there", "what midi controllers do you see"),
-    help="The MIDI input ports the API sees: names (or parts of them) to put in midi.inputs.")
+@command(
+    "midi.ports",
+    examples=("list midi input ports", "which midi devices are there", "what midi controllers do you see"),
+    help="The MIDI input ports the API sees: names (or parts of them) to put in midi.inputs.",
+)
 async def midi_ports(ctx: CallContext) -> Result:
     # Listing ports opens a client of the MIDI API: off the event loop.
     api, names = await asyncio.to_thread(ctx.daemon.midi.input_names)
@@ -368,8 +390,11 @@ DEADLINE_ARGS = (
 )
 
 
-@command("job.status", JOB_ID, examples=("what is the progress of job 0123456789ab", "is job 0123456789ab done yet", "status of that job"),
-    help="One job: state, progress, result or error, timestamps.")
+@command(
+    "job.status", JOB_ID,
+    examples=("what is the progress of job 0123456789ab", "is job 0123456789ab done yet", "status of that job"),
+    help="One job: state, progress, result or error, timestamps.",
+)
 def job_status(ctx: CallContext, id: str) -> Result:
     return ctx.daemon.job_runner().store.get(id).to_dict()
 
@@ -423,7 +448,8 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     Arg("shifts", int, "Random shifts averaged (quality vs time); omit: separate.shifts.", default=None, min=0, max=10),
     REQUEST_ID,
     *DEADLINE_ARGS,
-    examples=("separate this track into stems", "split beat.wav into drums, bass and vocals", "extract the vocal from song.flac", "isolate the guitar in take.wav", "remove the vocals from the mix"),
+    examples=("separate this track into stems", "split beat.wav into drums, bass and vocals",
+        "extract the vocal from song.flac", "isolate the guitar in take.wav", "remove the vocals from the mix"),
     help="Separate a file into stems as a background job; replies at once with the job id.",
     returns=("id", "state"),
 )
@@ -454,7 +480,8 @@ def _samples(ctx: CallContext) -> Any:
         choices=("", "embeddings", "nli")),
     Arg("hypothesis", str, "method=nli: the sentence each label is read in, {} where the label goes, e.g. "
         "'This sound is {}.'; empty: classify.nli_hypothesis.", default=""),
-    examples=("classify 'warm analog pad'", "which category fits this description", "is 'sub drop' drums, bass or effects", "label this sound description"),
+    examples=("classify 'warm analog pad'", "which category fits this description",
+        "is 'sub drop' drums, bass or effects", "label this sound description"),
     help="Rank labels for a description by meaning, best first: sentence embeddings (cosine scores) or "
     "zero-shot NLI (entailment probabilities that sum to 1).",
     returns=("label", "score", "labels", "scores"),
@@ -470,7 +497,8 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None, method
     "classify.audio",
     Arg("path", str, "The clip (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
     Arg("top", int, "How many labels, best first.", default=5, min=1, max=50),
-    examples=("what does clip.wav sound like", "tag this sample by its sound", "which instruments are in take.wav", "listen to loop.wav and name it"),
+    examples=("what does clip.wav sound like", "tag this sample by its sound", "which instruments are in take.wav",
+        "listen to loop.wav and name it"),
     help="Tag a clip by how it sounds (an Audio Spectrogram Transformer over AudioSet's labels: Drum, "
     "Bass guitar, Singing …): the top labels with scores (independent probabilities), best first, and the "
     "model's licence. Only the first classify.audio_seconds are heard.",
@@ -495,7 +523,8 @@ async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
     Arg("watch", bool, "Keep it fresh: rescan every samples.watch_interval_seconds; omit: samples.watch.",
         default=None),
     REQUEST_ID,
-    examples=("index the samples in ~/Music/Samples", "add my sample folder to the library", "scan the drum kits folder and keep watching it", "rescan my sample library"),
+    examples=("index the samples in ~/Music/Samples", "add my sample folder to the library",
+        "scan the drum kits folder and keep watching it", "rescan my sample library"),
     help="Index a sample library (names, tags, duration, audio descriptors, embeddings) as a background job; "
     "only new and changed files are read, deleted ones are dropped. Replies at once with the job id.",
     returns=("id", "state"),
@@ -509,7 +538,8 @@ def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id:
     "samples.search",
     Arg("query", str, "A description, e.g. 'punchy kick' or 'dark evolving pad loop'."),
     Arg("k", int, "How many matches.", default=10, min=1, max=50),
-    examples=("find a punchy 808 kick", "search for dark evolving pads", "look for a crisp snare sample", "give me 5 vocal chops", "I need a warm bass one-shot"),
+    examples=("find a punchy 808 kick", "search for dark evolving pads", "look for a crisp snare sample",
+        "give me 5 vocal chops", "I need a warm bass one-shot"),
     help="The indexed samples that best match a description, best first: path, name, score, duration, "
     "tags and audio descriptors.",
 )
@@ -519,7 +549,8 @@ async def samples_search(ctx: CallContext, query: str, k: int) -> Result:
 
 @command(
     "samples.status",
-    examples=("how big is my sample library", "which sample folders are watched", "which files were skipped when indexing", "how many files are in the index"),
+    examples=("how big is my sample library", "which sample folders are watched",
+        "which files were skipped when indexing", "how many files are in the index"),
     help="The sample index: files searchable and skipped (with why), folders and whether they are watched, "
     "the model and where it was loaded from, classify's default method and NLI model.",
 )
@@ -557,7 +588,9 @@ async def samples_status(ctx: CallContext) -> Result:
     Arg("negative_prompt", str, "Stable Audio Open: what to steer away from, e.g. 'low quality'.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
-    examples=("generate four bars of lofi drums", "make a chill house loop at 124 bpm", "create 8 bars of a deep bassline", "give me a 20 second cinematic riser", "compose an ambient piano loop", "make a 30 second drone", "generate the drums preset"),
+    examples=("generate four bars of lofi drums", "make a chill house loop at 124 bpm",
+        "create 8 bars of a deep bassline", "give me a 20 second cinematic riser", "compose an ambient piano loop",
+        "make a 30 second drone", "generate the drums preset"),
     help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo as a background job; "
     "replies at once with the job id. "
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
@@ -587,7 +620,8 @@ def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
     Arg("out_dir", str, "Folder for the subtitle files inside paths.roots; empty: next to the file.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
-    examples=("transcribe the speech in talk.wav", "get the lyrics of track.mp3", "write subtitles for interview.flac", "what words are said in clip.wav"),
+    examples=("transcribe the speech in talk.wav", "get the lyrics of track.mp3",
+        "write subtitles for interview.flac", "what words are said in clip.wav"),
     help="Transcribe speech or lyrics with Whisper as a background job; replies at once with the job id. "
     "The result has the text, timed segments, the language and the SRT/VTT paths.",
     returns=("id", "state"),
@@ -615,7 +649,8 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
         min=0.25, max=2.0),
     Arg("cfg_weight", float, "voice=chatterbox: guidance, which also sets the pace (lower: slower); omit: the "
         "model's.", default=None, min=0.2, max=1.0),
-    examples=("say 'welcome to the show'", "speak the line 'drop in three'", "read this text aloud", "turn this sentence into speech"),
+    examples=("say 'welcome to the show'", "speak the line 'drop in three'", "read this text aloud",
+        "turn this sentence into speech"),
     help="Speak a line with a Piper voice (or Chatterbox on Replicate) into a WAV at the project's rate, as a "
     "background job; replies at once with the job id. The result names the WAV, its length and sample rate.",
     returns=("id", "state"),
@@ -640,7 +675,8 @@ def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
     Arg("out_dir", str, "Output folder inside paths.roots; empty: next to the clip.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
-    examples=("make vox.wav sound like Obama", "convert my vocal take.wav to another voice", "change the singer's voice in lead.wav to drake", "turn the vocal into a different voice an octave down"),
+    examples=("make vox.wav sound like Obama", "convert my vocal take.wav to another voice",
+        "change the singer's voice in lead.wav to drake", "turn the vocal into a different voice an octave down"),
     help="Convert a vocal clip to another voice (RVC, on Replicate only) as a background job; replies at once "
     "with the job id. The result names the WAV (<clip> - <voice>.wav), the voice and its licence.",
     returns=("id", "state"),
