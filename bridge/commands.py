@@ -19,12 +19,23 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from bridge import __version__
-from bridge.errors import BadRequest, UnknownCommand
+from bridge.ask import Interpreter, Vocabulary
+from bridge.errors import BadRequest, BridgeError, UnknownCommand
 from bridge.generate import CLOUD_FAMILIES as GENERATE_CLOUD_FAMILIES
 from bridge.generate import KIND as GENERATE
 from bridge.generate import check_request as check_generate
 from bridge.licences import check_job, describe
-from bridge.protocol import Arg, CallContext, CommandSpec, EventSpec, Handler, Result, path_to_name, quote_name
+from bridge.protocol import (
+    Arg,
+    CallContext,
+    CommandSpec,
+    EventSpec,
+    Handler,
+    Request,
+    Result,
+    path_to_name,
+    quote_name,
+)
 from bridge.router import cloud_only
 from bridge.samples import KIND as SAMPLES_INDEX
 from bridge.samples import check_request as check_samples_index
@@ -43,9 +54,12 @@ COMMANDS: dict[str, CommandSpec] = {}
 
 
 def command(
-    name: str, *args: Arg, help: str, returns: tuple[str, ...] = ()
+    name: str, *args: Arg, help: str, returns: tuple[str, ...] = (), examples: tuple[str, ...] = ()
 ) -> Callable[[Handler], Handler]:
-    """Declare a command: `@command("ping", help=..., returns=("reply", "version"))`."""
+    """Declare a command: `@command("ping", help=..., returns=("reply", "version"))`.
+
+    `examples`: a few ways a producer might say it ("mute the vocals"), which `ask` matches sentences with.
+    """
 
     def register(handler: Handler) -> Handler:
         if name in COMMANDS:
@@ -57,6 +71,7 @@ def command(
             args=args,
             returns=returns,
             is_async=iscoroutinefunction(handler),
+            examples=examples,
         )
         return handler
 
@@ -113,12 +128,20 @@ EVENTS: dict[str, EventSpec] = {
 # -- core commands -------------------------------------------------------------------------------
 
 
-@command("ping", help="Check the daemon is alive; replies pong and the version.", returns=("reply", "version"))
+@command(
+    "ping",
+    examples=("is the bridge alive", "are you listening", "hello, anyone home?", "check the connection"),
+    help="Check the daemon is alive; replies pong and the version.", returns=("reply", "version"),
+)
 def ping(ctx: CallContext) -> Result:
     return {"reply": "pong", "version": __version__}
 
 
-@command("status", help="What the daemon is doing: version, endpoints, listeners, uptime.")
+@command(
+    "status",
+    examples=("what is flowstate up to", "show the daemon status and uptime", "which ports is it listening on"),
+    help="What the daemon is doing: version, endpoints, listeners, uptime.",
+)
 def status(ctx: CallContext) -> Result:
     runtime = ctx.services.runtime
     return {
@@ -186,6 +209,7 @@ def _owner(ctx: CallContext) -> tuple[tuple[Any, ...], str]:
 @command(
     "commands",
     Arg("name", str, "Only this command (empty: all of them).", default=""),
+    examples=("what can I ask you to do", "list every command", "help"),
     help="The command vocabulary: names, OSC addresses, typed arguments and help.",
 )
 def commands(ctx: CallContext, name: str) -> Result:
@@ -208,6 +232,8 @@ def commands(ctx: CallContext, name: str) -> Result:
     Arg("model", str, "HTDemucs model or bag (htdemucs, htdemucs_6s) or spleeter:2stems; empty: stream.model.",
         default=""),
     Arg("overrides", dict, "Other stream.* settings for this run, e.g. {\"hop_seconds\": 0.5}.", default=None),
+    examples=("start live stem separation", "split the input into stems in real time",
+        "turn on live stems with htdemucs", "start the stream with another model"),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
     returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate"),
 )
@@ -227,7 +253,11 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
     return status
 
 
-@command("stream.stop", help="Stop the live stream (the model stays loaded for a quick restart).", returns=("running",))
+@command(
+    "stream.stop",
+    examples=("stop the live stream", "turn off live stems", "end real-time separation"),
+    help="Stop the live stream (the model stays loaded for a quick restart).", returns=("running",),
+)
 async def stream_stop(ctx: CallContext) -> Result:
     status = await asyncio.to_thread(ctx.services.streams.stop)
     if "late_hops" in status:
@@ -237,6 +267,7 @@ async def stream_stop(ctx: CallContext) -> Result:
 
 @command(
     "stream.status",
+    examples=("what is the live latency", "is the stream keeping up", "how is live separation doing"),
     help="Latency (ms and frames), compute per hop, load, late hops, xruns, device, model, stems, routing.",
 )
 def stream_status(ctx: CallContext) -> Result:
@@ -251,6 +282,8 @@ def stream_status(ctx: CallContext) -> Result:
     Arg("stem", str, "Stem name, e.g. vocals."),
     Arg("gain_db", float, "Gain in dB; omit or null to keep.", default=None, min=-120.0, max=24.0),
     Arg("mute", bool, "Mute (1) or unmute (0); omit or null to keep.", default=None),
+    examples=("mute the drums stem", "unmute the bass", "turn the vocals down 3 dB", "boost the drums by 2 db",
+        "bring back the guitar"),
     help="Set a stem's gain and/or mute while the stream runs.",
     returns=("stem", "gain_db", "mute"),
 )
@@ -264,6 +297,8 @@ def stream_set(ctx: CallContext, stem: str, gain_db: float | None, mute: bool | 
     Arg("effect", str, "The effect's name in the chain."),
     Arg("parameter", str, "Parameter name, e.g. room_size or a VST3 parameter."),
     Arg("value", object, "New value; ranges are checked."),
+    examples=("set the reverb room size to 0.8 on the vocals", "change the delay mix on the master",
+        "turn up the compressor threshold"),
     help="Change an effect parameter while the stream runs (applied at the next block).",
 )
 def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: object) -> Result:
@@ -271,7 +306,12 @@ def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: obj
     return stream.effects.chain(chain).set_parameter(effect, parameter, value)
 
 
-@command("fx.list", help="The running stream's effect chains with their parameters, values and ranges.")
+@command(
+    "fx.list",
+    examples=("what effects are running", "show the effect chains and their parameters",
+        "list the plugins on each stem"),
+    help="The running stream's effect chains with their parameters, values and ranges.",
+)
 def fx_list(ctx: CallContext) -> Result:
     return {"chains": ctx.services.streams.running_stream("fx.list").effects.describe()}
 
@@ -285,6 +325,8 @@ def fx_list(ctx: CallContext) -> Result:
     Arg("numerator", int, "Time signature numerator; omit or null to keep.", default=None, min=1, max=99),
     Arg("denominator", int, "Time signature denominator; omit or null to keep.", default=None, min=1, max=64),
     Arg("playing", bool, "Transport running (1) or stopped (0); omit or null to keep.", default=None),
+    examples=("set the tempo to 100 bpm", "the song is now in 3/4", "change the bpm to 174",
+        "our project tempo is 85"),
     help="Report the DAW's tempo, time signature and transport (the Live and REAPER scripts send this).",
     returns=("tempo", "numerator", "denominator", "playing"),
 )
@@ -299,6 +341,8 @@ def daw_set(
 
 @command(
     "daw.status",
+    examples=("what bpm is the song", "what tempo will jobs use", "which time signature are we in",
+        "is the transport playing", "what tempo is it at"),
     help="The tempo jobs will use (and whether it came from the DAW, MIDI clock or the default), "
     "time signature, transport.",
     returns=("tempo", "tempo_source", "numerator", "denominator", "playing"),
@@ -312,6 +356,8 @@ def daw_status(ctx: CallContext) -> Result:
 
 @command(
     "midi.status",
+    examples=("is my midi controller connected", "is midi input working", "show midi mappings and triggers",
+        "did the midi notes arrive"),
     help="MIDI in: open or not (and why), API, ports, missing inputs, mappings, counts of triggers "
     "(dispatched, debounced, coalesced, errors), the last error, the MIDI clock's tempo.",
 )
@@ -319,7 +365,11 @@ def midi_status(ctx: CallContext) -> Result:
     return ctx.services.midi.status()
 
 
-@command("midi.ports", help="The MIDI input ports the API sees: names (or parts of them) to put in midi.inputs.")
+@command(
+    "midi.ports",
+    examples=("list midi input ports", "which midi devices are there", "what midi controllers do you see"),
+    help="The MIDI input ports the API sees: names (or parts of them) to put in midi.inputs.",
+)
 async def midi_ports(ctx: CallContext) -> Result:
     # Listing ports opens a client of the MIDI API: off the event loop.
     api, names = await asyncio.to_thread(ctx.services.midi.input_names)
@@ -340,7 +390,11 @@ DEADLINE_ARGS = (
 )
 
 
-@command("job.status", JOB_ID, help="One job: state, progress, result or error, timestamps.")
+@command(
+    "job.status", JOB_ID,
+    examples=("what is the progress of job 0123456789ab", "is job 0123456789ab done yet", "status of that job"),
+    help="One job: state, progress, result or error, timestamps.",
+)
 def job_status(ctx: CallContext, id: str) -> Result:
     return ctx.services.job_runner().store.get(id).to_dict()
 
@@ -349,6 +403,7 @@ def job_status(ctx: CallContext, id: str) -> Result:
     "job.list",
     Arg("state", str, "Only jobs in this state (queued, running, done, failed, canceled); empty: all.", default=""),
     Arg("limit", int, "At most this many, newest first.", default=100, min=1, max=1000),
+    examples=("show all jobs", "list the finished jobs", "which jobs are queued", "what jobs have failed"),
     help="Jobs, newest first.",
 )
 def job_list(ctx: CallContext, state: str, limit: int) -> Result:
@@ -358,6 +413,7 @@ def job_list(ctx: CallContext, state: str, limit: int) -> Result:
 
 @command(
     "job.cancel", JOB_ID,
+    examples=("cancel job 0123456789ab", "abort that job", "stop job 0123456789ab"),
     help="Cancel a job: a queued one at once, a running one within a second; its partial outputs are removed.",
     returns=("id", "state"),
 )
@@ -392,6 +448,8 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     Arg("shifts", int, "Random shifts averaged (quality vs time); omit: separate.shifts.", default=None, min=0, max=10),
     REQUEST_ID,
     *DEADLINE_ARGS,
+    examples=("separate this track into stems", "split beat.wav into drums, bass and vocals",
+        "extract the vocal from song.flac", "isolate the guitar in take.wav", "remove the vocals from the mix"),
     help="Separate a file into stems as a background job; replies at once with the job id.",
     returns=("id", "state"),
 )
@@ -414,6 +472,8 @@ def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
         choices=("", "embeddings", "nli")),
     Arg("hypothesis", str, "method=nli: the sentence each label is read in, {} where the label goes, e.g. "
         "'This sound is {}.'; empty: classify.nli_hypothesis.", default=""),
+    examples=("classify 'warm analog pad'", "which category fits this description",
+        "is 'sub drop' drums, bass or effects", "label this sound description"),
     help="Rank labels for a description by meaning, best first: sentence embeddings (cosine scores) or "
     "zero-shot NLI (entailment probabilities that sum to 1).",
     returns=("label", "score", "labels", "scores"),
@@ -429,6 +489,8 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None, method
     "classify.audio",
     Arg("path", str, "The clip (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
     Arg("top", int, "How many labels, best first.", default=5, min=1, max=50),
+    examples=("what does clip.wav sound like", "tag this sample by its sound", "which instruments are in take.wav",
+        "listen to loop.wav and name it"),
     help="Tag a clip by how it sounds (an Audio Spectrogram Transformer over AudioSet's labels: Drum, "
     "Bass guitar, Singing …): the top labels with scores (independent probabilities), best first, and the "
     "model's licence. Only the first classify.audio_seconds are heard.",
@@ -453,6 +515,8 @@ async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
     Arg("watch", bool, "Keep it fresh: rescan every samples.watch_interval_seconds; omit: samples.watch.",
         default=None),
     REQUEST_ID,
+    examples=("index the samples in ~/Music/Samples", "add my sample folder to the library",
+        "scan the drum kits folder and keep watching it", "rescan my sample library"),
     help="Index a sample library (names, tags, duration, audio descriptors, embeddings) as a background job; "
     "only new and changed files are read, deleted ones are dropped. Replies at once with the job id.",
     returns=("id", "state"),
@@ -468,6 +532,8 @@ def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id:
     Arg("k", int, "How many matches.", default=10, min=1, max=50),
     Arg("tag", str, "Only files carrying this tag: a sound tag (samples.audio_tags: drum, bass guitar ...) or a "
         "word of the name or folders; empty: all.", default=""),
+    examples=("find a punchy 808 kick", "search for dark evolving pads", "look for a crisp snare sample",
+        "give me 5 vocal chops", "I need a warm bass one-shot"),
     help="The indexed samples that best match a description, best first: path, name, score, duration, "
     "tags, sound tags and audio descriptors; with samples.clap, by how they sound as well as by their words.",
 )
@@ -477,6 +543,8 @@ async def samples_search(ctx: CallContext, query: str, k: int, tag: str) -> Resu
 
 @command(
     "samples.status",
+    examples=("how big is my sample library", "which sample folders are watched",
+        "which files were skipped when indexing", "how many files are in the index"),
     help="The sample index: files searchable and skipped (with why), folders and whether they are watched, "
     "the model and where it was loaded from, classify's default method and NLI model.",
 )
@@ -514,6 +582,9 @@ async def samples_status(ctx: CallContext) -> Result:
     Arg("negative_prompt", str, "Stable Audio Open: what to steer away from, e.g. 'low quality'.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
+    examples=("generate four bars of lofi drums", "make a chill house loop at 124 bpm",
+        "create 8 bars of a deep bassline", "give me a 20 second cinematic riser", "compose an ambient piano loop",
+        "make a 30 second drone", "generate the drums preset"),
     help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo as a background job; "
     "replies at once with the job id. "
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
@@ -543,6 +614,8 @@ def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
     Arg("out_dir", str, "Folder for the subtitle files inside paths.roots; empty: next to the file.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
+    examples=("transcribe the speech in talk.wav", "get the lyrics of track.mp3",
+        "write subtitles for interview.flac", "what words are said in clip.wav"),
     help="Transcribe speech or lyrics with Whisper as a background job; replies at once with the job id. "
     "The result has the text, timed segments, the language and the SRT/VTT paths.",
     returns=("id", "state"),
@@ -570,6 +643,8 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
         min=0.25, max=2.0),
     Arg("cfg_weight", float, "voice=chatterbox: guidance, which also sets the pace (lower: slower); omit: the "
         "model's.", default=None, min=0.2, max=1.0),
+    examples=("say 'welcome to the show'", "speak the line 'drop in three'", "read this text aloud",
+        "turn this sentence into speech"),
     help="Speak a line with a Piper voice (or Chatterbox on Replicate) into a WAV at the project's rate, as a "
     "background job; replies at once with the job id. The result names the WAV, its length and sample rate.",
     returns=("id", "state"),
@@ -594,6 +669,8 @@ def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
     Arg("out_dir", str, "Output folder inside paths.roots; empty: next to the clip.", default=""),
     REQUEST_ID,
     *DEADLINE_ARGS,
+    examples=("make vox.wav sound like Obama", "convert my vocal take.wav to another voice",
+        "change the singer's voice in lead.wav to drake", "turn the vocal into a different voice an octave down"),
     help="Convert a vocal clip to another voice (RVC, on Replicate only) as a background job; replies at once "
     "with the job id. The result names the WAV (<clip> - <voice>.wav), the voice and its licence.",
     returns=("id", "state"),
@@ -602,3 +679,33 @@ def voice_convert(ctx: CallContext, request_id: str, **args: object) -> Result:
     services = ctx.services
     job_args = check_voice(args, services.paths, services.config)
     return _submit(ctx, VOICE, job_args, request_id, (VOICE_TASK, job_args["voice"], "RVC voice conversion", "rvc"))
+
+
+# -- words ---------------------------------------------------------------------------------------------
+
+
+@command(
+    "ask",
+    Arg("text", str, "A sentence, e.g. 'mute the vocals' or 'four bars of dusty lofi drums at 90' (at most 500 "
+        "characters)."),
+    Arg("run", bool, "Run the command when sure (1); 0: only say what was understood.", default=False),
+    help="Map a sentence to a command with its arguments, using the sentence-embeddings model (samples.model) over "
+    "the registry's help and examples. Replies with the command line understood, a score and the runner-up; runs it "
+    "(the same call as over the wire, same errors and job replies) only with run=1 and when sure, else says what it "
+    "needs.",
+    returns=("line", "command", "sure", "ran", "needs", "result"),
+)
+async def ask(ctx: CallContext, text: str, run: bool) -> Result:
+    services = ctx.services
+    vocabulary = Vocabulary(presets=tuple(services.config.generate.presets))
+    interpreter = Interpreter(iter_commands(), services.sample_library().embedder, vocabulary)
+    # The first call loads the model (seconds); every call encodes the sentence: off the event loop.
+    understood = await asyncio.to_thread(interpreter.understand, text)
+    reply: Result = {**understood.to_dict(), "ran": False, "result": None}
+    if not run or not understood.sure:
+        return reply
+    try:
+        result = await services.runtime.call(Request(understood.command, understood.args, ctx.origin))
+    except BridgeError as err:
+        raise type(err)(f"ask ran `{understood.line}`: {err.message}") from err
+    return {**reply, "ran": True, "result": result}

@@ -239,6 +239,16 @@ class Daemon:
         else:
             respond(self._run_sync(spec, ctx, kwargs))
 
+    async def call(self, request: Request) -> dict[str, Any]:
+        """Run one request on the path every wire takes (`dispatch`: lookup, validation, limits, handler)
+        and return its result, or raise its error. For commands that run other commands (`ask`)."""
+        replied: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.dispatch(request, replied.set_result)
+        reply = await replied
+        if reply.error is not None:
+            raise reply.error
+        return reply.result or {}
+
     def _run_sync(self, spec: CommandSpec, ctx: CallContext, kwargs: dict[str, Any]) -> Reply:
         try:
             result = spec.handler(ctx, **kwargs)

@@ -259,6 +259,8 @@ class CommandSpec:
     # whole result travels as one JSON string argument.
     returns: tuple[str, ...] = ()
     is_async: bool = False
+    # How a producer might say it in words ("mute the vocals"): `ask` ranks commands by these and the help.
+    examples: tuple[str, ...] = ()
 
     @property
     def osc_address(self) -> str:
@@ -324,6 +326,7 @@ class CommandSpec:
             "help": self.help,
             "args": [arg.describe() for arg in self.args],
             "returns": list(self.returns) or ["result (JSON)"],
+            "examples": list(self.examples),
         }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge.config import Config
 from bridge.daw import DawState
@@ -27,6 +27,7 @@ from bridge.jobs import JobRunner, Publish
 from bridge.ledger import Ledger
 from bridge.licences import licensed_offers
 from bridge.paths import PathPolicy
+from bridge.protocol import Request
 from bridge.router import Router, build_tiers
 from bridge.samples import SampleLibrary
 from bridge.stream import StreamManager
@@ -40,13 +41,16 @@ log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    """What `status` reads of the process that serves the request."""
+    """What handlers need of the process that serves the request: `status` reads it, `ask` runs a
+    command through it (the same path as a request from the wire)."""
 
     started_at: float
 
     def endpoints(self) -> dict[str, str]: ...
 
     def in_flight(self) -> int: ...
+
+    async def call(self, request: Request) -> dict[str, Any]: ...
 
 
 class Services:

@@ -230,17 +230,25 @@ class TextEmbedder(Engine):
     def classify(self, text: str, labels: Sequence[str]) -> list[tuple[str, float]]:
         """Labels ranked by cosine similarity to `text`, best first: [(label, score), ...]."""
         text, labels = check_classify(text, labels)
-        missing = [label for label in labels if label not in self._labels]
+        return ranked(labels, self.similarities(text, labels))
+
+    def similarities(self, text: str, documents: Sequence[str]) -> np.ndarray:
+        """The cosine similarity of `text` with each document, in order (float32).
+
+        Document vectors are cached (least recently used first out), so a fixed set of documents,
+        such as classify's labels or `ask`'s command descriptions, costs the text's encoding only.
+        """
+        missing = list(dict.fromkeys(document for document in documents if document not in self._labels))
         vectors = self.encode([text, *missing])
         with self._lock:
-            for label, vector in zip(missing, vectors[1:], strict=True):
-                self._labels[label] = vector
-            for label in labels:
-                self._labels.move_to_end(label)
+            for document, vector in zip(missing, vectors[1:], strict=True):
+                self._labels[document] = vector
+            for document in documents:
+                self._labels.move_to_end(document)
             while len(self._labels) > LABEL_CACHE_SIZE:
                 self._labels.popitem(last=False)
-            matrix = np.stack([self._labels[label] for label in labels])
-        return rank(labels, matrix, vectors[0])
+            matrix = np.stack([self._labels[document] for document in documents])
+        return np.asarray(matrix @ vectors[0], np.float32)
 
     @property
     def cached_labels(self) -> int:
@@ -253,7 +261,11 @@ class TextEmbedder(Engine):
 
 def rank(labels: Sequence[str], label_vectors: np.ndarray, text_vector: np.ndarray) -> list[tuple[str, float]]:
     """Labels by cosine similarity of their unit vectors to the text's, best first (ties keep their order)."""
-    scores = label_vectors @ text_vector
+    return ranked(labels, label_vectors @ text_vector)
+
+
+def ranked(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
+    """Labels by score, best first (ties keep their order), scores rounded to 4 places."""
     order = np.argsort(-scores, kind="stable")
     return [(labels[i], round(float(scores[i]), 4)) for i in order]
 

@@ -75,6 +75,16 @@ def test_label_vectors_are_cached_and_reused(embedder: TextEmbedder) -> None:
     assert first[0][0] == "snare"
 
 
+def test_similarities_keep_the_documents_order_and_reuse_their_vectors(embedder: TextEmbedder) -> None:
+    documents = ["mute a stem of the live stream", "generate a drum loop", "mute a stem of the live stream"]
+    scores = embedder.similarities("silence the vocals", documents)
+    assert scores.shape == (3,) and scores.dtype == np.float32
+    assert scores[0] == pytest.approx(scores[2]) and scores[0] > scores[1]  # a repeated document, one vector
+    cached = embedder.cached_labels
+    assert embedder.similarities("make some drums", documents)[1] > scores[1]
+    assert embedder.cached_labels == cached  # only the new text was embedded
+
+
 def test_duplicate_labels_are_ranked_once(embedder: TextEmbedder) -> None:
     ranked = embedder.classify("warm analog pad", ["pad", " pad", "bass", "pad"])
     assert sorted(label for label, _ in ranked) == ["bass", "pad"]
