@@ -321,6 +321,7 @@ class RayBackend:
         self.settings = settings
         self._apps: list[str] = []
         self._started_ray = False
+        self._connected = False  # this backend called ray.init (a caller's own Ray session is left alone)
         self._tasks: tuple[str, ...] = ()
 
     def start(self, config: Config, paths: PathPolicy, data_dir: Path, tasks: Sequence[str]) -> dict[str, Handler]:
@@ -328,6 +329,7 @@ class RayBackend:
         started = time.monotonic()
         try:
             if not ray.is_initialized():
+                self._connected = True
                 if settings.address:
                     ray.init(address=settings.address, log_to_driver=False)
                 else:
@@ -372,7 +374,9 @@ class RayBackend:
         self._apps = []
         if self._started_ray:
             serve.shutdown()
-        ray.shutdown()  # the local instance ends; on a cluster, only this server's connection
+        if self._connected:
+            ray.shutdown()  # the local instance ends; on a cluster, only this server's connection
+            self._connected = self._started_ray = False
 
 
 def _options(deployment: RayDeploymentConfig) -> dict[str, Any]:
