@@ -229,6 +229,9 @@ class Backend(Protocol):
     def workers(self, config: Config) -> int:
         """How many jobs the server's runner hands to this backend at once."""
 
+    def device(self, config: Config) -> str:
+        """The device the jobs run on, as /v1/health names it; Unavailable when it is missing."""
+
     def health(self) -> dict[str, Any]:
         """What /v1/health adds under `backend`."""
 
@@ -246,6 +249,10 @@ class LocalBackend:
 
     def workers(self, config: Config) -> int:
         return config.jobs.workers
+
+    def device(self, config: Config) -> str:
+        # A server configured for cuda on a machine without it must not start and take jobs.
+        return str(pick_device(config.separate.engine_device))
 
     def health(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -295,8 +302,7 @@ class _Server:
         """Open the store and start the workers; a second call does nothing."""
         if self.runner is not None:
             return
-        # A server configured for cuda on a machine without it must not start and take jobs.
-        self.device = str(pick_device(self.config.separate.engine_device))
+        self.device = self.backend.device(self.config)
         for folder in (self.uploads, self.outputs):
             folder.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.data_dir / "jobs.sqlite3")

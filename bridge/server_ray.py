@@ -345,8 +345,11 @@ class RayBackend:
         for task in tasks:
             deployment = serve.deployment(name=app_name(task))(TaskReplica).options(**_options(getattr(settings, task)))
             app = deployment.bind(config, task, settings.max_batch_size, settings.batch_wait_seconds)
-            handle = serve.run(app, name=app_name(task), route_prefix=None)
             self._apps.append(app_name(task))
+            try:
+                handle = serve.run(app, name=app_name(task), route_prefix=None)
+            except (RuntimeError, ray.exceptions.RayError) as err:  # e.g. a replica that cannot load its model
+                raise StartupError(f"server.backend ray: the {app_name(task)} deployment did not start: {err}") from err
             handlers[task] = _RemoteTask(task, handle, data_dir, settings.max_retries)
         log.info("Ray Serve: %s ready in %.1f s (%s)", ", ".join(self._apps) or "no deployments",
                  time.monotonic() - started, settings.address or "a local Ray instance")
@@ -357,6 +360,11 @@ class RayBackend:
         capacity = [getattr(self.settings, task).max_replicas * getattr(self.settings, task).max_ongoing_requests
                     for task in self._tasks]
         return max(1, sum(capacity))
+
+    def device(self, config: Config) -> str:
+        # The replicas' (each checks it when it starts: a deployment asking for cuda on nodes without
+        # it fails to start, and so does the server); the server's own machine may have no GPU.
+        return config.separate.engine_device
 
     def health(self) -> dict[str, Any]:
         deployments = {task: _options(getattr(self.settings, task)) for task in self._tasks}
