@@ -40,7 +40,12 @@ The key cannot be the job id: the store assigns that id inside `submit`, and a w
 the job at once, so the file must already lie where the job's args say. Uploads are deleted once
 their job ends; outputs (and any orphan) `retention_seconds` after they were written.
 
-Scaling out: per instance, with sticky job ids. SQLite's WAL needs every process on one host, so
+Where the jobs run is the `Backend`'s business: `LocalBackend` (the default) runs them on this
+process's worker threads; `bridge.server_ray.RayBackend` (`flowstate serve --ray`) on Ray Serve
+deployments, one per task, on this machine or a cluster. The routes, the store and the folders
+above are the same either way.
+
+Scaling out without Ray: per instance, with sticky job ids. SQLite's WAL needs every process on one host, so
 a volume shared over the network between machines is not supported; each instance keeps its own
 `data_dir` and its own queue, any instance takes new uploads, and everything about a job must go
 back to the instance that created it. Each job reply carries `instance` (the `instance_id` given
