@@ -12,6 +12,9 @@ ranges, the SSE stream, health.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +175,12 @@ def wait_for(server: ServerProcess, job_id: str, condition: Any, timeout_seconds
                     return job
                 assert job.get("state") not in ("done", "failed", "canceled"), f"the job ended first: {job}"
     raise AssertionError(f"job {job_id}: the event stream ended before the condition held")
+
+
+def test_address_without_ray_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
+    env["FLOWSTATE_SERVER_TOKEN"] = "a-token-long-enough-for-the-server"
+    done = subprocess.run([sys.executable, "-m", "bridge", "serve", "--address", "head.example:6379", "--port", "1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert "--ray" in done.stderr and "server.backend" in done.stderr
