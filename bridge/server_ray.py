@@ -66,6 +66,28 @@ _ERRORS: dict[str, type[BridgeError]] = {cls.code: cls for cls in (BadRequest, N
 _REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 
 
+_SCRATCH_PREFIX = "flowstate-replica-"
+
+
+def _sweep_scratch() -> None:
+    """Remove the scratch folders of replicas on this machine whose process is gone: a replica that
+    was killed never ran its cleanup (its pid is in the folder's name)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(_SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def app_name(task: str) -> str:
     """The Serve application (and deployment) that runs `task`."""
     return f"{APP_PREFIX}{task}"
@@ -102,7 +124,8 @@ class TaskReplica:
 
         self._torch = torch
         self._task = task
-        self._scratch = Path(tempfile.mkdtemp(prefix=f"flowstate-{task}-replica-"))
+        _sweep_scratch()
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
         config = config.model_copy(update={"paths": config.paths.model_copy(update={"roots": [self._scratch]})})
         paths = PathPolicy([self._scratch])
         self._max_batch_size = max_batch_size
