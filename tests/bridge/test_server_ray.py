@@ -3,10 +3,11 @@ module), `bridge.server_ray.serve_ray` in a subprocess joining it with `server.r
 replicas of the stems deployment holding a small HTDemucs, driven over HTTP.
 
 The HTTP contract tests of tests/bridge/test_server.py run here unchanged against the Ray-backed
-server (imported below: pytest collects them in this module, where `server` is the Ray one): auth,
-malformed and oversized uploads, the Host guard, stems end to end through `SelfHostedTier` with
-progress, resubmission, cancel mid-job, a job failing remotely, unknown jobs, downloads and byte
-ranges, the SSE stream, health.
+server (imported below: pytest collects them in this module, where `server` is the Ray one): every
+test there that uses the module's server (auth, malformed, cut-off and oversized uploads, the Host
+guard, stems end to end through `SelfHostedTier` with progress, resubmission, cancel mid-job, a job
+failing remotely, unknown jobs, downloads and byte ranges, the SSE stream, health). Left out: the
+ones that start a plain server of their own (expiry, signals) or none (wire contract, no token).
 """
 
 from __future__ import annotations
@@ -34,15 +35,25 @@ from tests.bridge.test_server import (  # noqa: F401  (fixtures and tests pytest
     repo,
     submit,
     test_a_bad_range_on_an_output_is_a_structured_4xx,
+    test_a_body_cut_off_is_400_and_leaves_no_upload,
+    test_a_body_in_tiny_pieces_is_parsed_whole,
+    test_a_file_just_over_the_limit_is_413_when_its_part_ends,
+    test_a_file_name_with_path_separators_stays_in_its_upload_folder,
     test_a_good_range_on_an_output_is_served,
     test_a_host_header_the_server_does_not_serve_is_400,
     test_a_job_that_fails_remotely_raises_its_error_and_is_not_reused,
+    test_a_long_job_id_is_404_quoted_briefly,
     test_a_resubmitted_job_is_the_same_job,
+    test_a_wrong_token_is_forbidden_through_the_tier,
     test_an_unknown_job_is_not_found,
+    test_an_unusable_content_type_is_400,
     test_an_upload_over_the_limit_is_413_from_its_content_length,
+    test_an_upload_over_the_limit_is_413_while_it_streams,
+    test_an_upload_over_the_limit_is_bad_request_through_the_tier,
     test_bad_uploads_are_400_naming_what_is_wrong,
     test_cancel_mid_job_cancels_the_remote_job,
     test_health_needs_no_token,
+    test_ip_addresses_localhost_and_allowed_names_are_served,
     test_job_routes_refuse_a_missing_or_wrong_token,
     test_malformed_multipart_is_4xx_naming_the_problem,
     test_outputs_download_and_unknown_outputs_are_404,
