@@ -82,6 +82,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the self-hosted GPU tier (an HTTP server)")
     serve.add_argument("--host", default=None, help="bind address (default: server.host)")
     serve.add_argument("--port", type=int, default=None, help="port (default: server.port)")
+    serve.add_argument("--ray", action="store_true",
+                       help="run the jobs on Ray Serve, one deployment per task (default: server.backend)")
+    serve.add_argument("--address", default=None,
+                       help="with --ray: join this Ray cluster (HOST:6379, ray://HOST:10001 or auto) instead of "
+                            "starting a local Ray instance (default: server.ray.address)")
 
     mcp = sub.add_parser(
         "mcp", parents=[common], help="serve the commands as MCP tools to a language-model host (stdio, or --http)",
@@ -528,6 +533,19 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from bridge.server import serve
 
     settings = config.server
+    if args.address is not None and not (args.ray or settings.backend == "ray"):
+        log.error("flowstate serve: --address joins a Ray cluster; add --ray (or set server.backend: ray)")
+        return 2
+    if args.ray or settings.backend == "ray":
+        try:
+            # Deferred on purpose, like the server: Ray takes seconds to import.
+            from bridge.server_ray import serve_ray as serve
+        except ImportError as err:
+            log.error("flowstate serve --ray: Ray Serve is not installed (%s); pip install 'flowstate-bridge[ray]' "
+                      "(make setup installs it)", err)
+            return 1
+        ray = settings.ray.model_copy(update={"address": args.address or settings.ray.address})
+        config = config.model_copy(update={"server": settings.model_copy(update={"backend": "ray", "ray": ray})})
     try:
         serve(
             config,

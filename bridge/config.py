@@ -301,8 +301,54 @@ class McpConfig(_Section):
     job_idle_timeout_seconds: float = Field(default=600.0, gt=0.0, le=86400.0)
 
 
+class RayDeploymentConfig(_Section):
+    """One task's Ray Serve deployment (`server.backend: ray`): its replicas and what each holds."""
+
+    # Replicas kept running; with max_replicas above it, Ray Serve autoscales between the two on the
+    # requests in flight (target_ongoing_requests per replica).
+    min_replicas: int = Field(default=1, ge=0, le=1024)
+    max_replicas: int = Field(default=1, ge=1, le=1024)
+    target_ongoing_requests: float = Field(default=2.0, gt=0.0, le=1024.0)
+    # Jobs one replica runs at once (more wait at the ingress); the batcher needs 2 or more to batch.
+    max_ongoing_requests: int = Field(default=4, ge=1, le=1024)
+    # What a replica reserves on its node: CPUs, and a GPU (1) or a share of one (0.5).
+    num_cpus: float = Field(default=1.0, ge=0.0, le=1024.0)
+    num_gpus: float = Field(default=0.0, ge=0.0, le=64.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RayDeploymentConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
+class RayServerConfig(_Section):
+    """`flowstate serve --ray`: the self-hosted tier's jobs on Ray Serve (bridge/server_ray.py)."""
+
+    # An existing cluster to join (`ray://…`, `host:6379` or "auto"); null starts a local Ray instance.
+    address: str | None = None
+    # The local instance only: the CPUs it may use (null: all) and its object store (null: Ray's default).
+    num_cpus: int | None = Field(default=None, ge=1, le=4096)
+    object_store_bytes: int | None = Field(default=None, ge=78 * 1024 * 1024)
+    # A job whose replica dies mid-way (node lost, replica killed) runs again on another this many times.
+    max_retries: int = Field(default=2, ge=0, le=20)
+    # Separation: segments of concurrent jobs of one shape go through one forward, up to this many,
+    # waiting at most batch_wait_seconds for company; max_batch_size 1 turns batching off.
+    max_batch_size: int = Field(default=4, ge=1, le=256)
+    batch_wait_seconds: float = Field(default=0.01, ge=0.0, le=10.0)
+    stems: RayDeploymentConfig = RayDeploymentConfig()
+    generate: RayDeploymentConfig = RayDeploymentConfig(max_ongoing_requests=1)
+    transcribe: RayDeploymentConfig = RayDeploymentConfig()
+    tts: RayDeploymentConfig = RayDeploymentConfig()
+
+
 class ServerConfig(_Section):
     """`flowstate serve`: the self-hosted tier, run on a GPU box for other machines."""
+
+    # plain: the jobs run in the server's own process (server.py). ray: on Ray Serve deployments,
+    # one per task, on this machine or a cluster (`flowstate serve --ray`; see server.ray).
+    backend: Literal["plain", "ray"] = "plain"
+    ray: RayServerConfig = RayServerConfig()
 
     host: Host = "127.0.0.1"
     port: Port = 8080

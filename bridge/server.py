@@ -40,7 +40,12 @@ The key cannot be the job id: the store assigns that id inside `submit`, and a w
 the job at once, so the file must already lie where the job's args say. Uploads are deleted once
 their job ends; outputs (and any orphan) `retention_seconds` after they were written.
 
-Scaling out: per instance, with sticky job ids. SQLite's WAL needs every process on one host, so
+Where the jobs run is the `Backend`'s business: `LocalBackend` (the default) runs them on this
+process's worker threads; `bridge.server_ray.RayBackend` (`flowstate serve --ray`) on Ray Serve
+deployments, one per task, on this machine or a cluster. The routes, the store and the folders
+above are the same either way.
+
+Scaling out without Ray: per instance, with sticky job ids. SQLite's WAL needs every process on one host, so
 a volume shared over the network between machines is not supported; each instance keeps its own
 `data_dir` and its own queue, any instance takes new uploads, and everything about a job must go
 back to the instance that created it. Each job reply carries `instance` (the `instance_id` given
@@ -65,7 +70,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO, Literal, Protocol
 
 import anyio
 import uvicorn
@@ -211,6 +216,57 @@ _PARAMS: dict[str, type[BaseModel]] = {"stems": StemsParams, "generate": Generat
                                        "transcribe": TranscribeParams, "tts": SpeechParams}
 
 
+# The daemon's own job handlers, one per task: the same code runs in the daemon and on this server.
+JOB_HANDLERS: dict[str, Callable[[Config, PathPolicy], Callable[[JobContext], dict[str, Any]]]] = {
+    "stems": SeparateJob, "generate": GenerateJob, "transcribe": TranscribeJob, "tts": SpeechJob}
+
+Handler = Callable[[JobContext], dict[str, Any]]
+
+
+class Backend(Protocol):
+    """Where the server's jobs run: in its own process (`LocalBackend`) or elsewhere (Ray Serve's
+    replicas, bridge/server_ray.py). The routes, the job queue and the folders stay with the server."""
+
+    name: str
+
+    def start(self, config: Config, paths: PathPolicy, data_dir: Path, tasks: Sequence[str]) -> dict[str, Handler]:
+        """Make ready and return the handler for each task (a result's files relative to data_dir)."""
+
+    def workers(self, config: Config) -> int:
+        """How many jobs the server's runner hands to this backend at once."""
+
+    def device(self, config: Config) -> str:
+        """The device the jobs run on, as /v1/health names it; Unavailable when it is missing."""
+
+    def health(self) -> dict[str, Any]:
+        """What /v1/health adds under `backend`."""
+
+    def stop(self) -> None:
+        """Release what `start` took; a second call does nothing."""
+
+
+class LocalBackend:
+    """The jobs run on the server's own worker threads (jobs.workers of them), models warm in-process."""
+
+    name = "plain"
+
+    def start(self, config: Config, paths: PathPolicy, data_dir: Path, tasks: Sequence[str]) -> dict[str, Handler]:
+        return {task: TaskHandler(task, JOB_HANDLERS[task](config, paths), data_dir) for task in tasks}
+
+    def workers(self, config: Config) -> int:
+        return config.jobs.workers
+
+    def device(self, config: Config) -> str:
+        # A server configured for cuda on a machine without it must not start and take jobs.
+        return str(pick_device(config.separate.engine_device))
+
+    def health(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def stop(self) -> None:
+        return None
+
+
 class PayloadTooLarge(BadRequest):
     """An upload over the server's limit (HTTP 413)."""
 
@@ -227,7 +283,7 @@ class _Server:
     """What the routes share: the store, the runner and the folders. Created per app."""
 
     def __init__(self, config: Config, data_dir: Path, token: str, max_upload_bytes: int,
-                 retention_seconds: float, instance_id: str | None) -> None:
+                 retention_seconds: float, instance_id: str | None, backend: Backend) -> None:
         self.data_dir = Path(os.path.realpath(data_dir))
         self.uploads = self.data_dir / "uploads"
         self.outputs = self.data_dir / "outputs"
@@ -240,6 +296,7 @@ class _Server:
         self.instance_id = instance_id
         self.tasks = tuple(task for task in TASKS if task in config.server.tasks)
         self.device = ""
+        self.backend = backend
         self.stopping = threading.Event()  # set on SIGINT/SIGTERM: event streams end, so shutdown is quick
         self.store: JobStore | None = None
         self.runner: JobRunner | None = None
@@ -251,23 +308,20 @@ class _Server:
         """Open the store and start the workers; a second call does nothing."""
         if self.runner is not None:
             return
-        # A server configured for cuda on a machine without it must not start and take jobs.
-        self.device = str(pick_device(self.config.separate.engine_device))
+        self.device = self.backend.device(self.config)
         for folder in (self.uploads, self.outputs):
             folder.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.data_dir / "jobs.sqlite3")
-        # The daemon's own handlers, local only (no router, no tiers): the same code runs either side.
-        jobs: dict[str, Callable[..., Callable[[JobContext], dict[str, Any]]]] = {
-            "stems": SeparateJob, "generate": GenerateJob, "transcribe": TranscribeJob, "tts": SpeechJob}
-        handlers: dict[str, Callable[[JobContext], dict[str, Any]]] = {task: _Handler(task, jobs[task](self.config, self.paths), self.data_dir) for task in self.tasks}
-        self.runner = JobRunner(self.store, handlers, self.config.jobs.workers, _log_event,
-                                max_attempts=self.config.jobs.max_attempts)
+        # The daemon's own handlers, local only (no router, no tiers), here or on the backend's replicas.
+        handlers = self.backend.start(self.config, self.paths, self.data_dir, self.tasks)
+        workers = self.backend.workers(self.config)
+        self.runner = JobRunner(self.store, handlers, workers, _log_event, max_attempts=self.config.jobs.max_attempts)
         requeued = self.runner.start()
         self._janitor = _Janitor(self.store, self.data_dir, self.retention_seconds)
         self._janitor.start()
-        log.info("self-hosted tier: tasks %s, data in %s, device %s, %d worker(s), uploads up to %d bytes%s",
-                 ", ".join(self.tasks) or "none", self.data_dir, self.device, self.config.jobs.workers, self.max_upload_bytes,
-                 f", {len(requeued)} job(s) requeued" if requeued else "")
+        log.info("self-hosted tier: tasks %s, data in %s, device %s, %s backend, %d worker(s), uploads up to %d "
+                 "bytes%s", ", ".join(self.tasks) or "none", self.data_dir, self.device, self.backend.name, workers,
+                 self.max_upload_bytes, f", {len(requeued)} job(s) requeued" if requeued else "")
 
     def stop(self) -> None:
         """Stop claiming jobs, let running ones finish within daemon.shutdown_timeout_seconds, cancel
@@ -285,6 +339,7 @@ class _Server:
                 log.warning("canceling %d job(s) still running at shutdown: %s", len(left), ", ".join(left))
                 self.runner.stop(_CANCEL_WAIT_SECONDS, cancel_running=True)
             self.runner = None
+        self.backend.stop()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -523,7 +578,7 @@ def _check_request(task: str, params: BaseModel, upload: str, out_dir: str, path
     return check_speech({**job_args, "out_dir": out_dir}, paths, config)
 
 
-class _Handler:
+class TaskHandler:
     """A daemon job handler with the result's files made relative to data_dir (the client fetches
     them by name) and no server paths left in what the client sees."""
 
@@ -750,19 +805,21 @@ def _newest_mtime(folder: Path) -> float:
 
 def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int, *,
                retention_seconds: float = DEFAULT_RETENTION_SECONDS, instance_id: str | None = None,
-               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+               allowed_hosts: Sequence[str] | None = None, backend: Backend | None = None) -> FastAPI:
     """The self-hosted tier as an ASGI app. The job store opens and the workers start when the app
     starts (its lifespan), and stop when it stops; nothing happens before that.
 
     `allowed_hosts`: the host names served besides IP addresses and `localhost` (None: the config's
-    `server.allowed_hosts`); any other Host header is answered 400 (see `_HostCheck`)."""
+    `server.allowed_hosts`); any other Host header is answered 400 (see `_HostCheck`). `backend`:
+    where the jobs run (None: `LocalBackend`, this process)."""
     if not token or not token.strip():
         raise StartupError("the self-hosted server needs a token: set FLOWSTATE_SERVER_TOKEN")
     if max_upload_bytes < 1:
         raise StartupError(f"max_upload_bytes: expected at least 1 byte, got {max_upload_bytes}")
     if retention_seconds <= 0:
         raise StartupError(f"retention_seconds: expected more than 0 s, got {retention_seconds}")
-    server = _Server(config, data_dir, token.strip(), max_upload_bytes, retention_seconds, instance_id)
+    server = _Server(config, data_dir, token.strip(), max_upload_bytes, retention_seconds, instance_id,
+                     backend or LocalBackend())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -793,6 +850,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             "running": len(store.list("running", _COUNT_LIMIT)),
             "max_upload_bytes": server.max_upload_bytes,
             "instance": server.instance_id,
+            "backend": server.backend.health(),
         }
 
     jobs = APIRouter(prefix=JOBS_ROUTE, dependencies=[Depends(server.authorize)])
@@ -1028,8 +1086,9 @@ def default_data_dir(config: Config) -> Path:
 
 def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, retention_seconds: float = DEFAULT_RETENTION_SECONDS,
-          instance_id: str | None = None) -> None:
+          instance_id: str | None = None, backend: Backend | None = None) -> None:
     """Run the self-hosted tier until SIGINT or SIGTERM, then shut down gracefully (blocking).
+    `backend`: where the jobs run (None: this process; bridge.server_ray.serve_ray passes Ray's).
 
     The token is `cloud.server_token` (FLOWSTATE_SERVER_TOKEN); without one the server refuses
     to start. Raises StartupError when it cannot start (no token, port taken, no such device).
@@ -1047,7 +1106,8 @@ def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
     # The bind host is a name this server is reached by (when it is a name, e.g. a LAN host name).
     names = [*config.server.allowed_hosts, *([] if _is_ip(host) else [host])]
     app = create_app(config, data_dir or default_data_dir(config), token, max_upload_bytes,
-                     retention_seconds=retention_seconds, instance_id=instance_id, allowed_hosts=names)
+                     retention_seconds=retention_seconds, instance_id=instance_id, allowed_hosts=names,
+                     backend=backend)
     sock = _listen(host, port)
     state: _Server = app.state.server
     try:
@@ -1060,6 +1120,9 @@ def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
     server = _Uvicorn(
         uvicorn.Config(
             app, log_config=None, lifespan="on", server_header=False,
+            # The parsers the contract was tested on: uvicorn's "auto" would switch to httptools and
+            # uvloop wherever they are installed (Ray Serve brings both).
+            http="h11", loop="asyncio",
             # Streams and uploads in flight get this long after a signal; then they are cut.
             timeout_graceful_shutdown=max(1, round(config.daemon.shutdown_timeout_seconds)),
         ),

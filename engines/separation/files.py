@@ -45,6 +45,7 @@ class FileSeparator(Engine):
         self.segment_seconds = segment_seconds
         self.threads = threads
         self._bag: Any = None
+        self._concurrent = False  # wrap_forward: process calls run at once, their segments batched
 
     @property
     def stems(self) -> tuple[str, ...]:
@@ -66,6 +67,26 @@ class FileSeparator(Engine):
 
     def _close(self) -> None:
         self._bag = None
+
+    def wrap_forward(self, wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]) -> bool:
+        """Send every HTDemucs segment through `wrap(forward)` instead of `forward`, and let several
+        `process` calls run at once (not one at a time, the base's rule): a caller running several
+        jobs can then batch their segments, which share one shape (the segment length). HTDemucs
+        keeps no state between forwards, so the calls only share weights. False, and nothing
+        changed, for Spleeter and Open-Unmix (their wrappers are not batch-transparent). Loads the model."""
+        self.load()
+        if is_spleeter(self.model_name) or is_openunmix(self.model_name):
+            return False
+        for model in self._bag.models:
+            model.forward = wrap(model.forward)
+        self._concurrent = True
+        return True
+
+    def process(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._concurrent:
+            return super().process(*args, **kwargs)
+        self.load()
+        return self._process(*args, **kwargs)
 
     def _process(self, audio: np.ndarray, on_segment: Callable[[float], None]) -> np.ndarray:
         import torch

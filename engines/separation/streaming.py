@@ -646,4 +646,3 @@ class StreamingSeparator(Engine):
             if self._cuda:
                 torch.cuda.current_stream(self.device).synchronize()
         return outputs
-

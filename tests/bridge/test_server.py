@@ -48,8 +48,9 @@ SERVED_NAME = "stems.example.test"
 
 class ServerProcess:
     def __init__(self, workdir: Path, repo: Path, daemon: dict[str, Any] | None = None,
-                 settings: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, env: dict[str, str] | None = None, entry: str = ENTRY) -> None:
         self.workdir = workdir
+        self.entry = entry
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = workdir / "data"
@@ -73,7 +74,7 @@ class ServerProcess:
         env.update({**self.env, "FLOWSTATE_SERVER_TOKEN": TOKEN})
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", ENTRY, str(self.config_path), str(self.port), str(self.data_dir),
+                [sys.executable, "-c", self.entry, str(self.config_path), str(self.port), str(self.data_dir),
                  str(MAX_UPLOAD_BYTES), INSTANCE],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
             )
