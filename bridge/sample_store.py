@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bridge.config import Config
+from bridge.database import Database
 from bridge.errors import StartupError, Unavailable
 from bridge.sample_analysis import ANALYSIS_VERSION, Descriptors, Record
 
@@ -36,7 +37,6 @@ def library_database(config: Config) -> Path:
 
 # -- the database ------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 2
 _SCHEMA = (
     """
     CREATE TABLE samples (
@@ -111,64 +111,20 @@ class Known:
 
 
 class SampleStore:
-    """The samples database (SQLite, WAL): one connection behind a lock, like the job store."""
+    """The samples database: one SQLite file through `bridge/database.py`, like the job store."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as err:
-            raise StartupError(f"cannot open the samples database {self.path}: {err}") from err
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(conn)
-        except sqlite3.DatabaseError as err:
-            conn.close()
-            raise StartupError(f"cannot use the samples database {self.path}: {err}; it only holds the sample "
-                               "index, so deleting it is safe (samples.index builds it again)") from err
-        except BaseException:
-            conn.close()
-            raise
-        self._conn: sqlite3.Connection | None = conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StartupError(f"samples database {self.path} has schema version {version}; this flowstate "
-                                   f"understands up to {SCHEMA_VERSION}: upgrade, or set samples.database to "
-                                   "another file")
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            if version < 2:
-                for statement in _SCHEMA_2:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self.database = Database(
+            self.path, name="samples database", setting="samples.database", migrations=(_SCHEMA, _SCHEMA_2),
+            unusable_hint="it only holds the sample index, so deleting it is safe (samples.index builds it again)",
+        )
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise Unavailable(f"the samples database {self.path} is closed (the daemon is shutting down)")
-        return self._conn
+        self.database.close()
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._connection().execute(sql, params).fetchall()
+        return self.database.execute(sql, params)
 
     def known_under(self, folder: Path) -> dict[str, Known]:
         """Rows for every path below `folder` (a range scan on the path index)."""
@@ -198,31 +154,16 @@ class SampleStore:
         sql = (f"INSERT INTO samples ({', '.join(_FIELDS)}) VALUES ({marks}) "
                f"ON CONFLICT (path) DO UPDATE SET {updates} RETURNING id")
         ids: list[int] = []
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for position, record in enumerate(records):
-                    vector = vectors.get(position)
-                    values = _values(record, vector, model if vector is not None else None, now,
-                                     audio_model, tag_model)
-                    ids.append(conn.execute(sql, values).fetchone()[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.database.transaction() as conn:
+            for position, record in enumerate(records):
+                vector = vectors.get(position)
+                values = _values(record, vector, model if vector is not None else None, now, audio_model, tag_model)
+                ids.append(conn.execute(sql, values).fetchone()[0])
         return ids
 
     def delete(self, ids: list[int]) -> None:
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in ids])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.database.transaction() as conn:
+            conn.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in ids])
 
     def searchable(self, model: str) -> Iterator[tuple[dict[str, Any], bytes]]:
         """(entry, embedding) of every readable file embedded by `model`."""

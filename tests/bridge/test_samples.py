@@ -23,10 +23,10 @@ import soundfile
 
 from bridge.client import Client, RemoteError
 from bridge.config import Config
-from bridge.errors import BadRequest, Forbidden, NotFound
+from bridge.errors import BadRequest, Forbidden, NotFound, Unavailable
 from bridge.paths import PathPolicy
-from bridge.sample_analysis import bpm_of, describe_audio, words_of
-from bridge.sample_store import VectorIndex
+from bridge.sample_analysis import analyse_file, bpm_of, describe_audio, list_audio, words_of
+from bridge.sample_store import SampleStore, VectorIndex
 from bridge.samples import SampleLibrary
 from bridge.testing import DaemonProcess
 from engines.embeddings import TextEmbedder, package_folder
@@ -532,3 +532,26 @@ def test_classify_switches_to_nli_per_request_over_zmq_and_osc(tmp_path: Path) -
         assert abs(sum(json.loads(scores)) - 1.0) < 1e-3
     finally:
         assert process.stop() == 0, process.log()
+
+
+def test_a_full_samples_database_names_its_setting_and_keeps_what_it_held(tmp_path: Path) -> None:
+    """A disk that fills mid-pass: `unavailable` naming the file and samples.database (not SQLite's
+    'no transaction is active' from rolling back twice), nothing of the failed batch written, the
+    rows from before still there and the store still answering."""
+    folder = tmp_path / "kit"
+    for n in range(4):
+        write(folder / f"pad {n}.wav", pad(0.5))
+    files = list_audio(folder, PathPolicy([tmp_path]), lambda: None)
+    records = [analyse_file(file, folder) for file in files]
+    store = SampleStore(tmp_path / "samples.sqlite3")
+    try:
+        store.write(records[:1], {0: np.ones(384, np.float32)}, "kept-model")
+        pages = store.database.execute("PRAGMA page_count")[0][0]
+        store.database.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's own "disk is full"
+        big = {i: np.ones(200_000, np.float32) for i in range(3)}  # 800 kB a row: the file must grow
+        with pytest.raises(Unavailable) as full:
+            store.write(records[1:], big, "kept-model")
+        assert str(store.path) in full.value.message and "samples.database" in full.value.message
+        assert list(store.known_under(folder)) == [str(files[0].path)]
+    finally:
+        store.close()
