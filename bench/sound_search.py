@@ -85,6 +85,19 @@ def _search_times(library: SampleLibrary, texts: list[str]) -> list[float]:
     return times
 
 
+def _compare_searches(words: SampleLibrary, sound: SampleLibrary, texts: list[str], size: str) -> list[dict[str, Any]]:
+    """Every query on each library, one at a time: p50 and p99 of each, and their ratio."""
+    words_times = _search_times(words, texts)
+    sound_times = _search_times(sound, texts)
+    results = []
+    for q in (50, 99):
+        w, s = _percentile(words_times, q), _percentile(sound_times, q)
+        results.append({"what": f"samples.search p{q} ({size})", "words_ms": round(w * 1000, 2),
+                        "words_and_sound_ms": round(s * 1000, 2), "ratio": round(s / w, 2), "queries": len(texts)})
+        print(json.dumps(results[-1]), file=sys.stderr)
+    return results
+
+
 def _grow(index: VectorIndex, rows: int, stored: list[tuple[dict[str, Any], bytes]], rng: np.random.Generator) -> None:
     """Fill `index` up to `rows` rows with noisy copies of the `stored` (entry, float32 vector) rows,
     unit length, under new ids."""
@@ -134,28 +147,14 @@ def run(files: int, num_queries: int, threads: int, device: str, grow: int = 0) 
                             "ratio": round(sound_s / words_s, 2)})
             print(json.dumps(results[-1]), file=sys.stderr)
             texts = queries(num_queries)
-            words_times = _search_times(words, texts)
-            sound_times = _search_times(sound, texts)
-            for q in (50, 99):
-                w, s = _percentile(words_times, q), _percentile(sound_times, q)
-                results.append({"what": f"samples.search p{q} ({files} files)", "words_ms": round(w * 1000, 2),
-                                "words_and_sound_ms": round(s * 1000, 2), "ratio": round(s / w, 2),
-                                "queries": num_queries})
-                print(json.dumps(results[-1]), file=sys.stderr)
+            results += _compare_searches(words, sound, texts, f"{files} files")
             if grow > files:
                 rng = np.random.default_rng(0)
                 for library in (words, sound):
                     _grow(library.vectors, grow, list(library.store.searchable(library.model_id)), rng)
                 audio = [({}, vector) for _, vector in sound.store.audio_vectors(sound.sound.clap_model)]
                 _grow(sound.sound.vectors, grow, audio, rng)
-                words_times = _search_times(words, texts)
-                sound_times = _search_times(sound, texts)
-                for q in (50, 99):
-                    w, s = _percentile(words_times, q), _percentile(sound_times, q)
-                    results.append({"what": f"samples.search p{q} ({grow} rows in memory)", "words_ms": round(w * 1000, 2),
-                                    "words_and_sound_ms": round(s * 1000, 2), "ratio": round(s / w, 2),
-                                    "queries": num_queries})
-                    print(json.dumps(results[-1]), file=sys.stderr)
+                results += _compare_searches(words, sound, texts, f"{grow} rows in memory")
             results.append({"what": "model", "clap_parameters": parameters, "threads": threads, "device": device})
         finally:
             words.close()

@@ -275,17 +275,8 @@ def _hub_model(name: str, key: str, model: str, use: str) -> tuple[str, str] | C
 
 def _audio_tags(config: Config) -> Iterator[Check]:
     """Where `classify.audio` would load its AST from, checked on disk only (nothing is loaded)."""
-    model = config.classify.audio_model
-    found = _hub_model("classify.audio", "classify.audio_model", model, "classify.audio")
-    if isinstance(found, Check):
-        yield found
-        return
-    where, model_type = found
-    if model_type == audio_tags.MODEL_TYPE:
-        yield Check("classify.audio", OK, f"{model}: {where}")
-    else:
-        yield Check("classify.audio", FAIL, f"{model}: {where} holds a {model_type} model; classify.audio_model expects "
-                    f"an {audio_tags.MODEL_TYPE} (AST) checkpoint")
+    yield _checkpoint("classify.audio", "classify.audio_model", config.classify.audio_model, "classify.audio",
+                      audio_tags.MODEL_TYPE, "AST")
 
 
 def _clap(config: Config) -> Iterator[Check]:
@@ -294,16 +285,21 @@ def _clap(config: Config) -> Iterator[Check]:
     if not settings.clap:
         yield Check("samples clap", OK, "off (samples.clap: false): samples.search matches words and descriptors")
         return
-    found = _hub_model("samples clap", "samples.clap_model", settings.clap_model, "samples.index")
+    yield _checkpoint("samples clap", "samples.clap_model", settings.clap_model, "samples.index", clap.MODEL_TYPE,
+                      "CLAP", f" (weight {settings.clap_weight:g})")
+
+
+def _checkpoint(name: str, key: str, model: str, use: str, model_type: str, family: str, note: str = "") -> Check:
+    """A transformers checkpoint found on disk (a folder or the hub cache) and of the type `key` expects."""
+    found = _hub_model(name, key, model, use)
     if isinstance(found, Check):
-        yield found
-        return
-    where, model_type = found
-    if model_type == clap.MODEL_TYPE:
-        yield Check("samples clap", OK, f"{settings.clap_model}: {where} (weight {settings.clap_weight:g})")
-    else:
-        yield Check("samples clap", FAIL, f"{settings.clap_model}: {where} holds a {model_type} model; "
-                    f"samples.clap_model expects a {clap.MODEL_TYPE} (CLAP) checkpoint")
+        return found
+    where, found_type = found
+    if found_type == model_type:
+        return Check(name, OK, f"{model}: {where}{note}")
+    article = "an" if model_type[:1] in "aeiou" else "a"
+    return Check(name, FAIL, f"{model}: {where} holds a {found_type} model; {key} expects {article} {model_type} "
+                 f"({family}) checkpoint")
 
 
 def _nli(config: Config) -> Iterator[Check]:
