@@ -16,7 +16,7 @@ from typing import Any
 
 from bridge import __version__
 from bridge.client import Client, request_endpoint
-from bridge.commands import iter_commands, lookup
+from bridge.commands import iter_commands, job_handlers, lookup
 from bridge.config import Config, ConfigError, default_config_path, load_config, platform_folders
 from bridge.daemon import exit_now, run, tune_allocator
 from bridge.docs import markdown_tables
@@ -28,7 +28,6 @@ from bridge.paths import PathPolicy
 from bridge.separate import KIND, check_request
 from bridge.service import service_file
 from bridge.stream import import_sounddevice
-from bridge.tasks import job_handlers
 from bridge.transports.midi import compile_mappings
 
 log = logging.getLogger("flowstate")

@@ -15,16 +15,22 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from inspect import iscoroutinefunction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
 from bridge.ask import Interpreter, Vocabulary
+from bridge.config import Config
+from bridge.engine_job import JobDeps
 from bridge.errors import BadRequest, BridgeError, UnknownCommand
 from bridge.generate import CLOUD_FAMILIES as GENERATE_CLOUD_FAMILIES
-from bridge.generate import KIND as GENERATE
+from bridge.generate import TASK as GENERATE_TASK
+from bridge.generate import GenerateJob
 from bridge.generate import check_request as check_generate
+from bridge.jobs import JobHandler
 from bridge.licences import check_job, describe
+from bridge.paths import PathPolicy
 from bridge.protocol import (
     Arg,
     CallContext,
@@ -36,19 +42,22 @@ from bridge.protocol import (
     path_to_name,
     quote_name,
 )
-from bridge.router import cloud_only
-from bridge.samples import KIND as SAMPLES_INDEX
+from bridge.router import Router, cloud_only
+from bridge.samples import IndexJob, SampleLibrary
 from bridge.samples import check_request as check_samples_index
-from bridge.separate import KIND as SEPARATE
+from bridge.separate import SeparateJob
 from bridge.separate import check_request as check_separate
-from bridge.speech import CHATTERBOX
-from bridge.speech import KIND as TTS
+from bridge.speech import CHATTERBOX, SpeechJob
 from bridge.speech import check_request as check_tts
-from bridge.transcribe import KIND as TRANSCRIBE
+from bridge.transcribe import TranscribeJob
 from bridge.transcribe import check_request as check_transcribe
-from bridge.voice import KIND as VOICE
 from bridge.voice import TASK as VOICE_TASK
+from bridge.voice import VoiceJob
 from bridge.voice import check_request as check_voice
+from engines.cloud.base import Tier
+
+if TYPE_CHECKING:
+    from bridge.services import Services
 
 COMMANDS: dict[str, CommandSpec] = {}
 
@@ -421,20 +430,69 @@ def job_cancel(ctx: CallContext, id: str) -> Result:
     return ctx.services.job_runner().cancel(id).to_dict()
 
 
-def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: str,
-            cloud: tuple[str, str, str, str] | None = None) -> Result:
-    """Queue a checked job; a commercial project's licence policy is checked first (forbidden).
-    `cloud`: (task, model, what, models key) of a model no local engine runs: unavailable, naming
-    what to configure, when no configured tier offers it."""
-    check_job(kind, job_args, ctx.services.config)
-    if cloud is not None:
-        task, model, what, key = cloud
-        cloud_only(ctx.services.router, task, model, f"{kind}: {what}", key)
-    job, created = ctx.services.job_runner().submit(kind, job_args, request_id or None, origin=ctx.origin)
-    return {"id": job.id, "state": job.state, "created": created}
+# A job command, declared once with `job_command`: its arguments, how a request is checked (into the
+# job's args, defaults filled in), how its handler is built, and, for a model no local engine runs,
+# (task, model, what, models key) naming the cloud tiers it needs. The registry entry, the submit
+# path, the job-kind -> handler table (`job_handlers`), the CLI (`flowstate send`, `commands`), MCP
+# tools, `ask` and the README's protocol table all come from this one declaration.
+Check = Callable[[dict[str, Any], "Services"], dict[str, Any]]
+BuildHandler = Callable[[JobDeps], JobHandler | None]
+CloudOnly = Callable[[dict[str, Any]], tuple[str, str, str, str] | None]
 
 
-@command(
+@dataclass(frozen=True)
+class JobCommand:
+    """A declared job command (`job_command`); its name is also the job's kind."""
+
+    name: str
+    check: Check
+    job: BuildHandler  # None from it: not on this composition root (samples.index without a library)
+    cloud: CloudOnly | None = None
+
+    def submit(self, ctx: CallContext, request_id: str = "", **request: object) -> Result:
+        """The command's handler: check the request, then queue the job; a commercial project's
+        licence policy is checked first (forbidden); a cloud-only model with no configured tier
+        that offers it is unavailable, naming what to configure."""
+        job_args = self.check(dict(request), ctx.services)
+        check_job(self.name, job_args, ctx.services.config)
+        cloud = None if self.cloud is None else self.cloud(job_args)
+        if cloud is not None:
+            task, model, what, key = cloud
+            cloud_only(ctx.services.router, task, model, f"{self.name}: {what}", key)
+        job, created = ctx.services.job_runner().submit(self.name, job_args, request_id or None, origin=ctx.origin)
+        return {"id": job.id, "state": job.state, "created": created}
+
+
+JOBS: dict[str, JobCommand] = {}
+
+
+def job_command(
+    name: str, *args: Arg, help: str, check: Check, job: BuildHandler, cloud: CloudOnly | None = None,
+    examples: tuple[str, ...] = (),
+) -> JobCommand:
+    """Declare a command that runs as a background job (see `JobCommand`); it replies at once with
+    the job id and state. Declare `REQUEST_ID` among `args` (and `DEADLINE_ARGS` when a tier may run it)."""
+    declared = JobCommand(name, check, job, cloud)
+    command(name, *args, help=help, returns=("id", "state"), examples=examples)(declared.submit)
+    JOBS[name] = declared
+    return declared
+
+
+def job_handlers(
+    config: Config, paths: PathPolicy, router: Router | None = None, tiers: dict[str, Tier] | None = None,
+    samples: SampleLibrary | None = None,
+) -> dict[str, JobHandler]:
+    """Every job kind's handler, built from its declaration; handlers keep their engines warm across
+    jobs. `router`/`tiers` None: always local; `samples` None: no samples.index jobs."""
+    deps = JobDeps(config, paths, router, tiers or {}, samples)
+    for declared in JOBS.values():
+        handler = declared.job(deps)
+        if handler is not None:
+            deps.handlers[declared.name] = handler
+    return deps.handlers
+
+
+job_command(
     "stems.separate",
     Arg("path", str, "The audio file (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
     Arg("model", str, "HTDemucs model or bag, spleeter:2stems (local only), or openunmix:umxl / openunmix:umxhq; "
@@ -451,12 +509,9 @@ def _submit(ctx: CallContext, kind: str, job_args: dict[str, Any], request_id: s
     examples=("separate this track into stems", "split beat.wav into drums, bass and vocals",
         "extract the vocal from song.flac", "isolate the guitar in take.wav", "remove the vocals from the mix"),
     help="Separate a file into stems as a background job; replies at once with the job id.",
-    returns=("id", "state"),
+    check=lambda args, services: check_separate(args, services.paths, services.config),
+    job=SeparateJob.build,
 )
-def stems_separate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    services = ctx.services
-    job_args = check_separate(args, services.paths, services.config)
-    return _submit(ctx, SEPARATE, job_args, request_id)
 
 
 # -- classification and sample search --------------------------------------------------------------
@@ -509,7 +564,7 @@ async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
     return await asyncio.to_thread(tag)
 
 
-@command(
+job_command(
     "samples.index",
     Arg("folder", str, "A sample folder inside paths.roots; every audio file below it is indexed."),
     Arg("watch", bool, "Keep it fresh: rescan every samples.watch_interval_seconds; omit: samples.watch.",
@@ -519,11 +574,9 @@ async def classify_audio(ctx: CallContext, path: str, top: int) -> Result:
         "scan the drum kits folder and keep watching it", "rescan my sample library"),
     help="Index a sample library (names, tags, duration, audio descriptors, embeddings) as a background job; "
     "only new and changed files are read, deleted ones are dropped. Replies at once with the job id.",
-    returns=("id", "state"),
+    check=lambda args, services: check_samples_index(args, services.sample_library()),
+    job=lambda deps: None if deps.samples is None else IndexJob(deps.samples),
 )
-def samples_index(ctx: CallContext, folder: str, watch: bool | None, request_id: str) -> Result:
-    job_args = check_samples_index({"folder": folder, "watch": watch}, ctx.services.sample_library())
-    return _submit(ctx, SAMPLES_INDEX, job_args, request_id)
 
 
 @command(
@@ -555,7 +608,7 @@ async def samples_status(ctx: CallContext) -> Result:
 # -- generation ------------------------------------------------------------------------------------
 
 
-@command(
+job_command(
     "generate",
     Arg("prompt", str, "What to make, e.g. 'lofi drums, dusty'; empty: the preset's prompt.", default=""),
     Arg("preset", str, "A name from generate.presets (prompt, bars, ...); empty: none.", default=""),
@@ -588,20 +641,17 @@ async def samples_status(ctx: CallContext) -> Result:
     help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo as a background job; "
     "replies at once with the job id. "
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
-    returns=("id", "state"),
+    check=lambda args, services: check_generate(args, services.paths, services.config, services.daw),
+    job=GenerateJob.build,
+    cloud=lambda job: (GENERATE_TASK, job["model"], f"model {job['model']}", job["model"])
+    if job["family"] in GENERATE_CLOUD_FAMILIES else None,
 )
-def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
-    services = ctx.services
-    job_args = check_generate(args, services.paths, services.config, services.daw)
-    model = job_args["model"]
-    cloud = ("generate", model, f"model {model}", model) if job_args["family"] in GENERATE_CLOUD_FAMILIES else None
-    return _submit(ctx, GENERATE, job_args, request_id, cloud)
 
 
 # -- transcription and speech ----------------------------------------------------------------------
 
 
-@command(
+job_command(
     "transcribe",
     Arg("path", str, "The audio file (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
     Arg("language", str, "A Whisper language code (en, de, fr …); empty: transcribe.language, else detect.",
@@ -618,15 +668,12 @@ def generate(ctx: CallContext, request_id: str, **args: object) -> Result:
         "write subtitles for interview.flac", "what words are said in clip.wav"),
     help="Transcribe speech or lyrics with Whisper as a background job; replies at once with the job id. "
     "The result has the text, timed segments, the language and the SRT/VTT paths.",
-    returns=("id", "state"),
+    check=lambda args, services: check_transcribe(args, services.paths, services.config),
+    job=TranscribeJob.build,
 )
-def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
-    services = ctx.services
-    job_args = check_transcribe(args, services.paths, services.config)
-    return _submit(ctx, TRANSCRIBE, job_args, request_id)
 
 
-@command(
+job_command(
     "tts",
     Arg("text", str, "What to say (at most 10,000 characters)."),
     Arg("voice", str, "A Piper voice name or a path to a .onnx voice, or chatterbox (expressive, on Replicate only); "
@@ -647,19 +694,16 @@ def transcribe(ctx: CallContext, request_id: str, **args: object) -> Result:
         "turn this sentence into speech"),
     help="Speak a line with a Piper voice (or Chatterbox on Replicate) into a WAV at the project's rate, as a "
     "background job; replies at once with the job id. The result names the WAV, its length and sample rate.",
-    returns=("id", "state"),
+    check=lambda args, services: check_tts(args, services.paths, services.config),
+    job=SpeechJob.build,
+    cloud=lambda job: ("tts", CHATTERBOX, "voice chatterbox", CHATTERBOX) if job["voice"] == CHATTERBOX else None,
 )
-def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
-    services = ctx.services
-    job_args = check_tts(args, services.paths, services.config)
-    cloud = ("tts", CHATTERBOX, "voice chatterbox", CHATTERBOX) if job_args["voice"] == CHATTERBOX else None
-    return _submit(ctx, TTS, job_args, request_id, cloud)
 
 
 # -- voice conversion ------------------------------------------------------------------------------
 
 
-@command(
+job_command(
     "voice.convert",
     Arg("path", str, "The vocal clip (WAV, FLAC, AIFF, OGG, MP3 …) inside paths.roots."),
     Arg("voice", str, "The target voice: an https URL of an RVC v2 voice model (.zip with its .pth and .index), "
@@ -673,12 +717,10 @@ def tts(ctx: CallContext, request_id: str, **args: object) -> Result:
         "change the singer's voice in lead.wav to drake", "turn the vocal into a different voice an octave down"),
     help="Convert a vocal clip to another voice (RVC, on Replicate only) as a background job; replies at once "
     "with the job id. The result names the WAV (<clip> - <voice>.wav), the voice and its licence.",
-    returns=("id", "state"),
+    check=lambda args, services: check_voice(args, services.paths, services.config),
+    job=VoiceJob.build,
+    cloud=lambda job: (VOICE_TASK, job["voice"], "RVC voice conversion", "rvc"),
 )
-def voice_convert(ctx: CallContext, request_id: str, **args: object) -> Result:
-    services = ctx.services
-    job_args = check_voice(args, services.paths, services.config)
-    return _submit(ctx, VOICE, job_args, request_id, (VOICE_TASK, job_args["voice"], "RVC voice conversion", "rvc"))
 
 
 # -- words ---------------------------------------------------------------------------------------------

@@ -1,21 +1,39 @@
-"""The base of every engine-backed job handler (stems.separate, generate, transcribe, tts).
+"""The base of every engine-backed job handler (stems.separate, generate, transcribe, tts), and
+what every job handler is built from (`JobDeps`).
 
-Kept apart from the table of job kinds (`bridge/tasks.py`), which imports every capability: a
-capability imports this module, never the table, so the two never import each other.
+Kept apart from the job command declarations (`bridge/commands.py`), which import every capability:
+a capability imports this module, never the declarations, so the two never import each other.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bridge.config import Config
+from bridge.jobs import JobHandler
 from bridge.paths import PathPolicy
 from bridge.router import Router
+from bridge.samples import SampleLibrary
 from engines.cloud.base import Tier
 
 E = TypeVar("E")
+J = TypeVar("J", bound="EngineJob")
+
+
+@dataclass
+class JobDeps:
+    """What a job handler is built from: each job command's declaration (`job_command` in
+    bridge/commands.py) names a `build(deps)`; `job_handlers` calls them in declaration order."""
+
+    config: Config
+    paths: PathPolicy
+    router: Router | None = None  # None: always local
+    tiers: dict[str, Tier] = field(default_factory=dict)
+    samples: SampleLibrary | None = None  # the daemon's sample library; None: no samples.index jobs
+    handlers: dict[str, JobHandler] = field(default_factory=dict)  # the ones built so far, by kind
 
 
 class EngineJob:
@@ -31,6 +49,11 @@ class EngineJob:
         self.tiers = tiers or {}
         self._engines: dict[Hashable, Any] = {}
         self._lock = threading.RLock()  # reentrant: a `make` may itself look up a warm engine
+
+    @classmethod
+    def build(cls: type[J], deps: JobDeps) -> J:
+        """The handler a declaration's `job` makes: the config, folders, router and tiers of `deps`."""
+        return cls(deps.config, deps.paths, deps.router, deps.tiers)
 
     def warm(self, key: Hashable, make: Callable[[], E]) -> E:
         """The engine for `key`, made on first use and reused by every later job."""

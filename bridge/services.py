@@ -18,12 +18,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from bridge.commands import job_handlers
 from bridge.config import Config
 from bridge.daw import DawState
 from bridge.errors import StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.job_store import JobStore, StoreOwner
-from bridge.jobs import JobRunner, Publish
+from bridge.jobs import JobHandler, JobRunner, Publish
 from bridge.ledger import Ledger
 from bridge.licences import licensed_offers
 from bridge.paths import PathPolicy
@@ -31,7 +32,6 @@ from bridge.protocol import Request
 from bridge.router import Router, build_tiers
 from bridge.samples import SampleLibrary
 from bridge.stream import StreamManager
-from bridge.tasks import JobHandler, job_handlers
 from bridge.transports.midi import MidiTransport
 from engines.audio_tags import AudioTagger
 from engines.base import pick_device
@@ -57,12 +57,13 @@ class Services:
     """Everything a command handler may use (see the module doc)."""
 
     def __init__(self, config: Config, runtime: Runtime, hub: EventHub, daw: DawState, midi: MidiTransport) -> None:
-        self.config = config
+        # Annotated: job command checks (bridge/commands.py) read these, and the two modules refer to each other.
+        self.config: Config = config
         self.runtime = runtime
         self.hub = hub
-        self.daw = daw
+        self.daw: DawState = daw
         self.midi = midi
-        self.paths = PathPolicy.from_config(config)
+        self.paths: PathPolicy = PathPolicy.from_config(config)
         self.streams = StreamManager(config.stream, config.models.demucs_repo, spleeter_dir=config.models.spleeter_dir)
         # The job side, opened by `open_jobs` (None until then, and after `close_jobs`).
         self.job_store: JobStore | None = None

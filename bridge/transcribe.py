@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bridge.config import Config
-from bridge.engine_job import EngineJob
+from bridge.engine_job import EngineJob, JobDeps
 from bridge.errors import BadRequest, Unavailable
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
 from bridge.router import deadline_class, run_routed
-from bridge.separate import track_name
+from bridge.separate import KIND as SEPARATE
+from bridge.separate import SeparateJob, track_name
 from engines.cloud.base import TierJob
 from engines.resample import resample_tensor
 from engines.transcription import SAMPLE_RATE, Segment, Transcriber, Transcript, check_language, to_srt, to_vtt
 
 if TYPE_CHECKING:
-    from bridge.separate import SeparateJob
     from engines.transcription import Transcriber, Transcript
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,13 @@ class TranscribeJob(EngineJob):
                  separator: SeparateJob | None = None) -> None:
         super().__init__(config, paths, router, tiers)
         self.separator = separator
+
+    @classmethod
+    def build(cls, deps: JobDeps) -> TranscribeJob:
+        """The lyrics chain (stem=vocals) reuses the warm separation engine of stems.separate."""
+        separator = deps.handlers.get(SEPARATE)
+        return cls(deps.config, deps.paths, deps.router, deps.tiers,
+                   separator=separator if isinstance(separator, SeparateJob) else None)
 
     def engine(self, model: str) -> Transcriber:
         settings = self.config.transcribe
