@@ -25,12 +25,37 @@ from bridge.errors import BridgeError, StartupError
 from bridge.job_store import JobStore
 from bridge.jobs import JobRunner
 from bridge.paths import PathPolicy
+from bridge.protocol import Arg
 from bridge.separate import KIND, check_request
 from bridge.service import service_file
 from bridge.stream import import_sounddevice
 from bridge.transports.midi import compile_mappings
 
 log = logging.getLogger("flowstate")
+
+
+# `flowstate separate FILE...`'s options: stems.separate's own arguments (their help, choices and
+# ranges come from its declaration in bridge/commands.py), less the ones only a wire client sends.
+SEPARATE_OPTIONS = ("model", "stems", "two_stems", "format", "encoding", "out_dir", "shifts")
+
+
+def _add_options(parser: argparse.ArgumentParser, command: str, names: Sequence[str]) -> None:
+    """A `--name` option per argument of `command` in `names`, checked by the argument itself
+    (the same message as over the wire); an option left out is not sent (the daemon's default)."""
+    spec = lookup(command)
+    for arg in spec.args:
+        if arg.name not in names:
+            continue
+
+        def checked(text: str, arg: Arg = arg) -> object:
+            try:
+                return arg.coerce(arg.coerce_text(text, command), command)
+            except BridgeError as err:
+                raise argparse.ArgumentTypeError(err.message) from None
+
+        parser.add_argument(f"--{arg.name.replace('_', '-')}", dest=arg.name, type=checked, default=None,
+                            metavar="{" + ",".join(c for c in arg.choices if c) + "}" if arg.choices
+                            else arg.type_name.split()[0].upper(), help=arg.help.replace("%", "%%"))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -70,12 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "separate", parents=[common], help="separate audio files into stems (through the daemon if one runs)"
     )
     sep.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    sep.add_argument("--model", default="", help="HTDemucs model or bag (default: separate.model)")
-    sep.add_argument("--stems", default="", help="only these stems, e.g. vocals,drums")
-    sep.add_argument("--two-stems", default="", metavar="STEM", help="write STEM and no_STEM")
-    sep.add_argument("--format", default="", choices=["", "wav", "flac"])
-    sep.add_argument("--encoding", default="", choices=["", "pcm16", "pcm24", "float"])
-    sep.add_argument("--out-dir", default="", help="output folder (default: a stems folder next to each file)")
+    _add_options(sep, KIND, SEPARATE_OPTIONS)
     sep.add_argument("--local", action="store_true", help="run in this process even if a daemon is running")
 
     serve = sub.add_parser("serve", parents=[common], help="run the self-hosted GPU tier (an HTTP server)")
@@ -409,10 +429,8 @@ def _separate(config: Config, args: argparse.Namespace) -> int:
     """Separate files through the running daemon, or in this process when none answers."""
     requests = []
     for file in args.files:
-        request = {"path": str(file.expanduser().absolute()), "model": args.model, "format": args.format,
-                   "encoding": args.encoding, "out_dir": args.out_dir, "two_stems": args.two_stems}
-        if args.stems:
-            request["stems"] = args.stems
+        request: dict[str, Any] = {"path": str(file.expanduser().absolute())}
+        request.update({name: getattr(args, name) for name in SEPARATE_OPTIONS if getattr(args, name) is not None})
         requests.append(request)
     if not args.local:
         with Client(request_endpoint(config), timeout_seconds=1.0) as probe:
@@ -469,7 +487,7 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
 
     # Files named on the command line are the user's own choice: their folders are allowed too.
     roots = [*(config.paths.roots or ()), *(Path(r["path"]).parent for r in requests)]
-    roots += [Path(r["out_dir"]).expanduser().absolute() for r in requests if r["out_dir"]]
+    roots += [Path(r["out_dir"]).expanduser().absolute() for r in requests if r.get("out_dir")]
     paths = PathPolicy(roots)
     labels: dict[str, str] = {}
     final: dict[str, dict[str, Any]] = {}

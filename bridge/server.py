@@ -76,11 +76,12 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from bridge import __version__
+from bridge.commands import lookup
 from bridge.config import Config, user_data_dir
 from bridge.daw import DawState
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
@@ -91,6 +92,7 @@ from bridge.job_store import FINISHED_STATES, Job, JobStore
 from bridge.jobs import JobContext, JobRunner
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
+from bridge.separate import KIND as SEPARATE
 from bridge.separate import SeparateJob, check_request
 from bridge.server_http import (
     FORM_OVERHEAD_BYTES,
@@ -146,6 +148,22 @@ _KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
 
+def _as_declared(command: str, name: str) -> AfterValidator:
+    """A param checked by the daemon's own argument of the same name (its choices and range are
+    declared once, with the command in bridge/commands.py); None: the server's config decides."""
+    arg = next(arg for arg in lookup(command).args if arg.name == name)
+
+    def check(value: object) -> object:
+        if value is None:
+            return None
+        try:
+            return arg.coerce(value, command)
+        except BridgeError as err:
+            raise ValueError(err.message) from None
+
+    return AfterValidator(check)
+
+
 class StemsParams(BaseModel):
     """The `params` of a stems job. Anything not given takes the server's `separate` config."""
 
@@ -156,9 +174,9 @@ class StemsParams(BaseModel):
                               pattern=r"^[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)?$")
     stems: list[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]] = []
     two_stems: str = Field(default="", max_length=32, pattern=r"^[A-Za-z0-9_\-]*$")
-    format: Literal["wav", "flac"] | None = None
-    encoding: Literal["pcm16", "pcm24", "float"] | None = None
-    shifts: int | None = Field(default=None, ge=0, le=10)
+    format: Annotated[str | None, _as_declared(SEPARATE, "format")] = None
+    encoding: Annotated[str | None, _as_declared(SEPARATE, "encoding")] = None
+    shifts: Annotated[int | None, _as_declared(SEPARATE, "shifts")] = None
 
 
 class GenerateParams(BaseModel):
