@@ -30,7 +30,7 @@ from bridge.errors import BadRequest, BridgeError, Unavailable
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
-from bridge.router import deadline_class, run_routed
+from bridge.router import Route, deadline_class
 from engines.cloud.base import TierJob
 from engines.generation import (
     MUSICGEN_MELODY,
@@ -313,12 +313,16 @@ class GenerateJob(EngineJob):
         """Generate on the tier the router picks, falling through its plan when a tier fails."""
         args = ctx.job.args
         cloud = args.get("family") in CLOUD_FAMILIES  # no local engine: the router plans tiers only
-        return run_routed(
-            ctx, self.router, TASK, args["model"], float(args["seconds"]),
-            None if cloud else lambda: self._generate_local(ctx, melody),
-            lambda tier: self._generate_remote(ctx, tier, melody),
-            cloud=(f"generate model={args['model']}", args["model"]),
-        )
+        route = Route(ctx, self.router, TASK, args["model"], float(args["seconds"]), local=not cloud,
+                      cloud=(f"generate model={args['model']}", args["model"]))
+        for attempt in route:
+            with attempt:
+                if attempt.local:
+                    generated, device = self._generate_local(ctx, melody)
+                    return generated, attempt.ran_locally(device)
+                generated, cost = self._generate_remote(ctx, attempt.tier, melody)
+                return generated, attempt.ran_remotely(cost)
+        raise route.failure()
 
     def _generate_local(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], str]:
         args = ctx.job.args

@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from bridge.config import Config, RouterConfig
 from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
@@ -38,8 +39,6 @@ from engines.cloud.workers_ai import BGE_ON_WORKERS_AI, WorkersAITier, bge_model
 
 if TYPE_CHECKING:
     from bridge.jobs import JobContext
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,46 @@ class Decision:
         out["estimated_seconds"] = round(self.estimated_seconds, 2)
         out["estimated_cost_usd"] = round(self.estimated_cost_usd, 4)
         return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a tier would take for a job and what it would cost, and on what the guess rests."""
+
+    seconds: float
+    cost_usd: float
+    basis: str
+
+
+class LocalTier:
+    """This machine's engines, planned like any other tier: its speed is measured per task, model
+    and device (kept in the job database's ledger, bridge/ledger.py), assumed from
+    `router.local_seconds_per_audio_second` until the first job; it costs nothing and has no circuit."""
+
+    name = LOCAL
+
+    def __init__(self, config: RouterConfig, ledger: Ledger, device: str) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.device = device
+
+    def calibration_key(self, task: str, model: str) -> str:
+        return f"{task}:{model}:{self.device}"
+
+    def estimate(self, task: str, model: str, audio_seconds: float) -> Estimate:
+        measured = self.ledger.calibration(self.calibration_key(task, model))
+        if measured is not None:
+            rate, samples = measured
+            return Estimate(rate * audio_seconds, 0.0,
+                            f"measured {rate:.2f} s per audio second over {samples} job(s)")
+        rate = self.config.local_seconds_per_audio_second.get(self.device, 1.0)
+        return Estimate(rate * audio_seconds, 0.0,
+                        f"assumed {rate:.2f} s per audio second on {self.device} (not measured yet)")
+
+    def learn(self, task: str, model: str, audio_seconds: float, seconds: float) -> None:
+        if audio_seconds > 0:
+            rate = self.ledger.calibrate(self.calibration_key(task, model), seconds / audio_seconds)
+            log.info("router: local %s/%s on %s now %.3f s per audio second", task, model, self.device, rate)
 
 
 class Breaker:
@@ -119,34 +158,26 @@ class Router:
         # Per tier, the model it runs for (task, model asked for); absent: the model asked for.
         self.runs = dict(runs or {})
         self.ledger = ledger
-        self.device = device
+        self.local = LocalTier(config, ledger, device)
         self.breakers = {
             name: Breaker(config.breaker_failures, config.breaker_open_seconds) for name in available
         }
 
-    # -- estimates -------------------------------------------------------------------------------
+    # -- estimates: the one source of every tier's speed and price --------------------------------
 
-    def calibration_key(self, task: str, model: str) -> str:
-        return f"{task}:{model}:{self.device}"
-
-    def local_seconds(self, task: str, model: str, audio_seconds: float) -> tuple[float, str]:
-        measured = self.ledger.calibration(self.calibration_key(task, model))
-        if measured is not None:
-            rate, samples = measured
-            return rate * audio_seconds, f"measured {rate:.2f} s per audio second over {samples} job(s)"
-        rate = self.config.local_seconds_per_audio_second.get(self.device, 1.0)
-        return rate * audio_seconds, f"assumed {rate:.2f} s per audio second on {self.device} (not measured yet)"
-
-    def learn_local(self, task: str, model: str, audio_seconds: float, seconds: float) -> None:
-        if audio_seconds > 0:
-            rate = self.ledger.calibrate(self.calibration_key(task, model), seconds / audio_seconds)
-            log.info("router: local %s/%s on %s now %.3f s per audio second", task, model, self.device, rate)
-
-    def remote_estimate(self, tier: str, audio_seconds: float) -> tuple[float, float]:
+    def estimate(self, tier: str, task: str, model: str, audio_seconds: float) -> Estimate:
+        """Local: measured (or assumed) speed, free. A remote tier: `router.overhead_seconds` plus
+        `router.seconds_per_audio_second`, priced at `router.usd_per_audio_minute`."""
+        if tier == LOCAL:
+            return self.local.estimate(task, model, audio_seconds)
         speed = self.config.seconds_per_audio_second.get(tier, 1.0)
         overhead = self.config.overhead_seconds.get(tier, 5.0)
         price = self.config.usd_per_audio_minute.get(tier, 0.0)
-        return overhead + speed * audio_seconds, price * audio_seconds / 60.0
+        return Estimate(overhead + speed * audio_seconds, price * audio_seconds / 60.0,
+                        f"configured {speed:.2f} s per audio second + {overhead:.0f} s")
+
+    def learn_local(self, task: str, model: str, audio_seconds: float, seconds: float) -> None:
+        self.local.learn(task, model, audio_seconds, seconds)
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -158,20 +189,24 @@ class Router:
         Deadline classes: `realtime` (as soon as possible: the fastest healthy tier within budget),
         interactive (a deadline in seconds), background (no deadline).
         """
-        local_s, local_basis = self.local_seconds(task, model, audio_seconds)
         order = [t for t in self.config.order.get(task, [LOCAL]) if t == LOCAL or self._offers(t, task, model)]
+        # Every tier's estimate from one place, local's included (it is planned even when not listed).
+        estimates = {tier: self.estimate(tier, task, model, audio_seconds) for tier in [LOCAL, *order]}
+        local = estimates[LOCAL]
         remotes = [t for t in order if t != LOCAL]
         if realtime:
-            return self._fastest(remotes, audio_seconds, local_s, local_basis)
-        if deadline_seconds is None or local_s <= deadline_seconds or not remotes:
+            return self._fastest(remotes, estimates)
+        if deadline_seconds is None or local.seconds <= deadline_seconds or not remotes:
             if deadline_seconds is None:
-                why = f"background job: local ({local_basis})"
-            elif local_s <= deadline_seconds:
-                why = f"local meets the deadline: about {local_s:.0f} s <= {deadline_seconds:.0f} s ({local_basis})"
+                why = f"background job: local ({local.basis})"
+            elif local.seconds <= deadline_seconds:
+                why = f"local meets the deadline: about {local.seconds:.0f} s <= {deadline_seconds:.0f} s ({local.basis})"
             else:
-                why = f"local would take about {local_s:.0f} s > {deadline_seconds:.0f} s, but no other tier is configured"
-            first = Decision(LOCAL, why, local_s, 0.0)
-            return [first, *self._fallbacks(remotes, audio_seconds, "fallback after local failed")]
+                why = (f"local would take about {local.seconds:.0f} s > {deadline_seconds:.0f} s, "
+                       "but no other tier is configured")
+            fallbacks = [Decision(t, "fallback after local failed", estimates[t].seconds, estimates[t].cost_usd)
+                         for t in remotes]
+            return [Decision(LOCAL, why, local.seconds, local.cost_usd), *fallbacks]
 
         spent = self.ledger.month_spend()
         budget = self.config.monthly_budget_usd
@@ -179,7 +214,7 @@ class Router:
         slow: list[Decision] = []
         over_budget: list[str] = []
         for tier in remotes:
-            seconds, cost = self.remote_estimate(tier, audio_seconds)
+            seconds, cost = estimates[tier].seconds, estimates[tier].cost_usd
             if not self.breakers[tier].allows():
                 log.info("router: %s skipped: circuit open after %d failures", tier, self.breakers[tier].failures)
                 continue
@@ -188,7 +223,7 @@ class Router:
                 continue
             decision = Decision(
                 tier,
-                f"local would take about {local_s:.0f} s > deadline {deadline_seconds:.0f} s ({local_basis}); "
+                f"local would take about {local.seconds:.0f} s > deadline {deadline_seconds:.0f} s ({local.basis}); "
                 f"{tier} about {seconds:.0f} s for ${cost:.3f}",
                 seconds,
                 cost,
@@ -208,14 +243,16 @@ class Router:
             if not fits
             else "fallback: local, late rather than never"
         )
-        plan = [*fits, *sorted(slow, key=lambda d: d.estimated_seconds), Decision(LOCAL, why_local, local_s, 0.0)]
-        return plan
+        last = Decision(LOCAL, why_local, local.seconds, local.cost_usd)
+        return [*fits, *sorted(slow, key=lambda d: d.estimated_seconds), last]
 
-    def _fastest(self, remotes: list[str], audio_seconds: float, local_s: float, local_basis: str) -> list[Decision]:
+    def _fastest(self, remotes: list[str], estimates: dict[str, Estimate]) -> list[Decision]:
         spent, budget = self.ledger.month_spend(), self.config.monthly_budget_usd
-        options = [Decision(LOCAL, f"realtime: local about {local_s:.0f} s ({local_basis})", local_s, 0.0)]
+        local = estimates[LOCAL]
+        options = [Decision(LOCAL, f"realtime: local about {local.seconds:.0f} s ({local.basis})", local.seconds,
+                            local.cost_usd)]
         for tier in remotes:
-            seconds, cost = self.remote_estimate(tier, audio_seconds)
+            seconds, cost = estimates[tier].seconds, estimates[tier].cost_usd
             if spent + cost > budget or not self.breakers[tier].allows():
                 continue
             options.append(Decision(tier, f"realtime: {tier} about {seconds:.0f} s for ${cost:.3f}", seconds, cost))
@@ -246,13 +283,6 @@ class Router:
         """The model `tier` runs for a `task` job that asked for `model` (what the result names)."""
         runs = self.runs.get(tier)
         return model if runs is None else runs(task, model)
-
-    def _fallbacks(self, remotes: list[str], audio_seconds: float, reason: str) -> list[Decision]:
-        out = []
-        for tier in remotes:
-            seconds, cost = self.remote_estimate(tier, audio_seconds)
-            out.append(Decision(tier, reason, seconds, cost))
-        return out
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -303,76 +333,109 @@ def cloud_only(router: Router | None, task: str, model: str, what: str, key: str
     return tiers
 
 
-def run_routed(
-    ctx: JobContext,
-    router: Router | None,
-    task: str,
-    model: str,
-    units: float,
-    run_local: Callable[[], tuple[T, str]] | None,
-    run_remote: Callable[[str], tuple[T, float | None]],
-    cloud: tuple[str, str] = ("", ""),
-) -> tuple[T, dict[str, Any]]:
-    """Run a job on the tier the router picks, falling through its plan when a tier fails.
+class Route:
+    """The tiers to try for one job, in the router's order, each run by the job itself:
 
-    `units` is what speed and price scale with (audio seconds in or out). `run_local()` returns
-    (value, device); `run_remote(tier)` returns (value, cost in USD or None). The job's
-    `deadline_seconds` / `deadline_class` args choose the plan; each decision is recorded on the
-    job (`route`) and logged. Returns (value, {"tier", "device", "cost_usd"?, "model", "licence"}):
-    the model that ran (a tier's own, when it runs one) and its licence. A cancel or a
-    BadRequest (input no tier will accept) is not retried elsewhere.
+        route = Route(ctx, self.router, "stems", model, audio_seconds)
+        for attempt in route:
+            with attempt:  # a BridgeError here marks the tier failed and moves on to the next
+                if attempt.local:
+                    value, device = ...            # this machine's engine
+                    return value, attempt.ran_locally(device)
+                value, cost = ...                  # tiers[attempt.tier].run(TierJob(...), ...)
+                return value, attempt.ran_remotely(cost)
+        raise route.failure()
 
-    `run_local` None: the model has no local engine (`cloud`: what it is and its models key, for
+    The job calls the router, never the other way round. `units` is what speed and price scale
+    with (audio seconds in or out). The job's `deadline_seconds` / `deadline_class` args choose
+    the plan; each decision is recorded on the job (`route`) and logged. `ran_locally` /
+    `ran_remotely` return {"tier", "device", "cost_usd"?, "model", "licence"}: the model that ran
+    (a tier's own, when it runs one) and its licence. A cancel or a BadRequest (input no tier
+    will accept) is not retried elsewhere.
+
+    `local` False: the model has no local engine (`cloud`: what it is and its models key, for
     `cloud_only`'s message); local leaves the plan, and a plan left empty is Unavailable.
     """
-    args = ctx.job.args
-    if router is None:
-        plan: list[Decision] = []
-    else:
-        realtime = args.get("deadline_class") == "realtime"
-        plan = router.plan(task, model, units, args.get("deadline_seconds"), realtime=realtime)
-    if run_local is None:
-        offered = cloud_only(router, task, model, *cloud)
-        plan = [decision for decision in plan if decision.tier != LOCAL]
-        if not plan:
-            raise Unavailable(f"{ctx.job.kind}: {cloud[0]} runs on {', '.join(offered)}, and none of them can take "
-                              "a job now (circuit open after failures, or over router.monthly_budget_usd)")
-    failures: list[str] = []
-    errors: list[BridgeError] = []
-    attempts: list[Decision | None] = [*plan] if plan else [None]  # None: run it here
-    for decision in attempts:
-        tier = LOCAL if decision is None else decision.tier
-        if decision is not None:
-            ctx.set_route({**decision.to_dict(), "failed": list(failures)})
-            log.info("job %s -> %s: %s", ctx.job.id, tier, decision.reason)
-        ctx.check_cancelled()
-        started = time.monotonic()
-        try:
-            if tier == LOCAL:
-                assert run_local is not None  # left out of the plan above
-                value, device = run_local()
-                if router is not None:
-                    router.learn_local(task, model, units, time.monotonic() - started)
-                    router.succeeded(LOCAL, None, ctx.job.id)
-                return value, {"device": device, "tier": LOCAL, **describe(task, model)}
-            value, cost = run_remote(tier)
-            assert router is not None and decision is not None
-            if cost is None:  # a tier that reports no price is charged what the router expected
-                cost = decision.estimated_cost_usd
-            router.succeeded(tier, cost, ctx.job.id)
-            return value, {"device": tier, "tier": tier, "cost_usd": cost,
-                           **describe(task, router.model_for(tier, task, model))}
-        except (JobCanceled, BadRequest):
-            raise
-        except BridgeError as err:
-            if router is not None:
-                router.failed(tier)
-            failures.append(f"{tier}: {err.code}: {err.message}")
-            errors.append(err)
-            log.warning("job %s: %s failed (%s); trying the next tier", ctx.job.id, tier, err.message)
-    if len(errors) == 1:
-        raise errors[0]  # the only tier there was: its own error (e.g. not_found for a missing model)
-    raise Unavailable(f"{ctx.job.kind}: every tier failed: " + "; ".join(failures))
+
+    def __init__(self, ctx: JobContext, router: Router | None, task: str, model: str, units: float,
+                 local: bool = True, cloud: tuple[str, str] = ("", "")) -> None:
+        self.ctx, self.router, self.task, self.model, self.units = ctx, router, task, model, units
+        args = ctx.job.args
+        if router is None:
+            plan: list[Decision] = []
+        else:
+            realtime = args.get("deadline_class") == "realtime"
+            plan = router.plan(task, model, units, args.get("deadline_seconds"), realtime=realtime)
+        if not local:
+            offered = cloud_only(router, task, model, *cloud)
+            plan = [decision for decision in plan if decision.tier != LOCAL]
+            if not plan:
+                raise Unavailable(f"{ctx.job.kind}: {cloud[0]} runs on {', '.join(offered)}, and none of them can "
+                                  "take a job now (circuit open after failures, or over router.monthly_budget_usd)")
+        self.plan: list[Decision | None] = [*plan] if plan else [None]  # None: run it here
+        self.failures: list[str] = []
+        self.errors: list[BridgeError] = []
+
+    def __iter__(self) -> Iterator[Attempt]:
+        for decision in self.plan:
+            tier = LOCAL if decision is None else decision.tier
+            if decision is not None:
+                self.ctx.set_route({**decision.to_dict(), "failed": list(self.failures)})
+                log.info("job %s -> %s: %s", self.ctx.job.id, tier, decision.reason)
+            self.ctx.check_cancelled()
+            yield Attempt(self, tier, decision)
+
+    def failure(self) -> BridgeError:
+        """What to raise when every tier failed: the only tier's own error (e.g. not_found for a
+        missing model), else Unavailable naming each failure."""
+        if len(self.errors) == 1:
+            return self.errors[0]
+        return Unavailable(f"{self.ctx.job.kind}: every tier failed: " + "; ".join(self.failures))
+
+
+class Attempt:
+    """One tier of a `Route`: a context manager that turns a tier's BridgeError into a failure
+    recorded on the router (its circuit) and the route, so the job's loop moves on."""
+
+    def __init__(self, route: Route, tier: str, decision: Decision | None) -> None:
+        self.route = route
+        self.tier = tier
+        self.decision = decision
+        self.local = tier == LOCAL
+        self.started = time.monotonic()
+
+    def ran_locally(self, device: str) -> dict[str, Any]:
+        """Record the local run (its measured speed, for the next plans); returns where it ran."""
+        route, router = self.route, self.route.router
+        if router is not None:
+            router.learn_local(route.task, route.model, route.units, time.monotonic() - self.started)
+            router.succeeded(LOCAL, None, route.ctx.job.id)
+        return {"device": device, "tier": LOCAL, **describe(route.task, route.model)}
+
+    def ran_remotely(self, cost: float | None) -> dict[str, Any]:
+        """Record the tier's success and cost (a tier that reports no price is charged what the
+        router expected); returns where it ran."""
+        route, router = self.route, self.route.router
+        assert router is not None and self.decision is not None  # a remote tier comes from a plan
+        if cost is None:
+            cost = self.decision.estimated_cost_usd
+        router.succeeded(self.tier, cost, route.ctx.job.id)
+        return {"device": self.tier, "tier": self.tier, "cost_usd": cost,
+                **describe(route.task, router.model_for(self.tier, route.task, route.model))}
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> bool:
+        if err is None or isinstance(err, (JobCanceled, BadRequest)) or not isinstance(err, BridgeError):
+            return False
+        route = self.route
+        if route.router is not None:
+            route.router.failed(self.tier)
+        route.failures.append(f"{self.tier}: {err.code}: {err.message}")
+        route.errors.append(err)
+        log.warning("job %s: %s failed (%s); trying the next tier", route.ctx.job.id, self.tier, err.message)
+        return True
 
 
 def build_tiers(config: Config) -> dict[str, Tier]:

@@ -20,7 +20,7 @@ from bridge.errors import BadRequest
 from bridge.files import audio_writer, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
-from bridge.router import deadline_class, run_routed
+from bridge.router import Route, deadline_class
 from engines import openunmix, spleeter
 from engines.cloud.base import TierJob
 from engines.resample import check_file_rate, resample_tensor
@@ -129,16 +129,16 @@ class SeparateJob(EngineJob):
         self, ctx: JobContext, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
     ) -> tuple[np.ndarray, tuple[str, ...], dict[str, Any]]:
         """Separate on the tier the router picks, falling through the plan when a tier fails."""
-        def local() -> tuple[tuple[np.ndarray, tuple[str, ...]], str]:
-            separated, stems, device = self._separate_local(ctx, audio, sample_rate)
-            return (separated, stems), device
-
-        def remote(tier: str) -> tuple[tuple[np.ndarray, tuple[str, ...]], float | None]:
-            separated, stems, cost = self._separate_remote(ctx, tier, source, audio, sample_rate, audio_seconds)
-            return (separated, stems), cost
-
-        (separated, stems), where = run_routed(ctx, self.router, "stems", ctx.job.args["model"], audio_seconds, local, remote)
-        return separated, stems, where
+        route = Route(ctx, self.router, "stems", ctx.job.args["model"], audio_seconds)
+        for attempt in route:
+            with attempt:
+                if attempt.local:
+                    separated, stems, device = self._separate_local(ctx, audio, sample_rate)
+                    return separated, stems, attempt.ran_locally(device)
+                separated, stems, cost = self._separate_remote(ctx, attempt.tier, source, audio, sample_rate,
+                                                               audio_seconds)
+                return separated, stems, attempt.ran_remotely(cost)
+        raise route.failure()
 
     def _separate_local(self, ctx: JobContext, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
         import torch

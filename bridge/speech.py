@@ -26,7 +26,7 @@ from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
-from bridge.router import deadline_class, run_routed
+from bridge.router import Route, deadline_class
 from engines.cloud.base import TierJob
 from engines.resample import resample
 from engines.speech import Speaker, VoiceLibrary, is_voice_path, speech_file_name
@@ -130,17 +130,7 @@ class SpeechJob(EngineJob):
         file_name = check_name(Path(args["path"]).name, f"{KIND}: the file name", self.paths.max_name_bytes)
         ctx.progress(0.0, stage="loading")
         estimate = len(args["text"]) / CHARACTERS_PER_SECOND
-
-        def local() -> tuple[tuple[np.ndarray, int, dict[str, Any]], str]:
-            return self._speak_local(ctx)
-
-        def remote(tier: str) -> tuple[tuple[np.ndarray, int, dict[str, Any]], float | None]:
-            return self._speak_remote(ctx, tier, estimate)
-
-        chatterbox = args["voice"] == CHATTERBOX  # no local engine: the router plans tiers only
-        (audio, rate, about), where = run_routed(ctx, self.router, "tts", args["voice"], estimate,
-                                                 None if chatterbox else local, remote,
-                                                 cloud=("tts voice=chatterbox", CHATTERBOX))
+        (audio, rate, about), where = self._speak_routed(ctx, estimate)
         if where["tier"] == "local" and about.get("voice"):
             # The voice that spoke (a name's fallback may be the packaged voice), and its licence.
             where = {**where, **describe("tts", str(about["voice"]))}
@@ -165,6 +155,22 @@ class SpeechJob(EngineJob):
             "seconds": round(time.monotonic() - started, 3),
             **where,
         }
+
+    def _speak_routed(
+        self, ctx: JobContext, estimate: float
+    ) -> tuple[tuple[np.ndarray, int, dict[str, Any]], dict[str, Any]]:
+        """Speak on the tier the router picks (Chatterbox: tiers only), falling through its plan."""
+        voice = ctx.job.args["voice"]
+        route = Route(ctx, self.router, "tts", voice, estimate, local=voice != CHATTERBOX,
+                      cloud=("tts voice=chatterbox", CHATTERBOX))
+        for attempt in route:
+            with attempt:
+                if attempt.local:
+                    spoken, device = self._speak_local(ctx)
+                    return spoken, attempt.ran_locally(device)
+                spoken, cost = self._speak_remote(ctx, attempt.tier, estimate)
+                return spoken, attempt.ran_remotely(cost)
+        raise route.failure()
 
     def _speak_local(self, ctx: JobContext) -> tuple[tuple[np.ndarray, int, dict[str, Any]], str]:
         args = ctx.job.args

@@ -22,7 +22,7 @@ from bridge.engine_job import EngineJob, JobDeps
 from bridge.errors import BadRequest, Unavailable
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
-from bridge.router import deadline_class, run_routed
+from bridge.router import Route, deadline_class
 from bridge.separate import KIND as SEPARATE
 from bridge.separate import SeparateJob, track_name
 from engines.cloud.base import TierJob
@@ -155,14 +155,15 @@ class TranscribeJob(EngineJob):
         self, ctx: JobContext, source: Path, stem_audio: np.ndarray | None, duration: float
     ) -> tuple[Transcript, dict[str, Any]]:
         low = 0.5 if stem_audio is not None else 0.05
-
-        def local() -> tuple[Transcript, str]:
-            return self._transcribe_local(ctx, source, stem_audio, low)
-
-        def remote(tier: str) -> tuple[Transcript, float | None]:
-            return self._transcribe_remote(ctx, tier, source, stem_audio, duration, low)
-
-        return run_routed(ctx, self.router, "transcribe", ctx.job.args["model"], duration, local, remote)
+        route = Route(ctx, self.router, "transcribe", ctx.job.args["model"], duration)
+        for attempt in route:
+            with attempt:
+                if attempt.local:
+                    transcript, device = self._transcribe_local(ctx, source, stem_audio, low)
+                    return transcript, attempt.ran_locally(device)
+                transcript, cost = self._transcribe_remote(ctx, attempt.tier, source, stem_audio, duration, low)
+                return transcript, attempt.ran_remotely(cost)
+        raise route.failure()
 
     def _transcribe_local(
         self, ctx: JobContext, source: Path, stem_audio: np.ndarray | None, low: float

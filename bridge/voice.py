@@ -29,7 +29,7 @@ from bridge.errors import BadRequest, Unavailable
 from bridge.files import audio_writer, check_name, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
-from bridge.router import deadline_class, run_routed
+from bridge.router import Route, deadline_class
 from engines.cloud.base import TierJob
 from engines.resample import resample
 
@@ -93,10 +93,7 @@ class VoiceJob(EngineJob):
         out_dir = self.paths.output_dir(args["out_dir"], "out_dir", KIND)
         file_name = check_name(Path(args["output"]).name, f"{KIND}: the file name", self.paths.max_name_bytes)
         ctx.progress(0.0, stage="converting")
-        (audio, rate), where = run_routed(
-            ctx, self.router, TASK, args["voice"], float(args["seconds"]), None,
-            lambda tier: self._convert(ctx, tier, source), cloud=("RVC voice conversion", MODELS_KEY),
-        )
+        (audio, rate), where = self._convert_routed(ctx, source)
         ctx.check_cancelled()
         ctx.progress(CONVERTED, stage="writing")
         sample_rate = int(soundfile.info(str(source)).samplerate)  # back at the clip's own rate
@@ -121,6 +118,17 @@ class VoiceJob(EngineJob):
             "elapsed_seconds": round(time.monotonic() - started, 3),
             **where,
         }
+
+    def _convert_routed(self, ctx: JobContext, source: Path) -> tuple[tuple[np.ndarray, int], dict[str, Any]]:
+        """Convert on the tiers the router plans (there is no local engine), falling through its plan."""
+        args = ctx.job.args
+        route = Route(ctx, self.router, TASK, args["voice"], float(args["seconds"]), local=False,
+                      cloud=("RVC voice conversion", MODELS_KEY))
+        for attempt in route:
+            with attempt:
+                converted, cost = self._convert(ctx, attempt.tier, source)
+                return converted, attempt.ran_remotely(cost)
+        raise route.failure()
 
     def _convert(self, ctx: JobContext, tier_name: str, source: Path) -> tuple[tuple[np.ndarray, int], float | None]:
         args = ctx.job.args
