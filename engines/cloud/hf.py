@@ -72,12 +72,9 @@ MAX_COLD_START_WAIT_SECONDS = 120.0
 # MusicGen's EnCodec runs at 50 frames per second: max_new_tokens = 50 * seconds.
 MUSICGEN_TOKENS_PER_SECOND = 50
 
-# estimate() assumptions. Seconds: request overhead (strategy document: Inference API 1-30 s,
-# Endpoints 100-500 ms) plus processing per second of audio (in for stems/transcribe, out for
-# generate). Cost without `price_per_hour`: the strategy document's Hugging Face column
+# A result's cost without `price_per_hour`: the strategy document's Hugging Face column
 # (transcription $0.01 per minute, music generation $0.05 per run, stems: no price given).
-OVERHEAD_SECONDS = {"router": 2.0, "endpoint": 0.5}
-SECONDS_PER_AUDIO_SECOND = {"stems": 0.2, "transcribe": 0.05, "generate": 1.0}
+# (The router plans with router.seconds_per_audio_second / usd_per_audio_minute, its one source.)
 DEFAULT_GENERATE_SECONDS = 8.0
 ROUTER_COST_USD = {
     "transcribe": lambda job: 0.01 * job.audio_seconds / 60.0,
@@ -195,12 +192,6 @@ class HuggingFaceTier(Tier):
 
     def close(self) -> None:
         self._http.close()
-
-    def estimate(self, job: TierJob) -> tuple[float, float | None]:
-        """(seconds, cost_usd) for `job`, warm, from the assumptions at the top of this module.
-        Cost is None where no price is known (stems on the router)."""
-        seconds = self._estimate_seconds(job)
-        return seconds, self._cost(job, seconds)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -358,17 +349,7 @@ class HuggingFaceTier(Tier):
                             f"text-to-audio answered {response.headers.get('content-type')!r}, not audio")
         return write_output(Path(job.work_dir) / f"generated.{extension}", audio)
 
-    # -- estimates ----------------------------------------------------------------------------
-
-    def _estimate_seconds(self, job: TierJob) -> float:
-        overhead = OVERHEAD_SECONDS["endpoint" if self.endpoint_url else "router"]
-        audio_seconds = job.audio_seconds
-        if job.task == "generate":
-            try:
-                audio_seconds = _duration(job.params, self.name)
-            except BadRequest:
-                audio_seconds = DEFAULT_GENERATE_SECONDS
-        return overhead + SECONDS_PER_AUDIO_SECOND.get(job.task, 1.0) * audio_seconds
+    # -- prices -------------------------------------------------------------------------------
 
     def _cost(self, job: TierJob, seconds: float) -> float | None:
         if self.price_per_hour is not None:

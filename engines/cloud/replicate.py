@@ -151,24 +151,12 @@ RVC_VOICES = ("Squidward", "MrKrabs", "Plankton", "Drake", "Vader", "Trump", "Bi
 RVC_CUSTOM = "CUSTOM"
 RVC_MAX_SEMITONES = 24
 
-# estimate() and the Prefer: wait decision. ⚠ Run times are guesses anchored on the strategy
+# The Prefer: wait decision. ⚠ Run times are guesses anchored on the strategy
 # document ("Demucs (HTDemucs) 10-60s"; "Replicate 500ms-2s" latency) and say nothing about cold
 # starts of community models: (fixed seconds, seconds per second of audio in or out).
-QUEUE_SECONDS = 2.0
 RUN_SECONDS: dict[str, tuple[float, float]] = {"stems": (10.0, 0.15), "generate": (10.0, 2.0), "transcribe": (5.0, 0.1),
                                                "tts": (5.0, 0.5), "voice": (20.0, 0.5)}
 DEFAULT_GENERATE_SECONDS = 8  # MusicGen's documented default duration
-# Cost per run when no price_per_second is configured: the strategy document's "Recommended
-# Models" table (cjwbw/htdemucs ~$0.02, meta/musicgen ~$0.05, openai/whisper ~$0.01/min):
-# (fixed USD, USD per second of input audio).
-RUN_COST_USD: dict[str, tuple[float, float]] = {
-    "stems": (0.02, 0.0),
-    "generate": (0.05, 0.0),
-    "transcribe": (0.0, 0.01 / 60),
-    # ⚠ Not in the strategy document: guesses of the same order as its per-run prices.
-    "tts": (0.01, 0.0),
-    "voice": (0.04, 0.0),
-}
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 STATUSES = TERMINAL | {"starting", "processing"}
@@ -280,7 +268,7 @@ class ReplicateTier(Tier):
 
     `models` maps task -> model ref and names exactly the tasks offered (default DEFAULT_MODELS).
     `price_per_second` maps a model's "owner/name" to USD per second of `metrics.predict_time`;
-    without an entry `TierResult.cost_usd` is None and `estimate` falls back to RUN_COST_USD.
+    without an entry `TierResult.cost_usd` is None (the router then charges what it expected).
     The token goes only into the Authorization header to the API's own origin; it is in no
     message, log line or repr.
     """
@@ -442,22 +430,6 @@ class ReplicateTier(Tier):
 
     def close(self) -> None:
         self._http.close()
-
-    def estimate(self, job: TierJob) -> tuple[float, float | None]:
-        """(seconds from submission to outputs, cost in USD) for `job`, warm. Cost comes from
-        `price_per_second` x the expected run time when the model has a price, else from the
-        strategy document's per-run table; None for a task this tier does not offer."""
-        run_seconds = self._run_seconds(job)
-        ref = self._refs.get(_model_key(job))
-        price = self.price_per_second.get(ref.slug or "") if ref else None
-        if price is not None:
-            cost: float | None = price * run_seconds
-        elif job.task in RUN_COST_USD:
-            fixed, per_second = RUN_COST_USD[job.task]
-            cost = fixed + per_second * job.audio_seconds
-        else:
-            cost = None
-        return QUEUE_SECONDS + run_seconds, cost
 
     # -- creating -----------------------------------------------------------------------------
 

@@ -96,12 +96,9 @@ TIMEOUT_CODES = frozenset({3007, 3008})
 NO_SUCH_MODEL_CODES = frozenset({5007, 3042})
 BAD_INPUT_CODES = frozenset({5004, 3003, 3006})
 
-# estimate() assumptions: request overhead (strategy document: 20-100 ms edge latency, plus the
-# upload) and processing per second of audio; speech at about 15 characters a second (150 words a
-# minute); about 4 characters per bge token.
-OVERHEAD_SECONDS = 1.0
-TRANSCRIBE_SECONDS_PER_AUDIO_SECOND = 0.05
-TTS_SECONDS_PER_AUDIO_SECOND = 0.1
+# A result's price when the answer does not say how long the audio is: speech at about 15
+# characters a second (150 words a minute); about 4 characters per bge token. (The router plans
+# with router.seconds_per_audio_second / usd_per_audio_minute, its one source.)
 SPEECH_CHARS_PER_SECOND = 15.0
 CHARS_PER_TOKEN = 4.0
 
@@ -222,23 +219,6 @@ class WorkersAITier(Tier):
 
     def close(self) -> None:
         self._http.close()
-
-    def estimate(self, job: TierJob) -> tuple[float, float | None]:
-        """(seconds, cost_usd) for `job` from the assumptions and prices at the top of this module."""
-        model = self.models.get(job.task, "")
-        if job.task == "transcribe":
-            return (OVERHEAD_SECONDS + TRANSCRIBE_SECONDS_PER_AUDIO_SECOND * job.audio_seconds,
-                    self._audio_cost(model, job.audio_seconds))
-        if job.task == "tts":
-            speech = _speech_seconds(job)
-            return OVERHEAD_SECONDS + TTS_SECONDS_PER_AUDIO_SECOND * speech, self._audio_cost(model, speech)
-        if job.task == "embed":
-            try:
-                texts = self._embed_texts(job)
-            except BadRequest:
-                texts = []
-            return OVERHEAD_SECONDS, self._token_cost(model, texts)
-        return OVERHEAD_SECONDS, None
 
     # -- requests -----------------------------------------------------------------------------
 

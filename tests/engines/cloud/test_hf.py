@@ -461,21 +461,6 @@ def test_health_is_false_when_nothing_listens() -> None:
         tier.close()
 
 
-def test_estimates(tmp_path: Path) -> None:
-    router = HuggingFaceTier(TOKEN, models={"stems": STEMS_MODEL})
-    endpoint = HuggingFaceTier(TOKEN, endpoint_url="https://example.invalid", price_per_hour=3.6)
-    try:
-        minute = TierJob("transcribe", {}, tmp_path, audio_seconds=60.0)
-        seconds, cost = router.estimate(minute)
-        assert seconds > 0 and cost == pytest.approx(0.01)
-        assert router.estimate(TierJob("stems", {}, tmp_path, audio_seconds=60.0))[1] is None
-        seconds, cost = endpoint.estimate(TierJob("stems", {}, tmp_path, audio_seconds=60.0))
-        assert cost == pytest.approx(3.6 * seconds / 3600)
-    finally:
-        router.close()
-        endpoint.close()
-
-
 @pytest.mark.parametrize("kwargs", [
     {"token": ""},
     {"models": {"tts": "x"}},

@@ -302,7 +302,7 @@ def test_an_unreachable_provider_is_retried_then_unavailable(tmp_path: Path) -> 
     assert "cannot reach the provider" in err.message and "2 attempts" in err.message
 
 
-# -- health and estimates ------------------------------------------------------------------------
+# -- health -----------------------------------------------------------------------------------
 
 def test_health(tier: WorkersAITier, fake) -> None:
     _, control = fake
@@ -310,19 +310,6 @@ def test_health(tier: WorkersAITier, fake) -> None:
     assert control.requests[-1].json() == {"text": ["ping"]}
     control.script(quota())
     assert tier.health() is False
-
-
-def test_estimates(tmp_path: Path) -> None:
-    tier = WorkersAITier(TOKEN, ACCOUNT_ID)
-    try:
-        seconds, cost = tier.estimate(TierJob("transcribe", {}, tmp_path, audio_seconds=120.0))
-        assert seconds > 0 and cost == pytest.approx(0.001)
-        _, cost = tier.estimate(TierJob("tts", {"text": "x" * 150}, tmp_path))
-        assert cost == pytest.approx(0.0002 * 10 / 60)
-        _, cost = tier.estimate(TierJob("embed", {"text": ["y" * 400]}, tmp_path))
-        assert cost == pytest.approx(0.067 * 100 / 1_000_000)
-    finally:
-        tier.close()
 
 
 @pytest.mark.parametrize("kwargs", [
