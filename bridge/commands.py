@@ -3,7 +3,9 @@
 Each declaration names the command, its typed arguments (defaults, ranges, help) and its handler.
 OSC addresses (`/flow/<name with slashes>`), ZeroMQ `cmd` names, MIDI mapping targets, the CLI
 (`flowstate send`, `flowstate commands`) and the README's protocol table are derived from here.
-Adding a command is one edit: a decorated handler below.
+Adding a command is one edit: a decorated handler below; a command that runs as a background job is
+one `job_command(...)` declaration (its check and its job handler), which gives the submit path and
+the job kind's handler (`job_handlers`) as well.
 
 Handlers receive a `CallContext` and the validated arguments as keywords and return a dict (the
 result). Slow work does not belong in a handler: it goes to a job or a worker thread.

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from bridge import generate, samples, separate, speech, transcribe, voice
 from bridge.client import Client, RemoteError
 from bridge.commands import JOBS
 from bridge.testing import DaemonProcess
@@ -71,8 +72,10 @@ def test_the_cli_and_the_docs_list_it() -> None:
     assert "| `normalize` | `/flow/normalize` |" in flowstate("commands", "--markdown")
 
 
-def test_the_example_is_not_in_the_shipped_registry() -> None:
-    assert "normalize" not in JOBS
+def test_each_job_command_is_declared_under_its_job_kind() -> None:
+    # The declaration's name is the kind the queue stores and the capability's messages name.
+    kinds = {separate.KIND, generate.KIND, transcribe.KIND, speech.KIND, voice.KIND, samples.KIND}
+    assert set(JOBS) == kinds  # and the example is not among them
 
 
 def test_the_readme_shows_the_example_as_it_is() -> None:
