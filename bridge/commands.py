@@ -450,6 +450,7 @@ class JobCommand:
     check: Check
     job: BuildHandler  # None from it: not on this composition root (samples.index without a library)
     cloud: CloudOnly | None = None
+    task: str = ""  # what the tiers call it (router.order.<task>, the self-hosted server's tasks); "": none
 
     def submit(self, ctx: CallContext, request_id: str = "", **request: object) -> Result:
         """The command's handler: check the request, then queue the job; a commercial project's
@@ -470,11 +471,11 @@ JOBS: dict[str, JobCommand] = {}
 
 def job_command(
     name: str, *args: Arg, help: str, check: Check, job: BuildHandler, cloud: CloudOnly | None = None,
-    examples: tuple[str, ...] = (),
+    task: str = "", examples: tuple[str, ...] = (),
 ) -> JobCommand:
     """Declare a command that runs as a background job (see `JobCommand`); it replies at once with
     the job id and state. Declare `REQUEST_ID` among `args` (and `DEADLINE_ARGS` when a tier may run it)."""
-    declared = JobCommand(name, check, job, cloud)
+    declared = JobCommand(name, check, job, cloud, task)
     command(name, *args, help=help, returns=("id", "state"), examples=examples)(declared.submit)
     JOBS[name] = declared
     return declared
@@ -513,6 +514,7 @@ job_command(
     help="Separate a file into stems as a background job; replies at once with the job id.",
     check=lambda args, services: check_separate(args, services.paths, services.config),
     job=SeparateJob.build,
+    task="stems",
 )
 
 
@@ -645,6 +647,7 @@ job_command(
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
     check=lambda args, services: check_generate(args, services.paths, services.config, services.daw),
     job=GenerateJob.build,
+    task=GENERATE_TASK,
     cloud=lambda job: (GENERATE_TASK, job["model"], f"model {job['model']}", job["model"])
     if job["family"] in GENERATE_CLOUD_FAMILIES else None,
 )
@@ -672,6 +675,7 @@ job_command(
     "The result has the text, timed segments, the language and the SRT/VTT paths.",
     check=lambda args, services: check_transcribe(args, services.paths, services.config),
     job=TranscribeJob.build,
+    task="transcribe",
 )
 
 
@@ -698,6 +702,7 @@ job_command(
     "background job; replies at once with the job id. The result names the WAV, its length and sample rate.",
     check=lambda args, services: check_tts(args, services.paths, services.config),
     job=SpeechJob.build,
+    task="tts",
     cloud=lambda job: ("tts", CHATTERBOX, "voice chatterbox", CHATTERBOX) if job["voice"] == CHATTERBOX else None,
 )
 
@@ -721,6 +726,7 @@ job_command(
     "with the job id. The result names the WAV (<clip> - <voice>.wav), the voice and its licence.",
     check=lambda args, services: check_voice(args, services.paths, services.config),
     job=VoiceJob.build,
+    task=VOICE_TASK,
     cloud=lambda job: (VOICE_TASK, job["voice"], "RVC voice conversion", "rvc"),
 )
 

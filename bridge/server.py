@@ -81,11 +81,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from bridge import __version__
-from bridge.commands import lookup
+from bridge.commands import JOBS, lookup
 from bridge.config import Config, user_data_dir
 from bridge.daw import DawState
+from bridge.engine_job import JobDeps
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
-from bridge.generate import GenerateJob
 from bridge.generate import check_request as check_generate
 from bridge.generate import model_family as check_family
 from bridge.job_store import FINISHED_STATES, Job, JobStore
@@ -93,7 +93,7 @@ from bridge.jobs import JobContext, JobRunner
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
 from bridge.separate import KIND as SEPARATE
-from bridge.separate import SeparateJob, check_request
+from bridge.separate import check_request
 from bridge.server_http import (
     FORM_OVERHEAD_BYTES,
     Form,
@@ -106,9 +106,7 @@ from bridge.server_http import (
     parse_range,
     read_range,
 )
-from bridge.speech import SpeechJob
 from bridge.speech import check_request as check_speech
-from bridge.transcribe import TranscribeJob
 from bridge.transcribe import check_request as check_transcribe
 from engines.base import pick_device
 from engines.cloud.selfhosted_wire import (
@@ -231,11 +229,24 @@ _PARAMS: dict[str, type[BaseModel]] = {"stems": StemsParams, "generate": Generat
                                        "transcribe": TranscribeParams, "tts": SpeechParams}
 
 
-# The daemon's own job handlers, one per task: the same code runs in the daemon and on this server.
-JOB_HANDLERS: dict[str, Callable[[Config, PathPolicy], Callable[[JobContext], dict[str, Any]]]] = {
-    "stems": SeparateJob, "generate": GenerateJob, "transcribe": TranscribeJob, "tts": SpeechJob}
-
 Handler = Callable[[JobContext], dict[str, Any]]
+
+
+def _declared_handler(kind: str) -> Callable[[Config, PathPolicy], Handler]:
+    """The handler `kind`'s declaration (bridge/commands.py) builds, local only (no router, no tiers)."""
+    def build(config: Config, paths: PathPolicy) -> Handler:
+        handler = JOBS[kind].job(JobDeps(config, paths))
+        if handler is None:
+            raise StartupError(f"{kind}: its job handler cannot run on this server")
+        return handler
+
+    return build
+
+
+# The daemon's own job handlers, one per task its declaration names: the same code runs in the
+# daemon and on this server.
+JOB_HANDLERS: dict[str, Callable[[Config, PathPolicy], Handler]] = {
+    declared.task: _declared_handler(declared.name) for declared in JOBS.values() if declared.task in TASKS}
 
 
 class Backend(Protocol):
