@@ -137,11 +137,11 @@ def test_realtime_jobs_take_the_fastest_tier_within_budget(ledger: Ledger) -> No
 
 def test_config_defaults_point_each_tier_where_its_client_expects() -> None:
     from bridge.config import CloudConfig
-    from engines.cloud import hf, replicate, workers_ai
+    from engines.cloud import hf, replicate_client, workers_ai
 
     cloud = CloudConfig()
     assert cloud.huggingface_url == hf.DEFAULT_BASE_URL
-    assert cloud.replicate_url == replicate.DEFAULT_BASE_URL
+    assert cloud.replicate_url == replicate_client.DEFAULT_BASE_URL
     assert cloud.workers_ai_url == workers_ai.DEFAULT_BASE_URL
 
 

@@ -21,7 +21,9 @@ import soundfile
 
 from bridge.errors import BadRequest, ConfigError, Forbidden, NotFound, Unavailable
 from engines.cloud.base import TierJob
-from engines.cloud.replicate import MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
+from engines.cloud.replicate import ReplicateTier
+from engines.cloud.replicate_client import MARKER_PARAM, format_duration
+from engines.cloud.replicate_models import REPLICATE_TASKS
 from tests.engines.cloud.conftest import TOKEN  # the fixtures' token
 from tests.engines.cloud.fake_replicate import FakeReplicate, Fault
 
