@@ -303,9 +303,15 @@ def _checkpoint(name: str, key: str, model: str, use: str, model_type: str, fami
 
 
 def _nli(config: Config) -> Iterator[Check]:
-    """Where `classify method=nli` would load its NLI model from, checked on disk only (nothing is loaded)."""
+    """Where `classify method=nli` would load its NLI model from, checked on disk only (nothing is loaded).
+    A missing model warns only when NLI is classify's default method; otherwise only a request that
+    names method=nli uses it, so the row says so and stays ok."""
     model = config.classify.nli_model.strip()
     found = _hub_model("classify nli", "classify.nli_model", model, "classify method=nli")
+    if isinstance(found, Check) and config.classify.method != "nli":
+        yield Check(found.name, OK, f"not used by default (classify.method is {config.classify.method}): "
+                    f"{found.detail}")
+        return
     if isinstance(found, Check):
         yield found
         return
