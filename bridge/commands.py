@@ -585,7 +585,8 @@ async def samples_status(ctx: CallContext) -> Result:
     examples=("generate four bars of lofi drums", "make a chill house loop at 124 bpm",
         "create 8 bars of a deep bassline", "give me a 20 second cinematic riser", "compose an ambient piano loop",
         "make a 30 second drone", "generate the drums preset"),
-    help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo as a background job; "
+    help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo "
+    "as a background job; "
     "replies at once with the job id. "
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
     returns=("id", "state"),

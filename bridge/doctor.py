@@ -192,7 +192,8 @@ def _jack() -> Iterator[Check]:
         ports = [line for line in done.stdout.splitlines() if line.strip()]
         yield Check("jack", OK, f"server running, {len(ports)} ports")
     else:
-        yield Check("jack", WARN, "installed, no server running (start one: jackd --no-realtime -d dummy -r 48000 -p 256)")
+        yield Check("jack", WARN,
+                    "installed, no server running (start one: jackd --no-realtime -d dummy -r 48000 -p 256)")
 
 
 def _midi() -> Iterator[Check]:
@@ -223,7 +224,8 @@ def _weights(config: Config) -> Iterator[Check]:
     if found:
         yield Check("weights", OK, f"{len(found)} demucs checkpoint(s): " + ", ".join(found[:4]))
     else:
-        yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, or set models.demucs_repo")
+        yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, "
+                    "or set models.demucs_repo")
 
 
 def _spleeter(config: Config) -> Iterator[Check]:

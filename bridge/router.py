@@ -169,7 +169,8 @@ class Router:
             elif local_s <= deadline_seconds:
                 why = f"local meets the deadline: about {local_s:.0f} s <= {deadline_seconds:.0f} s ({local_basis})"
             else:
-                why = f"local would take about {local_s:.0f} s > {deadline_seconds:.0f} s, but no other tier is configured"
+                why = (f"local would take about {local_s:.0f} s > {deadline_seconds:.0f} s, "
+                       "but no other tier is configured")
             first = Decision(LOCAL, why, local_s, 0.0)
             return [first, *self._fallbacks(remotes, audio_seconds, "fallback after local failed")]
 
@@ -221,7 +222,8 @@ class Router:
             options.append(Decision(tier, f"realtime: {tier} about {seconds:.0f} s for ${cost:.3f}", seconds, cost))
         options.sort(key=lambda d: (d.estimated_seconds, d.estimated_cost_usd))
         first = options[0]
-        options[0] = Decision(first.tier, "fastest tier: " + first.reason, first.estimated_seconds, first.estimated_cost_usd)
+        options[0] = Decision(first.tier, "fastest tier: " + first.reason, first.estimated_seconds,
+                              first.estimated_cost_usd)
         return options
 
     def _offers(self, tier: str, task: str, model: str) -> bool:

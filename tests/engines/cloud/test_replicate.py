@@ -365,7 +365,8 @@ def test_invalid_input_is_a_bad_request_with_the_providers_detail(fake, make_tie
 
 def test_invalid_fields_are_named_when_the_detail_does_not(fake, make_tier, tmp_path):
     fake.fail("create", Fault(status=422, detail="Input validation failed",
-                              invalid_fields=[{"type": "required", "field": "input", "description": "prompt is required"}]))
+                              invalid_fields=[{"type": "required", "field": "input",
+                                               "description": "prompt is required"}]))
     with pytest.raises(BadRequest) as caught:
         make_tier().run(job(tmp_path, "generate", prompt="x"), lambda f: None, lambda: None)
     assert caught.value.message.endswith("Input validation failed (invalid: input: prompt is required)")
