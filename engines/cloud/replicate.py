@@ -121,15 +121,9 @@ class ReplicateTier(Tier):
         self.offers_stable_audio = STABLE_AUDIO in chosen
         self.named_models = frozenset((MODEL_TASKS[key], key) for key in (AUDIOGEN, RIFFUSION, CHATTERBOX)
                                       if key in chosen)
-        self.timeout_seconds = float(timeout_seconds)
-        self.wait_seconds = int(wait_seconds)
-        self.poll_initial_seconds = float(poll_initial_seconds)
-        self.poll_max_seconds = float(poll_max_seconds)
-        self.inline_limit_bytes = int(inline_limit_bytes)
         self.price_per_second = prices
-        self.max_retries = int(max_retries)
-        self.webhook_url = webhook_url
         self._refs = refs
+        # The protocol's settings (timeouts, Prefer: wait, polling, inline limit, retries, webhook) live there.
         self._client = PredictionClient(
             name, token, base_url=self.base_url, timeout_seconds=timeout_seconds, wait_seconds=wait_seconds,
             poll_initial_seconds=poll_initial_seconds, poll_max_seconds=poll_max_seconds,
