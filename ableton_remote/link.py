@@ -222,5 +222,6 @@ class DaemonLink:
             while queue and queue[0].deadline <= now:
                 pending = queue.popleft()
                 pending.on_error(
-                    UNAVAILABLE, f"{pending.name}: no answer from the daemon at {self.where}; is `flowstate up` running?"
+                    UNAVAILABLE,
+                    f"{pending.name}: no answer from the daemon at {self.where}; is `flowstate up` running?",
                 )

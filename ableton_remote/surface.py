@@ -378,7 +378,8 @@ class FlowstateSurface(LiveSurface):
 
     def _send_daw_state(self) -> None:
         song = self._c.song()
-        state = [float(song.tempo), int(song.signature_numerator), int(song.signature_denominator), bool(song.is_playing)]
+        state = [float(song.tempo), int(song.signature_numerator), int(song.signature_denominator),
+                 bool(song.is_playing)]
         self._daw_dirty = False
         self._link.request("daw.set", state, _ignore_reply, self._daw_set_failed, REQUEST_TIMEOUT_SECONDS)
 

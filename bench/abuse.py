@@ -217,7 +217,8 @@ def table(rows: list[Row]) -> str:
     widths = [max(len(c), *(len(line[i]) for line in body)) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)), "  ".join("-" * w for w in widths)]
     for row, line in zip(rows, body, strict=True):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + ("   <- FAIL" if row.failed else ""))
+        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+                     + ("   <- FAIL" if row.failed else ""))
     notes = [f"  {row.cls}/{row.wire}: {text}" for row in rows for text in row.notes]
     return "\n".join(lines + (["notes:"] + notes if notes else []))
 
@@ -506,7 +507,8 @@ def udp_drops() -> int | None:
     out that its datagram or its answer was lost; a rise says one may have been.
     """
     try:
-        lines = [line.split()[1:] for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+        lines = [line.split()[1:] for line in Path("/proc/net/snmp").read_text().splitlines()
+                 if line.startswith("Udp:")]
     except OSError:
         return None
     if len(lines) < 2:
@@ -2238,7 +2240,8 @@ def _sigterm(rig: Rig, row: Row, stops: int) -> None:
                  f"a job under {stops} stop(s) ended {final.get('state')} after {final.get('attempts')} attempt(s)")
         if started_after:
             row.note(f"{started_after} job(s) started after SIGTERM")
-        bound = float(daemon.process.config.get("jobs", {}).get("shutdown_timeout_seconds", 3.0)) + SHUTDOWN_SLACK_SECONDS
+        bound = (float(daemon.process.config.get("jobs", {}).get("shutdown_timeout_seconds", 3.0))
+                 + SHUTDOWN_SLACK_SECONDS)
         if max(seconds) > bound:
             row.note(f"slower than jobs.shutdown_timeout_seconds + {SHUTDOWN_SLACK_SECONDS:g} s ({bound:g} s)")
         row.ok = (all(c == 0 for c in codes) and max(seconds) <= bound and not started_after
@@ -2525,7 +2528,8 @@ def run(options: argparse.Namespace) -> list[Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="about 100 inputs per wire, about 90 s (the test suite's run)")
+    parser.add_argument("--short", action="store_true",
+                        help="about 100 inputs per wire, about 90 s (the test suite's run)")
     parser.add_argument("--only", default="", help=f"comma-separated classes: {', '.join(CLASSES)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random input")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds an answer may take before it is silent")
@@ -2533,11 +2537,14 @@ def main() -> None:
                         help="cheap jobs in the 'many jobs' row (default 40 with --short, else 1000; "
                              "about 3 a second on a 2-core CPU, so 10000 takes most of an hour)")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the work folder (logs, job stores, and each silent input as silent/*.json) for a post-mortem")
+                        help="keep the work folder (logs, job stores, and each silent input as silent/*.json) "
+                             "for a post-mortem")
     parser.add_argument("--wires", default="",
-                        help=f"poison only these wires (comma-separated: {', '.join(WIRES)}); inputs do not depend on it")
+                        help=f"poison only these wires (comma-separated: {', '.join(WIRES)}); "
+                             "inputs do not depend on it")
     parser.add_argument("--replay", default="",
-                        help="send one silent input saved by --keep (silent/*.json) alone to a fresh daemon and print its answer")
+                        help="send one silent input saved by --keep (silent/*.json) alone to a fresh daemon "
+                             "and print its answer")
     options = parser.parse_args()
     started = time.monotonic()
     rows = run(options)

@@ -92,7 +92,8 @@ def bench_malloc(args: argparse.Namespace) -> dict[str, Any]:
                     wall = _run(client, [source])
                     after = settled_rss_mb(pid)
                     memory = process_memory_mb(pid)
-                    jobs.append({"wall_s": round(wall, 2), "rss_after_mb": round(after or 0), "peak_mb": round(memory[1] if memory else 0)})
+                    jobs.append({"wall_s": round(wall, 2), "rss_after_mb": round(after or 0),
+                                 "peak_mb": round(memory[1] if memory else 0)})
                     print(f"malloc_tuning {tuning:3}: job {index + 1}: {wall:7.2f} s, resident after {after:6.0f} MB, "
                           f"peak {jobs[-1]['peak_mb']:6.0f} MB (load {os.getloadavg()[0]:.2f})", flush=True)
             daemon.stop()
@@ -138,7 +139,8 @@ def bench_jobs(args: argparse.Namespace) -> dict[str, Any]:
                 done += len(batch)
                 if done % step < len(batch) or done == args.jobs:
                     samples.append((done, settled_rss_mb(pid) or 0.0))
-                    print(f"  {done:6d} jobs: resident {samples[-1][1]:7.1f} MB (load {os.getloadavg()[0]:.2f})", flush=True)
+                    print(f"  {done:6d} jobs: resident {samples[-1][1]:7.1f} MB (load {os.getloadavg()[0]:.2f})",
+                          flush=True)
         wall = time.perf_counter() - started
     first, last = samples[0][1], samples[-1][1]
     growth = last / first if first else float("nan")

@@ -386,12 +386,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     result = run_cli(repo, name, source, files / "cli", args.threads)
                 runs[kind].append(result)
-                cpu = "cpu -" if result["cpu_s"] is None else f"cpu {result['cpu_s']:.1f} s, sys {result['sys_s']:.1f} s"
+                cpu = ("cpu -" if result["cpu_s"] is None
+                       else f"cpu {result['cpu_s']:.1f} s, sys {result['sys_s']:.1f} s")
                 print(f"  round {round_index + 1}: {kind:6} {result['wall_s']:7.2f} s ({cpu}; "
                       f"load {os.getloadavg()[0]:.2f})", flush=True)
 
         difference = max_difference(runs["daemon"][-1]["paths"], runs["direct"][-1]["paths"])
-        cli_difference = max_difference(runs["daemon"][-1]["paths"], runs["cli"][-1]["paths"]) if "cli" in runs else None
+        cli_difference = (max_difference(runs["daemon"][-1]["paths"], runs["cli"][-1]["paths"])
+                          if "cli" in runs else None)
 
     figures = {kind: summary(results) for kind, results in runs.items()}
     daemon_s, direct_s = figures["daemon"]["wall_s"], figures["direct"]["wall_s"]

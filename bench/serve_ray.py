@@ -107,7 +107,8 @@ def run_setting(config: Config, data_dir: Path, clips: list[Path], warm: Path, r
     sizes = [size for job in finished for size in job.result["ray"]["batch_sizes"]]
     return {"wall_s": round(wall, 2), "audio_s": audio, "throughput": round(audio / wall, 3),
             "replicas_used": len({job.result["ray"]["replica"] for job in finished}),
-            "ray_rss_mb": memory, "mean_batch": round(float(np.mean(sizes)), 2) if sizes else 1.0, "max_batch": max(sizes, default=1)}
+            "ray_rss_mb": memory, "mean_batch": round(float(np.mean(sizes)), 2) if sizes else 1.0,
+            "max_batch": max(sizes, default=1)}
 
 
 def _poll(store: JobStore, ids: list[str]) -> list[Any]:
@@ -137,8 +138,8 @@ def main() -> None:
         for i in range(args.jobs):
             clips.append(data_dir / "uploads" / f"c{i}" / f"clip{i}.wav")
             clips[-1].parent.mkdir(parents=True)
-            soundfile.write(str(clips[-1]), (0.1 * rng.standard_normal((int(args.seconds * 44100), 2))).astype(np.float32),
-                            44100)
+            soundfile.write(str(clips[-1]),
+                            (0.1 * rng.standard_normal((int(args.seconds * 44100), 2))).astype(np.float32), 44100)
         warm = data_dir / "uploads" / "warm" / "warm.wav"
         warm.parent.mkdir(parents=True)
         soundfile.write(str(warm), np.zeros((22050, 2), np.float32), 44100)

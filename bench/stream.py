@@ -329,7 +329,8 @@ def streams_main(args: argparse.Namespace) -> int:
               f"{row['bare_single_ms']:>7.1f} {row['bare_batched_ms']:>7.1f} {row['batched_over_separate']:>5.2f}")
     print(f"p50/p99: each stream's compute per hop, its wait for the batch included (worst stream); rt = latency + "
           f"1.3 x p99 in whole blocks + one block; ratio = N stacked windows / N separate forwards. Run took "
-          f"{time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.")
+          f"{time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after.")
     print(json.dumps({
         "bench": "stream.streams", "device": str(device), "device_name": device_name, "precision": args.precision,
         "tiny": args.tiny, "sample_rate": SAMPLE_RATE, "block": BLOCK, "seconds": args.seconds,
@@ -458,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-default-model", action="store_true",
                         help="skip the labelled default-argument HTDemucs line (released/default ratio)")
     parser.add_argument("--streams", default=None,
-                        help="concurrent streams batched into shared forwards, e.g. 1,4,8 (replaces the settings table)")
+                        help="concurrent streams batched into shared forwards, e.g. 1,4,8 "
+                             "(replaces the settings table)")
     parser.add_argument("--setting", default=None, help="with --streams: context,hop,lookahead in seconds "
                                                         "(default: the device's)")
     parser.add_argument("--tiny", action="store_true",

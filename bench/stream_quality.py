@@ -632,7 +632,8 @@ def print_table(result: dict[str, Any]) -> None:
     print("-" * len(header))
     for row in result["rows"]:
         if "refused" in row:
-            print(f"{setting_label(row['setting'], row['model']):<34} {row['sample_rate']:>5} refused: {row['refused']}")
+            print(f"{setting_label(row['setting'], row['model']):<34} {row['sample_rate']:>5} "
+                  f"refused: {row['refused']}")
             continue
         cells = " ".join(f"{row['sdr'][stem]:>7.2f} ({row['delta'][stem]:+5.2f})" for stem in stems)
         print(f"{setting_label(row['setting'], row['model']):<34} {row['sample_rate']:>5} {row['latency_ms']:>7.1f} "
@@ -716,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(row: dict[str, Any]) -> None:
         if "refused" in row:
-            print(f"  {row['model']} {setting_label(row['setting'], row['model'])}: refused: {row['refused']}", flush=True)
+            print(f"  {row['model']} {setting_label(row['setting'], row['model'])}: refused: {row['refused']}",
+                  flush=True)
             return
         print(f"  {row['model']} {setting_label(row['setting'], row['model'])} at {row['sample_rate']} Hz: worst "
               f"{row['worst_delta']:+.2f} dB ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -59,7 +59,8 @@ CHAIN_WORDS = {"master": "master", "mix": "master"}
 BOOL_WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "mute": (("mute", "silence", "kill", "cut out"), ("unmute", "bring back", "un-mute")),
     "playing": (("play", "start the transport", "roll"), ("stop the transport", "pause")),
-    "watch": (("watch", "keep watching", "keep it fresh", "keep an eye"), ("stop watching", "don't watch", "do not watch")),
+    "watch": (("watch", "keep watching", "keep it fresh", "keep an eye"),
+              ("stop watching", "don't watch", "do not watch")),
 }
 # Units of numeric arguments, by argument name: the words after (or before) the number.
 UNIT_WORDS: dict[str, tuple[str, ...]] = {

@@ -92,7 +92,7 @@ def default_tiers() -> dict[str, list[Tier]]:
 
 def _tier_models(tier: Tier) -> list[tuple[str, str]]:
     """(task, model) of the tier's own default models (Replicate keys Stable Audio Open apart)."""
-    from engines.cloud.replicate import MODEL_TASKS
+    from engines.cloud.replicate_models import MODEL_TASKS
 
     models: dict[str, str] = getattr(tier, "models", {})
     return [(MODEL_TASKS.get(key, key), model) for key, model in models.items()]
@@ -102,7 +102,7 @@ def cloud_names() -> list[tuple[str, str]]:
     """What a job names for a model only the cloud runs (`generate model=audiogen`, `tts voice=chatterbox`,
     `voice.convert voice=Obama`): asked of every tier beside the local names."""
     from engines.cloud.base import CLOUD_ONLY_MODELS
-    from engines.cloud.replicate import RVC_VOICES
+    from engines.cloud.replicate_models import RVC_VOICES
 
     return [*sorted(CLOUD_ONLY_MODELS), ("voice", RVC_VOICES[0])]
 

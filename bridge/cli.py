@@ -136,7 +136,8 @@ def _build_parser() -> argparse.ArgumentParser:
     reaper.add_argument(
         "--reaper-resource-dir", type=Path, metavar="DIR",
         help="REAPER's resource path, as Options > Show REAPER resource path shows it (default: "
-             "~/Library/Application Support/REAPER on macOS, %%APPDATA%%\\REAPER on Windows, ~/.config/REAPER on Linux)",
+             "~/Library/Application Support/REAPER on macOS, %%APPDATA%%\\REAPER on Windows, "
+             "~/.config/REAPER on Linux)",
     )
     service = sub.add_parser(
         "install-service", help="start the daemon at every login (launchd agent, systemd user unit, Startup folder)",
@@ -147,7 +148,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     service.add_argument("--config", type=Path, metavar="PATH",
                          help="the config file the daemon uses (default: config.yaml in your config folder)")
-    service.add_argument("--uninstall", action="store_true", help="remove the file (the daemon no longer starts at login)")
+    service.add_argument("--uninstall", action="store_true",
+                         help="remove the file (the daemon no longer starts at login)")
     service.add_argument("--print", action="store_true", dest="print_only", help="print the file, write nothing")
     service.add_argument("--platform", choices=["darwin", "linux", "win32"], default=None,
                          help="write the file of another OS (default: this one), e.g. to look at it")
@@ -461,7 +463,8 @@ def _report(final: dict[str, dict[str, Any]], labels: dict[str, str]) -> int:
             print(f"{labels[job_id]}: " + ", ".join(f"{stem} -> {path}" for stem, path in paths.items()))
         else:
             failures += 1
-            detail = f"{outcome.get('code')}: {outcome.get('message')}" if outcome["event"] == "job.failed" else "canceled"
+            detail = (f"{outcome.get('code')}: {outcome.get('message')}" if outcome["event"] == "job.failed"
+                      else "canceled")
             print(f"{labels[job_id]}: {detail}", file=sys.stderr)
     return 1 if failures else 0
 
@@ -540,7 +543,8 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     for job in jobs:
         error = job.get("error") or {}
         detail = error.get("message") or ", ".join((job.get("result") or {}).get("paths", {}))
-        print(f"{job['id']}  {job['state']:<9} {job['progress'] * 100:5.1f}%  {job['kind']}  {Path(job['args'].get('path', '')).name}  {detail}")
+        print(f"{job['id']}  {job['state']:<9} {job['progress'] * 100:5.1f}%  {job['kind']}  "
+              f"{Path(job['args'].get('path', '')).name}  {detail}")
     return 0
 
 

@@ -642,7 +642,8 @@ job_command(
     examples=("generate four bars of lofi drums", "make a chill house loop at 124 bpm",
         "create 8 bars of a deep bassline", "give me a 20 second cinematic riser", "compose an ambient piano loop",
         "make a 30 second drone", "generate the drums preset"),
-    help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo as a background job; "
+    help="Generate a loop with MusicGen, Stable Audio Open, AudioGen or Riffusion at the DAW's tempo "
+    "as a background job; "
     "replies at once with the job id. "
     "The result names the WAV, its length in bars and seconds, the tempo and where it came from.",
     check=lambda args, services: check_generate(args, services.paths, services.config, services.daw),

@@ -198,7 +198,8 @@ class Daemon:
         self._lifecycle.shutdown(wait=False, cancel_futures=True)
 
     def endpoints(self) -> dict[str, str]:
-        return {**self.osc.endpoints(), **self.zmq.endpoints(), "zmq_audio": self.audio.endpoint(), "midi": self.midi.endpoint()}
+        return {**self.osc.endpoints(), **self.zmq.endpoints(), "zmq_audio": self.audio.endpoint(),
+                "midi": self.midi.endpoint()}
 
     def in_flight(self) -> int:
         return len(self._tasks)
@@ -230,7 +231,8 @@ class Daemon:
                     f"{spec.name}: {len(self._tasks)} requests are already running "
                     f"(daemon.max_in_flight = {limit}); try again when one has finished"
                 )
-                log.warning("%s from %s %s: busy: %s", spec.name, request.origin.transport, request.origin.host, busy.message)
+                log.warning("%s from %s %s: busy: %s", spec.name, request.origin.transport, request.origin.host,
+                            busy.message)
                 respond(Reply(spec.name, error=busy, spec=spec))
                 return
             task = asyncio.get_running_loop().create_task(self._run_async(spec, ctx, kwargs, respond))
@@ -265,7 +267,8 @@ class Daemon:
         try:
             result = await cast(Awaitable[dict[str, Any]], spec.handler(ctx, **kwargs))  # is_async
         except asyncio.CancelledError:
-            respond(Reply(spec.name, error=Unavailable(f"{spec.name} was cancelled: the daemon is shutting down"), spec=spec))
+            respond(Reply(spec.name, error=Unavailable(f"{spec.name} was cancelled: the daemon is shutting down"),
+                          spec=spec))
             raise
         except BridgeError as err:
             log.warning("%s: %s: %s", spec.name, err.code, err.message)
@@ -278,7 +281,8 @@ class Daemon:
 
 
 def _internal(spec: CommandSpec, err: Exception) -> Internal:
-    return Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}: {err}); the daemon log has the traceback")
+    return Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}: {err}); "
+                    "the daemon log has the traceback")
 
 
 def _glibc() -> Any:

@@ -192,7 +192,8 @@ def _jack() -> Iterator[Check]:
         ports = [line for line in done.stdout.splitlines() if line.strip()]
         yield Check("jack", OK, f"server running, {len(ports)} ports")
     else:
-        yield Check("jack", WARN, "installed, no server running (start one: jackd --no-realtime -d dummy -r 48000 -p 256)")
+        yield Check("jack", WARN,
+                    "installed, no server running (start one: jackd --no-realtime -d dummy -r 48000 -p 256)")
 
 
 def _midi() -> Iterator[Check]:
@@ -223,7 +224,8 @@ def _weights(config: Config) -> Iterator[Check]:
     if found:
         yield Check("weights", OK, f"{len(found)} demucs checkpoint(s): " + ", ".join(found[:4]))
     else:
-        yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, or set models.demucs_repo")
+        yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, "
+                    "or set models.demucs_repo")
 
 
 def _spleeter(config: Config) -> Iterator[Check]:
@@ -303,9 +305,15 @@ def _checkpoint(name: str, key: str, model: str, use: str, model_type: str, fami
 
 
 def _nli(config: Config) -> Iterator[Check]:
-    """Where `classify method=nli` would load its NLI model from, checked on disk only (nothing is loaded)."""
+    """Where `classify method=nli` would load its NLI model from, checked on disk only (nothing is loaded).
+    A missing model warns only when NLI is classify's default method; otherwise only a request that
+    names method=nli uses it, so the row says so and stays ok."""
     model = config.classify.nli_model.strip()
     found = _hub_model("classify nli", "classify.nli_model", model, "classify method=nli")
+    if isinstance(found, Check) and config.classify.method != "nli":
+        yield Check(found.name, OK, f"not used by default (classify.method is {config.classify.method}): "
+                    f"{found.detail}")
+        return
     if isinstance(found, Check):
         yield found
         return

@@ -61,7 +61,8 @@ LOADED, GENERATED = 0.05, 0.9
 # Request options a preset may also set (the request's own value wins).
 PRESET_KEYS = ("prompt", "bars", "seconds", "seed", "guidance_scale", "temperature", "top_k")
 MUSICGEN = "musicgen"  # the job's `family`: which engine makes it
-MUSICGEN_ONLY: tuple[str, ...] = ("temperature", "top_k", "melody_path")  # token sampling and melody: MusicGen's options
+# token sampling and melody: MusicGen's options
+MUSICGEN_ONLY: tuple[str, ...] = ("temperature", "top_k", "melody_path")
 STABLE_AUDIO_ONLY: tuple[str, ...] = ("steps", "negative_prompt")  # diffusion options
 # Models no local engine runs (AudioCraft and Riffusion pin other torch versions): on Replicate only.
 # Name -> (longest clip in seconds, what sets it, the options it does not take).

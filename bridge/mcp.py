@@ -199,7 +199,8 @@ class Tools:
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=self._tools)
 
-    async def call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(self, ctx: ServerRequestContext[Any],
+                        params: types.CallToolRequestParams) -> types.CallToolResult:
         try:
             spec = lookup(params.name)
         except UnknownCommand as err:
@@ -228,7 +229,8 @@ class Tools:
             job = await client.call("job.status", {"id": job_id})
             if job["state"] in ("done", "failed", "canceled"):
                 return _ended(spec, job_id, job["state"], job.get("result"), job.get("error") or {})
-            return _result({**job, "note": "started by an earlier request with this request_id; follow it with job.status"})
+            return _result({**job,
+                            "note": "started by an earlier request with this request_id; follow it with job.status"})
         reported = -1.0
 
         async def on_event(name: str, data: dict[str, Any]) -> None:

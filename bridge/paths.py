@@ -77,7 +77,8 @@ class PathPolicy:
         self.roots = [Path(os.path.realpath(root)) for root in roots]
         # Each root as configured (what requests spell) and its real path (what is opened).
         self._anchors = [
-            (Path(os.path.abspath(os.path.expanduser(root))), real) for root, real in zip(roots, self.roots, strict=True)
+            (Path(os.path.abspath(os.path.expanduser(root))), real)
+            for root, real in zip(roots, self.roots, strict=True)
         ]
         self.max_name_bytes = max_name_bytes
         self.max_path_chars = max_path_chars

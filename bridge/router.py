@@ -200,7 +200,8 @@ class Router:
             if deadline_seconds is None:
                 why = f"background job: local ({local.basis})"
             elif local.seconds <= deadline_seconds:
-                why = f"local meets the deadline: about {local.seconds:.0f} s <= {deadline_seconds:.0f} s ({local.basis})"
+                why = (f"local meets the deadline: about {local.seconds:.0f} s <= {deadline_seconds:.0f} s "
+                       f"({local.basis})")
             else:
                 why = (f"local would take about {local.seconds:.0f} s > {deadline_seconds:.0f} s, "
                        "but no other tier is configured")
@@ -258,7 +259,8 @@ class Router:
             options.append(Decision(tier, f"realtime: {tier} about {seconds:.0f} s for ${cost:.3f}", seconds, cost))
         options.sort(key=lambda d: (d.estimated_seconds, d.estimated_cost_usd))
         first = options[0]
-        options[0] = Decision(first.tier, "fastest tier: " + first.reason, first.estimated_seconds, first.estimated_cost_usd)
+        options[0] = Decision(first.tier, "fastest tier: " + first.reason, first.estimated_seconds,
+                              first.estimated_cost_usd)
         return options
 
     def _offers(self, tier: str, task: str, model: str) -> bool:

@@ -105,7 +105,8 @@ class SeparateJob(EngineJob):
         subtype = ENCODINGS[args["encoding"]]
         # One handle on the track folder, reached from the root without links, for every stem:
         # a folder swapped for a link meanwhile is never written (or later deleted) through.
-        with self.paths.open_dir(out_root / track_name(source), "out_dir", KIND, register=ctx.register_output) as folder:
+        with self.paths.open_dir(out_root / track_name(source), "out_dir", KIND,
+                                 register=ctx.register_output) as folder:
             folder.remove_partials()  # leftovers of an attempt that crashed mid-write
             for index, (name, data) in enumerate(outputs.items()):
                 ctx.check_cancelled()
@@ -140,7 +141,8 @@ class SeparateJob(EngineJob):
                 return separated, stems, attempt.ran_remotely(cost)
         raise route.failure()
 
-    def _separate_local(self, ctx: JobContext, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
+    def _separate_local(self, ctx: JobContext, audio: np.ndarray,
+                        sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
         import torch
         from demucs.audio import convert_audio_channels
 
@@ -211,7 +213,8 @@ class SeparateJob(EngineJob):
         return wanted
 
     @staticmethod
-    def _select(separated: np.ndarray, stems: tuple[str, ...], wanted: list[str], two_stems: str) -> dict[str, np.ndarray]:
+    def _select(separated: np.ndarray, stems: tuple[str, ...], wanted: list[str],
+                two_stems: str) -> dict[str, np.ndarray]:
         if two_stems:
             index = stems.index(two_stems)
             rest = np.delete(separated, index, axis=0).sum(axis=0)

@@ -899,7 +899,8 @@ def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
     try:
         server.run(sockets=[sock])
     except SystemExit as err:  # uvicorn exits this way when it cannot start
-        raise StartupError(f"the self-hosted server did not start (uvicorn exit {err.code}); the log above says why") from None
+        raise StartupError(f"the self-hosted server did not start (uvicorn exit {err.code}); "
+                           "the log above says why") from None
     finally:
         sock.close()
         state.stop()  # the lifespan normally did this already; a second call does nothing

@@ -101,7 +101,8 @@ def _systemd(folders: PlatformFolders, arguments: list[str]) -> ServiceFile:
         "WantedBy=default.target",
         "",
     ])
-    return ServiceFile(path, content, start_now=f"systemctl --user daemon-reload && systemctl --user enable --now {SYSTEMD_UNIT}",
+    return ServiceFile(path, content,
+                       start_now=f"systemctl --user daemon-reload && systemctl --user enable --now {SYSTEMD_UNIT}",
                        stop_now=f"systemctl --user disable --now {SYSTEMD_UNIT}",
                        log=f"journalctl --user -u {SYSTEMD_UNIT}")
 

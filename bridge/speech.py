@@ -63,7 +63,8 @@ def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> di
     voice_prompt = ""
     if voice == CHATTERBOX:
         if args.get("speed") is not None:
-            raise BadRequest(f"{KIND}: argument 'speed' does not apply to voice 'chatterbox' (cfg_weight sets its pace)")
+            raise BadRequest(f"{KIND}: argument 'speed' does not apply to voice 'chatterbox' "
+                             "(cfg_weight sets its pace)")
         if args.get("voice_prompt"):
             voice_prompt = str(paths.audio_file(str(args["voice_prompt"]), "voice_prompt", KIND)[0])
     else:
@@ -143,7 +144,8 @@ class SpeechJob(EngineJob):
             folder.remove_partials()  # leftovers of an attempt that crashed mid-write
             target = ctx.register_output(folder.path / file_name, folder.anchor)
             # To the descriptor opened in the checked folder: libsndfile never resolves a name.
-            folder.write_atomic(file_name, audio_writer(np.clip(audio, -1.0, 1.0), args["sample_rate"], "PCM_24", "wav"))
+            folder.write_atomic(file_name,
+                                audio_writer(np.clip(audio, -1.0, 1.0), args["sample_rate"], "PCM_24", "wav"))
         ctx.progress(1.0, stage="writing")
         return {
             "path": str(target),

@@ -569,7 +569,8 @@ class StreamManager:
                             "not an override")
         if "max_ratio_terms" in overrides:
             # A bound on what a request may allocate is not the request's to raise.
-            raise Forbidden("stream.start: stream.max_ratio_terms is a memory bound set in config.yaml, not an override")
+            raise Forbidden("stream.start: stream.max_ratio_terms is a memory bound set in config.yaml, "
+                            "not an override")
         try:
             return StreamConfig.model_validate({**self.base.model_dump(), **overrides})
         except ValidationError as err:
@@ -634,7 +635,8 @@ class StreamManager:
             engine = self.engine_for(settings)
             unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
             if unknown:
-                raise BadRequest(f"stream.start: unknown stem(s) {unknown}; {settings.model} has {', '.join(engine.stems)}")
+                raise BadRequest(f"stream.start: unknown stem(s) {unknown}; "
+                                 f"{settings.model} has {', '.join(engine.stems)}")
             effects = EffectRack.build(
                 settings.effects.model_dump(), tuple(engine.stems), settings.sample_rate, settings.channels
             )
@@ -700,7 +702,8 @@ class AudioSessions:
     def max_sessions(self) -> int:
         return self._max_sessions
 
-    def process(self, identity: bytes, seq: int, sample_rate: int, block: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def process(self, identity: bytes, seq: int, sample_rate: int,
+                block: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         # Before any engine exists: a rate the streaming resampler cannot hold is refused here.
         check_stream_rate(sample_rate, HTDEMUCS_RATE, self._manager.base.max_ratio_terms,
                           what="audio socket: header 'sample_rate'", key="stream.max_ratio_terms")

@@ -72,7 +72,8 @@ def voice_label(voice: str) -> str:
     if voice.startswith(("https://", "http://")):
         parts = urlsplit(voice)
         if parts.scheme != "https" or not parts.hostname or len(voice) > MAX_URL_CHARACTERS or re.search(r"\s", voice):
-            raise BadRequest(f"{KIND}: argument 'voice' expected an https URL (at most {MAX_URL_CHARACTERS} characters, "
+            raise BadRequest(f"{KIND}: argument 'voice' expected an https URL "
+                             f"(at most {MAX_URL_CHARACTERS} characters, "
                              f"no spaces) of an RVC v2 voice model, got {voice[:80]!r}")
         stem = PurePosixPath(unquote(parts.path)).name.removesuffix(".zip")
         return stem or parts.hostname

@@ -72,7 +72,8 @@ OPENRAIL_M = Licence(
 BSD_3_AST = Licence("BSD-3-Clause", "https://github.com/YuanGongND/ast/blob/master/LICENSE", True,
                     "BSD 3-Clause License")
 MIT_CHATTERBOX = Licence("MIT", "https://huggingface.co/ResembleAI/chatterbox", True, "MIT License")
-MIT_RVC = Licence("MIT", "https://github.com/RVC-Project/Retrieval-based-Voice-Conversion-WebUI/blob/main/LICENSE", True,
+MIT_RVC = Licence("MIT", "https://github.com/RVC-Project/Retrieval-based-Voice-Conversion-WebUI/blob/main/LICENSE",
+                  True,
                   "MIT License (the conversion code; a voice model carries its own terms)")
 RVC_SHIPPED_VOICES = Licence(
     "LicenseRef-RVC-shipped-voices", "https://replicate.com/zsxkib/realistic-voice-cloning", False,
@@ -169,7 +170,8 @@ CATALOGUE: tuple[Entry, ...] = (
           names=("facebook/bart-large-mnli", "bart-large-mnli")),
     Entry("MIT/ast-finetuned-audioset-*", "tag", BSD_3_AST,
           "the MIT/ast-finetuned-audioset-* model cards (license: bsd-3-clause), read on the 10-10-0.450 card and on "
-          "pages describing 10-10-0.4593 (its own card not read here); YuanGongND/ast's LICENSE (the code): BSD-3-Clause",
+          "pages describing 10-10-0.4593 (its own card not read here); "
+          "YuanGongND/ast's LICENSE (the code): BSD-3-Clause",
           patterns=(r"mit/ast-finetuned-audioset-[0-9.\-]+",)),
     # voice.convert: the result names the voice, whose terms are its maker's. A voice model of your own (a
     # URL) is not in the catalogue: licence unknown, allowed or refused by project.unknown_licences.

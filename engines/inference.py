@@ -174,7 +174,8 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     elif precision != "float32":
         problem = f"OpenVINO runs float32 only; precision is {precision}"
     elif batched:
-        problem = "OpenVINO is compiled for one window; this stream batches its windows with others' (stream.batch_streams)"
+        problem = ("OpenVINO is compiled for one window; this stream batches its windows with others' "
+                   "(stream.batch_streams)")
     if problem is None:
         try:
             importlib.import_module("openvino")
@@ -189,7 +190,8 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     if problem is None:
         probe = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
-            worst = max(float((model(probe) - runner(probe)).abs().max()) for model, runner in zip(models, runners, strict=True))
+            worst = max(float((model(probe) - runner(probe)).abs().max())
+                        for model, runner in zip(models, runners, strict=True))
         if not worst <= MATCH_TOLERANCE:
             problem = (f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window "
                        f"(limit {MATCH_TOLERANCE:g})")

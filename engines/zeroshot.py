@@ -2,7 +2,8 @@
 
 Each label becomes a hypothesis ("This example is {label}.") that the model reads against the text;
 the label's score is the model's entailment logit, softmaxed across the labels, so the scores sum to 1
-(the pipeline's single-label mode; with one label, the pipeline scores entailment against contradiction). It reads arbitrary labels better than cosine similarity of
+(the pipeline's single-label mode; with one label, the pipeline scores entailment against contradiction).
+It reads arbitrary labels better than cosine similarity of
 sentence embeddings, at the cost of one model pass per label (MNLI-sized models: slower).
 
 `model` is a hub name (read from the local hub cache, or downloaded when online) or a folder holding

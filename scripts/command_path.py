@@ -139,7 +139,8 @@ def files_of(stack: list[tuple[str, str]]) -> list[str]:
 
 def callbacks(hops: list[str]) -> list[str]:
     """Each A -> B -> A on one stack: a file entered again after it called another."""
-    return [" -> ".join(hops[hops.index(file):index + 1]) for index, file in enumerate(hops) if hops.index(file) < index]
+    return [" -> ".join(hops[hops.index(file):index + 1])
+            for index, file in enumerate(hops) if hops.index(file) < index]
 
 
 def report(steps: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:

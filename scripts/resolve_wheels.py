@@ -84,7 +84,8 @@ def resolve(platform: str, requirements: list[str], report: Path) -> dict[str, A
             # fast-deps: an index whose pages carry no PEP 658 metadata (no `core-metadata` key)
             # would make pip download every wheel whole (torch: over 100 MB) just to read its
             # METADATA; with it pip reads that file out of the remote zip with HTTP range requests.
-            "install", "--use-feature=fast-deps", "--dry-run", "--ignore-installed", "--only-binary=:all:", "--no-input",
+            "install", "--use-feature=fast-deps", "--dry-run", "--ignore-installed", "--only-binary=:all:",
+            "--no-input",
             "--platform", target["tag"], "--python-version", PYTHON_VERSION, "--implementation", "cp",
             "--target", str(Path(scratch) / "target"), "--report", str(report), "--progress-bar", "off",
             *requirements,
@@ -94,7 +95,8 @@ def resolve(platform: str, requirements: list[str], report: Path) -> dict[str, A
             "sys.exit(r._run_pip(json.loads(sys.argv[2]), sys.argv[3:]))"
         )
         done = subprocess.run(
-            [sys.executable, "-c", code, str(Path(__file__).resolve().parent), json.dumps(target["markers"]), *pip_args],
+            [sys.executable, "-c", code, str(Path(__file__).resolve().parent), json.dumps(target["markers"]),
+             *pip_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
         )
     output = done.stdout

@@ -212,7 +212,8 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
     log = tmp_path_factory.mktemp("jack") / "jackd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", "48000", "-p", "256", "-C", "2", "-P", "10"],
+            ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", "48000", "-p", "256",
+             "-C", "2", "-P", "10"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

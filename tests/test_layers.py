@@ -167,7 +167,8 @@ def test_the_import_graph_sees_imports_in_functions_and_packages() -> None:
 
 def test_no_import_cycles() -> None:
     runtime = [edge for edge in import_graph() if not edge.type_only]
-    found = [" -> ".join([cycle[0].source, *(f"{e.target} ({e.where()})" for e in cycle)]) for cycle in _cycles(runtime)]
+    found = [" -> ".join([cycle[0].source, *(f"{e.target} ({e.where()})" for e in cycle)])
+             for cycle in _cycles(runtime)]
     if found:
         pytest.fail("import cycles (each import named where it stands; break one edge of each):\n  "
                     + "\n  ".join(found))

@@ -208,7 +208,8 @@ class AudioServer:
             raise BadRequest(f"expected 2 frames (JSON header, float32 samples), got {len(body)}")
         if len(body[0]) > self.max_header_bytes:
             raise BadRequest(f"header of {len(body[0])} bytes exceeds zmq.audio_max_header_bytes "
-                             f"({self.max_header_bytes}); expected {{\"seq\": n, \"channels\": c, \"sample_rate\": sr}}")
+                             f"({self.max_header_bytes}); "
+                             "expected {\"seq\": n, \"channels\": c, \"sample_rate\": sr}")
         try:
             header = json.loads(body[0])
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -305,7 +305,8 @@ class _TcpConnection(asyncio.Protocol):
             return
         if isinstance(frame, int):
             limit = self._config.max_packet_bytes
-            self._server.reject(origin, "", BadRequest(f"OSC packet of {frame} bytes exceeds osc.max_packet_bytes ({limit})"))
+            self._server.reject(origin, "",
+                                BadRequest(f"OSC packet of {frame} bytes exceeds osc.max_packet_bytes ({limit})"))
             return
         try:
             packet = slip.decode(slip.END + frame + slip.END)
@@ -406,7 +407,8 @@ class OscServer:
         """Parse one packet strictly and run (or schedule) its messages; bad input gets /flow/error."""
         limit = self.config.max_packet_bytes
         if len(packet) > limit:
-            self.reject(origin, "", BadRequest(f"OSC packet of {len(packet)} bytes exceeds osc.max_packet_bytes ({limit})"))
+            self.reject(origin, "",
+                        BadRequest(f"OSC packet of {len(packet)} bytes exceeds osc.max_packet_bytes ({limit})"))
             return
         try:
             parsed = parse_packet(packet, self._limits)
@@ -419,7 +421,8 @@ class OscServer:
             return
         except Exception as err:  # a bug in the parser: answer, log the traceback, keep serving
             log.exception("OSC: parsing a %d-byte packet failed", len(packet))
-            self.reject(origin, "", Internal(f"the daemon failed to parse this packet ({type(err).__name__}); see its log"))
+            self.reject(origin, "",
+                        Internal(f"the daemon failed to parse this packet ({type(err).__name__}); see its log"))
             return
         for item in due:
             if item.delay > 0:
@@ -434,7 +437,8 @@ class OscServer:
         delay = 0.0 if parsed.immediate else max(0.0, parsed.unix_time() - now)
         if delay > MAX_BUNDLE_DELAY_SECONDS:
             raise BadRequest(
-                f"OSC bundle timetag is {delay:.0f} s in the future; at most {MAX_BUNDLE_DELAY_SECONDS:.0f} s is accepted"
+                f"OSC bundle timetag is {delay:.0f} s in the future; "
+                f"at most {MAX_BUNDLE_DELAY_SECONDS:.0f} s is accepted"
             )
         out: list[_Due] = []
         for content in parsed.contents:
@@ -479,7 +483,8 @@ class OscServer:
             self._dispatch(request, lambda reply: self._respond(reply, origin, address))
         except Exception as err:  # a bug below the dispatcher: this request is answered, the next runs
             log.exception("OSC %s: dispatch failed", quote(address))
-            self.reject(origin, address, Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}); see its log"))
+            self.reject(origin, address,
+                        Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}); see its log"))
 
     # -- replies and events -> wire ----------------------------------------------------------------
 

@@ -164,7 +164,8 @@ def _parse_message(data: bytes, start: int, end: int, limits: Limits) -> Message
         if tag == "[":
             if len(stack) > limits.max_depth:
                 raise BadRequest(
-                    f"OSC message {quote(address)}: arrays nested deeper than osc.max_nesting_depth ({limits.max_depth})"
+                    f"OSC message {quote(address)}: arrays nested deeper than osc.max_nesting_depth "
+                    f"({limits.max_depth})"
                 )
             inner: list[Any] = []
             stack[-1].append(inner)

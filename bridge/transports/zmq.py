@@ -164,7 +164,8 @@ class ZmqServer:
                     self._handle(envelope, frames[-1], ZmqOrigin(self, envelope, host))
                 except Exception as err:  # a bug: answer it, log it, go on with the next request
                     log.exception("ZeroMQ: handling a %d-byte request failed", len(frames[-1]))
-                    error = Internal(f"the daemon failed on this request ({type(err).__name__}); its log has the traceback")
+                    error = Internal(f"the daemon failed on this request ({type(err).__name__}); "
+                                     "its log has the traceback")
                     self.send(envelope, reply_body(Reply(name="", error=error), None))
         finally:
             self._draining = False
@@ -187,7 +188,8 @@ class ZmqServer:
                 body, max_depth=self.config.max_json_depth, max_int_digits=self.config.max_int_digits, section="zmq"
             )
             if not isinstance(message, dict):
-                raise BadRequest(f"expected a JSON object {{\"cmd\": ..., \"args\": {{...}}}}, got {type(message).__name__}")
+                raise BadRequest(f"expected a JSON object {{\"cmd\": ..., \"args\": {{...}}}}, "
+                                 f"got {type(message).__name__}")
             request_id = message.get("id")
             name = message.get("cmd")
             if not isinstance(name, str) or not name:
@@ -196,7 +198,8 @@ class ZmqServer:
             if args is None:
                 args = {}
             if not isinstance(args, dict):
-                raise BadRequest(f"{_short(name)}: 'args' must be a JSON object of named arguments, got {type(args).__name__}")
+                raise BadRequest(f"{_short(name)}: 'args' must be a JSON object of named arguments, "
+                                 f"got {type(args).__name__}")
         except BridgeError as err:
             log.warning("ZeroMQ request rejected: %s: %s", err.code, err.message[:512])
             self.send(envelope, reply_body(Reply(name="", error=err), request_id))
@@ -210,7 +213,8 @@ class ZmqServer:
             body = reply_body(reply, request_id)
         except (TypeError, ValueError, RecursionError) as err:
             log.exception("ZeroMQ: the reply to %s cannot be encoded as JSON", reply.name)
-            error = Internal(f"the reply to {reply.name} could not be encoded ({type(err).__name__}); see the daemon log")
+            error = Internal(f"the reply to {reply.name} could not be encoded ({type(err).__name__}); "
+                             "see the daemon log")
             body = reply_body(Reply(name=reply.name, error=error), request_id)
         self.send(envelope, body)
 

@@ -176,7 +176,8 @@ class SelfHostedTier(Tier):
             return False
         offered = self.offered()
         if task not in offered:
-            log.info("%s: not planned for %s: the server offers %s", self.name, task, ", ".join(sorted(offered)) or "none")
+            log.info("%s: not planned for %s: the server offers %s", self.name, task,
+                     ", ".join(sorted(offered)) or "none")
             return False
         if task != "stems" and model and offered[task] and model_name(model) != offered[task]:
             log.info("%s: not planned for %s: the server runs model %r, not %r", self.name, task, offered[task],
@@ -290,7 +291,8 @@ class SelfHostedTier(Tier):
                 seconds: float) -> TierResult:
         result = remote.get("result") or {}
         started, finished = remote.get("started_at"), remote.get("finished_at")
-        remote_seconds = finished - started if isinstance(started, (int, float)) and isinstance(finished, (int, float)) else seconds
+        remote_seconds = (finished - started
+                          if isinstance(started, (int, float)) and isinstance(finished, (int, float)) else seconds)
         cost = None
         if self.usd_per_second is not None:
             cost = round(self.usd_per_second * remote_seconds, 6) if created else 0.0  # a reused job was paid for

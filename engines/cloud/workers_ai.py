@@ -60,7 +60,9 @@ WORKERS_AI_TASKS = ("transcribe", "tts", "embed")
 DEFAULT_MODELS: dict[str, str] = {
     "transcribe": "@cf/openai/whisper-large-v3-turbo",
     "tts": "@cf/myshell-ai/melotts",
-    "embed": "@cf/baai/bge-base-en-v1.5",
+    # bge-small: what the daemon runs here when `samples.model` has no Workers AI counterpart (the
+    # default, MiniLM, has none), and the cheapest; a BGE `samples.model` runs its own counterpart.
+    "embed": "@cf/baai/bge-small-en-v1.5",
 }
 # Whisper models whose body is JSON with base64 audio; the others take the raw bytes.
 BASE64_WHISPER_MODELS = frozenset({"@cf/openai/whisper-large-v3-turbo"})

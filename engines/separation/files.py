@@ -31,7 +31,8 @@ class FileSeparator(Engine):
     name = "separation.file"
 
     def __init__(self, model: str, *, repo: Path | None = None, spleeter_dir: Path | None = None,
-                 openunmix_dir: Path | None = None, device: str = "auto", shifts: int = 0, overlap: float = 0.25, segment_seconds: float | None = None,
+                 openunmix_dir: Path | None = None, device: str = "auto", shifts: int = 0, overlap: float = 0.25,
+                 segment_seconds: float | None = None,
                  threads: int | None = None) -> None:
         super().__init__(device)
         check_range("shifts", shifts, 0, 10)

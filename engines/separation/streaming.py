@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 # (context, hop, lookahead) in seconds; each becomes a multiple of 1024 frames at 44.1 kHz.
 # CPU: one window of 0.5 + 0.25 + 0.25 s (45056 frames) cost 0.16 s with 2 threads where DESIGN.md
 # measured it, under the 0.25 s hop; on a slower 2-core AVX2 machine bench/stream.py measured
-# 0.24-0.28 s (load 0.9-1.1: no margin), where a 0.5 s hop (load 0.6-0.7) keeps real time. CUDA: a window costs a few ms,
+# 0.24-0.28 s (load 0.9-1.1: no margin), where a 0.5 s hop (load 0.6-0.7) keeps real time.
+# CUDA: a window costs a few ms,
 # so the hop shrinks to 4096 frames (0.093 s) and the lookahead to the ~0.1 s the STFT's reflect
 # padding needs; the context stays 0.5 s, as on CPU (the window's normalisation and attention see
 # enough signal, and on a GPU a longer window costs next to nothing). Latency at 48 kHz: 511.6 ms

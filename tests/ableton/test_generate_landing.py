@@ -248,7 +248,8 @@ def test_a_midi_note_generates_a_loop_at_the_sets_tempo_that_lands_in_live(
     mappings = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())["midi"]["mappings"]
     mapping = next(m for m in mappings if m["command"] == "generate")
     tiny = build_tiny_musicgen(tmp_path / "musicgen")
-    overrides = {"generate": {"model": str(tiny), "engine_device": "cpu"}, "midi": {"api": "jack", "mappings": mappings}}
+    overrides = {"generate": {"model": str(tiny), "engine_device": "cpu"},
+                 "midi": {"api": "jack", "mappings": mappings}}
     with pytest.MonkeyPatch.context() as env:
         for name, value in jack_server.env.items():  # rtmidi finds the JACK server through these
             env.setenv(name, value)

@@ -89,7 +89,8 @@ def test_a_message_without_a_type_tag_string_has_no_arguments() -> None:
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [(object(), "cannot encode"), (2**64, "does not fit in 64 bits"), (1e39, "out of float32 range"), ([1], "cannot encode")],
+    [(object(), "cannot encode"), (2**64, "does not fit in 64 bits"), (1e39, "out of float32 range"),
+     ([1], "cannot encode")],
 )
 def test_values_osc_cannot_carry_are_refused_by_argument(value: Any, problem: str) -> None:
     with pytest.raises(OscError, match=f"argument 1: .*{problem}"):

@@ -237,7 +237,8 @@ def test_without_an_audio_clip_selected_it_says_what_to_select(
     assert script.messages[-1] == "Flowstate: " + message
 
 
-def test_a_live_error_inside_the_script_is_shown_and_logged_never_raised(daemon: DaemonProcess, load_script: Load) -> None:
+def test_a_live_error_inside_the_script_is_shown_and_logged_never_raised(daemon: DaemonProcess,
+                                                                         load_script: Load) -> None:
     class DeletedClip:
         """What Live hands back for a clip deleted behind the script's back."""
 
@@ -349,7 +350,8 @@ def test_stream_controls_send_their_commands_and_show_the_daemons_answers(
     script.surface.receive_midi((0xB0, 23, 0))  # channel 1: a controller's own knob, not ours
     script.tick_until(lambda: script.shown("gain not set"), "stream.set answered")
     assert script.messages[-1] == (
-        "Flowstate: live stems vocals gain not set: unavailable: stream.set: no stream is running; stream.start one first"
+        "Flowstate: live stems vocals gain not set: unavailable: stream.set: no stream is running; "
+        "stream.start one first"
     )
 
     script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 90))
@@ -376,7 +378,8 @@ def test_no_daemon_is_shown_then_it_reconnects_and_follows_the_daemon_stopping(
     assert script.messages[-1] == f"Flowstate: no daemon at {where}: start it with `flowstate up`"
     script.surface.separate_selected_clip()
     script.tick_until(lambda: script.shown("cannot separate"), "separate refused")
-    assert script.messages[-1] == f"Flowstate: cannot separate 'a': unavailable: no daemon at {where}: start it with `flowstate up`"
+    assert script.messages[-1] == (f"Flowstate: cannot separate 'a': unavailable: no daemon at {where}: "
+                                   "start it with `flowstate up`")
 
     with later:
         script.tick_until(lambda: script.shown(f"connected to the daemon at {where}"), "reconnected")
@@ -385,7 +388,8 @@ def test_no_daemon_is_shown_then_it_reconnects_and_follows_the_daemon_stopping(
         script.tick_until(lambda: script.shown("the daemon is stopping (shutdown)"), "daemon.stopping event shown")
 
 
-def test_disconnect_removes_listeners_unregisters_and_closes_its_sockets(daemon: DaemonProcess, load_script: Load) -> None:
+def test_disconnect_removes_listeners_unregisters_and_closes_its_sockets(daemon: DaemonProcess,
+                                                                         load_script: Load) -> None:
     before = listeners(daemon)
     live = LiveSet()
     script = load_script(live, port(daemon))

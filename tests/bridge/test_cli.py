@@ -21,7 +21,8 @@ from bridge.testing import DaemonProcess
 def flowstate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
     return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=60, env={**clean, **(env or {})}
+        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=60,
+        env={**clean, **(env or {})}
     )
 
 

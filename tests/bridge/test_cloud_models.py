@@ -16,7 +16,7 @@ import soundfile
 
 from bridge.client import Client, RemoteError
 from bridge.testing import DaemonProcess
-from engines.cloud.replicate import DEFAULT_MODELS
+from engines.cloud.replicate_models import DEFAULT_MODELS
 from tests.conftest import OscUdp
 from tests.engines.cloud.fake_replicate import FakeReplicate, running_fake
 

@@ -72,7 +72,8 @@ def test_provider_tokens_come_from_their_usual_variables_and_stay_secret() -> No
         ("- a list\n", {}, ["expected a mapping"]),
         ("osc: [\n", {}, ["not valid YAML"]),
         ("stream:\n  model: spleeter:4stems\n", {}, ["stream.model = 'spleeter:4stems'", "spleeter:2stems"]),
-        ("", {"FLOWSTATE_SEPARATE_MODEL": "spleeter"}, ["separate.model = 'spleeter'", "expected one of spleeter:2stems"]),
+        ("", {"FLOWSTATE_SEPARATE_MODEL": "spleeter"},
+         ["separate.model = 'spleeter'", "expected one of spleeter:2stems"]),
         ("separate:\n  model: openunmix:umx\n", {}, ["separate.model = 'openunmix:umx'",
                                                       "openunmix:umxl, openunmix:umxhq"]),
         ("stream:\n  model: openunmix:umxl\n", {}, ["stream.model = 'openunmix:umxl'", "separates files only"]),
@@ -82,7 +83,8 @@ def test_provider_tokens_come_from_their_usual_variables_and_stay_secret() -> No
         ("", {"FLOWSTATE_CLASSIFY_NLI_HYPOTHESIS": "no placeholder"}, ["classify.nli_hypothesis = 'no placeholder'"]),
     ],
 )
-def test_bad_config_names_key_value_and_expectation(tmp_path: Path, text: str, env: dict[str, str], words: list[str]) -> None:
+def test_bad_config_names_key_value_and_expectation(tmp_path: Path, text: str, env: dict[str, str],
+                                                    words: list[str]) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:

@@ -307,7 +307,8 @@ def test_a_second_daemon_on_the_same_database_refuses_and_touches_nothing(repo: 
     first = DaemonProcess(overrides=_stems_overrides(repo), workdir=tmp_path / "first").start(timeout_seconds=SLOW)
     database = tmp_path / "first" / "jobs.sqlite3"
     # Its own ports and folders; only the job database is shared.
-    second = DaemonProcess(overrides=_stems_overrides(repo, jobs={"database": str(database)}), workdir=tmp_path / "second")
+    second = DaemonProcess(overrides=_stems_overrides(repo, jobs={"database": str(database)}),
+                           workdir=tmp_path / "second")
     source = write_audio(tmp_path / "first" / "files" / "shared" / "song.wav", 20.0)
     events: list[str] = []
     try:

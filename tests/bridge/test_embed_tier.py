@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 
 from bridge.client import Client, RemoteError
+from bridge.config import Config
+from bridge.router import workers_ai_embed_model
 from bridge.testing import DaemonProcess, build_tiny_sentence_bert
+from engines.cloud.workers_ai import WorkersAITier
 from tests.bridge.test_samples import run_index, sample_library
 from tests.engines.cloud.fake_workers_ai import (
     ACCOUNT_ID,
@@ -37,6 +40,15 @@ PRICE_PER_M_TOKENS = 0.020  # bge-small, shared/reference/cloud-tiers.md
 CREDENTIALS = {"CLOUDFLARE_API_TOKEN": TOKEN, "CLOUDFLARE_ACCOUNT_ID": ACCOUNT_ID}
 TEXT = "punchy kick drum with 808 sub bass"
 LABELS = ["drums", "bass", "vocals", "melody", "effects"]
+
+
+def test_workers_ai_s_default_embedding_model_is_the_one_the_daemon_runs_for_the_default_samples_model() -> None:
+    """The engine built bare (the README's catalogue table) and the daemon name the same BGE: bge-small."""
+    tier = WorkersAITier(TOKEN, ACCOUNT_ID)
+    try:
+        assert tier.models["embed"] == workers_ai_embed_model(Config()) == CLOUD_BGE
+    finally:
+        tier.close()
 
 
 @pytest.fixture(scope="module")

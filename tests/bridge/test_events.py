@@ -48,7 +48,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     daemon = Daemon(config)
-    asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(60)  # as DaemonProcess.start: a loaded machine is slow
+    # As DaemonProcess.start: a loaded machine is slow.
+    asyncio.run_coroutine_threadsafe(daemon.start(), loop).result(60)
     try:
         yield daemon
     finally:

@@ -18,7 +18,7 @@ from bridge.licences import check_job
 from bridge.testing import DaemonProcess, build_tiny_musicgen
 from engines import catalogue
 from engines.catalogue import licence_of
-from engines.cloud import hf, replicate, workers_ai
+from engines.cloud import hf, replicate, replicate_models, workers_ai
 from engines.cloud.base import CLOUD_ONLY_MODELS
 from engines.spleeter import MODELS as SPLEETER_MODELS
 from tests.conftest import OscUdp
@@ -37,14 +37,15 @@ def nameable_models() -> set[tuple[str, str]]:
         ("transcribe", defaults.transcribe.model), ("tts", defaults.tts.voice), ("embed", defaults.samples.model),
     }
     found |= {("stems", name) for name in SPLEETER_MODELS}
-    found |= {("stems", name) for name in replicate.DEMUCS_MODELS}
+    found |= {("stems", name) for name in replicate_models.DEMUCS_MODELS}
     found |= {("transcribe", name) for name in faster_whisper.available_models()}
-    for table in (replicate.DEFAULT_MODELS, hf.DEFAULT_MODELS, hf.DEFAULT_ENDPOINT_MODELS, workers_ai.DEFAULT_MODELS):
+    for table in (replicate_models.DEFAULT_MODELS, hf.DEFAULT_MODELS, hf.DEFAULT_ENDPOINT_MODELS,
+                  workers_ai.DEFAULT_MODELS):
         # Replicate keys some models apart from their task (Stable Audio Open, AudioGen ... : generate).
-        found |= {(replicate.MODEL_TASKS.get(key, key), model) for key, model in table.items()}
+        found |= {(replicate_models.MODEL_TASKS.get(key, key), model) for key, model in table.items()}
     # The models a request names that only Replicate runs; the voices its RVC model ships.
     found |= {("generate", "audiogen"), ("generate", "riffusion"), ("tts", "chatterbox")}
-    found |= {("voice", name) for name in replicate.RVC_VOICES}
+    found |= {("voice", name) for name in replicate_models.RVC_VOICES}
     found |= {("transcribe", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" in name}
     found |= {("tts", name) for name in workers_ai.PRICE_PER_AUDIO_MINUTE_USD if "whisper" not in name}
     found |= {("embed", name) for name in workers_ai.PRICE_PER_M_TOKENS_USD}
@@ -94,7 +95,8 @@ def test_the_commercial_flag_comes_from_config_yaml_or_the_environment(tmp_path:
     with pytest.raises(Forbidden) as caught:
         check_job("transcribe", {"model": "small", "stem": "vocals"},
                   config.model_copy(update={"separate": config.separate.model_copy(update={"model": "unknown-net"}),
-                                            "project": config.project.model_copy(update={"unknown_licences": "refuse"})}))
+                                            "project": config.project.model_copy(
+                                                update={"unknown_licences": "refuse"})}))
     assert "unknown-net" in caught.value.message and "project.unknown_licences" in caught.value.message
     check_job("transcribe", {"model": "small", "stem": "vocals"}, config)  # MIT, MIT: allowed
 
@@ -108,7 +110,8 @@ def test_the_readme_catalogue_table_is_the_generated_one_with_every_entry_once()
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Licences"):readme.index("## Command line")]
     assert catalogue_table.BEGIN in section and catalogue_table.END in section
-    current = section[section.index(catalogue_table.BEGIN):section.index(catalogue_table.END) + len(catalogue_table.END)]
+    end = section.index(catalogue_table.END) + len(catalogue_table.END)
+    current = section[section.index(catalogue_table.BEGIN):end]
     assert current == catalogue_table.readme_block(), "README.md's catalogue table is stale: run `make readme`"
     rows = _table_rows(current)
     assert [row[0] for row in rows] == [f"`{entry.model}`" for entry in catalogue.CATALOGUE]  # each once, in order
@@ -145,8 +148,9 @@ def test_where_each_model_runs_is_what_each_tier_built_with_its_defaults_answers
     for key, tiers in _tiers().items():
         marked: set[str] = set()
         for tier in tiers:
-            cloud_only = [*CLOUD_ONLY_MODELS, ("voice", replicate.RVC_VOICES[0])]  # what such jobs name
-            asked = [*local, *cloud_only, *((replicate.MODEL_TASKS.get(k, k), m) for k, m in tier.models.items())]
+            cloud_only = [*CLOUD_ONLY_MODELS, ("voice", replicate_models.RVC_VOICES[0])]  # what such jobs name
+            asked = [*local, *cloud_only,
+                     *((replicate_models.MODEL_TASKS.get(k, k), m) for k, m in tier.models.items())]
             for task, name in asked:
                 if tier.offers_model(task, name):
                     entry = catalogue.entry_for(tier.model_for(task, name), task)
@@ -167,7 +171,8 @@ def test_where_each_model_runs_is_what_each_tier_built_with_its_defaults_answers
     assert "openunmix:umxl" in rows["openunmix:umxl"][TIER_COLUMN["huggingface"]]
     assert rows["facebook/audiogen-medium"][2:7] == ["—", "—", "yes (`sepal/audiogen`)", "—", "—"]
     assert rows["ResembleAI/chatterbox"][TIER_COLUMN["replicate"]] == "yes (`resemble-ai/chatterbox`)"
-    assert rows["whisper"][TIER_COLUMN["workers_ai"]] != "—" and rows["distil-whisper"][TIER_COLUMN["workers_ai"]] == "—"
+    assert rows["whisper"][TIER_COLUMN["workers_ai"]] != "—"
+    assert rows["distil-whisper"][TIER_COLUMN["workers_ai"]] == "—"
 
 
 # -- through a real daemon --------------------------------------------------------------------------

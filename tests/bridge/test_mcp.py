@@ -116,7 +116,8 @@ async def tools_cover_the_registry(session: ClientSession) -> None:
     # classify's and search's embeddings may run on Workers AI (samples.tier): open-world queries.
     for name in ("classify", "samples.search"):
         assert hints[name].open_world_hint and hints[name].read_only_hint, name
-        assert EMBEDDINGS_NOTE in (listed[name].description or "") and CLOUD_NOTE not in (listed[name].description or "")
+        described = listed[name].description or ""
+        assert EMBEDDINGS_NOTE in described and CLOUD_NOTE not in described
 
 
 async def simple_calls_and_bad_arguments(session: ClientSession) -> None:
@@ -233,7 +234,8 @@ def http_mcp(daemon: DaemonProcess, tmp_path_factory: pytest.TempPathFactory) ->
         deadline = time.monotonic() + 60
         while not _accepts(port):
             assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, f"flowstate mcp --http did not listen within 60 s:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, (f"flowstate mcp --http did not listen within 60 s:\n"
+                                                 f"{log_path.read_text()}")
             time.sleep(0.05)
         assert f"http://127.0.0.1:{port}/mcp" in log_path.read_text()
         yield f"http://127.0.0.1:{port}/mcp"

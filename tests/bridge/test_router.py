@@ -39,7 +39,8 @@ def test_a_deadline_local_cannot_meet_goes_to_the_cheapest_tier_that_can(ledger:
     # Five minutes of audio in 60 s: local ~300 s; selfhosted ~33 s $0.01, replicate ~85 s.
     plan = r.plan("stems", "htdemucs", audio_seconds=300, deadline_seconds=60)
     assert plan[0].tier == "selfhosted"
-    assert "cheapest tier that meets the deadline" in plan[0].reason and "local would take about 300 s" in plan[0].reason
+    assert "cheapest tier that meets the deadline" in plan[0].reason
+    assert "local would take about 300 s" in plan[0].reason
     assert plan[0].estimated_cost_usd == pytest.approx(0.01)
     assert plan[-1].tier == "local"  # late rather than never
     # When the cheap tier is slower than the deadline, a dearer one that meets it wins.
@@ -137,11 +138,11 @@ def test_realtime_jobs_take_the_fastest_tier_within_budget(ledger: Ledger) -> No
 
 def test_config_defaults_point_each_tier_where_its_client_expects() -> None:
     from bridge.config import CloudConfig
-    from engines.cloud import hf, replicate, workers_ai
+    from engines.cloud import hf, replicate_client, workers_ai
 
     cloud = CloudConfig()
     assert cloud.huggingface_url == hf.DEFAULT_BASE_URL
-    assert cloud.replicate_url == replicate.DEFAULT_BASE_URL
+    assert cloud.replicate_url == replicate_client.DEFAULT_BASE_URL
     assert cloud.workers_ai_url == workers_ai.DEFAULT_BASE_URL
 
 

@@ -52,7 +52,8 @@ def files_dir(daemon: DaemonProcess) -> Path:
     return daemon.workdir / "files"
 
 
-def write_audio(path: Path, seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0, **kw: Any) -> Path:
+def write_audio(path: Path, seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0,
+                **kw: Any) -> Path:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * rng.standard_normal(t.shape[0])
@@ -109,7 +110,8 @@ def test_two_stems_flac_and_a_chosen_out_dir(daemon: DaemonProcess) -> None:
     source = write_audio(files_dir(daemon) / "two" / "Lead Vocal (take 3).wav", 2.0)
     out_dir = files_dir(daemon) / "exports"
     outcome, _ = run_job(
-        daemon, {"path": str(source), "two_stems": "vocals", "format": "flac", "encoding": "pcm16", "out_dir": str(out_dir)}
+        daemon,
+        {"path": str(source), "two_stems": "vocals", "format": "flac", "encoding": "pcm16", "out_dir": str(out_dir)},
     )
     paths = outcome["result"]["paths"]
     assert sorted(paths) == ["no_vocals", "vocals"]
@@ -319,8 +321,10 @@ def test_cli_separates_in_process_without_a_daemon(repo: Path, tmp_path: Path) -
     process = DaemonProcess(overrides=_overrides(repo), workdir=tmp_path)  # configured, not started
     source = write_audio(tmp_path / "elsewhere" / "loop.wav", 1.0)
     done = subprocess.run(
-        [sys.executable, "-m", "bridge", "separate", str(source), "--config", str(process.config_path), "--two-stems", "drums"],
-        capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")},
+        [sys.executable, "-m", "bridge", "separate", str(source), "--config", str(process.config_path),
+         "--two-stems", "drums"],
+        capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")},
     )
     assert done.returncode == 0, done.stderr
     assert (source.parent / "stems" / "loop" / "drums.wav").exists()

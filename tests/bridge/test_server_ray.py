@@ -12,7 +12,6 @@ ones that start a plain server of their own (expiry, signals) or none (wire cont
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from tests.bridge.test_server import (  # noqa: F401  (fixtures and tests pytest
     auth,
     finished,
     repo,
+    sse_frames,
     submit,
     test_a_bad_range_on_an_output_is_a_structured_4xx,
     test_a_body_cut_off_is_400_and_leaves_no_upload,
@@ -167,24 +167,17 @@ def test_a_job_whose_replica_is_killed_finishes_once_on_another(server: ServerPr
 
 def read_events(server: ServerProcess, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
     with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", headers=auth(), timeout=120) as response:
-        name = ""
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[len("data: "):])))
+        events.extend(sse_frames(response))
 
 
 def wait_for(server: ServerProcess, job_id: str, condition: Any, timeout_seconds: float = 60.0) -> dict[str, Any]:
     """Follow the job's SSE stream until a frame satisfies `condition`; that frame's job."""
     with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", headers=auth(),
                       timeout=timeout_seconds) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                job = json.loads(line[len("data: "):])
-                if condition(job):
-                    return job
-                assert job.get("state") not in ("done", "failed", "canceled"), f"the job ended first: {job}"
+        for _, job in sse_frames(response):
+            if condition(job):
+                return job
+            assert job.get("state") not in ("done", "failed", "canceled"), f"the job ended first: {job}"
     raise AssertionError(f"job {job_id}: the event stream ended before the condition held")
 
 

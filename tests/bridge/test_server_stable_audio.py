@@ -83,7 +83,8 @@ def test_the_daemon_sends_stable_audio_open_to_the_server_when_local_is_too_slow
         server: ServerProcess, tiny: Path, tmp_path: Path) -> None:
     overrides = {**settings(tiny), "cloud": {"selfhosted_url": server.url},
                  "router": {"local_seconds_per_audio_second": {"cpu": 100.0}}}
-    with DaemonProcess(overrides=overrides, workdir=tmp_path, env={**OFFLINE, "FLOWSTATE_SERVER_TOKEN": TOKEN}) as daemon:
+    with DaemonProcess(overrides=overrides, workdir=tmp_path,
+                       env={**OFFLINE, "FLOWSTATE_SERVER_TOKEN": TOKEN}) as daemon:
         with Client(daemon.zmq_requests, timeout_seconds=30) as client:
             reply = client.call("generate", {"model": "stable-audio-open", "prompt": "vinyl loop", "bars": 1,
                                              "tempo": 120.0, "seed": 2, "deadline_seconds": 30})

@@ -170,10 +170,12 @@ def test_a_server_offering_some_tasks_is_planned_for_those_only(tmp_path: Path, 
     client = SelfHostedTier(process.url, TOKEN, poll_seconds=0.1)
     try:
         refused = httpx.post(f"{process.url}/v1/jobs", headers=auth(), timeout=10,
-                             files={"task": (None, "generate"), "params": (None, '{"prompt": "x", "duration_seconds": 1}')})
+                             files={"task": (None, "generate"),
+                                    "params": (None, '{"prompt": "x", "duration_seconds": 1}')})
         config = RouterConfig.model_validate({"local_seconds_per_audio_second": {"cpu": 100.0}})
         with JobStore(tmp_path / "jobs.sqlite3") as store:
-            router = Router(config, {"selfhosted": client.tasks}, Ledger(store.database), "cpu", models={"selfhosted": client.offers_model})
+            router = Router(config, {"selfhosted": client.tasks}, Ledger(store.database), "cpu",
+                            models={"selfhosted": client.offers_model})
             plans = {task: [[d.tier for d in router.plan(task, "", 60, deadline, realtime=realtime)]
                             for realtime, deadline in ((True, None), (False, 30.0), (False, None))] for task in TASKS}
     finally:

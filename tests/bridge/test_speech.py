@@ -92,7 +92,8 @@ def test_rate_speed_and_folder_can_be_chosen(daemon: DaemonProcess) -> None:
     ({"text": "x" * 10_001}, "bad_request", ["at most 10000 characters"]),
     ({"text": "hello", "voice": "voices/missing.onnx"}, "not_found", ["voices/missing.onnx", "no such file"]),
     # A voice path outside the model folders and roots: refused without saying whether it exists.
-    ({"text": "hello", "voice": "/nowhere/voice.onnx"}, "forbidden", ["voice '/nowhere/voice.onnx'", "outside the model"]),
+    ({"text": "hello", "voice": "/nowhere/voice.onnx"}, "forbidden",
+     ["voice '/nowhere/voice.onnx'", "outside the model"]),
     ({"text": "hello", "voice": "/etc"}, "forbidden", ["voice '/etc'", "outside the model folders", "models.dirs"]),
     ({"text": "hello", "name": "CON"}, "bad_request", ["'name'", "Windows device name"]),
     ({"text": "hello", "name": "nul.wav"}, "bad_request", ["'name'", "Windows device name"]),

@@ -85,7 +85,8 @@ class Rig:
         total = self.signal.shape[1] / SAMPLE_RATE + tail_seconds
         deadline = time.monotonic() + total + 10
         while time.monotonic() < deadline and (
-            self.position < self.signal.shape[1] or len(self.blocks) * 256 < self.signal.shape[1] + tail_seconds * SAMPLE_RATE
+            self.position < self.signal.shape[1]
+            or len(self.blocks) * 256 < self.signal.shape[1] + tail_seconds * SAMPLE_RATE
         ):
             time.sleep(0.05)
         time.sleep(tail_seconds)
@@ -213,7 +214,8 @@ def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
             final = client.call("stream.status")
         finally:
             client.call("stream.stop")
-    assert final["late_hops"] > 0, {k: final[k] for k in ("late_hops", "dry_blocks", "resyncs", "hops", "load", "xruns", "hop_frames", "compute_ms_p50", "worker_error")}
+    assert final["late_hops"] > 0, {k: final[k] for k in ("late_hops", "dry_blocks", "resyncs", "hops", "load", "xruns",
+                                                          "hop_frames", "compute_ms_p50", "worker_error")}
     latency = status["round_trip_frames"]
     # After the latency, the tone never drops out: every 256-frame block carries it.
     body = recorded[0, latency + 1024 : latency + tone.shape[0] - 1024]

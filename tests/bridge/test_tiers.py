@@ -70,7 +70,8 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         assert TOKEN not in (folder / "server.log").read_text()
 
 
-def _daemon(repo: Path, tmp_path: Path, cloud: dict[str, Any], router: dict[str, Any], env: dict[str, str]) -> DaemonProcess:
+def _daemon(repo: Path, tmp_path: Path, cloud: dict[str, Any], router: dict[str, Any],
+            env: dict[str, str]) -> DaemonProcess:
     overrides = {
         "models": {"demucs_repo": str(repo)},
         "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1},
@@ -190,7 +191,8 @@ def test_an_open_unmix_job_goes_to_the_hf_endpoint_and_an_htdemucs_job_does_not(
             with Client(process.zmq_requests, timeout_seconds=30) as client:
                 jobs = {model: client.call("stems.separate", {"path": str(source), "model": model,
                                                               "deadline_seconds": 30,
-                                                              "out_dir": str(tmp_path / "files" / model.replace(":", "_"))})["id"]
+                                                              "out_dir": str(tmp_path / "files"
+                                                                             / model.replace(":", "_"))})["id"]
                         for model in ("openunmix:umxl", "tiny")}
                 final = client.wait_jobs(list(jobs.values()), lambda *_: None, 120)
                 status = {model: client.call("job.status", {"id": job_id}) for model, job_id in jobs.items()}

@@ -55,10 +55,12 @@ def test_named_arguments_are_typed_and_validated(req: zmq.Socket) -> None:
         (b'{"id": 3, "cmd": "ping", "args": "x"}', "bad_request", "'args' must be a JSON object", 3),
         (b'{"id": 3, "cmd": "ping", "args": {"x": 1}}', "bad_request", "unknown argument(s) ['x']", 3),
         (b'{"id": 3, "cmd": "register", "args": {}}', "bad_request", "missing argument 'port'", 3),
-        (b'{"id": 3, "cmd": "register", "args": {"port": "80"}}', "bad_request", "expected int in [1, 65535], got '80'", 3),
+        (b'{"id": 3, "cmd": "register", "args": {"port": "80"}}', "bad_request",
+         "expected int in [1, 65535], got '80'", 3),
         (b'{"id": 3, "cmd": "register", "args": {"port": true}}', "bad_request", "got True (bool)", 3),
         (b'{"id": 3, "cmd": "register", "args": {"port": 0}}', "bad_request", "got 0 (int)", 3),
-        (b'{"id": 3, "cmd": "ping", "pad": "' + b"z" * 1_100_000 + b'"}', "bad_request", "exceeds zmq.max_message_bytes", None),
+        (b'{"id": 3, "cmd": "ping", "pad": "' + b"z" * 1_100_000 + b'"}', "bad_request",
+         "exceeds zmq.max_message_bytes", None),
     ],
 )
 def test_bad_requests_get_structured_errors_and_the_daemon_keeps_serving(

@@ -39,7 +39,8 @@ def tagger(tiny_ast: Path) -> Iterator[AudioTagger]:
 def tones(rate: int, seconds: float) -> np.ndarray:
     """Two tones and a decaying burst, all below 4 kHz, so every rate here carries the same sound."""
     t = np.arange(int(round(rate * seconds))) / rate
-    return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1500 * t) * np.exp(-t / 0.3)).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * 220 * t)
+            + 0.2 * np.sin(2 * np.pi * 1500 * t) * np.exp(-t / 0.3)).astype(np.float32)
 
 
 def write(path: Path, audio: np.ndarray, rate: int) -> Path:

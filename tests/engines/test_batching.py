@@ -93,7 +93,8 @@ def test_batched_streams_equal_each_stream_alone(repo: Path, streams: int) -> No
     engines = [engine(repo, pool) for _ in range(streams)]
     blocks = [256, 1000, 4096, 333][:streams]  # any block sizes: the windows are the same
     try:
-        outputs = in_threads([lambda e=e, a=a, b=b: stream(e, a, b) for e, a, b in zip(engines, audios, blocks, strict=True)])
+        outputs = in_threads([lambda e=e, a=a, b=b: stream(e, a, b)
+                              for e, a, b in zip(engines, audios, blocks, strict=True)])
         for got, want in zip(outputs, expected, strict=True):
             assert got.shape == want.shape
             assert float(np.abs(got - want).max()) <= TOLERANCE

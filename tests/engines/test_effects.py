@@ -269,7 +269,8 @@ def test_a_vst3_outside_the_allowed_folders_is_forbidden(tmp_path: Path) -> None
 def test_a_bad_parameter_change_says_what_is_wrong(
     effect: str, name: str, value: Any, error: type[BridgeError], words: list[str]
 ) -> None:
-    chain = EffectChain.from_spec([{"name": "trim", "plugin": "Gain"}, {"name": "verb", "plugin": "Reverb"}], SAMPLE_RATE)
+    chain = EffectChain.from_spec([{"name": "trim", "plugin": "Gain"}, {"name": "verb", "plugin": "Reverb"}],
+                                  SAMPLE_RATE)
     before = chain.describe()
     with pytest.raises(error) as caught:
         chain.set_parameter(effect, name, value)

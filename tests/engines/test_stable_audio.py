@@ -51,7 +51,8 @@ def test_a_negative_prompt_and_guidance_change_the_audio(engine: StableAudioEngi
     assert not np.array_equal(plain.audio, steered.audio)
 
 
-def test_longer_than_the_model_can_make_is_a_bad_request_naming_the_limit(engine: StableAudioEngine, tiny: Path) -> None:
+def test_longer_than_the_model_can_make_is_a_bad_request_naming_the_limit(engine: StableAudioEngine,
+                                                                          tiny: Path) -> None:
     assert max_seconds(str(tiny)) == pytest.approx(engine.max_seconds) == pytest.approx(1024 * 32 / 8000)
     with pytest.raises(BadRequest, match=r"4\.10 s"):
         engine.process(GenerationRequest(prompt="long drone", seconds=5.0, seed=1))

@@ -222,8 +222,9 @@ def test_bad_config_is_named(section: dict[str, dict[str, str]], words: str) -> 
 def test_doctor_says_where_the_nli_model_would_load_from(tmp_path: Path) -> None:
     from bridge.doctor import run_checks
 
-    def row(nli_model: str) -> Any:
-        config = Config().model_copy(update={"classify": Config().classify.model_copy(update={"nli_model": nli_model})})
+    def row(nli_model: str, method: str = "nli") -> Any:
+        classify = Config().classify.model_copy(update={"nli_model": nli_model, "method": method})
+        config = Config().model_copy(update={"classify": classify})
         return next(check for check in run_checks(config, "test") if check.name == "classify nli")
 
     folder = tmp_path / "nli"
@@ -234,3 +235,8 @@ def test_doctor_says_where_the_nli_model_would_load_from(tmp_path: Path) -> None
     missing = row("flowstate-test/no-such-nli")
     assert missing.state == "warn" and "flowstate-test/no-such-nli not found" in missing.detail
     assert "classify.nli_model" in missing.detail
+    # Not classify's default method: only a request naming method=nli would load it, so the row informs.
+    unused = row("flowstate-test/no-such-nli", method="embeddings")
+    assert unused.state == "ok" and "not used by default (classify.method is embeddings)" in unused.detail
+    assert "flowstate-test/no-such-nli not found" in unused.detail and "classify.nli_model" in unused.detail
+    assert row(str(folder), method="embeddings").state == "ok"

@@ -65,7 +65,8 @@ def daw_status(daemon: DaemonProcess) -> dict[str, Any]:
 # -- the loop lands ---------------------------------------------------------------------------------
 
 
-def test_the_loop_goes_on_a_new_track_at_the_edit_cursor_at_reapers_tempo(reaper: Reaper, daemon: DaemonProcess) -> None:
+def test_the_loop_goes_on_a_new_track_at_the_edit_cursor_at_reapers_tempo(reaper: Reaper,
+                                                                          daemon: DaemonProcess) -> None:
     reaper.tempo_markers = [TempoMarker(0.0, 120.0, 4, 4), TempoMarker(10.0, 150.0, 3, 4)]
     drums = reaper.add_track("Drums")
     reaper.add_track("Bass")

@@ -32,7 +32,8 @@ CODEC = Path(ableton_remote.__file__).parent / "osc.py"
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under `folder`: its bytes and modification time."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
 
 
 def test_it_writes_the_six_actions_the_shared_module_and_the_one_codec(tmp_path: Path) -> None:

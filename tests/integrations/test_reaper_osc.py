@@ -136,7 +136,8 @@ def test_a_bundle_comes_out_as_its_messages_in_order(osc: ModuleType) -> None:
 def test_the_installed_codec_is_the_live_scripts_codec(installed: Path) -> None:
     import ableton_remote
 
-    assert (installed / "flowstate_osc.py").read_bytes() == (Path(ableton_remote.__file__).parent / "osc.py").read_bytes()
+    shipped = Path(ableton_remote.__file__).parent / "osc.py"
+    assert (installed / "flowstate_osc.py").read_bytes() == shipped.read_bytes()
 
 
 def test_values_osc_cannot_carry_are_refused_by_name(osc: ModuleType) -> None:

@@ -469,10 +469,12 @@ class FakeReplicate:
             total = inputs.get("seconds_total", 8)
             if not isinstance(total, int) or isinstance(total, bool) or total > STABLE_AUDIO_MAX_SECONDS:
                 problems.append({"type": "number_one_of", "field": "input.seconds_total",
-                                 "description": f"seconds_total must be less than or equal to {STABLE_AUDIO_MAX_SECONDS}"})
+                                 "description": "seconds_total must be less than or equal to "
+                                                f"{STABLE_AUDIO_MAX_SECONDS}"})
             for key, kind in (("steps", int), ("seed", int), ("seconds_start", int), ("cfg_scale", (int, float))):
                 if key in inputs and (not isinstance(inputs[key], kind) or isinstance(inputs[key], bool)):
-                    problems.append({"type": "type", "field": f"input.{key}", "description": f"{key} has the wrong type"})
+                    problems.append({"type": "type", "field": f"input.{key}",
+                                     "description": f"{key} has the wrong type"})
         elif model.kind in ("audiogen", "riffusion", "chatterbox", "rvc"):
             problems += _invalid_new_model(model.kind, inputs)
         else:

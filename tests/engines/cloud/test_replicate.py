@@ -21,7 +21,9 @@ import soundfile
 
 from bridge.errors import BadRequest, ConfigError, Forbidden, NotFound, Unavailable
 from engines.cloud.base import TierJob
-from engines.cloud.replicate import MARKER_PARAM, REPLICATE_TASKS, ReplicateTier, format_duration
+from engines.cloud.replicate import ReplicateTier
+from engines.cloud.replicate_client import MARKER_PARAM, format_duration
+from engines.cloud.replicate_models import REPLICATE_TASKS
 from tests.engines.cloud.conftest import TOKEN  # the fixtures' token
 from tests.engines.cloud.fake_replicate import FakeReplicate, Fault
 
@@ -363,7 +365,8 @@ def test_invalid_input_is_a_bad_request_with_the_providers_detail(fake, make_tie
 
 def test_invalid_fields_are_named_when_the_detail_does_not(fake, make_tier, tmp_path):
     fake.fail("create", Fault(status=422, detail="Input validation failed",
-                              invalid_fields=[{"type": "required", "field": "input", "description": "prompt is required"}]))
+                              invalid_fields=[{"type": "required", "field": "input",
+                                               "description": "prompt is required"}]))
     with pytest.raises(BadRequest) as caught:
         make_tier().run(job(tmp_path, "generate", prompt="x"), lambda f: None, lambda: None)
     assert caught.value.message.endswith("Input validation failed (invalid: input: prompt is required)")

@@ -13,7 +13,8 @@ import soundfile
 
 from bridge.errors import BadRequest, Unavailable
 from engines.cloud.base import TierJob
-from engines.cloud.replicate import DEFAULT_MODELS, RIFFUSION_SECONDS, RVC_VOICES, ReplicateTier
+from engines.cloud.replicate import ReplicateTier
+from engines.cloud.replicate_models import DEFAULT_MODELS, RIFFUSION_SECONDS, RVC_VOICES
 from tests.engines.cloud.test_replicate import Calls, only_prediction, write_wav
 
 VERSIONS = {key: ref.partition(":")[2] for key, ref in DEFAULT_MODELS.items()}

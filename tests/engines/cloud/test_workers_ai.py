@@ -30,6 +30,7 @@ TURBO = "@cf/openai/whisper-large-v3-turbo"
 WHISPER = "@cf/openai/whisper"
 MELOTTS = "@cf/myshell-ai/melotts"
 BGE_BASE = "@cf/baai/bge-base-en-v1.5"
+BGE_SMALL = "@cf/baai/bge-small-en-v1.5"  # the default: what the daemon runs for its default samples.model
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +138,11 @@ def test_tts_writes_the_speech(tier: WorkersAITier, fake, tmp_path: Path, binary
 def test_embed_returns_the_vectors(tier: WorkersAITier, fake, tmp_path: Path) -> None:
     _, control = fake
     result = run(tier, job("embed", tmp_path, text=["kick drum", "warm pad"], pooling="cls"))
-    assert control.requests[-1].path == path_of(BGE_BASE)
+    assert control.requests[-1].path == path_of(BGE_SMALL)
     assert control.requests[-1].json() == {"text": ["kick drum", "warm pad"], "pooling": "cls"}
-    assert result.data["shape"] == [2, 768] and len(result.data["data"]) == 2
+    assert result.data["shape"] == [2, 384] and len(result.data["data"]) == 2
     assert result.data["pooling"] == "cls"
-    assert result.cost_usd == pytest.approx(0.067 * (9 / 4 + 8 / 4) / 1_000_000)
+    assert result.cost_usd == pytest.approx(0.020 * (9 / 4 + 8 / 4) / 1_000_000)
 
 
 @pytest.mark.parametrize("params", [
