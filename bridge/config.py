@@ -359,6 +359,16 @@ class ServerConfig(_Section):
     retention_seconds: float = Field(default=86400.0, gt=0.0, le=30 * 86400.0)
     # Which instance this is, behind a load balancer that routes on it (FLY_MACHINE_ID on Fly).
     instance_id: str | None = None
+    # The job store. null: the embedded SQLite file <data_dir>/jobs.sqlite3 (one instance). A
+    # PostgreSQL DSN, postgresql://USER@HOST:PORT/DATABASE: one queue that several instances share
+    # (give them one data_dir folder too, a shared volume: uploads and outputs live there). The
+    # password goes in store_password (FLOWSTATE_SERVER_STORE_PASSWORD), or libpq's PGPASSWORD or
+    # ~/.pgpass, so it stays out of this file and out of every log line.
+    store: str | None = None
+    store_password: SecretStr | None = None
+    # A job's claim holds this long unless its instance renews it (every third of it); an instance
+    # that dies mid-job hands its jobs to the others this long after its last renewal.
+    lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
     # Host names the server answers to besides IP addresses and localhost (a guard against DNS
     # rebinding): e.g. ["my-app.fly.dev"] or "*.example.net"; "*" turns the guard off. The
     # environment takes a comma-separated list: FLOWSTATE_SERVER_ALLOWED_HOSTS=a.example,b.example.
@@ -368,6 +378,16 @@ class ServerConfig(_Section):
     # comma-separated list: FLOWSTATE_SERVER_TASKS=stems,transcribe.
     tasks: Annotated[list[Literal["stems", "generate", "transcribe", "tts"]], BeforeValidator(_split_commas)] = [
         "stems", "generate", "transcribe", "tts"]
+
+    @field_validator("store")
+    @classmethod
+    def _postgres_dsn(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a PostgreSQL DSN such as postgresql://flowstate@db.internal:5432/flowstate, "
+                             "or null for the embedded SQLite file")
+        return value
 
 
 class DaemonConfig(_Section):
@@ -917,7 +937,8 @@ def _explain(err: ValidationError, source: str, from_env: dict[tuple[str, ...], 
         loc = tuple(str(p) for p in item["loc"])
         key = ".".join(loc)
         origin = f" (from {from_env[loc]})" if loc in from_env else ""
-        secret = loc[:1] == ("cloud",) and loc[-1] != "workers_ai_account_id"
+        secret = (loc[:1] == ("cloud",) and loc[-1] != "workers_ai_account_id") or loc in (
+            ("server", "store"), ("server", "store_password"))  # a DSN may hold a password
         value = "<hidden>" if secret else repr(item.get("input"))
         if item["type"] == "extra_forbidden":
             model = _model_at(loc[:-1])
