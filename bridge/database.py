@@ -235,7 +235,11 @@ class PostgresDatabase:
 
     def __init__(self, dsn: str, *, password: str | None, name: str, setting: str,
                  migrations: Sequence[Sequence[str]]) -> None:
-        import psycopg
+        try:
+            import psycopg  # deferred: the `cluster` extra; a store of one's own never needs it
+        except ImportError as err:
+            raise StartupError(f"{setting}: a PostgreSQL {name} needs psycopg ({err}); "
+                               "pip install 'flowstate-bridge[cluster]' (make setup installs it)") from err
 
         self._psycopg = psycopg
         self.name = name
