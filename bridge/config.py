@@ -309,6 +309,10 @@ class RayDeploymentConfig(_Section):
     min_replicas: int = Field(default=1, ge=0, le=1024)
     max_replicas: int = Field(default=1, ge=1, le=1024)
     target_ongoing_requests: float = Field(default=2.0, gt=0.0, le=1024.0)
+    # How long the load must stay above (below) the target before a replica is added (removed):
+    # Ray Serve's own defaults. Only with max_replicas above min_replicas.
+    upscale_delay_seconds: float = Field(default=30.0, ge=0.0, le=86400.0)
+    downscale_delay_seconds: float = Field(default=600.0, ge=0.0, le=86400.0)
     # Jobs one replica runs at once (more wait at the ingress); the batcher needs 2 or more to batch.
     max_ongoing_requests: int = Field(default=4, ge=1, le=1024)
     # What a replica reserves on its node: CPUs, and a GPU (1) or a share of one (0.5).
