@@ -418,7 +418,9 @@ class JobStore:
             message = (f"the instance running this job stopped answering during each of {max_attempts} "
                        "attempt(s); not retried (raise jobs.max_attempts to retry more)")
             rows = self._execute(
-                f"UPDATE jobs SET state = 'failed', error_code = 'internal', error_message = ?, finished_at = ? "
+                # owner NULL: the attempt that lost it, if only paused, sees its claim gone (records nothing).
+                f"UPDATE jobs SET state = 'failed', error_code = 'internal', error_message = ?, finished_at = ?, "
+                f"owner = NULL, lease_until = NULL "
                 f"WHERE state = 'running' AND lease_until < ? AND attempts >= ? RETURNING seq, {_COLUMNS}",
                 (message, now, now, max_attempts),
             )

@@ -283,3 +283,25 @@ def test_a_lapsed_claim_goes_to_another_store_and_only_it_records_the_outcome(
     assert first.renew() == set()
     done = second.finish(job.id, {"by": "second"})
     assert done.state == "done" and done.result == {"by": "second"} and done.attempts == 2
+
+
+def test_a_job_whose_holders_keep_dying_is_failed_after_max_attempts(stores: tuple[JobStore, JobStore]) -> None:
+    first, second = stores
+    job, _ = first.submit("k", {})
+    given_up: list[str] = []
+    for holder in (first, second):  # each claims it, then dies (stops renewing)
+        claimed = holder.claim_next()
+        assert claimed is not None and claimed.id == job.id
+
+        def lapsed() -> bool:
+            failed, requeued = second.requeue_expired(2)
+            given_up.extend(failed_job.id for failed_job in failed)
+            return bool(requeued or failed)
+
+        wait_until(lapsed, f"{holder.owner}'s lease ran out")
+    assert given_up == [job.id]
+    failed = second.get(job.id)
+    assert failed.state == "failed" and failed.error_code == "internal" and failed.attempts == 2
+    assert "2 attempt(s)" in (failed.error_message or "")
+    with pytest.raises(Internal):
+        second.finish(job.id, {})  # the last holder, were it only paused, records nothing
