@@ -324,7 +324,16 @@ class _Server:
             self._janitor = None
         if self.runner is not None:
             left = self.runner.stop(self.config.daemon.shutdown_timeout_seconds)
-            if left:
+            if left and self.store is not None and self.store.is_shared:
+                # Other instances share the queue: the jobs go back to it (their attempt not
+                # counted: a stop is not a crash) and one of those instances runs them now.
+                handed = self.runner.hand_back()
+                log.warning("handing %d job(s) still running at shutdown to the other instances: %s", len(handed),
+                            ", ".join(handed))
+                # Their workers stop at the next segment, recording nothing: a worker thread still in
+                # native code when the interpreter exits would abort the process.
+                self.runner.stop(_CANCEL_WAIT_SECONDS, cancel_running=True)
+            elif left:
                 # Drained, now cancel (they end at their next segment): a client following one learns
                 # at once and can try another tier, where a job requeued on a machine that may stay
                 # stopped would run later for nobody. A crash still leaves jobs to requeue.

@@ -166,6 +166,24 @@ def test_a_job_running_on_one_instance_is_canceled_through_the_other(cluster: Cl
     assert health["running"] == 0
 
 
+def test_an_instance_stopped_mid_job_hands_it_back_and_the_other_runs_it(cluster: Cluster, tmp_path: Path) -> None:
+    created = submit(cluster.servers["b"], write_audio(tmp_path / "stop.wav", 30.0, seed=44), {"format": "wav"})
+    job_id = created.json()["id"]
+    running = wait_for(cluster.servers["b"], job_id,
+                       lambda job: job["state"] == "running" and job["progress"] > 0.05)
+    holder = cluster.servers[running["runner"]]
+    other = cluster.other(running["runner"])
+    try:
+        assert holder.stop() == 0  # SIGTERM: a graceful stop, say a rolling deploy
+        job = wait_finished(other, job_id, timeout_seconds=120.0)
+        assert job["state"] == "done" and job["runner"] != running["runner"], job
+        assert job["attempts"] == 1  # handed back, not crashed: the stopped run does not count
+        assert stem_files(cluster.data_dir, "stop") == sorted(f"{stem}.wav" for stem in STEMS)
+        assert f"handing 1 job(s) still running at shutdown to the other instances: {job_id}" in holder.log()
+    finally:
+        holder.start()  # back for the tests after this one
+
+
 def test_an_instance_killed_mid_job_hands_it_to_the_other_which_finishes_it_once(
         cluster: Cluster, tmp_path: Path) -> None:
     created = submit(cluster.servers["a"], write_audio(tmp_path / "k.wav", 30.0, seed=43), {"format": "wav"})
