@@ -292,7 +292,7 @@ class JobStore:
     def database(self) -> Database:
         """The SQLite file, which also holds the router's ledger (bridge/ledger.py): the daemon's."""
         if not isinstance(self._db, Database):
-            raise Internal(f"the job store at {self.path} is shared (PostgreSQL); the ledger needs the "
+            raise Internal(f"the job store at {self._db.where} is shared (PostgreSQL); the ledger needs the "
                            "daemon's own SQLite file (jobs.database)")
         return self._db
 

@@ -86,6 +86,7 @@ from starlette.requests import ClientDisconnect
 
 from bridge import __version__
 from bridge.config import Config, user_data_dir
+from bridge.database import redact_dsn
 from bridge.daw import DawState
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
 from bridge.generate import GenerateJob
@@ -661,7 +662,8 @@ def open_store(config: Config, data_dir: Path, instance_id: str | None) -> JobSt
         return JobStore(data_dir / "jobs.sqlite3", owner=owner, lease_seconds=settings.lease_seconds)
     password = settings.store_password.get_secret_value() if settings.store_password is not None else None
     store = JobStore.shared(settings.store, password, owner=owner, lease_seconds=settings.lease_seconds)
-    log.info("job store: %s, shared (claims held %g s, as %s)", store.path, settings.lease_seconds, owner)
+    log.info("job store: %s, shared (claims held %g s, as %s)", redact_dsn(settings.store), settings.lease_seconds,
+             owner)
     return store
 
 
