@@ -311,7 +311,8 @@ def _explain(err: ValidationError, source: str, from_env: dict[tuple[str, ...], 
         loc = tuple(str(p) for p in item["loc"])
         key = ".".join(loc)
         origin = f" (from {from_env[loc]})" if loc in from_env else ""
-        secret = loc[:1] == ("cloud",) and loc[-1] != "workers_ai_account_id"
+        secret = (loc[:1] == ("cloud",) and loc[-1] != "workers_ai_account_id") or loc in (
+            ("server", "store"), ("server", "store_password"))  # a DSN may hold a password
         value = "<hidden>" if secret else repr(item.get("input"))
         if item["type"] == "extra_forbidden":
             model = _model_at(loc[:-1])

@@ -221,6 +221,10 @@ class RayDeploymentConfig(Section):
     min_replicas: int = Field(default=1, ge=0, le=1024)
     max_replicas: int = Field(default=1, ge=1, le=1024)
     target_ongoing_requests: float = Field(default=2.0, gt=0.0, le=1024.0)
+    # How long the load must stay above (below) the target before a replica is added (removed):
+    # Ray Serve's own defaults. Only with max_replicas above min_replicas.
+    upscale_delay_seconds: float = Field(default=30.0, ge=0.0, le=86400.0)
+    downscale_delay_seconds: float = Field(default=600.0, ge=0.0, le=86400.0)
     # Jobs one replica runs at once (more wait at the ingress); the batcher needs 2 or more to batch.
     max_ongoing_requests: int = Field(default=4, ge=1, le=1024)
     # What a replica reserves on its node: CPUs, and a GPU (1) or a share of one (0.5).
@@ -271,6 +275,16 @@ class ServerConfig(Section):
     retention_seconds: float = Field(default=86400.0, gt=0.0, le=30 * 86400.0)
     # Which instance this is, behind a load balancer that routes on it (FLY_MACHINE_ID on Fly).
     instance_id: str | None = None
+    # The job store. null: the embedded SQLite file <data_dir>/jobs.sqlite3 (one instance). A
+    # PostgreSQL DSN, postgresql://USER@HOST:PORT/DATABASE: one queue that several instances share
+    # (give them one data_dir folder too, a shared volume: uploads and outputs live there). The
+    # password goes in store_password (FLOWSTATE_SERVER_STORE_PASSWORD), or libpq's PGPASSWORD or
+    # ~/.pgpass, so it stays out of this file and out of every log line.
+    store: str | None = None
+    store_password: SecretStr | None = None
+    # A job's claim holds this long unless its instance renews it (every third of it); an instance
+    # that dies mid-job hands its jobs to the others this long after its last renewal.
+    lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
     # Host names the server answers to besides IP addresses and localhost (a guard against DNS
     # rebinding): e.g. ["my-app.fly.dev"] or "*.example.net"; "*" turns the guard off. The
     # environment takes a comma-separated list: FLOWSTATE_SERVER_ALLOWED_HOSTS=a.example,b.example.
@@ -280,6 +294,16 @@ class ServerConfig(Section):
     # comma-separated list: FLOWSTATE_SERVER_TASKS=stems,transcribe.
     tasks: Annotated[list[Literal["stems", "generate", "transcribe", "tts"]], BeforeValidator(split_commas)] = [
         "stems", "generate", "transcribe", "tts"]
+
+    @field_validator("store")
+    @classmethod
+    def _postgres_dsn(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a PostgreSQL DSN such as postgresql://flowstate@db.internal:5432/flowstate, "
+                             "or null for the embedded SQLite file")
+        return value
 
 
 class DaemonConfig(Section):

@@ -8,6 +8,13 @@ lock (statements are short, so threads barely contend, and there is one place th
 migrations counted by `PRAGMA user_version`, and SQLite's errors turned into the project's: a file
 that cannot be opened or is not a database -> `StartupError`, a full disk -> `Unavailable` naming
 the file and the setting that moves it, a closed store -> `Unavailable`.
+
+`PostgresDatabase` is the same interface on a PostgreSQL server (`server.store`: the job store that
+several `flowstate serve` instances share). Statements are written once, with SQLite's `?`
+placeholders; it turns them into psycopg's `%s` (so no statement here may hold a literal `?` or
+`%`). Its migrations are counted in a `flowstate_schema` table under an advisory lock, its errors
+become `StartupError` (cannot connect: naming the setting, never the password) and `Unavailable`
+(the server went away mid-way; the next statement connects again).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import StartupError, Unavailable
+from bridge.errors import Internal, StartupError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +202,170 @@ def _roll_back(conn: sqlite3.Connection) -> None:
     interrupt), and a ROLLBACK then would raise over the error that says why."""
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+# How long connecting to the PostgreSQL store may take before start-up fails naming the setting.
+CONNECT_TIMEOUT_SECONDS = 10
+# Advisory lock key serialising schema migrations of the shared store (any constant; "flow" in ASCII).
+_MIGRATION_LOCK = 0x666C6F77
+
+
+def redact_dsn(dsn: str) -> str:
+    """A PostgreSQL DSN fit for a log line or an error message: user, host, port, database; no password."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:  # an unparsable DSN: say nothing of its text
+        return "<an unparsable DSN>"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+
+
+class PostgresDatabase:
+    """A PostgreSQL database with `Database`'s interface: one connection behind a lock, autocommit,
+    `execute`, `transaction`, migrations counted per store `name` in `flowstate_schema`.
+
+    psycopg is imported here (the `cluster` extra): a plain install never needs it. The password
+    comes apart from the DSN (`server.store_password`, FLOWSTATE_SERVER_STORE_PASSWORD; libpq's own
+    PGPASSWORD and ~/.pgpass work too), and no message here shows it.
+    """
+
+    def __init__(self, dsn: str, *, password: str | None, name: str, setting: str,
+                 migrations: Sequence[Sequence[str]]) -> None:
+        try:
+            import psycopg  # deferred: the `cluster` extra; a store of one's own never needs it
+        except ImportError as err:
+            raise StartupError(f"{setting}: a PostgreSQL {name} needs psycopg ({err}); "
+                               "pip install 'flowstate-bridge[cluster]' (make setup installs it)") from err
+
+        self._psycopg = psycopg
+        self.name = name
+        self.setting = setting
+        self.where = redact_dsn(dsn)
+        self.path = Path(self.where)  # what messages print for a SQLite file
+        self.version = len(migrations)
+        self._dsn = dsn
+        self._password = password
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._closed = False
+        try:
+            conn = self._connect()
+        except psycopg.Error as err:
+            raise StartupError(f"{setting}: cannot connect to the {name} at {self.where}: "
+                               f"{self._scrub(err)}") from None
+        try:
+            self._migrate(conn, migrations)
+        except psycopg.Error as err:
+            conn.close()
+            raise StartupError(f"{setting}: cannot set up the {name} at {self.where}: {self._scrub(err)}") from None
+        self._conn = conn
+
+    def _connect(self) -> Any:
+        from psycopg.rows import dict_row
+
+        extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "flowstate"}
+        if self._password:
+            extra["password"] = self._password
+        return self._psycopg.connect(self._dsn, autocommit=True, row_factory=dict_row, **extra)
+
+    def _scrub(self, err: BaseException) -> str:
+        """The error's text, first line, with the password (if it somehow appears) taken out."""
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        for secret in filter(None, (self._password, _dsn_password(self._dsn))):
+            text = text.replace(secret, "<hidden>")
+        return text
+
+    def _migrate(self, conn: Any, migrations: Sequence[Sequence[str]]) -> None:
+        with conn.transaction():
+            # Two instances starting at once on a new database: one creates the schema, the other waits.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS flowstate_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM flowstate_schema WHERE name = %s", (self.name,)).fetchone()
+            version = 0 if row is None else int(row["version"])
+            if version > self.version:
+                raise StartupError(f"{self.name} at {self.where} has schema version {version}; this flowstate "
+                                   f"understands up to {self.version}: upgrade flowstate on every instance")
+            for step in range(version, self.version):
+                for statement in migrations[step]:
+                    conn.execute(statement)
+                log.info("%s at %s: schema %d -> %d", self.name, self.where, step, step + 1)
+            conn.execute("INSERT INTO flowstate_schema (name, version) VALUES (%s, %s) "
+                         "ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version", (self.name, self.version))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the connection. Later calls raise Unavailable."""
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> Any:
+        """The open connection (caller holds the lock), connecting again after the server went away."""
+        if self._closed:
+            raise Unavailable(f"the {self.name} at {self.where} is closed (the server is shutting down)")
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = self._connect()
+            except self._psycopg.Error as err:
+                raise self._unreachable(err) from None
+        return self._conn
+
+    def _unreachable(self, err: BaseException) -> Unavailable:
+        return Unavailable(f"the {self.name} at {self.where} ({self.setting}) is unreachable: {self._scrub(err)}")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement (atomic on its own) and return every row it gives, as dicts."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                cursor = conn.execute(_placeholders(sql), params)
+                return cursor.fetchall() if cursor.description is not None else []
+            except self._psycopg.OperationalError as err:
+                raise self._unreachable(err) from None
+            except self._psycopg.Error as err:
+                raise Internal(f"the {self.name} at {self.where} refused a statement: {self._scrub(err)}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """Several statements as one (COMMIT on leaving, ROLLBACK on any error); `?` placeholders."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    yield _Placeholders(conn)
+            except self._psycopg.OperationalError as err:
+                raise self._unreachable(err) from None
+
+
+class _Placeholders:
+    """A psycopg connection whose `execute` takes `?` placeholders, like sqlite3's."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._conn.execute(_placeholders(sql), params)
+
+
+def _placeholders(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+def _dsn_password(dsn: str) -> str | None:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:  # unparsable: nothing to scrub that libpq would have echoed
+        return None
+    return None if password is None else str(password)

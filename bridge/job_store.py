@@ -6,6 +6,14 @@ running -> done | failed | canceled. A daemon that dies with a job `running` lea
 next `JobRunner.start()` (bridge/jobs.py) puts it back to `queued` (`JobStore.requeue_interrupted`).
 The same file holds the router's spend and speed ledger (bridge/ledger.py): one schema, one
 `user_version`. The connection set-up, migrations and SQLite's errors are bridge/database.py's.
+
+The same store runs on PostgreSQL (`JobStore.shared`, `server.store`) for several `flowstate serve`
+instances that share one queue; the statements are the same, bar a row lock when claiming. Each
+claim records who holds the job (`owner`, one per open store) until when (`lease_until`, unix
+seconds): the holder renews its lease while it runs the job (`renew`), and only the holder may
+record its progress or outcome, so a job is finished once even when its lease ran out and another
+instance took it over. A holder that dies stops renewing; once the lease has run out any instance
+puts the job back in the queue (`requeue_expired`), and the next claim counts a new attempt.
 """
 
 from __future__ import annotations
@@ -14,14 +22,15 @@ import builtins
 import json
 import logging
 import os
-import sqlite3
+import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bridge.database import Database
+from bridge.database import Database, PostgresDatabase
 from bridge.errors import BadRequest, Internal, NotFound, StartupError
 
 log = logging.getLogger(__name__)
@@ -32,7 +41,7 @@ FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "canceled"})
 
 # The newest schema this code writes. `_MIGRATIONS[n]` takes a database from version n to n + 1,
 # so a future column is one more entry here and older databases upgrade on open.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
@@ -98,11 +107,61 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # Who runs a claimed job and until when its claim holds (see the module's docstring).
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until REAL",
+    ),
 )
+
+# The same tables on PostgreSQL (`JobStore.shared`), created at once: the schema above as it stands
+# now, in PostgreSQL's types (DOUBLE PRECISION: REAL is 4 bytes there). The ledger's tables stay in
+# the daemon's SQLite file: a server has no router. Changes go in a further entry of both lists.
+_PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE jobs (
+            seq           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id            TEXT NOT NULL UNIQUE,
+            kind          TEXT NOT NULL,
+            state         TEXT NOT NULL
+                          CHECK (state IN ('queued', 'running', 'done', 'failed', 'canceled')),
+            args          TEXT NOT NULL,
+            progress      DOUBLE PRECISION NOT NULL DEFAULT 0.0 CHECK (progress >= 0 AND progress <= 1),
+            result        TEXT,
+            error_code    TEXT,
+            error_message TEXT,
+            request_id    TEXT,
+            created_at    DOUBLE PRECISION NOT NULL,
+            started_at    DOUBLE PRECISION,
+            finished_at   DOUBLE PRECISION,
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            route         TEXT,
+            owner         TEXT,
+            lease_until   DOUBLE PRECISION,
+            UNIQUE (kind, request_id)
+        )
+        """,
+        "CREATE INDEX jobs_by_state ON jobs (state, seq)",
+        """
+        CREATE TABLE outputs (
+            seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id    TEXT NOT NULL,
+            path      TEXT NOT NULL,
+            root      TEXT,
+            real_root TEXT,
+            UNIQUE (job_id, path)
+        )
+        """,
+    ),
+)
+
+# How long a claim holds without renewal by default; the runner renews it several times per lease.
+DEFAULT_LEASE_SECONDS = 30.0
 
 _COLUMNS = (
     "id, kind, state, args, progress, result, error_code, error_message, request_id, "
-    "created_at, started_at, finished_at, attempts, route"
+    "created_at, started_at, finished_at, attempts, route, owner"
 )
 
 # Waiting for another process's write lock (a CLI reading `jobs` while the daemon writes) beats
@@ -126,6 +185,8 @@ class Job:
     finished_at: float | None
     attempts: int
     route: dict[str, Any] | None = None
+    # The store that claimed it last (`JobStore.owner`: an instance's name, its host and pid).
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -154,7 +215,7 @@ class Job:
         }
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> Job:
+    def _from_row(cls, row: Mapping[str, Any]) -> Job:
         return cls(
             id=row["id"],
             kind=row["kind"],
@@ -170,6 +231,7 @@ class Job:
             finished_at=row["finished_at"],
             attempts=row["attempts"],
             route=None if row["route"] is None else json.loads(row["route"]),
+            owner=row["owner"],
         )
 
 
@@ -184,28 +246,65 @@ def to_json(value: Any, what: str, error: type[Exception] = BadRequest) -> str:
 
 
 class JobStore:
-    """The jobs table in one SQLite file (WAL). Thread-safe: one connection behind a lock.
+    """The jobs table in one SQLite file (WAL), or on a PostgreSQL server (`JobStore.shared`).
+    Thread-safe: one connection behind a lock.
 
     One connection and a lock keep it simple: every statement is short (no statement waits on a
     job), so threads barely contend, and there is one place where the connection is closed.
     Other processes may open the same file (a CLI listing jobs); SQLite's own locking and a busy
     timeout cover them, and every state change is a single atomic statement.
+
+    `owner` names this store's claims (default: host, pid and a random part, unique per store);
+    `lease_seconds` is how long a claim holds unless renewed.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        _warn_if_emptied(self.path)
-        self.database = Database(self.path, name="job database", setting="jobs.database", migrations=_MIGRATIONS)
+    def __init__(self, path: Path, *, owner: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 database: PostgresDatabase | None = None) -> None:
+        self.owner = owner or default_owner()
+        self.lease_seconds = lease_seconds
+        self._db: Database | PostgresDatabase
+        if database is not None:
+            self.path = database.path
+            self._db = database
+            # PostgreSQL: the oldest queued row nobody else is claiming right now, locked while taken.
+            self._claim_lock = " FOR UPDATE SKIP LOCKED"
+        else:
+            self.path = Path(path)
+            _warn_if_emptied(self.path)
+            self._db = Database(self.path, name="job database", setting="jobs.database", migrations=_MIGRATIONS)
+            self._claim_lock = ""  # SQLite: one writer at a time already
+
+    @classmethod
+    def shared(cls, dsn: str, password: str | None, *, owner: str | None = None,
+               lease_seconds: float = DEFAULT_LEASE_SECONDS, setting: str = "server.store") -> JobStore:
+        """The store on a PostgreSQL server that several instances share (StartupError naming
+        `setting` when it cannot be reached; no message shows the password)."""
+        database = PostgresDatabase(dsn, password=password, name="job store", setting=setting,
+                                    migrations=_PG_MIGRATIONS)
+        return cls(database.path, owner=owner, lease_seconds=lease_seconds, database=database)
+
+    @property
+    def is_shared(self) -> bool:
+        """True when other processes, on other machines too, run jobs from this store (PostgreSQL)."""
+        return isinstance(self._db, PostgresDatabase)
+
+    @property
+    def database(self) -> Database:
+        """The SQLite file, which also holds the router's ledger (bridge/ledger.py): the daemon's."""
+        if not isinstance(self._db, Database):
+            raise Internal(f"the job store at {self._db.where} is shared (PostgreSQL); the ledger needs the "
+                           "daemon's own SQLite file (jobs.database)")
+        return self._db
 
     # -- plumbing ----------------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
-        return self.database.closed
+        return self._db.closed
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL). Later calls raise Unavailable."""
-        self.database.close()
+        self._db.close()
 
     def __enter__(self) -> JobStore:
         return self
@@ -213,24 +312,30 @@ class JobStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[sqlite3.Row]:
-        return self.database.execute(sql, params)
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[Any]:
+        return self._db.execute(sql, params)
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> Job | None:
         rows = self._execute(sql, params)
         return Job._from_row(rows[0]) if rows else None
 
     def _transition(
-        self, job_id: str, target: str, allowed: tuple[str, ...], sets: str, params: tuple[Any, ...]
+        self, job_id: str, target: str, allowed: tuple[str, ...], sets: str, params: tuple[Any, ...],
+        *, held: bool = False,
     ) -> Job:
-        """Move one job from one of `allowed` states, atomically (state checked in the WHERE)."""
+        """Move one job from one of `allowed` states, atomically (state checked in the WHERE).
+        `held`: only while this store's claim holds it (another's outcome is never overwritten)."""
         marks = ", ".join("?" for _ in allowed)
+        owned = " AND owner = ?" if held else ""
         job = self._one(
-            f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks}) RETURNING {_COLUMNS}",
-            (*params, job_id, *allowed),
+            f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks}){owned} RETURNING {_COLUMNS}",
+            (*params, job_id, *allowed, *((self.owner,) if held else ())),
         )
         if job is None:
             current = self.get(job_id)  # NotFound when it does not exist at all
+            if current.state in allowed:
+                raise Internal(f"job {job_id} is {current.state} for {current.owner or 'nobody'}, not for "
+                               f"{self.owner}; it cannot become {target} here (its claim ran out)")
             raise Internal(
                 f"job {job_id} is {current.state}; it cannot become {target} "
                 f"(only from {' or '.join(allowed)})"
@@ -286,13 +391,47 @@ class JobStore:
         return [Job._from_row(row) for row in rows]
 
     def claim_next(self) -> Job | None:
-        """Atomically take the oldest queued job: it becomes running, attempts + 1. None if idle."""
+        """Atomically take the oldest queued job: it becomes running for this store's owner, with a
+        lease of `lease_seconds`, attempts + 1. None if idle."""
+        now = time.time()
         return self._one(
-            f"UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, progress = 0 "
-            f"WHERE seq = (SELECT seq FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1) "
-            f"RETURNING {_COLUMNS}",
-            (time.time(),),
+            f"UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, progress = 0, "
+            f"owner = ?, lease_until = ? "
+            f"WHERE seq = (SELECT seq FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1{self._claim_lock}) "
+            f"AND state = 'queued' RETURNING {_COLUMNS}",
+            (now, self.owner, now + self.lease_seconds),
         )
+
+    def renew(self) -> set[str]:
+        """Extend the lease of every job this store's owner runs; returns their ids (a job missing
+        from them was canceled, or taken over after its lease ran out)."""
+        rows = self._execute("UPDATE jobs SET lease_until = ? WHERE owner = ? AND state = 'running' RETURNING id",
+                             (time.time() + self.lease_seconds, self.owner))
+        return {row["id"] for row in rows}
+
+    def requeue_expired(self, max_attempts: int | None = None) -> tuple[builtins.list[Job], builtins.list[str]]:
+        """Put running jobs whose lease ran out (their holder died) back in the queue; returns (the
+        jobs failed instead, having been started `max_attempts` times, the ids requeued)."""
+        now = time.time()
+        given_up: builtins.list[Job] = []
+        if max_attempts is not None:
+            message = (f"the instance running this job stopped answering during each of {max_attempts} "
+                       "attempt(s); not retried (raise jobs.max_attempts to retry more)")
+            rows = self._execute(
+                # owner NULL: the attempt that lost it, if only paused, sees its claim gone (records nothing).
+                f"UPDATE jobs SET state = 'failed', error_code = 'internal', error_message = ?, finished_at = ?, "
+                f"owner = NULL, lease_until = NULL "
+                f"WHERE state = 'running' AND lease_until < ? AND attempts >= ? RETURNING seq, {_COLUMNS}",
+                (message, now, now, max_attempts),
+            )
+            given_up = [Job._from_row(row) for row in sorted(rows, key=lambda row: row["seq"])]
+        rows = self._execute(
+            "UPDATE jobs SET state = 'queued', progress = 0, started_at = NULL, owner = NULL, lease_until = NULL "
+            "WHERE state = 'running' AND lease_until < ? RETURNING id, seq", (now,))
+        for job in given_up:
+            log.warning("job %s: its instance stopped answering %d times; failed instead of requeued",
+                        job.id, max_attempts)
+        return given_up, [row["id"] for row in sorted(rows, key=lambda row: row["seq"])]
 
     def set_route(self, job_id: str, route: dict[str, Any]) -> None:
         """Record where the router sent the job and why (replaced on each fallback)."""
@@ -302,21 +441,21 @@ class JobStore:
         """Store a running job's progress, a fraction in [0, 1]."""
         if not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
             raise ValueError(f"job {job_id}: progress {fraction!r} is not a fraction in [0, 1]")
-        self._transition(job_id, "running", ("running",), "progress = ?", (float(fraction),))
+        self._transition(job_id, "running", ("running",), "progress = ?", (float(fraction),), held=True)
 
     def finish(self, job_id: str, result: dict[str, Any]) -> Job:
         """running -> done with `result` (a JSON object); progress becomes 1."""
         result_json = to_json(result, f"job {job_id}: result")
         return self._transition(
             job_id, "done", ("running",), "state = 'done', progress = 1, result = ?, finished_at = ?",
-            (result_json, time.time()),
+            (result_json, time.time()), held=True,
         )
 
     def fail(self, job_id: str, code: str, message: str) -> Job:
         """running -> failed with a Protocol v1 error code and a message."""
         return self._transition(
             job_id, "failed", ("running",), "state = 'failed', error_code = ?, error_message = ?, finished_at = ?",
-            (code, message, time.time()),
+            (code, message, time.time()), held=True,
         )
 
     def mark_canceled(self, job_id: str) -> Job:
@@ -341,8 +480,8 @@ class JobStore:
         if max_attempts is not None:
             self.give_up_interrupted(max_attempts)
         rows = self._execute(
-            "UPDATE jobs SET state = 'queued', progress = 0, started_at = NULL WHERE state = 'running' "
-            "RETURNING id, seq"
+            "UPDATE jobs SET state = 'queued', progress = 0, started_at = NULL, owner = NULL, lease_until = NULL "
+            "WHERE state = 'running' RETURNING id, seq"
         )
         return [row["id"] for row in sorted(rows, key=lambda row: row["seq"])]
 
@@ -374,9 +513,10 @@ class JobStore:
         Returns False when the job is no longer running (it finished in the meantime).
         """
         rows = self._execute(
-            "UPDATE jobs SET state = 'queued', progress = 0, started_at = NULL, "
-            "attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = 'running' RETURNING id",
-            (job_id,),
+            "UPDATE jobs SET state = 'queued', progress = 0, started_at = NULL, owner = NULL, lease_until = NULL, "
+            "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
+            "WHERE id = ? AND state = 'running' AND owner = ? RETURNING id",
+            (job_id, self.owner),
         )
         return bool(rows)
 
@@ -454,6 +594,11 @@ class StoreOwner:
         """Give up ownership (the file stays: removing it would race with the next owner)."""
         if self._lock.is_locked:
             self._lock.release()
+
+def default_owner(instance: str | None = None) -> str:
+    """A name for a store's claims, unique per store: the instance (or host), the pid, a random part."""
+    return f"{instance or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
 
 def _warn_if_emptied(path: Path) -> None:
     """Log when the job database exists but is empty (0 bytes): its history is gone.

@@ -8,6 +8,11 @@ leaves a half-written file under a final name.
 
 `JobRunner` is generic over job kinds: the daemon hands it `{kind: handler}`; a handler receives a
 `JobContext` (progress, cancel checks, output registration) and returns the result dict.
+
+On a shared store (PostgreSQL, several `flowstate serve` instances: `JobStore.is_shared`) nothing
+is requeued at start (the other instances' running jobs are alive); instead a lease thread renews
+the claims of this runner's jobs, stops a job that was canceled through another instance or taken
+over after its claim ran out, and requeues the jobs whose holder stopped renewing (it died).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridge.errors import BadRequest, BridgeError, Unavailable
+from bridge.errors import BadRequest, BridgeError, Internal, Unavailable
 from bridge.fileio import disk_full, remove_partials
 from bridge.files import open_folder
 from bridge.job_store import Job, JobStore, to_json
@@ -79,6 +84,9 @@ class JobContext:
         self._published: float | None = None
         self._published_at = 0.0
         self._pending: dict[str, Any] | None = None  # detail of a throttled report not yet published
+        # Another instance took the job over after this attempt's claim ran out: nothing this
+        # attempt does may be recorded, nor its files deleted (they are the other attempt's now).
+        self.taken_over = False
 
     # -- progress ----------------------------------------------------------------------------------
 
@@ -117,7 +125,12 @@ class JobContext:
             self._send(self._clock(), self._pending)
 
     def _send(self, now: float, detail: dict[str, Any]) -> None:
-        self._store.set_progress(self.job.id, self._fraction)
+        try:
+            self._store.set_progress(self.job.id, self._fraction)
+        except Internal:
+            if not self.claim_lost(self._store.get(self.job.id)):
+                raise
+            return  # stopping at the next check; nobody follows this attempt any more
         self._published = self._fraction
         self._published_at = now
         self._pending = None
@@ -143,6 +156,18 @@ class JobContext:
     def request_cancel(self) -> None:
         """Set the cancel flag (what `JobRunner.cancel` does for a running job)."""
         self._cancel.set()
+
+    def claim_lost(self, current: Job) -> bool:
+        """Given the job as the store has it now: True, and cancel requested, when this attempt no
+        longer holds it: canceled through another process, or (`taken_over`) claimed by another
+        after this attempt's lease ran out. False while it holds it, or once it recorded the end."""
+        mine = current.owner == self._store.owner
+        if mine and current.state in ("running", "done", "failed"):
+            return False
+        if not (mine and current.state == "canceled"):
+            self.taken_over = True
+        self.request_cancel()
+        return True
 
     # -- outputs -----------------------------------------------------------------------------------
 
@@ -221,6 +246,14 @@ def _discard_outputs(context: JobContext, store: JobStore) -> None:
     store.forget_outputs(context.job.id)
 
 
+def _claim_lost_on(context: JobContext, store: JobStore) -> bool:
+    """After the store refused a job's outcome: whether it was because the attempt lost its claim."""
+    try:
+        return context.claim_lost(store.get(context.job.id))
+    except BridgeError:
+        return False
+
+
 class JobRunner:
     """Runs queued jobs on `workers` threads and publishes their events.
 
@@ -272,6 +305,8 @@ class JobRunner:
         # worker reports later may change the store (the job is queued for the next start).
         self._abandoned: set[str] = set()
         self._given_up: builtins.list[Job] = []  # failed at start(); announced by announce_given_up()
+        self._lease_thread: threading.Thread | None = None  # a shared store's (see the module's docstring)
+        self._leases_stop = threading.Event()
 
     @property
     def store(self) -> JobStore:
@@ -289,14 +324,20 @@ class JobRunner:
             if self._started:
                 raise RuntimeError("JobRunner.start() called twice")
             self._started = True
-        # Before any worker exists: afterwards a `running` row might be one of ours.
-        given_up = [] if self._max_attempts is None else self._store.give_up_interrupted(self._max_attempts)
-        requeued = self._store.requeue_interrupted()
-        for job in given_up:
-            self._discard_stored(job)  # a failed job leaves no files, even when its daemon died each time
-        self._given_up = given_up
-        if requeued:
-            log.info("requeued %d job(s) interrupted by a previous daemon: %s", len(requeued), ", ".join(requeued))
+        if self._store.is_shared:
+            # Others' running jobs are alive: only those whose lease runs out come back (_tend_leases).
+            requeued: builtins.list[str] = []
+            self._lease_thread = threading.Thread(target=self._keep_leases, name="flowstate-job-leases", daemon=True)
+            self._lease_thread.start()
+        else:
+            # Before any worker exists: afterwards a `running` row might be one of ours.
+            given_up = [] if self._max_attempts is None else self._store.give_up_interrupted(self._max_attempts)
+            requeued = self._store.requeue_interrupted()
+            for job in given_up:
+                self._discard_stored(job)  # a failed job leaves no files, even when its daemon died each time
+            self._given_up = given_up
+            if requeued:
+                log.info("requeued %d job(s) interrupted by a previous daemon: %s", len(requeued), ", ".join(requeued))
         for index in range(self._num_workers):
             # daemon=True: a job stuck in native code must not keep the process alive after stop().
             thread = threading.Thread(target=self._work, name=f"flowstate-job-{index + 1}", daemon=True)
@@ -383,6 +424,9 @@ class JobRunner:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
             left = sorted(set(self._running) - self._abandoned)
+        if not left and self._lease_thread is not None:  # jobs still running keep their leases
+            self._leases_stop.set()
+            self._lease_thread.join(timeout)
         if left:
             log.warning("%d job(s) still running after %.1f s: %s", len(left), timeout, ", ".join(left))
         return left
@@ -408,6 +452,40 @@ class JobRunner:
         if handed:
             log.info("queued again for the next start (this attempt does not count): %s", ", ".join(handed))
         return handed
+
+    # -- leases (a shared store) -------------------------------------------------------------------
+
+    def _keep_leases(self) -> None:
+        period = self._store.lease_seconds / 3  # two renewals may fail before the lease runs out
+        while True:
+            try:
+                self._tend_leases()
+            except (sqlite3.Error, BridgeError) as err:
+                log.error("job queue: cannot renew or check leases: %s", err)
+            if self._leases_stop.wait(period) or self._store.closed:
+                return
+
+    def _tend_leases(self) -> None:
+        """Renew this runner's claims, stop jobs it no longer holds, requeue the dead's jobs."""
+        with self._cond:
+            before = set(self._running) - self._abandoned  # claimed before the renewal: in its rows
+        held = self._store.renew()
+        for job_id in before - held:
+            with self._cond:
+                context = self._running.get(job_id)
+            if context is not None and context.claim_lost(self._store.get(job_id)):
+                how = "taken over by another instance" if context.taken_over else "canceled through another instance"
+                log.warning("job %s: %s; stopping it here", job_id, how)
+        given_up, requeued = self._store.requeue_expired(self._max_attempts)
+        for job in given_up:
+            self._discard_stored(job)
+            _emit(self._publish, "job.failed", job.id, None, code=job.error_code or "internal",
+                  message=job.error_message or "")
+        if requeued:
+            log.warning("requeued %d job(s) whose instance stopped renewing its claim: %s", len(requeued),
+                        ", ".join(requeued))
+            with self._cond:
+                self._cond.notify_all()
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -512,6 +590,9 @@ class JobRunner:
         """Store a job's outcome; False (logged, no event) when the store could not take it."""
         with self._cond:
             abandoned = context.job.id in self._abandoned
+        if context.taken_over:
+            log.warning("job %s ended (%s) after another instance took it over; not recorded", context.job.id, outcome)
+            return False
         if abandoned:
             # stop() queued it again for the next start: that run owns its files and its outcome.
             log.info("job %s ended (%s) after the daemon handed it back to the queue; not recorded",
@@ -525,7 +606,12 @@ class JobRunner:
                 context.flush()
             write()
         except Exception as err:
-            if self._store.closed:
+            if not self._store.closed and _claim_lost_on(context, self._store):
+                log.warning("job %s ended (%s) after it was %s elsewhere; not recorded", context.job.id, outcome,
+                            "taken over" if context.taken_over else "canceled")
+                if not context.taken_over:
+                    _discard_outputs(context, self._store)  # canceled: what it wrote goes
+            elif self._store.closed:
                 log.warning(
                     "job %s ended (%s) after the job store closed; it stays running and the next start requeues it",
                     context.job.id, outcome,

@@ -45,12 +45,16 @@ process's worker threads; `bridge.server_ray.RayBackend` (`flowstate serve --ray
 deployments, one per task, on this machine or a cluster. The routes, the store and the folders
 above are the same either way.
 
-Scaling out without Ray: per instance, with sticky job ids. SQLite's WAL needs every process on one host, so
-a volume shared over the network between machines is not supported; each instance keeps its own
-`data_dir` and its own queue, any instance takes new uploads, and everything about a job must go
-back to the instance that created it. Each job reply carries `instance` (the `instance_id` given
-here, e.g. Fly's machine id); `SelfHostedTier` sends it back as `fly-force-instance-id`, which
-Fly's proxy routes on. Behind another load balancer, use its own stickiness (or one instance).
+Scaling out: with `server.store` set to a PostgreSQL DSN, several instances (on several machines)
+share one queue and one `data_dir` (a shared volume: the uploads a retry needs and the outputs any
+instance serves lie there). Any instance takes uploads and answers status, SSE, cancel and downloads
+for every job; each claims queued jobs for itself under a lease it renews (bridge/job_store.py), and
+a job whose instance dies is run again by another once the lease runs out, recorded once (its
+`attempts` count the runs; `runner` names the instance that claimed it last). Without it, the store
+is the SQLite file in `data_dir`, whose WAL needs every process on one host: each instance keeps its
+own `data_dir` and queue, and everything about a job goes back to the instance that created it. Each
+job reply carries `instance` (the `instance_id` given here, e.g. Fly's machine id); `SelfHostedTier`
+sends it back as `fly-force-instance-id`, which Fly's proxy routes on.
 """
 
 from __future__ import annotations
@@ -83,12 +87,13 @@ from starlette.requests import ClientDisconnect
 from bridge import __version__
 from bridge.commands import JOBS, lookup
 from bridge.config import Config, user_data_dir
+from bridge.database import redact_dsn
 from bridge.daw import DawState
 from bridge.engine_job import JobDeps
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
 from bridge.generate import check_request as check_generate
 from bridge.generate import model_family as check_family
-from bridge.job_store import FINISHED_STATES, Job, JobStore
+from bridge.job_store import FINISHED_STATES, Job, JobStore, default_owner
 from bridge.jobs import JobContext, JobRunner
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
@@ -328,7 +333,7 @@ class _Server:
         self.device = self.backend.device(self.config)
         for folder in (self.uploads, self.outputs):
             folder.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(self.data_dir / "jobs.sqlite3")
+        self.store = open_store(self.config, self.data_dir, self.instance_id)
         # The daemon's own handlers, local only (no router, no tiers), here or on the backend's replicas.
         handlers = self.backend.start(self.config, self.paths, self.data_dir, self.tasks)
         workers = self.backend.workers(self.config)
@@ -349,7 +354,16 @@ class _Server:
             self._janitor = None
         if self.runner is not None:
             left = self.runner.stop(self.config.daemon.shutdown_timeout_seconds)
-            if left:
+            if left and self.store is not None and self.store.is_shared:
+                # Other instances share the queue: the jobs go back to it (their attempt not
+                # counted: a stop is not a crash) and one of those instances runs them now.
+                handed = self.runner.hand_back()
+                log.warning("handing %d job(s) still running at shutdown to the other instances: %s", len(handed),
+                            ", ".join(handed))
+                # Their workers stop at the next segment, recording nothing: a worker thread still in
+                # native code when the interpreter exits would abort the process.
+                self.runner.stop(_CANCEL_WAIT_SECONDS, cancel_running=True)
+            elif left:
                 # Drained, now cancel (they end at their next segment): a client following one learns
                 # at once and can try another tier, where a job requeued on a machine that may stay
                 # stopped would run later for nobody. A crash still leaves jobs to requeue.
@@ -370,6 +384,8 @@ class _Server:
         try:
             return self.get_store().get(job_id)
         except NotFound:
+            if self.get_store().is_shared:
+                raise NotFound(f"job {clip(job_id)!r} is not known to this server's shared job store") from None
             where = f" (instance {self.instance_id})" if self.instance_id else ""
             raise NotFound(f"job {clip(job_id)!r} is not known on this server{where}; a job lives on the instance "
                            "that created it") from None
@@ -420,6 +436,8 @@ class _Server:
             "finished_at": job.finished_at,
             "attempts": job.attempts,
             "instance": self.instance_id,
+            # Which instance claimed it last (a shared store: it may be another than this one).
+            "runner": _instance_of(job.owner),
         }
 
     def output_file(self, job_id: str, name: str) -> tuple[BinaryIO, str]:
@@ -662,6 +680,25 @@ class _Janitor:
                 if _newest_mtime(folder) < cutoff:
                     shutil.rmtree(folder, ignore_errors=True)
                     log.info("removed %s (older than %g h)", folder, self._retention / 3600)
+
+
+def open_store(config: Config, data_dir: Path, instance_id: str | None) -> JobStore:
+    """The server's job queue: `server.store`'s PostgreSQL, shared with other instances, or the
+    embedded SQLite file in data_dir. Its claims name this instance (`instance_id` or the host)."""
+    settings = config.server
+    owner = default_owner(instance_id)
+    if settings.store is None:
+        return JobStore(data_dir / "jobs.sqlite3", owner=owner, lease_seconds=settings.lease_seconds)
+    password = settings.store_password.get_secret_value() if settings.store_password is not None else None
+    store = JobStore.shared(settings.store, password, owner=owner, lease_seconds=settings.lease_seconds)
+    log.info("job store: %s, shared (claims held %g s, as %s)", redact_dsn(settings.store), settings.lease_seconds,
+             owner)
+    return store
+
+
+def _instance_of(owner: str | None) -> str | None:
+    """The instance part of a claim's owner (`default_owner`: instance, pid, a random part)."""
+    return None if owner is None else owner.rsplit(":", 2)[0]
 
 
 def _key(job: Job) -> str:

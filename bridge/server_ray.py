@@ -421,7 +421,9 @@ def _options(deployment: RayDeploymentConfig) -> dict[str, Any]:
     else:
         options["autoscaling_config"] = {"min_replicas": deployment.min_replicas,
                                          "max_replicas": deployment.max_replicas,
-                                         "target_ongoing_requests": deployment.target_ongoing_requests}
+                                         "target_ongoing_requests": deployment.target_ongoing_requests,
+                                         "upscale_delay_s": deployment.upscale_delay_seconds,
+                                         "downscale_delay_s": deployment.downscale_delay_seconds}
     return options
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -165,6 +166,93 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- a real PostgreSQL server -------------------------------------------------------------------
+
+POSTGRES_BIN_DIRS = ("/usr/lib/postgresql",)  # Debian's versioned folders (postgresql-NN/bin)
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder holding initdb and pg_ctl: on the PATH, else Debian's newest version; None if absent."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent  # Debian links them from /usr/local/bin
+    versions = sorted((d for root in POSTGRES_BIN_DIRS for d in Path(root).glob("*/bin") if (d / "initdb").exists()),
+                      key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
+    return versions[-1] if versions else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on a free loopback port, for tests that need a real one.
+
+    Its data folder is a fresh temporary one; the superuser `flowstate` logs in with `password`
+    over TCP (scram-sha-256), so a test sees the password path work. PostgreSQL refuses to run as
+    root: as root, initdb and the server run as the unprivileged `postgres` user (runuser), and the
+    folder is given to it. `stop()` shuts the server down (fast mode) and removes the folder.
+    """
+
+    USER = "flowstate"
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.port = free_port()
+        self.password = f"pw-{os.urandom(9).hex()}"
+        self.folder = Path(tempfile.mkdtemp(prefix="flowstate-pg-"))  # /tmp: the postgres user can reach it
+        self.data = self.folder / "data"
+        self._as: list[str] = []
+        self._started = False
+
+    def start(self) -> PostgresServer:
+        pwfile = self.folder / "pw"
+        pwfile.write_text(self.password)
+        if os.geteuid() == 0:
+            import pwd
+
+            account = pwd.getpwnam("postgres")
+            for path in (self.folder, pwfile):
+                os.chown(path, account.pw_uid, account.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", self.USER, "--auth-local=trust",
+                  "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--no-sync", "-E", "UTF8")
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off "
+                   "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=40")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-o", options, "-w",
+                  "-t", "60", "start")
+        self._started = True
+        return self
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run([*self._as, str(self.bin_dir / tool), *args], check=False, capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr or done.stdout}\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.folder / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def dsn(self, database: str = "postgres") -> str:
+        """A DSN without the password (it travels apart: `password`)."""
+        return f"postgresql://{self.USER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; its DSN (without the password)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), password=self.password, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def stop(self) -> None:
+        """Shut the server down (fast: open connections are cut) and remove its folder."""
+        try:
+            if self._started:
+                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+                self._started = False
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
 
 
 # -- processes a test run leaves behind ---------------------------------------------------------

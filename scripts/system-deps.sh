@@ -2,11 +2,11 @@
 # System packages the daemon and its tests need: JACK (the audio server the tests run with its
 # dummy backend), PortAudio (sounddevice's Linux wheel does not bundle it), and the X11/GL
 # libraries VST3 plugins link against even when loaded headless, and espeak-ng (speech the
-# transcription tests synthesise).
+# transcription tests synthesise), and PostgreSQL (the server the shared job store's tests start).
 # As root on Debian/Ubuntu this installs them; otherwise it prints the exact command to run.
 set -euo pipefail
 
-packages=(jackd2 libportaudio2 libgl1 libx11-6 libxext6 libxrandr2 espeak-ng)
+packages=(jackd2 libportaudio2 libgl1 libx11-6 libxext6 libxrandr2 espeak-ng postgresql)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   if [[ "$(uname -s)" == "Darwin" ]]; then

@@ -175,6 +175,22 @@ def sse_frames(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]
             yield name, json.loads(line[len("data: "):])
 
 
+def read_events(server: ServerProcess, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+    with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", headers=auth(), timeout=120) as response:
+        events.extend(sse_frames(response))
+
+
+def wait_for(server: ServerProcess, job_id: str, condition: Any, timeout_seconds: float = 60.0) -> dict[str, Any]:
+    """Follow the job's SSE stream until a frame satisfies `condition`; that frame's job."""
+    with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", headers=auth(),
+                      timeout=timeout_seconds) as response:
+        for _, job in sse_frames(response):
+            if condition(job):
+                return job
+            assert job.get("state") not in ("done", "failed", "canceled"), f"the job ended first: {job}"
+    raise AssertionError(f"job {job_id}: the event stream ended before the condition held")
+
+
 def no_cancel() -> None:
     pass
 

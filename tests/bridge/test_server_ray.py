@@ -31,6 +31,7 @@ from tests.bridge.test_server import (  # noqa: F401  (fixtures and tests pytest
     ServerProcess,
     auth,
     finished,
+    read_events,
     repo,
     sse_frames,
     submit,
@@ -62,6 +63,7 @@ from tests.bridge.test_server import (  # noqa: F401  (fixtures and tests pytest
     test_the_tier_reports_health,
     tier,
     wait_finished,
+    wait_for,
     write_audio,
 )
 
@@ -163,22 +165,6 @@ def test_a_job_whose_replica_is_killed_finishes_once_on_another(server: ServerPr
     # The job's folder holds exactly one set of stems: nothing of the killed replica's try reached it.
     out_dirs = list((server.data_dir / "outputs").glob("*/k"))
     assert len(out_dirs) == 1 and sorted(p.name for p in out_dirs[0].iterdir()) == sorted(f"{s}.wav" for s in STEMS)
-
-
-def read_events(server: ServerProcess, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-    with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", headers=auth(), timeout=120) as response:
-        events.extend(sse_frames(response))
-
-
-def wait_for(server: ServerProcess, job_id: str, condition: Any, timeout_seconds: float = 60.0) -> dict[str, Any]:
-    """Follow the job's SSE stream until a frame satisfies `condition`; that frame's job."""
-    with httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/events", headers=auth(),
-                      timeout=timeout_seconds) as response:
-        for _, job in sse_frames(response):
-            if condition(job):
-                return job
-            assert job.get("state") not in ("done", "failed", "canceled"), f"the job ended first: {job}"
-    raise AssertionError(f"job {job_id}: the event stream ended before the condition held")
 
 
 def test_address_without_ray_is_refused_naming_the_flag(tmp_path: Path) -> None:
