@@ -368,6 +368,9 @@ class ServerConfig(_Section):
     # comma-separated list: FLOWSTATE_SERVER_TASKS=stems,transcribe.
     tasks: Annotated[list[Literal["stems", "generate", "transcribe", "tts"]], BeforeValidator(_split_commas)] = [
         "stems", "generate", "transcribe", "tts"]
+    # Live streams (`/v1/stream`, from daemons with stream.tier selfhosted) served at once; more are busy.
+    # Each holds a warm streaming engine of the server's stream.* settings (engine_device ...).
+    max_streams: int = Field(default=4, ge=0, le=64)
 
 
 class DaemonConfig(_Section):

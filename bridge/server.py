@@ -18,6 +18,7 @@ which the client imports too):
     POST /v1/jobs/{id}/cancel              the job (a running job ends `canceled` at its next segment)
     GET  /v1/jobs/{id}/outputs/{name}      an output file (a stem; "audio" for generate and tts); 404
                                            once it has expired
+    WS   /v1/stream                        live stems: blocks in, stems out (bridge/server_stream.py)
 
 Tasks run the daemon's own job handlers (bridge.separate, bridge.generate, bridge.transcribe,
 bridge.speech), local only, with the request checked by the same `check_request` the daemon uses.
@@ -104,6 +105,7 @@ from bridge.server_http import (
     parse_range,
     read_range,
 )
+from bridge.server_stream import StreamSessions, add_stream_route
 from bridge.speech import SpeechJob
 from bridge.speech import check_request as check_speech
 from bridge.transcribe import TranscribeJob
@@ -359,10 +361,14 @@ class _Server:
 
     # -- auth --------------------------------------------------------------------------------------
 
-    def authorize(self, request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    def token_ok(self, authorization: str) -> bool:
+        """Whether an Authorization header carries this server's token."""
+        scheme, _, given = authorization.partition(" ")
         # Constant-time: the comparison must not tell an attacker how much of the token was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+
+    def authorize(self, request: Request) -> None:
+        if not self.token_ok(request.headers.get("authorization", "")):
             raise HTTPException(
                 401, "missing or wrong token: send 'Authorization: Bearer <FLOWSTATE_SERVER_TOKEN>'",
                 headers={"WWW-Authenticate": "Bearer"},
@@ -666,6 +672,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
         raise StartupError(f"retention_seconds: expected more than 0 s, got {retention_seconds}")
     server = _Server(config, data_dir, token.strip(), max_upload_bytes, retention_seconds, instance_id,
                      backend or LocalBackend())
+    streams = StreamSessions(config, config.server.max_streams)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -674,6 +681,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             yield
         finally:
             await anyio.to_thread.run_sync(server.stop)
+            await anyio.to_thread.run_sync(streams.close)
 
     app = FastAPI(title="Flowstate self-hosted tier", version=__version__, lifespan=lifespan)
     app.state.server = server
@@ -748,6 +756,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
                                  media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
     app.include_router(jobs)
+    add_stream_route(app, server.token_ok, streams)  # live stems (bridge/server_stream.py)
     return app
 
 
@@ -861,6 +870,8 @@ def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
             # The parsers the contract was tested on: uvicorn's "auto" would switch to httptools and
             # uvloop wherever they are installed (Ray Serve brings both).
             http="h11", loop="asyncio",
+            # Live stems (/v1/stream): float32 audio does not compress; deflate would only cost time.
+            ws="websockets-sansio", ws_per_message_deflate=False,
             # Streams and uploads in flight get this long after a signal; then they are cut.
             timeout_graceful_shutdown=max(1, round(config.daemon.shutdown_timeout_seconds)),
         ),

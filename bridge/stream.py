@@ -609,13 +609,18 @@ class StreamManager:
         engine.load()
         return engine
 
-    def engine_for(self, settings: StreamConfig) -> Any:
-        """The live stream's engine, kept warm while the settings stay the same."""
-        key = (
+    @staticmethod
+    def engine_key(settings: StreamConfig) -> tuple[Any, ...]:
+        """The settings an engine is built from: engines with the same key are interchangeable."""
+        return (
             settings.model, settings.engine_device, settings.sample_rate, settings.channels,
             settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
             settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
         )
+
+    def engine_for(self, settings: StreamConfig) -> Any:
+        """The live stream's engine, kept warm while the settings stay the same."""
+        key = self.engine_key(settings)
         engine = self._engines.get(key)
         if engine is None:
             for old in self._engines.values():

@@ -85,19 +85,16 @@ def error_frame(seq: int | None, err: BridgeError) -> bytes:
     return json.dumps({"seq": seq, "error": err.to_dict()}).encode()
 
 
-def parse_reply(header_bytes: bytes | str, payload: bytes | None, num_stems: int) -> tuple[dict[str, Any], np.ndarray]:
-    """(header, stems) of a reply; an error frame raises its error (`Unavailable` for a code this side
-    does not know), a malformed reply `Unavailable` naming what is wrong."""
-    header = parse_header(header_bytes)
-    if payload is None:
-        raise Unavailable(f"a reply header without its payload: {str(header)[:200]}")
+def parse_reply(header: dict[str, Any], payload: bytes, num_stems: int) -> np.ndarray:
+    """The stems `(num_stems, channels, frames)` of a reply whose header `parse_header` read;
+    `Unavailable` naming what is wrong when they do not match."""
     channels, frames = header.get("channels"), header.get("frames")
     if not _is_int(channels) or channels not in (1, 2) or not _is_int(frames) or frames < 0:
         raise Unavailable(f"a reply header without valid channels and frames: {str(header)[:200]}")
     if len(payload) != 4 * num_stems * channels * frames:
         raise Unavailable(f"a reply payload of {len(payload)} bytes; expected float32 ({num_stems}, {channels}, "
                           f"{frames})")
-    return header, np.frombuffer(payload, dtype="<f4").reshape(num_stems, channels, frames)
+    return np.frombuffer(payload, dtype="<f4").reshape(num_stems, channels, frames)
 
 
 def parse_header(header_bytes: bytes | str) -> dict[str, Any]:
@@ -146,8 +143,6 @@ def _block(header: dict[str, Any], payload: bytes, limits: FrameLimits) -> np.nd
     if not _is_int(sample_rate) or not SAMPLE_RATE_RANGE[0] <= sample_rate <= SAMPLE_RATE_RANGE[1]:
         raise BadRequest(f"header 'sample_rate' expected an integer in [{SAMPLE_RATE_RANGE[0]}, "
                          f"{SAMPLE_RATE_RANGE[1]}] Hz, got {show(sample_rate)}")
-    if not isinstance(payload, bytes):
-        raise BadRequest("the samples must be a binary frame of float32, not text")
     if len(payload) % (4 * channels):
         raise BadRequest(f"payload of {len(payload)} bytes is not whole float32 frames of {channels} channel(s)")
     frames = len(payload) // (4 * channels)
