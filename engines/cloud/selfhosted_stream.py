@@ -208,7 +208,8 @@ class RemoteStreamingSeparator:
         try:
             ws = connect(self.url, additional_headers={"Authorization": f"Bearer {self._token}"},
                          user_agent_header=USER_AGENT, compression=None, proxy=None, max_size=MAX_MESSAGE_BYTES,
-                         open_timeout=self.timeout_seconds, close_timeout=1.0)
+                         open_timeout=self.timeout_seconds, close_timeout=1.0,
+                         legacy=True)  # held across calls, closed by `close`: not a `with` block
         except InvalidStatus as err:
             status = err.response.status_code
             try:
