@@ -22,6 +22,9 @@ A malformed block is answered with an error frame naming the problem; the connec
 (send seq 0 to start again), and other connections are not touched. A bad first message, or one
 that does not arrive within `HELLO_SECONDS`, gets an error frame and a close with code 1008.
 
+The token is checked before the upgrade. The Host guard of the HTTP routes (bridge/server_http.py)
+is not needed here: a web page cannot put an Authorization header on a WebSocket it opens.
+
 Engines stay warm in this process between connections, per settings (`server.max_streams` at
 once; more is `busy`). With `flowstate serve --ray` the stream runs here too, in the server's own
 process (the HTTP ingress), on `stream.engine_device`; the Ray deployments run the file jobs.
