@@ -819,10 +819,14 @@ class _Uvicorn(uvicorn.Server):
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, reuse_port=False)
+        sock = socket.create_server((host, port), family=family, reuse_port=False)
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise StartupError(f"cannot listen on {host}:{port}: {reason} (another server on that port?)") from err
+    # Accepted connections inherit it: a live stream's reply is two WebSocket messages (header, stems),
+    # and Nagle's algorithm would hold the second until the client's delayed ACK, about 40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def default_data_dir(config: Config) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from typing import Any
 
@@ -220,6 +221,9 @@ class RemoteStreamingSeparator:
                               ) from None
         except (OSError, InvalidHandshake, TimeoutError) as err:
             raise Unavailable(f"{where}: cannot open the live stream at {self.url}: {err}") from None
+        # A block is two messages (header, samples): without this, Nagle's algorithm holds the second
+        # until the first is acknowledged, and a delayed ACK makes that about 40 ms per block.
+        ws.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             ws.send(json.dumps({"version": STREAM_VERSION, **self.settings}))
             # The server may load the model first: its first stream of a model waits for that.
