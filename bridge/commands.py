@@ -132,6 +132,10 @@ EVENTS: dict[str, EventSpec] = {
             "delay compensation.",
         ),
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
+        EventSpec("stream.error", ("tier", "code", "message"),
+                  "The live stream lost its tier (the self-hosted server's connection): it plays the dry input at "
+                  "the same latency and connects again every stream.reconnect_seconds until stream.stop."),
+        EventSpec("stream.reconnected", ("tier",), "The live stream's tier is back: wet again after its latency."),
     )
 }
 
@@ -243,13 +247,18 @@ def commands(ctx: CallContext, name: str) -> Result:
     Arg("model", str, "HTDemucs model or bag (htdemucs, htdemucs_6s) or spleeter:2stems; empty: stream.model.",
         default=""),
     Arg("overrides", dict, "Other stream.* settings for this run, e.g. {\"hop_seconds\": 0.5}.", default=None),
+    Arg("tier", str, "Where the windows run: local, selfhosted (your flowstate serve at cloud.selfhosted_url) or "
+        "auto (selfhosted when the local load is over stream.max_local_load); empty: stream.tier.", default="",
+        choices=("", "local", "selfhosted", "auto")),
     examples=("start live stem separation", "split the input into stems in real time",
         "turn on live stems with htdemucs", "start the stream with another model"),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
-    returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate"),
+    returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate", "tier"),
 )
-async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None) -> Result:
+async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None, tier: str) -> Result:
     settings = dict(overrides or {})
+    if tier:
+        settings["tier"] = tier
     if device:
         # An index is a few digits; a longer run of digits is a name (int() refuses over 4300 digits).
         settings["device"] = int(device) if device.isdigit() and len(device) <= 9 else device

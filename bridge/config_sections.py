@@ -119,6 +119,16 @@ class StreamConfig(Section):
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []
     effects: EffectsConfig = EffectsConfig()
+    # Where the windows run: local (this machine), selfhosted (your `flowstate serve` at
+    # cloud.selfhosted_url, over a WebSocket), or auto: selfhosted when this machine's measured load
+    # (p99 window compute / hop, timed at load) is over max_local_load and that tier is configured
+    # and answers, else local.
+    tier: Literal["local", "selfhosted", "auto"] = "local"
+    max_local_load: float = Field(default=0.8, gt=0.0, le=100.0)
+    # selfhosted: a reply later than this drops the connection (the stream plays dry meanwhile), and
+    # the stream tries to connect again every reconnect_seconds until stream.stop.
+    remote_timeout_seconds: float = Field(default=2.0, ge=0.1, le=60.0)
+    reconnect_seconds: float = Field(default=1.0, ge=0.1, le=60.0)
 
     @field_validator("sample_rate")
     @classmethod
@@ -294,6 +304,9 @@ class ServerConfig(Section):
     # comma-separated list: FLOWSTATE_SERVER_TASKS=stems,transcribe.
     tasks: Annotated[list[Literal["stems", "generate", "transcribe", "tts"]], BeforeValidator(split_commas)] = [
         "stems", "generate", "transcribe", "tts"]
+    # Live streams (`/v1/stream`, from daemons with stream.tier selfhosted) served at once; more are busy.
+    # Each holds a warm streaming engine of the server's stream.* settings (engine_device ...).
+    max_streams: int = Field(default=4, ge=0, le=64)
 
     @field_validator("store")
     @classmethod

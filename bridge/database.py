@@ -283,7 +283,8 @@ class PostgresDatabase:
         with conn.transaction():
             # Two instances starting at once on a new database: one creates the schema, the other waits.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS flowstate_schema (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS flowstate_schema "
+                         "(name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM flowstate_schema WHERE name = %s", (self.name,)).fetchone()
             version = 0 if row is None else int(row["version"])
             if version > self.version:

@@ -163,6 +163,22 @@ class Router:
             name: Breaker(config.breaker_failures, config.breaker_open_seconds) for name in available
         }
 
+    # -- live streams ----------------------------------------------------------------------------
+
+    def stream_tier(self, local_load: float, max_load: float) -> Decision:
+        """Where a live stream with `stream.tier: auto` runs: the self-hosted server when the local
+        engine's measured load (p99 window compute / hop) is over `max_load` and that tier is
+        configured with its circuit not open; else here."""
+        load = f"local load {local_load:.2f} (p99 compute / hop)"
+        if local_load <= max_load:
+            return Decision(LOCAL, f"{load} is within stream.max_local_load {max_load:g}", 0.0, 0.0)
+        over = f"{load} is over stream.max_local_load {max_load:g}"
+        if "selfhosted" not in self.available:
+            return Decision(LOCAL, f"{over}, but no self-hosted tier is configured (cloud.selfhosted_url)", 0.0, 0.0)
+        if self.breakers["selfhosted"].state == "open":
+            return Decision(LOCAL, f"{over}, but the self-hosted tier's circuit is open after failures", 0.0, 0.0)
+        return Decision("selfhosted", f"{over}: the self-hosted tier", 0.0, 0.0)
+
     # -- estimates: the one source of every tier's speed and price --------------------------------
 
     def estimate(self, tier: str, task: str, model: str, audio_seconds: float) -> Estimate:

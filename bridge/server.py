@@ -18,6 +18,7 @@ which the client imports too):
     POST /v1/jobs/{id}/cancel              the job (a running job ends `canceled` at its next segment)
     GET  /v1/jobs/{id}/outputs/{name}      an output file (a stem; "audio" for generate and tts); 404
                                            once it has expired
+    WS   /v1/stream                        live stems: blocks in, stems out (bridge/server_stream.py)
 
 Tasks run the daemon's own job handlers (bridge.separate, bridge.generate, bridge.transcribe,
 bridge.speech), local only, with the request checked by the same `check_request` the daemon uses.
@@ -111,6 +112,7 @@ from bridge.server_http import (
     parse_range,
     read_range,
 )
+from bridge.server_stream import StreamSessions, add_stream_route
 from bridge.speech import check_request as check_speech
 from bridge.transcribe import check_request as check_transcribe
 from engines.base import pick_device
@@ -404,10 +406,14 @@ class _Server:
 
     # -- auth --------------------------------------------------------------------------------------
 
-    def authorize(self, request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    def token_ok(self, authorization: str) -> bool:
+        """Whether an Authorization header carries this server's token."""
+        scheme, _, given = authorization.partition(" ")
         # Constant-time: the comparison must not tell an attacker how much of the token was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+
+    def authorize(self, request: Request) -> None:
+        if not self.token_ok(request.headers.get("authorization", "")):
             raise HTTPException(
                 401, "missing or wrong token: send 'Authorization: Bearer <FLOWSTATE_SERVER_TOKEN>'",
                 headers={"WWW-Authenticate": "Bearer"},
@@ -732,6 +738,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
         raise StartupError(f"retention_seconds: expected more than 0 s, got {retention_seconds}")
     server = _Server(config, data_dir, token.strip(), max_upload_bytes, retention_seconds, instance_id,
                      backend or LocalBackend())
+    streams = StreamSessions(config, config.server.max_streams)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -740,6 +747,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
             yield
         finally:
             await anyio.to_thread.run_sync(server.stop)
+            await anyio.to_thread.run_sync(streams.close)
 
     app = FastAPI(title="Flowstate self-hosted tier", version=__version__, lifespan=lifespan)
     app.state.server = server
@@ -814,6 +822,7 @@ def create_app(config: Config, data_dir: Path, token: str, max_upload_bytes: int
                                  media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"))
 
     app.include_router(jobs)
+    add_stream_route(app, server.token_ok, streams)  # live stems (bridge/server_stream.py)
     return app
 
 
@@ -876,10 +885,14 @@ class _Uvicorn(uvicorn.Server):
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, reuse_port=False)
+        sock = socket.create_server((host, port), family=family, reuse_port=False)
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise StartupError(f"cannot listen on {host}:{port}: {reason} (another server on that port?)") from err
+    # Accepted connections inherit it: a live stream's reply is two WebSocket messages (header, stems),
+    # and Nagle's algorithm would hold the second until the client's delayed ACK, about 40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def default_data_dir(config: Config) -> Path:
@@ -927,6 +940,8 @@ def serve(config: Config, host: str, port: int, data_dir: Path | None = None, *,
             # The parsers the contract was tested on: uvicorn's "auto" would switch to httptools and
             # uvloop wherever they are installed (Ray Serve brings both).
             http="h11", loop="asyncio",
+            # Live stems (/v1/stream): float32 audio does not compress; deflate would only cost time.
+            ws="websockets-sansio", ws_per_message_deflate=False,
             # Streams and uploads in flight get this long after a signal; then they are cut.
             timeout_graceful_shutdown=max(1, round(config.daemon.shutdown_timeout_seconds)),
         ),

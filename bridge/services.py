@@ -64,7 +64,11 @@ class Services:
         self.daw: DawState = daw
         self.midi = midi
         self.paths: PathPolicy = PathPolicy.from_config(config)
-        self.streams = StreamManager(config.stream, config.models.demucs_repo, spleeter_dir=config.models.spleeter_dir)
+        cloud = config.cloud
+        selfhosted = ((cloud.selfhosted_url, cloud.server_token.get_secret_value())
+                      if cloud.selfhosted_url and cloud.server_token is not None else None)
+        self.streams = StreamManager(config.stream, config.models.demucs_repo, on_event=hub.publish,
+                                     spleeter_dir=config.models.spleeter_dir, selfhosted=selfhosted)
         # The job side, opened by `open_jobs` (None until then, and after `close_jobs`).
         self.job_store: JobStore | None = None
         self.store_owner: StoreOwner | None = None
@@ -122,6 +126,7 @@ class Services:
         runs: dict[str, Callable[[str, str], str]] = {name: tier.model_for for name, tier in self.tiers.items()}
         ledger = Ledger(self.job_store.database)
         self.router = Router(self.config.router, offered, ledger, device, models=models, runs=runs)
+        self.streams.route = self.router.stream_tier  # stream.tier auto
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
 

@@ -42,22 +42,27 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bridge.config import StreamConfig
-from bridge.errors import BadRequest, Busy, Forbidden, Unavailable
+from bridge.errors import BadRequest, BridgeError, Busy, Forbidden, Unavailable
 from engines.base import pick_device
 from engines.batching import WindowBatchers
+from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
 from engines.effects import EffectChain
 from engines.resample import check_stream_rate
 from engines.ringbuffer import FrameRing
 from engines.separation.models import HTDEMUCS_RATE
 from engines.separation.streaming import StreamingSeparator
 
+if TYPE_CHECKING:
+    from bridge.router import Decision
+
 log = logging.getLogger(__name__)
 
+LOCAL = "local"
 FADE_MS = 5.0
 # While a stream runs, a thread waiting for the GIL asks its holder to let go after this long
 # (Python's default is 5 ms, about a whole 256-frame block at 48 kHz): the audio callback needs the
@@ -112,6 +117,7 @@ class Counters:
     output_underflows: int = 0
     callbacks: int = 0
     resyncs: int = 0
+    link_losses: int = 0  # a remote tier's connection lost (bridge/stream.py LiveStream._reconnect)
 
 
 @dataclass
@@ -212,6 +218,10 @@ class LiveStream:
         self._budget_warned = False
         self._switch_interval = sys.getswitchinterval()
         self._wake = threading.Event()
+        self._stopping = threading.Event()  # set by stop(): ends a wait between reconnects
+        self.tier = str(getattr(engine, "tier", "local"))
+        self.tier_reason = "stream.tier is local"
+        self.link_error: str | None = None
         self._running = False
         self._worker: threading.Thread | None = None
         self._stream: Any = None
@@ -270,6 +280,7 @@ class LiveStream:
 
     def stop(self) -> None:
         self._running = False
+        self._stopping.set()
         self._wake.set()
         if self._stream is not None:
             self._stream.stop()
@@ -376,7 +387,10 @@ class LiveStream:
                 # Jump to the present and restart the engine's history; the callback plays dry.
                 self.counters.resyncs += 1
                 self._processed = self._in.written - self.max_chunk
-                self.engine.reset()
+                try:
+                    self.engine.reset()
+                except Unavailable as err:
+                    self._reconnect(err)
                 self.effects.reset()
                 continue
             n = min(available, self.max_chunk)
@@ -385,7 +399,11 @@ class LiveStream:
                 n = until - 1  # these go out now; the next chunk starts with the frame that runs the model
             block_in = self._chunk_in[:, :n]
             self._in.read_at(self._processed, block_in)
-            stems = self.engine.process(block_in)
+            try:
+                stems = self.engine.process(block_in)
+            except Unavailable as err:  # a remote tier's connection: dry until it is back
+                self._reconnect(err)
+                continue
             block_out = self._chunk_out[:, :n]
             self._route(stems, block_out, n)
             start_out = self._processed + self.budget_frames
@@ -396,6 +414,38 @@ class LiveStream:
                 slack = start_out - self._played
                 if self._min_slack_frames is None or slack < self._min_slack_frames:
                     self._min_slack_frames = slack
+
+    def _reconnect(self, err: Unavailable) -> None:
+        """The engine's tier cannot be reached (a remote engine lost its connection). The worker
+        writes nothing, so the callback plays the dry input at the same latency; every
+        `stream.reconnect_seconds` it tries `engine.reset()` (which connects again), and once that
+        works the stream goes on from the present: the input that came meanwhile is skipped, and
+        the wet signal returns after the engine's latency, crossfaded from the dry."""
+        self.link_error = err.message
+        self.counters.link_losses += 1
+        log.warning("stream: %s; playing the dry input until it is back", err.message)
+        self._publish("stream.error", tier=self.tier, code=err.code, message=err.message)
+        while self._running:
+            self._stopping.wait(self.settings.reconnect_seconds)
+            if not self._running:
+                return
+            try:
+                self.engine.reset()
+            except Unavailable as again:
+                self.link_error = again.message
+                continue
+            # Output for input frame i lands at i + budget: from here that is no earlier than what
+            # the callback plays next, so nothing stale in the output ring is ever played.
+            self._processed = max(self._processed, self._in.written - self.budget_frames)
+            self.effects.reset()
+            self.link_error = None
+            log.info("stream: %s is back; wet from the next hop", self.tier)
+            self._publish("stream.reconnected", tier=self.tier)
+            return
+
+    def _publish(self, event: str, **data: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(event, **data)
 
     def _route(self, stems: np.ndarray, out: np.ndarray, n: int) -> None:
         layout = self.layout
@@ -489,6 +539,12 @@ class LiveStream:
             "routing": self.layout.describe(),
             "controls": {stem: {"gain_db": c.gain_db, "mute": c.mute} for stem, c in self.controls.items()},
             "worker_error": self.worker_error,
+            # Where the windows run (stream.tier) and why; a remote tier's connection and its losses.
+            "tier": self.tier,
+            "tier_reason": self.tier_reason,
+            "link": stats.get("link"),
+            "link_error": self.link_error,
+            "link_losses": self.counters.link_losses,
             "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
         }
 
@@ -546,8 +602,13 @@ class StreamManager:
     """
 
     def __init__(self, base: StreamConfig, models_repo: Any, on_event: Callable[..., None] | None = None,
-                 spleeter_dir: Any = None) -> None:
+                 spleeter_dir: Any = None, selfhosted: tuple[str, str] | None = None) -> None:
         self.base = base
+        # (cloud.selfhosted_url, its token) when the self-hosted tier is configured: stream.tier selfhosted.
+        self.selfhosted = selfhosted
+        # Where `stream.tier: auto` runs, from the local load and its limit: the router's `stream_tier`
+        # (bridge/router.py), set once the daemon's router exists.
+        self.route: Callable[[float, float], Decision] | None = None
         self.batchers = WindowBatchers(gather_seconds=base.batch_gather_ms / 1000.0,
                                        max_streams=MAX_AUDIO_SESSIONS + 1)
         self.models_repo = models_repo
@@ -610,13 +671,18 @@ class StreamManager:
         engine.load()
         return engine
 
-    def engine_for(self, settings: StreamConfig) -> Any:
-        """The live stream's engine, kept warm while the settings stay the same."""
-        key = (
+    @staticmethod
+    def engine_key(settings: StreamConfig) -> tuple[Any, ...]:
+        """The settings an engine is built from: engines with the same key are interchangeable."""
+        return (
             settings.model, settings.engine_device, settings.sample_rate, settings.channels,
             settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
             settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
         )
+
+    def engine_for(self, settings: StreamConfig) -> Any:
+        """The live stream's engine, kept warm while the settings stay the same."""
+        key = self.engine_key(settings)
         engine = self._engines.get(key)
         if engine is None:
             for old in self._engines.values():
@@ -632,7 +698,7 @@ class StreamManager:
             if self.stream is not None and self.stream.running:
                 raise Busy("stream.start: a stream is already running; stream.stop it first")
             settings = self.settings_with(overrides)
-            engine = self.engine_for(settings)
+            engine, reason = self.engine_on_tier(settings)
             unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
             if unknown:
                 raise BadRequest(f"stream.start: unknown stem(s) {unknown}; "
@@ -642,9 +708,49 @@ class StreamManager:
             )
             last_run_p99_ms = self._last_run[1] if self._last_run is not None and self._last_run[0] is engine else 0.0
             stream = LiveStream(settings, engine, effects, self._on_event, last_run_p99_ms=last_run_p99_ms)
-            stream.start()
+            stream.tier_reason = reason
+            try:
+                stream.start()
+            except BaseException:
+                if stream.tier != LOCAL:
+                    engine.close()  # its connection holds one of the server's streams
+                raise
             self.stream = stream
             return stream.status()
+
+    def engine_on_tier(self, settings: StreamConfig) -> tuple[Any, str]:
+        """The loaded engine for `settings.tier` and why it runs there (blocking: loads or connects)."""
+        if settings.tier == LOCAL:
+            return self.engine_for(settings), "stream.tier is local"
+        if settings.tier == "selfhosted":
+            return self.remote_engine(settings), "stream.tier is selfhosted"
+        local = self.engine_for(settings)
+        load = float(local.load_timing()["compute_ms_p99_at_load"]) / (1000.0 * float(local.hop_seconds))
+        if self.route is None:
+            return local, "stream.tier is auto, but the router is not running: local"
+        decision = self.route(load, settings.max_local_load)
+        if decision.tier == LOCAL:
+            return local, decision.reason
+        try:
+            return self.remote_engine(settings), decision.reason
+        except BridgeError as err:
+            log.warning("stream: %s, but it failed: %s; running locally", decision.reason, err.message)
+            return local, f"{decision.reason}, but it failed ({err.message}): local"
+
+    def remote_engine(self, settings: StreamConfig) -> RemoteStreamingSeparator:
+        """A connected streaming engine on the self-hosted tier (blocking: connects, times windows)."""
+        if self.selfhosted is None:
+            raise Unavailable("stream.tier selfhosted: no self-hosted tier is configured; set cloud.selfhosted_url "
+                              "and cloud.server_token (FLOWSTATE_SERVER_TOKEN) to your `flowstate serve`")
+        url, token = self.selfhosted
+        sent = {"model": settings.model, "sample_rate": settings.sample_rate, "channels": settings.channels,
+                "crossfade_ms": settings.crossfade_ms}
+        # Unset window settings are the server's defaults (on a GPU, shorter hops than a CPU's).
+        sent.update({key: value for key in ("context_seconds", "hop_seconds", "lookahead_seconds")
+                     if (value := getattr(settings, key)) is not None})
+        engine = RemoteStreamingSeparator(url, token, sent, timeout_seconds=settings.remote_timeout_seconds)
+        engine.load()
+        return engine
 
     def stop(self) -> dict[str, Any]:
         with self._lock:
@@ -652,7 +758,9 @@ class StreamManager:
                 return {"running": False}
             self.stream.stop()
             status = self.stream.status()
-            if status["hops"] >= MIN_LIVE_HOPS:
+            if self.stream.tier != LOCAL:
+                self.stream.engine.close()  # one connection per stream: the server's slot is free again
+            elif status["hops"] >= MIN_LIVE_HOPS:
                 self._last_run = (self.stream.engine, float(status["compute_ms_p99"]))
             return status
 

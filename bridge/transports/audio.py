@@ -1,5 +1,7 @@
 """The ZeroMQ audio socket: float32 blocks in, stems out, for DAW-side code that cannot open a device.
 
+The frames are the project's one audio framing (engines/audio_frames.py), one ZeroMQ frame each:
+
 Request (two frames):  {"seq": n, "channels": c, "sample_rate": sr}   +  float32 (c, frames), planar
 Reply   (two frames):  {"seq": n, "frames": f, "channels": c, "stems": [...], "latency_frames": L,
                         "sample_rate": sr}                             +  float32 (stems, c, frames)
@@ -26,22 +28,19 @@ bugs.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
-from typing import Any, TypeGuard
+from typing import Any
 
-import numpy as np
 import zmq
 
-from bridge.errors import BadRequest, BridgeError
+from bridge.errors import BridgeError, Internal
+from engines.audio_frames import FrameLimits, RequestError, error_frame, parse_request, reply_frames
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
-MAX_SEQ = 2**63 - 1  # fits every client's integer type; larger is an error, not a bigint
-SAMPLE_RATE_RANGE = (8000, 192000)
 
 
 class AudioServer:
@@ -54,6 +53,9 @@ class AudioServer:
         self.max_message_bytes = max_message_bytes
         self.max_header_bytes = max_header_bytes
         self.max_block_frames = max_block_frames
+        self.limits = FrameLimits(max_message_bytes, max_header_bytes, max_block_frames,
+                                  message_key="16 x zmq.max_message_bytes", header_key="zmq.audio_max_header_bytes",
+                                  block_key="zmq.audio_max_block_frames")
         self.sessions = sessions
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
@@ -184,77 +186,13 @@ class AudioServer:
     def _answer(self, identity: bytes, body: list[bytes]) -> list[bytes]:
         seq: int | None = None
         try:
-            header = self._header(body)
-            seq = _seq(header)
-            block = self._block(header, body[1])
+            seq, header, block = parse_request(body, self.limits)
             stems, info = self.sessions.process(identity, seq, header["sample_rate"], block)
+            return list(reply_frames(seq, stems, info))
         except BridgeError as err:
             log.warning("audio socket: %s: %s", err.code, err.message[:500])
-            return [json.dumps({"seq": seq, "error": err.to_dict()}).encode()]
+            return [error_frame(err.seq if isinstance(err, RequestError) else seq, err)]
         except Exception as err:
             log.exception("audio socket: processing failed")
             message = f"audio processing failed inside the daemon ({type(err).__name__}: {err})"
-            return [json.dumps({"seq": seq, "error": {"code": "internal", "message": message}}).encode()]
-        reply = {"seq": seq, "frames": block.shape[1], "channels": block.shape[0], **info}
-        return [json.dumps(reply).encode(), np.ascontiguousarray(stems, dtype="<f4").tobytes()]
-
-    def _header(self, body: list[bytes]) -> dict[str, Any]:
-        """The JSON header of a two-frame request, size-checked before it is parsed."""
-        size = sum(len(part) for part in body)
-        if size > self.max_message_bytes:
-            raise BadRequest(f"audio message of {size} bytes exceeds {self.max_message_bytes} bytes "
-                             "(16 x zmq.max_message_bytes)")
-        if len(body) != 2:
-            raise BadRequest(f"expected 2 frames (JSON header, float32 samples), got {len(body)}")
-        if len(body[0]) > self.max_header_bytes:
-            raise BadRequest(f"header of {len(body[0])} bytes exceeds zmq.audio_max_header_bytes "
-                             f"({self.max_header_bytes}); "
-                             "expected {\"seq\": n, \"channels\": c, \"sample_rate\": sr}")
-        try:
-            header = json.loads(body[0])
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BadRequest(f"malformed JSON header: {err}") from None
-        except RecursionError:
-            raise BadRequest("malformed JSON header: nested too deeply; expected a flat object") from None
-        except ValueError as err:  # an integer literal over Python's digit limit
-            raise BadRequest(f"malformed JSON header: a number is too large ({err})") from None
-        if not isinstance(header, dict):
-            raise BadRequest("the header must be a JSON object with seq, channels and sample_rate")
-        return header
-
-    def _block(self, header: dict[str, Any], payload: bytes) -> np.ndarray:
-        channels, sample_rate = header.get("channels"), header.get("sample_rate")
-        if not _is_int(channels) or channels not in (1, 2):
-            raise BadRequest(f"header 'channels' expected 1 or 2, got {_show(channels)}")
-        if not _is_int(sample_rate) or not SAMPLE_RATE_RANGE[0] <= sample_rate <= SAMPLE_RATE_RANGE[1]:
-            raise BadRequest(f"header 'sample_rate' expected an integer in [{SAMPLE_RATE_RANGE[0]}, "
-                             f"{SAMPLE_RATE_RANGE[1]}] Hz, got {_show(sample_rate)}")
-        if len(payload) % (4 * channels):
-            raise BadRequest(
-                f"payload of {len(payload)} bytes is not whole float32 frames of {channels} channel(s)"
-            )
-        frames = len(payload) // (4 * channels)
-        if frames > self.max_block_frames:
-            raise BadRequest(f"block of {frames} frames exceeds zmq.audio_max_block_frames ({self.max_block_frames}); "
-                             "send shorter blocks")
-        block = np.frombuffer(payload, dtype="<f4").reshape(channels, -1)
-        if not np.isfinite(block).all():
-            raise BadRequest("payload contains NaN or infinite samples")
-        return block
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _show(value: Any) -> str:
-    """A request's value for an error message, cut short: the message must stay small."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
-
-
-def _seq(header: dict[str, Any]) -> int:
-    seq = header.get("seq")
-    if not _is_int(seq) or not 0 <= seq <= MAX_SEQ:
-        raise BadRequest(f"header 'seq' expected an integer in [0, 2**63 - 1], got {_show(seq)}")
-    return seq
+            return [error_frame(seq, Internal(message))]

@@ -22,6 +22,13 @@ from bridge.errors import BadRequest, BridgeError, Forbidden, Internal, NotFound
 
 HEALTH_ROUTE = "/v1/health"
 JOBS_ROUTE = "/v1/jobs"
+# Live stems: a WebSocket (bridge/server_stream.py; the client is engines/cloud/selfhosted_stream.py).
+STREAM_ROUTE = "/v1/stream"
+# The first message of a live stream names this version; the server refuses another.
+STREAM_VERSION = 1
+# What the client's first message may set (its stream.* settings); the server's config decides the rest.
+STREAM_SETTINGS = ("model", "sample_rate", "channels", "context_seconds", "hop_seconds", "lookahead_seconds",
+                   "crossfade_ms")
 # Below JOBS_ROUTE, as path templates (FastAPI's syntax); `job_route` fills them in.
 JOB = "/{job_id}"
 JOB_EVENTS = "/{job_id}/events"

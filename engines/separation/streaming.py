@@ -497,12 +497,34 @@ class StreamingSeparator(Engine):
 
             torch.cuda.empty_cache()
 
-    def _process(self, block: np.ndarray) -> np.ndarray:
+    def process_ahead(self, block: np.ndarray) -> np.ndarray:
+        """Like `process`, but returns every output frame that exists once `block` is in, float32
+        `(num_stems, channels, k)`: this block's and those of the input still to come before the next
+        window (computed already; after a `reset`, the alignment silence too). Over a stream these are
+        `process`'s frames in the same order, only sooner: a remote client (`/v1/stream`) plays its
+        next blocks from them while the server waits for the frame that runs the next window."""
+        self.load()
+        with self._lock:
+            block = self._checked(block)
+            rows = len(self._stems) * self.channels
+            parts = []
+            for start in range(0, max(block.shape[1], 1), PIECE_FRAMES):
+                piece = block[:, start:start + PIECE_FRAMES]
+                if piece.shape[1]:
+                    self._push_model_rate(self._down.process(piece) if self._down is not None else piece)
+                ready = np.empty((rows, self._fifo.size), np.float32)
+                self._fifo.read(ready)
+                parts.append(ready)
+            return np.concatenate(parts, axis=1).reshape(len(self._stems), self.channels, -1)
+
+    def _checked(self, block: np.ndarray) -> np.ndarray:
         if not isinstance(block, np.ndarray) or block.ndim != 2 or block.shape[0] != self.channels:
             shape = getattr(block, "shape", type(block).__name__)
             raise BadRequest(f"block: expected a float32 array shaped (channels={self.channels}, frames), got {shape}")
-        if block.dtype != np.float32:
-            block = block.astype(np.float32)
+        return block if block.dtype == np.float32 else block.astype(np.float32)
+
+    def _process(self, block: np.ndarray) -> np.ndarray:
+        block = self._checked(block)
         total = block.shape[1]
         out = np.empty((len(self._stems), self.channels, total), np.float32)
         flat = out.reshape(len(self._stems) * self.channels, total)

@@ -236,8 +236,8 @@ def test_a_store_that_cannot_be_used_stops_start_up_naming_the_setting_not_the_p
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSTATE_")}
     env.update({"FLOWSTATE_SERVER_TOKEN": TOKEN, **({"FLOWSTATE_SERVER_STORE_PASSWORD": password} if password else {})})
     env.pop("PGPASSWORD", None)
-    done = subprocess.run([sys.executable, "-m", "bridge", "serve", "--config", str(config), "--port", str(free_port())],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    command = [sys.executable, "-m", "bridge", "serve", "--config", str(config), "--port", str(free_port())]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "server.store" in output and expected in output, output
