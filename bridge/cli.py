@@ -22,8 +22,8 @@ from bridge.daemon import exit_now, run, tune_allocator
 from bridge.docs import markdown_tables
 from bridge.doctor import APT_HINT, FAIL, os_name, render, run_checks
 from bridge.errors import BridgeError, StartupError
+from bridge.job_queue import JobQueue
 from bridge.job_store import JobStore
-from bridge.jobs import JobRunner
 from bridge.paths import PathPolicy
 from bridge.protocol import Arg
 from bridge.separate import KIND, check_request
@@ -505,8 +505,7 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
                 finished.notify_all()
 
     with tempfile.TemporaryDirectory(prefix="flowstate-local-") as scratch:
-        store = JobStore(Path(scratch) / "jobs.sqlite3")
-        runner = JobRunner(store, job_handlers(config, paths), 1, publish)
+        queue = JobQueue(JobStore(Path(scratch) / "jobs.sqlite3"), job_handlers(config, paths), 1, publish)
         try:
             spec = lookup(KIND)
             for request in requests:
@@ -515,14 +514,13 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
                 except BridgeError as err:
                     print(f"flowstate: {err.code}: {err.message}", file=sys.stderr)
                     return 1
-                job, _ = runner.submit(KIND, job_args)
+                job, _ = queue.runner.submit(KIND, job_args)
                 labels[job.id] = Path(request["path"]).name
-            runner.start()
+            queue.start()
             with finished:
                 finished.wait_for(lambda: len(final) == len(labels))
         finally:
-            runner.stop(timeout=5.0, cancel_running=True)
-            store.close()
+            queue.close(timeout=5.0, cancel_running=True)  # and the warm engines
     return _report(final, labels)
 
 

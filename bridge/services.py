@@ -1,8 +1,9 @@
 """What command handlers use: one typed object, built once by the daemon and closed by it.
 
 The daemon (bridge/daemon.py) is the composition root: it owns the transports and the lifecycle;
-this object owns what the commands work with: the live streams, the job queue (store, runner and
-its warm engines), the router and its tiers, the sample library and `classify.audio`'s model.
+this object owns what the commands work with: the live streams, the job queue (a `JobQueue`, the
+same one `flowstate separate --local` and `flowstate serve` build), the router and its tiers, the
+sample library and `classify.audio`'s model.
 A handler gets it as `ctx.services`, never the daemon, so a handler can reach exactly what is
 listed here and the type checker knows every piece's type.
 
@@ -23,8 +24,9 @@ from bridge.config import Config
 from bridge.daw import DawState
 from bridge.errors import StartupError, Unavailable
 from bridge.events import EventHub
+from bridge.job_queue import JobQueue, close_each
 from bridge.job_store import JobStore, StoreOwner
-from bridge.jobs import JobHandler, JobRunner, Publish
+from bridge.jobs import JobRunner, Publish
 from bridge.ledger import Ledger
 from bridge.licences import licensed_offers
 from bridge.paths import PathPolicy
@@ -69,13 +71,13 @@ class Services:
                       if cloud.selfhosted_url and cloud.server_token is not None else None)
         self.streams = StreamManager(config.stream, config.models.demucs_repo, on_event=hub.publish,
                                      spleeter_dir=config.models.spleeter_dir, selfhosted=selfhosted)
-        # The job side, opened by `open_jobs` (None until then, and after `close_jobs`).
+        # The job side (its queue: store, handlers, runner), opened by `open_jobs`.
         self.job_store: JobStore | None = None
         self.store_owner: StoreOwner | None = None
         self.tiers: dict[str, Tier] = {}
         self.router: Router | None = None
-        self.jobs: JobRunner | None = None
-        self.handlers: dict[str, JobHandler] = {}
+        self.queue: JobQueue | None = None
+        self.jobs: JobRunner | None = None  # the queue's runner
         self.samples: SampleLibrary | None = None
         # classify.audio's model, built on first use (`audio_tagger`).
         self._audio_tagger: AudioTagger | None = None
@@ -132,13 +134,11 @@ class Services:
 
         self.samples = SampleLibrary(self.config, self.paths, audio_tagger=self.audio_tagger,
                                      router=self.router, tiers=self.tiers)
-        self.handlers = job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples)
-        self.jobs = JobRunner(
-            self.job_store, self.handlers, self.config.jobs.workers, publish,
-            max_attempts=self.config.jobs.max_attempts,
-            after_job=after_job,
-        )
-        requeued = self.jobs.start()
+        handlers = job_handlers(self.config, self.paths, self.router, self.tiers, samples=self.samples)
+        self.queue = JobQueue(self.job_store, handlers, self.config.jobs.workers, publish,
+                              max_attempts=self.config.jobs.max_attempts, after_job=after_job, tiers=self.tiers)
+        self.jobs = self.queue.runner
+        requeued = self.queue.start()
         self.samples.start_watching()  # folders indexed with watch stay fresh across restarts
         return requeued
 
@@ -146,7 +146,7 @@ class Services:
         """After the runner stopped: close the sample library and the job store."""
         if self.samples is not None:
             self.samples.close()
-        if self.job_store is not None:
+        if self.job_store is not None:  # the queue's (or alone, when opening failed before the queue was made)
             self.job_store.close()
 
     def release_store(self) -> None:
@@ -159,12 +159,11 @@ class Services:
         `classify.audio`'s model and the tiers' HTTP clients. Each is closed even if another fails."""
         with self._audio_tagger_lock:
             tagger, self._audio_tagger = self._audio_tagger, None
-        closers = [("classify.audio", tagger.close)] if tagger is not None else []
-        closers += [(f"job {kind}", close) for kind, handler in self.handlers.items()
-                    if (close := getattr(handler, "close", None)) is not None]
-        closers += [(f"tier {name}", tier.close) for name, tier in self.tiers.items()]
-        for what, close in closers:
-            try:
-                close()
-            except Exception:
-                log.exception("closing %s failed", what)
+        closers: list[tuple[str, Callable[[], object]]] = []
+        if tagger is not None:
+            closers.append(("classify.audio", tagger.close))
+        if self.queue is not None:
+            closers += self.queue.closers()
+        else:  # opening failed before the queue was made: the tiers are still this object's to close
+            closers += [(f"tier {name}", tier.close) for name, tier in self.tiers.items()]
+        close_each(closers)

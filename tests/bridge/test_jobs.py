@@ -23,6 +23,7 @@ import soundfile as sf
 
 from bridge.errors import BadRequest, Internal, NotFound, StartupError, Unavailable
 from bridge.fileio import atomic_write, partial_path, remove_partials
+from bridge.job_queue import JobQueue
 from bridge.job_store import JOB_STATES, SCHEMA_VERSION, Job, JobStore, StoreOwner
 from bridge.jobs import JobCanceled, JobContext, JobHandler, JobRunner
 from bridge.ledger import Ledger
@@ -571,6 +572,47 @@ def test_stop_can_cancel_running_jobs(make_runner: Callable[..., JobRunner], eve
     assert events.names(job.id)[-1] == "job.canceled"
     with pytest.raises(Exception, match="shutting down"):
         runner.submit("forever", {})
+
+
+class WarmHandler:
+    """A job handler that keeps what its first job loads for the next ones and releases it on
+    `close`, as the engine-backed handlers do (bridge/engine_job.py)."""
+
+    def __init__(self, close_fails: bool = False) -> None:
+        self.loads = 0
+        self.loaded = False
+        self._close_fails = close_fails
+
+    def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        if not self.loaded:
+            self.loads += 1
+            self.loaded = True
+        return {"loads": self.loads}
+
+    def close(self) -> None:
+        self.loaded = False
+        if self._close_fails:
+            raise RuntimeError("the device went away")
+
+
+def test_a_job_queue_keeps_engines_warm_and_its_close_releases_every_one(db: Path, events: Events) -> None:
+    """What the daemon, `flowstate separate --local` and `flowstate serve` each build: one close
+    stops the runner and the store and releases each handler's engines, even when one fails."""
+    failing, other = WarmHandler(close_fails=True), WarmHandler()
+    queue = JobQueue(JobStore(db), {"failing": failing, "other": other}, 1, events)
+    assert queue.start() == []
+    jobs = [queue.runner.submit(kind, {"n": n})[0] for n in range(2) for kind in ("failing", "other")]
+    results = [events.wait_for(job.id, "job.done") for job in jobs]
+    assert [result["result"]["loads"] for result in results] == [1, 1, 1, 1]  # loaded once, then warm
+    assert queue.close(WAIT) == []
+    assert not failing.loaded and not other.loaded
+    with pytest.raises(Unavailable, match="shutting down"):
+        queue.runner.submit("other", {})
+    reopened = JobStore(db)  # the store was closed cleanly, its jobs kept
+    try:
+        assert reopened.get(jobs[-1].id).state == "done"
+    finally:
+        reopened.close()
 
 
 def test_throttled_progress_still_delivers_the_final_value(
