@@ -94,6 +94,7 @@ from bridge.engine_job import JobDeps
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
 from bridge.generate import check_request as check_generate
 from bridge.generate import model_family as check_family
+from bridge.job_queue import JobQueue
 from bridge.job_store import FINISHED_STATES, Job, JobStore, default_owner
 from bridge.jobs import JobContext, JobRunner
 from bridge.paths import PathPolicy
@@ -322,8 +323,9 @@ class _Server:
         self.device = ""
         self.backend = backend
         self.stopping = threading.Event()  # set on SIGINT/SIGTERM: event streams end, so shutdown is quick
-        self.store: JobStore | None = None
-        self.runner: JobRunner | None = None
+        self.queue: JobQueue | None = None  # store, handlers and runner; None until `start` and after `stop`
+        self.store: JobStore | None = None  # the queue's
+        self.runner: JobRunner | None = None  # the queue's
         self._janitor: _Janitor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -339,8 +341,9 @@ class _Server:
         # The daemon's own handlers, local only (no router, no tiers), here or on the backend's replicas.
         handlers = self.backend.start(self.config, self.paths, self.data_dir, self.tasks)
         workers = self.backend.workers(self.config)
-        self.runner = JobRunner(self.store, handlers, workers, _log_event, max_attempts=self.config.jobs.max_attempts)
-        requeued = self.runner.start()
+        self.queue = JobQueue(self.store, handlers, workers, _log_event, max_attempts=self.config.jobs.max_attempts)
+        self.runner = self.queue.runner
+        requeued = self.queue.start()
         self._janitor = _Janitor(self.store, self.data_dir, self.retention_seconds)
         self._janitor.start()
         log.info("self-hosted tier: tasks %s, data in %s, device %s, %s backend, %d worker(s), uploads up to %d "
@@ -349,7 +352,7 @@ class _Server:
 
     def stop(self) -> None:
         """Stop claiming jobs, let running ones finish within daemon.shutdown_timeout_seconds, cancel
-        what is left, close the store. A second call does nothing."""
+        what is left, release the handlers' warm engines, close the store. A second call does nothing."""
         self.stopping.set()
         if self._janitor is not None:
             self._janitor.stop()
@@ -372,6 +375,9 @@ class _Server:
                 log.warning("canceling %d job(s) still running at shutdown: %s", len(left), ", ".join(left))
                 self.runner.stop(_CANCEL_WAIT_SECONDS, cancel_running=True)
             self.runner = None
+        if self.queue is not None:
+            self.queue.close_engines()
+            self.queue = None
         self.backend.stop()
         if self.store is not None:
             self.store.close()
@@ -625,11 +631,17 @@ class TaskHandler:
 
     def __init__(self, task: str, job: Callable[[JobContext], dict[str, Any]], data_dir: Path) -> None:
         self._task = task
-        self._job = job
+        self.job = job  # the daemon's handler
         self._data_dir = data_dir
 
+    def close(self) -> None:
+        """Release the daemon handler's warm engines (at shutdown)."""
+        close = getattr(self.job, "close", None)
+        if close is not None:
+            close()
+
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
-        result = dict(self._job(ctx))
+        result = dict(self.job(ctx))
         fmt: str | None = "wav"
         if self._task == "stems":
             paths: dict[str, str] = result.pop("paths")

@@ -20,11 +20,13 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
+from starlette.testclient import TestClient
 
 from bridge.config import Config
 from bridge.errors import ERROR_CODES, BadRequest, Forbidden, NotFound, StartupError, Unavailable
 from bridge.job_store import FINISHED_STATES, JOB_STATES
-from bridge.server import _PARAMS, serve
+from bridge.separate import SeparateJob
+from bridge.server import _PARAMS, TaskHandler, create_app, serve
 from bridge.testing import free_port, tiny_htdemucs_repo
 from engines.cloud import selfhosted_wire as wire
 from engines.cloud.base import TierJob
@@ -715,6 +717,30 @@ def test_uploads_go_when_their_job_ends_and_outputs_expire(tmp_path: Path, repo:
             assert time.monotonic() < deadline, "the job's folders were never removed"
             time.sleep(0.05)
         assert client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["state"] == "done"  # the job stays
+
+
+def test_a_stopped_server_releases_the_models_its_jobs_kept_warm(tmp_path: Path, repo: Path) -> None:
+    """In-process: the model a stems job loaded stays loaded for the next job, and is released when
+    the server stops (its job queue closes the handlers' warm engines, as the daemon's does)."""
+    config = Config.model_validate({
+        "models": {"demucs_repo": str(repo)},
+        "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1, "segment_seconds": 0.5},
+    })
+    app = create_app(config, tmp_path / "data", TOKEN, MAX_UPLOAD_BYTES)
+    source = write_audio(tmp_path / "x.wav", 0.3)
+    with TestClient(app, base_url="http://localhost") as client:
+        created = client.post("/v1/jobs", headers=auth(), data={"task": "stems"},
+                              files={"file": ("x.wav", source.read_bytes(), "audio/wav")})
+        assert created.status_code == 201, created.text
+        with client.stream("GET", f"/v1/jobs/{created.json()['id']}/events", headers=auth()) as response:
+            events = list(sse_frames(response))
+        assert events[-1][0] == "done", events
+        handler = app.state.server.queue.handlers["stems"]
+        assert isinstance(handler, TaskHandler) and isinstance(handler.job, SeparateJob)
+        engine = handler.job.engine(config.separate.model, config.separate.shifts)  # the job's, still warm
+        assert engine.loaded
+    assert not engine.loaded
+    assert app.state.server.queue is None
 
 
 def test_a_signal_mid_job_ends_streams_cancels_the_job_and_exits_0(tmp_path: Path, repo: Path) -> None:
