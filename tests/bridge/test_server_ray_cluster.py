@@ -3,8 +3,8 @@ a PostgreSQL server and a small Ray instance on loopback (started here once for 
 stopped after it even when a test fails), a Ray-backed server process joining that instance and a
 plain one, both on one database and one data folder, driven over HTTP and over `/v1/stream`.
 
-A job run by the Ray-backed server is followed and downloaded through the plain one and recorded
-once; each server takes over the job of the other when that one is killed mid-job (its claim lapses);
+A job run by the Ray-backed server is followed, downloaded and canceled through the plain one and
+recorded once; each server takes over the job of the other when that one is killed mid-job (its claim lapses);
 a live stream to the Ray-backed server (which runs streams in its own process) returns the stems the
 plain server returns, and those of the local engine.
 
@@ -47,6 +47,7 @@ from tests.bridge.test_server_cluster import (  # noqa: F401  (postgres: the mod
     job_via,
     postgres,
     stem_files,
+    wait_until,
 )
 from tests.bridge.test_server_ray import IDLE
 from tests.bridge.test_stream import SAMPLE_RATE, _noise
@@ -155,6 +156,18 @@ def test_a_job_run_on_ray_is_followed_and_downloaded_through_the_plain_server(pa
     assert stem_files(pair.data_dir, "short") == sorted(f"{stem}.wav" for stem in STEMS)
 
 
+def test_a_job_running_on_ray_is_canceled_through_the_plain_server(pair: Pair, tmp_path: Path) -> None:
+    job_id = claimed_by(pair.ray, pair.plain, write_audio(tmp_path / "cancel.wav", 20.0, seed=64), progress=0.02)
+    canceled = httpx.post(f"{pair.plain.url}/v1/jobs/{job_id}/cancel", headers=auth(), timeout=10)
+    assert canceled.status_code == 200 and canceled.json()["state"] == "canceled"
+    # The Ray-backed server learns it from the store at its next renewal and stops its replica's run.
+    wait_until(lambda: f"job {job_id} (stems) canceled" in pair.ray.log(), "the Ray-backed server stopped it")
+    job = job_via(pair.ray, job_id)
+    assert job["state"] == "canceled" and job["result"] is None and job["runner"] == "ray", job
+    assert stem_files(pair.data_dir, "cancel") == []
+    wait_until(lambda: httpx.get(f"{pair.ray.url}/v1/health", timeout=10).json()["running"] == 0, "nothing running")
+
+
 def stream_through(server: ServerProcess, signal_in: np.ndarray) -> tuple[np.ndarray, RemoteStreamingSeparator]:
     """`signal_in` through the server's /v1/stream as a live stream feeds it; the stems and the client."""
     remote = RemoteStreamingSeparator(server.url, TOKEN, {"model": "passthrough", "sample_rate": SAMPLE_RATE,
@@ -186,7 +199,7 @@ def test_a_live_stream_to_the_ray_server_returns_the_plain_servers_stems(pair: P
 
 def test_the_plain_server_killed_mid_job_leaves_it_to_the_ray_server_which_finishes_it_once(
         pair: Pair, tmp_path: Path) -> None:
-    job_id = claimed_by(pair.plain, pair.ray, write_audio(tmp_path / "p.wav", 30.0, seed=62), progress=0.05)
+    job_id = claimed_by(pair.plain, pair.ray, write_audio(tmp_path / "p.wav", 20.0, seed=62), progress=0.05)
     events: list[tuple[str, dict[str, Any]]] = []
     reader = threading.Thread(target=read_events, args=(pair.ray, job_id, events))
     reader.start()
@@ -211,7 +224,7 @@ def test_the_plain_server_killed_mid_job_leaves_it_to_the_ray_server_which_finis
 
 def test_the_ray_server_killed_mid_job_leaves_it_to_the_plain_server_which_finishes_it_once(
         pair: Pair, tmp_path: Path) -> None:
-    job_id = claimed_by(pair.ray, pair.plain, write_audio(tmp_path / "r.wav", 30.0, seed=63), progress=0.05)
+    job_id = claimed_by(pair.ray, pair.plain, write_audio(tmp_path / "r.wav", 20.0, seed=63), progress=0.05)
     events: list[tuple[str, dict[str, Any]]] = []
     reader = threading.Thread(target=read_events, args=(pair.plain, job_id, events))
     reader.start()
