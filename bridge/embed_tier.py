@@ -36,7 +36,7 @@ from bridge.licences import describe
 from bridge.router import LOCAL, Router
 from engines.cloud.base import Tier, TierJob
 from engines.cloud.http import never_cancelled
-from engines.cloud.workers_ai import EMBED_POOLING, MAX_EMBED_TEXTS, bge_model_for
+from engines.cloud.workers_ai import EMBED_POOLING, MAX_EMBED_TEXTS, WorkersAITier, bge_model_for
 from engines.embeddings import TextEmbedder, available_source, check_classify, rank
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,10 @@ class EmbeddingTiers:
         total = 0.0
         with tempfile.TemporaryDirectory(prefix="flowstate-embed-") as work:
             for start in range(0, len(texts), MAX_EMBED_TEXTS):
-                job = TierJob(TASK, {"text": texts[start:start + MAX_EMBED_TEXTS], "pooling": EMBED_POOLING},
+                chunk = texts[start:start + MAX_EMBED_TEXTS]
+                job = TierJob(TASK, {"text": chunk, "pooling": EMBED_POOLING},
                               Path(work), deadline_seconds=self.settings.tier_deadline_seconds)
-                estimated = _estimated_cost(tier, job)
+                estimated = _estimated_cost(tier, chunk)
                 spent = router.ledger.month_spend()
                 if spent + estimated > self.budget_usd:
                     raise Forbidden(f"{command}: Workers AI would cost ${estimated:.2g}, and ${spent:.4g} of "
@@ -184,9 +185,9 @@ class EmbeddingTiers:
         return vectors / np.maximum(norms, 1e-12), total
 
 
-def _estimated_cost(tier: Tier, job: TierJob) -> float:
-    estimate = getattr(tier, "estimate", None)
-    cost = estimate(job)[1] if estimate is not None else None
+def _estimated_cost(tier: Tier, texts: list[str]) -> float:
+    """What a request of `texts` would cost, checked against the month's budget before it is sent."""
+    cost = tier.embed_cost(texts) if isinstance(tier, WorkersAITier) else None
     return float(cost or 0.0)
 
 

@@ -394,6 +394,11 @@ class WorkersAITier(Tier):
         price = PRICE_PER_AUDIO_MINUTE_USD.get(model)
         return None if price is None else price * audio_seconds / 60.0
 
+    def embed_cost(self, texts: list[str]) -> float | None:
+        """What embedding `texts` would bill, by the price that bills the result (about 4 characters
+        a token): the month's budget is checked with it before the request. None: no known price."""
+        return self._token_cost(self.models.get("embed", ""), texts)
+
     def _token_cost(self, model: str, texts: list[str]) -> float | None:
         price = PRICE_PER_M_TOKENS_USD.get(model)
         tokens = sum(max(1.0, len(text) / CHARS_PER_TOKEN) for text in texts)

@@ -313,6 +313,16 @@ def test_health(tier: WorkersAITier, fake) -> None:
     assert tier.health() is False
 
 
+def test_embed_cost_is_what_the_budget_check_charges_before_a_request() -> None:
+    tier = WorkersAITier(TOKEN, ACCOUNT_ID)
+    try:
+        # bge-small, the default: $0.020 per million tokens, about 4 characters a token.
+        assert tier.embed_cost(["y" * 400]) == pytest.approx(0.020 * 100 / 1_000_000)
+        assert tier.embed_cost(["a", "b"]) == pytest.approx(0.020 * 2 / 1_000_000)  # a token at least each
+    finally:
+        tier.close()
+
+
 @pytest.mark.parametrize("kwargs", [
     {"token": ""},
     {"account_id": "../other"},
