@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from bridge.config import Config
-from bridge.jobs import JobHandler
+from bridge.jobs import JobContext, JobHandler
 from bridge.paths import PathPolicy
-from bridge.router import Router
+from bridge.router import LOCAL, LocalTier, Route, Router
 from bridge.samples import SampleLibrary
-from engines.cloud.base import Tier
+from engines.cloud.base import CheckCancelled, Progress, Tier, TierJob, TierResult
 
 E = TypeVar("E")
 J = TypeVar("J", bound="EngineJob")
@@ -38,7 +38,13 @@ class JobDeps:
 
 class EngineJob:
     """What every engine-backed job handler holds: the config, the folders it may touch, the
-    router and tiers (None: always local), and its engines, kept warm across jobs by key."""
+    router and tiers (None: always local), and its engines, kept warm across jobs by key.
+
+    A handler with a local engine names its task in `LOCAL_TASK` and implements `run_here`, its
+    engine's side of the `Tier` interface: the router's local tier (`router.local`, one per router)
+    runs the task's `TierJob`s through it, like any other tier (`route`)."""
+
+    LOCAL_TASK: ClassVar[str | None] = None  # the task this handler's engine runs here; None: tiers only
 
     def __init__(
         self, config: Config, paths: PathPolicy, router: Router | None = None, tiers: dict[str, Tier] | None = None
@@ -47,8 +53,20 @@ class EngineJob:
         self.paths = paths
         self.router = router  # None: always local
         self.tiers = tiers or {}
+        self.local = router.local if router is not None else LocalTier(config.router, None, "cpu")
+        if self.LOCAL_TASK is not None:
+            self.local.provide(self.LOCAL_TASK, self.run_here)
         self._engines: dict[Hashable, Any] = {}
         self._lock = threading.RLock()  # reentrant: a `make` may itself look up a warm engine
+
+    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+        """Run `job` on this machine's engine (a handler with `LOCAL_TASK` implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no local engine")
+
+    def route(self, ctx: JobContext, task: str, model: str, units: float,
+              cloud: tuple[str, str] = ("", "")) -> Route:
+        """The tiers to try for `ctx`'s job, this machine's among them (see `Route`)."""
+        return Route(ctx, self.router, {LOCAL: self.local, **self.tiers}, task, model, units, cloud)
 
     @classmethod
     def build(cls: type[J], deps: JobDeps) -> J:

@@ -26,12 +26,12 @@ import numpy as np
 from bridge.config import Config
 from bridge.daw import DawState, bars_to_seconds
 from bridge.engine_job import EngineJob
-from bridge.errors import BadRequest, BridgeError, Unavailable
+from bridge.errors import BadRequest
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
-from bridge.router import Route, deadline_class
-from engines.cloud.base import TierJob
+from bridge.router import LOCAL, deadline_class
+from engines.cloud.base import CheckCancelled, Progress, TierJob, TierResult
 from engines.generation import (
     MUSICGEN_MELODY,
     GenerationRequest,
@@ -256,6 +256,8 @@ def _track_name(label: str, tempo: float, bars: float | None, seconds: float) ->
 class GenerateJob(EngineJob):
     """The job handler: one warm engine (MusicGen or Stable Audio Open) per model, reused across jobs."""
 
+    LOCAL_TASK = TASK
+
     def engine(self, model: str, family: str = MUSICGEN) -> MusicGenEngine | StableAudioEngine:
         settings = self.config.generate
         if family == STABLE_AUDIO_OPEN:
@@ -311,79 +313,78 @@ class GenerateJob(EngineJob):
         }
 
     def _generate_routed(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], dict[str, Any]]:
-        """Generate on the tier the router picks, falling through its plan when a tier fails."""
+        """Generate on the tier the router picks (this machine's engine is one; a cloud-only model
+        has none), falling through its plan when a tier fails."""
         args = ctx.job.args
-        cloud = args.get("family") in CLOUD_FAMILIES  # no local engine: the router plans tiers only
-        route = Route(ctx, self.router, TASK, args["model"], float(args["seconds"]), local=not cloud,
-                      cloud=(f"generate model={args['model']}", args["model"]))
-        for attempt in route:
-            with attempt:
-                if attempt.local:
-                    generated, device = self._generate_local(ctx, melody)
-                    return generated, attempt.ran_locally(device)
-                generated, cost = self._generate_remote(ctx, attempt.tier, melody)
-                return generated, attempt.ran_remotely(cost)
-        raise route.failure()
+        seconds = float(args["seconds"])
 
-    def _generate_local(self, ctx: JobContext, melody: Path | None) -> tuple[tuple[np.ndarray, int], str]:
-        args = ctx.job.args
-        engine = self.engine(args["model"], args.get("family", MUSICGEN))
+        def job_for(tier: str, scratch: Path) -> TierJob:
+            params = {key: args.get(key) for key in LOCAL_PARAMS} if tier == LOCAL else _tier_params(args)
+            return TierJob(task=TASK, params=params, work_dir=scratch, input_path=melody, audio_seconds=seconds,
+                           deadline_seconds=args.get("deadline_seconds"))
+
+        def progress(tier: str, fraction: float) -> None:
+            ctx.progress(LOADED + (GENERATED - LOADED) * fraction,
+                         stage="generating" if tier == LOCAL else f"generating on {tier}")
+
+        def read(result: TierResult) -> tuple[np.ndarray, int]:
+            names = result.audio_names()
+            return result.read_audio("audio" if "audio" in names else (names or ["audio"])[0], KIND)
+
+        route = self.route(ctx, TASK, args["model"], seconds, cloud=(f"generate model={args['model']}", args["model"]))
+        return route.run(job_for, read, progress)
+
+    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+        """The local tier's generate: MusicGen or Stable Audio Open, warm across jobs."""
+        params = job.params
+        engine = self.engine(params["model"], params.get("family") or MUSICGEN)
         engine.load()
-        ctx.check_cancelled()
-        ctx.progress(LOADED, stage="generating")
-        clip, clip_rate = _read_audio(melody) if melody is not None else (None, 0)
+        check_cancelled()
+        progress(0.0)
+        clip, clip_rate = _read_audio(job.input_path) if job.input_path is not None else (None, 0)
         request = GenerationRequest(
-            prompt=args["prompt"], seconds=float(args["seconds"]), seed=int(args["seed"]), melody=clip,
-            melody_sample_rate=clip_rate, guidance_scale=args["guidance_scale"], temperature=args["temperature"],
-            top_k=args["top_k"], steps=args.get("steps"), negative_prompt=args.get("negative_prompt") or "",
+            prompt=params["prompt"], seconds=float(params["seconds"]), seed=int(params["seed"]), melody=clip,
+            melody_sample_rate=clip_rate, guidance_scale=params["guidance_scale"], temperature=params["temperature"],
+            top_k=params["top_k"], steps=params.get("steps"), negative_prompt=params.get("negative_prompt") or "",
         )
 
         def on_step(fraction: float) -> None:
-            ctx.check_cancelled()  # raises JobCanceled out of generate, within one step
-            ctx.progress(LOADED + (GENERATED - LOADED) * fraction, stage="generating")
+            check_cancelled()  # raises JobCanceled out of generate, within one step
+            progress(fraction)
 
         generated = engine.process(request, on_step)
-        return (generated.audio, generated.sample_rate), str(engine.device)
-
-    def _generate_remote(
-        self, ctx: JobContext, tier_name: str, melody: Path | None
-    ) -> tuple[tuple[np.ndarray, int], float | None]:
-        import tempfile
-
-        args = ctx.job.args
-        seconds = float(args["seconds"])
-        params: dict[str, Any] = {"prompt": args["prompt"], "duration_seconds": seconds, "seed": args["seed"]}
-        for key in ("temperature", "top_k", "steps", "negative_prompt"):  # tiers take these under our names
-            if args.get(key) not in (None, ""):
-                params[key] = args[key]
-        if args.get("family", MUSICGEN) != MUSICGEN:
-            params["model_family"] = args["family"]  # which of a tier's generate models runs it
-            if args["guidance_scale"] is not None:
-                params["guidance_scale"] = args["guidance_scale"]
-        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
-            job = TierJob(task=TASK, params=params, work_dir=Path(scratch), input_path=melody,
-                          audio_seconds=seconds, deadline_seconds=args.get("deadline_seconds"))
-
-            def progress(fraction: float) -> None:
-                ctx.progress(LOADED + (GENERATED - LOADED) * fraction, stage=f"generating on {tier_name}")
-
-            result = self.tiers[tier_name].run(job, progress, ctx.check_cancelled)
-            output = result.outputs.get("audio") or next(iter(result.outputs.values()), None)
-            if output is None:
-                raise Unavailable(f"{KIND}: {tier_name} returned no audio")
-            audio, rate = _read_audio(Path(output), Unavailable)
-        return (audio, rate), result.cost_usd
+        return TierResult(tier=LOCAL, details={"device": str(engine.device)},
+                          audio={"audio": (generated.audio, generated.sample_rate)})
 
 
-def _read_audio(path: Path, error: type[BridgeError] = BadRequest) -> tuple[np.ndarray, int]:
-    """`(channels, frames)` float32 and the sample rate; `error` when it cannot be decoded (a
-    tier's output that does not decode is the tier's failure: the router tries the next)."""
+# What the local engine takes from a job's args (its TierJob's params).
+LOCAL_PARAMS = ("model", "family", "prompt", "seconds", "seed", "guidance_scale", "temperature", "top_k", "steps",
+                "negative_prompt")
+
+
+def _tier_params(args: dict[str, Any]) -> dict[str, Any]:
+    """A generate job's params in the cloud tiers' vocabulary (engines/cloud/selfhosted_wire.py's
+    TASK_PARAMS): `duration_seconds`, the options they take under our names, and the family."""
+    params: dict[str, Any] = {"prompt": args["prompt"], "duration_seconds": float(args["seconds"]),
+                              "seed": args["seed"]}
+    for key in ("temperature", "top_k", "steps", "negative_prompt"):  # tiers take these under our names
+        if args.get(key) not in (None, ""):
+            params[key] = args[key]
+    if args.get("family", MUSICGEN) != MUSICGEN:
+        params["model_family"] = args["family"]  # which of a tier's generate models runs it
+        if args["guidance_scale"] is not None:
+            params["guidance_scale"] = args["guidance_scale"]
+    return params
+
+
+def _read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """A melody clip as `(channels, frames)` float32 and its sample rate; BadRequest when it cannot be decoded."""
     import soundfile
 
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError) as err:
-        raise error(f"{KIND}: {path} cannot be decoded ({err})") from None
+        raise BadRequest(f"{KIND}: {path} cannot be decoded ({err})") from None
     return np.ascontiguousarray(data.T), int(rate)
 
 

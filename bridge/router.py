@@ -19,19 +19,22 @@ Every decision carries the tier, the reason and the estimated seconds and cost; 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.config import Config, RouterConfig
 from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
 from bridge.jobs import JobCanceled
 from bridge.ledger import Ledger
 from bridge.licences import describe
-from engines.cloud.base import Tier
+from engines.cloud.base import CLOUD_ONLY_MODELS, CheckCancelled, Progress, Tier, TierJob, TierResult
 from engines.cloud.hf import HuggingFaceTier
 from engines.cloud.replicate import ReplicateTier
 from engines.cloud.selfhosted import SelfHostedTier
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCAL = "local"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,23 +74,49 @@ class Estimate:
     basis: str
 
 
-class LocalTier:
-    """This machine's engines, planned like any other tier: its speed is measured per task, model
-    and device (kept in the job database's ledger, bridge/ledger.py), assumed from
-    `router.local_seconds_per_audio_second` until the first job; it costs nothing and has no circuit."""
+LocalRunner = Callable[[TierJob, Progress, CheckCancelled], TierResult]
+
+
+class LocalTier(Tier):
+    """This machine's engines, a tier like the others: it runs a `TierJob` through the local
+    engine each job handler provides for its task (`provide`), handing back in-memory audio
+    (`TierResult.audio`) and the device in `details`. Planned like any tier: its speed is measured
+    per task, model and device (kept in the job database's ledger, bridge/ledger.py), assumed from
+    `router.local_seconds_per_audio_second` until the first job (or always, without a ledger: the
+    self-hosted server plans nothing); it costs nothing and has no circuit."""
 
     name = LOCAL
 
-    def __init__(self, config: RouterConfig, ledger: Ledger, device: str) -> None:
+    def __init__(self, config: RouterConfig, ledger: Ledger | None, device: str) -> None:
         self.config = config
         self.ledger = ledger
         self.device = device
+        self.runners: dict[str, LocalRunner] = {}
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def provide(self, task: str, runner: LocalRunner) -> None:
+        """Run `task`'s jobs with `runner` (a job handler's engine, warm across jobs)."""
+        self.runners[task] = runner
+        self.tasks = frozenset(self.runners)
+
+    def offers_model(self, task: str, model: str) -> bool:
+        """Any model of a task it has an engine for, except those only cloud tiers run."""
+        return task in self.runners and (task, model) not in CLOUD_ONLY_MODELS
+
+    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+        runner = self.runners.get(job.task)
+        if runner is None:
+            raise Unavailable(f"{job.task}: no local engine runs it here")
+        return runner(job, progress, check_cancelled)
+
+    # -- planning --------------------------------------------------------------------------------
 
     def calibration_key(self, task: str, model: str) -> str:
         return f"{task}:{model}:{self.device}"
 
     def estimate(self, task: str, model: str, audio_seconds: float) -> Estimate:
-        measured = self.ledger.calibration(self.calibration_key(task, model))
+        measured = None if self.ledger is None else self.ledger.calibration(self.calibration_key(task, model))
         if measured is not None:
             rate, samples = measured
             return Estimate(rate * audio_seconds, 0.0,
@@ -96,7 +126,7 @@ class LocalTier:
                         f"assumed {rate:.2f} s per audio second on {self.device} (not measured yet)")
 
     def learn(self, task: str, model: str, audio_seconds: float, seconds: float) -> None:
-        if audio_seconds > 0:
+        if audio_seconds > 0 and self.ledger is not None:
             rate = self.ledger.calibrate(self.calibration_key(task, model), seconds / audio_seconds)
             log.info("router: local %s/%s on %s now %.3f s per audio second", task, model, self.device, rate)
 
@@ -352,39 +382,37 @@ def cloud_only(router: Router | None, task: str, model: str, what: str, key: str
 
 
 class Route:
-    """The tiers to try for one job, in the router's order, each run by the job itself:
+    """The tiers to try for one job, in the router's order, this machine's engines among them:
 
-        route = Route(ctx, self.router, "stems", model, audio_seconds)
-        for attempt in route:
-            with attempt:  # a BridgeError here marks the tier failed and moves on to the next
-                if attempt.local:
-                    value, device = ...            # this machine's engine
-                    return value, attempt.ran_locally(device)
-                value, cost = ...                  # tiers[attempt.tier].run(TierJob(...), ...)
-                return value, attempt.ran_remotely(cost)
-        raise route.failure()
+        route = Route(ctx, self.router, self.all_tiers, "stems", model, audio_seconds)
+        value, where = route.run(job_for, read, progress)
 
-    The job calls the router, never the other way round. `units` is what speed and price scale
-    with (audio seconds in or out). The job's `deadline_seconds` / `deadline_class` args choose
-    the plan; each decision is recorded on the job (`route`) and logged. `ran_locally` /
-    `ran_remotely` return {"tier", "device", "cost_usd"?, "model", "licence"}: the model that ran
-    (a tier's own, when it runs one) and its licence. A cancel or a BadRequest (input no tier
-    will accept) is not retried elsewhere.
+    `run` gives each tier of the plan in turn the job in its terms (`job_for(tier, scratch)`, a
+    `TierJob` whose work_dir is a fresh scratch folder) through the one `Tier.run` interface, and
+    turns what it handed back into the job's value (`read(result)`: files or in-memory audio, read
+    while the scratch folder exists). A BridgeError from a tier (or from reading its result) marks
+    it failed and moves on to the next; a cancel or a BadRequest (input no tier will accept) is not
+    retried elsewhere. The job calls the router, never the other way round.
 
-    `local` False: the model has no local engine (`cloud`: what it is and its models key, for
-    `cloud_only`'s message); local leaves the plan, and a plan left empty is Unavailable.
+    `units` is what speed and price scale with (audio seconds in or out). The job's
+    `deadline_seconds` / `deadline_class` args choose the plan; each decision is recorded on the job
+    (`route`) and logged. `where` is {"tier", "device", "cost_usd"?, "model", "licence"}: the model
+    that ran (a tier's own, when it runs one) and its licence. Local is planned when the local tier
+    offers the model (a cloud-only model has no local engine: `cloud` names what it is and its models
+    key, for `cloud_only`'s message); a plan left empty is Unavailable.
     """
 
-    def __init__(self, ctx: JobContext, router: Router | None, task: str, model: str, units: float,
-                 local: bool = True, cloud: tuple[str, str] = ("", "")) -> None:
-        self.ctx, self.router, self.task, self.model, self.units = ctx, router, task, model, units
+    def __init__(self, ctx: JobContext, router: Router | None, tiers: Mapping[str, Tier], task: str, model: str,
+                 units: float, cloud: tuple[str, str] = ("", "")) -> None:
+        self.ctx, self.router, self.tiers, self.task, self.model, self.units = ctx, router, tiers, task, model, units
         args = ctx.job.args
         if router is None:
             plan: list[Decision] = []
         else:
             realtime = args.get("deadline_class") == "realtime"
             plan = router.plan(task, model, units, args.get("deadline_seconds"), realtime=realtime)
-        if not local:
+        local = tiers.get(LOCAL)
+        if local is None or not local.offers_model(task, model):
             offered = cloud_only(router, task, model, *cloud)
             plan = [decision for decision in plan if decision.tier != LOCAL]
             if not plan:
@@ -393,6 +421,21 @@ class Route:
         self.plan: list[Decision | None] = [*plan] if plan else [None]  # None: run it here
         self.failures: list[str] = []
         self.errors: list[BridgeError] = []
+
+    def run(self, job_for: Callable[[str, Path], TierJob], read: Callable[[TierResult], T],
+            progress: Callable[[str, float], None]) -> tuple[T, dict[str, Any]]:
+        """The job's value from the first tier of the plan that succeeds, and where it ran;
+        `progress(tier, fraction)` reports each tier's progress. Raises `failure()` when all fail."""
+        for attempt in self:
+            with attempt, tempfile.TemporaryDirectory(prefix=f".flowstate-{attempt.tier}-") as scratch:
+                tier = self.tiers[attempt.tier]
+                result = tier.run(job_for(attempt.tier, Path(scratch)), partial(progress, attempt.tier),
+                                  self.ctx.check_cancelled)
+                value = read(result)
+                if attempt.local:
+                    return value, attempt.ran_locally(str(result.details.get("device", "cpu")))
+                return value, attempt.ran_remotely(result.cost_usd)
+        raise self.failure()
 
     def __iter__(self) -> Iterator[Attempt]:
         for decision in self.plan:
@@ -413,7 +456,7 @@ class Route:
 
 class Attempt:
     """One tier of a `Route`: a context manager that turns a tier's BridgeError into a failure
-    recorded on the router (its circuit) and the route, so the job's loop moves on."""
+    recorded on the router (its circuit) and the route, so the route moves on."""
 
     def __init__(self, route: Route, tier: str, decision: Decision | None) -> None:
         self.route = route

@@ -16,19 +16,20 @@ import numpy as np
 
 from bridge.config import Config
 from bridge.engine_job import EngineJob
-from bridge.errors import BadRequest
+from bridge.errors import BadRequest, Unavailable
 from bridge.files import audio_writer, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
-from bridge.router import Route, deadline_class
+from bridge.router import LOCAL, deadline_class
 from engines import openunmix, spleeter
-from engines.cloud.base import TierJob
-from engines.resample import check_file_rate, resample_tensor
+from engines.cloud.base import CheckCancelled, Progress, TierJob, TierResult
+from engines.resample import check_file_rate, resample, resample_tensor
 from engines.separation.files import FileSeparator
 
 log = logging.getLogger(__name__)
 
 KIND = "stems.separate"
+TASK = "stems"  # its name among the tiers' tasks
 FORMATS = ("wav", "flac")
 ENCODINGS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 
@@ -72,6 +73,8 @@ def track_name(path: Path) -> str:
 class SeparateJob(EngineJob):
     """The job handler: one warm `FileSeparator` per (model, shifts), reused across jobs."""
 
+    LOCAL_TASK = TASK
+
     def engine(self, model: str, shifts: int) -> Any:
         settings = self.config.separate
         return self.warm((model, shifts), lambda: FileSeparator(
@@ -91,13 +94,14 @@ class SeparateJob(EngineJob):
         out_root = self.paths.output_dir(args["out_dir"], "out_dir", KIND)
         ctx.progress(0.0, stage="reading")
         try:
-            audio, sample_rate = soundfile.read(str(source), dtype="float32", always_2d=True)
+            info = soundfile.info(str(source))
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise BadRequest(f"{KIND}: {source} cannot be decoded ({err}); is it truncated?") from None
-        if audio.shape[0] == 0:
+        if info.frames <= 0:
             raise BadRequest(f"{KIND}: {source} holds no audio (0 frames)")
-        audio_seconds = audio.shape[0] / sample_rate
-        separated, stems, where = self._separate_routed(ctx, source, audio, sample_rate, audio_seconds)
+        sample_rate, shape = int(info.samplerate), (int(info.frames), int(info.channels))
+        audio_seconds = shape[0] / sample_rate
+        separated, stems, where = self._separate_routed(ctx, source, sample_rate, shape, audio_seconds)
         wanted = self._wanted(args, stems)
         outputs = self._select(separated, stems, wanted, args["two_stems"])
 
@@ -120,86 +124,71 @@ class SeparateJob(EngineJob):
             "paths": written,
             "duration_seconds": round(audio_seconds, 3),
             "sample_rate": sample_rate,
-            "channels": 1 if audio.shape[1] == 1 else 2,
+            "channels": 1 if shape[1] == 1 else 2,
             "model": args["model"],
             "seconds": round(time.monotonic() - started, 3),
             **where,
         }
 
     def _separate_routed(
-        self, ctx: JobContext, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
+        self, ctx: JobContext, source: Path, sample_rate: int, shape: tuple[int, int], audio_seconds: float
     ) -> tuple[np.ndarray, tuple[str, ...], dict[str, Any]]:
-        """Separate on the tier the router picks, falling through the plan when a tier fails."""
-        route = Route(ctx, self.router, "stems", ctx.job.args["model"], audio_seconds)
-        for attempt in route:
-            with attempt:
-                if attempt.local:
-                    separated, stems, device = self._separate_local(ctx, audio, sample_rate)
-                    return separated, stems, attempt.ran_locally(device)
-                separated, stems, cost = self._separate_remote(ctx, attempt.tier, source, audio, sample_rate,
-                                                               audio_seconds)
-                return separated, stems, attempt.ran_remotely(cost)
-        raise route.failure()
+        """Separate on the tier the router picks (this machine's engine is one), falling through the
+        plan when a tier fails; the stems come back at the file's rate, length and channels."""
+        args = ctx.job.args
 
-    def _separate_local(self, ctx: JobContext, audio: np.ndarray,
-                        sample_rate: int) -> tuple[np.ndarray, tuple[str, ...], str]:
+        def job_for(tier: str, scratch: Path) -> TierJob:
+            params: dict[str, Any] = {"model": args["model"]}
+            if tier == LOCAL:
+                params["shifts"] = int(args["shifts"])  # the cloud tiers run their own default
+            return TierJob(task=TASK, params=params, work_dir=scratch, input_path=source, audio_seconds=audio_seconds,
+                           deadline_seconds=args.get("deadline_seconds"))
+
+        def read(result: TierResult) -> tuple[np.ndarray, tuple[str, ...]]:
+            names = result.audio_names()
+            if not result.audio:  # files from a tier: in the usual stem order
+                names.sort(key=lambda n: (STEM_ORDER.index(n) if n in STEM_ORDER else 99, n))
+            stems = []
+            for name in names:
+                stem, rate = result.read_audio(name, KIND)
+                if rate != sample_rate:
+                    stem = resample(stem, rate, sample_rate)
+                stems.append(_fit(stem[None], shape)[0])
+            if not stems:
+                raise Unavailable(f"{KIND}: {result.tier} returned no stems")
+            return np.stack(stems), tuple(names)
+
+        def progress(tier: str, fraction: float) -> None:
+            ctx.progress(0.05 + 0.9 * fraction, stage="separating" if tier == LOCAL else f"separating on {tier}")
+
+        (separated, stems), where = self.route(ctx, TASK, args["model"], audio_seconds).run(job_for, read, progress)
+        return separated, stems, where
+
+    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+        """The local tier's stems: the file through the warm engine, stems at the engine's rate."""
+        import soundfile
         import torch
         from demucs.audio import convert_audio_channels
 
-        args = ctx.job.args
-        ctx.progress(0.0, stage="loading")
-        engine = self.engine(args["model"], int(args["shifts"]))
+        assert job.input_path is not None  # a stems TierJob always names its file
+        engine = self.engine(job.params["model"], int(job.params.get("shifts", self.config.separate.shifts)))
         engine.load()
+        try:
+            audio, sample_rate = soundfile.read(str(job.input_path), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise BadRequest(f"{KIND}: {job.input_path} cannot be decoded ({err}); is it truncated?") from None
         mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)  # mono doubled; >2: the first two
         if sample_rate != engine.sample_rate:
             mix = resample_tensor(mix, sample_rate, engine.sample_rate)
-        ctx.check_cancelled()
+        check_cancelled()
 
         def on_segment(fraction: float) -> None:
-            ctx.check_cancelled()
-            ctx.progress(0.05 + 0.9 * fraction, stage="separating")
+            check_cancelled()
+            progress(fraction)
 
-        separated = torch.from_numpy(engine.process(mix.numpy(), on_segment))
-        if sample_rate != engine.sample_rate:
-            separated = resample_tensor(separated, engine.sample_rate, sample_rate)
-        return _fit(separated.numpy(), audio), tuple(engine.stems), str(engine.device)
-
-    def _separate_remote(
-        self, ctx: JobContext, tier_name: str, source: Path, audio: np.ndarray, sample_rate: int, audio_seconds: float
-    ) -> tuple[np.ndarray, tuple[str, ...], float | None]:
-        import shutil
-        import tempfile
-
-        import soundfile
-        import torch
-
-        args = ctx.job.args
-        tier = self.tiers[tier_name]
-        deadline = args.get("deadline_seconds")
-        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
-            job = TierJob(
-                task="stems",
-                params={"model": args["model"]},
-                work_dir=Path(scratch),
-                input_path=source,
-                audio_seconds=audio_seconds,
-                deadline_seconds=deadline,
-            )
-
-            def progress(fraction: float) -> None:
-                ctx.progress(0.05 + 0.9 * fraction, stage=f"separating on {tier_name}")
-
-            result = tier.run(job, progress, ctx.check_cancelled)
-            names = sorted(result.outputs, key=lambda n: (STEM_ORDER.index(n) if n in STEM_ORDER else 99, n))
-            arrays = []
-            for name in names:
-                data, rate = soundfile.read(str(result.outputs[name]), dtype="float32", always_2d=True)
-                stem = torch.from_numpy(data.T.copy())
-                if rate != sample_rate:
-                    stem = resample_tensor(stem, rate, sample_rate)
-                arrays.append(_fit(stem.numpy()[None], audio)[0])
-            shutil.rmtree(scratch, ignore_errors=True)
-        return np.stack(arrays), tuple(names), result.cost_usd
+        separated = engine.process(mix.numpy(), on_segment)
+        stems = {name: (separated[index], engine.sample_rate) for index, name in enumerate(engine.stems)}
+        return TierResult(tier=LOCAL, details={"device": str(engine.device)}, audio=stems)
 
     @staticmethod
     def _wanted(args: dict[str, Any], stems: tuple[str, ...]) -> list[str]:
@@ -225,9 +214,9 @@ class SeparateJob(EngineJob):
 STEM_ORDER = ("drums", "bass", "other", "vocals", "guitar", "piano")
 
 
-def _fit(separated: np.ndarray, audio: np.ndarray) -> np.ndarray:
-    """Stems `(n, channels, frames)` trimmed or padded to the input's length, mono for mono input."""
-    frames, channels = audio.shape
+def _fit(separated: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Stems `(n, channels, frames)` trimmed or padded to the input's `(frames, channels)`, mono for mono input."""
+    frames, channels = shape
     out = separated[..., :frames]
     if out.shape[-1] < frames:
         out = np.pad(out, [(0, 0), (0, 0), (0, frames - out.shape[-1])])

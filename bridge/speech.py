@@ -21,13 +21,13 @@ import numpy as np
 
 from bridge.config import Config
 from bridge.engine_job import EngineJob
-from bridge.errors import BadRequest, Unavailable
+from bridge.errors import BadRequest
 from bridge.files import audio_writer, check_name
 from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
-from bridge.router import Route, deadline_class
-from engines.cloud.base import TierJob
+from bridge.router import LOCAL, Router, deadline_class
+from engines.cloud.base import CheckCancelled, Progress, Tier, TierJob, TierResult
 from engines.resample import resample
 from engines.speech import Speaker, VoiceLibrary, is_voice_path, speech_file_name
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND = "tts"
+TASK = "tts"  # the router's name for the task (router.order.tts)
 MAX_CHARACTERS = 10_000
 # For the router's estimates before anything is spoken: about 15 characters a second of speech.
 CHARACTERS_PER_SECOND = 15.0
@@ -109,8 +110,10 @@ def _default_out_dir(config: Config, paths: PathPolicy) -> Path:
 class SpeechJob(EngineJob):
     """The job handler: one warm `Speaker` per voice file, reused across jobs."""
 
+    LOCAL_TASK = TASK
+
     def __init__(
-        self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None
+        self, config: Config, paths: PathPolicy, router: Router | None = None, tiers: dict[str, Tier] | None = None
     ) -> None:
         super().__init__(config, paths, router, tiers)
         self.library = voice_library(config)
@@ -161,70 +164,53 @@ class SpeechJob(EngineJob):
     def _speak_routed(
         self, ctx: JobContext, estimate: float
     ) -> tuple[tuple[np.ndarray, int, dict[str, Any]], dict[str, Any]]:
-        """Speak on the tier the router picks (Chatterbox: tiers only), falling through its plan."""
-        voice = ctx.job.args["voice"]
-        route = Route(ctx, self.router, "tts", voice, estimate, local=voice != CHATTERBOX,
-                      cloud=("tts voice=chatterbox", CHATTERBOX))
-        for attempt in route:
-            with attempt:
-                if attempt.local:
-                    spoken, device = self._speak_local(ctx)
-                    return spoken, attempt.ran_locally(device)
-                spoken, cost = self._speak_remote(ctx, attempt.tier, estimate)
-                return spoken, attempt.ran_remotely(cost)
-        raise route.failure()
-
-    def _speak_local(self, ctx: JobContext) -> tuple[tuple[np.ndarray, int, dict[str, Any]], str]:
+        """Speak on the tier the router picks (this machine's engine is one; Chatterbox: tiers only),
+        falling through its plan."""
         args = ctx.job.args
-        engine = self.engine(args["voice"])
+
+        def job_for(tier: str, scratch: Path) -> TierJob:
+            params: dict[str, Any] = {"text": args["text"], "lang": self.config.tts.cloud_language}
+            voice_prompt = None
+            if tier == LOCAL:
+                params = {"text": args["text"], "voice": args["voice"], "speed": args["speed"]}
+            elif args["voice"] == CHATTERBOX:
+                params = {"text": args["text"], "model_family": CHATTERBOX,
+                          **{key: args[key] for key in ("exaggeration", "cfg_weight") if args.get(key) is not None}}
+                if args.get("voice_prompt"):  # re-checked: the roots may have changed since the job was queued
+                    voice_prompt = self.paths.input_file(args["voice_prompt"], "voice_prompt", KIND)
+            # A voice prompt is uploaded like any input audio (inline, or the Files API past the limit).
+            return TierJob(task=TASK, params=params, work_dir=scratch, input_path=voice_prompt,
+                           audio_seconds=estimate, deadline_seconds=args.get("deadline_seconds"))
+
+        def read(result: TierResult) -> tuple[np.ndarray, int, dict[str, Any]]:
+            audio, rate = result.read_audio("audio", KIND)
+            about = result.details.get("about")
+            if about is None:  # MeloTTS and Chatterbox take no speed: the cloud tier speaks at its own pace
+                about = {"voice": str(result.details.get("model") or result.tier), "voice_source": result.tier,
+                         "speed": 1.0}
+                if args.get("voice_prompt"):
+                    about["voice_prompt"] = args["voice_prompt"]
+            return audio.mean(axis=0), rate, about
+
+        def progress(tier: str, fraction: float) -> None:
+            ctx.progress(0.05 + 0.8 * fraction, stage="speaking" if tier == LOCAL else f"speaking on {tier}")
+
+        route = self.route(ctx, TASK, args["voice"], estimate, cloud=("tts voice=chatterbox", CHATTERBOX))
+        return route.run(job_for, read, progress)
+
+    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+        """The local tier's speech: a Piper voice, warm across jobs."""
+        params = job.params
+        engine = self.engine(params["voice"])
         engine.load()
-        ctx.check_cancelled()
+        check_cancelled()
 
         def on_sentence(fraction: float) -> None:
-            ctx.check_cancelled()
-            ctx.progress(0.05 + 0.8 * fraction, stage="speaking")
+            check_cancelled()
+            progress(fraction)
 
-        audio = engine.process(args["text"], args["speed"], on_sentence)
+        audio = engine.process(params["text"], params["speed"], on_sentence)
         device = "cuda" if engine.provider.startswith("CUDA") else "cpu"
-        return (audio, engine.sample_rate, {**engine.describe(), "speed": args["speed"]}), device
-
-    def _speak_remote(
-        self, ctx: JobContext, tier_name: str, estimate: float
-    ) -> tuple[tuple[np.ndarray, int, dict[str, Any]], float | None]:
-        import tempfile
-
-        import soundfile
-
-        args = ctx.job.args
-        tier = self.tiers[tier_name]
-        params: dict[str, Any] = {"text": args["text"], "lang": self.config.tts.cloud_language}
-        voice_prompt = None
-        if args["voice"] == CHATTERBOX:
-            params = {"text": args["text"], "model_family": CHATTERBOX,
-                      **{key: args[key] for key in ("exaggeration", "cfg_weight") if args.get(key) is not None}}
-            if args.get("voice_prompt"):  # re-checked: the roots may have changed since the job was queued
-                voice_prompt = self.paths.input_file(args["voice_prompt"], "voice_prompt", KIND)
-        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
-            job = TierJob(
-                task="tts",
-                params=params,
-                work_dir=Path(scratch),
-                input_path=voice_prompt,  # uploaded like any input audio (inline, or the Files API past the limit)
-                audio_seconds=estimate,
-                deadline_seconds=args.get("deadline_seconds"),
-            )
-
-            def progress(fraction: float) -> None:
-                ctx.progress(0.05 + 0.8 * fraction, stage=f"speaking on {tier_name}")
-
-            result = tier.run(job, progress, ctx.check_cancelled)
-            path = result.outputs["audio"]
-            try:
-                data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-            except (RuntimeError, soundfile.LibsndfileError) as err:
-                raise Unavailable(f"{KIND}: {tier_name} answered audio that cannot be decoded ({err})") from None
-        about = {"voice": str(result.details.get("model") or tier_name), "voice_source": tier_name,
-                 "speed": 1.0}  # MeloTTS and Chatterbox take no speed: the cloud tier speaks at its own pace
-        if args.get("voice_prompt"):
-            about["voice_prompt"] = args["voice_prompt"]
-        return (data.mean(axis=1), int(rate), about), result.cost_usd
+        about = {**engine.describe(), "speed": params["speed"]}
+        return TierResult(tier=LOCAL, details={"device": device, "about": about},
+                          audio={"audio": (np.asarray(audio, dtype=np.float32)[None], engine.sample_rate)})

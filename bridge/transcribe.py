@@ -22,10 +22,10 @@ from bridge.engine_job import EngineJob, JobDeps
 from bridge.errors import BadRequest, Unavailable
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
-from bridge.router import Route, deadline_class
+from bridge.router import LOCAL, Router, deadline_class
 from bridge.separate import KIND as SEPARATE
 from bridge.separate import SeparateJob, track_name
-from engines.cloud.base import TierJob
+from engines.cloud.base import CheckCancelled, Progress, Tier, TierJob, TierResult
 from engines.resample import resample_tensor
 from engines.transcription import SAMPLE_RATE, Segment, Transcriber, Transcript, check_language, to_srt, to_vtt
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND = "transcribe"
+TASK = "transcribe"  # the router's name for the task (router.order.transcribe)
 FORMATS = ("srt", "vtt")
 STEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -72,7 +73,10 @@ class TranscribeJob(EngineJob):
     `separator` is the daemon's `stems.separate` handler; its warm separation engine serves `stem`.
     """
 
-    def __init__(self, config: Config, paths: PathPolicy, router: Any = None, tiers: dict[str, Any] | None = None,
+    LOCAL_TASK = TASK
+
+    def __init__(self, config: Config, paths: PathPolicy, router: Router | None = None,
+                 tiers: dict[str, Tier] | None = None,
                  separator: SeparateJob | None = None) -> None:
         super().__init__(config, paths, router, tiers)
         self.separator = separator
@@ -154,63 +158,46 @@ class TranscribeJob(EngineJob):
     def _transcribe_routed(
         self, ctx: JobContext, source: Path, stem_audio: np.ndarray | None, duration: float
     ) -> tuple[Transcript, dict[str, Any]]:
-        low = 0.5 if stem_audio is not None else 0.05
-        route = Route(ctx, self.router, "transcribe", ctx.job.args["model"], duration)
-        for attempt in route:
-            with attempt:
-                if attempt.local:
-                    transcript, device = self._transcribe_local(ctx, source, stem_audio, low)
-                    return transcript, attempt.ran_locally(device)
-                transcript, cost = self._transcribe_remote(ctx, attempt.tier, source, stem_audio, duration, low)
-                return transcript, attempt.ran_remotely(cost)
-        raise route.failure()
-
-    def _transcribe_local(
-        self, ctx: JobContext, source: Path, stem_audio: np.ndarray | None, low: float
-    ) -> tuple[Transcript, str]:
+        """Transcribe on the tier the router picks (this machine's engine is one), falling through its plan."""
         args = ctx.job.args
-        ctx.progress(low, stage="loading")
-        engine = self.engine(args["model"])
+        low = 0.5 if stem_audio is not None else 0.05
+
+        def job_for(tier: str, scratch: Path) -> TierJob:
+            import soundfile
+
+            upload = source
+            if stem_audio is not None:  # the separated stem, not the mix, is transcribed
+                upload = scratch / f"{track_name(source)}.{args['stem']}.wav"
+                soundfile.write(str(upload), stem_audio, SAMPLE_RATE, subtype="FLOAT" if tier == LOCAL else "PCM_16")
+            params: dict[str, Any] = {"language": args["language"] or None}
+            if tier == LOCAL:
+                params["model"] = args["model"]
+            return TierJob(task=TASK, params=params, work_dir=scratch, input_path=upload, audio_seconds=duration,
+                           deadline_seconds=args.get("deadline_seconds"))
+
+        def read(result: TierResult) -> Transcript:
+            return transcript_from_tier(result.data, duration, args["language"])
+
+        def progress(tier: str, fraction: float) -> None:
+            ctx.progress(low + (0.95 - low) * fraction,
+                         stage="transcribing" if tier == LOCAL else f"transcribing on {tier}")
+
+        return self.route(ctx, TASK, args["model"], duration).run(job_for, read, progress)
+
+    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+        """The local tier's transcription: the file through faster-whisper's own decoder, exactly as
+        the library would read it."""
+        assert job.input_path is not None  # a transcribe TierJob always names its audio
+        engine = self.engine(job.params["model"])
         engine.load()
-        ctx.check_cancelled()
+        check_cancelled()
 
         def on_segment(fraction: float) -> None:
-            ctx.check_cancelled()
-            ctx.progress(low + (0.95 - low) * fraction, stage="transcribing")
+            check_cancelled()
+            progress(fraction)
 
-        # A file goes to faster-whisper's own decoder, exactly as the library would read it.
-        audio = stem_audio if stem_audio is not None else str(source)
-        transcript = engine.process(audio, args["language"], on_segment)
-        return transcript, engine.ct2_device
-
-    def _transcribe_remote(
-        self, ctx: JobContext, tier_name: str, source: Path, stem_audio: np.ndarray | None, duration: float, low: float
-    ) -> tuple[Transcript, float | None]:
-        import tempfile
-
-        import soundfile
-
-        args = ctx.job.args
-        tier = self.tiers[tier_name]
-        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
-            upload = source
-            if stem_audio is not None:  # the separated stem, not the mix, goes to the tier
-                upload = Path(scratch) / f"{track_name(source)}.{args['stem']}.wav"
-                soundfile.write(str(upload), stem_audio, SAMPLE_RATE, subtype="PCM_16")
-            job = TierJob(
-                task="transcribe",
-                params={"language": args["language"] or None},
-                work_dir=Path(scratch),
-                input_path=upload,
-                audio_seconds=duration,
-                deadline_seconds=args.get("deadline_seconds"),
-            )
-
-            def progress(fraction: float) -> None:
-                ctx.progress(low + (0.95 - low) * fraction, stage=f"transcribing on {tier_name}")
-
-            result = tier.run(job, progress, ctx.check_cancelled)
-        return transcript_from_tier(result.data, duration, args["language"]), result.cost_usd
+        transcript = engine.process(str(job.input_path), job.params["language"] or "", on_segment)
+        return TierResult(tier=LOCAL, data=transcript.to_dict(), details={"device": engine.ct2_device})
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -236,7 +223,8 @@ class TranscribeJob(EngineJob):
 
 
 def transcript_from_tier(data: dict[str, Any], duration: float, language: str) -> Transcript:
-    """A tier's `TierResult.data` ({text, segments: [{start, end, text}], language?}) as a Transcript.
+    """A tier's `TierResult.data` ({text, segments: [{start, end, text}], language?,
+    language_probability?}) as a Transcript.
 
     Missing times are filled from the neighbours (Hugging Face leaves the last end open); no
     segments at all make one segment over the whole file.
@@ -255,11 +243,12 @@ def transcript_from_tier(data: dict[str, Any], duration: float, language: str) -
     if not segments and text:
         segments.append(Segment(0.0, duration, text))
     detected = data.get("language")
+    probability = data.get("language_probability")  # this machine's engine says; the cloud tiers do not
     return Transcript(
         text=text or " ".join(s.text for s in segments if s.text),
         segments=tuple(segments),
         language=str(detected) if detected else (language or "unknown"),
-        language_probability=None,
+        language_probability=float(probability) if isinstance(probability, (int, float)) else None,
         duration_seconds=duration,
     )
 

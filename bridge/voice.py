@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,11 +24,11 @@ import soundfile
 
 from bridge.config import Config
 from bridge.engine_job import EngineJob
-from bridge.errors import BadRequest, Unavailable
+from bridge.errors import BadRequest
 from bridge.files import audio_writer, check_name, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
-from bridge.router import Route, deadline_class
+from bridge.router import deadline_class
 from engines.cloud.base import TierJob
 from engines.resample import resample
 
@@ -123,30 +122,14 @@ class VoiceJob(EngineJob):
     def _convert_routed(self, ctx: JobContext, source: Path) -> tuple[tuple[np.ndarray, int], dict[str, Any]]:
         """Convert on the tiers the router plans (there is no local engine), falling through its plan."""
         args = ctx.job.args
-        route = Route(ctx, self.router, TASK, args["voice"], float(args["seconds"]), local=False,
-                      cloud=("RVC voice conversion", MODELS_KEY))
-        for attempt in route:
-            with attempt:
-                converted, cost = self._convert(ctx, attempt.tier, source)
-                return converted, attempt.ran_remotely(cost)
-        raise route.failure()
 
-    def _convert(self, ctx: JobContext, tier_name: str, source: Path) -> tuple[tuple[np.ndarray, int], float | None]:
-        args = ctx.job.args
-        with tempfile.TemporaryDirectory(prefix=f".flowstate-{tier_name}-") as scratch:
-            job = TierJob(task=TASK, params={"voice": args["voice"], "pitch": args["pitch"]}, work_dir=Path(scratch),
-                          input_path=source, audio_seconds=float(args["seconds"]),
-                          deadline_seconds=args.get("deadline_seconds"))
+        def job_for(tier: str, scratch: Path) -> TierJob:
+            return TierJob(task=TASK, params={"voice": args["voice"], "pitch": args["pitch"]}, work_dir=scratch,
+                           input_path=source, audio_seconds=float(args["seconds"]),
+                           deadline_seconds=args.get("deadline_seconds"))
 
-            def progress(fraction: float) -> None:
-                ctx.progress(CONVERTED * fraction, stage=f"converting on {tier_name}")
+        def progress(tier: str, fraction: float) -> None:
+            ctx.progress(CONVERTED * fraction, stage=f"converting on {tier}")
 
-            result = self.tiers[tier_name].run(job, progress, ctx.check_cancelled)
-            output = result.outputs.get("audio")
-            if output is None:
-                raise Unavailable(f"{KIND}: {tier_name} returned no audio")
-            try:
-                data, rate = soundfile.read(str(output), dtype="float32", always_2d=True)
-            except (RuntimeError, soundfile.LibsndfileError) as err:
-                raise Unavailable(f"{KIND}: {tier_name} answered audio that cannot be decoded ({err})") from None
-        return (np.ascontiguousarray(data.T), int(rate)), result.cost_usd
+        route = self.route(ctx, TASK, args["voice"], float(args["seconds"]), cloud=("RVC voice conversion", MODELS_KEY))
+        return route.run(job_for, lambda result: result.read_audio("audio", KIND), progress)

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from bridge.errors import BridgeError, Unavailable
 from engines.spleeter import is_spleeter
 from engines.stable_audio import is_stable_audio
 
@@ -52,7 +55,7 @@ class TierJob:
 
 @dataclass
 class TierResult:
-    """What a tier hands back: files it wrote, plain data, and what it cost."""
+    """What a tier hands back: files it wrote or audio it holds, plain data, and what it cost."""
 
     tier: str
     outputs: dict[str, Path] = field(default_factory=dict)  # e.g. {"vocals": work_dir/"vocals.wav"}
@@ -60,6 +63,30 @@ class TierResult:
     seconds: float = 0.0
     cost_usd: float | None = None
     details: dict[str, Any] = field(default_factory=dict)  # provider ids, model versions (no secrets)
+    # Audio this machine's engines made, by output name: (channels, frames) float32 and its sample
+    # rate; never written to a scratch file only to be read back.
+    audio: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
+
+    def audio_names(self) -> list[str]:
+        """The names of the audio outputs, in-memory first, in the order the tier gave them."""
+        return [*self.audio, *(name for name in self.outputs if name not in self.audio)]
+
+    def read_audio(self, name: str, what: str, error: type[BridgeError] = Unavailable) -> tuple[np.ndarray, int]:
+        """Output `name` as `(channels, frames)` float32 and its sample rate, whichever way the tier
+        handed it back; `error` (Unavailable: the router tries the next tier) names `what` asked
+        when it is missing or does not decode."""
+        import soundfile
+
+        if name in self.audio:
+            return self.audio[name]
+        path = self.outputs.get(name)
+        if path is None:
+            raise error(f"{what}: {self.tier} returned no {name!r} audio (it returned {self.audio_names() or 'none'})")
+        try:
+            data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise error(f"{what}: {self.tier} answered audio that cannot be decoded ({err})") from None
+        return np.ascontiguousarray(data.T), int(rate)
 
 
 Progress = Callable[[float], None]
