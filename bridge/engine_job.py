@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from bridge.config import Config
+from bridge.errors import Unavailable
 from bridge.jobs import JobContext, JobHandler
 from bridge.paths import PathPolicy
-from bridge.router import LOCAL, LocalTier, Route, Router
+from bridge.router import LOCAL, Route, Router
 from bridge.samples import SampleLibrary
-from engines.cloud.base import CheckCancelled, Progress, Tier, TierJob, TierResult
+from engines.cloud.base import CLOUD_ONLY_MODELS, CheckCancelled, Progress, Tier, TierJob, TierResult
 
 E = TypeVar("E")
 J = TypeVar("J", bound="EngineJob")
@@ -36,14 +37,16 @@ class JobDeps:
     handlers: dict[str, JobHandler] = field(default_factory=dict)  # the ones built so far, by kind
 
 
-class EngineJob:
+class EngineJob(Tier):
     """What every engine-backed job handler holds: the config, the folders it may touch, the
     router and tiers (None: always local), and its engines, kept warm across jobs by key.
 
-    A handler with a local engine names its task in `LOCAL_TASK` and implements `run_here`, its
-    engine's side of the `Tier` interface: the router's local tier (`router.local`, one per router)
-    runs the task's `TierJob`s through it, like any other tier (`route`)."""
+    A handler with a local engine is this machine's tier for its task: it names the task in
+    `LOCAL_TASK` and implements `run`, the one interface every tier implements (a `TierJob` in, a
+    `TierResult` out, audio in memory), so its job loops over the plan's tiers, itself among them,
+    with no branch for local (`route`)."""
 
+    name = LOCAL
     LOCAL_TASK: ClassVar[str | None] = None  # the task this handler's engine runs here; None: tiers only
 
     def __init__(
@@ -53,20 +56,22 @@ class EngineJob:
         self.paths = paths
         self.router = router  # None: always local
         self.tiers = tiers or {}
-        self.local = router.local if router is not None else LocalTier(config.router, None, "cpu")
-        if self.LOCAL_TASK is not None:
-            self.local.provide(self.LOCAL_TASK, self.run_here)
+        self.tasks = frozenset() if self.LOCAL_TASK is None else frozenset({self.LOCAL_TASK})
         self._engines: dict[Hashable, Any] = {}
         self._lock = threading.RLock()  # reentrant: a `make` may itself look up a warm engine
 
-    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+    def offers_model(self, task: str, model: str) -> bool:
+        """Any model of its task but those only cloud tiers run (they have no local engine)."""
+        return task in self.tasks and (task, model) not in CLOUD_ONLY_MODELS
+
+    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """Run `job` on this machine's engine (a handler with `LOCAL_TASK` implements it)."""
-        raise NotImplementedError(f"{type(self).__name__} has no local engine")
+        raise Unavailable(f"{job.task}: no engine on this machine runs it")
 
     def route(self, ctx: JobContext, task: str, model: str, units: float,
               cloud: tuple[str, str] = ("", "")) -> Route:
-        """The tiers to try for `ctx`'s job, this machine's among them (see `Route`)."""
-        return Route(ctx, self.router, {LOCAL: self.local, **self.tiers}, task, model, units, cloud)
+        """The tiers to try for `ctx`'s job: the router's plan over the cloud tiers and this one."""
+        return Route(ctx, self.router, {**self.tiers, LOCAL: self}, task, model, units, cloud)
 
     @classmethod
     def build(cls: type[J], deps: JobDeps) -> J:

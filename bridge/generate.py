@@ -18,6 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -332,9 +333,14 @@ class GenerateJob(EngineJob):
             return result.read_audio("audio" if "audio" in names else (names or ["audio"])[0], KIND)
 
         route = self.route(ctx, TASK, args["model"], seconds, cloud=(f"generate model={args['model']}", args["model"]))
-        return route.run(job_for, read, progress)
+        for attempt in route:
+            with attempt:
+                result = attempt.tier.run(job_for(attempt.name, attempt.scratch), partial(progress, attempt.name),
+                                          ctx.check_cancelled)
+                return read(result), attempt.ran(result)
+        raise route.failure()
 
-    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """The local tier's generate: MusicGen or Stable Audio Open, warm across jobs."""
         params = job.params
         engine = self.engine(params["model"], params.get("family") or MUSICGEN)

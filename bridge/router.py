@@ -24,17 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from bridge.config import Config, RouterConfig
 from bridge.errors import BadRequest, BridgeError, Forbidden, Unavailable
 from bridge.jobs import JobCanceled
 from bridge.ledger import Ledger
 from bridge.licences import describe
-from engines.cloud.base import CLOUD_ONLY_MODELS, CheckCancelled, Progress, Tier, TierJob, TierResult
+from engines.cloud.base import Tier, TierResult
 from engines.cloud.hf import HuggingFaceTier
 from engines.cloud.replicate import ReplicateTier
 from engines.cloud.selfhosted import SelfHostedTier
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCAL = "local"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,49 +72,22 @@ class Estimate:
     basis: str
 
 
-LocalRunner = Callable[[TierJob, Progress, CheckCancelled], TierResult]
+class LocalSpeed:
+    """How fast this machine's engines are, for the plans: measured per task, model and device
+    (kept in the job database's ledger, bridge/ledger.py), assumed from
+    `router.local_seconds_per_audio_second` until the first job. The local tier itself is the job
+    handler that runs the task (`bridge/engine_job.py`); it costs nothing and has no circuit."""
 
-
-class LocalTier(Tier):
-    """This machine's engines, a tier like the others: it runs a `TierJob` through the local
-    engine each job handler provides for its task (`provide`), handing back in-memory audio
-    (`TierResult.audio`) and the device in `details`. Planned like any tier: its speed is measured
-    per task, model and device (kept in the job database's ledger, bridge/ledger.py), assumed from
-    `router.local_seconds_per_audio_second` until the first job (or always, without a ledger: the
-    self-hosted server plans nothing); it costs nothing and has no circuit."""
-
-    name = LOCAL
-
-    def __init__(self, config: RouterConfig, ledger: Ledger | None, device: str) -> None:
+    def __init__(self, config: RouterConfig, ledger: Ledger, device: str) -> None:
         self.config = config
         self.ledger = ledger
         self.device = device
-        self.runners: dict[str, LocalRunner] = {}
-
-    # -- running ---------------------------------------------------------------------------------
-
-    def provide(self, task: str, runner: LocalRunner) -> None:
-        """Run `task`'s jobs with `runner` (a job handler's engine, warm across jobs)."""
-        self.runners[task] = runner
-        self.tasks = frozenset(self.runners)
-
-    def offers_model(self, task: str, model: str) -> bool:
-        """Any model of a task it has an engine for, except those only cloud tiers run."""
-        return task in self.runners and (task, model) not in CLOUD_ONLY_MODELS
-
-    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
-        runner = self.runners.get(job.task)
-        if runner is None:
-            raise Unavailable(f"{job.task}: no local engine runs it here")
-        return runner(job, progress, check_cancelled)
-
-    # -- planning --------------------------------------------------------------------------------
 
     def calibration_key(self, task: str, model: str) -> str:
         return f"{task}:{model}:{self.device}"
 
     def estimate(self, task: str, model: str, audio_seconds: float) -> Estimate:
-        measured = None if self.ledger is None else self.ledger.calibration(self.calibration_key(task, model))
+        measured = self.ledger.calibration(self.calibration_key(task, model))
         if measured is not None:
             rate, samples = measured
             return Estimate(rate * audio_seconds, 0.0,
@@ -126,7 +97,7 @@ class LocalTier(Tier):
                         f"assumed {rate:.2f} s per audio second on {self.device} (not measured yet)")
 
     def learn(self, task: str, model: str, audio_seconds: float, seconds: float) -> None:
-        if audio_seconds > 0 and self.ledger is not None:
+        if audio_seconds > 0:
             rate = self.ledger.calibrate(self.calibration_key(task, model), seconds / audio_seconds)
             log.info("router: local %s/%s on %s now %.3f s per audio second", task, model, self.device, rate)
 
@@ -188,7 +159,7 @@ class Router:
         # Per tier, the model it runs for (task, model asked for); absent: the model asked for.
         self.runs = dict(runs or {})
         self.ledger = ledger
-        self.local = LocalTier(config, ledger, device)
+        self.local = LocalSpeed(config, ledger, device)
         self.breakers = {
             name: Breaker(config.breaker_failures, config.breaker_open_seconds) for name in available
         }
@@ -382,24 +353,27 @@ def cloud_only(router: Router | None, task: str, model: str, what: str, key: str
 
 
 class Route:
-    """The tiers to try for one job, in the router's order, this machine's engines among them:
+    """The tiers to try for one job, in the router's order, this machine's among them, each run by
+    the job itself through the one `Tier` interface:
 
-        route = Route(ctx, self.router, self.all_tiers, "stems", model, audio_seconds)
-        value, where = route.run(job_for, read, progress)
+        route = self.route(ctx, "stems", model, audio_seconds)   # EngineJob.route: its tiers and itself
+        for attempt in route:
+            with attempt:  # a BridgeError here marks the tier failed and moves on to the next
+                job = TierJob(..., work_dir=attempt.scratch)     # the job in this tier's terms
+                result = attempt.tier.run(job, progress, ctx.check_cancelled)
+                return read(result), attempt.ran(result)         # files or in-memory audio
+        raise route.failure()
 
-    `run` gives each tier of the plan in turn the job in its terms (`job_for(tier, scratch)`, a
-    `TierJob` whose work_dir is a fresh scratch folder) through the one `Tier.run` interface, and
-    turns what it handed back into the job's value (`read(result)`: files or in-memory audio, read
-    while the scratch folder exists). A BridgeError from a tier (or from reading its result) marks
-    it failed and moves on to the next; a cancel or a BadRequest (input no tier will accept) is not
-    retried elsewhere. The job calls the router, never the other way round.
+    The job calls the router, never the other way round, and the local tier is the job's handler
+    itself (its engine, `EngineJob.run`): no closure crosses. `units` is what speed and price scale
+    with (audio seconds in or out). The job's `deadline_seconds` / `deadline_class` args choose the
+    plan; each decision is recorded on the job (`route`) and logged. `ran(result)` returns {"tier",
+    "device", "cost_usd"?, "model", "licence"}: the model that ran (a tier's own, when it runs one)
+    and its licence. A cancel or a BadRequest (input no tier will accept) is not retried elsewhere.
 
-    `units` is what speed and price scale with (audio seconds in or out). The job's
-    `deadline_seconds` / `deadline_class` args choose the plan; each decision is recorded on the job
-    (`route`) and logged. `where` is {"tier", "device", "cost_usd"?, "model", "licence"}: the model
-    that ran (a tier's own, when it runs one) and its licence. Local is planned when the local tier
-    offers the model (a cloud-only model has no local engine: `cloud` names what it is and its models
-    key, for `cloud_only`'s message); a plan left empty is Unavailable.
+    Local is planned when the local tier offers the model; a model only cloud tiers run has no
+    local engine (`cloud`: what it is and its models key, for `cloud_only`'s message), and a plan
+    left empty is Unavailable.
     """
 
     def __init__(self, ctx: JobContext, router: Router | None, tiers: Mapping[str, Tier], task: str, model: str,
@@ -422,29 +396,14 @@ class Route:
         self.failures: list[str] = []
         self.errors: list[BridgeError] = []
 
-    def run(self, job_for: Callable[[str, Path], TierJob], read: Callable[[TierResult], T],
-            progress: Callable[[str, float], None]) -> tuple[T, dict[str, Any]]:
-        """The job's value from the first tier of the plan that succeeds, and where it ran;
-        `progress(tier, fraction)` reports each tier's progress. Raises `failure()` when all fail."""
-        for attempt in self:
-            with attempt, tempfile.TemporaryDirectory(prefix=f".flowstate-{attempt.tier}-") as scratch:
-                tier = self.tiers[attempt.tier]
-                result = tier.run(job_for(attempt.tier, Path(scratch)), partial(progress, attempt.tier),
-                                  self.ctx.check_cancelled)
-                value = read(result)
-                if attempt.local:
-                    return value, attempt.ran_locally(str(result.details.get("device", "cpu")))
-                return value, attempt.ran_remotely(result.cost_usd)
-        raise self.failure()
-
     def __iter__(self) -> Iterator[Attempt]:
         for decision in self.plan:
-            tier = LOCAL if decision is None else decision.tier
+            name = LOCAL if decision is None else decision.tier
             if decision is not None:
                 self.ctx.set_route({**decision.to_dict(), "failed": list(self.failures)})
-                log.info("job %s -> %s: %s", self.ctx.job.id, tier, decision.reason)
+                log.info("job %s -> %s: %s", self.ctx.job.id, name, decision.reason)
             self.ctx.check_cancelled()
-            yield Attempt(self, tier, decision)
+            yield Attempt(self, name, decision)
 
     def failure(self) -> BridgeError:
         """What to raise when every tier failed: the only tier's own error (e.g. not_found for a
@@ -455,47 +414,57 @@ class Route:
 
 
 class Attempt:
-    """One tier of a `Route`: a context manager that turns a tier's BridgeError into a failure
-    recorded on the router (its circuit) and the route, so the route moves on."""
+    """One tier of a `Route`: a context manager that holds a scratch folder for the tier's files
+    (`scratch`, removed on exit) and turns a tier's BridgeError into a failure recorded on the
+    router (its circuit) and the route, so the job's loop moves on."""
 
-    def __init__(self, route: Route, tier: str, decision: Decision | None) -> None:
+    def __init__(self, route: Route, name: str, decision: Decision | None) -> None:
         self.route = route
-        self.tier = tier
+        self.name = name
+        self.tier = route.tiers[name]
         self.decision = decision
-        self.local = tier == LOCAL
+        self.local = name == LOCAL
         self.started = time.monotonic()
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
-    def ran_locally(self, device: str) -> dict[str, Any]:
-        """Record the local run (its measured speed, for the next plans); returns where it ran."""
-        route, router = self.route, self.route.router
-        if router is not None:
-            router.learn_local(route.task, route.model, route.units, time.monotonic() - self.started)
-            router.succeeded(LOCAL, None, route.ctx.job.id)
-        return {"device": device, "tier": LOCAL, **describe(route.task, route.model)}
+    @property
+    def scratch(self) -> Path:
+        """An empty folder for this attempt's files (a TierJob's work_dir), made on first use."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix=f".flowstate-{self.name}-")
+        return Path(self._scratch.name)
 
-    def ran_remotely(self, cost: float | None) -> dict[str, Any]:
-        """Record the tier's success and cost (a tier that reports no price is charged what the
-        router expected); returns where it ran."""
+    def ran(self, result: TierResult) -> dict[str, Any]:
+        """Record the tier's success, and where the job ran: this machine (its measured speed, for
+        the next plans) or a tier (its cost; a tier that reports no price is charged what the router
+        expected)."""
         route, router = self.route, self.route.router
+        if self.local:
+            if router is not None:
+                router.learn_local(route.task, route.model, route.units, time.monotonic() - self.started)
+                router.succeeded(LOCAL, None, route.ctx.job.id)
+            device = str(result.details.get("device", "cpu"))
+            return {"device": device, "tier": LOCAL, **describe(route.task, route.model)}
         assert router is not None and self.decision is not None  # a remote tier comes from a plan
-        if cost is None:
-            cost = self.decision.estimated_cost_usd
-        router.succeeded(self.tier, cost, route.ctx.job.id)
-        return {"device": self.tier, "tier": self.tier, "cost_usd": cost,
-                **describe(route.task, router.model_for(self.tier, route.task, route.model))}
+        cost = self.decision.estimated_cost_usd if result.cost_usd is None else result.cost_usd
+        router.succeeded(self.name, cost, route.ctx.job.id)
+        return {"device": self.name, "tier": self.name, "cost_usd": cost,
+                **describe(route.task, router.model_for(self.name, route.task, route.model))}
 
     def __enter__(self) -> Attempt:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> bool:
+        if self._scratch is not None:
+            self._scratch.cleanup()
         if err is None or isinstance(err, (JobCanceled, BadRequest)) or not isinstance(err, BridgeError):
             return False
         route = self.route
         if route.router is not None:
-            route.router.failed(self.tier)
-        route.failures.append(f"{self.tier}: {err.code}: {err.message}")
+            route.router.failed(self.name)
+        route.failures.append(f"{self.name}: {err.code}: {err.message}")
         route.errors.append(err)
-        log.warning("job %s: %s failed (%s); trying the next tier", route.ctx.job.id, self.tier, err.message)
+        log.warning("job %s: %s failed (%s); trying the next tier", route.ctx.job.id, self.name, err.message)
         return True
 
 

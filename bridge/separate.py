@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -161,10 +162,15 @@ class SeparateJob(EngineJob):
         def progress(tier: str, fraction: float) -> None:
             ctx.progress(0.05 + 0.9 * fraction, stage="separating" if tier == LOCAL else f"separating on {tier}")
 
-        (separated, stems), where = self.route(ctx, TASK, args["model"], audio_seconds).run(job_for, read, progress)
-        return separated, stems, where
+        route = self.route(ctx, TASK, args["model"], audio_seconds)
+        for attempt in route:
+            with attempt:
+                result = attempt.tier.run(job_for(attempt.name, attempt.scratch), partial(progress, attempt.name),
+                                          ctx.check_cancelled)
+                return (*read(result), attempt.ran(result))
+        raise route.failure()
 
-    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """The local tier's stems: the file through the warm engine, stems at the engine's rate."""
         import soundfile
         import torch

@@ -73,6 +73,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal, Protocol
 
@@ -92,6 +93,7 @@ from bridge.database import redact_dsn
 from bridge.daw import DawState
 from bridge.engine_job import JobDeps
 from bridge.errors import BadRequest, BridgeError, Busy, NotFound, StartupError, Unavailable
+from bridge.generate import KIND as GENERATE
 from bridge.generate import check_request as check_generate
 from bridge.generate import model_family as check_family
 from bridge.job_queue import JobQueue
@@ -114,6 +116,7 @@ from bridge.server_http import (
     read_range,
 )
 from bridge.server_stream import StreamSessions, add_stream_route
+from bridge.speech import KIND as TTS
 from bridge.speech import check_request as check_speech
 from bridge.transcribe import check_request as check_transcribe
 from engines.base import pick_device
@@ -154,10 +157,12 @@ _KEY = re.compile(r"^[0-9a-f]{16}$")
 
 
 
-def _as_declared(command: str, name: str) -> AfterValidator:
-    """A param checked by the daemon's own argument of the same name (its choices and range are
-    declared once, with the command in bridge/commands.py); None: the server's config decides."""
-    arg = next(arg for arg in lookup(command).args if arg.name == name)
+def _as_declared(command: str, name: str, wire: str | None = None) -> AfterValidator:
+    """A param checked by the daemon's own argument `name` (its choices and range are declared once,
+    with the command in bridge/commands.py), named `wire` on this server's wire when that differs;
+    None: the server's config decides."""
+    declared = next(arg for arg in lookup(command).args if arg.name == name)
+    arg = declared if wire is None else replace(declared, name=wire)
 
     def check(value: object) -> object:
         if value is None:
@@ -191,14 +196,15 @@ class GenerateParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: str = Field(min_length=1, max_length=2000)
-    duration_seconds: float = Field(gt=0.0, le=600.0)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    temperature: float | None = Field(default=None, gt=0.0, le=10.0)
-    top_k: int | None = Field(default=None, ge=1, le=4096)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    # The numbers are the generate command's own arguments (`seconds` is duration_seconds here).
+    duration_seconds: Annotated[float, _as_declared(GENERATE, "seconds", "duration_seconds")]
+    seed: Annotated[int | None, _as_declared(GENERATE, "seed")] = None
+    temperature: Annotated[float | None, _as_declared(GENERATE, "temperature")] = None
+    top_k: Annotated[int | None, _as_declared(GENERATE, "top_k")] = None
+    guidance_scale: Annotated[float | None, _as_declared(GENERATE, "guidance_scale")] = None
     # Stable Audio Open (when this server's generate.model is it); model_family says which family
     # the client asked for: the server's model must be of it.
-    steps: int | None = Field(default=None, ge=1, le=1000)
+    steps: Annotated[int | None, _as_declared(GENERATE, "steps")] = None
     negative_prompt: str | None = Field(default=None, max_length=2000)
     model_family: Literal["stable-audio-open"] | None = None
 
@@ -226,7 +232,7 @@ class SpeechParams(BaseModel):
 
     text: str = Field(min_length=1, max_length=10_000)
     lang: str | None = Field(default=None, max_length=16)
-    speed: float | None = Field(default=None, gt=0.0, le=4.0)
+    speed: Annotated[float | None, _as_declared(TTS, "speed")] = None
 
     def job_args(self) -> dict[str, Any]:
         return {"text": self.text, "speed": self.speed, "name": "speech"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,9 +197,14 @@ class SpeechJob(EngineJob):
             ctx.progress(0.05 + 0.8 * fraction, stage="speaking" if tier == LOCAL else f"speaking on {tier}")
 
         route = self.route(ctx, TASK, args["voice"], estimate, cloud=("tts voice=chatterbox", CHATTERBOX))
-        return route.run(job_for, read, progress)
+        for attempt in route:
+            with attempt:
+                result = attempt.tier.run(job_for(attempt.name, attempt.scratch), partial(progress, attempt.name),
+                                          ctx.check_cancelled)
+                return read(result), attempt.ran(result)
+        raise route.failure()
 
-    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """The local tier's speech: a Piper voice, warm across jobs."""
         params = job.params
         engine = self.engine(params["voice"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,9 +183,15 @@ class TranscribeJob(EngineJob):
             ctx.progress(low + (0.95 - low) * fraction,
                          stage="transcribing" if tier == LOCAL else f"transcribing on {tier}")
 
-        return self.route(ctx, TASK, args["model"], duration).run(job_for, read, progress)
+        route = self.route(ctx, TASK, args["model"], duration)
+        for attempt in route:
+            with attempt:
+                result = attempt.tier.run(job_for(attempt.name, attempt.scratch), partial(progress, attempt.name),
+                                          ctx.check_cancelled)
+                return read(result), attempt.ran(result)
+        raise route.failure()
 
-    def run_here(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
+    def run(self, job: TierJob, progress: Progress, check_cancelled: CheckCancelled) -> TierResult:
         """The local tier's transcription: the file through faster-whisper's own decoder, exactly as
         the library would read it."""
         assert job.input_path is not None  # a transcribe TierJob always names its audio

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -132,4 +133,9 @@ class VoiceJob(EngineJob):
             ctx.progress(CONVERTED * fraction, stage=f"converting on {tier}")
 
         route = self.route(ctx, TASK, args["voice"], float(args["seconds"]), cloud=("RVC voice conversion", MODELS_KEY))
-        return route.run(job_for, lambda result: result.read_audio("audio", KIND), progress)
+        for attempt in route:
+            with attempt:
+                result = attempt.tier.run(job_for(attempt.name, attempt.scratch), partial(progress, attempt.name),
+                                          ctx.check_cancelled)
+                return result.read_audio("audio", KIND), attempt.ran(result)
+        raise route.failure()

@@ -149,6 +149,35 @@ def test_a_failing_tier_falls_through_to_the_next(repo: Path, server: str, tmp_p
     assert "hf_test_token_abcdef" not in process.log()
 
 
+def test_this_machine_is_a_tier_like_the_others_a_failure_here_falls_through(
+    repo: Path, server: str, tmp_path: Path
+) -> None:
+    """The local tier fails like any other: the daemon's models folder lacks `tiny` (not_found here),
+    so a background job, planned local first, lands on the server, which has it; the route records
+    the local failure and the stems land where a local job puts them."""
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    overrides = {
+        "models": {"demucs_repo": str(empty)},
+        "separate": {"model": "tiny", "engine_device": "cpu", "threads": 1},
+        "cloud": {"selfhosted_url": server},
+    }
+    process = DaemonProcess(overrides=overrides, workdir=tmp_path, env={"FLOWSTATE_SERVER_TOKEN": TOKEN}).start()
+    try:
+        source = write_audio(tmp_path / "files" / "here" / "take.wav", 1.0)
+        final, status = _separate(process, source, deadline=None)
+    finally:
+        assert process.stop() == 0
+    assert final["event"] == "job.done", final
+    assert final["result"]["tier"] == "selfhosted"
+    route = status["route"]
+    assert route["tier"] == "selfhosted" and route["reason"] == "fallback after local failed"
+    [failure] = route["failed"]
+    assert failure.startswith("local: not_found") and "tiny" in failure
+    assert sorted(final["result"]["paths"]) == sorted(STEMS)
+    assert all(Path(path).parent == source.parent / "stems" / "take" for path in final["result"]["paths"].values())
+
+
 def test_a_realtime_job_for_a_model_only_local_has_falls_back_to_local(repo: Path, tmp_path: Path) -> None:
     """Replicate runs Demucs' own models only: a job for the local model `tiny` must not go there,
     even when the router would otherwise pick it as the fastest tier (it used to fail the job with
