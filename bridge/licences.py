@@ -16,6 +16,7 @@ from typing import Any
 from bridge.config import Config, ProjectConfig
 from bridge.errors import Forbidden
 from engines.catalogue import Found, licence_of
+from engines.cloud.base import Tier
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def describe(task: str, model: str) -> dict[str, Any]:
     return {"model": model, "licence": found.licence.to_dict()}
 
 
-def licensed_offers(tier: Any, project: ProjectConfig) -> Callable[[str, str], bool]:
+def licensed_offers(tier: Tier, project: ProjectConfig) -> Callable[[str, str], bool]:
     """`tier.offers_model`, narrowed: False too when the model the tier would run for the job is
     one a commercial project refuses (so the router never sends it there)."""
 

@@ -76,7 +76,7 @@ class SeparateJob(EngineJob):
 
     LOCAL_TASK = TASK
 
-    def engine(self, model: str, shifts: int) -> Any:
+    def engine(self, model: str, shifts: int) -> FileSeparator:
         settings = self.config.separate
         return self.warm((model, shifts), lambda: FileSeparator(
             model, repo=self.config.models.demucs_repo, spleeter_dir=self.config.models.spleeter_dir,

@@ -54,6 +54,7 @@ from bridge.protocol import Origin
 from bridge.separate import SeparateJob
 from bridge.server import JOB_HANDLERS, Handler, TaskHandler
 from bridge.server import serve as serve_plain
+from engines.separation.files import FileSeparator
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class _BatchedSeparateJob(SeparateJob):
         super().__init__(config, paths)
         self._batched = batched
 
-    def engine(self, model: str, shifts: int) -> Any:
+    def engine(self, model: str, shifts: int) -> FileSeparator:
         engine = super().engine(model, shifts)
 
         def wrap() -> bool:

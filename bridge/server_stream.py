@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -50,6 +51,7 @@ from bridge.server_http import clip, error_body
 from bridge.stream import StreamManager
 from engines.audio_frames import FrameLimits, RequestError, error_frame, parse_request, reply_frames
 from engines.cloud.selfhosted_wire import STREAM_ROUTE, STREAM_VERSION
+from engines.separation.streaming import StreamingSeparator
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,11 @@ class StreamSessions:
     def __init__(self, config: Config, max_streams: int) -> None:
         self._manager = StreamManager(config.stream, config.models.demucs_repo, spleeter_dir=config.models.spleeter_dir)
         self._max_streams = max_streams
-        self._idle: dict[tuple[Any, ...], list[Any]] = {}
+        self._idle: dict[tuple[Any, ...], list[StreamingSeparator]] = {}
         self._active = 0
         self._lock = threading.Lock()
 
-    def open(self, text: str) -> tuple[StreamHello, tuple[Any, ...], Any]:
+    def open(self, text: str) -> tuple[StreamHello, tuple[Any, ...], StreamingSeparator]:
         """(hello, key, engine) for a first message; blocking (may load a model)."""
         if len(text) > MAX_HELLO_BYTES:
             raise BadRequest(f"the first message is {len(text)} bytes; expected a JSON object under {MAX_HELLO_BYTES}")
@@ -121,7 +123,7 @@ class StreamSessions:
         engine.reset()
         return hello, key, engine
 
-    def give_back(self, key: tuple[Any, ...], engine: Any) -> None:
+    def give_back(self, key: tuple[Any, ...], engine: StreamingSeparator) -> None:
         with self._lock:
             self._active -= 1
             self._idle.setdefault(key, []).append(engine)
@@ -150,7 +152,7 @@ def welcome(engine: Any) -> dict[str, Any]:
 class _Connection:
     """One client's stream: blocks in order, each answered with the output that exists."""
 
-    def __init__(self, engine: Any, sample_rate: int, channels: int) -> None:
+    def __init__(self, engine: StreamingSeparator, sample_rate: int, channels: int) -> None:
         self.engine = engine
         self.sample_rate = sample_rate
         self.channels = channels
@@ -171,7 +173,7 @@ class _Connection:
         return reply_frames(seq, self.engine.process_ahead(block), self.info)
 
 
-def add_stream_route(app: FastAPI, token_ok: Any, sessions: StreamSessions) -> None:
+def add_stream_route(app: FastAPI, token_ok: Callable[[str], bool], sessions: StreamSessions) -> None:
     """`STREAM_ROUTE` on `app`; `token_ok(authorization header)` says whether the token is right."""
 
     @app.websocket(STREAM_ROUTE)

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +60,9 @@ from engines.separation.streaming import StreamingSeparator
 
 if TYPE_CHECKING:
     from bridge.router import Decision
+
+# What a live stream runs: this machine's separator, or one on the self-hosted tier (the same calls).
+StreamEngine = StreamingSeparator | RemoteStreamingSeparator
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +160,12 @@ class Layout:
 class LiveStream:
     """One running live-stems stream: device, engine, effects, routing and counters."""
 
-    def __init__(self, settings: StreamConfig, engine: Any, effects: Any, on_event: Callable[..., None] | None = None,
+    def __init__(self, settings: StreamConfig, engine: StreamEngine, effects: EffectRack,
+                 on_event: Callable[..., None] | None = None,
                  last_run_p99_ms: float = 0.0) -> None:
         self.settings = settings
         self.engine = engine
-        self.effects = effects  # bridge.stream.EffectRack
+        self.effects = effects
         self._on_event = on_event
         self.sample_rate = settings.sample_rate
         self.block_size = settings.block_size
@@ -552,7 +557,7 @@ class LiveStream:
 class EffectRack:
     """The master chain and one chain per stem, built from `stream.effects` in config."""
 
-    def __init__(self, master: Any, stems: dict[str, Any]) -> None:
+    def __init__(self, master: EffectChain, stems: dict[str, EffectChain]) -> None:
         self.master = master
         self.stems = stems
 
@@ -570,7 +575,7 @@ class EffectRack:
         }
         return cls(master, stems)
 
-    def chain(self, name: str) -> Any:
+    def chain(self, name: str) -> EffectChain:
         if name == "master":
             return self.master
         if name in self.stems:
@@ -601,8 +606,8 @@ class StreamManager:
     device, precision and window then put aligned hops through one forward.
     """
 
-    def __init__(self, base: StreamConfig, models_repo: Any, on_event: Callable[..., None] | None = None,
-                 spleeter_dir: Any = None, selfhosted: tuple[str, str] | None = None) -> None:
+    def __init__(self, base: StreamConfig, models_repo: Path | None, on_event: Callable[..., None] | None = None,
+                 spleeter_dir: Path | None = None, selfhosted: tuple[str, str] | None = None) -> None:
         self.base = base
         # (cloud.selfhosted_url, its token) when the self-hosted tier is configured: stream.tier selfhosted.
         self.selfhosted = selfhosted
@@ -614,10 +619,10 @@ class StreamManager:
         self.models_repo = models_repo
         self.spleeter_dir = spleeter_dir
         self._on_event = on_event
-        self._engines: dict[tuple[Any, ...], Any] = {}
+        self._engines: dict[tuple[Any, ...], StreamingSeparator] = {}
         self._lock = threading.Lock()
         self.stream: LiveStream | None = None
-        self._last_run: tuple[Any, float] | None = None  # (engine, its last stream's compute p99 in ms)
+        self._last_run: tuple[StreamEngine, float] | None = None  # (engine, its last stream's compute p99 in ms)
 
     def settings_with(self, overrides: dict[str, Any]) -> StreamConfig:
         from pydantic import ValidationError
@@ -649,7 +654,7 @@ class StreamManager:
                 return False
         return settings.batch_streams == "on"
 
-    def new_engine(self, settings: StreamConfig) -> Any:
+    def new_engine(self, settings: StreamConfig) -> StreamingSeparator:
         """A loaded streaming separator for these settings (blocking: loads the model)."""
         engine = StreamingSeparator(
             settings.model,
@@ -680,7 +685,7 @@ class StreamManager:
             settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
         )
 
-    def engine_for(self, settings: StreamConfig) -> Any:
+    def engine_for(self, settings: StreamConfig) -> StreamingSeparator:
         """The live stream's engine, kept warm while the settings stay the same."""
         key = self.engine_key(settings)
         engine = self._engines.get(key)
@@ -718,7 +723,7 @@ class StreamManager:
             self.stream = stream
             return stream.status()
 
-    def engine_on_tier(self, settings: StreamConfig) -> tuple[Any, str]:
+    def engine_on_tier(self, settings: StreamConfig) -> tuple[StreamEngine, str]:
         """The loaded engine for `settings.tier` and why it runs there (blocking: loads or connects)."""
         if settings.tier == LOCAL:
             return self.engine_for(settings), "stream.tier is local"
@@ -779,7 +784,7 @@ class StreamManager:
 
 @dataclass
 class _Session:
-    engine: Any
+    engine: StreamingSeparator
     sample_rate: int
     channels: int
     next_seq: int = 0
