@@ -52,8 +52,8 @@ from bridge.jobs import JobCanceled, JobContext, JobStore
 from bridge.paths import PathPolicy
 from bridge.protocol import Origin
 from bridge.separate import SeparateJob
-from bridge.server import JOB_HANDLERS, Handler, TaskHandler
 from bridge.server import serve as serve_plain
+from bridge.server_tasks import JOB_HANDLERS, Handler, TaskHandler
 from engines.separation.files import FileSeparator
 
 log = logging.getLogger(__name__)

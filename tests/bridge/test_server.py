@@ -26,7 +26,8 @@ from bridge.config import Config
 from bridge.errors import ERROR_CODES, BadRequest, Forbidden, NotFound, StartupError, Unavailable
 from bridge.job_store import FINISHED_STATES, JOB_STATES
 from bridge.separate import SeparateJob
-from bridge.server import _PARAMS, TaskHandler, create_app, serve
+from bridge.server import create_app, serve
+from bridge.server_tasks import PARAMS, TaskHandler
 from bridge.testing import free_port, tiny_htdemucs_repo
 from engines.cloud import selfhosted_wire as wire
 from engines.cloud.base import TierJob
@@ -675,7 +676,7 @@ def test_serve_refuses_to_start_without_a_token() -> None:
 def test_the_server_speaks_its_wire_contract() -> None:
     """What the contract declares once is what the server's own parts take: its params models name
     each task's params exactly, and the job states a reply shows are the job store's."""
-    assert {task: tuple(model.model_fields) for task, model in _PARAMS.items()} == wire.TASK_PARAMS
+    assert {task: tuple(model.model_fields) for task, model in PARAMS.items()} == wire.TASK_PARAMS
     assert wire.JOB_STATES == JOB_STATES
     assert wire.FINISHED_STATES == FINISHED_STATES
     assert set(wire.STATUS_FOR_CODE) == set(ERROR_CODES) == set(wire.ERROR_FOR_CODE)
