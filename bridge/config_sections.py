@@ -103,6 +103,9 @@ class StreamConfig(Section):
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)
     hop_seconds: float | None = Field(default=None, gt=0.0, le=4.0)
+    # With hop_seconds null on CPU: the most load (window compute / hop, timed at load) the hop
+    # ladder accepts; above it the engine takes a longer hop.
+    auto_hop_load: float = Field(default=0.8, gt=0.0, le=1.0)
     lookahead_seconds: float | None = Field(default=None, ge=0.1, le=4.0)
     crossfade_ms: float = Field(default=10.0, ge=0.0, le=100.0)
     # The worker's compute budget is this times the measured p99 of a window's compute;

@@ -512,6 +512,8 @@ class LiveStream:
             "context_seconds": round(float(self.engine.context_seconds), 4),
             "hop_seconds": round(float(self.engine.hop_seconds), 4),
             "hop_choice": stats.get("hop_choice"),
+            # False: even the hop ladder's longest hop measured over stream.auto_hop_load at load.
+            "real_time_at_load": stats.get("real_time_at_load"),
             "backend": stats.get("backend"),
             "backend_choice": stats.get("backend_choice"),
             "lookahead_seconds": round(float(self.engine.lookahead_seconds), 4),
@@ -660,6 +662,7 @@ class StreamManager:
             channels=settings.channels,
             context_seconds=settings.context_seconds,
             hop_seconds=settings.hop_seconds,
+            auto_hop_load=settings.auto_hop_load,
             lookahead_seconds=settings.lookahead_seconds,
             crossfade_ms=settings.crossfade_ms,
             precision=settings.precision,
@@ -676,7 +679,7 @@ class StreamManager:
         """The settings an engine is built from: engines with the same key are interchangeable."""
         return (
             settings.model, settings.engine_device, settings.sample_rate, settings.channels,
-            settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
+            settings.context_seconds, settings.hop_seconds, settings.auto_hop_load, settings.lookahead_seconds,
             settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
         )
 

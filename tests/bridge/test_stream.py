@@ -283,6 +283,20 @@ def test_a_budget_set_in_config_is_kept(live: DaemonProcess) -> None:
     assert status["latency_frames"] == status["engine_latency_frames"] + 4864
 
 
+def test_a_machine_too_slow_for_every_hop_is_told_the_stream_is_not_real_time(live: DaemonProcess) -> None:
+    # A load limit no window meets (stream.auto_hop_load): the hop ladder climbs to its longest hop,
+    # and stream.start says the stream will run late instead of streaming late silently.
+    with Client(live.zmq_requests, timeout_seconds=120) as client:
+        status = client.call("stream.start", {"overrides": {"auto_hop_load": 1e-6}})
+        client.call("stream.stop")
+        default = client.call("stream.start")
+        client.call("stream.stop")
+    assert status["real_time_at_load"] is False
+    assert "NOT real time" in status["hop_choice"] and "(limit 0.00)" in status["hop_choice"]
+    assert status["hop_frames"] == round(round(4.0 * 44100 / 1024) * 1024 * SAMPLE_RATE / 44100)  # 4 s
+    assert default["real_time_at_load"] is True  # the tiny model keeps real time at the default limit
+
+
 def test_a_restart_takes_its_budget_from_the_last_runs_compute_when_that_is_higher(live: DaemonProcess) -> None:
     with Client(live.zmq_requests, timeout_seconds=60) as client:
         first = client.call("stream.start")
