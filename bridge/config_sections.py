@@ -114,6 +114,9 @@ class StreamConfig(Section):
     budget_ms: float | None = Field(default=None, gt=0.0, le=60000.0)
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=256)
+    # Linux: how much nicer than the audio threads the stream's worker and its torch threads run,
+    # so that callbacks get a core first; 0: as nice as the rest. Other OSes: not used.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # Concurrent streams' windows through one forward (engines/batching.py): auto = CUDA only.
     batch_streams: Literal["auto", "on", "off"] = "auto"
     batch_gather_ms: float = Field(default=3.0, ge=0.0, le=100.0)
