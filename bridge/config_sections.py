@@ -103,6 +103,9 @@ class StreamConfig(Section):
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)
     hop_seconds: float | None = Field(default=None, gt=0.0, le=4.0)
+    # With hop_seconds null on CPU: the most load (window compute / hop, timed at load) the hop
+    # ladder accepts; above it the engine takes a longer hop.
+    auto_hop_load: float = Field(default=0.8, gt=0.0, le=1.0)
     lookahead_seconds: float | None = Field(default=None, ge=0.1, le=4.0)
     crossfade_ms: float = Field(default=10.0, ge=0.0, le=100.0)
     # The worker's compute budget is this times the measured p99 of a window's compute;
@@ -111,6 +114,9 @@ class StreamConfig(Section):
     budget_ms: float | None = Field(default=None, gt=0.0, le=60000.0)
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=256)
+    # Linux: how much nicer than the audio threads the stream's worker and its torch threads run,
+    # so that callbacks get a core first; 0: as nice as the rest. Other OSes: not used.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # Concurrent streams' windows through one forward (engines/batching.py): auto = CUDA only.
     batch_streams: Literal["auto", "on", "off"] = "auto"
     batch_gather_ms: float = Field(default=3.0, ge=0.0, le=100.0)

@@ -37,10 +37,12 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +91,41 @@ def import_sounddevice() -> Any:
     import sounddevice
 
     return sounddevice
+
+
+def lower_thread_priority(steps: int) -> int | None:
+    """Make the calling thread `steps` nicer than it is; return its nice value now, or None where
+    nothing changed (`steps` 0, or an OS without a per-thread nice).
+
+    Linux only: there a nice value belongs to each thread, and the OpenMP threads torch starts for
+    a thread that runs the model are created by it and inherit it. So the stream's worker and its
+    torch threads yield a core to the audio threads (PortAudio's callback, JACK's, the daemon's
+    MIDI port) whenever both want one, which is what keeps callbacks on time when the model's
+    threads take every core. On macOS `setpriority` would renice the whole process, audio included,
+    and Windows has no such call: both keep the worker as it is.
+    """
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError as err:  # a sandbox that forbids it: the stream runs, the worker at its old priority
+        log.warning("stream: cannot lower the worker thread's priority: %s", err)
+        return None
+
+
+def load_at_worker_priority(engine: Any, steps: int) -> None:
+    """`engine.load()` on a thread `steps` nicer (lower_thread_priority), as the stream's worker
+    will run: the windows the engine times at load (the hop ladder, the compute budget's p99) then
+    cost what they will cost live, where other busy programs take a nicer thread's cores first."""
+    def load() -> None:
+        lower_thread_priority(steps)
+        engine.load()
+
+    # A thread of its own (its torch threads with it), gone when the load is done; errors come back here.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-engine-load") as pool:
+        pool.submit(load).result()
 
 
 def db_to_gain(gain_db: float) -> float:
@@ -234,6 +271,7 @@ class LiveStream:
         self.device_latency_seconds = 0.0
         self.started_at = 0.0
         self.worker_error: str | None = None
+        self.worker_nice: int | None = None  # set by the worker (lower_thread_priority)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -374,6 +412,8 @@ class LiveStream:
 
     def _work(self) -> None:
         try:
+            # Before the first window: the torch threads this thread starts inherit it.
+            self.worker_nice = lower_thread_priority(self.settings.worker_nice)
             self._work_loop()
         except Exception as err:  # the stream keeps playing dry; status says why
             log.exception("stream worker failed")
@@ -517,6 +557,8 @@ class LiveStream:
             "context_seconds": round(float(self.engine.context_seconds), 4),
             "hop_seconds": round(float(self.engine.hop_seconds), 4),
             "hop_choice": stats.get("hop_choice"),
+            # False: even the hop ladder's longest hop measured over stream.auto_hop_load at load.
+            "real_time_at_load": stats.get("real_time_at_load"),
             "backend": stats.get("backend"),
             "backend_choice": stats.get("backend_choice"),
             "lookahead_seconds": round(float(self.engine.lookahead_seconds), 4),
@@ -527,6 +569,7 @@ class LiveStream:
             "budget_ms": round(self.budget_ms, 3),
             "budget_margin": self.budget_margin,
             "budget_source": self.budget_source,
+            "worker_nice": self.worker_nice,
             "budget_warning": self.budget_warning(float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))),
             "slack_ms_min": None if slack is None else round(1000.0 * slack / self.sample_rate, 3),
             "load": stats.get("load_p50"),
@@ -665,6 +708,7 @@ class StreamManager:
             channels=settings.channels,
             context_seconds=settings.context_seconds,
             hop_seconds=settings.hop_seconds,
+            auto_hop_load=settings.auto_hop_load,
             lookahead_seconds=settings.lookahead_seconds,
             crossfade_ms=settings.crossfade_ms,
             precision=settings.precision,
@@ -673,7 +717,7 @@ class StreamManager:
             batching=self.batchers if self.batching_for(settings) else None,
             backend=settings.backend,
         )
-        engine.load()
+        load_at_worker_priority(engine, settings.worker_nice)
         return engine
 
     @staticmethod
@@ -681,7 +725,7 @@ class StreamManager:
         """The settings an engine is built from: engines with the same key are interchangeable."""
         return (
             settings.model, settings.engine_device, settings.sample_rate, settings.channels,
-            settings.context_seconds, settings.hop_seconds, settings.lookahead_seconds,
+            settings.context_seconds, settings.hop_seconds, settings.auto_hop_load, settings.lookahead_seconds,
             settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
         )
 

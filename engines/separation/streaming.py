@@ -74,10 +74,11 @@ CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
 SPLEETER_CPU_DEFAULTS: tuple[float | None, float, float] = (None, 0.14, 0.1)
 SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
 # When the hop is left to the default, the engine times its window at load and, if the default
-# hop would leave less than this share of headroom (load = compute / hop above the limit), takes
-# the next hop of the ladder: real time first, then the least latency this machine allows.
+# hop would leave less than this share of headroom (load = compute / hop above the limit), climbs
+# the ladder to the first hop that keeps it: real time first, then the least latency this machine
+# allows. The ladder ends at HOP_RANGE's top; past it the engine says it is not real time.
 AUTO_HOP_LOAD = 0.8
-HOP_LADDER = (0.25, 0.5, 1.0)
+HOP_LADDER = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
 
 MODEL_BLOCK = 1024  # HTDemucs STFT hop: window edges on this grid keep frames aligned across windows
 CONTEXT_RANGE = (0.0, 8.0)
@@ -177,6 +178,8 @@ class StreamingSeparator(Engine):
         self._auto_hop = hop_seconds is None and self.device.type == "cpu"
         self._auto_hop_load = float(auto_hop_load)
         self.hop_choice = "set in config" if hop_seconds is not None else f"the {self.device.type} default"
+        # Measured by the hop ladder when it runs (CPU, hop left to the default); None otherwise.
+        self.real_time_at_load: bool | None = None
         self._stats_lock = threading.Lock()
         self._compute_ms = np.zeros(STATS_WINDOW, np.float64)
         self._hops = 0
@@ -273,6 +276,7 @@ class StreamingSeparator(Engine):
             "device": str(self.device),
             "precision": self.precision,
             "hop_choice": self.hop_choice,
+            "real_time_at_load": self.real_time_at_load,
             "backend": self.backend,
             "backend_choice": self.backend_choice,
             **self.load_timing(),
@@ -349,21 +353,42 @@ class StreamingSeparator(Engine):
             self._member = self._batcher.join(self._hop / self._model_rate)
 
     def _choose_hop(self, bag: BagOfModels) -> None:
-        """Take the first hop of the ladder whose measured load leaves headroom (see AUTO_HOP_LOAD)."""
+        """Take the first hop of the ladder whose measured load leaves headroom (see AUTO_HOP_LOAD).
+
+        A longer window never costs less, so a rung that the compute just measured would already
+        overload (compute / its hop above the limit) is skipped without timing it. When even the
+        top rung is over the limit, the stream runs there and says it is not real time
+        (`real_time_at_load`, `hop_choice`, a warning)."""
         requested = self._requested[1]
         ladder = [h for h in HOP_LADDER if h > requested + 1e-9]
+        limit, kind = self._auto_hop_load, self.device.type
+        measured: list[str] = []
         while True:
             hop_ms = 1000.0 * self._hop / self._model_rate
             self._load_compute_ms = self._time_windows_ms(3)
-            load = float(np.median(self._load_compute_ms)) / hop_ms
-            if load <= self._auto_hop_load or not ladder:
-                break
+            compute_ms = float(np.median(self._load_compute_ms))
+            load = compute_ms / hop_ms
+            measured.append(f"{load:.2f} at a {hop_ms:.0f} ms hop")
+            loads = f"measured load {', '.join(measured)} (limit {limit:.2f})"
+            if load <= limit:
+                self.real_time_at_load = True
+                self.hop_choice = (f"the {kind} default: {loads}" if len(measured) == 1 else
+                                   f"{hop_ms:.0f} ms, the least hop that keeps real time on this {kind}: {loads}")
+                log.info("%s: hop %.0f ms, %s", self.name, hop_ms, loads)
+                return
+            while len(ladder) > 1 and compute_ms / (1000.0 * ladder[0]) > limit:
+                ladder.pop(0)  # this window's compute alone overloads that hop: no need to time it
+            if not ladder:
+                self.real_time_at_load = False
+                self.hop_choice = (f"{hop_ms:.0f} ms, NOT real time on this {kind}: the longest hop's window "
+                                   f"takes {compute_ms:.0f} ms; {loads}; expect late hops (a faster device, "
+                                   f"fewer other processes, or a lighter model such as spleeter:2stems)")
+                log.warning("%s: %s", self.name, self.hop_choice)
+                return
             bigger = ladder.pop(0)
-            log.warning("%s: a %.0f ms hop measured load %.2f on %s (limit %.2f): taking a %.0f ms hop for real "
+            log.warning("%s: a %.0f ms hop measured load %.2f on %s (limit %.2f): trying a %.0f ms hop for real "
                         "time; set stream.hop_seconds to choose yourself", self.name, hop_ms, load, self.device,
-                        self._auto_hop_load, 1000 * bigger)
-            self.hop_choice = (f"{1000 * bigger:.0f} ms: a {hop_ms:.0f} ms hop measured load {load:.2f} on this "
-                               f"{self.device.type} (limit {self._auto_hop_load:.2f})")
+                        limit, 1000 * bigger)
             self._requested = (self._requested[0], bigger, self._requested[2])
             self._configure(bag)
 

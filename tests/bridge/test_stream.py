@@ -6,7 +6,10 @@ its outputs, both on frame-accurate JACK cycles, so latency is measured in exact
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,6 +284,47 @@ def test_a_budget_set_in_config_is_kept(live: DaemonProcess) -> None:
     assert status["budget_frames"] == 4864  # 100 ms at 48 kHz is 4800 frames: 19 whole 256-frame blocks
     assert status["budget_source"] == "set in config: 100 ms, rounded up to whole 256-frame blocks"
     assert status["latency_frames"] == status["engine_latency_frames"] + 4864
+
+
+def test_a_machine_too_slow_for_every_hop_is_told_the_stream_is_not_real_time(live: DaemonProcess) -> None:
+    # A load limit no window meets (stream.auto_hop_load): the hop ladder climbs to its longest hop,
+    # and stream.start says the stream will run late instead of streaming late silently.
+    with Client(live.zmq_requests, timeout_seconds=120) as client:
+        status = client.call("stream.start", {"overrides": {"auto_hop_load": 1e-6}})
+        client.call("stream.stop")
+        default = client.call("stream.start")
+        client.call("stream.stop")
+    assert status["real_time_at_load"] is False
+    assert "NOT real time" in status["hop_choice"] and "(limit 0.00)" in status["hop_choice"]
+    assert status["hop_frames"] == round(round(4.0 * 44100 / 1024) * 1024 * SAMPLE_RATE / 44100)  # 4 s
+    assert default["real_time_at_load"] is True  # the tiny model keeps real time at the default limit
+
+
+def _thread_nices(pid: int) -> list[int]:
+    """The nice value of every thread of process `pid` (Linux: /proc/<pid>/task/<tid>/stat, field 19)."""
+    nices = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended while we looked
+            nices.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return nices
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's")
+def test_the_model_threads_yield_the_cores_to_the_audio_threads(live: DaemonProcess) -> None:
+    # Two torch threads: the worker runs its windows with a second one it starts. Both run 10
+    # steps nicer than the daemon (stream.worker_nice), the audio callback's thread does not.
+    assert live.process is not None
+    base = os.getpriority(os.PRIO_PROCESS, live.process.pid)
+    with Client(live.zmq_requests, timeout_seconds=120) as client:
+        client.call("stream.start", {"overrides": {"threads": 2}})
+        try:
+            status = _wait_for_hops(client, at_least=2)
+            nices = _thread_nices(live.process.pid)
+        finally:
+            client.call("stream.stop")
+    assert status["worker_nice"] == min(19, base + 10)
+    assert nices.count(min(19, base + 10)) >= 2, nices  # the worker and the torch thread it started
+    assert base in nices  # the rest of the daemon, the audio callback's thread among them
 
 
 def test_a_restart_takes_its_budget_from_the_last_runs_compute_when_that_is_higher(live: DaemonProcess) -> None:

@@ -27,6 +27,7 @@ import torch
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from bridge.testing import tiny_htdemucs_repo
+from engines.batching import WindowBatchers
 from engines.separation.models import load_model
 from engines.separation.streaming import (
     CPU_DEFAULTS,
@@ -343,25 +344,46 @@ def test_bag_of_models_averages_with_weights(tmp_path: Path) -> None:
     close(outputs["ab"], expected, 1e-4)
 
 
-def test_a_default_hop_too_short_for_this_machine_grows_until_it_keeps_real_time(repo: Path) -> None:
-    # Any measured load exceeds a limit of 0: the engine climbs the whole ladder and says why.
+def test_a_default_hop_too_short_for_this_machine_climbs_past_a_second_to_the_first_that_keeps_real_time(
+        repo: Path) -> None:
+    # With batching, every window is timed with the batch's gather period on top of its compute.
+    # A gather of 4.01 s against a load limit of 4: no hop of a second or less can be under the
+    # limit, whatever the compute; a 1.5 s hop is, unless its window's own compute exceeds 2 s.
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", auto_hop_load=4.0,
+                                batching=WindowBatchers(gather_seconds=4.01, max_streams=1))
+    assert engine.hop_seconds == pytest.approx(round(1.5 * MODEL_RATE / 1024) * 1024 / MODEL_RATE)
+    stats = engine.stats()
+    assert stats["real_time_at_load"] is True
+    # What it measured: the default hop, then (the rungs its compute already overloads skipped) 1.5 s.
+    assert stats["hop_choice"].startswith("1509 ms, the least hop that keeps real time on this cpu: measured load ")
+    assert " at a 255 ms hop, " in stats["hop_choice"]
+    assert stats["hop_choice"].endswith(" at a 1509 ms hop (limit 4.00)")
+    assert engine.latency_ms > 1500.0  # the latency it reports follows the hop it took
+
+
+def test_when_even_the_longest_hop_is_over_the_limit_the_engine_says_it_is_not_real_time(repo: Path) -> None:
+    # Any measured load exceeds a limit of 0: the engine climbs the whole ladder and says so.
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", auto_hop_load=0.0)
     assert engine.hop_seconds == pytest.approx(round(HOP_LADDER[-1] * MODEL_RATE / 1024) * 1024 / MODEL_RATE)
-    assert engine.stats()["hop_choice"].startswith("1000 ms: a 511 ms hop measured load")
-    assert engine.latency_ms > 1000.0  # the latency it reports follows the hop it took
+    stats = engine.stats()
+    assert stats["real_time_at_load"] is False
+    assert stats["hop_choice"].startswith("3994 ms, NOT real time on this cpu: the longest hop's window takes ")
+    assert engine.latency_ms > 4000.0
 
 
 def test_a_hop_set_in_config_is_kept_whatever_the_load(repo: Path) -> None:
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", hop_seconds=0.25, auto_hop_load=0.0)
     assert engine.hop_frames == round(11264 * 48000 / MODEL_RATE)
     assert engine.stats()["hop_choice"] == "set in config"
+    assert engine.stats()["real_time_at_load"] is None  # not measured against a limit
 
 
 def test_a_fast_enough_machine_keeps_the_default_hop(repo: Path) -> None:
     # No measured load reaches this limit, whatever else runs on the machine: the default is kept.
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", auto_hop_load=1e9)
     assert engine.hop_frames == round(11264 * 48000 / MODEL_RATE)
-    assert engine.stats()["hop_choice"] == "the cpu default"
+    assert engine.stats()["hop_choice"].startswith("the cpu default: measured load ")
+    assert engine.stats()["real_time_at_load"] is True
 
 
 def test_bfloat16_on_cpu_stays_close_to_float32(repo: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
