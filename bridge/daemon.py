@@ -35,7 +35,7 @@ from bridge.errors import BridgeError, Busy, Internal, StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.protocol import CallContext, CommandSpec, Origin, Reply, Request
 from bridge.services import Services
-from bridge.stream import AudioSessions
+from bridge.stream_manager import AudioSessions
 from bridge.transports.audio import AudioServer
 from bridge.transports.midi import MidiTransport
 from bridge.transports.osc import OscServer

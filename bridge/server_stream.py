@@ -48,7 +48,7 @@ from bridge import __version__
 from bridge.config import Config, StreamModel
 from bridge.errors import BadRequest, BridgeError, Busy
 from bridge.server_http import clip, error_body
-from bridge.stream import StreamManager
+from bridge.stream_manager import StreamManager
 from engines.audio_frames import FrameLimits, RequestError, error_frame, parse_request, reply_frames
 from engines.cloud.selfhosted_wire import STREAM_ROUTE, STREAM_VERSION
 from engines.separation.streaming import StreamingSeparator

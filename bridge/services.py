@@ -33,7 +33,7 @@ from bridge.paths import PathPolicy
 from bridge.protocol import Request
 from bridge.router import Router, build_tiers
 from bridge.samples import SampleLibrary
-from bridge.stream import StreamManager
+from bridge.stream_manager import StreamManager
 from bridge.transports.midi import MidiTransport
 from engines.audio_tags import AudioTagger
 from engines.base import pick_device

@@ -14,7 +14,7 @@ import pytest
 
 from bridge.config import StreamConfig
 from bridge.errors import Forbidden
-from bridge.stream import MAX_AUDIO_SESSIONS, AudioSessions, StreamManager
+from bridge.stream_manager import MAX_AUDIO_SESSIONS, AudioSessions, StreamManager
 from bridge.testing import tiny_htdemucs_repo
 
 SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}

@@ -20,7 +20,8 @@ from websockets.sync.client import connect
 from bridge.client import Client, RemoteError
 from bridge.config import StreamConfig
 from bridge.errors import Unavailable
-from bridge.stream import StreamManager, budget_frames_for
+from bridge.stream import budget_frames_for
+from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from engines.cloud.selfhosted_stream import RemoteStreamingSeparator, stream_url
 from engines.separation.streaming import StreamingSeparator

@@ -1,0 +1,333 @@
+"""Which engine a live stream gets: `StreamManager` (the device stream: at most one, its engine
+kept warm between starts, on this machine or the self-hosted tier) and `AudioSessions` (one engine
+history per ZeroMQ audio-socket client), with the window batchers they share. The realtime path
+itself (device, rings, worker) is bridge/stream.py's `LiveStream`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bridge.config import StreamConfig
+from bridge.errors import BadRequest, BridgeError, Busy, Forbidden, Unavailable
+from bridge.stream import LOCAL, MIN_LIVE_HOPS, EffectRack, LiveStream, StreamEngine, lower_thread_priority
+from engines.base import pick_device
+from engines.batching import WindowBatchers
+from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
+from engines.resample import check_stream_rate
+from engines.separation.models import HTDEMUCS_RATE
+from engines.separation.streaming import StreamingSeparator
+
+if TYPE_CHECKING:
+    from bridge.router import Decision
+
+log = logging.getLogger(__name__)
+
+# Audio-socket clients with a stream each; with the device stream, the most that can batch together.
+MAX_AUDIO_SESSIONS = 4
+
+
+def load_at_worker_priority(engine: StreamingSeparator, steps: int) -> None:
+    """`engine.load()` on a thread `steps` nicer (lower_thread_priority), as the stream's worker
+    will run: the windows the engine times at load (the hop ladder, the compute budget's p99) then
+    cost what they will cost live, where other busy programs take a nicer thread's cores first."""
+    def load() -> None:
+        lower_thread_priority(steps)
+        engine.load()
+
+    # A thread of its own (its torch threads with it), gone when the load is done; errors come back here.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-engine-load") as pool:
+        pool.submit(load).result()
+
+
+class StreamManager:
+    """Owns at most one live stream and keeps its engine warm between starts.
+
+    It also owns the window batchers (engines/batching.py) that the device stream's engine and the
+    audio socket's engines share, when `stream.batch_streams` says so: streams with the same model,
+    device, precision and window then put aligned hops through one forward.
+    """
+
+    def __init__(self, base: StreamConfig, models_repo: Path | None, on_event: Callable[..., None] | None = None,
+                 spleeter_dir: Path | None = None, selfhosted: tuple[str, str] | None = None) -> None:
+        self.base = base
+        # (cloud.selfhosted_url, its token) when the self-hosted tier is configured: stream.tier selfhosted.
+        self.selfhosted = selfhosted
+        # Where `stream.tier: auto` runs, from the local load and its limit: the router's `stream_tier`
+        # (bridge/router.py), set once the daemon's router exists.
+        self.route: Callable[[float, float], Decision] | None = None
+        self.batchers = WindowBatchers(gather_seconds=base.batch_gather_ms / 1000.0,
+                                       max_streams=MAX_AUDIO_SESSIONS + 1)
+        self.models_repo = models_repo
+        self.spleeter_dir = spleeter_dir
+        self._on_event = on_event
+        self._engines: dict[tuple[Any, ...], StreamingSeparator] = {}
+        self._lock = threading.Lock()
+        self.stream: LiveStream | None = None
+        self._last_run: tuple[StreamEngine, float] | None = None  # (engine, its last stream's compute p99 in ms)
+
+    def settings_with(self, overrides: dict[str, Any]) -> StreamConfig:
+        from pydantic import ValidationError
+
+        if "effects" in overrides:
+            # A VST3 is native code: which plugins load is for config.yaml to say, not the wire.
+            raise Forbidden("stream.start: effect chains come from stream.effects in config.yaml, not overrides")
+        if "batch_gather_ms" in overrides:
+            raise Forbidden("stream.start: stream.batch_gather_ms is shared by every stream; set it in config.yaml, "
+                            "not an override")
+        if "max_ratio_terms" in overrides:
+            # A bound on what a request may allocate is not the request's to raise.
+            raise Forbidden("stream.start: stream.max_ratio_terms is a memory bound set in config.yaml, "
+                            "not an override")
+        try:
+            return StreamConfig.model_validate({**self.base.model_dump(), **overrides})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in err.errors()
+            )
+            raise BadRequest(f"stream.start: bad overrides: {problems}") from None
+
+    def batching_for(self, settings: StreamConfig) -> bool:
+        """Whether engines for these settings batch their windows with other streams'."""
+        if settings.batch_streams == "auto":
+            try:
+                return pick_device(settings.engine_device).type == "cuda"
+            except Unavailable:  # a device asked for and absent: the engine's load says so, per request
+                return False
+        return settings.batch_streams == "on"
+
+    def new_engine(self, settings: StreamConfig) -> StreamingSeparator:
+        """A loaded streaming separator for these settings (blocking: loads the model)."""
+        engine = StreamingSeparator(
+            settings.model,
+            repo=self.models_repo,
+            spleeter_dir=self.spleeter_dir,
+            device=settings.engine_device,
+            sample_rate=settings.sample_rate,
+            channels=settings.channels,
+            context_seconds=settings.context_seconds,
+            hop_seconds=settings.hop_seconds,
+            auto_hop_load=settings.auto_hop_load,
+            lookahead_seconds=settings.lookahead_seconds,
+            crossfade_ms=settings.crossfade_ms,
+            precision=settings.precision,
+            threads=settings.threads,
+            max_ratio_terms=settings.max_ratio_terms,
+            batching=self.batchers if self.batching_for(settings) else None,
+            backend=settings.backend,
+        )
+        load_at_worker_priority(engine, settings.worker_nice)
+        return engine
+
+    @staticmethod
+    def engine_key(settings: StreamConfig) -> tuple[Any, ...]:
+        """The settings an engine is built from: engines with the same key are interchangeable."""
+        return (
+            settings.model, settings.engine_device, settings.sample_rate, settings.channels,
+            settings.context_seconds, settings.hop_seconds, settings.auto_hop_load, settings.lookahead_seconds,
+            settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
+        )
+
+    def engine_for(self, settings: StreamConfig) -> StreamingSeparator:
+        """The live stream's engine, kept warm while the settings stay the same."""
+        key = self.engine_key(settings)
+        engine = self._engines.get(key)
+        if engine is None:
+            for old in self._engines.values():
+                old.close()
+            self._engines.clear()  # keep one warm engine, not every setting ever tried
+            engine = self.new_engine(settings)
+            self._engines[key] = engine
+        return engine
+
+    def start(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Blocking: load (or reuse) the engine, open the device, start. Run off the event loop."""
+        with self._lock:
+            if self.stream is not None and self.stream.running:
+                raise Busy("stream.start: a stream is already running; stream.stop it first")
+            settings = self.settings_with(overrides)
+            engine, reason = self.engine_on_tier(settings)
+            unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
+            if unknown:
+                raise BadRequest(f"stream.start: unknown stem(s) {unknown}; "
+                                 f"{settings.model} has {', '.join(engine.stems)}")
+            effects = EffectRack.build(
+                settings.effects.model_dump(), tuple(engine.stems), settings.sample_rate, settings.channels
+            )
+            last_run_p99_ms = self._last_run[1] if self._last_run is not None and self._last_run[0] is engine else 0.0
+            stream = LiveStream(settings, engine, effects, self._on_event, last_run_p99_ms=last_run_p99_ms)
+            stream.tier_reason = reason
+            try:
+                stream.start()
+            except BaseException:
+                if stream.tier != LOCAL:
+                    engine.close()  # its connection holds one of the server's streams
+                raise
+            self.stream = stream
+            return stream.status()
+
+    def engine_on_tier(self, settings: StreamConfig) -> tuple[StreamEngine, str]:
+        """The loaded engine for `settings.tier` and why it runs there (blocking: loads or connects)."""
+        if settings.tier == LOCAL:
+            return self.engine_for(settings), "stream.tier is local"
+        if settings.tier == "selfhosted":
+            return self.remote_engine(settings), "stream.tier is selfhosted"
+        local = self.engine_for(settings)
+        load = float(local.load_timing()["compute_ms_p99_at_load"]) / (1000.0 * float(local.hop_seconds))
+        if self.route is None:
+            return local, "stream.tier is auto, but the router is not running: local"
+        decision = self.route(load, settings.max_local_load)
+        if decision.tier == LOCAL:
+            return local, decision.reason
+        try:
+            return self.remote_engine(settings), decision.reason
+        except BridgeError as err:
+            log.warning("stream: %s, but it failed: %s; running locally", decision.reason, err.message)
+            return local, f"{decision.reason}, but it failed ({err.message}): local"
+
+    def remote_engine(self, settings: StreamConfig) -> RemoteStreamingSeparator:
+        """A connected streaming engine on the self-hosted tier (blocking: connects, times windows)."""
+        if self.selfhosted is None:
+            raise Unavailable("stream.tier selfhosted: no self-hosted tier is configured; set cloud.selfhosted_url "
+                              "and cloud.server_token (FLOWSTATE_SERVER_TOKEN) to your `flowstate serve`")
+        url, token = self.selfhosted
+        sent = {"model": settings.model, "sample_rate": settings.sample_rate, "channels": settings.channels,
+                "crossfade_ms": settings.crossfade_ms}
+        # Unset window settings are the server's defaults (on a GPU, shorter hops than a CPU's).
+        sent.update({key: value for key in ("context_seconds", "hop_seconds", "lookahead_seconds")
+                     if (value := getattr(settings, key)) is not None})
+        engine = RemoteStreamingSeparator(url, token, sent, timeout_seconds=settings.remote_timeout_seconds)
+        engine.load()
+        return engine
+
+    def stop(self) -> dict[str, Any]:
+        with self._lock:
+            if self.stream is None or not self.stream.running:
+                return {"running": False}
+            self.stream.stop()
+            status = self.stream.status()
+            if self.stream.tier != LOCAL:
+                self.stream.engine.close()  # one connection per stream: the server's slot is free again
+            elif status["hops"] >= MIN_LIVE_HOPS:
+                self._last_run = (self.stream.engine, float(status["compute_ms_p99"]))
+            return status
+
+    def running_stream(self, command: str) -> LiveStream:
+        stream = self.stream
+        if stream is None or not stream.running:
+            raise Unavailable(f"{command}: no stream is running; stream.start one first")
+        return stream
+
+    def close(self) -> None:
+        self.stop()
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+
+@dataclass
+class _Session:
+    engine: StreamingSeparator
+    sample_rate: int
+    channels: int
+    next_seq: int = 0
+    last_used: float = 0.0
+    busy: bool = False  # a block is in its engine: not to be evicted (closing would reload it)
+
+
+class AudioSessions:
+    """Streaming state per ZeroMQ audio client; each client gets its own engine history.
+
+    Thread-safe: with batching (`concurrent`), the audio socket answers each client on a thread of
+    its own (bridge/transports/audio.py), so that clients' windows can share forwards; a client's
+    own blocks still come one at a time, in order.
+    """
+
+    def __init__(self, manager: StreamManager, max_sessions: int = MAX_AUDIO_SESSIONS) -> None:
+        self._manager = manager
+        self._max_sessions = max_sessions
+        self._sessions: dict[bytes, _Session] = {}
+        self._lock = threading.Lock()  # the sessions dict; an engine's own lock serialises its audio
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether clients should be served at once: their engines batch (`stream.batch_streams`)."""
+        return self._manager.batching_for(self._manager.base)
+
+    @property
+    def max_sessions(self) -> int:
+        return self._max_sessions
+
+    def process(self, identity: bytes, seq: int, sample_rate: int,
+                block: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        # Before any engine exists: a rate the streaming resampler cannot hold is refused here.
+        check_stream_rate(sample_rate, HTDEMUCS_RATE, self._manager.base.max_ratio_terms,
+                          what="audio socket: header 'sample_rate'", key="stream.max_ratio_terms")
+        channels = block.shape[0]
+        with self._lock:
+            session = self._sessions.get(identity)
+            if seq == 0:
+                if session is None or (session.sample_rate, session.channels) != (sample_rate, channels):
+                    session = self._open(identity, sample_rate, channels)
+                else:
+                    session.engine.reset()
+                session.next_seq = 0
+            elif session is None:
+                raise BadRequest(f"audio block seq {seq} without a session: start a stream with seq 0")
+            elif seq != session.next_seq:
+                raise BadRequest(f"sequence gap: expected seq {session.next_seq}, got {seq}; send seq 0 to restart")
+            elif (sample_rate, channels) != (session.sample_rate, session.channels):
+                raise BadRequest(
+                    f"block is {channels} ch at {sample_rate} Hz but this stream is {session.channels} ch at "
+                    f"{session.sample_rate} Hz; send seq 0 to restart with new settings"
+                )
+            session.last_used = time.monotonic()
+            session.busy = True
+        try:
+            stems = session.engine.process(block)  # outside the lock: other clients' blocks go on meanwhile
+            info = {"stems": list(session.engine.stems), "latency_frames": int(session.engine.latency_frames),
+                    "sample_rate": sample_rate}
+        finally:
+            with self._lock:
+                session.busy = False
+        session.next_seq = seq + 1  # one client's blocks come one at a time (the audio socket pins it)
+        return stems, info
+
+    def stats(self, identity: bytes) -> dict[str, Any] | None:
+        """The engine stats of one client's stream (batch sizes included), or None without one."""
+        with self._lock:
+            session = self._sessions.get(identity)
+        return None if session is None else session.engine.stats()
+
+    def _open(self, identity: bytes, sample_rate: int, channels: int) -> _Session:
+        previous = self._sessions.pop(identity, None)  # this client's stream at another rate or channels
+        if previous is not None:
+            previous.engine.close()
+        if len(self._sessions) >= self._max_sessions:
+            idle = [key for key, session in self._sessions.items() if not session.busy]
+            if not idle:
+                raise Busy(f"audio socket: all {self._max_sessions} audio sessions are processing a block; "
+                           "send seq 0 again when one is done")
+            oldest = min(idle, key=lambda key: self._sessions[key].last_used)
+            self._sessions.pop(oldest).engine.close()
+        settings = self._manager.settings_with({"sample_rate": sample_rate, "channels": channels})
+        engine = self._manager.new_engine(settings)
+        session = _Session(engine=engine, sample_rate=sample_rate, channels=channels, last_used=time.monotonic())
+        self._sessions[identity] = session
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            session.engine.close()
