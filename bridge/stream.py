@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +53,6 @@ from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
 from engines.effects import EffectChain
 from engines.ringbuffer import FrameRing
 from engines.separation.streaming import StreamingSeparator
-
-if TYPE_CHECKING:
-    pass
 
 # What a live stream runs: this machine's separator, or one on the self-hosted tier (the same calls).
 StreamEngine = StreamingSeparator | RemoteStreamingSeparator
