@@ -137,6 +137,16 @@ def _number(value: OscArg, digits: int = 0) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
+def _track_delay(round_trip: OscArg, frames: OscArg, sample_rate: OscArg) -> str:
+    """What to type into the Track Delay of the track playing the stems, or nothing when unknown."""
+    if not isinstance(round_trip, (int, float)):
+        return ""
+    text = f"; Track Delay of the track playing the stems: -{_number(round_trip, 1)} ms"
+    if isinstance(frames, int) and isinstance(sample_rate, int):
+        text += f" (-{frames} samples at {sample_rate} Hz)"
+    return text
+
+
 class FlowstateSurface(LiveSurface):
     """The object `create_instance` gives Live: Live calls its methods, the user presses MIDI."""
 
@@ -414,11 +424,13 @@ class FlowstateSurface(LiveSurface):
         """
         round_trip, latency, _, frames, sample_rate = (list(args) + [None] * 5)[:5]
         text = f"live stems running: latency {_number(latency)} ms, round trip {_number(round_trip, 1)} ms"
-        if isinstance(round_trip, (int, float)):
-            text += f"; Track Delay of the track playing the stems: -{_number(round_trip, 1)} ms"
-            if isinstance(frames, int) and isinstance(sample_rate, int):
-                text += f" (-{frames} samples at {sample_rate} Hz)"
-        self._show(text)
+        self._show(text + _track_delay(round_trip, frames, sample_rate))
+
+    def _stream_latency(self, args: tuple[OscArg, ...]) -> None:
+        """The stream's compute budget grew while running: the Track Delay to type in changed."""
+        round_trip, latency, frames, sample_rate = (list(args) + [None] * 4)[:4]
+        text = f"live stems latency grew to {_number(latency)} ms, round trip {_number(round_trip, 1)} ms"
+        self._show(text + _track_delay(round_trip, frames, sample_rate))
 
     def _stream_error(self, what: str) -> Callable[[str, str], None]:
         return lambda code, message: self._show(f"live stems {what}: {code}: {message}")
@@ -429,6 +441,8 @@ class FlowstateSurface(LiveSurface):
             self._on_job_event(name, args)
         elif name == "stream.started":
             self._stream_started(args)
+        elif name == "stream.latency":
+            self._stream_latency(args)
         elif name == "stream.stopped":
             self._show("live stems stopped")
         elif name == "daemon.stopping":

@@ -131,6 +131,12 @@ EVENTS: dict[str, EventSpec] = {
             "A live stream started; type round_trip_ms (round_trip_frames at sample_rate) into your DAW's "
             "delay compensation.",
         ),
+        EventSpec(
+            "stream.latency",
+            ("round_trip_ms", "latency_ms", "round_trip_frames", "sample_rate", "budget_ms", "reason"),
+            "The live stream's compute budget grew while running (stream.budget_grow): from now on its output is "
+            "round_trip_ms late; update your DAW's delay compensation.",
+        ),
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
         EventSpec("stream.error", ("tier", "code", "message"),
                   "The live stream lost its tier (the self-hosted server's connection): it plays the dry input at "

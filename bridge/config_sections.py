@@ -112,6 +112,9 @@ class StreamConfig(Section):
     # budget_ms, when set, is the budget itself (rounded up to whole blocks), measured or not.
     budget_margin: float = Field(default=1.3, ge=1.0, le=10.0)
     budget_ms: float | None = Field(default=None, gt=0.0, le=60000.0)
+    # While a stream runs, a late window or a live p99 past the budget grows the budget (and the
+    # latency, announced by the stream.latency event) in one crossfaded splice; false: fixed.
+    budget_grow: bool = True
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=256)
     # Linux: how much nicer than the audio threads the stream's worker and its torch threads run,

@@ -25,11 +25,22 @@ queue in the input ring and cost next to nothing once it is done; the frames *be
 completes a window are fed to the engine on their own first, so their output (already computed)
 never waits on the model.
 
-The budget is fixed for the life of a stream. Changing it while running would move every later
-frame by the change, which is a glitch (a gap or a repeat), and it would make the round trip the
-DAW compensates for wrong; so the stream keeps measuring (`compute_ms_p99`, `slack_ms_min`), warns in
-`stream.status` (`budget_warning`) and the log when the live p99 times the margin outgrows the
-budget, and the next `stream.start` takes its budget from that measurement.
+While a stream runs the budget can only grow (`stream.budget_grow`, on by default). After each
+window the worker checks two things: did this window's output land after the callback needed it
+(it was late), or has the margin times the live p99 of the hops outgrown the budget (after
+MIN_LIVE_HOPS hops)? Either way the budget becomes the margin times what the window needed (the
+larger of the live p99 and the late window's own time), in whole blocks, at most the margin times
+one hop (a window that needs more than a hop cannot keep real time at any budget), and at least
+BUDGET_GROWTH times the budget it replaces (a noisy p99 creeping up costs few changes). The worker
+keeps writing input frame i's output at ring frame i + the budget the stream started with; the
+callback reads `shift` frames behind that, and a growth of d frames moves its read point d
+frames back in one splice: the last d frames play again, joined to what came before by a FADE_MS
+crossfade, once, and every later frame is exactly d later. The latency the stream reports grows
+by d, the `stream.latency` event carries the new round trip to the DAW scripts, and
+`budget_changes` in `stream.status` lists each growth. With `budget_grow: false` the budget is
+fixed for the stream's life; then `budget_warning` in `stream.status` (and the log) says when the
+live p99 times the margin outgrows it. Either way the next `stream.start` on the same engine takes
+its budget from the last run's hops when that is higher.
 """
 
 from __future__ import annotations
@@ -67,6 +78,9 @@ FADE_MS = 5.0
 GIL_SWITCH_SECONDS = 0.0005
 # The budget from the last run's hops is used only when there were at least this many.
 MIN_LIVE_HOPS = 8
+# A growth of the budget while running is at least this factor: a live p99 that creeps up costs a
+# few splices (and DAW re-compensations), not one per block.
+BUDGET_GROWTH = 1.25
 
 
 def import_sounddevice() -> Any:
@@ -195,24 +209,34 @@ class LiveStream:
         at_load = float(timing["compute_ms_p99_at_load"])
         self.budget_margin = float(settings.budget_margin)
         if settings.budget_ms is not None:
-            self.budget_frames = budget_frames_for(settings.budget_ms, 1.0, self.sample_rate, self.block_size)
+            start_budget = budget_frames_for(settings.budget_ms, 1.0, self.sample_rate, self.block_size)
             self.budget_source = (f"set in config: {settings.budget_ms:g} ms, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
         else:
             compute_ms = max(at_load, last_run_p99_ms)
-            self.budget_frames = budget_frames_for(compute_ms, self.budget_margin, self.sample_rate, self.block_size)
+            start_budget = budget_frames_for(compute_ms, self.budget_margin, self.sample_rate, self.block_size)
             measured = (f"p99 {at_load:.1f} ms of {timing['load_timing_windows']} windows timed at load"
                         if at_load >= last_run_p99_ms else f"p99 {last_run_p99_ms:.1f} ms of the last run's hops")
             self.budget_source = (f"{self.budget_margin:g} x {measured}, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
-        self.latency_frames = int(engine.latency_frames) + self.budget_frames
+        self._engine_latency = int(engine.latency_frames)
+        # The worker writes input frame i's output at ring frame i + _write_offset (the budget the
+        # stream started with); the callback reads `_shift` frames behind that (see the docstring).
+        self._write_offset = start_budget
+        self._shift = 0  # callback-owned: the read point in effect
+        self._pending_shift = 0  # worker-owned: the read point the callback moves to at its next block
+        hop_ms = 1000.0 * hop / self.sample_rate
+        self.max_budget_frames = max(start_budget,
+                                     budget_frames_for(hop_ms, self.budget_margin, self.sample_rate, self.block_size))
+        self.budget_changes: list[dict[str, Any]] = []
+        self._budget_capped = False
         self.max_chunk = hop
         max_block = max(self.block_size, 8192)
-        capacity = 1 << math.ceil(math.log2(self.latency_frames + 4 * (hop + max_block)))
+        capacity = 1 << math.ceil(math.log2(self._engine_latency + self.max_budget_frames + 4 * (hop + max_block)))
         n_out = self.layout.num_outputs
         self._in = FrameRing(channels, capacity)
         self._out = FrameRing(n_out, capacity)
-        self._out.written = self.budget_frames  # frames [0, budget) are silence, ready to play
+        self._out.written = start_budget  # frames [0, budget) are silence, ready to play
         # Worker scratch.
         self._chunk_in = np.zeros((channels, self.max_chunk), dtype=np.float32)
         self._chunk_out = np.zeros((n_out, self.max_chunk), dtype=np.float32)
@@ -320,12 +344,26 @@ class LiveStream:
         return self._running
 
     @property
+    def budget_frames(self) -> int:
+        """The compute budget now: the start's plus every growth since (in effect from the next block)."""
+        return self._write_offset + self._pending_shift
+
+    @property
+    def latency_frames(self) -> int:
+        return self._engine_latency + self.budget_frames
+
+    @property
     def latency_ms(self) -> float:
         return 1000.0 * self.latency_frames / self.sample_rate
 
     @property
     def budget_ms(self) -> float:
         return 1000.0 * self.budget_frames / self.sample_rate
+
+    @property
+    def round_trip_ms(self) -> float:
+        """A duplex callback writes block k's output as block k's input arrives: one block more."""
+        return round(1000.0 * (self.latency_frames + self.block_size) / self.sample_rate, 3)
 
     # -- the realtime callback ---------------------------------------------------------------------
 
@@ -342,12 +380,29 @@ class LiveStream:
                 counters.output_underflows += 1
         self._in.write_interleaved(indata)
         self._wake.set()
-        start = self._played
+        played = self._played
+        start = played - self._shift  # the ring frame this block plays
+        pending = self._pending_shift
+        splice = False
+        if pending != self._shift:
+            # The budget grew: read `pending - shift` frames further back from here on. The frames
+            # the old read point would have played next fade out under the replay.
+            if self._was_wet and self._out.written - start >= self._fade:
+                self._out.read_interleaved_at(start, self._wet_tail)
+                splice = True
+            else:
+                self._was_wet = False  # nothing wet to fade from: fade in from the dry input
+            self._shift = pending
+            start = played - pending
         available = self._out.written - start
         if available >= frames:
             self._out.read_interleaved_at(start, outdata)
-            if not self._was_wet:
-                self._crossfade_from_dry(outdata, start, frames)
+            if splice:
+                self._fade_in(outdata, min(self._fade, frames))
+            elif not self._was_wet:
+                fade = min(self._fade, frames)
+                self._write_dry(self._wet_tail[:fade], played)
+                self._fade_in(outdata, fade)
             self._was_wet = True
         else:
             counters.dry_blocks += 1
@@ -358,30 +413,24 @@ class LiveStream:
             fade = min(max(available, 0), self._fade, frames) if self._was_wet else 0
             if fade:
                 self._out.read_interleaved_at(start, self._wet_tail[:fade])
-            self._write_dry(outdata, start)
+            self._write_dry(outdata, played)
             if fade:
-                tmp = self._fade_tmp[:fade]
-                np.multiply(outdata[:fade], self._ramp_up[:fade], out=tmp)
-                np.multiply(self._wet_tail[:fade], self._ramp_down[:fade], out=outdata[:fade])
-                outdata[:fade] += tmp
+                self._fade_in(outdata, fade)
             self._was_wet = False
-        self._played = start + frames
+        self._played = played + frames
 
-    def _write_dry(self, outdata: np.ndarray, start: int) -> None:
-        """The input as it was `latency_frames` ago, on every output channel."""
+    def _write_dry(self, outdata: np.ndarray, played: int) -> None:
+        """The input as it was the stream's latency before output frame `played`, on every output channel."""
         dry = self._dry[: outdata.shape[0]]
-        self._in.read_interleaved_at(start - self.latency_frames, dry)
+        self._in.read_interleaved_at(played - (self._engine_latency + self._write_offset + self._shift), dry)
         for out_channel, in_channel in enumerate(self._dry_map):
             outdata[:, out_channel] = dry[:, in_channel]
 
-    def _crossfade_from_dry(self, outdata: np.ndarray, start: int, frames: int) -> None:
-        fade = min(self._fade, frames)
-        wet = self._wet_tail[:fade]
-        wet[:] = outdata[:fade]
-        self._write_dry(outdata[:fade], start)
+    def _fade_in(self, outdata: np.ndarray, fade: int) -> None:
+        """Crossfade the first `fade` frames of `outdata` in over `_wet_tail`'s, which fade out."""
         tmp = self._fade_tmp[:fade]
-        np.multiply(wet, self._ramp_up[:fade], out=tmp)
-        outdata[:fade] *= self._ramp_down[:fade]
+        np.multiply(outdata[:fade], self._ramp_up[:fade], out=tmp)
+        np.multiply(self._wet_tail[:fade], self._ramp_down[:fade], out=outdata[:fade])
         outdata[:fade] += tmp
 
     # -- the worker ----------------------------------------------------------------------------------
@@ -427,14 +476,55 @@ class LiveStream:
                 continue
             block_out = self._chunk_out[:, :n]
             self._route(stems, block_out, n)
-            start_out = self._processed + self.budget_frames
+            start_out = self._processed + self._write_offset
             self._out.write_at(start_out, block_out)
             self._out.written = start_out + n
             self._processed += n
             if until <= n:  # a window ran: how far ahead of the callback did its output land?
-                slack = start_out - self._played
+                # The lead over the read point the callback plays from (a growth moves it at the next block).
+                slack = start_out - (self._played - self._pending_shift)
                 if self._min_slack_frames is None or slack < self._min_slack_frames:
                     self._min_slack_frames = slack
+                if self.settings.budget_grow:
+                    self._grow_budget(slack)
+
+    def _grow_budget(self, slack: int) -> None:
+        """After a window: grow the budget when this window came out late (`slack` < 0) or the
+        margin times the live p99 is past it (see the module docstring)."""
+        budget = self.budget_frames
+        stats = self.engine.stats()
+        p99_ms, hops = float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))
+        if slack < 0:
+            needed_ms = max(p99_ms, 1000.0 * (budget - slack) / self.sample_rate)
+            reason = (f"a window's output came {-1000.0 * slack / self.sample_rate:.1f} ms late: "
+                      f"{self.budget_margin:g} x {needed_ms:.1f} ms")
+        elif hops >= MIN_LIVE_HOPS and self.budget_margin * p99_ms > 1000.0 * budget / self.sample_rate:
+            needed_ms = p99_ms
+            reason = f"{self.budget_margin:g} x p99 {p99_ms:.1f} ms of the last {hops} hops"
+        else:
+            return
+        wanted = max(budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size),
+                     budget_frames_for(BUDGET_GROWTH * self.budget_ms, 1.0, self.sample_rate, self.block_size))
+        grown = min(wanted, self.max_budget_frames)
+        if grown <= budget:
+            if not self._budget_capped:
+                self._budget_capped = True
+                log.warning("stream: the compute budget would need %.1f ms (%s) but stays at its most, %.1f ms "
+                            "(%g x one hop): this setting cannot keep real time here; expect late hops",
+                            1000.0 * wanted / self.sample_rate, reason, self.budget_ms, self.budget_margin)
+            return
+        before_ms = self.budget_ms
+        self._pending_shift = grown - self._write_offset
+        change = {"seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
+                  "from_ms": round(before_ms, 3), "to_ms": round(self.budget_ms, 3),
+                  "latency_frames": self.latency_frames, "reason": reason}
+        self.budget_changes.append(change)
+        log.warning("stream: compute budget %.1f -> %.1f ms (%s); latency now %.1f ms: the DAW's delay "
+                    "compensation should follow (stream.latency event)", before_ms, self.budget_ms, reason,
+                    self.latency_ms)
+        self._publish("stream.latency", round_trip_ms=self.round_trip_ms, latency_ms=round(self.latency_ms, 3),
+                      round_trip_frames=self.latency_frames + self.block_size, sample_rate=self.sample_rate,
+                      budget_ms=round(self.budget_ms, 3), reason=reason)
 
     def _reconnect(self, err: Unavailable) -> None:
         """The engine's tier cannot be reached (a remote engine lost its connection). The worker
@@ -498,12 +588,19 @@ class LiveStream:
         return {"stem": stem, "gain_db": control.gain_db, "mute": control.mute}
 
     def budget_warning(self, live_p99_ms: float, hops: int) -> str | None:
-        """Why the next start should take a bigger budget, or None while this one covers the hops."""
+        """Why hops may be late, or None while the budget covers them (or grows to: budget_grow)."""
         if hops < MIN_LIVE_HOPS or self.budget_margin * live_p99_ms <= self.budget_ms:
             return None
-        warning = (f"the compute p99 of this run's hops, {live_p99_ms:.1f} ms, times the margin "
-                   f"{self.budget_margin:g} exceeds the compute budget of {self.budget_ms:.1f} ms; hops may be "
-                   "late. stream.stop and stream.start take a budget from this run (the latency grows)")
+        measured = (f"the compute p99 of this run's hops, {live_p99_ms:.1f} ms, times the margin "
+                    f"{self.budget_margin:g} exceeds the compute budget of {self.budget_ms:.1f} ms; hops may be late")
+        if not self.settings.budget_grow:
+            warning = (f"{measured}. stream.stop and stream.start take a budget from this run (the latency grows), "
+                       "or set stream.budget_grow to grow it while running")
+        elif self._budget_capped:
+            warning = (f"{measured}, and the budget is at its most ({self.budget_margin:g} x one hop): this "
+                       "setting cannot keep real time here (a longer hop, Spleeter, or a faster device)")
+        else:
+            return None  # the worker grows the budget after the next window
         if not self._budget_warned:
             self._budget_warned = True
             log.warning("stream: %s", warning)
@@ -523,7 +620,7 @@ class LiveStream:
             "latency_ms": round(self.latency_ms, 3),
             # A duplex callback writes block k's output as block k's input arrives: one block more.
             "round_trip_frames": self.latency_frames + self.block_size,
-            "round_trip_ms": round(1000.0 * (self.latency_frames + self.block_size) / self.sample_rate, 3),
+            "round_trip_ms": self.round_trip_ms,
             "device_latency_ms": round(self.device_latency_seconds * 1000, 3),
             "total_latency_ms": round(self.latency_ms + self.device_latency_seconds * 1000, 3),
             "engine_latency_frames": int(self.engine.latency_frames),
@@ -545,6 +642,8 @@ class LiveStream:
             "budget_ms": round(self.budget_ms, 3),
             "budget_margin": self.budget_margin,
             "budget_source": self.budget_source,
+            "budget_grow": self.settings.budget_grow,
+            "budget_changes": list(self.budget_changes),
             "worker_nice": self.worker_nice,
             "budget_warning": self.budget_warning(float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))),
             "slack_ms_min": None if slack is None else round(1000.0 * slack / self.sample_rate, 3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -229,3 +230,28 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+class Events:
+    """The daemon's ZeroMQ PUB events of one topic prefix, gathered on a thread."""
+
+    def __init__(self, endpoint: str, prefix: bytes) -> None:
+        self._context = zmq.Context()
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        self._sub.connect(endpoint)
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def wait_for(self, name: str, timeout_seconds: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if self._sub.poll(100):
+                topic, body = self._sub.recv_multipart()
+                self.seen.append((topic.decode(), json.loads(body)["data"]))
+            for topic, data in self.seen:
+                if topic == name:
+                    return data
+        raise AssertionError(f"no {name} event within {timeout_seconds} s; seen {self.seen}")
+
+    def close(self) -> None:
+        self._context.destroy(linger=0)

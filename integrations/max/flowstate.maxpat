@@ -625,8 +625,9 @@
                     "id": "obj-25",
                     "maxclass": "newobj",
                     "numinlets": 2,
-                    "numoutlets": 9,
+                    "numoutlets": 10,
                     "outlettype": [
+                        "",
                         "",
                         "",
                         "",
@@ -643,7 +644,7 @@
                         760.0,
                         22.0
                     ],
-                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error /flow/reply/register /flow/event/daemon/stopping"
+                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error /flow/reply/register /flow/event/daemon/stopping /flow/event/stream/latency"
                 }
             },
             {
@@ -1207,6 +1208,24 @@
                         20.0
                     ],
                     "text": "audio passes through untouched"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-63",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        420.0,
+                        610.0,
+                        105.0,
+                        22.0
+                    ],
+                    "text": "prepend set latency"
                 }
             }
         ],
@@ -1928,6 +1947,30 @@
                     "destination": [
                         "obj-61",
                         1
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        8
+                    ],
+                    "destination": [
+                        "obj-63",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-63",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
                     ]
                 }
             }

@@ -31,7 +31,9 @@ def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
     jack_server: Any, tmp_path_factory: pytest.TempPathFactory, load_script: Load
 ) -> None:
     repo = passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"))
-    stream = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1}
+    # A fixed budget for the first start (its message is compared with stream.status); the second
+    # start lets it grow, from one block, so that it must.
+    stream = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1, "budget_grow": False}
     daemon = DaemonProcess(overrides={"models": {"demucs_repo": str(repo)}, "stream": stream}, env=jack_server.env)
     try:  # not `with`: a start that fails half-way must still stop the process
         daemon.start(timeout_seconds=300)
@@ -49,6 +51,24 @@ def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
 
         script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 100))
         script.tick_until(lambda: script.messages[-1] == "Flowstate: live stems stopped", "the stream stopped")
+
+        # Started by another client, with one block of budget and growth on: the first window is
+        # late, the budget grows, and the status bar gives the new Track Delay (stream.latency).
+        with Client(daemon.zmq_requests, timeout_seconds=120) as client:
+            client.call("stream.start", {"overrides": {"budget_ms": 1.0, "budget_grow": True}})
+            try:
+                script.tick_until(lambda: script.shown("live stems latency grew"), "the budget grew", timeout=60)
+                grown = client.call("stream.status")
+            finally:
+                client.call("stream.stop")
+        shown = next(m for m in script.messages if "latency grew" in m)
+        first = grown["budget_changes"][0]
+        frames = first["latency_frames"] + grown["block_size"]
+        ms = f"{1000 * frames / rate:.1f}"
+        assert shown == (
+            f"Flowstate: live stems latency grew to {1000 * first['latency_frames'] / rate:.0f} ms, round trip "
+            f"{ms} ms; Track Delay of the track playing the stems: -{ms} ms (-{frames} samples at {rate} Hz)"
+        )
         script.surface.disconnect()  # before the daemon goes: its unregister is answered
     finally:
         daemon.stop()

