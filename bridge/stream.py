@@ -80,7 +80,7 @@ GIL_SWITCH_SECONDS = 0.0005
 MIN_LIVE_HOPS = 8
 # A growth of the budget while running is at least this factor: a live p99 that creeps up costs a
 # few splices (and DAW re-compensations), not one per block.
-BUDGET_GROWTH = 1.25
+BUDGET_GROWTH = 1.1
 
 
 def import_sounddevice() -> Any:
@@ -517,7 +517,8 @@ class LiveStream:
         self._pending_shift = grown - self._write_offset
         change = {"seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
                   "from_ms": round(before_ms, 3), "to_ms": round(self.budget_ms, 3),
-                  "latency_frames": self.latency_frames, "reason": reason}
+                  "latency_frames": self.latency_frames, "needed_ms": round(needed_ms, 3), "reason": reason,
+                  "late_hops": self.counters.late_hops}  # so far: those after the last growth are the rest
         self.budget_changes.append(change)
         log.warning("stream: compute budget %.1f -> %.1f ms (%s); latency now %.1f ms: the DAW's delay "
                     "compensation should follow (stream.latency event)", before_ms, self.budget_ms, reason,
