@@ -78,7 +78,7 @@ SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
 # the ladder to the first hop that keeps it: real time first, then the least latency this machine
 # allows. The ladder ends at HOP_RANGE's top; past it the engine says it is not real time.
 AUTO_HOP_LOAD = 0.8
-HOP_LADDER = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
+HOP_LADDER = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
 
 MODEL_BLOCK = 1024  # HTDemucs STFT hop: window edges on this grid keep frames aligned across windows
 CONTEXT_RANGE = (0.0, 8.0)
