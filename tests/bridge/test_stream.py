@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ import numpy as np
 import pytest
 
 from bridge.client import Client, RemoteError
-from bridge.stream import MIN_LIVE_HOPS, budget_frames_for
+from bridge.config import StreamConfig
+from bridge.stream import MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_for
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from engines.separation.streaming import StreamingSeparator
 from tests.conftest import Events, JackServer, OscUdp
 
 SAMPLE_RATE = 48000
@@ -529,3 +532,66 @@ def test_a_real_vst3_in_the_chain_is_controlled_over_osc_while_streaming(
     finally:
         osc.close()
         assert process.stop() == 0, process.log()
+
+
+def _drive(stream: LiveStream, signal: np.ndarray, wait_from_block: int, grow_at_block: int,
+           late_by_frames: int) -> np.ndarray:
+    """Play `signal` (frames, channels) through `stream`'s callback block by block, as a device
+    would, with its worker running on its thread. Until block `wait_from_block` the callbacks do
+    not wait for the worker (its first window comes out late); from then on each waits until the
+    worker has caught up, so no window is late. At block `grow_at_block` the worker's own growth
+    runs as after a window `late_by_frames` late. Returns what the callback played."""
+    block = stream.block_size
+    played = np.zeros_like(signal)
+    stream._running = True
+    worker = threading.Thread(target=stream._work_loop)
+    worker.start()
+    try:
+        for index in range(signal.shape[0] // block):
+            if index >= wait_from_block:
+                deadline = time.monotonic() + 60
+                while stream._processed < stream._in.written:
+                    assert time.monotonic() < deadline, "the worker stopped"
+                    time.sleep(0.001)
+            if index == grow_at_block:
+                stream._grow_budget(-late_by_frames)
+            chunk = slice(index * block, (index + 1) * block)
+            stream._callback(np.ascontiguousarray(signal[chunk]), played[chunk], block, None, None)
+    finally:
+        stream._running = False
+        stream._wake.set()
+        worker.join(60)
+    return played
+
+
+@pytest.mark.timeout(300)
+def test_a_growth_plays_one_crossfaded_splice_not_a_click() -> None:
+    # A 220 Hz tone through a Spleeter stream (Deezer's weights: its two stems' ratio masks add up
+    # to one, so the mix is the tone itself), driven block by block from a budget of one block. The
+    # first window comes out late (callbacks pass without waiting for it): the stream plays the dry
+    # tone meanwhile and grows its budget. At 4 s a growth as after a window late by 4 blocks moves
+    # the read point back while the wet tone plays. Across all of it, the output changes from one
+    # sample to the next about as much as the tone does (2 pi 220 / 48000 x 0.5 = 0.0144); a splice
+    # without its crossfade jumps by up to the tone's whole height, 1.0.
+    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1, budget_ms=1.0)
+    # A 1 s hop: fewer than 8 hops in the 6 s (no growth from the p99 of real compute time, which
+    # this simulated clock does not follow), and room under the most a budget may grow to.
+    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1, hop_seconds=1.0)
+    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
+    engine.reset()
+    t = np.arange(6 * SAMPLE_RATE) / SAMPLE_RATE
+    tone = np.repeat((0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None], 2, axis=1)
+    first_window_block = -(-engine.input_frames_to_window() // 256)
+    grow_at = 4 * SAMPLE_RATE // 256
+    played = _drive(stream, tone, wait_from_block=first_window_block + 4, grow_at_block=grow_at,
+                    late_by_frames=4 * 256)
+    changes = stream.budget_changes
+    assert len(changes) >= 2 and changes[-1]["reason"].startswith("a window's output came 21.3 ms late"), changes
+    assert changes[-1]["from_ms"] == changes[-2]["to_ms"] and stream.counters.late_hops >= 1, changes
+    assert stream.latency_frames == int(engine.latency_frames) + stream.budget_frames
+    # From the tone's first played sample on: dry, the crossfade to wet, the splice at 4 s, wet.
+    start = settings.block_size + int(engine.latency_frames)
+    steps = np.abs(np.diff(played[start:, 0]))
+    assert steps.max() < 0.03, (steps.max(), int(np.argmax(steps)) + start, changes)
+    after = played[grow_at * 256 + 2048:, 0]  # the tone is there after the splice
+    assert np.sqrt((after**2).mean()) > 0.3
