@@ -382,26 +382,26 @@ class LiveStream:
         self._wake.set()
         played = self._played
         start = played - self._shift  # the ring frame this block plays
+        fade = min(self._fade, frames)
+        tail = self._wet_tail[:fade]
         pending = self._pending_shift
-        splice = False
-        if pending != self._shift:
-            # The budget grew: read `pending - shift` frames further back from here on. The frames
-            # the old read point would have played next fade out under the replay.
-            if self._was_wet and self._out.written - start >= self._fade:
-                self._out.read_interleaved_at(start, self._wet_tail)
-                splice = True
+        splice = pending != self._shift
+        if splice:
+            # The budget grew: read `pending - shift` frames further back from here on. What the
+            # old read point would have played next (the wet output, or the dry input at the old
+            # latency when the wet is not there) fades out under what the new one plays.
+            if self._was_wet and self._out.written - start >= fade:
+                self._out.read_interleaved_at(start, tail)
             else:
-                self._was_wet = False  # nothing wet to fade from: fade in from the dry input
+                self._write_dry(tail, played)
             self._shift = pending
             start = played - pending
         available = self._out.written - start
         if available >= frames:
             self._out.read_interleaved_at(start, outdata)
-            if splice:
-                self._fade_in(outdata, min(self._fade, frames))
-            elif not self._was_wet:
-                fade = min(self._fade, frames)
-                self._write_dry(self._wet_tail[:fade], played)
+            if not splice and not self._was_wet:
+                self._write_dry(tail, played)  # back from the dry input: fade it out
+            if splice or not self._was_wet:
                 self._fade_in(outdata, fade)
             self._was_wet = True
         else:
@@ -410,11 +410,14 @@ class LiveStream:
             if hop_index != self._last_late_hop:
                 self._last_late_hop = hop_index
                 counters.late_hops += 1
-            fade = min(max(available, 0), self._fade, frames) if self._was_wet else 0
-            if fade:
-                self._out.read_interleaved_at(start, self._wet_tail[:fade])
+            if not splice and self._was_wet:
+                # Fade the dry input in over what wet there is (none at all, or less than a fade,
+                # when the worker is far behind: then it fades in from silence, never cuts in).
+                tail.fill(0.0)
+                if available > 0:
+                    self._out.read_interleaved_at(start, tail[:min(available, fade)])
             self._write_dry(outdata, played)
-            if fade:
+            if splice or self._was_wet:
                 self._fade_in(outdata, fade)
             self._was_wet = False
         self._played = played + frames

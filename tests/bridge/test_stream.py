@@ -300,7 +300,10 @@ def test_a_budget_too_small_grows_while_running_and_the_daws_round_trip_follows_
     # the margin), tells every listener the new round trip, and from then on is late by exactly that.
     events = Events(live.zmq_events, b"stream.")
     with Client(live.zmq_requests, timeout_seconds=60) as client:
-        status = client.call("stream.start", {"overrides": {"budget_ms": 1.0, "budget_grow": True}})
+        # A 1 s hop leaves the budget room to grow (up to 1.3 s) even on a machine busy enough to
+        # slow this tiny model's window to a few hundred ms.
+        status = client.call("stream.start", {"overrides": {"budget_ms": 1.0, "budget_grow": True,
+                                                            "hop_seconds": 1.0}})
         try:
             grew = events.wait_for("stream.latency", 30)
             rig = Rig(jack_server, _noise(3.0))
