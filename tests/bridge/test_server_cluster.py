@@ -72,8 +72,13 @@ class Cluster:
         self.data_dir = workdir / "shared"
         self.servers: dict[str, ServerProcess] = {}
         for name in INSTANCES:
+            # No drain at a stop: a stopped instance hands its running jobs back at once. With the
+            # default 3 s drain, a job that the machine happens to finish within it (a quiet machine
+            # runs the tiny model fast) would end on the stopped instance, and the hand-back test
+            # would depend on the machine's speed.
             settings = {"server": {"allowed_hosts": [SERVED_NAME], "store": dsn, "lease_seconds": LEASE_SECONDS,
-                                   "instance_id": name}}
+                                   "instance_id": name},
+                        "daemon": {"shutdown_timeout_seconds": 0.0}}
             process = ServerProcess(workdir / name, repo, settings=settings, entry=CLUSTER_ENTRY,
                                     env={"FLOWSTATE_SERVER_STORE_PASSWORD": password})
             process.data_dir = self.data_dir  # one folder for both: uploads and outputs are shared
