@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jack
 
 from bridge.client import Client
+from bridge.stream import BUDGET_GROWTH
 from bridge.testing import DaemonProcess, released_htdemucs_repo
 
 DEFAULT_WINDOW_FRAMES = 45056  # 0.5 + 0.25 + 0.25 s at 44.1 kHz: the "1.02 s window" of the issue
@@ -242,7 +243,7 @@ def main() -> int:
           f"{target_load_ms:.1f} ms with the p99 at load"
           + ("" if target_grown_ms is None else f", {target_grown_ms:.1f} ms with the {covered_ms:.1f} ms the last "
              f"growth covered ({'met' if final['round_trip_ms'] <= target_grown_ms else 'NOT met'}: whole blocks, "
-             f"and a growth is at least 1.1 x)"))
+             f"and a growth is at least {BUDGET_GROWTH:g} x)"))
     print(f"real time over {args.seconds:.0f} s: {'yes' if real_time else 'NO'} (late hops {final['late_hops']}, "
           f"resyncs {final['resyncs']}, "
           f"xruns {final['xruns']}: {final['xruns_startup']} at start-up, {xruns_steady} steady; load p50 "

@@ -28,7 +28,9 @@ never waits on the model.
 While a stream runs the budget can only grow (`stream.budget_grow`, on by default). After each
 window the worker checks two things: did this window's output land after the callback needed it
 (it was late), or has the margin times the live p99 of the hops outgrown the budget (after
-MIN_LIVE_HOPS hops)? Either way the budget becomes the margin times what the window needed (the
+MIN_LIVE_HOPS hops)? (A window with more than budget x (1 - 1/margin) to spare skips the check:
+its compute was within the budget's share, so neither can have become true.) Either way the
+budget becomes the margin times what the window needed (the
 larger of the live p99 and the late window's own time), in whole blocks, at most the margin times
 one hop (a window that needs more than a hop cannot keep real time at any budget), and at least
 BUDGET_GROWTH times the budget it replaces (a noisy p99 creeping up costs few changes). The worker
@@ -488,7 +490,10 @@ class LiveStream:
                 slack = start_out - (self._played - self._pending_shift)
                 if self._min_slack_frames is None or slack < self._min_slack_frames:
                     self._min_slack_frames = slack
-                if self.settings.budget_grow:
+                # A window whose compute (or the p99's) times the margin is past the budget used
+                # more than budget / margin of it, so its slack is under budget x (1 - 1 / margin):
+                # only such windows read the engine's statistics, not every hop.
+                if self.settings.budget_grow and slack < self.budget_frames * (1.0 - 1.0 / self.budget_margin):
                     self._grow_budget(slack)
 
     def _grow_budget(self, slack: int) -> None:
