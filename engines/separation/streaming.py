@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +119,8 @@ class StreamingSeparator(Engine):
     _models: list[torch.nn.Module]
     _runners: Sequence[Callable[[Any], Any]]  # what runs a window: the models, or their OpenVINO builds
     _window_dev: torch.Tensor
+    _fill: int  # model frames in the window buffer
+    _hop_start: int  # model frame (on the window grid) where the next window's hop begins
 
     def __init__(self, model: str, *, repo: Path | None = None, spleeter_dir: Path | None = None,
                  device: str = "auto", sample_rate: int = 48000,
@@ -283,6 +285,14 @@ class StreamingSeparator(Engine):
             **self._batch_stats(sizes, forwards),
         }
 
+    def recent_compute_ms(self, count: int) -> list[float]:
+        """The compute time of each of the last `count` windows (fewer when fewer ran since the
+        last reset or hop change), oldest first."""
+        with self._stats_lock:
+            hops = self._hops
+            indices = [i % STATS_WINDOW for i in range(max(0, hops - min(count, STATS_WINDOW)), hops)]
+            return [float(self._compute_ms[i]) for i in indices]
+
     def _batch_stats(self, sizes: np.ndarray, forwards: np.ndarray) -> dict[str, Any]:
         """How this engine's recent hops were batched: off, or sizes, and the batched forwards' time."""
         batcher = self._batcher
@@ -433,14 +443,9 @@ class StreamingSeparator(Engine):
         import torch
 
         rate = int(bag.samplerate)
-        requested_context, hop_seconds, lookahead_seconds = self._requested
+        _, hop_seconds, lookahead_seconds = self._requested
         hop, lookahead = self._frames(hop_seconds, rate, 1), self._frames(lookahead_seconds, rate, 1)
-        if requested_context is None:  # the context the model's window costs anyway (Spleeter)
-            # Spleeter's model has free_window; nn.Module types an attribute it does not declare as a Tensor.
-            context = min(model.free_window(hop + lookahead)  # type: ignore[operator]
-                          for model in bag.models) - hop - lookahead
-        else:
-            context = self._frames(requested_context, rate, 0)
+        context = self._context_frames(bag.models, hop, lookahead, rate)
         crossfade = 2 * round(self._crossfade_ms * rate / 2000.0)
         if crossfade > min(hop, lookahead):
             limit = 1000.0 * min(hop, lookahead) / rate
@@ -466,23 +471,7 @@ class StreamingSeparator(Engine):
         self._window = context + hop + lookahead
         self._cuda = device.type == "cuda"
         num_stems = len(self._stems)
-
-        # Model-side buffers: the window (host, pinned on CUDA, with a numpy view) and the
-        # overlap-add accumulator for [k*hop, (k+1)*hop + crossfade).
-        self._window_host = torch.zeros((1, 2, self._window), dtype=torch.float32, pin_memory=self._cuda)
-        self._window_np = self._window_host.numpy()[0]
-        self._window_dev = (torch.zeros((1, 2, self._window), dtype=torch.float32, device=device)
-                            if device.type != "cpu" else self._window_host)
-        self._acc = torch.zeros((num_stems, 2, hop + crossfade), dtype=torch.float32, device=device)
-        ramp = (torch.arange(crossfade, dtype=torch.float32) + 0.5) / max(crossfade, 1)
-        fade = torch.ones(hop + crossfade, dtype=torch.float32)
-        fade[:crossfade] = ramp
-        fade[hop:] = 1.0 - ramp  # fade-in of window k+1 plus fade-out of window k sums to one
-        first = fade.clone()
-        first[:crossfade] = 1.0  # nothing before the first window to fade from
-        self._fade, self._fade_first = fade.to(device), first.to(device)
-        self._chunk_host = torch.zeros((num_stems, self.channels, hop), dtype=torch.float32, pin_memory=self._cuda)
-        self._chunk_np = self._chunk_host.numpy()
+        self._hop_buffers()
         autocast_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.precision)
         self._autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype \
             else contextlib.nullcontext
@@ -501,15 +490,137 @@ class StreamingSeparator(Engine):
         else:
             self._down = self._up = None
             self._offset = resampler_frames = 0
-        self._fifo_frames = self._alignment_frames()
+        self._fifo_frames = self._alignment_frames(hop)
         self._latency_frames = resampler_frames + self._fifo_frames
-        hop_device = -(-hop * self.sample_rate // rate)
-        self._fifo = FrameFifo(rows_out, self._fifo_frames + 2 * (hop_device + PIECE_FRAMES) + 4096)
+        self._fifo = FrameFifo(rows_out, self._fifo_capacity())
         self._reset_stream()
         self._warm_up()
         log.info("%s: %s on %s, stems %s, window %.3f s (context %.3f, hop %.3f, lookahead %.3f), latency %.1f ms",
                  self.name, self.model_name, device, ",".join(self._stems), self._window / rate, context / rate,
                  hop / rate, lookahead / rate, 1000.0 * self._latency_frames / self.sample_rate)
+
+    def _context_frames(self, models: Iterable[Any], hop: int, lookahead: int, rate: int) -> int:
+        """The context (model frames) of a window around `hop` and `lookahead`: the one set, or,
+        left out (Spleeter), what fills the model's window to the length it costs anyway."""
+        requested = self._requested[0]
+        if requested is not None:
+            return self._frames(requested, rate, 0)
+        return min(model.free_window(hop + lookahead) for model in models) - hop - lookahead
+
+    def _hop_buffers(self) -> None:
+        """The buffers sized by the window and the hop: the window (host, pinned on CUDA, with a
+        numpy view), the overlap-add accumulator for [k*hop, (k+1)*hop + crossfade), its fades and
+        the finished hop's chunk."""
+        import torch
+
+        device, hop, crossfade, num_stems = self.device, self._hop, self._crossfade, len(self._stems)
+        self._window_host = torch.zeros((1, 2, self._window), dtype=torch.float32, pin_memory=self._cuda)
+        self._window_np = self._window_host.numpy()[0]
+        self._window_dev = (torch.zeros((1, 2, self._window), dtype=torch.float32, device=device)
+                            if device.type != "cpu" else self._window_host)
+        self._acc = torch.zeros((num_stems, 2, hop + crossfade), dtype=torch.float32, device=device)
+        ramp = (torch.arange(crossfade, dtype=torch.float32) + 0.5) / max(crossfade, 1)
+        fade = torch.ones(hop + crossfade, dtype=torch.float32)
+        fade[:crossfade] = ramp
+        fade[hop:] = 1.0 - ramp  # fade-in of window k+1 plus fade-out of window k sums to one
+        first = fade.clone()
+        first[:crossfade] = 1.0  # nothing before the first window to fade from
+        self._fade, self._fade_first = fade.to(device), first.to(device)
+        self._chunk_host = torch.zeros((num_stems, self.channels, hop), dtype=torch.float32, pin_memory=self._cuda)
+        self._chunk_np = self._chunk_host.numpy()
+
+    def _fifo_capacity(self) -> int:
+        hop_device = -(-self._hop * self.sample_rate // self._model_rate)
+        return self._fifo_frames + 2 * (hop_device + PIECE_FRAMES) + 4096
+
+    # ---- a longer hop while streaming -------------------------------------------------------
+
+    @property
+    def can_change_hop(self) -> bool:
+        """Whether `change_hop` may run now: the hop was left to the engine (the ladder), the
+        windows run in eager torch on their own (OpenVINO is compiled for one window shape, a batch
+        shares one), and at least one window of this stream has run."""
+        return (self._auto_hop and self.backend == "torch" and self._batcher is None
+                and self.loaded and self._stream_hops > 0)
+
+    def longer_hop(self, compute_ms: float, most_seconds: float) -> float | None:
+        """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the
+        ladder above this hop, up to `most_seconds`, whose window (its compute scaled by window
+        length) would run under the engine's load limit; else the longest rung up to
+        `most_seconds`; None when there is none above this hop."""
+        self.load()
+        rate, lookahead = self._model_rate, self._lookahead
+        rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9]
+        for rung in rungs:
+            hop = self._frames(rung, rate, 1)
+            window = self._context_frames(self._models, hop, lookahead, rate) + hop + lookahead
+            if compute_ms * window / self._window <= self._auto_hop_load * 1000.0 * hop / rate:
+                return rung
+        return rungs[-1] if rungs else None
+
+    def change_hop(self, hop_seconds: float, reason: str) -> tuple[int, int]:
+        """Go on with a longer hop from the next window, keeping the stream's history; call
+        between `process` calls, once `can_change_hop`.
+
+        The next window covers [B - context, B + hop + lookahead) where B is where the last one's
+        hop ended: its output joins the last window's over the usual crossfade, so the separated
+        signal stays continuous. A longer hop needs a longer head start, so the latency grows by
+        `inserted` frames: the output stream gets that many frames of silence after the next
+        `ahead` frames (what is already computed), and every frame after them comes `inserted`
+        frames later than before. Returns (ahead, inserted), in frames at `sample_rate`. A caller
+        that drops the silence and plays the rest `inserted` frames later (bridge/stream.py) has
+        a continuous signal at the new latency. The compute statistics restart at the new hop.
+        """
+        self.load()
+        with self._lock:
+            if not self.can_change_hop:
+                raise BadRequest("hop_seconds: this stream's hop cannot change while it runs (it was set in config, "
+                                 "runs on OpenVINO or batched, or no window has run yet)")
+            rate = self._model_rate
+            hop = self._frames(hop_seconds, rate, 1)
+            if hop <= self._hop:
+                raise BadRequest(f"hop_seconds: expected more than the hop now, {self._hop / rate:.3f} s, "
+                                 f"got {hop_seconds!r}")
+            old_hop, old_context, old_window = self._hop, self._context, self._window
+            old_window_np, fill, old_acc = self._window_np.copy(), self._fill, self._acc
+            context = self._context_frames(self._models, hop, self._lookahead, rate)
+            start = self._hop_start  # model frame where the next window's hop begins
+            self._requested = (self._requested[0], hop_seconds, self._requested[2])
+            self._hop, self._context, self._window = hop, context, context + hop + self._lookahead
+            self._hop_buffers()
+            # The window holds [start - old context, start - old context + fill): keep what the
+            # new context reaches (with less history than it reaches, zeros before it).
+            cut = old_context - context
+            if cut >= 0:
+                self._window_np[:, :fill - cut] = old_window_np[:, cut:fill]
+            else:
+                self._window_np[:, -cut:fill - cut] = old_window_np[:, :fill]
+            self._fill = fill - cut
+            self._acc[:, :, :self._crossfade] = old_acc[:, :, :self._crossfade]  # the last window's fade-out
+            # The head start the new grid needs from here on, and from a reset (which keeps it).
+            needed = max(self._fifo_frames, self._alignment_frames(hop, start), self._alignment_frames(hop))
+            inserted = needed - self._fifo_frames
+            ahead = self._fifo.size
+            rows = len(self._stems) * self.channels
+            queued = np.empty((rows, ahead), np.float32)
+            self._fifo.read(queued)
+            self._fifo_frames = needed
+            self._latency_frames += inserted
+            fifo = FrameFifo(rows, self._fifo_capacity())
+            fifo.write(queued)
+            fifo.write(np.zeros((rows, inserted), np.float32))
+            self._fifo = fifo
+            with self._stats_lock:
+                self._hops = 0
+                self._compute_ms.fill(0.0)
+                self._batch_sizes.fill(0)
+                self._forward_ms.fill(0.0)
+            self.hop_choice = (f"{1000 * hop / rate:.0f} ms, climbed from {1000 * old_hop / rate:.0f} ms while "
+                               f"running: {reason}")
+            log.warning("%s: hop %.0f -> %.0f ms (window %.3f -> %.3f s), latency +%.1f ms: %s", self.name,
+                        1000 * old_hop / rate, 1000 * hop / rate, old_window / rate, self._window / rate,
+                        1000.0 * inserted / self.sample_rate, reason)
+            return ahead, inserted
 
     def _close(self) -> None:
         if self._batcher is not None:
@@ -565,8 +676,9 @@ class StreamingSeparator(Engine):
     def _frames(seconds: float, rate: int, minimum_blocks: int) -> int:
         return max(minimum_blocks, round(seconds * rate / MODEL_BLOCK)) * MODEL_BLOCK
 
-    def _alignment_frames(self) -> int:
-        """Silence the FIFO starts with so that every output frame exists when it is due.
+    def _alignment_frames(self, hop: int, start: int = 0) -> int:
+        """Silence the FIFO starts with so that every output frame exists when it is due, for
+        windows of `hop` whose hops start at model frame `start` (0: from a reset).
 
         After N input frames the chain has produced P(N) output frames; output frame N-1 is due
         then, so the FIFO needs max_N (N - P(N)) frames of head start. P only grows when a window
@@ -575,15 +687,15 @@ class StreamingSeparator(Engine):
         """
         down, up = self._down, self._up
         period = down.up if down is not None else 1
-        windows = period // math.gcd(period, self._hop)
+        windows = period // math.gcd(period, hop)
         worst = 0
-        finished = 0  # model-rate output frames final before window k
+        finished = start  # model-rate output frames final before window k
         for k in range(windows + 1):
-            needed = (k + 1) * self._hop + self._lookahead + self._offset  # model-rate input completing window k
+            needed = start + (k + 1) * hop + self._lookahead + self._offset  # model-rate input completing window k
             count = down.inputs_needed(needed) if down is not None else needed
             produced = up.produced(finished) if up is not None else finished
             worst = max(worst, count - 1 - produced)
-            finished = (k + 1) * self._hop
+            finished = start + (k + 1) * hop
         return worst
 
     def _reset_stream(self) -> None:
@@ -594,6 +706,7 @@ class StreamingSeparator(Engine):
         self._skip = max(0, self._offset - self._context)
         self._acc.zero_()
         self._stream_hops = 0
+        self._hop_start = 0
         if self._down is not None:
             self._down.reset()
         if self._up is not None:
@@ -675,6 +788,7 @@ class StreamingSeparator(Engine):
             if self._cuda:
                 torch.cuda.current_stream(self.device).synchronize()
         self._stream_hops += 1
+        self._hop_start += hop
         elapsed_ms = 1000.0 * (time.perf_counter() - started)
         with self._stats_lock:
             at = self._hops % STATS_WINDOW

@@ -386,6 +386,119 @@ def test_a_fast_enough_machine_keeps_the_default_hop(repo: Path) -> None:
     assert engine.stats()["real_time_at_load"] is True
 
 
+# ---- a longer hop while streaming (bridge/stream.py climbs when the machine slows) -----------
+
+AUTO_HOP = {"context_seconds": 0.1, "lookahead_seconds": 0.1, "auto_hop_load": 1e9}  # keeps the 0.25 s default
+
+
+def without_the_inserted_silence(engine: StreamingSeparator, audio: np.ndarray, change_at: int, hop_seconds: float,
+                                 block: int) -> tuple[np.ndarray, int, int, int]:
+    """Stream `audio`, changing the hop after the block that ends at `change_at`; return the output
+    with the silence the change inserted taken out, the model frame where the new hop's windows
+    start, the latency before and the frames inserted."""
+    before = engine.latency_frames
+    head = stream(engine, audio[:, :change_at], block)
+    start = engine.stats()["hops"] * engine.hop_frames  # at 44.1 kHz: hop frames = model frames
+    ahead, inserted = engine.change_hop(hop_seconds, "a test")
+    tail = stream(engine, audio[:, change_at:], block)
+    assert engine.latency_frames == before + inserted
+    out = np.concatenate([head, tail], axis=-1)
+    junction = change_at + ahead
+    assert not out[..., junction:junction + inserted].any()  # the silence is where it said
+    return np.concatenate([out[..., :junction], out[..., junction + inserted:]], axis=-1), start, before, inserted
+
+
+def test_a_longer_hop_mid_stream_goes_on_from_the_same_history_with_the_new_windows(repo: Path) -> None:
+    """At the model's rate: hops of 11264 frames up to `start`, then of 22528 from there, each window
+    x[h - context, h + hop + lookahead) and crossfaded as always. Without the inserted silence the
+    output is exactly these windows' stems at the old latency: nothing lost or doubled."""
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=MODEL_RATE, **AUTO_HOP)
+    assert engine.can_change_hop is False  # no window has run yet
+    audio = noise(4 * MODEL_RATE, rate=MODEL_RATE, seed=8)
+    continuous, start, latency, inserted = without_the_inserted_silence(engine, audio, 50000, 0.5, 1000)
+    context = lookahead = 4096
+    old_hop, new_hop, fade = 11264, 22528, 2 * round(10.0 * MODEL_RATE / 2000)
+    assert engine.hop_seconds == pytest.approx(new_hop / MODEL_RATE) and start == 4 * old_hop
+    assert inserted == new_hop - old_hop  # no resampler: the head start grows by the hop exactly
+    assert engine.stats()["hop_choice"] == "511 ms, climbed from 255 ms while running: a test"
+
+    model = load_model("tiny", repo).models[0]
+    padded = np.concatenate([np.zeros((2, context), np.float32), audio], axis=1)
+    hops = [(k * old_hop, old_hop) for k in range(4)]
+    hops += [(start + j * new_hop, new_hop) for j in range((audio.shape[1] - lookahead - start) // new_hop)]
+    expected = np.zeros((4, 2, hops[-1][0] + hops[-1][1]), np.float32)
+    ramp = (np.arange(fade) + 0.5) / fade
+    previous = None
+    with torch.inference_mode():
+        for at, hop in hops:
+            out = model(torch.from_numpy(padded[None, :, at:at + context + hop + lookahead]))[0].numpy()
+            part = out[..., context:context + hop].copy()
+            if previous is not None:
+                part[..., :fade] = ramp * part[..., :fade] + (1 - ramp) * previous[..., :fade]
+            expected[..., at:at + hop] = part
+            previous = out[..., context + hop:]
+    shown = min(continuous.shape[-1] - latency, expected.shape[-1])
+    assert shown > start + 3 * new_hop
+    close(continuous[..., latency:latency + shown], expected[..., :shown])
+
+
+def test_after_a_longer_hop_at_48_khz_the_stems_follow_the_whole_signal_at_the_new_latency(repo: Path) -> None:
+    """With both resamplers: the head start the new hop needs (from where it starts, and from a
+    reset) is enough (a frame short and the FIFO underflows), and without the inserted silence the
+    stems are the offline stems at the old latency throughout (best lag among +-3, within 5 %)."""
+    import julius
+
+    rate = 48000
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=rate, context_seconds=0.5,
+                                lookahead_seconds=0.5, auto_hop_load=1e9)
+    audio = noise(5 * rate, rate=rate, seed=9)
+    continuous, _, latency, inserted = without_the_inserted_silence(engine, audio, 77777, 0.75, 4096)
+    assert inserted > 0
+    model = load_model("tiny", repo).models[0]
+    with torch.inference_mode():
+        offline = julius.resample_frac(model(julius.resample_frac(torch.from_numpy(audio), rate, MODEL_RATE)[None])[0],
+                                       MODEL_RATE, rate).numpy()
+    start, stop = rate, continuous.shape[-1] - latency - 8
+    expected = offline[..., start:stop]
+    errors = {lag: float(np.linalg.norm(continuous[..., start + lag:stop + lag] - expected) / np.linalg.norm(expected))
+              for lag in range(latency - 3, latency + 4)}
+    assert min(errors, key=errors.get) == latency, errors
+    assert errors[latency] < 0.05, errors
+    # A reset starts the new hop from frame 0, at the latency the stream has now: a stream started
+    # at that hop, delayed by the difference.
+    engine.reset()
+    again = stream(engine, audio, 3000)
+    fresh = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=rate, context_seconds=0.5,
+                               hop_seconds=engine.hop_seconds, lookahead_seconds=0.5)
+    late = engine.latency_frames - fresh.latency_frames
+    assert late >= 0
+    close(again[..., late:], stream(fresh, audio, 3000)[..., :audio.shape[1] - late])
+
+
+def test_a_hop_set_in_config_or_a_shorter_one_is_not_changed_while_streaming(repo: Path) -> None:
+    fixed = StreamingSeparator("tiny", repo=repo, device="cpu", **SHORT)
+    fixed.process(noise(24000))
+    assert fixed.can_change_hop is False
+    with pytest.raises(BadRequest, match="cannot change while it runs"):
+        fixed.change_hop(0.5, "a test")
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", **AUTO_HOP)
+    engine.process(noise(24000))
+    with pytest.raises(BadRequest, match="expected more than the hop now"):
+        engine.change_hop(0.2, "a test")
+
+
+def test_the_longer_hop_is_the_first_rung_whose_window_keeps_the_load_limit(repo: Path) -> None:
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", **{**AUTO_HOP, "auto_hop_load": 0.8})
+    # Windows of 19456 frames (0.093 + 0.255 + 0.093 s) costing 280 ms, scaled by window length:
+    # the 0.5 s rung's 30720-frame window ~442 ms, over 0.8 x its 511 ms hop (409); the 0.75 s
+    # rung's 41984-frame window ~604 ms, under 0.8 x 766 ms (613).
+    assert engine.window_seconds == pytest.approx(19456 / MODEL_RATE)
+    assert engine.longer_hop(280.0, 4.0) == 0.75
+    assert engine.longer_hop(280.0, 0.5) == 0.5  # none keeps the limit up to 0.5 s: the longest allowed
+    assert engine.longer_hop(1.0, 4.0) == 0.5  # a fast window: the next rung
+    assert engine.longer_hop(280.0, 0.25) is None  # nothing above this hop within reach
+
+
 def test_bfloat16_on_cpu_stays_close_to_float32(repo: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
     audio, expected = reference
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", precision="bfloat16", **SHORT)

@@ -100,6 +100,41 @@ def test_the_stream_matches_the_offline_separation(mixture: tuple[np.ndarray, np
 
 
 @pytest.mark.timeout(600)
+def test_a_longer_hop_mid_stream_keeps_the_stems_summing_to_the_input_across_the_change(
+        mixture: tuple[np.ndarray, np.ndarray]) -> None:
+    """The context that fills the U-Net's window shrinks as the hop grows (63 x 1024 frames in all):
+    after 11 hops of 6 blocks the hop becomes 11 blocks, from block 66, a multiple of 11, so past
+    the junction's crossfade the windows are those of a stream started at 11-block hops. Without
+    the silence the change inserted, the stems add up to the input throughout: nothing lost,
+    doubled or cut at the change."""
+    mix = sum(mixture)
+    engine = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, auto_hop_load=1e9)
+    longer = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, hop_seconds=11 * 1024 / RATE)
+    try:
+        assert engine.hop_frames == 6 * 1024 and engine.can_change_hop is False
+        latency = engine.latency_frames
+        padded = np.pad(mix, ((0, 0), (0, 2 * RATE)))
+        head = engine.process(padded[:, :72000])  # 11 windows: the next hop starts at block 66
+        assert engine.stats()["hops"] == 11
+        ahead, inserted = engine.change_hop(0.25, "a test")
+        assert engine.hop_frames == 11 * 1024 and engine.window_seconds == pytest.approx(63 * 1024 / RATE)
+        assert inserted == 5 * 1024 and engine.latency_frames == latency + inserted
+        out = np.concatenate([head, engine.process(padded[:, 72000:])], axis=-1)
+        junction = 72000 + ahead
+        assert not out[..., junction:junction + inserted].any()
+        continuous = np.concatenate([out[..., :junction], out[..., junction + inserted:]], axis=-1)[..., latency:]
+        reference = longer.process(padded)[..., longer.latency_frames:]
+    finally:
+        engine.close()
+        longer.close()
+    shown = mix.shape[1]
+    np.testing.assert_allclose(continuous[..., :shown].sum(axis=0), mix, atol=1e-4)
+    after = 66 * 1024 + 2 * round(10.0 * RATE / 2000)  # past the junction's 10 ms crossfade
+    np.testing.assert_allclose(continuous[..., after:shown], reference[..., after:shown], rtol=0,
+                               atol=1e-5 * float(np.abs(reference).max()))
+
+
+@pytest.mark.timeout(600)
 def test_a_file_separates_in_overlapping_segments(mixture: tuple[np.ndarray, np.ndarray]) -> None:
     vocals, music = mixture
     mix = np.concatenate([vocals + music] * 4, axis=1)  # 12 s: two 11 s segments, overlapped
