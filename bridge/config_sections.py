@@ -115,6 +115,10 @@ class StreamConfig(Section):
     # While a stream runs, a late window or a live p99 past the budget grows the budget (and the
     # latency, announced by the stream.latency event) in one crossfaded splice; false: fixed.
     budget_grow: bool = True
+    # With hop_seconds null on CPU and budget_grow on: when the machine slows while a stream runs (a
+    # window needs more than a hop, and the median window is over auto_hop_load), go on with a
+    # longer hop of the ladder in one crossfaded splice (the latency grows; stream.latency event).
+    hop_climb: bool = True
     precision: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=256)
     # Linux: how much nicer than the audio threads the stream's worker and its torch threads run,

@@ -43,6 +43,15 @@ by d, the `stream.latency` event carries the new round trip to the DAW scripts, 
 fixed for the stream's life; then `budget_warning` in `stream.status` (and the log) says when the
 live p99 times the margin outgrows it. Either way the next `stream.start` on the same engine takes
 its budget from the last run's hops when that is higher.
+
+A budget cannot help a window that needs more than its hop: then (`stream.hop_climb`, with the hop
+left to the engine) the stream climbs to a longer hop of the engine's ladder while running
+(`_climb_hop`). The engine goes on from the same history and inserts silence where its latency
+grew; the worker drops that silence (writing every later frame that much earlier in the ring, so
+the ring stays one continuous signal) and the callback reads that much further back in the same
+kind of splice as a growth's. So `latency_frames` is the engine's latency at the start, the start's
+budget and the callback's shift; the engine's growth (`_engine_extra`) moves from the budget's
+share to the engine's, and `budget_frames` stays the time the worker has.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ from bridge.errors import BadRequest, Unavailable
 from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
 from engines.effects import EffectChain
 from engines.ringbuffer import FrameRing
-from engines.separation.streaming import StreamingSeparator
+from engines.separation.streaming import HOP_LADDER, StreamingSeparator
 
 # What a live stream runs: this machine's separator, or one on the self-hosted tier (the same calls).
 StreamEngine = StreamingSeparator | RemoteStreamingSeparator
@@ -83,6 +92,8 @@ MIN_LIVE_HOPS = 8
 # A growth of the budget while running is at least this factor: a live p99 that creeps up costs a
 # few splices (and DAW re-compensations), not one per block.
 BUDGET_GROWTH = 1.1
+# A climb to a longer hop while running looks at the median compute of this many recent windows.
+CLIMB_WINDOWS = 4
 
 
 def import_sounddevice() -> Any:
@@ -221,10 +232,18 @@ class LiveStream:
                         if at_load >= last_run_p99_ms else f"p99 {last_run_p99_ms:.1f} ms of the last run's hops")
             self.budget_source = (f"{self.budget_margin:g} x {measured}, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
-        self._engine_latency = int(engine.latency_frames)
+        self._engine_latency = int(engine.latency_frames)  # at the start: a longer hop adds _engine_extra
         # The worker writes input frame i's output at ring frame i + _write_offset (the budget the
-        # stream started with); the callback reads `_shift` frames behind that (see the docstring).
+        # stream started with) - _dropped; the callback reads `_shift` frames behind that (see the docstring).
         self._write_offset = start_budget
+        # A longer hop while running (_climb_hop): the frames the engine's latency grew by, the
+        # silence it inserted for them that the worker has dropped so far, and the input frames
+        # [_drop_from, _drop_to) whose engine output is that silence, still to drop.
+        self._engine_extra = 0
+        self._dropped = 0
+        self._drop_from = self._drop_to = 0
+        self.hop_climb = bool(settings.hop_climb) and bool(getattr(engine, "hop_may_change", False))
+        self.hop_changes: list[dict[str, Any]] = []
         self._shift = 0  # callback-owned: the read point in effect
         self._pending_shift = 0  # worker-owned: the read point the callback moves to at its next block
         hop_ms = 1000.0 * hop / self.sample_rate
@@ -234,7 +253,13 @@ class LiveStream:
         self._budget_capped = False
         self.max_chunk = hop
         max_block = max(self.block_size, 8192)
-        capacity = 1 << math.ceil(math.log2(self._engine_latency + self.max_budget_frames + 4 * (hop + max_block)))
+        # Room for the longest latency the stream may reach: a climb up the whole hop ladder adds
+        # about the hops' difference to the engine's latency and lets the budget grow with the hop.
+        longest_hop = max(hop, round(HOP_LADDER[-1] * self.sample_rate)) if self.hop_climb else hop
+        most_latency = self._engine_latency + 2 * (longest_hop - hop) + max(
+            self.max_budget_frames, budget_frames_for(1000.0 * longest_hop / self.sample_rate, self.budget_margin,
+                                                      self.sample_rate, self.block_size))
+        capacity = 1 << math.ceil(math.log2(most_latency + 4 * (hop + max_block)))
         n_out = self.layout.num_outputs
         self._in = FrameRing(channels, capacity)
         self._out = FrameRing(n_out, capacity)
@@ -251,6 +276,8 @@ class LiveStream:
         self._dry = np.zeros((max_block, channels), dtype=np.float32)
         self._wet_tail = np.zeros((self._fade, n_out), dtype=np.float32)
         self._fade_tmp = np.zeros((self._fade, n_out), dtype=np.float32)
+        self._ramp_index = (np.arange(self._fade, dtype=np.float32) + 0.5)[:, None]
+        self._short_ramp = np.zeros((self._fade, 1), dtype=np.float32)
         self._dry_map = [o % channels for o in range(n_out)]
 
         self.counters = Counters()
@@ -348,11 +375,12 @@ class LiveStream:
     @property
     def budget_frames(self) -> int:
         """The compute budget now: the start's plus every growth since (in effect from the next block)."""
-        return self._write_offset + self._pending_shift
+        return self._write_offset + self._pending_shift - self._engine_extra
 
     @property
     def latency_frames(self) -> int:
-        return self._engine_latency + self.budget_frames
+        """The engine's latency (with a longer hop's growth) plus the budget: where the callback reads."""
+        return self._engine_latency + self._write_offset + self._pending_shift
 
     @property
     def latency_ms(self) -> float:
@@ -413,11 +441,18 @@ class LiveStream:
                 self._last_late_hop = hop_index
                 counters.late_hops += 1
             if not splice and self._was_wet:
-                # Fade the dry input in over what wet there is (none at all, or less than a fade,
-                # when the worker is far behind: then it fades in from silence, never cuts in).
+                # Fade the dry input in over the wet fading out. With less wet than a fade there (or
+                # none, when the worker is far behind), what there is fades out over its own length
+                # and the dry input comes in from silence: never a cut, whatever the two signals are.
                 tail.fill(0.0)
-                if available > 0:
-                    self._out.read_interleaved_at(start, tail[:min(available, fade)])
+                some = min(available, fade)
+                if some > 0:
+                    self._out.read_interleaved_at(start, tail[:some])
+                    if some < fade:
+                        short = self._short_ramp[:some]
+                        np.divide(self._ramp_index[:some], -some, out=short)
+                        short += 1.0  # 1 - (k + 0.5) / some: down to nothing at the wet's end
+                        tail[:some] *= short
             self._write_dry(outdata, played)
             if splice or self._was_wet:
                 self._fade_in(outdata, fade)
@@ -462,6 +497,8 @@ class LiveStream:
                 # Jump to the present and restart the engine's history; the callback plays dry.
                 self.counters.resyncs += 1
                 self._processed = self._in.written - self.max_chunk
+                if self._drop_to:
+                    self._passed_the_silence()  # the reset engine starts at its new latency: nothing to drop
                 try:
                     self.engine.reset()
                 except Unavailable as err:
@@ -479,13 +516,9 @@ class LiveStream:
             except Unavailable as err:  # a remote tier's connection: dry until it is back
                 self._reconnect(err)
                 continue
-            block_out = self._chunk_out[:, :n]
-            self._route(stems, block_out, n)
-            start_out = self._processed + self._write_offset
-            self._out.write_at(start_out, block_out)
-            self._out.written = start_out + n
+            start_out = self._write(stems, n)
             self._processed += n
-            if until <= n:  # a window ran: how far ahead of the callback did its output land?
+            if until <= n and start_out is not None:  # a window ran: how far ahead of the callback did its output land?
                 # The lead over the read point the callback plays from (a growth moves it at the next block).
                 slack = start_out - (self._played - self._pending_shift)
                 if self._min_slack_frames is None or slack < self._min_slack_frames:
@@ -495,6 +528,33 @@ class LiveStream:
                 # only such windows read the engine's statistics, not every hop.
                 if self.settings.budget_grow and slack < self.budget_frames * (1.0 - 1.0 / self.budget_margin):
                     self._grow_budget(slack)
+
+    def _write(self, stems: np.ndarray, n: int) -> int | None:
+        """Route the engine's output for the next `n` input frames into the output ring, less the
+        silence a longer hop inserted (`_climb_hop`); the ring frame of the first frame written."""
+        first = self._processed
+        parts = [(first, first + n)]
+        if self._drop_to > first:  # the frames before the silence at the offset so far, those after at the new
+            parts = [(a, b) for a, b in ((first, min(first + n, self._drop_from)),
+                                         (max(first, self._drop_to), first + n)) if b > a]
+        start_out = None
+        for a, b in parts:
+            if self._drop_to and a >= self._drop_to:
+                self._passed_the_silence()
+            chunk = stems if b - a == n else np.ascontiguousarray(stems[:, :, a - first:b - first])
+            block_out = self._chunk_out[:, :b - a]
+            self._route(chunk, block_out, b - a)
+            at = a + self._write_offset - self._dropped
+            self._out.write_at(at, block_out)
+            self._out.written = at + b - a
+            start_out = at if start_out is None else start_out
+        if self._drop_to and first + n >= self._drop_to:
+            self._passed_the_silence()
+        return start_out
+
+    def _passed_the_silence(self) -> None:
+        self._dropped += self._drop_to - self._drop_from
+        self._drop_from = self._drop_to = 0
 
     def _grow_budget(self, slack: int) -> None:
         """After a window: grow the budget when this window came out late (`slack` < 0) or the
@@ -513,6 +573,8 @@ class LiveStream:
             return
         wanted = max(budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size),
                      budget_frames_for(BUDGET_GROWTH * self.budget_ms, 1.0, self.sample_rate, self.block_size))
+        if wanted > self.max_budget_frames and self._climb_hop(reason):
+            return
         grown = min(wanted, self.max_budget_frames)
         if grown <= budget:
             if not self._budget_capped:
@@ -534,6 +596,58 @@ class LiveStream:
         self._publish("stream.latency", round_trip_ms=self.round_trip_ms, latency_ms=round(self.latency_ms, 3),
                       round_trip_frames=self.latency_frames + self.block_size, sample_rate=self.sample_rate,
                       budget_ms=round(self.budget_ms, 3), reason=reason)
+
+    def _climb_hop(self, why: str) -> bool:
+        """The machine got slower than the hop the engine took at load: a window needs more than a
+        hop (`why`), which no budget covers, and the median of the last CLIMB_WINDOWS windows is over
+        the engine's load limit (stream.auto_hop_load). Then, where the hop was left to the engine
+        (stream.hop_climb), go on with the first longer hop of the ladder that keeps the limit at
+        that compute (`StreamingSeparator.change_hop`: the same history, the windows joined by the
+        usual crossfade) and a budget for its longer window, in one splice like a growth's: the
+        engine's output is late by the frames its latency grew by, so the worker drops the silence
+        the engine inserted for them and the callback reads that much further back. Returns
+        whether it climbed."""
+        engine = self.engine
+        if not self.hop_climb or self._drop_to or not isinstance(engine, StreamingSeparator) \
+                or not engine.can_change_hop:
+            return False
+        recent = engine.recent_compute_ms(CLIMB_WINDOWS)
+        hop_ms, limit = 1000.0 * engine.hop_seconds, engine.auto_hop_load
+        median = float(np.median(recent)) if len(recent) >= CLIMB_WINDOWS else 0.0
+        if median <= limit * hop_ms:
+            return False
+        # What a window costs now: the last one, unless that was quicker than the median (a spike
+        # shows in the median only once it lasts).
+        rung = engine.longer_hop(max(median, recent[-1]), HOP_LADDER[-1])
+        if rung is None:
+            return False
+        budget, old_window = self.budget_frames, engine.window_seconds
+        reason = (f"the last {CLIMB_WINDOWS} windows took {median:.1f} ms (median), over {limit:g} x the "
+                  f"{hop_ms:.0f} ms hop, and {why}")
+        ahead, inserted = engine.change_hop(rung, reason)
+        self._drop_from = self._processed + ahead
+        self._drop_to = self._drop_from + inserted
+        self._engine_extra += inserted
+        # A budget for the longer window: the slowest recent window's compute, scaled by window length.
+        estimate_ms = max(recent) * engine.window_seconds / old_window
+        self.max_budget_frames = max(self.max_budget_frames, budget_frames_for(
+            1000.0 * engine.hop_frames / self.sample_rate, self.budget_margin, self.sample_rate, self.block_size))
+        grown = min(max(budget, budget_frames_for(estimate_ms, self.budget_margin, self.sample_rate,
+                                                  self.block_size)), self.max_budget_frames)
+        self._budget_capped = False
+        self._pending_shift = grown - self._write_offset + self._engine_extra
+        new_hop_ms = 1000.0 * engine.hop_seconds
+        self.hop_changes.append({
+            "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
+            "from_ms": round(hop_ms, 3), "to_ms": round(new_hop_ms, 3), "latency_frames": self.latency_frames,
+            "budget_ms": round(self.budget_ms, 3), "reason": reason, "late_hops": self.counters.late_hops})
+        log.warning("stream: hop %.0f -> %.0f ms while running (%s); compute budget %.1f -> %.1f ms; latency now "
+                    "%.1f ms: the DAW's delay compensation should follow (stream.latency event)", hop_ms, new_hop_ms,
+                    reason, 1000.0 * budget / self.sample_rate, self.budget_ms, self.latency_ms)
+        self._publish("stream.latency", round_trip_ms=self.round_trip_ms, latency_ms=round(self.latency_ms, 3),
+                      round_trip_frames=self.latency_frames + self.block_size, sample_rate=self.sample_rate,
+                      budget_ms=round(self.budget_ms, 3), reason=f"hop {hop_ms:.0f} -> {new_hop_ms:.0f} ms: {reason}")
+        return True
 
     def _reconnect(self, err: Unavailable) -> None:
         """The engine's tier cannot be reached (a remote engine lost its connection). The worker
@@ -653,6 +767,8 @@ class LiveStream:
             "budget_source": self.budget_source,
             "budget_grow": self.settings.budget_grow,
             "budget_changes": list(self.budget_changes),
+            "hop_climb": self.hop_climb,
+            "hop_changes": list(self.hop_changes),
             "worker_nice": self.worker_nice,
             "budget_warning": self.budget_warning(float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))),
             "slack_ms_min": None if slack is None else round(1000.0 * slack / self.sample_rate, 3),

@@ -536,12 +536,22 @@ class StreamingSeparator(Engine):
     # ---- a longer hop while streaming -------------------------------------------------------
 
     @property
+    def auto_hop_load(self) -> float:
+        """The most load (window compute / hop) the hop ladder accepts."""
+        return self._auto_hop_load
+
+    @property
+    def hop_may_change(self) -> bool:
+        """Whether the hop may grow while streaming: it was left to the engine (the ladder), and the
+        windows run in eager torch on their own (OpenVINO is compiled for one window shape, and a
+        batch shares one)."""
+        self.load()
+        return self._auto_hop and self.backend == "torch" and self._batcher is None
+
+    @property
     def can_change_hop(self) -> bool:
-        """Whether `change_hop` may run now: the hop was left to the engine (the ladder), the
-        windows run in eager torch on their own (OpenVINO is compiled for one window shape, a batch
-        shares one), and at least one window of this stream has run."""
-        return (self._auto_hop and self.backend == "torch" and self._batcher is None
-                and self.loaded and self._stream_hops > 0)
+        """Whether `change_hop` may run now: `hop_may_change`, and a window of this stream has run."""
+        return self.hop_may_change and self._stream_hops > 0
 
     def longer_hop(self, compute_ms: float, most_seconds: float) -> float | None:
         """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the

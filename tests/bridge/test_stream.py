@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +139,11 @@ def _assert_lags_follow_the_reported_round_trips(recorded: np.ndarray, signal: n
                                                  final: dict[str, Any]) -> list[int]:
     """Each second of `signal` (mono) comes out of `recorded` late by exactly a round trip the
     stream reported: the one it started with, or one a growth of its budget announced since
-    (`budget_changes`), never shorter than an earlier second's (a budget only grows). Returns the lags."""
+    (`budget_changes`) or a climb to a longer hop did (`hop_changes`: a machine slower than at load),
+    never shorter than an earlier second's (the latency only grows). Returns the lags."""
     block = start["block_size"]
-    reported = {start["round_trip_frames"]} | {c["latency_frames"] + block for c in final["budget_changes"]}
+    reported = {start["round_trip_frames"]} | {c["latency_frames"] + block
+                                               for c in final["budget_changes"] + final["hop_changes"]}
     lags, corrs = [], []
     for first in range(0, signal.shape[0] - SAMPLE_RATE + 1, SAMPLE_RATE):
         lag, corr = _best_lag(recorded[first:], signal[first:first + SAMPLE_RATE], max_lag=max(reported) + 8192)
@@ -537,27 +539,32 @@ def test_a_real_vst3_in_the_chain_is_controlled_over_osc_while_streaming(
         assert process.stop() == 0, process.log()
 
 
-def _drive(stream: LiveStream, signal: np.ndarray, wait_from_block: int, grow_at_block: int,
-           late_by_frames: int) -> np.ndarray:
+def _drive(stream: LiveStream, signal: np.ndarray, waits: Callable[[int], bool],
+           before_block: Callable[[int], None] = lambda index: None, real_time: bool = False) -> np.ndarray:
     """Play `signal` (frames, channels) through `stream`'s callback block by block, as a device
-    would, with its worker running on its thread. Until block `wait_from_block` the callbacks do
-    not wait for the worker (its first window comes out late); from then on each waits until the
-    worker has caught up, so no window is late. At block `grow_at_block` the worker's own growth
-    runs as after a window `late_by_frames` late. Returns what the callback played."""
+    would, with its worker running on its thread. Before a block for which `waits(index)` holds,
+    the callback waits until the worker has caught up (so no window is late); the others pass at
+    once, or, with `real_time`, each one block's duration after the last (so windows slower than
+    their hop come out late, as on a device). `before_block(index)` runs before each block.
+    Returns what the callback played."""
     block = stream.block_size
     played = np.zeros_like(signal)
     stream._running = True
     worker = threading.Thread(target=stream._work_loop)
     worker.start()
+    due = time.monotonic()
     try:
         for index in range(signal.shape[0] // block):
-            if index >= wait_from_block:
+            if waits(index):
                 deadline = time.monotonic() + 60
                 while stream._processed < stream._in.written:
                     assert time.monotonic() < deadline, "the worker stopped"
                     time.sleep(0.001)
-            if index == grow_at_block:
-                stream._grow_budget(-late_by_frames)
+                due = time.monotonic()
+            elif real_time:
+                due += block / SAMPLE_RATE
+                time.sleep(max(0.0, due - time.monotonic()))
+            before_block(index)
             chunk = slice(index * block, (index + 1) * block)
             stream._callback(np.ascontiguousarray(signal[chunk]), played[chunk], block, None, None)
     finally:
@@ -565,6 +572,13 @@ def _drive(stream: LiveStream, signal: np.ndarray, wait_from_block: int, grow_at
         stream._wake.set()
         worker.join(60)
     return played
+
+
+def _tone(seconds: float) -> np.ndarray:
+    """A 220 Hz tone at half scale, (frames, 2): from one sample to the next it changes by at most
+    2 pi 220 / 48000 x 0.5 = 0.0144; a cut or a splice without a crossfade jumps by up to 1.0."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return np.repeat((0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None], 2, axis=1)
 
 
 @pytest.mark.timeout(300)
@@ -582,12 +596,15 @@ def test_a_growth_plays_one_crossfaded_splice_not_a_click() -> None:
     engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1, hop_seconds=1.0)
     stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
     engine.reset()
-    t = np.arange(6 * SAMPLE_RATE) / SAMPLE_RATE
-    tone = np.repeat((0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None], 2, axis=1)
+    tone = _tone(6.0)
     first_window_block = -(-engine.input_frames_to_window() // 256)
     grow_at = 4 * SAMPLE_RATE // 256
-    played = _drive(stream, tone, wait_from_block=first_window_block + 4, grow_at_block=grow_at,
-                    late_by_frames=4 * 256)
+
+    def grow(index: int) -> None:
+        if index == grow_at:  # the worker's own growth, as after a window 4 blocks late
+            stream._grow_budget(-4 * 256)
+
+    played = _drive(stream, tone, waits=lambda index: index >= first_window_block + 4, before_block=grow)
     changes = stream.budget_changes
     assert len(changes) >= 2 and changes[-1]["reason"].startswith("a window's output came 21.3 ms late"), changes
     assert changes[-1]["from_ms"] == changes[-2]["to_ms"] and stream.counters.late_hops >= 1, changes
@@ -598,3 +615,60 @@ def test_a_growth_plays_one_crossfaded_splice_not_a_click() -> None:
     assert steps.max() < 0.03, (steps.max(), int(np.argmax(steps)) + start, changes)
     after = played[grow_at * 256 + 2048:, 0]  # the tone is there after the splice
     assert np.sqrt((after**2).mean()) > 0.3
+
+
+@pytest.mark.timeout(300)
+def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfaded_splice() -> None:
+    # The tone through a Spleeter stream whose hop the engine chose at load (the ladder). From 2 s
+    # the machine slows down: every window costs one and a half of those hops more (the windows'
+    # own work, then a sleep), so windows come out late, blocks played in real time, and no budget
+    # covers a window longer than a hop. The stream climbs the ladder to a hop that keeps the load
+    # limit at that cost, in one crossfaded splice, and says so (`hop_changes`, `stream.latency`).
+    # The output stays the tone without a click, and ends as the tone exactly the new latency late.
+    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1)
+    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1)
+    events: list[dict[str, Any]] = []
+    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2),
+                        on_event=lambda event, **data: events.append({"event": event, **data}))
+    assert stream.hop_climb is True
+    engine.reset()
+    started_hop, start_latency = engine.hop_seconds, stream.latency_frames
+    slow = threading.Event()
+
+    def slowed(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run_slowly(window: Any) -> Any:
+            out = run(window)
+            if slow.is_set():
+                time.sleep(1.5 * started_hop)
+            return out
+        return run_slowly
+
+    engine._runners = [slowed(run) for run in engine._runners]  # what the machine does to every window
+    tone = _tone(8.0)  # whole blocks
+    slow_from = 2 * SAMPLE_RATE // 256
+
+    def slow_down(index: int) -> None:
+        if index == slow_from:
+            slow.set()
+
+    played = _drive(stream, tone, waits=lambda index: index < slow_from or bool(stream.hop_changes),
+                    before_block=slow_down, real_time=True)
+    assert len(stream.hop_changes) == 1, (stream.hop_changes, stream.budget_changes)
+    change = stream.hop_changes[0]
+    assert change["from_ms"] == pytest.approx(1000 * started_hop, abs=0.01)
+    assert engine.hop_seconds > started_hop and change["to_ms"] == pytest.approx(1000 * engine.hop_seconds, abs=0.01)
+    assert "(median), over 0.8 x the " in change["reason"] and stream.counters.late_hops >= 1
+    assert engine.stats()["hop_choice"].startswith(f"{change['to_ms']:.0f} ms, climbed from {change['from_ms']:.0f} ms")
+    # The DAW hears of it: the new round trip, its latency the one the stream plays at from then on.
+    announced = [e for e in events if e["event"] == "stream.latency" and e["reason"].startswith("hop ")]
+    assert [e["round_trip_frames"] for e in announced] == [change["latency_frames"] + 256]
+    assert stream.latency_frames >= change["latency_frames"] > start_latency + 256
+    assert stream.latency_frames == int(engine.latency_frames) + stream.budget_frames
+    # No click anywhere: dry while late, the splice, wet again.
+    first = settings.block_size + start_latency
+    steps = np.abs(np.diff(played[first:, 0]))
+    assert steps.max() < 0.03, (steps.max(), int(np.argmax(steps)) + first, stream.hop_changes)
+    # The last second is the tone, exactly the latency the stream reports late.
+    tail = slice(tone.shape[0] - SAMPLE_RATE, tone.shape[0])
+    lagged = tone[tail.start - stream.latency_frames:tail.stop - stream.latency_frames, 0]
+    assert np.abs(played[tail, 0] - lagged).max() < 0.005
