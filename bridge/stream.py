@@ -584,7 +584,7 @@ class LiveStream:
                             1000.0 * wanted / self.sample_rate, reason, self.budget_ms, self.budget_margin)
             return
         before_ms = self.budget_ms
-        self._pending_shift = grown - self._write_offset
+        self._pending_shift = grown - self._write_offset + self._engine_extra  # budget_frames = grown
         change = {"seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
                   "from_ms": round(before_ms, 3), "to_ms": round(self.budget_ms, 3),
                   "latency_frames": self.latency_frames, "needed_ms": round(needed_ms, 3), "reason": reason,
@@ -616,9 +616,11 @@ class LiveStream:
         median = float(np.median(recent)) if len(recent) >= CLIMB_WINDOWS else 0.0
         if median <= limit * hop_ms:
             return False
-        # What a window costs now: the last one, unless that was quicker than the median (a spike
-        # shows in the median only once it lasts).
-        rung = engine.longer_hop(max(median, recent[-1]), HOP_LADDER[-1])
+        # What a window costs now: the median (the last window alone overshot: on a 2-core machine
+        # slowed by a busy process, a 1.9 s window against a 1.1 s median took the hop from 1 s
+        # to 4 s where 3 s kept the limit). A median that still lags the slowdown climbs short,
+        # and the next late windows climb again.
+        rung = engine.longer_hop(median, HOP_LADDER[-1])
         if rung is None:
             return False
         budget, old_window = self.budget_frames, engine.window_seconds
