@@ -574,10 +574,13 @@ class LiveStream:
             reason = f"{self.budget_margin:g} x p99 {p99_ms:.1f} ms of the last {hops} hops"
         else:
             return
-        wanted = max(budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size),
-                     budget_frames_for(BUDGET_GROWTH * self.budget_ms, 1.0, self.sample_rate, self.block_size))
-        if wanted > self.max_budget_frames and self._climb_hop(reason):
+        covering = budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size)
+        # Past the most a budget may be (the margin times one hop): the window needs more than a hop.
+        # (Not the growth's minimum step: that alone climbed a hop with no window late.)
+        if covering > self.max_budget_frames and self._climb_hop(reason):
             return
+        wanted = max(covering, budget_frames_for(BUDGET_GROWTH * self.budget_ms, 1.0, self.sample_rate,
+                                                 self.block_size))
         grown = min(wanted, self.max_budget_frames)
         if grown <= budget:
             if not self._budget_capped:
