@@ -245,7 +245,8 @@ class LiveStream:
         self._engine_extra = 0
         self._dropped = 0
         self._drop_from = self._drop_to = 0
-        self.hop_climb = bool(settings.hop_climb) and bool(getattr(engine, "hop_may_change", False))
+        # A climb starts from the growth check (a budget that may grow): both must be on.
+        self.hop_climb = bool(settings.hop_climb and settings.budget_grow and getattr(engine, "hop_may_change", False))
         self.hop_changes: list[dict[str, Any]] = []
         self._shift = 0  # callback-owned: the read point in effect
         self._pending_shift = 0  # worker-owned: the read point the callback moves to at its next block
@@ -596,9 +597,12 @@ class LiveStream:
                   "latency_frames": self.latency_frames, "needed_ms": round(needed_ms, 3), "reason": reason,
                   "late_hops": self.counters.late_hops}  # so far: those after the last growth are the rest
         self.budget_changes.append(change)
-        log.warning("stream: compute budget %.1f -> %.1f ms (%s); latency now %.1f ms: the DAW's delay "
-                    "compensation should follow (stream.latency event)", before_ms, self.budget_ms, reason,
-                    self.latency_ms)
+        self._announce_latency(f"compute budget {before_ms:.1f} -> {self.budget_ms:.1f} ms", reason)
+
+    def _announce_latency(self, change: str, reason: str) -> None:
+        """Log a change of the latency and tell every listener the new round trip (stream.latency)."""
+        log.warning("stream: %s (%s); latency now %.1f ms: the DAW's delay compensation should follow "
+                    "(stream.latency event)", change, reason, self.latency_ms)
         self._publish("stream.latency", round_trip_ms=self.round_trip_ms, latency_ms=round(self.latency_ms, 3),
                       round_trip_frames=self.latency_frames + self.block_size, sample_rate=self.sample_rate,
                       budget_ms=round(self.budget_ms, 3), reason=reason)
@@ -606,8 +610,8 @@ class LiveStream:
     def _climb_hop(self, why: str) -> bool:
         """The machine got slower than the hop the engine took at load: a window needs more than a
         hop (`why`), which no budget covers, and the median of the last CLIMB_WINDOWS windows (and
-        CLIMB_SECONDS of them) is over
-        the engine's load limit (stream.auto_hop_load). Then, where the hop was left to the engine
+        CLIMB_SECONDS of them) is over the engine's load limit (stream.auto_hop_load). Then, where
+        the hop was left to the engine
         (stream.hop_climb), go on with the first longer hop of the ladder that keeps the limit at
         that compute (`StreamingSeparator.change_hop`: the same history, the windows joined by the
         usual crossfade) and a budget for its longer window, in one splice like a growth's: the
@@ -651,12 +655,9 @@ class LiveStream:
             "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             "from_ms": round(hop_ms, 3), "to_ms": round(new_hop_ms, 3), "latency_frames": self.latency_frames,
             "budget_ms": round(self.budget_ms, 3), "reason": reason, "late_hops": self.counters.late_hops})
-        log.warning("stream: hop %.0f -> %.0f ms while running (%s); compute budget %.1f -> %.1f ms; latency now "
-                    "%.1f ms: the DAW's delay compensation should follow (stream.latency event)", hop_ms, new_hop_ms,
-                    reason, 1000.0 * budget / self.sample_rate, self.budget_ms, self.latency_ms)
-        self._publish("stream.latency", round_trip_ms=self.round_trip_ms, latency_ms=round(self.latency_ms, 3),
-                      round_trip_frames=self.latency_frames + self.block_size, sample_rate=self.sample_rate,
-                      budget_ms=round(self.budget_ms, 3), reason=f"hop {hop_ms:.0f} -> {new_hop_ms:.0f} ms: {reason}")
+        self._announce_latency(f"hop {hop_ms:.0f} -> {new_hop_ms:.0f} ms while running, compute budget "
+                               f"{1000.0 * budget / self.sample_rate:.1f} -> {self.budget_ms:.1f} ms",
+                               f"hop {hop_ms:.0f} -> {new_hop_ms:.0f} ms: {reason}")
         return True
 
     def _reconnect(self, err: Unavailable) -> None:
