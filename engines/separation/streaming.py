@@ -620,11 +620,7 @@ class StreamingSeparator(Engine):
             fifo.write(queued)
             fifo.write(np.zeros((rows, inserted), np.float32))
             self._fifo = fifo
-            with self._stats_lock:
-                self._hops = 0
-                self._compute_ms.fill(0.0)
-                self._batch_sizes.fill(0)
-                self._forward_ms.fill(0.0)
+            self._reset_stats()
             self.hop_choice = (f"{1000 * hop / rate:.0f} ms, climbed from {1000 * old_hop / rate:.0f} ms while "
                                f"running: {reason}")
             log.warning("%s: hop %.0f -> %.0f ms (window %.3f -> %.3f s), latency +%.1f ms: %s", self.name,
@@ -722,6 +718,10 @@ class StreamingSeparator(Engine):
         if self._up is not None:
             self._up.reset()
         self._fifo.clear(self._fifo_frames)
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        """Forget the hops' compute times (a new stream, or a new hop)."""
         with self._stats_lock:
             self._hops = 0
             self._compute_ms.fill(0.0)

@@ -655,7 +655,7 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     played = _drive(stream, tone, waits=lambda index: not slow_from <= index < slow_to,
                     before_block=slow_down, real_time=True)
     climbs = stream.hop_changes
-    assert 1 <= len(climbs) <= 3, (climbs, stream.budget_changes)
+    assert climbs, stream.budget_changes
     assert climbs[0]["from_ms"] == pytest.approx(1000 * started_hop, abs=0.01)
     assert all(later["from_ms"] == earlier["to_ms"] for earlier, later in zip(climbs, climbs[1:], strict=False))
     assert engine.hop_seconds > started_hop
@@ -663,6 +663,9 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     assert all("(median), over 0.8 x the " in c["reason"] for c in climbs) and stream.counters.late_hops >= 1
     last = climbs[-1]
     assert engine.stats()["hop_choice"].startswith(f"{last['to_ms']:.0f} ms, climbed from {last['from_ms']:.0f} ms")
+    # The hop it climbed to keeps real time with the slowed windows: their median is under the hop.
+    at_the_new_hop = engine.recent_compute_ms(8)
+    assert len(at_the_new_hop) >= 2 and float(np.median(at_the_new_hop)) < 1000 * engine.hop_seconds, at_the_new_hop
     # The DAW hears of each: the new round trip, the latency the stream plays at from then on.
     announced = [e for e in events if e["event"] == "stream.latency" and e["reason"].startswith("hop ")]
     assert [e["round_trip_frames"] for e in announced] == [c["latency_frames"] + 256 for c in climbs]

@@ -21,6 +21,7 @@ from engines.separation.files import FileSeparator
 from engines.separation.models import load_model
 from engines.separation.streaming import StreamingSeparator
 from engines.spleeter import CHECKPOINT_NAMES, package_folder
+from tests.engines.test_separation import without_the_inserted_silence
 
 RATE = 44100
 NAME = "spleeter:2stems"
@@ -112,17 +113,13 @@ def test_a_longer_hop_mid_stream_keeps_the_stems_summing_to_the_input_across_the
     longer = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, hop_seconds=11 * 1024 / RATE)
     try:
         assert engine.hop_frames == 6 * 1024 and engine.can_change_hop is False
-        latency = engine.latency_frames
         padded = np.pad(mix, ((0, 0), (0, 2 * RATE)))
-        head = engine.process(padded[:, :72000])  # 11 windows: the next hop starts at block 66
-        assert engine.stats()["hops"] == 11
-        ahead, inserted = engine.change_hop(0.25, "a test")
+        # 11 windows before the change: the next hop starts at block 66.
+        continuous, start, latency, inserted = without_the_inserted_silence(engine, padded, 72000, 0.25, 72000)
+        assert start == 66 * 1024
         assert engine.hop_frames == 11 * 1024 and engine.window_seconds == pytest.approx(63 * 1024 / RATE)
-        assert inserted == 5 * 1024 and engine.latency_frames == latency + inserted
-        out = np.concatenate([head, engine.process(padded[:, 72000:])], axis=-1)
-        junction = 72000 + ahead
-        assert not out[..., junction:junction + inserted].any()
-        continuous = np.concatenate([out[..., :junction], out[..., junction + inserted:]], axis=-1)[..., latency:]
+        assert inserted == 5 * 1024
+        continuous = continuous[..., latency:]
         reference = longer.process(padded)[..., longer.latency_frames:]
     finally:
         engine.close()
