@@ -60,6 +60,10 @@ class DaemonProcess:
             "jobs": {"database": str(self.workdir / "jobs.sqlite3")},
             "paths": {"roots": [str(self.workdir / "files")]},
         }
+        # The ports picked here, not set by `overrides`: picked again when one was taken meanwhile.
+        self._picked = {(section, key): socket.SOCK_DGRAM if key == "udp_port" else socket.SOCK_STREAM
+                        for section in ("osc", "zmq") for key in self.config[section] if key.endswith("_port")
+                        and key not in (overrides or {}).get(section, {})}
         for section, values in (overrides or {}).items():
             self.config.setdefault(section, {}).update(values)
         (self.workdir / "files").mkdir(exist_ok=True)
@@ -90,13 +94,30 @@ class DaemonProcess:
     def zmq_events(self) -> str:
         return f"tcp://127.0.0.1:{self.config['zmq']['event_port']}"
 
-    def start(self, timeout_seconds: float = 60.0) -> DaemonProcess:
+    def start(self, timeout_seconds: float = 60.0, attempts: int = 3) -> DaemonProcess:
         """Start the daemon and wait until it answers a ping; RuntimeError if it is running already
         (a second `flowstate up` on the same ports would fail, and the first would never be stopped).
         The timeout is generous: a first start imports torch, which takes tens of seconds on a
-        loaded two-core machine; a daemon that answers sooner returns sooner."""
+        loaded two-core machine; a daemon that answers sooner returns sooner.
+
+        A port `free_port` picked can be taken by another process before the daemon binds it (a
+        clean-clone CI run lost a whole test module to that once): a daemon that exits saying a
+        port is in use starts again on newly picked ports, up to `attempts` times in all."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"the daemon in {self.workdir} is already running (pid {self.process.pid})")
+        for attempt in range(1, attempts + 1):
+            logged = len(self.log())
+            try:
+                return self._start_once(timeout_seconds)
+            except RuntimeError:
+                if attempt == attempts or not self._picked or "is already in use" not in self.log()[logged:]:
+                    raise
+            for (section, key), kind in self._picked.items():
+                self.config[section][key] = free_port(kind)
+            self.config_path.write_text(yaml.safe_dump(self.config))
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_seconds: float) -> DaemonProcess:
         env = {**os.environ, **(self.env or {})}
         env = {k: v for k, v in env.items() if not k.startswith("FLOWSTATE_") or k in (self.env or {})}
         log = self.log_path.open("ab")

@@ -127,6 +127,32 @@ def test_port_in_use_is_a_clear_error_naming_port_and_key(kind: int, key: str) -
     assert "Traceback" not in done.stderr
 
 
+def test_the_test_harness_starts_again_on_new_ports_when_one_it_picked_was_taken() -> None:
+    # Another process can take a port between `free_port` picking it and the daemon binding it:
+    # the daemon says so and exits, and the harness starts it again on newly picked ports (ports
+    # a test set itself are kept: those it must report as they are).
+    process = DaemonProcess()
+    taken = process.config["zmq"]["audio_port"]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        process.start()
+    try:
+        assert process.config["zmq"]["audio_port"] != taken
+        assert f"port {taken} (zmq.audio_port) is already in use" in process.log()
+        with Client(process.zmq_requests, timeout_seconds=10) as client:
+            assert client.call("ping")
+    finally:
+        assert process.stop() == 0, process.log()
+    fixed = DaemonProcess(overrides={"zmq": {"audio_port": taken}})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        with pytest.raises(RuntimeError, match=f"port {taken} \\(zmq.audio_port\\) is already in use"):
+            fixed.start()
+    assert fixed.config["zmq"]["audio_port"] == taken
+
+
 def test_requests_during_drain_are_refused_not_lost() -> None:
     """While shutting down, the daemon answers instead of leaving clients hanging."""
     process = DaemonProcess().start()
