@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from bridge.client import Client
+from bridge.client import Client, RemoteError
 from bridge.errors import Unavailable
 
 
@@ -134,7 +134,11 @@ class DaemonProcess:
                 try:
                     client.call("ping")
                     return self
-                except Unavailable:
+                except (Unavailable, RemoteError) as error:
+                    # A daemon that bound its request port and then failed to start (a port in use)
+                    # answers "shutting down" on its way out: wait for it to exit, as for no answer.
+                    if isinstance(error, RemoteError) and error.code != "unavailable":
+                        raise
                     if time.monotonic() > deadline:
                         self.stop()
                         raise RuntimeError(f"daemon did not answer within {timeout_seconds} s:\n{self.log()}") from None
