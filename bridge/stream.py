@@ -29,7 +29,10 @@ While a stream runs the budget can only grow (`stream.budget_grow`, on by defaul
 window the worker checks two things: did this window's output land after the callback needed it
 (it was late), or has the margin times the live p99 of the hops outgrown the budget (after
 MIN_LIVE_HOPS hops)? (A window with more than budget x (1 - 1/margin) to spare skips the check:
-its compute was within the budget's share, so neither can have become true.) Either way the
+its compute was within the budget's share, so neither can have become true. A window that came
+out late only because it waited for the window before it, still computing when its last frame came
+in, is no reason: that window was the late one, and grew the budget or climbed the hop; growing for
+the wait would add the backlog of a slow stretch to the latency for good.) Either way the
 budget becomes the margin times what the window needed (the
 larger of the live p99 and the late window's own time), in whole blocks, at most the margin times
 one hop (a window that needs more than a hop cannot keep real time at any budget), and at least
@@ -280,8 +283,11 @@ class LiveStream:
         self._dry = np.zeros((max_block, channels), dtype=np.float32)
         self._wet_tail = np.zeros((self._fade, n_out), dtype=np.float32)
         self._fade_tmp = np.zeros((self._fade, n_out), dtype=np.float32)
+        # A crossfade shorter than FADE_MS (a block shorter than it, or less wet left than it)
+        # still goes all the way, on ramps computed into these: (k + 0.5) / n up, the rest down.
         self._ramp_index = (np.arange(self._fade, dtype=np.float32) + 0.5)[:, None]
-        self._short_ramp = np.zeros((self._fade, 1), dtype=np.float32)
+        self._short_up = np.zeros((self._fade, 1), dtype=np.float32)
+        self._short_down = np.zeros((self._fade, 1), dtype=np.float32)
         self._dry_map = [o % channels for o in range(n_out)]
 
         self.counters = Counters()
@@ -289,6 +295,8 @@ class LiveStream:
         self._processed = 0  # input frames the worker has consumed (worker-owned)
         self._was_wet = True
         self._last_late_hop = -1
+        self._late_hop_frames = hop  # what one late hop spans: the hop in use (a climb lengthens it)
+        self._freed_at = 0  # input frames in when the worker finished its last window
         self._min_slack_frames: int | None = None  # least lead a window's output had on the callback
         self._budget_warned = False
         self._switch_interval = sys.getswitchinterval()
@@ -440,26 +448,23 @@ class LiveStream:
             self._was_wet = True
         else:
             counters.dry_blocks += 1
-            hop_index = start // self.max_chunk  # a hop is late once, however many blocks it spans
+            hop_index = start // self._late_hop_frames  # a hop is late once, however many blocks it spans
             if hop_index != self._last_late_hop:
                 self._last_late_hop = hop_index
                 counters.late_hops += 1
-            if not splice and self._was_wet:
-                # Fade the dry input in over the wet fading out. With less wet than a fade there (or
-                # none, when the worker is far behind), what there is fades out over its own length
-                # and the dry input comes in from silence: never a cut, whatever the two signals are.
-                tail.fill(0.0)
-                some = min(available, fade)
-                if some > 0:
-                    self._out.read_interleaved_at(start, tail[:some])
-                    if some < fade:
-                        short = self._short_ramp[:some]
-                        np.divide(self._ramp_index[:some], -some, out=short)
-                        short += 1.0  # 1 - (k + 0.5) / some: down to nothing at the wet's end
-                        tail[:some] *= short
             self._write_dry(outdata, played)
-            if splice or self._was_wet:
+            if splice:
                 self._fade_in(outdata, fade)
+            elif self._was_wet:
+                # Crossfade from the wet to the dry input. With less wet there than a fade (the
+                # worker's output ran out mid-way), the crossfade is as long as the wet there is:
+                # both signals go all the way, never a cut. With none, the dry comes in from silence.
+                some = max(0, min(available, fade))
+                if some:
+                    self._out.read_interleaved_at(start, tail[:some])
+                else:
+                    tail.fill(0.0)
+                self._fade_in(outdata, some or fade)
             self._was_wet = False
         self._played = played + frames
 
@@ -471,10 +476,18 @@ class LiveStream:
             outdata[:, out_channel] = dry[:, in_channel]
 
     def _fade_in(self, outdata: np.ndarray, fade: int) -> None:
-        """Crossfade the first `fade` frames of `outdata` in over `_wet_tail`'s, which fade out."""
+        """Crossfade the first `fade` frames of `outdata` in over `_wet_tail`'s, which fade out:
+        all the way over those frames, however few (a 128-frame block at 48 kHz is shorter than
+        FADE_MS; cut there, the ramps would leave half of each signal to jump at the block's end)."""
+        if fade == self._fade:
+            up, down = self._ramp_up, self._ramp_down
+        else:
+            up, down = self._short_up[:fade], self._short_down[:fade]
+            np.divide(self._ramp_index[:fade], fade, out=up)
+            np.subtract(1.0, up, out=down)
         tmp = self._fade_tmp[:fade]
-        np.multiply(outdata[:fade], self._ramp_up[:fade], out=tmp)
-        np.multiply(self._wet_tail[:fade], self._ramp_down[:fade], out=outdata[:fade])
+        np.multiply(outdata[:fade], up, out=tmp)
+        np.multiply(self._wet_tail[:fade], down, out=outdata[:fade])
         outdata[:fade] += tmp
 
     # -- the worker ----------------------------------------------------------------------------------
@@ -521,6 +534,11 @@ class LiveStream:
                 self._reconnect(err)
                 continue
             start_out = self._write(stems, n)
+            if until <= n:
+                # How long this window waited for the one before it: its last frame (the first of
+                # the chunk) was in while that one still computed, beyond the rest of its block.
+                waited = max(0, self._freed_at - self._processed - self.block_size)
+                self._freed_at = self._in.written
             self._processed += n
             if until <= n and start_out is not None:  # a window ran: how far ahead of the callback did its output land?
                 # The lead over the read point the callback plays from (a growth moves it at the next block).
@@ -531,7 +549,7 @@ class LiveStream:
                 # more than budget / margin of it, so its slack is under budget x (1 - 1 / margin):
                 # only such windows read the engine's statistics, not every hop.
                 if self.settings.budget_grow and slack < self.budget_frames * (1.0 - 1.0 / self.budget_margin):
-                    self._grow_budget(slack)
+                    self._grow_budget(slack, waited)
 
     def _write(self, stems: np.ndarray, n: int) -> int | None:
         """Route the engine's output for the next `n` input frames into the output ring, less the
@@ -560,15 +578,19 @@ class LiveStream:
         self._dropped += self._drop_to - self._drop_from
         self._drop_from = self._drop_to = 0
 
-    def _grow_budget(self, slack: int) -> None:
-        """After a window: grow the budget when this window came out late (`slack` < 0) or the
-        margin times the live p99 is past it (see the module docstring)."""
+    def _grow_budget(self, slack: int, waited: int = 0) -> None:
+        """After a window: grow the budget when this window came out late (`slack` < 0) by more
+        than it `waited` for the window before it, or the margin times the live p99 is past it (see
+        the module docstring)."""
         budget = self.budget_frames
         stats = self.engine.stats()
         p99_ms, hops = float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))
-        if slack < 0:
-            needed_ms = max(p99_ms, 1000.0 * (budget - slack) / self.sample_rate)
-            reason = (f"a window's output came {-1000.0 * slack / self.sample_rate:.1f} ms late: "
+        own_slack = slack + waited  # the slack it would have had, started as its last frame came in
+        if own_slack < 0:
+            needed_ms = max(p99_ms, 1000.0 * (budget - own_slack) / self.sample_rate)
+            behind = f" (after waiting {1000.0 * waited / self.sample_rate:.1f} ms behind the one before)" \
+                if waited else ""
+            reason = (f"a window's output came {-1000.0 * slack / self.sample_rate:.1f} ms late{behind}: "
                       f"{self.budget_margin:g} x {needed_ms:.1f} ms")
         elif hops >= MIN_LIVE_HOPS and self.budget_margin * p99_ms > 1000.0 * budget / self.sample_rate:
             needed_ms = p99_ms
@@ -639,6 +661,7 @@ class LiveStream:
         reason = (f"the last {count} windows took {median:.1f} ms (median), over {limit:g} x the "
                   f"{hop_ms:.0f} ms hop, and {why}")
         ahead, inserted = engine.change_hop(rung, reason)
+        self._late_hop_frames = int(engine.hop_frames)
         self._drop_from = self._processed + ahead
         self._drop_to = self._drop_from + inserted
         self._engine_extra += inserted

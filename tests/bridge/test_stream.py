@@ -582,27 +582,29 @@ def _tone(seconds: float) -> np.ndarray:
 
 
 @pytest.mark.timeout(300)
-def test_a_growth_plays_one_crossfaded_splice_not_a_click() -> None:
+@pytest.mark.parametrize("block", [256, 128])
+def test_a_growth_plays_one_crossfaded_splice_not_a_click(block: int) -> None:
     # A 220 Hz tone through a Spleeter stream (Deezer's weights: its two stems' ratio masks add up
     # to one, so the mix is the tone itself), driven block by block from a budget of one block. The
     # first window comes out late (callbacks pass without waiting for it): the stream plays the dry
-    # tone meanwhile and grows its budget. At 4 s a growth as after a window late by 4 blocks moves
+    # tone meanwhile and grows its budget. At 4 s a growth as after a window 1024 frames late moves
     # the read point back while the wet tone plays. Across all of it, the output changes from one
     # sample to the next about as much as the tone does (2 pi 220 / 48000 x 0.5 = 0.0144); a splice
-    # without its crossfade jumps by up to the tone's whole height, 1.0.
-    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1, budget_ms=1.0)
+    # without its crossfade jumps by up to the tone's whole height, 1.0. A 128-frame block is
+    # shorter than the 5 ms crossfade (240 frames): each fade still goes all the way within it.
+    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=block, threads=1, budget_ms=1.0)
     # A 1 s hop: fewer than 8 hops in the 6 s (no growth from the p99 of real compute time, which
     # this simulated clock does not follow), and room under the most a budget may grow to.
     engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1, hop_seconds=1.0)
     stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
     engine.reset()
     tone = _tone(6.0)
-    first_window_block = -(-engine.input_frames_to_window() // 256)
-    grow_at = 4 * SAMPLE_RATE // 256
+    first_window_block = -(-engine.input_frames_to_window() // block)
+    grow_at = 4 * SAMPLE_RATE // block
 
     def grow(index: int) -> None:
-        if index == grow_at:  # the worker's own growth, as after a window 4 blocks late
-            stream._grow_budget(-4 * 256)
+        if index == grow_at:  # the worker's own growth, as after a window 1024 frames late
+            stream._grow_budget(-1024)
 
     played = _drive(stream, tone, waits=lambda index: index >= first_window_block + 4, before_block=grow)
     changes = stream.budget_changes
@@ -613,8 +615,35 @@ def test_a_growth_plays_one_crossfaded_splice_not_a_click() -> None:
     start = settings.block_size + int(engine.latency_frames)
     steps = np.abs(np.diff(played[start:, 0]))
     assert steps.max() < 0.03, (steps.max(), int(np.argmax(steps)) + start, changes)
-    after = played[grow_at * 256 + 2048:, 0]  # the tone is there after the splice
+    after = played[grow_at * block + 2048:, 0]  # the tone is there after the splice
     assert np.sqrt((after**2).mean()) > 0.3
+
+
+def test_wet_output_running_out_mid_block_crossfades_into_the_dry_input_without_a_click() -> None:
+    # The worker's output can run out a few frames into a block (it was behind, and the next
+    # window is not done): the callback plays the dry input from there. Here the wet is the tone
+    # itself at the stream's latency (what Spleeter's summed stems give), and it ends 4 frames into
+    # a block: the crossfade into the dry tone, as long as the wet there is, leaves the tone whole.
+    # (Fading those 4 frames out under a 5 ms fade-in of the dry made a dip with a 0.06-0.12 step.)
+    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1, budget_ms=1.0)
+    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1, hop_seconds=1.0)
+    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
+    latency = stream.latency_frames
+    tone = _tone(latency / SAMPLE_RATE + 1.0)
+    wet_blocks = latency // 256 + 20
+    ends = wet_blocks * 256 + 4  # the worker's output so far: the tone `latency` frames late
+    wet = np.zeros((2, ends), dtype=np.float32)
+    wet[:, latency:] = tone[:ends - latency].T
+    stream._out.write_at(0, wet)
+    stream._out.written = ends
+    played = np.zeros_like(tone)
+    for index in range(tone.shape[0] // 256):  # no worker runs: no more output comes
+        chunk = slice(index * 256, (index + 1) * 256)
+        stream._callback(np.ascontiguousarray(tone[chunk]), played[chunk], 256, None, None)
+    assert stream.counters.late_hops >= 1 and stream.counters.dry_blocks == tone.shape[0] // 256 - wet_blocks
+    whole = tone.shape[0] // 256 * 256
+    assert np.abs(played[latency:whole, 0] - tone[:whole - latency, 0]).max() < 1e-4
+    assert np.abs(np.diff(played[latency:whole, 0])).max() < 0.03
 
 
 @pytest.mark.timeout(300)
@@ -679,8 +708,12 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     tail = slice(tone.shape[0] - SAMPLE_RATE, tone.shape[0])
     lagged = tone[tail.start - stream.latency_frames:tail.stop - stream.latency_frames, 0]
     assert np.abs(played[tail, 0] - lagged).max() < 0.005
+    # The windows late only for waiting behind the slowed ones before the climb (the backlog of the
+    # late seconds) do not grow the budget: a growth after the climb covers one window's compute,
+    # under the hop, not seconds of backlog that would stay in the latency for good.
+    after_climb = [c for c in stream.budget_changes if c["latency_frames"] > last["latency_frames"]]
+    assert all(c["needed_ms"] < 1000 * engine.hop_seconds for c in after_climb), (after_climb, climbs)
     # A growth of the budget after a climb adds to the latency the climb left (it does not undo it).
-    # (The backlog of the late seconds may have grown the budget to its most: room for one more.)
     before, budget = stream.latency_frames, stream.budget_frames
     stream.max_budget_frames = max(stream.max_budget_frames, 2 * budget)
     stream._grow_budget(-4 * 256)
