@@ -138,9 +138,16 @@ class StreamManager:
         )
 
     def engine_for(self, settings: StreamConfig) -> StreamingSeparator:
-        """The live stream's engine, kept warm while the settings stay the same."""
+        """The live stream's engine, kept warm while the settings stay the same, except after a
+        stream climbed its hop while running (the machine slowed, perhaps only for a while): then
+        it loads afresh, so the hop ladder measures the machine as it is now, and a stop and start
+        gets the least latency that keeps real time again."""
         key = self.engine_key(settings)
         engine = self._engines.get(key)
+        if engine is not None and getattr(engine, "climbed_while_running", False):
+            log.info("stream: the last stream climbed to a %.0f ms hop while running; loading %s afresh to measure "
+                     "this machine again", 1000.0 * engine.hop_seconds, settings.model)
+            engine = None
         if engine is None:
             for old in self._engines.values():
                 old.close()

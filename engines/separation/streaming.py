@@ -182,6 +182,9 @@ class StreamingSeparator(Engine):
         self.hop_choice = "set in config" if hop_seconds is not None else f"the {self.device.type} default"
         # Measured by the hop ladder when it runs (CPU, hop left to the default); None otherwise.
         self.real_time_at_load: bool | None = None
+        # A stream took a longer hop while running (change_hop): the machine was slower then than
+        # the ladder measured, perhaps for a while only; a new stream loads afresh to measure again.
+        self.climbed_while_running = False
         self._stats_lock = threading.Lock()
         self._compute_ms = np.zeros(STATS_WINDOW, np.float64)
         self._hops = 0
@@ -621,6 +624,7 @@ class StreamingSeparator(Engine):
             fifo.write(np.zeros((rows, inserted), np.float32))
             self._fifo = fifo
             self._reset_stats()
+            self.climbed_while_running = True
             self.hop_choice = (f"{1000 * hop / rate:.0f} ms, climbed from {1000 * old_hop / rate:.0f} ms while "
                                f"running: {reason}")
             log.warning("%s: hop %.0f -> %.0f ms (window %.3f -> %.3f s), latency +%.1f ms: %s", self.name,

@@ -22,6 +22,7 @@ import pytest
 from bridge.client import Client, RemoteError
 from bridge.config import StreamConfig
 from bridge.stream import MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_for
+from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from engines.separation.streaming import StreamingSeparator
 from tests.conftest import Events, JackServer, OscUdp
@@ -718,3 +719,25 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     stream.max_budget_frames = max(stream.max_budget_frames, 2 * budget)
     stream._grow_budget(-4 * 256)
     assert stream.latency_frames - before == stream.budget_frames - budget > 0
+
+
+@pytest.mark.timeout(300)
+def test_a_start_after_a_stream_climbed_its_hop_loads_the_engine_afresh_to_measure_again() -> None:
+    # A climb while running answers a machine that slowed, perhaps only while another program ran.
+    # The engine stays warm from one start to the next, but not with the climbed hop: the next
+    # start loads it afresh, and the hop ladder measures the machine as it is now.
+    manager = StreamManager(StreamConfig(model="spleeter:2stems", engine_device="cpu", threads=1), None)
+    try:
+        settings = manager.settings_with({})
+        engine = manager.engine_for(settings)
+        assert manager.engine_for(settings) is engine  # kept warm
+        engine.reset()
+        engine.process(np.zeros((2, engine.input_frames_to_window()), np.float32))  # a window runs
+        engine.change_hop(engine.longer_hop(0.0, 4.0), "the test's slowdown")
+        assert engine.hop_choice.startswith(f"{1000 * engine.hop_seconds:.0f} ms, climbed from")
+        fresh = manager.engine_for(settings)
+        assert fresh is not engine and not engine.loaded
+        assert "climbed" not in fresh.hop_choice and fresh.real_time_at_load is not None, fresh.hop_choice
+        assert manager.engine_for(settings) is fresh
+    finally:
+        manager.close()
