@@ -31,8 +31,9 @@ window the worker checks two things: did this window's output land after the cal
 MIN_LIVE_HOPS hops)? (A window with more than budget x (1 - 1/margin) to spare skips the check:
 its compute was within the budget's share, so neither can have become true. A window that came
 out late only because it waited for the window before it, still computing when its last frame came
-in, is no reason: that window was the late one, and grew the budget or climbed the hop; growing for
-the wait would add the backlog of a slow stretch to the latency for good.) Either way the
+in, grows nothing: that window was the late one, and grew the budget or climbed the hop; growing
+for the wait would add the backlog of a slow stretch to the latency for good. The wait does count
+toward a climb: a stream that stays behind needs a longer hop.) Either way the
 budget becomes the margin times what the window needed (the
 larger of the live p99 and the late window's own time), in whole blocks, at most the margin times
 one hop (a window that needs more than a hop cannot keep real time at any budget), and at least
@@ -514,6 +515,7 @@ class LiveStream:
                 # Jump to the present and restart the engine's history; the callback plays dry.
                 self.counters.resyncs += 1
                 self._processed = self._in.written - self.max_chunk
+                self._freed_at = 0  # no window waits behind one from before the jump
                 if self._drop_to:
                     self._passed_the_silence()  # the reset engine starts at its new latency: nothing to drop
                 try:
@@ -580,28 +582,38 @@ class LiveStream:
 
     def _grow_budget(self, slack: int, waited: int = 0) -> None:
         """After a window: grow the budget when this window came out late (`slack` < 0) by more
-        than it `waited` for the window before it, or the margin times the live p99 is past it (see
-        the module docstring)."""
+        than it `waited` for the window before it, or the margin times the live p99 is past it; climb
+        the hop when what it needed, the wait included, is past the most a budget may be (see the
+        module docstring)."""
         budget = self.budget_frames
         stats = self.engine.stats()
         p99_ms, hops = float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))
         own_slack = slack + waited  # the slack it would have had, started as its last frame came in
+        late = f"a window's output came {-1000.0 * slack / self.sample_rate:.1f} ms late"
+        if waited:
+            late += f" (after waiting {1000.0 * waited / self.sample_rate:.1f} ms behind the one before)"
+        needed_ms: float | None
         if own_slack < 0:
             needed_ms = max(p99_ms, 1000.0 * (budget - own_slack) / self.sample_rate)
-            behind = f" (after waiting {1000.0 * waited / self.sample_rate:.1f} ms behind the one before)" \
-                if waited else ""
-            reason = (f"a window's output came {-1000.0 * slack / self.sample_rate:.1f} ms late{behind}: "
-                      f"{self.budget_margin:g} x {needed_ms:.1f} ms")
+            reason = f"{late}: {self.budget_margin:g} x {needed_ms:.1f} ms"
         elif hops >= MIN_LIVE_HOPS and self.budget_margin * p99_ms > 1000.0 * budget / self.sample_rate:
             needed_ms = p99_ms
             reason = f"{self.budget_margin:g} x p99 {p99_ms:.1f} ms of the last {hops} hops"
+        elif slack < 0:
+            needed_ms = None  # late only for the wait: no growth, but a stream that stays behind climbs
+            reason = late
         else:
             return
-        covering = budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size)
-        # Past the most a budget may be (the margin times one hop): the window needs more than a hop.
+        # What keeping up needs, a queue behind slow windows included. Past the most a budget may be
+        # (the margin times one hop), a longer hop may be due; `_climb_hop` asks the windows' median.
         # (Not the growth's minimum step: that alone climbed a hop with no window late.)
-        if covering > self.max_budget_frames and self._climb_hop(reason):
+        behind_ms = 1000.0 * (budget - slack) / self.sample_rate if slack < 0 else 0.0
+        if budget_frames_for(max(needed_ms or 0.0, behind_ms), self.budget_margin, self.sample_rate,
+                             self.block_size) > self.max_budget_frames and self._climb_hop(reason):
             return
+        if needed_ms is None:
+            return
+        covering = budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size)
         wanted = max(covering, budget_frames_for(BUDGET_GROWTH * self.budget_ms, 1.0, self.sample_rate,
                                                  self.block_size))
         grown = min(wanted, self.max_budget_frames)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import threading
@@ -719,6 +720,44 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     stream.max_budget_frames = max(stream.max_budget_frames, 2 * budget)
     stream._grow_budget(-4 * 256)
     assert stream.latency_frames - before == stream.budget_frames - budget > 0
+
+
+@pytest.mark.timeout(300)
+def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_behind_climbs() -> None:
+    # A window can come out late only because the one before it was still computing when its last
+    # frame came in (after a slow stretch, or a climb). Growing the budget for that wait would keep
+    # the backlog in the latency for good; a window late on its own does grow it. And when the
+    # windows keep costing more than the hop allows, that wait is what says the stream stays
+    # behind: it climbs, even where each window alone fits the budget. (A load limit of 0.25 takes
+    # a hop of 0.5 s or more here: a climb looks at 4 windows, before the live p99's 8 could.)
+    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1)
+    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1,
+                                auto_hop_load=0.25)
+    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
+    engine.reset()
+    budget, hop, most = stream.budget_frames, int(engine.hop_frames), stream.max_budget_frames
+    assert hop < 4 * SAMPLE_RATE, engine.hop_choice  # room to climb
+    stream.max_budget_frames = 2 * most  # room to grow, however slow the windows at load were
+    stream._grow_budget(-hop, waited=hop + 256)  # late by a hop, all of it spent queueing
+    assert stream.budget_frames == budget and not stream.budget_changes and not stream.hop_changes
+    stream._grow_budget(-256, waited=0)  # late on its own
+    assert stream.budget_frames > budget and "256 frames" not in stream.budget_changes[-1]["reason"]
+    assert stream.budget_changes[-1]["reason"].startswith("a window's output came 5.3 ms late: ")
+
+    def slowed(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run_slowly(window: Any) -> Any:
+            out = run(window)
+            time.sleep(engine.hop_seconds)  # every window now costs more than its hop
+            return out
+        return run_slowly
+
+    engine._runners = [slowed(run) for run in engine._runners]
+    windows = math.ceil(2.0 / engine.hop_seconds) + 1  # what the climb's median looks at: 2 s of them
+    engine.process(np.zeros((2, engine.input_frames_to_window() + (windows - 1) * hop), np.float32))
+    growths, stream.max_budget_frames = len(stream.budget_changes), most
+    stream._grow_budget(-2 * hop, waited=2 * hop + 256)  # late only for the queue, but a long one
+    assert len(stream.hop_changes) == 1 and len(stream.budget_changes) == growths, stream.budget_changes
+    assert "after waiting" in stream.hop_changes[0]["reason"] and engine.hop_seconds > hop / SAMPLE_RATE
 
 
 @pytest.mark.timeout(300)
