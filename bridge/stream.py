@@ -589,19 +589,16 @@ class LiveStream:
         stats = self.engine.stats()
         p99_ms, hops = float(stats.get("compute_ms_p99") or 0.0), int(stats.get("hops", 0))
         own_slack = slack + waited  # the slack it would have had, started as its last frame came in
-        late = f"a window's output came {-1000.0 * slack / self.sample_rate:.1f} ms late"
-        if waited:
-            late += f" (after waiting {1000.0 * waited / self.sample_rate:.1f} ms behind the one before)"
         needed_ms: float | None
         if own_slack < 0:
             needed_ms = max(p99_ms, 1000.0 * (budget - own_slack) / self.sample_rate)
-            reason = f"{late}: {self.budget_margin:g} x {needed_ms:.1f} ms"
+            reason = f"{self._late(slack, waited)}: {self.budget_margin:g} x {needed_ms:.1f} ms"
         elif hops >= MIN_LIVE_HOPS and self.budget_margin * p99_ms > 1000.0 * budget / self.sample_rate:
             needed_ms = p99_ms
             reason = f"{self.budget_margin:g} x p99 {p99_ms:.1f} ms of the last {hops} hops"
         elif slack < 0:
             needed_ms = None  # late only for the wait: no growth, but a stream that stays behind climbs
-            reason = late
+            reason = self._late(slack, waited)
         else:
             return
         # What keeping up needs, a queue behind slow windows included. Past the most a budget may be
@@ -632,6 +629,11 @@ class LiveStream:
                   "late_hops": self.counters.late_hops}  # so far: those after the last growth are the rest
         self.budget_changes.append(change)
         self._announce_latency(f"compute budget {before_ms:.1f} -> {self.budget_ms:.1f} ms", reason)
+
+    def _late(self, slack: int, waited: int) -> str:
+        """What a late window's growth or climb says of it."""
+        behind = f" (after waiting {1000.0 * waited / self.sample_rate:.1f} ms behind the one before)" if waited else ""
+        return f"a window's output came {-1000.0 * slack / self.sample_rate:.1f} ms late{behind}"
 
     def _announce_latency(self, change: str, reason: str) -> None:
         """Log a change of the latency and tell every listener the new round trip (stream.latency)."""

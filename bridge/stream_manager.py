@@ -144,7 +144,7 @@ class StreamManager:
         gets the least latency that keeps real time again."""
         key = self.engine_key(settings)
         engine = self._engines.get(key)
-        if engine is not None and getattr(engine, "climbed_while_running", False):
+        if engine is not None and engine.climbed_while_running:
             log.info("stream: the last stream climbed to a %.0f ms hop while running; loading %s afresh to measure "
                      "this machine again", 1000.0 * engine.hop_seconds, settings.model)
             engine = None

@@ -583,6 +583,29 @@ def _tone(seconds: float) -> np.ndarray:
     return np.repeat((0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None], 2, axis=1)
 
 
+def _spleeter_stream(block: int = 256, budget_ms: float | None = None, on_event: Callable[..., None] | None = None,
+                     **engine: Any) -> tuple[LiveStream, StreamingSeparator]:
+    """A stream of Deezer's 2-stem Spleeter on one thread, driven by the tests (no device), and its
+    engine: its two stems' ratio masks add up to one, so its mix is its input."""
+    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=block, threads=1,
+                            budget_ms=budget_ms)
+    separator = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1, **engine)
+    return LiveStream(settings, separator, EffectRack.build({}, tuple(separator.stems), SAMPLE_RATE, 2),
+                      on_event=on_event), separator
+
+
+def _slow_down(engine: StreamingSeparator, seconds: Callable[[], float]) -> None:
+    """What a slower machine does to every window from now on: its own work, then `seconds()` more."""
+    def slowed(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run_slowly(window: Any) -> Any:
+            out = run(window)
+            time.sleep(seconds())
+            return out
+        return run_slowly
+
+    engine._runners = [slowed(run) for run in engine._runners]
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("block", [256, 128])
 def test_a_growth_plays_one_crossfaded_splice_not_a_click(block: int) -> None:
@@ -594,11 +617,9 @@ def test_a_growth_plays_one_crossfaded_splice_not_a_click(block: int) -> None:
     # sample to the next about as much as the tone does (2 pi 220 / 48000 x 0.5 = 0.0144); a splice
     # without its crossfade jumps by up to the tone's whole height, 1.0. A 128-frame block is
     # shorter than the 5 ms crossfade (240 frames): each fade still goes all the way within it.
-    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=block, threads=1, budget_ms=1.0)
     # A 1 s hop: fewer than 8 hops in the 6 s (no growth from the p99 of real compute time, which
     # this simulated clock does not follow), and room under the most a budget may grow to.
-    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1, hop_seconds=1.0)
-    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
+    stream, engine = _spleeter_stream(block, budget_ms=1.0, hop_seconds=1.0)
     engine.reset()
     tone = _tone(6.0)
     first_window_block = -(-engine.input_frames_to_window() // block)
@@ -614,7 +635,7 @@ def test_a_growth_plays_one_crossfaded_splice_not_a_click(block: int) -> None:
     assert changes[-1]["from_ms"] == changes[-2]["to_ms"] and stream.counters.late_hops >= 1, changes
     assert stream.latency_frames == int(engine.latency_frames) + stream.budget_frames
     # From the tone's first played sample on: dry, the crossfade to wet, the splice at 4 s, wet.
-    start = settings.block_size + int(engine.latency_frames)
+    start = block + int(engine.latency_frames)
     steps = np.abs(np.diff(played[start:, 0]))
     assert steps.max() < 0.03, (steps.max(), int(np.argmax(steps)) + start, changes)
     after = played[grow_at * block + 2048:, 0]  # the tone is there after the splice
@@ -627,9 +648,7 @@ def test_wet_output_running_out_mid_block_crossfades_into_the_dry_input_without_
     # itself at the stream's latency (what Spleeter's summed stems give), and it ends 4 frames into
     # a block: the crossfade into the dry tone, as long as the wet there is, leaves the tone whole.
     # (Fading those 4 frames out under a 5 ms fade-in of the dry made a dip with a 0.06-0.12 step.)
-    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1, budget_ms=1.0)
-    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1, hop_seconds=1.0)
-    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
+    stream, _ = _spleeter_stream(budget_ms=1.0, hop_seconds=1.0)
     latency = stream.latency_frames
     tone = _tone(latency / SAMPLE_RATE + 1.0)
     wet_blocks = latency // 256 + 20
@@ -657,25 +676,13 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     # its median window still lags the slowdown) in crossfaded splices, and says so (`hop_changes`,
     # `stream.latency`). The output stays the tone without a click, and ends as the tone exactly
     # the last announced latency late.
-    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1)
-    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1)
     events: list[dict[str, Any]] = []
-    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2),
-                        on_event=lambda event, **data: events.append({"event": event, **data}))
+    stream, engine = _spleeter_stream(on_event=lambda event, **data: events.append({"event": event, **data}))
     assert stream.hop_climb is True
     engine.reset()
     started_hop, start_latency = engine.hop_seconds, stream.latency_frames
     slow = threading.Event()
-
-    def slowed(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def run_slowly(window: Any) -> Any:
-            out = run(window)
-            if slow.is_set():
-                time.sleep(1.5 * started_hop)
-            return out
-        return run_slowly
-
-    engine._runners = [slowed(run) for run in engine._runners]  # what the machine does to every window
+    _slow_down(engine, lambda: 1.5 * started_hop if slow.is_set() else 0.0)
     tone = _tone(10.0)  # whole blocks
     slow_from, slow_to = 2 * SAMPLE_RATE // 256, 7 * SAMPLE_RATE // 256
 
@@ -703,7 +710,7 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     assert stream.latency_frames >= last["latency_frames"] > start_latency + 256
     assert stream.latency_frames == int(engine.latency_frames) + stream.budget_frames
     # No click anywhere: dry while late, the splice, wet again.
-    first = settings.block_size + start_latency
+    first = 256 + start_latency
     steps = np.abs(np.diff(played[first:, 0]))
     assert steps.max() < 0.03, (steps.max(), int(np.argmax(steps)) + first, stream.hop_changes)
     # The last second is the tone, exactly the latency the stream reports late.
@@ -730,10 +737,7 @@ def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_b
     # windows keep costing more than the hop allows, that wait is what says the stream stays
     # behind: it climbs, even where each window alone fits the budget. (A load limit of 0.25 takes
     # a hop of 0.5 s or more here: a climb looks at 4 windows, before the live p99's 8 could.)
-    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=256, threads=1)
-    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1,
-                                auto_hop_load=0.25)
-    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
+    stream, engine = _spleeter_stream(auto_hop_load=0.25)
     engine.reset()
     budget, hop, most = stream.budget_frames, int(engine.hop_frames), stream.max_budget_frames
     assert hop < 4 * SAMPLE_RATE, engine.hop_choice  # room to climb
@@ -743,15 +747,7 @@ def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_b
     stream._grow_budget(-256, waited=0)  # late on its own
     assert stream.budget_frames > budget and "256 frames" not in stream.budget_changes[-1]["reason"]
     assert stream.budget_changes[-1]["reason"].startswith("a window's output came 5.3 ms late: ")
-
-    def slowed(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def run_slowly(window: Any) -> Any:
-            out = run(window)
-            time.sleep(engine.hop_seconds)  # every window now costs more than its hop
-            return out
-        return run_slowly
-
-    engine._runners = [slowed(run) for run in engine._runners]
+    _slow_down(engine, lambda: engine.hop_seconds)  # every window now costs more than its hop
     windows = math.ceil(2.0 / engine.hop_seconds) + 1  # what the climb's median looks at: 2 s of them
     engine.process(np.zeros((2, engine.input_frames_to_window() + (windows - 1) * hop), np.float32))
     growths, stream.max_budget_frames = len(stream.budget_changes), most
