@@ -385,21 +385,21 @@ def compare_backends(rounds: int, margin: float = 1.3) -> dict[str, Any]:
     import torch
 
     from bridge.testing import tiny_htdemucs_repo
-    from engines.inference import OpenVinoHTDemucs, htdemucs_core
+    from engines.inference import OpenVinoModel, htdemucs_core
 
     model = released_htdemucs()
     model.use_train_segment = False
     frames = round(REFERENCE_WINDOW_SECONDS * model.samplerate / 1024) * 1024
     window = torch.randn(1, 2, frames, generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()
-    compiled = OpenVinoHTDemucs(model, window, torch.get_num_threads())
+    compiled = OpenVinoModel(model, window, torch.get_num_threads())
     convert_s = time.perf_counter() - started
     core = htdemucs_core(model)
     with torch.inference_mode():
         mag = model._magnitude(model._spec(window))
         difference = float((model(window) - compiled(window)).abs().max())
         runs = {"torch": lambda: model(window), "openvino": lambda: compiled(window),
-                "torch_network": lambda: core(window, mag), "openvino_network": lambda: compiled._core(window, mag)}
+                "torch_network": lambda: core(window, mag), "openvino_network": lambda: compiled.network(window, mag)}
         times: dict[str, list[float]] = {name: [] for name in runs}
         for round_ in range(rounds + 1):  # the first round warms up, untimed
             for name, run in runs.items():

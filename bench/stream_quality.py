@@ -594,13 +594,17 @@ SPLEETER_WINDOWS: tuple[Setting, ...] = tuple(
                                               (256, 4), (256, 16), (256, 60)))
 
 
+# (device, backend) whose defaults a model may take (`stream_defaults`): Spleeter's differ on OpenVINO.
+DEFAULT_KINDS = (("cpu", "torch"), ("cpu", "openvino"), ("cuda", "torch"))
+
+
 def bench_settings(model: str) -> list[Setting]:
     """`model`'s own CPU and CUDA defaults first (`engines.separation.streaming.stream_defaults`), then the
     others (no repeats)."""
     from engines.separation.streaming import stream_defaults
 
     settings: list[Setting] = []
-    for setting in (stream_defaults(model, "cpu"), stream_defaults(model, "cuda"), *EXTRA_SETTINGS):
+    for setting in (*(stream_defaults(model, *kind) for kind in DEFAULT_KINDS), *EXTRA_SETTINGS):
         if tuple(setting) not in settings:
             settings.append(tuple(setting))
     return settings
@@ -613,8 +617,10 @@ def format_setting(setting: list[float | None] | tuple[float | None, ...]) -> st
 def setting_label(setting: list[float | None] | tuple[float | None, ...], model: str) -> str:
     from engines.separation.streaming import stream_defaults
 
-    names = [kind for kind in ("cpu", "cuda") if tuple(setting) == tuple(stream_defaults(model, kind))]
-    return format_setting(setting) + (f" ({'+'.join(names)} default)" if names else "")
+    names = [device if stream_defaults(model, device, "torch") == stream_defaults(model, device, "openvino")
+             else f"{device} on {backend}"
+             for device, backend in DEFAULT_KINDS if tuple(setting) == tuple(stream_defaults(model, device, backend))]
+    return format_setting(setting) + (f" ({', '.join(dict.fromkeys(names))} default)" if names else "")
 
 
 def print_table(result: dict[str, Any]) -> None:

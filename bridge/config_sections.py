@@ -127,8 +127,9 @@ class StreamConfig(Section):
     # Concurrent streams' windows through one forward (engines/batching.py): auto = CUDA only.
     batch_streams: Literal["auto", "on", "off"] = "auto"
     batch_gather_ms: float = Field(default=3.0, ge=0.0, le=100.0)
-    # What runs the model's windows on CPU (engines/inference.py): torch, openvino, or auto.
-    backend: Literal["auto", "torch", "openvino"] = "torch"
+    # What runs the model's windows on CPU (engines/inference.py): torch, openvino, or auto; null:
+    # the model's default (auto for Spleeter, torch for HTDemucs).
+    backend: Literal["auto", "torch", "openvino"] | None = None
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []
     effects: EffectsConfig = EffectsConfig()

@@ -1,11 +1,13 @@
-"""Inference backends for the streaming engine's HTDemucs windows: eager torch, or OpenVINO on CPU.
+"""Inference backends for the streaming engine's windows: eager torch, or OpenVINO on CPU.
 
-HTDemucs's forward starts with an STFT and ends with its inverse, complex-valued ops that model
-exporters do not take. `HTDemucsCore` is the network between them, written against the model's own
-submodules: (mix, magnitude spectrogram) -> (frequency-branch output, time-branch output), both
-already scaled back by the input's statistics. `OpenVinoHTDemucs` keeps the STFT, the mask and the
-iSTFT in torch and runs that core through OpenVINO, compiled for one window shape (a stream's
-windows all have the same shape). Called with a window it returns what `model(window)` returns.
+A separation model's forward starts with an STFT and ends with its inverse (after a mask),
+complex-valued ops that model exporters do not take. `network_split` names the real-valued network
+between them: for HTDemucs, `HTDemucsCore`, written against the model's own submodules: (mix,
+magnitude spectrogram) -> (frequency-branch output, time-branch output), both already scaled back
+by the input's statistics; for Spleeter, its two U-Nets (engines/spleeter.py). `OpenVinoModel`
+keeps the STFT, the mask and the iSTFT in torch and runs that network through OpenVINO, compiled
+for one window shape (a stream's windows all have the same shape). Called with a window it returns
+what `model(window)` returns.
 
 `choose_backend` decides per stream: `torch` always runs eager torch; `openvino` runs OpenVINO or
 says why it cannot; `auto` takes OpenVINO only on a CPU where it is installed, converts, matches
@@ -114,48 +116,65 @@ def split_forward(model: Any, mix: Any, core: Callable[[Any, Any], tuple[Any, An
     return xt + model._ispec(model._mask(z, x), mix.shape[-1])
 
 
-class OpenVinoHTDemucs:
-    """`model(window)` for windows of one shape, the core compiled by OpenVINO for the CPU."""
+def network_split(model: Any) -> tuple[Any, Callable[[Any], tuple[Any, ...]], Callable[[Any, Any], Any]]:
+    """(the model's network between its STFT and its inverse, as a module; the network's inputs
+    for a window; `forward(window, network)`: the model's output with `network` run in its place).
+
+    HTDemucs: `HTDemucsCore`. Spleeter (engines/spleeter.py): the two U-Nets, `model.network()`.
+    """
+    if hasattr(model, "network"):  # Spleeter
+        return model.network(), model.network_inputs, model
+    return (htdemucs_core(model), lambda window: (window, model._magnitude(model._spec(window))),
+            lambda window, network: split_forward(model, window, network))
+
+
+class OpenVinoModel:
+    """`model(window)` for windows of one shape, the network between the model's STFT and its
+    inverse (`network_split`) compiled by OpenVINO for the CPU."""
 
     def __init__(self, model: Any, window: Any, threads: int) -> None:
         import torch
 
         ov = importlib.import_module("openvino")
-        self.model = model
         self.shape = tuple(window.shape)
-        core = htdemucs_core(model)
-        mag = model._magnitude(model._spec(window))
+        network, inputs, self._forward = network_split(model)
+        example = inputs(window)
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel does not convert
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the trace is for this one shape
                 # Static shapes: a stream's windows all have this one.
-                converted = ov.convert_model(core, example_input=(window, mag),
-                                             input=[tuple(window.shape), tuple(mag.shape)])
+                converted = ov.convert_model(network, example_input=example,
+                                             input=[tuple(part.shape) for part in example])
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
+        # f32: on a CPU with bf16 units OpenVINO would otherwise compute in bf16 (5e-3 off here).
         self._compiled = ov.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                              "INFERENCE_NUM_THREADS": int(threads),
                                                              "INFERENCE_PRECISION_HINT": "f32"})
         self._request = self._compiled.create_infer_request()
+        self._outputs = len(self._compiled.outputs)
 
-    def _core(self, mix: Any, mag: Any) -> tuple[Any, Any]:
+    def network(self, *inputs: Any) -> Any:
+        """The compiled network on its inputs: one tensor, or a tuple of them where it has several."""
         import torch
 
-        self._request.infer([mix.numpy(), mag.contiguous().numpy()], share_inputs=True)
-        return (torch.from_numpy(self._request.get_output_tensor(0).data),
-                torch.from_numpy(self._request.get_output_tensor(1).data))
+        self._request.infer([part.contiguous().numpy() for part in inputs], share_inputs=True)
+        outputs = tuple(torch.from_numpy(self._request.get_output_tensor(i).data) for i in range(self._outputs))
+        return outputs[0] if self._outputs == 1 else outputs
 
     def __call__(self, window: Any) -> Any:
         if tuple(window.shape) != self.shape:
             raise BadRequest(f"OpenVINO backend: compiled for windows shaped {self.shape}, got {tuple(window.shape)}")
-        return split_forward(self.model, window, self._core)
+        return self._forward(window, self.network)
 
 
 def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_type: str, precision: str,
-                   htdemucs: bool, threads: int, batched: bool = False) -> tuple[str, list[Callable[[Any], Any]], str]:
-    """(the backend taken, one callable per model, why) for this stream's window shape.
+                   threads: int, batched: bool = False, origin: str = "set in config"
+                   ) -> tuple[str, list[Callable[[Any], Any]], str]:
+    """(the backend taken, one callable per model, why) for this stream's window shape; `origin`
+    says where `backend` came from.
 
     `backend='openvino'` raises `Unavailable` (with the reason) where OpenVINO cannot run it;
     `auto` falls back to torch, and the reason says why.
@@ -165,12 +184,10 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     check_backend(backend)
     eager = list(models)
     if backend == "torch":
-        return "torch", eager, "set in config"
+        return "torch", eager, origin
     problem = None
     if device_type != "cpu":
         problem = f"OpenVINO runs on the CPU here; this stream runs on {device_type}"
-    elif not htdemucs:
-        problem = "OpenVINO converts HTDemucs only; this model runs in torch"
     elif precision != "float32":
         problem = f"OpenVINO runs float32 only; precision is {precision}"
     elif batched:
@@ -184,7 +201,7 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     runners: list[Callable[[Any], Any]] = []
     if problem is None:
         try:
-            runners = [OpenVinoHTDemucs(model, window, threads) for model in models]
+            runners = [OpenVinoModel(model, window, threads) for model in models]
         except Exception as err:  # noqa: BLE001 - the converter raises many kinds
             problem = f"OpenVINO could not convert the model: {type(err).__name__}: {err}"
     if problem is None:
@@ -200,15 +217,15 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
             raise Unavailable(f"backend: 'openvino' cannot run this stream: {problem}. Fix: set stream.backend "
                               "to auto or torch")
         log.info("inference backend: torch (%s)", problem)
-        return "torch", eager, f"auto: {problem}"
+        return "torch", eager, f"auto ({origin}): {problem}"
     if backend == "openvino":
-        return "openvino", runners, f"set in config (matches torch within {MATCH_TOLERANCE:g})"
+        return "openvino", runners, f"{origin} (matches torch within {MATCH_TOLERANCE:g})"
     torch_ms, ov_ms = compare_ms(eager, runners, window, AUTO_TIMING_ROUNDS)
     share = ov_ms / torch_ms
     measured = f"a window took {ov_ms:.0f} ms with OpenVINO, {torch_ms:.0f} ms with torch (x{share:.2f})"
     if share <= AUTO_FASTER:
-        return "openvino", runners, f"auto: {measured}"
-    return "torch", eager, f"auto: {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less"
+        return "openvino", runners, f"auto ({origin}): {measured}"
+    return "torch", eager, f"auto ({origin}): {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less"
 
 
 def compare_ms(first: Sequence[Callable[[Any], Any]], second: Sequence[Callable[[Any], Any]], window: Any,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -247,6 +248,20 @@ def _build_separator(nets: dict[str, torch.nn.Module]) -> torch.nn.Module:
     from torch import nn
     from torch.nn import functional as F
 
+    class _UNets(nn.Module):
+        """Every stem's U-Net on one input, their estimates stacked along a stem axis."""
+
+        def __init__(self, nets: nn.ModuleList) -> None:
+            super().__init__()
+            self.nets = nets
+
+        @staticmethod
+        def run(nets: nn.ModuleList, magnitude: torch.Tensor) -> torch.Tensor:
+            return torch.stack([net(magnitude) for net in nets], dim=1)
+
+        def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
+            return self.run(self.nets, magnitude)
+
     class SpleeterSeparator(nn.Module):
         """Mix `(batch, 2, samples)` at 44.1 kHz -> stems `(batch, len(sources), 2, samples)`."""
 
@@ -268,15 +283,33 @@ def _build_separator(nets: dict[str, torch.nn.Module]) -> torch.nn.Module:
             padded = -(-frames // FRAME_MULTIPLE) * FRAME_MULTIPLE
             return max(samples, (padded - 1) * STFT_HOP)
 
-        def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        def _spec(self, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(the complex STFT (batch, 2, bins, frames), the U-Nets' input: its magnitude below
+            11 kHz padded to a multiple of 64 frames, (batch, 2, padded frames, 1024))."""
             batch, channels, length = mix.shape
             spec = torch.stft(mix.reshape(batch * channels, length).float(), N_FFT, STFT_HOP, window=self.window,
                               center=True, pad_mode="constant", return_complex=True)
             bins, frames = spec.shape[-2:]
             spec = spec.view(batch, channels, bins, frames)
-            magnitude = spec[:, :, :BINS].abs().transpose(2, 3)  # (batch, 2, frames, 1024)
-            magnitude = F.pad(magnitude, (0, 0, 0, -frames % FRAME_MULTIPLE))
-            power = torch.stack([net(magnitude)[:, :, :frames].square() for net in self.nets], dim=1)
+            magnitude = spec[:, :, :BINS].abs().transpose(2, 3)
+            return spec, F.pad(magnitude, (0, 0, 0, -frames % FRAME_MULTIPLE))
+
+        def network(self) -> nn.Module:
+            """The part between the STFT and the masks, real-valued (what a model exporter takes):
+            the U-Nets' input -> their estimates stacked, (batch, stems, 2, padded frames, 1024)."""
+            return _UNets(self.nets).eval()
+
+        def network_inputs(self, mix: torch.Tensor) -> tuple[torch.Tensor]:
+            return (self._spec(mix)[1],)
+
+        def forward(self, mix: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> torch.Tensor:
+            """The stems; `network` (e.g. a compiled build of `network()`) runs the U-Nets instead."""
+            batch, channels, length = mix.shape
+            spec, magnitude = self._spec(mix)
+            bins, frames = spec.shape[-2:]
+            estimates = network(magnitude) if network is not None else _UNets.run(self.nets, magnitude)
+            power = estimates[:, :, :, :frames].square()
             total = power.sum(dim=1, keepdim=True) + MASK_EPS
             ratio = ((power + MASK_EPS / 2) / total).transpose(3, 4)  # (batch, stems, 2, 1024, frames)
             mask = ratio.new_zeros((batch, len(self.nets), channels, bins, frames))

@@ -72,13 +72,23 @@ CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
 # its offline SDR: the 64-frame window is short of the U-Net's reach, and within 0.5 dB took a
 # 128-frame window and 0.37 s of lookahead (README, "Quality: what a setting costs"; issue 12).
 SPLEETER_CPU_DEFAULTS: tuple[float | None, float, float] = (None, 0.14, 0.1)
+# On OpenVINO (engines/inference.py; Spleeter's default backend where it measures faster) the window
+# cost 30-35 ms p50, 49 ms p99 on the same CPU (bench/stream_spleeter.py): a hop of 4 x 1024 frames
+# (93 ms) runs at load 0.36-0.53, so the CPU default is the CUDA one: 187 ms at 48 kHz.
+SPLEETER_OPENVINO_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
 SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
 # When the hop is left to the default, the engine times its window at load and, if the default
 # hop would leave less than this share of headroom (load = compute / hop above the limit), climbs
 # the ladder to the first hop that keeps it: real time first, then the least latency this machine
 # allows. The ladder ends at HOP_RANGE's top; past it the engine says it is not real time.
 AUTO_HOP_LOAD = 0.8
-HOP_LADDER = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
+# What runs the windows (engines/inference.py) when stream.backend is left out. Spleeter: auto, i.e.
+# OpenVINO where it converts (2-3 s), matches torch and measures faster at load: its U-Nets took
+# 0.58-0.68x torch's time on the shared 2-core CPU (max abs difference 7e-7). HTDemucs: torch;
+# converting the released model takes about a minute and was not faster end to end here (README,
+# "Inference backend").
+DEFAULT_BACKENDS = {"spleeter": "auto", "htdemucs": "torch"}
+HOP_LADDER = (0.14, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
 
 MODEL_BLOCK = 1024  # HTDemucs STFT hop: window edges on this grid keep frames aligned across windows
 CONTEXT_RANGE = (0.0, 8.0)
@@ -98,11 +108,14 @@ LOAD_TIMING_MIN_WINDOWS = 3
 LOAD_TIMING_SECONDS = 5.0
 
 
-def stream_defaults(model: str, device_type: str) -> tuple[float | None, float, float]:
-    """(context, hop, lookahead) in seconds for `model` on a device of this type; a context of
-    None fills the model's window to the length it costs anyway (Spleeter)."""
+def stream_defaults(model: str, device_type: str, backend: str = "torch") -> tuple[float | None, float, float]:
+    """(context, hop, lookahead) in seconds for `model` on a device of this type, its windows run
+    by `backend`; a context of None fills the model's window to the length it costs anyway
+    (Spleeter)."""
     if is_spleeter(model):
-        return SPLEETER_CUDA_DEFAULTS if device_type == "cuda" else SPLEETER_CPU_DEFAULTS
+        if device_type == "cuda":
+            return SPLEETER_CUDA_DEFAULTS
+        return SPLEETER_OPENVINO_DEFAULTS if backend == "openvino" else SPLEETER_CPU_DEFAULTS
     return CUDA_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
 
 
@@ -128,7 +141,7 @@ class StreamingSeparator(Engine):
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
                  threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD,
                  max_ratio_terms: int = MAX_RATIO_TERMS, batching: WindowBatchers | None = None,
-                 backend: str = "torch") -> None:
+                 backend: str | None = None) -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {model!r}")
         if is_openunmix(model):
@@ -154,7 +167,8 @@ class StreamingSeparator(Engine):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or not 1 <= threads <= 256):
             raise BadRequest(f"threads: expected an integer in [1, 256] or null, got {threads!r}")
-        check_backend(backend)  # engines/inference.py: auto, torch or openvino
+        if backend is not None:
+            check_backend(backend)  # engines/inference.py: auto, torch or openvino
         super().__init__(device)
         if precision == "float16" and self.device.type == "cpu":
             raise BadRequest("precision: 'float16' needs a CUDA device (this engine runs on cpu); "
@@ -168,7 +182,10 @@ class StreamingSeparator(Engine):
         self.precision = precision
         self.threads = threads
         self.max_ratio_terms = max_ratio_terms
-        self.backend_requested = backend
+        self.backend_requested = backend if backend is not None else \
+            DEFAULT_BACKENDS["spleeter" if is_spleeter(model) else "htdemucs"]
+        self._backend_default = backend is None
+        self._backend_window = 0  # the window length the runners were built for (OpenVINO: one shape)
         self.backend, self.backend_choice = "torch", "not loaded yet"
         self._requested: tuple[float | None, float, float] = (
             defaults[0] if context_seconds is None else float(context_seconds),
@@ -351,9 +368,19 @@ class StreamingSeparator(Engine):
         bag = load_model(self.model_name, self.repo, self.spleeter_dir)
         self._configure(bag)
         self._load_compute_ms = []
+        if self._auto_hop and self._requested[0] is None:
+            # The context fills the window (Spleeter): the window keeps its length at every hop
+            # of the ladder that fits in it, so the ladder can time what will run, from the
+            # default hop for that backend.
+            self._choose_backend()
+            hop = stream_defaults(self.model_name, self.device.type, self.backend)[1]
+            if hop != self._requested[1]:
+                self._requested = (self._requested[0], hop, self._requested[2])
+                self._configure(bag)
         if self._auto_hop:
             self._choose_hop(bag)
-        self._choose_backend()
+        if self._backend_window != self._window:
+            self._choose_backend()
         # Enough windows for a p99 at the setting taken (the hop ladder's last timing counts too).
         self._load_compute_ms += self._time_windows_ms(LOAD_TIMING_WINDOWS - len(self._load_compute_ms),
                                                        budget_seconds=LOAD_TIMING_SECONDS,
@@ -385,7 +412,8 @@ class StreamingSeparator(Engine):
             loads = f"measured load {', '.join(measured)} (limit {limit:.2f})"
             if load <= limit:
                 self.real_time_at_load = True
-                self.hop_choice = (f"the {kind} default: {loads}" if len(measured) == 1 else
+                default = f"the {kind} default" + ("" if self.backend == "torch" else f" on {self.backend}")
+                self.hop_choice = (f"{default}: {loads}" if len(measured) == 1 else
                                    f"{hop_ms:.0f} ms, the least hop that keeps real time on this {kind}: {loads}")
                 log.info("%s: hop %.0f ms, %s", self.name, hop_ms, loads)
                 return
@@ -411,8 +439,10 @@ class StreamingSeparator(Engine):
 
         self.backend, self._runners, self.backend_choice = choose_backend(
             self.backend_requested, self._models, self._window_dev, device_type=self.device.type,
-            precision=self.precision, htdemucs=not is_spleeter(self.model_name), threads=torch.get_num_threads(),
-            batched=self._batching is not None)
+            precision=self.precision, threads=torch.get_num_threads(),
+            batched=self._batching is not None,
+            origin=f"the default for {self.model_name}" if self._backend_default else "set in config")
+        self._backend_window = self._window
         log.info("%s: inference backend %s (%s)", self.name, self.backend, self.backend_choice)
 
     def _time_windows_ms(self, repeats: int, budget_seconds: float = math.inf, minimum: int = 0) -> list[float]:
@@ -460,7 +490,11 @@ class StreamingSeparator(Engine):
                              f"it has {bag.audio_channels} channels")
         device = self.device
         self._models = [sub.to(device) for sub in bag.models]
-        self._runners = self._models  # what runs a window: the models, or their OpenVINO builds
+        window = context + hop + lookahead
+        if window != self._backend_window:
+            # What runs a window: the models, or their OpenVINO builds, which serve one window shape.
+            self._runners, self._backend_window = self._models, 0
+            self.backend = "torch"
         weights = torch.tensor(bag.weights, dtype=torch.float32)  # (models, sources)
         totals = weights.sum(dim=0)
         if bool((totals <= 0).any()):
@@ -471,7 +505,7 @@ class StreamingSeparator(Engine):
         self._stems = tuple(bag.sources)
         self._model_rate = rate
         self._context, self._hop, self._lookahead, self._crossfade = context, hop, lookahead, crossfade
-        self._window = context + hop + lookahead
+        self._window = window
         self._cuda = device.type == "cuda"
         num_stems = len(self._stems)
         self._hop_buffers()
@@ -546,10 +580,10 @@ class StreamingSeparator(Engine):
     @property
     def hop_may_change(self) -> bool:
         """Whether the hop may grow while streaming: it was left to the engine (the ladder), and the
-        windows run in eager torch on their own (OpenVINO is compiled for one window shape, and a
-        batch shares one)."""
+        windows run on their own (a batch shares one shape), in eager torch or with a context that
+        fills the window (Spleeter's: its length stays, and OpenVINO is compiled for one shape)."""
         self.load()
-        return self._auto_hop and self.backend == "torch" and self._batcher is None
+        return self._auto_hop and self._batcher is None and (self.backend == "torch" or self._requested[0] is None)
 
     @property
     def can_change_hop(self) -> bool:
@@ -560,16 +594,21 @@ class StreamingSeparator(Engine):
         """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the
         ladder above this hop, up to `most_seconds`, whose window (its compute scaled by window
         length) would run under the engine's load limit; else the longest rung up to
-        `most_seconds`; None when there is none above this hop."""
+        `most_seconds`; None when there is none above this hop. On OpenVINO, only rungs whose
+        window keeps its length (the shape it is compiled for)."""
         self.load()
-        rate, lookahead = self._model_rate, self._lookahead
-        rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9]
+        rate = self._model_rate
+        rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9
+                 and (self.backend == "torch" or self._window_for(self._frames(h, rate, 1)) == self._window)]
         for rung in rungs:
             hop = self._frames(rung, rate, 1)
-            window = self._context_frames(self._models, hop, lookahead, rate) + hop + lookahead
-            if compute_ms * window / self._window <= self._auto_hop_load * 1000.0 * hop / rate:
+            if compute_ms * self._window_for(hop) / self._window <= self._auto_hop_load * 1000.0 * hop / rate:
                 return rung
         return rungs[-1] if rungs else None
+
+    def _window_for(self, hop: int) -> int:
+        """The window (model frames) at this hop, the lookahead as it is."""
+        return self._context_frames(self._models, hop, self._lookahead, self._model_rate) + hop + self._lookahead
 
     def change_hop(self, hop_seconds: float, reason: str) -> tuple[int, int]:
         """Go on with a longer hop from the next window, keeping the stream's history; call
@@ -594,6 +633,9 @@ class StreamingSeparator(Engine):
             if hop <= self._hop:
                 raise BadRequest(f"hop_seconds: expected more than the hop now, {self._hop / rate:.3f} s, "
                                  f"got {hop_seconds!r}")
+            if self.backend != "torch" and self._window_for(hop) != self._window:
+                raise BadRequest(f"hop_seconds: {hop_seconds!r} needs a window of another length, and this stream's "
+                                 f"{self.backend} build serves one")
             old_hop, old_context, old_window = self._hop, self._context, self._window
             old_window_np, fill, old_acc = self._window_np.copy(), self._fill, self._acc
             context = self._context_frames(self._models, hop, self._lookahead, rate)
@@ -636,7 +678,7 @@ class StreamingSeparator(Engine):
         if self._batcher is not None:
             self._batcher.leave(self._member)
             self._batcher = None
-        self._models, self._runners = [], []
+        self._models, self._runners, self._backend_window = [], [], 0
         self._weights = None
         if self._cuda:
             import torch

@@ -736,8 +736,9 @@ def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_b
     # the backlog in the latency for good; a window late on its own does grow it. And when the
     # windows keep costing more than the hop allows, that wait is what says the stream stays
     # behind: it climbs, even where each window alone fits the budget. (A load limit of 0.25 takes
-    # a hop of 0.5 s or more here: a climb looks at 4 windows, before the live p99's 8 could.)
-    stream, engine = _spleeter_stream(auto_hop_load=0.25)
+    # a hop of 0.5 s or more here with torch's windows: a climb looks at 4 windows, before the live
+    # p99's 8 could.)
+    stream, engine = _spleeter_stream(auto_hop_load=0.25, backend="torch")
     engine.reset()
     budget, hop, most = stream.budget_frames, int(engine.hop_frames), stream.max_budget_frames
     assert hop < 4 * SAMPLE_RATE, engine.hop_choice  # room to climb

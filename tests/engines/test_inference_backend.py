@@ -142,13 +142,13 @@ def test_a_stream_that_batches_with_others_runs_torch_and_says_why(repo: Path) -
     assert out.shape == (4, 2, 9600)
 
 
-def test_torch_is_the_default_and_says_so(repo: Path) -> None:
+def test_torch_is_htdemucss_default_and_says_so(repo: Path) -> None:
     with engine(repo) as separator:
         stats = separator.stats()
-    assert (stats["backend"], stats["backend_choice"]) == ("torch", "set in config")
+    assert (stats["backend"], stats["backend_choice"]) == ("torch", "the default for tiny")
 
 
-@pytest.mark.parametrize("bad", ["tensorrt", "OpenVINO", None, 1])
+@pytest.mark.parametrize("bad", ["tensorrt", "OpenVINO", "", 1])
 def test_a_bad_backend_name_is_a_bad_request_naming_the_value_and_the_choices(bad: object) -> None:
     with pytest.raises(BadRequest) as caught:
         StreamingSeparator("tiny", device="cpu", backend=bad)  # type: ignore[arg-type]

@@ -101,24 +101,62 @@ def test_the_stream_matches_the_offline_separation(mixture: tuple[np.ndarray, np
 
 
 @pytest.mark.timeout(600)
-def test_a_longer_hop_mid_stream_keeps_the_stems_summing_to_the_input_across_the_change(
-        mixture: tuple[np.ndarray, np.ndarray]) -> None:
-    """The context that fills the U-Net's window shrinks as the hop grows (63 x 1024 frames in all):
-    after 11 hops of 6 blocks the hop becomes 11 blocks, from block 66, a multiple of 11, so past
-    the junction's crossfade the windows are those of a stream started at 11-block hops. Without
-    the silence the change inserted, the stems add up to the input throughout: nothing lost,
-    doubled or cut at the change."""
-    mix = sum(mixture)
-    engine = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, auto_hop_load=1e9)
-    longer = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, hop_seconds=11 * 1024 / RATE)
+def test_openvino_runs_the_unets_and_streams_the_same_stems_as_torch(mixture: tuple[np.ndarray, np.ndarray]) -> None:
+    mix = sum(mixture)[:, :2 * RATE]
+    streamed = {}
+    for backend in ("torch", "openvino"):
+        engine = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, hop_seconds=0.14, backend=backend)
+        try:
+            streamed[backend] = engine.process(mix)
+            stats = engine.stats()
+            engine.close()  # stop, then start again: the model (and its OpenVINO build) load afresh
+            again = engine.process(mix)
+            assert engine.stats()["backend"] == backend
+        finally:
+            engine.close()
+        assert stats["backend"] == backend, stats["backend_choice"]
+        assert float(np.abs(again - streamed[backend]).max()) <= 1e-5
+    assert np.abs(streamed["torch"]).max() > 0.05  # stems with the music in them
+    assert float(np.abs(streamed["openvino"] - streamed["torch"]).max()) <= 1e-4
+
+
+@pytest.mark.timeout(600)
+def test_spleeter_runs_on_what_measured_faster_at_load_by_default_and_says_so() -> None:
+    """The default for Spleeter is `auto`: OpenVINO where it converts (seconds), matches torch and
+    measures faster; which one wins depends on the machine, what it measured is in the reason."""
+    engine = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, hop_seconds=0.14)
     try:
-        assert engine.hop_frames == 6 * 1024 and engine.can_change_hop is False
+        stats = engine.stats()
+    finally:
+        engine.close()
+    assert stats["backend_choice"].startswith("auto (the default for spleeter:2stems): a window took "), stats
+    assert "with OpenVINO, " in stats["backend_choice"] and " ms with torch (x" in stats["backend_choice"]
+    assert stats["backend"] in ("openvino", "torch")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("backend", "hop_blocks", "change_at"), [("torch", 6, 72000), ("openvino", 4, 50000)])
+def test_a_longer_hop_mid_stream_keeps_the_stems_summing_to_the_input_across_the_change(
+        mixture: tuple[np.ndarray, np.ndarray], backend: str, hop_blocks: int, change_at: int) -> None:
+    """The context that fills the U-Net's window shrinks as the hop grows (63 x 1024 frames in all):
+    after 11 hops of the default (6 blocks on torch, 4 on OpenVINO, where a window costs about
+    half) the hop becomes 11 blocks, from block 11 x hop, a multiple of 11, so past the junction's
+    crossfade the windows are those of a stream started at 11-block hops. Without the silence the
+    change inserted, the stems add up to the input throughout: nothing lost, doubled or cut at the
+    change. The window keeps its length, so OpenVINO's build (compiled for one shape) runs on."""
+    mix = sum(mixture)
+    engine = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, auto_hop_load=1e9, backend=backend)
+    longer = StreamingSeparator(NAME, device="cpu", sample_rate=RATE, hop_seconds=11 * 1024 / RATE, backend=backend)
+    try:
+        assert engine.hop_frames == hop_blocks * 1024 and engine.can_change_hop is False
+        assert (engine.stats()["backend"], longer.stats()["backend"]) == (backend, backend)
         padded = np.pad(mix, ((0, 0), (0, 2 * RATE)))
-        # 11 windows before the change: the next hop starts at block 66.
-        continuous, start, latency, inserted = without_the_inserted_silence(engine, padded, 72000, 0.25, 72000)
-        assert start == 66 * 1024
+        # 11 windows before the change: the next hop starts at block 11 x hop.
+        continuous, start, latency, inserted = without_the_inserted_silence(engine, padded, change_at, 0.25,
+                                                                            change_at)
+        assert start == 11 * hop_blocks * 1024
         assert engine.hop_frames == 11 * 1024 and engine.window_seconds == pytest.approx(63 * 1024 / RATE)
-        assert inserted == 5 * 1024
+        assert inserted == (11 - hop_blocks) * 1024
         continuous = continuous[..., latency:]
         reference = longer.process(padded)[..., longer.latency_frames:]
     finally:
@@ -126,7 +164,7 @@ def test_a_longer_hop_mid_stream_keeps_the_stems_summing_to_the_input_across_the
         longer.close()
     shown = mix.shape[1]
     np.testing.assert_allclose(continuous[..., :shown].sum(axis=0), mix, atol=1e-4)
-    after = 66 * 1024 + 2 * round(10.0 * RATE / 2000)  # past the junction's 10 ms crossfade
+    after = start + 2 * round(10.0 * RATE / 2000)  # past the junction's 10 ms crossfade
     np.testing.assert_allclose(continuous[..., after:shown], reference[..., after:shown], rtol=0,
                                atol=1e-5 * float(np.abs(reference).max()))
 
