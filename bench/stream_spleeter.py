@@ -22,7 +22,7 @@ Figures per setting:
   machine, so figures from machines of different speed can be compared; and the load average.
 
     .venv/bin/python bench/stream_spleeter.py [--seconds S] [--threads N] [--spleeter-dir DIR]
-        [--backends torch,auto]
+        [--backends torch,auto] [--setting CONTEXT,HOP,LOOKAHEAD ...]
 
 Per setting it also prints the round trip of each backend next to torch's, as a ratio.
 The last line of output is one JSON object with every figure.
@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip the released-htdemucs reference window")
     parser.add_argument("--backends", default="torch,auto",
                         help="inference backends for each setting, the first the baseline (torch, auto, openvino)")
+    parser.add_argument("--setting", action="append", default=None, metavar="CONTEXT,HOP,LOOKAHEAD",
+                        help="seconds, context 'fill' for the window's own length; repeatable (default: the "
+                             "defaults and three others)")
     args = parser.parse_args(argv)
+    settings = SETTINGS if not args.setting else tuple(
+        tuple(None if part == "fill" else float(part) for part in text.split(",")) for text in args.setting)
     import torch
 
     if args.threads is not None:
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     setting_rows: dict[tuple[float | None, float, float], list[dict[str, Any]]] = {}
     report["settings"] = []
-    for setting in SETTINGS:
+    for setting in settings:
         rows = []
         setting_rows[setting] = rows
         for backend in backends:
@@ -185,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     baseline = None
     for index in range(len(backends)):  # each backend at the CPU default for what it ran on
-        ran = setting_rows[SETTINGS[0]][index]["backend"]
+        ran = next(iter(setting_rows.values()))[index]["backend"]
         setting = stream_defaults(NAME, "cpu", ran)
+        if setting not in setting_rows:
+            continue
         row = setting_rows[setting][index]
         baseline = baseline or row
         print(f"the CPU default on {ran} {setting}: engine {row['p50_ms']} ms per window vs bare "

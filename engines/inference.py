@@ -149,7 +149,7 @@ class OpenVinoModel:
                                              input=[tuple(part.shape) for part in example])
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
-        # f32: on a CPU with bf16 units OpenVINO would otherwise compute in bf16 (5e-3 off here).
+        # f32: on a CPU with bf16 units OpenVINO would otherwise compute in bf16 (3e-3 off here).
         self._compiled = ov.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                              "INFERENCE_NUM_THREADS": int(threads),
                                                              "INFERENCE_PRECISION_HINT": "f32"})
