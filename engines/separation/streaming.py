@@ -368,13 +368,14 @@ class StreamingSeparator(Engine):
         bag = load_model(self.model_name, self.repo, self.spleeter_dir)
         self._configure(bag)
         self._load_compute_ms = []
-        if self._auto_hop and self._requested[0] is None:
-            # The context fills the window (Spleeter): the window keeps its length at every hop
-            # of the ladder that fits in it, so the ladder can time what will run, from the
-            # default hop for that backend.
+        if self._auto_hop and self.backend_requested != "torch":
+            # The ladder times what will run: the backend is chosen first, and again at each rung
+            # whose window has another shape (HTDemucs: OpenVINO converts each, 11-14 s here). A
+            # context that fills the window (Spleeter) keeps its shape at every hop that fits in
+            # it, and starts from that backend's default hop.
             self._choose_backend()
             hop = stream_defaults(self.model_name, self.device.type, self.backend)[1]
-            if hop != self._requested[1]:
+            if self._requested[0] is None and hop != self._requested[1]:
                 self._requested = (self._requested[0], hop, self._requested[2])
                 self._configure(bag)
         if self._auto_hop:
@@ -412,9 +413,9 @@ class StreamingSeparator(Engine):
             loads = f"measured load {', '.join(measured)} (limit {limit:.2f})"
             if load <= limit:
                 self.real_time_at_load = True
-                default = f"the {kind} default" + ("" if self.backend == "torch" else f" on {self.backend}")
-                self.hop_choice = (f"{default}: {loads}" if len(measured) == 1 else
-                                   f"{hop_ms:.0f} ms, the least hop that keeps real time on this {kind}: {loads}")
+                on = "" if self.backend == "torch" else f" on {self.backend}"
+                self.hop_choice = (f"the {kind} default{on}: {loads}" if len(measured) == 1 else
+                                   f"{hop_ms:.0f} ms, the least hop that keeps real time on this {kind}{on}: {loads}")
                 log.info("%s: hop %.0f ms, %s", self.name, hop_ms, loads)
                 return
             while len(ladder) > 1 and compute_ms / (1000.0 * ladder[0]) > limit:
@@ -432,6 +433,8 @@ class StreamingSeparator(Engine):
                         limit, 1000 * bigger)
             self._requested = (self._requested[0], bigger, self._requested[2])
             self._configure(bag)
+            if self.backend_requested != "torch" and self._backend_window != self._window:
+                self._choose_backend()  # for this rung's window shape
 
     def _choose_backend(self) -> None:
         """Eager torch or OpenVINO for the windows of the setting taken (engines/inference.py)."""

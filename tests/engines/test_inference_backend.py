@@ -11,6 +11,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,9 +32,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def engine(repo: Path, backend: str | None = None) -> Iterator[StreamingSeparator]:
+def engine(repo: Path, backend: str | None = None, **setting: Any) -> Iterator[StreamingSeparator]:
     kwargs = {} if backend is None else {"backend": backend}
-    separator = StreamingSeparator("tiny", repo=repo, device="cpu", **kwargs, **SETTING)
+    separator = StreamingSeparator("tiny", repo=repo, device="cpu", **kwargs, **{**SETTING, **setting})
     try:
         yield separator
     finally:
@@ -79,6 +80,36 @@ def test_openvino_streams_the_same_stems_as_torch(repo: Path) -> None:
     assert "matches torch within 0.0001" in stats["backend_choice"]
     assert actual.shape == expected.shape
     assert np.abs(expected).max() > 1e-3  # stems with something in them
+    assert float(np.abs(actual - expected).max()) <= 1e-4
+
+
+@pytest.mark.timeout(900)
+def test_the_hop_ladder_times_the_openvino_build_of_each_window_it_tries(repo: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ladder takes the least hop whose window keeps real time *as it will run*: on OpenVINO
+    # (a window 1.55-1.71x faster than torch here) that is a shorter hop than torch's timings
+    # would take. A load limit no window meets sends it from the first rung to the last.
+    import engines.inference
+    from engines.separation.streaming import HOP_LADDER
+
+    converted: list[int] = []
+    build = engines.inference.OpenVinoModel.__init__
+
+    def spy(self: Any, model: Any, window: Any, threads: int) -> None:
+        converted.append(int(window.shape[-1]))
+        build(self, model, window, threads)
+
+    monkeypatch.setattr(engines.inference.OpenVinoModel, "__init__", spy)
+    with engine(repo, "openvino", hop_seconds=None, auto_hop_load=1e-6) as laddered, \
+            engine(repo, "torch", hop_seconds=HOP_LADDER[-1]) as fixed:
+        audio = noise(6 * 48000)
+        actual, expected = stream(laddered, audio), stream(fixed, audio)
+        stats = laddered.stats()
+        first = round(0.1 * 44100 / 1024) * 1024 * 2 + round(0.25 * 44100 / 1024) * 1024
+        assert converted == [first, round(laddered.window_seconds * 44100)]  # the first rung's, then the last's
+    assert stats["backend"] == "openvino" and stats["real_time_at_load"] is False, stats["hop_choice"]
+    assert laddered.hop_seconds == pytest.approx(fixed.hop_seconds)
+    assert np.abs(expected).max() > 1e-3
     assert float(np.abs(actual - expected).max()) <= 1e-4
 
 
