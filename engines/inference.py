@@ -172,9 +172,9 @@ class OpenVinoModel:
 
 def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_type: str, precision: str,
                    threads: int, batched: bool = False, origin: str = "set in config"
-                   ) -> tuple[str, list[Callable[[Any], Any]], str]:
-    """(the backend taken, one callable per model, why) for this stream's window shape; `origin`
-    says where `backend` came from.
+                   ) -> tuple[str, list[Callable[[Any], Any]], str, float]:
+    """(the backend taken, one callable per model, why, how many times faster than torch it
+    measured: 1.0 for torch) for this stream's window shape; `origin` says where `backend` came from.
 
     `backend='openvino'` raises `Unavailable` (with the reason) where OpenVINO cannot run it;
     `auto` falls back to torch, and the reason says why.
@@ -184,7 +184,7 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     check_backend(backend)
     eager = list(models)
     if backend == "torch":
-        return "torch", eager, origin
+        return "torch", eager, origin, 1.0
     problem = None
     if device_type != "cpu":
         problem = f"OpenVINO runs on the CPU here; this stream runs on {device_type}"
@@ -217,15 +217,15 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
             raise Unavailable(f"backend: 'openvino' cannot run this stream: {problem}. Fix: set stream.backend "
                               "to auto or torch")
         log.info("inference backend: torch (%s)", problem)
-        return "torch", eager, f"auto ({origin}): {problem}"
-    if backend == "openvino":
-        return "openvino", runners, f"{origin} (matches torch within {MATCH_TOLERANCE:g})"
+        return "torch", eager, f"auto ({origin}): {problem}", 1.0
     torch_ms, ov_ms = compare_ms(eager, runners, window, AUTO_TIMING_ROUNDS)
     share = ov_ms / torch_ms
     measured = f"a window took {ov_ms:.0f} ms with OpenVINO, {torch_ms:.0f} ms with torch (x{share:.2f})"
+    if backend == "openvino":
+        return "openvino", runners, f"{origin} (matches torch within {MATCH_TOLERANCE:g}; {measured})", 1 / share
     if share <= AUTO_FASTER:
-        return "openvino", runners, f"auto ({origin}): {measured}"
-    return "torch", eager, f"auto ({origin}): {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less"
+        return "openvino", runners, f"auto ({origin}): {measured}", 1 / share
+    return "torch", eager, f"auto ({origin}): {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less", 1.0
 
 
 def compare_ms(first: Sequence[Callable[[Any], Any]], second: Sequence[Callable[[Any], Any]], window: Any,

@@ -87,7 +87,7 @@ AUTO_HOP_LOAD = 0.8
 # 0.58-0.68x torch's time on the shared 2-core CPU (max abs difference 7e-7). HTDemucs: torch, though
 # auto measured its window 1.55-1.71x faster on a quiet day here (0.96-1.13x beside heavier work):
 # OpenVINO converts once per window shape the ladder tries (11-14 s each for the released model),
-# and a stream on it cannot climb while running, as each rung's window has another shape (README,
+# and a climb while running goes on in torch, as each rung's window has another shape (README,
 # "Inference backend").
 DEFAULT_BACKENDS = {"spleeter": "auto", "htdemucs": "torch"}
 HOP_LADDER = (0.14, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
@@ -188,6 +188,7 @@ class StreamingSeparator(Engine):
             DEFAULT_BACKENDS["spleeter" if is_spleeter(model) else "htdemucs"]
         self._backend_default = backend is None
         self._backend_window = 0  # the window length the runners were built for (OpenVINO: one shape)
+        self._speedup = 1.0  # how many times faster than torch the runners measured at load
         self.backend, self.backend_choice = "torch", "not loaded yet"
         self._requested: tuple[float | None, float, float] = (
             defaults[0] if context_seconds is None else float(context_seconds),
@@ -442,7 +443,7 @@ class StreamingSeparator(Engine):
         """Eager torch or OpenVINO for the windows of the setting taken (engines/inference.py)."""
         import torch
 
-        self.backend, self._runners, self.backend_choice = choose_backend(
+        self.backend, self._runners, self.backend_choice, self._speedup = choose_backend(
             self.backend_requested, self._models, self._window_dev, device_type=self.device.type,
             precision=self.precision, threads=torch.get_num_threads(),
             batched=self._batching is not None,
@@ -498,7 +499,7 @@ class StreamingSeparator(Engine):
         window = context + hop + lookahead
         if window != self._backend_window:
             # What runs a window: the models, or their OpenVINO builds, which serve one window shape.
-            self._runners, self._backend_window = self._models, 0
+            self._runners, self._backend_window, self._speedup = self._models, 0, 1.0
             self.backend = "torch"
         weights = torch.tensor(bag.weights, dtype=torch.float32)  # (models, sources)
         totals = weights.sum(dim=0)
@@ -585,10 +586,10 @@ class StreamingSeparator(Engine):
     @property
     def hop_may_change(self) -> bool:
         """Whether the hop may grow while streaming: it was left to the engine (the ladder), and the
-        windows run on their own (a batch shares one shape), in eager torch or with a context that
-        fills the window (Spleeter's: its length stays, and OpenVINO is compiled for one shape)."""
+        windows run on their own (a batch shares one shape). On OpenVINO, a climb to a window of
+        another length goes on in eager torch (`change_hop`)."""
         self.load()
-        return self._auto_hop and self._batcher is None and (self.backend == "torch" or self._requested[0] is None)
+        return self._auto_hop and self._batcher is None
 
     @property
     def can_change_hop(self) -> bool:
@@ -599,15 +600,17 @@ class StreamingSeparator(Engine):
         """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the
         ladder above this hop, up to `most_seconds`, whose window (its compute scaled by window
         length) would run under the engine's load limit; else the longest rung up to
-        `most_seconds`; None when there is none above this hop. On OpenVINO, only rungs whose
-        window keeps its length (the shape it is compiled for)."""
+        `most_seconds`; None when there is none above this hop. A rung whose window would leave
+        an OpenVINO build's shape runs in torch: its compute is also scaled by how many times
+        faster than torch the build measured at load."""
         self.load()
         rate = self._model_rate
-        rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9
-                 and (self.backend == "torch" or self._window_for(self._frames(h, rate, 1)) == self._window)]
+        rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9]
         for rung in rungs:
             hop = self._frames(rung, rate, 1)
-            if compute_ms * self._window_for(hop) / self._window <= self._auto_hop_load * 1000.0 * hop / rate:
+            window = self._window_for(hop)
+            estimate = compute_ms * window / self._window * (self._speedup if window != self._window else 1.0)
+            if estimate <= self._auto_hop_load * 1000.0 * hop / rate:
                 return rung
         return rungs[-1] if rungs else None
 
@@ -627,26 +630,32 @@ class StreamingSeparator(Engine):
         frames later than before. Returns (ahead, inserted), in frames at `sample_rate`. A caller
         that drops the silence and plays the rest `inserted` frames later (bridge/stream.py) has
         a continuous signal at the new latency. The compute statistics restart at the new hop.
+        An OpenVINO build serves one window length: where the new window has another, the stream
+        goes on in eager torch.
         """
         self.load()
         with self._lock:
             if not self.can_change_hop:
                 raise BadRequest("hop_seconds: this stream's hop cannot change while it runs (it was set in config, "
-                                 "runs on OpenVINO or batched, or no window has run yet)")
+                                 "batches its windows with other streams', or no window has run yet)")
             rate = self._model_rate
             hop = self._frames(hop_seconds, rate, 1)
             if hop <= self._hop:
                 raise BadRequest(f"hop_seconds: expected more than the hop now, {self._hop / rate:.3f} s, "
                                  f"got {hop_seconds!r}")
-            if self.backend != "torch" and self._window_for(hop) != self._window:
-                raise BadRequest(f"hop_seconds: {hop_seconds!r} needs a window of another length, and this stream's "
-                                 f"{self.backend} build serves one")
             old_hop, old_context, old_window = self._hop, self._context, self._window
             old_window_np, fill, old_acc = self._window_np.copy(), self._fill, self._acc
             context = self._context_frames(self._models, hop, self._lookahead, rate)
             start = self._hop_start  # model frame where the next window's hop begins
             self._requested = (self._requested[0], hop_seconds, self._requested[2])
             self._hop, self._context, self._window = hop, context, context + hop + self._lookahead
+            if self._window != self._backend_window and self.backend != "torch":
+                # The build serves one window shape: go on in eager torch, which takes any.
+                self.backend_choice = (f"torch since the hop climbed to {1000 * hop / rate:.0f} ms while running "
+                                       f"(the {self.backend} build serves one window length; it measured "
+                                       f"{self._speedup:.2f}x torch's speed at load); before: {self.backend_choice}")
+                self._runners, self._backend_window, self._speedup = self._models, 0, 1.0
+                self.backend = "torch"
             self._hop_buffers()
             # The window holds [start - old context, start - old context + fill): keep what the
             # new context reaches (with less history than it reaches, zeros before it).

@@ -113,6 +113,27 @@ def test_the_hop_ladder_times_the_openvino_build_of_each_window_it_tries(repo: P
     assert float(np.abs(actual - expected).max()) <= 1e-4
 
 
+@pytest.mark.timeout(900)
+def test_a_stream_on_openvino_that_climbs_to_another_window_goes_on_in_torch_and_says_so(repo: Path) -> None:
+    # When the machine slows while streaming, the hop climbs (bridge/stream.py); an HTDemucs
+    # window then has another length, which the OpenVINO build (compiled for one) cannot run: the
+    # stream goes on in eager torch, from the same history, as a torch stream that climbed would.
+    from tests.engines.test_separation import without_the_inserted_silence
+
+    audio = noise(4 * 48000, seed=8)
+    with engine(repo, "openvino", hop_seconds=None, auto_hop_load=1e9) as compiled, \
+            engine(repo, "torch", hop_seconds=None, auto_hop_load=1e9) as eager:
+        assert compiled.stats()["backend"] == "openvino" and compiled.hop_may_change
+        actual, start, _, inserted = without_the_inserted_silence(compiled, audio, 50000, 0.5, 1000)
+        expected, eager_start, _, eager_inserted = without_the_inserted_silence(eager, audio, 50000, 0.5, 1000)
+        stats = compiled.stats()
+    assert (start, inserted) == (eager_start, eager_inserted) and compiled.hop_seconds == pytest.approx(0.5, abs=0.02)
+    assert stats["backend"] == "torch"
+    assert stats["backend_choice"].startswith("torch since the hop climbed to 511 ms while running"), stats
+    assert np.abs(expected).max() > 1e-3
+    assert float(np.abs(actual - expected).max()) <= 1e-4
+
+
 def test_auto_without_openvino_runs_torch_and_says_why(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
     with engine(repo, "auto") as separator:
