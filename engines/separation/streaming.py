@@ -371,20 +371,15 @@ class StreamingSeparator(Engine):
         bag = load_model(self.model_name, self.repo, self.spleeter_dir)
         self._configure(bag)
         self._load_compute_ms = []
-        if self._auto_hop and self.backend_requested != "torch":
-            # The ladder times what will run: the backend is chosen first, and again at each rung
-            # whose window has another shape (HTDemucs: OpenVINO converts each, 11-14 s here). A
-            # context that fills the window (Spleeter) keeps its shape at every hop that fits in
-            # it, and starts from that backend's default hop.
-            self._choose_backend()
+        if self._auto_hop and self._requested[0] is None:
+            # A context that fills the window (Spleeter): its length stays at every hop that fits
+            # in it, so the backend chosen at the first setting stays, and sets the default hop.
             hop = stream_defaults(self.model_name, self.device.type, self.backend)[1]
-            if self._requested[0] is None and hop != self._requested[1]:
+            if hop != self._requested[1]:
                 self._requested = (self._requested[0], hop, self._requested[2])
                 self._configure(bag)
         if self._auto_hop:
             self._choose_hop(bag)
-        if self._backend_window != self._window:
-            self._choose_backend()
         # Enough windows for a p99 at the setting taken (the hop ladder's last timing counts too).
         self._load_compute_ms += self._time_windows_ms(LOAD_TIMING_WINDOWS - len(self._load_compute_ms),
                                                        budget_seconds=LOAD_TIMING_SECONDS,
@@ -436,8 +431,6 @@ class StreamingSeparator(Engine):
                         limit, 1000 * bigger)
             self._requested = (self._requested[0], bigger, self._requested[2])
             self._configure(bag)
-            if self.backend_requested != "torch" and self._backend_window != self._window:
-                self._choose_backend()  # for this rung's window shape
 
     def _choose_backend(self) -> None:
         """Eager torch or OpenVINO for the windows of the setting taken (engines/inference.py)."""
@@ -496,11 +489,6 @@ class StreamingSeparator(Engine):
                              f"it has {bag.audio_channels} channels")
         device = self.device
         self._models = [sub.to(device) for sub in bag.models]
-        window = context + hop + lookahead
-        if window != self._backend_window:
-            # What runs a window: the models, or their OpenVINO builds, which serve one window shape.
-            self._runners, self._backend_window, self._speedup = self._models, 0, 1.0
-            self.backend = "torch"
         weights = torch.tensor(bag.weights, dtype=torch.float32)  # (models, sources)
         totals = weights.sum(dim=0)
         if bool((totals <= 0).any()):
@@ -511,7 +499,7 @@ class StreamingSeparator(Engine):
         self._stems = tuple(bag.sources)
         self._model_rate = rate
         self._context, self._hop, self._lookahead, self._crossfade = context, hop, lookahead, crossfade
-        self._window = window
+        self._window = context + hop + lookahead
         self._cuda = device.type == "cuda"
         num_stems = len(self._stems)
         self._hop_buffers()
@@ -538,6 +526,10 @@ class StreamingSeparator(Engine):
         self._fifo = FrameFifo(rows_out, self._fifo_capacity())
         self._reset_stream()
         self._warm_up()
+        if self._window != self._backend_window:
+            # What runs a window (the models, or their OpenVINO builds, which serve one window
+            # length) is chosen for each window length set, so the hop ladder times what will run.
+            self._choose_backend()
         log.info("%s: %s on %s, stems %s, window %.3f s (context %.3f, hop %.3f, lookahead %.3f), latency %.1f ms",
                  self.name, self.model_name, device, ",".join(self._stems), self._window / rate, context / rate,
                  hop / rate, lookahead / rate, 1000.0 * self._latency_frames / self.sample_rate)
