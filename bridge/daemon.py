@@ -98,10 +98,10 @@ class Daemon:
             # MIDI last, and it never fails start-up: without it, midi.status says why.
             await self.midi.start()
             log.info("  %-13s %s", "midi", self.endpoints().get("midi", "off"))
-            if self.services.jobs is not None:
-                # Jobs given up at start-up (their daemon died during each attempt) say so now that
-                # someone can hear it: ZeroMQ PUB subscribers and OSC listeners.
-                self.services.jobs.announce_given_up()
+            if self.services.jobs is not None and self.services.jobs.given_up:
+                # Jobs given up at start-up (their daemon died during each attempt) say so once
+                # someone can hear it: the first OSC listener or ZeroMQ subscriber to job.failed.
+                self.hub.when_heard("job.failed", self.services.jobs.announce_given_up)
         except BaseException:
             self._accepting = False
             if self.services.jobs is not None:

@@ -48,6 +48,8 @@ class EventHub:
         self._listeners: dict[tuple[str, int], _Listener] = {}  # ordered by first registration
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._topics: set[str] = set()  # ZeroMQ subscriptions (topic prefixes) someone holds now
+        self._waiting: list[tuple[str, Callable[[], object]]] = []  # when_heard() callbacks not run yet
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind the hub to the daemon's loop; publish() from other threads hops onto it."""
@@ -84,6 +86,7 @@ class EventHub:
             )
         self._listeners[key] = _Listener(owner, owner_text, expires)
         log.info("listener registered: %s:%d (by %s)", host, port, owner_text or "?")
+        self._run_waiting(lambda name: True)  # a listener hears every event
         return True
 
     def unregister(self, host: str, port: int, owner: tuple[Any, ...] = ()) -> bool:
@@ -123,6 +126,40 @@ class EventHub:
                 "listener expired: %s:%d (not registered again within daemon.listener_ttl_seconds = %g s)",
                 key[0], key[1], self._ttl,
             )
+
+    # -- who can hear what --------------------------------------------------------------------
+
+    def subscribed(self, topic: str) -> None:
+        """A ZeroMQ subscriber now holds the topic prefix `topic` ("" is every event)."""
+        self._topics.add(topic)
+        self._run_waiting(lambda name: name.startswith(topic))
+
+    def unsubscribed(self, topic: str) -> None:
+        """The last ZeroMQ subscriber to `topic` left."""
+        self._topics.discard(topic)
+
+    def can_hear(self, name: str) -> bool:
+        """Whether an event `name` published now reaches anyone beyond its requester."""
+        return bool(self.listeners()) or any(name.startswith(topic) for topic in self._topics)
+
+    def when_heard(self, name: str, callback: Callable[[], object]) -> None:
+        """Run `callback` (which publishes `name`) once someone can hear it: now if anyone can,
+        else at the next listener registration or ZeroMQ subscription that takes `name`.
+
+        For what is said once at start-up (jobs given up while the daemon was down): a client
+        that reconnects after a restart subscribes some milliseconds after the sockets are up,
+        and a PUB socket drops whatever it sends before then.
+        """
+        if self.can_hear(name):
+            callback()
+        else:
+            self._waiting.append((name, callback))
+
+    def _run_waiting(self, hears: Callable[[str], bool]) -> None:
+        ready = [entry for entry in self._waiting if hears(entry[0])]
+        self._waiting = [entry for entry in self._waiting if not hears(entry[0])]
+        for _, callback in ready:
+            callback()
 
     # -- publishing ----------------------------------------------------------------------------
 

@@ -345,10 +345,15 @@ class JobRunner:
             thread.start()
         return requeued
 
+    @property
+    def given_up(self) -> builtins.list[str]:
+        """Ids of the jobs `start()` gave up on, not announced yet."""
+        return [job.id for job in self._given_up]
+
     def announce_given_up(self) -> builtins.list[str]:
         """Publish `job.failed` for the jobs `start()` gave up on; returns their ids.
 
-        The daemon calls this once its sockets are up: at `start()` nobody could hear it.
+        The daemon calls this once someone can hear it (`EventHub.when_heard`): at `start()` nobody could.
         """
         given_up, self._given_up = self._given_up, []
         for job in given_up:

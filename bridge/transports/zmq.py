@@ -1,4 +1,4 @@
-"""ZeroMQ: a ROUTER socket for requests (REQ and DEALER clients) and a PUB socket for events.
+"""ZeroMQ: a ROUTER socket for requests (REQ and DEALER clients) and an XPUB socket for events.
 
 Request:  {"id": <any>, "cmd": <name>, "args": {...}}
 Reply:    {"id": <same>, "ok": true, "result": {...}}
@@ -6,6 +6,8 @@ Error:    {"id": <same>, "ok": false, "error": {"code": ..., "message": ...}}
 Events:   PUB multipart [topic = event name, {"event": name, "data": {...}}]. A DEALER client
           (one that sends no empty delimiter frame) also receives the events of its own jobs on
           its request socket; a REQ client cannot (its socket only accepts one reply per request).
+          The events socket is an XPUB, which SUB clients see as a PUB: the daemon reads the
+          subscriptions so that what it says once (`EventHub.when_heard`) waits for a subscriber.
 
 This module only translates between frames and `Request` / `Reply` / `Event` objects.
 """
@@ -74,7 +76,8 @@ class ZmqServer:
         self._dispatch = dispatch
         self._context = zmq.Context()
         self._router: zmq.Socket | None = None
-        self._pub: zmq.Socket | None = None
+        self._pub: zmq.Socket | None = None  # XPUB
+        self._hub = hub
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
@@ -96,8 +99,9 @@ class ZmqServer:
             return sock, actual
 
         self._router, self.request_port = await open_socket(zmq.ROUTER, "zmq.request_port", self.config.request_port)
-        self._pub, self.event_port = await open_socket(zmq.PUB, "zmq.event_port", self.config.event_port)
+        self._pub, self.event_port = await open_socket(zmq.XPUB, "zmq.event_port", self.config.event_port)
         self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._pub.fileno(), self._read_subscriptions)
         self._task = asyncio.create_task(self._serve(), name="zmq-router")
 
     def endpoints(self) -> dict[str, str]:
@@ -118,6 +122,8 @@ class ZmqServer:
         if self._router is not None:
             self._router.close(linger=0)
         if self._pub is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._pub.fileno())
             self._pub.close(linger=500)  # let daemon.stopping reach the subscribers
         self._context.term()
 
@@ -233,8 +239,30 @@ class ZmqServer:
             return
         try:
             self._pub.send_multipart([event.name.encode(), event_body(event)], flags=zmq.NOBLOCK)
+            # A send can consume the edge-triggered descriptor's signal of a waiting subscription.
+            if cast(int, self._pub.getsockopt(zmq.EVENTS)) & zmq.POLLIN and self._loop is not None:
+                self._loop.call_soon(self._read_subscriptions)
         except zmq.ZMQError as err:
             log.warning("ZeroMQ PUB: could not publish %s: %s", event.name, err)
+
+    def _read_subscriptions(self) -> None:
+        """Tell the hub which topics subscribers hold: XPUB passes a topic's first subscribe
+        (b"\x01" + topic) and its last unsubscribe (b"\x00" + topic)."""
+        pub = self._pub
+        if pub is None or self._closed:
+            return
+        try:
+            while cast(int, pub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                message = pub.recv(zmq.NOBLOCK)
+                if not message or message[0] not in (0, 1):
+                    continue
+                topic = message[1:].decode("utf-8", "replace")
+                if message[0] == 1:
+                    self._hub.subscribed(topic)
+                else:
+                    self._hub.unsubscribed(topic)
+        except zmq.ZMQError as err:
+            log.warning("ZeroMQ PUB: cannot read subscriptions: %s", err)
 
 
 def _short(value: Any) -> str:
