@@ -218,6 +218,10 @@ def _resolve_paths(config: Config, env: Mapping[str, str]) -> Config:
             "server": config.server.model_copy(
                 update={"data_dir": (config.server.data_dir or user_data_dir(env) / "server").expanduser().absolute()}
             ),
+            "stream": config.stream.model_copy(
+                update={"openvino_cache_dir": (config.stream.openvino_cache_dir or database.parent / "openvino")
+                        .expanduser().absolute()}
+            ),
             "tts": config.tts.model_copy(
                 update={"voices_dir": (config.tts.voices_dir or user_data_dir(env) / "voices").expanduser().absolute()}
             ),

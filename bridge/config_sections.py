@@ -130,6 +130,11 @@ class StreamConfig(Section):
     # What runs the model's windows on CPU (engines/inference.py): torch, openvino, or auto; null:
     # the model's default (auto for Spleeter, torch for HTDemucs).
     backend: Literal["auto", "torch", "openvino"] | None = None
+    # OpenVINO's conversions of the stream models, kept between starts (a later start of the same
+    # model converts nothing); the least recently used go beyond openvino_cache_mb, 0 keeps none.
+    # null folder: <the job database's folder>/openvino.
+    openvino_cache_dir: Path | None = None
+    openvino_cache_mb: int = Field(default=1024, ge=0, le=1_000_000)
     gains_db: dict[str, Annotated[float, Field(ge=-120.0, le=24.0)]] = {}
     muted: list[str] = []
     effects: EffectsConfig = EffectsConfig()

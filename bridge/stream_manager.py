@@ -23,6 +23,7 @@ from bridge.stream import LOCAL, MIN_LIVE_HOPS, EffectRack, LiveStream, StreamEn
 from engines.base import pick_device
 from engines.batching import WindowBatchers
 from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
+from engines.inference import ConversionCache
 from engines.resample import check_stream_rate
 from engines.separation.models import HTDEMUCS_RATE
 from engines.separation.streaming import StreamingSeparator
@@ -84,6 +85,9 @@ class StreamManager:
         if "batch_gather_ms" in overrides:
             raise Forbidden("stream.start: stream.batch_gather_ms is shared by every stream; set it in config.yaml, "
                             "not an override")
+        if {"openvino_cache_dir", "openvino_cache_mb"} & set(overrides):
+            raise Forbidden("stream.start: where OpenVINO keeps its conversions is set in config.yaml "
+                            "(stream.openvino_cache_dir, stream.openvino_cache_mb), not an override")
         if "max_ratio_terms" in overrides:
             # A bound on what a request may allocate is not the request's to raise.
             raise Forbidden("stream.start: stream.max_ratio_terms is a memory bound set in config.yaml, "
@@ -95,6 +99,11 @@ class StreamManager:
                 f"{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in err.errors()
             )
             raise BadRequest(f"stream.start: bad overrides: {problems}") from None
+
+    def conversion_cache(self) -> ConversionCache | None:
+        """Where OpenVINO conversions are kept between starts (config.yaml's, never an override's)."""
+        folder, most = self.base.openvino_cache_dir, self.base.openvino_cache_mb
+        return ConversionCache(folder, float(most)) if folder is not None and most > 0 else None
 
     def batching_for(self, settings: StreamConfig) -> bool:
         """Whether engines for these settings batch their windows with other streams'."""
@@ -124,6 +133,7 @@ class StreamManager:
             max_ratio_terms=settings.max_ratio_terms,
             batching=self.batchers if self.batching_for(settings) else None,
             backend=settings.backend,
+            conversion_cache=self.conversion_cache(),
         )
         load_at_worker_priority(engine, settings.worker_nice)
         return engine

@@ -9,6 +9,13 @@ keeps the STFT, the mask and the iSTFT in torch and runs that network through Op
 for one window shape (a stream's windows all have the same shape). Called with a window it returns
 what `model(window)` returns.
 
+The conversion (a trace, the slow part: 11-14 s for the released HTDemucs on 2 cores) leaves the
+window's axes open, so one conversion per model serves every window length: a build for another
+length is a reshape and a compile (1-2 s), for the hop ladder's rungs and a climb while running.
+A `ConversionCache` keeps conversions on disk, keyed by everything they depend on (the network's
+weights, structure and input shapes, the openvino and torch versions), so a later start of the
+same model converts nothing.
+
 `choose_backend` decides per stream: `torch` always runs eager torch; `openvino` runs OpenVINO or
 says why it cannot; `auto` takes OpenVINO only on a CPU where it is installed, converts, matches
 torch within `MATCH_TOLERANCE` on a probe window and measures faster; otherwise torch, with the
@@ -17,11 +24,19 @@ reason. Nothing here is imported before a model is loaded, and openvino only whe
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
+import os
+import shutil
+import threading
 import time
+import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bridge.errors import BadRequest, Unavailable
@@ -34,6 +49,7 @@ MATCH_TOLERANCE = 1e-4  # max abs difference from eager torch on the probe windo
 # interleaved timings): a smaller gain is within the noise of a shared machine.
 AUTO_FASTER = 0.95
 AUTO_TIMING_ROUNDS = 3
+CACHE_FORMAT = "1"  # part of every cache key: bump when what a conversion holds changes
 
 
 def check_backend(backend: Any) -> str:
@@ -128,31 +144,147 @@ def network_split(model: Any) -> tuple[Any, Callable[[Any], tuple[Any, ...]], Ca
             lambda window, network: split_forward(model, window, network))
 
 
+@dataclass(frozen=True)
+class ConversionCache:
+    """Where OpenVINO conversions are kept between starts, and how many MB of them at most (the
+    least recently used go first; the released HTDemucs's is 169 MB)."""
+
+    folder: Path
+    max_mb: float = 1024.0
+
+
+# The conversions made in this process, by model: a build for another window length reuses it.
+_CONVERTED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_CONVERTING = threading.Lock()
+
+
+def converted_network(model: Any, window: Any, cache: ConversionCache | None = None) -> Any:
+    """The OpenVINO model of `model`'s network (`network_split`), its window axes left open: from
+    this process's conversions, else from `cache`, else converted now (and put in `cache`)."""
+    with _CONVERTING:
+        converted = _CONVERTED.get(model)
+        if converted is None:
+            converted = _CONVERTED[model] = _convert(model, window, cache)
+        return converted
+
+
+def _convert(model: Any, window: Any, cache: ConversionCache | None) -> Any:
+    import torch
+
+    ov = importlib.import_module("openvino")
+    network, inputs, _ = network_split(model)
+    example = inputs(window)
+    # The axes that follow the window's length: those that differ at twice the length.
+    longer = inputs(torch.cat([window, window], dim=-1))
+    shapes = [tuple(-1 if a != b else a for a, b in zip(part.shape, other.shape, strict=True))
+              for part, other in zip(example, longer, strict=True)]
+    path = None
+    if cache is not None:
+        path = cache.folder / _cache_key(network, shapes, ov.__version__) / "network.xml"
+        converted = _read_cached(ov, path)
+        if converted is not None:
+            log.info("OpenVINO: the conversion of %s from %s", type(network).__name__, path.parent)
+            return converted
+    started = time.perf_counter()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel does not convert
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # python branches on this shape
+            converted = ov.convert_model(network, example_input=example, input=shapes)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    log.info("OpenVINO: converted %s in %.1f s (inputs %s)", type(network).__name__, time.perf_counter() - started,
+             ", ".join(str(shape) for shape in shapes))
+    if cache is not None and path is not None:
+        _write_cached(ov, converted, path, cache)
+    return converted
+
+
+def _cache_key(network: Any, shapes: list[tuple[int, ...]], ov_version: str) -> str:
+    """A digest of everything a conversion depends on: the versions, the network's class, its
+    structure and settings (its repr and scalar attributes, its modules' too) and its weights."""
+    import torch
+
+    digest = hashlib.sha256()
+    scalars = sorted((name, key, repr(value)) for name, module in network.named_modules()
+                     for key, value in vars(module).items()
+                     if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple)))
+    digest.update(repr((CACHE_FORMAT, ov_version, torch.__version__, type(network).__qualname__, repr(network),
+                        scalars, shapes)).encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()[:40]
+
+
+def _read_cached(ov: Any, path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        converted = ov.Core().read_model(str(path))
+        os.utime(path.parent)  # recently used: pruned last
+        return converted
+    except Exception as err:  # noqa: BLE001 - a damaged entry is converted again
+        log.warning("OpenVINO: cannot read the cached conversion %s (%s); converting again", path.parent, err)
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return None
+
+
+def _write_cached(ov: Any, converted: Any, path: Path, cache: ConversionCache) -> None:
+    """Save into a folder of its own, then rename it into place (a crash leaves no half entry);
+    then drop the least recently used entries over `cache.max_mb`."""
+    if cache.max_mb <= 0:
+        return
+    scratch = cache.folder / f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        scratch.mkdir(parents=True)
+        ov.save_model(converted, str(scratch / path.name), compress_to_fp16=False)  # f32 as converted
+        try:
+            scratch.rename(path.parent)
+        except OSError:  # another process saved the same conversion first
+            pass
+    except OSError as err:
+        log.warning("OpenVINO: cannot keep the conversion in %s (%s); the next start converts again",
+                    cache.folder, err)
+        return
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("OpenVINO: kept the conversion in %s", path.parent)
+    _prune(cache, keep=path.parent)
+
+
+def _prune(cache: ConversionCache, keep: Path) -> None:
+    entries = []
+    for entry in cache.folder.iterdir():
+        if entry.is_dir() and not entry.name.startswith("."):
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            entries.append((entry.stat().st_mtime, size, entry))
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries):
+        if total <= cache.max_mb * 1e6:
+            break
+        if entry != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= size
+            log.info("OpenVINO: removed the least recently used conversion %s (over %g MB)", entry, cache.max_mb)
+
+
 class OpenVinoModel:
     """`model(window)` for windows of one shape, the network between the model's STFT and its
     inverse (`network_split`) compiled by OpenVINO for the CPU."""
 
-    def __init__(self, model: Any, window: Any, threads: int) -> None:
-        import torch
-
+    def __init__(self, model: Any, window: Any, threads: int, cache: ConversionCache | None = None) -> None:
         ov = importlib.import_module("openvino")
         self.shape = tuple(window.shape)
-        network, inputs, self._forward = network_split(model)
-        example = inputs(window)
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel does not convert
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the trace is for this one shape
-                # Static shapes: a stream's windows all have this one.
-                converted = ov.convert_model(network, example_input=example,
-                                             input=[tuple(part.shape) for part in example])
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
+        _, inputs, self._forward = network_split(model)
+        build = converted_network(model, window, cache).clone()
+        build.reshape({port: ov.PartialShape(list(part.shape))  # static: the stream's windows all have it
+                       for port, part in zip(build.inputs, inputs(window), strict=True)})
         # f32: on a CPU with bf16 units OpenVINO would otherwise compute in bf16 (3e-3 off here).
-        self._compiled = ov.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                             "INFERENCE_NUM_THREADS": int(threads),
-                                                             "INFERENCE_PRECISION_HINT": "f32"})
+        self._compiled = ov.compile_model(build, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                         "INFERENCE_NUM_THREADS": int(threads),
+                                                         "INFERENCE_PRECISION_HINT": "f32"})
         self._request = self._compiled.create_infer_request()
         self._outputs = len(self._compiled.outputs)
 
@@ -171,20 +303,18 @@ class OpenVinoModel:
 
 
 def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_type: str, precision: str,
-                   threads: int, batched: bool = False, origin: str = "set in config"
-                   ) -> tuple[str, list[Callable[[Any], Any]], str, float]:
-    """(the backend taken, one callable per model, why, how many times faster than torch it
-    measured: 1.0 for torch) for this stream's window shape; `origin` says where `backend` came from.
+                   threads: int, batched: bool = False, origin: str = "set in config",
+                   cache: ConversionCache | None = None) -> tuple[str, list[Callable[[Any], Any]], str]:
+    """(the backend taken, one callable per model, why) for this stream's window shape; `origin`
+    says where `backend` came from.
 
     `backend='openvino'` raises `Unavailable` (with the reason) where OpenVINO cannot run it;
     `auto` falls back to torch, and the reason says why.
     """
-    import torch
-
     check_backend(backend)
     eager = list(models)
     if backend == "torch":
-        return "torch", eager, origin, 1.0
+        return "torch", eager, origin
     problem = None
     if device_type != "cpu":
         problem = f"OpenVINO runs on the CPU here; this stream runs on {device_type}"
@@ -200,32 +330,42 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
             problem = f"openvino is not installed ({err}); install the project's [openvino] extra"
     runners: list[Callable[[Any], Any]] = []
     if problem is None:
-        try:
-            runners = [OpenVinoModel(model, window, threads) for model in models]
-        except Exception as err:  # noqa: BLE001 - the converter raises many kinds
-            problem = f"OpenVINO could not convert the model: {type(err).__name__}: {err}"
-    if problem is None:
-        probe = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            worst = max(float((model(probe) - runner(probe)).abs().max())
-                        for model, runner in zip(models, runners, strict=True))
-        if not worst <= MATCH_TOLERANCE:
-            problem = (f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window "
-                       f"(limit {MATCH_TOLERANCE:g})")
+        runners, problem = openvino_builds(models, window, threads, cache)
     if problem is not None:
         if backend == "openvino":
             raise Unavailable(f"backend: 'openvino' cannot run this stream: {problem}. Fix: set stream.backend "
                               "to auto or torch")
         log.info("inference backend: torch (%s)", problem)
-        return "torch", eager, f"auto ({origin}): {problem}", 1.0
+        return "torch", eager, f"auto ({origin}): {problem}"
+    if backend == "openvino":
+        return "openvino", runners, f"{origin} (matches torch within {MATCH_TOLERANCE:g})"
     torch_ms, ov_ms = compare_ms(eager, runners, window, AUTO_TIMING_ROUNDS)
     share = ov_ms / torch_ms
     measured = f"a window took {ov_ms:.0f} ms with OpenVINO, {torch_ms:.0f} ms with torch (x{share:.2f})"
-    if backend == "openvino":
-        return "openvino", runners, f"{origin} (matches torch within {MATCH_TOLERANCE:g}; {measured})", 1 / share
     if share <= AUTO_FASTER:
-        return "openvino", runners, f"auto ({origin}): {measured}", 1 / share
-    return "torch", eager, f"auto ({origin}): {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less", 1.0
+        return "openvino", runners, f"auto ({origin}): {measured}"
+    return "torch", eager, f"auto ({origin}): {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less"
+
+
+def openvino_builds(models: Sequence[Any], window: Any, threads: int, cache: ConversionCache | None = None
+                    ) -> tuple[list[Callable[[Any], Any]], str | None]:
+    """(an OpenVINO build of each model for windows shaped like `window`, None), or ([], why not):
+    it could not convert or compile, or its output on a probe window is not torch's within
+    `MATCH_TOLERANCE`."""
+    import torch
+
+    try:
+        runners: list[Callable[[Any], Any]] = [OpenVinoModel(model, window, threads, cache) for model in models]
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        return [], f"OpenVINO could not convert the model: {type(err).__name__}: {err}"
+    probe = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        worst = max(float((model(probe) - runner(probe)).abs().max())
+                    for model, runner in zip(models, runners, strict=True))
+    if not worst <= MATCH_TOLERANCE:
+        return [], (f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window "
+                    f"(limit {MATCH_TOLERANCE:g})")
+    return runners, None
 
 
 def compare_ms(first: Sequence[Callable[[Any], Any]], second: Sequence[Callable[[Any], Any]], window: Any,

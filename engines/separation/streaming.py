@@ -34,7 +34,7 @@ import numpy as np
 
 from bridge.errors import BadRequest
 from engines.base import Engine, check_range
-from engines.inference import check_backend, choose_backend
+from engines.inference import ConversionCache, check_backend, choose_backend, openvino_builds
 from engines.openunmix import is_openunmix
 from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, stream_rate_problem
 from engines.ringbuffer import FrameFifo
@@ -143,7 +143,7 @@ class StreamingSeparator(Engine):
                  lookahead_seconds: float | None = None, crossfade_ms: float = 10.0, precision: str = "float32",
                  threads: int | None = None, auto_hop_load: float = AUTO_HOP_LOAD,
                  max_ratio_terms: int = MAX_RATIO_TERMS, batching: WindowBatchers | None = None,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, conversion_cache: ConversionCache | None = None) -> None:
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(f"model: expected a model name such as {MODEL_EXAMPLES}, got {model!r}")
         if is_openunmix(model):
@@ -188,7 +188,11 @@ class StreamingSeparator(Engine):
             DEFAULT_BACKENDS["spleeter" if is_spleeter(model) else "htdemucs"]
         self._backend_default = backend is None
         self._backend_window = 0  # the window length the runners were built for (OpenVINO: one shape)
-        self._speedup = 1.0  # how many times faster than torch the runners measured at load
+        self._conversion_cache = conversion_cache
+        # A climb while running to another window length: OpenVINO builds for it in the background
+        # while torch runs the windows; the next window takes the build over (_take_rebuild).
+        self._rebuilds = 0  # which climb a build in the background is for (a later climb or close: stale)
+        self._rebuilt: tuple[int, list[Any], str | None, float] | None = None
         self.backend, self.backend_choice = "torch", "not loaded yet"
         self._requested: tuple[float | None, float, float] = (
             defaults[0] if context_seconds is None else float(context_seconds),
@@ -436,11 +440,12 @@ class StreamingSeparator(Engine):
         """Eager torch or OpenVINO for the windows of the setting taken (engines/inference.py)."""
         import torch
 
-        self.backend, self._runners, self.backend_choice, self._speedup = choose_backend(
+        self.backend, self._runners, self.backend_choice = choose_backend(
             self.backend_requested, self._models, self._window_dev, device_type=self.device.type,
             precision=self.precision, threads=torch.get_num_threads(),
             batched=self._batching is not None,
-            origin=f"the default for {self.model_name}" if self._backend_default else "set in config")
+            origin=f"the default for {self.model_name}" if self._backend_default else "set in config",
+            cache=self._conversion_cache)
         self._backend_window = self._window
         log.info("%s: inference backend %s (%s)", self.name, self.backend, self.backend_choice)
 
@@ -592,16 +597,15 @@ class StreamingSeparator(Engine):
         """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the
         ladder above this hop, up to `most_seconds`, whose window (its compute scaled by window
         length) would run under the engine's load limit; else the longest rung up to
-        `most_seconds`; None when there is none above this hop. A rung whose window would leave
-        an OpenVINO build's shape runs in torch: its compute is also scaled by how many times
-        faster than torch the build measured at load."""
+        `most_seconds`; None when there is none above this hop. (On OpenVINO, a rung whose window
+        has another length runs in torch for the second or two its build takes, then on OpenVINO
+        again: its estimate is OpenVINO's.)"""
         self.load()
         rate = self._model_rate
         rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9]
         for rung in rungs:
             hop = self._frames(rung, rate, 1)
-            window = self._window_for(hop)
-            estimate = compute_ms * window / self._window * (self._speedup if window != self._window else 1.0)
+            estimate = compute_ms * self._window_for(hop) / self._window
             if estimate <= self._auto_hop_load * 1000.0 * hop / rate:
                 return rung
         return rungs[-1] if rungs else None
@@ -623,7 +627,8 @@ class StreamingSeparator(Engine):
         that drops the silence and plays the rest `inserted` frames later (bridge/stream.py) has
         a continuous signal at the new latency. The compute statistics restart at the new hop.
         An OpenVINO build serves one window length: where the new window has another, the stream
-        goes on in eager torch.
+        goes on in eager torch while OpenVINO builds for it in the background (a reshape and a
+        compile of the model's conversion, a second or two), then on the new build.
         """
         self.load()
         with self._lock:
@@ -641,14 +646,18 @@ class StreamingSeparator(Engine):
             start = self._hop_start  # model frame where the next window's hop begins
             self._requested = (self._requested[0], hop_seconds, self._requested[2])
             self._hop, self._context, self._window = hop, context, context + hop + self._lookahead
-            if self._window != self._backend_window and self.backend != "torch":
-                # The build serves one window shape: go on in eager torch, which takes any.
-                self.backend_choice = (f"torch since the hop climbed to {1000 * hop / rate:.0f} ms while running "
-                                       f"(the {self.backend} build serves one window length; it measured "
-                                       f"{self._speedup:.2f}x torch's speed at load); before: {self.backend_choice}")
-                self._runners, self._backend_window, self._speedup = self._models, 0, 1.0
+            rebuild = self._window != self._backend_window and self.backend != "torch"
+            if rebuild:
+                # The build serves one window shape: go on in eager torch, which takes any, while
+                # OpenVINO builds for the new one.
+                self.backend_choice = (f"torch since the hop climbed to {1000 * hop / rate:.0f} ms while running, "
+                                       f"until {self.backend} has built for the new window (the build serves one "
+                                       f"window length); before: {self.backend_choice}")
+                self._runners, self._backend_window = self._models, 0
                 self.backend = "torch"
             self._hop_buffers()
+            if rebuild:
+                self._rebuild()
             # The window holds [start - old context, start - old context + fill): keep what the
             # new context reaches (with less history than it reaches, zeros before it).
             cut = old_context - context
@@ -680,7 +689,39 @@ class StreamingSeparator(Engine):
                         1000.0 * inserted / self.sample_rate, reason)
             return ahead, inserted
 
+    def _rebuild(self) -> None:
+        """Build OpenVINO for the window set now, in a thread; the next window after it is done
+        takes it over (`_take_rebuild`)."""
+        import torch
+
+        self._rebuilds += 1
+        climb, models, window = self._rebuilds, list(self._models), self._window_dev.clone()
+        threads, started = torch.get_num_threads(), time.perf_counter()
+
+        def build() -> None:
+            runners, problem = openvino_builds(models, window, threads, self._conversion_cache)
+            self._rebuilt = (climb, runners, problem, time.perf_counter() - started)
+
+        threading.Thread(target=build, name="flowstate-openvino-build", daemon=True).start()
+
+    def _take_rebuild(self) -> None:
+        """At a window boundary: run the next windows on the OpenVINO build made for them."""
+        rebuilt, self._rebuilt = self._rebuilt, None
+        if rebuilt is None or rebuilt[0] != self._rebuilds:
+            return  # made for a window an earlier climb set, or before a close
+        _, runners, problem, seconds = rebuilt
+        hop_ms = 1000.0 * self._hop / self._model_rate
+        if problem is not None:
+            self.backend_choice = f"torch since the hop climbed to {hop_ms:.0f} ms while running: {problem}"
+            log.warning("%s: %s", self.name, self.backend_choice)
+            return
+        self._runners, self._backend_window, self.backend = runners, self._window, "openvino"
+        self.backend_choice = (f"openvino again {seconds:.1f} s after the hop climbed to {hop_ms:.0f} ms while "
+                               f"running (built for the new window; torch ran the windows meanwhile)")
+        log.info("%s: %s", self.name, self.backend_choice)
+
     def _close(self) -> None:
+        self._rebuilds += 1  # a build still in the background is for this engine no more
         if self._batcher is not None:
             self._batcher.leave(self._member)
             self._batcher = None
@@ -820,6 +861,8 @@ class StreamingSeparator(Engine):
         """Separate the full window; overlap-add its hop; return the finished hop (host view)."""
         import torch
 
+        if self._rebuilt is not None:
+            self._take_rebuild()
         started = time.perf_counter()
         context, hop, crossfade = self._context, self._hop, self._crossfade
         with torch.inference_mode(), self._autocast():

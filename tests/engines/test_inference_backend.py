@@ -8,7 +8,9 @@ No timing assertions: whether `auto` takes OpenVINO depends on the machine's spe
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,18 +90,27 @@ def test_the_hop_ladder_times_the_openvino_build_of_each_window_it_tries(repo: P
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # The ladder takes the least hop whose window keeps real time *as it will run*: on OpenVINO
     # (a window 1.55-1.71x faster than torch here) that is a shorter hop than torch's timings
-    # would take. A load limit no window meets sends it from the first rung to the last.
+    # would take. A load limit no window meets sends it from the first rung to the last. One
+    # conversion (the slow part) serves both rungs' builds.
+    import openvino
+
     import engines.inference
     from engines.separation.streaming import HOP_LADDER
 
     converted: list[int] = []
-    build = engines.inference.OpenVinoModel.__init__
+    conversions: list[object] = []
+    build, convert = engines.inference.OpenVinoModel.__init__, openvino.convert_model
 
-    def spy(self: Any, model: Any, window: Any, threads: int) -> None:
+    def spy(self: Any, model: Any, window: Any, threads: int, cache: Any = None) -> None:
         converted.append(int(window.shape[-1]))
-        build(self, model, window, threads)
+        build(self, model, window, threads, cache)
+
+    def spy_convert(*args: Any, **kwargs: Any) -> Any:
+        conversions.append(args[0])
+        return convert(*args, **kwargs)
 
     monkeypatch.setattr(engines.inference.OpenVinoModel, "__init__", spy)
+    monkeypatch.setattr(openvino, "convert_model", spy_convert)
     with engine(repo, "openvino", hop_seconds=None, auto_hop_load=1e-6) as laddered, \
             engine(repo, "torch", hop_seconds=HOP_LADDER[-1]) as fixed:
         audio = noise(6 * 48000)
@@ -107,6 +118,7 @@ def test_the_hop_ladder_times_the_openvino_build_of_each_window_it_tries(repo: P
         stats = laddered.stats()
         first = round(0.1 * 44100 / 1024) * 1024 * 2 + round(0.25 * 44100 / 1024) * 1024
         assert converted == [first, round(laddered.window_seconds * 44100)]  # the first rung's, then the last's
+        assert len(conversions) == 1
     assert stats["backend"] == "openvino" and stats["real_time_at_load"] is False, stats["hop_choice"]
     assert laddered.hop_seconds == pytest.approx(fixed.hop_seconds)
     assert np.abs(expected).max() > 1e-3
@@ -114,24 +126,81 @@ def test_the_hop_ladder_times_the_openvino_build_of_each_window_it_tries(repo: P
 
 
 @pytest.mark.timeout(900)
-def test_a_stream_on_openvino_that_climbs_to_another_window_goes_on_in_torch_and_says_so(repo: Path) -> None:
+def test_a_stream_on_openvino_that_climbs_to_another_window_builds_for_it_and_goes_on_on_openvino(
+        repo: Path) -> None:
     # When the machine slows while streaming, the hop climbs (bridge/stream.py); an HTDemucs
     # window then has another length, which the OpenVINO build (compiled for one) cannot run: the
-    # stream goes on in eager torch, from the same history, as a torch stream that climbed would.
+    # stream goes on in eager torch, from the same history, while OpenVINO builds for the new
+    # window in the background, then on that build; all of it as a torch stream that climbed.
     from tests.engines.test_separation import without_the_inserted_silence
 
-    audio = noise(4 * 48000, seed=8)
+    audio, more = noise(4 * 48000, seed=8), noise(2 * 48000, seed=9)
     with engine(repo, "openvino", hop_seconds=None, auto_hop_load=1e9) as compiled, \
             engine(repo, "torch", hop_seconds=None, auto_hop_load=1e9) as eager:
         assert compiled.stats()["backend"] == "openvino" and compiled.hop_may_change
         actual, start, _, inserted = without_the_inserted_silence(compiled, audio, 50000, 0.5, 1000)
         expected, eager_start, _, eager_inserted = without_the_inserted_silence(eager, audio, 50000, 0.5, 1000)
+        assert compiled.stats()["backend_choice"].startswith("torch since the hop climbed to 511 ms while running")
+        deadline = time.monotonic() + 600
+        while compiled._rebuilt is None and compiled.backend == "torch":  # the build, in the background
+            assert time.monotonic() < deadline, "OpenVINO never built for the new window"
+            time.sleep(0.05)
+        actual_more, expected_more = stream(compiled, more), stream(eager, more)
         stats = compiled.stats()
     assert (start, inserted) == (eager_start, eager_inserted) and compiled.hop_seconds == pytest.approx(0.5, abs=0.02)
-    assert stats["backend"] == "torch"
-    assert stats["backend_choice"].startswith("torch since the hop climbed to 511 ms while running"), stats
-    assert np.abs(expected).max() > 1e-3
+    assert stats["backend"] == "openvino", stats["backend_choice"]
+    assert re.match(r"openvino again [0-9.]+ s after the hop climbed to 511 ms while running", stats["backend_choice"])
+    assert np.abs(expected).max() > 1e-3 and np.abs(expected_more).max() > 1e-3
     assert float(np.abs(actual - expected).max()) <= 1e-4
+    assert float(np.abs(actual_more - expected_more).max()) <= 1e-4
+
+
+@pytest.mark.timeout(900)
+def test_a_second_start_reads_the_kept_conversion_and_converts_nothing(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino
+
+    from engines.inference import ConversionCache
+
+    cache = ConversionCache(tmp_path / "openvino")
+    audio = noise(48000, seed=3)
+    with engine(repo, "openvino", conversion_cache=cache) as first:
+        expected = stream(first, audio)
+    kept = list(cache.folder.iterdir())
+    assert [entry.name.startswith(".") for entry in kept] == [False]  # one entry, no partial one
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    with engine(repo, "openvino", conversion_cache=cache) as second:  # the model loads afresh
+        actual = stream(second, audio)
+        assert second.stats()["backend"] == "openvino"
+    assert float(np.abs(actual - expected).max()) <= 1e-4
+
+    # A damaged entry is converted again, and replaced.
+    (kept[0] / "network.bin").write_bytes(b"not a network")
+    monkeypatch.undo()  # converting allowed again
+    with engine(repo, "openvino", conversion_cache=cache) as third:
+        assert float(np.abs(stream(third, audio) - expected).max()) <= 1e-4
+    assert (kept[0] / "network.bin").stat().st_size > 100
+
+
+@pytest.mark.timeout(900)
+def test_the_kept_conversions_stay_within_their_size_the_least_recently_used_going(
+        tmp_path: Path) -> None:
+    from engines.inference import ConversionCache
+
+    repos = [tiny_htdemucs_repo(tmp_path / f"repo{seed}", seed=seed, depth=3) for seed in (1, 2)]
+    folder = tmp_path / "openvino"
+    with engine(repos[0], "openvino", conversion_cache=ConversionCache(folder)) as separator:
+        separator.load()
+    first = next(folder.iterdir())
+    size_mb = sum(f.stat().st_size for f in first.iterdir()) / 1e6
+    with engine(repos[1], "openvino", conversion_cache=ConversionCache(folder, max_mb=1.5 * size_mb)) as separator:
+        separator.load()
+    kept = list(folder.iterdir())
+    assert len(kept) == 1 and kept[0] != first  # the newer one
 
 
 def test_auto_without_openvino_runs_torch_and_says_why(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
