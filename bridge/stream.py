@@ -650,7 +650,8 @@ class LiveStream:
         the hop was left to the engine
         (stream.hop_climb), go on with the first longer hop of the ladder that keeps the limit at
         that compute (`StreamingSeparator.change_hop`: the same history, the windows joined by the
-        usual crossfade) and a budget for its longer window, in one splice like a growth's: the
+        usual crossfade; on OpenVINO, once a build for the longer window is ready, `prepare_hop`)
+        and a budget for its longer window, in one splice like a growth's: the
         engine's output is late by the frames its latency grew by, so the worker drops the silence
         the engine inserted for them and the callback reads that much further back. Returns
         whether it climbed."""
@@ -671,6 +672,8 @@ class LiveStream:
         rung = engine.longer_hop(median, HOP_LADDER[-1])
         if rung is None:
             return False
+        if not engine.prepare_hop(rung):
+            return False  # OpenVINO builds for the longer window first; the hop stays until it is ready
         budget, old_window = self.budget_frames, engine.window_seconds
         reason = (f"the last {count} windows took {median:.1f} ms (median), over {limit:g} x the "
                   f"{hop_ms:.0f} ms hop, and {why}")

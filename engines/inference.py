@@ -14,7 +14,7 @@ window's axes open, so one conversion per model serves every window length: a bu
 length is a reshape and a compile (1-2 s), for the hop ladder's rungs and a climb while running.
 A `ConversionCache` keeps conversions on disk, keyed by everything they depend on (the network's
 weights, structure and input shapes, the openvino and torch versions), so a later start of the
-same model converts nothing.
+same model converts nothing; the process keeps its last few too, for the same weights loaded again.
 
 `choose_backend` decides per stream: `torch` always runs eager torch; `openvino` runs OpenVINO or
 says why it cannot; `auto` takes OpenVINO only on a CPU where it is installed, converts, matches
@@ -24,6 +24,7 @@ reason. Nothing here is imported before a model is loaded, and openvino only whe
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib
 import logging
@@ -155,6 +156,9 @@ class ConversionCache:
 
 # The conversions made in this process, by model: a build for another window length reuses it.
 _CONVERTED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# And the last few by cache key, for the same weights loaded again (another engine of the model).
+RECENT_CONVERSIONS = 2
+_RECENT: collections.OrderedDict[str, Any] = collections.OrderedDict()
 _CONVERTING = threading.Lock()
 
 
@@ -178,13 +182,18 @@ def _convert(model: Any, window: Any, cache: ConversionCache | None) -> Any:
     longer = inputs(torch.cat([window, window], dim=-1))
     shapes = [tuple(-1 if a != b else a for a, b in zip(part.shape, other.shape, strict=True))
               for part, other in zip(example, longer, strict=True)]
+    key = _cache_key(network, shapes, ov.__version__)
+    converted = _RECENT.get(key)
+    if converted is not None:
+        _RECENT.move_to_end(key)
+        return converted
     path = None
     if cache is not None:
-        path = cache.folder / _cache_key(network, shapes, ov.__version__) / "network.xml"
+        path = cache.folder / key / "network.xml"
         converted = _read_cached(ov, path)
         if converted is not None:
             log.info("OpenVINO: the conversion of %s from %s", type(network).__name__, path.parent)
-            return converted
+            return _remember(key, converted)
     started = time.perf_counter()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel does not convert
@@ -198,6 +207,13 @@ def _convert(model: Any, window: Any, cache: ConversionCache | None) -> Any:
              ", ".join(str(shape) for shape in shapes))
     if cache is not None and path is not None:
         _write_cached(ov, converted, path, cache)
+    return _remember(key, converted)
+
+
+def _remember(key: str, converted: Any) -> Any:
+    _RECENT[key] = converted
+    while len(_RECENT) > RECENT_CONVERSIONS:
+        _RECENT.popitem(last=False)
     return converted
 
 

@@ -193,6 +193,11 @@ class StreamingSeparator(Engine):
         # while torch runs the windows; the next window takes the build over (_take_rebuild).
         self._rebuilds = 0  # which climb a build in the background is for (a later climb or close: stale)
         self._rebuilt: tuple[int, list[Any], str | None, float] | None = None
+        self._rebuilding = False  # torch runs the windows until that build is taken over
+        # Or built before the climb (prepare_hop): (window length, builds, why not, seconds it took).
+        self._prepared: tuple[int, list[Any], str | None, float] | None = None
+        self._preparing = 0  # the window length being built for a climb (0: none)
+        self._rebuilt_lock = threading.Lock()
         self.backend, self.backend_choice = "torch", "not loaded yet"
         self._requested: tuple[float | None, float, float] = (
             defaults[0] if context_seconds is None else float(context_seconds),
@@ -584,14 +589,52 @@ class StreamingSeparator(Engine):
     def hop_may_change(self) -> bool:
         """Whether the hop may grow while streaming: it was left to the engine (the ladder), and the
         windows run on their own (a batch shares one shape). On OpenVINO, a climb to a window of
-        another length goes on in eager torch (`change_hop`)."""
+        another length runs on a build for it (`prepare_hop`, `change_hop`)."""
         self.load()
         return self._auto_hop and self._batcher is None
 
     @property
     def can_change_hop(self) -> bool:
-        """Whether `change_hop` may run now: `hop_may_change`, and a window of this stream has run."""
-        return self.hop_may_change and self._stream_hops > 0
+        """Whether `change_hop` may run now: `hop_may_change`, a window of this stream has run, and
+        no OpenVINO build is being made while torch runs the windows (their times are not the
+        stream's: climbing on them took a 0.74 s hop to 4 s in a live run)."""
+        return self.hop_may_change and self._stream_hops > 0 and not self._rebuilding
+
+    def prepare_hop(self, hop_seconds: float) -> bool:
+        """Whether `change_hop(hop_seconds)` would go on with what runs the windows now: torch, a
+        window of the same length, or an OpenVINO build made for the new window (or found not to
+        be possible). Otherwise start that build in the background (one at a time) and return
+        False: the stream stays at its hop, on OpenVINO, until the build is ready (1-2 s here),
+        where eager torch at the new hop would be slower still."""
+        import torch
+
+        self.load()
+        if self.backend == "torch":
+            return True
+        window = self._window_for(self._frames(hop_seconds, self._model_rate, 1))
+        if window == self._window:
+            return True
+        with self._rebuilt_lock:
+            if self._prepared is not None and self._prepared[0] == window:
+                return True
+            if self._preparing:
+                return False
+            self._preparing = window
+        climb, models = self._rebuilds, list(self._models)
+        example = self._window_dev.new_zeros((*self._window_dev.shape[:-1], window))
+        threads, started = torch.get_num_threads(), time.perf_counter()
+
+        def build() -> None:
+            runners, problem = openvino_builds(models, example, threads, self._conversion_cache)
+            with self._rebuilt_lock:
+                self._preparing = 0
+                if climb == self._rebuilds:  # not closed meanwhile
+                    self._prepared = (window, runners, problem, time.perf_counter() - started)
+
+        log.info("%s: building OpenVINO for a %.0f ms hop's window before climbing to it", self.name,
+                 1000.0 * hop_seconds)
+        threading.Thread(target=build, name="flowstate-openvino-build", daemon=True).start()
+        return False
 
     def longer_hop(self, compute_ms: float, most_seconds: float) -> float | None:
         """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the
@@ -647,6 +690,18 @@ class StreamingSeparator(Engine):
             self._requested = (self._requested[0], hop_seconds, self._requested[2])
             self._hop, self._context, self._window = hop, context, context + hop + self._lookahead
             rebuild = self._window != self._backend_window and self.backend != "torch"
+            with self._rebuilt_lock:
+                prepared, self._prepared = self._prepared, None
+            if rebuild and prepared is not None and prepared[0] == self._window:
+                rebuild = False
+                _, runners, problem, seconds = prepared
+                if problem is None:
+                    self._runners, self._backend_window = runners, self._window
+                    self.backend_choice = (f"openvino, built for the {1000 * hop / rate:.0f} ms hop's window in "
+                                           f"{seconds:.1f} s before the hop climbed to it while running")
+                else:
+                    self._runners, self._backend_window, self.backend = self._models, 0, "torch"
+                    self.backend_choice = f"torch since the hop climbed to {1000 * hop / rate:.0f} ms: {problem}"
             if rebuild:
                 # The build serves one window shape: go on in eager torch, which takes any, while
                 # OpenVINO builds for the new one.
@@ -695,20 +750,25 @@ class StreamingSeparator(Engine):
         import torch
 
         self._rebuilds += 1
+        self._rebuilding = True
         climb, models, window = self._rebuilds, list(self._models), self._window_dev.clone()
         threads, started = torch.get_num_threads(), time.perf_counter()
 
         def build() -> None:
             runners, problem = openvino_builds(models, window, threads, self._conversion_cache)
-            self._rebuilt = (climb, runners, problem, time.perf_counter() - started)
+            with self._rebuilt_lock:
+                self._rebuilt = (climb, runners, problem, time.perf_counter() - started)
 
         threading.Thread(target=build, name="flowstate-openvino-build", daemon=True).start()
 
     def _take_rebuild(self) -> None:
         """At a window boundary: run the next windows on the OpenVINO build made for them."""
-        rebuilt, self._rebuilt = self._rebuilt, None
+        with self._rebuilt_lock:
+            rebuilt, self._rebuilt = self._rebuilt, None
         if rebuilt is None or rebuilt[0] != self._rebuilds:
             return  # made for a window an earlier climb set, or before a close
+        self._rebuilding = False
+        self._reset_stats()  # torch's windows: not what the stream costs from here
         _, runners, problem, seconds = rebuilt
         hop_ms = 1000.0 * self._hop / self._model_rate
         if problem is not None:
@@ -722,6 +782,7 @@ class StreamingSeparator(Engine):
 
     def _close(self) -> None:
         self._rebuilds += 1  # a build still in the background is for this engine no more
+        self._rebuilding, self._prepared = False, None
         if self._batcher is not None:
             self._batcher.leave(self._member)
             self._batcher = None

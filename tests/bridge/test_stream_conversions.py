@@ -7,6 +7,7 @@ model; no audio device needed.
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,11 @@ from bridge.testing import tiny_htdemucs_repo
 
 
 @pytest.mark.timeout(900)  # one conversion: up to a minute on a busy 2-core machine
-def test_a_stream_on_openvino_keeps_its_conversion_beside_the_job_database(tmp_path: Path) -> None:
+def test_a_stream_on_openvino_keeps_its_conversion_beside_the_job_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.inference
+
+    monkeypatch.setattr(engines.inference, "_RECENT", collections.OrderedDict())  # as in a new daemon
     config_file = tmp_path / "config.yaml"
     config_file.write_text(f"jobs:\n  database: {tmp_path / 'state' / 'jobs.sqlite3'}\n")
     config = load_config(config_file, env={})

@@ -7,6 +7,7 @@ No timing assertions: whether `auto` takes OpenVINO depends on the machine's spe
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 import sys
@@ -31,6 +32,14 @@ SETTING = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_htdemucs_repo(tmp_path_factory.mktemp("demucs") / "repo", depth=3)
+
+
+@pytest.fixture(autouse=True)
+def no_conversions_from_other_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a new process would: no conversion kept in memory (engines/inference.py)."""
+    import engines.inference
+
+    monkeypatch.setattr(engines.inference, "_RECENT", collections.OrderedDict())
 
 
 @contextlib.contextmanager
@@ -156,14 +165,43 @@ def test_a_stream_on_openvino_that_climbs_to_another_window_builds_for_it_and_go
 
 
 @pytest.mark.timeout(900)
+def test_a_climb_prepared_ahead_runs_on_openvino_from_its_first_window(repo: Path) -> None:
+    # What bridge/stream.py does when the machine slows: `prepare_hop` builds OpenVINO for the
+    # longer hop's window in the background while the stream goes on at its hop; the climb waits
+    # for it, then the new windows run on the build at once (no torch in between).
+    from tests.engines.test_separation import without_the_inserted_silence
+
+    audio = noise(4 * 48000, seed=8)
+    with engine(repo, "openvino", hop_seconds=None, auto_hop_load=1e9) as compiled, \
+            engine(repo, "torch", hop_seconds=None, auto_hop_load=1e9) as eager:
+        assert compiled.prepare_hop(0.5) is False  # building
+        deadline = time.monotonic() + 600
+        while not compiled.prepare_hop(0.5):
+            assert time.monotonic() < deadline, "OpenVINO never built for the longer window"
+            time.sleep(0.05)
+        assert eager.prepare_hop(0.5) is True  # torch runs any window
+        actual, start, _, inserted = without_the_inserted_silence(compiled, audio, 50000, 0.5, 1000)
+        expected, eager_start, _, eager_inserted = without_the_inserted_silence(eager, audio, 50000, 0.5, 1000)
+        stats = compiled.stats()
+    assert (start, inserted) == (eager_start, eager_inserted)
+    assert stats["backend"] == "openvino", stats["backend_choice"]
+    assert re.match(r"openvino, built for the 511 ms hop's window in [0-9.]+ s before the hop climbed to it",
+                    stats["backend_choice"])
+    assert np.abs(expected).max() > 1e-3
+    assert float(np.abs(actual - expected).max()) <= 1e-4
+
+
+@pytest.mark.timeout(900)
 def test_a_second_start_reads_the_kept_conversion_and_converts_nothing(
         repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import openvino
 
+    import engines.inference
     from engines.inference import ConversionCache
 
     cache = ConversionCache(tmp_path / "openvino")
     audio = noise(48000, seed=3)
+    convert = openvino.convert_model
     with engine(repo, "openvino", conversion_cache=cache) as first:
         expected = stream(first, audio)
     kept = list(cache.folder.iterdir())
@@ -173,6 +211,7 @@ def test_a_second_start_reads_the_kept_conversion_and_converts_nothing(
         raise AssertionError("converted again")
 
     monkeypatch.setattr(openvino, "convert_model", refuse)
+    engines.inference._RECENT.clear()  # as in a new process
     with engine(repo, "openvino", conversion_cache=cache) as second:  # the model loads afresh
         actual = stream(second, audio)
         assert second.stats()["backend"] == "openvino"
@@ -180,16 +219,17 @@ def test_a_second_start_reads_the_kept_conversion_and_converts_nothing(
 
     # A damaged entry is converted again, and replaced.
     (kept[0] / "network.bin").write_bytes(b"not a network")
-    monkeypatch.undo()  # converting allowed again
+    monkeypatch.setattr(openvino, "convert_model", convert)  # converting allowed again
+    engines.inference._RECENT.clear()
     with engine(repo, "openvino", conversion_cache=cache) as third:
         assert float(np.abs(stream(third, audio) - expected).max()) <= 1e-4
     assert (kept[0] / "network.bin").stat().st_size > 100
 
 
 @pytest.mark.timeout(900)
-def test_the_kept_conversions_stay_within_their_size_the_least_recently_used_going(
-        tmp_path: Path) -> None:
+def test_the_kept_conversions_stay_within_their_size_the_least_recently_used_going(tmp_path: Path) -> None:
     from engines.inference import ConversionCache
+
 
     repos = [tiny_htdemucs_repo(tmp_path / f"repo{seed}", seed=seed, depth=3) for seed in (1, 2)]
     folder = tmp_path / "openvino"
