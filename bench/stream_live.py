@@ -237,7 +237,11 @@ def main() -> int:
             hog.wait()
         daemon.stop()
         jack.terminate()
-        jack.wait(5)
+        try:
+            jack.wait(5)
+        except subprocess.TimeoutExpired:  # a jackd that hangs on its way out: the figures still print
+            jack.kill()
+            jack.wait()
     jack_blame = jack_xruns(jack_log, skip_lines)
     window_frames = round(final["window_seconds"] * 44100)
     bare_default, bare_default_p99, params = bare_forward_ms(repo, DEFAULT_WINDOW_FRAMES, args.threads)

@@ -672,8 +672,10 @@ class LiveStream:
         rung = engine.longer_hop(median, HOP_LADDER[-1])
         if rung is None:
             return False
-        if not engine.prepare_hop(rung):
+        ready = engine.prepare_hop(rung)
+        if ready is None:
             return False  # OpenVINO builds for the longer window first; the hop stays until it is ready
+        rung = ready
         budget, old_window = self.budget_frames, engine.window_seconds
         reason = (f"the last {count} windows took {median:.1f} ms (median), over {limit:g} x the "
                   f"{hop_ms:.0f} ms hop, and {why}")

@@ -363,20 +363,22 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
     return "torch", eager, f"auto ({origin}): {measured}; OpenVINO is taken at x{AUTO_FASTER:g} or less"
 
 
-def openvino_builds(models: Sequence[Any], window: Any, threads: int, cache: ConversionCache | None = None
-                    ) -> tuple[list[Callable[[Any], Any]], str | None]:
+def openvino_builds(models: Sequence[Any], window: Any, threads: int, cache: ConversionCache | None = None,
+                    probe: bool = True) -> tuple[list[Callable[[Any], Any]], str | None]:
     """(an OpenVINO build of each model for windows shaped like `window`, None), or ([], why not):
-    it could not convert or compile, or its output on a probe window is not torch's within
-    `MATCH_TOLERANCE`."""
+    it could not convert or compile, or (with `probe`) its output on a probe window is not
+    torch's within `MATCH_TOLERANCE`."""
     import torch
 
     try:
         runners: list[Callable[[Any], Any]] = [OpenVinoModel(model, window, threads, cache) for model in models]
     except Exception as err:  # noqa: BLE001 - the converter raises many kinds
         return [], f"OpenVINO could not convert the model: {type(err).__name__}: {err}"
-    probe = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))
+    if not probe:
+        return runners, None
+    sample = torch.randn(window.shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        worst = max(float((model(probe) - runner(probe)).abs().max())
+        worst = max(float((model(sample) - runner(sample)).abs().max())
                     for model, runner in zip(models, runners, strict=True))
     if not worst <= MATCH_TOLERANCE:
         return [], (f"OpenVINO's output differs from torch's by {worst:.2g} on a probe window "

@@ -194,8 +194,8 @@ class StreamingSeparator(Engine):
         self._rebuilds = 0  # which climb a build in the background is for (a later climb or close: stale)
         self._rebuilt: tuple[int, list[Any], str | None, float] | None = None
         self._rebuilding = False  # torch runs the windows until that build is taken over
-        # Or built before the climb (prepare_hop): (window length, builds, why not, seconds it took).
-        self._prepared: tuple[int, list[Any], str | None, float] | None = None
+        # Or built before the climb (prepare_hop): (window length, hop, builds, why not, seconds it took).
+        self._prepared: tuple[int, float, list[Any], str | None, float] | None = None
         self._preparing = 0  # the window length being built for a climb (0: none)
         self._rebuilt_lock = threading.Lock()
         self.backend, self.backend_choice = "torch", "not loaded yet"
@@ -600,41 +600,45 @@ class StreamingSeparator(Engine):
         stream's: climbing on them took a 0.74 s hop to 4 s in a live run)."""
         return self.hop_may_change and self._stream_hops > 0 and not self._rebuilding
 
-    def prepare_hop(self, hop_seconds: float) -> bool:
-        """Whether `change_hop(hop_seconds)` would go on with what runs the windows now: torch, a
-        window of the same length, or an OpenVINO build made for the new window (or found not to
-        be possible). Otherwise start that build in the background (one at a time) and return
-        False: the stream stays at its hop, on OpenVINO, until the build is ready (1-2 s here),
-        where eager torch at the new hop would be slower still."""
+    def prepare_hop(self, hop_seconds: float) -> float | None:
+        """The hop to climb to now when `hop_seconds` is wanted: that one where what runs the
+        windows runs its window too (torch, a window of the same length); the hop an OpenVINO build
+        is ready for (or was found impossible for), whatever the hop wanted now (a longer hop,
+        even a shorter one than wanted, is a step up: the next late windows climb again from there
+        with the new build). Otherwise None, having started a build for `hop_seconds`'s window in
+        the background if none is being made: the stream stays at its hop, on OpenVINO, for the
+        1-2 s the build takes, where eager torch at the new hop would be slower still."""
         import torch
 
         self.load()
         if self.backend == "torch":
-            return True
+            return hop_seconds
         window = self._window_for(self._frames(hop_seconds, self._model_rate, 1))
         if window == self._window:
-            return True
+            return hop_seconds
         with self._rebuilt_lock:
-            if self._prepared is not None and self._prepared[0] == window:
-                return True
+            if self._prepared is not None and self._prepared[0] > self._window:
+                return self._prepared[1]
             if self._preparing:
-                return False
+                return None
             self._preparing = window
         climb, models = self._rebuilds, list(self._models)
         example = self._window_dev.new_zeros((*self._window_dev.shape[:-1], window))
         threads, started = torch.get_num_threads(), time.perf_counter()
 
         def build() -> None:
-            runners, problem = openvino_builds(models, example, threads, self._conversion_cache)
+            # No probe window: that costs a torch window beside the live ones, and the conversion
+            # matched at load (every window length of it matched in the tests and the bench).
+            runners, problem = openvino_builds(models, example, threads, self._conversion_cache, probe=False)
             with self._rebuilt_lock:
                 self._preparing = 0
                 if climb == self._rebuilds:  # not closed meanwhile
-                    self._prepared = (window, runners, problem, time.perf_counter() - started)
+                    self._prepared = (window, hop_seconds, runners, problem, time.perf_counter() - started)
 
         log.info("%s: building OpenVINO for a %.0f ms hop's window before climbing to it", self.name,
                  1000.0 * hop_seconds)
         threading.Thread(target=build, name="flowstate-openvino-build", daemon=True).start()
-        return False
+        return None
 
     def longer_hop(self, compute_ms: float, most_seconds: float) -> float | None:
         """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the
@@ -694,7 +698,7 @@ class StreamingSeparator(Engine):
                 prepared, self._prepared = self._prepared, None
             if rebuild and prepared is not None and prepared[0] == self._window:
                 rebuild = False
-                _, runners, problem, seconds = prepared
+                _, _, runners, problem, seconds = prepared
                 if problem is None:
                     self._runners, self._backend_window = runners, self._window
                     self.backend_choice = (f"openvino, built for the {1000 * hop / rate:.0f} ms hop's window in "

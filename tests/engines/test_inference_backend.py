@@ -174,12 +174,13 @@ def test_a_climb_prepared_ahead_runs_on_openvino_from_its_first_window(repo: Pat
     audio = noise(4 * 48000, seed=8)
     with engine(repo, "openvino", hop_seconds=None, auto_hop_load=1e9) as compiled, \
             engine(repo, "torch", hop_seconds=None, auto_hop_load=1e9) as eager:
-        assert compiled.prepare_hop(0.5) is False  # building
+        assert compiled.prepare_hop(0.5) is None  # building
         deadline = time.monotonic() + 600
-        while not compiled.prepare_hop(0.5):
+        while (ready := compiled.prepare_hop(0.75)) is None:  # a longer hop wanted meanwhile
             assert time.monotonic() < deadline, "OpenVINO never built for the longer window"
             time.sleep(0.05)
-        assert eager.prepare_hop(0.5) is True  # torch runs any window
+        assert ready == 0.5  # the build ready: a step up now, rather than another build's wait
+        assert eager.prepare_hop(0.5) == 0.5  # torch runs any window
         actual, start, _, inserted = without_the_inserted_silence(compiled, audio, 50000, 0.5, 1000)
         expected, eager_start, _, eager_inserted = without_the_inserted_silence(eager, audio, 50000, 0.5, 1000)
         stats = compiled.stats()
