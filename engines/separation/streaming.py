@@ -85,10 +85,10 @@ AUTO_HOP_LOAD = 0.8
 # What runs the windows (engines/inference.py) when stream.backend is left out. Spleeter: auto, i.e.
 # OpenVINO where it converts (2-3 s), matches torch and measures faster at load: its U-Nets took
 # 0.58-0.68x torch's time on the shared 2-core CPU (max abs difference 7e-7). HTDemucs: torch, though
-# auto measured its window 1.55-1.71x faster on a quiet day here (0.96-1.13x beside heavier work):
-# OpenVINO converts once per window shape the ladder tries (11-14 s each for the released model),
-# and a climb while running goes on in torch, as each rung's window has another shape (README,
-# "Inference backend").
+# auto measured its window 1.55-1.71x faster on a quiet day here (0.96-1.13x beside heavier work)
+# and took the round trip from 2.3 s to 1.4-2.0 s live: with a busy process beside it, its climb
+# reached the 4 s hop, where OpenVINO's 4.76 s window took 4.9 s (torch's: 3.0 s), not real time,
+# while torch's climb stopped at 1.5 s (README, "Inference backend").
 DEFAULT_BACKENDS = {"spleeter": "auto", "htdemucs": "torch"}
 HOP_LADDER = (0.14, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
 

@@ -237,10 +237,14 @@ def create_app(control: HFControl) -> FastAPI:
             return early or error(404, "Not Found")
         left = control.replica_wait(seen.at)
         if left > 0:
-            # The proxy holds the request up to X-Scale-Up-Timeout seconds for the replica.
-            hold = float(seen.headers.get("x-scale-up-timeout", "0") or 0)
-            await asyncio.sleep(min(hold, left))
-            if control.replica_wait(time.monotonic()) > 0:
+            # The proxy holds the request up to X-Scale-Up-Timeout seconds for the replica. Checked
+            # against the clock after each sleep: the server's loop (uvloop: millisecond timers on
+            # a cached clock) may wake a sleep early, which once answered 503 to a request the
+            # replica was ready for by the time it was held.
+            until = seen.at + float(seen.headers.get("x-scale-up-timeout", "0") or 0)
+            while (left := control.replica_wait(time.monotonic())) > 0 and time.monotonic() < until:  # noqa: ASYNC110 - a clock, no event
+                await asyncio.sleep(min(left, until - time.monotonic()))
+            if left > 0:
                 # The documentation does not show this body; plain text keeps clients honest.
                 return Response(b"503 Service Unavailable", status_code=503, media_type="text/plain")
         return _infer(control, task, seen, control.endpoint_labels.get(name))
