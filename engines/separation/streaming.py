@@ -189,15 +189,13 @@ class StreamingSeparator(Engine):
         self._backend_default = backend is None
         self._backend_window = 0  # the window length the runners were built for (OpenVINO: one shape)
         self._conversion_cache = conversion_cache
-        # A climb while running to another window length: OpenVINO builds for it in the background
-        # while torch runs the windows; the next window takes the build over (_take_rebuild).
-        self._rebuilds = 0  # which climb a build in the background is for (a later climb or close: stale)
-        self._rebuilt: tuple[int, list[Any], str | None, float] | None = None
-        self._rebuilding = False  # torch runs the windows until that build is taken over
-        # Or built before the climb (prepare_hop): (window length, hop, builds, why not, seconds it took).
-        self._prepared: tuple[int, float, list[Any], str | None, float] | None = None
-        self._preparing = 0  # the window length being built for a climb (0: none)
-        self._rebuilt_lock = threading.Lock()
+        # OpenVINO builds for another window length (a climb while running), made in a thread, one
+        # at a time: ahead of the climb (prepare_hop), or after it while torch runs the windows.
+        self._builds = 0  # bumped by close: a build still running is for this engine no more
+        self._building = 0  # the window length being built (0: none)
+        self._built: tuple[int, float, list[Any], str | None, float] | None = None  # window, hop, builds, why not, s
+        self._awaiting_build = False  # torch runs the windows until the build for them is taken (_take_build)
+        self._build_lock = threading.Lock()
         self.backend, self.backend_choice = "torch", "not loaded yet"
         self._requested: tuple[float | None, float, float] = (
             defaults[0] if context_seconds is None else float(context_seconds),
@@ -598,7 +596,7 @@ class StreamingSeparator(Engine):
         """Whether `change_hop` may run now: `hop_may_change`, a window of this stream has run, and
         no OpenVINO build is being made while torch runs the windows (their times are not the
         stream's: climbing on them took a 0.74 s hop to 4 s in a live run)."""
-        return self.hop_may_change and self._stream_hops > 0 and not self._rebuilding
+        return self.hop_may_change and self._stream_hops > 0 and not self._awaiting_build
 
     def prepare_hop(self, hop_seconds: float) -> float | None:
         """The hop to climb to now when `hop_seconds` is wanted: that one where what runs the
@@ -608,45 +606,51 @@ class StreamingSeparator(Engine):
         with the new build). Otherwise None, having started a build for `hop_seconds`'s window in
         the background if none is being made: the stream stays at its hop, on OpenVINO, for the
         1-2 s the build takes, where eager torch at the new hop would be slower still."""
-        import torch
-
         self.load()
         if self.backend == "torch":
             return hop_seconds
         window = self._window_for(self._frames(hop_seconds, self._model_rate, 1))
         if window == self._window:
             return hop_seconds
-        with self._rebuilt_lock:
-            if self._prepared is not None and self._prepared[0] > self._window:
-                return self._prepared[1]
-            if self._preparing:
-                return None
-            self._preparing = window
-        climb, models = self._rebuilds, list(self._models)
+        with self._build_lock:
+            built = self._built
+        if built is not None and built[0] > self._window:
+            return built[1]
+        self._start_build(window, hop_seconds)
+        return None
+
+    def _start_build(self, window: int, hop_seconds: float) -> None:
+        """Build OpenVINO for windows of `window` frames in a thread, unless a build is being made;
+        the result waits in `_built`. No probe window: that costs a torch window beside the live
+        ones, and the conversion matched at load (every window length of it matched in the tests
+        and the bench)."""
+        import torch
+
+        with self._build_lock:
+            if self._building:
+                return
+            self._building = window
+        generation, models = self._builds, list(self._models)
         example = self._window_dev.new_zeros((*self._window_dev.shape[:-1], window))
         threads, started = torch.get_num_threads(), time.perf_counter()
 
         def build() -> None:
-            # No probe window: that costs a torch window beside the live ones, and the conversion
-            # matched at load (every window length of it matched in the tests and the bench).
             runners, problem = openvino_builds(models, example, threads, self._conversion_cache, probe=False)
-            with self._rebuilt_lock:
-                self._preparing = 0
-                if climb == self._rebuilds:  # not closed meanwhile
-                    self._prepared = (window, hop_seconds, runners, problem, time.perf_counter() - started)
+            with self._build_lock:
+                self._building = 0
+                if generation == self._builds:
+                    self._built = (window, hop_seconds, runners, problem, time.perf_counter() - started)
 
-        log.info("%s: building OpenVINO for a %.0f ms hop's window before climbing to it", self.name,
-                 1000.0 * hop_seconds)
+        log.info("%s: building OpenVINO for a %.0f ms hop's window", self.name, 1000.0 * hop_seconds)
         threading.Thread(target=build, name="flowstate-openvino-build", daemon=True).start()
-        return None
 
     def longer_hop(self, compute_ms: float, most_seconds: float) -> float | None:
         """The hop (seconds) to climb to when windows now cost `compute_ms`: the first rung of the
         ladder above this hop, up to `most_seconds`, whose window (its compute scaled by window
         length) would run under the engine's load limit; else the longest rung up to
-        `most_seconds`; None when there is none above this hop. (On OpenVINO, a rung whose window
-        has another length runs in torch for the second or two its build takes, then on OpenVINO
-        again: its estimate is OpenVINO's.)"""
+        `most_seconds`; None when there is none above this hop. (On OpenVINO, the climb to a rung
+        whose window has another length waits for a build of it, `prepare_hop`: its estimate is
+        OpenVINO's.)"""
         self.load()
         rate = self._model_rate
         rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9]
@@ -693,30 +697,23 @@ class StreamingSeparator(Engine):
             start = self._hop_start  # model frame where the next window's hop begins
             self._requested = (self._requested[0], hop_seconds, self._requested[2])
             self._hop, self._context, self._window = hop, context, context + hop + self._lookahead
-            rebuild = self._window != self._backend_window and self.backend != "torch"
-            with self._rebuilt_lock:
-                prepared, self._prepared = self._prepared, None
-            if rebuild and prepared is not None and prepared[0] == self._window:
-                rebuild = False
-                _, _, runners, problem, seconds = prepared
-                if problem is None:
-                    self._runners, self._backend_window = runners, self._window
-                    self.backend_choice = (f"openvino, built for the {1000 * hop / rate:.0f} ms hop's window in "
-                                           f"{seconds:.1f} s before the hop climbed to it while running")
-                else:
+            build = self._window != self._backend_window and self.backend != "torch"
+            if build:  # the OpenVINO build serves one window length
+                with self._build_lock:
+                    built, self._built = self._built, None
+                if built is not None and built[0] == self._window:
+                    build = False
+                    self._use_build(built, f"openvino, built for the {1000 * hop / rate:.0f} ms hop's window in "
+                                           f"{built[4]:.1f} s before the hop climbed to it while running")
+                else:  # go on in eager torch, which takes any window, until it is built
+                    self.backend_choice = (f"torch since the hop climbed to {1000 * hop / rate:.0f} ms while running, "
+                                           f"until {self.backend} has built for the new window (the build serves one "
+                                           f"window length); before: {self.backend_choice}")
                     self._runners, self._backend_window, self.backend = self._models, 0, "torch"
-                    self.backend_choice = f"torch since the hop climbed to {1000 * hop / rate:.0f} ms: {problem}"
-            if rebuild:
-                # The build serves one window shape: go on in eager torch, which takes any, while
-                # OpenVINO builds for the new one.
-                self.backend_choice = (f"torch since the hop climbed to {1000 * hop / rate:.0f} ms while running, "
-                                       f"until {self.backend} has built for the new window (the build serves one "
-                                       f"window length); before: {self.backend_choice}")
-                self._runners, self._backend_window = self._models, 0
-                self.backend = "torch"
+                    self._awaiting_build = True
             self._hop_buffers()
-            if rebuild:
-                self._rebuild()
+            if build:
+                self._start_build(self._window, hop_seconds)
             # The window holds [start - old context, start - old context + fill): keep what the
             # new context reaches (with less history than it reaches, zeros before it).
             cut = old_context - context
@@ -748,45 +745,38 @@ class StreamingSeparator(Engine):
                         1000.0 * inserted / self.sample_rate, reason)
             return ahead, inserted
 
-    def _rebuild(self) -> None:
-        """Build OpenVINO for the window set now, in a thread; the next window after it is done
-        takes it over (`_take_rebuild`)."""
-        import torch
-
-        self._rebuilds += 1
-        self._rebuilding = True
-        climb, models, window = self._rebuilds, list(self._models), self._window_dev.clone()
-        threads, started = torch.get_num_threads(), time.perf_counter()
-
-        def build() -> None:
-            runners, problem = openvino_builds(models, window, threads, self._conversion_cache)
-            with self._rebuilt_lock:
-                self._rebuilt = (climb, runners, problem, time.perf_counter() - started)
-
-        threading.Thread(target=build, name="flowstate-openvino-build", daemon=True).start()
-
-    def _take_rebuild(self) -> None:
-        """At a window boundary: run the next windows on the OpenVINO build made for them."""
-        with self._rebuilt_lock:
-            rebuilt, self._rebuilt = self._rebuilt, None
-        if rebuilt is None or rebuilt[0] != self._rebuilds:
-            return  # made for a window an earlier climb set, or before a close
-        self._rebuilding = False
+    def _take_build(self) -> None:
+        """At a window boundary, torch running the windows since a climb: go on on the OpenVINO
+        build made for them (one made for an earlier climb's window: build for this one)."""
+        with self._build_lock:
+            built, self._built = self._built, None
+        if built is None:
+            return
+        if built[0] != self._window:
+            self._start_build(self._window, self._hop / self._model_rate)
+            return
+        self._awaiting_build = False
         self._reset_stats()  # torch's windows: not what the stream costs from here
-        _, runners, problem, seconds = rebuilt
-        hop_ms = 1000.0 * self._hop / self._model_rate
+        self._use_build(built, f"openvino again {built[4]:.1f} s after the hop climbed to "
+                               f"{1000.0 * self._hop / self._model_rate:.0f} ms while running (built for the new "
+                               f"window; torch ran the windows meanwhile)")
+
+    def _use_build(self, built: tuple[int, float, list[Any], str | None, float], choice: str) -> None:
+        """Run the windows on `built` (saying `choice`), or in torch where it could not be made."""
+        _, _, runners, problem, _ = built
         if problem is not None:
-            self.backend_choice = f"torch since the hop climbed to {hop_ms:.0f} ms while running: {problem}"
+            self._runners, self._backend_window, self.backend = self._models, 0, "torch"
+            self.backend_choice = (f"torch since the hop climbed to {1000.0 * self._hop / self._model_rate:.0f} ms "
+                                   f"while running: {problem}")
             log.warning("%s: %s", self.name, self.backend_choice)
             return
         self._runners, self._backend_window, self.backend = runners, self._window, "openvino"
-        self.backend_choice = (f"openvino again {seconds:.1f} s after the hop climbed to {hop_ms:.0f} ms while "
-                               f"running (built for the new window; torch ran the windows meanwhile)")
-        log.info("%s: %s", self.name, self.backend_choice)
+        self.backend_choice = choice
+        log.info("%s: %s", self.name, choice)
 
     def _close(self) -> None:
-        self._rebuilds += 1  # a build still in the background is for this engine no more
-        self._rebuilding, self._prepared = False, None
+        self._builds += 1  # a build still in the background is for this engine no more
+        self._awaiting_build, self._built = False, None
         if self._batcher is not None:
             self._batcher.leave(self._member)
             self._batcher = None
@@ -926,8 +916,8 @@ class StreamingSeparator(Engine):
         """Separate the full window; overlap-add its hop; return the finished hop (host view)."""
         import torch
 
-        if self._rebuilt is not None:
-            self._take_rebuild()
+        if self._awaiting_build and self._built is not None:
+            self._take_build()
         started = time.perf_counter()
         context, hop, crossfade = self._context, self._hop, self._crossfade
         with torch.inference_mode(), self._autocast():
