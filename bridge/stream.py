@@ -295,6 +295,10 @@ class LiveStream:
         self._played = 0  # frames handed to the device so far (callback-owned)
         self._processed = 0  # input frames the worker has consumed (worker-owned)
         self._was_wet = True
+        # Ring frames before this are an engine's fill after a restart mid-stream (a resync, a
+        # reconnect): the silence it puts out for its latency before its first output. The callback
+        # plays the dry input there, as for a late hop, and crossfades to the wet after it.
+        self._wet_from = -(1 << 62)  # none yet
         self._last_late_hop = -1
         self._late_hop_frames = hop  # what one late hop spans: the hop in use (a climb lengthens it)
         self._freed_at = 0  # input frames in when the worker finished its last window
@@ -433,13 +437,13 @@ class LiveStream:
             # The budget grew: read `pending - shift` frames further back from here on. What the
             # old read point would have played next (the wet output, or the dry input at the old
             # latency when the wet is not there) fades out under what the new one plays.
-            if self._was_wet and self._out.written - start >= fade:
+            if self._was_wet and start >= self._wet_from and self._out.written - start >= fade:
                 self._out.read_interleaved_at(start, tail)
             else:
                 self._write_dry(tail, played)
             self._shift = pending
             start = played - pending
-        available = self._out.written - start
+        available = self._out.written - start if start >= self._wet_from else 0
         if available >= frames:
             self._out.read_interleaved_at(start, outdata)
             if not splice and not self._was_wet:
@@ -520,6 +524,7 @@ class LiveStream:
                     self._passed_the_silence()  # the reset engine starts at its new latency: nothing to drop
                 try:
                     self.engine.reset()
+                    self._skip_fill()
                 except Unavailable as err:
                     self._reconnect(err)
                 self.effects.reset()
@@ -724,11 +729,17 @@ class LiveStream:
             # Output for input frame i lands at i + budget: from here that is no earlier than what
             # the callback plays next, so nothing stale in the output ring is ever played.
             self._processed = max(self._processed, self._in.written - self.budget_frames)
+            self._skip_fill()
             self.effects.reset()
             self.link_error = None
             log.info("stream: %s is back; wet from the next hop", self.tier)
             self._publish("stream.reconnected", tier=self.tier)
             return
+
+    def _skip_fill(self) -> None:
+        """After `engine.reset()` mid-stream: its first `latency_frames` of output are silence (its
+        FIFO primed, no history), not stems; the callback plays the dry input over them."""
+        self._wet_from = self._processed + self._write_offset - self._dropped + int(self.engine.latency_frames)
 
     def _publish(self, event: str, **data: Any) -> None:
         if self._on_event is not None:

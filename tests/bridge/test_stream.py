@@ -221,7 +221,8 @@ def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
     assert status["latency_frames"] == status["engine_latency_frames"] + status["budget_frames"]
     target = (SAMPLE_RATE * (status["hop_seconds"] + status["lookahead_seconds"] + 1.3 * p99_ms / 1000)
               + block + status["resampler_delay_frames"])
-    assert target - 8 <= latency < target + block, (latency, target)  # status rounds the seconds to 0.1 ms
+    # status rounds the seconds (and the p99) to 0.1 ms: a few frames either way (33006 vs 33005 seen)
+    assert target - 8 <= latency < target + block + 8, (latency, target)
     assert "windows timed at load" in status["budget_source"]
     assert final["slack_ms_min"] is not None, final  # measured whenever a window ran
 
@@ -233,8 +234,11 @@ def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
     # A window of 8 s for every 1024-sample hop: far more work per hop than a hop lasts.
     # The compute budget is set to one block, far less than a window takes, so the hops are late
     # from the first one on (a measured budget would hold them for a few seconds first).
+    # On OpenVINO such a window still ends within the recording here (1.4 s, where torch's took 9 s),
+    # so the worker, hopelessly behind, jumps to the present and restarts the engine (a resync):
+    # the silence the restarted engine puts out for its latency must not be played either.
     heavy = {"context_seconds": 8.0, "hop_seconds": 1024 / 44100, "lookahead_seconds": 0.1, "crossfade_ms": 5.0,
-             "budget_ms": 1.0}
+             "budget_ms": 1.0, "backend": "openvino"}
     # The start times a few of these 8 s windows at load: slow on a busy machine.
     with Client(live.zmq_requests, timeout_seconds=180) as client:
         status = client.call("stream.start", {"overrides": heavy})
@@ -252,7 +256,9 @@ def test_an_overloaded_engine_counts_late_hops_and_plays_continuous_dry_audio(
     body = recorded[0, latency + 1024 : latency + tone.shape[0] - 1024]
     blocks = body[: body.shape[0] // 256 * 256].reshape(-1, 256)
     rms = np.sqrt((blocks**2).mean(axis=1))
-    assert rms.min() > 0.1, f"a block fell silent (min rms {rms.min():.4f})"
+    silent = np.flatnonzero(rms <= 0.1)
+    assert not silent.size, (f"{silent.size} blocks fell silent, from block {silent[0]}",
+                             {k: final[k] for k in ("late_hops", "dry_blocks", "resyncs", "backend", "xruns")})
     # The dry path is the input delayed by the reported latency: it lines up exactly.
     lag, corr = _best_lag(recorded[0], tone[: SAMPLE_RATE] * 0.5, max_lag=latency + 2048)
     assert lag == latency and corr > 0.99
