@@ -99,6 +99,11 @@ def resample_tensor(audio: Any, rate_in: int, rate_out: int) -> Any:
 # 640; a rate coprime with 44100 (44101) would need 44100 x 44135 (14.5 GiB).
 MAX_RATIO_TERMS = 1000
 PIECE_FRAMES = 8192  # the input resampler takes device blocks in pieces of at most this many frames
+# Products of up to this many (channel, period) rows run in numpy's einsum on the calling thread
+# (StreamingResampler): a 1024-frame stereo block at 48 kHz is 14-16. Measured for 48 -> 44.1 kHz
+# on the 2-core CPU: einsum 8 us a row; torch's pooled matmul 170-210 us for 4-160 rows with its
+# threads asleep (OMP_WAIT_POLICY=PASSIVE), 9 us for 4 rows with them spinning.
+SMALL_PRODUCT_ROWS = 16
 
 
 class StreamingResampler:
@@ -120,7 +125,11 @@ class StreamingResampler:
 
     The product runs in torch on CPU tensors that share the numpy buffers: numpy's OpenBLAS keeps
     its own threads spinning after each call, and next to torch's pool on a 2-core machine that
-    slowed the model's forward pass by 10-100x.
+    slowed the model's forward pass by 10-100x. A small product (a live stream's one device block:
+    up to SMALL_PRODUCT_ROWS rows) runs in numpy's own einsum loop instead, on the calling thread
+    alone: torch hands even that to its thread pool, whose threads sleep between calls under the
+    daemon's OMP_WAIT_POLICY=PASSIVE (bridge/__init__.py), and waking them cost 170-280 us a call,
+    14x the 20 us the product takes on one thread (48 -> 44.1 kHz, 256 stereo frames, 2-core CPU).
 
     Memory: the matrix has `matrix_shape(...)` coefficients, about up x (down + 2 * zeros * max(1,
     down / up)); the constructor refuses (`BadRequest`, before allocating anything) a ratio whose
@@ -175,6 +184,7 @@ class StreamingResampler:
         self._history_t = torch.from_numpy(self._history)
         self._frames_t, self._out_t = torch.from_numpy(self._frames), torch.from_numpy(self._out)
         self._matmul = torch.matmul
+        self._matrix = self._matrix_t.numpy()
         self.reset()
 
     @classmethod
@@ -258,7 +268,10 @@ class StreamingResampler:
                                             (self._history.shape[1], down, 1), offset)
         frames = self._frames_t[:, :num_blocks]
         frames.copy_(source)
-        self._matmul(frames, self._matrix_t, out=self._out_t[:, :num_blocks])
+        if self.channels * num_blocks <= SMALL_PRODUCT_ROWS:  # no thread pool to wake (class docstring)
+            np.einsum("cbk,ku->cbu", self._frames[:, :num_blocks], self._matrix, out=self._out[:, :num_blocks])
+        else:
+            self._matmul(frames, self._matrix_t, out=self._out_t[:, :num_blocks])
         flat = self._out[:, :num_blocks].reshape(self.channels, num_blocks * up)
         result = flat[:, self._next - first_block * up:stop - first_block * up]
         self._next = stop
