@@ -18,7 +18,9 @@ Figures per setting:
   complete, the compute budget a worker thread must meet anyway (valid while load_p99 < 1).
   `tight_ms` = latency_ms + p99_ms is the least a stream could add instead. The audio device's
   own buffer (e.g. 256 frames, 5.3 ms at 48 kHz) comes on top of both.
-* `ratio`: the engine's per-hop compute p50 over the bare forward's p50 on the same windows.
+* `ratio`: the engine's per-hop compute p50 over the bare forward's p50 on the same windows, the
+  bare forward run by what the engine runs (`backend`: eager torch, or its OpenVINO build, which
+  the model's default `auto` takes where it measures faster; `--backend` to choose).
   `ratio_total`: every `process()` call's wall time, summed (resampling, FIFO, buffers, model),
   over the bare forwards, summed. Target <= 1.10 for both.
 * `x_rt`: audio separated (hops x hop) per second of `process()` wall time; real time needs > 1.
@@ -33,12 +35,17 @@ Figures per setting:
   skips the latter.
 
     .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N] [--no-default-model]
-    .venv/bin/python bench/stream.py --backends [--rounds N] [--threads N]
+        [--backend auto|torch|openvino]
+    .venv/bin/python bench/stream.py --backends [--rounds N] [--threads N] [--hops 0.25,0.5,1,2,4] [--busy N]
 
 `--backends` compares only the inference backends (stream.backend, engines/inference.py) on the
 CPU default's window: eager torch against OpenVINO, per-window compute (whole, and the network
 between the STFT and its inverse alone), taking turns, their max abs difference, and the end-to-end
-latency each gives (the engine's latency + 1.3 x p99, the default compute budget).
+latency each gives (the engine's latency + 1.3 x p99, the default compute budget). `--hops` adds
+a row per hop of the ladder (HOP_LADDER: where the engine climbs on a slow or busy machine) with
+the CPU default's context and lookahead: both backends' window p50/p99, load (p99 / hop), end to
+end, and OpenVINO's build for that window from the kept conversion. `--busy N` keeps N processes
+spinning on a core each through the whole comparison (builds too): a machine busy elsewhere.
 
 Concurrent streams (issue 12: GPU readiness), `--streams 1,4,8`: instead of the settings table, for
 each N, N engines (each its own model copy, as the daemon's device stream and audio-socket clients
@@ -67,6 +74,7 @@ slower still: torch's OpenMP threads spin-wait for a core.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -127,15 +135,15 @@ def engine_windows(engine: StreamingSeparator, audio: np.ndarray) -> list[np.nda
 
 
 def run_setting(repo: Path, device: str, precision: str, threads: int | None, audio: np.ndarray,
-                setting: tuple[float, float, float]) -> dict[str, Any]:
+                setting: tuple[float, float, float], backend: str | None = None) -> dict[str, Any]:
     import torch
 
     context, hop, lookahead = setting
     engine = StreamingSeparator("htdemucs_random", repo=repo, device=device, sample_rate=SAMPLE_RATE,
                                 context_seconds=context, hop_seconds=hop, lookahead_seconds=lookahead,
-                                precision=precision, threads=threads)
+                                precision=precision, threads=threads, backend=backend)
     engine.load()
-    model = engine._models[0]  # the same module the engine runs
+    model = engine._runners[0]  # what the engine runs: the module, or its OpenVINO build
     stream = np.concatenate([audio] * ROUNDS, axis=1)  # one continuous stream, ROUNDS passes over the audio
     windows = [torch.from_numpy(w)[None].to(engine.device) for w in engine_windows(engine, stream)]
 
@@ -165,6 +173,7 @@ def run_setting(repo: Path, device: str, precision: str, threads: int | None, au
     p50, p99 = stats["compute_ms_p50"], stats["compute_ms_p99"]
     bare_p50 = 1000 * float(np.median(bare_times))
     result = {
+        "backend": engine.backend,
         "context_s": round(engine.context_seconds, 4),
         "hop_s": round(engine.hop_seconds, 4),
         "lookahead_s": round(engine.lookahead_seconds, 4),
@@ -377,11 +386,43 @@ def reference_forward(device: Any, with_default: bool) -> dict[str, Any]:
     return result
 
 
-def compare_backends(rounds: int, margin: float = 1.3) -> dict[str, Any]:
+def setting_figures(repo: Path, setting: tuple[float, float, float], rate: int) -> tuple[int, float]:
+    """The window (frames at the model's `rate`) and the latency (ms at SAMPLE_RATE) the engine gives `setting`:
+    the latency does not depend on the model, so a tiny one answers."""
+    context, hop, lookahead = setting
+    engine = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=SAMPLE_RATE, context_seconds=context,
+                                hop_seconds=hop, lookahead_seconds=lookahead)
+    try:
+        return round(engine.window_seconds * rate), engine.latency_ms
+    finally:
+        engine.close()
+
+
+def taking_turns(runs: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Each of `runs` once per round, in turn (load from elsewhere hits them alike), `rounds` + 1
+    rounds with the first one untimed (warm-up); ms per run."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds + 1):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            if round_:
+                times[name].append(1000.0 * (time.perf_counter() - started))
+    return times
+
+
+def percentiles(times: dict[str, list[float]]) -> dict[str, float]:
+    return {f"{name}_{label}_ms": round(float(np.percentile(values, q)), 1)
+            for name, values in times.items() for label, q in (("p50", 50), ("p99", 99))}
+
+
+def compare_backends(rounds: int, hops: list[float], margin: float = 1.3) -> dict[str, Any]:
     """Eager torch against OpenVINO (engines/inference.py) on the released architecture, the CPU
     default's window (1.02 s): per-window compute, whole (STFT, network, iSTFT) and the network
     alone, taking turns window by window; the max abs difference; and the end-to-end latency each
-    gives, the engine's latency at the CPU default plus a compute budget of `margin` x p99."""
+    gives, the engine's latency at the CPU default plus a compute budget of `margin` x p99. Then the
+    same for the whole window at each of `hops` (the hop ladder's rungs, CPU default context and
+    lookahead), each rung's OpenVINO build made from the kept conversion, as a climb makes it."""
     import torch
 
     import engines.inference
@@ -390,11 +431,14 @@ def compare_backends(rounds: int, margin: float = 1.3) -> dict[str, Any]:
 
     model = released_htdemucs()
     model.use_train_segment = False
-    frames = round(REFERENCE_WINDOW_SECONDS * model.samplerate / 1024) * 1024
-    window = torch.randn(1, 2, frames, generator=torch.Generator().manual_seed(0))
+    context, default_hop, lookahead = CPU_DEFAULTS
     threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory(prefix="flowstate-bench-openvino-") as folder:
-        cache = ConversionCache(Path(folder))
+    generator = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:
+        tiny = tiny_htdemucs_repo(Path(folder) / "tiny", depth=3)
+        cache = ConversionCache(Path(folder) / "openvino")
+        frames, latency_ms = setting_figures(tiny, CPU_DEFAULTS, model.samplerate)
+        window = torch.randn(1, 2, frames, generator=generator)
         started = time.perf_counter()
         compiled = OpenVinoModel(model, window, threads, cache)  # converts, and keeps the conversion
         convert_s = time.perf_counter() - started
@@ -409,49 +453,61 @@ def compare_backends(rounds: int, margin: float = 1.3) -> dict[str, Any]:
         started = time.perf_counter()
         OpenVinoModel(model, window, threads, cache)
         cached_s = time.perf_counter() - started
-    core = htdemucs_core(model)
-    with torch.inference_mode():
-        mag = model._magnitude(model._spec(window))
-        difference = float((model(window) - compiled(window)).abs().max())
-        runs = {"torch": lambda: model(window), "openvino": lambda: compiled(window),
-                "torch_network": lambda: core(window, mag), "openvino_network": lambda: compiled.network(window, mag)}
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for round_ in range(rounds + 1):  # the first round warms up, untimed
-            for name, run in runs.items():
+        core = htdemucs_core(model)
+        with torch.inference_mode():
+            mag = model._magnitude(model._spec(window))
+            difference = float((model(window) - compiled(window)).abs().max())
+            times = taking_turns({"torch": lambda: model(window), "openvino": lambda: compiled(window),
+                                  "torch_network": lambda: core(window, mag),
+                                  "openvino_network": lambda: compiled.network(window, mag)}, rounds)
+        rungs = []
+        for hop in hops:
+            row: dict[str, Any] = {"hop_s": hop}
+            if hop == default_hop:
+                row.update(window_s=round(frames / model.samplerate, 4), latency_ms=round(latency_ms, 1), build_s=None,
+                           **percentiles({name: times[name] for name in ("torch", "openvino")}))
+            else:
+                rung_frames, rung_latency = setting_figures(tiny, (context, hop, lookahead), model.samplerate)
+                rung_window = torch.randn(1, 2, rung_frames, generator=generator)
                 started = time.perf_counter()
-                run()
-                if round_:
-                    times[name].append(1000.0 * (time.perf_counter() - started))
-    with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:  # the latency does not depend on the model
-        context, hop, lookahead = CPU_DEFAULTS
-        engine = StreamingSeparator("tiny", repo=tiny_htdemucs_repo(Path(folder), depth=3), device="cpu",
-                                    sample_rate=SAMPLE_RATE, context_seconds=context, hop_seconds=hop,
-                                    lookahead_seconds=lookahead)
-        latency_ms = engine.latency_ms
-        engine.close()
+                rung_compiled = OpenVinoModel(model, rung_window, threads, cache)
+                build_s = time.perf_counter() - started
+                with torch.inference_mode():
+                    rung_times = taking_turns({"torch": functools.partial(model, rung_window),
+                                               "openvino": functools.partial(rung_compiled, rung_window)}, rounds)
+                row.update(window_s=round(rung_frames / model.samplerate, 4), latency_ms=round(rung_latency, 1),
+                           build_s=round(build_s, 1), **percentiles(rung_times))
+            for name in ("torch", "openvino"):
+                row[f"{name}_load_p99"] = round(row[f"{name}_p99_ms"] / (1000.0 * hop), 2)
+                row[f"{name}_end_to_end_ms"] = round(row["latency_ms"] + margin * row[f"{name}_p99_ms"], 1)
+            row["speedup_p50"] = round(row["torch_p50_ms"] / row["openvino_p50_ms"], 3)
+            rungs.append(row)
     result: dict[str, Any] = {"window_s": round(frames / model.samplerate, 4), "rounds": rounds,
                               "convert_s": round(convert_s, 1), "rebuild_s": round(rebuild_s, 1),
                               "cached_start_s": round(cached_s, 1), "max_abs_difference": difference,
-                              "latency_ms_before_budget": round(latency_ms, 1), "budget_margin": margin}
-    for name, values in times.items():
-        result[f"{name}_p50_ms"] = round(float(np.percentile(values, 50)), 1)
-        result[f"{name}_p99_ms"] = round(float(np.percentile(values, 99)), 1)
+                              "latency_ms_before_budget": round(latency_ms, 1), "budget_margin": margin,
+                              **percentiles(times)}
     for name in ("torch", "openvino"):
         result[f"{name}_end_to_end_ms"] = round(latency_ms + margin * result[f"{name}_p99_ms"], 1)
     result["speedup_window_p50"] = round(result["torch_p50_ms"] / result["openvino_p50_ms"], 3)
     result["speedup_network_p50"] = round(result["torch_network_p50_ms"] / result["openvino_network_p50_ms"], 3)
+    result["rungs"] = rungs
     return result
 
 
-def main_backends(rounds: int) -> int:
+def main_backends(rounds: int, hops: list[float], busy: int) -> int:
     import torch
+
+    from bridge.testing import busy_processes
 
     load_before = os.getloadavg()
     started = time.perf_counter()
-    row = compare_backends(rounds)
+    with busy_processes(busy):
+        row = compare_backends(rounds, hops)
     load_after = os.getloadavg()
     print(f"{describe_htdemucs(released_htdemucs())} (random weights), cpu, {torch.get_num_threads()} threads, "
-          f"a {row['window_s']:.2f} s window (the CPU default), {rounds} rounds taking turns; OpenVINO: conversion "
+          f"a {row['window_s']:.2f} s window (the CPU default), {rounds} rounds taking turns"
+          f"{f', {busy} busy process(es) beside it' if busy else ''}; OpenVINO: conversion "
           f"and build {row['convert_s']:.1f} s, a build for a 0.5 s longer window {row['rebuild_s']:.1f} s, a later "
           f"start's build from the kept conversion {row['cached_start_s']:.1f} s; max abs difference "
           f"{row['max_abs_difference']:.2g}")
@@ -460,10 +516,24 @@ def main_backends(rounds: int) -> int:
               f"between STFT and iSTFT p50 {row[f'{name}_network_p50_ms']:.0f} ms; end to end "
               f"{row['latency_ms_before_budget']:.1f} + {row['budget_margin']} x p99 = "
               f"{row[f'{name}_end_to_end_ms']:.0f} ms")
-    print(f"torch/openvino: window {row['speedup_window_p50']:.2f}x, network {row['speedup_network_p50']:.2f}x. "
-          f"Run took {time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, "
+    print(f"torch/openvino: window {row['speedup_window_p50']:.2f}x, network {row['speedup_network_p50']:.2f}x.")
+    if hops != [CPU_DEFAULTS[1]]:
+        header = (f"{'hop s':>6} {'window s':>8} {'build s':>7} {'torch p50':>9} {'p99':>6} {'load99':>6} "
+                  f"{'OV p50':>7} {'p99':>6} {'load99':>6} {'torch/OV':>8} {'e2e torch':>9} {'e2e OV':>7}")
+        print(f"the hop ladder's rungs (context {CPU_DEFAULTS[0]} s, lookahead {CPU_DEFAULTS[2]} s; ms; load99 = "
+              "p99 / hop, real time needs < 1; e2e = latency + 1.3 x p99):")
+        print(header)
+        print("-" * len(header))
+        for rung in row["rungs"]:
+            build = "-" if rung["build_s"] is None else f"{rung['build_s']:.1f}"
+            print(f"{rung['hop_s']:>6.2f} {rung['window_s']:>8.2f} {build:>7} {rung['torch_p50_ms']:>9.0f} "
+                  f"{rung['torch_p99_ms']:>6.0f} {rung['torch_load_p99']:>6.2f} {rung['openvino_p50_ms']:>7.0f} "
+                  f"{rung['openvino_p99_ms']:>6.0f} {rung['openvino_load_p99']:>6.2f} {rung['speedup_p50']:>7.2f}x "
+                  f"{rung['torch_end_to_end_ms']:>9.0f} {rung['openvino_end_to_end_ms']:>7.0f}")
+    print(f"Run took {time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after.")
-    print(json.dumps({"bench": "stream-backends", **row, "loadavg_before": [round(x, 2) for x in load_before],
+    print(json.dumps({"bench": "stream-backends", "busy_processes": busy, **row,
+                      "loadavg_before": [round(x, 2) for x in load_before],
                       "loadavg_after": [round(x, 2) for x in load_after]}))
     return 0
 
@@ -485,7 +555,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --streams: the 27 k-parameter test model (checks the bench; not a product figure)")
     parser.add_argument("--backends", action="store_true",
                         help="only compare torch and OpenVINO (stream.backend) at the CPU default window")
+    parser.add_argument("--backend", default=None, choices=("auto", "torch", "openvino"),
+                        help="stream.backend for the settings table (default: the model's, auto)")
     parser.add_argument("--rounds", type=int, default=10, help="windows per backend with --backends")
+    parser.add_argument("--hops", default=None,
+                        help="with --backends: also each of these hops' windows, e.g. 0.25,0.5,1,2,4 (the ladder)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="with --backends: this many processes spinning on a core meanwhile (a busy machine)")
     args = parser.parse_args(argv)
     if args.streams:
         return streams_main(args)
@@ -495,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.backends:
         if args.threads:
             torch.set_num_threads(args.threads)
-        return main_backends(args.rounds)
+        hops = [float(h) for h in args.hops.split(",")] if args.hops else [CPU_DEFAULTS[1]]
+        return main_backends(args.rounds, hops, args.busy)
 
     from engines.base import pick_device
 
@@ -510,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = reference_forward(device, not args.no_default_model)
     with tempfile.TemporaryDirectory(prefix="flowstate-bench-") as folder:
         repo = build_repo(Path(folder))
-        rows = [run_setting(repo, args.device, args.precision, args.threads, audio, s) for s in settings]
+        rows = [run_setting(repo, args.device, args.precision, args.threads, audio, s, args.backend)
+                for s in settings]
         baseline = apply_model_baseline(repo, args.device, audio)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
@@ -523,14 +601,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  extra, not a product figure: {reference['default_args_model']}: "
               f"{reference['default_args_ms']:.0f} ms p50 on the same window, interleaved; "
               f"released/default {reference['released_over_default']:.2f}")
-    header = (f"{'ctx/hop/look s':>17} {'window s':>8} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} {'bare ms':>7} "
+    header = (f"{'backend':>8} {'ctx/hop/look s':>17} {'window s':>8} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'bare ms':>7} "
               f"{'load50':>6} {'load99':>6} {'lat ms':>6} {'total ms':>8} {'tight ms':>8} {'ratio':>5} {'r.tot':>5} "
               f"{'x RT':>5}")
     print(header)
     print("-" * len(header))
     for row in rows:
         setting = f"{row['context_s']:.3f}/{row['hop_s']:.3f}/{row['lookahead_s']:.3f}"
-        print(f"{setting:>17} {row['window_s']:>8.3f} {row['hops']:>5} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
+        print(f"{row['backend']:>8} {setting:>17} {row['window_s']:>8.3f} "
+              f"{row['hops']:>5} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
               f"{row['bare_p50_ms']:>7.1f} {row['load_p50']:>6.2f} {row['load_p99']:>6.2f} {row['latency_ms']:>6.1f} "
               f"{row['total_ms']:>8.1f} {row['tight_ms']:>8.1f} {row['ratio']:>5.2f} {row['ratio_total']:>5.2f} "
               f"{row['x_realtime']:>5.2f}")

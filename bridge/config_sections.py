@@ -128,7 +128,7 @@ class StreamConfig(Section):
     batch_streams: Literal["auto", "on", "off"] = "auto"
     batch_gather_ms: float = Field(default=3.0, ge=0.0, le=100.0)
     # What runs the model's windows on CPU (engines/inference.py): torch, openvino, or auto; null:
-    # the model's default (auto for Spleeter, torch for HTDemucs).
+    # the model's default (auto for Spleeter and HTDemucs: OpenVINO where it measures faster).
     backend: Literal["auto", "torch", "openvino"] | None = None
     # OpenVINO's conversions of the stream models, kept between starts (a later start of the same
     # model converts nothing); the least recently used go beyond openvino_cache_mb, 0 keeps none.

@@ -23,6 +23,7 @@ from bridge.testing.processes import (  # noqa: F401 (re-exported)
     DaemonProcess,
     PostgresServer,
     RunningProcess,
+    busy_processes,
     free_port,
     postgres_bin_dir,
     processes_started_by,

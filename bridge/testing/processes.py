@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +195,20 @@ class DaemonProcess:
 # -- a real PostgreSQL server -------------------------------------------------------------------
 
 POSTGRES_BIN_DIRS = ("/usr/lib/postgresql",)  # Debian's versioned folders (postgresql-NN/bin)
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` Python processes that each spin on a core (at nice 0) while the block runs: a machine
+    busy with other applications, for the benchmarks. Killed and reaped on the way out."""
+    spin = [sys.executable, "-c", "while True: pass"]
+    children = [subprocess.Popen(spin) for _ in range(count)]
+    try:
+        yield children
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
 def postgres_bin_dir() -> Path | None:

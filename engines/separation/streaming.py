@@ -82,14 +82,13 @@ SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
 # the ladder to the first hop that keeps it: real time first, then the least latency this machine
 # allows. The ladder ends at HOP_RANGE's top; past it the engine says it is not real time.
 AUTO_HOP_LOAD = 0.8
-# What runs the windows (engines/inference.py) when stream.backend is left out. Spleeter: auto, i.e.
-# OpenVINO where it converts (2-3 s), matches torch and measures faster at load: its U-Nets took
-# 0.58-0.68x torch's time on the shared 2-core CPU (max abs difference 7e-7). HTDemucs: torch, though
-# auto measured its window 1.55-1.71x faster on a quiet day here (0.96-1.13x beside heavier work)
-# and took the round trip from 2.3 s to 1.4-2.0 s live: with a busy process beside it, its climb
-# reached the 4 s hop, where OpenVINO's 4.76 s window took 4.9 s (torch's: 3.0 s), not real time,
-# while torch's climb stopped at 1.5 s (README, "Inference backend").
-DEFAULT_BACKENDS = {"spleeter": "auto", "htdemucs": "torch"}
+# What runs the windows (engines/inference.py) when stream.backend is left out: auto for both, i.e.
+# OpenVINO where it converts, matches torch within 1e-4 and measures at least 5 % faster at load,
+# else torch. Spleeter: its U-Nets took 0.58-0.68x torch's time on the shared 2-core CPU (max abs
+# difference 7e-7; converts in 2-3 s). HTDemucs: its window ran 1.15-2.2x faster at every rung of
+# the hop ladder, quiet or beside a busy process, timed side by side (`bench/stream.py --backends
+# --hops ...`; README, "Inference backend"); it converts once (11-14 s), kept on disk.
+DEFAULT_BACKENDS = {"spleeter": "auto", "htdemucs": "auto"}
 HOP_LADDER = (0.14, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # up to HOP_RANGE's top
 
 MODEL_BLOCK = 1024  # HTDemucs STFT hop: window edges on this grid keep frames aligned across windows

@@ -15,6 +15,7 @@ from bridge.testing import (
     RUN_MARKER_VARIABLE,
     DaemonProcess,
     bare_forward_ms,
+    busy_processes,
     default_argument_htdemucs,
     describe_htdemucs,
     parameter_count,
@@ -107,6 +108,16 @@ def test_a_clean_run_passes(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_benches_busy_processes_spin_while_asked_and_none_is_left_after() -> None:
+    with busy_processes(2) as children:
+        pids = {child.pid for child in children}
+        assert len(pids) == 2 and pids <= _pids()  # running, this process's children
+        assert all("while True: pass" in process.command for process in processes_started_by(os.getpid()) or []
+                   if process.pid in pids)
+    assert all(child.returncode is not None for child in children)  # killed and reaped
+    assert not pids & _pids()
 
 
 def test_with_a_started_daemon_stops_that_very_daemon() -> None:

@@ -304,10 +304,13 @@ def test_a_stream_that_batches_with_others_runs_torch_and_says_why(repo: Path) -
     assert out.shape == (4, 2, 9600)
 
 
-def test_torch_is_htdemucss_default_and_says_so(repo: Path) -> None:
+def test_auto_is_htdemucss_default_and_says_what_it_measured(repo: Path) -> None:
     with engine(repo) as separator:
         stats = separator.stats()
-    assert (stats["backend"], stats["backend_choice"]) == ("torch", "the default for tiny")
+    assert stats["backend"] in ("torch", "openvino")  # whichever measured faster on this machine, at load
+    assert re.fullmatch(r"auto \(the default for tiny\): a window took \d+ ms with OpenVINO, \d+ ms with torch "
+                        r"\(x[0-9.]+\)(; OpenVINO is taken at x0.95 or less)?", stats["backend_choice"])
+    assert stats["backend_choice"].endswith("or less") == (stats["backend"] == "torch")
 
 
 @pytest.mark.parametrize("bad", ["tensorrt", "OpenVINO", "", 1])
