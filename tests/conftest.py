@@ -204,11 +204,15 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
     """
     import shutil
     import subprocess
-    import uuid
 
     if shutil.which("jackd") is None:
         pytest.fail("jackd is not installed: `make test` installs jackd2 (or run scripts/system-deps.sh as root)")
-    name = f"flowstate-{uuid.uuid4().hex[:8]}"
+    # One name per test process: a jackd that does not exit cleanly (killed, or stopped mid-start)
+    # leaves its entry in JACK's shared-memory registry, which holds 8 servers and reclaims a dead
+    # one's entry only for a server of the same name. With a new name per module, 8 such exits
+    # (over several runs on one machine) made every later jackd fail "Too many servers already
+    # active"; with this name the next module's server takes the entry back.
+    name = f"flowstate-test-{os.getpid()}"
     env = {**os.environ, "JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
     log = tmp_path_factory.mktemp("jack") / "jackd.log"
     with log.open("wb") as out:
