@@ -28,7 +28,7 @@ Figures per setting:
   44.1 kHz, offline, on the same checkpoint loaded as demucs's CLI loads it (each 7.8 s segment
   padded to the training length), as x real time.
 * The machine's speed, before the settings: the bare forward p50 of a 1.02 s window
-  (`bridge.testing.REFERENCE_WINDOW_SECONDS`, the CPU default's) of the released architecture, the
+  (`bridge.testing.REFERENCE_WINDOW_SECONDS`, the CPU default's until 2026-12-04) of the released architecture, the
   figure latency targets are stated against (<= 0.35 s), and of demucs's default-argument model
   (26.9 M parameters, lighter than any released checkpoint: an extra labelled line that shows what
   the released architecture costs, `released/default`; never a product figure). `--no-default-model`
@@ -418,8 +418,8 @@ def percentiles(times: dict[str, list[float]]) -> dict[str, float]:
 
 def compare_backends(rounds: int, hops: list[float], margin: float = 1.3) -> dict[str, Any]:
     """Eager torch against OpenVINO (engines/inference.py) on the released architecture, the CPU
-    default's window (1.02 s): per-window compute, whole (STFT, network, iSTFT) and the network
-    alone, taking turns window by window; the max abs difference; and the end-to-end latency each
+    default's window (0.86 s; 1.02 s before 2026-12-04): per-window compute, whole (STFT, network,
+    iSTFT) and the network alone, taking turns window by window; the max abs difference; and the end-to-end latency each
     gives, the engine's latency at the CPU default plus a compute budget of `margin` x p99. Then the
     same for the whole window at each of `hops` (the hop ladder's rungs, CPU default context and
     lookahead), each rung's OpenVINO build made from the kept conversion, as a climb makes it."""

@@ -183,8 +183,9 @@ def describe_htdemucs(model: Any) -> str:
     return f"{type(model).__name__}({', '.join(f'{k}={v}' for k, v in kwargs.items())}), {millions}"
 
 
-# The window of the CPU default setting, 0.5 + 0.25 + 0.25 s as 44 blocks of 1024 frames at
-# 44.1 kHz (1.0217 s): its bare forward on the released architecture is the speed of the machine
+# The window of the CPU default setting until 2026-12-04, 0.5 + 0.25 + 0.25 s as 44 blocks of 1024
+# frames at 44.1 kHz (1.0217 s; the default's lookahead is 0.1 s now): its bare forward on the
+# released architecture is the speed of the machine
 # every latency bench prints, so figures from machines of different speed can be compared (issue
 # 12's latency targets are stated for a machine where it takes <= 0.35 s).
 REFERENCE_WINDOW_SECONDS = 45056 / 44100

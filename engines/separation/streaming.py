@@ -50,15 +50,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # (context, hop, lookahead) in seconds; each becomes a multiple of 1024 frames at 44.1 kHz.
-# CPU: one window of 0.5 + 0.25 + 0.25 s (45056 frames) cost 0.16 s with 2 threads where DESIGN.md
-# measured it, under the 0.25 s hop; on a slower 2-core AVX2 machine bench/stream.py measured
-# 0.24-0.28 s (load 0.9-1.1: no margin), where a 0.5 s hop (load 0.6-0.7) keeps real time.
+# CPU: the hop is what the compute allows: a window of 0.5 + 0.25 + 0.25 s (45056 frames) cost
+# 0.13-0.16 s on OpenVINO on the shared 2-core AVX2 CPU (0.25-0.45 s in torch, where the hop
+# ladder then takes 0.5 s or more). The lookahead is the least the quality table allows
+# (bench/stream_quality.py, README "Quality: what a setting costs"): 0.1 s streams within 0.03 dB
+# of offline, as 0.25 s does, for 163 ms less latency and a 0.86 s window (37888 frames).
 # CUDA: a window costs a few ms,
 # so the hop shrinks to 4096 frames (0.093 s) and the lookahead to the ~0.1 s the STFT's reflect
 # padding needs; the context stays 0.5 s, as on CPU (the window's normalisation and attention see
-# enough signal, and on a GPU a longer window costs next to nothing). Latency at 48 kHz: 511.6 ms
+# enough signal, and on a GPU a longer window costs next to nothing). Latency at 48 kHz: 349.1 ms
 # on CPU, 186.5 ms on CUDA, plus the device buffer and the compute budget.
-CPU_DEFAULTS: tuple[float, float, float] = (0.5, 0.25, 0.25)
+CPU_DEFAULTS: tuple[float, float, float] = (0.5, 0.25, 0.1)
 CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
 # Spleeter (engines/spleeter.py): its U-Net pads every window to 64 STFT frames, so a window costs
 # the same up to 63 x 1024 frames (1.46 s). The context is left out (None): it fills the window to

@@ -149,7 +149,9 @@ def test_a_stream_on_openvino_that_climbs_to_another_window_builds_for_it_and_go
         assert compiled.stats()["backend"] == "openvino" and compiled.hop_may_change
         actual, start, _, inserted = without_the_inserted_silence(compiled, audio, 50000, 0.5, 1000)
         expected, eager_start, _, eager_inserted = without_the_inserted_silence(eager, audio, 50000, 0.5, 1000)
-        assert compiled.stats()["backend_choice"].startswith("torch since the hop climbed to 511 ms while running")
+        # Torch runs the new windows until the build is ready; a quick build is taken while the rest streams.
+        assert re.match(r"(torch since|openvino again [0-9.]+ s after) the hop climbed to 511 ms while running",
+                        compiled.stats()["backend_choice"]), compiled.stats()["backend_choice"]
         deadline = time.monotonic() + 600
         while compiled._built is None and compiled.backend == "torch":  # the build, in the background
             assert time.monotonic() < deadline, "OpenVINO never built for the new window"
@@ -158,7 +160,8 @@ def test_a_stream_on_openvino_that_climbs_to_another_window_builds_for_it_and_go
         stats = compiled.stats()
     assert (start, inserted) == (eager_start, eager_inserted) and compiled.hop_seconds == pytest.approx(0.5, abs=0.02)
     assert stats["backend"] == "openvino", stats["backend_choice"]
-    assert re.match(r"openvino again [0-9.]+ s after the hop climbed to 511 ms while running", stats["backend_choice"])
+    assert re.match(r"openvino again [0-9.]+ s after the hop climbed to 511 ms while running \(built for the new "
+                    r"window; torch ran the windows meanwhile\)", stats["backend_choice"]), stats["backend_choice"]
     assert np.abs(expected).max() > 1e-3 and np.abs(expected_more).max() > 1e-3
     assert float(np.abs(actual - expected).max()) <= 1e-4
     assert float(np.abs(actual_more - expected_more).max()) <= 1e-4

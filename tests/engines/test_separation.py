@@ -142,12 +142,12 @@ def test_bad_block_shape(repo: Path) -> None:
 
 
 def test_defaults_and_rounding(repo: Path) -> None:
-    assert CPU_DEFAULTS == (0.5, 0.25, 0.25)
+    assert CPU_DEFAULTS == (0.5, 0.25, 0.1)
     # However slow the machine measures (the default hop adapts to it: tested below), the default hop stays.
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", auto_hop_load=1e9)
     assert (engine.context_seconds, engine.hop_seconds, engine.lookahead_seconds) == pytest.approx(
-        (22528 / MODEL_RATE, 11264 / MODEL_RATE, 11264 / MODEL_RATE))
-    assert engine.window_seconds == pytest.approx(45056 / MODEL_RATE)
+        (22528 / MODEL_RATE, 11264 / MODEL_RATE, 4096 / MODEL_RATE))
+    assert engine.window_seconds == pytest.approx(37888 / MODEL_RATE)
     assert engine.hop_frames == round(11264 * 48000 / MODEL_RATE)
     assert engine.latency_ms == pytest.approx(1000 * engine.latency_frames / 48000)
     for seconds in CUDA_DEFAULTS:  # multiples of 1024 frames at 44.1 kHz after rounding
