@@ -388,10 +388,10 @@ def reference_forward(device: Any, with_default: bool) -> dict[str, Any]:
 
 def setting_figures(repo: Path, setting: tuple[float, float, float], rate: int) -> tuple[int, float]:
     """The window (frames at the model's `rate`) and the latency (ms at SAMPLE_RATE) the engine gives `setting`:
-    the latency does not depend on the model, so a tiny one answers."""
+    neither depends on the model or the backend, so a tiny one on torch answers (no conversion)."""
     context, hop, lookahead = setting
     engine = StreamingSeparator("tiny", repo=repo, device="cpu", sample_rate=SAMPLE_RATE, context_seconds=context,
-                                hop_seconds=hop, lookahead_seconds=lookahead)
+                                hop_seconds=hop, lookahead_seconds=lookahead, backend="torch")
     try:
         return round(engine.window_seconds * rate), engine.latency_ms
     finally:

@@ -271,7 +271,8 @@ def main() -> int:
           f"p50 {bare_default:.1f} ms, p99 {bare_default_p99:.1f} ms (the issue's targets assume <= 350 ms)")
     print(f"hop {1000 * final['hop_seconds']:.0f} ms ({final['hop_choice']}); window {final['window_seconds']:.3f} s; "
           f"compute p50 {final['compute_ms_p50']:.1f} ms, p99 {final['compute_ms_p99']:.1f} ms (at load: p99 "
-          f"{final['compute_ms_p99_at_load']:.1f} ms); ratio to a bare forward {ratio:.3f}")
+          f"{final['compute_ms_p99_at_load']:.1f} ms); ratio to a bare torch forward of that window {ratio:.3f} "
+          f"(the windows ran on {final.get('backend')})")
     print(f"compute budget at start {started['budget_ms']:.1f} ms ({final['budget_source']}), now "
           f"{final['budget_ms']:.1f} ms; least slack when a window's output landed: {final['slack_ms_min']} ms")
     print(f"budget growths while running: {len(changes)}" + "".join(
