@@ -3,10 +3,11 @@
 The model is the released htdemucs architecture (`bridge.testing.RELEASED_HTDEMUCS_KWARGS`, 41.98 M
 parameters, the published checkpoints' shape; seeded random weights: the cost does not depend on
 the weights), saved as a demucs local repo and loaded through the engine's real loader. For each
-(context, hop, lookahead) setting it streams `--seconds` of noise at 48 kHz in 256-frame device
-blocks and, on the very windows the engine separates (cut from the same input, resampled by the
-same resampler), times a bare `model(window)` forward under `inference_mode`, interleaved hop by
-hop so that load from elsewhere on a shared machine hits both alike. The audio is streamed
+(context, hop, lookahead) setting it streams `--seconds` of noise at 48 kHz in device blocks of
+the daemon's `stream.block_size` (512 frames) and, on the very windows the engine separates (cut
+from the same input, resampled by the same resampler), times a bare `model(window)` forward under
+`inference_mode`, interleaved hop by hop so that load from elsewhere on a shared machine hits both
+alike. The audio is streamed
 `ROUNDS` times in a row as one stream.
 
 Figures per setting:
@@ -17,7 +18,7 @@ Figures per setting:
 * `total_ms` = latency_ms + hop_ms: the output of a hop is due one hop after its window is
   complete, the compute budget a worker thread must meet anyway (valid while load_p99 < 1).
   `tight_ms` = latency_ms + p99_ms is the least a stream could add instead. The audio device's
-  own buffer (e.g. 256 frames, 5.3 ms at 48 kHz) comes on top of both.
+  own buffer (`stream.block_size`, 512 frames, 10.7 ms at 48 kHz) comes on top of both.
 * `ratio`: the engine's per-hop compute p50 over the bare forward's p50 on the same windows, the
   bare forward run by what the engine runs (`backend`: eager torch, or its OpenVINO build, which
   the model's default `auto` takes where it measures faster; `--backend` to choose).
@@ -51,7 +52,7 @@ Concurrent streams (issue 12: GPU readiness), `--streams 1,4,8`: instead of the 
 each N, N engines (each its own model copy, as the daemon's device stream and audio-socket clients
 have) share one `WindowBatcher` (engines/batching.py, the daemon's default gather period) at the
 device's default setting (`--setting C,H,L` to choose), each fed `--seconds` of its own noise in
-256-frame blocks paced in real time like a device, each stream's worker thread taking what has
+512-frame blocks paced in real time like a device, each stream's worker thread taking what has
 arrived as the live worker does (stream k starts k blocks after stream 0: hops that align within a
 few blocks). Per N:
 * `p50_ms`, `p99_ms`: each stream's compute per hop (waiting for its batch included), worst stream;
@@ -87,6 +88,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
+from bridge.config_sections import StreamConfig
 from bridge.testing import (
     REFERENCE_WINDOW_SECONDS,
     bare_forward_ms,
@@ -99,7 +101,7 @@ from engines.resample import StreamingResampler
 from engines.separation.streaming import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator, stream_defaults
 
 SAMPLE_RATE = 48000
-BLOCK = 256
+BLOCK = StreamConfig().block_size  # the daemon's device block (stream.block_size)
 ROUNDS = 2
 TARGET_RATIO = 1.10
 SETTINGS: tuple[tuple[float, float, float], ...] = (

@@ -9,7 +9,7 @@ is the same as trained weights). Measured in the same run after the stream stops
 of a 1.02 s released-architecture window (the issue states its targets for machines where that is
 <= 0.35 s) and of the stream's own window (`ratio` = the stream's compute per hop / that forward).
 
-    .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime]
+    .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime] [--period 256]
         [--model htdemucs|spleeter:2stems] [--backend auto|torch|openvino] [--worker-nice N] [--floor]
         [--no-budget-grow]
         [--slow-after SECONDS [--slow-procs N]] [--no-hop-climb]
@@ -48,19 +48,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jack
 
 from bridge.client import Client
+from bridge.config_sections import StreamConfig
 from bridge.stream import BUDGET_GROWTH
 from bridge.testing import DaemonProcess, busy_processes, released_htdemucs_repo
 
 DEFAULT_WINDOW_FRAMES = 45056  # 0.5 + 0.25 + 0.25 s at 44.1 kHz: the "1.02 s window" of the issue
 
 
-def start_jack(log_path: Path, realtime: bool) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_jack(log_path: Path, realtime: bool, period: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     name = f"flowstate-bench-{uuid.uuid4().hex[:6]}"
     env = {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             ["jackd", "-n", name, "--realtime" if realtime else "--no-realtime", "-d", "dummy", "-r", "48000",
-             "-p", "256"],
+             "-p", str(period)],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         )
     subprocess.run(["jack_wait", "-w", "-t", "10"], env={**os.environ, **env}, check=True, capture_output=True)
@@ -143,6 +144,8 @@ def main() -> int:
     parser.add_argument("--lookahead", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jack-realtime", action="store_true", help="run jackd with realtime scheduling")
+    parser.add_argument("--period", type=int, default=StreamConfig().block_size,
+                        help="JACK's period in frames, and the stream's stream.block_size (default: the config's)")
     parser.add_argument("--worker-nice", type=int, default=None,
                         help="stream.worker_nice (default: the config's); 0 runs the worker as nice as the audio")
     parser.add_argument("--floor", action="store_true",
@@ -168,9 +171,10 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-bench-"))
     repo = released_htdemucs_repo(workdir / "models", "htdemucs_bench")
     jack_log = workdir / "jackd.log"
-    jack, env = start_jack(jack_log, args.jack_realtime)
+    jack, env = start_jack(jack_log, args.jack_realtime, args.period)
     print(f"load average before: {load_average()}; {os.cpu_count()} CPUs; jackd "
-          f"{'realtime' if args.jack_realtime else '--no-realtime'}, dummy, 48 kHz, 256-frame periods", flush=True)
+          f"{'realtime' if args.jack_realtime else '--no-realtime'}, dummy, 48 kHz, {args.period}-frame periods "
+          f"(stream.block_size {args.period})", flush=True)
     floor: tuple[int, dict[str, int]] | None = None
     skip_lines = 0
     if args.floor:
@@ -180,7 +184,7 @@ def main() -> int:
               f"(jackd blames {floor_blamed or 'nothing'}); load average {load_average()}", flush=True)
     stream = {
         "model": "htdemucs_bench" if args.model == "htdemucs" else args.model, "engine_device": "cpu",
-        "threads": args.threads,
+        "threads": args.threads, "block_size": args.period,
         "context_seconds": args.context, "hop_seconds": args.hop, "lookahead_seconds": args.lookahead,
     }
     if args.worker_nice is not None:
@@ -309,6 +313,7 @@ def main() -> int:
         "backend_choice": final.get("backend_choice"),
         "start_s": round(start_s, 1),
         "jack_realtime": args.jack_realtime,
+        "period": args.period,
         "parameters": params,
         "bare_forward_1s_window_ms_p50": round(bare_default, 2),
         "bare_forward_1s_window_ms_p99": round(bare_default_p99, 2),

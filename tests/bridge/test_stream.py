@@ -189,15 +189,42 @@ def _noise(seconds: float, seed: int = 1) -> np.ndarray:
     return (0.3 * rng.standard_normal((2, n)) * envelope).astype(np.float32)
 
 
-def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
-    live: DaemonProcess, jack_server: JackServer
-) -> None:
-    with Client(live.zmq_requests, timeout_seconds=60) as client:
+def _play_noise_through(daemon: DaemonProcess, jack_server: JackServer) -> tuple[dict[str, Any], Rig, np.ndarray,
+                                                                                  dict[str, Any]]:
+    """Start the stream, play 3 s of noise bursts through it and record, stop: the status at
+    start, the rig (its `signal`), the recording and the status before the stop."""
+    with Client(daemon.zmq_requests, timeout_seconds=60) as client:
         status = client.call("stream.start")
         rig = Rig(jack_server, _noise(3.0))
         recorded = rig.record(tail_seconds=1.5)
         final = client.call("stream.status")
         client.call("stream.stop")
+    return status, rig, recorded, final
+
+
+def test_the_default_device_block_longer_than_jacks_period_keeps_the_reported_latency(
+    jack_server: JackServer, tiny_repo: Path
+) -> None:
+    # stream.block_size defaults to 512 frames; a JACK user's server may run 256-frame periods, as
+    # this one does. PortAudio then calls the stream every other period with two periods' frames:
+    # the signal must still come out exactly the reported round trip late (latency + one block).
+    block = StreamConfig().block_size
+    assert block > jack_server.period
+    daemon = _stream_daemon(jack_server, tiny_repo, block_size=block)
+    try:
+        status, rig, recorded, final = _play_noise_through(daemon, jack_server)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert status["block_size"] == block
+    assert status["round_trip_frames"] == status["latency_frames"] + block
+    lags = _assert_lags_follow_the_reported_round_trips(recorded[0], rig.signal[0], status, final)
+    assert lags[0] == status["round_trip_frames"], lags  # this stream's budget is fixed: no growth
+
+
+def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
+    live: DaemonProcess, jack_server: JackServer
+) -> None:
+    status, rig, recorded, final = _play_noise_through(live, jack_server)
     latency = status["round_trip_frames"]
     assert latency == status["latency_frames"] + status["block_size"]
     assert status["round_trip_ms"] == pytest.approx(1000 * latency / SAMPLE_RATE, abs=0.01)
