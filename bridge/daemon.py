@@ -35,6 +35,7 @@ from bridge.errors import BridgeError, Busy, Internal, StartupError, Unavailable
 from bridge.events import EventHub
 from bridge.protocol import CallContext, CommandSpec, Origin, Reply, Request
 from bridge.services import Services
+from bridge.stream import release_audio_host
 from bridge.stream_manager import AudioSessions
 from bridge.transports.audio import AudioServer
 from bridge.transports.midi import MidiTransport
@@ -456,6 +457,7 @@ def exit_now(code: int) -> None:
     if not left:
         return
     log.info("exiting without waiting for %d busy thread(s): %s", len(left), ", ".join(t.name for t in left))
+    release_audio_host()  # the one exit handler that matters outside this process (a JACK client)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -116,6 +116,22 @@ def import_sounddevice() -> Any:
     return sounddevice
 
 
+def release_audio_host() -> None:
+    """Run sounddevice's exit handler now where this process loaded it: stop any stream still open
+    and terminate PortAudio. For a process about to end with `os._exit` (`bridge.daemon.exit_now`),
+    which skips exit handlers: on JACK, PortAudio's host API is a JACK client (`PortAudio`) for as
+    long as PortAudio is initialised, and left open at exit it stayed in the server's graph, whose
+    shutdown then waited 5 s on it (a server killed meanwhile keeps its entry in JACK's registry).
+    """
+    sounddevice = sys.modules.get("sounddevice")
+    if sounddevice is None:
+        return
+    try:
+        sounddevice._exit_handler()
+    except Exception as err:  # noqa: BLE001 (on the way out: say so, and exit all the same)
+        log.warning("closing the audio host at exit failed: %s", err)
+
+
 def lower_thread_priority(steps: int) -> int | None:
     """Make the calling thread `steps` nicer than it is; return its nice value now, or None where
     nothing changed (`steps` 0, or an OS without a per-thread nice).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,27 +196,20 @@ class JackServer:
         return jack.Client(name, servername=self.name, no_start_server=True)
 
 
-@pytest.fixture(scope="module")
-def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
-    """`jackd -d dummy` at 48 kHz, 256-frame periods, 2 capture and 10 playback ports.
+@contextlib.contextmanager
+def running_jack(name: str, log: Path) -> Iterator[JackServer]:
+    """`jackd -d dummy` named `name` at 48 kHz, 256-frame periods, 2 capture and 10 playback ports,
+    its output in `log`; stopped on the way out.
 
     `--sync`: the server waits for every client each cycle. On a shared CPU a slow client then
     delays the cycle instead of being skipped, which would shift one client's frame count
     against another's and make frame-exact measurements lie.
     """
     import shutil
-    import subprocess
 
     if shutil.which("jackd") is None:
         pytest.fail("jackd is not installed: `make test` installs jackd2 (or run scripts/system-deps.sh as root)")
-    # One name per test process: a jackd that does not exit cleanly (killed, or stopped mid-start)
-    # leaves its entry in JACK's shared-memory registry, which holds 8 servers and reclaims a dead
-    # one's entry only for a server of the same name. With a new name per module, 8 such exits
-    # (over several runs on one machine) made every later jackd fail "Too many servers already
-    # active"; with this name the next module's server takes the entry back.
-    name = f"flowstate-test-{os.getpid()}"
     env = {**os.environ, "JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
-    log = tmp_path_factory.mktemp("jack") / "jackd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", "48000", "-p", "256",
@@ -227,13 +222,27 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
             pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
         yield JackServer(name, process, 48000, 256)
     finally:
-        # Whatever happened (jack_wait missing or failing, a test error), jackd stops with the module.
+        # Whatever happened (jack_wait missing or failing, a test error), jackd stops.
         process.terminate()
         try:
             process.wait(5)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
+    """A JACK server for the module (`running_jack`).
+
+    One name per test process: a jackd that does not exit cleanly (killed, or stopped mid-start)
+    leaves its entry in JACK's shared-memory registry, which holds 8 servers and reclaims a dead
+    one's entry only for a server of the same name. With a new name per module, 8 such exits
+    (over several runs on one machine) made every later jackd fail "Too many servers already
+    active"; with this name the next module's server takes the entry back.
+    """
+    with running_jack(f"flowstate-test-{os.getpid()}", tmp_path_factory.mktemp("jack") / "jackd.log") as server:
+        yield server
 
 
 class Events:

@@ -26,7 +26,7 @@ from bridge.stream import MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_f
 from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from engines.separation.streaming import StreamingSeparator
-from tests.conftest import Events, JackServer, OscUdp
+from tests.conftest import Events, JackServer, OscUdp, running_jack
 
 SAMPLE_RATE = 48000
 
@@ -365,6 +365,39 @@ def test_a_budget_too_small_grows_while_running_and_the_daws_round_trip_follows_
     assert final["budget_warning"] is None
     # The signal played after the first growth comes out late by the round trips announced.
     _assert_lags_follow_the_reported_round_trips(recorded[0], rig.signal[0], grew | {"block_size": block}, final)
+
+
+def test_the_jack_server_keeps_running_when_the_daemon_exits(tiny_repo: Path, tmp_path: Path) -> None:
+    # PortAudio's JACK host API is a JACK client ("PortAudio") for as long as PortAudio is
+    # initialised, streams stopped or not. The daemon ends with os._exit when threads linger
+    # (bridge.daemon.exit_now), which skips sounddevice's exit handler: the dead client then stayed
+    # in the graph, and a server in sync mode (as a user's may run) waited 5 s on it, every other
+    # client's audio stalled, before it gave up ("XRun = 5000173 usec" in jackd's log).
+    with running_jack(f"flowstate-test-{os.getpid()}-exit", tmp_path / "jackd.log") as server:
+        probe = server.client("probe")
+        cycles = [0]
+        stalls: list[float] = []
+        probe.set_process_callback(lambda frames: cycles.__setitem__(0, cycles[0] + 1))
+        probe.set_xrun_callback(lambda delay_usecs: stalls.append(delay_usecs) if delay_usecs > 1e6 else None)
+        probe.activate()
+        try:
+            daemon = _stream_daemon(server, tiny_repo)
+            try:
+                with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+                    client.call("stream.start")
+                    client.call("stream.stop")
+            finally:
+                assert daemon.stop() == 0, daemon.log()
+            # A stall would hold the cycles for 5 s, then be reported: wait for 2 s of cycles.
+            after = cycles[0]
+            deadline = time.monotonic() + 60
+            while cycles[0] < after + 2 * server.sample_rate // server.period and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert cycles[0] >= after + 2 * server.sample_rate // server.period, "the JACK server stopped cycling"
+            assert not stalls, f"the server stalled {[round(d / 1e6, 1) for d in stalls]} s after the daemon exited"
+        finally:
+            probe.deactivate()
+            probe.close()
 
 
 def test_stop_and_restart(live: DaemonProcess) -> None:
