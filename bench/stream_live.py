@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +55,15 @@ DEFAULT_WINDOW_FRAMES = 45056  # 0.5 + 0.25 + 0.25 s at 44.1 kHz: the "1.02 s wi
 
 
 def start_jack(log_path: Path, realtime: bool, period: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    name = f"flowstate-bench-{uuid.uuid4().hex[:6]}"
+    # One name for every run: JACK's shared-memory registry holds 8 servers and gives a dead server's
+    # entry back only to a server of the same name (tests/conftest.py's jack_server), so a name per
+    # run would leak an entry with every run that ends uncleanly. A second bench at the same time
+    # stops here rather than measure on the first one's server.
+    name = "flowstate-bench"
     env = {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
+    check = subprocess.run(["jack_wait", "-c"], env={**os.environ, **env}, capture_output=True, text=True)
+    if check.stdout.strip() == "running":
+        raise SystemExit(f"a JACK server named {name} is already running (another bench/stream_live.py?)")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             ["jackd", "-n", name, "--realtime" if realtime else "--no-realtime", "-d", "dummy", "-r", "48000",
