@@ -7,8 +7,7 @@ the weights), saved as a demucs local repo and loaded through the engine's real 
 the daemon's `stream.block_size` (512 frames) and, on the very windows the engine separates (cut
 from the same input, resampled by the same resampler), times a bare `model(window)` forward under
 `inference_mode`, interleaved hop by hop so that load from elsewhere on a shared machine hits both
-alike. The audio is streamed
-`ROUNDS` times in a row as one stream.
+alike. The audio is streamed `ROUNDS` times in a row as one stream.
 
 Figures per setting:
 * `p50_ms`, `p99_ms`: the engine's own compute time per hop (model, bag weighting, overlap-add,
