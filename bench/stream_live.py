@@ -11,7 +11,7 @@ of a 1.02 s released-architecture window (the issue states its targets for machi
 
     .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime] [--period 256]
         [--model htdemucs|spleeter:2stems] [--backend auto|torch|openvino] [--worker-nice N] [--floor]
-        [--no-budget-grow]
+        [--no-budget-grow] [--state DIR]
         [--slow-after SECONDS [--slow-procs N]] [--no-hop-climb]
 
 Xruns are split into start-up (before the model's first output is due: device and JACK graph
@@ -172,6 +172,10 @@ def main() -> int:
     parser.add_argument("--openvino-cache", type=Path, default=None,
                         help="stream.openvino_cache_dir (default: a fresh folder, so OpenVINO converts); give "
                              "the same folder twice to time a start that reads the kept conversion")
+    parser.add_argument("--state", type=Path, default=None,
+                        help="keep the daemon's job database in this folder (default: a fresh one): give the same "
+                             "folder twice to start the second run from the compute the first one measured, as a "
+                             "producer's daemon does from the second session on")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-bench-"))
@@ -203,9 +207,13 @@ def main() -> int:
         stream["backend"] = args.backend
     if args.openvino_cache is not None:
         stream["openvino_cache_dir"] = str(args.openvino_cache.absolute())
+    overrides: dict[str, Any] = {"models": {"demucs_repo": str(repo)}, "stream": stream,
+                                 "daemon": {"log_level": "WARNING"}}
+    if args.state is not None:
+        args.state.mkdir(parents=True, exist_ok=True)
+        overrides["jobs"] = {"database": str(args.state.absolute() / "jobs.sqlite3")}
     daemon = DaemonProcess(
-        overrides={"models": {"demucs_repo": str(repo)}, "stream": stream, "daemon": {"log_level": "WARNING"}},
-        workdir=workdir, env=env,
+        overrides=overrides, workdir=workdir, env=env,
     ).start()
     samples: list[dict[str, Any]] = []
     hogs = contextlib.ExitStack()  # the busy processes, once the machine slows

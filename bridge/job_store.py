@@ -4,8 +4,9 @@ The only durable state of the queue is this database; everything in memory (whic
 send events to, cancel flags) is a convenience that a restart may lose. A job moves queued ->
 running -> done | failed | canceled. A daemon that dies with a job `running` leaves it there; the
 next `JobRunner.start()` (bridge/jobs.py) puts it back to `queued` (`JobStore.requeue_interrupted`).
-The same file holds the router's spend and speed ledger (bridge/ledger.py): one schema, one
-`user_version`. The connection set-up, migrations and SQLite's errors are bridge/database.py's.
+The same file holds the router's spend and speed ledger (bridge/ledger.py), with the live stream's
+measured compute per engine setting: one schema, one `user_version`. The connection set-up,
+migrations and SQLite's errors are bridge/database.py's.
 
 The same store runs on PostgreSQL (`JobStore.shared`, `server.store`) for several `flowstate serve`
 instances that share one queue; the statements are the same, bar a row lock when claiming. Each
@@ -41,7 +42,7 @@ FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "canceled"})
 
 # The newest schema this code writes. `_MIGRATIONS[n]` takes a database from version n to n + 1,
 # so a future column is one more entry here and older databases upgrade on open.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
@@ -111,6 +112,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Who runs a claimed job and until when its claim holds (see the module's docstring).
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
         "ALTER TABLE jobs ADD COLUMN lease_until REAL",
+    ),
+    (
+        # The compute p99 of the last live stream per engine setting on this machine (bridge/ledger.py):
+        # the next stream.start's compute budget, after a daemon restart too.
+        """
+        CREATE TABLE stream_compute (
+            key        TEXT PRIMARY KEY,  -- StreamManager.timing_key: the settings and what the engine took
+            p99_ms     REAL NOT NULL,
+            hops       INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
     ),
 )
 

@@ -1,18 +1,30 @@
 """The router's ledger: what the cloud tiers cost this month, and how fast this machine works.
 
-Both tables live in the job database (bridge/job_store.py owns its schema), so the monthly budget
-and the measured local speed survive restarts beside the queue: `Ledger(store.database)`.
+Its tables live in the job database (bridge/job_store.py owns its schema), so the monthly budget,
+the measured local speed of file jobs and the live stream's measured compute survive restarts beside
+the queue: `Ledger(store.database)`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from bridge.database import Database
 
 
+@dataclass(frozen=True)
+class KeptCompute:
+    """The compute p99 of a live stream's last `hops` hops on one engine setting, as of `updated_at` (unix)."""
+
+    p99_ms: float
+    hops: int
+    updated_at: float
+
+
 class Ledger:
-    """Spend per cloud tier (for the monthly budget) and calibrated local speed, per key."""
+    """Spend per cloud tier (for the monthly budget), calibrated local speed per key, and the live
+    stream's compute per engine setting."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -52,3 +64,18 @@ class Ledger:
             (key, value, samples, time.time()),
         )
         return value
+
+    def stream_compute(self, key: str) -> KeptCompute | None:
+        rows = self.database.execute("SELECT p99_ms, hops, updated_at FROM stream_compute WHERE key = ?", (key,))
+        return KeptCompute(float(rows[0][0]), int(rows[0][1]), float(rows[0][2])) if rows else None
+
+    def keep_stream_compute(self, key: str, p99_ms: float, hops: int) -> KeptCompute:
+        """The last stream's figure replaces the one before (the machine as it is now, not an average)."""
+        kept = KeptCompute(float(p99_ms), int(hops), time.time())
+        self.database.execute(
+            "INSERT INTO stream_compute (key, p99_ms, hops, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET p99_ms = excluded.p99_ms, hops = excluded.hops, "
+            "updated_at = excluded.updated_at",
+            (key, kept.p99_ms, kept.hops, kept.updated_at),
+        )
+        return kept

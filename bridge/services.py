@@ -129,6 +129,7 @@ class Services:
         ledger = Ledger(self.job_store.database)
         self.router = Router(self.config.router, offered, ledger, device, models=models, runs=runs)
         self.streams.route = self.router.stream_tier  # stream.tier auto
+        self.streams.ledger = ledger  # each setting's live compute, kept across restarts
         if self.tiers:
             log.info("tiers configured: %s", ", ".join(sorted(self.tiers)))
 

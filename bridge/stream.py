@@ -19,8 +19,9 @@ blocks (a frame at the start of a block waits out the rest of the block first). 
 
     budget = ceil(margin x p99 compute / block) x block          (margin: stream.budget_margin, 1.3)
 
-with the p99 of the warm windows the engine timed at load, or of the last run's hops on this
-engine when that is higher (`budget_source` says which). Frames that arrive while a window computes
+with the p99 of the warm windows the engine timed at load, or of the last run's hops on the same
+setting when that is higher (`budget_source` says which; the StreamManager keeps each setting's
+last figure in the job database, so a restarted daemon starts from it too). Frames that arrive while a window computes
 queue in the input ring and cost next to nothing once it is done; the frames *before* the one that
 completes a window are fed to the engine on their own first, so their output (already computed)
 never waits on the model.
@@ -45,7 +46,7 @@ crossfade, once, and every later frame is exactly d later. The latency the strea
 by d, the `stream.latency` event carries the new round trip to the DAW scripts, and
 `budget_changes` in `stream.status` lists each growth. With `budget_grow: false` the budget is
 fixed for the stream's life; then `budget_warning` in `stream.status` (and the log) says when the
-live p99 times the margin outgrows it. Either way the next `stream.start` on the same engine takes
+live p99 times the margin outgrows it. Either way the next `stream.start` of the same setting takes
 its budget from the last run's hops when that is higher.
 
 A budget cannot help a window that needs more than its hop: then (`stream.hop_climb`, with the hop
@@ -75,6 +76,7 @@ import numpy as np
 
 from bridge.config import StreamConfig
 from bridge.errors import BadRequest, Unavailable
+from bridge.ledger import KeptCompute
 from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
 from engines.effects import EffectChain
 from engines.ringbuffer import FrameRing
@@ -225,7 +227,7 @@ class LiveStream:
 
     def __init__(self, settings: StreamConfig, engine: StreamEngine, effects: EffectRack,
                  on_event: Callable[..., None] | None = None,
-                 last_run_p99_ms: float = 0.0) -> None:
+                 last_run: KeptCompute | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.effects = effects
@@ -244,15 +246,20 @@ class LiveStream:
         timing = engine.load_timing()
         at_load = float(timing["compute_ms_p99_at_load"])
         self.budget_margin = float(settings.budget_margin)
+        self.last_run = last_run  # the compute this setting's last stream measured, kept by the StreamManager
         if settings.budget_ms is not None:
             start_budget = budget_frames_for(settings.budget_ms, 1.0, self.sample_rate, self.block_size)
             self.budget_source = (f"set in config: {settings.budget_ms:g} ms, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
         else:
-            compute_ms = max(at_load, last_run_p99_ms)
-            start_budget = budget_frames_for(compute_ms, self.budget_margin, self.sample_rate, self.block_size)
-            measured = (f"p99 {at_load:.1f} ms of {timing['load_timing_windows']} windows timed at load"
-                        if at_load >= last_run_p99_ms else f"p99 {last_run_p99_ms:.1f} ms of the last run's hops")
+            last_run_ms = last_run.p99_ms if last_run is not None else 0.0
+            start_budget = budget_frames_for(max(at_load, last_run_ms), self.budget_margin, self.sample_rate,
+                                             self.block_size)
+            if last_run is None or at_load >= last_run_ms:
+                measured = f"p99 {at_load:.1f} ms of {timing['load_timing_windows']} windows timed at load"
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_run.updated_at))
+                measured = f"p99 {last_run_ms:.1f} ms of the last run's {last_run.hops} hops (stopped {when})"
             self.budget_source = (f"{self.budget_margin:g} x {measured}, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
         self._engine_latency = int(engine.latency_frames)  # at the start: a longer hop adds _engine_extra
@@ -841,6 +848,7 @@ class LiveStream:
             "compute_ms_p50": stats.get("compute_ms_p50"),
             "compute_ms_p99": stats.get("compute_ms_p99"),
             "compute_ms_p99_at_load": stats.get("compute_ms_p99_at_load"),
+            "compute_ms_p99_last_run": self.last_run.p99_ms if self.last_run is not None else None,
             "budget_frames": self.budget_frames,
             "budget_ms": round(self.budget_ms, 3),
             "budget_margin": self.budget_margin,

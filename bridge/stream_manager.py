@@ -6,6 +6,7 @@ itself (device, rings, worker) is bridge/stream.py's `LiveStream`.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ import numpy as np
 
 from bridge.config import StreamConfig
 from bridge.errors import BadRequest, BridgeError, Busy, Forbidden, Unavailable
+from bridge.ledger import KeptCompute, Ledger
 from bridge.stream import LOCAL, MIN_LIVE_HOPS, EffectRack, LiveStream, StreamEngine, lower_thread_priority
 from engines.base import pick_device
 from engines.batching import WindowBatchers
@@ -74,7 +76,10 @@ class StreamManager:
         self._engines: dict[tuple[Any, ...], StreamingSeparator] = {}
         self._lock = threading.Lock()
         self.stream: LiveStream | None = None
-        self._last_run: tuple[StreamEngine, float] | None = None  # (engine, its last stream's compute p99 in ms)
+        # The compute p99 of the last stream per timing_key: kept here, and in the job database's
+        # ledger once the daemon has opened it (`ledger`), so a restarted daemon starts from it too.
+        self._kept: dict[str, KeptCompute] = {}
+        self.ledger: Ledger | None = None
 
     def settings_with(self, overrides: dict[str, Any]) -> StreamConfig:
         from pydantic import ValidationError
@@ -180,8 +185,9 @@ class StreamManager:
             effects = EffectRack.build(
                 settings.effects.model_dump(), tuple(engine.stems), settings.sample_rate, settings.channels
             )
-            last_run_p99_ms = self._last_run[1] if self._last_run is not None and self._last_run[0] is engine else 0.0
-            stream = LiveStream(settings, engine, effects, self._on_event, last_run_p99_ms=last_run_p99_ms)
+            last_run = self.kept_compute(self.timing_key(settings, engine)) if isinstance(engine, StreamingSeparator) \
+                else None
+            stream = LiveStream(settings, engine, effects, self._on_event, last_run=last_run)
             stream.tier_reason = reason
             try:
                 stream.start()
@@ -234,9 +240,36 @@ class StreamManager:
             status = self.stream.status()
             if self.stream.tier != LOCAL:
                 self.stream.engine.close()  # one connection per stream: the server's slot is free again
-            elif status["hops"] >= MIN_LIVE_HOPS:
-                self._last_run = (self.stream.engine, float(status["compute_ms_p99"]))
+            elif status["hops"] >= MIN_LIVE_HOPS and isinstance(self.stream.engine, StreamingSeparator):
+                self.keep_compute(self.timing_key(self.stream.settings, self.stream.engine),
+                                  float(status["compute_ms_p99"]), int(status["hops"]))
             return status
+
+    def timing_key(self, settings: StreamConfig, engine: StreamingSeparator) -> str:
+        """What a stream's measured compute is kept under: the settings its engine is built from and
+        what the engine took at load or climbed to (backend, hop, window), so the next start of the
+        same setting, in this daemon or a later one, finds it."""
+        return json.dumps([*self.engine_key(settings), engine.backend, round(1000.0 * engine.hop_seconds, 3),
+                           round(1000.0 * engine.window_seconds, 3)])
+
+    def kept_compute(self, key: str) -> KeptCompute | None:
+        """The last stream's compute p99 for this key: this daemon's, else the job database's."""
+        kept = self._kept.get(key)
+        if kept is None and self.ledger is not None:
+            try:
+                kept = self.ledger.stream_compute(key)
+            except BridgeError as err:  # the stream starts from the windows timed at load
+                log.warning("stream: could not read the last run's compute: %s", err.message)
+        return kept
+
+    def keep_compute(self, key: str, p99_ms: float, hops: int) -> None:
+        kept = KeptCompute(p99_ms, hops, time.time())
+        if self.ledger is not None:
+            try:
+                kept = self.ledger.keep_stream_compute(key, p99_ms, hops)
+            except BridgeError as err:  # kept in memory: this daemon's next start still has it
+                log.warning("stream: could not keep this run's compute in the job database: %s", err.message)
+        self._kept[key] = kept
 
     def running_stream(self, command: str) -> LiveStream:
         stream = self.stream

@@ -337,7 +337,7 @@ def test_a_file_that_is_not_a_database_is_refused(db: Path) -> None:
 def test_wal_mode_and_schema_version(store: JobStore, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 

@@ -163,13 +163,13 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)  # seconds, even on busy cores
 
 
-def _stream_daemon(server: JackServer, repo: Path, **stream: Any) -> DaemonProcess:
+def _stream_daemon(server: JackServer, repo: Path, workdir: Path | None = None, **stream: Any) -> DaemonProcess:
     # A fixed budget unless a test asks for growth: most tests here measure the latency the stream
     # started with across a whole recording.
     settings = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1,
                 "budget_grow": False, **stream}
     return DaemonProcess(
-        overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, env=server.env
+        overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, workdir=workdir, env=server.env
     ).start()
 
 
@@ -476,11 +476,45 @@ def test_a_restart_takes_its_budget_from_the_last_runs_compute_when_that_is_high
         client.call("stream.stop")
     at_load, last_run = first["compute_ms_p99_at_load"], stopped["compute_ms_p99"]
     assert second["compute_ms_p99_at_load"] == at_load  # the same warm engine
-    assert second["budget_frames"] == budget_frames_for(max(at_load, last_run), 1.3, SAMPLE_RATE, 256)
-    source = "windows timed at load" if at_load >= last_run else "of the last run's hops"
-    assert source in second["budget_source"]
+    assert second["compute_ms_p99_last_run"] == last_run
+    _assert_budget_from(second, at_load, last_run, stopped["hops"])
+
+
+def _assert_budget_from(status: dict[str, Any], at_load: float, last_run: float, hops: int) -> None:
+    """The stream started with a budget covering the higher of the two p99s, and says which it took."""
+    assert status["budget_frames"] == budget_frames_for(max(at_load, last_run), 1.3, SAMPLE_RATE, 256)
+    source = "windows timed at load" if at_load >= last_run else f"of the last run's {hops} hops"
+    assert source in status["budget_source"]
     # Whichever it took, the latency it reports is the engine's plus that budget.
-    assert second["latency_frames"] == second["engine_latency_frames"] + second["budget_frames"]
+    assert status["latency_frames"] == status["engine_latency_frames"] + status["budget_frames"]
+
+
+def test_a_restarted_daemon_starts_from_the_compute_its_last_stream_measured(
+    jack_server: JackServer, tiny_repo: Path
+) -> None:
+    # The live p99 is kept in the job database: the next day's first start has the budget the last
+    # session ended with, instead of growing (and moving the DAW's delay compensation) all over again.
+    first = _stream_daemon(jack_server, tiny_repo)
+    try:
+        with Client(first.zmq_requests, timeout_seconds=60) as client:
+            assert client.call("stream.start")["compute_ms_p99_last_run"] is None  # a new database: nothing kept
+            _wait_for_hops(client, at_least=MIN_LIVE_HOPS)
+            stopped = client.call("stream.stop")
+    finally:
+        assert first.stop() == 0, first.log()
+    second = _stream_daemon(jack_server, tiny_repo, workdir=first.workdir)
+    try:
+        with Client(second.zmq_requests, timeout_seconds=60) as client:
+            again = client.call("stream.start")
+            client.call("stream.stop")
+            other = client.call("stream.start", {"overrides": {"threads": 2}})  # another setting: its own figure
+            client.call("stream.stop")
+    finally:
+        assert second.stop() == 0, second.log()
+    assert again["compute_ms_p99_last_run"] == stopped["compute_ms_p99"]
+    _assert_budget_from(again, again["compute_ms_p99_at_load"], stopped["compute_ms_p99"], stopped["hops"])
+    assert other["compute_ms_p99_last_run"] is None
+    assert "windows timed at load" in other["budget_source"]
 
 
 def test_an_unknown_model_names_what_was_tried(live: DaemonProcess, tiny_repo: Path) -> None:
