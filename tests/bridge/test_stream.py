@@ -22,6 +22,8 @@ import pytest
 
 from bridge.client import Client, RemoteError
 from bridge.config import StreamConfig
+from bridge.job_store import JobStore
+from bridge.ledger import Ledger
 from bridge.stream import MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_for
 from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
@@ -515,6 +517,28 @@ def test_a_restarted_daemon_starts_from_the_compute_its_last_stream_measured(
     _assert_budget_from(again, again["compute_ms_p99_at_load"], stopped["compute_ms_p99"], stopped["hops"])
     assert other["compute_ms_p99_last_run"] is None
     assert "windows timed at load" in other["budget_source"]
+
+
+def test_a_run_whose_compute_the_job_database_cannot_take_keeps_it_for_this_daemon(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore(path)
+    manager = StreamManager(StreamConfig(), None)
+    manager.ledger = Ledger(store.database)
+    manager.keep_compute("a setting", 120.5, 234)
+    restarted = StreamManager(StreamConfig(), None)  # another daemon on the same file
+    other_store = JobStore(path)
+    restarted.ledger = Ledger(other_store.database)
+    kept = restarted.kept_compute("a setting")
+    other_store.close()
+    assert kept is not None and (kept.p99_ms, kept.hops) == (120.5, 234)
+    assert restarted.kept_compute("another setting") is None
+    store.close()  # the daemon is shutting down, or the disk went away
+    manager.keep_compute("a setting", 131.0, 300)  # the stop goes on, and names what it could not do
+    assert "could not keep this run's compute in the job database" in caplog.text
+    kept = manager.kept_compute("a setting")
+    assert kept is not None and kept.p99_ms == 131.0  # this daemon's next start still has it
 
 
 def test_an_unknown_model_names_what_was_tried(live: DaemonProcess, tiny_repo: Path) -> None:
