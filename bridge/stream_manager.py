@@ -247,10 +247,10 @@ class StreamManager:
 
     def timing_key(self, settings: StreamConfig, engine: StreamingSeparator) -> str:
         """What a stream's measured compute is kept under: the settings its engine is built from and
-        what the engine took at load or climbed to (backend, hop, window), so the next start of the
-        same setting, in this daemon or a later one, finds it."""
-        return json.dumps([*self.engine_key(settings), engine.backend, round(1000.0 * engine.hop_seconds, 3),
-                           round(1000.0 * engine.window_seconds, 3)])
+        what the engine took at load or climbed to (device, precision, backend, hop, window), so the
+        next start of the same setting, in this daemon or a later one, finds it."""
+        return json.dumps([*self.engine_key(settings), str(engine.device), engine.precision, engine.backend,
+                           round(1000.0 * engine.hop_seconds, 3), round(1000.0 * engine.window_seconds, 3)])
 
     def kept_compute(self, key: str) -> KeptCompute | None:
         """The last stream's compute p99 for this key: this daemon's, else the job database's."""
