@@ -21,10 +21,10 @@ blocks (a frame at the start of a block waits out the rest of the block first). 
 
 with the p99 of the warm windows the engine timed at load, or of the last run's hops on the same
 setting when that is higher (`budget_source` says which; the StreamManager keeps each setting's
-last figure in the job database, so a restarted daemon starts from it too). Frames that arrive while a window computes
-queue in the input ring and cost next to nothing once it is done; the frames *before* the one that
-completes a window are fed to the engine on their own first, so their output (already computed)
-never waits on the model.
+last figure in the job database, so a restarted daemon starts from it too). Frames that arrive
+while a window computes queue in the input ring and cost next to nothing once it is done; the
+frames *before* the one that completes a window are fed to the engine on their own first, so
+their output (already computed) never waits on the model.
 
 While a stream runs the budget can only grow (`stream.budget_grow`, on by default). After each
 window the worker checks two things: did this window's output land after the callback needed it
