@@ -69,13 +69,11 @@ class Ledger:
         rows = self.database.execute("SELECT p99_ms, hops, updated_at FROM stream_compute WHERE key = ?", (key,))
         return KeptCompute(float(rows[0][0]), int(rows[0][1]), float(rows[0][2])) if rows else None
 
-    def keep_stream_compute(self, key: str, p99_ms: float, hops: int) -> KeptCompute:
+    def keep_stream_compute(self, key: str, kept: KeptCompute) -> None:
         """The last stream's figure replaces the one before (the machine as it is now, not an average)."""
-        kept = KeptCompute(float(p99_ms), int(hops), time.time())
         self.database.execute(
             "INSERT INTO stream_compute (key, p99_ms, hops, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET p99_ms = excluded.p99_ms, hops = excluded.hops, "
             "updated_at = excluded.updated_at",
             (key, kept.p99_ms, kept.hops, kept.updated_at),
         )
-        return kept

@@ -247,9 +247,9 @@ class StreamManager:
 
     def timing_key(self, settings: StreamConfig, engine: StreamingSeparator) -> str:
         """What a stream's measured compute is kept under: the settings its engine is built from and
-        what the engine took at load or climbed to (device, precision, backend, hop, window), so the
-        next start of the same setting, in this daemon or a later one, finds it."""
-        return json.dumps([*self.engine_key(settings), str(engine.device), engine.precision, engine.backend,
+        what the engine took at load or climbed to (the device `auto` resolved to, backend, hop,
+        window), so the next start of the same setting, in this daemon or a later one, finds it."""
+        return json.dumps([*self.engine_key(settings), str(engine.device), engine.backend,
                            round(1000.0 * engine.hop_seconds, 3), round(1000.0 * engine.window_seconds, 3)])
 
     def kept_compute(self, key: str) -> KeptCompute | None:
@@ -266,7 +266,7 @@ class StreamManager:
         kept = KeptCompute(p99_ms, hops, time.time())
         if self.ledger is not None:
             try:
-                kept = self.ledger.keep_stream_compute(key, p99_ms, hops)
+                self.ledger.keep_stream_compute(key, kept)
             except BridgeError as err:  # kept in memory: this daemon's next start still has it
                 log.warning("stream: could not keep this run's compute in the job database: %s", err.message)
         self._kept[key] = kept
