@@ -9,7 +9,8 @@ Spleeter's recipe: a complex STFT (n_fft 4096, hop 1024, Hann), the magnitude of
 bins (0-11 kHz) fed to one U-Net per stem, each U-Net's estimated magnitude turned into a ratio
 mask `m_i^2 / (sum_j m_j^2 + eps)`, the masked complex STFT inverted. The U-Net halves the time
 axis six times, so its input is padded to a multiple of 64 STFT frames: any window up to 64 frames
-(1.46 s) costs the same.
+(1.46 s) costs the same. A live stream's window is 128 frames (`STREAM_FRAMES`, 2.95 s): in 64 the
+deepest level has a single frame, mostly the zero padding around the window.
 
 The band above 11 kHz, which Spleeter's U-Nets never see (Spleeter itself drops it), goes to the
 accompaniment: the stems then add up to the input (a null test holds), cymbals and air stay in the
@@ -58,6 +59,11 @@ N_FFT = 4096
 STFT_HOP = 1024
 BINS = 1024  # the U-Nets see bins [0, 1024): 0 to 11 kHz at 44.1 kHz
 FRAME_MULTIPLE = 64  # six stride-2 levels: the U-Net's time axis is padded to a multiple of this
+# A live window fills to this many STFT frames, 1.8x the cost of 64 (the least the U-Net pads to):
+# the deepest level then has two frames, not one made mostly of padding, and streamed SDR came
+# within 0.1-0.25 dB of offline on the quality bench's mixture where 64 frames lost 0.5-0.65 dB at
+# the same latency (README, "Quality: what a setting costs"; 256 frames gained nothing more).
+STREAM_FRAMES = 128
 # File jobs: 11 s segments are 474 STFT frames, padded to Spleeter's own 512-frame partitions.
 SEGMENT_SECONDS = 11.0
 MASK_EPS = 1e-10
@@ -282,6 +288,11 @@ def _build_separator(nets: dict[str, torch.nn.Module]) -> torch.nn.Module:
             frames = samples // STFT_HOP + 1
             padded = -(-frames // FRAME_MULTIPLE) * FRAME_MULTIPLE
             return max(samples, (padded - 1) * STFT_HOP)
+
+        def stream_window(self, samples: int) -> int:
+            """The window a live stream fills its context to around `samples` of hop and lookahead:
+            at least `STREAM_FRAMES` STFT frames, and as long as that costs."""
+            return self.free_window(max(samples, (STREAM_FRAMES - 1) * STFT_HOP))
 
         def _spec(self, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """(the complex STFT (batch, 2, bins, frames), the U-Nets' input: its magnitude below

@@ -62,23 +62,23 @@ log = logging.getLogger(__name__)
 # on CPU, 186.5 ms on CUDA, plus the device buffer and the compute budget.
 CPU_DEFAULTS: tuple[float, float, float] = (0.5, 0.25, 0.1)
 CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
-# Spleeter (engines/spleeter.py): its U-Net pads every window to 64 STFT frames, so a window costs
-# the same up to 63 x 1024 frames (1.46 s). The context is left out (None): it fills the window to
-# that size, for free. The lookahead is the ~0.1 s (4 x 1024 frames) that keeps the STFT frames
-# under the hop and its crossfade exact. The hop is the shortest that keeps real time on CPU: a
-# window costs 90-110 ms on a quiet 2-core CPU (DESIGN.md; bench/stream_spleeter.py), and 6 x 1024
-# frames (139 ms) leaves the load at 0.65-0.78, under AUTO_HOP_LOAD; the ladder below takes over
-# where it measures slower. On CUDA a
-# window costs a few ms: 4 x 1024 frames (93 ms). Latency at 48 kHz: 233 ms on CPU, 187 ms on
-# CUDA, plus the device buffer and the compute budget. Streamed, Spleeter stays within about 1 dB of
-# its offline SDR: the 64-frame window is short of the U-Net's reach, and within 0.5 dB took a
-# 128-frame window and 0.37 s of lookahead (README, "Quality: what a setting costs"; issue 12).
+# Spleeter (engines/spleeter.py): its U-Net pads every window to a multiple of 64 STFT frames, and a
+# live window is 128 frames (`STREAM_FRAMES`, 127 x 1024 samples, 2.95 s): the context is left out
+# (None) and fills the window to that size. Chosen from the quality bench (README, "Quality: what a
+# setting costs"; issue 12): on its 10 s mixture the 64-frame window streamed 0.54-0.65 dB under
+# offline at these hops and lookaheads, the 128-frame one 0.10-0.24 dB. On torch the hop is the
+# shortest that keeps real time on CPU: a 128-frame window cost 81-94 ms on a quiet 2-core CPU, and
+# 6 x 1024 frames (139 ms) leaves the load near 0.65, under AUTO_HOP_LOAD (the ladder below takes
+# over where it measures slower); the lookahead is the ~0.1 s (4 x 1024) that keeps the STFT frames
+# under the hop and its crossfade exact (-0.24 dB). Latency at 48 kHz: 233 ms, plus the device
+# buffer and the compute budget.
 SPLEETER_CPU_DEFAULTS: tuple[float | None, float, float] = (None, 0.14, 0.1)
-# On OpenVINO (engines/inference.py; Spleeter's default backend where it measures faster) the window
-# cost 30-35 ms p50, 49 ms p99 on the same CPU (bench/stream_spleeter.py): a hop of 4 x 1024 frames
-# (93 ms) runs at load 0.36-0.53, so the CPU default is the CUDA one: 187 ms at 48 kHz.
-SPLEETER_OPENVINO_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
-SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.1)
+# On OpenVINO (engines/inference.py; Spleeter's default backend where it measures faster) the same
+# window cost 55-62 ms, which fits a hop of 4 x 1024 frames (93 ms); at that hop 6 x 1024 frames of
+# lookahead (139 ms) stream 0.10 dB under offline where 4 lost 0.46: the same 233 ms at 48 kHz as
+# torch's default, nearer offline. CUDA (a window costs a few ms) takes the same.
+SPLEETER_OPENVINO_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.14)
+SPLEETER_CUDA_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.14)
 # When the hop is left to the default, the engine times its window at load and, if the default
 # hop would leave less than this share of headroom (load = compute / hop above the limit), climbs
 # the ladder to the first hop that keeps it: real time first, then the least latency this machine
@@ -549,7 +549,7 @@ class StreamingSeparator(Engine):
         requested = self._requested[0]
         if requested is not None:
             return self._frames(requested, rate, 0)
-        return min(model.free_window(hop + lookahead) for model in models) - hop - lookahead
+        return min(model.stream_window(hop + lookahead) for model in models) - hop - lookahead
 
     def _hop_buffers(self) -> None:
         """The buffers sized by the window and the hop: the window (host, pinned on CUDA, with a
