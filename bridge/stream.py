@@ -37,8 +37,10 @@ for the wait would add the backlog of a slow stretch to the latency for good. Th
 toward a climb: a stream that stays behind needs a longer hop.) Either way the
 budget becomes the margin times what the window needed (the
 larger of the live p99 and the late window's own time), in whole blocks, at most the margin times
-one hop (a window that needs more than a hop cannot keep real time at any budget), and at least
-BUDGET_GROWTH times the budget it replaces (a noisy p99 creeping up costs few changes). The worker
+one hop (a window that needs more than a hop cannot keep real time at any budget). That is at least
+one block more, and no more than that cover needs: a minimum step (1.1 x the budget, until
+2026-12-04) saved a growth now and then but left the round trip a block over the margin's bound
+for the rest of the run, in two of four minutes measured. The worker
 keeps writing input frame i's output at ring frame i + the budget the stream started with; the
 callback reads `shift` frames behind that, and a growth of d frames moves its read point d
 frames back in one splice: the last d frames play again, joined to what came before by a FADE_MS
@@ -95,9 +97,6 @@ FADE_MS = 5.0
 GIL_SWITCH_SECONDS = 0.0005
 # The budget from the last run's hops is used only when there were at least this many.
 MIN_LIVE_HOPS = 8
-# A growth of the budget while running is at least this factor: a live p99 that creeps up costs a
-# few splices (and DAW re-compensations), not one per block.
-BUDGET_GROWTH = 1.1
 # A climb to a longer hop while running looks at the median compute of the recent windows: at
 # least this many, and at least this many seconds of them (Spleeter's 0.14 s hops climbed for good
 # on the spike of a busy process starting, 0.6 s long, when 4 windows were enough).
@@ -631,16 +630,13 @@ class LiveStream:
             return
         # What keeping up needs, a queue behind slow windows included. Past the most a budget may be
         # (the margin times one hop), a longer hop may be due; `_climb_hop` asks the windows' median.
-        # (Not the growth's minimum step: that alone climbed a hop with no window late.)
         behind_ms = 1000.0 * (budget - slack) / self.sample_rate if slack < 0 else 0.0
         if budget_frames_for(max(needed_ms or 0.0, behind_ms), self.budget_margin, self.sample_rate,
                              self.block_size) > self.max_budget_frames and self._climb_hop(reason):
             return
         if needed_ms is None:
             return
-        covering = budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size)
-        wanted = max(covering, budget_frames_for(BUDGET_GROWTH * self.budget_ms, 1.0, self.sample_rate,
-                                                 self.block_size))
+        wanted = budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size)
         grown = min(wanted, self.max_budget_frames)
         if grown <= budget:
             if not self._budget_capped:

@@ -892,6 +892,39 @@ def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_b
 
 
 @pytest.mark.timeout(300)
+def test_a_live_p99_past_the_budget_grows_it_by_what_it_needs_and_no_more() -> None:
+    # The round trip a producer compensates grows only as far as the margin times the live p99
+    # needs, in whole blocks: a budget one block short of that grows by that one block. (A minimum
+    # step of 1.1 x the budget, as until 2026-12-04, took it two blocks or more past it, and the
+    # round trip stayed over the margin's bound for the rest of the run.) The p99 is of real
+    # Spleeter windows on one thread, the budget set one block under 1.3 x it.
+    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=SAMPLE_RATE, threads=1,
+                                hop_seconds=1.0, backend="torch")
+    block = 128
+    try:
+        engine.load()
+        engine.reset()
+        hop = int(engine.hop_frames)
+        engine.process(np.zeros((2, engine.input_frames_to_window() + (MIN_LIVE_HOPS - 1) * hop), np.float32))
+        p99_ms = float(engine.stats()["compute_ms_p99"])
+        covering = budget_frames_for(p99_ms, 1.3, SAMPLE_RATE, block)
+        assert covering >= 12 * block, p99_ms  # where 1.1 x one block under it is two blocks more
+        settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=block, threads=1,
+                                budget_ms=1000.0 * (covering - block) / SAMPLE_RATE)
+        stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), SAMPLE_RATE, 2))
+        assert stream.budget_frames == covering - block
+        latency = stream.latency_frames
+        stream._grow_budget(block)  # a window on time, a block to spare: the p99 alone is past the budget
+        assert stream.budget_frames == covering, (p99_ms, stream.budget_changes)
+        assert stream.latency_frames == latency + block
+        assert stream.budget_changes[-1]["reason"] == f"1.3 x p99 {p99_ms:.1f} ms of the last {MIN_LIVE_HOPS} hops"
+        stream._grow_budget(block)  # covered now: nothing moves
+        assert stream.budget_frames == covering and len(stream.budget_changes) == 1
+    finally:
+        engine.close()
+
+
+@pytest.mark.timeout(300)
 def test_a_start_after_a_stream_climbed_its_hop_loads_the_engine_afresh_to_measure_again() -> None:
     # A climb while running answers a machine that slowed, perhaps only while another program ran.
     # The engine stays warm from one start to the next, but not with the climbed hop: the next
