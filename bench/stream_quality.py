@@ -33,8 +33,9 @@ the range of offline SDR: how much the same model on the same music moves when o
 frames and segments fall elsewhere, the yardstick for a streamed difference. Rows at the model's
 rate also give `vs_offline`: the stream's SDR taking the offline estimate as the truth.
 `--settings windows` (Spleeter only) streams windows of 64, 128 and 256 STFT frames against
-lookaheads of 4 to 60 frames at the CPU default's hop: what the U-Net's reach and the lookahead
-each cost; `--rates 44100` skips the 48 kHz rows.
+lookaheads of 4 to 60 frames at the hop of torch's CPU default, then 64 and 128 frames with
+lookaheads of 4 and 6 at OpenVINO's: what the U-Net's reach and the lookahead each cost (the live
+window is 128 frames); `--rates 44100` skips the 48 kHz rows.
 
 The last line of output is one JSON object with every figure.
 """
@@ -587,11 +588,13 @@ def _spleeter_window(window_frames: int, lookahead_frames: int, hop_frames: int 
             max(0.1, round(lookahead_frames * 1024 / RATE, 4)))
 
 
-# `--settings windows` (Spleeter): the hop of the CPU default (6 x 1024 samples), windows of 64, 128
-# and 256 STFT frames (1x, 2x, 4x the U-Net's cost) and lookaheads of 4 to 60 frames (0.09-1.39 s).
+# `--settings windows` (Spleeter): the hop of torch's CPU default (6 x 1024 samples), windows of 64,
+# 128 and 256 STFT frames (1x, 2x, 4x the U-Net's cost) and lookaheads of 4 to 60 frames (0.09-1.39
+# s); then the hop of OpenVINO's and CUDA's default (4 x 1024) with lookaheads of 4 and 6 frames.
 SPLEETER_WINDOWS: tuple[Setting, ...] = tuple(
-    _spleeter_window(w, look) for w, look in ((64, 4), (64, 28), (128, 4), (128, 16), (128, 28),
-                                              (256, 4), (256, 16), (256, 60)))
+    _spleeter_window(w, look, hop) for w, look, hop in (
+        (64, 4, 6), (64, 28, 6), (128, 4, 6), (128, 16, 6), (128, 28, 6), (256, 4, 6), (256, 16, 6), (256, 60, 6),
+        (64, 4, 4), (64, 6, 4), (128, 4, 4), (128, 6, 4)))
 
 
 # (device, backend) whose defaults a model may take (`stream_defaults`): Spleeter's differ on OpenVINO.
