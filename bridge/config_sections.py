@@ -140,8 +140,8 @@ class StreamConfig(Section):
     effects: EffectsConfig = EffectsConfig()
     # Where the windows run: local (this machine), selfhosted (your `flowstate serve` at
     # cloud.selfhosted_url, over a WebSocket), or auto: selfhosted when this machine's measured load
-    # (p99 window compute / hop, timed at load) is over max_local_load and that tier is configured
-    # and answers, else local.
+    # (p99 window compute / hop, timed at load, or of the last run of the same setting when that
+    # was higher) is over max_local_load and that tier is configured and answers, else local.
     tier: Literal["local", "selfhosted", "auto"] = "local"
     max_local_load: float = Field(default=0.8, gt=0.0, le=100.0)
     # selfhosted: a reply later than this drops the connection (the stream plays dry meanwhile), and

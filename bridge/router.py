@@ -166,11 +166,11 @@ class Router:
 
     # -- live streams ----------------------------------------------------------------------------
 
-    def stream_tier(self, local_load: float, max_load: float) -> Decision:
+    def stream_tier(self, local_load: float, max_load: float, measured: str = "timed at load") -> Decision:
         """Where a live stream with `stream.tier: auto` runs: the self-hosted server when the local
-        engine's measured load (p99 window compute / hop) is over `max_load` and that tier is
-        configured with its circuit not open; else here."""
-        load = f"local load {local_load:.2f} (p99 compute / hop)"
+        engine's measured load (p99 window compute / hop; `measured` says of which windows) is over
+        `max_load` and that tier is configured with its circuit not open; else here."""
+        load = f"local load {local_load:.2f} (p99 compute / hop, {measured})"
         if local_load <= max_load:
             return Decision(LOCAL, f"{load} is within stream.max_local_load {max_load:g}", 0.0, 0.0)
         over = f"{load} is over stream.max_local_load {max_load:g}"

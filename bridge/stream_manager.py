@@ -67,7 +67,7 @@ class StreamManager:
         self.selfhosted = selfhosted
         # Where `stream.tier: auto` runs, from the local load and its limit: the router's `stream_tier`
         # (bridge/router.py), set once the daemon's router exists.
-        self.route: Callable[[float, float], Decision] | None = None
+        self.route: Callable[[float, float, str], Decision] | None = None
         self.batchers = WindowBatchers(gather_seconds=base.batch_gather_ms / 1000.0,
                                        max_streams=MAX_AUDIO_SESSIONS + 1)
         self.models_repo = models_repo
@@ -205,10 +205,16 @@ class StreamManager:
         if settings.tier == "selfhosted":
             return self.remote_engine(settings), "stream.tier is selfhosted"
         local = self.engine_for(settings)
-        load = float(local.load_timing()["compute_ms_p99_at_load"]) / (1000.0 * float(local.hop_seconds))
+        # The load the stream will run at: the p99 timed at load, or the last run's of this setting
+        # when higher (what the compute budget starts from too).
+        p99_ms, measured = float(local.load_timing()["compute_ms_p99_at_load"]), "timed at load"
+        kept = self.kept_compute(self.timing_key(settings, local))
+        if kept is not None and kept.p99_ms > p99_ms:
+            p99_ms, measured = kept.p99_ms, f"of the last run's {kept.hops} hops"
+        load = p99_ms / (1000.0 * float(local.hop_seconds))
         if self.route is None:
             return local, "stream.tier is auto, but the router is not running: local"
-        decision = self.route(load, settings.max_local_load)
+        decision = self.route(load, settings.max_local_load, measured)
         if decision.tier == LOCAL:
             return local, decision.reason
         try:

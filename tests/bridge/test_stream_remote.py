@@ -16,8 +16,11 @@ import pytest
 from websockets.sync.client import connect
 
 from bridge.client import Client, RemoteError
-from bridge.config import StreamConfig
+from bridge.config import RouterConfig, StreamConfig
 from bridge.errors import Unavailable
+from bridge.job_store import JobStore
+from bridge.ledger import Ledger
+from bridge.router import Router
 from bridge.stream import budget_frames_for
 from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
@@ -168,6 +171,40 @@ def test_tier_auto_runs_on_the_server_only_when_the_local_load_is_over_its_limit
     assert over["tier"] == "selfhosted" and "is over stream.max_local_load 0.001" in over["tier_reason"]
     assert within["tier"] == "local" and "is within stream.max_local_load 100" in within["tier_reason"]
     assert wrong.value.code == "bad_request" and "tier" in wrong.value.message and "selfhosted" in wrong.value.message
+
+
+def test_tier_auto_counts_the_compute_the_last_run_of_the_setting_measured(
+        server: ServerProcess, tiny_repo: Path, tmp_path: Path) -> None:
+    # The tiny model's windows timed at load are quick (load ~0.01 at its 0.5 s hop), so auto runs
+    # here. A run that measured them slow (a busy machine: stream.stop keeps its live p99 in the job
+    # database) sends the next auto start, in a restarted daemon too, to the server, saying why.
+    settings = StreamConfig(**STREAM, tier="auto", max_local_load=0.5)
+    store = JobStore(tmp_path / "jobs.db")
+    ledger = Ledger(store.database)
+    manager = StreamManager(StreamConfig(**STREAM), tiny_repo, selfhosted=(server.url, TOKEN))
+    manager.ledger, manager.route = ledger, Router(RouterConfig(), {"selfhosted"}, ledger, "cpu").stream_tier
+    restarted_store = JobStore(tmp_path / "jobs.db")
+    restarted = StreamManager(StreamConfig(**STREAM), tiny_repo, selfhosted=(server.url, TOKEN))
+    restarted.ledger = Ledger(restarted_store.database)
+    restarted.route = Router(RouterConfig(), {"selfhosted"}, restarted.ledger, "cpu").stream_tier
+    remote = None
+    try:
+        local, reason = manager.engine_on_tier(settings)
+        assert isinstance(local, StreamingSeparator), reason
+        assert "(p99 compute / hop, timed at load) is within stream.max_local_load 0.5" in reason
+        manager.keep_compute(manager.timing_key(settings, local), 400.0, 234)  # what stop keeps of a slow run
+        remote, reason = restarted.engine_on_tier(settings)
+        assert isinstance(remote, RemoteStreamingSeparator), reason
+        load = 400.0 / (1000.0 * local.hop_seconds)  # 0.78 at the 0.51 s hop (whole 1024-sample blocks)
+        assert reason == (f"local load {load:.2f} (p99 compute / hop, of the last run's 234 hops) is over "
+                          "stream.max_local_load 0.5: the self-hosted tier")
+    finally:
+        if remote is not None:
+            remote.close()
+        manager.close()
+        restarted.close()
+        store.close()
+        restarted_store.close()
 
 
 def test_selfhosted_without_a_configured_server_names_the_config_key(tiny_repo: Path) -> None:
