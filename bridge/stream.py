@@ -39,8 +39,8 @@ budget becomes the margin times what the window needed (the
 larger of the live p99 and the late window's own time), in whole blocks, at most the margin times
 one hop (a window that needs more than a hop cannot keep real time at any budget). That is at least
 one block more, and no more than that cover needs: a minimum step (1.1 x the budget, until
-2026-12-04) saved a growth now and then but left the round trip a block over the margin's bound
-for the rest of the run, in two of four minutes measured. The worker
+2026-12-04) saved a growth now and then but left the round trip a block or more over the margin's
+bound for the rest of the run. The worker
 keeps writing input frame i's output at ring frame i + the budget the stream started with; the
 callback reads `shift` frames behind that, and a growth of d frames moves its read point d
 frames back in one splice: the last d frames play again, joined to what came before by a FADE_MS

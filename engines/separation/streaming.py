@@ -67,14 +67,14 @@ CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)
 # (None) and fills the window to that size. Chosen from the quality bench (README, "Quality: what a
 # setting costs"; issue 12): on its 10 s mixture the 64-frame window streamed 0.54-0.65 dB under
 # offline at these hops and lookaheads, the 128-frame one 0.10-0.24 dB. On torch the hop is the
-# shortest that keeps real time on CPU: a 128-frame window cost 81-94 ms on a quiet 2-core CPU, and
-# 6 x 1024 frames (139 ms) leaves the load near 0.65, under AUTO_HOP_LOAD (the ladder below takes
+# shortest that keeps real time on CPU: a 128-frame window cost 60-94 ms on the shared 2-core CPU,
+# and 6 x 1024 frames (139 ms) leaves the load at 0.45-0.7, under AUTO_HOP_LOAD (the ladder below takes
 # over where it measures slower); the lookahead is the ~0.1 s (4 x 1024) that keeps the STFT frames
 # under the hop and its crossfade exact (-0.24 dB). Latency at 48 kHz: 233 ms, plus the device
 # buffer and the compute budget.
 SPLEETER_CPU_DEFAULTS: tuple[float | None, float, float] = (None, 0.14, 0.1)
 # On OpenVINO (engines/inference.py; Spleeter's default backend where it measures faster) the same
-# window cost 55-62 ms, which fits a hop of 4 x 1024 frames (93 ms); at that hop 6 x 1024 frames of
+# window cost 31-62 ms, which fits a hop of 4 x 1024 frames (93 ms); at that hop 6 x 1024 frames of
 # lookahead (139 ms) stream 0.10 dB under offline where 4 lost 0.46: the same 233 ms at 48 kHz as
 # torch's default, nearer offline. CUDA (a window costs a few ms) takes the same.
 SPLEETER_OPENVINO_DEFAULTS: tuple[float | None, float, float] = (None, 0.1, 0.14)
