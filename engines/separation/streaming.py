@@ -113,8 +113,8 @@ LOAD_TIMING_SECONDS = 5.0
 
 def stream_defaults(model: str, device_type: str, backend: str = "torch") -> tuple[float | None, float, float]:
     """(context, hop, lookahead) in seconds for `model` on a device of this type, its windows run
-    by `backend`; a context of None fills the model's window to the length it costs anyway
-    (Spleeter)."""
+    by `backend`; a context of None fills the model's live window (Spleeter: `stream_window`, 128
+    STFT frames)."""
     if is_spleeter(model):
         if device_type == "cuda":
             return SPLEETER_CUDA_DEFAULTS
@@ -545,7 +545,7 @@ class StreamingSeparator(Engine):
 
     def _context_frames(self, models: Iterable[Any], hop: int, lookahead: int, rate: int) -> int:
         """The context (model frames) of a window around `hop` and `lookahead`: the one set, or,
-        left out (Spleeter), what fills the model's window to the length it costs anyway."""
+        left out (Spleeter), what fills the model's live window (`stream_window`)."""
         requested = self._requested[0]
         if requested is not None:
             return self._frames(requested, rate, 0)
