@@ -166,7 +166,7 @@ class Router:
 
     # -- live streams ----------------------------------------------------------------------------
 
-    def stream_tier(self, local_load: float, max_load: float, measured: str = "timed at load") -> Decision:
+    def stream_tier(self, local_load: float, max_load: float, measured: str) -> Decision:
         """Where a live stream with `stream.tier: auto` runs: the self-hosted server when the local
         engine's measured load (p99 window compute / hop; `measured` says of which windows) is over
         `max_load` and that tier is configured with its circuit not open; else here."""

@@ -169,6 +169,14 @@ class StemControl:
         return 0.0 if self.mute else db_to_gain(self.gain_db)
 
 
+def starting_p99(at_load_ms: float, last_run: KeptCompute | None) -> tuple[float, KeptCompute | None]:
+    """The compute p99 a stream of a setting starts from: the p99 timed at load, or the last run's
+    (kept by the StreamManager) when that is higher; the last run comes back when it is the one."""
+    if last_run is not None and last_run.p99_ms > at_load_ms:
+        return last_run.p99_ms, last_run
+    return at_load_ms, None
+
+
 def budget_frames_for(compute_ms: float, margin: float, sample_rate: int, block_size: int) -> int:
     """Whole callback blocks covering `margin` x `compute_ms` (see the module docstring), at least one."""
     needed = margin * compute_ms * sample_rate / 1000.0
@@ -251,14 +259,13 @@ class LiveStream:
             self.budget_source = (f"set in config: {settings.budget_ms:g} ms, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
         else:
-            last_run_ms = last_run.p99_ms if last_run is not None else 0.0
-            start_budget = budget_frames_for(max(at_load, last_run_ms), self.budget_margin, self.sample_rate,
-                                             self.block_size)
-            if last_run is None or at_load >= last_run_ms:
+            p99_ms, from_run = starting_p99(at_load, last_run)
+            start_budget = budget_frames_for(p99_ms, self.budget_margin, self.sample_rate, self.block_size)
+            if from_run is None:
                 measured = f"p99 {at_load:.1f} ms of {timing['load_timing_windows']} windows timed at load"
             else:
-                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_run.updated_at))
-                measured = f"p99 {last_run_ms:.1f} ms of the last run's {last_run.hops} hops (stopped {when})"
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(from_run.updated_at))
+                measured = f"p99 {p99_ms:.1f} ms of the last run's {from_run.hops} hops (stopped {when})"
             self.budget_source = (f"{self.budget_margin:g} x {measured}, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
         self._engine_latency = int(engine.latency_frames)  # at the start: a longer hop adds _engine_extra

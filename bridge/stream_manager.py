@@ -21,7 +21,15 @@ import numpy as np
 from bridge.config import StreamConfig
 from bridge.errors import BadRequest, BridgeError, Busy, Forbidden, Unavailable
 from bridge.ledger import KeptCompute, Ledger
-from bridge.stream import LOCAL, MIN_LIVE_HOPS, EffectRack, LiveStream, StreamEngine, lower_thread_priority
+from bridge.stream import (
+    LOCAL,
+    MIN_LIVE_HOPS,
+    EffectRack,
+    LiveStream,
+    StreamEngine,
+    lower_thread_priority,
+    starting_p99,
+)
 from engines.base import pick_device
 from engines.batching import WindowBatchers
 from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
@@ -205,12 +213,10 @@ class StreamManager:
         if settings.tier == "selfhosted":
             return self.remote_engine(settings), "stream.tier is selfhosted"
         local = self.engine_for(settings)
-        # The load the stream will run at: the p99 timed at load, or the last run's of this setting
-        # when higher (what the compute budget starts from too).
-        p99_ms, measured = float(local.load_timing()["compute_ms_p99_at_load"]), "timed at load"
-        kept = self.kept_compute(self.timing_key(settings, local))
-        if kept is not None and kept.p99_ms > p99_ms:
-            p99_ms, measured = kept.p99_ms, f"of the last run's {kept.hops} hops"
+        # The load the stream will run at: the p99 its compute budget starts from.
+        p99_ms, from_run = starting_p99(float(local.load_timing()["compute_ms_p99_at_load"]),
+                                        self.kept_compute(self.timing_key(settings, local)))
+        measured = "timed at load" if from_run is None else f"of the last run's {from_run.hops} hops"
         load = p99_ms / (1000.0 * float(local.hop_seconds))
         if self.route is None:
             return local, "stream.tier is auto, but the router is not running: local"

@@ -179,14 +179,16 @@ def test_tier_auto_counts_the_compute_the_last_run_of_the_setting_measured(
     # here. A run that measured them slow (a busy machine: stream.stop keeps its live p99 in the job
     # database) sends the next auto start, in a restarted daemon too, to the server, saying why.
     settings = StreamConfig(**STREAM, tier="auto", max_local_load=0.5)
-    store = JobStore(tmp_path / "jobs.db")
-    ledger = Ledger(store.database)
-    manager = StreamManager(StreamConfig(**STREAM), tiny_repo, selfhosted=(server.url, TOKEN))
-    manager.ledger, manager.route = ledger, Router(RouterConfig(), {"selfhosted"}, ledger, "cpu").stream_tier
-    restarted_store = JobStore(tmp_path / "jobs.db")
-    restarted = StreamManager(StreamConfig(**STREAM), tiny_repo, selfhosted=(server.url, TOKEN))
-    restarted.ledger = Ledger(restarted_store.database)
-    restarted.route = Router(RouterConfig(), {"selfhosted"}, restarted.ledger, "cpu").stream_tier
+
+    def daemon_streams(store: JobStore) -> StreamManager:
+        """What a daemon on this job database wires up: its stream manager, ledger and router."""
+        manager = StreamManager(StreamConfig(**STREAM), tiny_repo, selfhosted=(server.url, TOKEN))
+        manager.ledger = Ledger(store.database)
+        manager.route = Router(RouterConfig(), {"selfhosted"}, manager.ledger, "cpu").stream_tier
+        return manager
+
+    store, restarted_store = JobStore(tmp_path / "jobs.db"), JobStore(tmp_path / "jobs.db")
+    manager, restarted = daemon_streams(store), daemon_streams(restarted_store)
     remote = None
     try:
         local, reason = manager.engine_on_tier(settings)
