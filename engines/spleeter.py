@@ -138,13 +138,15 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     """A torch-pickled dict of numpy arrays, read with torch's restricted (weights-only) unpickler.
 
     The allow-list holds what such a file needs and nothing that runs code: numpy's array
-    reconstructor (pickled under its numpy 1 name), `ndarray`, `dtype` and the float32 dtype class.
+    reconstructor (under its numpy 1 name, as Deezer's files were pickled, and its numpy 2 name, as
+    a folder re-saved with numpy 2 has it), `ndarray`, `dtype` and the float32 dtype class.
     """
     import numpy as np
     import torch
 
     core = getattr(np, "_core", None) or np.core  # numpy 2 moved numpy.core to numpy._core
     allowed: list[Any] = [(core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                          (core.multiarray._reconstruct, "numpy._core.multiarray._reconstruct"),
                           np.ndarray, np.dtype, type(np.dtype(np.float32))]
     try:
         with torch.serialization.safe_globals(allowed):

@@ -205,6 +205,26 @@ def test_a_weights_folder_comes_before_the_package(tmp_path: Path, mixture: tupl
     assert sdr(package_order[1].numpy(), ours[0].numpy()) > 3.0
 
 
+def test_checkpoints_re_saved_under_numpy_2_load_and_separate_the_same(tmp_path: Path,
+                                                                       mixture: tuple[np.ndarray, np.ndarray]) -> None:
+    """Deezer's files pickle numpy's array reconstructor under its numpy 1 name; a folder re-saved
+    with numpy 2 (`torch.save` of the same dict) names it `numpy._core...`: both are allowed."""
+    import torch
+
+    from engines.spleeter import read_checkpoint
+
+    package = package_folder()
+    assert package is not None
+    for stem, (ours, theirs) in CHECKPOINT_NAMES.items():
+        torch.save(read_checkpoint(package / theirs), tmp_path / ours)
+        assert b"numpy._core.multiarray" in (tmp_path / ours).read_bytes(), stem
+    mix = torch.from_numpy(sum(mixture)[:, : RATE])[None]
+    with torch.inference_mode():
+        resaved = load_model(NAME, spleeter_dir=tmp_path).models[0](mix)[0]
+        shipped = load_model(NAME).models[0](mix)[0]
+    assert torch.equal(resaved, shipped)
+
+
 def _find_without_the_package(folder: Path) -> str:
     """find_checkpoints in an interpreter without site-packages: the package is not installed."""
     code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
