@@ -28,12 +28,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from bridge.errors import BadRequest
 from engines.base import Engine, check_range
+from engines.device_thread import DeviceThread, device_thread
 from engines.inference import ConversionCache, check_backend, choose_backend, openvino_builds
 from engines.openunmix import is_openunmix
 from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, stream_rate_problem
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from engines.batching import WindowBatcher, WindowBatchers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # (context, hop, lookahead) in seconds; each becomes a multiple of 1024 frames at 44.1 kHz.
 # CPU: the hop is what the compute allows: a window of 0.5 + 0.25 + 0.25 s (45056 frames) cost
@@ -467,16 +469,20 @@ class StreamingSeparator(Engine):
         size = self._batching.max_streams if self._batching is not None else 1
         extra_ms = 1000.0 * self._batching.gather_seconds if self._batching is not None else 0.0
         batch = self._window_dev if size == 1 else self._window_dev.repeat(size, 1, 1)
-        with torch.inference_mode(), self._autocast():
-            for _ in range(repeats):
-                if len(times) >= minimum and time.perf_counter() > deadline:
-                    break
-                started = time.perf_counter()
-                for run in self._runners:
-                    run(batch)
-                if self._cuda:
-                    torch.cuda.synchronize(self.device)
-                times.append(1000.0 * (time.perf_counter() - started) + extra_ms)
+
+        def time_them() -> None:  # where the live windows will run (the device's thread on CUDA)
+            with torch.inference_mode(), self._autocast():
+                for _ in range(repeats):
+                    if len(times) >= minimum and time.perf_counter() > deadline:
+                        break
+                    started = time.perf_counter()
+                    for run in self._runners:
+                        run(batch)
+                    if self._cuda:
+                        torch.cuda.synchronize(self.device)
+                    times.append(1000.0 * (time.perf_counter() - started) + extra_ms)
+
+        self._on_device(time_them)
         return times
 
     def _configure(self, bag: BagOfModels) -> None:
@@ -510,6 +516,7 @@ class StreamingSeparator(Engine):
         self._context, self._hop, self._lookahead, self._crossfade = context, hop, lookahead, crossfade
         self._window = context + hop + lookahead
         self._cuda = device.type == "cuda"
+        self._device_thread: DeviceThread | None = device_thread(device)
         num_stems = len(self._stems)
         self._hop_buffers()
         autocast_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(self.precision)
@@ -899,19 +906,29 @@ class StreamingSeparator(Engine):
     def _warm_up(self) -> None:
         """Two forwards on a silent window at load: the first call builds kernels and buffers and
         is several times slower, and it must not land on the first hop of a live stream. With
-        batching, one more per batch size a hop may meet (each shape's first call is as slow)."""
+        batching, one more per batch size a hop may meet (each shape's first call is as slow).
+        On CUDA they run on the device's thread, where the live windows will (cuDNN's plans are
+        cached per thread: engines/device_thread.py)."""
         import torch
 
         sizes = range(2, self._batching.max_streams + 1) if self._batching is not None else range(0)
-        with torch.inference_mode(), self._autocast():
-            for _ in range(2):
-                for model in self._models:
-                    model(self._window_dev)
-            for size in sizes:
-                for model in self._models:
-                    model(self._window_dev.repeat(size, 1, 1))
-        if self._cuda:
-            torch.cuda.synchronize(self.device)
+
+        def warm_up() -> None:
+            with torch.inference_mode(), self._autocast():
+                for _ in range(2):
+                    for model in self._models:
+                        model(self._window_dev)
+                for size in sizes:
+                    for model in self._models:
+                        model(self._window_dev.repeat(size, 1, 1))
+            if self._cuda:
+                torch.cuda.synchronize(self.device)
+
+        self._on_device(warm_up)
+
+    def _on_device(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the device's thread (CUDA: engines/device_thread.py), else on this one."""
+        return fn() if self._device_thread is None else self._device_thread.call(fn)
 
     def _run_window(self) -> np.ndarray:
         """Separate the full window; overlap-add its hop; return the finished hop (host view)."""
@@ -926,11 +943,14 @@ class StreamingSeparator(Engine):
                 self._window_dev.copy_(self._window_host, non_blocking=True)
             acc = self._acc
             fade = self._fade_first if self._stream_hops == 0 else self._fade
-            if self._batcher is not None:
+            batcher = self._batcher
+            if batcher is not None:
                 # Every stream's window is copied into the batch before the batch's forward
                 # starts, so this engine's buffers are free again when `run` returns.
-                batched = self._batcher.run(self._member, self._window_dev, self._forward)
+                batched = batcher.run(self._member, self._window_dev, self._forward)
                 outputs, batch_size, forward_ms = batched.outputs, batched.batch_size, batched.forward_ms
+            elif self._device_thread is not None:
+                outputs, batch_size, forward_ms = self._forward(self._window_dev), 1, 0.0
             else:
                 outputs, batch_size, forward_ms = None, 1, 0.0
             for index, run in enumerate(self._runners):
@@ -955,17 +975,20 @@ class StreamingSeparator(Engine):
             at = self._hops % STATS_WINDOW
             self._compute_ms[at] = elapsed_ms
             self._batch_sizes[at] = batch_size
-            self._forward_ms[at] = forward_ms if outputs is not None else elapsed_ms
+            self._forward_ms[at] = forward_ms if batcher is not None else elapsed_ms
             self._hops += 1
         return self._chunk_np
 
     def _forward(self, batch: Any) -> list[Any]:
-        """Every model of the bag on a batch of windows (the leader of a batch calls this on its
-        thread, for every stream in it); the outputs stay on the device."""
+        """Every model of the bag on a batch of windows (the leader of a batch calls this for every
+        stream in it), on the device's thread on CUDA; the outputs stay on the device."""
         import torch
 
-        with torch.inference_mode(), self._autocast():
-            outputs = [model(batch) for model in self._models]
-            if self._cuda:
-                torch.cuda.current_stream(self.device).synchronize()
-        return outputs
+        def forward() -> list[Any]:
+            with torch.inference_mode(), self._autocast():
+                outputs = [model(batch) for model in self._models]
+                if self._cuda:
+                    torch.cuda.current_stream(self.device).synchronize()
+            return outputs
+
+        return self._on_device(forward)

@@ -529,6 +529,44 @@ def test_cuda_matches_cpu(repo: Path, reference: tuple[np.ndarray, np.ndarray], 
     engine = StreamingSeparator("tiny", repo=repo, device="cuda", precision=precision, **SHORT)
     streamed = stream(engine, audio, 256)
     assert streamed.shape == expected.shape and engine.latency_frames > 0
-    limit = 1e-3 if precision == "float32" else 0.05
+    # float32 on CUDA convolves in TF32 (torch's default for cuDNN convolutions): measured 1.4e-3
+    # relative error against the CPU on an H200 (TF32 off: see the README's GPU figures), -57 dB.
+    limit = 5e-3 if precision == "float32" else 0.05
     assert np.linalg.norm(streamed - expected) / np.linalg.norm(expected) < limit
     assert engine.stats()["hops"] > 0
+
+
+@pytest.mark.gpu
+def test_a_cuda_stream_runs_every_forward_on_the_devices_thread(repo: Path) -> None:
+    """cuDNN's plans are cached per thread: the warm-up at load must run where the live windows
+    do, whichever thread feeds the stream (engines/device_thread.py). On an H200 the first live
+    window otherwise took 195 ms against 29 ms warm."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    import threading
+
+    from demucs.htdemucs import HTDemucs
+
+    from engines.device_thread import device_thread
+
+    idents: set[int] = set()
+
+    def record(module: torch.nn.Module, args: object, output: object) -> None:
+        if isinstance(module, HTDemucs):
+            idents.add(threading.get_ident())
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        engine = StreamingSeparator("tiny", repo=repo, device="cuda", **SHORT)
+        engine.load()
+        assert idents, "the warm-up and the timing at load ran no forward"
+        audio = (0.1 * np.random.default_rng(0).standard_normal((2, 48000))).astype(np.float32)
+        for half in (audio[:, :24000], audio[:, 24000:]):  # two feeding threads, one after the other
+            feeder = threading.Thread(target=stream, args=(engine, half, 512))
+            feeder.start()
+            feeder.join(timeout=120)
+        assert engine.stats()["hops"] > 0
+    finally:
+        hook.remove()
+    thread = device_thread(engine.device)
+    assert thread is not None and idents == {thread.ident}
