@@ -197,8 +197,9 @@ def run_setting(repo: Path, device: str, precision: str, threads: int | None, au
 
 
 def run_streams(repo: Path, name: str, device: str, precision: str, threads: int | None, count: int,
-                setting: tuple[float, float, float], seconds: float) -> dict[str, Any]:
-    """`count` engines sharing one window batcher, each fed in real time from its own thread."""
+                setting: tuple[float, float, float], seconds: float, batched: bool = True) -> dict[str, Any]:
+    """`count` engines sharing one window batcher (or, not `batched`, each running its own windows),
+    each fed in real time from its own thread."""
     import math
     import threading
 
@@ -207,7 +208,7 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
     from engines.batching import WindowBatchers
 
     context, hop, lookahead = setting
-    pool = WindowBatchers(max_streams=count)
+    pool = WindowBatchers(max_streams=count) if batched else None
     engines = [StreamingSeparator(name, repo=repo, device=device, sample_rate=SAMPLE_RATE, context_seconds=context,
                                   hop_seconds=hop, lookahead_seconds=lookahead, precision=precision, threads=threads,
                                   batching=pool) for _ in range(count)]
@@ -266,8 +267,17 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
 
     timed(stacked)
     single = float(np.median([timed(window) for _ in range(5)]))
-    batched = float(np.median([timed(stacked) for _ in range(5)]))
+    stacked_s = float(np.median([timed(stacked) for _ in range(5)]))
     p99 = max(st["compute_ms_p99"] for st in stats)
+    # Where the worst stream's slowest hops were: its hop number (and when in the stream), its
+    # compute, the batch it was in and that batch's forward (the rest is waiting for the batch).
+    worst = max(range(count), key=lambda k: stats[k]["compute_ms_p99"])
+    hops_worst = min(stats[worst]["hops"], len(engines[worst]._compute_ms))
+    slowest = [{"hop": int(i), "at_s": round(float(i * engines[worst].hop_seconds), 2),
+                "compute_ms": round(float(engines[worst]._compute_ms[i]), 1),
+                "batch": int(engines[worst]._batch_sizes[i]),
+                "forward_ms": round(float(engines[worst]._forward_ms[i]), 1)}
+               for i in np.argsort(engines[worst]._compute_ms[:hops_worst])[::-1][:3]]
     budget = max(1, math.ceil(1.3 * p99 * SAMPLE_RATE / 1000.0 / BLOCK)) * BLOCK
     hop_ms = stats[0]["hop_ms"]
     result = {
@@ -280,13 +290,15 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
         "load_p99": round(p99 / hop_ms, 3),
         "latency_ms": round(engines[0].latency_ms, 2),
         "round_trip_ms": round(engines[0].latency_ms + 1000.0 * (budget + BLOCK) / SAMPLE_RATE, 2),
+        "batched": batched,
         "batch_size_mean": round(float(np.mean([st["batch_size_mean"] for st in stats])), 2),
-        "batch_sizes": pool.describe()[0]["sizes"],
+        "batch_sizes": pool.describe()[0]["sizes"] if pool is not None else {1: sum(st["hops"] for st in stats)},
+        "slowest_hops": slowest,
         "forward_ms_p50": round(float(np.median([st["forward_ms_p50"] for st in stats])), 2),
         "device_load": round(busy_ms / (1000.0 * elapsed), 3),
         "bare_single_ms": round(1000 * single, 2),
-        "bare_batched_ms": round(1000 * batched, 2),
-        "batched_over_separate": round(batched / (count * single), 3),
+        "bare_batched_ms": round(1000 * stacked_s, 2),
+        "batched_over_separate": round(stacked_s / (count * single), 3),
     }
     for engine in engines:
         engine.close()
@@ -314,8 +326,12 @@ def streams_main(args: argparse.Namespace) -> int:
             repo, name = tiny_htdemucs_repo(Path(folder), depth=3), "tiny"
         else:
             repo, name = build_repo(Path(folder)), "htdemucs_random"
-        rows = [run_streams(repo, name, args.device, args.precision, args.threads, n, setting, args.seconds)
-                for n in counts]
+        rows = []
+        for n in counts:
+            rows.append(run_streams(repo, name, args.device, args.precision, args.threads, n, setting, args.seconds))
+            if args.unbatched and n > 1:  # the baseline: the same streams, each running its own windows
+                rows.append(run_streams(repo, name, args.device, args.precision, args.threads, n, setting,
+                                        args.seconds, batched=False))
     load_after = os.getloadavg()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" \
         else f"cpu, {torch.get_num_threads()} threads"
@@ -327,18 +343,25 @@ def streams_main(args: argparse.Namespace) -> int:
     if reference is not None:
         print(f"this machine: bare forward of a {reference['window_s']:.2f} s window, released architecture: "
               f"{reference['released_ms']:.0f} ms p50 (latency targets assume <= 350 ms)")
-    header = (f"{'N':>3} {'ctx/hop/look s':>17} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} {'load99':>6} {'lat ms':>7} "
-              f"{'rt ms':>7} {'batch':>5} {'fwd ms':>7} {'dev_load':>8} {'1 fwd':>7} {'N stk':>7} {'ratio':>5}")
+    header = (f"{'N':>3} {'mode':>5} {'ctx/hop/look s':>17} {'hops':>5} {'p50 ms':>7} {'p99 ms':>7} {'load99':>6} "
+              f"{'lat ms':>7} {'rt ms':>7} {'batch':>5} {'fwd ms':>7} {'dev_load':>8} {'1 fwd':>7} {'N stk':>7} "
+              f"{'ratio':>5}")
     print(header)
     print("-" * len(header))
     for row in rows:
         setting_text = "/".join(f"{x:.3f}" for x in row["setting_s"])
-        print(f"{row['streams']:>3} {setting_text:>17} {row['hops_per_stream']:>5} {row['p50_ms']:>7.1f} "
+        mode = "batch" if row["batched"] else "alone"
+        print(f"{row['streams']:>3} {mode:>5} {setting_text:>17} {row['hops_per_stream']:>5} {row['p50_ms']:>7.1f} "
               f"{row['p99_ms']:>7.1f} {row['load_p99']:>6.2f} {row['latency_ms']:>7.1f} {row['round_trip_ms']:>7.1f} "
               f"{row['batch_size_mean']:>5.2f} {row['forward_ms_p50']:>7.1f} {row['device_load']:>8.2f} "
               f"{row['bare_single_ms']:>7.1f} {row['bare_batched_ms']:>7.1f} {row['batched_over_separate']:>5.2f}")
+    for row in rows:
+        print(f"  N={row['streams']} batching {'on' if row['batched'] else 'off'}: the worst stream's slowest hops "
+              + ", ".join(f"#{h['hop']} ({h['at_s']} s) {h['compute_ms']} ms in a batch of {h['batch']}"
+                          f" whose forward took {h['forward_ms']} ms" for h in row["slowest_hops"]))
     print(f"p50/p99: each stream's compute per hop, its wait for the batch included (worst stream); rt = latency + "
-          f"1.3 x p99 in whole blocks + one block; ratio = N stacked windows / N separate forwards. Run took "
+          f"1.3 x p99 in whole blocks + one block; ratio = N stacked windows / N separate forwards; mode: batch = "
+          f"the streams share forwards, alone = each runs its own (--unbatched). Run took "
           f"{time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after.")
     print(json.dumps({
@@ -552,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(replaces the settings table)")
     parser.add_argument("--setting", default=None, help="with --streams: context,hop,lookahead in seconds "
                                                         "(default: the device's)")
+    parser.add_argument("--unbatched", action="store_true",
+                        help="with --streams: also each N > 1 without batching, each stream running its own windows")
     parser.add_argument("--tiny", action="store_true",
                         help="with --streams: the 27 k-parameter test model (checks the bench; not a product figure)")
     parser.add_argument("--backends", action="store_true",

@@ -23,7 +23,11 @@ Figures per setting:
   machine, so figures from machines of different speed can be compared; and the load average.
 
     .venv/bin/python bench/stream_spleeter.py [--seconds S] [--threads N] [--spleeter-dir DIR]
-        [--backends torch,auto] [--setting CONTEXT,HOP,LOOKAHEAD ...]
+        [--backends torch,auto] [--setting CONTEXT,HOP,LOOKAHEAD ...] [--device cpu|cuda]
+
+`--device cuda` runs the engine, its bare forwards and the reference window on the GPU (each timed
+to the GPU's completion; the windows the bare forward takes are copied there first, as the bench
+of HTDemucs does), with `--backends torch` (OpenVINO is for CPUs).
 
 Per setting it also prints the round trip of each backend next to torch's, as a ratio.
 The last line of output is one JSON object with every figure.
@@ -74,26 +78,38 @@ def median_ms(run: Any, repeats: int) -> float:
     return 1000.0 * float(np.median(times))
 
 
-def reference_ms() -> float:
+def synced(run: Any, device: Any) -> Any:
+    """`run`, returning once the device has finished what it queued (CUDA runs asynchronously)."""
+    import torch
+
+    def call() -> Any:
+        result = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return result
+    return call
+
+
+def reference_ms(device: Any) -> float:
     """A bare forward of a 1.02 s window (45056 frames) of the released htdemucs architecture."""
     import torch
 
     from bridge.testing import released_htdemucs
 
-    model = released_htdemucs()
+    model = released_htdemucs().to(device)
     model.use_train_segment = False
-    window = torch.zeros((1, 2, 45056))
+    window = torch.zeros((1, 2, 45056), device=device)
     with torch.inference_mode():
-        model(window)
-        return median_ms(lambda: model(window), 3)
+        synced(lambda: model(window), device)()
+        return median_ms(synced(lambda: model(window), device), 3)
 
 
 def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, threads: int | None,
-                spleeter_dir: Path | None, backend: str) -> dict[str, Any]:
+                spleeter_dir: Path | None, backend: str, device: str = "cpu") -> dict[str, Any]:
     import torch
 
     context, hop, lookahead = setting
-    engine = StreamingSeparator(NAME, spleeter_dir=spleeter_dir, device="cpu", sample_rate=SAMPLE_RATE,
+    engine = StreamingSeparator(NAME, spleeter_dir=spleeter_dir, device=device, sample_rate=SAMPLE_RATE,
                                 context_seconds=context, hop_seconds=hop, lookahead_seconds=lookahead,
                                 threads=threads, backend=backend)
     started = time.perf_counter()
@@ -114,18 +130,20 @@ def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, t
         for start in range(0, audio.shape[1], BLOCK):
             engine.process(audio[:, start:start + BLOCK])
             while len(bare_times) < len(windows):
-                window = windows[len(bare_times)]
+                window = windows[len(bare_times)].to(engine.device)
+                bare = synced(lambda window=window: run(window), engine.device)
                 started = time.perf_counter()
-                run(window)
+                bare()
                 bare_times.append(time.perf_counter() - started)
         (magnitude,) = model.network_inputs(engine._window_dev)  # padded as the model pads them
         network = run.network if isinstance(run, OpenVinoModel) else model.network()
-        unet = median_ms(lambda: network(magnitude), 5)
+        unet = median_ms(synced(lambda: network(magnitude), engine.device), 5)
     stats = engine.stats()
     p50, p99, hop_ms = stats["compute_ms_p50"], stats["compute_ms_p99"], stats["hop_ms"]
     bare_p50 = 1000.0 * float(np.median(bare_times))
     block_ms = 1000.0 * BLOCK / SAMPLE_RATE
     result = {
+        "device": str(engine.device),
         "backend": stats["backend"],
         "backend_choice": stats["backend_choice"],
         "load_s": round(load_s, 1),
@@ -154,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="audio streamed per setting")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--spleeter-dir", type=Path, default=None, help="weights folder (default: the package)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the engine runs (cuda: with --backends torch)")
     parser.add_argument("--no-reference", action="store_true", help="skip the released-htdemucs reference window")
     parser.add_argument("--backends", default="torch,auto",
                         help="inference backends for each setting, the first the baseline (torch, auto, openvino)")
@@ -165,14 +185,20 @@ def main(argv: list[str] | None = None) -> int:
         tuple(None if part == "fill" else float(part) for part in text.split(",")) for text in args.setting)
     import torch
 
+    from engines.base import pick_device
+
+    device = pick_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     audio = (0.3 * np.random.default_rng(0).standard_normal((2, int(args.seconds * SAMPLE_RATE)))).astype(np.float32)
-    report: dict[str, Any] = {"model": NAME, "threads": torch.get_num_threads(), "seconds": args.seconds,
+    report: dict[str, Any] = {"model": NAME, "device": str(device), "threads": torch.get_num_threads(),
+                              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "seconds": args.seconds,
                               "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     if not args.no_reference:
-        report["reference_ms"] = round(reference_ms(), 1)
-        print(f"reference: released htdemucs, 1.02 s window, bare forward {report['reference_ms']:.0f} ms", flush=True)
+        report["reference_ms"] = round(reference_ms(device), 1)
+        print(f"reference: released htdemucs, 1.02 s window, bare forward {report['reference_ms']:.0f} ms on "
+              f"{report['device_name']}", flush=True)
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     setting_rows: dict[tuple[float | None, float, float], list[dict[str, Any]]] = {}
     report["settings"] = []
@@ -180,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         setting_rows[setting] = rows
         for backend in backends:
-            result = run_setting(setting, audio, args.threads, args.spleeter_dir, backend)
+            result = run_setting(setting, audio, args.threads, args.spleeter_dir, backend, args.device)
             rows.append(result)
             report["settings"].append(result)
             print(" ".join(f"{key}={value}" for key, value in result.items()), flush=True)
@@ -191,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"window p50 x{row['p50_ms'] / rows[0]['p50_ms']:.2f}", flush=True)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     baseline = None
-    for index in range(len(backends)):  # each backend at the CPU default for what it ran on
+    for index in range(len(backends)):  # each backend at the device's default for what it ran on
         ran = next(iter(setting_rows.values()))[index]["backend"]
-        setting = stream_defaults(NAME, "cpu", ran)
+        setting = stream_defaults(NAME, device.type, ran)
         if setting not in setting_rows:
             continue
         row = setting_rows[setting][index]
         baseline = baseline or row
-        print(f"the CPU default on {ran} {setting}: engine {row['p50_ms']} ms per window vs bare "
+        print(f"the {device.type.upper()} default on {ran} {setting}: engine {row['p50_ms']} ms per window vs bare "
               f"{row['bare_p50_ms']} ms (ratio {row['ratio']}, target <= {TARGET_RATIO}); load p50 {row['load_p50']}, "
               f"p99 {row['load_p99']}; round trip {row['round_trip_ms']} ms (latency {row['latency_ms']} ms + "
               f"{BUDGET_MARGIN} x p99 + one block), x{row['round_trip_ms'] / baseline['round_trip_ms']:.2f} the first")
