@@ -57,10 +57,11 @@ T = TypeVar("T")
 # ladder then takes 0.5 s or more). The lookahead is the least the quality table allows
 # (bench/stream_quality.py, README "Quality: what a setting costs"): 0.1 s streams within 0.03 dB
 # of offline, as 0.25 s does, for 163 ms less latency and a 0.86 s window (37888 frames).
-# CUDA: a window costs a few ms,
-# so the hop shrinks to 4096 frames (0.093 s) and the lookahead to the ~0.1 s the STFT's reflect
-# padding needs; the context stays 0.5 s, as on CPU (the window's normalisation and attention see
-# enough signal, and on a GPU a longer window costs next to nothing). Latency at 48 kHz: 349.1 ms
+# CUDA: a window of the released architecture cost 19-29 ms on an H200 (launch-bound; README, "On
+# a GPU"), so the hop shrinks to 4096 frames (0.093 s: load 0.31 at p99, 0.75 with eight streams
+# batched) and the lookahead to the ~0.1 s the STFT's reflect padding needs; the context stays
+# 0.5 s, as on CPU (the window's normalisation and attention see enough signal, and on a GPU a
+# longer window costs next to nothing). Latency at 48 kHz: 349.1 ms
 # on CPU, 186.5 ms on CUDA, plus the device buffer and the compute budget.
 CPU_DEFAULTS: tuple[float, float, float] = (0.5, 0.25, 0.1)
 CUDA_DEFAULTS: tuple[float, float, float] = (0.5, 0.1, 0.1)

@@ -47,7 +47,7 @@ def test_an_error_reaches_the_caller_and_the_thread_serves_on() -> None:
 
 def test_a_call_inside_a_call_runs_at_once() -> None:
     worker = DeviceThread("test-device")
-    assert worker.call(lambda: worker.call(lambda: threading.get_ident())) == worker.ident
+    assert worker.call(lambda: worker.call(threading.get_ident)) == worker.ident
 
 
 def test_only_cuda_devices_get_a_thread_one_per_device() -> None:
