@@ -36,6 +36,7 @@ Figures per setting:
 
     .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N] [--no-default-model]
         [--backend auto|torch|openvino]
+    .venv/bin/python bench/stream.py --streams 1,4,8 [--unbatched] [--device cuda] [--setting C,H,L] [--tiny]
     .venv/bin/python bench/stream.py --backends [--rounds N] [--threads N] [--hops 0.25,0.5,1,2,4] [--busy N]
 
 `--backends` compares only the inference backends (stream.backend, engines/inference.py) on the
@@ -62,6 +63,10 @@ few blocks). Per N:
   busy time over the wall time (sum of the batches' forwards / elapsed);
 * `ratio`: a bare forward of N stacked windows over N separate forwards of one (median of 5 each):
   what batching saves on this device (near 1/N on a GPU with room, about 1 on a CPU).
+* `--unbatched`: for each N > 1 a second row, the same streams each running its own windows (no
+  batcher): the baseline batching is measured against;
+* the worst stream's three slowest hops: when in the stream, the batch they were in and that
+  batch's forward time (the rest of a hop's compute is waiting for the batch).
 On a CPU it runs too, labelled: batching is for GPUs (`stream.batch_streams: auto` is off there).
 `--tiny` runs it on the 27 k-parameter test model (checks the bench itself; not a product figure).
 
