@@ -276,13 +276,18 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
     p99 = max(st["compute_ms_p99"] for st in stats)
     # Where the worst stream's slowest hops were: its hop number (and when in the stream), its
     # compute, the batch it was in and that batch's forward (the rest is waiting for the batch).
+    # The engine keeps its last STATS_WINDOW hops in rings: slot i holds the latest hop k with k % size == i.
     worst = max(range(count), key=lambda k: stats[k]["compute_ms_p99"])
-    hops_worst = min(stats[worst]["hops"], len(engines[worst]._compute_ms))
-    slowest = [{"hop": int(i), "at_s": round(float(i * engines[worst].hop_seconds), 2),
-                "compute_ms": round(float(engines[worst]._compute_ms[i]), 1),
-                "batch": int(engines[worst]._batch_sizes[i]),
+    ring, total = engines[worst]._compute_ms, stats[worst]["hops"]
+    kept = min(total, len(ring))
+
+    def hop_of(slot: int) -> int:
+        return slot + len(ring) * ((total - 1 - slot) // len(ring))
+
+    slowest = [{"hop": hop_of(int(i)), "at_s": round(hop_of(int(i)) * engines[worst].hop_seconds, 2),
+                "compute_ms": round(float(ring[i]), 1), "batch": int(engines[worst]._batch_sizes[i]),
                 "forward_ms": round(float(engines[worst]._forward_ms[i]), 1)}
-               for i in np.argsort(engines[worst]._compute_ms[:hops_worst])[::-1][:3]]
+               for i in np.argsort(ring[:kept])[::-1][:3]]
     budget = max(1, math.ceil(1.3 * p99 * SAMPLE_RATE / 1000.0 / BLOCK)) * BLOCK
     hop_ms = stats[0]["hop_ms"]
     result = {
