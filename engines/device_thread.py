@@ -13,8 +13,9 @@ So the streaming engine hands each CUDA forward (its warm-up at load, its timing
 batched windows) to the device's `DeviceThread`: one thread, whose caches the warm-up fills,
 launching one forward at a time as the GPU runs them anyway. The hand-off costs a queue put and
 a wake-up per window: 49 us for an empty call on the 2-core CI machine, against 20-30 ms a
-window. CPUs keep calling on the caller's thread (torch's and OpenVINO's CPU kernels have no such
-per-thread plans, and their threads are the intra-op pool).
+window. CPU engines keep calling on the caller's thread: there a new thread's first OpenVINO
+window showed no such penalty (an in-process check, 2026-12-04), and the intra-op pools do the
+threading.
 """
 
 from __future__ import annotations
