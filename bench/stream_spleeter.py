@@ -91,17 +91,11 @@ def synced(run: Any, device: Any) -> Any:
 
 
 def reference_ms(device: Any) -> float:
-    """A bare forward of a 1.02 s window (45056 frames) of the released htdemucs architecture."""
-    import torch
+    """A bare forward of a 1.02 s window (`REFERENCE_WINDOW_SECONDS`) of the released htdemucs
+    architecture on `device`, timed as bench/stream.py times it (`bare_forward_ms`)."""
+    from bridge.testing import bare_forward_ms, released_htdemucs
 
-    from bridge.testing import released_htdemucs
-
-    model = released_htdemucs().to(device)
-    model.use_train_segment = False
-    window = torch.zeros((1, 2, 45056), device=device)
-    with torch.inference_mode():
-        synced(lambda: model(window), device)()
-        return median_ms(synced(lambda: model(window), device), 3)
+    return bare_forward_ms(released_htdemucs().to(device), count=3, warmup=1)[0]
 
 
 def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, threads: int | None,
