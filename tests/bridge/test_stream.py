@@ -24,7 +24,7 @@ from bridge.client import Client, RemoteError
 from bridge.config import StreamConfig
 from bridge.job_store import JobStore
 from bridge.ledger import Ledger
-from bridge.stream import MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_for
+from bridge.stream import CLIMB_SECONDS, CLIMB_WINDOWS, MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_for
 from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from engines.separation.streaming import StreamingSeparator
@@ -883,7 +883,9 @@ def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_b
     assert stream.budget_frames > budget and "256 frames" not in stream.budget_changes[-1]["reason"]
     assert stream.budget_changes[-1]["reason"].startswith("a window's output came 5.3 ms late: ")
     _slow_down(engine, lambda: engine.hop_seconds)  # every window now costs more than its hop
-    windows = math.ceil(2.0 / engine.hop_seconds) + 1  # what the climb's median looks at: 2 s of them
+    # One more window than the climb's median looks at (CLIMB_SECONDS of them, at least CLIMB_WINDOWS:
+    # at a 1.5 s hop, 2 s of windows alone were too few, and nothing climbed).
+    windows = max(CLIMB_WINDOWS, math.ceil(CLIMB_SECONDS / engine.hop_seconds)) + 1
     engine.process(np.zeros((2, engine.input_frames_to_window() + (windows - 1) * hop), np.float32))
     growths, stream.max_budget_frames = len(stream.budget_changes), most
     stream._grow_budget(-2 * hop, waited=2 * hop + 256)  # late only for the queue, but a long one
