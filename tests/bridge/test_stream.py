@@ -27,7 +27,7 @@ from bridge.ledger import Ledger
 from bridge.stream import CLIMB_SECONDS, CLIMB_WINDOWS, MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_for
 from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
-from engines.separation.streaming import StreamingSeparator
+from engines.separation.streaming import HOP_LADDER, StreamingSeparator
 from tests.conftest import Events, JackServer, OscUdp, running_jack
 
 SAMPLE_RATE = 48000
@@ -863,19 +863,28 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
 
 
 @pytest.mark.timeout(300)
-def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_behind_climbs() -> None:
+def test_a_window_late_only_for_queueing_grows_nothing_but_a_stream_that_stays_behind_climbs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # A window can come out late only because the one before it was still computing when its last
     # frame came in (after a slow stretch, or a climb). Growing the budget for that wait would keep
     # the backlog in the latency for good; a window late on its own does grow it. And when the
     # windows keep costing more than the hop allows, that wait is what says the stream stays
-    # behind: it climbs, even where each window alone fits the budget. (A load limit of 0.1 takes
-    # a hop of 0.5 s or more with torch's windows, 50-150 ms on a 2-core CPU: a climb then looks at
-    # 5 windows or fewer, before the live p99's 8 could. A limit of 0.25 took a 0.255 s hop on a
-    # quick day, where the climb's 9 windows let the p99 climb first.)
-    stream, engine = _spleeter_stream(auto_hop_load=0.1, backend="torch")
+    # behind: it climbs, even where each window alone fits the budget. The hop the stream starts
+    # at is the ladder's, from windows timed at load; here they are taken as 60 ms each, so that at
+    # a load limit of 0.1 it is the 0.75 s rung on any machine: a climb then looks at 4 windows,
+    # before the live p99's 8 could, and there are rungs above it. (From torch's real windows,
+    # 50-150 ms on a 2-core CPU here and about 150 ms on a slower CI machine, the ladder took hops
+    # from 0.255 s, where the climb's 9 windows let the p99 climb first, to 1.5 s; past 200 ms it
+    # would take the top rung, with nothing to climb to.) The windows streamed are timed for real.
+    with monkeypatch.context() as timed:
+        timed.setattr(StreamingSeparator, "_time_windows_ms",
+                      lambda self, repeats, budget_seconds=math.inf, minimum=0: [60.0] * max(repeats, minimum, 1))
+        stream, engine = _spleeter_stream(auto_hop_load=0.1, backend="torch")
+        engine.load()
     engine.reset()
     budget, hop, most = stream.budget_frames, int(engine.hop_frames), stream.max_budget_frames
-    assert 2.0 / 7 * SAMPLE_RATE < hop < 4 * SAMPLE_RATE, engine.hop_choice  # at most 8 windows in 2 s; room to climb
+    assert engine.hop_seconds == pytest.approx(0.75, abs=0.02), engine.hop_choice
+    assert engine.longer_hop(0.0, HOP_LADDER[-1]) is not None  # room to climb
     stream.max_budget_frames = 2 * most  # room to grow, however slow the windows at load were
     stream._grow_budget(-hop, waited=hop + 256)  # late by a hop, all of it spent queueing
     assert stream.budget_frames == budget and not stream.budget_changes and not stream.hop_changes
