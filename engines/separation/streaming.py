@@ -950,12 +950,9 @@ class StreamingSeparator(Engine):
                 # starts, so this engine's buffers are free again when `run` returns.
                 batched = batcher.run(self._member, self._window_dev, self._forward)
                 outputs, batch_size, forward_ms = batched.outputs, batched.batch_size, batched.forward_ms
-            elif self._device_thread is not None:
-                outputs, batch_size, forward_ms = self._forward(self._window_dev), 1, 0.0
             else:
-                outputs, batch_size, forward_ms = None, 1, 0.0
-            for index, run in enumerate(self._runners):
-                whole = outputs[index] if outputs is not None else run(self._window_dev)
+                outputs, batch_size, forward_ms = self._forward(self._window_dev), 1, 0.0
+            for index, whole in enumerate(outputs):
                 part = whole[0, :, :, context:context + hop + crossfade].float()
                 if self._weights is not None:
                     part = part * self._weights[index]
@@ -981,13 +978,14 @@ class StreamingSeparator(Engine):
         return self._chunk_np
 
     def _forward(self, batch: Any) -> list[Any]:
-        """Every model of the bag on a batch of windows (the leader of a batch calls this for every
-        stream in it), on the device's thread on CUDA; the outputs stay on the device."""
+        """Every model of the bag, as the windows run (`_runners`: the models, or their OpenVINO
+        builds), on a batch of windows: this stream's one, or every stream's in a batch (its leader
+        calls this). On CUDA on the device's thread; the outputs stay on the device."""
         import torch
 
         def forward() -> list[Any]:
             with torch.inference_mode(), self._autocast():
-                outputs = [model(batch) for model in self._models]
+                outputs = [run(batch) for run in self._runners]
                 if self._cuda:
                     torch.cuda.current_stream(self.device).synchronize()
             return outputs
