@@ -100,6 +100,7 @@ from bridge.testing import (
     describe_htdemucs,
     released_htdemucs,
     released_htdemucs_repo,
+    sync_device,
 )
 from engines.resample import StreamingResampler
 from engines.separation.streaming import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator, stream_defaults
@@ -118,13 +119,6 @@ SETTINGS: tuple[tuple[float, float, float], ...] = (
 
 def build_repo(folder: Path) -> Path:
     return released_htdemucs_repo(folder, "htdemucs_random")
-
-
-def sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def engine_windows(engine: StreamingSeparator, audio: np.ndarray) -> list[np.ndarray]:
@@ -157,7 +151,7 @@ def run_setting(repo: Path, device: str, precision: str, threads: int | None, au
         started = time.perf_counter()
         with torch.inference_mode(), engine._autocast():
             model(window)
-        sync(engine.device)
+        sync_device(engine.device)
         return time.perf_counter() - started
 
     # Warm-up: allocator, oneDNN primitives, cuDNN plans.
@@ -267,7 +261,7 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
         started = time.perf_counter()
         with torch.inference_mode(), engines[0]._autocast():
             model(batch)
-        sync(engines[0].device)
+        sync_device(engines[0].device)
         return time.perf_counter() - started
 
     timed(stacked)
@@ -399,7 +393,7 @@ def apply_model_baseline(repo: Path, device: str, audio: np.ndarray) -> dict[str
     started = time.perf_counter()
     with torch.inference_mode():
         apply_model(bag, mix, shifts=0, split=True, overlap=0.25, device=target)
-    sync(target)
+    sync_device(target)
     elapsed = time.perf_counter() - started
     seconds = mix.shape[-1] / bag.samplerate
     return {"audio_s": round(seconds, 2), "wall_s": round(elapsed, 3), "x_realtime": round(seconds / elapsed, 2)}

@@ -48,6 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
 from bridge.config_sections import StreamConfig
+from bridge.testing import bare_forward_ms, released_htdemucs, sync_device
 from engines.inference import OpenVinoModel
 from engines.separation.streaming import (
     SPLEETER_CPU_DEFAULTS,
@@ -78,23 +79,9 @@ def median_ms(run: Any, repeats: int) -> float:
     return 1000.0 * float(np.median(times))
 
 
-def synced(run: Any, device: Any) -> Any:
-    """`run`, returning once the device has finished what it queued (CUDA runs asynchronously)."""
-    import torch
-
-    def call() -> Any:
-        result = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return result
-    return call
-
-
 def reference_ms(device: Any) -> float:
     """A bare forward of a 1.02 s window (`REFERENCE_WINDOW_SECONDS`) of the released htdemucs
     architecture on `device`, timed as bench/stream.py times it (`bare_forward_ms`)."""
-    from bridge.testing import bare_forward_ms, released_htdemucs
-
     return bare_forward_ms(released_htdemucs().to(device), count=3, warmup=1)[0]
 
 
@@ -125,13 +112,17 @@ def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, t
             engine.process(audio[:, start:start + BLOCK])
             while len(bare_times) < len(windows):
                 window = windows[len(bare_times)].to(engine.device)
-                bare = synced(lambda window=window: run(window), engine.device)
                 started = time.perf_counter()
-                bare()
+                run(window)
+                sync_device(engine.device)
                 bare_times.append(time.perf_counter() - started)
         (magnitude,) = model.network_inputs(engine._window_dev)  # padded as the model pads them
         network = run.network if isinstance(run, OpenVinoModel) else model.network()
-        unet = median_ms(synced(lambda: network(magnitude), engine.device), 5)
+        def unet_forward() -> None:
+            network(magnitude)
+            sync_device(engine.device)
+
+        unet = median_ms(unet_forward, 5)
     stats = engine.stats()
     p50, p99, hop_ms = stats["compute_ms_p50"], stats["compute_ms_p99"], stats["hop_ms"]
     bare_p50 = 1000.0 * float(np.median(bare_times))

@@ -191,6 +191,15 @@ def describe_htdemucs(model: Any) -> str:
 REFERENCE_WINDOW_SECONDS = 45056 / 44100
 
 
+def sync_device(device: Any) -> None:
+    """Return once `device` (a `torch.device`) has run what was queued on it: CUDA runs
+    asynchronously, so a timing stops here; on a CPU there is nothing to wait for."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECONDS, count: int = 10,
                     warmup: int = 2, seed: int = 0) -> list[float]:
     """p50, in ms, of a bare `model(window)` forward of a stereo `window_seconds` window, one per model.
@@ -222,8 +231,7 @@ def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECON
                 for index, (model, window) in enumerate(zip(models, windows, strict=True)):
                     started = time.perf_counter()
                     model(window)
-                    if window.device.type == "cuda":
-                        torch.cuda.synchronize(window.device)
+                    sync_device(window.device)
                     if round_index >= warmup:
                         times[index].append(1000.0 * (time.perf_counter() - started))
     finally:
