@@ -11,7 +11,7 @@ of a 1.02 s released-architecture window (the issue states its targets for machi
 
     .venv/bin/python bench/stream_live.py [--seconds 60] [--hop 0.25] [--threads 2] [--jack-realtime] [--period 256]
         [--model htdemucs|spleeter:2stems] [--backend auto|torch|openvino] [--worker-nice N] [--floor]
-        [--no-budget-grow] [--state DIR]
+        [--no-budget-grow] [--state DIR] [--rate 44100|48000]
         [--slow-after SECONDS [--slow-procs N]] [--no-hop-climb]
 
 Xruns are split into start-up (before the model's first output is due: device and JACK graph
@@ -53,7 +53,8 @@ from bridge.testing import DaemonProcess, busy_processes, released_htdemucs_repo
 DEFAULT_WINDOW_FRAMES = 45056  # 0.5 + 0.25 + 0.25 s at 44.1 kHz: the "1.02 s window" of the issue
 
 
-def start_jack(log_path: Path, realtime: bool, period: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_jack(log_path: Path, realtime: bool, period: int,
+               rate: int) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     # One name for every run: JACK's shared-memory registry holds 8 servers and gives a dead server's
     # entry back only to a server of the same name (tests/conftest.py's jack_server), so a name per
     # run would leak an entry with every run that ends uncleanly. A second bench at the same time
@@ -65,7 +66,7 @@ def start_jack(log_path: Path, realtime: bool, period: int) -> tuple[subprocess.
         raise SystemExit(f"a JACK server named {name} is already running (another bench/stream_live.py?)")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            ["jackd", "-n", name, "--realtime" if realtime else "--no-realtime", "-d", "dummy", "-r", "48000",
+            ["jackd", "-n", name, "--realtime" if realtime else "--no-realtime", "-d", "dummy", "-r", str(rate),
              "-p", str(period)],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -151,6 +152,10 @@ def main() -> int:
     parser.add_argument("--jack-realtime", action="store_true", help="run jackd with realtime scheduling")
     parser.add_argument("--period", type=int, default=StreamConfig().block_size,
                         help="JACK's period in frames, and the stream's stream.block_size (default: the config's)")
+    parser.add_argument("--rate", type=int, default=48000, choices=(44100, 48000),
+                        help="JACK's sample rate and stream.sample_rate: 48000 (the config's; the models run at "
+                             "44.1 kHz, through resamplers) or 44100 (the models' own rate: no resamplers, and "
+                             "every window ends at one place in its block, so the stream takes the block's lead)")
     parser.add_argument("--worker-nice", type=int, default=None,
                         help="stream.worker_nice (default: the config's); 0 runs the worker as nice as the audio")
     parser.add_argument("--floor", action="store_true",
@@ -180,9 +185,10 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="flowstate-bench-"))
     repo = released_htdemucs_repo(workdir / "models", "htdemucs_bench")
     jack_log = workdir / "jackd.log"
-    jack, env = start_jack(jack_log, args.jack_realtime, args.period)
+    jack, env = start_jack(jack_log, args.jack_realtime, args.period, args.rate)
     print(f"load average before: {load_average()}; {os.cpu_count()} CPUs; jackd "
-          f"{'realtime' if args.jack_realtime else '--no-realtime'}, dummy, 48 kHz, {args.period}-frame periods "
+          f"{'realtime' if args.jack_realtime else '--no-realtime'}, dummy, {args.rate} Hz, "
+          f"{args.period}-frame periods "
           f"(stream.block_size {args.period})", flush=True)
     floor: tuple[int, dict[str, int]] | None = None
     skip_lines = 0
@@ -193,7 +199,7 @@ def main() -> int:
               f"(jackd blames {floor_blamed or 'nothing'}); load average {load_average()}", flush=True)
     stream = {
         "model": "htdemucs_bench" if args.model == "htdemucs" else args.model, "engine_device": "cpu",
-        "threads": args.threads, "block_size": args.period,
+        "threads": args.threads, "block_size": args.period, "sample_rate": args.rate,
         "context_seconds": args.context, "hop_seconds": args.hop, "lookahead_seconds": args.lookahead,
     }
     if args.worker_nice is not None:
@@ -274,8 +280,8 @@ def main() -> int:
     last_change = max(changes + climbs, key=lambda c: c["seconds"], default=None)
     late_after = final["late_hops"] - (last_change["late_hops"] if last_change else 0)
     real_time = final["late_hops"] == 0 and xruns_steady == 0 and final["load_p99"] < 1.0
-    block_ms = 1000 * final["block_size"] / 48000
-    resamplers_ms = 1000 * final["resampler_delay_frames"] / 48000
+    block_ms = 1000 * final["block_size"] / args.rate
+    resamplers_ms = 1000 * final["resampler_delay_frames"] / args.rate
     # The issue's machine-independent target, with the compute p99 this run measured, and with the
     # one measured at load that the budget came from.
     fixed_ms = 1000 * (final["hop_seconds"] + final["lookahead_seconds"]) + block_ms + resamplers_ms
@@ -295,13 +301,15 @@ def main() -> int:
           f"{final['compute_ms_p99_at_load']:.1f} ms); ratio to a bare torch forward of that window {ratio:.3f} "
           f"(the windows ran on {final.get('backend')})")
     print(f"compute budget at start {started['budget_ms']:.1f} ms ({final['budget_source']}), now "
-          f"{final['budget_ms']:.1f} ms; least slack when a window's output landed: {final['slack_ms_min']} ms")
+          f"{final['budget_ms']:.1f} ms; the block's lead {final['block_lead_frames']} frames (output placed that much "
+          f"earlier: every window ends at one place in its block); least slack when a window's output landed: "
+          f"{final['slack_ms_min']} ms")
     print(f"budget growths while running: {len(changes)}" + "".join(
         f"\n  at {c['seconds']:.1f} s: {c['from_ms']:.1f} -> {c['to_ms']:.1f} ms ({c['reason']}; late hops so far "
         f"{c['late_hops']})" for c in changes))
     print(f"hop climbs while running: {len(climbs)}" + "".join(
         f"\n  at {c['seconds']:.1f} s: {c['from_ms']:.0f} -> {c['to_ms']:.0f} ms, budget {c['budget_ms']:.1f} ms, "
-        f"round trip {1000 * (c['latency_frames'] + final['block_size']) / 48000:.1f} ms ({c['reason']}; late hops "
+        f"round trip {1000 * (c['latency_frames'] + final['block_size']) / args.rate:.1f} ms ({c['reason']}; late hops "
         f"so far {c['late_hops']})" for c in climbs) + f"\nlate hops after the last change: {late_after}")
     print(f"round trip {final['round_trip_ms']:.1f} ms (at start {started['round_trip_ms']:.1f} ms); "
           f"target hop + lookahead + 1.3 x p99 + block + resamplers "
@@ -353,6 +361,7 @@ def main() -> int:
         "target_met": final["round_trip_ms"] <= target_ms,
         "target_with_covered_p99_ms": round(target_covered_ms, 1), "covered_p99_ms": round(covered_ms, 2),
         "budget_rounding_ms": round(rounding_ms, 2),
+        "sample_rate": args.rate, "block_lead_frames": final["block_lead_frames"],
         "compute_ms_p50": round(final["compute_ms_p50"], 2),
         "compute_ms_p99": round(final["compute_ms_p99"], 2),
         "compute_ms_p99_at_load": round(final["compute_ms_p99_at_load"], 2),

@@ -21,7 +21,18 @@ blocks (a frame at the start of a block waits out the rest of the block first). 
 
 with the p99 of the warm windows the engine timed at load, or of the last run's hops on the same
 setting when that is higher (`budget_source` says which; the StreamManager keeps each setting's
-last figure in the job database, so a restarted daemon starts from it too). Frames that arrive
+last figure in the job database, so a restarted daemon starts from it too).
+
+The block's lead. Where every window's last frame sits at the same place in its block, the frames
+before it in that block came in with it, and their time is not the window's to spend: every output
+frame goes `lead` frames earlier in the ring (`block_lead_frames` in `stream.status`), and each window
+still has its `budget` frames of time. The engine says where its windows end
+(`StreamingSeparator.block_lead_frames`): a device at the model's rate (44.1 kHz) has them on the
+model's 1024-frame grid, so the lead is 511 frames of a 512-frame block, and the round trip is
+hop + lookahead + budget: the budget's rounding up to whole blocks is paid out of the one block the
+duplex callback costs. Through a resampler (a 48 kHz device) windows end at every place of a block
+and the lead is 0. A budget of one block takes none: the frames before a window's last one in its
+block would be due in the callback that brings them. Frames that arrive
 while a window computes queue in the input ring and cost next to nothing once it is done; the
 frames *before* the one that completes a window are fed to the engine on their own first, so
 their output (already computed) never waits on the model.
@@ -269,8 +280,13 @@ class LiveStream:
             self.budget_source = (f"{self.budget_margin:g} x {measured}, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
         self._engine_latency = int(engine.latency_frames)  # at the start: a longer hop adds _engine_extra
+        # The frames of its block before the one that completes any window (see the docstring): every
+        # output frame goes this much earlier. Only with a budget of two blocks or more: with one,
+        # the frames before a window's in its block would be due in the callback that brings them.
+        self._lead = engine.block_lead_frames(self.block_size) if start_budget >= 2 * self.block_size else 0
         # The worker writes input frame i's output at ring frame i + _write_offset (the budget the
-        # stream started with) - _dropped; the callback reads `_shift` frames behind that (see the docstring).
+        # stream started with) - _lead - _dropped; the callback reads `_shift` frames behind that
+        # (see the docstring).
         self._write_offset = start_budget
         # A longer hop while running (_climb_hop): the frames the engine's latency grew by, the
         # silence it inserted for them that the worker has dropped so far, and the input frames
@@ -300,7 +316,7 @@ class LiveStream:
         n_out = self.layout.num_outputs
         self._in = FrameRing(channels, capacity)
         self._out = FrameRing(n_out, capacity)
-        self._out.written = start_budget  # frames [0, budget) are silence, ready to play
+        self._out.written = start_budget - self._lead  # frames before input 0's output are silence, ready to play
         # Worker scratch.
         self._chunk_in = np.zeros((channels, self.max_chunk), dtype=np.float32)
         self._chunk_out = np.zeros((n_out, self.max_chunk), dtype=np.float32)
@@ -425,8 +441,9 @@ class LiveStream:
 
     @property
     def latency_frames(self) -> int:
-        """The engine's latency (with a longer hop's growth) plus the budget: where the callback reads."""
-        return self._engine_latency + self._write_offset + self._pending_shift
+        """The engine's latency (with a longer hop's growth) plus the budget, less the block's lead:
+        where the callback reads."""
+        return self._engine_latency + self._write_offset + self._pending_shift - self._lead
 
     @property
     def latency_ms(self) -> float:
@@ -505,7 +522,8 @@ class LiveStream:
     def _write_dry(self, outdata: np.ndarray, played: int) -> None:
         """The input as it was the stream's latency before output frame `played`, on every output channel."""
         dry = self._dry[: outdata.shape[0]]
-        self._in.read_interleaved_at(played - (self._engine_latency + self._write_offset + self._shift), dry)
+        latency = self._engine_latency + self._write_offset + self._shift - self._lead  # the read point in effect
+        self._in.read_interleaved_at(played - latency, dry)
         for out_channel, in_channel in enumerate(self._dry_map):
             outdata[:, out_channel] = dry[:, in_channel]
 
@@ -547,7 +565,10 @@ class LiveStream:
                 # Hopelessly behind: the input we have not read is about to be overwritten.
                 # Jump to the present and restart the engine's history; the callback plays dry.
                 self.counters.resyncs += 1
-                self._processed = self._in.written - self.max_chunk
+                # From a block's start, so the restarted engine's windows end where they did in
+                # their blocks (block_lead_frames).
+                behind = self._in.written - self.max_chunk
+                self._processed = behind - behind % self.block_size
                 self._freed_at = 0  # no window waits behind one from before the jump
                 if self._drop_to:
                     self._passed_the_silence()  # the reset engine starts at its new latency: nothing to drop
@@ -578,7 +599,9 @@ class LiveStream:
             self._processed += n
             if until <= n and start_out is not None:  # a window ran: how far ahead of the callback did its output land?
                 # The lead over the read point the callback plays from (a growth moves it at the next block).
-                slack = start_out - (self._played - self._pending_shift)
+                # Counted from where the output would go without the block's lead: the lead is the
+                # frames that came in with the window's last one, not time to spare.
+                slack = start_out + self._lead - (self._played - self._pending_shift)
                 if self._min_slack_frames is None or slack < self._min_slack_frames:
                     self._min_slack_frames = slack
                 # A window whose compute (or the p99's) times the margin is past the budget used
@@ -602,13 +625,18 @@ class LiveStream:
             chunk = stems if b - a == n else np.ascontiguousarray(stems[:, :, a - first:b - first])
             block_out = self._chunk_out[:, :b - a]
             self._route(chunk, block_out, b - a)
-            at = a + self._write_offset - self._dropped
+            at = a + self._ring_offset
             self._out.write_at(at, block_out)
             self._out.written = at + b - a
             start_out = at if start_out is None else start_out
         if self._drop_to and first + n >= self._drop_to:
             self._passed_the_silence()
         return start_out
+
+    @property
+    def _ring_offset(self) -> int:
+        """Input frame i's output goes to ring frame i + this."""
+        return self._write_offset - self._lead - self._dropped
 
     def _passed_the_silence(self) -> None:
         self._dropped += self._drop_to - self._drop_from
@@ -765,7 +793,7 @@ class LiveStream:
     def _skip_fill(self) -> None:
         """After `engine.reset()` mid-stream: its first `latency_frames` of output are silence (its
         FIFO primed, no history), not stems; the callback plays the dry input over them."""
-        self._wet_from = self._processed + self._write_offset - self._dropped + int(self.engine.latency_frames)
+        self._wet_from = self._processed + self._ring_offset + int(self.engine.latency_frames)
 
     def _publish(self, event: str, **data: Any) -> None:
         if self._on_event is not None:
@@ -837,6 +865,7 @@ class LiveStream:
             "device_latency_ms": round(self.device_latency_seconds * 1000, 3),
             "total_latency_ms": round(self.latency_ms + self.device_latency_seconds * 1000, 3),
             "engine_latency_frames": int(self.engine.latency_frames),
+            "block_lead_frames": self._lead,
             "resampler_delay_frames": stats.get("resampler_delay_frames"),
             "hop_frames": int(self.engine.hop_frames),
             "window_seconds": round(float(self.engine.window_seconds), 4),

@@ -197,8 +197,8 @@ class JackServer:
 
 
 @contextlib.contextmanager
-def running_jack(name: str, log: Path) -> Iterator[JackServer]:
-    """`jackd -d dummy` named `name` at 48 kHz, 256-frame periods, 2 capture and 10 playback ports,
+def running_jack(name: str, log: Path, rate: int = 48000) -> Iterator[JackServer]:
+    """`jackd -d dummy` named `name` at `rate` (48 kHz), 256-frame periods, 2 capture and 10 playback ports,
     its output in `log`; stopped on the way out.
 
     `--sync`: the server waits for every client each cycle. On a shared CPU a slow client then
@@ -212,7 +212,7 @@ def running_jack(name: str, log: Path) -> Iterator[JackServer]:
     env = {**os.environ, "JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", "48000", "-p", "256",
+            ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", str(rate), "-p", "256",
              "-C", "2", "-P", "10"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
@@ -220,7 +220,7 @@ def running_jack(name: str, log: Path) -> Iterator[JackServer]:
         ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True, timeout=60)
         if ready.returncode != 0:
             pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
-        yield JackServer(name, process, 48000, 256)
+        yield JackServer(name, process, rate, 256)
     finally:
         # Whatever happened (jack_wait missing or failing, a test error), jackd stops.
         process.terminate()
@@ -232,8 +232,8 @@ def running_jack(name: str, log: Path) -> Iterator[JackServer]:
 
 
 @pytest.fixture(scope="module")
-def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
-    """A JACK server for the module (`running_jack`).
+def jack_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[JackServer]:
+    """A JACK server for the module (`running_jack`), at the module's `JACK_RATE` (48 kHz if it has none).
 
     One name per test process: a jackd that does not exit cleanly (killed, or stopped mid-start)
     leaves its entry in JACK's shared-memory registry, which holds 8 servers and reclaims a dead
@@ -241,7 +241,8 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
     (over several runs on one machine) made every later jackd fail "Too many servers already
     active"; with this name the next module's server takes the entry back.
     """
-    with running_jack(f"flowstate-test-{os.getpid()}", tmp_path_factory.mktemp("jack") / "jackd.log") as server:
+    rate = getattr(request.module, "JACK_RATE", 48000)
+    with running_jack(f"flowstate-test-{os.getpid()}", tmp_path_factory.mktemp("jack") / "jackd.log", rate) as server:
         yield server
 
 

@@ -1,8 +1,8 @@
 """Live stems from our own GPU server: a streaming engine whose windows run on `flowstate serve`.
 
 `RemoteStreamingSeparator` has the surface a live stream drives (bridge/stream.py's `LiveStream`):
-`stems`, `latency_frames`, `hop_frames`, `load_timing`, `input_frames_to_window`, `process`,
-`reset`, `stats`, `close`; so the dry fallback on a late hop and the latency report are the local
+`stems`, `latency_frames`, `hop_frames`, `load_timing`, `block_lead_frames`, `input_frames_to_window`,
+`process`, `reset`, `stats`, `close`; so the dry fallback on a late hop and the latency report are the local
 path's own code. The wire is the server's `/v1/stream` WebSocket (bridge/server_stream.py), whose
 blocks and replies are the audio socket's frames (engines/audio_frames.py).
 
@@ -133,6 +133,11 @@ class RemoteStreamingSeparator:
             "compute_ms_p50_at_load": float(np.percentile(times, 50)) if times else 0.0,
             "compute_ms_p99_at_load": float(np.percentile(times, 99)) if times else 0.0,
         }
+
+    def block_lead_frames(self, block_size: int) -> int:
+        """0: a window's output comes when the network brings it, not at a place in the device's
+        blocks (`StreamingSeparator.block_lead_frames`)."""
+        return 0
 
     def input_frames_to_window(self) -> int:
         """The frames of input whose output is here already, plus the one that has to wait for the server."""

@@ -348,6 +348,22 @@ class StreamingSeparator(Engine):
             return 0.0
         return self._offset * self.sample_rate / self._model_rate + self._up.delay_frames
 
+    def block_lead_frames(self, block_size: int) -> int:
+        """For input fed in device blocks of `block_size` frames from a `reset` (at a block's
+        start): the fewest frames of its block that come before the frame completing a window, over
+        every window. A device block arrives whole, so a window's input is in with that block; a
+        live caller may place every output frame this much earlier without giving any window less
+        time (bridge/stream.py).
+
+        At the model's rate each window ends on the 1024-frame grid counted from the first input
+        frame (`_reset_stream`, `_frames`), and stays on it when the hop climbs (`change_hop`), so
+        its last frame is at least gcd(1024, block) - 1 frames into its block: every frame but
+        one of a 512-frame block. Through a resampler (a device at another rate) windows end at
+        every place of a block over the pattern: 0.
+        """
+        self.load()
+        return 0 if self._down is not None else math.gcd(MODEL_BLOCK, block_size) - 1
+
     def load_timing(self) -> dict[str, Any]:
         """The window compute measured at load (warm, at the final setting): p50, p99 and how many."""
         self.load()

@@ -38,6 +38,7 @@ class Rig:
 
     def __init__(self, server: JackServer, signal: np.ndarray, outputs: int = 2) -> None:
         self.signal = signal.astype(np.float32)  # (2, n)
+        self.rate = server.sample_rate
         self.player = server.client("fs-player")
         self.recorder = server.client("fs-recorder")
         self.outs = [self.player.outports.register(f"out_{i}") for i in range(2)]
@@ -92,11 +93,11 @@ class Rig:
         self.recording = True
         time.sleep(0.2)
         self.position = 0
-        total = self.signal.shape[1] / SAMPLE_RATE + tail_seconds
+        total = self.signal.shape[1] / self.rate + tail_seconds
         deadline = time.monotonic() + total + 10
         while time.monotonic() < deadline and (
             self.position < self.signal.shape[1]
-            or len(self.blocks) * 256 < self.signal.shape[1] + tail_seconds * SAMPLE_RATE
+            or len(self.blocks) * 256 < self.signal.shape[1] + tail_seconds * self.rate
         ):
             time.sleep(0.05)
         time.sleep(tail_seconds)
@@ -248,6 +249,8 @@ def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
     assert status["budget_frames"] == budget_frames_for(p99_ms, status["budget_margin"], SAMPLE_RATE, block)
     assert status["budget_frames"] % block == 0 and status["budget_margin"] == 1.3
     assert status["latency_frames"] == status["engine_latency_frames"] + status["budget_frames"]
+    # At 48 kHz the resampled windows end anywhere in a block: no lead (see the 44.1 kHz tests).
+    assert status["block_lead_frames"] == 0
     target = (SAMPLE_RATE * (status["hop_seconds"] + status["lookahead_seconds"] + 1.3 * p99_ms / 1000)
               + block + status["resampler_delay_frames"])
     # status rounds the seconds (and the p99) to 0.1 ms: a few frames either way (33006 vs 33005 seen)
@@ -957,3 +960,88 @@ def test_a_start_after_a_stream_climbed_its_hop_loads_the_engine_afresh_to_measu
         assert manager.engine_for(settings) is fresh
     finally:
         manager.close()
+
+
+MODEL_RATE = 44100  # a device at the models' own rate: no resamplers
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("budget_blocks", [1, 2, 3])
+def test_at_the_models_rate_a_window_still_has_its_whole_budget_with_the_output_a_block_earlier(
+    budget_blocks: int,
+) -> None:
+    # At 44.1 kHz every window ends on the models' 1024-frame grid, so its last frame is the last
+    # of a 256-frame block: the block's 255 frames before it came in with it, and the stream
+    # places every output frame that much earlier (the block's lead). Each window must still get
+    # its whole budget. Driven block by block: the worker runs at once whatever needs no model,
+    # and each window's model call waits for the test, which lets it go only just before the
+    # callback `budget_blocks` after the one that brought the window's last frame. Placed one
+    # frame too early, a window's first frame would be due a callback sooner and play dry; with a
+    # budget of one block the lead would make the frames before a window's last one due in the
+    # very callback that brings them, so a one-block budget takes no lead.
+    block = 256
+    settings = StreamConfig(model="spleeter:2stems", engine_device="cpu", block_size=block, threads=1,
+                            sample_rate=MODEL_RATE, budget_grow=False,
+                            budget_ms=1000.0 * (budget_blocks * block - 0.5) / MODEL_RATE)
+    engine = StreamingSeparator("spleeter:2stems", device="cpu", sample_rate=MODEL_RATE, threads=1,
+                                backend="torch", hop_seconds=0.25)
+    stream = LiveStream(settings, engine, EffectRack.build({}, tuple(engine.stems), MODEL_RATE, 2))
+    hop, lookahead = engine.hop_frames, round(engine.lookahead_seconds * MODEL_RATE)
+    assert stream.budget_frames == budget_blocks * block and hop % block == 0 and lookahead % block == 0
+    lead = block - 1 if budget_blocks >= 2 else 0
+    # Another device block: the frames every window's last one has before it in its block.
+    assert engine.block_lead_frames(480) == 31 and engine.block_lead_frames(2048) == 1023
+    assert stream.status()["block_lead_frames"] == lead
+    # The round trip (this latency and the duplex callback's block) is hop + lookahead + budget:
+    # the budget's rounding to whole blocks is paid out of the block the callback costs.
+    assert stream.latency_frames + block == hop + lookahead + stream.budget_frames + (block - 1 - lead)
+    entered, gate = threading.Event(), threading.Event()
+
+    def gated(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run_when_let(window: Any) -> Any:
+            entered.set()
+            assert gate.wait(60), "the test never let the window run"
+            gate.clear()
+            return run(window)
+        return run_when_let
+
+    engine._runners = [gated(run) for run in engine._runners]
+    engine.reset()
+    signal = _tone(3.0)
+    played = np.zeros_like(signal)
+    stream._running = True
+    worker = threading.Thread(target=stream._work_loop)
+    worker.start()
+    due: int | None = None
+    windows = 0
+
+    def settle() -> None:  # until the worker has done all it can without a model call
+        deadline = time.monotonic() + 60
+        while not (entered.is_set() or stream._processed == stream._in.written):
+            assert time.monotonic() < deadline and worker.is_alive(), "the worker stopped"
+            time.sleep(0.0005)
+
+    try:
+        for index in range(signal.shape[0] // block):
+            settle()
+            if entered.is_set() and due is None:
+                due = index - 1 + budget_blocks  # the last callback brought the window's last frame
+            if due == index:
+                entered.clear()
+                gate.set()
+                windows += 1
+                due = None
+                settle()
+            chunk = slice(index * block, (index + 1) * block)
+            stream._callback(np.ascontiguousarray(signal[chunk]), played[chunk], block, None, None)
+    finally:
+        stream._running = False
+        stream._wake.set()
+        gate.set()
+        worker.join(60)
+    assert windows >= 8, windows
+    assert stream.counters.late_hops == 0 and stream.counters.dry_blocks == 0, (stream.counters, lead)
+    # Wet all the way: the tone (Spleeter's two stems add up to their input), exactly the latency late.
+    latency = stream.latency_frames
+    whole = signal.shape[0] // block * block
+    assert np.abs(played[latency:whole, 0] - signal[:whole - latency, 0]).max() < 1e-3
