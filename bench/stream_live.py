@@ -301,9 +301,10 @@ def main() -> int:
           f"{final['compute_ms_p99_at_load']:.1f} ms); ratio to a bare torch forward of that window {ratio:.3f} "
           f"(the windows ran on {final.get('backend')})")
     print(f"compute budget at start {started['budget_ms']:.1f} ms ({final['budget_source']}), now "
-          f"{final['budget_ms']:.1f} ms; the block's lead {final['block_lead_frames']} frames (output placed that much "
-          f"earlier: every window ends at one place in its block); least slack when a window's output landed: "
-          f"{final['slack_ms_min']} ms")
+          f"{final['budget_ms']:.1f} ms; the block's lead {final['block_lead_frames']} frames ("
+          + ("output placed that much earlier: every window ends at one place in its block"
+             if final["block_lead_frames"] else "the windows end at every place of a block")
+          + f"); least slack when a window's output landed: {final['slack_ms_min']} ms")
     print(f"budget growths while running: {len(changes)}" + "".join(
         f"\n  at {c['seconds']:.1f} s: {c['from_ms']:.1f} -> {c['to_ms']:.1f} ms ({c['reason']}; late hops so far "
         f"{c['late_hops']})" for c in changes))
