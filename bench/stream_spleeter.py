@@ -118,6 +118,7 @@ def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, t
                 bare_times.append(time.perf_counter() - started)
         (magnitude,) = model.network_inputs(engine._window_dev)  # padded as the model pads them
         network = run.network if isinstance(run, OpenVinoModel) else model.network()
+
         def unet_forward() -> None:
             network(magnitude)
             sync_device(engine.device)
