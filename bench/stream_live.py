@@ -153,9 +153,10 @@ def main() -> int:
     parser.add_argument("--period", type=int, default=StreamConfig().block_size,
                         help="JACK's period in frames, and the stream's stream.block_size (default: the config's)")
     parser.add_argument("--rate", type=int, default=48000, choices=(44100, 48000),
-                        help="JACK's sample rate and stream.sample_rate: 48000 (the config's; the models run at "
-                             "44.1 kHz, through resamplers) or 44100 (the models' own rate: no resamplers, and "
-                             "every window ends at one place in its block, so the stream takes the block's lead)")
+                        help="JACK's sample rate, which the stream follows (stream.sample_rate auto, the config's): "
+                             "48000 (the models run at 44.1 kHz, through resamplers) or 44100 (the models' own "
+                             "rate: no resamplers, and every window ends at one place in its block, so the stream "
+                             "takes the block's lead)")
     parser.add_argument("--worker-nice", type=int, default=None,
                         help="stream.worker_nice (default: the config's); 0 runs the worker as nice as the audio")
     parser.add_argument("--floor", action="store_true",
@@ -199,7 +200,7 @@ def main() -> int:
               f"(jackd blames {floor_blamed or 'nothing'}); load average {load_average()}", flush=True)
     stream = {
         "model": "htdemucs_bench" if args.model == "htdemucs" else args.model, "engine_device": "cpu",
-        "threads": args.threads, "block_size": args.period, "sample_rate": args.rate,
+        "threads": args.threads, "block_size": args.period,
         "context_seconds": args.context, "hop_seconds": args.hop, "lookahead_seconds": args.lookahead,
     }
     if args.worker_nice is not None:
@@ -229,7 +230,8 @@ def main() -> int:
             started = client.call("stream.start")
             start_s = time.monotonic() - asked
             print(f"stream.start answered in {start_s:.1f} s (model load, hop ladder, backend choice)", flush=True)
-            print(f"stream: {started['device']}, hop {started['hop_frames']} frames "
+            print(f"stream: {started['device']} at {started['sample_rate']} Hz ({started['sample_rate_choice']}), "
+                  f"hop {started['hop_frames']} frames "
                   f"({1000 * started['hop_seconds']:.0f} ms: {started.get('hop_choice')}), "
                   f"latency {started['latency_ms']:.1f} ms, round trip {started['round_trip_ms']:.1f} ms; "
                   f"compute budget {started['budget_ms']:.1f} ms = {started['budget_source']}", flush=True)
@@ -280,8 +282,9 @@ def main() -> int:
     last_change = max(changes + climbs, key=lambda c: c["seconds"], default=None)
     late_after = final["late_hops"] - (last_change["late_hops"] if last_change else 0)
     real_time = final["late_hops"] == 0 and xruns_steady == 0 and final["load_p99"] < 1.0
-    block_ms = 1000 * final["block_size"] / args.rate
-    resamplers_ms = 1000 * final["resampler_delay_frames"] / args.rate
+    rate = final["sample_rate"]  # JACK's (stream.sample_rate auto)
+    block_ms = 1000 * final["block_size"] / rate
+    resamplers_ms = 1000 * final["resampler_delay_frames"] / rate
     # The issue's machine-independent target, with the compute p99 this run measured, and with the
     # one measured at load that the budget came from.
     fixed_ms = 1000 * (final["hop_seconds"] + final["lookahead_seconds"]) + block_ms + resamplers_ms
@@ -310,7 +313,7 @@ def main() -> int:
         f"{c['late_hops']})" for c in changes))
     print(f"hop climbs while running: {len(climbs)}" + "".join(
         f"\n  at {c['seconds']:.1f} s: {c['from_ms']:.0f} -> {c['to_ms']:.0f} ms, budget {c['budget_ms']:.1f} ms, "
-        f"round trip {1000 * (c['latency_frames'] + final['block_size']) / args.rate:.1f} ms ({c['reason']}; late hops "
+        f"round trip {1000 * (c['latency_frames'] + final['block_size']) / rate:.1f} ms ({c['reason']}; late hops "
         f"so far {c['late_hops']})" for c in climbs) + f"\nlate hops after the last change: {late_after}")
     print(f"round trip {final['round_trip_ms']:.1f} ms (at start {started['round_trip_ms']:.1f} ms); "
           f"target hop + lookahead + 1.3 x p99 + block + resamplers "
@@ -362,7 +365,7 @@ def main() -> int:
         "target_met": final["round_trip_ms"] <= target_ms,
         "target_with_covered_p99_ms": round(target_covered_ms, 1), "covered_p99_ms": round(covered_ms, 2),
         "budget_rounding_ms": round(rounding_ms, 2),
-        "sample_rate": args.rate, "block_lead_frames": final["block_lead_frames"],
+        "sample_rate": rate, "block_lead_frames": final["block_lead_frames"],
         "compute_ms_p50": round(final["compute_ms_p50"], 2),
         "compute_ms_p99": round(final["compute_ms_p99"], 2),
         "compute_ms_p99_at_load": round(final["compute_ms_p99_at_load"], 2),

@@ -95,7 +95,8 @@ class StreamConfig(Section):
     # Every standard rate (8000 ... 192000) has terms of at most 640. Declared before sample_rate,
     # which is checked against it.
     max_ratio_terms: int = Field(default=1000, ge=640, le=8192)
-    sample_rate: int = Field(default=48000, ge=8000, le=192000)
+    # auto: the rate the device runs at when the stream starts (the DAW's), read from PortAudio then.
+    sample_rate: Annotated[int, Field(ge=8000, le=192000)] | Literal["auto"] = "auto"
     block_size: int = Field(default=512, ge=16, le=8192)
     channels: int = Field(default=2, ge=1, le=2)
     routing: Literal["mix", "stems", "both"] = "mix"
@@ -151,14 +152,22 @@ class StreamConfig(Section):
 
     @field_validator("sample_rate")
     @classmethod
-    def _rate_fits_the_resamplers(cls, sample_rate: int, info: ValidationInfo) -> int:
+    def _rate_fits_the_resamplers(cls, sample_rate: int | Literal["auto"],
+                                  info: ValidationInfo) -> int | Literal["auto"]:
         max_terms = info.data.get("max_ratio_terms")
-        if max_terms is None:  # itself invalid: that error is reported
+        if max_terms is None or sample_rate == "auto":  # itself invalid: that error is reported; auto: at start
             return sample_rate
         problem = stream_rate_problem(sample_rate, HTDEMUCS_RATE, max_terms)
         if problem is not None:
             raise ValueError(f"{problem} (bound: stream.max_ratio_terms = {max_terms})")
         return sample_rate
+
+    @property
+    def rate(self) -> int:
+        """`sample_rate` as a number: a stream's start puts the device's own rate in place of auto."""
+        if self.sample_rate == "auto":
+            raise ValueError("stream.sample_rate is auto: the device's rate is known once the stream starts")
+        return self.sample_rate
 
 
 class JobsConfig(Section):

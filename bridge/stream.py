@@ -113,6 +113,10 @@ MIN_LIVE_HOPS = 8
 # on the spike of a busy process starting, 0.6 s long, when 4 windows were enough).
 CLIMB_WINDOWS = 4
 CLIMB_SECONDS = 2.0
+JACK_HOST_API = "JACK Audio Connection Kit"  # PortAudio's name for it
+# Windows host APIs whose default rate PortAudio guesses (pa_win_wmme.c tries 44100 Hz first, then
+# 48000 ...; pa_win_ds.c likewise) instead of reading the device's: both convert other rates.
+GUESSED_RATE_HOST_APIS = ("MME", "Windows DirectSound")
 
 
 def import_sounddevice() -> Any:
@@ -126,6 +130,69 @@ def import_sounddevice() -> Any:
     import sounddevice
 
     return sounddevice
+
+
+def reread_audio_devices() -> Any:
+    """Start PortAudio again and return sounddevice: PortAudio reads the devices, and the rate each
+    runs at, once, when it starts, so without this an interface plugged in, or a rate the DAW set,
+    since the daemon started would not count. sounddevice's own `_terminate` and `_initialize`, as
+    its author gives them for this (python-sounddevice issue #125). Only while no stream of this
+    process is open: PortAudio's end closes them (the StreamManager runs one at a time).
+
+    Not once PortAudio has a JACK host API (Linux): PortAudio 19.6's JACK host API ends the whole
+    process on an assert when the server it joined has gone since (its `jack_client_close` fails),
+    and a JACK server's rate and ports stay what they were while it runs."""
+    started_now = "sounddevice" not in sys.modules  # importing it starts PortAudio
+    sounddevice = import_sounddevice()
+    if started_now or any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis()):
+        return sounddevice
+    if sounddevice._initialized:
+        sounddevice._terminate()
+    try:
+        sounddevice._initialize()
+    except sounddevice.PortAudioError as err:
+        raise Unavailable(f"cannot start PortAudio again to read the audio devices: {err}") from None
+    return sounddevice
+
+
+def device_rate(device: str | int | None) -> tuple[int, str]:
+    """The rate `device` (a stream's `stream.device`: name, part of one, index, or None for the
+    system's default) runs at, as PortAudio read it (`reread_audio_devices` first), and why: its
+    input's rate (Core Audio: the device's nominal rate; WASAPI: its shared mix format; JACK: the
+    server's). At another rate the host converts, with a delay the reported latency cannot see
+    (Core Audio, MME, DirectSound), or refuses (JACK, WASAPI in shared mode)."""
+    sounddevice = import_sounddevice()
+    try:
+        heard = sounddevice.query_devices(device, kind="input")
+        played = sounddevice.query_devices(device, kind="output")
+    except (sounddevice.PortAudioError, ValueError) as err:
+        if not len(sounddevice.query_devices()):
+            raise Unavailable("PortAudio finds no audio device: plug in an interface (on Linux, start JACK), "
+                              "then stream.start again") from None
+        raise Unavailable(f"cannot open audio device {device!r}: {err}. `flowstate devices` lists devices") from None
+    rate = round(float(heard["default_samplerate"]))
+    why = f"the device's own rate ({heard['name']}; stream.sample_rate auto)"
+    api = str(sounddevice.query_hostapis(heard["hostapi"])["name"])
+    if api in GUESSED_RATE_HOST_APIS:
+        why = (f"{api} says {rate} Hz for {heard['name']} (stream.sample_rate auto), a guess that may not be the "
+               "device's own rate: name its WASAPI or ASIO device in stream.device")
+        log.warning("stream: %s", why)
+    out_rate = round(float(played["default_samplerate"]))
+    if out_rate != rate:
+        why = (f"{heard['name']}'s rate (stream.sample_rate auto); the output {played['name']} runs at {out_rate} "
+               f"Hz and is converted with a delay the round trip does not count: set stream.device to one device")
+        log.warning("stream: input %s runs at %d Hz, output %s at %d Hz: the stream runs at %d Hz and the host "
+                    "converts its output", heard["name"], rate, played["name"], out_rate, rate)
+    return rate, why
+
+
+def _rate_hint(device: str | int | None, tried: int) -> str:
+    """Why a device refused `tried`, when it runs at another rate; else nothing."""
+    try:
+        rate, _ = device_rate(device)
+    except Unavailable:
+        return ""
+    return "" if rate == tried else f"; the device runs at {rate} Hz (stream.sample_rate auto follows it)"
 
 
 def release_audio_host() -> None:
@@ -250,7 +317,7 @@ class LiveStream:
         self.engine = engine
         self.effects = effects
         self._on_event = on_event
-        self.sample_rate = settings.sample_rate
+        self.sample_rate = int(engine.sample_rate)  # the rate the engine resamples from: the device's
         self.block_size = settings.block_size
         channels = settings.channels
         self.layout = Layout.build(tuple(engine.stems), channels, settings.routing)
@@ -354,6 +421,7 @@ class LiveStream:
         self._stopping = threading.Event()  # set by stop(): ends a wait between reconnects
         self.tier = str(getattr(engine, "tier", "local"))
         self.tier_reason = "stream.tier is local"
+        self.sample_rate_choice = "stream.sample_rate"  # or the device's own rate (StreamManager.start)
         self.link_error: str | None = None
         self._running = False
         self._worker: threading.Thread | None = None
@@ -399,7 +467,8 @@ class LiveStream:
             self._restore_interpreter()
             raise Unavailable(
                 f"cannot open audio device {device!r} with {self.settings.channels} in / "
-                f"{self.layout.num_outputs} out at {self.sample_rate} Hz: {err}. `flowstate devices` lists devices"
+                f"{self.layout.num_outputs} out at {self.sample_rate} Hz: {err}{_rate_hint(device, self.sample_rate)}. "
+                "`flowstate devices` lists devices"
             ) from None
         info = sounddevice.query_devices(self._stream.device[0])
         self.device_name = str(info["name"])
@@ -856,6 +925,7 @@ class LiveStream:
             "model": self.settings.model,
             "stems": list(self.layout.stems),
             "sample_rate": self.sample_rate,
+            "sample_rate_choice": self.sample_rate_choice,
             "block_size": self.block_size,
             "latency_frames": self.latency_frames,
             "latency_ms": round(self.latency_ms, 3),

@@ -27,14 +27,16 @@ from bridge.stream import (
     EffectRack,
     LiveStream,
     StreamEngine,
+    device_rate,
     lower_thread_priority,
+    reread_audio_devices,
     starting_p99,
 )
 from engines.base import pick_device
 from engines.batching import WindowBatchers
 from engines.cloud.selfhosted_stream import RemoteStreamingSeparator
 from engines.inference import ConversionCache
-from engines.resample import check_stream_rate
+from engines.resample import check_stream_rate, stream_rate_problem
 from engines.separation.models import HTDEMUCS_RATE
 from engines.separation.streaming import StreamingSeparator
 
@@ -134,7 +136,7 @@ class StreamManager:
             repo=self.models_repo,
             spleeter_dir=self.spleeter_dir,
             device=settings.engine_device,
-            sample_rate=settings.sample_rate,
+            sample_rate=settings.rate,
             channels=settings.channels,
             context_seconds=settings.context_seconds,
             hop_seconds=settings.hop_seconds,
@@ -155,7 +157,7 @@ class StreamManager:
     def engine_key(settings: StreamConfig) -> tuple[Any, ...]:
         """The settings an engine is built from: engines with the same key are interchangeable."""
         return (
-            settings.model, settings.engine_device, settings.sample_rate, settings.channels,
+            settings.model, settings.engine_device, settings.rate, settings.channels,
             settings.context_seconds, settings.hop_seconds, settings.auto_hop_load, settings.lookahead_seconds,
             settings.crossfade_ms, settings.precision, settings.threads, settings.batch_streams, settings.backend,
         )
@@ -184,19 +186,20 @@ class StreamManager:
         with self._lock:
             if self.stream is not None and self.stream.running:
                 raise Busy("stream.start: a stream is already running; stream.stop it first")
-            settings = self.settings_with(overrides)
+            settings, rate_choice = self.at_device_rate(self.settings_with(overrides))
             engine, reason = self.engine_on_tier(settings)
             unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
             if unknown:
                 raise BadRequest(f"stream.start: unknown stem(s) {unknown}; "
                                  f"{settings.model} has {', '.join(engine.stems)}")
             effects = EffectRack.build(
-                settings.effects.model_dump(), tuple(engine.stems), settings.sample_rate, settings.channels
+                settings.effects.model_dump(), tuple(engine.stems), settings.rate, settings.channels
             )
             last_run = self.kept_compute(self.timing_key(settings, engine)) if isinstance(engine, StreamingSeparator) \
                 else None
             stream = LiveStream(settings, engine, effects, self._on_event, last_run=last_run)
             stream.tier_reason = reason
+            stream.sample_rate_choice = rate_choice
             try:
                 stream.start()
             except BaseException:
@@ -205,6 +208,21 @@ class StreamManager:
                 raise
             self.stream = stream
             return stream.status()
+
+    @staticmethod
+    def at_device_rate(settings: StreamConfig) -> tuple[StreamConfig, str]:
+        """`settings` with auto's sample rate the device's own (PortAudio's device list read afresh,
+        so an interface plugged in since the daemon started is found too), and where the rate came
+        from. Blocking; only while no stream runs (`start` holds the lock and refuses a second)."""
+        reread_audio_devices()
+        if settings.sample_rate != "auto":
+            return settings, "stream.sample_rate"
+        rate, why = device_rate(settings.device)
+        problem = stream_rate_problem(rate, HTDEMUCS_RATE, settings.max_ratio_terms)
+        if problem is not None:  # not the request's fault: the device's
+            raise Unavailable(f"stream.start: {why}: {problem} (bound: stream.max_ratio_terms = "
+                              f"{settings.max_ratio_terms}); set the device to one of those rates")
+        return settings.model_copy(update={"sample_rate": rate}), why
 
     def engine_on_tier(self, settings: StreamConfig) -> tuple[StreamEngine, str]:
         """The loaded engine for `settings.tier` and why it runs there (blocking: loads or connects)."""
@@ -235,7 +253,7 @@ class StreamManager:
             raise Unavailable("stream.tier selfhosted: no self-hosted tier is configured; set cloud.selfhosted_url "
                               "and cloud.server_token (FLOWSTATE_SERVER_TOKEN) to your `flowstate serve`")
         url, token = self.selfhosted
-        sent = {"model": settings.model, "sample_rate": settings.sample_rate, "channels": settings.channels,
+        sent = {"model": settings.model, "sample_rate": settings.rate, "channels": settings.channels,
                 "crossfade_ms": settings.crossfade_ms}
         # Unset window settings are the server's defaults (on a GPU, shorter hops than a CPU's).
         sent.update({key: value for key in ("context_seconds", "hop_seconds", "lookahead_seconds")

@@ -945,7 +945,8 @@ def test_a_start_after_a_stream_climbed_its_hop_loads_the_engine_afresh_to_measu
     # A climb while running answers a machine that slowed, perhaps only while another program ran.
     # The engine stays warm from one start to the next, but not with the climbed hop: the next
     # start loads it afresh, and the hop ladder measures the machine as it is now.
-    manager = StreamManager(StreamConfig(model="spleeter:2stems", engine_device="cpu", threads=1), None)
+    manager = StreamManager(StreamConfig(model="spleeter:2stems", engine_device="cpu", threads=1,
+                                         sample_rate=SAMPLE_RATE), None)
     try:
         settings = manager.settings_with({})
         engine = manager.engine_for(settings)

@@ -22,7 +22,7 @@ SHORT = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}
 
 def test_the_device_stream_and_the_audio_sessions_share_one_batcher(tmp_path: Path) -> None:
     repo = tiny_htdemucs_repo(tmp_path / "repo", depth=3)
-    base = StreamConfig(model="tiny", engine_device="cpu", threads=1, batch_streams="on", **SHORT)
+    base = StreamConfig(model="tiny", engine_device="cpu", threads=1, batch_streams="on", sample_rate=48000, **SHORT)
     manager = StreamManager(base, repo)
     sessions = AudioSessions(manager)
     try:

@@ -31,7 +31,8 @@ def test_a_stream_on_openvino_keeps_its_conversion_beside_the_job_database(
     repo = tiny_htdemucs_repo(tmp_path / "repo", depth=3)
     manager = StreamManager(config.stream, repo)
     settings = manager.settings_with({"model": "tiny", "engine_device": "cpu", "backend": "openvino",
-                                      "context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1})
+                                      "sample_rate": 48000, "context_seconds": 0.1, "hop_seconds": 0.1,
+                                      "lookahead_seconds": 0.1})
     engine = manager.new_engine(settings)
     try:
         assert engine.stats()["backend"] == "openvino"

@@ -34,7 +34,9 @@ from tests.conftest import Events, JackServer
 # stream reconnects only to the latency it reported).
 # A fixed budget: the round trip these tests measure is the one the stream started with (growth
 # while running is tests/bridge/test_stream.py's).
-STREAM = {"model": "passthrough", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.5, "budget_grow": False}
+# A rate of its own: tests that build engines without a device cannot take the device's (auto).
+STREAM = {"model": "passthrough", "engine_device": "cpu", "threads": 1, "hop_seconds": 0.5, "budget_grow": False,
+          "sample_rate": 48000}
 HELLO = {"version": 1, "model": "passthrough", "sample_rate": SAMPLE_RATE, "channels": 2}
 
 

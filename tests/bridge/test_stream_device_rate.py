@@ -1,0 +1,90 @@
+"""`stream.sample_rate: auto` (the default): a live stream runs at the rate its audio device runs
+at when the stream starts, on a real audio server (JACK's dummy backend), with PortAudio's devices
+read afresh at the start, so a device that appeared since the daemon started is found. An explicit
+rate is kept, and a device at a rate the streaming resamplers cannot take is refused by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bridge.client import Client, RemoteError
+from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
+from tests.conftest import running_jack
+
+# The name every JACK fixture of this test process uses (tests/conftest.py's jack_server), so that
+# these servers take back the same entry of JACK's registry.
+SERVER = f"flowstate-test-{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
+
+
+def test_auto_runs_at_the_rate_the_device_runs_at_and_an_explicit_rate_is_kept(tiny_repo: Path,
+                                                                              tmp_path: Path) -> None:
+    with running_jack(SERVER, tmp_path / "jackd.log", 48000) as server:
+        daemon = _stream_daemon(server, tiny_repo)
+        try:
+            with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+                status = client.call("stream.start")
+                assert status["sample_rate"] == 48000, status
+                assert "device's own rate" in status["sample_rate_choice"], status
+                assert status["block_lead_frames"] == 0  # through the resamplers
+                client.call("stream.stop")
+                # An explicit rate is the one the stream runs at: the device refuses it, and the
+                # error says which rate the device runs at.
+                with pytest.raises(RemoteError) as refused:
+                    client.call("stream.start", {"overrides": {"sample_rate": 44100}})
+                message = refused.value.message
+                assert refused.value.code == "unavailable" and "at 44100 Hz" in message, message
+                assert "the device runs at 48000 Hz" in message, message
+        finally:
+            assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_device_that_appears_after_the_daemon_started_is_found_at_its_rate(tiny_repo: Path,
+                                                                            tmp_path: Path) -> None:
+    # No audio server when the daemon starts (an interface not plugged in yet): PortAudio, started
+    # by the first stream.start, finds no device. Then one appears, at 44.1 kHz.
+    env = {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": SERVER}
+    daemon = DaemonProcess(overrides={"models": {"demucs_repo": str(tiny_repo)},
+                                      "stream": {"model": "passthrough", "engine_device": "cpu", "block_size": 256,
+                                                 "threads": 1, "budget_grow": False}}, env=env).start()
+    try:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            with pytest.raises(RemoteError) as nothing:
+                client.call("stream.start")
+            message = nothing.value.message
+            assert nothing.value.code == "unavailable" and "finds no audio device" in message, message
+            with running_jack(SERVER, tmp_path / "jackd.log", 44100):
+                status = client.call("stream.start")
+                assert status["sample_rate"] == 44100, (status, daemon.log())
+                assert status["resampler_delay_frames"] == 0
+                assert status["block_lead_frames"] == status["block_size"] - 1  # the models' own rate
+                running = _wait_for_hops(client)
+                assert running["running"] and running["hops"] >= 1
+                client.call("stream.stop")
+                assert daemon.stop() == 0, daemon.log()  # while the server runs: PortAudio leaves it cleanly
+    finally:
+        daemon.stop()
+
+
+def test_a_device_at_a_rate_the_resamplers_cannot_take_is_refused_by_name(tiny_repo: Path, tmp_path: Path) -> None:
+    # 44101 Hz against the models' 44100 Hz reduces to 44101:44100, far past stream.max_ratio_terms.
+    with running_jack(SERVER, tmp_path / "jackd.log", 44101) as server:
+        daemon = _stream_daemon(server, tiny_repo)
+        try:
+            with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+                with pytest.raises(RemoteError) as refused:
+                    client.call("stream.start")
+                message = refused.value.message
+                assert refused.value.code == "unavailable", refused.value
+                assert "44101 Hz" in message and "stream.max_ratio_terms" in message and "48000" in message, message
+                assert client.call("stream.status")["running"] is False  # and the daemon serves on
+        finally:
+            assert daemon.stop() == 0, daemon.log()
