@@ -132,27 +132,48 @@ def import_sounddevice() -> Any:
     return sounddevice
 
 
-def reread_audio_devices() -> Any:
-    """Start PortAudio again and return sounddevice: PortAudio reads the devices, and the rate each
-    runs at, once, when it starts, so without this an interface plugged in, or a rate the DAW set,
-    since the daemon started would not count. sounddevice's own `_terminate` and `_initialize`, as
-    its author gives them for this (python-sounddevice issue #125). Only while no stream of this
-    process is open: PortAudio's end closes them (the StreamManager runs one at a time).
+def reread_audio_devices() -> bool:
+    """Start PortAudio (again): it reads the devices, and the rate each runs at, once, when it
+    starts, so without this an interface plugged in, or a rate the DAW set, since the daemon started
+    would not count. sounddevice's own `_terminate` and `_initialize`, as its author gives them for
+    this (python-sounddevice issue #125). Only while no stream of this process is open: PortAudio's
+    end closes them (the StreamManager runs one at a time). Returns whether PortAudio started just
+    now, from stopped (see `rest_jack_client`).
 
     Not once PortAudio has a JACK host API (Linux): PortAudio 19.6's JACK host API ends the whole
     process on an assert when the server it joined has gone since (its `jack_client_close` fails),
     and a JACK server's rate and ports stay what they were while it runs."""
-    started_now = "sounddevice" not in sys.modules  # importing it starts PortAudio
-    sounddevice = import_sounddevice()
-    if started_now or any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis()):
-        return sounddevice
-    if sounddevice._initialized:
-        sounddevice._terminate()
+    first = "sounddevice" not in sys.modules
+    sounddevice = import_sounddevice()  # the first import starts PortAudio
+    if first:
+        return True
+    if not sounddevice._initialized:
+        _start_portaudio(sounddevice)
+        return True
+    if any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis()):
+        return False
+    sounddevice._terminate()
+    _start_portaudio(sounddevice)
+    return False
+
+
+def _start_portaudio(sounddevice: Any) -> None:
     try:
         sounddevice._initialize()
     except sounddevice.PortAudioError as err:
-        raise Unavailable(f"cannot start PortAudio again to read the audio devices: {err}") from None
-    return sounddevice
+        raise Unavailable(f"cannot start PortAudio to read the audio devices: {err}") from None
+
+
+def rest_jack_client() -> None:
+    """Stop PortAudio again if it joined a JACK server, right after it started to read the devices.
+    PortAudio's JACK host API is an active JACK client from its start, streams or none: left there
+    through the model's load, which takes every core, it misses JACK's cycles (jackd's log: "client
+    PortAudio late", about 50 in a first start's load on the dummy server without realtime), and the
+    whole graph with it. Its server is there (PortAudio has just joined it), so leaving is safe; the
+    stream starts PortAudio again when it opens the device."""
+    sounddevice = import_sounddevice()
+    if sounddevice._initialized and any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis()):
+        sounddevice._terminate()
 
 
 def device_rate(device: str | int | None) -> tuple[int, str]:
@@ -436,6 +457,8 @@ class LiveStream:
 
     def start(self) -> None:
         sounddevice = import_sounddevice()
+        if not sounddevice._initialized:  # rest_jack_client stopped it for the model's load
+            _start_portaudio(sounddevice)
         self.engine.reset()
         self.effects.reset()
         # The model and everything else loaded so far lives as long as the stream: out of the

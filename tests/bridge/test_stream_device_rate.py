@@ -6,6 +6,8 @@ rate is kept, and a device at a rate the streaming resamplers cannot take is ref
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from tests.conftest import running_jack
 # The name every JACK fixture of this test process uses (tests/conftest.py's jack_server), so that
 # these servers take back the same entry of JACK's registry.
 SERVER = f"flowstate-test-{os.getpid()}"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +91,51 @@ def test_a_device_at_a_rate_the_resamplers_cannot_take_is_refused_by_name(tiny_r
                 assert client.call("stream.status")["running"] is False  # and the daemon serves on
         finally:
             assert daemon.stop() == 0, daemon.log()
+
+
+# A daemon's first stream.start, up to the model's load: read the device's rate, say it, wait; then
+# start PortAudio as the stream would when it opens the device, say so, wait.
+_FIRST_START = """
+import sys
+from bridge.config import StreamConfig
+from bridge.stream import import_sounddevice
+from bridge.stream_manager import StreamManager
+
+settings, why = StreamManager.at_device_rate(StreamConfig())
+print(settings.sample_rate, flush=True)
+sys.stdin.readline()
+import_sounddevice()._initialize()
+print("joined", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_reading_the_rate_leaves_the_jack_graph_for_the_models_load(tmp_path: Path) -> None:
+    # PortAudio's JACK host API is an active JACK client from the moment PortAudio starts, streams
+    # or none. A first start reads the device's rate before it loads the model (which takes every
+    # core), and a client left in the graph then misses JACK's cycles: it leaves until the stream
+    # opens the device.
+    import jack
+
+    with running_jack(SERVER, tmp_path / "jackd.log", 44100) as server:
+        probe = server.client("probe")
+        child = subprocess.Popen([sys.executable, "-c", _FIRST_START], cwd=ROOT, text=True,
+                                 env={**os.environ, **server.env, "PYTHONPATH": str(ROOT)},
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert child.stdout.readline().strip() == "44100"
+            with pytest.raises(jack.JackError):
+                probe.get_uuid_for_client_name("PortAudio")
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "joined"
+            assert probe.get_uuid_for_client_name("PortAudio")  # what the probe sees of a PortAudio in the graph
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.wait(timeout=60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            probe.close()
