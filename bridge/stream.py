@@ -74,6 +74,7 @@ share to the engine's, and `budget_frames` stays the time the worker has.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -81,7 +82,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,29 +133,38 @@ def import_sounddevice() -> Any:
     return sounddevice
 
 
-def reread_audio_devices() -> bool:
-    """Start PortAudio (again): it reads the devices, and the rate each runs at, once, when it
-    starts, so without this an interface plugged in, or a rate the DAW set, since the daemon started
-    would not count. sounddevice's own `_terminate` and `_initialize`, as its author gives them for
-    this (python-sounddevice issue #125). Only while no stream of this process is open: PortAudio's
-    end closes them (the StreamManager runs one at a time). Returns whether PortAudio started just
-    now, from stopped (see `rest_jack_client`).
+@contextlib.contextmanager
+def current_audio_devices() -> Iterator[Any]:
+    """sounddevice, with PortAudio started afresh: it reads the devices, and the rate each runs at,
+    once, when it starts, so without this an interface plugged in, or a rate the DAW set, since the
+    daemon started would not count. sounddevice's own `_terminate` and `_initialize`, as its author
+    gives them for this (python-sounddevice issue #125). Only while no stream of this process is
+    open: PortAudio's end closes them (the StreamManager runs one at a time).
 
-    Not once PortAudio has a JACK host API (Linux): PortAudio 19.6's JACK host API ends the whole
-    process on an assert when the server it joined has gone since (its `jack_client_close` fails),
-    and a JACK server's rate and ports stay what they were while it runs."""
+    Not once PortAudio has joined a JACK server (Linux): PortAudio 19.6's JACK host API ends the
+    whole process on an assert when that server has gone since (its `jack_client_close` fails), and a
+    JACK server's rate and ports stay what they were while it runs. A PortAudio this started leaves a
+    JACK server it joined again on the way out: its JACK host API is an active JACK client from its
+    start, streams or none, and left there through the model's load, which takes every core, it
+    misses JACK's cycles (jackd's log: "client PortAudio late", about 50 in a first start's load on
+    the dummy server without realtime), and the whole graph with it. That server is there (PortAudio
+    has just joined it), so leaving is safe; the stream starts PortAudio again to open the device."""
     first = "sounddevice" not in sys.modules
     sounddevice = import_sounddevice()  # the first import starts PortAudio
-    if first:
-        return True
-    if not sounddevice._initialized:
+    kept = not first and sounddevice._initialized and _joined_jack(sounddevice)
+    if not first and not kept:
+        if sounddevice._initialized:
+            sounddevice._terminate()
         _start_portaudio(sounddevice)
-        return True
-    if any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis()):
-        return False
-    sounddevice._terminate()
-    _start_portaudio(sounddevice)
-    return False
+    try:
+        yield sounddevice
+    finally:
+        if not kept and _joined_jack(sounddevice):
+            sounddevice._terminate()
+
+
+def _joined_jack(sounddevice: Any) -> bool:
+    return any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis())
 
 
 def _start_portaudio(sounddevice: Any) -> None:
@@ -164,21 +174,9 @@ def _start_portaudio(sounddevice: Any) -> None:
         raise Unavailable(f"cannot start PortAudio to read the audio devices: {err}") from None
 
 
-def rest_jack_client() -> None:
-    """Stop PortAudio again if it joined a JACK server, right after it started to read the devices.
-    PortAudio's JACK host API is an active JACK client from its start, streams or none: left there
-    through the model's load, which takes every core, it misses JACK's cycles (jackd's log: "client
-    PortAudio late", about 50 in a first start's load on the dummy server without realtime), and the
-    whole graph with it. Its server is there (PortAudio has just joined it), so leaving is safe; the
-    stream starts PortAudio again when it opens the device."""
-    sounddevice = import_sounddevice()
-    if sounddevice._initialized and any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis()):
-        sounddevice._terminate()
-
-
 def device_rate(device: str | int | None) -> tuple[int, str]:
     """The rate `device` (a stream's `stream.device`: name, part of one, index, or None for the
-    system's default) runs at, as PortAudio read it (`reread_audio_devices` first), and why: its
+    system's default) runs at, as PortAudio read it (`current_audio_devices`), and why: its
     input's rate (Core Audio: the device's nominal rate; WASAPI: its shared mix format; JACK: the
     server's). At another rate the host converts, with a delay the reported latency cannot see
     (Core Audio, MME, DirectSound), or refuses (JACK, WASAPI in shared mode)."""
@@ -457,7 +455,7 @@ class LiveStream:
 
     def start(self) -> None:
         sounddevice = import_sounddevice()
-        if not sounddevice._initialized:  # rest_jack_client stopped it for the model's load
+        if not sounddevice._initialized:  # it left JACK for the model's load (current_audio_devices)
             _start_portaudio(sounddevice)
         self.engine.reset()
         self.effects.reset()

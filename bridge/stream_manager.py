@@ -27,10 +27,9 @@ from bridge.stream import (
     EffectRack,
     LiveStream,
     StreamEngine,
+    current_audio_devices,
     device_rate,
     lower_thread_priority,
-    reread_audio_devices,
-    rest_jack_client,
     starting_p99,
 )
 from engines.base import pick_device
@@ -215,14 +214,10 @@ class StreamManager:
         """`settings` with auto's sample rate the device's own (PortAudio's device list read afresh,
         so an interface plugged in since the daemon started is found too), and where the rate came
         from. Blocking; only while no stream runs (`start` holds the lock and refuses a second)."""
-        started_now = reread_audio_devices()
-        try:
+        with current_audio_devices():
             if settings.sample_rate != "auto":
                 return settings, "stream.sample_rate"
             rate, why = device_rate(settings.device)
-        finally:
-            if started_now:
-                rest_jack_client()
         problem = stream_rate_problem(rate, HTDEMUCS_RATE, settings.max_ratio_terms)
         if problem is not None:  # not the request's fault: the device's
             raise Unavailable(f"stream.start: {why}: {problem} (bound: stream.max_ratio_terms = "

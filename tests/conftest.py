@@ -180,6 +180,11 @@ def dealer(daemon: DaemonProcess, zmq_context: zmq.Context) -> zmq.Socket:
     return sock
 
 
+def jack_env(name: str) -> dict[str, str]:
+    """What a process needs in its environment to join the JACK server `name`, never starting one."""
+    return {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
+
+
 class JackServer:
     """A JACK server on the dummy backend: real-time paced callbacks, no sound card."""
 
@@ -188,7 +193,7 @@ class JackServer:
         self.process = process
         self.sample_rate = sample_rate
         self.period = period
-        self.env = {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
+        self.env = jack_env(name)
 
     def client(self, name: str) -> Any:
         import jack
@@ -209,7 +214,7 @@ def running_jack(name: str, log: Path, rate: int = 48000) -> Iterator[JackServer
 
     if shutil.which("jackd") is None:
         pytest.fail("jackd is not installed: `make test` installs jackd2 (or run scripts/system-deps.sh as root)")
-    env = {**os.environ, "JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": name}
+    env = {**os.environ, **jack_env(name)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", str(rate), "-p", "256",

@@ -28,7 +28,7 @@ from bridge.stream import CLIMB_SECONDS, CLIMB_WINDOWS, MIN_LIVE_HOPS, EffectRac
 from bridge.stream_manager import StreamManager
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from engines.separation.streaming import HOP_LADDER, StreamingSeparator
-from tests.conftest import Events, JackServer, OscUdp, running_jack
+from tests.conftest import Events, JackServer, OscUdp, jack_env, running_jack
 
 SAMPLE_RATE = 48000
 
@@ -166,13 +166,15 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)  # seconds, even on busy cores
 
 
-def _stream_daemon(server: JackServer, repo: Path, workdir: Path | None = None, **stream: Any) -> DaemonProcess:
+def _stream_daemon(server: JackServer | str, repo: Path, workdir: Path | None = None, **stream: Any) -> DaemonProcess:
+    """A daemon streaming on `server`: a running JACK server, or the name of one not running yet."""
     # A fixed budget unless a test asks for growth: most tests here measure the latency the stream
     # started with across a whole recording.
     settings = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1,
                 "budget_grow": False, **stream}
+    env = jack_env(server) if isinstance(server, str) else server.env
     return DaemonProcess(
-        overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, workdir=workdir, env=server.env
+        overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, workdir=workdir, env=env
     ).start()
 
 

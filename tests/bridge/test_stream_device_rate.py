@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridge.client import Client, RemoteError
-from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from bridge.testing import passthrough_htdemucs_repo
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
 from tests.conftest import running_jack
 
@@ -54,10 +54,7 @@ def test_a_device_that_appears_after_the_daemon_started_is_found_at_its_rate(tin
                                                                             tmp_path: Path) -> None:
     # No audio server when the daemon starts (an interface not plugged in yet): PortAudio, started
     # by the first stream.start, finds no device. Then one appears, at 44.1 kHz.
-    env = {"JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": SERVER}
-    daemon = DaemonProcess(overrides={"models": {"demucs_repo": str(tiny_repo)},
-                                      "stream": {"model": "passthrough", "engine_device": "cpu", "block_size": 256,
-                                                 "threads": 1, "budget_grow": False}}, env=env).start()
+    daemon = _stream_daemon(SERVER, tiny_repo)
     try:
         with Client(daemon.zmq_requests, timeout_seconds=60) as client:
             with pytest.raises(RemoteError) as nothing:
