@@ -205,13 +205,35 @@ def device_rate(device: str | int | None) -> tuple[int, str]:
     return rate, why
 
 
-def _rate_hint(device: str | int | None, tried: int) -> str:
-    """Why a device refused `tried`, when it runs at another rate; else nothing."""
+def device_refused(device: str | int | None, channels: str, tried: int, err: Exception) -> Unavailable:
+    """The error for a device that would not open with `channels` ("2 in / 8 out") at `tried` Hz,
+    naming the rate it runs at when that is another."""
     try:
         rate, _ = device_rate(device)
     except Unavailable:
-        return ""
-    return "" if rate == tried else f"; the device runs at {rate} Hz (stream.sample_rate auto follows it)"
+        rate = tried
+    hint = "" if rate == tried else f"; the device runs at {rate} Hz (stream.sample_rate auto follows it)"
+    return Unavailable(f"cannot open audio device {device!r} with {channels} at {tried} Hz: {err}{hint}. "
+                       "`flowstate devices` lists devices")
+
+
+def check_device_rate(device: str | int | None, channels: int, rate: int) -> None:
+    """Raise `device_refused`'s error now if the device's input will not take `rate` (an explicit
+    stream.sample_rate other than the device's own), so a stream.start does not load a model for a
+    rate the device then refuses. JACK refuses any rate but its server's, and WASAPI in shared mode
+    any but its mix format (PortAudio's IsFormatSupported says so, as the open would); Core Audio
+    converts, and takes it. Nothing to check where PortAudio finds no such device: the open says."""
+    sounddevice = import_sounddevice()
+    try:
+        own, _ = device_rate(device)
+    except Unavailable:
+        return
+    if own == rate:
+        return
+    try:
+        sounddevice.check_input_settings(device=device, channels=channels, dtype="float32", samplerate=rate)
+    except (sounddevice.PortAudioError, ValueError) as err:
+        raise device_refused(device, f"{channels} in", rate, err) from None
 
 
 def release_audio_host() -> None:
@@ -486,11 +508,8 @@ class LiveStream:
             self._wake.set()
             self._worker.join(timeout=2)
             self._restore_interpreter()
-            raise Unavailable(
-                f"cannot open audio device {device!r} with {self.settings.channels} in / "
-                f"{self.layout.num_outputs} out at {self.sample_rate} Hz: {err}{_rate_hint(device, self.sample_rate)}. "
-                "`flowstate devices` lists devices"
-            ) from None
+            raise device_refused(device, f"{self.settings.channels} in / {self.layout.num_outputs} out",
+                                 self.sample_rate, err) from None
         info = sounddevice.query_devices(self._stream.device[0])
         self.device_name = str(info["name"])
         latency = self._stream.latency

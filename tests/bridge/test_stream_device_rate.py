@@ -21,6 +21,8 @@ from tests.conftest import running_jack
 # these servers take back the same entry of JACK's registry.
 SERVER = f"flowstate-test-{os.getpid()}"
 ROOT = Path(__file__).resolve().parents[2]
+# What the daemon logs once a streaming engine has loaded its model (engines/separation/streaming.py).
+LOADED = "separation.stream: passthrough on cpu"
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +42,15 @@ def test_auto_runs_at_the_rate_the_device_runs_at_and_an_explicit_rate_is_kept(t
                 assert status["block_lead_frames"] == 0  # through the resamplers
                 client.call("stream.stop")
                 # An explicit rate is the one the stream runs at: the device refuses it, and the
-                # error says which rate the device runs at.
+                # error says which rate the device runs at, before a model loads for that rate.
+                loads = daemon.log().count(LOADED)
+                assert loads == 1, daemon.log()
                 with pytest.raises(RemoteError) as refused:
                     client.call("stream.start", {"overrides": {"sample_rate": 44100}})
                 message = refused.value.message
                 assert refused.value.code == "unavailable" and "at 44100 Hz" in message, message
                 assert "the device runs at 48000 Hz" in message, message
+                assert daemon.log().count(LOADED) == loads, daemon.log()
         finally:
             assert daemon.stop() == 0, daemon.log()
 
