@@ -100,8 +100,8 @@ from bridge.testing import (
     describe_htdemucs,
     released_htdemucs,
     released_htdemucs_repo,
-    sync_device,
 )
+from engines.base import synchronize
 from engines.resample import StreamingResampler
 from engines.separation.streaming import CPU_DEFAULTS, CUDA_DEFAULTS, StreamingSeparator, stream_defaults
 
@@ -151,7 +151,7 @@ def run_setting(repo: Path, device: str, precision: str, threads: int | None, au
         started = time.perf_counter()
         with torch.inference_mode(), engine._autocast():
             model(window)
-        sync_device(engine.device)
+        synchronize(engine.device)
         return time.perf_counter() - started
 
     # Warm-up: allocator, oneDNN primitives, cuDNN plans.
@@ -261,7 +261,7 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
         started = time.perf_counter()
         with torch.inference_mode(), engines[0]._autocast():
             model(batch)
-        sync_device(engines[0].device)
+        synchronize(engines[0].device)
         return time.perf_counter() - started
 
     timed(stacked)
@@ -393,7 +393,7 @@ def apply_model_baseline(repo: Path, device: str, audio: np.ndarray) -> dict[str
     started = time.perf_counter()
     with torch.inference_mode():
         apply_model(bag, mix, shifts=0, split=True, overlap=0.25, device=target)
-    sync_device(target)
+    synchronize(target)
     elapsed = time.perf_counter() - started
     seconds = mix.shape[-1] / bag.samplerate
     return {"audio_s": round(seconds, 2), "wall_s": round(elapsed, 3), "x_realtime": round(seconds / elapsed, 2)}

@@ -48,7 +48,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
 from bridge.config_sections import StreamConfig
-from bridge.testing import bare_forward_ms, released_htdemucs, sync_device
+from bridge.testing import bare_forward_ms, released_htdemucs
+from engines.base import synchronize
 from engines.inference import OpenVinoModel
 from engines.separation.streaming import (
     SPLEETER_CPU_DEFAULTS,
@@ -114,14 +115,14 @@ def run_setting(setting: tuple[float | None, float, float], audio: np.ndarray, t
                 window = windows[len(bare_times)].to(engine.device)
                 started = time.perf_counter()
                 run(window)
-                sync_device(engine.device)
+                synchronize(engine.device)
                 bare_times.append(time.perf_counter() - started)
         (magnitude,) = model.network_inputs(engine._window_dev)  # padded as the model pads them
         network = run.network if isinstance(run, OpenVinoModel) else model.network()
 
         def unet_forward() -> None:
             network(magnitude)
-            sync_device(engine.device)
+            synchronize(engine.device)
 
         unet = median_ms(unet_forward, 5)
     stats = engine.stats()

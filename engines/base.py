@@ -43,6 +43,33 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+# PyTorch's MPS convolutions refuse an output with any dimension over 2^16 before macOS 15.1
+# ("Output channels > 65536 not supported at the MPS device", aten/src/ATen/native/mps/operations/
+# Convolution.mm, for convolutions and, on their input, transposed ones; a 1-D convolution runs as a
+# 2-D one there, so its length counts too). Earlier PyTorch ran them and gave wrong output.
+MPS_CONV_LIMIT = 1 << 16
+
+
+def conv_size_limit(device: torch.device) -> int | None:
+    """The largest size a dimension of a convolution's output may have on `device`; None where any goes."""
+    if device.type != "mps":
+        return None
+    import torch
+
+    return None if torch.backends.mps.is_macos_or_newer(15, 1) else MPS_CONV_LIMIT
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on `device` is done (CUDA and MPS run asynchronously; the CPU does
+    not), so that a timer round it measures the work and not only its queueing."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False,
                 unit: str = "s") -> None:
     """A numeric setting within [low, high] (or (low, high] with `low_open`); None passes (the default)."""

@@ -40,7 +40,6 @@ from bridge.testing.separation_models import (  # noqa: F401 (re-exported)
     released_htdemucs,
     released_htdemucs_repo,
     save_demucs_repo,
-    sync_device,
     tiny_htdemucs_repo,
     tiny_openunmix_dir,
 )

@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from engines.base import synchronize
 from engines.openunmix import N_FFT, SAMPLE_RATE, STEMS, STFT_HOP, _build_target
 
 
@@ -191,15 +192,6 @@ def describe_htdemucs(model: Any) -> str:
 REFERENCE_WINDOW_SECONDS = 45056 / 44100
 
 
-def sync_device(device: Any) -> None:
-    """Return once `device` (a `torch.device`) has run what was queued on it: CUDA runs
-    asynchronously, so a timing stops here; on a CPU there is nothing to wait for."""
-    if getattr(device, "type", None) == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
 def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECONDS, count: int = 10,
                     warmup: int = 2, seed: int = 0) -> list[float]:
     """p50, in ms, of a bare `model(window)` forward of a stereo `window_seconds` window, one per model.
@@ -231,7 +223,7 @@ def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECON
                 for index, (model, window) in enumerate(zip(models, windows, strict=True)):
                     started = time.perf_counter()
                     model(window)
-                    sync_device(window.device)
+                    synchronize(window.device)
                     if round_index >= warmup:
                         times[index].append(1000.0 * (time.perf_counter() - started))
     finally:

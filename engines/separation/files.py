@@ -5,16 +5,19 @@ Nothing heavy happens at import: torch and demucs are imported when a model is l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.base import Engine, check_range
+from engines.base import Engine, check_range, conv_size_limit
 from engines.openunmix import is_openunmix
-from engines.separation.models import load_model
+from engines.separation.models import htdemucs_longest_frames, load_model
 from engines.spleeter import is_spleeter
+
+log = logging.getLogger(__name__)
 
 
 class FileSeparator(Engine):
@@ -89,6 +92,21 @@ class FileSeparator(Engine):
         self.load()
         return self._process(*args, **kwargs)
 
+    def segment(self) -> float:
+        """Seconds per segment: `segment_seconds`, else the models' own (HTDemucs: the 7.8 s it was
+        trained on). On Apple silicon before macOS 15.1 an HTDemucs segment is at most what MPS's
+        convolutions take in one forward (`htdemucs_longest_frames`: 5.9 s at 44.1 kHz); a longer
+        one fails there ("Output channels > 65536 not supported at the MPS device")."""
+        self.load()
+        bag = self._bag
+        segment = self.segment_seconds or float(min(m.segment for m in bag.models))
+        longest = htdemucs_longest_frames(bag.models, conv_size_limit(self.device))
+        if longest is not None and segment * bag.samplerate > longest:
+            log.info("%s: %.2f s segments on %s (macOS before 15.1 takes no longer one in a forward), not %.2f s",
+                     self.name, longest / bag.samplerate, self.device, segment)
+            segment = longest / bag.samplerate
+        return segment
+
     def _process(self, audio: np.ndarray, on_segment: Callable[[float], None]) -> np.ndarray:
         import torch
         from demucs.apply import apply_model
@@ -101,7 +119,7 @@ class FileSeparator(Engine):
         raw = is_spleeter(self.model_name) or is_openunmix(self.model_name)
         mean, std = (0.0, 1.0) if raw else (reference.mean(), reference.std() + 1e-8)
         mix = (mix - mean) / std
-        segment = self.segment_seconds or float(min(m.segment for m in bag.models))
+        segment = self.segment()
         length = mix.shape[-1]
         if self.shifts:
             length += int(0.5 * bag.samplerate)  # apply_model pads by up to half a second per shift

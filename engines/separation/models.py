@@ -6,8 +6,9 @@ Nothing heavy happens at import: torch and demucs are imported when a model is l
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from engines.openunmix import is_openunmix, load_openunmix
@@ -18,6 +19,20 @@ if TYPE_CHECKING:
 
 MODEL_EXAMPLES = "'htdemucs' or 'spleeter:2stems'"
 HTDEMUCS_RATE = 44100  # the rate of every released HTDemucs; checked against the loaded model too
+
+
+def htdemucs_longest_frames(models: Iterable[Any], conv_limit: int | None) -> int | None:
+    """The longest input (frames) that every HTDemucs of `models` takes in one forward when no
+    convolution output may have a dimension over `conv_limit` (`engines.base.conv_size_limit`);
+    None when there is no limit, or no HTDemucs. Its largest such dimension is the length after the
+    first time-domain layer (the input's length over the model's stride), where its last transposed
+    layer starts again; every other is shorter, or a channel or frequency count of at most 2048."""
+    from demucs.htdemucs import HTDemucs
+
+    strides = [model.stride for model in models if isinstance(model, HTDemucs)]
+    if conv_limit is None or not strides:
+        return None
+    return conv_limit * min(strides)
 
 
 def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None,

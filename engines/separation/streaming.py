@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from bridge.errors import BadRequest
-from engines.base import Engine, check_range
+from engines.base import Engine, check_range, conv_size_limit, synchronize
 from engines.device_thread import DeviceThread, device_thread
 from engines.inference import ConversionCache, check_backend, choose_backend, openvino_builds
 from engines.openunmix import is_openunmix
 from engines.resample import MAX_RATIO_TERMS, PIECE_FRAMES, StreamingResampler, stream_rate_problem
 from engines.ringbuffer import FrameFifo
-from engines.separation.models import HTDEMUCS_RATE, MODEL_EXAMPLES, load_model
+from engines.separation.models import HTDEMUCS_RATE, MODEL_EXAMPLES, htdemucs_longest_frames, load_model
 from engines.spleeter import is_spleeter
 
 if TYPE_CHECKING:
@@ -208,7 +208,8 @@ class StreamingSeparator(Engine):
         )
         self._crossfade_ms = float(crossfade_ms)
         # The hop was left to the default: measure at load whether this machine keeps real time.
-        self._auto_hop = hop_seconds is None and self.device.type == "cpu"
+        # CUDA's windows cost a few ms (README, "On a GPU"); a CPU's and Apple silicon's (MPS) are measured.
+        self._auto_hop = hop_seconds is None and self.device.type != "cuda"
         self._auto_hop_load = float(auto_hop_load)
         self.hop_choice = "set in config" if hop_seconds is not None else f"the {self.device.type} default"
         # Measured by the hop ladder when it runs (CPU, hop left to the default); None otherwise.
@@ -495,8 +496,7 @@ class StreamingSeparator(Engine):
                     started = time.perf_counter()
                     for run in self._runners:
                         run(batch)
-                    if self._cuda:
-                        torch.cuda.synchronize(self.device)
+                    synchronize(self.device)  # CUDA and MPS queue the work: time it done
                     times.append(1000.0 * (time.perf_counter() - started) + extra_ms)
 
         self._on_device(time_them)
@@ -516,6 +516,13 @@ class StreamingSeparator(Engine):
             raise BadRequest(f"crossfade_ms: expected at most {limit:.1f} ms (the hop and the lookahead, "
                              f"{1000 * hop / rate:.1f} and {1000 * lookahead / rate:.1f} ms), "
                              f"got {self._crossfade_ms!r}")
+        longest = htdemucs_longest_frames(bag.models, conv_size_limit(self.device))
+        if longest is not None and context + hop + lookahead > longest:
+            raise BadRequest(f"a window of {(context + hop + lookahead) / rate:.2f} s (context, hop and lookahead) is "
+                             f"longer than HTDemucs takes on {self.device} before macOS 15.1 "
+                             f"({longest / rate:.2f} s: MPS's convolutions refuse longer ones); shorten "
+                             "context_seconds, hop_seconds or lookahead_seconds, update macOS, or set "
+                             "stream.engine_device: cpu")
         if int(bag.audio_channels) != 2:
             raise BadRequest(f"model {self.model_name!r}: expected a stereo model, "
                              f"it has {bag.audio_channels} channels")
@@ -938,8 +945,7 @@ class StreamingSeparator(Engine):
                 for size in sizes:
                     for model in self._models:
                         model(self._window_dev.repeat(size, 1, 1))
-            if self._cuda:
-                torch.cuda.synchronize(self.device)
+            synchronize(self.device)
 
         self._on_device(warm_up)
 
