@@ -427,7 +427,7 @@ class StreamingSeparator(Engine):
         top rung is over the limit, the stream runs there and says it is not real time
         (`real_time_at_load`, `hop_choice`, a warning)."""
         requested = self._requested[1]
-        ladder = [h for h in HOP_LADDER if h > requested + 1e-9]
+        ladder = [h for h in HOP_LADDER if h > requested + 1e-9 and self._rung_fits(h)]
         limit, kind = self._auto_hop_load, self.device.type
         measured: list[str] = []
         while True:
@@ -685,13 +685,20 @@ class StreamingSeparator(Engine):
         OpenVINO's.)"""
         self.load()
         rate = self._model_rate
-        rungs = [h for h in HOP_LADDER if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9]
+        rungs = [h for h in HOP_LADDER
+                 if self._frames(h, rate, 1) > self._hop and h <= most_seconds + 1e-9 and self._rung_fits(h)]
         for rung in rungs:
             hop = self._frames(rung, rate, 1)
             estimate = compute_ms * self._window_for(hop) / self._window
             if estimate <= self._auto_hop_load * 1000.0 * hop / rate:
                 return rung
         return rungs[-1] if rungs else None
+
+    def _rung_fits(self, hop_seconds: float) -> bool:
+        """Whether the window at this hop is one the device takes (Apple silicon before macOS 15.1:
+        `htdemucs_longest_frames`); the ladder stops below a rung that is not."""
+        longest = htdemucs_longest_frames(self._models, conv_size_limit(self.device))
+        return longest is None or self._window_for(self._frames(hop_seconds, self._model_rate, 1)) <= longest
 
     def _window_for(self, hop: int) -> int:
         """The window (model frames) at this hop, the lookahead as it is."""
