@@ -94,7 +94,9 @@ def _torch() -> Iterator[Check]:
         devices.append(f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)}")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
-        devices.append("MPS")
+        # engines.base.conv_size_limit: MPS's convolutions before macOS 15.1.
+        devices.append("MPS" if mps.is_macos_or_newer(15, 1) else
+                       "MPS (before macOS 15.1: HTDemucs runs segments of at most 5.9 s there, live windows too)")
     if devices:
         yield Check("torch", OK, f"{torch.__version__}; " + ", ".join(devices))
     else:
