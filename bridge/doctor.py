@@ -5,6 +5,7 @@ Every check is independent and catches only the failures it can explain; none pr
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import shutil
@@ -57,6 +58,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
     checks: list[Callable[[], Iterator[Check]]] = [
         lambda: _python(config_source),
         _torch,
+        _openvino,
         _portaudio,
         _jack,
         _midi,
@@ -106,6 +108,19 @@ def _torch() -> Iterator[Check]:
             f"{torch.__version__}; CPU only ({torch.get_num_threads()} threads), no CUDA or MPS: "
             "live stems use CPU window sizes",
         )
+
+
+def _openvino() -> Iterator[Check]:
+    try:
+        openvino = importlib.import_module("openvino")
+    except ImportError as err:
+        yield Check("openvino", WARN, f"not importable ({err}): live stems on a CPU run in torch, about half as "
+                    "fast (a longer hop, more latency); it is one of the daemon's dependencies: run the install "
+                    "script again")
+        return
+    version = str(openvino.__version__).split("-")[0]  # 2026.4.1-22982-<commit>-releases/...
+    yield Check("openvino", OK, f"{version}: runs live stems' windows on a CPU where it measures faster "
+                "(stream.backend auto)")
 
 
 def os_name(platform: str = sys.platform) -> str:

@@ -343,7 +343,8 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
         try:
             importlib.import_module("openvino")
         except ImportError as err:
-            problem = f"openvino is not installed ({err}); install the project's [openvino] extra"
+            problem = (f"openvino is not installed ({err}); it is one of the daemon's dependencies: run "
+                       "scripts/install.sh (Windows: scripts\\install.ps1) again")
     runners: list[Callable[[Any], Any]] = []
     if problem is None:
         runners, problem = openvino_builds(models, window, threads, cache)

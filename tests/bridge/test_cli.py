@@ -85,7 +85,8 @@ def test_doctor_reports_each_area_and_never_a_token_value(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    for area in ("python", "torch", "portaudio", "jack", "midi", "weights", "openunmix", "cloud tokens", "ports"):
+    for area in ("python", "torch", "openvino", "portaudio", "jack", "midi", "weights", "openunmix", "cloud tokens",
+                 "ports"):
         assert f" {area} " in out, f"doctor does not report {area}:\n{out}"
     # No Open-Unmix weights on disk here (and no download from doctor): it says where to put them.
     assert "model 'openunmix:umxl': no Open-Unmix weights found" in out and "models.openunmix_dir" in out
