@@ -5,7 +5,6 @@ Every check is independent and catches only the failures it can explain; none pr
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import shutil
@@ -21,6 +20,7 @@ from bridge.config import Config
 from bridge.errors import NotFound
 from bridge.stream import import_sounddevice
 from engines import audio_tags, clap, embeddings, generation, openunmix, spleeter, stable_audio
+from engines.inference import import_openvino
 from engines.speech import VoiceLibrary
 from engines.transcription import offline_source
 
@@ -112,7 +112,7 @@ def _torch() -> Iterator[Check]:
 
 def _openvino() -> Iterator[Check]:
     try:
-        openvino = importlib.import_module("openvino")
+        openvino = import_openvino()
     except ImportError as err:
         yield Check("openvino", WARN, f"not importable ({err}): live stems on a CPU run in torch, about half as "
                     "fast (a longer hop, more latency); it is one of the daemon's dependencies: run the install "

@@ -30,6 +30,7 @@ import importlib
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -172,10 +173,24 @@ def converted_network(model: Any, window: Any, cache: ConversionCache | None = N
         return converted
 
 
+def import_openvino() -> Any:
+    """`openvino`, with its converter's usage telemetry left out of this process. OpenVINO's model
+    converter (`openvino.tools.ovc`, imported with `openvino`; `convert_model` is it) starts
+    `openvino_telemetry` with `enable_opt_in_dialog=False`, whose own documentation says telemetry
+    "is sent without opt-in dialog, unless user explicitly turned it off with opt_in_out script":
+    a daemon on a producer's machine would send usage events to Google Analytics. Where the package
+    cannot be imported the converter takes its own stub (`telemetry_stub`, its `except ImportError`),
+    so `openvino_telemetry` is made unimportable here before OpenVINO is first imported. Every
+    import of OpenVINO in the daemon goes through this."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    return importlib.import_module("openvino")
+
+
 def _convert(model: Any, window: Any, cache: ConversionCache | None) -> Any:
     import torch
 
-    ov = importlib.import_module("openvino")
+    ov = import_openvino()
     network, inputs, _ = network_split(model)
     example = inputs(window)
     # The axes that follow the window's length: those that differ at twice the length.
@@ -291,7 +306,7 @@ class OpenVinoModel:
     inverse (`network_split`) compiled by OpenVINO for the CPU."""
 
     def __init__(self, model: Any, window: Any, threads: int, cache: ConversionCache | None = None) -> None:
-        ov = importlib.import_module("openvino")
+        ov = import_openvino()
         self.shape = tuple(window.shape)
         _, inputs, self._forward = network_split(model)
         build = converted_network(model, window, cache).clone()
@@ -341,7 +356,7 @@ def choose_backend(backend: str, models: Sequence[Any], window: Any, *, device_t
                    "(stream.batch_streams)")
     if problem is None:
         try:
-            importlib.import_module("openvino")
+            import_openvino()
         except ImportError as err:
             problem = (f"openvino is not installed ({err}); it is one of the daemon's dependencies: run "
                        "scripts/install.sh (Windows: scripts\\install.ps1) again")

@@ -22,10 +22,11 @@ import torch
 
 from bridge.errors import BadRequest, Unavailable
 from bridge.testing import tiny_htdemucs_repo
-from engines.inference import BACKENDS, htdemucs_core, split_forward
+from engines.inference import BACKENDS, htdemucs_core, import_openvino, split_forward
 from engines.separation.streaming import StreamingSeparator
 
 # A short window (0.1 + 0.1 + 0.1 s): conversion and streaming stay cheap on a shared 2-core CPU.
+ROOT = Path(__file__).resolve().parents[2]
 SETTING = {"context_seconds": 0.1, "hop_seconds": 0.1, "lookahead_seconds": 0.1}
 
 
@@ -101,7 +102,7 @@ def test_the_hop_ladder_times_the_openvino_build_of_each_window_it_tries(repo: P
     # (a window 1.55-1.71x faster than torch here) that is a shorter hop than torch's timings
     # would take. A load limit no window meets sends it from the first rung to the last. One
     # conversion (the slow part) serves both rungs' builds.
-    import openvino
+    openvino = import_openvino()
 
     import engines.inference
     from engines.separation.streaming import HOP_LADDER
@@ -198,7 +199,7 @@ def test_a_climb_prepared_ahead_runs_on_openvino_from_its_first_window(repo: Pat
 @pytest.mark.timeout(900)
 def test_a_second_start_reads_the_kept_conversion_and_converts_nothing(
         repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import openvino
+    openvino = import_openvino()
 
     import engines.inference
     from engines.inference import ConversionCache
@@ -267,7 +268,7 @@ def test_openvino_asked_for_but_missing_refuses_to_load_and_says_why(repo: Path,
 
 
 def test_auto_runs_torch_when_conversion_fails(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import openvino
+    openvino = import_openvino()
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError("op aten::stft is not supported")
@@ -322,3 +323,38 @@ def test_a_bad_backend_name_is_a_bad_request_naming_the_value_and_the_choices(ba
         StreamingSeparator("tiny", device="cpu", backend=bad)  # type: ignore[arg-type]
     assert repr(bad) in str(caught.value)
     assert all(name in str(caught.value) for name in BACKENDS)
+
+
+# What a daemon's first `import openvino` leaves behind, in a fresh user's home: which telemetry
+# module OpenVINO's converter took, whether it would send, and the files it wrote.
+_OPENVINO_IN_A_DAEMON = """
+import json, pathlib, sys
+from engines.inference import import_openvino
+ov = import_openvino()
+from openvino.tools.ovc import telemetry_utils
+telemetry = telemetry_utils.tm
+home = pathlib.Path(sys.argv[1])
+print(json.dumps({"module": telemetry.__name__, "consent": bool(getattr(telemetry.Telemetry(), "consent", False)),
+                  "written": sorted(str(p.relative_to(home)) for p in home.rglob("*")), "version": ov.__version__}))
+"""
+
+
+def test_the_daemon_sends_no_openvino_usage_telemetry(tmp_path: Path) -> None:
+    # OpenVINO's converter, which `import openvino` imports, starts openvino_telemetry so that it
+    # sends usage events (to Google Analytics) unless the user opted out with OpenVINO's own
+    # script: on a fresh home it wrote a client id under ~/intel and sent an event at every import.
+    # Through the daemon's import_openvino it takes the converter's stub: nothing written, nothing sent.
+    import json
+    import os
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env.update(HOME=str(home), USERPROFILE=str(home), LOCALAPPDATA=str(home), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _OPENVINO_IN_A_DAEMON, str(home)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["module"] == "openvino.tools.ovc.telemetry_stub", seen
+    assert seen["consent"] is False and seen["written"] == [], seen
