@@ -70,6 +70,18 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def release_cached_memory(device: torch.device) -> None:
+    """Hand back what PyTorch's allocator keeps cached on `device` once an engine has let go of its
+    tensors (CUDA; MPS, whose memory on Apple silicon is the whole machine's, the DAW's too); blocks
+    still in use stay. Nothing on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
 def check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False,
                 unit: str = "s") -> None:
     """A numeric setting within [low, high] (or (low, high] with `low_open`); None passes (the default)."""
@@ -122,6 +134,7 @@ class Engine:
             if self._loaded:
                 self._close()
                 self._loaded = False
+                release_cached_memory(self.device)
 
     def _load(self) -> None:
         raise NotImplementedError

@@ -820,11 +820,7 @@ class StreamingSeparator(Engine):
             self._batcher.leave(self._member)
             self._batcher = None
         self._models, self._runners, self._backend_window = [], [], 0
-        self._weights = None
-        if self._cuda:
-            import torch
-
-            torch.cuda.empty_cache()
+        self._weights = None  # the device's cached memory goes back in Engine.close
 
     def process_ahead(self, block: np.ndarray) -> np.ndarray:
         """Like `process`, but returns every output frame that exists once `block` is in, float32

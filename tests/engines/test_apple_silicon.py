@@ -111,3 +111,17 @@ def test_a_stream_on_mps_matches_the_cpu_and_times_its_windows_done(tmp_path: Pa
     synchronize(device)
     streamed, expected = results
     assert np.linalg.norm(streamed - expected) / np.linalg.norm(expected) < 5e-3
+
+
+@pytest.mark.mps
+def test_closing_an_mps_engine_hands_its_cached_memory_back(tmp_path: Path) -> None:
+    # On Apple silicon the GPU's memory is the machine's: what PyTorch keeps cached, the DAW lacks.
+    device = _mps()
+    repo = tiny_htdemucs_repo(tmp_path / "repo", depth=3)
+    engine = StreamingSeparator("tiny", repo=repo, device=str(device), context_seconds=0.1, hop_seconds=0.1,
+                                lookahead_seconds=0.1, sample_rate=RATE)
+    engine.reset()
+    engine.process(np.zeros((2, RATE), np.float32))
+    held = torch.mps.driver_allocated_memory()
+    engine.close()
+    assert torch.mps.driver_allocated_memory() < held

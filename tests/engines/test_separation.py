@@ -570,3 +570,15 @@ def test_a_cuda_stream_runs_every_forward_on_the_devices_thread(repo: Path) -> N
         hook.remove()
     thread = device_thread(engine.device)
     assert thread is not None and idents == {thread.ident}
+
+
+@pytest.mark.gpu
+def test_closing_a_cuda_engine_hands_its_cached_memory_back(repo: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    engine = StreamingSeparator("tiny", repo=repo, device="cuda", **SHORT)
+    stream(engine, noise(3 * 4096), 256)
+    held = torch.cuda.memory_reserved()
+    assert held > 0
+    engine.close()
+    assert torch.cuda.memory_reserved() < held  # the allocator's cache went back (engines/base.py)
