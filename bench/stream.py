@@ -34,7 +34,7 @@ Figures per setting:
   the released architecture costs, `released/default`; never a product figure). `--no-default-model`
   skips the latter.
 
-    .venv/bin/python bench/stream.py [--device cpu|cuda|auto] [--seconds S] [--threads N] [--no-default-model]
+    .venv/bin/python bench/stream.py [--device cpu|cuda|mps|auto] [--seconds S] [--threads N] [--no-default-model]
         [--backend auto|torch|openvino]
     .venv/bin/python bench/stream.py --streams 1,4,8 [--unbatched] [--device cuda] [--setting C,H,L] [--tiny]
     .venv/bin/python bench/stream.py --backends [--rounds N] [--threads N] [--hops 0.25,0.5,1,2,4] [--busy N]
@@ -98,6 +98,7 @@ from bridge.testing import (
     bare_forward_ms,
     default_argument_htdemucs,
     describe_htdemucs,
+    device_label,
     released_htdemucs,
     released_htdemucs_repo,
 )
@@ -337,8 +338,7 @@ def streams_main(args: argparse.Namespace) -> int:
                 rows.append(run_streams(repo, name, args.device, args.precision, args.threads, n, setting,
                                         args.seconds, batched=False))
     load_after = os.getloadavg()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" \
-        else f"cpu, {torch.get_num_threads()} threads"
+    device_name = device_label(device)
     label = "" if device.type == "cuda" else " [CPU: batching is for GPUs; stream.batch_streams auto is off here]"
     model = "the 27 k-parameter test model (checks the bench; not a product figure)" if args.tiny \
         else "the released htdemucs architecture (random weights)"
@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                 for s in settings]
         baseline = apply_model_baseline(repo, args.device, audio)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    name = device_label(device)
     load_after = os.getloadavg()
     print(f"StreamingSeparator, {reference['released_model']} (random weights), {name}, {args.precision}, "
           f"{SAMPLE_RATE} Hz in {BLOCK}-frame blocks, {args.seconds:g} s x {ROUNDS} rounds per setting")

@@ -23,11 +23,11 @@ Figures per setting:
   machine, so figures from machines of different speed can be compared; and the load average.
 
     .venv/bin/python bench/stream_spleeter.py [--seconds S] [--threads N] [--spleeter-dir DIR]
-        [--backends torch,auto] [--setting CONTEXT,HOP,LOOKAHEAD ...] [--device cpu|cuda]
+        [--backends torch,auto] [--setting CONTEXT,HOP,LOOKAHEAD ...] [--device cpu|cuda|mps]
 
-`--device cuda` runs the engine, its bare forwards and the reference window on the GPU (each timed
-to the GPU's completion; the windows the bare forward takes are copied there first, as the bench
-of HTDemucs does), with `--backends torch` (OpenVINO is for CPUs).
+`--device cuda` (or `mps`, Apple silicon) runs the engine, its bare forwards and the reference
+window on the GPU (each timed to the GPU's completion; the windows the bare forward takes are copied
+there first, as the bench of HTDemucs does), with `--backends torch` (OpenVINO is for CPUs).
 
 Per setting it also prints the round trip of each backend next to torch's, as a ratio.
 The last line of output is one JSON object with every figure.
@@ -48,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bridge`, `engines` when run as a script
 
 from bridge.config_sections import StreamConfig
-from bridge.testing import bare_forward_ms, released_htdemucs
+from bridge.testing import bare_forward_ms, device_label, released_htdemucs
 from engines.base import synchronize
 from engines.inference import OpenVinoModel
 from engines.separation.streaming import (
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="audio streamed per setting")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--spleeter-dir", type=Path, default=None, help="weights folder (default: the package)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="where the engine runs (cuda: with --backends torch)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
+                        help="where the engine runs (cuda, mps: with --backends torch)")
     parser.add_argument("--no-reference", action="store_true", help="skip the released-htdemucs reference window")
     parser.add_argument("--backends", default="torch,auto",
                         help="inference backends for each setting, the first the baseline (torch, auto, openvino)")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     audio = (0.3 * np.random.default_rng(0).standard_normal((2, int(args.seconds * SAMPLE_RATE)))).astype(np.float32)
     report: dict[str, Any] = {"model": NAME, "device": str(device), "threads": torch.get_num_threads(),
-                              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "device_name": device_label(device),
                               "seconds": args.seconds,
                               "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     if not args.no_reference:

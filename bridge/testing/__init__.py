@@ -35,6 +35,7 @@ from bridge.testing.separation_models import (  # noqa: F401 (re-exported)
     bare_forward_ms,
     default_argument_htdemucs,
     describe_htdemucs,
+    device_label,
     parameter_count,
     passthrough_htdemucs_repo,
     released_htdemucs,

@@ -192,6 +192,17 @@ def describe_htdemucs(model: Any) -> str:
 REFERENCE_WINDOW_SECONDS = 45056 / 44100
 
 
+def device_label(device: Any) -> str:
+    """What a bench prints for the device it ran on: the GPU's name, Apple silicon's GPU, or the CPU's threads."""
+    import torch
+
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    if device.type == "mps":
+        return "Apple silicon GPU (mps)"
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
 def bare_forward_ms(*models: Any, window_seconds: float = REFERENCE_WINDOW_SECONDS, count: int = 10,
                     warmup: int = 2, seed: int = 0) -> list[float]:
     """p50, in ms, of a bare `model(window)` forward of a stereo `window_seconds` window, one per model.
