@@ -205,13 +205,15 @@ def device_rate(device: str | int | None) -> tuple[int, str]:
     return rate, why
 
 
-def device_refused(device: str | int | None, channels: str, tried: int, err: Exception) -> Unavailable:
+def device_refused(device: str | int | None, channels: str, tried: int, err: Exception,
+                   rate: int | None = None) -> Unavailable:
     """The error for a device that would not open with `channels` ("2 in / 8 out") at `tried` Hz,
-    naming the rate it runs at when that is another."""
-    try:
-        rate, _ = device_rate(device)
-    except Unavailable:
-        rate = tried
+    naming the `rate` it runs at (read here when not given) when that is another."""
+    if rate is None:
+        try:
+            rate, _ = device_rate(device)
+        except Unavailable:
+            rate = tried
     hint = "" if rate == tried else f"; the device runs at {rate} Hz (stream.sample_rate auto follows it)"
     return Unavailable(f"cannot open audio device {device!r} with {channels} at {tried} Hz: {err}{hint}. "
                        "`flowstate devices` lists devices")
@@ -233,7 +235,7 @@ def check_device_rate(device: str | int | None, channels: int, rate: int) -> Non
     try:
         sounddevice.check_input_settings(device=device, channels=channels, dtype="float32", samplerate=rate)
     except (sounddevice.PortAudioError, ValueError) as err:
-        raise device_refused(device, f"{channels} in", rate, err) from None
+        raise device_refused(device, f"{channels} in", rate, err, rate=own) from None
 
 
 def release_audio_host() -> None:
