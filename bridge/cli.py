@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
-from bridge.client import Client, request_endpoint
+from bridge.client import ANSWER_SECONDS, Client, request_endpoint
 from bridge.commands import iter_commands, job_handlers, lookup
 from bridge.config import Config, ConfigError, default_config_path, load_config, platform_folders
 from bridge.daemon import exit_now, run, tune_allocator
@@ -37,6 +37,10 @@ log = logging.getLogger("flowstate")
 # `flowstate separate FILE...`'s options: stems.separate's own arguments (their help, choices and
 # ranges come from its declaration in bridge/commands.py), less the ones only a wire client sends.
 SEPARATE_OPTIONS = ("model", "stems", "two_stems", "format", "encoding", "out_dir", "shifts")
+# `send` waits this long for a reply while the daemon answers that it is working on it (a first
+# stream.start may download its model's weights), and says "no daemon" when nothing answers in
+# ANSWER_SECONDS (bridge/client.py, `_ReplyWait`).
+SEND_TIMEOUT_SECONDS = 600.0
 
 
 def _add_options(parser: argparse.ArgumentParser, command: str, names: Sequence[str]) -> None:
@@ -78,7 +82,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("cmd", help="command name, e.g. ping or stems.separate")
     send.add_argument("args", nargs="*", help="arguments: positional values or name=value")
-    send.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    send.add_argument(
+        "--timeout", type=float, default=SEND_TIMEOUT_SECONDS,
+        help=f"seconds to wait for the reply while the daemon works on it (stream.start loads a model: "
+             f"seconds); no daemon is said within {ANSWER_SECONDS:g} s",
+    )
 
     cmds = sub.add_parser("commands", parents=[common], help="list the command vocabulary")
     fmt = cmds.add_mutually_exclusive_group()
@@ -368,10 +376,14 @@ def parse_send_args(cmd: str, words: Sequence[str]) -> dict[str, Any]:
 
 
 def _send(config: Config, cmd: str, words: Sequence[str], timeout: float) -> int:
+    def busy(cmd: str) -> None:
+        print(f"flowstate: the daemon is working on {cmd}; waiting for its reply (up to {timeout:g} s)",
+              file=sys.stderr, flush=True)
+
     try:
         named = parse_send_args(cmd, words)
-        with Client(request_endpoint(config), timeout) as client:
-            result = client.call(cmd, named)
+        with Client(request_endpoint(config), min(timeout, ANSWER_SECONDS)) as client:
+            result = client.call(cmd, named, patience_seconds=timeout, on_busy=busy)
     except BridgeError as err:
         print(f"flowstate: {err.code}: {err.message}", file=sys.stderr)
         return 1

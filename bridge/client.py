@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,11 @@ from bridge.errors import BridgeError, Unavailable
 _ids = itertools.count(1)
 _NOT_YET = object()
 FINAL_EVENTS = ("job.done", "job.failed", "job.canceled")
+# How long a daemon that is there takes at most to answer a quick request (a ping): the clients' timeout.
+ANSWER_SECONDS = 5.0
+# A patient call (below) asks the daemon whether it is there after this long without the reply, and
+# as often again while it waits.
+PROBE_AFTER_SECONDS = 1.0
 
 
 def _request(prefix: str, cmd: str, args: dict[str, Any] | None) -> tuple[str, bytes]:
@@ -60,6 +66,59 @@ def no_daemon(endpoint: str, timeout_ms: int) -> Unavailable:
     )
 
 
+class _ReplyWait:
+    """One request's wait for its reply; with patience, a slow reply is waited for while the daemon is there.
+
+    A command can take long: `stream.start` loads a model (seconds; minutes when its weights download
+    first). Without patience, no reply within the timeout is "no daemon". With it, the wait asks the
+    daemon with a ping on the same socket after PROBE_AFTER_SECONDS without the reply, and again as
+    often while it waits: an answered ping means the daemon is working on the command, and the wait
+    goes on up to `patience_seconds` in all; an unanswered one (within the timeout) means no daemon,
+    or one that stopped answering.
+    So a daemon that is not there is still said within seconds, and a busy one is not mistaken for it.
+    """
+
+    def __init__(self, client: Client | AsyncClient, cmd: str, args: dict[str, Any] | None, timeout_ms: int,
+                 patience_seconds: float, on_busy: Callable[[str], None] | None) -> None:
+        self.endpoint, self.prefix, self.backlog = client.endpoint, client._prefix, client._backlog
+        self.cmd, self.timeout_ms, self.patience_seconds, self.on_busy = cmd, timeout_ms, patience_seconds, on_busy
+        self.request_id, self.body = _request(self.prefix, cmd, args)
+        self.started = time.monotonic()
+        self.probe_id: str | None = None
+        self.busy = False  # a ping has shown the daemon there while this command runs
+
+    @property
+    def wait_ms(self) -> int:
+        """How long to wait for the next message before `silence`."""
+        if self.patience_seconds <= 0 or self.probe_id is not None:
+            return self.timeout_ms
+        return min(self.timeout_ms, int(PROBE_AFTER_SECONDS * 1000))
+
+    def silence(self) -> bytes:
+        """Nothing came within `wait_ms`: the ping to send, or raise Unavailable."""
+        if self.patience_seconds <= 0 or (self.probe_id is not None and not self.busy):
+            raise no_daemon(self.endpoint, self.timeout_ms)
+        if self.probe_id is not None:
+            raise Unavailable(f"the daemon at {self.endpoint} stopped answering while it ran {self.cmd} "
+                              f"(a ping unanswered for {self.timeout_ms / 1000:g} s)")
+        waited = time.monotonic() - self.started
+        if self.busy and waited >= self.patience_seconds:
+            raise Unavailable(f"the daemon is running but has not answered {self.cmd} within {waited:.0f} s; it "
+                              "goes on with it (`flowstate send stream.status`, `job.list` or its log tell)")
+        self.probe_id, probe = _request(self.prefix, "ping", None)
+        return probe
+
+    def message(self, message: dict[str, Any]) -> Any:
+        """The result this message carries for the request, RemoteError, or _NOT_YET."""
+        if self.probe_id is not None and message.get("id") == self.probe_id:
+            self.probe_id = None
+            if not self.busy and self.on_busy is not None:
+                self.on_busy(self.cmd)
+            self.busy = True
+            return _NOT_YET
+        return _reply(message, self.request_id, self.backlog)
+
+
 def no_news(pending: set[str], idle_timeout_seconds: float) -> Unavailable:
     return Unavailable(f"no news of jobs {sorted(pending)} for {idle_timeout_seconds:g} s")
 
@@ -83,7 +142,7 @@ class RemoteError(BridgeError):
 class Client:
     """Request/reply over a DEALER socket, so a timed-out request never wedges the socket."""
 
-    def __init__(self, endpoint: str, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, endpoint: str, timeout_seconds: float = ANSWER_SECONDS) -> None:
         self.endpoint = endpoint
         self.timeout_ms = int(timeout_seconds * 1000)
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -93,14 +152,20 @@ class Client:
         self._prefix = f"{os.getpid()}-"
         self._backlog: list[dict[str, Any]] = []
 
-    def call(self, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send one command; return its result or raise RemoteError / Unavailable."""
-        request_id, body = _request(self._prefix, cmd, args)
-        self._socket.send(body)
+    def call(self, cmd: str, args: dict[str, Any] | None = None, *, patience_seconds: float = 0.0,
+             on_busy: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Send one command; return its result or raise RemoteError / Unavailable.
+
+        `patience_seconds` > 0 waits for a slow reply that long in all while the daemon answers pings
+        (`_ReplyWait`); `on_busy(cmd)` is called once, when a ping first shows it working on it.
+        """
+        wait = _ReplyWait(self, cmd, args, self.timeout_ms, patience_seconds, on_busy)
+        self._socket.send(wait.body)
         while True:
-            if not self._socket.poll(self.timeout_ms):
-                raise no_daemon(self.endpoint, self.timeout_ms)
-            result = _reply(json.loads(self._socket.recv()), request_id, self._backlog)
+            if not self._socket.poll(wait.wait_ms):
+                self._socket.send(wait.silence())
+                continue
+            result = wait.message(json.loads(self._socket.recv()))
             if result is not _NOT_YET:
                 return result
 
@@ -141,7 +206,7 @@ class AsyncClient:
     Cancelling a wait leaves the job running in the daemon (`job.cancel` stops it).
     """
 
-    def __init__(self, endpoint: str, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, endpoint: str, timeout_seconds: float = ANSWER_SECONDS) -> None:
         self.endpoint = endpoint
         self.timeout_ms = int(timeout_seconds * 1000)
         self._socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
@@ -155,16 +220,18 @@ class AsyncClient:
             return None
         return json.loads(await self._socket.recv())
 
-    async def call(self, cmd: str, args: dict[str, Any] | None = None, timeout_seconds: float | None = None) -> Any:
-        """Send one command; return its result or raise RemoteError / Unavailable."""
+    async def call(self, cmd: str, args: dict[str, Any] | None = None, timeout_seconds: float | None = None, *,
+                   patience_seconds: float = 0.0, on_busy: Callable[[str], None] | None = None) -> Any:
+        """`Client.call`, awaited; `timeout_seconds` in place of the client's own for this call."""
         timeout_ms = self.timeout_ms if timeout_seconds is None else int(timeout_seconds * 1000)
-        request_id, body = _request(self._prefix, cmd, args)
-        await self._socket.send(body)
+        wait = _ReplyWait(self, cmd, args, timeout_ms, patience_seconds, on_busy)
+        await self._socket.send(wait.body)
         while True:
-            message = await self._receive(timeout_ms)
+            message = await self._receive(wait.wait_ms)
             if message is None:
-                raise no_daemon(self.endpoint, timeout_ms)
-            result = _reply(message, request_id, self._backlog)
+                await self._socket.send(wait.silence())
+                continue
+            result = wait.message(message)
             if result is not _NOT_YET:
                 return result
 

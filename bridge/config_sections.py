@@ -245,8 +245,9 @@ class McpConfig(Section):
     # `flowstate mcp --http`: streamable HTTP on this address (loopback unless you opt in).
     host: Host = "127.0.0.1"
     port: Port = 5563
-    # How long a tool waits for the daemon's reply (stream.start loads a model: seconds).
-    call_timeout_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # How long a tool waits for the daemon's reply while the daemon says it is working on it (it
+    # answers a ping): a first stream.start loads its model. No daemon is said within 5 s.
+    call_timeout_seconds: float = Field(default=120.0, gt=0.0, le=3600.0)
     # A job tool that follows its job gives up after this long without any event of it.
     job_idle_timeout_seconds: float = Field(default=600.0, gt=0.0, le=86400.0)
 

@@ -27,7 +27,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
 from bridge import __version__
-from bridge.client import AsyncClient, request_endpoint
+from bridge.client import ANSWER_SECONDS, AsyncClient, request_endpoint
 from bridge.commands import DEADLINE_ARGS, REQUEST_ID, iter_commands, lookup
 from bridge.config import Config
 from bridge.errors import BridgeError, UnknownCommand
@@ -77,8 +77,6 @@ WAIT = Arg(
     "job.status follows it).",
     default=True,
 )
-
-PING_TIMEOUT_SECONDS = 5.0
 
 # An Arg's bounds by their JSON Schema names.
 _SCHEMA_KEYS = {"min": "minimum", "max": "maximum", "choices": "enum"}
@@ -210,10 +208,9 @@ class Tools:
             args = dict(params.arguments or {})
             wait = starts_job(spec) and WAIT.coerce(args.pop(WAIT.name, None), spec.name)
             # A fresh socket per call: the events of its jobs come back on it and nowhere else.
-            async with AsyncClient(self.endpoint, self.call_timeout_seconds) as client:
-                # A quick ping first: no daemon is said in seconds, not after a long command's timeout.
-                await client.call("ping", timeout_seconds=PING_TIMEOUT_SECONDS)
-                reply = await client.call(spec.name, args)
+            async with AsyncClient(self.endpoint, ANSWER_SECONDS) as client:
+                # No daemon is said in seconds; a busy one (stream.start loading a model) is waited for.
+                reply = await client.call(spec.name, args, patience_seconds=self.call_timeout_seconds)
                 if not wait:
                     return _result(reply)
                 return await self._follow(ctx, client, spec, reply)

@@ -1,0 +1,159 @@
+"""A command that takes longer than a client's timeout: `stream.start` loading its model.
+
+A first `stream.start` on a CPU takes 6-18 s (README, Benchmarks), minutes when the weights
+download. The clients (`flowstate send`, scripts' `Client`, `flowstate mcp`'s `AsyncClient`) wait
+for it as long as the daemon answers a ping, and still say "no daemon" within seconds when nothing
+answers (bridge/client.py, `_ReplyWait`). Here the real daemon streams on a real JACK server and
+loads the pass-through HTDemucs from a local repo whose `passthrough.yaml` is a named pipe: the
+load stays in demucs's `open()` of it until the test writes the file, so the load lasts exactly as
+long as the test wants, on a slow machine or a fast one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.client import AsyncClient, Client
+from bridge.errors import Unavailable
+from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from tests.bridge.test_stream import _stream_daemon
+from tests.conftest import JackServer
+
+# Shorter than any model load: without the patience every call below fails with "no daemon answered".
+TIMEOUT_SECONDS = 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
+
+
+@contextmanager
+def held_load(tiny_repo: Path, folder: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A copy of `tiny_repo` whose model loads only once `release()` has been called."""
+    repo = folder / "models"
+    shutil.copytree(tiny_repo, repo)
+    yaml = repo / "passthrough.yaml"
+    text = yaml.read_bytes()
+    yaml.unlink()
+    os.mkfifo(yaml)
+
+    def write() -> None:
+        with open(yaml, "wb") as pipe:  # blocks until the daemon's load opens the file
+            pipe.write(text)
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        yield repo, writer.start
+    finally:
+        if writer.is_alive():  # the daemon never read it: open the reading end so the writer ends
+            with open(os.open(yaml, os.O_RDONLY | os.O_NONBLOCK), "rb") as reader:
+                writer.join(10)
+                reader.read()
+
+
+@contextmanager
+def stream_daemon(jack_server: JackServer, repo: Path, workdir: Path) -> Iterator[DaemonProcess]:
+    daemon = _stream_daemon(jack_server, repo, workdir)
+    try:
+        yield daemon
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def _check_started(status: dict[str, Any]) -> None:
+    assert status["running"] is True and status["round_trip_ms"] > 0, status
+
+
+def test_flowstate_send_waits_for_a_stream_start_that_loads_its_model(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    with held_load(tiny_repo, tmp_path) as (repo, release), stream_daemon(jack_server, repo, tmp_path) as daemon:
+        send = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "send", "stream.start", "--config", str(daemon.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert send.stderr is not None
+            # Said once the daemon has answered a ping while stream.start runs (the model is held).
+            told = send.stderr.readline()
+            assert "the daemon is working on stream.start; waiting for its reply" in told, told
+            release()
+            out, err = send.communicate(timeout=120)
+        finally:
+            send.kill()
+            send.wait()
+        assert send.returncode == 0, (err, daemon.log())
+        assert '"round_trip_ms"' in out, out
+        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+            _check_started(client.call("stream.status"))
+            client.call("stream.stop")
+
+
+@pytest.mark.parametrize("kind", ["Client", "AsyncClient"])
+def test_a_client_waits_past_its_timeout_while_the_daemon_answers(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path, kind: str
+) -> None:
+    with held_load(tiny_repo, tmp_path) as (repo, release), stream_daemon(jack_server, repo, tmp_path) as daemon:
+        def busy(cmd: str) -> None:
+            assert cmd == "stream.start"
+            release()  # the daemon has answered a ping after the timeout: let the load go on
+
+        if kind == "Client":
+            with Client(daemon.zmq_requests, TIMEOUT_SECONDS) as client:
+                status = client.call("stream.start", patience_seconds=120, on_busy=busy)
+        else:
+            async def start() -> Any:
+                async with AsyncClient(daemon.zmq_requests, TIMEOUT_SECONDS) as client:
+                    return await client.call("stream.start", patience_seconds=120, on_busy=busy)
+
+            status = asyncio.run(start())
+        _check_started(status)
+        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+            client.call("stream.stop")
+
+
+def test_past_its_patience_a_client_says_the_daemon_goes_on_and_it_does(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    with held_load(tiny_repo, tmp_path) as (repo, release), stream_daemon(jack_server, repo, tmp_path) as daemon:
+        with Client(daemon.zmq_requests, TIMEOUT_SECONDS) as client:
+            with pytest.raises(Unavailable) as waited:
+                client.call("stream.start", patience_seconds=1.5)
+            message = waited.value.message
+            assert "the daemon is running but has not answered stream.start within" in message, message
+            assert "no daemon" not in message, message
+            release()
+        # It goes on: the stream runs once the load is through.
+        daemon.wait_for_log("stream started on", timeout_seconds=120)
+        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+            _check_started(client.call("stream.status"))
+            client.call("stream.stop")
+
+
+def test_a_daemon_that_dies_during_a_slow_command_is_reported(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    with held_load(tiny_repo, tmp_path) as (repo, _release):
+        daemon = _stream_daemon(jack_server, repo, tmp_path)
+        try:
+            with Client(daemon.zmq_requests, TIMEOUT_SECONDS) as client:
+                with pytest.raises(Unavailable) as lost:
+                    client.call("stream.start", patience_seconds=120,
+                                on_busy=lambda cmd: daemon.stop(signal.SIGKILL))
+            message = lost.value.message
+            assert f"the daemon at {daemon.zmq_requests} stopped answering while it ran stream.start" in message
+        finally:
+            daemon.stop()
