@@ -224,25 +224,31 @@ def _midi() -> Iterator[Check]:
 
 
 def _weights(config: Config) -> Iterator[Check]:
-    found: list[str] = []
-    places: list[Path] = []
-    try:
-        import torch.hub
+    """Where the HTDemucs models of `stream.model` and `separate.model` would load from, on disk only
+    (`htdemucs_files_on_disk`: the local repo, else the hub's cache and demucs's legacy download)."""
+    from engines.separation.models import htdemucs_files_on_disk
 
-        places.append(Path(torch.hub.get_dir()) / "checkpoints")
-    except ImportError:
-        pass
-    if config.models.demucs_repo is not None:
-        places.append(config.models.demucs_repo)
-    for place in places:
-        if place.is_dir():
-            found += [f"{place}/{p.name}" for p in sorted(place.glob("*.th"))]
-    where = " or ".join(str(p) for p in places) or "nowhere"
-    if found:
-        yield Check("weights", OK, f"{len(found)} demucs checkpoint(s): " + ", ".join(found[:4]))
-    else:
-        yield Check("weights", WARN, f"no demucs checkpoints in {where}; the first separation downloads them, "
-                    "or set models.demucs_repo")
+    repo = config.models.demucs_repo
+    for name in dict.fromkeys((config.stream.model, config.separate.model)):  # each once, in order
+        if spleeter.is_spleeter(name) or openunmix.is_openunmix(name):
+            continue  # their own rows below
+        used = " and ".join(key for key, model in (("stream.model", config.stream.model),
+                                                 ("separate.model", config.separate.model)) if model == name)
+        try:
+            found, places = htdemucs_files_on_disk(name, repo)
+        except ImportError as err:  # demucs or huggingface_hub missing: the torch row says more
+            yield Check("weights", FAIL, f"{name} ({used}): cannot look for it: {err}")
+            continue
+        if found:
+            yield Check("weights", OK, f"{name} ({used}): " + ", ".join(str(path) for path in found))
+        elif repo is not None:
+            yield Check("weights", WARN, f"{name} ({used}): not in models.demucs_repo {repo} (wants {name}.yaml "
+                        "and its <sig>.th checkpoints, demucs's local repo format); live stems and stem jobs "
+                        "with it fail until they are there")
+        else:
+            yield Check("weights", WARN, f"{name} ({used}): not on this machine (looked in "
+                        f"{' and '.join(places)}); the first live stream or stem job with it downloads it "
+                        "when online, else set models.demucs_repo")
 
 
 def _spleeter(config: Config) -> Iterator[Check]:

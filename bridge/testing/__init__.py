@@ -40,6 +40,7 @@ from bridge.testing.separation_models import (  # noqa: F401 (re-exported)
     passthrough_htdemucs_repo,
     released_htdemucs,
     released_htdemucs_repo,
+    save_demucs_hub_cache,
     save_demucs_repo,
     tiny_htdemucs_repo,
     tiny_openunmix_dir,

@@ -248,6 +248,48 @@ def released_htdemucs_repo(folder: Path, name: str = "htdemucs_released", seed: 
     return save_demucs_repo(released_htdemucs(seed), folder, name, key=f"{name}:released:{seed}")
 
 
+def save_demucs_hub_cache(repo: Path, name: str, hub_cache: Path, revision: str = "0" * 40) -> list[Path]:
+    """Put the model `name` of a demucs local repo (`save_demucs_repo`) into a hub cache folder
+    (`HF_HUB_CACHE`) as demucs 4.1 publishes its pretrained models there: the repository
+    `adefossez/<demucs.hf.hf_repo_name(name)>` holding `<name>.yaml` and one `<sig>.safetensors` a
+    model, its class and init arguments as JSON in the metadata (what `demucs.hf.load_safetensors_model`
+    reads; fractions as demucs encodes them). Returns the files written, the yaml first.
+    """
+    import json
+    from fractions import Fraction
+
+    import torch
+    import yaml
+    from demucs.hf import DEFAULT_NAMESPACE, hf_repo_name
+    from safetensors.torch import save_file
+
+    def encoded(value: Any) -> Any:
+        if isinstance(value, Fraction):
+            return {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}
+        if isinstance(value, dict):
+            return {key: encoded(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [encoded(item) for item in value]
+        return value
+
+    folder = Path(hub_cache) / f"models--{DEFAULT_NAMESPACE}--{hf_repo_name(name)}"
+    snapshot = folder / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    bag = Path(repo) / f"{name}.yaml"
+    written = [snapshot / bag.name]
+    written[0].write_text(bag.read_text())
+    for sig in yaml.safe_load(bag.read_text())["models"]:
+        package = torch.load(Path(repo) / f"{sig}.th", map_location="cpu", weights_only=False)
+        klass = package["klass"]
+        metadata = {"klass": f"{klass.__module__}.{klass.__name__}", "args": json.dumps(encoded(package["args"])),
+                    "kwargs": json.dumps(encoded(package["kwargs"]))}
+        written.append(snapshot / f"{sig}.safetensors")
+        save_file({key: tensor.contiguous() for key, tensor in package["state"].items()}, str(written[-1]), metadata)
+    return written
+
+
 def save_demucs_repo(model: Any, folder: Path, name: str, key: str | None = None) -> Path:
     """Save a demucs model (built with demucs's `capture_init`) as a one-model local repo.
 

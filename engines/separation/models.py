@@ -35,6 +35,53 @@ def htdemucs_longest_frames(models: Iterable[Any], conv_limit: int | None) -> in
     return conv_limit * min(strides)
 
 
+def htdemucs_files_on_disk(name: str, repo: Path | None = None) -> tuple[list[Path], list[str]]:
+    """The files the HTDemucs model or bag `name` would load from on this machine, found on disk
+    alone (no network), and the places looked in; no files when any model of the bag is missing.
+
+    With `repo`, demucs's local repo format as `load_model` reads it: `<name>.yaml` naming the
+    bag's signatures (or `name` is one) and `<sig>.th` or `<sig>-<checksum>.th` checkpoints. Without
+    it, where demucs 4.1's `get_model` finds a pretrained name: the hub's cache first (the repository
+    `adefossez/HTDemucs…` of `demucs.hf`, with `<name>.yaml` and a `<sig>.safetensors` per model),
+    then its legacy download in torch.hub's checkpoints folder (`<sig>-<checksum>.th`, the bag as
+    demucs's own `remote/<name>.yaml` lists it).
+    """
+    import yaml
+
+    def signatures(bag: Path) -> list[str]:
+        return [str(sig) for sig in (yaml.safe_load(bag.read_text()) or {}).get("models", [])]
+
+    def checkpoints(folder: Path, sigs: list[str]) -> list[Path]:
+        found = [next(iter(sorted(folder.glob(f"{sig}.th")) + sorted(folder.glob(f"{sig}-*.th"))), None)
+                 for sig in sigs]
+        return [path for path in found if path is not None] if all(found) and sigs else []
+
+    if repo is not None:
+        bag = Path(repo).expanduser() / f"{name}.yaml"
+        if bag.is_file():
+            held = checkpoints(bag.parent, signatures(bag))
+            return ([bag, *held] if held else []), [str(bag.parent)]
+        return checkpoints(bag.parent, [name]), [str(bag.parent)]
+    import torch.hub
+    from demucs.hf import DEFAULT_NAMESPACE, hf_repo_name
+    from demucs.pretrained import REMOTE_ROOT
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_repo = f"{DEFAULT_NAMESPACE}/{hf_repo_name(name)}"
+    legacy = Path(torch.hub.get_dir()) / "checkpoints"
+    places = [f"the hub's cache ({hub_repo})", str(legacy)]
+    try:
+        cached = try_to_load_from_cache(hub_repo, f"{name}.yaml")
+        if isinstance(cached, str):
+            files = [try_to_load_from_cache(hub_repo, f"{sig}.safetensors") for sig in signatures(Path(cached))]
+            if files and all(isinstance(file, str) for file in files):
+                return [Path(cached), *(Path(str(file)) for file in files)], places
+    except ValueError:  # not a name the hub takes (huggingface_hub's HFValidationError)
+        pass
+    remote = REMOTE_ROOT / f"{name}.yaml"
+    return checkpoints(legacy, signatures(remote) if remote.is_file() else [name]), places
+
+
 def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None,
                openunmix_dir: Path | None = None) -> BagOfModels:
     """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …), Spleeter
@@ -86,13 +133,12 @@ def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = 
                "(demucs's local repo format), or run once with internet access so demucs caches the weights")
         try:
             model = get_model(name)
-        except ModelLoadingError as err:
-            raise NotFound(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
-                           f"hub; no local repo because models.demucs_repo is not set): {err}. Fix: {fix}") from err
-        except Exception as err:  # offline: URLError and friends
-            raise Unavailable(f"model {name!r}: tried the pretrained name {name!r} (demucs's download cache and "
-                              f"hub; no local repo because models.demucs_repo is not set): "
-                              f"{type(err).__name__}: {err}. Fix: {fix}") from err
+        except Exception as err:  # ModelLoadingError: no such name; offline: URLError and friends
+            _, places = htdemucs_files_on_disk(name)
+            tried = (f"model {name!r}: tried the pretrained name {name!r}: on this machine in "
+                     f"{' and '.join(places)}, then its download (no local repo because models.demucs_repo "
+                     f"is not set): {type(err).__name__}: {err}. Fix: {fix}")
+            raise (NotFound if isinstance(err, ModelLoadingError) else Unavailable)(tried) from err
 
     bag = model if isinstance(model, BagOfModels) else BagOfModels([model])
     for sub in bag.models:

@@ -102,6 +102,11 @@ def test_pretrained_name_offline_names_what_was_tried(monkeypatch: pytest.Monkey
     message = caught.value.message
     assert "pretrained name 'htdemucs'" in message and "models.demucs_repo is not set" in message
     assert "set models.demucs_repo to a folder" in message and "Name or service not known" in message
+    import torch.hub
+
+    # Every place on this machine it looked, as `flowstate doctor` names them.
+    assert "the hub's cache (adefossez/HTDemucs)" in message, message
+    assert str(Path(torch.hub.get_dir()) / "checkpoints") in message, message
 
 
 # ---- arguments ------------------------------------------------------------------------------

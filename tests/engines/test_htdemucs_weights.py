@@ -1,0 +1,121 @@
+"""Where a pretrained HTDemucs loads from on this machine, and `flowstate doctor` saying so.
+
+demucs 4.1's `get_model("htdemucs")` tries the hub first (`adefossez/HTDemucs`: `htdemucs.yaml` and
+one `<sig>.safetensors` a model, in huggingface_hub's cache) and then its legacy download
+(`<sig>-<checksum>.th` in torch.hub's checkpoints folder). Each place is built here in its real
+format from a tiny model and loaded by demucs itself, offline, in a subprocess whose caches are
+temporary folders (`HF_HUB_CACHE`, `TORCH_HOME`; `HF_HUB_OFFLINE=1`, as on a machine without
+internet): what `htdemucs_files_on_disk` finds is what loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.testing import DaemonProcess, save_demucs_hub_cache, tiny_htdemucs_repo
+
+ROOT = Path(__file__).resolve().parents[2]
+# The signature demucs's own `remote/htdemucs.yaml` names for `htdemucs` (its legacy download).
+LEGACY_SIG = "955717e8"
+
+PROBE = """
+import json, sys
+from pathlib import Path
+from engines.separation.models import htdemucs_files_on_disk, load_model
+repo = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+found, places = htdemucs_files_on_disk(sys.argv[1], repo)
+loaded = None
+if found:
+    bag = load_model(sys.argv[1], repo)
+    loaded = [sum(p.numel() for p in model.parameters()) for model in bag.models]
+print(json.dumps({"found": [str(p) for p in found], "places": places, "loaded": loaded}))
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_htdemucs_repo(tmp_path_factory.mktemp("repo"), name="htdemucs")
+
+
+def _offline_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1",
+            "TORCH_HOME": str(home / "torch")}
+
+
+def _probe(home: Path, name: str, repo: Path | None = None) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", PROBE, name, *([str(repo)] if repo else [])],
+                          capture_output=True, text=True, timeout=120, env=_offline_env(home))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _tiny_parameters(tiny_repo: Path) -> int:
+    import torch
+
+    package = torch.load(next(tiny_repo.glob("*.th")), map_location="cpu", weights_only=False)
+    return sum(tensor.numel() for tensor in package["state"].values())
+
+
+def test_a_pretrained_name_is_found_where_demucs_loads_it_offline(tiny_repo: Path, tmp_path: Path) -> None:
+    nothing = _probe(tmp_path, "htdemucs")
+    assert nothing["found"] == [] and nothing["loaded"] is None
+    legacy = tmp_path / "torch" / "hub" / "checkpoints"
+    assert nothing["places"] == ["the hub's cache (adefossez/HTDemucs)", str(legacy)]
+
+    # demucs's legacy download: the checkpoint under the name its files.txt gives it.
+    legacy.mkdir(parents=True)
+    shutil.copy(next(tiny_repo.glob("*.th")), legacy / f"{LEGACY_SIG}-8726e21a.th")
+    from_legacy = _probe(tmp_path, "htdemucs")
+    assert from_legacy["found"] == [str(legacy / f"{LEGACY_SIG}-8726e21a.th")]
+    assert from_legacy["loaded"] == [_tiny_parameters(tiny_repo)]
+
+    # The hub's cache, which demucs tries first.
+    written = save_demucs_hub_cache(tiny_repo, "htdemucs", tmp_path / "hub")
+    from_hub = _probe(tmp_path, "htdemucs")
+    assert from_hub["found"] == [str(path) for path in written]
+    assert [Path(path).suffix for path in from_hub["found"]] == [".yaml", ".safetensors"]
+    assert from_hub["loaded"] == [_tiny_parameters(tiny_repo)]
+
+    # A bag with one model missing is not there: htdemucs_ft's four from the legacy download.
+    assert _probe(tmp_path, "htdemucs_ft")["found"] == []
+
+
+def test_a_local_repo_is_the_only_place_looked_in(tiny_repo: Path, tmp_path: Path) -> None:
+    save_demucs_hub_cache(tiny_repo, "htdemucs", tmp_path / "hub")  # present, yet not used with a repo
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    found = _probe(tmp_path, "htdemucs", repo)
+    assert found["found"][0] == str(repo / "htdemucs.yaml") and len(found["found"]) == 2
+    assert found["places"] == [str(repo)] and found["loaded"] == [_tiny_parameters(tiny_repo)]
+    next(repo.glob("*.th")).unlink()
+    assert _probe(tmp_path, "htdemucs", repo) == {"found": [], "places": [str(repo)], "loaded": None}
+
+
+def _weights_rows(tmp_path: Path, **models: Any) -> list[str]:
+    workdir = tmp_path / "daemon"
+    workdir.mkdir(exist_ok=True)
+    process = DaemonProcess(overrides={"models": models} if models else None, workdir=workdir)
+    done = subprocess.run([sys.executable, "-m", "bridge", "doctor", "--config", str(process.config_path)],
+                          capture_output=True, text=True, timeout=300, env=_offline_env(tmp_path))
+    return [line.strip() for line in done.stdout.splitlines() if line.split()[1:2] == ["weights"]]
+
+
+def test_doctor_says_whether_live_stems_and_stem_jobs_load_offline(tiny_repo: Path, tmp_path: Path) -> None:
+    [missing] = _weights_rows(tmp_path)
+    assert missing.startswith("warn") and "htdemucs (stream.model and separate.model): not on this machine" in missing
+    assert "adefossez/HTDemucs" in missing and str(tmp_path / "torch" / "hub" / "checkpoints") in missing
+    # Where demucs 4.1 puts a download when online: the hub's cache (before, the row looked only
+    # in torch.hub's folder and warned forever after the first download).
+    written = save_demucs_hub_cache(tiny_repo, "htdemucs", tmp_path / "hub")
+    [there] = _weights_rows(tmp_path)
+    assert there.startswith("ok") and all(str(path) in there for path in written), there
+    [in_repo] = _weights_rows(tmp_path, demucs_repo=str(tmp_path / "empty"))
+    assert in_repo.startswith("warn") and "not in models.demucs_repo" in in_repo, in_repo
