@@ -82,6 +82,18 @@ def htdemucs_files_on_disk(name: str, repo: Path | None = None) -> tuple[list[Pa
     return checkpoints(legacy, signatures(remote) if remote.is_file() else [name]), places
 
 
+def _older_download(name: str) -> Any:
+    """The pretrained `name` from demucs's older download in torch.hub's checkpoints folder, by the
+    fallback `demucs.pretrained.get_model` takes after the hub (its remote repos; torch.hub reads a
+    file it holds without the network). Taken directly when the files are there and not in the hub's
+    cache: offline, the hub's client retries before it gives up (23 s on a machine without a network)."""
+    from demucs.pretrained import REMOTE_ROOT, _parse_remote_files  # demucs==4.1.0's own, pinned
+    from demucs.repo import AnyModelRepo, BagOnlyRepo, RemoteRepo
+
+    models = RemoteRepo(_parse_remote_files(REMOTE_ROOT / "files.txt"))
+    return AnyModelRepo(models, BagOnlyRepo(REMOTE_ROOT, models)).get_model(name)
+
+
 def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = None,
                openunmix_dir: Path | None = None) -> BagOfModels:
     """Load an HTDemucs model or bag (htdemucs, htdemucs_ft, htdemucs_6s …), Spleeter
@@ -131,8 +143,10 @@ def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = 
     else:
         fix = (f"set models.demucs_repo to a folder holding {name}.yaml and its <sig>.th checkpoints "
                "(demucs's local repo format), or run once with internet access so demucs caches the weights")
+        found, _ = htdemucs_files_on_disk(name)
         try:
-            model = get_model(name)
+            # In demucs's older download alone: its own loader for it, without asking the hub first.
+            model = _older_download(name) if found and found[0].suffix == ".th" else get_model(name)
         except Exception as err:  # ModelLoadingError: no such name; offline: URLError and friends
             _, places = htdemucs_files_on_disk(name)
             tried = (f"model {name!r}: tried the pretrained name {name!r}: on this machine in "

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +47,20 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_htdemucs_repo(tmp_path_factory.mktemp("repo"), name="htdemucs")
 
 
-def _offline_env(home: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1",
-            "TORCH_HOME": str(home / "torch")}
+def _offline_env(home: Path, hub: str | None = None) -> dict[str, str]:
+    """Caches in `home`; the hub offline, or at `hub` (a URL) when given."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1",
+           "TORCH_HOME": str(home / "torch")}
+    if hub is not None:
+        del env["HF_HUB_OFFLINE"]
+        env.pop("TRANSFORMERS_OFFLINE", None)  # huggingface_hub reads it as HF_HUB_OFFLINE too
+        env["HF_ENDPOINT"] = hub
+    return env
 
 
-def _probe(home: Path, name: str, repo: Path | None = None) -> dict[str, Any]:
+def _probe(home: Path, name: str, repo: Path | None = None, hub: str | None = None) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-c", PROBE, name, *([str(repo)] if repo else [])],
-                          capture_output=True, text=True, timeout=120, env=_offline_env(home))
+                          capture_output=True, text=True, timeout=300, env=_offline_env(home, hub))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -76,6 +84,25 @@ def test_a_pretrained_name_is_found_where_demucs_loads_it_offline(tiny_repo: Pat
     from_legacy = _probe(tmp_path, "htdemucs")
     assert from_legacy["found"] == [str(legacy / f"{LEGACY_SIG}-8726e21a.th")]
     assert from_legacy["loaded"] == [_tiny_parameters(tiny_repo)]
+
+    # Loaded from there without asking the hub (here a loopback server that hangs up on every
+    # connection): offline, the hub's client retried a name that does not resolve for 23 s before
+    # demucs fell back to this file.
+    with socket.create_server(("127.0.0.1", 0)) as hub:
+        asked: list[bool] = []
+
+        def hang_up() -> None:
+            while True:
+                try:
+                    connection, _ = hub.accept()
+                except OSError:  # closed: the test is over
+                    return
+                asked.append(True)
+                connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        without_hub = _probe(tmp_path, "htdemucs", hub=f"http://127.0.0.1:{hub.getsockname()[1]}")
+    assert without_hub["loaded"] == [_tiny_parameters(tiny_repo)] and not asked
 
     # The hub's cache, which demucs tries first.
     written = save_demucs_hub_cache(tiny_repo, "htdemucs", tmp_path / "hub")
