@@ -12,3 +12,10 @@ __version__ = "0.1.0"
 # once, when torch loads its OpenMP runtime, so it is set here, before anything imports torch; an
 # OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The hub's client (huggingface_hub, which model downloads go through) adds usage details to every
+# request unless told not to, and fetches a registry of "AI agent harnesses" from the hub once a day
+# to name the program that runs it (`utils/_detect_agent.py`: "best-effort telemetry"). The daemon
+# asks the hub for model files and nothing else. Read when huggingface_hub is imported, so set here;
+# a value in the environment wins.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
