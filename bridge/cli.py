@@ -387,6 +387,9 @@ def _send(config: Config, cmd: str, words: Sequence[str], timeout: float) -> int
     except BridgeError as err:
         print(f"flowstate: {err.code}: {err.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the daemon works on it: the request is not taken back
+        print(f"\nflowstate: stopped waiting; the daemon goes on with {cmd} if it got it", file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2))
     return 0
 

@@ -102,6 +102,31 @@ def test_flowstate_send_waits_for_a_stream_start_that_loads_its_model(
             client.call("stream.stop")
 
 
+def test_ctrl_c_stops_flowstate_send_waiting_and_the_daemon_goes_on(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    with held_load(tiny_repo, tmp_path) as (repo, release), stream_daemon(jack_server, repo, tmp_path) as daemon:
+        send = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "send", "stream.start", "--config", str(daemon.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert send.stderr is not None
+            assert "the daemon is working on stream.start" in send.stderr.readline()
+            send.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            out, err = send.communicate(timeout=60)
+        finally:
+            send.kill()
+            send.wait()
+        assert send.returncode == 130 and out == "", (out, err)
+        assert "stopped waiting; the daemon goes on with stream.start" in err and "Traceback" not in err, err
+        release()
+        daemon.wait_for_log("stream started on", timeout_seconds=120)
+        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+            _check_started(client.call("stream.status"))
+            client.call("stream.stop")
+
+
 @pytest.mark.parametrize("kind", ["Client", "AsyncClient"])
 def test_a_client_waits_past_its_timeout_while_the_daemon_answers(
     jack_server: JackServer, tiny_repo: Path, tmp_path: Path, kind: str
