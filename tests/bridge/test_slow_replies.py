@@ -77,54 +77,52 @@ def _check_started(status: dict[str, Any]) -> None:
     assert status["running"] is True and status["round_trip_ms"] > 0, status
 
 
+def _stops_started(daemon: DaemonProcess) -> None:
+    """The stream the daemon started (once its log says so) runs; then stop it."""
+    daemon.wait_for_log("stream started on", timeout_seconds=120)
+    with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+        _check_started(client.call("stream.status"))
+        client.call("stream.stop")
+
+
+def _send_stream_start(daemon: DaemonProcess, then: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str, str]:
+    """`flowstate send stream.start`; once it has said on stderr that the daemon is working on it
+    (a ping answered while the model is held), `then(process)`; its exit code, stdout and stderr."""
+    send = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "send", "stream.start", "--config", str(daemon.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert send.stderr is not None
+        told = send.stderr.readline()
+        assert "the daemon is working on stream.start; waiting for its reply" in told, told
+        then(send)
+        out, err = send.communicate(timeout=120)
+    finally:
+        send.kill()
+        send.wait()
+    return send.returncode, out, err
+
+
 def test_flowstate_send_waits_for_a_stream_start_that_loads_its_model(
     jack_server: JackServer, tiny_repo: Path, tmp_path: Path
 ) -> None:
     with held_load(tiny_repo, tmp_path) as (repo, release), stream_daemon(jack_server, repo, tmp_path) as daemon:
-        send = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "send", "stream.start", "--config", str(daemon.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        try:
-            assert send.stderr is not None
-            # Said once the daemon has answered a ping while stream.start runs (the model is held).
-            told = send.stderr.readline()
-            assert "the daemon is working on stream.start; waiting for its reply" in told, told
-            release()
-            out, err = send.communicate(timeout=120)
-        finally:
-            send.kill()
-            send.wait()
-        assert send.returncode == 0, (err, daemon.log())
+        code, out, err = _send_stream_start(daemon, lambda _: release())
+        assert code == 0, (err, daemon.log())
         assert '"round_trip_ms"' in out, out
-        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
-            _check_started(client.call("stream.status"))
-            client.call("stream.stop")
+        _stops_started(daemon)
 
 
 def test_ctrl_c_stops_flowstate_send_waiting_and_the_daemon_goes_on(
     jack_server: JackServer, tiny_repo: Path, tmp_path: Path
 ) -> None:
     with held_load(tiny_repo, tmp_path) as (repo, release), stream_daemon(jack_server, repo, tmp_path) as daemon:
-        send = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "send", "stream.start", "--config", str(daemon.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        try:
-            assert send.stderr is not None
-            assert "the daemon is working on stream.start" in send.stderr.readline()
-            send.send_signal(signal.SIGINT)  # what Ctrl-C sends
-            out, err = send.communicate(timeout=60)
-        finally:
-            send.kill()
-            send.wait()
-        assert send.returncode == 130 and out == "", (out, err)
+        code, out, err = _send_stream_start(daemon, lambda send: send.send_signal(signal.SIGINT))  # Ctrl-C
+        assert code == 130 and out == "", (out, err)
         assert "stopped waiting; the daemon goes on with stream.start" in err and "Traceback" not in err, err
         release()
-        daemon.wait_for_log("stream started on", timeout_seconds=120)
-        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
-            _check_started(client.call("stream.status"))
-            client.call("stream.stop")
+        _stops_started(daemon)
 
 
 @pytest.mark.parametrize("kind", ["Client", "AsyncClient"])
@@ -161,11 +159,7 @@ def test_past_its_patience_a_client_says_the_daemon_goes_on_and_it_does(
             assert "the daemon is running but has not answered stream.start within" in message, message
             assert "no daemon" not in message, message
             release()
-        # It goes on: the stream runs once the load is through.
-        daemon.wait_for_log("stream started on", timeout_seconds=120)
-        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
-            _check_started(client.call("stream.status"))
-            client.call("stream.stop")
+        _stops_started(daemon)  # it went on: the stream runs once the load is through
 
 
 def test_a_daemon_that_dies_during_a_slow_command_is_reported(
