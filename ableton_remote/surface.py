@@ -445,6 +445,11 @@ class FlowstateSurface(LiveSurface):
             self._stream_latency(args)
         elif name == "stream.stopped":
             self._show("live stems stopped")
+        elif name == "stream.stalled":  # seconds, device
+            device = args[1] if len(args) > 1 else "the audio device"
+            self._show(f"live stems: {device!s} delivers no audio (unplugged? asleep?); they go on when it is back")
+        elif name == "stream.resumed":
+            self._show("live stems: the audio device delivers again")
         elif name == "daemon.stopping":
             self._registered = False
             self._next_register = time.monotonic() + RECONNECT_SECONDS

@@ -139,6 +139,10 @@ EVENTS: dict[str, EventSpec] = {
             "round_trip_ms late; update your DAW's delay compensation.",
         ),
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
+        EventSpec("stream.stalled", ("seconds", "device"),
+                  "The audio device has delivered nothing for `seconds` (unplugged, the computer asleep, taken by "
+                  "another app): the stream runs on, silent, until it is back (stream.resumed) or stream.stop."),
+        EventSpec("stream.resumed", ("seconds", "device"), "The stalled audio device delivers again, after `seconds`."),
         EventSpec("stream.error", ("tier", "code", "message"),
                   "The live stream lost its tier (the self-hosted server's connection): it plays the dry input at "
                   "the same latency and connects again every stream.reconnect_seconds until stream.stop."),

@@ -114,6 +114,9 @@ MIN_LIVE_HOPS = 8
 # on the spike of a busy process starting, 0.6 s long, when 4 windows were enough).
 CLIMB_WINDOWS = 4
 CLIMB_SECONDS = 2.0
+# The device has stalled when no input block has come for this long once one had: unplugged, the
+# computer asleep, another app holding it exclusively, or the audio server stopped.
+STALL_SECONDS = 1.0
 JACK_HOST_API = "JACK Audio Connection Kit"  # PortAudio's name for it
 # Windows host APIs whose default rate PortAudio guesses (pa_win_wmme.c tries 44100 Hz first, then
 # 48000 ...; pa_win_ds.c likewise) instead of reading the device's: both convert other rates.
@@ -473,6 +476,9 @@ class LiveStream:
         self.device_latency_seconds = 0.0
         self.started_at = 0.0
         self.worker_error: str | None = None
+        self.stalls = 0  # times the device stopped delivering audio (STALL_SECONDS)
+        self._stalled_since: float | None = None  # monotonic time of the last input before the stall
+        self._input_seen = (0, 0.0)  # the input's frame count, and when the worker saw it change
         self.worker_nice: int | None = None  # set by the worker (lower_thread_priority)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -671,7 +677,10 @@ class LiveStream:
             if available <= 0:
                 self._wake.wait(0.1)
                 self._wake.clear()
+                self._check_flow()
                 continue
+            if self._stalled_since is not None:
+                self._check_flow()
             if available > capacity // 2:
                 # Hopelessly behind: the input we have not read is about to be overwritten.
                 # Jump to the present and restart the engine's history; the callback plays dry.
@@ -720,6 +729,26 @@ class LiveStream:
                 # only such windows read the engine's statistics, not every hop.
                 if self.settings.budget_grow and slack < self.budget_frames * (1.0 - 1.0 / self.budget_margin):
                     self._grow_budget(slack, waited)
+
+    def _check_flow(self) -> None:
+        """Say once when the device stops delivering audio for STALL_SECONDS (the callbacks stop:
+        PortAudio reports no error for a device that is gone or asleep), and again when it is back."""
+        written, now = self._in.written, time.monotonic()
+        seen, seen_at = self._input_seen
+        if written != seen:
+            self._input_seen = (written, now)
+            if self._stalled_since is not None:
+                seconds = round(now - self._stalled_since, 1)
+                self._stalled_since = None
+                log.warning("stream: %s delivers audio again after %.1f s without", self.device_name, seconds)
+                self._publish("stream.resumed", seconds=seconds, device=self.device_name)
+        elif self._stalled_since is None and seen > 0 and now - seen_at >= STALL_SECONDS:
+            self._stalled_since = seen_at
+            self.stalls += 1
+            log.warning("stream: %s has delivered no audio for %.1f s (unplugged, the computer asleep, or taken "
+                        "by another app?): nothing plays until it is back, or stream.stop", self.device_name,
+                        now - seen_at)
+            self._publish("stream.stalled", seconds=round(now - seen_at, 1), device=self.device_name)
 
     def _write(self, stems: np.ndarray, n: int) -> int | None:
         """Route the engine's output for the next `n` input frames into the output ring, less the
@@ -1019,6 +1048,8 @@ class LiveStream:
             "routing": self.layout.describe(),
             "controls": {stem: {"gain_db": c.gain_db, "mute": c.mute} for stem, c in self.controls.items()},
             "worker_error": self.worker_error,
+            "stalled_seconds": 0.0 if self._stalled_since is None else round(time.monotonic() - self._stalled_since, 1),
+            "stalls": self.stalls,
             # Where the windows run (stream.tier) and why; a remote tier's connection and its losses.
             "tier": self.tier,
             "tier_reason": self.tier_reason,

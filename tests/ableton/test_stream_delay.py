@@ -7,6 +7,7 @@ backend with a tiny HTDemucs whose stems add up to its input.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -59,8 +60,19 @@ def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
             try:
                 script.tick_until(lambda: script.shown("live stems latency grew"), "the budget grew", timeout=60)
                 grown = client.call("stream.status")
+                # The audio device stops delivering (here the JACK server frozen), then comes back.
+                jack_server.process.send_signal(signal.SIGSTOP)
+                try:
+                    script.tick_until(lambda: script.shown("delivers no audio"), "the stall shown", timeout=30)
+                finally:
+                    jack_server.process.send_signal(signal.SIGCONT)
+                script.tick_until(lambda: script.shown("live stems: the audio device delivers again"),
+                                  "the device back", timeout=30)
             finally:
                 client.call("stream.stop")
+        stalled = next(m for m in script.messages if "delivers no audio" in m)
+        assert stalled == (f"Flowstate: live stems: {grown['device']} delivers no audio (unplugged? asleep?); they go "
+                           "on when it is back"), stalled
         shown = next(m for m in script.messages if "latency grew" in m)
         first = grown["budget_changes"][0]
         frames = first["latency_frames"] + grown["block_size"]

@@ -1,0 +1,54 @@
+"""A live stream whose audio device stops delivering (an interface unplugged, a laptop asleep, the
+audio server stopped) says so, and says so again when the device is back.
+
+PortAudio reports no error for a device that has gone quiet: its callbacks just stop. Here the real
+JACK server (the dummy backend) is frozen with SIGSTOP, which stops every client's callbacks at
+once, as a device that went away would, and thawed with SIGCONT.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from bridge.client import Client
+from bridge.testing import passthrough_htdemucs_repo
+from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
+from tests.conftest import Events, JackServer
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
+
+
+def test_a_device_that_stops_delivering_is_reported_and_so_is_its_return(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path)
+    events = Events(daemon.zmq_events, b"stream.")
+    try:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            client.call("stream.start")
+            before = _wait_for_hops(client)
+            assert before["stalled_seconds"] == 0.0 and before["stalls"] == 0, before
+            jack_server.process.send_signal(signal.SIGSTOP)
+            try:
+                stalled = events.wait_for("stream.stalled", timeout_seconds=30)
+                assert stalled["seconds"] >= 1.0 and stalled["device"] == before["device"], stalled
+                status = client.call("stream.status")
+                assert status["running"] and status["stalls"] == 1 and status["stalled_seconds"] >= 1.0, status
+            finally:
+                jack_server.process.send_signal(signal.SIGCONT)
+            resumed = events.wait_for("stream.resumed", timeout_seconds=30)
+            assert resumed["seconds"] >= stalled["seconds"], (stalled, resumed)
+            after = _wait_for_hops(client, at_least=client.call("stream.status")["hops"] + 2)
+            assert after["stalled_seconds"] == 0.0 and after["stalls"] == 1, after
+            client.call("stream.stop")
+        log = daemon.wait_for_log("has delivered no audio for", "delivers audio again after")
+        assert "stream.stop" in log
+    finally:
+        events.close()
+        assert daemon.stop() == 0, daemon.log()
