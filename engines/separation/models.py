@@ -48,8 +48,11 @@ def htdemucs_files_on_disk(name: str, repo: Path | None = None) -> tuple[list[Pa
     """
     import yaml
 
-    def signatures(bag: Path) -> list[str]:
-        return [str(sig) for sig in (yaml.safe_load(bag.read_text()) or {}).get("models", [])]
+    def signatures(bag: Path) -> list[str]:  # none from a bag file that cannot be read: nothing loads from it
+        try:
+            return [str(sig) for sig in (yaml.safe_load(bag.read_text()) or {}).get("models", [])]
+        except (OSError, yaml.YAMLError, AttributeError, TypeError):
+            return []
 
     def checkpoints(folder: Path, sigs: list[str]) -> list[Path]:
         found = [next(iter(sorted(folder.glob(f"{sig}.th")) + sorted(folder.glob(f"{sig}-*.th"))), None)
@@ -143,12 +146,11 @@ def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = 
     else:
         fix = (f"set models.demucs_repo to a folder holding {name}.yaml and its <sig>.th checkpoints "
                "(demucs's local repo format), or run once with internet access so demucs caches the weights")
-        found, _ = htdemucs_files_on_disk(name)
+        found, places = htdemucs_files_on_disk(name)
         try:
             # In demucs's older download alone: its own loader for it, without asking the hub first.
             model = _older_download(name) if found and found[0].suffix == ".th" else get_model(name)
         except Exception as err:  # ModelLoadingError: no such name; offline: URLError and friends
-            _, places = htdemucs_files_on_disk(name)
             tried = (f"model {name!r}: tried the pretrained name {name!r}: on this machine in "
                      f"{' and '.join(places)}, then its download (no local repo because models.demucs_repo "
                      f"is not set): {type(err).__name__}: {err}. Fix: {fix}")

@@ -122,6 +122,9 @@ def test_a_local_repo_is_the_only_place_looked_in(tiny_repo: Path, tmp_path: Pat
     found = _probe(tmp_path, "htdemucs", repo)
     assert found["found"][0] == str(repo / "htdemucs.yaml") and len(found["found"]) == 2
     assert found["places"] == [str(repo)] and found["loaded"] == [_tiny_parameters(tiny_repo)]
+    (repo / "htdemucs.yaml").write_text("models: [")  # a bag file that cannot be read: nothing loads
+    assert _probe(tmp_path, "htdemucs", repo) == {"found": [], "places": [str(repo)], "loaded": None}
+    (repo / "htdemucs.yaml").write_text((tiny_repo / "htdemucs.yaml").read_text())
     next(repo.glob("*.th")).unlink()
     assert _probe(tmp_path, "htdemucs", repo) == {"found": [], "places": [str(repo)], "loaded": None}
 
