@@ -229,11 +229,13 @@ def _weights(config: Config) -> Iterator[Check]:
     from engines.separation.models import htdemucs_files_on_disk
 
     repo = config.models.demucs_repo
-    for name in dict.fromkeys((config.stream.model, config.separate.model)):  # each once, in order
+    users: dict[str, list[str]] = {}  # each model once, with the settings that name it
+    for key, name in (("stream.model", config.stream.model), ("separate.model", config.separate.model)):
+        users.setdefault(name, []).append(key)
+    for name, keys in users.items():
         if spleeter.is_spleeter(name) or openunmix.is_openunmix(name):
             continue  # their own rows below
-        used = " and ".join(key for key, model in (("stream.model", config.stream.model),
-                                                 ("separate.model", config.separate.model)) if model == name)
+        used = " and ".join(keys)
         try:
             found, places = htdemucs_files_on_disk(name, repo)
         except ImportError as err:  # demucs or huggingface_hub missing: the torch row says more

@@ -54,10 +54,9 @@ def htdemucs_files_on_disk(name: str, repo: Path | None = None) -> tuple[list[Pa
         except (OSError, yaml.YAMLError, AttributeError, TypeError):
             return []
 
-    def checkpoints(folder: Path, sigs: list[str]) -> list[Path]:
-        found = [next(iter(sorted(folder.glob(f"{sig}.th")) + sorted(folder.glob(f"{sig}-*.th"))), None)
-                 for sig in sigs]
-        return [path for path in found if path is not None] if all(found) and sigs else []
+    def checkpoints(folder: Path, sigs: list[str]) -> list[Path]:  # one a signature, or none at all
+        found = [sorted(folder.glob(f"{sig}.th")) + sorted(folder.glob(f"{sig}-*.th")) for sig in sigs]
+        return [paths[0] for paths in found] if sigs and all(found) else []
 
     if repo is not None:
         bag = Path(repo).expanduser() / f"{name}.yaml"

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from bridge.testing import DaemonProcess, save_demucs_hub_cache, tiny_htdemucs_repo
+from bridge.testing import DaemonProcess, parameter_count, save_demucs_hub_cache, tiny_htdemucs_repo
+from engines.separation.models import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # The signature demucs's own `remote/htdemucs.yaml` names for `htdemucs` (its legacy download).
@@ -31,13 +32,14 @@ LEGACY_SIG = "955717e8"
 PROBE = """
 import json, sys
 from pathlib import Path
+from bridge.testing import parameter_count
 from engines.separation.models import htdemucs_files_on_disk, load_model
 repo = Path(sys.argv[2]) if len(sys.argv) > 2 else None
 found, places = htdemucs_files_on_disk(sys.argv[1], repo)
 loaded = None
 if found:
     bag = load_model(sys.argv[1], repo)
-    loaded = [sum(p.numel() for p in model.parameters()) for model in bag.models]
+    loaded = [parameter_count(model) for model in bag.models]
 print(json.dumps({"found": [str(p) for p in found], "places": places, "loaded": loaded}))
 """
 
@@ -66,10 +68,8 @@ def _probe(home: Path, name: str, repo: Path | None = None, hub: str | None = No
 
 
 def _tiny_parameters(tiny_repo: Path) -> int:
-    import torch
-
-    package = torch.load(next(tiny_repo.glob("*.th")), map_location="cpu", weights_only=False)
-    return sum(tensor.numel() for tensor in package["state"].values())
+    """The tiny model's parameters, loaded from its own local repo."""
+    return parameter_count(load_model("htdemucs", tiny_repo).models[0])
 
 
 def test_a_pretrained_name_is_found_where_demucs_loads_it_offline(tiny_repo: Path, tmp_path: Path) -> None:
