@@ -450,6 +450,16 @@ class FlowstateSurface(LiveSurface):
             self._show(f"live stems: {device!s} delivers no audio (unplugged? asleep?); they go on when it is back")
         elif name == "stream.resumed":
             self._show("live stems: the audio device delivers again")
+        elif name == "stream.no_signal":  # seconds, device, inputs
+            seconds, device, inputs = (list(args) + [None, "the audio device", "?"])[:3]
+            self._show(
+                f"live stems: no signal yet on {device!s} input {inputs!s} (all 0s for {_number(seconds)} s): route "
+                "your audio there; on a Mac, allow the daemon's app to use the Microphone (System Settings > "
+                "Privacy & Security)"
+            )
+        elif name == "stream.signal":
+            inputs = args[2] if len(args) > 2 else "?"
+            self._show(f"live stems: a signal on input {inputs!s}")
         elif name == "daemon.stopping":
             self._registered = False
             self._next_register = time.monotonic() + RECONNECT_SECONDS

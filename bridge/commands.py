@@ -143,6 +143,12 @@ EVENTS: dict[str, EventSpec] = {
                   "The audio device has delivered nothing for `seconds` (unplugged, the computer asleep, taken by "
                   "another app): the stream runs on, silent, until it is back (stream.resumed) or stream.stop."),
         EventSpec("stream.resumed", ("seconds", "device"), "The stalled audio device delivers again, after `seconds`."),
+        EventSpec("stream.no_signal", ("seconds", "device", "inputs"),
+                  "Every sample on the stream's inputs (e.g. \"1-2\") has been exactly 0 since it started, for "
+                  "`seconds`: nothing is routed there yet, or (macOS) the daemon may not use the microphone, "
+                  "which makes every input silent. Once per stream; stream.signal when a signal comes."),
+        EventSpec("stream.signal", ("seconds", "device", "inputs"),
+                  "A signal on the inputs that stream.no_signal said were silent, after `seconds` of silence."),
         EventSpec("stream.error", ("tier", "code", "message"),
                   "The live stream lost its tier (the self-hosted server's connection): it plays the dry input at "
                   "the same latency and connects again every stream.reconnect_seconds until stream.stop."),

@@ -100,6 +100,12 @@ class StreamConfig(Section):
     block_size: int = Field(default=512, ge=16, le=8192)
     channels: int = Field(default=2, ge=1, le=2)
     routing: Literal["mix", "stems", "both"] = "mix"
+    # The device's channels the stream uses, numbered from 1 as the DAW and the device's panel number
+    # them: it reads `channels` inputs from first_input on, and writes the routing's outputs from
+    # first_output on (the outputs before it stay silent). On a loopback device (BlackHole, a
+    # virtual cable), where what goes out on output k comes back in on input k, keep them apart.
+    first_input: int = Field(default=1, ge=1, le=256)
+    first_output: int = Field(default=1, ge=1, le=256)
     model: StreamModel = "htdemucs"
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)

@@ -117,6 +117,11 @@ CLIMB_SECONDS = 2.0
 # The device has stalled when no input block has come for this long once one had: unplugged, the
 # computer asleep, another app holding it exclusively, or the audio server stopped.
 STALL_SECONDS = 1.0
+# Every input sample exactly 0 since the stream started, for this long, is worth a word: nothing is
+# routed to the stream's inputs yet, or, on macOS, the process may not use the microphone, which
+# Core Audio answers with exact silence on every input, a loopback device's (BlackHole) too. An
+# input with nothing plugged in hums or hisses; a DAW that has not started playing sends exact 0s.
+SILENT_INPUT_SECONDS = 5.0
 JACK_HOST_API = "JACK Audio Connection Kit"  # PortAudio's name for it
 # Windows host APIs whose default rate PortAudio guesses (pa_win_wmme.c tries 44100 Hz first, then
 # 48000 ...; pa_win_ds.c likewise) instead of reading the device's: both convert other rates.
@@ -210,7 +215,7 @@ def device_rate(device: str | int | None) -> tuple[int, str]:
 
 def device_refused(device: str | int | None, channels: str, tried: int, err: Exception,
                    rate: int | None = None) -> Unavailable:
-    """The error for a device that would not open with `channels` ("2 in / 8 out") at `tried` Hz,
+    """The error for a device that would not open with `channels` ("inputs 1-2 / outputs 1-8") at `tried` Hz,
     naming the `rate` it runs at (read here when not given) when that is another."""
     if rate is None:
         try:
@@ -222,7 +227,34 @@ def device_refused(device: str | int | None, channels: str, tried: int, err: Exc
                        "`flowstate devices` lists devices")
 
 
-def check_device_rate(device: str | int | None, channels: int, rate: int) -> None:
+def channel_span(first: int, count: int) -> str:
+    """Device channels `first` .. `first + count - 1` as a DAW names them: "3", "3-4"."""
+    return str(first) if count == 1 else f"{first}-{first + count - 1}"
+
+
+def check_device_channels(device: str | int | None, first_input: int, inputs: int, first_output: int,
+                          outputs: int) -> None:
+    """Raise Unavailable now, naming what the device has, when it lacks the channels the stream
+    reads (`inputs` from `first_input` on) or writes (`outputs` from `first_output` on): PortAudio
+    would refuse the open with "Invalid number of channels". Nothing to check where PortAudio finds
+    no such device: the open says."""
+    sounddevice = import_sounddevice()
+    for kind, first, count, setting in (("input", first_input, inputs, "stream.first_input"),
+                                        ("output", first_output, outputs, "stream.first_output")):
+        try:
+            info = sounddevice.query_devices(device, kind=kind)
+        except (sounddevice.PortAudioError, ValueError):
+            return
+        has = int(info[f"max_{kind}_channels"])
+        if first - 1 + count > has:
+            raise Unavailable(
+                f"stream.start: {info['name']} has {has} {kind} channel{'' if has == 1 else 's'}; the stream "
+                f"{'reads' if kind == 'input' else 'writes'} {kind}s {channel_span(first, count)} ({setting} "
+                f"{first}, {count} channel{'' if count == 1 else 's'}): set {setting} to a channel it has, or pick "
+                "another device (`flowstate devices` lists each with its channels)")
+
+
+def check_device_rate(device: str | int | None, first_input: int, channels: int, rate: int) -> None:
     """Raise `device_refused`'s error now if the device's input will not take `rate` (an explicit
     stream.sample_rate other than the device's own), so a stream.start does not load a model for a
     rate the device then refuses. JACK refuses any rate but its server's, and WASAPI in shared mode
@@ -236,9 +268,10 @@ def check_device_rate(device: str | int | None, channels: int, rate: int) -> Non
     if own == rate:
         return
     try:
-        sounddevice.check_input_settings(device=device, channels=channels, dtype="float32", samplerate=rate)
+        sounddevice.check_input_settings(device=device, channels=first_input - 1 + channels, dtype="float32",
+                                         samplerate=rate)
     except (sounddevice.PortAudioError, ValueError) as err:
-        raise device_refused(device, f"{channels} in", rate, err, rate=own) from None
+        raise device_refused(device, f"inputs {channel_span(first_input, channels)}", rate, err, rate=own) from None
 
 
 def release_audio_host() -> None:
@@ -329,14 +362,15 @@ class Layout:
     routing: str
     mix_channels: list[int] = field(default_factory=list)
     stem_channels: dict[str, list[int]] = field(default_factory=dict)
+    first_output: int = 1  # the device channel the first output goes to (stream.first_output)
 
     @property
     def num_outputs(self) -> int:
         return len(self.mix_channels) + sum(len(c) for c in self.stem_channels.values())
 
     @classmethod
-    def build(cls, stems: tuple[str, ...], channels: int, routing: str) -> Layout:
-        layout = cls(stems=stems, channels=channels, routing=routing)
+    def build(cls, stems: tuple[str, ...], channels: int, routing: str, first_output: int = 1) -> Layout:
+        layout = cls(stems=stems, channels=channels, routing=routing, first_output=first_output)
         next_channel = 0
         if routing in ("mix", "both"):
             layout.mix_channels = list(range(channels))
@@ -348,8 +382,10 @@ class Layout:
         return layout
 
     def describe(self) -> dict[str, list[int]]:
-        out = {"mix": [c + 1 for c in self.mix_channels]} if self.mix_channels else {}
-        out.update({stem: [c + 1 for c in chans] for stem, chans in self.stem_channels.items()})
+        """Each output's device channels, numbered from 1 as the DAW numbers them."""
+        first = self.first_output
+        out = {"mix": [c + first for c in self.mix_channels]} if self.mix_channels else {}
+        out.update({stem: [c + first for c in chans] for stem, chans in self.stem_channels.items()})
         return out
 
 
@@ -366,7 +402,11 @@ class LiveStream:
         self.sample_rate = int(engine.sample_rate)  # the rate the engine resamples from: the device's
         self.block_size = settings.block_size
         channels = settings.channels
-        self.layout = Layout.build(tuple(engine.stems), channels, settings.routing)
+        self.layout = Layout.build(tuple(engine.stems), channels, settings.routing, settings.first_output)
+        # The device channels before the stream's own: opened too (PortAudio opens channels from
+        # the first), not read, and written silent.
+        self._in_skip = settings.first_input - 1
+        self._out_skip = settings.first_output - 1
         self.controls = {stem: StemControl() for stem in engine.stems}
         for stem, gain_db in settings.gains_db.items():
             self.controls[stem].gain_db = gain_db
@@ -479,6 +519,10 @@ class LiveStream:
         self.stalls = 0  # times the device stopped delivering audio (STALL_SECONDS)
         self._stalled_since: float | None = None  # monotonic time of the last input before the stall
         self._input_seen = (0, 0.0)  # the input's frame count, and when the worker saw it change
+        self.input_signal = False  # a sample that is not 0 has come in since the start
+        self._silent_frames = 0  # input frames read before that, all exactly 0
+        self._silence_told = False
+        self.inputs = channel_span(settings.first_input, channels)  # "1-2", as the DAW names them
         self.worker_nice: int | None = None  # set by the worker (lower_thread_priority)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -487,6 +531,8 @@ class LiveStream:
         sounddevice = import_sounddevice()
         if not sounddevice._initialized:  # it left JACK for the model's load (current_audio_devices)
             _start_portaudio(sounddevice)
+        check_device_channels(self.settings.device, self.settings.first_input, self.settings.channels,
+                              self.settings.first_output, self.layout.num_outputs)
         self.engine.reset()
         self.effects.reset()
         # The model and everything else loaded so far lives as long as the stream: out of the
@@ -505,7 +551,7 @@ class LiveStream:
                 samplerate=self.sample_rate,
                 blocksize=self.block_size,
                 device=(device, device),
-                channels=(self.settings.channels, self.layout.num_outputs),
+                channels=(self._in_skip + self.settings.channels, self._out_skip + self.layout.num_outputs),
                 dtype="float32",
                 callback=self._callback,
                 latency="low",
@@ -516,8 +562,9 @@ class LiveStream:
             self._wake.set()
             self._worker.join(timeout=2)
             self._restore_interpreter()
-            raise device_refused(device, f"{self.settings.channels} in / {self.layout.num_outputs} out",
-                                 self.sample_rate, err) from None
+            spans = (f"inputs {channel_span(self.settings.first_input, self.settings.channels)} / outputs "
+                     f"{channel_span(self.settings.first_output, self.layout.num_outputs)}")
+            raise device_refused(device, spans, self.sample_rate, err) from None
         info = sounddevice.query_devices(self._stream.device[0])
         self.device_name = str(info["name"])
         latency = self._stream.latency
@@ -588,6 +635,11 @@ class LiveStream:
                 counters.input_overflows += 1
             if status.output_underflow:
                 counters.output_underflows += 1
+        if self._in_skip:
+            indata = indata[:, self._in_skip:]
+        if self._out_skip:
+            outdata[:, : self._out_skip] = 0.0
+            outdata = outdata[:, self._out_skip:]
         self._in.write_interleaved(indata)
         self._wake.set()
         played = self._played
@@ -705,6 +757,8 @@ class LiveStream:
                 n = until - 1  # these go out now; the next chunk starts with the frame that runs the model
             block_in = self._chunk_in[:, :n]
             self._in.read_at(self._processed, block_in)
+            if not self.input_signal:
+                self._listen(block_in)
             try:
                 stems = self.engine.process(block_in)
             except Unavailable as err:  # a remote tier's connection: dry until it is back
@@ -749,6 +803,28 @@ class LiveStream:
                         "by another app?): nothing plays until it is back, or stream.stop", self.device_name,
                         now - seen_at)
             self._publish("stream.stalled", seconds=round(now - seen_at, 1), device=self.device_name)
+
+    def _listen(self, block: np.ndarray) -> None:
+        """Until the first sample that is not 0: say once when the input has been digital silence
+        for SILENT_INPUT_SECONDS since the start, and say when the signal comes after that."""
+        seconds = round(self._silent_frames / self.sample_rate, 1)
+        if block.any():
+            self.input_signal = True
+            if self._silence_told:
+                log.info("stream: a signal on %s input %s after %.1f s of silence", self.device_name, self.inputs,
+                         seconds)
+                self._publish("stream.signal", seconds=seconds, device=self.device_name, inputs=self.inputs)
+            return
+        self._silent_frames += block.shape[1]
+        if not self._silence_told and self._silent_frames >= SILENT_INPUT_SECONDS * self.sample_rate:
+            self._silence_told = True
+            seconds = round(self._silent_frames / self.sample_rate, 1)
+            log.warning("stream: no signal on %s input %s: every sample has been exactly 0 for %.1f s since the "
+                        "start. Route your DAW's audio there (stream.first_input picks the inputs); on macOS an app "
+                        "that may not use the microphone gets exact silence from every input, a loopback device's "
+                        "too: allow the app that started the daemon (Terminal) in System Settings > Privacy & "
+                        "Security > Microphone", self.device_name, self.inputs, seconds)
+            self._publish("stream.no_signal", seconds=seconds, device=self.device_name, inputs=self.inputs)
 
     def _write(self, stems: np.ndarray, n: int) -> int | None:
         """Route the engine's output for the next `n` input frames into the output ring, less the
@@ -1045,6 +1121,10 @@ class LiveStream:
             "xruns": self.counters.xruns,
             "xruns_startup": self.counters.xruns_startup,
             "resyncs": self.counters.resyncs,
+            "input_channels": [self.settings.first_input + c for c in range(self.settings.channels)],
+            # False until a sample that is not 0 comes in; how long the input was all 0s until then.
+            "input_signal": self.input_signal,
+            "no_signal_seconds": 0.0 if self.input_signal else round(self._silent_frames / self.sample_rate, 1),
             "routing": self.layout.describe(),
             "controls": {stem: {"gain_db": c.gain_db, "mute": c.mute} for stem, c in self.controls.items()},
             "worker_error": self.worker_error,

@@ -27,6 +27,7 @@ from bridge.stream import (
     EffectRack,
     LiveStream,
     StreamEngine,
+    check_device_channels,
     check_device_rate,
     current_audio_devices,
     device_rate,
@@ -216,11 +217,15 @@ class StreamManager:
         so an interface plugged in since the daemon started is found too), and where the rate came
         from. Blocking; only while no stream runs (`start` holds the lock and refuses a second)."""
         with current_audio_devices():
+            # The outputs the routing writes are known once the model is (its stems): here, the mix's
+            # or the first stem's; LiveStream.start checks them all.
+            check_device_channels(settings.device, settings.first_input, settings.channels,
+                                  settings.first_output, settings.channels)
             if settings.sample_rate != "auto":
                 # A rate the device refuses is refused before a model loads for it; a rate the
                 # resamplers cannot take is the request's fault, and the engine says so.
                 if stream_rate_problem(settings.sample_rate, HTDEMUCS_RATE, settings.max_ratio_terms) is None:
-                    check_device_rate(settings.device, settings.channels, settings.sample_rate)
+                    check_device_rate(settings.device, settings.first_input, settings.channels, settings.sample_rate)
                 return settings, "stream.sample_rate"
             rate, why = device_rate(settings.device)
         problem = stream_rate_problem(rate, HTDEMUCS_RATE, settings.max_ratio_terms)

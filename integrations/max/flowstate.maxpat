@@ -625,8 +625,12 @@
                     "id": "obj-25",
                     "maxclass": "newobj",
                     "numinlets": 2,
-                    "numoutlets": 10,
+                    "numoutlets": 14,
                     "outlettype": [
+                        "",
+                        "",
+                        "",
+                        "",
                         "",
                         "",
                         "",
@@ -644,7 +648,7 @@
                         760.0,
                         22.0
                     ],
-                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error /flow/reply/register /flow/event/daemon/stopping /flow/event/stream/latency"
+                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error /flow/reply/register /flow/event/daemon/stopping /flow/event/stream/latency /flow/event/stream/stalled /flow/event/stream/resumed /flow/event/stream/no_signal /flow/event/stream/signal"
                 }
             },
             {
@@ -1226,6 +1230,78 @@
                         22.0
                     ],
                     "text": "prepend set latency"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-64",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        530.0,
+                        610.0,
+                        115.0,
+                        22.0
+                    ],
+                    "text": "prepend set stalled"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-65",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        650.0,
+                        610.0,
+                        115.0,
+                        22.0
+                    ],
+                    "text": "prepend set resumed"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-66",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        770.0,
+                        610.0,
+                        115.0,
+                        22.0
+                    ],
+                    "text": "prepend set no signal"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-67",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        890.0,
+                        610.0,
+                        115.0,
+                        22.0
+                    ],
+                    "text": "prepend set signal"
                 }
             }
         ],
@@ -1966,6 +2042,102 @@
                 "patchline": {
                     "source": [
                         "obj-63",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        9
+                    ],
+                    "destination": [
+                        "obj-64",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-64",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        10
+                    ],
+                    "destination": [
+                        "obj-65",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-65",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        11
+                    ],
+                    "destination": [
+                        "obj-66",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-66",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        12
+                    ],
+                    "destination": [
+                        "obj-67",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-67",
                         0
                     ],
                     "destination": [

@@ -60,6 +60,9 @@ def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
             try:
                 script.tick_until(lambda: script.shown("live stems latency grew"), "the budget grew", timeout=60)
                 grown = client.call("stream.status")
+                # Nothing plays into the stream (the dummy server's inputs are exact 0s): after a
+                # few seconds the status bar says where a signal was expected.
+                script.tick_until(lambda: script.shown("no signal yet"), "no signal shown", timeout=60)
                 # The audio device stops delivering (here the JACK server frozen), then comes back.
                 jack_server.process.send_signal(signal.SIGSTOP)
                 try:
@@ -70,6 +73,9 @@ def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
                                   "the device back", timeout=30)
             finally:
                 client.call("stream.stop")
+        silent = next(m for m in script.messages if "no signal yet" in m)
+        assert silent.startswith(f"Flowstate: live stems: no signal yet on {grown['device']} input 1-2 (all 0s for ")
+        assert "allow the daemon's app to use the Microphone" in silent, silent
         stalled = next(m for m in script.messages if "delivers no audio" in m)
         assert stalled == (f"Flowstate: live stems: {grown['device']} delivers no audio (unplugged? asleep?); they go "
                            "on when it is back"), stalled

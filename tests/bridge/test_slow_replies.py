@@ -27,17 +27,12 @@ import pytest
 
 from bridge.client import AsyncClient, Client
 from bridge.errors import Unavailable
-from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from bridge.testing import DaemonProcess
 from tests.bridge.test_stream import _stream_daemon
 from tests.conftest import JackServer
 
 # Shorter than any model load: without the patience every call below fails with "no daemon answered".
 TIMEOUT_SECONDS = 0.5
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from bridge.job_store import JobStore
 from bridge.ledger import Ledger
 from bridge.stream import CLIMB_SECONDS, CLIMB_WINDOWS, MIN_LIVE_HOPS, EffectRack, LiveStream, budget_frames_for
 from bridge.stream_manager import StreamManager
-from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from bridge.testing import DaemonProcess
 from engines.separation.streaming import HOP_LADDER, StreamingSeparator
 from tests.conftest import Events, JackServer, OscUdp, jack_env, running_jack
 
@@ -158,12 +158,6 @@ def _assert_lags_follow_the_reported_round_trips(recorded: np.ndarray, signal: n
     # A second that holds a splice matches less well; one without it matches the signal.
     assert max(corrs) > 0.8, (lags, corrs)
     return lags
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # A tiny HTDemucs whose stems add up to its input, so a known signal can be found at the outputs.
-    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)  # seconds, even on busy cores
 
 
 def _stream_daemon(server: JackServer | str, repo: Path, workdir: Path | None = None, **stream: Any) -> DaemonProcess:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from bridge.client import Client, RemoteError
-from bridge.testing import passthrough_htdemucs_repo
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
 from tests.conftest import running_jack
 
@@ -23,11 +22,6 @@ SERVER = f"flowstate-test-{os.getpid()}"
 ROOT = Path(__file__).resolve().parents[2]
 # What the daemon logs once a streaming engine has loaded its model (engines/separation/streaming.py).
 LOADED = "separation.stream: passthrough on cpu"
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
 
 
 def test_auto_runs_at_the_rate_the_device_runs_at_and_an_explicit_rate_is_kept(tiny_repo: Path,

@@ -11,17 +11,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
-
 from bridge.client import Client
-from bridge.testing import passthrough_htdemucs_repo
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
 from tests.conftest import Events, JackServer
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
 
 
 def test_a_device_that_stops_delivering_is_reported_and_so_is_its_return(

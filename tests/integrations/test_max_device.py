@@ -27,6 +27,7 @@ from bridge.client import Client
 from bridge.commands import EVENTS, lookup_address
 from bridge.config import Config
 from bridge.protocol import ERROR_ADDRESS
+from bridge.stream import SILENT_INPUT_SECONDS
 from bridge.testing import DaemonProcess
 from tests.integrations.conftest import STEMS, write_song
 from tests.integrations.max_sim import LiveControl, MaxDevice, Metro, UdpReceive, pump
@@ -233,6 +234,9 @@ def test_incoming_events_and_errors_are_routed_to_displays() -> None:
     assert set(routed) <= known, set(routed) - known
     assert {"/flow/event/job/progress", "/flow/event/job/done", "/flow/event/job/failed", ERROR_ADDRESS,
             "/flow/event/daemon/stopping", REGISTER_REPLY} <= set(routed)
+    # What a producer needs to hear about a stream that goes quiet, or never had a signal.
+    assert {"/flow/event/stream/stalled", "/flow/event/stream/resumed", "/flow/event/stream/no_signal",
+            "/flow/event/stream/signal"} <= set(routed)
 
 
 # -- the device at work against real daemons ------------------------------------------------------
@@ -337,26 +341,41 @@ def test_the_devices_session_works_against_a_real_daemon(stems_daemon: DaemonPro
         device.close()
 
 
-def test_a_round_trip_that_grows_while_running_reaches_the_status_box(stems_daemon: DaemonProcess) -> None:
-    # Another client starts the stream with one block of budget and growth on: the first window is
-    # late, the budget grows, and the device's status box gives the new round trip to compensate.
-    device = MaxDevice(load_patch(), udpsend_target=stems_daemon.osc_udp).load()
+def status_box_while_streaming(daemon: DaemonProcess, starts_with: str,
+                               overrides: dict[str, Any] | None = None) -> tuple[MaxDevice, str, dict[str, Any]]:
+    """Another client starts a stream (with `overrides`); once the device's status box starts with
+    `starts_with`: the device (closed since), what its box showed, and stream.status then."""
+    device = MaxDevice(load_patch(), udpsend_target=daemon.osc_udp).load()
     try:
         listening(device)
         device.pump(lambda: registered(device))
-        with Client(stems_daemon.zmq_requests, timeout_seconds=120) as client:
-            client.call("stream.start", {"overrides": {"budget_ms": 1.0, "budget_grow": True}})
+        with Client(daemon.zmq_requests, timeout_seconds=120) as client:
+            client.call("stream.start", {"overrides": overrides or {}})
             try:
-                device.pump(lambda: device.status.startswith("latency "))
-                shown = device.status
-                grown = client.call("stream.status")
+                device.pump(lambda: device.status.startswith(starts_with))
+                return device, device.status, client.call("stream.status")
             finally:
                 client.call("stream.stop")
     finally:
         device.close()
+
+
+def test_a_round_trip_that_grows_while_running_reaches_the_status_box(stems_daemon: DaemonProcess) -> None:
+    # Another client starts the stream with one block of budget and growth on: the first window is
+    # late, the budget grows, and the device's status box gives the new round trip to compensate.
+    device, shown, grown = status_box_while_streaming(stems_daemon, "latency ", {"budget_ms": 1.0, "budget_grow": True})
     announced = replies(device, "/flow/event/stream/latency")
     changes = sorted(grown["budget_changes"] + grown["hop_changes"], key=lambda c: c["seconds"])  # in order
     round_trips = [c["latency_frames"] + grown["block_size"] for c in changes]
     assert [params[2] for params in announced] == round_trips[:len(announced)]
     # ms as OSC carries them (32-bit floats), then the frames: one of the round trips announced.
     assert shown.split()[1:4] in [[str(params[0]), str(params[1]), str(params[2])] for params in announced], shown
+
+
+def test_a_stream_that_hears_only_silence_says_so_in_the_status_box(stems_daemon: DaemonProcess) -> None:
+    # The dummy JACK server's inputs are exact 0s, what a Mac gives a daemon without the Microphone
+    # permission: after SILENT_INPUT_SECONDS the status box names the device and its silent inputs.
+    device, shown, status = status_box_while_streaming(stems_daemon, "no signal ")
+    (params,) = replies(device, "/flow/event/stream/no_signal")
+    assert params[1:] == [status["device"], "1-2"] and params[0] >= SILENT_INPUT_SECONDS, params
+    assert shown == f"no signal {params[0]} {status['device']} 1-2", shown
