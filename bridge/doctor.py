@@ -11,14 +11,15 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bridge import __version__
-from bridge.config import Config
+from bridge.config import Config, StreamConfig
 from bridge.errors import NotFound
-from bridge.stream import import_sounddevice
+from bridge.stream import channel_span, import_sounddevice, loopback_feedback, missing_channels
 from engines import audio_tags, clap, embeddings, generation, openunmix, spleeter, stable_audio
 from engines.inference import import_openvino
 from engines.speech import VoiceLibrary
@@ -60,6 +61,7 @@ def run_checks(config: Config, config_source: str) -> list[Check]:
         _torch,
         _openvino,
         _portaudio,
+        lambda: _stream_device(config),
         _jack,
         _midi,
         lambda: _weights(config),
@@ -189,6 +191,47 @@ def _portaudio() -> Iterator[Check]:
     hint = "" if len(devices) else f"; no audio devices: {start}"
     yield Check("portaudio", state, f"{sounddevice.get_portaudio_version()[1]}; host APIs: {names}{hint}")
     yield audio_backend_check(sys.platform, [api["name"] for api in apis])
+
+
+def _stream_device(config: Config) -> Iterator[Check]:
+    settings = config.stream
+    try:
+        sounddevice = import_sounddevice()
+    except OSError:
+        return  # the portaudio row says
+    if not len(sounddevice.query_devices()):
+        yield Check("stream device", WARN, "no audio device for live stems (the portaudio row says how to get one)")
+        return
+    try:
+        heard = sounddevice.query_devices(settings.device, kind="input")
+        played = sounddevice.query_devices(settings.device, kind="output")
+    except (sounddevice.PortAudioError, ValueError) as err:
+        which = "the default device" if settings.device is None else f"stream.device {settings.device!r}"
+        yield Check("stream device", WARN, f"{which}: {err}; `flowstate devices` lists the devices: name one with "
+                                           "inputs and outputs in stream.device")
+        return
+    yield stream_device_check(settings, heard, played)
+
+
+def stream_device_check(settings: StreamConfig, heard: Mapping[str, Any], played: Mapping[str, Any]) -> Check:
+    """The live stream's device (`heard` and `played`: PortAudio's input and output device for
+    stream.device) against the channels the stream would read and write: the inputs and the mix's
+    outputs (or the first stem's; the stems' outputs depend on the model)."""
+    for kind, info, first in (("input", heard, settings.first_input), ("output", played, settings.first_output)):
+        problem = missing_channels(info, kind, first, settings.channels)
+        if problem is not None:
+            return Check("stream device", WARN, problem)
+    feedback = loopback_feedback(str(heard["name"]), str(played["name"]), settings.first_input, settings.channels,
+                                 settings.first_output, settings.channels)
+    if feedback is not None:
+        return Check("stream device", WARN, feedback)
+    names = heard["name"] if heard["name"] == played["name"] else f"{heard['name']} in, {played['name']} out"
+    writes = f"outputs {channel_span(settings.first_output, settings.channels)}"
+    if settings.routing != "mix":
+        writes = f"from output {settings.first_output} on ({settings.routing}: {settings.channels} per stem)"
+    reads = f"inputs {channel_span(settings.first_input, settings.channels)}"
+    return Check("stream device", OK, f"{names} ({heard['max_input_channels']} in, {played['max_output_channels']} "
+                                      f"out): live stems read {reads} and write {writes}")
 
 
 def _jack() -> Iterator[Check]:

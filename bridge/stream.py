@@ -82,7 +82,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,10 @@ STALL_SECONDS = 1.0
 # Core Audio answers with exact silence on every input, a loopback device's (BlackHole) too. An
 # input with nothing plugged in hums or hisses; a DAW that has not started playing sends exact 0s.
 SILENT_INPUT_SECONDS = 5.0
+# Virtual devices on which what an app plays on output k comes back in on input k, by the names
+# they show in `flowstate devices` (BlackHole, Soundflower, Rogue Amoeba's Loopback, VB-Audio's
+# VoiceMeeter): a stream whose outputs overlap its inputs there feeds its stems back into itself.
+LOOPBACK_NAMES = ("blackhole", "soundflower", "loopback", "voicemeeter", "vb-audio")
 JACK_HOST_API = "JACK Audio Connection Kit"  # PortAudio's name for it
 # Windows host APIs whose default rate PortAudio guesses (pa_win_wmme.c tries 44100 Hz first, then
 # 48000 ...; pa_win_ds.c likewise) instead of reading the device's: both convert other rates.
@@ -232,6 +236,19 @@ def channel_span(first: int, count: int) -> str:
     return str(first) if count == 1 else f"{first}-{first + count - 1}"
 
 
+def missing_channels(info: Mapping[str, Any], kind: str, first: int, count: int) -> str | None:
+    """What is wrong when the device `info` (PortAudio's) lacks the `count` channels of `kind`
+    ("input" or "output") from `first` on that the stream uses, or None."""
+    has = int(info[f"max_{kind}_channels"])
+    if first - 1 + count <= has:
+        return None
+    setting = f"stream.first_{kind}"
+    return (f"{info['name']} has {has} {kind} channel{'' if has == 1 else 's'}; the stream "
+            f"{'reads' if kind == 'input' else 'writes'} {kind}s {channel_span(first, count)} ({setting} {first}, "
+            f"{count} channel{'' if count == 1 else 's'}): set {setting} to a channel it has, or pick another device "
+            "(`flowstate devices` lists each with its channels)")
+
+
 def check_device_channels(device: str | int | None, first_input: int, inputs: int, first_output: int,
                           outputs: int) -> None:
     """Raise Unavailable now, naming what the device has, when it lacks the channels the stream
@@ -239,19 +256,29 @@ def check_device_channels(device: str | int | None, first_input: int, inputs: in
     would refuse the open with "Invalid number of channels". Nothing to check where PortAudio finds
     no such device: the open says."""
     sounddevice = import_sounddevice()
-    for kind, first, count, setting in (("input", first_input, inputs, "stream.first_input"),
-                                        ("output", first_output, outputs, "stream.first_output")):
+    for kind, first, count in (("input", first_input, inputs), ("output", first_output, outputs)):
         try:
             info = sounddevice.query_devices(device, kind=kind)
         except (sounddevice.PortAudioError, ValueError):
             return
-        has = int(info[f"max_{kind}_channels"])
-        if first - 1 + count > has:
-            raise Unavailable(
-                f"stream.start: {info['name']} has {has} {kind} channel{'' if has == 1 else 's'}; the stream "
-                f"{'reads' if kind == 'input' else 'writes'} {kind}s {channel_span(first, count)} ({setting} "
-                f"{first}, {count} channel{'' if count == 1 else 's'}): set {setting} to a channel it has, or pick "
-                "another device (`flowstate devices` lists each with its channels)")
+        problem = missing_channels(info, kind, first, count)
+        if problem is not None:
+            raise Unavailable(f"stream.start: {problem}")
+
+
+def loopback_feedback(input_name: str, output_name: str, first_input: int, inputs: int, first_output: int,
+                      outputs: int) -> str | None:
+    """Why the stream would feed itself, or None: on a loopback device (LOOPBACK_NAMES) what goes
+    out on output k comes back in on input k, so outputs that overlap the inputs bring the stems back in."""
+    if input_name != output_name or not any(word in input_name.lower() for word in LOOPBACK_NAMES):
+        return None
+    last_input, last_output = first_input + inputs - 1, first_output + outputs - 1
+    if last_input < first_output or last_output < first_input:
+        return None
+    return (f"{input_name} looks like a loopback device (what goes out on its output k comes back in on input k), "
+            f"and the stream reads inputs {channel_span(first_input, inputs)} and writes outputs "
+            f"{channel_span(first_output, outputs)}: its stems would come back into its input. Set "
+            f"stream.first_output to {last_input + 1} or past it, and take the stems from there in your DAW")
 
 
 def check_device_rate(device: str | int | None, first_input: int, channels: int, rate: int) -> None:
@@ -523,6 +550,7 @@ class LiveStream:
         self._silent_frames = 0  # input frames read before that, all exactly 0
         self._silence_told = False
         self.inputs = channel_span(settings.first_input, channels)  # "1-2", as the DAW names them
+        self.routing_warning: str | None = None  # outputs that come back in (loopback_feedback)
         self.worker_nice: int | None = None  # set by the worker (lower_thread_priority)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -567,6 +595,11 @@ class LiveStream:
             raise device_refused(device, spans, self.sample_rate, err) from None
         info = sounddevice.query_devices(self._stream.device[0])
         self.device_name = str(info["name"])
+        self.routing_warning = loopback_feedback(
+            self.device_name, str(sounddevice.query_devices(self._stream.device[1])["name"]),
+            self.settings.first_input, self.settings.channels, self.settings.first_output, self.layout.num_outputs)
+        if self.routing_warning is not None:
+            log.warning("stream: %s", self.routing_warning)
         latency = self._stream.latency
         self.device_latency_seconds = float(latency[0] + latency[1])
         self.started_at = time.monotonic()
@@ -1126,6 +1159,7 @@ class LiveStream:
             "input_signal": self.input_signal,
             "no_signal_seconds": 0.0 if self.input_signal else round(self._silent_frames / self.sample_rate, 1),
             "routing": self.layout.describe(),
+            "routing_warning": self.routing_warning,
             "controls": {stem: {"gain_db": c.gain_db, "mute": c.mute} for stem, c in self.controls.items()},
             "worker_error": self.worker_error,
             "stalled_seconds": 0.0 if self._stalled_since is None else round(time.monotonic() - self._stalled_since, 1),

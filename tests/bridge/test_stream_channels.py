@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 
 from bridge.client import Client, RemoteError
+from bridge.config import StreamConfig
+from bridge.doctor import stream_device_check
 from bridge.stream import SILENT_INPUT_SECONDS
+from bridge.testing import DaemonProcess
+from tests.bridge.test_cli import flowstate
 from tests.bridge.test_stream import SAMPLE_RATE, Rig, _best_lag, _noise, _stream_daemon
 from tests.conftest import Events, JackServer
 
@@ -120,3 +124,37 @@ def test_inputs_silent_since_the_start_are_reported_once_and_the_signal_when_it_
             rig.close()
         events.close()
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_doctor_names_the_streams_device_channels_and_those_it_lacks(jack_server: JackServer, tmp_path: Path) -> None:
+    for name, first_input, expect in (
+        ("fits", 1, ["ok  ", "(2 in, 10 out): live stems read inputs 1-2 and write outputs 3-4"]),
+        ("lacks", 2, ["warn", "has 2 input channels; the stream reads inputs 2-3 (stream.first_input 2, 2 channels)"]),
+    ):
+        (tmp_path / name).mkdir()
+        config = DaemonProcess(workdir=tmp_path / name,
+                               overrides={"stream": {"first_input": first_input, "first_output": 3}}).config_path
+        done = flowstate("doctor", "--config", str(config), env=jack_server.env)
+        (row,) = [line for line in done.stdout.splitlines() if " stream device " in line]
+        assert row.split()[0] == expect[0].strip() and expect[1] in row, row
+
+
+@pytest.mark.parametrize(
+    ("first_output", "routing", "state", "words"),
+    [
+        (1, "mix", "warn", ["BlackHole 16ch looks like a loopback device", "reads inputs 1-2 and writes outputs 1-2",
+                            "Set stream.first_output to 3 or past it"]),
+        (2, "stems", "warn", ["writes outputs 2-3", "Set stream.first_output to 3"]),
+        (3, "mix", "ok", ["BlackHole 16ch (16 in, 16 out): live stems read inputs 1-2 and write outputs 3-4"]),
+        (3, "stems", "ok", ["write from output 3 on (stems: 2 per stem)"]),
+    ],
+)
+def test_doctor_warns_when_the_stems_would_come_back_in_through_a_loopback_device(
+    first_output: int, routing: str, state: str, words: list[str]
+) -> None:
+    # As PortAudio's Core Audio describes BlackHole 16ch (the same device for input and output).
+    blackhole = {"name": "BlackHole 16ch", "max_input_channels": 16, "max_output_channels": 16}
+    check = stream_device_check(StreamConfig(first_output=first_output, routing=routing), blackhole, blackhole)
+    assert check.state == state, check.detail
+    for word in words:
+        assert word in check.detail, check.detail
