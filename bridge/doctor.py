@@ -292,8 +292,8 @@ def _weights(config: Config) -> Iterator[Check]:
                         "with it fail until they are there")
         else:
             yield Check("weights", WARN, f"{name} ({used}): not on this machine (looked in "
-                        f"{' and '.join(places)}); the first live stream or stem job with it downloads it "
-                        "when online, else set models.demucs_repo")
+                        f"{' and '.join(places)}); `flowstate download` fetches it now (else the first live "
+                        "stream or stem job with it does, when online), or set models.demucs_repo")
 
 
 def _spleeter(config: Config) -> Iterator[Check]:

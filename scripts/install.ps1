@@ -65,6 +65,7 @@ $Flowstate = Join-Path $Venv "Scripts\flowstate.exe"
 Say "done. What works on this machine:"
 & $Flowstate doctor
 Write-Host ""
+Write-Host "Fetch the stem models now:   $Flowstate download"
 Write-Host "Start the daemon:            $Flowstate up"
 Write-Host "Start it at every login:     $Flowstate install-service"
 Write-Host "Install the Live script:     $Flowstate install-ableton"

@@ -63,6 +63,7 @@ say "done. What works on this machine:"
 "$venv/bin/flowstate" doctor || true
 cat <<EOF
 
+Fetch the stem models now:   $venv/bin/flowstate download
 Start the daemon:            $venv/bin/flowstate up
 Start it at every login:     $venv/bin/flowstate install-service
 Install the Live script:     $venv/bin/flowstate install-ableton

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BadRequest, NotFound, Unavailable
-from engines.openunmix import is_openunmix, load_openunmix
-from engines.spleeter import is_spleeter, load_spleeter
+from engines.openunmix import find_weights, is_openunmix, load_openunmix
+from engines.spleeter import find_checkpoints, is_spleeter, load_spleeter
 
 if TYPE_CHECKING:
     from demucs.apply import BagOfModels
@@ -84,6 +84,20 @@ def htdemucs_files_on_disk(name: str, repo: Path | None = None) -> tuple[list[Pa
     return checkpoints(legacy, signatures(remote) if remote.is_file() else [name]), places
 
 
+def model_files_on_disk(name: str, repo: Path | None = None, spleeter_dir: Path | None = None,
+                        openunmix_dir: Path | None = None) -> list[Path]:
+    """The files `load_model` would load `name` from on this machine, without a network: HTDemucs's
+    (`htdemucs_files_on_disk`), Spleeter's or Open-Unmix's checkpoints. NotFound when there are none."""
+    if is_spleeter(name):
+        return list(find_checkpoints(name, spleeter_dir).values())
+    if is_openunmix(name):
+        return list(find_weights(name, openunmix_dir, download=False).values())
+    found, places = htdemucs_files_on_disk(name, repo)
+    if not found:
+        raise NotFound(f"model {name!r}: not on this machine (looked in {' and '.join(places)})")
+    return found
+
+
 def _older_download(name: str) -> Any:
     """The pretrained `name` from demucs's older download in torch.hub's checkpoints folder, by the
     fallback `demucs.pretrained.get_model` takes after the hub (its remote repos; torch.hub reads a
@@ -144,7 +158,7 @@ def load_model(name: str, repo: Path | None = None, spleeter_dir: Path | None = 
                               f"{type(err).__name__}: {err}. Fix: {fix}") from err
     else:
         fix = (f"set models.demucs_repo to a folder holding {name}.yaml and its <sig>.th checkpoints "
-               "(demucs's local repo format), or run once with internet access so demucs caches the weights")
+               f"(demucs's local repo format), or fetch it once with internet access: `flowstate download {name}`")
         found, places = htdemucs_files_on_disk(name)
         try:
             # In demucs's older download alone: its own loader for it, without asking the hub first.

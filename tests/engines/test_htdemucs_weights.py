@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bridge.testing import DaemonProcess, parameter_count, save_demucs_hub_cache, tiny_htdemucs_repo
+from bridge.testing import DaemonProcess, hub_stand_in, parameter_count, save_demucs_hub_cache, tiny_htdemucs_repo
 from engines.separation.models import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +149,38 @@ def test_doctor_says_whether_live_stems_and_stem_jobs_load_offline(tiny_repo: Pa
     assert there.startswith("ok") and all(str(path) in there for path in written), there
     [in_repo] = _weights_rows(tmp_path, demucs_repo=str(tmp_path / "empty"))
     assert in_repo.startswith("warn") and "not in models.demucs_repo" in in_repo, in_repo
+
+
+def test_flowstate_download_fetches_the_models_so_that_they_load_offline(tiny_repo: Path, tmp_path: Path) -> None:
+    served = save_demucs_hub_cache(tiny_repo, "htdemucs", tmp_path / "published")
+    home = tmp_path / "home"
+    (home / "daemon").mkdir(parents=True)
+    config = DaemonProcess(workdir=home / "daemon").config_path  # stream.model and separate.model: htdemucs
+    published = {f"/adefossez/HTDemucs/resolve/main/{path.name}": path.read_bytes() for path in served}
+    with hub_stand_in(published) as hub:
+        done = subprocess.run([sys.executable, "-m", "bridge", "download", "--config", str(config)],
+                              capture_output=True, text=True, timeout=300, env=_offline_env(home, hub=hub.url))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Each file once (a HEAD for its commit and ETag, a GET for its bytes): htdemucs is named by
+    # both settings and fetched once.
+    asked = sorted((verb, path) for verb, path, _ in hub.asked)
+    assert asked == sorted((verb, path) for path in published for verb in ("GET", "HEAD")), hub.asked
+    cached = home / "hub" / "models--adefossez--HTDemucs" / "snapshots" / ("0" * 40)
+    (line,) = done.stdout.splitlines()
+    assert line.startswith("htdemucs: ready in ") and line.endswith(
+        "loads without a network from " + ", ".join(str(cached / path.name) for path in served)), line
+    # Now the machine has it: doctor says so, offline, and it loads offline.
+    [row] = _weights_rows(home)
+    assert row.startswith("ok") and str(cached / "htdemucs.yaml") in row, row
+    assert _probe(home, "htdemucs")["loaded"] == [_tiny_parameters(tiny_repo)]
+
+
+def test_flowstate_download_without_a_network_names_every_place_and_fails(tmp_path: Path) -> None:
+    (tmp_path / "daemon").mkdir()
+    config = DaemonProcess(workdir=tmp_path / "daemon").config_path
+    done = subprocess.run([sys.executable, "-m", "bridge", "download", "--config", str(config), "htdemucs_6s"],
+                          capture_output=True, text=True, timeout=300, env=_offline_env(tmp_path))
+    assert done.returncode == 1 and "ready" not in done.stdout, done.stdout
+    assert "flowstate: htdemucs_6s: model 'htdemucs_6s': tried the pretrained name" in done.stderr, done.stderr
+    assert "adefossez/HTDemucs-6s" in done.stderr and str(tmp_path / "torch" / "hub" / "checkpoints") in done.stderr
+    assert "`flowstate download htdemucs_6s`" in done.stderr, done.stderr

@@ -1,0 +1,58 @@
+"""A loopback stand-in for the model hub's file endpoint, for tests of what downloads ask for."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HubStandIn:
+    url: str  # what HF_ENDPOINT is set to
+    asked: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, user agent), in order
+
+
+@contextlib.contextmanager
+def hub_stand_in(files: dict[str, bytes]) -> Iterator[HubStandIn]:
+    """Serve `files` (by path, e.g. "/adefossez/HTDemucs/resolve/main/htdemucs.yaml") as the hub's
+    resolve endpoint does, with the headers huggingface_hub reads (the commit, and an ETag per file:
+    the name its cache stores the file's blob under), 404 for anything else; every request is
+    recorded. Stopped on the way out."""
+    stand_in = HubStandIn(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: bool) -> None:
+            stand_in.asked.append((self.command, self.path, self.headers.get("user-agent", "")))
+            data = files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("X-Repo-Commit", "0" * 40)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    stand_in.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield stand_in
+    finally:
+        server.shutdown()
+        server.server_close()
