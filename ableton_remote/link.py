@@ -12,6 +12,11 @@ Two non-blocking UDP sockets:
 
 OSC replies carry no request id; the daemon answers one socket's requests to one address in
 order, so replies are matched to the oldest pending request for that address.
+
+A request sent with a patience (stream.start, which loads its model: seconds, minutes while the
+weights download) is waited for as long as the daemon answers: while one waits, the link pings the
+daemon every PROBE_SECONDS, and each answered ping gives it its timeout again, up to its patience.
+A daemon that has gone answers no ping, and the request fails its timeout after the last answer.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ UNAVAILABLE = "unavailable"
 # At most this many packets per socket per timer tick, so one flood cannot stall Live's UI.
 MAX_PACKETS_PER_TICK = 256
 RECEIVE_BYTES = 65536
+PROBE_SECONDS = 1.0  # while a patient request waits, ping the daemon this often
 
 REPLY_PREFIX = "/flow/reply/"
 EVENT_PREFIX = "/flow/event/"
@@ -56,6 +62,9 @@ class _Pending:
     on_reply: OnReply
     on_error: OnError
     deadline: float
+    timeout: float = 0.0
+    patience: float = 0.0
+    patience_deadline: float | None = None  # a patient request: answered pings push `deadline` up to this
 
 
 @dataclass
@@ -72,6 +81,8 @@ class DaemonLink:
     _events: socket.socket | None = field(default=None, init=False, repr=False)
     _pending: dict[str, deque[_Pending]] = field(default_factory=dict, init=False, repr=False)
     _daemon_addresses: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False)
+    _next_probe: float = field(default=0.0, init=False, repr=False)
+    probes_answered: int = field(default=0, init=False)  # pings answered while a patient request waited
 
     @property
     def where(self) -> str:
@@ -119,11 +130,13 @@ class DaemonLink:
     # -- sending ---------------------------------------------------------------------------------
 
     def request(
-        self, name: str, args: Sequence[OscArg], on_reply: OnReply, on_error: OnError, timeout_seconds: float
+        self, name: str, args: Sequence[OscArg], on_reply: OnReply, on_error: OnError, timeout_seconds: float,
+        patience_seconds: float | None = None,
     ) -> None:
         """Send one command; exactly one of the callbacks runs later, from `poll()`.
 
-        A failure to send is reported through `on_error` at once, so callers have one path.
+        A failure to send is reported through `on_error` at once, so callers have one path. With
+        `patience_seconds`, the request waits while the daemon answers pings, up to that long.
         """
         address = command_address(name)
         if self._requests is None:
@@ -143,7 +156,10 @@ class DaemonLink:
         except OSError as err:
             on_error(UNAVAILABLE, f"cannot send to the daemon at {self.where}: {err}")
             return
-        pending = _Pending(name, on_reply, on_error, time.monotonic() + timeout_seconds)
+        now = time.monotonic()
+        patience = max(patience_seconds or 0.0, timeout_seconds)
+        pending = _Pending(name, on_reply, on_error, now + timeout_seconds, timeout_seconds, patience,
+                           None if patience_seconds is None else now + patience)
         self._pending.setdefault(address, deque()).append(pending)
 
     def unreachable_message(self) -> str:
@@ -157,7 +173,9 @@ class DaemonLink:
             self._drain(self._requests, from_requests=True)
         if self._events is not None:
             self._drain(self._events, from_requests=False)
-        self._expire(time.monotonic())
+        now = time.monotonic()
+        self._probe(now)
+        self._expire(now)
 
     def _drain(self, sock: socket.socket, from_requests: bool) -> None:
         for _ in range(MAX_PACKETS_PER_TICK):
@@ -217,11 +235,32 @@ class DaemonLink:
         for pending in waiting:
             pending.on_error(UNAVAILABLE, self.unreachable_message())
 
+    def _patient(self) -> list[_Pending]:
+        return [p for queue in self._pending.values() for p in queue if p.patience_deadline is not None]
+
+    def _probe(self, now: float) -> None:
+        """While a patient request waits, ping every PROBE_SECONDS (one ping in flight at a time)."""
+        if now < self._next_probe or not self._patient() or self._pending.get(command_address("ping")):
+            return
+        self._next_probe = now + PROBE_SECONDS
+        timeout = max(self._patient()[0].timeout, PROBE_SECONDS)
+        self.request("ping", [], self._alive, lambda code, message: None, timeout)  # an unanswered one: see _expire
+
+    def _alive(self, args: Tuple[OscArg, ...]) -> None:
+        """A ping answered: the daemon is working on the patient requests; each gets its timeout again."""
+        self.probes_answered += 1
+        now = time.monotonic()
+        for pending in self._patient():
+            assert pending.patience_deadline is not None
+            pending.deadline = max(pending.deadline, min(now + pending.timeout, pending.patience_deadline))
+
     def _expire(self, now: float) -> None:
         for queue in self._pending.values():
             while queue and queue[0].deadline <= now:
                 pending = queue.popleft()
-                pending.on_error(
-                    UNAVAILABLE,
-                    f"{pending.name}: no answer from the daemon at {self.where}; is `flowstate up` running?",
-                )
+                if pending.patience_deadline is not None and now >= pending.patience_deadline:
+                    text = (f"{pending.name}: the daemon at {self.where} answers, but has not finished it within "
+                            f"{pending.patience:.0f} s; it goes on with it")
+                else:
+                    text = f"{pending.name}: no answer from the daemon at {self.where}; is `flowstate up` running?"
+                pending.on_error(UNAVAILABLE, text)

@@ -70,7 +70,9 @@ GAIN_MIN_DB = -60.0  # CC value 0
 GAIN_MAX_DB = 6.0  # CC value 127
 
 REQUEST_TIMEOUT_SECONDS = 5.0
-STREAM_START_TIMEOUT_SECONDS = 120.0  # the first start loads the model
+# The first start loads the model (seconds; minutes while its weights download): waited for while
+# the daemon answers pings (a gone daemon is said after REQUEST_TIMEOUT_SECONDS), up to this long.
+STREAM_START_PATIENCE_SECONDS = 900.0
 RECONNECT_SECONDS = 5.0  # while the daemon is away, try to register again this often
 # The daemon drops a listener not registered again within daemon.listener_ttl_seconds (300 s by
 # default): register again well within that.
@@ -309,9 +311,8 @@ class FlowstateSurface(LiveSurface):
     @_guarded
     def start_stream(self) -> None:
         self._show("starting live stems (the first start loads the model)...")
-        self._link.request(
-            "stream.start", [], self._stream_started, self._stream_error("did not start"), STREAM_START_TIMEOUT_SECONDS
-        )
+        self._link.request("stream.start", [], self._stream_started, self._stream_error("did not start"),
+                           REQUEST_TIMEOUT_SECONDS, patience_seconds=STREAM_START_PATIENCE_SECONDS)
 
     @_guarded
     def stop_stream(self) -> None:

@@ -19,7 +19,13 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.tcp_client import SimpleTCPClient
 from pythonosc.udp_client import SimpleUDPClient
 
-from bridge.testing import RUN_MARKER_VARIABLE, DaemonProcess, processes_started_by, stop_processes
+from bridge.testing import (
+    RUN_MARKER_VARIABLE,
+    DaemonProcess,
+    passthrough_htdemucs_repo,
+    processes_started_by,
+    stop_processes,
+)
 
 # No model hub at test time: weights come from packages and tiny models built in the tests.
 # Daemons the tests start inherit this, so a hub name fails at once instead of retrying.
@@ -249,6 +255,14 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtur
     rate = getattr(request.module, "JACK_RATE", 48000)
     with running_jack(f"flowstate-test-{os.getpid()}", tmp_path_factory.mktemp("jack") / "jackd.log", rate) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HTDemucs whose stems add up to its input, so a known signal can be found at the
+    outputs of a live stream; one thread, so it loads and runs in seconds even on busy cores.
+    (Modules that need another tiny model define their own `tiny_repo`.)"""
+    return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
 
 
 class Events:

@@ -33,8 +33,11 @@ DEFAULT_ADDRESS = "127.0.0.1:9010"
 
 # How long to wait for the reply to a request before saying the daemon does not answer.
 REPLY_TIMEOUT_SECONDS = 5.0
-# stream.start loads a model and opens the audio device before it replies.
-STREAM_START_TIMEOUT_SECONDS = 90.0
+# stream.start loads a model (seconds; minutes while its weights download) and opens the audio
+# device before it replies: it is waited for while the daemon answers a ping every PROBE_SECONDS
+# (a gone daemon is said REPLY_TIMEOUT_SECONDS after the last answer), up to this long.
+STREAM_START_PATIENCE_SECONDS = 900.0
+PROBE_SECONDS = 1.0
 # A job that has been silent this long is asked for its state: UDP may lose an event.
 CHECK_JOB_AFTER_SECONDS = 10.0
 # REAPER action "Track: Set first selected track as last touched track": InsertMedia's mode 0
@@ -173,6 +176,10 @@ class Task:
         self.address = ("", 0)
         self.waiting_for: Optional[str] = None  # the request whose reply has not come yet
         self.deadline = 0.0
+        self.patience_deadline: Optional[float] = None  # a patient request: answered pings move `deadline`
+        self.patience_seconds = 0.0
+        self.next_probe = 0.0
+        self.probes_answered = 0  # pings the daemon answered while a patient request waited
         self.last_heard = 0.0
         self.finished = False
         self.failure: Optional[str] = None
@@ -209,12 +216,18 @@ class Task:
         self.address = daemon_address()
         self.client = OscUdpClient(*self.address)
 
-    def request(self, address: str, *args: Any, timeout_seconds: Optional[float] = None) -> None:
-        """Send one command; its reply comes to `_on_reply`, its error ends the task."""
+    def request(self, address: str, *args: Any, timeout_seconds: Optional[float] = None,
+                patience_seconds: Optional[float] = None) -> None:
+        """Send one command; its reply comes to `_on_reply`, its error ends the task. With
+        `patience_seconds`, it is waited for while the daemon answers pings, up to that long."""
         assert self.client is not None, "connect() first"  # a bug in a subclass, not user input
         self.client.send(address, *args)
         self.waiting_for = address
-        self.deadline = time.monotonic() + (REPLY_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds)
+        now = time.monotonic()
+        self.deadline = now + (REPLY_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds)
+        self.patience_deadline = None if patience_seconds is None else now + patience_seconds
+        self.patience_seconds = patience_seconds or 0.0
+        self.next_probe = now + PROBE_SECONDS
 
     def finish(self, text: str) -> None:
         """Success: say so in the console and stop."""
@@ -255,7 +268,15 @@ class Task:
             self._dispatch(address, args)
             if self.finished:
                 return
-        if self.waiting_for is not None and time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if self.waiting_for is not None and self.patience_deadline is not None and now >= self.next_probe:
+            self.next_probe = now + PROBE_SECONDS
+            self.client.send("/flow/ping")
+        if self.waiting_for is not None and now > self.deadline:
+            if self.patience_deadline is not None and now >= self.patience_deadline:
+                raise FlowstateError(
+                    "The Flowstate daemon at %s:%d answers, but has not finished %s in %.0f s; it goes on with it: "
+                    "run this action again later." % (self.address + (self.waiting_for, self.patience_seconds)))
             raise FlowstateError(
                 "The Flowstate daemon at %s:%d did not answer %s in time. Is `flowstate up` running, "
                 "and is that its OSC UDP port?" % (self.address + (self.waiting_for,))
@@ -268,7 +289,12 @@ class Task:
             raise FlowstateError("The daemon refused %s: %s (%s)" % (failed or "a packet", message, code))
         if self.waiting_for is not None and address == reply_address(self.waiting_for):
             request, self.waiting_for = self.waiting_for, None
+            self.patience_deadline = None
             self._on_reply(request, list(args))
+        elif address == reply_address("/flow/ping") and self.patience_deadline is not None:
+            # The daemon answers while it works on the patient request: it gets its timeout again.
+            self.probes_answered += 1
+            self.deadline = max(self.deadline, min(time.monotonic() + REPLY_TIMEOUT_SECONDS, self.patience_deadline))
         elif address.startswith("/flow/event/"):
             self._on_event(address[len("/flow/event/") :].replace("/", "."), list(args))
 
@@ -829,7 +855,7 @@ class StartStream(Task):
 
     def _begin(self) -> None:
         self.connect()
-        self.request("/flow/stream/start", timeout_seconds=STREAM_START_TIMEOUT_SECONDS)
+        self.request("/flow/stream/start", patience_seconds=STREAM_START_PATIENCE_SECONDS)
         say("starting live stems (loading the model can take a while) ...")
 
     def _on_reply(self, request: str, args: List[Any]) -> None:

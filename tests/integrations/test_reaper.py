@@ -19,8 +19,11 @@ import pytest
 import soundfile
 
 from bridge.client import Client
-from bridge.testing import DaemonProcess, free_port
+from bridge.testing import DaemonProcess, free_port, passthrough_htdemucs_repo
 from integrations.reaper.install import ACTIONS, install
+from tests.bridge.test_slow_replies import held_load
+from tests.bridge.test_stream import _stream_daemon
+from tests.conftest import JackServer
 from tests.integrations.conftest import STEMS, write_song
 from tests.integrations.reaper_sim import SCRIPT_MODULES, Reaper, scripts_running_in
 
@@ -387,3 +390,35 @@ def test_scripts_are_ascii_and_import_only_the_standard_library(script: str, tmp
             imported.add(node.module.split(".")[0])
     ours = {"reaper_python", *SCRIPT_MODULES}
     assert imported - ours <= set(sys.stdlib_module_names), imported - ours - set(sys.stdlib_module_names)
+
+
+@pytest.mark.timeout(300)
+def test_start_live_stems_waits_for_a_model_that_loads_for_longer_than_the_timeout(
+    jack_server: JackServer, tmp_path: Path
+) -> None:
+    # The model's load is held (its yaml is a named pipe, tests/bridge/test_slow_replies.py): the
+    # action waits past its 5 s timeout while the daemon answers its pings, then reports the stream.
+    passthrough = passthrough_htdemucs_repo(tmp_path / "passthrough", threads=1)
+    with held_load(passthrough, tmp_path) as (repo, release):
+        daemon = _stream_daemon(jack_server, repo, tmp_path)
+        try:
+            sim = Reaper(tmp_path / "REAPER")
+            sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
+            with scripts_running_in(sim):
+                sys.path.insert(0, str(install_scripts(tmp_path / "REAPER")))
+                import flowstate_reaper
+
+                task = sim.run_script(sim.resource_path / "Scripts" / "Flowstate" / START_STREAM)[
+                    "flowstate_stream_start_task"]
+                past = flowstate_reaper.REPLY_TIMEOUT_SECONDS / flowstate_reaper.PROBE_SECONDS + 2
+                deadline = time.monotonic() + 60
+                while task.probes_answered < past and time.monotonic() < deadline:
+                    sim.pump()
+                    time.sleep(0.01)
+                assert task.probes_answered >= past and sim.running and sim.message_boxes == [], sim.console_text()
+                release()
+                sim.run_until_done(120)
+            assert sim.message_boxes == [], sim.message_boxes
+            assert "live stems running (drums, bass, other, vocals)" in sim.console_text()
+        finally:
+            assert daemon.stop() == 0, daemon.log()
