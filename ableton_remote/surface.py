@@ -424,7 +424,11 @@ class FlowstateSurface(LiveSurface):
         Live 11 and 12 lists none; the set file's TrackDelay is not exposed).
         """
         round_trip, latency, _, frames, sample_rate = (list(args) + [None] * 5)[:5]
-        text = f"live stems running: latency {_number(latency)} ms, round trip {_number(round_trip, 1)} ms"
+        # The reply (with the tier) and the event both end with the device and its channels; an
+        # older daemon sends neither.
+        device, inputs, outputs = args[-3:] if len(args) >= 8 else (None, None, None)
+        where = f" on {device!s} (in {inputs!s}, out {outputs!s})" if device is not None else ""
+        text = f"live stems running{where}: latency {_number(latency)} ms, round trip {_number(round_trip, 1)} ms"
         self._show(text + _track_delay(round_trip, frames, sample_rate))
 
     def _stream_latency(self, args: tuple[OscArg, ...]) -> None:

@@ -127,9 +127,10 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("job.canceled", ("id",), "A job was canceled; the outputs it had written were removed."),
         EventSpec("daemon.stopping", ("reason",), "The daemon is shutting down; reconnect when it is back."),
         EventSpec(
-            "stream.started", ("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate"),
+            "stream.started",
+            ("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate", "device", "inputs", "outputs"),
             "A live stream started; type round_trip_ms (round_trip_frames at sample_rate) into your DAW's "
-            "delay compensation.",
+            "delay compensation. It reads the device's inputs (e.g. \"1-2\") and writes its outputs (\"3-4\").",
         ),
         EventSpec(
             "stream.latency",
@@ -270,7 +271,8 @@ def commands(ctx: CallContext, name: str) -> Result:
     examples=("start live stem separation", "split the input into stems in real time",
         "turn on live stems with htdemucs", "start the stream with another model"),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
-    returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate", "tier"),
+    returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate", "tier", "device", "inputs",
+             "outputs"),
 )
 async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None, tier: str) -> Result:
     settings = dict(overrides or {})
@@ -285,7 +287,8 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
     status = await asyncio.to_thread(ctx.services.streams.start, settings)
     ctx.services.hub.publish(
         "stream.started", round_trip_ms=status["round_trip_ms"], latency_ms=status["latency_ms"], stems=status["stems"],
-        round_trip_frames=status["round_trip_frames"], sample_rate=status["sample_rate"],
+        round_trip_frames=status["round_trip_frames"], sample_rate=status["sample_rate"], device=status["device"],
+        inputs=status["inputs"], outputs=status["outputs"],
     )
     return status
 

@@ -1155,6 +1155,9 @@ class LiveStream:
             "xruns_startup": self.counters.xruns_startup,
             "resyncs": self.counters.resyncs,
             "input_channels": [self.settings.first_input + c for c in range(self.settings.channels)],
+            # The same as a DAW names them: "1-2" in, "3-4" (or "3-10", the stems) out.
+            "inputs": self.inputs,
+            "outputs": channel_span(self.settings.first_output, self.layout.num_outputs),
             # False until a sample that is not 0 comes in; how long the input was all 0s until then.
             "input_signal": self.input_signal,
             "no_signal_seconds": 0.0 if self.input_signal else round(self._silent_frames / self.sample_rate, 1),

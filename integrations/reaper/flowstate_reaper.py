@@ -869,6 +869,9 @@ class StartStream(Task):
         frames, sample_rate = int(status["round_trip_frames"]), int(status["sample_rate"])
         seconds = frames / float(sample_rate)
         figure = "Round trip %d frames at %d Hz (%.3f ms)" % (frames, sample_rate, 1000.0 * seconds)
+        if status.get("device"):  # where to route the send and take the stems from
+            figure = "On %s, in %s, out %s. %s" % (
+                status["device"], status.get("inputs"), status.get("outputs"), figure)
         done = compensate_round_trip(seconds)
         if not done:
             self.finish(

@@ -46,7 +46,8 @@ def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
         status = call(daemon, "stream.status")
         frames, rate, ms = status["round_trip_frames"], status["sample_rate"], f"{status['round_trip_ms']:.1f}"
         assert script.messages[-1] == (
-            f"Flowstate: live stems running: latency {status['latency_ms']:.0f} ms, round trip {ms} ms; "
+            f"Flowstate: live stems running on {status['device']} (in 1-2, out 1-2): latency "
+            f"{status['latency_ms']:.0f} ms, round trip {ms} ms; "
             f"Track Delay of the track playing the stems: -{ms} ms (-{frames} samples at {rate} Hz)"
         )
 

@@ -35,6 +35,7 @@ def test_the_stream_reads_and_writes_only_the_device_channels_it_is_given(
         with Client(daemon.zmq_requests, timeout_seconds=60) as client:
             status = client.call("stream.start")
             assert status["input_channels"] == [2] and status["routing"] == {"mix": [3]}, status
+            assert (status["inputs"], status["outputs"]) == ("2", "3"), status  # as the reply and event say it
             # Input 1 gets one noise, input 2 another; outputs 1-3 are recorded.
             signal = np.stack([_noise(3.0, seed=1)[0], _noise(3.0, seed=2)[0]])
             rig = Rig(jack_server, signal, outputs=3)

@@ -294,7 +294,8 @@ def test_start_and_stop_live_stems_with_no_track_selected_reports_the_exact_roun
         assert client.call("stream.status")["running"] is False
     frames, rate = status["round_trip_frames"], status["sample_rate"]
     console = reaper.console_text()
-    assert (f"live stems running (drums, bass, other, vocals). Round trip {frames} frames at {rate} Hz "
+    assert (f"live stems running (drums, bass, other, vocals). On {status['device']}, in 1-2, out 1-2. "
+            f"Round trip {frames} frames at {rate} Hz "
             f"({1000 * frames / rate:.3f} ms): select the tracks that record the stems") in console
     assert (reaper.tracks[0].play_offset_flag, reaper.tracks[0].play_offset) == (0, 0.0)
     assert reaper.undo_points == [] and reaper.proj_ext_state == {}
