@@ -275,8 +275,9 @@ class Task:
         if self.waiting_for is not None and now > self.deadline:
             if self.patience_deadline is not None and now >= self.patience_deadline:
                 raise FlowstateError(
-                    "The Flowstate daemon at %s:%d answers, but has not finished %s in %.0f s; it goes on with it: "
-                    "run this action again later." % (self.address + (self.waiting_for, self.patience_seconds)))
+                    "The Flowstate daemon at %s:%d answers, but has not finished %s in %.0f s; it goes on with it "
+                    "(`flowstate send stream.status` says when the stream runs)."
+                    % (self.address + (self.waiting_for, self.patience_seconds)))
             raise FlowstateError(
                 "The Flowstate daemon at %s:%d did not answer %s in time. Is `flowstate up` running, "
                 "and is that its OSC UDP port?" % (self.address + (self.waiting_for,))
