@@ -240,10 +240,13 @@ class DaemonLink:
 
     def _probe(self, now: float) -> None:
         """While a patient request waits, ping every PROBE_SECONDS (one ping in flight at a time)."""
-        if now < self._next_probe or not self._patient() or self._pending.get(command_address("ping")):
+        if now < self._next_probe or self._pending.get(command_address("ping")):
+            return
+        patient = self._patient()
+        if not patient:
             return
         self._next_probe = now + PROBE_SECONDS
-        timeout = max(self._patient()[0].timeout, PROBE_SECONDS)
+        timeout = max(patient[0].timeout, PROBE_SECONDS)
         self.request("ping", [], self._alive, lambda code, message: None, timeout)  # an unanswered one: see _expire
 
     def _alive(self, args: Tuple[OscArg, ...]) -> None:

@@ -837,21 +837,26 @@ class LiveStream:
                         now - seen_at)
             self._publish("stream.stalled", seconds=round(now - seen_at, 1), device=self.device_name)
 
+    @property
+    def no_signal_seconds(self) -> float:
+        """How long the inputs have been all 0s since the start; 0 once a signal has come."""
+        return 0.0 if self.input_signal else round(self._silent_frames / self.sample_rate, 1)
+
     def _listen(self, block: np.ndarray) -> None:
         """Until the first sample that is not 0: say once when the input has been digital silence
         for SILENT_INPUT_SECONDS since the start, and say when the signal comes after that."""
-        seconds = round(self._silent_frames / self.sample_rate, 1)
         if block.any():
-            self.input_signal = True
             if self._silence_told:
+                seconds = self.no_signal_seconds
                 log.info("stream: a signal on %s input %s after %.1f s of silence", self.device_name, self.inputs,
                          seconds)
                 self._publish("stream.signal", seconds=seconds, device=self.device_name, inputs=self.inputs)
+            self.input_signal = True
             return
         self._silent_frames += block.shape[1]
         if not self._silence_told and self._silent_frames >= SILENT_INPUT_SECONDS * self.sample_rate:
             self._silence_told = True
-            seconds = round(self._silent_frames / self.sample_rate, 1)
+            seconds = self.no_signal_seconds
             log.warning("stream: no signal on %s input %s: every sample has been exactly 0 for %.1f s since the "
                         "start. Route your DAW's audio there (stream.first_input picks the inputs); on macOS an app "
                         "that may not use the microphone gets exact silence from every input, a loopback device's "
@@ -1160,7 +1165,7 @@ class LiveStream:
             "outputs": channel_span(self.settings.first_output, self.layout.num_outputs),
             # False until a sample that is not 0 comes in; how long the input was all 0s until then.
             "input_signal": self.input_signal,
-            "no_signal_seconds": 0.0 if self.input_signal else round(self._silent_frames / self.sample_rate, 1),
+            "no_signal_seconds": self.no_signal_seconds,
             "routing": self.layout.describe(),
             "routing_warning": self.routing_warning,
             "controls": {stem: {"gain_db": c.gain_db, "mute": c.mute} for stem, c in self.controls.items()},
