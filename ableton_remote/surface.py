@@ -311,7 +311,8 @@ class FlowstateSurface(LiveSurface):
     @_guarded
     def start_stream(self) -> None:
         self._show("starting live stems (the first start loads the model)...")
-        self._link.request("stream.start", [], self._stream_started, self._stream_error("did not start"),
+        self._link.request("stream.start", [], lambda args: self._stream_started(args, tiered=True),
+                           self._stream_error("did not start"),
                            REQUEST_TIMEOUT_SECONDS, patience_seconds=STREAM_START_PATIENCE_SECONDS)
 
     @_guarded
@@ -417,17 +418,21 @@ class FlowstateSurface(LiveSurface):
         self._generating[job_id] = label
         self._show(f"generating '{label}': queued")
 
-    def _stream_started(self, args: tuple[OscArg, ...]) -> None:
+    def _stream_started(self, args: tuple[OscArg, ...], tiered: bool = False) -> None:
         """The stream runs: show the exact round trip to type into Live's Track Delay.
 
         A Remote Script cannot set it: Live's object model has no track delay (the Track class of
         Live 11 and 12 lists none; the set file's TrackDelay is not exposed).
         """
         round_trip, latency, _, frames, sample_rate = (list(args) + [None] * 5)[:5]
-        # The reply (with the tier) and the event both end with the device and its channels; an
-        # older daemon sends neither.
-        device, inputs, outputs = args[-3:] if len(args) >= 8 else (None, None, None)
-        where = f" on {device!s} (in {inputs!s}, out {outputs!s})" if device is not None else ""
+        # Then the reply has the tier, and both the device, its channels and the output device; an
+        # older daemon sends fewer (none of them, or no output device).
+        device, inputs, outputs, output_device = (list(args[6 if tiered else 5:]) + [None] * 4)[:4]
+        where = ""
+        if device is not None and output_device not in (None, device):
+            where = f" (in {inputs!s} on {device!s}, out {outputs!s} on {output_device!s})"
+        elif device is not None:
+            where = f" on {device!s} (in {inputs!s}, out {outputs!s})"
         text = f"live stems running{where}: latency {_number(latency)} ms, round trip {_number(round_trip, 1)} ms"
         self._show(text + _track_delay(round_trip, frames, sample_rate))
 

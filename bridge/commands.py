@@ -128,9 +128,11 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("daemon.stopping", ("reason",), "The daemon is shutting down; reconnect when it is back."),
         EventSpec(
             "stream.started",
-            ("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate", "device", "inputs", "outputs"),
+            ("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate", "device", "inputs", "outputs",
+             "output_device"),
             "A live stream started; type round_trip_ms (round_trip_frames at sample_rate) into your DAW's "
-            "delay compensation. It reads the device's inputs (e.g. \"1-2\") and writes its outputs (\"3-4\").",
+            "delay compensation. It reads the device's inputs (e.g. \"1-2\") and writes its outputs (\"3-4\") "
+            "on output_device (the same device unless stream.output_device names another).",
         ),
         EventSpec(
             "stream.latency",
@@ -272,7 +274,7 @@ def commands(ctx: CallContext, name: str) -> Result:
         "turn on live stems with htdemucs", "start the stream with another model"),
     help="Start live stems on an audio device; replies once running, with the latency to compensate.",
     returns=("round_trip_ms", "latency_ms", "stems", "round_trip_frames", "sample_rate", "tier", "device", "inputs",
-             "outputs"),
+             "outputs", "output_device"),
 )
 async def stream_start(ctx: CallContext, device: str, model: str, overrides: dict | None, tier: str) -> Result:
     settings = dict(overrides or {})
@@ -288,7 +290,7 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
     ctx.services.hub.publish(
         "stream.started", round_trip_ms=status["round_trip_ms"], latency_ms=status["latency_ms"], stems=status["stems"],
         round_trip_frames=status["round_trip_frames"], sample_rate=status["sample_rate"], device=status["device"],
-        inputs=status["inputs"], outputs=status["outputs"],
+        inputs=status["inputs"], outputs=status["outputs"], output_device=status["output_device"],
     )
     return status
 

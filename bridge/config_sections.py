@@ -90,6 +90,9 @@ class StreamConfig(Section):
     """Live stems: the audio device, the streaming HTDemucs engine, routing, gains, effects."""
 
     device: str | int | None = None
+    # The device the stream plays on when it is not `device` (null: the same): a device that only
+    # records (one end of a one-way virtual cable, as VB-CABLE's on Windows) in, another out.
+    output_device: str | int | None = None
     # The streaming resamplers hold an up x (down + taps) matrix for the reduced ratio up:down of
     # sample_rate to the model's 44.1 kHz: rates whose terms exceed this are refused (bad_request).
     # Every standard rate (8000 ... 192000) has terms of at most 640. Declared before sample_rate,
@@ -106,6 +109,16 @@ class StreamConfig(Section):
     # virtual cable), where what goes out on output k comes back in on input k, keep them apart.
     first_input: int = Field(default=1, ge=1, le=256)
     first_output: int = Field(default=1, ge=1, le=256)
+
+    @property
+    def played_device(self) -> str | int | None:
+        """The device the stream's outputs go to: `output_device`, or `device` when that is null."""
+        return self.device if self.output_device is None else self.output_device
+
+    @property
+    def devices(self) -> tuple[str | int | None, str | int | None]:
+        """The stream's (input, output) devices, as sounddevice takes them."""
+        return self.device, self.played_device
     model: StreamModel = "htdemucs"
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)

@@ -18,8 +18,8 @@ from typing import Any
 
 from bridge import __version__
 from bridge.config import Config, StreamConfig
-from bridge.errors import NotFound
-from bridge.stream import channel_span, import_sounddevice, loopback_feedback, missing_channels
+from bridge.errors import NotFound, Unavailable
+from bridge.stream import channel_span, import_sounddevice, loopback_feedback, missing_channels, stream_devices
 from engines import audio_tags, clap, embeddings, generation, openunmix, spleeter, stable_audio
 from engines.inference import import_openvino
 from engines.speech import VoiceLibrary
@@ -203,20 +203,18 @@ def _stream_device(config: Config) -> Iterator[Check]:
         yield Check("stream device", WARN, "no audio device for live stems (the portaudio row says how to get one)")
         return
     try:
-        heard = sounddevice.query_devices(settings.device, kind="input")
-        played = sounddevice.query_devices(settings.device, kind="output")
-    except (sounddevice.PortAudioError, ValueError) as err:
-        which = "the default device" if settings.device is None else f"stream.device {settings.device!r}"
-        yield Check("stream device", WARN, f"{which}: {err}; `flowstate devices` lists the devices: name one with "
-                                           "inputs and outputs in stream.device")
+        heard, played = stream_devices(settings.devices)
+    except Unavailable as err:
+        yield Check("stream device", WARN, str(err))
         return
     yield stream_device_check(settings, heard, played)
 
 
 def stream_device_check(settings: StreamConfig, heard: Mapping[str, Any], played: Mapping[str, Any]) -> Check:
-    """The live stream's device (`heard` and `played`: PortAudio's input and output device for
-    stream.device) against the channels the stream would read and write: the inputs and the mix's
-    outputs (or the first stem's; the stems' outputs depend on the model)."""
+    """The live stream's devices (`heard` and `played`: PortAudio's input and output device for
+    stream.device and stream.output_device) against the channels the stream would read and write:
+    the inputs and the mix's outputs (or the first stem's; the stems' outputs depend on the model);
+    two devices against each other's rate."""
     for kind, info, first in (("input", heard, settings.first_input), ("output", played, settings.first_output)):
         problem = missing_channels(info, kind, first, settings.channels)
         if problem is not None:
@@ -225,6 +223,12 @@ def stream_device_check(settings: StreamConfig, heard: Mapping[str, Any], played
                                  settings.first_output, settings.channels)
     if feedback is not None:
         return Check("stream device", WARN, feedback)
+    rates = round(float(heard["default_samplerate"])), round(float(played["default_samplerate"]))
+    if rates[0] != rates[1]:
+        return Check("stream device", WARN, f"{heard['name']} runs at {rates[0]} Hz and {played['name']} at "
+                                            f"{rates[1]} Hz: set {played['name']} to {rates[0]} Hz in the system's "
+                                            "sound settings, or the host converts with a delay the round trip "
+                                            "does not count")
     names = heard["name"] if heard["name"] == played["name"] else f"{heard['name']} in, {played['name']} out"
     writes = f"outputs {channel_span(settings.first_output, settings.channels)}"
     if settings.routing != "mix":

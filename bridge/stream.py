@@ -186,21 +186,48 @@ def _start_portaudio(sounddevice: Any) -> None:
         raise Unavailable(f"cannot start PortAudio to read the audio devices: {err}") from None
 
 
-def device_rate(device: str | int | None) -> tuple[int, str]:
-    """The rate `device` (a stream's `stream.device`: name, part of one, index, or None for the
-    system's default) runs at, as PortAudio read it (`current_audio_devices`), and why: its
-    input's rate (Core Audio: the device's nominal rate; WASAPI: its shared mix format; JACK: the
-    server's). At another rate the host converts, with a delay the reported latency cannot see
-    (Core Audio, MME, DirectSound), or refuses (JACK, WASAPI in shared mode)."""
+# A stream's (input, output) devices as sounddevice takes them (`StreamConfig.devices`): each a
+# name, part of one, index, or None for the system's default.
+Devices = tuple[str | int | None, str | int | None]
+
+
+def describe_devices(devices: Devices) -> str:
+    """'X', or 'X' in and 'Y' out: the devices as the producer named them, for an error."""
+    heard, played = devices
+    return repr(heard) if heard == played else f"{heard!r} in and {played!r} out"
+
+
+def stream_devices(devices: Devices) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """PortAudio's input and output device for `devices`, or Unavailable naming the setting to
+    change: a device that only records (one end of a one-way virtual cable) has no output, and
+    takes stream.output_device for the stems."""
     sounddevice = import_sounddevice()
-    try:
-        heard = sounddevice.query_devices(device, kind="input")
-        played = sounddevice.query_devices(device, kind="output")
-    except (sounddevice.PortAudioError, ValueError) as err:
-        if not len(sounddevice.query_devices()):
-            raise Unavailable("PortAudio finds no audio device: plug in an interface (on Linux, start JACK), "
-                              "then stream.start again") from None
-        raise Unavailable(f"cannot open audio device {device!r}: {err}. `flowstate devices` lists devices") from None
+    found = []
+    for kind, device in zip(("input", "output"), devices, strict=True):
+        try:
+            found.append(sounddevice.query_devices(device, kind=kind))
+        except (sounddevice.PortAudioError, ValueError) as err:
+            if not len(sounddevice.query_devices()):
+                raise Unavailable("PortAudio finds no audio device: plug in an interface (on Linux, start JACK), "
+                                  "then stream.start again") from None
+            hint = ""
+            if kind == "output" and devices[0] == devices[1] and found:
+                hint = (f" ({found[0]['name']} only records): set stream.output_device to the device the stems "
+                        "should play on")
+            setting = "stream.device" if kind == "input" else "stream.output_device"
+            raise Unavailable(f"cannot open audio device {device!r} for {kind} ({setting}): {err}{hint}. "
+                              "`flowstate devices` lists devices") from None
+    return found[0], found[1]
+
+
+def device_rate(devices: Devices) -> tuple[int, str]:
+    """The rate the stream's devices (`StreamConfig.devices`) run at, as PortAudio read it
+    (`current_audio_devices`), and why: its input's rate (Core Audio: the device's nominal rate;
+    WASAPI: its shared mix format; JACK: the server's). At another rate the host converts, with a
+    delay the reported latency cannot see (Core Audio, MME, DirectSound), or refuses (JACK, WASAPI
+    in shared mode)."""
+    sounddevice = import_sounddevice()
+    heard, played = stream_devices(devices)
     rate = round(float(heard["default_samplerate"]))
     why = f"the device's own rate ({heard['name']}; stream.sample_rate auto)"
     api = str(sounddevice.query_hostapis(heard["hostapi"])["name"])
@@ -210,25 +237,27 @@ def device_rate(device: str | int | None) -> tuple[int, str]:
         log.warning("stream: %s", why)
     out_rate = round(float(played["default_samplerate"]))
     if out_rate != rate:
+        fix = ("set stream.device to one device" if devices[0] == devices[1]
+               else f"set {played['name']} to {rate} Hz in the system's sound settings")
         why = (f"{heard['name']}'s rate (stream.sample_rate auto); the output {played['name']} runs at {out_rate} "
-               f"Hz and is converted with a delay the round trip does not count: set stream.device to one device")
+               f"Hz and is converted with a delay the round trip does not count: {fix}")
         log.warning("stream: input %s runs at %d Hz, output %s at %d Hz: the stream runs at %d Hz and the host "
                     "converts its output", heard["name"], rate, played["name"], out_rate, rate)
     return rate, why
 
 
-def device_refused(device: str | int | None, channels: str, tried: int, err: Exception,
+def device_refused(devices: Devices, channels: str, tried: int, err: Exception,
                    rate: int | None = None) -> Unavailable:
-    """The error for a device that would not open with `channels` ("inputs 1-2 / outputs 1-8") at `tried` Hz,
-    naming the `rate` it runs at (read here when not given) when that is another."""
+    """The error for devices that would not open with `channels` ("inputs 1-2 / outputs 1-8") at `tried` Hz,
+    naming the `rate` they run at (read here when not given) when that is another."""
     if rate is None:
         try:
-            rate, _ = device_rate(device)
+            rate, _ = device_rate(devices)
         except Unavailable:
             rate = tried
     hint = "" if rate == tried else f"; the device runs at {rate} Hz (stream.sample_rate auto follows it)"
-    return Unavailable(f"cannot open audio device {device!r} with {channels} at {tried} Hz: {err}{hint}. "
-                       "`flowstate devices` lists devices")
+    return Unavailable(f"cannot open audio device {describe_devices(devices)} with {channels} at {tried} Hz: "
+                       f"{err}{hint}. `flowstate devices` lists devices")
 
 
 def channel_span(first: int, count: int) -> str:
@@ -249,14 +278,14 @@ def missing_channels(info: Mapping[str, Any], kind: str, first: int, count: int)
             "(`flowstate devices` lists each with its channels)")
 
 
-def check_device_channels(device: str | int | None, first_input: int, inputs: int, first_output: int,
-                          outputs: int) -> None:
-    """Raise Unavailable now, naming what the device has, when it lacks the channels the stream
-    reads (`inputs` from `first_input` on) or writes (`outputs` from `first_output` on): PortAudio
-    would refuse the open with "Invalid number of channels". Nothing to check where PortAudio finds
-    no such device: the open says."""
+def check_device_channels(devices: Devices, first_input: int, inputs: int, first_output: int, outputs: int) -> None:
+    """Raise Unavailable now, naming what the device has, when the input device lacks the channels
+    the stream reads (`inputs` from `first_input` on) or the output device those it writes
+    (`outputs` from `first_output` on): PortAudio would refuse the open with "Invalid number of
+    channels". Nothing to check where PortAudio finds no such device: the open says."""
     sounddevice = import_sounddevice()
-    for kind, first, count in (("input", first_input, inputs), ("output", first_output, outputs)):
+    for kind, device, first, count in (("input", devices[0], first_input, inputs),
+                                       ("output", devices[1], first_output, outputs)):
         try:
             info = sounddevice.query_devices(device, kind=kind)
         except (sounddevice.PortAudioError, ValueError):
@@ -266,39 +295,67 @@ def check_device_channels(device: str | int | None, first_input: int, inputs: in
             raise Unavailable(f"stream.start: {problem}")
 
 
+def _cable(name: str) -> str:
+    """A virtual cable's name without its end: VB-Audio names the end an app plays into "CABLE
+    Input (VB-Audio Virtual Cable)" and the end another records from "CABLE Output (...)"."""
+    words = [word for word in name.lower().split() if word not in ("input", "output")]
+    return " ".join(words)
+
+
+def one_cable(input_name: str, output_name: str) -> bool:
+    """Whether the output device plays into the input device: one device, or the two ends of one
+    virtual cable (MME cuts names at 31 characters, so one may be the other's beginning)."""
+    if input_name == output_name:
+        return True
+    heard, played = _cable(input_name), _cable(output_name)
+    return min(len(heard), len(played)) >= 8 and (heard.startswith(played) or played.startswith(heard))
+
+
 def loopback_feedback(input_name: str, output_name: str, first_input: int, inputs: int, first_output: int,
                       outputs: int) -> str | None:
     """Why the stream would feed itself, or None: on a loopback device (LOOPBACK_NAMES) what goes
-    out on output k comes back in on input k, so outputs that overlap the inputs bring the stems back in."""
-    if input_name != output_name or not any(word in input_name.lower() for word in LOOPBACK_NAMES):
+    out on output k comes back in on input k, and so on a one-way virtual cable from the end the
+    stream plays into to the end it records: outputs that overlap the inputs bring the stems back in."""
+    if not any(word in input_name.lower() for word in LOOPBACK_NAMES) or not one_cable(input_name, output_name):
         return None
     last_input, last_output = first_input + inputs - 1, first_output + outputs - 1
     if last_input < first_output or last_output < first_input:
         return None
-    return (f"{input_name} looks like a loopback device (what goes out on its output k comes back in on input k), "
-            f"and the stream reads inputs {channel_span(first_input, inputs)} and writes outputs "
-            f"{channel_span(first_output, outputs)}: its stems would come back into its input. Set "
-            f"stream.first_output to {last_input + 1} or past it, and take the stems from there in your DAW")
+    reads = (f"the stream reads inputs {channel_span(first_input, inputs)} and writes outputs "
+             f"{channel_span(first_output, outputs)}: its stems would come back into its input. Set ")
+    if input_name == output_name:
+        return (f"{input_name} looks like a loopback device (what goes out on its output k comes back in on input "
+                f"k), and {reads}stream.first_output to {last_input + 1} or past it, and take the stems from there "
+                "in your DAW")
+    return (f"{output_name} plays into {input_name} (the two ends of one virtual cable), and {reads}"
+            "stream.output_device to another cable's playing end (VB-CABLE A+B: CABLE-A Input) and record that "
+            f"cable's other end in your DAW, or stream.first_output to {last_input + 1} or past it")
 
 
-def check_device_rate(device: str | int | None, first_input: int, channels: int, rate: int) -> None:
-    """Raise `device_refused`'s error now if the device's input will not take `rate` (an explicit
+def check_device_rate(devices: Devices, first_input: int, channels: int, first_output: int, outputs: int,
+                      rate: int) -> None:
+    """Raise `device_refused`'s error now if the devices will not take `rate` (an explicit
     stream.sample_rate other than the device's own), so a stream.start does not load a model for a
     rate the device then refuses. JACK refuses any rate but its server's, and WASAPI in shared mode
     any but its mix format (PortAudio's IsFormatSupported says so, as the open would); Core Audio
     converts, and takes it. Nothing to check where PortAudio finds no such device: the open says."""
     sounddevice = import_sounddevice()
     try:
-        own, _ = device_rate(device)
+        own, _ = device_rate(devices)
     except Unavailable:
         return
     if own == rate:
         return
+    spans = f"inputs {channel_span(first_input, channels)}"
     try:
-        sounddevice.check_input_settings(device=device, channels=first_input - 1 + channels, dtype="float32",
+        sounddevice.check_input_settings(device=devices[0], channels=first_input - 1 + channels, dtype="float32",
                                          samplerate=rate)
+        if devices[1] != devices[0]:
+            spans = f"outputs {channel_span(first_output, outputs)}"
+            sounddevice.check_output_settings(device=devices[1], channels=first_output - 1 + outputs,
+                                              dtype="float32", samplerate=rate)
     except (sounddevice.PortAudioError, ValueError) as err:
-        raise device_refused(device, f"inputs {channel_span(first_input, channels)}", rate, err, rate=own) from None
+        raise device_refused(devices, spans, rate, err, rate=own) from None
 
 
 def release_audio_host() -> None:
@@ -539,7 +596,8 @@ class LiveStream:
         self._running = False
         self._worker: threading.Thread | None = None
         self._stream: Any = None
-        self.device_name = ""
+        self.device_name = ""  # PortAudio's name of the device the stream reads
+        self.output_device_name = ""  # ... and of the one it writes (stream.output_device): often the same
         self.device_latency_seconds = 0.0
         self.started_at = 0.0
         self.worker_error: str | None = None
@@ -559,7 +617,7 @@ class LiveStream:
         sounddevice = import_sounddevice()
         if not sounddevice._initialized:  # it left JACK for the model's load (current_audio_devices)
             _start_portaudio(sounddevice)
-        check_device_channels(self.settings.device, self.settings.first_input, self.settings.channels,
+        check_device_channels(self.settings.devices, self.settings.first_input, self.settings.channels,
                               self.settings.first_output, self.layout.num_outputs)
         self.engine.reset()
         self.effects.reset()
@@ -573,12 +631,12 @@ class LiveStream:
         self._running = True
         self._worker = threading.Thread(target=self._work, name="stream-worker", daemon=True)
         self._worker.start()
-        device = self.settings.device
+        devices = self.settings.devices
         try:
             self._stream = sounddevice.Stream(
                 samplerate=self.sample_rate,
                 blocksize=self.block_size,
-                device=(device, device),
+                device=devices,
                 channels=(self._in_skip + self.settings.channels, self._out_skip + self.layout.num_outputs),
                 dtype="float32",
                 callback=self._callback,
@@ -592,11 +650,11 @@ class LiveStream:
             self._restore_interpreter()
             spans = (f"inputs {channel_span(self.settings.first_input, self.settings.channels)} / outputs "
                      f"{channel_span(self.settings.first_output, self.layout.num_outputs)}")
-            raise device_refused(device, spans, self.sample_rate, err) from None
-        info = sounddevice.query_devices(self._stream.device[0])
-        self.device_name = str(info["name"])
+            raise device_refused(devices, spans, self.sample_rate, err) from None
+        self.device_name = str(sounddevice.query_devices(self._stream.device[0])["name"])
+        self.output_device_name = str(sounddevice.query_devices(self._stream.device[1])["name"])
         self.routing_warning = loopback_feedback(
-            self.device_name, str(sounddevice.query_devices(self._stream.device[1])["name"]),
+            self.device_name, self.output_device_name,
             self.settings.first_input, self.settings.channels, self.settings.first_output, self.layout.num_outputs)
         if self.routing_warning is not None:
             log.warning("stream: %s", self.routing_warning)
@@ -605,7 +663,7 @@ class LiveStream:
         self.started_at = time.monotonic()
         log.info(
             "stream started on %s: %d stems, latency %.1f ms (+ device %.1f ms); compute budget %.1f ms: %s",
-            self.device_name, len(self.layout.stems), self.latency_ms, self.device_latency_seconds * 1000,
+            self.devices_text, len(self.layout.stems), self.latency_ms, self.device_latency_seconds * 1000,
             self.budget_ms, self.budget_source,
         )
 
@@ -630,6 +688,13 @@ class LiveStream:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def devices_text(self) -> str:
+        """The device, or "X in, Y out" when the stream plays on another device than it reads."""
+        if self.output_device_name in ("", self.device_name):
+            return self.device_name
+        return f"{self.device_name} in, {self.output_device_name} out"
 
     @property
     def budget_frames(self) -> int:
@@ -827,15 +892,15 @@ class LiveStream:
             if self._stalled_since is not None:
                 seconds = round(now - self._stalled_since, 1)
                 self._stalled_since = None
-                log.warning("stream: %s delivers audio again after %.1f s without", self.device_name, seconds)
-                self._publish("stream.resumed", seconds=seconds, device=self.device_name)
+                log.warning("stream: %s delivers audio again after %.1f s without", self.devices_text, seconds)
+                self._publish("stream.resumed", seconds=seconds, device=self.devices_text)
         elif self._stalled_since is None and seen > 0 and now - seen_at >= STALL_SECONDS:
             self._stalled_since = seen_at
             self.stalls += 1
             log.warning("stream: %s has delivered no audio for %.1f s (unplugged, the computer asleep, or taken "
-                        "by another app?): nothing plays until it is back, or stream.stop", self.device_name,
+                        "by another app?): nothing plays until it is back, or stream.stop", self.devices_text,
                         now - seen_at)
-            self._publish("stream.stalled", seconds=round(now - seen_at, 1), device=self.device_name)
+            self._publish("stream.stalled", seconds=round(now - seen_at, 1), device=self.devices_text)
 
     @property
     def no_signal_seconds(self) -> float:
@@ -1107,6 +1172,7 @@ class LiveStream:
         return {
             "running": self._running,
             "device": self.device_name,
+            "output_device": self.output_device_name,
             "model": self.settings.model,
             "stems": list(self.layout.stems),
             "sample_rate": self.sample_rate,

@@ -33,6 +33,7 @@ from bridge.stream import (
     device_rate,
     lower_thread_priority,
     starting_p99,
+    stream_devices,
 )
 from engines.base import pick_device
 from engines.batching import WindowBatchers
@@ -217,17 +218,19 @@ class StreamManager:
         so an interface plugged in since the daemon started is found too), and where the rate came
         from. Blocking; only while no stream runs (`start` holds the lock and refuses a second)."""
         with current_audio_devices():
+            stream_devices(settings.devices)  # both there, or an error naming the setting to change
             # The outputs the routing writes are known once the model is (its stems): here, the mix's
             # or the first stem's; LiveStream.start checks them all.
-            check_device_channels(settings.device, settings.first_input, settings.channels,
+            check_device_channels(settings.devices, settings.first_input, settings.channels,
                                   settings.first_output, settings.channels)
             if settings.sample_rate != "auto":
                 # A rate the device refuses is refused before a model loads for it; a rate the
                 # resamplers cannot take is the request's fault, and the engine says so.
                 if stream_rate_problem(settings.sample_rate, HTDEMUCS_RATE, settings.max_ratio_terms) is None:
-                    check_device_rate(settings.device, settings.first_input, settings.channels, settings.sample_rate)
+                    check_device_rate(settings.devices, settings.first_input, settings.channels,
+                                      settings.first_output, settings.channels, settings.sample_rate)
                 return settings, "stream.sample_rate"
-            rate, why = device_rate(settings.device)
+            rate, why = device_rate(settings.devices)
         problem = stream_rate_problem(rate, HTDEMUCS_RATE, settings.max_ratio_terms)
         if problem is not None:  # not the request's fault: the device's
             raise Unavailable(f"stream.start: {why}: {problem} (bound: stream.max_ratio_terms = "

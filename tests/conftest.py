@@ -257,6 +257,35 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtur
         yield server
 
 
+JACK_PCM_MODULE = Path(__file__).resolve().parents[1] / ".cache" / "alsa-lib" / "libasound_module_pcm_jack.so"
+ALSA_CONFIG = Path("/usr/share/alsa/alsa.conf")  # libasound's own configuration, read first
+# The ALSA JACK plugin names its clients "<program>.C.<pid>.<n>" (capture) and ".P." (playback),
+# with ports in_000 ... and out_000 ... (alsa-plugins, jack/pcm_jack.c).
+ALSA_JACK_PORTS = (r"[^:]*\.C\.[0-9]+\.[0-9]+:in_.*", r"[^:]*\.P\.[0-9]+\.[0-9]+:out_.*")
+
+
+@pytest.fixture(scope="module")
+def one_way_devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment in which ALSA (and so PortAudio) has `fs_record` (2 channels), a device
+    that only records, and `fs_play` (4), one that only plays, on the JACK server: two one-way
+    devices as Windows lists a virtual cable's ends (`tests/bridge/test_stream_devices.py`)."""
+    if not JACK_PCM_MODULE.is_file():
+        pytest.fail(f"ALSA's JACK PCM plugin is missing ({JACK_PCM_MODULE}); "
+                    "run `bash scripts/fetch-test-plugins.sh` (make test does this first)")
+    if not ALSA_CONFIG.is_file():
+        pytest.fail(f"libasound's configuration is not at {ALSA_CONFIG}: is libasound2 installed?")
+    config = tmp_path_factory.mktemp("alsa") / "flowstate-test.conf"
+    config.write_text(
+        # alsa-lib loads a PCM type's module from `lib` when given (pcm_type.<name>), not from its
+        # plugin folder: nothing is installed on the machine.
+        f'pcm_type.jack {{\n    lib "{JACK_PCM_MODULE}"\n}}\n'
+        "pcm.fs_record {\n    type jack\n    capture_ports { 0 system:capture_1 1 system:capture_2 }\n}\n"
+        "pcm.fs_play {\n    type jack\n"
+        "    playback_ports { 0 system:playback_1 1 system:playback_2 2 system:playback_3 3 system:playback_4 }\n}\n"
+    )
+    yield {"ALSA_CONFIG_PATH": f"{ALSA_CONFIG}:{config}"}
+
+
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny HTDemucs whose stems add up to its input, so a known signal can be found at the

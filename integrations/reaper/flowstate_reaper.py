@@ -871,8 +871,12 @@ class StartStream(Task):
         seconds = frames / float(sample_rate)
         figure = "Round trip %d frames at %d Hz (%.3f ms)" % (frames, sample_rate, 1000.0 * seconds)
         if status.get("device"):  # where to route the send and take the stems from
-            figure = "On %s, in %s, out %s. %s" % (
-                status["device"], status.get("inputs"), status.get("outputs"), figure)
+            played = status.get("output_device") or status["device"]
+            where = "On %s, in %s, out %s" % (status["device"], status.get("inputs"), status.get("outputs"))
+            if played != status["device"]:
+                where = "In %s on %s, out %s on %s" % (status.get("inputs"), status["device"],
+                                                      status.get("outputs"), played)
+            figure = "%s. %s" % (where, figure)
         done = compensate_round_trip(seconds)
         if not done:
             self.finish(

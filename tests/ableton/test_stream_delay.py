@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,5 +90,42 @@ def test_the_pad_starts_live_stems_and_shows_the_track_delay_in_ms_and_samples(
             f"{ms} ms; Track Delay of the track playing the stems: -{ms} ms (-{frames} samples at {rate} Hz)"
         )
         script.surface.disconnect()  # before the daemon goes: its unregister is answered
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(600)
+def test_the_status_bar_names_both_devices_when_the_stems_play_on_another(
+    jack_server: Any, tiny_repo: Path, one_way_devices: dict[str, str], load_script: Load
+) -> None:
+    # On Windows the DAW's send goes out on one virtual cable and the stems come back on another:
+    # the status bar says which channels of which device (tests/bridge/test_stream_devices.py).
+    stream = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1, "budget_grow": False,
+              "device": "fs_record", "output_device": "fs_play", "first_output": 3}
+    daemon = DaemonProcess(overrides={"models": {"demucs_repo": str(tiny_repo)}, "stream": stream},
+                           env={**jack_server.env, **one_way_devices})
+    try:
+        daemon.start(timeout_seconds=300)
+        live = LiveSet()
+        script = load_script(live, daemon.osc_udp[1])
+        where = "live stems running (in 1-2 on fs_record, out 3-4 on fs_play): latency "
+        # Started from the pad (the reply, which has the tier) ...
+        script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_START, 100))
+        script.tick_until(lambda: script.shown("live stems running"), "the stream started", timeout=300)
+        assert script.messages[-1].startswith(f"Flowstate: {where}"), script.messages[-1]
+        script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 100))
+        script.tick_until(lambda: script.messages[-1] == "Flowstate: live stems stopped", "the stream stopped")
+        # ... and by another client (the stream.started event, which has none).
+        count = len(script.messages)
+        with Client(daemon.zmq_requests, timeout_seconds=120) as client:
+            client.call("stream.start")
+            try:
+                script.tick_until(lambda: any("live stems running" in m for m in script.messages[count:]),
+                                  "the event shown", timeout=60)
+            finally:
+                client.call("stream.stop")
+        shown = next(m for m in script.messages[count:] if "live stems running" in m)
+        assert shown.startswith(f"Flowstate: {where}"), shown
+        script.surface.disconnect()
     finally:
         daemon.stop()

@@ -34,9 +34,14 @@ SAMPLE_RATE = 48000
 
 
 class Rig:
-    """Two JACK clients wired around the daemon: player -> PortAudio:in_*, PortAudio:out_* -> recorder."""
+    """Two JACK clients wired around the daemon: player -> PortAudio:in_*, PortAudio:out_* -> recorder.
 
-    def __init__(self, server: JackServer, signal: np.ndarray, outputs: int = 2) -> None:
+    `ports`: the daemon's (input, output) JACK port patterns; PortAudio's JACK client's unless the
+    stream opens other devices (ALSA's JACK plugin: `tests/bridge/test_stream_devices.py`)."""
+
+    def __init__(self, server: JackServer, signal: np.ndarray, outputs: int = 2,
+                 ports: tuple[str, str] = ("PortAudio[^:]*:in_.*", "PortAudio[^:]*:out_.*")) -> None:
+        self.daemon_ports = ports
         self.signal = signal.astype(np.float32)  # (2, n)
         self.rate = server.sample_rate
         self.player = server.client("fs-player")
@@ -79,8 +84,8 @@ class Rig:
 
         # PortAudio opens one JACK client per process and keeps it: while another test's daemon
         # lives, this one's client is "PortAudio-01". Only a running stream has ports.
-        daemon_ins = ports("PortAudio[^:]*:in_.*", is_input=True)
-        daemon_outs = ports("PortAudio[^:]*:out_.*", is_output=True)
+        daemon_ins = ports(self.daemon_ports[0], is_input=True)
+        daemon_outs = ports(self.daemon_ports[1], is_output=True)
         for i, daemon_in in enumerate(daemon_ins[:2]):
             for source in self.player.get_all_connections(daemon_in):
                 self.player.disconnect(source, daemon_in)
@@ -160,13 +165,14 @@ def _assert_lags_follow_the_reported_round_trips(recorded: np.ndarray, signal: n
     return lags
 
 
-def _stream_daemon(server: JackServer | str, repo: Path, workdir: Path | None = None, **stream: Any) -> DaemonProcess:
+def _stream_daemon(server: JackServer | str, repo: Path, workdir: Path | None = None,
+                   extra_env: dict[str, str] | None = None, **stream: Any) -> DaemonProcess:
     """A daemon streaming on `server`: a running JACK server, or the name of one not running yet."""
     # A fixed budget unless a test asks for growth: most tests here measure the latency the stream
     # started with across a whole recording.
     settings = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1,
                 "budget_grow": False, **stream}
-    env = jack_env(server) if isinstance(server, str) else server.env
+    env = {**(jack_env(server) if isinstance(server, str) else server.env), **(extra_env or {})}
     return DaemonProcess(
         overrides={"models": {"demucs_repo": str(repo)}, "stream": settings}, workdir=workdir, env=env
     ).start()

@@ -154,7 +154,8 @@ def test_doctor_warns_when_the_stems_would_come_back_in_through_a_loopback_devic
     first_output: int, routing: str, state: str, words: list[str]
 ) -> None:
     # As PortAudio's Core Audio describes BlackHole 16ch (the same device for input and output).
-    blackhole = {"name": "BlackHole 16ch", "max_input_channels": 16, "max_output_channels": 16}
+    blackhole = {"name": "BlackHole 16ch", "max_input_channels": 16, "max_output_channels": 16,
+                 "default_samplerate": 48000.0}
     check = stream_device_check(StreamConfig(first_output=first_output, routing=routing), blackhole, blackhole)
     assert check.state == state, check.detail
     for word in words:

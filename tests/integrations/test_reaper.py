@@ -423,3 +423,25 @@ def test_start_live_stems_waits_for_a_model_that_loads_for_longer_than_the_timeo
             assert "live stems running (drums, bass, other, vocals)" in sim.console_text()
         finally:
             assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.mark.timeout(300)
+def test_start_live_stems_names_both_devices_when_the_stems_play_on_another(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path, one_way_devices: dict[str, str]
+) -> None:
+    # One virtual cable in, another out (tests/bridge/test_stream_devices.py): the console says
+    # which channels of which device the send goes to and the stems come back from.
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path, extra_env=one_way_devices, model="tiny",
+                            device="fs_record", output_device="fs_play", first_output=3)
+    try:
+        sim = Reaper(tmp_path / "REAPER")
+        sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
+        sim.scripts = install_scripts(tmp_path / "REAPER")  # type: ignore[attr-defined]
+        with scripts_running_in(sim):
+            run(sim, START_STREAM)
+            run(sim, STOP_STREAM)
+        assert sim.message_boxes == [], sim.message_boxes
+        said = "live stems running (drums, bass, other, vocals). In 1-2 on fs_record, out 3-4 on fs_play. Round trip "
+        assert said in sim.console_text(), sim.console_text()
+    finally:
+        assert daemon.stop() == 0, daemon.log()
