@@ -109,16 +109,6 @@ class StreamConfig(Section):
     # virtual cable), where what goes out on output k comes back in on input k, keep them apart.
     first_input: int = Field(default=1, ge=1, le=256)
     first_output: int = Field(default=1, ge=1, le=256)
-
-    @property
-    def played_device(self) -> str | int | None:
-        """The device the stream's outputs go to: `output_device`, or `device` when that is null."""
-        return self.device if self.output_device is None else self.output_device
-
-    @property
-    def devices(self) -> tuple[str | int | None, str | int | None]:
-        """The stream's (input, output) devices, as sounddevice takes them."""
-        return self.device, self.played_device
     model: StreamModel = "htdemucs"
     engine_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     context_seconds: float | None = Field(default=None, ge=0.0, le=8.0)
@@ -180,6 +170,16 @@ class StreamConfig(Section):
         if problem is not None:
             raise ValueError(f"{problem} (bound: stream.max_ratio_terms = {max_terms})")
         return sample_rate
+
+    @property
+    def played_device(self) -> str | int | None:
+        """The device the stream's outputs go to: `output_device`, or `device` when that is null."""
+        return self.device if self.output_device is None else self.output_device
+
+    @property
+    def devices(self) -> tuple[str | int | None, str | int | None]:
+        """The stream's (input, output) devices, as sounddevice takes them."""
+        return self.device, self.played_device
 
     @property
     def rate(self) -> int:

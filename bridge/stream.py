@@ -74,6 +74,7 @@ share to the engine's, and `budget_frames` stays the time the worker has.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import logging
@@ -160,7 +161,10 @@ def current_audio_devices() -> Iterator[Any]:
     start, streams or none, and left there through the model's load, which takes every core, it
     misses JACK's cycles (jackd's log: "client PortAudio late", about 50 in a first start's load on
     the dummy server without realtime), and the whole graph with it. That server is there (PortAudio
-    has just joined it), so leaving is safe; the stream starts PortAudio again to open the device."""
+    has just joined it), so leaving is safe; the stream starts PortAudio again to open the device.
+    Unavailable (JACK_GONE) once a stream was left open on a JACK server that went away."""
+    if audio_host_lost():
+        raise Unavailable(JACK_GONE)
     first = "sounddevice" not in sys.modules
     sounddevice = import_sounddevice()  # the first import starts PortAudio
     kept = not first and sounddevice._initialized and _joined_jack(sounddevice)
@@ -173,6 +177,20 @@ def current_audio_devices() -> Iterator[Any]:
     finally:
         if not kept and _joined_jack(sounddevice):
             sounddevice._terminate()
+
+
+# PortAudio streams whose JACK server went away under them. PortAudio's JACK host API can neither
+# stop nor close such a stream (Pa_StopStream waits for a process callback that never comes, and
+# Pa_CloseStream and Pa_Terminate after it likewise), so they are left open until the process ends,
+# and PortAudio with them: this process cannot open audio again.
+_ABANDONED: list[Any] = []
+JACK_GONE = ("the JACK server this daemon's audio ran on has gone, and PortAudio cannot leave it: restart the "
+             "daemon (flowstate up) once JACK runs again")
+
+
+def audio_host_lost() -> bool:
+    """Whether a stream of this process was left open on a JACK server that went away (`_ABANDONED`)."""
+    return bool(_ABANDONED)
 
 
 def _joined_jack(sounddevice: Any) -> bool:
@@ -214,7 +232,7 @@ def stream_devices(devices: Devices) -> tuple[Mapping[str, Any], Mapping[str, An
             if kind == "output" and devices[0] == devices[1] and found:
                 hint = (f" ({found[0]['name']} only records): set stream.output_device to the device the stems "
                         "should play on")
-            setting = "stream.device" if kind == "input" else "stream.output_device"
+            setting = "stream.output_device" if kind == "output" and devices[0] != devices[1] else "stream.device"
             raise Unavailable(f"cannot open audio device {device!r} for {kind} ({setting}): {err}{hint}. "
                               "`flowstate devices` lists devices") from None
     return found[0], found[1]
@@ -364,9 +382,10 @@ def release_audio_host() -> None:
     which skips exit handlers: on JACK, PortAudio's host API is a JACK client (`PortAudio`) for as
     long as PortAudio is initialised, and left open at exit it stayed in the server's graph, whose
     shutdown then waited 5 s on it (a server killed meanwhile keeps its entry in JACK's registry).
+    Not after a stream was left open on a JACK server that went away (`audio_host_lost`).
     """
     sounddevice = sys.modules.get("sounddevice")
-    if sounddevice is None:
+    if sounddevice is None or audio_host_lost():  # PortAudio's end would wait for ever on that stream
         return
     try:
         sounddevice._exit_handler()
@@ -598,6 +617,7 @@ class LiveStream:
         self._stream: Any = None
         self.device_name = ""  # PortAudio's name of the device the stream reads
         self.output_device_name = ""  # ... and of the one it writes (stream.output_device): often the same
+        self.host_api = ""  # PortAudio's name of their host API (JACK_HOST_API, Core Audio, Windows WASAPI ...)
         self.device_latency_seconds = 0.0
         self.started_at = 0.0
         self.worker_error: str | None = None
@@ -660,6 +680,8 @@ class LiveStream:
             log.warning("stream: %s", self.routing_warning)
         latency = self._stream.latency
         self.device_latency_seconds = float(latency[0] + latency[1])
+        self.host_api = str(sounddevice.query_hostapis(
+            sounddevice.query_devices(self._stream.device[0])["hostapi"])["name"])
         self.started_at = time.monotonic()
         log.info(
             "stream started on %s: %d stems, latency %.1f ms (+ device %.1f ms); compute budget %.1f ms: %s",
@@ -668,9 +690,17 @@ class LiveStream:
         )
 
     def stop(self) -> None:
+        host_ended = self.host_ended
         self._running = False
         self._stopping.set()
         self._wake.set()
+        if self._stream is not None and host_ended and self.host_api == JACK_HOST_API:
+            # Its JACK server has gone: PortAudio would wait for ever to stop or close it (and to
+            # end at exit, so sounddevice's exit handler goes too).
+            _ABANDONED.append(self._stream)
+            atexit.unregister(import_sounddevice()._exit_handler)
+            log.warning("stream: %s", JACK_GONE)
+            self._stream = None
         if self._stream is not None:
             self._stream.stop()
             self._stream.close()
@@ -688,6 +718,12 @@ class LiveStream:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def host_ended(self) -> bool:
+        """Whether the audio host ended the running stream without being asked (PortAudio says it is
+        no longer active): on JACK, the server has gone."""
+        return self._running and self._stream is not None and not self._stream.active
 
     @property
     def devices_text(self) -> str:
@@ -897,9 +933,13 @@ class LiveStream:
         elif self._stalled_since is None and seen > 0 and now - seen_at >= STALL_SECONDS:
             self._stalled_since = seen_at
             self.stalls += 1
-            log.warning("stream: %s has delivered no audio for %.1f s (unplugged, the computer asleep, or taken "
-                        "by another app?): nothing plays until it is back, or stream.stop", self.devices_text,
-                        now - seen_at)
+            if self.host_ended and self.host_api == JACK_HOST_API:
+                log.warning("stream: %s has delivered no audio for %.1f s, and PortAudio ended the stream: %s; "
+                            "stream.stop it", self.devices_text, now - seen_at, JACK_GONE)
+            else:
+                log.warning("stream: %s has delivered no audio for %.1f s (unplugged, the computer asleep, or "
+                            "taken by another app?): nothing plays until it is back, or stream.stop",
+                            self.devices_text, now - seen_at)
             self._publish("stream.stalled", seconds=round(now - seen_at, 1), device=self.devices_text)
 
     @property
@@ -1238,6 +1278,7 @@ class LiveStream:
             "worker_error": self.worker_error,
             "stalled_seconds": 0.0 if self._stalled_since is None else round(time.monotonic() - self._stalled_since, 1),
             "stalls": self.stalls,
+            "host_ended": self.host_ended,
             # Where the windows run (stream.tier) and why; a remote tier's connection and its losses.
             "tier": self.tier,
             "tier_reason": self.tier_reason,

@@ -8,12 +8,15 @@ once, as a device that went away would, and thawed with SIGCONT.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
-from bridge.client import Client
+import pytest
+
+from bridge.client import Client, RemoteError
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
-from tests.conftest import Events, JackServer
+from tests.conftest import Events, JackServer, running_jack
 
 
 def test_a_device_that_stops_delivering_is_reported_and_so_is_its_return(
@@ -44,3 +47,36 @@ def test_a_device_that_stops_delivering_is_reported_and_so_is_its_return(
     finally:
         events.close()
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_jack_server_that_goes_away_leaves_a_daemon_that_stops_the_stream_and_exits(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    # The JACK server stopped under a running stream (qjackctl's Stop, a crash). PortAudio's JACK
+    # host API can then neither stop nor close the stream: stream.stop waited for ever, and the
+    # daemon's exit too (it was SIGKILLed). Its own JACK server: this one goes away for good.
+    name = f"flowstate-gone-{os.getpid()}"
+    with running_jack(name, tmp_path / "jackd.log") as server:
+        daemon = _stream_daemon(server, tiny_repo, tmp_path)
+        events = Events(daemon.zmq_events, b"stream.")
+        try:
+            with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+                client.call("stream.start")
+                _wait_for_hops(client)
+                server.process.terminate()
+                server.process.wait(10)
+                events.wait_for("stream.stalled", timeout_seconds=30)
+                assert client.call("stream.status")["host_ended"], client.call("stream.status")
+                # stream.stop answers at once, and a start says what to do rather than waiting for ever.
+                assert client.call("stream.stop")["running"] is False
+                with pytest.raises(RemoteError) as refused:
+                    client.call("stream.start")
+                assert refused.value.code == "unavailable"
+                assert "restart the daemon (flowstate up) once JACK runs again" in refused.value.message
+                assert client.call("stream.status")["running"] is False  # and it goes on answering
+        finally:
+            events.close()
+            code = daemon.stop()
+        assert code == 0, daemon.log()  # it exited by itself, not killed
+        log = daemon.wait_for_log("PortAudio ended the stream", "once JACK runs again")
+        assert "restart the daemon" in log
