@@ -267,7 +267,13 @@ def device_rate(devices: Devices) -> tuple[int, str]:
 def device_refused(devices: Devices, channels: str, tried: int, err: Exception,
                    rate: int | None = None) -> Unavailable:
     """The error for devices that would not open with `channels` ("inputs 1-2 / outputs 1-8") at `tried` Hz,
-    naming the `rate` they run at (read here when not given) when that is another."""
+    naming the `rate` they run at (read here when not given) when that is another; or `stream_devices`'s,
+    naming the setting to change, where one is missing (a device that only records, with no
+    stream.output_device)."""
+    try:
+        stream_devices(devices)
+    except Unavailable as missing:
+        return missing
     if rate is None:
         try:
             rate, _ = device_rate(devices)

@@ -33,7 +33,6 @@ from bridge.stream import (
     device_rate,
     lower_thread_priority,
     starting_p99,
-    stream_devices,
 )
 from engines.base import pick_device
 from engines.batching import WindowBatchers
@@ -218,7 +217,6 @@ class StreamManager:
         so an interface plugged in since the daemon started is found too), and where the rate came
         from. Blocking; only while no stream runs (`start` holds the lock and refuses a second)."""
         with current_audio_devices():
-            stream_devices(settings.devices)  # both there, or an error naming the setting to change
             # The outputs the routing writes are known once the model is (its stems): here, the mix's
             # or the first stem's; LiveStream.start checks them all.
             check_device_channels(settings.devices, settings.first_input, settings.channels,

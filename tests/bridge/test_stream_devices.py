@@ -69,6 +69,10 @@ def test_a_device_that_only_records_is_refused_naming_the_output_device_setting(
             assert refused.value.code == "unavailable"
             assert "(fs_record only records): set stream.output_device to the device the stems should play on" \
                 in refused.value.message, refused.value.message
+            # At a rate given in config, the device is first opened after the model's load: the same word.
+            with pytest.raises(RemoteError) as refused_later:
+                client.call("stream.start", {"overrides": {"sample_rate": 48000}})
+            assert refused_later.value.message == refused.value.message, refused_later.value.message
             # Named per start, the output device makes the same daemon's stream run.
             status = client.call("stream.start", {"overrides": {"output_device": "fs_play"}})
             assert status["running"] and status["output_device"] == "fs_play", status
