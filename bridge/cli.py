@@ -440,10 +440,15 @@ def _devices() -> int:
         return 1
     for index, device in enumerate(devices):
         api = apis[device["hostapi"]]["name"]
-        print(
-            f"{index:>3}  {device['name']:<40} {api:<28} in {device['max_input_channels']:>2}  "
-            f"out {device['max_output_channels']:>2}  {device['default_samplerate']:.0f} Hz"
-        )
+        ins, outs = device["max_input_channels"], device["max_output_channels"]
+        # One end of a one-way virtual cable (and, on Windows, every capture or render endpoint).
+        only = "  records only" if not outs else "  plays only" if not ins else ""
+        print(f"{index:>3}  {device['name']:<40} {api:<28} in {ins:>2}  out {outs:>2}  "
+              f"{device['default_samplerate']:.0f} Hz{only}")
+    first = devices[0]
+    print(f"\nstream.device takes a name, part of one, or an index (stream.output_device too: the device the stems "
+          f"play on where stream.device only records); where a name is on several host APIs, add its host API "
+          f"after a comma: \"{first['name']}, {apis[first['hostapi']]['name']}\"")
     return 0
 
 

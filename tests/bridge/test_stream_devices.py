@@ -97,6 +97,24 @@ def test_doctor_names_both_devices_and_says_when_the_output_device_is_missing(
         assert row.split()[0] == expect[0] and expect[1] in row, row
 
 
+def test_devices_says_which_only_record_or_play_and_how_to_name_one_on_a_host_api(
+    jack_server: JackServer, tmp_path: Path, one_way_devices: dict[str, str]
+) -> None:
+    env = {**jack_server.env, **one_way_devices}
+    listed = flowstate("devices", env=env).stdout
+    rows = {line.split()[1]: line for line in listed.splitlines() if line[:3].strip().isdigit()}
+    assert rows["fs_record"].endswith("in  2  out  0  48000 Hz  records only"), listed
+    assert rows["fs_play"].endswith("in  0  out  4  48000 Hz  plays only"), listed
+    assert rows["system"].endswith("48000 Hz"), listed  # JACK's PortAudio device does both
+    # The name to give, with its host API, as printed: a stream takes it.
+    assert '"fs_record, ALSA"' in listed, listed
+    config = DaemonProcess(workdir=tmp_path, overrides={"stream": {
+        "device": "fs_record, ALSA", "output_device": "fs_play, ALSA", "first_output": 3}}).config_path
+    done = flowstate("doctor", "--config", str(config), env=env)
+    (row,) = [line for line in done.stdout.splitlines() if " stream device " in line]
+    assert row.split()[0] == "ok" and "fs_record in, fs_play out (2 in, 4 out)" in row, row
+
+
 # As Windows lists VB-CABLE's two ends (WASAPI's names; MME cuts them at 31 characters) and VB-CABLE A+B's.
 CABLE_RECORDS, CABLE_PLAYS = "CABLE Output (VB-Audio Virtual Cable)", "CABLE Input (VB-Audio Virtual Cable)"
 CABLE_A_PLAYS = "CABLE-A Input (VB-Audio Cable A)"
