@@ -19,7 +19,14 @@ from typing import Any
 from bridge import __version__
 from bridge.config import Config, StreamConfig
 from bridge.errors import NotFound, Unavailable
-from bridge.stream import channel_span, import_sounddevice, loopback_feedback, missing_channels, stream_devices
+from bridge.stream import (
+    channel_span,
+    import_sounddevice,
+    loopback_feedback,
+    missing_channels,
+    rate_mismatch,
+    stream_devices,
+)
 from engines import audio_tags, clap, embeddings, generation, openunmix, spleeter, stable_audio
 from engines.inference import import_openvino
 from engines.speech import VoiceLibrary
@@ -223,12 +230,9 @@ def stream_device_check(settings: StreamConfig, heard: Mapping[str, Any], played
                                  settings.first_output, settings.channels)
     if feedback is not None:
         return Check("stream device", WARN, feedback)
-    rates = round(float(heard["default_samplerate"])), round(float(played["default_samplerate"]))
-    if rates[0] != rates[1]:
-        return Check("stream device", WARN, f"{heard['name']} runs at {rates[0]} Hz and {played['name']} at "
-                                            f"{rates[1]} Hz: set {played['name']} to {rates[0]} Hz in the system's "
-                                            "sound settings, or the host converts with a delay the round trip "
-                                            "does not count")
+    mismatch = rate_mismatch(heard, played)
+    if mismatch is not None:
+        return Check("stream device", WARN, mismatch)
     names = heard["name"] if heard["name"] == played["name"] else f"{heard['name']} in, {played['name']} out"
     writes = f"outputs {channel_span(settings.first_output, settings.channels)}"
     if settings.routing != "mix":

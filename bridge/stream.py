@@ -253,15 +253,22 @@ def device_rate(devices: Devices) -> tuple[int, str]:
         why = (f"{api} says {rate} Hz for {heard['name']} (stream.sample_rate auto), a guess that may not be the "
                "device's own rate: name its WASAPI or ASIO device in stream.device")
         log.warning("stream: %s", why)
-    out_rate = round(float(played["default_samplerate"]))
-    if out_rate != rate:
-        fix = ("set stream.device to one device" if devices[0] == devices[1]
-               else f"set {played['name']} to {rate} Hz in the system's sound settings")
-        why = (f"{heard['name']}'s rate (stream.sample_rate auto); the output {played['name']} runs at {out_rate} "
-               f"Hz and is converted with a delay the round trip does not count: {fix}")
-        log.warning("stream: input %s runs at %d Hz, output %s at %d Hz: the stream runs at %d Hz and the host "
-                    "converts its output", heard["name"], rate, played["name"], out_rate, rate)
+    mismatch = rate_mismatch(heard, played)
+    if mismatch is not None:
+        why = f"{heard['name']}'s rate (stream.sample_rate auto); {mismatch}"
+        log.warning("stream: %s; the stream runs at %d Hz", mismatch, rate)
     return rate, why
+
+
+def rate_mismatch(heard: Mapping[str, Any], played: Mapping[str, Any]) -> str | None:
+    """What to do when the output device (PortAudio's `played`) runs at another rate than the input
+    device (`heard`), whose rate the stream takes; None when they agree."""
+    rate, out_rate = round(float(heard["default_samplerate"])), round(float(played["default_samplerate"]))
+    if rate == out_rate:
+        return None
+    return (f"{heard['name']} runs at {rate} Hz and {played['name']} at {out_rate} Hz: set {played['name']} to "
+            f"{rate} Hz in the system's sound settings, or the host converts with a delay the round trip does not "
+            "count")
 
 
 def device_refused(devices: Devices, channels: str, tried: int, err: Exception,
@@ -270,15 +277,11 @@ def device_refused(devices: Devices, channels: str, tried: int, err: Exception,
     naming the `rate` they run at (read here when not given) when that is another; or `stream_devices`'s,
     naming the setting to change, where one is missing (a device that only records, with no
     stream.output_device)."""
-    try:
-        stream_devices(devices)
-    except Unavailable as missing:
-        return missing
     if rate is None:
         try:
             rate, _ = device_rate(devices)
-        except Unavailable:
-            rate = tried
+        except Unavailable as missing:  # stream_devices': the setting to change
+            return missing
     hint = "" if rate == tried else f"; the device runs at {rate} Hz (stream.sample_rate auto follows it)"
     return Unavailable(f"cannot open audio device {describe_devices(devices)} with {channels} at {tried} Hz: "
                        f"{err}{hint}. `flowstate devices` lists devices")
@@ -677,7 +680,9 @@ class LiveStream:
             spans = (f"inputs {channel_span(self.settings.first_input, self.settings.channels)} / outputs "
                      f"{channel_span(self.settings.first_output, self.layout.num_outputs)}")
             raise device_refused(devices, spans, self.sample_rate, err) from None
-        self.device_name = str(sounddevice.query_devices(self._stream.device[0])["name"])
+        heard = sounddevice.query_devices(self._stream.device[0])
+        self.device_name = str(heard["name"])
+        self.host_api = str(sounddevice.query_hostapis(heard["hostapi"])["name"])
         self.output_device_name = str(sounddevice.query_devices(self._stream.device[1])["name"])
         self.routing_warning = loopback_feedback(
             self.device_name, self.output_device_name,
@@ -686,8 +691,6 @@ class LiveStream:
             log.warning("stream: %s", self.routing_warning)
         latency = self._stream.latency
         self.device_latency_seconds = float(latency[0] + latency[1])
-        self.host_api = str(sounddevice.query_hostapis(
-            sounddevice.query_devices(self._stream.device[0])["hostapi"])["name"])
         self.started_at = time.monotonic()
         log.info(
             "stream started on %s: %d stems, latency %.1f ms (+ device %.1f ms); compute budget %.1f ms: %s",
@@ -696,11 +699,11 @@ class LiveStream:
         )
 
     def stop(self) -> None:
-        host_ended = self.host_ended
+        jack_gone = self.jack_gone
         self._running = False
         self._stopping.set()
         self._wake.set()
-        if self._stream is not None and host_ended and self.host_api == JACK_HOST_API:
+        if jack_gone:
             # Its JACK server has gone: PortAudio would wait for ever to stop or close it (and to
             # end at exit, so sounddevice's exit handler goes too).
             _ABANDONED.append(self._stream)
@@ -730,6 +733,12 @@ class LiveStream:
         """Whether the audio host ended the running stream without being asked (PortAudio says it is
         no longer active): on JACK, the server has gone."""
         return self._running and self._stream is not None and not self._stream.active
+
+    @property
+    def jack_gone(self) -> bool:
+        """Whether the host that ended the stream is JACK: its server has gone, and PortAudio can
+        neither stop nor close the stream (`stop` leaves it open)."""
+        return self.host_ended and self.host_api == JACK_HOST_API
 
     @property
     def devices_text(self) -> str:
@@ -939,7 +948,7 @@ class LiveStream:
         elif self._stalled_since is None and seen > 0 and now - seen_at >= STALL_SECONDS:
             self._stalled_since = seen_at
             self.stalls += 1
-            if self.host_ended and self.host_api == JACK_HOST_API:
+            if self.jack_gone:
                 log.warning("stream: %s has delivered no audio for %.1f s, and PortAudio ended the stream: %s; "
                             "stream.stop it", self.devices_text, now - seen_at, JACK_GONE)
             else:
