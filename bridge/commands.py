@@ -144,7 +144,8 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
         EventSpec("stream.stalled", ("seconds", "device"),
                   "The audio device has delivered nothing for `seconds` (unplugged, the computer asleep, taken by "
-                  "another app): the stream runs on, silent, until it is back (stream.resumed) or stream.stop."),
+                  "another app), or nothing at all in the `seconds` since the stream started: the stream runs on, "
+                  "silent, until it delivers (stream.resumed) or stream.stop."),
         EventSpec("stream.resumed", ("seconds", "device"), "The stalled audio device delivers again, after `seconds`."),
         EventSpec("stream.no_signal", ("seconds", "device", "inputs"),
                   "Every sample on the stream's inputs (e.g. \"1-2\") has been exactly 0 since it started, for "

@@ -118,6 +118,10 @@ CLIMB_SECONDS = 2.0
 # The device has stalled when no input block has come for this long once one had: unplugged, the
 # computer asleep, another app holding it exclusively, or the audio server stopped.
 STALL_SECONDS = 1.0
+# ... or when none has come this long after PortAudio started the stream: it opened the device, and
+# the device never began (its clock source gone, held by another app, asleep). Longer than a stall:
+# a device may take a moment to begin (a Bluetooth headset switching profiles takes a second or two).
+FIRST_INPUT_SECONDS = 3.0
 # Every input sample exactly 0 since the stream started, for this long, is worth a word: nothing is
 # routed to the stream's inputs yet, or, on macOS, the process may not use the microphone, which
 # Core Audio answers with exact silence on every input, a loopback device's (BlackHole) too. An
@@ -935,7 +939,8 @@ class LiveStream:
 
     def _check_flow(self) -> None:
         """Say once when the device stops delivering audio for STALL_SECONDS (the callbacks stop:
-        PortAudio reports no error for a device that is gone or asleep), and again when it is back."""
+        PortAudio reports no error for a device that is gone or asleep), or has delivered none
+        FIRST_INPUT_SECONDS after the stream started, and again when it delivers."""
         written, now = self._in.written, time.monotonic()
         seen, seen_at = self._input_seen
         if written != seen:
@@ -945,17 +950,27 @@ class LiveStream:
                 self._stalled_since = None
                 log.warning("stream: %s delivers audio again after %.1f s without", self.devices_text, seconds)
                 self._publish("stream.resumed", seconds=seconds, device=self.devices_text)
-        elif self._stalled_since is None and seen > 0 and now - seen_at >= STALL_SECONDS:
-            self._stalled_since = seen_at
+        elif self._stalled_since is None:
+            # Before the first block, the time since PortAudio started the stream (0.0: not yet).
+            began = seen > 0
+            since = seen_at if began else self.started_at
+            if not since or now - since < (STALL_SECONDS if began else FIRST_INPUT_SECONDS):
+                return
+            self._stalled_since = since
             self.stalls += 1
             if self.jack_gone:
                 log.warning("stream: %s has delivered no audio for %.1f s, and PortAudio ended the stream: %s; "
-                            "stream.stop it", self.devices_text, now - seen_at, JACK_GONE)
-            else:
+                            "stream.stop it", self.devices_text, now - since, JACK_GONE)
+            elif began:
                 log.warning("stream: %s has delivered no audio for %.1f s (unplugged, the computer asleep, or "
                             "taken by another app?): nothing plays until it is back, or stream.stop",
-                            self.devices_text, now - seen_at)
-            self._publish("stream.stalled", seconds=round(now - seen_at, 1), device=self.devices_text)
+                            self.devices_text, now - since)
+            else:
+                log.warning("stream: %s has delivered no audio since the stream started %.1f s ago: PortAudio "
+                            "opened it, but it has not begun (taken by another app, asleep, or an aggregate "
+                            "device whose clock source is gone?): nothing plays until it does, or stream.stop",
+                            self.devices_text, now - since)
+            self._publish("stream.stalled", seconds=round(now - since, 1), device=self.devices_text)
 
     @property
     def no_signal_seconds(self) -> float:

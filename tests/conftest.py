@@ -240,6 +240,10 @@ def running_jack(name: str, log: Path, rate: int = 48000) -> Iterator[JackServer
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+        # A client still in the graph when its server went away cannot unlink its semaphore (the
+        # stream of test_stream_stall.py's JACK server that goes away): two files per run, for good.
+        for left in Path("/dev/shm").glob(f"jack_sem.*_{name}_*"):
+            left.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -264,17 +268,16 @@ ALSA_CONFIG = Path("/usr/share/alsa/alsa.conf")  # libasound's own configuration
 ALSA_JACK_PORTS = (r"[^:]*\.C\.[0-9]+\.[0-9]+:in_.*", r"[^:]*\.P\.[0-9]+\.[0-9]+:out_.*")
 
 
-@pytest.fixture(scope="module")
-def one_way_devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def alsa_jack_devices(folder: Path, extra: str = "") -> dict[str, str]:
     """The environment in which ALSA (and so PortAudio) has `fs_record` (2 channels), a device
-    that only records, and `fs_play` (4), one that only plays, on the JACK server: two one-way
-    devices as Windows lists a virtual cable's ends (`tests/bridge/test_stream_devices.py`)."""
+    that only records, and `fs_play` (4), one that only plays, on the JACK server, and the devices
+    `extra` defines (ALSA configuration) on top of them."""
     if not JACK_PCM_MODULE.is_file():
         pytest.fail(f"ALSA's JACK PCM plugin is missing ({JACK_PCM_MODULE}); "
                     "run `bash scripts/fetch-test-plugins.sh` (make test does this first)")
     if not ALSA_CONFIG.is_file():
         pytest.fail(f"libasound's configuration is not at {ALSA_CONFIG}: is libasound2 installed?")
-    config = tmp_path_factory.mktemp("alsa") / "flowstate-test.conf"
+    config = folder / "flowstate-test.conf"
     config.write_text(
         # alsa-lib loads a PCM type's module from `lib` when given (pcm_type.<name>), not from its
         # plugin folder: nothing is installed on the machine.
@@ -282,8 +285,16 @@ def one_way_devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
         "pcm.fs_record {\n    type jack\n    capture_ports { 0 system:capture_1 1 system:capture_2 }\n}\n"
         "pcm.fs_play {\n    type jack\n"
         "    playback_ports { 0 system:playback_1 1 system:playback_2 2 system:playback_3 3 system:playback_4 }\n}\n"
+        + extra
     )
-    yield {"ALSA_CONFIG_PATH": f"{ALSA_CONFIG}:{config}"}
+    return {"ALSA_CONFIG_PATH": f"{ALSA_CONFIG}:{config}"}
+
+
+@pytest.fixture(scope="module")
+def one_way_devices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two one-way devices on the JACK server, as Windows lists a virtual cable's ends
+    (`tests/bridge/test_stream_devices.py`): `fs_record` and `fs_play` (alsa_jack_devices)."""
+    return alsa_jack_devices(tmp_path_factory.mktemp("alsa"))
 
 
 @pytest.fixture(scope="module")

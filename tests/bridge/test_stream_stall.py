@@ -3,20 +3,66 @@ audio server stopped) says so, and says so again when the device is back.
 
 PortAudio reports no error for a device that has gone quiet: its callbacks just stop. Here the real
 JACK server (the dummy backend) is frozen with SIGSTOP, which stops every client's callbacks at
-once, as a device that went away would, and thawed with SIGCONT.
+once, as a device that went away would, and thawed with SIGCONT. A device that PortAudio opens and
+starts but that never begins (an aggregate device whose clock source is gone, one another app holds)
+is a real ALSA device whose reads wait on a pipe (FrozenDevice).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridge.client import Client, RemoteError
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
-from tests.conftest import Events, JackServer, running_jack
+from tests.conftest import Events, JackServer, alsa_jack_devices, running_jack
+
+
+class FrozenDevice:
+    """`fs_frozen`: ALSA's `file` PCM plugin over `fs_record` (tests/conftest.py), which replaces
+    what fs_record records with what it reads from a FIFO (its `infile`). While the FIFO has a
+    writer that writes nothing, that read waits, and PortAudio's ALSA thread with it: PortAudio
+    opens and starts the device, and it never delivers a block. When the last writer closes, the
+    read ends (end of file), the plugin passes fs_record's audio on, and the device begins."""
+
+    def __init__(self, folder: Path) -> None:
+        self.fifo = folder / "never"
+        os.mkfifo(self.fifo)
+        # Opened before PortAudio is (which opens every ALSA device to list it, and an open of a
+        # FIFO for reading waits for a writer); read-write, so this open does not wait for a reader.
+        self._writer: int | None = os.open(self.fifo, os.O_RDWR)
+        self.env = alsa_jack_devices(folder, (
+            "pcm.fs_frozen {\n    type file\n    slave.pcm fs_record\n    file /dev/null\n"
+            f'    infile "{self.fifo}"\n    format raw\n}}\n'))
+
+    def begin(self) -> None:
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+
+@pytest.fixture
+def frozen_device(tmp_path: Path) -> Iterator[FrozenDevice]:
+    device = FrozenDevice(tmp_path)
+    try:
+        yield device
+    finally:
+        device.begin()
+
+
+def _resumes(events: Events, client: Client, stalled: dict[str, Any]) -> None:
+    """The device delivers again: `stream.resumed` says after how long, the stream's hops go on
+    with the one stall counted, and it stops."""
+    resumed = events.wait_for("stream.resumed", timeout_seconds=30)
+    assert resumed["seconds"] >= stalled["seconds"], (stalled, resumed)
+    after = _wait_for_hops(client, at_least=client.call("stream.status")["hops"] + 2)
+    assert after["stalled_seconds"] == 0.0 and after["stalls"] == 1, after
+    client.call("stream.stop")
 
 
 def test_a_device_that_stops_delivering_is_reported_and_so_is_its_return(
@@ -37,15 +83,39 @@ def test_a_device_that_stops_delivering_is_reported_and_so_is_its_return(
                 assert status["running"] and status["stalls"] == 1 and status["stalled_seconds"] >= 1.0, status
             finally:
                 jack_server.process.send_signal(signal.SIGCONT)
-            resumed = events.wait_for("stream.resumed", timeout_seconds=30)
-            assert resumed["seconds"] >= stalled["seconds"], (stalled, resumed)
-            after = _wait_for_hops(client, at_least=client.call("stream.status")["hops"] + 2)
-            assert after["stalled_seconds"] == 0.0 and after["stalls"] == 1, after
-            client.call("stream.stop")
+            _resumes(events, client, stalled)
         log = daemon.wait_for_log("has delivered no audio for", "delivers audio again after")
         assert "stream.stop" in log
     finally:
         events.close()
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_device_that_never_begins_is_reported_and_so_is_its_first_audio(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path, frozen_device: FrozenDevice
+) -> None:
+    # PortAudio opened and started the device without an error, and no block ever came: the stream
+    # said "running" and played nothing, and nothing said so (a stall was only counted once a block
+    # had come).
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path, extra_env=frozen_device.env,
+                            device="fs_frozen", output_device="fs_play")
+    events = Events(daemon.zmq_events, b"stream.")
+    try:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            started = client.call("stream.start")
+            assert started["running"] and started["device"] == "fs_frozen", started
+            stalled = events.wait_for("stream.stalled", timeout_seconds=30)
+            assert stalled["seconds"] >= 3.0 and stalled["device"] == "fs_frozen in, fs_play out", stalled
+            status = client.call("stream.status")
+            assert status["running"] and status["stalls"] == 1 and status["stalled_seconds"] >= 3.0, status
+            assert status["hops"] == 0, status
+            frozen_device.begin()
+            _resumes(events, client, stalled)
+        log = daemon.wait_for_log("has delivered no audio since the stream started", "delivers audio again after")
+        assert "PortAudio opened it, but it has not begun" in log
+    finally:
+        events.close()
+        frozen_device.begin()  # a stream still waiting on the pipe would wait there through the daemon's exit
         assert daemon.stop() == 0, daemon.log()
 
 
