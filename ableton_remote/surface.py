@@ -73,6 +73,9 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 # The first start loads the model (seconds; minutes while its weights download): waited for while
 # the daemon answers pings (a gone daemon is said after REQUEST_TIMEOUT_SECONDS), up to this long.
 STREAM_START_PATIENCE_SECONDS = 900.0
+# A stop answers within seconds: PortAudio gets 5 s to let go of the device, the model's last window
+# as long to end.
+STREAM_STOP_PATIENCE_SECONDS = 30.0
 RECONNECT_SECONDS = 5.0  # while the daemon is away, try to register again this often
 # The daemon drops a listener not registered again within daemon.listener_ttl_seconds (300 s by
 # default): register again well within that.
@@ -318,9 +321,14 @@ class FlowstateSurface(LiveSurface):
     @_guarded
     def stop_stream(self) -> None:
         self._link.request(
-            "stream.stop", [], lambda args: self._show("live stems stopped"),
-            self._stream_error("did not stop"), REQUEST_TIMEOUT_SECONDS,
+            "stream.stop", [], self._stream_stopped, self._stream_error("did not stop"), REQUEST_TIMEOUT_SECONDS,
+            patience_seconds=STREAM_STOP_PATIENCE_SECONDS,
         )
+
+    def _stream_stopped(self, args: tuple[OscArg, ...]) -> None:
+        """The reply: running, then null or why no stream can open until the daemon restarts."""
+        lost = args[1] if len(args) > 1 else None
+        self._show(f"live stems stopped, but {lost!s}" if lost else "live stems stopped")
 
     @_guarded
     def set_stem_gain(self, stem: str, gain_db: float) -> None:

@@ -299,7 +299,9 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
 @command(
     "stream.stop",
     examples=("stop the live stream", "turn off live stems", "end real-time separation"),
-    help="Stop the live stream (the model stays loaded for a quick restart).", returns=("running",),
+    help="Stop the live stream (the model stays loaded for a quick restart). `audio_lost`: null, or why no "
+         "stream can open until the daemon restarts (PortAudio did not let go of the device).",
+    returns=("running", "audio_lost"),
 )
 async def stream_stop(ctx: CallContext) -> Result:
     status = await asyncio.to_thread(ctx.services.streams.stop)

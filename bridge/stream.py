@@ -166,9 +166,10 @@ def current_audio_devices() -> Iterator[Any]:
     misses JACK's cycles (jackd's log: "client PortAudio late", about 50 in a first start's load on
     the dummy server without realtime), and the whole graph with it. That server is there (PortAudio
     has just joined it), so leaving is safe; the stream starts PortAudio again to open the device.
-    Unavailable (JACK_GONE) once a stream was left open on a JACK server that went away."""
-    if audio_host_lost():
-        raise Unavailable(JACK_GONE)
+    Unavailable (saying why) once a stream was left open (`audio_host_lost`)."""
+    lost = audio_host_lost()
+    if lost is not None:
+        raise Unavailable(lost)
     first = "sounddevice" not in sys.modules
     sounddevice = import_sounddevice()  # the first import starts PortAudio
     kept = not first and sounddevice._initialized and _joined_jack(sounddevice)
@@ -183,18 +184,70 @@ def current_audio_devices() -> Iterator[Any]:
             sounddevice._terminate()
 
 
-# PortAudio streams whose JACK server went away under them. PortAudio's JACK host API can neither
-# stop nor close such a stream (Pa_StopStream waits for a process callback that never comes, and
-# Pa_CloseStream and Pa_Terminate after it likewise), so they are left open until the process ends,
-# and PortAudio with them: this process cannot open audio again.
-_ABANDONED: list[Any] = []
+# PortAudio streams this process left open, each with why: ones whose JACK server went away under
+# them (PortAudio's JACK host API can neither stop nor close such a stream: Pa_StopStream waits for a
+# process callback that never comes, and Pa_CloseStream and Pa_Terminate after it likewise), and ones
+# PortAudio did not stop within STOP_SECONDS (a driver that stopped answering; Pure Data's PortAudio
+# hung the same way on a Mac whose interface was unplugged, pure-data/pure-data#470). While one is
+# left, this process cannot open audio again, and PortAudio's end at exit would wait on it too.
+_ABANDONED: list[tuple[Any, str]] = []
+_ABANDON_LOCK = threading.Lock()
 JACK_GONE = ("the JACK server this daemon's audio ran on has gone, and PortAudio cannot leave it: restart the "
              "daemon (flowstate up) once JACK runs again")
+# How long stopping and closing a stream may take before it is left open. PortAudio's stop plays out
+# what the device still holds (its latency, well under a second) and returns.
+STOP_SECONDS = 5.0
 
 
-def audio_host_lost() -> bool:
-    """Whether a stream of this process was left open on a JACK server that went away (`_ABANDONED`)."""
-    return bool(_ABANDONED)
+def audio_host_lost() -> str | None:
+    """Why this process cannot open audio again (a stream left open, `_ABANDONED`), or None."""
+    with _ABANDON_LOCK:
+        return _ABANDONED[0][1] if _ABANDONED else None
+
+
+def _abandon(stream: Any, why: str) -> None:
+    """Leave `stream` open (the lock held): PortAudio's end at exit (sounddevice's exit handler)
+    would wait on it for ever, so it goes too."""
+    _ABANDONED.append((stream, why))
+    atexit.unregister(import_sounddevice()._exit_handler)
+    log.warning("stream: %s", why)
+
+
+def _close_in_time(stream: Any, devices: str) -> None:
+    """Stop and close PortAudio's `stream` on a thread of its own, waiting STOP_SECONDS: a stop that
+    takes longer leaves the stream open (`_abandon`), so stream.stop answers and the daemon can exit.
+    If PortAudio gets there after all, the stream is closed and audio can open again."""
+    closed = threading.Event()
+    failed: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            stream.stop()
+            stream.close()
+        except BaseException as err:  # noqa: BLE001 (said by the caller, or logged when it gave up)
+            failed.append(err)
+        with _ABANDON_LOCK:
+            closed.set()
+            left = [entry for entry in _ABANDONED if entry[0] is stream]
+            for entry in left:
+                _ABANDONED.remove(entry)
+            if left and not _ABANDONED:
+                atexit.register(import_sounddevice()._exit_handler)
+        if left:
+            log.warning("stream: PortAudio stopped the stream on %s after all%s: audio can open again", devices,
+                        f" ({failed[0]})" if failed else "")
+
+    thread = threading.Thread(target=close, name="stream-close", daemon=True)
+    thread.start()
+    thread.join(STOP_SECONDS)
+    with _ABANDON_LOCK:
+        if not closed.is_set():
+            _abandon(stream, f"PortAudio did not stop the stream on {devices} within {STOP_SECONDS:.0f} s (its "
+                             "driver stopped answering), and it is left open: restart the daemon (flowstate up) "
+                             "to stream again")
+            return
+    if failed:
+        raise failed[0]
 
 
 def _joined_jack(sounddevice: Any) -> bool:
@@ -395,10 +448,10 @@ def release_audio_host() -> None:
     which skips exit handlers: on JACK, PortAudio's host API is a JACK client (`PortAudio`) for as
     long as PortAudio is initialised, and left open at exit it stayed in the server's graph, whose
     shutdown then waited 5 s on it (a server killed meanwhile keeps its entry in JACK's registry).
-    Not after a stream was left open on a JACK server that went away (`audio_host_lost`).
+    Not after a stream was left open (`audio_host_lost`).
     """
     sounddevice = sys.modules.get("sounddevice")
-    if sounddevice is None or audio_host_lost():  # PortAudio's end would wait for ever on that stream
+    if sounddevice is None or audio_host_lost() is not None:  # PortAudio's end would wait for ever on that stream
         return
     try:
         sounddevice._exit_handler()
@@ -708,16 +761,13 @@ class LiveStream:
         self._stopping.set()
         self._wake.set()
         if jack_gone:
-            # Its JACK server has gone: PortAudio would wait for ever to stop or close it (and to
-            # end at exit, so sounddevice's exit handler goes too).
-            _ABANDONED.append(self._stream)
-            atexit.unregister(import_sounddevice()._exit_handler)
-            log.warning("stream: %s", JACK_GONE)
+            # Its JACK server has gone: PortAudio would wait for ever to stop or close it.
+            with _ABANDON_LOCK:
+                _abandon(self._stream, JACK_GONE)
             self._stream = None
         if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
+            stream, self._stream = self._stream, None
+            _close_in_time(stream, self.devices_text)
         if self._worker is not None:
             self._worker.join(timeout=5)
             self._worker = None
@@ -1309,6 +1359,7 @@ class LiveStream:
             "stalled_seconds": 0.0 if self._stalled_since is None else round(time.monotonic() - self._stalled_since, 1),
             "stalls": self.stalls,
             "host_ended": self.host_ended,
+            "audio_lost": audio_host_lost(),
             # Where the windows run (stream.tier) and why; a remote tier's connection and its losses.
             "tier": self.tier,
             "tier_reason": self.tier_reason,

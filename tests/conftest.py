@@ -233,10 +233,13 @@ def running_jack(name: str, log: Path, rate: int = 48000) -> Iterator[JackServer
             pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
         yield JackServer(name, process, rate, 256)
     finally:
-        # Whatever happened (jack_wait missing or failing, a test error), jackd stops.
+        # Whatever happened (jack_wait missing or failing, a test error), jackd stops. A server
+        # whose graph still holds a client of a process that has ended takes 5 s to deactivate it
+        # and 1 s to close it (measured: 7.5 s for one stream's two ALSA clients); killed, it
+        # leaves its shared memory in /dev/shm.
         process.terminate()
         try:
-            process.wait(5)
+            process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
@@ -295,6 +298,41 @@ def one_way_devices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Two one-way devices on the JACK server, as Windows lists a virtual cable's ends
     (`tests/bridge/test_stream_devices.py`): `fs_record` and `fs_play` (alsa_jack_devices)."""
     return alsa_jack_devices(tmp_path_factory.mktemp("alsa"))
+
+
+class FrozenDevice:
+    """`fs_frozen`: ALSA's `file` PCM plugin over `fs_record` (alsa_jack_devices), which replaces
+    what fs_record records with what it reads from a FIFO (its `infile`). While the FIFO has a
+    writer that writes nothing, that read waits, and PortAudio's ALSA thread with it: PortAudio
+    opens and starts the device, and it never delivers a block. When the last writer closes, the
+    read ends (end of file), the plugin passes fs_record's audio on, and the device begins.
+    `fs_stuck` is the same over `fs_nowhere`, ALSA's `null` device (no JACK: it plays into
+    nothing, and once the FIFO ends, records silence as fast as it is read)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.fifo = folder / "never"
+        os.mkfifo(self.fifo)
+        # Opened before PortAudio is (which opens every ALSA device to list it, and an open of a
+        # FIFO for reading waits for a writer); read-write, so this open does not wait for a reader.
+        self._writer: int | None = os.open(self.fifo, os.O_RDWR)
+        self.env = alsa_jack_devices(folder, "pcm.fs_nowhere {\n    type null\n}\n" + "".join(
+            f"pcm.{name} {{\n    type file\n    slave.pcm {slave}\n    file /dev/null\n"
+            f'    infile "{self.fifo}"\n    format raw\n}}\n'
+            for name, slave in (("fs_frozen", "fs_record"), ("fs_stuck", "fs_nowhere"))))
+
+    def begin(self) -> None:
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+
+@pytest.fixture
+def frozen_device(tmp_path: Path) -> Iterator[FrozenDevice]:
+    device = FrozenDevice(tmp_path)
+    try:
+        yield device
+    finally:
+        device.begin()
 
 
 @pytest.fixture(scope="module")

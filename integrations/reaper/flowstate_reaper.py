@@ -37,6 +37,9 @@ REPLY_TIMEOUT_SECONDS = 5.0
 # device before it replies: it is waited for while the daemon answers a ping every PROBE_SECONDS
 # (a gone daemon is said REPLY_TIMEOUT_SECONDS after the last answer), up to this long.
 STREAM_START_PATIENCE_SECONDS = 900.0
+# stream.stop answers within seconds: PortAudio gets 5 s to let go of the device, the model's last
+# window as long to end.
+STREAM_STOP_PATIENCE_SECONDS = 30.0
 PROBE_SECONDS = 1.0
 # A job that has been silent this long is asked for its state: UDP may lose an event.
 CHECK_JOB_AFTER_SECONDS = 10.0
@@ -904,10 +907,12 @@ class StopStream(Task):
     def _begin(self) -> None:
         self.restored, self.moved = restore_play_offsets()  # REAPER's side first: it cannot fail
         self.connect()
-        self.request("/flow/stream/stop")
+        self.request("/flow/stream/stop", patience_seconds=STREAM_STOP_PATIENCE_SECONDS)
 
     def _on_reply(self, request: str, args: List[Any]) -> None:
-        text = "live stems are stopped"
+        # running, then null or why no stream can open until the daemon restarts
+        lost = args[1] if len(args) > 1 else None
+        text = "live stems are stopped" + (", but %s" % lost if lost else "")
         if self.restored:
             text += ("; media playback offset restored on %s (%d item%s recorded meanwhile moved earlier by "
                      "the round trip, so %s in time)") % (

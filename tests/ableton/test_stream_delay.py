@@ -19,6 +19,7 @@ from bridge.client import Client
 from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from tests.ableton.conftest import LoadedScript
 from tests.ableton.live_sim import LiveSet
+from tests.conftest import FrozenDevice, jack_env
 
 Load = Callable[[LiveSet, int], LoadedScript]
 
@@ -128,4 +129,35 @@ def test_the_status_bar_names_both_devices_when_the_stems_play_on_another(
         assert shown.startswith(f"Flowstate: {where}"), shown
         script.surface.disconnect()
     finally:
+        daemon.stop()
+
+
+@pytest.mark.timeout(600)
+def test_the_status_bar_says_when_stopping_left_the_audio_device_open(
+    tiny_repo: Path, frozen_device: FrozenDevice, load_script: Load
+) -> None:
+    # A driver that does not let go of the device: stream.stop answers after 5 s with why no stream
+    # can open until the daemon restarts (tests/bridge/test_stream_stall.py), past the 5 s the
+    # script waits for other replies. No JACK: the device is ALSA's null device behind a pipe.
+    stream = {"model": "passthrough", "engine_device": "cpu", "block_size": 256, "threads": 1, "budget_grow": False,
+              "device": "fs_stuck", "output_device": "fs_nowhere"}
+    daemon = DaemonProcess(overrides={"models": {"demucs_repo": str(tiny_repo)}, "stream": stream},
+                           env={**jack_env("flowstate-none"), **frozen_device.env})
+    try:
+        daemon.start(timeout_seconds=300)
+        live = LiveSet()
+        script = load_script(live, daemon.osc_udp[1])
+        script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_START, 100))
+        script.tick_until(lambda: script.shown("live stems running"), "the stream started", timeout=300)
+        script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 100))
+        # The reply, after the stream.stopped event's plain "live stems stopped".
+        script.tick_until(lambda: script.shown("live stems stopped, but"), "the reply to the stop", timeout=60)
+        shown = next(m for m in script.messages if "live stems stopped, but" in m)
+        assert shown == (
+            "Flowstate: live stems stopped, but PortAudio did not stop the stream on fs_stuck in, fs_nowhere out "
+            "within 5 s (its driver stopped answering), and it is left open: restart the daemon (flowstate up) to "
+            "stream again"), shown
+        script.surface.disconnect()
+    finally:
+        frozen_device.begin()
         daemon.stop()

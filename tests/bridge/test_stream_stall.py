@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +19,7 @@ import pytest
 
 from bridge.client import Client, RemoteError
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
-from tests.conftest import Events, JackServer, alsa_jack_devices, running_jack
-
-
-class FrozenDevice:
-    """`fs_frozen`: ALSA's `file` PCM plugin over `fs_record` (tests/conftest.py), which replaces
-    what fs_record records with what it reads from a FIFO (its `infile`). While the FIFO has a
-    writer that writes nothing, that read waits, and PortAudio's ALSA thread with it: PortAudio
-    opens and starts the device, and it never delivers a block. When the last writer closes, the
-    read ends (end of file), the plugin passes fs_record's audio on, and the device begins."""
-
-    def __init__(self, folder: Path) -> None:
-        self.fifo = folder / "never"
-        os.mkfifo(self.fifo)
-        # Opened before PortAudio is (which opens every ALSA device to list it, and an open of a
-        # FIFO for reading waits for a writer); read-write, so this open does not wait for a reader.
-        self._writer: int | None = os.open(self.fifo, os.O_RDWR)
-        self.env = alsa_jack_devices(folder, (
-            "pcm.fs_frozen {\n    type file\n    slave.pcm fs_record\n    file /dev/null\n"
-            f'    infile "{self.fifo}"\n    format raw\n}}\n'))
-
-    def begin(self) -> None:
-        if self._writer is not None:
-            os.close(self._writer)
-            self._writer = None
-
-
-@pytest.fixture
-def frozen_device(tmp_path: Path) -> Iterator[FrozenDevice]:
-    device = FrozenDevice(tmp_path)
-    try:
-        yield device
-    finally:
-        device.begin()
+from tests.conftest import Events, FrozenDevice, JackServer, running_jack
 
 
 def _resumes(events: Events, client: Client, stalled: dict[str, Any]) -> None:
@@ -117,6 +84,53 @@ def test_a_device_that_never_begins_is_reported_and_so_is_its_first_audio(
         events.close()
         frozen_device.begin()  # a stream still waiting on the pipe would wait there through the daemon's exit
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_stop_that_portaudio_does_not_finish_answers_and_audio_opens_again_once_it_does(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path, frozen_device: FrozenDevice
+) -> None:
+    # PortAudio's stop waits for its ALSA thread, which waits in the device's read: stream.stop never
+    # answered, and the daemon's exit waited until it was killed (a driver that stops answering, as
+    # Core Audio's did for Pure Data when an interface was unplugged).
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path, extra_env=frozen_device.env,
+                            device="fs_frozen", output_device="fs_play")
+    try:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            client.call("stream.start")
+            stopped = client.call("stream.stop")
+            assert stopped["running"] is False, stopped
+            assert stopped["audio_lost"].startswith(
+                "PortAudio did not stop the stream on fs_frozen in, fs_play out within 5 s"), stopped
+            # Until PortAudio has stopped it, a start says why it cannot open audio; the rest goes on.
+            with pytest.raises(RemoteError) as refused:
+                client.call("stream.start")
+            assert (refused.value.code, refused.value.message) == ("unavailable", stopped["audio_lost"])
+            assert client.call("ping")["reply"] == "pong"
+            frozen_device.begin()
+            daemon.wait_for_log("PortAudio stopped the stream on fs_frozen in, fs_play out after all")
+            again = client.call("stream.start", {"overrides": {"device": "fs_record"}})
+            assert again["running"] and again["audio_lost"] is None, again
+            _wait_for_hops(client)
+            assert client.call("stream.stop")["audio_lost"] is None
+    finally:
+        frozen_device.begin()
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_daemon_exits_by_itself_past_a_stream_portaudio_does_not_stop(
+    tiny_repo: Path, tmp_path: Path, frozen_device: FrozenDevice
+) -> None:
+    # No JACK here: a JACK server would keep the ended daemon's clients in its graph for seconds.
+    daemon = _stream_daemon("flowstate-none", tiny_repo, tmp_path, extra_env=frozen_device.env,
+                            device="fs_stuck", output_device="fs_nowhere")
+    try:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            client.call("stream.start")
+            assert client.call("stream.stop")["audio_lost"], "PortAudio stopped a stream waiting on its device"
+    finally:
+        code = daemon.stop()  # the stream still waits on the pipe
+        frozen_device.begin()
+    assert code == 0, daemon.log()
 
 
 def test_a_jack_server_that_goes_away_leaves_a_daemon_that_stops_the_stream_and_exits(

@@ -23,7 +23,7 @@ from bridge.testing import DaemonProcess, free_port, passthrough_htdemucs_repo
 from integrations.reaper.install import ACTIONS, install
 from tests.bridge.test_slow_replies import held_load
 from tests.bridge.test_stream import _stream_daemon
-from tests.conftest import JackServer
+from tests.conftest import FrozenDevice, JackServer
 from tests.integrations.conftest import STEMS, write_song
 from tests.integrations.reaper_sim import SCRIPT_MODULES, Reaper, scripts_running_in
 
@@ -425,6 +425,18 @@ def test_start_live_stems_waits_for_a_model_that_loads_for_longer_than_the_timeo
             assert daemon.stop() == 0, daemon.log()
 
 
+def _start_and_stop_live_stems(daemon: DaemonProcess, tmp_path: Path) -> str:
+    """Run 'start live stems' then 'stop live stems' in a fresh REAPER on `daemon`: its console."""
+    sim = Reaper(tmp_path / "REAPER")
+    sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
+    sim.scripts = install_scripts(tmp_path / "REAPER")  # type: ignore[attr-defined]
+    with scripts_running_in(sim):
+        run(sim, START_STREAM)
+        run(sim, STOP_STREAM)
+    assert sim.message_boxes == [], sim.message_boxes
+    return sim.console_text()
+
+
 @pytest.mark.timeout(300)
 def test_start_live_stems_names_both_devices_when_the_stems_play_on_another(
     jack_server: JackServer, tiny_repo: Path, tmp_path: Path, one_way_devices: dict[str, str]
@@ -434,14 +446,27 @@ def test_start_live_stems_names_both_devices_when_the_stems_play_on_another(
     daemon = _stream_daemon(jack_server, tiny_repo, tmp_path, extra_env=one_way_devices, model="tiny",
                             device="fs_record", output_device="fs_play", first_output=3)
     try:
-        sim = Reaper(tmp_path / "REAPER")
-        sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
-        sim.scripts = install_scripts(tmp_path / "REAPER")  # type: ignore[attr-defined]
-        with scripts_running_in(sim):
-            run(sim, START_STREAM)
-            run(sim, STOP_STREAM)
-        assert sim.message_boxes == [], sim.message_boxes
+        console = _start_and_stop_live_stems(daemon, tmp_path)
         said = "live stems running (drums, bass, other, vocals). In 1-2 on fs_record, out 3-4 on fs_play. Round trip "
-        assert said in sim.console_text(), sim.console_text()
+        assert said in console, console
     finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.mark.timeout(300)
+def test_stop_live_stems_says_when_the_audio_device_was_left_open(
+    tiny_repo: Path, tmp_path: Path, frozen_device: FrozenDevice
+) -> None:
+    # A driver that does not let go of the device (tests/bridge/test_stream_stall.py): the stop
+    # answers after 5 s, past the 5 s the action waits for other replies, and says what to do.
+    daemon = _stream_daemon("flowstate-none", tiny_repo, tmp_path, extra_env=frozen_device.env, model="tiny",
+                            device="fs_stuck", output_device="fs_nowhere")
+    try:
+        console = _start_and_stop_live_stems(daemon, tmp_path)
+        said = ("live stems are stopped, but PortAudio did not stop the stream on fs_stuck in, fs_nowhere out "
+                "within 5 s (its driver stopped answering), and it is left open: restart the daemon (flowstate up) "
+                "to stream again")
+        assert said in console, console
+    finally:
+        frozen_device.begin()
         assert daemon.stop() == 0, daemon.log()
