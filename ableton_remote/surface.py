@@ -325,9 +325,10 @@ class FlowstateSurface(LiveSurface):
             patience_seconds=STREAM_STOP_PATIENCE_SECONDS,
         )
 
-    def _stream_stopped(self, args: tuple[OscArg, ...]) -> None:
-        """The reply: running, then null or why no stream can open until the daemon restarts."""
-        lost = args[1] if len(args) > 1 else None
+    def _stream_stopped(self, args: tuple[OscArg, ...], lost_at: int = 1) -> None:
+        """The reply (running, then ...) or the stream.stopped event (late_hops, xruns, then ...):
+        at `lost_at`, null or why no stream can open until the daemon restarts."""
+        lost = args[lost_at] if len(args) > lost_at else None
         self._show(f"live stems stopped, but {lost!s}" if lost else "live stems stopped")
 
     @_guarded
@@ -461,8 +462,8 @@ class FlowstateSurface(LiveSurface):
             self._stream_started(args)
         elif name == "stream.latency":
             self._stream_latency(args)
-        elif name == "stream.stopped":
-            self._show("live stems stopped")
+        elif name == "stream.stopped":  # late_hops, xruns, audio_lost
+            self._stream_stopped(args, lost_at=2)
         elif name == "stream.stalled":  # seconds, device
             device = args[1] if len(args) > 1 else "the audio device"
             self._show(f"live stems: {device!s} delivers no audio (unplugged? asleep?); they go on when it is back")

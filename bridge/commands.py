@@ -141,7 +141,9 @@ EVENTS: dict[str, EventSpec] = {
             "running: from now on its output is "
             "round_trip_ms late; update your DAW's delay compensation.",
         ),
-        EventSpec("stream.stopped", ("late_hops", "xruns"), "The live stream stopped."),
+        EventSpec("stream.stopped", ("late_hops", "xruns", "audio_lost"),
+                  "The live stream stopped. `audio_lost`: null, or why no stream can open until the daemon restarts "
+                  "(PortAudio did not let go of the device)."),
         EventSpec("stream.stalled", ("seconds", "device"),
                   "The audio device has delivered nothing for `seconds` (unplugged, the computer asleep, taken by "
                   "another app), or nothing at all in the `seconds` since the stream started: the stream runs on, "
@@ -306,7 +308,8 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
 async def stream_stop(ctx: CallContext) -> Result:
     status = await asyncio.to_thread(ctx.services.streams.stop)
     if "late_hops" in status:
-        ctx.services.hub.publish("stream.stopped", late_hops=status["late_hops"], xruns=status["xruns"])
+        ctx.services.hub.publish("stream.stopped", late_hops=status["late_hops"], xruns=status["xruns"],
+                                 audio_lost=status["audio_lost"])
     return status
 
 

@@ -314,7 +314,8 @@ class FrozenDevice:
         os.mkfifo(self.fifo)
         # Opened before PortAudio is (which opens every ALSA device to list it, and an open of a
         # FIFO for reading waits for a writer); read-write, so this open does not wait for a reader.
-        self._writer: int | None = os.open(self.fifo, os.O_RDWR)
+        self._writer: int | None = None
+        self.freeze()
         self.env = alsa_jack_devices(folder, "pcm.fs_nowhere {\n    type null\n}\n" + "".join(
             f"pcm.{name} {{\n    type file\n    slave.pcm {slave}\n    file /dev/null\n"
             f'    infile "{self.fifo}"\n    format raw\n}}\n'
@@ -324,6 +325,11 @@ class FrozenDevice:
         if self._writer is not None:
             os.close(self._writer)
             self._writer = None
+
+    def freeze(self) -> None:
+        """A writer again: a stream that opens the device from now on waits as the first did."""
+        if self._writer is None:
+            self._writer = os.open(self.fifo, os.O_RDWR)
 
 
 @pytest.fixture

@@ -150,13 +150,23 @@ def test_the_status_bar_says_when_stopping_left_the_audio_device_open(
         script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_START, 100))
         script.tick_until(lambda: script.shown("live stems running"), "the stream started", timeout=300)
         script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 100))
-        # The reply, after the stream.stopped event's plain "live stems stopped".
-        script.tick_until(lambda: script.shown("live stems stopped, but"), "the reply to the stop", timeout=60)
-        shown = next(m for m in script.messages if "live stems stopped, but" in m)
-        assert shown == (
-            "Flowstate: live stems stopped, but PortAudio did not stop the stream on fs_stuck in, fs_nowhere out "
-            "within 5 s (its driver stopped answering), and it is left open: restart the daemon (flowstate up) to "
-            "stream again"), shown
+        text = ("Flowstate: live stems stopped, but PortAudio did not stop the stream on fs_stuck in, fs_nowhere out "
+                "within 5 s (its driver stopped answering), and it is left open: restart the daemon (flowstate up) to "
+                "stream again")
+        script.tick_until(lambda: script.shown("live stems stopped, but"), "the stop", timeout=60)
+        assert next(m for m in script.messages if "live stems stopped" in m) == text, script.messages
+        # The reply came after the script's usual 5 s: it waited, as for a start.
+        script.tick_until(lambda: script.messages.count(text) == 2, "the reply and the event", timeout=60)
+        assert not any("live stems did not stop" in m for m in script.messages), script.messages
+        # Stopped by another client, the stream.stopped event says it as well.
+        frozen_device.begin()
+        daemon.wait_for_log("audio can open again")
+        frozen_device.freeze()
+        with Client(daemon.zmq_requests, timeout_seconds=120) as client:
+            client.call("stream.start")
+            count = len(script.messages)
+            assert client.call("stream.stop")["audio_lost"]
+        script.tick_until(lambda: text in script.messages[count:], "the event shown", timeout=60)
         script.surface.disconnect()
     finally:
         frozen_device.begin()
