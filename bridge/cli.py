@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 an error reply, no daemon, or a start-up failure (port 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -345,6 +346,15 @@ def _setup_logging(config: Config) -> None:
     )
     if config.daemon.log_level == "INFO":  # the server's upload parser says 3 times an upload where the file goes
         logging.getLogger("python_multipart").setLevel(logging.WARNING)
+    # huggingface_hub gives its loggers a handler of their own when it is imported (a bare
+    # StreamHandler) and lets their records reach the root's too: each of its warnings (a
+    # download's five retries when offline) came out twice, once without time or level.
+    with contextlib.suppress(ImportError):
+        import huggingface_hub.utils.logging  # noqa: F401 (adds that handler: 7 ms)
+
+        hub = logging.getLogger("huggingface_hub")
+        for handler in list(hub.handlers):
+            hub.removeHandler(handler)
 
 
 def _up(config: Config) -> int:

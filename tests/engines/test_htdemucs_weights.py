@@ -184,3 +184,18 @@ def test_flowstate_download_without_a_network_names_every_place_and_fails(tmp_pa
     assert "flowstate: htdemucs_6s: model 'htdemucs_6s': tried the pretrained name" in done.stderr, done.stderr
     assert "adefossez/HTDemucs-6s" in done.stderr and str(tmp_path / "torch" / "hub" / "checkpoints") in done.stderr
     assert "`flowstate download htdemucs_6s`" in done.stderr, done.stderr
+
+
+def test_a_download_with_the_hub_unreachable_logs_each_retry_once(tmp_path: Path) -> None:
+    # huggingface_hub gives its loggers a handler of its own and lets them reach the root's too: each
+    # of its five retries came out twice, once without time or level.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        hub = "http://127.0.0.1:%d" % closed.getsockname()[1]  # nothing listens there once closed
+    (tmp_path / "daemon").mkdir()
+    config = DaemonProcess(workdir=tmp_path / "daemon").config_path
+    done = subprocess.run([sys.executable, "-m", "bridge", "download", "--config", str(config), "htdemucs"],
+                          capture_output=True, text=True, timeout=300, env=_offline_env(tmp_path, hub=hub))
+    assert done.returncode == 1, done.stdout + done.stderr
+    retries = [line for line in done.stderr.splitlines() if "Retrying in 1s [Retry 1/5]" in line]
+    assert len(retries) == 1 and " WARNING huggingface_hub." in retries[0], done.stderr
