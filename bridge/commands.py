@@ -142,8 +142,8 @@ EVENTS: dict[str, EventSpec] = {
             "round_trip_ms late; update your DAW's delay compensation.",
         ),
         EventSpec("stream.stopped", ("late_hops", "xruns", "audio_lost"),
-                  "The live stream stopped. `audio_lost`: null, or why no stream can open until the daemon restarts "
-                  "(PortAudio did not let go of the device)."),
+                  "The live stream stopped. `audio_lost`: empty, or why no stream can open until the daemon "
+                  "restarts (PortAudio did not let go of the device)."),
         EventSpec("stream.stalled", ("seconds", "device"),
                   "The audio device has delivered nothing for `seconds` (unplugged, the computer asleep, taken by "
                   "another app), or nothing at all in the `seconds` since the stream started: the stream runs on, "
@@ -308,8 +308,10 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
 async def stream_stop(ctx: CallContext) -> Result:
     status = await asyncio.to_thread(ctx.services.streams.stop)
     if "late_hops" in status:
+        # "" rather than null: the Max device routes this event, and OSC's nil type tag is one that
+        # OSC readers often do not take (Pd's oscparse: pure-data/pure-data#2409).
         ctx.services.hub.publish("stream.stopped", late_hops=status["late_hops"], xruns=status["xruns"],
-                                 audio_lost=status["audio_lost"])
+                                 audio_lost=status["audio_lost"] or "")
     return status
 
 
