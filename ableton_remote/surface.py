@@ -327,7 +327,8 @@ class FlowstateSurface(LiveSurface):
 
     def _stream_stopped(self, args: tuple[OscArg, ...], lost_at: int = 1) -> None:
         """The reply (running, then ...) or the stream.stopped event (late_hops, xruns, then ...):
-        at `lost_at`, null or why no stream can open until the daemon restarts."""
+        at `lost_at`, nil or "" (nothing was left open), or why no stream can open until the daemon
+        restarts."""
         lost = args[lost_at] if len(args) > lost_at else None
         self._show(f"live stems stopped, but {lost!s}" if lost else "live stems stopped")
 
