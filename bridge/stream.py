@@ -1031,12 +1031,13 @@ class LiveStream:
         """Until the first sample that is not 0: say once when the input has been digital silence
         for SILENT_INPUT_SECONDS since the start, and say when the signal comes after that."""
         if block.any():
+            seconds = self.no_signal_seconds
+            # Before the event: a client that asks stream.status on hearing it sees the signal.
+            self.input_signal = True
             if self._silence_told:
-                seconds = self.no_signal_seconds
                 log.info("stream: a signal on %s input %s after %.1f s of silence", self.device_name, self.inputs,
                          seconds)
                 self._publish("stream.signal", seconds=seconds, device=self.device_name, inputs=self.inputs)
-            self.input_signal = True
             return
         self._silent_frames += block.shape[1]
         if not self._silence_told and self._silent_frames >= SILENT_INPUT_SECONDS * self.sample_rate:
