@@ -22,6 +22,16 @@ from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
 from tests.conftest import Events, FrozenDevice, JackServer, running_jack
 
 
+def _stalls(events: Events, client: Client, seconds: float, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`stream.stalled` comes, after at least `seconds`, naming `device`, and `stream.status` counts
+    the one stall while the stream runs on: the event and the status."""
+    stalled = events.wait_for("stream.stalled", timeout_seconds=30)
+    assert stalled["seconds"] >= seconds and stalled["device"] == device, stalled
+    status = client.call("stream.status")
+    assert status["running"] and status["stalls"] == 1 and status["stalled_seconds"] >= seconds, status
+    return stalled, status
+
+
 def _resumes(events: Events, client: Client, stalled: dict[str, Any]) -> None:
     """The device delivers again: `stream.resumed` says after how long, the stream's hops go on
     with the one stall counted, and it stops."""
@@ -44,10 +54,7 @@ def test_a_device_that_stops_delivering_is_reported_and_so_is_its_return(
             assert before["stalled_seconds"] == 0.0 and before["stalls"] == 0, before
             jack_server.process.send_signal(signal.SIGSTOP)
             try:
-                stalled = events.wait_for("stream.stalled", timeout_seconds=30)
-                assert stalled["seconds"] >= 1.0 and stalled["device"] == before["device"], stalled
-                status = client.call("stream.status")
-                assert status["running"] and status["stalls"] == 1 and status["stalled_seconds"] >= 1.0, status
+                stalled, _ = _stalls(events, client, 1.0, before["device"])
             finally:
                 jack_server.process.send_signal(signal.SIGCONT)
             _resumes(events, client, stalled)
@@ -71,10 +78,7 @@ def test_a_device_that_never_begins_is_reported_and_so_is_its_first_audio(
         with Client(daemon.zmq_requests, timeout_seconds=60) as client:
             started = client.call("stream.start")
             assert started["running"] and started["device"] == "fs_frozen", started
-            stalled = events.wait_for("stream.stalled", timeout_seconds=30)
-            assert stalled["seconds"] >= 3.0 and stalled["device"] == "fs_frozen in, fs_play out", stalled
-            status = client.call("stream.status")
-            assert status["running"] and status["stalls"] == 1 and status["stalled_seconds"] >= 3.0, status
+            stalled, status = _stalls(events, client, 3.0, "fs_frozen in, fs_play out")
             assert status["hops"] == 0, status
             frozen_device.begin()
             _resumes(events, client, stalled)
