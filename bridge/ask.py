@@ -101,6 +101,13 @@ AUDIO_SUFFIXES = ("wav", "flac", "aif", "aiff", "ogg", "opus", "mp3", "m4a")
 # becomes an infinite float.
 NUMBER = r"(?<![\d.])[-+]?\d{1,9}(?:\.\d{1,6})?(?!\.?\d)"
 QUOTED = r"\"([^\"]+)\"|“([^”]+)”|(?<!\w)'([^']+)'(?!\w)"
+# Unquoted paths, one word each (a path with spaces is quoted): a file by its audio suffix (`take.wav`,
+# `~/Music/take.aiff`, `C:\Users\me\take.wav`); a folder by where it starts: /, ~/, ./, ../, a drive
+# (`C:\Samples`, `D:/Samples`) or a Windows share (`\\studio\samples`). "7/8" and "drums/bass" are neither.
+FILE_WORD = rf"(?<![\w/~.:\\])(?:[A-Za-z]:)?[\w~./\\-]+\.(?:{'|'.join(AUDIO_SUFFIXES)})\b"
+FOLDER_WORD = r"(?<![\w:\\])(?:[A-Za-z]:|~|\.{1,2})?[/\\][\w~./\\-]+"
+# What a path is read as when the command is chosen (for_ranking).
+RANKED_FILE, RANKED_FOLDER = "this file", "this folder"
 
 
 # -- the sentence and what has been taken from it ---------------------------------------------------
@@ -176,15 +183,14 @@ def looks_like_path(text: str) -> bool:
 
 
 def path_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> str | None:
-    """A file or folder: a quoted path, a word ending in an audio suffix, or a word starting with / or ~."""
+    """A file or folder: a quoted path, a word ending in an audio suffix, or a word starting with /, ~, a drive
+    (C:\\ or C:/) or \\\\server."""
     for value in sentence.quotes:
         if looks_like_path(value):
             sentence.quotes.remove(value)
             return value
-    suffix = "|".join(AUDIO_SUFFIXES)
     wants_file = arg.name in ("path", "melody_path", "voice_prompt")
-    pattern = rf"(?<![\w/~.])[\w~./\\-]+\.(?:{suffix})\b" if wants_file else r"(?<!\w)(?:~|\.{1,2})?/[\w~./\\-]*"
-    match = sentence.take(pattern)
+    match = sentence.take(FILE_WORD if wants_file else FOLDER_WORD)
     return match.group(0) if match else None
 
 
@@ -417,7 +423,16 @@ def command_line(spec: CommandSpec, args: Mapping[str, Any]) -> str:
 
 def documents(spec: CommandSpec) -> list[str]:
     """What a sentence is compared with for one command: its name and help, then its example phrasings."""
-    return [f"{spec.name.replace('.', ' ')}: {spec.help}", *(re.sub(QUOTED, "this", e) for e in spec.examples)]
+    return [f"{spec.name.replace('.', ' ')}: {spec.help}", *(for_ranking(e) for e in spec.examples)]
+
+
+def for_ranking(text: str) -> str:
+    """A sentence as the embedder reads it to choose the command: quoted text and paths are what to work on,
+    not which command, so each is read as one neutral word. The words of a folder's name (a random temporary
+    folder's, or `drums` in a sample folder's) once swayed `index my samples in <folder>` to samples.status."""
+    text = re.sub(QUOTED, "this", text)
+    text = re.sub(FILE_WORD, RANKED_FILE, text)
+    return re.sub(FOLDER_WORD, RANKED_FOLDER, text)
 
 
 @dataclass(frozen=True)
@@ -461,7 +476,7 @@ class Interpreter:
 
         Quoted text is what to say, find or make, not which command: it is read as "this" here.
         """
-        similarities = self.embedder.similarities(re.sub(QUOTED, "this", text), self.documents)
+        similarities = self.embedder.similarities(for_ranking(text), self.documents)
         best = np.full(len(self.specs), -1.0, np.float32)
         np.maximum.at(best, np.asarray(self._owners), similarities)
         order = np.argsort(-best, kind="stable")
