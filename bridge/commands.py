@@ -376,7 +376,7 @@ def fx_list(ctx: CallContext) -> Result:
     Arg("denominator", int, "Time signature denominator; omit or null to keep.", default=None, min=1, max=64),
     Arg("playing", bool, "Transport running (1) or stopped (0); omit or null to keep.", default=None),
     examples=("set the tempo to 100 bpm", "the song is now in 3/4", "change the bpm to 174",
-        "our project tempo is 85"),
+        "our project tempo is 85", "switch the time signature to 5/4"),
     help="Report the DAW's tempo, time signature and transport (the Live and REAPER scripts send this).",
     returns=("tempo", "numerator", "denominator", "playing"),
 )

@@ -32,7 +32,7 @@ from tests.conftest import OscUdp
 DATA = Path(__file__).parent / "data"
 VOCABULARY = Vocabulary(presets=tuple(Config.model_validate({}).generate.presets))
 # (intent right, command and arguments right) out of the set's size: measured, see the module docstring.
-FLOORS = {"ask_sentences.yaml": (55, 54, 58), "ask_heldout.yaml": (23, 21, 24)}
+FLOORS = {"ask_sentences.yaml": (56, 55, 58), "ask_heldout.yaml": (23, 21, 24)}
 
 
 def cases(name: str) -> list[dict[str, Any]]:
