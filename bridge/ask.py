@@ -5,7 +5,9 @@ Two steps, both derived from the registry rather than from a table of their own:
 1. **Which command.** The sentence is embedded with the daemon's sentence-embeddings model (the one
    `classify` and sample search use) and compared with each reachable command's documents: its name
    and help (`stream set: Set a stem's gain and/or mute ...`) and the example phrasings declared
-   next to it (`@command(..., examples=(...))`). A command scores the best cosine of its documents.
+   next to it (`@command(..., examples=(...))`), paths and quoted text read as neutral words. A command
+   scores the best cosine of its documents; between commands that do opposite things and embed alike
+   (stream.start, stream.stop) the sentence's verb decides (OPPOSITES).
 2. **Which arguments.** Each of the chosen command's `Arg` declarations is filled from the sentence by
    a small extractor for its kind of value: quoted text and file paths, numbers with their units
    (bars, seconds, bpm, dB, semitones, `<n> <argument name>`), time signatures, stem names, on/off
@@ -41,6 +43,15 @@ MIN_MARGIN = 0.02
 CANDIDATES = 5  # how many of the best-ranked commands read their arguments from the sentence
 MISSING_PENALTY = 0.1  # per required argument the sentence does not give
 GIVEN_BONUS = 0.03  # per argument it gives, free text aside
+# Commands that do opposite things and embed alike: MiniLM puts "begin the live stream" and "launch live
+# stems" nearer stream.stop's phrasings than stream.start's. The sentence's verb decides: saying one
+# command's verb and not the other's earns that one VERB_WEIGHT and costs the other as much.
+# "the start" and "the end" are no verbs.
+OPPOSITES: dict[str, tuple[str, str]] = {
+    "stream.start": (r"(?<!the\s)\b(?:start|begin|launch|turn\s+on|switch\s+on|enable)\b", "stream.stop"),
+    "stream.stop": (r"(?<!the\s)\b(?:stop|end|halt|shut\s+down|turn\s+off|switch\s+off|disable)\b", "stream.start"),
+}
+VERB_WEIGHT = 0.2
 
 # Never reached from words: `ask` itself (a sentence about asking would recurse) and register /
 # unregister (they add the sender's own UDP port as an OSC listener: wire plumbing for scripts).
@@ -495,7 +506,8 @@ class Interpreter:
             args = extract_args(spec, text, self.vocabulary)
             missing = sum(1 for arg in spec.args if arg.required and arg.name not in args)
             given = sum(1 for name in args if name not in FREE_TEXT)
-            weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given, 4), spec, args))
+            verb = VERB_WEIGHT * says_the_verb(spec.name, text)
+            weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb, 4), spec, args))
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]
         line = command_line(spec, args)
@@ -520,6 +532,16 @@ class Interpreter:
         except BadRequest as err:
             return err.message
         return ""
+
+
+def says_the_verb(command: str, text: str) -> int:
+    """1: the sentence says `command`'s verb and not its opposite's (OPPOSITES); -1: the opposite's and
+    not its own; 0: neither, both, or a command without an opposite."""
+    if command not in OPPOSITES:
+        return 0
+    own = re.search(OPPOSITES[command][0], text, re.IGNORECASE) is not None
+    other = re.search(OPPOSITES[OPPOSITES[command][1]][0], text, re.IGNORECASE) is not None
+    return int(own) - int(other)
 
 
 def check_text(text: Any) -> str:

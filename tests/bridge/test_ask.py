@@ -32,7 +32,7 @@ from tests.conftest import OscUdp
 DATA = Path(__file__).parent / "data"
 VOCABULARY = Vocabulary(presets=tuple(Config.model_validate({}).generate.presets))
 # (intent right, command and arguments right) out of the set's size: measured, see the module docstring.
-FLOORS = {"ask_sentences.yaml": (56, 55, 58), "ask_heldout.yaml": (23, 21, 24)}
+FLOORS = {"ask_sentences.yaml": (57, 56, 58), "ask_heldout.yaml": (23, 21, 24)}
 
 
 def cases(name: str) -> list[dict[str, Any]]:
@@ -149,6 +149,23 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     assert [(u.command, u.args, u.sure) for u in understood] == [
         ("samples.index", {"folder": folder}, True) for folder in folders]
     assert len({u.score for u in understood}) == 1
+
+
+@pytest.mark.parametrize(("text", "command"), [
+    ("launch live stems", "stream.start"),  # all four were a sure stream.stop: it embeds nearer
+    ("begin the live stream", "stream.start"),
+    ("switch on the live stream", "stream.start"),
+    ("turn on live stems with spleeter:2stems", "stream.start"),
+    ("shut down the live stems", "stream.stop"),
+    ("switch off live separation", "stream.stop"),  # was stream.status
+    ("end the live stream", "stream.stop"),
+    ("what was the latency at the start", "stream.status"),  # "the start" is no verb
+    ("mute the drums until the end", "stream.set"),
+])
+def test_the_verb_tells_starting_live_stems_from_stopping_them(interpreter: Interpreter, text: str,
+                                                                command: str) -> None:
+    understood = interpreter.understand(text)
+    assert (understood.command, understood.sure) == (command, True), understood
 
 
 def test_unsure_sentences_say_what_they_need(interpreter: Interpreter) -> None:
