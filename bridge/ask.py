@@ -327,8 +327,12 @@ def voice_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Voc
     match = sentence.take(r"https?://\S+")
     if match:
         return match.group(0)
-    match = sentence.take(r"\b(?:like|to|into|as)\s+(?:the\s+|a\s+)?([A-Za-z][\w-]*?)(?:'s)?(?:\s+voice)?\b")
-    return match.group(1) if match else None
+    # `like` first: "to sound like Freddie" names Freddie, not "sound".
+    for words in ("like", "to|into|as"):
+        match = sentence.take(rf"\b(?:{words})\s+(?:the\s+|a\s+)?([A-Za-z][\w-]*?)(?:'s)?(?:\s+voice)?\b")
+        if match:
+            return match.group(1)
+    return None
 
 
 def free_text(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> str | None:

@@ -65,6 +65,7 @@ def cases(name: str) -> list[dict[str, Any]]:
     ("transcribe", "transcribe a small talk.wav", {"path": "talk.wav"}),  # "small" is no model without "model"
     ("voice.convert", "make lead.wav sound like Obama an octave down", {"path": "lead.wav", "voice": "Obama",
                                                                           "pitch": -12.0}),
+    ("voice.convert", "convert vocal.wav to sound like Freddie", {"path": "vocal.wav", "voice": "Freddie"}),
     ("tts", "say hello there, everyone!", {"text": "hello there, everyone"}),
     ("classify", "is \"sub drop\" drums, bass or effects",
      {"text": "sub drop", "labels": ["drums", "bass", "effects"]}),
