@@ -6,8 +6,8 @@ Two steps, both derived from the registry rather than from a table of their own:
    `classify` and sample search use) and compared with each reachable command's documents: its name
    and help (`stream set: Set a stem's gain and/or mute ...`) and the example phrasings declared
    next to it (`@command(..., examples=(...))`), paths and quoted text read as neutral words. A command
-   scores the best cosine of its documents; between commands that do opposite things and embed alike
-   (stream.start, stream.stop) the sentence's verb decides (OPPOSITES).
+   scores the best cosine of its documents; between commands that do different things and embed alike
+   (stream.start and stream.stop, generate and samples.search) the sentence's verb decides (OPPOSITES).
 2. **Which arguments.** Each of the chosen command's `Arg` declarations is filled from the sentence by
    a small extractor for its kind of value: quoted text and file paths, numbers with their units
    (bars, seconds, bpm, dB, semitones, `<n> <argument name>`), time signatures, stem names, on/off
@@ -43,13 +43,17 @@ MIN_MARGIN = 0.02
 CANDIDATES = 5  # how many of the best-ranked commands read their arguments from the sentence
 MISSING_PENALTY = 0.1  # per required argument the sentence does not give
 GIVEN_BONUS = 0.03  # per argument it gives, free text aside
-# Commands that do opposite things and embed alike: MiniLM puts "begin the live stream" and "launch live
+# Commands that do different things and embed alike: MiniLM puts "begin the live stream" and "launch live
 # stems" nearer stream.stop's phrasings than stream.start's. The sentence's verb decides: saying one
 # command's verb and not the other's earns that one VERB_WEIGHT and costs the other as much.
 # "the start" and "the end" are no verbs.
 OPPOSITES: dict[str, tuple[str, str]] = {
     "stream.start": (r"(?<!the\s)\b(?:start|begin|launch|turn\s+on|switch\s+on|enable)\b", "stream.stop"),
     "stream.stop": (r"(?<!the\s)\b(?:stop|end|halt|shut\s+down|turn\s+off|switch\s+off|disable)\b", "stream.start"),
+    # Making a sound and finding one: "generate a dark ambient pad" embeds nearer "search for dark
+    # evolving pads" than any generate phrasing. ("make" is not here: "make the drums quieter".)
+    "generate": (r"\b(?:generate|compose|create|synthesi[sz]e)\b", "samples.search"),
+    "samples.search": (r"\b(?:find|search|look\s+for|browse)\b", "generate"),
 }
 VERB_WEIGHT = 0.2
 

@@ -32,7 +32,7 @@ from tests.conftest import OscUdp
 DATA = Path(__file__).parent / "data"
 VOCABULARY = Vocabulary(presets=tuple(Config.model_validate({}).generate.presets))
 # (intent right, command and arguments right) out of the set's size: measured, see the module docstring.
-FLOORS = {"ask_sentences.yaml": (57, 56, 58), "ask_heldout.yaml": (23, 21, 24)}
+FLOORS = {"ask_sentences.yaml": (58, 57, 58), "ask_heldout.yaml": (23, 21, 24)}
 
 
 def cases(name: str) -> list[dict[str, Any]]:
@@ -162,9 +162,11 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("end the live stream", "stream.stop"),
     ("what was the latency at the start", "stream.status"),  # "the start" is no verb
     ("mute the drums until the end", "stream.set"),
+    ("generate a dark ambient pad", "generate"),  # was a sure samples.search
+    ("look for a dark ambient pad", "samples.search"),
+    ("make the drums quieter", "stream.set"),  # "make" is no generate verb
 ])
-def test_the_verb_tells_starting_live_stems_from_stopping_them(interpreter: Interpreter, text: str,
-                                                                command: str) -> None:
+def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter, text: str, command: str) -> None:
     understood = interpreter.understand(text)
     assert (understood.command, understood.sure) == (command, True), understood
 
