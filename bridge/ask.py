@@ -257,15 +257,23 @@ def signature_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary:
     return sentence.signature[0 if arg.name == "numerator" else 1]
 
 
+def _take_excepted(sentence: Sentence, words: Mapping[str, str]) -> None:
+    """Take the stems a sentence leaves out ("everything but the vocals", "except drums"): they are not
+    the stems it names. (A command takes one stem or a list, never all but one.)"""
+    sentence.take_all(rf"\b(?:but|except(?:\s+for)?|other\s+than|apart\s+from|besides)\s+(?:the\s+)?{_words(words)}")
+
+
 def stem_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> str | None:
     """One stem (or, for an effects chain, master) named in words: the vox -> vocals."""
     words = {**STEM_WORDS, **CHAIN_WORDS} if arg.name == "chain" else STEM_WORDS
+    _take_excepted(sentence, words)
     match = sentence.take(_words(words))
     return words[match.group(0).lower()] if match else None
 
 
 def stems_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> list[str] | None:
     """Every stem named, in order, once each."""
+    _take_excepted(sentence, STEM_WORDS)
     found = [STEM_WORDS[m.group(0).lower()] for m in sentence.take_all(_words(STEM_WORDS))]
     return list(dict.fromkeys(found)) or None
 
@@ -345,7 +353,7 @@ def free_text(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocab
     if sentence.quotes:
         return sentence.quotes.pop(0)
     if spec.name == "tts":
-        match = sentence.take(r"\b(?:say|speak|read out|read|announce)\s+(.+)$")
+        match = sentence.take(r"\b(?:say|saying|speak|read out|read|announce)\s+(.+)$")
         return match.group(1).strip(" .!?") if match else None
     words = [w for w in re.findall(r"[\w'#-]+", sentence.rest()) if w.lower() not in FILLER]
     drop = set(spec.name.lower().split("."))
@@ -507,14 +515,19 @@ class Interpreter:
         The CANDIDATES best-scoring commands read their arguments from the sentence; each required one
         it does not give costs MISSING_PENALTY ("mute the vocals" names no file, so it is not stems.separate),
         each one it gives (other than free text, which any sentence has) earns GIVEN_BONUS ("at 140 bpm").
+        When both commands of an OPPOSITES pair are candidates, the sentence's verb moves each by VERB_WEIGHT.
         """
         text = check_text(text)
         weighed = []
-        for spec, score in self.rank(text)[:CANDIDATES]:
+        candidates = self.rank(text)[:CANDIDATES]
+        names = {spec.name for spec, _ in candidates}
+        for spec, score in candidates:
             args = extract_args(spec, text, self.vocabulary)
             missing = sum(1 for arg in spec.args if arg.required and arg.name not in args)
             given = sum(1 for name in args if name not in FREE_TEXT)
-            verb = VERB_WEIGHT * says_the_verb(spec.name, text)
+            # Only between the two of a pair: "generate speech saying …" is tts, samples.search not near.
+            contested = spec.name in OPPOSITES and OPPOSITES[spec.name][1] in names
+            verb = VERB_WEIGHT * says_the_verb(spec.name, text) if contested else 0.0
             weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb, 4), spec, args))
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]

@@ -67,6 +67,9 @@ def cases(name: str) -> list[dict[str, Any]]:
                                                                           "pitch": -12.0}),
     ("voice.convert", "convert vocal.wav to sound like Freddie", {"path": "vocal.wav", "voice": "Freddie"}),
     ("tts", "say hello there, everyone!", {"text": "hello there, everyone"}),
+    ("tts", "generate speech saying welcome back", {"text": "welcome back"}),
+    ("stream.set", "mute everything but the vocals", {"mute": True}),  # not the vocals: no stem at all
+    ("stems.separate", "separate song.wav into everything except the vocals", {"path": "song.wav"}),
     ("classify", "is \"sub drop\" drums, bass or effects",
      {"text": "sub drop", "labels": ["drums", "bass", "effects"]}),
     ("samples.search", "find 3 \"808 kick\" samples", {"query": "808 kick", "k": 3}),
@@ -165,10 +168,16 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("generate a dark ambient pad", "generate"),  # was a sure samples.search
     ("look for a dark ambient pad", "samples.search"),
     ("make the drums quieter", "stream.set"),  # "make" is no generate verb
+    ("generate speech saying welcome back", "tts"),  # samples.search is not near: generate earns nothing
 ])
 def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter, text: str, command: str) -> None:
     understood = interpreter.understand(text)
     assert (understood.command, understood.sure) == (command, True), understood
+
+
+def test_a_stem_left_out_is_not_the_stem_to_change(interpreter: Interpreter) -> None:
+    understood = interpreter.understand("mute everything but the vocals")  # ran as: mute the vocals
+    assert not understood.sure and understood.args.get("stem") is None
 
 
 def test_unsure_sentences_say_what_they_need(interpreter: Interpreter) -> None:
