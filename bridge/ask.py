@@ -54,6 +54,12 @@ OPPOSITES: dict[str, tuple[str, str]] = {
     # evolving pads" than any generate phrasing. ("make" is not here: "make the drums quieter".)
     "generate": (r"\b(?:generate|compose|create|synthesi[sz]e)\b", "samples.search"),
     "samples.search": (r"\b(?:find|search|look\s+for|browse)\b", "generate"),
+    # Splitting a song and writing down its words: "make an acapella of song.wav" embeds nearer
+    # transcribe's phrasings, "transcribe the vocals of song.mp3" nearer stems.separate's.
+    "stems.separate": (
+        r"\b(?:separate|split|isolate|extract|unmix|demix|stems?|acapp?ella|a\s+cappella|karaoke|instrumental)\b",
+        "transcribe"),
+    "transcribe": (r"\b(?:transcribe|transcript(?:ion)?|lyrics|words|subtitles?|captions?)\b", "stems.separate"),
 }
 VERB_WEIGHT = 0.2
 
@@ -67,6 +73,7 @@ STEM_WORDS: dict[str, str] = {
     "singing": "vocals", "lyrics": "vocals", "drums": "drums", "drum": "drums", "percussion": "drums",
     "bass": "bass", "bassline": "bass", "other": "other", "guitar": "guitar", "guitars": "guitar",
     "piano": "piano", "accompaniment": "accompaniment", "instrumental": "accompaniment",
+    "acapella": "vocals", "acappella": "vocals", "a cappella": "vocals",
 }
 # Chains fx.set and fx.list know besides the stems.
 CHAIN_WORDS = {"master": "master", "mix": "master"}
@@ -263,6 +270,17 @@ def _take_excepted(sentence: Sentence, words: Mapping[str, str]) -> None:
     sentence.take_all(rf"\b(?:but|except(?:\s+for)?|other\s+than|apart\s+from|besides)\s+(?:the\s+)?{_words(words)}")
 
 
+# A song without its vocals: stems.separate's two_stems=vocals (the vocals and no_vocals, the rest summed),
+# which every separation model has; "accompaniment" is only Spleeter's stem.
+WITHOUT_VOCALS = (r"\b(?:karaoke|instrumental|backing\s+track)\b"
+                  r"|\b(?:without|minus|no|remove|strip|take\s+out)\s+(?:the\s+)?(?:vocals?|vox|singing|singer)\b")
+
+
+def two_stems_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> str | None:
+    """`vocals` for a karaoke version, an instrumental, a song without (minus, less) its vocals."""
+    return "vocals" if sentence.take(WITHOUT_VOCALS) else None
+
+
 def stem_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> str | None:
     """One stem (or, for an effects chain, master) named in words: the vox -> vocals."""
     words = {**STEM_WORDS, **CHAIN_WORDS} if arg.name == "chain" else STEM_WORDS
@@ -375,14 +393,17 @@ BY_NAME: dict[str, Extractor] = {
     "voice_prompt": path_value, "stem": stem_value, "chain": stem_value, "stems": stems_value,
     "model": model_value, "id": job_id_value, "state": state_value, "language": language_value,
     "preset": preset_value, "voice": voice_value, "labels": labels_value, "numerator": signature_value,
-    "denominator": signature_value, "k": count_value, "top": count_value, "limit": count_value,
+    "denominator": signature_value, "two_stems": two_stems_value, "k": count_value, "top": count_value,
+    "limit": count_value,
     **dict.fromkeys(FREE_TEXT, free_text),
 }
 # Never read from a sentence: the wire's own plumbing and settings one does not say aloud.
-NOT_FROM_WORDS = frozenset({"request_id", "overrides", "device", "hypothesis", "two_stems", "name", "effect",
+NOT_FROM_WORDS = frozenset({"request_id", "overrides", "device", "hypothesis", "name", "effect",
                             "parameter", "negative_prompt", "formats"})
 # Read after every other argument: a free text is what the others left.
 LAST = frozenset({*FREE_TEXT, "k", "top", "limit"})
+# Read before every other argument: "the instrumental" is two_stems, not the stem "instrumental".
+FIRST = frozenset({"two_stems"})
 
 
 def extractor_for(arg: Arg) -> Extractor | None:
@@ -402,7 +423,7 @@ def extractor_for(arg: Arg) -> Extractor | None:
 def extract_args(spec: CommandSpec, text: str, vocabulary: Vocabulary) -> dict[str, Any]:
     """The arguments a sentence gives for `spec`, typed as declared; only those it states."""
     sentence = Sentence(text)
-    ordered = sorted(spec.args, key=lambda a: (a.name in LAST, a.name in FREE_TEXT))
+    ordered = sorted(spec.args, key=lambda a: (a.name not in FIRST, a.name in LAST, a.name in FREE_TEXT))
     found: dict[str, Any] = {}
     for arg in ordered:
         extractor = extractor_for(arg)

@@ -317,7 +317,8 @@ async def stream_stop(ctx: CallContext) -> Result:
 
 @command(
     "stream.status",
-    examples=("what is the live latency", "is the stream keeping up", "how is live separation doing"),
+    examples=("what is the live latency", "is the stream keeping up", "how is live separation doing",
+        "are the live stems keeping up"),
     help="Latency (ms and frames), compute per hop, load, late hops, xruns, device, model, stems, routing.",
 )
 def stream_status(ctx: CallContext) -> Result:

@@ -70,6 +70,11 @@ def cases(name: str) -> list[dict[str, Any]]:
     ("tts", "generate speech saying welcome back", {"text": "welcome back"}),
     ("stream.set", "mute everything but the vocals", {"mute": True}),  # not the vocals: no stem at all
     ("stems.separate", "separate song.wav into everything except the vocals", {"path": "song.wav"}),
+    ("stems.separate", "make an acapella of song.wav", {"path": "song.wav", "stems": ["vocals"]}),
+    # vocals and no_vocals: every model has them ("accompaniment" is only Spleeter's stem)
+    ("stems.separate", "get the instrumental of song.wav", {"path": "song.wav", "two_stems": "vocals"}),
+    ("stems.separate", "remove the vocals from song.wav", {"path": "song.wav", "two_stems": "vocals"}),
+    ("stream.set", "mute the instrumental", {"stem": "accompaniment", "mute": True}),  # Spleeter's live stem
     ("classify", "is \"sub drop\" drums, bass or effects",
      {"text": "sub drop", "labels": ["drums", "bass", "effects"]}),
     ("samples.search", "find 3 \"808 kick\" samples", {"query": "808 kick", "k": 3}),
@@ -169,6 +174,11 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("look for a dark ambient pad", "samples.search"),
     ("make the drums quieter", "stream.set"),  # "make" is no generate verb
     ("generate speech saying welcome back", "tts"),  # samples.search is not near: generate earns nothing
+    ("make an acapella of song.wav", "stems.separate"),  # was a sure transcribe
+    ("karaoke version of song.wav", "stems.separate"),  # was a sure transcribe
+    ("transcribe the vocals of song.mp3", "transcribe"),  # was stems.separate
+    ("how are the live stems doing", "stream.status"),  # was a sure stream.stop
+    ("are the live stems running", "stream.status"),  # was a sure stream.stop
 ])
 def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter, text: str, command: str) -> None:
     understood = interpreter.understand(text)
