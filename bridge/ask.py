@@ -7,7 +7,8 @@ Two steps, both derived from the registry rather than from a table of their own:
    and help (`stream set: Set a stem's gain and/or mute ...`) and the example phrasings declared
    next to it (`@command(..., examples=(...))`), paths and quoted text read as neutral words. A command
    scores the best cosine of its documents; between commands that do different things and embed alike
-   (stream.start and stream.stop, generate and samples.search) the sentence's verb decides (OPPOSITES).
+   (stream.start and stream.stop, generate and samples.search, stems.separate and transcribe) the
+   sentence's verb decides (OPPOSITES).
 2. **Which arguments.** Each of the chosen command's `Arg` declarations is filled from the sentence by
    a small extractor for its kind of value: quoted text and file paths, numbers with their units
    (bars, seconds, bpm, dB, semitones, `<n> <argument name>`), time signatures, stem names, on/off
@@ -522,7 +523,8 @@ class Interpreter:
     def rank(self, text: str) -> list[tuple[CommandSpec, float]]:
         """Every reachable command with its score (the best cosine of its documents), best first.
 
-        Quoted text is what to say, find or make, not which command: it is read as "this" here.
+        Quoted text is what to say, find or make, and a path what to work on, not which command: they
+        are read as neutral words here (for_ranking).
         """
         similarities = self.embedder.similarities(for_ranking(text), self.documents)
         best = np.full(len(self.specs), -1.0, np.float32)
@@ -539,6 +541,7 @@ class Interpreter:
         When both commands of an OPPOSITES pair are candidates, the sentence's verb moves each by VERB_WEIGHT.
         """
         text = check_text(text)
+        neutral = for_ranking(text)  # a verb inside a path or a quote is not the sentence's
         weighed = []
         candidates = self.rank(text)[:CANDIDATES]
         names = {spec.name for spec, _ in candidates}
@@ -548,7 +551,7 @@ class Interpreter:
             given = sum(1 for name in args if name not in FREE_TEXT)
             # Only between the two of a pair: "generate speech saying …" is tts, samples.search not near.
             contested = spec.name in OPPOSITES and OPPOSITES[spec.name][1] in names
-            verb = VERB_WEIGHT * says_the_verb(spec.name, text) if contested else 0.0
+            verb = VERB_WEIGHT * says_the_verb(spec.name, neutral) if contested else 0.0
             weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb, 4), spec, args))
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]

@@ -178,6 +178,8 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("karaoke version of song.wav", "stems.separate"),  # was a sure transcribe
     ("transcribe the vocals of song.mp3", "transcribe"),  # was stems.separate
     ("how are the live stems doing", "stream.status"),  # was a sure stream.stop
+    ("transcribe ~/Music/stems/take.wav", "transcribe"),  # "stems" in a path is no separating word
+    ('separate song.wav, then say "transcribe done"', "stems.separate"),  # nor "transcribe" in a quote
     ("are the live stems running", "stream.status"),  # was a sure stream.stop
 ])
 def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter, text: str, command: str) -> None:
