@@ -63,6 +63,13 @@ OPPOSITES: dict[str, tuple[str, str]] = {
     "transcribe": (r"\b(?:transcribe|transcript(?:ion)?|lyrics|words|subtitles?|captions?)\b", "stems.separate"),
 }
 VERB_WEIGHT = 0.2
+# A question ("is job 0123456789ab cancelled", "did the stream stop", "is the song in 4/4") asks how things
+# are: a command that changes things costs QUESTION_PENALTY, and one that still comes first does not run.
+# "can you …", "could you …" are requests.
+QUESTION = (r"^\s*(?:is|are|was|were|did|does|do|has|have|had|what|what's|whats|which|who|whose|how|where|when"
+            r"|why)\b")
+REQUEST = r"^\s*(?:can|could|would|will|please)\b"
+QUESTION_PENALTY = 0.2
 
 # Never reached from words: `ask` itself (a sentence about asking would recurse) and register /
 # unregister (they add the sender's own UDP port as an OSC listener: wire plumbing for scripts).
@@ -539,9 +546,11 @@ class Interpreter:
         it does not give costs MISSING_PENALTY ("mute the vocals" names no file, so it is not stems.separate),
         each one it gives (other than free text, which any sentence has) earns GIVEN_BONUS ("at 140 bpm").
         When both commands of an OPPOSITES pair are candidates, the sentence's verb moves each by VERB_WEIGHT.
+        A question costs each command that changes things QUESTION_PENALTY, and never runs one.
         """
         text = check_text(text)
         neutral = for_ranking(text)  # a verb inside a path or a quote is not the sentence's
+        question = is_question(text)
         weighed = []
         candidates = self.rank(text)[:CANDIDATES]
         names = {spec.name for spec, _ in candidates}
@@ -552,11 +561,16 @@ class Interpreter:
             # Only between the two of a pair: "generate speech saying …" is tts, samples.search not near.
             contested = spec.name in OPPOSITES and OPPOSITES[spec.name][1] in names
             verb = VERB_WEIGHT * says_the_verb(spec.name, neutral) if contested else 0.0
-            weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb, 4), spec, args))
+            asked = QUESTION_PENALTY if question and not spec.read_only else 0.0
+            weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb - asked, 4),
+                            spec, args))
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]
         line = command_line(spec, args)
         needs = self._doubt(spec, score, second, second_score, args)
+        if not needs and question and not spec.read_only:
+            needs = (f"that reads as a question, and {spec.name} changes things: say it as a request to run "
+                     f"`{line}`, or ask how things are")
         return Understanding(text, spec.name, args, line, score, second.name, second_score, not needs, needs)
 
     def _doubt(self, spec: CommandSpec, score: float, second: CommandSpec, second_score: float,
@@ -577,6 +591,14 @@ class Interpreter:
         except BadRequest as err:
             return err.message
         return ""
+
+
+def is_question(text: str) -> bool:
+    """A sentence that asks how things are: it starts with a question word, or ends with "?" and is no
+    "can you …" request."""
+    if re.match(QUESTION, text, re.IGNORECASE):
+        return True
+    return text.rstrip().endswith("?") and not re.match(REQUEST, text, re.IGNORECASE)
 
 
 def says_the_verb(command: str, text: str) -> int:

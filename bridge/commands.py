@@ -65,11 +65,13 @@ COMMANDS: dict[str, CommandSpec] = {}
 
 
 def command(
-    name: str, *args: Arg, help: str, returns: tuple[str, ...] = (), examples: tuple[str, ...] = ()
+    name: str, *args: Arg, help: str, returns: tuple[str, ...] = (), examples: tuple[str, ...] = (),
+    read_only: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Declare a command: `@command("ping", help=..., returns=("reply", "version"))`.
 
     `examples`: a few ways a producer might say it ("mute the vocals"), which `ask` matches sentences with.
+    `read_only`: a query, which changes nothing in the daemon or on disk.
     """
 
     def register(handler: Handler) -> Handler:
@@ -83,6 +85,7 @@ def command(
             returns=returns,
             is_async=iscoroutinefunction(handler),
             examples=examples,
+            read_only=read_only,
         )
         return handler
 
@@ -169,6 +172,7 @@ EVENTS: dict[str, EventSpec] = {
 @command(
     "ping",
     examples=("is the bridge alive", "are you listening", "hello, anyone home?", "check the connection"),
+    read_only=True,
     help="Check the daemon is alive; replies pong and the version.", returns=("reply", "version"),
 )
 def ping(ctx: CallContext) -> Result:
@@ -178,6 +182,7 @@ def ping(ctx: CallContext) -> Result:
 @command(
     "status",
     examples=("what is flowstate up to", "show the daemon status and uptime", "which ports is it listening on"),
+    read_only=True,
     help="What the daemon is doing: version, endpoints, listeners, uptime.",
 )
 def status(ctx: CallContext) -> Result:
@@ -248,6 +253,7 @@ def _owner(ctx: CallContext) -> tuple[tuple[Any, ...], str]:
     "commands",
     Arg("name", str, "Only this command (empty: all of them).", default=""),
     examples=("what can I ask you to do", "list every command", "help"),
+    read_only=True,
     help="The command vocabulary: names, OSC addresses, typed arguments and help.",
 )
 def commands(ctx: CallContext, name: str) -> Result:
@@ -319,6 +325,7 @@ async def stream_stop(ctx: CallContext) -> Result:
     "stream.status",
     examples=("what is the live latency", "is the stream keeping up", "how is live separation doing",
         "are the live stems keeping up"),
+    read_only=True,
     help="Latency (ms and frames), compute per hop, load, late hops, xruns, device, model, stems, routing.",
 )
 def stream_status(ctx: CallContext) -> Result:
@@ -361,6 +368,7 @@ def fx_set(ctx: CallContext, chain: str, effect: str, parameter: str, value: obj
     "fx.list",
     examples=("what effects are running", "show the effect chains and their parameters",
         "list the plugins on each stem"),
+    read_only=True,
     help="The running stream's effect chains with their parameters, values and ranges.",
 )
 def fx_list(ctx: CallContext) -> Result:
@@ -394,6 +402,7 @@ def daw_set(
     "daw.status",
     examples=("what bpm is the song", "what tempo will jobs use", "which time signature are we in",
         "is the transport playing", "what tempo is it at"),
+    read_only=True,
     help="The tempo jobs will use (and whether it came from the DAW, MIDI clock or the default), "
     "time signature, transport.",
     returns=("tempo", "tempo_source", "numerator", "denominator", "playing"),
@@ -409,6 +418,7 @@ def daw_status(ctx: CallContext) -> Result:
     "midi.status",
     examples=("is my midi controller connected", "is midi input working", "show midi mappings and triggers",
         "did the midi notes arrive"),
+    read_only=True,
     help="MIDI in: open or not (and why), API, ports, missing inputs, mappings, counts of triggers "
     "(dispatched, debounced, coalesced, errors), the last error, the MIDI clock's tempo.",
 )
@@ -419,6 +429,7 @@ def midi_status(ctx: CallContext) -> Result:
 @command(
     "midi.ports",
     examples=("list midi input ports", "which midi devices are there", "what midi controllers do you see"),
+    read_only=True,
     help="The MIDI input ports the API sees: names (or parts of them) to put in midi.inputs.",
 )
 async def midi_ports(ctx: CallContext) -> Result:
@@ -444,6 +455,7 @@ DEADLINE_ARGS = (
 @command(
     "job.status", JOB_ID,
     examples=("what is the progress of job 0123456789ab", "is job 0123456789ab done yet", "status of that job"),
+    read_only=True,
     help="One job: state, progress, result or error, timestamps.",
 )
 def job_status(ctx: CallContext, id: str) -> Result:
@@ -455,6 +467,7 @@ def job_status(ctx: CallContext, id: str) -> Result:
     Arg("state", str, "Only jobs in this state (queued, running, done, failed, canceled); empty: all.", default=""),
     Arg("limit", int, "At most this many, newest first.", default=100, min=1, max=1000),
     examples=("show all jobs", "list the finished jobs", "which jobs are queued", "what jobs have failed"),
+    read_only=True,
     help="Jobs, newest first.",
 )
 def job_list(ctx: CallContext, state: str, limit: int) -> Result:
@@ -573,6 +586,7 @@ job_command(
         "'This sound is {}.'; empty: classify.nli_hypothesis.", default=""),
     examples=("classify 'warm analog pad'", "which category fits this description",
         "is 'sub drop' drums, bass or effects", "label this sound description"),
+    read_only=True,
     help="Rank labels for a description by meaning, best first: sentence embeddings (cosine scores) or "
     "zero-shot NLI (entailment probabilities that sum to 1).",
     returns=("label", "score", "labels", "scores"),
@@ -590,6 +604,7 @@ async def classify(ctx: CallContext, text: str, labels: list[str] | None, method
     Arg("top", int, "How many labels, best first.", default=5, min=1, max=50),
     examples=("what does clip.wav sound like", "tag this sample by its sound", "which instruments are in take.wav",
         "listen to loop.wav and name it"),
+    read_only=True,
     help="Tag a clip by how it sounds (an Audio Spectrogram Transformer over AudioSet's labels: Drum, "
     "Bass guitar, Singing …): the top labels with scores (independent probabilities), best first, and the "
     "model's licence. Only the first classify.audio_seconds are heard.",
@@ -631,6 +646,7 @@ job_command(
         "word of the name or folders; empty: all.", default=""),
     examples=("find a punchy 808 kick", "search for dark evolving pads", "look for a crisp snare sample",
         "give me 5 vocal chops", "I need a warm bass one-shot"),
+    read_only=True,
     help="The indexed samples that best match a description, best first: path, name, score, duration, "
     "tags, sound tags and audio descriptors; with samples.clap, by how they sound as well as by their words.",
 )
@@ -642,6 +658,7 @@ async def samples_search(ctx: CallContext, query: str, k: int, tag: str) -> Resu
     "samples.status",
     examples=("how big is my sample library", "which sample folders are watched",
         "which files were skipped when indexing", "how many files are in the index"),
+    read_only=True,
     help="The sample index: files searchable and skipped (with why), folders and whether they are watched, "
     "the model and where it was loaded from, classify's default method and NLI model.",
 )

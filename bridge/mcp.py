@@ -43,11 +43,7 @@ INSTRUCTIONS = (
     "get the job id at once, then use job.status). Paths must lie inside the daemon's paths.roots."
 )
 
-# Queries: nothing in the daemon or on disk changes.
-READ_ONLY = frozenset({
-    "ping", "status", "commands", "stream.status", "fx.list", "daw.status", "midi.status", "midi.ports",
-    "job.status", "job.list", "classify", "classify.audio", "samples.search", "samples.status",
-})
+# Queries (`read_only=True` where the command is declared) change nothing in the daemon or on disk.
 # Changes that undo nothing: a setting set again to the same value, an index refreshed, a listener added.
 ADDITIVE = frozenset({"register", "stream.start", "stream.set", "fx.set", "daw.set", "samples.index"})
 # Calling again with the same arguments changes nothing more.
@@ -141,7 +137,7 @@ def input_schema(spec: CommandSpec) -> dict[str, Any]:
 
 
 def tool_annotations(spec: CommandSpec) -> types.ToolAnnotations:
-    read_only = spec.name in READ_ONLY
+    read_only = spec.read_only
     return types.ToolAnnotations(
         title=spec.name,
         read_only_hint=read_only,

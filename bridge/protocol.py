@@ -261,6 +261,9 @@ class CommandSpec:
     is_async: bool = False
     # How a producer might say it in words ("mute the vocals"): `ask` ranks commands by these and the help.
     examples: tuple[str, ...] = ()
+    # A query: nothing in the daemon or on disk changes (MCP's read-only hint; `ask` runs only these for
+    # a question).
+    read_only: bool = False
 
     @property
     def osc_address(self) -> str:
