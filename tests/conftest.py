@@ -241,23 +241,26 @@ def running_jack(name: str, log: Path, rate: int = 48000) -> Iterator[JackServer
         pytest.fail("jackd is not installed: `make test` installs jackd2 (or run scripts/system-deps.sh as root)")
     env = {**os.environ, **jack_env(name)}
 
-    def start() -> tuple[subprocess.Popen[bytes], subprocess.CompletedProcess[str]]:
+    def start() -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
-            started = subprocess.Popen(
+            return subprocess.Popen(
                 ["jackd", "-n", name, "--no-realtime", "--sync", "-d", "dummy", "-r", str(rate), "-p", "256",
                  "-C", "2", "-P", "10"],
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )
-        waited = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True, timeout=60)
-        return started, waited
 
-    process, ready = start()
+    def wait_ready() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True, timeout=60)
+
+    process = start()
     try:
-        if ready.returncode != 0 and process.poll() is None:
+        ready = wait_ready()
+        if ready.returncode != 0:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)  # a jackd that refused ends by itself
-        if ready.returncode != 0 and process.poll() is not None and clear_stale_jack_registry(log.read_text()):
-            process, ready = start()
+            if process.poll() is not None and clear_stale_jack_registry(log.read_text()):
+                process = start()
+                ready = wait_ready()
         if ready.returncode != 0:
             pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
         yield JackServer(name, process, rate, 256)
