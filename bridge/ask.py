@@ -527,13 +527,11 @@ class Interpreter:
                 self._owners.append(index)
                 self.documents.append(document)
 
-    def rank(self, text: str) -> list[tuple[CommandSpec, float]]:
-        """Every reachable command with its score (the best cosine of its documents), best first.
-
-        Quoted text is what to say, find or make, and a path what to work on, not which command: they
-        are read as neutral words here (for_ranking).
-        """
-        similarities = self.embedder.similarities(for_ranking(text), self.documents)
+    def rank(self, neutral: str) -> list[tuple[CommandSpec, float]]:
+        """Every reachable command with its score (the best cosine of its documents), best first, for a
+        sentence as `for_ranking` reads it: quoted text is what to say, find or make, and a path what to
+        work on, not which command."""
+        similarities = self.embedder.similarities(neutral, self.documents)
         best = np.full(len(self.specs), -1.0, np.float32)
         np.maximum.at(best, np.asarray(self._owners), similarities)
         order = np.argsort(-best, kind="stable")
@@ -552,7 +550,7 @@ class Interpreter:
         neutral = for_ranking(text)  # a verb inside a path or a quote is not the sentence's
         question = is_question(text)
         weighed = []
-        candidates = self.rank(text)[:CANDIDATES]
+        candidates = self.rank(neutral)[:CANDIDATES]
         names = {spec.name for spec, _ in candidates}
         for spec, score in candidates:
             args = extract_args(spec, text, self.vocabulary)
@@ -567,15 +565,12 @@ class Interpreter:
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]
         line = command_line(spec, args)
-        needs = self._doubt(spec, score, second, second_score, args)
-        if not needs and question and not spec.read_only:
-            needs = (f"that reads as a question, and {spec.name} changes things: say it as a request to run "
-                     f"`{line}`, or ask how things are")
+        needs = self._doubt(spec, score, second, second_score, args, line if question else "")
         return Understanding(text, spec.name, args, line, score, second.name, second_score, not needs, needs)
 
     def _doubt(self, spec: CommandSpec, score: float, second: CommandSpec, second_score: float,
-               args: dict[str, Any]) -> str:
-        """Why this is not sure enough to run, or empty."""
+               args: dict[str, Any], asked: str) -> str:
+        """Why this is not sure enough to run, or empty. `asked`: the command line a question came to."""
         if score < MIN_SCORE:
             return (f"not sure what you mean: the closest commands are {spec.name} ({score:.2f}) and "
                     f"{second.name} ({second_score:.2f}), below {MIN_SCORE}; say it another way or name the command")
@@ -590,6 +585,9 @@ class Interpreter:
             spec.bind(args)
         except BadRequest as err:
             return err.message
+        if asked and not spec.read_only:
+            return (f"that reads as a question, and {spec.name} changes things: say it as a request to run "
+                    f"`{asked}`, or ask how things are")
         return ""
 
 
