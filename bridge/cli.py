@@ -10,11 +10,12 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bridge import __version__
 from bridge.client import ANSWER_SECONDS, Client, request_endpoint
@@ -338,11 +339,25 @@ def _install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_stream() -> TextIO:
+    """Standard error through a descriptor of the log's own. sounddevice points descriptor 2 at the
+    null device while PortAudio starts, to hide what the host APIs say as it lists their devices,
+    and that start can take seconds (every ASIO driver is opened) or wait on a driver that stopped
+    answering: every log line of those seconds, from any thread, went nowhere, the one saying so too.
+    Standard error itself where it has no descriptor (pythonw on Windows has none)."""
+    try:
+        descriptor = os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return sys.stderr
+    return open(descriptor, "w", encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace",
+                buffering=1)
+
+
 def _setup_logging(config: Config) -> None:
     logging.basicConfig(
         level=config.daemon.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        stream=sys.stderr if logging.getLogger().handlers else _log_stream(),  # basicConfig adds none then
     )
     if config.daemon.log_level == "INFO":  # the server's upload parser says 3 times an upload where the file goes
         logging.getLogger("python_multipart").setLevel(logging.WARNING)

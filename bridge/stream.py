@@ -85,7 +85,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -101,6 +101,7 @@ from engines.separation.streaming import HOP_LADDER, StreamingSeparator
 StreamEngine = StreamingSeparator | RemoteStreamingSeparator
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOCAL = "local"
 FADE_MS = 5.0
@@ -184,70 +185,131 @@ def current_audio_devices() -> Iterator[Any]:
             sounddevice._terminate()
 
 
-# PortAudio streams this process left open, each with why: ones whose JACK server went away under
-# them (PortAudio's JACK host API can neither stop nor close such a stream: Pa_StopStream waits for a
-# process callback that never comes, and Pa_CloseStream and Pa_Terminate after it likewise), and ones
-# PortAudio did not stop within STOP_SECONDS (a driver that stopped answering; Pure Data's PortAudio
-# hung the same way on a Mac whose interface was unplugged, pure-data/pure-data#470). While one is
-# left, this process cannot open audio again, and PortAudio's end at exit would wait on it too.
-_ABANDONED: list[tuple[Any, str]] = []
+# What PortAudio is still doing that this process gave up waiting for, each with why: streams whose
+# JACK server went away under them (PortAudio's JACK host API can neither stop nor close such a
+# stream: Pa_StopStream waits for a process callback that never comes, and Pa_CloseStream and
+# Pa_Terminate after it likewise), streams PortAudio did not stop within STOP_SECONDS (a driver that
+# stopped answering; Pure Data's PortAudio hung the same way on a Mac whose interface was unplugged,
+# pure-data/pure-data#470), and starts or opens that did not return within OPEN_SECONDS (a JACK
+# server that stopped answering: Pa_Initialize and Pa_OpenStream wait on it without a timeout).
+# While one is left, this process cannot open audio again, and PortAudio's end at exit would wait
+# on it too.
+_ABANDONED: list[tuple[object, str]] = []
 _ABANDON_LOCK = threading.Lock()
 JACK_GONE = ("the JACK server this daemon's audio ran on has gone, and PortAudio cannot leave it: restart the "
              "daemon (flowstate up) once JACK runs again")
 # How long stopping and closing a stream may take before it is left open. PortAudio's stop plays out
 # what the device still holds (its latency, well under a second) and returns.
 STOP_SECONDS = 5.0
+# How long PortAudio may take to start (it lists every device of every host API, and opens each ASIO
+# driver to do so: seconds on a Windows machine with several) or to open and start a stream.
+OPEN_SECONDS = 20.0
+
+
+class PortAudioHung(Unavailable):
+    """PortAudio did not return within its time; what it is doing is left to it (`_in_time`)."""
 
 
 def audio_host_lost() -> str | None:
-    """Why this process cannot open audio again (a stream left open, `_ABANDONED`), or None."""
+    """Why this process cannot open audio again (`_ABANDONED`), or None."""
     with _ABANDON_LOCK:
         return _ABANDONED[0][1] if _ABANDONED else None
 
 
-def _abandon(stream: Any, why: str) -> None:
-    """Leave `stream` open (the lock held): PortAudio's end at exit (sounddevice's exit handler)
-    would wait on it for ever, so it goes too."""
-    _ABANDONED.append((stream, why))
-    atexit.unregister(import_sounddevice()._exit_handler)
+def _abandon(what: object, why: str) -> None:
+    """Leave `what` (a stream, or a call still running) to PortAudio, the lock held: PortAudio's end
+    at exit (sounddevice's exit handler) would wait on it for ever, so it goes too. From
+    sys.modules: a first `import sounddevice` that waits in Pa_Initialize holds the import's lock."""
+    _ABANDONED.append((what, why))
+    sounddevice = sys.modules.get("sounddevice")
+    if sounddevice is not None and hasattr(sounddevice, "_exit_handler"):
+        atexit.unregister(sounddevice._exit_handler)
     log.warning("stream: %s", why)
 
 
-def _close_in_time(stream: Any, devices: str) -> None:
-    """Stop and close PortAudio's `stream` on a thread of its own, waiting STOP_SECONDS: a stop that
-    takes longer leaves the stream open (`_abandon`), so stream.stop answers and the daemon can exit.
-    If PortAudio gets there after all, the stream is closed and audio can open again."""
-    closed = threading.Event()
-    failed: list[BaseException] = []
+def _taken_back(what: object) -> bool:
+    """`what` is no longer left to PortAudio (the lock held); whether it was. Once nothing is left,
+    PortAudio's end at exit is safe again."""
+    left = [entry for entry in _ABANDONED if entry[0] is what]
+    for entry in left:
+        _ABANDONED.remove(entry)
+    if left and not _ABANDONED:
+        atexit.register(sys.modules["sounddevice"]._exit_handler)
+    return bool(left)
 
-    def close() -> None:
+
+def _in_time(call: Callable[[], T], seconds: float, why: str, late: str,
+             after_all: Callable[[T], None] | None = None) -> T:
+    """`call` (into PortAudio) on a thread of its own, waiting `seconds` for it. One that takes
+    longer is left running there (`_abandon`, with `why`: this process opens no audio meanwhile),
+    and PortAudioHung(why) raised, so the request that made it answers and the daemon can exit. If
+    it returns after all, `after_all` gets what it returned (a stream nobody waits for now, to
+    close), and audio can open again: the log says `late` "after all"."""
+    token = object()
+    done = threading.Event()
+    outcome: list[tuple[Any, BaseException | None]] = []
+
+    def run() -> None:
         try:
-            stream.stop()
-            stream.close()
-        except BaseException as err:  # noqa: BLE001 (said by the caller, or logged when it gave up)
-            failed.append(err)
+            outcome.append((call(), None))
+        except BaseException as err:  # noqa: BLE001 (raised by the caller, or logged when it gave up)
+            outcome.append((None, err))
         with _ABANDON_LOCK:
-            closed.set()
-            left = [entry for entry in _ABANDONED if entry[0] is stream]
-            for entry in left:
-                _ABANDONED.remove(entry)
-            if left and not _ABANDONED:
-                atexit.register(import_sounddevice()._exit_handler)
-        if left:
-            log.warning("stream: PortAudio stopped the stream on %s after all%s: audio can open again", devices,
-                        f" ({failed[0]})" if failed else "")
-
-    thread = threading.Thread(target=close, name="stream-close", daemon=True)
-    thread.start()
-    thread.join(STOP_SECONDS)
-    with _ABANDON_LOCK:
-        if not closed.is_set():
-            _abandon(stream, f"PortAudio did not stop the stream on {devices} within {STOP_SECONDS:.0f} s (its "
-                             "driver stopped answering), and it is left open: restart the daemon (flowstate up) "
-                             "to stream again")
+            done.set()
+            given_up = any(entry[0] is token for entry in _ABANDONED)
+        if not given_up:
             return
-    if failed:
-        raise failed[0]
+        result, error = outcome[0]
+        if error is None and after_all is not None:
+            try:
+                after_all(result)
+            except Exception as err:  # noqa: BLE001 (nobody waits for it now: logged)
+                error = err
+        with _ABANDON_LOCK:
+            _taken_back(token)
+            lost = bool(_ABANDONED)
+        log.warning("stream: %s after all%s: %s", late, f" ({error})" if error is not None else "",
+                    "something else PortAudio holds still keeps audio from opening" if lost
+                    else "audio can open again")
+
+    threading.Thread(target=run, name="portaudio-call", daemon=True).start()
+    done.wait(seconds)
+    with _ABANDON_LOCK:
+        if not done.is_set():
+            _abandon(token, why)
+            raise PortAudioHung(why)
+    result, error = outcome[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def _close_in_time(stream: Any, devices: str) -> None:
+    """Stop and close PortAudio's `stream`, waiting STOP_SECONDS (`_in_time`): a stop that takes
+    longer leaves the stream open, so stream.stop answers and the daemon can exit. If PortAudio
+    gets there after all, the stream is closed and audio can open again."""
+
+    def stop_and_close() -> None:
+        stream.stop()
+        stream.close()
+
+    with contextlib.suppress(PortAudioHung):
+        _in_time(stop_and_close, STOP_SECONDS,
+                 f"PortAudio did not stop the stream on {devices} within {STOP_SECONDS:.0f} s (its driver stopped "
+                 "answering), and it is left open: restart the daemon (flowstate up) to stream again",
+                 f"PortAudio stopped the stream on {devices}")
+
+
+def in_time_to_open(call: Callable[[], T], action: str, done: str,
+                    after_all: Callable[[T], None] | None = None) -> T:
+    """`call`, which starts PortAudio (`action` "list the audio devices") or opens a stream
+    ("open 'X'"), waiting OPEN_SECONDS (`_in_time`); PortAudioHung says what it did not do and what
+    to do. `done` ("opened 'X'") is for the log if it returns after all."""
+    return _in_time(call, OPEN_SECONDS,
+                    f"PortAudio did not {action} within {OPEN_SECONDS:.0f} s: an audio driver (on Linux, the JACK "
+                    "server) stopped answering. Audio opens again if it answers after all; else restart the daemon "
+                    "(flowstate up), and the audio server or interface first if it hangs too",
+                    f"PortAudio {done}", after_all)
 
 
 def _joined_jack(sounddevice: Any) -> bool:
@@ -268,8 +330,8 @@ Devices = tuple[str | int | None, str | int | None]
 
 def describe_devices(devices: Devices) -> str:
     """'X', or 'X' in and 'Y' out: the devices as the producer named them, for an error."""
-    heard, played = devices
-    return repr(heard) if heard == played else f"{heard!r} in and {played!r} out"
+    heard, played = (("the default device" if device is None else repr(device)) for device in devices)
+    return heard if heard == played else f"{heard} in and {played} out"
 
 
 def stream_devices(devices: Devices) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
@@ -702,7 +764,7 @@ class LiveStream:
     def start(self) -> None:
         sounddevice = import_sounddevice()
         if not sounddevice._initialized:  # it left JACK for the model's load (current_audio_devices)
-            _start_portaudio(sounddevice)
+            in_time_to_open(lambda: _start_portaudio(sounddevice), "list the audio devices", "listed the audio devices")
         check_device_channels(self.settings.devices, self.settings.first_input, self.settings.channels,
                               self.settings.first_output, self.layout.num_outputs)
         self.engine.reset()
@@ -718,8 +780,10 @@ class LiveStream:
         self._worker = threading.Thread(target=self._work, name="stream-worker", daemon=True)
         self._worker.start()
         devices = self.settings.devices
-        try:
-            self._stream = sounddevice.Stream(
+        named = describe_devices(devices)
+
+        def open_and_start() -> Any:
+            stream = sounddevice.Stream(
                 samplerate=self.sample_rate,
                 blocksize=self.block_size,
                 device=devices,
@@ -728,12 +792,25 @@ class LiveStream:
                 callback=self._callback,
                 latency="low",
             )
-            self._stream.start()
-        except (sounddevice.PortAudioError, ValueError) as err:
+            try:
+                stream.start()
+            except BaseException:
+                with contextlib.suppress(sounddevice.PortAudioError):
+                    stream.close()
+                raise
+            return stream
+
+        try:
+            # A stream PortAudio opens after this gave up on it is stopped and closed as it comes.
+            self._stream = in_time_to_open(open_and_start, f"open {named}", f"opened {named}",
+                                           lambda late: _close_in_time(late, named))
+        except (sounddevice.PortAudioError, ValueError, PortAudioHung) as err:
             self._running = False
             self._wake.set()
             self._worker.join(timeout=2)
             self._restore_interpreter()
+            if isinstance(err, PortAudioHung):
+                raise
             spans = (f"inputs {channel_span(self.settings.first_input, self.settings.channels)} / outputs "
                      f"{channel_span(self.settings.first_output, self.layout.num_outputs)}")
             raise device_refused(devices, spans, self.sample_rate, err) from None

@@ -31,6 +31,7 @@ from bridge.stream import (
     check_device_rate,
     current_audio_devices,
     device_rate,
+    in_time_to_open,
     lower_thread_priority,
     starting_p99,
 )
@@ -188,7 +189,9 @@ class StreamManager:
         with self._lock:
             if self.stream is not None and self.stream.running:
                 raise Busy("stream.start: a stream is already running; stream.stop it first")
-            settings, rate_choice = self.at_device_rate(self.settings_with(overrides))
+            requested = self.settings_with(overrides)
+            settings, rate_choice = in_time_to_open(lambda: self.at_device_rate(requested), "list the audio devices",
+                                                    "listed the audio devices")
             engine, reason = self.engine_on_tier(settings)
             unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
             if unknown:

@@ -5,7 +5,8 @@ PortAudio reports no error for a device that has gone quiet: its callbacks just 
 JACK server (the dummy backend) is frozen with SIGSTOP, which stops every client's callbacks at
 once, as a device that went away would, and thawed with SIGCONT. A device that PortAudio opens and
 starts but that never begins (an aggregate device whose clock source is gone, one another app holds)
-is a real ALSA device whose reads wait on a pipe (FrozenDevice).
+is a real ALSA device whose reads wait on a pipe (FrozenDevice). A JACK server frozen before a
+start is one that stops answering PortAudio's start or open, as a hung driver would.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 
 from bridge.client import Client, RemoteError
+from bridge.stream import OPEN_SECONDS
+from bridge.testing import DaemonProcess
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
 from tests.conftest import Events, FrozenDevice, JackServer, running_jack
 
@@ -168,3 +171,65 @@ def test_a_jack_server_that_goes_away_leaves_a_daemon_that_stops_the_stream_and_
         assert code == 0, daemon.log()  # it exited by itself, not killed
         log = daemon.wait_for_log("PortAudio ended the stream", "once JACK runs again")
         assert "restart the daemon" in log
+
+
+def _start_while_frozen(daemon: DaemonProcess, jack_server: JackServer, action: str, done: str) -> None:
+    """Freeze the JACK server: `stream.start` is refused `unavailable`, saying PortAudio did not
+    `action` in time, and the log says so while PortAudio still waits; the rest answers, and a start
+    says why at once instead of waiting behind it. Thawed, PortAudio answers: the log says it `done`
+    "after all", and a stream starts and runs."""
+    with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+        jack_server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(RemoteError) as hung:
+                client.call("stream.start")
+            assert hung.value.code == "unavailable", hung.value
+            assert hung.value.message.startswith(
+                f"PortAudio did not {action} within {OPEN_SECONDS:.0f} s: an audio driver (on Linux, the JACK server) "
+                "stopped answering"), hung.value.message
+            assert client.call("ping")["reply"] == "pong"
+            assert client.call("stream.stop") == {"running": False}
+            with pytest.raises(RemoteError) as refused:
+                client.call("stream.start")
+            assert (refused.value.code, refused.value.message) == ("unavailable", hung.value.message)
+            daemon.wait_for_log(f"WARNING bridge.stream: stream: {hung.value.message}",
+                                f"WARNING bridge.daemon: stream.start: unavailable: {hung.value.message}")
+        finally:
+            jack_server.process.send_signal(signal.SIGCONT)
+        daemon.wait_for_log(f"PortAudio {done} after all: audio can open again")
+        assert client.call("stream.start")["audio_lost"] is None
+        _wait_for_hops(client)
+        client.call("stream.stop")
+
+
+def test_an_open_that_portaudio_does_not_finish_answers_and_audio_opens_once_it_does(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    # A JACK server that stopped answering as the stream opened: PortAudio's open waits on it without
+    # a timeout. stream.start never answered, stream.stop waited behind it, and so did the daemon's
+    # exit until it was killed. When the open returns after all, the stream it opened is closed.
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path)
+    try:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            client.call("stream.start")  # PortAudio joins the server and stays: the next start only opens
+            _wait_for_hops(client)
+            client.call("stream.stop")
+        _start_while_frozen(daemon, jack_server, "open the default device", "opened the default device")
+    finally:
+        jack_server.process.send_signal(signal.SIGCONT)
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_portaudio_that_does_not_start_answers_and_the_log_goes_on_meanwhile(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    # The first stream.start starts PortAudio, which lists every device of every host API, here
+    # asking a JACK server that stopped answering. sounddevice points standard error at the null
+    # device while PortAudio starts, and the daemon's log went there with it: nothing was said.
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path)
+    try:
+        _start_while_frozen(daemon, jack_server, "list the audio devices", "listed the audio devices")
+    finally:
+        jack_server.process.send_signal(signal.SIGCONT)
+        assert daemon.stop() == 0, daemon.log()
+
