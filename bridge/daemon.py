@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import faulthandler
 import functools
 import logging
 import os
@@ -50,6 +51,8 @@ Respond = Callable[[Reply], None]
 # After the drain, closing the queue, streams and sockets gets this long in all, so a stop takes at
 # most shutdown_timeout_seconds (<= 4.5) + this: the README's 5 s.
 CLOSE_SECONDS = 0.5
+# A shutdown still running this long past those bounds is stuck where they cannot reach (`end_past`).
+HARD_STOP_MARGIN_SECONDS = 5.0
 
 
 class Daemon:
@@ -394,12 +397,31 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
         log.info("signal received, shutting down")
+        end_past(config.daemon.shutdown_timeout_seconds + CLOSE_SECONDS + HARD_STOP_MARGIN_SECONDS)
     finally:
         unwatch()
         try:
             await daemon.shutdown()
         finally:
             daemon.close_executors()
+
+
+def end_past(seconds: float) -> None:
+    """End the process (exit 1) if it is still here in `seconds`, first writing where each of its
+    threads is to the log.
+
+    The shutdown's bounds hold while Python runs. A native call that keeps the GIL while it waits
+    stops every thread, the ones keeping those bounds too: rtmidi closing its JACK MIDI port on a
+    JACK server that stopped answering did (python-rtmidi's close_port keeps the GIL), and the daemon
+    waited until it was killed. faulthandler's watchdog is a thread of C that needs no GIL.
+    """
+    streams: list[Any] = [getattr(handler, "stream", None) for handler in logging.getLogger().handlers]
+    for stream in [*streams, sys.stderr]:
+        try:
+            faulthandler.dump_traceback_later(seconds, exit=True, file=stream)
+        except (AttributeError, OSError, RuntimeError, ValueError):  # no descriptor (None, a StringIO)
+            continue
+        return
 
 
 def run(config: Config) -> None:

@@ -233,3 +233,22 @@ def test_a_portaudio_that_does_not_start_answers_and_the_log_goes_on_meanwhile(
         jack_server.process.send_signal(signal.SIGCONT)
         assert daemon.stop() == 0, daemon.log()
 
+
+def test_a_daemon_whose_jack_server_stopped_answering_exits_in_time_saying_where_it_waited(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    # At exit rtmidi closes the daemon's JACK MIDI port and waits for the server's answer keeping the
+    # GIL: every thread stopped, the shutdown's own bounds too, and the daemon waited until it was
+    # killed (10 s here; a service manager waits 90 s).
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path)
+    try:
+        daemon.wait_for_log("MIDI (jack): Flowstate")  # its port is open (MIDI opens last)
+        jack_server.process.send_signal(signal.SIGSTOP)
+        code = daemon.stop(timeout_seconds=30)
+    finally:
+        jack_server.process.send_signal(signal.SIGCONT)
+        daemon.stop()
+    log = daemon.log()
+    assert code == 1, log  # ended by the watchdog, past the shutdown's bounds: not killed, not 0
+    assert "signal received, shutting down" in log and "Timeout (" in log, log
+    assert "bridge/transports/midi.py" in log.split("Timeout (")[1], log  # where it waited
