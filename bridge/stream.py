@@ -233,8 +233,9 @@ def _taken_back(what: object) -> bool:
     left = [entry for entry in _ABANDONED if entry[0] is what]
     for entry in left:
         _ABANDONED.remove(entry)
-    if left and not _ABANDONED:
-        atexit.register(sys.modules["sounddevice"]._exit_handler)
+    sounddevice = sys.modules.get("sounddevice")  # absent if its first import failed
+    if left and not _ABANDONED and sounddevice is not None:
+        atexit.register(sounddevice._exit_handler)
     return bool(left)
 
 
@@ -329,9 +330,12 @@ Devices = tuple[str | int | None, str | int | None]
 
 
 def describe_devices(devices: Devices) -> str:
-    """'X', or 'X' in and 'Y' out: the devices as the producer named them, for an error."""
-    heard, played = (("the default device" if device is None else repr(device)) for device in devices)
-    return heard if heard == played else f"{heard} in and {played} out"
+    """"audio device 'X'", "audio devices 'X' in and 'Y' out", "the default audio device": the devices
+    as the producer named them (None: the system's default), for an error."""
+    heard, played = ("the default" if device is None else repr(device) for device in devices)
+    if heard != played:
+        return f"audio devices {heard} in and {played} out"
+    return "the default audio device" if devices[0] is None else f"audio device {heard}"
 
 
 def stream_devices(devices: Devices) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
@@ -402,7 +406,7 @@ def device_refused(devices: Devices, channels: str, tried: int, err: Exception,
         except Unavailable as missing:  # stream_devices': the setting to change
             return missing
     hint = "" if rate == tried else f"; the device runs at {rate} Hz (stream.sample_rate auto follows it)"
-    return Unavailable(f"cannot open audio device {describe_devices(devices)} with {channels} at {tried} Hz: "
+    return Unavailable(f"cannot open {describe_devices(devices)} with {channels} at {tried} Hz: "
                        f"{err}{hint}. `flowstate devices` lists devices")
 
 

@@ -214,7 +214,7 @@ def test_an_open_that_portaudio_does_not_finish_answers_and_audio_opens_once_it_
             client.call("stream.start")  # PortAudio joins the server and stays: the next start only opens
             _wait_for_hops(client)
             client.call("stream.stop")
-        _start_while_frozen(daemon, jack_server, "open the default device", "opened the default device")
+        _start_while_frozen(daemon, jack_server, "open the default audio device", "opened the default audio device")
     finally:
         jack_server.process.send_signal(signal.SIGCONT)
         assert daemon.stop() == 0, daemon.log()
