@@ -46,7 +46,9 @@ MISSING_PENALTY = 0.1  # per required argument the sentence does not give
 GIVEN_BONUS = 0.03  # per argument it gives, free text aside
 # Commands that do different things and embed alike: MiniLM puts "begin the live stream" and "launch live
 # stems" nearer stream.stop's phrasings than stream.start's. The sentence's verb decides: saying one
-# command's verb and not the other's earns that one VERB_WEIGHT and costs the other as much.
+# command's verb and not the other's earns that one VERB_WEIGHT and puts the other out of the running
+# (OUTVOTED: "turn on real-time separation" embeds 0.49 nearer stream.stop's "end real-time
+# separation" than any stream.start phrasing, more than any weight that keeps the rest would undo).
 # "the start" and "the end" are no verbs.
 OPPOSITES: dict[str, tuple[str, str]] = {
     "stream.start": (r"(?<!the\s)\b(?:start|begin|launch|turn\s+on|switch\s+on|enable)\b", "stream.stop"),
@@ -63,6 +65,7 @@ OPPOSITES: dict[str, tuple[str, str]] = {
     "transcribe": (r"\b(?:transcribe|transcript(?:ion)?|lyrics|words|subtitles?|captions?)\b", "stems.separate"),
 }
 VERB_WEIGHT = 0.2
+OUTVOTED = 1.0
 # A question ("is job 0123456789ab cancelled", "did the stream stop", "is the song in 4/4") asks how things
 # are: a command that changes things costs QUESTION_PENALTY, and one that still comes first does not run.
 # "can you …", "could you …" are requests.
@@ -70,6 +73,16 @@ QUESTION = (r"^\s*(?:is|are|was|were|did|does|do|has|have|had|what|what's|whats|
             r"|why)\b")
 REQUEST = r"^\s*(?:can|could|would|will|please)\b"
 QUESTION_PENALTY = 0.2
+# Starting and stopping live stems embed near any start or stop ("stop playback" and "pause the song"
+# were a sure stream.stop), but the daemon does not run the DAW's transport: they run only for a
+# sentence that names the live stems, and never for a restart, which no one command is.
+LIVE_STEMS = (r"\b(?:stream\w*|stems?|live|separat\w*|split\w*|real[\s-]?time|demucs|htdemucs\w*|spleeter\S*"
+              r"|model)\b")
+NAMES_ITS_OBJECT = {"stream.start": ("starts", LIVE_STEMS), "stream.stop": ("stops", LIVE_STEMS)}
+RESTART = r"\b(?:re-?start|reload|reboot)"
+# Commands whose every change is optional: one that reads none of them from the sentence would change
+# nothing ("add reverb to the vocals" was a sure `stream.set vocals`), so it does not run.
+CHANGES = {"stream.set": ("gain_db", "mute"), "daw.set": ("tempo", "numerator", "denominator", "playing")}
 
 # Never reached from words: `ask` itself (a sentence about asking would recurse) and register /
 # unregister (they add the sender's own UDP port as an OSC listener: wire plumbing for scripts).
@@ -87,7 +100,7 @@ STEM_WORDS: dict[str, str] = {
 CHAIN_WORDS = {"master": "master", "mix": "master"}
 # On/off words per boolean argument name; the first list means true.
 BOOL_WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "mute": (("mute", "silence", "kill", "cut out"), ("unmute", "bring back", "un-mute")),
+    "mute": (("mute", "silence", "kill", "cut out"), ("unmute", "bring back", "un-mute", "back in")),
     "playing": (("play", "start the transport", "roll"), ("stop the transport", "pause")),
     "watch": (("watch", "keep watching", "keep it fresh", "keep an eye"),
               ("stop watching", "don't watch", "do not watch")),
@@ -543,7 +556,8 @@ class Interpreter:
         The CANDIDATES best-scoring commands read their arguments from the sentence; each required one
         it does not give costs MISSING_PENALTY ("mute the vocals" names no file, so it is not stems.separate),
         each one it gives (other than free text, which any sentence has) earns GIVEN_BONUS ("at 140 bpm").
-        When both commands of an OPPOSITES pair are candidates, the sentence's verb moves each by VERB_WEIGHT.
+        When both commands of an OPPOSITES pair are candidates, the one whose verb the sentence says earns
+        VERB_WEIGHT, and the other is OUTVOTED.
         A question costs each command that changes things QUESTION_PENALTY, and never runs one.
         """
         text = check_text(text)
@@ -558,19 +572,21 @@ class Interpreter:
             given = sum(1 for name in args if name not in FREE_TEXT)
             # Only between the two of a pair: "generate speech saying …" is tts, samples.search not near.
             contested = spec.name in OPPOSITES and OPPOSITES[spec.name][1] in names
-            verb = VERB_WEIGHT * says_the_verb(spec.name, neutral) if contested else 0.0
+            said = says_the_verb(spec.name, neutral) if contested else 0
+            verb = VERB_WEIGHT if said > 0 else -OUTVOTED if said < 0 else 0.0
             asked = QUESTION_PENALTY if question and not spec.read_only else 0.0
             weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb - asked, 4),
                             spec, args))
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]
         line = command_line(spec, args)
-        needs = self._doubt(spec, score, second, second_score, args, line if question else "")
+        needs = self._doubt(spec, score, second, second_score, args, line if question else "", neutral)
         return Understanding(text, spec.name, args, line, score, second.name, second_score, not needs, needs)
 
     def _doubt(self, spec: CommandSpec, score: float, second: CommandSpec, second_score: float,
-               args: dict[str, Any], asked: str) -> str:
-        """Why this is not sure enough to run, or empty. `asked`: the command line a question came to."""
+               args: dict[str, Any], asked: str, neutral: str) -> str:
+        """Why this is not sure enough to run, or empty. `asked`: the command line a question came to;
+        `neutral`: the sentence as `for_ranking` reads it."""
         if score < MIN_SCORE:
             return (f"not sure what you mean: the closest commands are {spec.name} ({score:.2f}) and "
                     f"{second.name} ({second_score:.2f}), below {MIN_SCORE}; say it another way or name the command")
@@ -585,6 +601,17 @@ class Interpreter:
             spec.bind(args)
         except BadRequest as err:
             return err.message
+        if spec.name in CHANGES and not set(CHANGES[spec.name]) & set(args):
+            *others, last = CHANGES[spec.name]
+            return (f"{spec.name} sets {', '.join(others)} or {last}, and that gives none of them: say what to set, "
+                    f"as in '{spec.examples[0]}'")
+        if spec.name in NAMES_ITS_OBJECT:
+            does, named = NAMES_ITS_OBJECT[spec.name]
+            if re.search(RESTART, neutral, re.IGNORECASE):
+                return "there is no restart: stop the live stems, then start them (stream.stop, then stream.start)"
+            if not re.search(named, neutral, re.IGNORECASE):
+                return (f"{spec.name} {does} the live stems, and that does not name them (Flowstate does not play or "
+                        f"stop your DAW): say 'the live stems' to run {spec.name}")
         if asked and not spec.read_only:
             return (f"that reads as a question, and {spec.name} changes things: say it as a request to run "
                     f"`{asked}`, or ask how things are")

@@ -32,7 +32,7 @@ from tests.conftest import OscUdp
 DATA = Path(__file__).parent / "data"
 VOCABULARY = Vocabulary(presets=tuple(Config.model_validate({}).generate.presets))
 # (intent right, command and arguments right) out of the set's size: measured, see the module docstring.
-FLOORS = {"ask_sentences.yaml": (58, 57, 58), "ask_heldout.yaml": (23, 22, 24)}
+FLOORS = {"ask_sentences.yaml": (58, 57, 58), "ask_heldout.yaml": (23, 23, 24)}
 
 
 def cases(name: str) -> list[dict[str, Any]]:
@@ -46,6 +46,7 @@ def cases(name: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("command", "text", "args"), [
     ("stream.set", "mute the vox", {"stem": "vocals", "mute": True}),
     ("stream.set", "unmute the guitars", {"stem": "guitar", "mute": False}),
+    ("stream.set", "put the bass back in", {"stem": "bass", "mute": False}),  # set nothing before `back in`
     ("stream.set", "drums down 4.5 dB", {"stem": "drums", "gain_db": -4.5}),
     ("stream.set", "boost the bass +2 db", {"stem": "bass", "gain_db": 2.0}),
     ("generate", "four bars of dusty lofi drums at 90", {"prompt": "dusty lofi drums", "bars": 4.0, "tempo": 90.0}),
@@ -172,7 +173,7 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("mute the drums until the end", "stream.set"),
     ("generate a dark ambient pad", "generate"),  # was a sure samples.search
     ("look for a dark ambient pad", "samples.search"),
-    ("make the drums quieter", "stream.set"),  # "make" is no generate verb
+    ("make the drums 2 dB quieter", "stream.set"),  # "make" is no generate verb
     ("generate speech saying welcome back", "tts"),  # samples.search is not near: generate earns nothing
     ("make an acapella of song.wav", "stems.separate"),  # was a sure transcribe
     ("karaoke version of song.wav", "stems.separate"),  # was a sure transcribe
@@ -181,6 +182,8 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("transcribe ~/Music/stems/take.wav", "transcribe"),  # "stems" in a path is no separating word
     ('separate song.wav, then say "transcribe done"', "stems.separate"),  # nor "transcribe" in a quote
     ("are the live stems running", "stream.status"),  # was a sure stream.stop
+    ("turn on real-time separation", "stream.start"),  # was a sure stream.stop: 0.49 nearer its phrasing
+    ("stop splitting the stems", "stream.stop"),
 ])
 def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter, text: str, command: str) -> None:
     understood = interpreter.understand(text)
@@ -207,6 +210,32 @@ def test_a_question_never_runs_a_change(interpreter: Interpreter) -> None:
 def test_a_stem_left_out_is_not_the_stem_to_change(interpreter: Interpreter) -> None:
     understood = interpreter.understand("mute everything but the vocals")  # ran as: mute the vocals
     assert not understood.sure and understood.args.get("stem") is None
+
+
+@pytest.mark.parametrize("text", ["stop playback", "pause the song", "stop the music", "stop"])
+def test_live_stems_stop_only_for_a_sentence_that_names_them(interpreter: Interpreter, text: str) -> None:
+    # "stop playback" and "pause the song" were a sure stream.stop: Flowstate does not run the DAW's transport.
+    understood = interpreter.understand(text)
+    assert understood.command == "stream.stop" and not understood.sure, understood
+    assert "does not name them" in understood.needs, understood
+
+
+@pytest.mark.parametrize("text", ["restart live stems", "restart the stream", "reload live stems with htdemucs_6s"])
+def test_a_restart_is_neither_a_start_nor_a_stop(interpreter: Interpreter, text: str) -> None:
+    understood = interpreter.understand(text)  # "restart live stems" was a sure stream.stop
+    assert understood.command in ("stream.start", "stream.stop") and not understood.sure, understood
+    assert understood.needs.startswith("there is no restart"), understood
+
+
+@pytest.mark.parametrize(("text", "command", "args"), [
+    ("add reverb to the vocals", "stream.set", {"stem": "vocals"}),  # was a sure stream.set that set nothing
+    ("set the tempo", "daw.set", {}),
+])
+def test_a_setting_command_that_would_set_nothing_does_not_run(interpreter: Interpreter, text: str, command: str,
+                                                               args: dict[str, Any]) -> None:
+    understood = interpreter.understand(text)
+    assert (understood.command, understood.args, understood.sure) == (command, args, False), understood
+    assert "gives none of them" in understood.needs, understood
 
 
 def test_unsure_sentences_say_what_they_need(interpreter: Interpreter) -> None:
