@@ -73,12 +73,21 @@ QUESTION = (r"^\s*(?:is|are|was|were|did|does|do|has|have|had|what|what's|whats|
             r"|why)\b")
 REQUEST = r"^\s*(?:can|could|would|will|please)\b"
 QUESTION_PENALTY = 0.2
-# Starting and stopping live stems embed near any start or stop ("stop playback" and "pause the song"
-# were a sure stream.stop), but the daemon does not run the DAW's transport: they run only for a
-# sentence that names the live stems, and never for a restart, which no one command is.
+# Commands that run only for a sentence that says what they act on, or what they do, and why not:
+# starting and stopping live stems embed near any start or stop ("stop playback" and "pause the song"
+# were a sure stream.stop), but Flowstate does not run the DAW's transport; a job's cancel embeds near
+# anything done to a job ("retry job …" was a sure job.cancel, and there is no retry).
 LIVE_STEMS = (r"\b(?:stream\w*|stems?|live|separat\w*|split\w*|real[\s-]?time|demucs|htdemucs\w*|spleeter\S*"
               r"|model)\b")
-NAMES_ITS_OBJECT = {"stream.start": ("starts", LIVE_STEMS), "stream.stop": ("stops", LIVE_STEMS)}
+LIVE_STEMS_UNNAMED = ("{command} {does} the live stems, and that does not name them (Flowstate does not play or stop "
+                      "your DAW): say 'the live stems' to run {command}")
+MUST_SAY: dict[str, tuple[str, str]] = {
+    "stream.start": (LIVE_STEMS, LIVE_STEMS_UNNAMED.format(command="stream.start", does="starts")),
+    "stream.stop": (LIVE_STEMS, LIVE_STEMS_UNNAMED.format(command="stream.stop", does="stops")),
+    "job.cancel": (r"\b(?:cancel\w*|abort\w*|stop|kill|delete|remove|drop|halt|terminate|scrap|get\s+rid)\b",
+                   "job.cancel cancels the job, and that does not say to cancel it: say 'cancel job …' to run it"),
+}
+# No one command restarts live stems ("restart live stems" was a sure stream.stop).
 RESTART = r"\b(?:re-?start|reload|reboot)"
 # Commands whose every change is optional: one that reads none of them from the sentence would change
 # nothing ("add reverb to the vocals" was a sure `stream.set vocals`), so it does not run.
@@ -114,6 +123,8 @@ UNIT_WORDS: dict[str, tuple[str, ...]] = {
     "pitch": ("semitones", "semitone", "half steps", "half step"),
     "sample_rate": ("hz",),
 }
+# Other names of numeric arguments, said before the number as the name is ("the bpm to 95").
+NAME_WORDS: dict[str, tuple[str, ...]] = {"tempo": ("bpm",)}
 DOWN_WORDS = ("down", "lower", "quieter", "cut", "reduce", "minus", "drop")
 NUMBER_WORDS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -239,7 +250,7 @@ def path_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Voca
 
 def number_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> float | None:
     """`<n> <unit>` (4 bars, 90 bpm, -6 dB, 10 s, 2 semitones, an octave), `<name> <n>` (seed 42), `at <n>`."""
-    name_words = arg.name.replace("_", r"[\s_]+")
+    name_words = "(?:" + "|".join([arg.name.replace("_", r"[\s_]+"), *NAME_WORDS.get(arg.name, ())]) + ")"
     units = UNIT_WORDS.get(arg.name, ())
     patterns = []
     if units:
@@ -605,13 +616,10 @@ class Interpreter:
             *others, last = CHANGES[spec.name]
             return (f"{spec.name} sets {', '.join(others)} or {last}, and that gives none of them: say what to set, "
                     f"as in '{spec.examples[0]}'")
-        if spec.name in NAMES_ITS_OBJECT:
-            does, named = NAMES_ITS_OBJECT[spec.name]
-            if re.search(RESTART, neutral, re.IGNORECASE):
-                return "there is no restart: stop the live stems, then start them (stream.stop, then stream.start)"
-            if not re.search(named, neutral, re.IGNORECASE):
-                return (f"{spec.name} {does} the live stems, and that does not name them (Flowstate does not play or "
-                        f"stop your DAW): say 'the live stems' to run {spec.name}")
+        if spec.name in ("stream.start", "stream.stop") and re.search(RESTART, neutral, re.IGNORECASE):
+            return "there is no restart: stop the live stems, then start them (stream.stop, then stream.start)"
+        if spec.name in MUST_SAY and not re.search(MUST_SAY[spec.name][0], neutral, re.IGNORECASE):
+            return MUST_SAY[spec.name][1]
         if asked and not spec.read_only:
             return (f"that reads as a question, and {spec.name} changes things: say it as a request to run "
                     f"`{asked}`, or ask how things are")

@@ -47,6 +47,7 @@ def cases(name: str) -> list[dict[str, Any]]:
     ("stream.set", "mute the vox", {"stem": "vocals", "mute": True}),
     ("stream.set", "unmute the guitars", {"stem": "guitar", "mute": False}),
     ("stream.set", "put the bass back in", {"stem": "bass", "mute": False}),  # set nothing before `back in`
+    ("daw.set", "set the bpm to 95", {"tempo": 95.0}),  # set nothing: bpm was a unit after the number only
     ("stream.set", "drums down 4.5 dB", {"stem": "drums", "gain_db": -4.5}),
     ("stream.set", "boost the bass +2 db", {"stem": "bass", "gain_db": 2.0}),
     ("generate", "four bars of dusty lofi drums at 90", {"prompt": "dusty lofi drums", "bars": 4.0, "tempo": 90.0}),
@@ -218,6 +219,13 @@ def test_live_stems_stop_only_for_a_sentence_that_names_them(interpreter: Interp
     understood = interpreter.understand(text)
     assert understood.command == "stream.stop" and not understood.sure, understood
     assert "does not name them" in understood.needs, understood
+
+
+def test_a_job_is_cancelled_only_by_a_sentence_that_says_so(interpreter: Interpreter) -> None:
+    understood = interpreter.understand("retry job 0123456789ab")  # was a sure job.cancel: it cancelled the job
+    assert understood.command == "job.cancel" and not understood.sure, understood
+    assert "does not say to cancel it" in understood.needs, understood
+    assert interpreter.understand("get rid of job 0123456789ab").sure
 
 
 @pytest.mark.parametrize("text", ["restart live stems", "restart the stream", "reload live stems with htdemucs_6s"])
