@@ -20,8 +20,11 @@ from bridge import __version__
 from bridge.config import Config, StreamConfig
 from bridge.errors import NotFound, Unavailable
 from bridge.stream import (
+    PortAudioHung,
+    audio_host_lost,
     channel_span,
     import_sounddevice,
+    in_time_to_open,
     loopback_feedback,
     missing_channels,
     rate_mismatch,
@@ -185,10 +188,15 @@ def midi_backend_check(platform: str, apis: list[str], alsa_sequencer: bool = Tr
 
 def _portaudio() -> Iterator[Check]:
     try:
-        sounddevice = import_sounddevice()
+        # Its first import starts PortAudio, which asks every host API for its devices: a driver (or
+        # a JACK server) that stopped answering kept doctor from printing anything at all.
+        sounddevice = in_time_to_open(import_sounddevice, "list the audio devices", "listed the audio devices")
     except OSError as err:
         hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
         yield Check("portaudio", FAIL, f"library not found ({err}); {hint}")
+        return
+    except PortAudioHung as err:
+        yield Check("portaudio", FAIL, err.message)
         return
     apis = sounddevice.query_hostapis()
     devices = sounddevice.query_devices()
@@ -202,6 +210,8 @@ def _portaudio() -> Iterator[Check]:
 
 def _stream_device(config: Config) -> Iterator[Check]:
     settings = config.stream
+    if audio_host_lost() is not None:
+        return  # PortAudio is still starting (the portaudio row says): importing sounddevice would wait on it
     try:
         sounddevice = import_sounddevice()
     except OSError:

@@ -21,6 +21,7 @@ import pytest
 from bridge.client import Client, RemoteError
 from bridge.stream import OPEN_SECONDS
 from bridge.testing import DaemonProcess
+from tests.bridge.test_cli import flowstate
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
 from tests.conftest import Events, FrozenDevice, JackServer, running_jack
 
@@ -232,6 +233,21 @@ def test_a_portaudio_that_does_not_start_answers_and_the_log_goes_on_meanwhile(
     finally:
         jack_server.process.send_signal(signal.SIGCONT)
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_doctor_says_portaudio_did_not_start_and_goes_on(jack_server: JackServer, tmp_path: Path) -> None:
+    # PortAudio's start waits on a JACK server that stopped answering: doctor printed nothing, ever.
+    config = DaemonProcess(workdir=tmp_path).config_path
+    jack_server.process.send_signal(signal.SIGSTOP)
+    try:
+        done = flowstate("doctor", "--config", str(config), env=jack_server.env)
+    finally:
+        jack_server.process.send_signal(signal.SIGCONT)
+    rows = {line.split()[1]: line for line in done.stdout.splitlines() if line.strip()[:4] in ("ok", "warn", "fail")}
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert rows["portaudio"].split()[0] == "fail", rows
+    assert f"PortAudio did not list the audio devices within {OPEN_SECONDS:.0f} s" in rows["portaudio"], rows
+    assert "stream" not in rows and {"jack", "midi", "weights"} <= set(rows), rows  # the rest is checked
 
 
 def test_a_daemon_whose_jack_server_stopped_answering_exits_in_time_saying_where_it_waited(
