@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from bridge import __version__
 from bridge.client import ANSWER_SECONDS, Client, request_endpoint
@@ -31,7 +31,7 @@ from bridge.paths import PathPolicy
 from bridge.protocol import Arg
 from bridge.separate import KIND, check_request
 from bridge.service import service_file
-from bridge.stream import import_sounddevice
+from bridge.stream import PortAudioHung, sounddevice_in_time
 from bridge.transports.midi import compile_mappings
 
 log = logging.getLogger("flowstate")
@@ -339,25 +339,28 @@ def _install_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_stream() -> TextIO:
-    """Standard error through a descriptor of the log's own. sounddevice points descriptor 2 at the
-    null device while PortAudio starts, to hide what the host APIs say as it lists their devices,
+def _own_stderr() -> None:
+    """Python's standard error through a descriptor of its own. sounddevice points descriptor 2 at the
+    null device while PortAudio starts, to hide what the host APIs say as they list their devices,
     and that start can take seconds (every ASIO driver is opened) or wait on a driver that stopped
-    answering: every log line of those seconds, from any thread, went nowhere, the one saying so too.
-    Standard error itself where it has no descriptor (pythonw on Windows has none)."""
+    answering: the log, and every error printed, in those seconds went nowhere, the one saying so
+    too. What libraries write to descriptor 2 themselves is still hidden then. Left as it is where
+    standard error has no descriptor (pythonw on Windows has none)."""
     try:
         descriptor = os.dup(sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        return sys.stderr
-    return open(descriptor, "w", encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace",
-                buffering=1)
+        return
+    sys.stderr = open(descriptor, "w", encoding=sys.stderr.encoding or "utf-8",  # noqa: SIM115 (the process's)
+                      errors="backslashreplace", buffering=1)
 
 
 def _setup_logging(config: Config) -> None:
+    if not logging.getLogger().handlers:  # once per process
+        _own_stderr()
     logging.basicConfig(
         level=config.daemon.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr if logging.getLogger().handlers else _log_stream(),  # basicConfig adds none then
+        stream=sys.stderr,
     )
     if config.daemon.log_level == "INFO":  # the server's upload parser says 3 times an upload where the file goes
         logging.getLogger("python_multipart").setLevel(logging.WARNING)
@@ -453,10 +456,13 @@ def _doctor(config: Config, path: Path | None) -> int:
 
 def _devices() -> int:
     try:
-        sounddevice = import_sounddevice()
+        sounddevice = sounddevice_in_time()
     except OSError as err:
         hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
         print(f"flowstate: PortAudio is not installed ({err}); {hint}", file=sys.stderr)
+        return 1
+    except PortAudioHung as err:
+        print(f"flowstate: {err.message}", file=sys.stderr)
         return 1
     apis = sounddevice.query_hostapis()
     devices = sounddevice.query_devices()

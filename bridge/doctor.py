@@ -24,10 +24,10 @@ from bridge.stream import (
     audio_host_lost,
     channel_span,
     import_sounddevice,
-    in_time_to_open,
     loopback_feedback,
     missing_channels,
     rate_mismatch,
+    sounddevice_in_time,
     stream_devices,
 )
 from engines import audio_tags, clap, embeddings, generation, openunmix, spleeter, stable_audio
@@ -188,9 +188,7 @@ def midi_backend_check(platform: str, apis: list[str], alsa_sequencer: bool = Tr
 
 def _portaudio() -> Iterator[Check]:
     try:
-        # Its first import starts PortAudio, which asks every host API for its devices: a driver (or
-        # a JACK server) that stopped answering kept doctor from printing anything at all.
-        sounddevice = in_time_to_open(import_sounddevice, "list the audio devices", "listed the audio devices")
+        sounddevice = sounddevice_in_time()
     except OSError as err:
         hint = APT_HINT if os_name() == "linux" else "reinstall sounddevice (its wheel bundles PortAudio)"
         yield Check("portaudio", FAIL, f"library not found ({err}); {hint}")

@@ -313,6 +313,13 @@ def in_time_to_open(call: Callable[[], T], action: str, done: str,
                     f"PortAudio {done}", after_all)
 
 
+def sounddevice_in_time() -> Any:
+    """`import_sounddevice`, whose first import starts PortAudio, waiting OPEN_SECONDS for it
+    (`in_time_to_open`): for a command that lists devices in a process of its own (doctor, devices),
+    which printed nothing, ever, when a driver or JACK server had stopped answering."""
+    return in_time_to_open(import_sounddevice, "list the audio devices", "listed the audio devices")
+
+
 def _joined_jack(sounddevice: Any) -> bool:
     return any(api["name"] == JACK_HOST_API for api in sounddevice.query_hostapis())
 

@@ -179,6 +179,9 @@ def _start_while_frozen(daemon: DaemonProcess, jack_server: JackServer, action: 
     `action` in time, and the log says so while PortAudio still waits; the rest answers, and a start
     says why at once instead of waiting behind it. Thawed, PortAudio answers: the log says it `done`
     "after all", and a stream starts and runs."""
+    # Not while the daemon registers its JACK MIDI port: python-rtmidi waits for the server keeping the
+    # GIL, and the whole daemon with it (MIDI opens last, after the daemon answers).
+    daemon.wait_for_log("MIDI (jack): Flowstate")
     with Client(daemon.zmq_requests, timeout_seconds=60) as client:
         jack_server.process.send_signal(signal.SIGSTOP)
         try:
@@ -235,14 +238,17 @@ def test_a_portaudio_that_does_not_start_answers_and_the_log_goes_on_meanwhile(
         assert daemon.stop() == 0, daemon.log()
 
 
-def test_doctor_says_portaudio_did_not_start_and_goes_on(jack_server: JackServer, tmp_path: Path) -> None:
-    # PortAudio's start waits on a JACK server that stopped answering: doctor printed nothing, ever.
+def test_doctor_and_devices_say_portaudio_did_not_start(jack_server: JackServer, tmp_path: Path) -> None:
+    # PortAudio's start waits on a JACK server that stopped answering: doctor and devices printed nothing, ever.
     config = DaemonProcess(workdir=tmp_path).config_path
     jack_server.process.send_signal(signal.SIGSTOP)
     try:
         done = flowstate("doctor", "--config", str(config), env=jack_server.env)
+        listed = flowstate("devices", env=jack_server.env)
     finally:
         jack_server.process.send_signal(signal.SIGCONT)
+    assert listed.returncode == 1 and listed.stdout == "", listed
+    assert f"flowstate: PortAudio did not list the audio devices within {OPEN_SECONDS:.0f} s" in listed.stderr, listed
     rows = {line.split()[1]: line for line in done.stdout.splitlines() if line.strip()[:4] in ("ok", "warn", "fail")}
     assert done.returncode == 1, done.stdout + done.stderr
     assert rows["portaudio"].split()[0] == "fail", rows
