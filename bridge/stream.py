@@ -304,8 +304,8 @@ def _close_in_time(stream: Any, devices: str) -> None:
 def in_time_to_open(call: Callable[[], T], action: str, done: str,
                     after_all: Callable[[T], None] | None = None) -> T:
     """`call`, which starts PortAudio (`action` "list the audio devices") or opens a stream
-    ("open 'X'"), waiting OPEN_SECONDS (`_in_time`); PortAudioHung says what it did not do and what
-    to do. `done` ("opened 'X'") is for the log if it returns after all."""
+    ("open audio device 'X'"), waiting OPEN_SECONDS (`_in_time`); PortAudioHung says what it did not
+    do and what to do. `done` ("opened audio device 'X'") is for the log if it returns after all."""
     return _in_time(call, OPEN_SECONDS,
                     f"PortAudio did not {action} within {OPEN_SECONDS:.0f} s: an audio driver (on Linux, the JACK "
                     "server) stopped answering. Audio opens again if it answers after all; else restart the daemon "
