@@ -415,13 +415,10 @@ def end_past(seconds: float) -> None:
     JACK server that stopped answering did (python-rtmidi's close_port keeps the GIL), and the daemon
     waited until it was killed. faulthandler's watchdog is a thread of C that needs no GIL.
     """
-    streams: list[Any] = [getattr(handler, "stream", None) for handler in logging.getLogger().handlers]
-    for stream in [*streams, sys.stderr]:
-        try:
-            faulthandler.dump_traceback_later(seconds, exit=True, file=stream)
-        except (AttributeError, OSError, RuntimeError, ValueError):  # no descriptor (None, a StringIO)
-            continue
-        return
+    try:  # the log's stream: `flowstate up` gives standard error a descriptor of its own (cli._own_stderr)
+        faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
+    except (AttributeError, OSError, RuntimeError, ValueError) as err:  # no descriptor (pythonw's None)
+        log.debug("no watchdog for the stop: %s", err)
 
 
 def run(config: Config) -> None:

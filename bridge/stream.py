@@ -301,11 +301,13 @@ def _close_in_time(stream: Any, devices: str) -> None:
                  f"PortAudio stopped the stream on {devices}")
 
 
-def in_time_to_open(call: Callable[[], T], action: str, done: str,
+def in_time_to_open(call: Callable[[], T], devices: str | None = None,
                     after_all: Callable[[T], None] | None = None) -> T:
-    """`call`, which starts PortAudio (`action` "list the audio devices") or opens a stream
-    ("open audio device 'X'"), waiting OPEN_SECONDS (`_in_time`); PortAudioHung says what it did not
-    do and what to do. `done` ("opened audio device 'X'") is for the log if it returns after all."""
+    """`call`, which opens a stream on `devices` ("audio device 'X'", `describe_devices`), or with
+    None starts PortAudio (which lists every device), waiting OPEN_SECONDS (`_in_time`);
+    PortAudioHung says what it did not do and what to do."""
+    action, done = ("list the audio devices", "listed the audio devices") if devices is None else \
+        (f"open {devices}", f"opened {devices}")
     return _in_time(call, OPEN_SECONDS,
                     f"PortAudio did not {action} within {OPEN_SECONDS:.0f} s: an audio driver (on Linux, the JACK "
                     "server) stopped answering. Audio opens again if it answers after all; else restart the daemon "
@@ -317,7 +319,7 @@ def sounddevice_in_time() -> Any:
     """`import_sounddevice`, whose first import starts PortAudio, waiting OPEN_SECONDS for it
     (`in_time_to_open`): for a command that lists devices in a process of its own (doctor, devices),
     which printed nothing, ever, when a driver or JACK server had stopped answering."""
-    return in_time_to_open(import_sounddevice, "list the audio devices", "listed the audio devices")
+    return in_time_to_open(import_sounddevice)
 
 
 def _joined_jack(sounddevice: Any) -> bool:
@@ -775,7 +777,7 @@ class LiveStream:
     def start(self) -> None:
         sounddevice = import_sounddevice()
         if not sounddevice._initialized:  # it left JACK for the model's load (current_audio_devices)
-            in_time_to_open(lambda: _start_portaudio(sounddevice), "list the audio devices", "listed the audio devices")
+            in_time_to_open(lambda: _start_portaudio(sounddevice))
         check_device_channels(self.settings.devices, self.settings.first_input, self.settings.channels,
                               self.settings.first_output, self.layout.num_outputs)
         self.engine.reset()
@@ -813,8 +815,7 @@ class LiveStream:
 
         try:
             # A stream PortAudio opens after this gave up on it is stopped and closed as it comes.
-            self._stream = in_time_to_open(open_and_start, f"open {named}", f"opened {named}",
-                                           lambda late: _close_in_time(late, named))
+            self._stream = in_time_to_open(open_and_start, named, lambda late: _close_in_time(late, named))
         except (sounddevice.PortAudioError, ValueError, PortAudioHung) as err:
             self._running = False
             self._wake.set()

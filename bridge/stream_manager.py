@@ -190,8 +190,7 @@ class StreamManager:
             if self.stream is not None and self.stream.running:
                 raise Busy("stream.start: a stream is already running; stream.stop it first")
             requested = self.settings_with(overrides)
-            settings, rate_choice = in_time_to_open(lambda: self.at_device_rate(requested), "list the audio devices",
-                                                    "listed the audio devices")
+            settings, rate_choice = in_time_to_open(lambda: self.at_device_rate(requested))
             engine, reason = self.engine_on_tier(settings)
             unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
             if unknown:
