@@ -321,16 +321,19 @@ class FlowstateSurface(LiveSurface):
     @_guarded
     def stop_stream(self) -> None:
         self._link.request(
-            "stream.stop", [], self._stream_stopped, self._stream_error("did not stop"), REQUEST_TIMEOUT_SECONDS,
-            patience_seconds=STREAM_STOP_PATIENCE_SECONDS,
+            "stream.stop", [], lambda args: self._stream_stopped(args, cancelled_at=2),
+            self._stream_error("did not stop"), REQUEST_TIMEOUT_SECONDS, patience_seconds=STREAM_STOP_PATIENCE_SECONDS,
         )
 
-    def _stream_stopped(self, args: tuple[OscArg, ...], lost_at: int = 1) -> None:
-        """The reply (running, then ...) or the stream.stopped event (late_hops, xruns, then ...):
-        at `lost_at`, nil or "" (nothing was left open), or why no stream can open until the daemon
-        restarts."""
+    def _stream_stopped(self, args: tuple[OscArg, ...], lost_at: int = 1, cancelled_at: int | None = None) -> None:
+        """The reply (running, audio_lost, cancelled) or the stream.stopped event (late_hops, xruns,
+        audio_lost): at `lost_at`, nil or "" (nothing was left open), or why no stream can open until
+        the daemon restarts; at `cancelled_at`, nil or the start the stop cancelled (an older
+        daemon sends none)."""
         lost = args[lost_at] if len(args) > lost_at else None
-        self._show(f"live stems stopped, but {lost!s}" if lost else "live stems stopped")
+        cancelled = args[cancelled_at] if cancelled_at is not None and len(args) > cancelled_at else None
+        text = f"live stems start cancelled: {cancelled!s}" if cancelled else "live stems stopped"
+        self._show(f"{text}, but {lost!s}" if lost else text)
 
     @_guarded
     def set_stem_gain(self, stem: str, gain_db: float) -> None:

@@ -307,9 +307,10 @@ async def stream_start(ctx: CallContext, device: str, model: str, overrides: dic
 @command(
     "stream.stop",
     examples=("stop the live stream", "turn off live stems", "end real-time separation"),
-    help="Stop the live stream (the model stays loaded for a quick restart). `audio_lost`: null, or why no "
-         "stream can open until the daemon restarts (PortAudio did not let go of the device).",
-    returns=("running", "audio_lost"),
+    help="Stop the live stream (the model stays loaded for a quick restart), or cancel a stream.start still "
+         "loading its model or opening the device. `audio_lost`: null, or why no stream can open until the daemon "
+         "restarts (PortAudio did not let go of the device). `cancelled`: null, or the start it cancelled.",
+    returns=("running", "audio_lost", "cancelled"),
 )
 async def stream_stop(ctx: CallContext) -> Result:
     status = await asyncio.to_thread(ctx.services.streams.stop)
@@ -326,11 +327,15 @@ async def stream_stop(ctx: CallContext) -> Result:
     examples=("what is the live latency", "is the stream keeping up", "how is live separation doing",
         "are the live stems keeping up"),
     read_only=True,
-    help="Latency (ms and frames), compute per hop, load, late hops, xruns, device, model, stems, routing.",
+    help="Latency (ms and frames), compute per hop, load, late hops, xruns, device, model, stems, routing; "
+         "`starting`: a start under way (model, devices, phase, seconds so far).",
 )
 def stream_status(ctx: CallContext) -> Result:
-    stream = ctx.services.streams.stream
-    status = {"running": False} if stream is None else stream.status()
+    streams = ctx.services.streams
+    stream = streams.stream
+    status: dict[str, Any] = {"running": False} if stream is None else stream.status()
+    if (starting := streams.starting()) is not None:
+        status["starting"] = starting
     # Every stream's windows that went through a shared forward: the device stream's and the audio socket's.
     return {**status, "batchers": ctx.services.streams.batchers.describe()}
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +27,11 @@ from bridge.stream import (
     EffectRack,
     LiveStream,
     StreamEngine,
+    audio_host_lost,
     check_device_channels,
     check_device_rate,
     current_audio_devices,
+    describe_devices,
     device_rate,
     in_time_to_open,
     lower_thread_priority,
@@ -65,6 +67,32 @@ def load_at_worker_priority(engine: StreamingSeparator, steps: int) -> None:
         pool.submit(load).result()
 
 
+@dataclass
+class _Starting:
+    """A `stream.start` under way (the model loading, the device opening): what `stream.status`
+    shows meanwhile, what a second start is told, and what `stream.stop` cancels."""
+    model: str
+    devices: str  # describe_devices
+    phase: str = "reading the audio devices"
+    since: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def describe(self) -> str:
+        """"htdemucs on the default audio device (loading htdemucs, 12 s so far)"."""
+        return f"{self.model} on {self.devices} ({self.phase}, {time.monotonic() - self.since:.0f} s so far)"
+
+    def status(self) -> dict[str, Any]:
+        return {"model": self.model, "devices": self.devices, "phase": self.phase,
+                "seconds": round(time.monotonic() - self.since, 1), "cancelled": self.cancelled.is_set()}
+
+    def go_on(self, phase: str) -> None:
+        """The next phase, unless `stream.stop` cancelled the start: then nothing more is done."""
+        if self.cancelled.is_set():
+            raise Unavailable(f"stream.start: cancelled by stream.stop while {self.phase}; no stream was started "
+                              "(a model that was loading stays loaded for the next start)")
+        self.phase = phase
+
+
 class StreamManager:
     """Owns at most one live stream and keeps its engine warm between starts.
 
@@ -87,7 +115,12 @@ class StreamManager:
         self.spleeter_dir = spleeter_dir
         self._on_event = on_event
         self._engines: dict[tuple[Any, ...], StreamingSeparator] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the device stream: one start or stop at a time
+        # A start under way, set and cleared under `_claim` (never held for long) with `stream`, so
+        # that a stop either cancels the start or finds the stream it started, and a second start
+        # is told at once instead of waiting out the model's load behind `_lock`.
+        self._claim = threading.Lock()
+        self._starting: _Starting | None = None
         self.stream: LiveStream | None = None
         # The compute p99 of the last stream per timing_key: kept here, and in the job database's
         # ledger once the daemon has opened it (`ledger`), so a restarted daemon starts from it too.
@@ -185,13 +218,45 @@ class StreamManager:
         return engine
 
     def start(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Blocking: load (or reuse) the engine, open the device, start. Run off the event loop."""
-        with self._lock:
+        """Blocking: load (or reuse) the engine, open the device, start. Run off the event loop.
+        Meanwhile `starting()` says how far it is, a second start is refused at once, and `stop`
+        cancels it: it then starts nothing (what it was loading stays loaded)."""
+        requested = self.settings_with(overrides)
+        with self._claim:
+            if self._starting is not None:
+                raise Busy(self._busy_starting())
             if self.stream is not None and self.stream.running:
                 raise Busy("stream.start: a stream is already running; stream.stop it first")
-            requested = self.settings_with(overrides)
-            settings, rate_choice = in_time_to_open(lambda: self.at_device_rate(requested))
-            engine, reason = self.engine_on_tier(settings)
+            starting = self._starting = _Starting(requested.model, describe_devices(requested.devices))
+        try:
+            with self._lock:
+                return self._start(requested, starting)
+        finally:
+            with self._claim:
+                self._starting = None
+
+    def _busy_starting(self) -> str:
+        starting = self._starting
+        assert starting is not None
+        if starting.cancelled.is_set():
+            return (f"stream.start: the last start, cancelled by stream.stop, is still {starting.phase} "
+                    f"({time.monotonic() - starting.since:.0f} s so far) and starts nothing; start again when it "
+                    "is done (stream.status shows it)")
+        return (f"stream.start: a stream is already starting: {starting.describe()}; its reply comes once it "
+                "runs, and stream.stop cancels it")
+
+    def starting(self) -> dict[str, Any] | None:
+        """The start under way (`stream.status`'s `starting`), or None."""
+        starting = self._starting
+        return None if starting is None else starting.status()
+
+    def _start(self, requested: StreamConfig, starting: _Starting) -> dict[str, Any]:
+        settings, rate_choice = in_time_to_open(lambda: self.at_device_rate(requested))
+        starting.go_on(f"loading {settings.model}" if settings.tier == LOCAL else
+                       f"loading {settings.model} or connecting to the self-hosted tier")
+        engine, reason = self.engine_on_tier(settings)
+        try:
+            starting.go_on("opening the audio device")
             unknown = sorted((set(settings.gains_db) | set(settings.muted)) - set(engine.stems))
             if unknown:
                 raise BadRequest(f"stream.start: unknown stem(s) {unknown}; "
@@ -199,19 +264,28 @@ class StreamManager:
             effects = EffectRack.build(
                 settings.effects.model_dump(), tuple(engine.stems), settings.rate, settings.channels
             )
-            last_run = self.kept_compute(self.timing_key(settings, engine)) if isinstance(engine, StreamingSeparator) \
-                else None
+            last_run = self.kept_compute(self.timing_key(settings, engine)) \
+                if isinstance(engine, StreamingSeparator) else None
             stream = LiveStream(settings, engine, effects, self._on_event, last_run=last_run)
             stream.tier_reason = reason
             stream.sample_rate_choice = rate_choice
-            try:
-                stream.start()
-            except BaseException:
-                if stream.tier != LOCAL:
-                    engine.close()  # its connection holds one of the server's streams
-                raise
-            self.stream = stream
-            return stream.status()
+            stream.start()
+        except BaseException:
+            if getattr(engine, "tier", LOCAL) != LOCAL:
+                engine.close()  # its connection holds one of the server's streams
+            raise
+        with self._claim:
+            # Under the claim: a stop now either found the start (and cancelled it) or finds this stream.
+            cancelled = starting.cancelled.is_set()
+            if not cancelled:
+                self.stream, self._starting = stream, None
+        if cancelled:
+            log.info("stream: stream.stop came while %s; stopping the stream it opened", starting.phase)
+            stream.stop()
+            if stream.tier != LOCAL:
+                engine.close()
+            starting.go_on("")  # raises: cancelled
+        return stream.status()
 
     @staticmethod
     def at_device_rate(settings: StreamConfig) -> tuple[StreamConfig, str]:
@@ -276,6 +350,15 @@ class StreamManager:
         return engine
 
     def stop(self) -> dict[str, Any]:
+        """Stop the running stream, or cancel a start under way (answered at once: the start stops
+        after what it is doing, a model's load or PortAudio's open, and starts nothing)."""
+        with self._claim:
+            starting = self._starting
+            if starting is not None:
+                if not starting.cancelled.is_set():
+                    log.info("stream: stream.stop cancels the start of %s", starting.describe())
+                    starting.cancelled.set()
+                return {"running": False, "audio_lost": audio_host_lost(), "cancelled": starting.describe()}
         with self._lock:
             if self.stream is None or not self.stream.running:
                 return {"running": False}
@@ -321,10 +404,10 @@ class StreamManager:
         return stream
 
     def close(self) -> None:
-        self.stop()
-        for engine in self._engines.values():
+        self.stop()  # a start still loading is cancelled, not waited for: its engine is the process's to end
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
             engine.close()
-        self._engines.clear()
 
 
 @dataclass

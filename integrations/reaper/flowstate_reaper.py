@@ -910,9 +910,13 @@ class StopStream(Task):
         self.request("/flow/stream/stop", patience_seconds=STREAM_STOP_PATIENCE_SECONDS)
 
     def _on_reply(self, request: str, args: List[Any]) -> None:
-        # running, then null or why no stream can open until the daemon restarts
+        # running, then null or why no stream can open until the daemon restarts, then null or the
+        # start this stop cancelled (still loading its model or opening the device; an older daemon
+        # sends neither)
         lost = args[1] if len(args) > 1 else None
-        text = "live stems are stopped" + (", but %s" % lost if lost else "")
+        cancelled = args[2] if len(args) > 2 else None
+        text = "live stems start cancelled: %s" % cancelled if cancelled else "live stems are stopped"
+        text += ", but %s" % lost if lost else ""
         if self.restored:
             text += ("; media playback offset restored on %s (%d item%s recorded meanwhile moved earlier by "
                      "the round trip, so %s in time)") % (

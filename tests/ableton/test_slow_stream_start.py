@@ -16,10 +16,11 @@ import pytest
 
 from ableton_remote import link as link_module
 from ableton_remote import surface as surface_module
+from bridge.client import Client
 from bridge.testing import DaemonProcess
 from tests.ableton.conftest import LoadedScript
 from tests.ableton.live_sim import LiveSet
-from tests.bridge.test_slow_replies import held_load
+from tests.bridge.test_slow_replies import _starting, held_load
 from tests.bridge.test_stream import _stream_daemon
 from tests.conftest import JackServer
 
@@ -67,3 +68,22 @@ def test_a_daemon_that_dies_during_the_load_is_said_within_seconds(starting: Sta
     daemon.stop(signal.SIGKILL)
     # Not after the 900 s the start may take: once the pings go unanswered.
     script.tick_until(lambda: script.shown("live stems did not start: unavailable"), "the loss said", timeout=30)
+
+
+@pytest.mark.timeout(300)
+def test_the_stop_pad_cancels_a_start_that_is_still_loading(starting: Starting) -> None:
+    # The stop pad during a long load waited behind it past the script's patience ("did not stop"),
+    # and the stems then started anyway.
+    script, daemon, release = starting
+    with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+        _starting(client, "loading passthrough")
+    script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 100))
+    script.tick_until(lambda: script.shown("live stems start cancelled: passthrough on the default audio device "
+                                           "(loading passthrough, "), "stream.stop answered during the load")
+    release()
+    script.tick_until(lambda: script.shown("live stems did not start: unavailable: stream.start: cancelled by "
+                                           "stream.stop while loading passthrough"), "the start answered", timeout=120)
+    assert not script.shown("live stems running"), script.messages
+    assert not script.shown("did not stop"), script.messages
+    script.surface.disconnect()
+    assert daemon.stop() == 0, daemon.log()

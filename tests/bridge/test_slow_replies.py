@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from bridge.client import AsyncClient, Client
+from bridge.client import AsyncClient, Client, RemoteError
 from bridge.errors import Unavailable
 from bridge.testing import DaemonProcess
 from tests.bridge.test_stream import _stream_daemon
@@ -117,6 +118,59 @@ def test_ctrl_c_stops_flowstate_send_waiting_and_the_daemon_goes_on(
         assert code == 130 and out == "", (out, err)
         assert "stopped waiting; the daemon goes on with stream.start" in err and "Traceback" not in err, err
         release()
+        _stops_started(daemon)
+
+
+def _starting(client: Client, phase: str) -> dict[str, Any]:
+    """`stream.status` once it shows the start under way in `phase`."""
+    deadline = time.monotonic() + 60
+    while (status := client.call("stream.status")).get("starting", {}).get("phase") != phase:
+        assert time.monotonic() < deadline, f"stream.status never showed the start {phase}: {status}"
+        time.sleep(0.05)
+    return status
+
+
+def test_a_start_still_loading_is_shown_refused_twice_and_cancelled_by_a_stop(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    # Pressing stop while the first start loads its model (a download: minutes) waited behind the
+    # load, past the DAW scripts' patience, and then the stream started anyway; a second start
+    # waited out the whole load to be told `busy`. The load is held here until the test lets it go.
+    def meanwhile(_: subprocess.Popen[str]) -> None:
+        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+            starting = _starting(client, "loading passthrough")["starting"]
+            assert starting["model"] == "passthrough" and starting["devices"] == "the default audio device", starting
+            assert starting["cancelled"] is False and starting["seconds"] >= 0, starting
+            with pytest.raises(RemoteError) as twice:  # at once, not after the load
+                client.call("stream.start")
+            assert twice.value.code == "busy", twice.value
+            assert twice.value.message.startswith(
+                "stream.start: a stream is already starting: passthrough on the default audio device (loading "
+                "passthrough, "), twice.value.message
+            assert twice.value.message.endswith("stream.stop cancels it"), twice.value.message
+            stopped = client.call("stream.stop")  # at once, too
+            assert stopped["running"] is False and stopped["cancelled"].startswith(
+                "passthrough on the default audio device (loading passthrough, "), stopped
+            assert client.call("stream.status")["starting"]["cancelled"] is True
+            with pytest.raises(RemoteError) as again:
+                client.call("stream.start")
+            assert again.value.code == "busy" and "cancelled by stream.stop, is still loading passthrough" in \
+                again.value.message, again.value
+        release()
+
+    with held_load(tiny_repo, tmp_path) as (repo, release), stream_daemon(jack_server, repo, tmp_path) as daemon:
+        code, out, err = _send_stream_start(daemon, meanwhile)
+        assert code != 0 and out == "", (out, err)
+        assert ("unavailable: stream.start: cancelled by stream.stop while loading passthrough; no stream was "
+                "started") in err, err
+        daemon.wait_for_log("stream.stop cancels the start of passthrough on the default audio device")
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            status = client.call("stream.status")
+            assert status["running"] is False and "starting" not in status, status
+            assert "stream started on" not in daemon.log()
+            # The load went on and its model stayed loaded: the next start only opens the device
+            # (a second load would wait on the pipe, which nothing writes again, for ever).
+            _check_started(client.call("stream.start"))
         _stops_started(daemon)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from bridge.client import Client, RemoteError
 from bridge.stream import OPEN_SECONDS
 from bridge.testing import DaemonProcess
 from tests.bridge.test_cli import flowstate
+from tests.bridge.test_slow_replies import _starting
 from tests.bridge.test_stream import _stream_daemon, _wait_for_hops
 from tests.conftest import Events, FrozenDevice, JackServer, running_jack
 
@@ -219,6 +221,54 @@ def test_an_open_that_portaudio_does_not_finish_answers_and_audio_opens_once_it_
             _wait_for_hops(client)
             client.call("stream.stop")
         _start_while_frozen(daemon, jack_server, "open the default audio device", "opened the default audio device")
+    finally:
+        jack_server.process.send_signal(signal.SIGCONT)
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_start_cancelled_while_portaudio_opens_stops_the_stream_it_opened(
+    jack_server: JackServer, tiny_repo: Path, tmp_path: Path
+) -> None:
+    # stream.stop while PortAudio opens the device (here a JACK server that stopped answering for a
+    # while): the stop answers at once, and when the open returns the stream it opened is stopped
+    # instead of playing stems the producer asked to stop.
+    daemon = _stream_daemon(jack_server, tiny_repo, tmp_path)
+    replies: list[Any] = []
+
+    def start() -> None:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as other:
+            try:
+                replies.append(other.call("stream.start"))
+            except RemoteError as err:
+                replies.append(err)
+
+    try:
+        with Client(daemon.zmq_requests, timeout_seconds=60) as client:
+            client.call("stream.start")  # PortAudio joins the server and stays: the next start only opens
+            _wait_for_hops(client)
+            client.call("stream.stop")
+            daemon.wait_for_log("MIDI (jack): Flowstate")  # not while python-rtmidi registers its port
+            starting = threading.Thread(target=start)
+            jack_server.process.send_signal(signal.SIGSTOP)
+            try:
+                starting.start()
+                _starting(client, "opening the audio device")
+                stopped = client.call("stream.stop")
+                assert stopped["running"] is False, stopped
+                assert stopped["cancelled"].startswith("passthrough on the default audio device (opening the audio "
+                                                       "device, "), stopped
+            finally:
+                jack_server.process.send_signal(signal.SIGCONT)
+            starting.join(60)
+            assert len(replies) == 1 and isinstance(replies[0], RemoteError), replies
+            assert (replies[0].code, replies[0].message) == (
+                "unavailable", ("stream.start: cancelled by stream.stop while opening the audio device; no stream "
+                                "was started (a model that was loading stays loaded for the next start)")), replies
+            daemon.wait_for_log("stream.stop came while opening the audio device; stopping the stream it opened")
+            assert client.call("stream.status")["running"] is False
+            client.call("stream.start")
+            _wait_for_hops(client)
+            client.call("stream.stop")
     finally:
         jack_server.process.send_signal(signal.SIGCONT)
         assert daemon.stop() == 0, daemon.log()

@@ -166,8 +166,7 @@ class Reaper:
         self._namespace = namespace
         code = compile(path.read_text(encoding="ascii"), str(path), "exec")
         exec(code, namespace)
-        if not self._deferred:
-            self._run_at_exit()  # a script that deferred nothing has ended
+        self._end_finished({id(namespace): namespace})  # a script that deferred nothing has ended
         return namespace
 
     @property
@@ -179,9 +178,18 @@ class Reaper:
         """One UI cycle: run the code deferred during the previous one (exceptions propagate)."""
         queued, self._deferred = self._deferred, []
         for code, namespace in queued:
+            self._namespace = namespace  # what it defers is its own script's (scripts run side by side)
             exec(code, namespace)
-        if not self._deferred:
-            self._run_at_exit()
+        self._end_finished({id(namespace): namespace for _, namespace in queued})
+
+    def _end_finished(self, ran: dict[int, dict[str, Any]]) -> None:
+        """Each script in `ran` that deferred nothing more has ended: its atexit code runs (REAPER's
+        ReaScript docs: atexit code runs "when the script finishes or is ended by the user"; each
+        script instance runs and ends on its own)."""
+        going = {id(namespace) for _, namespace in self._deferred}
+        for key, namespace in ran.items():
+            if key not in going:
+                self._run_at_exit(namespace)
 
     def run_until_done(self, timeout_seconds: float = 60.0, cycle_seconds: float = 0.01) -> None:
         """Run UI cycles until no deferred code is left; fail if a script still runs at the timeout."""
@@ -197,9 +205,15 @@ class Reaper:
         self._deferred.clear()
         self._run_at_exit()
 
-    def _run_at_exit(self) -> None:
-        pending, self._at_exit = self._at_exit, []
+    def _run_at_exit(self, only: dict[str, Any] | None = None) -> None:
+        """Atexit code: every script's, or `only` that script's."""
+        pending: list[tuple[str, dict[str, Any]]] = []
+        kept: list[tuple[str, dict[str, Any]]] = []
+        for entry in self._at_exit:
+            (pending if only is None or entry[1] is only else kept).append(entry)
+        self._at_exit = kept
         for code, namespace in pending:
+            self._namespace = namespace
             exec(code, namespace)
 
     # -- pointers --------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import soundfile
 from bridge.client import Client
 from bridge.testing import DaemonProcess, free_port, passthrough_htdemucs_repo
 from integrations.reaper.install import ACTIONS, install
-from tests.bridge.test_slow_replies import held_load
+from tests.bridge.test_slow_replies import _starting, held_load
 from tests.bridge.test_stream import _stream_daemon
 from tests.conftest import FrozenDevice, JackServer
 from tests.integrations.conftest import STEMS, write_song
@@ -393,36 +394,46 @@ def test_scripts_are_ascii_and_import_only_the_standard_library(script: str, tmp
     assert imported - ours <= set(sys.stdlib_module_names), imported - ours - set(sys.stdlib_module_names)
 
 
-@pytest.mark.timeout(300)
-def test_start_live_stems_waits_for_a_model_that_loads_for_longer_than_the_timeout(
-    jack_server: JackServer, tmp_path: Path
-) -> None:
-    # The model's load is held (its yaml is a named pipe, tests/bridge/test_slow_replies.py): the
-    # action waits past its 5 s timeout while the daemon answers its pings, then reports the stream.
+@contextmanager
+def reaper_loading(jack_server: JackServer,
+                   tmp_path: Path) -> Iterator[tuple[Reaper, DaemonProcess, Callable[[], None]]]:
+    """A REAPER with the scripts installed, running them, on a daemon whose model's load is held
+    (its yaml is a named pipe, tests/bridge/test_slow_replies.py) until `release()`."""
     passthrough = passthrough_htdemucs_repo(tmp_path / "passthrough", threads=1)
     with held_load(passthrough, tmp_path) as (repo, release):
         daemon = _stream_daemon(jack_server, repo, tmp_path)
         try:
             sim = Reaper(tmp_path / "REAPER")
             sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
+            install_scripts(tmp_path / "REAPER")
             with scripts_running_in(sim):
-                sys.path.insert(0, str(install_scripts(tmp_path / "REAPER")))
-                import flowstate_reaper
-
-                task = sim.run_script(sim.resource_path / "Scripts" / "Flowstate" / START_STREAM)[
-                    "flowstate_stream_start_task"]
-                past = flowstate_reaper.REPLY_TIMEOUT_SECONDS / flowstate_reaper.PROBE_SECONDS + 2
-                deadline = time.monotonic() + 60
-                while task.probes_answered < past and time.monotonic() < deadline:
-                    sim.pump()
-                    time.sleep(0.01)
-                assert task.probes_answered >= past and sim.running and sim.message_boxes == [], sim.console_text()
-                release()
-                sim.run_until_done(120)
-            assert sim.message_boxes == [], sim.message_boxes
-            assert "live stems running (drums, bass, other, vocals)" in sim.console_text()
+                yield sim, daemon, release
         finally:
             assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.mark.timeout(300)
+def test_start_live_stems_waits_for_a_model_that_loads_for_longer_than_the_timeout(
+    jack_server: JackServer, tmp_path: Path
+) -> None:
+    # The model's load is held (its yaml is a named pipe, tests/bridge/test_slow_replies.py): the
+    # action waits past its 5 s timeout while the daemon answers its pings, then reports the stream.
+    with reaper_loading(jack_server, tmp_path) as (sim, _, release):
+        sys.path.insert(0, str(sim.resource_path / "Scripts" / "Flowstate"))
+        import flowstate_reaper
+
+        task = sim.run_script(sim.resource_path / "Scripts" / "Flowstate" / START_STREAM)[
+            "flowstate_stream_start_task"]
+        past = flowstate_reaper.REPLY_TIMEOUT_SECONDS / flowstate_reaper.PROBE_SECONDS + 2
+        deadline = time.monotonic() + 60
+        while task.probes_answered < past and time.monotonic() < deadline:
+            sim.pump()
+            time.sleep(0.01)
+        assert task.probes_answered >= past and sim.running and sim.message_boxes == [], sim.console_text()
+        release()
+        sim.run_until_done(120)
+    assert sim.message_boxes == [], sim.message_boxes
+    assert "live stems running (drums, bass, other, vocals)" in sim.console_text()
 
 
 def _start_and_stop_live_stems(daemon: DaemonProcess, tmp_path: Path) -> str:
@@ -470,3 +481,30 @@ def test_stop_live_stems_says_when_the_audio_device_was_left_open(
     finally:
         frozen_device.begin()
         assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.mark.timeout(300)
+def test_stop_live_stems_cancels_a_start_still_loading_its_model(jack_server: JackServer, tmp_path: Path) -> None:
+    # 'stop live stems' while 'start live stems' waits on the model's load (held, as above): the stop
+    # answers at once saying what it cancelled, and the start reports it started nothing.
+    with reaper_loading(jack_server, tmp_path) as (sim, daemon, release):
+        track = sim.add_track("Drums stem")
+        track.selected = True
+        scripts = sim.resource_path / "Scripts" / "Flowstate"
+        sim.run_script(scripts / START_STREAM)
+        with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+            _starting(client, "loading passthrough")
+        sim.run_script(scripts / STOP_STREAM)
+        deadline = time.monotonic() + 60
+        while "live stems start cancelled" not in sim.console_text() and time.monotonic() < deadline:
+            sim.pump()
+            time.sleep(0.01)
+        release()
+        sim.run_until_done(120)
+    console = sim.console_text()
+    assert "live stems start cancelled: passthrough on the default audio device (loading passthrough, " \
+        in console, console
+    assert "stream.start: cancelled by stream.stop while loading passthrough" in console + str(
+        sim.message_boxes), (console, sim.message_boxes)
+    assert "live stems running" not in console, console
+    assert (track.play_offset_flag, track.play_offset) == (0, 0.0)  # nothing to compensate
