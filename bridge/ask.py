@@ -63,6 +63,10 @@ OPPOSITES: dict[str, tuple[str, str]] = {
         r"\b(?:separate|split|isolate|extract|unmix|demix|stems?|acapp?ella|a\s+cappella|karaoke|instrumental)\b",
         "transcribe"),
     "transcribe": (r"\b(?:transcribe|transcript(?:ion)?|lyrics|words|subtitles?|captions?)\b", "stems.separate"),
+    # Saying words and checking the daemon answers: "say hello world" embeds nearer ping's "hello, anyone
+    # home?" than any tts phrasing.
+    "tts": (r"\b(?:say|speak|pronounce|narrate|text[\s-]to[\s-]speech)\b", "ping"),
+    "ping": (r"\b(?:ping|alive|listening|anyone\s+home|connection|connected|reachable|responding)\b", "tts"),
 }
 VERB_WEIGHT = 0.2
 OUTVOTED = 1.0
@@ -73,6 +77,12 @@ QUESTION = (r"^\s*(?:is|are|was|were|did|does|do|has|have|had|what|what's|whats|
             r"|why)\b")
 REQUEST = r"^\s*(?:can|could|would|will|please)\b"
 QUESTION_PENALTY = 0.2
+# And the other way: an order to change something ("cancel the separation job", "stop the transport") asks
+# for no query; each query costs it QUESTION_PENALTY ("cancel the separation job" was a sure
+# stream.status, "stop the transport" a sure daw.status), and a query that still comes first does not
+# run. "show", "list", "check", "detect" order a query, so they are not here.
+ORDER = (r"^\s*(?:please\s+)?(?:cancel|abort|kill|delete|remove|stop|start|begin|launch|pause|resume|play|record"
+         r"|mute|unmute|set|change|boost|raise|lower|cut|enable|disable|turn|switch|add|make)\b")
 # Commands that run only for a sentence that says what they act on, or what they do, and why not:
 # starting and stopping live stems embed near any start or stop ("stop playback" and "pause the song"
 # were a sure stream.stop), but Flowstate does not run the DAW's transport; a job's cancel embeds near
@@ -574,6 +584,7 @@ class Interpreter:
         text = check_text(text)
         neutral = for_ranking(text)  # a verb inside a path or a quote is not the sentence's
         question = is_question(text)
+        order = not question and re.match(ORDER, text, re.IGNORECASE) is not None
         weighed = []
         candidates = self.rank(neutral)[:CANDIDATES]
         names = {spec.name for spec, _ in candidates}
@@ -585,19 +596,20 @@ class Interpreter:
             contested = spec.name in OPPOSITES and OPPOSITES[spec.name][1] in names
             said = says_the_verb(spec.name, neutral) if contested else 0
             verb = VERB_WEIGHT if said > 0 else -OUTVOTED if said < 0 else 0.0
-            asked = QUESTION_PENALTY if question and not spec.read_only else 0.0
+            asked = QUESTION_PENALTY if (question and not spec.read_only) or (order and spec.read_only) else 0.0
             weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb - asked, 4),
                             spec, args))
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]
         line = command_line(spec, args)
-        needs = self._doubt(spec, score, second, second_score, args, line if question else "", neutral)
+        needs = self._doubt(spec, score, second, second_score, args, line if question else "", order, text)
         return Understanding(text, spec.name, args, line, score, second.name, second_score, not needs, needs)
 
     def _doubt(self, spec: CommandSpec, score: float, second: CommandSpec, second_score: float,
-               args: dict[str, Any], asked: str, neutral: str) -> str:
+               args: dict[str, Any], asked: str, order: bool, text: str) -> str:
         """Why this is not sure enough to run, or empty. `asked`: the command line a question came to;
-        `neutral`: the sentence as `for_ranking` reads it."""
+        `order`: the sentence orders a change (ORDER)."""
+        neutral = for_ranking(text)
         if score < MIN_SCORE:
             return (f"not sure what you mean: the closest commands are {spec.name} ({score:.2f}) and "
                     f"{second.name} ({second_score:.2f}), below {MIN_SCORE}; say it another way or name the command")
@@ -612,6 +624,8 @@ class Interpreter:
             spec.bind(args)
         except BadRequest as err:
             return err.message
+        if unused := unused_path(spec, text, args):
+            return unused
         if spec.name in CHANGES and not set(CHANGES[spec.name]) & set(args):
             *others, last = CHANGES[spec.name]
             return (f"{spec.name} sets {', '.join(others)} or {last}, and that gives none of them: say what to set, "
@@ -623,7 +637,36 @@ class Interpreter:
         if asked and not spec.read_only:
             return (f"that reads as a question, and {spec.name} changes things: say it as a request to run "
                     f"`{asked}`, or ask how things are")
+        if order and spec.read_only:
+            return (f"that reads as an order to change something, and {spec.name} only shows how things are: say "
+                    "what to change another way or name the command (Flowstate does not play or stop your DAW), or "
+                    "ask how things are")
         return ""
+
+
+def named_paths(text: str) -> list[str]:
+    """The files and folders a sentence names: quoted paths, then unquoted files and folders."""
+    quoted = [next(g for g in m.groups() if g is not None) for m in re.finditer(QUOTED, text)]
+    rest = re.sub(QUOTED, " ", text)
+    files = re.findall(FILE_WORD, rest)
+    rest = re.sub(FILE_WORD, " ", rest)
+    return [q for q in quoted if looks_like_path(q)] + files + re.findall(FOLDER_WORD, rest)
+
+
+def unused_path(spec: CommandSpec, text: str, args: Mapping[str, Any]) -> str:
+    """Why not to run: the sentence names a file or folder that none of the arguments took (a command
+    with no file to work on, or a second file for a command that takes one) and that would be passed
+    over ("detect the bpm of loop.wav" was a sure daw.status, which showed the DAW's tempo), or empty."""
+    taken = [value for value in args.values() if isinstance(value, str)]
+    left = [path for path in named_paths(text) if not any(path in value for value in taken)]
+    if not left:
+        return ""
+    takes = [arg.name for arg in spec.args if BY_NAME.get(arg.name) is path_value]
+    if not takes:
+        return (f"{spec.name} would not use {' or '.join(left)}: it takes no file or folder; say it another way or "
+                "name the command")
+    return (f"{spec.name} would not use {' or '.join(left)}: it takes one path for {' and one for '.join(takes)}; "
+            "ask once for each file")
 
 
 def is_question(text: str) -> bool:
