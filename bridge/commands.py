@@ -181,12 +181,22 @@ def ping(ctx: CallContext) -> Result:
 
 @command(
     "status",
-    examples=("what is flowstate up to", "show the daemon status and uptime", "which ports is it listening on"),
+    examples=("what is flowstate up to", "show the daemon status and uptime", "which ports is it listening on",
+              "what is running right now"),
     read_only=True,
-    help="What the daemon is doing: version, endpoints, listeners, uptime.",
+    help="What the daemon is doing: version, endpoints, listeners, uptime; the live stems (running, or starting, "
+         "with the round trip and model) and how many jobs are in each state.",
 )
 def status(ctx: CallContext) -> Result:
     runtime = ctx.services.runtime
+    streams = ctx.services.streams
+    stream = streams.stream
+    live: dict[str, Any] = {"running": False}
+    if stream is not None and stream.running:
+        live = {"running": True, "model": stream.settings.model, "round_trip_ms": stream.status()["round_trip_ms"]}
+    if (starting := streams.starting()) is not None:
+        live["starting"] = starting
+    store = ctx.services.job_store
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -195,6 +205,8 @@ def status(ctx: CallContext) -> Result:
         "listeners": [f"{host}:{port}" for host, port in ctx.services.hub.listeners()],
         "in_flight": runtime.in_flight(),
         "commands": len(COMMANDS),
+        "stream": live,
+        "jobs": None if store is None or store.closed else store.counts(),
     }
 
 

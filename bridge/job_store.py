@@ -403,6 +403,12 @@ class JobStore:
             )
         return [Job._from_row(row) for row in rows]
 
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state, 0 included)."""
+        rows = self._execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        found = {row["state"]: int(row["n"]) for row in rows}
+        return {state: found.get(state, 0) for state in JOB_STATES}
+
     def claim_next(self) -> Job | None:
         """Atomically take the oldest queued job: it becomes running for this store's owner, with a
         lease of `lease_seconds`, attempts + 1. None if idle."""

@@ -85,11 +85,15 @@ class _Starting:
         return {"model": self.model, "devices": self.devices, "phase": self.phase,
                 "seconds": round(time.monotonic() - self.since, 1), "cancelled": self.cancelled.is_set()}
 
-    def go_on(self, phase: str) -> None:
-        """The next phase, unless `stream.stop` cancelled the start: then nothing more is done."""
+    def check(self) -> None:
+        """Unavailable if `stream.stop` cancelled the start: then nothing more is done."""
         if self.cancelled.is_set():
             raise Unavailable(f"stream.start: cancelled by stream.stop while {self.phase}; no stream was started "
                               "(a model that was loading stays loaded for the next start)")
+
+    def go_on(self, phase: str) -> None:
+        """The next phase, unless the start was cancelled (`check`)."""
+        self.check()
         self.phase = phase
 
 
@@ -251,6 +255,7 @@ class StreamManager:
         return None if starting is None else starting.status()
 
     def _start(self, requested: StreamConfig, starting: _Starting) -> dict[str, Any]:
+        starting.check()  # cancelled while a stop still held the lock
         settings, rate_choice = in_time_to_open(lambda: self.at_device_rate(requested))
         starting.go_on(f"loading {settings.model}" if settings.tier == LOCAL else
                        f"loading {settings.model} or connecting to the self-hosted tier")
@@ -284,7 +289,7 @@ class StreamManager:
             stream.stop()
             if stream.tier != LOCAL:
                 engine.close()
-            starting.go_on("")  # raises: cancelled
+            starting.check()  # raises: cancelled
         return stream.status()
 
     @staticmethod

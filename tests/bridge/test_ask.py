@@ -199,6 +199,7 @@ def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter
     ("did the stream stop", "stream.status"),  # was a sure stream.stop
     ("are we at 90 bpm", "daw.status"),  # was a sure daw.set tempo=90
     ("can you mute the vocals?", "stream.set"),  # a request, not a question
+    ("what's running", "status"),  # was a sure fx.list; status shows the live stems and the jobs
 ])
 def test_a_question_is_answered_by_a_query(interpreter: Interpreter, text: str, command: str) -> None:
     understood = interpreter.understand(text)

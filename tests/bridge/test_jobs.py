@@ -233,6 +233,7 @@ def test_list_newest_first_with_state_filter(store: JobStore) -> None:
     assert [job.id for job in store.list("queued")] == [ids[3], ids[2], ids[1]]
     assert [job.id for job in store.list("running")] == [ids[0]]
     assert store.list("done") == []
+    assert store.counts() == {"queued": 3, "running": 1, "done": 0, "failed": 0, "canceled": 0}  # `status` shows it
 
 
 def test_list_unknown_state_names_the_valid_ones(store: JobStore) -> None:

@@ -282,6 +282,7 @@ def test_two_stores_claiming_at_once_take_each_job_once(stores: tuple[JobStore, 
     together = claimed["first"] + claimed["second"]
     assert sorted(together) == sorted(ids)  # every job claimed, none twice
     assert {job.owner for job in stores[1].list("running", 100)} <= {"first", "second"}
+    assert stores[1].counts() == {"queued": 0, "running": 60, "done": 0, "failed": 0, "canceled": 0}
 
 
 def test_a_lapsed_claim_goes_to_another_store_and_only_it_records_the_outcome(

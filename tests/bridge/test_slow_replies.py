@@ -141,6 +141,9 @@ def test_a_start_still_loading_is_shown_refused_twice_and_cancelled_by_a_stop(
             starting = _starting(client, "loading passthrough")["starting"]
             assert starting["model"] == "passthrough" and starting["devices"] == "the default audio device", starting
             assert starting["cancelled"] is False and starting["seconds"] >= 0, starting
+            daemon_status = client.call("status")  # what the daemon is doing says it too
+            assert daemon_status["stream"]["starting"]["phase"] == "loading passthrough", daemon_status
+            assert daemon_status["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 0, "canceled": 0}
             with pytest.raises(RemoteError) as twice:  # at once, not after the load
                 client.call("stream.start")
             assert twice.value.code == "busy", twice.value
@@ -170,7 +173,10 @@ def test_a_start_still_loading_is_shown_refused_twice_and_cancelled_by_a_stop(
             assert "stream started on" not in daemon.log()
             # The load went on and its model stayed loaded: the next start only opens the device
             # (a second load would wait on the pipe, which nothing writes again, for ever).
-            _check_started(client.call("stream.start"))
+            started = client.call("stream.start")
+            _check_started(started)
+            assert client.call("status")["stream"] == {"running": True, "model": "passthrough",
+                                                       "round_trip_ms": started["round_trip_ms"]}
         _stops_started(daemon)
 
 
