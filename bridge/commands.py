@@ -196,7 +196,6 @@ def status(ctx: CallContext) -> Result:
         live = {"running": True, "model": stream.settings.model, "round_trip_ms": stream.status()["round_trip_ms"]}
     if (starting := streams.starting()) is not None:
         live["starting"] = starting
-    store = ctx.services.job_store
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -206,8 +205,14 @@ def status(ctx: CallContext) -> Result:
         "in_flight": runtime.in_flight(),
         "commands": len(COMMANDS),
         "stream": live,
-        "jobs": None if store is None or store.closed else store.counts(),
+        "jobs": _job_counts(ctx),
     }
+
+
+def _job_counts(ctx: CallContext) -> dict[str, int] | None:
+    """How many jobs are in each state; None before the job store opens (or after it closed)."""
+    store = ctx.services.job_store
+    return None if store is None or store.closed else store.counts()
 
 
 @command(
