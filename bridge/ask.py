@@ -65,7 +65,8 @@ OPPOSITES: dict[str, tuple[str, str]] = {
     "transcribe": (r"\b(?:transcribe|transcript(?:ion)?|lyrics|words|subtitles?|captions?)\b", "stems.separate"),
     # Saying words and checking the daemon answers: "say hello world" embeds nearer ping's "hello, anyone
     # home?" than any tts phrasing.
-    "tts": (r"\b(?:say|speak|pronounce|narrate|text[\s-]to[\s-]speech)\b", "ping"),
+    "tts": ((r"\b(?:say|speak|pronounce|narrate|text[\s-]to[\s-]speech|read(?:\s+\w+){0,3}\s+(?:aloud|out\s+loud)"
+            r"|read\s+out)\b"), "ping"),
     "ping": (r"\b(?:ping|alive|listening|anyone\s+home|connection|connected|reachable|responding)\b", "tts"),
 }
 VERB_WEIGHT = 0.2
@@ -407,6 +408,11 @@ def voice_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Voc
     return None
 
 
+# What a tts sentence says before the words themselves: "this out loud:", "the following:", "the words", "the line".
+TTS_INTRO = (r"^(?:(?:this|that|it|the\s+following|(?:the\s+|these\s+)?(?:words?|lines?|text|phrase|sentence))"
+             r"(?:\s+(?:out\s+loud|aloud))?\s*:\s*|(?:the\s+|these\s+)?(?:words?|lines?|phrase|sentence)\s+)")
+
+
 def free_text(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> str | None:
     """What the sentence describes: quoted text, else (tts: what follows say/speak) the words nobody took,
     less filler words."""
@@ -414,7 +420,12 @@ def free_text(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocab
         return sentence.quotes.pop(0)
     if spec.name == "tts":
         match = sentence.take(r"\b(?:say|saying|speak|read out|read|announce)\s+(.+)$")
-        return match.group(1).strip(" .!?") if match else None
+        if match is None:
+            return None
+        # What introduces the words is not among them: "read this out loud: hello there", "speak the words
+        # good morning", "say hello world out loud".
+        text = re.sub(TTS_INTRO, "", match.group(1).strip(" .!?"), flags=re.IGNORECASE)
+        return re.sub(r"\s+(?:out\s+loud|aloud)$", "", text, flags=re.IGNORECASE) or None
     words = [w for w in re.findall(r"[\w'#-]+", sentence.rest()) if w.lower() not in FILLER]
     drop = set(spec.name.lower().split("."))
     kept = [w for w in words if w.lower() not in drop]

@@ -70,6 +70,12 @@ def cases(name: str) -> list[dict[str, Any]]:
     ("voice.convert", "convert vocal.wav to sound like Freddie", {"path": "vocal.wav", "voice": "Freddie"}),
     ("tts", "say hello there, everyone!", {"text": "hello there, everyone"}),
     ("tts", "generate speech saying welcome back", {"text": "welcome back"}),
+    # What introduces the words is not among them (they were "this out loud: hello there", "the words good
+    # morning", "hello world out loud").
+    ("tts", "read this out loud: hello there", {"text": "hello there"}),
+    ("tts", "speak the words good morning", {"text": "good morning"}),
+    ("tts", "say hello world out loud", {"text": "hello world"}),
+    ("tts", "say the line welcome back", {"text": "welcome back"}),
     ("stream.set", "mute everything but the vocals", {"mute": True}),  # not the vocals: no stem at all
     ("stems.separate", "separate song.wav into everything except the vocals", {"path": "song.wav"}),
     ("stems.separate", "make an acapella of song.wav", {"path": "song.wav", "stems": ["vocals"]}),
@@ -187,6 +193,7 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("stop splitting the stems", "stream.stop"),
     ("say hello world", "tts"),  # was a sure ping
     ("speak the words good morning", "tts"),
+    ("read this out loud: hello there", "tts"),  # was unsure between tts and ping
     ("ping the bridge", "ping"),
 ])
 def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter, text: str, command: str) -> None:
