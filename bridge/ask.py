@@ -51,8 +51,13 @@ GIVEN_BONUS = 0.03  # per argument it gives, free text aside
 # separation" than any stream.start phrasing, more than any weight that keeps the rest would undo).
 # "the start" and "the end" are no verbs.
 OPPOSITES: dict[str, tuple[str, str]] = {
-    "stream.start": (r"(?<!the\s)\b(?:start|begin|launch|turn\s+on|switch\s+on|enable)\b", "stream.stop"),
-    "stream.stop": (r"(?<!the\s)\b(?:stop|end|halt|shut\s+down|turn\s+off|switch\s+off|disable)\b", "stream.start"),
+    # "the start", "the live stems start", "the stream start" name a start, and order none.
+    "stream.start": (r"(?<!the\s)(?<!stems\s)(?<!stream\s)\b(?:start|begin|launch|turn\s+on|switch\s+on|enable)\b",
+                     "stream.stop"),
+    # Cancelling a start still loading is a stop too ("abort the live stems start"), but cancelling a job
+    # is not ("cancel the separation job").
+    "stream.stop": ((r"(?<!the\s)\b(?:stop|end|halt|shut\s+down|turn\s+off|switch\s+off|disable"
+                    r"|(?:cancel|abort)(?!.*\b(?:jobs?|[0-9a-f]{12})\b))\b"), "stream.start"),
     # Making a sound and finding one: "generate a dark ambient pad" embeds nearer "search for dark
     # evolving pads" than any generate phrasing. ("make" is not here: "make the drums quieter".)
     "generate": (r"\b(?:generate|compose|create|synthesi[sz]e)\b", "samples.search"),

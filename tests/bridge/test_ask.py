@@ -194,6 +194,9 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("say hello world", "tts"),  # was a sure ping
     ("speak the words good morning", "tts"),
     ("read this out loud: hello there", "tts"),  # was unsure between tts and ping
+    # A start still loading is cancelled by stream.stop: "abort the live stems start" was a sure stream.start.
+    ("abort the live stems start", "stream.stop"),
+    ("cancel starting the live stems", "stream.stop"),
     ("ping the bridge", "ping"),
 ])
 def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter, text: str, command: str) -> None:
