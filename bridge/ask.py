@@ -520,8 +520,26 @@ def command_line(spec: CommandSpec, args: Mapping[str, Any]) -> str:
             continue
         positional = positional and arg.required
         text = _word(args[arg.name])
-        parts.append(shlex.quote(text if positional else f"{arg.name}={text}"))
+        parts.append(shell_word(text if positional else f"{arg.name}={text}"))
     return " ".join(parts)
+
+
+# Read alike by a POSIX shell, PowerShell and Windows' cmd inside double quotes: no quote, no $ or backtick
+# (POSIX, PowerShell), no % (cmd expands %VAR% in quotes), no ! (bash's history, cmd's delayed expansion),
+# and no backslash before another or at the end (the C runtime's argument parser reads \" as a quote; a
+# POSIX shell reads \\ as one backslash). A Windows path such as C:\Users\me\take.wav stays as it is.
+PORTABLE_QUOTED = r'[^"$`%!\\]*(?:\\(?![\\"$`])[^"$`%!\\]*)*(?<!\\)'
+
+
+def shell_word(text: str) -> str:
+    """`text` as one word on a command line: bare when it has nothing any of them reads, in double quotes
+    when those mean the same in a POSIX shell, PowerShell and cmd (`"prompt=dusty lofi drums"`), else
+    in a POSIX shell's single quotes (which PowerShell reads alike; cmd has none)."""
+    if text and re.fullmatch(r"[\w+=:./-]+", text, re.ASCII):  # no `,` or `@`: PowerShell's array operators
+        return text
+    if re.fullmatch(PORTABLE_QUOTED, text):
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 # -- the intent ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ written afterwards and never tuned on.
 from __future__ import annotations
 
 import os
+import shlex
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: no network here
 
@@ -20,7 +21,16 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.ask import EXCLUDED, MAX_TEXT_CHARS, Interpreter, Vocabulary, command_line, evaluate, extract_args
+from bridge.ask import (
+    EXCLUDED,
+    MAX_TEXT_CHARS,
+    Interpreter,
+    Vocabulary,
+    command_line,
+    evaluate,
+    extract_args,
+    shell_word,
+)
 from bridge.client import Client, RemoteError
 from bridge.commands import COMMANDS, iter_commands
 from bridge.config import Config
@@ -116,9 +126,29 @@ def test_awkward_sentences_give_no_argument_that_cannot_be_sent(text: str) -> No
 def test_the_command_line_is_what_flowstate_send_takes() -> None:
     assert command_line(COMMANDS["stream.set"], {"stem": "vocals", "mute": True}) == "stream.set vocals mute=1"
     line = command_line(COMMANDS["generate"], {"prompt": "dusty lofi drums", "bars": 4.0, "tempo": 90.0})
-    assert line == "generate 'prompt=dusty lofi drums' bars=4 tempo=90"
+    assert line == 'generate "prompt=dusty lofi drums" bars=4 tempo=90'
     assert command_line(COMMANDS["stems.separate"], {"path": "a b.wav", "stems": ["vocals", "drums"]}) == (
-        "stems.separate 'a b.wav' stems=vocals,drums")
+        'stems.separate "a b.wav" "stems=vocals,drums"')  # a bare comma is PowerShell's array operator
+
+
+@pytest.mark.parametrize(("text", "word"), [
+    # Double quotes, read alike by a POSIX shell, PowerShell and Windows' cmd (which has no single quotes:
+    # `'prompt=dusty lofi drums'` was three words there).
+    ("dusty lofi drums", '"dusty lofi drums"'),
+    ("C:\\My Music\\take.wav", '"C:\\My Music\\take.wav"'),  # backslashes before letters are letters in all three
+    ("it's late", '"it\'s late"'),
+    ("", '""'),
+    # What double quotes do not keep alike: a POSIX shell's single quotes (PowerShell reads them alike).
+    ("cost $5", "'cost $5'"),  # $: a variable in a POSIX shell and PowerShell
+    ("100% wet, 50% dry", "'100% wet, 50% dry'"),  # %...% is a variable to cmd, quoted or not
+    ("wow!", "'wow!'"),  # bash's history, cmd's delayed expansion
+    ('say "hi"', "'say \"hi\"'"),
+    ("\\\\studio\\samples", "'\\\\studio\\samples'"),  # in double quotes a POSIX shell reads two backslashes as one
+    ("ends\\", "'ends\\'"),  # the C runtime reads a backslash before the closing quote as a quote
+])
+def test_a_command_line_word_is_quoted_alike_for_every_shell_it_can_be(text: str, word: str) -> None:
+    assert shell_word(text) == word
+    assert shlex.split(word) == [text]  # what a POSIX shell passes on
 
 
 def test_every_reachable_command_has_example_phrasings() -> None:
