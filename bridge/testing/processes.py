@@ -120,6 +120,7 @@ class DaemonProcess:
         raise AssertionError("unreachable")
 
     def _start_once(self, timeout_seconds: float) -> DaemonProcess:
+        before = len(self.log())  # a restarted daemon appends to the log of the last one
         env = {**os.environ, **(self.env or {})}
         env = {k: v for k, v in env.items() if not k.startswith("FLOWSTATE_") or k in (self.env or {})}
         log = self.log_path.open("ab")
@@ -135,7 +136,7 @@ class DaemonProcess:
                     raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
                 try:
                     client.call("ping")
-                    return self
+                    return self._started(before, deadline)
                 except (Unavailable, RemoteError) as error:
                     # A daemon that bound its request port and then failed to start (a port in use)
                     # answers "shutting down" on its way out: wait for it to exit, as for no answer.
@@ -144,6 +145,21 @@ class DaemonProcess:
                     if time.monotonic() > deadline:
                         self.stop()
                         raise RuntimeError(f"daemon did not answer within {timeout_seconds} s:\n{self.log()}") from None
+
+    def _started(self, before: int, deadline: float) -> DaemonProcess:
+        """The daemon, once its log (past `before`) says every port is bound: it serves each socket as
+        soon as it is bound, so a ping can be answered while a later port is still to fail ("already
+        in use"), and the daemon exits; RuntimeError then, as for a daemon that never answered."""
+        if self.config.get("daemon", {}).get("log_level", "INFO") not in ("DEBUG", "INFO"):
+            return self  # the line is not logged at that level
+        while "listening:" not in self.log()[before:]:
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"daemon answered but did not finish starting (exit {self.process.returncode}):\n"
+                                   f"{self.log()}")
+            time.sleep(0.02)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
