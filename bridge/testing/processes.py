@@ -152,21 +152,20 @@ class DaemonProcess:
         in use"), and the daemon exits; RuntimeError then, as for a daemon that never answered."""
         if self.config.get("daemon", {}).get("log_level", "INFO") not in ("DEBUG", "INFO"):
             return self  # the line is not logged at that level
-        while "listening:" not in self.log()[before:]:
-            assert self.process is not None
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"daemon answered but did not finish starting (exit {self.process.returncode}):\n"
-                                   f"{self.log()}")
-            time.sleep(0.02)
+        try:
+            self.wait_for_log("listening:", timeout_seconds=max(0.1, deadline - time.monotonic()), since=before)
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_for_log(self, *texts: str, timeout_seconds: float = 20.0) -> str:
-        """The log once it contains every one of `texts`; RuntimeError naming the missing ones (and
-        showing the log) after `timeout_seconds` or when the daemon has exited without writing them.
+    def wait_for_log(self, *texts: str, timeout_seconds: float = 20.0, since: int = 0) -> str:
+        """The log once it contains every one of `texts` (past its first `since` characters: what an
+        earlier run in the same folder wrote); RuntimeError naming the missing ones (and showing the
+        log) after `timeout_seconds` or when the daemon has exited without writing them.
 
         The daemon answers a ping before every line is in its log file (handlers and the OS write
         in their own time), so a test about log lines waits for them instead of reading at once.
@@ -174,7 +173,7 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout_seconds
         while True:
             log = self.log()
-            missing = [text for text in texts if text not in log]
+            missing = [text for text in texts if text not in log[since:]]
             if not missing:
                 return log
             exited = self.process is not None and self.process.poll() is not None
