@@ -636,14 +636,13 @@ class Interpreter:
         weighed.sort(key=lambda item: -item[0])
         (score, spec, args), (second_score, second, _) = weighed[:2]
         line = command_line(spec, args)
-        needs = self._doubt(spec, score, second, second_score, args, line if question else "", order, text)
+        needs = self._doubt(spec, score, second, second_score, args, line if question else "", order, text, neutral)
         return Understanding(text, spec.name, args, line, score, second.name, second_score, not needs, needs)
 
     def _doubt(self, spec: CommandSpec, score: float, second: CommandSpec, second_score: float,
-               args: dict[str, Any], asked: str, order: bool, text: str) -> str:
+               args: dict[str, Any], asked: str, order: bool, text: str, neutral: str) -> str:
         """Why this is not sure enough to run, or empty. `asked`: the command line a question came to;
-        `order`: the sentence orders a change (ORDER)."""
-        neutral = for_ranking(text)
+        `order`: the sentence orders a change (ORDER); `neutral`: `text` as `for_ranking` reads it."""
         if score < MIN_SCORE:
             return (f"not sure what you mean: the closest commands are {spec.name} ({score:.2f}) and "
                     f"{second.name} ({second_score:.2f}), below {MIN_SCORE}; say it another way or name the command")

@@ -193,7 +193,7 @@ def status(ctx: CallContext) -> Result:
     stream = streams.stream
     live: dict[str, Any] = {"running": False}
     if stream is not None and stream.running:
-        live = {"running": True, "model": stream.settings.model, "round_trip_ms": stream.status()["round_trip_ms"]}
+        live = {"running": True, "model": stream.settings.model, "round_trip_ms": stream.round_trip_ms}
     if (starting := streams.starting()) is not None:
         live["starting"] = starting
     return {
