@@ -468,6 +468,8 @@ class FlowstateSurface(LiveSurface):
             self._stream_latency(args)
         elif name == "stream.stopped":  # late_hops, xruns, audio_lost
             self._stream_stopped(args, lost_at=2)
+        elif name == "stream.cancelled":  # start: a stop (from any client) cancelled a start under way
+            self._stream_stopped(args[:1], cancelled_at=0)
         elif name == "stream.stalled":  # seconds, device
             device = args[1] if len(args) > 1 else "the audio device"
             self._show(f"live stems: {device!s} delivers no audio (unplugged? asleep?); they go on when it is back")

@@ -147,6 +147,10 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec("stream.stopped", ("late_hops", "xruns", "audio_lost"),
                   "The live stream stopped. `audio_lost`: empty, or why no stream can open until the daemon "
                   "restarts (PortAudio did not let go of the device)."),
+        EventSpec("stream.cancelled", ("start",),
+                  "stream.stop cancelled a stream.start still under way (`start`: its model, devices and phase, "
+                  "e.g. \"htdemucs on the default audio device (loading htdemucs, 40 s so far)\"): no stream "
+                  "starts from it, and that start's own reply is the error saying so."),
         EventSpec("stream.stalled", ("seconds", "device"),
                   "The audio device has delivered nothing for `seconds` (unplugged, the computer asleep, taken by "
                   "another app), or nothing at all in the `seconds` since the stream started: the stream runs on, "
@@ -336,6 +340,9 @@ async def stream_stop(ctx: CallContext) -> Result:
         # OSC readers often do not take (Pd's oscparse: pure-data/pure-data#2409).
         ctx.services.hub.publish("stream.stopped", late_hops=status["late_hops"], xruns=status["xruns"],
                                  audio_lost=status["audio_lost"] or "")
+    elif status.get("cancelled"):
+        # Said to every listener at once: the start's own reply comes only once its load ends.
+        ctx.services.hub.publish("stream.cancelled", start=status["cancelled"])
     return status
 
 

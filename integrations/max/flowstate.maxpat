@@ -625,8 +625,9 @@
                     "id": "obj-25",
                     "maxclass": "newobj",
                     "numinlets": 2,
-                    "numoutlets": 14,
+                    "numoutlets": 15,
                     "outlettype": [
+                        "",
                         "",
                         "",
                         "",
@@ -648,7 +649,7 @@
                         760.0,
                         22.0
                     ],
-                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error /flow/reply/register /flow/event/daemon/stopping /flow/event/stream/latency /flow/event/stream/stalled /flow/event/stream/resumed /flow/event/stream/no_signal /flow/event/stream/signal"
+                    "text": "route /flow/event/job/progress /flow/event/job/done /flow/event/job/failed /flow/event/stream/started /flow/event/stream/stopped /flow/error /flow/reply/register /flow/event/daemon/stopping /flow/event/stream/latency /flow/event/stream/stalled /flow/event/stream/resumed /flow/event/stream/no_signal /flow/event/stream/signal /flow/event/stream/cancelled"
                 }
             },
             {
@@ -1302,6 +1303,24 @@
                         22.0
                     ],
                     "text": "prepend set signal"
+                }
+            },
+            {
+                "box": {
+                    "id": "obj-68",
+                    "maxclass": "newobj",
+                    "numinlets": 1,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        1010.0,
+                        610.0,
+                        145.0,
+                        22.0
+                    ],
+                    "text": "prepend set start cancelled"
                 }
             }
         ],
@@ -2138,6 +2157,30 @@
                 "patchline": {
                     "source": [
                         "obj-67",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-25",
+                        13
+                    ],
+                    "destination": [
+                        "obj-68",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-68",
                         0
                     ],
                     "destination": [

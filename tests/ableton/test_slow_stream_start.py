@@ -20,8 +20,7 @@ from bridge.client import Client
 from bridge.testing import DaemonProcess
 from tests.ableton.conftest import LoadedScript
 from tests.ableton.live_sim import LiveSet
-from tests.bridge.test_slow_replies import _starting, held_load
-from tests.bridge.test_stream import _stream_daemon
+from tests.bridge.test_slow_replies import _starting, loading_daemon
 from tests.conftest import JackServer
 
 Load = Callable[[LiveSet, int], LoadedScript]
@@ -34,15 +33,11 @@ Starting = tuple[LoadedScript, DaemonProcess, Callable[[], None]]
 def starting(jack_server: JackServer, tiny_repo: Path, tmp_path: Path, load_script: Load) -> Iterator[Starting]:
     """A daemon whose model load is held, and Live's script that has pressed the start pad: the
     script, the daemon and what lets the load go on."""
-    with held_load(tiny_repo, tmp_path) as (repo, release):
-        daemon = _stream_daemon(jack_server, repo, tmp_path)
-        try:
-            script = load_script(LiveSet(), daemon.osc_udp[1])
-            script.tick_until(lambda: script.surface._registered, "registered with the daemon")
-            script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_START, 100))  # channel 16, as Live forwards
-            yield script, daemon, release
-        finally:
-            daemon.stop()
+    with loading_daemon(jack_server, tiny_repo, tmp_path) as (daemon, release):
+        script = load_script(LiveSet(), daemon.osc_udp[1])
+        script.tick_until(lambda: script.surface._registered, "registered with the daemon")
+        script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_START, 100))  # channel 16, as Live forwards
+        yield script, daemon, release
 
 
 @pytest.mark.timeout(300)
@@ -85,5 +80,24 @@ def test_the_stop_pad_cancels_a_start_that_is_still_loading(starting: Starting) 
                                            "stream.stop while loading passthrough"), "the start answered", timeout=120)
     assert not script.shown("live stems running"), script.messages
     assert not script.shown("did not stop"), script.messages
+    script.surface.disconnect()
+    assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.mark.timeout(300)
+def test_a_start_cancelled_from_another_client_is_shown_at_once(starting: Starting) -> None:
+    # REAPER's action, the Max device or `flowstate send stream.stop` cancels the start the pad
+    # began: the status bar said so only once the load ended, as the start's error.
+    script, daemon, release = starting
+    with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+        _starting(client, "loading passthrough")
+        assert client.call("stream.stop")["cancelled"]
+    script.tick_until(lambda: script.shown("live stems start cancelled: passthrough on the default audio device "
+                                           "(loading passthrough, "), "the cancel said while the load is held")
+    assert not script.shown("did not start"), script.messages
+    release()
+    script.tick_until(lambda: script.shown("live stems did not start: unavailable: stream.start: cancelled by "
+                                           "stream.stop while loading passthrough"), "the start answered", timeout=120)
+    assert not script.shown("live stems running"), script.messages
     script.surface.disconnect()
     assert daemon.stop() == 0, daemon.log()

@@ -61,6 +61,20 @@ def held_load(tiny_repo: Path, folder: Path) -> Iterator[tuple[Path, Callable[[]
 
 
 @contextmanager
+def loading_daemon(jack_server: JackServer, repo: Path,
+                   folder: Path) -> Iterator[tuple[DaemonProcess, Callable[[], None]]]:
+    """A daemon streaming on `jack_server` whose first load of `repo`'s model is held (`held_load`)
+    until `release()`: the daemon and `release`. Stopped at the end (whoever needs its exit status
+    stops it first)."""
+    with held_load(repo, folder) as (held, release):
+        daemon = _stream_daemon(jack_server, held, folder)
+        try:
+            yield daemon, release
+        finally:
+            daemon.stop()
+
+
+@contextmanager
 def stream_daemon(jack_server: JackServer, repo: Path, workdir: Path) -> Iterator[DaemonProcess]:
     daemon = _stream_daemon(jack_server, repo, workdir)
     try:

@@ -28,7 +28,9 @@ from bridge.commands import EVENTS, lookup_address
 from bridge.config import Config
 from bridge.protocol import ERROR_ADDRESS
 from bridge.stream import SILENT_INPUT_SECONDS
-from bridge.testing import DaemonProcess
+from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from tests.bridge.test_slow_replies import _starting, loading_daemon
+from tests.conftest import JackServer
 from tests.integrations.conftest import STEMS, write_song
 from tests.integrations.max_sim import LiveControl, MaxDevice, Metro, UdpReceive, pump
 
@@ -379,3 +381,33 @@ def test_a_stream_that_hears_only_silence_says_so_in_the_status_box(stems_daemon
     (params,) = replies(device, "/flow/event/stream/no_signal")
     assert params[1:] == [status["device"], "1-2"] and params[0] >= SILENT_INPUT_SECONDS, params
     assert shown == f"no signal {params[0]} {status['device']} 1-2", shown
+
+
+@pytest.mark.timeout(300)
+def test_stop_stems_during_a_long_first_load_says_the_start_was_cancelled(jack_server: JackServer,
+                                                                          tmp_path: Path) -> None:
+    # The first Start stems loads the model (minutes while it downloads). Stop stems then cancels
+    # it at once, but the device showed nothing until the load ended and the start's error came.
+    passthrough = passthrough_htdemucs_repo(tmp_path / "passthrough", threads=1)
+    with loading_daemon(jack_server, passthrough, tmp_path) as (daemon, release):
+        device = MaxDevice(load_patch(), udpsend_target=daemon.osc_udp).load()
+        try:
+            listening(device)
+            device.pump(lambda: registered(device))
+            device.press("Start stems")
+            with Client(daemon.zmq_requests, timeout_seconds=10) as client:
+                _starting(client, "loading passthrough")
+            device.press("Stop stems")
+            device.pump(lambda: device.status.startswith("start cancelled "))
+            assert device.status.startswith(
+                "start cancelled passthrough on the default audio device (loading passthrough, "), device.status
+            assert replies(device, ERROR_ADDRESS) == []  # the load is still held: the start has not answered
+            release()
+            device.pump(lambda: bool(replies(device, ERROR_ADDRESS)), timeout_seconds=120)
+            ((address, code, message),) = replies(device, ERROR_ADDRESS)
+            assert (address, code) == ("/flow/stream/start", "unavailable"), message
+            assert message.startswith("stream.start: cancelled by stream.stop while loading passthrough"), message
+            assert replies(device, "/flow/event/stream/started") == []
+        finally:
+            device.close()
+        assert daemon.stop() == 0, daemon.log()

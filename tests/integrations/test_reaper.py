@@ -22,7 +22,7 @@ import soundfile
 from bridge.client import Client
 from bridge.testing import DaemonProcess, free_port, passthrough_htdemucs_repo
 from integrations.reaper.install import ACTIONS, install
-from tests.bridge.test_slow_replies import _starting, held_load
+from tests.bridge.test_slow_replies import _starting, loading_daemon
 from tests.bridge.test_stream import _stream_daemon
 from tests.conftest import FrozenDevice, JackServer
 from tests.integrations.conftest import STEMS, write_song
@@ -400,16 +400,13 @@ def reaper_loading(jack_server: JackServer,
     """A REAPER with the scripts installed, running them, on a daemon whose model's load is held
     (its yaml is a named pipe, tests/bridge/test_slow_replies.py) until `release()`."""
     passthrough = passthrough_htdemucs_repo(tmp_path / "passthrough", threads=1)
-    with held_load(passthrough, tmp_path) as (repo, release):
-        daemon = _stream_daemon(jack_server, repo, tmp_path)
-        try:
-            sim = Reaper(tmp_path / "REAPER")
-            sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
-            install_scripts(tmp_path / "REAPER")
-            with scripts_running_in(sim):
-                yield sim, daemon, release
-        finally:
-            assert daemon.stop() == 0, daemon.log()
+    with loading_daemon(jack_server, passthrough, tmp_path) as (daemon, release):
+        sim = Reaper(tmp_path / "REAPER")
+        sim.ext_state[("Flowstate", "daemon_address")] = "127.0.0.1:%d" % daemon.osc_udp[1]
+        install_scripts(tmp_path / "REAPER")
+        with scripts_running_in(sim):
+            yield sim, daemon, release
+        assert daemon.stop() == 0, daemon.log()
 
 
 @pytest.mark.timeout(300)
