@@ -373,9 +373,12 @@ def model_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Voc
     return None
 
 
+JOB_ID = r"\b[0-9a-f]{12}\b"  # a job id as the queue writes them: twelve hex digits
+
+
 def job_id_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocabulary) -> str | None:
     """A job id as the queue writes them: twelve hex digits."""
-    match = sentence.take(r"\b[0-9a-f]{12}\b")
+    match = sentence.take(JOB_ID)
     return match.group(0) if match else None
 
 
@@ -414,7 +417,8 @@ def voice_value(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Voc
 
 
 # What a tts sentence says before the words themselves: "this out loud:", "the following:", "the words", "the line".
-TTS_INTRO = (r"^(?:(?:this|that|it|the\s+following|(?:the\s+|these\s+)?(?:words?|lines?|text|phrase|sentence))"
+TTS_INTRO = (r"^(?:(?:this|that|it|the\s+following(?:\s+(?:words?|lines?|text|phrase|sentence))?"
+             r"|(?:the\s+|these\s+)?(?:words?|lines?|text|phrase|sentence))"
              r"(?:\s+(?:out\s+loud|aloud))?\s*:\s*|(?:the\s+|these\s+)?(?:words?|lines?|phrase|sentence)\s+)")
 
 
@@ -424,7 +428,7 @@ def free_text(sentence: Sentence, arg: Arg, spec: CommandSpec, vocabulary: Vocab
     if sentence.quotes:
         return sentence.quotes.pop(0)
     if spec.name == "tts":
-        match = sentence.take(r"\b(?:say|saying|speak|read out|read|announce)\s+(.+)$")
+        match = sentence.take(rf"\b(?:{SPEECH}|read)\b\s*:?\s+(.+)$")
         if match is None:
             return None
         # What introduces the words is not among them: "read this out loud: hello there", "speak the words
@@ -550,11 +554,22 @@ def documents(spec: CommandSpec) -> list[str]:
     return [f"{spec.name.replace('.', ' ')}: {spec.help}", *(for_ranking(e) for e in spec.examples)]
 
 
+# The words a tts sentence gives are what to say, as quoted ones are, not which command: after a verb
+# of speech that starts the sentence, or after a colon that follows one ("say the following: drop in
+# three", "say one two three four" and "speak the words take five" went to samples.search).
+SPEECH = r"say|saying|speak|pronounce|narrate|announce|read\s+out|read\s+aloud"
+SPOKEN = (rf"^(\s*(?:please\s+)?(?:{SPEECH}))\b[\s:]+\S.*$",
+          rf"(\b(?:{SPEECH}|read)\b[^:\n]{{0,40}}):\s*\S.*$")
+
+
 def for_ranking(text: str) -> str:
-    """A sentence as the embedder reads it to choose the command: quoted text and paths are what to work on,
-    not which command, so each is read as one neutral word. The words of a folder's name (a random temporary
+    """A sentence as the embedder reads it to choose the command: quoted text, the words a tts sentence
+    gives after a colon, and paths are what to work on, not which command, so each is read as one neutral
+    word. The words of a folder's name (a random temporary
     folder's, or `drums` in a sample folder's) once swayed `index my samples in <folder>` to samples.status."""
     text = re.sub(QUOTED, "this", text)
+    for spoken in SPOKEN:
+        text = re.sub(spoken, r"\1 this", text, flags=re.IGNORECASE)
     text = re.sub(FILE_WORD, RANKED_FILE, text)
     return re.sub(FOLDER_WORD, RANKED_FOLDER, text)
 
@@ -631,6 +646,10 @@ class Interpreter:
             said = says_the_verb(spec.name, neutral) if contested else 0
             verb = VERB_WEIGHT if said > 0 else -OUTVOTED if said < 0 else 0.0
             asked = QUESTION_PENALTY if (question and not spec.read_only) or (order and spec.read_only) else 0.0
+            # A job the sentence names is what it is about: a command that would not act on it is as far
+            # off as one missing an argument ("cancel the stem separation job <id>" asked whether it
+            # meant stream.start).
+            missing += len(left_over(text, args)[1])
             weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb - asked, 4),
                             spec, args))
         weighed.sort(key=lambda item: -item[0])
@@ -657,7 +676,7 @@ class Interpreter:
             spec.bind(args)
         except BadRequest as err:
             return err.message
-        if unused := unused_path(spec, text, args):
+        if unused := unused_value(spec, text, args):
             return unused
         if spec.name in CHANGES and not set(CHANGES[spec.name]) & set(args):
             *others, last = CHANGES[spec.name]
@@ -686,12 +705,23 @@ def named_paths(text: str) -> list[str]:
     return [q for q in quoted if looks_like_path(q)] + files + re.findall(FOLDER_WORD, rest)
 
 
-def unused_path(spec: CommandSpec, text: str, args: Mapping[str, Any]) -> str:
+def left_over(text: str, args: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The files and folders, and the job ids, that the sentence names and none of `args` took."""
+    taken = [value for value in args.values() if isinstance(value, str)]
+    paths = [path for path in named_paths(text) if not any(path in value for value in taken)]
+    jobs = [job for job in re.findall(JOB_ID, for_ranking(text)) if job not in taken]
+    return paths, jobs
+
+
+def unused_value(spec: CommandSpec, text: str, args: Mapping[str, Any]) -> str:
     """Why not to run: the sentence names a file or folder that none of the arguments took (a command
     with no file to work on, or a second file for a command that takes one) and that would be passed
-    over ("detect the bpm of loop.wav" was a sure daw.status, which showed the DAW's tempo), or empty."""
-    taken = [value for value in args.values() if isinstance(value, str)]
-    left = [path for path in named_paths(text) if not any(path in value for value in taken)]
+    over ("detect the bpm of loop.wav" was a sure daw.status, which showed the DAW's tempo), or a job
+    that it does not act on; or empty."""
+    left, jobs = left_over(text, args)
+    if jobs:
+        return (f"{spec.name} would not use job {' or '.join(jobs)}: it takes no job id; say it another way or name "
+                "the command")
     if not left:
         return ""
     takes = [arg.name for arg in spec.args if BY_NAME.get(arg.name) is path_value]

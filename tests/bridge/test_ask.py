@@ -86,6 +86,8 @@ def cases(name: str) -> list[dict[str, Any]]:
     ("tts", "speak the words good morning", {"text": "good morning"}),
     ("tts", "say hello world out loud", {"text": "hello world"}),
     ("tts", "say the line welcome back", {"text": "welcome back"}),
+    ("tts", "speak the following line: find my kick samples", {"text": "find my kick samples"}),
+    ("tts", "say: hello", {"text": "hello"}),  # was nothing: the colon hid the words
     ("stream.set", "mute everything but the vocals", {"mute": True}),  # not the vocals: no stem at all
     ("stems.separate", "separate song.wav into everything except the vocals", {"path": "song.wav"}),
     ("stems.separate", "make an acapella of song.wav", {"path": "song.wav", "stems": ["vocals"]}),
@@ -224,6 +226,11 @@ def test_the_words_in_a_path_do_not_choose_the_command(interpreter: Interpreter)
     ("say hello world", "tts"),  # was a sure ping
     ("speak the words good morning", "tts"),
     ("read this out loud: hello there", "tts"),  # was unsure between tts and ping
+    # The words to say are not which command: these were a sure samples.search (k=1, k=5), and unsure.
+    ("say one two three four", "tts"),
+    ("speak the words take five", "tts"),
+    ("say the following: drop in three", "tts"),
+    ("announce: separate the stems now", "tts"),
     # A start still loading is cancelled by stream.stop: "abort the live stems start" was a sure stream.start.
     ("abort the live stems start", "stream.stop"),
     ("cancel starting the live stems", "stream.stop"),
@@ -266,6 +273,15 @@ def test_an_order_to_change_something_runs_no_query(interpreter: Interpreter, te
     if command == "daw.status":
         assert understood.needs.startswith("that reads as an order to change something, and daw.status only shows "
                                            "how things are"), understood
+
+
+def test_a_job_the_sentence_names_is_what_it_acts_on(interpreter: Interpreter) -> None:
+    # Was unsure between stream.start (0.657) and job.cancel (0.654).
+    understood = interpreter.understand("cancel the stem separation job 0123456789ab")
+    assert (understood.command, understood.sure, understood.args) == ("job.cancel", True, {"id": "0123456789ab"})
+    understood = interpreter.understand("start the live stems with job 0123456789ab")
+    assert not understood.sure and understood.needs.startswith(
+        "stream.start would not use job 0123456789ab: it takes no job id"), understood
 
 
 @pytest.mark.parametrize(("text", "needs"), [
