@@ -170,7 +170,12 @@ class PathPolicy:
         except OSError as err:
             raise BadRequest(f"{command}: {arg} {raw!r} cannot be read: {err.strerror}") from None
         if not exists:
-            raise NotFound(f"{command}: {arg} {raw!r}: no such file")
+            # A relative path was looked for inside the first root, wherever the sender's own folder is
+            # (`flowstate send` from a terminal in another folder): say where.
+            where = "" if Path(raw).expanduser().is_absolute() else (
+                f" ({path}: a relative path is taken inside {self._anchors[0][0]}, the first of paths.roots; give the "
+                "whole path)")
+            raise NotFound(f"{command}: {arg} {raw!r}: no such file{where}")
         if not is_file:
             raise BadRequest(f"{command}: {arg} {raw!r} is not a file")
         return path

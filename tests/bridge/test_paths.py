@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bridge.errors import BadRequest, Forbidden
+from bridge.errors import BadRequest, Forbidden, NotFound
 from bridge.files import DIR_FD_SUPPORTED, check_name, open_folder
 from bridge.job_store import JobStore
 from bridge.jobs import JobContext
@@ -49,6 +49,28 @@ def untouched(outside: Path) -> bool:
     return sorted(p.name for p in outside.iterdir()) == ["bass.wav", "drums.wav", "line.wav"] and all(
         p.read_bytes() == PRECIOUS for p in outside.iterdir()
     )
+
+
+# -- files that are not there -----------------------------------------------------------------------
+
+
+def test_a_missing_file_by_a_relative_path_says_where_it_was_looked_for(root: Path, tmp_path: Path) -> None:
+    # `flowstate send stems.separate Music/song.wav` from the home folder: the daemon looked in
+    # <first root>/Music/song.wav and said only "no such file".
+    second = tmp_path / "Desktop"
+    second.mkdir()
+    (second / "song.wav").write_bytes(b"RIFF")
+    policy = PathPolicy([root, second])
+    with pytest.raises(NotFound) as relative:
+        policy.input_file("Music/song.wav", "path", "stems.separate")
+    assert relative.value.message == (
+        f"stems.separate: path 'Music/song.wav': no such file ({Path(os.path.realpath(root)) / 'Music' / 'song.wav'}: "
+        "a relative path is "
+        f"taken inside {root}, the first of paths.roots; give the whole path)")
+    with pytest.raises(NotFound) as absolute:  # the whole path says where itself
+        policy.input_file(str(root / "song.wav"), "path", "stems.separate")
+    assert absolute.value.message == f"stems.separate: path '{root / 'song.wav'}': no such file"
+    assert policy.input_file(str(second / "song.wav"), "path", "stems.separate") == second / "song.wav"
 
 
 # -- names ------------------------------------------------------------------------------------------
