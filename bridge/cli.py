@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -176,8 +177,21 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What prints for a reader that may stop early (`flowstate jobs | head`): such a reader's end of the
+# pipe closes, and like any Unix filter the command then ends quietly (SIGPIPE's default: exit 141),
+# not with a BrokenPipeError traceback. Only those that talk ZeroMQ (which never raises SIGPIPE) or
+# nothing: not the daemon, the server or the MCP bridge, whose sockets are theirs to handle, nor what
+# opens PortAudio (a JACK client's socket). (Windows has no SIGPIPE.)
+PRINTING = frozenset({"commands", "send", "status", "jobs"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.action in PRINTING and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        # And delivered: a parent that blocked it passes the mask on (libjack blocks it in the thread
+        # that opens a client, and a process started from there inherits that).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPIPE})
     if args.action == "commands":
         return _commands(args)
     if args.action == "install-ableton":

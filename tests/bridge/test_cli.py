@@ -7,6 +7,7 @@ import os
 import plistlib
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,28 @@ def flowstate(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=60,
         env={**clean, **(env or {})}
     )
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGPIPE"), reason="no SIGPIPE (Windows)")
+@pytest.mark.parametrize("blocked", [False, True], ids=["shell", "started-with-SIGPIPE-blocked"])
+def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path: Path, blocked: bool) -> None:
+    # `flowstate commands --json | head` printed a BrokenPipeError traceback. Here the pipe's reading
+    # end is closed before the command writes, as head's is once it has its lines. A parent may pass
+    # SIGPIPE on blocked (libjack blocks it in the thread that opens a client: this suite's own
+    # process, after a test that opened JACK MIDI ports).
+    reading, writing = os.pipe()
+    os.close(reading)
+
+    def block() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "bridge", "commands", "--json"], stdout=writing,
+                              stderr=subprocess.PIPE, text=True, timeout=60, cwd=tmp_path,
+                              preexec_fn=block if blocked else None)
+    finally:
+        os.close(writing)
+    assert done.stderr == "" and done.returncode == -signal.SIGPIPE, (done.returncode, done.stderr)
 
 
 def test_send_ping_prints_the_result(daemon: DaemonProcess) -> None:
