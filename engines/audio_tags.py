@@ -29,6 +29,7 @@ import numpy as np
 
 from bridge.errors import BadRequest, Unavailable
 from engines.base import Engine
+from engines.hub import cached_first
 from engines.resample import resample
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,9 @@ class AudioTagger(Engine):
 
         name = str(Path(self.model_name).expanduser()) if self.model_name.startswith("~") else self.model_name
         try:
-            extractor = ASTFeatureExtractor.from_pretrained(name)
-            model = ASTForAudioClassification.from_pretrained(name)
+            extractor, model = cached_first(lambda local: (
+                ASTFeatureExtractor.from_pretrained(name, local_files_only=local),
+                ASTForAudioClassification.from_pretrained(name, local_files_only=local)), name)
         except (OSError, ValueError) as err:
             raise Unavailable(
                 f"audio_tags: the AST model {self.model_name!r} could not be loaded ({str(err)[:300]}); name a folder "

@@ -33,6 +33,7 @@ import numpy as np
 from bridge.errors import BadRequest, NotFound, Unavailable
 from engines.base import Engine
 from engines.embeddings import Attempt, _short, looks_like_path
+from engines.hub import cached_first
 from engines.resample import resample
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class AudioTextEmbedder(Engine):
                 raise FileNotFoundError(f"no such folder {where}")
             return ClapModel.from_pretrained(where, local_files_only=True), \
                 ClapProcessor.from_pretrained(where, local_files_only=True)
-        return ClapModel.from_pretrained(where), ClapProcessor.from_pretrained(where)
+        return cached_first(lambda local: (ClapModel.from_pretrained(where, local_files_only=local),
+                                           ClapProcessor.from_pretrained(where, local_files_only=local)), where)
 
     def _close(self) -> None:
         self._model = None

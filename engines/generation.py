@@ -153,16 +153,28 @@ class _Loaded:
 
 
 def load_musicgen(model: str, local_dir: Path | None, device: Any) -> _Loaded:
-    """Load the first source that holds a MusicGen checkpoint; NotFound lists every attempt."""
+    """Load the first source that holds a MusicGen checkpoint; NotFound lists every attempt.
+
+    What is on this machine first (the hub's cache for a hub name, then the folders), the hub's
+    download last (engines/hub.py: offline, asking the hub first costs its client's retries)."""
     tried: list[str] = []
-    for kind, where in model_sources(model, local_dir):
+    sources = model_sources(model, local_dir)
+    for kind, where in sources:
         source = str(Path(where).expanduser()) if kind != "hub name" else where
         if kind != "hub name" and not Path(source).is_dir():
             tried.append(f"{kind} {where!r}: no such folder")
             continue
         try:
-            return _load_source(source, device)
-        except (OSError, ValueError) as err:  # not in the cache, offline, no config.json ...
+            return _load_source(source, device, local_files_only=True)
+        except (OSError, ValueError) as err:  # not in the cache, no config.json ...
+            if kind != "hub name":
+                tried.append(f"{kind} {where!r}: {_first_line(err)}")
+    for kind, where in sources:
+        if kind != "hub name":
+            continue
+        try:
+            return _load_source(where, device, local_files_only=False)
+        except (OSError, ValueError) as err:  # offline, no such model, gated ...
             tried.append(f"{kind} {where!r}: {_first_line(err)}")
     tried.append("weight package: none ships MusicGen weights")
     raise NotFound(
@@ -172,22 +184,23 @@ def load_musicgen(model: str, local_dir: Path | None, device: Any) -> _Loaded:
     )
 
 
-def _load_source(source: str, device: Any) -> _Loaded:
+def _load_source(source: str, device: Any, local_files_only: bool) -> _Loaded:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source)
+    config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
     model_type = getattr(config, "model_type", "")
     if model_type not in MODEL_TYPES:
         raise BadRequest(f"generate: model {source!r} is a {model_type!r} model; expected MusicGen "
                          f"({', '.join(MODEL_TYPES)})")
     try:
         if model_type == MUSICGEN_MELODY:
-            loaded = _load_melody(source)
+            loaded = _load_melody(source, local_files_only)
         else:
             from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-            loaded = _Loaded(MusicgenForConditionalGeneration.from_pretrained(source),
-                             AutoProcessor.from_pretrained(source), model_type, source, None)
+            local = {"local_files_only": local_files_only}
+            loaded = _Loaded(MusicgenForConditionalGeneration.from_pretrained(source, **local),
+                             AutoProcessor.from_pretrained(source, **local), model_type, source, None)
     except (OSError, ValueError):
         raise
     except Exception as err:  # a corrupt safetensors file, a config this transformers cannot build
@@ -198,14 +211,14 @@ def _load_source(source: str, device: Any) -> _Loaded:
     return loaded
 
 
-def _load_melody(source: str) -> _Loaded:
+def _load_melody(source: str, local_files_only: bool) -> _Loaded:
     """The melody model with its tokenizer; its chroma settings are read from the feature
     extractor's config, because transformers' own extractor needs torchaudio, which has no
     build for the torch this project pins (`melody_chroma` computes the same features)."""
     from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
     from transformers.feature_extraction_utils import FeatureExtractionMixin
 
-    settings, _ = FeatureExtractionMixin.get_feature_extractor_dict(source)
+    settings, _ = FeatureExtractionMixin.get_feature_extractor_dict(source, local_files_only=local_files_only)
     chroma = {
         "n_fft": int(settings.get("n_fft", 16384)),
         "hop_length": int(settings.get("hop_length", 4096)),
@@ -213,8 +226,9 @@ def _load_melody(source: str) -> _Loaded:
         "sampling_rate": int(settings.get("sampling_rate", 32000)),
         "chunk_length": float(settings.get("chunk_length", 30)),
     }
-    model = MusicgenMelodyForConditionalGeneration.from_pretrained(source)
-    return _Loaded(model, AutoTokenizer.from_pretrained(source), MUSICGEN_MELODY, source, chroma)
+    model = MusicgenMelodyForConditionalGeneration.from_pretrained(source, local_files_only=local_files_only)
+    return _Loaded(model, AutoTokenizer.from_pretrained(source, local_files_only=local_files_only), MUSICGEN_MELODY,
+                   source, chroma)
 
 
 def _first_line(err: BaseException) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 from bridge.errors import BadRequest, NotFound, Unavailable
 from engines.base import Engine
 from engines.generation import Generated, GenerationRequest, OnStep, _first_line, _is_path
+from engines.hub import cached_first
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ class StableAudioEngine(Engine):
             raise NotFound(f"generate: Stable Audio Open folder {self.source!r} does not exist; save a pipeline "
                            "there with save_pretrained or name a hub model")
         try:
-            pipeline = StableAudioPipeline.from_pretrained(source)
+            pipeline = cached_first(lambda local: StableAudioPipeline.from_pretrained(source, local_files_only=local),
+                                    source)
         except (OSError, ValueError) as err:  # not in the cache and offline, gated, no model_index.json ...
             raise NotFound(
                 f"generate: Stable Audio Open could not be loaded from {self.source!r} ({_first_line(err)}). Fix: "

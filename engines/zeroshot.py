@@ -23,6 +23,7 @@ from typing import Any
 from bridge.errors import BadRequest, NotFound, Unavailable
 from engines.base import Engine
 from engines.embeddings import check_classify, looks_like_path
+from engines.hub import cached_first
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,12 @@ class ZeroShotClassifier(Engine):
                                f"(expected a folder written by save_pretrained, with its tokenizer)")
             where = str(folder)
         try:
-            classifier = pipeline("zero-shot-classification", model=where, device=self.device)
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            model, tokenizer = cached_first(lambda local: (
+                AutoModelForSequenceClassification.from_pretrained(where, local_files_only=local),
+                AutoTokenizer.from_pretrained(where, local_files_only=local)), where)
+            classifier = pipeline("zero-shot-classification", model=model, tokenizer=tokenizer, device=self.device)
         except OSError as err:  # the hub cannot find or reach it, or a file is missing
             fix = (f"run once with internet access so {self.model_name!r} is cached, or set classify.nli_model "
                    "to a local folder" if not local else "check that it holds the model and its tokenizer")

@@ -17,7 +17,7 @@ from bridge.testing.hf_models import (  # noqa: F401 (re-exported)
     random_musicgen,
     save_random_musicgen,
 )
-from bridge.testing.hub import HubStandIn, hub_stand_in  # noqa: F401 (re-exported)
+from bridge.testing.hub import HubStandIn, hub_stand_in, save_hub_cache  # noqa: F401 (re-exported)
 from bridge.testing.processes import (  # noqa: F401 (re-exported)
     POSTGRES_BIN_DIRS,
     RUN_MARKER_VARIABLE,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -56,3 +58,16 @@ def hub_stand_in(files: dict[str, bytes]) -> Iterator[HubStandIn]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def save_hub_cache(folder: Path, repo_id: str, hub_cache: Path, revision: str = "0" * 40) -> Path:
+    """Put a model saved with `save_pretrained` in `folder` into a hub cache folder (`HF_HUB_CACHE`)
+    as the hub's download leaves it, under `repo_id` ("org/name"): `models--org--name` with the
+    files in `snapshots/<revision>` and `refs/main` naming that revision (the files themselves, where
+    a download links them to its `blobs`: huggingface_hub reads either). Returns the snapshot."""
+    cached = Path(hub_cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = cached / "snapshots" / revision
+    shutil.copytree(folder, snapshot)
+    (cached / "refs").mkdir(parents=True, exist_ok=True)
+    (cached / "refs" / "main").write_text(revision)
+    return snapshot
