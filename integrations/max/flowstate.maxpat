@@ -1322,6 +1322,24 @@
                     ],
                     "text": "prepend set start cancelled"
                 }
+            },
+            {
+                "box": {
+                    "id": "obj-69",
+                    "maxclass": "message",
+                    "numinlets": 2,
+                    "numoutlets": 1,
+                    "outlettype": [
+                        ""
+                    ],
+                    "patching_rect": [
+                        600.0,
+                        150.0,
+                        330.0,
+                        22.0
+                    ],
+                    "text": "set starting live stems (the first start loads the model)"
+                }
             }
         ],
         "lines": [
@@ -2181,6 +2199,30 @@
                 "patchline": {
                     "source": [
                         "obj-68",
+                        0
+                    ],
+                    "destination": [
+                        "obj-30",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-11",
+                        0
+                    ],
+                    "destination": [
+                        "obj-69",
+                        0
+                    ]
+                }
+            },
+            {
+                "patchline": {
+                    "source": [
+                        "obj-69",
                         0
                     ],
                     "destination": [

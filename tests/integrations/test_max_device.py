@@ -395,6 +395,8 @@ def test_stop_stems_during_a_long_first_load_says_the_start_was_cancelled(jack_s
             listening(device)
             device.pump(lambda: registered(device))
             device.press("Start stems")
+            # Said at once: the daemon's reply comes once the model has loaded (minutes while it downloads).
+            assert device.status == "starting live stems (the first start loads the model)", device.status
             with Client(daemon.zmq_requests, timeout_seconds=10) as client:
                 _starting(client, "loading passthrough")
             device.press("Stop stems")
