@@ -82,6 +82,10 @@ OUTVOTED = 1.0
 QUESTION = (r"^\s*(?:is|are|was|were|did|does|do|has|have|had|what|what's|whats|which|who|whose|how|where|when"
             r"|why)\b")
 REQUEST = r"^\s*(?:can|could|would|will|please)\b"
+# A sentence that says something failed asks what happened, as a question does: "the stream start
+# failed" was a sure stream.start.
+FAILED = (r"\b(?:failed|fails|broke|broken|crashed|hangs|hung|stuck|(?:is|isn't|is\s+not|doesn't|does\s+not|won't"
+          r"|will\s+not|stopped|not)\s+work(?:s|ing|ed)?)\W*$")
 QUESTION_PENALTY = 0.2
 # And the other way: an order to change something ("cancel the separation job", "stop the transport") asks
 # for no query; each query costs it QUESTION_PENALTY ("cancel the separation job" was a sure
@@ -733,9 +737,9 @@ def unused_value(spec: CommandSpec, text: str, args: Mapping[str, Any]) -> str:
 
 
 def is_question(text: str) -> bool:
-    """A sentence that asks how things are: it starts with a question word, or ends with "?" and is no
-    "can you …" request."""
-    if re.match(QUESTION, text, re.IGNORECASE):
+    """A sentence that asks how things are: it starts with a question word, ends with "?" and is no
+    "can you …" request, or says that something failed ("the stream start failed")."""
+    if re.match(QUESTION, text, re.IGNORECASE) or re.search(FAILED, text, re.IGNORECASE):
         return True
     return text.rstrip().endswith("?") and not re.match(REQUEST, text, re.IGNORECASE)
 

@@ -247,6 +247,11 @@ def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter
     ("are we at 90 bpm", "daw.status"),  # was a sure daw.set tempo=90
     ("can you mute the vocals?", "stream.set"),  # a request, not a question
     ("what's running", "status"),  # was a sure fx.list; status shows the live stems and the jobs
+    # Saying something failed asks what happened: these were a sure stream.start, a sure stream.stop
+    # (it stopped the stems), and job.cancel.
+    ("the stream start failed", "stream.status"),
+    ("my live stems stopped working", "stream.status"),
+    ("job 0123456789ab failed", "job.status"),
 ])
 def test_a_question_is_answered_by_a_query(interpreter: Interpreter, text: str, command: str) -> None:
     understood = interpreter.understand(text)
