@@ -739,8 +739,10 @@ def unused_value(spec: CommandSpec, text: str, args: Mapping[str, Any]) -> str:
 def is_question(text: str) -> bool:
     """A sentence that asks how things are: it starts with a question word, ends with "?" and is no
     "can you …" request, or says that something failed ("the stream start failed")."""
-    if re.match(QUESTION, text, re.IGNORECASE) or re.search(FAILED, text, re.IGNORECASE):
+    if re.match(QUESTION, text, re.IGNORECASE):
         return True
+    if re.search(FAILED, text, re.IGNORECASE) and not re.match(ORDER, text, re.IGNORECASE):
+        return True  # "stop the live stems, they're stuck" orders all the same
     return text.rstrip().endswith("?") and not re.match(REQUEST, text, re.IGNORECASE)
 
 

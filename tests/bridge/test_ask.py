@@ -252,6 +252,7 @@ def test_the_verb_tells_commands_that_embed_alike_apart(interpreter: Interpreter
     ("the stream start failed", "stream.status"),
     ("my live stems stopped working", "stream.status"),
     ("job 0123456789ab failed", "job.status"),
+    ("stop the live stems, they're stuck", "stream.stop"),  # an order all the same
 ])
 def test_a_question_is_answered_by_a_query(interpreter: Interpreter, text: str, command: str) -> None:
     understood = interpreter.understand(text)
