@@ -167,7 +167,7 @@ def load_musicgen(model: str, local_dir: Path | None, device: Any) -> _Loaded:
         try:
             return _load_source(source, device, local_files_only=True)
         except (OSError, ValueError) as err:  # not in the cache, no config.json ...
-            if kind != "hub name":
+            if kind != "hub name" or not isinstance(err, OSError):  # a hub name not cached is downloaded next
                 tried.append(f"{kind} {where!r}: {_first_line(err)}")
     for kind, where in sources:
         if kind != "hub name":

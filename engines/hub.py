@@ -22,11 +22,13 @@ T = TypeVar("T")
 
 def cached_first(load: Callable[[bool], T], name: str) -> T:
     """`load(local_files_only)`: first with True (the hub's cache, or a folder, alone: no network);
-    when that finds nothing (OSError: a file is not there; ValueError: diffusers' word for it), with
-    False, which downloads what is missing when online and raises what the network says when not."""
+    when a file is not there (OSError: transformers' and diffusers' word for it, huggingface_hub's
+    LocalEntryNotFoundError among them), with False, which downloads what is missing when online and
+    raises what the network says when not. Anything else (a corrupt file, a config this library
+    cannot build) is the model's own error, raised as it is."""
     try:
         return load(True)
-    except (OSError, ValueError) as err:
+    except OSError as err:
         log.info("%s: not all on this machine (%s); asking the hub", name, str(err).strip().splitlines()[0][:200]
                  if str(err).strip() else type(err).__name__)
     return load(False)
