@@ -568,8 +568,8 @@ SPOKEN = (rf"^(\s*(?:please\s+)?(?:{SPEECH}))\b[\s:]+\S.*$",
 
 def for_ranking(text: str) -> str:
     """A sentence as the embedder reads it to choose the command: quoted text, the words a tts sentence
-    gives after a colon, and paths are what to work on, not which command, so each is read as one neutral
-    word. The words of a folder's name (a random temporary
+    gives to say (SPOKEN), and paths are what to work on, not which command, so each is read as one
+    neutral word. The words of a folder's name (a random temporary
     folder's, or `drums` in a sample folder's) once swayed `index my samples in <folder>` to samples.status."""
     text = re.sub(QUOTED, "this", text)
     for spoken in SPOKEN:
@@ -641,6 +641,7 @@ class Interpreter:
         weighed = []
         candidates = self.rank(neutral)[:CANDIDATES]
         names = {spec.name for spec, _ in candidates}
+        jobs = re.findall(JOB_ID, neutral)  # the job ids the sentence names (not inside a quote or a path)
         for spec, score in candidates:
             args = extract_args(spec, text, self.vocabulary)
             missing = sum(1 for arg in spec.args if arg.required and arg.name not in args)
@@ -653,7 +654,7 @@ class Interpreter:
             # A job the sentence names is what it is about: a command that would not act on it is as far
             # off as one missing an argument ("cancel the stem separation job <id>" asked whether it
             # meant stream.start).
-            missing += len(left_over(text, args)[1])
+            missing += sum(1 for job in jobs if job not in args.values())
             weighed.append((round(score - MISSING_PENALTY * missing + GIVEN_BONUS * given + verb - asked, 4),
                             spec, args))
         weighed.sort(key=lambda item: -item[0])
@@ -680,7 +681,7 @@ class Interpreter:
             spec.bind(args)
         except BadRequest as err:
             return err.message
-        if unused := unused_value(spec, text, args):
+        if unused := unused_value(spec, text, neutral, args):
             return unused
         if spec.name in CHANGES and not set(CHANGES[spec.name]) & set(args):
             *others, last = CHANGES[spec.name]
@@ -709,23 +710,16 @@ def named_paths(text: str) -> list[str]:
     return [q for q in quoted if looks_like_path(q)] + files + re.findall(FOLDER_WORD, rest)
 
 
-def left_over(text: str, args: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The files and folders, and the job ids, that the sentence names and none of `args` took."""
-    taken = [value for value in args.values() if isinstance(value, str)]
-    paths = [path for path in named_paths(text) if not any(path in value for value in taken)]
-    jobs = [job for job in re.findall(JOB_ID, for_ranking(text)) if job not in taken]
-    return paths, jobs
-
-
-def unused_value(spec: CommandSpec, text: str, args: Mapping[str, Any]) -> str:
+def unused_value(spec: CommandSpec, text: str, neutral: str, args: Mapping[str, Any]) -> str:
     """Why not to run: the sentence names a file or folder that none of the arguments took (a command
     with no file to work on, or a second file for a command that takes one) and that would be passed
     over ("detect the bpm of loop.wav" was a sure daw.status, which showed the DAW's tempo), or a job
-    that it does not act on; or empty."""
-    left, jobs = left_over(text, args)
-    if jobs:
+    that it does not act on (a job id in `neutral`, the sentence as `for_ranking` reads it); or empty."""
+    taken = [value for value in args.values() if isinstance(value, str)]
+    if jobs := [job for job in re.findall(JOB_ID, neutral) if job not in taken]:
         return (f"{spec.name} would not use job {' or '.join(jobs)}: it takes no job id; say it another way or name "
                 "the command")
+    left = [path for path in named_paths(text) if not any(path in value for value in taken)]
     if not left:
         return ""
     takes = [arg.name for arg in spec.args if BY_NAME.get(arg.name) is path_value]
