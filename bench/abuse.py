@@ -2244,8 +2244,10 @@ def _sigterm(rig: Rig, row: Row, stops: int) -> None:
                  + SHUTDOWN_SLACK_SECONDS)
         if max(seconds) > bound:
             row.note(f"slower than jobs.shutdown_timeout_seconds + {SHUTDOWN_SLACK_SECONDS:g} s ({bound:g} s)")
-        row.ok = (all(c == 0 for c in codes) and max(seconds) <= bound and not started_after
-                  and final.get("state") == "done")
+        # The suite's short run (a shared, busy machine) reports the seconds without judging them: no
+        # wall-clock figure decides a test. A full run holds the daemon to the bound.
+        prompt = max(seconds) <= bound or rig.options.short
+        row.ok = all(c == 0 for c in codes) and prompt and not started_after and final.get("state") == "done"
     finally:
         wire.close()
         daemon.stop()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -186,8 +188,13 @@ PRINTING = frozenset({"commands", "send", "status", "jobs"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Windows writes a piped or redirected stdout (Git Bash, `| Tee-Object`, a file) in the ANSI code
+    # page, cp1252, and refuses what that cannot hold ("→", a device's or a user's name in another
+    # script): such a character is written as an escape, not a UnicodeEncodeError after the work is done.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = _build_parser().parse_args(argv)
-    if args.action in PRINTING and hasattr(signal, "SIGPIPE"):
+    if args.action in PRINTING and sys.platform != "win32":
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         # And delivered: a parent that blocked it passes the mask on (libjack blocks it in the thread
         # that opens a client, and a process started from there inherits that).
@@ -240,13 +247,60 @@ def _load_config(path: Path | None) -> Config:
 ABLETON_SCRIPT_NAME = "Flowstate"  # the folder name is the Control Surface name Live lists
 
 
-def ableton_remote_scripts_dir(platform: str, home: Path) -> Path | None:
-    """Live's default `<User Library>/Remote Scripts` on macOS and Windows; None elsewhere."""
+def live_preferences(platform: str, home: Path, appdata: Path | None = None) -> list[tuple[str, Path]]:
+    """Each Live version's `Library.cfg` on this machine, newest first: on macOS
+    `~/Library/Preferences/Ableton/Live 12.1.5/Library.cfg`, on Windows
+    `%APPDATA%\\Ableton\\Live 12.1.5\\Preferences\\Library.cfg` (Live keeps one folder per version)."""
+    below: tuple[str, ...] = ()
     if platform == "darwin":
-        return home / "Music" / "Ableton" / "User Library" / "Remote Scripts"
+        base = home / "Library" / "Preferences" / "Ableton"
+    elif platform == "win32":
+        base, below = (appdata or home / "AppData" / "Roaming") / "Ableton", ("Preferences",)
+    else:
+        return []
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in base.iterdir():
+            numbers = re.match(r"Live (\d+(?:\.\d+)*)", entry.name)
+            cfg = entry.joinpath(*below, "Library.cfg")
+            if numbers and cfg.is_file():
+                found.append((tuple(int(n) for n in numbers[1].split(".")), entry.name, cfg))
+    return [(name, cfg) for _, name, cfg in sorted(found, reverse=True)]
+
+
+def user_library_in(cfg: Path) -> Path | None:
+    """The User Library a Live `Library.cfg` names: `<ProjectPath>/<ProjectName>` of the first
+    `<LibraryProject>` in `<UserLibrary>` (what Live's Settings → Library → Location of the User
+    Library writes, as Live 11 and 12 store it); None when the file is unreadable or names none."""
+    from xml.etree import ElementTree
+
+    try:
+        project = ElementTree.parse(cfg).find(".//UserLibrary/LibraryProject")
+    except (OSError, ElementTree.ParseError):
+        return None
+    if project is None:
+        return None
+    path = project.find("ProjectPath")
+    name = project.find("ProjectName")
+    folder = path.get("Value", "") if path is not None else ""
+    if not folder:
+        return None
+    return Path(folder) / ((name.get("Value") if name is not None else "") or "User Library")
+
+
+def ableton_remote_scripts_dir(platform: str, home: Path, appdata: Path | None = None) -> tuple[Path | None, str]:
+    """Live's `<User Library>/Remote Scripts` on macOS and Windows, and where that came from: the
+    newest Live's `Library.cfg` (a User Library moved in Live's Settings), else Live's default
+    (`~/Music/Ableton` on macOS, `~/Documents/Ableton` on Windows). None elsewhere."""
+    for version, cfg in live_preferences(platform, home, appdata):
+        library = user_library_in(cfg)
+        if library is not None:
+            return library / "Remote Scripts", f"as {version}'s settings give it ({cfg})"
+    if platform == "darwin":
+        return home / "Music" / "Ableton" / "User Library" / "Remote Scripts", "Live's default"
     if platform == "win32":
-        return home / "Documents" / "Ableton" / "User Library" / "Remote Scripts"
-    return None
+        return home / "Documents" / "Ableton" / "User Library" / "Remote Scripts", "Live's default"
+    return None, ""
 
 
 def _install_ableton(dest: Path | None) -> int:
@@ -254,14 +308,19 @@ def _install_ableton(dest: Path | None) -> int:
     import importlib.util
     import shutil
 
-    folder = dest.expanduser() if dest is not None else ableton_remote_scripts_dir(sys.platform, Path.home())
+    whence = "given with --dest"
+    if dest is not None:
+        folder: Path | None = dest.expanduser()
+    else:
+        appdata = os.environ.get("APPDATA")
+        folder, whence = ableton_remote_scripts_dir(sys.platform, Path.home(), Path(appdata) if appdata else None)
     if folder is None:
         print(f"flowstate: Live has no default folder on {sys.platform}; give your Remote Scripts folder with "
               "--dest DIR", file=sys.stderr)
         return 2
     if dest is None and not folder.parent.is_dir():
-        print(f"flowstate: no Live User Library at {folder.parent}; if yours is elsewhere (Live's Settings → "
-              "Library), give its Remote Scripts folder with --dest DIR", file=sys.stderr)
+        print(f"flowstate: no Live User Library at {folder.parent} ({whence}); if yours is elsewhere (Live's "
+              "Settings → Library), give its Remote Scripts folder with --dest DIR", file=sys.stderr)
         return 1
     spec = importlib.util.find_spec("ableton_remote")
     if spec is None or not spec.submodule_search_locations:
@@ -279,7 +338,8 @@ def _install_ableton(dest: Path | None) -> int:
     except OSError as err:
         print(f"flowstate: cannot install into {target}: {err}", file=sys.stderr)
         return 1
-    print(f"{'Replaced the older' if replaced else 'Installed the'} Flowstate Remote Script in {target}")
+    print(f"{'Replaced the older' if replaced else 'Installed the'} Flowstate Remote Script in {target}"
+          + ("" if dest is not None else f" (your User Library, {whence})"))
     print("Next: restart Live, open Settings → Link, Tempo & MIDI and pick \"Flowstate\" as a Control Surface "
           "(its Input: the pad or controller you want to use). Then run `flowstate up`.")
     return 0
@@ -685,12 +745,13 @@ def _mcp(config: Config, args: argparse.Namespace) -> int:
     import anyio
 
     from bridge.mcp import serve_http, serve_stdio
+    from bridge.transports.zmq import new_event_loop
 
     if args.http:
         serve_http(config, args.host or config.mcp.host, args.port if args.port is not None else config.mcp.port)
         return 0
-    try:
-        anyio.run(serve_stdio, config)
+    try:  # a selector loop on Windows too: the daemon's ZeroMQ client needs add_reader
+        anyio.run(serve_stdio, config, backend_options={"loop_factory": new_event_loop})
     except KeyboardInterrupt:
         return 130
     return 0

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -41,7 +42,7 @@ from bridge.stream_manager import AudioSessions
 from bridge.transports.audio import AudioServer
 from bridge.transports.midi import MidiTransport
 from bridge.transports.osc import OscServer
-from bridge.transports.zmq import ZmqServer
+from bridge.transports.zmq import ZmqServer, new_event_loop
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,9 @@ class Daemon:
         try:
             return await opening
         except (OSError, zmq.ZMQError) as err:
-            if getattr(err, "errno", None) == errno.EADDRINUSE:
+            # libzmq says EADDRINUSE in the C library's number, which on Windows is not Python's
+            # errno.EADDRINUSE (WSAEADDRINUSE, 10048) but pyzmq's zmq.EADDRINUSE (100).
+            if getattr(err, "errno", None) in (errno.EADDRINUSE, zmq.EADDRINUSE):
                 env = "FLOWSTATE_" + key.replace(".", "_").upper()
                 raise StartupError(
                     f"port {port} ({key}) is already in use: is another flowstate daemon running? "
@@ -342,10 +345,13 @@ def watch_stop_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], No
     """Call `on_stop` on the loop when a stop signal arrives; returns the function that undoes it.
 
     Unix event loops watch signals themselves (`loop.add_signal_handler`). Windows' event loops
-    have no such method (it raises NotImplementedError): there a `signal.signal` handler, which
-    Python runs on the main thread while the loop waits (the proactor loop wakes for signals),
-    hands the signal to the loop. Either way Ctrl-C never becomes a KeyboardInterrupt in the
-    middle of a shutdown. Only the main thread may set handlers; elsewhere nothing is watched.
+    have no such method (it raises NotImplementedError): there a `signal.signal` handler hands the
+    signal to the loop. Python runs that handler on the main thread, between bytecodes, so the
+    loop's wait must end first: Windows delivers Ctrl-C on a thread of its own and does not
+    interrupt a select(), so a selector loop (the daemon's, `new_event_loop`) is woken through
+    `signal.set_wakeup_fd` on a socket it reads (the proactor loop sets one up itself). Either way
+    Ctrl-C never becomes a KeyboardInterrupt in the middle of a shutdown. Only the main thread may
+    set handlers; elsewhere nothing is watched.
     """
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -371,12 +377,47 @@ def watch_stop_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], No
     else:
         log.debug("this event loop cannot watch signals; watching %s with signal.signal",
                   ", ".join(signal.Signals(signum).name for signum in STOP_SIGNALS))
+    unwake = _wake_on_signals(loop) if previous else None
 
     def restore() -> None:
+        if unwake is not None:
+            unwake()
         for signum, old in previous.items():
             signal.signal(signum, old)
 
     return restore
+
+
+def _wake_on_signals(loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+    """Have a signal's arrival wake `loop` (a socket it reads, given to `signal.set_wakeup_fd`);
+    returns the function that undoes it, or None for a loop that cannot read sockets (the
+    proactor loop, which wakes for signals by itself)."""
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)  # set_wakeup_fd's requirement; on Windows it takes a socket's handle
+
+    def drain() -> None:  # the bytes are signal numbers; the handlers already have them
+        try:
+            while reader.recv(512):
+                pass
+        except OSError:  # BlockingIOError: drained
+            pass
+
+    try:
+        loop.add_reader(reader.fileno(), drain)
+    except NotImplementedError:
+        reader.close()
+        writer.close()
+        return None
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def undo() -> None:
+        signal.set_wakeup_fd(previous)
+        loop.remove_reader(reader.fileno())
+        reader.close()
+        writer.close()
+
+    return undo
 
 
 async def serve(config: Config) -> None:
@@ -429,7 +470,7 @@ def run(config: Config) -> None:
     stopped daemon alive. Here the loop closes with `shutdown(wait=False)`; `exit_now` then ends
     the process if such threads are still there. Raises StartupError when the daemon cannot start.
     """
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()  # a selector loop, Windows too: ZeroMQ's sockets are watched with add_reader
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(serve(config))

@@ -19,10 +19,13 @@ import logging
 import os
 import re
 import secrets
+import sys
+import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.errors import Unavailable
+from bridge.errors import BadRequest, Forbidden, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,9 @@ def process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     if os.name != "posix":
-        return False  # os.kill(pid, 0) would terminate the process on Windows
+        # os.kill(pid, 0) would terminate the process on Windows. There a file still open cannot be
+        # deleted anyway: the removal is refused, and the file left.
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,12 +81,89 @@ def disk_full(err: OSError, what: str) -> Unavailable | None:
     )
 
 
+def not_permitted(err: OSError, what: str, platform: str | None = None) -> Forbidden | None:
+    """`forbidden` naming the file and who may allow it when the OS refused the daemon a file or folder
+    (EACCES, EPERM); else None. On macOS an EPERM on a file the daemon's own user owns is usually the
+    privacy setting that keeps Documents, Desktop and Downloads from an app not allowed them (a
+    daemon started at login, or from a terminal that was refused)."""
+    if not isinstance(err, PermissionError):
+        return None
+    where = err.filename if err.filename is not None else "a file or folder"
+    why = ("the folder's permissions, or another program holding it, may be why"
+           if (platform or sys.platform) != "darwin" else
+           "macOS keeps Documents, Desktop and Downloads from an app it was not told to allow: allow the app "
+           f"that runs the daemon (your terminal, or {sys.executable} for the login service) in System Settings "
+           "> Privacy & Security > Files and Folders, or Full Disk Access, then start the daemon again")
+    return Forbidden(f"{what}: the system did not let the daemon use {where} ({err.strerror}): {why}")
+
+
+# -- where a path is -----------------------------------------------------------------------------
+
+
+def below(path: Path, base: Path) -> tuple[str, ...] | None:
+    """The names of `path` below `base` (`()` for `base` itself), or None when it is not there.
+
+    Compared as the OS compares names (Windows: in any case), and else as the file system does: on
+    macOS, whose volumes ignore case (the default), `~/music` is `~/Music`, and a name in NFD (as HFS+
+    drives store every name, and as Finder and Live hand them over) is the same name typed in NFC;
+    `os.path.realpath` there keeps the spelling it is given. So where the names differ only so, and
+    the folder of `path` at `base`'s depth is `base` on disk, the names below it are `path`'s.
+    On a volume that tells them apart they are two folders, and `path` is not below `base`.
+    """
+    try:
+        return path.relative_to(base).parts
+    except ValueError:
+        pass
+    depth = len(base.parts)
+    if len(path.parts) < depth:
+        return None
+    at = type(path)(*path.parts[:depth])
+    if _folded(str(at)) != _folded(str(base)):
+        return None
+    try:
+        if not os.path.samestat(os.stat(at), os.stat(base)):
+            return None
+    except (OSError, ValueError):
+        return None
+    return path.parts[depth:]
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 # -- atomic writes -------------------------------------------------------------------------------
 
 
 def partial_path(path: Path) -> Path:
     """The temporary name `atomic_write` writes to before renaming onto `path`."""
     return path.with_name(partial_name(path.name))
+
+
+# Windows will not replace a file another program has open (MoveFileEx: access denied or sharing
+# violation, a PermissionError). A virus scanner reading the new file lets go within moments, so the
+# rename is tried again for this long; a program that keeps the file open (Live playing the stem it
+# was given last time) does not, and the refusal then says so.
+REPLACE_PATIENCE_SECONDS = 1.0
+
+
+def replace(src: str | Path, dst: str | Path, shown: str | Path, *, command: str = "",
+            src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+    """`os.replace(src, dst)`, patient with a file held open elsewhere; BadRequest naming `shown` (the
+    whole path of `dst`), after `command: `, when it stays refused. The old `dst` is then as it was."""
+    deadline = time.monotonic() + REPLACE_PATIENCE_SECONDS
+    while True:
+        try:
+            os.replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+            return
+        except PermissionError as err:
+            if time.monotonic() >= deadline:
+                prefix = f"{command}: " if command else ""
+                raise BadRequest(
+                    f"{prefix}cannot replace {shown} ({err.strerror}): another program has it open (Live or REAPER "
+                    "playing it?) or this folder may not be changed; close it there, or write somewhere else "
+                    "(out_dir)") from err
+            time.sleep(0.05)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
@@ -100,7 +182,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        replace(tmp, path, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -147,6 +229,9 @@ def remove_partials(folder: Path, recursive: bool = False) -> list[Path]:
             candidate.unlink()
         except FileNotFoundError:
             continue  # another cleaner got there first
+        except OSError as err:  # Windows: still open (a writer process_alive cannot see there), in use
+            log.info("left partial file %s: %s", candidate, err)
+            continue
         log.info("removed partial file %s (its writer, pid %s, is gone)", candidate, match["pid"])
         removed.append(candidate)
     return removed

@@ -26,12 +26,13 @@ import logging
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from bridge.errors import BadRequest, Forbidden
-from bridge.fileio import MAX_NAME_BYTES, PARTIAL, partial_name, process_alive
+from bridge.fileio import MAX_NAME_BYTES, PARTIAL, partial_name, process_alive, replace
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,50 @@ def _short(name: str) -> str:
     return repr(name) if len(name) <= 60 else repr(name[:40] + "…" + name[-12:])
 
 
-def too_long(err: OSError) -> bool:
-    """Whether the OS refused a name or path as too long (POSIX ENAMETOOLONG, Windows error 206)."""
-    return err.errno == errno.ENAMETOOLONG or getattr(err, "winerror", None) == 206
+# Windows takes a path of MAX_PATH (260) characters or more only where long paths are enabled (the
+# LongPathsEnabled policy, off unless set; Python's documentation, "Removing the MAX_PATH limitation"),
+# and otherwise answers as if a folder on the way did not exist (ERROR_PATH_NOT_FOUND) or the name were
+# invalid, not with ENAMETOOLONG.
+WINDOWS_MAX_PATH = 260
+LONG_PATHS_HINT = ("Windows takes paths of 260 characters or more only where long paths are enabled (Group "
+                   "Policy, Enable Win32 long paths, or the LongPathsEnabled registry value; then restart the daemon)")
+
+
+def windows_long_paths() -> bool:
+    """Whether this Windows takes paths of MAX_PATH characters or more (False elsewhere: not asked)."""
+    if sys.platform != "win32":
+        return False
+    import winreg
+
+    try:
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:
+            return bool(winreg.QueryValueEx(key, "LongPathsEnabled")[0] == 1)
+    except OSError:
+        return False
+
+
+LONG_PATHS = windows_long_paths()
+
+
+def past_max_path(path: object, platform: str | None = None, long_paths: bool | None = None) -> bool:
+    """Whether `path` is too long for this Windows (never elsewhere)."""
+    return ((platform or sys.platform) == "win32" and not (LONG_PATHS if long_paths is None else long_paths)
+            and len(str(path)) >= WINDOWS_MAX_PATH)
+
+
+def too_long(err: OSError, platform: str | None = None, long_paths: bool | None = None) -> bool:
+    """Whether the OS refused a name or path as too long (POSIX ENAMETOOLONG, Windows error 206, or a
+    path past MAX_PATH on a Windows without long paths, which says not found or invalid)."""
+    if err.errno == errno.ENAMETOOLONG or getattr(err, "winerror", None) == 206:
+        return True
+    return err.errno in (errno.ENOENT, errno.EINVAL) and err.filename is not None and past_max_path(
+        err.filename, platform, long_paths)
 
 
 def _name_too_long(command: str, where: str, err: OSError) -> BadRequest:
+    hint = f"; {LONG_PATHS_HINT}" if past_max_path(err.filename or where) else ""
     return BadRequest(f"{command}: {where}: a name or path is too long for this file system ({err.strerror}); "
-                      "use shorter names (paths.max_name_bytes, paths.max_path_chars)")
+                      f"use shorter names (paths.max_name_bytes, paths.max_path_chars){hint}")
 
 
 def audio_writer(frames: Any, sample_rate: int, subtype: str, fmt: str) -> Callable[[BinaryIO], None]:
@@ -246,7 +283,7 @@ class Folder:
             # Before the rename: otherwise a power cut can leave `name` naming an empty file.
             os.fsync(file.fileno())
         self._check_target(name)
-        os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        replace(tmp, name, self.path / name, command=self.command, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     def _write_checked(self, tmp: str, name: str, write: Callable[[BinaryIO], object]) -> None:
         self._verify()
@@ -269,7 +306,7 @@ class Folder:
         if _is_link(now) or (now.st_ino, now.st_dev) != (opened.st_ino, opened.st_dev):
             raise Forbidden(f"{self.command}: {tmp_path} changed while it was written; nothing was kept")
         self._check_target(name)
-        os.replace(tmp_path, self.path / name)
+        replace(tmp_path, self.path / name, self.path / name, command=self.command)
         self._verify()
 
     def _discard(self, tmp: str) -> None:
@@ -360,6 +397,8 @@ class Folder:
                     removed.append(self.path / name)
             except FileNotFoundError:
                 continue  # another cleaner got there first
+            except OSError as err:  # Windows: still open (its writer at work, or a virus scanner)
+                log.info("left partial file %s: %s", self.path / name, err)
         return removed
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bridge.errors import BadRequest, BridgeError, Internal, Unavailable
-from bridge.fileio import disk_full, remove_partials
+from bridge.fileio import disk_full, not_permitted, remove_partials
 from bridge.files import open_folder
 from bridge.job_store import Job, JobStore, to_json
 from bridge.protocol import Origin
@@ -538,12 +538,13 @@ class JobRunner:
             with self._cond:
                 self._running.pop(job.id, None)
                 self._origins.pop(job.id, None)
-            log.debug("job %s (%s) left its worker after %.2f s", job.id, job.kind, time.monotonic() - started)
             if self._after_job is not None:
                 try:
                     self._after_job()
                 except Exception:
                     log.exception("after-job hook failed (job %s)", job.id)
+            # Last: what follows the job on its worker (the freed memory handed back) is done.
+            log.debug("job %s (%s) left its worker after %.2f s", job.id, job.kind, time.monotonic() - started)
 
     def _run_handler(self, context: JobContext) -> None:
         job = context.job
@@ -558,10 +559,10 @@ class JobRunner:
             try:
                 result = handler(context)
             except OSError as err:
-                full = disk_full(err, job.kind)
-                if full is None:
+                said = disk_full(err, job.kind) or not_permitted(err, job.kind)
+                if said is None:
                     raise
-                raise full from err
+                raise said from err
             # A result the store cannot hold is the handler's bug: fail the job as internal.
             to_json(result, f"the {job.kind} handler's result", TypeError)
         except JobCanceled:

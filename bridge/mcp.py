@@ -281,5 +281,8 @@ def serve_http(config: Config, host: str, port: int) -> None:
     server = build_server(config)
     app = server.streamable_http_app(host=host)
     log.info("MCP over streamable HTTP at http://%s:%d/mcp (daemon at %s)", host, port, request_endpoint(config))
-    uvicorn.run(app, host=host, port=port, log_level=config.daemon.log_level.lower(), lifespan="on")
+    # uvicorn's own choice on Windows is the proactor loop, which the daemon's ZeroMQ client cannot
+    # use (it watches sockets with add_reader): bridge.transports.zmq.new_event_loop, a selector loop.
+    uvicorn.run(app, host=host, port=port, log_level=config.daemon.log_level.lower(), lifespan="on",
+                loop="bridge.transports.zmq:new_event_loop")
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BadRequest, Forbidden, NotFound
-from bridge.fileio import MAX_NAME_BYTES
-from bridge.files import MAX_PATH_CHARS, Folder, check_chain, check_name, open_folder
+from bridge.fileio import MAX_NAME_BYTES, below, not_permitted
+from bridge.files import LONG_PATHS_HINT, MAX_PATH_CHARS, Folder, check_chain, check_name, open_folder, past_max_path
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -52,15 +52,6 @@ def looks_like_path(raw: str) -> bool:
     if raw.startswith(("~", ".", "/", "\\")) or "\\" in raw or ":" in raw:
         return True
     return ".." in raw.split("/")
-
-
-def _below(path: Path, base: Path) -> tuple[str, ...] | None:
-    """The names of `path` below `base`, or None when it is not there (compared as the OS compares)."""
-    try:
-        rel = path.relative_to(base)
-    except ValueError:
-        return None
-    return rel.parts
 
 
 class PathPolicy:
@@ -126,7 +117,7 @@ class PathPolicy:
             resolved = Path(os.path.realpath(lexical))
             location = next(
                 (Location(real, real, parts) for _, real in self._anchors
-                 if (parts := _below(resolved, real)) is not None),
+                 if (parts := below(resolved, real)) is not None),
                 None,
             )
             if location is None:
@@ -142,13 +133,17 @@ class PathPolicy:
     def _under_a_root(self, lexical: Path) -> Location | None:
         for spelled, real in self._anchors:
             for base in (spelled, real):
-                parts = _below(lexical, base)
+                parts = below(lexical, base)
                 if parts is not None:
                     return Location(base, real, parts)
         return None
 
     def _inside(self, resolved: Path, folders: Sequence[Path]) -> bool:
-        return any(resolved == folder or folder in resolved.parents for folder in folders)
+        return any(below(resolved, folder) is not None for folder in folders)
+
+    def holds(self, real: Path) -> bool:
+        """Whether a real path (links followed) is inside `paths.roots`."""
+        return self._inside(real, self.roots)
 
     def _real_inside(self, raw: str, arg: str, command: str) -> Path:
         """The real path of a request's path (links followed), refused unless it is inside the roots."""
@@ -168,13 +163,16 @@ class PathPolicy:
         try:
             exists, is_file = path.exists(), path.is_file()
         except OSError as err:
-            raise BadRequest(f"{command}: {arg} {raw!r} cannot be read: {err.strerror}") from None
+            raise not_permitted(err, command) or BadRequest(
+                f"{command}: {arg} {raw!r} cannot be read: {err.strerror}") from None
         if not exists:
             # A relative path was looked for inside the first root, wherever the sender's own folder is
             # (`flowstate send` from a terminal in another folder): say where.
             where = "" if Path(raw).expanduser().is_absolute() else (
                 f" ({path}: a relative path is taken inside {self._anchors[0][0]}, the first of paths.roots; give the "
                 "whole path)")
+            if past_max_path(path):  # Windows says "not found" for a path it will not take
+                where += f" ({len(str(path))} characters: {LONG_PATHS_HINT})"
             raise NotFound(f"{command}: {arg} {raw!r}: no such file{where}")
         if not is_file:
             raise BadRequest(f"{command}: {arg} {raw!r} is not a file")

@@ -280,11 +280,14 @@ def list_audio(folder: Path, paths: PathPolicy, check_cancelled: CheckCancelled)
             try:
                 is_dir = entry.is_dir()
                 is_link = entry.is_symlink()
-                if is_link and not _inside(entry.path, paths):
-                    continue  # a link that leads outside paths.roots is not followed
+                # A link, and every folder, by where it really is (a Windows junction, mklink /J, is a
+                # folder to DirEntry, not a link, in Python 3.11; realpath follows it): one that leads
+                # outside paths.roots is not followed.
+                real = os.path.realpath(entry.path) if is_link or is_dir else ""
+                if real and not paths.holds(Path(real)):
+                    continue
                 if is_dir:
-                    real = os.path.realpath(entry.path)
-                    if real not in seen:  # a link back up the tree would loop forever
+                    if real not in seen:  # a link up the tree would loop forever
                         seen.add(real)
                         stack.append(Path(entry.path))
                 elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in AUDIO_SUFFIXES:
@@ -294,8 +297,3 @@ def list_audio(folder: Path, paths: PathPolicy, check_cancelled: CheckCancelled)
                 log.warning("samples: cannot stat %s: %s", entry.path, err)
     found.sort(key=lambda f: f.path)
     return found
-
-
-def _inside(path: str, paths: PathPolicy) -> bool:
-    real = Path(os.path.realpath(path))
-    return any(real == root or root in real.parents for root in paths.roots)

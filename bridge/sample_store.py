@@ -128,8 +128,9 @@ class SampleStore:
 
     def known_under(self, folder: Path) -> dict[str, Known]:
         """Rows for every path below `folder` (a range scan on the path index)."""
-        low = str(folder) + os.sep
-        high = str(folder) + chr(ord(os.sep) + 1)
+        # A root already ends in the separator (a sample drive, E:\, or /): it gets no second one.
+        low = os.path.join(str(folder), "")
+        high = low[:-1] + chr(ord(os.sep) + 1)
         rows = self._execute(
             "SELECT id, path, size, mtime_ns, analysis, status, model, audio_model, tag_model FROM samples "
             "WHERE path > ? AND path < ?",

@@ -113,6 +113,22 @@ def _cmd_quote(word: str) -> str:
     return word if _PLAIN.fullmatch(word) else '"' + word + '"'
 
 
+def _caret_unquoted(line: str) -> str:
+    """A batch file's line with `^` before each of cmd's special characters where cmd reads it out of
+    quotes. cmd reads a line in one pass, each `"` turning quoting on or off: in `cmd /c "a "b c" d"`
+    the quoted words of the inner command are out of quotes to it, so `&` in a folder name
+    (`C:\\Users\\R&B\\...`) would end the command there; escaped, `^` is gone when the inner cmd reads
+    the word, in its own quotes."""
+    out, quoted = [], False
+    for char in line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "&|<>^()":
+            out.append("^")
+        out.append(char)
+    return "".join(out)
+
+
 def _startup_script(folders: PlatformFolders, arguments: list[str]) -> ServiceFile:
     path = folders.autostart_dir / STARTUP_SCRIPT
     log = str(folders.log_dir).replace("/", "\\") + "\\daemon.log"
@@ -120,12 +136,16 @@ def _startup_script(folders: PlatformFolders, arguments: list[str]) -> ServiceFi
     command = " ".join(_cmd_quote(word) for word in arguments)
     lines = [
         "@echo off",
+        # cmd reads a batch file in the console's OEM code page (437, 850 ...), line by line: from here
+        # on it reads this file's UTF-8, so a path under C:\Users\Søren or José is the folder it names.
+        "chcp 65001 >nul",
         "rem Written by `flowstate install-service`: starts the Flowstate Bridge daemon when you log in.",
         "rem It runs in a minimised window named Flowstate Bridge: close that window to stop it.",
-        f"rem Its log: {log}. Delete this file, or run `flowstate install-service --uninstall`, to stop starting it.",
-        f"if not exist {_cmd_quote(log_dir)} mkdir {_cmd_quote(log_dir)}",
+        _caret_unquoted(f"rem Its log: {log}. Delete this file, or run `flowstate install-service --uninstall`, "
+                        "to stop starting it."),
+        _caret_unquoted(f"if not exist {_cmd_quote(log_dir)} mkdir {_cmd_quote(log_dir)}"),
         # cmd /c strips the outer pair of quotes, leaving the quoted command and the redirection.
-        f'start "Flowstate Bridge" /min cmd /c "{command} >> {_cmd_quote(log)} 2>&1"',
+        _caret_unquoted(f'start "Flowstate Bridge" /min cmd /c "{command} >> {_cmd_quote(log)} 2>&1"'),
         "",
     ]
     return ServiceFile(path, "\r\n".join(lines), start_now=f'start "" "{path}"  (or log out and in)',

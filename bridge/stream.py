@@ -1281,10 +1281,15 @@ class LiveStream:
         self._budget_capped = False
         self._pending_shift = grown - self._write_offset + self._engine_extra
         new_hop_ms = 1000.0 * engine.hop_seconds
+        covered_ms = self.budget_ms / self.budget_margin
         self.hop_changes.append({
             "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             "from_ms": round(hop_ms, 3), "to_ms": round(new_hop_ms, 3), "latency_frames": self.latency_frames,
-            "budget_ms": round(self.budget_ms, 3), "reason": reason, "late_hops": self.counters.late_hops})
+            # What the budget covers: the estimate it grew for (less where the hop's limit capped it),
+            # or, kept as it was, what it covered already.
+            "budget_ms": round(self.budget_ms, 3), "needed_ms": round(
+                min(estimate_ms, covered_ms) if grown > budget else covered_ms, 3), "reason": reason,
+            "late_hops": self.counters.late_hops})
         self._announce_latency(f"hop {hop_ms:.0f} -> {new_hop_ms:.0f} ms while running, compute budget "
                                f"{1000.0 * budget / self.sample_rate:.1f} -> {self.budget_ms:.1f} ms",
                                f"hop {hop_ms:.0f} -> {new_hop_ms:.0f} ms: {reason}")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from bridge.errors import BadRequest, Forbidden, NotFound, Unavailable
+from bridge.fileio import below
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +397,7 @@ def _build_vst3(
         raise BadRequest(f"{where}.vst3: expected a path ending in .vst3, got {str(path)!r}")
     if allowed_dirs is not None:
         resolved = path.resolve()
-        if not any(resolved.is_relative_to(d) for d in allowed_dirs):
+        if not any(below(resolved, d) is not None for d in allowed_dirs):
             folders = ", ".join(str(d) for d in allowed_dirs) or "(none)"
             raise Forbidden(f"{where}.vst3: {str(path)!r} is outside the allowed VST3 folders: {folders}")
     if not path.exists():

@@ -34,6 +34,7 @@ import numpy as np
 
 from bridge.errors import BadRequest, NotFound, Unavailable
 from engines.base import Engine
+from engines.embeddings import looks_like_path
 from engines.resample import resample_tensor
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,9 @@ class Generated:
 
 
 def _is_path(model: str) -> bool:
-    """A folder spelled as a path (absolute, ~, ./ or ../, or an existing folder), not a hub name."""
-    return model.startswith(("/", "~", "./", "../")) or Path(model).expanduser().is_dir()
+    """A folder spelled as a path (absolute, Windows' C:\\… and .\\… too, ~, ./ or ../, or a folder
+    that exists), not a hub name: a missing configured folder is said to be missing, not a failed download."""
+    return looks_like_path(model)  # which also takes any path that exists here, a folder too
 
 
 def model_sources(model: str, local_dir: Path | None) -> list[tuple[str, str]]:

@@ -295,10 +295,24 @@ def _prune(cache: ConversionCache, keep: Path) -> None:
     for _, size, entry in sorted(entries):
         if total <= cache.max_mb * 1e6:
             break
-        if entry != keep:
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry != keep and _remove_entry(entry):
             total -= size
             log.info("OpenVINO: removed the least recently used conversion %s (over %g MB)", entry, cache.max_mb)
+
+
+def _remove_entry(entry: Path) -> bool:
+    """Delete a kept conversion, its weights first; whether it went. OpenVINO maps the weights it
+    reads, and Windows will not delete a mapped file (OpenVINO's win_mmap_object.cpp): a conversion
+    this process has open stays whole then, not without its network.xml (which made every later
+    start convert it again, the rename onto the half entry refused)."""
+    try:
+        for weights in entry.glob("*.bin"):
+            weights.unlink()
+    except OSError as err:
+        log.info("OpenVINO: kept the conversion %s, in use (%s)", entry, err)
+        return False
+    shutil.rmtree(entry, ignore_errors=True)
+    return True
 
 
 class OpenVinoModel:

@@ -60,8 +60,11 @@ def voice_at(model: Path, description: str) -> VoiceFiles:
 
 
 def is_voice_path(voice: str) -> bool:
-    """A path (to a .onnx file), as opposed to a voice name."""
-    return voice.endswith(".onnx") or "/" in voice or "\\" in voice or voice.startswith(("~", "."))
+    """A path (to a .onnx file), as opposed to a voice name. A colon makes one too: on Windows
+    `C:voice` is relative to drive C's current folder, and voices_dir / "C:voice.onnx" is that file,
+    outside voices_dir."""
+    return (voice.endswith(".onnx") or "/" in voice or "\\" in voice or ":" in voice
+            or voice.startswith(("~", ".")))
 
 
 class VoiceLibrary:

@@ -24,28 +24,37 @@ function Run([string]$Exe, [string[]]$Arguments) {
     if ($LASTEXITCODE -ne 0) { Fail "$Exe $($Arguments -join ' ') failed with exit code $LASTEXITCODE" }
 }
 
-$Check = "import struct, sys; sys.exit(0 if sys.version_info >= (3, 11) and struct.calcsize('P') == 8 else 1)"
+# Ask a program something whose failure is an answer ("no such Python"): its output, or $null when it
+# fails. Windows PowerShell 5.1 (what `powershell` runs) turns a native program's redirected error
+# output into error records, and "Stop" above would end the script at the first one (the py launcher's
+# "No suitable Python runtime found", the Store's python.exe stub): here they are only dropped.
+function Probe([string]$Exe, [string[]]$Arguments) {
+    $ErrorActionPreference = "Continue"
+    try { $Out = & $Exe @Arguments 2>$null } catch { return $null }
+    if ($LASTEXITCODE -ne 0) { return $null }
+    return "$Out".Trim()
+}
+
+$Check = "import struct, sys; print(sys.executable) if sys.version_info >= (3, 11) and struct.calcsize('P') == 8 else sys.exit(1)"
 # Python 3.11 or newer, 64-bit: -Python, else the py launcher's newest, else python on PATH.
 if (-not $Python) {
     $Candidates = @()
     if (Get-Command py -ErrorAction SilentlyContinue) {
-        foreach ($Version in "3.13", "3.12", "3.11") {
-            $Found = & py "-$Version" -c "import sys; print(sys.executable)" 2>$null
-            if ($LASTEXITCODE -eq 0 -and $Found) { $Candidates += $Found.Trim() }
-        }
+        foreach ($Version in "3.13", "3.12", "3.11") { $Candidates += , @("py", "-$Version") }
     }
     $OnPath = Get-Command python -ErrorAction SilentlyContinue
-    if ($OnPath) { $Candidates += $OnPath.Source }
+    if ($OnPath) { $Candidates += , @($OnPath.Source) }
     foreach ($Candidate in $Candidates) {
-        & $Candidate -c $Check 2>$null
-        if ($LASTEXITCODE -eq 0) { $Python = $Candidate; break }
+        $Found = Probe $Candidate[0] (@($Candidate | Select-Object -Skip 1) + @("-c", $Check))
+        if ($Found) { $Python = $Found; break }
     }
 }
 if (-not $Python) {
     Fail "64-bit Python 3.11 or newer not found: install it from python.org (or: winget install Python.Python.3.12), then run this again"
 }
-& $Python -c $Check
-if ($LASTEXITCODE -ne 0) { Fail "$Python is not a 64-bit Python 3.11 or newer (torch has Windows wheels for x64 only)" }
+if (-not (Probe $Python @("-c", $Check))) {
+    Fail "$Python is not a 64-bit Python 3.11 or newer (torch has Windows wheels for x64 only)"
+}
 
 $VenvPython = Join-Path $Venv "Scripts\python.exe"
 if (-not (Test-Path $VenvPython)) {

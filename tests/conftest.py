@@ -18,6 +18,7 @@ import zmq
 from pythonosc.osc_message import OscMessage
 from pythonosc.tcp_client import SimpleTCPClient
 from pythonosc.udp_client import SimpleUDPClient
+from zmq.utils.monitor import recv_monitor_message
 
 from bridge.testing import (
     RUN_MARKER_VARIABLE,
@@ -32,7 +33,9 @@ from bridge.testing import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REPLY_TIMEOUT = 5.0
+# How long a test waits for a reply it must get: a daemon answers in milliseconds, but on two busy
+# cores a worker thread importing torch in the same process can hold it up for seconds.
+REPLY_TIMEOUT = 30.0
 
 
 # -- nothing left running ------------------------------------------------------------------------
@@ -249,18 +252,24 @@ def running_jack(name: str, log: Path, rate: int = 48000) -> Iterator[JackServer
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )
 
-    def wait_ready() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True, timeout=60)
+    def wait_ready(process: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[str]:
+        # Up to a minute while jackd runs (a busy machine starts it slowly); a jackd that refused has exited.
+        for _ in range(6):
+            ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, text=True,
+                                   timeout=60)
+            if ready.returncode == 0 or process.poll() is not None:
+                break
+        return ready
 
     process = start()
     try:
-        ready = wait_ready()
+        ready = wait_ready(process)
         if ready.returncode != 0:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)  # a jackd that refused ends by itself
             if process.poll() is not None and clear_stale_jack_registry(log.read_text()):
                 process = start()
-                ready = wait_ready()
+                ready = wait_ready(process)
         if ready.returncode != 0:
             pytest.fail(f"JACK did not start: {ready.stdout}{ready.stderr}\n{log.read_text()}")
         yield JackServer(name, process, rate, 256)
@@ -381,14 +390,30 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return passthrough_htdemucs_repo(tmp_path_factory.mktemp("models"), threads=1)
 
 
+def subscribed(context: zmq.Context[Any], endpoint: str, prefix: bytes,
+               timeout_seconds: float = 30.0) -> zmq.Socket[Any]:
+    """A SUB socket on the daemon's events of topic `prefix`, once it has joined: a SUB socket only
+    receives what is published after its connection's handshake, and on a busy machine that can
+    take longer than any sleep a test would pick. (Its subscription goes out right after it.)"""
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, prefix)
+    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sub.connect(endpoint)
+        assert monitor.poll(int(timeout_seconds * 1000)), f"no connection to {endpoint} within {timeout_seconds} s"
+        recv_monitor_message(monitor)
+    finally:
+        sub.disable_monitor()
+        monitor.close(linger=0)
+    return sub
+
+
 class Events:
     """The daemon's ZeroMQ PUB events of one topic prefix, gathered on a thread."""
 
     def __init__(self, endpoint: str, prefix: bytes) -> None:
         self._context = zmq.Context()
-        self._sub = self._context.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
-        self._sub.connect(endpoint)
+        self._sub = subscribed(self._context, endpoint, prefix)
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     def wait_for(self, name: str, timeout_seconds: float) -> dict[str, Any]:
@@ -404,3 +429,30 @@ class Events:
 
     def close(self) -> None:
         self._context.destroy(linger=0)
+
+
+def spelled_as_macos_does(monkeypatch: pytest.MonkeyPatch, folder: Path, *spellings: str) -> list[Path]:
+    """`folder` also under each of `spellings` (other names beside it), as on a macOS volume that
+    ignores case and Unicode normalization (APFS and HFS+ as Macs format them): each spelling opens
+    the same folder, and `os.path.realpath` keeps the spelling it is given (CPython's posixpath
+    follows links only, and a spelling is no link there). Linux has no such volume without mounting
+    one, so here each spelling is a link that realpath is made not to follow. The paths of the spellings."""
+    real_realpath = os.path.realpath
+    real_folder = real_realpath(folder)
+    aliases = [folder.parent / spelling for spelling in spellings]
+    for alias in aliases:
+        alias.symlink_to(folder, target_is_directory=True)
+
+    def realpath(path: Any, *, strict: bool = False) -> str:
+        text = os.path.abspath(os.fspath(path))
+        for alias in aliases:
+            prefix = str(alias)
+            if text == prefix or text.startswith(prefix + os.sep):
+                resolved = real_realpath(real_folder + text[len(prefix):], strict=strict)
+                if resolved == real_folder or resolved.startswith(real_folder + os.sep):
+                    return os.path.join(real_realpath(alias.parent), alias.name) + resolved[len(real_folder):]
+                return resolved  # a link below it led elsewhere: followed, as macOS does
+        return real_realpath(path, strict=strict)
+
+    monkeypatch.setattr(os.path, "realpath", realpath)
+    return aliases

@@ -21,6 +21,7 @@ from bridge.testing.hub import HubStandIn, hub_stand_in, save_hub_cache  # noqa:
 from bridge.testing.processes import (  # noqa: F401 (re-exported)
     POSTGRES_BIN_DIRS,
     RUN_MARKER_VARIABLE,
+    SLOW_SECONDS,
     DaemonProcess,
     PostgresServer,
     RunningProcess,
@@ -28,6 +29,7 @@ from bridge.testing.processes import (  # noqa: F401 (re-exported)
     free_port,
     postgres_bin_dir,
     processes_started_by,
+    start_on_free_ports,
     stop_processes,
 )
 from bridge.testing.separation_models import (  # noqa: F401 (re-exported)

@@ -11,16 +11,40 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from bridge.client import Client, RemoteError
 from bridge.errors import Unavailable
+
+# How long a test waits for what a fresh process does first: start Python, import torch (and
+# transformers), load a model, open JACK. Seconds when the machine is quiet, minutes on two shared,
+# busy cores; a wait only ends this late when the awaited thing never comes.
+SLOW_SECONDS = 240.0
+
+T = TypeVar("T")
+
+
+def start_on_free_ports(start: Callable[[], T], log: Callable[[], str], repick: Callable[[], None],
+                        attempts: int) -> T:
+    """`start()`, and again after `repick()` while it fails (RuntimeError) with a `log()` that says a
+    port is already in use, up to `attempts` times in all. A port `free_port` picked can be taken
+    by another process before the child binds it (a clean-clone CI run lost a whole test module
+    to that once)."""
+    for attempt in range(1, attempts + 1):
+        logged = len(log())
+        try:
+            return start()
+        except RuntimeError:
+            if attempt == attempts or "already in use" not in log()[logged:]:
+                raise
+        repick()
+    raise AssertionError("unreachable")
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -102,22 +126,18 @@ class DaemonProcess:
         The timeout is generous: a first start imports torch, which takes tens of seconds on a
         loaded two-core machine; a daemon that answers sooner returns sooner.
 
-        A port `free_port` picked can be taken by another process before the daemon binds it (a
-        clean-clone CI run lost a whole test module to that once): a daemon that exits saying a
-        port is in use starts again on newly picked ports, up to `attempts` times in all."""
+        A daemon that exits saying a port it was given by `free_port` is in use starts again on
+        newly picked ports, up to `attempts` times in all (`start_on_free_ports`)."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"the daemon in {self.workdir} is already running (pid {self.process.pid})")
-        for attempt in range(1, attempts + 1):
-            logged = len(self.log())
-            try:
-                return self._start_once(timeout_seconds)
-            except RuntimeError:
-                if attempt == attempts or not self._picked or "is already in use" not in self.log()[logged:]:
-                    raise
+
+        def repick() -> None:
             for (section, key), kind in self._picked.items():
                 self.config[section][key] = free_port(kind)
             self.config_path.write_text(yaml.safe_dump(self.config))
-        raise AssertionError("unreachable")
+
+        return start_on_free_ports(lambda: self._start_once(timeout_seconds), self.log, repick,
+                                   attempts if self._picked else 1)
 
     def _start_once(self, timeout_seconds: float) -> DaemonProcess:
         before = len(self.log())  # a restarted daemon appends to the log of the last one
@@ -215,15 +235,24 @@ POSTGRES_BIN_DIRS = ("/usr/lib/postgresql",)  # Debian's versioned folders (post
 @contextmanager
 def busy_processes(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
     """`count` Python processes that each spin on a core (at nice 0) while the block runs: a machine
-    busy with other applications, for the benchmarks. Killed and reaped on the way out."""
-    spin = [sys.executable, "-c", "while True: pass"]
-    children = [subprocess.Popen(spin) for _ in range(count)]
+    busy with other applications, for the benchmarks. Each is spinning when the block starts (it
+    says so first: a process just started is still loading Python). Killed and reaped on the way out."""
+    spin = [sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"]
+    children: list[subprocess.Popen[bytes]] = []
     try:
+        for _ in range(count):
+            children.append(subprocess.Popen(spin, stdout=subprocess.PIPE))
+        for child in children:
+            assert child.stdout is not None
+            if child.stdout.readline() != b"spinning\n":
+                raise RuntimeError(f"a busy process ended as it started (exit code {child.wait()})")
         yield children
     finally:
         for child in children:
             child.kill()
             child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
 
 
 def postgres_bin_dir() -> Path | None:

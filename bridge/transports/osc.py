@@ -376,7 +376,10 @@ class OscServer:
         self._tcp = await bind(
             "osc.tcp_port",
             self.config.tcp_port,
-            loop.create_server(lambda: _TcpConnection(self), host, self.config.tcp_port, reuse_address=True),
+            # asyncio's own reuse_address: SO_REUSEADDR on macOS and Linux (a restart binds again at
+            # once), never on Windows, where it would let a second daemon bind the same port and take
+            # some of the connections instead of failing (CPython, base_events.create_server).
+            loop.create_server(lambda: _TcpConnection(self), host, self.config.tcp_port),
         )
         self.tcp_port = self._tcp.sockets[0].getsockname()[1]
 

@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 Dispatch = Callable[[Request, Callable[[Reply], None]], None]
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An event loop that can watch ZeroMQ's sockets, on every platform: a selector loop.
+
+    A ZeroMQ socket is watched through its descriptor (ZMQ_FD) with `loop.add_reader`, here and in
+    pyzmq's own `zmq.asyncio` (the MCP bridge's client). Windows' default loop is the proactor
+    loop, which has no `add_reader` (CPython, Lib/asyncio/proactor_events.py: the base class's
+    raises NotImplementedError), and pyzmq then needs tornado, which nothing here installs. The
+    selector loop is what `asyncio.new_event_loop()` gives on macOS and Linux anyway; on Windows
+    its select() takes ZMQ_FD, a socket. What it lacks there (signals) `watch_stop_signals` makes up.
+    """
+    return asyncio.SelectorEventLoop()
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode()
 

@@ -50,8 +50,8 @@ def htdemucs_files_on_disk(name: str, repo: Path | None = None) -> tuple[list[Pa
 
     def signatures(bag: Path) -> list[str]:  # none from a bag file that cannot be read: nothing loads from it
         try:
-            return [str(sig) for sig in (yaml.safe_load(bag.read_text()) or {}).get("models", [])]
-        except (OSError, yaml.YAMLError, AttributeError, TypeError):
+            return [str(sig) for sig in (yaml.safe_load(bag.read_text(encoding="utf-8")) or {}).get("models", [])]
+        except (OSError, ValueError, yaml.YAMLError, AttributeError, TypeError):  # ValueError: not UTF-8
             return []
 
     def checkpoints(folder: Path, sigs: list[str]) -> list[Path]:  # one a signature, or none at all

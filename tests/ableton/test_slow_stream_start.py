@@ -71,7 +71,7 @@ def test_the_stop_pad_cancels_a_start_that_is_still_loading(starting: Starting) 
     # and the stems then started anyway.
     script, daemon, release = starting
     with Client(daemon.zmq_requests, timeout_seconds=10) as client:
-        _starting(client, "loading passthrough")
+        _starting(client, "loading passthrough", script.tick)
     script.surface.receive_midi((0x9F, surface_module.NOTE_STREAM_STOP, 100))
     script.tick_until(lambda: script.shown("live stems start cancelled: passthrough on the default audio device "
                                            "(loading passthrough, "), "stream.stop answered during the load")
@@ -90,7 +90,7 @@ def test_a_start_cancelled_from_another_client_is_shown_at_once(starting: Starti
     # began: the status bar said so only once the load ended, as the start's error.
     script, daemon, release = starting
     with Client(daemon.zmq_requests, timeout_seconds=10) as client:
-        _starting(client, "loading passthrough")
+        _starting(client, "loading passthrough", script.tick)
         assert client.call("stream.stop")["cancelled"]
     script.tick_until(lambda: script.shown("live stems start cancelled: passthrough on the default audio device "
                                            "(loading passthrough, "), "the cancel said while the load is held")

@@ -21,10 +21,10 @@ from bridge.config import Config
 from bridge.doctor import run_checks
 from bridge.errors import Forbidden
 from bridge.licences import check_job
-from bridge.testing import TINY_AST_LABELS, DaemonProcess, build_tiny_ast
+from bridge.testing import SLOW_SECONDS, TINY_AST_LABELS, DaemonProcess, build_tiny_ast
 from tests.conftest import OscUdp
 
-TIMEOUT = 60.0  # the first call loads torch, transformers and the model: seconds on a loaded machine
+TIMEOUT = SLOW_SECONDS  # the first call loads torch, transformers and the model
 
 
 @pytest.fixture(scope="module")

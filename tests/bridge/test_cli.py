@@ -49,6 +49,16 @@ def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path: Path, bloc
     assert done.stderr == "" and done.returncode == -signal.SIGPIPE, (done.returncode, done.stderr)
 
 
+def test_output_the_console_code_page_cannot_hold_is_escaped_not_a_crash(tmp_path: Path) -> None:
+    # Windows writes a piped stdout in the ANSI code page (cp1252, strict), as PYTHONIOENCODING does
+    # here: the install's "Settings → Link" ended in a UnicodeEncodeError, exit 1, after the copy.
+    dest = tmp_path / "Remote Scripts"
+    done = flowstate("install-ableton", "--dest", str(dest), env={"PYTHONIOENCODING": "cp1252"})
+    assert done.returncode == 0, done.stderr
+    assert "Settings \\u2192 Link, Tempo & MIDI" in done.stdout
+    assert (dest / "Flowstate" / "__init__.py").is_file()
+
+
 def test_send_ping_prints_the_result(daemon: DaemonProcess) -> None:
     done = flowstate("send", "ping", "--config", str(daemon.config_path))
     assert done.returncode == 0, done.stderr
@@ -180,12 +190,16 @@ def test_install_service_writes_a_launchd_agent_for_macos(tmp_path: Path) -> Non
 
 
 def test_install_service_puts_a_script_in_the_windows_startup_folder(tmp_path: Path) -> None:
-    home, config, _ = install_service_with_config(tmp_path, "win32", "100% mine")
+    home, config, _ = install_service_with_config(tmp_path, "win32", "100% Søren's")
     script = home / "AppData" / "Roaming" / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / \
         "Flowstate Bridge.cmd"
     raw = script.read_bytes()
     assert raw.count(b"\r\n") == raw.count(b"\n")  # cmd.exe's line endings
-    lines = raw.decode().splitlines()
+    lines = raw.decode("utf-8").splitlines()
+    # cmd reads a batch file in the console's OEM code page until told otherwise, and "ø" in UTF-8
+    # would read as two other letters there: the folder would not be found.
+    assert lines[:2] == ["@echo off", "chcp 65001 >nul"]
+    assert all(line.isascii() for line in lines[:2])
     start = next(line for line in lines if line.startswith("start "))
     # A minimised window, this Python, the config (cmd would expand a lone %), output to the log.
     assert start.startswith('start "Flowstate Bridge" /min cmd /c "')
@@ -194,6 +208,63 @@ def test_install_service_puts_a_script_in_the_windows_startup_folder(tmp_path: P
     log = str(home / "AppData" / "Local" / "Flowstate" / "logs").replace("/", "\\")
     assert f">> {log}\\daemon.log 2>&1" in start
     assert any(line.startswith("if not exist") and log in line for line in lines)
+
+
+def _cmd_reads(line: str, batch: bool = True) -> list[str]:
+    """The commands cmd.exe runs for one line, as its parser reads a line (a batch file's phases 1
+    and 2 in dbenham's account of cmd.exe's parser, StackOverflow question 4094699): `%%` is `%` in a
+    batch file; then in one pass each `"` turns quoting on or off, and out of quotes `^` escapes the
+    next character (and goes), and an `&` or `|` ends the command (`>&` is a redirection's handle)."""
+    if batch:
+        line = line.replace("%%", "%")
+    commands, current, quoted, i = [], "", False, 0
+    while i < len(line):
+        char = line[i]
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "^":
+            i += 1
+            char = line[i]
+        elif not quoted and char in "&|" and not current.endswith(">"):
+            commands.append(current)
+            current, i = "", i + (2 if line[i + 1:i + 2] == char else 1)
+            continue
+        current += char
+        i += 1
+    return [*commands, current]
+
+
+def _words(command: str) -> list[str]:
+    """A command's words, split at spaces out of quotes, the quotes gone."""
+    words, current, quoted = [], "", False
+    for char in command.strip():
+        if char == '"':
+            quoted = not quoted
+        elif char == " " and not quoted:
+            words, current = [*words, current] if current else words, ""
+            continue
+        else:
+            current += char
+    return [*words, current] if current else words
+
+
+@pytest.mark.parametrize("folder", ["R&B (Mix) ^1 100%", "Drum & Bass"])
+def test_the_windows_login_script_runs_the_daemon_from_a_folder_named_with_cmd_s_special_characters(
+    tmp_path: Path, folder: str
+) -> None:
+    # Windows lets a user or a folder be named `R&B`. The login script ran `start ... cmd /c "..."`, in
+    # which the quoted config path is out of quotes to cmd: the command ended at the `&`.
+    home, config, _ = install_service_with_config(tmp_path, "win32", folder)
+    script = home / "AppData" / "Roaming" / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / \
+        "Flowstate Bridge.cmd"
+    start = next(line for line in script.read_text("utf-8").splitlines() if line.startswith("start "))
+    [run] = _cmd_reads(start)  # one command: start
+    head, inner = run.split(" cmd /c ", 1)
+    assert head == 'start "Flowstate Bridge" /min'
+    assert inner[0] == inner[-1] == '"'  # cmd /c takes off the first and the last quote
+    [command] = _cmd_reads(inner[1:-1], batch=False)
+    log = str(home / "AppData" / "Local" / "Flowstate" / "logs").replace("/", "\\") + "\\daemon.log"
+    assert _words(command) == [sys.executable, "-m", "bridge", "up", "--config", str(config), ">>", log, "2>&1"]
 
 
 def test_install_service_refuses_a_config_the_daemon_could_not_start_with(tmp_path: Path) -> None:

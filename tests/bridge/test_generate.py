@@ -25,7 +25,7 @@ from bridge.daw import DawState
 from bridge.errors import BadRequest, Forbidden
 from bridge.generate import check_request
 from bridge.paths import PathPolicy
-from bridge.testing import DaemonProcess, build_tiny_musicgen
+from bridge.testing import SLOW_SECONDS, DaemonProcess, build_tiny_musicgen
 from engines.generation import integrated_loudness
 from tests.conftest import JackServer, OscUdp
 from tests.engines.cloud.fake_replicate import FakeReplicate, running_fake
@@ -229,7 +229,7 @@ def test_the_shipped_midi_mapping_generates_four_bars_at_the_daws_tempo(
                 def opened() -> bool:
                     return not str(client.call("midi.status")["reason"]).startswith("opening")
 
-                _wait("MIDI open", opened, process, 10)
+                _wait("MIDI open", opened, process, SLOW_SECONDS)
                 assert client.call("midi.status")["available"], process.log()
                 client.call("daw.set", {"tempo": 100.0})
                 out = backend.open_output("Flowstate:Flowstate")

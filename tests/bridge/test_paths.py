@@ -9,18 +9,23 @@ paths Windows falls back to, so the fallback is tested on every platform.
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge import files
 from bridge.errors import BadRequest, Forbidden, NotFound
-from bridge.files import DIR_FD_SUPPORTED, check_name, open_folder
+from bridge.fileio import atomic_write
+from bridge.files import DIR_FD_SUPPORTED, check_name, open_folder, too_long
 from bridge.job_store import JobStore
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy, looks_like_path
 from bridge.separate import track_name
+from tests.conftest import spelled_as_macos_does
 
 MODES = [
     pytest.param(True, id="dir_fd", marks=pytest.mark.skipif(not DIR_FD_SUPPORTED, reason="no dir_fd here")),
@@ -52,6 +57,72 @@ def untouched(outside: Path) -> bool:
 
 
 # -- files that are not there -----------------------------------------------------------------------
+
+
+def test_a_file_the_system_will_not_let_the_daemon_see_is_forbidden_naming_it(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # macOS answers "Operation not permitted" for a file in Documents to an app not allowed there (a
+    # daemon started at login); this machine (root) is refused nothing, so stat stands in for that.
+    song = root / "song.wav"
+    song.write_bytes(b"RIFF")
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(path) == song:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(Forbidden) as caught:
+        PathPolicy([root]).input_file(str(song), "path", "stems.separate")
+    assert caught.value.message.startswith(
+        f"stems.separate: the system did not let the daemon use {song} (Operation not permitted)")
+
+
+# -- one folder, several spellings (macOS) ------------------------------------------------------------
+
+SESSIONS = unicodedata.normalize("NFC", "Émilie Sessions")  # as typed into config.yaml
+
+
+@pytest.fixture
+def mac_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[Path]]:
+    """A root named with an accent, and two more spellings macOS opens it by: another case, and NFD."""
+    root = tmp_path / SESSIONS
+    root.mkdir()
+    (root / "song.wav").write_bytes(b"RIFF")
+    return root, spelled_as_macos_does(monkeypatch, root, "émilie sessions", unicodedata.normalize("NFD", SESSIONS))
+
+
+def test_on_macos_a_root_spelled_in_another_case_or_in_nfd_is_the_same_folder(
+        mac_root: tuple[Path, list[Path]]) -> None:
+    # Finder and Live hand over names as the volume stores them (every name in NFD on an HFS+ drive),
+    # and a path typed in a terminal may differ in case: macOS opens the same folder. The daemon
+    # refused them as outside the allowed folders.
+    root, spellings = mac_root
+    paths = PathPolicy([root])
+    for spelled in spellings:
+        song = paths.input_file(str(spelled / "song.wav"), "path", "stems.separate")
+        assert song.read_bytes() == b"RIFF"
+        out = paths.output_dir(str(spelled / "stems"), "out_dir", "stems.separate")
+        assert out == root / "stems"  # below the root as configured, opened through it
+        with paths.open_dir(spelled / "stems", "out_dir", "stems.separate") as folder:
+            folder.write_atomic(f"{spelled.name}.txt", lambda file: file.write(b"stems"))
+        assert paths.model_ref(str(spelled / "my-model"), "model", "generate", configured="small",
+                               is_path=looks_like_path).endswith("my-model")
+    assert sorted(p.name for p in (root / "stems").iterdir()) == sorted(f"{s.name}.txt" for s in spellings)
+
+
+def test_on_a_volume_that_tells_case_apart_a_folder_spelled_like_a_root_is_another(
+        tmp_path: Path, root: Path) -> None:
+    other = tmp_path / "MUSIC"  # beside the root Music: on this volume another folder
+    other.mkdir()
+    (other / "song.wav").write_bytes(PRECIOUS)
+    paths = PathPolicy([root])
+    with pytest.raises(Forbidden, match="outside the allowed folders"):
+        paths.input_file(str(other / "song.wav"), "path", "stems.separate")
+    with pytest.raises(Forbidden, match="outside the allowed folders"):
+        paths.output_dir(str(other / "stems"), "out_dir", "stems.separate")
+    assert not paths.holds(other)
 
 
 def test_a_missing_file_by_a_relative_path_says_where_it_was_looked_for(root: Path, tmp_path: Path) -> None:
@@ -189,6 +260,91 @@ def test_a_failed_write_leaves_no_partial_file(root: Path, dir_fd: bool) -> None
     with open_folder(root, (), "tts", dir_fd=dir_fd) as folder, pytest.raises(RuntimeError):
         folder.write_atomic("line.wav", fail)
     assert os.listdir(root) == []
+
+
+# Windows will not replace a file another program has open (Live playing the stem a separation wrote
+# last time): MoveFileEx fails with a sharing violation (winerror 32), which Python raises as
+# PermissionError (CPython's os.replace; Microsoft's MoveFileExW documentation). That cannot happen on
+# the file systems here, so os.replace stands in: it refuses, as Windows does, while the file is "open".
+def refuse_while_open(monkeypatch: pytest.MonkeyPatch, held: Path, times: int | None = None) -> list[int]:
+    """os.replace refuses to replace `held` (every time, or the first `times` times); returns the tries."""
+    real = os.replace
+    tries: list[int] = []
+
+    def replace(src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        if Path(dst).name == held.name:
+            tries.append(1)
+            if times is None or len(tries) <= times:
+                raise PermissionError(13, "The process cannot access the file because it is being used by "
+                                          "another process", str(dst), 32)
+        real(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return tries
+
+
+@pytest.mark.parametrize("dir_fd", MODES)
+def test_a_file_another_program_keeps_open_is_left_as_it_was_and_named(
+        root: Path, dir_fd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    (root / "vocals.wav").write_bytes(b"last time's stem, playing in Live")
+    refuse_while_open(monkeypatch, root / "vocals.wav")
+    with open_folder(root, (), "stems.separate", dir_fd=dir_fd) as folder, pytest.raises(BadRequest) as caught:
+        folder.write_atomic("vocals.wav", lambda file: file.write(b"a new stem"))
+    assert f"stems.separate: cannot replace {root / 'vocals.wav'}" in caught.value.message
+    assert "another program has it open" in caught.value.message and "out_dir" in caught.value.message
+    assert (root / "vocals.wav").read_bytes() == b"last time's stem, playing in Live"
+    assert os.listdir(root) == ["vocals.wav"]  # no partial file left
+
+
+@pytest.mark.parametrize("dir_fd", MODES)
+def test_a_file_open_for_a_moment_is_replaced_once_it_is_let_go(
+        root: Path, dir_fd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A virus scanner reading the file: it lets go within moments.
+    (root / "vocals.wav").write_bytes(b"old")
+    tries = refuse_while_open(monkeypatch, root / "vocals.wav", times=2)
+    with open_folder(root, (), "stems.separate", dir_fd=dir_fd) as folder:
+        folder.write_atomic("vocals.wav", lambda file: file.write(b"new"))
+    assert (root / "vocals.wav").read_bytes() == b"new" and len(tries) == 3
+    assert os.listdir(root) == ["vocals.wav"]
+
+
+def test_an_engine_s_atomic_write_is_as_patient(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (root / "model.onnx").write_bytes(b"old")
+    refuse_while_open(monkeypatch, root / "model.onnx")
+    with pytest.raises(BadRequest, match="another program has it open"):
+        atomic_write(root / "model.onnx", lambda tmp: tmp.write_bytes(b"new"))
+    assert (root / "model.onnx").read_bytes() == b"old" and os.listdir(root) == ["model.onnx"]
+
+
+# Windows without long paths enabled answers a path of 260 characters or more as not found
+# (ERROR_PATH_NOT_FOUND) or invalid (Python's documentation, "Removing the MAX_PATH limitation").
+def test_windows_max_path_refusals_read_as_too_long_only_where_long_paths_are_off() -> None:
+    deep = "C:\\Users\\me\\Music\\" + "Vendor - Pack Vol 3\\" * 12 + "Kick.wav"
+    assert len(deep) >= 260
+    not_found = FileNotFoundError(2, "The system cannot find the path specified", deep)
+    assert too_long(not_found, "win32", long_paths=False)
+    assert not too_long(not_found, "win32", long_paths=True)  # then it is not there
+    assert not too_long(not_found, "darwin", long_paths=False)
+    assert not too_long(FileNotFoundError(2, "The system cannot find the path specified", "C:\\x.wav"), "win32",
+                        long_paths=False)
+    assert too_long(OSError(22, "The filename, directory name, or volume label syntax is incorrect", deep), "win32",
+                    long_paths=False)
+
+
+def test_a_missing_file_past_max_path_on_windows_says_long_paths_are_off(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = root.joinpath(*["Vendor - Pack Vol 3"] * 12, "Kick.wav")
+    policy = PathPolicy([root])
+    with pytest.raises(NotFound) as elsewhere:
+        policy.input_file(str(deep), "path", "stems.separate")
+    assert "long paths" not in elsewhere.value.message
+    monkeypatch.setattr(files, "LONG_PATHS", False)
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(NotFound) as caught:
+        policy.input_file(str(deep), "path", "stems.separate")
+    monkeypatch.undo()
+    assert "no such file" in caught.value.message and f"{len(str(deep))} characters" in caught.value.message
+    assert "long paths are enabled" in caught.value.message and "LongPathsEnabled" in caught.value.message
 
 
 # -- a job's cleanup --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 import soundfile
 
 from bridge.client import Client, RemoteError
-from bridge.testing import DaemonProcess, tiny_htdemucs_repo
+from bridge.testing import SLOW_SECONDS, DaemonProcess, tiny_htdemucs_repo
 from tests.conftest import OscUdp
 
 STEMS = ["drums", "bass", "other", "vocals"]
@@ -264,6 +264,7 @@ def test_cancel_a_running_job_removes_its_outputs(repo: Path) -> None:
     assert not (source.parent / "stems" / "long").exists()
 
 
+@pytest.mark.timeout(900)  # two daemons, each importing torch; 60 s of audio separated
 def test_a_job_survives_sigkill_and_finishes_after_restart(repo: Path, tmp_path: Path) -> None:
     overrides = _overrides(repo, segment_seconds=0.5, overlap=0.5)
     first = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
@@ -271,7 +272,7 @@ def test_a_job_survives_sigkill_and_finishes_after_restart(repo: Path, tmp_path:
     with Client(first.zmq_requests, timeout_seconds=30) as client:
         job_id = client.call("stems.separate", {"path": str(source)})["id"]
         # Wait until the job is really running, then kill the daemon without warning.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SLOW_SECONDS
         while client.call("job.status", {"id": job_id})["progress"] < 0.1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -284,7 +285,7 @@ def test_a_job_survives_sigkill_and_finishes_after_restart(repo: Path, tmp_path:
     second = DaemonProcess(overrides=overrides, workdir=tmp_path).start()
     try:
         with Client(second.zmq_requests, timeout_seconds=30) as client:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + SLOW_SECONDS
             while (status := client.call("job.status", {"id": job_id}))["state"] not in ("done", "failed"):
                 assert time.monotonic() < deadline, status
                 time.sleep(0.1)

@@ -47,8 +47,10 @@ CLUSTER_ENTRY = (
     "serve(config, '127.0.0.1', int(sys.argv[2]), Path(sys.argv[3]), max_upload_bytes=int(sys.argv[4]), "
     "instance_id=config.server.instance_id)"
 )
-# Short, so a killed instance's job comes back within seconds; renewed every third of it.
-LEASE_SECONDS = 2.0
+# Short, so a killed instance's job comes back within seconds; renewed every third of it. Not
+# shorter: a renewal held up for the whole lease (two servers, PostgreSQL and a torch job on two
+# busy cores) would hand a live job to the other server, and it would run twice.
+LEASE_SECONDS = 5.0
 INSTANCES = ("a", "b")
 
 

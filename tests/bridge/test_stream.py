@@ -99,12 +99,18 @@ class Rig:
         time.sleep(0.2)
         self.position = 0
         total = self.signal.shape[1] / self.rate + tail_seconds
-        deadline = time.monotonic() + total + 10
-        while time.monotonic() < deadline and (
-            self.position < self.signal.shape[1]
-            or len(self.blocks) * 256 < self.signal.shape[1] + tail_seconds * self.rate
-        ):
+        # JACK's dummy driver runs in about real time, slower on a busy machine (--sync): a generous
+        # deadline, and a clear failure if the signal was still not through by then.
+        deadline = time.monotonic() + total + 60
+
+        def through() -> bool:
+            return (self.position >= self.signal.shape[1]
+                    and len(self.blocks) * 256 >= self.signal.shape[1] + tail_seconds * self.rate)
+
+        while not through() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert through(), (f"{total + 60:.0f} s after the start, JACK had played {self.position} of "
+                           f"{self.signal.shape[1]} frames and recorded {len(self.blocks)} blocks")
         time.sleep(tail_seconds)
         self.recording = False
         assert self.start_frame is not None
@@ -146,11 +152,13 @@ def _best_lag(recorded: np.ndarray, reference: np.ndarray, max_lag: int) -> tupl
 
 
 def _assert_lags_follow_the_reported_round_trips(recorded: np.ndarray, signal: np.ndarray, start: dict[str, Any],
-                                                 final: dict[str, Any]) -> list[int]:
+                                                 final: dict[str, Any], slack_frames: int = 0) -> list[int]:
     """Each second of `signal` (mono) comes out of `recorded` late by exactly a round trip the
     stream reported: the one it started with, or one a growth of its budget announced since
     (`budget_changes`) or a climb to a longer hop did (`hop_changes`: a machine slower than at load),
-    never shorter than an earlier second's (the latency only grows). Returns the lags."""
+    never shorter than an earlier second's (the latency only grows). `slack_frames`: what buffers
+    outside the stream's own may add on top (two devices' own, as PortAudio reports them). Returns
+    the lags."""
     block = start["block_size"]
     reported = {start["round_trip_frames"]} | {c["latency_frames"] + block
                                                for c in final["budget_changes"] + final["hop_changes"]}
@@ -159,7 +167,8 @@ def _assert_lags_follow_the_reported_round_trips(recorded: np.ndarray, signal: n
         lag, corr = _best_lag(recorded[first:], signal[first:first + SAMPLE_RATE], max_lag=max(reported) + 8192)
         lags.append(lag)
         corrs.append(corr)
-    assert set(lags) <= reported and lags == sorted(lags), (lags, corrs, reported)
+    assert all(any(r <= lag <= r + slack_frames for r in reported) for lag in lags), (lags, corrs, reported)
+    assert lags == sorted(lags), (lags, corrs, reported)
     # A second that holds a splice matches less well; one without it matches the signal.
     assert max(corrs) > 0.8, (lags, corrs)
     return lags
@@ -839,6 +848,10 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     assert all("(median), over 0.8 x the " in c["reason"] for c in climbs) and stream.counters.late_hops >= 1
     last = climbs[-1]
     assert engine.stats()["hop_choice"].startswith(f"{last['to_ms']:.0f} ms, climbed from {last['from_ms']:.0f} ms")
+    # Each climb says what compute its budget covers (bench/stream_live.py holds the round trip to the
+    # issue's bound with it): the budget is the margin times that, in whole blocks.
+    assert all(0 < 1.3 * c["needed_ms"] - 0.01 <= c["budget_ms"] < 1.3 * c["needed_ms"] + 1000 * 256 / SAMPLE_RATE
+               for c in climbs), climbs
     # The hop it climbed to keeps real time with the slowed windows: their median is under the hop.
     at_the_new_hop = engine.recent_compute_ms(8)
     assert len(at_the_new_hop) >= 2 and float(np.median(at_the_new_hop)) < 1000 * engine.hop_seconds, at_the_new_hop

@@ -25,7 +25,7 @@ from bridge.doctor import stream_device_check
 from bridge.stream import loopback_feedback
 from bridge.testing import DaemonProcess
 from tests.bridge.test_cli import flowstate
-from tests.bridge.test_stream import Rig, _best_lag, _noise, _stream_daemon
+from tests.bridge.test_stream import Rig, _assert_lags_follow_the_reported_round_trips, _noise, _stream_daemon
 from tests.conftest import ALSA_JACK_PORTS, JackServer
 
 
@@ -42,17 +42,18 @@ def test_a_stream_records_from_one_device_and_plays_on_another(
             signal = _noise(3.0, seed=3)
             rig = Rig(jack_server, signal, outputs=4, ports=ALSA_JACK_PORTS)
             recorded = rig.record(tail_seconds=1.5)
+            final = client.call("stream.status")
             client.call("stream.stop")
     finally:
         assert daemon.stop() == 0, daemon.log()
     # What fs_record hears comes out of fs_play's outputs 3-4, the reported round trip late plus
     # what the two devices' own buffers hold (which PortAudio reports as their latency, and the
-    # stream as device_latency_ms) ...
-    round_trip = status["round_trip_frames"]
+    # stream as device_latency_ms) ... second by second: on a busy machine a device's buffer can
+    # run dry for a period, which moves what follows later by that much (within those buffers).
     device_frames = round(status["device_latency_ms"] * status["sample_rate"] / 1000)
     for channel in (0, 1):
-        lag, corr = _best_lag(recorded[2 + channel], signal[channel], max_lag=round_trip + device_frames + 8192)
-        assert round_trip <= lag <= round_trip + device_frames and corr > 0.8, (lag, round_trip, device_frames, corr)
+        _assert_lags_follow_the_reported_round_trips(recorded[2 + channel], signal[channel], status, final,
+                                                     slack_frames=device_frames)
     # ... and its outputs 1-2 stay silent.
     assert not recorded[:2].any(), np.abs(recorded[:2]).max()
     assert "stream started on fs_record in, fs_play out" in daemon.log()

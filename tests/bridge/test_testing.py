@@ -26,6 +26,9 @@ from bridge.testing import (
 
 REPO = Path(__file__).resolve().parents[2]
 SLEEPER = "import time; time.sleep(600)"  # stopped by the test long before that
+# The sleeper says it is up once it runs: until then the kernel may show it half-way through exec,
+# with no command line or environment to read yet (a loaded machine once listed it as "(python) D").
+UP_THEN_SLEEP = f"print('up', flush=True); {SLEEPER}"
 
 
 def _pids(marker: str | None = None) -> set[int]:
@@ -35,17 +38,17 @@ def _pids(marker: str | None = None) -> set[int]:
 
 
 def test_a_child_is_found_with_its_command_and_stopped() -> None:
-    child = subprocess.Popen([sys.executable, "-c", SLEEPER])
-    try:
-        found = {process.pid: process for process in processes_started_by(os.getpid()) or []}
-        assert child.pid in found and SLEEPER in found[child.pid].command
-        stop_processes([child.pid])
-        assert child.pid not in _pids()
-        assert child.poll() is not None  # reaped, not left a zombie
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    with subprocess.Popen([sys.executable, "-c", UP_THEN_SLEEP], stdout=subprocess.PIPE) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline() == b"up\n"
+            found = {process.pid: process for process in processes_started_by(os.getpid()) or []}
+            assert child.pid in found and SLEEPER in found[child.pid].command
+            stop_processes([child.pid])
+            assert child.pid not in _pids()
+            assert child.poll() is not None  # reaped, not left a zombie
+        finally:
+            if child.poll() is None:
+                child.kill()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="orphans are found by their mark on Linux only")
@@ -53,8 +56,9 @@ def test_an_orphaned_grandchild_is_found_by_the_runs_mark() -> None:
     """A daemon whose parent died is no longer below the runner, but it inherited the mark."""
     marker = uuid.uuid4().hex
     spawner = ("import subprocess, sys; "
-               f"p = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], stdout=subprocess.DEVNULL, "
-               "stderr=subprocess.DEVNULL); print(p.pid, flush=True)")  # no pipe held open: run() returns
+               f"p = subprocess.Popen([sys.executable, '-c', {UP_THEN_SLEEP!r}], stdout=subprocess.PIPE, "
+               "stderr=subprocess.DEVNULL); p.stdout.readline(); print(p.pid, flush=True)")
+    # The orphan's output is a pipe to the spawner, not to run()'s capture: run() returns when the spawner ends.
     done = subprocess.run([sys.executable, "-c", spawner], capture_output=True, text=True, timeout=30,
                           env={**os.environ, RUN_MARKER_VARIABLE: marker})
     orphan = int(done.stdout)
@@ -75,7 +79,8 @@ def test_a_run_that_leaves_a_process_running_fails_naming_it(tmp_path: Path) -> 
         import subprocess, sys
 
         def test_forgets_its_daemon():
-            subprocess.Popen([sys.executable, "-c", {SLEEPER!r}])
+            daemon = subprocess.Popen([sys.executable, "-c", {UP_THEN_SLEEP!r}], stdout=subprocess.PIPE)
+            daemon.stdout.readline()  # running, its command line there to read
 
         def test_after_it():
             pass

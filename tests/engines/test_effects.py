@@ -4,6 +4,7 @@ with the words a user needs."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from bridge.errors import BadRequest, BridgeError, Forbidden, NotFound
 from engines.effects import BUILTIN_EFFECTS, EffectChain
+from tests.conftest import spelled_as_macos_does
 
 ROOT = Path(__file__).resolve().parents[2]
 DRAGONFLY = ROOT / ".cache/plugins/usr/lib/vst3/DragonflyRoomReverb.vst3"
@@ -252,6 +254,22 @@ def test_a_bad_spec_says_what_is_wrong(spec: Any, error: type[BridgeError], word
 def test_a_vst3_outside_the_allowed_folders_is_forbidden(tmp_path: Path) -> None:
     with pytest.raises(Forbidden, match="outside the allowed VST3 folders"):
         EffectChain.from_spec([{"vst3": "/opt/evil/Evil.vst3"}], SAMPLE_RATE, allowed_vst3_dirs=[tmp_path])
+
+
+def test_on_macos_a_vst3_folder_spelled_in_another_case_is_the_allowed_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dragonfly: Path) -> None:
+    # Installers spell the folder `Plug-Ins` or `Plug-ins`; on a Mac's volume both are one folder.
+    allowed = tmp_path / "Plug-Ins" / "VST3"
+    allowed.mkdir(parents=True)
+    shutil.copytree(dragonfly, allowed / dragonfly.name, symlinks=True)
+    [spelled] = spelled_as_macos_does(monkeypatch, tmp_path / "Plug-Ins", "Plug-ins")
+    chain = EffectChain.from_spec([{"name": "room", "vst3": str(spelled / "VST3" / dragonfly.name)}], SAMPLE_RATE,
+                                  allowed_vst3_dirs=[allowed])
+    assert chain.describe()[0]["name"] == "room"
+    (tmp_path / "PLUG-INS" / "VST3").mkdir(parents=True)
+    with pytest.raises(Forbidden, match="outside the allowed VST3 folders"):  # another folder on this volume
+        EffectChain.from_spec([{"vst3": str(tmp_path / "PLUG-INS" / "VST3" / dragonfly.name)}], SAMPLE_RATE,
+                              allowed_vst3_dirs=[allowed])
 
 
 @pytest.mark.parametrize(

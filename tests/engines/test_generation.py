@@ -20,6 +20,7 @@ from engines.generation import (
     integrated_loudness,
     local_model_type,
     melody_chroma,
+    model_sources,
     normalise_loudness,
 )
 from engines.resample import resample
@@ -112,6 +113,12 @@ def test_a_missing_model_names_every_place_tried(tmp_path: Path, monkeypatch: py
     folder_engine = MusicGenEngine(str(absent), device="cpu")
     with pytest.raises(NotFound, match=f"configured folder '{absent}': no such folder"):
         folder_engine.load()
+
+
+@pytest.mark.parametrize("folder", ["C:\\Models\\musicgen-small", ".\\models\\musicgen", "D:/musicgen"])
+def test_a_windows_folder_is_a_configured_folder_not_a_hub_name(folder: str) -> None:
+    # A configured Windows folder that is missing was reported as a failed hub download.
+    assert model_sources(folder, None)[0] == ("configured folder", folder)
 
 
 def test_a_checkpoint_that_is_not_musicgen_is_refused(tmp_path: Path) -> None:

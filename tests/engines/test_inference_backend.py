@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import re
 import sys
 import time
@@ -246,6 +247,34 @@ def test_the_kept_conversions_stay_within_their_size_the_least_recently_used_goi
         separator.load()
     kept = list(folder.iterdir())
     assert len(kept) == 1 and kept[0] != first  # the newer one
+
+
+def test_a_kept_conversion_in_use_stays_whole_when_the_cache_is_pruned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Windows will not delete a file OpenVINO has mapped (its weights, network.bin, while the model is
+    # loaded): os.unlink stands in for that refusal. The entry must stay whole, not lose network.xml.
+    from engines.inference import ConversionCache, _prune
+
+    folder = tmp_path / "openvino"
+    for age, name in enumerate(("in-use", "old", "new")):
+        entry = folder / name
+        entry.mkdir(parents=True)
+        (entry / "network.xml").write_bytes(b"x" * 1000)
+        (entry / "network.bin").write_bytes(b"w" * 1_000_000)
+        os.utime(entry, (1_000_000 + age, 1_000_000 + age))
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *, dir_fd: int | None = None) -> None:
+        where = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) / path if dir_fd is not None else Path(path)
+        if where == folder / "in-use" / "network.bin":
+            raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", str(path), 32)
+        real_unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    _prune(ConversionCache(folder, max_mb=2.1), keep=folder / "new")
+    assert sorted(entry.name for entry in folder.iterdir()) == ["in-use", "new"]
+    assert sorted(f.name for f in (folder / "in-use").iterdir()) == ["network.bin", "network.xml"]
 
 
 def test_auto_without_openvino_runs_torch_and_says_why(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ import soundfile
 
 from bridge.errors import BadRequest, NotFound
 from engines.resample import resample
-from engines.speech import Speaker, VoiceLibrary, fetch_voice, speech_file_name, voice_at
+from engines.speech import Speaker, VoiceLibrary, fetch_voice, is_voice_path, speech_file_name, voice_at
 from engines.transcription import Transcriber
 from tests.engines.test_transcription import word_error_rate
 
@@ -158,6 +158,14 @@ def test_a_malformed_voice_name_is_refused_before_any_download(tmp_path: Path) -
     with pytest.raises(ValueError, match="not a voice name like en_US-lessac-medium"):
         fetch_voice("lessac", tmp_path, 1.0)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("voice", ["C:evil", "x:y", "D:\\voices\\mine"])
+def test_a_voice_with_a_drive_is_a_path_checked_against_the_folders(voice: str) -> None:
+    # On Windows voices_dir / "C:evil.onnx" is C:evil.onnx, relative to drive C's current folder: as a
+    # name it would leave voices_dir unchecked; as a path, paths.model_ref checks where it leads.
+    assert is_voice_path(voice)
+    assert not is_voice_path("en_US-lessac-medium")
 
 
 def test_file_names_come_from_the_text_and_are_stable() -> None:

@@ -28,7 +28,7 @@ from bridge.commands import EVENTS, lookup_address
 from bridge.config import Config
 from bridge.protocol import ERROR_ADDRESS
 from bridge.stream import SILENT_INPUT_SECONDS
-from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
+from bridge.testing import SLOW_SECONDS, DaemonProcess, passthrough_htdemucs_repo
 from tests.bridge.test_slow_replies import _starting, loading_daemon
 from tests.conftest import JackServer
 from tests.integrations.conftest import STEMS, write_song
@@ -314,8 +314,8 @@ def test_the_devices_session_works_against_a_real_daemon(stems_daemon: DaemonPro
         song = write_song(files / "loop.wav", 1.0)
         # As a user does it: the dials once the status line shows the stream running.
         device.drop(str(song))
-        device.press("Start stems")
-        device.pump(lambda: bool(replies(device, "/flow/event/stream/started")))
+        device.press("Start stems")  # the daemon's first stream: torch and the model load first
+        device.pump(lambda: bool(replies(device, "/flow/event/stream/started")), SLOW_SECONDS)
         for dial in dials(device):
             values = dial.spec["saved_attribute_attributes"]["valueof"]
             for end in ("parameter_mmin", "parameter_mmax"):

@@ -490,7 +490,7 @@ def test_stop_live_stems_cancels_a_start_still_loading_its_model(jack_server: Ja
         scripts = sim.resource_path / "Scripts" / "Flowstate"
         sim.run_script(scripts / START_STREAM)
         with Client(daemon.zmq_requests, timeout_seconds=10) as client:
-            _starting(client, "loading passthrough")
+            _starting(client, "loading passthrough", sim.pump)
         sim.run_script(scripts / STOP_STREAM)
         deadline = time.monotonic() + 60
         while "live stems start cancelled" not in sim.console_text() and time.monotonic() < deadline:

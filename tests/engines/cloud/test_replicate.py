@@ -20,7 +20,9 @@ import pytest
 import soundfile
 
 from bridge.errors import BadRequest, ConfigError, Forbidden, NotFound, Unavailable
+from engines.cloud import replicate_client
 from engines.cloud.base import TierJob
+from engines.cloud.http import wait
 from engines.cloud.replicate import ReplicateTier
 from engines.cloud.replicate_client import MARKER_PARAM, format_duration
 from engines.cloud.replicate_models import REPLICATE_TASKS
@@ -110,17 +112,28 @@ def test_short_stems_job_is_answered_inside_the_held_create(fake, make_tier, tmp
     assert calls.fractions == sorted(calls.fractions)
 
 
-def test_long_job_polls_with_growing_intervals(fake, make_tier, tmp_path):
-    fake.reset(run_seconds=1.5)
+def test_long_job_polls_with_growing_intervals(fake, make_tier, tmp_path, monkeypatch):
+    # The waits the client asks for between polls, not the gaps between arrivals (a busy machine
+    # stretches those). The prediction ends after the sixth poll: the fake's clock is moved past its run.
+    fake.reset(run_seconds=60.0)
+    asked: list[float] = []
+
+    def recorded(seconds: float, check_cancelled: Callable[[], None]) -> None:
+        asked.append(seconds)
+        wait(seconds, check_cancelled)
+        if len(asked) == 6:
+            fake.advance(60.0)
+
+    monkeypatch.setattr(replicate_client, "wait", recorded)
     tier = make_tier(poll_initial_seconds=0.05, poll_max_seconds=0.4)
     calls = Calls()
     result = tier.run(job(tmp_path, audio_seconds=600.0), calls.progress, calls.check_cancelled)
 
     assert "prefer" not in fake.seen("create")[0].headers  # 600 s of audio: too long to hold
+    assert asked == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]  # starts short, doubles, holds at the cap
+    assert len(fake.seen("get")) == 6
     intervals = gaps(fake, "get")
-    assert len(intervals) >= 3
-    assert intervals[0] < 0.4 - TOLERANCE_SECONDS < max(intervals)  # starts short, reaches the cap
-    assert intervals[-1] >= intervals[0]
+    assert min(intervals) >= 0.1 - TOLERANCE_SECONDS and intervals[-1] >= 0.4 - TOLERANCE_SECONDS  # waited
     assert len(result.outputs) == 4
     assert any(0.0 < f < 1.0 for f in calls.fractions)  # a time-based estimate while it ran
     assert max(f for f in calls.fractions if f < 1.0) < 1.0
@@ -202,16 +215,21 @@ def test_cost_is_predict_time_times_the_configured_price(fake, make_tier, tmp_pa
 
 @pytest.mark.parametrize("retry_after", ["1", "http-date"])
 def test_429_waits_as_long_as_retry_after_says(fake, make_tier, tmp_path, retry_after):
+    not_before = None
     if retry_after == "http-date":
-        # Whole seconds: 2-3 s from now, so that however late the first request reaches the fake on a
-        # busy machine (it measured 0.12 s), the date still lies at least 1 s past it.
+        # Whole seconds, 2-3 s from now: the second create may not come before that date.
         retry_after = email.utils.formatdate(time.time() + 3, usegmt=True)
+        not_before = email.utils.parsedate_to_datetime(retry_after).timestamp()
     fake.fail("create", Fault(status=429, retry_after=retry_after))
     tier = make_tier(poll_initial_seconds=0.05)
     tier.run(job(tmp_path), lambda f: None, lambda: None)
 
     assert len(fake.seen("create")) == 2
-    assert gaps(fake, "create")[0] >= 1.0 - TOLERANCE_SECONDS
+    if not_before is None:
+        assert gaps(fake, "create")[0] >= 1.0 - TOLERANCE_SECONDS
+    else:  # the arrival (the fake's monotonic clock) on the wall clock
+        arrived = fake.seen("create")[1].at + (time.time() - time.monotonic())
+        assert arrived >= not_before - TOLERANCE_SECONDS
     assert fake.seen("list") == []  # a 429 creates nothing: no reconciling needed
     only_prediction(fake)
 
