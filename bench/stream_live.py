@@ -252,12 +252,12 @@ def main() -> int:
                       f"{status['slack_ms_min']} ms  late hops {status['late_hops']}  xruns {status['xruns']} "
                       f"(start-up {status['xruns_startup']})  load avg {load_average()}", flush=True)
             final = client.call("stream.stop")
-            if final["hops"] == 0 and any(sample["hops"] for sample in samples):
+            if final["compute_hops"] == 0 and any(sample["compute_hops"] for sample in samples):
                 # A resync (the worker hopelessly behind) restarted the engine's statistics just
-                # before the stop: report the compute of the last sample that had hops.
-                last = [sample for sample in samples if sample["hops"]][-1]
+                # before the stop: report the compute of the last sample that had hops behind it.
+                last = [sample for sample in samples if sample["compute_hops"]][-1]
                 final.update({key: last[key] for key in ("compute_ms_p50", "compute_ms_p99", "load", "load_p99",
-                                                         "hops")})
+                                                         "compute_hops")})
     finally:
         hogs.close()
         daemon.stop()

@@ -371,9 +371,9 @@ class StreamManager:
             status = self.stream.status()
             if self.stream.tier != LOCAL:
                 self.stream.engine.close()  # one connection per stream: the server's slot is free again
-            elif status["hops"] >= MIN_LIVE_HOPS and isinstance(self.stream.engine, StreamingSeparator):
+            elif status["compute_hops"] >= MIN_LIVE_HOPS and isinstance(self.stream.engine, StreamingSeparator):
                 self.keep_compute(self.timing_key(self.stream.settings, self.stream.engine),
-                                  float(status["compute_ms_p99"]), int(status["hops"]))
+                                  float(status["compute_ms_p99"]), int(status["compute_hops"]))
             return status
 
     def timing_key(self, settings: StreamConfig, engine: StreamingSeparator) -> str:

@@ -79,7 +79,8 @@ class RemoteStreamingSeparator:
         self._outstanding = 0  # blocks sent whose reply has not arrived
         self._load_ms: list[float] = []
         self._wait_ms = np.zeros(STATS_WINDOW, np.float64)
-        self._waits = 0
+        self._waits = 0  # behind the statistics: from the last reset
+        self._waits_run = 0  # every one since this separator was made (`hops_run`)
         self.reconnects = 0
         self.loaded = False
 
@@ -187,6 +188,7 @@ class RemoteStreamingSeparator:
         hop_ms = 1000.0 * self.hop_seconds if self._welcome else 0.0
         return {
             "hops": self._waits,
+            "hops_run": self._waits_run,
             "compute_ms_p50": p50,
             "compute_ms_p99": p99,
             "load_p50": p50 / hop_ms if hop_ms else 0.0,
@@ -325,3 +327,4 @@ class RemoteStreamingSeparator:
     def _record_wait(self, ms: float) -> None:
         self._wait_ms[self._waits % STATS_WINDOW] = ms
         self._waits += 1
+        self._waits_run += 1

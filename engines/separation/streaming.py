@@ -219,7 +219,8 @@ class StreamingSeparator(Engine):
         self.climbed_while_running = False
         self._stats_lock = threading.Lock()
         self._compute_ms = np.zeros(STATS_WINDOW, np.float64)
-        self._hops = 0
+        self._hops = 0  # behind the compute statistics: from the last reset or change of hop
+        self._hops_run = 0  # every window since the load: a stream counts its own from its start
         self._load_compute_ms: list[float] = []  # every window timed at load, at the final setting
         # Batching (engines/batching.py): this engine's windows may share forwards with other
         # streams' of the same model, device, precision and window length.
@@ -290,10 +291,11 @@ class StreamingSeparator(Engine):
             self._reset_stream()
 
     def stats(self) -> dict[str, Any]:
-        """Hops processed, compute time per hop (p50/p99 over the last hops), load, latency."""
+        """Hops behind the statistics (since the last reset or change of hop) and every hop run
+        since the load (`hops_run`), compute time per hop (p50/p99 over the last hops), load, latency."""
         self.load()
         with self._stats_lock:
-            hops = self._hops
+            hops, hops_run = self._hops, self._hops_run
             recent = self._compute_ms[:min(hops, STATS_WINDOW)].copy()
             sizes = self._batch_sizes[:min(hops, STATS_WINDOW)].copy()
             forwards = self._forward_ms[:min(hops, STATS_WINDOW)].copy()
@@ -301,6 +303,7 @@ class StreamingSeparator(Engine):
         hop_ms = 1000.0 * self._hop / self._model_rate
         return {
             "hops": hops,
+            "hops_run": hops_run,
             "compute_ms_p50": p50,
             "compute_ms_p99": p99,
             "load_p50": p50 / hop_ms,
@@ -1000,6 +1003,7 @@ class StreamingSeparator(Engine):
             self._batch_sizes[at] = batch_size
             self._forward_ms[at] = forward_ms if batcher is not None else elapsed_ms
             self._hops += 1
+            self._hops_run += 1
         return self._chunk_np
 
     def _forward(self, batch: Any) -> list[Any]:

@@ -23,7 +23,7 @@ from bridge.doctor import stream_device_check
 from bridge.stream import SILENT_INPUT_SECONDS
 from bridge.testing import DaemonProcess
 from tests.bridge.test_cli import flowstate
-from tests.bridge.test_stream import SAMPLE_RATE, Rig, _best_lag, _noise, _stream_daemon
+from tests.bridge.test_stream import SAMPLE_RATE, Rig, _best_lag, _noise, _stream_daemon, _tail_after
 from tests.conftest import Events, JackServer
 
 
@@ -39,7 +39,7 @@ def test_the_stream_reads_and_writes_only_the_device_channels_it_is_given(
             # Input 1 gets one noise, input 2 another; outputs 1-3 are recorded.
             signal = np.stack([_noise(3.0, seed=1)[0], _noise(3.0, seed=2)[0]])
             rig = Rig(jack_server, signal, outputs=3)
-            recorded = rig.record(tail_seconds=1.5)
+            recorded = rig.record(tail_seconds=_tail_after(status))
             client.call("stream.stop")
     finally:
         assert daemon.stop() == 0, daemon.log()

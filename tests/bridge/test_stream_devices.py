@@ -25,7 +25,13 @@ from bridge.doctor import stream_device_check
 from bridge.stream import loopback_feedback
 from bridge.testing import DaemonProcess
 from tests.bridge.test_cli import flowstate
-from tests.bridge.test_stream import Rig, _assert_lags_follow_the_reported_round_trips, _noise, _stream_daemon
+from tests.bridge.test_stream import (
+    Rig,
+    _assert_lags_follow_the_reported_round_trips,
+    _noise,
+    _stream_daemon,
+    _tail_after,
+)
 from tests.conftest import ALSA_JACK_PORTS, JackServer
 
 
@@ -41,7 +47,7 @@ def test_a_stream_records_from_one_device_and_plays_on_another(
             assert (status["inputs"], status["outputs"]) == ("1-2", "3-4"), status
             signal = _noise(3.0, seed=3)
             rig = Rig(jack_server, signal, outputs=4, ports=ALSA_JACK_PORTS)
-            recorded = rig.record(tail_seconds=1.5)
+            recorded = rig.record(tail_seconds=_tail_after(status))
             final = client.call("stream.status")
             client.call("stream.stop")
     finally:

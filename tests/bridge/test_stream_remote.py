@@ -27,7 +27,7 @@ from bridge.testing import DaemonProcess, passthrough_htdemucs_repo
 from engines.cloud.selfhosted_stream import RemoteStreamingSeparator, stream_url
 from engines.separation.streaming import StreamingSeparator
 from tests.bridge.test_server import TOKEN, ServerProcess
-from tests.bridge.test_stream import SAMPLE_RATE, Rig, _best_lag, _noise
+from tests.bridge.test_stream import SAMPLE_RATE, Rig, _best_lag, _noise, _tail_after
 from tests.conftest import Events, JackServer
 
 # The hop is set, not left to the load-time ladder: a restarted server must take the same one (the
@@ -74,7 +74,7 @@ def test_a_stream_on_the_server_arrives_with_the_reported_latency_round_trip_inc
     with Client(live.zmq_requests, timeout_seconds=120) as client:
         status = client.call("stream.start", {"tier": "selfhosted"})
         rig = Rig(jack_server, _noise(3.0))
-        recorded = rig.record(tail_seconds=1.5)
+        recorded = rig.record(tail_seconds=_tail_after(status))
         final = client.call("stream.status")
         client.call("stream.stop")
     assert status["tier"] == "selfhosted" and status["tier_reason"] == "stream.tier is selfhosted"
