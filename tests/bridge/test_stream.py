@@ -634,7 +634,10 @@ def test_spleeter_streams_through_the_same_commands(jack_server: JackServer) -> 
     settings = {"model": "htdemucs", "engine_device": "cpu", "block_size": 256, "threads": 1}
     with DaemonProcess(overrides={"stream": settings}, env=jack_server.env).start() as live, \
             Client(live.zmq_requests, timeout_seconds=120) as client:
-        status = client.call("stream.start", {"model": "spleeter:2stems", "overrides": {"routing": "both"}})
+        # No climb to a longer hop: a climb adds the engine's latency on top of the budget's growth,
+        # past what the recording's tail leaves room for (tests/bridge/test_stream.py's climb tests).
+        status = client.call("stream.start", {"model": "spleeter:2stems",
+                                              "overrides": {"routing": "both", "hop_climb": False}})
         try:
             assert status["model"] == "spleeter:2stems" and status["stems"] == ["vocals", "accompaniment"]
             assert status["routing"] == {"mix": [1, 2], "vocals": [3, 4], "accompaniment": [5, 6]}
@@ -652,7 +655,7 @@ def test_spleeter_streams_through_the_same_commands(jack_server: JackServer) -> 
     # (and so is the dry fallback a hop plays when this shared machine is too busy: what the
     # stems hold is asserted where time does not matter, tests/engines/test_spleeter.py and the
     # audio socket's test).
-    assert status["budget_grow"] is True
+    assert status["budget_grow"] is True and status["hop_climb"] is False and final["hop_changes"] == []
     _assert_lags_follow_the_reported_round_trips(recorded[0], rig.signal[0], status, final)
 
 

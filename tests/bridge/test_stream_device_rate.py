@@ -53,7 +53,9 @@ def test_a_device_that_appears_after_the_daemon_started_is_found_at_its_rate(tin
                                                                             tmp_path: Path) -> None:
     # No audio server when the daemon starts (an interface not plugged in yet): PortAudio, started
     # by the first stream.start, finds no device. Then one appears, at 44.1 kHz.
-    daemon = _stream_daemon(SERVER, tiny_repo)
+    # A budget of at least two blocks, whatever the machine's speed: only then does the stream
+    # place its output a block's lead earlier (a one-block budget takes none).
+    daemon = _stream_daemon(SERVER, tiny_repo, budget_ms=40.0)
     try:
         with Client(daemon.zmq_requests, timeout_seconds=60) as client:
             with pytest.raises(RemoteError) as nothing:
