@@ -761,10 +761,10 @@ class LiveStream:
         self.host_api = ""  # PortAudio's name of their host API (JACK_HOST_API, Core Audio, Windows WASAPI ...)
         self.device_latency_seconds = 0.0
         self.started_at = 0.0
-        # The engine's count of windows run (`hops_run`) when this stream started: `hops` in the
-        # status counts from there (the engine's own `hops`, behind its compute statistics, starts
-        # again at a resync, a reconnect or a climb).
-        self._hops_run_at_start = 0
+        # The engine's count of windows run (`hops_run`) before this stream (a warm engine's earlier
+        # streams, the windows timed at load): `hops` in the status counts from there (the engine's
+        # own `hops`, behind its compute statistics, starts again at a resync, a reconnect or a climb).
+        self._hops_run_before = int(engine.stats().get("hops_run", 0))
         self.worker_error: str | None = None
         self.stalls = 0  # times the device stopped delivering audio (STALL_SECONDS)
         self._stalled_since: float | None = None  # monotonic time of the last input before the stall
@@ -785,7 +785,6 @@ class LiveStream:
         check_device_channels(self.settings.devices, self.settings.first_input, self.settings.channels,
                               self.settings.first_output, self.layout.num_outputs)
         self.engine.reset()
-        self._hops_run_at_start = int(self.engine.stats().get("hops_run", 0))
         self.effects.reset()
         # The model and everything else loaded so far lives as long as the stream: out of the
         # collector's sight, a collection the worker's allocations trigger (with the GIL held)
@@ -1435,7 +1434,7 @@ class LiveStream:
             "slack_ms_min": None if slack is None else round(1000.0 * slack / self.sample_rate, 3),
             "load": stats.get("load_p50"),
             "load_p99": stats.get("load_p99"),
-            "hops": int(stats.get("hops_run", stats.get("hops", 0))) - self._hops_run_at_start,
+            "hops": int(stats.get("hops_run", stats.get("hops", 0))) - self._hops_run_before,
             "compute_hops": stats.get("hops", 0),
             "batching": stats.get("batching", False),
             "batch_sizes": stats.get("batch_sizes", {}),
