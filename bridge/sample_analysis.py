@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".aif", ".aiff", ".aifc", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 ANALYSIS_VERSION = 1  # bump when the descriptors change: rows written by an older one are analysed again
 ANALYSIS_SECONDS = 30.0  # descriptors look at the first 30 s; a long file costs no more than that
+# A file modified this recently may still be being written: a bounce exported into a watched folder
+# gets its WAV header's sizes last, in place, which changes neither its size nor, within one tick of
+# the file system's clock (2 s on FAT32, 1 s on HFS+, a few ms on ext4), its modification time. Such
+# a file is read now and its row marked (`UNSETTLED`) so the next pass reads it once more.
+SETTLE_SECONDS = 3.0
+UNSETTLED = 0  # the analysis version of a row read while its file may still have been written
 SILENCE_DB = -120.0
 
 CheckCancelled = Callable[[], None]
@@ -222,6 +228,16 @@ class Record:
     clip: np.ndarray | None = None
     sound_tags: list[dict[str, Any]] | None = None
     audio_vector: np.ndarray | None = None
+    # Modified within SETTLE_SECONDS of the listing: the row is written as UNSETTLED, read again next pass.
+    settling: bool = False
+
+
+def settling(file: FileState, listed_ns: int, settle_seconds: float = SETTLE_SECONDS) -> bool:
+    """Whether `file` was modified within `settle_seconds` of `listed_ns` (time.time_ns() when its
+    folder was listed), so it may still be being written. A time further ahead (a share whose clock
+    runs fast, a bogus date from an archive) counts as settled: it would be read on every pass."""
+    window = int(settle_seconds * 1e9)
+    return listed_ns - window < file.mtime_ns < listed_ns + window
 
 
 def analyse_file(file: FileState, root: Path, clip_seconds: float = 0.0) -> Record:

@@ -22,7 +22,7 @@ import numpy as np
 from bridge.config import Config
 from bridge.database import Database
 from bridge.errors import StartupError, Unavailable
-from bridge.sample_analysis import ANALYSIS_VERSION, Descriptors, Record
+from bridge.sample_analysis import ANALYSIS_VERSION, UNSETTLED, Descriptors, Record
 
 
 def library_database(config: Config) -> Path:
@@ -47,7 +47,7 @@ _SCHEMA = (
         root             TEXT NOT NULL,          -- the indexed folder it was found under
         size             INTEGER NOT NULL,
         mtime_ns         INTEGER NOT NULL,
-        analysis         INTEGER NOT NULL,       -- ANALYSIS_VERSION that wrote the row
+        analysis         INTEGER NOT NULL,       -- ANALYSIS_VERSION that wrote the row (UNSETTLED: read again)
         status           TEXT NOT NULL CHECK (status IN ('ok', 'skipped')),
         error            TEXT,                   -- why it was skipped
         duration_seconds REAL,
@@ -212,8 +212,9 @@ def _values(record: Record, vector: np.ndarray | None, model: str | None, now: f
     path = Path(record.file.path)
     return (
         str(path), path.name, str(path.parent), str(record.root), record.file.size, record.file.mtime_ns,
-        ANALYSIS_VERSION, "skipped" if record.error else "ok", record.error, record.duration_seconds,
-        record.channels, record.sample_rate, record.frames, record.format, record.bpm, json.dumps(record.tags),
+        UNSETTLED if record.settling else ANALYSIS_VERSION, "skipped" if record.error else "ok", record.error,
+        record.duration_seconds, record.channels, record.sample_rate, record.frames, record.format, record.bpm,
+        json.dumps(record.tags),
         d.peak_db if d else None, d.rms_db if d else None, d.centroid_hz if d else None, d.flatness if d else None,
         d.attack_ms if d else None, d.tail_db if d else None, (int(d.percussive) if d else None),
         d.kind if d else None, record.text, model,

@@ -10,7 +10,9 @@ one matrix-vector product (about a millisecond for 10,000 files).
 
 Indexing again only reads and embeds files whose size or modification time changed (or that an
 older analysis or another model wrote), and drops the rows of deleted files; a file libsndfile
-cannot read is recorded as skipped, with the reason, and the rest carry on. A folder indexed with
+cannot read is recorded as skipped, with the reason, and the rest carry on. A file modified within
+`SETTLE_SECONDS` of the listing may still be being written (a bounce being exported): its row is
+marked, and the next pass reads it again. A folder indexed with
 `watch` is scanned again every `samples.watch_interval_seconds` by one watcher thread (started
 again when the daemon restarts), so files added, changed or deleted show up in searches by
 themselves. A watched folder that has gone missing (an unplugged drive) keeps its rows.
@@ -35,7 +37,16 @@ from bridge.jobs import JobContext
 from bridge.licences import describe
 from bridge.paths import PathPolicy
 from bridge.router import Router
-from bridge.sample_analysis import ANALYSIS_VERSION, CheckCancelled, FileState, Record, analyse_file, list_audio
+from bridge.sample_analysis import (
+    ANALYSIS_VERSION,
+    SETTLE_SECONDS,
+    CheckCancelled,
+    FileState,
+    Record,
+    analyse_file,
+    list_audio,
+    settling,
+)
 from bridge.sample_store import Known, SampleStore, VectorIndex, library_database
 from bridge.sound_index import SoundIndex
 from engines.audio_tags import AudioTagger
@@ -71,6 +82,7 @@ class ScanReport:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    settling: int = 0  # read while they may still have been written: read again on the next pass
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -80,7 +92,8 @@ class ScanReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "folder": self.folder, "files": self.files, "added": self.added, "updated": self.updated,
-            "removed": self.removed, "unchanged": self.unchanged, "skipped": len(self.skipped),
+            "removed": self.removed, "unchanged": self.unchanged, "settling": self.settling,
+            "skipped": len(self.skipped),
             "skipped_files": self.skipped[:SKIPPED_SHOWN],
         }
 
@@ -231,6 +244,7 @@ class SampleLibrary:
         report = ScanReport(str(folder))
         note = progress or (lambda fraction, stage: None)
         note(0.0, "listing")
+        listed_ns = time.time_ns()
         files = list_audio(folder, self.paths, check_cancelled)
         known = self.store.known_under(folder)
         report.files = len(files)
@@ -249,7 +263,10 @@ class SampleLibrary:
             records = []
             for file in batch:
                 check_cancelled()
-                records.append(analyse_file(file, folder, self.sound.clip_seconds))
+                record = analyse_file(file, folder, self.sound.clip_seconds)
+                record.settling = settling(file, listed_ns, SETTLE_SECONDS)
+                report.settling += record.settling
+                records.append(record)
             self._commit(records, known, report)
             note(0.05 + 0.95 * (start + len(batch)) / len(todo), "indexing")
         note(1.0, "done")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from bridge import samples
 from bridge.client import Client, RemoteError
 from bridge.config import Config
 from bridge.errors import BadRequest, Forbidden, NotFound, Unavailable
@@ -60,9 +61,17 @@ def pad(seconds: float = 4.0) -> np.ndarray:
     return np.stack([mono, 0.9 * mono], axis=1).astype(np.float32)
 
 
-def write(path: Path, audio: np.ndarray, rate: int = RATE) -> Path:
+EXPORTED_AGO_NS = 60 * 10**9
+
+
+def write(path: Path, audio: np.ndarray, rate: int = RATE, settled: bool = True) -> Path:
+    """Write a sample; `settled`: as if it had been exported a minute ago (dated then), so a pass
+    reads it once. A file modified in the last seconds may still be being written and is read twice."""
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(str(path), audio, rate)
+    if settled:
+        exported = time.time_ns() - EXPORTED_AGO_NS
+        os.utime(path, ns=(exported, exported))
     return path
 
 
@@ -73,7 +82,10 @@ def sample_library(folder: Path) -> dict[str, Path]:
         "hat": write(folder / "Drums" / "Hats" / "Hat closed.wav", hat()),
         "pad": write(folder / "Synths" / "Pad warm.wav", pad()),
     }
-    (folder / "Broken take.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    broken = folder / "Broken take.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    exported = time.time_ns() - EXPORTED_AGO_NS
+    os.utime(broken, ns=(exported, exported))
     (folder / "README.txt").write_text("samples from a pack")
     return files
 
@@ -283,6 +295,39 @@ def test_the_index_survives_a_reopen_and_a_changed_model_reembeds(
         assert (changed["updated"], changed["unchanged"]) == (3, 1)  # the unreadable file stays skipped
     finally:
         reopened.close()
+
+
+def test_a_file_rewritten_in_place_in_the_same_clock_tick_is_read_again_once_it_settles(
+    tmp_path: Path, embedder: TextEmbedder, minilm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bounce exported into an indexed folder: a pass reads it while the exporter is still writing,
+    then the exporter rewrites it in place, keeping its size and, within one tick of the file
+    system's clock (2 s on FAT32), its modification time. The index must not keep the first read."""
+    library = open_library(tmp_path, embedder, minilm)
+    folder = tmp_path / "files" / "bounces"
+    bounce = write(folder / "Bounce 1.wav", kick(), settled=False)
+    exported = time.time_ns() - 3600 * 10**9
+    os.utime(bounce, ns=(exported, exported))
+    size = bounce.stat().st_size
+    # However slow this machine, the file was "just" modified: an hour counts as the last seconds.
+    monkeypatch.setattr(samples, "SETTLE_SECONDS", 7200.0)
+    try:
+        first = library.index(folder, no_progress, never_cancelled, False)
+        assert (first["added"], first["settling"]) == (1, 1)
+        assert library.search("bounce", 1)["matches"][0]["descriptors"]["centroid_hz"] < 200  # the kick
+        write(bounce, hat(0.6, seed=4), settled=False)  # the finished bounce: bright noise, same length
+        os.utime(bounce, ns=(exported, exported))  # the same tick
+        assert bounce.stat().st_size == size
+        again = library.index(folder, no_progress, never_cancelled, False)
+        assert (again["updated"], again["unchanged"], again["settling"]) == (1, 0, 1)
+        assert library.search("bounce", 1)["matches"][0]["descriptors"]["centroid_hz"] > 5000  # the hat
+        monkeypatch.setattr(samples, "SETTLE_SECONDS", 3.0)  # an hour on, it has settled
+        settled = library.index(folder, no_progress, never_cancelled, False)
+        assert (settled["updated"], settled["settling"]) == (1, 0)  # read once more, this time for good
+        last = library.index(folder, no_progress, never_cancelled, False)
+        assert (last["unchanged"], last["updated"], last["settling"]) == (1, 0, 0)
+    finally:
+        library.close()
 
 
 def test_a_search_before_anything_is_indexed_finds_nothing(
