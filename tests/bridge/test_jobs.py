@@ -822,10 +822,11 @@ def test_route_spend_and_calibration_are_stored(tmp_path: Path) -> None:
         job, _ = store.submit("stems.separate", {"path": "/a.wav"})
         store.set_route(job.id, {"tier": "selfhosted", "reason": "local would take 120 s > deadline 30 s"})
         assert store.get(job.id).to_dict()["route"]["tier"] == "selfhosted"
-        ledger.add_spend("replicate", 0.25, job.id)
-        ledger.add_spend("replicate", 0.5, job.id)
+        now = time.time()  # one instant: the month read back is the month written, even at midnight on the 31st
+        ledger.add_spend("replicate", 0.25, job.id, at=now)
+        ledger.add_spend("replicate", 0.5, job.id, at=now)
         ledger.add_spend("replicate", 9.0, job.id, at=0.0)  # January 1970: another month
-        assert ledger.month_spend() == pytest.approx(0.75)
+        assert ledger.month_spend(now) == pytest.approx(0.75)
         assert ledger.calibration("stems:htdemucs:cpu") is None
         assert ledger.calibrate("stems:htdemucs:cpu", 1.0) == 1.0
         assert ledger.calibrate("stems:htdemucs:cpu", 2.0) == pytest.approx(1.3)
@@ -834,7 +835,7 @@ def test_route_spend_and_calibration_are_stored(tmp_path: Path) -> None:
     with JobStore(tmp_path / "jobs.sqlite3") as store:
         ledger = Ledger(store.database)
         assert ledger.calibration("stems:htdemucs:cpu") == (pytest.approx(1.3), 2)
-        assert ledger.month_spend() == pytest.approx(0.75)
+        assert ledger.month_spend(now) == pytest.approx(0.75)
 
 
 # -- graceful stops, given-up jobs, orphan files, full disks ---------------------------------------
