@@ -48,6 +48,12 @@ class LiveSurface:
     def can_lock_to_devices(self) -> bool:
         return False
 
+    def suggest_map_mode(self, cc_no: int, channel: int) -> int:
+        """MIDI Map mode asks how to map a CC of this surface's input: -1, no suggestion (what
+        Ableton's _Framework ControlSurface answers for a CC it has no control for; every script
+        Live ships defines this, the hand-written Tranzport too)."""
+        return -1
+
 
 class FailedSurface(LiveSurface):
     """What Live gets when the script cannot load: it says so, and does nothing else."""

@@ -525,6 +525,23 @@ class MidiMapHandle:
     ccs: list[tuple[object, int, int]] = field(default_factory=list)  # (script handle, channel, cc)
 
 
+# Live.MidiMap.MapMode's values (Live 12 API dump: absolute, absolute_14_bit, relative_signed_bit,
+# relative_binary_offset, relative_signed_bit2, relative_two_compliment, relative_smooth_signed_bit,
+# relative_smooth_binary_offset, relative_smooth_signed_bit2, relative_smooth_two_compliment).
+MAP_MODES = range(10)
+
+
+def suggest_map_mode(surface: Any, cc_no: int, channel: int) -> int:
+    """Live in MIDI Map mode (Cmd/Ctrl-M), mapping a CC that came in on the surface's input port:
+    it asks the surface `suggest_map_mode(cc_no, channel)`, which every script Live ships defines
+    (_Framework/ControlSurface.py answers -1, no suggestion, for a CC it has no control for; the
+    hand-written Tranzport/Tranzport.py a MapMode), and takes -1 or a MapMode."""
+    answer = surface.suggest_map_mode(cc_no, channel)  # no such method: AttributeError in Log.txt
+    if isinstance(answer, bool) or not isinstance(answer, int) or (answer != -1 and answer not in MAP_MODES):
+        raise TypeError(f"suggest_map_mode: expected -1 or a Live.MidiMap.MapMode, got {answer!r}")
+    return answer
+
+
 class _RunningClasses(types.ModuleType):
     """`Live.Track` / `Live.ClipSlot`: their class as the running Live has it (with or without
     `create_audio_clip`, by version)."""

@@ -22,7 +22,7 @@ from ableton_remote.surface import cc_to_gain_db
 from bridge.client import Client
 from bridge.testing import DaemonProcess, tiny_htdemucs_repo
 from tests.ableton.conftest import LoadedScript
-from tests.ableton.live_sim import LiveSet, MidiMapHandle, WarpMarker
+from tests.ableton.live_sim import LiveSet, MidiMapHandle, WarpMarker, suggest_map_mode
 from tests.ableton.py37 import run_old_live
 
 STEMS = ["drums", "bass", "other", "vocals"]
@@ -332,6 +332,17 @@ def test_midi_map_forwards_the_documented_notes_and_ccs(daemon: DaemonProcess, l
     assert script.messages == shown
     assert (cc_to_gain_db(0), cc_to_gain_db(127)) == (-60.0, 6.0)
     assert cc_to_gain_db(64) == pytest.approx(-60.0 + 66.0 * 64 / 127, abs=0.01)
+
+
+def test_midi_map_mode_gets_an_answer_for_a_cc_of_the_surfaces_input(daemon: DaemonProcess, load_script: Load) -> None:
+    """A producer maps a knob of the controller that is Flowstate's input to a Live parameter:
+    Live asks the script how to map it, and the script leaves the choice to Live."""
+    live = LiveSet()
+    script = load_script(live, port(daemon))
+    channel = surface_module.MIDI_CHANNEL
+    assert suggest_map_mode(script.surface, 20, channel) == -1  # one of the stream's CCs
+    assert suggest_map_mode(script.surface, 74, 0) == -1  # any other knob
+    script.assert_no_internal_error()
 
 
 def test_stream_controls_send_their_commands_and_show_the_daemons_answers(
