@@ -27,6 +27,7 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -100,8 +101,10 @@ def check_name(name: str, what: str, max_name_bytes: int = MAX_NAME_BYTES) -> st
 
 def safe_name(text: str, fallback: str, max_name_bytes: int = MAX_NAME_BYTES) -> str:
     """A valid name made from `text` (a generated one: a track's title): characters Windows refuses
-    become `_`, trailing dots and spaces go, a device name gets a `_`, and it is cut to fit."""
-    name = re.sub(r"[^\w\-. ]+", "_", text).strip(" .")
+    become `_`, trailing dots and spaces go, a device name gets a `_`, and it is cut to fit. Accents
+    come composed (NFC) first: a name from macOS's Finder or Live arrives decomposed (`E` and a
+    combining accent), and the accent on its own is not a word character."""
+    name = re.sub(r"[^\w\-. ]+", "_", unicodedata.normalize("NFC", text)).strip(" .")
     name = _BAD_CHARACTERS.sub("_", name)
     if not name:
         name = fallback

@@ -182,6 +182,8 @@ def test_a_name_too_long_for_the_file_system_is_a_bad_request_naming_the_limit(r
 @pytest.mark.parametrize(("stem", "expected"), [
     ("CON", "CON_"), ("nul", "nul_"), ("aux.mix", "aux_.mix"), ("a:b?.", "a_b_"), ("  ..  ", "track"),
     ("Lead Vocal (take 3)", "Lead Vocal _take 3_"),
+    ("E\u0301te\u0301 chanson", "\u00c9t\u00e9 chanson"),  # decomposed, as Finder and Live hand names over
+    ("Caf\u00e9", "Caf\u00e9"),
 ])
 def test_generated_track_folder_names_are_valid_on_every_os(stem: str, expected: str) -> None:
     assert track_name(Path(f"/music/{stem}.wav")) == expected
