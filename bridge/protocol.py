@@ -95,6 +95,24 @@ def quote_name(text: str, limit: int = 64) -> str:
     return shown + f"... ({len(text)} characters)" if len(text) > limit else shown
 
 
+def _lone_surrogate(value: Any) -> bool:
+    """Whether `value` (a str, or a list or object of them) holds text that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (list, tuple, Mapping)):
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            return False
+    else:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 80:
@@ -150,6 +168,9 @@ class Arg:
             raise BadRequest(
                 f"{command}: argument '{self.name}' expected {self.expected()}, got {_describe(value)}"
             )
+        if _lone_surrogate(converted):  # JSON's "\ud800", OSC's 'c' 0xD800: no file name or text holds one
+            raise BadRequest(f"{command}: argument '{self.name}' holds a lone surrogate code point (U+D800-U+DFFF), "
+                             "which is not a character: send the text as UTF-8")
         if isinstance(converted, (int, float)) and not isinstance(converted, bool):
             if (self.min is not None and converted < self.min) or (
                 self.max is not None and converted > self.max

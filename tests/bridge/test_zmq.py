@@ -61,6 +61,13 @@ def test_named_arguments_are_typed_and_validated(req: zmq.Socket) -> None:
         (b'{"id": 3, "cmd": "register", "args": {"port": 0}}', "bad_request", "got 0 (int)", 3),
         (b'{"id": 3, "cmd": "ping", "pad": "' + b"z" * 1_100_000 + b'"}', "bad_request",
          "exceeds zmq.max_message_bytes", None),
+        # JSON may escape a lone surrogate, which no text or file name holds: refused, not an internal error.
+        (b'{"id": 3, "cmd": "job.status", "args": {"id": "\\ud800"}}', "bad_request",
+         "argument 'id' holds a lone surrogate", 3),
+        (b'{"id": 3, "cmd": "samples.search", "args": {"query": "kick \\udfff"}}', "bad_request",
+         "argument 'query' holds a lone surrogate", 3),
+        (b'{"id": 3, "cmd": "stems.separate", "args": {"path": "/x.wav", "stems": ["vocals", "\\ud83d"]}}',
+         "bad_request", "argument 'stems' holds a lone surrogate", 3),
     ],
 )
 def test_bad_requests_get_structured_errors_and_the_daemon_keeps_serving(
