@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -27,7 +28,7 @@ from bridge.config import Config, ConfigError, default_config_path, load_config,
 from bridge.daemon import exit_now, run, tune_allocator
 from bridge.docs import markdown_tables
 from bridge.doctor import APT_HINT, FAIL, os_name, render, run_checks
-from bridge.errors import BridgeError, StartupError
+from bridge.errors import BadRequest, BridgeError, StartupError
 from bridge.job_queue import JobQueue
 from bridge.job_store import JobStore
 from bridge.paths import PathPolicy
@@ -89,7 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     send.add_argument("cmd", help="command name, e.g. ping or stems.separate")
     send.add_argument("args", nargs="*", help="arguments: positional values or name=value")
     send.add_argument(
-        "--timeout", type=float, default=SEND_TIMEOUT_SECONDS,
+        "--timeout", type=positive_seconds, default=SEND_TIMEOUT_SECONDS,
         help=f"seconds to wait for the reply while the daemon works on it (stream.start loads a model: "
              f"seconds); no daemon is said within {ANSWER_SECONDS:g} s",
     )
@@ -100,7 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="machine-readable")
 
     status = sub.add_parser("status", parents=[common], help="ask the running daemon what it is doing")
-    status.add_argument("--timeout", type=float, default=2.0)
+    status.add_argument("--timeout", type=positive_seconds, default=2.0)
 
     sub.add_parser("doctor", parents=[common], help="check this machine: Python, torch, audio, MIDI, ports")
     sub.add_parser("devices", parents=[common], help="list audio devices (for stream.device)")
@@ -479,14 +480,29 @@ def parse_send_args(cmd: str, words: Sequence[str]) -> dict[str, Any]:
     for word in words:
         name, sep, value = word.partition("=")
         if sep and name in by_name:
+            if name in named:
+                raise BadRequest(f"{cmd}: argument '{name}' is given twice; usage: {spec.signature()}")
             named[name] = by_name[name].coerce_text(value, cmd)
             continue
+        while position < len(spec.args) and spec.args[position].name in named:
+            position += 1  # named already (name=value before it): a positional word takes the next one
         if position >= len(spec.args):
-            raise BridgeError(f"{cmd}: too many arguments; usage: {spec.signature()}")
+            raise BadRequest(f"{cmd}: too many arguments; usage: {spec.signature()}")
         arg = spec.args[position]
         named[arg.name] = arg.coerce_text(word, cmd)
         position += 1
     return named
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of a timeout: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 def _send(config: Config, cmd: str, words: Sequence[str], timeout: float) -> int:

@@ -92,6 +92,26 @@ def test_send_reports_bad_arguments_and_unknown_commands(daemon: DaemonProcess) 
     assert "unknown_command" in unknown.stderr and "status" in unknown.stderr
 
 
+def test_send_fills_positional_words_around_named_ones_and_refuses_what_does_not_fit(daemon: DaemonProcess) -> None:
+    from bridge.cli import parse_send_args
+    from bridge.errors import BadRequest
+
+    # A positional word after `path=` is the next argument (the model), not the path again.
+    assert parse_send_args("stems.separate", ["path=/x/song.wav", "htdemucs", "two_stems=vocals"]) == {
+        "path": "/x/song.wav", "model": "htdemucs", "two_stems": "vocals"}
+    assert parse_send_args("stems.separate", ["model=htdemucs", "/x/song.wav"]) == {
+        "model": "htdemucs", "path": "/x/song.wav"}
+    with pytest.raises(BadRequest, match="argument 'path' is given twice"):
+        parse_send_args("stems.separate", ["/x/a.wav", "path=/x/b.wav"])
+    config = str(daemon.config_path)
+    extra = flowstate("send", "ping", "x", "--config", config)
+    assert extra.returncode == 1 and "bad_request: ping: too many arguments; usage: ping" in extra.stderr, extra.stderr
+    for timeout in ("-1", "0", "nan", "inf", "soon"):
+        refused = flowstate("send", "ping", "--timeout", timeout, "--config", config)
+        assert refused.returncode == 2 and "--timeout" in refused.stderr and "Traceback" not in refused.stderr, (
+            timeout, refused.stderr)
+
+
 def test_status_without_a_daemon_says_how_to_start_one(tmp_path: Path) -> None:
     process = DaemonProcess(workdir=tmp_path)  # configured, never started: nothing listens
     done = flowstate("status", "--config", str(process.config_path), "--timeout", "0.5")
