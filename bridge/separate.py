@@ -7,8 +7,9 @@ is not audio is answered at once; `SeparateJob` runs on a job worker with the mo
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +19,7 @@ import numpy as np
 from bridge.config import Config
 from bridge.engine_job import EngineJob
 from bridge.errors import BadRequest, Unavailable
-from bridge.files import audio_writer, safe_name
+from bridge.files import MAX_NAME_BYTES, audio_writer, safe_name
 from bridge.jobs import JobContext
 from bridge.paths import PathPolicy
 from bridge.router import LOCAL, deadline_class
@@ -71,6 +72,25 @@ def track_name(path: Path) -> str:
     return safe_name(path.stem, "track")
 
 
+def free_track_folder(out_root: Path, name: str, file_names: list[str], own: Collection[Path]) -> str:
+    """The folder below `out_root` the stems go to: `name`, else `name (2)`, `name (3)` ... the first
+    where no stem's file name is taken by a file this job did not write (`own`: its outputs, over
+    every attempt). A stem never replaces another job's or the user's file: a Live set may play it,
+    and a failed or canceled job deletes what it wrote, which must never be someone else's file."""
+    mine = {(path.parent.name, path.name) for path in own}
+    number = 1
+    while True:
+        suffix = "" if number == 1 else f" ({number})"
+        base = name.encode("utf-8")[: MAX_NAME_BYTES - 1 - len(suffix)].decode("utf-8", "ignore").rstrip(" .")
+        candidate = (base or "track") + suffix
+        if os.path.islink(out_root / candidate):
+            return candidate  # never looked through: opening it refuses it (forbidden), naming the link
+        if not any(os.path.lexists(out_root / candidate / file) and (candidate, file) not in mine
+                   for file in file_names):
+            return candidate
+        number += 1
+
+
 class SeparateJob(EngineJob):
     """The job handler: one warm `FileSeparator` per (model, shifts), reused across jobs."""
 
@@ -108,10 +128,11 @@ class SeparateJob(EngineJob):
 
         written: dict[str, str] = {}
         subtype = ENCODINGS[args["encoding"]]
+        track = free_track_folder(out_root, track_name(source), [f"{name}.{args['format']}" for name in outputs],
+                                  ctx.outputs)
         # One handle on the track folder, reached from the root without links, for every stem:
         # a folder swapped for a link meanwhile is never written (or later deleted) through.
-        with self.paths.open_dir(out_root / track_name(source), "out_dir", KIND,
-                                 register=ctx.register_output) as folder:
+        with self.paths.open_dir(out_root / track, "out_dir", KIND, register=ctx.register_output) as folder:
             folder.remove_partials()  # leftovers of an attempt that crashed mid-write
             for index, (name, data) in enumerate(outputs.items()):
                 ctx.check_cancelled()
@@ -121,7 +142,7 @@ class SeparateJob(EngineJob):
                 written[name] = str(target)
                 ctx.progress(0.95 + 0.05 * (index + 1) / len(outputs), stage="writing")
         return {
-            "track": track_name(source),
+            "track": track,
             "paths": written,
             "duration_seconds": round(audio_seconds, 3),
             "sample_rate": sample_rate,

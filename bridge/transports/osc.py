@@ -31,7 +31,7 @@ from bridge.commands import lookup_address
 from bridge.config import OscConfig
 from bridge.errors import BadRequest, BridgeError, Busy, Internal
 from bridge.events import EventHub
-from bridge.protocol import ERROR_ADDRESS, Event, Reply, Request
+from bridge.protocol import ERROR_ADDRESS, EVENT_PREFIX, REPLY_PREFIX, Event, Reply, Request
 from bridge.transports.osc_wire import Bundle, Limits, Message, parse_packet, quote
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class UdpOrigin:
         self.server.send_udp(packet, (self.host, self.port))
 
     def send_event(self, event: Event) -> None:
-        self.send(event_packet(event))
+        self.send(self.server.event_datagram(event))
 
 
 @dataclass(eq=False)
@@ -343,6 +343,15 @@ class _Due:
     delay: float
 
 
+# Senders whose stray answers have been logged (one line each); past this many, none more is noted.
+MAX_ANSWER_SENDERS_LOGGED = 256
+
+
+def is_answer(address: str) -> bool:
+    """Whether `address` is one the daemon sends (a reply, an error, an event), never a request."""
+    return address == ERROR_ADDRESS or address.startswith((REPLY_PREFIX + "/", EVENT_PREFIX + "/"))
+
+
 class OscServer:
     """OSC UDP and TCP endpoints of one daemon."""
 
@@ -357,6 +366,7 @@ class OscServer:
         self.tcp_port = config.tcp_port
         self._timers: set[asyncio.TimerHandle] = set()
         self._limits = Limits(max_messages=config.max_bundle_messages, max_depth=config.max_nesting_depth)
+        self._answer_senders: set[tuple[str, int]] = set()
         hub.add_sink(self._to_listeners)
 
     async def start(self, bind: Callable[..., Any]) -> None:
@@ -476,6 +486,11 @@ class OscServer:
 
     def _handle_message(self, message: Message, origin: Origin) -> None:
         address = message.address
+        if is_answer(address):
+            # Answered, it would loop: a listener registered at the daemon's own port (or another
+            # daemon's) would send the answer back, and that answer would be answered again.
+            self._ignore_answer(address, origin)
+            return
         try:
             spec = lookup_address(address)
         except BridgeError as err:
@@ -488,6 +503,15 @@ class OscServer:
             log.exception("OSC %s: dispatch failed", quote(address))
             self.reject(origin, address,
                         Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}); see its log"))
+
+    def _ignore_answer(self, address: str, origin: Origin) -> None:
+        sender = (origin.host, origin.port)
+        if sender in self._answer_senders or len(self._answer_senders) >= MAX_ANSWER_SENDERS_LOGGED:
+            return
+        self._answer_senders.add(sender)
+        log.warning("OSC %s from %s:%d ignored, and whatever else of the kind comes from there: replies, errors "
+                    "and events are what the daemon sends, not requests (is a listener registered at the daemon's "
+                    "own port, or at another daemon's?)", quote(address), origin.host, origin.port)
 
     # -- replies and events -> wire ----------------------------------------------------------------
 
@@ -537,10 +561,9 @@ class OscServer:
         if self._udp is not None and not self._udp.is_closing():
             self._udp.sendto(packet, addr)
 
-    def _to_listeners(self, event: Event, origin: object) -> None:
-        listeners = self._hub.listeners()
-        if not listeners:
-            return
+    def event_datagram(self, event: Event) -> bytes:
+        """The event as one UDP datagram (to a listener, or to the sender of the job it is about), or
+        an error naming its size where it is too large for one."""
         packet = event_packet(event)
         limit = self.config.max_udp_reply_bytes
         if len(packet) > limit:
@@ -550,6 +573,13 @@ class OscServer:
             )
             log.warning("OSC UDP: %s", error.message)
             packet = reply_packet(Reply(name=event.name, error=error), event.spec.osc_address)
+        return packet
+
+    def _to_listeners(self, event: Event, origin: object) -> None:
+        listeners = self._hub.listeners()
+        if not listeners:
+            return
+        packet = self.event_datagram(event)
         for listener in listeners:
             self.send_udp(packet, listener)
 

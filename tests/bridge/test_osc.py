@@ -153,6 +153,26 @@ def test_register_copies_replies_and_errors_to_the_listener(osc_udp: OscUdp, dae
         listener.close()
 
 
+def test_a_listener_registered_at_the_daemons_own_port_starts_no_loop(osc_udp: OscUdp, daemon) -> None:
+    """A script registers the daemon's own port by mistake: copies of the answers then reach the
+    daemon itself, which must not answer them (each answer would be answered again, for ever)."""
+    own = daemon.osc_udp[1]
+    before = len(daemon.log())
+    try:
+        assert osc_udp.request("/flow/register", own).address == "/flow/reply/register"
+        daemon.wait_for_log("OSC '/flow/reply/register' from 127.0.0.1:%d ignored" % own, since=before)
+        for _ in range(3):
+            assert osc_udp.request("/flow/ping").params[0] == "pong"
+        osc_udp.send("/flow/nope")  # an error's copy comes back too
+        assert osc_udp.receive().address == "/flow/error"
+        assert osc_udp.request("/flow/ping").params[0] == "pong"
+    finally:
+        assert osc_udp.request("/flow/unregister", own).params[:2] == ["127.0.0.1", own]
+    log = daemon.log()[before:]
+    assert log.count("ignored, and whatever else of the kind comes from there") == 1, log[-3000:]
+    assert "unknown OSC address '/flow/reply" not in log and "unknown OSC address '/flow/error'" not in log
+
+
 # -- cross-protocol: a web page must not drive the daemon through the OSC TCP port ----------------
 
 

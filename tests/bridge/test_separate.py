@@ -88,7 +88,8 @@ def run_job(daemon: DaemonProcess, args: dict[str, Any]) -> tuple[dict[str, Any]
 def test_separate_any_format_rate_and_channel_count_over_zmq(
     daemon: DaemonProcess, name: str, sample_rate: int, channels: int, kw: dict[str, Any]
 ) -> None:
-    source = write_audio(files_dir(daemon) / "in" / name, 3.0, sample_rate, channels, **kw)
+    # A folder each: song.ogg and song.mp3 side by side would give the second one `song (2)`.
+    source = write_audio(files_dir(daemon) / "in" / name.replace(".", "-") / name, 3.0, sample_rate, channels, **kw)
     frames = soundfile.info(str(source)).frames
     outcome, events = run_job(daemon, {"path": str(source)})
     assert outcome["event"] == "job.done", outcome
@@ -299,6 +300,25 @@ def test_a_job_survives_sigkill_and_finishes_after_restart(repo: Path, tmp_path:
     assert "requeued" in second.log()
 
 
+def test_a_job_event_too_big_for_udp_reaches_its_udp_sender_as_an_error_naming_its_size(repo: Path) -> None:
+    """A UDP sender hears its own jobs' events; one too big for a datagram (osc.max_udp_reply_bytes)
+    comes as the error a listener gets, never silently not at all."""
+    with DaemonProcess(overrides={**_overrides(repo), "osc": {"max_udp_reply_bytes": 512}}) as process:
+        source = write_audio(process.workdir / "files" / "udp" / "a clip with a long enough name.wav", 0.5)
+        udp = OscUdp(process.osc_udp)
+        try:
+            assert udp.request("/flow/stems/separate", str(source)).address == "/flow/reply/stems/separate"
+            heard = []
+            while not heard or heard[-1].address == "/flow/event/job/progress":
+                heard.append(udp.receive(SLOW_SECONDS))
+        finally:
+            udp.close()
+    final = heard[-1]
+    assert (final.address, final.params[:2]) == ("/flow/error", ["/flow/event/job/done", "bad_request"]), final.params
+    assert "event job.done is" in final.params[2] and "osc.max_udp_reply_bytes = 512" in final.params[2]
+    assert "job.status over OSC TCP or ZeroMQ" in final.params[2]
+
+
 def test_cli_separates_through_the_daemon_with_a_progress_bar(daemon: DaemonProcess) -> None:
     sources = [write_audio(files_dir(daemon) / "cli" / f"clip{i}.wav", 1.5, seed=i) for i in range(2)]
     done = subprocess.run(
@@ -436,6 +456,42 @@ def test_a_job_ended_after_its_first_stem_never_deletes_through_a_link(
     assert event == f"job.{ending}"
     assert _untouched(outside)
     assert track.is_symlink()
+
+
+@pytest.mark.parametrize("ending", ["done", "canceled", "failed"])
+def test_a_clip_separated_again_never_replaces_or_deletes_the_stems_already_there(
+    repo: Path, tmp_path: Path, ending: str
+) -> None:
+    """The clip's stems from an earlier separation (a Live set plays them) stay as they were whether
+    the next separation of the same clip finishes, is canceled or fails after its first stem."""
+    from tests.bridge.test_paths import HookedRun, once
+
+    root = tmp_path / "Music"
+    source = write_audio(root / "song.wav", 0.5)
+    earlier = _outside(root / "stems" / "song")  # the earlier separation's four stems
+    again = root / "stems" / "song (2)"
+
+    written_beside: list[bool] = []
+
+    def after_first_stem(runner: Any, job_id: str) -> None:
+        written_beside.append((again / "drums.wav").is_file())
+        if ending == "canceled":
+            runner.cancel(job_id)
+        elif ending == "failed":  # the next stem cannot be written: a folder sits where bass.wav goes
+            (again / "bass.wav").mkdir()
+
+    hook = once(lambda event, data: data.get("stage") == "writing", after_first_stem)
+    handler, args = _separate_handler(repo, root, {"path": str(source)})
+    event, data = HookedRun(tmp_path, "stems.separate", handler, hook).run(args)
+    assert event == f"job.{ending}", data
+    assert _untouched(earlier)
+    assert written_beside == [True], "the second separation writes beside the first"
+    if ending == "done":
+        assert data["result"]["track"] == "song (2)"
+        assert sorted(Path(p).name for p in data["result"]["paths"].values()) == sorted(f"{s}.wav" for s in STEMS)
+        assert all(Path(p).parent == again for p in data["result"]["paths"].values())
+    else:
+        assert not (again / "drums.wav").exists()  # what this job wrote goes; nothing else does
 
 
 def test_names_windows_refuses_and_names_too_long_are_bad_requests(daemon: DaemonProcess) -> None:

@@ -97,7 +97,8 @@ def test_separate_puts_each_stem_on_a_new_track_lined_up_with_the_item(
     reaper: Reaper, stems_daemon: DaemonProcess, insert_media_result: int | None
 ) -> None:
     reaper.insert_media_result = insert_media_result  # undocumented: the scripts look at the items
-    song = write_song(files_root(stems_daemon) / "reaper" / "Lead Take.wav", 3.0)
+    # A folder each: a second separation of one file goes to `Lead Take (2)`, beside the first's stems.
+    song = write_song(files_root(stems_daemon) / "reaper" / f"insert {insert_media_result}" / "Lead Take.wav", 3.0)
     mix = reaper.add_track("Mix")
     below = reaper.add_track("Keys")
     # A trimmed item: it plays 1.5 s of the file from 0.5 s in, placed at 12.25 s.
