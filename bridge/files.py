@@ -177,11 +177,32 @@ def audio_writer(frames: Any, sample_rate: int, subtype: str, fmt: str) -> Calla
         import soundfile
 
         channels = 1 if frames.ndim == 1 else int(frames.shape[1])
-        with soundfile.SoundFile(file.fileno(), "w", sample_rate, channels, subtype, format=fmt.upper(),
-                                 closefd=False) as out:
-            out.write(frames)
+        try:
+            with soundfile.SoundFile(file.fileno(), "w", sample_rate, channels, subtype, format=fmt.upper(),
+                                     closefd=False) as out:
+                out.write(frames)
+        except soundfile.LibsndfileError as err:
+            # libsndfile says only "System error." and keeps errno to itself: a full disk (the usual
+            # cause) is asked of the OS by writing on, so the job says what to free, not "internal".
+            full = _out_of_space(file)
+            if full is not None:
+                raise full from err
+            raise
 
     return write
+
+
+def _out_of_space(file: BinaryIO) -> OSError | None:
+    """The OS's ENOSPC (or EDQUOT) if 64 KiB more cannot be written at the end of `file`; else None."""
+    try:
+        file.seek(0, os.SEEK_END)
+        file.write(bytes(65536))
+        file.flush()
+        os.fsync(file.fileno())
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return err
+    return None
 
 
 # -- folders -------------------------------------------------------------------------------------
@@ -266,8 +287,10 @@ class Folder:
                 self._write_at(tmp, name, write)
             else:
                 self._write_checked(tmp, name, write)
-        except BaseException:
+        except BaseException as err:
             self._discard(tmp)
+            if isinstance(err, OSError) and err.filename is None:
+                err.filename = str(self.path / name)  # "no space left ... while writing <this file>"
             raise
         self._fsync()
         return self.path / name

@@ -1035,6 +1035,26 @@ def test_a_job_that_fills_the_disk_fails_unavailable_naming_the_file(
     assert "no space left" in failed["message"] and "free space" in failed["message"]
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_audio_written_to_a_full_disk_fails_the_job_unavailable_not_internal(
+    make_runner: Callable[..., JobRunner], events: Events, store: JobStore
+) -> None:
+    """libsndfile reports a full disk as "System error." only: the job still says to free space."""
+    from bridge.files import audio_writer
+
+    def writes_stems_to_a_full_disk(ctx: JobContext) -> dict[str, Any]:
+        with open("/dev/full", "w+b") as out:  # a real ENOSPC from the kernel
+            audio_writer(np.zeros((44100, 2), np.float32), 44100, "PCM_24", "wav")(out)
+        return {}
+
+    runner = make_runner({"stems": writes_stems_to_a_full_disk})
+    runner.start()
+    job, _ = runner.submit("stems", {})
+    failed = events.wait_for(job.id, "job.failed")
+    assert failed["code"] == "unavailable", failed
+    assert "no space left" in failed["message"] and "free space" in failed["message"]
+
+
 def test_a_job_the_system_refuses_a_file_fails_forbidden_naming_it(
     make_runner: Callable[..., JobRunner], events: Events, store: JobStore
 ) -> None:
