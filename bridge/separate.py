@@ -34,11 +34,24 @@ KIND = "stems.separate"
 TASK = "stems"  # its name among the tiers' tasks
 FORMATS = ("wav", "flac")
 ENCODINGS = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
+# Shorter than this, a file holds no sound to separate (and a frame or two is less than the model's
+# normalisation and resampling take).
+MIN_SECONDS = 0.01
+
+
+def check_length(path: Path, frames: int, sample_rate: int) -> None:
+    """BadRequest for a file too short to separate: no frames, or under MIN_SECONDS."""
+    if frames <= 0:
+        raise BadRequest(f"{KIND}: {path} holds no audio (0 frames)")
+    if frames < MIN_SECONDS * sample_rate:
+        raise BadRequest(f"{KIND}: {path} is {frames} frame(s) long ({1000.0 * frames / sample_rate:.2f} ms): too "
+                         f"short to separate (at least {1000.0 * MIN_SECONDS:g} ms)")
 
 
 def check_request(args: dict[str, Any], paths: PathPolicy, config: Config) -> dict[str, Any]:
     """Validate a `stems.separate` request; returns the job's args with every default filled in."""
     path, info = paths.audio_file(args["path"], "path", KIND)
+    check_length(path, int(info.frames), int(info.samplerate))
     check_file_rate(info.samplerate, config.separate.min_sample_rate, config.separate.max_sample_rate,
                     what=f"{KIND}: {path}", keys="separate.min_sample_rate, separate.max_sample_rate")
     out_dir = paths.output_dir(args.get("out_dir") or str(path.parent / "stems"), "out_dir", KIND)
@@ -118,8 +131,7 @@ class SeparateJob(EngineJob):
             info = soundfile.info(str(source))
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise BadRequest(f"{KIND}: {source} cannot be decoded ({err}); is it truncated?") from None
-        if info.frames <= 0:
-            raise BadRequest(f"{KIND}: {source} holds no audio (0 frames)")
+        check_length(source, int(info.frames), int(info.samplerate))
         sample_rate, shape = int(info.samplerate), (int(info.frames), int(info.channels))
         audio_seconds = shape[0] / sample_rate
         separated, stems, where = self._separate_routed(ctx, source, sample_rate, shape, audio_seconds)
@@ -204,6 +216,9 @@ class SeparateJob(EngineJob):
             audio, sample_rate = soundfile.read(str(job.input_path), dtype="float32", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise BadRequest(f"{KIND}: {job.input_path} cannot be decoded ({err}); is it truncated?") from None
+        if not np.isfinite(audio).all():
+            raise BadRequest(f"{KIND}: {job.input_path} holds samples that are not numbers (NaN or infinity; a float "
+                             "file rendered while a plugin blew up?): render it again")
         mix = convert_audio_channels(torch.from_numpy(audio.T.copy()), 2)  # mono doubled; >2: the first two
         if sample_rate != engine.sample_rate:
             mix = resample_tensor(mix, sample_rate, engine.sample_rate)

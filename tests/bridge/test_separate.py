@@ -162,6 +162,7 @@ def _bad_inputs(daemon: DaemonProcess, outside: Path) -> list[tuple[str, str, st
     (files / "bad").mkdir(parents=True, exist_ok=True)
     (files / "bad" / "notes.txt").write_text("not audio at all")
     soundfile.write(str(files / "bad" / "empty.wav"), np.zeros((0, 2), np.float32), 44100)
+    soundfile.write(str(files / "bad" / "click.wav"), np.ones((1, 1), np.float32) * 0.5, 48000)
     escape = files / "bad" / "escape.wav"
     if not escape.exists():
         escape.symlink_to(write_audio(outside / "secret.wav", 0.5))
@@ -172,6 +173,7 @@ def _bad_inputs(daemon: DaemonProcess, outside: Path) -> list[tuple[str, str, st
         (str(files / "bad" / "missing.wav"), "not_found", "no such file"),
         (str(files / "bad" / "notes.txt"), "bad_request", "notes.txt is not an audio file"),
         (str(files / "bad" / "empty.wav"), "bad_request", "empty.wav holds no audio"),
+        (str(files / "bad" / "click.wav"), "bad_request", "click.wav is 1 frame(s) long (0.02 ms): too short"),
         (str(files / "bad"), "bad_request", "is not a file"),
     ]
 
@@ -205,6 +207,18 @@ def test_a_truncated_file_fails_the_job_with_bad_request(daemon: DaemonProcess) 
         final = client.wait_jobs([reply["id"]], lambda *_: None, 120)[reply["id"]]
     assert final["event"] == "job.failed"
     assert final["code"] == "bad_request" and "cut.flac" in final["message"]
+
+
+def test_a_file_with_samples_that_are_not_numbers_fails_the_job_with_bad_request(daemon: DaemonProcess) -> None:
+    source = files_dir(daemon) / "nan" / "blown up.wav"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    audio = np.zeros((44100, 2), np.float32)
+    audio[100, 0], audio[200, 1] = np.nan, np.inf
+    soundfile.write(str(source), audio, 44100, subtype="FLOAT")  # a float file keeps them
+    outcome, _ = run_job(daemon, {"path": str(source)})
+    assert (outcome["event"], outcome["code"]) == ("job.failed", "bad_request"), outcome
+    assert "blown up.wav holds samples that are not numbers" in outcome["message"]
+    assert not (source.parent / "stems").exists()
 
 
 def test_unknown_stems_fail_the_job_naming_the_model_stems(daemon: DaemonProcess) -> None:
