@@ -608,6 +608,8 @@ def _separate(config: Config, args: argparse.Namespace) -> int:
     for file in args.files:
         request: dict[str, Any] = {"path": str(file.expanduser().absolute())}
         request.update({name: getattr(args, name) for name in SEPARATE_OPTIONS if getattr(args, name) is not None})
+        if request.get("out_dir"):  # like the files: against the folder the command runs in
+            request["out_dir"] = str(Path(request["out_dir"]).expanduser().absolute())
         requests.append(request)
     if not args.local:
         with Client(request_endpoint(config), timeout_seconds=1.0) as probe:
@@ -665,7 +667,7 @@ def _separate_local(config: Config, requests: list[dict[str, Any]]) -> int:
 
     # Files named on the command line are the user's own choice: their folders are allowed too.
     roots = [*(config.paths.roots or ()), *(Path(r["path"]).parent for r in requests)]
-    roots += [Path(r["out_dir"]).expanduser().absolute() for r in requests if r.get("out_dir")]
+    roots += [Path(r["out_dir"]) for r in requests if r.get("out_dir")]
     paths = PathPolicy(roots)
     labels: dict[str, str] = {}
     final: dict[str, dict[str, Any]] = {}

@@ -335,15 +335,16 @@ def test_a_job_event_too_big_for_udp_reaches_its_udp_sender_as_an_error_naming_i
 
 def test_cli_separates_through_the_daemon_with_a_progress_bar(daemon: DaemonProcess) -> None:
     sources = [write_audio(files_dir(daemon) / "cli" / f"clip{i}.wav", 1.5, seed=i) for i in range(2)]
+    # Run in the clips' folder, naming them and the output folder as a user types them there.
     done = subprocess.run(
-        [sys.executable, "-m", "bridge", "separate", *map(str, sources), "--config", str(daemon.config_path),
-         "--stems", "vocals"],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "bridge", "separate", *(s.name for s in sources), "--config", str(daemon.config_path),
+         "--stems", "vocals", "--out-dir", "my stems"],
+        capture_output=True, text=True, timeout=120, cwd=sources[0].parent,
     )
     assert done.returncode == 0, done.stderr
     assert "100.0%" in done.stderr
     for source in sources:
-        assert (source.parent / "stems" / source.stem / "vocals.wav").exists()
+        assert (source.parent / "my stems" / source.stem / "vocals.wav").exists()
         assert f"{source.name}: vocals -> " in done.stdout
     jobs = subprocess.run(
         [sys.executable, "-m", "bridge", "jobs", "--state", "done", "--config", str(daemon.config_path)],
