@@ -507,7 +507,8 @@ def job_list(ctx: CallContext, state: str, limit: int) -> Result:
 @command(
     "job.cancel", JOB_ID,
     examples=("cancel job 0123456789ab", "abort that job", "stop job 0123456789ab"),
-    help="Cancel a job: a queued one at once, a running one within a second; its partial outputs are removed.",
+    help="Cancel a job: a queued one at once, a running one when its step in hand is done (a segment of the file: "
+    "seconds on a CPU); its partial outputs are removed.",
     returns=("id", "state"),
 )
 def job_cancel(ctx: CallContext, id: str) -> Result:
