@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 Dispatch = Callable[[Request, Callable[[Reply], None]], None]
 
+# ZeroMQ never reads a request larger than this many times zmq.max_message_bytes (ZMQ_MAXMSGSIZE).
+HARD_LIMIT_FACTOR = 16
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """An event loop that can watch ZeroMQ's sockets, on every platform: a selector loop.
@@ -104,6 +107,12 @@ class ZmqServer:
         async def open_socket(kind: int, key: str, port: int) -> tuple[zmq.Socket, int]:
             sock = self._context.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
+            if kind == zmq.ROUTER:
+                # A request over zmq.max_message_bytes is read and answered bad_request; one far over
+                # it is not read at all (ZeroMQ drops the connection): 300 MB sent at the port would
+                # otherwise be held in memory before the size check, and the allocator keeps what it
+                # once held. Before the bind: the listener hands its options to each connection.
+                sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.config.max_message_bytes)
             try:
                 actual = await bind(key, port, _bind(sock, self.config.host, port))
             except BaseException:

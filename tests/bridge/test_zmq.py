@@ -127,3 +127,40 @@ def test_a_huge_command_name_is_quoted_short(req: zmq.Socket, daemon) -> None:
     assert reply["error"]["code"] == "unknown_command"
     assert len(reply["error"]["message"]) < 500
     assert len(daemon.log()) - before < 2000
+
+
+def test_a_request_far_over_the_size_limit_is_never_read_and_others_are_served() -> None:
+    """Over zmq.max_message_bytes: bad_request. Over 16 times that: ZeroMQ drops the sender's
+    connection before the daemon holds the message in memory; everyone else goes on."""
+    import zmq.utils.monitor
+
+    from bridge.testing import DaemonProcess
+    from bridge.transports.zmq import HARD_LIMIT_FACTOR
+
+    def wait_for(monitor: zmq.Socket, event: int) -> None:
+        while monitor.poll(30_000):
+            if zmq.utils.monitor.recv_monitor_message(monitor)["event"] == event:
+                return
+        raise AssertionError(f"no {zmq.Event(event).name} on the sender's socket within 30 s")
+
+    with DaemonProcess({"zmq": {"max_message_bytes": 4096}}) as process:
+        context = zmq.Context.instance()
+        with context.socket(zmq.DEALER) as sender, context.socket(zmq.DEALER) as other:
+            sender.setsockopt(zmq.LINGER, 0)
+            other.setsockopt(zmq.LINGER, 0)
+            monitor = sender.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            try:
+                sender.connect(process.zmq_requests)
+                other.connect(process.zmq_requests)
+                wait_for(monitor, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                sender.send(json.dumps({"id": 1, "cmd": "ping", "pad": "z" * 8000}).encode())
+                assert sender.poll(30_000), "no answer to a request over zmq.max_message_bytes"
+                assert json.loads(sender.recv())["error"]["code"] == "bad_request"
+                sender.send(json.dumps({"id": 2, "cmd": "ping", "pad": "z" * (HARD_LIMIT_FACTOR * 4096)}).encode())
+                wait_for(monitor, zmq.EVENT_DISCONNECTED)
+                other.send(json.dumps({"id": 3, "cmd": "ping"}).encode())
+                assert other.poll(30_000) and json.loads(other.recv())["result"]["reply"] == "pong"
+            finally:
+                sender.disable_monitor()
+                monitor.close()
+        assert process.log().count("exceeds zmq.max_message_bytes") == 1  # the second was never read
