@@ -35,7 +35,7 @@ from bridge.config import Config
 from bridge.daw import DawState
 from bridge.errors import BridgeError, Busy, Internal, StartupError, Unavailable
 from bridge.events import EventHub
-from bridge.protocol import CallContext, CommandSpec, Origin, Reply, Request
+from bridge.protocol import CallContext, CommandSpec, Origin, Reply, Request, quote_name
 from bridge.services import Services
 from bridge.stream import release_audio_host
 from bridge.stream_manager import AudioSessions
@@ -223,8 +223,8 @@ class Daemon:
             kwargs = spec.bind(request.args)
         except BridgeError as err:
             log.warning(
-                "%s from %s %s: %s: %s", request.name[:64], request.origin.transport, request.origin.host,
-                err.code, err.message[:512],
+                "%s from %s %s: %s: %s", quote_name(request.name), request.origin.transport, request.origin.host,
+                err.code, logged(err.message),
             )
             respond(Reply(request.name, error=err))
             return
@@ -262,7 +262,7 @@ class Daemon:
         try:
             result = spec.handler(ctx, **kwargs)
         except BridgeError as err:
-            log.warning("%s: %s: %s", spec.name, err.code, err.message)
+            log.warning("%s: %s: %s", spec.name, err.code, logged(err.message))
             return Reply(spec.name, error=err, spec=spec)
         except Exception as err:
             log.exception("%s failed", spec.name)
@@ -278,13 +278,23 @@ class Daemon:
                           spec=spec))
             raise
         except BridgeError as err:
-            log.warning("%s: %s: %s", spec.name, err.code, err.message)
+            log.warning("%s: %s: %s", spec.name, err.code, logged(err.message))
             respond(Reply(spec.name, error=err, spec=spec))
         except Exception as err:
             log.exception("%s failed", spec.name)
             respond(Reply(spec.name, error=_internal(spec, err), spec=spec))
         else:
             respond(Reply(spec.name, result=result, spec=spec))
+
+
+# An error message in the log: a client's text quoted in it stays one bounded line.
+MAX_LOGGED_CHARS = 2048
+
+
+def logged(message: str) -> str:
+    """`message` for one log line: line breaks shown as \\n, cut to MAX_LOGGED_CHARS."""
+    text = message.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= MAX_LOGGED_CHARS else text[:MAX_LOGGED_CHARS] + f"... ({len(text)} characters)"
 
 
 def _internal(spec: CommandSpec, err: Exception) -> Internal:

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from bridge.database import Database, PostgresDatabase
 from bridge.errors import BadRequest, Internal, NotFound, StartupError
+from bridge.protocol import quote_name
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +387,7 @@ class JobStore:
         """The job with this id, or NotFound naming it."""
         job = self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if job is None:
-            raise NotFound(f"job {job_id!r} not found; job.list shows the known jobs")
+            raise NotFound(f"job {quote_name(job_id)} not found; job.list shows the known jobs")
         return job
 
     def list(self, state: str | None = None, limit: int = 100) -> builtins.list[Job]:

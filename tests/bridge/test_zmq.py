@@ -129,6 +129,19 @@ def test_a_huge_command_name_is_quoted_short(req: zmq.Socket, daemon) -> None:
     assert len(daemon.log()) - before < 2000
 
 
+def test_a_client_s_text_comes_back_and_goes_to_the_log_short_and_on_one_line(req: zmq.Socket, daemon) -> None:
+    before = len(daemon.log())
+    for request in ({"id": 1, "cmd": "job.status", "args": {"id": "f" * 900_000}},
+                    {"id": 2, "cmd": "job.cancel", "args": {"id": "x\n2026-12-06 00:00:00,000 ERROR forged"}},
+                    {"id": 3, "cmd": "ping\n2026-12-06 00:00:00,000 ERROR forged"}):
+        reply = zmq_request(req, request)
+        assert reply["ok"] is False and len(reply["error"]["message"]) < 500, reply["error"]["message"][:200]
+    assert zmq_request(req, {"id": 4, "cmd": "ping"})["ok"] is True
+    log = daemon.log()[before:]
+    assert len(log) < 4000
+    assert "\n2026-12-06 00:00:00,000 ERROR forged" not in log  # no line the client wrote
+
+
 def test_a_request_far_over_the_size_limit_is_never_read_and_others_are_served() -> None:
     """Over zmq.max_message_bytes: bad_request. Over 16 times that: ZeroMQ drops the sender's
     connection before the daemon holds the message in memory; everyone else goes on."""
