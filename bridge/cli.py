@@ -25,7 +25,7 @@ from bridge import __version__
 from bridge.client import ANSWER_SECONDS, Client, request_endpoint
 from bridge.commands import iter_commands, job_handlers, lookup
 from bridge.config import Config, ConfigError, default_config_path, load_config, platform_folders
-from bridge.daemon import exit_now, run, tune_allocator
+from bridge.daemon import exit_now, raise_open_file_limit, run, tune_allocator
 from bridge.docs import markdown_tables
 from bridge.doctor import APT_HINT, FAIL, os_name, render, run_checks
 from bridge.errors import BadRequest, BridgeError, StartupError
@@ -453,6 +453,9 @@ def _setup_logging(config: Config) -> None:
 def _up(config: Config) -> int:
     if config.daemon.malloc_tuning and tune_allocator():
         log.debug("malloc tuned: one arena, 1 GiB mmap threshold; freed memory returned after each job")
+    limits = raise_open_file_limit()
+    if limits is not None and limits[1] != limits[0]:
+        log.info("open files: limit raised from %d to %d", *limits)
     try:
         run(config)
     except KeyboardInterrupt:

@@ -47,6 +47,9 @@ class OscConfig(Section):
     max_scheduled_messages: int = Field(default=1024, ge=1, le=1_000_000)
     # OSC TCP: frames handled from one connection per event-loop turn before other clients get theirs.
     tcp_frames_per_turn: int = Field(default=64, ge=1, le=100_000)
+    # OSC TCP clients connected at once; one more is told `busy` and closed (each holds a file
+    # descriptor, of which macOS gives a process 256 by default).
+    max_tcp_connections: int = Field(default=64, ge=1, le=4096)
     # OSC TCP: bytes queued for a client that does not read. Above the first its requests wait
     # (back-pressure); above the second (events still piling up) the connection is closed.
     tcp_pause_write_bytes: int = Field(default=65536, ge=1024, le=64 * 1_048_576)

@@ -316,6 +316,30 @@ def _glibc() -> Any:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+# Open files (sockets, models, audio files) the daemon asks for: macOS starts a process with 256,
+# which a few dozen clients and a job's files can use up; Linux usually gives 1024.
+OPEN_FILES = 4096
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES) -> tuple[int, int] | None:
+    """POSIX: raise the soft limit on open files to `wanted` (never past the hard limit, nor above
+    what it is); returns (before, after), or None where there is no such limit (Windows)."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as err:
+            log.debug("open files: could not raise the limit from %d to %d: %s", soft, target, err)
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
 def tune_allocator() -> bool:
     """glibc only: one malloc arena and high mmap/trim thresholds, before any thread starts.
 

@@ -204,10 +204,20 @@ class _TcpConnection(asyncio.Protocol):
         host, port = transport.get_extra_info("peername")[:2]
         self._origin = TcpOrigin(self, host, port)
         transport.set_write_buffer_limits(high=self._config.tcp_pause_write_bytes)
+        limit = self._config.max_tcp_connections
+        if len(self._server.connections) >= limit:
+            busy = Busy(f"{len(self._server.connections)} OSC TCP clients are connected (osc.max_tcp_connections = "
+                        f"{limit}); close one, or send over UDP or ZeroMQ")
+            self._server.refuse_connection(host, port, busy.message)
+            self.send(reply_packet(Reply(name="", error=busy), ""))
+            transport.close()
+            return
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        if self in self._server.connections:
+            self._server.connections.discard(self)
+            self._server.refusing = False  # room again: the next refusal is logged
         self._transport = None
         self._backlog.clear()
 
@@ -367,6 +377,7 @@ class OscServer:
         self._timers: set[asyncio.TimerHandle] = set()
         self._limits = Limits(max_messages=config.max_bundle_messages, max_depth=config.max_nesting_depth)
         self._answer_senders: set[tuple[str, int]] = set()
+        self.refusing = False  # at osc.max_tcp_connections, a refusal has been logged
         hub.add_sink(self._to_listeners)
 
     async def start(self, bind: Callable[..., Any]) -> None:
@@ -503,6 +514,12 @@ class OscServer:
             log.exception("OSC %s: dispatch failed", quote(address))
             self.reject(origin, address,
                         Internal(f"{spec.name} failed inside the daemon ({type(err).__name__}); see its log"))
+
+    def refuse_connection(self, host: str, port: int, why: str) -> None:
+        """Log one line per stretch at the limit (a burst of connections writes one, not thousands)."""
+        if not self.refusing:
+            self.refusing = True
+            log.warning("OSC TCP %s:%d refused: %s; further refusals are not logged until one closes", host, port, why)
 
     def _ignore_answer(self, address: str, origin: Origin) -> None:
         sender = (origin.host, origin.port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 import pytest
@@ -440,6 +441,58 @@ def test_a_16_kb_bad_packet_writes_a_short_log_line(osc_udp: OscUdp, daemon) -> 
 
 def test_the_udp_receive_buffer_size_is_logged(daemon) -> None:
     assert "OSC UDP receive buffer: asked 4194304 bytes (osc.udp_receive_buffer_bytes), the OS gave" in daemon.log()
+
+
+# As macOS's launchd starts a program: 256 open files. The daemon raises its own limit.
+LOW_OPEN_FILES_ENTRY = [
+    "-c",
+    ("import resource, runpy, sys; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+     "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); sys.argv[0] = 'flowstate'; "
+     "runpy.run_module('bridge', run_name='__main__', alter_sys=True)"),
+]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX open-file limits")
+def test_tcp_clients_past_the_limit_are_told_busy_and_a_256_open_file_start_is_raised() -> None:
+    import resource
+
+    from pythonosc.osc_message import OscMessage
+
+    from bridge.testing import DaemonProcess
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    raised = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    with DaemonProcess({"osc": {"max_tcp_connections": 3}}, entry=LOW_OPEN_FILES_ENTRY) as process:
+        if raised > 256:
+            process.wait_for_log(f"open files: limit raised from 256 to {raised}")
+        clients = [OscTcp(process.osc_tcp) for _ in range(3)]
+        try:
+            for client in clients:
+                assert client.request("/flow/ping").params[0] == "pong"
+            for _ in range(2):  # a fourth, twice: told why, then closed
+                with socket.create_connection(process.osc_tcp) as sock:
+                    frames = [f for f in _read_until_closed(sock).split(slip.END) if f]
+                [error] = [OscMessage(slip.decode(slip.END + f + slip.END)) for f in frames]
+                assert error.address == "/flow/error" and error.params[1] == "busy", error.params
+                assert "osc.max_tcp_connections = 3" in error.params[2]
+            assert clients[1].request("/flow/ping").params[0] == "pong"  # the three connected are served
+            assert process.log().count("refused: 3 OSC TCP clients are connected") == 1  # one line a stretch
+            clients.pop(0).close()
+            deadline = time.monotonic() + REPLY_TIMEOUT
+            while True:  # room again once the daemon has seen the close
+                newcomer = OscTcp(process.osc_tcp)
+                try:
+                    answer = newcomer.request("/flow/ping").params[0]
+                except (AssertionError, OSError):  # refused: closed while we asked
+                    answer = None
+                finally:
+                    newcomer.close()
+                if answer == "pong":
+                    break
+                assert time.monotonic() < deadline, "no room for a client after one closed"
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_a_reply_too_large_for_udp_says_how_to_get_it() -> None:
