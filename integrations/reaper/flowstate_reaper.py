@@ -340,7 +340,7 @@ def selected_source_item() -> SourceItem:
         raise FlowstateError("The selected item is empty (it has no take), so there is no audio to separate.")
     if rpr.RPR_TakeIsMIDI(take):
         raise FlowstateError("The selected item is MIDI; Flowstate separates audio items only.")
-    source = rpr.RPR_GetMediaItemTake_Source(take)
+    source, section_offset = file_source(rpr.RPR_GetMediaItemTake_Source(take))
     _, path, _ = rpr.RPR_GetMediaSourceFileName(source, "", SOURCE_NAME_BUFFER)
     if not path:
         raise FlowstateError(
@@ -352,10 +352,34 @@ def selected_source_item() -> SourceItem:
         path=path,
         position=rpr.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
         length=rpr.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"),
-        start_offset=rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
+        start_offset=section_offset + rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
         playrate=rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
         track_number=int(rpr.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
     )
+
+
+def file_source(source: str) -> Tuple[str, float]:
+    """The source with the file behind a take's, and where in that file the take's own starts.
+
+    A take set to play a section of its file (Item properties: Section) or the file reversed plays
+    a SECTION source, which has no file name of its own: its parent has (GetMediaSourceParent), at
+    the section's offset (PCM_Source_GetSectionInfo). Reversed, the stems would play forward against
+    it: that is refused, saying how to make a file that plays as the item does.
+    """
+    offset = 0.0
+    parent = rpr.RPR_GetMediaSourceParent(source)
+    while not is_null(parent):
+        found, _, section_offset, _, reverse = rpr.RPR_PCM_Source_GetSectionInfo(source, 0.0, 0.0, 0)
+        if found and reverse:
+            raise FlowstateError(
+                "The selected item plays its file reversed, and stems of the file would play forward. Glue it "
+                "(Item: Glue items) to make a file that sounds as the item does, or turn Reverse off, and try again."
+            )
+        if found:
+            offset += section_offset
+        source = parent
+        parent = rpr.RPR_GetMediaSourceParent(source)
+    return source, offset
 
 
 def same_file(a: str, b: str) -> bool:

@@ -62,7 +62,11 @@ def _guid() -> str:
 
 @dataclass(eq=False)
 class Source:
-    filename: str  # "" for sources without a file (MIDI, in-project data)
+    filename: str  # "" for sources without a file (MIDI, in-project data, a section)
+    # A SECTION source (an item's "Section" or "Reverse" in its properties) wraps its parent and has
+    # no file of its own: (offset into the parent, length, reversed), PCM_Source_GetSectionInfo's.
+    parent: Source | None = None
+    section: tuple[float, float, bool] | None = None
 
 
 @dataclass(eq=False)
@@ -147,10 +151,14 @@ class Reaper:
 
     def add_item(self, track: Track, filename: str, position: float, length: float, *,
                  start_offset: float = 0.0, playrate: float = 1.0, midi: bool = False,
-                 empty: bool = False, selected: bool = True) -> Item:
+                 empty: bool = False, selected: bool = True,
+                 section: tuple[float, float, bool] | None = None) -> Item:
+        """`section` (offset, length, reversed): the take plays a section of the file, or the file
+        reversed, through a SECTION source whose parent is the file's (REAPER's item properties)."""
         item = Item(track, position, length, selected=selected)
         if not empty:
-            item.takes.append(Take(Source(filename), midi=midi, start_offset=start_offset, playrate=playrate))
+            source = Source(filename) if section is None else Source("", parent=Source(filename), section=section)
+            item.takes.append(Take(source, midi=midi, start_offset=start_offset, playrate=playrate))
         track.items.append(item)
         track.items.sort(key=lambda each: each.position)  # GetTrackMediaItem counts in time order
         return item
@@ -256,8 +264,16 @@ class Reaper:
             return self._alive(obj.track) and any(item is obj for item in obj.track.items)
         if isinstance(obj, Take):
             return any(take is obj for item in self._all_items() for take in item.takes)
-        if isinstance(obj, Source):
-            return any(take.source is obj for item in self._all_items() for take in item.takes)
+        if isinstance(obj, Source):  # a take's source, or a source a take's SECTION source wraps
+            return any(self._wraps(take.source, obj) for item in self._all_items() for take in item.takes)
+        return False
+
+    @staticmethod
+    def _wraps(source: Source | None, obj: Source) -> bool:
+        while source is not None:
+            if source is obj:
+                return True
+            source = source.parent
         return False
 
     def _all_items(self) -> list[Item]:
@@ -387,6 +403,23 @@ class Reaper:
         found = self.resolve(source, Source)
         name = found.filename if found else ""
         return (source, name[: max(filenamebuf_sz - 1, 0)], filenamebuf_sz)
+
+    def RPR_GetMediaSourceParent(self, src: str) -> str:
+        """The source a SECTION source wraps; NULL for a root source (API doc: "Returns the parent
+        source, or NULL if src is the root source ... sections or reversed sources")."""
+        found = self.resolve(src, Source)
+        return self.pointer(found.parent if found else None, "PCM_source*")
+
+    def RPR_PCM_Source_GetSectionInfo(self, src: str, offsOut: float, lenOut: float,
+                                      revOut: int) -> tuple[int, str, float, float, int]:
+        """reaper_python.py: `(Boolean retval, PCM_source src, Float offsOut, Float lenOut, Boolean
+        revOut)`, "If a section/reverse block, retrieves offset/len/reverse. return true if
+        success"; otherwise the out-values come back as passed."""
+        found = self.resolve(src, Source)
+        if found is None or found.section is None:
+            return (0, src, float(offsOut), float(lenOut), int(revOut))
+        offset, length, reverse = found.section
+        return (1, src, float(offset), float(length), int(reverse))
 
     def RPR_GetMediaItem_Track(self, item: str) -> str:
         found = self.resolve(item, Item)

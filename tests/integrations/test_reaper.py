@@ -129,6 +129,35 @@ def test_separate_puts_each_stem_on_a_new_track_lined_up_with_the_item(
     assert_left_reaper_clean(reaper)
 
 
+def test_an_item_playing_a_section_of_its_file_gets_stems_of_that_section(
+    reaper: Reaper, stems_daemon: DaemonProcess
+) -> None:
+    """Item properties > Section: the take plays 1.5 s of the file from 1 s in, through a SECTION
+    source without a file name of its own; the stems come from the file and play the same stretch."""
+    song = write_song(files_root(stems_daemon) / "reaper" / "section" / "Verse.wav", 3.0)
+    mix = reaper.add_track("Mix")
+    reaper.add_item(mix, str(song), position=4.0, length=1.0, start_offset=0.25, section=(1.0, 1.5, False))
+    run(reaper, SEPARATE)
+    assert reaper.message_boxes == []
+    assert [track.name for track in reaper.tracks] == ["Mix", *STEMS]
+    for track in reaper.tracks[1:]:
+        [item] = track.items
+        assert item.take is not None and Path(item.take.source.filename).parent == song.parent / "stems" / "Verse"
+        assert (item.position, item.length) == (4.0, 1.0)
+        assert item.take.start_offset == pytest.approx(1.25)  # the section's 1 s + the take's own 0.25 s
+    assert_left_reaper_clean(reaper)
+
+
+def test_a_reversed_item_is_refused_saying_how_to_make_a_file_that_plays_as_it_does(reaper: Reaper) -> None:
+    mix = reaper.add_track("Mix")
+    reaper.add_item(mix, "/music/Vocal.wav", position=0.0, length=2.0, section=(0.0, 2.0, True))
+    run(reaper, SEPARATE)
+    message = only_message_box(reaper)
+    assert "plays its file reversed" in message and "Glue" in message
+    assert [track.name for track in reaper.tracks] == ["Mix"]
+    assert_left_reaper_clean(reaper)
+
+
 def test_nothing_selected_says_so_and_sends_nothing(reaper: Reaper) -> None:
     reaper.add_item(reaper.add_track("Mix"), "/nowhere.wav", 0.0, 1.0, selected=False)
     run(reaper, SEPARATE)
