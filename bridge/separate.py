@@ -88,20 +88,34 @@ def track_name(path: Path) -> str:
 def free_track_folder(out_root: Path, name: str, file_names: list[str], own: Collection[Path]) -> str:
     """The folder below `out_root` the stems go to: `name`, else `name (2)`, `name (3)` ... the first
     where no stem's file name is taken by a file this job did not write (`own`: its outputs, over
-    every attempt). A stem never replaces another job's or the user's file: a Live set may play it,
-    and a failed or canceled job deletes what it wrote, which must never be someone else's file."""
-    mine = {(path.parent.name, path.name) for path in own}
+    every attempt; a folder an earlier attempt wrote into comes first, so a retry finishes its own
+    set). A stem never replaces another job's or the user's file: a Live set may play it, and a
+    failed or canceled job deletes what it wrote, which must never be someone else's file."""
+
+    def key(path: Path | str) -> str:
+        return os.path.normcase(os.path.abspath(path))
+
+    mine = {key(path) for path in own}
+    root = key(out_root)
+    candidates = []
     number = 1
     while True:
         suffix = "" if number == 1 else f" ({number})"
         base = name.encode("utf-8")[: MAX_NAME_BYTES - 1 - len(suffix)].decode("utf-8", "ignore").rstrip(" .")
-        candidate = (base or "track") + suffix
-        if os.path.islink(out_root / candidate):
-            return candidate  # never looked through: opening it refuses it (forbidden), naming the link
-        if not any(os.path.lexists(out_root / candidate / file) and (candidate, file) not in mine
-                   for file in file_names):
-            return candidate
+        candidates.append((base or "track") + suffix)
         number += 1
+        if number > 2 and not os.path.lexists(out_root / candidates[-1]):
+            break  # past every folder that is there: the last candidate is free
+    earlier = [c for c in candidates if any(key(Path(path).parent) == key(out_root / c) for path in mine)]
+    for candidate in [*earlier, *candidates]:
+        folder = out_root / candidate
+        if os.path.islink(folder):
+            return candidate  # never looked through: opening it refuses it (forbidden), naming the link
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            continue  # a file where the folder would go
+        if not any(os.path.lexists(folder / file) and key(folder / file) not in mine for file in file_names):
+            return candidate
+    raise AssertionError(f"{root}: no free track folder among {candidates}")  # the last one does not exist
 
 
 class SeparateJob(EngineJob):

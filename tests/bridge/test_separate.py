@@ -509,6 +509,28 @@ def test_a_clip_separated_again_never_replaces_or_deletes_the_stems_already_ther
         assert not (again / "drums.wav").exists()  # what this job wrote goes; nothing else does
 
 
+def test_the_track_folder_skips_others_files_and_a_retry_finishes_in_its_own(tmp_path: Path) -> None:
+    from bridge.separate import free_track_folder
+
+    stems = ["drums.wav", "bass.wav"]
+    here, there = tmp_path / "here" / "stems", tmp_path / "there" / "stems"
+    (here / "song" / "bass.wav").parent.mkdir(parents=True)
+    (here / "song" / "bass.wav").write_bytes(PRECIOUS)  # someone else's stem
+    assert free_track_folder(here, "song", stems, []) == "song (2)"
+    # A stem of the same names this job wrote elsewhere (another out_dir) does not make it its own.
+    (there / "song").mkdir(parents=True)
+    assert free_track_folder(here, "song", stems, [there / "song" / "bass.wav"]) == "song (2)"
+    assert free_track_folder(here, "song", stems, [here / "song" / "bass.wav"]) == "song"  # its own, retried
+    # A retry goes on in the folder its earlier attempt wrote into, even where the first is free again.
+    (here / "song" / "bass.wav").unlink()
+    (here / "song (2)").mkdir()
+    (here / "song (2)" / "drums.wav").write_bytes(b"attempt 1")
+    assert free_track_folder(here, "song", stems, [here / "song (2)" / "drums.wav"]) == "song (2)"
+    # A file where the folder would go is passed over, not run into.
+    (here / "take").write_bytes(PRECIOUS)
+    assert free_track_folder(here, "take", stems, []) == "take (2)"
+
+
 def test_names_windows_refuses_and_names_too_long_are_bad_requests(daemon: DaemonProcess) -> None:
     source = write_audio(files_dir(daemon) / "names" / "song.wav", 0.5)
     with dealer(daemon) as client:
