@@ -497,14 +497,17 @@ def parse_send_args(cmd: str, words: Sequence[str]) -> dict[str, Any]:
     return named
 
 
+MIN_TIMEOUT_SECONDS = 0.01  # the client waits in whole milliseconds
+
+
 def positive_seconds(text: str) -> float:
     """argparse type of a timeout: a finite number of seconds above 0."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    if not (math.isfinite(value) and value >= MIN_TIMEOUT_SECONDS):
+        raise argparse.ArgumentTypeError(f"expected seconds, at least {MIN_TIMEOUT_SECONDS:g}, got {text!r}")
     return value
 
 

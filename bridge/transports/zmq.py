@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 Dispatch = Callable[[Request, Callable[[Reply], None]], None]
 
-# ZeroMQ never reads a request larger than this many times zmq.max_message_bytes (ZMQ_MAXMSGSIZE).
+# ZeroMQ never reads a request frame larger than this many times zmq.max_message_bytes (ZMQ_MAXMSGSIZE),
+# nor a subscription larger than MAX_SUBSCRIPTION_BYTES (a topic is an event name's prefix).
 HARD_LIMIT_FACTOR = 16
+MAX_SUBSCRIPTION_BYTES = 4096
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -107,12 +109,14 @@ class ZmqServer:
         async def open_socket(kind: int, key: str, port: int) -> tuple[zmq.Socket, int]:
             sock = self._context.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
-            if kind == zmq.ROUTER:
-                # A request over zmq.max_message_bytes is read and answered bad_request; one far over
-                # it is not read at all (ZeroMQ drops the connection): 300 MB sent at the port would
-                # otherwise be held in memory before the size check, and the allocator keeps what it
-                # once held. Before the bind: the listener hands its options to each connection.
-                sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * self.config.max_message_bytes)
+            # A request over zmq.max_message_bytes is read and answered bad_request; a frame far over
+            # it is not read at all (ZeroMQ drops the connection): 300 MB sent at the port would
+            # otherwise be held in memory before the size check, and the allocator keeps what it once
+            # held. A subscription (an event name) needs far less. Before the bind: the listener
+            # hands its options to each connection. (The cap is per frame: a request split into
+            # many frames is read, then refused.)
+            cap = HARD_LIMIT_FACTOR * self.config.max_message_bytes if kind == zmq.ROUTER else MAX_SUBSCRIPTION_BYTES
+            sock.setsockopt(zmq.MAXMSGSIZE, cap)
             try:
                 actual = await bind(key, port, _bind(sock, self.config.host, port))
             except BaseException:

@@ -106,7 +106,7 @@ def test_send_fills_positional_words_around_named_ones_and_refuses_what_does_not
     config = str(daemon.config_path)
     extra = flowstate("send", "ping", "x", "--config", config)
     assert extra.returncode == 1 and "bad_request: ping: too many arguments; usage: ping" in extra.stderr, extra.stderr
-    for timeout in ("-1", "0", "nan", "inf", "soon"):
+    for timeout in ("-1", "0", "0.0004", "nan", "inf", "soon"):
         refused = flowstate("send", "ping", "--timeout", timeout, "--config", config)
         assert refused.returncode == 2 and "--timeout" in refused.stderr and "Traceback" not in refused.stderr, (
             timeout, refused.stderr)

@@ -143,8 +143,9 @@ def test_a_client_s_text_comes_back_and_goes_to_the_log_short_and_on_one_line(re
 
 
 def test_a_request_far_over_the_size_limit_is_never_read_and_others_are_served() -> None:
-    """Over zmq.max_message_bytes: bad_request. Over 16 times that: ZeroMQ drops the sender's
-    connection before the daemon holds the message in memory; everyone else goes on."""
+    """Over zmq.max_message_bytes: bad_request. A frame over 16 times that, or a subscription over
+    4 KiB: ZeroMQ drops the sender's connection before the daemon holds it in memory; everyone
+    else goes on."""
     import zmq.utils.monitor
 
     from bridge.testing import DaemonProcess
@@ -175,5 +176,15 @@ def test_a_request_far_over_the_size_limit_is_never_read_and_others_are_served()
                 assert other.poll(30_000) and json.loads(other.recv())["result"]["reply"] == "pong"
             finally:
                 sender.disable_monitor()
+                monitor.close()
+        with context.socket(zmq.SUB) as subscriber:  # a subscription is an event name's prefix: 8 KB is not one
+            subscriber.setsockopt(zmq.LINGER, 0)
+            monitor = subscriber.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            try:
+                subscriber.setsockopt(zmq.SUBSCRIBE, b"job." + b"x" * 8192)
+                subscriber.connect(process.zmq_events)
+                wait_for(monitor, zmq.EVENT_DISCONNECTED)
+            finally:
+                subscriber.disable_monitor()
                 monitor.close()
         assert process.log().count("exceeds zmq.max_message_bytes") == 1  # the second was never read
