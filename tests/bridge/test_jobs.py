@@ -1017,39 +1017,31 @@ def test_a_full_database_is_unavailable_naming_it(store: JobStore, db: Path) -> 
     assert store.list(limit=1)  # the store still answers
 
 
+def _bytes_to(out: Any) -> None:
+    out.write(b"x" * 65536)
+    out.flush()
+
+
+def _audio_to(out: Any) -> None:
+    """Through libsndfile, which reports a full disk as "System error." only."""
+    from bridge.files import audio_writer
+
+    audio_writer(np.zeros((44100, 2), np.float32), 44100, "PCM_24", "wav")(out)
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("write", [_bytes_to, _audio_to], ids=["bytes", "audio"])
 def test_a_job_that_fills_the_disk_fails_unavailable_naming_the_file(
-    make_runner: Callable[..., JobRunner], events: Events, store: JobStore
+    make_runner: Callable[..., JobRunner], events: Events, store: JobStore, write: Callable[[Any], None]
 ) -> None:
     def writes_to_a_full_disk(ctx: JobContext) -> dict[str, Any]:
-        with open("/dev/full", "wb") as out:  # a real ENOSPC from the kernel
-            out.write(b"x" * 65536)
-            out.flush()
+        with open("/dev/full", "w+b") as out:  # a real ENOSPC from the kernel
+            write(out)
         return {}
 
     runner = make_runner({"fill": writes_to_a_full_disk})
     runner.start()
     job, _ = runner.submit("fill", {})
-    failed = events.wait_for(job.id, "job.failed")
-    assert failed["code"] == "unavailable"
-    assert "no space left" in failed["message"] and "free space" in failed["message"]
-
-
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-def test_audio_written_to_a_full_disk_fails_the_job_unavailable_not_internal(
-    make_runner: Callable[..., JobRunner], events: Events, store: JobStore
-) -> None:
-    """libsndfile reports a full disk as "System error." only: the job still says to free space."""
-    from bridge.files import audio_writer
-
-    def writes_stems_to_a_full_disk(ctx: JobContext) -> dict[str, Any]:
-        with open("/dev/full", "w+b") as out:  # a real ENOSPC from the kernel
-            audio_writer(np.zeros((44100, 2), np.float32), 44100, "PCM_24", "wav")(out)
-        return {}
-
-    runner = make_runner({"stems": writes_stems_to_a_full_disk})
-    runner.start()
-    job, _ = runner.submit("stems", {})
     failed = events.wait_for(job.id, "job.failed")
     assert failed["code"] == "unavailable", failed
     assert "no space left" in failed["message"] and "free space" in failed["message"]
