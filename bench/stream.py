@@ -58,7 +58,7 @@ few blocks). Per N:
 * `p50_ms`, `p99_ms`: each stream's compute per hop (waiting for its batch included), worst stream;
   `load99` = p99 over the hop (real time needs < 1);
 * `rt_ms`: the round trip a live stream would report: the engine's exact latency + a compute budget
-  of 1.3 x p99 rounded up to whole blocks + one block (as `stream.status`'s `round_trip_ms`);
+  of 1.3 x p99 in whole blocks (bridge/stream.py) + one block (as `stream.status`'s `round_trip_ms`);
 * `batch`: mean windows per forward; `fwd_ms`: a batched forward's p50; `dev_load`: the model's
   busy time over the wall time (sum of the batches' forwards / elapsed);
 * `ratio`: a bare forward of N stacked windows over N separate forwards of one (median of 5 each):
@@ -200,11 +200,11 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
                 setting: tuple[float, float, float], seconds: float, batched: bool = True) -> dict[str, Any]:
     """`count` engines sharing one window batcher (or, not `batched`, each running its own windows),
     each fed in real time from its own thread."""
-    import math
     import threading
 
     import torch
 
+    from bridge.stream import budget_frames_for
     from engines.batching import WindowBatchers
 
     context, hop, lookahead = setting
@@ -283,7 +283,7 @@ def run_streams(repo: Path, name: str, device: str, precision: str, threads: int
                 "compute_ms": round(float(ring[i]), 1), "batch": int(engines[worst]._batch_sizes[i]),
                 "forward_ms": round(float(engines[worst]._forward_ms[i]), 1)}
                for i in np.argsort(ring[:kept])[::-1][:3]]
-    budget = max(1, math.ceil(1.3 * p99 * SAMPLE_RATE / 1000.0 / BLOCK)) * BLOCK
+    budget = budget_frames_for(p99, 1.3, SAMPLE_RATE, BLOCK)  # no lead at 48 kHz: the windows end anywhere in a block
     hop_ms = stats[0]["hop_ms"]
     result = {
         "streams": count,

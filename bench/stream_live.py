@@ -301,6 +301,9 @@ def main() -> int:
     target_covered_ms = fixed_ms + 1.3 * covered_ms
     rounding_ms = final["budget_ms"] - 1.3 * covered_ms  # the budget is whole blocks (bridge/stream.py)
     over_ms = final["round_trip_ms"] - target_covered_ms
+    # Over only where the margin's whole blocks would not cover the compute itself (a p99 under
+    # block / 0.3: bridge/stream.py's budget_frames_for).
+    own_blocks_ms = block_ms * math.ceil(covered_ms / block_ms - 1e-9)
     print(f"released architecture: {params / 1e6:.2f} M parameters; bare forward of a 1.02 s window "
           f"p50 {bare_default:.1f} ms, p99 {bare_default_p99:.1f} ms (the issue's targets assume <= 350 ms)")
     print(f"hop {1000 * final['hop_seconds']:.0f} ms ({final['hop_choice']}); window {final['window_seconds']:.3f} s; "
@@ -325,8 +328,8 @@ def main() -> int:
           f"{target_load_ms:.1f} ms with the p99 at load, {target_covered_ms:.1f} ms with the {covered_ms:.1f} ms "
           f"the budget covers ({covered_from}: "
           + ("met" if over_ms <= 0.05 else f"over by {over_ms:.1f} ms, "
-             + (f"the budget's rounding up to whole {final['block_size']}-frame blocks" if over_ms <= rounding_ms + 0.05
-                else "NOT all of it the budget's rounding to whole blocks")) + ")")
+             + (f"the budget is the compute's own whole {final['block_size']}-frame blocks"
+                if final["budget_ms"] <= own_blocks_ms + 0.05 else "NOT the budget's whole blocks")) + ")")
     print(f"real time over {args.seconds:.0f} s: {'yes' if real_time else 'NO'} (late hops {final['late_hops']}, "
           f"resyncs {final['resyncs']}, "
           f"xruns {final['xruns']}: {final['xruns_startup']} at start-up, {xruns_steady} steady; load p50 "

@@ -121,7 +121,8 @@ class StreamConfig(Section):
     auto_hop_load: float = Field(default=0.8, gt=0.0, le=1.0)
     lookahead_seconds: float | None = Field(default=None, ge=0.1, le=4.0)
     crossfade_ms: float = Field(default=10.0, ge=0.0, le=100.0)
-    # The worker's compute budget is this times the measured p99 of a window's compute;
+    # The worker's compute budget is this times the measured p99 of a window's compute, in whole
+    # blocks (bridge/stream.py's budget_frames_for);
     # budget_ms, when set, is the budget itself (rounded up to whole blocks), measured or not.
     budget_margin: float = Field(default=1.3, ge=1.0, le=10.0)
     budget_ms: float | None = Field(default=None, gt=0.0, le=60000.0)

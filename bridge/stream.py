@@ -15,13 +15,22 @@ arrives with a whole callback block; the frame's own output may come from that w
 engine's latency is the least that holds every output frame by the time its input frame is in),
 and it is due `budget` frames later, in the callback whose block holds it. Counting from the end
 of the block that brought it, the worker has `budget` frames of time only when `budget` is whole
-blocks (a frame at the start of a block waits out the rest of the block first). So
+blocks (a frame at the start of a block waits out the rest of the block first). So the budget is
+the most whole blocks that keep the round trip within hop + lookahead + margin x p99 compute + one
+block (the bound issue 12 states), and never fewer than cover the p99 itself:
 
-    budget = ceil(margin x p99 compute / block) x block          (margin: stream.budget_margin, 1.3)
+    budget = max(ceil(p99 / block), floor((margin x p99 + lead) / block)) x block
+                                                                 (margin: stream.budget_margin, 1.3)
 
 with the p99 of the warm windows the engine timed at load, or of the last run's hops on the same
 setting when that is higher (`budget_source` says which; the StreamManager keeps each setting's
-last figure in the job database, so a restarted daemon starts from it too).
+last figure in the job database, so a restarted daemon starts from it too). Where the block's lead
+(below) is a whole block less one frame, that is the margin rounded up to whole blocks, the
+rounding paid out of the block; where it is 0 (through a resampler), the margin rounded down: the
+rounding is paid out of the margin, so a window has at least margin x p99 less one block of time
+(1.21 x a 120 ms p99 in 512-frame blocks at 48 kHz). A p99 under block / (margin - 1) (36 ms there)
+can take the p99's own whole blocks, over the bound by less than a block: a budget under the
+compute itself would make every such window late.
 
 The block's lead. Where every window's last frame sits at the same place in its block, the frames
 before it in that block came in with it, and their time is not the window's to spend: every output
@@ -31,25 +40,27 @@ still has its `budget` frames of time. The engine says where its windows end
 model's 1024-frame grid, so the lead is 511 frames of a 512-frame block, and the round trip is
 hop + lookahead + budget: the budget's rounding up to whole blocks is paid out of the one block the
 duplex callback costs. Through a resampler (a 48 kHz device) windows end at every place of a block
-and the lead is 0. A budget of one block takes none: the frames before a window's last one in its
-block would be due in the callback that brings them. Frames that arrive
-while a window computes queue in the input ring and cost next to nothing once it is done; the
-frames *before* the one that completes a window are fed to the engine on their own first, so
-their output (already computed) never waits on the model.
+and the lead is 0 (the budget is then rounded down, above). A budget of one block takes none: the
+frames before a window's last one in its block would be due in the callback that brings them.
+Frames that arrive while a window computes queue in the input ring and cost next to nothing once
+it is done; the frames *before* the one that completes a window are fed to the engine on their own
+first, so their output (already computed) never waits on the model.
 
 While a stream runs the budget can only grow (`stream.budget_grow`, on by default). After each
 window the worker checks two things: did this window's output land after the callback needed it
-(it was late), or has the margin times the live p99 of the hops outgrown the budget (after
-MIN_LIVE_HOPS hops)? (A window with more than budget x (1 - 1/margin) to spare skips the check:
-its compute was within the budget's share, so neither can have become true. A window that came
+(it was late), or has the live p99 of the hops outgrown the budget, i.e. would it take more
+whole blocks by the rule above (after MIN_LIVE_HOPS hops)? (A window with more than
+budget x (1 - 1/margin) to spare skips the check: its compute was within the budget's share, so
+neither can have become true. A window that came
 out late only because it waited for the window before it, still computing when its last frame came
 in, grows nothing: that window was the late one, and grew the budget or climbed the hop; growing
 for the wait would add the backlog of a slow stretch to the latency for good. The wait does count
 toward a climb: a stream that stays behind needs a longer hop.) Either way the
 budget becomes the margin times what the window needed (the
-larger of the live p99 and the late window's own time), in whole blocks, at most the margin times
-one hop (a window that needs more than a hop cannot keep real time at any budget). That is at least
-one block more, and no more than that cover needs: a minimum step (1.1 x the budget, until
+larger of the live p99 and the late window's own time), in whole blocks as above, at most the margin
+times one hop (a window that needs more than a hop cannot keep real time at any budget). A late
+window's own time is more than the budget, so its whole blocks are at least one block more; and no
+more than that cover needs: a minimum step (1.1 x the budget, until
 2026-12-04) saved a growth now and then but left the round trip a block or more over the margin's
 bound for the rest of the run. The worker
 keeps writing input frame i's output at ring frame i + the budget the stream started with; the
@@ -59,7 +70,7 @@ crossfade, once, and every later frame is exactly d later. The latency the strea
 by d, the `stream.latency` event carries the new round trip to the DAW scripts, and
 `budget_changes` in `stream.status` lists each growth. With `budget_grow: false` the budget is
 fixed for the stream's life; then `budget_warning` in `stream.status` (and the log) says when the
-live p99 times the margin outgrows it. Either way the next `stream.start` of the same setting takes
+live p99 needs more whole blocks than it has. Either way the next `stream.start` of the same setting takes
 its budget from the last run's hops when that is higher.
 
 A budget cannot help a window that needs more than its hop: then (`stream.hop_climb`, with the hop
@@ -578,10 +589,13 @@ def starting_p99(at_load_ms: float, last_run: KeptCompute | None) -> tuple[float
     return at_load_ms, None
 
 
-def budget_frames_for(compute_ms: float, margin: float, sample_rate: int, block_size: int) -> int:
-    """Whole callback blocks covering `margin` x `compute_ms` (see the module docstring), at least one."""
-    needed = margin * compute_ms * sample_rate / 1000.0
-    return max(1, math.ceil(needed / block_size)) * block_size
+def budget_frames_for(compute_ms: float, margin: float, sample_rate: int, block_size: int, lead: int = 0) -> int:
+    """The most whole callback blocks whose time, less the block's `lead`, stays within `margin` x
+    `compute_ms`, so the round trip keeps within hop + lookahead + margin x compute + one block; never
+    fewer than cover `compute_ms` itself, and at least one (see the module docstring)."""
+    frames = compute_ms * sample_rate / 1000.0
+    within = math.floor((margin * frames + lead) / block_size)
+    return max(1, math.ceil(frames / block_size), within) * block_size
 
 
 @dataclass
@@ -662,25 +676,30 @@ class LiveStream:
         at_load = float(timing["compute_ms_p99_at_load"])
         self.budget_margin = float(settings.budget_margin)
         self.last_run = last_run  # the compute this setting's last stream measured, kept by the StreamManager
+        # The frames of its block before the one that completes any window (see the docstring): every
+        # output frame goes this much earlier. Only with a budget of two blocks or more: with one,
+        # the frames before a window's in its block would be due in the callback that brings them.
+        lead = engine.block_lead_frames(self.block_size)
         if settings.budget_ms is not None:
-            start_budget = budget_frames_for(settings.budget_ms, 1.0, self.sample_rate, self.block_size)
+            budget_ms, margin = float(settings.budget_ms), 1.0
             self.budget_source = (f"set in config: {settings.budget_ms:g} ms, rounded up to whole "
                                   f"{self.block_size}-frame blocks")
         else:
             p99_ms, from_run = starting_p99(at_load, last_run)
-            start_budget = budget_frames_for(p99_ms, self.budget_margin, self.sample_rate, self.block_size)
+            budget_ms, margin = p99_ms, self.budget_margin
             if from_run is None:
                 measured = f"p99 {at_load:.1f} ms of {timing['load_timing_windows']} windows timed at load"
             else:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(from_run.updated_at))
                 measured = f"p99 {p99_ms:.1f} ms of the last run's {from_run.hops} hops (stopped {when})"
-            self.budget_source = (f"{self.budget_margin:g} x {measured}, rounded up to whole "
-                                  f"{self.block_size}-frame blocks")
+            self.budget_source = (f"{self.budget_margin:g} x {measured}, in whole {self.block_size}-frame "
+                                  f"blocks")
+        start_budget = budget_frames_for(budget_ms, margin, self.sample_rate, self.block_size, lead)
+        if start_budget < 2 * self.block_size:
+            lead = 0
+            start_budget = budget_frames_for(budget_ms, margin, self.sample_rate, self.block_size)
+        self._lead = lead
         self._engine_latency = int(engine.latency_frames)  # at the start: a longer hop adds _engine_extra
-        # The frames of its block before the one that completes any window (see the docstring): every
-        # output frame goes this much earlier. Only with a budget of two blocks or more: with one,
-        # the frames before a window's in its block would be due in the callback that brings them.
-        self._lead = engine.block_lead_frames(self.block_size) if start_budget >= 2 * self.block_size else 0
         # The worker writes input frame i's output at ring frame i + _write_offset (the budget the
         # stream started with) - _lead - _dropped; the callback reads `_shift` frames behind that
         # (see the docstring).
@@ -697,8 +716,7 @@ class LiveStream:
         self._shift = 0  # callback-owned: the read point in effect
         self._pending_shift = 0  # worker-owned: the read point the callback moves to at its next block
         hop_ms = 1000.0 * hop / self.sample_rate
-        self.max_budget_frames = max(start_budget,
-                                     budget_frames_for(hop_ms, self.budget_margin, self.sample_rate, self.block_size))
+        self.max_budget_frames = max(start_budget, self._budget_for(hop_ms))
         self.budget_changes: list[dict[str, Any]] = []
         self._budget_capped = False
         self.max_chunk = hop
@@ -707,8 +725,7 @@ class LiveStream:
         # about the hops' difference to the engine's latency and lets the budget grow with the hop.
         longest_hop = max(hop, round(HOP_LADDER[-1] * self.sample_rate)) if self.hop_climb else hop
         most_latency = self._engine_latency + 2 * (longest_hop - hop) + max(
-            self.max_budget_frames, budget_frames_for(1000.0 * longest_hop / self.sample_rate, self.budget_margin,
-                                                      self.sample_rate, self.block_size))
+            self.max_budget_frames, self._budget_for(1000.0 * longest_hop / self.sample_rate))
         capacity = 1 << math.ceil(math.log2(most_latency + 4 * (hop + max_block)))
         n_out = self.layout.num_outputs
         self._in = FrameRing(channels, capacity)
@@ -1175,6 +1192,10 @@ class LiveStream:
         self._dropped += self._drop_to - self._drop_from
         self._drop_from = self._drop_to = 0
 
+    def _budget_for(self, compute_ms: float) -> int:
+        """The budget covering `compute_ms` with the stream's margin and lead (`budget_frames_for`)."""
+        return budget_frames_for(compute_ms, self.budget_margin, self.sample_rate, self.block_size, self._lead)
+
     def _grow_budget(self, slack: int, waited: int = 0) -> None:
         """After a window: grow the budget when this window came out late (`slack` < 0) by more
         than it `waited` for the window before it, or the margin times the live p99 is past it; climb
@@ -1188,7 +1209,7 @@ class LiveStream:
         if own_slack < 0:
             needed_ms = max(p99_ms, 1000.0 * (budget - own_slack) / self.sample_rate)
             reason = f"{self._late(slack, waited)}: {self.budget_margin:g} x {needed_ms:.1f} ms"
-        elif hops >= MIN_LIVE_HOPS and self.budget_margin * p99_ms > 1000.0 * budget / self.sample_rate:
+        elif hops >= MIN_LIVE_HOPS and self._budget_for(p99_ms) > budget:
             needed_ms = p99_ms
             reason = f"{self.budget_margin:g} x p99 {p99_ms:.1f} ms of the last {hops} hops"
         elif slack < 0:
@@ -1199,12 +1220,11 @@ class LiveStream:
         # What keeping up needs, a queue behind slow windows included. Past the most a budget may be
         # (the margin times one hop), a longer hop may be due; `_climb_hop` asks the windows' median.
         behind_ms = 1000.0 * (budget - slack) / self.sample_rate if slack < 0 else 0.0
-        if budget_frames_for(max(needed_ms or 0.0, behind_ms), self.budget_margin, self.sample_rate,
-                             self.block_size) > self.max_budget_frames and self._climb_hop(reason):
+        if self._budget_for(max(needed_ms or 0.0, behind_ms)) > self.max_budget_frames and self._climb_hop(reason):
             return
         if needed_ms is None:
             return
-        wanted = budget_frames_for(needed_ms, self.budget_margin, self.sample_rate, self.block_size)
+        wanted = self._budget_for(needed_ms)
         grown = min(wanted, self.max_budget_frames)
         if grown <= budget:
             if not self._budget_capped:
@@ -1278,10 +1298,9 @@ class LiveStream:
         self._engine_extra += inserted
         # A budget for the longer window: the slowest recent window's compute, scaled by window length.
         estimate_ms = max(recent) * engine.window_seconds / old_window
-        self.max_budget_frames = max(self.max_budget_frames, budget_frames_for(
-            1000.0 * engine.hop_frames / self.sample_rate, self.budget_margin, self.sample_rate, self.block_size))
-        grown = min(max(budget, budget_frames_for(estimate_ms, self.budget_margin, self.sample_rate,
-                                                  self.block_size)), self.max_budget_frames)
+        self.max_budget_frames = max(self.max_budget_frames,
+                                     self._budget_for(1000.0 * engine.hop_frames / self.sample_rate))
+        grown = min(max(budget, self._budget_for(estimate_ms)), self.max_budget_frames)
         self._budget_capped = False
         self._pending_shift = grown - self._write_offset + self._engine_extra
         new_hop_ms = 1000.0 * engine.hop_seconds
@@ -1368,10 +1387,12 @@ class LiveStream:
 
     def budget_warning(self, live_p99_ms: float, hops: int) -> str | None:
         """Why hops may be late, or None while the budget covers them (or grows to: budget_grow)."""
-        if hops < MIN_LIVE_HOPS or self.budget_margin * live_p99_ms <= self.budget_ms:
+        needed = self._budget_for(live_p99_ms)
+        if hops < MIN_LIVE_HOPS or needed <= self.budget_frames:
             return None
-        measured = (f"the compute p99 of this run's hops, {live_p99_ms:.1f} ms, times the margin "
-                    f"{self.budget_margin:g} exceeds the compute budget of {self.budget_ms:.1f} ms; hops may be late")
+        measured = (f"the compute p99 of this run's hops, {live_p99_ms:.1f} ms, with the margin "
+                    f"{self.budget_margin:g} needs {1000.0 * needed / self.sample_rate:.1f} ms, more than the "
+                    f"compute budget of {self.budget_ms:.1f} ms; hops may be late")
         if not self.settings.budget_grow:
             warning = (f"{measured}. stream.stop and stream.start take a budget from this run (the latency grows), "
                        "or set stream.budget_grow to grow it while running")
