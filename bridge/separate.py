@@ -6,10 +6,12 @@ is not audio is answered at once; `SeparateJob` runs on a job worker with the mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,18 +87,20 @@ def track_name(path: Path) -> str:
     return safe_name(path.stem, "track")
 
 
-def free_track_folder(out_root: Path, name: str, file_names: list[str], own: Collection[Path]) -> str:
+def _folder_key(path: Path | str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def free_track_folder(out_root: Path, name: str, file_names: list[str], own: Collection[Path],
+                      busy: Collection[str] = ()) -> str:
     """The folder below `out_root` the stems go to: `name`, else `name (2)`, `name (3)` ... the first
     where no stem's file name is taken by a file this job did not write (`own`: its outputs, over
     every attempt; a folder an earlier attempt wrote into comes first, so a retry finishes its own
-    set). A stem never replaces another job's or the user's file: a Live set may play it, and a
-    failed or canceled job deletes what it wrote, which must never be someone else's file."""
-
-    def key(path: Path | str) -> str:
-        return os.path.normcase(os.path.abspath(path))
-
-    mine = {key(path) for path in own}
-    root = key(out_root)
+    set) and no other job is writing now (`busy`, as `_folder_key`s). A stem never replaces another
+    job's or the user's file: a Live set may play it, and a failed or canceled job deletes what it
+    wrote, which must never be someone else's file."""
+    mine = {_folder_key(path) for path in own}
+    root = _folder_key(out_root)
     candidates = []
     number = 1
     while True:
@@ -104,18 +108,41 @@ def free_track_folder(out_root: Path, name: str, file_names: list[str], own: Col
         base = name.encode("utf-8")[: MAX_NAME_BYTES - 1 - len(suffix)].decode("utf-8", "ignore").rstrip(" .")
         candidates.append((base or "track") + suffix)
         number += 1
-        if number > 2 and not os.path.lexists(out_root / candidates[-1]):
-            break  # past every folder that is there: the last candidate is free
-    earlier = [c for c in candidates if any(key(Path(path).parent) == key(out_root / c) for path in mine)]
+        last = out_root / candidates[-1]
+        if number > 2 and not os.path.lexists(last) and _folder_key(last) not in busy:
+            break  # past every folder that is there or being written: the last candidate is free
+    earlier = [c for c in candidates if any(_folder_key(Path(path).parent) == _folder_key(out_root / c)
+                                            for path in mine)]
     for candidate in [*earlier, *candidates]:
         folder = out_root / candidate
+        if _folder_key(folder) in busy:
+            continue  # another job's stems are going there now
         if os.path.islink(folder):
             return candidate  # never looked through: opening it refuses it (forbidden), naming the link
         if os.path.lexists(folder) and not os.path.isdir(folder):
             continue  # a file where the folder would go
-        if not any(os.path.lexists(folder / file) and key(folder / file) not in mine for file in file_names):
+        if not any(os.path.lexists(folder / file) and _folder_key(folder / file) not in mine for file in file_names):
             return candidate
     raise AssertionError(f"{root}: no free track folder among {candidates}")  # the last one does not exist
+
+
+_WRITING: set[str] = set()  # the track folders this daemon's jobs are writing stems into now
+_WRITING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def claimed_track_folder(out_root: Path, name: str, file_names: list[str], own: Collection[Path]) -> Iterator[str]:
+    """`free_track_folder`, held for this job until its stems are written: two separations of one
+    clip at once (`jobs.workers` > 1) go to two folders, not both into the first free one."""
+    with _WRITING_LOCK:
+        track = free_track_folder(out_root, name, file_names, own, _WRITING)
+        key = _folder_key(out_root / track)
+        _WRITING.add(key)
+    try:
+        yield track
+    finally:
+        with _WRITING_LOCK:
+            _WRITING.discard(key)
 
 
 class SeparateJob(EngineJob):
@@ -154,11 +181,11 @@ class SeparateJob(EngineJob):
 
         written: dict[str, str] = {}
         subtype = ENCODINGS[args["encoding"]]
-        track = free_track_folder(out_root, track_name(source), [f"{name}.{args['format']}" for name in outputs],
-                                  ctx.outputs)
         # One handle on the track folder, reached from the root without links, for every stem:
         # a folder swapped for a link meanwhile is never written (or later deleted) through.
-        with self.paths.open_dir(out_root / track, "out_dir", KIND, register=ctx.register_output) as folder:
+        with claimed_track_folder(out_root, track_name(source), [f"{name}.{args['format']}" for name in outputs],
+                                  ctx.outputs) as track, \
+                self.paths.open_dir(out_root / track, "out_dir", KIND, register=ctx.register_output) as folder:
             folder.remove_partials()  # leftovers of an attempt that crashed mid-write
             for index, (name, data) in enumerate(outputs.items()):
                 ctx.check_cancelled()
