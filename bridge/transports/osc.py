@@ -378,6 +378,7 @@ class OscServer:
         self._limits = Limits(max_messages=config.max_bundle_messages, max_depth=config.max_nesting_depth)
         self._answer_senders: set[tuple[str, int]] = set()
         self.refusing = False  # at osc.max_tcp_connections, a refusal has been logged
+        self._last_datagram: tuple[Event, bytes] | None = None  # event_datagram's last (on the loop's thread)
         hub.add_sink(self._to_listeners)
 
     async def start(self, bind: Callable[..., Any]) -> None:
@@ -580,7 +581,10 @@ class OscServer:
 
     def event_datagram(self, event: Event) -> bytes:
         """The event as one UDP datagram (to a listener, or to the sender of the job it is about), or
-        an error naming its size where it is too large for one."""
+        an error naming its size where it is too large for one. Built (and an error logged) once per
+        event: the job's UDP sender and the listeners get the same datagram."""
+        if self._last_datagram is not None and self._last_datagram[0] is event:
+            return self._last_datagram[1]
         packet = event_packet(event)
         limit = self.config.max_udp_reply_bytes
         if len(packet) > limit:
@@ -590,6 +594,7 @@ class OscServer:
             )
             log.warning("OSC UDP: %s", error.message)
             packet = reply_packet(Reply(name=event.name, error=error), event.spec.osc_address)
+        self._last_datagram = (event, packet)
         return packet
 
     def _to_listeners(self, event: Event, origin: object) -> None:

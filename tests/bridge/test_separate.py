@@ -316,21 +316,28 @@ def test_a_job_survives_sigkill_and_finishes_after_restart(repo: Path, tmp_path:
 
 def test_a_job_event_too_big_for_udp_reaches_its_udp_sender_as_an_error_naming_its_size(repo: Path) -> None:
     """A UDP sender hears its own jobs' events; one too big for a datagram (osc.max_udp_reply_bytes)
-    comes as the error a listener gets, never silently not at all."""
+    comes as the error a listener gets, never silently not at all, and the log says so once."""
     with DaemonProcess(overrides={**_overrides(repo), "osc": {"max_udp_reply_bytes": 512}}) as process:
         source = write_audio(process.workdir / "files" / "udp" / "a clip with a long enough name.wav", 0.5)
-        udp = OscUdp(process.osc_udp)
+        udp, listener = OscUdp(process.osc_udp), OscUdp(process.osc_udp)
         try:
+            assert listener.request("/flow/register", listener.port).address == "/flow/reply/register"
             assert udp.request("/flow/stems/separate", str(source)).address == "/flow/reply/stems/separate"
-            heard = []
-            while not heard or heard[-1].address == "/flow/event/job/progress":
-                heard.append(udp.receive(SLOW_SECONDS))
+            heard: list[list[Any]] = [[], []]
+            for client, messages in zip((udp, listener), heard, strict=True):
+                while not messages or messages[-1].address not in ("/flow/error", "/flow/event/job/done"):
+                    messages.append(client.receive(SLOW_SECONDS))
+            log = process.log()
         finally:
             udp.close()
-    final = heard[-1]
-    assert (final.address, final.params[:2]) == ("/flow/error", ["/flow/event/job/done", "bad_request"]), final.params
-    assert "event job.done is" in final.params[2] and "osc.max_udp_reply_bytes = 512" in final.params[2]
-    assert "job.status over OSC TCP or ZeroMQ" in final.params[2]
+            listener.close()
+    for messages in heard:
+        final = messages[-1]
+        assert (final.address, final.params[:2]) == ("/flow/error", ["/flow/event/job/done", "bad_request"]), \
+            final.params
+        assert "event job.done is" in final.params[2] and "osc.max_udp_reply_bytes = 512" in final.params[2]
+        assert "job.status over OSC TCP or ZeroMQ" in final.params[2]
+    assert log.count("event job.done is") == 1, log  # one event, one line, however many it went to
 
 
 def test_cli_separates_through_the_daemon_with_a_progress_bar(daemon: DaemonProcess) -> None:
