@@ -321,6 +321,7 @@ class SourceItem:
     start_offset: float  # seconds into the file where the item starts playing
     playrate: float
     track_number: int  # 1-based, as REAPER numbers tracks
+    loop_source: float = 0.0  # B_LOOPSRC: the item repeats its source past the source's end
 
     @property
     def name(self) -> str:
@@ -340,7 +341,7 @@ def selected_source_item() -> SourceItem:
         raise FlowstateError("The selected item is empty (it has no take), so there is no audio to separate.")
     if rpr.RPR_TakeIsMIDI(take):
         raise FlowstateError("The selected item is MIDI; Flowstate separates audio items only.")
-    source, section_offset = file_source(rpr.RPR_GetMediaItemTake_Source(take))
+    source, section_offset, section_length = file_source(rpr.RPR_GetMediaItemTake_Source(take))
     _, path, _ = rpr.RPR_GetMediaSourceFileName(source, "", SOURCE_NAME_BUFFER)
     if not path:
         raise FlowstateError(
@@ -348,18 +349,33 @@ def selected_source_item() -> SourceItem:
             "(Item: Glue items) and try again."
         )
     track = rpr.RPR_GetMediaItem_Track(item)
+    length = rpr.RPR_GetMediaItemInfo_Value(item, "D_LENGTH")
+    start = rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
+    playrate = rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
+    loop_source = rpr.RPR_GetMediaItemInfo_Value(item, "B_LOOPSRC")
+    if section_length is not None and start + length * playrate > section_length + 1e-6:
+        # Past the section's end the item starts the section again (Loop source) or plays silence,
+        # where stems of the file would go on into the file after the section.
+        if loop_source:
+            raise FlowstateError(
+                "The selected item loops a section of its file, and stems of the file would not loop that "
+                "section. Glue it (Item: Glue items) to make a file that sounds as the item does, and try again."
+            )
+        length = max(0.0, (section_length - start) / playrate)  # the stems end where the section does
     return SourceItem(
         path=path,
         position=rpr.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
-        length=rpr.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"),
-        start_offset=section_offset + rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
-        playrate=rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
+        length=length,
+        start_offset=section_offset + start,
+        playrate=playrate,
         track_number=int(rpr.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
+        loop_source=loop_source,
     )
 
 
-def file_source(source: str) -> Tuple[str, float]:
-    """The source with the file behind a take's, and where in that file the take's own starts.
+def file_source(source: str) -> Tuple[str, float, Optional[float]]:
+    """The source with the file behind a take's, where in that file the take's own starts, and the
+    length of the take's own where it is a section (None: the whole file).
 
     A take set to play a section of its file (Item properties: Section) or the file reversed plays
     a SECTION source, which has no file name of its own: its parent has (GetMediaSourceParent), at
@@ -367,9 +383,10 @@ def file_source(source: str) -> Tuple[str, float]:
     it: that is refused, saying how to make a file that plays as the item does.
     """
     offset = 0.0
+    length: Optional[float] = None
     parent = rpr.RPR_GetMediaSourceParent(source)
     while not is_null(parent):
-        found, _, section_offset, _, reverse = rpr.RPR_PCM_Source_GetSectionInfo(source, 0.0, 0.0, 0)
+        found, _, section_offset, section_length, reverse = rpr.RPR_PCM_Source_GetSectionInfo(source, 0.0, 0.0, 0)
         if found and reverse:
             raise FlowstateError(
                 "The selected item plays its file reversed, and stems of the file would play forward. Glue it "
@@ -377,9 +394,11 @@ def file_source(source: str) -> Tuple[str, float]:
             )
         if found:
             offset += section_offset
+            if length is None:
+                length = section_length  # the take's own section: what it plays, and loops
         source = parent
         parent = rpr.RPR_GetMediaSourceParent(source)
-    return source, offset
+    return source, offset, length
 
 
 def same_file(a: str, b: str) -> bool:
@@ -441,9 +460,12 @@ def insert_stems(source: SourceItem, paths: Dict[str, str]) -> Dict[str, str]:
 
 
 def _line_up(item: str, source: SourceItem) -> None:
-    """The stem is the whole source file separated: trim it as the source item is trimmed."""
+    """The stem is the whole source file separated: trim and loop it as the source item is."""
     rpr.RPR_SetMediaItemInfo_Value(item, "D_POSITION", source.position)
     rpr.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", source.length)
+    # Looped or not as the source item is, whatever the user's default for new items: a looped
+    # drum item's stems repeat with it, and an item's silence past its file's end stays silence.
+    rpr.RPR_SetMediaItemInfo_Value(item, "B_LOOPSRC", source.loop_source)
     take = rpr.RPR_GetActiveTake(item)
     if not is_null(take):
         rpr.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", source.start_offset)

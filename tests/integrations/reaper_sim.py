@@ -86,6 +86,7 @@ class Item:
     active_take: int = 0
     selected: bool = False
     guid: str = field(default_factory=_guid)
+    loop_source: float = 1.0  # B_LOOPSRC (bool): repeat the source past its end
 
     @property
     def take(self) -> Take | None:
@@ -133,6 +134,8 @@ class Reaper:
         self.undo_depth = 0
         self.ui_refresh_prevented = 0
         self.insert_media_result: int | None = None  # what InsertMedia returns; None: 1 if imported, else 0
+        # Preferences > Project > Media item defaults, "Loop source for new items": REAPER's default is on.
+        self.loop_new_items = True
         self.null_pointer_calls: list[tuple[str, str]] = []  # (function, pointer) REAPER saw as NULL
         self.proj_ext_state: dict[tuple[str, str], str] = {}  # saved with the project
         self._deferred: list[tuple[str, dict[str, Any]]] = []
@@ -152,10 +155,10 @@ class Reaper:
     def add_item(self, track: Track, filename: str, position: float, length: float, *,
                  start_offset: float = 0.0, playrate: float = 1.0, midi: bool = False,
                  empty: bool = False, selected: bool = True,
-                 section: tuple[float, float, bool] | None = None) -> Item:
+                 section: tuple[float, float, bool] | None = None, loop_source: bool = True) -> Item:
         """`section` (offset, length, reversed): the take plays a section of the file, or the file
         reversed, through a SECTION source whose parent is the file's (REAPER's item properties)."""
-        item = Item(track, position, length, selected=selected)
+        item = Item(track, position, length, selected=selected, loop_source=float(loop_source))
         if not empty:
             source = Source(filename) if section is None else Source("", parent=Source(filename), section=section)
             item.takes.append(Take(source, midi=midi, start_offset=start_offset, playrate=playrate))
@@ -425,7 +428,8 @@ class Reaper:
         found = self.resolve(item, Item)
         return self.pointer(found.track if found else None, "MediaTrack*")
 
-    _ITEM_FIELDS: ClassVar[dict[str, str]] = {"D_POSITION": "position", "D_LENGTH": "length"}
+    _ITEM_FIELDS: ClassVar[dict[str, str]] = {"D_POSITION": "position", "D_LENGTH": "length",
+                                              "B_LOOPSRC": "loop_source"}
     _TAKE_FIELDS: ClassVar[dict[str, str]] = {"D_STARTOFFS": "start_offset", "D_PLAYRATE": "playrate"}
 
     def _get_field(self, pointer: str, kind: type, fields: dict[str, str], parmname: str) -> float:
@@ -436,7 +440,8 @@ class Reaper:
         found = self.resolve(pointer, kind)
         if found is None:
             return 0
-        setattr(found, fields[parmname], float(value))
+        # A B_ parameter is a C bool (REAPER's API doc): any non-zero value is stored as 1.
+        setattr(found, fields[parmname], float(bool(value)) if parmname.startswith("B_") else float(value))
         return 1
 
     def RPR_GetMediaItemInfo_Value(self, item: str, parmname: str) -> float:
@@ -477,7 +482,8 @@ class Reaper:
         for other in self._selected_items():
             other.selected = False
         length = info.frames / info.samplerate
-        item = Item(track, self.cursor, length, [Take(Source(file))], selected=True)
+        item = Item(track, self.cursor, length, [Take(Source(file))], selected=True,
+                    loop_source=float(self.loop_new_items))
         track.items.append(item)
         track.items.sort(key=lambda each: each.position)  # GetTrackMediaItem counts in time order
         self.cursor += length  # REAPER's default: the edit cursor moves to the end of inserted media

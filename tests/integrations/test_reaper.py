@@ -148,12 +148,55 @@ def test_an_item_playing_a_section_of_its_file_gets_stems_of_that_section(
     assert_left_reaper_clean(reaper)
 
 
-def test_a_reversed_item_is_refused_saying_how_to_make_a_file_that_plays_as_it_does(reaper: Reaper) -> None:
+@pytest.mark.parametrize(("source_loops", "new_items_loop"), [(True, False), (False, True)])
+def test_the_stems_loop_as_the_source_item_does_whatever_the_default_for_new_items(
+    reaper: Reaper, stems_daemon: DaemonProcess, source_loops: bool, new_items_loop: bool
+) -> None:
+    """A two-second drum loop stretched over eight seconds (Loop source on) repeats its file: its
+    stems must repeat with it. An item left longer than its file with Loop source off plays
+    silence after the file: its stems too. Neither may follow the user's default for new items."""
+    loop = write_song(files_root(stems_daemon) / "reaper" / "loop" / f"Beat {source_loops}.wav", 2.0)
+    reaper.loop_new_items = new_items_loop
+    reaper.add_item(reaper.add_track("Drums"), str(loop), position=0.0, length=8.0, loop_source=source_loops)
+    run(reaper, SEPARATE)
+    assert reaper.message_boxes == []
+    assert [track.name for track in reaper.tracks] == ["Drums", *STEMS]
+    for track in reaper.tracks[1:]:
+        [item] = track.items
+        assert (item.length, item.loop_source) == (8.0, float(source_loops))
+    assert_left_reaper_clean(reaper)
+
+
+def test_an_item_playing_past_its_section_without_looping_gets_stems_that_end_with_the_section(
+    reaper: Reaper, stems_daemon: DaemonProcess
+) -> None:
+    """Past its section's end (Loop source off) the item plays silence; the stems of the file would
+    play on into the file after the section, so they end where the section does."""
+    song = write_song(files_root(stems_daemon) / "reaper" / "section end" / "Break.wav", 3.0)
+    reaper.add_item(reaper.add_track("Mix"), str(song), position=2.0, length=4.0, start_offset=0.25,
+                    section=(1.0, 1.0, False), loop_source=False)
+    run(reaper, SEPARATE)
+    assert reaper.message_boxes == []
+    assert [track.name for track in reaper.tracks] == ["Mix", *STEMS]
+    for track in reaper.tracks[1:]:
+        [item] = track.items
+        assert item.take is not None and item.take.start_offset == pytest.approx(1.25)
+        assert (item.position, item.length, item.loop_source) == (2.0, pytest.approx(0.75), 0.0)
+    assert_left_reaper_clean(reaper)
+
+
+@pytest.mark.parametrize(("section", "words"), [
+    ((0.0, 4.0, True), "plays its file reversed"),  # the stems of the file would play forward
+    ((1.0, 1.0, False), "loops a section of its file"),  # Loop source on: they would loop the whole file
+])
+def test_an_item_whose_stems_could_not_play_as_it_does_is_refused_saying_how_to_make_a_file_that_does(
+    reaper: Reaper, section: tuple[float, float, bool], words: str
+) -> None:
     mix = reaper.add_track("Mix")
-    reaper.add_item(mix, "/music/Vocal.wav", position=0.0, length=2.0, section=(0.0, 2.0, True))
+    reaper.add_item(mix, "/music/Vocal.wav", position=0.0, length=4.0, section=section)
     run(reaper, SEPARATE)
     message = only_message_box(reaper)
-    assert "plays its file reversed" in message and "Glue" in message
+    assert words in message and "Glue" in message
     assert [track.name for track in reaper.tracks] == ["Mix"]
     assert_left_reaper_clean(reaper)
 
