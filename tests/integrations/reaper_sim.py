@@ -134,7 +134,8 @@ class Reaper:
         self.undo_depth = 0
         self.ui_refresh_prevented = 0
         self.insert_media_result: int | None = None  # what InsertMedia returns; None: 1 if imported, else 0
-        # Preferences > Project > Media item defaults, "Loop source for new items": REAPER's default is on.
+        # Preferences > Project > Media item defaults, loop source for new items: a user preference,
+        # which the scripts must not depend on (the tests set it both ways).
         self.loop_new_items = True
         self.null_pointer_calls: list[tuple[str, str]] = []  # (function, pointer) REAPER saw as NULL
         self.proj_ext_state: dict[tuple[str, str], str] = {}  # saved with the project
