@@ -87,6 +87,7 @@ class JobContext:
         # Another instance took the job over after this attempt's claim ran out: nothing this
         # attempt does may be recorded, nor its files deleted (they are the other attempt's now).
         self.taken_over = False
+        self._at_end: builtins.list[Callable[[], None]] = []
 
     # -- progress ----------------------------------------------------------------------------------
 
@@ -168,6 +169,20 @@ class JobContext:
             self.taken_over = True
         self.request_cancel()
         return True
+
+    def at_end(self, release: Callable[[], None]) -> None:
+        """Call `release` once this attempt is over and its outcome recorded: after a failed or
+        canceled job's outputs are deleted, so what it holds (a folder it writes into) is let go
+        only when nothing of this attempt can touch it any more."""
+        self._at_end.append(release)
+
+    def run_at_end(self) -> None:
+        for release in reversed(self._at_end):
+            try:
+                release()
+            except Exception:
+                log.exception("job %s: releasing what it held failed", self.job.id)
+        self._at_end.clear()
 
     # -- outputs -----------------------------------------------------------------------------------
 
@@ -535,6 +550,7 @@ class JobRunner:
         try:
             self._run_handler(context)
         finally:
+            context.run_at_end()
             with self._cond:
                 self._running.pop(job.id, None)
                 self._origins.pop(job.id, None)

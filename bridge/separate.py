@@ -6,12 +6,11 @@ is not audio is answered at once; `SeparateJob` runs on a job worker with the mo
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -130,19 +129,23 @@ _WRITING: set[str] = set()  # the track folders this daemon's jobs are writing s
 _WRITING_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def claimed_track_folder(out_root: Path, name: str, file_names: list[str], own: Collection[Path]) -> Iterator[str]:
-    """`free_track_folder`, held for this job until its stems are written: two separations of one
-    clip at once (`jobs.workers` > 1) go to two folders, not both into the first free one."""
+def claim_track_folder(out_root: Path, name: str, file_names: list[str], own: Collection[Path],
+                       at_end: Callable[[Callable[[], None]], None]) -> str:
+    """`free_track_folder`, held for this job until `at_end` releases it (`JobContext.at_end`: once
+    the job's outcome is recorded, a failed one's stems deleted): two separations of one clip at
+    once (`jobs.workers` > 1) go to two folders, not both into the first free one, and one that
+    fails never deletes a folder the other has just taken."""
     with _WRITING_LOCK:
         track = free_track_folder(out_root, name, file_names, own, _WRITING)
         key = _folder_key(out_root / track)
         _WRITING.add(key)
-    try:
-        yield track
-    finally:
-        with _WRITING_LOCK:
-            _WRITING.discard(key)
+    at_end(partial(_release_track_folder, key))
+    return track
+
+
+def _release_track_folder(key: str) -> None:
+    with _WRITING_LOCK:
+        _WRITING.discard(key)
 
 
 class SeparateJob(EngineJob):
@@ -181,11 +184,11 @@ class SeparateJob(EngineJob):
 
         written: dict[str, str] = {}
         subtype = ENCODINGS[args["encoding"]]
+        track = claim_track_folder(out_root, track_name(source), [f"{name}.{args['format']}" for name in outputs],
+                                   ctx.outputs, ctx.at_end)
         # One handle on the track folder, reached from the root without links, for every stem:
         # a folder swapped for a link meanwhile is never written (or later deleted) through.
-        with claimed_track_folder(out_root, track_name(source), [f"{name}.{args['format']}" for name in outputs],
-                                  ctx.outputs) as track, \
-                self.paths.open_dir(out_root / track, "out_dir", KIND, register=ctx.register_output) as folder:
+        with self.paths.open_dir(out_root / track, "out_dir", KIND, register=ctx.register_output) as folder:
             folder.remove_partials()  # leftovers of an attempt that crashed mid-write
             for index, (name, data) in enumerate(outputs.items()):
                 ctx.check_cancelled()

@@ -1047,6 +1047,41 @@ def test_a_job_that_fills_the_disk_fails_unavailable_naming_the_file(
     assert "no space left" in failed["message"] and "free space" in failed["message"]
 
 
+@pytest.mark.parametrize("outcome", ["done", "failed", "canceled"])
+def test_what_a_job_holds_is_let_go_after_its_outcome_is_recorded_and_its_files_deleted(
+    make_runner: Callable[..., JobRunner], events: Events, store: JobStore, tmp_path: Path, outcome: str
+) -> None:
+    # A separation holds its track folder (JobContext.at_end) so another job cannot take it while
+    # its files may still be deleted: the release comes once the outcome is in the store and a
+    # failed or canceled job's files are gone, whatever the outcome.
+    seen: list[tuple[str, bool]] = []
+    released = threading.Event()
+    written = tmp_path / "stems" / "vocals.wav"
+
+    def release(job_id: str) -> None:
+        seen.append((store.get(job_id).state, written.exists()))
+        released.set()
+
+    def writes_then_ends(ctx: JobContext) -> dict[str, Any]:
+        written.parent.mkdir(exist_ok=True)
+        written.write_bytes(b"stem")
+        ctx.register_output(written)
+        ctx.at_end(lambda: release(ctx.job.id))
+        if outcome == "failed":
+            raise BadRequest("the model refused it")
+        if outcome == "canceled":
+            ctx.request_cancel()
+            ctx.check_cancelled()
+        return {}
+
+    runner = make_runner({"hold": writes_then_ends})
+    runner.start()
+    job, _ = runner.submit("hold", {})
+    events.wait_for(job.id, f"job.{outcome}")
+    assert released.wait(10.0), "not released within 10 s"
+    assert seen == [(outcome, outcome == "done")]
+
+
 def test_a_job_the_system_refuses_a_file_fails_forbidden_naming_it(
     make_runner: Callable[..., JobRunner], events: Events, store: JobStore
 ) -> None:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -540,20 +540,21 @@ def test_the_track_folder_skips_others_files_and_a_retry_finishes_in_its_own(tmp
 
 def test_two_separations_of_one_clip_writing_at_once_go_to_two_folders(tmp_path: Path) -> None:
     # With jobs.workers > 1 two separations of the same clip can reach their stems together: each
-    # holds its folder while it writes, so the second never writes over (or, failing, deletes) the
-    # first's stems in the folder neither had written into yet.
-    from bridge.separate import claimed_track_folder
+    # holds its folder until its outcome is recorded (JobContext.at_end), so the second never
+    # writes over the first's stems, nor has its folder deleted by the first failing.
+    from bridge.separate import claim_track_folder
 
     stems = ["drums.wav", "bass.wav"]
-    with claimed_track_folder(tmp_path, "song", stems, []) as first:
-        with claimed_track_folder(tmp_path, "song", stems, []) as second, \
-                claimed_track_folder(tmp_path, "song", stems, []) as third:
-            assert (first, second, third) == ("song", "song (2)", "song (3)")
-        (tmp_path / first).mkdir()
-        (tmp_path / first / "bass.wav").write_bytes(PRECIOUS)
+    ends: list[Callable[[], None]] = []
+    taken = [claim_track_folder(tmp_path, "song", stems, [], ends.append) for _ in range(3)]
+    assert taken == ["song", "song (2)", "song (3)"]
+    (tmp_path / "song").mkdir()
+    (tmp_path / "song" / "bass.wav").write_bytes(PRECIOUS)
+    for release in ends:
+        release()
     # Written and let go: the next separation passes over the first's stems, into a free folder.
-    with claimed_track_folder(tmp_path, "song", stems, []) as fourth:
-        assert fourth == "song (2)"
+    assert claim_track_folder(tmp_path, "song", stems, [], ends.append) == "song (2)"
+    ends[-1]()
 
 
 def test_names_windows_refuses_and_names_too_long_are_bad_requests(daemon: DaemonProcess) -> None:
