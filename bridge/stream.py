@@ -594,7 +594,7 @@ def budget_frames_for(compute_ms: float, margin: float, sample_rate: int, block_
     `compute_ms`, so the round trip keeps within hop + lookahead + margin x compute + one block; never
     fewer than cover `compute_ms` itself, and at least one (see the module docstring)."""
     frames = compute_ms * sample_rate / 1000.0
-    within = math.floor((margin * frames + lead) / block_size)
+    within = math.floor((margin * frames + lead) / block_size + 1e-9)  # a product that lands on a block is in
     return max(1, math.ceil(frames / block_size), within) * block_size
 
 
@@ -1198,7 +1198,7 @@ class LiveStream:
 
     def _grow_budget(self, slack: int, waited: int = 0) -> None:
         """After a window: grow the budget when this window came out late (`slack` < 0) by more
-        than it `waited` for the window before it, or the margin times the live p99 is past it; climb
+        than it `waited` for the window before it, or the live p99 needs more whole blocks; climb
         the hop when what it needed, the wait included, is past the most a budget may be (see the
         module docstring)."""
         budget = self.budget_frames
@@ -1305,13 +1305,14 @@ class LiveStream:
         self._pending_shift = grown - self._write_offset + self._engine_extra
         new_hop_ms = 1000.0 * engine.hop_seconds
         covered_ms = self.budget_ms / self.budget_margin
+        covers_estimate = grown > budget and grown == self._budget_for(estimate_ms)  # not capped
         self.hop_changes.append({
             "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             "from_ms": round(hop_ms, 3), "to_ms": round(new_hop_ms, 3), "latency_frames": self.latency_frames,
             # What the budget covers: the estimate it grew for (less where the hop's limit capped it),
             # or, kept as it was, what it covered already.
             "budget_ms": round(self.budget_ms, 3), "needed_ms": round(
-                min(estimate_ms, covered_ms) if grown > budget else covered_ms, 3), "reason": reason,
+                estimate_ms if covers_estimate else covered_ms, 3), "reason": reason,
             "late_hops": self.counters.late_hops})
         self._announce_latency(f"hop {hop_ms:.0f} -> {new_hop_ms:.0f} ms while running, compute budget "
                                f"{1000.0 * budget / self.sample_rate:.1f} -> {self.budget_ms:.1f} ms",
