@@ -349,22 +349,28 @@ def selected_source_item() -> SourceItem:
             "(Item: Glue items) and try again."
         )
     track = rpr.RPR_GetMediaItem_Track(item)
+    position = rpr.RPR_GetMediaItemInfo_Value(item, "D_POSITION")
     length = rpr.RPR_GetMediaItemInfo_Value(item, "D_LENGTH")
     start = rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
     playrate = rpr.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
     loop_source = rpr.RPR_GetMediaItemInfo_Value(item, "B_LOOPSRC")
-    if section_length is not None and start + length * playrate > section_length + 1e-6:
-        # Past the section's end the item starts the section again (Loop source) or plays silence,
-        # where stems of the file would go on into the file after the section.
+    if section_length is not None and (start < -1e-6 or start + length * playrate > section_length + 1e-6):
+        # Outside its section the item plays the section again (Loop source) or silence, where
+        # stems of the file would play the file before or after the section.
         if loop_source:
             raise FlowstateError(
                 "The selected item loops a section of its file, and stems of the file would not loop that "
                 "section. Glue it (Item: Glue items) to make a file that sounds as the item does, and try again."
             )
-        length = max(0.0, (section_length - start) / playrate)  # the stems end where the section does
+        if start < 0:  # the stems start where the section does
+            position, length, start = position - start / playrate, length + start / playrate, 0.0
+        length = min(length, (section_length - start) / playrate)  # and end where it ends
+        if length <= 1e-6:
+            raise FlowstateError("The selected item plays none of the section of its file it is set to: "
+                                 "there is nothing in it to separate.")
     return SourceItem(
         path=path,
-        position=rpr.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
+        position=position,
         length=length,
         start_offset=section_offset + start,
         playrate=playrate,

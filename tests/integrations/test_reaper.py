@@ -167,36 +167,43 @@ def test_the_stems_loop_as_the_source_item_does_whatever_the_default_for_new_ite
     assert_left_reaper_clean(reaper)
 
 
-def test_an_item_playing_past_its_section_without_looping_gets_stems_that_end_with_the_section(
-    reaper: Reaper, stems_daemon: DaemonProcess
+@pytest.mark.parametrize(("start_offset", "position", "length", "file_offset"), [
+    (0.25, 2.0, 0.75, 1.25),  # from 0.25 s into the section to its end
+    (-0.5, 2.25, 0.5, 1.0),  # at rate 2: 0.25 s of the item before the section, which lasts 0.5 s
+])
+def test_an_item_playing_beyond_its_section_without_looping_gets_stems_of_the_section_alone(
+    reaper: Reaper, stems_daemon: DaemonProcess, start_offset: float, position: float, length: float,
+    file_offset: float,
 ) -> None:
-    """Past its section's end (Loop source off) the item plays silence; the stems of the file would
-    play on into the file after the section, so they end where the section does."""
-    song = write_song(files_root(stems_daemon) / "reaper" / "section end" / "Break.wav", 3.0)
-    reaper.add_item(reaper.add_track("Mix"), str(song), position=2.0, length=4.0, start_offset=0.25,
-                    section=(1.0, 1.0, False), loop_source=False)
+    """Beyond its section (Loop source off) the item plays silence, where the stems of the file would
+    play the file before or after the section: they start and end where the section does."""
+    song = write_song(files_root(stems_daemon) / "reaper" / f"section {start_offset}" / "Break.wav", 3.0)
+    reaper.add_item(reaper.add_track("Mix"), str(song), position=2.0, length=4.0, start_offset=start_offset,
+                    playrate=1.0 if start_offset > 0 else 2.0, section=(1.0, 1.0, False), loop_source=False)
     run(reaper, SEPARATE)
     assert reaper.message_boxes == []
     assert [track.name for track in reaper.tracks] == ["Mix", *STEMS]
     for track in reaper.tracks[1:]:
         [item] = track.items
-        assert item.take is not None and item.take.start_offset == pytest.approx(1.25)
-        assert (item.position, item.length, item.loop_source) == (2.0, pytest.approx(0.75), 0.0)
+        assert item.take is not None and item.take.start_offset == pytest.approx(file_offset)
+        assert (item.position, item.length, item.loop_source) == (pytest.approx(position), pytest.approx(length), 0.0)
     assert_left_reaper_clean(reaper)
 
 
-@pytest.mark.parametrize(("section", "words"), [
-    ((0.0, 4.0, True), "plays its file reversed"),  # the stems of the file would play forward
-    ((1.0, 1.0, False), "loops a section of its file"),  # Loop source on: they would loop the whole file
+@pytest.mark.parametrize(("section", "start_offset", "loop", "words"), [
+    ((0.0, 4.0, True), 0.0, True, ("plays its file reversed", "Glue")),  # the stems would play forward
+    ((1.0, 1.0, False), 0.0, True, ("loops a section of its file", "Glue")),  # they would loop the whole file
+    ((1.0, 1.0, False), 1.5, False, ("plays none of the section",)),  # silence: nothing to separate
 ])
-def test_an_item_whose_stems_could_not_play_as_it_does_is_refused_saying_how_to_make_a_file_that_does(
-    reaper: Reaper, section: tuple[float, float, bool], words: str
+def test_an_item_whose_stems_could_not_play_as_it_does_is_refused_saying_why(
+    reaper: Reaper, section: tuple[float, float, bool], start_offset: float, loop: bool, words: tuple[str, ...]
 ) -> None:
     mix = reaper.add_track("Mix")
-    reaper.add_item(mix, "/music/Vocal.wav", position=0.0, length=4.0, section=section)
+    reaper.add_item(mix, "/music/Vocal.wav", position=0.0, length=4.0, section=section, start_offset=start_offset,
+                    loop_source=loop)
     run(reaper, SEPARATE)
     message = only_message_box(reaper)
-    assert words in message and "Glue" in message
+    assert all(word in message for word in words), message
     assert [track.name for track in reaper.tracks] == ["Mix"]
     assert_left_reaper_clean(reaper)
 
