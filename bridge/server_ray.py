@@ -215,6 +215,7 @@ class TaskReplica:
             return {"error": {"code": "internal", "message": f"{context.job.kind} failed on replica {self.replica_id} "
                               f"({type(err).__name__}: {err}); the replica's log has the traceback"}}
         finally:
+            context.run_at_end()  # what the handler held (a separation's track folder) is let go
             with self._active_lock:
                 self._active -= 1
             for name in ("out_dir", *_INPUT_ARGS):
