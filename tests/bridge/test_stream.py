@@ -283,7 +283,7 @@ def test_a_known_signal_arrives_at_the_outputs_with_the_reported_latency(
     target = (SAMPLE_RATE * (status["hop_seconds"] + status["lookahead_seconds"] + 1.3 * p99_ms / 1000)
               + block + status["resampler_delay_frames"])
     # status rounds the seconds (and the p99) to 0.1 ms: a few frames either way (33006 vs 33005 seen)
-    own_blocks = block * math.ceil(p99_ms * SAMPLE_RATE / 1000 / block)
+    own_blocks = budget_frames_for(p99_ms, 1.0, SAMPLE_RATE, block)  # the p99's own whole blocks
     if status["budget_frames"] > own_blocks:
         assert target - block - 8 < latency <= target + 8, (latency, target)
     else:
@@ -879,7 +879,8 @@ def test_a_machine_that_slows_while_streaming_gets_a_longer_hop_in_one_crossfade
     # most within it), and never less than that compute itself.
     block_ms = 1000 * 256 / SAMPLE_RATE
     assert all(0 < c["needed_ms"] <= c["budget_ms"] and 1.3 * c["needed_ms"] - block_ms - 0.01 < c["budget_ms"]
-               <= max(1.3 * c["needed_ms"], block_ms * math.ceil(c["needed_ms"] / block_ms)) + 0.01
+               <= max(1.3 * c["needed_ms"], 1000 * budget_frames_for(c["needed_ms"], 1.0, SAMPLE_RATE, 256)
+                      / SAMPLE_RATE) + 0.01
                for c in climbs), climbs
     # The hop it climbed to keeps real time with the slowed windows: their median is under the hop.
     at_the_new_hop = engine.recent_compute_ms(8)
